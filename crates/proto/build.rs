@@ -1,0 +1,21 @@
+//! Compiles the etcd v3 wire-format `.proto` files into Rust types, clients and servers.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // prost-build finds protoc through this variable; the vendored binary means no system protoc.
+    std::env::set_var("PROTOC", protoc);
+    let root = "proto/etcd";
+    let files = [
+        "proto/etcd/mvccpb/kv.proto",
+        "proto/etcd/authpb/auth.proto",
+        "proto/etcd/etcdserverpb/rpc.proto",
+    ];
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&files, &[root])?;
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    Ok(())
+}

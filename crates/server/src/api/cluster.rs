@@ -1,0 +1,84 @@
+//! etcd `Cluster` service. A single member lists itself; membership changes arrive with
+//! clustering (Raft) and are refused with a clear message until then.
+
+use std::sync::Arc;
+
+use berth_proto::etcdserverpb::cluster_server::Cluster;
+use berth_proto::etcdserverpb::{
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::Node;
+
+/// The Cluster service.
+pub struct ClusterService {
+    node: Arc<Node>,
+}
+
+impl ClusterService {
+    /// Creates the service.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn me(&self) -> Member {
+        let m = &self.node.member;
+        Member {
+            id: m.id,
+            name: m.name.clone(),
+            peer_ur_ls: m.peer_urls.clone(),
+            client_ur_ls: m.client_urls.clone(),
+            is_learner: false,
+        }
+    }
+}
+
+fn needs_clustering(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "berth: {what} needs clustering, which this build does not have yet (single member)"
+    ))
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        Err(needs_clustering("member add"))
+    }
+
+    async fn member_remove(
+        &self,
+        _req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Err(needs_clustering("member remove"))
+    }
+
+    async fn member_update(
+        &self,
+        _req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(needs_clustering("member update"))
+    }
+
+    async fn member_list(
+        &self,
+        _req: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        Ok(Response::new(MemberListResponse {
+            header: self.node.header(self.node.store.revision()),
+            members: vec![self.me()],
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Err(needs_clustering("member promote"))
+    }
+}

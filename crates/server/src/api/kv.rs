@@ -1,0 +1,268 @@
+//! etcd `KV` service: Range, Put, DeleteRange, Txn and Compact, with etcd's validation rules.
+
+use std::sync::Arc;
+
+use berth_proto::etcdserverpb::kv_server::Kv;
+use berth_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use berth_proto::etcdserverpb::request_op::Request as Op;
+use berth_proto::etcdserverpb::response_op::Response as OpResp;
+use berth_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use berth_store::{check_txn_duplicates, Applied, Command};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::Node;
+use crate::errors::{store_status, ApiError};
+
+/// The KV service.
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    /// Creates the service.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn check_size(&self, len: usize) -> Result<(), ApiError> {
+        if len > self.node.config.max_request_bytes {
+            return Err(ApiError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Applied, Status> {
+        if self.node.out_of_space() {
+            return Err(Status::resource_exhausted(
+                "etcdserver: mvcc: database space exceeded",
+            ));
+        }
+        Ok(self.node.proposer.propose(cmd).await?)
+    }
+}
+
+fn check_range(r: &RangeRequest) -> Result<(), ApiError> {
+    if r.key.is_empty() {
+        return Err(ApiError::EmptyKey);
+    }
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+        return Err(ApiError::InvalidSortOption);
+    }
+    Ok(())
+}
+
+fn check_put(p: &PutRequest) -> Result<(), ApiError> {
+    if p.key.is_empty() {
+        return Err(ApiError::EmptyKey);
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(ApiError::ValueProvided);
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(ApiError::LeaseProvided);
+    }
+    Ok(())
+}
+
+fn check_delete(d: &DeleteRangeRequest) -> Result<(), ApiError> {
+    if d.key.is_empty() {
+        return Err(ApiError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// etcd's txn validation: op counts, compare keys, every nested op, then duplicate writes.
+pub fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
+    fn walk(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
+        let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
+        if ops > max_ops {
+            return Err(ApiError::TooManyOps);
+        }
+        if t.compare.iter().any(|c| c.key.is_empty()) {
+            return Err(ApiError::EmptyKey);
+        }
+        for op in t.success.iter().chain(&t.failure) {
+            match &op.request {
+                Some(Op::RequestRange(r)) => check_range(r)?,
+                Some(Op::RequestPut(p)) => check_put(p)?,
+                Some(Op::RequestDeleteRange(d)) => check_delete(d)?,
+                Some(Op::RequestTxn(inner)) => walk(inner, max_ops - ops)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+    walk(t, max_ops)?;
+    if !check_txn_duplicates(t) {
+        return Err(ApiError::DuplicateKey);
+    }
+    Ok(())
+}
+
+/// True when the txn can write (any put or delete on any path).
+fn txn_writes(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Op::RequestPut(_)) | Some(Op::RequestDeleteRange(_)) => true,
+            Some(Op::RequestTxn(inner)) => txn_writes(inner),
+            _ => false,
+        })
+}
+
+fn fill_txn(node: &Node, t: &mut TxnResponse) {
+    node.fill(&mut t.header);
+    for op in &mut t.responses {
+        match &mut op.response {
+            Some(OpResp::ResponseRange(r)) => node.fill(&mut r.header),
+            Some(OpResp::ResponsePut(p)) => node.fill(&mut p.header),
+            Some(OpResp::ResponseDeleteRange(d)) => node.fill(&mut d.header),
+            Some(OpResp::ResponseTxn(inner)) => fill_txn(node, inner),
+            None => {}
+        }
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    Status::internal(format!("berth: unexpected apply result for {what}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let r = req.into_inner();
+        check_range(&r)?;
+        let mut resp = self.node.store.range(&r).map_err(store_status)?;
+        self.node.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let p = req.into_inner();
+        check_put(&p)?;
+        self.check_size(p.encoded_len())?;
+        match self.propose(Command::Put(p)).await? {
+            Applied::Put(mut resp) => {
+                self.node.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("put")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let d = req.into_inner();
+        check_delete(&d)?;
+        self.check_size(d.encoded_len())?;
+        match self.propose(Command::DeleteRange(d)).await? {
+            Applied::DeleteRange(mut resp) => {
+                self.node.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("delete")),
+        }
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let t = req.into_inner();
+        check_txn(&t, self.node.config.max_txn_ops)?;
+        self.check_size(t.encoded_len())?;
+        // A txn that cannot write still goes through the write path (it must see every
+        // write acknowledged before it), but a NOSPACE alarm does not block it.
+        let applied = if txn_writes(&t) {
+            self.propose(Command::Txn(t)).await?
+        } else {
+            self.node.proposer.propose(Command::Txn(t)).await?
+        };
+        match applied {
+            Applied::Txn(mut resp) => {
+                fill_txn(&self.node, &mut resp);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("txn")),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let c = req.into_inner();
+        match self.node.proposer.propose(Command::Compact(c)).await? {
+            Applied::Compact(mut resp) => {
+                self.node.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("compact")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::etcdserverpb::RequestOp;
+
+    fn put(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Op::RequestPut(PutRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                key: k.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn txn(success: Vec<RequestOp>) -> TxnRequest {
+        TxnRequest {
+            success,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn txn_rules() {
+        assert!(check_txn(&txn(vec![put("a"), put("b")]), 128).is_ok());
+        assert!(matches!(
+            check_txn(&txn(vec![put("a"), put("a")]), 128),
+            Err(ApiError::DuplicateKey)
+        ));
+        assert!(matches!(
+            check_txn(&txn(vec![del("a", "c"), put("b")]), 128),
+            Err(ApiError::DuplicateKey)
+        ));
+        assert!(check_txn(&txn(vec![del("a", "c"), put("c")]), 128).is_ok());
+        let nested = RequestOp {
+            request: Some(Op::RequestTxn(txn(vec![put("a")]))),
+        };
+        assert!(matches!(
+            check_txn(&txn(vec![put("a"), nested]), 128),
+            Err(ApiError::DuplicateKey)
+        ));
+        assert!(matches!(
+            check_txn(&txn(vec![put("a"), put("b"), put("c")]), 2),
+            Err(ApiError::TooManyOps)
+        ));
+        assert!(matches!(
+            check_txn(&txn(vec![put("")]), 128),
+            Err(ApiError::EmptyKey)
+        ));
+    }
+}

@@ -1,0 +1,244 @@
+//! etcd `Maintenance` service: status, alarms, hashes, defragmentation, snapshots and
+//! leadership transfer (trivial on a single member).
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use berth_proto::etcdserverpb::alarm_request::AlarmAction;
+use berth_proto::etcdserverpb::maintenance_server::Maintenance;
+use berth_proto::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
+};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Node, RAFT_TERM};
+use crate::errors::{store_status, ApiError};
+
+/// The etcd API version berth reports; clients gate features on it.
+pub const ETCD_VERSION: &str = "3.5.0";
+
+/// The Maintenance service.
+pub struct MaintenanceService {
+    node: Arc<Node>,
+}
+
+impl MaintenanceService {
+    /// Creates the service.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("berth: background task failed: {e}"))
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let r = req.into_inner();
+        let action = AlarmAction::try_from(r.action)
+            .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
+        let mut alarms = self.node.alarms.lock().unwrap_or_else(|p| p.into_inner());
+        let answer = match action {
+            AlarmAction::Get => alarms
+                .iter()
+                .filter(|a| r.alarm == AlarmType::None as i32 || a.alarm == r.alarm)
+                .cloned()
+                .collect(),
+            AlarmAction::Activate => {
+                if r.alarm == AlarmType::None as i32 {
+                    Vec::new()
+                } else {
+                    let m = AlarmMember {
+                        member_id: r.member_id,
+                        alarm: r.alarm,
+                    };
+                    if !alarms.contains(&m) {
+                        alarms.push(m);
+                    }
+                    vec![m]
+                }
+            }
+            AlarmAction::Deactivate => {
+                let before = alarms.len();
+                alarms.retain(|a| !(a.member_id == r.member_id && a.alarm == r.alarm));
+                if alarms.len() < before {
+                    vec![AlarmMember {
+                        member_id: r.member_id,
+                        alarm: r.alarm,
+                    }]
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        let no_space = alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32);
+        self.node.no_space.store(no_space, Ordering::Release);
+        tracing::info!(
+            ?action,
+            alarm = r.alarm,
+            member = r.member_id,
+            "alarm request"
+        );
+        Ok(Response::new(AlarmResponse {
+            header: self.node.header(self.node.store.revision()),
+            alarms: answer,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let stats = self.node.store.stats();
+        let index = self.node.proposer.applied_index();
+        let errors = self
+            .node
+            .alarms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| {
+                format!(
+                    "memberID:{} alarm:{} ",
+                    a.member_id,
+                    AlarmType::try_from(a.alarm)
+                        .map(|t| t.as_str_name())
+                        .unwrap_or("UNKNOWN")
+                )
+            })
+            .collect();
+        Ok(Response::new(StatusResponse {
+            header: self.node.header(stats.revision),
+            version: ETCD_VERSION.into(),
+            db_size: stats.db_size as i64,
+            leader: self.node.member.id,
+            raft_index: index,
+            raft_term: RAFT_TERM,
+            raft_applied_index: index,
+            errors,
+            db_size_in_use: stats.db_size as i64,
+            is_learner: false,
+            ..Default::default()
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let store = self.node.store.clone();
+        tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(blocking_err)?
+            .map_err(store_status)?;
+        Ok(Response::new(DefragmentResponse {
+            header: self.node.header(self.node.store.revision()),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let store = self.node.store.clone();
+        let hash = tokio::task::spawn_blocking(move || store.hash())
+            .await
+            .map_err(blocking_err)?
+            .map_err(store_status)?;
+        Ok(Response::new(HashResponse {
+            header: self.node.header(self.node.store.revision()),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let store = self.node.store.clone();
+        let (hash, compact_revision, hash_revision) =
+            tokio::task::spawn_blocking(move || store.hash_kv(rev))
+                .await
+                .map_err(blocking_err)?
+                .map_err(store_status)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.node.header(self.node.store.revision()),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let (tx, rx) = mpsc::channel::<Result<SnapshotResponse, Status>>(4);
+        let node = self.node.clone();
+        let header = node.header(node.store.revision());
+        tokio::task::spawn_blocking(move || {
+            let estimate = node.store.stats().db_size;
+            let mut sent = 0u64;
+            let result = node.store.snapshot(|chunk| {
+                sent += chunk.len() as u64;
+                let resp = SnapshotResponse {
+                    header,
+                    // The exact size is known only at the end; never claim 0 before it.
+                    remaining_bytes: estimate.saturating_sub(sent).max(1),
+                    blob: chunk.to_vec(),
+                    version: ETCD_VERSION.into(),
+                };
+                tx.blocking_send(Ok(resp))
+                    .map_err(|_| berth_store::StoreError::Io(std::io::ErrorKind::BrokenPipe.into()))
+            });
+            let last = match result {
+                Ok(()) => Ok(SnapshotResponse {
+                    header,
+                    remaining_bytes: 0,
+                    blob: Vec::new(),
+                    version: ETCD_VERSION.into(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "snapshot stream ended early");
+                    Err(store_status(e))
+                }
+            };
+            let _ = tx.blocking_send(last);
+            tracing::info!(bytes = sent, "snapshot sent");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        // Only this member exists, and it already leads.
+        if req.into_inner().target_id != self.node.member.id {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.node.header(self.node.store.revision()),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(ApiError::NotCapable.into())
+    }
+}

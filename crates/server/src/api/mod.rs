@@ -1,0 +1,67 @@
+//! The etcd v3 gRPC services: decode and validate requests, call the store or the write path,
+//! and map results and errors to etcd's responses. One file per service.
+
+pub mod auth;
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use berth_proto::etcdserverpb::{AlarmMember, ResponseHeader};
+use berth_store::Store;
+
+use crate::config::Config;
+use crate::member::MemberInfo;
+use crate::metrics::Metrics;
+use crate::proposer::Proposer;
+
+/// The term reported in headers: a single member is its own permanent leader.
+pub const RAFT_TERM: u64 = 1;
+
+/// What every service shares.
+pub struct Node {
+    /// The state machine.
+    pub store: Arc<Store>,
+    /// The write path.
+    pub proposer: Proposer,
+    /// This member.
+    pub member: MemberInfo,
+    /// Resolved configuration (limits).
+    pub config: Config,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Active alarms.
+    pub alarms: Mutex<Vec<AlarmMember>>,
+    /// True while a NOSPACE alarm is active: writes are refused.
+    pub no_space: AtomicBool,
+}
+
+impl Node {
+    /// A response header for `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.member.cluster_id,
+            member_id: self.member.id,
+            revision,
+            raft_term: RAFT_TERM,
+        })
+    }
+
+    /// Fills the member fields of a header the store produced (keeping its revision).
+    pub fn fill(&self, h: &mut Option<ResponseHeader>) {
+        let revision = h
+            .as_ref()
+            .map(|h| h.revision)
+            .unwrap_or_else(|| self.store.revision());
+        *h = self.header(revision);
+    }
+
+    /// True when a NOSPACE alarm blocks writes.
+    pub fn out_of_space(&self) -> bool {
+        self.no_space.load(Ordering::Acquire)
+    }
+}

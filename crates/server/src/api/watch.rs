@@ -1,0 +1,367 @@
+//! etcd `Watch` service: one bidirectional stream carries many watches. A receive task turns
+//! requests into store watches; a send task is the only writer to the client, in order.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_proto::etcdserverpb::watch_create_request::FilterType;
+use berth_proto::etcdserverpb::watch_request::RequestUnion;
+use berth_proto::etcdserverpb::watch_server::Watch;
+use berth_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use berth_store::{KeySpan, WatchHandle, WatchSpec};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Node;
+
+/// Responses buffered per stream between the store and the sender before a watcher is
+/// considered slow and switched to replaying from history.
+const EVENT_BUFFER: usize = 1024;
+/// How often pending progress notifications are reconsidered.
+const PROGRESS_TICK: Duration = Duration::from_millis(100);
+
+/// The Watch service.
+pub struct WatchService {
+    node: Arc<Node>,
+    progress_interval: Duration,
+}
+
+impl WatchService {
+    /// Creates the service; `progress_interval` paces `progress_notify` responses.
+    pub fn new(node: Arc<Node>, progress_interval: Duration) -> Self {
+        Self {
+            node,
+            progress_interval,
+        }
+    }
+}
+
+struct Entry {
+    handle: Option<WatchHandle>,
+    prev_kv: bool,
+    progress_notify: bool,
+}
+
+#[derive(Default)]
+struct StreamState {
+    watches: HashMap<i64, Entry>,
+    next_id: i64,
+}
+
+type Shared = Arc<Mutex<StreamState>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, StreamState> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Ctrl {
+    Send(WatchResponse),
+    Progress,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let inbound = req.into_inner();
+        let (out_tx, out_rx) = mpsc::channel(256);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(256);
+        let state: Shared = Arc::default();
+        tokio::spawn(receive(
+            self.node.clone(),
+            inbound,
+            ctrl_tx,
+            ev_tx,
+            state.clone(),
+        ));
+        tokio::spawn(send(
+            self.node.clone(),
+            ev_rx,
+            ctrl_rx,
+            out_tx,
+            state,
+            self.progress_interval,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+fn cancel_all(node: &Node, state: &Shared) {
+    for (_, e) in lock(state).watches.drain() {
+        if let Some(h) = e.handle {
+            node.store.cancel_watch(&h);
+        }
+    }
+}
+
+async fn receive(
+    node: Arc<Node>,
+    mut inbound: Streaming<WatchRequest>,
+    ctrl: mpsc::Sender<Ctrl>,
+    events: mpsc::Sender<WatchResponse>,
+    state: Shared,
+) {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            // The client closed its sending side: existing watches keep running, as in etcd.
+            Ok(None) => return,
+            Err(status) => {
+                tracing::debug!(%status, "watch stream ended");
+                cancel_all(&node, &state);
+                return;
+            }
+        };
+        let reply = match msg.request_union {
+            Some(RequestUnion::CreateRequest(c)) => create(&node, c, &ctrl, &events, &state).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                let entry = lock(&state).watches.remove(&c.watch_id);
+                entry.map(|e| {
+                    if let Some(h) = e.handle {
+                        node.store.cancel_watch(&h);
+                    }
+                    Ctrl::Send(WatchResponse {
+                        header: node.header(node.store.revision()),
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    })
+                })
+            }
+            Some(RequestUnion::ProgressRequest(_)) => Some(Ctrl::Progress),
+            None => None,
+        };
+        if let Some(r) = reply {
+            if ctrl.send(r).await.is_err() {
+                cancel_all(&node, &state);
+                return;
+            }
+        }
+    }
+}
+
+/// Registers one watch. The "created" response is queued before the watch starts so it
+/// always reaches the client ahead of the watch's first event.
+async fn create(
+    node: &Node,
+    c: WatchCreateRequest,
+    ctrl: &mpsc::Sender<Ctrl>,
+    events: &mpsc::Sender<WatchResponse>,
+    state: &Shared,
+) -> Option<Ctrl> {
+    let current = node.store.revision();
+    let key = if c.key.is_empty() {
+        vec![0]
+    } else {
+        c.key.clone()
+    };
+    let span = KeySpan::new(&key, &c.range_end);
+    let refuse = |watch_id: i64, reason: &str| {
+        Some(Ctrl::Send(WatchResponse {
+            header: node.header(current),
+            watch_id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..Default::default()
+        }))
+    };
+    if matches!(&span, KeySpan::Range(s, e) if e <= s) {
+        return refuse(-1, "mvcc: watcher range is empty");
+    }
+    let id = {
+        let mut st = lock(state);
+        let id = if c.watch_id != 0 {
+            if st.watches.contains_key(&c.watch_id) {
+                return refuse(-1, "mvcc: duplicate watch ID provided on the WatchStream");
+            }
+            c.watch_id
+        } else {
+            while st.watches.contains_key(&st.next_id) {
+                st.next_id += 1;
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            id
+        };
+        st.watches.insert(
+            id,
+            Entry {
+                handle: None,
+                prev_kv: c.prev_kv,
+                progress_notify: c.progress_notify,
+            },
+        );
+        id
+    };
+    let created = WatchResponse {
+        header: node.header(current),
+        watch_id: id,
+        created: true,
+        ..Default::default()
+    };
+    ctrl.send(Ctrl::Send(created)).await.ok()?;
+    let spec = WatchSpec {
+        span,
+        start_rev: c.start_revision.max(0),
+        no_put: c.filters.contains(&(FilterType::Noput as i32)),
+        no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+    };
+    let handle = node.store.watch(spec, id, events.clone());
+    tracing::debug!(watch_id = id, start = c.start_revision, "watch created");
+    let mut st = lock(state);
+    match st.watches.get_mut(&id) {
+        Some(e) => e.handle = Some(handle),
+        // Cancelled while being created.
+        None => node.store.cancel_watch(&handle),
+    }
+    // Nothing more to send: the created response is already queued.
+    None
+}
+
+async fn send(
+    node: Arc<Node>,
+    mut events: mpsc::Receiver<WatchResponse>,
+    mut ctrl: mpsc::Receiver<Ctrl>,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    state: Shared,
+    progress_interval: Duration,
+) {
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
+    let mut ctrl_open = true;
+    let mut progress_pending = false;
+    let mut last_notify = Instant::now();
+    loop {
+        let ok = tokio::select! {
+            biased;
+            c = ctrl.recv(), if ctrl_open => match c {
+                Some(Ctrl::Send(resp)) => out.send(Ok(resp)).await.is_ok(),
+                Some(Ctrl::Progress) => {
+                    progress_pending = true;
+                    true
+                }
+                None => {
+                    ctrl_open = false;
+                    true
+                }
+            },
+            ev = events.recv() => match ev {
+                Some(resp) => forward(&node, &state, resp, &out).await,
+                None => false,
+            },
+            _ = tick.tick() => {
+                let mut ok = true;
+                if progress_pending {
+                    ok = progress(&node, &state, &mut events, &out, None).await.map(|sent| {
+                        progress_pending = !sent;
+                    }).is_ok();
+                }
+                if ok && last_notify.elapsed() >= progress_interval {
+                    last_notify = Instant::now();
+                    ok = progress(&node, &state, &mut events, &out, Some(())).await.is_ok();
+                }
+                ok
+            }
+            _ = out.closed() => false,
+        };
+        if !ok {
+            break;
+        }
+    }
+    cancel_all(&node, &state);
+}
+
+/// Completes a store response (header, prev_kv) and sends it; false when the client is gone.
+async fn forward(
+    node: &Node,
+    state: &Shared,
+    mut resp: WatchResponse,
+    out: &mpsc::Sender<Result<WatchResponse, Status>>,
+) -> bool {
+    let prev_kv = {
+        let mut st = lock(state);
+        let Some(entry) = st.watches.get(&resp.watch_id) else {
+            // Cancelled: drop what was already in flight.
+            return true;
+        };
+        let prev_kv = entry.prev_kv;
+        if resp.compact_revision != 0 {
+            resp.canceled = true;
+            st.watches.remove(&resp.watch_id);
+        }
+        prev_kv
+    };
+    if prev_kv {
+        for ev in &mut resp.events {
+            if let Some(kv) = &ev.kv {
+                match node.store.get_at(&kv.key, kv.mod_revision - 1) {
+                    Ok(prev) => ev.prev_kv = prev,
+                    Err(e) => tracing::warn!(error = %e, "reading prev_kv for a watch event"),
+                }
+            }
+        }
+    }
+    node.fill(&mut resp.header);
+    node.metrics.watch_events.inc_by(resp.events.len() as u64);
+    out.send(Ok(resp)).await.is_ok()
+}
+
+/// Sends a progress notification: to the whole stream (`per_watcher` None, watch_id -1) once
+/// every watch is live, or to each live `progress_notify` watcher. Events up to the promised
+/// revision are flushed first so the promise holds. Returns whether it was sent.
+async fn progress(
+    node: &Node,
+    state: &Shared,
+    events: &mut mpsc::Receiver<WatchResponse>,
+    out: &mpsc::Sender<Result<WatchResponse, Status>>,
+    per_watcher: Option<()>,
+) -> Result<bool, ()> {
+    let rev = node.store.progress_revision();
+    while let Ok(resp) = events.try_recv() {
+        if !forward(node, state, resp, out).await {
+            return Err(());
+        }
+    }
+    let targets: Vec<i64> = {
+        let st = lock(state);
+        let synced = |e: &Entry| {
+            e.handle
+                .as_ref()
+                .is_some_and(|h| node.store.watch_synced(h))
+        };
+        match per_watcher {
+            None => {
+                if !st.watches.values().all(synced) {
+                    return Ok(false);
+                }
+                vec![-1]
+            }
+            Some(()) => st
+                .watches
+                .iter()
+                .filter(|(_, e)| e.progress_notify && synced(e))
+                .map(|(id, _)| *id)
+                .collect(),
+        }
+    };
+    for watch_id in targets {
+        let resp = WatchResponse {
+            header: node.header(rev),
+            watch_id,
+            ..Default::default()
+        };
+        out.send(Ok(resp)).await.map_err(|_| ())?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,354 @@
+//! Node configuration: etcd's flag names, `BERTH_*` environment variables and an optional
+//! TOML file, layered defaults < file < environment < flags.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Settings as given by the user; every field optional so the layers can be merged.
+/// The same struct is read from flags/environment (clap) and from the TOML file (serde).
+#[derive(clap::Args, Deserialize, Debug, Default, Clone)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerArgs {
+    /// TOML file with any of these settings (keys as the flag names, e.g. `data-dir`).
+    #[arg(long, env = "BERTH_CONFIG_FILE")]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+    /// Human-readable name of this member.
+    #[arg(long, env = "BERTH_NAME")]
+    pub name: Option<String>,
+    /// Directory for all data of this member.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to serve the etcd v3 API on (comma-separated).
+    #[arg(long, env = "BERTH_LISTEN_CLIENT_URLS")]
+    pub listen_client_urls: Option<String>,
+    /// Client URLs announced to the cluster and clients.
+    #[arg(long, env = "BERTH_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    /// URLs to listen on for peer traffic (used by clustering).
+    #[arg(long, env = "BERTH_LISTEN_PEER_URLS")]
+    pub listen_peer_urls: Option<String>,
+    /// Peer URLs announced to the cluster.
+    #[arg(long, env = "BERTH_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Initial cluster, `name=peer-url,...`.
+    #[arg(long, env = "BERTH_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` or `existing`.
+    #[arg(long, env = "BERTH_INITIAL_CLUSTER_STATE")]
+    pub initial_cluster_state: Option<String>,
+    /// Token that makes cluster IDs unique across clusters with the same members.
+    #[arg(long, env = "BERTH_INITIAL_CLUSTER_TOKEN")]
+    pub initial_cluster_token: Option<String>,
+    /// URLs for berth's HTTP API: /metrics, /health (comma-separated).
+    #[arg(long, env = "BERTH_LISTEN_HTTP_URLS")]
+    pub listen_http_urls: Option<String>,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "BERTH_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Most operations in one txn.
+    #[arg(long, env = "BERTH_MAX_TXN_OPS")]
+    pub max_txn_ops: Option<usize>,
+    /// Heartbeat interval in milliseconds (Raft; also sets the minimum lease TTL).
+    #[arg(long, env = "BERTH_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<u64>,
+    /// Election timeout in milliseconds.
+    #[arg(long, env = "BERTH_ELECTION_TIMEOUT")]
+    pub election_timeout: Option<u64>,
+    /// Most writes committed with one fsync.
+    #[arg(long, env = "BERTH_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Interval of `progress_notify` watch responses, in milliseconds.
+    #[arg(long, env = "BERTH_WATCH_PROGRESS_NOTIFY_INTERVAL")]
+    pub watch_progress_notify_interval: Option<u64>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "BERTH_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. `info` or `berth_server=debug`.
+    #[arg(long, env = "BERTH_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl ServerArgs {
+    /// Fills every field unset here from `lower` (a lower-priority layer).
+    fn or(self, lower: ServerArgs) -> ServerArgs {
+        ServerArgs {
+            config_file: self.config_file.or(lower.config_file),
+            name: self.name.or(lower.name),
+            data_dir: self.data_dir.or(lower.data_dir),
+            listen_client_urls: self.listen_client_urls.or(lower.listen_client_urls),
+            advertise_client_urls: self.advertise_client_urls.or(lower.advertise_client_urls),
+            listen_peer_urls: self.listen_peer_urls.or(lower.listen_peer_urls),
+            initial_advertise_peer_urls: self
+                .initial_advertise_peer_urls
+                .or(lower.initial_advertise_peer_urls),
+            initial_cluster: self.initial_cluster.or(lower.initial_cluster),
+            initial_cluster_state: self.initial_cluster_state.or(lower.initial_cluster_state),
+            initial_cluster_token: self.initial_cluster_token.or(lower.initial_cluster_token),
+            listen_http_urls: self.listen_http_urls.or(lower.listen_http_urls),
+            max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
+            max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
+            heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
+            election_timeout: self.election_timeout.or(lower.election_timeout),
+            max_batch: self.max_batch.or(lower.max_batch),
+            watch_progress_notify_interval: self
+                .watch_progress_notify_interval
+                .or(lower.watch_progress_notify_interval),
+            log_format: self.log_format.or(lower.log_format),
+            log_level: self.log_level.or(lower.log_level),
+        }
+    }
+}
+
+/// `new` or `existing`, as etcd's `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrapping a new cluster.
+    New,
+    /// Joining a running cluster.
+    Existing,
+}
+
+/// A fully resolved node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Member name.
+    pub name: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// etcd API listen addresses.
+    pub listen_client: Vec<SocketAddr>,
+    /// Advertised client URLs.
+    pub advertise_client_urls: Vec<String>,
+    /// Peer listen addresses (clustering).
+    pub listen_peer: Vec<SocketAddr>,
+    /// Advertised peer URLs.
+    pub advertise_peer_urls: Vec<String>,
+    /// Initial cluster members: (name, peer URLs).
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    /// New or existing cluster.
+    pub initial_cluster_state: ClusterState,
+    /// Cluster token.
+    pub initial_cluster_token: String,
+    /// HTTP listen addresses.
+    pub listen_http: Vec<SocketAddr>,
+    /// Request size limit in bytes.
+    pub max_request_bytes: usize,
+    /// Txn operation limit.
+    pub max_txn_ops: usize,
+    /// Heartbeat interval (ms).
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout (ms).
+    pub election_timeout_ms: u64,
+    /// Group-commit batch limit.
+    pub max_batch: usize,
+    /// Interval of watch progress notifications (ms).
+    pub watch_progress_notify_interval_ms: u64,
+    /// `json` logs when true.
+    pub log_json: bool,
+    /// Log filter directive.
+    pub log_level: String,
+}
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Resolves `http://host:port` (or `host:port`) to socket addresses.
+pub fn url_to_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") || url.starts_with("unix://") {
+        bail!("{url}: only http:// URLs are supported so far (TLS comes later)")
+    } else {
+        url
+    };
+    let hostport = rest.trim_end_matches('/');
+    hostport
+        .to_socket_addrs()
+        .with_context(|| format!("invalid URL {url}"))?
+        .next()
+        .with_context(|| format!("{url} resolves to no address"))
+}
+
+fn addrs(urls: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let list = split_urls(urls);
+    if list.is_empty() {
+        bail!("no URL given");
+    }
+    list.iter().map(|u| url_to_addr(u)).collect()
+}
+
+impl Config {
+    /// Layers flags/environment over the config file over defaults and validates the result.
+    pub fn resolve(args: ServerArgs) -> anyhow::Result<Config> {
+        let file = match &args.config_file {
+            Some(path) => read_file(path)?,
+            None => ServerArgs::default(),
+        };
+        let s = args.or(file);
+        let name = s.name.unwrap_or_else(|| "default".into());
+        let listen_client_urls = s
+            .listen_client_urls
+            .unwrap_or_else(|| "http://127.0.0.1:2379".into());
+        let advertise_client = s
+            .advertise_client_urls
+            .unwrap_or_else(|| listen_client_urls.clone());
+        let listen_peer_urls = s
+            .listen_peer_urls
+            .unwrap_or_else(|| "http://127.0.0.1:2380".into());
+        let advertise_peer = s
+            .initial_advertise_peer_urls
+            .unwrap_or_else(|| listen_peer_urls.clone());
+        let initial_cluster = s.initial_cluster.unwrap_or_else(|| {
+            format!(
+                "{name}={}",
+                split_urls(&advertise_peer).join(&format!(",{name}="))
+            )
+        });
+        let state = match s.initial_cluster_state.as_deref().unwrap_or("new") {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => bail!("--initial-cluster-state must be new or existing, not {other:?}"),
+        };
+        let heartbeat = s.heartbeat_interval.unwrap_or(100);
+        let election = s.election_timeout.unwrap_or(1000);
+        if heartbeat == 0 || election < heartbeat * 5 {
+            bail!("--election-timeout ({election}ms) must be at least 5x --heartbeat-interval ({heartbeat}ms)");
+        }
+        let log_format = s.log_format.unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            bail!("--log-format must be text or json, not {log_format:?}");
+        }
+        let max_request_bytes = s.max_request_bytes.unwrap_or(1536 * 1024);
+        if max_request_bytes == 0 {
+            bail!("--max-request-bytes must be positive");
+        }
+        Ok(Config {
+            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
+            listen_client: addrs(&listen_client_urls).context("--listen-client-urls")?,
+            advertise_client_urls: split_urls(&advertise_client),
+            listen_peer: addrs(&listen_peer_urls).context("--listen-peer-urls")?,
+            advertise_peer_urls: split_urls(&advertise_peer),
+            initial_cluster: parse_initial_cluster(&initial_cluster)?,
+            initial_cluster_state: state,
+            initial_cluster_token: s
+                .initial_cluster_token
+                .unwrap_or_else(|| "berth-cluster".into()),
+            listen_http: addrs(
+                &s.listen_http_urls
+                    .unwrap_or_else(|| "http://127.0.0.1:8500".into()),
+            )
+            .context("--listen-http-urls")?,
+            max_request_bytes,
+            max_txn_ops: s.max_txn_ops.unwrap_or(128).max(1),
+            heartbeat_interval_ms: heartbeat,
+            election_timeout_ms: election,
+            max_batch: s.max_batch.unwrap_or(1024).max(1),
+            // etcd's default: ten minutes.
+            watch_progress_notify_interval_ms: s
+                .watch_progress_notify_interval
+                .unwrap_or(600_000)
+                .max(100),
+            log_json: log_format == "json",
+            log_level: s.log_level.unwrap_or_else(|| "info".into()),
+            name,
+        })
+    }
+
+    /// Smallest lease TTL, as etcd derives it: 1.5 election timeouts, rounded up to seconds.
+    pub fn min_lease_ttl(&self) -> i64 {
+        let ticks = self.election_timeout_ms / self.heartbeat_interval_ms;
+        let ms = (3 * ticks / 2) * self.heartbeat_interval_ms;
+        ms.div_ceil(1000).max(1) as i64
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<ServerArgs> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for part in split_urls(s) {
+        let (name, url) = part
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster entry {part:?} is not name=url"))?;
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => out.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    if out.is_empty() {
+        bail!("--initial-cluster is empty");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::resolve(ServerArgs::default()).expect("defaults resolve");
+        assert_eq!(
+            c.listen_client,
+            vec!["127.0.0.1:2379".parse().expect("addr")]
+        );
+        assert_eq!(c.listen_http, vec!["127.0.0.1:8500".parse().expect("addr")]);
+        assert_eq!(c.data_dir, PathBuf::from("berth-data"));
+        assert_eq!(
+            c.initial_cluster,
+            vec![("default".into(), vec!["http://127.0.0.1:2380".into()])]
+        );
+        assert_eq!(c.min_lease_ttl(), 2);
+        assert_eq!(c.max_request_bytes, 1536 * 1024);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("b.toml");
+        std::fs::write(
+            &f,
+            "name = \"from-file\"\nmax-txn-ops = 7\nlog-format = \"json\"\n",
+        )
+        .expect("write");
+        let args = ServerArgs {
+            config_file: Some(f),
+            name: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(args).expect("resolve");
+        assert_eq!(c.name, "from-flag");
+        assert_eq!(c.max_txn_ops, 7);
+        assert!(c.log_json);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let bad = |a: ServerArgs| Config::resolve(a).is_err();
+        assert!(bad(ServerArgs {
+            initial_cluster_state: Some("weird".into()),
+            ..Default::default()
+        }));
+        assert!(bad(ServerArgs {
+            listen_client_urls: Some("https://127.0.0.1:1".into()),
+            ..Default::default()
+        }));
+        assert!(bad(ServerArgs {
+            initial_cluster: Some("nourl".into()),
+            ..Default::default()
+        }));
+    }
+}

@@ -1,0 +1,133 @@
+//! Every error a client can see, with etcd's exact gRPC code and message: etcd clients match
+//! on the message text, so these strings are part of the wire contract.
+
+use berth_store::StoreError;
+use tonic::{Code, Status};
+
+/// Errors of the etcd API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Request key is empty.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// `ignore_value`/`ignore_lease` on a missing key.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// `ignore_value` together with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// Txn has too many operations.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// Txn writes the same key twice.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// Unknown sort order or target.
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// Revision compacted.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// Revision in the future.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    /// Lease missing.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// Lease ID taken.
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    /// Lease TTL above the maximum.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// Request bigger than `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// Member ID unknown.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// Auth is not enabled.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// The RPC is not supported by this server yet.
+    #[error("etcdserver: not capable")]
+    NotCapable,
+    /// The server is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The storage engine failed.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+}
+
+impl ApiError {
+    /// The gRPC code etcd uses for this error.
+    pub fn code(&self) -> Code {
+        use ApiError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExist | AuthNotEnabled | NotCapable => Code::FailedPrecondition,
+            Stopped => Code::Unavailable,
+            Corrupt => Code::DataLoss,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Compacted => ApiError::Compacted,
+            StoreError::FutureRevision => ApiError::FutureRev,
+            StoreError::LeaseNotFound => ApiError::LeaseNotFound,
+            StoreError::LeaseExists => ApiError::LeaseExist,
+            StoreError::LeaseTtlTooLarge => ApiError::LeaseTtlTooLarge,
+            StoreError::KeyNotFound => ApiError::KeyNotFound,
+            other => {
+                tracing::error!(error = %other, "storage failure");
+                ApiError::Corrupt
+            }
+        }
+    }
+}
+
+/// Maps a store error straight to the gRPC status etcd would send.
+pub fn store_status(e: StoreError) -> Status {
+    ApiError::from(e).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages_match_etcd() {
+        let s = store_status(StoreError::Compacted);
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = store_status(StoreError::LeaseNotFound);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "etcdserver: requested lease not found")
+        );
+        let s: Status = ApiError::RequestTooLarge.into();
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "etcdserver: request is too large")
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! A berth node: configuration, bootstrap, the etcd v3 gRPC services, the write path, and the
+//! HTTP listener for metrics and health.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and TOML file, layered.
+//! - [`member`]: member and cluster identity.
+//! - [`proposer`]: the write path (group commit on one node; Raft later).
+//! - [`api`]: one module per etcd service.
+//! - [`errors`]: etcd's error codes and messages.
+//! - [`metrics`]: Prometheus metrics and the gRPC metrics layer.
+//! - [`http`]: `/metrics`, `/health`, `/version`.
+//! - [`node`]: bootstrap and shutdown.
+
+pub mod api;
+pub mod config;
+pub mod errors;
+pub mod http;
+pub mod member;
+pub mod metrics;
+pub mod node;
+pub mod proposer;
+
+use tracing_subscriber::EnvFilter;
+
+/// Starts a node from command-line arguments and runs it until SIGINT or SIGTERM.
+pub fn run_from_args(args: config::ServerArgs) -> anyhow::Result<()> {
+    let cfg = config::Config::resolve(args)?;
+    let filter = EnvFilter::try_new(&cfg.log_level)
+        .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", cfg.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berth")
+        .build()?;
+    runtime.block_on(node::serve(cfg, shutdown_signal()))
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

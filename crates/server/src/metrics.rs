@@ -1,0 +1,240 @@
+//! Prometheus metrics of a node: gRPC requests and latency per method, commit (fsync) latency
+//! and batch sizes, and store gauges read at scrape time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_store::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-RPC series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// Full gRPC method, e.g. `/etcdserverpb.KV/Put`.
+    pub method: String,
+    /// gRPC status code name.
+    pub code: String,
+}
+
+/// Labels of per-RPC latency series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// Full gRPC method.
+    pub method: String,
+}
+
+/// All metrics of a node.
+pub struct Metrics {
+    registry: Registry,
+    grpc_requests: Family<RpcLabels, Counter>,
+    grpc_latency: Family<MethodLabels, Histogram>,
+    commit_latency: Histogram,
+    batch_size: Histogram,
+    /// Leases revoked because their TTL ran out.
+    pub leases_expired: Counter,
+    /// Watch events delivered to clients.
+    pub watch_events: Counter,
+    revision: Gauge,
+    compacted: Gauge,
+    keys: Gauge,
+    leases: Gauge,
+    watchers: Gauge,
+    db_size: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let grpc_requests = Family::<RpcLabels, Counter>::default();
+        let grpc_latency = Family::<MethodLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))) as fn() -> Histogram,
+        );
+        let commit_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "berth_grpc_requests",
+            "gRPC requests handled, by method and status code",
+            grpc_requests.clone(),
+        );
+        registry.register(
+            "berth_grpc_request_duration_seconds",
+            "Time to answer a gRPC request (to the start of the stream for streaming calls)",
+            grpc_latency.clone(),
+        );
+        registry.register(
+            "berth_disk_commit_duration_seconds",
+            "Time to apply and fsync one batch of writes",
+            commit_latency.clone(),
+        );
+        registry.register(
+            "berth_write_batch_size",
+            "Writes committed together by one fsync",
+            batch_size.clone(),
+        );
+        let m = Metrics {
+            grpc_requests,
+            grpc_latency,
+            commit_latency,
+            batch_size,
+            leases_expired: Counter::default(),
+            watch_events: Counter::default(),
+            revision: Gauge::default(),
+            compacted: Gauge::default(),
+            keys: Gauge::default(),
+            leases: Gauge::default(),
+            watchers: Gauge::default(),
+            db_size: Gauge::default(),
+            registry,
+        };
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register(
+            "berth_leases_expired",
+            "Leases revoked on TTL expiry",
+            m.leases_expired.clone(),
+        );
+        r.register(
+            "berth_watch_events_sent",
+            "Watch events sent to clients",
+            m.watch_events.clone(),
+        );
+        r.register(
+            "berth_mvcc_revision",
+            "Newest store revision",
+            m.revision.clone(),
+        );
+        r.register(
+            "berth_mvcc_compacted_revision",
+            "Revision history is compacted to",
+            m.compacted.clone(),
+        );
+        r.register("berth_mvcc_keys", "Keys in the index", m.keys.clone());
+        r.register("berth_leases", "Granted leases", m.leases.clone());
+        r.register("berth_watchers", "Active watchers", m.watchers.clone());
+        r.register(
+            "berth_db_size_bytes",
+            "Size of the database file",
+            m.db_size.clone(),
+        );
+        m
+    }
+
+    /// Records one gRPC call.
+    pub fn observe_rpc(&self, method: &str, code: &str, elapsed: Duration) {
+        self.grpc_requests
+            .get_or_create(&RpcLabels {
+                method: method.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+        self.grpc_latency
+            .get_or_create(&MethodLabels {
+                method: method.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one committed batch.
+    pub fn observe_commit(&self, elapsed: Duration, batch: usize) {
+        self.commit_latency.observe(elapsed.as_secs_f64());
+        self.batch_size.observe(batch as f64);
+    }
+
+    /// Renders the Prometheus text format, refreshing store gauges first.
+    pub fn render(&self, store: &Store) -> String {
+        let s = store.stats();
+        self.revision.set(s.revision);
+        self.compacted.set(s.compacted);
+        self.keys.set(s.keys as i64);
+        self.leases.set(s.leases as i64);
+        self.watchers.set(s.watchers as i64);
+        self.db_size.set(s.db_size as i64);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// A tower layer that counts and times every gRPC call.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+/// Service produced by [`GrpcMetricsLayer`].
+#[derive(Clone)]
+pub struct GrpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for GrpcMetricsService<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // Take the service that was driven to readiness, leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let metrics = self.metrics.clone();
+        let method = req.uri().path().to_string();
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = inner.call(req).await;
+            // Errors returned by a handler travel as `grpc-status` in the headers; a success
+            // puts it in the trailers, which are not visible here.
+            let code = match &result {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(|c| format!("{:?}", tonic::Code::from_i32(c)))
+                    .unwrap_or_else(|| "Ok".into()),
+                Err(_) => "Transport".into(),
+            };
+            metrics.observe_rpc(&method, &code, started.elapsed());
+            result
+        })
+    }
+}

@@ -1,0 +1,208 @@
+//! Node bootstrap: opens the store, starts the write path, binds the listeners, serves the
+//! etcd gRPC API and the HTTP API, runs lease expiry, and shuts everything down in order.
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_proto::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use berth_store::{LeaseLimits, Store, StoreOptions};
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::auth::AuthService;
+use crate::api::cluster::ClusterService;
+use crate::api::kv::KvService;
+use crate::api::lease::{revoke, LeaseService};
+use crate::api::maintenance::MaintenanceService;
+use crate::api::watch::WatchService;
+use crate::api::Node;
+use crate::config::Config;
+use crate::errors::ApiError;
+use crate::member::MemberInfo;
+use crate::metrics::{GrpcMetricsLayer, Metrics};
+use crate::proposer::Proposer;
+
+/// etcd's allowance for gRPC framing on top of `--max-request-bytes`.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// How long open streams (watches) may delay shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often lease expiry is checked.
+const EXPIRY_TICK: Duration = Duration::from_millis(100);
+
+/// Opens the store and builds the shared node state.
+pub fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let member = MemberInfo::load_or_create(cfg)?;
+    let store = Store::open(
+        &cfg.data_dir.join("store"),
+        StoreOptions {
+            lease_limits: LeaseLimits {
+                min_ttl: cfg.min_lease_ttl(),
+                ..LeaseLimits::default()
+            },
+            cache_bytes: 0,
+        },
+    )
+    .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let metrics = Arc::new(Metrics::new());
+    let proposer = Proposer::start(
+        store.clone(),
+        cfg.max_batch,
+        metrics.clone(),
+        Box::new(|e| {
+            // Memory may now be ahead of disk: serving on would answer from unsaved state.
+            tracing::error!(error = %e, "storage failed; stopping so no unsaved write is served");
+            std::process::exit(1);
+        }),
+    );
+    Ok(Arc::new(Node {
+        store,
+        proposer,
+        member,
+        config: cfg.clone(),
+        metrics,
+        alarms: Mutex::new(Vec::new()),
+        no_space: AtomicBool::new(false),
+    }))
+}
+
+fn grpc_router(node: &Arc<Node>) -> tonic::service::Routes {
+    let limit = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let progress = Duration::from_millis(node.config.watch_progress_notify_interval_ms);
+    tonic::service::Routes::new(
+        KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit),
+    )
+    .add_service(
+        WatchServer::new(WatchService::new(node.clone(), progress))
+            .max_decoding_message_size(limit),
+    )
+    .add_service(LeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(limit))
+    .add_service(
+        ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(limit),
+    )
+    .add_service(
+        MaintenanceServer::new(MaintenanceService::new(node.clone()))
+            .max_decoding_message_size(limit),
+    )
+    .add_service(AuthServer::new(AuthService::new(node.clone())).max_decoding_message_size(limit))
+}
+
+/// Revokes leases whose TTL ran out, until `stop` changes.
+async fn expire_leases(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let expired = node.store.expired_leases(1000);
+        if expired.is_empty() {
+            continue;
+        }
+        // Revoked together so they share commits.
+        let results = futures::future::join_all(expired.iter().map(|id| revoke(&node, *id))).await;
+        for (id, r) in expired.iter().zip(results) {
+            match r {
+                Ok(_) => {
+                    node.metrics.leases_expired.inc();
+                    tracing::debug!(lease = id, "lease expired");
+                }
+                Err(ApiError::LeaseNotFound) => {}
+                Err(e) => tracing::warn!(lease = id, error = %e, "revoking expired lease"),
+            }
+        }
+    }
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = open(&cfg)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    for addr in &cfg.listen_client {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the client listener {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving the etcd v3 API");
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            conn.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
+        let mut stop = stop_rx.clone();
+        let routes = grpc_router(&node);
+        let metrics = node.metrics.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .layer(GrpcMetricsLayer(metrics))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+                .context("gRPC server")
+        });
+    }
+    for addr in &cfg.listen_http {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving HTTP (metrics, health)");
+        let mut stop = stop_rx.clone();
+        let app = crate::http::router(node.clone());
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+                .context("HTTP server")
+        });
+    }
+    tasks.spawn({
+        let node = node.clone();
+        let stop = stop_rx.clone();
+        async move {
+            expire_leases(node, stop).await;
+            Ok(())
+        }
+    });
+    tracing::info!(
+        name = %node.member.name,
+        member_id = format_args!("{:x}", node.member.id),
+        cluster_id = format_args!("{:x}", node.member.cluster_id),
+        revision = node.store.revision(),
+        "ready to serve client requests"
+    );
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        Some(res) = tasks.join_next() => {
+            // A server task ended on its own: that is an error worth stopping for.
+            let _ = stop_tx.send(true);
+            return match res {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a server task stopped unexpectedly")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("a server task panicked: {e}")),
+            };
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Unary calls finish quickly; open watch streams would hold shutdown forever.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}

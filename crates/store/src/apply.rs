@@ -1,0 +1,506 @@
+//! The write path of the state machine: applies Put, DeleteRange, Txn, Compact and lease
+//! commands inside one storage transaction, assigning revisions exactly as etcd does.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use berth_proto::etcdserverpb::request_op::Request;
+use berth_proto::etcdserverpb::response_op::Response;
+use berth_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
+    PutResponse, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use berth_proto::mvccpb::{event::EventType, Event, KeyValue};
+use redb::Table;
+
+use crate::backend::{encode, read_kv, META_COMPACTED, META_REVISION};
+use crate::error::{DbResult, Result, StoreError};
+use crate::index::{KeyIndex, KeySpan};
+use crate::lease::Lessor;
+use crate::read;
+use crate::revision::Revision;
+
+/// A state-machine command: one client write request (what a Raft log entry carries).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// KV.Put
+    Put(PutRequest),
+    /// KV.DeleteRange
+    DeleteRange(DeleteRangeRequest),
+    /// KV.Txn
+    Txn(TxnRequest),
+    /// KV.Compact
+    Compact(CompactionRequest),
+    /// Lease.LeaseGrant (the ID is chosen before the command is proposed).
+    LeaseGrant(LeaseGrantRequest),
+    /// Lease.LeaseRevoke (also used for expiry).
+    LeaseRevoke(LeaseRevokeRequest),
+}
+
+/// The response a command produced; headers carry only the revision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Response to [`Command::Put`].
+    Put(PutResponse),
+    /// Response to [`Command::DeleteRange`].
+    DeleteRange(DeleteRangeResponse),
+    /// Response to [`Command::Txn`].
+    Txn(TxnResponse),
+    /// Response to [`Command::Compact`].
+    Compact(CompactionResponse),
+    /// Response to [`Command::LeaseGrant`].
+    LeaseGrant(LeaseGrantResponse),
+    /// Response to [`Command::LeaseRevoke`].
+    LeaseRevoke(LeaseRevokeResponse),
+}
+
+/// Everything one batch mutates, borrowed for its duration.
+pub(crate) struct Writer<'a, 't> {
+    pub index: &'a mut KeyIndex,
+    pub lessor: &'a mut Lessor,
+    pub revs: &'a mut Table<'t, u128, &'static [u8]>,
+    pub leases: &'a mut Table<'t, i64, i64>,
+    pub meta: &'a mut Table<'t, &'static str, i64>,
+    /// Newest revision written so far (by earlier commands of the batch too).
+    pub current: i64,
+    /// Events of the batch, in revision order, for watchers.
+    pub events: Vec<Event>,
+    pub now: Instant,
+    /// True once anything was written (a batch of pure reads needs no commit).
+    pub dirty: bool,
+}
+
+/// The revision being written by one request, and how many changes it has made.
+struct Rev {
+    main: i64,
+    sub: i64,
+}
+
+impl Rev {
+    fn next(&mut self) -> Revision {
+        let r = Revision::new(self.main, self.sub);
+        self.sub += 1;
+        r
+    }
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+impl Writer<'_, '_> {
+    /// Applies one command. Errors leave no trace: every check runs before the first write.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Applied> {
+        let mut rev = Rev {
+            main: self.current + 1,
+            sub: 0,
+        };
+        let out = match cmd {
+            Command::Put(p) => {
+                self.check_put(p)?;
+                let mut resp = self.put(&mut rev, p)?;
+                resp.header = header(rev.main);
+                Applied::Put(resp)
+            }
+            Command::DeleteRange(d) => Applied::DeleteRange(self.delete(&mut rev, d)?),
+            Command::Txn(t) => {
+                let path = self.compare_path(t)?;
+                self.check_txn(t, &path, &mut 0)?;
+                Applied::Txn(self.txn(&mut rev, t, &path, &mut 0)?)
+            }
+            Command::Compact(c) => Applied::Compact(self.compact(c)?),
+            Command::LeaseGrant(g) => Applied::LeaseGrant(self.lease_grant(g)?),
+            Command::LeaseRevoke(r) => Applied::LeaseRevoke(self.lease_revoke(&mut rev, r)?),
+        };
+        if rev.sub > 0
+            || matches!(
+                out,
+                Applied::Compact(_) | Applied::LeaseGrant(_) | Applied::LeaseRevoke(_)
+            )
+        {
+            self.dirty = true;
+        }
+        if rev.sub > 0 {
+            self.current = rev.main;
+            self.meta.insert(META_REVISION, rev.main).db()?;
+        }
+        Ok(with_revision(out, self.current))
+    }
+
+    fn check_put(&self, p: &PutRequest) -> Result<()> {
+        if p.lease != 0 && !p.ignore_lease && !self.lessor.contains(p.lease) {
+            return Err(StoreError::LeaseNotFound);
+        }
+        if (p.ignore_value || p.ignore_lease) && self.index.get(&p.key, self.current).is_none() {
+            return Err(StoreError::KeyNotFound);
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, rev: &mut Rev, p: &PutRequest) -> Result<PutResponse> {
+        let prev = self.index.get(&p.key, rev.main);
+        let prev_kv = match prev {
+            Some(v) if p.prev_kv || p.ignore_value => Some(read_kv(self.revs, v.rev)?),
+            _ => None,
+        };
+        let value = match (&prev_kv, p.ignore_value) {
+            (Some(kv), true) => kv.value.clone(),
+            _ => p.value.clone(),
+        };
+        let lease = match (prev, p.ignore_lease) {
+            (Some(v), true) => v.lease,
+            _ => p.lease,
+        };
+        let r = rev.next();
+        let (ver, _) = self.index.put(&p.key, r, lease);
+        let kv = KeyValue {
+            key: p.key.clone(),
+            create_revision: ver.create,
+            mod_revision: r.main,
+            version: ver.version,
+            value,
+            lease,
+        };
+        self.revs
+            .insert(r.to_key(), encode(&kv, false).as_slice())
+            .db()?;
+        if let Some(old) = prev.map(|v| v.lease).filter(|l| *l != 0 && *l != lease) {
+            self.lessor.detach(old, &p.key);
+        }
+        if lease != 0 {
+            self.lessor.attach(lease, &p.key);
+        }
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: None,
+        });
+        Ok(PutResponse {
+            header: None,
+            prev_kv: prev_kv.filter(|_| p.prev_kv),
+        })
+    }
+
+    fn delete(&mut self, rev: &mut Rev, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let span = KeySpan::new(&d.key, &d.range_end);
+        let mut doomed = Vec::new();
+        self.index.for_each_live(&span, rev.main, |k, v| {
+            doomed.push((k.to_vec(), v));
+            true
+        });
+        let mut prev_kvs = Vec::new();
+        for (key, v) in &doomed {
+            if d.prev_kv {
+                prev_kvs.push(read_kv(self.revs, v.rev)?);
+            }
+            self.delete_key(rev, key, v.lease)?;
+        }
+        Ok(DeleteRangeResponse {
+            header: header(if doomed.is_empty() {
+                self.current
+            } else {
+                rev.main
+            }),
+            deleted: doomed.len() as i64,
+            prev_kvs,
+        })
+    }
+
+    fn delete_key(&mut self, rev: &mut Rev, key: &[u8], lease: i64) -> Result<()> {
+        let r = rev.next();
+        self.index.tombstone(key, r);
+        let kv = KeyValue {
+            key: key.to_vec(),
+            mod_revision: r.main,
+            ..Default::default()
+        };
+        self.revs
+            .insert(r.to_key(), encode(&kv, true).as_slice())
+            .db()?;
+        if lease != 0 {
+            self.lessor.detach(lease, key);
+        }
+        self.events.push(Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(kv),
+            prev_kv: None,
+        });
+        Ok(())
+    }
+
+    /// Evaluates every compare of the txn tree against the state before the txn, as etcd
+    /// does: one bool per txn node in depth-first order of the chosen branches.
+    fn compare_path(&self, t: &TxnRequest) -> Result<Vec<bool>> {
+        let mut path = Vec::new();
+        self.walk_compares(t, &mut path)?;
+        Ok(path)
+    }
+
+    fn walk_compares(&self, t: &TxnRequest, path: &mut Vec<bool>) -> Result<()> {
+        let mut ok = true;
+        for c in &t.compare {
+            if !self.compare(c)? {
+                ok = false;
+                break;
+            }
+        }
+        path.push(ok);
+        let branch = if ok { &t.success } else { &t.failure };
+        for op in branch {
+            if let Some(Request::RequestTxn(inner)) = &op.request {
+                self.walk_compares(inner, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn compare(&self, c: &Compare) -> Result<bool> {
+        let span = KeySpan::new(&c.key, &c.range_end);
+        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+        let mut versions = Vec::new();
+        self.index.for_each_live(&span, self.current, |k, v| {
+            versions.push((k.to_vec(), v));
+            true
+        });
+        if versions.is_empty() {
+            // A value compare on a missing key always fails: there is no value to compare.
+            if target == CompareTarget::Value {
+                return Ok(false);
+            }
+            return Ok(compare_kv(c, target, &KeyValue::default()));
+        }
+        for (k, v) in versions {
+            let kv = read::materialize(self.revs, &k, v, target == CompareTarget::Value)?;
+            if !compare_kv(c, target, &kv) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Checks the ops the txn will run (leases exist, ignore_* keys exist) before any write.
+    fn check_txn(&self, t: &TxnRequest, path: &[bool], at: &mut usize) -> Result<()> {
+        let ok = path.get(*at).copied().unwrap_or(false);
+        *at += 1;
+        for op in if ok { &t.success } else { &t.failure } {
+            match &op.request {
+                Some(Request::RequestPut(p)) => self.check_put(p)?,
+                Some(Request::RequestTxn(inner)) => self.check_txn(inner, path, at)?,
+                Some(Request::RequestRange(r)) => {
+                    read::resolve_rev(self.index, r.revision, self.current)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn txn(
+        &mut self,
+        rev: &mut Rev,
+        t: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Result<TxnResponse> {
+        let succeeded = path.get(*at).copied().unwrap_or(false);
+        *at += 1;
+        let branch = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            responses.push(self.op(rev, op, path, at)?);
+        }
+        Ok(TxnResponse {
+            header: None,
+            succeeded,
+            responses,
+        })
+    }
+
+    fn op(
+        &mut self,
+        rev: &mut Rev,
+        op: &RequestOp,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Result<ResponseOp> {
+        let response = match &op.request {
+            Some(Request::RequestRange(r)) => Response::ResponseRange(self.txn_range(rev, r)?),
+            Some(Request::RequestPut(p)) => Response::ResponsePut(self.put(rev, p)?),
+            Some(Request::RequestDeleteRange(d)) => {
+                Response::ResponseDeleteRange(self.delete(rev, d)?)
+            }
+            Some(Request::RequestTxn(t)) => Response::ResponseTxn(self.txn(rev, t, path, at)?),
+            None => return Ok(ResponseOp { response: None }),
+        };
+        Ok(ResponseOp {
+            response: Some(response),
+        })
+    }
+
+    /// A range inside a txn sees the txn's own earlier writes.
+    fn txn_range(
+        &self,
+        rev: &Rev,
+        r: &RangeRequest,
+    ) -> Result<berth_proto::etcdserverpb::RangeResponse> {
+        let view = if rev.sub > 0 { rev.main } else { self.current };
+        read::range(self.index, self.revs, r, view)
+    }
+
+    fn compact(&mut self, c: &CompactionRequest) -> Result<CompactionResponse> {
+        if c.revision <= self.index.compacted() {
+            return Err(StoreError::Compacted);
+        }
+        if c.revision > self.current {
+            return Err(StoreError::FutureRevision);
+        }
+        for r in self.index.compact(c.revision) {
+            self.revs.remove(r.to_key()).db()?;
+        }
+        self.meta.insert(META_COMPACTED, c.revision).db()?;
+        Ok(CompactionResponse { header: None })
+    }
+
+    fn lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if g.ttl > self.lessor.limits().max_ttl {
+            return Err(StoreError::LeaseTtlTooLarge);
+        }
+        if g.id <= 0 {
+            return Err(StoreError::Corrupt("lease grant without an ID".into()));
+        }
+        if self.lessor.contains(g.id) {
+            return Err(StoreError::LeaseExists);
+        }
+        let ttl = self.lessor.effective_ttl(g.ttl);
+        self.lessor.insert(g.id, ttl, self.now);
+        self.leases.insert(g.id, ttl).db()?;
+        Ok(LeaseGrantResponse {
+            header: None,
+            id: g.id,
+            ttl,
+            error: String::new(),
+        })
+    }
+
+    fn lease_revoke(
+        &mut self,
+        rev: &mut Rev,
+        r: &LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse> {
+        let keys = self.lessor.remove(r.id).ok_or(StoreError::LeaseNotFound)?;
+        for key in keys {
+            if self.index.get(&key, rev.main).is_some() {
+                self.delete_key(rev, &key, 0)?;
+            }
+        }
+        self.leases.remove(r.id).db()?;
+        Ok(LeaseRevokeResponse { header: None })
+    }
+}
+
+/// Compares one key-value against a compare clause (a missing key compares as all zeroes).
+fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    let ord: Ordering = match (target, &c.target_union) {
+        (CompareTarget::Value, Some(TargetUnion::Value(v))) => {
+            kv.value.as_slice().cmp(v.as_slice())
+        }
+        (CompareTarget::Value, _) => kv.value.as_slice().cmp(&[][..]),
+        (CompareTarget::Version, Some(TargetUnion::Version(v))) => kv.version.cmp(v),
+        (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => kv.create_revision.cmp(v),
+        (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => kv.mod_revision.cmp(v),
+        (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => kv.lease.cmp(v),
+        (CompareTarget::Version, _) => kv.version.cmp(&0),
+        (CompareTarget::Create, _) => kv.create_revision.cmp(&0),
+        (CompareTarget::Mod, _) => kv.mod_revision.cmp(&0),
+        (CompareTarget::Lease, _) => kv.lease.cmp(&0),
+    };
+    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+/// Sets the top-level header revision (and every nested txn/op header) once the command is done.
+fn with_revision(out: Applied, revision: i64) -> Applied {
+    match out {
+        Applied::Txn(mut t) => {
+            fill_txn_headers(&mut t, revision);
+            Applied::Txn(t)
+        }
+        Applied::Compact(mut c) => {
+            c.header = header(revision);
+            Applied::Compact(c)
+        }
+        Applied::LeaseGrant(mut g) => {
+            g.header = header(revision);
+            Applied::LeaseGrant(g)
+        }
+        Applied::LeaseRevoke(mut r) => {
+            r.header = header(revision);
+            Applied::LeaseRevoke(r)
+        }
+        other => other,
+    }
+}
+
+fn fill_txn_headers(t: &mut TxnResponse, revision: i64) {
+    t.header = header(revision);
+    for op in &mut t.responses {
+        match &mut op.response {
+            Some(Response::ResponsePut(p)) => p.header = header(revision),
+            Some(Response::ResponseDeleteRange(d)) => d.header = header(revision),
+            Some(Response::ResponseTxn(inner)) => fill_txn_headers(inner, revision),
+            Some(Response::ResponseRange(_)) | None => {}
+        }
+    }
+}
+
+/// Rejects a txn that writes the same key twice along any path (etcd's duplicate-key rule).
+pub fn check_txn_duplicates(t: &TxnRequest) -> bool {
+    fn walk(ops: &[RequestOp]) -> Option<(Vec<KeySpan>, HashSet<Vec<u8>>)> {
+        let mut dels: Vec<KeySpan> = Vec::new();
+        let mut puts: HashSet<Vec<u8>> = HashSet::new();
+        for op in ops {
+            match &op.request {
+                Some(Request::RequestPut(p)) if !puts.insert(p.key.clone()) => return None,
+                Some(Request::RequestPut(_)) => {}
+                Some(Request::RequestDeleteRange(d)) => {
+                    dels.push(KeySpan::new(&d.key, &d.range_end))
+                }
+                Some(Request::RequestTxn(t)) => {
+                    let (d1, p1) = walk(&t.success)?;
+                    let (d2, p2) = walk(&t.failure)?;
+                    for k in p1.union(&p2) {
+                        if puts.contains(k) {
+                            return None;
+                        }
+                    }
+                    puts.extend(p1.into_iter().chain(p2));
+                    dels.extend(d1.into_iter().chain(d2));
+                }
+                _ => {}
+            }
+        }
+        if puts.iter().any(|k| dels.iter().any(|d| d.contains(k))) {
+            return None;
+        }
+        Some((dels, puts))
+    }
+    walk(&t.success).is_some() && walk(&t.failure).is_some()
+}
+
+/// Reads the persisted counters back: (newest revision, compaction mark).
+pub(crate) fn read_counters(
+    meta: &impl redb::ReadableTable<&'static str, i64>,
+) -> Result<(i64, i64)> {
+    let get = |k: &str| -> Result<i64> { Ok(meta.get(k).db()?.map(|g| g.value()).unwrap_or(0)) };
+    Ok((get(META_REVISION)?, get(META_COMPACTED)?))
+}

@@ -1,0 +1,229 @@
+//! Leases: TTLs, the keys attached to each, and expiry order. Grant and revoke are applied
+//! through the write path; renewals and expiry timers are in-memory, as in etcd.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// How long an expired lease waits before it is reported expired again (its revoke may be in flight).
+const EXPIRED_RETRY: Duration = Duration::from_secs(3);
+
+/// Limits that apply to lease TTLs.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseLimits {
+    /// Granted TTLs below this are raised to it (seconds).
+    pub min_ttl: i64,
+    /// Granted TTLs above this are rejected (seconds).
+    pub max_ttl: i64,
+}
+
+impl Default for LeaseLimits {
+    fn default() -> Self {
+        // etcd's defaults: 1.5 × election timeout rounded up, and 9e9 seconds.
+        Self {
+            min_ttl: 2,
+            max_ttl: 9_000_000_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Lease {
+    ttl: i64,
+    expiry: Instant,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+/// All leases of the store.
+#[derive(Debug, Default)]
+pub struct Lessor {
+    leases: HashMap<i64, Lease>,
+    by_expiry: BTreeSet<(Instant, i64)>,
+    limits: LeaseLimits,
+}
+
+/// What `time_to_live` reports for one lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Seconds left before expiry.
+    pub remaining: i64,
+    /// TTL the lease was granted with.
+    pub granted: i64,
+    /// Keys attached to the lease.
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl Lessor {
+    /// A lessor with the given TTL limits.
+    pub fn new(limits: LeaseLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// TTL limits in force.
+    pub fn limits(&self) -> LeaseLimits {
+        self.limits
+    }
+
+    /// The TTL a grant of `requested` seconds receives.
+    pub fn effective_ttl(&self, requested: i64) -> i64 {
+        requested.max(self.limits.min_ttl)
+    }
+
+    /// True when the lease exists.
+    pub fn contains(&self, id: i64) -> bool {
+        self.leases.contains_key(&id)
+    }
+
+    /// Number of leases.
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// True when there are no leases.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    /// Adds a lease that expires `ttl` seconds from `now`.
+    pub fn insert(&mut self, id: i64, ttl: i64, now: Instant) {
+        let expiry = now + secs(ttl);
+        if let Some(old) = self.leases.insert(
+            id,
+            Lease {
+                ttl,
+                expiry,
+                keys: BTreeSet::new(),
+            },
+        ) {
+            self.by_expiry.remove(&(old.expiry, id));
+        }
+        self.by_expiry.insert((expiry, id));
+    }
+
+    /// Removes a lease; returns the keys that were attached to it.
+    pub fn remove(&mut self, id: i64) -> Option<Vec<Vec<u8>>> {
+        let lease = self.leases.remove(&id)?;
+        self.by_expiry.remove(&(lease.expiry, id));
+        Some(lease.keys.into_iter().collect())
+    }
+
+    /// Keys attached to a lease (empty if unknown).
+    pub fn keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.leases
+            .get(&id)
+            .map(|l| l.keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Attaches `key` to lease `id` (no-op for id 0 or an unknown lease).
+    pub fn attach(&mut self, id: i64, key: &[u8]) {
+        if let Some(l) = self.leases.get_mut(&id) {
+            l.keys.insert(key.to_vec());
+        }
+    }
+
+    /// Detaches `key` from lease `id`.
+    pub fn detach(&mut self, id: i64, key: &[u8]) {
+        if let Some(l) = self.leases.get_mut(&id) {
+            l.keys.remove(key);
+        }
+    }
+
+    /// Restarts a lease's TTL from `now`; returns the TTL, or `None` if it does not exist.
+    pub fn renew(&mut self, id: i64, now: Instant) -> Option<i64> {
+        let l = self.leases.get_mut(&id)?;
+        self.by_expiry.remove(&(l.expiry, id));
+        l.expiry = now + secs(l.ttl);
+        self.by_expiry.insert((l.expiry, id));
+        Some(l.ttl)
+    }
+
+    /// Restarts every lease's TTL (after a restart or a leader change, as etcd does).
+    pub fn renew_all(&mut self, now: Instant) {
+        let ids: Vec<i64> = self.leases.keys().copied().collect();
+        for id in ids {
+            self.renew(id, now);
+        }
+    }
+
+    /// Remaining time and keys of a lease.
+    pub fn info(&self, id: i64, now: Instant) -> Option<LeaseInfo> {
+        let l = self.leases.get(&id)?;
+        Some(LeaseInfo {
+            remaining: l.expiry.saturating_duration_since(now).as_secs() as i64,
+            granted: l.ttl,
+            keys: l.keys.iter().cloned().collect(),
+        })
+    }
+
+    /// All lease IDs.
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.leases.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Leases whose TTL ran out by `now`. Each is pushed back by a retry interval so the
+    /// caller is not told twice while its revocation is on the way.
+    pub fn take_expired(&mut self, now: Instant, max: usize) -> Vec<i64> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(&(at, id)) = self.by_expiry.first() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            if let Some(l) = self.leases.get_mut(&id) {
+                l.expiry = now + EXPIRED_RETRY;
+                self.by_expiry.insert((l.expiry, id));
+            }
+            out.push(id);
+        }
+        out
+    }
+
+    /// Earliest expiry, if any lease exists.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.by_expiry.first().map(|(at, _)| *at)
+    }
+}
+
+fn secs(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_and_renewal() {
+        let t0 = Instant::now();
+        let mut l = Lessor::new(LeaseLimits::default());
+        l.insert(1, 5, t0);
+        l.insert(2, 10, t0);
+        l.attach(1, b"k");
+        assert!(l.take_expired(t0 + secs(4), 10).is_empty());
+        assert_eq!(l.renew(1, t0 + secs(4)), Some(5));
+        assert!(l.take_expired(t0 + secs(8), 10).is_empty(), "renewed");
+        assert_eq!(l.take_expired(t0 + secs(10), 10), vec![1, 2]);
+        assert!(
+            l.take_expired(t0 + secs(11), 10).is_empty(),
+            "not reported again before the retry interval"
+        );
+        assert_eq!(l.remove(1), Some(vec![b"k".to_vec()]));
+        assert_eq!(l.renew(1, t0), None);
+        assert_eq!(l.info(2, t0).map(|i| i.granted), Some(10));
+    }
+
+    #[test]
+    fn min_ttl_applies() {
+        let l = Lessor::new(LeaseLimits::default());
+        assert_eq!(l.effective_ttl(1), 2);
+        assert_eq!(l.effective_ttl(60), 60);
+    }
+}

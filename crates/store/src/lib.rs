@@ -1,0 +1,37 @@
+//! berth's MVCC key-value state machine: revisions, the key index, leases, the watch hub,
+//! snapshots and the embedded storage engine (redb). No networking lives here.
+//!
+//! # Layout
+//! - [`revision`]: the (main, sub) revision pair and its storage encoding.
+//! - [`index`]: in-memory key → revision history, and etcd's key-span convention.
+//! - [`lease`]: lease TTLs, attached keys and expiry order.
+//! - `backend`: redb tables and value encoding.
+//! - `read`: Range over any revision.
+//! - [`apply`]: the write path (Put, DeleteRange, Txn, Compact, lease grant/revoke).
+//! - [`watch`]: the watch hub fan-out.
+//! - [`store`]: the [`Store`] tying it together, with group-committed batches.
+//! - [`snapshot`]: consistent dumps and restore.
+//!
+//! Writes arrive as [`Command`]s so that a consensus layer can carry them in its log and
+//! apply them in order on every member; a single node applies them directly in batches.
+
+pub mod apply;
+mod backend;
+pub mod error;
+pub mod index;
+pub mod lease;
+mod read;
+pub mod revision;
+pub mod snapshot;
+pub mod store;
+pub mod watch;
+
+pub use apply::{check_txn_duplicates, Applied, Command};
+pub use error::{Result, StoreError};
+pub use index::KeySpan;
+pub use lease::{LeaseInfo, LeaseLimits};
+pub use store::{Store, StoreOptions, StoreStats, WatchEnd};
+pub use watch::{WatchHandle, WatchSpec};
+
+#[cfg(test)]
+mod tests;

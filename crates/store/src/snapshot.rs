@@ -1,0 +1,181 @@
+//! Snapshots: a consistent, checksummed dump of every table, streamed in chunks, and the
+//! restore that turns such a dump back into a store directory.
+//!
+//! Format: magic, then records `[table u8][key len u32][key][value len u32][value]`, then an
+//! end marker and the CRC-32C of everything before it.
+
+use std::io::Read;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use crate::backend::{LEASES, META, REVS};
+use crate::error::{DbResult, Result, StoreError};
+
+const MAGIC: &[u8] = b"BERTHSNAP1\n";
+const TAG_REV: u8 = 1;
+const TAG_META: u8 = 2;
+const TAG_LEASE: u8 = 3;
+const TAG_END: u8 = 0xff;
+const CHUNK: usize = 64 * 1024;
+
+/// Buffers records and hands them to the sink in chunks.
+struct Chunker<F: FnMut(&[u8]) -> Result<()>> {
+    buf: Vec<u8>,
+    crc: u32,
+    sink: F,
+}
+
+impl<F: FnMut(&[u8]) -> Result<()>> Chunker<F> {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= CHUNK {
+            (self.sink)(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, tag: u8, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put(&[tag])?;
+        self.put(&(key.len() as u32).to_le_bytes())?;
+        self.put(key)?;
+        self.put(&(value.len() as u32).to_le_bytes())?;
+        self.put(value)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            (self.sink)(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Streams every record of one read transaction (no magic, no trailer).
+pub(crate) fn write_records(db: &Database, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let mut c = Chunker {
+        buf: Vec::with_capacity(CHUNK * 2),
+        crc: 0,
+        sink,
+    };
+    records(db, &mut c)?;
+    c.flush()
+}
+
+fn records<F: FnMut(&[u8]) -> Result<()>>(db: &Database, c: &mut Chunker<F>) -> Result<()> {
+    let txn = db.begin_read().db()?;
+    for item in txn.open_table(META).db()?.iter().db()? {
+        let (k, v) = item.db()?;
+        c.record(TAG_META, k.value().as_bytes(), &v.value().to_be_bytes())?;
+    }
+    for item in txn.open_table(LEASES).db()?.iter().db()? {
+        let (k, v) = item.db()?;
+        c.record(
+            TAG_LEASE,
+            &k.value().to_be_bytes(),
+            &v.value().to_be_bytes(),
+        )?;
+    }
+    for item in txn.open_table(REVS).db()?.iter().db()? {
+        let (k, v) = item.db()?;
+        c.record(TAG_REV, &k.value().to_be_bytes(), v.value())?;
+    }
+    Ok(())
+}
+
+/// Streams a complete snapshot (magic, records, checksum trailer).
+pub(crate) fn write_snapshot(db: &Database, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let mut c = Chunker {
+        buf: Vec::with_capacity(CHUNK * 2),
+        crc: 0,
+        sink,
+    };
+    c.put(MAGIC)?;
+    records(db, &mut c)?;
+    c.put(&[TAG_END])?;
+    let crc = c.crc;
+    c.buf.extend_from_slice(&crc.to_le_bytes());
+    c.flush()
+}
+
+fn corrupt(msg: &str) -> StoreError {
+    StoreError::Corrupt(format!("snapshot: {msg}"))
+}
+
+fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+    if data.len() < n {
+        return Err(corrupt("truncated"));
+    }
+    let (head, rest) = data.split_at(n);
+    *data = rest;
+    Ok(head)
+}
+
+fn take_len(data: &mut &[u8]) -> Result<usize> {
+    let b = take(data, 4)?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
+fn be_i64(b: &[u8]) -> Result<i64> {
+    let arr: [u8; 8] = b.try_into().map_err(|_| corrupt("bad integer"))?;
+    Ok(i64::from_be_bytes(arr))
+}
+
+/// Checks a snapshot's checksum and writes its content as a new store in `dir`
+/// (which must not already hold one). Returns the number of records restored.
+pub fn restore(mut input: impl Read, dir: &Path) -> Result<u64> {
+    let mut data = Vec::new();
+    input.read_to_end(&mut data)?;
+    if data.len() < MAGIC.len() + 5 || !data.starts_with(MAGIC) {
+        return Err(corrupt("not a berth snapshot"));
+    }
+    let (body, trailer) = data.split_at(data.len() - 4);
+    let want = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    if crc32c::crc32c(body) != want || body.last() != Some(&TAG_END) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let path = dir.join("kv.redb");
+    if path.exists() {
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} already exists", path.display()),
+        )));
+    }
+    std::fs::create_dir_all(dir)?;
+    let db = Database::create(&path).db()?;
+    let txn = db.begin_write().db()?;
+    let mut n = 0u64;
+    {
+        let mut revs = txn.open_table(REVS).db()?;
+        let mut meta = txn.open_table(META).db()?;
+        let mut leases = txn.open_table(LEASES).db()?;
+        let mut rest = &body[MAGIC.len()..body.len() - 1];
+        while !rest.is_empty() {
+            let tag = take(&mut rest, 1)?[0];
+            let klen = take_len(&mut rest)?;
+            let key = take(&mut rest, klen)?;
+            let vlen = take_len(&mut rest)?;
+            let value = take(&mut rest, vlen)?;
+            match tag {
+                TAG_REV => {
+                    let k: [u8; 16] = key.try_into().map_err(|_| corrupt("bad revision"))?;
+                    revs.insert(u128::from_be_bytes(k), value).db()?;
+                }
+                TAG_META => {
+                    let k = std::str::from_utf8(key).map_err(|_| corrupt("bad meta key"))?;
+                    meta.insert(k, be_i64(value)?).db()?;
+                }
+                TAG_LEASE => {
+                    leases.insert(be_i64(key)?, be_i64(value)?).db()?;
+                }
+                _ => return Err(corrupt("unknown record")),
+            }
+            n += 1;
+        }
+    }
+    txn.commit().db()?;
+    Ok(n)
+}

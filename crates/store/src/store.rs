@@ -1,0 +1,535 @@
+//! The store: one redb database plus the in-memory key index, lessor and watch hub, with the
+//! read API, the batched (group-committed) write API and the watch API on top.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Instant;
+
+use berth_proto::etcdserverpb::{RangeRequest, RangeResponse, WatchResponse};
+use berth_proto::mvccpb::{event::EventType, Event, KeyValue};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use tokio::sync::mpsc;
+
+use crate::apply::{read_counters, Applied, Command, Writer};
+use crate::backend::{decode, LEASES, META, REVS};
+use crate::error::{DbResult, Result, StoreError};
+use crate::index::{KeyIndex, KeySpan, KeyVersion};
+use crate::lease::{LeaseInfo, LeaseLimits, Lessor};
+use crate::read;
+use crate::revision::Revision;
+use crate::watch::{Hub, WatchHandle, WatchSpec, Watcher};
+
+/// Most events a catching-up watcher receives in one response.
+const REPLAY_CHUNK: usize = 1000;
+
+/// Options for opening a store.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Lease TTL limits.
+    pub lease_limits: LeaseLimits,
+    /// redb page cache in bytes (0 = engine default).
+    pub cache_bytes: usize,
+}
+
+/// Why a watch ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEnd {
+    /// The start revision was compacted away; carries the compaction revision.
+    Compacted(i64),
+}
+
+/// Counts a caller may export.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    /// Newest revision.
+    pub revision: i64,
+    /// Compaction mark.
+    pub compacted: i64,
+    /// Keys in the index (live or with history).
+    pub keys: usize,
+    /// Leases.
+    pub leases: usize,
+    /// Watchers.
+    pub watchers: usize,
+    /// Size of the database file in bytes.
+    pub db_size: u64,
+}
+
+/// The MVCC key-value store.
+pub struct Store {
+    me: Weak<Store>,
+    path: PathBuf,
+    /// Write-locked only while defragmenting; every transaction takes it shared.
+    db: RwLock<Database>,
+    index: RwLock<KeyIndex>,
+    lessor: Mutex<Lessor>,
+    /// Newest revision whose batch is durable; readers never look past it.
+    current: AtomicI64,
+    hub: Mutex<Hub>,
+    /// Serializes write batches.
+    writer: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (every mutation is a
+    // single step), so recover the guard instead of propagating the poison.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, rebuilding the index from stored history.
+    pub fn open(dir: &Path, opts: StoreOptions) -> Result<Arc<Store>> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("kv.redb");
+        let mut builder = Database::builder();
+        if opts.cache_bytes > 0 {
+            builder.set_cache_size(opts.cache_bytes);
+        }
+        let db = builder.create(&path).db()?;
+        {
+            let w = db.begin_write().db()?;
+            w.open_table(REVS).db()?;
+            w.open_table(META).db()?;
+            w.open_table(LEASES).db()?;
+            w.commit().db()?;
+        }
+        let (index, lessor, current) = Self::load(&db, opts.lease_limits)?;
+        tracing::info!(
+            path = %path.display(),
+            revision = current,
+            compacted = index.compacted(),
+            keys = index.key_count(),
+            leases = lessor.len(),
+            "store opened"
+        );
+        Ok(Arc::new_cyclic(|me| Store {
+            me: me.clone(),
+            path,
+            db: RwLock::new(db),
+            index: RwLock::new(index),
+            lessor: Mutex::new(lessor),
+            current: AtomicI64::new(current),
+            hub: Mutex::new(Hub::default()),
+            writer: Mutex::new(()),
+        }))
+    }
+
+    fn load(db: &Database, limits: LeaseLimits) -> Result<(KeyIndex, Lessor, i64)> {
+        let r = db.begin_read().db()?;
+        let revs = r.open_table(REVS).db()?;
+        let meta = r.open_table(META).db()?;
+        let leases = r.open_table(LEASES).db()?;
+        let (mut current, compacted) = read_counters(&meta)?;
+        let mut index = KeyIndex::default();
+        index.set_compacted(compacted);
+        let mut lessor = Lessor::new(limits);
+        let now = Instant::now();
+        for item in leases.iter().db()? {
+            let (id, ttl) = item.db()?;
+            lessor.insert(id.value(), ttl.value(), now);
+        }
+        for item in revs.iter().db()? {
+            let (k, v) = item.db()?;
+            let rev = Revision::from_key(k.value());
+            let (kv, tombstone) = decode(v.value())?;
+            current = current.max(rev.main);
+            let ver = if tombstone {
+                KeyVersion {
+                    rev,
+                    create: 0,
+                    version: 0,
+                    lease: 0,
+                }
+            } else {
+                KeyVersion {
+                    rev,
+                    create: kv.create_revision,
+                    version: kv.version,
+                    lease: kv.lease,
+                }
+            };
+            index.restore(&kv.key, ver);
+        }
+        // Attach every live key to its lease.
+        index.for_each_live(&KeySpan::From(Vec::new()), current, |k, v| {
+            if v.lease != 0 {
+                lessor.attach(v.lease, k);
+            }
+            true
+        });
+        // A fresh store starts at revision 1, as etcd's does.
+        Ok((index, lessor, current.max(1)))
+    }
+
+    /// Newest durable revision.
+    pub fn revision(&self) -> i64 {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves a Range request (linearizable on a single member: it reads the newest durable state).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        let current = self.revision();
+        let db = read_lock(&self.db);
+        // The snapshot is taken after `current` is read, so it holds every revision ≤ current,
+        // and before the index is read, so values compacted away later are still in it.
+        let txn = db.begin_read().db()?;
+        let revs = txn.open_table(REVS).db()?;
+        let index = read_lock(&self.index);
+        read::range(&index, &revs, req, current)
+    }
+
+    /// The live key-value of `key` as of `rev`, if any (used for watch `prev_kv`).
+    pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
+        let db = read_lock(&self.db);
+        let txn = db.begin_read().db()?;
+        let revs = txn.open_table(REVS).db()?;
+        let index = read_lock(&self.index);
+        if rev < index.compacted() {
+            return Ok(None);
+        }
+        match index.get(key, rev) {
+            Some(v) => Ok(Some(read::materialize(&revs, key, v, true)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies a batch of commands in one durable transaction (one fsync for all of them),
+    /// then publishes the new revision and notifies watchers. Results are in command order.
+    ///
+    /// An `Err` here means the storage engine failed: the in-memory state may be ahead of
+    /// disk and the caller must stop serving (as etcd does on a backend failure).
+    pub fn apply_batch(&self, cmds: &[Command]) -> Result<Vec<Result<Applied>>> {
+        let _serial = lock(&self.writer);
+        let db = read_lock(&self.db);
+        let txn = db.begin_write().db()?;
+        let first = self.revision() + 1;
+        let (results, events, current, dirty) = {
+            let mut revs = txn.open_table(REVS).db()?;
+            let mut leases = txn.open_table(LEASES).db()?;
+            let mut meta = txn.open_table(META).db()?;
+            let mut index = write_lock(&self.index);
+            let mut lessor = lock(&self.lessor);
+            let mut w = Writer {
+                index: &mut index,
+                lessor: &mut lessor,
+                revs: &mut revs,
+                leases: &mut leases,
+                meta: &mut meta,
+                current: first - 1,
+                events: Vec::new(),
+                now: Instant::now(),
+                dirty: false,
+            };
+            let mut results = Vec::with_capacity(cmds.len());
+            for cmd in cmds {
+                let r = w.apply(cmd);
+                if let Err(StoreError::Storage(e)) = r {
+                    return Err(StoreError::Storage(e));
+                }
+                results.push(r);
+            }
+            (results, w.events, w.current, w.dirty)
+        };
+        if dirty {
+            txn.commit().db()?;
+        } else {
+            txn.abort().db()?;
+        }
+        drop(db);
+        self.publish(events, first, current);
+        Ok(results)
+    }
+
+    /// Makes `current` visible and hands the batch's events to watchers, atomically with
+    /// respect to watcher registration so no watcher sees a gap or a duplicate.
+    fn publish(&self, events: Vec<Event>, first: i64, current: i64) {
+        let behind = {
+            let mut hub = lock(&self.hub);
+            self.current.store(current, Ordering::Release);
+            if events.is_empty() {
+                return;
+            }
+            let behind = hub.dispatch(&events, first, current);
+            hub.catching_up += behind.len();
+            behind
+        };
+        for (id, w, from) in behind {
+            tracing::debug!(
+                watch_id = w.watch_id,
+                from,
+                "watcher fell behind, replaying from history"
+            );
+            self.spawn_catch_up(id, w, from);
+        }
+    }
+
+    /// Registers a watcher whose responses go to `tx` tagged with `watch_id`. A start revision
+    /// at or below the newest one replays history first, then continues live.
+    pub fn watch(
+        &self,
+        spec: WatchSpec,
+        watch_id: i64,
+        tx: mpsc::Sender<WatchResponse>,
+    ) -> WatchHandle {
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut hub = lock(&self.hub);
+        let id = hub.new_id();
+        let current = self.revision();
+        let start = spec.start_rev;
+        let w = Watcher {
+            spec,
+            watch_id,
+            tx,
+            cancelled: cancelled.clone(),
+        };
+        if start == 0 || start > current {
+            hub.add(id, w);
+        } else {
+            hub.catching_up += 1;
+            drop(hub);
+            self.spawn_catch_up(id, w, start);
+        }
+        WatchHandle { id, cancelled }
+    }
+
+    /// Stops a watch; no response for it is sent after this returns (except one in flight).
+    pub fn cancel_watch(&self, h: &WatchHandle) {
+        h.cancelled.store(true, Ordering::Release);
+        lock(&self.hub).remove(h.id);
+    }
+
+    /// The newest revision, read so that every event up to it has already been handed to
+    /// synced watchers' channels (what a progress notification may promise).
+    pub fn progress_revision(&self) -> i64 {
+        let _hub = lock(&self.hub);
+        self.revision()
+    }
+
+    /// True when the watcher is live (not replaying history).
+    pub fn watch_synced(&self, h: &WatchHandle) -> bool {
+        lock(&self.hub).is_synced(h.id)
+    }
+
+    fn spawn_catch_up(&self, id: u64, w: Watcher, from: i64) {
+        let Some(store) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            store.catch_up(id, w, from).await;
+        });
+    }
+
+    /// Replays history from `next` until the watcher reaches the newest revision, then puts
+    /// it back into the hub (under the hub lock, so no live event is missed or repeated).
+    async fn catch_up(&self, id: u64, w: Watcher, mut next: i64) {
+        loop {
+            if w.is_cancelled() {
+                break;
+            }
+            let upto = self.revision();
+            if next <= upto {
+                match self.history(&w.spec, next, upto, REPLAY_CHUNK) {
+                    Ok((events, reached)) => {
+                        next = reached + 1;
+                        if !events.is_empty()
+                            && w.tx.send(w.response(reached, events)).await.is_err()
+                        {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(StoreError::Compacted) => {
+                        let compacted = read_lock(&self.index).compacted();
+                        let mut resp = w.response(self.revision(), Vec::new());
+                        resp.compact_revision = compacted;
+                        let _ = w.tx.send(resp).await;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "watch replay failed");
+                        break;
+                    }
+                }
+            }
+            let mut hub = lock(&self.hub);
+            if self.revision() < next {
+                hub.catching_up -= 1;
+                if !w.is_cancelled() {
+                    let mut w = w;
+                    w.spec.start_rev = w.spec.start_rev.max(next);
+                    hub.add(id, w);
+                }
+                return;
+            }
+        }
+        lock(&self.hub).catching_up -= 1;
+    }
+
+    /// Stored events for `spec` in revisions `from..=to`, at most about `max` of them (whole
+    /// revisions only). Returns the events and the last revision covered.
+    fn history(
+        &self,
+        spec: &WatchSpec,
+        from: i64,
+        to: i64,
+        max: usize,
+    ) -> Result<(Vec<Event>, i64)> {
+        let db = read_lock(&self.db);
+        let txn = db.begin_read().db()?;
+        if from < read_lock(&self.index).compacted() {
+            return Err(StoreError::Compacted);
+        }
+        let revs = txn.open_table(REVS).db()?;
+        let mut events = Vec::new();
+        let mut reached = to;
+        for item in revs
+            .range(Revision::first_key(from)..Revision::first_key(to + 1))
+            .db()?
+        {
+            let (k, v) = item.db()?;
+            let rev = Revision::from_key(k.value());
+            if events.len() >= max && rev.sub == 0 {
+                reached = rev.main - 1;
+                break;
+            }
+            let (kv, tombstone) = decode(v.value())?;
+            let ev = Event {
+                r#type: if tombstone {
+                    EventType::Delete
+                } else {
+                    EventType::Put
+                } as i32,
+                kv: Some(kv),
+                prev_kv: None,
+            };
+            if spec.wants(&ev) {
+                events.push(ev);
+            }
+        }
+        Ok((events, reached))
+    }
+
+    /// Restarts a lease's TTL; returns the TTL or `LeaseNotFound`.
+    pub fn lease_renew(&self, id: i64) -> Result<i64> {
+        lock(&self.lessor)
+            .renew(id, Instant::now())
+            .ok_or(StoreError::LeaseNotFound)
+    }
+
+    /// Remaining TTL and keys of a lease.
+    pub fn lease_info(&self, id: i64) -> Option<LeaseInfo> {
+        lock(&self.lessor).info(id, Instant::now())
+    }
+
+    /// True when the lease exists.
+    pub fn lease_exists(&self, id: i64) -> bool {
+        lock(&self.lessor).contains(id)
+    }
+
+    /// All lease IDs.
+    pub fn lease_ids(&self) -> Vec<i64> {
+        lock(&self.lessor).ids()
+    }
+
+    /// Leases whose TTL has run out (each reported once per retry interval).
+    pub fn expired_leases(&self, max: usize) -> Vec<i64> {
+        lock(&self.lessor).take_expired(Instant::now(), max)
+    }
+
+    /// Restarts every lease's TTL (used when this member starts leading).
+    pub fn renew_all_leases(&self) {
+        lock(&self.lessor).renew_all(Instant::now());
+    }
+
+    /// Lease TTL limits in force.
+    pub fn lease_limits(&self) -> LeaseLimits {
+        lock(&self.lessor).limits()
+    }
+
+    /// Counts for status and metrics.
+    pub fn stats(&self) -> StoreStats {
+        let (keys, compacted) = {
+            let ix = read_lock(&self.index);
+            (ix.key_count(), ix.compacted())
+        };
+        StoreStats {
+            revision: self.revision(),
+            compacted,
+            keys,
+            leases: lock(&self.lessor).len(),
+            watchers: lock(&self.hub).len(),
+            db_size: std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+        }
+    }
+
+    /// CRC-32C over every stored change at or below `rev` (0 = newest), as etcd's HashKV.
+    /// Returns (hash, compaction revision, revision hashed).
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
+        let current = self.revision();
+        let db = read_lock(&self.db);
+        let txn = db.begin_read().db()?;
+        let compacted = read_lock(&self.index).compacted();
+        let rev = if rev <= 0 { current } else { rev };
+        if rev > current {
+            return Err(StoreError::FutureRevision);
+        }
+        if rev < compacted {
+            return Err(StoreError::Compacted);
+        }
+        let revs = txn.open_table(REVS).db()?;
+        let mut h = crc32c::crc32c(&[]);
+        for item in revs.range(..Revision::first_key(rev + 1)).db()? {
+            let (k, v) = item.db()?;
+            h = crc32c::crc32c_append(h, &k.value().to_be_bytes());
+            h = crc32c::crc32c_append(h, v.value());
+        }
+        Ok((h, compacted, rev))
+    }
+
+    /// CRC-32C over the whole logical content (changes, leases, counters).
+    pub fn hash(&self) -> Result<u32> {
+        let mut h = crc32c::crc32c(&[]);
+        crate::snapshot::write_records(&read_lock(&self.db), |chunk| {
+            h = crc32c::crc32c_append(h, chunk);
+            Ok(())
+        })?;
+        Ok(h)
+    }
+
+    /// Writes a consistent snapshot of the store, chunk by chunk, to `sink`.
+    pub fn snapshot(&self, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        crate::snapshot::write_snapshot(&read_lock(&self.db), sink)
+    }
+
+    /// Rewrites the database file to its smallest size. Waits for in-flight transactions.
+    pub fn defragment(&self) -> Result<()> {
+        let _serial = lock(&self.writer);
+        let mut db = write_lock(&self.db);
+        let before = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        while db.compact().map_err(|e| StoreError::Storage(e.into()))? {}
+        let after = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        tracing::info!(before, after, "defragmented");
+        Ok(())
+    }
+
+    /// Number of stored changes (history entries), for tests and metrics.
+    pub fn history_len(&self) -> Result<u64> {
+        let db = read_lock(&self.db);
+        let txn = db.begin_read().db()?;
+        txn.open_table(REVS).db()?.len().db()
+    }
+}

@@ -1,0 +1,467 @@
+//! Semantics tests of the whole store against etcd's documented behaviour: revisions,
+//! versions, txns, compaction, leases, watches, snapshots and restart.
+
+use std::sync::Arc;
+
+use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use berth_proto::etcdserverpb::request_op::Request as Op;
+use berth_proto::etcdserverpb::response_op::Response as OpResp;
+use berth_proto::etcdserverpb::*;
+use berth_proto::mvccpb::event::EventType;
+use tokio::sync::mpsc;
+
+use crate::*;
+
+fn open(dir: &std::path::Path) -> Arc<Store> {
+    Store::open(dir, StoreOptions::default()).expect("open store")
+}
+
+fn apply(s: &Store, cmd: Command) -> Result<Applied> {
+    s.apply_batch(&[cmd]).expect("batch").remove(0)
+}
+
+fn put(s: &Store, k: &str, v: &str) -> i64 {
+    match apply(
+        s,
+        Command::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        }),
+    ) {
+        Ok(Applied::Put(p)) => p.header.expect("header").revision,
+        other => panic!("put failed: {other:?}"),
+    }
+}
+
+fn get(s: &Store, k: &str, rev: i64) -> Result<RangeResponse> {
+    s.range(&RangeRequest {
+        key: k.into(),
+        revision: rev,
+        ..Default::default()
+    })
+}
+
+fn value(s: &Store, k: &str) -> Option<String> {
+    let r = get(s, k, 0).expect("range");
+    r.kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+}
+
+#[test]
+fn revisions_versions_and_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    assert_eq!(s.revision(), 1, "an empty store is at revision 1 like etcd");
+    assert_eq!(put(&s, "a", "1"), 2);
+    assert_eq!(put(&s, "a", "2"), 3);
+    let kv = get(&s, "a", 0).expect("get").kvs.remove(0);
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    assert_eq!(get(&s, "a", 2).expect("old").kvs[0].value, b"1");
+    assert!(matches!(get(&s, "a", 9), Err(StoreError::FutureRevision)));
+    // Delete bumps the revision once; deleting nothing does not.
+    let del = |k: &str| match apply(
+        &s,
+        Command::DeleteRange(DeleteRangeRequest {
+            key: k.into(),
+            prev_kv: true,
+            ..Default::default()
+        }),
+    ) {
+        Ok(Applied::DeleteRange(d)) => d,
+        other => panic!("{other:?}"),
+    };
+    let d = del("a");
+    assert_eq!(
+        (d.deleted, d.header.expect("h").revision, d.prev_kvs.len()),
+        (1, 4, 1)
+    );
+    let d = del("a");
+    assert_eq!((d.deleted, d.header.expect("h").revision), (0, 4));
+    assert_eq!(put(&s, "a", "3"), 5);
+    let kv = get(&s, "a", 0).expect("get").kvs.remove(0);
+    assert_eq!(
+        (kv.create_revision, kv.version),
+        (5, 1),
+        "a new life after delete"
+    );
+}
+
+#[test]
+fn range_limit_sort_count_and_filters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    for (k, v) in [("k1", "c"), ("k2", "a"), ("k3", "b"), ("x", "z")] {
+        put(&s, k, v);
+    }
+    let r = s
+        .range(&RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            limit: 2,
+            ..Default::default()
+        })
+        .expect("range");
+    assert_eq!((r.kvs.len(), r.more, r.count), (2, true, 3));
+    let r = s
+        .range(&RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            sort_target: range_request::SortTarget::Value as i32,
+            sort_order: range_request::SortOrder::Descend as i32,
+            ..Default::default()
+        })
+        .expect("sorted");
+    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b"k1".to_vec(), b"k3".to_vec(), b"k2".to_vec()]);
+    let r = s
+        .range(&RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            count_only: true,
+            ..Default::default()
+        })
+        .expect("count");
+    assert_eq!((r.count, r.kvs.len()), (3, 0));
+    let r = s
+        .range(&RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            min_mod_revision: 3,
+            keys_only: true,
+            ..Default::default()
+        })
+        .expect("filtered");
+    assert_eq!(r.kvs.len(), 2);
+    assert!(r
+        .kvs
+        .iter()
+        .all(|kv| kv.value.is_empty() && kv.version == 1));
+    let all = s
+        .range(&RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .expect("all keys");
+    assert_eq!(all.count, 4);
+}
+
+fn cmp(key: &str, target: CompareTarget, result: CompareResult, u: TargetUnion) -> Compare {
+    Compare {
+        key: key.into(),
+        target: target as i32,
+        result: result as i32,
+        target_union: Some(u),
+        ..Default::default()
+    }
+}
+
+fn op_put(k: &str, v: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Op::RequestPut(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn op_get(k: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Op::RequestRange(RangeRequest {
+            key: k.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+#[test]
+fn txn_compare_and_swap_one_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    put(&s, "cas", "old");
+    let txn = |expect: &str| TxnRequest {
+        compare: vec![cmp(
+            "cas",
+            CompareTarget::Value,
+            CompareResult::Equal,
+            TargetUnion::Value(expect.into()),
+        )],
+        success: vec![op_put("cas", "new"), op_put("other", "x"), op_get("cas")],
+        failure: vec![op_get("cas")],
+    };
+    let t = match apply(&s, Command::Txn(txn("old"))) {
+        Ok(Applied::Txn(t)) => t,
+        other => panic!("{other:?}"),
+    };
+    assert!(t.succeeded);
+    assert_eq!(
+        t.header.expect("h").revision,
+        3,
+        "two puts share one revision"
+    );
+    match &t.responses[2].response {
+        Some(OpResp::ResponseRange(r)) => {
+            assert_eq!(r.kvs[0].value, b"new", "txn reads its own write")
+        }
+        other => panic!("{other:?}"),
+    }
+    let other = get(&s, "other", 0).expect("get").kvs.remove(0);
+    assert_eq!(other.mod_revision, 3);
+    let t = match apply(&s, Command::Txn(txn("old"))) {
+        Ok(Applied::Txn(t)) => t,
+        other => panic!("{other:?}"),
+    };
+    assert!(!t.succeeded);
+    assert_eq!(
+        t.header.expect("h").revision,
+        3,
+        "a read-only branch does not bump the revision"
+    );
+    // A value compare on a missing key fails; a version compare treats it as version 0.
+    let missing = TxnRequest {
+        compare: vec![cmp(
+            "nope",
+            CompareTarget::Version,
+            CompareResult::Equal,
+            TargetUnion::Version(0),
+        )],
+        ..Default::default()
+    };
+    assert!(matches!(apply(&s, Command::Txn(missing)), Ok(Applied::Txn(t)) if t.succeeded));
+    // A put with a missing lease fails the whole txn and writes nothing.
+    let bad = TxnRequest {
+        success: vec![
+            op_put("z1", "x"),
+            RequestOp {
+                request: Some(Op::RequestPut(PutRequest {
+                    key: "z2".into(),
+                    lease: 42,
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    assert!(matches!(
+        apply(&s, Command::Txn(bad)),
+        Err(StoreError::LeaseNotFound)
+    ));
+    assert_eq!(value(&s, "z1"), None);
+    assert_eq!(s.revision(), 3);
+}
+
+#[test]
+fn compaction_and_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        for i in 0..10 {
+            put(&s, "k", &i.to_string());
+        }
+        assert!(matches!(
+            apply(
+                &s,
+                Command::Compact(CompactionRequest {
+                    revision: 6,
+                    physical: true
+                })
+            ),
+            Ok(Applied::Compact(_))
+        ));
+        assert!(matches!(get(&s, "k", 5), Err(StoreError::Compacted)));
+        assert_eq!(get(&s, "k", 6).expect("at compaction").kvs[0].value, b"4");
+        assert!(matches!(
+            apply(
+                &s,
+                Command::Compact(CompactionRequest {
+                    revision: 6,
+                    physical: false
+                })
+            ),
+            Err(StoreError::Compacted)
+        ));
+        assert!(matches!(
+            apply(
+                &s,
+                Command::Compact(CompactionRequest {
+                    revision: 99,
+                    physical: false
+                })
+            ),
+            Err(StoreError::FutureRevision)
+        ));
+    }
+    let s = open(dir.path());
+    assert_eq!(s.revision(), 11);
+    assert_eq!(s.stats().compacted, 6);
+    assert_eq!(value(&s, "k").as_deref(), Some("9"));
+    assert!(matches!(get(&s, "k", 5), Err(StoreError::Compacted)));
+    assert_eq!(put(&s, "k", "after"), 12);
+}
+
+#[test]
+fn leases_attach_revoke_and_survive_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        let g = apply(&s, Command::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 7 }));
+        assert!(
+            matches!(g, Ok(Applied::LeaseGrant(ref r)) if r.ttl == 2),
+            "raised to the minimum TTL"
+        );
+        assert!(matches!(
+            apply(&s, Command::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 7 })),
+            Err(StoreError::LeaseExists)
+        ));
+        for k in ["l1", "l2"] {
+            apply(
+                &s,
+                Command::Put(PutRequest {
+                    key: k.into(),
+                    value: "v".into(),
+                    lease: 7,
+                    ..Default::default()
+                }),
+            )
+            .expect("put with lease");
+        }
+        apply(
+            &s,
+            Command::Put(PutRequest {
+                key: "l1".into(),
+                ignore_value: true,
+                ignore_lease: true,
+                ..Default::default()
+            }),
+        )
+        .expect("ignore value and lease");
+        assert_eq!(value(&s, "l1").as_deref(), Some("v"));
+        assert_eq!(s.lease_info(7).expect("lease").keys.len(), 2);
+    }
+    let s = open(dir.path());
+    let info = s.lease_info(7).expect("lease survives restart");
+    assert_eq!(info.keys.len(), 2);
+    let before = s.revision();
+    assert!(matches!(
+        apply(&s, Command::LeaseRevoke(LeaseRevokeRequest { id: 7 })),
+        Ok(_)
+    ));
+    assert_eq!(
+        s.revision(),
+        before + 1,
+        "all attached keys go in one revision"
+    );
+    assert_eq!(value(&s, "l1"), None);
+    assert!(matches!(
+        apply(&s, Command::LeaseRevoke(LeaseRevokeRequest { id: 7 })),
+        Err(StoreError::LeaseNotFound)
+    ));
+}
+
+#[tokio::test]
+async fn watch_replays_then_follows_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    for i in 0..50 {
+        put(&s, &format!("w{}", i % 3), &i.to_string());
+    }
+    put(&s, "other", "x");
+    let (tx, mut rx) = mpsc::channel(4);
+    let spec = WatchSpec {
+        span: KeySpan::new(b"w", b"x"),
+        start_rev: 2,
+        no_put: false,
+        no_delete: false,
+    };
+    s.watch(spec, 9, tx);
+    // Keep writing while the watcher replays through a tiny channel.
+    let writer = {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || {
+            for i in 50..200 {
+                put(&s, &format!("w{}", i % 3), &i.to_string());
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 200 {
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("events keep coming")
+            .expect("channel open");
+        assert_eq!(resp.watch_id, 9);
+        for ev in resp.events {
+            assert_eq!(ev.r#type, EventType::Put as i32);
+            seen.push(String::from_utf8_lossy(&ev.kv.expect("kv").value).into_owned());
+        }
+    }
+    writer.await.expect("writer");
+    let want: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+    assert_eq!(seen, want);
+}
+
+#[tokio::test]
+async fn watch_from_compacted_revision_reports_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    for i in 0..5 {
+        put(&s, "c", &i.to_string());
+    }
+    apply(
+        &s,
+        Command::Compact(CompactionRequest {
+            revision: 4,
+            physical: true,
+        }),
+    )
+    .expect("compact");
+    let (tx, mut rx) = mpsc::channel(4);
+    s.watch(
+        WatchSpec {
+            span: KeySpan::new(b"c", b""),
+            start_rev: 2,
+            no_put: false,
+            no_delete: false,
+        },
+        1,
+        tx,
+    );
+    let resp = rx.recv().await.expect("response");
+    assert_eq!(resp.compact_revision, 4);
+}
+
+#[test]
+fn snapshot_restores_the_same_content() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    for i in 0..300 {
+        put(&s, &format!("s{i}"), &"v".repeat(i));
+    }
+    apply(
+        &s,
+        Command::LeaseGrant(LeaseGrantRequest { ttl: 100, id: 3 }),
+    )
+    .expect("lease");
+    let mut snap = Vec::new();
+    s.snapshot(|c| {
+        snap.extend_from_slice(c);
+        Ok(())
+    })
+    .expect("snapshot");
+    let target = tempfile::tempdir().expect("tempdir");
+    let n = snapshot::restore(snap.as_slice(), target.path()).expect("restore");
+    assert!(n >= 300);
+    let r = open(target.path());
+    assert_eq!(r.revision(), s.revision());
+    assert_eq!(r.hash_kv(0).expect("hash").0, s.hash_kv(0).expect("hash").0);
+    assert!(r.lease_exists(3));
+    // A corrupted snapshot is refused.
+    let mut bad = snap.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    let other = tempfile::tempdir().expect("tempdir");
+    assert!(snapshot::restore(bad.as_slice(), other.path()).is_err());
+}

@@ -1,0 +1,182 @@
+//! The watch hub: which watchers want which keys, and fan-out of committed events to them.
+//! Watchers that fall behind leave the hub and catch up from stored history (see `store`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use berth_proto::etcdserverpb::{ResponseHeader, WatchResponse};
+use berth_proto::mvccpb::{event::EventType, Event};
+use tokio::sync::mpsc;
+
+use crate::index::KeySpan;
+
+/// What a watcher wants to see.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    /// Keys watched.
+    pub span: KeySpan,
+    /// First revision to deliver (0 = from the next write).
+    pub start_rev: i64,
+    /// Drop put events.
+    pub no_put: bool,
+    /// Drop delete events.
+    pub no_delete: bool,
+}
+
+impl WatchSpec {
+    /// True when the watcher should receive `ev`.
+    pub fn wants(&self, ev: &Event) -> bool {
+        let Some(kv) = &ev.kv else { return false };
+        let is_put = ev.r#type == EventType::Put as i32;
+        kv.mod_revision >= self.start_rev
+            && !(is_put && self.no_put || !is_put && self.no_delete)
+            && self.span.contains(&kv.key)
+    }
+}
+
+/// Handle the caller keeps to cancel a watch.
+#[derive(Debug, Clone)]
+pub struct WatchHandle {
+    pub(crate) id: u64,
+    pub(crate) cancelled: Arc<AtomicBool>,
+}
+
+/// A registered watcher.
+#[derive(Debug)]
+pub(crate) struct Watcher {
+    pub spec: WatchSpec,
+    pub watch_id: i64,
+    pub tx: mpsc::Sender<WatchResponse>,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    pub fn response(&self, revision: i64, events: Vec<Event>) -> WatchResponse {
+        WatchResponse {
+            header: Some(ResponseHeader {
+                revision,
+                ..Default::default()
+            }),
+            watch_id: self.watch_id,
+            events,
+            ..Default::default()
+        }
+    }
+}
+
+/// Watchers that are up to date with the store, indexed for fan-out.
+#[derive(Debug, Default)]
+pub(crate) struct Hub {
+    next_id: u64,
+    synced: HashMap<u64, Watcher>,
+    by_key: HashMap<Vec<u8>, BTreeSet<u64>>,
+    ranged: BTreeSet<u64>,
+    /// Watchers currently replaying history outside the hub.
+    pub catching_up: usize,
+}
+
+impl Hub {
+    pub fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Number of watchers, synced or catching up.
+    pub fn len(&self) -> usize {
+        self.synced.len() + self.catching_up
+    }
+
+    pub fn is_synced(&self, id: u64) -> bool {
+        self.synced.contains_key(&id)
+    }
+
+    pub fn add(&mut self, id: u64, w: Watcher) {
+        match &w.spec.span {
+            KeySpan::Single(k) => {
+                self.by_key.entry(k.clone()).or_default().insert(id);
+            }
+            _ => {
+                self.ranged.insert(id);
+            }
+        }
+        self.synced.insert(id, w);
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<Watcher> {
+        let w = self.synced.remove(&id)?;
+        match &w.spec.span {
+            KeySpan::Single(k) => {
+                if let Some(set) = self.by_key.get_mut(k) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        self.by_key.remove(k);
+                    }
+                }
+            }
+            _ => {
+                self.ranged.remove(&id);
+            }
+        }
+        Some(w)
+    }
+
+    /// Sends the events of a committed batch (revisions `first..=revision`) to every synced
+    /// watcher that wants them. Returns watchers whose channel was full, removed from the hub,
+    /// each with the revision they must replay from.
+    pub fn dispatch(
+        &mut self,
+        events: &[Event],
+        first: i64,
+        revision: i64,
+    ) -> Vec<(u64, Watcher, i64)> {
+        let mut per_watcher: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, ev) in events.iter().enumerate() {
+            let Some(kv) = &ev.kv else { continue };
+            if let Some(ids) = self.by_key.get(&kv.key) {
+                for id in ids {
+                    per_watcher.entry(*id).or_default().push(i);
+                }
+            }
+            for id in &self.ranged {
+                per_watcher.entry(*id).or_default().push(i);
+            }
+        }
+        let mut behind = Vec::new();
+        let mut gone = Vec::new();
+        for (id, idxs) in per_watcher {
+            let Some(w) = self.synced.get(&id) else {
+                continue;
+            };
+            if w.is_cancelled() {
+                gone.push(id);
+                continue;
+            }
+            let evs: Vec<Event> = idxs
+                .into_iter()
+                .map(|i| &events[i])
+                .filter(|ev| w.spec.wants(ev))
+                .cloned()
+                .collect();
+            if evs.is_empty() {
+                continue;
+            }
+            match w.tx.try_send(w.response(revision, evs)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => behind.push(id),
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
+            }
+        }
+        for id in gone {
+            self.remove(id);
+        }
+        behind
+            .into_iter()
+            .filter_map(|id| self.remove(id).map(|w| (id, w, first)))
+            .collect()
+    }
+}
