@@ -6,7 +6,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "berth: store, registry, messaging and gateway in one binary")]
+#[command(
+    name = "berth",
+    version,
+    about = "berth: store, registry, messaging and gateway in one binary"
+)]
 struct Cli {
     #[command(flatten)]
     global: cli::GlobalOpts,

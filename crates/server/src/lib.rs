@@ -6,12 +6,14 @@
 //! - [`member`]: member and cluster identity.
 //! - [`proposer`]: the write path (group commit on one node; Raft later).
 //! - [`api`]: one module per etcd service.
+//! - [`authority`]: repairs the malformed HTTP/2 `:authority` etcd's Go clients send.
 //! - [`errors`]: etcd's error codes and messages.
 //! - [`metrics`]: Prometheus metrics and the gRPC metrics layer.
 //! - [`http`]: `/metrics`, `/health`, `/version`.
 //! - [`node`]: bootstrap and shutdown.
 
 pub mod api;
+pub mod authority;
 pub mod config;
 pub mod errors;
 pub mod http;

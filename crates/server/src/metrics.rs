@@ -169,6 +169,22 @@ impl Metrics {
     }
 }
 
+/// tonic answers an over-limit request with OUT_OF_RANGE; gRPC-Go, and so etcd, with
+/// RESOURCE_EXHAUSTED. Clients retry on the code, so answer as etcd does.
+fn oversized_is_resource_exhausted(headers: &mut http::HeaderMap) {
+    let oversized = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
+    if oversized {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+}
+
 /// A tower layer that counts and times every gRPC call.
 #[derive(Clone)]
 pub struct GrpcMetricsLayer(pub Arc<Metrics>);
@@ -220,7 +236,10 @@ where
         let method = req.uri().path().to_string();
         Box::pin(async move {
             let started = Instant::now();
-            let result = inner.call(req).await;
+            let mut result = inner.call(req).await;
+            if let Ok(resp) = &mut result {
+                oversized_is_resource_exhausted(resp.headers_mut());
+            }
             // Errors returned by a handler travel as `grpc-status` in the headers; a success
             // puts it in the trailers, which are not visible here.
             let code = match &result {

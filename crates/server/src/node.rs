@@ -24,6 +24,7 @@ use crate::api::lease::{revoke, LeaseService};
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::api::Node;
+use crate::authority::AuthorityFix;
 use crate::config::Config;
 use crate::errors::ApiError;
 use crate::member::MemberInfo;
@@ -135,8 +136,9 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
             .with_context(|| format!("binding the client listener {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, "serving the etcd v3 API");
         let incoming = TcpListenerStream::new(listener).map(|conn| {
-            conn.inspect(|s| {
+            conn.map(|s| {
                 let _ = s.set_nodelay(true);
+                AuthorityFix::new(s)
             })
         });
         let mut stop = stop_rx.clone();

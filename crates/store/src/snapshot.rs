@@ -1,13 +1,16 @@
 //! Snapshots: a consistent, checksummed dump of every table, streamed in chunks, and the
 //! restore that turns such a dump back into a store directory.
 //!
-//! Format: magic, then records `[table u8][key len u32][key][value len u32][value]`, then an
-//! end marker and the CRC-32C of everything before it.
+//! Format: magic, then records `[table u8][key len u32][key][value len u32][value]`, an end
+//! marker, zero padding to a multiple of 512 bytes, then the SHA-256 of everything before it.
+//! The padding and trailing digest follow etcd's snapshot stream convention, which `etcdctl
+//! snapshot save` checks (size ≡ 32 mod 512).
 
 use std::io::Read;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
+use sha2::{Digest, Sha256};
 
 use crate::backend::{LEASES, META, REVS};
 use crate::error::{DbResult, Result, StoreError};
@@ -18,17 +21,30 @@ const TAG_META: u8 = 2;
 const TAG_LEASE: u8 = 3;
 const TAG_END: u8 = 0xff;
 const CHUNK: usize = 64 * 1024;
+const ALIGN: usize = 512;
+const DIGEST: usize = 32;
 
 /// Buffers records and hands them to the sink in chunks.
 struct Chunker<F: FnMut(&[u8]) -> Result<()>> {
     buf: Vec<u8>,
-    crc: u32,
+    sha: Sha256,
+    len: usize,
     sink: F,
 }
 
 impl<F: FnMut(&[u8]) -> Result<()>> Chunker<F> {
+    fn new(sink: F) -> Self {
+        Chunker {
+            buf: Vec::with_capacity(CHUNK * 2),
+            sha: Sha256::new(),
+            len: 0,
+            sink,
+        }
+    }
+
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.sha.update(bytes);
+        self.len += bytes.len();
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= CHUNK {
             (self.sink)(&self.buf)?;
@@ -56,11 +72,7 @@ impl<F: FnMut(&[u8]) -> Result<()>> Chunker<F> {
 
 /// Streams every record of one read transaction (no magic, no trailer).
 pub(crate) fn write_records(db: &Database, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-    let mut c = Chunker {
-        buf: Vec::with_capacity(CHUNK * 2),
-        crc: 0,
-        sink,
-    };
+    let mut c = Chunker::new(sink);
     records(db, &mut c)?;
     c.flush()
 }
@@ -88,16 +100,14 @@ fn records<F: FnMut(&[u8]) -> Result<()>>(db: &Database, c: &mut Chunker<F>) -> 
 
 /// Streams a complete snapshot (magic, records, checksum trailer).
 pub(crate) fn write_snapshot(db: &Database, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-    let mut c = Chunker {
-        buf: Vec::with_capacity(CHUNK * 2),
-        crc: 0,
-        sink,
-    };
+    let mut c = Chunker::new(sink);
     c.put(MAGIC)?;
     records(db, &mut c)?;
     c.put(&[TAG_END])?;
-    let crc = c.crc;
-    c.buf.extend_from_slice(&crc.to_le_bytes());
+    let pad = (ALIGN - c.len % ALIGN) % ALIGN;
+    c.put(&vec![0u8; pad])?;
+    let digest = c.sha.clone().finalize();
+    c.buf.extend_from_slice(&digest);
     c.flush()
 }
 
@@ -129,13 +139,12 @@ fn be_i64(b: &[u8]) -> Result<i64> {
 pub fn restore(mut input: impl Read, dir: &Path) -> Result<u64> {
     let mut data = Vec::new();
     input.read_to_end(&mut data)?;
-    if data.len() < MAGIC.len() + 5 || !data.starts_with(MAGIC) {
+    if data.len() < ALIGN + DIGEST || data.len() % ALIGN != DIGEST || !data.starts_with(MAGIC) {
         return Err(corrupt("not a berth snapshot"));
     }
-    let (body, trailer) = data.split_at(data.len() - 4);
-    let want = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    if crc32c::crc32c(body) != want || body.last() != Some(&TAG_END) {
-        return Err(corrupt("checksum mismatch"));
+    let (body, digest) = data.split_at(data.len() - DIGEST);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err(corrupt("SHA-256 mismatch"));
     }
     let path = dir.join("kv.redb");
     if path.exists() {
@@ -152,9 +161,12 @@ pub fn restore(mut input: impl Read, dir: &Path) -> Result<u64> {
         let mut revs = txn.open_table(REVS).db()?;
         let mut meta = txn.open_table(META).db()?;
         let mut leases = txn.open_table(LEASES).db()?;
-        let mut rest = &body[MAGIC.len()..body.len() - 1];
-        while !rest.is_empty() {
+        let mut rest = &body[MAGIC.len()..];
+        loop {
             let tag = take(&mut rest, 1)?[0];
+            if tag == TAG_END {
+                break;
+            }
             let klen = take_len(&mut rest)?;
             let key = take(&mut rest, klen)?;
             let vlen = take_len(&mut rest)?;

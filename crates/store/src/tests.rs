@@ -345,10 +345,7 @@ fn leases_attach_revoke_and_survive_restart() {
     let info = s.lease_info(7).expect("lease survives restart");
     assert_eq!(info.keys.len(), 2);
     let before = s.revision();
-    assert!(matches!(
-        apply(&s, Command::LeaseRevoke(LeaseRevokeRequest { id: 7 })),
-        Ok(_)
-    ));
+    apply(&s, Command::LeaseRevoke(LeaseRevokeRequest { id: 7 })).expect("revoke");
     assert_eq!(
         s.revision(),
         before + 1,

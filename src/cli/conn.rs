@@ -1,0 +1,241 @@
+//! Connections for client commands: normalises `--endpoints`, dials them in order within
+//! `--dial-timeout`, bounds each request by `--command-timeout` and turns gRPC errors into text.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use berth_proto::etcdserverpb::{
+    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest response a client accepts; etcd's own client allows up to 2 GiB.
+const MAX_RECV: usize = i32::MAX as usize;
+
+/// The message etcdctl prints when a request outlives `--command-timeout`.
+pub const DEADLINE_EXCEEDED: &str = "context deadline exceeded";
+
+/// Endpoints and timeouts shared by every command.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    endpoints: Vec<String>,
+    dial_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl Conn {
+    /// Checks the endpoint list (non-empty, plain `http`) and keeps the timeouts.
+    pub fn new(
+        endpoints: Vec<String>,
+        dial_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Self> {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            bail!("no endpoints given");
+        }
+        for ep in &endpoints {
+            endpoint_uri(ep)?;
+        }
+        Ok(Self {
+            endpoints,
+            dial_timeout,
+            command_timeout,
+        })
+    }
+
+    /// The endpoints as the user wrote them.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Dials the endpoints in order and returns the first channel that connects.
+    pub async fn channel(&self) -> Result<Channel> {
+        let mut errors = Vec::new();
+        for ep in &self.endpoints {
+            match self.channel_to(ep).await {
+                Ok(ch) => return Ok(ch),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        Err(anyhow!(errors.join("; ")))
+    }
+
+    /// Dials exactly one endpoint (commands that report per endpoint use this).
+    pub async fn channel_to(&self, ep: &str) -> Result<Channel> {
+        let uri = endpoint_uri(ep)?;
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| anyhow!("invalid endpoint {ep:?}: {e}"))?
+            .connect_timeout(self.dial_timeout)
+            .tcp_nodelay(true);
+        match tokio::time::timeout(self.dial_timeout, endpoint.connect()).await {
+            Ok(Ok(ch)) => Ok(ch),
+            Ok(Err(e)) => Err(anyhow!("failed to connect to {ep}: {}", error_chain(&e))),
+            Err(_) => Err(anyhow!(
+                "failed to connect to {ep}: {DEADLINE_EXCEEDED} (dial timeout {:?})",
+                self.dial_timeout
+            )),
+        }
+    }
+
+    /// A KV client on the first reachable endpoint.
+    pub async fn kv(&self) -> Result<KvClient<Channel>> {
+        Ok(KvClient::new(self.channel().await?).max_decoding_message_size(MAX_RECV))
+    }
+
+    /// A Watch client on the first reachable endpoint.
+    pub async fn watch(&self) -> Result<WatchClient<Channel>> {
+        Ok(WatchClient::new(self.channel().await?).max_decoding_message_size(MAX_RECV))
+    }
+
+    /// A Lease client on the first reachable endpoint.
+    pub async fn lease(&self) -> Result<LeaseClient<Channel>> {
+        Ok(LeaseClient::new(self.channel().await?).max_decoding_message_size(MAX_RECV))
+    }
+
+    /// A Cluster client on the first reachable endpoint.
+    pub async fn cluster(&self) -> Result<ClusterClient<Channel>> {
+        Ok(ClusterClient::new(self.channel().await?).max_decoding_message_size(MAX_RECV))
+    }
+
+    /// A Maintenance client on the first reachable endpoint.
+    pub async fn maintenance(&self) -> Result<MaintenanceClient<Channel>> {
+        Ok(maintenance(self.channel().await?))
+    }
+
+    /// A Maintenance client on one given endpoint.
+    pub async fn maintenance_to(&self, ep: &str) -> Result<MaintenanceClient<Channel>> {
+        Ok(maintenance(self.channel_to(ep).await?))
+    }
+
+    /// Awaits one RPC within `--command-timeout`, mapping failures to etcdctl's messages.
+    pub async fn call<T>(
+        &self,
+        rpc: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.command_timeout, rpc).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(status_error(&status)),
+            Err(_) => Err(anyhow!(DEADLINE_EXCEEDED)),
+        }
+    }
+}
+
+fn maintenance(ch: Channel) -> MaintenanceClient<Channel> {
+    MaintenanceClient::new(ch).max_decoding_message_size(MAX_RECV)
+}
+
+/// Turns `host:port` or `http://host:port` into the URI tonic dials.
+pub fn endpoint_uri(ep: &str) -> Result<String> {
+    let ep = ep.trim().trim_end_matches('/');
+    if let Some(rest) = ep.strip_prefix("http://") {
+        if rest.is_empty() {
+            bail!("invalid endpoint {ep:?}");
+        }
+        return Ok(ep.to_string());
+    }
+    if ep.starts_with("https://") {
+        bail!("endpoint {ep}: TLS endpoints are not supported yet");
+    }
+    if ep.contains("://") {
+        bail!("endpoint {ep}: only http:// endpoints are supported");
+    }
+    if ep.is_empty() {
+        bail!("empty endpoint");
+    }
+    Ok(format!("http://{ep}"))
+}
+
+/// A failed RPC: its gRPC code (for callers that treat some codes specially) and the text
+/// etcd clients show, which is the status message (etcd puts `etcdserver: ...` there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rpc {
+    /// The gRPC status code.
+    pub code: tonic::Code,
+    /// The message shown to the user.
+    pub message: String,
+}
+
+impl std::fmt::Display for Rpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Rpc {}
+
+/// Wraps a gRPC status as an [`Rpc`] error.
+pub fn status_error(status: &tonic::Status) -> anyhow::Error {
+    let message = match status.message() {
+        "" => status.code().description().to_string(),
+        m => m.to_string(),
+    };
+    anyhow::Error::new(Rpc {
+        code: status.code(),
+        message,
+    })
+}
+
+/// `e` and its sources joined with `: `, since transport errors hide the useful part
+/// (e.g. "Connection refused") in their source chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_accept_with_or_without_scheme() {
+        assert_eq!(
+            endpoint_uri("127.0.0.1:2379").ok().as_deref(),
+            Some("http://127.0.0.1:2379")
+        );
+        assert_eq!(
+            endpoint_uri("http://127.0.0.1:2379/").ok().as_deref(),
+            Some("http://127.0.0.1:2379")
+        );
+        assert!(endpoint_uri("https://127.0.0.1:2379").is_err());
+        assert!(endpoint_uri("unix://x").is_err());
+        assert!(endpoint_uri("").is_err());
+    }
+
+    #[test]
+    fn conn_rejects_empty_list() {
+        let t = Duration::from_secs(1);
+        assert!(Conn::new(vec![" ".into()], t, t).is_err());
+        let c = Conn::new(vec!["a:1".into(), "http://b:2".into()], t, t);
+        assert_eq!(c.map(|c| c.endpoints().len()).ok(), Some(2));
+    }
+
+    #[test]
+    fn status_messages_are_etcd_strings() {
+        let s =
+            tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            status_error(&s).to_string(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = tonic::Status::unavailable("");
+        assert_eq!(
+            status_error(&s).to_string(),
+            "The service is currently unavailable"
+        );
+    }
+}

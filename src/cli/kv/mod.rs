@@ -1,0 +1,130 @@
+//! `berth kv`: etcdctl's key-value commands (put, get, del, txn, watch), one file per verb,
+//! plus the key-range rules (`--prefix`, `--from-key`) they share.
+
+pub mod del;
+pub mod get;
+pub mod put;
+pub mod txn;
+pub mod watch;
+
+use anyhow::{bail, Result};
+
+use super::Ctx;
+
+/// `berth kv <verb>`.
+#[derive(clap::Subcommand, Debug)]
+pub enum KvCommand {
+    /// Put a key (the value is read from stdin when omitted).
+    Put(put::PutArgs),
+    /// Get a key or a range of keys.
+    Get(get::GetArgs),
+    /// Delete a key or a range of keys.
+    Del(del::DelArgs),
+    /// Run a transaction read from stdin in etcdctl's txn syntax
+    ///
+    /// Three sections, each ended by a blank line: compares, then the requests to run if all
+    /// compares hold, then the requests to run otherwise. For example:
+    ///
+    ///     mod("key1") > "0"
+    ///
+    ///     put key1 "overwrote-key1"
+    ///
+    ///     put key1 "created-key1"
+    ///     put key2 "some extra key"
+    ///
+    /// Compare targets: ver|version, c|create, m|mod, val|value, lease (hex); operators
+    /// =, !=, <, >. Requests: put, get and del with the same flags as the commands.
+    #[command(verbatim_doc_comment)]
+    Txn(txn::TxnArgs),
+    /// Watch a key or range and print events as they happen.
+    Watch(watch::WatchArgs),
+}
+
+/// Runs one `kv` subcommand.
+pub async fn run(ctx: &mut Ctx, cmd: KvCommand) -> Result<()> {
+    match cmd {
+        KvCommand::Put(a) => put::run(ctx, a).await,
+        KvCommand::Get(a) => get::run(ctx, a).await,
+        KvCommand::Del(a) => del::run(ctx, a).await,
+        KvCommand::Txn(a) => txn::run(ctx, a).await,
+        KvCommand::Watch(a) => watch::run(ctx, a).await,
+    }
+}
+
+/// The `[key, range_end)` a command addresses, by etcdctl's rules: `--prefix` covers every key
+/// starting with `key`, `--from-key` every key `>= key`, and an empty key with either means all.
+pub fn key_range(
+    key: &str,
+    range_end: Option<&str>,
+    prefix: bool,
+    from_key: bool,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    if prefix && from_key {
+        bail!("`--prefix` and `--from-key` cannot be set at the same time, choose one");
+    }
+    if range_end.is_some() && (prefix || from_key) {
+        bail!(
+            "too many arguments, only accept one argument when `--prefix` or `--from-key` is set"
+        );
+    }
+    let key = key.as_bytes().to_vec();
+    if (prefix || from_key) && key.is_empty() {
+        return Ok((vec![0], vec![0]));
+    }
+    if prefix {
+        let end = prefix_range_end(&key);
+        return Ok((key, end));
+    }
+    if from_key {
+        return Ok((key, vec![0]));
+    }
+    Ok((
+        key,
+        range_end.map(|e| e.as_bytes().to_vec()).unwrap_or_default(),
+    ))
+}
+
+/// The smallest key greater than every key starting with `prefix` (`\0`, meaning "no upper
+/// bound", when the prefix is all `0xff`).
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_last_byte() {
+        assert_eq!(prefix_range_end(b"foo"), b"fop".to_vec());
+        assert_eq!(prefix_range_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_range_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_range_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn ranges_follow_etcdctl() {
+        let r = |k, e, p, f| key_range(k, e, p, f).ok();
+        assert_eq!(r("k", None, false, false), Some((b"k".to_vec(), vec![])));
+        assert_eq!(
+            r("a", Some("c"), false, false),
+            Some((b"a".to_vec(), b"c".to_vec()))
+        );
+        assert_eq!(
+            r("k", None, true, false),
+            Some((b"k".to_vec(), b"l".to_vec()))
+        );
+        assert_eq!(r("", None, true, false), Some((vec![0], vec![0])));
+        assert_eq!(r("k", None, false, true), Some((b"k".to_vec(), vec![0])));
+        assert_eq!(r("", None, false, true), Some((vec![0], vec![0])));
+        assert!(key_range("k", Some("z"), true, false).is_err());
+        assert!(key_range("k", None, true, true).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! The client half of the `berth` binary: etcdctl-style commands speaking the etcd v3 gRPC API
+//! to `--endpoints`, so they work against berth and against etcd itself.
+//!
+//! # Layout
+//! - [`conn`]: endpoints, dialing, per-request timeouts and gRPC error mapping.
+//! - [`output`]: the one printer (`simple|json|table`) every command writes through.
+//! - [`kv`]: `kv put|get|del|txn|watch`; [`compact`]: `compact`.
+//! - [`lease`], [`member`], [`endpoint`], [`alarm`], [`defrag`], [`snapshot`]: one file per noun.
+//!
+//! Each command file owns its clap arguments and an `async fn run`; adding a command touches
+//! that file and one arm of [`Command`].
+
+pub mod alarm;
+pub mod compact;
+pub mod conn;
+pub mod defrag;
+pub mod endpoint;
+pub mod kv;
+pub mod lease;
+pub mod member;
+pub mod output;
+pub mod snapshot;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use self::conn::Conn;
+use self::output::{Format, Printer};
+
+/// Options shared by every client command (etcdctl's global flags).
+#[derive(clap::Args, Debug, Clone)]
+pub struct GlobalOpts {
+    /// gRPC endpoints, comma-separated, as `host:port` or `http://host:port`.
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format (table falls back to simple where a command has no table).
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        env = "BERTH_WRITE_OUT",
+        value_enum,
+        default_value = "simple"
+    )]
+    pub write_out: Format,
+    /// Timeout for connecting to an endpoint (e.g. `2s`, `500ms`).
+    #[arg(long, global = true, env = "BERTH_DIAL_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub dial_timeout: Duration,
+    /// Timeout for one short request, dialing excluded (e.g. `5s`).
+    #[arg(long, global = true, env = "BERTH_COMMAND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub command_timeout: Duration,
+}
+
+/// Client commands, flattened next to `berth server`.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Read and write keys: put, get, del, txn, watch.
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
+    /// Grant, revoke, keep alive and inspect leases.
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
+    /// Inspect cluster membership.
+    #[command(subcommand)]
+    Member(member::MemberCommand),
+    /// Check the health, status and hashes of endpoints.
+    #[command(subcommand)]
+    Endpoint(endpoint::EndpointCommand),
+    /// Discard the key-value history before a revision.
+    Compact(compact::CompactArgs),
+    /// Save a snapshot from a member, or restore one into a data directory.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
+    /// List or disarm alarms.
+    #[command(subcommand)]
+    Alarm(alarm::AlarmCommand),
+    /// Defragment the storage of each endpoint.
+    Defrag,
+}
+
+/// What every command runs with: the connection settings and the printer.
+pub struct Ctx {
+    /// Endpoints and timeouts.
+    pub conn: Conn,
+    /// Where results go, in the chosen format.
+    pub out: Printer,
+}
+
+/// Runs one client command to completion on its own single-threaded runtime.
+pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
+    let mut ctx = Ctx {
+        conn: Conn::new(
+            global.endpoints,
+            global.dial_timeout,
+            global.command_timeout,
+        )?,
+        out: Printer::new(global.write_out, std::io::stdout()),
+    };
+    // Restore is offline: it must work with no server and needs no runtime.
+    if let Command::Snapshot(snapshot::SnapshotCommand::Restore(args)) = &cmd {
+        return snapshot::restore(&mut ctx, args);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the client runtime")?;
+    rt.block_on(dispatch(&mut ctx, cmd))
+}
+
+async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Kv(c) => kv::run(ctx, c).await,
+        Command::Lease(c) => lease::run(ctx, c).await,
+        Command::Member(c) => member::run(ctx, c).await,
+        Command::Endpoint(c) => endpoint::run(ctx, c).await,
+        Command::Compact(a) => compact::run(ctx, a).await,
+        Command::Snapshot(c) => snapshot::run(ctx, c).await,
+        Command::Alarm(c) => alarm::run(ctx, c).await,
+        Command::Defrag => defrag::run(ctx).await,
+    }
+}
+
+/// Parses a Go-style duration as etcdctl accepts it: `5s`, `1.5s`, `300ms`, `1m30s`, `2h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?} (use e.g. 5s, 500ms, 1m30s)");
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let num: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += num * scale;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        global: GlobalOpts,
+        #[command(subcommand)]
+        cmd: Command,
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        TestCli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = TestCli::try_parse_from([
+            "berth",
+            "kv",
+            "get",
+            "foo",
+            "-w",
+            "json",
+            "--endpoints",
+            "a:1,http://b:2",
+            "--command-timeout",
+            "250ms",
+        ]);
+        let cli = cli.ok();
+        assert_eq!(
+            cli.as_ref().map(|c| c.global.endpoints.clone()),
+            Some(vec!["a:1".to_string(), "http://b:2".to_string()])
+        );
+        assert_eq!(cli.as_ref().map(|c| c.global.write_out), Some(Format::Json));
+        assert_eq!(
+            cli.as_ref().map(|c| c.global.command_timeout),
+            Some(Duration::from_millis(250))
+        );
+        assert!(matches!(cli.map(|c| c.cmd), Some(Command::Kv(_))));
+        assert!(TestCli::try_parse_from(["berth", "lease", "timetolive", "1"]).is_ok());
+    }
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! The berth CLI against berth and against real etcd.

@@ -1,0 +1,225 @@
+//! Spawns `berth server` processes on free 127.0.0.1 ports, waits until they answer, and
+//! kills (SIGKILL) or restarts them for fault tests.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn berth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// True when the etcd API at `addr` answers a Status call. Runs on its own thread and
+/// runtime so it works from sync tests and from inside async tests alike.
+fn answers(addr: &str) -> bool {
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return false;
+        };
+        rt.block_on(async move {
+            let Ok(mut c) = etcd_client::Client::connect([addr], None).await else {
+                return false;
+            };
+            c.status().await.is_ok()
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// One running berth server.
+pub struct Server {
+    child: Option<Child>,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    /// `127.0.0.1:port` of the etcd API.
+    pub client_addr: String,
+    /// `127.0.0.1:port` of the HTTP listener.
+    pub http_addr: String,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Server {
+            child: None,
+            dir,
+            _tmp: Some(tmp),
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts a server on an existing data directory (kept by the caller).
+    pub fn start_in(dir: &Path) -> Server {
+        let mut s = Server {
+            child: None,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            extra: Vec::new(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// `http://` URL of the etcd API, as etcdctl takes it.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    fn spawn(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let child = Command::new(berth_bin())
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--listen-client-urls")
+            .arg(self.endpoint())
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--listen-http-urls")
+            .arg(format!("http://{}", self.http_addr))
+            .arg("--log-level")
+            .arg("warn")
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth server");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until the etcd API answers a request.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("berth exited during startup: {status}");
+                }
+            }
+            if answers(&self.client_addr) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth did not become ready in 30s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Connects the `etcd-client` crate to this server.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.client_addr.clone()], None)
+            .await
+            .expect("connect etcd-client")
+    }
+
+    /// SIGKILLs the server: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM; returns how long it took to exit, or `None` if it
+    /// had to be killed after 10 s.
+    pub fn stop(&mut self) -> Option<Duration> {
+        let mut c = self.child.take()?;
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Starts the server again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Starts the server again after [`Server::stop`] or [`Server::kill9`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// GETs a path from the HTTP listener; returns (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.http_addr).expect("connect http");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.http_addr)
+            .expect("write request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read response");
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status code");
+        (code, body.to_string())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The gRPC status inside an etcd-client error.
+pub fn status_of(e: etcd_client::Error) -> tonic::Status {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// Runs a command and returns (exit success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run command");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: every test starts real `berth` processes on free loopback ports and talks
+//! to them with real clients (the `etcd-client` crate, `etcdctl`, the `berth` CLI).
+
+mod cli;
+mod crash;
+mod etcdctl;
+mod harness;
+mod kv;
+mod lease;
+mod maintenance;
+mod watch;
