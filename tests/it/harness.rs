@@ -223,3 +223,56 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A real etcd 3.4 (Debian's etcd-server) on free loopback ports, for side-by-side checks.
+pub struct Etcd {
+    child: Child,
+    _tmp: tempfile::TempDir,
+    /// `127.0.0.1:port` of its client API.
+    pub client_addr: String,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers.
+    pub fn start() -> Etcd {
+        let bin = "/usr/bin/etcd";
+        assert!(
+            Path::new(bin).exists(),
+            "etcd is missing: install Debian's etcd-server (.ci/run does)"
+        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let client_addr = format!("127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(tmp.path().join("etcd"))
+            .args(["--listen-client-urls", &format!("http://{client_addr}")])
+            .args(["--advertise-client-urls", &format!("http://{client_addr}")])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !answers(&client_addr) {
+            assert!(Instant::now() < deadline, "etcd did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcd {
+            child,
+            _tmp: tmp,
+            client_addr,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -8,4 +8,5 @@ mod harness;
 mod kv;
 mod lease;
 mod maintenance;
+mod server;
 mod watch;
