@@ -12,6 +12,7 @@ use berth_proto::etcdserverpb::watch_server::Watch;
 use berth_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use berth_store::{KeySpan, WatchHandle, WatchSpec};
 use futures::Stream;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -44,6 +45,7 @@ struct Entry {
     handle: Option<WatchHandle>,
     prev_kv: bool,
     progress_notify: bool,
+    fragment: bool,
 }
 
 #[derive(Default)]
@@ -201,6 +203,7 @@ async fn create(
                 handle: None,
                 prev_kv: c.prev_kv,
                 progress_notify: c.progress_notify,
+                fragment: c.fragment,
             },
         );
         id
@@ -289,18 +292,18 @@ async fn forward(
     mut resp: WatchResponse,
     out: &mpsc::Sender<Result<WatchResponse, Status>>,
 ) -> bool {
-    let prev_kv = {
+    let (prev_kv, fragment) = {
         let mut st = lock(state);
         let Some(entry) = st.watches.get(&resp.watch_id) else {
             // Cancelled: drop what was already in flight.
             return true;
         };
-        let prev_kv = entry.prev_kv;
+        let flags = (entry.prev_kv, entry.fragment);
         if resp.compact_revision != 0 {
             resp.canceled = true;
             st.watches.remove(&resp.watch_id);
         }
-        prev_kv
+        flags
     };
     if prev_kv {
         for ev in &mut resp.events {
@@ -314,7 +317,44 @@ async fn forward(
     }
     node.fill(&mut resp.header);
     node.metrics.watch_events.inc_by(resp.events.len() as u64);
+    let limit = node.config.max_request_bytes;
+    if fragment && resp.encoded_len() > limit {
+        for part in fragments(resp, limit) {
+            if out.send(Ok(part)).await.is_err() {
+                return false;
+            }
+        }
+        return true;
+    }
     out.send(Ok(resp)).await.is_ok()
+}
+
+/// Splits a response whose events exceed `limit` bytes into several, each marked
+/// `fragment` except the last, as etcd does for watchers that asked for fragmentation.
+fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
+    let mut parts = Vec::new();
+    let mut current = WatchResponse {
+        events: Vec::new(),
+        ..resp.clone()
+    };
+    let base = current.encoded_len();
+    let mut size = base;
+    for ev in resp.events {
+        let len = ev.encoded_len() + 8;
+        if !current.events.is_empty() && size + len > limit {
+            let next = WatchResponse {
+                events: Vec::new(),
+                ..current.clone()
+            };
+            current.fragment = true;
+            parts.push(std::mem::replace(&mut current, next));
+            size = base;
+        }
+        size += len;
+        current.events.push(ev);
+    }
+    parts.push(current);
+    parts
 }
 
 /// Sends a progress notification: to the whole stream (`per_watcher` None, watch_id -1) once
@@ -364,4 +404,36 @@ async fn progress(
         out.send(Ok(resp)).await.map_err(|_| ())?;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::mvccpb::{Event, KeyValue};
+
+    #[test]
+    fn large_responses_split_into_fragments() {
+        let events: Vec<Event> = (0..10)
+            .map(|i| Event {
+                kv: Some(KeyValue {
+                    key: format!("k{i}").into_bytes(),
+                    value: vec![b'v'; 100],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let resp = WatchResponse {
+            watch_id: 3,
+            events: events.clone(),
+            ..Default::default()
+        };
+        let parts = fragments(resp, 350);
+        assert!(parts.len() > 3);
+        assert!(parts.iter().all(|p| p.encoded_len() <= 350 && p.watch_id == 3));
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts[parts.len() - 1].fragment);
+        let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, events);
+    }
 }
