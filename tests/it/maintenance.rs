@@ -120,3 +120,32 @@ async fn metrics_and_health() {
     assert_eq!(code, 200);
     assert!(body.contains("\"health\":\"true\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_raises_nospace_and_still_allows_deletes() {
+    let srv = Server::start_with(&["--quota-backend-bytes", "1"]);
+    let mut c = srv.client().await;
+    let e = c.put("k", "v", None).await.expect_err("over quota");
+    let s = crate::harness::status_of(e);
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(s.message(), "etcdserver: mvcc: database space exceeded");
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .expect("alarms");
+    assert_eq!(alarms.alarms().len(), 1);
+    assert_eq!(alarms.alarms()[0].alarm(), AlarmType::Nospace);
+    assert!(
+        c.lease_grant(10, None).await.is_err(),
+        "lease grants are refused too"
+    );
+    c.delete("k", None)
+        .await
+        .expect("deletes free space, so they are allowed");
+    let st = c.status().await.expect("status");
+    assert!(
+        st.errors().iter().any(|e| e.contains("NOSPACE")),
+        "{:?}",
+        st.errors()
+    );
+}

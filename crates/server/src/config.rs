@@ -52,6 +52,9 @@ pub struct ServerArgs {
     /// Most operations in one txn.
     #[arg(long, env = "BERTH_MAX_TXN_OPS")]
     pub max_txn_ops: Option<usize>,
+    /// Database size at which writes are refused with a NOSPACE alarm (bytes; 0 = 2 GiB).
+    #[arg(long, env = "BERTH_QUOTA_BACKEND_BYTES")]
+    pub quota_backend_bytes: Option<u64>,
     /// Heartbeat interval in milliseconds (Raft; also sets the minimum lease TTL).
     #[arg(long, env = "BERTH_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
@@ -91,6 +94,7 @@ impl ServerArgs {
             listen_http_urls: self.listen_http_urls.or(lower.listen_http_urls),
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
+            quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             election_timeout: self.election_timeout.or(lower.election_timeout),
             max_batch: self.max_batch.or(lower.max_batch),
@@ -139,6 +143,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Txn operation limit.
     pub max_txn_ops: usize,
+    /// Database size limit in bytes.
+    pub quota_backend_bytes: u64,
     /// Heartbeat interval (ms).
     pub heartbeat_interval_ms: u64,
     /// Election timeout (ms).
@@ -249,6 +255,11 @@ impl Config {
             .context("--listen-http-urls")?,
             max_request_bytes,
             max_txn_ops: s.max_txn_ops.unwrap_or(128).max(1),
+            // etcd's default quota: 2 GiB.
+            quota_backend_bytes: match s.quota_backend_bytes.unwrap_or(0) {
+                0 => 2 << 30,
+                q => q,
+            },
             heartbeat_interval_ms: heartbeat,
             election_timeout_ms: election,
             max_batch: s.max_batch.unwrap_or(1024).max(1),

@@ -34,6 +34,9 @@ pub enum ApiError {
     /// Revision in the future.
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRev,
+    /// The database reached its quota.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// Lease missing.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
@@ -74,6 +77,7 @@ impl ApiError {
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExist | AuthNotEnabled | NotCapable => Code::FailedPrecondition,
             Stopped => Code::Unavailable,
+            NoSpace => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
         }
     }

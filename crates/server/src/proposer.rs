@@ -2,7 +2,6 @@
 //! dedicated thread drains the queue and commits each batch with one fsync (group commit);
 //! the Raft layer replaces this behind the same `propose` call.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,7 +26,6 @@ pub type FatalHook = Box<dyn Fn(&StoreError) + Send + Sync>;
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Proposal>,
-    applied: Arc<AtomicU64>,
 }
 
 impl Proposer {
@@ -39,15 +37,13 @@ impl Proposer {
         on_fatal: FatalHook,
     ) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let applied = Arc::new(AtomicU64::new(0));
-        let counter = applied.clone();
         let spawned = std::thread::Builder::new()
             .name("berth-writer".into())
-            .spawn(move || writer_loop(store, rx, max_batch, metrics, counter, on_fatal));
+            .spawn(move || writer_loop(store, rx, max_batch, metrics, on_fatal));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the writer thread");
         }
-        Proposer { tx, applied }
+        Proposer { tx }
     }
 
     /// Proposes one command; returns its result once it is durable.
@@ -63,11 +59,6 @@ impl Proposer {
             Err(_) => Err(ApiError::Stopped),
         }
     }
-
-    /// Number of commands applied since start (the single-node "raft index").
-    pub fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
 }
 
 fn writer_loop(
@@ -75,7 +66,6 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Proposal>,
     max_batch: usize,
     metrics: Arc<Metrics>,
-    applied: Arc<AtomicU64>,
     on_fatal: FatalHook,
 ) {
     let mut cmds = Vec::with_capacity(max_batch);
@@ -97,7 +87,6 @@ fn writer_loop(
         metrics.observe_commit(started.elapsed(), cmds.len());
         match outcome {
             Ok(results) => {
-                applied.fetch_add(cmds.len() as u64, Ordering::AcqRel);
                 for (reply, result) in replies.drain(..).zip(results) {
                     // The caller may have gone away (timeout, disconnect); the write stands.
                     let _ = reply.send(result);

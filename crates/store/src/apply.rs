@@ -15,7 +15,7 @@ use berth_proto::etcdserverpb::{
 use berth_proto::mvccpb::{event::EventType, Event, KeyValue};
 use redb::Table;
 
-use crate::backend::{encode, read_kv, META_COMPACTED, META_REVISION};
+use crate::backend::{encode, read_kv, META_APPLIED, META_COMPACTED, META_REVISION};
 use crate::error::{DbResult, Result, StoreError};
 use crate::index::{KeyIndex, KeySpan};
 use crate::lease::Lessor;
@@ -497,10 +497,24 @@ pub fn check_txn_duplicates(t: &TxnRequest) -> bool {
     walk(&t.success).is_some() && walk(&t.failure).is_some()
 }
 
-/// Reads the persisted counters back: (newest revision, compaction mark).
+/// Persisted counters of the store.
+pub(crate) struct Counters {
+    /// Newest revision written.
+    pub revision: i64,
+    /// Compaction mark.
+    pub compacted: i64,
+    /// Commands applied.
+    pub applied: u64,
+}
+
+/// Reads the persisted counters back.
 pub(crate) fn read_counters(
     meta: &impl redb::ReadableTable<&'static str, i64>,
-) -> Result<(i64, i64)> {
+) -> Result<Counters> {
     let get = |k: &str| -> Result<i64> { Ok(meta.get(k).db()?.map(|g| g.value()).unwrap_or(0)) };
-    Ok((get(META_REVISION)?, get(META_COMPACTED)?))
+    Ok(Counters {
+        revision: get(META_REVISION)?,
+        compacted: get(META_COMPACTED)?,
+        applied: get(META_APPLIED)?.max(0) as u64,
+    })
 }

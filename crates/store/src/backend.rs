@@ -17,6 +17,8 @@ pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("lease
 
 /// Meta key: the revision history is compacted up to.
 pub(crate) const META_COMPACTED: &str = "compacted";
+/// Meta key: how many commands have been applied (the single-node log index).
+pub(crate) const META_APPLIED: &str = "applied";
 /// Meta key: the newest revision ever written (survives compaction of the newest tombstone).
 pub(crate) const META_REVISION: &str = "revision";
 

@@ -2,7 +2,7 @@
 //! read API, the batched (group-committed) write API and the watch API on top.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Instant;
 
@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::mpsc;
 
 use crate::apply::{read_counters, Applied, Command, Writer};
-use crate::backend::{decode, LEASES, META, REVS};
+use crate::backend::{decode, LEASES, META, META_APPLIED, REVS};
 use crate::error::{DbResult, Result, StoreError};
 use crate::index::{KeyIndex, KeySpan, KeyVersion};
 use crate::lease::{LeaseInfo, LeaseLimits, Lessor};
@@ -67,6 +67,10 @@ pub struct Store {
     /// Newest revision whose batch is durable; readers never look past it.
     current: AtomicI64,
     hub: Mutex<Hub>,
+    /// Commands applied (persisted with each durable batch).
+    applied: AtomicU64,
+    /// Size of the database file, refreshed after each commit.
+    db_size: AtomicU64,
     /// Serializes write batches.
     writer: Mutex<()>,
 }
@@ -102,7 +106,8 @@ impl Store {
             w.open_table(LEASES).db()?;
             w.commit().db()?;
         }
-        let (index, lessor, current) = Self::load(&db, opts.lease_limits)?;
+        let (index, lessor, current, applied) = Self::load(&db, opts.lease_limits)?;
+        let db_size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         tracing::info!(
             path = %path.display(),
             revision = current,
@@ -119,16 +124,19 @@ impl Store {
             lessor: Mutex::new(lessor),
             current: AtomicI64::new(current),
             hub: Mutex::new(Hub::default()),
+            applied: AtomicU64::new(applied),
+            db_size: AtomicU64::new(db_size),
             writer: Mutex::new(()),
         }))
     }
 
-    fn load(db: &Database, limits: LeaseLimits) -> Result<(KeyIndex, Lessor, i64)> {
+    fn load(db: &Database, limits: LeaseLimits) -> Result<(KeyIndex, Lessor, i64, u64)> {
         let r = db.begin_read().db()?;
         let revs = r.open_table(REVS).db()?;
         let meta = r.open_table(META).db()?;
         let leases = r.open_table(LEASES).db()?;
-        let (mut current, compacted) = read_counters(&meta)?;
+        let counters = read_counters(&meta)?;
+        let (mut current, compacted) = (counters.revision, counters.compacted);
         let mut index = KeyIndex::default();
         index.set_compacted(compacted);
         let mut lessor = Lessor::new(limits);
@@ -167,12 +175,23 @@ impl Store {
             true
         });
         // A fresh store starts at revision 1, as etcd's does.
-        Ok((index, lessor, current.max(1)))
+        Ok((index, lessor, current.max(1), counters.applied))
     }
 
     /// Newest durable revision.
     pub fn revision(&self) -> i64 {
         self.current.load(Ordering::Acquire)
+    }
+
+    /// Commands applied to durable state so far (survives restarts; the log index of a
+    /// single member).
+    pub fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Size of the database file in bytes, as of the last commit.
+    pub fn db_size(&self) -> u64 {
+        self.db_size.load(Ordering::Acquire)
     }
 
     /// Path of the database file.
@@ -242,10 +261,17 @@ impl Store {
                 }
                 results.push(r);
             }
+            if w.dirty {
+                let applied = self.applied.load(Ordering::Acquire) + cmds.len() as u64;
+                w.meta.insert(META_APPLIED, applied as i64).db()?;
+            }
             (results, w.events, w.current, w.dirty)
         };
         if dirty {
             txn.commit().db()?;
+            self.applied.fetch_add(cmds.len() as u64, Ordering::AcqRel);
+            let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+            self.db_size.store(size, Ordering::Release);
         } else {
             txn.abort().db()?;
         }
@@ -472,7 +498,7 @@ impl Store {
             keys,
             leases: lock(&self.lessor).len(),
             watchers: lock(&self.hub).len(),
-            db_size: std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+            db_size: self.db_size(),
         }
     }
 
@@ -522,6 +548,7 @@ impl Store {
         let before = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         while db.compact().map_err(|e| StoreError::Storage(e.into()))? {}
         let after = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        self.db_size.store(after, Ordering::Release);
         tracing::info!(before, after, "defragmented");
         Ok(())
     }

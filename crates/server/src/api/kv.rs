@@ -35,11 +35,10 @@ impl KvService {
         Ok(())
     }
 
-    async fn propose(&self, cmd: Command) -> Result<Applied, Status> {
+    /// Proposes a command that may grow the database: refused while NOSPACE is raised.
+    async fn propose_growing(&self, cmd: Command) -> Result<Applied, Status> {
         if self.node.out_of_space() {
-            return Err(Status::resource_exhausted(
-                "etcdserver: mvcc: database space exceeded",
-            ));
+            return Err(ApiError::NoSpace.into());
         }
         Ok(self.node.proposer.propose(cmd).await?)
     }
@@ -103,14 +102,14 @@ pub fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// True when the txn can write (any put or delete on any path).
-fn txn_writes(t: &TxnRequest) -> bool {
+/// True when the txn can put on any path.
+fn txn_puts(t: &TxnRequest) -> bool {
     t.success
         .iter()
         .chain(&t.failure)
         .any(|op| match &op.request {
-            Some(Op::RequestPut(_)) | Some(Op::RequestDeleteRange(_)) => true,
-            Some(Op::RequestTxn(inner)) => txn_writes(inner),
+            Some(Op::RequestPut(_)) => true,
+            Some(Op::RequestTxn(inner)) => txn_puts(inner),
             _ => false,
         })
 }
@@ -146,7 +145,7 @@ impl Kv for KvService {
         let p = req.into_inner();
         check_put(&p)?;
         self.check_size(p.encoded_len())?;
-        match self.propose(Command::Put(p)).await? {
+        match self.propose_growing(Command::Put(p)).await? {
             Applied::Put(mut resp) => {
                 self.node.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -162,7 +161,8 @@ impl Kv for KvService {
         let d = req.into_inner();
         check_delete(&d)?;
         self.check_size(d.encoded_len())?;
-        match self.propose(Command::DeleteRange(d)).await? {
+        // Deletes stay allowed under NOSPACE: they are how space is freed.
+        match self.node.proposer.propose(Command::DeleteRange(d)).await? {
             Applied::DeleteRange(mut resp) => {
                 self.node.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -175,10 +175,10 @@ impl Kv for KvService {
         let t = req.into_inner();
         check_txn(&t, self.node.config.max_txn_ops)?;
         self.check_size(t.encoded_len())?;
-        // A txn that cannot write still goes through the write path (it must see every
-        // write acknowledged before it), but a NOSPACE alarm does not block it.
-        let applied = if txn_writes(&t) {
-            self.propose(Command::Txn(t)).await?
+        // Every txn goes through the write path (a read-only one commits nothing); only a
+        // txn that can put is refused under NOSPACE, as in etcd.
+        let applied = if txn_puts(&t) {
+            self.propose_growing(Command::Txn(t)).await?
         } else {
             self.node.proposer.propose(Command::Txn(t)).await?
         };

@@ -56,6 +56,9 @@ impl Lease for LeaseService {
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let mut g = req.into_inner();
+        if self.node.out_of_space() {
+            return Err(ApiError::NoSpace.into());
+        }
         if g.ttl > self.node.store.lease_limits().max_ttl {
             return Err(ApiError::LeaseTtlTooLarge.into());
         }

@@ -101,7 +101,7 @@ impl Maintenance for MaintenanceService {
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let stats = self.node.store.stats();
-        let index = self.node.proposer.applied_index();
+        let index = self.node.store.applied_index();
         let errors = self
             .node
             .alarms

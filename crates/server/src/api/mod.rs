@@ -11,7 +11,7 @@ pub mod watch;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use berth_proto::etcdserverpb::{AlarmMember, ResponseHeader};
+use berth_proto::etcdserverpb::{AlarmMember, AlarmType, ResponseHeader};
 use berth_store::Store;
 
 use crate::config::Config;
@@ -60,8 +60,32 @@ impl Node {
         *h = self.header(revision);
     }
 
-    /// True when a NOSPACE alarm blocks writes.
+    /// True when a NOSPACE alarm blocks writes. Raises the alarm when the database has grown
+    /// past `--quota-backend-bytes`, as etcd does.
     pub fn out_of_space(&self) -> bool {
-        self.no_space.load(Ordering::Acquire)
+        if self.no_space.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.store.db_size() > self.config.quota_backend_bytes {
+            self.raise_alarm(AlarmType::Nospace);
+            return true;
+        }
+        false
+    }
+
+    /// Activates an alarm for this member.
+    pub fn raise_alarm(&self, alarm: AlarmType) {
+        let member = AlarmMember {
+            member_id: self.member.id,
+            alarm: alarm as i32,
+        };
+        let mut alarms = self.alarms.lock().unwrap_or_else(|p| p.into_inner());
+        if !alarms.contains(&member) {
+            tracing::warn!(?alarm, "alarm raised");
+            alarms.push(member);
+        }
+        if alarm == AlarmType::Nospace {
+            self.no_space.store(true, Ordering::Release);
+        }
     }
 }

@@ -430,7 +430,9 @@ mod tests {
         };
         let parts = fragments(resp, 350);
         assert!(parts.len() > 3);
-        assert!(parts.iter().all(|p| p.encoded_len() <= 350 && p.watch_id == 3));
+        assert!(parts
+            .iter()
+            .all(|p| p.encoded_len() <= 350 && p.watch_id == 3));
         assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
         assert!(!parts[parts.len() - 1].fragment);
         let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
