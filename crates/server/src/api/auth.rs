@@ -1,5 +1,6 @@
 //! etcd `Auth` service. Authentication is not built yet: status reports it disabled and
-//! Authenticate answers as etcd does with auth off; user and role management is refused.
+//! Authenticate answers as etcd does with auth off; listing users and roles answers empty,
+//! and changing them is refused until auth is built.
 
 use std::sync::Arc;
 
@@ -83,7 +84,11 @@ impl Auth for AuthService {
         &self,
         _req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        Err(not_built("user list"))
+        // No users can exist until user and role management is built: the list is empty.
+        Ok(Response::new(AuthUserListResponse {
+            header: self.node.header(self.node.store.revision()),
+            users: Vec::new(),
+        }))
     }
 
     async fn user_delete(
@@ -132,7 +137,11 @@ impl Auth for AuthService {
         &self,
         _req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        Err(not_built("role list"))
+        // No roles can exist until user and role management is built: the list is empty.
+        Ok(Response::new(AuthRoleListResponse {
+            header: self.node.header(self.node.store.revision()),
+            roles: Vec::new(),
+        }))
     }
 
     async fn role_delete(

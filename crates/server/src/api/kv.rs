@@ -5,7 +5,6 @@ use std::sync::Arc;
 use berth_proto::etcdserverpb::kv_server::Kv;
 use berth_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use berth_proto::etcdserverpb::request_op::Request as Op;
-use berth_proto::etcdserverpb::response_op::Response as OpResp;
 use berth_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -114,19 +113,6 @@ fn txn_puts(t: &TxnRequest) -> bool {
         })
 }
 
-fn fill_txn(node: &Node, t: &mut TxnResponse) {
-    node.fill(&mut t.header);
-    for op in &mut t.responses {
-        match &mut op.response {
-            Some(OpResp::ResponseRange(r)) => node.fill(&mut r.header),
-            Some(OpResp::ResponsePut(p)) => node.fill(&mut p.header),
-            Some(OpResp::ResponseDeleteRange(d)) => node.fill(&mut d.header),
-            Some(OpResp::ResponseTxn(inner)) => fill_txn(node, inner),
-            None => {}
-        }
-    }
-}
-
 fn unexpected(what: &str) -> Status {
     Status::internal(format!("berth: unexpected apply result for {what}"))
 }
@@ -184,7 +170,8 @@ impl Kv for KvService {
         };
         match applied {
             Applied::Txn(mut resp) => {
-                fill_txn(&self.node, &mut resp);
+                // Nested responses keep the revision-only headers the store set, as etcd's do.
+                self.node.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
             _ => Err(unexpected("txn")),
