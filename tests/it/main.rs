@@ -8,5 +8,6 @@ mod harness;
 mod kv;
 mod lease;
 mod maintenance;
+mod python;
 mod server;
 mod watch;

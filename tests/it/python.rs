@@ -1,0 +1,26 @@
+//! A Python etcd client (aetcd, asyncio, gRPC) against berth: `tests/python/aetcd_client.py`.
+//! `.ci/run` installs aetcd into a virtualenv and points `BERTH_TEST_PYTHON` at it.
+
+use std::process::Command;
+
+use crate::harness::{run, Server};
+
+fn python() -> String {
+    let py = std::env::var("BERTH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let (has_aetcd, _, _) = run(Command::new(&py).args(["-c", "import aetcd"]));
+    assert!(
+        has_aetcd,
+        "{py} cannot import aetcd: run .ci/run, or `pip install aetcd==1.0.0` and set BERTH_TEST_PYTHON"
+    );
+    py
+}
+
+#[test]
+fn aetcd_client_suite_passes() {
+    let py = python();
+    let srv = Server::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/aetcd_client.py");
+    let (ok, out, err) = run(Command::new(py).arg(script).arg(&srv.client_addr));
+    assert!(ok, "aetcd suite failed:\n{out}\n{err}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+}
