@@ -9,11 +9,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/mvccpb/kv.proto",
         "proto/etcd/authpb/auth.proto",
         "proto/etcd/etcdserverpb/rpc.proto",
+        "proto/berth/raft.proto",
     ];
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&files, &[root])?;
+        .compile_protos(&files, &[root, "proto"])?;
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

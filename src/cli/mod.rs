@@ -6,11 +6,13 @@
 //! - [`output`]: the one printer (`simple|json|table`) every command writes through.
 //! - [`kv`]: `kv put|get|del|txn|watch`; [`compact`]: `compact`.
 //! - [`lease`], [`member`], [`endpoint`], [`alarm`], [`defrag`], [`snapshot`]: one file per noun.
+//! - [`bench`]: `bench <workload>`, the load generator (the engine is the `berth-bench` crate).
 //!
 //! Each command file owns its clap arguments and an `async fn run`; adding a command touches
 //! that file and one arm of [`Command`].
 
 pub mod alarm;
+pub mod bench;
 pub mod compact;
 pub mod conn;
 pub mod defrag;
@@ -83,6 +85,9 @@ pub enum Command {
     Alarm(alarm::AlarmCommand),
     /// Defragment the storage of each endpoint.
     Defrag,
+    /// Generate load against the endpoints and report throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// What every command runs with: the connection settings and the printer.
@@ -93,8 +98,10 @@ pub struct Ctx {
     pub out: Printer,
 }
 
-/// Runs one client command to completion on its own single-threaded runtime.
+/// Runs one client command to completion on its own runtime (single-threaded, except for
+/// `bench`).
 pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
+    let (format, timeout) = (global.write_out, global.command_timeout);
     let mut ctx = Ctx {
         conn: Conn::new(
             global.endpoints,
@@ -107,14 +114,24 @@ pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
     if let Command::Snapshot(snapshot::SnapshotCommand::Restore(args)) = &cmd {
         return snapshot::restore(&mut ctx, args);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Commands send one request at a time; load generation needs every core.
+    let mut builder = match cmd {
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let rt = builder
         .enable_all()
         .build()
         .context("starting the client runtime")?;
-    rt.block_on(dispatch(&mut ctx, cmd))
+    rt.block_on(dispatch(&mut ctx, cmd, format, timeout))
 }
 
-async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
+async fn dispatch(
+    ctx: &mut Ctx,
+    cmd: Command,
+    format: Format,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     match cmd {
         Command::Kv(c) => kv::run(ctx, c).await,
         Command::Lease(c) => lease::run(ctx, c).await,
@@ -124,6 +141,7 @@ async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
         Command::Snapshot(c) => snapshot::run(ctx, c).await,
         Command::Alarm(c) => alarm::run(ctx, c).await,
         Command::Defrag => defrag::run(ctx).await,
+        Command::Bench(c) => bench::run(ctx, c, format, timeout).await,
     }
 }
 

@@ -96,7 +96,7 @@ pub fn restore(ctx: &mut Ctx, args: &RestoreArgs) -> Result<()> {
     }
     let input =
         File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
-    let records = berth_store::snapshot::restore(std::io::BufReader::new(input), &store)
+    let records = berth_store::snapshot::restore_data_only(std::io::BufReader::new(input), &store)
         .with_context(|| format!("restoring {}", args.file.display()))?;
     ctx.out.line(&format!(
         "Restored snapshot {} into {} ({records} records)",

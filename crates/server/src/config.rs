@@ -61,9 +61,6 @@ pub struct ServerArgs {
     /// Election timeout in milliseconds.
     #[arg(long, env = "BERTH_ELECTION_TIMEOUT")]
     pub election_timeout: Option<u64>,
-    /// Most writes committed with one fsync.
-    #[arg(long, env = "BERTH_MAX_BATCH")]
-    pub max_batch: Option<usize>,
     /// Interval of `progress_notify` watch responses, in milliseconds.
     #[arg(long, env = "BERTH_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub watch_progress_notify_interval: Option<u64>,
@@ -97,7 +94,6 @@ impl ServerArgs {
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             election_timeout: self.election_timeout.or(lower.election_timeout),
-            max_batch: self.max_batch.or(lower.max_batch),
             watch_progress_notify_interval: self
                 .watch_progress_notify_interval
                 .or(lower.watch_progress_notify_interval),
@@ -149,8 +145,6 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     /// Election timeout (ms).
     pub election_timeout_ms: u64,
-    /// Group-commit batch limit.
-    pub max_batch: usize,
     /// Interval of watch progress notifications (ms).
     pub watch_progress_notify_interval_ms: u64,
     /// `json` logs when true.
@@ -262,7 +256,6 @@ impl Config {
             },
             heartbeat_interval_ms: heartbeat,
             election_timeout_ms: election,
-            max_batch: s.max_batch.unwrap_or(1024).max(1),
             // etcd's default: ten minutes.
             watch_progress_notify_interval_ms: s
                 .watch_progress_notify_interval

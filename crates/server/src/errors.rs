@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The RPC is not supported by this server yet.
     #[error("etcdserver: not capable")]
     NotCapable,
+    /// No leader is known right now (election in progress or no quorum).
+    #[error("etcdserver: no leader")]
+    NoLeader,
     /// The server is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -76,7 +79,7 @@ impl ApiError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExist | AuthNotEnabled | NotCapable => Code::FailedPrecondition,
-            Stopped => Code::Unavailable,
+            Stopped | NoLeader => Code::Unavailable,
             NoSpace => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
         }

@@ -39,7 +39,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
 /// Opens the store and builds the shared node state.
-pub fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
+pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let member = MemberInfo::load_or_create(cfg)?;
@@ -55,16 +55,7 @@ pub fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
     )
     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
-    let proposer = Proposer::start(
-        store.clone(),
-        cfg.max_batch,
-        metrics.clone(),
-        Box::new(|e| {
-            // Memory may now be ahead of disk: serving on would answer from unsaved state.
-            tracing::error!(error = %e, "storage failed; stopping so no unsaved write is served");
-            std::process::exit(1);
-        }),
-    );
+    let proposer = Proposer::start(store.clone(), cfg, &member, metrics.clone()).await?;
     Ok(Arc::new(Node {
         store,
         proposer,
@@ -105,6 +96,11 @@ async fn expire_leases(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        // Only the leader expires leases, so every member deletes the same keys at the same
+        // revision (the revocation goes through the log).
+        if !node.proposer.status().is_leader {
+            continue;
+        }
         let expired = node.store.expired_leases(1000);
         if expired.is_empty() {
             continue;
@@ -126,7 +122,7 @@ async fn expire_leases(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 
 /// Runs a node until `shutdown` completes.
 pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let node = open(&cfg)?;
+    let node = open(&cfg).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -205,6 +201,11 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    node.proposer.shutdown().await;
+    // Make everything the state machine applied durable before exiting.
+    if let Err(e) = node.store.flush() {
+        tracing::warn!(error = %e, "flushing the store at shutdown");
+    }
     tracing::info!("stopped");
     Ok(())
 }

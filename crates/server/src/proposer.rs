@@ -1,103 +1,105 @@
-//! The write path: commands are queued, made durable and applied in order. On a single node a
-//! dedicated thread drains the queue and commits each batch with one fsync (group commit);
-//! the Raft layer replaces this behind the same `propose` call.
+//! The write path: every command is replicated through the Raft log (openraft) and applied
+//! by the state machine on every member; a single node is a cluster of one on this same path.
+//! Also the read-index barrier for linearizable reads.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use berth_store::{Applied, Command, Store, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use berth_consensus::{Member, ProposeError, RaftStatus, Replica, ReplicaConfig};
+use berth_store::{Applied, Command, Store};
 
+use crate::config::Config;
 use crate::errors::ApiError;
+use crate::member::MemberInfo;
 use crate::metrics::Metrics;
 
-/// How many proposals may wait for the writer before callers are slowed down.
-const QUEUE_DEPTH: usize = 16 * 1024;
+/// How long startup waits for a leader before serving anyway (requests then retry/fail).
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 
-struct Proposal {
-    cmd: Command,
-    reply: oneshot::Sender<Result<Applied, StoreError>>,
-}
-
-/// Called once if the storage engine fails; the node must stop serving.
-pub type FatalHook = Box<dyn Fn(&StoreError) + Send + Sync>;
-
-/// Hands commands to the writer and waits until they are durable and applied.
+/// Hands commands to Raft and waits until they are committed and applied.
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::Sender<Proposal>,
+    replica: Arc<Replica>,
+}
+
+fn map_err(e: ProposeError) -> ApiError {
+    match e {
+        ProposeError::Refused(e) => e.into(),
+        ProposeError::NotLeader(_) => ApiError::NoLeader,
+        ProposeError::Stopped(reason) => {
+            tracing::error!(%reason, "consensus stopped");
+            ApiError::Stopped
+        }
+    }
 }
 
 impl Proposer {
-    /// Starts the writer thread for `store`, committing up to `max_batch` commands per fsync.
-    pub fn start(
+    /// Starts this member's Raft instance over `store`, bootstrapping a new cluster if needed.
+    pub async fn start(
         store: Arc<Store>,
-        max_batch: usize,
+        cfg: &Config,
+        member: &MemberInfo,
         metrics: Arc<Metrics>,
-        on_fatal: FatalHook,
-    ) -> Proposer {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let spawned = std::thread::Builder::new()
-            .name("berth-writer".into())
-            .spawn(move || writer_loop(store, rx, max_batch, metrics, on_fatal));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the writer thread");
+    ) -> anyhow::Result<Proposer> {
+        if cfg.initial_cluster.len() > 1 {
+            anyhow::bail!(
+                "--initial-cluster names {} members: multi-member clusters need the peer transport, which this build does not have yet",
+                cfg.initial_cluster.len()
+            );
         }
-        Proposer { tx }
+        let members: BTreeMap<u64, Member> = [(
+            member.id,
+            Member {
+                name: member.name.clone(),
+                peer_urls: member.peer_urls.clone(),
+                client_urls: member.client_urls.clone(),
+            },
+        )]
+        .into();
+        let rcfg = ReplicaConfig {
+            heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms),
+            election_timeout: Duration::from_millis(cfg.election_timeout_ms),
+            ..ReplicaConfig::default()
+        };
+        let observer = metrics.clone();
+        let replica = Replica::start(
+            member.id,
+            members,
+            &cfg.data_dir.join("groups").join("meta"),
+            store,
+            &rcfg,
+            Some(Arc::new(move |took, batch| {
+                observer.observe_commit(took, batch)
+            })),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("starting consensus: {e}"))?;
+        if !replica.wait_for_leader(LEADER_WAIT).await {
+            tracing::warn!("no leader elected yet; serving anyway");
+        }
+        Ok(Proposer {
+            replica: Arc::new(replica),
+        })
     }
 
-    /// Proposes one command; returns its result once it is durable.
+    /// Proposes one command; returns its result once it is committed and applied.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ApiError> {
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Proposal { cmd, reply })
-            .await
-            .map_err(|_| ApiError::Stopped)?;
-        match wait.await {
-            Ok(Ok(applied)) => Ok(applied),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(ApiError::Stopped),
-        }
+        self.replica.propose(&cmd).await.map_err(map_err)
     }
-}
 
-fn writer_loop(
-    store: Arc<Store>,
-    mut rx: mpsc::Receiver<Proposal>,
-    max_batch: usize,
-    metrics: Arc<Metrics>,
-    on_fatal: FatalHook,
-) {
-    let mut cmds = Vec::with_capacity(max_batch);
-    let mut replies = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.blocking_recv() {
-        cmds.push(first.cmd);
-        replies.push(first.reply);
-        while cmds.len() < max_batch {
-            match rx.try_recv() {
-                Ok(p) => {
-                    cmds.push(p.cmd);
-                    replies.push(p.reply);
-                }
-                Err(_) => break,
-            }
-        }
-        let started = Instant::now();
-        let outcome = store.apply_batch(&cmds);
-        metrics.observe_commit(started.elapsed(), cmds.len());
-        match outcome {
-            Ok(results) => {
-                for (reply, result) in replies.drain(..).zip(results) {
-                    // The caller may have gone away (timeout, disconnect); the write stands.
-                    let _ = reply.send(result);
-                }
-                cmds.clear();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, batch = cmds.len(), "write batch failed; no write of it was acknowledged");
-                on_fatal(&e);
-                return;
-            }
-        }
+    /// Returns once this member has applied every write acknowledged before the call.
+    pub async fn read_index(&self) -> Result<(), ApiError> {
+        self.replica.read_index().await.map_err(map_err)
+    }
+
+    /// Raft state for Status and metrics.
+    pub fn status(&self) -> RaftStatus {
+        self.replica.status()
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        self.replica.shutdown().await;
     }
 }

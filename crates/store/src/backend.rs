@@ -12,6 +12,9 @@ use crate::revision::Revision;
 pub(crate) const REVS: TableDefinition<u128, &[u8]> = TableDefinition::new("revs");
 /// Store-wide counters (compaction mark, applied index).
 pub(crate) const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// Opaque values a consensus layer keeps atomically with the data (applied log id,
+/// membership): name → bytes.
+pub(crate) const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 /// Granted leases: ID → TTL in seconds.
 pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 

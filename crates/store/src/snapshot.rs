@@ -12,13 +12,14 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{LEASES, META, REVS};
+use crate::backend::{BLOBS, LEASES, META, REVS};
 use crate::error::{DbResult, Result, StoreError};
 
 const MAGIC: &[u8] = b"BERTHSNAP1\n";
 const TAG_REV: u8 = 1;
 const TAG_META: u8 = 2;
 const TAG_LEASE: u8 = 3;
+const TAG_BLOB: u8 = 4;
 const TAG_END: u8 = 0xff;
 const CHUNK: usize = 64 * 1024;
 const ALIGN: usize = 512;
@@ -73,12 +74,24 @@ impl<F: FnMut(&[u8]) -> Result<()>> Chunker<F> {
 /// Streams every record of one read transaction (no magic, no trailer).
 pub(crate) fn write_records(db: &Database, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
     let mut c = Chunker::new(sink);
-    records(db, &mut c)?;
+    records(db, &mut c, None)?;
     c.flush()
 }
 
-fn records<F: FnMut(&[u8]) -> Result<()>>(db: &Database, c: &mut Chunker<F>) -> Result<()> {
+fn records<F: FnMut(&[u8]) -> Result<()>>(
+    db: &Database,
+    c: &mut Chunker<F>,
+    want_blob: Option<&str>,
+) -> Result<Option<Vec<u8>>> {
     let txn = db.begin_read().db()?;
+    let mut wanted = None;
+    for item in txn.open_table(BLOBS).db()?.iter().db()? {
+        let (k, v) = item.db()?;
+        if Some(k.value()) == want_blob {
+            wanted = Some(v.value().to_vec());
+        }
+        c.record(TAG_BLOB, k.value().as_bytes(), v.value())?;
+    }
     for item in txn.open_table(META).db()?.iter().db()? {
         let (k, v) = item.db()?;
         c.record(TAG_META, k.value().as_bytes(), &v.value().to_be_bytes())?;
@@ -95,20 +108,25 @@ fn records<F: FnMut(&[u8]) -> Result<()>>(db: &Database, c: &mut Chunker<F>) -> 
         let (k, v) = item.db()?;
         c.record(TAG_REV, &k.value().to_be_bytes(), v.value())?;
     }
-    Ok(())
+    Ok(wanted)
 }
 
 /// Streams a complete snapshot (magic, records, checksum trailer).
-pub(crate) fn write_snapshot(db: &Database, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+pub(crate) fn write_snapshot(
+    db: &Database,
+    want_blob: Option<&str>,
+    sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<Option<Vec<u8>>> {
     let mut c = Chunker::new(sink);
     c.put(MAGIC)?;
-    records(db, &mut c)?;
+    let wanted = records(db, &mut c, want_blob)?;
     c.put(&[TAG_END])?;
     let pad = (ALIGN - c.len % ALIGN) % ALIGN;
     c.put(&vec![0u8; pad])?;
     let digest = c.sha.clone().finalize();
     c.buf.extend_from_slice(&digest);
-    c.flush()
+    c.flush()?;
+    Ok(wanted)
 }
 
 fn corrupt(msg: &str) -> StoreError {
@@ -136,7 +154,17 @@ fn be_i64(b: &[u8]) -> Result<i64> {
 
 /// Checks a snapshot's checksum and writes its content as a new store in `dir`
 /// (which must not already hold one). Returns the number of records restored.
-pub fn restore(mut input: impl Read, dir: &Path) -> Result<u64> {
+pub fn restore(input: impl Read, dir: &Path) -> Result<u64> {
+    restore_inner(input, dir, true)
+}
+
+/// Like [`restore`], without the consensus layer's blobs: the data starts a new cluster
+/// (what `berth snapshot restore` does, as `etcdctl snapshot restore` does for etcd).
+pub fn restore_data_only(input: impl Read, dir: &Path) -> Result<u64> {
+    restore_inner(input, dir, false)
+}
+
+fn restore_inner(mut input: impl Read, dir: &Path, keep_blobs: bool) -> Result<u64> {
     let mut data = Vec::new();
     input.read_to_end(&mut data)?;
     if data.len() < ALIGN + DIGEST || data.len() % ALIGN != DIGEST || !data.starts_with(MAGIC) {
@@ -161,6 +189,7 @@ pub fn restore(mut input: impl Read, dir: &Path) -> Result<u64> {
         let mut revs = txn.open_table(REVS).db()?;
         let mut meta = txn.open_table(META).db()?;
         let mut leases = txn.open_table(LEASES).db()?;
+        let mut blobs = txn.open_table(BLOBS).db()?;
         let mut rest = &body[MAGIC.len()..];
         loop {
             let tag = take(&mut rest, 1)?[0];
@@ -183,6 +212,11 @@ pub fn restore(mut input: impl Read, dir: &Path) -> Result<u64> {
                 TAG_LEASE => {
                     leases.insert(be_i64(key)?, be_i64(value)?).db()?;
                 }
+                TAG_BLOB if keep_blobs => {
+                    let k = std::str::from_utf8(key).map_err(|_| corrupt("bad blob name"))?;
+                    blobs.insert(k, value).db()?;
+                }
+                TAG_BLOB => {}
                 _ => return Err(corrupt("unknown record")),
             }
             n += 1;

@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::mpsc;
 
 use crate::apply::{read_counters, Applied, Command, Writer};
-use crate::backend::{decode, LEASES, META, META_APPLIED, REVS};
+use crate::backend::{decode, BLOBS, LEASES, META, META_APPLIED, REVS};
 use crate::error::{DbResult, Result, StoreError};
 use crate::index::{KeyIndex, KeySpan, KeyVersion};
 use crate::lease::{LeaseInfo, LeaseLimits, Lessor};
@@ -104,6 +104,7 @@ impl Store {
             w.open_table(REVS).db()?;
             w.open_table(META).db()?;
             w.open_table(LEASES).db()?;
+            w.open_table(BLOBS).db()?;
             w.commit().db()?;
         }
         let (index, lessor, current, applied) = Self::load(&db, opts.lease_limits)?;
@@ -232,9 +233,25 @@ impl Store {
     /// An `Err` here means the storage engine failed: the in-memory state may be ahead of
     /// disk and the caller must stop serving (as etcd does on a backend failure).
     pub fn apply_batch(&self, cmds: &[Command]) -> Result<Vec<Result<Applied>>> {
+        self.apply_batch_with(cmds, &[], true)
+    }
+
+    /// [`Store::apply_batch`] for a consensus layer: `blobs` are written in the same
+    /// transaction (e.g. the applied log id), and with `durable == false` the batch is visible
+    /// at once but reaches disk only with a later durable batch or [`Store::flush`] — the
+    /// replicated log, not the store, is then what makes the write durable.
+    pub fn apply_batch_with(
+        &self,
+        cmds: &[Command],
+        blobs: &[(&str, Vec<u8>)],
+        durable: bool,
+    ) -> Result<Vec<Result<Applied>>> {
         let _serial = lock(&self.writer);
         let db = read_lock(&self.db);
-        let txn = db.begin_write().db()?;
+        let mut txn = db.begin_write().db()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None).db()?;
+        }
         let first = self.revision() + 1;
         let (results, events, current, dirty) = {
             let mut revs = txn.open_table(REVS).db()?;
@@ -260,6 +277,13 @@ impl Store {
                     return Err(StoreError::Storage(e));
                 }
                 results.push(r);
+            }
+            if !blobs.is_empty() {
+                let mut table = txn.open_table(BLOBS).db()?;
+                for (name, value) in blobs {
+                    table.insert(*name, value.as_slice()).db()?;
+                }
+                w.dirty = true;
             }
             if w.dirty {
                 let applied = self.applied.load(Ordering::Acquire) + cmds.len() as u64;
@@ -449,6 +473,75 @@ impl Store {
         Ok((events, reached))
     }
 
+    /// Makes every earlier non-durable batch durable (one fsync).
+    pub fn flush(&self) -> Result<()> {
+        let _serial = lock(&self.writer);
+        let db = read_lock(&self.db);
+        let txn = db.begin_write().db()?;
+        {
+            // A write so the commit is never elided.
+            let mut meta = txn.open_table(META).db()?;
+            let n = meta.get("flushes").db()?.map(|g| g.value()).unwrap_or(0);
+            meta.insert("flushes", n + 1).db()?;
+        }
+        txn.commit().db()
+    }
+
+    /// The stored blob `name`, if any.
+    pub fn blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let db = read_lock(&self.db);
+        let txn = db.begin_read().db()?;
+        let table = txn.open_table(BLOBS).db()?;
+        Ok(table.get(name).db()?.map(|g| g.value().to_vec()))
+    }
+
+    /// Replaces the whole store with the content of a snapshot stream, live: readers see the
+    /// old state until the new one is complete, and every watcher is moved to replay from
+    /// the revision it had reached (or told it was compacted).
+    pub fn install_snapshot(&self, input: impl std::io::Read) -> Result<()> {
+        let _serial = lock(&self.writer);
+        let staging = self.path.with_extension("installing");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        crate::snapshot::restore(input, &staging)?;
+        let limits = lock(&self.lessor).limits();
+        let mut db = write_lock(&self.db);
+        // Swap files under the exclusive lock: close the old database by replacing it with the
+        // new one opened from its final path.
+        std::fs::rename(staging.join("kv.redb"), &self.path)?;
+        std::fs::remove_dir_all(&staging)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *db = Database::builder().create(&self.path).db()?;
+        let (index, lessor, current, applied) = Self::load(&db, limits)?;
+        let mut hub = lock(&self.hub);
+        *write_lock(&self.index) = index;
+        *lock(&self.lessor) = lessor;
+        self.applied.store(applied, Ordering::Release);
+        let before = self.current.swap(current, Ordering::AcqRel);
+        self.db_size.store(
+            std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+            Ordering::Release,
+        );
+        let moved = hub.drain_all();
+        hub.catching_up += moved.len();
+        drop(hub);
+        drop(db);
+        tracing::info!(
+            revision = current,
+            previous = before,
+            watchers = moved.len(),
+            "installed snapshot"
+        );
+        for (id, w) in moved {
+            let from = w.spec.start_rev.max(before + 1).min(current + 1);
+            self.spawn_catch_up(id, w, from);
+        }
+        Ok(())
+    }
+
     /// Restarts a lease's TTL; returns the TTL or `LeaseNotFound`.
     pub fn lease_renew(&self, id: i64) -> Result<i64> {
         lock(&self.lessor)
@@ -538,7 +631,17 @@ impl Store {
 
     /// Writes a consistent snapshot of the store, chunk by chunk, to `sink`.
     pub fn snapshot(&self, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        crate::snapshot::write_snapshot(&read_lock(&self.db), sink)
+        crate::snapshot::write_snapshot(&read_lock(&self.db), None, sink).map(|_| ())
+    }
+
+    /// Like [`Store::snapshot`], and returns the blob `name` as of the same snapshot (so a
+    /// consensus layer learns exactly which log position the snapshot holds).
+    pub fn snapshot_with_blob(
+        &self,
+        name: &str,
+        sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Option<Vec<u8>>> {
+        crate::snapshot::write_snapshot(&read_lock(&self.db), Some(name), sink)
     }
 
     /// Rewrites the database file to its smallest size. Waits for in-flight transactions.

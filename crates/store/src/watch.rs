@@ -125,6 +125,13 @@ impl Hub {
         Some(w)
     }
 
+    /// Removes every synced watcher (their state is about to be replaced wholesale).
+    pub fn drain_all(&mut self) -> Vec<(u64, Watcher)> {
+        self.by_key.clear();
+        self.ranged.clear();
+        self.synced.drain().collect()
+    }
+
     /// Sends the events of a committed batch (revisions `first..=revision`) to every synced
     /// watcher that wants them. Returns watchers whose channel was full, removed from the hub,
     /// each with the revision they must replay from.

@@ -101,6 +101,18 @@ pub fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// True when no path of the txn writes.
+fn txn_is_read_only(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestPut(_)) | Some(Op::RequestDeleteRange(_)) => false,
+            Some(Op::RequestTxn(inner)) => txn_is_read_only(inner),
+            _ => true,
+        })
+}
+
 /// True when the txn can put on any path.
 fn txn_puts(t: &TxnRequest) -> bool {
     t.success
@@ -122,6 +134,9 @@ impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = req.into_inner();
         check_range(&r)?;
+        if !r.serializable {
+            self.node.proposer.read_index().await?;
+        }
         let mut resp = self.node.store.range(&r).map_err(store_status)?;
         self.node.fill(&mut resp.header);
         Ok(Response::new(resp))
@@ -161,9 +176,17 @@ impl Kv for KvService {
         let t = req.into_inner();
         check_txn(&t, self.node.config.max_txn_ops)?;
         self.check_size(t.encoded_len())?;
-        // Every txn goes through the write path (a read-only one commits nothing); only a
-        // txn that can put is refused under NOSPACE, as in etcd.
-        let applied = if txn_puts(&t) {
+        // A txn that cannot write is a read: read-index, then evaluate it locally, with no
+        // log entry (as etcd does). Only a txn that can put is refused under NOSPACE.
+        let applied = if txn_is_read_only(&t) {
+            self.node.proposer.read_index().await?;
+            self.node
+                .store
+                .apply_batch(&[Command::Txn(t)])
+                .map_err(store_status)?
+                .remove(0)
+                .map_err(store_status)?
+        } else if txn_puts(&t) {
             self.propose_growing(Command::Txn(t)).await?
         } else {
             self.node.proposer.propose(Command::Txn(t)).await?

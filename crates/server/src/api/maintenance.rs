@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Node, RAFT_TERM};
+use super::Node;
 use crate::errors::{store_status, ApiError};
 
 /// The etcd API version berth reports; clients gate features on it.
@@ -101,7 +101,7 @@ impl Maintenance for MaintenanceService {
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let stats = self.node.store.stats();
-        let index = self.node.store.applied_index();
+        let raft = self.node.proposer.status();
         let errors = self
             .node
             .alarms
@@ -122,10 +122,10 @@ impl Maintenance for MaintenanceService {
             header: self.node.header(stats.revision),
             version: ETCD_VERSION.into(),
             db_size: stats.db_size as i64,
-            leader: self.node.member.id,
-            raft_index: index,
-            raft_term: RAFT_TERM,
-            raft_applied_index: index,
+            leader: raft.leader.unwrap_or(0),
+            raft_index: raft.committed_index.max(raft.applied_index),
+            raft_term: raft.term,
+            raft_applied_index: raft.applied_index,
             errors,
             db_size_in_use: stats.db_size as i64,
             is_learner: false,

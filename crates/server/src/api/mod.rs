@@ -19,9 +19,6 @@ use crate::member::MemberInfo;
 use crate::metrics::Metrics;
 use crate::proposer::Proposer;
 
-/// The term reported in headers: a single member is its own permanent leader.
-pub const RAFT_TERM: u64 = 1;
-
 /// What every service shares.
 pub struct Node {
     /// The state machine.
@@ -47,7 +44,7 @@ impl Node {
             cluster_id: self.member.cluster_id,
             member_id: self.member.id,
             revision,
-            raft_term: RAFT_TERM,
+            raft_term: self.proposer.status().term,
         })
     }
 

@@ -1,0 +1,298 @@
+//! What a benchmark run does: the workload, its parameters, how it stops, and the checks that
+//! reject parameters which cannot describe a run before any connection is made.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::keys::KeySpace;
+use crate::BenchError;
+
+/// Read consistency for range requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable (etcd's default): the read goes through consensus.
+    Linearizable,
+    /// Serializable: served from the local member's state.
+    Serializable,
+}
+
+impl Consistency {
+    /// `l` or `s`, as etcd's benchmark tool writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Linearizable => "l",
+            Self::Serializable => "s",
+        }
+    }
+}
+
+/// How clients choose keys from the keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrder {
+    /// Uniformly at random.
+    Uniform,
+    /// 0, 1, 2, … shared by all clients, wrapping at the key count (loads each key once).
+    Sequential,
+}
+
+/// When the measured phase ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// After this long (in-flight requests still complete and count).
+    After(Duration),
+    /// After this many requests.
+    Total(u64),
+}
+
+/// The workload and its own parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    /// Puts of `val_size` bytes.
+    Put,
+    /// Single-key ranges.
+    Range {
+        /// Linearizable or serializable reads.
+        consistency: Consistency,
+    },
+    /// Compare-and-swap: read the key's mod revision, then a txn that puts if it is unchanged.
+    Txn,
+    /// Reads and puts mixed at random.
+    Mixed {
+        /// Fraction of operations that are reads, in `[0, 1]`.
+        read_ratio: f64,
+        /// Consistency of the reads.
+        consistency: Consistency,
+    },
+    /// Watchers on one key (or the key prefix) and one writer; measures event delivery delay.
+    Watch {
+        /// Number of watchers in total.
+        watchers: u64,
+        /// Number of watch streams the watchers are spread over (round-robin over connections).
+        streams: usize,
+        /// Watch the whole key prefix and write random keys, instead of one key.
+        prefix: bool,
+    },
+    /// Keep-alive storm over a set of leases.
+    LeaseKeepalive {
+        /// Number of leases granted before the run.
+        leases: u64,
+        /// Their TTL in seconds.
+        ttl: i64,
+    },
+}
+
+impl Workload {
+    /// The workload's subcommand name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Put => "put",
+            Self::Range { .. } => "range",
+            Self::Txn => "txn",
+            Self::Mixed { .. } => "mixed",
+            Self::Watch { .. } => "watch",
+            Self::LeaseKeepalive { .. } => "lease-keepalive",
+        }
+    }
+
+    /// Whether the keyspace is written once before the run (reads should find keys).
+    pub fn wants_prefill(&self) -> bool {
+        matches!(self, Self::Range { .. } | Self::Txn | Self::Mixed { .. })
+    }
+}
+
+/// Everything one run needs besides its connections.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// What to run.
+    pub workload: Workload,
+    /// Concurrent requesters, each with one request in flight.
+    pub clients: usize,
+    /// Number of gRPC connections (informational: the caller dials them).
+    pub conns: usize,
+    /// Keyspace size.
+    pub key_count: u64,
+    /// Length of each key in bytes, prefix included.
+    pub key_size: usize,
+    /// Length of each value in bytes.
+    pub val_size: usize,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Uniform or sequential key choice.
+    pub key_order: KeyOrder,
+    /// When the measured phase ends.
+    pub stop: Stop,
+    /// Total request rate limit in operations per second (0 = unlimited).
+    pub rate: u64,
+    /// Unmeasured time before measuring starts.
+    pub warmup: Duration,
+    /// Limit for one request; a request that takes longer counts as an error.
+    pub timeout: Duration,
+    /// Write every key once before the run, for workloads that read.
+    pub prefill: bool,
+    /// Seed for key choice and read/write mixing.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            workload: Workload::Put,
+            clients: 1,
+            conns: 1,
+            key_count: 10_000,
+            key_size: 16,
+            val_size: 256,
+            key_prefix: "bench/".into(),
+            key_order: KeyOrder::Uniform,
+            stop: Stop::After(Duration::from_secs(10)),
+            rate: 0,
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(5),
+            prefill: true,
+            seed: 1,
+        }
+    }
+}
+
+impl Config {
+    /// Rejects parameters that cannot describe a run.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let bad = |m: String| Err(BenchError::Config(m));
+        if self.clients == 0 {
+            return bad("--clients must be at least 1".into());
+        }
+        if self.conns == 0 {
+            return bad("--conns must be at least 1".into());
+        }
+        if self.timeout.is_zero() {
+            return bad("the request timeout must be positive".into());
+        }
+        match self.stop {
+            Stop::After(d) if d.is_zero() => return bad("--duration must be positive".into()),
+            Stop::Total(0) => return bad("--total must be at least 1".into()),
+            _ => {}
+        }
+        KeySpace::new(&self.key_prefix, self.key_size, self.key_count)?;
+        match &self.workload {
+            Workload::Mixed { read_ratio, .. } if !(0.0..=1.0).contains(read_ratio) => {
+                bad(format!("--read-ratio {read_ratio} is not within [0, 1]"))
+            }
+            Workload::Watch {
+                watchers, streams, ..
+            } if *watchers == 0 || *streams == 0 => {
+                bad("--watchers and --streams must be at least 1".into())
+            }
+            Workload::Watch { .. } if self.val_size < crate::keys::STAMP_LEN => bad(format!(
+                "watch needs --val-size of at least {} bytes for the send timestamp",
+                crate::keys::STAMP_LEN
+            )),
+            Workload::LeaseKeepalive { leases, ttl } if *leases == 0 || *ttl <= 0 => {
+                bad("--leases and --lease-ttl must be at least 1".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The parameters as JSON, for the report.
+    pub fn params(&self) -> Value {
+        let mut p = json!({
+            "key_count": self.key_count,
+            "key_size": self.key_size,
+            "val_size": self.val_size,
+            "key_order": match self.key_order {
+                KeyOrder::Uniform => "uniform",
+                KeyOrder::Sequential => "sequential",
+            },
+            "rate": self.rate,
+            "warmup_s": self.warmup.as_secs_f64(),
+        });
+        match self.stop {
+            Stop::After(d) => p["duration_s"] = json!(d.as_secs_f64()),
+            Stop::Total(n) => p["total"] = json!(n),
+        }
+        match &self.workload {
+            Workload::Range { consistency } => p["consistency"] = json!(consistency.as_str()),
+            Workload::Mixed {
+                read_ratio,
+                consistency,
+            } => {
+                p["read_ratio"] = json!(read_ratio);
+                p["consistency"] = json!(consistency.as_str());
+            }
+            Workload::Watch {
+                watchers,
+                streams,
+                prefix,
+            } => {
+                p["watchers"] = json!(watchers);
+                p["streams"] = json!(streams);
+                p["watch_prefix"] = json!(prefix);
+            }
+            Workload::LeaseKeepalive { leases, ttl } => {
+                p["leases"] = json!(leases);
+                p["lease_ttl"] = json!(ttl);
+            }
+            Workload::Put | Workload::Txn => {}
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_unrunnable_parameters() {
+        let with = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate().is_err()
+        };
+        assert!(with(&|c| c.clients = 0));
+        assert!(with(&|c| c.conns = 0));
+        assert!(with(&|c| c.stop = Stop::Total(0)));
+        assert!(with(&|c| c.stop = Stop::After(Duration::ZERO)));
+        assert!(with(&|c| c.key_count = 0));
+        // "bench/" leaves 2 digits in 8 bytes: too few for 10,000 keys.
+        assert!(with(&|c| c.key_size = 8));
+        assert!(with(&|c| c.workload = Workload::Mixed {
+            read_ratio: 1.5,
+            consistency: Consistency::Linearizable
+        }));
+        assert!(with(&|c| {
+            c.workload = Workload::Watch {
+                watchers: 10,
+                streams: 1,
+                prefix: false,
+            };
+            c.val_size = 4;
+        }));
+        assert!(with(
+            &|c| c.workload = Workload::LeaseKeepalive { leases: 0, ttl: 10 }
+        ));
+    }
+
+    #[test]
+    fn params_name_the_workload_options() {
+        let c = Config {
+            workload: Workload::Mixed {
+                read_ratio: 0.9,
+                consistency: Consistency::Serializable,
+            },
+            stop: Stop::Total(100),
+            ..Config::default()
+        };
+        let p = c.params();
+        assert_eq!(p["read_ratio"], json!(0.9));
+        assert_eq!(p["consistency"], json!("s"));
+        assert_eq!(p["total"], json!(100));
+        assert!(p.get("duration_s").is_none());
+    }
+}

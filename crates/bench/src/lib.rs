@@ -1,0 +1,70 @@
+//! `berth bench`: a load generator speaking the etcd v3 gRPC API, so the same binary measures
+//! berth and etcd; it reports throughput and latency percentiles as text or JSON.
+//!
+//! # Layout
+//! - [`config`]: what to run ([`Config`], [`Workload`]) and its validation.
+//! - [`keys`]: the keyspace, uniform or sequential key choice, values and watch timestamps.
+//! - [`pace`]: the shared `--rate` schedule.
+//! - [`driver`]: the closed-loop client loop every request/response workload runs on.
+//! - [`report`]: latency histograms (microsecond precision) and the text/JSON [`Report`].
+//! - [`workload`]: one file per family: `kv` (put, range, txn, mixed), `watch`, `lease`.
+//!
+//! The caller dials the gRPC connections (`--conns`) and hands them to [`run`]; clients share
+//! them round-robin. Failed requests are counted by kind and reported, never fatal: only setup
+//! (prefill, creating watchers, granting leases) failing aborts a run.
+
+pub mod config;
+pub mod driver;
+pub mod keys;
+pub mod pace;
+pub mod report;
+pub mod workload;
+
+use tonic::transport::Channel;
+
+pub use config::{Config, Consistency, KeyOrder, Stop, Workload};
+pub use report::Report;
+
+/// Why a benchmark could not run (request failures during the run are counted, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The parameters do not describe a runnable benchmark.
+    #[error("invalid benchmark parameters: {0}")]
+    Config(String),
+    /// Preparing the run (prefill, watchers, leases) failed.
+    #[error("{what}: {message}")]
+    Setup {
+        /// The setup step that failed.
+        what: &'static str,
+        /// The server's or transport's message.
+        message: String,
+    },
+    /// A latency histogram could not be created.
+    #[error("latency histogram: {0}")]
+    Histogram(String),
+}
+
+impl BenchError {
+    /// A setup failure caused by a gRPC status.
+    pub(crate) fn setup(what: &'static str, status: &tonic::Status) -> Self {
+        Self::Setup {
+            what,
+            message: report::status_label(status),
+        }
+    }
+}
+
+/// Runs one benchmark over already-dialed connections (client `i` uses `channels[i % len]`).
+pub async fn run(cfg: Config, channels: Vec<Channel>) -> Result<Report, BenchError> {
+    cfg.validate()?;
+    if channels.is_empty() {
+        return Err(BenchError::Config("no connections".into()));
+    }
+    match cfg.workload {
+        Workload::Watch { .. } => workload::watch::run(&cfg, &channels).await,
+        Workload::LeaseKeepalive { .. } => workload::lease::run(&cfg, &channels).await,
+        Workload::Put | Workload::Range { .. } | Workload::Txn | Workload::Mixed { .. } => {
+            workload::kv::run(&cfg, &channels).await
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The workloads, one file per family; each turns a [`Config`](crate::Config) and the dialed
+//! connections into a [`Report`](crate::Report).
+//!
+//! # Layout
+//! - [`kv`]: `put`, `range`, `txn` (compare-and-swap) and `mixed`, with the keyspace prefill.
+//! - [`watch`]: watchers spread over streams and one timestamping writer.
+//! - [`lease`]: a keep-alive storm over granted leases.
+
+pub mod kv;
+pub mod lease;
+pub mod watch;
+
+use tonic::transport::Channel;
+
+/// The connection client `i` uses: connections are shared round-robin.
+pub(crate) fn conn_for(channels: &[Channel], i: usize) -> Channel {
+    // `run` rejects an empty list, so the index is always in range.
+    channels[i % channels.len()].clone()
+}

@@ -1,0 +1,20 @@
+//! berth's replication: every write goes through an openraft log before the MVCC store
+//! applies it, on every member, in the same order. A single node is a cluster of one.
+//!
+//! # Layout
+//! - [`types`]: the openraft type configuration (entries carry encoded commands).
+//! - [`codec`]: commands and results ↔ their protobuf form in the log.
+//! - [`log_store`]: the Raft log in redb, with group-committed fsyncs.
+//! - [`state_machine`]: applies entries to the store; snapshots as store snapshot files.
+//! - [`network`]: how members reach each other.
+//! - [`replica`]: a running member: bootstrap, propose, read-index, status.
+
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod replica;
+pub mod state_machine;
+pub mod types;
+
+pub use replica::{ProposeError, RaftStatus, Replica, ReplicaConfig};
+pub use types::Member;

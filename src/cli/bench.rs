@@ -1,0 +1,342 @@
+//! `berth bench <workload>`: load generation against `--endpoints` (berth or etcd) over the
+//! etcd v3 API; dials `--conns` connections, runs the workload from `berth-bench`, prints text
+//! or, with `-w json`, one JSON object with throughput and latency percentiles.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use berth_bench::{Config, Consistency, KeyOrder, Stop, Workload};
+
+use super::output::Format;
+use super::{parse_duration, Ctx};
+
+/// The writer's rate for `watch` when `--rate` is left at 0: an unlimited writer would fan
+/// out more events than the client can take in.
+const WATCH_DEFAULT_RATE: u64 = 100;
+
+/// `berth bench <workload>`.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Puts of --val-size bytes to keys from the keyspace.
+    Put(CommonArgs),
+    /// Single-key range reads (the keyspace is written once first).
+    Range(RangeArgs),
+    /// Compare-and-swap: read a key's mod revision, then a txn that puts if it is unchanged.
+    Txn(CommonArgs),
+    /// Reads and puts mixed at random (--read-ratio).
+    Mixed(MixedArgs),
+    /// Watchers on one key (or the prefix) and one writer at --rate (0 means 100/s);
+    /// measures event delivery delay (receive time - send time embedded in the value).
+    Watch(WatchArgs),
+    /// Keep-alive storm: every client renews its share of --leases leases as fast as it can.
+    LeaseKeepalive(LeaseArgs),
+}
+
+/// Parameters every workload takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Concurrent requesters, each with one request in flight.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// gRPC connections, shared round-robin by the clients (and spread over --endpoints).
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// Keyspace size.
+    #[arg(long, default_value_t = 10_000)]
+    pub key_count: u64,
+    /// Key length in bytes, prefix included.
+    #[arg(long, default_value_t = 16)]
+    pub key_size: usize,
+    /// Value length in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub val_size: usize,
+    /// Prefix of every key.
+    #[arg(long, default_value = "bench/")]
+    pub key_prefix: String,
+    /// Choose keys 0, 1, 2, … (shared by all clients) instead of uniformly at random.
+    #[arg(long)]
+    pub sequential_keys: bool,
+    /// How long to measure (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "total")]
+    pub duration: Duration,
+    /// Stop after this many requests instead of after --duration.
+    #[arg(long)]
+    pub total: Option<u64>,
+    /// Total request rate limit in operations per second (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Unmeasured run time before measuring starts (e.g. 1s).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Do not write the keyspace before reading workloads (range, txn, mixed).
+    #[arg(long)]
+    pub no_prefill: bool,
+    /// Seed for key choice and read/write mixing.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Read consistency (`l` linearizable, `s` serializable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsistencyArg {
+    /// Linearizable.
+    L,
+    /// Serializable.
+    S,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(c: ConsistencyArg) -> Self {
+        match c {
+            ConsistencyArg::L => Consistency::Linearizable,
+            ConsistencyArg::S => Consistency::Serializable,
+        }
+    }
+}
+
+/// Arguments of `bench range`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RangeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Read consistency: l (linearizable) or s (serializable).
+    #[arg(long, value_enum, default_value = "l")]
+    consistency: ConsistencyArg,
+}
+
+/// Arguments of `bench mixed`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Fraction of operations that are reads.
+    #[arg(long, default_value_t = 0.9)]
+    read_ratio: f64,
+    /// Read consistency: l (linearizable) or s (serializable).
+    #[arg(long, value_enum, default_value = "l")]
+    consistency: ConsistencyArg,
+}
+
+/// Arguments of `bench watch`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Number of watchers.
+    #[arg(long, default_value_t = 1000)]
+    watchers: u64,
+    /// Watch streams the watchers are spread over (default: one per connection).
+    #[arg(long)]
+    streams: Option<usize>,
+    /// Watch the whole key prefix and write random keys under it, instead of one key.
+    #[arg(long)]
+    watch_prefix: bool,
+}
+
+/// Arguments of `bench lease-keepalive`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LeaseArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Number of leases granted before the storm.
+    #[arg(long, default_value_t = 1000)]
+    leases: u64,
+    /// Lease TTL in seconds.
+    #[arg(long, default_value_t = 60)]
+    lease_ttl: i64,
+}
+
+impl BenchCommand {
+    /// The benchmark configuration these arguments describe; `timeout` bounds each request.
+    pub fn config(&self, timeout: Duration) -> Config {
+        let (common, workload) = match self {
+            Self::Put(c) => (c, Workload::Put),
+            Self::Txn(c) => (c, Workload::Txn),
+            Self::Range(a) => (
+                &a.common,
+                Workload::Range {
+                    consistency: a.consistency.into(),
+                },
+            ),
+            Self::Mixed(a) => (
+                &a.common,
+                Workload::Mixed {
+                    read_ratio: a.read_ratio,
+                    consistency: a.consistency.into(),
+                },
+            ),
+            Self::Watch(a) => (
+                &a.common,
+                Workload::Watch {
+                    watchers: a.watchers,
+                    streams: a.streams.unwrap_or(a.common.conns),
+                    prefix: a.watch_prefix,
+                },
+            ),
+            Self::LeaseKeepalive(a) => (
+                &a.common,
+                Workload::LeaseKeepalive {
+                    leases: a.leases,
+                    ttl: a.lease_ttl,
+                },
+            ),
+        };
+        let rate = match (&workload, common.rate) {
+            (Workload::Watch { .. }, 0) => WATCH_DEFAULT_RATE,
+            (_, r) => r,
+        };
+        Config {
+            workload,
+            clients: common.clients,
+            conns: common.conns,
+            key_count: common.key_count,
+            key_size: common.key_size,
+            val_size: common.val_size,
+            key_prefix: common.key_prefix.clone(),
+            key_order: if common.sequential_keys {
+                KeyOrder::Sequential
+            } else {
+                KeyOrder::Uniform
+            },
+            stop: common
+                .total
+                .map_or(Stop::After(common.duration), Stop::Total),
+            rate,
+            warmup: common.warmup,
+            timeout,
+            prefill: !common.no_prefill,
+            seed: common.seed,
+        }
+    }
+}
+
+/// Runs one benchmark and prints its report.
+/// `timeout` (`--command-timeout`) bounds each request: a slower one counts as an error.
+pub async fn run(
+    ctx: &mut Ctx,
+    cmd: BenchCommand,
+    format: Format,
+    timeout: Duration,
+) -> Result<()> {
+    let cfg = cmd.config(timeout);
+    cfg.validate()?;
+    let endpoints = ctx.conn.endpoints().to_vec();
+    if endpoints.is_empty() {
+        bail!("no endpoints given");
+    }
+    let mut channels = Vec::with_capacity(cfg.conns);
+    for i in 0..cfg.conns {
+        // One channel is one HTTP/2 connection; spread them over the endpoints.
+        channels.push(ctx.conn.channel_to(&endpoints[i % endpoints.len()]).await?);
+    }
+    let report = berth_bench::run(cfg, channels).await?;
+    match format {
+        Format::Json => ctx.out.line(&report.to_json().to_string()),
+        Format::Simple | Format::Table => ctx.out.line(report.to_text().trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Command, GlobalOpts};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        global: GlobalOpts,
+        #[command(subcommand)]
+        cmd: Command,
+    }
+
+    fn config(args: &[&str]) -> Option<Config> {
+        let cli = TestCli::try_parse_from(args).ok()?;
+        match cli.cmd {
+            Command::Bench(b) => Some(b.config(cli.global.command_timeout)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = config(&[
+            "berth",
+            "bench",
+            "put",
+            "--endpoints",
+            "127.0.0.1:2379",
+            "--clients",
+            "64",
+            "--conns",
+            "8",
+            "--duration",
+            "10s",
+            "-w",
+            "json",
+        ])
+        .expect("parses");
+        assert_eq!(c.workload, Workload::Put);
+        assert_eq!((c.clients, c.conns), (64, 8));
+        assert_eq!(c.stop, Stop::After(Duration::from_secs(10)));
+        assert_eq!(c.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn workload_flags_reach_the_config() {
+        let c = config(&["berth", "bench", "range", "--consistency", "s"]).expect("range");
+        assert_eq!(
+            c.workload,
+            Workload::Range {
+                consistency: Consistency::Serializable
+            }
+        );
+        let c = config(&["berth", "bench", "mixed", "--read-ratio", "0.5"]).expect("mixed");
+        assert_eq!(
+            c.workload,
+            Workload::Mixed {
+                read_ratio: 0.5,
+                consistency: Consistency::Linearizable
+            }
+        );
+        let c = config(&[
+            "berth",
+            "bench",
+            "watch",
+            "--conns",
+            "4",
+            "--watchers",
+            "10",
+        ])
+        .expect("watch");
+        assert_eq!(
+            c.workload,
+            Workload::Watch {
+                watchers: 10,
+                streams: 4,
+                prefix: false
+            }
+        );
+        assert_eq!(c.rate, WATCH_DEFAULT_RATE);
+        let c = config(&[
+            "berth",
+            "bench",
+            "put",
+            "--total",
+            "100",
+            "--sequential-keys",
+            "--key-count",
+            "100",
+        ])
+        .expect("put");
+        assert_eq!(c.stop, Stop::Total(100));
+        assert_eq!(c.key_order, KeyOrder::Sequential);
+        let c = config(&["berth", "bench", "lease-keepalive", "--leases", "5"]).expect("lease");
+        assert_eq!(c.workload, Workload::LeaseKeepalive { leases: 5, ttl: 60 });
+    }
+
+    #[test]
+    fn duration_and_total_conflict() {
+        assert!(config(&["berth", "bench", "put", "--duration", "1s", "--total", "5"]).is_none());
+    }
+}
