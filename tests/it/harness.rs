@@ -48,6 +48,7 @@ pub struct Server {
     pub client_addr: String,
     /// `127.0.0.1:port` of the HTTP listener.
     pub http_addr: String,
+    peer_url: String,
     extra: Vec<String>,
 }
 
@@ -67,6 +68,7 @@ impl Server {
             _tmp: Some(tmp),
             client_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
+            peer_url: format!("http://127.0.0.1:{}", free_port()),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn();
@@ -81,6 +83,7 @@ impl Server {
             _tmp: None,
             client_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
+            peer_url: format!("http://127.0.0.1:{}", free_port()),
             extra: Vec::new(),
         };
         s.spawn();
@@ -93,7 +96,7 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let peer = format!("http://127.0.0.1:{}", free_port());
+        let peer = self.peer_url.clone();
         let child = Command::new(berth_bin())
             .arg("server")
             .arg("--data-dir")

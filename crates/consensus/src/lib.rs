@@ -6,15 +6,17 @@
 //! - [`codec`]: commands and results ↔ their protobuf form in the log.
 //! - [`log_store`]: the Raft log in redb, with group-committed fsyncs.
 //! - [`state_machine`]: applies entries to the store; snapshots as store snapshot files.
-//! - [`network`]: how members reach each other.
+//! - [`network`]: how members reach each other (gRPC client side).
+//! - [`peer`]: the peer gRPC service (server side).
 //! - [`replica`]: a running member: bootstrap, propose, read-index, status.
 
 pub mod codec;
 pub mod log_store;
 pub mod network;
+pub mod peer;
 pub mod replica;
 pub mod state_machine;
 pub mod types;
 
-pub use replica::{ProposeError, RaftStatus, Replica, ReplicaConfig};
+pub use replica::{MemberEntry, ProposeError, RaftStatus, Replica, ReplicaConfig};
 pub use types::Member;

@@ -1,72 +1,201 @@
-//! How a member reaches its peers. This slice runs single-member clusters only: every peer
-//! is reported unreachable. The gRPC peer transport (`berth.raft.RaftPeer`) replaces it when
-//! multi-member clusters land.
+//! How a member reaches its peers: gRPC (`berth.raft.RaftPeer`) over each member's first
+//! peer URL, with openraft messages serialized inside. Connection failures are reported as
+//! "unreachable" so openraft backs off; other failures as network errors.
 
 use std::future::Future;
+use std::time::Duration;
 
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use berth_proto::berth::raft::raft_peer_client::RaftPeerClient;
+use berth_proto::berth::raft::Blob;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{v2::RaftNetworkV2, RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 use openraft::type_config::alias::SnapshotOf;
 use openraft::OptionalSend;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
 
+use crate::peer::{from_blob, to_blob};
 use crate::state_machine::SnapshotFile;
 use crate::types::{Member, TypeConfig, Vote};
 
+/// Bytes per snapshot message.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
-#[error("member {0} is not reachable: this build replicates within a single member only")]
-struct NoTransport(u64);
+#[error("{0}")]
+struct Msg(String);
 
-/// Network factory for a cluster of one.
+/// A lazily connecting gRPC client for the member's first peer URL.
+pub fn peer_client(member: &Member) -> Result<RaftPeerClient<Channel>, String> {
+    let url = member
+        .peer_urls
+        .first()
+        .ok_or_else(|| format!("member {} has no peer URL", member.name))?;
+    let url = if url.contains("://") {
+        url.clone()
+    } else {
+        format!("http://{url}")
+    };
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("bad peer URL {url}: {e}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(1));
+    Ok(RaftPeerClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// The network factory: one client per target, made on demand.
 #[derive(Debug, Clone, Default)]
-pub struct LocalOnly;
+pub struct PeerNetwork;
 
-/// A "connection" to a peer that does not exist.
-#[derive(Debug)]
-pub struct NoPeer(u64);
+/// A connection to one peer.
+pub struct PeerConnection {
+    target: u64,
+    client: Result<RaftPeerClient<Channel>, String>,
+}
 
-impl RaftNetworkFactory<TypeConfig> for LocalOnly {
-    type Network = NoPeer;
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
 
-    async fn new_client(&mut self, target: u64, _node: &Member) -> NoPeer {
-        NoPeer(target)
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: peer_client(node),
+        }
     }
 }
 
-impl RaftNetworkV2<TypeConfig> for NoPeer {
+fn classify(target: u64, status: tonic::Status) -> RPCError<TypeConfig> {
+    let e = Msg(format!("member {target:x}: {status}"));
+    match status.code() {
+        // Connection refused/reset and shutdowns surface as Unavailable: back off.
+        tonic::Code::Unavailable | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl PeerConnection {
+    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))
+    }
+
+    fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(option.hard_ttl());
+        req
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, b: &Blob) -> Result<T, RPCError<TypeConfig>> {
+        from_blob(b).map_err(|s| classify(self.target, s))
+    }
+
+    fn encode<T: serde::Serialize>(&self, v: &T) -> Result<Blob, RPCError<TypeConfig>> {
+        to_blob(v).map_err(|s| classify(self.target, s))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotFile;
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(Unreachable::new(&NoTransport(
-            self.0,
-        ))))
+        let blob = self.encode(&rpc)?;
+        let resp = self
+            .client()?
+            .append_entries(Self::request(blob, &option))
+            .await
+            .map_err(|s| classify(self.target, s))?;
+        self.decode(resp.get_ref())
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(Unreachable::new(&NoTransport(
-            self.0,
-        ))))
+        let blob = self.encode(&rpc)?;
+        let resp = self
+            .client()?
+            .vote(Self::request(blob, &option))
+            .await
+            .map_err(|s| classify(self.target, s))?;
+        self.decode(resp.get_ref())
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        vote: Vote,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(Unreachable::new(&NoTransport(
-            self.0,
-        ))))
+        let head = self.encode(&(vote, snapshot.meta.clone()))?;
+        let mut client = self.client()?;
+        let path = snapshot.snapshot.path.clone();
+        let target = self.target;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Blob>(4);
+        let reader = tokio::spawn(async move {
+            if tx.send(head).await.is_err() {
+                return Ok(());
+            }
+            let mut file = tokio::fs::File::open(&path).await?;
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+            loop {
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                if tx
+                    .send(Blob {
+                        data: buf[..n].to_vec(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        });
+        let send = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tokio::pin!(cancel);
+        let resp = tokio::select! {
+            r = send => r.map_err(|s| StreamingError::from(classify(target, s)))?,
+            closed = &mut cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+        };
+        if let Ok(Err(e)) = reader.await {
+            return Err(StreamingError::from(RPCError::Network(NetworkError::new(
+                &e,
+            ))));
+        }
+        Ok(self.decode(resp.get_ref())?)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let blob = self.encode(&req)?;
+        let resp = self
+            .client()?
+            .transfer_leader(Self::request(blob, &option))
+            .await
+            .map_err(|s| classify(self.target, s))?;
+        self.decode(resp.get_ref())
     }
 }

@@ -7,17 +7,29 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_proto::berth::raft::raft_peer_client::RaftPeerClient;
+use berth_proto::berth::raft::raft_peer_server::RaftPeerServer;
+use berth_proto::berth::raft::{Blob, Request as PbRequest};
+use berth_proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 use berth_store::{Applied, Command, Store, StoreError};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
-use openraft::{Config, Raft, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
+use prost::Message;
+use tonic::transport::Channel;
 
 use crate::codec::{decode_result, encode_command};
 use crate::log_store::{FlushObserver, LogStore};
-use crate::network::LocalOnly;
+use crate::network::{peer_client, PeerNetwork};
+use crate::peer::{lease_ttl, PeerService};
 use crate::state_machine::StateMachine;
-use crate::types::{Member, RaftRequest, TypeConfig};
+use crate::types::{Change, Member, RaftRequest, TypeConfig};
+
+/// How long a request waits for a leader to be elected before giving up.
+const NO_LEADER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Timing and retention settings, from the node configuration.
 #[derive(Debug, Clone)]
@@ -52,6 +64,9 @@ pub enum ProposeError {
     /// This member is not the leader; the leader is given when known.
     #[error("not the leader (leader: {0:?})")]
     NotLeader(Option<u64>),
+    /// A membership change was refused (e.g. another change is in progress).
+    #[error("membership change refused: {0}")]
+    Membership(String),
     /// Raft stopped (shutdown or a fatal storage error).
     #[error("consensus stopped: {0}")]
     Stopped(String),
@@ -78,14 +93,31 @@ pub struct RaftStatus {
 pub struct Replica {
     id: u64,
     raft: Raft<TypeConfig, StateMachine>,
+    store: Arc<Store>,
+    snapshot_dir: std::path::PathBuf,
+    peers: std::sync::Mutex<std::collections::HashMap<u64, RaftPeerClient<Channel>>>,
+}
+
+/// A member of the current configuration, as the Cluster API lists it.
+#[derive(Debug, Clone)]
+pub struct MemberEntry {
+    /// Member ID.
+    pub id: u64,
+    /// Name and URLs.
+    pub member: Member,
+    /// True for a non-voting member.
+    pub is_learner: bool,
 }
 
 impl Replica {
     /// Starts the member with ID `id`, keeping the log and snapshots under `dir`, applying to
-    /// `store`. A fresh member bootstraps the cluster `members` (a cluster of one today).
+    /// `store`. With `bootstrap`, a member that has never run initializes the cluster
+    /// `members` (every initial member does so with the same list; the first election wins).
+    /// Without it, the member waits to be added by an existing cluster.
     pub async fn start(
         id: u64,
         members: BTreeMap<u64, Member>,
+        bootstrap: bool,
         dir: &Path,
         store: Arc<Store>,
         cfg: &ReplicaConfig,
@@ -96,7 +128,7 @@ impl Replica {
             cluster_name: "berth".into(),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
             election_timeout_min: election,
-            election_timeout_max: election * 2,
+            election_timeout_max: election * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
             max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
             purge_batch_size: 1024,
@@ -105,25 +137,38 @@ impl Replica {
         .validate()
         .map_err(|e| anyhow_like::Error(format!("raft config: {e}")))?;
         let log = LogStore::open_observed(&dir.join("log"), on_flush).map_err(anyhow_like::io)?;
-        let sm = StateMachine::new(store, &dir.join("snapshots")).map_err(anyhow_like::io)?;
-        let raft = Raft::new(id, Arc::new(config), LocalOnly, log, sm)
+        let snapshot_dir = dir.join("snapshots");
+        let sm = StateMachine::new(store.clone(), &snapshot_dir).map_err(anyhow_like::io)?;
+        let raft = Raft::new(id, Arc::new(config), PeerNetwork, log, sm)
             .await
             .map_err(|e| anyhow_like::Error(format!("starting raft: {e}")))?;
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| anyhow_like::Error(format!("raft: {e}")))?;
-        if !initialized {
+        if !initialized && bootstrap && !members.contains_key(&id) {
+            return Err(anyhow_like::Error(format!(
+                "the initial cluster does not list this member (ID {id:x}): check that --initial-cluster names this member's --initial-advertise-peer-urls"
+            )));
+        }
+        if !initialized && bootstrap {
             tracing::info!(
                 member = id,
                 members = members.len(),
                 "bootstrapping a new cluster"
             );
-            raft.initialize(members)
-                .await
-                .map_err(|e| anyhow_like::Error(format!("initializing the cluster: {e}")))?;
+            if let Err(e) = raft.initialize(members).await {
+                // Another initial member may have been faster; its leader catches us up.
+                tracing::info!(error = %e, "cluster already initialized by a peer");
+            }
         }
-        Ok(Replica { id, raft })
+        Ok(Replica {
+            id,
+            raft,
+            store,
+            snapshot_dir,
+            peers: Default::default(),
+        })
     }
 
     /// This member's ID.
@@ -131,34 +176,212 @@ impl Replica {
         self.id
     }
 
-    /// Replicates `cmd` through the log and returns the state machine's result.
-    pub async fn propose(&self, cmd: &Command) -> Result<Applied, ProposeError> {
-        match self
-            .raft
-            .client_write(RaftRequest(encode_command(cmd)))
-            .await
-        {
-            Ok(resp) => decode_result(&resp.data.0)
-                .map_err(ProposeError::Stopped)?
-                .map_err(ProposeError::Refused),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader(f.leader_id))
-            }
-            Err(e) => Err(ProposeError::Stopped(e.to_string())),
+    /// The gRPC service other members call on this member's peer port.
+    pub fn peer_service(&self) -> RaftPeerServer<PeerService> {
+        RaftPeerServer::new(PeerService {
+            raft: self.raft.clone(),
+            store: self.store.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+        })
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+    }
+
+    /// A client for member `id`'s peer service.
+    fn peer(&self, id: u64) -> Result<RaftPeerClient<Channel>, ProposeError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = peers.get(&id) {
+            return Ok(c.clone());
         }
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let node = m
+            .get_node(&id)
+            .ok_or(ProposeError::NotLeader(Some(id)))?
+            .clone();
+        let client = peer_client(&node).map_err(ProposeError::Stopped)?;
+        peers.insert(id, client.clone());
+        Ok(client)
+    }
+
+    /// Waits for a leader to be known; returns it.
+    async fn leader(&self) -> Result<u64, ProposeError> {
+        let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
+        loop {
+            if let Some(l) = self.status().leader {
+                return Ok(l);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProposeError::NotLeader(None));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Replicates `cmd` through the log and returns the state machine's result. On a follower
+    /// the command is forwarded to the leader; while no leader is known it waits for one.
+    pub async fn propose(&self, cmd: &Command) -> Result<Applied, ProposeError> {
+        let bytes = encode_command(cmd);
+        let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
+        loop {
+            let leader = match self.raft.client_write(RaftRequest(bytes.clone())).await {
+                Ok(resp) => {
+                    return decode_result(&resp.data.0)
+                        .map_err(ProposeError::Stopped)?
+                        .map_err(ProposeError::Refused)
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id,
+                Err(e) => return Err(ProposeError::Stopped(e.to_string())),
+            };
+            if let Some(leader) = leader.filter(|l| *l != self.id) {
+                match self.forward(leader, &bytes).await {
+                    Err(ProposeError::NotLeader(_)) => {}
+                    other => return other,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProposeError::NotLeader(None));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends an encoded command to the leader's peer service.
+    async fn forward(&self, leader: u64, bytes: &[u8]) -> Result<Applied, ProposeError> {
+        let req = PbRequest::decode(bytes).map_err(|e| ProposeError::Stopped(e.to_string()))?;
+        let resp = self
+            .peer(leader)?
+            .forward(req)
+            .await
+            // The leader changed or went away: the caller retries with the new one. The write
+            // may or may not have been applied, as with any write whose answer is lost.
+            .map_err(|_| ProposeError::NotLeader(None))?;
+        decode_result(&resp.into_inner().encode_to_vec())
+            .map_err(ProposeError::Stopped)?
+            .map_err(ProposeError::Refused)
     }
 
     /// Waits until this member has applied everything committed when the call began, as
     /// confirmed by a quorum (read-index): a read after this sees every acknowledged write.
+    /// A follower asks the leader for the read index and waits to have applied that far.
     pub async fn read_index(&self) -> Result<(), ProposeError> {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader(f.leader_id))
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                let leader = self.leader().await?;
+                let index = self
+                    .peer(leader)?
+                    .read_index(Blob::default())
+                    .await
+                    .map_err(|_| ProposeError::NotLeader(None))?
+                    .into_inner()
+                    .index;
+                self.raft
+                    .wait(Some(NO_LEADER_PATIENCE))
+                    .applied_index_at_least(Some(index), "read index")
+                    .await
+                    .map_err(|e| ProposeError::Stopped(e.to_string()))?;
+                Ok(())
             }
             Err(RaftError::APIError(e)) => Err(ProposeError::Stopped(e.to_string())),
             Err(e) => Err(ProposeError::Stopped(e.to_string())),
         }
+    }
+
+    /// Renews a lease at the leader (which runs lease timers); returns the TTL, 0 if unknown.
+    pub async fn lease_renew(&self, id: i64) -> Result<i64, ProposeError> {
+        let leader = self.leader().await?;
+        if leader == self.id {
+            return Ok(self.store.lease_renew(id).unwrap_or(0));
+        }
+        let resp = self
+            .peer(leader)?
+            .lease_renew(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| ProposeError::NotLeader(None))?;
+        Ok(resp.into_inner().ttl)
+    }
+
+    /// A lease's remaining TTL as the leader knows it.
+    pub async fn lease_ttl(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, ProposeError> {
+        let leader = self.leader().await?;
+        if leader == self.id {
+            return Ok(lease_ttl(&self.store, &req));
+        }
+        let resp = self
+            .peer(leader)?
+            .lease_time_to_live(req)
+            .await
+            .map_err(|_| ProposeError::NotLeader(None))?;
+        Ok(resp.into_inner())
+    }
+
+    /// Members of the current configuration.
+    pub fn members(&self) -> Vec<MemberEntry> {
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
+        m.nodes()
+            .map(|(id, member)| MemberEntry {
+                id: *id,
+                member: member.clone(),
+                is_learner: !voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// Runs a membership change at the leader (forwarded when this member follows).
+    pub async fn change_membership(
+        &self,
+        change: Change,
+        retain: bool,
+    ) -> Result<(), ProposeError> {
+        let leader = self.leader().await?;
+        if leader == self.id {
+            return match self.raft.change_membership(change, retain).await {
+                Ok(_) => Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Err(ProposeError::NotLeader(None))
+                }
+                Err(RaftError::APIError(e)) => Err(ProposeError::Membership(e.to_string())),
+                Err(e) => Err(ProposeError::Stopped(e.to_string())),
+            };
+        }
+        let blob = crate::peer::to_blob(&(change, retain))
+            .map_err(|e| ProposeError::Stopped(e.to_string()))?;
+        match self.peer(leader)?.change_membership(blob).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                Err(ProposeError::Membership(s.message().to_string()))
+            }
+            Err(_) => Err(ProposeError::NotLeader(None)),
+        }
+    }
+
+    /// Records (or replaces) member `id`'s name and URLs in the membership.
+    pub async fn set_member(&self, id: u64, member: Member) -> Result<(), ProposeError> {
+        self.change_membership(ChangeMembers::SetNodes([(id, member)].into()), true)
+            .await
+    }
+
+    /// Asks the current leader to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| ProposeError::Stopped(e.to_string()))
     }
 
     /// Current Raft state.

@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The RPC is not supported by this server yet.
     #[error("etcdserver: not capable")]
     NotCapable,
+    /// A membership change could not be made now.
+    #[error("etcdserver: re-configuration failed: {0}")]
+    Membership(String),
     /// No leader is known right now (election in progress or no quorum).
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -78,7 +81,7 @@ impl ApiError {
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | AuthNotEnabled | NotCapable => Code::FailedPrecondition,
+            LeaseExist | AuthNotEnabled | NotCapable | Membership(_) => Code::FailedPrecondition,
             Stopped | NoLeader => Code::Unavailable,
             NoSpace => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,

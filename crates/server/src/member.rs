@@ -35,7 +35,9 @@ fn fnv1a(parts: &[&str]) -> u64 {
     h
 }
 
-fn member_id(peer_urls: &[String], token: &str) -> u64 {
+/// The ID a member with these peer URLs has in a cluster with this token (the same on every
+/// member, so all agree on the initial membership).
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
     urls.push(token);

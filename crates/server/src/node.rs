@@ -151,6 +151,28 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
                 .context("gRPC server")
         });
     }
+    for addr in &cfg.listen_peer {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the peer listener {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving peers");
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            conn.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
+        let mut stop = stop_rx.clone();
+        let service = node.proposer.replica().peer_service();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+                .context("peer server")
+        });
+    }
     for addr in &cfg.listen_http {
         let listener = TcpListener::bind(addr)
             .await

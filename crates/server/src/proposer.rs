@@ -9,13 +9,29 @@ use std::time::Duration;
 use berth_consensus::{Member, ProposeError, RaftStatus, Replica, ReplicaConfig};
 use berth_store::{Applied, Command, Store};
 
-use crate::config::Config;
+use crate::config::{ClusterState, Config};
 use crate::errors::ApiError;
-use crate::member::MemberInfo;
+use crate::member::{member_id, MemberInfo};
 use crate::metrics::Metrics;
 
-/// How long startup waits for a leader before serving anyway (requests then retry/fail).
-const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How often a member retries recording its own name and client URLs in the membership.
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+
+/// Records this member's name and client URLs in the cluster membership once a leader exists
+/// (members bootstrap knowing only each other's peer URLs), as etcd members publish theirs.
+async fn publish_self(replica: Arc<Replica>, me: Member) {
+    loop {
+        let current = replica.members().into_iter().find(|m| m.id == replica.id());
+        if current.as_ref().is_some_and(|c| c.member == me) {
+            return;
+        }
+        match replica.set_member(replica.id(), me.clone()).await {
+            Ok(()) => tracing::info!(name = %me.name, "published member attributes"),
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+        }
+        tokio::time::sleep(PUBLISH_RETRY).await;
+    }
+}
 
 /// Hands commands to Raft and waits until they are committed and applied.
 #[derive(Clone)]
@@ -23,10 +39,12 @@ pub struct Proposer {
     replica: Arc<Replica>,
 }
 
-fn map_err(e: ProposeError) -> ApiError {
+/// Maps a consensus error to the etcd error a client sees.
+pub fn map_err(e: ProposeError) -> ApiError {
     match e {
         ProposeError::Refused(e) => e.into(),
         ProposeError::NotLeader(_) => ApiError::NoLeader,
+        ProposeError::Membership(reason) => ApiError::Membership(reason),
         ProposeError::Stopped(reason) => {
             tracing::error!(%reason, "consensus stopped");
             ApiError::Stopped
@@ -42,30 +60,39 @@ impl Proposer {
         member: &MemberInfo,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Proposer> {
-        if cfg.initial_cluster.len() > 1 {
-            anyhow::bail!(
-                "--initial-cluster names {} members: multi-member clusters need the peer transport, which this build does not have yet",
-                cfg.initial_cluster.len()
-            );
-        }
-        let members: BTreeMap<u64, Member> = [(
-            member.id,
-            Member {
-                name: member.name.clone(),
-                peer_urls: member.peer_urls.clone(),
-                client_urls: member.client_urls.clone(),
-            },
-        )]
-        .into();
+        // Every initial member derives every member's ID from the same flags, so all of
+        // them bootstrap the same membership.
+        let members: BTreeMap<u64, Member> = cfg
+            .initial_cluster
+            .iter()
+            .map(|(name, urls)| {
+                let id = member_id(urls, &cfg.initial_cluster_token);
+                let client_urls = if id == member.id {
+                    member.client_urls.clone()
+                } else {
+                    Vec::new()
+                };
+                (
+                    id,
+                    Member {
+                        name: name.clone(),
+                        peer_urls: urls.clone(),
+                        client_urls,
+                    },
+                )
+            })
+            .collect();
         let rcfg = ReplicaConfig {
             heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms),
             election_timeout: Duration::from_millis(cfg.election_timeout_ms),
             ..ReplicaConfig::default()
         };
         let observer = metrics.clone();
+        let bootstrap = cfg.initial_cluster_state == ClusterState::New;
         let replica = Replica::start(
             member.id,
             members,
+            bootstrap,
             &cfg.data_dir.join("groups").join("meta"),
             store,
             &rcfg,
@@ -75,12 +102,16 @@ impl Proposer {
         )
         .await
         .map_err(|e| anyhow::anyhow!("starting consensus: {e}"))?;
-        if !replica.wait_for_leader(LEADER_WAIT).await {
-            tracing::warn!("no leader elected yet; serving anyway");
-        }
-        Ok(Proposer {
-            replica: Arc::new(replica),
-        })
+        // Serve at once: requests wait for a leader themselves, and peers need this member's
+        // peer listener up to elect one.
+        let replica = Arc::new(replica);
+        let me = Member {
+            name: member.name.clone(),
+            peer_urls: member.peer_urls.clone(),
+            client_urls: member.client_urls.clone(),
+        };
+        tokio::spawn(publish_self(replica.clone(), me));
+        Ok(Proposer { replica })
     }
 
     /// Proposes one command; returns its result once it is committed and applied.
@@ -91,6 +122,16 @@ impl Proposer {
     /// Returns once this member has applied every write acknowledged before the call.
     pub async fn read_index(&self) -> Result<(), ApiError> {
         self.replica.read_index().await.map_err(map_err)
+    }
+
+    /// The Raft instance (membership, leases at the leader, peer service).
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
+    /// Renews a lease at the leader; returns its TTL (0 for an unknown lease).
+    pub async fn lease_renew(&self, id: i64) -> Result<i64, ApiError> {
+        self.replica.lease_renew(id).await.map_err(map_err)
     }
 
     /// Raft state for Status and metrics.

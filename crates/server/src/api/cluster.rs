@@ -24,15 +24,20 @@ impl ClusterService {
         Self { node }
     }
 
-    fn me(&self) -> Member {
-        let m = &self.node.member;
-        Member {
-            id: m.id,
-            name: m.name.clone(),
-            peer_ur_ls: m.peer_urls.clone(),
-            client_ur_ls: m.client_urls.clone(),
-            is_learner: false,
-        }
+    fn members(&self) -> Vec<Member> {
+        self.node
+            .proposer
+            .replica()
+            .members()
+            .into_iter()
+            .map(|m| Member {
+                id: m.id,
+                name: m.member.name,
+                peer_ur_ls: m.member.peer_urls,
+                client_ur_ls: m.member.client_urls,
+                is_learner: m.is_learner,
+            })
+            .collect()
     }
 }
 
@@ -72,7 +77,7 @@ impl Cluster for ClusterService {
         Ok(Response::new(MemberListResponse {
             // Membership is not MVCC data: etcd leaves the revision out of this header.
             header: self.node.header(0),
-            members: vec![self.me()],
+            members: self.members(),
         }))
     }
 

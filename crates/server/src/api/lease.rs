@@ -110,7 +110,14 @@ impl Lease for LeaseService {
                     }
                 };
                 // An unknown lease answers TTL 0, as etcd does; the client then stops.
-                let ttl = node.store.lease_renew(id).unwrap_or(0);
+                // Only the leader runs lease timers: renew there.
+                let ttl = match node.proposer.lease_renew(id).await {
+                    Ok(ttl) => ttl,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
                 let resp = LeaseKeepAliveResponse {
                     header: node.header(node.store.revision()),
                     id,
@@ -129,23 +136,16 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        let header = self.node.header(self.node.store.revision());
-        // A missing lease is not an error here: etcd answers TTL -1.
-        let resp = match self.node.store.lease_info(r.id) {
-            Some(info) => LeaseTimeToLiveResponse {
-                header,
-                id: r.id,
-                ttl: info.remaining,
-                granted_ttl: info.granted,
-                keys: if r.keys { info.keys } else { Vec::new() },
-            },
-            None => LeaseTimeToLiveResponse {
-                header,
-                id: r.id,
-                ttl: -1,
-                ..Default::default()
-            },
-        };
+        // A missing lease is not an error here: etcd answers TTL -1. The leader knows the
+        // remaining time; followers ask it.
+        let mut resp = self
+            .node
+            .proposer
+            .replica()
+            .lease_ttl(r)
+            .await
+            .map_err(|e| Status::from(crate::proposer::map_err(e)))?;
+        resp.header = self.node.header(self.node.store.revision());
         Ok(Response::new(resp))
     }
 

@@ -1,0 +1,225 @@
+//! The peer gRPC service (`berth.raft.RaftPeer`) a member serves on its peer port: Raft
+//! messages from other members, snapshot streams, and the requests followers send their
+//! leader (forwarded writes, read index, lease keep-alives).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use berth_proto::berth::raft::raft_peer_server::RaftPeer;
+use berth_proto::berth::raft::{
+    Blob, ReadIndexResponse, Request as PbRequest, Response as PbResponse,
+};
+use berth_proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use berth_store::Store;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::raft::ReadPolicy;
+use openraft::Raft;
+use prost::Message;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::state_machine::{SnapshotFile, StateMachine};
+use crate::types::{Change, LogId, RaftRequest, SnapshotMeta, TypeConfig, Vote};
+
+pub(crate) fn to_blob<T: Serialize>(v: &T) -> Result<Blob, Status> {
+    rmp_serde::to_vec(v)
+        .map(|data| Blob { data })
+        .map_err(|e| Status::internal(format!("encoding: {e}")))
+}
+
+pub(crate) fn from_blob<T: DeserializeOwned>(b: &Blob) -> Result<T, Status> {
+    rmp_serde::from_slice(&b.data).map_err(|e| Status::invalid_argument(format!("decoding: {e}")))
+}
+
+/// Status a follower gets when this member cannot lead its request either.
+pub(crate) const NOT_LEADER: &str = "berth: not the leader";
+
+/// Serves peers.
+pub struct PeerService {
+    pub(crate) raft: Raft<TypeConfig, StateMachine>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) snapshot_dir: PathBuf,
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc = from_blob(req.get_ref())?;
+        let resp = self
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(to_blob(&resp)?))
+    }
+
+    async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc = from_blob(req.get_ref())?;
+        let resp = self
+            .raft
+            .vote(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(to_blob(&resp)?))
+    }
+
+    async fn snapshot(&self, req: Request<Streaming<Blob>>) -> Result<Response<Blob>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let (vote, meta): (Vote, SnapshotMeta) = from_blob(&first)?;
+        std::fs::create_dir_all(&self.snapshot_dir).map_err(|e| Status::internal(e.to_string()))?;
+        let path = self.snapshot_dir.join(format!(
+            "receiving-{}.tmp",
+            std::process::id() as u64 ^ rand_suffix()
+        ));
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut bytes = 0u64;
+        while let Some(chunk) = stream.message().await? {
+            bytes += chunk.data.len() as u64;
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk.data)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        drop(file);
+        tracing::info!(bytes, index = ?meta.last_log_id.map(|l| l.index), "received snapshot");
+        let snapshot = openraft::storage::Snapshot {
+            meta,
+            snapshot: SnapshotFile { path },
+        };
+        let resp = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(to_blob(&resp)?))
+    }
+
+    async fn transfer_leader(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc = from_blob(req.get_ref())?;
+        let resp = self
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(to_blob(&resp)?))
+    }
+
+    async fn forward(&self, req: Request<PbRequest>) -> Result<Response<PbResponse>, Status> {
+        let bytes = req.into_inner().encode_to_vec();
+        match self.raft.client_write(RaftRequest(bytes)).await {
+            Ok(resp) => PbResponse::decode(resp.data.0.as_slice())
+                .map(Response::new)
+                .map_err(|e| Status::internal(e.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(Status::unavailable(NOT_LEADER))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn read_index(&self, _req: Request<Blob>) -> Result<Response<ReadIndexResponse>, Status> {
+        let (read, _) = self
+            .raft
+            .get_read_log_id(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|_| Status::unavailable(NOT_LEADER))?;
+        // ReadLogId serializes as the log id it wraps.
+        let bytes = rmp_serde::to_vec(&read).map_err(|e| Status::internal(e.to_string()))?;
+        let log_id: LogId =
+            rmp_serde::from_slice(&bytes).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ReadIndexResponse {
+            index: log_id.index,
+        }))
+    }
+
+    async fn change_membership(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let (change, retain): (Change, bool) = from_blob(req.get_ref())?;
+        self.change(change, retain).await?;
+        Ok(Response::new(Blob::default()))
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        self.ensure_leader()?;
+        let id = req.into_inner().id;
+        let ttl = self.store.lease_renew(id).unwrap_or(0);
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: None,
+            id,
+            ttl,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.ensure_leader()?;
+        let r = req.into_inner();
+        Ok(Response::new(lease_ttl(&self.store, &r)))
+    }
+}
+
+impl PeerService {
+    /// Runs a membership change here if this member leads.
+    pub(crate) async fn change(&self, change: Change, retain: bool) -> Result<(), Status> {
+        match self.raft.change_membership(change, retain).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(Status::unavailable(NOT_LEADER))
+            }
+            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), Status> {
+        use openraft::async_runtime::WatchReceiver;
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader == Some(m.id) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(NOT_LEADER))
+        }
+    }
+}
+
+/// Answers a TTL query from the local lessor (TTL -1 for an unknown lease, as etcd does).
+pub fn lease_ttl(store: &Store, r: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+    match store.lease_info(r.id) {
+        Some(info) => LeaseTimeToLiveResponse {
+            header: None,
+            id: r.id,
+            ttl: info.remaining,
+            granted_ttl: info.granted,
+            keys: if r.keys { info.keys } else { Vec::new() },
+        },
+        None => LeaseTimeToLiveResponse {
+            header: None,
+            id: r.id,
+            ttl: -1,
+            ..Default::default()
+        },
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
