@@ -11,10 +11,20 @@ pub fn berth_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berth")
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+/// A free TCP port on 127.0.0.1 for a server to take. Chosen below the kernel's ephemeral
+/// range (32768+), so outgoing client connections of other tests cannot grab it between our
+/// check and the server's bind; spread by process ID so parallel test processes differ.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 12_000 + (base.wrapping_add(n.wrapping_mul(104_729)) % 20_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// True when the etcd API at `addr` answers a Status call. Runs on its own thread and
@@ -90,12 +100,28 @@ impl Server {
         s
     }
 
+    /// Sends a signal to the server process (e.g. `STOP`/`CONT` to freeze it, which cuts it
+    /// off from its peers like a partition).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     /// `http://` URL of the etcd API, as etcdctl takes it.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.client_addr)
     }
 
     fn spawn(&mut self) {
+        self.spawn_no_wait();
+        self.wait_ready();
+    }
+
+    fn spawn_no_wait(&mut self) {
         let peer = self.peer_url.clone();
         let child = Command::new(berth_bin())
             .arg("server")
@@ -108,7 +134,7 @@ impl Server {
             .arg("--listen-http-urls")
             .arg(format!("http://{}", self.http_addr))
             .arg("--log-level")
-            .arg("warn")
+            .arg("error")
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -116,7 +142,6 @@ impl Server {
             .spawn()
             .expect("spawn berth server");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Waits until the etcd API answers a request.
@@ -278,4 +303,89 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A cluster of berth members on loopback, bootstrapped like etcd with `--initial-cluster`.
+pub struct Cluster {
+    /// The members, in `--initial-cluster` order.
+    pub members: Vec<Server>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` members and waits until each answers.
+    pub fn start(n: usize) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let peers: Vec<String> = (0..n)
+            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .collect();
+        let initial: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}={p}"))
+            .collect();
+        let initial = initial.join(",");
+        let mut members: Vec<Server> = (0..n)
+            .map(|i| Server {
+                child: None,
+                dir: tmp.path().join(format!("m{i}")),
+                _tmp: None,
+                client_addr: format!("127.0.0.1:{}", free_port()),
+                http_addr: format!("127.0.0.1:{}", free_port()),
+                peer_url: peers[i].clone(),
+                extra: vec![
+                    "--name".into(),
+                    format!("m{i}"),
+                    "--initial-cluster".into(),
+                    initial.clone(),
+                ],
+            })
+            .collect();
+        // Start all before waiting: none can elect a leader alone.
+        for m in &mut members {
+            m.spawn_no_wait();
+        }
+        for m in &mut members {
+            m.wait_ready();
+        }
+        Cluster { members, _tmp: tmp }
+    }
+
+    /// Client addresses of all members.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_addr.clone()).collect()
+    }
+
+    /// Index of the member that currently leads, waiting up to 15 s for one.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if m.child.is_none() {
+                    continue;
+                }
+                let Ok(mut c) =
+                    etcd_client::Client::connect([m.client_addr.clone()], Some(bounded())).await
+                else {
+                    continue;
+                };
+                if let Ok(st) = c.status().await {
+                    if st.leader() != 0
+                        && st.leader() == st.header().map(|h| h.member_id()).unwrap_or(0)
+                    {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 15s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Client options with short connect and request timeouts, for members that may be frozen.
+pub fn bounded() -> etcd_client::ConnectOptions {
+    etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(Duration::from_secs(3))
 }

@@ -2,6 +2,7 @@
 //! to them with real clients (the `etcd-client` crate, `etcdctl`, the `berth` CLI).
 
 mod cli;
+mod cluster;
 mod crash;
 mod etcdctl;
 mod harness;

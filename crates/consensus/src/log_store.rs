@@ -81,7 +81,11 @@ impl LogStore {
     /// [`LogStore::open`], reporting every fsync to `observer`.
     pub fn open_observed(dir: &Path, observer: Option<FlushObserver>) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("log.redb")).map_err(io_err)?;
+        // Entries are read back soon after they are written, or not at all: a small cache.
+        let db = Database::builder()
+            .set_cache_size(16 << 20)
+            .create(dir.join("log.redb"))
+            .map_err(io_err)?;
         {
             let w = db.begin_write().map_err(io_err)?;
             w.open_table(ENTRIES).map_err(io_err)?;

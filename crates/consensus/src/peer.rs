@@ -176,12 +176,10 @@ impl RaftPeer for PeerService {
 impl PeerService {
     /// Runs a membership change here if this member leads.
     pub(crate) async fn change(&self, change: Change, retain: bool) -> Result<(), Status> {
-        match self.raft.change_membership(change, retain).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Status::unavailable(NOT_LEADER))
-            }
-            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+        match change_membership(&self.raft, change, retain).await {
+            Ok(()) => Ok(()),
+            Err(crate::ProposeError::NotLeader(_)) => Err(Status::unavailable(NOT_LEADER)),
+            Err(crate::ProposeError::Membership(m)) => Err(Status::failed_precondition(m)),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
     }
@@ -222,4 +220,33 @@ fn rand_suffix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+/// Runs a membership change on this member (which must lead). Changes arriving while another
+/// is in progress wait for it (briefly) instead of failing, so concurrent requests queue up.
+pub(crate) async fn change_membership(
+    raft: &Raft<TypeConfig, StateMachine>,
+    change: Change,
+    retain: bool,
+) -> Result<(), crate::ProposeError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match raft.change_membership(change.clone(), retain).await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                return Err(crate::ProposeError::NotLeader(None))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                let busy = e.to_string().contains("undergoing a configuration change");
+                if !busy || tokio::time::Instant::now() >= deadline {
+                    return Err(crate::ProposeError::Membership(e.to_string()));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(RaftError::APIError(e)) => {
+                return Err(crate::ProposeError::Membership(e.to_string()))
+            }
+            Err(e) => return Err(crate::ProposeError::Stopped(e.to_string())),
+        }
+    }
 }

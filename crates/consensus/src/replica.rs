@@ -349,14 +349,7 @@ impl Replica {
     ) -> Result<(), ProposeError> {
         let leader = self.leader().await?;
         if leader == self.id {
-            return match self.raft.change_membership(change, retain).await {
-                Ok(_) => Ok(()),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Err(ProposeError::NotLeader(None))
-                }
-                Err(RaftError::APIError(e)) => Err(ProposeError::Membership(e.to_string())),
-                Err(e) => Err(ProposeError::Stopped(e.to_string())),
-            };
+            return crate::peer::change_membership(&self.raft, change, retain).await;
         }
         let blob = crate::peer::to_blob(&(change, retain))
             .map_err(|e| ProposeError::Stopped(e.to_string()))?;

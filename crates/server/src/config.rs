@@ -262,7 +262,8 @@ impl Config {
                 .unwrap_or(600_000)
                 .max(100),
             log_json: log_format == "json",
-            log_level: s.log_level.unwrap_or_else(|| "info".into()),
+            // openraft warns on every failed heartbeat while a peer is down; keep its errors.
+            log_level: s.log_level.unwrap_or_else(|| "info,openraft=error".into()),
             name,
         })
     }

@@ -50,7 +50,8 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
                 min_ttl: cfg.min_lease_ttl(),
                 ..LeaseLimits::default()
             },
-            cache_bytes: 0,
+            // redb's default cache grows to 1 GiB; the OS page cache serves the rest.
+            cache_bytes: 64 << 20,
         },
     )
     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;

@@ -73,6 +73,8 @@ pub struct Store {
     db_size: AtomicU64,
     /// Serializes write batches.
     writer: Mutex<()>,
+    /// Runtime for watch replay tasks, when the store was opened inside one.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,6 +130,7 @@ impl Store {
             applied: AtomicU64::new(applied),
             db_size: AtomicU64::new(db_size),
             writer: Mutex::new(()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }))
     }
 
@@ -378,9 +381,25 @@ impl Store {
         let Some(store) = self.me.upgrade() else {
             return;
         };
-        tokio::spawn(async move {
-            store.catch_up(id, w, from).await;
-        });
+        // Writes may be applied on a thread outside the runtime: use the one the store was
+        // opened on when the current thread has none.
+        let handle = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone());
+        match handle {
+            Some(h) => {
+                h.spawn(async move {
+                    store.catch_up(id, w, from).await;
+                });
+            }
+            None => {
+                tracing::error!(
+                    watch_id = w.watch_id,
+                    "no async runtime to replay a watch; dropping it"
+                );
+                lock(&self.hub).catching_up -= 1;
+            }
+        }
     }
 
     /// Replays history from `next` until the watcher reaches the newest revision, then puts

@@ -1,0 +1,340 @@
+//! Clusters of three real berth processes on loopback: replication, any member serving any
+//! request, and faults (SIGKILL of the leader under load, a frozen minority, restarts), with
+//! convergence checked by HashKV on every member at the same revision.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions, PutOptions, WatchOptions};
+
+use crate::harness::Cluster;
+
+/// A client whose connects and requests give up instead of hanging on a frozen member.
+async fn client(addr: &str) -> Client {
+    Client::connect([addr.to_string()], Some(crate::harness::bounded()))
+        .await
+        .expect("connect")
+}
+
+/// Waits until every running member reports the same revision, then checks HashKV agrees.
+async fn assert_converged(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut revs = Vec::new();
+        for m in &cluster.members {
+            let mut c = client(&m.client_addr).await;
+            let r = c
+                .get("x", Some(GetOptions::new().with_serializable()))
+                .await
+                .expect("serializable read")
+                .header()
+                .expect("header")
+                .revision();
+            revs.push(r);
+        }
+        if revs.iter().all(|r| *r == revs[0]) {
+            let mut hashes = Vec::new();
+            for m in &cluster.members {
+                hashes.push(
+                    client(&m.client_addr)
+                        .await
+                        .hash_kv(revs[0])
+                        .await
+                        .expect("hashkv")
+                        .hash(),
+                );
+            }
+            assert!(
+                hashes.iter().all(|h| *h == hashes[0]),
+                "HashKV differs at revision {}: {hashes:?}",
+                revs[0]
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not converge: revisions {revs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_member_serves_reads_writes_watches_and_leases() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut on_follower = client(&cluster.members[follower].client_addr).await;
+    let mut on_other = client(&cluster.members[(leader + 2) % 3].client_addr).await;
+
+    let mut w = on_follower
+        .watch("shared", None)
+        .await
+        .expect("watch on a follower");
+    assert!(w.message().await.expect("created").expect("msg").created());
+    for (i, m) in cluster.members.iter().enumerate() {
+        client(&m.client_addr)
+            .await
+            .put(format!("k{i}"), "v", None)
+            .await
+            .expect("write via any member");
+    }
+    on_other.put("shared", "hello", None).await.expect("put");
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.message())
+        .await
+        .expect("event in time")
+        .expect("stream")
+        .expect("message");
+    assert_eq!(ev.events()[0].kv().expect("kv").value(), b"hello");
+    // A linearizable read on any member sees every acknowledged write.
+    for m in &cluster.members {
+        let r = client(&m.client_addr)
+            .await
+            .get("k", Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("read");
+        assert_eq!(r.count(), 3);
+    }
+    // Leases: granted on one member, kept alive on another, expiring everywhere.
+    let lease = on_follower.lease_grant(5, None).await.expect("grant").id();
+    on_other
+        .put("leased", "x", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("put");
+    let (mut keeper, mut stream) = on_other.lease_keep_alive(lease).await.expect("keep-alive");
+    keeper.keep_alive().await.expect("send");
+    assert_eq!(
+        stream.message().await.expect("recv").expect("resp").ttl(),
+        5
+    );
+    let ttl = on_follower
+        .lease_time_to_live(lease, None)
+        .await
+        .expect("ttl");
+    assert!(ttl.ttl() > 0 && ttl.ttl() <= 5);
+    // Members publish their client URLs shortly after a leader exists.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let members = on_follower.member_list().await.expect("members");
+        assert_eq!(members.members().len(), 3);
+        if members
+            .members()
+            .iter()
+            .all(|m| !m.client_urls().is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not publish client URLs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_converged(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill9_under_load_fails_over_and_loses_nothing() {
+    let mut cluster = Cluster::start(3);
+    let endpoints = cluster.endpoints();
+    let leader = cluster.leader().await;
+    let acked: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let endpoints = endpoints.clone();
+        let acked = acked.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            let mut target = w % endpoints.len();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("fo/{w}/{n}");
+                let Ok(mut c) =
+                    Client::connect([endpoints[target].clone()], Some(crate::harness::bounded()))
+                        .await
+                else {
+                    target = (target + 1) % endpoints.len();
+                    continue;
+                };
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    c.put(key.clone(), key.clone(), None),
+                )
+                .await
+                {
+                    Ok(Ok(r)) => {
+                        acked
+                            .lock()
+                            .expect("lock")
+                            .insert(key, r.header().map(|h| h.revision()).unwrap_or(0));
+                        n += 1;
+                    }
+                    // That member is dead or cut off: try the next one.
+                    _ => target = (target + 1) % endpoints.len(),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = acked.lock().expect("lock").len();
+    let killed_at = Instant::now();
+    cluster.members[leader].kill9();
+    // Failover: the first write acknowledged after the kill.
+    let survivor = client(&endpoints[(leader + 1) % 3]).await;
+    let mut probe = survivor.clone();
+    let failover = loop {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(500), probe.put("probe", "1", None)).await
+        {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(15),
+            "no leader served writes within 15s"
+        );
+    };
+    println!("failover: a write was acknowledged {failover:?} after killing the leader");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = std::mem::take(&mut *acked.lock().expect("lock"));
+    assert!(acked.len() > before, "writes continued after the failover");
+    cluster.members[leader].start_again();
+    assert_converged(&cluster).await;
+    for m in &cluster.members {
+        let all = client(&m.client_addr)
+            .await
+            .get(
+                "fo/",
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await
+            .expect("read back");
+        let stored: HashMap<Vec<u8>, i64> = all
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
+            .collect();
+        for (k, rev) in &acked {
+            assert_eq!(
+                stored.get(k.as_bytes()),
+                Some(rev),
+                "acknowledged {k} lost or moved on {}",
+                m.client_addr
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_leader_is_a_minority_that_cannot_commit_and_then_converges() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let mut old = client(&cluster.members[leader].client_addr).await;
+    old.put("before", "1", None).await.expect("put");
+    // SIGSTOP cuts the leader off from everyone: a partition of one.
+    cluster.members[leader].signal("STOP");
+    let majority = client(&cluster.members[(leader + 1) % 3].client_addr).await;
+    let mut m = majority.clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), m.put("during", "majority", None)).await
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the majority did not elect a new leader"
+        );
+    }
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    // The frozen member wakes up: its stale leadership must not commit anything.
+    cluster.members[leader].signal("CONT");
+    // Whatever it answers (as a follower it forwards to the new leader), the cluster must
+    // end up with one history.
+    let _ = tokio::time::timeout(Duration::from_secs(10), old.put("stale", "x", None)).await;
+    assert_converged(&cluster).await;
+    let r = client(&cluster.members[leader].client_addr)
+        .await
+        .get("during", None)
+        .await
+        .expect("read on the healed member");
+    assert_eq!(r.kvs()[0].value(), b"majority");
+    let mut w = client(&cluster.members[leader].client_addr)
+        .await
+        .watch("during", Some(WatchOptions::new().with_start_revision(1)))
+        .await
+        .expect("watch");
+    assert!(w.message().await.expect("created").expect("m").created());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_loses_nothing() {
+    let mut cluster = Cluster::start(3);
+    let endpoints = cluster.endpoints();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let acked = acked.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            let mut target = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("roll/{n}");
+                let ok = match Client::connect(
+                    [endpoints[target].clone()],
+                    Some(crate::harness::bounded()),
+                )
+                .await
+                {
+                    Ok(mut c) => matches!(
+                        tokio::time::timeout(Duration::from_secs(2), c.put(key.clone(), "v", None))
+                            .await,
+                        Ok(Ok(_))
+                    ),
+                    Err(_) => false,
+                };
+                if ok {
+                    acked.lock().expect("lock").push(key);
+                    n += 1;
+                } else {
+                    target = (target + 1) % endpoints.len();
+                }
+            }
+        })
+    };
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cluster.members[i].restart();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = writer.await;
+    assert_converged(&cluster).await;
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() > 10,
+        "the cluster kept taking writes ({} acknowledged)",
+        acked.len()
+    );
+    let r = client(&cluster.members[0].client_addr)
+        .await
+        .get(
+            "roll/",
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .expect("read");
+    let stored: std::collections::HashSet<Vec<u8>> =
+        r.kvs().iter().map(|kv| kv.key().to_vec()).collect();
+    for k in acked {
+        assert!(stored.contains(k.as_bytes()), "acknowledged {k} lost");
+    }
+}
