@@ -338,3 +338,102 @@ async fn rolling_restart_under_load_loses_nothing() {
         assert!(stored.contains(k.as_bytes()), "acknowledged {k} lost");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_joins_by_snapshot_then_is_promoted_leads_and_others_leave() {
+    let mut cluster = Cluster::start_with(3, &["--snapshot-count", "20"]);
+    let leader = cluster.leader().await;
+    let mut c = client(&cluster.members[leader].client_addr).await;
+    for i in 0..120 {
+        c.put(format!("j{i:03}"), format!("v{i}"), None)
+            .await
+            .expect("put");
+    }
+    // A far-behind member: the leader's log before the last snapshot is gone.
+    let mut newcomer = cluster.prepare_member("late", &["--snapshot-count", "20"]);
+    let added = c
+        .member_add(
+            [newcomer.peer_url().to_string()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("member add --learner");
+    let new_id = added.member().expect("member").id();
+    assert!(added.member().expect("member").is_learner());
+    newcomer.start_again();
+    let mut n = client(&newcomer.client_addr).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = n
+            .get("j119", Some(GetOptions::new().with_serializable()))
+            .await;
+        if matches!(&r, Ok(r) if r.kvs().len() == 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the learner did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = newcomer.http_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("berth_raft_snapshots_installed ") && !l.ends_with(" 0")),
+        "the learner caught up by installing a snapshot"
+    );
+    // A learner is refused votes it cannot cast: promote it, then hand it the leadership.
+    c.member_promote(new_id).await.expect("promote");
+    let mut on_leader = client(&cluster.members[leader].client_addr).await;
+    on_leader.move_leader(new_id).await.expect("move-leader");
+    let st = n.status().await.expect("status");
+    assert_eq!(st.leader(), new_id, "the newcomer leads");
+    // The old leader leaves; the rest keep serving and agree.
+    let old_id = on_leader
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("h")
+        .member_id();
+    n.member_remove(old_id).await.expect("member remove");
+    cluster.members[leader].kill9();
+    n.put("after", "removal", None)
+        .await
+        .expect("write after the removal");
+    let members = n.member_list().await.expect("list").members().len();
+    assert_eq!(members, 3);
+    let mut alive: Vec<&crate::harness::Server> = cluster
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, m)| m)
+        .collect();
+    alive.push(&newcomer);
+    let mut hashes = Vec::new();
+    let rev = n
+        .get("after", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("h")
+        .revision();
+    for m in alive {
+        let mut mc = client(&m.client_addr).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mc
+            .get("after", Some(GetOptions::new().with_serializable()))
+            .await
+            .map(|r| r.kvs().len())
+            .unwrap_or(0)
+            == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "a member did not apply the last write"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hashes.push(mc.hash_kv(rev).await.expect("hashkv").hash());
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+}

@@ -111,6 +111,11 @@ impl Server {
         }
     }
 
+    /// The peer URL this member advertises.
+    pub fn peer_url(&self) -> &str {
+        &self.peer_url
+    }
+
     /// `http://` URL of the etcd API, as etcdctl takes it.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.client_addr)
@@ -310,11 +315,17 @@ pub struct Cluster {
     /// The members, in `--initial-cluster` order.
     pub members: Vec<Server>,
     _tmp: tempfile::TempDir,
+    initial: String,
 }
 
 impl Cluster {
     /// Starts `n` members and waits until each answers.
     pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Starts `n` members with extra flags for each.
+    pub fn start_with(n: usize, flags: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let peers: Vec<String> = (0..n)
             .map(|_| format!("http://127.0.0.1:{}", free_port()))
@@ -333,12 +344,16 @@ impl Cluster {
                 client_addr: format!("127.0.0.1:{}", free_port()),
                 http_addr: format!("127.0.0.1:{}", free_port()),
                 peer_url: peers[i].clone(),
-                extra: vec![
-                    "--name".into(),
-                    format!("m{i}"),
-                    "--initial-cluster".into(),
-                    initial.clone(),
-                ],
+                extra: [
+                    vec![
+                        "--name".into(),
+                        format!("m{i}"),
+                        "--initial-cluster".into(),
+                        initial.clone(),
+                    ],
+                    flags.iter().map(|f| f.to_string()).collect(),
+                ]
+                .concat(),
             })
             .collect();
         // Start all before waiting: none can elect a leader alone.
@@ -348,7 +363,38 @@ impl Cluster {
         for m in &mut members {
             m.wait_ready();
         }
-        Cluster { members, _tmp: tmp }
+        Cluster {
+            members,
+            _tmp: tmp,
+            initial,
+        }
+    }
+
+    /// A new member, not started, that will join with `--initial-cluster-state existing`
+    /// once an existing member has added its peer URL (see [`Server::peer_url`]).
+    pub fn prepare_member(&self, name: &str, flags: &[&str]) -> Server {
+        let peer_url = format!("http://127.0.0.1:{}", free_port());
+        let initial = format!("{},{name}={peer_url}", self.initial);
+        Server {
+            child: None,
+            dir: self._tmp.path().join(name),
+            _tmp: None,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            peer_url,
+            extra: [
+                vec![
+                    "--name".into(),
+                    name.into(),
+                    "--initial-cluster".into(),
+                    initial,
+                    "--initial-cluster-state".into(),
+                    "existing".into(),
+                ],
+                flags.iter().map(|f| f.to_string()).collect(),
+            ]
+            .concat(),
+        }
     }
 
     /// Client addresses of all members.

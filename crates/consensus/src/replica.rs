@@ -87,6 +87,12 @@ pub struct RaftStatus {
     pub committed_index: u64,
     /// True when this member leads.
     pub is_leader: bool,
+    /// Times the leader this member knows of changed.
+    pub leader_changes: u64,
+    /// Snapshots this member built.
+    pub snapshots_built: u64,
+    /// Snapshots this member installed from a leader.
+    pub snapshots_installed: u64,
 }
 
 /// One member's Raft instance.
@@ -96,6 +102,8 @@ pub struct Replica {
     store: Arc<Store>,
     snapshot_dir: std::path::PathBuf,
     peers: std::sync::Mutex<std::collections::HashMap<u64, RaftPeerClient<Channel>>>,
+    snapshots: Arc<crate::state_machine::SnapshotCounters>,
+    leader_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A member of the current configuration, as the Cluster API lists it.
@@ -131,7 +139,8 @@ impl Replica {
             election_timeout_max: election * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
             max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
-            purge_batch_size: 1024,
+            // Purge as soon as a snapshot allows it (openraft waits for a whole batch).
+            purge_batch_size: cfg.keep_behind_snapshot.clamp(1, 1024),
             ..Default::default()
         }
         .validate()
@@ -139,6 +148,7 @@ impl Replica {
         let log = LogStore::open_observed(&dir.join("log"), on_flush).map_err(anyhow_like::io)?;
         let snapshot_dir = dir.join("snapshots");
         let sm = StateMachine::new(store.clone(), &snapshot_dir).map_err(anyhow_like::io)?;
+        let snapshots = sm.counters();
         let raft = Raft::new(id, Arc::new(config), PeerNetwork, log, sm)
             .await
             .map_err(|e| anyhow_like::Error(format!("starting raft: {e}")))?;
@@ -162,12 +172,16 @@ impl Replica {
                 tracing::info!(error = %e, "cluster already initialized by a peer");
             }
         }
+        let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        tokio::spawn(count_leader_changes(raft.metrics(), leader_changes.clone()));
         Ok(Replica {
             id,
             raft,
             store,
             snapshot_dir,
             peers: Default::default(),
+            snapshots,
+            leader_changes,
         })
     }
 
@@ -362,19 +376,62 @@ impl Replica {
         }
     }
 
+    /// Adds a member: first as a learner that receives the log, then (unless `learner`) as a
+    /// voter. The member starts later with `--initial-cluster-state existing`.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        member: Member,
+        learner: bool,
+    ) -> Result<(), ProposeError> {
+        self.change_membership(Change::AddNodes([(id, member)].into()), true)
+            .await?;
+        if !learner {
+            self.change_membership(Change::AddVoterIds([id].into()), true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote_member(&self, id: u64) -> Result<(), ProposeError> {
+        self.change_membership(Change::AddVoterIds([id].into()), true)
+            .await
+    }
+
+    /// Removes a member (voter or learner) from the cluster.
+    pub async fn remove_member(&self, id: u64) -> Result<(), ProposeError> {
+        let is_voter = self.members().iter().any(|m| m.id == id && !m.is_learner);
+        if is_voter {
+            self.change_membership(Change::RemoveVoters([id].into()), false)
+                .await?;
+        }
+        if self.members().iter().any(|m| m.id == id) {
+            self.change_membership(Change::RemoveNodes([id].into()), false)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Records (or replaces) member `id`'s name and URLs in the membership.
     pub async fn set_member(&self, id: u64, member: Member) -> Result<(), ProposeError> {
         self.change_membership(ChangeMembers::SetNodes([(id, member)].into()), true)
             .await
     }
 
-    /// Asks the current leader to hand leadership to `to`.
+    /// Hands leadership to `to` (this member must lead) and waits until `to` leads.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
         self.raft
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|e| ProposeError::Stopped(e.to_string()))
+            .map_err(|e| ProposeError::Stopped(e.to_string()))?;
+        self.raft
+            .wait(Some(NO_LEADER_PATIENCE))
+            .current_leader(to, "leadership transfer")
+            .await
+            .map_err(|e| ProposeError::Membership(format!("leadership did not move: {e}")))?;
+        Ok(())
     }
 
     /// Current Raft state.
@@ -387,6 +444,17 @@ impl Replica {
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             committed_index: m.local_committed.map(|l| l.index).unwrap_or(0),
             is_leader: m.current_leader == Some(self.id),
+            leader_changes: self
+                .leader_changes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            snapshots_built: self
+                .snapshots
+                .built
+                .load(std::sync::atomic::Ordering::Relaxed),
+            snapshots_installed: self
+                .snapshots
+                .installed
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -423,5 +491,26 @@ pub mod anyhow_like {
     /// Wraps an IO error.
     pub fn io(e: std::io::Error) -> Error {
         Error(e.to_string())
+    }
+}
+
+/// Counts changes of the known leader until Raft stops.
+async fn count_leader_changes(
+    mut metrics: openraft::type_config::alias::WatchReceiverOf<
+        TypeConfig,
+        openraft::RaftMetrics<TypeConfig>,
+    >,
+    count: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut last = None;
+    loop {
+        let leader = metrics.borrow_watched().current_leader;
+        if leader != last && leader.is_some() {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        last = leader;
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }

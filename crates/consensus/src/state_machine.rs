@@ -33,10 +33,20 @@ pub struct SnapshotFile {
     pub path: PathBuf,
 }
 
+/// Snapshot activity, for metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotCounters {
+    /// Snapshots built locally.
+    pub built: std::sync::atomic::AtomicU64,
+    /// Snapshots received from a leader and installed.
+    pub installed: std::sync::atomic::AtomicU64,
+}
+
 /// The state machine over a [`Store`].
 pub struct StateMachine {
     store: Arc<Store>,
     dir: PathBuf,
+    counters: Arc<SnapshotCounters>,
 }
 
 impl StateMachine {
@@ -46,7 +56,13 @@ impl StateMachine {
         Ok(StateMachine {
             store,
             dir: dir.to_path_buf(),
+            counters: Arc::default(),
         })
+    }
+
+    /// Counters of snapshots built and installed.
+    pub fn counters(&self) -> Arc<SnapshotCounters> {
+        self.counters.clone()
     }
 
     fn raft_state(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -97,6 +113,7 @@ fn keep_current(dir: &Path, snapshot: &Path, meta: &SnapshotMeta) -> io::Result<
 pub struct Builder {
     store: Arc<Store>,
     dir: PathBuf,
+    counters: Arc<SnapshotCounters>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
@@ -105,7 +122,9 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, SnapshotFile>> {
         let store = self.store.clone();
         let dir = self.dir.clone();
+        let counters = self.counters.clone();
         blocking(move || {
+            counters.built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Everything the snapshot covers must be durable before the log behind it is purged.
             store.flush().map_err(io_err)?;
             let tmp = dir.join("building.tmp");
@@ -206,6 +225,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Builder {
             store: self.store.clone(),
             dir: self.dir.clone(),
+            counters: self.counters.clone(),
         }
     }
 
@@ -217,6 +237,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let dir = self.dir.clone();
         let meta = meta.clone();
+        self.counters
+            .installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         blocking(move || {
             let file = std::io::BufReader::new(std::fs::File::open(&snapshot.path)?);
             store.install_snapshot(file).map_err(io_err)?;

@@ -61,6 +61,9 @@ pub struct ServerArgs {
     /// Election timeout in milliseconds.
     #[arg(long, env = "BERTH_ELECTION_TIMEOUT")]
     pub election_timeout: Option<u64>,
+    /// Applied entries between Raft snapshots (then the log behind them is purged).
+    #[arg(long, env = "BERTH_SNAPSHOT_COUNT")]
+    pub snapshot_count: Option<u64>,
     /// Interval of `progress_notify` watch responses, in milliseconds.
     #[arg(long, env = "BERTH_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub watch_progress_notify_interval: Option<u64>,
@@ -94,6 +97,7 @@ impl ServerArgs {
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             election_timeout: self.election_timeout.or(lower.election_timeout),
+            snapshot_count: self.snapshot_count.or(lower.snapshot_count),
             watch_progress_notify_interval: self
                 .watch_progress_notify_interval
                 .or(lower.watch_progress_notify_interval),
@@ -145,6 +149,8 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     /// Election timeout (ms).
     pub election_timeout_ms: u64,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
     /// Interval of watch progress notifications (ms).
     pub watch_progress_notify_interval_ms: u64,
     /// `json` logs when true.
@@ -256,6 +262,8 @@ impl Config {
             },
             heartbeat_interval_ms: heartbeat,
             election_timeout_ms: election,
+            // etcd 3.4's default.
+            snapshot_count: s.snapshot_count.unwrap_or(100_000).max(1),
             // etcd's default: ten minutes.
             watch_progress_notify_interval_ms: s
                 .watch_progress_notify_interval

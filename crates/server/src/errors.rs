@@ -52,6 +52,24 @@ pub enum ApiError {
     /// Member ID unknown.
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    /// MemberAdd for a member that exists.
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    /// MemberAdd with peer URLs another member has.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    /// Peer URLs that do not parse.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// MemberPromote of a voter.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// A request only the leader can serve reached a follower.
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// MoveLeader to a member that cannot lead.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     /// Auth is not enabled.
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
@@ -81,6 +99,10 @@ impl ApiError {
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
+            MemberExist | PeerUrlExist | MemberNotLearner | NotLeader | BadLeaderTransferee => {
+                Code::FailedPrecondition
+            }
+            MemberBadUrls => Code::InvalidArgument,
             LeaseExist | AuthNotEnabled | NotCapable | Membership(_) => Code::FailedPrecondition,
             Stopped | NoLeader => Code::Unavailable,
             NoSpace => Code::ResourceExhausted,

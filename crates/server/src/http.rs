@@ -23,7 +23,7 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let body = node.metrics.render(&node.store);
+    let body = node.metrics.render(&node.store, &node.proposer.status());
     (
         [(
             header::CONTENT_TYPE,

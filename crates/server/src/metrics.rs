@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_consensus::RaftStatus;
 use berth_store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,6 +40,18 @@ pub struct Metrics {
     pub leases_expired: Counter,
     /// Watch events delivered to clients.
     pub watch_events: Counter,
+    /// Proposals committed and applied.
+    pub proposals_committed: Counter,
+    /// Proposals that failed (no leader, stopped).
+    pub proposals_failed: Counter,
+    raft_term: Gauge,
+    raft_is_leader: Gauge,
+    raft_commit_index: Gauge,
+    raft_applied_index: Gauge,
+    raft_apply_lag: Gauge,
+    raft_leader_changes: Gauge,
+    raft_snapshots_built: Gauge,
+    raft_snapshots_installed: Gauge,
     revision: Gauge,
     compacted: Gauge,
     keys: Gauge,
@@ -90,6 +103,16 @@ impl Metrics {
             batch_size,
             leases_expired: Counter::default(),
             watch_events: Counter::default(),
+            proposals_committed: Counter::default(),
+            proposals_failed: Counter::default(),
+            raft_term: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            raft_apply_lag: Gauge::default(),
+            raft_leader_changes: Gauge::default(),
+            raft_snapshots_built: Gauge::default(),
+            raft_snapshots_installed: Gauge::default(),
             revision: Gauge::default(),
             compacted: Gauge::default(),
             keys: Gauge::default(),
@@ -128,6 +151,57 @@ impl Metrics {
             "Size of the database file",
             m.db_size.clone(),
         );
+        let raft: [(&str, &str, &Gauge); 8] = [
+            ("berth_raft_term", "Current Raft term", &m.raft_term),
+            (
+                "berth_raft_is_leader",
+                "1 when this member leads",
+                &m.raft_is_leader,
+            ),
+            (
+                "berth_raft_commit_index",
+                "Last committed log index",
+                &m.raft_commit_index,
+            ),
+            (
+                "berth_raft_applied_index",
+                "Last applied log index",
+                &m.raft_applied_index,
+            ),
+            (
+                "berth_raft_apply_lag",
+                "Committed entries not yet applied",
+                &m.raft_apply_lag,
+            ),
+            (
+                "berth_raft_leader_changes",
+                "Times the known leader changed since start",
+                &m.raft_leader_changes,
+            ),
+            (
+                "berth_raft_snapshots_built",
+                "Snapshots built since start",
+                &m.raft_snapshots_built,
+            ),
+            (
+                "berth_raft_snapshots_installed",
+                "Snapshots installed from a leader since start",
+                &m.raft_snapshots_installed,
+            ),
+        ];
+        for (name, help, g) in raft {
+            r.register(name, help, g.clone());
+        }
+        r.register(
+            "berth_raft_proposals_committed",
+            "Proposals committed and applied",
+            m.proposals_committed.clone(),
+        );
+        r.register(
+            "berth_raft_proposals_failed",
+            "Proposals that failed",
+            m.proposals_failed.clone(),
+        );
         m
     }
 
@@ -152,8 +226,18 @@ impl Metrics {
         self.batch_size.observe(batch as f64);
     }
 
-    /// Renders the Prometheus text format, refreshing store gauges first.
-    pub fn render(&self, store: &Store) -> String {
+    /// Renders the Prometheus text format, refreshing store and Raft gauges first.
+    pub fn render(&self, store: &Store, raft: &RaftStatus) -> String {
+        self.raft_term.set(raft.term as i64);
+        self.raft_is_leader.set(raft.is_leader as i64);
+        self.raft_commit_index.set(raft.committed_index as i64);
+        self.raft_applied_index.set(raft.applied_index as i64);
+        self.raft_apply_lag
+            .set(raft.committed_index.saturating_sub(raft.applied_index) as i64);
+        self.raft_leader_changes.set(raft.leader_changes as i64);
+        self.raft_snapshots_built.set(raft.snapshots_built as i64);
+        self.raft_snapshots_installed
+            .set(raft.snapshots_installed as i64);
         let s = store.stats();
         self.revision.set(s.revision);
         self.compacted.set(s.compacted);

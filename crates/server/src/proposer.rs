@@ -37,6 +37,7 @@ async fn publish_self(replica: Arc<Replica>, me: Member) {
 #[derive(Clone)]
 pub struct Proposer {
     replica: Arc<Replica>,
+    metrics: Arc<Metrics>,
 }
 
 /// Maps a consensus error to the etcd error a client sees.
@@ -85,7 +86,8 @@ impl Proposer {
         let rcfg = ReplicaConfig {
             heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms),
             election_timeout: Duration::from_millis(cfg.election_timeout_ms),
-            ..ReplicaConfig::default()
+            snapshot_count: cfg.snapshot_count,
+            keep_behind_snapshot: cfg.snapshot_count.min(5_000),
         };
         let observer = metrics.clone();
         let bootstrap = cfg.initial_cluster_state == ClusterState::New;
@@ -111,12 +113,18 @@ impl Proposer {
             client_urls: member.client_urls.clone(),
         };
         tokio::spawn(publish_self(replica.clone(), me));
-        Ok(Proposer { replica })
+        Ok(Proposer { replica, metrics })
     }
 
     /// Proposes one command; returns its result once it is committed and applied.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ApiError> {
-        self.replica.propose(&cmd).await.map_err(map_err)
+        let result = self.replica.propose(&cmd).await;
+        match &result {
+            // A refusal (e.g. a missing lease) was still committed through the log.
+            Ok(_) | Err(ProposeError::Refused(_)) => self.metrics.proposals_committed.inc(),
+            Err(_) => self.metrics.proposals_failed.inc(),
+        };
+        result.map_err(map_err)
     }
 
     /// Returns once this member has applied every write acknowledged before the call.

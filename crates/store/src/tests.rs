@@ -462,3 +462,96 @@ fn snapshot_restores_the_same_content() {
     let other = tempfile::tempdir().expect("tempdir");
     assert!(snapshot::restore(bad.as_slice(), other.path()).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everything() {
+    let cmds: Vec<Command> = (0..300)
+        .map(|i| match i % 7 {
+            0 => Command::DeleteRange(DeleteRangeRequest {
+                key: format!("k{}", i % 13).into(),
+                ..Default::default()
+            }),
+            3 if i > 10 => Command::Compact(CompactionRequest {
+                revision: 2,
+                physical: true,
+            }),
+            _ => Command::Put(PutRequest {
+                key: format!("k{}", i % 13).into(),
+                value: format!("v{i}").into(),
+                ..Default::default()
+            }),
+        })
+        .collect();
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let a = open(a_dir.path());
+    let b = open(b_dir.path());
+    // B has applied part of the history, with a watcher open, when A's snapshot arrives.
+    for c in &cmds[..100] {
+        let _ = b
+            .apply_batch_with(std::slice::from_ref(c), &[], false)
+            .expect("b");
+    }
+    let (tx, mut rx) = mpsc::channel(1024);
+    b.watch(
+        WatchSpec {
+            span: KeySpan::new(b"k", b"l"),
+            start_rev: 0,
+            no_put: false,
+            no_delete: false,
+        },
+        1,
+        tx,
+    );
+    for c in &cmds[..200] {
+        let _ = a
+            .apply_batch_with(std::slice::from_ref(c), &[], false)
+            .expect("a");
+    }
+    let mut snap = Vec::new();
+    a.flush().expect("flush");
+    a.snapshot(|chunk| {
+        snap.extend_from_slice(chunk);
+        Ok(())
+    })
+    .expect("snapshot");
+    b.install_snapshot(snap.as_slice()).expect("install");
+    for c in &cmds[200..] {
+        let _ = a
+            .apply_batch_with(std::slice::from_ref(c), &[], false)
+            .expect("a");
+        let _ = b
+            .apply_batch_with(std::slice::from_ref(c), &[], false)
+            .expect("b");
+    }
+    assert_eq!(a.revision(), b.revision());
+    assert_eq!(a.hash_kv(0).expect("a").0, b.hash_kv(0).expect("b").0);
+    let all = |s: &Store| {
+        s.range(&RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .expect("range")
+        .kvs
+    };
+    assert_eq!(all(&a), all(&b));
+    // The watcher kept going: it sees the last write.
+    let last_rev = b.revision();
+    let mut seen = 0;
+    while seen < last_rev {
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("events after the install")
+            .expect("open");
+        if resp.compact_revision != 0 {
+            break;
+        }
+        seen = resp
+            .events
+            .last()
+            .and_then(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+            .unwrap_or(seen);
+    }
+}

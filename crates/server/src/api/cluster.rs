@@ -1,8 +1,9 @@
-//! etcd `Cluster` service. A single member lists itself; membership changes arrive with
-//! clustering (Raft) and are refused with a clear message until then.
+//! etcd `Cluster` service over the Raft membership: list, add (as voter or learner),
+//! promote, remove and update members. Changes run on the leader (forwarded if needed).
 
 use std::sync::Arc;
 
+use berth_consensus::MemberEntry;
 use berth_proto::etcdserverpb::cluster_server::Cluster;
 use berth_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -12,10 +13,31 @@ use berth_proto::etcdserverpb::{
 use tonic::{Request, Response, Status};
 
 use super::Node;
+use crate::config::url_to_addr;
+use crate::errors::ApiError;
+use crate::member::member_id;
+use crate::proposer::map_err;
 
 /// The Cluster service.
 pub struct ClusterService {
     node: Arc<Node>,
+}
+
+fn to_pb(m: MemberEntry) -> Member {
+    Member {
+        id: m.id,
+        name: m.member.name,
+        peer_ur_ls: m.member.peer_urls,
+        client_ur_ls: m.member.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
+fn check_urls(urls: &[String]) -> Result<(), ApiError> {
+    if urls.is_empty() || urls.iter().any(|u| url_to_addr(u).is_err()) {
+        return Err(ApiError::MemberBadUrls);
+    }
+    Ok(())
 }
 
 impl ClusterService {
@@ -24,50 +46,108 @@ impl ClusterService {
         Self { node }
     }
 
-    fn members(&self) -> Vec<Member> {
-        self.node
-            .proposer
-            .replica()
-            .members()
-            .into_iter()
-            .map(|m| Member {
-                id: m.id,
-                name: m.member.name,
-                peer_ur_ls: m.member.peer_urls,
-                client_ur_ls: m.member.client_urls,
-                is_learner: m.is_learner,
-            })
-            .collect()
+    fn entries(&self) -> Vec<MemberEntry> {
+        self.node.proposer.replica().members()
     }
-}
 
-fn needs_clustering(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "berth: {what} needs clustering, which this build does not have yet (single member)"
-    ))
+    fn members(&self) -> Vec<Member> {
+        self.entries().into_iter().map(to_pb).collect()
+    }
+
+    fn find(&self, id: u64) -> Result<MemberEntry, ApiError> {
+        self.entries()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or(ApiError::MemberNotFound)
+    }
+
+    /// Membership is not MVCC data: etcd leaves the revision out of these headers.
+    fn header(&self) -> Option<berth_proto::etcdserverpb::ResponseHeader> {
+        self.node.header(0)
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(needs_clustering("member add"))
+        let r = req.into_inner();
+        check_urls(&r.peer_ur_ls)?;
+        let id = member_id(&r.peer_ur_ls, &self.node.config.initial_cluster_token);
+        let existing = self.entries();
+        if existing.iter().any(|m| m.id == id) {
+            return Err(ApiError::MemberExist.into());
+        }
+        if existing
+            .iter()
+            .any(|m| m.member.peer_urls.iter().any(|u| r.peer_ur_ls.contains(u)))
+        {
+            return Err(ApiError::PeerUrlExist.into());
+        }
+        let member = berth_consensus::Member {
+            name: String::new(),
+            peer_urls: r.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+        };
+        self.node
+            .proposer
+            .replica()
+            .add_member(id, member, r.is_learner)
+            .await
+            .map_err(map_err)?;
+        tracing::info!(member = format_args!("{id:x}"), learner = r.is_learner, urls = ?r.peer_ur_ls, "member added");
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: r.peer_ur_ls,
+                client_ur_ls: Vec::new(),
+                is_learner: r.is_learner,
+            }),
+            members: self.members(),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(needs_clustering("member remove"))
+        let id = req.into_inner().id;
+        self.find(id)?;
+        self.node
+            .proposer
+            .replica()
+            .remove_member(id)
+            .await
+            .map_err(map_err)?;
+        tracing::info!(member = format_args!("{id:x}"), "member removed");
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
         &self,
-        _req: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(needs_clustering("member update"))
+        let r = req.into_inner();
+        check_urls(&r.peer_ur_ls)?;
+        let mut current = self.find(r.id)?;
+        current.member.peer_urls = r.peer_ur_ls;
+        self.node
+            .proposer
+            .replica()
+            .set_member(r.id, current.member)
+            .await
+            .map_err(map_err)?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_list(
@@ -75,16 +155,29 @@ impl Cluster for ClusterService {
         _req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
-            // Membership is not MVCC data: etcd leaves the revision out of this header.
-            header: self.node.header(0),
+            header: self.header(),
             members: self.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(needs_clustering("member promote"))
+        let id = req.into_inner().id;
+        if !self.find(id)?.is_learner {
+            return Err(ApiError::MemberNotLearner.into());
+        }
+        self.node
+            .proposer
+            .replica()
+            .promote_member(id)
+            .await
+            .map_err(map_err)?;
+        tracing::info!(member = format_args!("{id:x}"), "learner promoted");
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 }

@@ -224,11 +224,25 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        // Only this member exists, and it already leads.
-        if req.into_inner().target_id != self.node.member.id {
-            return Err(Status::failed_precondition(
-                "etcdserver: bad leader transferee",
-            ));
+        let target = req.into_inner().target_id;
+        let replica = self.node.proposer.replica();
+        // As in etcd, the request must reach the leader (etcdctl finds it first).
+        if !replica.status().is_leader {
+            return Err(ApiError::NotLeader.into());
+        }
+        let voter = replica
+            .members()
+            .into_iter()
+            .any(|m| m.id == target && !m.is_learner);
+        if !voter {
+            return Err(ApiError::BadLeaderTransferee.into());
+        }
+        if target != self.node.member.id {
+            replica
+                .transfer_leader(target)
+                .await
+                .map_err(crate::proposer::map_err)?;
+            tracing::info!(to = format_args!("{target:x}"), "leadership moved");
         }
         Ok(Response::new(MoveLeaderResponse {
             header: self.node.header(self.node.store.revision()),
