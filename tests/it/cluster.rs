@@ -437,3 +437,26 @@ async fn learner_joins_by_snapshot_then_is_promoted_leads_and_others_leave() {
     }
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_kept_alive_survive_a_leader_change() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut c = client(&cluster.members[follower].client_addr).await;
+    let lease = c.lease_grant(4, None).await.expect("grant").id();
+    c.put("alive", "x", Some(PutOptions::new().with_lease(lease))).await.expect("put");
+    // Keep it alive past its first TTL (renewals land on the leader only).
+    let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.expect("keep-alive");
+    for _ in 0..6 {
+        keeper.keep_alive().await.expect("send");
+        stream.message().await.expect("recv").expect("resp");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    cluster.members[leader].kill9();
+    // The new leader must not expire it on the stale deadline it applied at grant time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ttl = c.lease_time_to_live(lease, None).await.expect("ttl");
+    assert!(ttl.ttl() > 0, "lease expired across the leader change: {}", ttl.ttl());
+    assert_eq!(c.get("alive", None).await.expect("get").kvs().len(), 1);
+}

@@ -92,6 +92,7 @@ fn grpc_router(node: &Arc<Node>) -> tonic::service::Routes {
 /// Revokes leases whose TTL ran out, until `stop` changes.
 async fn expire_leases(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
+    let mut leading = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -99,7 +100,18 @@ async fn expire_leases(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         }
         // Only the leader expires leases, so every member deletes the same keys at the same
         // revision (the revocation goes through the log).
-        if !node.proposer.status().is_leader {
+        let is_leader = node.proposer.status().is_leader;
+        if is_leader && !leading {
+            // Keep-alives went to the previous leader: give every lease a full TTL from now,
+            // as etcd's new leaders do, instead of expiring them on stale deadlines.
+            node.store.renew_all_leases();
+            tracing::info!(
+                leases = node.store.lease_ids().len(),
+                "became leader; lease TTLs restarted"
+            );
+        }
+        leading = is_leader;
+        if !is_leader {
             continue;
         }
         let expired = node.store.expired_leases(1000);
