@@ -34,8 +34,10 @@ pub(crate) fn from_blob<T: DeserializeOwned>(b: &Blob) -> Result<T, Status> {
     rmp_serde::from_slice(&b.data).map_err(|e| Status::invalid_argument(format!("decoding: {e}")))
 }
 
-/// Status a follower gets when this member cannot lead its request either.
+/// Status a follower gets when this member cannot lead its request either (not proposed).
 pub(crate) const NOT_LEADER: &str = "berth: not the leader";
+/// Status when leadership changed after the request was proposed (outcome unknown).
+pub(crate) const LEADER_CHANGED: &str = "berth: leader changed";
 
 /// Serves peers.
 pub struct PeerService {
@@ -123,6 +125,9 @@ impl RaftPeer for PeerService {
                 .map_err(|e| Status::internal(e.to_string())),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(Status::unavailable(NOT_LEADER))
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(Status::aborted(LEADER_CHANGED))
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
         }

@@ -67,6 +67,10 @@ pub enum ProposeError {
     /// A membership change was refused (e.g. another change is in progress).
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// The leader changed while the command was in flight: it may or may not have been
+    /// applied, so it is not retried (etcd: "leader changed").
+    #[error("leader changed; the outcome of the request is unknown")]
+    Unknown,
     /// Raft stopped (shutdown or a fatal storage error).
     #[error("consensus stopped: {0}")]
     Stopped(String),
@@ -248,7 +252,11 @@ impl Replica {
                         .map_err(ProposeError::Stopped)?
                         .map_err(ProposeError::Refused)
                 }
+                // Not proposed here: safe to send elsewhere.
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id,
+                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                    return Err(ProposeError::Unknown)
+                }
                 Err(e) => return Err(ProposeError::Stopped(e.to_string())),
             };
             if let Some(leader) = leader.filter(|l| *l != self.id) {
@@ -264,16 +272,19 @@ impl Replica {
         }
     }
 
-    /// Sends an encoded command to the leader's peer service.
+    /// Sends an encoded command to the leader's peer service. `NotLeader` means it was
+    /// certainly not proposed (so it may be retried); a lost answer is `Unknown`.
     async fn forward(&self, leader: u64, bytes: &[u8]) -> Result<Applied, ProposeError> {
         let req = PbRequest::decode(bytes).map_err(|e| ProposeError::Stopped(e.to_string()))?;
-        let resp = self
-            .peer(leader)?
-            .forward(req)
-            .await
-            // The leader changed or went away: the caller retries with the new one. The write
-            // may or may not have been applied, as with any write whose answer is lost.
-            .map_err(|_| ProposeError::NotLeader(None))?;
+        let resp = self.peer(leader)?.forward(req).await.map_err(|s| {
+            let never_sent = s.message().contains("connect");
+            if s.message() == crate::peer::NOT_LEADER || never_sent {
+                ProposeError::NotLeader(None)
+            } else {
+                tracing::warn!(status = %s, "forwarded write lost its answer");
+                ProposeError::Unknown
+            }
+        })?;
         decode_result(&resp.into_inner().encode_to_vec())
             .map_err(ProposeError::Stopped)?
             .map_err(ProposeError::Refused)

@@ -79,6 +79,9 @@ pub enum ApiError {
     /// A membership change could not be made now.
     #[error("etcdserver: re-configuration failed: {0}")]
     Membership(String),
+    /// Leadership changed while the request was in flight; its outcome is unknown.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     /// No leader is known right now (election in progress or no quorum).
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -104,7 +107,7 @@ impl ApiError {
             }
             MemberBadUrls => Code::InvalidArgument,
             LeaseExist | AuthNotEnabled | NotCapable | Membership(_) => Code::FailedPrecondition,
-            Stopped | NoLeader => Code::Unavailable,
+            Stopped | NoLeader | LeaderChanged => Code::Unavailable,
             NoSpace => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
         }

@@ -46,6 +46,7 @@ pub fn map_err(e: ProposeError) -> ApiError {
         ProposeError::Refused(e) => e.into(),
         ProposeError::NotLeader(_) => ApiError::NoLeader,
         ProposeError::Membership(reason) => ApiError::Membership(reason),
+        ProposeError::Unknown => ApiError::LeaderChanged,
         ProposeError::Stopped(reason) => {
             tracing::error!(%reason, "consensus stopped");
             ApiError::Stopped
