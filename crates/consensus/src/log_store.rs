@@ -36,12 +36,12 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
     rmp_serde::from_slice(b).map_err(io_err)
 }
 
-/// Told the duration and number of appends of every log fsync (for metrics).
+/// Told the duration and number of entries of every log fsync (for metrics).
 pub type FlushObserver = Arc<dyn Fn(std::time::Duration, usize) + Send + Sync>;
 
 struct Inner {
     db: Database,
-    flush: mpsc::Sender<IOFlushed<TypeConfig>>,
+    flush: mpsc::Sender<(IOFlushed<TypeConfig>, usize)>,
 }
 
 impl Inner {
@@ -115,7 +115,7 @@ impl LogStore {
 /// Fsyncs appended entries in batches and reports each batch's appends as flushed.
 fn flusher(
     inner: std::sync::Weak<Inner>,
-    rx: mpsc::Receiver<IOFlushed<TypeConfig>>,
+    rx: mpsc::Receiver<(IOFlushed<TypeConfig>, usize)>,
     observer: Option<FlushObserver>,
 ) {
     while let Ok(first) = rx.recv() {
@@ -141,9 +141,9 @@ fn flusher(
             tracing::error!(error = %e, "flushing the Raft log failed");
         }
         if let Some(observe) = &observer {
-            observe(started.elapsed(), waiting.len());
+            observe(started.elapsed(), waiting.iter().map(|(_, n)| n).sum());
         }
-        for cb in waiting {
+        for (cb, _) in waiting {
             cb.io_completed(
                 result
                     .as_ref()
@@ -240,9 +240,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
             txn.commit().map_err(io_err)?;
+            let count = encoded.len();
             inner
                 .flush
-                .send(callback)
+                .send((callback, count))
                 .map_err(|_| io::Error::other("log flusher stopped"))
         })
         .await

@@ -234,8 +234,22 @@ pub(crate) async fn change_membership(
     change: Change,
     retain: bool,
 ) -> Result<(), crate::ProposeError> {
+    use openraft::async_runtime::WatchReceiver;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
+        // Wait out a change in progress (a joint config) instead of colliding with it.
+        let joint = raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1;
+        if joint && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        }
         match raft.change_membership(change.clone(), retain).await {
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {

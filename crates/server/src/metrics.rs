@@ -88,12 +88,12 @@ impl Metrics {
         );
         registry.register(
             "berth_disk_commit_duration_seconds",
-            "Time to apply and fsync one batch of writes",
+            "Time to fsync one batch of Raft log entries",
             commit_latency.clone(),
         );
         registry.register(
             "berth_write_batch_size",
-            "Writes committed together by one fsync",
+            "Raft log entries made durable by one fsync",
             batch_size.clone(),
         );
         let m = Metrics {
