@@ -386,6 +386,9 @@ async fn learner_joins_by_snapshot_then_is_promoted_leads_and_others_leave() {
     on_leader.move_leader(new_id).await.expect("move-leader");
     let st = n.status().await.expect("status");
     assert_eq!(st.leader(), new_id, "the newcomer leads");
+    let cluster_id = |r: &etcd_client::StatusResponse| r.header().map(|h| h.cluster_id());
+    let old_status = on_leader.status().await.expect("status");
+    assert_eq!(cluster_id(&st), cluster_id(&old_status), "the newcomer adopted the cluster's ID");
     // The old leader leaves; the rest keep serving and agree.
     let old_id = on_leader
         .status()

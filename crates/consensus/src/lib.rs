@@ -18,5 +18,7 @@ pub mod replica;
 pub mod state_machine;
 pub mod types;
 
-pub use replica::{MemberEntry, ProposeError, RaftStatus, Replica, ReplicaConfig};
+pub use replica::{
+    fetch_cluster_id, MemberEntry, ProposeError, RaftStatus, Replica, ReplicaConfig,
+};
 pub use types::Member;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use berth_proto::berth::raft::raft_peer_server::RaftPeer;
 use berth_proto::berth::raft::{
-    Blob, ReadIndexResponse, Request as PbRequest, Response as PbResponse,
+    Blob, ClusterInfoResponse, ReadIndexResponse, Request as PbRequest, Response as PbResponse,
 };
 use berth_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -41,6 +41,7 @@ pub(crate) const LEADER_CHANGED: &str = "berth: leader changed";
 
 /// Serves peers.
 pub struct PeerService {
+    pub(crate) cluster_id: u64,
     pub(crate) raft: Raft<TypeConfig, StateMachine>,
     pub(crate) store: Arc<Store>,
     pub(crate) snapshot_dir: PathBuf,
@@ -152,6 +153,15 @@ impl RaftPeer for PeerService {
         let (change, retain): (Change, bool) = from_blob(req.get_ref())?;
         self.change(change, retain).await?;
         Ok(Response::new(Blob::default()))
+    }
+
+    async fn cluster_info(
+        &self,
+        _req: Request<Blob>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        Ok(Response::new(ClusterInfoResponse {
+            cluster_id: self.cluster_id,
+        }))
     }
 
     async fn lease_renew(

@@ -195,8 +195,9 @@ impl Replica {
     }
 
     /// The gRPC service other members call on this member's peer port.
-    pub fn peer_service(&self) -> RaftPeerServer<PeerService> {
+    pub fn peer_service(&self, cluster_id: u64) -> RaftPeerServer<PeerService> {
         RaftPeerServer::new(PeerService {
+            cluster_id,
             raft: self.raft.clone(),
             store: self.store.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
@@ -524,4 +525,28 @@ async fn count_leader_changes(
             return;
         }
     }
+}
+
+/// Asks the members at `peer_urls` for the cluster ID (what a member joining an existing
+/// cluster adopts); the first answer wins. `None` if nobody answered within `timeout`.
+pub async fn fetch_cluster_id(peer_urls: &[String], timeout: Duration) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        for url in peer_urls {
+            let member = Member {
+                peer_urls: vec![url.clone()],
+                ..Member::default()
+            };
+            let Ok(mut client) = peer_client(&member) else {
+                continue;
+            };
+            let mut req = tonic::Request::new(Blob::default());
+            req.set_timeout(Duration::from_secs(1));
+            if let Ok(resp) = client.cluster_info(req).await {
+                return Some(resp.into_inner().cluster_id);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
 }

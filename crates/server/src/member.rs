@@ -21,6 +21,9 @@ pub struct MemberInfo {
     pub peer_urls: Vec<String>,
     /// Advertised client URLs.
     pub client_urls: Vec<String>,
+    /// True once the member knows its cluster (bootstrapped it, or learned its ID on joining).
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// FNV-1a, 64 bit: a stable hash for deriving IDs (std's hasher may change between releases).
@@ -70,12 +73,22 @@ impl MemberInfo {
                 name: cfg.name.clone(),
                 peer_urls: cfg.advertise_peer_urls.clone(),
                 client_urls: cfg.advertise_client_urls.clone(),
+                joined: cfg.initial_cluster_state == crate::config::ClusterState::New,
             }
         };
         info.name = cfg.name.clone();
         info.client_urls = cfg.advertise_client_urls.clone();
         write_atomic(&path, &toml::to_string(&info)?)?;
         Ok(info)
+    }
+}
+
+impl MemberInfo {
+    /// Records the ID of the cluster this member joined.
+    pub fn adopt_cluster(&mut self, cfg: &Config, cluster_id: u64) -> anyhow::Result<()> {
+        self.cluster_id = cluster_id;
+        self.joined = true;
+        write_atomic(&cfg.data_dir.join("member.toml"), &toml::to_string(&*self)?)
     }
 }
 

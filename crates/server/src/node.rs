@@ -25,7 +25,7 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::api::Node;
 use crate::authority::AuthorityFix;
-use crate::config::Config;
+use crate::config::{ClusterState, Config};
 use crate::errors::ApiError;
 use crate::member::MemberInfo;
 use crate::metrics::{GrpcMetricsLayer, Metrics};
@@ -42,7 +42,22 @@ const EXPIRY_TICK: Duration = Duration::from_millis(100);
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let member = MemberInfo::load_or_create(cfg)?;
+    let mut member = MemberInfo::load_or_create(cfg)?;
+    if cfg.initial_cluster_state == ClusterState::Existing && !member.joined {
+        // A member joining a running cluster takes that cluster's ID, as etcd members do.
+        let peers: Vec<String> = cfg
+            .initial_cluster
+            .iter()
+            .flat_map(|(_, urls)| urls.iter().cloned())
+            .filter(|u| !member.peer_urls.contains(u))
+            .collect();
+        match berth_consensus::fetch_cluster_id(&peers, Duration::from_secs(10)).await {
+            Some(id) => member.adopt_cluster(cfg, id)?,
+            None => anyhow::bail!(
+                "joining an existing cluster: no member in --initial-cluster answered"
+            ),
+        }
+    }
     let store = Store::open(
         &cfg.data_dir.join("store"),
         StoreOptions {
@@ -175,7 +190,7 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
             })
         });
         let mut stop = stop_rx.clone();
-        let service = node.proposer.replica().peer_service();
+        let service = node.proposer.replica().peer_service(node.member.cluster_id);
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
