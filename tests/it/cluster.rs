@@ -388,7 +388,11 @@ async fn learner_joins_by_snapshot_then_is_promoted_leads_and_others_leave() {
     assert_eq!(st.leader(), new_id, "the newcomer leads");
     let cluster_id = |r: &etcd_client::StatusResponse| r.header().map(|h| h.cluster_id());
     let old_status = on_leader.status().await.expect("status");
-    assert_eq!(cluster_id(&st), cluster_id(&old_status), "the newcomer adopted the cluster's ID");
+    assert_eq!(
+        cluster_id(&st),
+        cluster_id(&old_status),
+        "the newcomer adopted the cluster's ID"
+    );
     // The old leader leaves; the rest keep serving and agree.
     let old_id = on_leader
         .status()
@@ -448,7 +452,9 @@ async fn leases_kept_alive_survive_a_leader_change() {
     let follower = (leader + 1) % 3;
     let mut c = client(&cluster.members[follower].client_addr).await;
     let lease = c.lease_grant(4, None).await.expect("grant").id();
-    c.put("alive", "x", Some(PutOptions::new().with_lease(lease))).await.expect("put");
+    c.put("alive", "x", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("put");
     // Keep it alive past its first TTL (renewals land on the leader only).
     let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.expect("keep-alive");
     for _ in 0..6 {
@@ -460,6 +466,10 @@ async fn leases_kept_alive_survive_a_leader_change() {
     // The new leader must not expire it on the stale deadline it applied at grant time.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ttl = c.lease_time_to_live(lease, None).await.expect("ttl");
-    assert!(ttl.ttl() > 0, "lease expired across the leader change: {}", ttl.ttl());
+    assert!(
+        ttl.ttl() > 0,
+        "lease expired across the leader change: {}",
+        ttl.ttl()
+    );
     assert_eq!(c.get("alive", None).await.expect("get").kvs().len(), 1);
 }

@@ -8,6 +8,7 @@ mod etcdctl;
 mod harness;
 mod kv;
 mod lease;
+mod linearizable;
 mod maintenance;
 mod python;
 mod server;

@@ -202,7 +202,7 @@ impl PeerService {
     fn ensure_leader(&self) -> Result<(), Status> {
         use openraft::async_runtime::WatchReceiver;
         let m = self.raft.metrics().borrow_watched().clone();
-        if m.current_leader == Some(m.id) {
+        if m.state == openraft::ServerState::Leader {
             Ok(())
         } else {
             Err(Status::unavailable(NOT_LEADER))

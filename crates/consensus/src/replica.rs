@@ -449,13 +449,21 @@ impl Replica {
     /// Current Raft state.
     pub fn status(&self) -> RaftStatus {
         let m = self.raft.metrics().borrow_watched().clone();
+        // A restarted former leader still names itself leader (from its saved vote) until it
+        // hears from the new one: only the Leader state counts as leading.
+        let is_leader = m.state == openraft::ServerState::Leader;
+        let leader = if is_leader {
+            Some(self.id)
+        } else {
+            m.current_leader.filter(|l| *l != self.id)
+        };
         RaftStatus {
             term: m.current_term,
-            leader: m.current_leader,
+            leader,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             committed_index: m.local_committed.map(|l| l.index).unwrap_or(0),
-            is_leader: m.current_leader == Some(self.id),
+            is_leader,
             leader_changes: self
                 .leader_changes
                 .load(std::sync::atomic::Ordering::Relaxed),
