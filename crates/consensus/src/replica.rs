@@ -36,7 +36,7 @@ const NO_LEADER_PATIENCE: Duration = Duration::from_secs(5);
 pub struct ReplicaConfig {
     /// Heartbeat interval.
     pub heartbeat: Duration,
-    /// Election timeout (the lower bound; the upper is twice as long).
+    /// Election timeout (the upper bound of the randomized timeout; the lower is 3/4 of it).
     pub election_timeout: Duration,
     /// Entries applied between snapshots (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
@@ -139,8 +139,10 @@ impl Replica {
         let config = Config {
             cluster_name: "berth".into(),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
-            election_timeout_min: election,
-            election_timeout_max: election * 3 / 2,
+            // openraft's leader lease equals election_timeout_max, and followers refuse votes
+            // while it lasts: [0.75, 1.0] × --election-timeout gives ~1.5–2 s failovers.
+            election_timeout_min: election * 3 / 4,
+            election_timeout_max: election,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
             max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
             // Purge as soon as a snapshot allows it (openraft waits for a whole batch).
