@@ -62,17 +62,7 @@ impl KeySpace {
 }
 
 /// The end of the range holding every key that starts with `prefix` (etcd's `--prefix`).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff (or empty): every key from the prefix on.
-    vec![0]
-}
+pub use berth_proto::keys::prefix_end;
 
 /// SplitMix64: a tiny, fast, seedable generator; benchmark key choice needs no more.
 #[derive(Debug, Clone)]

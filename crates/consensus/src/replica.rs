@@ -208,18 +208,22 @@ impl Replica {
         .max_encoding_message_size(usize::MAX)
     }
 
+    /// The membership as this member currently knows it.
+    fn membership(&self) -> Arc<crate::types::StoredMembership> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone()
+    }
+
     /// A client for member `id`'s peer service.
     fn peer(&self, id: u64) -> Result<RaftPeerClient<Channel>, ProposeError> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = peers.get(&id) {
             return Ok(c.clone());
         }
-        let m = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let m = self.membership();
         let node = m
             .get_node(&id)
             .ok_or(ProposeError::NotLeader(Some(id)))?
@@ -353,12 +357,7 @@ impl Replica {
 
     /// Members of the current configuration.
     pub fn members(&self) -> Vec<MemberEntry> {
-        let m = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let m = self.membership();
         let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
         m.nodes()
             .map(|(id, member)| MemberEntry {

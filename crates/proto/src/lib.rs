@@ -5,11 +5,41 @@
 //! - [`authpb`]: users, roles and permissions.
 //! - [`etcdserverpb`]: the KV, Watch, Lease, Cluster, Maintenance and Auth services.
 //! - [`berth::raft`]: berth's replication messages and peer service.
+//! - [`keys`]: etcd's prefix → range_end convention, shared by the CLI and the bench.
 //!
 //! The `.proto` files under `proto/etcd` are written by us from etcd's documented wire format;
 //! names and field numbers match etcd exactly so every etcd client works unchanged.
 
 #![allow(missing_docs, clippy::all)]
+
+/// etcd's key-range conventions.
+pub mod keys {
+    /// The `range_end` that covers every key starting with `prefix` (etcd's `--prefix`): the
+    /// prefix with its last byte below 0xff incremented; `\0` ("no upper bound") when the prefix
+    /// is empty or all 0xff.
+    pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+        let mut end = prefix.to_vec();
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                return end;
+            }
+        }
+        vec![0]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn prefix_end_follows_etcd() {
+            use super::prefix_end;
+            assert_eq!(prefix_end(b"foo"), b"fop".to_vec());
+            assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+            assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+            assert_eq!(prefix_end(b""), vec![0]);
+        }
+    }
+}
 
 /// Key-value and event messages (`mvccpb`).
 pub mod mvccpb {

@@ -84,18 +84,8 @@ pub fn key_range(
     ))
 }
 
-/// The smallest key greater than every key starting with `prefix` (`\0`, meaning "no upper
-/// bound", when the prefix is all `0xff`).
-pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+/// The smallest key greater than every key starting with `prefix`.
+pub use berth_proto::keys::prefix_end as prefix_range_end;
 
 #[cfg(test)]
 mod tests {
