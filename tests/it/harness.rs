@@ -60,6 +60,8 @@ pub struct Server {
     pub http_addr: String,
     peer_url: String,
     extra: Vec<String>,
+    /// Network namespace to run in (`ip netns exec`), for partition tests.
+    netns: Option<String>,
 }
 
 impl Server {
@@ -80,6 +82,7 @@ impl Server {
             http_addr: format!("127.0.0.1:{}", free_port()),
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: None,
         };
         s.spawn();
         s
@@ -95,6 +98,7 @@ impl Server {
             http_addr: format!("127.0.0.1:{}", free_port()),
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             extra: Vec::new(),
+            netns: None,
         };
         s.spawn();
         s
@@ -128,7 +132,15 @@ impl Server {
 
     fn spawn_no_wait(&mut self) {
         let peer = self.peer_url.clone();
-        let child = Command::new(berth_bin())
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(berth_bin());
+                c
+            }
+            None => Command::new(berth_bin()),
+        };
+        let child = cmd
             .arg("server")
             .arg("--data-dir")
             .arg(&self.dir)
@@ -344,6 +356,7 @@ impl Cluster {
                 client_addr: format!("127.0.0.1:{}", free_port()),
                 http_addr: format!("127.0.0.1:{}", free_port()),
                 peer_url: peers[i].clone(),
+                netns: None,
                 extra: [
                     vec![
                         "--name".into(),
@@ -382,6 +395,7 @@ impl Cluster {
             client_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
             peer_url,
+            netns: None,
             extra: [
                 vec![
                     "--name".into(),
@@ -434,4 +448,146 @@ pub fn bounded() -> etcd_client::ConnectOptions {
     etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(3))
+}
+
+/// Test hosts in network namespaces the test creates: each member gets a namespace with a
+/// client link and a peer link, on two bridges in the root namespace. Cutting a member's peer
+/// link partitions it from the others while the test can still talk to it.
+pub struct NetCluster {
+    /// The members; member `i` has client IP `10.<a>.<b>.(i+1)`.
+    pub members: Vec<Server>,
+    prefix: String,
+    n: usize,
+    _tmp: tempfile::TempDir,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {} (network namespaces need root and iproute2)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetCluster {
+    /// Creates the namespaces and links and starts `n` members in them.
+    pub fn start(n: usize) -> NetCluster {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // Interface names must fit in 15 bytes.
+        let prefix = format!("b{}{}", pid % 100_000, seq);
+        let a = 100 + (pid % 100) as u8;
+        let b = (seq % 100) as u8 + 1;
+        let client_net = |i: usize| format!("10.{a}.{b}.{}", i + 1);
+        let peer_net = |i: usize| format!("10.{a}.{}.{}", b as u16 + 100, i + 1);
+        for (br, gw) in [
+            ("c", format!("10.{a}.{b}.254/24")),
+            ("p", format!("10.{a}.{}.254/24", b as u16 + 100)),
+        ] {
+            let name = format!("{prefix}{br}");
+            ip(&["link", "add", &name, "type", "bridge"]);
+            ip(&["link", "set", &name, "up"]);
+            // The root namespace needs an address only on the client bridge.
+            if br == "c" {
+                ip(&["addr", "add", &gw, "dev", &name]);
+            }
+        }
+        for i in 0..n {
+            let ns = format!("{prefix}n{i}");
+            ip(&["netns", "add", &ns]);
+            ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+            for (kind, addr) in [("c", client_net(i)), ("p", peer_net(i))] {
+                let inner = format!("{prefix}{kind}{i}");
+                let outer = format!("{prefix}{kind}{i}h");
+                ip(&[
+                    "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+                ]);
+                ip(&["link", "set", &inner, "netns", &ns]);
+                ip(&[
+                    "netns",
+                    "exec",
+                    &ns,
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    &inner,
+                ]);
+                ip(&["netns", "exec", &ns, "ip", "link", "set", &inner, "up"]);
+                ip(&["link", "set", &outer, "master", &format!("{prefix}{kind}")]);
+                ip(&["link", "set", &outer, "up"]);
+            }
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let initial: Vec<String> = (0..n)
+            .map(|i| format!("m{i}=http://{}:2380", peer_net(i)))
+            .collect();
+        let initial = initial.join(",");
+        let mut members: Vec<Server> = (0..n)
+            .map(|i| Server {
+                child: None,
+                dir: tmp.path().join(format!("m{i}")),
+                _tmp: None,
+                client_addr: format!("{}:2379", client_net(i)),
+                http_addr: format!("{}:8500", client_net(i)),
+                peer_url: format!("http://{}:2380", peer_net(i)),
+                netns: Some(format!("{prefix}n{i}")),
+                extra: vec![
+                    "--name".into(),
+                    format!("m{i}"),
+                    "--initial-cluster".into(),
+                    initial.clone(),
+                ],
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn_no_wait();
+        }
+        for m in &mut members {
+            m.wait_ready();
+        }
+        NetCluster {
+            members,
+            prefix,
+            n,
+            _tmp: tmp,
+        }
+    }
+
+    /// Cuts (`false`) or restores (`true`) member `i`'s peer link.
+    pub fn peer_link(&self, i: usize, up: bool) {
+        let outer = format!("{}p{i}h", self.prefix);
+        ip(&["link", "set", &outer, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for NetCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill9();
+        }
+        for i in 0..self.n {
+            // Namespace teardown is asynchronous in the kernel: drop the host-side links too.
+            for kind in ["c", "p"] {
+                let _ = Command::new("ip")
+                    .args(["link", "del", &format!("{}{kind}{i}h", self.prefix)])
+                    .status();
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("{}n{i}", self.prefix)])
+                .status();
+        }
+        for br in ["c", "p"] {
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{}{br}", self.prefix)])
+                .status();
+        }
+    }
 }

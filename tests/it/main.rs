@@ -10,6 +10,7 @@ mod kv;
 mod lease;
 mod linearizable;
 mod maintenance;
+mod partition;
 mod python;
 mod server;
 mod watch;
