@@ -19,6 +19,6 @@ pub mod state_machine;
 pub mod types;
 
 pub use replica::{
-    fetch_cluster_id, MemberEntry, ProposeError, RaftStatus, Replica, ReplicaConfig,
+    fetch_cluster_id, MemberEntry, ProposeError, RaftStatus, Replica, ReplicaConfig, StartError,
 };
 pub use types::Member;

@@ -134,7 +134,7 @@ impl Replica {
         store: Arc<Store>,
         cfg: &ReplicaConfig,
         on_flush: Option<FlushObserver>,
-    ) -> anyhow_like::Result<Replica> {
+    ) -> Result<Replica, StartError> {
         let election = cfg.election_timeout.as_millis() as u64;
         let config = Config {
             cluster_name: "berth".into(),
@@ -150,20 +150,22 @@ impl Replica {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| anyhow_like::Error(format!("raft config: {e}")))?;
-        let log = LogStore::open_observed(&dir.join("log"), on_flush).map_err(anyhow_like::io)?;
+        .map_err(|e| StartError(format!("raft config: {e}")))?;
+        let log = LogStore::open_observed(&dir.join("log"), on_flush)
+            .map_err(|e| StartError(e.to_string()))?;
         let snapshot_dir = dir.join("snapshots");
-        let sm = StateMachine::new(store.clone(), &snapshot_dir).map_err(anyhow_like::io)?;
+        let sm = StateMachine::new(store.clone(), &snapshot_dir)
+            .map_err(|e| StartError(e.to_string()))?;
         let snapshots = sm.counters();
         let raft = Raft::new(id, Arc::new(config), PeerNetwork, log, sm)
             .await
-            .map_err(|e| anyhow_like::Error(format!("starting raft: {e}")))?;
+            .map_err(|e| StartError(format!("starting raft: {e}")))?;
         let initialized = raft
             .is_initialized()
             .await
-            .map_err(|e| anyhow_like::Error(format!("raft: {e}")))?;
+            .map_err(|e| StartError(format!("raft: {e}")))?;
         if !initialized && bootstrap && !members.contains_key(&id) {
-            return Err(anyhow_like::Error(format!(
+            return Err(StartError(format!(
                 "the initial cluster does not list this member (ID {id:x}): check that --initial-cluster names this member's --initial-advertise-peer-urls"
             )));
         }
@@ -479,18 +481,6 @@ impl Replica {
         }
     }
 
-    /// Waits until some member leads (used at startup), up to `timeout`.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if self.status().leader.is_some() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
-    }
-
     /// Stops Raft.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
@@ -499,21 +489,10 @@ impl Replica {
     }
 }
 
-/// A small error type for startup failures (the library has no anyhow).
-pub mod anyhow_like {
-    /// A startup failure with its reason.
-    #[derive(Debug, thiserror::Error)]
-    #[error("{0}")]
-    pub struct Error(pub String);
-
-    /// Result alias.
-    pub type Result<T> = std::result::Result<T, Error>;
-
-    /// Wraps an IO error.
-    pub fn io(e: std::io::Error) -> Error {
-        Error(e.to_string())
-    }
-}
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
 
 /// Counts changes of the known leader until Raft stops.
 async fn count_leader_changes(

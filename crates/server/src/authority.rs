@@ -85,11 +85,6 @@ impl<T> AuthorityFix<T> {
         }
     }
 
-    /// The wrapped connection.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     /// Moves every complete unit of `raw` to `out`, rewriting header blocks.
     fn process(&mut self) {
         loop {

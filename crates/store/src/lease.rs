@@ -185,11 +185,6 @@ impl Lessor {
         }
         out
     }
-
-    /// Earliest expiry, if any lease exists.
-    pub fn next_expiry(&self) -> Option<Instant> {
-        self.by_expiry.first().map(|(at, _)| *at)
-    }
 }
 
 fn secs(ttl: i64) -> Duration {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use berth_proto::etcdserverpb::{RangeRequest, RangeResponse, WatchResponse};
 use berth_proto::mvccpb::{event::EventType, Event, KeyValue};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::mpsc;
 
 use crate::apply::{read_counters, Applied, Command, Writer};
@@ -30,13 +30,6 @@ pub struct StoreOptions {
     pub lease_limits: LeaseLimits,
     /// redb page cache in bytes (0 = engine default).
     pub cache_bytes: usize,
-}
-
-/// Why a watch ended early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WatchEnd {
-    /// The start revision was compacted away; carries the compaction revision.
-    Compacted(i64),
 }
 
 /// Counts a caller may export.
@@ -673,12 +666,5 @@ impl Store {
         self.db_size.store(after, Ordering::Release);
         tracing::info!(before, after, "defragmented");
         Ok(())
-    }
-
-    /// Number of stored changes (history entries), for tests and metrics.
-    pub fn history_len(&self) -> Result<u64> {
-        let db = read_lock(&self.db);
-        let txn = db.begin_read().db()?;
-        txn.open_table(REVS).db()?.len().db()
     }
 }
