@@ -555,3 +555,46 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
             .unwrap_or(seen);
     }
 }
+
+#[tokio::test]
+async fn a_batch_reaches_key_and_range_watchers_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let spec = |k: &[u8], end: &[u8]| WatchSpec {
+        span: KeySpan::new(k, end),
+        start_rev: 0,
+        no_put: false,
+        no_delete: false,
+    };
+    let (tx_a, mut rx_a) = mpsc::channel(16);
+    let (tx_all, mut rx_all) = mpsc::channel(16);
+    s.watch(spec(b"a", b""), 1, tx_a);
+    s.watch(spec(b"a", b"c"), 2, tx_all);
+    let txn = TxnRequest {
+        success: vec![op_put("b", "1"), op_put("a", "2"), op_put("z", "3")],
+        ..Default::default()
+    };
+    let cmds = [
+        Command::Txn(txn),
+        Command::Put(PutRequest {
+            key: "a".into(),
+            value: "4".into(),
+            ..Default::default()
+        }),
+    ];
+    s.apply_batch(&cmds).expect("batch");
+    let values = |r: WatchResponse| -> Vec<Vec<u8>> {
+        r.events
+            .into_iter()
+            .map(|e| e.kv.expect("kv").value)
+            .collect()
+    };
+    assert_eq!(
+        values(rx_a.recv().await.expect("a")),
+        vec![b"2".to_vec(), b"4".to_vec()]
+    );
+    assert_eq!(
+        values(rx_all.recv().await.expect("range")),
+        vec![b"1".to_vec(), b"2".to_vec(), b"4".to_vec()]
+    );
+}

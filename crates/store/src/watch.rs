@@ -141,41 +141,44 @@ impl Hub {
         first: i64,
         revision: i64,
     ) -> Vec<(u64, Watcher, i64)> {
-        let mut per_watcher: HashMap<u64, Vec<usize>> = HashMap::new();
-        for (i, ev) in events.iter().enumerate() {
-            let Some(kv) = &ev.kv else { continue };
-            if let Some(ids) = self.by_key.get(&kv.key) {
-                for id in ids {
-                    per_watcher.entry(*id).or_default().push(i);
-                }
-            }
-            for id in &self.ranged {
-                per_watcher.entry(*id).or_default().push(i);
+        // Group the batch by key once; a single-key watcher then looks only at its key's
+        // events, so fan-out to many watchers of one key costs no per-watcher bookkeeping.
+        let mut by_key: HashMap<&[u8], Vec<&Event>> = HashMap::new();
+        for ev in events {
+            if let Some(kv) = &ev.kv {
+                by_key.entry(kv.key.as_slice()).or_default().push(ev);
             }
         }
         let mut behind = Vec::new();
         let mut gone = Vec::new();
-        for (id, idxs) in per_watcher {
-            let Some(w) = self.synced.get(&id) else {
-                continue;
-            };
+        let mut deliver = |id: u64, w: &Watcher, candidates: &mut dyn Iterator<Item = &Event>| {
             if w.is_cancelled() {
                 gone.push(id);
-                continue;
+                return;
             }
-            let evs: Vec<Event> = idxs
-                .into_iter()
-                .map(|i| &events[i])
-                .filter(|ev| w.spec.wants(ev))
-                .cloned()
-                .collect();
+            let evs: Vec<Event> = candidates.filter(|ev| w.spec.wants(ev)).cloned().collect();
             if evs.is_empty() {
-                continue;
+                return;
             }
             match w.tx.try_send(w.response(revision, evs)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => behind.push(id),
                 Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
+            }
+        };
+        for (key, evs) in &by_key {
+            let Some(ids) = self.by_key.get(*key) else {
+                continue;
+            };
+            for id in ids {
+                if let Some(w) = self.synced.get(id) {
+                    deliver(*id, w, &mut evs.iter().copied());
+                }
+            }
+        }
+        for id in &self.ranged {
+            if let Some(w) = self.synced.get(id) {
+                deliver(*id, w, &mut events.iter());
             }
         }
         for id in gone {
