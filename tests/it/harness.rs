@@ -65,6 +65,20 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server on loopback with fresh ports, not started yet.
+    fn on_loopback(dir: PathBuf, peer_url: String, extra: Vec<String>) -> Server {
+        Server {
+            child: None,
+            dir,
+            _tmp: None,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            http_addr: format!("127.0.0.1:{}", free_port()),
+            peer_url,
+            extra,
+            netns: None,
+        }
+    }
+
     /// Starts a server on a fresh data directory.
     pub fn start() -> Server {
         Self::start_with(&[])
@@ -73,33 +87,23 @@ impl Server {
     /// Starts a server with extra flags.
     pub fn start_with(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("data");
-        let mut s = Server {
-            child: None,
-            dir,
-            _tmp: Some(tmp),
-            client_addr: format!("127.0.0.1:{}", free_port()),
-            http_addr: format!("127.0.0.1:{}", free_port()),
-            peer_url: format!("http://127.0.0.1:{}", free_port()),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            netns: None,
-        };
+        let mut s = Self::on_loopback(
+            tmp.path().join("data"),
+            format!("http://127.0.0.1:{}", free_port()),
+            extra.iter().map(|s| s.to_string()).collect(),
+        );
+        s._tmp = Some(tmp);
         s.spawn();
         s
     }
 
     /// Starts a server on an existing data directory (kept by the caller).
     pub fn start_in(dir: &Path) -> Server {
-        let mut s = Server {
-            child: None,
-            dir: dir.to_path_buf(),
-            _tmp: None,
-            client_addr: format!("127.0.0.1:{}", free_port()),
-            http_addr: format!("127.0.0.1:{}", free_port()),
-            peer_url: format!("http://127.0.0.1:{}", free_port()),
-            extra: Vec::new(),
-            netns: None,
-        };
+        let mut s = Self::on_loopback(
+            dir.to_path_buf(),
+            format!("http://127.0.0.1:{}", free_port()),
+            Vec::new(),
+        );
         s.spawn();
         s
     }
@@ -322,6 +326,28 @@ impl Drop for Etcd {
     }
 }
 
+/// The flags that make a server member `name` of the cluster `initial` (`name=peer,...`).
+fn member_flags(name: &str, initial: &str, flags: &[&str]) -> Vec<String> {
+    let mut out = vec![
+        "--name".to_string(),
+        name.to_string(),
+        "--initial-cluster".to_string(),
+        initial.to_string(),
+    ];
+    out.extend(flags.iter().map(|f| f.to_string()));
+    out
+}
+
+/// Starts every member before waiting for any: none can elect a leader alone.
+fn start_together(members: &mut [Server]) {
+    for m in members.iter_mut() {
+        m.spawn_no_wait();
+    }
+    for m in members.iter_mut() {
+        m.wait_ready();
+    }
+}
+
 /// A cluster of berth members on loopback, bootstrapped like etcd with `--initial-cluster`.
 pub struct Cluster {
     /// The members, in `--initial-cluster` order.
@@ -349,33 +375,15 @@ impl Cluster {
             .collect();
         let initial = initial.join(",");
         let mut members: Vec<Server> = (0..n)
-            .map(|i| Server {
-                child: None,
-                dir: tmp.path().join(format!("m{i}")),
-                _tmp: None,
-                client_addr: format!("127.0.0.1:{}", free_port()),
-                http_addr: format!("127.0.0.1:{}", free_port()),
-                peer_url: peers[i].clone(),
-                netns: None,
-                extra: [
-                    vec![
-                        "--name".into(),
-                        format!("m{i}"),
-                        "--initial-cluster".into(),
-                        initial.clone(),
-                    ],
-                    flags.iter().map(|f| f.to_string()).collect(),
-                ]
-                .concat(),
+            .map(|i| {
+                Server::on_loopback(
+                    tmp.path().join(format!("m{i}")),
+                    peers[i].clone(),
+                    member_flags(&format!("m{i}"), &initial, flags),
+                )
             })
             .collect();
-        // Start all before waiting: none can elect a leader alone.
-        for m in &mut members {
-            m.spawn_no_wait();
-        }
-        for m in &mut members {
-            m.wait_ready();
-        }
+        start_together(&mut members);
         Cluster {
             members,
             _tmp: tmp,
@@ -388,27 +396,12 @@ impl Cluster {
     pub fn prepare_member(&self, name: &str, flags: &[&str]) -> Server {
         let peer_url = format!("http://127.0.0.1:{}", free_port());
         let initial = format!("{},{name}={peer_url}", self.initial);
-        Server {
-            child: None,
-            dir: self._tmp.path().join(name),
-            _tmp: None,
-            client_addr: format!("127.0.0.1:{}", free_port()),
-            http_addr: format!("127.0.0.1:{}", free_port()),
+        let flags = [flags, &["--initial-cluster-state", "existing"]].concat();
+        Server::on_loopback(
+            self._tmp.path().join(name),
             peer_url,
-            netns: None,
-            extra: [
-                vec![
-                    "--name".into(),
-                    name.into(),
-                    "--initial-cluster".into(),
-                    initial,
-                    "--initial-cluster-state".into(),
-                    "existing".into(),
-                ],
-                flags.iter().map(|f| f.to_string()).collect(),
-            ]
-            .concat(),
-        }
+            member_flags(name, &initial, &flags),
+        )
     }
 
     /// Client addresses of all members.
@@ -539,20 +532,10 @@ impl NetCluster {
                 http_addr: format!("{}:8500", client_net(i)),
                 peer_url: format!("http://{}:2380", peer_net(i)),
                 netns: Some(format!("{prefix}n{i}")),
-                extra: vec![
-                    "--name".into(),
-                    format!("m{i}"),
-                    "--initial-cluster".into(),
-                    initial.clone(),
-                ],
+                extra: member_flags(&format!("m{i}"), &initial, &[]),
             })
             .collect();
-        for m in &mut members {
-            m.spawn_no_wait();
-        }
-        for m in &mut members {
-            m.wait_ready();
-        }
+        start_together(&mut members);
         NetCluster {
             members,
             prefix,

@@ -201,8 +201,8 @@ impl PeerService {
 
     fn ensure_leader(&self) -> Result<(), Status> {
         use openraft::async_runtime::WatchReceiver;
-        let m = self.raft.metrics().borrow_watched().clone();
-        if m.state == openraft::ServerState::Leader {
+        let leading = self.raft.metrics().borrow_watched().state == openraft::ServerState::Leader;
+        if leading {
             Ok(())
         } else {
             Err(Status::unavailable(NOT_LEADER))

@@ -451,7 +451,9 @@ impl Replica {
 
     /// Current Raft state.
     pub fn status(&self) -> RaftStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
+        // Called for every response header: read the fields under the borrow, clone nothing.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         // A restarted former leader still names itself leader (from its saved vote) until it
         // hears from the new one: only the Leader state counts as leading.
         let is_leader = m.state == openraft::ServerState::Leader;
