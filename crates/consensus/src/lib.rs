@@ -2,6 +2,8 @@
 //! applies it, on every member, in the same order. A single node is a cluster of one.
 //!
 //! # Layout
+//! - [`env`]: how peers are dialed and where storage work runs (real or simulated).
+//! - [`runtime`]: tokio for openraft, with random draws a simulation can seed.
 //! - [`types`]: the openraft type configuration (entries carry encoded commands).
 //! - [`codec`]: commands and results ↔ their protobuf form in the log.
 //! - [`log_store`]: the Raft log in redb, with group-committed fsyncs.
@@ -11,14 +13,18 @@
 //! - [`replica`]: a running member: bootstrap, propose, read-index, status.
 
 pub mod codec;
+pub mod env;
 pub mod log_store;
 pub mod network;
 pub mod peer;
 pub mod replica;
+pub mod runtime;
 pub mod state_machine;
 pub mod types;
 
+pub use env::{Dialer, Environment, StorageIo, TcpDialer, Transport};
 pub use replica::{
     fetch_cluster_id, MemberEntry, ProposeError, RaftStatus, Replica, ReplicaConfig, StartError,
 };
+pub use runtime::seed_thread_rng;
 pub use types::Member;

@@ -15,6 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::env::StorageIo;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -41,7 +42,9 @@ pub type FlushObserver = Arc<dyn Fn(std::time::Duration, usize) + Send + Sync>;
 
 struct Inner {
     db: Database,
-    flush: mpsc::Sender<(IOFlushed<TypeConfig>, usize)>,
+    /// The flusher thread's queue; `None` with inline storage IO (appends fsync themselves).
+    flush: Option<mpsc::Sender<(IOFlushed<TypeConfig>, usize)>>,
+    observer: Option<FlushObserver>,
 }
 
 impl Inner {
@@ -64,22 +67,63 @@ impl Inner {
             .map_err(io_err)?;
         txn.commit().map_err(io_err)
     }
+
+    /// Makes every earlier non-durable commit durable: one durable commit persists them all.
+    fn flush(&self) -> io::Result<()> {
+        let txn = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut t = txn.open_table(STATE).map_err(io_err)?;
+            let n: u64 = match t.get(FLUSHES).map_err(io_err)? {
+                Some(g) => decode(g.value())?,
+                None => 0,
+            };
+            t.insert(FLUSHES, encode(&(n + 1))?.as_slice())
+                .map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)
+    }
+
+    /// Flushes and reports the result to every waiting append.
+    fn flush_and_report(&self, waiting: Vec<(IOFlushed<TypeConfig>, usize)>) {
+        let started = std::time::Instant::now();
+        let result = self.flush();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "flushing the Raft log failed");
+        }
+        if let Some(observe) = &self.observer {
+            observe(started.elapsed(), waiting.iter().map(|(_, n)| n).sum());
+        }
+        for (cb, _) in waiting {
+            cb.io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+            );
+        }
+    }
 }
 
 /// The log store; cheap to clone (clones share the database).
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
+    io: StorageIo,
 }
 
 impl LogStore {
     /// Opens or creates the log in `dir/log.redb` and starts its flusher thread.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
-        Self::open_observed(dir, None)
+        Self::open_with(dir, None, StorageIo::Threads)
     }
 
-    /// [`LogStore::open`], reporting every fsync to `observer`.
-    pub fn open_observed(dir: &Path, observer: Option<FlushObserver>) -> io::Result<LogStore> {
+    /// [`LogStore::open`], reporting every fsync to `observer`, doing storage work where `io`
+    /// says (no flusher thread with [`StorageIo::Inline`]).
+    pub fn open_with(
+        dir: &Path,
+        observer: Option<FlushObserver>,
+        io: StorageIo,
+    ) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         // Entries are read back soon after they are written, or not at all: a small cache.
         let db = Database::builder()
@@ -92,13 +136,25 @@ impl LogStore {
             w.open_table(STATE).map_err(io_err)?;
             w.commit().map_err(io_err)?;
         }
+        if io == StorageIo::Inline {
+            let inner = Arc::new(Inner {
+                db,
+                flush: None,
+                observer,
+            });
+            return Ok(LogStore { inner, io });
+        }
         let (tx, rx) = mpsc::channel();
-        let inner = Arc::new(Inner { db, flush: tx });
+        let inner = Arc::new(Inner {
+            db,
+            flush: Some(tx),
+            observer,
+        });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("berth-log-flush".into())
-            .spawn(move || flusher(weak, rx, observer))?;
-        Ok(LogStore { inner })
+            .spawn(move || flusher(weak, rx))?;
+        Ok(LogStore { inner, io })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -106,51 +162,17 @@ impl LogStore {
         f: impl FnOnce(&Inner) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(io_err)?
+        self.io.run(move || f(&inner)).await
     }
 }
 
 /// Fsyncs appended entries in batches and reports each batch's appends as flushed.
-fn flusher(
-    inner: std::sync::Weak<Inner>,
-    rx: mpsc::Receiver<(IOFlushed<TypeConfig>, usize)>,
-    observer: Option<FlushObserver>,
-) {
+fn flusher(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<(IOFlushed<TypeConfig>, usize)>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
         let Some(inner) = inner.upgrade() else { return };
-        let started = std::time::Instant::now();
-        // Every earlier non-durable commit becomes durable with this one.
-        let result = (|| -> io::Result<()> {
-            let txn = inner.db.begin_write().map_err(io_err)?;
-            {
-                let mut t = txn.open_table(STATE).map_err(io_err)?;
-                let n: u64 = match t.get(FLUSHES).map_err(io_err)? {
-                    Some(g) => decode(g.value())?,
-                    None => 0,
-                };
-                t.insert(FLUSHES, encode(&(n + 1))?.as_slice())
-                    .map_err(io_err)?;
-            }
-            txn.commit().map_err(io_err)
-        })();
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "flushing the Raft log failed");
-        }
-        if let Some(observe) = &observer {
-            observe(started.elapsed(), waiting.iter().map(|(_, n)| n).sum());
-        }
-        for (cb, _) in waiting {
-            cb.io_completed(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-            );
-        }
+        inner.flush_and_report(waiting);
     }
 }
 
@@ -241,10 +263,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             txn.commit().map_err(io_err)?;
             let count = encoded.len();
-            inner
-                .flush
-                .send((callback, count))
-                .map_err(|_| io::Error::other("log flusher stopped"))
+            match &inner.flush {
+                Some(queue) => queue
+                    .send((callback, count))
+                    .map_err(|_| io::Error::other("log flusher stopped")),
+                None => {
+                    inner.flush_and_report(vec![(callback, count)]);
+                    Ok(())
+                }
+            }
         })
         .await
     }

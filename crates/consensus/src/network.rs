@@ -18,6 +18,7 @@ use openraft::OptionalSend;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::env::Transport;
 use crate::peer::{from_blob, to_blob};
 use crate::state_machine::SnapshotFile;
 use crate::types::{Member, TypeConfig, Vote};
@@ -29,8 +30,11 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 #[error("{0}")]
 struct Msg(String);
 
-/// A lazily connecting gRPC client for the member's first peer URL.
-pub fn peer_client(member: &Member) -> Result<RaftPeerClient<Channel>, String> {
+/// A lazily connecting gRPC client for the member's first peer URL, dialed by `transport`.
+pub fn peer_client(
+    member: &Member,
+    transport: &Transport,
+) -> Result<RaftPeerClient<Channel>, String> {
     let url = member
         .peer_urls
         .first()
@@ -44,14 +48,17 @@ pub fn peer_client(member: &Member) -> Result<RaftPeerClient<Channel>, String> {
         .map_err(|e| format!("bad peer URL {url}: {e}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(1));
-    Ok(RaftPeerClient::new(endpoint.connect_lazy())
+    Ok(RaftPeerClient::new(transport.channel(endpoint))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
 }
 
 /// The network factory: one client per target, made on demand.
 #[derive(Debug, Clone, Default)]
-pub struct PeerNetwork;
+pub struct PeerNetwork {
+    /// How peers are dialed.
+    pub transport: Transport,
+}
 
 /// A connection to one peer.
 pub struct PeerConnection {
@@ -65,7 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerConnection {
         PeerConnection {
             target,
-            client: peer_client(node),
+            client: peer_client(node, &self.transport),
         }
     }
 }

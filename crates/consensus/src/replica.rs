@@ -22,6 +22,7 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::codec::{decode_result, encode_command};
+use crate::env::{Environment, Transport};
 use crate::log_store::{FlushObserver, LogStore};
 use crate::network::{peer_client, PeerNetwork};
 use crate::peer::{lease_ttl, PeerService};
@@ -42,6 +43,8 @@ pub struct ReplicaConfig {
     pub snapshot_count: u64,
     /// Entries kept behind a snapshot for slow followers.
     pub keep_behind_snapshot: u64,
+    /// How peers are dialed and where storage work runs.
+    pub env: Environment,
 }
 
 impl Default for ReplicaConfig {
@@ -51,6 +54,7 @@ impl Default for ReplicaConfig {
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100_000,
             keep_behind_snapshot: 5_000,
+            env: Environment::default(),
         }
     }
 }
@@ -108,6 +112,7 @@ pub struct Replica {
     peers: std::sync::Mutex<std::collections::HashMap<u64, RaftPeerClient<Channel>>>,
     snapshots: Arc<crate::state_machine::SnapshotCounters>,
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
+    transport: Transport,
 }
 
 /// A member of the current configuration, as the Cluster API lists it.
@@ -151,13 +156,17 @@ impl Replica {
         }
         .validate()
         .map_err(|e| StartError(format!("raft config: {e}")))?;
-        let log = LogStore::open_observed(&dir.join("log"), on_flush)
+        let io = cfg.env.storage_io;
+        let log = LogStore::open_with(&dir.join("log"), on_flush, io)
             .map_err(|e| StartError(e.to_string()))?;
         let snapshot_dir = dir.join("snapshots");
-        let sm = StateMachine::new(store.clone(), &snapshot_dir)
+        let sm = StateMachine::new(store.clone(), &snapshot_dir, io)
             .map_err(|e| StartError(e.to_string()))?;
         let snapshots = sm.counters();
-        let raft = Raft::new(id, Arc::new(config), PeerNetwork, log, sm)
+        let network = PeerNetwork {
+            transport: cfg.env.transport.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| StartError(format!("starting raft: {e}")))?;
         let initialized = raft
@@ -190,6 +199,7 @@ impl Replica {
             peers: Default::default(),
             snapshots,
             leader_changes,
+            transport: cfg.env.transport.clone(),
         })
     }
 
@@ -230,7 +240,7 @@ impl Replica {
             .get_node(&id)
             .ok_or(ProposeError::NotLeader(Some(id)))?
             .clone();
-        let client = peer_client(&node).map_err(ProposeError::Stopped)?;
+        let client = peer_client(&node, &self.transport).map_err(ProposeError::Stopped)?;
         peers.insert(id, client.clone());
         Ok(client)
     }
@@ -527,7 +537,7 @@ pub async fn fetch_cluster_id(peer_urls: &[String], timeout: Duration) -> Option
                 peer_urls: vec![url.clone()],
                 ..Member::default()
             };
-            let Ok(mut client) = peer_client(&member) else {
+            let Ok(mut client) = peer_client(&member, &Transport::default()) else {
                 continue;
             };
             let mut req = tonic::Request::new(Blob::default());

@@ -17,6 +17,7 @@ use openraft::type_config::alias::SnapshotOf;
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::codec::{decode_command, encode_result};
+use crate::env::StorageIo;
 use crate::types::{LogId, RaftResponse, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// Blob in the store holding `(applied log id, membership)`.
@@ -47,16 +48,19 @@ pub struct StateMachine {
     store: Arc<Store>,
     dir: PathBuf,
     counters: Arc<SnapshotCounters>,
+    io: StorageIo,
 }
 
 impl StateMachine {
-    /// A state machine applying to `store`, keeping snapshots in `dir`.
-    pub fn new(store: Arc<Store>, dir: &Path) -> io::Result<StateMachine> {
+    /// A state machine applying to `store`, keeping snapshots in `dir`, doing storage work
+    /// where `io` says.
+    pub fn new(store: Arc<Store>, dir: &Path, io: StorageIo) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
         Ok(StateMachine {
             store,
             dir: dir.to_path_buf(),
             counters: Arc::default(),
+            io,
         })
     }
 
@@ -71,12 +75,6 @@ impl StateMachine {
             None => Ok((None, StoredMembership::default())),
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io_err)?
 }
 
 fn meta_path(snapshot: &Path) -> PathBuf {
@@ -114,6 +112,7 @@ pub struct Builder {
     store: Arc<Store>,
     dir: PathBuf,
     counters: Arc<SnapshotCounters>,
+    io: StorageIo,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
@@ -123,7 +122,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let store = self.store.clone();
         let dir = self.dir.clone();
         let counters = self.counters.clone();
-        blocking(move || {
+        self.io.run(move || {
             counters.built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Everything the snapshot covers must be durable before the log behind it is purged.
             store.flush().map_err(io_err)?;
@@ -161,7 +160,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let store = self.store.clone();
-        blocking(move || Self::raft_state(&store)).await
+        self.io.run(move || Self::raft_state(&store)).await
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -170,7 +169,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (mut last, mut membership) = {
             let store = self.store.clone();
-            blocking(move || Self::raft_state(&store)).await?
+            self.io.run(move || Self::raft_state(&store)).await?
         };
         let mut cmds: Vec<Command> = Vec::new();
         // For each entry: its responder and the index of its command in `cmds`, if any.
@@ -204,12 +203,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let state = rmp_serde::to_vec(&(last, membership)).map_err(io_err)?;
         let store = self.store.clone();
-        let results = blocking(move || {
-            store
-                .apply_batch_with(&cmds, &[(RAFT_STATE, state)], false)
-                .map_err(io_err)
-        })
-        .await?;
+        let results = self
+            .io
+            .run(move || {
+                store
+                    .apply_batch_with(&cmds, &[(RAFT_STATE, state)], false)
+                    .map_err(io_err)
+            })
+            .await?;
         for (responder, slot) in slots {
             let Some(responder) = responder else { continue };
             let resp = match slot.and_then(|i| results.get(i)) {
@@ -226,6 +227,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store: self.store.clone(),
             dir: self.dir.clone(),
             counters: self.counters.clone(),
+            io: self.io,
         }
     }
 
@@ -240,7 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.counters
             .installed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        blocking(move || {
+        self.io.run(move || {
             let file = std::io::BufReader::new(std::fs::File::open(&snapshot.path)?);
             store.install_snapshot(file).map_err(io_err)?;
             keep_current(&dir, &snapshot.path, &meta)?;
@@ -254,26 +256,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>> {
         let dir = self.dir.clone();
-        blocking(move || {
-            let mut newest: Option<PathBuf> = None;
-            for entry in std::fs::read_dir(&dir)? {
-                let p = entry?.path();
-                let is_snap = p.extension().is_some_and(|e| e == "bin")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("snap-"));
-                if is_snap && meta_path(&p).exists() && newest.as_ref().is_none_or(|n| p > *n) {
-                    newest = Some(p);
+        self.io
+            .run(move || {
+                let mut newest: Option<PathBuf> = None;
+                for entry in std::fs::read_dir(&dir)? {
+                    let p = entry?.path();
+                    let is_snap = p.extension().is_some_and(|e| e == "bin")
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("snap-"));
+                    if is_snap && meta_path(&p).exists() && newest.as_ref().is_none_or(|n| p > *n) {
+                        newest = Some(p);
+                    }
                 }
-            }
-            let Some(path) = newest else { return Ok(None) };
-            let meta: SnapshotMeta =
-                rmp_serde::from_slice(&std::fs::read(meta_path(&path))?).map_err(io_err)?;
-            Ok(Some(Snapshot {
-                meta,
-                snapshot: SnapshotFile { path },
-            }))
-        })
-        .await
+                let Some(path) = newest else { return Ok(None) };
+                let meta: SnapshotMeta =
+                    rmp_serde::from_slice(&std::fs::read(meta_path(&path))?).map_err(io_err)?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: SnapshotFile { path },
+                }))
+            })
+            .await
     }
 }

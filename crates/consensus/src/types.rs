@@ -44,6 +44,7 @@ openraft::declare_raft_types!(
         R = RaftResponse,
         NodeId = u64,
         Node = Member,
+        AsyncRuntime = crate::runtime::BerthRuntime,
 );
 
 /// A log id of this configuration.

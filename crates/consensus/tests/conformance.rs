@@ -1,14 +1,16 @@
 //! openraft's own storage conformance suite against berth's log store and state machine:
-//! a fresh temporary directory, store and log for every case.
+//! a fresh temporary directory, store and log for every case, in both storage IO modes
+//! (blocking threads with group commit, and inline as the simulation runs them).
 
 use berth_consensus::log_store::LogStore;
 use berth_consensus::state_machine::StateMachine;
 use berth_consensus::types::TypeConfig;
+use berth_consensus::StorageIo;
 use berth_store::{Store, StoreOptions};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
 
-struct Builder;
+struct Builder(StorageIo);
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(
@@ -17,15 +19,23 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let dir = tempfile::tempdir().expect("test setup");
         let store =
             Store::open(&dir.path().join("store"), StoreOptions::default()).expect("test setup");
-        let log = LogStore::open(&dir.path().join("log")).expect("test setup");
-        let sm = StateMachine::new(store, &dir.path().join("snapshots")).expect("test setup");
+        let log = LogStore::open_with(&dir.path().join("log"), None, self.0).expect("test setup");
+        let sm =
+            StateMachine::new(store, &dir.path().join("snapshots"), self.0).expect("test setup");
         Ok((dir, log, sm))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite() {
-    Suite::test_all(Builder)
+    Suite::test_all(Builder(StorageIo::Threads))
         .await
         .expect("openraft storage conformance suite");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn openraft_storage_suite_inline_io() {
+    Suite::test_all(Builder(StorageIo::Inline))
+        .await
+        .expect("openraft storage conformance suite, inline storage IO");
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_consensus::Environment;
 use berth_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -40,6 +41,11 @@ const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
 /// Opens the store and builds the shared node state.
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
+    open_in(cfg, Environment::default()).await
+}
+
+/// [`open`] in an environment of the caller's (the simulation's network and inline storage).
+pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Node>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let mut member = MemberInfo::load_or_create(cfg)?;
@@ -71,7 +77,7 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
     )
     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
-    let proposer = Proposer::start(store.clone(), cfg, &member, metrics.clone()).await?;
+    let proposer = Proposer::start(store.clone(), cfg, &member, metrics.clone(), env).await?;
     Ok(Arc::new(Node {
         store,
         proposer,
@@ -83,7 +89,8 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
     }))
 }
 
-fn grpc_router(node: &Arc<Node>) -> tonic::service::Routes {
+/// The etcd v3 services of `node`, with etcd's request size limit.
+pub fn grpc_router(node: &Arc<Node>) -> tonic::service::Routes {
     let limit = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let progress = Duration::from_millis(node.config.watch_progress_notify_interval_ms);
     tonic::service::Routes::new(

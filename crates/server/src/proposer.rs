@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_consensus::{Member, ProposeError, RaftStatus, Replica, ReplicaConfig};
+use berth_consensus::{Environment, Member, ProposeError, RaftStatus, Replica, ReplicaConfig};
 use berth_store::{Applied, Command, Store};
 
 use crate::config::{ClusterState, Config};
@@ -55,12 +55,14 @@ pub fn map_err(e: ProposeError) -> ApiError {
 }
 
 impl Proposer {
-    /// Starts this member's Raft instance over `store`, bootstrapping a new cluster if needed.
+    /// Starts this member's Raft instance over `store`, bootstrapping a new cluster if needed;
+    /// `env` says how peers are dialed and where storage work runs.
     pub async fn start(
         store: Arc<Store>,
         cfg: &Config,
         member: &MemberInfo,
         metrics: Arc<Metrics>,
+        env: Environment,
     ) -> anyhow::Result<Proposer> {
         // Every initial member derives every member's ID from the same flags, so all of
         // them bootstrap the same membership.
@@ -89,6 +91,7 @@ impl Proposer {
             election_timeout: Duration::from_millis(cfg.election_timeout_ms),
             snapshot_count: cfg.snapshot_count,
             keep_behind_snapshot: cfg.snapshot_count.min(5_000),
+            env,
         };
         let observer = metrics.clone();
         let bootstrap = cfg.initial_cluster_state == ClusterState::New;
