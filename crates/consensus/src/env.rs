@@ -52,10 +52,12 @@ impl fmt::Debug for Transport {
     }
 }
 
-/// Where blocking storage work (redb transactions, fsync, snapshot files) runs.
+/// Where slow storage work runs: log fsyncs and snapshot files. (Short steps — reads and
+/// fsync-free redb transactions — always run on the calling task.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StorageIo {
-    /// On tokio's blocking threads; log fsyncs on a flusher thread, batched (group commit).
+    /// Log fsyncs on a flusher thread, batched (group commit); snapshot files on tokio's
+    /// blocking threads.
     #[default]
     Threads,
     /// On the calling task, every log append fsynced before it is reported: nothing runs

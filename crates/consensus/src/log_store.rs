@@ -1,6 +1,8 @@
 //! The Raft log on disk, in its own redb file: entries, vote, committed id and purge mark.
 //! Appends become readable at once and durable in batches: one flusher thread fsyncs
 //! whatever has been appended meanwhile and then reports every waiting append (group commit).
+//! Everything else runs on the calling task: reads and fsync-free transactions are shorter
+//! than a hand-off to a blocking thread.
 
 use std::fmt::Debug;
 use std::io;
@@ -108,7 +110,6 @@ impl Inner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
-    io: StorageIo,
 }
 
 impl LogStore {
@@ -117,8 +118,8 @@ impl LogStore {
         Self::open_with(dir, None, StorageIo::Threads)
     }
 
-    /// [`LogStore::open`], reporting every fsync to `observer`, doing storage work where `io`
-    /// says (no flusher thread with [`StorageIo::Inline`]).
+    /// [`LogStore::open`], reporting every fsync to `observer`. With [`StorageIo::Inline`] there
+    /// is no flusher thread: every append is fsynced before it is reported.
     pub fn open_with(
         dir: &Path,
         observer: Option<FlushObserver>,
@@ -142,7 +143,7 @@ impl LogStore {
                 flush: None,
                 observer,
             });
-            return Ok(LogStore { inner, io });
+            return Ok(LogStore { inner });
         }
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
@@ -154,15 +155,14 @@ impl LogStore {
         std::thread::Builder::new()
             .name("berth-log-flush".into())
             .spawn(move || flusher(weak, rx))?;
-        Ok(LogStore { inner, io })
+        Ok(LogStore { inner })
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> io::Result<T> + Send + 'static,
-    ) -> io::Result<T> {
-        let inner = self.inner.clone();
-        self.io.run(move || f(&inner)).await
+    /// Runs one short storage step on the calling task. Every step is a read or a redb
+    /// transaction without fsync (those that fsync are rare: votes and truncations), so
+    /// handing it to a blocking thread would cost more in wake-ups than the step itself.
+    fn step<T>(&self, f: impl FnOnce(&Inner) -> io::Result<T>) -> io::Result<T> {
+        f(&self.inner)
     }
 }
 
@@ -183,7 +183,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> io::Result<Vec<Entry>> {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(move |inner| {
+        self.step(move |inner| {
             let txn = inner.db.begin_read().map_err(io_err)?;
             let table = txn.open_table(ENTRIES).map_err(io_err)?;
             let mut out = Vec::new();
@@ -193,11 +193,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
             Ok(out)
         })
-        .await
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        self.blocking(|inner| inner.get_state(VOTE)).await
+        self.step(|inner| inner.get_state(VOTE))
     }
 }
 
@@ -205,7 +204,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        self.blocking(|inner| {
+        self.step(|inner| {
             let purged: Option<LogId> = inner.get_state(PURGED)?;
             let txn = inner.db.begin_read().map_err(io_err)?;
             let table = txn.open_table(ENTRIES).map_err(io_err)?;
@@ -218,7 +217,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 last_log_id: last,
             })
         })
-        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -227,19 +225,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         let vote = *vote;
-        self.blocking(move |inner| inner.put_state(VOTE, &vote, true))
-            .await
+        self.step(move |inner| inner.put_state(VOTE, &vote, true))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         // Losing the newest committed id in a crash only means re-learning it from the leader.
-        self.blocking(move |inner| inner.put_state(COMMITTED, &committed, false))
-            .await
+        self.step(move |inner| inner.put_state(COMMITTED, &committed, false))
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
-        self.blocking(|inner| Ok(inner.get_state::<Option<LogId>>(COMMITTED)?.flatten()))
-            .await
+        self.step(|inner| Ok(inner.get_state::<Option<LogId>>(COMMITTED)?.flatten()))
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
@@ -251,7 +246,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             encoded.push((e.log_id.index, encode(&e)?));
         }
-        self.blocking(move |inner| {
+        self.step(move |inner| {
             let mut txn = inner.db.begin_write().map_err(io_err)?;
             // Visible now, durable with the flusher's next commit.
             txn.set_durability(redb::Durability::None).map_err(io_err)?;
@@ -273,11 +268,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         })
-        .await
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
-        self.blocking(move |inner| {
+        self.step(move |inner| {
             let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
             let txn = inner.db.begin_write().map_err(io_err)?;
             {
@@ -286,11 +280,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             txn.commit().map_err(io_err)
         })
-        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        self.blocking(move |inner| {
+        self.step(move |inner| {
             let txn = {
                 let mut txn = inner.db.begin_write().map_err(io_err)?;
                 txn.set_durability(redb::Durability::None).map_err(io_err)?;
@@ -308,6 +301,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             txn.commit().map_err(io_err)
         })
-        .await
     }
 }
