@@ -6,7 +6,8 @@
 //! - [`runtime`]: tokio for openraft, with random draws a simulation can seed.
 //! - [`types`]: the openraft type configuration (entries carry encoded commands).
 //! - [`codec`]: commands and results ↔ their protobuf form in the log.
-//! - [`log_store`]: the Raft log in redb, with group-committed fsyncs.
+//! - [`wal`]: the Raft log's segment files and state file.
+//! - [`log_store`]: openraft's log storage over [`wal`], with group-committed fsyncs.
 //! - [`state_machine`]: applies entries to the store; snapshots as store snapshot files.
 //! - [`network`]: how members reach each other (gRPC client side).
 //! - [`peer`]: the peer gRPC service (server side).
@@ -21,6 +22,7 @@ pub mod replica;
 pub mod runtime;
 pub mod state_machine;
 pub mod types;
+pub mod wal;
 
 pub use env::{Dialer, Environment, StorageIo, TcpDialer, Transport};
 pub use replica::{

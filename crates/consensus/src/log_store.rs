@@ -1,8 +1,10 @@
-//! The Raft log on disk, in its own redb file: entries, vote, committed id and purge mark.
-//! Appends become readable at once and durable in batches: one flusher thread fsyncs
-//! whatever has been appended meanwhile and then reports every waiting append (group commit).
-//! Everything else runs on the calling task: reads and fsync-free transactions are shorter
-//! than a hand-off to a blocking thread.
+//! openraft's log storage over [`Wal`] (segment files): appends become readable at once and
+//! durable in batches — one flusher thread fsyncs whatever has been appended meanwhile and then
+//! reports every waiting append (group commit), while appends go on. Everything else runs on the
+//! calling task: reads and appends are single positioned reads and writes.
+//!
+//! A log written by earlier versions (a redb file, `log.redb`) is moved into segment files
+//! once, the first time the directory is opened.
 
 use std::fmt::Debug;
 use std::io;
@@ -13,19 +15,12 @@ use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::env::StorageIo;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
-
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
-const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const PURGED: &str = "purged";
-const FLUSHES: &str = "flushes";
+use crate::wal::{Records, Wal, WalState};
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -43,52 +38,17 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
 pub type FlushObserver = Arc<dyn Fn(std::time::Duration, usize) + Send + Sync>;
 
 struct Inner {
-    db: Database,
+    wal: Wal,
     /// The flusher thread's queue; `None` with inline storage IO (appends fsync themselves).
     flush: Option<mpsc::Sender<(IOFlushed<TypeConfig>, usize)>>,
     observer: Option<FlushObserver>,
 }
 
 impl Inner {
-    fn get_state<T: DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
-        let txn = self.db.begin_read().map_err(io_err)?;
-        let table = txn.open_table(STATE).map_err(io_err)?;
-        let raw = table.get(key).map_err(io_err)?;
-        raw.map(|g| decode(g.value())).transpose()
-    }
-
-    fn put_state<T: Serialize>(&self, key: &str, value: &T, durable: bool) -> io::Result<()> {
-        let bytes = encode(value)?;
-        let mut txn = self.db.begin_write().map_err(io_err)?;
-        if !durable {
-            txn.set_durability(redb::Durability::None).map_err(io_err)?;
-        }
-        txn.open_table(STATE)
-            .map_err(io_err)?
-            .insert(key, bytes.as_slice())
-            .map_err(io_err)?;
-        txn.commit().map_err(io_err)
-    }
-
-    /// Makes every earlier non-durable commit durable: one durable commit persists them all.
-    fn flush(&self) -> io::Result<()> {
-        let txn = self.db.begin_write().map_err(io_err)?;
-        {
-            let mut t = txn.open_table(STATE).map_err(io_err)?;
-            let n: u64 = match t.get(FLUSHES).map_err(io_err)? {
-                Some(g) => decode(g.value())?,
-                None => 0,
-            };
-            t.insert(FLUSHES, encode(&(n + 1))?.as_slice())
-                .map_err(io_err)?;
-        }
-        txn.commit().map_err(io_err)
-    }
-
-    /// Flushes and reports the result to every waiting append.
+    /// Fsyncs and reports the result to every waiting append.
     fn flush_and_report(&self, waiting: Vec<(IOFlushed<TypeConfig>, usize)>) {
         let started = std::time::Instant::now();
-        let result = self.flush();
+        let result = self.wal.sync();
         if let Err(e) = &result {
             tracing::error!(error = %e, "flushing the Raft log failed");
         }
@@ -106,14 +66,14 @@ impl Inner {
     }
 }
 
-/// The log store; cheap to clone (clones share the database).
+/// The log store; cheap to clone (clones share the files).
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
 }
 
 impl LogStore {
-    /// Opens or creates the log in `dir/log.redb` and starts its flusher thread.
+    /// Opens or creates the log in `dir` and starts its flusher thread.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
         Self::open_with(dir, None, StorageIo::Threads)
     }
@@ -125,21 +85,11 @@ impl LogStore {
         observer: Option<FlushObserver>,
         io: StorageIo,
     ) -> io::Result<LogStore> {
-        std::fs::create_dir_all(dir)?;
-        // Entries are read back soon after they are written, or not at all: a small cache.
-        let db = Database::builder()
-            .set_cache_size(16 << 20)
-            .create(dir.join("log.redb"))
-            .map_err(io_err)?;
-        {
-            let w = db.begin_write().map_err(io_err)?;
-            w.open_table(ENTRIES).map_err(io_err)?;
-            w.open_table(STATE).map_err(io_err)?;
-            w.commit().map_err(io_err)?;
-        }
+        let wal = Wal::open(dir)?;
+        legacy::migrate(dir, &wal)?;
         if io == StorageIo::Inline {
             let inner = Arc::new(Inner {
-                db,
+                wal,
                 flush: None,
                 observer,
             });
@@ -147,7 +97,7 @@ impl LogStore {
         }
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
-            db,
+            wal,
             flush: Some(tx),
             observer,
         });
@@ -156,13 +106,6 @@ impl LogStore {
             .name("berth-log-flush".into())
             .spawn(move || flusher(weak, rx))?;
         Ok(LogStore { inner })
-    }
-
-    /// Runs one short storage step on the calling task. Every step is a read or a redb
-    /// transaction without fsync (those that fsync are rare: votes and truncations), so
-    /// handing it to a blocking thread would cost more in wake-ups than the step itself.
-    fn step<T>(&self, f: impl FnOnce(&Inner) -> io::Result<T>) -> io::Result<T> {
-        f(&self.inner)
     }
 }
 
@@ -181,22 +124,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> io::Result<Vec<Entry>> {
-        let bounds: (Bound<u64>, Bound<u64>) =
-            (range.start_bound().cloned(), range.end_bound().cloned());
-        self.step(move |inner| {
-            let txn = inner.db.begin_read().map_err(io_err)?;
-            let table = txn.open_table(ENTRIES).map_err(io_err)?;
-            let mut out = Vec::new();
-            for item in table.range(bounds).map_err(io_err)? {
-                let (_, v) = item.map_err(io_err)?;
-                out.push(decode(v.value())?);
-            }
-            Ok(out)
-        })
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.inner
+            .wal
+            .read(from, to)?
+            .iter()
+            .map(|b| decode(b))
+            .collect()
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        self.step(|inner| inner.get_state(VOTE))
+        Ok(self.inner.wal.state().vote)
     }
 }
 
@@ -204,18 +151,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        self.step(|inner| {
-            let purged: Option<LogId> = inner.get_state(PURGED)?;
-            let txn = inner.db.begin_read().map_err(io_err)?;
-            let table = txn.open_table(ENTRIES).map_err(io_err)?;
-            let last = match table.last().map_err(io_err)? {
-                Some((_, v)) => Some(decode::<Entry>(v.value())?.log_id),
+        let purged = self.inner.wal.state().purged;
+        let last = match self.inner.wal.last_index() {
+            Some(i) => match self.inner.wal.read(i, i + 1)?.first() {
+                Some(b) => Some(decode::<Entry>(b)?.log_id),
                 None => purged,
-            };
-            Ok(LogState {
-                last_purged_log_id: purged,
-                last_log_id: last,
-            })
+            },
+            None => purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
         })
     }
 
@@ -225,16 +171,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         let vote = *vote;
-        self.step(move |inner| inner.put_state(VOTE, &vote, true))
+        self.inner.wal.set_state(|s| s.vote = Some(vote), true)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        // Losing the newest committed id in a crash only means re-learning it from the leader.
-        self.step(move |inner| inner.put_state(COMMITTED, &committed, false))
+        // Losing the newest committed id in a crash only means re-learning it from the leader;
+        // it is written with the next vote or purge.
+        self.inner.wal.set_state(|s| s.committed = committed, false)
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
-        self.step(|inner| Ok(inner.get_state::<Option<LogId>>(COMMITTED)?.flatten()))
+        Ok(self.inner.wal.state().committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
@@ -242,64 +189,152 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
+        let mut records: Records = Vec::new();
         for e in entries {
-            encoded.push((e.log_id.index, encode(&e)?));
+            records.push((e.log_id.index, encode(&e)?));
         }
-        self.step(move |inner| {
-            let mut txn = inner.db.begin_write().map_err(io_err)?;
-            // Visible now, durable with the flusher's next commit.
-            txn.set_durability(redb::Durability::None).map_err(io_err)?;
-            {
-                let mut table = txn.open_table(ENTRIES).map_err(io_err)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).map_err(io_err)?;
-                }
+        let count = records.len();
+        // Visible now, durable with the flusher's next fsync.
+        self.inner.wal.append(&records)?;
+        match &self.inner.flush {
+            Some(queue) => queue
+                .send((callback, count))
+                .map_err(|_| io::Error::other("log flusher stopped")),
+            None => {
+                self.inner.flush_and_report(vec![(callback, count)]);
+                Ok(())
             }
-            txn.commit().map_err(io_err)?;
-            let count = encoded.len();
-            match &inner.flush {
-                Some(queue) => queue
-                    .send((callback, count))
-                    .map_err(|_| io::Error::other("log flusher stopped")),
-                None => {
-                    inner.flush_and_report(vec![(callback, count)]);
-                    Ok(())
-                }
-            }
-        })
+        }
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
-        self.step(move |inner| {
-            let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
-            let txn = inner.db.begin_write().map_err(io_err)?;
-            {
-                let mut table = txn.open_table(ENTRIES).map_err(io_err)?;
-                table.retain_in(from.., |_, _| false).map_err(io_err)?;
-            }
-            txn.commit().map_err(io_err)
-        })
+        self.inner.wal.truncate_after(last_log_id.map(|l| l.index))
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        self.step(move |inner| {
-            let txn = {
-                let mut txn = inner.db.begin_write().map_err(io_err)?;
-                txn.set_durability(redb::Durability::None).map_err(io_err)?;
-                txn
-            };
+        self.inner.wal.purge(log_id)
+    }
+}
+
+/// The log format of earlier versions: one redb database, `log.redb`.
+mod legacy {
+    use super::*;
+    use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+    const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+    const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
+    /// Moves a `log.redb` in `dir` into `wal` (which must be empty), then renames it to
+    /// `log.redb.migrated`.
+    pub(super) fn migrate(dir: &Path, wal: &Wal) -> io::Result<()> {
+        let path = dir.join("log.redb");
+        if !path.exists() {
+            return Ok(());
+        }
+        if wal.last_index().is_some() {
+            return Err(io::Error::other(format!(
+                "{} holds both an old log.redb and segment files: move one of them away",
+                dir.display()
+            )));
+        }
+        let db = Database::open(&path).map_err(io_err)?;
+        let txn = db.begin_read().map_err(io_err)?;
+        let state = txn.open_table(STATE).map_err(io_err)?;
+        let get = |key: &str| -> io::Result<Option<Vec<u8>>> {
+            Ok(state.get(key).map_err(io_err)?.map(|g| g.value().to_vec()))
+        };
+        let vote: Option<Vote> = get("vote")?.map(|b| decode(&b)).transpose()?;
+        let committed: Option<LogId> = get("committed")?
+            .map(|b| decode::<Option<LogId>>(&b))
+            .transpose()?
+            .flatten();
+        let purged: Option<LogId> = get("purged")?.map(|b| decode(&b)).transpose()?;
+        let entries = txn.open_table(ENTRIES).map_err(io_err)?;
+        let mut records: Records = Vec::new();
+        for item in entries.iter().map_err(io_err)? {
+            let (k, v) = item.map_err(io_err)?;
+            records.push((k.value(), v.value().to_vec()));
+        }
+        let n = records.len();
+        wal.set_state(
+            |s| {
+                *s = WalState {
+                    vote,
+                    committed,
+                    purged,
+                }
+            },
+            true,
+        )?;
+        wal.append(&records)?;
+        wal.sync()?;
+        drop(entries);
+        drop(state);
+        drop(txn);
+        drop(db);
+        std::fs::rename(&path, dir.join("log.redb.migrated"))?;
+        tracing::info!(entries = n, dir = %dir.display(), "moved the Raft log from log.redb to segment files");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::entry::RaftEntry;
+    use redb::{Database, TableDefinition};
+
+    fn log_id(index: u64) -> LogId {
+        openraft::testing::log_id::<TypeConfig>(2, 1, index)
+    }
+
+    #[tokio::test]
+    async fn a_redb_log_of_an_earlier_version_is_moved_into_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Database::create(dir.path().join("log.redb")).expect("create");
+            let w = db.begin_write().expect("write");
             {
-                let mut table = txn.open_table(ENTRIES).map_err(io_err)?;
-                table
-                    .retain_in(..=log_id.index, |_, _| false)
-                    .map_err(io_err)?;
-                txn.open_table(STATE)
-                    .map_err(io_err)?
-                    .insert(PURGED, encode(&log_id)?.as_slice())
-                    .map_err(io_err)?;
+                let mut entries = w
+                    .open_table(TableDefinition::<u64, &[u8]>::new("entries"))
+                    .expect("entries");
+                for i in 4..8 {
+                    let e = Entry::new_blank(log_id(i));
+                    entries
+                        .insert(i, encode(&e).expect("encode").as_slice())
+                        .expect("insert");
+                }
+                let mut state = w
+                    .open_table(TableDefinition::<&str, &[u8]>::new("state"))
+                    .expect("state");
+                let vote = Vote::new(2, 1);
+                state
+                    .insert("vote", encode(&vote).expect("encode").as_slice())
+                    .expect("vote");
+                state
+                    .insert("purged", encode(&log_id(3)).expect("encode").as_slice())
+                    .expect("purged");
             }
-            txn.commit().map_err(io_err)
-        })
+            w.commit().expect("commit");
+        }
+        let mut log = LogStore::open(dir.path()).expect("open");
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(3)));
+        assert_eq!(state.last_log_id, Some(log_id(7)));
+        let got = log.try_get_log_entries(4..8).await.expect("entries");
+        assert_eq!(
+            got.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+            (4..8).map(log_id).collect::<Vec<_>>()
+        );
+        assert!(!dir.path().join("log.redb").exists());
+        assert!(dir.path().join("log.redb.migrated").exists());
+        drop(log);
+        // Opening again finds the segments and nothing to move.
+        let mut log = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            log.get_log_state().await.expect("state").last_log_id,
+            Some(log_id(7))
+        );
     }
 }

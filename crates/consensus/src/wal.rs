@@ -1,0 +1,593 @@
+//! The Raft log's files: entries appended to segment files (`<first index>.wal`, a new one
+//! every [`SEGMENT_BYTES`]), each record `index u64 | length u32 | crc32c u32 | payload`, and
+//! the vote, committed and purged ids in `state.bin` (replaced atomically). Opening scans the
+//! segments, checks every record and cuts a torn tail (a crash in the middle of an append).
+//!
+//! Appending is one positioned write; making appends durable is one `fdatasync` of the newest
+//! segment, done by whoever calls [`Wal::sync`] without holding the log's lock, so appends go
+//! on while a sync runs (the caller batches: group commit).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{LogId, Vote};
+
+/// A segment is closed and a new one started past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+const HEADER: usize = 16;
+const STATE_FILE: &str = "state.bin";
+/// Largest record accepted when reading (a corrupt length must not allocate gigabytes).
+const MAX_RECORD: u32 = 1 << 30;
+
+fn corrupt(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// What `state.bin` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WalState {
+    /// The last vote.
+    pub vote: Option<Vote>,
+    /// The newest committed id known when the state was last written (may lag: it is only
+    /// an optimization for restarts).
+    pub committed: Option<LogId>,
+    /// Entries up to this id are gone.
+    pub purged: Option<LogId>,
+}
+
+struct Segment {
+    file: Arc<File>,
+    path: PathBuf,
+    size: u64,
+}
+
+/// Where one entry is.
+#[derive(Clone, Copy)]
+struct Loc {
+    segment: u64,
+    offset: u64,
+    len: u32,
+}
+
+struct Inner {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// Segments by the index of their first record.
+    segments: BTreeMap<u64, Segment>,
+    /// Locations of the live entries `first..first + locs.len()`.
+    locs: VecDeque<Loc>,
+    first: u64,
+    state: WalState,
+}
+
+/// The log files of one Raft group.
+pub struct Wal {
+    inner: Mutex<Inner>,
+}
+
+/// Encoded entries ready to append: `(index, payload)`.
+pub type Records = Vec<(u64, Vec<u8>)>;
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.wal")
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Inner {
+    fn last(&self) -> Option<u64> {
+        (!self.locs.is_empty()).then(|| self.first + self.locs.len() as u64 - 1)
+    }
+
+    fn write_state(&self) -> io::Result<()> {
+        let bytes = rmp_serde::to_vec(&self.state).map_err(|e| corrupt(e.to_string()))?;
+        let mut buf = Vec::with_capacity(bytes.len() + 4);
+        buf.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+        buf.extend_from_slice(&bytes);
+        let tmp = self.dir.join("state.tmp");
+        {
+            let f = File::create(&tmp)?;
+            f.write_all_at(&buf, 0)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.dir.join(STATE_FILE))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Starts a new segment whose first record will be `first`.
+    fn new_segment(&mut self, first: u64) -> io::Result<()> {
+        if let Some((_, s)) = self.segments.iter().next_back() {
+            // The closed segment must be durable before later appends can be reported.
+            s.file.sync_data()?;
+        }
+        let path = self.dir.join(segment_name(first));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(
+            first,
+            Segment {
+                file: Arc::new(file),
+                path,
+                size: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn loc(&self, index: u64) -> Option<Loc> {
+        let i = index.checked_sub(self.first)?;
+        self.locs.get(usize::try_from(i).ok()?).copied()
+    }
+}
+
+fn read_state(dir: &Path) -> io::Result<WalState> {
+    let raw = match std::fs::read(dir.join(STATE_FILE)) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(WalState::default()),
+        Err(e) => return Err(e),
+    };
+    let (crc, body) = raw
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt("state.bin is too short".into()))?;
+    if u32::from_le_bytes(*crc) != crc32c::crc32c(body) {
+        return Err(corrupt("state.bin fails its checksum".into()));
+    }
+    rmp_serde::from_slice(body).map_err(|e| corrupt(format!("state.bin: {e}")))
+}
+
+/// A record found by [`scan`]: its index, and where its payload is.
+type Found = (u64, u64, u32);
+
+/// Reads the records of one segment file: each intact one, and the length of the intact prefix.
+fn scan(file: &File, size: u64) -> io::Result<(Vec<Found>, u64)> {
+    let mut data = vec![0u8; usize::try_from(size).map_err(|e| corrupt(e.to_string()))?];
+    file.read_exact_at(&mut data, 0)?;
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Some(head) = data.get(pos..pos + HEADER) {
+        let index = u64::from_le_bytes(head[0..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default());
+        if len > MAX_RECORD {
+            break;
+        }
+        let start = pos + HEADER;
+        let Some(payload) = data.get(start..start + len as usize) else {
+            break;
+        };
+        if crc32c::crc32c(payload) != crc {
+            break;
+        }
+        out.push((index, start as u64, len));
+        pos = start + len as usize;
+    }
+    Ok((out, pos as u64))
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, checking every record; a torn last record is cut.
+    pub fn open(dir: &Path) -> io::Result<Wal> {
+        Self::open_sized(dir, SEGMENT_BYTES)
+    }
+
+    /// [`Wal::open`] with segments closed past `segment_bytes`.
+    pub fn open_sized(dir: &Path, segment_bytes: u64) -> io::Result<Wal> {
+        std::fs::create_dir_all(dir)?;
+        let state = read_state(dir)?;
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let first = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".wal"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(first) = first {
+                names.push((first, path));
+            }
+        }
+        names.sort();
+        let purged = state.purged.map(|p| p.index);
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segments: BTreeMap::new(),
+            locs: VecDeque::new(),
+            first: purged.map_or(0, |p| p + 1),
+            state,
+        };
+        let count = names.len();
+        for (n, (first, path)) in names.into_iter().enumerate() {
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let size = file.metadata()?.len();
+            let (records, intact) = scan(&file, size)?;
+            let is_last = n + 1 == count;
+            if intact < size {
+                if !is_last {
+                    return Err(corrupt(format!(
+                        "{}: a damaged record at byte {intact} in a closed segment",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(path = %path.display(), at = intact, cut = size - intact, "cutting a torn record off the Raft log");
+                file.set_len(intact)?;
+                file.sync_all()?;
+            }
+            for (index, offset, len) in records {
+                if purged.is_some_and(|p| index <= p) {
+                    continue;
+                }
+                let expected = inner.last().map_or(inner.first, |l| l + 1);
+                if index != expected {
+                    if inner.locs.is_empty() && purged.is_none() {
+                        inner.first = index;
+                    } else {
+                        return Err(corrupt(format!(
+                            "{}: entry {index} where {expected} was expected",
+                            path.display()
+                        )));
+                    }
+                }
+                inner.locs.push_back(Loc {
+                    segment: first,
+                    offset,
+                    len,
+                });
+            }
+            inner.segments.insert(
+                first,
+                Segment {
+                    file: Arc::new(file),
+                    path,
+                    size: intact,
+                },
+            );
+        }
+        Ok(Wal {
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The persisted state (vote, committed, purged).
+    pub fn state(&self) -> WalState {
+        self.lock().state.clone()
+    }
+
+    /// Index of the newest entry, if any.
+    pub fn last_index(&self) -> Option<u64> {
+        self.lock().last()
+    }
+
+    /// Replaces the state: durably when `durable`, else kept in memory until the next durable
+    /// write (used for `committed`, which may lag after a crash).
+    pub fn set_state(&self, f: impl FnOnce(&mut WalState), durable: bool) -> io::Result<()> {
+        let mut inner = self.lock();
+        f(&mut inner.state);
+        if durable {
+            inner.write_state()?;
+        }
+        Ok(())
+    }
+
+    /// Appends records (consecutive indexes, following the newest entry or starting a log that
+    /// is empty). Not durable until [`Wal::sync`].
+    pub fn append(&self, records: &Records) -> io::Result<()> {
+        let Some((first_index, _)) = records.first() else {
+            return Ok(());
+        };
+        let mut inner = self.lock();
+        let expected = inner.last().map(|l| l + 1);
+        if expected.is_some_and(|e| e != *first_index) {
+            return Err(corrupt(format!(
+                "append of entry {first_index} after entry {}",
+                expected.unwrap_or_default() - 1
+            )));
+        }
+        let needs_segment = match inner.segments.iter().next_back() {
+            None => true,
+            Some((_, s)) => s.size >= inner.segment_bytes || expected.is_none(),
+        };
+        if expected.is_none() {
+            inner.first = *first_index;
+        }
+        if needs_segment {
+            inner.new_segment(*first_index)?;
+        }
+        let mut buf = Vec::with_capacity(records.iter().map(|(_, p)| p.len() + HEADER).sum());
+        let mut locs = Vec::with_capacity(records.len());
+        let (seg_first, seg) = inner
+            .segments
+            .iter_mut()
+            .next_back()
+            .ok_or_else(|| io::Error::other("no segment to append to"))?;
+        for (index, payload) in records {
+            let len = u32::try_from(payload.len())
+                .ok()
+                .filter(|l| *l <= MAX_RECORD)
+                .ok_or_else(|| corrupt(format!("entry {index} is too large")))?;
+            buf.extend_from_slice(&index.to_le_bytes());
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+            locs.push(Loc {
+                segment: *seg_first,
+                offset: seg.size + (buf.len() as u64),
+                len,
+            });
+            buf.extend_from_slice(payload);
+        }
+        seg.file.write_all_at(&buf, seg.size)?;
+        seg.size += buf.len() as u64;
+        inner.locs.extend(locs);
+        Ok(())
+    }
+
+    /// The newest segment's file, to sync outside the lock.
+    pub fn sync_handle(&self) -> Option<Arc<File>> {
+        let inner = self.lock();
+        inner
+            .segments
+            .iter()
+            .next_back()
+            .map(|(_, s)| s.file.clone())
+    }
+
+    /// Makes every append made before this call durable.
+    pub fn sync(&self) -> io::Result<()> {
+        match self.sync_handle() {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the payloads of entries `from..to` that exist.
+    pub fn read(&self, from: u64, to: u64) -> io::Result<Vec<Vec<u8>>> {
+        let inner = self.lock();
+        let from = from.max(inner.first);
+        let to = to.min(inner.last().map_or(0, |l| l + 1));
+        let mut out = Vec::new();
+        let mut index = from;
+        while index < to {
+            let Some(first) = inner.loc(index) else { break };
+            // One read per run of entries in the same segment.
+            let mut end = index + 1;
+            let mut last = first;
+            while end < to {
+                match inner.loc(end) {
+                    Some(l) if l.segment == first.segment => {
+                        last = l;
+                        end += 1;
+                    }
+                    _ => break,
+                }
+            }
+            let seg = inner
+                .segments
+                .get(&first.segment)
+                .ok_or_else(|| corrupt(format!("entry {index}: its segment is gone")))?;
+            let span_start = first.offset;
+            let span_end = last.offset + u64::from(last.len);
+            let mut buf = vec![0u8; (span_end - span_start) as usize];
+            seg.file.read_exact_at(&mut buf, span_start)?;
+            for i in index..end {
+                let l = inner.loc(i).unwrap_or(first);
+                let at = (l.offset - span_start) as usize;
+                out.push(buf[at..at + l.len as usize].to_vec());
+            }
+            index = end;
+        }
+        Ok(out)
+    }
+
+    /// Removes every entry after `last` (none left when `None`), durably.
+    pub fn truncate_after(&self, last: Option<u64>) -> io::Result<()> {
+        let mut inner = self.lock();
+        let from = last.map_or(0, |l| l + 1).max(inner.first);
+        let Some(loc) = inner.loc(from) else {
+            return Ok(());
+        };
+        let keep = (from - inner.first) as usize;
+        inner.locs.truncate(keep);
+        let later: Vec<u64> = inner
+            .segments
+            .range(loc.segment + 1..)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in later {
+            if let Some(s) = inner.segments.remove(&k) {
+                std::fs::remove_file(&s.path)?;
+            }
+        }
+        let header_start = loc.offset - HEADER as u64;
+        if let Some(seg) = inner.segments.get_mut(&loc.segment) {
+            seg.file.set_len(header_start)?;
+            seg.file.sync_all()?;
+            seg.size = header_start;
+        }
+        sync_dir(&inner.dir)
+    }
+
+    /// Forgets entries up to and including `upto` (recorded durably first), deleting segment
+    /// files that hold nothing newer.
+    pub fn purge(&self, upto: LogId) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.state.purged = Some(upto);
+        inner.write_state()?;
+        let drop_n = (upto.index + 1)
+            .saturating_sub(inner.first)
+            .min(inner.locs.len() as u64) as usize;
+        inner.locs.drain(..drop_n);
+        inner.first = inner.first.max(upto.index + 1);
+        // A segment can go when the next one starts at or before the first live entry.
+        let live_from = inner.first;
+        let firsts: Vec<u64> = inner.segments.keys().copied().collect();
+        let mut removed = false;
+        for pair in firsts.windows(2) {
+            if pair[1] <= live_from {
+                if let Some(s) = inner.segments.remove(&pair[0]) {
+                    std::fs::remove_file(&s.path)?;
+                    removed = true;
+                }
+            }
+        }
+        if removed {
+            sync_dir(&inner.dir)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(range: std::ops::Range<u64>) -> Records {
+        range
+            .map(|i| (i, format!("entry-{i}").into_bytes()))
+            .collect()
+    }
+
+    fn log_id(index: u64) -> LogId {
+        openraft::testing::log_id::<crate::types::TypeConfig>(1, 0, index)
+    }
+
+    /// Segments of about three records, so every test crosses segment boundaries.
+    const SMALL: u64 = 60;
+
+    fn segments(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .expect("list")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "wal"))
+            })
+            .count()
+    }
+
+    #[test]
+    fn appends_survive_reopen_and_reads_span_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let wal = Wal::open_sized(dir.path(), SMALL).expect("open");
+            for i in 1..50 {
+                wal.append(&recs(i..i + 1)).expect("append");
+            }
+            wal.sync().expect("sync");
+        }
+        assert!(segments(dir.path()) > 10, "appends rotate segments");
+        let wal = Wal::open_sized(dir.path(), SMALL).expect("reopen");
+        assert_eq!(wal.last_index(), Some(49));
+        let got = wal.read(10, 20).expect("read");
+        let want: Vec<Vec<u8>> = (10..20)
+            .map(|i| format!("entry-{i}").into_bytes())
+            .collect();
+        assert_eq!(got, want);
+        assert!(wal.append(&recs(51..52)).is_err(), "a gap is refused");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_but_damage_in_a_closed_segment_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let wal = Wal::open_sized(dir.path(), SMALL).expect("open");
+            for i in 1..11 {
+                wal.append(&recs(i..i + 1)).expect("append");
+            }
+            wal.sync().expect("sync");
+        }
+        let newest = |dir: &Path| {
+            let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+                .expect("list")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+                .collect();
+            names.sort();
+            names
+        };
+        let last = newest(dir.path()).pop().expect("a segment");
+        let len = std::fs::metadata(&last).expect("stat").len();
+        // A crash in the middle of writing entry 10.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&last)
+            .expect("open seg");
+        f.set_len(len - 3).expect("cut");
+        let wal = Wal::open_sized(dir.path(), SMALL).expect("reopen");
+        assert_eq!(wal.last_index(), Some(9));
+        wal.append(&recs(10..12)).expect("append after the cut");
+        assert_eq!(wal.read(9, 12).expect("read").len(), 3);
+        drop(wal);
+        // A flipped byte in a segment that others follow is damage, not a torn tail.
+        let first = newest(dir.path()).remove(0);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .expect("open seg");
+        f.write_all_at(b"X", HEADER as u64 + 1).expect("flip");
+        let err = Wal::open_sized(dir.path(), SMALL)
+            .err()
+            .expect("damage is reported");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn truncate_and_purge_are_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let wal = Wal::open_sized(dir.path(), SMALL).expect("open");
+            for i in 1..21 {
+                wal.append(&recs(i..i + 1)).expect("append");
+            }
+            let before = segments(dir.path());
+            wal.truncate_after(Some(7)).expect("truncate");
+            assert!(segments(dir.path()) < before, "later segments are deleted");
+            wal.append(&recs(8..18)).expect("append after truncate");
+            let before = segments(dir.path());
+            wal.purge(log_id(12)).expect("purge");
+            assert!(segments(dir.path()) < before, "purged segments are deleted");
+            wal.set_state(|s| s.vote = Some(Vote::new(3, 2)), true)
+                .expect("vote");
+            wal.sync().expect("sync");
+        }
+        let wal = Wal::open_sized(dir.path(), SMALL).expect("reopen");
+        assert_eq!(wal.last_index(), Some(17));
+        assert_eq!(wal.state().purged, Some(log_id(12)));
+        assert_eq!(wal.state().vote, Some(Vote::new(3, 2)));
+        let got = wal.read(0, 100).expect("read");
+        let want: Vec<Vec<u8>> = (13..18)
+            .map(|i| format!("entry-{i}").into_bytes())
+            .collect();
+        assert_eq!(got, want);
+        // Purging everything, then appending far ahead (after a snapshot install), works.
+        wal.purge(log_id(100)).expect("purge all");
+        assert_eq!(wal.last_index(), None);
+        wal.append(&recs(101..103)).expect("append after purge");
+        drop(wal);
+        let wal = Wal::open_sized(dir.path(), SMALL).expect("reopen");
+        assert_eq!(wal.last_index(), Some(102));
+        assert_eq!(wal.read(0, 200).expect("read").len(), 2);
+        // Truncating everything leaves an empty log that accepts a new start.
+        wal.truncate_after(None).expect("truncate all");
+        assert_eq!(wal.last_index(), None);
+        wal.append(&recs(101..102)).expect("append");
+        drop(wal);
+        let wal = Wal::open_sized(dir.path(), SMALL).expect("reopen");
+        assert_eq!(wal.last_index(), Some(101));
+    }
+}
