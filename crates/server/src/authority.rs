@@ -1,7 +1,12 @@
 //! Repairs the `:authority` of incoming HTTP/2 requests before the HTTP/2 server sees them.
 //! etcd's own Go clients send malformed authorities (`http://host:port` from etcdctl 3.4,
 //! `#initially=[...]` from clientv3 3.5.0); Go's server accepts them, Rust's h2 resets the
-//! stream. This wrapper re-encodes every client header block with the authority repaired.
+//! stream. This wrapper re-encodes client header blocks with the authority repaired.
+//!
+//! Only connections that need it pay for it: when the first header block of a connection needs
+//! no repair, it goes on unchanged and the rest of the connection passes through untouched
+//! (every client seen sends the same authority on every request of a connection). Decoding and
+//! re-encoding every block cost ~15% of the server's CPU under a put load from a Rust client.
 
 use std::borrow::Cow;
 use std::io;
@@ -55,6 +60,8 @@ struct Block {
     end_stream: bool,
     priority: Option<[u8; 5]>,
     fragment: Vec<u8>,
+    /// The block's frames as received.
+    frames: Vec<u8>,
 }
 
 /// An IO object whose read side has every client header block re-encoded with a valid
@@ -67,6 +74,9 @@ pub struct AuthorityFix<T> {
     block: Option<Block>,
     decoder: loona_hpack::Decoder<'static>,
     encoder: loona_hpack::Encoder<'static>,
+    /// True once a block was re-encoded: the server's HPACK state then follows our encoder,
+    /// so every later block must be re-encoded too.
+    rewriting: bool,
     eof: bool,
 }
 
@@ -81,6 +91,7 @@ impl<T> AuthorityFix<T> {
             block: None,
             decoder: loona_hpack::Decoder::new(),
             encoder: loona_hpack::Encoder::new(),
+            rewriting: false,
             eof: false,
         }
     }
@@ -138,6 +149,7 @@ impl<T> AuthorityFix<T> {
                     end_stream: flags & FLAG_END_STREAM != 0,
                     priority,
                     fragment: fragment.to_vec(),
+                    frames: frame.to_vec(),
                 };
                 if flags & FLAG_END_HEADERS != 0 {
                     self.finish(block, frame);
@@ -148,6 +160,7 @@ impl<T> AuthorityFix<T> {
             TYPE_CONTINUATION => match self.block.take() {
                 Some(mut block) if block.stream_id == stream_id => {
                     block.fragment.extend_from_slice(payload);
+                    block.frames.extend_from_slice(frame);
                     if flags & FLAG_END_HEADERS != 0 {
                         self.finish(block, frame);
                     } else {
@@ -170,6 +183,16 @@ impl<T> AuthorityFix<T> {
             // The server's own decoder will reject the same bytes; let it say so.
             return self.give_up(last_frame);
         }
+        let valid = |(name, value): &(Vec<u8>, Vec<u8>)| {
+            name != b":authority" || matches!(repair_authority(value), Some(Cow::Borrowed(_)))
+        };
+        if !self.rewriting && headers.iter().all(valid) {
+            // This client sends valid authorities: let the connection through untouched.
+            self.out.extend_from_slice(&block.frames);
+            self.mode = Mode::Passthrough;
+            return;
+        }
+        self.rewriting = true;
         let mut repaired = Vec::with_capacity(headers.len());
         for (name, value) in headers {
             if name == b":authority" {
@@ -429,6 +452,28 @@ mod tests {
         }
         assert_eq!(authorities, ["127.0.0.1:2379", "127.0.0.1:2379", "ok:1"]);
         assert_eq!(data_frames, 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_first_authority_is_valid_passes_through_unchanged() {
+        let mut client = loona_hpack::Encoder::new();
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        for id in [1u32, 3] {
+            let h: [(&[u8], &[u8]); 3] = [
+                (b":method", b"POST"),
+                (b":path", b"/etcdserverpb.KV/Put"),
+                (b":authority", b"127.0.0.1:2379"),
+            ];
+            let block = client.encode(h);
+            wire.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, id, &block));
+            wire.extend(frame(0x0, FLAG_END_STREAM, id, b"\0\0\0\0\0"));
+        }
+        let mut fixed = AuthorityFix::new(wire.as_slice());
+        let mut out = Vec::new();
+        fixed.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, wire, "byte for byte");
+        assert!(matches!(fixed.mode, Mode::Passthrough));
     }
 
     #[tokio::test]
