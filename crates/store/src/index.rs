@@ -147,7 +147,7 @@ impl KeyIndex {
         rev: Revision,
         lease: i64,
     ) -> (KeyVersion, Option<KeyVersion>) {
-        let hist = self.keys.entry(key.to_vec()).or_default();
+        let hist = self.history_mut(key);
         let prev = hist.last().copied().filter(|v| !v.is_tombstone());
         let (create, version) = match prev {
             Some(p) => (p.create, p.version + 1),
@@ -178,7 +178,16 @@ impl KeyIndex {
 
     /// Replays one stored change on startup (entries arrive in revision order).
     pub fn restore(&mut self, key: &[u8], v: KeyVersion) {
-        self.keys.entry(key.to_vec()).or_default().push(v);
+        self.history_mut(key).push(v);
+    }
+
+    /// The history of `key`, created empty with room for exactly one version: most keys never
+    /// get a second one, and a default `Vec` would reserve four (120 bytes more per key).
+    fn history_mut(&mut self, key: &[u8]) -> &mut Vec<KeyVersion> {
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.to_vec(), Vec::with_capacity(1));
+        }
+        self.keys.get_mut(key).expect("inserted above if missing")
     }
 
     /// Drops history at or below `rev`, keeping each key's last live version. Returns the
@@ -197,6 +206,9 @@ impl KeyIndex {
                 upto - 1
             };
             dropped.extend(hist.drain(..keep_from).map(|v| v.rev));
+            if hist.capacity() > 2 * hist.len() {
+                hist.shrink_to_fit();
+            }
             !hist.is_empty()
         });
         self.compacted = self.compacted.max(rev);
