@@ -127,7 +127,12 @@ async fn any_member_serves_reads_writes_watches_and_leases() {
         }
         assert!(
             Instant::now() < deadline,
-            "members did not publish client URLs"
+            "members did not publish client URLs: {:?}",
+            members
+                .members()
+                .iter()
+                .map(|m| (m.name().to_string(), m.client_urls().to_vec()))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

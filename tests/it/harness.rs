@@ -155,7 +155,7 @@ impl Server {
             .arg("--listen-http-urls")
             .arg(format!("http://{}", self.http_addr))
             .arg("--log-level")
-            .arg("error")
+            .arg(std::env::var("BERTH_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into()))
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -260,7 +260,16 @@ pub(crate) async fn change_membership(
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             continue;
         }
-        match raft.change_membership(change.clone(), retain).await {
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            raft.change_membership(change.clone(), retain),
+        );
+        let Ok(result) = attempt.await else {
+            return Err(crate::ProposeError::Membership(
+                "the membership change did not commit in time".into(),
+            ));
+        };
+        match result {
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 return Err(crate::ProposeError::NotLeader(None))

@@ -31,6 +31,8 @@ use crate::types::{Change, Member, RaftRequest, TypeConfig};
 
 /// How long a request waits for a leader to be elected before giving up.
 const NO_LEADER_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a forwarded membership change may take.
+const MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Timing and retention settings, from the node configuration.
 #[derive(Debug, Clone)]
@@ -392,7 +394,9 @@ impl Replica {
         }
         let blob = crate::peer::to_blob(&(change, retain))
             .map_err(|e| ProposeError::Stopped(e.to_string()))?;
-        match self.peer(leader)?.change_membership(blob).await {
+        let mut req = tonic::Request::new(blob);
+        req.set_timeout(MEMBERSHIP_PATIENCE);
+        match self.peer(leader)?.change_membership(req).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 Err(ProposeError::Membership(s.message().to_string()))

@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 
 /// How often a member retries recording its own name and client URLs in the membership.
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+/// How long one attempt to publish may take.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Records this member's name and client URLs in the cluster membership once a leader exists
 /// (members bootstrap knowing only each other's peer URLs), as etcd members publish theirs.
@@ -25,9 +27,16 @@ async fn publish_self(replica: Arc<Replica>, me: Member) {
         if current.as_ref().is_some_and(|c| c.member == me) {
             return;
         }
-        match replica.set_member(replica.id(), me.clone()).await {
-            Ok(()) => tracing::info!(name = %me.name, "published member attributes"),
-            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+        // Bounded: a change that hangs (a leader lost mid-change) must not stop the retries.
+        match tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            replica.set_member(replica.id(), me.clone()),
+        )
+        .await
+        {
+            Ok(Ok(())) => tracing::info!(name = %me.name, "published member attributes"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+            Err(_) => tracing::debug!("publishing member attributes timed out; will retry"),
         }
         tokio::time::sleep(PUBLISH_RETRY).await;
     }
@@ -65,23 +74,21 @@ impl Proposer {
         env: Environment,
     ) -> anyhow::Result<Proposer> {
         // Every initial member derives every member's ID from the same flags, so all of
-        // them bootstrap the same membership.
+        // them bootstrap the same membership. It must be the same byte for byte: the initial
+        // entries of all members share one log id, so Raft never replaces one member's copy
+        // with another's. Client URLs are therefore left out here (each member knows only its
+        // own) and published afterwards through the log, as etcd members publish attributes.
         let members: BTreeMap<u64, Member> = cfg
             .initial_cluster
             .iter()
             .map(|(name, urls)| {
                 let id = member_id(urls, &cfg.initial_cluster_token);
-                let client_urls = if id == member.id {
-                    member.client_urls.clone()
-                } else {
-                    Vec::new()
-                };
                 (
                     id,
                     Member {
                         name: name.clone(),
                         peer_urls: urls.clone(),
-                        client_urls,
+                        client_urls: Vec::new(),
                     },
                 )
             })
