@@ -239,16 +239,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Command, GlobalOpts};
+    use crate::cli::{Command, TestCli};
     use clap::Parser;
-
-    #[derive(Parser)]
-    struct TestCli {
-        #[command(flatten)]
-        global: GlobalOpts,
-        #[command(subcommand)]
-        cmd: Command,
-    }
 
     fn config(args: &[&str]) -> Option<Config> {
         let cli = TestCli::try_parse_from(args).ok()?;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use berth_proto::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient, MemberListRequest,
+    MemberListResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -102,6 +103,16 @@ impl Conn {
     /// A Cluster client on the first reachable endpoint.
     pub async fn cluster(&self) -> Result<ClusterClient<Channel>> {
         Ok(ClusterClient::new(self.channel().await?).max_decoding_message_size(MAX_RECV))
+    }
+
+    /// The member list, as the first reachable endpoint knows it (not linearizable, as
+    /// etcdctl asks).
+    pub async fn member_list(&self) -> Result<MemberListResponse> {
+        let mut c = self.cluster().await?;
+        self.call(c.member_list(MemberListRequest {
+            linearizable: false,
+        }))
+        .await
     }
 
     /// A Maintenance client on the first reachable endpoint.

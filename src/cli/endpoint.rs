@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use berth_proto::etcdserverpb::{
     alarm_request::AlarmAction, kv_client::KvClient, maintenance_client::MaintenanceClient,
-    AlarmRequest, AlarmType, HashKvRequest, HashKvResponse, MemberListRequest, RangeRequest,
-    StatusRequest, StatusResponse,
+    AlarmRequest, AlarmType, HashKvRequest, HashKvResponse, RangeRequest, StatusRequest,
+    StatusResponse,
 };
 use tonic::Code;
 
@@ -83,13 +83,7 @@ async fn targets(ctx: &Ctx, cluster: bool) -> Result<Vec<String>> {
     if !cluster {
         return Ok(ctx.conn.endpoints().to_vec());
     }
-    let mut c = ctx.conn.cluster().await?;
-    let resp = ctx
-        .conn
-        .call(c.member_list(MemberListRequest {
-            linearizable: false,
-        }))
-        .await?;
+    let resp = ctx.conn.member_list().await?;
     let mut eps: Vec<String> = Vec::new();
     for url in resp.members.iter().flat_map(|m| &m.client_ur_ls) {
         if !eps.contains(url) {

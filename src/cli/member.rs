@@ -2,7 +2,6 @@
 //! addresses, learner flag) as etcdctl's `member list` does.
 
 use anyhow::Result;
-use berth_proto::etcdserverpb::MemberListRequest;
 
 use super::Ctx;
 
@@ -17,13 +16,7 @@ pub enum MemberCommand {
 pub async fn run(ctx: &mut Ctx, cmd: MemberCommand) -> Result<()> {
     match cmd {
         MemberCommand::List => {
-            let mut c = ctx.conn.cluster().await?;
-            let resp = ctx
-                .conn
-                .call(c.member_list(MemberListRequest {
-                    linearizable: false,
-                }))
-                .await?;
+            let resp = ctx.conn.member_list().await?;
             ctx.out.member_list(&resp)
         }
     }

@@ -181,18 +181,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
+/// The command line as the binary parses it, for tests of argument parsing.
+#[cfg(test)]
+#[derive(clap::Parser)]
+pub(crate) struct TestCli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::{CommandFactory, Parser};
-
-    #[derive(Parser)]
-    struct TestCli {
-        #[command(flatten)]
-        global: GlobalOpts,
-        #[command(subcommand)]
-        cmd: Command,
-    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -240,6 +240,56 @@ pub(crate) enum Attempt {
     Cas { expect: Value, new: Value },
 }
 
+impl Attempt {
+    /// A random attempt on a key whose value the client last saw as `last`: 40% gets, 30%
+    /// puts, 30% compare-and-swaps. `next` hands out unique values (from 1: a swap expecting 0,
+    /// when nothing was seen, fails and reads the current value instead).
+    pub(crate) fn draw(
+        rng: &mut impl rand::Rng,
+        last: Option<Value>,
+        mut next: impl FnMut() -> Value,
+    ) -> Attempt {
+        match rng.random_range(0..10) {
+            0..=3 => Attempt::Get,
+            4..=6 => Attempt::Put(next()),
+            _ => Attempt::Cas {
+                expect: last.unwrap_or(0),
+                new: next(),
+            },
+        }
+    }
+
+    /// The operation to record when this attempt's outcome is unknown; `None` for a get,
+    /// which has no effect.
+    pub(crate) fn unknown(self) -> Option<Op> {
+        match self {
+            Attempt::Get => None,
+            Attempt::Put(value) => Some(Op::PutUnknown(value)),
+            Attempt::Cas { expect, new } => Some(Op::CasUnknown { expect, new }),
+        }
+    }
+}
+
+impl Op {
+    /// The key's value as this operation observed or left it, when known.
+    pub(crate) fn observed(&self) -> Option<Option<Value>> {
+        match *self {
+            Op::Get(v) | Op::CasFailed { seen: v, .. } => Some(v),
+            Op::Put { value, .. } => Some(Some(value)),
+            Op::CasOk { new, .. } => Some(Some(new)),
+            Op::PutUnknown(_) | Op::CasUnknown { .. } => None,
+        }
+    }
+}
+
+/// A value as the clients write it (decimal); panics on anything else.
+pub(crate) fn parse_value(raw: &[u8]) -> Value {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a value the test never wrote: {raw:?}"))
+}
+
 /// Checks every key's history on its own thread; returns the keys that are not linearizable.
 pub(crate) fn check_all(by_key: &BTreeMap<usize, Vec<Record>>) -> Vec<usize> {
     let (tx, rx) = std::sync::mpsc::channel();

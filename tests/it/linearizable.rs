@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::harness::{bounded, Cluster};
-use crate::history::{check_all, shortest_failing_prefix, Attempt, Op, Record, Value};
+use crate::history::{check_all, parse_value, shortest_failing_prefix, Attempt, Op, Record, Value};
 
 /// Keys the clients share: few, so that operations conflict.
 const KEYS: usize = 4;
@@ -36,13 +36,6 @@ fn key_name(key: usize) -> String {
     format!("lin/{key}")
 }
 
-fn parse(raw: &[u8]) -> Value {
-    std::str::from_utf8(raw)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("a value this test never wrote: {raw:?}"))
-}
-
 /// Runs one attempt; returns what it observed and the revision of the response header.
 async fn perform(
     c: &mut Client,
@@ -53,13 +46,13 @@ async fn perform(
     Ok(match attempt {
         Attempt::Get => {
             let r = c.get(key, None).await?;
-            let v = r.kvs().first().map(|kv| parse(kv.value()));
+            let v = r.kvs().first().map(|kv| parse_value(kv.value()));
             (Op::Get(v), rev(r.header()))
         }
         Attempt::Put(value) => {
             let opts = PutOptions::new().with_prev_key();
             let r = c.put(key, value.to_string(), Some(opts)).await?;
-            let prev = r.prev_key().map(|kv| parse(kv.value()));
+            let prev = r.prev_key().map(|kv| parse_value(kv.value()));
             (Op::Put { value, prev }, rev(r.header()))
         }
         Attempt::Cas { expect, new } => {
@@ -72,7 +65,9 @@ async fn perform(
                 Op::CasOk { expect, new }
             } else {
                 let seen = match r.op_responses().first() {
-                    Some(TxnOpResponse::Get(g)) => g.kvs().first().map(|kv| parse(kv.value())),
+                    Some(TxnOpResponse::Get(g)) => {
+                        g.kvs().first().map(|kv| parse_value(kv.value()))
+                    }
                     other => panic!("a failed txn must answer its else-branch get: {other:?}"),
                 };
                 Op::CasFailed { expect, new, seen }
@@ -110,15 +105,9 @@ async fn client_loop(
             },
         };
         let key = rng.random_range(0..KEYS);
-        let attempt = match rng.random_range(0..10) {
-            0..=3 => Attempt::Get,
-            4..=6 => Attempt::Put(values.fetch_add(1, Ordering::SeqCst)),
-            // Values start at 1: expecting 0 fails and reads the current value instead.
-            _ => Attempt::Cas {
-                expect: last[key].unwrap_or(0),
-                new: values.fetch_add(1, Ordering::SeqCst),
-            },
-        };
+        let attempt = Attempt::draw(&mut rng, last[key], || {
+            values.fetch_add(1, Ordering::SeqCst)
+        });
         let name = key_name(key);
         let invoke = clock.fetch_add(1, Ordering::SeqCst);
         let outcome = tokio::time::timeout(OP_TIMEOUT, perform(c, &name, attempt)).await;
@@ -130,19 +119,14 @@ async fn client_loop(
             _ => {
                 conn = None;
                 target = (target + 1) % endpoints.len();
-                let op = match attempt {
-                    Attempt::Get => continue,
-                    Attempt::Put(value) => Op::PutUnknown(value),
-                    Attempt::Cas { expect, new } => Op::CasUnknown { expect, new },
+                let Some(op) = attempt.unknown() else {
+                    continue;
                 };
                 (op, None, 0)
             }
         };
-        match op {
-            Op::Get(v) | Op::CasFailed { seen: v, .. } => last[key] = v,
-            Op::Put { value, .. } => last[key] = Some(value),
-            Op::CasOk { new, .. } => last[key] = Some(new),
-            Op::PutUnknown(_) | Op::CasUnknown { .. } => {}
+        if let Some(v) = op.observed() {
+            last[key] = v;
         }
         out.push(Record {
             client: id,
@@ -379,7 +363,7 @@ async fn applied_writes(cluster: &Cluster) -> Vec<(i64, usize, Value)> {
                     .and_then(|k| k.strip_prefix("lin/"))
                     .and_then(|k| k.parse().ok())
                     .unwrap_or(usize::MAX);
-                out.push((kv.mod_revision(), key, parse(kv.value())));
+                out.push((kv.mod_revision(), key, parse_value(kv.value())));
             }
         }
         return out;

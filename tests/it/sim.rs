@@ -54,7 +54,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::history::{check_all, shortest_failing_prefix, Attempt, Op, Record, Value};
+use crate::history::{check_all, parse_value, shortest_failing_prefix, Attempt, Op, Record, Value};
 
 const MEMBERS: [&str; 3] = ["n1", "n2", "n3"];
 const CLIENTS: usize = 3;
@@ -213,13 +213,6 @@ fn member_software(
     }
 }
 
-fn parse(raw: &[u8]) -> Value {
-    std::str::from_utf8(raw)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("a value the simulation never wrote: {raw:?}"))
-}
-
 fn key_name(key: usize) -> Vec<u8> {
     format!("sim/{key}").into_bytes()
 }
@@ -244,7 +237,7 @@ async fn perform(
                 })
                 .await?
                 .into_inner();
-            let v = r.kvs.first().map(|kv| parse(&kv.value));
+            let v = r.kvs.first().map(|kv| parse_value(&kv.value));
             (Op::Get(v), revision(r.header.as_ref()))
         }
         Attempt::Put(value) => {
@@ -257,7 +250,7 @@ async fn perform(
                 })
                 .await?
                 .into_inner();
-            let prev = r.prev_kv.as_ref().map(|kv| parse(&kv.value));
+            let prev = r.prev_kv.as_ref().map(|kv| parse_value(&kv.value));
             (Op::Put { value, prev }, revision(r.header.as_ref()))
         }
         Attempt::Cas { expect, new } => {
@@ -290,7 +283,9 @@ async fn perform(
                 Op::CasOk { expect, new }
             } else {
                 let seen = match r.responses.first().and_then(|o| o.response.as_ref()) {
-                    Some(OpResponse::ResponseRange(g)) => g.kvs.first().map(|kv| parse(&kv.value)),
+                    Some(OpResponse::ResponseRange(g)) => {
+                        g.kvs.first().map(|kv| parse_value(&kv.value))
+                    }
                     other => panic!("a failed txn must answer its else-branch get: {other:?}"),
                 };
                 Op::CasFailed { expect, new, seen }
@@ -334,14 +329,7 @@ async fn client_loop(id: usize, seed: u64, shared: Shared) -> turmoil::Result {
     let mut last = [None::<Value>; KEYS];
     while !shared.stop.get() {
         let key = rng.random_range(0..KEYS);
-        let attempt = match rng.random_range(0..10) {
-            0..=3 => Attempt::Get,
-            4..=6 => Attempt::Put(shared.next_value()),
-            _ => Attempt::Cas {
-                expect: last[key].unwrap_or(0),
-                new: shared.next_value(),
-            },
-        };
+        let attempt = Attempt::draw(&mut rng, last[key], || shared.next_value());
         let invoke = shared.tick();
         let outcome = tokio::time::timeout(OP_TIMEOUT, perform(&mut kv, key, attempt)).await;
         let ret = shared.tick();
@@ -352,18 +340,14 @@ async fn client_loop(id: usize, seed: u64, shared: Shared) -> turmoil::Result {
                 target = (target + 1) % MEMBERS.len();
                 kv = KvClient::new(sim_channel(MEMBERS[target]));
                 tokio::time::sleep(Duration::from_millis(rng.random_range(10..100))).await;
-                match attempt {
-                    Attempt::Get => continue,
-                    Attempt::Put(value) => (Op::PutUnknown(value), None, 0),
-                    Attempt::Cas { expect, new } => (Op::CasUnknown { expect, new }, None, 0),
-                }
+                let Some(op) = attempt.unknown() else {
+                    continue;
+                };
+                (op, None, 0)
             }
         };
-        match op {
-            Op::Get(v) | Op::CasFailed { seen: v, .. } => last[key] = v,
-            Op::Put { value, .. } => last[key] = Some(value),
-            Op::CasOk { new, .. } => last[key] = Some(new),
-            Op::PutUnknown(_) | Op::CasUnknown { .. } => {}
+        if let Some(v) = op.observed() {
+            last[key] = v;
         }
         shared.history.borrow_mut().push(Record {
             client: id,

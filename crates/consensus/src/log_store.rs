@@ -87,24 +87,24 @@ impl LogStore {
     ) -> io::Result<LogStore> {
         let wal = Wal::open(dir)?;
         legacy::migrate(dir, &wal)?;
-        if io == StorageIo::Inline {
-            let inner = Arc::new(Inner {
-                wal,
-                flush: None,
-                observer,
-            });
-            return Ok(LogStore { inner });
-        }
-        let (tx, rx) = mpsc::channel();
+        let (flush, queue) = match io {
+            StorageIo::Threads => {
+                let (tx, rx) = mpsc::channel();
+                (Some(tx), Some(rx))
+            }
+            StorageIo::Inline => (None, None),
+        };
         let inner = Arc::new(Inner {
             wal,
-            flush: Some(tx),
+            flush,
             observer,
         });
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("berth-log-flush".into())
-            .spawn(move || flusher(weak, rx))?;
+        if let Some(rx) = queue {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("berth-log-flush".into())
+                .spawn(move || flusher(weak, rx))?;
+        }
         Ok(LogStore { inner })
     }
 }

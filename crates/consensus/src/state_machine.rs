@@ -160,18 +160,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Builder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let store = self.store.clone();
-        Self::raft_state(&store)
+        Self::raft_state(&self.store)
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
     where
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let (mut last, mut membership) = {
-            let store = self.store.clone();
-            Self::raft_state(&store)?
-        };
+        let (mut last, mut membership) = { Self::raft_state(&self.store)? };
         let mut cmds: Vec<Command> = Vec::new();
         // For each entry: its responder and the index of its command in `cmds`, if any.
         let mut slots = Vec::new();

@@ -331,10 +331,9 @@ impl Wal {
         };
         let mut inner = self.lock();
         let expected = inner.last().map(|l| l + 1);
-        if expected.is_some_and(|e| e != *first_index) {
+        if let Some(e) = expected.filter(|e| e != first_index) {
             return Err(corrupt(format!(
-                "append of entry {first_index} after entry {}",
-                expected.unwrap_or_default() - 1
+                "append of entry {first_index} where {e} was expected"
             )));
         }
         let needs_segment = match inner.segments.iter().next_back() {
@@ -375,19 +374,16 @@ impl Wal {
         Ok(())
     }
 
-    /// The newest segment's file, to sync outside the lock.
-    pub fn sync_handle(&self) -> Option<Arc<File>> {
-        let inner = self.lock();
-        inner
-            .segments
-            .iter()
-            .next_back()
-            .map(|(_, s)| s.file.clone())
-    }
-
-    /// Makes every append made before this call durable.
+    /// Makes every append made before this call durable. The lock is held only to find the
+    /// newest segment, not while it syncs.
     pub fn sync(&self) -> io::Result<()> {
-        match self.sync_handle() {
+        let newest = self
+            .lock()
+            .segments
+            .values()
+            .next_back()
+            .map(|s| s.file.clone());
+        match newest {
             Some(f) => f.sync_data(),
             None => Ok(()),
         }

@@ -149,7 +149,12 @@ impl<T> AuthorityFix<T> {
                     end_stream: flags & FLAG_END_STREAM != 0,
                     priority,
                     fragment: fragment.to_vec(),
-                    frames: frame.to_vec(),
+                    // Kept only while the connection may still be let through untouched.
+                    frames: if self.rewriting {
+                        Vec::new()
+                    } else {
+                        frame.to_vec()
+                    },
                 };
                 if flags & FLAG_END_HEADERS != 0 {
                     self.finish(block, frame);
@@ -160,7 +165,9 @@ impl<T> AuthorityFix<T> {
             TYPE_CONTINUATION => match self.block.take() {
                 Some(mut block) if block.stream_id == stream_id => {
                     block.fragment.extend_from_slice(payload);
-                    block.frames.extend_from_slice(frame);
+                    if !self.rewriting {
+                        block.frames.extend_from_slice(frame);
+                    }
                     if flags & FLAG_END_HEADERS != 0 {
                         self.finish(block, frame);
                     } else {

@@ -16,8 +16,6 @@ use crate::metrics::Metrics;
 
 /// How often a member retries recording its own name and client URLs in the membership.
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
-/// How long one attempt to publish may take.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Records this member's name and client URLs in the cluster membership once a leader exists
 /// (members bootstrap knowing only each other's peer URLs), as etcd members publish theirs.
@@ -27,16 +25,10 @@ async fn publish_self(replica: Arc<Replica>, me: Member) {
         if current.as_ref().is_some_and(|c| c.member == me) {
             return;
         }
-        // Bounded: a change that hangs (a leader lost mid-change) must not stop the retries.
-        match tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            replica.set_member(replica.id(), me.clone()),
-        )
-        .await
-        {
-            Ok(Ok(())) => tracing::info!(name = %me.name, "published member attributes"),
-            Ok(Err(e)) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
-            Err(_) => tracing::debug!("publishing member attributes timed out; will retry"),
+        // Bounded below: the change itself and its forwarding to the leader time out.
+        match replica.set_member(replica.id(), me.clone()).await {
+            Ok(()) => tracing::info!(name = %me.name, "published member attributes"),
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
         }
         tokio::time::sleep(PUBLISH_RETRY).await;
     }
