@@ -72,7 +72,7 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Node>
                 ..LeaseLimits::default()
             },
             // redb's default cache grows to 1 GiB; the OS page cache serves the rest.
-            cache_bytes: 64 << 20,
+            cache_bytes: 16 << 20,
         },
     )
     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
