@@ -31,7 +31,7 @@ pub use error::{Result, StoreError};
 pub use index::KeySpan;
 pub use lease::{LeaseInfo, LeaseLimits};
 pub use store::{Store, StoreOptions, StoreStats};
-pub use watch::{WatchHandle, WatchSpec};
+pub use watch::{Delivery, DeliveryItem, WatchHandle, WatchSink, WatchSpec};
 
 #[cfg(test)]
 mod tests;

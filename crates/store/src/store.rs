@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Instant;
 
-use berth_proto::etcdserverpb::{RangeRequest, RangeResponse, WatchResponse};
+use berth_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use berth_proto::mvccpb::{event::EventType, Event, KeyValue};
 use redb::{Database, ReadableDatabase, ReadableTable};
-use tokio::sync::mpsc;
 
 use crate::apply::{read_counters, Applied, Command, Writer};
 use crate::backend::{decode, BLOBS, LEASES, META, META_APPLIED, REVS};
@@ -18,7 +17,7 @@ use crate::index::{KeyIndex, KeySpan, KeyVersion};
 use crate::lease::{LeaseInfo, LeaseLimits, Lessor};
 use crate::read;
 use crate::revision::Revision;
-use crate::watch::{Hub, WatchHandle, WatchSpec, Watcher};
+use crate::watch::{Hub, WatchHandle, WatchSink, WatchSpec, Watcher};
 
 /// Most events a catching-up watcher receives in one response.
 const REPLAY_CHUNK: usize = 1000;
@@ -325,12 +324,7 @@ impl Store {
 
     /// Registers a watcher whose responses go to `tx` tagged with `watch_id`. A start revision
     /// at or below the newest one replays history first, then continues live.
-    pub fn watch(
-        &self,
-        spec: WatchSpec,
-        watch_id: i64,
-        tx: mpsc::Sender<WatchResponse>,
-    ) -> WatchHandle {
+    pub fn watch(&self, spec: WatchSpec, watch_id: i64, sink: WatchSink) -> WatchHandle {
         let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut hub = lock(&self.hub);
         let id = hub.new_id();
@@ -339,7 +333,7 @@ impl Store {
         let w = Watcher {
             spec,
             watch_id,
-            tx,
+            sink,
             cancelled: cancelled.clone(),
         };
         if start == 0 || start > current {
@@ -407,8 +401,7 @@ impl Store {
                 match self.history(&w.spec, next, upto, REPLAY_CHUNK) {
                     Ok((events, reached)) => {
                         next = reached + 1;
-                        if !events.is_empty()
-                            && w.tx.send(w.response(reached, events)).await.is_err()
+                        if !events.is_empty() && !w.sink.send(w.delivery(reached, events, 0)).await
                         {
                             break;
                         }
@@ -416,9 +409,8 @@ impl Store {
                     }
                     Err(StoreError::Compacted) => {
                         let compacted = read_lock(&self.index).compacted();
-                        let mut resp = w.response(self.revision(), Vec::new());
-                        resp.compact_revision = compacted;
-                        let _ = w.tx.send(resp).await;
+                        let notice = w.delivery(self.revision(), Vec::new(), compacted);
+                        let _ = w.sink.send(notice).await;
                         break;
                     }
                     Err(e) => {

@@ -373,7 +373,7 @@ async fn watch_replays_then_follows_without_gap_or_duplicate() {
         no_put: false,
         no_delete: false,
     };
-    s.watch(spec, 9, tx);
+    s.watch(spec, 9, WatchSink::new(tx));
     // Keep writing while the watcher replays through a tiny channel.
     let writer = {
         let s = s.clone();
@@ -385,14 +385,16 @@ async fn watch_replays_then_follows_without_gap_or_duplicate() {
     };
     let mut seen = Vec::new();
     while seen.len() < 200 {
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
-            .await
-            .expect("events keep coming")
-            .expect("channel open");
+        let resp = one(
+            tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .expect("events keep coming")
+                .expect("channel open"),
+        );
         assert_eq!(resp.watch_id, 9);
-        for ev in resp.events {
+        for ev in resp.events.iter() {
             assert_eq!(ev.r#type, EventType::Put as i32);
-            seen.push(String::from_utf8_lossy(&ev.kv.expect("kv").value).into_owned());
+            seen.push(String::from_utf8_lossy(&ev.kv.as_ref().expect("kv").value).into_owned());
         }
     }
     writer.await.expect("writer");
@@ -424,9 +426,9 @@ async fn watch_from_compacted_revision_reports_compaction() {
             no_delete: false,
         },
         1,
-        tx,
+        WatchSink::new(tx),
     );
-    let resp = rx.recv().await.expect("response");
+    let resp = one(rx.recv().await.expect("response"));
     assert_eq!(resp.compact_revision, 4);
 }
 
@@ -501,7 +503,7 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
             no_delete: false,
         },
         1,
-        tx,
+        WatchSink::new(tx),
     );
     for c in &cmds[..200] {
         let _ = a
@@ -540,10 +542,12 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
     let last_rev = b.revision();
     let mut seen = 0;
     while seen < last_rev {
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
-            .await
-            .expect("events after the install")
-            .expect("open");
+        let resp = one(
+            tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("events after the install")
+                .expect("open"),
+        );
         if resp.compact_revision != 0 {
             break;
         }
@@ -568,8 +572,8 @@ async fn a_batch_reaches_key_and_range_watchers_in_order() {
     };
     let (tx_a, mut rx_a) = mpsc::channel(16);
     let (tx_all, mut rx_all) = mpsc::channel(16);
-    s.watch(spec(b"a", b""), 1, tx_a);
-    s.watch(spec(b"a", b"c"), 2, tx_all);
+    s.watch(spec(b"a", b""), 1, WatchSink::new(tx_a));
+    s.watch(spec(b"a", b"c"), 2, WatchSink::new(tx_all));
     let txn = TxnRequest {
         success: vec![op_put("b", "1"), op_put("a", "2"), op_put("z", "3")],
         ..Default::default()
@@ -583,10 +587,11 @@ async fn a_batch_reaches_key_and_range_watchers_in_order() {
         }),
     ];
     s.apply_batch(&cmds).expect("batch");
-    let values = |r: WatchResponse| -> Vec<Vec<u8>> {
-        r.events
-            .into_iter()
-            .map(|e| e.kv.expect("kv").value)
+    let values = |d: Delivery| -> Vec<Vec<u8>> {
+        one(d)
+            .events
+            .iter()
+            .map(|e| e.kv.as_ref().expect("kv").value.clone())
             .collect()
     };
     assert_eq!(
@@ -597,4 +602,86 @@ async fn a_batch_reaches_key_and_range_watchers_in_order() {
         values(rx_all.recv().await.expect("range")),
         vec![b"1".to_vec(), b"2".to_vec(), b"4".to_vec()]
     );
+}
+
+/// The only response of a delivery (the tests here put one watcher on each stream).
+fn one(d: Delivery) -> DeliveryItem {
+    assert_eq!(d.items.len(), 1, "one watcher per stream");
+    d.items.into_iter().next().expect("one item")
+}
+
+#[tokio::test]
+async fn watchers_of_one_stream_share_a_delivery_and_its_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let (tx, mut rx) = mpsc::channel(4);
+    let sink = WatchSink::new(tx);
+    let spec = |k: &[u8], end: &[u8], no_put: bool| WatchSpec {
+        span: KeySpan::new(k, end),
+        start_rev: 0,
+        no_put,
+        no_delete: false,
+    };
+    for id in 1..=3 {
+        s.watch(spec(b"a", b"", false), id, sink.clone());
+    }
+    s.watch(spec(b"a", b"", true), 4, sink.clone());
+    s.watch(spec(b"b", b"", false), 5, sink.clone());
+    put(&s, "a", "1");
+    let d = rx.recv().await.expect("delivery");
+    assert_eq!(d.revision, s.revision());
+    let mut ids: Vec<i64> = d.items.iter().map(|i| i.watch_id).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        vec![1, 2, 3],
+        "no_put and other-key watchers get nothing"
+    );
+    assert!(d
+        .items
+        .iter()
+        .all(|i| std::sync::Arc::ptr_eq(&i.events, &d.items[0].events)));
+    assert_eq!(d.items[0].events.len(), 1);
+    assert!(rx.try_recv().is_err(), "one delivery per stream per batch");
+}
+
+#[tokio::test]
+async fn a_full_stream_replays_its_watchers_from_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let (tx, mut rx) = mpsc::channel(1);
+    let sink = WatchSink::new(tx);
+    for id in 1..=2 {
+        let span = KeySpan::new(b"k", b"l");
+        let spec = WatchSpec {
+            span,
+            start_rev: 0,
+            no_put: false,
+            no_delete: false,
+        };
+        s.watch(spec, id, sink.clone());
+    }
+    for i in 0..20 {
+        put(&s, &format!("k{i}"), "v");
+    }
+    // Both watchers see all 20 puts in order, exactly once, though the queue held one
+    // delivery at a time.
+    let mut seen: std::collections::HashMap<i64, Vec<i64>> = Default::default();
+    while seen.values().map(Vec::len).sum::<usize>() < 40 {
+        let d = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("deliveries keep coming")
+            .expect("open");
+        for item in d.items {
+            let revs = item
+                .events
+                .iter()
+                .filter_map(|e| e.kv.as_ref())
+                .map(|kv| kv.mod_revision);
+            seen.entry(item.watch_id).or_default().extend(revs);
+        }
+    }
+    let want: Vec<i64> = (2..22).collect();
+    assert_eq!(seen[&1], want);
+    assert_eq!(seen[&2], want);
 }

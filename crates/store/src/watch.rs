@@ -2,10 +2,9 @@
 //! Watchers that fall behind leave the hub and catch up from stored history (see `store`).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use berth_proto::etcdserverpb::{ResponseHeader, WatchResponse};
 use berth_proto::mvccpb::{event::EventType, Event};
 use tokio::sync::mpsc;
 
@@ -42,29 +41,92 @@ pub struct WatchHandle {
     pub(crate) cancelled: Arc<AtomicBool>,
 }
 
+/// Events for one watch within a [`Delivery`].
+#[derive(Debug, Clone)]
+pub struct DeliveryItem {
+    /// The watch, as its stream numbered it.
+    pub watch_id: i64,
+    /// Its events, oldest first; watchers wanting the same events share one list.
+    pub events: Arc<[Event]>,
+    /// Non-zero when the watch cannot continue: history it needs was compacted up to here.
+    pub compact_revision: i64,
+}
+
+/// What the store hands a watch stream at once: every item is one watch response with the
+/// header revision `revision`. One committed batch makes at most one delivery per stream, so
+/// the cost of fan-out grows with the streams, not with the watchers on them.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Revision for the responses' headers.
+    pub revision: i64,
+    /// One response per watch.
+    pub items: Vec<DeliveryItem>,
+}
+
+/// Where a watch stream receives its deliveries. Clones share the stream's identity: the
+/// watchers registered with clones of one sink are delivered to together.
+#[derive(Debug, Clone)]
+pub struct WatchSink {
+    id: u64,
+    tx: mpsc::Sender<Delivery>,
+}
+
+impl WatchSink {
+    /// A sink for a new stream sending into `tx` (whose capacity counts deliveries).
+    pub fn new(tx: mpsc::Sender<Delivery>) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            tx,
+        }
+    }
+
+    /// Sends a delivery, waiting for room (history replay does this; live fan-out never waits).
+    pub(crate) async fn send(&self, d: Delivery) -> bool {
+        self.tx.send(d).await.is_ok()
+    }
+}
+
 /// A registered watcher.
 #[derive(Debug)]
 pub(crate) struct Watcher {
     pub spec: WatchSpec,
     pub watch_id: i64,
-    pub tx: mpsc::Sender<WatchResponse>,
+    pub sink: WatchSink,
     pub cancelled: Arc<AtomicBool>,
 }
 
 impl Watcher {
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire) || self.tx.is_closed()
+        self.cancelled.load(Ordering::Acquire) || self.sink.tx.is_closed()
     }
 
-    pub fn response(&self, revision: i64, events: Vec<Event>) -> WatchResponse {
-        WatchResponse {
-            header: Some(ResponseHeader {
-                revision,
-                ..Default::default()
-            }),
-            watch_id: self.watch_id,
-            events,
-            ..Default::default()
+    /// A delivery of `events` (or of a compaction notice) for this watcher alone.
+    pub fn delivery(&self, revision: i64, events: Vec<Event>, compact_revision: i64) -> Delivery {
+        Delivery {
+            revision,
+            items: vec![DeliveryItem {
+                watch_id: self.watch_id,
+                events: events.into(),
+                compact_revision,
+            }],
+        }
+    }
+
+    /// The events of `candidates` this watcher wants, sharing `all` when it wants every one.
+    fn select(&self, candidates: &[&Event], all: &Arc<[Event]>) -> Option<Arc<[Event]>> {
+        let wanted = candidates.iter().filter(|ev| self.spec.wants(ev)).count();
+        if wanted == 0 {
+            None
+        } else if wanted == all.len() {
+            Some(all.clone())
+        } else {
+            let evs: Vec<Event> = candidates
+                .iter()
+                .filter(|ev| self.spec.wants(ev))
+                .map(|ev| (*ev).clone())
+                .collect();
+            Some(evs.into())
         }
     }
 }
@@ -133,8 +195,8 @@ impl Hub {
     }
 
     /// Sends the events of a committed batch (revisions `first..=revision`) to every synced
-    /// watcher that wants them. Returns watchers whose channel was full, removed from the hub,
-    /// each with the revision they must replay from.
+    /// watcher that wants them, one delivery per stream. Returns watchers whose stream's
+    /// queue was full, removed from the hub, each with the revision they must replay from.
     pub fn dispatch(
         &mut self,
         events: &[Event],
@@ -149,36 +211,53 @@ impl Hub {
                 by_key.entry(kv.key.as_slice()).or_default().push(ev);
             }
         }
-        let mut behind = Vec::new();
+        // Per stream: its sink and the watchers (hub id, response) it gets this time.
+        let mut streams: HashMap<u64, (WatchSink, Vec<u64>, Vec<DeliveryItem>)> = HashMap::new();
         let mut gone = Vec::new();
-        let mut deliver = |id: u64, w: &Watcher, candidates: &mut dyn Iterator<Item = &Event>| {
+        let mut deliver = |id: u64, w: &Watcher, candidates: &[&Event], all: &Arc<[Event]>| {
             if w.is_cancelled() {
                 gone.push(id);
                 return;
             }
-            let evs: Vec<Event> = candidates.filter(|ev| w.spec.wants(ev)).cloned().collect();
-            if evs.is_empty() {
+            let Some(events) = w.select(candidates, all) else {
                 return;
-            }
-            match w.tx.try_send(w.response(revision, evs)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => behind.push(id),
-                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(id),
-            }
+            };
+            let (_, ids, items) = streams
+                .entry(w.sink.id)
+                .or_insert_with(|| (w.sink.clone(), Vec::new(), Vec::new()));
+            ids.push(id);
+            items.push(DeliveryItem {
+                watch_id: w.watch_id,
+                events,
+                compact_revision: 0,
+            });
         };
         for (key, evs) in &by_key {
             let Some(ids) = self.by_key.get(*key) else {
                 continue;
             };
+            let all: Arc<[Event]> = evs.iter().map(|ev| (*ev).clone()).collect();
             for id in ids {
                 if let Some(w) = self.synced.get(id) {
-                    deliver(*id, w, &mut evs.iter().copied());
+                    deliver(*id, w, evs, &all);
                 }
             }
         }
-        for id in &self.ranged {
-            if let Some(w) = self.synced.get(id) {
-                deliver(*id, w, &mut events.iter());
+        if !self.ranged.is_empty() {
+            let every: Vec<&Event> = events.iter().collect();
+            let all: Arc<[Event]> = events.into();
+            for id in &self.ranged {
+                if let Some(w) = self.synced.get(id) {
+                    deliver(*id, w, &every, &all);
+                }
+            }
+        }
+        let mut behind = Vec::new();
+        for (sink, ids, items) in streams.into_values() {
+            match sink.tx.try_send(Delivery { revision, items }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => behind.extend(ids),
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.extend(ids),
             }
         }
         for id in gone {

@@ -10,8 +10,8 @@ use berth_proto::etcdserverpb::watch_create_request::FilterType;
 use berth_proto::etcdserverpb::watch_request::RequestUnion;
 use berth_proto::etcdserverpb::watch_server::Watch;
 use berth_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
-use berth_store::{KeySpan, WatchHandle, WatchSpec};
-use futures::Stream;
+use berth_store::{Delivery, KeySpan, WatchHandle, WatchSink, WatchSpec};
+use futures::{stream, Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,8 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Node;
 
-/// Responses buffered per stream between the store and the sender before a watcher is
-/// considered slow and switched to replaying from history.
+/// Deliveries (one per committed batch that concerns the stream, each carrying a response for
+/// every watch of the stream that wants it) buffered between the store and the sender before
+/// the stream's watchers are considered slow and switched to replaying from history.
 const EVENT_BUFFER: usize = 1024;
 /// How often pending progress notifications are reconsidered.
 const PROGRESS_TICK: Duration = Duration::from_millis(100);
@@ -76,15 +77,16 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let inbound = req.into_inner();
-        let (out_tx, out_rx) = mpsc::channel(256);
+        let (out_tx, out_rx) = mpsc::channel::<Vec<WatchResponse>>(16);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
+        let sink = WatchSink::new(ev_tx);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(256);
         let state: Shared = Arc::default();
         tokio::spawn(receive(
             self.node.clone(),
             inbound,
             ctrl_tx,
-            ev_tx,
+            sink,
             state.clone(),
         ));
         tokio::spawn(send(
@@ -95,7 +97,9 @@ impl Watch for WatchService {
             state,
             self.progress_interval,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        let responses =
+            ReceiverStream::new(out_rx).flat_map(|batch| stream::iter(batch.into_iter().map(Ok)));
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -111,7 +115,7 @@ async fn receive(
     node: Arc<Node>,
     mut inbound: Streaming<WatchRequest>,
     ctrl: mpsc::Sender<Ctrl>,
-    events: mpsc::Sender<WatchResponse>,
+    events: WatchSink,
     state: Shared,
 ) {
     loop {
@@ -159,7 +163,7 @@ async fn create(
     node: &Node,
     c: WatchCreateRequest,
     ctrl: &mpsc::Sender<Ctrl>,
-    events: &mpsc::Sender<WatchResponse>,
+    events: &WatchSink,
     state: &Shared,
 ) -> Option<Ctrl> {
     let current = node.store.revision();
@@ -235,9 +239,9 @@ async fn create(
 
 async fn send(
     node: Arc<Node>,
-    mut events: mpsc::Receiver<WatchResponse>,
+    mut events: mpsc::Receiver<Delivery>,
     mut ctrl: mpsc::Receiver<Ctrl>,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    out: mpsc::Sender<Vec<WatchResponse>>,
     state: Shared,
     progress_interval: Duration,
 ) {
@@ -249,7 +253,7 @@ async fn send(
         let ok = tokio::select! {
             biased;
             c = ctrl.recv(), if ctrl_open => match c {
-                Some(Ctrl::Send(resp)) => out.send(Ok(resp)).await.is_ok(),
+                Some(Ctrl::Send(resp)) => out.send(vec![resp]).await.is_ok(),
                 Some(Ctrl::Progress) => {
                     progress_pending = true;
                     true
@@ -260,7 +264,7 @@ async fn send(
                 }
             },
             ev = events.recv() => match ev {
-                Some(resp) => forward(&node, &state, resp, &out).await,
+                Some(delivery) => forward(&node, &state, delivery, &out).await,
                 None => false,
             },
             _ = tick.tick() => {
@@ -285,48 +289,66 @@ async fn send(
     cancel_all(&node, &state);
 }
 
-/// Completes a store response (header, prev_kv) and sends it; false when the client is gone.
+/// Turns a store delivery into the stream's responses (header, prev_kv, fragments) and sends
+/// them as one batch; false when the client is gone.
 async fn forward(
     node: &Node,
     state: &Shared,
-    mut resp: WatchResponse,
-    out: &mpsc::Sender<Result<WatchResponse, Status>>,
+    delivery: Delivery,
+    out: &mpsc::Sender<Vec<WatchResponse>>,
 ) -> bool {
-    let (prev_kv, fragment) = {
+    // Each item's (prev_kv, fragment) flags, or None when its watch was cancelled meanwhile
+    // (what was already in flight for it is dropped).
+    let flags: Vec<Option<(bool, bool)>> = {
         let mut st = lock(state);
-        let Some(entry) = st.watches.get(&resp.watch_id) else {
-            // Cancelled: drop what was already in flight.
-            return true;
-        };
-        let flags = (entry.prev_kv, entry.fragment);
-        if resp.compact_revision != 0 {
-            resp.canceled = true;
-            st.watches.remove(&resp.watch_id);
-        }
-        flags
+        delivery
+            .items
+            .iter()
+            .map(|item| {
+                let entry = st.watches.get(&item.watch_id)?;
+                let flags = (entry.prev_kv, entry.fragment);
+                if item.compact_revision != 0 {
+                    st.watches.remove(&item.watch_id);
+                }
+                Some(flags)
+            })
+            .collect()
     };
-    if prev_kv {
-        for ev in &mut resp.events {
-            if let Some(kv) = &ev.kv {
-                match node.store.get_at(&kv.key, kv.mod_revision - 1) {
-                    Ok(prev) => ev.prev_kv = prev,
-                    Err(e) => tracing::warn!(error = %e, "reading prev_kv for a watch event"),
+    let header = node.header(delivery.revision);
+    let limit = node.config.max_request_bytes;
+    let mut batch = Vec::with_capacity(delivery.items.len());
+    let mut events = 0;
+    for (item, flags) in delivery.items.into_iter().zip(flags) {
+        let Some((prev_kv, fragment)) = flags else {
+            continue;
+        };
+        let mut resp = WatchResponse {
+            header: header.clone(),
+            watch_id: item.watch_id,
+            events: item.events.to_vec(),
+            compact_revision: item.compact_revision,
+            canceled: item.compact_revision != 0,
+            ..Default::default()
+        };
+        if prev_kv {
+            for ev in &mut resp.events {
+                if let Some(kv) = &ev.kv {
+                    match node.store.get_at(&kv.key, kv.mod_revision - 1) {
+                        Ok(prev) => ev.prev_kv = prev,
+                        Err(e) => tracing::warn!(error = %e, "reading prev_kv for a watch event"),
+                    }
                 }
             }
         }
-    }
-    node.fill(&mut resp.header);
-    node.metrics.watch_events.inc_by(resp.events.len() as u64);
-    let limit = node.config.max_request_bytes;
-    if fragment && resp.encoded_len() > limit {
-        for part in fragments(resp, limit) {
-            if out.send(Ok(part)).await.is_err() {
-                return false;
-            }
+        events += resp.events.len();
+        if fragment && resp.encoded_len() > limit {
+            batch.extend(fragments(resp, limit));
+        } else {
+            batch.push(resp);
         }
-        return true;
     }
-    out.send(Ok(resp)).await.is_ok()
+    node.metrics.watch_events.inc_by(events as u64);
+    batch.is_empty() || out.send(batch).await.is_ok()
 }
 
 /// Splits a response whose events exceed `limit` bytes into several, each marked
@@ -363,13 +385,13 @@ fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
 async fn progress(
     node: &Node,
     state: &Shared,
-    events: &mut mpsc::Receiver<WatchResponse>,
-    out: &mpsc::Sender<Result<WatchResponse, Status>>,
+    events: &mut mpsc::Receiver<Delivery>,
+    out: &mpsc::Sender<Vec<WatchResponse>>,
     per_watcher: Option<()>,
 ) -> Result<bool, ()> {
     let rev = node.store.progress_revision();
-    while let Ok(resp) = events.try_recv() {
-        if !forward(node, state, resp, out).await {
+    while let Ok(delivery) = events.try_recv() {
+        if !forward(node, state, delivery, out).await {
             return Err(());
         }
     }
@@ -401,7 +423,7 @@ async fn progress(
             watch_id,
             ..Default::default()
         };
-        out.send(Ok(resp)).await.map_err(|_| ())?;
+        out.send(vec![resp]).await.map_err(|_| ())?;
     }
     Ok(true)
 }
