@@ -323,7 +323,7 @@ async fn forward(
             continue;
         };
         let mut resp = WatchResponse {
-            header: header.clone(),
+            header,
             watch_id: item.watch_id,
             events: item.events.to_vec(),
             compact_revision: item.compact_revision,
