@@ -195,7 +195,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let count = records.len();
         // Visible now, durable with the flusher's next fsync.
-        self.inner.wal.append(&records)?;
+        self.inner.wal.append(records)?;
         match &self.inner.flush {
             Some(queue) => queue
                 .send((callback, count))
@@ -266,7 +266,7 @@ mod legacy {
             },
             true,
         )?;
-        wal.append(&records)?;
+        wal.append(records)?;
         wal.sync()?;
         drop(entries);
         drop(state);

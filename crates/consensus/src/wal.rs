@@ -23,6 +23,8 @@ use crate::types::{LogId, Vote};
 
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Bytes of the newest entries' payloads kept in memory for reads.
+const TAIL_BYTES: usize = 4 << 20;
 const HEADER: usize = 16;
 const STATE_FILE: &str = "state.bin";
 /// Largest record accepted when reading (a corrupt length must not allocate gigabytes).
@@ -67,6 +69,11 @@ struct Inner {
     locs: VecDeque<Loc>,
     first: u64,
     state: WalState,
+    /// Payloads of the newest entries (consecutive, ending at the newest), at most
+    /// [`TAIL_BYTES`]: applying and replicating read what was just appended, and serving it
+    /// from memory saves a read syscall and a copy per batch.
+    tail: VecDeque<(u64, Vec<u8>)>,
+    tail_bytes: usize,
 }
 
 /// The log files of one Raft group.
@@ -88,6 +95,25 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 impl Inner {
     fn last(&self) -> Option<u64> {
         (!self.locs.is_empty()).then(|| self.first + self.locs.len() as u64 - 1)
+    }
+
+    /// Keeps just-appended payloads in the tail, dropping the oldest beyond [`TAIL_BYTES`].
+    fn remember(&mut self, records: Records) {
+        if self.tail.back().map(|(i, _)| i + 1) != records.first().map(|(i, _)| *i) {
+            // Not a continuation (a new log after truncation to nothing): start over.
+            self.tail.clear();
+            self.tail_bytes = 0;
+        }
+        for (index, payload) in records {
+            self.tail_bytes += payload.len();
+            self.tail.push_back((index, payload));
+        }
+        while self.tail_bytes > TAIL_BYTES {
+            match self.tail.pop_front() {
+                Some((_, p)) => self.tail_bytes -= p.len(),
+                None => break,
+            }
+        }
     }
 
     fn write_state(&self) -> io::Result<()> {
@@ -244,6 +270,8 @@ impl Wal {
             locs: VecDeque::new(),
             first: purged.map_or(0, |p| p + 1),
             state,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
         };
         let count = names.len();
         for (n, (first, path)) in names.into_iter().enumerate() {
@@ -325,7 +353,7 @@ impl Wal {
 
     /// Appends records (consecutive indexes, following the newest entry or starting a log that
     /// is empty). Not durable until [`Wal::sync`].
-    pub fn append(&self, records: &Records) -> io::Result<()> {
+    pub fn append(&self, records: Records) -> io::Result<()> {
         let Some((first_index, _)) = records.first() else {
             return Ok(());
         };
@@ -353,7 +381,7 @@ impl Wal {
             .iter_mut()
             .next_back()
             .ok_or_else(|| io::Error::other("no segment to append to"))?;
-        for (index, payload) in records {
+        for (index, payload) in &records {
             let len = u32::try_from(payload.len())
                 .ok()
                 .filter(|l| *l <= MAX_RECORD)
@@ -371,6 +399,7 @@ impl Wal {
         seg.file.write_all_at(&buf, seg.size)?;
         seg.size += buf.len() as u64;
         inner.locs.extend(locs);
+        inner.remember(records);
         Ok(())
     }
 
@@ -394,6 +423,19 @@ impl Wal {
         let inner = self.lock();
         let from = from.max(inner.first);
         let to = to.min(inner.last().map_or(0, |l| l + 1));
+        if let Some(&(tail_first, _)) = inner.tail.front() {
+            if from >= tail_first {
+                let skip = (from - tail_first) as usize;
+                let take = to.saturating_sub(from) as usize;
+                return Ok(inner
+                    .tail
+                    .iter()
+                    .skip(skip)
+                    .take(take)
+                    .map(|(_, p)| p.clone())
+                    .collect());
+            }
+        }
         let mut out = Vec::new();
         let mut index = from;
         while index < to {
@@ -437,6 +479,11 @@ impl Wal {
         };
         let keep = (from - inner.first) as usize;
         inner.locs.truncate(keep);
+        while inner.tail.back().is_some_and(|(i, _)| *i >= from) {
+            if let Some((_, p)) = inner.tail.pop_back() {
+                inner.tail_bytes -= p.len();
+            }
+        }
         let later: Vec<u64> = inner
             .segments
             .range(loc.segment + 1..)
@@ -522,7 +569,7 @@ mod tests {
         {
             let wal = Wal::open_sized(dir.path(), SMALL).expect("open");
             for i in 1..50 {
-                wal.append(&recs(i..i + 1)).expect("append");
+                wal.append(recs(i..i + 1)).expect("append");
             }
             wal.sync().expect("sync");
         }
@@ -534,7 +581,37 @@ mod tests {
             .map(|i| format!("entry-{i}").into_bytes())
             .collect();
         assert_eq!(got, want);
-        assert!(wal.append(&recs(51..52)).is_err(), "a gap is refused");
+        assert!(wal.append(recs(51..52)).is_err(), "a gap is refused");
+    }
+
+    #[test]
+    fn reads_from_the_memory_tail_and_from_disk_agree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = |i: u64| (i, vec![(i % 251) as u8; 512 << 10]);
+        let wal = Wal::open_sized(dir.path(), SEGMENT_BYTES).expect("open");
+        // 24 entries of 512 KiB: the tail keeps only the newest 8.
+        wal.append((1..25).map(big).collect()).expect("append");
+        let tail_first = wal.lock().tail.front().map(|(i, _)| *i);
+        assert_eq!(tail_first, Some(17));
+        let want: Vec<Vec<u8>> = (10..25).map(|i| big(i).1).collect();
+        assert_eq!(wal.read(10, 25).expect("read across"), want, "from disk");
+        assert_eq!(
+            wal.read(20, 22).expect("read tail"),
+            want[10..12],
+            "from memory"
+        );
+        // Truncation drops the tail's newer entries; new ones continue it.
+        wal.truncate_after(Some(19)).expect("truncate");
+        wal.append(recs(20..22)).expect("append");
+        let got = wal.read(18, 30).expect("read");
+        assert_eq!(got[..2], want[8..10]);
+        assert_eq!(
+            got[2..],
+            recs(20..22).into_iter().map(|r| r.1).collect::<Vec<_>>()[..]
+        );
+        drop(wal);
+        let wal = Wal::open_sized(dir.path(), SEGMENT_BYTES).expect("reopen");
+        assert_eq!(wal.read(18, 30).expect("read after reopen"), got);
     }
 
     #[test]
@@ -543,7 +620,7 @@ mod tests {
         let end = {
             let wal = Wal::open_sized(dir.path(), SMALL).expect("open");
             for i in 1..11 {
-                wal.append(&recs(i..i + 1)).expect("append");
+                wal.append(recs(i..i + 1)).expect("append");
             }
             wal.sync().expect("sync");
             let size = wal
@@ -573,7 +650,7 @@ mod tests {
         f.set_len(end - 3).expect("cut");
         let wal = Wal::open_sized(dir.path(), SMALL).expect("reopen");
         assert_eq!(wal.last_index(), Some(9));
-        wal.append(&recs(10..12)).expect("append after the cut");
+        wal.append(recs(10..12)).expect("append after the cut");
         assert_eq!(wal.read(9, 12).expect("read").len(), 3);
         drop(wal);
         // A flipped byte in a segment that others follow is damage, not a torn tail.
@@ -595,7 +672,7 @@ mod tests {
         let seg = dir.path().join(segment_name(1));
         let end = {
             let wal = Wal::open_sized(dir.path(), 1 << 20).expect("open");
-            wal.append(&recs(1..6)).expect("append");
+            wal.append(recs(1..6)).expect("append");
             wal.sync().expect("sync");
             let size = wal.lock().segments.get(&1).expect("segment").size;
             size
@@ -618,7 +695,7 @@ mod tests {
             .expect("torn");
         let wal = Wal::open_sized(dir.path(), 1 << 20).expect("reopen");
         assert_eq!(wal.last_index(), Some(5));
-        wal.append(&recs(6..8)).expect("append");
+        wal.append(recs(6..8)).expect("append");
         drop(wal);
         let wal = Wal::open_sized(dir.path(), 1 << 20).expect("reopen");
         assert_eq!(wal.last_index(), Some(7));
@@ -631,12 +708,12 @@ mod tests {
         {
             let wal = Wal::open_sized(dir.path(), SMALL).expect("open");
             for i in 1..21 {
-                wal.append(&recs(i..i + 1)).expect("append");
+                wal.append(recs(i..i + 1)).expect("append");
             }
             let before = segments(dir.path());
             wal.truncate_after(Some(7)).expect("truncate");
             assert!(segments(dir.path()) < before, "later segments are deleted");
-            wal.append(&recs(8..18)).expect("append after truncate");
+            wal.append(recs(8..18)).expect("append after truncate");
             let before = segments(dir.path());
             wal.purge(log_id(12)).expect("purge");
             assert!(segments(dir.path()) < before, "purged segments are deleted");
@@ -656,7 +733,7 @@ mod tests {
         // Purging everything, then appending far ahead (after a snapshot install), works.
         wal.purge(log_id(100)).expect("purge all");
         assert_eq!(wal.last_index(), None);
-        wal.append(&recs(101..103)).expect("append after purge");
+        wal.append(recs(101..103)).expect("append after purge");
         drop(wal);
         let wal = Wal::open_sized(dir.path(), SMALL).expect("reopen");
         assert_eq!(wal.last_index(), Some(102));
@@ -664,7 +741,7 @@ mod tests {
         // Truncating everything leaves an empty log that accepts a new start.
         wal.truncate_after(None).expect("truncate all");
         assert_eq!(wal.last_index(), None);
-        wal.append(&recs(101..102)).expect("append");
+        wal.append(recs(101..102)).expect("append");
         drop(wal);
         let wal = Wal::open_sized(dir.path(), SMALL).expect("reopen");
         assert_eq!(wal.last_index(), Some(101));

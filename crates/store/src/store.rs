@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use berth_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use berth_proto::mvccpb::{event::EventType, Event, KeyValue};
@@ -21,6 +21,8 @@ use crate::watch::{Hub, WatchHandle, WatchSink, WatchSpec, Watcher};
 
 /// Most events a catching-up watcher receives in one response.
 const REPLAY_CHUNK: usize = 1000;
+/// How stale the database size may be.
+const SIZE_REFRESH: Duration = Duration::from_millis(100);
 
 /// Options for opening a store.
 #[derive(Debug, Clone, Default)]
@@ -61,10 +63,10 @@ pub struct Store {
     hub: Mutex<Hub>,
     /// Commands applied (persisted with each durable batch).
     applied: AtomicU64,
-    /// Size of the database file, refreshed after each commit.
+    /// Size of the database file, refreshed after commits at most every `SIZE_REFRESH`.
     db_size: AtomicU64,
-    /// Serializes write batches.
-    writer: Mutex<()>,
+    /// Serializes write batches; holds when the database file's size was last read.
+    writer: Mutex<Instant>,
     /// Runtime for watch replay tasks, when the store was opened inside one.
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -121,7 +123,7 @@ impl Store {
             hub: Mutex::new(Hub::default()),
             applied: AtomicU64::new(applied),
             db_size: AtomicU64::new(db_size),
-            writer: Mutex::new(()),
+            writer: Mutex::new(Instant::now()),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }))
     }
@@ -241,7 +243,7 @@ impl Store {
         blobs: &[(&str, Vec<u8>)],
         durable: bool,
     ) -> Result<Vec<Result<Applied>>> {
-        let _serial = lock(&self.writer);
+        let mut size_read = lock(&self.writer);
         let db = read_lock(&self.db);
         let mut txn = db.begin_write().db()?;
         if !durable {
@@ -289,8 +291,13 @@ impl Store {
         if dirty {
             txn.commit().db()?;
             self.applied.fetch_add(cmds.len() as u64, Ordering::AcqRel);
-            let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-            self.db_size.store(size, Ordering::Release);
+            // The size feeds the space quota and metrics; reading it at most every
+            // SIZE_REFRESH saves a stat per batch.
+            if size_read.elapsed() >= SIZE_REFRESH {
+                *size_read = Instant::now();
+                let size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+                self.db_size.store(size, Ordering::Release);
+            }
         } else {
             txn.abort().db()?;
         }
