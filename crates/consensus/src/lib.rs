@@ -11,6 +11,7 @@
 //! - [`state_machine`]: applies entries to the store; snapshots as store snapshot files.
 //! - [`network`]: how members reach each other (gRPC client side).
 //! - [`peer`]: the peer gRPC service (server side).
+//! - `read_batch`: a follower's concurrent read-index requests share one round to the leader.
 //! - [`replica`]: a running member: bootstrap, propose, read-index, status.
 
 pub mod codec;
@@ -18,6 +19,7 @@ pub mod env;
 pub mod log_store;
 pub mod network;
 pub mod peer;
+mod read_batch;
 pub mod replica;
 pub mod runtime;
 pub mod state_machine;

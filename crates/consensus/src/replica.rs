@@ -26,6 +26,7 @@ use crate::env::{Environment, Transport};
 use crate::log_store::{FlushObserver, LogStore};
 use crate::network::{peer_client, PeerNetwork};
 use crate::peer::{lease_ttl, PeerService};
+use crate::read_batch::ReadBatcher;
 use crate::state_machine::StateMachine;
 use crate::types::{Change, Member, RaftRequest, TypeConfig};
 
@@ -115,6 +116,10 @@ pub struct Replica {
     snapshots: Arc<crate::state_machine::SnapshotCounters>,
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
     transport: Transport,
+    /// Read-index requests to the leader, shared by concurrent reads on a follower.
+    reads: ReadBatcher,
+    /// Leadership confirmations, shared by concurrent reads on the leader.
+    local_reads: ReadBatcher,
 }
 
 /// A member of the current configuration, as the Cluster API lists it.
@@ -202,6 +207,8 @@ impl Replica {
             snapshots,
             leader_changes,
             transport: cfg.env.transport.clone(),
+            reads: ReadBatcher::default(),
+            local_reads: ReadBatcher::default(),
         })
     }
 
@@ -315,17 +322,41 @@ impl Replica {
     /// confirmed by a quorum (read-index): a read after this sees every acknowledged write.
     /// A follower asks the leader for the read index and waits to have applied that far.
     pub async fn read_index(&self) -> Result<(), ProposeError> {
+        if self.status().is_leader {
+            // Concurrent reads at the leader share one confirmation (which also waits for the
+            // read index to be applied). Should leadership have moved, ask again below.
+            let raft = self.raft.clone();
+            let confirm = move || {
+                let raft = raft.clone();
+                async move {
+                    raft.ensure_linearizable(ReadPolicy::ReadIndex)
+                        .await
+                        .ok()
+                        .map(|_| 0)
+                }
+            };
+            if self.local_reads.index(confirm).await.is_some() {
+                return Ok(());
+            }
+        }
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
                 let leader = self.leader().await?;
+                let client = self.peer(leader)?;
+                // Concurrent reads share one request to the leader.
+                let fetch = move || {
+                    let mut client = client.clone();
+                    async move {
+                        let resp = client.read_index(Blob::default()).await.ok()?;
+                        Some(resp.into_inner().index)
+                    }
+                };
                 let index = self
-                    .peer(leader)?
-                    .read_index(Blob::default())
+                    .reads
+                    .index(fetch)
                     .await
-                    .map_err(|_| ProposeError::NotLeader(None))?
-                    .into_inner()
-                    .index;
+                    .ok_or(ProposeError::NotLeader(None))?;
                 self.raft
                     .wait(Some(NO_LEADER_PATIENCE))
                     .applied_index_at_least(Some(index), "read index")

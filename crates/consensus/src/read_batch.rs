@@ -1,0 +1,125 @@
+//! Coalesces a follower's read-index requests: reads that arrive while one request to the
+//! leader is in flight share the next one, so a burst of linearizable reads costs one round.
+//!
+//! Sharing is safe because each request starts after every read it answers arrived: the index
+//! the leader confirms then covers every write acknowledged before any of those reads began.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// Readers waiting for the next read index (`None`: the leader could not be asked).
+type Waiters = Vec<oneshot::Sender<Option<u64>>>;
+
+#[derive(Default)]
+struct Batch {
+    /// True while a task is asking the leader.
+    running: bool,
+    waiting: Waiters,
+}
+
+/// The read-index batcher of one member.
+#[derive(Default)]
+pub(crate) struct ReadBatcher {
+    batch: Arc<Mutex<Batch>>,
+}
+
+impl ReadBatcher {
+    /// The leader's read index for a read starting now, or `None` when the leader could not
+    /// be asked. `fetch` asks the leader once; it runs on a task of its own, so a caller that
+    /// gives up does not strand the others.
+    pub async fn index<F, Fut>(&self, fetch: F) -> Option<u64>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Option<u64>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut b = lock(&self.batch);
+            b.waiting.push(tx);
+            !std::mem::replace(&mut b.running, true)
+        };
+        if start {
+            tokio::spawn(drive(self.batch.clone(), fetch));
+        }
+        rx.await.ok().flatten()
+    }
+}
+
+fn lock(b: &Mutex<Batch>) -> std::sync::MutexGuard<'_, Batch> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Asks the leader for everyone waiting, again and again while new readers arrived meanwhile.
+async fn drive<F, Fut>(batch: Arc<Mutex<Batch>>, mut fetch: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<u64>>,
+{
+    loop {
+        let waiting = {
+            let mut b = lock(&batch);
+            if b.waiting.is_empty() {
+                b.running = false;
+                return;
+            }
+            std::mem::take(&mut b.waiting)
+        };
+        let index = fetch().await;
+        for tx in waiting {
+            let _ = tx.send(index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn readers_arriving_during_a_request_share_the_next_one() {
+        let batcher = Arc::new(ReadBatcher::default());
+        let asked = Arc::new(AtomicU64::new(0));
+        let fetch = {
+            let asked = asked.clone();
+            move || {
+                let asked = asked.clone();
+                async move {
+                    // The index is the number of the request: later requests, higher index.
+                    let n = asked.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some(n)
+                }
+            }
+        };
+        let first = {
+            let (b, f) = (batcher.clone(), fetch.clone());
+            tokio::spawn(async move { b.index(f).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // These arrive while the first request is in flight: one more request serves them all.
+        let later: Vec<_> = (0..20)
+            .map(|_| {
+                let (b, f) = (batcher.clone(), fetch.clone());
+                tokio::spawn(async move { b.index(f).await })
+            })
+            .collect();
+        assert_eq!(first.await.expect("join"), Some(1));
+        for r in later {
+            assert_eq!(r.await.expect("join"), Some(2), "not the in-flight answer");
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        // Idle again: the next reader starts a new request.
+        assert_eq!(batcher.index(fetch).await, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_fails_its_readers_only() {
+        let batcher = ReadBatcher::default();
+        assert_eq!(batcher.index(|| async { None }).await, None);
+        assert_eq!(batcher.index(|| async { Some(7) }).await, Some(7));
+    }
+}
