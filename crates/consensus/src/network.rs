@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use berth_proto::berth::raft::raft_peer_client::RaftPeerClient;
 use berth_proto::berth::raft::Blob;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{v2::RaftNetworkV2, RPCOption, RaftNetworkFactory};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
@@ -16,12 +18,16 @@ use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 use openraft::type_config::alias::SnapshotOf;
 use openraft::OptionalSend;
 use tokio::io::AsyncReadExt;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::env::Transport;
 use crate::peer::{from_blob, to_blob};
 use crate::state_machine::SnapshotFile;
 use crate::types::{Member, TypeConfig, Vote};
+
+/// One answer of a replication stream.
+type AppendResult = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// Bytes per snapshot message.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -125,6 +131,39 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .await
             .map_err(|s| classify(self.target, s))?;
         self.decode(resp.get_ref())
+    }
+
+    /// Pipelined replication over one gRPC stream per session: requests go out as openraft
+    /// produces them, without waiting for earlier answers; the follower answers in order.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendResult>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let target = self.target;
+            let requests = input.map_while(move |rpc| {
+                to_blob(&rpc)
+                    .map_err(
+                        |e| tracing::error!(target, status = %e, "encoding a replication request"),
+                    )
+                    .ok()
+            });
+            let responses = client
+                .append_stream(requests)
+                .await
+                .map_err(|s| classify(target, s))?
+                .into_inner()
+                .map(move |r| {
+                    let blob = r.map_err(|s| classify(target, s))?;
+                    from_blob(&blob).map_err(|s| classify(target, s))
+                });
+            Ok(Box::pin(responses) as BoxStream<'s, AppendResult>)
+        })
     }
 
     async fn vote(

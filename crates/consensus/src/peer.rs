@@ -3,6 +3,7 @@
 //! leader (forwarded writes, read index, lease keep-alives).
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use berth_proto::berth::raft::raft_peer_server::RaftPeer;
@@ -14,11 +15,12 @@ use berth_proto::etcdserverpb::{
 };
 use berth_store::Store;
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::raft::ReadPolicy;
+use openraft::raft::{AppendEntriesRequest, ReadPolicy};
 use openraft::Raft;
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::state_machine::{SnapshotFile, StateMachine};
@@ -47,8 +49,34 @@ pub struct PeerService {
     pub(crate) snapshot_dir: PathBuf,
 }
 
+/// Responses of a replication stream.
+type AppendResponses = Pin<Box<dyn Stream<Item = Result<Blob, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
+    type AppendStreamStream = AppendResponses;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<Blob>>,
+    ) -> Result<Response<AppendResponses>, Status> {
+        // Requests until the leader ends the stream (or sends something undecodable, which
+        // ends it too: the leader then starts a new session).
+        let requests = req.into_inner().map_while(|m| {
+            let blob = m.ok()?;
+            from_blob::<AppendEntriesRequest<TypeConfig>>(&blob)
+                .map_err(|e| tracing::warn!(status = %e, "undecodable replication request"))
+                .ok()
+        });
+        // One response per request, in order; openraft ends the stream after a conflict or a
+        // higher vote, which the leader handles as the end of the session.
+        let responses = self.raft.stream_append(requests).map(|r| match r {
+            Ok(result) => to_blob(&result),
+            Err(fatal) => Err(Status::unavailable(fatal.to_string())),
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
     async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc = from_blob(req.get_ref())?;
         let resp = self
