@@ -15,6 +15,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&files, &[root, "proto"])?;
+    // The Watch service once more, for the server: same route and request type, but responses
+    // are `WatchFrame`s (pre-encoded parts shared between watchers) with their own codec.
+    let watch = tonic_prost_build::manual::Service::builder()
+        .name("Watch")
+        .package("etcdserverpb")
+        .method(
+            tonic_prost_build::manual::Method::builder()
+                .name("watch")
+                .route_name("Watch")
+                .input_type("crate::etcdserverpb::WatchRequest")
+                .output_type("crate::watch_frame::WatchFrame")
+                .codec_path("crate::watch_frame::WatchFrameCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    tonic_prost_build::manual::Builder::new()
+        .build_client(false)
+        .compile(&[watch]);
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

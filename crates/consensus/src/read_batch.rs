@@ -5,18 +5,21 @@
 //! the leader confirms then covers every write acknowledged before any of those reads began.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-/// Readers waiting for the next read index (`None`: the leader could not be asked).
-type Waiters = Vec<oneshot::Sender<Option<u64>>>;
+/// One request to the leader for a read index (`None`: the leader could not be asked).
+type Fetch = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Option<u64>> + Send>> + Send>;
 
 #[derive(Default)]
 struct Batch {
     /// True while a task is asking the leader.
     running: bool,
-    waiting: Waiters,
+    /// Readers waiting for the next read index, each with its own way to ask (a reader that
+    /// arrived later knows the leader at least as recently, so a round asks the newest one's).
+    waiting: Vec<(oneshot::Sender<Option<u64>>, Fetch)>,
 }
 
 /// The read-index batcher of one member.
@@ -27,21 +30,22 @@ pub(crate) struct ReadBatcher {
 
 impl ReadBatcher {
     /// The leader's read index for a read starting now, or `None` when the leader could not
-    /// be asked. `fetch` asks the leader once; it runs on a task of its own, so a caller that
-    /// gives up does not strand the others.
+    /// be asked. `fetch` asks the leader once; rounds run on a task of their own, so a reader
+    /// that gives up does not strand the others.
     pub async fn index<F, Fut>(&self, fetch: F) -> Option<u64>
     where
-        F: FnMut() -> Fut + Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Option<u64>> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let fetch: Fetch = Box::new(move || Box::pin(fetch()));
         let start = {
             let mut b = lock(&self.batch);
-            b.waiting.push(tx);
+            b.waiting.push((tx, fetch));
             !std::mem::replace(&mut b.running, true)
         };
         if start {
-            tokio::spawn(drive(self.batch.clone(), fetch));
+            tokio::spawn(drive(self.batch.clone()));
         }
         rx.await.ok().flatten()
     }
@@ -52,13 +56,9 @@ fn lock(b: &Mutex<Batch>) -> std::sync::MutexGuard<'_, Batch> {
 }
 
 /// Asks the leader for everyone waiting, again and again while new readers arrived meanwhile.
-async fn drive<F, Fut>(batch: Arc<Mutex<Batch>>, mut fetch: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<u64>>,
-{
+async fn drive(batch: Arc<Mutex<Batch>>) {
     loop {
-        let waiting = {
+        let mut waiting = {
             let mut b = lock(&batch);
             if b.waiting.is_empty() {
                 b.running = false;
@@ -66,8 +66,12 @@ where
             }
             std::mem::take(&mut b.waiting)
         };
+        let Some((newest_tx, fetch)) = waiting.pop() else {
+            continue;
+        };
         let index = fetch().await;
-        for tx in waiting {
+        let _ = newest_tx.send(index);
+        for (tx, _) in waiting {
             let _ = tx.send(index);
         }
     }
@@ -114,6 +118,33 @@ mod tests {
         assert_eq!(asked.load(Ordering::SeqCst), 2);
         // Idle again: the next reader starts a new request.
         assert_eq!(batcher.index(fetch).await, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_round_asks_the_way_its_newest_reader_knows() {
+        // A reader that resolved the leader later (e.g. after a leader change) decides how the
+        // next round asks: a long-running batch never keeps asking a former leader.
+        let batcher = Arc::new(ReadBatcher::default());
+        let slow = {
+            let b = batcher.clone();
+            tokio::spawn(async move {
+                b.index(|| async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some(1)
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let stale = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.index(|| async { None }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let fresh = batcher.index(|| async { Some(9) }).await;
+        assert_eq!(slow.await.expect("join"), Some(1));
+        assert_eq!(fresh, Some(9));
+        assert_eq!(stale.await.expect("join"), Some(9));
     }
 
     #[tokio::test]

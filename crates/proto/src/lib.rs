@@ -5,6 +5,7 @@
 //! - [`authpb`]: users, roles and permissions.
 //! - [`etcdserverpb`]: the KV, Watch, Lease, Cluster, Maintenance and Auth services.
 //! - [`berth::raft`]: berth's replication messages and peer service.
+//! - [`watch_frame`] and [`etcd_watch`]: the Watch service with pre-encoded responses.
 //! - [`keys`]: etcd's prefix → range_end convention, shared by the CLI and the bench.
 //!
 //! The `.proto` files under `proto/etcd` are written by us from etcd's documented wire format;
@@ -55,6 +56,13 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+
+/// The Watch service with [`watch_frame::WatchFrame`] responses (server side only).
+pub mod etcd_watch {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
+}
+
+pub mod watch_frame;
 
 /// berth's own protocols.
 pub mod berth {

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use berth_consensus::Environment;
+use berth_proto::etcd_watch::watch_server::WatchServer;
 use berth_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use berth_store::{LeaseLimits, Store, StoreOptions};
 use futures::StreamExt;

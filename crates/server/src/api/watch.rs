@@ -6,11 +6,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_proto::etcd_watch::watch_server::Watch;
 use berth_proto::etcdserverpb::watch_create_request::FilterType;
 use berth_proto::etcdserverpb::watch_request::RequestUnion;
-use berth_proto::etcdserverpb::watch_server::Watch;
 use berth_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use berth_proto::watch_frame::{encode_events, encode_header, WatchFrame};
 use berth_store::{Delivery, KeySpan, WatchHandle, WatchSink, WatchSpec};
+use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -66,7 +68,7 @@ enum Ctrl {
     Progress,
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -77,7 +79,7 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let inbound = req.into_inner();
-        let (out_tx, out_rx) = mpsc::channel::<Vec<WatchResponse>>(16);
+        let (out_tx, out_rx) = mpsc::channel::<Vec<WatchFrame>>(16);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
         let sink = WatchSink::new(ev_tx);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(256);
@@ -241,7 +243,7 @@ async fn send(
     node: Arc<Node>,
     mut events: mpsc::Receiver<Delivery>,
     mut ctrl: mpsc::Receiver<Ctrl>,
-    out: mpsc::Sender<Vec<WatchResponse>>,
+    out: mpsc::Sender<Vec<WatchFrame>>,
     state: Shared,
     progress_interval: Duration,
 ) {
@@ -253,7 +255,7 @@ async fn send(
         let ok = tokio::select! {
             biased;
             c = ctrl.recv(), if ctrl_open => match c {
-                Some(Ctrl::Send(resp)) => out.send(vec![resp]).await.is_ok(),
+                Some(Ctrl::Send(resp)) => out.send(vec![WatchFrame::Message(resp)]).await.is_ok(),
                 Some(Ctrl::Progress) => {
                     progress_pending = true;
                     true
@@ -290,12 +292,13 @@ async fn send(
 }
 
 /// Turns a store delivery into the stream's responses (header, prev_kv, fragments) and sends
-/// them as one batch; false when the client is gone.
+/// them as one batch; false when the client is gone. Watchers that need nothing of their own
+/// get frames sharing one encoding of the header and of each distinct event list.
 async fn forward(
     node: &Node,
     state: &Shared,
     delivery: Delivery,
-    out: &mpsc::Sender<Vec<WatchResponse>>,
+    out: &mpsc::Sender<Vec<WatchFrame>>,
 ) -> bool {
     // Each item's (prev_kv, fragment) flags, or None when its watch was cancelled meanwhile
     // (what was already in flight for it is dropped).
@@ -315,6 +318,9 @@ async fn forward(
             .collect()
     };
     let header = node.header(delivery.revision);
+    let header_bytes = header.as_ref().map(encode_header).unwrap_or_default();
+    // Encoded event lists by the address of their shared allocation.
+    let mut encoded: HashMap<usize, Bytes> = HashMap::new();
     let limit = node.config.max_request_bytes;
     let mut batch = Vec::with_capacity(delivery.items.len());
     let mut events = 0;
@@ -322,6 +328,22 @@ async fn forward(
         let Some((prev_kv, fragment)) = flags else {
             continue;
         };
+        events += item.events.len();
+        if !prev_kv && item.compact_revision == 0 {
+            let key = item.events.as_ptr() as usize;
+            let bytes = encoded
+                .entry(key)
+                .or_insert_with(|| encode_events(&item.events))
+                .clone();
+            if !fragment || header_bytes.len() + bytes.len() + 11 <= limit {
+                batch.push(WatchFrame::Shared {
+                    header: header_bytes.clone(),
+                    watch_id: item.watch_id,
+                    events: bytes,
+                });
+                continue;
+            }
+        }
         let mut resp = WatchResponse {
             header,
             watch_id: item.watch_id,
@@ -340,11 +362,10 @@ async fn forward(
                 }
             }
         }
-        events += resp.events.len();
         if fragment && resp.encoded_len() > limit {
-            batch.extend(fragments(resp, limit));
+            batch.extend(fragments(resp, limit).into_iter().map(WatchFrame::Message));
         } else {
-            batch.push(resp);
+            batch.push(WatchFrame::Message(resp));
         }
     }
     node.metrics.watch_events.inc_by(events as u64);
@@ -386,7 +407,7 @@ async fn progress(
     node: &Node,
     state: &Shared,
     events: &mut mpsc::Receiver<Delivery>,
-    out: &mpsc::Sender<Vec<WatchResponse>>,
+    out: &mpsc::Sender<Vec<WatchFrame>>,
     per_watcher: Option<()>,
 ) -> Result<bool, ()> {
     let rev = node.store.progress_revision();
@@ -423,7 +444,9 @@ async fn progress(
             watch_id,
             ..Default::default()
         };
-        out.send(vec![resp]).await.map_err(|_| ())?;
+        out.send(vec![WatchFrame::Message(resp)])
+            .await
+            .map_err(|_| ())?;
     }
     Ok(true)
 }
