@@ -201,6 +201,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             loop {
                 let n = file.read(&mut buf).await?;
                 if n == 0 {
+                    // The end marker: a stream that ends without it (the transfer was
+                    // cancelled or the file unreadable) is refused by the receiver.
+                    let _ = tx.send(Blob::default()).await;
                     return Ok::<(), std::io::Error>(());
                 }
                 if tx

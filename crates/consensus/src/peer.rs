@@ -113,11 +113,34 @@ impl RaftPeer for PeerService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut bytes = 0u64;
-        while let Some(chunk) = stream.message().await? {
-            bytes += chunk.data.len() as u64;
-            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk.data)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+        // Chunks are never empty; an empty message marks the end. Without it the sender gave
+        // up midway (its stream may still end cleanly): nothing of it is installed.
+        let mut complete = false;
+        let received: Result<(), Status> = async {
+            while let Some(chunk) = stream.message().await? {
+                if chunk.data.is_empty() {
+                    complete = true;
+                    continue;
+                }
+                bytes += chunk.data.len() as u64;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk.data)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            }
+            if complete {
+                Ok(())
+            } else {
+                Err(Status::aborted(
+                    "snapshot stream ended before its end marker",
+                ))
+            }
+        }
+        .await;
+        if let Err(status) = received {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(bytes, %status, "incomplete snapshot discarded");
+            return Err(status);
         }
         file.sync_all()
             .await
