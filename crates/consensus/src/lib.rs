@@ -11,11 +11,13 @@
 //! - [`state_machine`]: applies entries to the store; snapshots as store snapshot files.
 //! - [`network`]: how members reach each other (gRPC client side).
 //! - [`peer`]: the peer gRPC service (server side).
+//! - `forwarder`: a follower's writes to the leader over one long-lived stream.
 //! - `read_batch`: a follower's concurrent read-index requests share one round to the leader.
 //! - [`replica`]: a running member: bootstrap, propose, read-index, status.
 
 pub mod codec;
 pub mod env;
+mod forwarder;
 pub mod log_store;
 pub mod network;
 pub mod peer;

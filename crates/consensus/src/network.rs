@@ -3,6 +3,8 @@
 //! "unreachable" so openraft backs off; other failures as network errors.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::berth::raft::raft_peer_client::RaftPeerClient;
@@ -138,7 +140,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> BoxFuture<'s, Result<BoxStream<'s, AppendResult>, RPCError<TypeConfig>>>
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
@@ -146,21 +148,45 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         Box::pin(async move {
             let mut client = self.client()?;
             let target = self.target;
+            // Requests sent and not yet answered: an answer overdue by the RPC budget ends the
+            // session (as a unary call's deadline did); an idle stream may wait indefinitely.
+            let unanswered = Arc::new(AtomicU64::new(0));
+            let sent = unanswered.clone();
             let requests = input.map_while(move |rpc| {
-                to_blob(&rpc)
+                let blob = to_blob(&rpc)
                     .map_err(
                         |e| tracing::error!(target, status = %e, "encoding a replication request"),
                     )
-                    .ok()
+                    .ok()?;
+                sent.fetch_add(1, Ordering::AcqRel);
+                Some(blob)
             });
-            let responses = client
+            let answers = client
                 .append_stream(requests)
                 .await
                 .map_err(|s| classify(target, s))?
-                .into_inner()
-                .map(move |r| {
-                    let blob = r.map_err(|s| classify(target, s))?;
-                    from_blob(&blob).map_err(|s| classify(target, s))
+                .into_inner();
+            let budget = option.soft_ttl();
+            let responses =
+                futures::stream::unfold(Some((answers, unanswered)), move |state| async move {
+                    let (mut answers, unanswered) = state?;
+                    loop {
+                        match tokio::time::timeout(budget, answers.message()).await {
+                            Ok(Ok(Some(blob))) => {
+                                unanswered.fetch_sub(1, Ordering::AcqRel);
+                                let r = from_blob(&blob).map_err(|s| classify(target, s));
+                                return Some((r, Some((answers, unanswered))));
+                            }
+                            Ok(Ok(None)) => return None,
+                            Ok(Err(s)) => return Some((Err(classify(target, s)), None)),
+                            Err(_) if unanswered.load(Ordering::Acquire) == 0 => continue,
+                            Err(_) => {
+                                let e =
+                                    Msg(format!("member {target:x}: no answer within {budget:?}"));
+                                return Some((Err(RPCError::Network(NetworkError::new(&e))), None));
+                            }
+                        }
+                    }
                 });
             Ok(Box::pin(responses) as BoxStream<'s, AppendResult>)
         })

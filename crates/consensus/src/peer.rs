@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use berth_proto::berth::raft::raft_peer_server::RaftPeer;
 use berth_proto::berth::raft::{
-    Blob, ClusterInfoResponse, ReadIndexResponse, Request as PbRequest, Response as PbResponse,
+    Blob, ClusterInfoResponse, ForwardRequest, ForwardResponse, ReadIndexResponse,
+    Request as PbRequest, Response as PbResponse,
 };
 use berth_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -47,6 +48,28 @@ pub struct PeerService {
     pub(crate) raft: Raft<TypeConfig, StateMachine>,
     pub(crate) store: Arc<Store>,
     pub(crate) snapshot_dir: PathBuf,
+}
+
+/// Answers of a forward stream.
+type ForwardAnswers = Pin<Box<dyn Stream<Item = Result<ForwardResponse, Status>> + Send + 'static>>;
+
+/// Proposes a write a follower forwarded; errors are the statuses followers map back.
+async fn run_forwarded(
+    raft: &Raft<TypeConfig, StateMachine>,
+    req: PbRequest,
+) -> Result<PbResponse, Status> {
+    match raft.client_write(RaftRequest(req.encode_to_vec())).await {
+        Ok(resp) => {
+            PbResponse::decode(resp.data.0.as_slice()).map_err(|e| Status::internal(e.to_string()))
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(Status::unavailable(NOT_LEADER))
+        }
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+            Err(Status::aborted(LEADER_CHANGED))
+        }
+        Err(e) => Err(Status::unavailable(e.to_string())),
+    }
 }
 
 /// Responses of a replication stream.
@@ -170,19 +193,45 @@ impl RaftPeer for PeerService {
     }
 
     async fn forward(&self, req: Request<PbRequest>) -> Result<Response<PbResponse>, Status> {
-        let bytes = req.into_inner().encode_to_vec();
-        match self.raft.client_write(RaftRequest(bytes)).await {
-            Ok(resp) => PbResponse::decode(resp.data.0.as_slice())
-                .map(Response::new)
-                .map_err(|e| Status::internal(e.to_string())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Status::unavailable(NOT_LEADER))
+        run_forwarded(&self.raft, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type ForwardStreamStream = ForwardAnswers;
+
+    async fn forward_stream(
+        &self,
+        req: Request<Streaming<ForwardRequest>>,
+    ) -> Result<Response<ForwardAnswers>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            // Each write runs on its own task: answers go back as they commit, in any order.
+            while let Ok(Some(m)) = inbound.message().await {
+                let (raft, tx) = (raft.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let answer = match run_forwarded(&raft, m.request.unwrap_or_default()).await {
+                        Ok(r) => ForwardResponse {
+                            id: m.id,
+                            response: Some(r),
+                            ..Default::default()
+                        },
+                        Err(s) => ForwardResponse {
+                            id: m.id,
+                            response: None,
+                            code: s.code() as i32,
+                            message: s.message().to_string(),
+                        },
+                    };
+                    let _ = tx.send(Ok(answer)).await;
+                });
             }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(Status::aborted(LEADER_CHANGED))
-            }
-            Err(e) => Err(Status::unavailable(e.to_string())),
-        }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn read_index(&self, _req: Request<Blob>) -> Result<Response<ReadIndexResponse>, Status> {

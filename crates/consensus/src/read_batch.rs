@@ -55,13 +55,26 @@ fn lock(b: &Mutex<Batch>) -> std::sync::MutexGuard<'_, Batch> {
     b.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Marks the batch idle if its driver ends without doing so (a panic in a request): the
+/// next reader then starts a new driver instead of waiting forever.
+struct Idle(Arc<Mutex<Batch>>);
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        lock(&self.0).running = false;
+    }
+}
+
 /// Asks the leader for everyone waiting, again and again while new readers arrived meanwhile.
 async fn drive(batch: Arc<Mutex<Batch>>) {
+    let idle = Idle(batch.clone());
     loop {
         let mut waiting = {
             let mut b = lock(&batch);
             if b.waiting.is_empty() {
                 b.running = false;
+                // Marked idle under the lock: a reader arriving now starts a new driver.
+                std::mem::forget(idle);
                 return;
             }
             std::mem::take(&mut b.waiting)

@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 
 use crate::codec::{decode_result, encode_command};
 use crate::env::{Environment, Transport};
+use crate::forwarder::{ForwardStream, Forwarded};
 use crate::log_store::{FlushObserver, LogStore};
 use crate::network::{peer_client, PeerNetwork};
 use crate::peer::{lease_ttl, PeerService};
@@ -120,6 +121,8 @@ pub struct Replica {
     reads: ReadBatcher,
     /// Leadership confirmations, shared by concurrent reads on the leader.
     local_reads: ReadBatcher,
+    /// Writes proposed here while another member leads go to it over this stream.
+    forwarder: tokio::sync::Mutex<Option<Arc<ForwardStream>>>,
 }
 
 /// A member of the current configuration, as the Cluster API lists it.
@@ -209,6 +212,7 @@ impl Replica {
             transport: cfg.env.transport.clone(),
             reads: ReadBatcher::default(),
             local_reads: ReadBatcher::default(),
+            forwarder: Default::default(),
         })
     }
 
@@ -300,22 +304,51 @@ impl Replica {
         }
     }
 
-    /// Sends an encoded command to the leader's peer service. `NotLeader` means it was
-    /// certainly not proposed (so it may be retried); a lost answer is `Unknown`.
+    /// Sends an encoded command to the leader over the forward stream. `NotLeader` means it
+    /// was certainly not proposed (so it may be retried); a lost answer is `Unknown`.
     async fn forward(&self, leader: u64, bytes: &[u8]) -> Result<Applied, ProposeError> {
         let req = PbRequest::decode(bytes).map_err(|e| ProposeError::Stopped(e.to_string()))?;
-        let resp = self.peer(leader)?.forward(req).await.map_err(|s| {
-            let never_sent = s.message().contains("connect");
-            if s.message() == crate::peer::NOT_LEADER || never_sent {
-                ProposeError::NotLeader(None)
-            } else {
-                tracing::warn!(status = %s, "forwarded write lost its answer");
-                ProposeError::Unknown
+        let stream = self.forward_stream(leader).await?;
+        let resp = match stream.forward(req).await {
+            Forwarded::Answered(Ok(resp)) => resp,
+            Forwarded::Answered(Err(s)) if s.message() == crate::peer::NOT_LEADER => {
+                return Err(ProposeError::NotLeader(None))
             }
-        })?;
-        decode_result(&resp.into_inner().encode_to_vec())
+            Forwarded::Answered(Err(s)) => {
+                tracing::warn!(status = %s, "forwarded write failed at the leader");
+                return Err(ProposeError::Unknown);
+            }
+            Forwarded::NotSent(why) => {
+                tracing::debug!(leader, why, "forwarded write not sent");
+                return Err(ProposeError::NotLeader(None));
+            }
+            Forwarded::Lost => {
+                tracing::warn!(leader, "forwarded write lost its answer");
+                return Err(ProposeError::Unknown);
+            }
+        };
+        decode_result(&resp.encode_to_vec())
             .map_err(ProposeError::Stopped)?
             .map_err(ProposeError::Refused)
+    }
+
+    /// The open forward stream to `leader`, opened (again) when there is none.
+    async fn forward_stream(&self, leader: u64) -> Result<Arc<ForwardStream>, ProposeError> {
+        let mut slot = self.forwarder.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if s.leader() == leader && s.is_open() {
+                return Ok(s.clone());
+            }
+        }
+        let stream = ForwardStream::open(leader, self.peer(leader)?)
+            .await
+            .map_err(|s| {
+                tracing::debug!(leader, status = %s, "opening the forward stream");
+                ProposeError::NotLeader(None)
+            })?;
+        let stream = Arc::new(stream);
+        *slot = Some(stream.clone());
+        Ok(stream)
     }
 
     /// Waits until this member has applied everything committed when the call began, as
@@ -348,7 +381,11 @@ impl Replica {
                 let fetch = move || {
                     let mut client = client.clone();
                     async move {
-                        let resp = client.read_index(Blob::default()).await.ok()?;
+                        // Bounded: an unreachable former leader must not hold up the readers
+                        // queued behind this round (they ask the leader they know next).
+                        let mut req = tonic::Request::new(Blob::default());
+                        req.set_timeout(NO_LEADER_PATIENCE);
+                        let resp = client.read_index(req).await.ok()?;
                         Some(resp.into_inner().index)
                     }
                 };

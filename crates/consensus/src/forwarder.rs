@@ -1,0 +1,128 @@
+//! A follower's writes to the leader over one long-lived `ForwardStream`: each write is one
+//! message out and one back (matched by id), instead of a unary call per write.
+//!
+//! A write whose answer is lost with the stream has an unknown outcome; one that could not be
+//! sent was certainly not proposed. The caller maps the two differently.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use berth_proto::berth::raft::raft_peer_client::RaftPeerClient;
+use berth_proto::berth::raft::{ForwardRequest, Request as PbRequest, Response as PbResponse};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Status;
+
+/// Writes in flight on one stream, waiting for their answers.
+#[derive(Default)]
+struct Pending {
+    /// Set when the stream ended: nothing more will be answered.
+    closed: bool,
+    waiting: HashMap<u64, oneshot::Sender<Result<PbResponse, Status>>>,
+}
+
+/// What became of one forwarded write.
+#[derive(Debug)]
+pub(crate) enum Forwarded {
+    /// The leader answered (with a result or an error status).
+    Answered(Result<PbResponse, Status>),
+    /// The write was not sent: the stream could not be opened or had ended.
+    NotSent(String),
+    /// The stream ended after the write was sent: its outcome is unknown.
+    Lost,
+}
+
+/// One open stream to one leader.
+pub(crate) struct ForwardStream {
+    leader: u64,
+    tx: mpsc::Sender<ForwardRequest>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU64,
+}
+
+fn lock(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ForwardStream {
+    /// Opens a stream to `leader` through `client`.
+    pub async fn open(
+        leader: u64,
+        mut client: RaftPeerClient<Channel>,
+    ) -> Result<ForwardStream, Status> {
+        let (tx, rx) = mpsc::channel(1024);
+        let mut answers = client
+            .forward_stream(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let pending: Arc<Mutex<Pending>> = Arc::default();
+        let reader = pending.clone();
+        tokio::spawn(async move {
+            let end = loop {
+                match answers.message().await {
+                    Ok(Some(a)) => {
+                        let answer = match a.response {
+                            Some(r) if a.code == 0 => Ok(r),
+                            _ => Err(Status::new(a.code.into(), a.message)),
+                        };
+                        if let Some(w) = lock(&reader).waiting.remove(&a.id) {
+                            let _ = w.send(answer);
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(status) => break Some(status),
+                }
+            };
+            if let Some(status) = end {
+                tracing::debug!(leader, %status, "forward stream ended");
+            }
+            // Dropping the waiters' senders tells them their answers are lost.
+            let mut p = lock(&reader);
+            p.closed = true;
+            p.waiting.clear();
+        });
+        Ok(ForwardStream {
+            leader,
+            tx,
+            pending,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The leader this stream goes to.
+    pub fn leader(&self) -> u64 {
+        self.leader
+    }
+
+    /// False once the stream has ended (a new one must be opened).
+    pub fn is_open(&self) -> bool {
+        !lock(&self.pending).closed && !self.tx.is_closed()
+    }
+
+    /// Sends one write and waits for its answer.
+    pub async fn forward(&self, request: PbRequest) -> Forwarded {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = lock(&self.pending);
+            if p.closed {
+                return Forwarded::NotSent("forward stream ended".into());
+            }
+            p.waiting.insert(id, tx);
+        }
+        let msg = ForwardRequest {
+            id,
+            request: Some(request),
+        };
+        if self.tx.send(msg).await.is_err() {
+            lock(&self.pending).waiting.remove(&id);
+            return Forwarded::NotSent("forward stream ended".into());
+        }
+        match rx.await {
+            Ok(answer) => Forwarded::Answered(answer),
+            Err(_) => Forwarded::Lost,
+        }
+    }
+}
