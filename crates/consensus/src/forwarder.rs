@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use berth_proto::berth::raft::raft_peer_client::RaftPeerClient;
-use berth_proto::berth::raft::{ForwardRequest, Request as PbRequest, Response as PbResponse};
+use berth_proto::berth::raft::ForwardRequest;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -20,14 +20,14 @@ use tonic::Status;
 struct Pending {
     /// Set when the stream ended: nothing more will be answered.
     closed: bool,
-    waiting: HashMap<u64, oneshot::Sender<Result<PbResponse, Status>>>,
+    waiting: HashMap<u64, oneshot::Sender<Result<Vec<u8>, Status>>>,
 }
 
 /// What became of one forwarded write.
 #[derive(Debug)]
 pub(crate) enum Forwarded {
-    /// The leader answered (with a result or an error status).
-    Answered(Result<PbResponse, Status>),
+    /// The leader answered: the encoded result, or an error status.
+    Answered(Result<Vec<u8>, Status>),
     /// The write was not sent: the stream could not be opened or had ended.
     NotSent(String),
     /// The stream ended after the write was sent: its outcome is unknown.
@@ -63,9 +63,9 @@ impl ForwardStream {
             let end = loop {
                 match answers.message().await {
                     Ok(Some(a)) => {
-                        let answer = match a.response {
-                            Some(r) if a.code == 0 => Ok(r),
-                            _ => Err(Status::new(a.code.into(), a.message)),
+                        let answer = match a.code {
+                            0 => Ok(a.result),
+                            code => Err(Status::new(code.into(), a.message)),
                         };
                         if let Some(w) = lock(&reader).waiting.remove(&a.id) {
                             let _ = w.send(answer);
@@ -101,8 +101,8 @@ impl ForwardStream {
         !lock(&self.pending).closed && !self.tx.is_closed()
     }
 
-    /// Sends one write and waits for its answer.
-    pub async fn forward(&self, request: PbRequest) -> Forwarded {
+    /// Sends one encoded command and waits for its answer.
+    pub async fn forward(&self, command: Vec<u8>) -> Forwarded {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -112,10 +112,7 @@ impl ForwardStream {
             }
             p.waiting.insert(id, tx);
         }
-        let msg = ForwardRequest {
-            id,
-            request: Some(request),
-        };
+        let msg = ForwardRequest { id, command };
         if self.tx.send(msg).await.is_err() {
             lock(&self.pending).waiting.remove(&id);
             return Forwarded::NotSent("forward stream ended".into());

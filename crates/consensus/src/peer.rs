@@ -9,7 +9,6 @@ use std::sync::Arc;
 use berth_proto::berth::raft::raft_peer_server::RaftPeer;
 use berth_proto::berth::raft::{
     Blob, ClusterInfoResponse, ForwardRequest, ForwardResponse, ReadIndexResponse,
-    Request as PbRequest, Response as PbResponse,
 };
 use berth_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -18,7 +17,6 @@ use berth_store::Store;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy};
 use openraft::Raft;
-use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_stream::{Stream, StreamExt};
@@ -53,15 +51,14 @@ pub struct PeerService {
 /// Answers of a forward stream.
 type ForwardAnswers = Pin<Box<dyn Stream<Item = Result<ForwardResponse, Status>> + Send + 'static>>;
 
-/// Proposes a write a follower forwarded; errors are the statuses followers map back.
+/// Proposes an encoded command a follower forwarded; returns the encoded result, or the
+/// status the follower maps back.
 async fn run_forwarded(
     raft: &Raft<TypeConfig, StateMachine>,
-    req: PbRequest,
-) -> Result<PbResponse, Status> {
-    match raft.client_write(RaftRequest(req.encode_to_vec())).await {
-        Ok(resp) => {
-            PbResponse::decode(resp.data.0.as_slice()).map_err(|e| Status::internal(e.to_string()))
-        }
+    command: Vec<u8>,
+) -> Result<Vec<u8>, Status> {
+    match raft.client_write(RaftRequest(command)).await {
+        Ok(resp) => Ok(resp.data.0),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
             Err(Status::unavailable(NOT_LEADER))
         }
@@ -192,12 +189,6 @@ impl RaftPeer for PeerService {
         Ok(Response::new(to_blob(&resp)?))
     }
 
-    async fn forward(&self, req: Request<PbRequest>) -> Result<Response<PbResponse>, Status> {
-        run_forwarded(&self.raft, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-
     type ForwardStreamStream = ForwardAnswers;
 
     async fn forward_stream(
@@ -212,15 +203,15 @@ impl RaftPeer for PeerService {
             while let Ok(Some(m)) = inbound.message().await {
                 let (raft, tx) = (raft.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let answer = match run_forwarded(&raft, m.request.unwrap_or_default()).await {
-                        Ok(r) => ForwardResponse {
+                    let answer = match run_forwarded(&raft, m.command).await {
+                        Ok(result) => ForwardResponse {
                             id: m.id,
-                            response: Some(r),
+                            result,
                             ..Default::default()
                         },
                         Err(s) => ForwardResponse {
                             id: m.id,
-                            response: None,
+                            result: Vec::new(),
                             code: s.code() as i32,
                             message: s.message().to_string(),
                         },

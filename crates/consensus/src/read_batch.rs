@@ -55,26 +55,28 @@ fn lock(b: &Mutex<Batch>) -> std::sync::MutexGuard<'_, Batch> {
     b.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Marks the batch idle if its driver ends without doing so (a panic in a request): the
-/// next reader then starts a new driver instead of waiting forever.
-struct Idle(Arc<Mutex<Batch>>);
+/// Marks the batch idle when its driver unwinds (a panic in a request): the next reader then
+/// starts a new driver instead of waiting forever. A driver that ends normally marks it idle
+/// itself, under the lock that decided there was nothing left.
+struct IdleOnPanic(Arc<Mutex<Batch>>);
 
-impl Drop for Idle {
+impl Drop for IdleOnPanic {
     fn drop(&mut self) {
-        lock(&self.0).running = false;
+        if std::thread::panicking() {
+            lock(&self.0).running = false;
+        }
     }
 }
 
 /// Asks the leader for everyone waiting, again and again while new readers arrived meanwhile.
 async fn drive(batch: Arc<Mutex<Batch>>) {
-    let idle = Idle(batch.clone());
+    let _guard = IdleOnPanic(batch.clone());
     loop {
         let mut waiting = {
             let mut b = lock(&batch);
             if b.waiting.is_empty() {
+                // Under the lock: a reader arriving after this starts a new driver.
                 b.running = false;
-                // Marked idle under the lock: a reader arriving now starts a new driver.
-                std::mem::forget(idle);
                 return;
             }
             std::mem::take(&mut b.waiting)

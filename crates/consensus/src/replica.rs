@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use berth_proto::berth::raft::raft_peer_client::RaftPeerClient;
 use berth_proto::berth::raft::raft_peer_server::RaftPeerServer;
-use berth_proto::berth::raft::{Blob, Request as PbRequest};
+use berth_proto::berth::raft::Blob;
 use berth_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
@@ -18,7 +18,6 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
-use prost::Message;
 use tonic::transport::Channel;
 
 use crate::codec::{decode_result, encode_command};
@@ -307,9 +306,8 @@ impl Replica {
     /// Sends an encoded command to the leader over the forward stream. `NotLeader` means it
     /// was certainly not proposed (so it may be retried); a lost answer is `Unknown`.
     async fn forward(&self, leader: u64, bytes: &[u8]) -> Result<Applied, ProposeError> {
-        let req = PbRequest::decode(bytes).map_err(|e| ProposeError::Stopped(e.to_string()))?;
         let stream = self.forward_stream(leader).await?;
-        let resp = match stream.forward(req).await {
+        let result = match stream.forward(bytes.to_vec()).await {
             Forwarded::Answered(Ok(resp)) => resp,
             Forwarded::Answered(Err(s)) if s.message() == crate::peer::NOT_LEADER => {
                 return Err(ProposeError::NotLeader(None))
@@ -327,7 +325,7 @@ impl Replica {
                 return Err(ProposeError::Unknown);
             }
         };
-        decode_result(&resp.encode_to_vec())
+        decode_result(&result)
             .map_err(ProposeError::Stopped)?
             .map_err(ProposeError::Refused)
     }
