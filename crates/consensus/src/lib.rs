@@ -29,6 +29,7 @@ pub mod types;
 pub mod wal;
 
 pub use env::{Dialer, Environment, StorageIo, TcpDialer, Transport};
+pub use read_batch::BatchCounts;
 pub use replica::{
     fetch_cluster_id, MemberEntry, ProposeError, RaftStatus, Replica, ReplicaConfig, StartError,
 };

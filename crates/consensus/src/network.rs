@@ -72,6 +72,15 @@ pub struct PeerNetwork {
 pub struct PeerConnection {
     target: u64,
     client: Result<RaftPeerClient<Channel>, String>,
+    /// The open `AppendEach` stream, if any: kept between calls, dropped after any failure
+    /// (a late answer must never be taken for the next request's).
+    each: Option<EachStream>,
+}
+
+/// A long-lived `AppendEach` stream: one request in flight at a time, answered in order.
+struct EachStream {
+    requests: tokio::sync::mpsc::Sender<Blob>,
+    answers: tonic::Streaming<Blob>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -81,8 +90,14 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerConnection {
             target,
             client: peer_client(node, &self.transport),
+            each: None,
         }
     }
+}
+
+fn overdue(target: u64, budget: Duration) -> RPCError<TypeConfig> {
+    let e = Msg(format!("member {target:x}: no answer within {budget:?}"));
+    RPCError::Network(NetworkError::new(&e))
 }
 
 fn classify(target: u64, status: tonic::Status) -> RPCError<TypeConfig> {
@@ -107,6 +122,52 @@ impl PeerConnection {
         let mut req = tonic::Request::new(msg);
         req.set_timeout(option.hard_ttl());
         req
+    }
+
+    /// Sends one AppendEntries over the long-lived `AppendEach` stream (opened on first use)
+    /// and waits for its answer within the RPC budget. Heartbeats come here: a new gRPC
+    /// stream per heartbeat cost the leader and each follower a stream setup and teardown.
+    async fn append_one(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let blob = self.encode(rpc)?;
+        let budget = option.hard_ttl();
+        let target = self.target;
+        let mut each = match self.each.take() {
+            Some(each) => each,
+            None => {
+                let (requests, rx) = tokio::sync::mpsc::channel(1);
+                let answers = tokio::time::timeout(
+                    budget,
+                    self.client()?
+                        .append_each(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                )
+                .await
+                .map_err(|_| overdue(target, budget))?
+                .map_err(|s| classify(target, s))?
+                .into_inner();
+                EachStream { requests, answers }
+            }
+        };
+        if each.requests.send(blob).await.is_err() {
+            let e = Msg(format!("member {target:x}: heartbeat stream closed"));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
+        let answer = match tokio::time::timeout(budget, each.answers.message()).await {
+            Ok(Ok(Some(answer))) => answer,
+            Ok(Ok(None)) => {
+                let e = Msg(format!("member {target:x}: heartbeat stream ended"));
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+            Ok(Err(s)) => return Err(classify(target, s)),
+            Err(_) => return Err(overdue(target, budget)),
+        };
+        let resp = self.decode(&answer)?;
+        // Answered in full: the stream is in step again and can carry the next request.
+        self.each = Some(each);
+        Ok(resp)
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, b: &Blob) -> Result<T, RPCError<TypeConfig>> {
@@ -146,6 +207,36 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, AppendResult>);
+            };
+            // A session of one request (every heartbeat is one) goes over the long-lived
+            // AppendEach stream, answered as a unary AppendEntries would be.
+            let second = match futures::FutureExt::now_or_never(input.next()) {
+                Some(None) => {
+                    let prev = first.prev_log_id;
+                    let last = first.entries.last().map(|e| e.log_id).or(prev);
+                    let resp = self.append_one(&first, &option).await?;
+                    if prev.is_none() && matches!(resp, AppendEntriesResponse::Conflict) {
+                        // Nothing precedes the first entry: a conflict there is a bad answer.
+                        let e = Msg(format!(
+                            "member {target:x}: conflict at the log's start",
+                            target = self.target
+                        ));
+                        return Err(RPCError::Network(NetworkError::new(&e)));
+                    }
+                    let result = resp.into_stream_result(prev, last);
+                    return Ok(Box::pin(futures::stream::once(async move { Ok(result) }))
+                        as BoxStream<'s, AppendResult>);
+                }
+                Some(Some(second)) => Some(second),
+                None => None,
+            };
+            let input = futures::StreamExt::chain(
+                futures::stream::iter(std::iter::once(first).chain(second)),
+                input,
+            );
             let mut client = self.client()?;
             let target = self.target;
             // Requests sent and not yet answered: an answer overdue by the RPC budget ends the
@@ -180,11 +271,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                             Ok(Ok(None)) => return None,
                             Ok(Err(s)) => return Some((Err(classify(target, s)), None)),
                             Err(_) if unanswered.load(Ordering::Acquire) == 0 => continue,
-                            Err(_) => {
-                                let e =
-                                    Msg(format!("member {target:x}: no answer within {budget:?}"));
-                                return Some((Err(RPCError::Network(NetworkError::new(&e))), None));
-                            }
+                            Err(_) => return Some((Err(overdue(target, budget)), None)),
                         }
                     }
                 });

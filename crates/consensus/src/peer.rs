@@ -75,6 +75,7 @@ type AppendResponses = Pin<Box<dyn Stream<Item = Result<Blob, Status>> + Send + 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     type AppendStreamStream = AppendResponses;
+    type AppendEachStream = AppendResponses;
 
     async fn append_stream(
         &self,
@@ -95,6 +96,26 @@ impl RaftPeer for PeerService {
             Err(fatal) => Err(Status::unavailable(fatal.to_string())),
         });
         Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn append_each(
+        &self,
+        req: Request<Streaming<Blob>>,
+    ) -> Result<Response<AppendResponses>, Status> {
+        // One at a time, in order: the leader sends the next request after this answer.
+        let raft = self.raft.clone();
+        let answers = futures::StreamExt::then(req.into_inner(), move |m| {
+            let raft = raft.clone();
+            async move {
+                let rpc: AppendEntriesRequest<TypeConfig> = from_blob(&m?)?;
+                let resp = raft
+                    .append_entries(rpc)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                to_blob(&resp)
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -22,10 +23,27 @@ struct Batch {
     waiting: Vec<(oneshot::Sender<Option<u64>>, Fetch)>,
 }
 
+/// How well reads share rounds: `reads / rounds` readers per request to the leader.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Requests made (rounds).
+    pub rounds: u64,
+    /// Reads those requests answered.
+    pub reads: u64,
+}
+
 /// The read-index batcher of one member.
 #[derive(Default)]
 pub(crate) struct ReadBatcher {
     batch: Arc<Mutex<Batch>>,
+    /// Rounds started and the reads they answered, since start (read lock-free by Status).
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    rounds: AtomicU64,
+    reads: AtomicU64,
 }
 
 impl ReadBatcher {
@@ -45,9 +63,17 @@ impl ReadBatcher {
             !std::mem::replace(&mut b.running, true)
         };
         if start {
-            tokio::spawn(drive(self.batch.clone()));
+            tokio::spawn(drive(self.batch.clone(), self.counts.clone()));
         }
         rx.await.ok().flatten()
+    }
+
+    /// Rounds and reads since start.
+    pub fn counts(&self) -> BatchCounts {
+        BatchCounts {
+            rounds: self.counts.rounds.load(Ordering::Relaxed),
+            reads: self.counts.reads.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -69,7 +95,7 @@ impl Drop for IdleOnPanic {
 }
 
 /// Asks the leader for everyone waiting, again and again while new readers arrived meanwhile.
-async fn drive(batch: Arc<Mutex<Batch>>) {
+async fn drive(batch: Arc<Mutex<Batch>>, counts: Arc<Counts>) {
     let _guard = IdleOnPanic(batch.clone());
     loop {
         let mut waiting = {
@@ -79,6 +105,10 @@ async fn drive(batch: Arc<Mutex<Batch>>) {
                 b.running = false;
                 return;
             }
+            counts.rounds.fetch_add(1, Ordering::Relaxed);
+            counts
+                .reads
+                .fetch_add(b.waiting.len() as u64, Ordering::Relaxed);
             std::mem::take(&mut b.waiting)
         };
         let Some((newest_tx, fetch)) = waiting.pop() else {
@@ -95,7 +125,6 @@ async fn drive(batch: Arc<Mutex<Batch>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
     #[tokio::test]
@@ -131,6 +160,13 @@ mod tests {
             assert_eq!(r.await.expect("join"), Some(2), "not the in-flight answer");
         }
         assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            batcher.counts(),
+            BatchCounts {
+                rounds: 2,
+                reads: 21
+            }
+        );
         // Idle again: the next reader starts a new request.
         assert_eq!(batcher.index(fetch).await, Some(3));
     }

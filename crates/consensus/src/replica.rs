@@ -26,7 +26,7 @@ use crate::forwarder::{ForwardStream, Forwarded};
 use crate::log_store::{FlushObserver, LogStore};
 use crate::network::{peer_client, PeerNetwork};
 use crate::peer::{lease_ttl, PeerService};
-use crate::read_batch::ReadBatcher;
+use crate::read_batch::{BatchCounts, ReadBatcher};
 use crate::state_machine::StateMachine;
 use crate::types::{Change, Member, RaftRequest, TypeConfig};
 
@@ -104,6 +104,10 @@ pub struct RaftStatus {
     pub snapshots_built: u64,
     /// Snapshots this member installed from a leader.
     pub snapshots_installed: u64,
+    /// Read-index requests this member sent to the leader, and the reads they answered.
+    pub forwarded_reads: BatchCounts,
+    /// Leadership confirmations this member made as leader, and the reads they answered.
+    pub confirmed_reads: BatchCounts,
 }
 
 /// One member's Raft instance.
@@ -560,6 +564,8 @@ impl Replica {
                 .snapshots
                 .installed
                 .load(std::sync::atomic::Ordering::Relaxed),
+            forwarded_reads: self.reads.counts(),
+            confirmed_reads: self.local_reads.counts(),
         }
     }
 

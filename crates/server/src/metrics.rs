@@ -29,6 +29,13 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// Labels of the read-index series: `forwarded` (a follower's requests to the leader) or
+/// `confirmed` (the leader's own confirmations).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadPathLabels {
+    path: &'static str,
+}
+
 /// All metrics of a node.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +59,8 @@ pub struct Metrics {
     raft_leader_changes: Gauge,
     raft_snapshots_built: Gauge,
     raft_snapshots_installed: Gauge,
+    read_rounds: Family<ReadPathLabels, Gauge>,
+    reads_answered: Family<ReadPathLabels, Gauge>,
     revision: Gauge,
     compacted: Gauge,
     keys: Gauge,
@@ -113,6 +122,8 @@ impl Metrics {
             raft_leader_changes: Gauge::default(),
             raft_snapshots_built: Gauge::default(),
             raft_snapshots_installed: Gauge::default(),
+            read_rounds: Family::default(),
+            reads_answered: Family::default(),
             revision: Gauge::default(),
             compacted: Gauge::default(),
             keys: Gauge::default(),
@@ -193,6 +204,16 @@ impl Metrics {
             r.register(name, help, g.clone());
         }
         r.register(
+            "berth_read_index_rounds",
+            "Read-index rounds since start (shared by concurrent linearizable reads)",
+            m.read_rounds.clone(),
+        );
+        r.register(
+            "berth_read_index_reads",
+            "Linearizable reads answered by read-index rounds since start",
+            m.reads_answered.clone(),
+        );
+        r.register(
             "berth_raft_proposals_committed",
             "Proposals committed and applied",
             m.proposals_committed.clone(),
@@ -238,6 +259,14 @@ impl Metrics {
         self.raft_snapshots_built.set(raft.snapshots_built as i64);
         self.raft_snapshots_installed
             .set(raft.snapshots_installed as i64);
+        for (path, c) in [
+            ("forwarded", raft.forwarded_reads),
+            ("confirmed", raft.confirmed_reads),
+        ] {
+            let l = ReadPathLabels { path };
+            self.read_rounds.get_or_create(&l).set(c.rounds as i64);
+            self.reads_answered.get_or_create(&l).set(c.reads as i64);
+        }
         let s = store.stats();
         self.revision.set(s.revision);
         self.compacted.set(s.compacted);

@@ -27,6 +27,7 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::api::Node;
 use crate::authority::AuthorityFix;
+use crate::coalesce::CoalescedWrites;
 use crate::config::{ClusterState, Config};
 use crate::errors::ApiError;
 use crate::member::MemberInfo;
@@ -170,7 +171,7 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         let incoming = TcpListenerStream::new(listener).map(|conn| {
             conn.map(|s| {
                 let _ = s.set_nodelay(true);
-                AuthorityFix::new(s)
+                CoalescedWrites::new(AuthorityFix::new(s))
             })
         });
         let mut stop = stop_rx.clone();
