@@ -194,8 +194,9 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
             .with_context(|| format!("binding the peer listener {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, "serving peers");
         let incoming = TcpListenerStream::new(listener).map(|conn| {
-            conn.inspect(|s| {
+            conn.map(|s| {
                 let _ = s.set_nodelay(true);
+                CoalescedWrites::new(s)
             })
         });
         let mut stop = stop_rx.clone();
