@@ -73,9 +73,9 @@ impl Conn {
         let uri = endpoint_uri(ep)?;
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| anyhow!("invalid endpoint {ep:?}: {e}"))?
-            .connect_timeout(self.dial_timeout)
-            .tcp_nodelay(true);
-        match tokio::time::timeout(self.dial_timeout, endpoint.connect()).await {
+            .connect_timeout(self.dial_timeout);
+        let connect = endpoint.connect_with_connector(berth_net::TcpConnector);
+        match tokio::time::timeout(self.dial_timeout, connect).await {
             Ok(Ok(ch)) => Ok(ch),
             Ok(Err(e)) => Err(anyhow!("failed to connect to {ep}: {}", error_chain(&e))),
             Err(_) => Err(anyhow!(

@@ -14,13 +14,13 @@ pub trait Dialer: Send + Sync + 'static {
     fn channel(&self, endpoint: Endpoint) -> Channel;
 }
 
-/// Dials peers over TCP (the operating system's network).
+/// Dials peers over TCP (the operating system's network), writes coalesced.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TcpDialer;
 
 impl Dialer for TcpDialer {
     fn channel(&self, endpoint: Endpoint) -> Channel {
-        endpoint.connect_lazy()
+        endpoint.connect_with_connector_lazy(berth_net::TcpConnector)
     }
 }
 

@@ -7,7 +7,6 @@
 //! - [`proposer`]: the write path (group commit on one node; Raft later).
 //! - [`api`]: one module per etcd service.
 //! - [`authority`]: repairs the malformed HTTP/2 `:authority` etcd's Go clients send.
-//! - [`coalesce`]: coalesces a client connection's writes into fewer socket writes.
 //! - [`errors`]: etcd's error codes and messages.
 //! - [`metrics`]: Prometheus metrics and the gRPC metrics layer.
 //! - [`http`]: `/metrics`, `/health`, `/version`.
@@ -15,7 +14,6 @@
 
 pub mod api;
 pub mod authority;
-pub mod coalesce;
 pub mod config;
 pub mod errors;
 pub mod http;

@@ -27,12 +27,12 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::api::Node;
 use crate::authority::AuthorityFix;
-use crate::coalesce::CoalescedWrites;
 use crate::config::{ClusterState, Config};
 use crate::errors::ApiError;
 use crate::member::MemberInfo;
 use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::proposer::Proposer;
+use berth_net::CoalescedWrites;
 
 /// etcd's allowance for gRPC framing on top of `--max-request-bytes`.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
