@@ -310,3 +310,45 @@ async fn sigterm_stops_promptly_with_open_watches_and_keeps_data() {
     let mut c = srv.client().await;
     assert_eq!(c.get("g", None).await.expect("get").kvs()[0].value(), b"1");
 }
+
+/// Concurrent writes share Raft calls (one log append per batch): each must still get its own
+/// answer, success or refusal, matching what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_each_get_their_own_answer() {
+    let srv = Server::start();
+    let client = srv.client().await;
+    let tasks: Vec<_> = (0..256)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                let key = format!("batch/{i:03}");
+                // Every 8th names a lease that does not exist: refused, and only that one.
+                let opts = (i % 8 == 7).then(|| PutOptions::new().with_lease(424242));
+                let r = c.put(key.as_str(), format!("v{i}"), opts).await;
+                (i, key, r.map(|r| r.header().expect("header").revision()))
+            })
+        })
+        .collect();
+    let mut revisions = std::collections::HashSet::new();
+    let mut c = client.clone();
+    for t in tasks {
+        let (i, key, r) = t.await.expect("join");
+        let got = c.get(key.as_str(), None).await.expect("get");
+        if i % 8 == 7 {
+            let s = status_of(r.expect_err("a missing lease is refused"));
+            assert_eq!(s.code(), Code::NotFound, "{s:?}");
+            assert!(got.kvs().is_empty(), "a refused put wrote {key}");
+            continue;
+        }
+        let rev = r.expect("put");
+        assert!(revisions.insert(rev), "revision {rev} answered twice");
+        let kv = &got.kvs()[0];
+        assert_eq!(
+            kv.mod_revision(),
+            rev,
+            "{key} was not written at its answer"
+        );
+        assert_eq!(kv.value(), format!("v{i}").as_bytes());
+    }
+    assert_eq!(revisions.len(), 224);
+}

@@ -13,6 +13,7 @@
 //! - [`peer`]: the peer gRPC service (server side).
 //! - `forwarder`: a follower's writes to the leader over one long-lived stream.
 //! - `read_batch`: a follower's concurrent read-index requests share one round to the leader.
+//! - `write_batch`: concurrent writes share one Raft call (and one log append).
 //! - [`replica`]: a running member: bootstrap, propose, read-index, status.
 
 pub mod codec;
@@ -27,6 +28,7 @@ pub mod runtime;
 pub mod state_machine;
 pub mod types;
 pub mod wal;
+mod write_batch;
 
 pub use env::{Dialer, Environment, StorageIo, TcpDialer, Transport};
 pub use read_batch::BatchCounts;

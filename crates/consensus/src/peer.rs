@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::state_machine::{SnapshotFile, StateMachine};
 use crate::types::{Change, LogId, RaftRequest, SnapshotMeta, TypeConfig, Vote};
+use crate::write_batch::WriteBatcher;
 
 pub(crate) fn to_blob<T: Serialize>(v: &T) -> Result<Blob, Status> {
     rmp_serde::to_vec(v)
@@ -44,6 +45,8 @@ pub(crate) const LEADER_CHANGED: &str = "berth: leader changed";
 pub struct PeerService {
     pub(crate) cluster_id: u64,
     pub(crate) raft: Raft<TypeConfig, StateMachine>,
+    /// Forwarded writes are proposed through the member's batcher, with its own.
+    pub(crate) writes: Arc<WriteBatcher>,
     pub(crate) store: Arc<Store>,
     pub(crate) snapshot_dir: PathBuf,
 }
@@ -53,11 +56,8 @@ type ForwardAnswers = Pin<Box<dyn Stream<Item = Result<ForwardResponse, Status>>
 
 /// Proposes an encoded command a follower forwarded; returns the encoded result, or the
 /// status the follower maps back.
-async fn run_forwarded(
-    raft: &Raft<TypeConfig, StateMachine>,
-    command: Vec<u8>,
-) -> Result<Vec<u8>, Status> {
-    match raft.client_write(RaftRequest(command)).await {
+async fn run_forwarded(writes: &WriteBatcher, command: Vec<u8>) -> Result<Vec<u8>, Status> {
+    match writes.write(RaftRequest(command)).await {
         Ok(resp) => Ok(resp.data.0),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
             Err(Status::unavailable(NOT_LEADER))
@@ -218,13 +218,13 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<ForwardAnswers>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let raft = self.raft.clone();
+        let writes = self.writes.clone();
         tokio::spawn(async move {
             // Each write runs on its own task: answers go back as they commit, in any order.
             while let Ok(Some(m)) = inbound.message().await {
-                let (raft, tx) = (raft.clone(), tx.clone());
+                let (writes, tx) = (writes.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let answer = match run_forwarded(&raft, m.command).await {
+                    let answer = match run_forwarded(&writes, m.command).await {
                         Ok(result) => ForwardResponse {
                             id: m.id,
                             result,

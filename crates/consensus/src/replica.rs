@@ -29,6 +29,7 @@ use crate::peer::{lease_ttl, PeerService};
 use crate::read_batch::{BatchCounts, ReadBatcher};
 use crate::state_machine::StateMachine;
 use crate::types::{Change, Member, RaftRequest, TypeConfig};
+use crate::write_batch::WriteBatcher;
 
 /// How long a request waits for a leader to be elected before giving up.
 const NO_LEADER_PATIENCE: Duration = Duration::from_secs(5);
@@ -124,6 +125,8 @@ pub struct Replica {
     reads: ReadBatcher,
     /// Leadership confirmations, shared by concurrent reads on the leader.
     local_reads: ReadBatcher,
+    /// Writes proposed here (and forwarded here), batched into fewer Raft calls.
+    writes: Arc<WriteBatcher>,
     /// Writes proposed here while another member leads go to it over this stream.
     forwarder: tokio::sync::Mutex<Option<Arc<ForwardStream>>>,
 }
@@ -204,6 +207,7 @@ impl Replica {
         }
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         tokio::spawn(count_leader_changes(raft.metrics(), leader_changes.clone()));
+        let writes = Arc::new(WriteBatcher::new(raft.clone()));
         Ok(Replica {
             id,
             raft,
@@ -215,6 +219,7 @@ impl Replica {
             transport: cfg.env.transport.clone(),
             reads: ReadBatcher::default(),
             local_reads: ReadBatcher::default(),
+            writes,
             forwarder: Default::default(),
         })
     }
@@ -229,6 +234,7 @@ impl Replica {
         RaftPeerServer::new(PeerService {
             cluster_id,
             raft: self.raft.clone(),
+            writes: self.writes.clone(),
             store: self.store.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
         })
@@ -281,7 +287,7 @@ impl Replica {
         let bytes = encode_command(cmd);
         let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
         loop {
-            let leader = match self.raft.client_write(RaftRequest(bytes.clone())).await {
+            let leader = match self.writes.write(RaftRequest(bytes.clone())).await {
                 Ok(resp) => {
                     return decode_result(&resp.data.0)
                         .map_err(ProposeError::Stopped)?
