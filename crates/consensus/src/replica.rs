@@ -379,39 +379,49 @@ impl Replica {
             if self.local_reads.index(confirm).await.is_some() {
                 return Ok(());
             }
-        }
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
-                let leader = self.leader().await?;
-                let client = self.peer(leader)?;
-                // Concurrent reads share one request to the leader.
-                let fetch = move || {
-                    let mut client = client.clone();
-                    async move {
-                        // Bounded: an unreachable former leader must not hold up the readers
-                        // queued behind this round (they ask the leader they know next).
-                        let mut req = tonic::Request::new(Blob::default());
-                        req.set_timeout(NO_LEADER_PATIENCE);
-                        let resp = client.read_index(req).await.ok()?;
-                        Some(resp.into_inner().index)
-                    }
-                };
-                let index = self
-                    .reads
-                    .index(fetch)
-                    .await
-                    .ok_or(ProposeError::NotLeader(None))?;
-                self.raft
-                    .wait(Some(NO_LEADER_PATIENCE))
-                    .applied_index_at_least(Some(index), "read index")
-                    .await
-                    .map_err(|e| ProposeError::Stopped(e.to_string()))?;
-                Ok(())
+            match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {}
+                Err(e) => return Err(ProposeError::Stopped(e.to_string())),
             }
-            Err(RaftError::APIError(e)) => Err(ProposeError::Stopped(e.to_string())),
-            Err(e) => Err(ProposeError::Stopped(e.to_string())),
         }
+        // A follower (Raft would only answer "ask the leader"): ask the leader directly.
+        let leader = self.leader().await?;
+        let client = self.peer(leader)?;
+        // Concurrent reads share one request to the leader.
+        let fetch = move || {
+            let mut client = client.clone();
+            async move {
+                // Bounded: an unreachable former leader must not hold up the readers
+                // queued behind this round (they ask the leader they know next).
+                let mut req = tonic::Request::new(Blob::default());
+                req.set_timeout(NO_LEADER_PATIENCE);
+                let resp = client.read_index(req).await.ok()?;
+                Some(resp.into_inner().index)
+            }
+        };
+        let index = self
+            .reads
+            .index(fetch)
+            .await
+            .ok_or(ProposeError::NotLeader(None))?;
+        // Usually applied already; otherwise wait for it (without copying Raft's metrics per
+        // check, as openraft's `wait` does).
+        let mut metrics = self.raft.metrics();
+        let applied = |m: &openraft::RaftMetrics<TypeConfig>| {
+            m.last_applied.is_some_and(|l| l.index >= index)
+        };
+        let wait = async {
+            while !applied(&metrics.borrow_watched()) {
+                if metrics.changed().await.is_err() {
+                    return Err(ProposeError::Stopped("raft stopped".into()));
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(NO_LEADER_PATIENCE, wait)
+            .await
+            .map_err(|_| ProposeError::Stopped(format!("read index {index} not applied in time")))?
     }
 
     /// Renews a lease at the leader (which runs lease timers); returns the TTL, 0 if unknown.
