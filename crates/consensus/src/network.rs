@@ -54,7 +54,6 @@ pub fn peer_client(
     };
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| format!("bad peer URL {url}: {e}"))?
-        .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(1));
     Ok(RaftPeerClient::new(transport.channel(endpoint))
         .max_decoding_message_size(usize::MAX)
@@ -92,6 +91,27 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client: peer_client(node, &self.transport),
             each: None,
         }
+    }
+}
+
+/// Sends one request on an `AppendEach` stream and takes its answer. Failures of the stream
+/// itself are network errors (openraft retries soon), not an unreachable peer.
+async fn exchange_on(
+    mut each: EachStream,
+    blob: Blob,
+    target: u64,
+) -> Result<(EachStream, Blob), RPCError<TypeConfig>> {
+    let broken = |what: &str| {
+        let e = Msg(format!("member {target:x}: AppendEach stream {what}"));
+        RPCError::Network(NetworkError::new(&e))
+    };
+    if each.requests.send(blob).await.is_err() {
+        return Err(broken("closed"));
+    }
+    match each.answers.message().await {
+        Ok(Some(answer)) => Ok((each, answer)),
+        Ok(None) => Err(broken("ended")),
+        Err(s) => Err(classify(target, s)),
     }
 }
 
@@ -133,37 +153,30 @@ impl PeerConnection {
         option: &RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let blob = self.encode(rpc)?;
-        let budget = option.hard_ttl();
+        let budget = option.soft_ttl();
         let target = self.target;
-        let mut each = match self.each.take() {
-            Some(each) => each,
-            None => {
-                let (requests, rx) = tokio::sync::mpsc::channel(1);
-                let answers = tokio::time::timeout(
-                    budget,
-                    self.client()?
-                        .append_each(tokio_stream::wrappers::ReceiverStream::new(rx)),
-                )
+        let exchange = async {
+            // A kept stream may have died since its last answer (the peer restarted, the
+            // connection reset): if it fails, try once more on a new one. AppendEntries is
+            // idempotent, so a repeat is harmless.
+            if let Some(each) = self.each.take() {
+                match exchange_on(each, blob.clone(), target).await {
+                    Ok(done) => return Ok(done),
+                    Err(e) => tracing::debug!(target, error = %e, "reopening AppendEach"),
+                }
+            }
+            let (requests, rx) = tokio::sync::mpsc::channel(1);
+            let answers = self
+                .client()?
+                .append_each(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
-                .map_err(|_| overdue(target, budget))?
                 .map_err(|s| classify(target, s))?
                 .into_inner();
-                EachStream { requests, answers }
-            }
+            exchange_on(EachStream { requests, answers }, blob, target).await
         };
-        if each.requests.send(blob).await.is_err() {
-            let e = Msg(format!("member {target:x}: heartbeat stream closed"));
-            return Err(RPCError::Unreachable(Unreachable::new(&e)));
-        }
-        let answer = match tokio::time::timeout(budget, each.answers.message()).await {
-            Ok(Ok(Some(answer))) => answer,
-            Ok(Ok(None)) => {
-                let e = Msg(format!("member {target:x}: heartbeat stream ended"));
-                return Err(RPCError::Unreachable(Unreachable::new(&e)));
-            }
-            Ok(Err(s)) => return Err(classify(target, s)),
-            Err(_) => return Err(overdue(target, budget)),
-        };
+        let (each, answer) = tokio::time::timeout(budget, exchange)
+            .await
+            .map_err(|_| overdue(target, budget))??;
         let resp = self.decode(&answer)?;
         // Answered in full: the stream is in step again and can carry the next request.
         self.each = Some(each);

@@ -80,6 +80,20 @@ impl WriteBatcher {
     }
 }
 
+/// If a submission panics, its queue is left to the next write instead of waiting forever:
+/// the writes queued now see Raft stopped (their answers are dropped), later ones start anew.
+struct IdleOnPanic(Arc<Mutex<Queue>>);
+
+impl Drop for IdleOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut q = lock(&self.0);
+            q.waiting.clear();
+            q.collecting = false;
+        }
+    }
+}
+
 fn lock(q: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
     q.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -87,6 +101,7 @@ fn lock(q: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
 /// Takes the waiting writes (after letting the tasks that are about to add theirs run once),
 /// proposes them in one call per [`MAX_BATCH`] and hands each its answer.
 async fn submit(raft: Raft<TypeConfig, StateMachine>, queue: Arc<Mutex<Queue>>) {
+    let _guard = IdleOnPanic(queue.clone());
     tokio::task::yield_now().await;
     loop {
         let (batch, last) = {

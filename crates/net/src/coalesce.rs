@@ -23,6 +23,10 @@ const LIMIT: usize = 64 * 1024;
 /// one client's sequential puts were 13% slower when every flush yielded).
 const BURST: Duration = Duration::from_micros(100);
 
+/// A flush with at least this much buffered writes at once: bulk data (snapshot chunks, large
+/// ranges) gains nothing from waiting for more, and h2 flushes before each large frame.
+const FULL_ENOUGH: usize = 16 * 1024;
+
 /// A write-coalescing wrapper around a connection.
 pub struct CoalescedWrites<T> {
     inner: T,
@@ -33,6 +37,15 @@ pub struct CoalescedWrites<T> {
     last_write: Option<Instant>,
     /// See [`BURST`].
     burst: Duration,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for CoalescedWrites<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoalescedWrites")
+            .field("inner", &self.inner)
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
 }
 
 impl<T> CoalescedWrites<T> {
@@ -68,6 +81,9 @@ impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {
                 Poll::Pending => break Poll::Pending,
             }
         };
+        if written > 0 {
+            self.last_write = Some(Instant::now());
+        }
         self.buf.drain(..written);
         result
     }
@@ -100,6 +116,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
         let me = self.get_mut();
         std::task::ready!(me.poll_room(cx, data.len()))?;
         if me.buf.is_empty() && data.len() >= LIMIT {
+            me.last_write = Some(Instant::now());
             return Pin::new(&mut me.inner).poll_write(cx, data);
         }
         me.buf.extend_from_slice(data);
@@ -115,6 +132,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         std::task::ready!(me.poll_room(cx, len))?;
         if me.buf.is_empty() && len >= LIMIT {
+            me.last_write = Some(Instant::now());
             return Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
         }
         for b in bufs {
@@ -133,7 +151,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
             me.yielded = false;
             return Pin::new(&mut me.inner).poll_flush(cx);
         }
-        let busy = me.last_write.is_some_and(|t| t.elapsed() < me.burst);
+        let busy =
+            me.buf.len() < FULL_ENOUGH && me.last_write.is_some_and(|t| t.elapsed() < me.burst);
         if busy && !me.yielded {
             // Let the tasks that are about to add frames run first; we are polled again
             // right after them.
@@ -143,7 +162,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
         }
         std::task::ready!(me.poll_drain(cx))?;
         me.yielded = false;
-        me.last_write = Some(Instant::now());
         Pin::new(&mut me.inner).poll_flush(cx)
     }
 
@@ -273,6 +291,18 @@ mod tests {
         assert_eq!(flush(&mut c, &mut cx), Poll::Pending);
         assert_eq!(flush(&mut c, &mut cx), Poll::Ready(()));
         assert_eq!(c.get_ref().writes.len(), 2);
+    }
+
+    #[test]
+    fn bulk_data_is_written_without_waiting() {
+        let wakes = Arc::new(CountWakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut c = busy(Sink::default());
+        let _ = write(&mut c, &mut cx, &vec![7; FULL_ENOUGH]);
+        assert_eq!(flush(&mut c, &mut cx), Poll::Ready(()));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(c.get_ref().writes.len(), 1);
     }
 
     #[test]

@@ -27,6 +27,10 @@ impl tower_service::Service<Uri> for TcpConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         Box::pin(async move {
+            if uri.scheme_str().is_some_and(|s| s != "http") {
+                let e = format!("{uri}: only http:// is supported (no TLS in this build)");
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+            }
             let host = uri
                 .host()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "URL has no host"))?;
@@ -65,6 +69,13 @@ mod tests {
         conn.write_all(b"hello").await.expect("write");
         conn.flush().await.expect("flush");
         assert_eq!(&accept.await.expect("join"), b"hello");
+    }
+
+    #[tokio::test]
+    async fn tls_urls_are_refused_rather_than_sent_in_plain_text() {
+        let uri: Uri = "https://127.0.0.1:1".parse().expect("uri");
+        let e = TcpConnector.call(uri).await.expect_err("https");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[tokio::test]
