@@ -317,6 +317,15 @@ async fn sigterm_stops_promptly_with_open_watches_and_keeps_data() {
 async fn concurrent_puts_each_get_their_own_answer() {
     let srv = Server::start();
     let client = srv.client().await;
+    let proposed = |name: &str| {
+        let (status, body) = srv.http_get("/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    let writes_before = proposed("berth_raft_writes_proposed ");
+    let calls_before = proposed("berth_raft_write_calls ");
     let tasks: Vec<_> = (0..256)
         .map(|i| {
             let mut c = client.clone();
@@ -351,4 +360,9 @@ async fn concurrent_puts_each_get_their_own_answer() {
         assert_eq!(kv.value(), format!("v{i}").as_bytes());
     }
     assert_eq!(revisions.len(), 224);
+    // Every put was proposed once (refusals happen when applied), in at most as many calls.
+    let writes = proposed("berth_raft_writes_proposed ") - writes_before;
+    let calls = proposed("berth_raft_write_calls ") - calls_before;
+    assert_eq!(writes, 256);
+    assert!((1..=256).contains(&calls), "{calls} calls");
 }

@@ -37,3 +37,4 @@ pub use replica::{
 };
 pub use runtime::seed_thread_rng;
 pub use types::Member;
+pub use write_batch::WriteCounts;

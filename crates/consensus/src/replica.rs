@@ -29,7 +29,7 @@ use crate::peer::{lease_ttl, PeerService};
 use crate::read_batch::{BatchCounts, ReadBatcher};
 use crate::state_machine::StateMachine;
 use crate::types::{Change, Member, RaftRequest, TypeConfig};
-use crate::write_batch::WriteBatcher;
+use crate::write_batch::{WriteBatcher, WriteCounts};
 
 /// How long a request waits for a leader to be elected before giving up.
 const NO_LEADER_PATIENCE: Duration = Duration::from_secs(5);
@@ -109,6 +109,8 @@ pub struct RaftStatus {
     pub forwarded_reads: BatchCounts,
     /// Leadership confirmations this member made as leader, and the reads they answered.
     pub confirmed_reads: BatchCounts,
+    /// Raft calls proposing writes here (local and forwarded), and the writes they carried.
+    pub proposed_writes: WriteCounts,
 }
 
 /// One member's Raft instance.
@@ -582,6 +584,7 @@ impl Replica {
                 .load(std::sync::atomic::Ordering::Relaxed),
             forwarded_reads: self.reads.counts(),
             confirmed_reads: self.local_reads.counts(),
+            proposed_writes: self.writes.counts(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! A write that finds no other write in flight goes straight to `client_write`, so a lone
 //! client pays nothing for the batching.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -38,6 +38,30 @@ pub(crate) struct WriteBatcher {
     /// Writes between arrival and answer.
     in_flight: AtomicUsize,
     queue: Arc<Mutex<Queue>>,
+    counts: Arc<Counts>,
+}
+
+/// Raft calls made and the writes they proposed, since start.
+#[derive(Default)]
+struct Counts {
+    calls: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl Counts {
+    fn add(&self, writes: usize) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+    }
+}
+
+/// How well writes share Raft calls: `writes / calls` writes per call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Calls into Raft that proposed writes.
+    pub calls: u64,
+    /// Writes those calls proposed.
+    pub writes: u64,
 }
 
 /// Counts a write in flight until dropped (also when its caller gives up).
@@ -55,6 +79,15 @@ impl WriteBatcher {
             raft,
             in_flight: AtomicUsize::new(0),
             queue: Arc::default(),
+            counts: Arc::default(),
+        }
+    }
+
+    /// Raft calls and the writes they proposed, since start.
+    pub fn counts(&self) -> WriteCounts {
+        WriteCounts {
+            calls: self.counts.calls.load(Ordering::Relaxed),
+            writes: self.counts.writes.load(Ordering::Relaxed),
         }
     }
 
@@ -63,6 +96,7 @@ impl WriteBatcher {
         let others = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(&self.in_flight);
         if others == 0 {
+            self.counts.add(1);
             return self.raft.client_write(req).await;
         }
         let (tx, rx) = oneshot::channel();
@@ -73,7 +107,9 @@ impl WriteBatcher {
         };
         if start {
             // On a task of its own: a caller that gives up must not strand the others.
-            tokio::spawn(submit(self.raft.clone(), self.queue.clone()));
+            let (raft, queue, counts) =
+                (self.raft.clone(), self.queue.clone(), self.counts.clone());
+            tokio::spawn(submit(raft, queue, counts));
         }
         // The sender is dropped only if Raft stopped before answering.
         rx.await.unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))
@@ -100,7 +136,11 @@ fn lock(q: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
 
 /// Takes the waiting writes (after letting the tasks that are about to add theirs run once),
 /// proposes them in one call per [`MAX_BATCH`] and hands each its answer.
-async fn submit(raft: Raft<TypeConfig, StateMachine>, queue: Arc<Mutex<Queue>>) {
+async fn submit(
+    raft: Raft<TypeConfig, StateMachine>,
+    queue: Arc<Mutex<Queue>>,
+    counts: Arc<Counts>,
+) {
     let _guard = IdleOnPanic(queue.clone());
     tokio::task::yield_now().await;
     loop {
@@ -116,6 +156,7 @@ async fn submit(raft: Raft<TypeConfig, StateMachine>, queue: Arc<Mutex<Queue>>) 
             (batch, last)
         };
         let (requests, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        counts.add(requests.len());
         match raft.client_write_many(requests).await {
             Ok(results) if last => return deliver(results, answers).await,
             Ok(results) => {

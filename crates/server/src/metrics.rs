@@ -61,6 +61,8 @@ pub struct Metrics {
     raft_snapshots_installed: Gauge,
     read_rounds: Family<ReadPathLabels, Gauge>,
     reads_answered: Family<ReadPathLabels, Gauge>,
+    write_calls: Gauge,
+    writes_proposed: Gauge,
     revision: Gauge,
     compacted: Gauge,
     keys: Gauge,
@@ -124,6 +126,8 @@ impl Metrics {
             raft_snapshots_installed: Gauge::default(),
             read_rounds: Family::default(),
             reads_answered: Family::default(),
+            write_calls: Gauge::default(),
+            writes_proposed: Gauge::default(),
             revision: Gauge::default(),
             compacted: Gauge::default(),
             keys: Gauge::default(),
@@ -214,6 +218,16 @@ impl Metrics {
             m.reads_answered.clone(),
         );
         r.register(
+            "berth_raft_write_calls",
+            "Raft calls proposing writes since start (concurrent writes share one)",
+            m.write_calls.clone(),
+        );
+        r.register(
+            "berth_raft_writes_proposed",
+            "Writes those Raft calls proposed since start",
+            m.writes_proposed.clone(),
+        );
+        r.register(
             "berth_raft_proposals_committed",
             "Proposals committed and applied",
             m.proposals_committed.clone(),
@@ -259,6 +273,8 @@ impl Metrics {
         self.raft_snapshots_built.set(raft.snapshots_built as i64);
         self.raft_snapshots_installed
             .set(raft.snapshots_installed as i64);
+        self.write_calls.set(raft.proposed_writes.calls as i64);
+        self.writes_proposed.set(raft.proposed_writes.writes as i64);
         for (path, c) in [
             ("forwarded", raft.forwarded_reads),
             ("confirmed", raft.confirmed_reads),
