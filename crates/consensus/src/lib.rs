@@ -12,10 +12,12 @@
 //! - [`network`]: how members reach each other (gRPC client side).
 //! - [`peer`]: the peer gRPC service (server side).
 //! - `forwarder`: a follower's writes to the leader over one long-lived stream.
+//! - `batch_counts`: how many requests share one round, for `/metrics`.
 //! - `read_batch`: a follower's concurrent read-index requests share one round to the leader.
 //! - `write_batch`: concurrent writes share one Raft call (and one log append).
 //! - [`replica`]: a running member: bootstrap, propose, read-index, status.
 
+mod batch_counts;
 pub mod codec;
 pub mod env;
 mod forwarder;
@@ -30,11 +32,11 @@ pub mod types;
 pub mod wal;
 mod write_batch;
 
+pub use batch_counts::BatchCounts;
 pub use env::{Dialer, Environment, StorageIo, TcpDialer, Transport};
-pub use read_batch::BatchCounts;
 pub use replica::{
-    fetch_cluster_id, MemberEntry, ProposeError, RaftStatus, Replica, ReplicaConfig, StartError,
+    fetch_cluster_id, MemberEntry, ProposeError, RaftStatus, Replica, ReplicaConfig, Sharing,
+    StartError,
 };
 pub use runtime::seed_thread_rng;
 pub use types::Member;
-pub use write_batch::WriteCounts;

@@ -195,18 +195,14 @@ impl PeerConnection {
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotFile;
 
+    /// Single calls (openraft makes them only through its default `stream_append`, which
+    /// this network replaces) share the `AppendEach` stream with one-request sessions.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let blob = self.encode(&rpc)?;
-        let resp = self
-            .client()?
-            .append_entries(Self::request(blob, &option))
-            .await
-            .map_err(|s| classify(self.target, s))?;
-        self.decode(resp.get_ref())
+        self.append_one(&rpc, &option).await
     }
 
     /// Pipelined replication over one gRPC stream per session: requests go out as openraft

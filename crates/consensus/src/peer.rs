@@ -118,16 +118,6 @@ impl RaftPeer for PeerService {
         Ok(Response::new(Box::pin(answers)))
     }
 
-    async fn append_entries(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc = from_blob(req.get_ref())?;
-        let resp = self
-            .raft
-            .append_entries(rpc)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(to_blob(&resp)?))
-    }
-
     async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc = from_blob(req.get_ref())?;
         let resp = self

@@ -6,10 +6,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
+
+use crate::batch_counts::{BatchCounts, Tally};
 
 /// One request to the leader for a read index (`None`: the leader could not be asked).
 type Fetch = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Option<u64>> + Send>> + Send>;
@@ -23,27 +24,12 @@ struct Batch {
     waiting: Vec<(oneshot::Sender<Option<u64>>, Fetch)>,
 }
 
-/// How well reads share rounds: `reads / rounds` readers per request to the leader.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchCounts {
-    /// Requests made (rounds).
-    pub rounds: u64,
-    /// Reads those requests answered.
-    pub reads: u64,
-}
-
 /// The read-index batcher of one member.
 #[derive(Default)]
 pub(crate) struct ReadBatcher {
     batch: Arc<Mutex<Batch>>,
-    /// Rounds started and the reads they answered, since start (read lock-free by Status).
-    counts: Arc<Counts>,
-}
-
-#[derive(Default)]
-struct Counts {
-    rounds: AtomicU64,
-    reads: AtomicU64,
+    /// Rounds started and the reads they answered.
+    counts: Arc<Tally>,
 }
 
 impl ReadBatcher {
@@ -70,10 +56,7 @@ impl ReadBatcher {
 
     /// Rounds and reads since start.
     pub fn counts(&self) -> BatchCounts {
-        BatchCounts {
-            rounds: self.counts.rounds.load(Ordering::Relaxed),
-            reads: self.counts.reads.load(Ordering::Relaxed),
-        }
+        self.counts.get()
     }
 }
 
@@ -95,7 +78,7 @@ impl Drop for IdleOnPanic {
 }
 
 /// Asks the leader for everyone waiting, again and again while new readers arrived meanwhile.
-async fn drive(batch: Arc<Mutex<Batch>>, counts: Arc<Counts>) {
+async fn drive(batch: Arc<Mutex<Batch>>, counts: Arc<Tally>) {
     let _guard = IdleOnPanic(batch.clone());
     loop {
         let mut waiting = {
@@ -105,10 +88,7 @@ async fn drive(batch: Arc<Mutex<Batch>>, counts: Arc<Counts>) {
                 b.running = false;
                 return;
             }
-            counts.rounds.fetch_add(1, Ordering::Relaxed);
-            counts
-                .reads
-                .fetch_add(b.waiting.len() as u64, Ordering::Relaxed);
+            counts.add(b.waiting.len());
             std::mem::take(&mut b.waiting)
         };
         let Some((newest_tx, fetch)) = waiting.pop() else {
@@ -125,6 +105,7 @@ async fn drive(batch: Arc<Mutex<Batch>>, counts: Arc<Counts>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
     #[tokio::test]
@@ -164,7 +145,7 @@ mod tests {
             batcher.counts(),
             BatchCounts {
                 rounds: 2,
-                reads: 21
+                items: 21
             }
         );
         // Idle again: the next reader starts a new request.

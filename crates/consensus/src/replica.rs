@@ -20,16 +20,17 @@ use openraft::raft::ReadPolicy;
 use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
 use tonic::transport::Channel;
 
+use crate::batch_counts::BatchCounts;
 use crate::codec::{decode_result, encode_command};
 use crate::env::{Environment, Transport};
 use crate::forwarder::{ForwardStream, Forwarded};
 use crate::log_store::{FlushObserver, LogStore};
 use crate::network::{peer_client, PeerNetwork};
 use crate::peer::{lease_ttl, PeerService};
-use crate::read_batch::{BatchCounts, ReadBatcher};
+use crate::read_batch::ReadBatcher;
 use crate::state_machine::StateMachine;
 use crate::types::{Change, Member, RaftRequest, TypeConfig};
-use crate::write_batch::{WriteBatcher, WriteCounts};
+use crate::write_batch::WriteBatcher;
 
 /// How long a request waits for a leader to be elected before giving up.
 const NO_LEADER_PATIENCE: Duration = Duration::from_secs(5);
@@ -105,12 +106,18 @@ pub struct RaftStatus {
     pub snapshots_built: u64,
     /// Snapshots this member installed from a leader.
     pub snapshots_installed: u64,
+}
+
+/// How concurrent requests shared work on this member, since start (for `/metrics`; kept out
+/// of [`RaftStatus`], which every response header reads).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sharing {
     /// Read-index requests this member sent to the leader, and the reads they answered.
     pub forwarded_reads: BatchCounts,
     /// Leadership confirmations this member made as leader, and the reads they answered.
     pub confirmed_reads: BatchCounts,
     /// Raft calls proposing writes here (local and forwarded), and the writes they carried.
-    pub proposed_writes: WriteCounts,
+    pub proposed_writes: BatchCounts,
 }
 
 /// One member's Raft instance.
@@ -582,6 +589,12 @@ impl Replica {
                 .snapshots
                 .installed
                 .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// How concurrent reads and writes shared rounds here.
+    pub fn sharing(&self) -> Sharing {
+        Sharing {
             forwarded_reads: self.reads.counts(),
             confirmed_reads: self.local_reads.counts(),
             proposed_writes: self.writes.counts(),

@@ -5,7 +5,7 @@
 //! A write that finds no other write in flight goes straight to `client_write`, so a lone
 //! client pays nothing for the batching.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -14,6 +14,7 @@ use openraft::raft::ClientWriteResponse;
 use openraft::Raft;
 use tokio::sync::oneshot;
 
+use crate::batch_counts::{BatchCounts, Tally};
 use crate::state_machine::StateMachine;
 use crate::types::{RaftRequest, TypeConfig};
 
@@ -38,30 +39,8 @@ pub(crate) struct WriteBatcher {
     /// Writes between arrival and answer.
     in_flight: AtomicUsize,
     queue: Arc<Mutex<Queue>>,
-    counts: Arc<Counts>,
-}
-
-/// Raft calls made and the writes they proposed, since start.
-#[derive(Default)]
-struct Counts {
-    calls: AtomicU64,
-    writes: AtomicU64,
-}
-
-impl Counts {
-    fn add(&self, writes: usize) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
-    }
-}
-
-/// How well writes share Raft calls: `writes / calls` writes per call.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct WriteCounts {
-    /// Calls into Raft that proposed writes.
-    pub calls: u64,
-    /// Writes those calls proposed.
-    pub writes: u64,
+    /// Raft calls made and the writes they proposed.
+    counts: Arc<Tally>,
 }
 
 /// Counts a write in flight until dropped (also when its caller gives up).
@@ -84,11 +63,8 @@ impl WriteBatcher {
     }
 
     /// Raft calls and the writes they proposed, since start.
-    pub fn counts(&self) -> WriteCounts {
-        WriteCounts {
-            calls: self.counts.calls.load(Ordering::Relaxed),
-            writes: self.counts.writes.load(Ordering::Relaxed),
-        }
+    pub fn counts(&self) -> BatchCounts {
+        self.counts.get()
     }
 
     /// Proposes `req` and waits for it to be applied, as [`Raft::client_write`] does.
@@ -139,7 +115,7 @@ fn lock(q: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
 async fn submit(
     raft: Raft<TypeConfig, StateMachine>,
     queue: Arc<Mutex<Queue>>,
-    counts: Arc<Counts>,
+    counts: Arc<Tally>,
 ) {
     let _guard = IdleOnPanic(queue.clone());
     tokio::task::yield_now().await;

@@ -23,7 +23,11 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let body = node.metrics.render(&node.store, &node.proposer.status());
+    let body = node.metrics.render(
+        &node.store,
+        &node.proposer.status(),
+        &node.proposer.sharing(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_consensus::RaftStatus;
+use berth_consensus::{RaftStatus, Sharing};
 use berth_store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -166,7 +166,7 @@ impl Metrics {
             "Size of the database file",
             m.db_size.clone(),
         );
-        let raft: [(&str, &str, &Gauge); 8] = [
+        let raft: [(&str, &str, &Gauge); 10] = [
             ("berth_raft_term", "Current Raft term", &m.raft_term),
             (
                 "berth_raft_is_leader",
@@ -203,6 +203,16 @@ impl Metrics {
                 "Snapshots installed from a leader since start",
                 &m.raft_snapshots_installed,
             ),
+            (
+                "berth_raft_write_calls",
+                "Raft calls proposing writes since start (concurrent writes share one)",
+                &m.write_calls,
+            ),
+            (
+                "berth_raft_writes_proposed",
+                "Writes those Raft calls proposed since start",
+                &m.writes_proposed,
+            ),
         ];
         for (name, help, g) in raft {
             r.register(name, help, g.clone());
@@ -216,16 +226,6 @@ impl Metrics {
             "berth_read_index_reads",
             "Linearizable reads answered by read-index rounds since start",
             m.reads_answered.clone(),
-        );
-        r.register(
-            "berth_raft_write_calls",
-            "Raft calls proposing writes since start (concurrent writes share one)",
-            m.write_calls.clone(),
-        );
-        r.register(
-            "berth_raft_writes_proposed",
-            "Writes those Raft calls proposed since start",
-            m.writes_proposed.clone(),
         );
         r.register(
             "berth_raft_proposals_committed",
@@ -262,7 +262,7 @@ impl Metrics {
     }
 
     /// Renders the Prometheus text format, refreshing store and Raft gauges first.
-    pub fn render(&self, store: &Store, raft: &RaftStatus) -> String {
+    pub fn render(&self, store: &Store, raft: &RaftStatus, sharing: &Sharing) -> String {
         self.raft_term.set(raft.term as i64);
         self.raft_is_leader.set(raft.is_leader as i64);
         self.raft_commit_index.set(raft.committed_index as i64);
@@ -273,15 +273,16 @@ impl Metrics {
         self.raft_snapshots_built.set(raft.snapshots_built as i64);
         self.raft_snapshots_installed
             .set(raft.snapshots_installed as i64);
-        self.write_calls.set(raft.proposed_writes.calls as i64);
-        self.writes_proposed.set(raft.proposed_writes.writes as i64);
+        self.write_calls.set(sharing.proposed_writes.rounds as i64);
+        self.writes_proposed
+            .set(sharing.proposed_writes.items as i64);
         for (path, c) in [
-            ("forwarded", raft.forwarded_reads),
-            ("confirmed", raft.confirmed_reads),
+            ("forwarded", sharing.forwarded_reads),
+            ("confirmed", sharing.confirmed_reads),
         ] {
             let l = ReadPathLabels { path };
             self.read_rounds.get_or_create(&l).set(c.rounds as i64);
-            self.reads_answered.get_or_create(&l).set(c.reads as i64);
+            self.reads_answered.get_or_create(&l).set(c.items as i64);
         }
         let s = store.stats();
         self.revision.set(s.revision);

@@ -150,6 +150,11 @@ impl Proposer {
         self.replica.status()
     }
 
+    /// How concurrent reads and writes shared Raft rounds, for metrics.
+    pub fn sharing(&self) -> berth_consensus::Sharing {
+        self.replica.sharing()
+    }
+
     /// Stops Raft.
     pub async fn shutdown(&self) {
         self.replica.shutdown().await;
