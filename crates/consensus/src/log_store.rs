@@ -1,7 +1,9 @@
 //! openraft's log storage over [`Wal`] (segment files): appends become readable at once and
 //! durable in batches — one flusher thread fsyncs whatever has been appended meanwhile and then
-//! reports every waiting append (group commit), while appends go on. Everything else runs on the
-//! calling task: reads and appends are single positioned reads and writes.
+//! reports every waiting append (group commit), while appends go on. An append that finds the
+//! flusher idle, while fsyncs are fast, is fsynced on the calling task instead: a lone write
+//! then skips two thread hand-offs. Everything else runs on the calling task: reads and
+//! appends are single positioned reads and writes.
 //!
 //! A log written by earlier versions (a redb file, `log.redb`) is moved into segment files
 //! once, the first time the directory is opened.
@@ -10,8 +12,10 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -35,25 +39,45 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
 }
 
 /// Told the duration and number of entries of every log fsync (for metrics).
-pub type FlushObserver = Arc<dyn Fn(std::time::Duration, usize) + Send + Sync>;
+pub type FlushObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
+
+/// An append is fsynced on the calling task only while the last fsync took less than this: a
+/// slow disk must not hold up the async runtime's thread.
+const INLINE_FSYNC_MAX: Duration = Duration::from_millis(1);
 
 struct Inner {
     wal: Wal,
     /// The flusher thread's queue; `None` with inline storage IO (appends fsync themselves).
     flush: Option<mpsc::Sender<(IOFlushed<TypeConfig>, usize)>>,
     observer: Option<FlushObserver>,
+    /// Appends handed to the flusher thread and not yet reported.
+    queued: AtomicUsize,
+    /// How long the last fsync took, in microseconds.
+    last_fsync_us: AtomicU64,
 }
 
 impl Inner {
+    /// Whether an append may be fsynced on the calling task: nothing is waiting for the
+    /// flusher (so reports stay in append order) and the disk has been quick.
+    fn may_flush_inline(&self) -> bool {
+        self.queued.load(Ordering::Acquire) == 0
+            && self.last_fsync_us.load(Ordering::Relaxed) < INLINE_FSYNC_MAX.as_micros() as u64
+    }
+
     /// Fsyncs and reports the result to every waiting append.
     fn flush_and_report(&self, waiting: Vec<(IOFlushed<TypeConfig>, usize)>) {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = self.wal.sync();
+        let took = started.elapsed();
+        self.last_fsync_us.store(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if let Err(e) = &result {
             tracing::error!(error = %e, "flushing the Raft log failed");
         }
         if let Some(observe) = &self.observer {
-            observe(started.elapsed(), waiting.iter().map(|(_, n)| n).sum());
+            observe(took, waiting.iter().map(|(_, n)| n).sum());
         }
         for (cb, _) in waiting {
             cb.io_completed(
@@ -98,6 +122,8 @@ impl LogStore {
             wal,
             flush,
             observer,
+            queued: AtomicUsize::new(0),
+            last_fsync_us: AtomicU64::new(0),
         });
         if let Some(rx) = queue {
             let weak = Arc::downgrade(&inner);
@@ -115,7 +141,9 @@ fn flusher(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<(IOFlushed<TypeConf
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
         let Some(inner) = inner.upgrade() else { return };
+        let n = waiting.len();
         inner.flush_and_report(waiting);
+        inner.queued.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
@@ -197,10 +225,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Visible now, durable with the flusher's next fsync.
         self.inner.wal.append(records)?;
         match &self.inner.flush {
-            Some(queue) => queue
-                .send((callback, count))
-                .map_err(|_| io::Error::other("log flusher stopped")),
-            None => {
+            Some(queue) if !self.inner.may_flush_inline() => {
+                self.inner.queued.fetch_add(1, Ordering::AcqRel);
+                queue.send((callback, count)).map_err(|_| {
+                    self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+                    io::Error::other("log flusher stopped")
+                })
+            }
+            _ => {
                 self.inner.flush_and_report(vec![(callback, count)]);
                 Ok(())
             }
@@ -286,6 +318,55 @@ mod tests {
 
     fn log_id(index: u64) -> LogId {
         openraft::testing::log_id::<TypeConfig>(2, 1, index)
+    }
+
+    /// Appends entry `index` with a callback that signals its result.
+    async fn append_signalled(
+        log: &mut LogStore,
+        index: u64,
+    ) -> openraft::type_config::alias::OneshotReceiverOf<TypeConfig, Result<(), io::Error>> {
+        use openraft::type_config::TypeConfigExt;
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append([Entry::new_blank(log_id(index))], IOFlushed::signal(tx))
+            .await
+            .expect("append");
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_lone_append_is_fsynced_on_the_calling_task_and_a_slow_disk_sends_it_to_the_flusher()
+    {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = LogStore::open(dir.path()).expect("open");
+        // Idle flusher, quick disk: reported before `append` returns.
+        let rx = append_signalled(&mut log, 1).await;
+        let reported = rx.now_or_never().expect("reported during the append");
+        reported.expect("sender kept").expect("flushed");
+        assert_eq!(log.inner.queued.load(Ordering::Acquire), 0);
+
+        // A slow last fsync: the flusher thread takes the next appends, in order.
+        log.inner
+            .last_fsync_us
+            .store(INLINE_FSYNC_MAX.as_micros() as u64 + 1, Ordering::Relaxed);
+        let mut waiting = Vec::new();
+        for i in 2..6 {
+            waiting.push(append_signalled(&mut log, i).await);
+        }
+        for rx in waiting {
+            rx.await.expect("sender kept").expect("flushed");
+        }
+        // The flusher counts its appends out after reporting them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while log.inner.queued.load(Ordering::Acquire) != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "queued appends never counted out"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(5)));
     }
 
     #[tokio::test]

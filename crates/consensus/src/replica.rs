@@ -215,7 +215,10 @@ impl Replica {
             }
         }
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        tokio::spawn(count_leader_changes(raft.metrics(), leader_changes.clone()));
+        tokio::spawn(count_leader_changes(
+            raft.server_metrics(),
+            leader_changes.clone(),
+        ));
         let writes = Arc::new(WriteBatcher::new(raft.clone()));
         Ok(Replica {
             id,
@@ -614,11 +617,13 @@ impl Replica {
 #[error("{0}")]
 pub struct StartError(pub String);
 
-/// Counts changes of the known leader until Raft stops.
+/// Counts changes of the known leader until Raft stops. It watches the server metrics, which
+/// change only with the vote, role, leader or membership: the full metrics change with every
+/// write, and waking this task for each would cost a thread wake-up per write.
 async fn count_leader_changes(
     mut metrics: openraft::type_config::alias::WatchReceiverOf<
         TypeConfig,
-        openraft::RaftMetrics<TypeConfig>,
+        openraft::metrics::RaftServerMetrics<TypeConfig>,
     >,
     count: Arc<std::sync::atomic::AtomicU64>,
 ) {

@@ -50,6 +50,10 @@ pub struct StateMachine {
     dir: PathBuf,
     counters: Arc<SnapshotCounters>,
     io: StorageIo,
+    /// The membership last applied (as stored in the `RAFT_STATE` blob), kept so that each
+    /// batch does not read and decode the blob again; `None` until first needed and after a
+    /// snapshot replaces the store.
+    membership: Option<StoredMembership>,
 }
 
 impl StateMachine {
@@ -62,6 +66,7 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             counters: Arc::default(),
             io,
+            membership: None,
         })
     }
 
@@ -167,7 +172,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let (mut last, mut membership) = { Self::raft_state(&self.store)? };
+        let mut membership = match self.membership.take() {
+            Some(m) => m,
+            None => Self::raft_state(&self.store)?.1,
+        };
+        let mut last = None;
         let mut cmds: Vec<Command> = Vec::new();
         // For each entry: its responder and the index of its command in `cmds`, if any.
         let mut slots = Vec::new();
@@ -196,9 +205,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             slots.push((responder, slot));
         }
         if slots.is_empty() {
+            self.membership = Some(membership);
             return Ok(());
         }
-        let state = rmp_serde::to_vec(&(last, membership)).map_err(io_err)?;
+        let state = rmp_serde::to_vec(&(last, &membership)).map_err(io_err)?;
         // On this task: a batch's redb commit is not fsynced (the Raft log is the durable
         // record) and fan-out to watchers is one queue push per watch stream, so a hand-off to
         // a blocking thread would cost more than it saves.
@@ -206,6 +216,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .store
             .apply_batch_with(&cmds, &[(RAFT_STATE, state)], false)
             .map_err(io_err)?;
+        self.membership = Some(membership);
         for (responder, slot) in slots {
             let Some(responder) = responder else { continue };
             let resp = match slot.and_then(|i| results.get(i)) {
@@ -234,6 +245,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let dir = self.dir.clone();
         let meta = meta.clone();
+        self.membership = None;
         self.counters
             .installed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
