@@ -1,9 +1,10 @@
 //! openraft's log storage over [`Wal`] (segment files): appends become readable at once and
 //! durable in batches — one flusher thread fsyncs whatever has been appended meanwhile and then
-//! reports every waiting append (group commit), while appends go on. An append that finds the
-//! flusher idle, while fsyncs are fast, is fsynced on the calling task instead: a lone write
-//! then skips two thread hand-offs. Everything else runs on the calling task: reads and
-//! appends are single positioned reads and writes.
+//! reports every waiting append (group commit), while appends go on. Where nothing else could
+//! go on meanwhile (a follower, or a leader without peers), an append that finds the flusher
+//! idle, while fsyncs are fast, is fsynced on the calling task instead: a lone write then skips
+//! two thread hand-offs. Everything else runs on the calling task: reads and appends are single
+//! positioned reads and writes.
 //!
 //! A log written by earlier versions (a redb file, `log.redb`) is moved into segment files
 //! once, the first time the directory is opened.
@@ -12,7 +13,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,14 +55,27 @@ struct Inner {
     queued: AtomicUsize,
     /// How long the last fsync took, in microseconds.
     last_fsync_us: AtomicU64,
+    /// Whether appends may be fsynced on the calling task (see [`LogStore::flush_inline`]).
+    inline_allowed: AtomicBool,
+    /// When the log was opened: the zero of `last_append_us`.
+    opened: Instant,
+    /// When the last append came, in microseconds since `opened`.
+    last_append_us: AtomicU64,
 }
 
 impl Inner {
-    /// Whether an append may be fsynced on the calling task: nothing is waiting for the
-    /// flusher (so reports stay in append order) and the disk has been quick.
+    /// Whether an append may be fsynced on the calling task: it is allowed here, nothing is
+    /// waiting for the flusher (so reports stay in append order), the disk has been quick, and
+    /// appends come slower than fsyncs take. Under a steady stream of appends the flusher
+    /// thread is better: appends made during one fsync share the next one.
     fn may_flush_inline(&self) -> bool {
-        self.queued.load(Ordering::Acquire) == 0
-            && self.last_fsync_us.load(Ordering::Relaxed) < INLINE_FSYNC_MAX.as_micros() as u64
+        let now = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let since_last = now.saturating_sub(self.last_append_us.swap(now, Ordering::Relaxed));
+        let fsync = self.last_fsync_us.load(Ordering::Relaxed);
+        self.inline_allowed.load(Ordering::Relaxed)
+            && self.queued.load(Ordering::Acquire) == 0
+            && fsync < INLINE_FSYNC_MAX.as_micros() as u64
+            && since_last > 2 * fsync
     }
 
     /// Fsyncs and reports the result to every waiting append.
@@ -124,6 +138,9 @@ impl LogStore {
             observer,
             queued: AtomicUsize::new(0),
             last_fsync_us: AtomicU64::new(0),
+            inline_allowed: AtomicBool::new(false),
+            opened: Instant::now(),
+            last_append_us: AtomicU64::new(0),
         });
         if let Some(rx) = queue {
             let weak = Arc::downgrade(&inner);
@@ -132,6 +149,14 @@ impl LogStore {
                 .spawn(move || flusher(weak, rx))?;
         }
         Ok(LogStore { inner })
+    }
+
+    /// Lets lone appends be fsynced on the calling task (`true`) or always hands them to the
+    /// flusher thread (`false`, the default). Allow it only where the caller has nothing else
+    /// to do until the append is durable: a leader with peers must not, as it sends the new
+    /// entries to its followers while its own fsync runs.
+    pub fn flush_inline(&self, allowed: bool) {
+        self.inner.inline_allowed.store(allowed, Ordering::Relaxed);
     }
 }
 
@@ -334,13 +359,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lone_append_is_fsynced_on_the_calling_task_and_a_slow_disk_sends_it_to_the_flusher()
-    {
+    async fn a_lone_append_is_fsynced_on_the_calling_task_only_where_allowed_and_while_the_disk_is_quick(
+    ) {
         use futures::FutureExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = LogStore::open(dir.path()).expect("open");
-        // Idle flusher, quick disk: reported before `append` returns.
-        let rx = append_signalled(&mut log, 1).await;
+        // Not allowed (the default): the flusher thread reports it.
+        append_signalled(&mut log, 1)
+            .await
+            .await
+            .expect("sender kept")
+            .expect("flushed");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while log.inner.queued.load(Ordering::Acquire) != 0 {
+            assert!(Instant::now() < deadline, "queued append never counted out");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        log.flush_inline(true);
+        // Idle flusher, quick disk (whatever this machine's is), appends far apart: reported
+        // before `append` returns.
+        log.inner.last_fsync_us.store(0, Ordering::Relaxed);
+        let rx = append_signalled(&mut log, 2).await;
         let reported = rx.now_or_never().expect("reported during the append");
         reported.expect("sender kept").expect("flushed");
         assert_eq!(log.inner.queued.load(Ordering::Acquire), 0);
@@ -350,7 +389,7 @@ mod tests {
             .last_fsync_us
             .store(INLINE_FSYNC_MAX.as_micros() as u64 + 1, Ordering::Relaxed);
         let mut waiting = Vec::new();
-        for i in 2..6 {
+        for i in 3..7 {
             waiting.push(append_signalled(&mut log, i).await);
         }
         for rx in waiting {
@@ -366,7 +405,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let state = log.get_log_state().await.expect("state");
-        assert_eq!(state.last_log_id, Some(log_id(5)));
+        assert_eq!(state.last_log_id, Some(log_id(6)));
     }
 
     #[tokio::test]

@@ -191,6 +191,7 @@ impl Replica {
         let network = PeerNetwork {
             transport: cfg.env.transport.clone(),
         };
+        let log_handle = log.clone();
         let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| StartError(format!("starting raft: {e}")))?;
@@ -215,9 +216,10 @@ impl Replica {
             }
         }
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        tokio::spawn(count_leader_changes(
+        tokio::spawn(watch_role(
             raft.server_metrics(),
             leader_changes.clone(),
+            log_handle,
         ));
         let writes = Arc::new(WriteBatcher::new(raft.clone()));
         Ok(Replica {
@@ -617,19 +619,30 @@ impl Replica {
 #[error("{0}")]
 pub struct StartError(pub String);
 
-/// Counts changes of the known leader until Raft stops. It watches the server metrics, which
-/// change only with the vote, role, leader or membership: the full metrics change with every
-/// write, and waking this task for each would cost a thread wake-up per write.
-async fn count_leader_changes(
+/// Follows this member's role until Raft stops: counts changes of the known leader, and lets
+/// the log fsync lone appends on the Raft task except on a leader with peers (which sends new
+/// entries to them while its own fsync runs). It watches the server metrics, which change
+/// only with the vote, role, leader or membership: the full metrics change with every write,
+/// and waking this task for each would cost a thread wake-up per write.
+async fn watch_role(
     mut metrics: openraft::type_config::alias::WatchReceiverOf<
         TypeConfig,
         openraft::metrics::RaftServerMetrics<TypeConfig>,
     >,
     count: Arc<std::sync::atomic::AtomicU64>,
+    log: LogStore,
 ) {
     let mut last = None;
     loop {
-        let leader = metrics.borrow_watched().current_leader;
+        let (leader, replicates) = {
+            let m = metrics.borrow_watched();
+            let peers = m.membership_config.membership().nodes().count() > 1;
+            (
+                m.current_leader,
+                m.state == openraft::ServerState::Leader && peers,
+            )
+        };
+        log.flush_inline(!replicates);
         if leader != last && leader.is_some() {
             count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
