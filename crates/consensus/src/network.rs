@@ -19,11 +19,10 @@ use openraft::raft::{
 use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 use openraft::type_config::alias::SnapshotOf;
 use openraft::OptionalSend;
-use tokio::io::AsyncReadExt;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::env::Transport;
+use crate::env::{StorageIo, Transport};
 use crate::peer::{from_blob, to_blob};
 use crate::state_machine::SnapshotFile;
 use crate::types::{Member, TypeConfig, Vote};
@@ -65,6 +64,8 @@ pub fn peer_client(
 pub struct PeerNetwork {
     /// How peers are dialed.
     pub transport: Transport,
+    /// Where snapshot streams are written out.
+    pub io: StorageIo,
 }
 
 /// A connection to one peer.
@@ -74,12 +75,39 @@ pub struct PeerConnection {
     /// The open `AppendEach` stream, if any: kept between calls, dropped after any failure
     /// (a late answer must never be taken for the next request's).
     each: Option<EachStream>,
+    /// Where snapshot streams are written out.
+    io: StorageIo,
 }
 
 /// A long-lived `AppendEach` stream: one request in flight at a time, answered in order.
 struct EachStream {
     requests: tokio::sync::mpsc::Sender<Blob>,
     answers: tonic::Streaming<Blob>,
+}
+
+/// The messages of a snapshot transfer, handed to `send` in order: `head` (vote and meta), the
+/// snapshot bytes in chunks of [`SNAPSHOT_CHUNK`] (never empty), then an empty end marker. A
+/// stream that ends without the marker (the transfer was cancelled, the data unreadable) is
+/// refused by the receiver. Blocking: it reads the store or a file.
+fn snapshot_messages(
+    head: Blob,
+    data: &SnapshotFile,
+    mut send: impl FnMut(Blob) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    send(head)?;
+    let mut buf = Vec::with_capacity(SNAPSHOT_CHUNK);
+    data.write_to(|chunk| {
+        buf.extend_from_slice(chunk);
+        if buf.len() >= SNAPSHOT_CHUNK {
+            let full = std::mem::replace(&mut buf, Vec::with_capacity(SNAPSHOT_CHUNK));
+            send(Blob { data: full })?;
+        }
+        Ok(())
+    })?;
+    if !buf.is_empty() {
+        send(Blob { data: buf })?;
+    }
+    send(Blob::default())
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -90,6 +118,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             client: peer_client(node, &self.transport),
             each: None,
+            io: self.io,
         }
     }
 }
@@ -311,47 +340,60 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let head = self.encode(&(vote, snapshot.meta.clone()))?;
         let mut client = self.client()?;
-        let path = snapshot.snapshot.path.clone();
+        let data = snapshot.snapshot;
         let target = self.target;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Blob>(4);
-        let reader = tokio::spawn(async move {
-            if tx.send(head).await.is_err() {
-                return Ok(());
+        let network_err = |e: std::io::Error| {
+            StreamingError::from(RPCError::<TypeConfig>::Network(NetworkError::new(&e)))
+        };
+        let (requests, reader) = match self.io {
+            // Writing the stream reads the store (or a file) and checksums it: off the runtime.
+            StorageIo::Threads => {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Blob>(4);
+                let reader = tokio::task::spawn_blocking(move || {
+                    let sent = snapshot_messages(head, &data, |m| {
+                        tx.blocking_send(m)
+                            .map_err(|_| std::io::Error::other("snapshot receiver gone"))
+                    });
+                    match sent {
+                        // The transfer stopped from the other side; its error is the one to
+                        // report.
+                        Err(_) if tx.is_closed() => Ok(()),
+                        r => r,
+                    }
+                });
+                (rx, Some(reader))
             }
-            let mut file = tokio::fs::File::open(&path).await?;
-            let mut buf = vec![0u8; SNAPSHOT_CHUNK];
-            loop {
-                let n = file.read(&mut buf).await?;
-                if n == 0 {
-                    // The end marker: a stream that ends without it (the transfer was
-                    // cancelled or the file unreadable) is refused by the receiver.
-                    let _ = tx.send(Blob::default()).await;
-                    return Ok::<(), std::io::Error>(());
+            // Everything on this task (a simulation controls all of it): written out first.
+            StorageIo::Inline => {
+                let mut all = Vec::new();
+                snapshot_messages(head, &data, |m| {
+                    all.push(m);
+                    Ok(())
+                })
+                .map_err(network_err)?;
+                let (tx, rx) = tokio::sync::mpsc::channel::<Blob>(all.len());
+                for m in all {
+                    // Room for every message was made above.
+                    let _ = tx.try_send(m);
                 }
-                if tx
-                    .send(Blob {
-                        data: buf[..n].to_vec(),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
+                (rx, None)
             }
-        });
-        let send = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        };
+        let send = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(requests));
         tokio::pin!(cancel);
         let resp = tokio::select! {
             r = send => r.map_err(|s| StreamingError::from(classify(target, s)))?,
             closed = &mut cancel => {
-                reader.abort();
+                if let Some(reader) = &reader {
+                    reader.abort();
+                }
                 return Err(StreamingError::Closed(closed));
             }
         };
-        if let Ok(Err(e)) = reader.await {
-            return Err(StreamingError::from(RPCError::Network(NetworkError::new(
-                &e,
-            ))));
+        if let Some(reader) = reader {
+            if let Ok(Err(e)) = reader.await {
+                return Err(network_err(e));
+            }
         }
         Ok(self.decode(resp.get_ref())?)
     }

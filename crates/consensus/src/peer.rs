@@ -180,7 +180,7 @@ impl RaftPeer for PeerService {
         tracing::info!(bytes, index = ?meta.last_log_id.map(|l| l.index), "received snapshot");
         let snapshot = openraft::storage::Snapshot {
             meta,
-            snapshot: SnapshotFile { path },
+            snapshot: SnapshotFile::File(path),
         };
         let resp = self
             .raft

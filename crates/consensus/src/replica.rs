@@ -190,6 +190,7 @@ impl Replica {
         let snapshots = sm.counters();
         let network = PeerNetwork {
             transport: cfg.env.transport.clone(),
+            io,
         };
         let log_handle = log.clone();
         let raft = Raft::new(id, Arc::new(config), network, log, sm)

@@ -1,17 +1,20 @@
-//! The Raft state machine: applies committed entries to the MVCC store in batches, keeps the
-//! applied log id and membership in the same transaction, and builds/installs snapshots as
-//! files holding a store snapshot.
+//! The Raft state machine: applies committed entries to the MVCC store in batches, keeping the
+//! applied log id and membership in the same transaction; its snapshots are the store itself.
 //!
 //! Batches are applied without their own fsync: the Raft log already holds them durably, and
-//! after a crash openraft re-applies from the last durable applied id. The store is flushed
-//! before every snapshot (so the log is only purged behind durable state). Applying and
-//! snapshot files run where [`StorageIo`] says (blocking threads in production).
+//! after a crash openraft re-applies from the last durable applied id. A snapshot is a durable
+//! commit of the store plus a read view of exactly that state ([`berth_store::StoreView`]):
+//! building one copies nothing, so the log can be purged behind durable state at the cost of
+//! one commit, and the bytes are only produced when the view is sent to a member that needs
+//! them (like etcd, whose snapshots are its bolt file). A snapshot received from a leader
+//! arrives as a file, installed and then deleted. Snapshot writing and installing run where
+//! [`StorageIo`] says (blocking threads in production).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use berth_store::{Command, Store};
+use berth_store::{Command, Store, StoreView};
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::SnapshotOf;
@@ -28,11 +31,76 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// A snapshot on disk: a store snapshot stream in a file.
+/// A snapshot's data: a view of the local store, or a snapshot stream received in a file.
 #[derive(Debug, Clone)]
-pub struct SnapshotFile {
-    /// Where the snapshot bytes are.
-    pub path: PathBuf,
+pub enum SnapshotFile {
+    /// The local store as of the snapshot, written out when it is sent.
+    View(Arc<StoreView>),
+    /// A store snapshot stream (the format of [`Store::snapshot`]) in a file.
+    File(PathBuf),
+}
+
+impl SnapshotFile {
+    /// Writes the snapshot stream, chunk by chunk, to `sink` (blocking: run it off the async
+    /// runtime's threads).
+    pub fn write_to(&self, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        match self {
+            SnapshotFile::View(view) => view
+                .write_snapshot(|chunk| sink(chunk).map_err(berth_store::StoreError::Io))
+                .map_err(io_err),
+            SnapshotFile::File(path) => {
+                let mut file = std::fs::File::open(path)?;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = std::io::Read::read(&mut file, &mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    sink(&buf[..n])?;
+                }
+            }
+        }
+    }
+}
+
+/// What earlier versions kept in the snapshot directory: snapshot copies and their metadata,
+/// and files of interrupted builds and transfers. None of it is needed any more.
+fn remove_stale_files(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let stale = name.starts_with("snap-")
+            || name.starts_with("receiving-")
+            || name.starts_with("installing-")
+            || name == "building.tmp"
+            || name == "meta.tmp";
+        if stale {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the store durable and takes a view of it as a snapshot; the flag says whether
+/// anything was ever applied (without, the snapshot is of an empty store).
+fn durable_snapshot(store: &Store) -> io::Result<(SnapshotOf<TypeConfig, SnapshotFile>, bool)> {
+    let view = store.durable_view().map_err(io_err)?;
+    let blob = view.blob(RAFT_STATE).map_err(io_err)?;
+    let applied = blob.is_some();
+    let (last_log_id, last_membership): (Option<LogId>, StoredMembership) = match blob {
+        Some(b) => rmp_serde::from_slice(&b).map_err(io_err)?,
+        None => (None, StoredMembership::default()),
+    };
+    let snapshot = Snapshot {
+        meta: SnapshotMeta {
+            last_log_id,
+            last_membership,
+        },
+        snapshot: SnapshotFile::View(Arc::new(view)),
+    };
+    Ok((snapshot, applied))
 }
 
 /// Snapshot activity, for metrics.
@@ -61,6 +129,7 @@ impl StateMachine {
     /// where `io` says.
     pub fn new(store: Arc<Store>, dir: &Path, io: StorageIo) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
+        remove_stale_files(dir)?;
         Ok(StateMachine {
             store,
             dir: dir.to_path_buf(),
@@ -83,40 +152,9 @@ impl StateMachine {
     }
 }
 
-fn meta_path(snapshot: &Path) -> PathBuf {
-    snapshot.with_extension("meta")
-}
-
-/// Records `snapshot` (with its meta) as the current one and deletes older ones.
-fn keep_current(dir: &Path, snapshot: &Path, meta: &SnapshotMeta) -> io::Result<PathBuf> {
-    let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-    let final_path = dir.join(format!("snap-{index:020}.bin"));
-    if snapshot != final_path {
-        std::fs::rename(snapshot, &final_path)?;
-    }
-    let meta_bytes = rmp_serde::to_vec(meta).map_err(io_err)?;
-    let tmp = dir.join("meta.tmp");
-    std::fs::write(&tmp, meta_bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, meta_path(&final_path))?;
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        let stem_is_snap = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("snap-"));
-        if stem_is_snap && p != final_path && p != meta_path(&final_path) {
-            let _ = std::fs::remove_file(&p);
-        }
-    }
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(final_path)
-}
-
 /// Builds snapshots of the store.
 pub struct Builder {
     store: Arc<Store>,
-    dir: PathBuf,
     counters: Arc<SnapshotCounters>,
     io: StorageIo,
 }
@@ -126,37 +164,18 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, SnapshotFile>> {
         let store = self.store.clone();
-        let dir = self.dir.clone();
         let counters = self.counters.clone();
-        self.io.run(move || {
-            counters.built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Everything the snapshot covers must be durable before the log behind it is purged.
-            store.flush().map_err(io_err)?;
-            let tmp = dir.join("building.tmp");
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            let blob = store
-                .snapshot_with_blob(RAFT_STATE, |chunk| {
-                    std::io::Write::write_all(&mut file, chunk).map_err(berth_store::StoreError::Io)
-                })
-                .map_err(io_err)?;
-            let file = file.into_inner().map_err(io_err)?;
-            file.sync_all()?;
-            let (last_log_id, last_membership): (Option<LogId>, StoredMembership) = match blob {
-                Some(b) => rmp_serde::from_slice(&b).map_err(io_err)?,
-                None => (None, StoredMembership::default()),
-            };
-            let meta = SnapshotMeta {
-                last_log_id,
-                last_membership,
-            };
-            let path = keep_current(&dir, &tmp, &meta)?;
-            tracing::info!(index = ?meta.last_log_id.map(|l| l.index), path = %path.display(), "built snapshot");
-            Ok(Snapshot {
-                meta,
-                snapshot: SnapshotFile { path },
+        self.io
+            .run(move || {
+                counters
+                    .built
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Everything the snapshot covers is durable before the log behind it is purged.
+                let (snapshot, _) = durable_snapshot(&store)?;
+                tracing::info!(index = ?snapshot.meta.last_log_id.map(|l| l.index), "snapshot taken");
+                Ok(snapshot)
             })
-        })
-        .await
+            .await
     }
 }
 
@@ -231,7 +250,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         Builder {
             store: self.store.clone(),
-            dir: self.dir.clone(),
             counters: self.counters.clone(),
             io: self.io,
         }
@@ -249,40 +267,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.counters
             .installed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.io.run(move || {
-            let file = std::io::BufReader::new(std::fs::File::open(&snapshot.path)?);
-            store.install_snapshot(file).map_err(io_err)?;
-            keep_current(&dir, &snapshot.path, &meta)?;
-            tracing::info!(index = ?meta.last_log_id.map(|l| l.index), "installed snapshot from the leader");
-            Ok(())
-        })
-        .await
+        self.io
+            .run(move || {
+                let path = match &snapshot {
+                    SnapshotFile::File(path) => path.clone(),
+                    SnapshotFile::View(_) => {
+                        // Another store's view (only tests hand one over directly): write it
+                        // out, then install it like a received one.
+                        let path = dir.join("installing-view.tmp");
+                        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                        snapshot.write_to(|chunk| std::io::Write::write_all(&mut out, chunk))?;
+                        std::io::Write::flush(&mut out)?;
+                        path
+                    }
+                };
+                let installed = std::fs::File::open(&path)
+                    .map(std::io::BufReader::new)
+                    .and_then(|file| store.install_snapshot(file).map_err(io_err));
+                let _ = std::fs::remove_file(&path);
+                installed?;
+                // The stream carries its own applied id; it must be the one openraft was told.
+                let (applied, _) = StateMachine::raft_state(&store)?;
+                if applied != meta.last_log_id {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "installed snapshot holds applied id {applied:?}, its metadata says {:?}",
+                            meta.last_log_id
+                        ),
+                    ));
+                }
+                tracing::info!(index = ?meta.last_log_id.map(|l| l.index), "installed snapshot from the leader");
+                Ok(())
+            })
+            .await
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>> {
-        let dir = self.dir.clone();
+        let store = self.store.clone();
         self.io
             .run(move || {
-                let mut newest: Option<PathBuf> = None;
-                for entry in std::fs::read_dir(&dir)? {
-                    let p = entry?.path();
-                    let is_snap = p.extension().is_some_and(|e| e == "bin")
-                        && p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with("snap-"));
-                    if is_snap && meta_path(&p).exists() && newest.as_ref().is_none_or(|n| p > *n) {
-                        newest = Some(p);
-                    }
-                }
-                let Some(path) = newest else { return Ok(None) };
-                let meta: SnapshotMeta =
-                    rmp_serde::from_slice(&std::fs::read(meta_path(&path))?).map_err(io_err)?;
-                Ok(Some(Snapshot {
-                    meta,
-                    snapshot: SnapshotFile { path },
-                }))
+                let (snapshot, applied) = durable_snapshot(&store)?;
+                Ok(applied.then_some(snapshot))
             })
             .await
     }

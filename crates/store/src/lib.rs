@@ -30,7 +30,7 @@ pub use apply::{check_txn_duplicates, Applied, Command};
 pub use error::{Result, StoreError};
 pub use index::KeySpan;
 pub use lease::{LeaseInfo, LeaseLimits};
-pub use store::{Store, StoreOptions, StoreStats};
+pub use store::{Store, StoreOptions, StoreStats, StoreView};
 pub use watch::{Delivery, DeliveryItem, WatchHandle, WatchSink, WatchSpec};
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableTable};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{BLOBS, LEASES, META, REVS};
@@ -72,18 +72,20 @@ impl<F: FnMut(&[u8]) -> Result<()>> Chunker<F> {
 }
 
 /// Streams every record of one read transaction (no magic, no trailer).
-pub(crate) fn write_records(db: &Database, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+pub(crate) fn write_records(
+    txn: &ReadTransaction,
+    sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
     let mut c = Chunker::new(sink);
-    records(db, &mut c, None)?;
+    records(txn, &mut c, None)?;
     c.flush()
 }
 
 fn records<F: FnMut(&[u8]) -> Result<()>>(
-    db: &Database,
+    txn: &ReadTransaction,
     c: &mut Chunker<F>,
     want_blob: Option<&str>,
 ) -> Result<Option<Vec<u8>>> {
-    let txn = db.begin_read().db()?;
     let mut wanted = None;
     for item in txn.open_table(BLOBS).db()?.iter().db()? {
         let (k, v) = item.db()?;
@@ -113,13 +115,13 @@ fn records<F: FnMut(&[u8]) -> Result<()>>(
 
 /// Streams a complete snapshot (magic, records, checksum trailer).
 pub(crate) fn write_snapshot(
-    db: &Database,
+    txn: &ReadTransaction,
     want_blob: Option<&str>,
     sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<Option<Vec<u8>>> {
     let mut c = Chunker::new(sink);
     c.put(MAGIC)?;
-    let wanted = records(db, &mut c, want_blob)?;
+    let wanted = records(txn, &mut c, want_blob)?;
     c.put(&[TAG_END])?;
     let pad = (ALIGN - c.len % ALIGN) % ALIGN;
     c.put(&vec![0u8; pad])?;

@@ -487,7 +487,11 @@ impl Store {
     /// Makes every earlier non-durable batch durable (one fsync).
     pub fn flush(&self) -> Result<()> {
         let _serial = lock(&self.writer);
-        let db = read_lock(&self.db);
+        Self::durable_commit(&read_lock(&self.db))
+    }
+
+    /// A durable commit of `db` (the caller holds the writer lock).
+    fn durable_commit(db: &Database) -> Result<()> {
         let txn = db.begin_write().db()?;
         {
             // A write so the commit is never elided.
@@ -500,10 +504,8 @@ impl Store {
 
     /// The stored blob `name`, if any.
     pub fn blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let db = read_lock(&self.db);
-        let txn = db.begin_read().db()?;
-        let table = txn.open_table(BLOBS).db()?;
-        Ok(table.get(name).db()?.map(|g| g.value().to_vec()))
+        let txn = read_lock(&self.db).begin_read().db()?;
+        StoreView { txn }.blob(name)
     }
 
     /// Replaces the whole store with the content of a snapshot stream, live: readers see the
@@ -633,7 +635,8 @@ impl Store {
     /// CRC-32C over the whole logical content (changes, leases, counters).
     pub fn hash(&self) -> Result<u32> {
         let mut h = crc32c::crc32c(&[]);
-        crate::snapshot::write_records(&read_lock(&self.db), |chunk| {
+        let txn = read_lock(&self.db).begin_read().db()?;
+        crate::snapshot::write_records(&txn, |chunk| {
             h = crc32c::crc32c_append(h, chunk);
             Ok(())
         })?;
@@ -642,17 +645,21 @@ impl Store {
 
     /// Writes a consistent snapshot of the store, chunk by chunk, to `sink`.
     pub fn snapshot(&self, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        crate::snapshot::write_snapshot(&read_lock(&self.db), None, sink).map(|_| ())
+        let txn = read_lock(&self.db).begin_read().db()?;
+        crate::snapshot::write_snapshot(&txn, None, sink).map(|_| ())
     }
 
-    /// Like [`Store::snapshot`], and returns the blob `name` as of the same snapshot (so a
-    /// consensus layer learns exactly which log position the snapshot holds).
-    pub fn snapshot_with_blob(
-        &self,
-        name: &str,
-        sink: impl FnMut(&[u8]) -> Result<()>,
-    ) -> Result<Option<Vec<u8>>> {
-        crate::snapshot::write_snapshot(&read_lock(&self.db), Some(name), sink)
+    /// Makes everything applied so far durable and returns a view of exactly that state,
+    /// which stays as it is while later writes go on (it pins the pages it reads until it is
+    /// dropped, so keep it only as long as it is needed). Costs one durable commit; nothing is
+    /// copied until the view is written out.
+    pub fn durable_view(&self) -> Result<StoreView> {
+        let _serial = lock(&self.writer);
+        let db = read_lock(&self.db);
+        Self::durable_commit(&db)?;
+        // Under the writer lock no batch can commit between the two.
+        let txn = db.begin_read().db()?;
+        Ok(StoreView { txn })
     }
 
     /// Rewrites the database file to its smallest size. Waits for in-flight transactions.
@@ -665,5 +672,30 @@ impl Store {
         self.db_size.store(after, Ordering::Release);
         tracing::info!(before, after, "defragmented");
         Ok(())
+    }
+}
+
+/// A consistent, read-only view of the store as of one moment (see [`Store::durable_view`]).
+pub struct StoreView {
+    txn: redb::ReadTransaction,
+}
+
+impl StoreView {
+    /// The blob `name` as of this view.
+    pub fn blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.txn.open_table(BLOBS).db()?;
+        Ok(table.get(name).db()?.map(|g| g.value().to_vec()))
+    }
+
+    /// Writes this view as a snapshot stream (the format of [`Store::snapshot`]), chunk by
+    /// chunk, to `sink`.
+    pub fn write_snapshot(&self, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        crate::snapshot::write_snapshot(&self.txn, None, sink).map(|_| ())
+    }
+}
+
+impl std::fmt::Debug for StoreView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreView")
     }
 }

@@ -465,6 +465,42 @@ fn snapshot_restores_the_same_content() {
     assert!(snapshot::restore(bad.as_slice(), other.path()).is_err());
 }
 
+#[test]
+fn a_durable_view_keeps_its_moment_while_writes_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    for i in 0..100 {
+        put(&s, &format!("k{i}"), "before");
+    }
+    let at = s.revision();
+    let hash_at = s.hash_kv(0).expect("hash").0;
+    let view = s.durable_view().expect("view");
+    // Later writes, including over the same keys, do not show in the view.
+    for i in 0..100 {
+        put(&s, &format!("k{i}"), "after");
+    }
+    put(&s, "new", "after");
+    assert!(s.revision() > at);
+    let mut snap = Vec::new();
+    view.write_snapshot(|c| {
+        snap.extend_from_slice(c);
+        Ok(())
+    })
+    .expect("write view");
+    drop(view);
+    let target = tempfile::tempdir().expect("tempdir");
+    snapshot::restore(snap.as_slice(), target.path()).expect("restore");
+    let r = open(target.path());
+    assert_eq!(r.revision(), at);
+    assert_eq!(r.hash_kv(0).expect("hash").0, hash_at);
+    assert_eq!(value(&r, "k7").as_deref(), Some("before"));
+    assert_eq!(value(&r, "new"), None);
+    // The view was durable: the store reopened after it has at least its state.
+    drop(s);
+    let again = open(dir.path());
+    assert!(again.revision() >= at);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everything() {
     let cmds: Vec<Command> = (0..300)
