@@ -339,6 +339,11 @@ fn rand_suffix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether `status` is a member's refusal because it does not lead (nothing was proposed).
+pub(crate) fn is_not_leader(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message() == NOT_LEADER
+}
+
 /// Runs a membership change on this member (which must lead). Changes arriving while another
 /// is in progress wait for it (briefly) instead of failing, so concurrent requests queue up.
 pub(crate) async fn change_membership(

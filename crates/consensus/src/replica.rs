@@ -489,20 +489,36 @@ impl Replica {
         change: Change,
         retain: bool,
     ) -> Result<(), ProposeError> {
-        let leader = self.leader().await?;
-        if leader == self.id {
-            return crate::peer::change_membership(&self.raft, change, retain).await;
-        }
-        let blob = crate::peer::to_blob(&(change, retain))
-            .map_err(|e| ProposeError::Stopped(e.to_string()))?;
-        let mut req = tonic::Request::new(blob);
-        req.set_timeout(MEMBERSHIP_PATIENCE);
-        match self.peer(leader)?.change_membership(req).await {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                Err(ProposeError::Membership(s.message().to_string()))
+        // Right after an election the member asked may still take itself (or a former leader)
+        // for the leader: a change refused as "not the leader" was not proposed, so it is
+        // asked again, of whoever leads then, until a leader takes it or patience runs out.
+        let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
+        loop {
+            let leader = self.leader().await?;
+            let refused = if leader == self.id {
+                match crate::peer::change_membership(&self.raft, change.clone(), retain).await {
+                    Err(ProposeError::NotLeader(_)) => ProposeError::NotLeader(None),
+                    done => return done,
+                }
+            } else {
+                let blob = crate::peer::to_blob(&(change.clone(), retain))
+                    .map_err(|e| ProposeError::Stopped(e.to_string()))?;
+                let mut req = tonic::Request::new(blob);
+                req.set_timeout(MEMBERSHIP_PATIENCE);
+                match self.peer(leader)?.change_membership(req).await {
+                    Ok(_) => return Ok(()),
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        return Err(ProposeError::Membership(s.message().to_string()))
+                    }
+                    Err(s) if crate::peer::is_not_leader(&s) => ProposeError::NotLeader(None),
+                    // Not known whether it was proposed: not repeated.
+                    Err(_) => return Err(ProposeError::NotLeader(None)),
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(refused);
             }
-            Err(_) => Err(ProposeError::NotLeader(None)),
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
