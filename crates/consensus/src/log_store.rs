@@ -3,7 +3,7 @@
 //! reports every waiting append (group commit), while appends go on. Where nothing else could
 //! go on meanwhile (a follower, or a leader without peers), an append that finds the flusher
 //! idle, while fsyncs are fast, is fsynced on the calling task instead: a lone write then skips
-//! two thread hand-offs. Everything else runs on the calling task: reads and appends are single
+//! waking the flusher thread and being woken by it. Everything else runs on the calling task: reads and appends are single
 //! positioned reads and writes.
 //!
 //! A log written by earlier versions (a redb file, `log.redb`) is moved into segment files
@@ -43,7 +43,8 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
 pub type FlushObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
 
 /// An append is fsynced on the calling task only while the last fsync took less than this: a
-/// slow disk must not hold up the async runtime's thread.
+/// disk that has turned slow holds up the async runtime's thread at most once before appends
+/// go back to the flusher.
 const INLINE_FSYNC_MAX: Duration = Duration::from_millis(1);
 
 struct Inner {
@@ -384,12 +385,13 @@ mod tests {
         reported.expect("sender kept").expect("flushed");
         assert_eq!(log.inner.queued.load(Ordering::Acquire), 0);
 
-        // A slow last fsync: the flusher thread takes the next appends, in order.
-        log.inner
-            .last_fsync_us
-            .store(INLINE_FSYNC_MAX.as_micros() as u64 + 1, Ordering::Relaxed);
+        // A slow last fsync: the flusher thread takes the next appends, in order. (Its own
+        // quick fsyncs would allow inline ones again, so the slow one is set before each.)
         let mut waiting = Vec::new();
         for i in 3..7 {
+            log.inner
+                .last_fsync_us
+                .store(INLINE_FSYNC_MAX.as_micros() as u64 + 1, Ordering::Relaxed);
             waiting.push(append_signalled(&mut log, i).await);
         }
         for rx in waiting {

@@ -653,7 +653,13 @@ async fn watch_role(
     loop {
         let (leader, replicates) = {
             let m = metrics.borrow_watched();
-            let peers = m.membership_config.membership().nodes().count() > 1;
+            // Learners count: they are replicated to too. (A leader being removed may not be
+            // in the membership itself.)
+            let peers = m
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(id, _)| *id != m.id);
             (
                 m.current_leader,
                 m.state == openraft::ServerState::Leader && peers,
