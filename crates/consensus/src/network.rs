@@ -24,7 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::env::{StorageIo, Transport};
 use crate::peer::{from_blob, to_blob};
-use crate::state_machine::SnapshotFile;
+use crate::state_machine::StoreSnapshot;
 use crate::types::{Member, TypeConfig, Vote};
 
 /// One answer of a replication stream.
@@ -91,7 +91,7 @@ struct EachStream {
 /// refused by the receiver. Blocking: it reads the store or a file.
 fn snapshot_messages(
     head: Blob,
-    data: &SnapshotFile,
+    data: &StoreSnapshot,
     mut send: impl FnMut(Blob) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     send(head)?;
@@ -222,7 +222,7 @@ impl PeerConnection {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = StoreSnapshot;
 
     /// Single calls (openraft makes them only through its default `stream_append`, which
     /// this network replaces) share the `AppendEach` stream with one-request sessions.
@@ -334,7 +334,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        snapshot: SnapshotOf<TypeConfig, StoreSnapshot>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::state_machine::{SnapshotFile, StateMachine};
+use crate::state_machine::{StateMachine, StoreSnapshot};
 use crate::types::{Change, LogId, RaftRequest, SnapshotMeta, TypeConfig, Vote};
 use crate::write_batch::WriteBatcher;
 
@@ -180,7 +180,7 @@ impl RaftPeer for PeerService {
         tracing::info!(bytes, index = ?meta.last_log_id.map(|l| l.index), "received snapshot");
         let snapshot = openraft::storage::Snapshot {
             meta,
-            snapshot: SnapshotFile::File(path),
+            snapshot: StoreSnapshot::File(path),
         };
         let resp = self
             .raft

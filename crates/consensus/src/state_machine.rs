@@ -33,22 +33,22 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 
 /// A snapshot's data: a view of the local store, or a snapshot stream received in a file.
 #[derive(Debug, Clone)]
-pub enum SnapshotFile {
+pub enum StoreSnapshot {
     /// The local store as of the snapshot, written out when it is sent.
     View(Arc<StoreView>),
     /// A store snapshot stream (the format of [`Store::snapshot`]) in a file.
     File(PathBuf),
 }
 
-impl SnapshotFile {
+impl StoreSnapshot {
     /// Writes the snapshot stream, chunk by chunk, to `sink` (blocking: run it off the async
     /// runtime's threads).
     pub fn write_to(&self, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         match self {
-            SnapshotFile::View(view) => view
+            StoreSnapshot::View(view) => view
                 .write_snapshot(|chunk| sink(chunk).map_err(berth_store::StoreError::Io))
                 .map_err(io_err),
-            SnapshotFile::File(path) => {
+            StoreSnapshot::File(path) => {
                 let mut file = std::fs::File::open(path)?;
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
@@ -85,7 +85,7 @@ fn remove_stale_files(dir: &Path) -> io::Result<()> {
 
 /// Makes the store durable and takes a view of it as a snapshot; the flag says whether
 /// anything was ever applied (without, the snapshot is of an empty store).
-fn durable_snapshot(store: &Store) -> io::Result<(SnapshotOf<TypeConfig, SnapshotFile>, bool)> {
+fn durable_snapshot(store: &Store) -> io::Result<(SnapshotOf<TypeConfig, StoreSnapshot>, bool)> {
     let view = store.durable_view().map_err(io_err)?;
     let blob = view.blob(RAFT_STATE).map_err(io_err)?;
     let applied = blob.is_some();
@@ -98,7 +98,7 @@ fn durable_snapshot(store: &Store) -> io::Result<(SnapshotOf<TypeConfig, Snapsho
             last_log_id,
             last_membership,
         },
-        snapshot: SnapshotFile::View(Arc::new(view)),
+        snapshot: StoreSnapshot::View(Arc::new(view)),
     };
     Ok((snapshot, applied))
 }
@@ -160,9 +160,9 @@ pub struct Builder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = StoreSnapshot;
 
-    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, SnapshotFile>> {
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, StoreSnapshot>> {
         let store = self.store.clone();
         let counters = self.counters.clone();
         self.io
@@ -180,7 +180,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = StoreSnapshot;
     type SnapshotBuilder = Builder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -258,7 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: SnapshotFile,
+        snapshot: StoreSnapshot,
     ) -> io::Result<()> {
         let store = self.store.clone();
         let dir = self.dir.clone();
@@ -270,8 +270,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.io
             .run(move || {
                 let path = match &snapshot {
-                    SnapshotFile::File(path) => path.clone(),
-                    SnapshotFile::View(_) => {
+                    StoreSnapshot::File(path) => path.clone(),
+                    StoreSnapshot::View(_) => {
                         // Another store's view (only tests hand one over directly): write it
                         // out, then install it like a received one.
                         let path = dir.join("installing-view.tmp");
@@ -305,7 +305,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>> {
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, StoreSnapshot>>> {
         let store = self.store.clone();
         self.io
             .run(move || {
