@@ -185,9 +185,11 @@ enum Restart {
     /// Once the other two have elected a new leader (a few election timeouts, ~3 s here) and
     /// served a little: a real failover, then a stale member rejoining.
     AfterFailover,
-    /// After 1.5 s, before any election: it resumes leading in its old term while writes that
-    /// followers forwarded to it just before the kill are still in doubt. (This is how
-    /// re-proposing such writes, fixed in abc66ee, showed up: values applied twice.)
+    /// After 1.5 s, before any election: it comes back to followers that still follow it,
+    /// while writes they forwarded to it just before the kill are still in doubt. (This is
+    /// how re-proposing such writes, fixed in abc66ee, showed up: values applied twice; and
+    /// how a leader resuming its old term with a state machine behind what it acknowledged
+    /// showed up: stale reads, see `cluster::a_quickly_restarted_leader_reads_nothing_older_…`.)
     Quick,
 }
 

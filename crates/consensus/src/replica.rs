@@ -177,6 +177,12 @@ impl Replica {
             max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
             // Purge as soon as a snapshot allows it (openraft waits for a whole batch).
             purge_batch_size: cfg.keep_behind_snapshot.clamp(1, 1024),
+            // A restarted leader campaigns like any member instead of resuming its old term.
+            // Neither the state machine nor the committed index is fsynced (the log is), so it
+            // comes back knowing less than it acknowledged; resuming, it would serve reads
+            // from that (its read index would be its old term's first entry). A new term's
+            // first entry, committed before any read, teaches it the rest, as in etcd.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
