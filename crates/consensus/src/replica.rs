@@ -32,6 +32,9 @@ use crate::state_machine::StateMachine;
 use crate::types::{Change, Member, RaftRequest, TypeConfig};
 use crate::write_batch::WriteBatcher;
 
+/// The longest pause between attempts at a membership change refused as "not the leader".
+const MEMBERSHIP_RETRY_MAX: Duration = Duration::from_millis(400);
+
 /// How long a request waits for a leader to be elected before giving up.
 const NO_LEADER_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a forwarded membership change may take.
@@ -499,6 +502,9 @@ impl Replica {
         // for the leader: a change refused as "not the leader" was not proposed, so it is
         // asked again, of whoever leads then, until a leader takes it or patience runs out.
         let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
+        // Backing off: openraft logs every refusal as an error, and a new cluster's members
+        // all publish themselves while the first leader settles in.
+        let mut pause = Duration::from_millis(20);
         loop {
             let leader = self.leader().await?;
             let refused = if leader == self.id {
@@ -524,7 +530,8 @@ impl Replica {
             if tokio::time::Instant::now() >= deadline {
                 return Err(refused);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MEMBERSHIP_RETRY_MAX);
         }
     }
 
