@@ -370,7 +370,8 @@ enum Fault {
     Isolate(usize),
     /// The member's links to the other members get slow and jittery.
     Slow(usize, Duration),
-    /// The member's process dies (its tasks and connections vanish; data on disk stays).
+    /// The member's process dies as with kill -9 (its tasks and connections vanish; what it
+    /// wrote to files stays, what its store had not committed durably is lost).
     Crash(usize),
 }
 
@@ -382,7 +383,7 @@ impl Fault {
             .collect()
     }
 
-    fn apply(self, sim: &mut turmoil::Sim<'_>) {
+    fn apply(self, sim: &mut turmoil::Sim<'_>, nodes: &Nodes) {
         match self {
             Fault::Isolate(m) => {
                 for o in Self::others(m) {
@@ -394,7 +395,14 @@ impl Fault {
                     sim.set_link_max_message_latency(MEMBERS[m], o, d);
                 }
             }
-            Fault::Crash(m) => sim.crash(MEMBERS[m]),
+            Fault::Crash(m) => {
+                // As a kill -9: what the store had not made durable is lost (dropping it in
+                // this process would close it cleanly and keep everything).
+                if let Some(node) = nodes.borrow().get(MEMBERS[m]).and_then(Weak::upgrade) {
+                    node.store.sever_file();
+                }
+                sim.crash(MEMBERS[m])
+            }
         }
     }
 
@@ -536,7 +544,7 @@ fn simulate(seed: u64) -> Outcome {
             };
             let lasts = Duration::from_millis(rng.random_range(500..4000));
             faults.push(format!("{:.1}s {fault:?} for {lasts:?}", now.as_secs_f64()));
-            fault.apply(&mut sim);
+            fault.apply(&mut sim, &nodes);
             active = Some((fault, now + lasts));
         }
         if now >= FAULTS_FOR + SETTLE {

@@ -18,6 +18,7 @@
 pub mod apply;
 mod backend;
 pub mod error;
+mod file;
 pub mod index;
 pub mod lease;
 mod read;

@@ -2,7 +2,7 @@
 //! read API, the batched (group-committed) write API and the watch API on top.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use crate::apply::{read_counters, Applied, Command, Writer};
 use crate::backend::{decode, BLOBS, LEASES, META, META_APPLIED, REVS};
 use crate::error::{DbResult, Result, StoreError};
+use crate::file::SeverableFile;
 use crate::index::{KeyIndex, KeySpan, KeyVersion};
 use crate::lease::{LeaseInfo, LeaseLimits, Lessor};
 use crate::read;
@@ -69,6 +70,8 @@ pub struct Store {
     writer: Mutex<Instant>,
     /// Runtime for watch replay tasks, when the store was opened inside one.
     runtime: Option<tokio::runtime::Handle>,
+    /// Thrown by [`Store::sever_file`]: nothing more reaches the database file.
+    severed: Arc<AtomicBool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -94,7 +97,10 @@ impl Store {
         if opts.cache_bytes > 0 {
             builder.set_cache_size(opts.cache_bytes);
         }
-        let db = builder.create(&path).db()?;
+        let severed = Arc::new(AtomicBool::new(false));
+        let db = builder
+            .create_with_backend(SeverableFile::open(&path, severed.clone()).db()?)
+            .db()?;
         {
             let w = db.begin_write().db()?;
             w.open_table(REVS).db()?;
@@ -125,6 +131,7 @@ impl Store {
             db_size: AtomicU64::new(db_size),
             writer: Mutex::new(Instant::now()),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            severed,
         }))
     }
 
@@ -527,7 +534,9 @@ impl Store {
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
-        *db = Database::builder().create(&self.path).db()?;
+        *db = Database::builder()
+            .create_with_backend(SeverableFile::open(&self.path, self.severed.clone()).db()?)
+            .db()?;
         let (index, lessor, current, applied) = Self::load(&db, limits)?;
         let mut hub = lock(&self.hub);
         *write_lock(&self.index) = index;
@@ -647,6 +656,13 @@ impl Store {
     pub fn snapshot(&self, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let txn = read_lock(&self.db).begin_read().db()?;
         crate::snapshot::write_snapshot(&txn, None, sink).map(|_| ())
+    }
+
+    /// Cuts the store off from its database file, as a kill -9 would: nothing written after
+    /// this reaches the file, including the clean close that would otherwise make pending
+    /// non-durable commits durable. For crash simulations that run members in one process.
+    pub fn sever_file(&self) {
+        self.severed.store(true, Ordering::Release);
     }
 
     /// Makes everything applied so far durable and returns a view of exactly that state,

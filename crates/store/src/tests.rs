@@ -721,3 +721,34 @@ async fn a_full_stream_replays_its_watchers_from_history() {
     assert_eq!(seen[&1], want);
     assert_eq!(seen[&2], want);
 }
+
+#[test]
+fn a_severed_store_reopens_at_its_last_durable_commit_as_after_a_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        put(&s, "k", "durable");
+        // As the consensus layer applies: visible at once, durable with a later commit.
+        let not_durable = Command::Put(PutRequest {
+            key: "k".into(),
+            value: "applied only".into(),
+            ..Default::default()
+        });
+        s.apply_batch_with(&[not_durable], &[], false)
+            .expect("batch")
+            .remove(0)
+            .expect("put");
+        assert_eq!(value(&s, "k").as_deref(), Some("applied only"));
+        s.sever_file();
+    }
+    let s = open(dir.path());
+    assert_eq!(value(&s, "k").as_deref(), Some("durable"));
+    assert_eq!(s.stats().revision, 2);
+    // Not severed, a dropped store closes cleanly and keeps everything it applied.
+    put(&s, "k", "closed cleanly");
+    drop(s);
+    assert_eq!(
+        value(&open(dir.path()), "k").as_deref(),
+        Some("closed cleanly")
+    );
+}
