@@ -452,6 +452,9 @@ impl Replica {
     pub async fn lease_renew(&self, id: i64) -> Result<i64, ProposeError> {
         let leader = self.leader().await?;
         if leader == self.id {
+            if !crate::peer::leads_caught_up(&self.raft).await {
+                return Err(ProposeError::NotLeader(None));
+            }
             return Ok(self.store.lease_renew(id).unwrap_or(0));
         }
         let resp = self
@@ -469,6 +472,9 @@ impl Replica {
     ) -> Result<LeaseTimeToLiveResponse, ProposeError> {
         let leader = self.leader().await?;
         if leader == self.id {
+            if !crate::peer::leads_caught_up(&self.raft).await {
+                return Err(ProposeError::NotLeader(None));
+            }
             return Ok(lease_ttl(&self.store, &req));
         }
         let resp = self
