@@ -364,11 +364,6 @@ impl Cluster {
 
     /// Starts `n` members with extra flags for each.
     pub fn start_with(n: usize, flags: &[&str]) -> Cluster {
-        Self::start_each(n, |_| flags.to_vec())
-    }
-
-    /// Starts `n` members, member `i` with the extra flags `flags(i)`.
-    pub fn start_each<'a>(n: usize, flags: impl Fn(usize) -> Vec<&'a str>) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let peers: Vec<String> = (0..n)
             .map(|_| format!("http://127.0.0.1:{}", free_port()))
@@ -384,7 +379,7 @@ impl Cluster {
                 Server::on_loopback(
                     tmp.path().join(format!("m{i}")),
                     peers[i].clone(),
-                    member_flags(&format!("m{i}"), &initial, &flags(i)),
+                    member_flags(&format!("m{i}"), &initial, flags),
                 )
             })
             .collect();

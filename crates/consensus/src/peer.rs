@@ -38,8 +38,6 @@ pub(crate) fn from_blob<T: DeserializeOwned>(b: &Blob) -> Result<T, Status> {
 
 /// Status a follower gets when this member cannot lead its request either (not proposed).
 pub(crate) const NOT_LEADER: &str = "berth: not the leader";
-/// How long a new leader may take to apply its first entry before lease requests fail.
-const CATCH_UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Status when leadership changed after the request was proposed (outcome unknown).
 pub(crate) const LEADER_CHANGED: &str = "berth: leader changed";
 
@@ -304,42 +302,12 @@ impl PeerService {
     }
 
     async fn ensure_leader(&self) -> Result<(), Status> {
-        if leads_caught_up(&self.raft).await {
+        if crate::replica::leads_caught_up(&self.raft).await {
             Ok(())
         } else {
             Err(Status::unavailable(NOT_LEADER))
         }
     }
-}
-
-/// True once this member leads and has applied an entry of its own term (at least the blank
-/// entry openraft commits first): everything committed before its election is then applied,
-/// so state read straight from the store (leases) is not behind what was acknowledged. A new
-/// leader waits for that (bounded); a member that does not lead answers false at once.
-pub(crate) async fn leads_caught_up(raft: &Raft<TypeConfig, StateMachine>) -> bool {
-    use openraft::async_runtime::WatchReceiver;
-    let mut metrics = raft.metrics();
-    let wait = async {
-        loop {
-            {
-                let m = metrics.borrow_watched();
-                if m.state != openraft::ServerState::Leader {
-                    return false;
-                }
-                if m.last_applied
-                    .is_some_and(|l| l.leader_id.term == m.current_term)
-                {
-                    return true;
-                }
-            }
-            if metrics.changed().await.is_err() {
-                return false;
-            }
-        }
-    };
-    tokio::time::timeout(CATCH_UP_PATIENCE, wait)
-        .await
-        .unwrap_or(false)
 }
 
 /// Answers a TTL query from the local lessor (TTL -1 for an unknown lease, as etcd does).

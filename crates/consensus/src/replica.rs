@@ -17,7 +17,7 @@ use berth_store::{Applied, Command, Store, StoreError};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
-use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, Raft, RaftMetrics, SnapshotPolicy};
 use tonic::transport::Channel;
 
 use crate::batch_counts::BatchCounts;
@@ -429,30 +429,22 @@ impl Replica {
             .index(fetch)
             .await
             .ok_or(ProposeError::NotLeader(None))?;
-        // Usually applied already; otherwise wait for it (without copying Raft's metrics per
-        // check, as openraft's `wait` does).
-        let mut metrics = self.raft.metrics();
-        let applied = |m: &openraft::RaftMetrics<TypeConfig>| {
-            m.last_applied.is_some_and(|l| l.index >= index)
+        // Usually applied already; otherwise wait for it.
+        let applied = |m: &RaftMetrics<TypeConfig>| {
+            m.last_applied
+                .is_some_and(|l| l.index >= index)
+                .then_some(())
         };
-        let wait = async {
-            while !applied(&metrics.borrow_watched()) {
-                if metrics.changed().await.is_err() {
-                    return Err(ProposeError::Stopped("raft stopped".into()));
-                }
-            }
-            Ok(())
-        };
-        tokio::time::timeout(NO_LEADER_PATIENCE, wait)
+        watch_metrics(&self.raft, NO_LEADER_PATIENCE, applied)
             .await
-            .map_err(|_| ProposeError::Stopped(format!("read index {index} not applied in time")))?
+            .ok_or_else(|| ProposeError::Stopped(format!("read index {index} not applied in time")))
     }
 
     /// Renews a lease at the leader (which runs lease timers); returns the TTL, 0 if unknown.
     pub async fn lease_renew(&self, id: i64) -> Result<i64, ProposeError> {
         let leader = self.leader().await?;
         if leader == self.id {
-            if !crate::peer::leads_caught_up(&self.raft).await {
+            if !leads_caught_up(&self.raft).await {
                 return Err(ProposeError::NotLeader(None));
             }
             return Ok(self.store.lease_renew(id).unwrap_or(0));
@@ -472,7 +464,7 @@ impl Replica {
     ) -> Result<LeaseTimeToLiveResponse, ProposeError> {
         let leader = self.leader().await?;
         if leader == self.id {
-            if !crate::peer::leads_caught_up(&self.raft).await {
+            if !leads_caught_up(&self.raft).await {
                 return Err(ProposeError::NotLeader(None));
             }
             return Ok(lease_ttl(&self.store, &req));
@@ -717,4 +709,44 @@ pub async fn fetch_cluster_id(peer_urls: &[String], timeout: Duration) -> Option
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     None
+}
+
+/// Waits until `decide` has an answer from Raft's metrics, checked now and at every change
+/// (borrowing them, not copying them per check as openraft's `wait` does); `None` when
+/// `patience` runs out or Raft stops first.
+pub(crate) async fn watch_metrics<T>(
+    raft: &Raft<TypeConfig, StateMachine>,
+    patience: Duration,
+    decide: impl Fn(&RaftMetrics<TypeConfig>) -> Option<T>,
+) -> Option<T> {
+    let mut metrics = raft.metrics();
+    let wait = async {
+        loop {
+            if let Some(answer) = decide(&metrics.borrow_watched()) {
+                return Some(answer);
+            }
+            metrics.changed().await.ok()?;
+        }
+    };
+    tokio::time::timeout(patience, wait).await.ok().flatten()
+}
+
+/// True once this member leads and has applied an entry of its own term (at least the blank
+/// entry openraft commits first): everything committed before its election is then applied,
+/// so state read straight from the store (leases) is not behind what was acknowledged. A new
+/// leader waits for that (up to [`NO_LEADER_PATIENCE`]); a member that does not lead answers
+/// false at once.
+pub(crate) async fn leads_caught_up(raft: &Raft<TypeConfig, StateMachine>) -> bool {
+    let caught_up = |m: &RaftMetrics<TypeConfig>| {
+        if m.state != openraft::ServerState::Leader {
+            Some(false)
+        } else {
+            m.last_applied
+                .is_some_and(|l| l.leader_id.term == m.current_term)
+                .then_some(true)
+        }
+    };
+    watch_metrics(raft, NO_LEADER_PATIENCE, caught_up)
+        .await
+        .unwrap_or(false)
 }

@@ -74,6 +74,13 @@ pub struct Store {
     severed: Arc<AtomicBool>,
 }
 
+/// Opens (or creates) the database file at `path` through the switch `severed`.
+fn open_file(builder: &redb::Builder, path: &Path, severed: &Arc<AtomicBool>) -> Result<Database> {
+    builder
+        .create_with_backend(SeverableFile::open(path, severed.clone()).db()?)
+        .db()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data (every mutation is a
     // single step), so recover the guard instead of propagating the poison.
@@ -98,9 +105,7 @@ impl Store {
             builder.set_cache_size(opts.cache_bytes);
         }
         let severed = Arc::new(AtomicBool::new(false));
-        let db = builder
-            .create_with_backend(SeverableFile::open(&path, severed.clone()).db()?)
-            .db()?;
+        let db = open_file(&builder, &path, &severed)?;
         {
             let w = db.begin_write().db()?;
             w.open_table(REVS).db()?;
@@ -534,9 +539,7 @@ impl Store {
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
-        *db = Database::builder()
-            .create_with_backend(SeverableFile::open(&self.path, self.severed.clone()).db()?)
-            .db()?;
+        *db = open_file(&Database::builder(), &self.path, &self.severed)?;
         let (index, lessor, current, applied) = Self::load(&db, limits)?;
         let mut hub = lock(&self.hub);
         *write_lock(&self.index) = index;
