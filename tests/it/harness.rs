@@ -135,6 +135,75 @@ impl Server {
     }
 
     fn spawn_no_wait(&mut self) {
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth server");
+        self.child = Some(child);
+    }
+
+    /// Starts the server and waits up to `within` for it to exit, as a start that must fail
+    /// does; returns its exit status (`None`: still running, then killed) and what it logged.
+    pub fn start_expecting_exit(
+        &self,
+        within: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth server");
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (status, err)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Uses another data directory from the next start on.
+    pub fn set_data_dir(&mut self, dir: &Path) {
+        self.dir = dir.to_path_buf();
+    }
+
+    /// A member `name` of the cluster `initial` (`name=peer,...`) with data in `dir`,
+    /// advertising `peer_url`, not started yet.
+    pub fn member(dir: &Path, name: &str, peer_url: &str, initial: &str, flags: &[&str]) -> Server {
+        Self::on_loopback(
+            dir.to_path_buf(),
+            peer_url.to_string(),
+            member_flags(name, initial, flags),
+        )
+    }
+
+    /// Starts a server prepared by [`Server::member`] and waits until it answers.
+    pub fn launch(&mut self) {
+        self.spawn();
+    }
+
+    /// The `berth server` command for this server.
+    fn command(&self) -> Command {
         let peer = self.peer_url.clone();
         let mut cmd = match &self.netns {
             Some(ns) => {
@@ -144,8 +213,7 @@ impl Server {
             }
             None => Command::new(berth_bin()),
         };
-        let child = cmd
-            .arg("server")
+        cmd.arg("server")
             .arg("--data-dir")
             .arg(&self.dir)
             .arg("--listen-client-urls")
@@ -156,13 +224,8 @@ impl Server {
             .arg(format!("http://{}", self.http_addr))
             .arg("--log-level")
             .arg(std::env::var("BERTH_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into()))
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn berth server");
-        self.child = Some(child);
+            .args(&self.extra);
+        cmd
     }
 
     /// Waits until the etcd API answers a request.

@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod etcdctl;
+mod hardening;
 mod harness;
 mod history;
 mod kv;

@@ -200,7 +200,7 @@ fn member_software(
                 .await
                 .map_err(|e| format!("{name}: {e:#}"))?;
             nodes.borrow_mut().insert(name, Arc::downgrade(&node));
-            let peer_service = node.proposer.replica().peer_service(node.member.cluster_id);
+            let peer_service = node.proposer.replica().peer_service();
             let peers = tonic::transport::Server::builder()
                 .add_service(peer_service)
                 .serve_with_incoming(incoming(PEER_PORT).await?);

@@ -8,11 +8,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use berth_proto::berth::raft::raft_peer_client::RaftPeerClient;
 use berth_proto::berth::raft::ForwardRequest;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::Status;
 
 /// Writes in flight on one stream, waiting for their answers.
@@ -50,7 +48,7 @@ impl ForwardStream {
     /// Opens a stream to `leader` through `client`.
     pub async fn open(
         leader: u64,
-        mut client: RaftPeerClient<Channel>,
+        mut client: crate::network::PeerClient,
     ) -> Result<ForwardStream, Status> {
         let (tx, rx) = mpsc::channel(1024);
         let mut answers = client

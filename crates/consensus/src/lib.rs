@@ -9,6 +9,7 @@
 //! - [`wal`]: the Raft log's segment files and state file.
 //! - [`log_store`]: openraft's log storage over [`wal`], with group-committed fsyncs.
 //! - [`state_machine`]: applies entries to the store; snapshots as store snapshot files.
+//! - [`identity`]: every peer message names its cluster and target member; others are refused.
 //! - [`network`]: how members reach each other (gRPC client side).
 //! - [`peer`]: the peer gRPC service (server side).
 //! - `forwarder`: a follower's writes to the leader over one long-lived stream.
@@ -21,6 +22,7 @@ mod batch_counts;
 pub mod codec;
 pub mod env;
 mod forwarder;
+pub mod identity;
 pub mod log_store;
 pub mod network;
 pub mod peer;

@@ -20,9 +20,11 @@ use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 use openraft::type_config::alias::SnapshotOf;
 use openraft::OptionalSend;
 use tokio_stream::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::env::{StorageIo, Transport};
+use crate::identity::PeerStamp;
 use crate::peer::{from_blob, to_blob};
 use crate::state_machine::StoreSnapshot;
 use crate::types::{Member, TypeConfig, Vote};
@@ -37,11 +39,16 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 #[error("{0}")]
 struct Msg(String);
 
-/// A lazily connecting gRPC client for the member's first peer URL, dialed by `transport`.
+/// A client of a peer's service, its requests stamped with who sends them and to whom.
+pub type PeerClient = RaftPeerClient<InterceptedService<Channel, PeerStamp>>;
+
+/// A lazily connecting gRPC client for the member's first peer URL, dialed by `transport`,
+/// its requests stamped by `stamp`.
 pub fn peer_client(
     member: &Member,
     transport: &Transport,
-) -> Result<RaftPeerClient<Channel>, String> {
+    stamp: PeerStamp,
+) -> Result<PeerClient, String> {
     let url = member
         .peer_urls
         .first()
@@ -54,9 +61,11 @@ pub fn peer_client(
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| format!("bad peer URL {url}: {e}"))?
         .connect_timeout(Duration::from_secs(1));
-    Ok(RaftPeerClient::new(transport.channel(endpoint))
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+    Ok(
+        RaftPeerClient::with_interceptor(transport.channel(endpoint), stamp)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+    )
 }
 
 /// The network factory: one client per target, made on demand.
@@ -66,12 +75,16 @@ pub struct PeerNetwork {
     pub transport: Transport,
     /// Where snapshot streams are written out.
     pub io: StorageIo,
+    /// This member's cluster, stamped on every message.
+    pub cluster_id: u64,
+    /// This member, stamped on every message.
+    pub member_id: u64,
 }
 
 /// A connection to one peer.
 pub struct PeerConnection {
     target: u64,
-    client: Result<RaftPeerClient<Channel>, String>,
+    client: Result<PeerClient, String>,
     /// The open `AppendEach` stream, if any: kept between calls, dropped after any failure
     /// (a late answer must never be taken for the next request's).
     each: Option<EachStream>,
@@ -116,7 +129,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerConnection {
         PeerConnection {
             target,
-            client: peer_client(node, &self.transport),
+            client: peer_client(
+                node,
+                &self.transport,
+                PeerStamp::new(self.cluster_id, self.member_id, target),
+            ),
             each: None,
             io: self.io,
         }
@@ -151,6 +168,20 @@ fn overdue(target: u64, budget: Duration) -> RPCError<TypeConfig> {
 
 fn classify(target: u64, status: tonic::Status) -> RPCError<TypeConfig> {
     let e = Msg(format!("member {target:x}: {status}"));
+    if crate::identity::is_refusal(&status) {
+        // What answers at that address belongs to another cluster (or is another member):
+        // nothing sent there can succeed until an operator acts. Unreachable: openraft backs
+        // off instead of retrying at once.
+        static LOGGED: AtomicU64 = AtomicU64::new(0);
+        if crate::identity::log_now(&LOGGED, Duration::from_secs(10)) {
+            tracing::error!(
+                target = format_args!("{target:x}"),
+                "a peer refused this member's messages: {}",
+                status.message()
+            );
+        }
+        return RPCError::Unreachable(Unreachable::new(&e));
+    }
     match status.code() {
         // Connection refused/reset and shutdowns surface as Unavailable: back off.
         tonic::Code::Unavailable | tonic::Code::Cancelled => {
@@ -161,7 +192,7 @@ fn classify(target: u64, status: tonic::Status) -> RPCError<TypeConfig> {
 }
 
 impl PeerConnection {
-    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<PeerClient, RPCError<TypeConfig>> {
         self.client
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))

@@ -44,6 +44,8 @@ pub(crate) const LEADER_CHANGED: &str = "berth: leader changed";
 /// Serves peers.
 pub struct PeerService {
     pub(crate) cluster_id: u64,
+    /// This member: messages for any other are refused.
+    pub(crate) member_id: u64,
     pub(crate) raft: Raft<TypeConfig, StateMachine>,
     /// Forwarded writes are proposed through the member's batcher, with its own.
     pub(crate) writes: Arc<WriteBatcher>,
@@ -81,6 +83,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<AppendResponses>, Status> {
+        self.admit(req.metadata())?;
         // Requests until the leader ends the stream (or sends something undecodable, which
         // ends it too: the leader then starts a new session).
         let requests = req.into_inner().map_while(|m| {
@@ -102,6 +105,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<AppendResponses>, Status> {
+        self.admit(req.metadata())?;
         // One at a time, in order: the leader sends the next request after this answer.
         let raft = self.raft.clone();
         let answers = futures::StreamExt::then(req.into_inner(), move |m| {
@@ -119,6 +123,7 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.admit(req.metadata())?;
         let rpc = from_blob(req.get_ref())?;
         let resp = self
             .raft
@@ -129,6 +134,7 @@ impl RaftPeer for PeerService {
     }
 
     async fn snapshot(&self, req: Request<Streaming<Blob>>) -> Result<Response<Blob>, Status> {
+        self.admit(req.metadata())?;
         let mut stream = req.into_inner();
         let first = stream
             .message()
@@ -191,6 +197,7 @@ impl RaftPeer for PeerService {
     }
 
     async fn transfer_leader(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.admit(req.metadata())?;
         let rpc = from_blob(req.get_ref())?;
         let resp = self
             .raft
@@ -206,6 +213,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<ForwardRequest>>,
     ) -> Result<Response<ForwardAnswers>, Status> {
+        self.admit(req.metadata())?;
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let writes = self.writes.clone();
@@ -236,7 +244,8 @@ impl RaftPeer for PeerService {
         )))
     }
 
-    async fn read_index(&self, _req: Request<Blob>) -> Result<Response<ReadIndexResponse>, Status> {
+    async fn read_index(&self, req: Request<Blob>) -> Result<Response<ReadIndexResponse>, Status> {
+        self.admit(req.metadata())?;
         let (read, _) = self
             .raft
             .get_read_log_id(ReadPolicy::ReadIndex)
@@ -252,6 +261,7 @@ impl RaftPeer for PeerService {
     }
 
     async fn change_membership(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        self.admit(req.metadata())?;
         let (change, retain): (Change, bool) = from_blob(req.get_ref())?;
         self.change(change, retain).await?;
         Ok(Response::new(Blob::default()))
@@ -270,6 +280,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<LeaseKeepAliveRequest>,
     ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        self.admit(req.metadata())?;
         self.ensure_leader().await?;
         let id = req.into_inner().id;
         let ttl = self.store.lease_renew(id).unwrap_or(0);
@@ -284,6 +295,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.admit(req.metadata())?;
         self.ensure_leader().await?;
         let r = req.into_inner();
         Ok(Response::new(lease_ttl(&self.store, &r)))
@@ -291,6 +303,11 @@ impl RaftPeer for PeerService {
 }
 
 impl PeerService {
+    /// Refuses a message from another cluster or meant for another member.
+    fn admit(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        crate::identity::admit(md, self.cluster_id, self.member_id)
+    }
+
     /// Runs a membership change here if this member leads.
     pub(crate) async fn change(&self, change: Change, retain: bool) -> Result<(), Status> {
         match change_membership(&self.raft, change, retain).await {

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::berth::raft::raft_peer_client::RaftPeerClient;
 use berth_proto::berth::raft::raft_peer_server::RaftPeerServer;
 use berth_proto::berth::raft::Blob;
 use berth_proto::etcdserverpb::{
@@ -18,14 +17,14 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 use openraft::{ChangeMembers, Config, Raft, RaftMetrics, SnapshotPolicy};
-use tonic::transport::Channel;
 
 use crate::batch_counts::BatchCounts;
 use crate::codec::{decode_result, encode_command};
 use crate::env::{Environment, Transport};
 use crate::forwarder::{ForwardStream, Forwarded};
+use crate::identity::PeerStamp;
 use crate::log_store::{FlushObserver, LogStore};
-use crate::network::{peer_client, PeerNetwork};
+use crate::network::{peer_client, PeerClient, PeerNetwork};
 use crate::peer::{lease_ttl, PeerService};
 use crate::read_batch::ReadBatcher;
 use crate::state_machine::StateMachine;
@@ -53,6 +52,9 @@ pub struct ReplicaConfig {
     pub keep_behind_snapshot: u64,
     /// How peers are dialed and where storage work runs.
     pub env: Environment,
+    /// The cluster this member belongs to: stamped on every peer message it sends, and
+    /// required of every peer message it accepts.
+    pub cluster_id: u64,
 }
 
 impl Default for ReplicaConfig {
@@ -63,6 +65,7 @@ impl Default for ReplicaConfig {
             snapshot_count: 100_000,
             keep_behind_snapshot: 5_000,
             env: Environment::default(),
+            cluster_id: 0,
         }
     }
 }
@@ -129,7 +132,8 @@ pub struct Replica {
     raft: Raft<TypeConfig, StateMachine>,
     store: Arc<Store>,
     snapshot_dir: std::path::PathBuf,
-    peers: std::sync::Mutex<std::collections::HashMap<u64, RaftPeerClient<Channel>>>,
+    peers: std::sync::Mutex<std::collections::HashMap<u64, PeerClient>>,
+    cluster_id: u64,
     snapshots: Arc<crate::state_machine::SnapshotCounters>,
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
     transport: Transport,
@@ -200,6 +204,8 @@ impl Replica {
         let network = PeerNetwork {
             transport: cfg.env.transport.clone(),
             io,
+            cluster_id: cfg.cluster_id,
+            member_id: id,
         };
         let log_handle = log.clone();
         let raft = Raft::new(id, Arc::new(config), network, log, sm)
@@ -238,6 +244,7 @@ impl Replica {
             store,
             snapshot_dir,
             peers: Default::default(),
+            cluster_id: cfg.cluster_id,
             snapshots,
             leader_changes,
             transport: cfg.env.transport.clone(),
@@ -254,9 +261,10 @@ impl Replica {
     }
 
     /// The gRPC service other members call on this member's peer port.
-    pub fn peer_service(&self, cluster_id: u64) -> RaftPeerServer<PeerService> {
+    pub fn peer_service(&self) -> RaftPeerServer<PeerService> {
         RaftPeerServer::new(PeerService {
-            cluster_id,
+            cluster_id: self.cluster_id,
+            member_id: self.id,
             raft: self.raft.clone(),
             writes: self.writes.clone(),
             store: self.store.clone(),
@@ -276,7 +284,7 @@ impl Replica {
     }
 
     /// A client for member `id`'s peer service.
-    fn peer(&self, id: u64) -> Result<RaftPeerClient<Channel>, ProposeError> {
+    fn peer(&self, id: u64) -> Result<PeerClient, ProposeError> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = peers.get(&id) {
             return Ok(c.clone());
@@ -286,7 +294,8 @@ impl Replica {
             .get_node(&id)
             .ok_or(ProposeError::NotLeader(Some(id)))?
             .clone();
-        let client = peer_client(&node, &self.transport).map_err(ProposeError::Stopped)?;
+        let stamp = PeerStamp::new(self.cluster_id, self.id, id);
+        let client = peer_client(&node, &self.transport, stamp).map_err(ProposeError::Stopped)?;
         peers.insert(id, client.clone());
         Ok(client)
     }
@@ -697,7 +706,9 @@ pub async fn fetch_cluster_id(peer_urls: &[String], timeout: Duration) -> Option
                 peer_urls: vec![url.clone()],
                 ..Member::default()
             };
-            let Ok(mut client) = peer_client(&member, &Transport::default()) else {
+            let Ok(mut client) =
+                peer_client(&member, &Transport::default(), PeerStamp::anonymous())
+            else {
                 continue;
             };
             let mut req = tonic::Request::new(Blob::default());

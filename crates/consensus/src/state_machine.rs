@@ -210,10 +210,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Some(cmds.len() - 1)
                     }
                     Err(e) => {
-                        // Every member decodes the same bytes the same way, so skipping is
-                        // consistent; it would mean a member wrote an entry it cannot read.
-                        tracing::error!(index = entry.log_id.index, error = %e, "skipping undecodable entry");
-                        None
+                        // Never skipped: a build that could decode it (another decoder limit,
+                        // a newer command) would apply it and the members would diverge, and
+                        // its writer was told nothing. Stopping here stops Raft (a storage
+                        // error), which stops the member; the entry stays in the log.
+                        tracing::error!(index = entry.log_id.index, error = %e, "a committed log entry cannot be decoded; stopping");
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "committed log entry {} cannot be decoded ({e}); this member stops \
+                                 rather than skip it (run a berth build that can read it)",
+                                entry.log_id.index
+                            ),
+                        ));
                     }
                 },
                 EntryPayload::Membership(m) => {

@@ -34,6 +34,19 @@ fn corrupt(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// The error for a damaged segment: which file, where, and what to do about it.
+fn damaged(path: &Path, at: u64, intact_records: usize, newest: bool) -> io::Error {
+    let which = if newest { "the newest" } else { "a closed" };
+    corrupt(format!(
+        "the Raft log is damaged: {} ({which} segment) has a bad record at byte {at}, after \
+         {intact_records} intact records, with more written after it. It is not a write torn \
+         by a crash, so nothing is cut: entries there may have been acknowledged. Recover \
+         this member from a peer (member remove, clear the data directory, member add, start \
+         with --initial-cluster-state existing) or from a snapshot (berth snapshot restore)",
+        path.display()
+    ))
+}
+
 /// What `state.bin` holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WalState {
@@ -197,46 +210,112 @@ fn read_state(dir: &Path) -> io::Result<WalState> {
 /// A record found by [`scan`]: its index, and where its payload is.
 type Found = (u64, u64, u32);
 
-/// Reads the records of one segment file: each intact one, and the length of the intact prefix.
-fn scan(file: &File, size: u64) -> io::Result<(Vec<Found>, u64)> {
-    let mut data = vec![0u8; usize::try_from(size).map_err(|e| corrupt(e.to_string()))?];
-    file.read_exact_at(&mut data, 0)?;
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while let Some(head) = data.get(pos..pos + HEADER) {
-        let index = u64::from_le_bytes(head[0..8].try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default());
-        // Zeros: the allocated, never written rest of the segment.
-        if len == 0 || len > MAX_RECORD {
-            break;
-        }
-        let start = pos + HEADER;
-        let Some(payload) = data.get(start..start + len as usize) else {
-            break;
-        };
-        if crc32c::crc32c(payload) != crc {
-            break;
-        }
-        out.push((index, start as u64, len));
-        pos = start + len as usize;
-    }
-    Ok((out, pos as u64))
+/// What [`scan`] found in one segment file.
+#[derive(Debug)]
+struct Scanned {
+    /// Every intact record, in order.
+    records: Vec<Found>,
+    /// The length of the intact prefix: where the first damaged or missing record starts.
+    intact: u64,
+    /// Where the first record that is there but fails its checks would end if its header is
+    /// believed; `None` when the scan stopped at a zero header (or the end of the file).
+    damaged_end: Option<u64>,
 }
 
-/// True when the segment holds nothing but zeros past `intact` (allocated, never written).
-fn zeros_after(file: &File, intact: u64, size: u64) -> io::Result<bool> {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut at = intact;
-    while at < size {
-        let n = buf.len().min((size - at) as usize);
-        file.read_exact_at(&mut buf[..n], at)?;
-        if buf[..n].iter().any(|b| *b != 0) {
-            return Ok(false);
+/// Reads the records of one segment file, stopping at the first that is not intact.
+fn scan(file: &File, size: u64) -> io::Result<(Vec<u8>, Scanned)> {
+    let mut data = vec![0u8; usize::try_from(size).map_err(|e| corrupt(e.to_string()))?];
+    file.read_exact_at(&mut data, 0)?;
+    let scanned = scan_bytes(&data);
+    Ok((data, scanned))
+}
+
+/// [`scan`] over a segment's bytes.
+fn scan_bytes(data: &[u8]) -> Scanned {
+    let mut records = Vec::new();
+    let mut pos = 0usize;
+    let mut damaged_end = None;
+    while pos < data.len() {
+        let head = &data[pos..data.len().min(pos + HEADER)];
+        if head.iter().all(|b| *b == 0) {
+            // The allocated, never written rest of the segment (the caller checks that it is
+            // all zeros).
+            break;
         }
-        at += n as u64;
+        // A header cut short by the end of the file reads as zeros past it.
+        let byte = |i: usize| head.get(i).copied().unwrap_or(0);
+        let le32 =
+            |at: usize| u32::from_le_bytes([byte(at), byte(at + 1), byte(at + 2), byte(at + 3)]);
+        let index = u64::from(le32(0)) | (u64::from(le32(4)) << 32);
+        let len = le32(8);
+        let crc = le32(12);
+        let start = pos + HEADER;
+        let payload = data.get(start..start.saturating_add(len as usize));
+        let intact = head.len() == HEADER
+            && len != 0
+            && len <= MAX_RECORD
+            && payload.is_some_and(|p| crc32c::crc32c(p) == crc);
+        if !intact {
+            damaged_end = Some(start as u64 + u64::from(len));
+            break;
+        }
+        records.push((index, start as u64, len));
+        pos = start + len as usize;
     }
-    Ok(true)
+    Scanned {
+        records,
+        intact: pos as u64,
+        damaged_end,
+    }
+}
+
+/// Where the run of zeros that ends `data` starts (its length when the last byte is not zero).
+fn trailing_zeros_from(data: &[u8]) -> u64 {
+    data.iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |last| last as u64 + 1)
+}
+
+/// How far past a damaged record [`intact_record_after`] looks for the entries that follow it.
+const RESYNC_ENTRIES: u64 = 1024;
+
+/// Whether an intact record of one of the entries after `next` (the index the damaged record
+/// should have had) starts anywhere in `data[from..]`: proof that more was written, and
+/// fsynced or not, after the damage.
+fn intact_record_after(data: &[u8], from: usize, next: u64) -> bool {
+    let wanted = next + 1..=next + RESYNC_ENTRIES;
+    (from..data.len().saturating_sub(HEADER)).any(|pos| {
+        let at = |i: usize| {
+            data.get(pos + i..pos + i + 4)
+                .and_then(|b| b.try_into().ok())
+        };
+        let (Some(lo), Some(hi), Some(len), Some(crc)) = (at(0), at(4), at(8), at(12)) else {
+            return false;
+        };
+        let index = u64::from(u32::from_le_bytes(lo)) | (u64::from(u32::from_le_bytes(hi)) << 32);
+        let len = u32::from_le_bytes(len) as usize;
+        wanted.contains(&index)
+            && len != 0
+            && data
+                .get(pos + HEADER..pos + HEADER + len)
+                .is_some_and(|p| crc32c::crc32c(p) == u32::from_le_bytes(crc))
+    })
+}
+
+/// Whether what follows a segment's intact prefix is a record torn by a crash, `next` being
+/// the index it should have. Such a record was written after the last fsync (so never
+/// acknowledged) and is the last thing in the file: the file ends, or its never-written
+/// zeros begin, inside that record, and no intact record follows. Anything else (a record
+/// that fails its checks with more written after it, data after a zero header) is damage:
+/// cutting there would silently drop entries that may have been acknowledged, and the
+/// state machine, rebuilt from the log after a crash, would lose them.
+fn torn_tail(data: &[u8], scanned: &Scanned, zeros_from: u64, next: u64) -> bool {
+    let cut_short = match scanned.damaged_end {
+        None => zeros_from <= scanned.intact,
+        Some(end) => zeros_from < end,
+    };
+    let from = usize::try_from(scanned.intact).unwrap_or(usize::MAX);
+    cut_short && !intact_record_after(data, from.saturating_add(1), next)
 }
 
 impl Wal {
@@ -277,20 +356,29 @@ impl Wal {
         for (n, (first, path)) in names.into_iter().enumerate() {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let size = file.metadata()?.len();
-            let (records, intact) = scan(&file, size)?;
-            let is_last = n + 1 == count;
-            if intact < size && !zeros_after(&file, intact, size)? {
-                if !is_last {
-                    return Err(corrupt(format!(
-                        "{}: a damaged record at byte {intact} in a closed segment",
-                        path.display()
-                    )));
+            let (data, scanned) = scan(&file, size)?;
+            let intact = scanned.intact;
+            if intact < size {
+                let zeros_from = trailing_zeros_from(&data);
+                let next = scanned.records.last().map_or(first, |(i, _, _)| i + 1);
+                let is_last = n + 1 == count;
+                if zeros_from > intact {
+                    // A closed segment was fsynced before the next one began: nothing in it
+                    // may be torn. In the newest, only a record cut short by a crash is.
+                    if !is_last || !torn_tail(&data, &scanned, zeros_from, next) {
+                        return Err(damaged(&path, intact, scanned.records.len(), is_last));
+                    }
+                    tracing::warn!(
+                        path = %path.display(),
+                        at = intact,
+                        "cutting a record torn by a crash off the end of the Raft log"
+                    );
+                    file.set_len(intact)?;
+                    preallocate(&file, intact, segment_bytes)?;
+                    file.sync_all()?;
                 }
-                tracing::warn!(path = %path.display(), at = intact, "cutting a torn record off the Raft log");
-                file.set_len(intact)?;
-                preallocate(&file, intact, segment_bytes)?;
-                file.sync_all()?;
             }
+            let records = scanned.records;
             for (index, offset, len) in records {
                 if purged.is_some_and(|p| index <= p) {
                     continue;
@@ -700,6 +788,119 @@ mod tests {
         let wal = Wal::open_sized(dir.path(), 1 << 20).expect("reopen");
         assert_eq!(wal.last_index(), Some(7));
         assert_eq!(wal.read(6, 8).expect("read")[1], b"entry-7".to_vec());
+    }
+
+    /// A preallocated log of entries 1..=n in one segment, fsynced; returns the segment's
+    /// path and where each record starts.
+    fn one_segment(dir: &Path, n: u64) -> (PathBuf, Vec<u64>) {
+        let wal = Wal::open_sized(dir, 1 << 20).expect("open");
+        wal.append(recs(1..n + 1)).expect("append");
+        wal.sync().expect("sync");
+        let inner = wal.lock();
+        let starts = inner
+            .locs
+            .iter()
+            .map(|l| l.offset - HEADER as u64)
+            .collect();
+        (dir.join(segment_name(1)), starts)
+    }
+
+    fn damage(path: &Path, at: u64, bytes: &[u8]) {
+        let f = OpenOptions::new().write(true).open(path).expect("open seg");
+        f.write_all_at(bytes, at).expect("damage");
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_the_newest_segment_refuses_to_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (seg, starts) = one_segment(dir.path(), 600);
+        // Four bytes in the payload of entry 300 (as the hardening run did after kill -9).
+        damage(&seg, starts[299] + HEADER as u64 + 2, b"\xde\xad\xbe\xef");
+        let err = Wal::open_sized(dir.path(), 1 << 20)
+            .err()
+            .expect("damage is refused, not cut");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&seg.display().to_string()),
+            "names the file: {msg}"
+        );
+        assert!(
+            msg.contains(&format!("byte {}", starts[299])),
+            "names the offset: {msg}"
+        );
+        assert!(msg.contains("from a peer"), "says how to recover: {msg}");
+        // Nothing was cut: the file still holds every record after the damage.
+        assert_eq!(std::fs::metadata(&seg).expect("stat").len(), 1 << 20);
+        let raw = std::fs::read(&seg).expect("read");
+        assert!(scan_bytes(&raw[starts[300] as usize..]).records.len() >= 300);
+    }
+
+    #[test]
+    fn a_damaged_header_or_zeroed_record_with_data_after_refuses_to_open() {
+        for (what, at, bytes) in [
+            ("length", 8u64, vec![0xff, 0xff, 0x00, 0x01]),
+            ("crc", 12, vec![1]),
+            ("index", 0, vec![7]),
+            ("a zeroed header", 0, vec![0; HEADER]),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (seg, starts) = one_segment(dir.path(), 20);
+            damage(&seg, starts[9] + at, &bytes);
+            let opened = Wal::open_sized(dir.path(), 1 << 20);
+            let err = opened.err().unwrap_or_else(|| panic!("{what}: refused"));
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}");
+        }
+    }
+
+    #[test]
+    fn only_the_last_record_may_be_torn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (seg, starts) = one_segment(dir.path(), 20);
+        // The last record's header written, its payload not (zeros): torn, cut.
+        let last = starts[19];
+        damage(&seg, last + HEADER as u64, &[0; 8]);
+        let wal = Wal::open_sized(dir.path(), 1 << 20).expect("a torn last record is cut");
+        assert_eq!(wal.last_index(), Some(19));
+        drop(wal);
+        // A record complete to its last byte but failing its checksum is damage, not a tear.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (seg, starts) = one_segment(dir.path(), 20);
+        damage(&seg, starts[19] + HEADER as u64, b"X");
+        assert!(Wal::open_sized(dir.path(), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn scanning_arbitrary_bytes_never_panics_and_stays_in_bounds() {
+        // A cheap, deterministic stand-in for the fuzz target (fuzz/fuzz_targets/wal_scan.rs)
+        // that runs in every test run: damaged copies of a real segment, and raw noise.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (seg, _) = one_segment(dir.path(), 50);
+        let clean = std::fs::read(&seg).expect("read");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let mut data = clean[..1200].to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() % data.len() as u64) as usize;
+                data[at] = next() as u8;
+            }
+            let cut = (next() % data.len() as u64) as usize;
+            data.truncate(cut);
+            let s = scan_bytes(&data);
+            assert!(s.intact <= data.len() as u64);
+            for (_, offset, len) in &s.records {
+                assert!(offset + u64::from(*len) <= s.intact);
+            }
+            let noise: Vec<u8> = (0..(next() % 200)).map(|_| next() as u8).collect();
+            let s = scan_bytes(&noise);
+            assert!(s.intact <= noise.len() as u64);
+        }
     }
 
     #[test]

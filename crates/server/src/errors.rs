@@ -22,6 +22,12 @@ pub enum ApiError {
     /// Txn has too many operations.
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
+    /// Txn nested deeper than berth accepts (etcd has no such bound; see `MAX_TXN_DEPTH`).
+    #[error(
+        "etcdserver: txn nested too deeply (at most {} levels)",
+        crate::api::kv::MAX_TXN_DEPTH
+    )]
+    TxnTooDeep,
     /// Txn writes the same key twice.
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
@@ -98,8 +104,8 @@ impl ApiError {
     pub fn code(&self) -> Code {
         use ApiError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | TxnTooDeep
+            | DuplicateKey | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             MemberExist | PeerUrlExist | MemberNotLearner | NotLeader | BadLeaderTransferee => {

@@ -200,7 +200,7 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
             })
         });
         let mut stop = stop_rx.clone();
-        let service = node.proposer.replica().peer_service(node.member.cluster_id);
+        let service = node.proposer.replica().peer_service();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)

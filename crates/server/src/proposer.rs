@@ -91,6 +91,7 @@ impl Proposer {
             snapshot_count: cfg.snapshot_count,
             keep_behind_snapshot: cfg.snapshot_count.min(5_000),
             env,
+            cluster_id: member.cluster_id,
         };
         let observer = metrics.clone();
         let bootstrap = cfg.initial_cluster_state == ClusterState::New;

@@ -353,6 +353,11 @@ impl Writer<'_, '_> {
     }
 
     fn compact(&mut self, c: &CompactionRequest) -> Result<CompactionResponse> {
+        if c.revision == 0 && self.index.compacted() == 0 {
+            // Nothing compacted yet: compacting "up to 0" removes nothing and, as in etcd,
+            // is not an error.
+            return Ok(CompactionResponse { header: None });
+        }
         if c.revision <= self.index.compacted() {
             return Err(StoreError::Compacted);
         }
@@ -370,7 +375,10 @@ impl Writer<'_, '_> {
         if g.ttl > self.lessor.limits().max_ttl {
             return Err(StoreError::LeaseTtlTooLarge);
         }
-        if g.id <= 0 {
+        // Any ID but 0 (which means "no lease"); negative IDs are granted, as etcd does. The
+        // API layer picks an ID before proposing when the client leaves it 0, so 0 here is a
+        // bug of a member, not of a client.
+        if g.id == 0 {
             return Err(StoreError::Corrupt("lease grant without an ID".into()));
         }
         if self.lessor.contains(g.id) {

@@ -752,3 +752,53 @@ fn a_severed_store_reopens_at_its_last_durable_commit_as_after_a_kill() {
         Some("closed cleanly")
     );
 }
+
+#[test]
+fn negative_lease_ids_are_granted_and_compact_zero_on_a_new_store_is_a_no_op() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    // etcd grants any ID but 0; -1 used to fail at apply as "corrupt cluster".
+    let g = apply(
+        &s,
+        Command::LeaseGrant(LeaseGrantRequest { ttl: 30, id: -1 }),
+    );
+    assert!(
+        matches!(g, Ok(Applied::LeaseGrant(ref r)) if r.id == -1),
+        "{g:?}"
+    );
+    apply(
+        &s,
+        Command::Put(PutRequest {
+            key: "k".into(),
+            value: "v".into(),
+            lease: -1,
+            ..Default::default()
+        }),
+    )
+    .expect("put with lease -1");
+    assert_eq!(s.lease_info(-1).expect("lease").keys.len(), 1);
+    apply(&s, Command::LeaseRevoke(LeaseRevokeRequest { id: -1 })).expect("revoke");
+    assert_eq!(value(&s, "k"), None, "revoking -1 deletes its key");
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let s = open(fresh.path());
+    let before = s.revision();
+    apply(
+        &s,
+        Command::Compact(CompactionRequest {
+            revision: 0,
+            physical: false,
+        }),
+    )
+    .expect("compact 0 on a new store is a no-op");
+    assert_eq!(s.revision(), before);
+    assert!(matches!(
+        apply(
+            &s,
+            Command::Compact(CompactionRequest {
+                revision: -1,
+                physical: false
+            })
+        ),
+        Err(StoreError::Compacted)
+    ));
+}

@@ -73,9 +73,19 @@ fn check_delete(d: &DeleteRangeRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// etcd's txn validation: op counts, compare keys, every nested op, then duplicate writes.
+/// The deepest txn nesting accepted (a txn inside a txn is two levels deeper for protobuf).
+/// The log's decoder (prost's) refuses messages nested more than 100 deep, which a txn nested
+/// 49 deep reaches inside its log entry: such an entry would be committed and then fail to
+/// apply on every member. This bound keeps every accepted txn far from that limit.
+pub const MAX_TXN_DEPTH: usize = 16;
+
+/// etcd's txn validation: op counts, compare keys, every nested op, then duplicate writes;
+/// and berth's bound on nesting ([`MAX_TXN_DEPTH`]).
 pub fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
-    fn walk(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
+    fn walk(t: &TxnRequest, max_ops: usize, depth: usize) -> Result<(), ApiError> {
+        if depth > MAX_TXN_DEPTH {
+            return Err(ApiError::TxnTooDeep);
+        }
         let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
         if ops > max_ops {
             return Err(ApiError::TooManyOps);
@@ -88,13 +98,13 @@ pub fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
                 Some(Op::RequestRange(r)) => check_range(r)?,
                 Some(Op::RequestPut(p)) => check_put(p)?,
                 Some(Op::RequestDeleteRange(d)) => check_delete(d)?,
-                Some(Op::RequestTxn(inner)) => walk(inner, max_ops - ops)?,
+                Some(Op::RequestTxn(inner)) => walk(inner, max_ops - ops, depth + 1)?,
                 None => {}
             }
         }
         Ok(())
     }
-    walk(t, max_ops)?;
+    walk(t, max_ops, 1)?;
     if !check_txn_duplicates(t) {
         return Err(ApiError::DuplicateKey);
     }
@@ -273,6 +283,20 @@ mod tests {
         assert!(matches!(
             check_txn(&txn(vec![put("")]), 128),
             Err(ApiError::EmptyKey)
+        ));
+        let nest = |depth: usize| {
+            let mut t = txn(vec![put("a")]);
+            for _ in 1..depth {
+                t = txn(vec![RequestOp {
+                    request: Some(Op::RequestTxn(t)),
+                }]);
+            }
+            t
+        };
+        assert!(check_txn(&nest(MAX_TXN_DEPTH), 128).is_ok());
+        assert!(matches!(
+            check_txn(&nest(MAX_TXN_DEPTH + 1), 128),
+            Err(ApiError::TxnTooDeep)
         ));
     }
 }
