@@ -125,6 +125,11 @@ async fn a_member_on_another_clusters_data_dir_takes_no_part() {
     let other_dir: PathBuf = other.data_dir().to_path_buf();
     a.members[moved].set_data_dir(&other_dir);
     a.members[moved].launch();
+    // Only a's own members: the intruder, on a's address, would take a write itself.
+    let mut c =
+        etcd_client::Client::connect([a.members[leader].client_addr.clone()], Some(bounded()))
+            .await
+            .expect("connect");
     let term_before = term_of(&a.members[leader]).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     c.put("a-key-2", "a", None).await.expect("a still writes");
@@ -273,4 +278,227 @@ async fn lease_minus_one_and_compact_zero_behave_as_in_etcd() {
             "{addr}"
         );
     }
+}
+
+/// A tmpfs of `mb` MiB mounted for one test (needs root, as CI runs): a disk that fills up.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(mb: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs needs root (CI runs as root)");
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Puts values of `size` bytes until a put fails; returns the acknowledged keys and the error.
+async fn fill(srv: &Server, size: usize, max: usize) -> (Vec<String>, Option<etcd_client::Error>) {
+    let mut c = etcd_client::Client::connect([srv.client_addr.clone()], Some(bounded()))
+        .await
+        .expect("connect");
+    let mut acked = Vec::new();
+    for i in 0..max {
+        let key = format!("fill/{i:06}");
+        match c.put(key.clone(), vec![b'x'; size], None).await {
+            Ok(_) => acked.push(key),
+            Err(e) => return (acked, Some(e)),
+        }
+    }
+    (acked, None)
+}
+
+fn single_on(dir: &Path, flags: &[&str]) -> Server {
+    let peer = format!("http://127.0.0.1:{}", crate::harness::free_port());
+    Server::member(dir, "solo", &peer, &format!("solo={peer}"), flags)
+}
+
+/// etcd exits on ENOSPC so that a supervisor restarts it. berth used to linger: writes got
+/// "server stopped", linearizable reads hung, serializable reads got DATA_LOSS. Now the member
+/// exits non-zero, and once space is freed the restart has every acknowledged write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_stops_the_member_and_the_restart_loses_nothing() {
+    let disk = Tmpfs::mount(48);
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![1u8; 16 << 20]).expect("filler");
+    // No reserve: this test is about what happens when a write does meet a full disk.
+    let mut srv = single_on(&disk.path().join("data"), &["--min-free-disk-bytes", "0"]);
+    srv.launch();
+    let (acked, err) = fill(&srv, 32 << 10, 10_000).await;
+    assert!(err.is_some(), "the disk filled up");
+    assert!(
+        acked.len() > 100,
+        "{} puts before the disk filled",
+        acked.len()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = srv.exited() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member exits after a storage error instead of lingering"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status}");
+    srv.kill9();
+    std::fs::remove_file(&filler).expect("free some space");
+    srv.start_again();
+    let mut c = srv.client().await;
+    for key in &acked {
+        let got = c.get(key.as_str(), None).await.expect("get");
+        assert_eq!(got.kvs().len(), 1, "acknowledged {key} survived");
+    }
+}
+
+/// A disk below `--min-free-disk-bytes` raises NOSPACE (replicated, as the quota does)
+/// before any write can fail for lack of space: writes are refused with etcd's error, reads
+/// go on, `/health` says why, and the member keeps running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nearly_full_disk_raises_nospace_and_keeps_serving() {
+    let disk = Tmpfs::mount(64);
+    let reserve = (40u64 << 20).to_string();
+    let mut srv = single_on(
+        &disk.path().join("data"),
+        &["--min-free-disk-bytes", &reserve],
+    );
+    srv.launch();
+    let (acked, err) = fill(&srv, 8 << 10, 20_000).await;
+    let status = status_of(err.expect("writes are refused before the disk is full"));
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "etcdserver: mvcc: database space exceeded"
+    );
+    assert!(srv.exited().is_none(), "still running");
+    let mut c = srv.client().await;
+    let last = acked.last().expect("some writes went in");
+    assert_eq!(
+        c.get(last.as_str(), None)
+            .await
+            .expect("reads go on")
+            .kvs()
+            .len(),
+        1
+    );
+    let alarms = c
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .expect("alarm list");
+    assert_eq!(alarms.alarms().len(), 1);
+    assert_eq!(alarms.alarms()[0].alarm(), etcd_client::AlarmType::Nospace);
+    let (code, body) = srv.http_get("/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("ALARM NOSPACE"), "{body}");
+}
+
+/// etcd replicates alarms and keeps them across restarts; berth's were member-local and
+/// forgotten. An alarm raised on one member now refuses writes on every member, survives
+/// a restart of all of them, and `/health` says so until it is disarmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn alarms_are_replicated_and_kept_and_health_follows_them() {
+    let mut cl = Cluster::start(3);
+    let mut c0 = cl.members[0].client().await;
+    let id0 = c0
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .map(|h| h.member_id())
+        .expect("member id");
+    let mut opts = etcd_client::AlarmOptions::new();
+    opts.with_member(id0);
+    c0.alarm(
+        etcd_client::AlarmAction::Activate,
+        etcd_client::AlarmType::Nospace,
+        Some(opts.clone()),
+    )
+    .await
+    .expect("activate");
+    let mut c2 = cl.members[2].client().await;
+    let err = c2
+        .put("k", "v", None)
+        .await
+        .expect_err("refused on another member");
+    assert_eq!(status_of(err).code(), tonic::Code::ResourceExhausted);
+    for m in &cl.members {
+        let (code, body) = m.http_get("/health");
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("ALARM NOSPACE"), "{body}");
+        assert_eq!(m.http_get("/health?exclude=NOSPACE").0, 200);
+    }
+    for m in &mut cl.members {
+        m.kill9();
+    }
+    for m in &mut cl.members {
+        m.start_again_no_wait();
+    }
+    for m in &mut cl.members {
+        m.wait_ready();
+    }
+    cl.leader().await;
+    let mut c1 = cl.members[1].client().await;
+    let listed = c1
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .expect("alarm list");
+    assert_eq!(listed.alarms().len(), 1, "kept across restarts");
+    assert_eq!(listed.alarms()[0].member_id(), id0);
+    c1.alarm(
+        etcd_client::AlarmAction::Deactivate,
+        etcd_client::AlarmType::Nospace,
+        Some(opts),
+    )
+    .await
+    .expect("disarm");
+    let mut c2 = cl.members[2].client().await;
+    c2.put("k", "v", None).await.expect("writes work again");
+    for m in &cl.members {
+        assert_eq!(m.http_get("/health").0, 200);
+    }
+    // Quorum lost: the remaining member is alive but cannot serve.
+    cl.members[1].kill9();
+    cl.members[2].kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = cl.members[0].http_get("/health");
+        if code == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still healthy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cl.members[0].http_get("/livez").0, 200);
 }

@@ -177,6 +177,13 @@ impl Server {
         (status, err)
     }
 
+    /// Whether the process has exited; its status if so.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.dir
@@ -292,6 +299,12 @@ impl Server {
     /// Starts the server again after [`Server::stop`] or [`Server::kill9`].
     pub fn start_again(&mut self) {
         self.spawn();
+    }
+
+    /// [`Server::start_again`] without waiting (members of a cluster need each other to
+    /// answer): call [`Server::wait_ready`] after starting them all.
+    pub fn start_again_no_wait(&mut self) {
+        self.spawn_no_wait();
     }
 
     /// GETs a path from the HTTP listener; returns (status code, body).

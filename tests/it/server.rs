@@ -161,15 +161,20 @@ fn environment_and_config_file_configure_the_node_and_logs_can_be_json() {
     let v = ready.expect("ready line");
     assert_eq!(v["fields"]["name"], "from-file");
     assert!(tmp.path().join("data").join("member.toml").exists());
-    let mut s =
-        std::net::TcpStream::connect(("127.0.0.1", http)).expect("http listener from the flag");
-    write!(s, "GET /health HTTP/1.0\r\n\r\n").expect("write");
-    let mut resp = String::new();
-    std::io::Read::read_to_string(&mut s, &mut resp).expect("read");
-    assert!(
-        resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"),
-        "{resp}"
-    );
+    // Healthy once a leader is elected (a moment after "ready": /health needs a leader).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", http)).expect("http listener from the flag");
+        write!(s, "GET /health HTTP/1.0\r\n\r\n").expect("write");
+        let mut resp = String::new();
+        std::io::Read::read_to_string(&mut s, &mut resp).expect("read");
+        if resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{resp}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

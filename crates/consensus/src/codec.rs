@@ -14,6 +14,7 @@ pub fn encode_command(cmd: &Command) -> Vec<u8> {
         Command::Compact(r) => request::Request::Compaction(r),
         Command::LeaseGrant(r) => request::Request::LeaseGrant(r),
         Command::LeaseRevoke(r) => request::Request::LeaseRevoke(r),
+        Command::Alarm(r) => request::Request::Alarm(r),
     });
     Request { request }.encode_to_vec()
 }
@@ -28,6 +29,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, String> {
         Some(request::Request::Compaction(r)) => Command::Compact(r),
         Some(request::Request::LeaseGrant(r)) => Command::LeaseGrant(r),
         Some(request::Request::LeaseRevoke(r)) => Command::LeaseRevoke(r),
+        Some(request::Request::Alarm(r)) => Command::Alarm(r),
         None => return Err("log entry without a command".into()),
     })
 }
@@ -40,6 +42,7 @@ fn code_of(e: &StoreError) -> ErrorCode {
         StoreError::LeaseExists => ErrorCode::LeaseExists,
         StoreError::LeaseTtlTooLarge => ErrorCode::LeaseTtlTooLarge,
         StoreError::KeyNotFound => ErrorCode::KeyNotFound,
+        StoreError::NoSpace => ErrorCode::NoSpace,
         _ => ErrorCode::Unknown,
     }
 }
@@ -53,6 +56,7 @@ pub fn encode_result(r: &Result<Applied, StoreError>) -> Vec<u8> {
         Ok(Applied::Compact(x)) => response::Response::Compaction(x),
         Ok(Applied::LeaseGrant(x)) => response::Response::LeaseGrant(x),
         Ok(Applied::LeaseRevoke(x)) => response::Response::LeaseRevoke(x),
+        Ok(Applied::Alarm(x)) => response::Response::Alarm(x),
         Err((code, message)) => response::Response::Error(Error {
             code: code as i32,
             message,
@@ -71,6 +75,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<Result<Applied, StoreError>, String
         Some(response::Response::Compaction(x)) => Ok(Applied::Compact(x)),
         Some(response::Response::LeaseGrant(x)) => Ok(Applied::LeaseGrant(x)),
         Some(response::Response::LeaseRevoke(x)) => Ok(Applied::LeaseRevoke(x)),
+        Some(response::Response::Alarm(x)) => Ok(Applied::Alarm(x)),
         Some(response::Response::Error(e)) => Err(
             match ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unknown) {
                 ErrorCode::Compacted => StoreError::Compacted,
@@ -79,6 +84,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<Result<Applied, StoreError>, String
                 ErrorCode::LeaseExists => StoreError::LeaseExists,
                 ErrorCode::LeaseTtlTooLarge => StoreError::LeaseTtlTooLarge,
                 ErrorCode::KeyNotFound => StoreError::KeyNotFound,
+                ErrorCode::NoSpace => StoreError::NoSpace,
                 ErrorCode::Unknown => StoreError::Corrupt(e.message),
             },
         ),

@@ -36,6 +36,42 @@ pub(crate) fn from_blob<T: DeserializeOwned>(b: &Blob) -> Result<T, Status> {
     rmp_serde::from_slice(&b.data).map_err(|e| Status::invalid_argument(format!("decoding: {e}")))
 }
 
+/// Decodes `data` as each message members read from one another (the serialized openraft
+/// messages inside [`Blob`]s, the forwarded-write frames and the log commands and results
+/// they carry); returns how many kinds accepted it. Whatever the bytes, none may panic or
+/// allocate without bound: the fuzz target `peer_messages` drives this.
+#[doc(hidden)]
+pub fn decode_peer_messages(data: &[u8]) -> usize {
+    use openraft::raft::{
+        AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+        VoteRequest, VoteResponse,
+    };
+    use prost::Message;
+    let blob = Blob {
+        data: data.to_vec(),
+    };
+    [
+        from_blob::<AppendEntriesRequest<TypeConfig>>(&blob).is_ok(),
+        from_blob::<AppendEntriesResponse<TypeConfig>>(&blob).is_ok(),
+        from_blob::<StreamAppendResult<TypeConfig>>(&blob).is_ok(),
+        from_blob::<VoteRequest<TypeConfig>>(&blob).is_ok(),
+        from_blob::<VoteResponse<TypeConfig>>(&blob).is_ok(),
+        from_blob::<(Vote, SnapshotMeta)>(&blob).is_ok(),
+        from_blob::<SnapshotResponse<TypeConfig>>(&blob).is_ok(),
+        from_blob::<TransferLeaderRequest<TypeConfig>>(&blob).is_ok(),
+        from_blob::<(Change, bool)>(&blob).is_ok(),
+        rmp_serde::from_slice::<LogId>(data).is_ok(),
+        ForwardRequest::decode(data).is_ok(),
+        ForwardResponse::decode(data).is_ok(),
+        ReadIndexResponse::decode(data).is_ok(),
+        crate::codec::decode_command(data).is_ok(),
+        crate::codec::decode_result(data).is_ok(),
+    ]
+    .into_iter()
+    .filter(|ok| *ok)
+    .count()
+}
+
 /// Status a follower gets when this member cannot lead its request either (not proposed).
 pub(crate) const NOT_LEADER: &str = "berth: not the leader";
 /// Status when leadership changed after the request was proposed (outcome unknown).

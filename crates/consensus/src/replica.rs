@@ -643,6 +643,28 @@ impl Replica {
         }
     }
 
+    /// Why Raft has stopped, if it has: a storage error (the log or the state machine could
+    /// not be written or read), a panic, or a shutdown.
+    pub fn stopped(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.running_state.as_ref().err().map(|e| e.to_string())
+    }
+
+    /// Waits until Raft stops; returns why. A member whose Raft stopped on its own can serve
+    /// nothing correctly (writes fail, linearizable reads hang), so its process should end.
+    pub async fn wait_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(e) = &metrics.borrow_watched().running_state {
+                return e.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".into();
+            }
+        }
+    }
+
     /// Stops Raft.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {

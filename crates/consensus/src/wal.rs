@@ -207,10 +207,10 @@ fn read_state(dir: &Path) -> io::Result<WalState> {
     rmp_serde::from_slice(body).map_err(|e| corrupt(format!("state.bin: {e}")))
 }
 
-/// A record found by [`scan`]: its index, and where its payload is.
-type Found = (u64, u64, u32);
+/// A record found by a scan: its index, and where its payload (offset, length) is.
+pub type Found = (u64, u64, u32);
 
-/// What [`scan`] found in one segment file.
+/// What [`scan_bytes`] found in one segment file.
 #[derive(Debug)]
 struct Scanned {
     /// Every intact record, in order.
@@ -222,15 +222,59 @@ struct Scanned {
     damaged_end: Option<u64>,
 }
 
-/// Reads the records of one segment file, stopping at the first that is not intact.
-fn scan(file: &File, size: u64) -> io::Result<(Vec<u8>, Scanned)> {
+fn read_all(file: &File, size: u64) -> io::Result<Vec<u8>> {
     let mut data = vec![0u8; usize::try_from(size).map_err(|e| corrupt(e.to_string()))?];
     file.read_exact_at(&mut data, 0)?;
-    let scanned = scan_bytes(&data);
-    Ok((data, scanned))
+    Ok(data)
 }
 
-/// [`scan`] over a segment's bytes.
+/// What a segment holds, as [`check_segment`] found it.
+#[derive(Debug)]
+pub struct SegmentCheck {
+    /// Every intact record: its index, and where its payload is.
+    pub records: Vec<Found>,
+    /// The length of the intact prefix.
+    pub intact: u64,
+    /// Where to cut a record torn by a crash, if there is one.
+    pub cut_at: Option<u64>,
+}
+
+/// Damage found by [`check_segment`].
+#[derive(Debug)]
+pub struct Damage {
+    /// Where the first bad record starts.
+    pub at: u64,
+    /// Intact records before it.
+    pub intact_records: usize,
+}
+
+/// Judges the bytes of one segment file whose first record is entry `first`: its intact
+/// records, and whether what follows them is nothing (zeros), a record torn by a crash (to
+/// be cut, in the `newest` segment only: a closed one was fsynced before the next began), or
+/// damage (refused). Pure, so it can be fuzzed: every byte of it comes from disk.
+pub fn check_segment(data: &[u8], first: u64, newest: bool) -> Result<SegmentCheck, Damage> {
+    let scanned = scan_bytes(data);
+    let intact = scanned.intact;
+    let zeros_from = trailing_zeros_from(data);
+    let mut cut_at = None;
+    if zeros_from > intact {
+        let next = scanned.records.last().map_or(first, |(i, _, _)| i + 1);
+        if !newest || !torn_tail(data, &scanned, zeros_from, next) {
+            return Err(Damage {
+                at: intact,
+                intact_records: scanned.records.len(),
+            });
+        }
+        cut_at = Some(intact);
+    }
+    Ok(SegmentCheck {
+        records: scanned.records,
+        intact,
+        cut_at,
+    })
+}
+
+/// Reads the records of a segment's bytes, stopping at the first that is not intact.
 fn scan_bytes(data: &[u8]) -> Scanned {
     let mut records = Vec::new();
     let mut pos = 0usize;
@@ -356,29 +400,22 @@ impl Wal {
         for (n, (first, path)) in names.into_iter().enumerate() {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let size = file.metadata()?.len();
-            let (data, scanned) = scan(&file, size)?;
-            let intact = scanned.intact;
-            if intact < size {
-                let zeros_from = trailing_zeros_from(&data);
-                let next = scanned.records.last().map_or(first, |(i, _, _)| i + 1);
-                let is_last = n + 1 == count;
-                if zeros_from > intact {
-                    // A closed segment was fsynced before the next one began: nothing in it
-                    // may be torn. In the newest, only a record cut short by a crash is.
-                    if !is_last || !torn_tail(&data, &scanned, zeros_from, next) {
-                        return Err(damaged(&path, intact, scanned.records.len(), is_last));
-                    }
-                    tracing::warn!(
-                        path = %path.display(),
-                        at = intact,
-                        "cutting a record torn by a crash off the end of the Raft log"
-                    );
-                    file.set_len(intact)?;
-                    preallocate(&file, intact, segment_bytes)?;
-                    file.sync_all()?;
-                }
+            let data = read_all(&file, size)?;
+            let is_last = n + 1 == count;
+            let segment = check_segment(&data, first, is_last)
+                .map_err(|d| damaged(&path, d.at, d.intact_records, is_last))?;
+            if let Some(at) = segment.cut_at {
+                tracing::warn!(
+                    path = %path.display(),
+                    at,
+                    "cutting a record torn by a crash off the end of the Raft log"
+                );
+                file.set_len(at)?;
+                preallocate(&file, at, segment_bytes)?;
+                file.sync_all()?;
             }
-            let records = scanned.records;
+            let intact = segment.intact;
+            let records = segment.records;
             for (index, offset, len) in records {
                 if purged.is_some_and(|p| index <= p) {
                     continue;

@@ -55,6 +55,10 @@ pub struct ServerArgs {
     /// Database size at which writes are refused with a NOSPACE alarm (bytes; 0 = 2 GiB).
     #[arg(long, env = "BERTH_QUOTA_BACKEND_BYTES")]
     pub quota_backend_bytes: Option<u64>,
+    /// Free space the data directory's disk keeps: below it writes are refused with a NOSPACE
+    /// alarm instead of failing on a full disk (bytes; default 64 MiB; 0 turns it off).
+    #[arg(long, env = "BERTH_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
     /// Heartbeat interval in milliseconds (Raft; also sets the minimum lease TTL).
     #[arg(long, env = "BERTH_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
@@ -95,6 +99,7 @@ impl ServerArgs {
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
+            min_free_disk_bytes: self.min_free_disk_bytes.or(lower.min_free_disk_bytes),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             election_timeout: self.election_timeout.or(lower.election_timeout),
             snapshot_count: self.snapshot_count.or(lower.snapshot_count),
@@ -145,6 +150,8 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// Database size limit in bytes.
     pub quota_backend_bytes: u64,
+    /// Free disk space kept in reserve, in bytes (0: no reserve).
+    pub min_free_disk_bytes: u64,
     /// Heartbeat interval (ms).
     pub heartbeat_interval_ms: u64,
     /// Election timeout (ms).
@@ -237,13 +244,45 @@ impl Config {
         if max_request_bytes == 0 {
             bail!("--max-request-bytes must be positive");
         }
+        if name.trim().is_empty() {
+            bail!("--name must not be empty");
+        }
+        for (flag, urls) in [
+            ("--advertise-client-urls", &advertise_client),
+            ("--initial-advertise-peer-urls", &advertise_peer),
+        ] {
+            for url in split_urls(urls) {
+                check_url(flag, &url)?;
+            }
+        }
+        let initial_cluster = parse_initial_cluster(&initial_cluster)?;
+        if state == ClusterState::New {
+            // As etcd checks: the initial cluster must list this member, at the peer URLs it
+            // advertises, or the members would bootstrap different memberships.
+            let mut mine = split_urls(&advertise_peer);
+            mine.sort();
+            match initial_cluster.iter().find(|(n, _)| *n == name) {
+                None => bail!("--initial-cluster does not list this member's --name {name:?}"),
+                Some((_, urls)) => {
+                    let mut listed = urls.clone();
+                    listed.sort();
+                    if listed != mine {
+                        bail!(
+                            "--initial-cluster lists {name}={} but --initial-advertise-peer-urls is {}",
+                            listed.join(","),
+                            mine.join(",")
+                        );
+                    }
+                }
+            }
+        }
         Ok(Config {
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
             listen_client: addrs(&listen_client_urls).context("--listen-client-urls")?,
             advertise_client_urls: split_urls(&advertise_client),
             listen_peer: addrs(&listen_peer_urls).context("--listen-peer-urls")?,
             advertise_peer_urls: split_urls(&advertise_peer),
-            initial_cluster: parse_initial_cluster(&initial_cluster)?,
+            initial_cluster,
             initial_cluster_state: state,
             initial_cluster_token: s
                 .initial_cluster_token
@@ -260,6 +299,7 @@ impl Config {
                 0 => 2 << 30,
                 q => q,
             },
+            min_free_disk_bytes: s.min_free_disk_bytes.unwrap_or(64 << 20),
             heartbeat_interval_ms: heartbeat,
             election_timeout_ms: election,
             // etcd 3.4's default.
@@ -290,12 +330,40 @@ fn read_file(path: &Path) -> anyhow::Result<ServerArgs> {
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Checks an advertised URL: `http://host:port`, as members and clients will dial it.
+fn check_url(flag: &str, url: &str) -> anyhow::Result<()> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("{flag}: {url:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            bail!("{flag}: {url}: only http:// URLs are supported so far (TLS comes later)")
+        }
+        _ => bail!("{flag}: {url:?} must start with http://"),
+    }
+    let authority = uri
+        .authority()
+        .with_context(|| format!("{flag}: {url:?} names no host"))?;
+    if authority.host().is_empty() || authority.port_u16().is_none() {
+        bail!("{flag}: {url:?} must name a host and a port (http://host:port)");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        bail!("{flag}: {url:?} must not have a path");
+    }
+    Ok(())
+}
+
 fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for part in split_urls(s) {
         let (name, url) = part
             .split_once('=')
             .with_context(|| format!("--initial-cluster entry {part:?} is not name=url"))?;
+        if name.trim().is_empty() {
+            bail!("--initial-cluster entry {part:?} has no member name (name=url)");
+        }
+        check_url("--initial-cluster", url)?;
         match out.iter_mut().find(|(n, _)| n == name) {
             Some((_, urls)) => urls.push(url.to_string()),
             None => out.push((name.to_string(), vec![url.to_string()])),
@@ -363,5 +431,32 @@ mod tests {
             initial_cluster: Some("nourl".into()),
             ..Default::default()
         }));
+        let err = |a: ServerArgs| format!("{:#}", Config::resolve(a).expect_err("refused"));
+        let msg = err(ServerArgs {
+            initial_cluster: Some("=http://127.0.0.1:2380".into()),
+            ..Default::default()
+        });
+        assert!(msg.contains("no member name"), "{msg}");
+        let msg = err(ServerArgs {
+            initial_advertise_peer_urls: Some("http://127.0.0.1".into()),
+            ..Default::default()
+        });
+        assert!(msg.contains("port"), "{msg}");
+        let msg = err(ServerArgs {
+            initial_advertise_peer_urls: Some("ftp://127.0.0.1:2380".into()),
+            ..Default::default()
+        });
+        assert!(msg.contains("http://"), "{msg}");
+        let msg = err(ServerArgs {
+            name: Some("m1".into()),
+            initial_cluster: Some("m2=http://127.0.0.1:2380".into()),
+            ..Default::default()
+        });
+        assert!(msg.contains("does not list"), "{msg}");
+        let msg = err(ServerArgs {
+            initial_cluster: Some("default=http://127.0.0.1:9999".into()),
+            ..Default::default()
+        });
+        assert!(msg.contains("--initial-advertise-peer-urls"), "{msg}");
     }
 }

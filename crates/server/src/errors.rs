@@ -135,6 +135,7 @@ impl From<StoreError> for ApiError {
             StoreError::LeaseExists => ApiError::LeaseExist,
             StoreError::LeaseTtlTooLarge => ApiError::LeaseTtlTooLarge,
             StoreError::KeyNotFound => ApiError::KeyNotFound,
+            StoreError::NoSpace => ApiError::NoSpace,
             other => {
                 tracing::error!(error = %other, "storage failure");
                 ApiError::Corrupt

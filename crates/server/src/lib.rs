@@ -9,6 +9,7 @@
 //! - [`authority`]: repairs the malformed HTTP/2 `:authority` etcd's Go clients send.
 //! - [`errors`]: etcd's error codes and messages.
 //! - [`metrics`]: Prometheus metrics and the gRPC metrics layer.
+//! - [`space`]: the quota, the disk's reserve and the NOSPACE alarm.
 //! - [`http`]: `/metrics`, `/health`, `/version`.
 //! - [`node`]: bootstrap and shutdown.
 
@@ -21,6 +22,7 @@ pub mod member;
 pub mod metrics;
 pub mod node;
 pub mod proposer;
+pub mod space;
 
 use tracing_subscriber::EnvFilter;
 
@@ -41,7 +43,10 @@ pub fn run_from_args(args: config::ServerArgs) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("berth")
         .build()?;
-    runtime.block_on(node::serve(cfg, shutdown_signal()))
+    let result = runtime.block_on(node::serve(cfg, shutdown_signal()));
+    // Blocking work still running (a snapshot being written) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -2,8 +2,7 @@
 //! etcd gRPC API and the HTTP API, runs lease expiry, and shuts everything down in order.
 
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -86,8 +85,11 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Node>
         member,
         config: cfg.clone(),
         metrics,
-        alarms: Mutex::new(Vec::new()),
-        no_space: AtomicBool::new(false),
+        space: crate::space::SpaceGuard::new(
+            cfg.data_dir.clone(),
+            cfg.quota_backend_bytes,
+            cfg.min_free_disk_bytes,
+        ),
     }))
 }
 
@@ -235,6 +237,19 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
             Ok(())
         }
     });
+    tasks.spawn({
+        let replica = node.proposer.replica().clone();
+        async move {
+            // Raft stops on its own only on a fatal error (a full disk, a damaged or
+            // undecodable log entry): the member could then only fail writes and hang
+            // linearizable reads. It exits non-zero instead, as etcd does, so a supervisor
+            // restarts it (the restart loses nothing: the log holds every acknowledged write).
+            let why = replica.wait_stopped().await;
+            Err(anyhow::anyhow!(
+                "consensus stopped: {why}; exiting so that this member is restarted"
+            ))
+        }
+    });
     tracing::info!(
         name = %node.member.name,
         member_id = format_args!("{:x}", node.member.id),
@@ -248,11 +263,13 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         Some(res) = tasks.join_next() => {
             // A server task ended on its own: that is an error worth stopping for.
             let _ = stop_tx.send(true);
-            return match res {
-                Ok(Ok(())) => Err(anyhow::anyhow!("a server task stopped unexpectedly")),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(anyhow::anyhow!("a server task panicked: {e}")),
+            let err = match res {
+                Ok(Ok(())) => anyhow::anyhow!("a server task stopped unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a server task panicked: {e}"),
             };
+            tracing::error!(error = format!("{err:#}"), "stopping");
+            return Err(err);
         }
     }
     let _ = stop_tx.send(true);

@@ -1,19 +1,21 @@
-//! The write path of the state machine: applies Put, DeleteRange, Txn, Compact and lease
-//! commands inside one storage transaction, assigning revisions exactly as etcd does.
+//! The write path of the state machine: applies Put, DeleteRange, Txn, Compact, lease and
+//! alarm commands inside one storage transaction, assigning revisions exactly as etcd does.
 
 use std::collections::HashSet;
 use std::time::Instant;
 
+use berth_proto::etcdserverpb::alarm_request::AlarmAction;
 use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use berth_proto::etcdserverpb::request_op::Request;
 use berth_proto::etcdserverpb::response_op::Response;
 use berth_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
-    PutResponse, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use berth_proto::mvccpb::{event::EventType, Event, KeyValue};
-use redb::Table;
+use redb::{ReadableTable, Table};
 
 use crate::backend::{encode, read_kv, META_APPLIED, META_COMPACTED, META_REVISION};
 use crate::error::{DbResult, Result, StoreError};
@@ -37,6 +39,9 @@ pub enum Command {
     LeaseGrant(LeaseGrantRequest),
     /// Lease.LeaseRevoke (also used for expiry).
     LeaseRevoke(LeaseRevokeRequest),
+    /// Maintenance.Alarm activate or deactivate: alarms are cluster state, replicated and
+    /// kept, as in etcd (a NOSPACE alarm raised on one member stops writes on every member).
+    Alarm(AlarmRequest),
 }
 
 /// The response a command produced; headers carry only the revision.
@@ -54,6 +59,8 @@ pub enum Applied {
     LeaseGrant(LeaseGrantResponse),
     /// Response to [`Command::LeaseRevoke`].
     LeaseRevoke(LeaseRevokeResponse),
+    /// Response to [`Command::Alarm`]: the alarms it changed.
+    Alarm(AlarmResponse),
 }
 
 /// Everything one batch mutates, borrowed for its duration.
@@ -63,6 +70,8 @@ pub(crate) struct Writer<'a, 't> {
     pub revs: &'a mut Table<'t, u128, &'static [u8]>,
     pub leases: &'a mut Table<'t, i64, i64>,
     pub meta: &'a mut Table<'t, &'static str, i64>,
+    /// Active alarms (kept in `meta` under [`ALARM_PREFIX`]).
+    pub alarms: &'a mut Vec<AlarmMember>,
     /// Newest revision written so far (by earlier commands of the batch too).
     pub current: i64,
     /// Events of the batch, in revision order, for watchers.
@@ -100,6 +109,21 @@ impl Writer<'_, '_> {
             main: self.current + 1,
             sub: 0,
         };
+        // Under NOSPACE, what would grow the database is refused here, at apply, as etcd's
+        // capped applier does: every member decides alike from the same replicated alarms.
+        let capped = self
+            .alarms
+            .iter()
+            .any(|a| a.alarm == AlarmType::Nospace as i32);
+        if capped
+            && match cmd {
+                Command::Put(_) | Command::LeaseGrant(_) => true,
+                Command::Txn(t) => txn_puts(t),
+                _ => false,
+            }
+        {
+            return Err(StoreError::NoSpace);
+        }
         let out = match cmd {
             Command::Put(p) => {
                 self.check_put(p)?;
@@ -116,11 +140,15 @@ impl Writer<'_, '_> {
             Command::Compact(c) => Applied::Compact(self.compact(c)?),
             Command::LeaseGrant(g) => Applied::LeaseGrant(self.lease_grant(g)?),
             Command::LeaseRevoke(r) => Applied::LeaseRevoke(self.lease_revoke(&mut rev, r)?),
+            Command::Alarm(a) => Applied::Alarm(self.alarm(a)?),
         };
         if rev.sub > 0
             || matches!(
                 out,
-                Applied::Compact(_) | Applied::LeaseGrant(_) | Applied::LeaseRevoke(_)
+                Applied::Compact(_)
+                    | Applied::LeaseGrant(_)
+                    | Applied::LeaseRevoke(_)
+                    | Applied::Alarm(_)
             )
         {
             self.dirty = true;
@@ -371,6 +399,35 @@ impl Writer<'_, '_> {
         Ok(CompactionResponse { header: None })
     }
 
+    /// Activates or deactivates an alarm; answers with the alarms changed (none when nothing
+    /// changed). Other actions (the API answers Get itself) change nothing.
+    fn alarm(&mut self, a: &AlarmRequest) -> Result<AlarmResponse> {
+        let member = AlarmMember {
+            member_id: a.member_id,
+            alarm: a.alarm,
+        };
+        let key = alarm_key(&member);
+        let changed = match AlarmAction::try_from(a.action) {
+            Ok(AlarmAction::Activate) if a.alarm != AlarmType::None as i32 => {
+                self.meta.insert(key.as_str(), 1).db()?;
+                if !self.alarms.contains(&member) {
+                    self.alarms.push(member);
+                }
+                vec![member]
+            }
+            Ok(AlarmAction::Deactivate) if self.alarms.contains(&member) => {
+                self.meta.remove(key.as_str()).db()?;
+                self.alarms.retain(|m| *m != member);
+                vec![member]
+            }
+            _ => Vec::new(),
+        };
+        Ok(AlarmResponse {
+            header: None,
+            alarms: changed,
+        })
+    }
+
     fn lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse> {
         if g.ttl > self.lessor.limits().max_ttl {
             return Err(StoreError::LeaseTtlTooLarge);
@@ -455,6 +512,10 @@ fn with_revision(out: Applied, revision: i64) -> Applied {
             r.header = header(revision);
             Applied::LeaseRevoke(r)
         }
+        Applied::Alarm(mut a) => {
+            a.header = header(revision);
+            Applied::Alarm(a)
+        }
         other => other,
     }
 }
@@ -505,6 +566,49 @@ pub fn check_txn_duplicates(t: &TxnRequest) -> bool {
     walk(&t.success).is_some() && walk(&t.failure).is_some()
 }
 
+/// True when the txn can put on any path (etcd's "cost" of a txn under NOSPACE).
+pub fn txn_puts(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(inner)) => txn_puts(inner),
+            _ => false,
+        })
+}
+
+/// Where alarms are kept in the `meta` table: `alarm/<member id hex>/<alarm type>`.
+pub(crate) const ALARM_PREFIX: &str = "alarm/";
+
+fn alarm_key(m: &AlarmMember) -> String {
+    format!("{ALARM_PREFIX}{:x}/{}", m.member_id, m.alarm)
+}
+
+/// The alarms kept in `meta`.
+pub(crate) fn read_alarms(
+    meta: &impl ReadableTable<&'static str, i64>,
+) -> Result<Vec<AlarmMember>> {
+    let mut out = Vec::new();
+    for item in meta.range(ALARM_PREFIX..).db()? {
+        let (k, _) = item.db()?;
+        let Some(rest) = k.value().strip_prefix(ALARM_PREFIX) else {
+            break;
+        };
+        let parsed = rest.split_once('/').and_then(|(m, a)| {
+            Some(AlarmMember {
+                member_id: u64::from_str_radix(m, 16).ok()?,
+                alarm: a.parse().ok()?,
+            })
+        });
+        match parsed {
+            Some(m) => out.push(m),
+            None => return Err(StoreError::Corrupt(format!("bad alarm record {rest:?}"))),
+        }
+    }
+    Ok(out)
+}
+
 /// Persisted counters of the store.
 pub(crate) struct Counters {
     /// Newest revision written.
@@ -516,9 +620,7 @@ pub(crate) struct Counters {
 }
 
 /// Reads the persisted counters back.
-pub(crate) fn read_counters(
-    meta: &impl redb::ReadableTable<&'static str, i64>,
-) -> Result<Counters> {
+pub(crate) fn read_counters(meta: &impl ReadableTable<&'static str, i64>) -> Result<Counters> {
     let get = |k: &str| -> Result<i64> { Ok(meta.get(k).db()?.map(|g| g.value()).unwrap_or(0)) };
     Ok(Counters {
         revision: get(META_REVISION)?,

@@ -22,6 +22,9 @@ pub enum StoreError {
     /// A put with `ignore_value`/`ignore_lease` named a key that does not exist.
     #[error("key not found")]
     KeyNotFound,
+    /// A NOSPACE alarm is active: writes that grow the database are refused.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
     /// The embedded storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),

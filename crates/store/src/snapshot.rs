@@ -166,9 +166,23 @@ pub fn restore_data_only(input: impl Read, dir: &Path) -> Result<u64> {
     restore_inner(input, dir, false)
 }
 
-fn restore_inner(mut input: impl Read, dir: &Path, keep_blobs: bool) -> Result<u64> {
-    let mut data = Vec::new();
-    input.read_to_end(&mut data)?;
+/// One record of a snapshot, checked: what restoring it writes.
+#[derive(Debug, PartialEq)]
+pub enum SnapshotRecord<'a> {
+    /// A revision of a key (its encoded value decodes).
+    Revision(u128, &'a [u8]),
+    /// A store counter (or an alarm).
+    Meta(&'a str, i64),
+    /// A lease and its TTL.
+    Lease(i64, i64),
+    /// A consensus-layer blob.
+    Blob(&'a str, &'a [u8]),
+}
+
+/// Checks a whole snapshot (size, magic, SHA-256, every record, every revision's encoding)
+/// and returns its records, so that a damaged or hostile snapshot is refused before anything
+/// is written. Every byte a peer or a file gives is checked here: no length is trusted.
+pub fn parse_snapshot(data: &[u8]) -> Result<Vec<SnapshotRecord<'_>>> {
     if data.len() < ALIGN + DIGEST || data.len() % ALIGN != DIGEST || !data.starts_with(MAGIC) {
         return Err(corrupt("not a berth snapshot"));
     }
@@ -176,6 +190,40 @@ fn restore_inner(mut input: impl Read, dir: &Path, keep_blobs: bool) -> Result<u
     if Sha256::digest(body).as_slice() != digest {
         return Err(corrupt("SHA-256 mismatch"));
     }
+    let mut out = Vec::new();
+    let mut rest = &body[MAGIC.len()..];
+    loop {
+        let tag = take(&mut rest, 1)?[0];
+        if tag == TAG_END {
+            break;
+        }
+        let klen = take_len(&mut rest)?;
+        let key = take(&mut rest, klen)?;
+        let vlen = take_len(&mut rest)?;
+        let value = take(&mut rest, vlen)?;
+        let text = |what: &str| std::str::from_utf8(key).map_err(|_| corrupt(what));
+        out.push(match tag {
+            TAG_REV => {
+                let k: [u8; 16] = key.try_into().map_err(|_| corrupt("bad revision"))?;
+                crate::backend::decode(value)?;
+                SnapshotRecord::Revision(u128::from_be_bytes(k), value)
+            }
+            TAG_META => SnapshotRecord::Meta(text("bad meta key")?, be_i64(value)?),
+            TAG_LEASE => SnapshotRecord::Lease(be_i64(key)?, be_i64(value)?),
+            TAG_BLOB => SnapshotRecord::Blob(text("bad blob name")?, value),
+            _ => return Err(corrupt("unknown record")),
+        });
+    }
+    if rest.iter().any(|b| *b != 0) {
+        return Err(corrupt("data after the end marker"));
+    }
+    Ok(out)
+}
+
+fn restore_inner(mut input: impl Read, dir: &Path, keep_blobs: bool) -> Result<u64> {
+    let mut data = Vec::new();
+    input.read_to_end(&mut data)?;
+    let records = parse_snapshot(&data)?;
     let path = dir.join("kv.redb");
     if path.exists() {
         return Err(StoreError::Io(std::io::Error::new(
@@ -186,44 +234,33 @@ fn restore_inner(mut input: impl Read, dir: &Path, keep_blobs: bool) -> Result<u
     std::fs::create_dir_all(dir)?;
     let db = Database::create(&path).db()?;
     let txn = db.begin_write().db()?;
-    let mut n = 0u64;
     {
         let mut revs = txn.open_table(REVS).db()?;
         let mut meta = txn.open_table(META).db()?;
         let mut leases = txn.open_table(LEASES).db()?;
         let mut blobs = txn.open_table(BLOBS).db()?;
-        let mut rest = &body[MAGIC.len()..];
-        loop {
-            let tag = take(&mut rest, 1)?[0];
-            if tag == TAG_END {
-                break;
+        for record in &records {
+            match *record {
+                SnapshotRecord::Revision(k, v) => {
+                    revs.insert(k, v).db()?;
+                }
+                // Alarms name members of the cluster the snapshot came from: a new cluster
+                // starts without them.
+                SnapshotRecord::Meta(k, _)
+                    if !keep_blobs && k.starts_with(crate::apply::ALARM_PREFIX) => {}
+                SnapshotRecord::Meta(k, v) => {
+                    meta.insert(k, v).db()?;
+                }
+                SnapshotRecord::Lease(id, ttl) => {
+                    leases.insert(id, ttl).db()?;
+                }
+                SnapshotRecord::Blob(k, v) if keep_blobs => {
+                    blobs.insert(k, v).db()?;
+                }
+                SnapshotRecord::Blob(..) => {}
             }
-            let klen = take_len(&mut rest)?;
-            let key = take(&mut rest, klen)?;
-            let vlen = take_len(&mut rest)?;
-            let value = take(&mut rest, vlen)?;
-            match tag {
-                TAG_REV => {
-                    let k: [u8; 16] = key.try_into().map_err(|_| corrupt("bad revision"))?;
-                    revs.insert(u128::from_be_bytes(k), value).db()?;
-                }
-                TAG_META => {
-                    let k = std::str::from_utf8(key).map_err(|_| corrupt("bad meta key"))?;
-                    meta.insert(k, be_i64(value)?).db()?;
-                }
-                TAG_LEASE => {
-                    leases.insert(be_i64(key)?, be_i64(value)?).db()?;
-                }
-                TAG_BLOB if keep_blobs => {
-                    let k = std::str::from_utf8(key).map_err(|_| corrupt("bad blob name"))?;
-                    blobs.insert(k, value).db()?;
-                }
-                TAG_BLOB => {}
-                _ => return Err(corrupt("unknown record")),
-            }
-            n += 1;
         }
     }
     txn.commit().db()?;
-    Ok(n)
+    Ok(records.len() as u64)
 }

@@ -10,7 +10,7 @@ use berth_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use berth_proto::mvccpb::{event::EventType, Event, KeyValue};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use crate::apply::{read_counters, Applied, Command, Writer};
+use crate::apply::{read_alarms, read_counters, Applied, Command, Writer};
 use crate::backend::{decode, BLOBS, LEASES, META, META_APPLIED, REVS};
 use crate::error::{DbResult, Result, StoreError};
 use crate::file::SeverableFile;
@@ -19,6 +19,7 @@ use crate::lease::{LeaseInfo, LeaseLimits, Lessor};
 use crate::read;
 use crate::revision::Revision;
 use crate::watch::{Hub, WatchHandle, WatchSink, WatchSpec, Watcher};
+use berth_proto::etcdserverpb::{AlarmMember, AlarmType};
 
 /// Most events a catching-up watcher receives in one response.
 const REPLAY_CHUNK: usize = 1000;
@@ -72,6 +73,10 @@ pub struct Store {
     runtime: Option<tokio::runtime::Handle>,
     /// Thrown by [`Store::sever_file`]: nothing more reaches the database file.
     severed: Arc<AtomicBool>,
+    /// Active alarms, as applied (replicated through [`Command::Alarm`]).
+    alarms: Mutex<Vec<AlarmMember>>,
+    /// Whether a NOSPACE alarm is among them (read for every write request).
+    no_space: AtomicBool,
 }
 
 /// Opens (or creates) the database file at `path` through the switch `severed`.
@@ -79,6 +84,10 @@ fn open_file(builder: &redb::Builder, path: &Path, severed: &Arc<AtomicBool>) ->
     builder
         .create_with_backend(SeverableFile::open(path, severed.clone()).db()?)
         .db()
+}
+
+fn has_no_space(alarms: &[AlarmMember]) -> bool {
+    alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +124,7 @@ impl Store {
             w.commit().db()?;
         }
         let (index, lessor, current, applied) = Self::load(&db, opts.lease_limits)?;
+        let alarms = Self::load_alarms(&db)?;
         let db_size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         tracing::info!(
             path = %path.display(),
@@ -137,7 +147,30 @@ impl Store {
             writer: Mutex::new(Instant::now()),
             runtime: tokio::runtime::Handle::try_current().ok(),
             severed,
+            no_space: AtomicBool::new(has_no_space(&alarms)),
+            alarms: Mutex::new(alarms),
         }))
+    }
+
+    fn load_alarms(db: &Database) -> Result<Vec<AlarmMember>> {
+        let r = db.begin_read().db()?;
+        read_alarms(&r.open_table(META).db()?)
+    }
+
+    /// The active alarms, as every member applied them.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        lock(&self.alarms).clone()
+    }
+
+    /// Whether a NOSPACE alarm is active: writes that grow the database are refused.
+    pub fn no_space(&self) -> bool {
+        self.no_space.load(Ordering::Acquire)
+    }
+
+    fn set_alarms(&self, alarms: Vec<AlarmMember>) {
+        self.no_space
+            .store(has_no_space(&alarms), Ordering::Release);
+        *lock(&self.alarms) = alarms;
     }
 
     fn load(db: &Database, limits: LeaseLimits) -> Result<(KeyIndex, Lessor, i64, u64)> {
@@ -262,18 +295,20 @@ impl Store {
             txn.set_durability(redb::Durability::None).db()?;
         }
         let first = self.revision() + 1;
-        let (results, events, current, dirty) = {
+        let (results, events, current, dirty, alarms) = {
             let mut revs = txn.open_table(REVS).db()?;
             let mut leases = txn.open_table(LEASES).db()?;
             let mut meta = txn.open_table(META).db()?;
             let mut index = write_lock(&self.index);
             let mut lessor = lock(&self.lessor);
+            let mut alarms = lock(&self.alarms).clone();
             let mut w = Writer {
                 index: &mut index,
                 lessor: &mut lessor,
                 revs: &mut revs,
                 leases: &mut leases,
                 meta: &mut meta,
+                alarms: &mut alarms,
                 current: first - 1,
                 events: Vec::new(),
                 now: Instant::now(),
@@ -298,10 +333,13 @@ impl Store {
                 let applied = self.applied.load(Ordering::Acquire) + cmds.len() as u64;
                 w.meta.insert(META_APPLIED, applied as i64).db()?;
             }
-            (results, w.events, w.current, w.dirty)
+            (results, w.events, w.current, w.dirty, alarms)
         };
         if dirty {
             txn.commit().db()?;
+            if cmds.iter().any(|c| matches!(c, Command::Alarm(_))) {
+                self.set_alarms(alarms);
+            }
             self.applied.fetch_add(cmds.len() as u64, Ordering::AcqRel);
             // The size feeds the space quota and metrics; reading it at most every
             // SIZE_REFRESH saves a stat per batch.
@@ -541,6 +579,7 @@ impl Store {
         }
         *db = open_file(&Database::builder(), &self.path, &self.severed)?;
         let (index, lessor, current, applied) = Self::load(&db, limits)?;
+        self.set_alarms(Self::load_alarms(&db)?);
         let mut hub = lock(&self.hub);
         *write_lock(&self.index) = index;
         *lock(&self.lessor) = lessor;

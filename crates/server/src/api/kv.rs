@@ -36,7 +36,7 @@ impl KvService {
 
     /// Proposes a command that may grow the database: refused while NOSPACE is raised.
     async fn propose_growing(&self, cmd: Command) -> Result<Applied, Status> {
-        if self.node.out_of_space() {
+        if self.node.out_of_space().await {
             return Err(ApiError::NoSpace.into());
         }
         Ok(self.node.proposer.propose(cmd).await?)
@@ -123,18 +123,6 @@ fn txn_is_read_only(t: &TxnRequest) -> bool {
         })
 }
 
-/// True when the txn can put on any path.
-fn txn_puts(t: &TxnRequest) -> bool {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .any(|op| match &op.request {
-            Some(Op::RequestPut(_)) => true,
-            Some(Op::RequestTxn(inner)) => txn_puts(inner),
-            _ => false,
-        })
-}
-
 fn unexpected(what: &str) -> Status {
     Status::internal(format!("berth: unexpected apply result for {what}"))
 }
@@ -196,7 +184,7 @@ impl Kv for KvService {
                 .map_err(store_status)?
                 .remove(0)
                 .map_err(store_status)?
-        } else if txn_puts(&t) {
+        } else if berth_store::apply::txn_puts(&t) {
             self.propose_growing(Command::Txn(t)).await?
         } else {
             self.node.proposer.propose(Command::Txn(t)).await?

@@ -56,7 +56,7 @@ impl Lease for LeaseService {
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let mut g = req.into_inner();
-        if self.node.out_of_space() {
+        if self.node.out_of_space().await {
             return Err(ApiError::NoSpace.into());
         }
         if g.ttl > self.node.store.lease_limits().max_ttl {

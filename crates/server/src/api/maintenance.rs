@@ -2,17 +2,17 @@
 //! leadership transfer (trivial on a single member).
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use berth_proto::etcdserverpb::alarm_request::AlarmAction;
 use berth_proto::etcdserverpb::maintenance_server::Maintenance;
 use berth_proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
     DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
     MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
     StatusResponse,
 };
+use berth_store::{Applied, Command};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,48 +48,35 @@ impl Maintenance for MaintenanceService {
         let r = req.into_inner();
         let action = AlarmAction::try_from(r.action)
             .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
-        let mut alarms = self.node.alarms.lock().unwrap_or_else(|p| p.into_inner());
         let answer = match action {
-            AlarmAction::Get => alarms
-                .iter()
-                .filter(|a| r.alarm == AlarmType::None as i32 || a.alarm == r.alarm)
-                .cloned()
-                .collect(),
-            AlarmAction::Activate => {
-                if r.alarm == AlarmType::None as i32 {
-                    Vec::new()
-                } else {
-                    let m = AlarmMember {
-                        member_id: r.member_id,
-                        alarm: r.alarm,
-                    };
-                    if !alarms.contains(&m) {
-                        alarms.push(m);
-                    }
-                    vec![m]
+            // After everything acknowledged is applied here, so a restarted member that has
+            // not caught up yet answers what the cluster holds.
+            AlarmAction::Get => self.node.proposer.read_index().await.map(|()| {
+                self.node
+                    .store
+                    .alarms()
+                    .into_iter()
+                    .filter(|a| r.alarm == AlarmType::None as i32 || a.alarm == r.alarm)
+                    .collect()
+            })?,
+            AlarmAction::Activate if r.alarm == AlarmType::None as i32 => Vec::new(),
+            AlarmAction::Activate | AlarmAction::Deactivate => {
+                if AlarmType::try_from(r.alarm).is_err() {
+                    return Err(Status::invalid_argument("etcdserver: unknown alarm type"));
                 }
-            }
-            AlarmAction::Deactivate => {
-                let before = alarms.len();
-                alarms.retain(|a| !(a.member_id == r.member_id && a.alarm == r.alarm));
-                if alarms.len() < before {
-                    vec![AlarmMember {
-                        member_id: r.member_id,
-                        alarm: r.alarm,
-                    }]
-                } else {
-                    Vec::new()
+                tracing::info!(
+                    ?action,
+                    alarm = r.alarm,
+                    member = format_args!("{:x}", r.member_id),
+                    "alarm request"
+                );
+                // Through the log: every member (and every restart) sees the same alarms.
+                match self.node.proposer.propose(Command::Alarm(r)).await? {
+                    Applied::Alarm(resp) => resp.alarms,
+                    _ => return Err(Status::internal("berth: unexpected apply result for alarm")),
                 }
             }
         };
-        let no_space = alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32);
-        self.node.no_space.store(no_space, Ordering::Release);
-        tracing::info!(
-            ?action,
-            alarm = r.alarm,
-            member = r.member_id,
-            "alarm request"
-        );
         Ok(Response::new(AlarmResponse {
             header: self.node.header(self.node.store.revision()),
             alarms: answer,
@@ -104,9 +91,8 @@ impl Maintenance for MaintenanceService {
         let raft = self.node.proposer.status();
         let errors = self
             .node
-            .alarms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .store
+            .alarms()
             .iter()
             .map(|a| {
                 format!(

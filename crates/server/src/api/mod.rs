@@ -8,10 +8,9 @@ pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use berth_proto::etcdserverpb::{AlarmMember, AlarmType, ResponseHeader};
+use berth_proto::etcdserverpb::ResponseHeader;
 use berth_store::Store;
 
 use crate::config::Config;
@@ -31,10 +30,8 @@ pub struct Node {
     pub config: Config,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
-    /// Active alarms.
-    pub alarms: Mutex<Vec<AlarmMember>>,
-    /// True while a NOSPACE alarm is active: writes are refused.
-    pub no_space: AtomicBool,
+    /// The quota and the disk's reserve (the NOSPACE alarm itself is in the store).
+    pub space: crate::space::SpaceGuard,
 }
 
 impl Node {
@@ -57,32 +54,20 @@ impl Node {
         *h = self.header(revision);
     }
 
-    /// True when a NOSPACE alarm blocks writes. Raises the alarm when the database has grown
-    /// past `--quota-backend-bytes`, as etcd does.
-    pub fn out_of_space(&self) -> bool {
-        if self.no_space.load(Ordering::Acquire) {
+    /// True when a NOSPACE alarm blocks writes. Raises it (through Raft, for every member)
+    /// when the database has grown past `--quota-backend-bytes`, as etcd does, or the disk
+    /// is below `--min-free-disk-bytes`; the request that finds the shortage waits until
+    /// the alarm is in place, so a client told "space exceeded" then finds the alarm listed.
+    pub async fn out_of_space(&self) -> bool {
+        if self.store.no_space() {
             return true;
         }
-        if self.store.db_size() > self.config.quota_backend_bytes {
-            self.raise_alarm(AlarmType::Nospace);
-            return true;
-        }
-        false
-    }
-
-    /// Activates an alarm for this member.
-    pub fn raise_alarm(&self, alarm: AlarmType) {
-        let member = AlarmMember {
-            member_id: self.member.id,
-            alarm: alarm as i32,
-        };
-        let mut alarms = self.alarms.lock().unwrap_or_else(|p| p.into_inner());
-        if !alarms.contains(&member) {
-            tracing::warn!(?alarm, "alarm raised");
-            alarms.push(member);
-        }
-        if alarm == AlarmType::Nospace {
-            self.no_space.store(true, Ordering::Release);
+        match self.space.shortage(self.store.db_size()) {
+            Some(why) => {
+                self.space.raise(why, self.member.id, &self.proposer).await;
+                true
+            }
+            None => false,
         }
     }
 }
