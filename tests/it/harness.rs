@@ -108,6 +108,11 @@ impl Server {
         s
     }
 
+    /// The server's process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends a signal to the server process (e.g. `STOP`/`CONT` to freeze it, which cuts it
     /// off from its peers like a partition).
     pub fn signal(&self, sig: &str) {

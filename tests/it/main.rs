@@ -11,6 +11,7 @@ mod history;
 mod kv;
 mod lease;
 mod linearizable;
+mod listen;
 mod maintenance;
 mod partition;
 mod python;

@@ -1,11 +1,16 @@
 //! berth's connection plumbing, shared by the client and peer servers, the peer network and the
-//! CLI: sockets that coalesce their writes, and a TCP connector for tonic channels using them.
+//! CLI: how listeners accept, sockets that coalesce their writes, and a TCP connector for tonic
+//! channels using them.
 //!
+//! - [`listen`]: binds listeners (backlog 4096) and accepts from them without spinning on
+//!   errors, bounding how long a new connection may stay silent.
 //! - [`coalesce`]: buffers a connection's writes and flushes them after one yield.
 //! - [`connect`]: dials TCP for tonic channels (no Nagle delay, writes coalesced).
 
 pub mod coalesce;
 pub mod connect;
+pub mod listen;
 
 pub use coalesce::CoalescedWrites;
 pub use connect::TcpConnector;
+pub use listen::{FirstBytes, Incoming};

@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -71,6 +72,17 @@ pub struct ServerArgs {
     /// Interval of `progress_notify` watch responses, in milliseconds.
     #[arg(long, env = "BERTH_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub watch_progress_notify_interval: Option<u64>,
+    /// How often the server pings an idle client or peer connection to check it is alive,
+    /// e.g. `2h` (etcd's default); 0 disables.
+    #[arg(long, env = "BERTH_GRPC_KEEPALIVE_INTERVAL")]
+    pub grpc_keepalive_interval: Option<String>,
+    /// How long a ping may go unanswered before the connection is closed (default 20s).
+    #[arg(long, env = "BERTH_GRPC_KEEPALIVE_TIMEOUT")]
+    pub grpc_keepalive_timeout: Option<String>,
+    /// How long a new connection (client, peer or HTTP) may take to send its HTTP/2 preface
+    /// or first request before it is closed (default 10s); 0 waits forever.
+    #[arg(long, env = "BERTH_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "BERTH_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -106,6 +118,11 @@ impl ServerArgs {
             watch_progress_notify_interval: self
                 .watch_progress_notify_interval
                 .or(lower.watch_progress_notify_interval),
+            grpc_keepalive_interval: self
+                .grpc_keepalive_interval
+                .or(lower.grpc_keepalive_interval),
+            grpc_keepalive_timeout: self.grpc_keepalive_timeout.or(lower.grpc_keepalive_timeout),
+            handshake_timeout: self.handshake_timeout.or(lower.handshake_timeout),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
         }
@@ -160,6 +177,12 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Interval of watch progress notifications (ms).
     pub watch_progress_notify_interval_ms: u64,
+    /// Interval of HTTP/2 pings on idle connections of the gRPC servers; `None`: no pings.
+    pub grpc_keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered before its connection is closed.
+    pub grpc_keepalive_timeout: Duration,
+    /// How long a new connection may stay silent before it is closed; `None`: forever.
+    pub handshake_timeout: Option<Duration>,
     /// `json` logs when true.
     pub log_json: bool,
     /// Log filter directive.
@@ -189,6 +212,21 @@ pub fn url_to_addr(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("invalid URL {url}"))?
         .next()
         .with_context(|| format!("{url} resolves to no address"))
+}
+
+/// Parses a duration flag as etcd writes them (`2h`, `20s`, `1m30s`, `500ms`); `0` is zero.
+fn duration(flag: &str, value: Option<&str>, default: Duration) -> anyhow::Result<Duration> {
+    match value.map(str::trim) {
+        None => Ok(default),
+        Some("0") => Ok(Duration::ZERO),
+        Some(v) => humantime::parse_duration(v)
+            .with_context(|| format!("{flag} {v:?} is not a duration (e.g. 20s, 2h, 500ms)")),
+    }
+}
+
+/// A duration where zero means "off".
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }
 
 fn addrs(urls: &str) -> anyhow::Result<Vec<SocketAddr>> {
@@ -276,6 +314,28 @@ impl Config {
                 }
             }
         }
+        // etcd's defaults: a ping after 2 h without traffic, closed 20 s after going unanswered.
+        // Dead peers of idle connections are found sooner by TCP keepalive (berth_net::listen).
+        let grpc_keepalive_interval = duration(
+            "--grpc-keepalive-interval",
+            s.grpc_keepalive_interval.as_deref(),
+            Duration::from_secs(2 * 60 * 60),
+        )?;
+        let grpc_keepalive_timeout = duration(
+            "--grpc-keepalive-timeout",
+            s.grpc_keepalive_timeout.as_deref(),
+            Duration::from_secs(20),
+        )?;
+        if grpc_keepalive_timeout.is_zero() {
+            bail!("--grpc-keepalive-timeout must be positive");
+        }
+        // Real clients send their preface with the connection; 10 s spares slow networks and
+        // still frees a silent connection's socket well before a client would give up on it.
+        let handshake_timeout = duration(
+            "--handshake-timeout",
+            s.handshake_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?;
         Ok(Config {
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
             listen_client: addrs(&listen_client_urls).context("--listen-client-urls")?,
@@ -309,6 +369,9 @@ impl Config {
                 .watch_progress_notify_interval
                 .unwrap_or(600_000)
                 .max(100),
+            grpc_keepalive_interval: nonzero(grpc_keepalive_interval),
+            grpc_keepalive_timeout,
+            handshake_timeout: nonzero(handshake_timeout),
             log_json: log_format == "json",
             // openraft warns on every failed heartbeat while a peer is down; keep its errors.
             log_level: s.log_level.unwrap_or_else(|| "info,openraft=error".into()),
@@ -394,6 +457,12 @@ mod tests {
         );
         assert_eq!(c.min_lease_ttl(), 2);
         assert_eq!(c.max_request_bytes, 1536 * 1024);
+        assert_eq!(
+            c.grpc_keepalive_interval,
+            Some(Duration::from_secs(2 * 60 * 60))
+        );
+        assert_eq!(c.grpc_keepalive_timeout, Duration::from_secs(20));
+        assert_eq!(c.handshake_timeout, Some(Duration::from_secs(10)));
     }
 
     #[test]
@@ -458,5 +527,33 @@ mod tests {
             ..Default::default()
         });
         assert!(msg.contains("--initial-advertise-peer-urls"), "{msg}");
+        assert!(bad(ServerArgs {
+            grpc_keepalive_interval: Some("often".into()),
+            ..Default::default()
+        }));
+        assert!(bad(ServerArgs {
+            grpc_keepalive_timeout: Some("0".into()),
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn durations_take_etcds_spelling_and_zero_turns_them_off() {
+        let c = Config::resolve(ServerArgs {
+            grpc_keepalive_interval: Some("1m30s".into()),
+            grpc_keepalive_timeout: Some("500ms".into()),
+            handshake_timeout: Some("0".into()),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert_eq!(c.grpc_keepalive_interval, Some(Duration::from_secs(90)));
+        assert_eq!(c.grpc_keepalive_timeout, Duration::from_millis(500));
+        assert_eq!(c.handshake_timeout, None);
+        let c = Config::resolve(ServerArgs {
+            grpc_keepalive_interval: Some("0".into()),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert_eq!(c.grpc_keepalive_interval, None);
     }
 }

@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus metrics and the gRPC metrics layer.
 //! - [`space`]: the quota, the disk's reserve and the NOSPACE alarm.
 //! - [`http`]: `/metrics`, `/health`, `/version`.
+//! - [`listen`]: the listeners' settings (keepalive, handshake bound) and axum's adapter.
 //! - [`node`]: bootstrap and shutdown.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod authority;
 pub mod config;
 pub mod errors;
 pub mod http;
+pub mod listen;
 pub mod member;
 pub mod metrics;
 pub mod node;

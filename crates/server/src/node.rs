@@ -14,9 +14,7 @@ use berth_proto::etcdserverpb::{
 };
 use berth_store::{LeaseLimits, Store, StoreOptions};
 use futures::StreamExt;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::auth::AuthService;
 use crate::api::cluster::ClusterService;
@@ -166,21 +164,17 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
     let mut tasks = tokio::task::JoinSet::new();
 
     for addr in &cfg.listen_client {
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = crate::listen::bind(*addr, &cfg)
             .with_context(|| format!("binding the client listener {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, "serving the etcd v3 API");
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            conn.map(|s| {
-                let _ = s.set_nodelay(true);
-                CoalescedWrites::new(AuthorityFix::new(s))
-            })
-        });
+        let incoming =
+            listener.map(|conn| conn.map(|s| CoalescedWrites::new(AuthorityFix::new(s))));
         let mut stop = stop_rx.clone();
         let routes = grpc_router(&node);
         let metrics = node.metrics.clone();
+        let server = crate::listen::grpc_server(&cfg);
         tasks.spawn(async move {
-            tonic::transport::Server::builder()
+            server
                 .layer(GrpcMetricsLayer(metrics))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -191,20 +185,15 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         });
     }
     for addr in &cfg.listen_peer {
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = crate::listen::bind(*addr, &cfg)
             .with_context(|| format!("binding the peer listener {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, "serving peers");
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            conn.map(|s| {
-                let _ = s.set_nodelay(true);
-                CoalescedWrites::new(s)
-            })
-        });
+        let incoming = listener.map(|conn| conn.map(CoalescedWrites::new));
         let mut stop = stop_rx.clone();
         let service = node.proposer.replica().peer_service();
+        let mut server = crate::listen::grpc_server(&cfg);
         tasks.spawn(async move {
-            tonic::transport::Server::builder()
+            server
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.changed().await;
@@ -214,8 +203,8 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         });
     }
     for addr in &cfg.listen_http {
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = crate::listen::bind(*addr, &cfg)
+            .map(crate::listen::HttpListener)
             .with_context(|| format!("binding the HTTP listener {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, "serving HTTP (metrics, health)");
         let mut stop = stop_rx.clone();
