@@ -204,6 +204,7 @@ impl BenchCommand {
             rate,
             warmup: common.warmup,
             timeout,
+            give_up_after: berth_bench::config::GIVE_UP_AFTER,
             prefill: !common.no_prefill,
             seed: common.seed,
         }

@@ -101,6 +101,10 @@ impl Workload {
     }
 }
 
+/// Default of [`Config::give_up_after`]: long enough to ride out a leader election or a
+/// member's restart, short enough that a dead endpoint is reported rather than measured.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+
 /// Everything one run needs besides its connections.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -128,6 +132,9 @@ pub struct Config {
     pub warmup: Duration,
     /// Limit for one request; a request that takes longer counts as an error.
     pub timeout: Duration,
+    /// How long a client's requests may keep failing as `Unavailable` (its endpoint down or
+    /// without a leader) before the run fails; meanwhile the client retries with backoff.
+    pub give_up_after: Duration,
     /// Write every key once before the run, for workloads that read.
     pub prefill: bool,
     /// Seed for key choice and read/write mixing.
@@ -149,6 +156,7 @@ impl Default for Config {
             rate: 0,
             warmup: Duration::ZERO,
             timeout: Duration::from_secs(5),
+            give_up_after: GIVE_UP_AFTER,
             prefill: true,
             seed: 1,
         }

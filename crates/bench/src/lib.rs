@@ -11,7 +11,8 @@
 //!
 //! The caller dials the gRPC connections (`--conns`) and hands them to [`run`]; clients share
 //! them round-robin. Failed requests are counted by kind and reported, never fatal: only setup
-//! (prefill, creating watchers, granting leases) failing aborts a run.
+//! (prefill, creating watchers, granting leases) failing aborts a run, or an endpoint that stays
+//! unavailable for [`Config::give_up_after`] (clients retry it with backoff until then).
 
 pub mod config;
 pub mod driver;
@@ -38,6 +39,14 @@ pub enum BenchError {
         what: &'static str,
         /// The server's or transport's message.
         message: String,
+    },
+    /// A client's requests all failed as unavailable for longer than the run allows.
+    #[error("no request succeeded for {:.1}s, the endpoint looks down: {last}", after.as_secs_f64())]
+    Unreachable {
+        /// How long the client kept failing.
+        after: std::time::Duration,
+        /// The last error it saw.
+        last: String,
     },
     /// A latency histogram could not be created.
     #[error("latency histogram: {0}")]
