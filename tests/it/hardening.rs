@@ -502,3 +502,56 @@ async fn alarms_are_replicated_and_kept_and_health_follows_them() {
     }
     assert_eq!(cl.members[0].http_get("/livez").0, 200);
 }
+
+/// A failed start used to leave an initialised data directory (store opened, Raft
+/// bootstrapped, `member.toml` written before listeners were bound and URLs checked), so the
+/// next start silently kept the first attempt's peer URL. Flags are now checked and every
+/// listener bound first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_start_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    // A peer port someone else holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_url = format!("http://{}", taken.local_addr().expect("addr"));
+    let srv = Server::member(&data, "m", &taken_url, &format!("m={taken_url}"), &[]);
+    let (status, stderr) = srv.start_expecting_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| !s.success()), "{stderr}");
+    assert!(stderr.contains("binding the peer listener"), "{stderr}");
+    assert!(
+        !data.join("member.toml").exists() && !data.join("groups").exists(),
+        "nothing was initialised"
+    );
+    // Bad flags: refused with an error about them, before the data directory is touched.
+    for (initial, why) in [
+        ("=http://127.0.0.1:1", "no member name"),
+        ("m=127.0.0.1", "http://"),
+        ("m=http://127.0.0.1", "port"),
+    ] {
+        let srv = Server::member(&data, "m", "http://127.0.0.1:1", initial, &[]);
+        let (status, stderr) = srv.start_expecting_exit(Duration::from_secs(20));
+        assert!(status.is_some_and(|s| !s.success()), "{initial}: {stderr}");
+        assert!(stderr.contains(why), "{initial}: {stderr}");
+        assert!(!data.exists(), "{initial}: no data directory");
+    }
+    // The next start, with a free port, is the member's first: it advertises that port.
+    drop(taken);
+    let peer = format!("http://127.0.0.1:{}", crate::harness::free_port());
+    let mut srv = Server::member(&data, "m", &peer, &format!("m={peer}"), &[]);
+    srv.launch();
+    let mut c = srv.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = c.member_list().await.expect("member list");
+        let urls: Vec<String> = list
+            .members()
+            .iter()
+            .flat_map(|m| m.peer_urls().to_vec())
+            .collect();
+        if urls == [peer.clone()] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{urls:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -150,7 +150,9 @@ fn environment_and_config_file_configure_the_node_and_logs_can_be_json() {
         .expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
     let mut ready = None;
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+    // Kept open to the end: a server whose stderr is closed dies on its next log line.
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref().map_while(Result::ok) {
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         if v["fields"]["message"] == "ready to serve client requests" {
@@ -164,8 +166,13 @@ fn environment_and_config_file_configure_the_node_and_logs_can_be_json() {
     // Healthy once a leader is elected (a moment after "ready": /health needs a leader).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let mut s =
-            std::net::TcpStream::connect(("127.0.0.1", http)).expect("http listener from the flag");
+        let mut s = match std::net::TcpStream::connect(("127.0.0.1", http)) {
+            Ok(s) => s,
+            Err(e) => panic!(
+                "http listener from the flag: {e}; server: {:?}",
+                child.try_wait()
+            ),
+        };
         write!(s, "GET /health HTTP/1.0\r\n\r\n").expect("write");
         let mut resp = String::new();
         std::io::Read::read_to_string(&mut s, &mut resp).expect("read");
@@ -177,6 +184,7 @@ fn environment_and_config_file_configure_the_node_and_logs_can_be_json() {
     }
     let _ = child.kill();
     let _ = child.wait();
+    drop(lines);
 }
 
 #[test]

@@ -159,13 +159,26 @@ async fn expire_leases(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 
 /// Runs a node until `shutdown` completes.
 pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Every listener is bound before anything is written to the data directory: a start
+    // that fails on a taken port leaves no half-initialised member behind (whose next start
+    // would silently keep the first attempt's flags).
+    let bind = |addrs: &[std::net::SocketAddr], what: &str| {
+        addrs
+            .iter()
+            .map(|addr| {
+                crate::listen::bind(*addr, &cfg)
+                    .with_context(|| format!("binding the {what} listener {addr}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let client_listeners = bind(&cfg.listen_client, "client")?;
+    let peer_listeners = bind(&cfg.listen_peer, "peer")?;
+    let http_listeners = bind(&cfg.listen_http, "HTTP")?;
     let node = open(&cfg).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 
-    for addr in &cfg.listen_client {
-        let listener = crate::listen::bind(*addr, &cfg)
-            .with_context(|| format!("binding the client listener {addr}"))?;
+    for listener in client_listeners {
         tracing::info!(address = %listener.local_addr()?, "serving the etcd v3 API");
         let incoming =
             listener.map(|conn| conn.map(|s| CoalescedWrites::new(AuthorityFix::new(s))));
@@ -184,9 +197,7 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
                 .context("gRPC server")
         });
     }
-    for addr in &cfg.listen_peer {
-        let listener = crate::listen::bind(*addr, &cfg)
-            .with_context(|| format!("binding the peer listener {addr}"))?;
+    for listener in peer_listeners {
         tracing::info!(address = %listener.local_addr()?, "serving peers");
         let incoming = listener.map(|conn| conn.map(CoalescedWrites::new));
         let mut stop = stop_rx.clone();
@@ -202,10 +213,8 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
                 .context("peer server")
         });
     }
-    for addr in &cfg.listen_http {
-        let listener = crate::listen::bind(*addr, &cfg)
-            .map(crate::listen::HttpListener)
-            .with_context(|| format!("binding the HTTP listener {addr}"))?;
+    for listener in http_listeners {
+        let listener = crate::listen::HttpListener(listener);
         tracing::info!(address = %listener.local_addr()?, "serving HTTP (metrics, health)");
         let mut stop = stop_rx.clone();
         let app = crate::http::router(node.clone());
