@@ -22,6 +22,8 @@ mod batch_counts;
 pub mod codec;
 pub mod env;
 mod forwarder;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod identity;
 pub mod log_store;
 pub mod network;

@@ -313,6 +313,29 @@ fn scan_bytes(data: &[u8]) -> Scanned {
     }
 }
 
+/// Checks [`check_segment`]'s promises on arbitrary bytes (the fuzz target `wal_segment`
+/// and the corpus replay in this module's tests drive it): no panic, every accepted record
+/// inside the intact prefix, a cut offered only in the newest segment and only there.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    for newest in [false, true] {
+        match check_segment(data, 1, newest) {
+            Ok(seg) => {
+                assert!(seg.intact <= data.len() as u64);
+                for (_, offset, len) in &seg.records {
+                    assert!(offset + u64::from(*len) <= seg.intact);
+                }
+                assert!(
+                    newest || seg.cut_at.is_none(),
+                    "a closed segment is never cut"
+                );
+                assert!(seg.cut_at.is_none_or(|at| at == seg.intact));
+            }
+            Err(d) => assert!(d.at <= data.len() as u64),
+        }
+    }
+}
+
 /// Where the run of zeros that ends `data` starts (its length when the last byte is not zero).
 fn trailing_zeros_from(data: &[u8]) -> u64 {
     data.iter()

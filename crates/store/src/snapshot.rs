@@ -220,6 +220,31 @@ pub fn parse_snapshot(data: &[u8]) -> Result<Vec<SnapshotRecord<'_>>> {
     Ok(out)
 }
 
+/// Frames arbitrary bytes as a snapshot body (magic, padding, a correct SHA-256) so that the
+/// records themselves are parsed, and parses the unframed bytes too (the fuzz target
+/// `snapshot` drives this). Never a panic.
+#[doc(hidden)]
+pub fn fuzz_parse(data: &[u8]) {
+    let _ = parse_snapshot(data);
+    let mut framed = MAGIC.to_vec();
+    framed.extend_from_slice(data);
+    framed.resize(framed.len().div_ceil(ALIGN).max(1) * ALIGN, 0);
+    let digest = Sha256::digest(&framed);
+    framed.extend_from_slice(&digest);
+    if let Ok(records) = parse_snapshot(&framed) {
+        assert!(records.len() <= data.len());
+    }
+}
+
+/// The records of a snapshot of `data`, without the magic and the trailer: what the fuzz
+/// target `snapshot` takes as input (used to write its seed corpus).
+#[doc(hidden)]
+pub fn fuzz_body(snapshot: &[u8]) -> Option<&[u8]> {
+    let body = snapshot.get(MAGIC.len()..snapshot.len().checked_sub(DIGEST)?)?;
+    let end = body.iter().rposition(|b| *b != 0)? + 1;
+    Some(&body[..end])
+}
+
 fn restore_inner(mut input: impl Read, dir: &Path, keep_blobs: bool) -> Result<u64> {
     let mut data = Vec::new();
     input.read_to_end(&mut data)?;

@@ -802,3 +802,47 @@ fn negative_lease_ids_are_granted_and_compact_zero_on_a_new_store_is_a_no_op() {
         Err(StoreError::Compacted)
     ));
 }
+
+fn snapshot_corpus_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/snapshot")
+}
+
+/// The kept corpus of the `snapshot` fuzz target, replayed on every test run.
+#[test]
+fn the_snapshot_fuzz_corpus_parses_without_panic() {
+    let dir = snapshot_corpus_dir();
+    let inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+        .collect();
+    assert!(!inputs.is_empty());
+    for input in inputs {
+        crate::snapshot::fuzz_parse(&input);
+    }
+}
+
+/// Writes the `snapshot` fuzz target's seed: the records of a small store's snapshot
+/// (`cargo test -p berth-store -- --ignored write_snapshot_fuzz_seed`).
+#[test]
+#[ignore]
+fn write_snapshot_fuzz_seed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    put(&s, "a", "1");
+    put(&s, "b", "2");
+    apply(
+        &s,
+        Command::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 5 }),
+    )
+    .expect("lease");
+    let mut snap = Vec::new();
+    s.snapshot(|chunk| {
+        snap.extend_from_slice(chunk);
+        Ok(())
+    })
+    .expect("snapshot");
+    let body = crate::snapshot::fuzz_body(&snap).expect("a snapshot body");
+    let out = snapshot_corpus_dir();
+    std::fs::create_dir_all(&out).expect("corpus dir");
+    std::fs::write(out.join("seed-store"), body).expect("write seed");
+}

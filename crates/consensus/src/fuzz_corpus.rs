@@ -1,0 +1,178 @@
+//! The kept fuzz corpora of this crate's byte formats (`fuzz/corpus/{wal_segment,log_entry,
+//! peer_messages}`), replayed on every test run without cargo-fuzz, and the seeds they started
+//! from (`cargo test -p berth-consensus -- --ignored write_fuzz_seeds` writes them again).
+
+use std::path::PathBuf;
+
+use berth_proto::berth::raft::ForwardRequest;
+use berth_proto::etcdserverpb::alarm_request::AlarmAction;
+use berth_proto::etcdserverpb::request_op::Request as Op;
+use berth_proto::etcdserverpb::{
+    AlarmRequest, LeaseGrantRequest, PutRequest, RequestOp, TxnRequest,
+};
+use berth_store::{Command, StoreError};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::EntryPayload;
+use prost::Message;
+
+use crate::codec::{encode_command, encode_result, fuzz_roundtrip};
+use crate::peer::{decode_peer_messages, to_blob};
+use crate::types::{Entry, LogId, RaftRequest, TypeConfig, Vote};
+use crate::wal::{fuzz_check, Wal};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+/// Every input kept for `target`.
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = corpus_dir(target);
+    let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty(), "{} holds no inputs", dir.display());
+    inputs
+}
+
+#[test]
+fn the_wal_segment_corpus_holds_its_promises() {
+    for input in corpus("wal_segment") {
+        fuzz_check(&input);
+    }
+}
+
+#[test]
+fn the_log_entry_corpus_round_trips() {
+    for input in corpus("log_entry") {
+        fuzz_roundtrip(&input);
+    }
+}
+
+#[test]
+fn the_peer_message_corpus_decodes_without_panic() {
+    let decoded: usize = corpus("peer_messages")
+        .iter()
+        .map(|input| decode_peer_messages(input))
+        .sum();
+    assert!(decoded > 0, "the seeds are real messages");
+}
+
+fn log_id(index: u64) -> LogId {
+    openraft::testing::log_id::<TypeConfig>(3, 1, index)
+}
+
+fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let put = Command::Put(PutRequest {
+        key: b"key".to_vec(),
+        value: b"value".to_vec(),
+        lease: -1,
+        ..Default::default()
+    });
+    let txn = Command::Txn(TxnRequest {
+        success: vec![RequestOp {
+            request: Some(Op::RequestTxn(TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(Op::RequestPut(PutRequest {
+                        key: b"deep".to_vec(),
+                        ..Default::default()
+                    })),
+                }],
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    });
+    let commands = [
+        ("put", put.clone()),
+        ("txn", txn),
+        (
+            "lease",
+            Command::LeaseGrant(LeaseGrantRequest { ttl: 10, id: 7 }),
+        ),
+        (
+            "alarm",
+            Command::Alarm(AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: 9,
+                alarm: 1,
+            }),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, cmd) in &commands {
+        out.push(("log_entry", format!("seed-{name}"), encode_command(cmd)));
+    }
+    out.push((
+        "log_entry",
+        "seed-error".into(),
+        encode_result(&Err(StoreError::NoSpace)),
+    ));
+    // A segment as the log writes it: records, then the never-written zeros.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open_sized(dir.path(), 1 << 20).expect("open");
+    wal.append(
+        (1..6)
+            .map(|i| (i, encode_command(&commands[(i % 4) as usize].1)))
+            .collect(),
+    )
+    .expect("append");
+    wal.sync().expect("sync");
+    drop(wal);
+    let seg = std::fs::read(dir.path().join(format!("{:020}.wal", 1))).expect("segment");
+    let written = seg.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+    let clean = seg[..written + 64].to_vec();
+    out.push(("wal_segment", "seed-clean".into(), clean.clone()));
+    let mut torn = clean.clone();
+    torn.truncate(written - 5);
+    torn.extend_from_slice(&[0; 32]);
+    out.push(("wal_segment", "seed-torn".into(), torn));
+    let mut damaged = clean;
+    damaged[40] ^= 0xff;
+    out.push(("wal_segment", "seed-damaged".into(), damaged));
+    // Peer messages.
+    let entries: Vec<Entry> = (1..3)
+        .map(|i| Entry {
+            log_id: log_id(i),
+            payload: EntryPayload::Normal(RaftRequest(encode_command(&put))),
+        })
+        .collect();
+    let append = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(3, 1),
+        prev_log_id: Some(log_id(0)),
+        entries,
+        leader_commit: Some(log_id(1)),
+    };
+    let vote = VoteRequest::<TypeConfig>::new(Vote::new(4, 2), Some(log_id(2)));
+    for (name, blob) in [
+        ("append", to_blob(&append).expect("encode")),
+        ("vote", to_blob(&vote).expect("encode")),
+    ] {
+        out.push(("peer_messages", format!("seed-{name}"), blob.data));
+    }
+    let forward = ForwardRequest {
+        id: 5,
+        command: encode_command(&put),
+    };
+    out.push((
+        "peer_messages",
+        "seed-forward".into(),
+        forward.encode_to_vec(),
+    ));
+    out
+}
+
+/// Writes the seeds of this crate's fuzz targets into `fuzz/corpus/` (by hand, when the
+/// formats change).
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    for (target, name, bytes) in seeds() {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).expect("corpus dir");
+        std::fs::write(dir.join(name), bytes).expect("write seed");
+    }
+}
