@@ -187,7 +187,10 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         let metrics = node.metrics.clone();
         let server = crate::listen::grpc_server(&cfg);
         tasks.spawn(async move {
+            // AuthorityFix holds client input to the limits h2 is given here.
             server
+                .max_frame_size(crate::authority::MAX_FRAME_SIZE)
+                .http2_max_header_list_size(crate::authority::MAX_HEADER_LIST_SIZE)
                 .layer(GrpcMetricsLayer(metrics))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
