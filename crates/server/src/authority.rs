@@ -505,6 +505,115 @@ impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
     }
 }
 
+/// What [`fuzz_feed`] saw.
+#[derive(Debug)]
+pub struct Fed {
+    /// The bytes the HTTP/2 server read, in order.
+    pub read: Vec<u8>,
+    /// Set when the wrapper ended the connection itself.
+    pub error: Option<io::Error>,
+    /// The most [`AuthorityFix::buffered`] was between reads.
+    pub peak_buffered: usize,
+}
+
+/// Runs `input` through an [`AuthorityFix`] as a client connection would deliver it, for the
+/// fuzz target in `fuzz/` and the test that replays its corpus. The first byte of `input`
+/// chooses how the rest is cut into reads from the connection (0: a byte at a time; n: sizes
+/// up to 128 n) and how much the server asks for at a time, so that arbitrary inputs reach
+/// every frame and read boundary; now and then the connection has nothing ready.
+///
+/// # Panics
+///
+/// If the wrapper ever holds more than [`MAX_BUFFERED`].
+pub fn fuzz_feed(input: &[u8]) -> Fed {
+    let (&cut, data) = input.split_first().unwrap_or((&0, &[]));
+    let mut rng = Rng(0x9e37_79b9 ^ u32::from(cut));
+    let conn = Chunked {
+        data,
+        rng: Rng(0x85eb_ca6b ^ u32::from(cut)),
+        max: usize::from(cut) * 128,
+        stalled: false,
+    };
+    let mut fix = AuthorityFix::new(conn);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut fed = Fed {
+        read: Vec::new(),
+        error: None,
+        peak_buffered: 0,
+    };
+    loop {
+        let want = 1 + rng.below(READ_CHUNK);
+        let mut rb = ReadBuf::new(&mut buf[..want]);
+        let polled = Pin::new(&mut fix).poll_read(&mut cx, &mut rb);
+        let held = fix.buffered();
+        assert!(
+            held <= MAX_BUFFERED,
+            "holds {held} bytes, more than {MAX_BUFFERED}"
+        );
+        fed.peak_buffered = fed.peak_buffered.max(held);
+        match polled {
+            // The connection stalled for one poll (see Chunked): poll again.
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => return fed,
+            Poll::Ready(Ok(())) => fed.read.extend_from_slice(rb.filled()),
+            Poll::Ready(Err(e)) => {
+                fed.error = Some(e);
+                return fed;
+            }
+        }
+    }
+}
+
+/// xorshift32: cheap, deterministic read sizes for [`fuzz_feed`].
+struct Rng(u32);
+
+impl Rng {
+    /// A number in `0..n` (`n` > 0).
+    fn below(&mut self, n: usize) -> usize {
+        let mut x = self.0.max(1);
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        x as usize % n
+    }
+}
+
+/// A connection that delivers `data` in reads of pseudo-random sizes and, every so often, is
+/// not ready. It never wakes anyone: [`fuzz_feed`] polls again right away.
+struct Chunked<'a> {
+    data: &'a [u8],
+    rng: Rng,
+    max: usize,
+    stalled: bool,
+}
+
+impl AsyncRead for Chunked<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.stalled && this.rng.below(4) == 0 {
+            this.stalled = true;
+            return Poll::Pending;
+        }
+        this.stalled = false;
+        let size = if this.max == 0 {
+            1
+        } else {
+            1 + this.rng.below(this.max)
+        };
+        let n = size.min(this.data.len()).min(buf.remaining());
+        let (now, later) = this.data.split_at(n);
+        buf.put_slice(now);
+        this.data = later;
+        Poll::Ready(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -938,5 +1047,25 @@ mod tests {
         assert_eq!(frames_of(&d.read[PREFACE.len()..]).len(), 2 + 2000);
         assert!(d.read.len() > 2000 * 4000);
         assert!(d.peak <= MAX_BUFFERED, "held {}", d.peak);
+    }
+
+    #[test]
+    fn the_fuzz_corpus_runs_bounded() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/authority");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).expect("fuzz/corpus/authority") {
+            let input = std::fs::read(entry.expect("entry").path()).expect("seed");
+            seeds += 1;
+            // As stored, then cut into reads other ways.
+            for cut in [None, Some(0), Some(1), Some(3), Some(64), Some(255)] {
+                let mut input = input.clone();
+                if let (Some(c), Some(first)) = (cut, input.first_mut()) {
+                    *first = c;
+                }
+                let fed = fuzz_feed(&input);
+                assert!(fed.peak_buffered <= MAX_BUFFERED);
+            }
+        }
+        assert!(seeds >= 5, "{seeds} seeds");
     }
 }
