@@ -524,9 +524,22 @@ pub struct Fed {
 ///
 /// # Panics
 ///
-/// If the wrapper ever holds more than [`MAX_BUFFERED`].
+/// If the wrapper ever holds more than [`MAX_BUFFERED`], or if what the server reads depends
+/// on how the input was cut into reads, not only on the bytes.
 pub fn fuzz_feed(input: &[u8]) -> Fed {
     let (&cut, data) = input.split_first().unwrap_or((&0, &[]));
+    let fed = feed(data, cut);
+    // Against the same bytes one at a time (or in large reads, if they came one at a time).
+    let other = feed(data, if cut == 0 { 255 } else { 0 });
+    assert!(
+        fed.read == other.read && fed.error.is_some() == other.error.is_some(),
+        "the server reads something else when the input is cut differently"
+    );
+    fed
+}
+
+/// [`fuzz_feed`] with one way of cutting the input into reads.
+fn feed(data: &[u8], cut: u8) -> Fed {
     let mut rng = Rng(0x9e37_79b9 ^ u32::from(cut));
     let conn = Chunked {
         data,
