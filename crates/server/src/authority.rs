@@ -32,6 +32,7 @@ pub const MAX_HEADER_LIST_SIZE: u32 = 16_384;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 const TYPE_HEADERS: u8 = 0x1;
+const TYPE_PUSH_PROMISE: u8 = 0x5;
 const TYPE_CONTINUATION: u8 = 0x9;
 const FLAG_END_STREAM: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
@@ -276,6 +277,10 @@ impl<T> AuthorityFix<T> {
             }
             // h2 rejects a CONTINUATION outside a block (PROTOCOL_ERROR) before decoding it.
             TYPE_CONTINUATION => self.give_up(frame),
+            // Clients may not push. h2 ends the connection (PROTOCOL_ERROR), but only after
+            // decoding the frame's header block, and while going away it even ignores the frame
+            // after decoding it: raw, the block would change h2's table once rewriting.
+            TYPE_PUSH_PROMISE => self.refuse(frame, "PUSH_PROMISE from a client"),
             _ => self.out.extend_from_slice(frame),
         }
     }
@@ -1010,6 +1015,37 @@ mod tests {
             }
             let start = wire.len();
             wire.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &fields));
+            let d = drain(wire.clone());
+            if rewriting {
+                assert!(d.error.is_some(), "h2 would end the connection");
+                assert_eq!(frames_of(&d.read[PREFACE.len()..]).len(), 2);
+            } else {
+                assert!(d.error.is_none());
+                assert!(
+                    d.read[start..] == wire[start..],
+                    "as it came, for h2 to refuse"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_push_promise_from_the_client_is_refused() {
+        // Promised stream 2, with a header block of its own.
+        let mut payload = 2u32.to_be_bytes().to_vec();
+        payload.extend(indexed_literal(b"x-pushed", b"1"));
+        for rewriting in [false, true] {
+            let mut wire = preface_and_settings();
+            if rewriting {
+                wire.extend(frame(
+                    TYPE_HEADERS,
+                    FLAG_END_HEADERS,
+                    1,
+                    &bad_request_fields(),
+                ));
+            }
+            let start = wire.len();
+            wire.extend(frame(TYPE_PUSH_PROMISE, FLAG_END_HEADERS, 1, &payload));
             let d = drain(wire.clone());
             if rewriting {
                 assert!(d.error.is_some(), "h2 would end the connection");
