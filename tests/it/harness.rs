@@ -124,11 +124,6 @@ impl Server {
         }
     }
 
-    /// Process ID of the running server.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
     /// The peer URL this member advertises.
     pub fn peer_url(&self) -> &str {
         &self.peer_url
