@@ -324,3 +324,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_command;
+    use crate::types::{Entry, RaftRequest};
+    use berth_proto::etcdserverpb::PutRequest;
+    use berth_store::StoreOptions;
+
+    fn entry(index: u64, bytes: Vec<u8>) -> io::Result<EntryResponder<TypeConfig>> {
+        Ok((
+            Entry {
+                log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+                payload: EntryPayload::Normal(RaftRequest(bytes)),
+            },
+            None,
+        ))
+    }
+
+    /// An entry no member can decode used to be skipped with an ERROR (its writer told
+    /// nothing, and a build with another decoder would apply it): it now fails the apply,
+    /// which stops Raft, and nothing of its batch is applied.
+    #[tokio::test]
+    async fn an_undecodable_entry_stops_the_apply_instead_of_being_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store"), StoreOptions::default()).expect("store");
+        let mut sm = StateMachine::new(store.clone(), &dir.path().join("snap"), StorageIo::Inline)
+            .expect("sm");
+        let put = encode_command(&Command::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }));
+        let garbage = vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        let batch = futures::stream::iter([entry(1, put), entry(2, garbage)]);
+        let err = sm.apply(batch).await.expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains("entry 2 cannot be decoded"),
+            "{err}"
+        );
+        assert_eq!(store.revision(), 1, "nothing of the batch was applied");
+        assert_eq!(sm.applied_state().await.expect("state").0, None);
+    }
+}
