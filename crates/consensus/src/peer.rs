@@ -95,6 +95,13 @@ type ForwardAnswers = Pin<Box<dyn Stream<Item = Result<ForwardResponse, Status>>
 /// Proposes an encoded command a follower forwarded; returns the encoded result, or the
 /// status the follower maps back.
 async fn run_forwarded(writes: &WriteBatcher, command: Vec<u8>) -> Result<Vec<u8>, Status> {
+    // Only what this member can apply is proposed: an entry no member can decode would stop
+    // every member at apply, again at every restart.
+    if let Err(e) = crate::codec::decode_command(&command) {
+        return Err(Status::invalid_argument(format!(
+            "berth: forwarded write refused: {e}"
+        )));
+    }
     match writes.write(RaftRequest(command)).await {
         Ok(resp) => Ok(resp.data.0),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {

@@ -258,7 +258,10 @@ pub fn check_segment(data: &[u8], first: u64, newest: bool) -> Result<SegmentChe
     let zeros_from = trailing_zeros_from(data);
     let mut cut_at = None;
     if zeros_from > intact {
-        let next = scanned.records.last().map_or(first, |(i, _, _)| i + 1);
+        let next = scanned
+            .records
+            .last()
+            .map_or(first, |(i, _, _)| i.saturating_add(1));
         if !newest || !torn_tail(data, &scanned, zeros_from, next) {
             return Err(Damage {
                 at: intact,
@@ -350,7 +353,7 @@ const RESYNC_ENTRIES: u64 = 1024;
 /// should have had) starts anywhere in `data[from..]`: proof that more was written, and
 /// fsynced or not, after the damage.
 fn intact_record_after(data: &[u8], from: usize, next: u64) -> bool {
-    let wanted = next + 1..=next + RESYNC_ENTRIES;
+    let wanted = next.saturating_add(1)..=next.saturating_add(RESYNC_ENTRIES);
     (from..data.len().saturating_sub(HEADER)).any(|pos| {
         let at = |i: usize| {
             data.get(pos + i..pos + i + 4)
@@ -428,6 +431,17 @@ impl Wal {
             let segment = check_segment(&data, first, is_last)
                 .map_err(|d| damaged(&path, d.at, d.intact_records, is_last))?;
             if let Some(at) = segment.cut_at {
+                // A torn record was never fsynced, so never committed; one the log knows was
+                // committed (the state's committed id lags, so it is a safe bound) is damage
+                // that only looks like a tear (a decayed length, a damaged payload ending in
+                // zeros): refused like any other.
+                let torn_index = segment
+                    .records
+                    .last()
+                    .map_or(first, |(i, _, _)| i.saturating_add(1));
+                if inner.state.committed.is_some_and(|c| c.index >= torn_index) {
+                    return Err(damaged(&path, at, segment.records.len(), is_last));
+                }
                 tracing::warn!(
                     path = %path.display(),
                     at,
@@ -928,11 +942,20 @@ mod tests {
         let (seg, starts) = one_segment(dir.path(), 20);
         damage(&seg, starts[19] + HEADER as u64, b"X");
         assert!(Wal::open_sized(dir.path(), 1 << 20).is_err());
+        // What looks torn but the log knows was committed is damage: never cut.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (seg, starts) = one_segment(dir.path(), 20);
+        let wal = Wal::open_sized(dir.path(), 1 << 20).expect("open");
+        wal.set_state(|s| s.committed = Some(log_id(20)), true)
+            .expect("committed");
+        drop(wal);
+        damage(&seg, starts[19] + HEADER as u64, &[0; 8]);
+        assert!(Wal::open_sized(dir.path(), 1 << 20).is_err());
     }
 
     #[test]
     fn scanning_arbitrary_bytes_never_panics_and_stays_in_bounds() {
-        // A cheap, deterministic stand-in for the fuzz target (fuzz/fuzz_targets/wal_scan.rs)
+        // A cheap, deterministic stand-in for the fuzz target (fuzz/fuzz_targets/wal_segment.rs)
         // that runs in every test run: damaged copies of a real segment, and raw noise.
         let dir = tempfile::tempdir().expect("tempdir");
         let (seg, _) = one_segment(dir.path(), 50);

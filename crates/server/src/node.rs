@@ -35,6 +35,8 @@ use berth_net::CoalescedWrites;
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// How long open streams (watches) may delay shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often every member checks the quota and its disk's free space.
+const SPACE_TICK: Duration = Duration::from_millis(500);
 /// How often lease expiry is checked.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
@@ -239,13 +241,40 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         }
     });
     tasks.spawn({
+        // Every member watches its own disk, also one that takes no client writes: its log
+        // and state machine grow with everyone's writes.
+        let node = node.clone();
+        let mut stop = stop_rx.clone();
+        async move {
+            let mut tick = tokio::time::interval(SPACE_TICK);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                if node.store.no_space() {
+                    continue;
+                }
+                if let Some(why) = node.space.shortage(node.store.db_size()) {
+                    // In the background: the alarm's proposal must not hold up this loop.
+                    let _ = node.space.raise(why, node.member.id, &node.proposer);
+                }
+            }
+        }
+    });
+    tasks.spawn({
         let replica = node.proposer.replica().clone();
+        let mut stop = stop_rx.clone();
         async move {
             // Raft stops on its own only on a fatal error (a full disk, a damaged or
             // undecodable log entry): the member could then only fail writes and hang
             // linearizable reads. It exits non-zero instead, as etcd does, so a supervisor
             // restarts it (the restart loses nothing: the log holds every acknowledged write).
-            let why = replica.wait_stopped().await;
+            let why = tokio::select! {
+                why = replica.wait_stopped() => why,
+                // Shutting down: Raft is stopped on purpose after the servers.
+                _ = stop.changed() => return Ok(()),
+            };
             Err(anyhow::anyhow!(
                 "consensus stopped: {why}; exiting so that this member is restarted"
             ))

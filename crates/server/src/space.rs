@@ -29,7 +29,7 @@ pub struct SpaceGuard {
     /// Free bytes at the last reading.
     free_bytes: AtomicU64,
     /// True while an alarm proposal is in flight (one at a time).
-    raising: AtomicBool,
+    raising: std::sync::Arc<AtomicBool>,
 }
 
 /// Why writes are refused.
@@ -83,11 +83,17 @@ impl SpaceGuard {
         }
     }
 
-    /// Proposes this member's NOSPACE alarm and waits until it is applied. While one
-    /// proposal is in flight, other writers do not propose again (they are refused anyway).
-    pub async fn raise(&self, why: Shortage, member_id: u64, proposer: &Proposer) {
+    /// Proposes this member's NOSPACE alarm; the returned task ends once it is applied. The
+    /// proposal runs on a task of its own, so a request that gives up waiting (a client's
+    /// deadline) does not cancel it. While one is in flight, none other is started (`None`).
+    pub fn raise(
+        &self,
+        why: Shortage,
+        member_id: u64,
+        proposer: &Proposer,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         if self.raising.swap(true, Ordering::AcqRel) {
-            return;
+            return None;
         }
         match why {
             Shortage::Quota => tracing::warn!(
@@ -106,10 +112,14 @@ impl SpaceGuard {
             member_id,
             alarm: AlarmType::Nospace as i32,
         });
-        if let Err(e) = proposer.propose(alarm).await {
-            tracing::warn!(error = %e, "raising the NOSPACE alarm failed; the next write retries");
-        }
-        self.raising.store(false, Ordering::Release);
+        let proposer = proposer.clone();
+        let raising = self.raising.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = proposer.propose(alarm).await {
+                tracing::warn!(error = %e, "raising the NOSPACE alarm failed; will retry");
+            }
+            raising.store(false, Ordering::Release);
+        }))
     }
 }
 

@@ -64,7 +64,9 @@ impl Node {
         }
         match self.space.shortage(self.store.db_size()) {
             Some(why) => {
-                self.space.raise(why, self.member.id, &self.proposer).await;
+                if let Some(raised) = self.space.raise(why, self.member.id, &self.proposer) {
+                    let _ = raised.await;
+                }
                 true
             }
             None => false,
