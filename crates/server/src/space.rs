@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use berth_proto::etcdserverpb::alarm_request::AlarmAction;
@@ -24,8 +23,10 @@ pub struct SpaceGuard {
     data_dir: PathBuf,
     quota_bytes: u64,
     min_free_bytes: u64,
-    /// When the disk was last read.
-    checked: Mutex<Option<Instant>>,
+    /// When the disk is to be read next, in milliseconds since `started` (0: at once). An
+    /// atomic, not a lock: every write request looks at it.
+    next_check_ms: AtomicU64,
+    started: Instant,
     /// Free bytes at the last reading.
     free_bytes: AtomicU64,
     /// True while an alarm proposal is in flight (one at a time).
@@ -48,7 +49,8 @@ impl SpaceGuard {
             data_dir,
             quota_bytes,
             min_free_bytes,
-            checked: Mutex::new(None),
+            next_check_ms: AtomicU64::new(0),
+            started: Instant::now(),
             free_bytes: AtomicU64::new(u64::MAX),
             raising: Default::default(),
         }
@@ -57,9 +59,16 @@ impl SpaceGuard {
     /// Free bytes on the data directory's file system, read at most every
     /// [`DISK_CHECK_EVERY`].
     pub fn free_bytes(&self) -> u64 {
-        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        if checked.is_none_or(|t| t.elapsed() >= DISK_CHECK_EVERY) {
-            *checked = Some(Instant::now());
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = self.next_check_ms.load(Ordering::Relaxed);
+        let next = now.saturating_add(DISK_CHECK_EVERY.as_millis() as u64);
+        // One caller per period reads the disk; the others take the last reading.
+        if now >= due
+            && self
+                .next_check_ms
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             match rustix::fs::statvfs(&self.data_dir) {
                 Ok(st) => self
                     .free_bytes
