@@ -280,6 +280,18 @@ async fn lease_minus_one_and_compact_zero_behave_as_in_etcd() {
     }
 }
 
+async fn alarm_list(c: &mut etcd_client::Client) -> Vec<etcd_client::AlarmMember> {
+    c.alarm(
+        etcd_client::AlarmAction::Get,
+        etcd_client::AlarmType::None,
+        None,
+    )
+    .await
+    .expect("alarm list")
+    .alarms()
+    .to_vec()
+}
+
 /// A tmpfs of `mb` MiB mounted for one test (needs root, as CI runs): a disk that fills up.
 struct Tmpfs {
     dir: tempfile::TempDir,
@@ -402,16 +414,9 @@ async fn a_nearly_full_disk_raises_nospace_and_keeps_serving() {
             .len(),
         1
     );
-    let alarms = c
-        .alarm(
-            etcd_client::AlarmAction::Get,
-            etcd_client::AlarmType::None,
-            None,
-        )
-        .await
-        .expect("alarm list");
-    assert_eq!(alarms.alarms().len(), 1);
-    assert_eq!(alarms.alarms()[0].alarm(), etcd_client::AlarmType::Nospace);
+    let alarms = alarm_list(&mut c).await;
+    assert_eq!(alarms.len(), 1);
+    assert_eq!(alarms[0].alarm(), etcd_client::AlarmType::Nospace);
     let (code, body) = srv.http_get("/health");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("ALARM NOSPACE"), "{body}");
@@ -463,16 +468,9 @@ async fn alarms_are_replicated_and_kept_and_health_follows_them() {
     }
     cl.leader().await;
     let mut c1 = cl.members[1].client().await;
-    let listed = c1
-        .alarm(
-            etcd_client::AlarmAction::Get,
-            etcd_client::AlarmType::None,
-            None,
-        )
-        .await
-        .expect("alarm list");
-    assert_eq!(listed.alarms().len(), 1, "kept across restarts");
-    assert_eq!(listed.alarms()[0].member_id(), id0);
+    let listed = alarm_list(&mut c1).await;
+    assert_eq!(listed.len(), 1, "kept across restarts");
+    assert_eq!(listed[0].member_id(), id0);
     c1.alarm(
         etcd_client::AlarmAction::Deactivate,
         etcd_client::AlarmType::Nospace,

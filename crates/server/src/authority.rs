@@ -997,12 +997,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_header_list_decoding_past_h2s_limit_is_not_rewritten() {
-        // One 4 KiB table entry named again and again: 24 bytes on the wire, 80 KiB decoded.
-        let mut fields = bad_request_fields();
-        fields.extend(indexed_literal(b"x-big", &[b'b'; 4000]));
-        fields.extend([0x80 | 62; 20]);
+    /// Sends `last` (a frame h2 must refuse) on a fresh connection and on one where rewriting
+    /// started: as it came in the first case (h2 answers), the connection ended in the second
+    /// (h2's decoder follows our encoder, so it cannot be handed raw client blocks).
+    fn refused_as_h2_would(last: Vec<u8>) {
         for rewriting in [false, true] {
             let mut wire = preface_and_settings();
             if rewriting {
@@ -1014,7 +1012,7 @@ mod tests {
                 ));
             }
             let start = wire.len();
-            wire.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &fields));
+            wire.extend(&last);
             let d = drain(wire.clone());
             if rewriting {
                 assert!(d.error.is_some(), "h2 would end the connection");
@@ -1030,34 +1028,20 @@ mod tests {
     }
 
     #[test]
+    fn a_header_list_decoding_past_h2s_limit_is_not_rewritten() {
+        // One 4 KiB table entry named again and again: 24 bytes on the wire, 80 KiB decoded.
+        let mut fields = bad_request_fields();
+        fields.extend(indexed_literal(b"x-big", &[b'b'; 4000]));
+        fields.extend([0x80 | 62; 20]);
+        refused_as_h2_would(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &fields));
+    }
+
+    #[test]
     fn a_push_promise_from_the_client_is_refused() {
         // Promised stream 2, with a header block of its own.
         let mut payload = 2u32.to_be_bytes().to_vec();
         payload.extend(indexed_literal(b"x-pushed", b"1"));
-        for rewriting in [false, true] {
-            let mut wire = preface_and_settings();
-            if rewriting {
-                wire.extend(frame(
-                    TYPE_HEADERS,
-                    FLAG_END_HEADERS,
-                    1,
-                    &bad_request_fields(),
-                ));
-            }
-            let start = wire.len();
-            wire.extend(frame(TYPE_PUSH_PROMISE, FLAG_END_HEADERS, 1, &payload));
-            let d = drain(wire.clone());
-            if rewriting {
-                assert!(d.error.is_some(), "h2 would end the connection");
-                assert_eq!(frames_of(&d.read[PREFACE.len()..]).len(), 2);
-            } else {
-                assert!(d.error.is_none());
-                assert!(
-                    d.read[start..] == wire[start..],
-                    "as it came, for h2 to refuse"
-                );
-            }
-        }
+        refused_as_h2_would(frame(TYPE_PUSH_PROMISE, FLAG_END_HEADERS, 1, &payload));
     }
 
     #[test]
