@@ -252,12 +252,11 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
                     _ = tick.tick() => {}
                     _ = stop.changed() => return Ok(()),
                 }
-                if node.store.no_space() {
-                    continue;
-                }
-                if let Some(why) = node.space.shortage(node.store.db_size()) {
-                    // In the background: the alarm's proposal must not hold up this loop.
-                    let _ = node.space.raise(why, node.member.id, &node.proposer);
+                // The same check every write makes (the alarm's proposal runs on a task of
+                // its own, so stopping here does not cancel it).
+                tokio::select! {
+                    _ = node.out_of_space() => {}
+                    _ = stop.changed() => return Ok(()),
                 }
             }
         }
