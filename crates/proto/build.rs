@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/authpb/auth.proto",
         "proto/etcd/etcdserverpb/rpc.proto",
         "proto/berth/raft.proto",
+        "proto/berth/store.proto",
+        "proto/berth/lease.proto",
     ];
     tonic_prost_build::configure()
         .build_server(true)

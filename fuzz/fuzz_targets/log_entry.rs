@@ -1,5 +1,5 @@
 //! Decodes arbitrary bytes as a Raft log entry's command and as an apply result
-//! (`berth_consensus::codec`): never a panic, and a command that decodes encodes back to
+//! (`berth_store::codec`): never a panic, and a command that decodes encodes back to
 //! bytes that decode to the same command (every member must read an entry alike).
 
 #![no_main]
@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    berth_consensus::codec::fuzz_roundtrip(data);
+    berth_store::codec::fuzz_roundtrip(data);
 });

@@ -200,9 +200,8 @@ fn member_software(
                 .await
                 .map_err(|e| format!("{name}: {e:#}"))?;
             nodes.borrow_mut().insert(name, Arc::downgrade(&node));
-            let peer_service = node.proposer.replica().peer_service();
             let peers = tonic::transport::Server::builder()
-                .add_service(peer_service)
+                .add_routes(berth_server::node::peer_router(&node))
                 .serve_with_incoming(incoming(PEER_PORT).await?);
             let clients = tonic::transport::Server::builder()
                 .add_routes(berth_server::node::grpc_router(&node))
@@ -433,7 +432,7 @@ fn leader(nodes: &Nodes) -> Option<usize> {
             nodes
                 .get(*m)
                 .and_then(Weak::upgrade)
-                .is_some_and(|n| n.proposer.status().is_leader)
+                .is_some_and(|n| n.consensus.status().is_leader)
         })
         .map(|(i, _)| i)
         .collect();

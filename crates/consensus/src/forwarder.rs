@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use berth_proto::berth::raft::ForwardRequest;
+use berth_proto::berth::raft::{ForwardRefusal, ForwardRequest};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -18,14 +18,17 @@ use tonic::Status;
 struct Pending {
     /// Set when the stream ended: nothing more will be answered.
     closed: bool,
-    waiting: HashMap<u64, oneshot::Sender<Result<Vec<u8>, Status>>>,
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
 }
+
+/// The leader's answer to one write: the encoded result, or why it was not applied.
+pub(crate) type Answer = Result<Vec<u8>, (ForwardRefusal, String)>;
 
 /// What became of one forwarded write.
 #[derive(Debug)]
 pub(crate) enum Forwarded {
-    /// The leader answered: the encoded result, or an error status.
-    Answered(Result<Vec<u8>, Status>),
+    /// The leader answered.
+    Answered(Answer),
     /// The write was not sent: the stream could not be opened or had ended.
     NotSent(String),
     /// The stream ended after the write was sent: its outcome is unknown.
@@ -61,9 +64,11 @@ impl ForwardStream {
             let end = loop {
                 match answers.message().await {
                     Ok(Some(a)) => {
-                        let answer = match a.code {
-                            0 => Ok(a.result),
-                            code => Err(Status::new(code.into(), a.message)),
+                        let answer = match ForwardRefusal::try_from(a.code) {
+                            Ok(ForwardRefusal::ForwardOk) => Ok(a.result),
+                            Ok(refusal) => Err((refusal, a.message)),
+                            // A refusal this build does not know: not known to be harmless.
+                            Err(_) => Err((ForwardRefusal::Failed, a.message)),
                         };
                         if let Some(w) = lock(&reader).waiting.remove(&a.id) {
                             let _ = w.send(answer);

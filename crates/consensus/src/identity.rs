@@ -3,7 +3,8 @@
 //! every client), and every member refuses a message from another cluster or for another
 //! member ([`admit`]), as etcd refuses "cluster ID mismatch". Without this, a fresh cluster
 //! started on a stopped member's peer address is pulled into the old cluster, and a member
-//! started on another cluster's data directory mixes the two clusters' logs.
+//! started on another cluster's data directory mixes the two clusters' logs. Each message also
+//! names its Raft group, which routes it to that group's replica on the member.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -13,12 +14,16 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::group::GroupId;
+
 /// Metadata key of the sender's cluster ID (hex).
 pub const CLUSTER_ID_KEY: &str = "berth-cluster-id";
 /// Metadata key of the member the message is for (hex).
 pub const TO_MEMBER_KEY: &str = "berth-to-member";
 /// Metadata key of the sending member (hex), for the receiver's logs.
 pub const FROM_MEMBER_KEY: &str = "berth-from-member";
+/// Metadata key of the Raft group the message is for (its [`GroupId`] name).
+pub const GROUP_KEY: &str = "berth-group";
 
 /// Start of every refusal's message, which the sender recognises.
 pub const MISMATCH: &str = "berth: cluster ID mismatch";
@@ -31,6 +36,7 @@ pub struct PeerStamp {
     cluster: Option<AsciiMetadataValue>,
     from: Option<AsciiMetadataValue>,
     to: Option<AsciiMetadataValue>,
+    group: Option<AsciiMetadataValue>,
 }
 
 fn hex(id: u64) -> Option<AsciiMetadataValue> {
@@ -38,12 +44,14 @@ fn hex(id: u64) -> Option<AsciiMetadataValue> {
 }
 
 impl PeerStamp {
-    /// Requests from member `from` of cluster `cluster` to member `to`.
-    pub fn new(cluster: u64, from: u64, to: u64) -> PeerStamp {
+    /// Requests from member `from` of cluster `cluster` to member `to`, for Raft group
+    /// `group`.
+    pub fn new(cluster: u64, from: u64, to: u64, group: &GroupId) -> PeerStamp {
         PeerStamp {
             cluster: hex(cluster),
             from: hex(from),
             to: hex(to),
+            group: AsciiMetadataValue::try_from(group.as_str()).ok(),
         }
     }
 
@@ -56,6 +64,7 @@ impl PeerStamp {
             cluster: None,
             from: None,
             to: None,
+            group: None,
         }
     }
 }
@@ -67,6 +76,7 @@ impl Interceptor for PeerStamp {
             (CLUSTER_ID_KEY, &self.cluster),
             (FROM_MEMBER_KEY, &self.from),
             (TO_MEMBER_KEY, &self.to),
+            (GROUP_KEY, &self.group),
         ] {
             if let Some(v) = value {
                 md.insert(key, v.clone());
@@ -91,6 +101,14 @@ pub(crate) fn log_now(last: &AtomicU64, every: Duration) -> bool {
         && last
             .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
+}
+
+/// The Raft group a peer message names; a message naming none is refused.
+pub fn group_of(md: &MetadataMap) -> Result<GroupId, Status> {
+    md.get(GROUP_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(GroupId::new)
+        .ok_or_else(|| Status::invalid_argument("berth: the peer message names no Raft group"))
 }
 
 /// Checks that a peer message is for this member of this cluster.
@@ -137,8 +155,9 @@ mod tests {
 
     #[test]
     fn a_member_admits_only_its_cluster_and_itself() {
-        let ok = stamped(&mut PeerStamp::new(0xc1, 0xa, 0xb));
+        let ok = stamped(&mut PeerStamp::new(0xc1, 0xa, 0xb, &GroupId::meta()));
         assert!(admit(&ok, 0xc1, 0xb).is_ok());
+        assert_eq!(group_of(&ok).expect("group"), GroupId::meta());
         let other_cluster = admit(&ok, 0xc2, 0xb).expect_err("another cluster");
         assert!(is_refusal(&other_cluster));
         assert!(
@@ -154,6 +173,7 @@ mod tests {
             "no cluster ID, no entry"
         );
         assert!(admit(&MetadataMap::new(), 0xc1, 0xb).is_err());
+        assert!(group_of(&anonymous).is_err(), "no group, no entry");
     }
 
     #[test]

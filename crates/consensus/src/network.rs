@@ -24,9 +24,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::env::{StorageIo, Transport};
+use crate::group::GroupId;
 use crate::identity::PeerStamp;
 use crate::peer::{from_blob, to_blob};
-use crate::state_machine::StoreSnapshot;
+use crate::state_machine::GroupSnapshot;
 use crate::types::{Member, TypeConfig, Vote};
 
 /// One answer of a replication stream.
@@ -39,8 +40,12 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 #[error("{0}")]
 struct Msg(String);
 
-/// A client of a peer's service, its requests stamped with who sends them and to whom.
-pub type PeerClient = RaftPeerClient<InterceptedService<Channel, PeerStamp>>;
+/// A channel to a peer's port, its requests stamped with who sends them, to whom and for which
+/// group: any service on the peer port (Raft's, the leader's lease service) is called over it.
+pub type PeerChannel = InterceptedService<Channel, PeerStamp>;
+
+/// A client of a peer's Raft service.
+pub type PeerClient = RaftPeerClient<PeerChannel>;
 
 /// A lazily connecting gRPC client for the member's first peer URL, dialed by `transport`,
 /// its requests stamped by `stamp`.
@@ -49,6 +54,24 @@ pub fn peer_client(
     transport: &Transport,
     stamp: PeerStamp,
 ) -> Result<PeerClient, String> {
+    Ok(raft_client(peer_channel(member, transport, stamp)?))
+}
+
+/// The Raft service's client over `channel` (messages unbounded: snapshots and batches of
+/// entries come from a member of the same cluster, admitted by identity first).
+pub fn raft_client(channel: PeerChannel) -> PeerClient {
+    RaftPeerClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// A lazily connecting channel to the member's first peer URL, dialed by `transport`, its
+/// requests stamped by `stamp`.
+pub fn peer_channel(
+    member: &Member,
+    transport: &Transport,
+    stamp: PeerStamp,
+) -> Result<PeerChannel, String> {
     let url = member
         .peer_urls
         .first()
@@ -61,16 +84,14 @@ pub fn peer_client(
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| format!("bad peer URL {url}: {e}"))?
         .connect_timeout(Duration::from_secs(1));
-    Ok(
-        RaftPeerClient::with_interceptor(transport.channel(endpoint), stamp)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX),
-    )
+    Ok(InterceptedService::new(transport.channel(endpoint), stamp))
 }
 
 /// The network factory: one client per target, made on demand.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PeerNetwork {
+    /// The group whose messages these are, stamped on every message.
+    pub group: GroupId,
     /// How peers are dialed.
     pub transport: Transport,
     /// Where snapshot streams are written out.
@@ -104,7 +125,7 @@ struct EachStream {
 /// refused by the receiver. Blocking: it reads the store or a file.
 fn snapshot_messages(
     head: Blob,
-    data: &StoreSnapshot,
+    data: &GroupSnapshot,
     mut send: impl FnMut(Blob) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     send(head)?;
@@ -132,7 +153,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client: peer_client(
                 node,
                 &self.transport,
-                PeerStamp::new(self.cluster_id, self.member_id, target),
+                PeerStamp::new(self.cluster_id, self.member_id, target, &self.group),
             ),
             each: None,
             io: self.io,
@@ -253,7 +274,7 @@ impl PeerConnection {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = StoreSnapshot;
+    type SnapshotData = GroupSnapshot;
 
     /// Single calls (openraft makes them only through its default `stream_append`, which
     /// this network replaces) share the `AppendEach` stream with one-request sessions.
@@ -365,7 +386,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: SnapshotOf<TypeConfig, StoreSnapshot>,
+        snapshot: SnapshotOf<TypeConfig, GroupSnapshot>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {

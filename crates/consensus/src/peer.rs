@@ -1,19 +1,19 @@
 //! The peer gRPC service (`berth.raft.RaftPeer`) a member serves on its peer port: Raft
 //! messages from other members, snapshot streams, and the requests followers send their
-//! leader (forwarded writes, read index, lease keep-alives).
+//! leader (forwarded writes, read index, membership changes). One [`PeerRouter`] serves every
+//! Raft group of the member: each message names its group and is routed to that replica.
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use berth_proto::berth::raft::raft_peer_server::RaftPeer;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use berth_proto::berth::raft::raft_peer_server::{RaftPeer, RaftPeerServer};
 use berth_proto::berth::raft::{
-    Blob, ClusterInfoResponse, ForwardRequest, ForwardResponse, ReadIndexResponse,
+    Blob, ClusterInfoResponse, ForwardRefusal, ForwardRequest, ForwardResponse, ReadIndexResponse,
 };
-use berth_proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-};
-use berth_store::Store;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy};
 use openraft::Raft;
@@ -22,7 +22,8 @@ use serde::Serialize;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::state_machine::{StateMachine, StoreSnapshot};
+use crate::group::{GroupId, GroupState};
+use crate::state_machine::{GroupSnapshot, StateMachine};
 use crate::types::{Change, LogId, RaftRequest, SnapshotMeta, TypeConfig, Vote};
 use crate::write_batch::WriteBatcher;
 
@@ -37,8 +38,9 @@ pub(crate) fn from_blob<T: DeserializeOwned>(b: &Blob) -> Result<T, Status> {
 }
 
 /// Decodes `data` as each message members read from one another (the serialized openraft
-/// messages inside [`Blob`]s, the forwarded-write frames and the log commands and results
-/// they carry); returns how many kinds accepted it. Whatever the bytes, none may panic or
+/// messages inside [`Blob`]s and the forwarded-write frames; the commands and results they
+/// carry are the group state's to decode, fuzzed as `log_entry`); returns how many kinds
+/// accepted it. Whatever the bytes, none may panic or
 /// allocate without bound: the fuzz target `peer_messages` drives this.
 #[doc(hidden)]
 pub fn decode_peer_messages(data: &[u8]) -> usize {
@@ -64,8 +66,6 @@ pub fn decode_peer_messages(data: &[u8]) -> usize {
         ForwardRequest::decode(data).is_ok(),
         ForwardResponse::decode(data).is_ok(),
         ReadIndexResponse::decode(data).is_ok(),
-        crate::codec::decode_command(data).is_ok(),
-        crate::codec::decode_result(data).is_ok(),
     ]
     .into_iter()
     .filter(|ok| *ok)
@@ -74,43 +74,98 @@ pub fn decode_peer_messages(data: &[u8]) -> usize {
 
 /// Status a follower gets when this member cannot lead its request either (not proposed).
 pub(crate) const NOT_LEADER: &str = "berth: not the leader";
-/// Status when leadership changed after the request was proposed (outcome unknown).
-pub(crate) const LEADER_CHANGED: &str = "berth: leader changed";
 
-/// Serves peers.
-pub struct PeerService {
-    pub(crate) cluster_id: u64,
+/// Serves every Raft group of this member to its peers.
+pub struct PeerRouter {
+    cluster_id: u64,
     /// This member: messages for any other are refused.
-    pub(crate) member_id: u64,
+    member_id: u64,
+    groups: RwLock<HashMap<GroupId, Arc<GroupPeer>>>,
+}
+
+/// What the peer service needs of one group's replica.
+pub(crate) struct GroupPeer {
     pub(crate) raft: Raft<TypeConfig, StateMachine>,
     /// Forwarded writes are proposed through the member's batcher, with its own.
     pub(crate) writes: Arc<WriteBatcher>,
-    pub(crate) store: Arc<Store>,
+    /// Checks that a forwarded command is one the group can apply.
+    pub(crate) state: Arc<dyn GroupState>,
     pub(crate) snapshot_dir: PathBuf,
+}
+
+impl PeerRouter {
+    /// A router for member `member_id` of cluster `cluster_id`, serving no group yet.
+    pub fn new(cluster_id: u64, member_id: u64) -> Arc<PeerRouter> {
+        Arc::new(PeerRouter {
+            cluster_id,
+            member_id,
+            groups: RwLock::default(),
+        })
+    }
+
+    /// Serves `replica`'s group from now on (replacing any earlier replica of that group).
+    pub fn add(&self, replica: &crate::Replica) {
+        let (group, peer) = replica.group_peer();
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, Arc::new(peer));
+    }
+
+    /// The gRPC service for the peer port.
+    pub fn service(self: &Arc<Self>) -> RaftPeerServer<PeerRouter> {
+        RaftPeerServer::from_arc(self.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Refuses a message from another cluster or meant for another member; other services
+    /// on the peer port call this first too.
+    pub fn admit(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        crate::identity::admit(md, self.cluster_id, self.member_id)
+    }
+
+    /// The replica a message is for, once it is admitted.
+    fn route(&self, md: &tonic::metadata::MetadataMap) -> Result<Arc<GroupPeer>, Status> {
+        self.admit(md)?;
+        let group = crate::identity::group_of(md)?;
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups.get(&group).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "berth: member {:x} runs no Raft group {group}",
+                self.member_id
+            ))
+        })
+    }
 }
 
 /// Answers of a forward stream.
 type ForwardAnswers = Pin<Box<dyn Stream<Item = Result<ForwardResponse, Status>> + Send + 'static>>;
 
-/// Proposes an encoded command a follower forwarded; returns the encoded result, or the
-/// status the follower maps back.
-async fn run_forwarded(writes: &WriteBatcher, command: Vec<u8>) -> Result<Vec<u8>, Status> {
+/// Proposes an encoded command a follower forwarded; returns the encoded result, or why it
+/// was not applied (which the follower maps back).
+async fn run_forwarded(
+    group: &GroupPeer,
+    command: Vec<u8>,
+) -> Result<Vec<u8>, (ForwardRefusal, String)> {
     // Only what this member can apply is proposed: an entry no member can decode would stop
     // every member at apply, again at every restart.
-    if let Err(e) = crate::codec::decode_command(&command) {
-        return Err(Status::invalid_argument(format!(
-            "berth: forwarded write refused: {e}"
-        )));
+    if let Err(e) = group.state.check(&command) {
+        return Err((
+            ForwardRefusal::Undecodable,
+            format!("berth: forwarded write refused: {e}"),
+        ));
     }
-    match writes.write(RaftRequest(command)).await {
+    match group.writes.write(RaftRequest(command)).await {
         Ok(resp) => Ok(resp.data.0),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-            Err(Status::unavailable(NOT_LEADER))
+            Err((ForwardRefusal::NotLeader, NOT_LEADER.into()))
         }
-        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-            Err(Status::aborted(LEADER_CHANGED))
-        }
-        Err(e) => Err(Status::unavailable(e.to_string())),
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err((
+            ForwardRefusal::LeaderChanged,
+            "berth: leader changed".into(),
+        )),
+        Err(e) => Err((ForwardRefusal::Failed, e.to_string())),
     }
 }
 
@@ -118,7 +173,7 @@ async fn run_forwarded(writes: &WriteBatcher, command: Vec<u8>) -> Result<Vec<u8
 type AppendResponses = Pin<Box<dyn Stream<Item = Result<Blob, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
-impl RaftPeer for PeerService {
+impl RaftPeer for PeerRouter {
     type AppendStreamStream = AppendResponses;
     type AppendEachStream = AppendResponses;
 
@@ -126,7 +181,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<AppendResponses>, Status> {
-        self.admit(req.metadata())?;
+        let group = self.route(req.metadata())?;
         // Requests until the leader ends the stream (or sends something undecodable, which
         // ends it too: the leader then starts a new session).
         let requests = req.into_inner().map_while(|m| {
@@ -137,7 +192,7 @@ impl RaftPeer for PeerService {
         });
         // One response per request, in order; openraft ends the stream after a conflict or a
         // higher vote, which the leader handles as the end of the session.
-        let responses = self.raft.stream_append(requests).map(|r| match r {
+        let responses = group.raft.stream_append(requests).map(|r| match r {
             Ok(result) => to_blob(&result),
             Err(fatal) => Err(Status::unavailable(fatal.to_string())),
         });
@@ -148,9 +203,9 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<Blob>>,
     ) -> Result<Response<AppendResponses>, Status> {
-        self.admit(req.metadata())?;
+        let group = self.route(req.metadata())?;
         // One at a time, in order: the leader sends the next request after this answer.
-        let raft = self.raft.clone();
+        let raft = group.raft.clone();
         let answers = futures::StreamExt::then(req.into_inner(), move |m| {
             let raft = raft.clone();
             async move {
@@ -166,9 +221,9 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.admit(req.metadata())?;
+        let group = self.route(req.metadata())?;
         let rpc = from_blob(req.get_ref())?;
-        let resp = self
+        let resp = group
             .raft
             .vote(rpc)
             .await
@@ -177,15 +232,16 @@ impl RaftPeer for PeerService {
     }
 
     async fn snapshot(&self, req: Request<Streaming<Blob>>) -> Result<Response<Blob>, Status> {
-        self.admit(req.metadata())?;
+        let group = self.route(req.metadata())?;
         let mut stream = req.into_inner();
         let first = stream
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let (vote, meta): (Vote, SnapshotMeta) = from_blob(&first)?;
-        std::fs::create_dir_all(&self.snapshot_dir).map_err(|e| Status::internal(e.to_string()))?;
-        let path = self.snapshot_dir.join(format!(
+        std::fs::create_dir_all(&group.snapshot_dir)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let path = group.snapshot_dir.join(format!(
             "receiving-{}.tmp",
             std::process::id() as u64 ^ rand_suffix()
         ));
@@ -229,9 +285,9 @@ impl RaftPeer for PeerService {
         tracing::info!(bytes, index = ?meta.last_log_id.map(|l| l.index), "received snapshot");
         let snapshot = openraft::storage::Snapshot {
             meta,
-            snapshot: StoreSnapshot::File(path),
+            snapshot: GroupSnapshot::File(path),
         };
-        let resp = self
+        let resp = group
             .raft
             .install_full_snapshot(vote, snapshot)
             .await
@@ -240,9 +296,9 @@ impl RaftPeer for PeerService {
     }
 
     async fn transfer_leader(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.admit(req.metadata())?;
+        let group = self.route(req.metadata())?;
         let rpc = from_blob(req.get_ref())?;
-        let resp = self
+        let resp = group
             .raft
             .handle_transfer_leader(rpc)
             .await
@@ -256,26 +312,25 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<ForwardRequest>>,
     ) -> Result<Response<ForwardAnswers>, Status> {
-        self.admit(req.metadata())?;
+        let group = self.route(req.metadata())?;
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let writes = self.writes.clone();
         tokio::spawn(async move {
             // Each write runs on its own task: answers go back as they commit, in any order.
             while let Ok(Some(m)) = inbound.message().await {
-                let (writes, tx) = (writes.clone(), tx.clone());
+                let (group, tx) = (group.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let answer = match run_forwarded(&writes, m.command).await {
+                    let answer = match run_forwarded(&group, m.command).await {
                         Ok(result) => ForwardResponse {
                             id: m.id,
                             result,
                             ..Default::default()
                         },
-                        Err(s) => ForwardResponse {
+                        Err((refusal, message)) => ForwardResponse {
                             id: m.id,
                             result: Vec::new(),
-                            code: s.code() as i32,
-                            message: s.message().to_string(),
+                            code: refusal as i32,
+                            message,
                         },
                     };
                     let _ = tx.send(Ok(answer)).await;
@@ -288,12 +343,12 @@ impl RaftPeer for PeerService {
     }
 
     async fn read_index(&self, req: Request<Blob>) -> Result<Response<ReadIndexResponse>, Status> {
-        self.admit(req.metadata())?;
-        let (read, _) = self
+        let group = self.route(req.metadata())?;
+        let (read, _) = group
             .raft
             .get_read_log_id(ReadPolicy::ReadIndex)
             .await
-            .map_err(|_| Status::unavailable(NOT_LEADER))?;
+            .map_err(|_| not_leader())?;
         // ReadLogId serializes as the log id it wraps.
         let bytes = rmp_serde::to_vec(&read).map_err(|e| Status::internal(e.to_string()))?;
         let log_id: LogId =
@@ -304,9 +359,14 @@ impl RaftPeer for PeerService {
     }
 
     async fn change_membership(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
-        self.admit(req.metadata())?;
+        let group = self.route(req.metadata())?;
         let (change, retain): (Change, bool) = from_blob(req.get_ref())?;
-        self.change(change, retain).await?;
+        match change_membership(&group.raft, change, retain).await {
+            Ok(()) => {}
+            Err(crate::ProposeError::NotLeader(_)) => return Err(not_leader()),
+            Err(crate::ProposeError::Membership(m)) => return Err(Status::failed_precondition(m)),
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        }
         Ok(Response::new(Blob::default()))
     }
 
@@ -318,75 +378,6 @@ impl RaftPeer for PeerService {
             cluster_id: self.cluster_id,
         }))
     }
-
-    async fn lease_renew(
-        &self,
-        req: Request<LeaseKeepAliveRequest>,
-    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
-        self.admit(req.metadata())?;
-        self.ensure_leader().await?;
-        let id = req.into_inner().id;
-        let ttl = self.store.lease_renew(id).unwrap_or(0);
-        Ok(Response::new(LeaseKeepAliveResponse {
-            header: None,
-            id,
-            ttl,
-        }))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        req: Request<LeaseTimeToLiveRequest>,
-    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        self.admit(req.metadata())?;
-        self.ensure_leader().await?;
-        let r = req.into_inner();
-        Ok(Response::new(lease_ttl(&self.store, &r)))
-    }
-}
-
-impl PeerService {
-    /// Refuses a message from another cluster or meant for another member.
-    fn admit(&self, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        crate::identity::admit(md, self.cluster_id, self.member_id)
-    }
-
-    /// Runs a membership change here if this member leads.
-    pub(crate) async fn change(&self, change: Change, retain: bool) -> Result<(), Status> {
-        match change_membership(&self.raft, change, retain).await {
-            Ok(()) => Ok(()),
-            Err(crate::ProposeError::NotLeader(_)) => Err(Status::unavailable(NOT_LEADER)),
-            Err(crate::ProposeError::Membership(m)) => Err(Status::failed_precondition(m)),
-            Err(e) => Err(Status::unavailable(e.to_string())),
-        }
-    }
-
-    async fn ensure_leader(&self) -> Result<(), Status> {
-        if crate::replica::leads_caught_up(&self.raft).await {
-            Ok(())
-        } else {
-            Err(Status::unavailable(NOT_LEADER))
-        }
-    }
-}
-
-/// Answers a TTL query from the local lessor (TTL -1 for an unknown lease, as etcd does).
-pub fn lease_ttl(store: &Store, r: &LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
-    match store.lease_info(r.id) {
-        Some(info) => LeaseTimeToLiveResponse {
-            header: None,
-            id: r.id,
-            ttl: info.remaining,
-            granted_ttl: info.granted,
-            keys: if r.keys { info.keys } else { Vec::new() },
-        },
-        None => LeaseTimeToLiveResponse {
-            header: None,
-            id: r.id,
-            ttl: -1,
-            ..Default::default()
-        },
-    }
 }
 
 fn rand_suffix() -> u64 {
@@ -397,9 +388,26 @@ fn rand_suffix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Metadata key marking a refusal because the member does not lead (nothing was proposed);
+/// its sender retries elsewhere. A machine-readable mark, not the message text.
+const REFUSAL_KEY: &str = "berth-refusal";
+
+/// The refusal of a request this member cannot run because it does not lead.
+pub(crate) fn not_leader() -> Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        REFUSAL_KEY,
+        tonic::metadata::AsciiMetadataValue::from_static("not-leader"),
+    );
+    Status::with_metadata(tonic::Code::Unavailable, NOT_LEADER, md)
+}
+
 /// Whether `status` is a member's refusal because it does not lead (nothing was proposed).
 pub(crate) fn is_not_leader(status: &Status) -> bool {
-    status.code() == tonic::Code::Unavailable && status.message() == NOT_LEADER
+    status
+        .metadata()
+        .get(REFUSAL_KEY)
+        .is_some_and(|v| v.as_bytes() == b"not-leader")
 }
 
 /// Runs a membership change on this member (which must lead). Changes arriving while another
@@ -440,7 +448,7 @@ pub(crate) async fn change_membership(
                 return Err(crate::ProposeError::NotLeader(None))
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                let busy = e.to_string().contains("undergoing a configuration change");
+                let busy = matches!(e, openraft::errors::ChangeMembershipError::InProgress(_));
                 if !busy || tokio::time::Instant::now() >= deadline {
                     return Err(crate::ProposeError::Membership(e.to_string()));
                 }

@@ -1,31 +1,28 @@
-//! A running Raft member: starts openraft over the log store and state machine, bootstraps
-//! the cluster, and offers `propose` (writes through the log) and `read_index` (linearizable
-//! reads without a log write) to the API layer.
+//! A running Raft member of one group: starts openraft over the log store and the group's
+//! state machine, bootstraps the cluster, and offers `propose` (opaque command bytes through
+//! the log, answered with the state's result bytes), `read_index` (linearizable reads without
+//! a log write), membership changes, the role it plays ([`Replica::roles`]) and channels to
+//! peers for services of other layers (the server's lease leader service).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::berth::raft::raft_peer_server::RaftPeerServer;
-use berth_proto::berth::raft::Blob;
-use berth_proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-};
-use berth_store::{Applied, Command, Store, StoreError};
+use berth_proto::berth::raft::{Blob, ForwardRefusal};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 use openraft::{ChangeMembers, Config, Raft, RaftMetrics, SnapshotPolicy};
 
 use crate::batch_counts::BatchCounts;
-use crate::codec::{decode_result, encode_command};
 use crate::env::{Environment, Transport};
 use crate::forwarder::{ForwardStream, Forwarded};
+use crate::group::{GroupId, GroupState};
 use crate::identity::PeerStamp;
 use crate::log_store::{FlushObserver, LogStore};
-use crate::network::{peer_client, PeerClient, PeerNetwork};
-use crate::peer::{lease_ttl, PeerService};
+use crate::network::{peer_channel, peer_client, raft_client, PeerChannel, PeerNetwork};
+use crate::peer::GroupPeer;
 use crate::read_batch::ReadBatcher;
 use crate::state_machine::StateMachine;
 use crate::types::{Change, Member, RaftRequest, TypeConfig};
@@ -55,6 +52,8 @@ pub struct ReplicaConfig {
     /// The cluster this member belongs to: stamped on every peer message it sends, and
     /// required of every peer message it accepts.
     pub cluster_id: u64,
+    /// The Raft group this replica runs (stamped on its peer messages).
+    pub group: GroupId,
 }
 
 impl Default for ReplicaConfig {
@@ -66,16 +65,15 @@ impl Default for ReplicaConfig {
             keep_behind_snapshot: 5_000,
             env: Environment::default(),
             cluster_id: 0,
+            group: GroupId::meta(),
         }
     }
 }
 
-/// Why a proposal did not produce a result.
+/// Why a proposal did not produce a result. (A command the state machine refuses is still
+/// applied: its refusal is in the result bytes, for the state's owner to decode.)
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
-    /// The state machine refused the command (an etcd-level error such as a missing lease).
-    #[error(transparent)]
-    Refused(#[from] StoreError),
     /// This member is not the leader; the leader is given when known.
     #[error("not the leader (leader: {0:?})")]
     NotLeader(Option<u64>),
@@ -126,13 +124,25 @@ pub struct Sharing {
     pub proposed_writes: BatchCounts,
 }
 
-/// One member's Raft instance.
+/// The role this member plays in its group, as [`Replica::roles`] reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Role {
+    /// This member leads (openraft's Leader state).
+    pub leading: bool,
+    /// The leader it knows of, if any (itself when leading).
+    pub leader: Option<u64>,
+    /// The current term.
+    pub term: u64,
+}
+
+/// One member's Raft instance of one group.
 pub struct Replica {
     id: u64,
+    group: GroupId,
     raft: Raft<TypeConfig, StateMachine>,
-    store: Arc<Store>,
+    state: Arc<dyn GroupState>,
     snapshot_dir: std::path::PathBuf,
-    peers: std::sync::Mutex<std::collections::HashMap<u64, PeerClient>>,
+    peers: std::sync::Mutex<std::collections::HashMap<u64, PeerChannel>>,
     cluster_id: u64,
     snapshots: Arc<crate::state_machine::SnapshotCounters>,
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
@@ -143,8 +153,12 @@ pub struct Replica {
     local_reads: ReadBatcher,
     /// Writes proposed here (and forwarded here), batched into fewer Raft calls.
     writes: Arc<WriteBatcher>,
-    /// Writes proposed here while another member leads go to it over this stream.
+    /// Writes proposed here while another member leads go to it over this stream. A tokio
+    /// mutex: opening a stream awaits the leader, and concurrent writers must wait for that
+    /// one stream rather than each open their own.
     forwarder: tokio::sync::Mutex<Option<Arc<ForwardStream>>>,
+    /// The role, as the role watcher last saw it.
+    roles: tokio::sync::watch::Receiver<Role>,
 }
 
 /// A member of the current configuration, as the Cluster API lists it.
@@ -160,7 +174,7 @@ pub struct MemberEntry {
 
 impl Replica {
     /// Starts the member with ID `id`, keeping the log and snapshots under `dir`, applying to
-    /// `store`. With `bootstrap`, a member that has never run initializes the cluster
+    /// `state`. With `bootstrap`, a member that has never run initializes the cluster
     /// `members` (every initial member does so with the same list; the first election wins).
     /// Without it, the member waits to be added by an existing cluster.
     pub async fn start(
@@ -168,7 +182,7 @@ impl Replica {
         members: BTreeMap<u64, Member>,
         bootstrap: bool,
         dir: &Path,
-        store: Arc<Store>,
+        state: Arc<dyn GroupState>,
         cfg: &ReplicaConfig,
         on_flush: Option<FlushObserver>,
     ) -> Result<Replica, StartError> {
@@ -198,10 +212,11 @@ impl Replica {
         let log = LogStore::open_with(&dir.join("log"), on_flush, io)
             .map_err(|e| StartError(e.to_string()))?;
         let snapshot_dir = dir.join("snapshots");
-        let sm = StateMachine::new(store.clone(), &snapshot_dir, io)
+        let sm = StateMachine::new(state.clone(), &snapshot_dir, io)
             .map_err(|e| StartError(e.to_string()))?;
         let snapshots = sm.counters();
         let network = PeerNetwork {
+            group: cfg.group.clone(),
             transport: cfg.env.transport.clone(),
             io,
             cluster_id: cfg.cluster_id,
@@ -232,16 +247,19 @@ impl Replica {
             }
         }
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (role_tx, roles) = tokio::sync::watch::channel(Role::default());
         tokio::spawn(watch_role(
             raft.server_metrics(),
             leader_changes.clone(),
             log_handle,
+            role_tx,
         ));
         let writes = Arc::new(WriteBatcher::new(raft.clone()));
         Ok(Replica {
             id,
+            group: cfg.group.clone(),
             raft,
-            store,
+            state,
             snapshot_dir,
             peers: Default::default(),
             cluster_id: cfg.cluster_id,
@@ -252,6 +270,7 @@ impl Replica {
             local_reads: ReadBatcher::default(),
             writes,
             forwarder: Default::default(),
+            roles,
         })
     }
 
@@ -260,18 +279,27 @@ impl Replica {
         self.id
     }
 
-    /// The gRPC service other members call on this member's peer port.
-    pub fn peer_service(&self) -> RaftPeerServer<PeerService> {
-        RaftPeerServer::new(PeerService {
-            cluster_id: self.cluster_id,
-            member_id: self.id,
+    /// The group this replica runs.
+    pub fn group(&self) -> &GroupId {
+        &self.group
+    }
+
+    /// What the peer router serves of this replica.
+    pub(crate) fn group_peer(&self) -> (GroupId, GroupPeer) {
+        let peer = GroupPeer {
             raft: self.raft.clone(),
             writes: self.writes.clone(),
-            store: self.store.clone(),
+            state: self.state.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
-        })
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
+        };
+        (self.group.clone(), peer)
+    }
+
+    /// The role this member plays, now and at every change (leadership gained or lost, a new
+    /// leader or term): leader-only work (lease expiry, TTL checks) follows it instead of
+    /// polling.
+    pub fn roles(&self) -> tokio::sync::watch::Receiver<Role> {
+        self.roles.clone()
     }
 
     /// The membership as this member currently knows it.
@@ -283,8 +311,10 @@ impl Replica {
             .clone()
     }
 
-    /// A client for member `id`'s peer service.
-    fn peer(&self, id: u64) -> Result<PeerClient, ProposeError> {
+    /// A channel to member `id`'s peer port, stamped as this group's messages: other
+    /// layers call their own services on the peer port over it (the server's lease leader
+    /// service).
+    pub fn peer_channel(&self, id: u64) -> Result<PeerChannel, ProposeError> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = peers.get(&id) {
             return Ok(c.clone());
@@ -294,38 +324,42 @@ impl Replica {
             .get_node(&id)
             .ok_or(ProposeError::NotLeader(Some(id)))?
             .clone();
-        let stamp = PeerStamp::new(self.cluster_id, self.id, id);
-        let client = peer_client(&node, &self.transport, stamp).map_err(ProposeError::Stopped)?;
-        peers.insert(id, client.clone());
-        Ok(client)
+        let stamp = PeerStamp::new(self.cluster_id, self.id, id, &self.group);
+        let channel = peer_channel(&node, &self.transport, stamp).map_err(ProposeError::Stopped)?;
+        peers.insert(id, channel.clone());
+        Ok(channel)
     }
 
-    /// Waits for a leader to be known; returns it.
-    async fn leader(&self) -> Result<u64, ProposeError> {
-        let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
-        loop {
-            if let Some(l) = self.status().leader {
-                return Ok(l);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProposeError::NotLeader(None));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// A client for member `id`'s Raft peer service.
+    fn peer(&self, id: u64) -> Result<crate::network::PeerClient, ProposeError> {
+        Ok(raft_client(self.peer_channel(id)?))
     }
 
-    /// Replicates `cmd` through the log and returns the state machine's result. On a follower
-    /// the command is forwarded to the leader; while no leader is known it waits for one.
-    pub async fn propose(&self, cmd: &Command) -> Result<Applied, ProposeError> {
-        let bytes = encode_command(cmd);
+    /// Waits (up to a few seconds) for a leader to be known; returns it.
+    pub async fn leader(&self) -> Result<u64, ProposeError> {
+        let id = self.id;
+        let known = |m: &RaftMetrics<TypeConfig>| {
+            // As in `status`: only the Leader state counts as this member leading.
+            if m.state == openraft::ServerState::Leader {
+                Some(id)
+            } else {
+                m.current_leader.filter(|l| *l != id)
+            }
+        };
+        watch_metrics(&self.raft, NO_LEADER_PATIENCE, known)
+            .await
+            .ok_or(ProposeError::NotLeader(None))
+    }
+
+    /// Replicates `command` (bytes of the group's state machine) through the log and returns
+    /// the state machine's result bytes. On a follower the command is forwarded to the leader;
+    /// while no leader is known it waits for one.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        let bytes = command;
         let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
         loop {
             let leader = match self.writes.write(RaftRequest(bytes.clone())).await {
-                Ok(resp) => {
-                    return decode_result(&resp.data.0)
-                        .map_err(ProposeError::Stopped)?
-                        .map_err(ProposeError::Refused)
-                }
+                Ok(resp) => return Ok(resp.data.0),
                 // Not proposed here: safe to send elsewhere.
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id,
                 Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
@@ -348,29 +382,31 @@ impl Replica {
 
     /// Sends an encoded command to the leader over the forward stream. `NotLeader` means it
     /// was certainly not proposed (so it may be retried); a lost answer is `Unknown`.
-    async fn forward(&self, leader: u64, bytes: &[u8]) -> Result<Applied, ProposeError> {
+    async fn forward(&self, leader: u64, bytes: &[u8]) -> Result<Vec<u8>, ProposeError> {
         let stream = self.forward_stream(leader).await?;
-        let result = match stream.forward(bytes.to_vec()).await {
-            Forwarded::Answered(Ok(resp)) => resp,
-            Forwarded::Answered(Err(s)) if s.message() == crate::peer::NOT_LEADER => {
-                return Err(ProposeError::NotLeader(None))
+        match stream.forward(bytes.to_vec()).await {
+            Forwarded::Answered(Ok(resp)) => Ok(resp),
+            Forwarded::Answered(Err((ForwardRefusal::NotLeader, _))) => {
+                Err(ProposeError::NotLeader(None))
             }
-            Forwarded::Answered(Err(s)) => {
-                tracing::warn!(status = %s, "forwarded write failed at the leader");
-                return Err(ProposeError::Unknown);
+            Forwarded::Answered(Err((ForwardRefusal::Undecodable, why))) => {
+                // Never proposed; this member and the leader disagree on what may be applied.
+                tracing::error!(leader, why, "the leader refused a forwarded write");
+                Err(ProposeError::Stopped(why))
+            }
+            Forwarded::Answered(Err((refusal, why))) => {
+                tracing::warn!(?refusal, why, "forwarded write failed at the leader");
+                Err(ProposeError::Unknown)
             }
             Forwarded::NotSent(why) => {
                 tracing::debug!(leader, why, "forwarded write not sent");
-                return Err(ProposeError::NotLeader(None));
+                Err(ProposeError::NotLeader(None))
             }
             Forwarded::Lost => {
                 tracing::warn!(leader, "forwarded write lost its answer");
-                return Err(ProposeError::Unknown);
+                Err(ProposeError::Unknown)
             }
-        };
-        decode_result(&result)
-            .map_err(ProposeError::Stopped)?
-            .map_err(ProposeError::Refused)
+        }
     }
 
     /// The open forward stream to `leader`, opened (again) when there is none.
@@ -449,41 +485,11 @@ impl Replica {
             .ok_or_else(|| ProposeError::Stopped(format!("read index {index} not applied in time")))
     }
 
-    /// Renews a lease at the leader (which runs lease timers); returns the TTL, 0 if unknown.
-    pub async fn lease_renew(&self, id: i64) -> Result<i64, ProposeError> {
-        let leader = self.leader().await?;
-        if leader == self.id {
-            if !leads_caught_up(&self.raft).await {
-                return Err(ProposeError::NotLeader(None));
-            }
-            return Ok(self.store.lease_renew(id).unwrap_or(0));
-        }
-        let resp = self
-            .peer(leader)?
-            .lease_renew(LeaseKeepAliveRequest { id })
-            .await
-            .map_err(|_| ProposeError::NotLeader(None))?;
-        Ok(resp.into_inner().ttl)
-    }
-
-    /// A lease's remaining TTL as the leader knows it.
-    pub async fn lease_ttl(
-        &self,
-        req: LeaseTimeToLiveRequest,
-    ) -> Result<LeaseTimeToLiveResponse, ProposeError> {
-        let leader = self.leader().await?;
-        if leader == self.id {
-            if !leads_caught_up(&self.raft).await {
-                return Err(ProposeError::NotLeader(None));
-            }
-            return Ok(lease_ttl(&self.store, &req));
-        }
-        let resp = self
-            .peer(leader)?
-            .lease_time_to_live(req)
-            .await
-            .map_err(|_| ProposeError::NotLeader(None))?;
-        Ok(resp.into_inner())
+    /// True once this member leads and has applied everything committed before its term
+    /// (state read straight from the group, such as lease timers, is then not behind what was
+    /// acknowledged); a new leader waits for that, briefly. False at once on a follower.
+    pub async fn leads_caught_up(&self) -> bool {
+        leads_caught_up(&self.raft).await
     }
 
     /// Members of the current configuration.
@@ -678,7 +684,8 @@ impl Replica {
 #[error("{0}")]
 pub struct StartError(pub String);
 
-/// Follows this member's role until Raft stops: counts changes of the known leader, and lets
+/// Follows this member's role until Raft stops: publishes it to [`Replica::roles`], counts
+/// changes of the known leader, and lets
 /// the log fsync lone appends on the Raft task except on a leader with peers (which sends new
 /// entries to them while its own fsync runs). It watches the server metrics, which change
 /// only with the vote, role, leader or membership: the full metrics change with every write,
@@ -690,10 +697,11 @@ async fn watch_role(
     >,
     count: Arc<std::sync::atomic::AtomicU64>,
     log: LogStore,
+    roles: tokio::sync::watch::Sender<Role>,
 ) {
     let mut last = None;
     loop {
-        let (leader, replicates) = {
+        let (leader, replicates, role) = {
             let m = metrics.borrow_watched();
             // Learners count: they are replicated to too. (A leader being removed may not be
             // in the membership itself.)
@@ -702,11 +710,19 @@ async fn watch_role(
                 .membership()
                 .nodes()
                 .any(|(id, _)| *id != m.id);
-            (
-                m.current_leader,
-                m.state == openraft::ServerState::Leader && peers,
-            )
+            let leading = m.state == openraft::ServerState::Leader;
+            let role = Role {
+                leading,
+                leader: if leading {
+                    Some(m.id)
+                } else {
+                    m.current_leader.filter(|l| *l != m.id)
+                },
+                term: m.vote.leader_id().term,
+            };
+            (m.current_leader, leading && peers, role)
         };
+        roles.send_if_modified(|r| std::mem::replace(r, role) != role);
         log.flush_inline(!replicates);
         if leader != last && leader.is_some() {
             count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

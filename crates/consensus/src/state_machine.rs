@@ -1,54 +1,52 @@
-//! The Raft state machine: applies committed entries to the MVCC store in batches, keeping the
-//! applied log id and membership in the same transaction; its snapshots are the store itself.
+//! The Raft state machine: applies committed entries to the group's [`GroupState`] in
+//! batches, keeping the applied log id and membership in the same transaction; its snapshots
+//! are the state itself.
 //!
 //! Batches are applied without their own fsync: the Raft log already holds them durably, and
 //! after a crash openraft re-applies from the last durable applied id. A snapshot is a durable
-//! commit of the store plus a read view of exactly that state ([`berth_store::StoreView`]):
-//! building one copies nothing, so the log can be purged behind durable state at the cost of
-//! one commit, and the bytes are only produced when the view is sent to a member that needs
-//! them (like etcd, whose snapshots are its bolt file). A snapshot received from a leader
-//! arrives as a file, installed and then deleted. Snapshot writing and installing run where
-//! [`StorageIo`] says (blocking threads in production).
+//! commit of the state plus a read view of exactly that state ([`GroupView`]): building one
+//! copies nothing, so the log can be purged behind durable state at the cost of one commit,
+//! and the bytes are only produced when the view is sent to a member that needs them (like
+//! etcd, whose snapshots are its bolt file). A snapshot received from a leader arrives as a
+//! file, installed and then deleted. Snapshot writing and installing run where [`StorageIo`]
+//! says (blocking threads in production).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use berth_store::{Command, Store, StoreView};
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::type_config::alias::SnapshotOf;
 use openraft::{EntryPayload, OptionalSend};
 
-use crate::codec::{decode_command, encode_result};
 use crate::env::StorageIo;
+use crate::group::{ApplyError, GroupState, GroupView};
 use crate::types::{LogId, RaftResponse, SnapshotMeta, StoredMembership, TypeConfig};
 
-/// Blob in the store holding `(applied log id, membership)`.
+/// Metadata key holding `(applied log id, membership)`.
 const RAFT_STATE: &str = "raft.state";
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// A snapshot's data: a view of the local store, or a snapshot stream received in a file.
+/// A snapshot's data: a view of the local state, or a snapshot stream received in a file.
 #[derive(Debug, Clone)]
-pub enum StoreSnapshot {
-    /// The local store as of the snapshot, written out when it is sent.
-    View(Arc<StoreView>),
-    /// A store snapshot stream (the format of [`Store::snapshot`]) in a file.
+pub enum GroupSnapshot {
+    /// The local state as of the snapshot, written out when it is sent.
+    View(Arc<dyn GroupView>),
+    /// A snapshot stream (the format of [`GroupView::write_to`]) in a file.
     File(PathBuf),
 }
 
-impl StoreSnapshot {
+impl GroupSnapshot {
     /// Writes the snapshot stream, chunk by chunk, to `sink` (blocking: run it off the async
     /// runtime's threads).
     pub fn write_to(&self, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         match self {
-            StoreSnapshot::View(view) => view
-                .write_snapshot(|chunk| sink(chunk).map_err(berth_store::StoreError::Io))
-                .map_err(io_err),
-            StoreSnapshot::File(path) => {
+            GroupSnapshot::View(view) => view.write_to(&mut sink),
+            GroupSnapshot::File(path) => {
                 let mut file = std::fs::File::open(path)?;
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
@@ -83,11 +81,13 @@ fn remove_stale_files(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes the store durable and takes a view of it as a snapshot; the flag says whether
-/// anything was ever applied (without, the snapshot is of an empty store).
-fn durable_snapshot(store: &Store) -> io::Result<(SnapshotOf<TypeConfig, StoreSnapshot>, bool)> {
-    let view = store.durable_view().map_err(io_err)?;
-    let blob = view.blob(RAFT_STATE).map_err(io_err)?;
+/// Makes the state durable and takes a view of it as a snapshot; the flag says whether
+/// anything was ever applied (without, the snapshot is of an empty state).
+fn durable_snapshot(
+    state: &dyn GroupState,
+) -> io::Result<(SnapshotOf<TypeConfig, GroupSnapshot>, bool)> {
+    let view = state.durable_view()?;
+    let blob = view.meta(RAFT_STATE)?;
     let applied = blob.is_some();
     let (last_log_id, last_membership): (Option<LogId>, StoredMembership) = match blob {
         Some(b) => rmp_serde::from_slice(&b).map_err(io_err)?,
@@ -98,7 +98,7 @@ fn durable_snapshot(store: &Store) -> io::Result<(SnapshotOf<TypeConfig, StoreSn
             last_log_id,
             last_membership,
         },
-        snapshot: StoreSnapshot::View(Arc::new(view)),
+        snapshot: GroupSnapshot::View(view),
     };
     Ok((snapshot, applied))
 }
@@ -112,26 +112,26 @@ pub struct SnapshotCounters {
     pub installed: std::sync::atomic::AtomicU64,
 }
 
-/// The state machine over a [`Store`].
+/// The state machine over a group's [`GroupState`].
 pub struct StateMachine {
-    store: Arc<Store>,
+    state: Arc<dyn GroupState>,
     dir: PathBuf,
     counters: Arc<SnapshotCounters>,
     io: StorageIo,
     /// The membership last applied (as stored in the `RAFT_STATE` blob), kept so that each
     /// batch does not read and decode the blob again; `None` until first needed and after a
-    /// snapshot replaces the store.
+    /// snapshot replaces the state.
     membership: Option<StoredMembership>,
 }
 
 impl StateMachine {
-    /// A state machine applying to `store`, keeping snapshots in `dir`, doing storage work
-    /// where `io` says.
-    pub fn new(store: Arc<Store>, dir: &Path, io: StorageIo) -> io::Result<StateMachine> {
+    /// A state machine applying to `state`, keeping received snapshots in `dir`, doing
+    /// storage work where `io` says.
+    pub fn new(state: Arc<dyn GroupState>, dir: &Path, io: StorageIo) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
         remove_stale_files(dir)?;
         Ok(StateMachine {
-            store,
+            state,
             dir: dir.to_path_buf(),
             counters: Arc::default(),
             io,
@@ -144,26 +144,26 @@ impl StateMachine {
         self.counters.clone()
     }
 
-    fn raft_state(store: &Store) -> io::Result<(Option<LogId>, StoredMembership)> {
-        match store.blob(RAFT_STATE).map_err(io_err)? {
+    fn raft_state(state: &dyn GroupState) -> io::Result<(Option<LogId>, StoredMembership)> {
+        match state.meta(RAFT_STATE)? {
             Some(b) => rmp_serde::from_slice(&b).map_err(io_err),
             None => Ok((None, StoredMembership::default())),
         }
     }
 }
 
-/// Builds snapshots of the store.
+/// Builds snapshots of the state.
 pub struct Builder {
-    store: Arc<Store>,
+    state: Arc<dyn GroupState>,
     counters: Arc<SnapshotCounters>,
     io: StorageIo,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
-    type SnapshotData = StoreSnapshot;
+    type SnapshotData = GroupSnapshot;
 
-    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, StoreSnapshot>> {
-        let store = self.store.clone();
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, GroupSnapshot>> {
+        let state = self.state.clone();
         let counters = self.counters.clone();
         self.io
             .run(move || {
@@ -171,7 +171,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
                     .built
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Everything the snapshot covers is durable before the log behind it is purged.
-                let (snapshot, _) = durable_snapshot(&store)?;
+                let (snapshot, _) = durable_snapshot(&*state)?;
                 tracing::info!(index = ?snapshot.meta.last_log_id.map(|l| l.index), "snapshot taken");
                 Ok(snapshot)
             })
@@ -180,11 +180,11 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = StoreSnapshot;
+    type SnapshotData = GroupSnapshot;
     type SnapshotBuilder = Builder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        Self::raft_state(&self.store)
+        Self::raft_state(&*self.state)
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -193,10 +193,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut membership = match self.membership.take() {
             Some(m) => m,
-            None => Self::raft_state(&self.store)?.1,
+            None => Self::raft_state(&*self.state)?.1,
         };
         let mut last = None;
-        let mut cmds: Vec<Command> = Vec::new();
+        let mut cmds: Vec<Vec<u8>> = Vec::new();
+        let mut indexes: Vec<u64> = Vec::new();
         // For each entry: its responder and the index of its command in `cmds`, if any.
         let mut slots = Vec::new();
         while let Some(item) = entries.next().await {
@@ -204,27 +205,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last = Some(entry.log_id);
             let slot = match entry.payload {
                 EntryPayload::Blank => None,
-                EntryPayload::Normal(req) => match decode_command(&req.0) {
-                    Ok(cmd) => {
-                        cmds.push(cmd);
-                        Some(cmds.len() - 1)
-                    }
-                    Err(e) => {
-                        // Never skipped: a build that could decode it (another decoder limit,
-                        // a newer command) would apply it and the members would diverge, and
-                        // its writer was told nothing. Stopping here stops Raft (a storage
-                        // error), which stops the member; the entry stays in the log.
-                        tracing::error!(index = entry.log_id.index, error = %e, "a committed log entry cannot be decoded; stopping");
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "committed log entry {} cannot be decoded ({e}); this member stops \
-                                 rather than skip it (run a berth build that can read it)",
-                                entry.log_id.index
-                            ),
-                        ));
-                    }
-                },
+                EntryPayload::Normal(req) => {
+                    cmds.push(req.0);
+                    indexes.push(entry.log_id.index);
+                    Some(cmds.len() - 1)
+                }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m);
                     None
@@ -236,19 +221,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.membership = Some(membership);
             return Ok(());
         }
-        let state = rmp_serde::to_vec(&(last, &membership)).map_err(io_err)?;
-        // On this task: a batch's redb commit is not fsynced (the Raft log is the durable
-        // record) and fan-out to watchers is one queue push per watch stream, so a hand-off to
-        // a blocking thread would cost more than it saves.
-        let results = self
-            .store
-            .apply_batch_with(&cmds, &[(RAFT_STATE, state)], false)
-            .map_err(io_err)?;
+        let raft_state = rmp_serde::to_vec(&(last, &membership)).map_err(io_err)?;
+        // On this task: a batch's commit is not fsynced (the Raft log is the durable record)
+        // and the store's fan-out to watchers is one queue push per watch stream, so a
+        // hand-off to a blocking thread would cost more than it saves.
+        let commands: Vec<&[u8]> = cmds.iter().map(Vec::as_slice).collect();
+        let results = match self.state.apply(&commands, (RAFT_STATE, &raft_state)) {
+            Ok(results) => results,
+            Err(ApplyError::Undecodable { at, reason }) => {
+                // Never skipped: a build that could decode it (another decoder limit, a newer
+                // command) would apply it and the members would diverge, and its writer was
+                // told nothing. Stopping here stops Raft (a storage error), which stops the
+                // member; the entry stays in the log.
+                let index = indexes.get(at).copied().unwrap_or_default();
+                tracing::error!(index, error = %reason, "a committed log entry cannot be decoded; stopping");
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "committed log entry {index} cannot be decoded ({reason}); this member \
+                         stops rather than skip it (run a berth build that can read it)"
+                    ),
+                ));
+            }
+            Err(ApplyError::Storage(e)) => return Err(e),
+        };
         self.membership = Some(membership);
         for (responder, slot) in slots {
             let Some(responder) = responder else { continue };
             let resp = match slot.and_then(|i| results.get(i)) {
-                Some(r) => RaftResponse(encode_result(r)),
+                Some(r) => RaftResponse(r.clone()),
                 None => RaftResponse::default(),
             };
             responder.send(resp);
@@ -258,7 +259,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         Builder {
-            store: self.store.clone(),
+            state: self.state.clone(),
             counters: self.counters.clone(),
             io: self.io,
         }
@@ -267,9 +268,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: StoreSnapshot,
+        snapshot: GroupSnapshot,
     ) -> io::Result<()> {
-        let store = self.store.clone();
+        let state = self.state.clone();
         let dir = self.dir.clone();
         let meta = meta.clone();
         self.membership = None;
@@ -279,9 +280,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.io
             .run(move || {
                 let path = match &snapshot {
-                    StoreSnapshot::File(path) => path.clone(),
-                    StoreSnapshot::View(_) => {
-                        // Another store's view (only tests hand one over directly): write it
+                    GroupSnapshot::File(path) => path.clone(),
+                    GroupSnapshot::View(_) => {
+                        // Another state's view (only tests hand one over directly): write it
                         // out, then install it like a received one.
                         let path = dir.join("installing-view.tmp");
                         let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
@@ -292,11 +293,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 let installed = std::fs::File::open(&path)
                     .map(std::io::BufReader::new)
-                    .and_then(|file| store.install_snapshot(file).map_err(io_err));
+                    .and_then(|mut file| state.install(&mut file));
                 let _ = std::fs::remove_file(&path);
                 installed?;
                 // The stream carries its own applied id; it must be the one openraft was told.
-                let (applied, _) = StateMachine::raft_state(&store)?;
+                let (applied, _) = StateMachine::raft_state(&*state)?;
                 if applied != meta.last_log_id {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -314,11 +315,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> io::Result<Option<SnapshotOf<TypeConfig, StoreSnapshot>>> {
-        let store = self.store.clone();
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, GroupSnapshot>>> {
+        let state = self.state.clone();
         self.io
             .run(move || {
-                let (snapshot, applied) = durable_snapshot(&store)?;
+                let (snapshot, applied) = durable_snapshot(&*state)?;
                 Ok(applied.then_some(snapshot))
             })
             .await
@@ -328,10 +329,60 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::encode_command;
     use crate::types::{Entry, RaftRequest};
-    use berth_proto::etcdserverpb::PutRequest;
-    use berth_store::StoreOptions;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A group state in memory: commands are kept in order; an empty command cannot be
+    /// decoded.
+    #[derive(Default)]
+    struct MemState {
+        commands: Mutex<Vec<Vec<u8>>>,
+        meta: Mutex<HashMap<String, Vec<u8>>>,
+    }
+
+    impl GroupState for MemState {
+        fn check(&self, command: &[u8]) -> Result<(), String> {
+            if command.is_empty() {
+                Err("empty command".into())
+            } else {
+                Ok(())
+            }
+        }
+
+        fn apply(
+            &self,
+            commands: &[&[u8]],
+            meta: (&str, &[u8]),
+        ) -> Result<Vec<Vec<u8>>, ApplyError> {
+            if let Some(at) = commands.iter().position(|c| self.check(c).is_err()) {
+                return Err(ApplyError::Undecodable {
+                    at,
+                    reason: "empty command".into(),
+                });
+            }
+            let mut applied = self.commands.lock().expect("lock");
+            applied.extend(commands.iter().map(|c| c.to_vec()));
+            let mut kept = self.meta.lock().expect("lock");
+            kept.insert(meta.0.to_string(), meta.1.to_vec());
+            Ok(commands
+                .iter()
+                .map(|c| c.len().to_le_bytes().to_vec())
+                .collect())
+        }
+
+        fn meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+            Ok(self.meta.lock().expect("lock").get(key).cloned())
+        }
+
+        fn durable_view(&self) -> io::Result<Arc<dyn GroupView>> {
+            Err(io::Error::other("not in this test"))
+        }
+
+        fn install(&self, _snapshot: &mut dyn io::Read) -> io::Result<()> {
+            Err(io::Error::other("not in this test"))
+        }
+    }
 
     fn entry(index: u64, bytes: Vec<u8>) -> io::Result<EntryResponder<TypeConfig>> {
         Ok((
@@ -344,28 +395,28 @@ mod tests {
     }
 
     /// An entry no member can decode used to be skipped with an ERROR (its writer told
-    /// nothing, and a build with another decoder would apply it): it now fails the apply,
-    /// which stops Raft, and nothing of its batch is applied.
+    /// nothing, and a build with another decoder would apply it): it fails the apply, which
+    /// stops Raft, names the entry's log index, and nothing of its batch is applied.
     #[tokio::test]
     async fn an_undecodable_entry_stops_the_apply_instead_of_being_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("store"), StoreOptions::default()).expect("store");
-        let mut sm = StateMachine::new(store.clone(), &dir.path().join("snap"), StorageIo::Inline)
-            .expect("sm");
-        let put = encode_command(&Command::Put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        }));
-        let garbage = vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f];
-        let batch = futures::stream::iter([entry(1, put), entry(2, garbage)]);
+        let state = Arc::new(MemState::default());
+        let mut sm =
+            StateMachine::new(state.clone(), dir.path(), StorageIo::Inline).expect("state machine");
+        let batch = futures::stream::iter([entry(1, b"put".to_vec()), entry(2, Vec::new())]);
         let err = sm.apply(batch).await.expect_err("refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(
             err.to_string().contains("entry 2 cannot be decoded"),
             "{err}"
         );
-        assert_eq!(store.revision(), 1, "nothing of the batch was applied");
+        assert!(state.commands.lock().expect("lock").is_empty());
         assert_eq!(sm.applied_state().await.expect("state").0, None);
+        // A batch it can apply goes through, with its applied id beside it.
+        let batch = futures::stream::iter([entry(1, b"put".to_vec())]);
+        sm.apply(batch).await.expect("applied");
+        assert_eq!(*state.commands.lock().expect("lock"), vec![b"put".to_vec()]);
+        let applied = sm.applied_state().await.expect("state").0;
+        assert_eq!(applied.map(|l| l.index), Some(1));
     }
 }

@@ -1,4 +1,4 @@
-//! The openraft type configuration of berth: what a log entry carries (an encoded command),
+//! The openraft type configuration of berth: what a log entry carries (opaque command bytes),
 //! what applying one returns, and what a member is (name and URLs).
 
 use std::fmt;
@@ -12,7 +12,7 @@ pub struct Member {
     pub name: String,
     /// Peer URLs (replication traffic).
     pub peer_urls: Vec<String>,
-    /// Client URLs (etcd API).
+    /// Client URLs (where the member serves its client APIs).
     pub client_urls: Vec<String>,
 }
 
@@ -22,7 +22,8 @@ impl fmt::Display for Member {
     }
 }
 
-/// A log entry's payload: one command, protobuf-encoded (`berth.raft.Request`).
+/// A log entry's payload: one command of the group's state machine, as opaque bytes (the meta
+/// group's are `berth.store.Request`s).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftRequest(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
@@ -32,7 +33,7 @@ impl fmt::Display for RaftRequest {
     }
 }
 
-/// The result of applying an entry: protobuf-encoded `berth.raft.Response` (empty for
+/// The result of applying an entry, as opaque bytes from the group's state machine (empty for
 /// entries that carry no command).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftResponse(#[serde(with = "serde_bytes")] pub Vec<u8>);

@@ -4,7 +4,9 @@
 //! - [`mvccpb`]: key-value and event messages shared by KV and Watch.
 //! - [`authpb`]: users, roles and permissions.
 //! - [`etcdserverpb`]: the KV, Watch, Lease, Cluster, Maintenance and Auth services.
-//! - [`berth::raft`]: berth's replication messages and peer service.
+//! - [`berth::raft`]: berth's peer service (consensus over opaque entries).
+//! - [`berth::store`]: the store's log commands and results; [`berth::lease`]: the leader's
+//!   lease service.
 //! - [`watch_frame`] and [`etcd_watch`]: the Watch service with pre-encoded responses.
 //! - [`keys`]: etcd's prefix → range_end convention, shared by the CLI and the bench.
 //!
@@ -66,8 +68,16 @@ pub mod watch_frame;
 
 /// berth's own protocols.
 pub mod berth {
-    /// Replication: log commands, their results, and the peer service (`berth.raft`).
+    /// Replication: the peer service, over opaque entries (`berth.raft`).
     pub mod raft {
         tonic::include_proto!("berth.raft");
+    }
+    /// The meta group's log commands and their results (`berth.store`).
+    pub mod store {
+        tonic::include_proto!("berth.store");
+    }
+    /// Lease renewals and TTL queries sent to the leader (`berth.lease`).
+    pub mod lease {
+        tonic::include_proto!("berth.lease");
     }
 }

@@ -4,6 +4,8 @@
 use berth_store::StoreError;
 use tonic::{Code, Status};
 
+use crate::consensus::WriteError;
+
 /// Errors of the etcd API layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -144,6 +146,26 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The etcd face's reading of the write path's neutral errors.
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> ApiError {
+        match e {
+            WriteError::Refused(e) => e.into(),
+            WriteError::NotLeader => ApiError::NoLeader,
+            WriteError::Membership(reason) => ApiError::Membership(reason),
+            // Not a failure: the write may have been applied (etcd's "leader changed").
+            WriteError::Unknown => ApiError::LeaderChanged,
+            WriteError::Stopped(_) => ApiError::Stopped,
+        }
+    }
+}
+
+impl From<WriteError> for Status {
+    fn from(e: WriteError) -> Status {
+        ApiError::from(e).into()
+    }
+}
+
 /// Maps a store error straight to the gRPC status etcd would send.
 pub fn store_status(e: StoreError) -> Status {
     ApiError::from(e).into()
@@ -165,6 +187,16 @@ mod tests {
         assert_eq!(
             (s.code(), s.message()),
             (Code::NotFound, "etcdserver: requested lease not found")
+        );
+        let s: Status = WriteError::Unknown.into();
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unavailable, "etcdserver: leader changed")
+        );
+        let s: Status = WriteError::NotLeader.into();
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unavailable, "etcdserver: no leader")
         );
         let s: Status = ApiError::RequestTooLarge.into();
         assert_eq!(

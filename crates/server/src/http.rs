@@ -29,8 +29,8 @@ pub fn router(node: Arc<Node>) -> Router {
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let body = node.metrics.render(
         &node.store,
-        &node.proposer.status(),
-        &node.proposer.sharing(),
+        &node.consensus.status(),
+        &node.consensus.sharing(),
     );
     (
         [(
@@ -59,10 +59,10 @@ struct HealthQuery {
 /// leader must be known, a read must succeed in time (linearizable unless `serializable`:
 /// it then needs a quorum), and no alarm may be active (but an excluded one).
 async fn unhealthy(node: &Node, q: &HealthQuery) -> Option<String> {
-    if let Some(why) = node.proposer.replica().stopped() {
+    if let Some(why) = node.consensus.stopped() {
         return Some(format!("RAFT STOPPED: {why}"));
     }
-    if node.proposer.status().leader.is_none() {
+    if node.consensus.status().leader.is_none() {
         return Some("RAFT NO LEADER".into());
     }
     let probe = RangeRequest {
@@ -72,7 +72,7 @@ async fn unhealthy(node: &Node, q: &HealthQuery) -> Option<String> {
     };
     let read = async {
         if !q.serializable {
-            node.proposer
+            node.consensus
                 .read_index()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -120,7 +120,7 @@ async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> 
 /// `/livez`: the process is alive and its Raft runs (a stopped one would not recover
 /// without a restart); says nothing of quorum or alarms.
 async fn livez(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    match node.proposer.replica().stopped() {
+    match node.consensus.stopped() {
         None => (StatusCode::OK, "ok\n".to_string()),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`config`]: flags, environment and TOML file, layered.
 //! - [`member`]: member and cluster identity.
-//! - [`proposer`]: the write path (group commit on one node; Raft later).
+//! - [`consensus`]: the one write path every face uses (the meta group's Raft), with
+//!   protocol-neutral errors; [`meta_group`]: the store as that group's state.
+//! - [`lease`]: the lease domain (grant, renewal at the leader, TTL, expiry by role).
 //! - [`api`]: one module per etcd service.
 //! - [`authority`]: repairs the malformed HTTP/2 `:authority` etcd's Go clients send.
 //! - [`errors`]: etcd's error codes and messages.
@@ -17,13 +19,15 @@
 pub mod api;
 pub mod authority;
 pub mod config;
+pub mod consensus;
 pub mod errors;
 pub mod http;
+pub mod lease;
 pub mod listen;
 pub mod member;
+pub mod meta_group;
 pub mod metrics;
 pub mod node;
-pub mod proposer;
 pub mod space;
 
 use tracing_subscriber::EnvFilter;

@@ -19,16 +19,16 @@ use tokio::sync::watch;
 use crate::api::auth::AuthService;
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
-use crate::api::lease::{revoke, LeaseService};
+use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::api::Node;
 use crate::authority::AuthorityFix;
 use crate::config::{ClusterState, Config};
-use crate::errors::ApiError;
+use crate::consensus::Consensus;
+use crate::lease::Leases;
 use crate::member::MemberInfo;
 use crate::metrics::{GrpcMetricsLayer, Metrics};
-use crate::proposer::Proposer;
 use berth_net::CoalescedWrites;
 
 /// etcd's allowance for gRPC framing on top of `--max-request-bytes`.
@@ -37,8 +37,6 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often every member checks the quota and its disk's free space.
 const SPACE_TICK: Duration = Duration::from_millis(500);
-/// How often lease expiry is checked.
-const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
 /// Opens the store and builds the shared node state.
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
@@ -78,10 +76,12 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Node>
     )
     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
-    let proposer = Proposer::start(store.clone(), cfg, &member, metrics.clone(), env).await?;
+    let consensus = Consensus::start(store.clone(), cfg, &member, metrics.clone(), env).await?;
+    let leases = Leases::new(store.clone(), consensus.clone(), metrics.clone());
     Ok(Arc::new(Node {
         store,
-        proposer,
+        consensus,
+        leases,
         member,
         config: cfg.clone(),
         metrics,
@@ -115,48 +115,12 @@ pub fn grpc_router(node: &Arc<Node>) -> tonic::service::Routes {
     .add_service(AuthServer::new(AuthService::new(node.clone())).max_decoding_message_size(limit))
 }
 
-/// Revokes leases whose TTL ran out, until `stop` changes.
-async fn expire_leases(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(EXPIRY_TICK);
-    let mut leading = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        // Only the leader expires leases, so every member deletes the same keys at the same
-        // revision (the revocation goes through the log).
-        let is_leader = node.proposer.status().is_leader;
-        if is_leader && !leading {
-            // Keep-alives went to the previous leader: give every lease a full TTL from now,
-            // as etcd's new leaders do, instead of expiring them on stale deadlines.
-            node.store.renew_all_leases();
-            tracing::info!(
-                leases = node.store.lease_ids().len(),
-                "became leader; lease TTLs restarted"
-            );
-        }
-        leading = is_leader;
-        if !is_leader {
-            continue;
-        }
-        let expired = node.store.expired_leases(1000);
-        if expired.is_empty() {
-            continue;
-        }
-        // Revoked together so they share commits.
-        let results = futures::future::join_all(expired.iter().map(|id| revoke(&node, *id))).await;
-        for (id, r) in expired.iter().zip(results) {
-            match r {
-                Ok(_) => {
-                    node.metrics.leases_expired.inc();
-                    tracing::debug!(lease = id, "lease expired");
-                }
-                Err(ApiError::LeaseNotFound) => {}
-                Err(e) => tracing::warn!(lease = id, error = %e, "revoking expired lease"),
-            }
-        }
-    }
+/// The services of the peer port: Raft's (every group of this member) and the leader's
+/// lease service.
+pub fn peer_router(node: &Arc<Node>) -> tonic::service::Routes {
+    tonic::service::Routes::new(node.consensus.peer_service()).add_service(
+        crate::lease::leader::service(node.leases.clone(), node.consensus.clone()),
+    )
 }
 
 /// Runs a node until `shutdown` completes.
@@ -206,11 +170,11 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         tracing::info!(address = %listener.local_addr()?, "serving peers");
         let incoming = listener.map(|conn| conn.map(CoalescedWrites::new));
         let mut stop = stop_rx.clone();
-        let service = node.proposer.replica().peer_service();
+        let routes = peer_router(&node);
         let mut server = crate::listen::grpc_server(&cfg);
         tasks.spawn(async move {
             server
-                .add_service(service)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.changed().await;
                 })
@@ -233,10 +197,10 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         });
     }
     tasks.spawn({
-        let node = node.clone();
+        let leases = node.leases.clone();
         let stop = stop_rx.clone();
         async move {
-            expire_leases(node, stop).await;
+            leases.run_expiry(stop).await;
             Ok(())
         }
     });
@@ -262,7 +226,7 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         }
     });
     tasks.spawn({
-        let replica = node.proposer.replica().clone();
+        let consensus = node.consensus.clone();
         let mut stop = stop_rx.clone();
         async move {
             // Raft stops on its own only on a fatal error (a full disk, a damaged or
@@ -270,7 +234,7 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
             // linearizable reads. It exits non-zero instead, as etcd does, so a supervisor
             // restarts it (the restart loses nothing: the log holds every acknowledged write).
             let why = tokio::select! {
-                why = replica.wait_stopped() => why,
+                why = consensus.wait_stopped() => why,
                 // Shutting down: Raft is stopped on purpose after the servers.
                 _ = stop.changed() => return Ok(()),
             };
@@ -307,7 +271,7 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         while tasks.join_next().await.is_some() {}
     })
     .await;
-    node.proposer.shutdown().await;
+    node.consensus.shutdown().await;
     // Make everything the state machine applied durable before exiting.
     if let Err(e) = node.store.flush() {
         tracing::warn!(error = %e, "flushing the store at shutdown");

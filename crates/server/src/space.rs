@@ -13,7 +13,7 @@ use berth_proto::etcdserverpb::alarm_request::AlarmAction;
 use berth_proto::etcdserverpb::{AlarmRequest, AlarmType};
 use berth_store::Command;
 
-use crate::proposer::Proposer;
+use crate::consensus::Consensus;
 
 /// How often the disk's free space is read (a `statvfs` per write would cost more).
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -99,7 +99,7 @@ impl SpaceGuard {
         &self,
         why: Shortage,
         member_id: u64,
-        proposer: &Proposer,
+        consensus: &Consensus,
     ) -> Option<tokio::task::JoinHandle<()>> {
         if self.raising.swap(true, Ordering::AcqRel) {
             return None;
@@ -121,10 +121,10 @@ impl SpaceGuard {
             member_id,
             alarm: AlarmType::Nospace as i32,
         });
-        let proposer = proposer.clone();
+        let consensus = consensus.clone();
         let raising = self.raising.clone();
         Some(tokio::spawn(async move {
-            if let Err(e) = proposer.propose(alarm).await {
+            if let Err(e) = consensus.propose(alarm).await {
                 tracing::warn!(error = %e, "raising the NOSPACE alarm failed; will retry");
             }
             raising.store(false, Ordering::Release);

@@ -24,25 +24,13 @@ use crate::lease::Lessor;
 use crate::read;
 use crate::revision::Revision;
 
-/// A state-machine command: one client write request (what a Raft log entry carries).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// KV.Put
-    Put(PutRequest),
-    /// KV.DeleteRange
-    DeleteRange(DeleteRangeRequest),
-    /// KV.Txn
-    Txn(TxnRequest),
-    /// KV.Compact
-    Compact(CompactionRequest),
-    /// Lease.LeaseGrant (the ID is chosen before the command is proposed).
-    LeaseGrant(LeaseGrantRequest),
-    /// Lease.LeaseRevoke (also used for expiry).
-    LeaseRevoke(LeaseRevokeRequest),
-    /// Maintenance.Alarm activate or deactivate: alarms are cluster state, replicated and
-    /// kept, as in etcd (a NOSPACE alarm raised on one member stops writes on every member).
-    Alarm(AlarmRequest),
-}
+/// A state-machine command: one client write request (what a Raft log entry carries). It is
+/// the log's own protobuf oneof (`berth.store.Request`), so adding a command is one field in
+/// `store.proto` and one arm of [`Writer::apply`]'s match. `Compaction` is KV.Compact;
+/// `LeaseGrant` carries an ID chosen before it is proposed; `LeaseRevoke` is also expiry;
+/// `Alarm` activates or deactivates an alarm, which is cluster state, replicated and kept, as
+/// in etcd (a NOSPACE alarm raised on one member stops writes on every member).
+pub use berth_proto::berth::store::request::Request as Command;
 
 /// The response a command produced; headers carry only the revision.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,8 +41,8 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     /// Response to [`Command::Txn`].
     Txn(TxnResponse),
-    /// Response to [`Command::Compact`].
-    Compact(CompactionResponse),
+    /// Response to [`Command::Compaction`].
+    Compaction(CompactionResponse),
     /// Response to [`Command::LeaseGrant`].
     LeaseGrant(LeaseGrantResponse),
     /// Response to [`Command::LeaseRevoke`].
@@ -137,7 +125,7 @@ impl Writer<'_, '_> {
                 self.check_txn(t, &path, &mut 0)?;
                 Applied::Txn(self.txn(&mut rev, t, &path, &mut 0)?)
             }
-            Command::Compact(c) => Applied::Compact(self.compact(c)?),
+            Command::Compaction(c) => Applied::Compaction(self.compact(c)?),
             Command::LeaseGrant(g) => Applied::LeaseGrant(self.lease_grant(g)?),
             Command::LeaseRevoke(r) => Applied::LeaseRevoke(self.lease_revoke(&mut rev, r)?),
             Command::Alarm(a) => Applied::Alarm(self.alarm(a)?),
@@ -145,7 +133,7 @@ impl Writer<'_, '_> {
         if rev.sub > 0
             || matches!(
                 out,
-                Applied::Compact(_)
+                Applied::Compaction(_)
                     | Applied::LeaseGrant(_)
                     | Applied::LeaseRevoke(_)
                     | Applied::Alarm(_)
@@ -500,9 +488,9 @@ fn with_revision(out: Applied, revision: i64) -> Applied {
             fill_txn_headers(&mut t, revision);
             Applied::Txn(t)
         }
-        Applied::Compact(mut c) => {
+        Applied::Compaction(mut c) => {
             c.header = header(revision);
-            Applied::Compact(c)
+            Applied::Compaction(c)
         }
         Applied::LeaseGrant(mut g) => {
             g.header = header(revision);

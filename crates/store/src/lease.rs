@@ -165,6 +165,11 @@ impl Lessor {
         ids
     }
 
+    /// When the next lease runs out, if any lease exists.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.by_expiry.first().map(|(at, _)| *at)
+    }
+
     /// Leases whose TTL ran out by `now`. Each is pushed back by a retry interval so the
     /// caller is not told twice while its revocation is on the way.
     pub fn take_expired(&mut self, now: Instant, max: usize) -> Vec<i64> {

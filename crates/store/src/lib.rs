@@ -8,15 +8,18 @@
 //! - `backend`: redb tables and value encoding.
 //! - `read`: Range over any revision.
 //! - [`apply`]: the write path (Put, DeleteRange, Txn, Compact, lease grant/revoke).
+//! - [`codec`]: commands and results ↔ their bytes in the Raft log.
 //! - [`watch`]: the watch hub fan-out.
 //! - [`store`]: the [`Store`] tying it together, with group-committed batches.
 //! - [`snapshot`]: consistent dumps and restore.
 //!
-//! Writes arrive as [`Command`]s so that a consensus layer can carry them in its log and
-//! apply them in order on every member; a single node applies them directly in batches.
+//! Writes arrive as [`Command`]s, encoded by [`codec`], so that the consensus layer carries
+//! them in its log as opaque bytes and every member applies them in the same order (a single
+//! node is a cluster of one on the same path).
 
 pub mod apply;
 mod backend;
+pub mod codec;
 pub mod error;
 mod file;
 pub mod index;

@@ -285,7 +285,7 @@ impl Store {
     pub fn apply_batch_with(
         &self,
         cmds: &[Command],
-        blobs: &[(&str, Vec<u8>)],
+        blobs: &[(&str, &[u8])],
         durable: bool,
     ) -> Result<Vec<Result<Applied>>> {
         let mut size_read = lock(&self.writer);
@@ -325,7 +325,7 @@ impl Store {
             if !blobs.is_empty() {
                 let mut table = txn.open_table(BLOBS).db()?;
                 for (name, value) in blobs {
-                    table.insert(*name, value.as_slice()).db()?;
+                    table.insert(*name, *value).db()?;
                 }
                 w.dirty = true;
             }
@@ -631,6 +631,11 @@ impl Store {
     /// Leases whose TTL has run out (each reported once per retry interval).
     pub fn expired_leases(&self, max: usize) -> Vec<i64> {
         lock(&self.lessor).take_expired(Instant::now(), max)
+    }
+
+    /// When the next lease runs out, if any lease exists.
+    pub fn next_lease_expiry(&self) -> Option<Instant> {
+        lock(&self.lessor).next_expiry()
     }
 
     /// Restarts every lease's TTL (used when this member starts leading).

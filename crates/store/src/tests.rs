@@ -264,19 +264,19 @@ fn compaction_and_restart() {
         assert!(matches!(
             apply(
                 &s,
-                Command::Compact(CompactionRequest {
+                Command::Compaction(CompactionRequest {
                     revision: 6,
                     physical: true
                 })
             ),
-            Ok(Applied::Compact(_))
+            Ok(Applied::Compaction(_))
         ));
         assert!(matches!(get(&s, "k", 5), Err(StoreError::Compacted)));
         assert_eq!(get(&s, "k", 6).expect("at compaction").kvs[0].value, b"4");
         assert!(matches!(
             apply(
                 &s,
-                Command::Compact(CompactionRequest {
+                Command::Compaction(CompactionRequest {
                     revision: 6,
                     physical: false
                 })
@@ -286,7 +286,7 @@ fn compaction_and_restart() {
         assert!(matches!(
             apply(
                 &s,
-                Command::Compact(CompactionRequest {
+                Command::Compaction(CompactionRequest {
                     revision: 99,
                     physical: false
                 })
@@ -411,7 +411,7 @@ async fn watch_from_compacted_revision_reports_compaction() {
     }
     apply(
         &s,
-        Command::Compact(CompactionRequest {
+        Command::Compaction(CompactionRequest {
             revision: 4,
             physical: true,
         }),
@@ -509,7 +509,7 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
                 key: format!("k{}", i % 13).into(),
                 ..Default::default()
             }),
-            3 if i > 10 => Command::Compact(CompactionRequest {
+            3 if i > 10 => Command::Compaction(CompactionRequest {
                 revision: 2,
                 physical: true,
             }),
@@ -784,7 +784,7 @@ fn negative_lease_ids_are_granted_and_compact_zero_on_a_new_store_is_a_no_op() {
     let before = s.revision();
     apply(
         &s,
-        Command::Compact(CompactionRequest {
+        Command::Compaction(CompactionRequest {
             revision: 0,
             physical: false,
         }),
@@ -794,7 +794,7 @@ fn negative_lease_ids_are_granted_and_compact_zero_on_a_new_store_is_a_no_op() {
     assert!(matches!(
         apply(
             &s,
-            Command::Compact(CompactionRequest {
+            Command::Compaction(CompactionRequest {
                 revision: -1,
                 physical: false
             })

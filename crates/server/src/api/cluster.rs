@@ -16,7 +16,6 @@ use super::Node;
 use crate::config::url_to_addr;
 use crate::errors::ApiError;
 use crate::member::member_id;
-use crate::proposer::map_err;
 
 /// The Cluster service.
 pub struct ClusterService {
@@ -47,7 +46,7 @@ impl ClusterService {
     }
 
     fn entries(&self) -> Vec<MemberEntry> {
-        self.node.proposer.replica().members()
+        self.node.consensus.members()
     }
 
     fn members(&self) -> Vec<Member> {
@@ -92,11 +91,9 @@ impl Cluster for ClusterService {
             client_urls: Vec::new(),
         };
         self.node
-            .proposer
-            .replica()
+            .consensus
             .add_member(id, member, r.is_learner)
-            .await
-            .map_err(map_err)?;
+            .await?;
         tracing::info!(member = format_args!("{id:x}"), learner = r.is_learner, urls = ?r.peer_ur_ls, "member added");
         Ok(Response::new(MemberAddResponse {
             header: self.header(),
@@ -117,12 +114,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
         self.find(id)?;
-        self.node
-            .proposer
-            .replica()
-            .remove_member(id)
-            .await
-            .map_err(map_err)?;
+        self.node.consensus.remove_member(id).await?;
         tracing::info!(member = format_args!("{id:x}"), "member removed");
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
@@ -138,12 +130,7 @@ impl Cluster for ClusterService {
         check_urls(&r.peer_ur_ls)?;
         let mut current = self.find(r.id)?;
         current.member.peer_urls = r.peer_ur_ls;
-        self.node
-            .proposer
-            .replica()
-            .set_member(r.id, current.member)
-            .await
-            .map_err(map_err)?;
+        self.node.consensus.set_member(r.id, current.member).await?;
         Ok(Response::new(MemberUpdateResponse {
             header: self.header(),
             members: self.members(),
@@ -168,12 +155,7 @@ impl Cluster for ClusterService {
         if !self.find(id)?.is_learner {
             return Err(ApiError::MemberNotLearner.into());
         }
-        self.node
-            .proposer
-            .replica()
-            .promote_member(id)
-            .await
-            .map_err(map_err)?;
+        self.node.consensus.promote_member(id).await?;
         tracing::info!(member = format_args!("{id:x}"), "learner promoted");
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),

@@ -39,7 +39,7 @@ impl KvService {
         if self.node.out_of_space().await {
             return Err(ApiError::NoSpace.into());
         }
-        Ok(self.node.proposer.propose(cmd).await?)
+        Ok(self.node.consensus.propose(cmd).await?)
     }
 }
 
@@ -133,7 +133,7 @@ impl Kv for KvService {
         let r = req.into_inner();
         check_range(&r)?;
         if !r.serializable {
-            self.node.proposer.read_index().await?;
+            self.node.consensus.read_index().await?;
         }
         let mut resp = self.node.store.range(&r).map_err(store_status)?;
         self.node.fill(&mut resp.header);
@@ -161,7 +161,7 @@ impl Kv for KvService {
         check_delete(&d)?;
         self.check_size(d.encoded_len())?;
         // Deletes stay allowed under NOSPACE: they are how space is freed.
-        match self.node.proposer.propose(Command::DeleteRange(d)).await? {
+        match self.node.consensus.propose(Command::DeleteRange(d)).await? {
             Applied::DeleteRange(mut resp) => {
                 self.node.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -177,7 +177,7 @@ impl Kv for KvService {
         // A txn that cannot write is a read: read-index, then evaluate it locally, with no
         // log entry (as etcd does). Only a txn that can put is refused under NOSPACE.
         let applied = if txn_is_read_only(&t) {
-            self.node.proposer.read_index().await?;
+            self.node.consensus.read_index().await?;
             self.node
                 .store
                 .apply_batch(&[Command::Txn(t)])
@@ -187,7 +187,7 @@ impl Kv for KvService {
         } else if berth_store::apply::txn_puts(&t) {
             self.propose_growing(Command::Txn(t)).await?
         } else {
-            self.node.proposer.propose(Command::Txn(t)).await?
+            self.node.consensus.propose(Command::Txn(t)).await?
         };
         match applied {
             Applied::Txn(mut resp) => {
@@ -204,8 +204,8 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let c = req.into_inner();
-        match self.node.proposer.propose(Command::Compact(c)).await? {
-            Applied::Compact(mut resp) => {
+        match self.node.consensus.propose(Command::Compaction(c)).await? {
+            Applied::Compaction(mut resp) => {
                 self.node.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }

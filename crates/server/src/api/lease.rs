@@ -1,5 +1,5 @@
-//! etcd `Lease` service: grant and revoke go through the write path; keep-alives, TTL queries
-//! and listing are answered from the lessor held in memory.
+//! etcd `Lease` service: the etcd face of the lease domain ([`crate::lease`]), which owns
+//! grants, renewals at the leader, TTLs and expiry; here are etcd's checks, headers and errors.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,9 +10,7 @@ use berth_proto::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use berth_store::{Applied, Command};
 use futures::Stream;
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -34,52 +32,22 @@ impl LeaseService {
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
-/// Revokes one lease through the write path (used by the API and by expiry).
-pub async fn revoke(node: &Node, id: i64) -> Result<LeaseRevokeResponse, ApiError> {
-    match node
-        .proposer
-        .propose(Command::LeaseRevoke(LeaseRevokeRequest { id }))
-        .await?
-    {
-        Applied::LeaseRevoke(mut resp) => {
-            node.fill(&mut resp.header);
-            Ok(resp)
-        }
-        _ => Err(ApiError::Corrupt),
-    }
-}
-
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let mut g = req.into_inner();
+        let g = req.into_inner();
         if self.node.out_of_space().await {
             return Err(ApiError::NoSpace.into());
         }
         if g.ttl > self.node.store.lease_limits().max_ttl {
             return Err(ApiError::LeaseTtlTooLarge.into());
         }
-        let chosen_here = g.id == 0;
-        for _ in 0..8 {
-            if chosen_here {
-                // Positive, so it prints the same in every client.
-                g.id = rand::rng().random_range(1..i64::MAX);
-            }
-            match self.node.proposer.propose(Command::LeaseGrant(g)).await {
-                Ok(Applied::LeaseGrant(mut resp)) => {
-                    self.node.fill(&mut resp.header);
-                    tracing::debug!(id = resp.id, ttl = resp.ttl, "lease granted");
-                    return Ok(Response::new(resp));
-                }
-                Ok(_) => return Err(ApiError::Corrupt.into()),
-                Err(ApiError::LeaseExist) if chosen_here => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::LeaseExist.into())
+        let mut resp = self.node.leases.grant(g.ttl, g.id).await?;
+        self.node.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn lease_revoke(
@@ -87,7 +55,9 @@ impl Lease for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let id = req.into_inner().id;
-        Ok(Response::new(revoke(&self.node, id).await?))
+        let mut resp = self.node.leases.revoke(id).await?;
+        self.node.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;
@@ -110,8 +80,7 @@ impl Lease for LeaseService {
                     }
                 };
                 // An unknown lease answers TTL 0, as etcd does; the client then stops.
-                // Only the leader runs lease timers: renew there.
-                let ttl = match node.proposer.lease_renew(id).await {
+                let ttl = match node.leases.renew(id).await {
                     Ok(ttl) => ttl,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
@@ -136,17 +105,15 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        // A missing lease is not an error here: etcd answers TTL -1. The leader knows the
-        // remaining time; followers ask it.
-        let mut resp = self
-            .node
-            .proposer
-            .replica()
-            .lease_ttl(r)
-            .await
-            .map_err(|e| Status::from(crate::proposer::map_err(e)))?;
-        resp.header = self.node.header(self.node.store.revision());
-        Ok(Response::new(resp))
+        // A missing lease is not an error here: etcd answers TTL -1.
+        let ttl = self.node.leases.time_to_live(r.id, r.keys).await?;
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header: self.node.header(self.node.store.revision()),
+            id: r.id,
+            ttl: ttl.ttl,
+            granted_ttl: ttl.granted_ttl,
+            keys: ttl.keys,
+        }))
     }
 
     async fn lease_leases(
@@ -155,8 +122,8 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         let leases = self
             .node
-            .store
-            .lease_ids()
+            .leases
+            .ids()
             .into_iter()
             .map(|id| LeaseStatus { id })
             .collect();

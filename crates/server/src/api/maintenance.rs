@@ -51,7 +51,7 @@ impl Maintenance for MaintenanceService {
         let answer = match action {
             // After everything acknowledged is applied here, so a restarted member that has
             // not caught up yet answers what the cluster holds.
-            AlarmAction::Get => self.node.proposer.read_index().await.map(|()| {
+            AlarmAction::Get => self.node.consensus.read_index().await.map(|()| {
                 self.node
                     .store
                     .alarms()
@@ -71,7 +71,7 @@ impl Maintenance for MaintenanceService {
                     "alarm request"
                 );
                 // Through the log: every member (and every restart) sees the same alarms.
-                match self.node.proposer.propose(Command::Alarm(r)).await? {
+                match self.node.consensus.propose(Command::Alarm(r)).await? {
                     Applied::Alarm(resp) => resp.alarms,
                     _ => return Err(Status::internal("berth: unexpected apply result for alarm")),
                 }
@@ -88,7 +88,7 @@ impl Maintenance for MaintenanceService {
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let stats = self.node.store.stats();
-        let raft = self.node.proposer.status();
+        let raft = self.node.consensus.status();
         let errors = self
             .node
             .store
@@ -211,12 +211,12 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
-        let replica = self.node.proposer.replica();
+        let consensus = &self.node.consensus;
         // As in etcd, the request must reach the leader (etcdctl finds it first).
-        if !replica.status().is_leader {
+        if !consensus.status().is_leader {
             return Err(ApiError::NotLeader.into());
         }
-        let voter = replica
+        let voter = consensus
             .members()
             .into_iter()
             .any(|m| m.id == target && !m.is_learner);
@@ -224,10 +224,7 @@ impl Maintenance for MaintenanceService {
             return Err(ApiError::BadLeaderTransferee.into());
         }
         if target != self.node.member.id {
-            replica
-                .transfer_leader(target)
-                .await
-                .map_err(crate::proposer::map_err)?;
+            consensus.transfer_leader(target).await?;
             tracing::info!(to = format_args!("{target:x}"), "leadership moved");
         }
         Ok(Response::new(MoveLeaderResponse {

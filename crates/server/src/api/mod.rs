@@ -14,16 +14,18 @@ use berth_proto::etcdserverpb::ResponseHeader;
 use berth_store::Store;
 
 use crate::config::Config;
+use crate::consensus::Consensus;
 use crate::member::MemberInfo;
 use crate::metrics::Metrics;
-use crate::proposer::Proposer;
 
 /// What every service shares.
 pub struct Node {
     /// The state machine.
     pub store: Arc<Store>,
     /// The write path.
-    pub proposer: Proposer,
+    pub consensus: Consensus,
+    /// The lease domain.
+    pub leases: Arc<crate::lease::Leases>,
     /// This member.
     pub member: MemberInfo,
     /// Resolved configuration (limits).
@@ -41,7 +43,7 @@ impl Node {
             cluster_id: self.member.cluster_id,
             member_id: self.member.id,
             revision,
-            raft_term: self.proposer.status().term,
+            raft_term: self.consensus.status().term,
         })
     }
 
@@ -64,7 +66,7 @@ impl Node {
         }
         match self.space.shortage(self.store.db_size()) {
             Some(why) => {
-                if let Some(raised) = self.space.raise(why, self.member.id, &self.proposer) {
+                if let Some(raised) = self.space.raise(why, self.member.id, &self.consensus) {
                     let _ = raised.await;
                 }
                 true

@@ -1,5 +1,6 @@
-//! openraft's own storage conformance suite against berth's log store and state machine:
-//! a fresh temporary directory, store and log for every case, in both storage IO modes
+//! openraft's own storage conformance suite against berth's log store and state machine over
+//! the meta group's state (the MVCC store, as the server runs it): a fresh temporary
+//! directory, store and log for every case, in both storage IO modes
 //! (blocking threads with group commit, and inline as the simulation runs them), and with
 //! threads where lone appends may also be fsynced on the calling task (as on a follower).
 
@@ -7,9 +8,11 @@ use berth_consensus::log_store::LogStore;
 use berth_consensus::state_machine::StateMachine;
 use berth_consensus::types::TypeConfig;
 use berth_consensus::StorageIo;
+use berth_server::meta_group::MetaGroup;
 use berth_store::{Store, StoreOptions};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
+use std::sync::Arc;
 
 /// The storage IO mode, and whether lone appends may be fsynced on the calling task.
 struct Builder(StorageIo, bool);
@@ -23,8 +26,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             Store::open(&dir.path().join("store"), StoreOptions::default()).expect("test setup");
         let log = LogStore::open_with(&dir.path().join("log"), None, self.0).expect("test setup");
         log.flush_inline(self.1);
-        let sm =
-            StateMachine::new(store, &dir.path().join("snapshots"), self.0).expect("test setup");
+        let sm = StateMachine::new(
+            Arc::new(MetaGroup(store)),
+            &dir.path().join("snapshots"),
+            self.0,
+        )
+        .expect("test setup");
         Ok((dir, log, sm))
     }
 }

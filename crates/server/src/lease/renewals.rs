@@ -1,0 +1,154 @@
+//! A follower's lease work at the leader: renewals over one long-lived stream per leader,
+//! batched (each message carries every renewal queued while the previous one was in flight,
+//! so a flood of keep-alives costs one frame per round trip), and TTL queries as single calls.
+//!
+//! A renewal that could not be sent, or whose answer was lost, is reported as "no leader":
+//! renewing is idempotent, so the caller (a client's keep-alive) simply renews again.
+
+use std::sync::Arc;
+
+use berth_proto::berth::lease::lease_leader_client::LeaseLeaderClient;
+use berth_proto::berth::lease::{RenewAnswers, RenewBatch, TimeToLiveRequest, TimeToLiveResponse};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::consensus::{Consensus, WriteError};
+
+/// Renewals per message at most (8 bytes or so each).
+const MAX_BATCH: usize = 16_384;
+
+/// One renewal waiting for its batch's answer.
+type Pending = (i64, oneshot::Sender<Result<i64, WriteError>>);
+
+/// The open renewal stream to one leader.
+struct RenewStream {
+    leader: u64,
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+/// Lease requests this member sends to the leader.
+pub(super) struct Renewals {
+    consensus: Consensus,
+    /// A tokio mutex: opening a stream awaits the leader, and concurrent renewals must wait
+    /// for that one stream rather than each open their own.
+    stream: tokio::sync::Mutex<Option<Arc<RenewStream>>>,
+}
+
+impl Renewals {
+    pub(super) fn new(consensus: Consensus) -> Renewals {
+        Renewals {
+            consensus,
+            stream: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Renews lease `id` at `leader`; its TTL, 0 when no such lease exists.
+    pub(super) async fn renew(&self, leader: u64, id: i64) -> Result<i64, WriteError> {
+        let stream = self.stream(leader).await?;
+        let (tx, rx) = oneshot::channel();
+        if stream.queue.send((id, tx)).is_err() {
+            return Err(WriteError::NotLeader);
+        }
+        rx.await.unwrap_or(Err(WriteError::NotLeader))
+    }
+
+    /// A lease's TTL as `leader` knows it.
+    pub(super) async fn time_to_live(
+        &self,
+        leader: u64,
+        id: i64,
+        keys: bool,
+    ) -> Result<TimeToLiveResponse, WriteError> {
+        let mut client = LeaseLeaderClient::new(self.consensus.peer_channel(leader)?);
+        match client.time_to_live(TimeToLiveRequest { id, keys }).await {
+            Ok(resp) => Ok(resp.into_inner()),
+            Err(status) => {
+                tracing::debug!(leader, %status, "lease TTL query at the leader");
+                Err(WriteError::NotLeader)
+            }
+        }
+    }
+
+    /// The open stream to `leader`, opened (again) when there is none.
+    async fn stream(&self, leader: u64) -> Result<Arc<RenewStream>, WriteError> {
+        let mut slot = self.stream.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if s.leader == leader && !s.queue.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let mut client = LeaseLeaderClient::new(self.consensus.peer_channel(leader)?);
+        let (requests, outbound) = mpsc::channel(4);
+        let answers = client
+            .renew(ReceiverStream::new(outbound))
+            .await
+            .map_err(|status| {
+                tracing::debug!(leader, %status, "opening the renewal stream");
+                WriteError::NotLeader
+            })?
+            .into_inner();
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run(leader, pending, requests, answers));
+        let stream = Arc::new(RenewStream { leader, queue });
+        *slot = Some(stream.clone());
+        Ok(stream)
+    }
+}
+
+/// Sends queued renewals in batches, one batch in flight, until the stream fails or the
+/// leader refuses (it no longer leads); then the queue closes and the next renewal opens a
+/// new stream. Renewals still queued are answered "no leader" when the queue is dropped.
+async fn run(
+    leader: u64,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    requests: mpsc::Sender<RenewBatch>,
+    mut answers: tonic::Streaming<RenewAnswers>,
+) {
+    let mut next = 1u64;
+    while let Some(first) = pending.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let id = next;
+        next += 1;
+        let leases = batch.iter().map(|(lease, _)| *lease).collect();
+        if requests.send(RenewBatch { id, leases }).await.is_err() {
+            fail(batch);
+            break;
+        }
+        match answers.message().await {
+            Ok(Some(a)) if a.id == id && !a.refused && a.ttls.len() == batch.len() => {
+                for ((_, tx), ttl) in batch.into_iter().zip(a.ttls) {
+                    let _ = tx.send(Ok(ttl));
+                }
+            }
+            other => {
+                match other {
+                    Ok(Some(a)) if a.refused => {
+                        tracing::debug!(leader, "the member no longer leads; renewal stream closed")
+                    }
+                    Ok(Some(a)) => tracing::warn!(
+                        leader,
+                        sent = id,
+                        answered = a.id,
+                        "renewal answer does not match its batch; stream closed"
+                    ),
+                    Ok(None) => tracing::debug!(leader, "renewal stream ended"),
+                    Err(status) => tracing::debug!(leader, %status, "renewal stream failed"),
+                }
+                fail(batch);
+                break;
+            }
+        }
+    }
+}
+
+fn fail(batch: Vec<Pending>) {
+    for (_, tx) in batch {
+        let _ = tx.send(Err(WriteError::NotLeader));
+    }
+}
