@@ -46,8 +46,9 @@ use berth_proto::etcdserverpb::response_op::Response as OpResponse;
 use berth_proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest,
 };
-use berth_server::api::Node;
 use berth_server::config::{Config, ServerArgs};
+use berth_server::core::Core;
+use berth_server::node::Listeners;
 use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -181,7 +182,7 @@ fn member_config(name: &str, dir: &std::path::Path) -> Config {
 
 /// The members' nodes as the fault injector and the final checks see them (weak: a crashed
 /// member's node must go away so that its restart can open the same files).
-type Nodes = Rc<RefCell<BTreeMap<&'static str, Weak<Node>>>>;
+type Nodes = Rc<RefCell<BTreeMap<&'static str, Weak<Core>>>>;
 
 /// What a member runs: the node with its peer and client gRPC services on the simulated network.
 fn member_software(
@@ -200,13 +201,15 @@ fn member_software(
                 .await
                 .map_err(|e| format!("{name}: {e:#}"))?;
             nodes.borrow_mut().insert(name, Arc::downgrade(&node));
-            let peers = tonic::transport::Server::builder()
-                .add_routes(berth_server::node::peer_router(&node))
-                .serve_with_incoming(incoming(PEER_PORT).await?);
-            let clients = tonic::transport::Server::builder()
-                .add_routes(berth_server::node::grpc_router(&node))
-                .serve_with_incoming(incoming(CLIENT_PORT).await?);
-            tokio::try_join!(peers, clients)?;
+            // The wiring `berth server` runs, on simulated listeners.
+            let listeners = Listeners {
+                client: vec![Box::pin(incoming(CLIENT_PORT).await?)],
+                peer: vec![Box::pin(incoming(PEER_PORT).await?)],
+                http: Vec::new(),
+            };
+            berth_server::node::serve_on(node, listeners, std::future::pending())
+                .await
+                .map_err(|e| format!("{name}: {e:#}"))?;
             Ok(())
         })
     }

@@ -11,9 +11,12 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+// tokio's clock, not std's: under a simulation (turmoil) it is the simulated clock, so the
+// same seed makes the same yield decisions.
+use tokio::time::Instant;
 
 /// Buffered bytes above which writes go to the socket before taking more.
 const LIMIT: usize = 64 * 1024;

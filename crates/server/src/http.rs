@@ -1,5 +1,6 @@
-//! berth's HTTP listener: Prometheus `/metrics`, `/health` (`/readyz`), `/livez` and
-//! `/version`. Later issues add the registry/config API and the console here.
+//! berth's own HTTP endpoints: Prometheus `/metrics`, `/health` (`/readyz`) and `/livez`,
+//! in etcd's shapes so that etcd's probes work unchanged. Faces add theirs at the wiring
+//! point (`node.rs`); this module imports no face.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,24 +10,22 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use berth_proto::etcdserverpb::{AlarmType, RangeRequest};
+use berth_proto::etcdserverpb::AlarmType;
 use serde::Deserialize;
 
-use crate::api::maintenance::ETCD_VERSION;
-use crate::api::Node;
+use crate::core::Core;
 
 /// Builds the HTTP router.
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/readyz", get(health))
         .route("/livez", get(livez))
-        .route("/version", get(version))
-        .with_state(node)
+        .with_state(core)
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn metrics(State(node): State<Arc<Core>>) -> impl IntoResponse {
     let body = node.metrics.render(
         &node.store,
         &node.consensus.status(),
@@ -58,18 +57,13 @@ struct HealthQuery {
 /// Why this member cannot serve, in etcd's words, or `None` when it can: Raft must run, a
 /// leader must be known, a read must succeed in time (linearizable unless `serializable`:
 /// it then needs a quorum), and no alarm may be active (but an excluded one).
-async fn unhealthy(node: &Node, q: &HealthQuery) -> Option<String> {
+async fn unhealthy(node: &Core, q: &HealthQuery) -> Option<String> {
     if let Some(why) = node.consensus.stopped() {
         return Some(format!("RAFT STOPPED: {why}"));
     }
     if node.consensus.status().leader.is_none() {
         return Some("RAFT NO LEADER".into());
     }
-    let probe = RangeRequest {
-        key: b"health".to_vec(),
-        serializable: q.serializable,
-        ..Default::default()
-    };
     let read = async {
         if !q.serializable {
             node.consensus
@@ -77,7 +71,8 @@ async fn unhealthy(node: &Node, q: &HealthQuery) -> Option<String> {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        node.store.range(&probe).map_err(|e| e.to_string())
+        // A read of the store's backend (a read transaction), as etcd's probe range is.
+        node.store.blob("health").map_err(|e| e.to_string())
     };
     match tokio::time::timeout(HEALTH_READ_TIMEOUT, read).await {
         Ok(Ok(_)) => {}
@@ -101,7 +96,7 @@ async fn unhealthy(node: &Node, q: &HealthQuery) -> Option<String> {
 
 /// etcd's `/health` (and `/readyz`): 200 `{"health":"true"}` when this member can serve
 /// requests, else 503 `{"health":"false","reason":...}`, for load balancers and probes.
-async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> impl IntoResponse {
+async fn health(State(node): State<Arc<Core>>, Query(q): Query<HealthQuery>) -> impl IntoResponse {
     match unhealthy(&node, &q).await {
         None => (
             StatusCode::OK,
@@ -119,7 +114,7 @@ async fn health(State(node): State<Arc<Node>>, Query(q): Query<HealthQuery>) -> 
 
 /// `/livez`: the process is alive and its Raft runs (a stopped one would not recover
 /// without a restart); says nothing of quorum or alarms.
-async fn livez(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn livez(State(node): State<Arc<Core>>) -> impl IntoResponse {
     match node.consensus.stopped() {
         None => (StatusCode::OK, "ok\n".to_string()),
         Some(why) => (
@@ -127,12 +122,4 @@ async fn livez(State(node): State<Arc<Node>>) -> impl IntoResponse {
             format!("raft stopped: {why}\n"),
         ),
     }
-}
-
-async fn version() -> impl IntoResponse {
-    Json(serde_json::json!({
-        "etcdserver": ETCD_VERSION,
-        "etcdcluster": ETCD_VERSION,
-        "berth": env!("CARGO_PKG_VERSION"),
-    }))
 }

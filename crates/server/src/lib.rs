@@ -7,20 +7,20 @@
 //! - [`consensus`]: the one write path every face uses (the meta group's Raft), with
 //!   protocol-neutral errors; [`meta_group`]: the store as that group's state.
 //! - [`lease`]: the lease domain (grant, renewal at the leader, TTL, expiry by role).
-//! - [`api`]: one module per etcd service.
-//! - [`authority`]: repairs the malformed HTTP/2 `:authority` etcd's Go clients send.
-//! - [`errors`]: etcd's error codes and messages.
+//! - [`core`]: what every face and domain shares.
+//! - [`face`]: the protocols berth speaks, one folder each (`face/etcd`: the etcd v3 API,
+//!   its errors and its `:authority` repair); no face imports another.
 //! - [`metrics`]: Prometheus metrics and the gRPC metrics layer.
 //! - [`space`]: the quota, the disk's reserve and the NOSPACE alarm.
-//! - [`http`]: `/metrics`, `/health`, `/version`.
+//! - [`http`]: berth's own HTTP endpoints: `/metrics`, `/health`, `/livez`.
 //! - [`listen`]: the listeners' settings (keepalive, handshake bound) and axum's adapter.
-//! - [`node`]: bootstrap and shutdown.
+//! - [`node`]: the one wiring point: opens the core, binds listeners, `serve_on` runs every
+//!   face and background task, and shuts down in order.
 
-pub mod api;
-pub mod authority;
 pub mod config;
 pub mod consensus;
-pub mod errors;
+pub mod core;
+pub mod face;
 pub mod http;
 pub mod lease;
 pub mod listen;

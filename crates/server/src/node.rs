@@ -1,50 +1,44 @@
-//! Node bootstrap: opens the store, starts the write path, binds the listeners, serves the
-//! etcd gRPC API and the HTTP API, runs lease expiry, and shuts everything down in order.
+//! The one wiring point: opens the [`Core`] (store, write path, lease domain), and
+//! [`serve_on`] runs every face on listeners bound beforehand, with the background work every
+//! member does (lease expiry, the disk watch, the Raft watch), and shuts it all down in
+//! order. `berth server` ([`serve`]) binds TCP listeners and calls it; the simulation calls
+//! it with simulated ones, so a face added here runs everywhere. Faces are wired here only.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use berth_consensus::Environment;
-use berth_proto::etcd_watch::watch_server::WatchServer;
-use berth_proto::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
-};
+use berth_net::{CoalescedWrites, FirstBytes};
 use berth_store::{LeaseLimits, Store, StoreOptions};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tonic::transport::server::Connected;
 
-use crate::api::auth::AuthService;
-use crate::api::cluster::ClusterService;
-use crate::api::kv::KvService;
-use crate::api::lease::LeaseService;
-use crate::api::maintenance::MaintenanceService;
-use crate::api::watch::WatchService;
-use crate::api::Node;
-use crate::authority::AuthorityFix;
 use crate::config::{ClusterState, Config};
 use crate::consensus::Consensus;
+use crate::core::Core;
+use crate::face;
 use crate::lease::Leases;
 use crate::member::MemberInfo;
-use crate::metrics::{GrpcMetricsLayer, Metrics};
-use berth_net::CoalescedWrites;
+use crate::metrics::Metrics;
 
-/// etcd's allowance for gRPC framing on top of `--max-request-bytes`.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// How long open streams (watches) may delay shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often every member checks the quota and its disk's free space.
 const SPACE_TICK: Duration = Duration::from_millis(500);
 
-/// Opens the store and builds the shared node state.
-pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Node>> {
+/// Opens the store and builds the core.
+pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Core>> {
     open_in(cfg, Environment::default()).await
 }
 
 /// [`open`] in an environment of the caller's (the simulation's network and inline storage).
-pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Node>> {
+pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let mut member = MemberInfo::load_or_create(cfg)?;
@@ -78,7 +72,7 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Node>
     let metrics = Arc::new(Metrics::new());
     let consensus = Consensus::start(store.clone(), cfg, &member, metrics.clone(), env).await?;
     let leases = Leases::new(store.clone(), consensus.clone(), metrics.clone());
-    Ok(Arc::new(Node {
+    Ok(Arc::new(Core {
         store,
         consensus,
         leases,
@@ -93,123 +87,155 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Node>
     }))
 }
 
-/// The etcd v3 services of `node`, with etcd's request size limit.
-pub fn grpc_router(node: &Arc<Node>) -> tonic::service::Routes {
-    let limit = node.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let progress = Duration::from_millis(node.config.watch_progress_notify_interval_ms);
-    tonic::service::Routes::new(
-        KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit),
-    )
-    .add_service(
-        WatchServer::new(WatchService::new(node.clone(), progress))
-            .max_decoding_message_size(limit),
-    )
-    .add_service(LeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(limit))
-    .add_service(
-        ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(limit),
-    )
-    .add_service(
-        MaintenanceServer::new(MaintenanceService::new(node.clone()))
-            .max_decoding_message_size(limit),
-    )
-    .add_service(AuthServer::new(AuthService::new(node.clone())).max_decoding_message_size(limit))
-}
-
 /// The services of the peer port: Raft's (every group of this member) and the leader's
 /// lease service.
-pub fn peer_router(node: &Arc<Node>) -> tonic::service::Routes {
-    tonic::service::Routes::new(node.consensus.peer_service()).add_service(
-        crate::lease::leader::service(node.leases.clone(), node.consensus.clone()),
+pub fn peer_router(core: &Arc<Core>) -> tonic::service::Routes {
+    tonic::service::Routes::new(core.consensus.peer_service()).add_service(
+        crate::lease::leader::service(core.leases.clone(), core.consensus.clone()),
     )
 }
 
-/// Runs a node until `shutdown` completes.
+/// A bound listener: the connections it accepts (accept errors are handled underneath).
+pub type Accepted<C> = Pin<Box<dyn Stream<Item = std::io::Result<C>> + Send>>;
+
+/// Every listener of a member, bound before the member opens its data directory, each kind
+/// a list (a member may listen on several addresses).
+pub struct Listeners<C> {
+    /// The etcd v3 gRPC API (`--listen-client-urls`).
+    pub client: Vec<Accepted<C>>,
+    /// Raft and the leader's services (`--listen-peer-urls`).
+    pub peer: Vec<Accepted<C>>,
+    /// Metrics, health and etcd's `/version` (`--listen-metrics-urls`).
+    pub http: Vec<Accepted<C>>,
+}
+
+impl Listeners<FirstBytes<TcpStream>> {
+    /// Binds the TCP listeners `cfg` asks for (backlog, accept backoff, handshake deadline
+    /// and keepalive as [`crate::listen::bind`] sets them).
+    pub fn bind(cfg: &Config) -> anyhow::Result<Self> {
+        let bind = |addrs: &[std::net::SocketAddr], what: &str, serving: &str| {
+            addrs
+                .iter()
+                .map(|addr| {
+                    let listener = crate::listen::bind(*addr, cfg)
+                        .with_context(|| format!("binding the {what} listener {addr}"))?;
+                    tracing::info!(address = %listener.local_addr()?, "serving {serving}");
+                    Ok(Box::pin(listener) as Accepted<_>)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        Ok(Listeners {
+            client: bind(&cfg.listen_client, "client", "the etcd v3 API")?,
+            peer: bind(&cfg.listen_peer, "peer", "peers")?,
+            http: bind(&cfg.listen_http, "HTTP", "HTTP (metrics, health)")?,
+        })
+    }
+}
+
+/// Adapts an accept stream to axum.
+struct HttpAccept<C>(Accepted<C>);
+
+impl<C: AsyncRead + AsyncWrite + Unpin + Send + 'static> axum::serve::Listener for HttpAccept<C> {
+    type Io = C;
+    type Addr = ();
+
+    async fn accept(&mut self) -> (C, ()) {
+        loop {
+            match self.0.next().await {
+                Some(Ok(conn)) => return (conn, ()),
+                Some(Err(e)) => tracing::debug!(error = %e, "HTTP accept"),
+                // A listener that ends takes no more connections; the server runs on.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs a node until `shutdown` completes: binds its TCP listeners, opens it, and serves.
 pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Every listener is bound before anything is written to the data directory: a start
     // that fails on a taken port leaves no half-initialised member behind (whose next start
     // would silently keep the first attempt's flags).
-    let bind = |addrs: &[std::net::SocketAddr], what: &str| {
-        addrs
-            .iter()
-            .map(|addr| {
-                crate::listen::bind(*addr, &cfg)
-                    .with_context(|| format!("binding the {what} listener {addr}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()
-    };
-    let client_listeners = bind(&cfg.listen_client, "client")?;
-    let peer_listeners = bind(&cfg.listen_peer, "peer")?;
-    let http_listeners = bind(&cfg.listen_http, "HTTP")?;
-    let node = open(&cfg).await?;
+    let listeners = Listeners::bind(&cfg)?;
+    let core = open(&cfg).await?;
+    serve_on(core, listeners, shutdown).await
+}
+
+/// Serves `core` on `listeners` until `shutdown` completes or a server task fails: every
+/// face, and every member's background work. Then stops the servers (open streams get a
+/// grace period), Raft, and makes the store durable.
+pub async fn serve_on<C>(
+    core: Arc<Core>,
+    listeners: Listeners<C>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut spawn =
+        |name: &'static str, task: Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
+            tasks.spawn(async move { task.await.with_context(|| name) });
+        };
 
-    for listener in client_listeners {
-        tracing::info!(address = %listener.local_addr()?, "serving the etcd v3 API");
-        let incoming =
-            listener.map(|conn| conn.map(|s| CoalescedWrites::new(AuthorityFix::new(s))));
-        let mut stop = stop_rx.clone();
-        let routes = grpc_router(&node);
-        let metrics = node.metrics.clone();
-        let server = crate::listen::grpc_server(&cfg);
-        tasks.spawn(async move {
-            // AuthorityFix holds client input to the limits h2 is given here.
-            server
-                .max_frame_size(crate::authority::MAX_FRAME_SIZE)
-                .http2_max_header_list_size(crate::authority::MAX_HEADER_LIST_SIZE)
-                .layer(GrpcMetricsLayer(metrics))
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-                .context("gRPC server")
-        });
+    for incoming in listeners.client {
+        spawn(
+            "etcd face",
+            Box::pin(face::etcd::serve(core.clone(), incoming, stop_rx.clone())),
+        );
     }
-    for listener in peer_listeners {
-        tracing::info!(address = %listener.local_addr()?, "serving peers");
-        let incoming = listener.map(|conn| conn.map(CoalescedWrites::new));
+    for incoming in listeners.peer {
+        let incoming = incoming.map(|conn| conn.map(CoalescedWrites::new));
         let mut stop = stop_rx.clone();
-        let routes = peer_router(&node);
-        let mut server = crate::listen::grpc_server(&cfg);
-        tasks.spawn(async move {
-            server
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-                .context("peer server")
-        });
+        let server = crate::listen::grpc_server(&core.config).add_routes(peer_router(&core));
+        spawn(
+            "peer server",
+            Box::pin(async move {
+                server
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
+            }),
+        );
     }
-    for listener in http_listeners {
-        let listener = crate::listen::HttpListener(listener);
-        tracing::info!(address = %listener.local_addr()?, "serving HTTP (metrics, health)");
+    for incoming in listeners.http {
         let mut stop = stop_rx.clone();
-        let app = crate::http::router(node.clone());
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-                .context("HTTP server")
-        });
+        let app = crate::http::router(core.clone()).merge(face::etcd::http_routes());
+        spawn(
+            "HTTP server",
+            Box::pin(async move {
+                axum::serve(HttpAccept(incoming), app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
+            }),
+        );
     }
-    tasks.spawn({
-        let leases = node.leases.clone();
-        let stop = stop_rx.clone();
-        async move {
+    let leases = core.leases.clone();
+    let stop = stop_rx.clone();
+    spawn(
+        "lease expiry",
+        Box::pin(async move {
             leases.run_expiry(stop).await;
             Ok(())
-        }
-    });
-    tasks.spawn({
-        // Every member watches its own disk, also one that takes no client writes: its log
-        // and state machine grow with everyone's writes.
-        let node = node.clone();
-        let mut stop = stop_rx.clone();
-        async move {
+        }),
+    );
+    // Every member watches its own disk, also one that takes no client writes: its log and
+    // state machine grow with everyone's writes.
+    let watched = core.clone();
+    let mut stop = stop_rx.clone();
+    spawn(
+        "disk watch",
+        Box::pin(async move {
             let mut tick = tokio::time::interval(SPACE_TICK);
             loop {
                 tokio::select! {
@@ -219,16 +245,17 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
                 // The same check every write makes (the alarm's proposal runs on a task of
                 // its own, so stopping here does not cancel it).
                 tokio::select! {
-                    _ = node.out_of_space() => {}
+                    _ = watched.out_of_space() => {}
                     _ = stop.changed() => return Ok(()),
                 }
             }
-        }
-    });
-    tasks.spawn({
-        let consensus = node.consensus.clone();
-        let mut stop = stop_rx.clone();
-        async move {
+        }),
+    );
+    let consensus = core.consensus.clone();
+    let mut stop = stop_rx.clone();
+    spawn(
+        "raft watch",
+        Box::pin(async move {
             // Raft stops on its own only on a fatal error (a full disk, a damaged or
             // undecodable log entry): the member could then only fail writes and hang
             // linearizable reads. It exits non-zero instead, as etcd does, so a supervisor
@@ -241,13 +268,13 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
             Err(anyhow::anyhow!(
                 "consensus stopped: {why}; exiting so that this member is restarted"
             ))
-        }
-    });
+        }),
+    );
     tracing::info!(
-        name = %node.member.name,
-        member_id = format_args!("{:x}", node.member.id),
-        cluster_id = format_args!("{:x}", node.member.cluster_id),
-        revision = node.store.revision(),
+        name = %core.member.name,
+        member_id = format_args!("{:x}", core.member.id),
+        cluster_id = format_args!("{:x}", core.member.cluster_id),
+        revision = core.store.revision(),
         "ready to serve client requests"
     );
 
@@ -271,9 +298,9 @@ pub async fn serve(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::R
         while tasks.join_next().await.is_some() {}
     })
     .await;
-    node.consensus.shutdown().await;
+    core.consensus.shutdown().await;
     // Make everything the state machine applied durable before exiting.
-    if let Err(e) = node.store.flush() {
+    if let Err(e) = core.store.flush() {
         tracing::warn!(error = %e, "flushing the store at shutdown");
     }
     tracing::info!("stopped");

@@ -12,14 +12,15 @@ use berth_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::Node;
+use super::Headers as _;
 use crate::config::url_to_addr;
-use crate::errors::ApiError;
+use crate::core::Core;
+use crate::face::etcd::errors::ApiError;
 use crate::member::member_id;
 
 /// The Cluster service.
 pub struct ClusterService {
-    node: Arc<Node>,
+    core: Arc<Core>,
 }
 
 fn to_pb(m: MemberEntry) -> Member {
@@ -41,12 +42,12 @@ fn check_urls(urls: &[String]) -> Result<(), ApiError> {
 
 impl ClusterService {
     /// Creates the service.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 
     fn entries(&self) -> Vec<MemberEntry> {
-        self.node.consensus.members()
+        self.core.consensus.members()
     }
 
     fn members(&self) -> Vec<Member> {
@@ -62,7 +63,7 @@ impl ClusterService {
 
     /// Membership is not MVCC data: etcd leaves the revision out of these headers.
     fn header(&self) -> Option<berth_proto::etcdserverpb::ResponseHeader> {
-        self.node.header(0)
+        self.core.header(0)
     }
 }
 
@@ -74,7 +75,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberAddResponse>, Status> {
         let r = req.into_inner();
         check_urls(&r.peer_ur_ls)?;
-        let id = member_id(&r.peer_ur_ls, &self.node.config.initial_cluster_token);
+        let id = member_id(&r.peer_ur_ls, &self.core.config.initial_cluster_token);
         let existing = self.entries();
         if existing.iter().any(|m| m.id == id) {
             return Err(ApiError::MemberExist.into());
@@ -90,7 +91,7 @@ impl Cluster for ClusterService {
             peer_urls: r.peer_ur_ls.clone(),
             client_urls: Vec::new(),
         };
-        self.node
+        self.core
             .consensus
             .add_member(id, member, r.is_learner)
             .await?;
@@ -114,7 +115,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
         self.find(id)?;
-        self.node.consensus.remove_member(id).await?;
+        self.core.consensus.remove_member(id).await?;
         tracing::info!(member = format_args!("{id:x}"), "member removed");
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
@@ -130,7 +131,7 @@ impl Cluster for ClusterService {
         check_urls(&r.peer_ur_ls)?;
         let mut current = self.find(r.id)?;
         current.member.peer_urls = r.peer_ur_ls;
-        self.node.consensus.set_member(r.id, current.member).await?;
+        self.core.consensus.set_member(r.id, current.member).await?;
         Ok(Response::new(MemberUpdateResponse {
             header: self.header(),
             members: self.members(),
@@ -155,7 +156,7 @@ impl Cluster for ClusterService {
         if !self.find(id)?.is_learner {
             return Err(ApiError::MemberNotLearner.into());
         }
-        self.node.consensus.promote_member(id).await?;
+        self.core.consensus.promote_member(id).await?;
         tracing::info!(member = format_args!("{id:x}"), "learner promoted");
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),

@@ -27,7 +27,7 @@ pub enum ApiError {
     /// Txn nested deeper than berth accepts (etcd has no such bound; see `MAX_TXN_DEPTH`).
     #[error(
         "etcdserver: txn nested too deeply (at most {} levels)",
-        crate::api::kv::MAX_TXN_DEPTH
+        crate::face::etcd::kv::MAX_TXN_DEPTH
     )]
     TxnTooDeep,
     /// Txn writes the same key twice.

@@ -8,18 +8,19 @@ use berth_proto::etcdserverpb::auth_server::Auth;
 use berth_proto::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
-use super::Node;
-use crate::errors::ApiError;
+use super::Headers as _;
+use crate::core::Core;
+use crate::face::etcd::errors::ApiError;
 
 /// The Auth service.
 pub struct AuthService {
-    node: Arc<Node>,
+    core: Arc<Core>,
 }
 
 impl AuthService {
     /// Creates the service.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 }
 
@@ -36,7 +37,7 @@ impl Auth for AuthService {
         _req: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
         Ok(Response::new(AuthStatusResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
             enabled: false,
             auth_revision: 0,
         }))
@@ -55,7 +56,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthDisableResponse>, Status> {
         // Disabling auth that is off is a successful no-op in etcd.
         Ok(Response::new(AuthDisableResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
         }))
     }
 
@@ -86,7 +87,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthUserListResponse>, Status> {
         // No users can exist until user and role management is built: the list is empty.
         Ok(Response::new(AuthUserListResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
             users: Vec::new(),
         }))
     }
@@ -139,7 +140,7 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthRoleListResponse>, Status> {
         // No roles can exist until user and role management is built: the list is empty.
         Ok(Response::new(AuthRoleListResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
             roles: Vec::new(),
         }))
     }

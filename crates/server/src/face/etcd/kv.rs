@@ -13,22 +13,23 @@ use berth_store::{check_txn_duplicates, Applied, Command};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::Node;
-use crate::errors::{store_status, ApiError};
+use super::Headers as _;
+use crate::core::Core;
+use crate::face::etcd::errors::{store_status, ApiError};
 
 /// The KV service.
 pub struct KvService {
-    node: Arc<Node>,
+    core: Arc<Core>,
 }
 
 impl KvService {
     /// Creates the service.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 
     fn check_size(&self, len: usize) -> Result<(), ApiError> {
-        if len > self.node.config.max_request_bytes {
+        if len > self.core.config.max_request_bytes {
             return Err(ApiError::RequestTooLarge);
         }
         Ok(())
@@ -36,10 +37,10 @@ impl KvService {
 
     /// Proposes a command that may grow the database: refused while NOSPACE is raised.
     async fn propose_growing(&self, cmd: Command) -> Result<Applied, Status> {
-        if self.node.out_of_space().await {
+        if self.core.out_of_space().await {
             return Err(ApiError::NoSpace.into());
         }
-        Ok(self.node.consensus.propose(cmd).await?)
+        Ok(self.core.consensus.propose(cmd).await?)
     }
 }
 
@@ -133,10 +134,10 @@ impl Kv for KvService {
         let r = req.into_inner();
         check_range(&r)?;
         if !r.serializable {
-            self.node.consensus.read_index().await?;
+            self.core.consensus.read_index().await?;
         }
-        let mut resp = self.node.store.range(&r).map_err(store_status)?;
-        self.node.fill(&mut resp.header);
+        let mut resp = self.core.store.range(&r).map_err(store_status)?;
+        self.core.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -146,7 +147,7 @@ impl Kv for KvService {
         self.check_size(p.encoded_len())?;
         match self.propose_growing(Command::Put(p)).await? {
             Applied::Put(mut resp) => {
-                self.node.fill(&mut resp.header);
+                self.core.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
             _ => Err(unexpected("put")),
@@ -161,9 +162,9 @@ impl Kv for KvService {
         check_delete(&d)?;
         self.check_size(d.encoded_len())?;
         // Deletes stay allowed under NOSPACE: they are how space is freed.
-        match self.node.consensus.propose(Command::DeleteRange(d)).await? {
+        match self.core.consensus.propose(Command::DeleteRange(d)).await? {
             Applied::DeleteRange(mut resp) => {
-                self.node.fill(&mut resp.header);
+                self.core.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
             _ => Err(unexpected("delete")),
@@ -172,13 +173,13 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let t = req.into_inner();
-        check_txn(&t, self.node.config.max_txn_ops)?;
+        check_txn(&t, self.core.config.max_txn_ops)?;
         self.check_size(t.encoded_len())?;
         // A txn that cannot write is a read: read-index, then evaluate it locally, with no
         // log entry (as etcd does). Only a txn that can put is refused under NOSPACE.
         let applied = if txn_is_read_only(&t) {
-            self.node.consensus.read_index().await?;
-            self.node
+            self.core.consensus.read_index().await?;
+            self.core
                 .store
                 .apply_batch(&[Command::Txn(t)])
                 .map_err(store_status)?
@@ -187,12 +188,12 @@ impl Kv for KvService {
         } else if berth_store::apply::txn_puts(&t) {
             self.propose_growing(Command::Txn(t)).await?
         } else {
-            self.node.consensus.propose(Command::Txn(t)).await?
+            self.core.consensus.propose(Command::Txn(t)).await?
         };
         match applied {
             Applied::Txn(mut resp) => {
                 // Nested responses keep the revision-only headers the store set, as etcd's do.
-                self.node.fill(&mut resp.header);
+                self.core.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
             _ => Err(unexpected("txn")),
@@ -204,9 +205,9 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let c = req.into_inner();
-        match self.node.consensus.propose(Command::Compaction(c)).await? {
+        match self.core.consensus.propose(Command::Compaction(c)).await? {
             Applied::Compaction(mut resp) => {
-                self.node.fill(&mut resp.header);
+                self.core.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
             _ => Err(unexpected("compact")),

@@ -1,31 +1,25 @@
-//! The etcd v3 gRPC services: decode and validate requests, call the store or the write path,
-//! and map results and errors to etcd's responses. One file per service.
-
-pub mod auth;
-pub mod cluster;
-pub mod kv;
-pub mod lease;
-pub mod maintenance;
-pub mod watch;
+//! The core every face and domain shares: the store, the one write path, the lease domain,
+//! this member, its configuration and metrics. Faces hold an `Arc<Core>` and call domains
+//! through it; no face holds another face's state.
 
 use std::sync::Arc;
 
-use berth_proto::etcdserverpb::ResponseHeader;
 use berth_store::Store;
 
 use crate::config::Config;
 use crate::consensus::Consensus;
+use crate::lease::Leases;
 use crate::member::MemberInfo;
 use crate::metrics::Metrics;
 
-/// What every service shares.
-pub struct Node {
-    /// The state machine.
+/// What every face and domain shares.
+pub struct Core {
+    /// The MVCC store (the meta group's state).
     pub store: Arc<Store>,
     /// The write path.
     pub consensus: Consensus,
     /// The lease domain.
-    pub leases: Arc<crate::lease::Leases>,
+    pub leases: Arc<Leases>,
     /// This member.
     pub member: MemberInfo,
     /// Resolved configuration (limits).
@@ -36,26 +30,7 @@ pub struct Node {
     pub space: crate::space::SpaceGuard,
 }
 
-impl Node {
-    /// A response header for `revision`.
-    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
-        Some(ResponseHeader {
-            cluster_id: self.member.cluster_id,
-            member_id: self.member.id,
-            revision,
-            raft_term: self.consensus.status().term,
-        })
-    }
-
-    /// Fills the member fields of a header the store produced (keeping its revision).
-    pub fn fill(&self, h: &mut Option<ResponseHeader>) {
-        let revision = h
-            .as_ref()
-            .map(|h| h.revision)
-            .unwrap_or_else(|| self.store.revision());
-        *h = self.header(revision);
-    }
-
+impl Core {
     /// True when a NOSPACE alarm blocks writes. Raises it (through Raft, for every member)
     /// when the database has grown past `--quota-backend-bytes`, as etcd does, or the disk
     /// is below `--min-free-disk-bytes`; the request that finds the shortage waits until

@@ -18,21 +18,22 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::Node;
-use crate::errors::{store_status, ApiError};
+use super::Headers as _;
+use crate::core::Core;
+use crate::face::etcd::errors::{store_status, ApiError};
 
 /// The etcd API version berth reports; clients gate features on it.
 pub const ETCD_VERSION: &str = "3.5.0";
 
 /// The Maintenance service.
 pub struct MaintenanceService {
-    node: Arc<Node>,
+    core: Arc<Core>,
 }
 
 impl MaintenanceService {
     /// Creates the service.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 }
 
@@ -51,8 +52,8 @@ impl Maintenance for MaintenanceService {
         let answer = match action {
             // After everything acknowledged is applied here, so a restarted member that has
             // not caught up yet answers what the cluster holds.
-            AlarmAction::Get => self.node.consensus.read_index().await.map(|()| {
-                self.node
+            AlarmAction::Get => self.core.consensus.read_index().await.map(|()| {
+                self.core
                     .store
                     .alarms()
                     .into_iter()
@@ -71,14 +72,14 @@ impl Maintenance for MaintenanceService {
                     "alarm request"
                 );
                 // Through the log: every member (and every restart) sees the same alarms.
-                match self.node.consensus.propose(Command::Alarm(r)).await? {
+                match self.core.consensus.propose(Command::Alarm(r)).await? {
                     Applied::Alarm(resp) => resp.alarms,
                     _ => return Err(Status::internal("berth: unexpected apply result for alarm")),
                 }
             }
         };
         Ok(Response::new(AlarmResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
             alarms: answer,
         }))
     }
@@ -87,10 +88,10 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let stats = self.node.store.stats();
-        let raft = self.node.consensus.status();
+        let stats = self.core.store.stats();
+        let raft = self.core.consensus.status();
         let errors = self
-            .node
+            .core
             .store
             .alarms()
             .iter()
@@ -105,7 +106,7 @@ impl Maintenance for MaintenanceService {
             })
             .collect();
         Ok(Response::new(StatusResponse {
-            header: self.node.header(stats.revision),
+            header: self.core.header(stats.revision),
             version: ETCD_VERSION.into(),
             db_size: stats.db_size as i64,
             leader: raft.leader.unwrap_or(0),
@@ -123,24 +124,24 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        let store = self.node.store.clone();
+        let store = self.core.store.clone();
         tokio::task::spawn_blocking(move || store.defragment())
             .await
             .map_err(blocking_err)?
             .map_err(store_status)?;
         Ok(Response::new(DefragmentResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
         }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let store = self.node.store.clone();
+        let store = self.core.store.clone();
         let hash = tokio::task::spawn_blocking(move || store.hash())
             .await
             .map_err(blocking_err)?
             .map_err(store_status)?;
         Ok(Response::new(HashResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
             hash,
         }))
     }
@@ -150,14 +151,14 @@ impl Maintenance for MaintenanceService {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         let rev = req.into_inner().revision;
-        let store = self.node.store.clone();
+        let store = self.core.store.clone();
         let (hash, compact_revision, hash_revision) =
             tokio::task::spawn_blocking(move || store.hash_kv(rev))
                 .await
                 .map_err(blocking_err)?
                 .map_err(store_status)?;
         Ok(Response::new(HashKvResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
             hash,
             compact_revision,
             hash_revision,
@@ -171,7 +172,7 @@ impl Maintenance for MaintenanceService {
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
         let (tx, rx) = mpsc::channel::<Result<SnapshotResponse, Status>>(4);
-        let node = self.node.clone();
+        let node = self.core.clone();
         let header = node.header(node.store.revision());
         tokio::task::spawn_blocking(move || {
             let estimate = node.store.stats().db_size;
@@ -211,7 +212,7 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
-        let consensus = &self.node.consensus;
+        let consensus = &self.core.consensus;
         // As in etcd, the request must reach the leader (etcdctl finds it first).
         if !consensus.status().is_leader {
             return Err(ApiError::NotLeader.into());
@@ -223,12 +224,12 @@ impl Maintenance for MaintenanceService {
         if !voter {
             return Err(ApiError::BadLeaderTransferee.into());
         }
-        if target != self.node.member.id {
+        if target != self.core.member.id {
             consensus.transfer_leader(target).await?;
             tracing::info!(to = format_args!("{target:x}"), "leadership moved");
         }
         Ok(Response::new(MoveLeaderResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
         }))
     }
 

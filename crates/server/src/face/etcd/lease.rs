@@ -15,18 +15,19 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Node;
-use crate::errors::ApiError;
+use super::Headers as _;
+use crate::core::Core;
+use crate::face::etcd::errors::ApiError;
 
 /// The Lease service.
 pub struct LeaseService {
-    node: Arc<Node>,
+    core: Arc<Core>,
 }
 
 impl LeaseService {
     /// Creates the service.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
     }
 }
 
@@ -39,14 +40,14 @@ impl Lease for LeaseService {
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let g = req.into_inner();
-        if self.node.out_of_space().await {
+        if self.core.out_of_space().await {
             return Err(ApiError::NoSpace.into());
         }
-        if g.ttl > self.node.store.lease_limits().max_ttl {
+        if g.ttl > self.core.store.lease_limits().max_ttl {
             return Err(ApiError::LeaseTtlTooLarge.into());
         }
-        let mut resp = self.node.leases.grant(g.ttl, g.id).await?;
-        self.node.fill(&mut resp.header);
+        let mut resp = self.core.leases.grant(g.ttl, g.id).await?;
+        self.core.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -55,8 +56,8 @@ impl Lease for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let id = req.into_inner().id;
-        let mut resp = self.node.leases.revoke(id).await?;
-        self.node.fill(&mut resp.header);
+        let mut resp = self.core.leases.revoke(id).await?;
+        self.core.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -68,7 +69,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<KeepAliveStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let node = self.node.clone();
+        let node = self.core.clone();
         tokio::spawn(async move {
             loop {
                 let id = match inbound.message().await {
@@ -106,9 +107,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
         // A missing lease is not an error here: etcd answers TTL -1.
-        let ttl = self.node.leases.time_to_live(r.id, r.keys).await?;
+        let ttl = self.core.leases.time_to_live(r.id, r.keys).await?;
         Ok(Response::new(LeaseTimeToLiveResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
             id: r.id,
             ttl: ttl.ttl,
             granted_ttl: ttl.granted_ttl,
@@ -121,14 +122,14 @@ impl Lease for LeaseService {
         _req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         let leases = self
-            .node
+            .core
             .leases
             .ids()
             .into_iter()
             .map(|id| LeaseStatus { id })
             .collect();
         Ok(Response::new(LeaseLeasesResponse {
-            header: self.node.header(self.node.store.revision()),
+            header: self.core.header(self.core.store.revision()),
             leases,
         }))
     }

@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Node;
+use super::Headers as _;
+use crate::core::Core;
 
 /// Deliveries (one per committed batch that concerns the stream, each carrying a response for
 /// every watch of the stream that wants it) buffered between the store and the sender before
@@ -30,15 +31,15 @@ const PROGRESS_TICK: Duration = Duration::from_millis(100);
 
 /// The Watch service.
 pub struct WatchService {
-    node: Arc<Node>,
+    core: Arc<Core>,
     progress_interval: Duration,
 }
 
 impl WatchService {
     /// Creates the service; `progress_interval` paces `progress_notify` responses.
-    pub fn new(node: Arc<Node>, progress_interval: Duration) -> Self {
+    pub fn new(core: Arc<Core>, progress_interval: Duration) -> Self {
         Self {
-            node,
+            core,
             progress_interval,
         }
     }
@@ -85,14 +86,14 @@ impl Watch for WatchService {
         let (ctrl_tx, ctrl_rx) = mpsc::channel(256);
         let state: Shared = Arc::default();
         tokio::spawn(receive(
-            self.node.clone(),
+            self.core.clone(),
             inbound,
             ctrl_tx,
             sink,
             state.clone(),
         ));
         tokio::spawn(send(
-            self.node.clone(),
+            self.core.clone(),
             ev_rx,
             ctrl_rx,
             out_tx,
@@ -105,7 +106,7 @@ impl Watch for WatchService {
     }
 }
 
-fn cancel_all(node: &Node, state: &Shared) {
+fn cancel_all(node: &Core, state: &Shared) {
     for (_, e) in lock(state).watches.drain() {
         if let Some(h) = e.handle {
             node.store.cancel_watch(&h);
@@ -114,7 +115,7 @@ fn cancel_all(node: &Node, state: &Shared) {
 }
 
 async fn receive(
-    node: Arc<Node>,
+    node: Arc<Core>,
     mut inbound: Streaming<WatchRequest>,
     ctrl: mpsc::Sender<Ctrl>,
     events: WatchSink,
@@ -162,7 +163,7 @@ async fn receive(
 /// Registers one watch. The "created" response is queued before the watch starts so it
 /// always reaches the client ahead of the watch's first event.
 async fn create(
-    node: &Node,
+    node: &Core,
     c: WatchCreateRequest,
     ctrl: &mpsc::Sender<Ctrl>,
     events: &WatchSink,
@@ -240,7 +241,7 @@ async fn create(
 }
 
 async fn send(
-    node: Arc<Node>,
+    node: Arc<Core>,
     mut events: mpsc::Receiver<Delivery>,
     mut ctrl: mpsc::Receiver<Ctrl>,
     out: mpsc::Sender<Vec<WatchFrame>>,
@@ -295,7 +296,7 @@ async fn send(
 /// them as one batch; false when the client is gone. Watchers that need nothing of their own
 /// get frames sharing one encoding of the header and of each distinct event list.
 async fn forward(
-    node: &Node,
+    node: &Core,
     state: &Shared,
     delivery: Delivery,
     out: &mpsc::Sender<Vec<WatchFrame>>,
@@ -404,7 +405,7 @@ fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
 /// every watch is live, or to each live `progress_notify` watcher. Events up to the promised
 /// revision are flushed first so the promise holds. Returns whether it was sent.
 async fn progress(
-    node: &Node,
+    node: &Core,
     state: &Shared,
     events: &mut mpsc::Receiver<Delivery>,
     out: &mpsc::Sender<Vec<WatchFrame>>,
