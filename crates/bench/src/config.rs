@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::keys::KeySpace;
+use crate::keys::{KeyOrder, KeySpace};
 use crate::BenchError;
 
 /// Read consistency for range requests.
@@ -25,15 +25,6 @@ impl Consistency {
             Self::Serializable => "s",
         }
     }
-}
-
-/// How clients choose keys from the keyspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyOrder {
-    /// Uniformly at random.
-    Uniform,
-    /// 0, 1, 2, … shared by all clients, wrapping at the key count (loads each key once).
-    Sequential,
 }
 
 /// When the measured phase ends.

@@ -5,8 +5,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::KeyOrder;
 use crate::BenchError;
+
+/// How clients choose keys from the keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrder {
+    /// Uniformly at random.
+    Uniform,
+    /// 0, 1, 2, … shared by all clients, wrapping at the key count (loads each key once).
+    Sequential,
+}
 
 /// Bytes at the start of a watch value: send time (nanoseconds since the UNIX epoch, big
 /// endian) and a flag byte saying whether the write is in the measured phase.

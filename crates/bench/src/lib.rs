@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: what to run ([`Config`], [`Workload`]) and its validation.
-//! - [`keys`]: the keyspace, uniform or sequential key choice, values and watch timestamps.
+//! - [`keys`]: the keyspace, uniform or sequential key choice ([`KeyOrder`]), values and watch
+//!   timestamps.
 //! - [`pace`]: the shared `--rate` schedule.
 //! - [`driver`]: the closed-loop client loop every request/response workload runs on.
 //! - [`report`]: latency histograms (microsecond precision) and the text/JSON [`Report`].
@@ -23,7 +24,8 @@ pub mod workload;
 
 use tonic::transport::Channel;
 
-pub use config::{Config, Consistency, KeyOrder, Stop, Workload};
+pub use config::{Config, Consistency, Stop, Workload};
+pub use keys::KeyOrder;
 pub use report::Report;
 
 /// Why a benchmark could not run (request failures during the run are counted, not errors).
