@@ -1,6 +1,8 @@
 //! `berth endpoint status|health|hashkv`: asks every endpoint (or, with `--cluster`, every
-//! member's client URL) for its status, health or KV hash, reporting per endpoint like etcdctl.
+//! member's client URL) for its status, health or KV hash, reporting per endpoint like etcdctl
+//! (each list of per-endpoint results renders itself, at the end of this file).
 
+use std::io::{self, Write};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -9,10 +11,13 @@ use berth_proto::etcdserverpb::{
     AlarmRequest, AlarmType, HashKvRequest, HashKvResponse, RangeRequest, StatusRequest,
     StatusResponse,
 };
+use serde_json::Value;
 use tonic::Code;
 
 use super::conn::{Conn, Rpc};
-use super::output::go_duration;
+use super::output::json::{opt_header, Obj};
+use super::output::table::Table;
+use super::output::{go_duration, human_bytes, Render, Rows};
 use super::Ctx;
 
 /// `berth endpoint <verb>`.
@@ -110,7 +115,7 @@ async fn status(ctx: &mut Ctx, cluster: bool) -> Result<()> {
             }
         }
     }
-    ctx.out.endpoint_status(&list)?;
+    ctx.out.print(list.as_slice())?;
     if failed > 0 {
         bail!("failed to get the status of {failed} endpoint(s)");
     }
@@ -134,7 +139,7 @@ async fn hashkv(ctx: &mut Ctx, cluster: bool, revision: i64) -> Result<()> {
             }
         }
     }
-    ctx.out.endpoint_hashkv(&list)?;
+    ctx.out.print(list.as_slice())?;
     if failed > 0 {
         bail!("failed to get the hash of {failed} endpoint(s)");
     }
@@ -145,7 +150,7 @@ async fn health(ctx: &mut Ctx, cluster: bool) -> Result<()> {
     let eps = targets(ctx, cluster).await?;
     let conn = &ctx.conn;
     let list = futures::future::join_all(eps.into_iter().map(|ep| check(conn, ep))).await;
-    ctx.out.endpoint_health(&list)?;
+    ctx.out.print(list.as_slice())?;
     if list.iter().any(|h| !h.health) {
         bail!("unhealthy cluster");
     }
@@ -216,4 +221,172 @@ async fn check(conn: &Conn, ep: String) -> EpHealth {
         }
     }
     h
+}
+
+/// `endpoint status`: one row per endpoint.
+impl Render for [EpStatus] {
+    fn simple(&self, out: &mut dyn Write) -> io::Result<()> {
+        status_rows(self).simple(out)
+    }
+
+    fn json(&self) -> Value {
+        Value::Array(
+            self.iter()
+                .map(|s| {
+                    Obj::new()
+                        .always("Endpoint", s.endpoint.as_str())
+                        .always("Status", status_json(&s.resp))
+                        .build()
+                })
+                .collect(),
+        )
+    }
+
+    fn table(&self, out: &mut dyn Write) -> io::Result<()> {
+        status_rows(self).table(out)
+    }
+}
+
+fn status_rows(list: &[EpStatus]) -> Rows<'static> {
+    const HEADER: &[&str] = &[
+        "ENDPOINT",
+        "ID",
+        "VERSION",
+        "DB SIZE",
+        "IS LEADER",
+        "IS LEARNER",
+        "RAFT TERM",
+        "RAFT INDEX",
+        "RAFT APPLIED INDEX",
+        "ERRORS",
+    ];
+    let rows = list
+        .iter()
+        .map(|s| {
+            let member_id = s.resp.header.map(|h| h.member_id).unwrap_or_default();
+            vec![
+                s.endpoint.clone(),
+                format!("{member_id:x}"),
+                s.resp.version.clone(),
+                human_bytes(u64::try_from(s.resp.db_size).unwrap_or_default()),
+                (s.resp.leader == member_id).to_string(),
+                s.resp.is_learner.to_string(),
+                s.resp.raft_term.to_string(),
+                s.resp.raft_index.to_string(),
+                s.resp.raft_applied_index.to_string(),
+                s.resp.errors.join(", "),
+            ]
+        })
+        .collect();
+    Rows::new(HEADER, rows)
+}
+
+fn status_json(r: &StatusResponse) -> Value {
+    let errors = r.errors.iter().map(|s| Value::from(s.as_str())).collect();
+    Obj::new()
+        .opt("header", opt_header(r.header.as_ref()))
+        .str("version", &r.version)
+        .num("dbSize", r.db_size)
+        .num("leader", r.leader)
+        .num("raftIndex", r.raft_index)
+        .num("raftTerm", r.raft_term)
+        .num("raftAppliedIndex", r.raft_applied_index)
+        .list("errors", errors)
+        .num("dbSizeInUse", r.db_size_in_use)
+        .flag("isLearner", r.is_learner)
+        .str("storageVersion", &r.storage_version)
+        .num("dbSizeQuota", r.db_size_quota)
+        .build()
+}
+
+/// `endpoint health`: simple output goes to stderr, as etcdctl does.
+impl Render for [EpHealth] {
+    fn simple(&self, _out: &mut dyn Write) -> io::Result<()> {
+        let mut err = io::stderr().lock();
+        for h in self {
+            if h.health {
+                writeln!(
+                    err,
+                    "{} is healthy: successfully committed proposal: took = {}",
+                    h.endpoint, h.took
+                )?;
+            } else {
+                writeln!(
+                    err,
+                    "{} is unhealthy: failed to commit proposal: {}",
+                    h.endpoint, h.error
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        Value::Array(
+            self.iter()
+                .map(|h| {
+                    Obj::new()
+                        .always("endpoint", h.endpoint.as_str())
+                        .always("health", h.health)
+                        .always("took", h.took.as_str())
+                        .str("error", &h.error)
+                        .build()
+                })
+                .collect(),
+        )
+    }
+
+    fn table(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut t = Table::new(&["ENDPOINT", "HEALTH", "TOOK", "ERROR"]);
+        for h in self {
+            t.row(vec![
+                h.endpoint.clone(),
+                h.health.to_string(),
+                h.took.clone(),
+                h.error.clone(),
+            ]);
+        }
+        t.write_to(out)
+    }
+}
+
+/// `endpoint hashkv`: one row per endpoint.
+impl Render for [EpHashKv] {
+    fn simple(&self, out: &mut dyn Write) -> io::Result<()> {
+        hashkv_rows(self).simple(out)
+    }
+
+    fn json(&self) -> Value {
+        Value::Array(
+            self.iter()
+                .map(|h| {
+                    Obj::new()
+                        .always("Endpoint", h.endpoint.as_str())
+                        .always("HashKV", hashkv_json(&h.resp))
+                        .build()
+                })
+                .collect(),
+        )
+    }
+
+    fn table(&self, out: &mut dyn Write) -> io::Result<()> {
+        hashkv_rows(self).table(out)
+    }
+}
+
+fn hashkv_rows(list: &[EpHashKv]) -> Rows<'static> {
+    let rows = list
+        .iter()
+        .map(|h| vec![h.endpoint.clone(), h.resp.hash.to_string()])
+        .collect();
+    Rows::new(&["ENDPOINT", "HASH"], rows)
+}
+
+fn hashkv_json(r: &HashKvResponse) -> Value {
+    Obj::new()
+        .opt("header", opt_header(r.header.as_ref()))
+        .num("hash", r.hash)
+        .num("compact_revision", r.compact_revision)
+        .num("hash_revision", r.hash_revision)
+        .build()
 }

@@ -1,10 +1,15 @@
 //! `berth kv del KEY [RANGE_END]`: deletes a key or range and prints the number deleted (and
 //! the deleted pairs with `--prev-kv`) like `etcdctl del`.
 
-use anyhow::Result;
-use berth_proto::etcdserverpb::DeleteRangeRequest;
+use std::io::{self, Write};
 
-use super::key_range;
+use anyhow::Result;
+use berth_proto::etcdserverpb::{DeleteRangeRequest, DeleteRangeResponse};
+use serde_json::Value;
+
+use super::{key_range, kv_json, write_kv};
+use crate::cli::output::json::{opt_header, Obj};
+use crate::cli::output::Render;
 use crate::cli::Ctx;
 
 /// Arguments of `kv del` (also accepted as a `del` line inside `kv txn`).
@@ -47,5 +52,24 @@ pub async fn run(ctx: &mut Ctx, args: DelArgs) -> Result<()> {
     let req = args.to_request()?;
     let mut kv = ctx.conn.kv().await?;
     let resp = ctx.conn.call(kv.delete_range(req)).await?;
-    ctx.out.del(&resp)
+    ctx.out.print(&resp)
+}
+
+/// `kv del`: the number deleted, then any previous pairs (no table: simple text).
+impl Render for DeleteRangeResponse {
+    fn simple(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{}", self.deleted)?;
+        for kv in &self.prev_kvs {
+            write_kv(out, kv, false)?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        Obj::new()
+            .opt("header", opt_header(self.header.as_ref()))
+            .num("deleted", self.deleted)
+            .list("prev_kvs", self.prev_kvs.iter().map(kv_json).collect())
+            .build()
+    }
 }

@@ -1,13 +1,19 @@
 //! `berth kv get KEY [RANGE_END]`: reads a key or range with etcdctl's flags (prefix, limit,
 //! revision, sorting, consistency) and prints key and value lines like `etcdctl get`.
 
+use std::io::{self, Write};
+
 use anyhow::{bail, Result};
 use berth_proto::etcdserverpb::{
     range_request::{SortOrder, SortTarget},
-    RangeRequest,
+    RangeRequest, RangeResponse,
 };
+use serde_json::Value;
 
-use super::key_range;
+use super::{key_range, kv_json, write_kv};
+use crate::cli::output::json::{opt_header, Obj};
+use crate::cli::output::table::Table;
+use crate::cli::output::{lossy, Render};
 use crate::cli::Ctx;
 
 /// Arguments of `kv get` (also accepted as a `get` line inside `kv txn`).
@@ -121,15 +127,82 @@ pub async fn run(ctx: &mut Ctx, args: GetArgs) -> Result<()> {
     let mut kv = ctx.conn.kv().await?;
     let resp = ctx.conn.call(kv.range(req)).await?;
     if args.count_only {
-        ctx.out.count(&resp)
+        ctx.out.print(&CountOnly(&resp))
+    } else if args.print_value_only {
+        ctx.out.print(&ValuesOnly(&resp))
     } else {
-        ctx.out.get(&resp, args.print_value_only)
+        ctx.out.print(&resp)
+    }
+}
+
+/// `kv get`: key and value lines per pair; a KEY/VALUE table.
+impl Render for RangeResponse {
+    fn simple(&self, out: &mut dyn Write) -> io::Result<()> {
+        for kv in &self.kvs {
+            write_kv(out, kv, false)?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        Obj::new()
+            .opt("header", opt_header(self.header.as_ref()))
+            .list("kvs", self.kvs.iter().map(kv_json).collect())
+            .flag("more", self.more)
+            .num("count", self.count)
+            .build()
+    }
+
+    fn table(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut t = Table::new(&["KEY", "VALUE"]);
+        for kv in &self.kvs {
+            t.row(vec![lossy(&kv.key), lossy(&kv.value)]);
+        }
+        t.write_to(out)
+    }
+}
+
+/// `kv get --print-value-only`: simple text drops the key lines; JSON and table are unchanged.
+pub struct ValuesOnly<'a>(pub &'a RangeResponse);
+
+impl Render for ValuesOnly<'_> {
+    fn simple(&self, out: &mut dyn Write) -> io::Result<()> {
+        for kv in &self.0.kvs {
+            write_kv(out, kv, true)?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        self.0.json()
+    }
+
+    fn table(&self, out: &mut dyn Write) -> io::Result<()> {
+        self.0.table(out)
+    }
+}
+
+/// `kv get --count-only`: just the count in simple (and table) format, as etcdctl 3.5 prints;
+/// the whole response in JSON.
+pub struct CountOnly<'a>(pub &'a RangeResponse);
+
+impl Render for CountOnly<'_> {
+    fn simple(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{}", self.0.count)
+    }
+
+    fn json(&self) -> Value {
+        self.0.json()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::kv::pair;
+    use crate::cli::output::json::test_header;
+    use crate::cli::output::{printed, Format};
+    use berth_proto::mvccpb::KeyValue;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -185,5 +258,49 @@ mod tests {
         assert!(req(&["k", "--sort-by", "nope"]).is_err());
         assert!(req(&["k", "--order", "up"]).is_err());
         assert!(req(&["k", "--consistency", "x"]).is_err());
+    }
+
+    #[test]
+    fn simple_get_and_value_only() {
+        let r = RangeResponse {
+            kvs: vec![pair("k1", "v1"), pair("k2", "")],
+            ..Default::default()
+        };
+        assert_eq!(printed(Format::Simple, &r), "k1\nv1\nk2\n\n");
+        assert_eq!(printed(Format::Simple, &ValuesOnly(&r)), "v1\n\n");
+    }
+
+    fn foo() -> KeyValue {
+        KeyValue {
+            key: b"foo".to_vec(),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            value: b"bar".to_vec(),
+            lease: 0,
+        }
+    }
+
+    // Expected strings below were captured from etcdctl 3.4 against etcd 3.4.
+    #[test]
+    fn range_matches_etcdctl() {
+        let r = RangeResponse {
+            header: test_header(5),
+            kvs: vec![foo()],
+            more: false,
+            count: 1,
+        };
+        assert_eq!(
+            r.json().to_string(),
+            r#"{"header":{"cluster_id":14841639068965178418,"member_id":10276657743932975437,"revision":5,"raft_term":2},"kvs":[{"key":"Zm9v","create_revision":2,"mod_revision":2,"version":1,"value":"YmFy"}],"count":1}"#
+        );
+        let empty = RangeResponse {
+            header: test_header(4),
+            ..Default::default()
+        };
+        assert_eq!(
+            empty.json().to_string(),
+            r#"{"header":{"cluster_id":14841639068965178418,"member_id":10276657743932975437,"revision":4,"raft_term":2}}"#
+        );
     }
 }

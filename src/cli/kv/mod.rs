@@ -1,5 +1,6 @@
 //! `berth kv`: etcdctl's key-value commands (put, get, del, txn, watch), one file per verb,
-//! plus the key-range rules (`--prefix`, `--from-key`) they share.
+//! plus what they share: the key-range rules (`--prefix`, `--from-key`) and how one key-value
+//! pair prints ([`write_kv`], [`kv_json`]). Each verb's file renders its own response.
 
 pub mod del;
 pub mod get;
@@ -7,8 +8,13 @@ pub mod put;
 pub mod txn;
 pub mod watch;
 
-use anyhow::{bail, Result};
+use std::io::{self, Write};
 
+use anyhow::{bail, Result};
+use berth_proto::mvccpb::KeyValue;
+use serde_json::Value;
+
+use super::output::json::Obj;
 use super::Ctx;
 
 /// `berth kv <verb>`.
@@ -86,6 +92,39 @@ pub fn key_range(
 
 /// The smallest key greater than every key starting with `prefix`.
 pub use berth_proto::keys::prefix_end as prefix_range_end;
+
+/// etcdctl's `printKV`: the key on one line (unless `value_only`), the value on the next.
+/// Bytes are written raw, as etcdctl does.
+pub fn write_kv(out: &mut dyn Write, kv: &KeyValue, value_only: bool) -> io::Result<()> {
+    if !value_only {
+        out.write_all(&kv.key)?;
+        out.write_all(b"\n")?;
+    }
+    out.write_all(&kv.value)?;
+    out.write_all(b"\n")
+}
+
+/// One key-value pair as JSON: bytes base64, zero revisions omitted.
+pub fn kv_json(kv: &KeyValue) -> Value {
+    Obj::new()
+        .bytes("key", &kv.key)
+        .num("create_revision", kv.create_revision)
+        .num("mod_revision", kv.mod_revision)
+        .num("version", kv.version)
+        .bytes("value", &kv.value)
+        .num("lease", kv.lease)
+        .build()
+}
+
+/// A pair with just a key and a value (for the rendering tests).
+#[cfg(test)]
+pub fn pair(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,12 +1,16 @@
 //! `berth kv put KEY [VALUE]`: writes one key, optionally attached to a lease, printing `OK`
 //! (and the previous pair with `--prev-kv`) like `etcdctl put`.
 
-use std::io::Read;
+use std::io::{self, Read, Write};
 
 use anyhow::{bail, Context, Result};
-use berth_proto::etcdserverpb::PutRequest;
+use berth_proto::etcdserverpb::{PutRequest, PutResponse};
+use serde_json::Value;
 
+use super::{kv_json, write_kv};
 use crate::cli::lease::parse_lease_id;
+use crate::cli::output::json::{opt_header, Obj};
+use crate::cli::output::Render;
 use crate::cli::Ctx;
 
 /// Arguments of `kv put` (also accepted as a `put` line inside `kv txn`).
@@ -76,7 +80,25 @@ pub async fn run(ctx: &mut Ctx, args: PutArgs) -> Result<()> {
     let req = args.to_request(read_stdin)?;
     let mut kv = ctx.conn.kv().await?;
     let resp = ctx.conn.call(kv.put(req)).await?;
-    ctx.out.put(&resp)
+    ctx.out.print(&resp)
+}
+
+/// `kv put`: `OK`, then the previous pair when asked for (no table: simple text).
+impl Render for PutResponse {
+    fn simple(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "OK")?;
+        if let Some(kv) = &self.prev_kv {
+            write_kv(out, kv, false)?;
+        }
+        Ok(())
+    }
+
+    fn json(&self) -> Value {
+        Obj::new()
+            .opt("header", opt_header(self.header.as_ref()))
+            .opt("prev_kv", self.prev_kv.as_ref().map(kv_json))
+            .build()
+    }
 }
 
 #[cfg(test)]

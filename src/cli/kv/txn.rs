@@ -5,16 +5,19 @@
 //! `m|mod`, `val|value`, `lease` in hex; ops `=`, `!=`, `<`, `>`). Ops are `put`, `get` and
 //! `del` lines taking the same flags as the commands, with shell-like quoting.
 
-use std::io::BufRead;
+use std::io::{self, BufRead, Write};
 
 use anyhow::{anyhow, bail, Result};
 use berth_proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
-    request_op, Compare, RequestOp, TxnRequest,
+    request_op, response_op, Compare, RequestOp, ResponseOp, TxnRequest, TxnResponse,
 };
 use clap::Parser;
+use serde_json::Value;
 
 use super::{del::DelArgs, get::GetArgs, put::PutArgs};
+use crate::cli::output::json::{opt_header, Obj};
+use crate::cli::output::Render;
 use crate::cli::Ctx;
 
 /// Arguments of `kv txn`.
@@ -42,7 +45,54 @@ pub async fn run(ctx: &mut Ctx, args: TxnArgs) -> Result<()> {
     };
     let mut kv = ctx.conn.kv().await?;
     let resp = ctx.conn.call(kv.txn(req)).await?;
-    ctx.out.txn(&resp)
+    ctx.out.print(&resp)
+}
+
+/// `kv txn`: SUCCESS or FAILURE, then each operation's result after a blank line, printed as
+/// its own command prints it (no table: simple text).
+impl Render for TxnResponse {
+    fn simple(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "{}",
+            if self.succeeded { "SUCCESS" } else { "FAILURE" }
+        )?;
+        for op in &self.responses {
+            writeln!(out)?;
+            match &op.response {
+                Some(response_op::Response::ResponsePut(p)) => p.simple(out)?,
+                Some(response_op::Response::ResponseRange(g)) => g.simple(out)?,
+                Some(response_op::Response::ResponseDeleteRange(d)) => d.simple(out)?,
+                Some(response_op::Response::ResponseTxn(t)) => t.simple(out)?,
+                None => writeln!(out, "unexpected empty response")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Each result is wrapped as `{"Response":{"ResponsePut":{..}}}` like Go's oneof.
+    fn json(&self) -> Value {
+        Obj::new()
+            .opt("header", opt_header(self.header.as_ref()))
+            .flag("succeeded", self.succeeded)
+            .list("responses", self.responses.iter().map(op_json).collect())
+            .build()
+    }
+}
+
+fn op_json(op: &ResponseOp) -> Value {
+    let inner = match &op.response {
+        Some(response_op::Response::ResponseRange(r)) => {
+            Obj::new().always("ResponseRange", r.json())
+        }
+        Some(response_op::Response::ResponsePut(r)) => Obj::new().always("ResponsePut", r.json()),
+        Some(response_op::Response::ResponseDeleteRange(r)) => {
+            Obj::new().always("ResponseDeleteRange", r.json())
+        }
+        Some(response_op::Response::ResponseTxn(r)) => Obj::new().always("ResponseTxn", r.json()),
+        None => Obj::new(),
+    };
+    Obj::new().always("Response", inner.build()).build()
 }
 
 /// Reads a whole transaction. A blank line (or end of input) closes each section;
@@ -264,7 +314,13 @@ pub fn go_unquote(s: &str) -> Result<(Vec<u8>, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::kv::pair;
+    use crate::cli::output::json::test_header;
+    use crate::cli::output::{printed, Format};
     use berth_proto::etcdserverpb::range_request::SortOrder;
+    use berth_proto::etcdserverpb::{
+        DeleteRangeResponse, PutResponse, RangeResponse, ResponseHeader,
+    };
 
     fn no_prompt(_: &str) -> Result<()> {
         Ok(())
@@ -399,5 +455,69 @@ mod tests {
         );
         assert!(go_unquote(r#""open"#).is_err());
         assert!(go_unquote("plain").is_err());
+    }
+
+    #[test]
+    fn simple_txn_matches_etcdctl() {
+        let r = TxnResponse {
+            header: None,
+            succeeded: false,
+            responses: vec![
+                ResponseOp {
+                    response: Some(response_op::Response::ResponseRange(RangeResponse {
+                        kvs: vec![pair("k1", "v1"), pair("k3", "v3")],
+                        ..Default::default()
+                    })),
+                },
+                ResponseOp {
+                    response: Some(response_op::Response::ResponsePut(PutResponse::default())),
+                },
+                ResponseOp {
+                    response: Some(response_op::Response::ResponseDeleteRange(
+                        DeleteRangeResponse {
+                            deleted: 2,
+                            ..Default::default()
+                        },
+                    )),
+                },
+            ],
+        };
+        let out = printed(Format::Simple, &r);
+        assert_eq!(out, "FAILURE\n\nk1\nv1\nk3\nv3\n\nOK\n\n2\n");
+    }
+
+    // Expected string captured from etcdctl 3.4 against etcd 3.4.
+    #[test]
+    fn txn_wraps_oneof_like_go() {
+        let r = TxnResponse {
+            header: test_header(13),
+            succeeded: true,
+            responses: vec![
+                ResponseOp {
+                    response: Some(response_op::Response::ResponsePut(PutResponse {
+                        header: Some(ResponseHeader {
+                            revision: 13,
+                            ..Default::default()
+                        }),
+                        prev_kv: None,
+                    })),
+                },
+                ResponseOp {
+                    response: Some(response_op::Response::ResponseDeleteRange(
+                        DeleteRangeResponse {
+                            header: Some(ResponseHeader {
+                                revision: 13,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    )),
+                },
+            ],
+        };
+        assert_eq!(
+            r.json().to_string(),
+            r#"{"header":{"cluster_id":14841639068965178418,"member_id":10276657743932975437,"revision":13,"raft_term":2},"succeeded":true,"responses":[{"Response":{"ResponsePut":{"header":{"revision":13}}}},{"Response":{"ResponseDeleteRange":{"header":{"revision":13}}}}]}"#
+        );
     }
 }

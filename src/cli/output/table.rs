@@ -63,6 +63,11 @@ impl Table {
         out.push_str(&border);
         out
     }
+
+    /// Writes the finished table to `out`.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(self.render().as_bytes())
+    }
 }
 
 fn width(s: &str) -> usize {
