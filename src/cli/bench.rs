@@ -2,12 +2,14 @@
 //! etcd v3 API; dials `--conns` connections, runs the workload from `berth-bench`, prints text
 //! or, with `-w json`, one JSON object with throughput and latency percentiles.
 
+use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use berth_bench::{Config, Consistency, KeyOrder, Stop, Workload};
+use berth_bench::{Config, Consistency, KeyOrder, Report, Stop, Workload};
+use serde_json::Value;
 
-use super::output::Format;
+use super::output::Render;
 use super::{parse_duration, Ctx};
 
 /// The writer's rate for `watch` when `--rate` is left at 0: an unlimited writer would fan
@@ -212,14 +214,9 @@ impl BenchCommand {
 }
 
 /// Runs one benchmark and prints its report.
-/// `timeout` (`--command-timeout`) bounds each request: a slower one counts as an error.
-pub async fn run(
-    ctx: &mut Ctx,
-    cmd: BenchCommand,
-    format: Format,
-    timeout: Duration,
-) -> Result<()> {
-    let cfg = cmd.config(timeout);
+/// `--command-timeout` bounds each request: a slower one counts as an error.
+pub async fn run(ctx: &mut Ctx, cmd: BenchCommand) -> Result<()> {
+    let cfg = cmd.config(ctx.conn.command_timeout());
     cfg.validate()?;
     let endpoints = ctx.conn.endpoints().to_vec();
     if endpoints.is_empty() {
@@ -231,9 +228,17 @@ pub async fn run(
         channels.push(ctx.conn.channel_to(&endpoints[i % endpoints.len()]).await?);
     }
     let report = berth_bench::run(cfg, channels).await?;
-    match format {
-        Format::Json => ctx.out.line(&report.to_json().to_string()),
-        Format::Simple | Format::Table => ctx.out.line(report.to_text().trim_end()),
+    ctx.out.print(&report)
+}
+
+/// The report as text for people, or one JSON object (no table: the text).
+impl Render for Report {
+    fn simple(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "{}", self.to_text().trim_end())
+    }
+
+    fn json(&self) -> Value {
+        self.to_json()
     }
 }
 

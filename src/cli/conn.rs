@@ -56,6 +56,11 @@ impl Conn {
         &self.endpoints
     }
 
+    /// `--command-timeout`: how long one request may take.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
     /// Dials the endpoints in order and returns the first channel that connects.
     pub async fn channel(&self) -> Result<Channel> {
         let mut errors = Vec::new();

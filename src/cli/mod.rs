@@ -3,13 +3,15 @@
 //!
 //! # Layout
 //! - [`conn`]: endpoints, dialing, per-request timeouts and gRPC error mapping.
-//! - [`output`]: the one printer (`simple|json|table`) every command writes through.
+//! - [`output`]: the one printer (`simple|json|table`) every command writes through, and the
+//!   [`Render`](output::Render) trait results implement to be printed.
 //! - [`kv`]: `kv put|get|del|txn|watch`; [`compact`]: `compact`.
 //! - [`lease`], [`member`], [`endpoint`], [`alarm`], [`defrag`], [`snapshot`]: one file per noun.
 //! - [`bench`]: `bench <workload>`, the load generator (the engine is the `berth-bench` crate).
 //!
-//! Each command file owns its clap arguments and an `async fn run`; adding a command touches
-//! that file and one arm of [`Command`].
+//! Each command file owns its clap arguments, an `async fn run(&mut Ctx, ..)` and the
+//! [`Render`](output::Render) impls of what it prints; adding a command touches that file, its
+//! `mod` line, and its variant of [`Command`] with the matching arm in `dispatch`.
 
 pub mod alarm;
 pub mod bench;
@@ -101,7 +103,6 @@ pub struct Ctx {
 /// Runs one client command to completion on its own runtime (single-threaded, except for
 /// `bench`).
 pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
-    let (format, timeout) = (global.write_out, global.command_timeout);
     let mut ctx = Ctx {
         conn: Conn::new(
             global.endpoints,
@@ -123,15 +124,11 @@ pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the client runtime")?;
-    rt.block_on(dispatch(&mut ctx, cmd, format, timeout))
+    rt.block_on(dispatch(&mut ctx, cmd))
 }
 
-async fn dispatch(
-    ctx: &mut Ctx,
-    cmd: Command,
-    format: Format,
-    timeout: Duration,
-) -> anyhow::Result<()> {
+/// Runs one online command: each arm hands its arguments to the command's file.
+async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Kv(c) => kv::run(ctx, c).await,
         Command::Lease(c) => lease::run(ctx, c).await,
@@ -141,7 +138,7 @@ async fn dispatch(
         Command::Snapshot(c) => snapshot::run(ctx, c).await,
         Command::Alarm(c) => alarm::run(ctx, c).await,
         Command::Defrag => defrag::run(ctx).await,
-        Command::Bench(c) => bench::run(ctx, c, format, timeout).await,
+        Command::Bench(c) => bench::run(ctx, c).await,
     }
 }
 
