@@ -7,7 +7,8 @@
 //!   [`Render`](output::Render) trait results implement to be printed.
 //! - [`kv`]: `kv put|get|del|txn|watch`; [`compact`]: `compact`.
 //! - [`lease`], [`member`], [`endpoint`], [`alarm`], [`defrag`], [`snapshot`]: one file per noun.
-//! - [`bench`]: `bench <workload>`, the load generator (the engine is the `berth-bench` crate).
+//! - [`bench`](mod@bench): `bench <workload>`, the load generator (the engine is the
+//!   `berth-bench` crate).
 //!
 //! Each command file owns its clap arguments, an `async fn run(&mut Ctx, ..)` and the
 //! [`Render`](output::Render) impls of what it prints; adding a command touches that file, its

@@ -6,7 +6,8 @@
 //! depends on a flag), and [`Printer::print`] picks the format.
 //!
 //! # Layout
-//! - this file: [`Format`], [`Render`], [`Printer`], [`Rows`] and Go-style number formatting.
+//! - this file: [`Format`], [`Render`], [`Printer`], [`Rows`], and durations and byte counts
+//!   as Go prints them ([`go_duration`], [`human_bytes`]).
 //! - [`json`]: the builder for etcdctl-shaped JSON ([`json::Obj`]) and the response header.
 //! - [`table`]: the bordered table renderer.
 
