@@ -44,7 +44,7 @@ pub(crate) struct ForwardStream {
 }
 
 fn lock(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::LockExt::locked(p)
 }
 
 impl ForwardStream {

@@ -38,6 +38,7 @@ mod read_batch;
 pub mod replica;
 pub mod runtime;
 pub mod state_machine;
+mod sync;
 pub mod types;
 pub mod wal;
 mod write_batch;

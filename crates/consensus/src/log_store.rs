@@ -24,12 +24,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::env::StorageIo;
+use crate::sync::io_err;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 use crate::wal::{Records, Wal, WalState};
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
 
 fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
     rmp_serde::to_vec(v).map_err(io_err)

@@ -8,7 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::Mutex;
+
+use crate::sync::LockExt;
 
 use berth_proto::berth::raft::raft_peer_server::{RaftPeer, RaftPeerServer};
 use berth_proto::berth::raft::{
@@ -80,7 +82,7 @@ pub struct PeerRouter {
     cluster_id: u64,
     /// This member: messages for any other are refused.
     member_id: u64,
-    groups: RwLock<HashMap<GroupId, Arc<GroupPeer>>>,
+    groups: Mutex<HashMap<GroupId, Arc<GroupPeer>>>,
 }
 
 /// What the peer service needs of one group's replica.
@@ -99,17 +101,14 @@ impl PeerRouter {
         Arc::new(PeerRouter {
             cluster_id,
             member_id,
-            groups: RwLock::default(),
+            groups: Mutex::default(),
         })
     }
 
     /// Serves `replica`'s group from now on (replacing any earlier replica of that group).
     pub fn add(&self, replica: &crate::Replica) {
         let (group, peer) = replica.group_peer();
-        self.groups
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(group, Arc::new(peer));
+        self.groups.locked().insert(group, Arc::new(peer));
     }
 
     /// The gRPC service for the peer port.
@@ -129,8 +128,8 @@ impl PeerRouter {
     fn route(&self, md: &tonic::metadata::MetadataMap) -> Result<Arc<GroupPeer>, Status> {
         self.admit(md)?;
         let group = crate::identity::group_of(md)?;
-        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
-        groups.get(&group).cloned().ok_or_else(|| {
+        let found = self.groups.locked().get(&group).cloned();
+        found.ok_or_else(|| {
             Status::not_found(format!(
                 "berth: member {:x} runs no Raft group {group}",
                 self.member_id
@@ -417,22 +416,19 @@ pub(crate) async fn change_membership(
     change: Change,
     retain: bool,
 ) -> Result<(), crate::ProposeError> {
-    use openraft::async_runtime::WatchReceiver;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let patience = std::time::Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + patience;
+    // The last membership is settled when it is applied (committed) and not a joint config:
+    // only then may the next change start.
+    let settled = |m: &openraft::RaftMetrics<TypeConfig>| {
+        let joint = m.membership_config.membership().get_joint_config().len() > 1;
+        let applied = m.membership_config.log_id() <= &m.last_applied;
+        (!joint && applied).then_some(())
+    };
     loop {
-        // Wait out a change in progress (a joint config) instead of colliding with it.
-        let joint = raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .get_joint_config()
-            .len()
-            > 1;
-        if joint && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            continue;
-        }
+        // Wait out a change in progress instead of colliding with it.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        crate::replica::watch_metrics(raft, left, settled).await;
         let attempt = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             raft.change_membership(change.clone(), retain),
@@ -452,7 +448,7 @@ pub(crate) async fn change_membership(
                 if !busy || tokio::time::Instant::now() >= deadline {
                     return Err(crate::ProposeError::Membership(e.to_string()));
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                // Another change is in progress: the loop waits for it to settle.
             }
             Err(RaftError::APIError(e)) => {
                 return Err(crate::ProposeError::Membership(e.to_string()))

@@ -61,25 +61,16 @@ impl ReadBatcher {
 }
 
 fn lock(b: &Mutex<Batch>) -> std::sync::MutexGuard<'_, Batch> {
-    b.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Marks the batch idle when its driver unwinds (a panic in a request): the next reader then
-/// starts a new driver instead of waiting forever. A driver that ends normally marks it idle
-/// itself, under the lock that decided there was nothing left.
-struct IdleOnPanic(Arc<Mutex<Batch>>);
-
-impl Drop for IdleOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            lock(&self.0).running = false;
-        }
-    }
+    crate::sync::LockExt::locked(b)
 }
 
 /// Asks the leader for everyone waiting, again and again while new readers arrived meanwhile.
 async fn drive(batch: Arc<Mutex<Batch>>, counts: Arc<Tally>) {
-    let _guard = IdleOnPanic(batch.clone());
+    // Marks the batch idle when the driver unwinds (a panic in a request): the next reader
+    // then starts a new driver instead of waiting forever. A driver that ends normally marks
+    // it idle itself, under the lock that decided there was nothing left.
+    let unwinding = batch.clone();
+    let _guard = crate::sync::OnUnwind(move || lock(&unwinding).running = false);
     loop {
         let mut waiting = {
             let mut b = lock(&batch);

@@ -315,7 +315,7 @@ impl Replica {
     /// layers call their own services on the peer port over it (the server's lease leader
     /// service).
     pub fn peer_channel(&self, id: u64) -> Result<PeerChannel, ProposeError> {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = crate::sync::LockExt::locked(&self.peers);
         if let Some(c) = peers.get(&id) {
             return Ok(c.clone());
         }
@@ -376,7 +376,10 @@ impl Replica {
             if tokio::time::Instant::now() >= deadline {
                 return Err(ProposeError::NotLeader(None));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Try again when another leader is known (or shortly: the one asked may be a new
+            // leader that has not caught up yet).
+            let moved = |m: &RaftMetrics<TypeConfig>| (m.current_leader != leader).then_some(());
+            watch_metrics(&self.raft, Duration::from_millis(20), moved).await;
         }
     }
 

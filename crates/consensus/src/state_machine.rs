@@ -22,14 +22,11 @@ use openraft::{EntryPayload, OptionalSend};
 
 use crate::env::StorageIo;
 use crate::group::{ApplyError, GroupState, GroupView};
+use crate::sync::io_err;
 use crate::types::{LogId, RaftResponse, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// Metadata key holding `(applied log id, membership)`.
 const RAFT_STATE: &str = "raft.state";
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
 
 /// A snapshot's data: a view of the local state, or a snapshot stream received in a file.
 #[derive(Debug, Clone)]

@@ -489,7 +489,7 @@ impl Wal {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::LockExt::locked(&self.inner)
     }
 
     /// The persisted state (vote, committed, purged).

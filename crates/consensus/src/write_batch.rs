@@ -92,22 +92,8 @@ impl WriteBatcher {
     }
 }
 
-/// If a submission panics, its queue is left to the next write instead of waiting forever:
-/// the writes queued now see Raft stopped (their answers are dropped), later ones start anew.
-struct IdleOnPanic(Arc<Mutex<Queue>>);
-
-impl Drop for IdleOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut q = lock(&self.0);
-            q.waiting.clear();
-            q.collecting = false;
-        }
-    }
-}
-
 fn lock(q: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
-    q.lock().unwrap_or_else(|p| p.into_inner())
+    crate::sync::LockExt::locked(q)
 }
 
 /// Takes the waiting writes (after letting the tasks that are about to add theirs run once),
@@ -117,7 +103,14 @@ async fn submit(
     queue: Arc<Mutex<Queue>>,
     counts: Arc<Tally>,
 ) {
-    let _guard = IdleOnPanic(queue.clone());
+    // If a submission panics, its queue is left to the next write instead of waiting forever:
+    // the writes queued now see Raft stopped (their answers are dropped), later ones start anew.
+    let unwinding = queue.clone();
+    let _guard = crate::sync::OnUnwind(move || {
+        let mut q = lock(&unwinding);
+        q.waiting.clear();
+        q.collecting = false;
+    });
     tokio::task::yield_now().await;
     loop {
         let (batch, last) = {
