@@ -45,6 +45,10 @@ pub struct Metrics {
     batch_size: Histogram,
     /// Leases revoked because their TTL ran out.
     pub leases_expired: Counter,
+    /// Renewal batches this member sent to the leader.
+    pub lease_renew_batches: Counter,
+    /// Lease renewals those batches carried.
+    pub lease_renewals_forwarded: Counter,
     /// Watch events delivered to clients.
     pub watch_events: Counter,
     /// Proposals committed and applied.
@@ -113,6 +117,8 @@ impl Metrics {
             commit_latency,
             batch_size,
             leases_expired: Counter::default(),
+            lease_renew_batches: Counter::default(),
+            lease_renewals_forwarded: Counter::default(),
             watch_events: Counter::default(),
             proposals_committed: Counter::default(),
             proposals_failed: Counter::default(),
@@ -142,6 +148,16 @@ impl Metrics {
             "berth_leases_expired",
             "Leases revoked on TTL expiry",
             m.leases_expired.clone(),
+        );
+        r.register(
+            "berth_lease_renew_batches",
+            "Batches of lease renewals this member sent to the leader",
+            m.lease_renew_batches.clone(),
+        );
+        r.register(
+            "berth_lease_renewals_forwarded",
+            "Lease renewals this member sent to the leader (in those batches)",
+            m.lease_renewals_forwarded.clone(),
         );
         r.register(
             "berth_watch_events_sent",

@@ -53,7 +53,7 @@ impl Leases {
     /// The lease domain over `store`, writing through `consensus`.
     pub fn new(store: Arc<Store>, consensus: Consensus, metrics: Arc<Metrics>) -> Arc<Leases> {
         Arc::new(Leases {
-            renewals: renewals::Renewals::new(consensus.clone()),
+            renewals: renewals::Renewals::new(consensus.clone(), metrics.clone()),
             store,
             consensus,
             metrics,

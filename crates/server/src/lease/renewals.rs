@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::consensus::{Consensus, WriteError};
+use crate::metrics::Metrics;
 
 /// Renewals per message at most (8 bytes or so each).
 const MAX_BATCH: usize = 16_384;
@@ -29,15 +30,17 @@ struct RenewStream {
 /// Lease requests this member sends to the leader.
 pub(super) struct Renewals {
     consensus: Consensus,
+    metrics: Arc<Metrics>,
     /// A tokio mutex: opening a stream awaits the leader, and concurrent renewals must wait
     /// for that one stream rather than each open their own.
     stream: tokio::sync::Mutex<Option<Arc<RenewStream>>>,
 }
 
 impl Renewals {
-    pub(super) fn new(consensus: Consensus) -> Renewals {
+    pub(super) fn new(consensus: Consensus, metrics: Arc<Metrics>) -> Renewals {
         Renewals {
             consensus,
+            metrics,
             stream: tokio::sync::Mutex::default(),
         }
     }
@@ -88,7 +91,7 @@ impl Renewals {
             })?
             .into_inner();
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(leader, pending, requests, answers));
+        tokio::spawn(run(leader, pending, requests, answers, self.metrics.clone()));
         let stream = Arc::new(RenewStream { leader, queue });
         *slot = Some(stream.clone());
         Ok(stream)
@@ -103,6 +106,7 @@ async fn run(
     mut pending: mpsc::UnboundedReceiver<Pending>,
     requests: mpsc::Sender<RenewBatch>,
     mut answers: tonic::Streaming<RenewAnswers>,
+    metrics: Arc<Metrics>,
 ) {
     let mut next = 1u64;
     while let Some(first) = pending.recv().await {
@@ -116,6 +120,8 @@ async fn run(
         let id = next;
         next += 1;
         let leases = batch.iter().map(|(lease, _)| *lease).collect();
+        metrics.lease_renew_batches.inc();
+        metrics.lease_renewals_forwarded.inc_by(batch.len() as u64);
         if requests.send(RenewBatch { id, leases }).await.is_err() {
             fail(batch);
             break;
