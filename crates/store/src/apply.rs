@@ -554,6 +554,18 @@ pub fn check_txn_duplicates(t: &TxnRequest) -> bool {
     walk(&t.success).is_some() && walk(&t.failure).is_some()
 }
 
+/// True when the txn can neither put nor delete on any path (it only compares and reads).
+pub fn txn_is_read_only(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+            Some(Request::RequestTxn(inner)) => txn_is_read_only(inner),
+            _ => true,
+        })
+}
+
 /// True when the txn can put on any path (etcd's "cost" of a txn under NOSPACE).
 pub fn txn_puts(t: &TxnRequest) -> bool {
     t.success

@@ -1,5 +1,6 @@
-//! On-disk layout in redb: tables, value encoding, and opening/creating the database file.
-//! Every change is stored under its revision; the key index is rebuilt from it at startup.
+//! On-disk layout in redb: the tables and the encoding of stored changes. (The database file
+//! itself is opened by `store.rs`, through `file.rs`.) Every change is stored under its
+//! revision; the key index is rebuilt from it at startup.
 
 use berth_proto::mvccpb::KeyValue;
 use prost::Message;
@@ -20,7 +21,8 @@ pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("lease
 
 /// Meta key: the revision history is compacted up to.
 pub(crate) const META_COMPACTED: &str = "compacted";
-/// Meta key: how many commands have been applied (the single-node log index).
+/// Meta key: how many commands have been applied (a count kept with the data; the consensus
+/// layer keeps its own applied log id in [`BLOBS`]).
 pub(crate) const META_APPLIED: &str = "applied";
 /// Meta key: the newest revision ever written (survives compaction of the newest tombstone).
 pub(crate) const META_REVISION: &str = "revision";

@@ -10,12 +10,16 @@
 //! - [`apply`]: the write path (Put, DeleteRange, Txn, Compact, lease grant/revoke).
 //! - [`codec`]: commands and results ↔ their bytes in the Raft log.
 //! - [`watch`]: the watch hub fan-out.
-//! - [`store`]: the [`Store`] tying it together, with group-committed batches.
+//! - [`store`]: the [`Store`] tying it together: opening, reads and batched writes in
+//!   `store.rs`; watch registration and replay, lease pass-throughs, and maintenance (flush,
+//!   snapshots, hashes, defragmentation) in `store/{watch,lease,maintenance}.rs`.
 //! - [`snapshot`]: consistent dumps and restore.
+//! - `file`: the database file as redb's backend, with the crash-simulation switch.
+//! - `sync`: the crate's poison-tolerant lock helper.
 //!
-//! Writes arrive as [`Command`]s, encoded by [`codec`], so that the consensus layer carries
-//! them in its log as opaque bytes and every member applies them in the same order (a single
-//! node is a cluster of one on the same path).
+//! Writes arrive as [`Command`]s, encoded by [`codec`]: the consensus layer carries them in
+//! its Raft log as opaque bytes and every member applies them in log order through
+//! [`Store::apply_batch_with`] (a single node is a cluster of one on the same path).
 
 pub mod apply;
 mod backend;
@@ -28,6 +32,7 @@ mod read;
 pub mod revision;
 pub mod snapshot;
 pub mod store;
+mod sync;
 pub mod watch;
 
 pub use apply::{check_txn_duplicates, Applied, Command};

@@ -179,12 +179,7 @@ impl Kv for KvService {
         // log entry (as etcd does). Only a txn that can put is refused under NOSPACE.
         let applied = if txn_is_read_only(&t) {
             self.core.consensus.read_index().await?;
-            self.core
-                .store
-                .apply_batch(&[Command::Txn(t)])
-                .map_err(store_status)?
-                .remove(0)
-                .map_err(store_status)?
+            Applied::Txn(self.core.store.txn_read(t).map_err(store_status)?)
         } else if berth_store::apply::txn_puts(&t) {
             self.propose_growing(Command::Txn(t)).await?
         } else {
