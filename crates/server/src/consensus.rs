@@ -12,8 +12,8 @@ use berth_consensus::{
     Environment, GroupId, Member, MemberEntry, PeerChannel, PeerRouter, ProposeError, RaftStatus,
     Replica, ReplicaConfig, Role,
 };
-use berth_store::codec::{decode_result, encode_command};
-use berth_store::{Applied, Command, Store, StoreError};
+use berth_store::codec::{decode_result, encode_command_in};
+use berth_store::{Applied, Command, Keyspace, Store, StoreError};
 
 use crate::config::{ClusterState, Config};
 use crate::member::{member_id, MemberInfo};
@@ -157,9 +157,17 @@ impl Consensus {
         })
     }
 
-    /// Proposes one command; returns its result once it is committed and applied.
+    /// Proposes one command on user keys (what the etcd face writes); returns its result
+    /// once it is committed and applied.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, WriteError> {
-        let result = match self.replica.propose(encode_command(&cmd)).await {
+        self.propose_in(Keyspace::User, cmd).await
+    }
+
+    /// Proposes one command on the keys of `ks` (a face's system keyspace); returns its
+    /// result once it is committed and applied. Store-wide commands (compaction, leases,
+    /// alarms) act the same whatever `ks` is.
+    pub async fn propose_in(&self, ks: Keyspace, cmd: Command) -> Result<Applied, WriteError> {
+        let result = match self.replica.propose(encode_command_in(ks, &cmd)).await {
             Ok(bytes) => match decode_result(&bytes) {
                 Ok(applied) => applied.map_err(WriteError::Refused),
                 // This build wrote the result it cannot read: nothing a client can act on.

@@ -25,8 +25,8 @@ impl GroupState for MetaGroup {
     }
 
     fn apply(&self, commands: &[&[u8]], meta: (&str, &[u8])) -> Result<Vec<Vec<u8>>, ApplyError> {
-        // Every command is decoded before any is applied: a batch holding one this build
-        // cannot read is applied not at all.
+        // Every command is decoded (with its keyspace) before any is applied: a batch holding
+        // one this build cannot read is applied not at all.
         let cmds = commands
             .iter()
             .enumerate()

@@ -1,5 +1,10 @@
 //! The write path of the state machine: applies Put, DeleteRange, Txn, Compact, lease and
 //! alarm commands inside one storage transaction, assigning revisions exactly as etcd does.
+//!
+//! Every command is applied in one [`Keyspace`]: a Put, DeleteRange or Txn (its compares,
+//! reads and writes alike) touches only keys of that keyspace. Compaction, lease grant and
+//! revoke, and alarms are store-wide and ignore it: a revoke deletes the lease's keys in
+//! whichever keyspaces they live.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -20,6 +25,7 @@ use redb::{ReadableTable, Table};
 use crate::backend::{encode, read_kv, META_APPLIED, META_COMPACTED, META_REVISION};
 use crate::error::{DbResult, Result, StoreError};
 use crate::index::{KeyIndex, KeySpan};
+use crate::keyspace::Keyspace;
 use crate::lease::Lessor;
 use crate::read;
 use crate::revision::Revision;
@@ -62,8 +68,10 @@ pub(crate) struct Writer<'a, 't> {
     pub alarms: &'a mut Vec<AlarmMember>,
     /// Newest revision written so far (by earlier commands of the batch too).
     pub current: i64,
-    /// Events of the batch, in revision order, for watchers.
-    pub events: Vec<Event>,
+    /// Events of the batch, in revision order, each with its key's keyspace, for watchers.
+    pub events: Vec<(Keyspace, Event)>,
+    /// Keyspace of the command being applied.
+    pub ks: Keyspace,
     pub now: Instant,
     /// True once anything was written (a batch of pure reads needs no commit).
     pub dirty: bool,
@@ -91,8 +99,10 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 }
 
 impl Writer<'_, '_> {
-    /// Applies one command. Errors leave no trace: every check runs before the first write.
-    pub fn apply(&mut self, cmd: &Command) -> Result<Applied> {
+    /// Applies one command in keyspace `ks`. Errors leave no trace: every check runs before
+    /// the first write.
+    pub fn apply(&mut self, ks: Keyspace, cmd: &Command) -> Result<Applied> {
+        self.ks = ks;
         let mut rev = Rev {
             main: self.current + 1,
             sub: 0,
@@ -152,14 +162,16 @@ impl Writer<'_, '_> {
         if p.lease != 0 && !p.ignore_lease && !self.lessor.contains(p.lease) {
             return Err(StoreError::LeaseNotFound);
         }
-        if (p.ignore_value || p.ignore_lease) && self.index.get(&p.key, self.current).is_none() {
+        if (p.ignore_value || p.ignore_lease)
+            && self.index.get(self.ks, &p.key, self.current).is_none()
+        {
             return Err(StoreError::KeyNotFound);
         }
         Ok(())
     }
 
     fn put(&mut self, rev: &mut Rev, p: &PutRequest) -> Result<PutResponse> {
-        let prev = self.index.get(&p.key, rev.main);
+        let prev = self.index.get(self.ks, &p.key, rev.main);
         let prev_kv = match prev {
             Some(v) if p.prev_kv || p.ignore_value => Some(read_kv(self.revs, v.rev)?),
             _ => None,
@@ -173,7 +185,7 @@ impl Writer<'_, '_> {
             _ => p.lease,
         };
         let r = rev.next();
-        let (ver, _) = self.index.put(&p.key, r, lease);
+        let (ver, _) = self.index.put(self.ks, &p.key, r, lease);
         let kv = KeyValue {
             key: p.key.clone(),
             create_revision: ver.create,
@@ -183,19 +195,22 @@ impl Writer<'_, '_> {
             lease,
         };
         self.revs
-            .insert(r.to_key(), encode(&kv, false).as_slice())
+            .insert(r.to_key(), encode(self.ks, &kv, false).as_slice())
             .db()?;
         if let Some(old) = prev.map(|v| v.lease).filter(|l| *l != 0 && *l != lease) {
-            self.lessor.detach(old, &p.key);
+            self.lessor.detach(old, self.ks, &p.key);
         }
         if lease != 0 {
-            self.lessor.attach(lease, &p.key);
+            self.lessor.attach(lease, self.ks, &p.key);
         }
-        self.events.push(Event {
-            r#type: EventType::Put as i32,
-            kv: Some(kv),
-            prev_kv: None,
-        });
+        self.events.push((
+            self.ks,
+            Event {
+                r#type: EventType::Put as i32,
+                kv: Some(kv),
+                prev_kv: None,
+            },
+        ));
         Ok(PutResponse {
             header: None,
             prev_kv: prev_kv.filter(|_| p.prev_kv),
@@ -205,7 +220,7 @@ impl Writer<'_, '_> {
     fn delete(&mut self, rev: &mut Rev, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         let span = KeySpan::new(&d.key, &d.range_end);
         let mut doomed = Vec::new();
-        self.index.for_each_live(&span, rev.main, |k, v| {
+        self.index.for_each_live(self.ks, &span, rev.main, |k, v| {
             doomed.push((k.to_vec(), v));
             true
         });
@@ -214,7 +229,7 @@ impl Writer<'_, '_> {
             if d.prev_kv {
                 prev_kvs.push(read_kv(self.revs, v.rev)?);
             }
-            self.delete_key(rev, key, v.lease)?;
+            self.delete_key(rev, self.ks, key, v.lease)?;
         }
         Ok(DeleteRangeResponse {
             header: header(if doomed.is_empty() {
@@ -227,25 +242,28 @@ impl Writer<'_, '_> {
         })
     }
 
-    fn delete_key(&mut self, rev: &mut Rev, key: &[u8], lease: i64) -> Result<()> {
+    fn delete_key(&mut self, rev: &mut Rev, ks: Keyspace, key: &[u8], lease: i64) -> Result<()> {
         let r = rev.next();
-        self.index.tombstone(key, r);
+        self.index.tombstone(ks, key, r);
         let kv = KeyValue {
             key: key.to_vec(),
             mod_revision: r.main,
             ..Default::default()
         };
         self.revs
-            .insert(r.to_key(), encode(&kv, true).as_slice())
+            .insert(r.to_key(), encode(ks, &kv, true).as_slice())
             .db()?;
         if lease != 0 {
-            self.lessor.detach(lease, key);
+            self.lessor.detach(lease, ks, key);
         }
-        self.events.push(Event {
-            r#type: EventType::Delete as i32,
-            kv: Some(kv),
-            prev_kv: None,
-        });
+        self.events.push((
+            ks,
+            Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(kv),
+                prev_kv: None,
+            },
+        ));
         Ok(())
     }
 
@@ -279,10 +297,11 @@ impl Writer<'_, '_> {
         let span = KeySpan::new(&c.key, &c.range_end);
         let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
         let mut versions = Vec::new();
-        self.index.for_each_live(&span, self.current, |k, v| {
-            versions.push((k.to_vec(), v));
-            true
-        });
+        self.index
+            .for_each_live(self.ks, &span, self.current, |k, v| {
+                versions.push((k.to_vec(), v));
+                true
+            });
         if versions.is_empty() {
             // A value compare on a missing key always fails: there is no value to compare.
             if target == CompareTarget::Value {
@@ -365,7 +384,7 @@ impl Writer<'_, '_> {
         r: &RangeRequest,
     ) -> Result<berth_proto::etcdserverpb::RangeResponse> {
         let view = if rev.sub > 0 { rev.main } else { self.current };
-        read::range(self.index, self.revs, r, view)
+        read::range(self.index, self.revs, self.ks, r, view)
     }
 
     fn compact(&mut self, c: &CompactionRequest) -> Result<CompactionResponse> {
@@ -446,9 +465,10 @@ impl Writer<'_, '_> {
         r: &LeaseRevokeRequest,
     ) -> Result<LeaseRevokeResponse> {
         let keys = self.lessor.remove(r.id).ok_or(StoreError::LeaseNotFound)?;
-        for key in keys {
-            if self.index.get(&key, rev.main).is_some() {
-                self.delete_key(rev, &key, 0)?;
+        // Every attached key, in the keyspace it lives in (keyspace, then key order).
+        for (ks, key) in keys {
+            if self.index.get(ks, &key, rev.main).is_some() {
+                self.delete_key(rev, ks, &key, 0)?;
             }
         }
         self.leases.remove(r.id).db()?;

@@ -7,9 +7,13 @@ use prost::Message;
 use redb::{ReadableTable, TableDefinition};
 
 use crate::error::{Result, StoreError};
+use crate::keyspace::Keyspace;
 use crate::revision::Revision;
 
-/// Every change, keyed by revision: a flag byte then the encoded `mvccpb.KeyValue`.
+/// Every change, keyed by revision: a flag byte then the encoded `mvccpb.KeyValue` (whose key
+/// is the key within its keyspace, untagged). The flag byte's low bit says tombstone, its
+/// upper seven bits the [`Keyspace`] ID: changes written before keyspaces existed (flag 0 or
+/// 1) are user-keyspace changes, unchanged.
 pub(crate) const REVS: TableDefinition<u128, &[u8]> = TableDefinition::new("revs");
 /// Store-wide counters (compaction mark, applied index).
 pub(crate) const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
@@ -26,26 +30,53 @@ pub(crate) const META_COMPACTED: &str = "compacted";
 pub(crate) const META_APPLIED: &str = "applied";
 /// Meta key: the newest revision ever written (survives compaction of the newest tombstone).
 pub(crate) const META_REVISION: &str = "revision";
+/// Meta key: the layout version of the file (absent = 1, before keyspaces).
+pub(crate) const META_LAYOUT: &str = "layout";
+/// The layout this build writes: 2 = keyspace IDs in the flag byte of stored changes.
+pub(crate) const LAYOUT: i64 = 2;
 
 const FLAG_PUT: u8 = 0;
 const FLAG_TOMBSTONE: u8 = 1;
 
-/// Encodes a stored change.
-pub(crate) fn encode(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
+/// Encodes a stored change of a key of `ks`.
+pub(crate) fn encode(ks: Keyspace, kv: &KeyValue, tombstone: bool) -> Vec<u8> {
     let mut buf = Vec::with_capacity(1 + kv.encoded_len());
-    buf.push(if tombstone { FLAG_TOMBSTONE } else { FLAG_PUT });
+    let flag = if tombstone { FLAG_TOMBSTONE } else { FLAG_PUT };
+    buf.push(flag | ks.id() << 1);
     // Encoding into a Vec cannot fail: it grows as needed.
     let _ = kv.encode(&mut buf);
     buf
 }
 
-/// Decodes a stored change: the key-value and whether it is a tombstone.
-pub(crate) fn decode(raw: &[u8]) -> Result<(KeyValue, bool)> {
+/// A decoded stored change.
+pub(crate) struct Change {
+    /// The key-value (key untagged; for a tombstone only key and mod revision).
+    pub kv: KeyValue,
+    /// True when the change deleted the key.
+    pub tombstone: bool,
+    /// The keyspace of the key.
+    pub keyspace: Keyspace,
+}
+
+/// Reads a flag byte: (tombstone, keyspace).
+fn flag(raw: &[u8]) -> Result<(bool, Keyspace, &[u8])> {
     let (flag, body) = raw
         .split_first()
         .ok_or_else(|| StoreError::Corrupt("empty revision record".into()))?;
+    let ks = Keyspace::from_id(u32::from(flag >> 1))
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown keyspace {}", flag >> 1)))?;
+    Ok((flag & 1 == FLAG_TOMBSTONE, ks, body))
+}
+
+/// Decodes a stored change.
+pub(crate) fn decode(raw: &[u8]) -> Result<Change> {
+    let (tombstone, keyspace, body) = flag(raw)?;
     let kv = KeyValue::decode(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok((kv, *flag == FLAG_TOMBSTONE))
+    Ok(Change {
+        kv,
+        tombstone,
+        keyspace,
+    })
 }
 
 /// Reads the stored key-value written at `rev`.
@@ -58,5 +89,6 @@ where
         .get(rev.to_key())
         .db()?
         .ok_or_else(|| StoreError::Corrupt(format!("missing value for revision {rev:?}")))?;
-    Ok(decode(guard.value())?.0)
+    let (_, _, body) = flag(guard.value())?;
+    KeyValue::decode(body).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

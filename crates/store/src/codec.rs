@@ -6,22 +6,31 @@
 use berth_proto::berth::store::{response, Error, ErrorCode, Request, Response};
 use prost::Message;
 
-use crate::{Applied, Command, StoreError};
+use crate::{Applied, Command, Keyspace, StoreError};
 
-/// Encodes a command for the log.
+/// Encodes a command on user keys for the log (byte for byte what entries were before
+/// keyspaces: the user keyspace is the field's default, so it is not written).
 pub fn encode_command(cmd: &Command) -> Vec<u8> {
+    encode_command_in(Keyspace::User, cmd)
+}
+
+/// Encodes a command on the keys of `ks` for the log.
+pub fn encode_command_in(ks: Keyspace, cmd: &Command) -> Vec<u8> {
     Request {
         request: Some(cmd.clone()),
+        keyspace: u32::from(ks.id()),
     }
     .encode_to_vec()
 }
 
-/// Decodes a command from the log.
-pub fn decode_command(bytes: &[u8]) -> Result<Command, String> {
-    Request::decode(bytes)
-        .map_err(|e| format!("undecodable log entry: {e}"))?
-        .request
-        .ok_or_else(|| "log entry without a command".into())
+/// Decodes a command from the log, with the keyspace it applies in. A keyspace this build
+/// does not know makes the entry undecodable (it is never applied in the wrong keyspace).
+pub fn decode_command(bytes: &[u8]) -> Result<(Keyspace, Command), String> {
+    let req = Request::decode(bytes).map_err(|e| format!("undecodable log entry: {e}"))?;
+    let ks = Keyspace::from_id(req.keyspace)
+        .ok_or_else(|| format!("log entry for unknown keyspace {}", req.keyspace))?;
+    let cmd = req.request.ok_or("log entry without a command")?;
+    Ok((ks, cmd))
 }
 
 /// Decodes arbitrary bytes as a log command and as an apply result (the fuzz target
@@ -29,11 +38,11 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, String> {
 /// decode to the same command, so every member reads an entry alike.
 #[doc(hidden)]
 pub fn fuzz_roundtrip(data: &[u8]) {
-    if let Ok(cmd) = decode_command(data) {
-        let again = decode_command(&encode_command(&cmd));
+    if let Ok((ks, cmd)) = decode_command(data) {
+        let again = decode_command(&encode_command_in(ks, &cmd));
         assert!(
-            again.as_ref() == Ok(&cmd),
-            "{cmd:?} re-encoded as {again:?}"
+            again.as_ref() == Ok(&(ks, cmd.clone())),
+            "{ks:?} {cmd:?} re-encoded as {again:?}"
         );
     }
     let _ = decode_result(data);
@@ -171,13 +180,20 @@ mod tests {
         });
         let dir = corpus_dir();
         std::fs::create_dir_all(&dir).expect("corpus dir");
-        for (name, cmd) in [
-            ("put", put),
-            ("txn", txn),
-            ("lease", lease),
-            ("alarm", alarm),
+        let registry_put = Command::Put(PutRequest {
+            key: b"svc/a".to_vec(),
+            value: b"10.0.0.1".to_vec(),
+            ..Default::default()
+        });
+        for (name, ks, cmd) in [
+            ("put", Keyspace::User, put),
+            ("txn", Keyspace::User, txn),
+            ("lease", Keyspace::User, lease),
+            ("alarm", Keyspace::User, alarm),
+            ("registry-put", Keyspace::Registry, registry_put),
         ] {
-            std::fs::write(dir.join(format!("seed-{name}")), encode_command(&cmd)).expect("seed");
+            let entry = encode_command_in(ks, &cmd);
+            std::fs::write(dir.join(format!("seed-{name}")), entry).expect("seed");
         }
         let refusal = encode_result(&Err(StoreError::NoSpace));
         std::fs::write(dir.join("seed-error"), refusal).expect("seed");
@@ -190,7 +206,31 @@ mod tests {
             value: b"v".to_vec(),
             ..Default::default()
         });
-        assert_eq!(decode_command(&encode_command(&cmd)).expect("decode"), cmd);
+        assert_eq!(
+            decode_command(&encode_command(&cmd)).expect("decode"),
+            (Keyspace::User, cmd.clone())
+        );
+        let entry = encode_command_in(Keyspace::Gateway, &cmd);
+        assert_eq!(
+            decode_command(&entry).expect("decode"),
+            (Keyspace::Gateway, cmd.clone())
+        );
+        // A user entry is byte for byte an entry written before keyspaces existed.
+        let old = Request {
+            request: Some(cmd.clone()),
+            keyspace: 0,
+        }
+        .encode_to_vec();
+        assert_eq!(encode_command(&cmd), old);
+        let unknown = Request {
+            request: Some(cmd),
+            keyspace: 99,
+        }
+        .encode_to_vec();
+        assert!(
+            decode_command(&unknown).is_err(),
+            "an unknown keyspace is refused"
+        );
         let ok: Result<Applied, StoreError> = Ok(Applied::Put(PutResponse::default()));
         assert!(matches!(
             decode_result(&encode_result(&ok)),

@@ -1,11 +1,16 @@
 //! In-memory key index: for every key, the revisions at which it changed, so any revision's
 //! view can be read without scanning history. Values stay on disk; this holds metadata only.
+//!
+//! Each [`Keyspace`] has its own ordered map, so a span (always relative to one keyspace) can
+//! never reach another keyspace's keys, and lookups use the caller's key bytes as they are:
+//! no tagged copy of a key is built on the put or range path.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use smallvec::SmallVec;
 
+use crate::keyspace::Keyspace;
 use crate::revision::Revision;
 
 /// A key's changes, oldest first. Most keys only ever have one, so one is held inline: no
@@ -32,7 +37,9 @@ impl KeyVersion {
     }
 }
 
-/// The keys a request addresses, decoded from etcd's `key` + `range_end` convention.
+/// The keys a request addresses within one keyspace, decoded from etcd's `key` + `range_end`
+/// convention. A span has no keyspace of its own: it is used with the keyspace of the call
+/// (so `From("")` is every key of that keyspace, never more).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySpan {
     /// Exactly one key (`range_end` empty).
@@ -86,11 +93,13 @@ impl KeySpan {
     }
 }
 
-/// The index of all keys.
+/// One keyspace's keys. Boxed slices: a key never grows, so no capacity word is needed.
+type Keys = BTreeMap<Box<[u8]>, History>;
+
+/// The index of all keys, one map per keyspace.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    /// Boxed slices: a key never grows, so no capacity word is needed.
-    keys: BTreeMap<Box<[u8]>, History>,
+    spaces: [Keys; Keyspace::COUNT],
     compacted: i64,
 }
 
@@ -100,9 +109,9 @@ impl KeyIndex {
         self.compacted
     }
 
-    /// Number of distinct keys held (live or with history).
+    /// Number of distinct keys held (live or with history), in every keyspace.
     pub fn key_count(&self) -> usize {
-        self.keys.len()
+        self.spaces.iter().map(BTreeMap::len).sum()
     }
 
     /// Restores the compaction mark on startup.
@@ -110,29 +119,33 @@ impl KeyIndex {
         self.compacted = rev;
     }
 
-    /// The live version of `key` as of `rev`, if any.
-    pub fn get(&self, key: &[u8], rev: i64) -> Option<KeyVersion> {
-        self.keys.get(key).and_then(|h| live_at(h, rev))
+    /// The live version of `key` of `ks` as of `rev`, if any.
+    pub fn get(&self, ks: Keyspace, key: &[u8], rev: i64) -> Option<KeyVersion> {
+        self.spaces[ks.index()]
+            .get(key)
+            .and_then(|h| live_at(h, rev))
     }
 
-    /// Calls `f` for every key in `span` that is live at `rev`, in key order, until it returns false.
+    /// Calls `f` for every key of `ks` in `span` that is live at `rev`, in key order, until it
+    /// returns false.
     pub fn for_each_live(
         &self,
+        ks: Keyspace,
         span: &KeySpan,
         rev: i64,
         mut f: impl FnMut(&[u8], KeyVersion) -> bool,
     ) {
+        let keys = &self.spaces[ks.index()];
         let iter: Box<dyn Iterator<Item = (&Box<[u8]>, &History)>> = match span {
-            KeySpan::Single(k) => Box::new(self.keys.get_key_value(k.as_slice()).into_iter()),
-            KeySpan::From(s) => Box::new(
-                self.keys
-                    .range::<[u8], _>((Bound::Included(s.as_slice()), Bound::Unbounded)),
-            ),
+            KeySpan::Single(k) => Box::new(keys.get_key_value(k.as_slice()).into_iter()),
+            KeySpan::From(s) => {
+                Box::new(keys.range::<[u8], _>((Bound::Included(s.as_slice()), Bound::Unbounded)))
+            }
             KeySpan::Range(s, e) => {
                 if e <= s {
                     return;
                 }
-                Box::new(self.keys.range::<[u8], _>((
+                Box::new(keys.range::<[u8], _>((
                     Bound::Included(s.as_slice()),
                     Bound::Excluded(e.as_slice()),
                 )))
@@ -147,14 +160,15 @@ impl KeyIndex {
         }
     }
 
-    /// Records a put of `key` at `rev`; returns the new version and the one it replaced.
+    /// Records a put of `key` of `ks` at `rev`; returns the new version and the one it replaced.
     pub fn put(
         &mut self,
+        ks: Keyspace,
         key: &[u8],
         rev: Revision,
         lease: i64,
     ) -> (KeyVersion, Option<KeyVersion>) {
-        let hist = self.history_mut(key);
+        let hist = self.history_mut(ks, key);
         let prev = hist.last().copied().filter(|v| !v.is_tombstone());
         let (create, version) = match prev {
             Some(p) => (p.create, p.version + 1),
@@ -170,9 +184,10 @@ impl KeyIndex {
         (new, prev)
     }
 
-    /// Records a deletion of `key` at `rev`; returns the version it removed, if the key was live.
-    pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> Option<KeyVersion> {
-        let hist = self.keys.get_mut(key)?;
+    /// Records a deletion of `key` of `ks` at `rev`; returns the version it removed, if the
+    /// key was live.
+    pub fn tombstone(&mut self, ks: Keyspace, key: &[u8], rev: Revision) -> Option<KeyVersion> {
+        let hist = self.spaces[ks.index()].get_mut(key)?;
         let prev = hist.last().copied().filter(|v| !v.is_tombstone())?;
         hist.push(KeyVersion {
             rev,
@@ -184,23 +199,32 @@ impl KeyIndex {
     }
 
     /// Replays one stored change on startup (entries arrive in revision order).
-    pub fn restore(&mut self, key: &[u8], v: KeyVersion) {
-        self.history_mut(key).push(v);
+    pub fn restore(&mut self, ks: Keyspace, key: &[u8], v: KeyVersion) {
+        self.history_mut(ks, key).push(v);
     }
 
     /// The history of `key`, created empty if the key is new (the key is copied only then).
-    fn history_mut(&mut self, key: &[u8]) -> &mut History {
-        if !self.keys.contains_key(key) {
-            self.keys.insert(key.into(), History::new());
+    fn history_mut(&mut self, ks: Keyspace, key: &[u8]) -> &mut History {
+        let keys = &mut self.spaces[ks.index()];
+        if !keys.contains_key(key) {
+            keys.insert(key.into(), History::new());
         }
-        self.keys.get_mut(key).expect("inserted above if missing")
+        keys.get_mut(key).expect("inserted above if missing")
     }
 
-    /// Drops history at or below `rev`, keeping each key's last live version. Returns the
-    /// revisions whose stored values are no longer reachable.
+    /// Drops history at or below `rev` in every keyspace, keeping each key's last live
+    /// version. Returns the revisions whose stored values are no longer reachable.
     pub fn compact(&mut self, rev: i64) -> Vec<Revision> {
         let mut dropped = Vec::new();
-        self.keys.retain(|_, hist| {
+        for keys in &mut self.spaces {
+            Self::compact_keys(keys, rev, &mut dropped);
+        }
+        self.compacted = self.compacted.max(rev);
+        dropped
+    }
+
+    fn compact_keys(keys: &mut Keys, rev: i64, dropped: &mut Vec<Revision>) {
+        keys.retain(|_, hist| {
             // Index of the newest change at or below `rev`.
             let upto = hist.partition_point(|v| v.rev.main <= rev);
             if upto == 0 {
@@ -218,8 +242,6 @@ impl KeyIndex {
             }
             !hist.is_empty()
         });
-        self.compacted = self.compacted.max(rev);
-        dropped
     }
 }
 
@@ -233,6 +255,8 @@ fn live_at(hist: &[KeyVersion], rev: i64) -> Option<KeyVersion> {
 mod tests {
     use super::*;
 
+    const U: Keyspace = Keyspace::User;
+
     fn r(m: i64) -> Revision {
         Revision::new(m, 0)
     }
@@ -243,12 +267,12 @@ mod tests {
         assert_eq!(std::mem::size_of::<History>(), 48);
         assert_eq!(std::mem::size_of::<Box<[u8]>>(), 16);
         let mut ix = KeyIndex::default();
-        ix.put(b"a", r(2), 0);
-        assert!(!ix.keys[&b"a"[..]].spilled());
-        ix.put(b"a", r(3), 0);
+        ix.put(U, b"a", r(2), 0);
+        assert!(!ix.spaces[0][&b"a"[..]].spilled());
+        ix.put(U, b"a", r(3), 0);
         ix.compact(3);
         assert!(
-            !ix.keys[&b"a"[..]].spilled(),
+            !ix.spaces[0][&b"a"[..]].spilled(),
             "compaction brings it back inline"
         );
     }
@@ -256,34 +280,34 @@ mod tests {
     #[test]
     fn versions_and_generations() {
         let mut ix = KeyIndex::default();
-        let (v, prev) = ix.put(b"a", r(2), 0);
+        let (v, prev) = ix.put(U, b"a", r(2), 0);
         assert_eq!((v.create, v.version, prev), (2, 1, None));
-        let (v, prev) = ix.put(b"a", r(3), 7);
+        let (v, prev) = ix.put(U, b"a", r(3), 7);
         assert_eq!((v.create, v.version, v.lease), (2, 2, 7));
         assert_eq!(prev.map(|p| p.version), Some(1));
-        assert!(ix.tombstone(b"a", r(4)).is_some());
+        assert!(ix.tombstone(U, b"a", r(4)).is_some());
         assert!(
-            ix.tombstone(b"a", r(5)).is_none(),
+            ix.tombstone(U, b"a", r(5)).is_none(),
             "deleting a dead key is a no-op"
         );
-        let (v, _) = ix.put(b"a", r(6), 0);
+        let (v, _) = ix.put(U, b"a", r(6), 0);
         assert_eq!((v.create, v.version), (6, 1));
-        assert_eq!(ix.get(b"a", 3).map(|v| v.version), Some(2));
-        assert_eq!(ix.get(b"a", 4), None);
-        assert_eq!(ix.get(b"a", 1), None);
+        assert_eq!(ix.get(U, b"a", 3).map(|v| v.version), Some(2));
+        assert_eq!(ix.get(U, b"a", 4), None);
+        assert_eq!(ix.get(U, b"a", 1), None);
     }
 
     #[test]
     fn compaction_keeps_latest_live_version() {
         let mut ix = KeyIndex::default();
-        ix.put(b"a", r(2), 0);
-        ix.put(b"a", r(3), 0);
-        ix.put(b"b", r(4), 0);
-        ix.tombstone(b"b", r(5));
-        ix.put(b"c", r(6), 0);
+        ix.put(U, b"a", r(2), 0);
+        ix.put(U, b"a", r(3), 0);
+        ix.put(U, b"b", r(4), 0);
+        ix.tombstone(U, b"b", r(5));
+        ix.put(U, b"c", r(6), 0);
         let dropped = ix.compact(5);
         assert_eq!(dropped, vec![r(2), r(4), r(5)]);
-        assert_eq!(ix.get(b"a", 5).map(|v| v.rev), Some(r(3)));
+        assert_eq!(ix.get(U, b"a", 5).map(|v| v.rev), Some(r(3)));
         assert_eq!(ix.key_count(), 2, "b is gone entirely");
         assert_eq!(ix.compacted(), 5);
     }
@@ -292,11 +316,11 @@ mod tests {
     fn spans() {
         let mut ix = KeyIndex::default();
         for (i, k) in [b"a", b"b", b"c", b"d"].iter().enumerate() {
-            ix.put(*k, r(i as i64 + 2), 0);
+            ix.put(U, *k, r(i as i64 + 2), 0);
         }
         let keys = |span: KeySpan| {
             let mut out = vec![];
-            ix.for_each_live(&span, 10, |k, _| {
+            ix.for_each_live(U, &span, 10, |k, _| {
                 out.push(k.to_vec());
                 true
             });

@@ -1,8 +1,14 @@
 //! Leases: TTLs, the keys attached to each, and expiry order. Grant and revoke are applied
 //! through the write path; renewals and expiry timers are in-memory, as in etcd.
+//!
+//! Leases are store-wide, not per keyspace: one lease may hold keys of several keyspaces
+//! (each attached key is kept with its keyspace), and revoking it deletes every one of them,
+//! each in its own keyspace.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+
+use crate::keyspace::Keyspace;
 
 /// How long an expired lease waits before it is reported expired again (its revoke may be in flight).
 const EXPIRED_RETRY: Duration = Duration::from_secs(3);
@@ -30,7 +36,9 @@ impl Default for LeaseLimits {
 struct Lease {
     ttl: i64,
     expiry: Instant,
-    keys: BTreeSet<Vec<u8>>,
+    /// Attached keys by keyspace (most leases hold keys of one keyspace, so a map, not one
+    /// set per keyspace).
+    keys: BTreeMap<Keyspace, BTreeSet<Vec<u8>>>,
 }
 
 /// All leases of the store.
@@ -48,8 +56,28 @@ pub struct LeaseInfo {
     pub remaining: i64,
     /// TTL the lease was granted with.
     pub granted: i64,
-    /// Keys attached to the lease.
-    pub keys: Vec<Vec<u8>>,
+    /// Keys attached to the lease with their keyspaces, in keyspace then key order.
+    pub keys: Vec<(Keyspace, Vec<u8>)>,
+}
+
+impl LeaseInfo {
+    /// The attached keys of `ks` (what a face that sees only `ks` may show).
+    pub fn keys_in(&self, ks: Keyspace) -> Vec<Vec<u8>> {
+        self.keys
+            .iter()
+            .filter(|(k, _)| *k == ks)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+}
+
+/// Every key of `keys`, with its keyspace, in keyspace then key order.
+fn flatten<'a>(
+    keys: impl IntoIterator<Item = (&'a Keyspace, &'a BTreeSet<Vec<u8>>)>,
+) -> Vec<(Keyspace, Vec<u8>)> {
+    keys.into_iter()
+        .flat_map(|(ks, set)| set.iter().map(|k| (*ks, k.clone())))
+        .collect()
 }
 
 impl Lessor {
@@ -94,7 +122,7 @@ impl Lessor {
             Lease {
                 ttl,
                 expiry,
-                keys: BTreeSet::new(),
+                keys: BTreeMap::new(),
             },
         ) {
             self.by_expiry.remove(&(old.expiry, id));
@@ -102,32 +130,43 @@ impl Lessor {
         self.by_expiry.insert((expiry, id));
     }
 
-    /// Removes a lease; returns the keys that were attached to it.
-    pub fn remove(&mut self, id: i64) -> Option<Vec<Vec<u8>>> {
+    /// Removes a lease; returns the keys that were attached to it, with their keyspaces.
+    pub fn remove(&mut self, id: i64) -> Option<Vec<(Keyspace, Vec<u8>)>> {
         let lease = self.leases.remove(&id)?;
         self.by_expiry.remove(&(lease.expiry, id));
-        Some(lease.keys.into_iter().collect())
+        Some(
+            lease
+                .keys
+                .into_iter()
+                .flat_map(|(ks, set)| set.into_iter().map(move |k| (ks, k)))
+                .collect(),
+        )
     }
 
-    /// Keys attached to a lease (empty if unknown).
-    pub fn keys(&self, id: i64) -> Vec<Vec<u8>> {
+    /// Keys attached to a lease, with their keyspaces (empty if unknown).
+    pub fn keys(&self, id: i64) -> Vec<(Keyspace, Vec<u8>)> {
         self.leases
             .get(&id)
-            .map(|l| l.keys.iter().cloned().collect())
+            .map(|l| flatten(&l.keys))
             .unwrap_or_default()
     }
 
-    /// Attaches `key` to lease `id` (no-op for id 0 or an unknown lease).
-    pub fn attach(&mut self, id: i64, key: &[u8]) {
+    /// Attaches `key` of `ks` to lease `id` (no-op for id 0 or an unknown lease).
+    pub fn attach(&mut self, id: i64, ks: Keyspace, key: &[u8]) {
         if let Some(l) = self.leases.get_mut(&id) {
-            l.keys.insert(key.to_vec());
+            l.keys.entry(ks).or_default().insert(key.to_vec());
         }
     }
 
-    /// Detaches `key` from lease `id`.
-    pub fn detach(&mut self, id: i64, key: &[u8]) {
+    /// Detaches `key` of `ks` from lease `id`.
+    pub fn detach(&mut self, id: i64, ks: Keyspace, key: &[u8]) {
         if let Some(l) = self.leases.get_mut(&id) {
-            l.keys.remove(key);
+            if let Some(set) = l.keys.get_mut(&ks) {
+                set.remove(key);
+                if set.is_empty() {
+                    l.keys.remove(&ks);
+                }
+            }
         }
     }
 
@@ -154,7 +193,7 @@ impl Lessor {
         Some(LeaseInfo {
             remaining: l.expiry.saturating_duration_since(now).as_secs() as i64,
             granted: l.ttl,
-            keys: l.keys.iter().cloned().collect(),
+            keys: flatten(&l.keys),
         })
     }
 
@@ -206,7 +245,8 @@ mod tests {
         let mut l = Lessor::new(LeaseLimits::default());
         l.insert(1, 5, t0);
         l.insert(2, 10, t0);
-        l.attach(1, b"k");
+        l.attach(1, Keyspace::User, b"k");
+        l.attach(1, Keyspace::Registry, b"k");
         assert!(l.take_expired(t0 + secs(4), 10).is_empty());
         assert_eq!(l.renew(1, t0 + secs(4)), Some(5));
         assert!(l.take_expired(t0 + secs(8), 10).is_empty(), "renewed");
@@ -215,7 +255,14 @@ mod tests {
             l.take_expired(t0 + secs(11), 10).is_empty(),
             "not reported again before the retry interval"
         );
-        assert_eq!(l.remove(1), Some(vec![b"k".to_vec()]));
+        assert_eq!(
+            l.remove(1),
+            Some(vec![
+                (Keyspace::User, b"k".to_vec()),
+                (Keyspace::Registry, b"k".to_vec())
+            ]),
+            "the same key in two keyspaces is two keys"
+        );
         assert_eq!(l.renew(1, t0), None);
         assert_eq!(l.info(2, t0).map(|i| i.granted), Some(10));
     }

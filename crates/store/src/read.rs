@@ -9,6 +9,7 @@ use redb::ReadableTable;
 use crate::backend::read_kv;
 use crate::error::{Result, StoreError};
 use crate::index::{KeyIndex, KeySpan, KeyVersion};
+use crate::keyspace::Keyspace;
 
 /// Checks that `requested` (0 = newest) can be read, given the newest revision `current`.
 pub(crate) fn resolve_rev(index: &KeyIndex, requested: i64, current: i64) -> Result<i64> {
@@ -45,10 +46,12 @@ where
     })
 }
 
-/// Serves a Range request at the view `current` (the newest revision the caller may see).
+/// Serves a Range request over the keys of `ks` at the view `current` (the newest revision
+/// the caller may see).
 pub(crate) fn range<T>(
     index: &KeyIndex,
     table: &T,
+    ks: Keyspace,
     req: &RangeRequest,
     current: i64,
 ) -> Result<RangeResponse>
@@ -72,7 +75,7 @@ where
 
     let mut count = 0i64;
     let mut hits: Vec<(Vec<u8>, KeyVersion)> = Vec::new();
-    index.for_each_live(&span, rev, |k, v| {
+    index.for_each_live(ks, &span, rev, |k, v| {
         count += 1;
         if !req.count_only && hits.len() < fetch {
             hits.push((k.to_vec(), v));

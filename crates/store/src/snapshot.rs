@@ -5,6 +5,13 @@
 //! marker, zero padding to a multiple of 512 bytes, then the SHA-256 of everything before it.
 //! The padding and trailing digest follow etcd's snapshot stream convention, which `etcdctl
 //! snapshot save` checks (size ≡ 32 mod 512).
+//!
+//! Versions, told apart by the magic: `BERTHSNAP1` (before keyspaces) and `BERTHSNAP2`, whose
+//! revision records may hold changes of every keyspace (the keyspace ID is in the stored
+//! change's flag byte, see `backend.rs`). Both are read: a version-1 snapshot's records are
+//! version-2 records of the user keyspace, and the restored file is stamped with the current
+//! layout (`layout.rs`). Only version 2 is written, so a build that predates keyspaces refuses
+//! a snapshot that may hold system keys instead of reading them as user keys.
 
 use std::io::Read;
 use std::path::Path;
@@ -15,7 +22,11 @@ use sha2::{Digest, Sha256};
 use crate::backend::{BLOBS, LEASES, META, REVS};
 use crate::error::{DbResult, Result, StoreError};
 
-const MAGIC: &[u8] = b"BERTHSNAP1\n";
+const MAGIC: &[u8] = b"BERTHSNAP2\n";
+/// The magic of snapshots written before keyspaces (still installed).
+const MAGIC_V1: &[u8] = b"BERTHSNAP1\n";
+// Both versions' records start at the same offset.
+const _: () = assert!(MAGIC.len() == MAGIC_V1.len());
 const TAG_REV: u8 = 1;
 const TAG_META: u8 = 2;
 const TAG_LEASE: u8 = 3;
@@ -183,7 +194,8 @@ pub enum SnapshotRecord<'a> {
 /// and returns its records, so that a damaged or hostile snapshot is refused before anything
 /// is written. Every byte a peer or a file gives is checked here: no length is trusted.
 pub fn parse_snapshot(data: &[u8]) -> Result<Vec<SnapshotRecord<'_>>> {
-    if data.len() < ALIGN + DIGEST || data.len() % ALIGN != DIGEST || !data.starts_with(MAGIC) {
+    let known = data.starts_with(MAGIC) || data.starts_with(MAGIC_V1);
+    if data.len() < ALIGN + DIGEST || data.len() % ALIGN != DIGEST || !known {
         return Err(corrupt("not a berth snapshot"));
     }
     let (body, digest) = data.split_at(data.len() - DIGEST);
@@ -287,5 +299,7 @@ fn restore_inner(mut input: impl Read, dir: &Path, keep_blobs: bool) -> Result<u
         }
     }
     txn.commit().db()?;
+    // Stamps the current layout (and refuses a file of a newer one) before anyone opens it.
+    crate::layout::prepare(&db)?;
     Ok(records.len() as u64)
 }

@@ -18,10 +18,11 @@ use berth_proto::mvccpb::KeyValue;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::apply::{read_alarms, read_counters, Applied, Command, Writer};
-use crate::backend::{decode, BLOBS, LEASES, META, META_APPLIED, REVS};
+use crate::backend::{decode, Change, BLOBS, LEASES, META, META_APPLIED, REVS};
 use crate::error::{DbResult, Result, StoreError};
 use crate::file::SeverableFile;
 use crate::index::{KeyIndex, KeySpan, KeyVersion};
+use crate::keyspace::Keyspace;
 use crate::lease::{LeaseLimits, Lessor};
 use crate::read;
 use crate::revision::Revision;
@@ -116,14 +117,7 @@ impl Store {
         }
         let severed = Arc::new(AtomicBool::new(false));
         let db = open_file(&builder, &path, &severed)?;
-        {
-            let w = db.begin_write().db()?;
-            w.open_table(REVS).db()?;
-            w.open_table(META).db()?;
-            w.open_table(LEASES).db()?;
-            w.open_table(BLOBS).db()?;
-            w.commit().db()?;
-        }
+        crate::layout::prepare(&db)?;
         let (index, lessor, current, applied) = Self::load(&db, opts.lease_limits)?;
         let alarms = Self::load_alarms(&db)?;
         let db_size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -192,7 +186,11 @@ impl Store {
         for item in revs.iter().db()? {
             let (k, v) = item.db()?;
             let rev = Revision::from_key(k.value());
-            let (kv, tombstone) = decode(v.value())?;
+            let Change {
+                kv,
+                tombstone,
+                keyspace,
+            } = decode(v.value())?;
             current = current.max(rev.main);
             let ver = if tombstone {
                 KeyVersion {
@@ -209,15 +207,17 @@ impl Store {
                     lease: kv.lease,
                 }
             };
-            index.restore(&kv.key, ver);
+            index.restore(keyspace, &kv.key, ver);
         }
-        // Attach every live key to its lease.
-        index.for_each_live(&KeySpan::From(Vec::new()), current, |k, v| {
-            if v.lease != 0 {
-                lessor.attach(v.lease, k);
-            }
-            true
-        });
+        // Attach every live key, of every keyspace, to its lease.
+        for ks in Keyspace::ALL {
+            index.for_each_live(ks, &KeySpan::From(Vec::new()), current, |k, v| {
+                if v.lease != 0 {
+                    lessor.attach(v.lease, ks, k);
+                }
+                true
+            });
+        }
         // A fresh store starts at revision 1, as etcd's does.
         Ok((index, lessor, current.max(1), counters.applied))
     }
@@ -237,9 +237,14 @@ impl Store {
         &self.path
     }
 
-    /// Serves a Range request at the newest visible revision (or an older one it names). Callers
-    /// make it linearizable by waiting for a read index first.
+    /// Serves a Range request over user keys at the newest visible revision (or an older one
+    /// it names). Callers make it linearizable by waiting for a read index first.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        self.range_in(Keyspace::User, req)
+    }
+
+    /// [`Store::range`] over the keys of `ks`.
+    pub fn range_in(&self, ks: Keyspace, req: &RangeRequest) -> Result<RangeResponse> {
         let current = self.revision();
         let db = self.db.shared();
         // The snapshot is taken after `current` is read, so it holds every revision ≤ current,
@@ -247,11 +252,16 @@ impl Store {
         let txn = db.begin_read().db()?;
         let revs = txn.open_table(REVS).db()?;
         let index = self.index.shared();
-        read::range(&index, &revs, req, current)
+        read::range(&index, &revs, ks, req, current)
     }
 
-    /// The live key-value of `key` as of `rev`, if any (used for watch `prev_kv`).
+    /// The live key-value of user key `key` as of `rev`, if any (used for watch `prev_kv`).
     pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
+        self.get_at_in(Keyspace::User, key, rev)
+    }
+
+    /// [`Store::get_at`] for a key of `ks`.
+    pub fn get_at_in(&self, ks: Keyspace, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
         let db = self.db.shared();
         let txn = db.begin_read().db()?;
         let revs = txn.open_table(REVS).db()?;
@@ -259,20 +269,26 @@ impl Store {
         if rev < index.compacted() {
             return Ok(None);
         }
-        match index.get(key, rev) {
+        match index.get(ks, key, rev) {
             Some(v) => Ok(Some(read::materialize(&revs, key, v, true)?)),
             None => Ok(None),
         }
     }
 
-    /// Applies a batch of commands in one durable transaction (one fsync for all of them),
-    /// then publishes the new revision and notifies watchers. Results are in command order.
-    /// (Consensus applies through [`Store::apply_batch_with`] without the fsync instead.)
+    /// Applies a batch of commands on user keys in one durable transaction (one fsync for
+    /// all of them), then publishes the new revision and notifies watchers. Results are in
+    /// command order. (Consensus applies through [`Store::apply_batch_with`] without the fsync
+    /// instead.)
     ///
     /// An `Err` here means the storage engine failed: the in-memory state may be ahead of
     /// disk and the caller must stop serving (as etcd does on a backend failure).
     pub fn apply_batch(&self, cmds: &[Command]) -> Result<Vec<Result<Applied>>> {
-        self.apply_batch_with(cmds, &[], true)
+        self.apply_batch_in(Keyspace::User, cmds)
+    }
+
+    /// [`Store::apply_batch`] on the keys of `ks`.
+    pub fn apply_batch_in(&self, ks: Keyspace, cmds: &[Command]) -> Result<Vec<Result<Applied>>> {
+        self.apply_commands(cmds.iter().map(|c| (ks, c)), cmds.len(), &[], true)
     }
 
     /// Evaluates a txn that cannot write (no put or delete on any path) at the newest visible
@@ -281,12 +297,17 @@ impl Store {
     /// is written), so it holds the writer lock while it runs and sees exactly a batch
     /// boundary. A txn that could write is refused, never applied.
     pub fn txn_read(&self, t: TxnRequest) -> Result<TxnResponse> {
+        self.txn_read_in(Keyspace::User, t)
+    }
+
+    /// [`Store::txn_read`] over the keys of `ks`.
+    pub fn txn_read_in(&self, ks: Keyspace, t: TxnRequest) -> Result<TxnResponse> {
         if !crate::apply::txn_is_read_only(&t) {
             return Err(StoreError::Corrupt(
                 "txn_read given a txn that can write".into(),
             ));
         }
-        match self.apply_batch(&[Command::Txn(t)])?.pop() {
+        match self.apply_batch_in(ks, &[Command::Txn(t)])?.pop() {
             Some(Ok(Applied::Txn(resp))) => Ok(resp),
             Some(Err(e)) => Err(e),
             other => Err(StoreError::Corrupt(format!(
@@ -298,10 +319,26 @@ impl Store {
     /// [`Store::apply_batch`] for a consensus layer: `blobs` are written in the same
     /// transaction (e.g. the applied log id), and with `durable == false` the batch is visible
     /// at once but reaches disk only with a later durable batch or [`Store::flush`] — the
-    /// replicated log, not the store, is then what makes the write durable.
+    /// replicated log, not the store, is then what makes the write durable. Each command
+    /// names its keyspace (as its log entry does).
     pub fn apply_batch_with(
         &self,
-        cmds: &[Command],
+        cmds: &[(Keyspace, Command)],
+        blobs: &[(&str, &[u8])],
+        durable: bool,
+    ) -> Result<Vec<Result<Applied>>> {
+        self.apply_commands(
+            cmds.iter().map(|(ks, c)| (*ks, c)),
+            cmds.len(),
+            blobs,
+            durable,
+        )
+    }
+
+    fn apply_commands<'c>(
+        &self,
+        cmds: impl Iterator<Item = (Keyspace, &'c Command)>,
+        count: usize,
         blobs: &[(&str, &[u8])],
         durable: bool,
     ) -> Result<Vec<Result<Applied>>> {
@@ -312,6 +349,7 @@ impl Store {
             txn.set_durability(redb::Durability::None).db()?;
         }
         let first = self.revision() + 1;
+        let mut alarm_changed = false;
         let (results, events, current, dirty, alarms) = {
             let mut revs = txn.open_table(REVS).db()?;
             let mut leases = txn.open_table(LEASES).db()?;
@@ -328,12 +366,14 @@ impl Store {
                 alarms: &mut alarms,
                 current: first - 1,
                 events: Vec::new(),
+                ks: Keyspace::User,
                 now: Instant::now(),
                 dirty: false,
             };
-            let mut results = Vec::with_capacity(cmds.len());
-            for cmd in cmds {
-                let r = w.apply(cmd);
+            let mut results = Vec::with_capacity(count);
+            for (ks, cmd) in cmds {
+                alarm_changed |= matches!(cmd, Command::Alarm(_));
+                let r = w.apply(ks, cmd);
                 if let Err(StoreError::Storage(e)) = r {
                     return Err(StoreError::Storage(e));
                 }
@@ -347,17 +387,17 @@ impl Store {
                 w.dirty = true;
             }
             if w.dirty {
-                let applied = self.applied.load(Ordering::Acquire) + cmds.len() as u64;
+                let applied = self.applied.load(Ordering::Acquire) + count as u64;
                 w.meta.insert(META_APPLIED, applied as i64).db()?;
             }
             (results, w.events, w.current, w.dirty, alarms)
         };
         if dirty {
             txn.commit().db()?;
-            if cmds.iter().any(|c| matches!(c, Command::Alarm(_))) {
+            if alarm_changed {
                 self.set_alarms(alarms);
             }
-            self.applied.fetch_add(cmds.len() as u64, Ordering::AcqRel);
+            self.applied.fetch_add(count as u64, Ordering::AcqRel);
             // The size feeds the space quota and metrics; reading it at most every
             // SIZE_REFRESH saves a stat per batch.
             if size_read.elapsed() >= SIZE_REFRESH {

@@ -368,6 +368,7 @@ async fn watch_replays_then_follows_without_gap_or_duplicate() {
     put(&s, "other", "x");
     let (tx, mut rx) = mpsc::channel(4);
     let spec = WatchSpec {
+        keyspace: Keyspace::User,
         span: KeySpan::new(b"w", b"x"),
         start_rev: 2,
         no_put: false,
@@ -420,6 +421,7 @@ async fn watch_from_compacted_revision_reports_compaction() {
     let (tx, mut rx) = mpsc::channel(4);
     s.watch(
         WatchSpec {
+            keyspace: Keyspace::User,
             span: KeySpan::new(b"c", b""),
             start_rev: 2,
             no_put: false,
@@ -527,12 +529,13 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
     // B has applied part of the history, with a watcher open, when A's snapshot arrives.
     for c in &cmds[..100] {
         let _ = b
-            .apply_batch_with(std::slice::from_ref(c), &[], false)
+            .apply_batch_with(&[(Keyspace::User, c.clone())], &[], false)
             .expect("b");
     }
     let (tx, mut rx) = mpsc::channel(1024);
     b.watch(
         WatchSpec {
+            keyspace: Keyspace::User,
             span: KeySpan::new(b"k", b"l"),
             start_rev: 0,
             no_put: false,
@@ -543,7 +546,7 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
     );
     for c in &cmds[..200] {
         let _ = a
-            .apply_batch_with(std::slice::from_ref(c), &[], false)
+            .apply_batch_with(&[(Keyspace::User, c.clone())], &[], false)
             .expect("a");
     }
     let mut snap = Vec::new();
@@ -556,10 +559,10 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
     b.install_snapshot(snap.as_slice()).expect("install");
     for c in &cmds[200..] {
         let _ = a
-            .apply_batch_with(std::slice::from_ref(c), &[], false)
+            .apply_batch_with(&[(Keyspace::User, c.clone())], &[], false)
             .expect("a");
         let _ = b
-            .apply_batch_with(std::slice::from_ref(c), &[], false)
+            .apply_batch_with(&[(Keyspace::User, c.clone())], &[], false)
             .expect("b");
     }
     assert_eq!(a.revision(), b.revision());
@@ -601,6 +604,7 @@ async fn a_batch_reaches_key_and_range_watchers_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(dir.path());
     let spec = |k: &[u8], end: &[u8]| WatchSpec {
+        keyspace: Keyspace::User,
         span: KeySpan::new(k, end),
         start_rev: 0,
         no_put: false,
@@ -653,6 +657,7 @@ async fn watchers_of_one_stream_share_a_delivery_and_its_events() {
     let (tx, mut rx) = mpsc::channel(4);
     let sink = WatchSink::new(tx);
     let spec = |k: &[u8], end: &[u8], no_put: bool| WatchSpec {
+        keyspace: Keyspace::User,
         span: KeySpan::new(k, end),
         start_rev: 0,
         no_put,
@@ -690,6 +695,7 @@ async fn a_full_stream_replays_its_watchers_from_history() {
     for id in 1..=2 {
         let span = KeySpan::new(b"k", b"l");
         let spec = WatchSpec {
+            keyspace: Keyspace::User,
             span,
             start_rev: 0,
             no_put: false,
@@ -734,7 +740,7 @@ fn a_severed_store_reopens_at_its_last_durable_commit_as_after_a_kill() {
             value: "applied only".into(),
             ..Default::default()
         });
-        s.apply_batch_with(&[not_durable], &[], false)
+        s.apply_batch_with(&[(Keyspace::User, not_durable)], &[], false)
             .expect("batch")
             .remove(0)
             .expect("put");

@@ -1,5 +1,7 @@
 //! The watch hub: which watchers want which keys, and fan-out of committed events to them.
-//! Watchers that fall behind leave the hub and catch up from stored history (see `store`).
+//! Watchers that fall behind leave the hub and catch up from stored history (see
+//! `store/watch.rs`). A watcher watches one keyspace: the hub indexes watchers per keyspace
+//! and hands each only events of keys of its keyspace.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,11 +11,14 @@ use berth_proto::mvccpb::{event::EventType, Event};
 use tokio::sync::mpsc;
 
 use crate::index::KeySpan;
+use crate::keyspace::Keyspace;
 
 /// What a watcher wants to see.
 #[derive(Debug, Clone)]
 pub struct WatchSpec {
-    /// Keys watched.
+    /// The keyspace watched (the etcd face always watches [`Keyspace::User`]).
+    pub keyspace: Keyspace,
+    /// Keys watched, within `keyspace`.
     pub span: KeySpan,
     /// First revision to deliver (0 = from the next write).
     pub start_rev: i64,
@@ -24,8 +29,13 @@ pub struct WatchSpec {
 }
 
 impl WatchSpec {
-    /// True when the watcher should receive `ev`.
-    pub fn wants(&self, ev: &Event) -> bool {
+    /// True when the watcher should receive `ev`, an event of a key of `ks`.
+    pub fn wants(&self, ks: Keyspace, ev: &Event) -> bool {
+        ks == self.keyspace && self.wants_here(ev)
+    }
+
+    /// [`WatchSpec::wants`] for an event known to be of this spec's keyspace.
+    fn wants_here(&self, ev: &Event) -> bool {
         let Some(kv) = &ev.kv else { return false };
         let is_put = ev.r#type == EventType::Put as i32;
         kv.mod_revision >= self.start_rev
@@ -115,7 +125,10 @@ impl Watcher {
 
     /// The events of `candidates` this watcher wants, sharing `all` when it wants every one.
     fn select(&self, candidates: &[&Event], all: &Arc<[Event]>) -> Option<Arc<[Event]>> {
-        let wanted = candidates.iter().filter(|ev| self.spec.wants(ev)).count();
+        let wanted = candidates
+            .iter()
+            .filter(|ev| self.spec.wants_here(ev))
+            .count();
         if wanted == 0 {
             None
         } else if wanted == all.len() {
@@ -123,7 +136,7 @@ impl Watcher {
         } else {
             let evs: Vec<Event> = candidates
                 .iter()
-                .filter(|ev| self.spec.wants(ev))
+                .filter(|ev| self.spec.wants_here(ev))
                 .map(|ev| (*ev).clone())
                 .collect();
             Some(evs.into())
@@ -131,13 +144,15 @@ impl Watcher {
     }
 }
 
-/// Watchers that are up to date with the store, indexed for fan-out.
+/// Watchers that are up to date with the store, indexed per keyspace for fan-out.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
     next_id: u64,
     synced: HashMap<u64, Watcher>,
-    by_key: HashMap<Vec<u8>, BTreeSet<u64>>,
-    ranged: BTreeSet<u64>,
+    /// Single-key watchers, by keyspace then key.
+    by_key: [HashMap<Vec<u8>, BTreeSet<u64>>; Keyspace::COUNT],
+    /// Watchers of a span of keys, by keyspace.
+    ranged: [BTreeSet<u64>; Keyspace::COUNT],
     /// Watchers currently replaying history outside the hub.
     pub catching_up: usize,
 }
@@ -158,12 +173,13 @@ impl Hub {
     }
 
     pub fn add(&mut self, id: u64, w: Watcher) {
+        let ks = w.spec.keyspace.index();
         match &w.spec.span {
             KeySpan::Single(k) => {
-                self.by_key.entry(k.clone()).or_default().insert(id);
+                self.by_key[ks].entry(k.clone()).or_default().insert(id);
             }
             _ => {
-                self.ranged.insert(id);
+                self.ranged[ks].insert(id);
             }
         }
         self.synced.insert(id, w);
@@ -171,17 +187,18 @@ impl Hub {
 
     pub fn remove(&mut self, id: u64) -> Option<Watcher> {
         let w = self.synced.remove(&id)?;
+        let ks = w.spec.keyspace.index();
         match &w.spec.span {
             KeySpan::Single(k) => {
-                if let Some(set) = self.by_key.get_mut(k) {
+                if let Some(set) = self.by_key[ks].get_mut(k) {
                     set.remove(&id);
                     if set.is_empty() {
-                        self.by_key.remove(k);
+                        self.by_key[ks].remove(k);
                     }
                 }
             }
             _ => {
-                self.ranged.remove(&id);
+                self.ranged[ks].remove(&id);
             }
         }
         Some(w)
@@ -189,8 +206,8 @@ impl Hub {
 
     /// Removes every synced watcher (their state is about to be replaced wholesale).
     pub fn drain_all(&mut self) -> Vec<(u64, Watcher)> {
-        self.by_key.clear();
-        self.ranged.clear();
+        self.by_key.iter_mut().for_each(HashMap::clear);
+        self.ranged.iter_mut().for_each(BTreeSet::clear);
         self.synced.drain().collect()
     }
 
@@ -199,16 +216,16 @@ impl Hub {
     /// queue was full, removed from the hub, each with the revision they must replay from.
     pub fn dispatch(
         &mut self,
-        events: &[Event],
+        events: &[(Keyspace, Event)],
         first: i64,
         revision: i64,
     ) -> Vec<(u64, Watcher, i64)> {
         // Group the batch by key once; a single-key watcher then looks only at its key's
         // events, so fan-out to many watchers of one key costs no per-watcher bookkeeping.
-        let mut by_key: HashMap<&[u8], Vec<&Event>> = HashMap::new();
-        for ev in events {
+        let mut by_key: HashMap<(Keyspace, &[u8]), Vec<&Event>> = HashMap::new();
+        for (ks, ev) in events {
             if let Some(kv) = &ev.kv {
-                by_key.entry(kv.key.as_slice()).or_default().push(ev);
+                by_key.entry((*ks, kv.key.as_slice())).or_default().push(ev);
             }
         }
         // Per stream: its sink and the watchers (hub id, response) it gets this time.
@@ -232,8 +249,8 @@ impl Hub {
                 compact_revision: 0,
             });
         };
-        for (key, evs) in &by_key {
-            let Some(ids) = self.by_key.get(*key) else {
+        for ((ks, key), evs) in &by_key {
+            let Some(ids) = self.by_key[ks.index()].get(*key) else {
                 continue;
             };
             let all: Arc<[Event]> = evs.iter().map(|ev| (*ev).clone()).collect();
@@ -243,10 +260,21 @@ impl Hub {
                 }
             }
         }
-        if !self.ranged.is_empty() {
-            let every: Vec<&Event> = events.iter().collect();
-            let all: Arc<[Event]> = events.into();
-            for id in &self.ranged {
+        for ks in Keyspace::ALL {
+            let ranged = &self.ranged[ks.index()];
+            if ranged.is_empty() {
+                continue;
+            }
+            let every: Vec<&Event> = events
+                .iter()
+                .filter(|(k, _)| *k == ks)
+                .map(|(_, ev)| ev)
+                .collect();
+            if every.is_empty() {
+                continue;
+            }
+            let all: Arc<[Event]> = every.iter().map(|ev| (*ev).clone()).collect();
+            for id in ranged {
                 if let Some(w) = self.synced.get(id) {
                     deliver(*id, w, &every, &all);
                 }

@@ -20,7 +20,7 @@ use berth_proto::berth::lease::TimeToLiveResponse;
 use berth_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
 };
-use berth_store::{Applied, Command, Store, StoreError};
+use berth_store::{Applied, Command, Keyspace, Store, StoreError};
 use rand::Rng;
 use tokio::sync::watch;
 
@@ -136,7 +136,12 @@ impl Leases {
             Some(info) => TimeToLiveResponse {
                 ttl: info.remaining,
                 granted_ttl: info.granted,
-                keys: if keys { info.keys } else { Vec::new() },
+                // TimeToLive is an etcd answer: it lists only the lease's user keys.
+                keys: if keys {
+                    info.keys_in(Keyspace::User)
+                } else {
+                    Vec::new()
+                },
             },
             None => TimeToLiveResponse {
                 ttl: -1,

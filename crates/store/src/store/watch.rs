@@ -10,8 +10,9 @@ use berth_proto::mvccpb::{event::EventType, Event};
 use redb::ReadableDatabase;
 
 use super::{Store, REPLAY_CHUNK};
-use crate::backend::{decode, REVS};
+use crate::backend::{decode, Change, REVS};
 use crate::error::{DbResult, Result, StoreError};
+use crate::keyspace::Keyspace;
 use crate::revision::Revision;
 use crate::sync::LockExt;
 use crate::watch::{WatchHandle, WatchSink, WatchSpec, Watcher};
@@ -19,7 +20,7 @@ use crate::watch::{WatchHandle, WatchSink, WatchSpec, Watcher};
 impl Store {
     /// Makes `current` visible and hands the batch's events to watchers, atomically with
     /// respect to watcher registration so no watcher sees a gap or a duplicate.
-    pub(super) fn publish(&self, events: Vec<Event>, first: i64, current: i64) {
+    pub(super) fn publish(&self, events: Vec<(Keyspace, Event)>, first: i64, current: i64) {
         let behind = {
             let mut hub = self.hub.locked();
             self.current.store(current, Ordering::Release);
@@ -178,7 +179,14 @@ impl Store {
                 reached = rev.main - 1;
                 break;
             }
-            let (kv, tombstone) = decode(v.value())?;
+            let Change {
+                kv,
+                tombstone,
+                keyspace,
+            } = decode(v.value())?;
+            if keyspace != spec.keyspace {
+                continue;
+            }
             let ev = Event {
                 r#type: if tombstone {
                     EventType::Delete
@@ -188,7 +196,7 @@ impl Store {
                 kv: Some(kv),
                 prev_kv: None,
             };
-            if spec.wants(&ev) {
+            if spec.wants(keyspace, &ev) {
                 events.push(ev);
             }
         }

@@ -11,7 +11,7 @@ use berth_proto::etcdserverpb::watch_create_request::FilterType;
 use berth_proto::etcdserverpb::watch_request::RequestUnion;
 use berth_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use berth_proto::watch_frame::{encode_events, encode_header, WatchFrame};
-use berth_store::{Delivery, KeySpan, WatchHandle, WatchSink, WatchSpec};
+use berth_store::{Delivery, KeySpan, Keyspace, WatchHandle, WatchSink, WatchSpec};
 use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
 use prost::Message;
@@ -223,6 +223,7 @@ async fn create(
     };
     ctrl.send(Ctrl::Send(created)).await.ok()?;
     let spec = WatchSpec {
+        keyspace: Keyspace::User,
         span,
         start_rev: c.start_revision.max(0),
         no_put: c.filters.contains(&(FilterType::Noput as i32)),
