@@ -46,4 +46,6 @@ pub use store::{Store, StoreOptions, StoreStats, StoreView};
 pub use watch::{Delivery, DeliveryItem, WatchHandle, WatchSink, WatchSpec};
 
 #[cfg(test)]
+mod keyspace_tests;
+#[cfg(test)]
 mod tests;

@@ -841,6 +841,16 @@ fn write_snapshot_fuzz_seed() {
         Command::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 5 }),
     )
     .expect("lease");
+    // A key of a system keyspace, so the seed holds a keyspace-tagged change too.
+    let registry = Command::Put(PutRequest {
+        key: b"svc".to_vec(),
+        value: b"r".to_vec(),
+        ..Default::default()
+    });
+    s.apply_batch_in(Keyspace::Registry, &[registry])
+        .expect("batch")
+        .remove(0)
+        .expect("registry put");
     let mut snap = Vec::new();
     s.snapshot(|chunk| {
         snap.extend_from_slice(chunk);
