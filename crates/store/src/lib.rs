@@ -3,9 +3,13 @@
 //!
 //! # Layout
 //! - [`revision`]: the (main, sub) revision pair and its storage encoding.
-//! - [`index`]: in-memory key → revision history, and etcd's key-span convention.
+//! - [`keyspace`]: the [`Keyspace`]s (user, auth, registry, …) that partition the keys while
+//!   sharing one revision counter; every read, write and watch names one.
+//! - [`index`]: in-memory key → revision history, one map per keyspace, and etcd's key-span
+//!   convention (a span is always relative to one keyspace).
 //! - [`lease`]: lease TTLs, attached keys and expiry order.
-//! - `backend`: redb tables and value encoding.
+//! - `backend`: redb tables and value encoding (the keyspace rides in a change's flag byte).
+//! - `layout`: the file's layout version, upgraded and stamped once when a file is opened.
 //! - `read`: Range over any revision.
 //! - [`apply`]: the write path (Put, DeleteRange, Txn, Compact, lease grant/revoke).
 //! - [`codec`]: commands and results ↔ their bytes in the Raft log.
