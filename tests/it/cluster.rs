@@ -547,3 +547,72 @@ async fn a_quickly_restarted_leader_reads_nothing_older_than_it_acknowledged() {
         "a linearizable read at the restarted leader missed an acknowledged write"
     );
 }
+
+/// Keep-alives sent to a follower reach the leader (which alone runs lease timers) over one
+/// renewal stream, batched: concurrent renewals share messages, every lease is renewed, and an
+/// unknown lease answers TTL 0 as etcd does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_at_a_follower_reach_the_leader_in_shared_batches() {
+    let cluster = Cluster::start(3);
+    let mut leases = Vec::new();
+    let first = client(&cluster.members[0].client_addr).await;
+    for _ in 0..64 {
+        leases.push(
+            first
+                .clone()
+                .lease_grant(30, None)
+                .await
+                .expect("grant")
+                .id(),
+        );
+    }
+    // Settled by now: the grants needed a leader.
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let c = client(&cluster.members[follower].client_addr).await;
+    let counter = |name: &str| -> u64 {
+        let (code, body) = cluster.members[follower].http_get("/metrics");
+        assert_eq!(code, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let renewals_before = counter("berth_lease_renewals_forwarded_total ");
+    let batches_before = counter("berth_lease_renew_batches_total ");
+    // Each lease renewed 1 + 8 times over its own keep-alive stream, all streams at once.
+    let tasks: Vec<_> = leases
+        .iter()
+        .map(|id| {
+            let mut c = c.clone();
+            let id = *id;
+            tokio::spawn(async move {
+                let (mut keeper, mut answers) = c.lease_keep_alive(id).await.expect("keep-alive");
+                for _ in 0..8 {
+                    keeper.keep_alive().await.expect("send");
+                    let resp = answers.message().await.expect("recv").expect("answer");
+                    assert_eq!(resp.id(), id);
+                    assert!(resp.ttl() > 25, "lease {id:x} renewed to {}", resp.ttl());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("keep-alive task");
+    }
+    let renewals = counter("berth_lease_renewals_forwarded_total ") - renewals_before;
+    let batches = counter("berth_lease_renew_batches_total ") - batches_before;
+    // Opening a keep-alive stream renews once too (etcd-client sends a first request).
+    assert_eq!(renewals, 64 * 9, "every renewal went to the leader");
+    assert!(
+        batches < renewals,
+        "{renewals} renewals in {batches} batches: none shared a batch"
+    );
+    // An unknown lease answers TTL 0 through the same stream, which etcd-client reports as
+    // "lease not found".
+    let unknown = c.clone().lease_keep_alive(0x7e57).await;
+    assert!(
+        matches!(&unknown, Err(e) if e.to_string().contains("lease not found")),
+        "{:?}",
+        unknown.err()
+    );
+}

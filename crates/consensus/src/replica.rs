@@ -358,6 +358,8 @@ impl Replica {
         let bytes = command;
         let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
         loop {
+            // The leader known before this attempt: the retry below waits for it to change.
+            let known = self.raft.metrics().borrow_watched().current_leader;
             let leader = match self.writes.write(RaftRequest(bytes.clone())).await {
                 Ok(resp) => return Ok(resp.data.0),
                 // Not proposed here: safe to send elsewhere.
@@ -376,9 +378,11 @@ impl Replica {
             if tokio::time::Instant::now() >= deadline {
                 return Err(ProposeError::NotLeader(None));
             }
-            // Try again when another leader is known (or shortly: the one asked may be a new
-            // leader that has not caught up yet).
-            let moved = |m: &RaftMetrics<TypeConfig>| (m.current_leader != leader).then_some(());
+            // Try again when the leader known changed since this attempt began (or shortly:
+            // the one asked may be a new leader that has not caught up yet). Not compared with
+            // the leader Raft named: when that differs from the known one, this would not wait
+            // at all, and a loop that never waits never lets a simulated clock move.
+            let moved = |m: &RaftMetrics<TypeConfig>| (m.current_leader != known).then_some(());
             watch_metrics(&self.raft, Duration::from_millis(20), moved).await;
         }
     }

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::etcdserverpb::{PutRequest, RangeRequest};
-use berth_server::api::Node;
 use berth_server::config::{Config, ServerArgs};
+use berth_server::core::Core as Node;
+use berth_server::node::Listeners;
 use berth_store::{Applied, Command, Keyspace};
 use etcd_client::{
     Compare, CompareOp, DeleteOptions, EventType, GetOptions, LeaseTimeToLiveOptions, Txn, TxnOp,
     WatchOptions,
 };
 
-/// Opens a single member in `dir` and serves its etcd gRPC services on a free local port.
+/// Opens a single member in `dir` and serves it (the wiring `berth server` runs) with its
+/// client listener on a free local port.
 async fn start(dir: &std::path::Path) -> (Arc<Node>, String) {
     let cfg = Config::resolve(ServerArgs {
         name: Some("ks".into()),
@@ -31,13 +33,18 @@ async fn start(dir: &std::path::Path) -> (Arc<Node>, String) {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
-    let router = berth_server::node::grpc_router(&node);
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_routes(router)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await;
-    });
+    let listeners = Listeners {
+        client: vec![Box::pin(tokio_stream::wrappers::TcpListenerStream::new(
+            listener,
+        ))],
+        peer: Vec::new(),
+        http: Vec::new(),
+    };
+    tokio::spawn(berth_server::node::serve_on(
+        node.clone(),
+        listeners,
+        std::future::pending(),
+    ));
     // A lone member elects itself; wait until it can take writes.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while node.consensus.read_index().await.is_err() {

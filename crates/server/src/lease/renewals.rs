@@ -91,7 +91,13 @@ impl Renewals {
             })?
             .into_inner();
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(leader, pending, requests, answers, self.metrics.clone()));
+        tokio::spawn(run(
+            leader,
+            pending,
+            requests,
+            answers,
+            self.metrics.clone(),
+        ));
         let stream = Arc::new(RenewStream { leader, queue });
         *slot = Some(stream.clone());
         Ok(stream)
