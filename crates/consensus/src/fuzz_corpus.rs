@@ -11,9 +11,10 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::EntryPayload;
 use prost::Message;
 
-use crate::peer::{decode_peer_messages, to_blob};
+use crate::peer::decode_peer_messages;
 use crate::types::{Entry, LogId, RaftRequest, TypeConfig, Vote};
 use crate::wal::{fuzz_check, Wal};
+use crate::wire::to_blob;
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -65,9 +65,11 @@ pub enum ApplyError {
     Storage(#[from] io::Error),
 }
 
-/// A group's replicated state, driven by its Raft state machine. Calls come one at a time
-/// from openraft's state-machine task, except [`GroupState::check`] (any task) and reads of
-/// views (blocking threads).
+/// A group's replicated state, driven by its Raft state machine. `apply` and `install` come
+/// one at a time from openraft's state-machine task; [`GroupState::check`] (any task),
+/// [`GroupState::durable_view`] and [`GroupState::meta`] (snapshot building, on blocking
+/// threads) may run at the same time as `apply`, so an implementation must serialize them
+/// itself (the store does, under its writer lock).
 pub trait GroupState: Send + Sync + 'static {
     /// Whether `command` is one this group can apply (a leader refuses a forwarded write
     /// that is not, rather than commit an entry no member can apply).

@@ -18,6 +18,7 @@
 //!   refused.
 //! - [`network`]: how members reach each other (gRPC client side).
 //! - [`peer`]: the peer gRPC service (server side), routing to each group's replica.
+//! - [`wire`]: openraft messages as blobs, and the typed not-the-leader refusal.
 //! - `forwarder`: a follower's writes to the leader over one long-lived stream.
 //! - `batch_counts`: how many requests share one round, for `/metrics`.
 //! - `read_batch`: a follower's concurrent read-index requests share one round to the leader.
@@ -41,6 +42,7 @@ pub mod state_machine;
 mod sync;
 pub mod types;
 pub mod wal;
+pub mod wire;
 mod write_batch;
 
 pub use batch_counts::BatchCounts;

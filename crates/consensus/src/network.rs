@@ -26,9 +26,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::env::{StorageIo, Transport};
 use crate::group::GroupId;
 use crate::identity::PeerStamp;
-use crate::peer::{from_blob, to_blob};
 use crate::state_machine::GroupSnapshot;
 use crate::types::{Member, TypeConfig, Vote};
+use crate::wire::{from_blob, to_blob};
 
 /// One answer of a replication stream.
 type AppendResult = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;

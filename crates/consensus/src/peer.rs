@@ -3,7 +3,6 @@
 //! leader (forwarded writes, read index, membership changes). One [`PeerRouter`] serves every
 //! Raft group of the member: each message names its group and is routed to that replica.
 
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -18,26 +17,14 @@ use berth_proto::berth::raft::{
 };
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy};
-use openraft::Raft;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::group::{GroupId, GroupState};
-use crate::state_machine::{GroupSnapshot, StateMachine};
+use crate::group::GroupId;
+use crate::replica::GroupPeer;
+use crate::state_machine::GroupSnapshot;
 use crate::types::{Change, LogId, RaftRequest, SnapshotMeta, TypeConfig, Vote};
-use crate::write_batch::WriteBatcher;
-
-pub(crate) fn to_blob<T: Serialize>(v: &T) -> Result<Blob, Status> {
-    rmp_serde::to_vec(v)
-        .map(|data| Blob { data })
-        .map_err(|e| Status::internal(format!("encoding: {e}")))
-}
-
-pub(crate) fn from_blob<T: DeserializeOwned>(b: &Blob) -> Result<T, Status> {
-    rmp_serde::from_slice(&b.data).map_err(|e| Status::invalid_argument(format!("decoding: {e}")))
-}
+use crate::wire::{from_blob, not_leader, to_blob, NOT_LEADER};
 
 /// Decodes `data` as each message members read from one another (the serialized openraft
 /// messages inside [`Blob`]s and the forwarded-write frames; the commands and results they
@@ -74,25 +61,12 @@ pub fn decode_peer_messages(data: &[u8]) -> usize {
     .count()
 }
 
-/// Status a follower gets when this member cannot lead its request either (not proposed).
-pub(crate) const NOT_LEADER: &str = "berth: not the leader";
-
 /// Serves every Raft group of this member to its peers.
 pub struct PeerRouter {
     cluster_id: u64,
     /// This member: messages for any other are refused.
     member_id: u64,
     groups: Mutex<HashMap<GroupId, Arc<GroupPeer>>>,
-}
-
-/// What the peer service needs of one group's replica.
-pub(crate) struct GroupPeer {
-    pub(crate) raft: Raft<TypeConfig, StateMachine>,
-    /// Forwarded writes are proposed through the member's batcher, with its own.
-    pub(crate) writes: Arc<WriteBatcher>,
-    /// Checks that a forwarded command is one the group can apply.
-    pub(crate) state: Arc<dyn GroupState>,
-    pub(crate) snapshot_dir: PathBuf,
 }
 
 impl PeerRouter {
@@ -360,7 +334,7 @@ impl RaftPeer for PeerRouter {
     async fn change_membership(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let group = self.route(req.metadata())?;
         let (change, retain): (Change, bool) = from_blob(req.get_ref())?;
-        match change_membership(&group.raft, change, retain).await {
+        match crate::replica::run_change(&group.raft, change, retain).await {
             Ok(()) => {}
             Err(crate::ProposeError::NotLeader(_)) => return Err(not_leader()),
             Err(crate::ProposeError::Membership(m)) => return Err(Status::failed_precondition(m)),
@@ -385,75 +359,4 @@ fn rand_suffix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-/// Metadata key marking a refusal because the member does not lead (nothing was proposed);
-/// its sender retries elsewhere. A machine-readable mark, not the message text.
-const REFUSAL_KEY: &str = "berth-refusal";
-
-/// The refusal of a request this member cannot run because it does not lead.
-pub(crate) fn not_leader() -> Status {
-    let mut md = tonic::metadata::MetadataMap::new();
-    md.insert(
-        REFUSAL_KEY,
-        tonic::metadata::AsciiMetadataValue::from_static("not-leader"),
-    );
-    Status::with_metadata(tonic::Code::Unavailable, NOT_LEADER, md)
-}
-
-/// Whether `status` is a member's refusal because it does not lead (nothing was proposed).
-pub(crate) fn is_not_leader(status: &Status) -> bool {
-    status
-        .metadata()
-        .get(REFUSAL_KEY)
-        .is_some_and(|v| v.as_bytes() == b"not-leader")
-}
-
-/// Runs a membership change on this member (which must lead). Changes arriving while another
-/// is in progress wait for it (briefly) instead of failing, so concurrent requests queue up.
-pub(crate) async fn change_membership(
-    raft: &Raft<TypeConfig, StateMachine>,
-    change: Change,
-    retain: bool,
-) -> Result<(), crate::ProposeError> {
-    let patience = std::time::Duration::from_secs(5);
-    let deadline = tokio::time::Instant::now() + patience;
-    // The last membership is settled when it is applied (committed) and not a joint config:
-    // only then may the next change start.
-    let settled = |m: &openraft::RaftMetrics<TypeConfig>| {
-        let joint = m.membership_config.membership().get_joint_config().len() > 1;
-        let applied = m.membership_config.log_id() <= &m.last_applied;
-        (!joint && applied).then_some(())
-    };
-    loop {
-        // Wait out a change in progress instead of colliding with it.
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        crate::replica::watch_metrics(raft, left, settled).await;
-        let attempt = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            raft.change_membership(change.clone(), retain),
-        );
-        let Ok(result) = attempt.await else {
-            return Err(crate::ProposeError::Membership(
-                "the membership change did not commit in time".into(),
-            ));
-        };
-        match result {
-            Ok(_) => return Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                return Err(crate::ProposeError::NotLeader(None))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                let busy = matches!(e, openraft::errors::ChangeMembershipError::InProgress(_));
-                if !busy || tokio::time::Instant::now() >= deadline {
-                    return Err(crate::ProposeError::Membership(e.to_string()));
-                }
-                // Another change is in progress: the loop waits for it to settle.
-            }
-            Err(RaftError::APIError(e)) => {
-                return Err(crate::ProposeError::Membership(e.to_string()))
-            }
-            Err(e) => return Err(crate::ProposeError::Stopped(e.to_string())),
-        }
-    }
 }

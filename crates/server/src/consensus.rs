@@ -170,8 +170,12 @@ impl Consensus {
         let result = match self.replica.propose(encode_command_in(ks, &cmd)).await {
             Ok(bytes) => match decode_result(&bytes) {
                 Ok(applied) => applied.map_err(WriteError::Refused),
-                // This build wrote the result it cannot read: nothing a client can act on.
-                Err(e) => Err(WriteError::Stopped(e)),
+                // Applied, but this build cannot read the result it wrote: the outcome is
+                // unknown to the client (never "failed", which invites a retry).
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable apply result");
+                    Err(WriteError::Unknown)
+                }
             },
             Err(e) => Err(e.into()),
         };

@@ -44,9 +44,9 @@ pub struct Leases {
 }
 
 fn unexpected(what: &str) -> WriteError {
-    WriteError::Stopped(format!(
+    WriteError::Refused(StoreError::Corrupt(format!(
         "the store answered a {what} with another command's result"
-    ))
+    )))
 }
 
 impl Leases {
@@ -170,7 +170,14 @@ impl Leases {
                 continue;
             }
             // Timers read from a state machine that is behind would expire on stale deadlines.
+            // Not caught up (deposed meanwhile, or Raft stopped): wait for a change of role,
+            // briefly, so this loop never spins.
             if !self.consensus.leads_caught_up().await {
+                tokio::select! {
+                    changed = roles.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(EXPIRY_TICK) => {}
+                    _ = stop.changed() => return,
+                }
                 continue;
             }
             // Keep-alives went to the previous leader: every lease gets a full TTL from now,
@@ -209,6 +216,11 @@ impl Leases {
 
     /// Revokes the leases that ran out (a bounded batch).
     async fn expire(&self) {
+        // Deposed since the last check: the new leader restarted every TTL, and a revoke
+        // proposed here would be forwarded to it.
+        if !self.consensus.status().is_leader {
+            return;
+        }
         let expired = self.store.expired_leases(EXPIRY_BATCH);
         if expired.is_empty() {
             return;

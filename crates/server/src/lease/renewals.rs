@@ -18,6 +18,20 @@ use crate::metrics::Metrics;
 /// Renewals per message at most (8 bytes or so each).
 const MAX_BATCH: usize = 16_384;
 
+/// How long a batch (or opening the stream) may wait for the leader: a leader that hangs or
+/// is cut off must not hold keep-alives until their leases expire at the next leader.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The leader's lease service over `channel` (messages unbounded, as on the Raft service:
+/// a TTL query's key list can be long, and the peer is admitted by identity first).
+fn client(
+    channel: berth_consensus::PeerChannel,
+) -> LeaseLeaderClient<berth_consensus::PeerChannel> {
+    LeaseLeaderClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
 /// One renewal waiting for its batch's answer.
 type Pending = (i64, oneshot::Sender<Result<i64, WriteError>>);
 
@@ -62,8 +76,10 @@ impl Renewals {
         id: i64,
         keys: bool,
     ) -> Result<TimeToLiveResponse, WriteError> {
-        let mut client = LeaseLeaderClient::new(self.consensus.peer_channel(leader)?);
-        match client.time_to_live(TimeToLiveRequest { id, keys }).await {
+        let mut client = client(self.consensus.peer_channel(leader)?);
+        let mut req = tonic::Request::new(TimeToLiveRequest { id, keys });
+        req.set_timeout(PATIENCE);
+        match client.time_to_live(req).await {
             Ok(resp) => Ok(resp.into_inner()),
             Err(status) => {
                 tracing::debug!(leader, %status, "lease TTL query at the leader");
@@ -80,16 +96,20 @@ impl Renewals {
                 return Ok(s.clone());
             }
         }
-        let mut client = LeaseLeaderClient::new(self.consensus.peer_channel(leader)?);
+        let mut client = client(self.consensus.peer_channel(leader)?);
         let (requests, outbound) = mpsc::channel(4);
-        let answers = client
-            .renew(ReceiverStream::new(outbound))
-            .await
-            .map_err(|status| {
+        let opened = tokio::time::timeout(PATIENCE, client.renew(ReceiverStream::new(outbound)));
+        let answers = match opened.await {
+            Ok(Ok(answers)) => answers.into_inner(),
+            Ok(Err(status)) => {
                 tracing::debug!(leader, %status, "opening the renewal stream");
-                WriteError::NotLeader
-            })?
-            .into_inner();
+                return Err(WriteError::NotLeader);
+            }
+            Err(_) => {
+                tracing::debug!(leader, "opening the renewal stream timed out");
+                return Err(WriteError::NotLeader);
+            }
+        };
         let (queue, pending) = mpsc::unbounded_channel();
         tokio::spawn(run(
             leader,
@@ -132,7 +152,10 @@ async fn run(
             fail(batch);
             break;
         }
-        match answers.message().await {
+        let answer = tokio::time::timeout(PATIENCE, answers.message())
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
+        match answer {
             Ok(Some(a)) if a.id == id && !a.refused && a.ttls.len() == batch.len() => {
                 for ((_, tx), ttl) in batch.into_iter().zip(a.ttls) {
                     let _ = tx.send(Ok(ttl));

@@ -3,6 +3,23 @@
 //! the log, answered with the state's result bytes), `read_index` (linearizable reads without
 //! a log write), membership changes, the role it plays ([`Replica::roles`]) and channels to
 //! peers for services of other layers (the server's lease leader service).
+//!
+//! # Layout
+//! - this file: configuration, start, identity, peer channels, status and shutdown;
+//! - `write`: proposing, and forwarding to the leader;
+//! - `read`: the read index for linearizable reads;
+//! - `membership`: membership changes, here or at the leader;
+//! - `leadership`: who leads, the role watch, and waiting on Raft's metrics.
+
+mod leadership;
+mod membership;
+mod read;
+mod write;
+
+pub(crate) use leadership::watch_metrics;
+use leadership::watch_role;
+pub use leadership::Role;
+pub(crate) use membership::run_change;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,7 +39,6 @@ use crate::group::{GroupId, GroupState};
 use crate::identity::PeerStamp;
 use crate::log_store::{FlushObserver, LogStore};
 use crate::network::{peer_channel, peer_client, raft_client, PeerChannel, PeerNetwork};
-use crate::peer::GroupPeer;
 use crate::read_batch::ReadBatcher;
 use crate::state_machine::StateMachine;
 use crate::types::{Change, Member, RaftRequest, TypeConfig};
@@ -124,17 +140,6 @@ pub struct Sharing {
     pub proposed_writes: BatchCounts,
 }
 
-/// The role this member plays in its group, as [`Replica::roles`] reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Role {
-    /// This member leads (openraft's Leader state).
-    pub leading: bool,
-    /// The leader it knows of, if any (itself when leading).
-    pub leader: Option<u64>,
-    /// The current term.
-    pub term: u64,
-}
-
 /// One member's Raft instance of one group.
 pub struct Replica {
     id: u64,
@@ -159,6 +164,16 @@ pub struct Replica {
     forwarder: tokio::sync::Mutex<Option<Arc<ForwardStream>>>,
     /// The role, as the role watcher last saw it.
     roles: tokio::sync::watch::Receiver<Role>,
+}
+
+/// What the peer router serves of one group's replica.
+pub(crate) struct GroupPeer {
+    pub(crate) raft: Raft<TypeConfig, StateMachine>,
+    /// Forwarded writes are proposed through the member's batcher, with its own.
+    pub(crate) writes: Arc<WriteBatcher>,
+    /// Checks that a forwarded command is one the group can apply.
+    pub(crate) state: Arc<dyn GroupState>,
+    pub(crate) snapshot_dir: std::path::PathBuf,
 }
 
 /// A member of the current configuration, as the Cluster API lists it.
@@ -295,13 +310,6 @@ impl Replica {
         (self.group.clone(), peer)
     }
 
-    /// The role this member plays, now and at every change (leadership gained or lost, a new
-    /// leader or term): leader-only work (lease expiry, TTL checks) follows it instead of
-    /// polling.
-    pub fn roles(&self) -> tokio::sync::watch::Receiver<Role> {
-        self.roles.clone()
-    }
-
     /// The membership as this member currently knows it.
     fn membership(&self) -> Arc<crate::types::StoredMembership> {
         self.raft
@@ -333,284 +341,6 @@ impl Replica {
     /// A client for member `id`'s Raft peer service.
     fn peer(&self, id: u64) -> Result<crate::network::PeerClient, ProposeError> {
         Ok(raft_client(self.peer_channel(id)?))
-    }
-
-    /// Waits (up to a few seconds) for a leader to be known; returns it.
-    pub async fn leader(&self) -> Result<u64, ProposeError> {
-        let id = self.id;
-        let known = |m: &RaftMetrics<TypeConfig>| {
-            // As in `status`: only the Leader state counts as this member leading.
-            if m.state == openraft::ServerState::Leader {
-                Some(id)
-            } else {
-                m.current_leader.filter(|l| *l != id)
-            }
-        };
-        watch_metrics(&self.raft, NO_LEADER_PATIENCE, known)
-            .await
-            .ok_or(ProposeError::NotLeader(None))
-    }
-
-    /// Replicates `command` (bytes of the group's state machine) through the log and returns
-    /// the state machine's result bytes. On a follower the command is forwarded to the leader;
-    /// while no leader is known it waits for one.
-    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
-        let bytes = command;
-        let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
-        loop {
-            // The leader known before this attempt: the retry below waits for it to change.
-            let known = self.raft.metrics().borrow_watched().current_leader;
-            let leader = match self.writes.write(RaftRequest(bytes.clone())).await {
-                Ok(resp) => return Ok(resp.data.0),
-                // Not proposed here: safe to send elsewhere.
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_id,
-                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                    return Err(ProposeError::Unknown)
-                }
-                Err(e) => return Err(ProposeError::Stopped(e.to_string())),
-            };
-            if let Some(leader) = leader.filter(|l| *l != self.id) {
-                match self.forward(leader, &bytes).await {
-                    Err(ProposeError::NotLeader(_)) => {}
-                    other => return other,
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProposeError::NotLeader(None));
-            }
-            // Try again when the leader known changed since this attempt began (or shortly:
-            // the one asked may be a new leader that has not caught up yet). Not compared with
-            // the leader Raft named: when that differs from the known one, this would not wait
-            // at all, and a loop that never waits never lets a simulated clock move.
-            let moved = |m: &RaftMetrics<TypeConfig>| (m.current_leader != known).then_some(());
-            watch_metrics(&self.raft, Duration::from_millis(20), moved).await;
-        }
-    }
-
-    /// Sends an encoded command to the leader over the forward stream. `NotLeader` means it
-    /// was certainly not proposed (so it may be retried); a lost answer is `Unknown`.
-    async fn forward(&self, leader: u64, bytes: &[u8]) -> Result<Vec<u8>, ProposeError> {
-        let stream = self.forward_stream(leader).await?;
-        match stream.forward(bytes.to_vec()).await {
-            Forwarded::Answered(Ok(resp)) => Ok(resp),
-            Forwarded::Answered(Err((ForwardRefusal::NotLeader, _))) => {
-                Err(ProposeError::NotLeader(None))
-            }
-            Forwarded::Answered(Err((ForwardRefusal::Undecodable, why))) => {
-                // Never proposed; this member and the leader disagree on what may be applied.
-                tracing::error!(leader, why, "the leader refused a forwarded write");
-                Err(ProposeError::Stopped(why))
-            }
-            Forwarded::Answered(Err((refusal, why))) => {
-                tracing::warn!(?refusal, why, "forwarded write failed at the leader");
-                Err(ProposeError::Unknown)
-            }
-            Forwarded::NotSent(why) => {
-                tracing::debug!(leader, why, "forwarded write not sent");
-                Err(ProposeError::NotLeader(None))
-            }
-            Forwarded::Lost => {
-                tracing::warn!(leader, "forwarded write lost its answer");
-                Err(ProposeError::Unknown)
-            }
-        }
-    }
-
-    /// The open forward stream to `leader`, opened (again) when there is none.
-    async fn forward_stream(&self, leader: u64) -> Result<Arc<ForwardStream>, ProposeError> {
-        let mut slot = self.forwarder.lock().await;
-        if let Some(s) = slot.as_ref() {
-            if s.leader() == leader && s.is_open() {
-                return Ok(s.clone());
-            }
-        }
-        let stream = ForwardStream::open(leader, self.peer(leader)?)
-            .await
-            .map_err(|s| {
-                tracing::debug!(leader, status = %s, "opening the forward stream");
-                ProposeError::NotLeader(None)
-            })?;
-        let stream = Arc::new(stream);
-        *slot = Some(stream.clone());
-        Ok(stream)
-    }
-
-    /// Waits until this member has applied everything committed when the call began, as
-    /// confirmed by a quorum (read-index): a read after this sees every acknowledged write.
-    /// A follower asks the leader for the read index and waits to have applied that far.
-    pub async fn read_index(&self) -> Result<(), ProposeError> {
-        if self.status().is_leader {
-            // Concurrent reads at the leader share one confirmation (which also waits for the
-            // read index to be applied). Should leadership have moved, ask again below.
-            let raft = self.raft.clone();
-            let confirm = move || {
-                let raft = raft.clone();
-                async move {
-                    raft.ensure_linearizable(ReadPolicy::ReadIndex)
-                        .await
-                        .ok()
-                        .map(|_| 0)
-                }
-            };
-            if self.local_reads.index(confirm).await.is_some() {
-                return Ok(());
-            }
-            match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {}
-                Err(e) => return Err(ProposeError::Stopped(e.to_string())),
-            }
-        }
-        // A follower (Raft would only answer "ask the leader"): ask the leader directly.
-        let leader = self.leader().await?;
-        let client = self.peer(leader)?;
-        // Concurrent reads share one request to the leader.
-        let fetch = move || {
-            let mut client = client.clone();
-            async move {
-                // Bounded: an unreachable former leader must not hold up the readers
-                // queued behind this round (they ask the leader they know next).
-                let mut req = tonic::Request::new(Blob::default());
-                req.set_timeout(NO_LEADER_PATIENCE);
-                let resp = client.read_index(req).await.ok()?;
-                Some(resp.into_inner().index)
-            }
-        };
-        let index = self
-            .reads
-            .index(fetch)
-            .await
-            .ok_or(ProposeError::NotLeader(None))?;
-        // Usually applied already; otherwise wait for it.
-        let applied = |m: &RaftMetrics<TypeConfig>| {
-            m.last_applied
-                .is_some_and(|l| l.index >= index)
-                .then_some(())
-        };
-        watch_metrics(&self.raft, NO_LEADER_PATIENCE, applied)
-            .await
-            .ok_or_else(|| ProposeError::Stopped(format!("read index {index} not applied in time")))
-    }
-
-    /// True once this member leads and has applied everything committed before its term
-    /// (state read straight from the group, such as lease timers, is then not behind what was
-    /// acknowledged); a new leader waits for that, briefly. False at once on a follower.
-    pub async fn leads_caught_up(&self) -> bool {
-        leads_caught_up(&self.raft).await
-    }
-
-    /// Members of the current configuration.
-    pub fn members(&self) -> Vec<MemberEntry> {
-        let m = self.membership();
-        let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
-        m.nodes()
-            .map(|(id, member)| MemberEntry {
-                id: *id,
-                member: member.clone(),
-                is_learner: !voters.contains(id),
-            })
-            .collect()
-    }
-
-    /// Runs a membership change at the leader (forwarded when this member follows).
-    pub async fn change_membership(
-        &self,
-        change: Change,
-        retain: bool,
-    ) -> Result<(), ProposeError> {
-        // Right after an election the member asked may still take itself (or a former leader)
-        // for the leader: a change refused as "not the leader" was not proposed, so it is
-        // asked again, of whoever leads then, until a leader takes it or patience runs out.
-        let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
-        // Backing off: openraft logs every refusal as an error, and a new cluster's members
-        // all publish themselves while the first leader settles in.
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let leader = self.leader().await?;
-            let refused = if leader == self.id {
-                match crate::peer::change_membership(&self.raft, change.clone(), retain).await {
-                    Err(ProposeError::NotLeader(_)) => ProposeError::NotLeader(None),
-                    done => return done,
-                }
-            } else {
-                let blob = crate::peer::to_blob(&(change.clone(), retain))
-                    .map_err(|e| ProposeError::Stopped(e.to_string()))?;
-                let mut req = tonic::Request::new(blob);
-                req.set_timeout(MEMBERSHIP_PATIENCE);
-                match self.peer(leader)?.change_membership(req).await {
-                    Ok(_) => return Ok(()),
-                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                        return Err(ProposeError::Membership(s.message().to_string()))
-                    }
-                    Err(s) if crate::peer::is_not_leader(&s) => ProposeError::NotLeader(None),
-                    // Not known whether it was proposed: not repeated.
-                    Err(_) => return Err(ProposeError::NotLeader(None)),
-                }
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(refused);
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MEMBERSHIP_RETRY_MAX);
-        }
-    }
-
-    /// Adds a member: first as a learner that receives the log, then (unless `learner`) as a
-    /// voter. The member starts later with `--initial-cluster-state existing`.
-    pub async fn add_member(
-        &self,
-        id: u64,
-        member: Member,
-        learner: bool,
-    ) -> Result<(), ProposeError> {
-        self.change_membership(Change::AddNodes([(id, member)].into()), true)
-            .await?;
-        if !learner {
-            self.change_membership(Change::AddVoterIds([id].into()), true)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Makes a learner a voter.
-    pub async fn promote_member(&self, id: u64) -> Result<(), ProposeError> {
-        self.change_membership(Change::AddVoterIds([id].into()), true)
-            .await
-    }
-
-    /// Removes a member (voter or learner) from the cluster.
-    pub async fn remove_member(&self, id: u64) -> Result<(), ProposeError> {
-        let is_voter = self.members().iter().any(|m| m.id == id && !m.is_learner);
-        if is_voter {
-            self.change_membership(Change::RemoveVoters([id].into()), false)
-                .await?;
-        }
-        if self.members().iter().any(|m| m.id == id) {
-            self.change_membership(Change::RemoveNodes([id].into()), false)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Records (or replaces) member `id`'s name and URLs in the membership.
-    pub async fn set_member(&self, id: u64, member: Member) -> Result<(), ProposeError> {
-        self.change_membership(ChangeMembers::SetNodes([(id, member)].into()), true)
-            .await
-    }
-
-    /// Hands leadership to `to` (this member must lead) and waits until `to` leads.
-    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
-        self.raft
-            .trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| ProposeError::Stopped(e.to_string()))?;
-        self.raft
-            .wait(Some(NO_LEADER_PATIENCE))
-            .current_leader(to, "leadership transfer")
-            .await
-            .map_err(|e| ProposeError::Membership(format!("leadership did not move: {e}")))?;
-        Ok(())
     }
 
     /// Current Raft state.
@@ -691,56 +421,6 @@ impl Replica {
 #[error("{0}")]
 pub struct StartError(pub String);
 
-/// Follows this member's role until Raft stops: publishes it to [`Replica::roles`], counts
-/// changes of the known leader, and lets
-/// the log fsync lone appends on the Raft task except on a leader with peers (which sends new
-/// entries to them while its own fsync runs). It watches the server metrics, which change
-/// only with the vote, role, leader or membership: the full metrics change with every write,
-/// and waking this task for each would cost a thread wake-up per write.
-async fn watch_role(
-    mut metrics: openraft::type_config::alias::WatchReceiverOf<
-        TypeConfig,
-        openraft::metrics::RaftServerMetrics<TypeConfig>,
-    >,
-    count: Arc<std::sync::atomic::AtomicU64>,
-    log: LogStore,
-    roles: tokio::sync::watch::Sender<Role>,
-) {
-    let mut last = None;
-    loop {
-        let (leader, replicates, role) = {
-            let m = metrics.borrow_watched();
-            // Learners count: they are replicated to too. (A leader being removed may not be
-            // in the membership itself.)
-            let peers = m
-                .membership_config
-                .membership()
-                .nodes()
-                .any(|(id, _)| *id != m.id);
-            let leading = m.state == openraft::ServerState::Leader;
-            let role = Role {
-                leading,
-                leader: if leading {
-                    Some(m.id)
-                } else {
-                    m.current_leader.filter(|l| *l != m.id)
-                },
-                term: m.vote.leader_id().term,
-            };
-            (m.current_leader, leading && peers, role)
-        };
-        roles.send_if_modified(|r| std::mem::replace(r, role) != role);
-        log.flush_inline(!replicates);
-        if leader != last && leader.is_some() {
-            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        last = leader;
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Asks the members at `peer_urls` for the cluster ID (what a member joining an existing
 /// cluster adopts); the first answer wins. `None` if nobody answered within `timeout`.
 pub async fn fetch_cluster_id(peer_urls: &[String], timeout: Duration) -> Option<u64> {
@@ -765,44 +445,4 @@ pub async fn fetch_cluster_id(peer_urls: &[String], timeout: Duration) -> Option
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     None
-}
-
-/// Waits until `decide` has an answer from Raft's metrics, checked now and at every change
-/// (borrowing them, not copying them per check as openraft's `wait` does); `None` when
-/// `patience` runs out or Raft stops first.
-pub(crate) async fn watch_metrics<T>(
-    raft: &Raft<TypeConfig, StateMachine>,
-    patience: Duration,
-    decide: impl Fn(&RaftMetrics<TypeConfig>) -> Option<T>,
-) -> Option<T> {
-    let mut metrics = raft.metrics();
-    let wait = async {
-        loop {
-            if let Some(answer) = decide(&metrics.borrow_watched()) {
-                return Some(answer);
-            }
-            metrics.changed().await.ok()?;
-        }
-    };
-    tokio::time::timeout(patience, wait).await.ok().flatten()
-}
-
-/// True once this member leads and has applied an entry of its own term (at least the blank
-/// entry openraft commits first): everything committed before its election is then applied,
-/// so state read straight from the store (leases) is not behind what was acknowledged. A new
-/// leader waits for that (up to [`NO_LEADER_PATIENCE`]); a member that does not lead answers
-/// false at once.
-pub(crate) async fn leads_caught_up(raft: &Raft<TypeConfig, StateMachine>) -> bool {
-    let caught_up = |m: &RaftMetrics<TypeConfig>| {
-        if m.state != openraft::ServerState::Leader {
-            Some(false)
-        } else {
-            m.last_applied
-                .is_some_and(|l| l.leader_id.term == m.current_term)
-                .then_some(true)
-        }
-    };
-    watch_metrics(raft, NO_LEADER_PATIENCE, caught_up)
-        .await
-        .unwrap_or(false)
 }
