@@ -462,9 +462,11 @@ async fn leases_kept_alive_survive_a_leader_change() {
         .expect("put");
     // Keep it alive past its first TTL (renewals land on the leader only).
     let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.expect("keep-alive");
-    for _ in 0..6 {
+    for i in 0..6 {
         keeper.keep_alive().await.expect("send");
-        stream.message().await.expect("recv").expect("resp");
+        let resp = stream.message().await.expect("recv").expect("resp");
+        // TTL 0: the lease was gone before the leader change (a keep-alive came too late).
+        assert!(resp.ttl() > 0, "keep-alive {i} found no lease");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     cluster.members[leader].kill9();

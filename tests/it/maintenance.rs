@@ -149,3 +149,83 @@ async fn quota_raises_nospace_and_still_allows_deletes() {
         st.errors()
     );
 }
+
+/// `--auto-compaction-mode periodic --auto-compaction-retention 2s`, as etcd takes them: the
+/// leader compacts away history older than about two seconds (through the log), so an old
+/// revision answers "compacted" while the newest values stay; bad flags are a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_auto_compaction_drops_old_history() {
+    let srv = Server::start_with(&[
+        "--auto-compaction-mode",
+        "periodic",
+        "--auto-compaction-retention",
+        "2s",
+    ]);
+    let mut c = srv.client().await;
+    let first = c
+        .put("k", "v0", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    for i in 1..20 {
+        c.put("k", format!("v{i}"), None).await.expect("put");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let old = c
+            .get(
+                "k",
+                Some(etcd_client::GetOptions::new().with_revision(first)),
+            )
+            .await;
+        match old {
+            Err(e) => {
+                let s = crate::harness::status_of(e);
+                assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
+                assert_eq!(
+                    s.message(),
+                    "etcdserver: mvcc: required revision has been compacted"
+                );
+                break;
+            }
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "revision {first} still readable: no auto-compaction"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let now = c.get("k", None).await.expect("get");
+    assert_eq!(now.kvs()[0].value(), b"v19");
+    let (_, metrics) = srv.http_get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("berth_auto_compactions_total ") && !l.ends_with(" 0")),
+        "no auto-compaction counted"
+    );
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (mode, retention, says) in [
+        ("hourly", "1", "--auto-compaction-mode \"hourly\""),
+        (
+            "revision",
+            "1h",
+            "revision mode takes a number of revisions",
+        ),
+    ] {
+        let out = Command::new(berth_bin())
+            .args(["server", "--auto-compaction-mode", mode])
+            .args(["--auto-compaction-retention", retention, "--data-dir"])
+            .arg(tmp.path())
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+}

@@ -69,6 +69,14 @@ pub struct ServerArgs {
     /// Applied entries between Raft snapshots (then the log behind them is purged).
     #[arg(long, env = "BERTH_SNAPSHOT_COUNT")]
     pub snapshot_count: Option<u64>,
+    /// Auto-compaction mode: `periodic` (keep a duration of history) or `revision` (keep a
+    /// number of revisions), as etcd.
+    #[arg(long, env = "BERTH_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// Auto-compaction retention: a duration (`30m`, `1h`) or hours (`72`) in periodic mode,
+    /// a revision count in revision mode; 0 (the default) turns auto-compaction off.
+    #[arg(long, env = "BERTH_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
     /// Interval of `progress_notify` watch responses, in milliseconds.
     #[arg(long, env = "BERTH_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub watch_progress_notify_interval: Option<u64>,
@@ -115,6 +123,10 @@ impl ServerArgs {
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             election_timeout: self.election_timeout.or(lower.election_timeout),
             snapshot_count: self.snapshot_count.or(lower.snapshot_count),
+            auto_compaction_mode: self.auto_compaction_mode.or(lower.auto_compaction_mode),
+            auto_compaction_retention: self
+                .auto_compaction_retention
+                .or(lower.auto_compaction_retention),
             watch_progress_notify_interval: self
                 .watch_progress_notify_interval
                 .or(lower.watch_progress_notify_interval),
@@ -175,6 +187,8 @@ pub struct Config {
     pub election_timeout_ms: u64,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// How much history auto-compaction keeps; `None`: it is off.
+    pub auto_compaction: Option<crate::compaction::Retention>,
     /// Interval of watch progress notifications (ms).
     pub watch_progress_notify_interval_ms: u64,
     /// Interval of HTTP/2 pings on idle connections of the gRPC servers; `None`: no pings.
@@ -364,6 +378,11 @@ impl Config {
             election_timeout_ms: election,
             // etcd 3.4's default.
             snapshot_count: s.snapshot_count.unwrap_or(100_000).max(1),
+            auto_compaction: crate::compaction::Retention::parse(
+                s.auto_compaction_mode.as_deref().unwrap_or("periodic"),
+                s.auto_compaction_retention.as_deref().unwrap_or("0"),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
             // etcd's default: ten minutes.
             watch_progress_notify_interval_ms: s
                 .watch_progress_notify_interval

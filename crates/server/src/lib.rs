@@ -7,6 +7,7 @@
 //! - [`consensus`]: the one write path every face uses (the meta group's Raft), with
 //!   protocol-neutral errors; [`meta_group`]: the store as that group's state.
 //! - [`lease`]: the lease domain (grant, renewal at the leader, TTL, expiry by role).
+//! - [`compaction`]: auto-compaction by the leader (etcd's periodic and revision modes).
 //! - [`core`]: what every face and domain shares.
 //! - [`face`]: the protocols berth speaks, one folder each (`face/etcd`: the etcd v3 API,
 //!   its errors and its `:authority` repair); no face imports another.
@@ -17,6 +18,7 @@
 //! - [`node`]: the one wiring point: opens the core, binds listeners, `serve_on` runs every
 //!   face and background task, and shuts down in order.
 
+pub mod compaction;
 pub mod config;
 pub mod consensus;
 pub mod core;

@@ -45,6 +45,8 @@ pub struct Metrics {
     batch_size: Histogram,
     /// Leases revoked because their TTL ran out.
     pub leases_expired: Counter,
+    /// Compactions auto-compaction made (as leader).
+    pub auto_compactions: Counter,
     /// Renewal batches this member sent to the leader.
     pub lease_renew_batches: Counter,
     /// Lease renewals those batches carried.
@@ -118,6 +120,7 @@ impl Metrics {
             batch_size,
             leases_expired: Counter::default(),
             lease_renew_batches: Counter::default(),
+            auto_compactions: Counter::default(),
             lease_renewals_forwarded: Counter::default(),
             watch_events: Counter::default(),
             proposals_committed: Counter::default(),
@@ -148,6 +151,11 @@ impl Metrics {
             "berth_leases_expired",
             "Leases revoked on TTL expiry",
             m.leases_expired.clone(),
+        );
+        r.register(
+            "berth_auto_compactions",
+            "Compactions made by auto-compaction on this member (as leader)",
+            m.auto_compactions.clone(),
         );
         r.register(
             "berth_lease_renew_batches",

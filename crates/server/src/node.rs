@@ -229,6 +229,16 @@ where
             Ok(())
         }),
     );
+    if let Some(retention) = core.config.auto_compaction {
+        let (core, stop) = (core.clone(), stop_rx.clone());
+        spawn(
+            "auto-compaction",
+            Box::pin(async move {
+                crate::compaction::run(core, retention, stop).await;
+                Ok(())
+            }),
+        );
+    }
     // Every member watches its own disk, also one that takes no client writes: its log and
     // state machine grow with everyone's writes.
     let watched = core.clone();

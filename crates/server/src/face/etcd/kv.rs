@@ -112,18 +112,6 @@ pub fn check_txn(t: &TxnRequest, max_ops: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// True when no path of the txn writes.
-fn txn_is_read_only(t: &TxnRequest) -> bool {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .all(|op| match &op.request {
-            Some(Op::RequestPut(_)) | Some(Op::RequestDeleteRange(_)) => false,
-            Some(Op::RequestTxn(inner)) => txn_is_read_only(inner),
-            _ => true,
-        })
-}
-
 fn unexpected(what: &str) -> Status {
     Status::internal(format!("berth: unexpected apply result for {what}"))
 }
@@ -177,7 +165,7 @@ impl Kv for KvService {
         self.check_size(t.encoded_len())?;
         // A txn that cannot write is a read: read-index, then evaluate it locally, with no
         // log entry (as etcd does). Only a txn that can put is refused under NOSPACE.
-        let applied = if txn_is_read_only(&t) {
+        let applied = if berth_store::apply::txn_is_read_only(&t) {
             self.core.consensus.read_index().await?;
             Applied::Txn(self.core.store.txn_read(t).map_err(store_status)?)
         } else if berth_store::apply::txn_puts(&t) {
