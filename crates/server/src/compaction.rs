@@ -136,17 +136,9 @@ impl Compactor {
 }
 
 /// Runs auto-compaction until `stop` changes: idle while this member follows.
-pub async fn run(core: Arc<Core>, retention: Retention, mut stop: watch::Receiver<bool>) {
-    let mut roles = core.consensus.roles();
-    loop {
-        let role = *roles.borrow_and_update();
-        if !role.leading {
-            tokio::select! {
-                changed = roles.changed() => if changed.is_err() { return },
-                _ = stop.changed() => return,
-            }
-            continue;
-        }
+pub async fn run(core: Arc<Core>, retention: Retention, stop: watch::Receiver<bool>) {
+    let mut leadership = core.consensus.leadership(stop);
+    'terms: while let Some(role) = leadership.leading().await {
         tracing::info!(
             ?retention,
             term = role.term,
@@ -157,17 +149,10 @@ pub async fn run(core: Arc<Core>, retention: Retention, mut stop: watch::Receive
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                changed = roles.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let now = *roles.borrow();
-                    if !now.leading || now.term != role.term {
-                        break;
-                    }
-                    continue;
-                }
-                _ = stop.changed() => return,
+                ended = leadership.ended(role.term) => match ended {
+                    Some(_) => continue 'terms,
+                    None => return,
+                },
             }
             let Some(revision) = compactor.tick(Instant::now(), core.store.revision()) else {
                 continue;

@@ -76,6 +76,47 @@ impl From<ProposeError> for WriteError {
     }
 }
 
+/// The terms this member leads, followed for leader-only work (lease expiry, auto-compaction):
+/// one watch of the role and the shutdown signal, so no such loop polls or spins. Every wait
+/// ends with `None` once shutdown begins or Raft has stopped.
+pub struct Leadership {
+    roles: tokio::sync::watch::Receiver<Role>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Leadership {
+    /// Waits until this member leads; its role then.
+    pub async fn leading(&mut self) -> Option<Role> {
+        loop {
+            let role = *self.roles.borrow_and_update();
+            if role.leading {
+                return Some(role);
+            }
+            self.changed().await?;
+        }
+    }
+
+    /// Waits until the leadership of `term` ends (another term, or not leading); the role
+    /// then.
+    pub async fn ended(&mut self, term: u64) -> Option<Role> {
+        loop {
+            let now = *self.roles.borrow_and_update();
+            if !now.leading || now.term != term {
+                return Some(now);
+            }
+            self.changed().await?;
+        }
+    }
+
+    /// Waits for any change of role.
+    pub async fn changed(&mut self) -> Option<()> {
+        tokio::select! {
+            changed = self.roles.changed() => changed.ok(),
+            _ = self.stop.changed() => None,
+        }
+    }
+}
+
 /// Hands commands to the meta group's Raft and waits until they are committed and applied.
 #[derive(Clone)]
 pub struct Consensus {
@@ -167,7 +208,7 @@ impl Consensus {
     /// result once it is committed and applied. Store-wide commands (compaction, leases,
     /// alarms) act the same whatever `ks` is.
     pub async fn propose_in(&self, ks: Keyspace, cmd: Command) -> Result<Applied, WriteError> {
-        let result = match self.replica.propose(encode_command_in(ks, &cmd)).await {
+        let result = match self.replica.propose(encode_command_in(ks, cmd)).await {
             Ok(bytes) => match decode_result(&bytes) {
                 Ok(applied) => applied.map_err(WriteError::Refused),
                 // Applied, but this build cannot read the result it wrote: the outcome is
@@ -245,6 +286,14 @@ impl Consensus {
     /// The member's role now and at every change.
     pub fn roles(&self) -> tokio::sync::watch::Receiver<Role> {
         self.replica.roles()
+    }
+
+    /// The terms this member leads, for leader-only work that runs until `stop` changes.
+    pub fn leadership(&self, stop: tokio::sync::watch::Receiver<bool>) -> Leadership {
+        Leadership {
+            roles: self.replica.roles(),
+            stop,
+        }
     }
 
     /// A channel to member `id`'s peer port, for a service of this layer (the leader's lease

@@ -11,13 +11,14 @@ use crate::{Applied, Command, Keyspace, StoreError};
 /// Encodes a command on user keys for the log (byte for byte what entries were before
 /// keyspaces: the user keyspace is the field's default, so it is not written).
 pub fn encode_command(cmd: &Command) -> Vec<u8> {
-    encode_command_in(Keyspace::User, cmd)
+    encode_command_in(Keyspace::User, cmd.clone())
 }
 
-/// Encodes a command on the keys of `ks` for the log.
-pub fn encode_command_in(ks: Keyspace, cmd: &Command) -> Vec<u8> {
+/// Encodes a command on the keys of `ks` for the log (taking it: the write path owns its
+/// command, and a put's value is not copied once more).
+pub fn encode_command_in(ks: Keyspace, cmd: Command) -> Vec<u8> {
     Request {
-        request: Some(cmd.clone()),
+        request: Some(cmd),
         keyspace: u32::from(ks.id()),
     }
     .encode_to_vec()
@@ -39,7 +40,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<(Keyspace, Command), String> {
 #[doc(hidden)]
 pub fn fuzz_roundtrip(data: &[u8]) {
     if let Ok((ks, cmd)) = decode_command(data) {
-        let again = decode_command(&encode_command_in(ks, &cmd));
+        let again = decode_command(&encode_command_in(ks, cmd.clone()));
         assert!(
             again.as_ref() == Ok(&(ks, cmd.clone())),
             "{ks:?} {cmd:?} re-encoded as {again:?}"
@@ -192,7 +193,7 @@ mod tests {
             ("alarm", Keyspace::User, alarm),
             ("registry-put", Keyspace::Registry, registry_put),
         ] {
-            let entry = encode_command_in(ks, &cmd);
+            let entry = encode_command_in(ks, cmd);
             std::fs::write(dir.join(format!("seed-{name}")), entry).expect("seed");
         }
         let refusal = encode_result(&Err(StoreError::NoSpace));
@@ -210,7 +211,7 @@ mod tests {
             decode_command(&encode_command(&cmd)).expect("decode"),
             (Keyspace::User, cmd.clone())
         );
-        let entry = encode_command_in(Keyspace::Gateway, &cmd);
+        let entry = encode_command_in(Keyspace::Gateway, cmd.clone());
         assert_eq!(
             decode_command(&entry).expect("decode"),
             (Keyspace::Gateway, cmd.clone())

@@ -158,25 +158,16 @@ impl Leases {
     /// Runs expiry until `stop` changes: idle while this member follows, and from each
     /// leadership on (once it has applied everything committed before its term) revokes the
     /// leases that run out, until it stops leading.
-    pub async fn run_expiry(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut roles = self.consensus.roles();
-        loop {
-            let role = *roles.borrow_and_update();
-            if !role.leading {
-                tokio::select! {
-                    changed = roles.changed() => if changed.is_err() { return },
-                    _ = stop.changed() => return,
-                }
-                continue;
-            }
+    pub async fn run_expiry(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let mut leadership = self.consensus.leadership(stop);
+        while let Some(role) = leadership.leading().await {
             // Timers read from a state machine that is behind would expire on stale deadlines.
             // Not caught up (deposed meanwhile, or Raft stopped): wait for a change of role,
             // briefly, so this loop never spins.
             if !self.consensus.leads_caught_up().await {
                 tokio::select! {
-                    changed = roles.changed() => if changed.is_err() { return },
+                    changed = leadership.changed() => if changed.is_none() { return },
                     _ = tokio::time::sleep(EXPIRY_TICK) => {}
-                    _ = stop.changed() => return,
                 }
                 continue;
             }
@@ -197,17 +188,11 @@ impl Leases {
                     .min(EXPIRY_TICK);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    changed = roles.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        let now = *roles.borrow();
-                        if !now.leading || now.term != role.term {
-                            tracing::info!(term = now.term, "no longer leading; lease expiry paused");
-                            break;
-                        }
+                    ended = leadership.ended(role.term) => {
+                        let Some(now) = ended else { return };
+                        tracing::info!(term = now.term, "no longer leading; lease expiry paused");
+                        break;
                     }
-                    _ = stop.changed() => return,
                 }
                 self.expire().await;
             }
