@@ -36,7 +36,12 @@ impl Core {
     /// is below `--min-free-disk-bytes`; the request that finds the shortage waits until
     /// the alarm is in place, so a client told "space exceeded" then finds the alarm listed.
     pub async fn out_of_space(&self) -> bool {
-        if self.store.no_space() {
+        // An alarm applied here may already be disarmed on the leader (a member lags): catch
+        // up before refusing, so a refusal never rests on stale state. Costs a read index only
+        // while an alarm is raised.
+        if self.store.no_space()
+            && (self.consensus.read_index().await.is_err() || self.store.no_space())
+        {
             return true;
         }
         match self.space.shortage(self.store.db_size()) {
