@@ -268,13 +268,10 @@ impl Auth {
     }
 
     /// Checks that the auth state did not move while a read was served for `p` (etcd's
-    /// post-read revision check).
+    /// post-read revision check): the same condition a write's guard is checked against.
     pub fn still_current(&self, p: &Principal) -> Result<(), AuthFailure> {
-        if p.is_open() {
-            return Ok(());
-        }
-        let now = self.store.mod_revision_in(Keyspace::Auth, layout::REVISION);
-        if now != p.view.revision {
+        let g = p.guard();
+        if self.store.mod_revision_in(g.keyspace, &g.key) != g.mod_revision {
             return Err(AuthError::OldRevision.into());
         }
         Ok(())

@@ -174,13 +174,16 @@ fn unexpected(what: &str) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let who = principal(&self.core, &req)?;
-        let r = req.into_inner();
-        check_range(&r)?;
-        who.check(Keyspace::User, Access::Read, &r.key, &r.range_end)?;
+        let r = req.get_ref();
+        check_range(r)?;
+        // Caught up first: the permission check then sees every auth change acknowledged
+        // before this read (a restarted member may not have replayed them yet).
         if !r.serializable {
             self.core.consensus.read_index().await?;
         }
+        let who = principal(&self.core, &req)?;
+        let r = req.into_inner();
+        who.check(Keyspace::User, Access::Read, &r.key, &r.range_end)?;
         let mut resp = self.core.store.range(&r).map_err(store_status)?;
         self.core.auth.still_current(&who)?;
         self.core.fill(&mut resp.header);
@@ -222,6 +225,11 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let read_only = berth_store::apply::txn_is_read_only(req.get_ref());
+        if read_only {
+            // Caught up before the checks, as a range.
+            self.core.consensus.read_index().await?;
+        }
         let who = principal(&self.core, &req)?;
         let t = req.into_inner();
         check_txn(&t, self.core.config.max_txn_ops)?;
@@ -229,8 +237,7 @@ impl Kv for KvService {
         allow_txn(&self.core, &who, &t)?;
         // A txn that cannot write is a read: read-index, then evaluate it locally, with no
         // log entry (as etcd does). Only a txn that can put is refused under NOSPACE.
-        let applied = if berth_store::apply::txn_is_read_only(&t) {
-            self.core.consensus.read_index().await?;
+        let applied = if read_only {
             let resp = self.core.store.txn_read(t).map_err(store_status)?;
             self.core.auth.still_current(&who)?;
             Applied::Txn(resp)
