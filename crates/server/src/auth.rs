@@ -325,6 +325,9 @@ impl Auth {
         change: impl Fn(&AuthView) -> Result<Changes, AuthError>,
     ) -> Result<i64, AuthFailure> {
         for _ in 0..CHANGE_ATTEMPTS {
+            // Checked against everything acknowledged before, on any member (this member's
+            // own last change may have been applied at the leader only so far).
+            self.consensus.read_index().await?;
             let p = self.principal(cred)?;
             if admin {
                 p.admin()?;

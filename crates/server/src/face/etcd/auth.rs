@@ -107,6 +107,7 @@ impl Auth for AuthService {
             return Err(AuthFailure::from(AuthError::UserEmpty).into());
         }
         // Refuse before paying for a hash when the caller may not add users at all.
+        self.core.consensus.read_index().await?;
         principal(&self.core, &req)?.admin()?;
         let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
         let hash = if no_password {
@@ -168,6 +169,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        self.core.consensus.read_index().await?;
         principal(&self.core, &req)?.admin()?;
         let r = req.get_ref();
         let hash = hash_of(&self.core, &r.password, &r.hashed_password).await?;
