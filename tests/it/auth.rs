@@ -311,6 +311,15 @@ async fn etcd_client_logs_in_and_is_held_to_its_roles() {
     .expect("revoke");
     let e = status_of(alice.get("cfg/a", None).await.expect_err("revoked"));
     assert_eq!(e.message(), "etcdserver: permission denied");
+    // As in etcd, the check is made when a watch is created: a new watch on the revoked
+    // range is refused (one created before keeps its stream).
+    let mut after = alice
+        .watch("cfg/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch stream");
+    let first = after.message().await.expect("recv").expect("a response");
+    assert!(first.canceled(), "{first:?}");
+    assert_eq!(first.cancel_reason(), "etcdserver: permission denied");
 
     // Deleting the user kills its token: etcd's invalid token.
     root.user_delete("alice").await.expect("delete alice");
@@ -442,5 +451,68 @@ async fn auth_survives_restart_and_leader_change() {
             .kvs()
             .len(),
         1
+    );
+}
+
+/// `--auth-token jwt,...` as etcd: tokens are JWTs any member with the key verifies; a JWT
+/// carries the auth revision it was issued at, so after any auth change it is "old" and the
+/// client must log in again; a bad option is a start-up error naming it.
+#[tokio::test]
+async fn jwt_tokens_carry_the_auth_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("jwt.key");
+    std::fs::write(&key, b"a shared secret of thirty-two by").expect("key");
+    let opt = format!("jwt,sign-method=HS256,priv-key={},ttl=10m", key.display());
+    let srv = Server::start_with(&["--bcrypt-cost", "4", "--auth-token", &opt]);
+    let mut plain = srv.client().await;
+    setup(&mut plain).await;
+    let mut root = root_client(&srv.endpoint()).await;
+    let token = root
+        .auth_client()
+        .authenticate("alice".to_string(), "apw".to_string())
+        .await
+        .expect("login")
+        .token()
+        .to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let range = |token: &str| {
+        let mut req = tonic::Request::new(RangeRequest {
+            key: b"app/x".to_vec(),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("token", token.parse().expect("ascii token"));
+        req
+    };
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", srv.client_addr))
+        .expect("uri")
+        .connect_lazy();
+    KvClient::new(ch.clone())
+        .range(range(&token))
+        .await
+        .expect("a fresh JWT works");
+    root.role_add("other").await.expect("an auth change");
+    let e = KvClient::new(ch.clone())
+        .range(range(&token))
+        .await
+        .expect_err("the JWT is older than the auth state");
+    assert_eq!(e.message(), "etcdserver: revision of auth store is old");
+    let e = KvClient::new(ch)
+        .range(range(&format!("{token}x")))
+        .await
+        .expect_err("a forged JWT");
+    assert_eq!(e.message(), "etcdserver: invalid auth token");
+
+    let (ok, _, err) = run(Command::new(crate::harness::berth_bin()).args([
+        "server",
+        "--data-dir",
+        &dir.path().join("d").display().to_string(),
+        "--auth-token",
+        "jwt,sign-method=RS256,pub-key=/nonexistent.pem",
+    ]));
+    assert!(!ok);
+    assert!(
+        err.contains("--auth-token") && err.contains("/nonexistent.pem"),
+        "{err}"
     );
 }
