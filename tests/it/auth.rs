@@ -195,7 +195,7 @@ async fn root_client(endpoint: &str) -> Client {
 }
 
 /// Sets up root and alice (read-write on `app/`, read on `cfg/`), and enables auth.
-async fn setup(c: &mut Client) {
+pub async fn setup(c: &mut Client) {
     c.user_add("root", "rootpw", None).await.expect("root");
     c.user_grant_role("root", "root").await.expect("root role");
     c.user_add("alice", "apw", None).await.expect("alice");
