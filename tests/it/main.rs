@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod etcdctl;
+mod gateway;
 mod hardening;
 mod harness;
 mod history;

@@ -192,7 +192,12 @@ where
     for incoming in listeners.client {
         spawn(
             "etcd face",
-            Box::pin(face::etcd::serve(core.clone(), incoming, stop_rx.clone())),
+            Box::pin(face::etcd::serve(
+                core.clone(),
+                incoming,
+                stop_rx.clone(),
+                crate::http::router(core.clone()),
+            )),
         );
     }
     for incoming in listeners.peer {

@@ -10,7 +10,7 @@ use berth_proto::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -58,9 +58,51 @@ impl LeaseService {
     pub fn new(core: Arc<Core>) -> Self {
         Self { core }
     }
+
+    /// Serves one keep-alive stream (from gRPC or the JSON gateway): each request renews its
+    /// lease at the leader and is answered with the TTL left.
+    pub fn keep_alive(
+        &self,
+        inbound: impl Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + 'static,
+    ) -> KeepAliveStream {
+        let mut inbound = Box::pin(inbound);
+        let (tx, rx) = mpsc::channel(64);
+        let node = self.core.clone();
+        tokio::spawn(async move {
+            loop {
+                let id = match inbound.next().await {
+                    Some(Ok(m)) => m.id,
+                    None => return,
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "keep-alive stream ended");
+                        return;
+                    }
+                };
+                // An unknown lease answers TTL 0, as etcd does; the client then stops.
+                let ttl = match node.leases.renew(id).await {
+                    Ok(ttl) => ttl,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let resp = LeaseKeepAliveResponse {
+                    header: node.header(node.store.revision()),
+                    id,
+                    ttl,
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
 }
 
-type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+/// Responses of one keep-alive stream.
+pub type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
@@ -101,38 +143,7 @@ impl Lease for LeaseService {
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
         principal(&self.core, &req)?.authenticated()?;
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        let node = self.core.clone();
-        tokio::spawn(async move {
-            loop {
-                let id = match inbound.message().await {
-                    Ok(Some(m)) => m.id,
-                    Ok(None) => return,
-                    Err(status) => {
-                        tracing::debug!(%status, "keep-alive stream ended");
-                        return;
-                    }
-                };
-                // An unknown lease answers TTL 0, as etcd does; the client then stops.
-                let ttl = match node.leases.renew(id).await {
-                    Ok(ttl) => ttl,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
-                let resp = LeaseKeepAliveResponse {
-                    header: node.header(node.store.revision()),
-                    id,
-                    ttl,
-                };
-                if tx.send(Ok(resp)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.keep_alive(req.into_inner())))
     }
 
     async fn lease_time_to_live(

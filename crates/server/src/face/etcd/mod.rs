@@ -1,5 +1,6 @@
 //! The etcd v3 face: the gRPC services etcd clients speak (KV, Watch, Lease, Cluster,
-//! Maintenance, Auth), etcd's `/version` on the HTTP listener, etcd's exact errors
+//! Maintenance, Auth), etcd's JSON gateway beside them on the client port ([`gateway`]),
+//! etcd's `/version` on the client port and the HTTP listener, etcd's exact errors
 //! ([`errors`]) and the `:authority` repair its Go clients need ([`authority`]). Handlers
 //! decode, validate with pure functions, call the core's domains, and encode; one file per
 //! service. Checked against etcdctl 3.4, the `etcd-client` crate and aetcd (tests/it).
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod errors;
+pub mod gateway;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -117,11 +119,14 @@ pub fn grpc_router(core: &Arc<Core>) -> tonic::service::Routes {
     )
 }
 
-/// Serves the etcd v3 gRPC API on `incoming` until `stop` changes.
+/// Serves the etcd v3 API on `incoming` until `stop` changes: gRPC, and beside it on the same
+/// port (as etcd) the JSON gateway, `/version`, and the HTTP routes in `extra` (the node's
+/// health and metrics).
 pub async fn serve<C, S>(
     core: Arc<Core>,
     incoming: S,
     mut stop: signal::Receiver<bool>,
+    extra: axum::Router,
 ) -> anyhow::Result<()>
 where
     S: Stream<Item = std::io::Result<C>> + Send + 'static,
@@ -132,8 +137,16 @@ where
         // AuthorityFix holds client input to the limits h2 is given here.
         .max_frame_size(authority::MAX_FRAME_SIZE)
         .http2_max_header_list_size(authority::MAX_HEADER_LIST_SIZE)
+        // HTTP/1.1 for the JSON gateway; gRPC stays HTTP/2.
+        .accept_http1(true)
         .layer(GrpcMetricsLayer(core.metrics.clone()))
-        .add_routes(grpc_router(&core))
+        .add_routes(tonic::service::Routes::from(
+            grpc_router(&core)
+                .into_axum_router()
+                .merge(gateway::routes(core.clone()))
+                .merge(http_routes())
+                .merge(extra),
+        ))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.changed().await;
         })

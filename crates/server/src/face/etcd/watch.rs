@@ -72,7 +72,8 @@ enum Ctrl {
     Progress,
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchFrame, Status>> + Send>>;
+/// The frames of one watch stream.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -84,7 +85,22 @@ impl Watch for WatchService {
     ) -> Result<Response<WatchStream>, Status> {
         // Checked at each create, against the auth state of that moment (as etcd).
         let cred = super::credential(&req);
-        let inbound = req.into_inner();
+        Ok(Response::new(self.open(cred, req.into_inner())))
+    }
+}
+
+/// Requests of one watch stream, from gRPC or from the JSON gateway.
+pub type Inbound = Pin<Box<dyn Stream<Item = Result<WatchRequest, Status>> + Send>>;
+
+impl WatchService {
+    /// Serves one watch stream: `inbound` requests, on behalf of `cred`, to the frames
+    /// returned (the gRPC service and the JSON gateway share this).
+    pub fn open(
+        &self,
+        cred: Credential,
+        inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + 'static,
+    ) -> WatchStream {
+        let inbound: Inbound = Box::pin(inbound);
         let (out_tx, out_rx) = mpsc::channel::<Vec<WatchFrame>>(16);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
         let sink = WatchSink::new(ev_tx);
@@ -108,7 +124,7 @@ impl Watch for WatchService {
         ));
         let responses =
             ReceiverStream::new(out_rx).flat_map(|batch| stream::iter(batch.into_iter().map(Ok)));
-        Ok(Response::new(Box::pin(responses)))
+        Box::pin(responses)
     }
 }
 
@@ -123,17 +139,17 @@ fn cancel_all(node: &Core, state: &Shared) {
 async fn receive(
     node: Arc<Core>,
     cred: Credential,
-    mut inbound: Streaming<WatchRequest>,
+    mut inbound: Inbound,
     ctrl: mpsc::Sender<Ctrl>,
     events: WatchSink,
     state: Shared,
 ) {
     loop {
-        let msg = match inbound.message().await {
-            Ok(Some(m)) => m,
+        let msg = match inbound.next().await {
+            Some(Ok(m)) => m,
             // The client closed its sending side: existing watches keep running, as in etcd.
-            Ok(None) => return,
-            Err(status) => {
+            None => return,
+            Some(Err(status)) => {
                 tracing::debug!(%status, "watch stream ended");
                 cancel_all(&node, &state);
                 return;
