@@ -12,9 +12,16 @@
 //! - `lease`: lease ID (8 bytes big-endian) → `leasepb.Lease{ID=1, TTL=2}`.
 //! - `alarm`, `auth`, `authRoles`, `authUsers`, `cluster`, `members`, `members_removed`:
 //!   empty, as in a fresh etcd.
-//! - `berth` (etcd ignores it): `format` = `1`, then `records/<chunk u64 BE>` values that
-//!   concatenate to berth's own record stream (`snapshot.rs`) of everything *but* the user
-//!   keyspace's revisions: system keyspaces' revisions, counters, leases, blobs.
+//! - `berth` (etcd ignores it): `digest` (below), `format` = `1`, then
+//!   `records/<chunk u64 BE>` values that concatenate to berth's own record stream
+//!   (`snapshot.rs`) of everything *but* the user keyspace's revisions: system keyspaces'
+//!   revisions, counters, leases, blobs.
+//!
+//! etcd keeps the `berth` bucket it does not know, even after it changed the keys: a file
+//! that went berth → etcd → (writes) → etcd snapshot would bring back berth's stale state.
+//! So `digest` is the SHA-256 of what berth wrote in the buckets etcd changes when it writes
+//! (every entry of `key` and `lease`, and the compaction entries of `meta`); when the file's
+//! buckets no longer match it, the `berth` bucket is ignored and the file is read as etcd's.
 //!
 //! # What berth reads
 //! A bbolt file (with or without the 32-byte SHA-256 trailer `etcdctl snapshot save` keeps;
@@ -55,6 +62,7 @@ const EMPTY: [&[u8]; 7] = [
     b"members",
     b"members_removed",
 ];
+const DIGEST_KEY: &[u8] = b"digest";
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"1";
 const CHUNK_PREFIX: &[u8] = b"records/";
@@ -84,6 +92,19 @@ fn bolt(e: BoltError) -> StoreError {
     match e {
         BoltError::Io(e) => StoreError::Io(e),
         other => corrupt(other.to_string()),
+    }
+}
+
+/// The SHA-256 of the entries etcd changes when it writes (see the module doc).
+#[derive(Default)]
+struct EtcdView(Sha256);
+
+impl EtcdView {
+    fn entry(&mut self, bucket: &[u8], k: &[u8], v: &[u8]) {
+        for part in [bucket, k, v] {
+            self.0.update((part.len() as u32).to_le_bytes());
+            self.0.update(part);
+        }
     }
 }
 
@@ -120,6 +141,7 @@ pub(crate) fn write<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<W>
     let meta = txn.open_table(META).db()?;
     let get = |k: &str| -> Result<i64> { Ok(meta.get(k).db()?.map(|g| g.value()).unwrap_or(0)) };
     let (compacted, applied) = (get(META_COMPACTED)?, get(META_APPLIED)?);
+    let mut view = EtcdView::default();
 
     let mut b = w.bucket(KEY).map_err(bolt)?;
     for item in txn.open_table(REVS).db()?.iter().db()? {
@@ -127,6 +149,7 @@ pub(crate) fn write<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<W>
         let (tombstone, ks, body) = flag(v.value())?;
         if ks == Keyspace::User {
             let key = rev_key(Revision::from_key(k.value()), tombstone);
+            view.entry(KEY, &key, body);
             b.put(&key, body).map_err(bolt)?;
         }
     }
@@ -137,8 +160,10 @@ pub(crate) fn write<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<W>
         .map_err(bolt)?;
     if compacted > 0 {
         let at = rev_key(Revision::new(compacted, 0), false);
-        b.put(FINISHED_COMPACT, &at).map_err(bolt)?;
-        b.put(SCHEDULED_COMPACT, &at).map_err(bolt)?;
+        for k in [FINISHED_COMPACT, SCHEDULED_COMPACT] {
+            view.entry(META_BUCKET, k, &at);
+            b.put(k, &at).map_err(bolt)?;
+        }
     }
     b.finish().map_err(bolt)?;
 
@@ -156,6 +181,7 @@ pub(crate) fn write<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<W>
     leases.sort();
     let mut b = w.bucket(LEASE).map_err(bolt)?;
     for (k, v) in &leases {
+        view.entry(LEASE, k, v);
         b.put(k, v).map_err(bolt)?;
     }
     b.finish().map_err(bolt)?;
@@ -165,6 +191,7 @@ pub(crate) fn write<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<W>
     }
 
     let mut b = w.bucket(BERTH).map_err(bolt)?;
+    b.put(DIGEST_KEY, &view.0.finalize()).map_err(bolt)?;
     b.put(FORMAT_KEY, FORMAT).map_err(bolt)?;
     let mut n = 0u64;
     crate::snapshot::write_records_but_user_revisions(txn, |chunk| {
@@ -236,7 +263,11 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
     }
     let mut newest = 0i64;
     let mut user_revisions = Vec::new();
+    let mut view = EtcdView::default();
+    let meta_entries = entries(META_BUCKET)?;
+    let lease_entries = entries(LEASE)?;
     for e in entries(KEY)? {
+        view.entry(KEY, e.key, e.value);
         let (rev, tombstone) = parse_rev_key(e.key).ok_or_else(|| {
             corrupt(format!("`key` bucket: bad revision key {:02x?}", e.key))
         })?;
@@ -256,7 +287,23 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
         newest = newest.max(rev.main);
         user_revisions.push((rev.to_key(), stored));
     }
-    let berth = entries(BERTH)?;
+    for e in &meta_entries {
+        if e.key == FINISHED_COMPACT || e.key == SCHEDULED_COMPACT {
+            view.entry(META_BUCKET, e.key, e.value);
+        }
+    }
+    for e in &lease_entries {
+        view.entry(LEASE, e.key, e.value);
+    }
+    let mut berth = entries(BERTH)?;
+    let digest = berth.iter().find(|e| e.key == DIGEST_KEY).map(|e| e.value);
+    if !berth.is_empty() && digest != Some(view.0.finalize().as_slice()) {
+        tracing::warn!(
+            "the file's etcd buckets changed after berth wrote it (etcd wrote to it): \
+             restoring etcd's data, without berth's own state"
+        );
+        berth.clear();
+    }
     if !berth.is_empty() {
         let format = berth.iter().find(|e| e.key == FORMAT_KEY).map(|e| e.value);
         if format != Some(FORMAT) {
@@ -265,7 +312,9 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
             ));
         }
         let mut stream = Vec::new();
-        let chunks = berth.iter().filter(|e| e.key != FORMAT_KEY);
+        let chunks = berth
+            .iter()
+            .filter(|e| e.key != FORMAT_KEY && e.key != DIGEST_KEY);
         for (i, e) in chunks.enumerate() {
             let mut want = CHUNK_PREFIX.to_vec();
             want.extend_from_slice(&(i as u64).to_be_bytes());
@@ -286,7 +335,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
     }
     // A file written by etcd.
     let mut compacted = 0i64;
-    for e in entries(META_BUCKET)? {
+    for e in &meta_entries {
         if e.key == FINISHED_COMPACT || e.key == SCHEDULED_COMPACT {
             let (rev, _) = parse_rev_key(e.value).ok_or_else(|| {
                 corrupt(format!(
@@ -299,7 +348,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
         }
     }
     let mut leases = Vec::new();
-    for e in entries(LEASE)? {
+    for e in &lease_entries {
         let id: [u8; 8] = e
             .key
             .try_into()
@@ -427,6 +476,51 @@ mod tests {
         let info = r.lease_info(7).expect("lease");
         assert_eq!(info.granted, 90);
         assert_eq!(info.keys.len(), 2);
+    }
+
+    #[test]
+    fn a_berth_bucket_left_behind_by_etcd_writes_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path(), StoreOptions::default()).expect("open");
+        put(&s, Keyspace::User, "a", "1", 0);
+        put(&s, Keyspace::Registry, "r", "1", 0);
+        let snap = etcd_snapshot_of(&s);
+        let file = &snap[..snap.len() - DIGEST];
+        // What etcd does to the file after a write: `key` changes, `berth` stays.
+        let db = Db::open(file).expect("open");
+        let mut w = Writer::new(Cursor::new(Vec::new())).expect("writer");
+        for e in db.root().entries().expect("root") {
+            let mut b = w.bucket(e.key).expect("bucket");
+            let entries = db.root().open(&e).expect("open").entries().expect("entries");
+            for x in &entries {
+                b.put(x.key, x.value).expect("put");
+            }
+            if e.key == KEY {
+                let kv = KeyValue {
+                    key: b"b".to_vec(),
+                    value: b"etcd".to_vec(),
+                    create_revision: 9,
+                    mod_revision: 9,
+                    version: 1,
+                    lease: 0,
+                };
+                b.put(&rev_key(Revision::new(9, 0), false), &kv.encode_to_vec())
+                    .expect("put");
+            }
+            b.finish().expect("finish");
+        }
+        let changed = w.finish().expect("file").into_inner();
+        let target = tempfile::tempdir().expect("tempdir");
+        crate::snapshot::restore_data_only(changed.as_slice(), target.path()).expect("restore");
+        let r = Store::open(target.path(), StoreOptions::default()).expect("open");
+        assert_eq!(r.revision(), 9);
+        assert_eq!(get(&r, Keyspace::User, "b", 0).expect("b").value, b"etcd");
+        assert!(get(&r, Keyspace::Registry, "r", 0).is_none(), "berth's stale state dropped");
+        // Unchanged, the same file keeps berth's state.
+        let target = tempfile::tempdir().expect("tempdir");
+        crate::snapshot::restore_data_only(file, target.path()).expect("restore");
+        let r = Store::open(target.path(), StoreOptions::default()).expect("open");
+        assert!(get(&r, Keyspace::Registry, "r", 0).is_some());
     }
 
     /// Builds a file the way etcd lays out its backend.
