@@ -16,5 +16,6 @@ mod maintenance;
 mod partition;
 mod python;
 mod server;
+mod snapshot;
 mod sim;
 mod watch;
