@@ -16,6 +16,6 @@ mod maintenance;
 mod partition;
 mod python;
 mod server;
-mod snapshot;
 mod sim;
+mod snapshot;
 mod watch;

@@ -42,7 +42,10 @@ struct State {
 
 async fn kvs_at(c: &mut Client, rev: i64) -> (i64, Vec<Kv>) {
     let r = c
-        .get("", Some(GetOptions::new().with_all_keys().with_revision(rev)))
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_revision(rev)),
+        )
         .await
         .expect("get");
     let kvs = r
@@ -76,13 +79,31 @@ async fn workload(c: &mut Client) -> (Vec<i64>, i64) {
     c.txn(Txn::new().and_then([TxnOp::put("t1", "x", None), TxnOp::put("t2", "y", None)]))
         .await
         .expect("txn");
-    let compact_at = c.put("a", "3", None).await.expect("put").header().expect("h").revision();
+    let compact_at = c
+        .put("a", "3", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("h")
+        .revision();
     c.delete("gone", None).await.expect("delete");
     c.compact(compact_at, Some(CompactionOptions::new().with_physical()))
         .await
         .expect("compact");
-    let mid = c.put("a", "4", None).await.expect("put").header().expect("h").revision();
-    let last = c.put("d", "1", None).await.expect("put").header().expect("h").revision();
+    let mid = c
+        .put("a", "4", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("h")
+        .revision();
+    let last = c
+        .put("d", "1", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("h")
+        .revision();
     (vec![compact_at, compact_at + 1, mid, last], compact_at)
 }
 
@@ -153,7 +174,13 @@ async fn an_etcd_snapshot_restores_into_berth_with_history_and_leases() {
     let mut b = srv.client().await;
     assert_eq!(state(&mut b, &history, compacted).await, want);
     // The restored member goes on from etcd's revision.
-    let next = b.put("after", "1", None).await.expect("put").header().expect("h").revision();
+    let next = b
+        .put("after", "1", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("h")
+        .revision();
     assert_eq!(next, want.revision + 1);
     // etcdctl reads the same through berth.
     let got = ok(etcdctl(&srv.endpoint()).args(["get", "b", "-w", "fields"]));
@@ -167,7 +194,13 @@ fn status_of(file: &[u8]) -> (u32, i64, usize) {
     let (mut h, mut rev, mut n) = (crc32c::crc32c(&[]), 0, 0);
     for b in db.root().entries().expect("root") {
         h = crc32c::crc32c_append(h, b.key);
-        for e in db.root().open(&b).expect("bucket").entries().expect("entries") {
+        for e in db
+            .root()
+            .open(&b)
+            .expect("bucket")
+            .entries()
+            .expect("entries")
+        {
             h = crc32c::crc32c_append(h, e.key);
             h = crc32c::crc32c_append(h, e.value);
             if b.key == b"key" {
@@ -189,12 +222,16 @@ async fn a_berth_snapshot_restores_into_etcd_with_history_and_leases() {
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = tmp.path().join("berth.db");
-    let saved = ok(etcdctl(&srv.endpoint()).args(["snapshot", "save"]).arg(&file));
+    let saved = ok(etcdctl(&srv.endpoint())
+        .args(["snapshot", "save"])
+        .arg(&file));
     assert!(saved.contains("Snapshot saved at"), "{saved}");
     let bytes = std::fs::read(&file).expect("read snapshot");
     assert_eq!(bytes.len() % 512, 32, "etcd's SHA-256 trailer convention");
 
-    let status = ok(etcdctl(&srv.endpoint()).args(["snapshot", "status", "-w", "json"]).arg(&file));
+    let status = ok(etcdctl(&srv.endpoint())
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&file));
     let (hash, revision, keys) = status_of(&bytes);
     assert_eq!(revision, want.revision);
     assert!(
@@ -211,16 +248,31 @@ async fn a_berth_snapshot_restores_into_etcd_with_history_and_leases() {
         .arg(&file)
         .arg("--data-dir")
         .arg(&dir)
-        .args(["--name", "restored", "--initial-cluster", &format!("restored={peer}")])
+        .args([
+            "--name",
+            "restored",
+            "--initial-cluster",
+            &format!("restored={peer}"),
+        ])
         .args(["--initial-advertise-peer-urls", &peer]));
-    assert!(restored.0, "etcdctl snapshot restore: {}{}", restored.1, restored.2);
+    assert!(
+        restored.0,
+        "etcdctl snapshot restore: {}{}",
+        restored.1, restored.2
+    );
     drop(srv);
 
     let etcd = Etcd::start_in(&dir, "restored", &peer, None);
     let ep = format!("http://{}", etcd.client_addr);
     let mut e = Client::connect([ep.as_str()], None).await.expect("connect");
     assert_eq!(state(&mut e, &history, compacted).await, want);
-    let next = e.put("after", "1", None).await.expect("put").header().expect("h").revision();
+    let next = e
+        .put("after", "1", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("h")
+        .revision();
     assert_eq!(next, want.revision + 1);
 }
 
@@ -239,13 +291,25 @@ async fn damaged_snapshots_are_refused_with_a_reason() {
     let bytes = std::fs::read(&file).expect("read");
     let cases: [(&str, Vec<u8>, &str); 4] = [
         ("truncated", bytes[..bytes.len() - 4096].to_vec(), "SHA-256"),
-        ("flipped", {
-            let mut b = bytes.clone();
-            b[5000] ^= 0x55;
-            b
-        }, "SHA-256"),
-        ("no trailer, cut", bytes[..bytes.len() - 32 - 4096].to_vec(), "truncated"),
-        ("garbage", b"not a snapshot".to_vec(), "neither a berth snapshot nor a bbolt"),
+        (
+            "flipped",
+            {
+                let mut b = bytes.clone();
+                b[5000] ^= 0x55;
+                b
+            },
+            "SHA-256",
+        ),
+        (
+            "no trailer, cut",
+            bytes[..bytes.len() - 32 - 4096].to_vec(),
+            "truncated",
+        ),
+        (
+            "garbage",
+            b"not a snapshot".to_vec(),
+            "neither a berth snapshot nor a bbolt",
+        ),
     ];
     for (name, data, reason) in cases {
         let damaged = tmp.path().join(name);

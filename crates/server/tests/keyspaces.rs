@@ -274,8 +274,14 @@ async fn a_snapshot_round_trip_keeps_system_keyspaces() {
     .expect("restore");
 
     let (restored, addr) = start(target.path()).await;
-    assert_eq!(registry_value(&restored, "svc/a"), Some(b"10.0.0.1".to_vec()));
-    assert_eq!(registry_value(&restored, "svc/b"), Some(b"10.0.0.2".to_vec()));
+    assert_eq!(
+        registry_value(&restored, "svc/a"),
+        Some(b"10.0.0.1".to_vec())
+    );
+    assert_eq!(
+        registry_value(&restored, "svc/b"),
+        Some(b"10.0.0.2".to_vec())
+    );
     assert_eq!(restored.store.revision(), last);
     let info = restored.store.lease_info(lease).expect("lease restored");
     assert_eq!(

@@ -235,7 +235,11 @@ impl Decoded {
                 .map(|(k, v)| SnapshotRecord::Revision(*k, v)),
         );
         out.extend(self.meta.iter().map(|(k, v)| SnapshotRecord::Meta(k, *v)));
-        out.extend(self.leases.iter().map(|(id, ttl)| SnapshotRecord::Lease(*id, *ttl)));
+        out.extend(
+            self.leases
+                .iter()
+                .map(|(id, ttl)| SnapshotRecord::Lease(*id, *ttl)),
+        );
         Ok(out)
     }
 }
@@ -245,7 +249,9 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
     let file = if data.len() % ALIGN == DIGEST {
         let (file, digest) = data.split_at(data.len() - DIGEST);
         if Sha256::digest(file).as_slice() != digest {
-            return Err(corrupt("SHA-256 trailer mismatch (damaged or truncated)".into()));
+            return Err(corrupt(
+                "SHA-256 trailer mismatch (damaged or truncated)".into(),
+            ));
         }
         file
     } else {
@@ -259,7 +265,9 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
         }
     };
     if db.bucket(KEY).map_err(bolt)?.is_none() {
-        return Err(corrupt("no `key` bucket: not an etcd or berth snapshot".into()));
+        return Err(corrupt(
+            "no `key` bucket: not an etcd or berth snapshot".into(),
+        ));
     }
     let mut newest = 0i64;
     let mut user_revisions = Vec::new();
@@ -268,12 +276,10 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
     let lease_entries = entries(LEASE)?;
     for e in entries(KEY)? {
         view.entry(KEY, e.key, e.value);
-        let (rev, tombstone) = parse_rev_key(e.key).ok_or_else(|| {
-            corrupt(format!("`key` bucket: bad revision key {:02x?}", e.key))
-        })?;
-        let kv = KeyValue::decode(e.value).map_err(|err| {
-            corrupt(format!("`key` bucket: revision {}: {err}", rev.main))
-        })?;
+        let (rev, tombstone) = parse_rev_key(e.key)
+            .ok_or_else(|| corrupt(format!("`key` bucket: bad revision key {:02x?}", e.key)))?;
+        let kv = KeyValue::decode(e.value)
+            .map_err(|err| corrupt(format!("`key` bucket: revision {}: {err}", rev.main)))?;
         let stored = if tombstone {
             let kv = KeyValue {
                 key: kv.key,
@@ -468,10 +474,16 @@ mod tests {
         let r = Store::open(target.path(), StoreOptions::default()).expect("open restored");
         assert_eq!(r.hash().expect("hash"), s.hash().expect("hash"));
         assert_eq!(r.revision(), s.revision());
-        assert_eq!(r.hash_kv(0).expect("hash_kv"), s.hash_kv(0).expect("hash_kv"));
+        assert_eq!(
+            r.hash_kv(0).expect("hash_kv"),
+            s.hash_kv(0).expect("hash_kv")
+        );
         let registry = get(&r, Keyspace::Registry, "svc/a", 0).expect("registry key");
         assert_eq!(registry.value, b"10.0.0.1");
-        assert!(get(&r, Keyspace::User, "svc/a", 0).is_none(), "keyspaces stay apart");
+        assert!(
+            get(&r, Keyspace::User, "svc/a", 0).is_none(),
+            "keyspaces stay apart"
+        );
         assert!(get(&r, Keyspace::Auth, "user/root", 0).is_some());
         let info = r.lease_info(7).expect("lease");
         assert_eq!(info.granted, 90);
@@ -491,7 +503,12 @@ mod tests {
         let mut w = Writer::new(Cursor::new(Vec::new())).expect("writer");
         for e in db.root().entries().expect("root") {
             let mut b = w.bucket(e.key).expect("bucket");
-            let entries = db.root().open(&e).expect("open").entries().expect("entries");
+            let entries = db
+                .root()
+                .open(&e)
+                .expect("open")
+                .entries()
+                .expect("entries");
             for x in &entries {
                 b.put(x.key, x.value).expect("put");
             }
@@ -515,7 +532,10 @@ mod tests {
         let r = Store::open(target.path(), StoreOptions::default()).expect("open");
         assert_eq!(r.revision(), 9);
         assert_eq!(get(&r, Keyspace::User, "b", 0).expect("b").value, b"etcd");
-        assert!(get(&r, Keyspace::Registry, "r", 0).is_none(), "berth's stale state dropped");
+        assert!(
+            get(&r, Keyspace::Registry, "r", 0).is_none(),
+            "berth's stale state dropped"
+        );
         // Unchanged, the same file keeps berth's state.
         let target = tempfile::tempdir().expect("tempdir");
         crate::snapshot::restore_data_only(file, target.path()).expect("restore");
@@ -539,20 +559,35 @@ mod tests {
         let mut w = Writer::new(Cursor::new(Vec::new())).expect("writer");
         let mut b = w.bucket(KEY).expect("key");
         // Compacted at 3: revision 2 (a's first value) is gone, 3 is a's newest before it.
-        b.put(&rev_key(Revision::new(3, 0), false), &kv("a", "a2", 2, 3, 2, 0))
-            .expect("put");
-        b.put(&rev_key(Revision::new(4, 0), false), &kv("b", "b1", 4, 4, 1, 0x77))
-            .expect("put");
-        b.put(&rev_key(Revision::new(5, 0), true), &KeyValue {
-            key: b"a".to_vec(),
-            ..Default::default()
-        }
-        .encode_to_vec())
+        b.put(
+            &rev_key(Revision::new(3, 0), false),
+            &kv("a", "a2", 2, 3, 2, 0),
+        )
         .expect("put");
-        b.put(&rev_key(Revision::new(6, 0), false), &kv("c", "c1", 6, 6, 1, 0))
-            .expect("put");
-        b.put(&rev_key(Revision::new(6, 1), false), &kv("d", "d1", 6, 6, 1, 0))
-            .expect("put");
+        b.put(
+            &rev_key(Revision::new(4, 0), false),
+            &kv("b", "b1", 4, 4, 1, 0x77),
+        )
+        .expect("put");
+        b.put(
+            &rev_key(Revision::new(5, 0), true),
+            &KeyValue {
+                key: b"a".to_vec(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+        .expect("put");
+        b.put(
+            &rev_key(Revision::new(6, 0), false),
+            &kv("c", "c1", 6, 6, 1, 0),
+        )
+        .expect("put");
+        b.put(
+            &rev_key(Revision::new(6, 1), false),
+            &kv("d", "d1", 6, 6, 1, 0),
+        )
+        .expect("put");
         b.finish().expect("finish");
         let mut b = w.bucket(META_BUCKET).expect("meta");
         b.put(CONSISTENT_INDEX, &9u64.to_be_bytes()).expect("put");
@@ -565,9 +600,13 @@ mod tests {
             ttl: 60,
             remaining_ttl: 0,
         };
-        b.put(&0x77u64.to_be_bytes(), &pb.encode_to_vec()).expect("put");
+        b.put(&0x77u64.to_be_bytes(), &pb.encode_to_vec())
+            .expect("put");
         b.finish().expect("finish");
-        w.bucket(b"members").expect("members").finish().expect("finish");
+        w.bucket(b"members")
+            .expect("members")
+            .finish()
+            .expect("finish");
         let mut file = w.finish().expect("file").into_inner();
         if trailer {
             let digest = Sha256::digest(&file);
@@ -586,7 +625,10 @@ mod tests {
             assert_eq!(r.revision(), 6);
             assert!(get(&r, Keyspace::User, "a", 0).is_none(), "deleted at 5");
             let a = get(&r, Keyspace::User, "a", 4).expect("a at 4");
-            assert_eq!((a.value.as_slice(), a.create_revision, a.version), (&b"a2"[..], 2, 2));
+            assert_eq!(
+                (a.value.as_slice(), a.create_revision, a.version),
+                (&b"a2"[..], 2, 2)
+            );
             let d = get(&r, Keyspace::User, "d", 0).expect("d");
             assert_eq!((d.create_revision, d.mod_revision), (6, 6));
             let req = RangeRequest {
@@ -612,7 +654,11 @@ mod tests {
         let file = etcd_file(true);
         let mut flipped = file.clone();
         flipped[3 * 4096 + 100] ^= 1;
-        assert!(restore(&flipped).contains("SHA-256"), "{}", restore(&flipped));
+        assert!(
+            restore(&flipped).contains("SHA-256"),
+            "{}",
+            restore(&flipped)
+        );
         let bare = etcd_file(false);
         assert!(restore(&bare[..bare.len() - 4096]).contains("truncated"));
         assert!(restore(&bare[..4000]).contains("bbolt"));
@@ -623,7 +669,11 @@ mod tests {
         b.put(b"not-a-revision", b"").expect("put");
         b.finish().expect("finish");
         let odd = w.finish().expect("file").into_inner();
-        assert!(restore(&odd).contains("bad revision key"), "{}", restore(&odd));
+        assert!(
+            restore(&odd).contains("bad revision key"),
+            "{}",
+            restore(&odd)
+        );
     }
 
     #[test]
@@ -638,7 +688,11 @@ mod tests {
         let mut bad = k.clone();
         bad[8] = b'-';
         assert_eq!(parse_rev_key(&bad), None);
-        assert_eq!(parse_rev_key(&[0xff; 17]), None, "negative revisions are refused");
+        assert_eq!(
+            parse_rev_key(&[0xff; 17]),
+            None,
+            "negative revisions are refused"
+        );
     }
 
     #[test]

@@ -130,7 +130,9 @@ impl Store {
         let out = BufWriter::new(tempfile::tempfile_in(dir)?);
         let out = crate::etcd_snapshot::write(&txn, out)?;
         drop(txn);
-        let mut file = out.into_inner().map_err(|e| StoreError::Io(e.into_error()))?;
+        let mut file = out
+            .into_inner()
+            .map_err(|e| StoreError::Io(e.into_error()))?;
         file.seek(SeekFrom::Start(0))?;
         let mut sha = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
