@@ -5,7 +5,10 @@ use std::io::Cursor;
 
 use super::*;
 
-fn write(buckets: &[(&[u8], Vec<(Vec<u8>, Vec<u8>)>)]) -> Vec<u8> {
+/// A bucket's name and sorted entries.
+type Contents<'a> = (&'a [u8], Vec<(Vec<u8>, Vec<u8>)>);
+
+fn write(buckets: &[Contents<'_>]) -> Vec<u8> {
     let mut w = Writer::new(Cursor::new(Vec::new())).expect("writer");
     for (name, entries) in buckets {
         let mut b = w.bucket(name).expect("bucket");
@@ -82,8 +85,8 @@ fn every_page_below_the_high_water_mark_is_used_once() {
         let own = u64::from_le_bytes(file[at..at + 8].try_into().expect("8"));
         if own as usize == id {
             let overflow = u32::from_le_bytes(file[at + 12..at + 16].try_into().expect("4"));
-            for p in id..=id + overflow as usize {
-                used[p] += 1;
+            for n in &mut used[id..=id + overflow as usize] {
+                *n += 1;
             }
         }
     }
