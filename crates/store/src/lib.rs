@@ -45,7 +45,7 @@ pub mod store;
 mod sync;
 pub mod watch;
 
-pub use apply::{check_txn_duplicates, Applied, Command};
+pub use apply::{check_txn_duplicates, Applied, Command, Entry, Guard};
 pub use error::{Result, StoreError};
 pub use index::KeySpan;
 pub use keyspace::Keyspace;

@@ -15,9 +15,38 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Headers as _;
+use berth_auth::Access;
+use berth_store::Keyspace;
+
+use super::{principal, Headers as _};
+use crate::auth::Principal;
 use crate::core::Core;
 use crate::face::etcd::errors::ApiError;
+
+/// etcd's check of the keys attached to a lease (revoking it deletes them; putting to it
+/// ties a key's life to theirs): `access` on every one. A key of a system keyspace (a
+/// registry session's, say) can be touched through the etcd face only by root.
+pub fn allow_lease_keys(
+    core: &Core,
+    p: &Principal,
+    lease: i64,
+    access: Access,
+) -> Result<(), Status> {
+    if p.is_open() {
+        return Ok(());
+    }
+    let Some(info) = core.store.lease_info(lease) else {
+        return Ok(());
+    };
+    for (ks, key) in &info.keys {
+        if *ks == Keyspace::User {
+            p.check(Keyspace::User, access, key, b"")?;
+        } else {
+            p.admin()?;
+        }
+    }
+    Ok(())
+}
 
 /// The Lease service.
 pub struct LeaseService {
@@ -39,6 +68,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        principal(&self.core, &req)?.authenticated()?;
         let g = req.into_inner();
         if self.core.out_of_space().await {
             return Err(ApiError::NoSpace.into());
@@ -55,7 +85,10 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let who = principal(&self.core, &req)?;
         let id = req.into_inner().id;
+        who.authenticated()?;
+        allow_lease_keys(&self.core, &who, id, Access::Write)?;
         let mut resp = self.core.leases.revoke(id).await?;
         self.core.fill(&mut resp.header);
         Ok(Response::new(resp))
@@ -67,6 +100,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        principal(&self.core, &req)?.authenticated()?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let node = self.core.clone();
@@ -105,7 +139,12 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let who = principal(&self.core, &req)?;
         let r = req.into_inner();
+        who.authenticated()?;
+        if r.keys {
+            allow_lease_keys(&self.core, &who, r.id, Access::Read)?;
+        }
         // A missing lease is not an error here: etcd answers TTL -1.
         let ttl = self.core.leases.time_to_live(r.id, r.keys).await?;
         Ok(Response::new(LeaseTimeToLiveResponse {
@@ -119,8 +158,9 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _req: Request<LeaseLeasesRequest>,
+        req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        principal(&self.core, &req)?.authenticated()?;
         let leases = self
             .core
             .leases

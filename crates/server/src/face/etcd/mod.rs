@@ -34,6 +34,7 @@ use tokio::sync::watch as signal;
 use tokio_stream::{Stream, StreamExt};
 
 use self::authority::AuthorityFix;
+use crate::auth::{Credential, Principal};
 use crate::core::Core;
 use crate::metrics::GrpcMetricsLayer;
 
@@ -68,6 +69,25 @@ impl Headers for Core {
             .unwrap_or_else(|| self.store.revision());
         *h = self.header(revision);
     }
+}
+
+/// The credentials of an etcd request: its `token` metadata (etcd's gRPC name) or
+/// `authorization` (what etcd's JSON gateway forwards), and the client certificate's CN.
+pub fn credential<T>(req: &tonic::Request<T>) -> Credential {
+    let md = req.metadata();
+    let token = ["token", "authorization"]
+        .iter()
+        .find_map(|k| md.get(*k).and_then(|v| v.to_str().ok()))
+        .map(str::to_string);
+    Credential {
+        token,
+        cert_cn: None,
+    }
+}
+
+/// The principal an etcd request acts as (an invalid token is etcd's error).
+pub fn principal<T>(core: &Core, req: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
+    Ok(core.auth.principal(&credential(req))?)
 }
 
 /// The etcd v3 services of `core`, with etcd's request size limit.

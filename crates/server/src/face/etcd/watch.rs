@@ -20,7 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Headers as _;
+use crate::auth::Credential;
 use crate::core::Core;
+use crate::face::etcd::errors::ApiError;
+use berth_auth::Access;
 
 /// Deliveries (one per committed batch that concerns the stream, each carrying a response for
 /// every watch of the stream that wants it) buffered between the store and the sender before
@@ -79,6 +82,8 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        // Checked at each create, against the auth state of that moment (as etcd).
+        let cred = super::credential(&req);
         let inbound = req.into_inner();
         let (out_tx, out_rx) = mpsc::channel::<Vec<WatchFrame>>(16);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
@@ -87,6 +92,7 @@ impl Watch for WatchService {
         let state: Shared = Arc::default();
         tokio::spawn(receive(
             self.core.clone(),
+            cred,
             inbound,
             ctrl_tx,
             sink,
@@ -116,6 +122,7 @@ fn cancel_all(node: &Core, state: &Shared) {
 
 async fn receive(
     node: Arc<Core>,
+    cred: Credential,
     mut inbound: Streaming<WatchRequest>,
     ctrl: mpsc::Sender<Ctrl>,
     events: WatchSink,
@@ -133,7 +140,9 @@ async fn receive(
             }
         };
         let reply = match msg.request_union {
-            Some(RequestUnion::CreateRequest(c)) => create(&node, c, &ctrl, &events, &state).await,
+            Some(RequestUnion::CreateRequest(c)) => {
+                create(&node, &cred, c, &ctrl, &events, &state).await
+            }
             Some(RequestUnion::CancelRequest(c)) => {
                 let entry = lock(&state).watches.remove(&c.watch_id);
                 entry.map(|e| {
@@ -164,6 +173,7 @@ async fn receive(
 /// always reaches the client ahead of the watch's first event.
 async fn create(
     node: &Core,
+    cred: &Credential,
     c: WatchCreateRequest,
     ctrl: &mpsc::Sender<Ctrl>,
     events: &WatchSink,
@@ -188,6 +198,14 @@ async fn create(
     };
     if matches!(&span, KeySpan::Range(s, e) if e <= s) {
         return refuse(-1, "mvcc: watcher range is empty");
+    }
+    let allowed = node
+        .auth
+        .principal(cred)
+        .and_then(|p| p.check(Keyspace::User, Access::Read, &key, &c.range_end));
+    if let Err(e) = allowed {
+        tracing::debug!(error = %e, "watch refused");
+        return refuse(c.watch_id, &ApiError::from(e).to_string());
     }
     let id = {
         let mut st = lock(state);
