@@ -357,7 +357,7 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
 /// A real etcd 3.4 (Debian's etcd-server) on free loopback ports, for side-by-side checks.
 pub struct Etcd {
     child: Child,
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
     /// `127.0.0.1:port` of its client API.
     pub client_addr: String,
 }
@@ -365,22 +365,30 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd and waits until it answers.
     pub fn start() -> Etcd {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let dir = tmp.path().join("etcd");
+        Etcd::start_in(&dir, "default", &peer, Some(tmp))
+    }
+
+    /// Starts etcd as member `name` (peer URL `peer`, a cluster of one) on the data directory
+    /// `dir`, e.g. one `etcdctl snapshot restore` wrote, and waits until it answers.
+    pub fn start_in(dir: &Path, name: &str, peer: &str, tmp: Option<tempfile::TempDir>) -> Etcd {
         let bin = "/usr/bin/etcd";
         assert!(
             Path::new(bin).exists(),
             "etcd is missing: install Debian's etcd-server (.ci/run does)"
         );
-        let tmp = tempfile::tempdir().expect("tempdir");
         let client_addr = format!("127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
         let child = Command::new(bin)
             .arg("--data-dir")
-            .arg(tmp.path().join("etcd"))
+            .arg(dir)
+            .args(["--name", name])
             .args(["--listen-client-urls", &format!("http://{client_addr}")])
             .args(["--advertise-client-urls", &format!("http://{client_addr}")])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", &format!("{name}={peer}")])
             .args(["--log-level", "error"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

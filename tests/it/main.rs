@@ -19,4 +19,5 @@ mod partition;
 mod python;
 mod server;
 mod sim;
+mod snapshot;
 mod watch;

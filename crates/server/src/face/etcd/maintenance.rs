@@ -186,7 +186,7 @@ impl Maintenance for MaintenanceService {
         tokio::task::spawn_blocking(move || {
             let estimate = node.store.stats().db_size;
             let mut sent = 0u64;
-            let result = node.store.snapshot(|chunk| {
+            let result = node.store.etcd_snapshot(|chunk| {
                 sent += chunk.len() as u64;
                 let resp = SnapshotResponse {
                     header,
