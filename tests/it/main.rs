@@ -16,6 +16,7 @@ mod linearizable;
 mod listen;
 mod maintenance;
 mod partition;
+mod patroni;
 mod python;
 mod server;
 mod sim;
