@@ -261,11 +261,20 @@ async fn failover_scenario(auth: bool) {
         t0.elapsed().as_secs_f64()
     );
     assert!(failover < Duration::from_secs(120));
-    let (ok, out) = pg2.psql("INSERT INTO t VALUES (43); SELECT count(*) FROM t");
-    assert!(
-        ok && out.ends_with('2'),
-        "the new primary takes writes: {out}"
-    );
+    // Patroni reports the role as soon as it asked for promotion; PostgreSQL leaves recovery
+    // a moment later.
+    let start = Instant::now();
+    loop {
+        let (ok, out) = pg2.psql("INSERT INTO t VALUES (43); SELECT count(*) FROM t");
+        if ok && out.ends_with('2') {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the new primary takes writes: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // It stays primary: Patroni keeps its leader key alive through the surviving members.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(rest_status(pg2.api, "/primary"), 200, "{}", pg2.log_tail());
