@@ -17,4 +17,5 @@ mod partition;
 mod python;
 mod server;
 mod sim;
+mod tls;
 mod watch;
