@@ -62,7 +62,12 @@ pub struct GlobalOpts {
     #[arg(long, global = true, env = "BERTH_COMMAND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub command_timeout: Duration,
     /// Verify TLS servers with this CA bundle (PEM).
-    #[arg(long = "cacert", id = "tls_cacert", global = true, env = "BERTH_CACERT")]
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        env = "BERTH_CACERT"
+    )]
     pub cacert: Option<std::path::PathBuf>,
     /// Present this client certificate (PEM) to TLS servers.
     #[arg(long = "cert", id = "tls_cert", global = true, env = "BERTH_CERT")]

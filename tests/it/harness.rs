@@ -293,7 +293,12 @@ impl Server {
             .args(
                 // A test that gives its own HTTP URL (e.g. https://) keeps it.
                 (!self.extra.iter().any(|a| a == "--listen-http-urls"))
-                    .then(|| ["--listen-http-urls".to_string(), format!("http://{}", self.http_addr)])
+                    .then(|| {
+                        [
+                            "--listen-http-urls".to_string(),
+                            format!("http://{}", self.http_addr),
+                        ]
+                    })
                     .into_iter()
                     .flatten(),
             )

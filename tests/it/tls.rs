@@ -64,7 +64,9 @@ impl Pki {
         let mut params =
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
                 .expect("params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -73,9 +75,7 @@ impl Pki {
             params.not_before = rcgen::date_time_ymd(2000, 1, 1);
             params.not_after = rcgen::date_time_ymd(2001, 1, 1);
         }
-        let c = params
-            .signed_by(&kp, &self.ca, &self.ca_key)
-            .expect("sign");
+        let c = params.signed_by(&kp, &self.ca, &self.ca_key).expect("sign");
         std::fs::write(cert, c.pem()).expect("write cert");
         std::fs::write(key, kp.serialize_pem()).expect("write key");
     }
@@ -103,14 +103,20 @@ fn etcdctl(ep: &str, tls: &[&str], args: &[&str]) -> (bool, String, String) {
 /// etcdctl must succeed; returns stdout.
 fn etcdctl_ok(ep: &str, tls: &[&str], args: &[&str]) -> String {
     let (ok, out, err) = etcdctl(ep, tls, args);
-    assert!(ok, "etcdctl {tls:?} {args:?} against {ep} failed: {out}{err}");
+    assert!(
+        ok,
+        "etcdctl {tls:?} {args:?} against {ep} failed: {out}{err}"
+    );
     out
 }
 
 /// etcdctl must fail; returns what it printed.
 fn etcdctl_fails(ep: &str, tls: &[&str], args: &[&str]) -> String {
     let (ok, out, err) = etcdctl(ep, tls, args);
-    assert!(!ok, "etcdctl {tls:?} {args:?} against {ep} should fail: {out}");
+    assert!(
+        !ok,
+        "etcdctl {tls:?} {args:?} against {ep} should fail: {out}"
+    );
     eprintln!("etcdctl {tls:?} {args:?} against {ep} failed as expected: {err}");
     err
 }
@@ -230,14 +236,27 @@ fn etcdctl_puts_and_gets_over_tls_and_mtls_and_needs_a_client_certificate_for_mt
     etcdctl_fails(&ep, &cacert, &["get", "m"]);
     // The berth CLI with etcdctl's flags, and its bench.
     let (ok, out, err) = run(Command::new(berth_bin()).args(
-        [&["--endpoints", ep.as_str()][..], &with_cert, &["kv", "get", "m"]].concat(),
+        [
+            &["--endpoints", ep.as_str()][..],
+            &with_cert,
+            &["kv", "get", "m"],
+        ]
+        .concat(),
     ));
     assert!(ok, "berth get over mTLS: {out}{err}");
     assert_eq!(out, "m\nover-mtls\n");
     let (ok, out, err) = run(Command::new(berth_bin()).args(
-        [&["--endpoints", ep.as_str()][..], &cacert, &["kv", "get", "m"]].concat(),
+        [
+            &["--endpoints", ep.as_str()][..],
+            &cacert,
+            &["kv", "get", "m"],
+        ]
+        .concat(),
     ));
-    assert!(!ok, "berth get without a client certificate should fail: {out}");
+    assert!(
+        !ok,
+        "berth get without a client certificate should fail: {out}"
+    );
     eprintln!("berth get without a client certificate: {err}");
     // Still serving after the refusal.
     assert_eq!(etcdctl_ok(&ep, &with_cert, &["get", "m"]), "m\nover-mtls\n");
@@ -330,7 +349,10 @@ fn wrong_ca_expired_certificates_and_wrong_protocols_fail_and_the_server_serves_
     // The TLS server counted the refused handshakes and serves on.
     assert_eq!(etcdctl_ok(&ep, &good, &["get", "k"]), "k\nv\n");
     let after = metric(&srv, "berth_tls_handshake_failures");
-    assert!(after >= before + 3, "handshake failures {before} -> {after}");
+    assert!(
+        after >= before + 3,
+        "handshake failures {before} -> {after}"
+    );
 
     // A server whose own certificate expired starts (as etcd does); clients refuse it.
     let (exp_cert, exp_key) = pki.issue("expired-server", "server", true);

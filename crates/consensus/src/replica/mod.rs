@@ -436,9 +436,7 @@ pub async fn fetch_cluster_id(
                 peer_urls: vec![url.clone()],
                 ..Member::default()
             };
-            let Ok(mut client) =
-                peer_client(&member, transport, PeerStamp::anonymous())
-            else {
+            let Ok(mut client) = peer_client(&member, transport, PeerStamp::anonymous()) else {
                 continue;
             };
             let mut req = tonic::Request::new(Blob::default());

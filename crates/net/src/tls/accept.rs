@@ -92,7 +92,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerConn<C> {
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerConn<C> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 

@@ -56,7 +56,10 @@ impl tower_service::Service<Uri> for Connector {
                 .host()
                 .ok_or_else(|| invalid(format!("{uri}: URL has no host")))?;
             // An IPv6 literal comes bracketed in a URL.
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let conn = if https {
                 let config = tls.ok_or_else(|| {

@@ -124,14 +124,31 @@ mod tests {
         assert!(certified_key(&p("cert.pem"), &p("key.pem"), &provider).is_ok());
         let msg = |r: Result<Arc<CertifiedKey>, TlsError>| r.err().map(|e| e.to_string());
         let m = msg(certified_key(&p("missing.pem"), &p("key.pem"), &provider)).expect("err");
-        assert!(m.contains("missing.pem") && m.contains("cannot read"), "{m}");
+        assert!(
+            m.contains("missing.pem") && m.contains("cannot read"),
+            "{m}"
+        );
         let m = msg(certified_key(&p("text.pem"), &p("key.pem"), &provider)).expect("err");
-        assert!(m.contains("text.pem") && m.contains("no CERTIFICATE"), "{m}");
+        assert!(
+            m.contains("text.pem") && m.contains("no CERTIFICATE"),
+            "{m}"
+        );
         let m = msg(certified_key(&p("broken.pem"), &p("key.pem"), &provider)).expect("err");
         assert!(m.contains("broken.pem") && m.contains("PEM"), "{m}");
         let m = msg(certified_key(&p("cert.pem"), &p("cert.pem"), &provider)).expect("err");
-        assert!(m.contains("cert.pem") && m.contains("no PRIVATE KEY"), "{m}");
-        let m = msg(certified_key(&p("cert.pem"), &p("other-key.pem"), &provider)).expect("err");
-        assert!(m.contains("other-key.pem") && m.contains("does not match"), "{m}");
+        assert!(
+            m.contains("cert.pem") && m.contains("no PRIVATE KEY"),
+            "{m}"
+        );
+        let m = msg(certified_key(
+            &p("cert.pem"),
+            &p("other-key.pem"),
+            &provider,
+        ))
+        .expect("err");
+        assert!(
+            m.contains("other-key.pem") && m.contains("does not match"),
+            "{m}"
+        );
     }
 }

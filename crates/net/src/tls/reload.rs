@@ -150,7 +150,9 @@ mod tests {
     fn write_pair(dir: &Path, cn: &str) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         let cert = params.self_signed(&key).expect("cert");
         std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write");
         std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");

@@ -125,10 +125,9 @@ mod tests {
     fn names_as_go_writes_them() {
         let all = parse("").expect("empty");
         assert_eq!(all.len(), rustls::crypto::ring::ALL_CIPHER_SUITES.len());
-        let two = parse(
-            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
-        )
-        .expect("two");
+        let two =
+            parse("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305")
+                .expect("two");
         // Three TLS 1.3 suites stay on.
         assert_eq!(two.len(), 5);
         assert!(two.contains(&cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256));
