@@ -214,10 +214,15 @@ impl std::error::Error for Rpc {}
 
 /// Wraps a gRPC status as an [`Rpc`] error.
 pub fn status_error(status: &tonic::Status) -> anyhow::Error {
-    let message = match status.message() {
+    let mut message = match status.message() {
         "" => status.code().description().to_string(),
         m => m.to_string(),
     };
+    // A local transport failure ("transport error") says why in its sources, e.g. that a
+    // TLS server refused the client certificate.
+    if let Some(source) = std::error::Error::source(status) {
+        message = format!("{message}: {}", error_chain(source));
+    }
     anyhow::Error::new(Rpc {
         code: status.code(),
         message,

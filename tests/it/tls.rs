@@ -167,6 +167,34 @@ fn served_cn(addr: &str, cert: Option<(&Path, &Path)>) -> Option<String> {
     })
 }
 
+/// GETs `path` from the HTTPS listener at `addr` (not verified); returns the response.
+fn https_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let settings = TlsSettings {
+        insecure_skip_verify: true,
+        ..Default::default()
+    };
+    let mut config = settings.client_config("test").expect("client config");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
 /// The value of a gauge on the server's /metrics.
 fn metric(srv: &Server, name: &str) -> i64 {
     let (code, body) = srv.http_get("/metrics");
@@ -514,6 +542,7 @@ fn rotated_certificate_files_are_served_to_new_connections_without_a_restart() {
     let http = format!("127.0.0.1:{http}");
     assert_eq!(served_cn(&srv.client_addr, None).as_deref(), Some("first"));
     assert_eq!(served_cn(&http, None).as_deref(), Some("first"));
+    assert!(https_get(&http, "/health").starts_with("HTTP/1.1 200"));
     let cacert = ["--cacert", path(&ca)];
     etcdctl_ok(&srv.endpoint(), &cacert, &["put", "k", "v"]);
 
@@ -614,6 +643,21 @@ fn a_cluster_with_https_peers_and_peer_cert_auth_replicates_and_refuses_a_strang
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(wait_for_value(&members[1], "over", "https-peers"));
+    // One of m0 and m1 follows: its writes are forwarded to the leader, its lease renewals
+    // go to the leader's lease service, both over the TLS peer connection.
+    for (i, m) in members.iter().take(2).enumerate() {
+        etcdctl_ok(&m.endpoint(), &[], &["put", &format!("k{i}"), "v"]);
+        let granted = etcdctl_ok(&m.endpoint(), &[], &["lease", "grant", "30"]);
+        let id = granted
+            .split_whitespace()
+            .nth(1)
+            .expect("lease id")
+            .to_string();
+        let kept = etcdctl_ok(&m.endpoint(), &[], &["lease", "keep-alive", "--once", &id]);
+        assert!(kept.contains("keepalived with TTL"), "{kept}");
+    }
+    assert!(wait_for_value(&members[0], "k1", "v"));
+    assert!(wait_for_value(&members[1], "k0", "v"));
     // m2's certificate is from another CA: refused, it never hears of the write.
     std::thread::sleep(Duration::from_millis(500));
     let (_, out, _) = etcdctl(

@@ -194,3 +194,127 @@ async fn handshake<C: AsyncRead + AsyncWrite + Unpin>(
         client_cn,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::TlsSettings;
+    use std::path::Path;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate for `alice`.
+    fn pki(dir: &Path) {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).expect("ca");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+        for (file, cn) in [("server", "the server"), ("client", "alice")] {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("p");
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+            std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write");
+            std::fs::write(dir.join(format!("{file}-key.pem")), key.serialize_pem())
+                .expect("write");
+        }
+    }
+
+    fn settings(dir: &Path, who: &str) -> TlsSettings {
+        TlsSettings {
+            cert_file: Some(dir.join(format!("{who}.pem"))),
+            key_file: Some(dir.join(format!("{who}-key.pem"))),
+            trusted_ca_file: Some(dir.join("ca.pem")),
+            client_cert_auth: true,
+            ..Default::default()
+        }
+    }
+
+    /// The accepted connections of a TLS listener requiring client certificates.
+    async fn listener(
+        dir: &Path,
+    ) -> (
+        std::net::SocketAddr,
+        impl Stream<Item = io::Result<ServerConn<TcpStream>>>,
+    ) {
+        let config = settings(dir, "server")
+            .server_config(b"test", "test")
+            .expect("server config");
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let accepted = futures::stream::unfold(tcp, |tcp| async move {
+            let conn = tcp.accept().await.map(|(c, _)| c);
+            Some((conn, tcp))
+        });
+        let conns = tls_incoming(
+            Box::pin(accepted),
+            Arc::new(config),
+            Some(Duration::from_secs(5)),
+        );
+        (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn the_verified_client_cn_travels_with_the_connection_and_failures_are_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        pki(dir.path());
+        let (addr, conns) = listener(dir.path()).await;
+        let mut conns = Box::pin(conns);
+        let before = handshake_failures();
+
+        // Plain text to the TLS port: refused, counted, the listener goes on.
+        let mut plain = TcpStream::connect(addr).await.expect("connect");
+        plain
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let _ = plain.read(&mut buf).await;
+        // No client certificate: refused too.
+        let mut anonymous = settings(dir.path(), "client");
+        anonymous.cert_file = None;
+        anonymous.key_file = None;
+        let anonymous = anonymous.client_config("test").expect("config");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        if let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(anonymous))
+            .connect(name.clone(), tcp)
+            .await
+        {
+            // TLS 1.3: the server's refusal arrives after the client's side completed.
+            let _ = tls.write_all(b"x").await;
+            assert!(matches!(tls.read(&mut buf).await, Err(_) | Ok(0)));
+        }
+
+        let mut client = settings(dir.path(), "client")
+            .client_config("test")
+            .expect("config");
+        client.alpn_protocols.clear();
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        tls.write_all(b"hello").await.expect("write");
+        let mut conn = conns.next().await.expect("a connection").expect("ok");
+        assert_eq!(conn.client_cn(), Some("alice"));
+        assert_eq!(conn.connect_info().client_cn.as_deref(), Some("alice"));
+        let mut got = [0u8; 5];
+        conn.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"hello");
+        // The refused handshakes are counted on their tasks, maybe just after closing.
+        for _ in 0..100 {
+            if handshake_failures() >= before + 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            handshake_failures() >= before + 2,
+            "failures {} -> {}",
+            before,
+            handshake_failures()
+        );
+    }
+}

@@ -170,9 +170,11 @@ impl TlsSettings {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(SkipVerify(crypto))),
             Some(ca) => builder.with_root_certificates(files::trust_roots(ca)?),
-            None => return Err(TlsError::Flags(format!(
+            None => {
+                return Err(TlsError::Flags(format!(
                 "TLS needs a CA file to verify the server with ({flags}), or skipping verification"
-            ))),
+            )))
+            }
         };
         let mut config = match self.identity(flags)? {
             Some(identity) => builder.with_client_cert_resolver(identity),
