@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
 use super::stream::MaybeTls;
+use crate::listen::{FirstBytes, PREFACE_LEN};
 
 static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 
@@ -36,7 +37,9 @@ const READY: usize = 64;
 /// An accepted connection: plain, or TLS with the client certificate's common name.
 #[derive(Debug)]
 pub struct ServerConn<C> {
-    io: MaybeTls<C, tokio_rustls::server::TlsStream<C>>,
+    /// A TLS session's first bytes (the HTTP/2 preface or request) are bounded as a plain
+    /// connection's are: the bound the TCP layer sets is lifted by the ClientHello.
+    io: MaybeTls<C, FirstBytes<tokio_rustls::server::TlsStream<C>>>,
     client_cn: Option<String>,
 }
 
@@ -72,7 +75,7 @@ impl<C: Connected> Connected for ServerConn<C> {
     fn connect_info(&self) -> Self::ConnectInfo {
         let transport = match &self.io {
             MaybeTls::Plain(c) => c.connect_info(),
-            MaybeTls::Tls(t) => t.get_ref().0.connect_info(),
+            MaybeTls::Tls(t) => t.get_ref().get_ref().0.connect_info(),
         };
         ConnInfo {
             transport,
@@ -121,8 +124,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerConn<C> {
     }
 }
 
-/// The connections of `incoming` after their TLS handshakes under `config`, each bounded by
-/// `timeout` (`None`: unbounded). Must be called within a tokio runtime: a task accepts and
+/// The connections of `incoming` after their TLS handshakes under `config`, each handshake
+/// bounded by `timeout`, and then the wait for the first bytes inside TLS too (`None`:
+/// unbounded). Must be called within a tokio runtime: a task accepts and
 /// one task per connection shakes hands. They stop when the returned stream is dropped.
 pub fn tls_incoming<S, C>(
     mut incoming: S,
@@ -190,7 +194,7 @@ async fn handshake<C: AsyncRead + AsyncWrite + Unpin>(
         .and_then(|certs| certs.first())
         .and_then(|cert| super::name::common_name(cert));
     Ok(ServerConn {
-        io: MaybeTls::Tls(Box::new(tls)),
+        io: MaybeTls::Tls(Box::new(FirstBytes::new(tls, PREFACE_LEN, timeout))),
         client_cn,
     })
 }
@@ -234,6 +238,7 @@ mod tests {
     /// The accepted connections of a TLS listener requiring client certificates.
     async fn listener(
         dir: &Path,
+        bound: Duration,
     ) -> (
         std::net::SocketAddr,
         impl Stream<Item = io::Result<ServerConn<TcpStream>>>,
@@ -247,11 +252,7 @@ mod tests {
             let conn = tcp.accept().await.map(|(c, _)| c);
             Some((conn, tcp))
         });
-        let conns = tls_incoming(
-            Box::pin(accepted),
-            Arc::new(config),
-            Some(Duration::from_secs(5)),
-        );
+        let conns = tls_incoming(Box::pin(accepted), Arc::new(config), Some(bound));
         (addr, conns)
     }
 
@@ -259,7 +260,7 @@ mod tests {
     async fn the_verified_client_cn_travels_with_the_connection_and_failures_are_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         pki(dir.path());
-        let (addr, conns) = listener(dir.path()).await;
+        let (addr, conns) = listener(dir.path(), Duration::from_secs(5)).await;
         let mut conns = Box::pin(conns);
         let before = handshake_failures();
 
@@ -316,5 +317,28 @@ mod tests {
             before,
             handshake_failures()
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_silent_after_its_handshake_is_closed_at_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        pki(dir.path());
+        let (addr, conns) = listener(dir.path(), Duration::from_millis(300)).await;
+        let mut conns = Box::pin(conns);
+        let mut client = settings(dir.path(), "client")
+            .client_config("test")
+            .expect("config");
+        client.alpn_protocols.clear();
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let _tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        let mut conn = conns.next().await.expect("a connection").expect("ok");
+        let started = std::time::Instant::now();
+        let e = conn.read(&mut [0u8; 8]).await.expect_err("times out");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }
