@@ -37,12 +37,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a source: chains would print it twice).
+        error: std::io::Error,
     },
     /// A file is not PEM, or its PEM is damaged.
     #[error("{}: not a valid PEM file: {why}", path.display())]
@@ -96,7 +96,13 @@ pub enum TlsError {
     SelfSigned(String),
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(String),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        TlsError::Rustls(e.to_string())
+    }
 }
 
 /// The crypto provider every configuration uses: rustls' `ring` provider. rustls 0.23.48
