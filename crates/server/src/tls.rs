@@ -239,4 +239,109 @@ mod tests {
         });
         assert_eq!(client_common_name(&req).as_deref(), Some("alice"));
     }
+
+    /// Answers any call with the caller's client CN in an `x-cn` header.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl tonic::server::NamedService for Echo {
+        const NAME: &'static str = "test.Echo";
+    }
+
+    impl tower_service::Service<http::Request<tonic::body::Body>> for Echo {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            let (parts, _) = req.into_parts();
+            let req = tonic::Request::from_parts(
+                tonic::metadata::MetadataMap::new(),
+                parts.extensions,
+                (),
+            );
+            let cn = client_common_name(&req).unwrap_or_else(|| "-".into());
+            let resp = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "0")
+                .header("x-cn", cn)
+                .body(tonic::body::Body::empty())
+                .expect("response");
+            std::future::ready(Ok(resp))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grpc_handler_sees_the_client_certificates_cn_through_tonic() {
+        use futures::StreamExt;
+        use std::path::Path;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).expect("ca");
+        std::fs::write(d.join("ca.pem"), ca.pem()).expect("write");
+        for (file, cn) in [("server", "server"), ("client", "alice")] {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("p");
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+            std::fs::write(d.join(format!("{file}.pem")), cert.pem()).expect("write");
+            std::fs::write(d.join(format!("{file}-key.pem")), key.serialize_pem()).expect("write");
+        }
+        let side = |who: &str, d: &Path| TlsSettings {
+            cert_file: Some(d.join(format!("{who}.pem"))),
+            key_file: Some(d.join(format!("{who}-key.pem"))),
+            trusted_ca_file: Some(d.join("ca.pem")),
+            client_cert_auth: true,
+            ..Default::default()
+        };
+        let server = side("server", d)
+            .server_config(berth_net::tls::settings::ALPN_H2, "test")
+            .expect("server config");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        let accepted = futures::stream::unfold(tcp, |tcp| async move {
+            Some((tcp.accept().await.map(|(c, _)| c), tcp))
+        })
+        .boxed();
+        let conns = berth_net::tls::tls_incoming(accepted, Arc::new(server), None);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(Echo)
+                .serve_with_incoming(conns),
+        );
+        let client = side("client", d).client_config("test").expect("client");
+        let mut channel =
+            tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                .expect("endpoint")
+                .connect_with_connector(Connector::new(Some(Arc::new(client))))
+                .await
+                .expect("connect");
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut channel, cx))
+            .await
+            .expect("ready");
+        let req = http::Request::builder()
+            .uri(format!("https://127.0.0.1:{port}/test.Echo/Call"))
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::empty())
+            .expect("request");
+        let resp = tower_service::Service::call(&mut channel, req)
+            .await
+            .expect("call");
+        assert_eq!(
+            resp.headers().get("x-cn").and_then(|v| v.to_str().ok()),
+            Some("alice")
+        );
+    }
 }
