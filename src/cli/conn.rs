@@ -221,7 +221,12 @@ pub fn status_error(status: &tonic::Status) -> anyhow::Error {
     // A local transport failure ("transport error") says why in its sources, e.g. that a
     // TLS server refused the client certificate.
     if let Some(source) = std::error::Error::source(status) {
-        message = format!("{message}: {}", error_chain(source));
+        let chain = error_chain(source);
+        message = if chain.starts_with(&message) {
+            chain
+        } else {
+            format!("{message}: {chain}")
+        };
     }
     anyhow::Error::new(Rpc {
         code: status.code(),
