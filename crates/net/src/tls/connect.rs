@@ -2,6 +2,10 @@
 //! (server verified by the configuration's CA, this side's certificate presented when it has
 //! one). Nagle off and writes coalesced as [`crate::TcpConnector`]; coalescing sits above
 //! TLS, so requests that are ready together share one TLS record.
+//!
+//! tonic must be built without its own TLS features (`tls-ring`, `tls-aws-lc`, which e.g.
+//! etcd-client's `tls` feature turns on): with them, tonic refuses `https://` URLs on a
+//! channel that has no tonic TLS config, before this connector's TLS stream reaches it.
 
 use std::future::Future;
 use std::io;
