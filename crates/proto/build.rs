@@ -13,10 +13,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/store.proto",
         "proto/berth/lease.proto",
     ];
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out.join("descriptors.bin");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(&files, &[root, "proto"])?;
+    // proto3 JSON for etcd's messages, as etcd's JSON gateway speaks it (grpc-gateway v1's
+    // default marshaler: proto field names, int64 as strings, bytes as base64, enum names,
+    // defaults omitted).
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .preserve_proto_field_names()
+        .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
     // The Watch service once more, for the server: same route and request type, but responses
     // are `WatchFrame`s (pre-encoded parts shared between watchers) with their own codec.
     let watch = tonic_prost_build::manual::Service::builder()

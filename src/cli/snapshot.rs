@@ -1,5 +1,10 @@
 //! `berth snapshot save|restore`: streams a member's snapshot into a file (written to
 //! `FILE.part`, synced, then renamed), or restores one offline into a new data directory.
+//!
+//! A saved snapshot is etcd's format (a bbolt file and its SHA-256 trailer, which `etcdctl
+//! snapshot status|restore` accept). `restore` reads that, a snapshot saved from etcd 3.4/3.5
+//! (`etcdctl snapshot save`, or a member's `member/snap/db`), and berth's older
+//! `BERTHSNAP1/2` files.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -19,14 +24,15 @@ pub enum SnapshotCommand {
         /// Where to write the snapshot.
         file: PathBuf,
     },
-    /// Restore a snapshot into a new data directory (offline; no server needed).
+    /// Restore a snapshot (berth's or etcd's) into a new data directory (offline; no server
+    /// needed).
     Restore(RestoreArgs),
 }
 
 /// Arguments of `snapshot restore`.
 #[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
-    /// Snapshot file written by `snapshot save`.
+    /// Snapshot file written by `berth snapshot save` or `etcdctl snapshot save`.
     pub file: PathBuf,
     /// Data directory of the node to create; its `store` must not exist yet.
     #[arg(long)]

@@ -429,7 +429,7 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
 /// A real etcd 3.4 (Debian's etcd-server) on free loopback ports, for side-by-side checks.
 pub struct Etcd {
     child: Child,
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
     /// `127.0.0.1:port` of its client API.
     pub client_addr: String,
 }
@@ -437,22 +437,30 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd and waits until it answers.
     pub fn start() -> Etcd {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let dir = tmp.path().join("etcd");
+        Etcd::start_in(&dir, "default", &peer, Some(tmp))
+    }
+
+    /// Starts etcd as member `name` (peer URL `peer`, a cluster of one) on the data directory
+    /// `dir`, e.g. one `etcdctl snapshot restore` wrote, and waits until it answers.
+    pub fn start_in(dir: &Path, name: &str, peer: &str, tmp: Option<tempfile::TempDir>) -> Etcd {
         let bin = "/usr/bin/etcd";
         assert!(
             Path::new(bin).exists(),
             "etcd is missing: install Debian's etcd-server (.ci/run does)"
         );
-        let tmp = tempfile::tempdir().expect("tempdir");
         let client_addr = format!("127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
         let child = Command::new(bin)
             .arg("--data-dir")
-            .arg(tmp.path().join("etcd"))
+            .arg(dir)
+            .args(["--name", name])
             .args(["--listen-client-urls", &format!("http://{client_addr}")])
             .args(["--advertise-client-urls", &format!("http://{client_addr}")])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", &format!("{name}={peer}")])
             .args(["--log-level", "error"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -727,4 +735,51 @@ impl Drop for NetCluster {
                 .status();
         }
     }
+}
+
+/// POSTs `body` to `path` at `addr` over HTTP/1.1 (connection closed after), with extra
+/// headers; returns (status code, body), de-chunked.
+pub fn http_post(addr: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("write request");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read response");
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let (head, rest) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        let mut body = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            body.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        body
+    } else {
+        rest.to_string()
+    };
+    (code, body)
 }

@@ -1,10 +1,12 @@
 //! End-to-end tests: every test starts real `berth` processes on free loopback ports and talks
 //! to them with real clients (the `etcd-client` crate, `etcdctl`, the `berth` CLI).
 
+mod auth;
 mod cli;
 mod cluster;
 mod crash;
 mod etcdctl;
+mod gateway;
 mod hardening;
 mod harness;
 mod history;
@@ -17,5 +19,6 @@ mod partition;
 mod python;
 mod server;
 mod sim;
+mod snapshot;
 mod tls;
 mod watch;

@@ -24,3 +24,16 @@ fn aetcd_client_suite_passes() {
     assert!(ok, "aetcd suite failed:\n{out}\n{err}");
     assert!(out.contains(" passed, 0 failed"), "{out}");
 }
+
+/// aetcd with a user and password against berth with auth on.
+#[tokio::test]
+async fn aetcd_logs_in_and_is_held_to_its_roles() {
+    let py = python();
+    let srv = Server::start_with(&["--bcrypt-cost", "4"]);
+    let mut c = srv.client().await;
+    crate::auth::setup(&mut c).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/aetcd_auth.py");
+    let (ok, out, err) = run(Command::new(py).arg(script).arg(&srv.client_addr));
+    assert!(ok, "aetcd auth script failed:\n{out}\n{err}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+}

@@ -543,6 +543,9 @@ fn rotated_certificate_files_are_served_to_new_connections_without_a_restart() {
     assert_eq!(served_cn(&srv.client_addr, None).as_deref(), Some("first"));
     assert_eq!(served_cn(&http, None).as_deref(), Some("first"));
     assert!(https_get(&http, "/health").starts_with("HTTP/1.1 200"));
+    // The client port's JSON gateway over HTTPS with HTTP/1.1.
+    let version = https_get(&srv.client_addr, "/version");
+    assert!(version.starts_with("HTTP/1.1 200"), "{version}");
     let cacert = ["--cacert", path(&ca)];
     etcdctl_ok(&srv.endpoint(), &cacert, &["put", "k", "v"]);
 

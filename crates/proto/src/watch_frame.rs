@@ -53,6 +53,18 @@ pub fn encode_events(events: &[Event]) -> Bytes {
 }
 
 impl WatchFrame {
+    /// The response as a message (the JSON gateway's view; the gRPC path never decodes).
+    pub fn to_message(&self) -> Result<WatchResponse, prost::DecodeError> {
+        match self {
+            WatchFrame::Message(m) => Ok(m.clone()),
+            shared => {
+                let mut buf = Vec::new();
+                shared.write(&mut buf);
+                WatchResponse::decode(buf.as_slice())
+            }
+        }
+    }
+
     /// Writes the response's protobuf encoding.
     fn write(&self, buf: &mut impl BufMut) {
         match self {

@@ -77,6 +77,16 @@ pub struct ServerArgs {
     /// a revision count in revision mode; 0 (the default) turns auto-compaction off.
     #[arg(long, env = "BERTH_AUTO_COMPACTION_RETENTION")]
     pub auto_compaction_retention: Option<String>,
+    /// Auth token kind, as etcd: `simple` (default) or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256[,ttl=5m]`.
+    #[arg(long, env = "BERTH_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// Seconds a simple token lives without use (default 300).
+    #[arg(long, env = "BERTH_AUTH_TOKEN_TTL")]
+    pub auth_token_ttl: Option<u64>,
+    /// bcrypt cost of password hashes (default 10, etcd's; 4 to 31).
+    #[arg(long, env = "BERTH_BCRYPT_COST")]
+    pub bcrypt_cost: Option<u32>,
     /// Interval of `progress_notify` watch responses, in milliseconds.
     #[arg(long, env = "BERTH_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub watch_progress_notify_interval: Option<u64>,
@@ -167,6 +177,9 @@ impl ServerArgs {
             auto_compaction_retention: self
                 .auto_compaction_retention
                 .or(lower.auto_compaction_retention),
+            auth_token: self.auth_token.or(lower.auth_token),
+            auth_token_ttl: self.auth_token_ttl.or(lower.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost.or(lower.bcrypt_cost),
             watch_progress_notify_interval: self
                 .watch_progress_notify_interval
                 .or(lower.watch_progress_notify_interval),
@@ -242,6 +255,12 @@ pub struct Config {
     pub snapshot_count: u64,
     /// How much history auto-compaction keeps; `None`: it is off.
     pub auto_compaction: Option<crate::compaction::Retention>,
+    /// `--auth-token` as given (checked at start-up).
+    pub auth_token: String,
+    /// Idle lifetime of simple tokens.
+    pub auth_token_ttl: Duration,
+    /// bcrypt cost of new password hashes.
+    pub bcrypt_cost: u32,
     /// Interval of watch progress notifications (ms).
     pub watch_progress_notify_interval_ms: u64,
     /// Interval of HTTP/2 pings on idle connections of the gRPC servers; `None`: no pings.
@@ -447,6 +466,20 @@ impl Config {
                 s.auto_compaction_retention.as_deref().unwrap_or("0"),
             )
             .map_err(|e| anyhow::anyhow!(e))?,
+            auth_token: {
+                let option = s.auth_token.unwrap_or_else(|| "simple".into());
+                berth_auth::Tokens::parse(&option, Duration::from_secs(1))
+                    .map_err(|e| anyhow::anyhow!("--auth-token: {e}"))?;
+                option
+            },
+            auth_token_ttl: Duration::from_secs(match s.auth_token_ttl.unwrap_or(300) {
+                0 => bail!("--auth-token-ttl must be at least 1 second"),
+                t => t,
+            }),
+            bcrypt_cost: match s.bcrypt_cost.unwrap_or(berth_auth::password::DEFAULT_COST) {
+                c if berth_auth::password::COSTS.contains(&c) => c,
+                c => bail!("--bcrypt-cost {c}: must be between 4 and 31"),
+            },
             // etcd's default: ten minutes.
             watch_progress_notify_interval_ms: s
                 .watch_progress_notify_interval

@@ -12,8 +12,8 @@ use berth_consensus::{
     Environment, GroupId, Member, MemberEntry, PeerChannel, PeerRouter, ProposeError, RaftStatus,
     Replica, ReplicaConfig, Role,
 };
-use berth_store::codec::{decode_result, encode_command_in};
-use berth_store::{Applied, Command, Keyspace, Store, StoreError};
+use berth_store::codec::{decode_result, encode_entry};
+use berth_store::{Applied, Command, Entry, Keyspace, Store, StoreError};
 
 use crate::config::{ClusterState, Config};
 use crate::member::{member_id, MemberInfo};
@@ -208,7 +208,13 @@ impl Consensus {
     /// result once it is committed and applied. Store-wide commands (compaction, leases,
     /// alarms) act the same whatever `ks` is.
     pub async fn propose_in(&self, ks: Keyspace, cmd: Command) -> Result<Applied, WriteError> {
-        let result = match self.replica.propose(encode_command_in(ks, cmd)).await {
+        self.propose_entry(Entry::new(ks, cmd)).await
+    }
+
+    /// Proposes a command with its keyspace and guard (a guard makes the store refuse it with
+    /// `GuardStale` if the state the face checked it against has moved on).
+    pub async fn propose_entry(&self, entry: Entry) -> Result<Applied, WriteError> {
+        let result = match self.replica.propose(encode_entry(entry)).await {
             Ok(bytes) => match decode_result(&bytes) {
                 Ok(applied) => applied.map_err(WriteError::Refused),
                 // Applied, but this build cannot read the result it wrote: the outcome is

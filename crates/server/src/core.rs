@@ -20,6 +20,8 @@ pub struct Core {
     pub consensus: Consensus,
     /// The lease domain.
     pub leases: Arc<Leases>,
+    /// The security domain.
+    pub auth: Arc<crate::auth::Auth>,
     /// This member.
     pub member: MemberInfo,
     /// Resolved configuration (limits).

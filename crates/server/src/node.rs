@@ -81,10 +81,16 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
     let metrics = Arc::new(Metrics::new());
     let consensus = Consensus::start(store.clone(), cfg, &member, metrics.clone(), env).await?;
     let leases = Leases::new(store.clone(), consensus.clone(), metrics.clone());
+    let auth = Arc::new(crate::auth::Auth::new(
+        store.clone(),
+        consensus.clone(),
+        cfg,
+    )?);
     Ok(Arc::new(Core {
         store,
         consensus,
         leases,
+        auth,
         member,
         config: cfg.clone(),
         metrics,
@@ -222,7 +228,12 @@ where
     for incoming in listeners.client {
         spawn(
             "etcd face",
-            Box::pin(face::etcd::serve(core.clone(), incoming, stop_rx.clone())),
+            Box::pin(face::etcd::serve(
+                core.clone(),
+                incoming,
+                stop_rx.clone(),
+                crate::http::router(core.clone()),
+            )),
         );
     }
     for incoming in listeners.peer {

@@ -133,12 +133,16 @@ impl TlsConfig {
         self.https.contains(addr)
     }
 
-    /// The rustls configuration of an etcd API listener (HTTP/2).
+    /// The rustls configuration of an etcd API listener: HTTP/2 for gRPC, preferred, and
+    /// HTTP/1.1 for the JSON gateway on the same port.
     pub fn client_listener(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         Ok(Arc::new(
             self.client
                 .server_config(
-                    berth_net::tls::settings::ALPN_H2,
+                    &[
+                        berth_net::tls::settings::ALPN_H2,
+                        berth_net::tls::settings::ALPN_HTTP1,
+                    ],
                     "--cert-file/--key-file/--trusted-ca-file",
                 )
                 .context("client TLS")?,
@@ -151,7 +155,7 @@ impl TlsConfig {
         Ok(Arc::new(
             self.client
                 .server_config(
-                    berth_net::tls::settings::ALPN_HTTP1,
+                    &[berth_net::tls::settings::ALPN_HTTP1],
                     "--cert-file/--key-file/--trusted-ca-file",
                 )
                 .context("HTTP listener TLS")?,
@@ -163,7 +167,7 @@ impl TlsConfig {
         Ok(Arc::new(
             self.peer
                 .server_config(
-                    berth_net::tls::settings::ALPN_H2,
+                    &[berth_net::tls::settings::ALPN_H2],
                     "--peer-cert-file/--peer-key-file/--peer-trusted-ca-file",
                 )
                 .context("peer TLS")?,
@@ -305,7 +309,7 @@ mod tests {
             ..Default::default()
         };
         let server = side("server", d)
-            .server_config(berth_net::tls::settings::ALPN_H2, "test")
+            .server_config(&[berth_net::tls::settings::ALPN_H2], "test")
             .expect("server config");
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -38,6 +38,40 @@ use crate::revision::Revision;
 /// in etcd (a NOSPACE alarm raised on one member stops writes on every member).
 pub use berth_proto::berth::store::request::Request as Command;
 
+/// A condition checked at apply before a command: refused with [`StoreError::GuardStale`]
+/// when `key` of `keyspace` was changed (put or deleted) after `mod_revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    /// The keyspace of the guard key.
+    pub keyspace: Keyspace,
+    /// The guard key.
+    pub key: Vec<u8>,
+    /// The key's mod revision the face's checks saw (0: absent).
+    pub mod_revision: i64,
+}
+
+/// One log entry's content: a command, the keyspace it applies in, and an optional guard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The keyspace the command's keys are in.
+    pub keyspace: Keyspace,
+    /// Checked before the command is applied.
+    pub guard: Option<Guard>,
+    /// The command.
+    pub command: Command,
+}
+
+impl Entry {
+    /// An unguarded command in `keyspace`.
+    pub fn new(keyspace: Keyspace, command: Command) -> Entry {
+        Entry {
+            keyspace,
+            guard: None,
+            command,
+        }
+    }
+}
+
 /// The response a command produced; headers carry only the revision.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
@@ -99,6 +133,16 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 }
 
 impl Writer<'_, '_> {
+    /// True when `g`'s key is still at the mod revision the guard names (0: still absent),
+    /// seeing the writes of earlier commands of this batch.
+    pub fn guard_holds(&self, g: &Guard) -> bool {
+        let now = self
+            .index
+            .get(g.keyspace, &g.key, self.current)
+            .map_or(0, |v| v.rev.main);
+        now == g.mod_revision
+    }
+
     /// Applies one command in keyspace `ks`. Errors leave no trace: every check runs before
     /// the first write.
     pub fn apply(&mut self, ks: Keyspace, cmd: &Command) -> Result<Applied> {

@@ -59,7 +59,7 @@ pub(crate) struct Change {
 }
 
 /// Reads a flag byte: (tombstone, keyspace).
-fn flag(raw: &[u8]) -> Result<(bool, Keyspace, &[u8])> {
+pub(crate) fn flag(raw: &[u8]) -> Result<(bool, Keyspace, &[u8])> {
     let (flag, body) = raw
         .split_first()
         .ok_or_else(|| StoreError::Corrupt("empty revision record".into()))?;

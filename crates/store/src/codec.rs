@@ -6,7 +6,7 @@
 use berth_proto::berth::store::{response, Error, ErrorCode, Request, Response};
 use prost::Message;
 
-use crate::{Applied, Command, Keyspace, StoreError};
+use crate::{Applied, Command, Entry, Guard, Keyspace, StoreError};
 
 /// Encodes a command on user keys for the log (byte for byte what entries were before
 /// keyspaces: the user keyspace is the field's default, so it is not written).
@@ -17,21 +17,45 @@ pub fn encode_command(cmd: &Command) -> Vec<u8> {
 /// Encodes a command on the keys of `ks` for the log (taking it: the write path owns its
 /// command, and a put's value is not copied once more).
 pub fn encode_command_in(ks: Keyspace, cmd: Command) -> Vec<u8> {
+    encode_entry(Entry::new(ks, cmd))
+}
+
+/// Encodes a log entry: a command with its keyspace and guard.
+pub fn encode_entry(e: Entry) -> Vec<u8> {
     Request {
-        request: Some(cmd),
-        keyspace: u32::from(ks.id()),
+        request: Some(e.command),
+        keyspace: u32::from(e.keyspace.id()),
+        guard: e.guard.map(|g| berth_proto::berth::store::Guard {
+            keyspace: u32::from(g.keyspace.id()),
+            key: g.key,
+            mod_revision: g.mod_revision,
+        }),
     }
     .encode_to_vec()
 }
 
-/// Decodes a command from the log, with the keyspace it applies in. A keyspace this build
-/// does not know makes the entry undecodable (it is never applied in the wrong keyspace).
-pub fn decode_command(bytes: &[u8]) -> Result<(Keyspace, Command), String> {
+/// Decodes a command from the log, with the keyspace it applies in and its guard. A keyspace
+/// this build does not know makes the entry undecodable (it is never applied in the wrong
+/// keyspace, nor checked against the wrong key).
+pub fn decode_command(bytes: &[u8]) -> Result<Entry, String> {
     let req = Request::decode(bytes).map_err(|e| format!("undecodable log entry: {e}"))?;
     let ks = Keyspace::from_id(req.keyspace)
         .ok_or_else(|| format!("log entry for unknown keyspace {}", req.keyspace))?;
-    let cmd = req.request.ok_or("log entry without a command")?;
-    Ok((ks, cmd))
+    let guard = match req.guard {
+        None => None,
+        Some(g) => Some(Guard {
+            keyspace: Keyspace::from_id(g.keyspace)
+                .ok_or_else(|| format!("log entry guarded in unknown keyspace {}", g.keyspace))?,
+            key: g.key,
+            mod_revision: g.mod_revision,
+        }),
+    };
+    let command = req.request.ok_or("log entry without a command")?;
+    Ok(Entry {
+        keyspace: ks,
+        guard,
+        command,
+    })
 }
 
 /// Decodes arbitrary bytes as a log command and as an apply result (the fuzz target
@@ -39,11 +63,11 @@ pub fn decode_command(bytes: &[u8]) -> Result<(Keyspace, Command), String> {
 /// decode to the same command, so every member reads an entry alike.
 #[doc(hidden)]
 pub fn fuzz_roundtrip(data: &[u8]) {
-    if let Ok((ks, cmd)) = decode_command(data) {
-        let again = decode_command(&encode_command_in(ks, cmd.clone()));
+    if let Ok(entry) = decode_command(data) {
+        let again = decode_command(&encode_entry(entry.clone()));
         assert!(
-            again.as_ref() == Ok(&(ks, cmd.clone())),
-            "{ks:?} {cmd:?} re-encoded as {again:?}"
+            again.as_ref() == Ok(&entry),
+            "{entry:?} re-encoded as {again:?}"
         );
     }
     let _ = decode_result(data);
@@ -58,6 +82,7 @@ fn code_of(e: &StoreError) -> ErrorCode {
         StoreError::LeaseTtlTooLarge => ErrorCode::LeaseTtlTooLarge,
         StoreError::KeyNotFound => ErrorCode::KeyNotFound,
         StoreError::NoSpace => ErrorCode::NoSpace,
+        StoreError::GuardStale => ErrorCode::GuardStale,
         _ => ErrorCode::Unknown,
     }
 }
@@ -100,6 +125,7 @@ pub fn decode_result(bytes: &[u8]) -> Result<Result<Applied, StoreError>, String
                 ErrorCode::LeaseTtlTooLarge => StoreError::LeaseTtlTooLarge,
                 ErrorCode::KeyNotFound => StoreError::KeyNotFound,
                 ErrorCode::NoSpace => StoreError::NoSpace,
+                ErrorCode::GuardStale => StoreError::GuardStale,
                 ErrorCode::Unknown => StoreError::Corrupt(e.message),
             },
         ),
@@ -209,29 +235,53 @@ mod tests {
         });
         assert_eq!(
             decode_command(&encode_command(&cmd)).expect("decode"),
-            (Keyspace::User, cmd.clone())
+            Entry::new(Keyspace::User, cmd.clone())
         );
         let entry = encode_command_in(Keyspace::Gateway, cmd.clone());
         assert_eq!(
             decode_command(&entry).expect("decode"),
-            (Keyspace::Gateway, cmd.clone())
+            Entry::new(Keyspace::Gateway, cmd.clone())
+        );
+        let guarded = Entry {
+            guard: Some(Guard {
+                keyspace: Keyspace::Auth,
+                key: b"revision".to_vec(),
+                mod_revision: 42,
+            }),
+            ..Entry::new(Keyspace::User, cmd.clone())
+        };
+        assert_eq!(
+            decode_command(&encode_entry(guarded.clone())).expect("decode"),
+            guarded
         );
         // A user entry is byte for byte an entry written before keyspaces existed.
         let old = Request {
             request: Some(cmd.clone()),
             keyspace: 0,
+            guard: None,
         }
         .encode_to_vec();
         assert_eq!(encode_command(&cmd), old);
         let unknown = Request {
-            request: Some(cmd),
+            request: Some(cmd.clone()),
             keyspace: 99,
+            guard: None,
         }
         .encode_to_vec();
         assert!(
             decode_command(&unknown).is_err(),
             "an unknown keyspace is refused"
         );
+        let unknown_guard = Request {
+            request: Some(cmd),
+            keyspace: 0,
+            guard: Some(berth_proto::berth::store::Guard {
+                keyspace: 99,
+                ..Default::default()
+            }),
+        }
+        .encode_to_vec();
+        assert!(decode_command(&unknown_guard).is_err());
         let ok: Result<Applied, StoreError> = Ok(Applied::Put(PutResponse::default()));
         assert!(matches!(
             decode_result(&encode_result(&ok)),

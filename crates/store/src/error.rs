@@ -25,6 +25,10 @@ pub enum StoreError {
     /// A NOSPACE alarm is active: writes that grow the database are refused.
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// A guarded command's guard key changed after the revision its checks saw (the face's
+    /// checks, e.g. permissions, rest on state that has moved on).
+    #[error("guard stale: the state the request was checked against has changed")]
+    GuardStale,
     /// The embedded storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),

@@ -17,7 +17,10 @@
 //! - [`store`]: the [`Store`] tying it together: opening, reads and batched writes in
 //!   `store.rs`; watch registration and replay, lease pass-throughs, and maintenance (flush,
 //!   snapshots, hashes, defragmentation) in `store/{watch,lease,maintenance}.rs`.
-//! - [`snapshot`]: consistent dumps and restore.
+//! - [`snapshot`]: consistent dumps and restore (berth's record stream, `BERTHSNAP2`, between
+//!   members; either format for `snapshot restore`).
+//! - `etcd_snapshot`: snapshots in etcd's layout (a bbolt file, plus a `berth` bucket) for
+//!   clients: what the Maintenance Snapshot stream sends, and restores from etcd.
 //! - `file`: the database file as redb's backend, with the crash-simulation switch.
 //! - `sync`: the crate's poison-tolerant lock helper.
 //!
@@ -29,6 +32,7 @@ pub mod apply;
 mod backend;
 pub mod codec;
 pub mod error;
+mod etcd_snapshot;
 mod file;
 pub mod index;
 pub mod keyspace;
@@ -41,7 +45,7 @@ pub mod store;
 mod sync;
 pub mod watch;
 
-pub use apply::{check_txn_duplicates, Applied, Command};
+pub use apply::{check_txn_duplicates, Applied, Command, Entry, Guard};
 pub use error::{Result, StoreError};
 pub use index::KeySpan;
 pub use keyspace::Keyspace;

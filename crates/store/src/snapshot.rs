@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::{BLOBS, LEASES, META, REVS};
 use crate::error::{DbResult, Result, StoreError};
+use crate::keyspace::Keyspace;
 
 const MAGIC: &[u8] = b"BERTHSNAP2\n";
 /// The magic of snapshots written before keyspaces (still installed).
@@ -88,7 +89,20 @@ pub(crate) fn write_records(
     sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
     let mut c = Chunker::new(sink);
-    records(txn, &mut c, None)?;
+    records(txn, &mut c, None, false)?;
+    c.flush()
+}
+
+/// Streams every record except the user keyspace's revisions, then the end marker (no magic,
+/// no trailer): what an etcd-format snapshot carries in its `berth` bucket beside etcd's
+/// `key` bucket, which holds the user keyspace's revisions.
+pub(crate) fn write_records_but_user_revisions(
+    txn: &ReadTransaction,
+    sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut c = Chunker::new(sink);
+    records(txn, &mut c, None, true)?;
+    c.put(&[TAG_END])?;
     c.flush()
 }
 
@@ -96,6 +110,7 @@ fn records<F: FnMut(&[u8]) -> Result<()>>(
     txn: &ReadTransaction,
     c: &mut Chunker<F>,
     want_blob: Option<&str>,
+    skip_user_revisions: bool,
 ) -> Result<Option<Vec<u8>>> {
     let mut wanted = None;
     for item in txn.open_table(BLOBS).db()?.iter().db()? {
@@ -119,6 +134,9 @@ fn records<F: FnMut(&[u8]) -> Result<()>>(
     }
     for item in txn.open_table(REVS).db()?.iter().db()? {
         let (k, v) = item.db()?;
+        if skip_user_revisions && crate::backend::flag(v.value())?.1 == Keyspace::User {
+            continue;
+        }
         c.record(TAG_REV, &k.value().to_be_bytes(), v.value())?;
     }
     Ok(wanted)
@@ -132,7 +150,7 @@ pub(crate) fn write_snapshot(
 ) -> Result<Option<Vec<u8>>> {
     let mut c = Chunker::new(sink);
     c.put(MAGIC)?;
-    let wanted = records(txn, &mut c, want_blob)?;
+    let wanted = records(txn, &mut c, want_blob, false)?;
     c.put(&[TAG_END])?;
     let pad = (ALIGN - c.len % ALIGN) % ALIGN;
     c.put(&vec![0u8; pad])?;
@@ -202,8 +220,12 @@ pub fn parse_snapshot(data: &[u8]) -> Result<Vec<SnapshotRecord<'_>>> {
     if Sha256::digest(body).as_slice() != digest {
         return Err(corrupt("SHA-256 mismatch"));
     }
+    parse_records(&body[MAGIC.len()..])
+}
+
+/// Checks a record stream (records, the end marker, zero padding) and returns its records.
+pub(crate) fn parse_records(mut rest: &[u8]) -> Result<Vec<SnapshotRecord<'_>>> {
     let mut out = Vec::new();
-    let mut rest = &body[MAGIC.len()..];
     loop {
         let tag = take(&mut rest, 1)?[0];
         if tag == TAG_END {
@@ -260,7 +282,20 @@ pub fn fuzz_body(snapshot: &[u8]) -> Option<&[u8]> {
 fn restore_inner(mut input: impl Read, dir: &Path, keep_blobs: bool) -> Result<u64> {
     let mut data = Vec::new();
     input.read_to_end(&mut data)?;
-    let records = parse_snapshot(&data)?;
+    if crate::etcd_snapshot::is_bbolt(&data) {
+        let decoded = crate::etcd_snapshot::decode(&data)?;
+        return write_store(&decoded.records()?, dir, keep_blobs);
+    }
+    if !data.starts_with(MAGIC) && !data.starts_with(MAGIC_V1) {
+        return Err(corrupt(
+            "neither a berth snapshot nor a bbolt database (an etcd snapshot)",
+        ));
+    }
+    write_store(&parse_snapshot(&data)?, dir, keep_blobs)
+}
+
+/// Writes checked records as a new store in `dir` (which must not already hold one).
+fn write_store(records: &[SnapshotRecord<'_>], dir: &Path, keep_blobs: bool) -> Result<u64> {
     let path = dir.join("kv.redb");
     if path.exists() {
         return Err(StoreError::Io(std::io::Error::new(
@@ -276,7 +311,7 @@ fn restore_inner(mut input: impl Read, dir: &Path, keep_blobs: bool) -> Result<u
         let mut meta = txn.open_table(META).db()?;
         let mut leases = txn.open_table(LEASES).db()?;
         let mut blobs = txn.open_table(BLOBS).db()?;
-        for record in &records {
+        for record in records {
             match *record {
                 SnapshotRecord::Revision(k, v) => {
                     revs.insert(k, v).db()?;

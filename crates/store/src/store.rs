@@ -17,7 +17,7 @@ use berth_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResp
 use berth_proto::mvccpb::KeyValue;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use crate::apply::{read_alarms, read_counters, Applied, Command, Writer};
+use crate::apply::{read_alarms, read_counters, Applied, Command, Entry, Guard, Writer};
 use crate::backend::{decode, Change, BLOBS, LEASES, META, META_APPLIED, REVS};
 use crate::error::{DbResult, Result, StoreError};
 use crate::file::SeverableFile;
@@ -288,7 +288,7 @@ impl Store {
 
     /// [`Store::apply_batch`] on the keys of `ks`.
     pub fn apply_batch_in(&self, ks: Keyspace, cmds: &[Command]) -> Result<Vec<Result<Applied>>> {
-        self.apply_commands(cmds.iter().map(|c| (ks, c)), cmds.len(), &[], true)
+        self.apply_commands(cmds.iter().map(|c| (ks, None, c)), cmds.len(), &[], true)
     }
 
     /// Evaluates a txn that cannot write (no put or delete on any path) at the newest visible
@@ -319,25 +319,37 @@ impl Store {
     /// [`Store::apply_batch`] for a consensus layer: `blobs` are written in the same
     /// transaction (e.g. the applied log id), and with `durable == false` the batch is visible
     /// at once but reaches disk only with a later durable batch or [`Store::flush`] — the
-    /// replicated log, not the store, is then what makes the write durable. Each command
-    /// names its keyspace (as its log entry does).
+    /// replicated log, not the store, is then what makes the write durable. Each entry names
+    /// its keyspace and guard (as its log entry does).
     pub fn apply_batch_with(
         &self,
-        cmds: &[(Keyspace, Command)],
+        entries: &[Entry],
         blobs: &[(&str, &[u8])],
         durable: bool,
     ) -> Result<Vec<Result<Applied>>> {
         self.apply_commands(
-            cmds.iter().map(|(ks, c)| (*ks, c)),
-            cmds.len(),
+            entries
+                .iter()
+                .map(|e| (e.keyspace, e.guard.as_ref(), &e.command)),
+            entries.len(),
             blobs,
             durable,
         )
     }
 
+    /// The mod revision of `key` in `ks` as applied here (0 if absent): what a [`Guard`]
+    /// on it names. Reads only the in-memory index.
+    pub fn mod_revision_in(&self, ks: Keyspace, key: &[u8]) -> i64 {
+        let current = self.revision();
+        self.index
+            .shared()
+            .get(ks, key, current)
+            .map_or(0, |v| v.rev.main)
+    }
+
     fn apply_commands<'c>(
         &self,
-        cmds: impl Iterator<Item = (Keyspace, &'c Command)>,
+        cmds: impl Iterator<Item = (Keyspace, Option<&'c Guard>, &'c Command)>,
         count: usize,
         blobs: &[(&str, &[u8])],
         durable: bool,
@@ -371,7 +383,11 @@ impl Store {
                 dirty: false,
             };
             let mut results = Vec::with_capacity(count);
-            for (ks, cmd) in cmds {
+            for (ks, guard, cmd) in cmds {
+                if guard.is_some_and(|g| !w.guard_holds(g)) {
+                    results.push(Err(StoreError::GuardStale));
+                    continue;
+                }
                 alarm_changed |= matches!(cmd, Command::Alarm(_));
                 let r = w.apply(ks, cmd);
                 if let Err(StoreError::Storage(e)) = r {

@@ -529,7 +529,7 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
     // B has applied part of the history, with a watcher open, when A's snapshot arrives.
     for c in &cmds[..100] {
         let _ = b
-            .apply_batch_with(&[(Keyspace::User, c.clone())], &[], false)
+            .apply_batch_with(&[Entry::new(Keyspace::User, c.clone())], &[], false)
             .expect("b");
     }
     let (tx, mut rx) = mpsc::channel(1024);
@@ -546,7 +546,7 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
     );
     for c in &cmds[..200] {
         let _ = a
-            .apply_batch_with(&[(Keyspace::User, c.clone())], &[], false)
+            .apply_batch_with(&[Entry::new(Keyspace::User, c.clone())], &[], false)
             .expect("a");
     }
     let mut snap = Vec::new();
@@ -559,10 +559,10 @@ async fn installing_a_snapshot_midway_converges_with_a_store_that_applied_everyt
     b.install_snapshot(snap.as_slice()).expect("install");
     for c in &cmds[200..] {
         let _ = a
-            .apply_batch_with(&[(Keyspace::User, c.clone())], &[], false)
+            .apply_batch_with(&[Entry::new(Keyspace::User, c.clone())], &[], false)
             .expect("a");
         let _ = b
-            .apply_batch_with(&[(Keyspace::User, c.clone())], &[], false)
+            .apply_batch_with(&[Entry::new(Keyspace::User, c.clone())], &[], false)
             .expect("b");
     }
     assert_eq!(a.revision(), b.revision());
@@ -740,7 +740,7 @@ fn a_severed_store_reopens_at_its_last_durable_commit_as_after_a_kill() {
             value: "applied only".into(),
             ..Default::default()
         });
-        s.apply_batch_with(&[(Keyspace::User, not_durable)], &[], false)
+        s.apply_batch_with(&[Entry::new(Keyspace::User, not_durable)], &[], false)
             .expect("batch")
             .remove(0)
             .expect("put");
@@ -861,4 +861,62 @@ fn write_snapshot_fuzz_seed() {
     let out = snapshot_corpus_dir();
     std::fs::create_dir_all(&out).expect("corpus dir");
     std::fs::write(out.join("seed-store"), body).expect("write seed");
+}
+
+/// A guarded command applies only while its guard key is where the guard saw it, judged with
+/// the earlier commands of the same batch applied: the refusal is a result, not a failure.
+#[test]
+fn guards_refuse_commands_checked_against_moved_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let put_in = |key: &str| {
+        Command::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    };
+    let guard = |rev: i64| Guard {
+        keyspace: Keyspace::Auth,
+        key: b"revision".to_vec(),
+        mod_revision: rev,
+    };
+    let guarded = |rev: i64, key: &str| Entry {
+        guard: Some(guard(rev)),
+        ..Entry::new(Keyspace::User, put_in(key))
+    };
+    assert_eq!(s.mod_revision_in(Keyspace::Auth, b"revision"), 0);
+    // Absent key, guard 0: holds.
+    let r = s
+        .apply_batch_with(&[guarded(0, "a")], &[], true)
+        .expect("apply");
+    assert!(matches!(r[0], Ok(Applied::Put(_))));
+    // The guard key moves within the batch: the later guarded command is refused.
+    let r = s
+        .apply_batch_with(
+            &[
+                Entry::new(Keyspace::Auth, put_in("revision")),
+                guarded(0, "b"),
+            ],
+            &[],
+            true,
+        )
+        .expect("apply");
+    assert!(matches!(r[1], Err(StoreError::GuardStale)), "{r:?}");
+    let at = s.mod_revision_in(Keyspace::Auth, b"revision");
+    assert_eq!(at, s.revision(), "the refused put took no revision");
+    let r = s
+        .apply_batch_with(&[guarded(at, "c")], &[], true)
+        .expect("apply");
+    assert!(matches!(r[0], Ok(Applied::Put(_))));
+    // A refused command wrote nothing.
+    let keys = s
+        .range(&RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"d".to_vec(),
+            ..Default::default()
+        })
+        .expect("range");
+    let names: Vec<_> = keys.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(names, vec![b"a".to_vec(), b"c".to_vec()]);
 }

@@ -244,7 +244,7 @@ mod tests {
         impl Stream<Item = io::Result<ServerConn<TcpStream>>>,
     ) {
         let config = settings(dir, "server")
-            .server_config(b"test", "test")
+            .server_config(&[b"test"], "test")
             .expect("server config");
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr");

@@ -124,9 +124,9 @@ impl TlsSettings {
         }
     }
 
-    /// A server configuration offering `alpn`. `flags` names the flags in errors (e.g.
-    /// `--cert-file/--key-file`).
-    pub fn server_config(&self, alpn: &[u8], flags: &str) -> Result<ServerConfig, TlsError> {
+    /// A server configuration offering the protocols `alpn` (in order of preference).
+    /// `flags` names the flags in errors (e.g. `--cert-file/--key-file`).
+    pub fn server_config(&self, alpn: &[&[u8]], flags: &str) -> Result<ServerConfig, TlsError> {
         let identity = self.identity(flags)?.ok_or_else(|| {
             TlsError::Flags(format!(
                 "https:// needs a certificate: give {flags} (or the auto TLS flag)"
@@ -156,7 +156,7 @@ impl TlsSettings {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(identity);
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
 

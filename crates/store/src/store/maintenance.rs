@@ -115,7 +115,40 @@ impl Store {
         Ok(h)
     }
 
-    /// Writes a consistent snapshot of the store, chunk by chunk, to `sink`.
+    /// Writes a consistent snapshot of the store in etcd's format, chunk by chunk, to `sink`:
+    /// a bbolt file in etcd's backend layout (with berth's own state in a `berth` bucket),
+    /// then the SHA-256 of the file, as etcd's snapshot stream ends. This is what clients
+    /// receive (`etcdctl snapshot save`); see `etcd_snapshot.rs`. The file is laid out in an
+    /// unnamed temporary file beside the database first (bbolt's meta pages, at the front,
+    /// name pages written last), so memory stays bounded.
+    pub fn etcd_snapshot(&self, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        use std::io::{BufWriter, Read, Seek, SeekFrom};
+
+        let txn = self.db.shared().begin_read().db()?;
+        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+        let out = BufWriter::new(tempfile::tempfile_in(dir)?);
+        let out = crate::etcd_snapshot::write(&txn, out)?;
+        drop(txn);
+        let mut file = out
+            .into_inner()
+            .map_err(|e| StoreError::Io(e.into_error()))?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut sha = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+            sink(&buf[..n])?;
+        }
+        sink(&sha.finalize())
+    }
+
+    /// Writes a consistent snapshot of the store in berth's own format (`BERTHSNAP2`, what
+    /// members send one another), chunk by chunk, to `sink`.
     pub fn snapshot(&self, sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let txn = self.db.shared().begin_read().db()?;
         crate::snapshot::write_snapshot(&txn, None, sink).map(|_| ())

@@ -1,16 +1,19 @@
-//! etcd `Auth` service. Authentication is not built yet: status reports it disabled and
-//! Authenticate answers as etcd does with auth off; listing users and roles answers empty,
-//! and changing them is refused until auth is built.
+//! etcd `Auth` service: enable/disable, login, users and roles, translated onto the security
+//! domain (`crate::auth`). Who may do what is etcd's: changes and lists need root; a user may
+//! read itself and the roles it has; AuthStatus and Authenticate are open.
 
 use std::sync::Arc;
 
+use berth_auth::{change, Access, AuthError, Permission};
+use berth_proto::authpb;
 use berth_proto::etcdserverpb::auth_server::Auth;
 use berth_proto::etcdserverpb::*;
+use berth_store::Keyspace;
 use tonic::{Request, Response, Status};
 
-use super::Headers as _;
+use super::{credential, principal, Headers as _};
+use crate::auth::AuthFailure;
 use crate::core::Core;
-use crate::face::etcd::errors::ApiError;
 
 /// The Auth service.
 pub struct AuthService {
@@ -22,12 +25,32 @@ impl AuthService {
     pub fn new(core: Arc<Core>) -> Self {
         Self { core }
     }
+
+    /// Makes a root-only change; answers the header at the revision it produced.
+    async fn change<T>(
+        &self,
+        req: &Request<T>,
+        f: impl Fn(&berth_auth::AuthView) -> Result<change::Changes, AuthError>,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        let revision = self.core.auth.change(&credential(req), true, f).await?;
+        Ok(self.core.header(revision))
+    }
+
+    /// The header for a read of the auth state, after catching up with the leader (etcd
+    /// serves these through its log, so they are linearizable).
+    async fn caught_up(&self) -> Result<Option<ResponseHeader>, Status> {
+        self.core.consensus.read_index().await?;
+        Ok(self.core.header(self.core.store.revision()))
+    }
 }
 
-fn not_built(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "berth: {what} is not built yet (auth is disabled in this build)"
-    ))
+/// A password's bcrypt hash: the one the client sent already hashed (etcd 3.5's
+/// `hashedPassword`), or a new one computed off the runtime.
+async fn hash_of(core: &Core, password: &str, hashed: &str) -> Result<String, Status> {
+    if !hashed.is_empty() {
+        return Ok(hashed.to_string());
+    }
+    Ok(core.auth.hash(password).await?)
 }
 
 #[tonic::async_trait]
@@ -36,133 +59,245 @@ impl Auth for AuthService {
         &self,
         _req: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
+        let header = self.caught_up().await?;
+        let view = self.core.auth.view();
         Ok(Response::new(AuthStatusResponse {
-            header: self.core.header(self.core.store.revision()),
-            enabled: false,
-            auth_revision: 0,
+            header,
+            enabled: view.enabled,
+            auth_revision: u64::try_from(view.revision).unwrap_or(0),
         }))
     }
 
     async fn authenticate(
         &self,
-        _req: Request<AuthenticateRequest>,
+        req: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        Err(ApiError::AuthNotEnabled.into())
-    }
-
-    async fn auth_disable(
-        &self,
-        _req: Request<AuthDisableRequest>,
-    ) -> Result<Response<AuthDisableResponse>, Status> {
-        // Disabling auth that is off is a successful no-op in etcd.
-        Ok(Response::new(AuthDisableResponse {
+        let r = req.into_inner();
+        let token = self.core.auth.authenticate(&r.name, &r.password).await?;
+        Ok(Response::new(AuthenticateResponse {
             header: self.core.header(self.core.store.revision()),
+            token,
         }))
     }
 
     async fn auth_enable(
         &self,
-        _req: Request<AuthEnableRequest>,
+        req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        Err(not_built("auth enable"))
+        let header = self.change(&req, change::enable).await?;
+        tracing::info!("authentication enabled");
+        Ok(Response::new(AuthEnableResponse { header }))
+    }
+
+    async fn auth_disable(
+        &self,
+        req: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        let header = self.change(&req, |v| Ok(change::disable(v))).await?;
+        tracing::info!("authentication disabled");
+        Ok(Response::new(AuthDisableResponse { header }))
     }
 
     async fn user_add(
         &self,
-        _req: Request<AuthUserAddRequest>,
+        req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        Err(not_built("user add"))
+        let r = req.get_ref();
+        if r.name.is_empty() {
+            return Err(AuthFailure::from(AuthError::UserEmpty).into());
+        }
+        // Refuse before paying for a hash when the caller may not add users at all.
+        self.core.consensus.read_index().await?;
+        principal(&self.core, &req)?.admin()?;
+        let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
+        let hash = if no_password {
+            None
+        } else {
+            Some(hash_of(&self.core, &r.password, &r.hashed_password).await?)
+        };
+        let name = r.name.clone();
+        let header = self
+            .change(&req, |v| change::user_add(v, &name, hash.clone()))
+            .await?;
+        Ok(Response::new(AuthUserAddResponse { header }))
     }
 
     async fn user_get(
         &self,
-        _req: Request<AuthUserGetRequest>,
+        req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        Err(not_built("user get"))
+        let header = self.caught_up().await?;
+        let p = principal(&self.core, &req)?;
+        let name = &req.get_ref().name;
+        p.admin_or_self(name)?;
+        let view = self.core.auth.view();
+        let user = view
+            .user(name)
+            .ok_or(AuthFailure::from(AuthError::UserNotFound))?;
+        Ok(Response::new(AuthUserGetResponse {
+            header,
+            roles: user.roles.iter().cloned().collect(),
+        }))
     }
 
     async fn user_list(
         &self,
-        _req: Request<AuthUserListRequest>,
+        req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        // No users can exist until user and role management is built: the list is empty.
-        Ok(Response::new(AuthUserListResponse {
-            header: self.core.header(self.core.store.revision()),
-            users: Vec::new(),
-        }))
+        let header = self.caught_up().await?;
+        principal(&self.core, &req)?.admin()?;
+        let users = self
+            .core
+            .auth
+            .view()
+            .users()
+            .map(|u| u.name.clone())
+            .collect();
+        Ok(Response::new(AuthUserListResponse { header, users }))
     }
 
     async fn user_delete(
         &self,
-        _req: Request<AuthUserDeleteRequest>,
+        req: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        Err(not_built("user delete"))
+        let name = req.get_ref().name.clone();
+        let header = self.change(&req, |v| change::user_delete(v, &name)).await?;
+        Ok(Response::new(AuthUserDeleteResponse { header }))
     }
 
     async fn user_change_password(
         &self,
-        _req: Request<AuthUserChangePasswordRequest>,
+        req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        Err(not_built("user passwd"))
+        self.core.consensus.read_index().await?;
+        principal(&self.core, &req)?.admin()?;
+        let r = req.get_ref();
+        let hash = hash_of(&self.core, &r.password, &r.hashed_password).await?;
+        let name = r.name.clone();
+        let header = self
+            .change(&req, |v| {
+                change::user_change_password(v, &name, hash.clone())
+            })
+            .await?;
+        Ok(Response::new(AuthUserChangePasswordResponse { header }))
     }
 
     async fn user_grant_role(
         &self,
-        _req: Request<AuthUserGrantRoleRequest>,
+        req: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        Err(not_built("user grant-role"))
+        let (user, role) = (req.get_ref().user.clone(), req.get_ref().role.clone());
+        let header = self
+            .change(&req, |v| change::user_grant_role(v, &user, &role))
+            .await?;
+        Ok(Response::new(AuthUserGrantRoleResponse { header }))
     }
 
     async fn user_revoke_role(
         &self,
-        _req: Request<AuthUserRevokeRoleRequest>,
+        req: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        Err(not_built("user revoke-role"))
+        let (user, role) = (req.get_ref().name.clone(), req.get_ref().role.clone());
+        let header = self
+            .change(&req, |v| change::user_revoke_role(v, &user, &role))
+            .await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse { header }))
     }
 
     async fn role_add(
         &self,
-        _req: Request<AuthRoleAddRequest>,
+        req: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        Err(not_built("role add"))
+        let name = req.get_ref().name.clone();
+        let header = self.change(&req, |v| change::role_add(v, &name)).await?;
+        Ok(Response::new(AuthRoleAddResponse { header }))
     }
 
     async fn role_get(
         &self,
-        _req: Request<AuthRoleGetRequest>,
+        req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        Err(not_built("role get"))
+        let header = self.caught_up().await?;
+        let p = principal(&self.core, &req)?;
+        let name = &req.get_ref().role;
+        p.admin_or_role(name)?;
+        let view = self.core.auth.view();
+        let role = view
+            .role(name)
+            .ok_or(AuthFailure::from(AuthError::RoleNotFound))?;
+        // The etcd face shows the grants of its own keyspace only.
+        let perm = role
+            .permissions
+            .iter()
+            .filter(|q| q.keyspace == Keyspace::User.id())
+            .map(|q| authpb::Permission {
+                perm_type: q.access.to_etcd(),
+                key: q.key.clone(),
+                range_end: q.range_end.clone(),
+            })
+            .collect();
+        Ok(Response::new(AuthRoleGetResponse { header, perm }))
     }
 
     async fn role_list(
         &self,
-        _req: Request<AuthRoleListRequest>,
+        req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        // No roles can exist until user and role management is built: the list is empty.
-        Ok(Response::new(AuthRoleListResponse {
-            header: self.core.header(self.core.store.revision()),
-            roles: Vec::new(),
-        }))
+        let header = self.caught_up().await?;
+        principal(&self.core, &req)?.admin()?;
+        let roles = self
+            .core
+            .auth
+            .view()
+            .roles()
+            .map(|r| r.name.clone())
+            .collect();
+        Ok(Response::new(AuthRoleListResponse { header, roles }))
     }
 
     async fn role_delete(
         &self,
-        _req: Request<AuthRoleDeleteRequest>,
+        req: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        Err(not_built("role delete"))
+        let name = req.get_ref().role.clone();
+        let header = self.change(&req, |v| change::role_delete(v, &name)).await?;
+        Ok(Response::new(AuthRoleDeleteResponse { header }))
     }
 
     async fn role_grant_permission(
         &self,
-        _req: Request<AuthRoleGrantPermissionRequest>,
+        req: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        Err(not_built("role grant-permission"))
+        let r = req.get_ref();
+        let not_given = || AuthFailure::from(AuthError::PermissionNotGiven);
+        let perm = r.perm.as_ref().ok_or_else(not_given)?;
+        let access = Access::from_etcd(perm.perm_type).ok_or_else(not_given)?;
+        let grant = Permission {
+            keyspace: Keyspace::User.id(),
+            access,
+            key: perm.key.clone(),
+            range_end: perm.range_end.clone(),
+        };
+        let name = r.name.clone();
+        let header = self
+            .change(&req, |v| {
+                change::role_grant_permission(v, &name, grant.clone())
+            })
+            .await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
     }
 
     async fn role_revoke_permission(
         &self,
-        _req: Request<AuthRoleRevokePermissionRequest>,
+        req: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        Err(not_built("role revoke-permission"))
+        let r = req.get_ref();
+        let (role, key, end) = (r.role.clone(), r.key.clone(), r.range_end.clone());
+        let header = self
+            .change(&req, |v| {
+                change::role_revoke_permission(v, &role, Keyspace::User.id(), &key, &end)
+            })
+            .await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
     }
 }

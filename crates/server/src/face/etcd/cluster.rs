@@ -12,7 +12,7 @@ use berth_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::Headers as _;
+use super::{principal, Headers as _};
 use crate::config::url_to_addr;
 use crate::core::Core;
 use crate::face::etcd::errors::ApiError;
@@ -73,6 +73,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        principal(&self.core, &req)?.admin()?;
         let r = req.into_inner();
         check_urls(&r.peer_ur_ls)?;
         let id = member_id(&r.peer_ur_ls, &self.core.config.initial_cluster_token);
@@ -113,6 +114,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        principal(&self.core, &req)?.admin()?;
         let id = req.into_inner().id;
         self.find(id)?;
         self.core.consensus.remove_member(id).await?;
@@ -127,6 +129,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        principal(&self.core, &req)?.admin()?;
         let r = req.into_inner();
         check_urls(&r.peer_ur_ls)?;
         let mut current = self.find(r.id)?;
@@ -152,6 +155,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        principal(&self.core, &req)?.admin()?;
         let id = req.into_inner().id;
         if !self.find(id)?.is_learner {
             return Err(ApiError::MemberNotLearner.into());

@@ -4,6 +4,9 @@
 use berth_store::StoreError;
 use tonic::{Code, Status};
 
+use berth_auth::AuthError;
+
+use crate::auth::AuthFailure;
 use crate::consensus::WriteError;
 
 /// Errors of the etcd API layer.
@@ -81,6 +84,54 @@ pub enum ApiError {
     /// Auth is not enabled.
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
+    /// No user: an empty name, or no credential while auth is on.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// UserAdd of an existing user.
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// Unknown user.
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// RoleAdd of an existing role.
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// Unknown role.
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// Empty role name.
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// Wrong user or password.
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// A grant without a permission.
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    /// Not allowed.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// RevokeRole of a role not granted.
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// RevokePermission of a permission not granted.
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// A bad, expired or revoked token.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Deleting root, or revoking root's role, while auth is on.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// The auth state changed under the request.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// AuthEnable without root.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// AuthEnable while root lacks the root role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
     /// The RPC is not supported by this server yet.
     #[error("etcdserver: not capable")]
     NotCapable,
@@ -115,6 +166,14 @@ impl ApiError {
             }
             MemberBadUrls => Code::InvalidArgument,
             LeaseExist | AuthNotEnabled | NotCapable | Membership(_) => Code::FailedPrecondition,
+            UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound | RoleNotGranted
+            | PermissionNotGranted | RootUserNotExist | RootRoleNotExist => {
+                Code::FailedPrecondition
+            }
+            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
+            | AuthOldRevision => Code::InvalidArgument,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             Stopped | NoLeader | LeaderChanged => Code::Unavailable,
             NoSpace => Code::ResourceExhausted,
             Corrupt => Code::DataLoss,
@@ -138,6 +197,8 @@ impl From<StoreError> for ApiError {
             StoreError::LeaseTtlTooLarge => ApiError::LeaseTtlTooLarge,
             StoreError::KeyNotFound => ApiError::KeyNotFound,
             StoreError::NoSpace => ApiError::NoSpace,
+            // A guard names the auth state the request was checked against.
+            StoreError::GuardStale => ApiError::AuthOldRevision,
             other => {
                 tracing::error!(error = %other, "storage failure");
                 ApiError::Corrupt
@@ -162,6 +223,49 @@ impl From<WriteError> for ApiError {
 
 impl From<WriteError> for Status {
     fn from(e: WriteError) -> Status {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        match e {
+            AuthError::UserEmpty => ApiError::UserEmpty,
+            AuthError::UserAlreadyExists => ApiError::UserAlreadyExist,
+            AuthError::UserNotFound => ApiError::UserNotFound,
+            AuthError::RoleAlreadyExists => ApiError::RoleAlreadyExist,
+            AuthError::RoleNotFound => ApiError::RoleNotFound,
+            AuthError::RoleEmpty => ApiError::RoleEmpty,
+            AuthError::AuthFailed => ApiError::AuthFailed,
+            AuthError::PermissionNotGiven => ApiError::PermissionNotGiven,
+            AuthError::PermissionDenied => ApiError::PermissionDenied,
+            AuthError::RoleNotGranted => ApiError::RoleNotGranted,
+            AuthError::PermissionNotGranted => ApiError::PermissionNotGranted,
+            AuthError::NotEnabled => ApiError::AuthNotEnabled,
+            AuthError::InvalidToken => ApiError::InvalidAuthToken,
+            AuthError::InvalidManagement => ApiError::InvalidAuthMgmt,
+            AuthError::OldRevision => ApiError::AuthOldRevision,
+            AuthError::RootUserNotExist => ApiError::RootUserNotExist,
+            AuthError::RootRoleNotExist => ApiError::RootRoleNotExist,
+            AuthError::Options(_) | AuthError::Internal(_) => {
+                tracing::error!(error = %e, "auth failure inside the server");
+                ApiError::Corrupt
+            }
+        }
+    }
+}
+
+impl From<AuthFailure> for ApiError {
+    fn from(e: AuthFailure) -> ApiError {
+        match e {
+            AuthFailure::Auth(e) => e.into(),
+            AuthFailure::Write(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuthFailure> for Status {
+    fn from(e: AuthFailure) -> Status {
         ApiError::from(e).into()
     }
 }
@@ -198,6 +302,48 @@ mod tests {
             (s.code(), s.message()),
             (Code::Unavailable, "etcdserver: no leader")
         );
+        for (e, code, text) in [
+            (
+                AuthError::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                AuthError::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                AuthError::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                AuthError::InvalidToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                AuthError::RootUserNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            (
+                AuthError::OldRevision,
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
+            (
+                AuthError::InvalidManagement,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            ),
+        ] {
+            let s: Status = AuthFailure::from(e).into();
+            assert_eq!((s.code(), s.message()), (code, text));
+        }
+        let s = store_status(StoreError::GuardStale);
+        assert_eq!(s.message(), "etcdserver: revision of auth store is old");
         let s: Status = ApiError::RequestTooLarge.into();
         assert_eq!(
             (s.code(), s.message()),

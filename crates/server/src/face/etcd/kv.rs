@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use berth_auth::Access;
 use berth_proto::etcdserverpb::kv_server::Kv;
 use berth_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use berth_proto::etcdserverpb::request_op::Request as Op;
@@ -9,11 +10,12 @@ use berth_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
-use berth_store::{check_txn_duplicates, Applied, Command};
+use berth_store::{check_txn_duplicates, Applied, Command, Entry, Keyspace};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::Headers as _;
+use super::{principal, Headers as _};
+use crate::auth::Principal;
 use crate::core::Core;
 use crate::face::etcd::errors::{store_status, ApiError};
 
@@ -35,13 +37,66 @@ impl KvService {
         Ok(())
     }
 
+    /// Proposes a command checked for `p`, guarded by the auth state it was checked against.
+    async fn propose(&self, p: &Principal, cmd: Command) -> Result<Applied, Status> {
+        let entry = Entry {
+            guard: Some(p.guard()),
+            ..Entry::new(Keyspace::User, cmd)
+        };
+        Ok(self.core.consensus.propose_entry(entry).await?)
+    }
+
     /// Proposes a command that may grow the database: refused while NOSPACE is raised.
-    async fn propose_growing(&self, cmd: Command) -> Result<Applied, Status> {
+    async fn propose_growing(&self, p: &Principal, cmd: Command) -> Result<Applied, Status> {
         if self.core.out_of_space().await {
             return Err(ApiError::NoSpace.into());
         }
-        Ok(self.core.consensus.propose(cmd).await?)
+        self.propose(p, cmd).await
     }
+}
+
+/// etcd's checks of a put: write on the key, read too when the previous value is asked for,
+/// and write on every key of the lease it attaches to.
+fn allow_put(core: &Core, p: &Principal, r: &PutRequest) -> Result<(), Status> {
+    p.check(Keyspace::User, Access::Write, &r.key, b"")?;
+    if r.prev_kv {
+        p.check(Keyspace::User, Access::Read, &r.key, b"")?;
+    }
+    if r.lease != 0 {
+        super::lease::allow_lease_keys(core, p, r.lease, Access::Write)?;
+    }
+    Ok(())
+}
+
+/// etcd's checks of a txn: read on every compared key, then every op of every branch.
+fn allow_txn(core: &Core, p: &Principal, t: &TxnRequest) -> Result<(), Status> {
+    if p.is_open() {
+        return Ok(());
+    }
+    for c in &t.compare {
+        p.check(Keyspace::User, Access::Read, &c.key, &c.range_end)?;
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(Op::RequestRange(r)) => {
+                p.check(Keyspace::User, Access::Read, &r.key, &r.range_end)?
+            }
+            Some(Op::RequestPut(r)) => allow_put(core, p, r)?,
+            Some(Op::RequestDeleteRange(d)) => allow_delete(p, d)?,
+            Some(Op::RequestTxn(inner)) => allow_txn(core, p, inner)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// etcd's checks of a delete: write on the range, read too when previous values are asked for.
+fn allow_delete(p: &Principal, d: &DeleteRangeRequest) -> Result<(), Status> {
+    p.check(Keyspace::User, Access::Write, &d.key, &d.range_end)?;
+    if d.prev_kv {
+        p.check(Keyspace::User, Access::Read, &d.key, &d.range_end)?;
+    }
+    Ok(())
 }
 
 fn check_range(r: &RangeRequest) -> Result<(), ApiError> {
@@ -119,21 +174,29 @@ fn unexpected(what: &str) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let r = req.into_inner();
-        check_range(&r)?;
+        let r = req.get_ref();
+        check_range(r)?;
+        // Caught up first: the permission check then sees every auth change acknowledged
+        // before this read (a restarted member may not have replayed them yet).
         if !r.serializable {
             self.core.consensus.read_index().await?;
         }
+        let who = principal(&self.core, &req)?;
+        let r = req.into_inner();
+        who.check(Keyspace::User, Access::Read, &r.key, &r.range_end)?;
         let mut resp = self.core.store.range(&r).map_err(store_status)?;
+        self.core.auth.still_current(&who)?;
         self.core.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let who = principal(&self.core, &req)?;
         let p = req.into_inner();
         check_put(&p)?;
         self.check_size(p.encoded_len())?;
-        match self.propose_growing(Command::Put(p)).await? {
+        allow_put(&self.core, &who, &p)?;
+        match self.propose_growing(&who, Command::Put(p)).await? {
             Applied::Put(mut resp) => {
                 self.core.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -146,11 +209,13 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let who = principal(&self.core, &req)?;
         let d = req.into_inner();
         check_delete(&d)?;
         self.check_size(d.encoded_len())?;
+        allow_delete(&who, &d)?;
         // Deletes stay allowed under NOSPACE: they are how space is freed.
-        match self.core.consensus.propose(Command::DeleteRange(d)).await? {
+        match self.propose(&who, Command::DeleteRange(d)).await? {
             Applied::DeleteRange(mut resp) => {
                 self.core.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -160,18 +225,26 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let read_only = berth_store::apply::txn_is_read_only(req.get_ref());
+        if read_only {
+            // Caught up before the checks, as a range.
+            self.core.consensus.read_index().await?;
+        }
+        let who = principal(&self.core, &req)?;
         let t = req.into_inner();
         check_txn(&t, self.core.config.max_txn_ops)?;
         self.check_size(t.encoded_len())?;
+        allow_txn(&self.core, &who, &t)?;
         // A txn that cannot write is a read: read-index, then evaluate it locally, with no
         // log entry (as etcd does). Only a txn that can put is refused under NOSPACE.
-        let applied = if berth_store::apply::txn_is_read_only(&t) {
-            self.core.consensus.read_index().await?;
-            Applied::Txn(self.core.store.txn_read(t).map_err(store_status)?)
+        let applied = if read_only {
+            let resp = self.core.store.txn_read(t).map_err(store_status)?;
+            self.core.auth.still_current(&who)?;
+            Applied::Txn(resp)
         } else if berth_store::apply::txn_puts(&t) {
-            self.propose_growing(Command::Txn(t)).await?
+            self.propose_growing(&who, Command::Txn(t)).await?
         } else {
-            self.core.consensus.propose(Command::Txn(t)).await?
+            self.propose(&who, Command::Txn(t)).await?
         };
         match applied {
             Applied::Txn(mut resp) => {
@@ -187,8 +260,10 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let who = principal(&self.core, &req)?;
+        who.admin()?;
         let c = req.into_inner();
-        match self.core.consensus.propose(Command::Compaction(c)).await? {
+        match self.propose(&who, Command::Compaction(c)).await? {
             Applied::Compaction(mut resp) => {
                 self.core.fill(&mut resp.header);
                 Ok(Response::new(resp))

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::Headers as _;
+use super::{principal, Headers as _};
 use crate::core::Core;
 use crate::face::etcd::errors::{store_status, ApiError};
 
@@ -46,9 +46,14 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let who = principal(&self.core, &req)?;
         let r = req.into_inner();
         let action = AlarmAction::try_from(r.action)
             .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
+        // Listing alarms is open (health checks read them); raising or clearing one is root's.
+        if action != AlarmAction::Get {
+            who.admin()?;
+        }
         let answer = match action {
             // After everything acknowledged is applied here, so a restarted member that has
             // not caught up yet answers what the cluster holds.
@@ -122,8 +127,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        principal(&self.core, &req)?.admin()?;
         let store = self.core.store.clone();
         tokio::task::spawn_blocking(move || store.defragment())
             .await
@@ -134,7 +140,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        principal(&self.core, &req)?.admin()?;
         let store = self.core.store.clone();
         let hash = tokio::task::spawn_blocking(move || store.hash())
             .await
@@ -150,6 +157,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        principal(&self.core, &req)?.admin()?;
         let rev = req.into_inner().revision;
         let store = self.core.store.clone();
         let (hash, compact_revision, hash_revision) =
@@ -169,15 +177,16 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        principal(&self.core, &req)?.admin()?;
         let (tx, rx) = mpsc::channel::<Result<SnapshotResponse, Status>>(4);
         let node = self.core.clone();
         let header = node.header(node.store.revision());
         tokio::task::spawn_blocking(move || {
             let estimate = node.store.stats().db_size;
             let mut sent = 0u64;
-            let result = node.store.snapshot(|chunk| {
+            let result = node.store.etcd_snapshot(|chunk| {
                 sent += chunk.len() as u64;
                 let resp = SnapshotResponse {
                     header,
@@ -211,6 +220,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        principal(&self.core, &req)?.admin()?;
         let target = req.into_inner().target_id;
         let consensus = &self.core.consensus;
         // As in etcd, the request must reach the leader (etcdctl finds it first).

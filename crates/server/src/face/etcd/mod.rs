@@ -1,5 +1,6 @@
 //! The etcd v3 face: the gRPC services etcd clients speak (KV, Watch, Lease, Cluster,
-//! Maintenance, Auth), etcd's `/version` on the HTTP listener, etcd's exact errors
+//! Maintenance, Auth), etcd's JSON gateway beside them on the client port ([`gateway`]),
+//! etcd's `/version` on the client port and the HTTP listener, etcd's exact errors
 //! ([`errors`]) and the `:authority` repair its Go clients need ([`authority`]). Handlers
 //! decode, validate with pure functions, call the core's domains, and encode; one file per
 //! service. Checked against etcdctl 3.4, the `etcd-client` crate and aetcd (tests/it).
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod errors;
+pub mod gateway;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -34,6 +36,7 @@ use tokio::sync::watch as signal;
 use tokio_stream::{Stream, StreamExt};
 
 use self::authority::AuthorityFix;
+use crate::auth::{Credential, Principal};
 use crate::core::Core;
 use crate::metrics::GrpcMetricsLayer;
 
@@ -70,6 +73,25 @@ impl Headers for Core {
     }
 }
 
+/// The credentials of an etcd request: its `token` metadata (etcd's gRPC name) or
+/// `authorization` (what etcd's JSON gateway forwards), and the client certificate's CN.
+pub fn credential<T>(req: &tonic::Request<T>) -> Credential {
+    let md = req.metadata();
+    let token = ["token", "authorization"]
+        .iter()
+        .find_map(|k| md.get(*k).and_then(|v| v.to_str().ok()))
+        .map(str::to_string);
+    Credential {
+        token,
+        cert_cn: None,
+    }
+}
+
+/// The principal an etcd request acts as (an invalid token is etcd's error).
+pub fn principal<T>(core: &Core, req: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
+    Ok(core.auth.principal(&credential(req))?)
+}
+
 /// The etcd v3 services of `core`, with etcd's request size limit.
 pub fn grpc_router(core: &Arc<Core>) -> tonic::service::Routes {
     let limit = core.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -97,11 +119,14 @@ pub fn grpc_router(core: &Arc<Core>) -> tonic::service::Routes {
     )
 }
 
-/// Serves the etcd v3 gRPC API on `incoming` until `stop` changes.
+/// Serves the etcd v3 API on `incoming` until `stop` changes: gRPC, and beside it on the same
+/// port (as etcd) the JSON gateway, `/version`, and the HTTP routes in `extra` (the node's
+/// health and metrics).
 pub async fn serve<C, S>(
     core: Arc<Core>,
     incoming: S,
     mut stop: signal::Receiver<bool>,
+    extra: axum::Router,
 ) -> anyhow::Result<()>
 where
     S: Stream<Item = std::io::Result<C>> + Send + 'static,
@@ -112,8 +137,16 @@ where
         // AuthorityFix holds client input to the limits h2 is given here.
         .max_frame_size(authority::MAX_FRAME_SIZE)
         .http2_max_header_list_size(authority::MAX_HEADER_LIST_SIZE)
+        // HTTP/1.1 for the JSON gateway; gRPC stays HTTP/2.
+        .accept_http1(true)
         .layer(GrpcMetricsLayer(core.metrics.clone()))
-        .add_routes(grpc_router(&core))
+        .add_routes(tonic::service::Routes::from(
+            grpc_router(&core)
+                .into_axum_router()
+                .merge(gateway::routes(core.clone()))
+                .merge(http_routes())
+                .merge(extra),
+        ))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.changed().await;
         })

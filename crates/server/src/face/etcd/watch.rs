@@ -20,7 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Headers as _;
+use crate::auth::Credential;
 use crate::core::Core;
+use crate::face::etcd::errors::ApiError;
+use berth_auth::Access;
 
 /// Deliveries (one per committed batch that concerns the stream, each carrying a response for
 /// every watch of the stream that wants it) buffered between the store and the sender before
@@ -69,7 +72,8 @@ enum Ctrl {
     Progress,
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchFrame, Status>> + Send>>;
+/// The frames of one watch stream.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -79,7 +83,24 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let inbound = req.into_inner();
+        // Checked at each create, against the auth state of that moment (as etcd).
+        let cred = super::credential(&req);
+        Ok(Response::new(self.open(cred, req.into_inner())))
+    }
+}
+
+/// Requests of one watch stream, from gRPC or from the JSON gateway.
+pub type Inbound = Pin<Box<dyn Stream<Item = Result<WatchRequest, Status>> + Send>>;
+
+impl WatchService {
+    /// Serves one watch stream: `inbound` requests, on behalf of `cred`, to the frames
+    /// returned (the gRPC service and the JSON gateway share this).
+    pub fn open(
+        &self,
+        cred: Credential,
+        inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + 'static,
+    ) -> WatchStream {
+        let inbound: Inbound = Box::pin(inbound);
         let (out_tx, out_rx) = mpsc::channel::<Vec<WatchFrame>>(16);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
         let sink = WatchSink::new(ev_tx);
@@ -87,6 +108,7 @@ impl Watch for WatchService {
         let state: Shared = Arc::default();
         tokio::spawn(receive(
             self.core.clone(),
+            cred,
             inbound,
             ctrl_tx,
             sink,
@@ -102,7 +124,7 @@ impl Watch for WatchService {
         ));
         let responses =
             ReceiverStream::new(out_rx).flat_map(|batch| stream::iter(batch.into_iter().map(Ok)));
-        Ok(Response::new(Box::pin(responses)))
+        Box::pin(responses)
     }
 }
 
@@ -116,24 +138,27 @@ fn cancel_all(node: &Core, state: &Shared) {
 
 async fn receive(
     node: Arc<Core>,
-    mut inbound: Streaming<WatchRequest>,
+    cred: Credential,
+    mut inbound: Inbound,
     ctrl: mpsc::Sender<Ctrl>,
     events: WatchSink,
     state: Shared,
 ) {
     loop {
-        let msg = match inbound.message().await {
-            Ok(Some(m)) => m,
+        let msg = match inbound.next().await {
+            Some(Ok(m)) => m,
             // The client closed its sending side: existing watches keep running, as in etcd.
-            Ok(None) => return,
-            Err(status) => {
+            None => return,
+            Some(Err(status)) => {
                 tracing::debug!(%status, "watch stream ended");
                 cancel_all(&node, &state);
                 return;
             }
         };
         let reply = match msg.request_union {
-            Some(RequestUnion::CreateRequest(c)) => create(&node, c, &ctrl, &events, &state).await,
+            Some(RequestUnion::CreateRequest(c)) => {
+                create(&node, &cred, c, &ctrl, &events, &state).await
+            }
             Some(RequestUnion::CancelRequest(c)) => {
                 let entry = lock(&state).watches.remove(&c.watch_id);
                 entry.map(|e| {
@@ -164,6 +189,7 @@ async fn receive(
 /// always reaches the client ahead of the watch's first event.
 async fn create(
     node: &Core,
+    cred: &Credential,
     c: WatchCreateRequest,
     ctrl: &mpsc::Sender<Ctrl>,
     events: &WatchSink,
@@ -188,6 +214,14 @@ async fn create(
     };
     if matches!(&span, KeySpan::Range(s, e) if e <= s) {
         return refuse(-1, "mvcc: watcher range is empty");
+    }
+    let allowed = node
+        .auth
+        .principal(cred)
+        .and_then(|p| p.check(Keyspace::User, Access::Read, &key, &c.range_end));
+    if let Err(e) = allowed {
+        tracing::debug!(error = %e, "watch refused");
+        return refuse(c.watch_id, &ApiError::from(e).to_string());
     }
     let id = {
         let mut st = lock(state);
