@@ -234,3 +234,69 @@ impl ServerCertVerifier for SkipVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::crypto::ring::cipher_suite as cs;
+    use rustls::SupportedCipherSuite;
+
+    /// Whether a client limited to `versions` and `suite` completes a handshake with a
+    /// self-signed server made from `server`.
+    async fn handshake(
+        server: TlsSettings,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suite: SupportedCipherSuite,
+    ) -> bool {
+        let server = server.server_config(&[ALPN_H2], "test").expect("server");
+        let client_provider = Arc::new(CryptoProvider {
+            cipher_suites: vec![suite],
+            ..provider()
+        });
+        let mut client = ClientConfig::builder_with_provider(client_provider.clone())
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SkipVerify(client_provider)))
+            .with_no_client_auth();
+        client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let accept = tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(b);
+        let name = ServerName::try_from("localhost").expect("name");
+        let connect = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, a);
+        let (s, c) = tokio::join!(accept, connect);
+        s.is_ok() && c.is_ok()
+    }
+
+    fn auto(suites: &str, min: TlsVersion) -> TlsSettings {
+        TlsSettings {
+            auto_tls: true,
+            hosts: vec!["localhost".into()],
+            cipher_suites: suites.into(),
+            min_version: min,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn cipher_suites_limit_tls12_and_min_version_refuses_older_clients() {
+        let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+        let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+        // The self-signed certificate is ECDSA: ECDSA suites.
+        let only_128 = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256";
+        let ok = cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256;
+        let other = cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384;
+        assert!(handshake(auto(only_128, TlsVersion::Tls12), tls12, ok).await);
+        assert!(!handshake(auto(only_128, TlsVersion::Tls12), tls12, other).await);
+        // TLS 1.3 suites stay on whatever the list says, as in Go.
+        let v13 = cs::TLS13_AES_256_GCM_SHA384;
+        assert!(handshake(auto(only_128, TlsVersion::Tls12), tls13, v13).await);
+        // --tls-min-version TLS1.3 refuses a TLS 1.2 client.
+        assert!(!handshake(auto("", TlsVersion::Tls13), tls12, ok).await);
+        assert!(handshake(auto("", TlsVersion::Tls13), tls13, v13).await);
+        let e = auto(only_128, TlsVersion::Tls13)
+            .server_config(&[ALPN_H2], "test")
+            .expect_err("suites with TLS1.3");
+        assert!(e.to_string().contains("--cipher-suites"), "{e}");
+    }
+}
