@@ -1,5 +1,6 @@
 //! Connections for client commands: normalises `--endpoints`, dials them in order within
-//! `--dial-timeout`, bounds each request by `--command-timeout` and turns gRPC errors into text.
+//! `--dial-timeout` (`https://` ones over TLS with `--cacert`/`--cert`/`--key`), bounds each
+//! request by `--command-timeout` and turns gRPC errors into text.
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,6 +25,10 @@ pub struct Conn {
     endpoints: Vec<String>,
     dial_timeout: Duration,
     command_timeout: Duration,
+    /// Dials plain or TLS by the URL's scheme.
+    connector: berth_net::tls::Connector,
+    /// TLS flags were given: endpoints without a scheme use TLS.
+    tls: bool,
 }
 
 impl Conn {
@@ -48,7 +53,22 @@ impl Conn {
             endpoints,
             dial_timeout,
             command_timeout,
+            connector: berth_net::tls::Connector::default(),
+            tls: false,
         })
+    }
+
+    /// Uses TLS settings (`--cacert`, `--cert`, `--key`): for `https://` endpoints, and for
+    /// endpoints without a scheme. Files are read now, so a bad one fails before dialing.
+    pub fn with_tls(mut self, tls: Option<berth_net::tls::TlsSettings>) -> Result<Self> {
+        if let Some(settings) = tls {
+            let config = settings
+                .client_config("--cacert (or --insecure-skip-tls-verify)")
+                .map_err(|e| anyhow!("{e}"))?;
+            self.connector = berth_net::tls::Connector::new(Some(std::sync::Arc::new(config)));
+            self.tls = true;
+        }
+        Ok(self)
     }
 
     /// The endpoints as the user wrote them.
@@ -75,11 +95,14 @@ impl Conn {
 
     /// Dials exactly one endpoint (commands that report per endpoint use this).
     pub async fn channel_to(&self, ep: &str) -> Result<Channel> {
-        let uri = endpoint_uri(ep)?;
+        let mut uri = endpoint_uri(ep)?;
+        if self.tls && !ep.contains("://") {
+            uri = uri.replacen("http://", "https://", 1);
+        }
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| anyhow!("invalid endpoint {ep:?}: {e}"))?
             .connect_timeout(self.dial_timeout);
-        let connect = endpoint.connect_with_connector(berth_net::TcpConnector);
+        let connect = endpoint.connect_with_connector(self.connector.clone());
         match tokio::time::timeout(self.dial_timeout, connect).await {
             Ok(Ok(ch)) => Ok(ch),
             Ok(Err(e)) => Err(anyhow!("failed to connect to {ep}: {}", error_chain(&e))),
@@ -156,11 +179,14 @@ pub fn endpoint_uri(ep: &str) -> Result<String> {
         }
         return Ok(ep.to_string());
     }
-    if ep.starts_with("https://") {
-        bail!("endpoint {ep}: TLS endpoints are not supported yet");
+    if let Some(rest) = ep.strip_prefix("https://") {
+        if rest.is_empty() {
+            bail!("invalid endpoint {ep:?}");
+        }
+        return Ok(ep.to_string());
     }
     if ep.contains("://") {
-        bail!("endpoint {ep}: only http:// endpoints are supported");
+        bail!("endpoint {ep}: only http:// and https:// endpoints are supported");
     }
     if ep.is_empty() {
         bail!("empty endpoint");
@@ -188,10 +214,20 @@ impl std::error::Error for Rpc {}
 
 /// Wraps a gRPC status as an [`Rpc`] error.
 pub fn status_error(status: &tonic::Status) -> anyhow::Error {
-    let message = match status.message() {
+    let mut message = match status.message() {
         "" => status.code().description().to_string(),
         m => m.to_string(),
     };
+    // A local transport failure ("transport error") says why in its sources, e.g. that a
+    // TLS server refused the client certificate.
+    if let Some(source) = std::error::Error::source(status) {
+        let chain = error_chain(source);
+        message = if chain.starts_with(&message) {
+            chain
+        } else {
+            format!("{message}: {chain}")
+        };
+    }
     anyhow::Error::new(Rpc {
         code: status.code(),
         message,
@@ -227,7 +263,10 @@ mod tests {
             endpoint_uri("http://127.0.0.1:2379/").ok().as_deref(),
             Some("http://127.0.0.1:2379")
         );
-        assert!(endpoint_uri("https://127.0.0.1:2379").is_err());
+        assert_eq!(
+            endpoint_uri("https://127.0.0.1:2379").expect("https"),
+            "https://127.0.0.1:2379"
+        );
         assert!(endpoint_uri("unix://x").is_err());
         assert!(endpoint_uri("").is_err());
     }

@@ -61,6 +61,41 @@ pub struct GlobalOpts {
     /// Timeout for one short request, dialing excluded (e.g. `5s`).
     #[arg(long, global = true, env = "BERTH_COMMAND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub command_timeout: Duration,
+    /// Verify TLS servers with this CA bundle (PEM).
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        env = "BERTH_CACERT"
+    )]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Present this client certificate (PEM) to TLS servers.
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "BERTH_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `--cert`.
+    #[arg(long = "key", id = "tls_key", global = true, env = "BERTH_KEY")]
+    pub key: Option<std::path::PathBuf>,
+    /// Accept any TLS server certificate (no verification; for testing only).
+    #[arg(long, global = true, env = "BERTH_INSECURE_SKIP_TLS_VERIFY")]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl GlobalOpts {
+    /// The TLS settings the flags give, if any: `https://` endpoints use them, and so do
+    /// endpoints written without a scheme when any is given.
+    fn tls(&self) -> Option<berth_net::tls::TlsSettings> {
+        let any = self.cacert.is_some()
+            || self.cert.is_some()
+            || self.key.is_some()
+            || self.insecure_skip_tls_verify;
+        any.then(|| berth_net::tls::TlsSettings {
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+            trusted_ca_file: self.cacert.clone(),
+            insecure_skip_verify: self.insecure_skip_tls_verify,
+            ..Default::default()
+        })
+    }
 }
 
 /// Client commands, flattened next to `berth server`.
@@ -104,12 +139,14 @@ pub struct Ctx {
 /// Runs one client command to completion on its own runtime (single-threaded, except for
 /// `bench`).
 pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
+    let tls = global.tls();
     let mut ctx = Ctx {
         conn: Conn::new(
             global.endpoints,
             global.dial_timeout,
             global.command_timeout,
-        )?,
+        )?
+        .with_tls(tls)?,
         out: Printer::new(global.write_out, std::io::stdout()),
     };
     // Restore is offline: it must work with no server and needs no runtime.

@@ -49,6 +49,43 @@ fn answers(addr: &str) -> bool {
     .unwrap_or(false)
 }
 
+/// True when the etcd API at `addr` answers a Status call over TLS with `tls` (a client's
+/// settings): readiness of servers whose client URL is `https://`.
+fn answers_tls(addr: &str, tls: &berth_net::tls::TlsSettings) -> bool {
+    let Ok(config) = tls.client_config("test client") else {
+        return false;
+    };
+    let connector = berth_net::tls::Connector::new(Some(std::sync::Arc::new(config)));
+    let uri = format!("https://{addr}");
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return false;
+        };
+        rt.block_on(async move {
+            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(uri) else {
+                return false;
+            };
+            let Ok(channel) = endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .connect_with_connector(connector)
+                .await
+            else {
+                return false;
+            };
+            let mut c =
+                berth_proto::etcdserverpb::maintenance_client::MaintenanceClient::new(channel);
+            c.status(berth_proto::etcdserverpb::StatusRequest {})
+                .await
+                .is_ok()
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 /// One running berth server.
 pub struct Server {
     child: Option<Child>,
@@ -62,6 +99,8 @@ pub struct Server {
     extra: Vec<String>,
     /// Network namespace to run in (`ip netns exec`), for partition tests.
     netns: Option<String>,
+    /// The client URL is `https://`; how the harness reaches it (CA, client certificate).
+    tls: Option<berth_net::tls::TlsSettings>,
 }
 
 impl Server {
@@ -76,6 +115,7 @@ impl Server {
             peer_url,
             extra,
             netns: None,
+            tls: None,
         }
     }
 
@@ -93,6 +133,21 @@ impl Server {
             extra.iter().map(|s| s.to_string()).collect(),
         );
         s._tmp = Some(tmp);
+        s.spawn();
+        s
+    }
+
+    /// Starts a server whose client URL is `https://` (the flags give its certificate) and
+    /// waits until it answers over TLS with `client` (the harness's CA and certificate).
+    pub fn start_tls(extra: &[&str], client: berth_net::tls::TlsSettings) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = Self::on_loopback(
+            tmp.path().join("data"),
+            format!("http://127.0.0.1:{}", free_port()),
+            extra.iter().map(|s| s.to_string()).collect(),
+        );
+        s._tmp = Some(tmp);
+        s.tls = Some(client);
         s.spawn();
         s
     }
@@ -129,9 +184,12 @@ impl Server {
         &self.peer_url
     }
 
-    /// `http://` URL of the etcd API, as etcdctl takes it.
+    /// `http://` (`https://` for a TLS server) URL of the etcd API, as etcdctl takes it.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_addr)
+        match self.tls {
+            Some(_) => format!("https://{}", self.client_addr),
+            None => format!("http://{}", self.client_addr),
+        }
     }
 
     fn spawn(&mut self) {
@@ -232,8 +290,18 @@ impl Server {
             .arg(self.endpoint())
             .arg("--listen-peer-urls")
             .arg(&peer)
-            .arg("--listen-http-urls")
-            .arg(format!("http://{}", self.http_addr))
+            .args(
+                // A test that gives its own HTTP URL (e.g. https://) keeps it.
+                (!self.extra.iter().any(|a| a == "--listen-http-urls"))
+                    .then(|| {
+                        [
+                            "--listen-http-urls".to_string(),
+                            format!("http://{}", self.http_addr),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--log-level")
             .arg(std::env::var("BERTH_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into()))
             .args(&self.extra);
@@ -249,7 +317,11 @@ impl Server {
                     panic!("berth exited during startup: {status}");
                 }
             }
-            if answers(&self.client_addr) {
+            let ready = match &self.tls {
+                Some(tls) => answers_tls(&self.client_addr, tls),
+                None => answers(&self.client_addr),
+            };
+            if ready {
                 return;
             }
             assert!(
@@ -621,6 +693,7 @@ impl NetCluster {
                 http_addr: format!("{}:8500", client_net(i)),
                 peer_url: format!("http://{}:2380", peer_net(i)),
                 netns: Some(format!("{prefix}n{i}")),
+                tls: None,
                 extra: member_flags(&format!("m{i}"), &initial, &[]),
             })
             .collect();

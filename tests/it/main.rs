@@ -21,4 +21,5 @@ mod python;
 mod server;
 mod sim;
 mod snapshot;
+mod tls;
 mod watch;

@@ -1,6 +1,7 @@
 //! What a replica needs from the world outside openraft: how it dials its peers and where its
-//! blocking storage work runs. Production dials TCP and uses tokio's blocking threads; the
-//! deterministic simulation dials its simulated network and runs storage work inline.
+//! blocking storage work runs. Production dials TCP (`https://` peers over TLS, see
+//! [`TlsDialer`]) and uses tokio's blocking threads; the deterministic simulation dials its
+//! simulated network and runs storage work inline.
 
 use std::fmt;
 use std::io;
@@ -21,6 +22,17 @@ pub struct TcpDialer;
 impl Dialer for TcpDialer {
     fn channel(&self, endpoint: Endpoint) -> Channel {
         endpoint.connect_with_connector_lazy(berth_net::TcpConnector)
+    }
+}
+
+/// Dials `http://` peers over TCP and `https://` peers over TLS (the peer certificate as
+/// client certificate, the server verified against the peer CA), writes coalesced.
+#[derive(Debug, Clone)]
+pub struct TlsDialer(pub berth_net::tls::Connector);
+
+impl Dialer for TlsDialer {
+    fn channel(&self, endpoint: Endpoint) -> Channel {
+        endpoint.connect_with_connector_lazy(self.0.clone())
     }
 }
 

@@ -46,7 +46,7 @@ pub mod wire;
 mod write_batch;
 
 pub use batch_counts::BatchCounts;
-pub use env::{Dialer, Environment, StorageIo, TcpDialer, Transport};
+pub use env::{Dialer, Environment, StorageIo, TcpDialer, TlsDialer, Transport};
 pub use group::{ApplyError, GroupId, GroupState, GroupView};
 pub use network::PeerChannel;
 pub use peer::PeerRouter;

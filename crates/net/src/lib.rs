@@ -6,10 +6,13 @@
 //!   errors, bounding how long a new connection may stay silent.
 //! - [`coalesce`]: buffers a connection's writes and flushes them after one yield.
 //! - [`connect`]: dials TCP for tonic channels (no Nagle delay, writes coalesced).
+//! - [`tls`]: TLS (rustls, ring) for listeners and connectors: certificates from files,
+//!   re-read on change, client certificate checks, etcd's cipher suite and version flags.
 
 pub mod coalesce;
 pub mod connect;
 pub mod listen;
+pub mod tls;
 
 pub use coalesce::CoalescedWrites;
 pub use connect::TcpConnector;

@@ -107,6 +107,46 @@ pub struct ServerArgs {
     /// Log filter, e.g. `info` or `berth_server=debug`.
     #[arg(long, env = "BERTH_LOG_LEVEL")]
     pub log_level: Option<String>,
+    // --- TLS (etcd's flags; see crate::tls) ---
+    /// Certificate (PEM) of the client-side listeners (etcd API, HTTP); re-read on change.
+    #[arg(long, env = "BERTH_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `--cert-file`.
+    #[arg(long, env = "BERTH_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates must be signed by; giving it requires them.
+    #[arg(long, env = "BERTH_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates signed by `--trusted-ca-file`.
+    #[arg(long, env = "BERTH_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    /// Serve https:// client URLs with a generated self-signed certificate.
+    #[arg(long, env = "BERTH_AUTO_TLS", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub auto_tls: Option<bool>,
+    /// Certificate (PEM) of the peer listener, also presented to peers as client
+    /// certificate; re-read on change.
+    #[arg(long, env = "BERTH_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `--peer-cert-file`.
+    #[arg(long, env = "BERTH_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that verifies peers (their server and client certificates).
+    #[arg(long, env = "BERTH_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peers to present client certificates signed by `--peer-trusted-ca-file`.
+    #[arg(long, env = "BERTH_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<bool>,
+    /// Use generated self-signed certificates between peers (verifying none).
+    #[arg(long, env = "BERTH_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub peer_auto_tls: Option<bool>,
+    /// TLS 1.2 cipher suites allowed, Go's names comma-separated (e.g.
+    /// TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256); default: all berth supports.
+    #[arg(long, env = "BERTH_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
+    /// Lowest TLS version accepted: TLS1.2 (default) or TLS1.3.
+    #[arg(long, env = "BERTH_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+    // --- end of TLS ---
 }
 
 impl ServerArgs {
@@ -150,6 +190,19 @@ impl ServerArgs {
             handshake_timeout: self.handshake_timeout.or(lower.handshake_timeout),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
+            // TLS
+            cert_file: self.cert_file.or(lower.cert_file),
+            key_file: self.key_file.or(lower.key_file),
+            trusted_ca_file: self.trusted_ca_file.or(lower.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth.or(lower.client_cert_auth),
+            auto_tls: self.auto_tls.or(lower.auto_tls),
+            peer_cert_file: self.peer_cert_file.or(lower.peer_cert_file),
+            peer_key_file: self.peer_key_file.or(lower.peer_key_file),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.or(lower.peer_trusted_ca_file),
+            peer_client_cert_auth: self.peer_client_cert_auth.or(lower.peer_client_cert_auth),
+            peer_auto_tls: self.peer_auto_tls.or(lower.peer_auto_tls),
+            cipher_suites: self.cipher_suites.or(lower.cipher_suites),
+            tls_min_version: self.tls_min_version.or(lower.tls_min_version),
         }
     }
 }
@@ -220,6 +273,8 @@ pub struct Config {
     pub log_json: bool,
     /// Log filter directive.
     pub log_level: String,
+    /// TLS of the client side, of the peer side, and which listeners serve https.
+    pub tls: crate::tls::TlsConfig,
 }
 
 fn split_urls(s: &str) -> Vec<String> {
@@ -230,12 +285,12 @@ fn split_urls(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// Resolves `http://host:port` (or `host:port`) to socket addresses.
+/// Resolves `http://host:port`, `https://host:port` (or `host:port`) to socket addresses.
 pub fn url_to_addr(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
+    let rest = if let Some(r) = url.strip_prefix("http://").or(url.strip_prefix("https://")) {
         r
-    } else if url.starts_with("https://") || url.starts_with("unix://") {
-        bail!("{url}: only http:// URLs are supported so far (TLS comes later)")
+    } else if url.contains("://") {
+        bail!("{url}: only http:// and https:// URLs are supported")
     } else {
         url
     };
@@ -278,6 +333,8 @@ impl Config {
             None => ServerArgs::default(),
         };
         let s = args.or(file);
+        // The TLS flags are read from a copy: the fields below are moved out of `s`.
+        let tls_args = s.clone();
         let name = s.name.unwrap_or_else(|| "default".into());
         let listen_client_urls = s
             .listen_client_urls
@@ -297,6 +354,16 @@ impl Config {
                 split_urls(&advertise_peer).join(&format!(",{name}="))
             )
         });
+        let listen_http_urls = tls_args
+            .listen_http_urls
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:8500".into());
+        let tls = crate::tls::TlsConfig::resolve(
+            &tls_args,
+            &split_urls(&listen_client_urls),
+            &split_urls(&listen_peer_urls),
+            &split_urls(&listen_http_urls),
+        )?;
         let state = match s.initial_cluster_state.as_deref().unwrap_or("new") {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
@@ -370,6 +437,7 @@ impl Config {
             Duration::from_secs(10),
         )?;
         Ok(Config {
+            tls,
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
             listen_client: addrs(&listen_client_urls).context("--listen-client-urls")?,
             advertise_client_urls: split_urls(&advertise_client),
@@ -380,11 +448,7 @@ impl Config {
             initial_cluster_token: s
                 .initial_cluster_token
                 .unwrap_or_else(|| "berth-cluster".into()),
-            listen_http: addrs(
-                &s.listen_http_urls
-                    .unwrap_or_else(|| "http://127.0.0.1:8500".into()),
-            )
-            .context("--listen-http-urls")?,
+            listen_http: addrs(&listen_http_urls).context("--listen-http-urls")?,
             max_request_bytes,
             max_txn_ops: s.max_txn_ops.unwrap_or(128).max(1),
             // etcd's default quota: 2 GiB.
@@ -451,17 +515,14 @@ fn check_url(flag: &str, url: &str) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("{flag}: {url:?} is not a URL"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            bail!("{flag}: {url}: only http:// URLs are supported so far (TLS comes later)")
-        }
-        _ => bail!("{flag}: {url:?} must start with http://"),
+        Some("http") | Some("https") => {}
+        _ => bail!("{flag}: {url:?} must start with http:// or https://"),
     }
     let authority = uri
         .authority()
         .with_context(|| format!("{flag}: {url:?} names no host"))?;
     if authority.host().is_empty() || authority.port_u16().is_none() {
-        bail!("{flag}: {url:?} must name a host and a port (http://host:port)");
+        bail!("{flag}: {url:?} must name a host and a port (http[s]://host:port)");
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         bail!("{flag}: {url:?} must not have a path");
@@ -545,7 +606,7 @@ mod tests {
             ..Default::default()
         }));
         assert!(bad(ServerArgs {
-            listen_client_urls: Some("https://127.0.0.1:1".into()),
+            listen_client_urls: Some("unix://127.0.0.1:1".into()),
             ..Default::default()
         }));
         assert!(bad(ServerArgs {
@@ -567,7 +628,7 @@ mod tests {
             initial_advertise_peer_urls: Some("ftp://127.0.0.1:2380".into()),
             ..Default::default()
         });
-        assert!(msg.contains("http://"), "{msg}");
+        assert!(msg.contains("https://"), "{msg}");
         let msg = err(ServerArgs {
             name: Some("m1".into()),
             initial_cluster: Some("m2=http://127.0.0.1:2380".into()),

@@ -14,6 +14,8 @@
 //! - [`metrics`]: Prometheus metrics and the gRPC metrics layer.
 //! - [`space`]: the quota, the disk's reserve and the NOSPACE alarm.
 //! - [`http`]: berth's own HTTP endpoints: `/metrics`, `/health`, `/livez`.
+//! - [`tls`]: TLS of the listeners and peer connections (etcd's flags), and
+//!   [`tls::client_common_name`] for request handlers.
 //! - [`listen`]: the listeners' settings (keepalive, handshake bound) and axum's adapter.
 //! - [`node`]: the one wiring point: opens the core, binds listeners, `serve_on` runs every
 //!   face and background task, and shuts down in order.
@@ -32,6 +34,7 @@ pub mod meta_group;
 pub mod metrics;
 pub mod node;
 pub mod space;
+pub mod tls;
 
 use tracing_subscriber::EnvFilter;
 

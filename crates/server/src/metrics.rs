@@ -65,6 +65,7 @@ pub struct Metrics {
     raft_leader_changes: Gauge,
     raft_snapshots_built: Gauge,
     raft_snapshots_installed: Gauge,
+    tls_handshake_failures: Gauge,
     read_rounds: Family<ReadPathLabels, Gauge>,
     reads_answered: Family<ReadPathLabels, Gauge>,
     write_calls: Gauge,
@@ -133,6 +134,7 @@ impl Metrics {
             raft_leader_changes: Gauge::default(),
             raft_snapshots_built: Gauge::default(),
             raft_snapshots_installed: Gauge::default(),
+            tls_handshake_failures: Gauge::default(),
             read_rounds: Family::default(),
             reads_answered: Family::default(),
             write_calls: Gauge::default(),
@@ -190,7 +192,7 @@ impl Metrics {
             "Size of the database file",
             m.db_size.clone(),
         );
-        let raft: [(&str, &str, &Gauge); 10] = [
+        let raft: [(&str, &str, &Gauge); 11] = [
             ("berth_raft_term", "Current Raft term", &m.raft_term),
             (
                 "berth_raft_is_leader",
@@ -226,6 +228,11 @@ impl Metrics {
                 "berth_raft_snapshots_installed",
                 "Snapshots installed from a leader since start",
                 &m.raft_snapshots_installed,
+            ),
+            (
+                "berth_tls_handshake_failures",
+                "TLS handshakes on this member's listeners that failed or timed out since start",
+                &m.tls_handshake_failures,
             ),
             (
                 "berth_raft_write_calls",
@@ -297,6 +304,8 @@ impl Metrics {
         self.raft_snapshots_built.set(raft.snapshots_built as i64);
         self.raft_snapshots_installed
             .set(raft.snapshots_installed as i64);
+        self.tls_handshake_failures
+            .set(berth_net::tls::handshake_failures() as i64);
         self.write_calls.set(sharing.proposed_writes.rounds as i64);
         self.writes_proposed
             .set(sharing.proposed_writes.items as i64);

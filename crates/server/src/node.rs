@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_consensus::Environment;
+use berth_consensus::{Environment, TlsDialer, Transport};
+use berth_net::tls::{tls_incoming, ServerConn};
 use berth_net::{CoalescedWrites, FirstBytes};
 use berth_store::{LeaseLimits, Store, StoreOptions};
 use futures::{Stream, StreamExt};
@@ -34,7 +35,12 @@ const SPACE_TICK: Duration = Duration::from_millis(500);
 
 /// Opens the store and builds the core.
 pub async fn open(cfg: &Config) -> anyhow::Result<Arc<Core>> {
-    open_in(cfg, Environment::default()).await
+    // Peers are dialed in plain TCP, or over TLS for https:// peer URLs.
+    let env = Environment {
+        transport: Transport::new(TlsDialer(cfg.tls.peer_connector()?)),
+        ..Environment::default()
+    };
+    open_in(cfg, env).await
 }
 
 /// [`open`] in an environment of the caller's (the simulation's network and inline storage).
@@ -50,7 +56,10 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
             .flat_map(|(_, urls)| urls.iter().cloned())
             .filter(|u| !member.peer_urls.contains(u))
             .collect();
-        match berth_consensus::fetch_cluster_id(&peers, Duration::from_secs(10)).await {
+        let found =
+            berth_consensus::fetch_cluster_id(&peers, &env.transport, Duration::from_secs(10))
+                .await;
+        match found {
             Some(id) => member.adopt_cluster(cfg, id)?,
             None => anyhow::bail!(
                 "joining an existing cluster: no member in --initial-cluster answered"
@@ -115,25 +124,52 @@ pub struct Listeners<C> {
     pub http: Vec<Accepted<C>>,
 }
 
-impl Listeners<FirstBytes<TcpStream>> {
+impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
     /// Binds the TCP listeners `cfg` asks for (backlog, accept backoff, handshake deadline
-    /// and keepalive as [`crate::listen::bind`] sets them).
+    /// and keepalive as [`crate::listen::bind`] sets them); `https://` ones shake hands in
+    /// TLS first (see [`crate::tls`]). Certificate files are read here: a bad one is a
+    /// start-up error naming it.
     pub fn bind(cfg: &Config) -> anyhow::Result<Self> {
-        let bind = |addrs: &[std::net::SocketAddr], what: &str, serving: &str| {
+        type Tls = fn(&crate::tls::TlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig>>;
+        let bind = |addrs: &[std::net::SocketAddr], what: &str, serving: &str, tls: Tls| {
             addrs
                 .iter()
                 .map(|addr| {
                     let listener = crate::listen::bind(*addr, cfg)
                         .with_context(|| format!("binding the {what} listener {addr}"))?;
-                    tracing::info!(address = %listener.local_addr()?, "serving {serving}");
-                    Ok(Box::pin(listener) as Accepted<_>)
+                    let local = listener.local_addr()?;
+                    if cfg.tls.is_https(addr) {
+                        let config = tls(&cfg.tls)?;
+                        tracing::info!(address = %local, "serving {serving} over TLS");
+                        let conns = tls_incoming(listener, config, cfg.handshake_timeout);
+                        Ok(Box::pin(conns) as Accepted<_>)
+                    } else {
+                        tracing::info!(address = %local, "serving {serving}");
+                        let conns = listener.map(|conn| conn.map(ServerConn::plain));
+                        Ok(Box::pin(conns) as Accepted<_>)
+                    }
                 })
                 .collect::<anyhow::Result<Vec<_>>>()
         };
         Ok(Listeners {
-            client: bind(&cfg.listen_client, "client", "the etcd v3 API")?,
-            peer: bind(&cfg.listen_peer, "peer", "peers")?,
-            http: bind(&cfg.listen_http, "HTTP", "HTTP (metrics, health)")?,
+            client: bind(
+                &cfg.listen_client,
+                "client",
+                "the etcd v3 API",
+                crate::tls::TlsConfig::client_listener,
+            )?,
+            peer: bind(
+                &cfg.listen_peer,
+                "peer",
+                "peers",
+                crate::tls::TlsConfig::peer_listener,
+            )?,
+            http: bind(
+                &cfg.listen_http,
+                "HTTP",
+                "HTTP (metrics, health)",
+                crate::tls::TlsConfig::http_listener,
+            )?,
         })
     }
 }

@@ -422,8 +422,13 @@ impl Replica {
 pub struct StartError(pub String);
 
 /// Asks the members at `peer_urls` for the cluster ID (what a member joining an existing
-/// cluster adopts); the first answer wins. `None` if nobody answered within `timeout`.
-pub async fn fetch_cluster_id(peer_urls: &[String], timeout: Duration) -> Option<u64> {
+/// cluster adopts), dialed by `transport`; the first answer wins. `None` if nobody answered
+/// within `timeout`.
+pub async fn fetch_cluster_id(
+    peer_urls: &[String],
+    transport: &Transport,
+    timeout: Duration,
+) -> Option<u64> {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         for url in peer_urls {
@@ -431,9 +436,7 @@ pub async fn fetch_cluster_id(peer_urls: &[String], timeout: Duration) -> Option
                 peer_urls: vec![url.clone()],
                 ..Member::default()
             };
-            let Ok(mut client) =
-                peer_client(&member, &Transport::default(), PeerStamp::anonymous())
-            else {
+            let Ok(mut client) = peer_client(&member, transport, PeerStamp::anonymous()) else {
                 continue;
             };
             let mut req = tonic::Request::new(Blob::default());
