@@ -516,3 +516,92 @@ async fn jwt_tokens_carry_the_auth_revision() {
         "{err}"
     );
 }
+
+/// With `--client-cert-auth` and auth on, a verified client certificate's CN is the user (as
+/// etcd): `no_password` users work by certificate alone, a token still wins over the CN, and
+/// without auth the CN grants nothing extra.
+#[test]
+fn client_certificate_cn_is_the_user() {
+    use crate::tls::{client, etcdctl, path, Pki};
+    let pki = Pki::new("ca");
+    let (scert, skey) = pki.issue("server", "server", false);
+    let (root_cert, root_key) = pki.issue("root", "root", false);
+    let (alice_cert, alice_key) = pki.issue("alice", "alice", false);
+    let (eve_cert, eve_key) = pki.issue("eve", "eve", false);
+    let ca = pki.ca_file();
+    let srv = Server::start_tls(
+        &[
+            "--cert-file",
+            path(&scert),
+            "--key-file",
+            path(&skey),
+            "--trusted-ca-file",
+            path(&ca),
+            "--client-cert-auth",
+            "--bcrypt-cost",
+            "4",
+        ],
+        client(&ca, Some((&root_cert, &root_key))),
+    );
+    let ep = srv.endpoint();
+    let as_cert = |cert: &std::path::Path, key: &std::path::Path| {
+        vec![
+            "--cacert".to_string(),
+            path(&ca).to_string(),
+            "--cert".to_string(),
+            path(cert).to_string(),
+            "--key".to_string(),
+            path(key).to_string(),
+        ]
+    };
+    let root = as_cert(&root_cert, &root_key);
+    let alice = as_cert(&alice_cert, &alice_key);
+    let eve = as_cert(&eve_cert, &eve_key);
+    let run_as = |who: &Vec<String>, args: &[&str]| {
+        let tls: Vec<&str> = who.iter().map(String::as_str).collect();
+        etcdctl(&ep, &tls, args)
+    };
+    for args in [
+        &["user", "add", "root", "--no-password"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice", "--no-password"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "--prefix",
+            "readwrite",
+            "app/",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        let (ok, out, err) = run_as(&root, args);
+        assert!(ok, "{args:?}: {out}{err}");
+    }
+    let (ok, out, err) = run_as(&alice, &["put", "app/x", "1"]);
+    assert!(ok, "alice by certificate: {out}{err}");
+    let (ok, _, err) = run_as(&alice, &["put", "other", "1"]);
+    assert!(
+        !ok && err.contains("etcdserver: permission denied"),
+        "{err}"
+    );
+    let (ok, out, err) = run_as(&root, &["user", "list"]);
+    assert!(
+        ok && out.contains("alice"),
+        "root by certificate: {out}{err}"
+    );
+    // A CN that names no user is denied (as etcd: the user does not exist).
+    let (ok, _, err) = run_as(&eve, &["get", "app/x"]);
+    assert!(
+        !ok && err.contains("etcdserver: permission denied"),
+        "{err}"
+    );
+    // A no_password user cannot log in with a password.
+    let (ok, _, err) = run_as(&eve, &["--user", "alice:x", "get", "app/x"]);
+    assert!(
+        !ok && err.contains("authentication failed, invalid user ID or password"),
+        "{err}"
+    );
+}

@@ -15,7 +15,7 @@ use berth_net::tls::TlsSettings;
 use crate::harness::{berth_bin, free_port, run, Server};
 
 /// A test CA that issues certificates for 127.0.0.1 into a temporary directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     name: String,
     ca: rcgen::Certificate,
@@ -23,7 +23,7 @@ struct Pki {
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub(crate) fn new(name: &str) -> Pki {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
@@ -45,13 +45,13 @@ impl Pki {
         }
     }
 
-    fn ca_file(&self) -> PathBuf {
+    pub(crate) fn ca_file(&self) -> PathBuf {
         self.dir.path().join(format!("{}-ca.pem", self.name))
     }
 
     /// Issues a certificate for server and client use on 127.0.0.1 with subject `cn`;
     /// `expired` makes one that expired in 2001. Returns (certificate, key) files.
-    fn issue(&self, file: &str, cn: &str, expired: bool) -> (PathBuf, PathBuf) {
+    pub(crate) fn issue(&self, file: &str, cn: &str, expired: bool) -> (PathBuf, PathBuf) {
         let cert = self.dir.path().join(format!("{file}.pem"));
         let key = self.dir.path().join(format!("{file}-key.pem"));
         self.issue_into(&cert, &key, cn, expired);
@@ -81,12 +81,12 @@ impl Pki {
     }
 }
 
-fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
 /// Runs etcdctl against `ep` with TLS flags `tls` and `args`: (success, stdout, stderr).
-fn etcdctl(ep: &str, tls: &[&str], args: &[&str]) -> (bool, String, String) {
+pub(crate) fn etcdctl(ep: &str, tls: &[&str], args: &[&str]) -> (bool, String, String) {
     let mut c = Command::new("/usr/bin/etcdctl");
     c.env("ETCDCTL_API", "3")
         .arg("--endpoints")
@@ -122,7 +122,7 @@ fn etcdctl_fails(ep: &str, tls: &[&str], args: &[&str]) -> String {
 }
 
 /// The harness's TLS client settings.
-fn client(ca: &Path, cert: Option<(&Path, &Path)>) -> TlsSettings {
+pub(crate) fn client(ca: &Path, cert: Option<(&Path, &Path)>) -> TlsSettings {
     TlsSettings {
         trusted_ca_file: Some(ca.to_path_buf()),
         cert_file: cert.map(|c| c.0.to_path_buf()),

@@ -74,7 +74,9 @@ impl Headers for Core {
 }
 
 /// The credentials of an etcd request: its `token` metadata (etcd's gRPC name) or
-/// `authorization` (what etcd's JSON gateway forwards), and the client certificate's CN.
+/// `authorization` (what etcd's JSON gateway forwards), and the verified client
+/// certificate's CN (present only with client certificate auth; the JSON gateway's requests
+/// carry none, as etcd ignores the CN of gateway requests).
 pub fn credential<T>(req: &tonic::Request<T>) -> Credential {
     let md = req.metadata();
     let token = ["token", "authorization"]
@@ -83,7 +85,7 @@ pub fn credential<T>(req: &tonic::Request<T>) -> Credential {
         .map(str::to_string);
     Credential {
         token,
-        cert_cn: None,
+        cert_cn: crate::tls::client_common_name(req),
     }
 }
 
