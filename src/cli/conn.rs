@@ -5,12 +5,16 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, bail, Result};
+use berth_proto::client::{Token, Transport};
 use berth_proto::etcdserverpb::{
-    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient, MemberListRequest,
-    MemberListResponse,
+    auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    AuthenticateRequest, MemberListRequest, MemberListResponse,
 };
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest response a client accepts; etcd's own client allows up to 2 GiB.
@@ -29,6 +33,10 @@ pub struct Conn {
     connector: berth_net::tls::Connector,
     /// TLS flags were given: endpoints without a scheme use TLS.
     tls: bool,
+    /// `--user`/`--password`: logged in once, on the first connection.
+    user: Option<(String, String)>,
+    /// The token of that login, shared by every channel (a token works on every member).
+    token: Arc<tokio::sync::OnceCell<Token>>,
 }
 
 impl Conn {
@@ -55,7 +63,55 @@ impl Conn {
             command_timeout,
             connector: berth_net::tls::Connector::default(),
             tls: false,
+            user: None,
+            token: Arc::default(),
         })
+    }
+
+    /// Logs in as etcdctl's `--user name[:password]` and `--password` say: the password in
+    /// one of the two, never both.
+    pub fn with_user(mut self, user: Option<String>, password: Option<String>) -> Result<Self> {
+        let Some(user) = user else {
+            if password.is_some() {
+                bail!("--password given without --user");
+            }
+            return Ok(self);
+        };
+        let (name, pw) = match (user.split_once(':'), password) {
+            (Some(_), Some(_)) => {
+                bail!("--user {user:?}: the password is in --password, so --user must not hold one")
+            }
+            (Some((name, pw)), None) => (name.to_string(), pw.to_string()),
+            (None, Some(pw)) => (user.clone(), pw),
+            (None, None) => {
+                bail!("--user {user}: no password given (use --user {user}:PASSWORD or --password)")
+            }
+        };
+        if name.is_empty() {
+            bail!("--user: the user name is empty");
+        }
+        self.user = Some((name, pw));
+        Ok(self)
+    }
+
+    /// `ch` with the login's token on every request (logging in first if not yet done).
+    async fn authorized(&self, ch: Channel) -> Result<Transport> {
+        let token = self
+            .token
+            .get_or_try_init(|| async {
+                let Some((name, password)) = self.user.clone() else {
+                    return Ok(Token::default());
+                };
+                let resp = self
+                    .call(
+                        AuthClient::new(ch.clone())
+                            .authenticate(AuthenticateRequest { name, password }),
+                    )
+                    .await?;
+                Token::new(&resp.token).map_err(|e| anyhow!("the server sent a bad token: {e}"))
+            })
+            .await?;
+        Ok(InterceptedService::new(ch, token.clone()))
     }
 
     /// Uses TLS settings (`--cacert`, `--cert`, `--key`): for `https://` endpoints, and for
@@ -81,20 +137,27 @@ impl Conn {
         self.command_timeout
     }
 
-    /// Dials the endpoints in order and returns the first channel that connects.
-    pub async fn channel(&self) -> Result<Channel> {
+    /// Dials the endpoints in order and returns the first channel that connects (logged in
+    /// when `--user` is given).
+    pub async fn channel(&self) -> Result<Transport> {
         let mut errors = Vec::new();
         for ep in &self.endpoints {
-            match self.channel_to(ep).await {
-                Ok(ch) => return Ok(ch),
+            match self.dial(ep).await {
+                Ok(ch) => return self.authorized(ch).await,
                 Err(e) => errors.push(format!("{e:#}")),
             }
         }
         Err(anyhow!(errors.join("; ")))
     }
 
-    /// Dials exactly one endpoint (commands that report per endpoint use this).
-    pub async fn channel_to(&self, ep: &str) -> Result<Channel> {
+    /// Dials exactly one endpoint (commands that report per endpoint use this), logged in
+    /// when `--user` is given.
+    pub async fn channel_to(&self, ep: &str) -> Result<Transport> {
+        let ch = self.dial(ep).await?;
+        self.authorized(ch).await
+    }
+
+    async fn dial(&self, ep: &str) -> Result<Channel> {
         let mut uri = endpoint_uri(ep)?;
         if self.tls && !ep.contains("://") {
             uri = uri.replacen("http://", "https://", 1);
@@ -114,22 +177,22 @@ impl Conn {
     }
 
     /// A KV client on the first reachable endpoint.
-    pub async fn kv(&self) -> Result<KvClient<Channel>> {
+    pub async fn kv(&self) -> Result<KvClient<Transport>> {
         Ok(KvClient::new(self.channel().await?).max_decoding_message_size(MAX_RECV))
     }
 
     /// A Watch client on the first reachable endpoint.
-    pub async fn watch(&self) -> Result<WatchClient<Channel>> {
+    pub async fn watch(&self) -> Result<WatchClient<Transport>> {
         Ok(WatchClient::new(self.channel().await?).max_decoding_message_size(MAX_RECV))
     }
 
     /// A Lease client on the first reachable endpoint.
-    pub async fn lease(&self) -> Result<LeaseClient<Channel>> {
+    pub async fn lease(&self) -> Result<LeaseClient<Transport>> {
         Ok(LeaseClient::new(self.channel().await?).max_decoding_message_size(MAX_RECV))
     }
 
     /// A Cluster client on the first reachable endpoint.
-    pub async fn cluster(&self) -> Result<ClusterClient<Channel>> {
+    pub async fn cluster(&self) -> Result<ClusterClient<Transport>> {
         Ok(ClusterClient::new(self.channel().await?).max_decoding_message_size(MAX_RECV))
     }
 
@@ -144,12 +207,12 @@ impl Conn {
     }
 
     /// A Maintenance client on the first reachable endpoint.
-    pub async fn maintenance(&self) -> Result<MaintenanceClient<Channel>> {
+    pub async fn maintenance(&self) -> Result<MaintenanceClient<Transport>> {
         Ok(maintenance(self.channel().await?))
     }
 
     /// A Maintenance client on one given endpoint.
-    pub async fn maintenance_to(&self, ep: &str) -> Result<MaintenanceClient<Channel>> {
+    pub async fn maintenance_to(&self, ep: &str) -> Result<MaintenanceClient<Transport>> {
         Ok(maintenance(self.channel_to(ep).await?))
     }
 
@@ -166,7 +229,7 @@ impl Conn {
     }
 }
 
-fn maintenance(ch: Channel) -> MaintenanceClient<Channel> {
+fn maintenance(ch: Transport) -> MaintenanceClient<Transport> {
     MaintenanceClient::new(ch).max_decoding_message_size(MAX_RECV)
 }
 

@@ -78,6 +78,12 @@ pub struct GlobalOpts {
     /// Accept any TLS server certificate (no verification; for testing only).
     #[arg(long, global = true, env = "BERTH_INSECURE_SKIP_TLS_VERIFY")]
     pub insecure_skip_tls_verify: bool,
+    /// Log in as `name:password` (or `name` with `--password`), as etcdctl's `--user`.
+    #[arg(long, global = true, env = "BERTH_USER")]
+    pub user: Option<String>,
+    /// The password of `--user`.
+    #[arg(long, global = true, env = "BERTH_PASSWORD")]
+    pub password: Option<String>,
 }
 
 impl GlobalOpts {
@@ -146,7 +152,8 @@ pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
             global.dial_timeout,
             global.command_timeout,
         )?
-        .with_tls(tls)?,
+        .with_tls(tls)?
+        .with_user(global.user, global.password)?,
         out: Printer::new(global.write_out, std::io::stdout()),
     };
     // Restore is offline: it must work with no server and needs no runtime.

@@ -605,3 +605,78 @@ fn client_certificate_cn_is_the_user() {
         "{err}"
     );
 }
+
+/// The berth CLI and `berth bench` log in with etcdctl's `--user`/`--password`; wrong or
+/// contradictory credentials are clear errors.
+#[tokio::test]
+async fn the_cli_and_bench_log_in_with_user_and_password() {
+    let srv = Server::start_with(&["--bcrypt-cost", "4"]);
+    let mut c = srv.client().await;
+    setup(&mut c).await;
+    let berth = |args: &[&str]| {
+        run(Command::new(crate::harness::berth_bin())
+            .args(["--endpoints", &srv.endpoint()])
+            .args(args))
+    };
+    let (ok, out, err) = berth(&["--user", "alice:apw", "kv", "put", "app/cli", "1"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = berth(&[
+        "--user",
+        "alice",
+        "--password",
+        "apw",
+        "kv",
+        "get",
+        "app/cli",
+    ]);
+    assert!(ok && out == "app/cli\n1\n", "{out}{err}");
+    let (ok, _, err) = berth(&["--user", "alice:apw", "kv", "put", "other", "1"]);
+    assert!(
+        !ok && err.contains("etcdserver: permission denied"),
+        "{err}"
+    );
+    let (ok, _, err) = berth(&["--user", "alice:bad", "kv", "get", "app/cli"]);
+    assert!(
+        !ok && err.contains("etcdserver: authentication failed, invalid user ID or password"),
+        "{err}"
+    );
+    let (ok, _, err) = berth(&["kv", "get", "app/cli"]);
+    assert!(
+        !ok && err.contains("etcdserver: user name is empty"),
+        "{err}"
+    );
+    let (ok, _, err) = berth(&["--user", "alice:apw", "--password", "x", "kv", "get", "a"]);
+    assert!(!ok && err.contains("--password"), "{err}");
+    let (ok, _, err) = berth(&["--user", "alice", "kv", "get", "a"]);
+    assert!(!ok && err.contains("no password given"), "{err}");
+    let (ok, out, err) = berth(&[
+        "--user",
+        "root:rootpw",
+        "bench",
+        "put",
+        "--total",
+        "200",
+        "--clients",
+        "4",
+        "--conns",
+        "2",
+        "--key-prefix",
+        "app/bench/",
+    ]);
+    assert!(ok, "bench as root: {out}{err}");
+    let (ok, out, err) = berth(&[
+        "--user",
+        "alice:apw",
+        "bench",
+        "range",
+        "--total",
+        "200",
+        "--clients",
+        "4",
+        "--conns",
+        "2",
+        "--key-prefix",
+        "app/bench/",
+    ]);
+    assert!(ok, "bench as alice inside her prefix: {out}{err}");
+}

@@ -22,7 +22,7 @@ pub mod pace;
 pub mod report;
 pub mod workload;
 
-use tonic::transport::Channel;
+use berth_proto::client::Transport;
 
 pub use config::{Config, Consistency, Stop, Workload};
 pub use keys::KeyOrder;
@@ -66,7 +66,7 @@ impl BenchError {
 }
 
 /// Runs one benchmark over already-dialed connections (client `i` uses `channels[i % len]`).
-pub async fn run(cfg: Config, channels: Vec<Channel>) -> Result<Report, BenchError> {
+pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchError> {
     cfg.validate()?;
     if channels.is_empty() {
         return Err(BenchError::Config("no connections".into()));

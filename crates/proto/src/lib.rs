@@ -69,6 +69,39 @@ pub mod etcd_watch {
 
 pub mod watch_frame;
 
+/// The client side of etcd's auth: every request carries the `token` metadata that an
+/// `Authenticate` call returned (what etcdctl's `--user` does).
+pub mod client {
+    use tonic::metadata::{errors::InvalidMetadataValue, Ascii, MetadataValue};
+
+    /// Adds a token to every request it sees (none: requests go as they are).
+    #[derive(Debug, Clone, Default)]
+    pub struct Token(Option<MetadataValue<Ascii>>);
+
+    impl Token {
+        /// A token as `Authenticate` returned it.
+        pub fn new(token: &str) -> Result<Token, InvalidMetadataValue> {
+            Ok(Token(Some(token.parse()?)))
+        }
+    }
+
+    impl tonic::service::Interceptor for Token {
+        fn call(
+            &mut self,
+            mut req: tonic::Request<()>,
+        ) -> Result<tonic::Request<()>, tonic::Status> {
+            if let Some(t) = &self.0 {
+                req.metadata_mut().insert("token", t.clone());
+            }
+            Ok(req)
+        }
+    }
+
+    /// A channel whose requests carry a [`Token`].
+    pub type Transport =
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Token>;
+}
+
 /// berth's own protocols.
 pub mod berth {
     /// Replication: the peer service, over opaque entries (`berth.raft`).

@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use berth_proto::client::Transport;
 use berth_proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     kv_client::KvClient,
     request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::conn_for;
 use crate::config::{Config, Consistency, Workload};
@@ -21,7 +21,7 @@ use crate::report::Report;
 use crate::BenchError;
 
 /// Runs `put`, `range`, `txn` or `mixed`.
-pub async fn run(cfg: &Config, channels: &[Channel]) -> Result<Report, BenchError> {
+pub async fn run(cfg: &Config, channels: &[Transport]) -> Result<Report, BenchError> {
     let space = KeySpace::new(&cfg.key_prefix, cfg.key_size, cfg.key_count)?;
     let value = keys::value(cfg.val_size);
     let mut prefill_s = None;
@@ -97,7 +97,7 @@ pub async fn run(cfg: &Config, channels: &[Channel]) -> Result<Report, BenchErro
 /// Writes every key of the keyspace once with all clients, unmeasured and unpaced.
 async fn prefill(
     cfg: &Config,
-    channels: &[Channel],
+    channels: &[Transport],
     space: &KeySpace,
     value: &[u8],
 ) -> Result<(), BenchError> {
@@ -143,7 +143,7 @@ async fn prefill(
 
 /// `put`: one put of the configured value.
 struct Put {
-    kv: KvClient<Channel>,
+    kv: KvClient<Transport>,
     keys: KeyPicker,
     value: Vec<u8>,
 }
@@ -162,7 +162,7 @@ impl Worker for Put {
 
 /// `range`: a single-key read.
 struct Range {
-    kv: KvClient<Channel>,
+    kv: KvClient<Transport>,
     keys: KeyPicker,
     serializable: bool,
 }
@@ -175,7 +175,7 @@ impl Worker for Range {
 }
 
 async fn read(
-    kv: &mut KvClient<Channel>,
+    kv: &mut KvClient<Transport>,
     key: Vec<u8>,
     serializable: bool,
 ) -> Result<i64, tonic::Status> {
@@ -194,7 +194,7 @@ async fn read(
 /// `txn`: compare-and-swap. Reads the key's mod revision (linearizable), then puts only if the
 /// mod revision is unchanged; a lost race is a `conflict`, not an error.
 struct Cas {
-    kv: KvClient<Channel>,
+    kv: KvClient<Transport>,
     keys: KeyPicker,
     value: Vec<u8>,
 }
@@ -232,7 +232,7 @@ pub fn cas_request(key: Vec<u8>, rev: i64, value: Vec<u8>) -> TxnRequest {
 
 /// `mixed`: a read with probability `read_ratio`, else a put.
 struct Mixed {
-    kv: KvClient<Channel>,
+    kv: KvClient<Transport>,
     keys: KeyPicker,
     value: Vec<u8>,
     read_ratio: f64,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use berth_proto::client::Transport;
 use berth_proto::etcdserverpb::{
     lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseRevokeRequest,
@@ -13,7 +14,6 @@ use berth_proto::etcdserverpb::{
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 use super::conn_for;
@@ -23,7 +23,7 @@ use crate::report::Report;
 use crate::BenchError;
 
 /// Runs `lease-keepalive`.
-pub async fn run(cfg: &Config, channels: &[Channel]) -> Result<Report, BenchError> {
+pub async fn run(cfg: &Config, channels: &[Transport]) -> Result<Report, BenchError> {
     let Workload::LeaseKeepalive { leases, ttl } = cfg.workload else {
         return Err(BenchError::Config("not a lease workload".into()));
     };
@@ -67,7 +67,7 @@ pub fn share(ids: &[i64], clients: usize, i: usize) -> Vec<i64> {
 /// Grants `n` leases of `ttl` seconds with all clients at once.
 async fn grant(
     cfg: &Config,
-    channels: &[Channel],
+    channels: &[Transport],
     n: u64,
     ttl: i64,
 ) -> Result<Vec<i64>, BenchError> {
@@ -118,7 +118,7 @@ async fn grant(
 }
 
 /// Revokes the leases (best effort) and returns how many revokes failed.
-async fn revoke(cfg: &Config, channels: &[Channel], ids: Vec<i64>) -> u64 {
+async fn revoke(cfg: &Config, channels: &[Transport], ids: Vec<i64>) -> u64 {
     let tasks: Vec<_> = (0..cfg.clients)
         .map(|i| {
             let mut client = LeaseClient::new(conn_for(channels, i));
@@ -146,7 +146,7 @@ async fn revoke(cfg: &Config, channels: &[Channel], ids: Vec<i64>) -> u64 {
 
 /// One client's keep-alive stream over its leases.
 struct KeepAlive {
-    client: LeaseClient<Channel>,
+    client: LeaseClient<Transport>,
     ids: Vec<i64>,
     next: usize,
     /// The open stream: its request sender and responses (reopened after a failure).

@@ -10,10 +10,10 @@ pub mod kv;
 pub mod lease;
 pub mod watch;
 
-use tonic::transport::Channel;
+use berth_proto::client::Transport;
 
 /// The connection client `i` uses: connections are shared round-robin.
-pub(crate) fn conn_for(channels: &[Channel], i: usize) -> Channel {
+pub(crate) fn conn_for(channels: &[Transport], i: usize) -> Transport {
     // `run` rejects an empty list, so the index is always in range.
     channels[i % channels.len()].clone()
 }

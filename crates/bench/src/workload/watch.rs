@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_proto::client::Transport;
 use berth_proto::etcdserverpb::{
     kv_client::KvClient, watch_client::WatchClient, watch_request::RequestUnion, PutRequest,
     WatchCreateRequest, WatchRequest, WatchResponse,
@@ -18,7 +19,6 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::conn_for;
@@ -34,7 +34,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 const MIN_SETUP: Duration = Duration::from_secs(60);
 
 /// Runs `watch`.
-pub async fn run(cfg: &Config, channels: &[Channel]) -> Result<Report, BenchError> {
+pub async fn run(cfg: &Config, channels: &[Transport]) -> Result<Report, BenchError> {
     let Workload::Watch {
         watchers,
         streams,
@@ -150,7 +150,7 @@ struct Stream {
 
 /// Opens a stream on `ch` and creates `n` watchers on `key..range_end`, waiting for each.
 async fn open_stream(
-    ch: Channel,
+    ch: Transport,
     key: Vec<u8>,
     range_end: Vec<u8>,
     n: u64,
@@ -246,7 +246,7 @@ async fn receive(
 
 /// The writer: puts values stamped with their send time.
 struct Writer {
-    kv: KvClient<Channel>,
+    kv: KvClient<Transport>,
     keys: KeyPicker,
     /// The one watched key, or `None` to write random keys under the watched prefix.
     fixed_key: Option<Vec<u8>>,
