@@ -525,6 +525,20 @@ impl Cluster {
 
     /// Starts `n` members with extra flags for each.
     pub fn start_with(n: usize, flags: &[&str]) -> Cluster {
+        Self::start_inner(n, flags, None)
+    }
+
+    /// Starts `n` members whose client URLs are `https://` (the flags give the certificate);
+    /// `client` is how the harness reaches them.
+    pub fn start_tls(n: usize, flags: &[&str], client: berth_net::tls::TlsSettings) -> Cluster {
+        Self::start_inner(n, flags, Some(client))
+    }
+
+    fn start_inner(
+        n: usize,
+        flags: &[&str],
+        client: Option<berth_net::tls::TlsSettings>,
+    ) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let peers: Vec<String> = (0..n)
             .map(|_| format!("http://127.0.0.1:{}", free_port()))
@@ -537,11 +551,13 @@ impl Cluster {
         let initial = initial.join(",");
         let mut members: Vec<Server> = (0..n)
             .map(|i| {
-                Server::on_loopback(
+                let mut m = Server::on_loopback(
                     tmp.path().join(format!("m{i}")),
                     peers[i].clone(),
                     member_flags(&format!("m{i}"), &initial, flags),
-                )
+                );
+                m.tls = client.clone();
+                m
             })
             .collect();
         start_together(&mut members);
@@ -568,6 +584,26 @@ impl Cluster {
     /// Client addresses of all members.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_addr.clone()).collect()
+    }
+
+    /// Index of the member that currently leads by its `/metrics` (works whatever its client
+    /// URL's transport), waiting up to 15 s for one.
+    pub fn leader_by_metrics(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if m.child.is_some()
+                    && m.http_get("/metrics")
+                        .1
+                        .lines()
+                        .any(|l| l.trim() == "berth_raft_is_leader 1")
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 15s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Index of the member that currently leads, waiting up to 15 s for one.

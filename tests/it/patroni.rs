@@ -2,7 +2,8 @@
 //! a 3-member berth cluster as its `etcd3` DCS, through berth's JSON gateway. A leader is
 //! elected and the replica streams; then the primary's Patroni and PostgreSQL are killed
 //! (-9) and, at the same moment, berth's leader too: the replica is promoted and keeps
-//! working. Once with berth's auth on (Patroni logs in as a user allowed only its prefix).
+//! working. Again with berth's auth on (Patroni logs in as a user allowed only its prefix),
+//! and with auth and mutual TLS (Patroni's `cacert`, `cert`, `key`).
 //!
 //! PostgreSQL refuses to run as root, so Patroni runs as the `postgres` user (tests run as
 //! root, as CI does).
@@ -12,8 +13,6 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use etcd_client::{Client, ConnectOptions, Permission, PermissionType};
 
 use crate::harness::{free_port, run, Cluster};
 
@@ -79,13 +78,11 @@ struct Node {
 }
 
 impl Node {
-    fn new(dir: &Path, name: &str, hosts: &str, auth: Option<(&str, &str)>) -> Node {
+    /// `credentials` holds the extra lines of Patroni's `etcd3` section (user, TLS files).
+    fn new(dir: &Path, name: &str, hosts: &str, credentials: &str) -> Node {
         let (api, pg) = (free_port(), free_port());
         let data = dir.join(format!("{name}-data"));
         let config = dir.join(format!("{name}.yml"));
-        let credentials = auth
-            .map(|(u, p)| format!("  username: {u}\n  password: {p}\n"))
-            .unwrap_or_default();
         let yaml = format!(
             "scope: berth-it\nnamespace: /service/\nname: {name}\n\
              restapi:\n  listen: 127.0.0.1:{api}\n  connect_address: 127.0.0.1:{api}\n\
@@ -187,36 +184,140 @@ impl Drop for Node {
     }
 }
 
-/// Runs the scenario; `auth` is (user, password) for Patroni, with auth on in berth.
-async fn failover_scenario(auth: bool) {
-    let mut cluster = Cluster::start(3);
-    let eps = cluster.endpoints();
-    let hosts = eps.join(",");
-    if auth {
-        let mut c = Client::connect([eps[0].clone()], None)
-            .await
-            .expect("connect");
-        c.user_add("root", "rootpw", None).await.expect("root");
-        c.user_grant_role("root", "root").await.expect("root role");
-        c.user_add("patroni", "ppw", None).await.expect("user");
-        c.role_add("dcs").await.expect("role");
-        c.role_grant_permission(
-            "dcs",
-            Permission::new(PermissionType::Readwrite, "/service/").with_prefix(),
-        )
-        .await
-        .expect("grant");
-        c.user_grant_role("patroni", "dcs")
-            .await
-            .expect("grant role");
-        c.auth_enable().await.expect("enable");
+/// How the scenario reaches berth: plain, with auth on, or with auth and mutual TLS.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Auth,
+    AuthTls,
+}
+
+/// The berth side of a scenario: the cluster and how etcdctl reaches it as root.
+struct Berth {
+    cluster: Cluster,
+    /// etcdctl's flags for root: a password, or (TLS) root's client certificate.
+    root: Vec<String>,
+    _pki: Option<crate::tls::Pki>,
+}
+
+/// Root, and a `patroni` user allowed only Patroni's namespace, then auth on.
+const GRANTS: &[&[&str]] = &[
+    &["user", "add", "root:rootpw"],
+    &["user", "grant-role", "root", "root"],
+    &["user", "add", "patroni:ppw"],
+    &["role", "add", "dcs"],
+    &[
+        "role",
+        "grant-permission",
+        "dcs",
+        "--prefix",
+        "readwrite",
+        "/service/",
+    ],
+    &["user", "grant-role", "patroni", "dcs"],
+    &["auth", "enable"],
+];
+
+impl Berth {
+    /// Starts the cluster; returns it with the lines Patroni's `etcd3` section needs.
+    fn start(mode: Mode) -> (Berth, String) {
+        let (cluster, root, pki, etcd3) = match mode {
+            Mode::Plain => (Cluster::start(3), Vec::new(), None, String::new()),
+            Mode::Auth => (
+                Cluster::start(3),
+                vec!["--user".to_string(), "root:rootpw".to_string()],
+                None,
+                "  username: patroni\n  password: ppw\n".to_string(),
+            ),
+            Mode::AuthTls => {
+                use crate::tls::{client, path, Pki};
+                let pki = Pki::new("ca");
+                let (scert, skey) = pki.issue("berth", "berth", false);
+                let (rcert, rkey) = pki.issue("root", "root", false);
+                let (pcert, pkey) = pki.issue("patroni", "patroni", false);
+                let ca = pki.ca_file();
+                let cluster = Cluster::start_tls(
+                    3,
+                    &[
+                        "--cert-file",
+                        path(&scert),
+                        "--key-file",
+                        path(&skey),
+                        "--trusted-ca-file",
+                        path(&ca),
+                        "--client-cert-auth",
+                    ],
+                    client(&ca, Some((&rcert, &rkey))),
+                );
+                // Patroni reads its files as the postgres user.
+                let (uid, gid) = postgres_user();
+                for f in [ca.parent().expect("pki dir"), &ca, &pcert, &pkey] {
+                    std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown");
+                }
+                let root = [
+                    "--cacert",
+                    path(&ca),
+                    "--cert",
+                    path(&rcert),
+                    "--key",
+                    path(&rkey),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                let etcd3 = format!(
+                    "  username: patroni\n  password: ppw\n  protocol: https\n  cacert: {}\n  cert: {}\n  key: {}\n",
+                    ca.display(),
+                    pcert.display(),
+                    pkey.display()
+                );
+                (cluster, root, Some(pki), etcd3)
+            }
+        };
+        let berth = Berth {
+            cluster,
+            root,
+            _pki: pki,
+        };
+        if mode != Mode::Plain {
+            for args in GRANTS {
+                // Before auth is on, root needs no password (and has none yet).
+                let tls: Vec<&str> = berth
+                    .root
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|_| mode == Mode::AuthTls)
+                    .collect();
+                let (ok, out, err) =
+                    crate::tls::etcdctl(&berth.cluster.members[0].endpoint(), &tls, args);
+                assert!(ok, "{args:?}: {out}{err}");
+            }
+        }
+        (berth, etcd3)
     }
+
+    /// The value of `key`, read as root through member `i`.
+    fn get(&self, i: usize, key: &str) -> String {
+        let root: Vec<&str> = self.root.iter().map(String::as_str).collect();
+        let (ok, out, err) = crate::tls::etcdctl(
+            &self.cluster.members[i].endpoint(),
+            &root,
+            &["get", key, "--print-value-only"],
+        );
+        assert!(ok, "get {key}: {out}{err}");
+        out.trim().to_string()
+    }
+}
+
+/// Runs the scenario with berth reached as `mode` says.
+fn failover_scenario(mode: Mode) {
+    let (mut berth, etcd3) = Berth::start(mode);
+    let hosts = berth.cluster.endpoints().join(",");
     let dir = tempfile::tempdir().expect("tempdir");
     let (uid, gid) = postgres_user();
     std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
-    let creds = auth.then_some(("patroni", "ppw"));
-    let mut pg1 = Node::new(dir.path(), "pg1", &hosts, creds);
-    let mut pg2 = Node::new(dir.path(), "pg2", &hosts, creds);
+    let mut pg1 = Node::new(dir.path(), "pg1", &hosts, &etcd3);
+    let mut pg2 = Node::new(dir.path(), "pg2", &hosts, &etcd3);
     pg1.start();
     let t = pg1.wait_for("/primary", Duration::from_secs(90));
     eprintln!("pg1 bootstrapped and leads after {t:?}");
@@ -238,29 +339,22 @@ async fn failover_scenario(auth: bool) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-
-    let opts = auth.then(|| ConnectOptions::new().with_user("root", "rootpw"));
-    let mut c = Client::connect([eps[0].clone()], opts.clone())
-        .await
-        .expect("connect");
-    let leader = c.get("/service/berth-it/leader", None).await.expect("get");
     assert_eq!(
-        leader.kvs()[0].value(),
-        b"pg1",
+        berth.get(0, "/service/berth-it/leader"),
+        "pg1",
         "Patroni's leader key is in berth"
     );
 
     // The primary dies, and berth's leader with it.
-    let berth_leader = cluster.leader().await;
+    let berth_leader = berth.cluster.leader_by_metrics();
     let t0 = Instant::now();
     pg1.kill9();
-    cluster.members[berth_leader].kill9();
-    let failover = pg2.wait_for("/primary", Duration::from_secs(120));
+    berth.cluster.members[berth_leader].kill9();
+    pg2.wait_for("/primary", Duration::from_secs(120));
     eprintln!(
-        "FAILOVER (auth {auth}): replica promoted {:.1} s after kill -9 of the primary and of berth's leader",
+        "FAILOVER ({mode:?}): replica promoted {:.1} s after kill -9 of the primary and of berth's leader",
         t0.elapsed().as_secs_f64()
     );
-    assert!(failover < Duration::from_secs(120));
     // Patroni reports the role as soon as it asked for promotion; PostgreSQL leaves recovery
     // a moment later.
     let start = Instant::now();
@@ -278,18 +372,23 @@ async fn failover_scenario(auth: bool) {
     // It stays primary: Patroni keeps its leader key alive through the surviving members.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(rest_status(pg2.api, "/primary"), 200, "{}", pg2.log_tail());
-    let survivor = eps[(berth_leader + 1) % 3].clone();
-    let mut c = Client::connect([survivor], opts).await.expect("connect");
-    let leader = c.get("/service/berth-it/leader", None).await.expect("get");
-    assert_eq!(leader.kvs()[0].value(), b"pg2");
+    assert_eq!(
+        berth.get((berth_leader + 1) % 3, "/service/berth-it/leader"),
+        "pg2"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn patroni_fails_over_on_berth() {
-    failover_scenario(false).await;
+#[test]
+fn patroni_fails_over_on_berth() {
+    failover_scenario(Mode::Plain);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn patroni_fails_over_on_berth_with_auth() {
-    failover_scenario(true).await;
+#[test]
+fn patroni_fails_over_on_berth_with_auth() {
+    failover_scenario(Mode::Auth);
+}
+
+#[test]
+fn patroni_fails_over_on_berth_with_auth_and_mutual_tls() {
+    failover_scenario(Mode::AuthTls);
 }
