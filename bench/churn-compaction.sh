@@ -2,12 +2,13 @@
 # Auto-compaction under endless churn, berth against etcd with the same flags: 10k keys of
 # 256 B overwritten for SECS seconds (16 clients / 4 conns), RSS and data size sampled every
 # 15 s; then a defragment, and the size again.
-# Usage: BERTH=path/to/berth [ETCD=etcd] [SECS=120] [RETENTION=30s] bench/churn-compaction.sh
+# Usage: BERTH=path/to/berth [ETCD=etcd] [SECS=120] [MODE=periodic] [RETENTION=30s] bench/churn-compaction.sh
+#   (MODE=revision RETENTION=100000 keeps the newest 100000 revisions instead)
 set -u
 BERTH=${BERTH:?path of the berth binary}; ETCD=${ETCD:-etcd}
-SECS=${SECS:-120}; RETENTION=${RETENTION:-30s}
+SECS=${SECS:-120}; MODE=${MODE:-periodic}; RETENTION=${RETENTION:-30s}
 work=${TMPDIR:-/tmp}/berth-churn
-flags=(--auto-compaction-mode periodic --auto-compaction-retention "$RETENTION")
+flags=(--auto-compaction-mode "$MODE" --auto-compaction-retention "$RETENTION")
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 size() { du -sk "$1" | awk '{printf "%.1f", $1/1024}'; }
 measure() { # name pid datadir

@@ -20,7 +20,7 @@ use berth_proto::berth::lease::TimeToLiveResponse;
 use berth_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
 };
-use berth_store::{Applied, Command, Keyspace, Store, StoreError};
+use berth_store::{Applied, Command, Entry, Guard, Keyspace, Store, StoreError};
 use rand::Rng;
 use tokio::sync::watch;
 
@@ -62,14 +62,23 @@ impl Leases {
 
     /// Grants a lease of `ttl` seconds with ID `id`, or (when `id` is 0) an ID chosen here:
     /// positive, so it prints the same in every client, and chosen again should it be taken.
-    pub async fn grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse, WriteError> {
+    pub async fn grant(
+        &self,
+        ttl: i64,
+        id: i64,
+        guard: Option<Guard>,
+    ) -> Result<LeaseGrantResponse, WriteError> {
         let chosen_here = id == 0;
         let mut req = LeaseGrantRequest { ttl, id };
         for _ in 0..ID_ATTEMPTS {
             if chosen_here {
                 req.id = rand::rng().random_range(1..i64::MAX);
             }
-            match self.consensus.propose(Command::LeaseGrant(req)).await {
+            let entry = Entry {
+                guard: guard.clone(),
+                ..Entry::new(Keyspace::User, Command::LeaseGrant(req))
+            };
+            match self.consensus.propose_entry(entry).await {
                 Ok(Applied::LeaseGrant(resp)) => {
                     tracing::debug!(id = resp.id, ttl = resp.ttl, "lease granted");
                     return Ok(resp);
@@ -82,13 +91,21 @@ impl Leases {
         Err(WriteError::Refused(StoreError::LeaseExists))
     }
 
-    /// Revokes a lease, deleting its keys.
-    pub async fn revoke(&self, id: i64) -> Result<LeaseRevokeResponse, WriteError> {
-        match self
-            .consensus
-            .propose(Command::LeaseRevoke(LeaseRevokeRequest { id }))
-            .await?
-        {
+    /// Revokes a lease, deleting its keys. A face's `guard` makes the store refuse it if the
+    /// state the face checked it against has moved on.
+    pub async fn revoke(
+        &self,
+        id: i64,
+        guard: Option<Guard>,
+    ) -> Result<LeaseRevokeResponse, WriteError> {
+        let entry = Entry {
+            guard,
+            ..Entry::new(
+                Keyspace::User,
+                Command::LeaseRevoke(LeaseRevokeRequest { id }),
+            )
+        };
+        match self.consensus.propose_entry(entry).await? {
             Applied::LeaseRevoke(resp) => Ok(resp),
             _ => Err(unexpected("lease revoke")),
         }
@@ -210,7 +227,8 @@ impl Leases {
         if expired.is_empty() {
             return;
         }
-        let results = futures::future::join_all(expired.iter().map(|id| self.revoke(*id))).await;
+        let results =
+            futures::future::join_all(expired.iter().map(|id| self.revoke(*id, None))).await;
         for (id, r) in expired.iter().zip(results) {
             match r {
                 Ok(_) => {

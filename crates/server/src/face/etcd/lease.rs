@@ -110,7 +110,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        principal(&self.core, &req)?.authenticated()?;
+        let who = principal(&self.core, &req)?;
+        who.authenticated()?;
         let g = req.into_inner();
         if self.core.out_of_space().await {
             return Err(ApiError::NoSpace.into());
@@ -118,7 +119,11 @@ impl Lease for LeaseService {
         if g.ttl > self.core.store.lease_limits().max_ttl {
             return Err(ApiError::LeaseTtlTooLarge.into());
         }
-        let mut resp = self.core.leases.grant(g.ttl, g.id).await?;
+        let mut resp = self
+            .core
+            .leases
+            .grant(g.ttl, g.id, Some(who.guard()))
+            .await?;
         self.core.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -131,7 +136,7 @@ impl Lease for LeaseService {
         let id = req.into_inner().id;
         who.authenticated()?;
         allow_lease_keys(&self.core, &who, id, Access::Write)?;
-        let mut resp = self.core.leases.revoke(id).await?;
+        let mut resp = self.core.leases.revoke(id, Some(who.guard())).await?;
         self.core.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
