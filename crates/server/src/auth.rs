@@ -182,13 +182,13 @@ impl Auth {
         })
     }
 
-    /// The auth state as applied on this member. Rebuilt only when the auth revision (or the
-    /// enabled record) moved since the last call: otherwise two index lookups.
+    /// The auth state as applied on this member. Rebuilt only when the auth revision moved
+    /// since the last call (every change, enabling included, rewrites the `revision` record
+    /// in the same txn): otherwise one index lookup.
     pub fn view(&self) -> Arc<AuthView> {
         let revision = self.store.mod_revision_in(Keyspace::Auth, layout::REVISION);
-        let enabled = self.store.mod_revision_in(Keyspace::Auth, layout::ENABLED);
         if let Ok(cached) = self.cached.lock() {
-            if cached.revision == revision && cached.enabled_revision() == enabled {
+            if cached.revision == revision {
                 return cached.clone();
             }
         }

@@ -117,6 +117,11 @@ fn request<T: DeserializeOwned + Default>(
         serde_json::from_slice(body)
             .map_err(|e| Status::invalid_argument(format!("invalid JSON request: {e}")))?
     };
+    Ok(with_token(headers, msg))
+}
+
+/// `msg` as a gRPC request carrying the `Authorization` header's token, if any.
+fn with_token<T>(headers: &HeaderMap, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     if let Some(token) = headers
         .get(header::AUTHORIZATION)
@@ -124,7 +129,7 @@ fn request<T: DeserializeOwned + Default>(
     {
         req.metadata_mut().insert("authorization", token);
     }
-    Ok(req)
+    req
 }
 
 /// Runs one unary call and writes its answer.
@@ -305,10 +310,7 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
         post(move |headers: HeaderMap, body: Body| {
             let s = s.clone();
             async move {
-                let head = match request::<()>(&headers, b"") {
-                    Ok(r) => r,
-                    Err(e) => return error(&e),
-                };
+                let head = with_token(&headers, ());
                 let cred = super::credential(&head);
                 let frames = s.watch.open(cred, json_messages::<WatchRequest>(body));
                 streamed(frames.map(|f| {
@@ -326,10 +328,7 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
         post(move |headers: HeaderMap, body: Body| {
             let s = s.clone();
             async move {
-                let head = match request::<()>(&headers, b"") {
-                    Ok(r) => r,
-                    Err(e) => return error(&e),
-                };
+                let head = with_token(&headers, ());
                 if let Err(e) = super::principal(&s.core, &head)
                     .and_then(|p| p.authenticated().map_err(Status::from))
                 {
