@@ -134,7 +134,14 @@ fn version_health_and_a_streamed_watch() {
     };
     let v = json(&get("/version"));
     assert_eq!(v["etcdcluster"], "3.5.0");
-    let h = json(&get("/health"));
+    // The harness counts a server ready once it answers, which can be before it has
+    // elected itself; /health says "false" (no leader) until then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut h = json(&get("/health"));
+    while h["health"] != "true" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        h = json(&get("/health"));
+    }
     assert_eq!(h["health"], "true");
 
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
