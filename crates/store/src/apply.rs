@@ -2,7 +2,9 @@
 //! alarm commands inside one storage transaction, assigning revisions exactly as etcd does.
 //!
 //! Every command is applied in one [`Keyspace`]: a Put, DeleteRange or Txn (its compares,
-//! reads and writes alike) touches only keys of that keyspace. Compaction, lease grant and
+//! reads and writes alike) touches only keys of that keyspace. The one exception is
+//! [`Command::MultiTxn`], a txn whose every key carries its keyspace's ID byte, so that a
+//! domain can keep records of two keyspaces in step atomically. Compaction, lease grant and
 //! revoke, and alarms are store-wide and ignore it: a revoke deletes the lease's keys in
 //! whichever keyspaces they live.
 
@@ -104,8 +106,11 @@ pub(crate) struct Writer<'a, 't> {
     pub current: i64,
     /// Events of the batch, in revision order, each with its key's keyspace, for watchers.
     pub events: Vec<(Keyspace, Event)>,
-    /// Keyspace of the command being applied.
+    /// Keyspace of the command being applied (in a multi-keyspace txn: of the op or
+    /// compare being applied).
     pub ks: Keyspace,
+    /// True while a [`Command::MultiTxn`] applies: keys carry their keyspace's ID byte.
+    pub mixed: bool,
     pub now: Instant,
     /// True once anything was written (a batch of pure reads needs no commit).
     pub dirty: bool,
@@ -160,7 +165,7 @@ impl Writer<'_, '_> {
         if capped
             && match cmd {
                 Command::Put(_) | Command::LeaseGrant(_) => true,
-                Command::Txn(t) => txn_puts(t),
+                Command::Txn(t) | Command::MultiTxn(t) => txn_puts(t),
                 _ => false,
             }
         {
@@ -178,6 +183,15 @@ impl Writer<'_, '_> {
                 let path = self.compare_path(t)?;
                 self.check_txn(t, &path, &mut 0)?;
                 Applied::Txn(self.txn(&mut rev, t, &path, &mut 0)?)
+            }
+            Command::MultiTxn(t) => {
+                self.mixed = true;
+                let out = self.compare_path(t).and_then(|path| {
+                    self.check_txn(t, &path, &mut 0)?;
+                    self.txn(&mut rev, t, &path, &mut 0)
+                });
+                self.mixed = false;
+                Applied::Txn(out?)
             }
             Command::Compaction(c) => Applied::Compaction(self.compact(c)?),
             Command::LeaseGrant(g) => Applied::LeaseGrant(self.lease_grant(g)?),
@@ -203,11 +217,11 @@ impl Writer<'_, '_> {
     }
 
     fn check_put(&self, p: &PutRequest) -> Result<()> {
+        let (ks, key) = self.scope(&p.key)?;
         if p.lease != 0 && !p.ignore_lease && !self.lessor.contains(p.lease) {
             return Err(StoreError::LeaseNotFound);
         }
-        if (p.ignore_value || p.ignore_lease)
-            && self.index.get(self.ks, &p.key, self.current).is_none()
+        if (p.ignore_value || p.ignore_lease) && self.index.get(ks, key, self.current).is_none()
         {
             return Err(StoreError::KeyNotFound);
         }
@@ -338,11 +352,12 @@ impl Writer<'_, '_> {
     }
 
     fn compare(&self, c: &Compare) -> Result<bool> {
-        let span = KeySpan::new(&c.key, &c.range_end);
+        let (ks, key, range_end) = self.scope_span(&c.key, &c.range_end)?;
+        let span = KeySpan::new(key, range_end);
         let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
         let mut versions = Vec::new();
         self.index
-            .for_each_live(self.ks, &span, self.current, |k, v| {
+            .for_each_live(ks, &span, self.current, |k, v| {
                 versions.push((k.to_vec(), v));
                 true
             });
@@ -371,9 +386,13 @@ impl Writer<'_, '_> {
                 Some(Request::RequestPut(p)) => self.check_put(p)?,
                 Some(Request::RequestTxn(inner)) => self.check_txn(inner, path, at)?,
                 Some(Request::RequestRange(r)) => {
+                    self.scope_span(&r.key, &r.range_end)?;
                     read::resolve_rev(self.index, r.revision, self.current)?;
                 }
-                _ => {}
+                Some(Request::RequestDeleteRange(d)) => {
+                    self.scope_span(&d.key, &d.range_end)?;
+                }
+                None => {}
             }
         }
         Ok(())
@@ -408,6 +427,35 @@ impl Writer<'_, '_> {
         at: &mut usize,
     ) -> Result<ResponseOp> {
         let response = match &op.request {
+            Some(Request::RequestRange(r)) if self.mixed => {
+                let (ks, key, range_end) = self.scope_span(&r.key, &r.range_end)?;
+                let r = RangeRequest {
+                    key: key.to_vec(),
+                    range_end: range_end.to_vec(),
+                    ..r.clone()
+                };
+                self.ks = ks;
+                Response::ResponseRange(self.txn_range(rev, &r)?)
+            }
+            Some(Request::RequestPut(p)) if self.mixed => {
+                let (ks, key) = self.scope(&p.key)?;
+                let p = PutRequest {
+                    key: key.to_vec(),
+                    ..p.clone()
+                };
+                self.ks = ks;
+                Response::ResponsePut(self.put(rev, &p)?)
+            }
+            Some(Request::RequestDeleteRange(d)) if self.mixed => {
+                let (ks, key, range_end) = self.scope_span(&d.key, &d.range_end)?;
+                let d = DeleteRangeRequest {
+                    key: key.to_vec(),
+                    range_end: range_end.to_vec(),
+                    ..d.clone()
+                };
+                self.ks = ks;
+                Response::ResponseDeleteRange(self.delete(rev, &d)?)
+            }
             Some(Request::RequestRange(r)) => Response::ResponseRange(self.txn_range(rev, r)?),
             Some(Request::RequestPut(p)) => Response::ResponsePut(self.put(rev, p)?),
             Some(Request::RequestDeleteRange(d)) => {
@@ -419,6 +467,46 @@ impl Writer<'_, '_> {
         Ok(ResponseOp {
             response: Some(response),
         })
+    }
+
+    /// The keyspace and key `key` names: in a multi-keyspace txn its first byte is the
+    /// keyspace's ID, otherwise it is the command's keyspace.
+    fn scope<'k>(&self, key: &'k [u8]) -> Result<(Keyspace, &'k [u8])> {
+        if !self.mixed {
+            return Ok((self.ks, key));
+        }
+        match key.split_first() {
+            Some((id, rest)) => match Keyspace::from_id(u32::from(*id)) {
+                Some(ks) => Ok((ks, rest)),
+                None => Err(StoreError::Corrupt(format!(
+                    "multi-keyspace txn: no keyspace with ID {id}"
+                ))),
+            },
+            None => Err(StoreError::Corrupt(
+                "multi-keyspace txn: a key without its keyspace byte".into(),
+            )),
+        }
+    }
+
+    /// [`Self::scope`] for a key and its range end, which must name the same keyspace (an
+    /// empty range end is a single key).
+    fn scope_span<'k>(
+        &self,
+        key: &'k [u8],
+        range_end: &'k [u8],
+    ) -> Result<(Keyspace, &'k [u8], &'k [u8])> {
+        let (ks, key) = self.scope(key)?;
+        if range_end.is_empty() {
+            return Ok((ks, key, range_end));
+        }
+        match self.scope(range_end)? {
+            (end_ks, end) if end_ks == ks => Ok((ks, key, end)),
+            (end_ks, _) => Err(StoreError::Corrupt(format!(
+                "multi-keyspace txn: a range from keyspace {} to keyspace {}",
+                ks.name(),
+                end_ks.name()
+            ))),
+        }
     }
 
     /// A range inside a txn sees the txn's own earlier writes.

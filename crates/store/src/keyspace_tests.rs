@@ -266,6 +266,111 @@ fn a_txn_compares_reads_and_writes_in_one_keyspace() {
     assert_eq!(count(s.txn_read_in(R, read).expect("read")), 1);
 }
 
+/// `key` of `ks` as a multi-keyspace txn names it.
+fn tagged(ks: Keyspace, key: &str) -> Vec<u8> {
+    let mut k = vec![ks.id()];
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn put_op(key: Vec<u8>, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Op::RequestPut(PutRequest {
+            key,
+            value: value.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+#[test]
+fn a_multi_keyspace_txn_compares_and_writes_across_keyspaces_at_one_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    put_in(&s, U, "k", "user", 0);
+    let lock_rev = put_in(&s, R, "lock/k", "held", 0);
+    put_in(&s, R, "gone/a", "1", 0);
+    put_in(&s, R, "gone/b", "2", 0);
+    // The same key in the user keyspace has another mod revision: the compare reads the
+    // registry's.
+    let txn = |lock_rev: i64| TxnRequest {
+        compare: vec![Compare {
+            key: tagged(R, "lock/k"),
+            target: CompareTarget::Mod as i32,
+            result: CompareResult::Equal as i32,
+            target_union: Some(TargetUnion::ModRevision(lock_rev)),
+            ..Default::default()
+        }],
+        success: vec![
+            put_op(tagged(U, "k"), "new"),
+            put_op(tagged(R, "lock/k"), "released"),
+            RequestOp {
+                request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                    key: tagged(R, "gone/"),
+                    range_end: tagged(R, "gone0"),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(Op::RequestRange(RangeRequest {
+                    key: tagged(U, ""),
+                    range_end: tagged(U, "\0"),
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    let rev = match apply_in(&s, U, Command::MultiTxn(txn(lock_rev))) {
+        Ok(Applied::Txn(t)) => {
+            assert!(t.succeeded);
+            let Some(response_op::Response::ResponseRange(r)) = &t.responses[3].response else {
+                panic!("{t:?}")
+            };
+            let keys: Vec<&[u8]> = r.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+            assert_eq!(keys, [b"k".as_slice()], "reads see the user keyspace, untagged");
+            t.header.expect("header").revision
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(rev, lock_rev + 3, "one revision for the whole txn");
+    assert_eq!(all_in(&s, U, 0), pairs(&[("k", "new")]));
+    assert_eq!(all_in(&s, R, 0), pairs(&[("lock/k", "released")]));
+    // The compare now fails (the lock moved): nothing is written.
+    match apply_in(&s, U, Command::MultiTxn(txn(lock_rev))) {
+        Ok(Applied::Txn(t)) => assert!(!t.succeeded),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.revision(), rev);
+    // A key without a valid keyspace byte, or a range across keyspaces, is refused before
+    // anything is written, even after valid ops.
+    for bad in [
+        vec![put_op(tagged(U, "x"), "1"), put_op(vec![99, b'y'], "2")],
+        vec![
+            put_op(tagged(U, "x"), "1"),
+            RequestOp {
+                request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                    key: tagged(U, "a"),
+                    range_end: tagged(R, "z"),
+                    ..Default::default()
+                })),
+            },
+        ],
+        vec![put_op(tagged(U, "x"), "1"), put_op(Vec::new(), "2")],
+    ] {
+        let t = TxnRequest {
+            success: bad,
+            ..Default::default()
+        };
+        assert!(matches!(
+            apply_in(&s, U, Command::MultiTxn(t)),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(s.revision(), rev);
+        assert_eq!(all_in(&s, U, 0), pairs(&[("k", "new")]));
+    }
+}
+
 fn spec(ks: Keyspace, start_rev: i64) -> WatchSpec {
     WatchSpec {
         keyspace: ks,

@@ -379,6 +379,7 @@ impl Store {
                 current: first - 1,
                 events: Vec::new(),
                 ks: Keyspace::User,
+                mixed: false,
                 now: Instant::now(),
                 dirty: false,
             };
