@@ -160,6 +160,28 @@ impl KeyIndex {
         }
     }
 
+    /// The newest revision at which any key of `ks` in `span` changed, deletions included
+    /// (0 when none did since the last compaction left a trace): what a Consul blocking query
+    /// on a key or prefix reports as its index, so that deleting a key moves it too.
+    pub fn last_change(&self, ks: Keyspace, span: &KeySpan) -> i64 {
+        let keys = &self.spaces[ks.index()];
+        let newest = |h: &History| h.last().map_or(0, |v| v.rev.main);
+        match span {
+            KeySpan::Single(k) => keys.get(k.as_slice()).map_or(0, newest),
+            KeySpan::From(s) => keys
+                .range::<[u8], _>((Bound::Included(s.as_slice()), Bound::Unbounded))
+                .map(|(_, h)| newest(h))
+                .max()
+                .unwrap_or(0),
+            KeySpan::Range(s, e) if s < e => keys
+                .range::<[u8], _>((Bound::Included(s.as_slice()), Bound::Excluded(e.as_slice())))
+                .map(|(_, h)| newest(h))
+                .max()
+                .unwrap_or(0),
+            KeySpan::Range(..) => 0,
+        }
+    }
+
     /// Records a put of `key` of `ks` at `rev`; returns the new version and the one it replaced.
     pub fn put(
         &mut self,

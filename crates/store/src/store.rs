@@ -337,6 +337,12 @@ impl Store {
         )
     }
 
+    /// The newest revision at which a key of `ks` in `span` was put or deleted (0: none
+    /// since the history compaction kept). Reads only the in-memory index.
+    pub fn last_change_in(&self, ks: Keyspace, span: &KeySpan) -> i64 {
+        self.index.shared().last_change(ks, span)
+    }
+
     /// The mod revision of `key` in `ks` as applied here (0 if absent): what a [`Guard`]
     /// on it names. Reads only the in-memory index.
     pub fn mod_revision_in(&self, ks: Keyspace, key: &[u8]) -> i64 {
