@@ -56,6 +56,13 @@ pub fn checks_of(node: &str, service: &str) -> Vec<u8> {
     k
 }
 
+/// Prefix of every record of one kind (`SERVICE`, `CHECK`, `TTL`) on `node`.
+pub fn of_node(kind: &[u8], node: &str) -> Vec<u8> {
+    let mut k = join(kind, &[node]);
+    k.push(SEP);
+    k
+}
+
 /// TTL liveness key of a check.
 pub fn ttl(node: &str, service: &str, check: &str) -> Vec<u8> {
     join(TTL, &[node, service, check])

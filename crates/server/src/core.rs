@@ -22,6 +22,8 @@ pub struct Core {
     pub leases: Arc<Leases>,
     /// The security domain.
     pub auth: Arc<crate::auth::Auth>,
+    /// The registry domain (services, checks, Consul KV metadata).
+    pub registry: Arc<crate::registry::Registry>,
     /// This member.
     pub member: MemberInfo,
     /// Resolved configuration (limits).

@@ -29,6 +29,15 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// Labels of per-route HTTP API series (the Consul face).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's pattern, e.g. `/v1/health/service/{service}`.
+    pub route: String,
+    /// HTTP status code.
+    pub code: u16,
+}
+
 /// Labels of the read-index series: `forwarded` (a follower's requests to the leader) or
 /// `confirmed` (the leader's own confirmations).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +62,16 @@ pub struct Metrics {
     pub lease_renewals_forwarded: Counter,
     /// Watch events delivered to clients.
     pub watch_events: Counter,
+    /// TTL check updates that only renewed the check's lease (no Raft write).
+    pub registry_ttl_renewals: Counter,
+    /// TTL check updates that wrote a new status.
+    pub registry_status_writes: Counter,
+    /// Consul HTTP API requests answered, by route and status.
+    consul_requests: Family<RouteLabels, Counter>,
+    /// Consul HTTP API answer time (blocking queries included), by route and status.
+    consul_latency: Family<RouteLabels, Histogram>,
+    /// Consul blocking queries waiting right now.
+    pub consul_blocked: Gauge,
     /// Proposals committed and applied.
     pub proposals_committed: Counter,
     /// Proposals that failed (no leader, stopped).
@@ -124,6 +143,13 @@ impl Metrics {
             auto_compactions: Counter::default(),
             lease_renewals_forwarded: Counter::default(),
             watch_events: Counter::default(),
+            registry_ttl_renewals: Counter::default(),
+            registry_status_writes: Counter::default(),
+            consul_requests: Family::default(),
+            consul_latency: Family::new_with_constructor(
+                (|| Histogram::new(exponential_buckets(0.0001, 2.0, 24))) as fn() -> Histogram,
+            ),
+            consul_blocked: Gauge::default(),
             proposals_committed: Counter::default(),
             proposals_failed: Counter::default(),
             raft_term: Gauge::default(),
@@ -168,6 +194,31 @@ impl Metrics {
             "berth_lease_renewals_forwarded",
             "Lease renewals this member sent to the leader (in those batches)",
             m.lease_renewals_forwarded.clone(),
+        );
+        r.register(
+            "berth_registry_ttl_renewals",
+            "TTL check updates that only renewed the check's lease (no Raft write)",
+            m.registry_ttl_renewals.clone(),
+        );
+        r.register(
+            "berth_registry_status_writes",
+            "TTL check updates that wrote a new status",
+            m.registry_status_writes.clone(),
+        );
+        r.register(
+            "berth_consul_requests",
+            "Consul HTTP API requests answered, by route and status",
+            m.consul_requests.clone(),
+        );
+        r.register(
+            "berth_consul_request_duration_seconds",
+            "Time to answer a Consul HTTP API request (blocking queries included)",
+            m.consul_latency.clone(),
+        );
+        r.register(
+            "berth_consul_blocking_queries",
+            "Consul blocking queries waiting now",
+            m.consul_blocked.clone(),
         );
         r.register(
             "berth_watch_events_sent",
@@ -269,6 +320,18 @@ impl Metrics {
             m.proposals_failed.clone(),
         );
         m
+    }
+
+    /// Records one Consul HTTP API request.
+    pub fn observe_consul(&self, route: &str, code: u16, elapsed: Duration) {
+        let labels = RouteLabels {
+            route: route.to_string(),
+            code,
+        };
+        self.consul_requests.get_or_create(&labels).inc();
+        self.consul_latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Records one gRPC call.

@@ -86,11 +86,13 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
         consensus.clone(),
         cfg,
     )?);
+    let registry = crate::registry::Registry::new(store.clone());
     Ok(Arc::new(Core {
         store,
         consensus,
         leases,
         auth,
+        registry,
         member,
         config: cfg.clone(),
         metrics,
@@ -254,7 +256,9 @@ where
     }
     for incoming in listeners.http {
         let mut stop = stop_rx.clone();
-        let app = crate::http::router(core.clone()).merge(face::etcd::http_routes());
+        let app = crate::http::router(core.clone())
+            .merge(face::etcd::http_routes())
+            .merge(face::consul::routes(core.clone()));
         spawn(
             "HTTP server",
             Box::pin(async move {
@@ -267,6 +271,15 @@ where
             }),
         );
     }
+    let registry = core.registry.clone();
+    let stop = stop_rx.clone();
+    spawn(
+        "registry view",
+        Box::pin(async move {
+            registry.run(stop).await;
+            Ok(())
+        }),
+    );
     let leases = core.leases.clone();
     let stop = stop_rx.clone();
     spawn(

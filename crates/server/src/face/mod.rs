@@ -3,4 +3,5 @@
 //! table; it owns no loop of its own beyond its connections. Each exports a constructor that
 //! only [`crate::node`] calls, and no face imports another.
 
+pub mod consul;
 pub mod etcd;

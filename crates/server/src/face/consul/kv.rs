@@ -1,0 +1,376 @@
+//! `/v1/kv/*`: Consul's KV over the store's user keyspace, the very keys etcd clients see (a
+//! key put with etcdctl is read here, and the other way round). What Consul keeps beside a
+//! key (flags, lock index, session) lives in the registry keyspace under `kv/<key>`, written
+//! in the same multi-keyspace txn as the key, and ignored once the key was deleted and
+//! re-created through the etcd API (see `KvMeta::applies_to`).
+//!
+//! A key's `ModifyIndex` is its etcd mod revision, `CreateIndex` its create revision; the
+//! index of a read is the newest change under the key or prefix, deletions included, so a
+//! delete wakes blocked readers too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use berth_auth::Access;
+use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use berth_proto::etcdserverpb::{Compare, RangeRequest, TxnRequest};
+use berth_proto::mvccpb::KeyValue;
+use berth_registry::{layout, KvMeta};
+use berth_store::{Delivery, KeySpan, Keyspace, WatchSink, WatchSpec};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::{check_index, credential, json_reply, ApiError, Params, ReadOpts, MAX_VALUE, X_INDEX};
+use crate::core::Core;
+use crate::registry::{delete_op, put_op};
+
+/// How often a write retries when a concurrent one changed the key's metadata under it.
+const META_RETRIES: usize = 8;
+
+pub(super) fn routes() -> Router<Arc<Core>> {
+    Router::new()
+        .route("/v1/kv/", get(get_root).put(put_root).delete(delete_root))
+        .route("/v1/kv/{*key}", get(get_kv).put(put_kv).delete(delete_kv))
+}
+
+/// `key` of keyspace `ks` as a multi-keyspace txn names it.
+fn tagged(ks: Keyspace, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(ks.id());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The range end of every key starting with `prefix` (every key for an empty prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    layout::prefix_end(prefix)
+}
+
+fn range(core: &Core, ks: Keyspace, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, ApiError> {
+    core.store
+        .range_in(
+            ks,
+            &RangeRequest {
+                key: key.to_vec(),
+                range_end: range_end.to_vec(),
+                ..Default::default()
+            },
+        )
+        .map(|r| r.kvs)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The metadata of the user keys in `[key, range_end)`, by user key, with the revision
+/// each was written at.
+fn metas(core: &Core, key: &[u8], range_end: &[u8]) -> Result<HashMap<Vec<u8>, (KvMeta, i64)>, ApiError> {
+    let end = if range_end.is_empty() {
+        Vec::new()
+    } else if range_end == [0] {
+        prefix_end(layout::KV)
+    } else {
+        layout::kv(range_end)
+    };
+    let mut out = HashMap::new();
+    for kv in range(core, Keyspace::Registry, &layout::kv(key), &end)? {
+        let user_key = kv.key[layout::KV.len()..].to_vec();
+        match serde_json::from_slice::<KvMeta>(&kv.value) {
+            Ok(m) => {
+                out.insert(user_key, (m, kv.mod_revision));
+            }
+            Err(e) => tracing::error!(error = %e, "consul kv: undecodable metadata, ignored"),
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until a key in the span changes after `index`, or the deadline.
+async fn block_kv(core: &Core, span: KeySpan, opts: &ReadOpts) -> Result<(), ApiError> {
+    check_index(core, opts.index).await?;
+    let (tx, mut rx) = mpsc::channel::<Delivery>(4);
+    let spec = WatchSpec {
+        keyspace: Keyspace::User,
+        span,
+        start_rev: opts.index + 1,
+        no_put: false,
+        no_delete: false,
+    };
+    let handle = core.store.watch(spec, 0, WatchSink::new(tx));
+    core.metrics.consul_blocked.inc();
+    tokio::select! {
+        _ = rx.recv() => {}
+        _ = tokio::time::sleep_until(opts.deadline()) => {}
+    }
+    core.metrics.consul_blocked.dec();
+    core.store.cancel_watch(&handle);
+    Ok(())
+}
+
+fn with_index(mut resp: Response, index: i64) -> Response {
+    resp.headers_mut()
+        .insert(X_INDEX, HeaderValue::from(index.max(1)));
+    resp
+}
+
+async fn get_root(
+    core: State<Arc<Core>>,
+    raw: RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    get_kv(core, Path(String::new()), raw, headers).await
+}
+
+async fn get_kv(
+    State(core): State<Arc<Core>>,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = Params::parse(raw)?;
+    let opts = ReadOpts::parse(&q)?;
+    let list_keys = q.has("keys");
+    let recurse = q.has("recurse") || list_keys;
+    let key = key.into_bytes();
+    let range_end = if recurse { prefix_end(&key) } else { Vec::new() };
+    core.auth
+        .principal(&credential(&headers, &q))?
+        .check(Keyspace::User, Access::Read, &key, &range_end)?;
+    if opts.index > 0 {
+        block_kv(&core, KeySpan::new(&key, &range_end), &opts).await?;
+    }
+    if !opts.stale {
+        core.consensus.read_index().await?;
+    }
+    let index = core
+        .store
+        .last_change_in(Keyspace::User, &KeySpan::new(&key, &range_end));
+    let kvs = range(&core, Keyspace::User, &key, &range_end)?;
+    if kvs.is_empty() {
+        return Ok(with_index(StatusCode::NOT_FOUND.into_response(), index));
+    }
+    if list_keys {
+        let sep = q.get("separator").unwrap_or_default().as_bytes();
+        let mut out: Vec<String> = Vec::new();
+        for kv in &kvs {
+            let rest = &kv.key[key.len()..];
+            let shown = match (sep.is_empty(), find(rest, sep)) {
+                (false, Some(at)) => &kv.key[..key.len() + at + sep.len()],
+                _ => &kv.key[..],
+            };
+            let s = String::from_utf8_lossy(shown).into_owned();
+            if out.last() != Some(&s) {
+                out.push(s);
+            }
+        }
+        return Ok(json_reply(index, &json!(out)));
+    }
+    if q.has("raw") && !recurse {
+        let value = kvs[0].value.clone();
+        return Ok(with_index(value.into_response(), index));
+    }
+    let metas = metas(&core, &key, &range_end)?;
+    let list: Vec<Value> = kvs
+        .iter()
+        .map(|kv| {
+            let meta = metas
+                .get(&kv.key)
+                .filter(|(_, rev)| KvMeta::applies_to(*rev, kv.create_revision))
+                .map(|(m, _)| m.clone())
+                .unwrap_or_default();
+            let mut entry = json!({
+                "LockIndex": meta.lock_index,
+                "Key": String::from_utf8_lossy(&kv.key),
+                "Flags": meta.flags,
+                "Value": if kv.value.is_empty() {
+                    Value::Null
+                } else {
+                    json!(base64::engine::general_purpose::STANDARD.encode(&kv.value))
+                },
+                "CreateIndex": kv.create_revision,
+                "ModifyIndex": kv.mod_revision,
+            });
+            if let Some(s) = meta.session {
+                entry["Session"] = json!(s);
+            }
+            entry
+        })
+        .collect();
+    Ok(json_reply(index, &json!(list)))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn compare_mod(ks: Keyspace, key: &[u8], rev: i64) -> Compare {
+    Compare {
+        key: tagged(ks, key),
+        target: CompareTarget::Mod as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::ModRevision(rev)),
+        ..Default::default()
+    }
+}
+
+async fn put_root(
+    State(_core): State<Arc<Core>>,
+) -> Result<Response, ApiError> {
+    Err(ApiError::bad("Missing key name"))
+}
+
+async fn put_kv(
+    State(core): State<Arc<Core>>,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let q = Params::parse(raw)?;
+    if key.is_empty() {
+        return Err(ApiError::bad("Missing key name"));
+    }
+    if q.has("acquire") || q.has("release") {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "sessions and locks (acquire/release) are not implemented in berth yet",
+        ));
+    }
+    if body.len() > MAX_VALUE {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body({} bytes) too large, max size: {MAX_VALUE} bytes",
+                body.len()
+            ),
+        ));
+    }
+    let flags = q.u64("flags")?.unwrap_or(0);
+    let cas = q.u64("cas")?.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+    let key = key.into_bytes();
+    let principal = core.auth.principal(&credential(&headers, &q))?;
+    principal.check(Keyspace::User, Access::Write, &key, &[])?;
+    for _ in 0..META_RETRIES {
+        let current = range(&core, Keyspace::User, &key, &[])?.pop();
+        if let Some(c) = cas {
+            let now = current.as_ref().map_or(0, |kv| kv.mod_revision);
+            if now != c {
+                return Ok(super::bool_reply(false));
+            }
+        }
+        let meta_key = layout::kv(&key);
+        let (old, meta_rev) = metas(&core, &key, &[])?
+            .remove(&key)
+            .map_or((KvMeta::default(), 0), |(m, r)| (m, r));
+        let live = current
+            .as_ref()
+            .is_some_and(|kv| KvMeta::applies_to(meta_rev, kv.create_revision));
+        let meta = KvMeta {
+            flags,
+            ..if live { old } else { KvMeta::default() }
+        };
+        let key_rev = current.as_ref().map_or(0, |kv| kv.mod_revision);
+        let txn = TxnRequest {
+            compare: vec![
+                compare_mod(Keyspace::User, &key, key_rev),
+                compare_mod(Keyspace::Registry, &meta_key, meta_rev),
+            ],
+            success: vec![
+                put_op(tagged(Keyspace::User, &key), body.to_vec(), 0),
+                put_op(
+                    tagged(Keyspace::Registry, &meta_key),
+                    serde_json::to_vec(&meta).unwrap_or_default(),
+                    0,
+                ),
+            ],
+            failure: vec![],
+        };
+        let entry_guard = principal.guard();
+        let resp = core
+            .registry
+            .write_multi_guarded(&core, txn, entry_guard)
+            .await?;
+        if resp.succeeded {
+            return Ok(super::bool_reply(true));
+        }
+        // Someone wrote the key or its metadata between our read and the txn: a plain put
+        // retries on the new state; a cas put is decided again at the top.
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "the key kept changing under concurrent writes; try again",
+    ))
+}
+
+async fn delete_root(
+    core: State<Arc<Core>>,
+    raw: RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete_kv(core, Path(String::new()), raw, headers).await
+}
+
+async fn delete_kv(
+    State(core): State<Arc<Core>>,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = Params::parse(raw)?;
+    let recurse = q.has("recurse");
+    if key.is_empty() && !recurse {
+        return Err(ApiError::bad("Missing key name"));
+    }
+    let cas = q.u64("cas")?.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+    if cas.is_some() && recurse {
+        return Err(ApiError::bad("Conflicting flags: cas=N with recurse"));
+    }
+    let key = key.into_bytes();
+    let range_end = if recurse { prefix_end(&key) } else { Vec::new() };
+    let principal = core.auth.principal(&credential(&headers, &q))?;
+    principal.check(Keyspace::User, Access::Write, &key, &range_end)?;
+    let meta_end = if recurse {
+        if range_end == [0] {
+            prefix_end(layout::KV)
+        } else {
+            layout::kv(&range_end)
+        }
+    } else {
+        Vec::new()
+    };
+    let txn = TxnRequest {
+        compare: cas
+            .map(|c| compare_mod(Keyspace::User, &key, c))
+            .into_iter()
+            .collect(),
+        success: vec![
+            delete_op(
+                tagged(Keyspace::User, &key),
+                if range_end.is_empty() {
+                    Vec::new()
+                } else {
+                    tagged(Keyspace::User, &range_end)
+                },
+            ),
+            delete_op(
+                tagged(Keyspace::Registry, &layout::kv(&key)),
+                if meta_end.is_empty() {
+                    Vec::new()
+                } else {
+                    tagged(Keyspace::Registry, &meta_end)
+                },
+            ),
+        ],
+        failure: vec![],
+    };
+    let resp = core
+        .registry
+        .write_multi_guarded(&core, txn, principal.guard())
+        .await?;
+    Ok(super::bool_reply(resp.succeeded))
+}
