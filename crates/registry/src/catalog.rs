@@ -16,7 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::error::RegistryError;
 use crate::layout::Key;
-use crate::model::{Check, CheckKind, CheckStatus, Node, Service};
+use crate::model::{Check, CheckKind, CheckStatus, KvMeta, Node, Service, Session};
+
+/// The check every berth member's node has: passing while the member is present.
+pub const SERF_HEALTH: &str = "serfHealth";
 
 /// A record with the store revisions it was created and last changed at.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +45,8 @@ pub enum Topic {
     NodeList,
     /// Every check (health by state).
     Checks,
+    /// Every session.
+    Sessions,
 }
 
 /// One change of a registry record, as the store reports it.
@@ -104,6 +109,11 @@ pub struct Catalog {
     by_name: BTreeMap<String, BTreeSet<ServiceKey>>,
     check_ids: HashMap<(String, String), String>,
     index: HashMap<Topic, i64>,
+    sessions: BTreeMap<String, Record<Session>>,
+    /// Locked user keys: the holding session and the metadata's revision.
+    locks: BTreeMap<Vec<u8>, (String, i64)>,
+    /// Members whose presence key lives.
+    members: BTreeSet<String>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, RegistryError> {
@@ -176,7 +186,50 @@ impl Catalog {
             Change::Delete { .. } => None,
         };
         match parsed {
-            Key::Kv(_) => {}
+            Key::Kv(user_key) => {
+                let session = match put {
+                    Some((value, _, _)) => decode::<KvMeta>(key, value)?.session,
+                    None => None,
+                };
+                match session {
+                    Some(s) => {
+                        self.locks.insert(user_key, (s, revision));
+                    }
+                    None => {
+                        self.locks.remove(&user_key);
+                    }
+                }
+            }
+            Key::Session(id) => {
+                match put {
+                    Some((value, create, modify)) => {
+                        let s: Session = decode(key, value)?;
+                        self.sessions.insert(
+                            id,
+                            Record {
+                                value: s,
+                                create,
+                                modify,
+                            },
+                        );
+                    }
+                    None => {
+                        if self.sessions.remove(&id).is_none() {
+                            return Ok(topics);
+                        }
+                    }
+                }
+                self.touch(&mut topics, Topic::Sessions, revision);
+            }
+            Key::Member(name) => {
+                let changed = match put {
+                    Some(_) => self.members.insert(name.clone()),
+                    None => self.members.remove(&name),
+                };
+                if changed {
+                    self.touch_check(&mut topics, &name, "", revision);
+                }
+            }
             Key::Node(name) => {
                 match put {
                     Some((value, create, modify)) => {
@@ -329,11 +382,43 @@ impl Catalog {
 
     fn checks_under(&self, node: &str, service: &str) -> Vec<Record<Check>> {
         let from = (node.to_string(), service.to_string(), String::new());
-        self.checks
-            .range(from..)
-            .take_while(|((n, s, _), _)| n == node && s == service)
-            .map(|(k, r)| self.effective(k, r))
-            .collect()
+        let mut out: Vec<Record<Check>> = Vec::new();
+        if service.is_empty() {
+            out.extend(self.serf_health(node));
+        }
+        out.extend(
+            self.checks
+                .range(from..)
+                .take_while(|((n, s, _), _)| n == node && s == service)
+                .map(|(k, r)| self.effective(k, r)),
+        );
+        out
+    }
+
+    /// The `serfHealth` check of a member's node: passing while the member is present.
+    fn serf_health(&self, node: &str) -> Option<Record<Check>> {
+        let n = self.nodes.get(node).filter(|n| n.value.member)?;
+        let live = self.members.contains(node);
+        Some(Record {
+            value: Check {
+                id: SERF_HEALTH.into(),
+                name: "Serf Health Status".into(),
+                node: node.to_string(),
+                status: if live {
+                    CheckStatus::Passing
+                } else {
+                    CheckStatus::Critical
+                },
+                output: if live {
+                    "Agent alive and reachable".into()
+                } else {
+                    "Agent not live or unreachable".into()
+                },
+                ..Check::default()
+            },
+            create: n.create,
+            modify: self.index(&Topic::Node(node.to_string())),
+        })
     }
 
     fn node_or_placeholder(&self, name: &str) -> Record<Node> {
@@ -402,10 +487,14 @@ impl Catalog {
 
     /// Every check on `node` (node checks and its instances'), with effective statuses.
     pub fn checks_on(&self, node: &str) -> Vec<Record<Check>> {
-        self.checks
-            .range((node.to_string(), String::new(), String::new())..)
-            .take_while(|((n, _, _), _)| n == node)
-            .map(|(k, r)| self.effective(k, r))
+        self.serf_health(node)
+            .into_iter()
+            .chain(
+                self.checks
+                    .range((node.to_string(), String::new(), String::new())..)
+                    .take_while(|((n, _, _), _)| n == node)
+                    .map(|(k, r)| self.effective(k, r)),
+            )
             .collect()
     }
 
@@ -421,15 +510,20 @@ impl Catalog {
 
     /// Every check in `state` (`None`: every check).
     pub fn checks_in(&self, state: Option<CheckStatus>) -> Vec<Record<Check>> {
-        self.checks
-            .iter()
-            .map(|(k, r)| self.effective(k, r))
+        self.nodes
+            .keys()
+            .filter_map(|n| self.serf_health(n))
+            .chain(self.checks.iter().map(|(k, r)| self.effective(k, r)))
             .filter(|r| state.is_none_or(|s| r.value.status == s))
             .collect()
     }
 
-    /// Check `id` on `node`, with its effective status.
+    /// Check `id` on `node`, with its effective status (`serfHealth` of a member's node
+    /// included).
     pub fn check(&self, node: &str, id: &str) -> Option<Record<Check>> {
+        if id == SERF_HEALTH {
+            return self.serf_health(node);
+        }
         let service = self.check_ids.get(&(node.to_string(), id.to_string()))?;
         let k = (node.to_string(), service.clone(), id.to_string());
         self.checks.get(&k).map(|r| self.effective(&k, r))
@@ -439,6 +533,57 @@ impl Catalog {
     pub fn ttl_alive(&self, node: &str, service: &str, id: &str) -> bool {
         self.alive
             .contains(&(node.to_string(), service.to_string(), id.to_string()))
+    }
+
+    /// Every session, by ID.
+    pub fn sessions(&self) -> Vec<Record<Session>> {
+        self.sessions.values().cloned().collect()
+    }
+
+    /// Session `id`.
+    pub fn session(&self, id: &str) -> Option<Record<Session>> {
+        self.sessions.get(id).cloned()
+    }
+
+    /// Locked user keys whose session no longer exists, with the session and the revision
+    /// of their metadata: what ending a session leaves to clean up.
+    pub fn orphaned_locks(&self) -> Vec<(Vec<u8>, String, i64)> {
+        self.locks
+            .iter()
+            .filter(|(_, (s, _))| !self.sessions.contains_key(s))
+            .map(|(k, (s, rev))| (k.clone(), s.clone(), *rev))
+            .collect()
+    }
+
+    /// Sessions that must end: their node is gone, or a check they depend on is critical
+    /// or gone (Consul's invalidation rules).
+    pub fn doomed_sessions(&self) -> Vec<Record<Session>> {
+        self.sessions
+            .values()
+            .filter(|s| {
+                let s = &s.value;
+                if !self.nodes.contains_key(&s.node) {
+                    return true;
+                }
+                let failing = |id: &str| {
+                    self.check(&s.node, id)
+                        .is_none_or(|c| c.value.status == CheckStatus::Critical)
+                };
+                s.node_checks.iter().any(|c| failing(c))
+                    || s.service_checks.iter().any(|c| failing(c))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// True while member `name`'s presence key lives.
+    pub fn member_live(&self, name: &str) -> bool {
+        self.members.contains(name)
+    }
+
+    /// Members whose presence key lives, by name.
+    pub fn live_members(&self) -> Vec<String> {
+        self.members.iter().cloned().collect()
     }
 
     /// Number of instances (for metrics).

@@ -9,6 +9,8 @@
 //! | `chk/<node>\0<service id>\0<check id>` | [`Check`](crate::Check) (service id empty for a node check) |
 //! | `ttl/<node>\0<service id>\0<check id>` | empty, attached to the TTL check's lease: present while the TTL holds |
 //! | `kv/<key>` | [`KvMeta`](crate::KvMeta) of user-keyspace key `<key>` |
+//! | `sess/<id>` | [`Session`](crate::model::Session), attached to its lease when it has a TTL |
+//! | `member/<name>` | empty, attached to the member's presence lease: present while the member is live |
 
 /// Prefix of node records.
 pub const NODE: &[u8] = b"node/";
@@ -20,6 +22,10 @@ pub const CHECK: &[u8] = b"chk/";
 pub const TTL: &[u8] = b"ttl/";
 /// Prefix of KV metadata.
 pub const KV: &[u8] = b"kv/";
+/// Prefix of sessions.
+pub const SESSION: &[u8] = b"sess/";
+/// Prefix of member presence keys.
+pub const MEMBER: &[u8] = b"member/";
 
 const SEP: u8 = 0;
 
@@ -82,6 +88,16 @@ pub fn kv(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Key of session `id`.
+pub fn session(id: &str) -> Vec<u8> {
+    join(SESSION, &[id])
+}
+
+/// Presence key of member `name`.
+pub fn member(name: &str) -> Vec<u8> {
+    join(MEMBER, &[name])
+}
+
 /// The end of the span of every key starting with `prefix` (etcd's prefix range end).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -107,6 +123,10 @@ pub enum Key {
     Ttl(String, String, String),
     /// `kv/<key>`
     Kv(Vec<u8>),
+    /// `sess/<id>`
+    Session(String),
+    /// `member/<name>`
+    Member(String),
 }
 
 fn parts(rest: &[u8], n: usize) -> Option<Vec<String>> {
@@ -123,6 +143,14 @@ impl Key {
     pub fn parse(key: &[u8]) -> Option<Key> {
         if let Some(rest) = key.strip_prefix(KV) {
             return Some(Key::Kv(rest.to_vec()));
+        }
+        if let Some(rest) = key.strip_prefix(SESSION) {
+            let mut p = parts(rest, 1)?;
+            return p.pop().map(Key::Session);
+        }
+        if let Some(rest) = key.strip_prefix(MEMBER) {
+            let mut p = parts(rest, 1)?;
+            return p.pop().map(Key::Member);
         }
         if let Some(rest) = key.strip_prefix(NODE) {
             let mut p = parts(rest, 1)?;

@@ -20,4 +20,4 @@ pub mod register;
 
 pub use catalog::{Catalog, Topic};
 pub use error::RegistryError;
-pub use model::{Check, CheckKind, CheckStatus, KvMeta, Node, Service};
+pub use model::{Behavior, Check, CheckKind, CheckStatus, KvMeta, Node, Service, Session};

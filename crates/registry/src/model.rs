@@ -25,6 +25,10 @@ pub struct Node {
     /// Free-form metadata.
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
+    /// True for a berth member's own node: its `serfHealth` check follows the member's
+    /// presence (see [`crate::layout`]'s `member/` keys).
+    #[serde(default)]
+    pub member: bool,
 }
 
 /// A named address of a service, with its port.
@@ -239,6 +243,58 @@ impl Default for CheckStatus {
     }
 }
 
+/// What happens to the locks of a session that ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Behavior {
+    /// Locks are released (the keys stay).
+    #[default]
+    Release,
+    /// Locked keys are deleted.
+    Delete,
+}
+
+impl Behavior {
+    /// Consul's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Behavior::Release => "release",
+            Behavior::Delete => "delete",
+        }
+    }
+}
+
+/// A Consul session: what KV locks are held by. It ends when destroyed, when its TTL lapses
+/// (its record is attached to a lease), or when one of its checks turns critical.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Session {
+    /// UUID.
+    pub id: String,
+    /// Free-form name.
+    #[serde(default)]
+    pub name: String,
+    /// Node the session belongs to.
+    pub node: String,
+    /// Node checks it depends on (`serfHealth` by default).
+    #[serde(default)]
+    pub node_checks: Vec<String>,
+    /// Service checks it depends on.
+    #[serde(default)]
+    pub service_checks: Vec<String>,
+    /// How long a released lock cannot be taken again.
+    #[serde(with = "duration_ms")]
+    pub lock_delay: Duration,
+    /// What ending does to its locks.
+    #[serde(default)]
+    pub behavior: Behavior,
+    /// TTL (zero: none).
+    #[serde(default, with = "duration_ms")]
+    pub ttl: Duration,
+    /// The lease holding a TTL session's record (0: none).
+    #[serde(default)]
+    pub lease: i64,
+}
+
 /// What Consul keeps beside a KV key: flags and the lock. Valid only while the key lives the
 /// life it had when the metadata was written (see [`KvMeta::applies_to`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -252,6 +308,21 @@ pub struct KvMeta {
     /// The session holding the lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// Unix milliseconds before which the lock may not be acquired again (the lock delay of
+    /// a session that ended holding it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delay_until_ms: u64,
+    /// While locked: what the holder's end does to the key (copied from the session, so the
+    /// lock can be cleaned up after the session's record is gone).
+    #[serde(default)]
+    pub behavior: Behavior,
+    /// While locked: the holder's lock delay, in milliseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lock_delay_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl KvMeta {

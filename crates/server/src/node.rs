@@ -280,6 +280,22 @@ where
             Ok(())
         }),
     );
+    let (presence_core, stop) = (core.clone(), stop_rx.clone());
+    spawn(
+        "presence",
+        Box::pin(async move {
+            crate::registry::presence::run(presence_core, stop).await;
+            Ok(())
+        }),
+    );
+    let (reaper_core, stop) = (core.clone(), stop_rx.clone());
+    spawn(
+        "registry housekeeping",
+        Box::pin(async move {
+            crate::registry::reaper::run(reaper_core, stop).await;
+            Ok(())
+        }),
+    );
     let leases = core.leases.clone();
     let stop = stop_rx.clone();
     spawn(

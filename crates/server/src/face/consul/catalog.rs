@@ -299,6 +299,7 @@ async fn register(
             datacenter: DATACENTER.into(),
             tagged_addresses: r.taggedaddresses,
             meta: r.nodemeta,
+            member: false,
         },
     };
     let service = r.service.map(ServiceIn::registration).transpose()?;

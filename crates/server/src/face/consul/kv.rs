@@ -19,8 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use base64::Engine;
 use berth_auth::Access;
-use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use berth_proto::etcdserverpb::{Compare, RangeRequest, TxnRequest};
+use berth_proto::etcdserverpb::{RangeRequest, TxnRequest};
 use berth_proto::mvccpb::KeyValue;
 use berth_registry::{layout, KvMeta};
 use berth_store::{Delivery, KeySpan, Keyspace, WatchSink, WatchSpec};
@@ -29,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::{check_index, credential, json_reply, ApiError, Params, ReadOpts, MAX_VALUE, X_INDEX};
 use crate::core::Core;
-use crate::registry::{delete_op, put_op};
+use crate::registry::{compare_mod, delete_op, put_op, tagged};
 
 /// How often a write retries when a concurrent one changed the key's metadata under it.
 const META_RETRIES: usize = 8;
@@ -38,14 +37,6 @@ pub(super) fn routes() -> Router<Arc<Core>> {
     Router::new()
         .route("/v1/kv/", get(get_root).put(put_root).delete(delete_root))
         .route("/v1/kv/{*key}", get(get_kv).put(put_kv).delete(delete_kv))
-}
-
-/// `key` of keyspace `ks` as a multi-keyspace txn names it.
-fn tagged(ks: Keyspace, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(ks.id());
-    k.extend_from_slice(key);
-    k
 }
 
 /// The range end of every key starting with `prefix` (every key for an empty prefix).
@@ -208,13 +199,54 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn compare_mod(ks: Keyspace, key: &[u8], rev: i64) -> Compare {
-    Compare {
-        key: tagged(ks, key),
-        target: CompareTarget::Mod as i32,
-        result: CompareResult::Equal as i32,
-        target_union: Some(TargetUnion::ModRevision(rev)),
-        ..Default::default()
+/// The metadata a put leaves: `lock` is `Some(true)` to acquire with `session`,
+/// `Some(false)` to release it, `None` for a plain put (which keeps the lock). `None` when
+/// the lock refuses (held by another session, or in its lock delay, or not held by the
+/// releasing session).
+fn next_meta(
+    core: &Core,
+    old: KvMeta,
+    flags: u64,
+    lock: Option<bool>,
+    session: Option<&berth_registry::Session>,
+) -> Option<KvMeta> {
+    // A holder whose session ended and whose lock is not cleaned up yet still holds it
+    // until the clean-up starts its lock delay.
+    let holder = old.session.clone();
+    let holder_gone = holder
+        .as_ref()
+        .is_some_and(|h| core.registry.read(|c| c.session(h)).is_none());
+    match (lock, session) {
+        (Some(true), Some(s)) => {
+            if holder.as_deref() == Some(s.id.as_str()) {
+                return Some(KvMeta { flags, ..old });
+            }
+            if holder.is_some() && !(holder_gone && old.lock_delay_ms == 0) {
+                return None;
+            }
+            if old.delay_until_ms > crate::registry::now_ms() {
+                return None;
+            }
+            Some(KvMeta {
+                flags,
+                lock_index: old.lock_index + 1,
+                session: Some(s.id.clone()),
+                delay_until_ms: 0,
+                behavior: s.behavior,
+                lock_delay_ms: u64::try_from(s.lock_delay.as_millis()).unwrap_or(u64::MAX),
+            })
+        }
+        (Some(false), Some(s)) => {
+            if holder.as_deref() != Some(s.id.as_str()) {
+                return None;
+            }
+            Some(KvMeta {
+                flags,
+                lock_index: old.lock_index,
+                ..KvMeta::default()
+            })
+        }
+        _ => Some(KvMeta { flags, ..old }),
     }
 }
 
@@ -235,12 +267,34 @@ async fn put_kv(
     if key.is_empty() {
         return Err(ApiError::bad("Missing key name"));
     }
-    if q.has("acquire") || q.has("release") {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "sessions and locks (acquire/release) are not implemented in berth yet",
-        ));
-    }
+    let lock = match (q.get("acquire"), q.get("release")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad("Conflicting flags: acquire with release"))
+        }
+        (Some(s), None) => Some((true, s.to_string())),
+        (None, Some(s)) => Some((false, s.to_string())),
+        (None, None) => None,
+    };
+    let session = match &lock {
+        None => None,
+        Some((_, id)) => {
+            let mut found = core.registry.read(|c| c.session(id));
+            if found.is_none() {
+                // Created on another member a moment ago?
+                core.registry.sync(&core).await?;
+                found = core.registry.read(|c| c.session(id));
+            }
+            match found {
+                Some(s) => Some(s.value),
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("invalid session {id:?}"),
+                    ))
+                }
+            }
+        }
+    };
     if body.len() > MAX_VALUE {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -270,9 +324,10 @@ async fn put_kv(
         let live = current
             .as_ref()
             .is_some_and(|kv| KvMeta::applies_to(meta_rev, kv.create_revision));
-        let meta = KvMeta {
-            flags,
-            ..if live { old } else { KvMeta::default() }
+        let old = if live { old } else { KvMeta::default() };
+        let Some(meta) = next_meta(&core, old, flags, lock.as_ref().map(|(a, _)| *a), session.as_ref())
+        else {
+            return Ok(super::bool_reply(false));
         };
         let key_rev = current.as_ref().map_or(0, |kv| kv.mod_revision);
         let txn = TxnRequest {

@@ -12,12 +12,13 @@
 //!   case and in snake_case, nulls read as absent.
 //!
 //! - `input`: key folding and Go durations; `shapes`: the output JSON;
-//! - `agent`, `catalog` (with `health`), `kv`, `status`: the endpoints.
+//! - `agent`, `catalog` (with `health`), `kv`, `session`, `status`: the endpoints.
 
 mod agent;
 mod catalog;
 mod input;
 mod kv;
+mod session;
 mod shapes;
 mod status;
 
@@ -52,6 +53,7 @@ pub fn routes(core: Arc<Core>) -> Router {
         .merge(agent::routes())
         .merge(catalog::routes())
         .merge(kv::routes())
+        .merge(session::routes())
         .merge(status::routes())
         .fallback(unknown)
         .layer(axum::middleware::from_fn_with_state(core.clone(), meta))

@@ -32,6 +32,12 @@ use tokio::time::Instant;
 use crate::consensus::WriteError;
 use crate::core::Core;
 
+pub mod presence;
+pub mod reaper;
+mod sessions;
+
+pub use sessions::{compare_mod, now_ms, tagged};
+
 /// The datacenter berth reports (one per cluster).
 pub const DATACENTER: &str = "dc1";
 
@@ -81,7 +87,7 @@ pub fn delete_op(key: Vec<u8>, range_end: Vec<u8>) -> RequestOp {
     }
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     // Records are plain structs of strings, numbers and maps with string keys: encoding
     // cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
@@ -92,7 +98,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The lease TTL (whole seconds, at least one) that keeps a TTL check of `ttl` alive.
-fn lease_ttl(ttl: Duration) -> i64 {
+pub(crate) fn lease_ttl(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis().div_ceil(1000))
         .unwrap_or(i64::MAX)
         .max(1)
@@ -314,7 +320,7 @@ impl Registry {
     }
 
     /// Proposes a txn of the `Registry` keyspace and waits until the view shows it.
-    async fn write(&self, core: &Core, txn: TxnRequest) -> Result<bool, WriteError> {
+    pub(crate) async fn write(&self, core: &Core, txn: TxnRequest) -> Result<bool, WriteError> {
         match core
             .consensus
             .propose_in(Keyspace::Registry, Command::Txn(txn))
@@ -378,6 +384,7 @@ impl Registry {
                 .into_iter()
                 .collect(),
             meta: Default::default(),
+            member: true,
         }
     }
 

@@ -1,0 +1,66 @@
+//! Member presence: every member keeps a key `member/<name>` in the registry keyspace on a
+//! short lease it renews at the leader once a second (no log entry per renewal). A member
+//! that dies or is cut off from the majority stops renewing; the leader's lease expiry then
+//! deletes its key, every member's view sees it gone, its node's `serfHealth` turns critical
+//! and the checks it ran are assigned to the members still present.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::etcdserverpb::TxnRequest;
+use berth_registry::layout;
+use tokio::sync::watch;
+
+use super::{encode, put_op, Registry};
+use crate::core::Core;
+
+/// TTL of a presence lease: how long after its last renewal a silent member counts as gone.
+pub const PRESENCE_TTL: i64 = 5;
+/// How often a member renews its presence.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps this member present until `stop`.
+pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let name = core.member.name.clone();
+    let mut lease = 0i64;
+    let mut tick = tokio::time::interval(RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if lease != 0 && core.registry.read(|c| c.member_live(&name)) {
+            match core.leases.renew(lease).await {
+                Ok(ttl) if ttl > 0 => continue,
+                Ok(_) => lease = 0,
+                Err(e) => {
+                    tracing::debug!(error = %e, "presence: renewal failed");
+                    continue;
+                }
+            }
+        }
+        match establish(&core).await {
+            Ok(id) => {
+                tracing::debug!(lease = id, "presence: established");
+                lease = id;
+            }
+            Err(e) => tracing::debug!(error = %e, "presence: not established yet"),
+        }
+    }
+}
+
+/// Grants a presence lease and writes this member's node record and presence key on it.
+async fn establish(core: &Core) -> Result<i64, crate::consensus::WriteError> {
+    let grant = core.leases.grant(PRESENCE_TTL, 0, None).await?;
+    let node = Registry::agent_node(core);
+    let txn = TxnRequest {
+        success: vec![
+            put_op(layout::node(&node.name), encode(&node), 0),
+            put_op(layout::member(&node.name), Vec::new(), grant.id),
+        ],
+        ..Default::default()
+    };
+    core.registry.write(core, txn).await?;
+    Ok(grant.id)
+}
