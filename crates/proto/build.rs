@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/raft.proto",
         "proto/berth/store.proto",
         "proto/berth/lease.proto",
+        "proto/grpc/health/v1/health.proto",
     ];
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptors = out.join("descriptors.bin");

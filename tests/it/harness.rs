@@ -776,12 +776,24 @@ impl Drop for NetCluster {
 /// POSTs `body` to `path` at `addr` over HTTP/1.1 (connection closed after), with extra
 /// headers; returns (status code, body), de-chunked.
 pub fn http_post(addr: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_request("POST", addr, path, body, headers).0
+}
+
+/// Sends one HTTP/1.1 request (connection closed after); returns (status code, body)
+/// de-chunked, and the response headers (names lower-cased).
+pub fn http_request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> ((u16, String), Vec<(String, String)>) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
+    s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
@@ -817,5 +829,11 @@ pub fn http_post(addr: &str, path: &str, body: &str, headers: &[(&str, &str)]) -
     } else {
         rest.to_string()
     };
-    (code, body)
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    ((code, body), headers)
 }

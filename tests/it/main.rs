@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod cluster;
+mod consul;
 mod crash;
 mod etcdctl;
 mod gateway;

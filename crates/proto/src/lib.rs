@@ -102,6 +102,12 @@ pub mod client {
         tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Token>;
 }
 
+/// gRPC's standard health checking protocol (`grpc.health.v1`).
+pub mod grpc_health {
+    #![allow(missing_docs)]
+    tonic::include_proto!("grpc.health.v1");
+}
+
 /// berth's own protocols.
 pub mod berth {
     /// Replication: the peer service, over opaque entries (`berth.raft`).

@@ -281,7 +281,8 @@ impl Catalog {
                     }
                 }
                 let before: Vec<BTreeSet<String>> = names.iter().map(|n| self.tags_of(n)).collect();
-                let existed: Vec<bool> = names.iter().map(|n| self.by_name.contains_key(n)).collect();
+                let existed: Vec<bool> =
+                    names.iter().map(|n| self.by_name.contains_key(n)).collect();
                 if let Some(old) = &old {
                     if let Some(set) = self.by_name.get_mut(&old.name) {
                         set.remove(&k);
@@ -299,8 +300,7 @@ impl Catalog {
                     self.services.insert(k, new);
                 }
                 for (i, n) in names.iter().enumerate() {
-                    if before[i] != self.tags_of(n) || existed[i] != self.by_name.contains_key(n)
-                    {
+                    if before[i] != self.tags_of(n) || existed[i] != self.by_name.contains_key(n) {
                         self.touch(&mut topics, Topic::ServiceList, revision);
                     }
                     self.touch(&mut topics, Topic::Service(n.clone()), revision);
@@ -533,6 +533,15 @@ impl Catalog {
     pub fn ttl_alive(&self, node: &str, service: &str, id: &str) -> bool {
         self.alive
             .contains(&(node.to_string(), service.to_string(), id.to_string()))
+    }
+
+    /// Every check berth runs itself (HTTP, TCP, gRPC), as stored.
+    pub fn active_checks(&self) -> Vec<Record<Check>> {
+        self.checks
+            .values()
+            .filter(|r| r.value.kind.is_active())
+            .cloned()
+            .collect()
     }
 
     /// Every session, by ID.

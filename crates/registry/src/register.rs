@@ -176,7 +176,9 @@ impl CheckDefinition {
                 return Err(RegistryError::invalid("TCP check needs host:port"))
             }
             CheckKind::Grpc { target, .. } if target.is_empty() => {
-                return Err(RegistryError::invalid("gRPC check needs host:port[/service]"))
+                return Err(RegistryError::invalid(
+                    "gRPC check needs host:port[/service]",
+                ))
             }
             _ => {}
         }
@@ -223,7 +225,10 @@ pub fn floor_char_boundary(s: &str, max: usize) -> usize {
     if s.len() <= max {
         return s.len();
     }
-    (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0)
+    (0..=max)
+        .rev()
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -265,10 +270,7 @@ mod tests {
     #[test]
     fn bad_registrations_are_refused_whole() {
         let missing = Registration::default().into_records("n");
-        assert_eq!(
-            missing,
-            Err(RegistryError::invalid("Missing service name"))
-        );
+        assert_eq!(missing, Err(RegistryError::invalid("Missing service name")));
         let http = CheckDefinition {
             kind: CheckKind::Http {
                 url: "http://x/".into(),

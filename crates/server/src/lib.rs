@@ -30,10 +30,10 @@ pub mod http;
 pub mod lease;
 pub mod listen;
 pub mod member;
-pub mod registry;
 pub mod meta_group;
 pub mod metrics;
 pub mod node;
+pub mod registry;
 pub mod space;
 pub mod tls;
 

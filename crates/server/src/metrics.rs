@@ -64,8 +64,10 @@ pub struct Metrics {
     pub watch_events: Counter,
     /// TTL check updates that only renewed the check's lease (no Raft write).
     pub registry_ttl_renewals: Counter,
-    /// TTL check updates that wrote a new status.
+    /// Check updates that wrote a new status (TTL updates and active check runs).
     pub registry_status_writes: Counter,
+    /// Runs of active checks (HTTP, TCP, gRPC) on this member.
+    pub registry_check_runs: Counter,
     /// Consul HTTP API requests answered, by route and status.
     consul_requests: Family<RouteLabels, Counter>,
     /// Consul HTTP API answer time (blocking queries included), by route and status.
@@ -145,6 +147,7 @@ impl Metrics {
             watch_events: Counter::default(),
             registry_ttl_renewals: Counter::default(),
             registry_status_writes: Counter::default(),
+            registry_check_runs: Counter::default(),
             consul_requests: Family::default(),
             consul_latency: Family::new_with_constructor(
                 (|| Histogram::new(exponential_buckets(0.0001, 2.0, 24))) as fn() -> Histogram,
@@ -202,8 +205,13 @@ impl Metrics {
         );
         r.register(
             "berth_registry_status_writes",
-            "TTL check updates that wrote a new status",
+            "Check updates that wrote a new status (TTL updates and active check runs)",
             m.registry_status_writes.clone(),
+        );
+        r.register(
+            "berth_registry_check_runs",
+            "Runs of active checks (HTTP, TCP, gRPC) on this member",
+            m.registry_check_runs.clone(),
         );
         r.register(
             "berth_consul_requests",

@@ -288,6 +288,14 @@ where
             Ok(())
         }),
     );
+    let (runner_core, stop) = (core.clone(), stop_rx.clone());
+    spawn(
+        "check runner",
+        Box::pin(async move {
+            crate::registry::runner::run(runner_core, stop).await;
+            Ok(())
+        }),
+    );
     let (reaper_core, stop) = (core.clone(), stop_rx.clone());
     spawn(
         "registry housekeeping",

@@ -221,8 +221,7 @@ impl Writer<'_, '_> {
         if p.lease != 0 && !p.ignore_lease && !self.lessor.contains(p.lease) {
             return Err(StoreError::LeaseNotFound);
         }
-        if (p.ignore_value || p.ignore_lease) && self.index.get(ks, key, self.current).is_none()
-        {
+        if (p.ignore_value || p.ignore_lease) && self.index.get(ks, key, self.current).is_none() {
             return Err(StoreError::KeyNotFound);
         }
         Ok(())
@@ -356,11 +355,10 @@ impl Writer<'_, '_> {
         let span = KeySpan::new(key, range_end);
         let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
         let mut versions = Vec::new();
-        self.index
-            .for_each_live(ks, &span, self.current, |k, v| {
-                versions.push((k.to_vec(), v));
-                true
-            });
+        self.index.for_each_live(ks, &span, self.current, |k, v| {
+            versions.push((k.to_vec(), v));
+            true
+        });
         if versions.is_empty() {
             // A value compare on a missing key always fails: there is no value to compare.
             if target == CompareTarget::Value {

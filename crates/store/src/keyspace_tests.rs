@@ -328,7 +328,11 @@ fn a_multi_keyspace_txn_compares_and_writes_across_keyspaces_at_one_revision() {
                 panic!("{t:?}")
             };
             let keys: Vec<&[u8]> = r.kvs.iter().map(|kv| kv.key.as_slice()).collect();
-            assert_eq!(keys, [b"k".as_slice()], "reads see the user keyspace, untagged");
+            assert_eq!(
+                keys,
+                [b"k".as_slice()],
+                "reads see the user keyspace, untagged"
+            );
             t.header.expect("header").revision
         }
         other => panic!("{other:?}"),

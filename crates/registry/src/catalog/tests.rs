@@ -35,8 +35,18 @@ fn a_change_moves_its_own_topics_only() {
         ..Node::default()
     };
     put(&mut c, layout::node("n1"), &node, 2);
-    put(&mut c, layout::service("n1", "web1"), &service("n1", "web1", "web", &["a"]), 3);
-    put(&mut c, layout::service("n1", "db1"), &service("n1", "db1", "db", &[]), 4);
+    put(
+        &mut c,
+        layout::service("n1", "web1"),
+        &service("n1", "web1", "web", &["a"]),
+        3,
+    );
+    put(
+        &mut c,
+        layout::service("n1", "db1"),
+        &service("n1", "db1", "db", &[]),
+        4,
+    );
     assert_eq!(c.index(&Topic::Service("web".into())), 3);
     assert_eq!(c.index(&Topic::Service("db".into())), 4);
     assert_eq!(c.index(&Topic::ServiceList), 4);
@@ -76,7 +86,12 @@ fn a_change_moves_its_own_topics_only() {
 #[test]
 fn a_ttl_check_is_critical_unless_its_lease_key_lives() {
     let mut c = Catalog::new();
-    put(&mut c, layout::service("n1", "web1"), &service("n1", "web1", "web", &[]), 2);
+    put(
+        &mut c,
+        layout::service("n1", "web1"),
+        &service("n1", "web1", "web", &[]),
+        2,
+    );
     let check = Check {
         id: "service:web1".into(),
         name: "ttl".into(),
@@ -89,7 +104,12 @@ fn a_ttl_check_is_critical_unless_its_lease_key_lives() {
         },
         ..Check::default()
     };
-    put(&mut c, layout::check("n1", "web1", "service:web1"), &check, 3);
+    put(
+        &mut c,
+        layout::check("n1", "web1", "service:web1"),
+        &check,
+        3,
+    );
     assert_eq!(c.entries("web")[0].status(), CheckStatus::Critical);
     let ttl = layout::ttl("n1", "web1", "service:web1");
     c.apply(Change::Put {

@@ -20,12 +20,12 @@ use berth_proto::etcdserverpb::request_op::Request as Op;
 use berth_proto::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
+use berth_proto::mvccpb::event::EventType;
 use berth_registry::catalog::{Change, Record};
 use berth_registry::layout;
 use berth_registry::register::{CheckDefinition, Registration};
 use berth_registry::{Catalog, Check, CheckKind, CheckStatus, Node, RegistryError, Topic};
 use berth_store::{Applied, Command, Delivery, KeySpan, Keyspace, Store, WatchSink, WatchSpec};
-use berth_proto::mvccpb::event::EventType;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
@@ -33,7 +33,9 @@ use crate::consensus::WriteError;
 use crate::core::Core;
 
 pub mod presence;
+mod probe;
 pub mod reaper;
+pub mod runner;
 mod sessions;
 
 pub use sessions::{compare_mod, now_ms, tagged};
@@ -468,17 +470,26 @@ impl Registry {
                     .collect()
             });
             for id in stale {
-                ops.push(delete_op(layout::check(&node.name, &service.id, &id), Vec::new()));
-                ops.push(delete_op(layout::ttl(&node.name, &service.id, &id), Vec::new()));
+                ops.push(delete_op(
+                    layout::check(&node.name, &service.id, &id),
+                    Vec::new(),
+                ));
+                ops.push(delete_op(
+                    layout::ttl(&node.name, &service.id, &id),
+                    Vec::new(),
+                ));
             }
         }
         for check in checks {
             self.check_ops(core, check, &mut ops).await?;
         }
-        self.write(core, TxnRequest {
-            success: ops,
-            ..Default::default()
-        })
+        self.write(
+            core,
+            TxnRequest {
+                success: ops,
+                ..Default::default()
+            },
+        )
         .await?;
         tracing::debug!(node = %node.name, service = %service.id, "service registered");
         Ok(())
@@ -509,10 +520,13 @@ impl Registry {
         let mut ops: Vec<RequestOp> = self.node_op(node).into_iter().collect();
         self.check_ops(core, check, &mut ops).await?;
         if !ops.is_empty() {
-            self.write(core, TxnRequest {
-                success: ops,
-                ..Default::default()
-            })
+            self.write(
+                core,
+                TxnRequest {
+                    success: ops,
+                    ..Default::default()
+                },
+            )
             .await?;
         }
         Ok(())
@@ -536,10 +550,13 @@ impl Registry {
             delete_op(checks.clone(), layout::prefix_end(&checks)),
             delete_op(ttls.clone(), layout::prefix_end(&ttls)),
         ];
-        self.write(core, TxnRequest {
-            success: ops,
-            ..Default::default()
-        })
+        self.write(
+            core,
+            TxnRequest {
+                success: ops,
+                ..Default::default()
+            },
+        )
         .await?;
         tracing::debug!(node, service = id, "service deregistered");
         Ok(true)
@@ -560,10 +577,13 @@ impl Registry {
             delete_op(layout::check(node, &sid, id), Vec::new()),
             delete_op(layout::ttl(node, &sid, id), Vec::new()),
         ];
-        self.write(core, TxnRequest {
-            success: ops,
-            ..Default::default()
-        })
+        self.write(
+            core,
+            TxnRequest {
+                success: ops,
+                ..Default::default()
+            },
+        )
         .await?;
         Ok(true)
     }
@@ -621,15 +641,58 @@ impl Registry {
                 encode(&updated),
                 0,
             ),
-            put_op(layout::ttl(node, &updated.service_id, id), Vec::new(), lease.id),
+            put_op(
+                layout::ttl(node, &updated.service_id, id),
+                Vec::new(),
+                lease.id,
+            ),
         ];
-        self.write(core, TxnRequest {
-            success: ops,
-            ..Default::default()
-        })
+        self.write(
+            core,
+            TxnRequest {
+                success: ops,
+                ..Default::default()
+            },
+        )
         .await?;
         core.metrics.registry_status_writes.inc();
         Ok(())
+    }
+
+    /// Writes the outcome of an active check's run when its status changed, unless the
+    /// check was changed (re-registered, removed) since `seen` (its mod revision).
+    pub async fn set_check_status(
+        &self,
+        core: &Core,
+        check: &Check,
+        seen: i64,
+        status: CheckStatus,
+        output: String,
+    ) -> Result<bool, WriteError> {
+        let key = layout::check(&check.node, &check.service_id, &check.id);
+        let updated = Check {
+            status,
+            output,
+            ..check.clone()
+        };
+        let txn = TxnRequest {
+            compare: vec![berth_proto::etcdserverpb::Compare {
+                key: key.clone(),
+                target: berth_proto::etcdserverpb::compare::CompareTarget::Mod as i32,
+                result: berth_proto::etcdserverpb::compare::CompareResult::Equal as i32,
+                target_union: Some(
+                    berth_proto::etcdserverpb::compare::TargetUnion::ModRevision(seen),
+                ),
+                ..Default::default()
+            }],
+            success: vec![put_op(key, encode(&updated), 0)],
+            failure: vec![],
+        };
+        let ok = self.write(core, txn).await?;
+        if ok {
+            core.metrics.registry_status_writes.inc();
+        }
+        Ok(ok)
     }
 
     /// Puts a node (or an instance with `service_id`) into maintenance, or takes it out:
@@ -682,11 +745,18 @@ impl Registry {
             ..Check::default()
         };
         let mut ops: Vec<RequestOp> = self.node_op(node).into_iter().collect();
-        ops.push(put_op(layout::check(&node.name, &sid, &id), encode(&check), 0));
-        self.write(core, TxnRequest {
-            success: ops,
-            ..Default::default()
-        })
+        ops.push(put_op(
+            layout::check(&node.name, &sid, &id),
+            encode(&check),
+            0,
+        ));
+        self.write(
+            core,
+            TxnRequest {
+                success: ops,
+                ..Default::default()
+            },
+        )
         .await?;
         Ok(())
     }
@@ -738,10 +808,13 @@ impl Registry {
             ));
         }
         if !ops.is_empty() {
-            self.write(core, TxnRequest {
-                success: ops,
-                ..Default::default()
-            })
+            self.write(
+                core,
+                TxnRequest {
+                    success: ops,
+                    ..Default::default()
+                },
+            )
             .await?;
         }
         Ok(())
@@ -769,10 +842,13 @@ impl Registry {
             let p = layout::of_node(kind, node);
             ops.push(delete_op(p.clone(), layout::prefix_end(&p)));
         }
-        self.write(core, TxnRequest {
-            success: ops,
-            ..Default::default()
-        })
+        self.write(
+            core,
+            TxnRequest {
+                success: ops,
+                ..Default::default()
+            },
+        )
         .await?;
         Ok(())
     }

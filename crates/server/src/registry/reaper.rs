@@ -39,7 +39,9 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = core.registry.clean_orphaned_locks(&core).await {
             tracing::debug!(error = %e, "reaper: cleaning locks");
         }
-        let checks = core.registry.read(|c| c.checks_in(Some(CheckStatus::Critical)));
+        let checks = core
+            .registry
+            .read(|c| c.checks_in(Some(CheckStatus::Critical)));
         let now = Instant::now();
         let mut seen = HashMap::new();
         for r in checks {

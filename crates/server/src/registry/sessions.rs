@@ -221,7 +221,8 @@ impl Registry {
                 success,
                 failure: vec![],
             };
-            let entry = berth_store::Entry::new(Keyspace::User, berth_store::Command::MultiTxn(txn));
+            let entry =
+                berth_store::Entry::new(Keyspace::User, berth_store::Command::MultiTxn(txn));
             if let berth_store::Applied::Txn(t) = core.consensus.propose_entry(entry).await? {
                 if let Some(h) = t.header {
                     self.wait_applied(h.revision).await;

@@ -31,7 +31,10 @@ pub(super) fn routes() -> Router<Arc<Core>> {
         .route("/v1/agent/checks", get(checks))
         .route("/v1/agent/service/register", put(register))
         .route("/v1/agent/service/deregister/{*id}", put(deregister))
-        .route("/v1/agent/service/maintenance/{*id}", put(service_maintenance))
+        .route(
+            "/v1/agent/service/maintenance/{*id}",
+            put(service_maintenance),
+        )
         .route("/v1/agent/maintenance", put(node_maintenance))
         .route("/v1/agent/check/register", put(check_register))
         .route("/v1/agent/check/deregister/{*id}", put(check_deregister))
@@ -105,7 +108,10 @@ async fn services(State(core): State<Arc<Core>>) -> Response {
     axum::Json(map).into_response()
 }
 
-async fn service(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn service(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let node = core.member.name.clone();
     match core.registry.read(|c| c.service(&node, &id)) {
         Some(s) => Ok(axum::Json(shapes::service(&s, DATACENTER)).into_response()),
@@ -170,12 +176,18 @@ impl CheckIn {
     /// The domain's definition. `external`: a catalog check (no kind needed, none run).
     pub(super) fn definition(self, external: bool) -> Result<CheckDefinition, ApiError> {
         let unsupported = [
-            ("Args", self.args.is_some() || self.scriptargs.is_some() || self.script.is_some()),
+            (
+                "Args",
+                self.args.is_some() || self.scriptargs.is_some() || self.script.is_some(),
+            ),
             ("Shell", self.shell.is_some()),
             ("DockerContainerID", self.dockercontainerid.is_some()),
             ("UDP", self.udp.is_some()),
             ("H2PING", self.h2ping.is_some()),
-            ("AliasService", self.aliasservice.is_some() || self.aliasnode.is_some()),
+            (
+                "AliasService",
+                self.aliasservice.is_some() || self.aliasnode.is_some(),
+            ),
             ("OSService", self.osservice.is_some()),
         ];
         if let Some((what, _)) = unsupported.iter().find(|(_, given)| *given) {

@@ -60,7 +60,10 @@ async fn read(
     Ok(json_reply(index, &body))
 }
 
-async fn nodes(State(core): State<Arc<Core>>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+async fn nodes(
+    State(core): State<Arc<Core>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
     let want = q.node_meta()?;
     read(&core, &q, Topic::NodeList, |c| {
@@ -81,15 +84,17 @@ async fn node(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
-    read(&core, &q, Topic::Node(name.clone()), |c| match c.node(&name) {
-        None => Value::Null,
-        Some(n) => {
-            let services: BTreeMap<String, Value> = c
-                .services_on(&name)
-                .iter()
-                .map(|s| (s.value.id.clone(), shapes::service(s, &n.value.datacenter)))
-                .collect();
-            json!({"Node": shapes::node(&n), "Services": services})
+    read(&core, &q, Topic::Node(name.clone()), |c| {
+        match c.node(&name) {
+            None => Value::Null,
+            Some(n) => {
+                let services: BTreeMap<String, Value> = c
+                    .services_on(&name)
+                    .iter()
+                    .map(|s| (s.value.id.clone(), shapes::service(s, &n.value.datacenter)))
+                    .collect();
+                json!({"Node": shapes::node(&n), "Services": services})
+            }
         }
     })
     .await
@@ -127,7 +132,10 @@ fn filtered(c: &berth_registry::Catalog, name: &str, q: &Params) -> Result<Vec<E
     let want = q.node_meta()?;
     Ok(c.entries(name)
         .into_iter()
-        .filter(|e| tags.iter().all(|t| e.service.value.tags.iter().any(|have| have == t)))
+        .filter(|e| {
+            tags.iter()
+                .all(|t| e.service.value.tags.iter().any(|have| have == t))
+        })
         .filter(|e| meta_matches(&e.node.value, &want))
         .collect())
 }
@@ -277,7 +285,9 @@ async fn register(
         return Err(ApiError::bad("Must provide node"));
     }
     if r.address.is_empty() && !r.skipnodeupdate {
-        return Err(ApiError::bad("Must provide address if SkipNodeUpdate is not set"));
+        return Err(ApiError::bad(
+            "Must provide address if SkipNodeUpdate is not set",
+        ));
     }
     if !r.datacenter.is_empty() && r.datacenter != DATACENTER {
         return Err(ApiError::bad(format!(
@@ -353,7 +363,10 @@ async fn deregister(
         return Err(ApiError::bad("Must provide node"));
     }
     if !r.datacenter.is_empty() && r.datacenter != DATACENTER {
-        return Err(ApiError::bad(format!("No path to datacenter {:?}", r.datacenter)));
+        return Err(ApiError::bad(format!(
+            "No path to datacenter {:?}",
+            r.datacenter
+        )));
     }
     core.registry
         .catalog_deregister(

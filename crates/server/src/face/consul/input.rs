@@ -37,7 +37,10 @@ pub fn normalize(v: Value) -> Value {
                 } else if KEYED_OBJECTS.contains(&k.as_str()) {
                     match v {
                         Value::Object(inner) => Value::Object(
-                            inner.into_iter().map(|(ik, iv)| (ik, normalize(iv))).collect(),
+                            inner
+                                .into_iter()
+                                .map(|(ik, iv)| (ik, normalize(iv)))
+                                .collect(),
                         ),
                         other => other,
                     }

@@ -44,7 +44,12 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     layout::prefix_end(prefix)
 }
 
-fn range(core: &Core, ks: Keyspace, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, ApiError> {
+fn range(
+    core: &Core,
+    ks: Keyspace,
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<Vec<KeyValue>, ApiError> {
     core.store
         .range_in(
             ks,
@@ -60,7 +65,11 @@ fn range(core: &Core, ks: Keyspace, key: &[u8], range_end: &[u8]) -> Result<Vec<
 
 /// The metadata of the user keys in `[key, range_end)`, by user key, with the revision
 /// each was written at.
-fn metas(core: &Core, key: &[u8], range_end: &[u8]) -> Result<HashMap<Vec<u8>, (KvMeta, i64)>, ApiError> {
+fn metas(
+    core: &Core,
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<HashMap<Vec<u8>, (KvMeta, i64)>, ApiError> {
     let end = if range_end.is_empty() {
         Vec::new()
     } else if range_end == [0] {
@@ -128,10 +137,17 @@ async fn get_kv(
     let list_keys = q.has("keys");
     let recurse = q.has("recurse") || list_keys;
     let key = key.into_bytes();
-    let range_end = if recurse { prefix_end(&key) } else { Vec::new() };
-    core.auth
-        .principal(&credential(&headers, &q))?
-        .check(Keyspace::User, Access::Read, &key, &range_end)?;
+    let range_end = if recurse {
+        prefix_end(&key)
+    } else {
+        Vec::new()
+    };
+    core.auth.principal(&credential(&headers, &q))?.check(
+        Keyspace::User,
+        Access::Read,
+        &key,
+        &range_end,
+    )?;
     if opts.index > 0 {
         block_kv(&core, KeySpan::new(&key, &range_end), &opts).await?;
     }
@@ -250,9 +266,7 @@ fn next_meta(
     }
 }
 
-async fn put_root(
-    State(_core): State<Arc<Core>>,
-) -> Result<Response, ApiError> {
+async fn put_root(State(_core): State<Arc<Core>>) -> Result<Response, ApiError> {
     Err(ApiError::bad("Missing key name"))
 }
 
@@ -268,9 +282,7 @@ async fn put_kv(
         return Err(ApiError::bad("Missing key name"));
     }
     let lock = match (q.get("acquire"), q.get("release")) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad("Conflicting flags: acquire with release"))
-        }
+        (Some(_), Some(_)) => return Err(ApiError::bad("Conflicting flags: acquire with release")),
         (Some(s), None) => Some((true, s.to_string())),
         (None, Some(s)) => Some((false, s.to_string())),
         (None, None) => None,
@@ -325,8 +337,13 @@ async fn put_kv(
             .as_ref()
             .is_some_and(|kv| KvMeta::applies_to(meta_rev, kv.create_revision));
         let old = if live { old } else { KvMeta::default() };
-        let Some(meta) = next_meta(&core, old, flags, lock.as_ref().map(|(a, _)| *a), session.as_ref())
-        else {
+        let Some(meta) = next_meta(
+            &core,
+            old,
+            flags,
+            lock.as_ref().map(|(a, _)| *a),
+            session.as_ref(),
+        ) else {
             return Ok(super::bool_reply(false));
         };
         let key_rev = current.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -386,7 +403,11 @@ async fn delete_kv(
         return Err(ApiError::bad("Conflicting flags: cas=N with recurse"));
     }
     let key = key.into_bytes();
-    let range_end = if recurse { prefix_end(&key) } else { Vec::new() };
+    let range_end = if recurse {
+        prefix_end(&key)
+    } else {
+        Vec::new()
+    };
     let principal = core.auth.principal(&credential(&headers, &q))?;
     principal.check(Keyspace::User, Access::Write, &key, &range_end)?;
     let meta_end = if recurse {

@@ -64,7 +64,10 @@ async fn unknown(req: Request) -> ApiError {
     if req.uri().path().starts_with("/v1/") {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("berth does not serve {} (not part of its Consul API)", req.uri().path()),
+            format!(
+                "berth does not serve {} (not part of its Consul API)",
+                req.uri().path()
+            ),
         )
     } else {
         ApiError::new(StatusCode::NOT_FOUND, "404 page not found")
@@ -90,7 +93,11 @@ async fn meta(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
     }
     h.insert(
         HeaderName::from_static("x-consul-knownleader"),
-        HeaderValue::from_static(if status.leader.is_some() { "true" } else { "false" }),
+        HeaderValue::from_static(if status.leader.is_some() {
+            "true"
+        } else {
+            "false"
+        }),
     );
     // A member applies what its leader sends as it comes: no lag is tracked per read.
     h.insert(
@@ -137,7 +144,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
             self.msg,
         )
             .into_response()
@@ -262,7 +272,9 @@ impl ReadOpts {
         }
         .min(MAX_WAIT);
         if q.has("stale") && q.has("consistent") {
-            return Err(ApiError::bad("Cannot specify ?stale with ?consistent, conflicting semantics."));
+            return Err(ApiError::bad(
+                "Cannot specify ?stale with ?consistent, conflicting semantics.",
+            ));
         }
         Ok(ReadOpts {
             index,
@@ -351,11 +363,7 @@ fn credential(headers: &axum::http::HeaderMap, q: &Params) -> crate::auth::Crede
 
 /// While berth's auth is on, registry writes need an authenticated user (a Consul token that
 /// is a berth auth token); KV is checked per key in `kv.rs`.
-fn require_user(
-    core: &Core,
-    headers: &axum::http::HeaderMap,
-    q: &Params,
-) -> Result<(), ApiError> {
+fn require_user(core: &Core, headers: &axum::http::HeaderMap, q: &Params) -> Result<(), ApiError> {
     let p = core.auth.principal(&credential(headers, q))?;
     p.authenticated()?;
     Ok(())

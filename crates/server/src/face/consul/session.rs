@@ -82,7 +82,11 @@ async fn create(
     // Consul's default: the node's serfHealth, unless checks are given.
     let node_checks = match (c.checks, c.nodechecks) {
         (None, None) => vec![SERF_HEALTH.to_string()],
-        (a, b) => a.into_iter().flatten().chain(b.into_iter().flatten()).collect(),
+        (a, b) => a
+            .into_iter()
+            .flatten()
+            .chain(b.into_iter().flatten())
+            .collect(),
     };
     let s = Session {
         id: String::new(),
@@ -95,7 +99,9 @@ async fn create(
         node_checks,
         service_checks: c.servicechecks.into_iter().map(|s| s.id).collect(),
         // Consul's default lock delay: 15 s (an explicit 0 turns it off).
-        lock_delay: c.lockdelay.map_or(std::time::Duration::from_secs(15), |d| d.0),
+        lock_delay: c
+            .lockdelay
+            .map_or(std::time::Duration::from_secs(15), |d| d.0),
         behavior,
         ttl: c.ttl.map(|d| d.0).unwrap_or_default(),
         lease: 0,
@@ -164,7 +170,10 @@ async fn info(
     read_sessions(&core, &q, |s| s.id == id).await
 }
 
-async fn list(State(core): State<Arc<Core>>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+async fn list(
+    State(core): State<Arc<Core>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
     read_sessions(&core, &q, |_| true).await
 }

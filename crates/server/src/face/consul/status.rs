@@ -16,7 +16,11 @@ pub(super) fn routes() -> Router<Arc<Core>> {
 }
 
 fn host_port(url: &str) -> String {
-    url.split("://").nth(1).unwrap_or(url).trim_end_matches('/').to_string()
+    url.split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .trim_end_matches('/')
+        .to_string()
 }
 
 async fn leader(State(core): State<Arc<Core>>) -> Response {

@@ -15,6 +15,7 @@ pub mod authority;
 pub mod cluster;
 pub mod errors;
 pub mod gateway;
+pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -119,6 +120,9 @@ pub fn grpc_router(core: &Arc<Core>) -> tonic::service::Routes {
     .add_service(
         AuthServer::new(auth::AuthService::new(core.clone())).max_decoding_message_size(limit),
     )
+    .add_service(berth_proto::grpc_health::health_server::HealthServer::new(
+        health::HealthService::new(core.clone()),
+    ))
 }
 
 /// Serves the etcd v3 API on `incoming` until `stop` changes: gRPC, and beside it on the same

@@ -1,0 +1,256 @@
+//! One run of an active check: an HTTP request, a TCP connect, or a gRPC health call, each
+//! bounded by the check's timeout, answered as a status and Consul's output text.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::grpc_health::health_check_response::ServingStatus;
+use berth_proto::grpc_health::health_client::HealthClient;
+use berth_proto::grpc_health::HealthCheckRequest;
+use berth_registry::register::{floor_char_boundary, MAX_OUTPUT};
+use berth_registry::{CheckKind, CheckStatus};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// What one run found.
+pub type Outcome = (CheckStatus, String);
+
+/// Runs `kind` once within `timeout`. `agent` names this member in the HTTP `User-Agent`.
+pub async fn run(kind: &CheckKind, timeout: Duration, agent: &str) -> Outcome {
+    let probe = async {
+        match kind {
+            CheckKind::Http {
+                url,
+                method,
+                headers,
+                body,
+                tls_skip_verify,
+                tls_server_name,
+            } => {
+                http(
+                    url,
+                    method,
+                    headers,
+                    body,
+                    *tls_skip_verify,
+                    tls_server_name,
+                    agent,
+                )
+                .await
+            }
+            CheckKind::Tcp { address } => match TcpStream::connect(address.as_str()).await {
+                Ok(_) => (
+                    CheckStatus::Passing,
+                    format!("TCP connect {address}: Success"),
+                ),
+                Err(e) => (CheckStatus::Critical, format!("dial tcp {address}: {e}")),
+            },
+            CheckKind::Grpc {
+                target,
+                use_tls,
+                tls_skip_verify,
+            } => grpc(target, *use_tls, *tls_skip_verify).await,
+            CheckKind::Ttl { .. } | CheckKind::External => {
+                (CheckStatus::Critical, "not an active check".into())
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(outcome) => outcome,
+        Err(_) => (
+            CheckStatus::Critical,
+            format!(
+                "check timed out after {}",
+                humantime::format_duration(timeout)
+            ),
+        ),
+    }
+}
+
+fn tls_config(skip_verify: bool, alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    let settings = berth_net::tls::TlsSettings {
+        insecure_skip_verify: skip_verify,
+        ..Default::default()
+    };
+    let mut cfg = settings.client_config("TLSSkipVerify").map_err(|e| {
+        format!("TLS: {e} (berth verifies check certificates only with TLSSkipVerify for now)")
+    })?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+async fn tls_stream(
+    tcp: TcpStream,
+    host: &str,
+    server_name: &str,
+    skip_verify: bool,
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let cfg = tls_config(skip_verify, alpn)?;
+    let name = if server_name.is_empty() {
+        host
+    } else {
+        server_name
+    };
+    let name = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| format!("server name {name:?}: {e}"))?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))
+}
+
+fn truncate(mut s: String) -> String {
+    s.truncate(floor_char_boundary(&s, MAX_OUTPUT));
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn http(
+    url: &str,
+    method: &str,
+    headers: &std::collections::BTreeMap<String, Vec<String>>,
+    body: &str,
+    skip_verify: bool,
+    server_name: &str,
+    agent: &str,
+) -> Outcome {
+    let failed = |e: String| (CheckStatus::Critical, format!("{method} {url}: {e}"));
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return failed(format!("invalid URL: {e}")),
+    };
+    let https = uri.scheme_str() == Some("https");
+    let Some(host) = uri.host().map(|h| h.trim_matches(['[', ']']).to_string()) else {
+        return failed("URL has no host".into());
+    };
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = match TcpStream::connect((host.as_str(), port)).await {
+        Ok(s) => s,
+        Err(e) => return failed(e.to_string()),
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            http::header::HOST,
+            uri.authority().map_or(host.as_str(), |a| a.as_str()),
+        )
+        .header(
+            http::header::USER_AGENT,
+            format!("Consul Health Check (berth {agent})"),
+        )
+        .header(http::header::ACCEPT, "text/plain, text/*, */*");
+    for (k, vs) in headers {
+        for v in vs {
+            req = req.header(k.as_str(), v.as_str());
+        }
+    }
+    let req = match req.body(http_body_util::Full::new(bytes::Bytes::from(
+        body.to_string(),
+    ))) {
+        Ok(r) => r,
+        Err(e) => return failed(format!("invalid request: {e}")),
+    };
+    let resp = if https {
+        let tls = match tls_stream(tcp, &host, server_name, skip_verify, b"http/1.1").await {
+            Ok(s) => s,
+            Err(e) => return failed(e),
+        };
+        send(TokioIo::new(tls), req).await
+    } else {
+        send(TokioIo::new(tcp), req).await
+    };
+    let (status, text) = match resp {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let outcome = match status.as_u16() {
+        200..=299 => CheckStatus::Passing,
+        429 => CheckStatus::Warning,
+        _ => CheckStatus::Critical,
+    };
+    (
+        outcome,
+        truncate(format!("HTTP {method} {url}: {status} Output: {text}")),
+    )
+}
+
+async fn send<T>(
+    io: TokioIo<T>,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<(http::StatusCode, String), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    // Only the first 4 KiB are kept (Consul's output limit); the rest is not read.
+    while text.len() < MAX_OUTPUT {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    text.extend_from_slice(d);
+                }
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => break,
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&text).into_owned()))
+}
+
+async fn grpc(target: &str, use_tls: bool, skip_verify: bool) -> Outcome {
+    let (addr, service) = target.split_once('/').unwrap_or((target, ""));
+    let failed = |e: String| (CheckStatus::Critical, format!("gRPC {target}: {e}"));
+    let scheme = if use_tls { "https" } else { "http" };
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")) {
+        Ok(e) => e,
+        Err(e) => return failed(e.to_string()),
+    };
+    let tls = if use_tls {
+        match tls_config(skip_verify, b"h2") {
+            Ok(c) => Some(c),
+            Err(e) => return failed(e),
+        }
+    } else {
+        None
+    };
+    let channel = match endpoint
+        .connect_with_connector(berth_net::tls::Connector::new(tls))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return failed(format!("connect: {e}")),
+    };
+    match HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+    {
+        Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => (
+            CheckStatus::Passing,
+            format!("gRPC check {target}: success"),
+        ),
+        Ok(r) => failed(format!(
+            "status {}",
+            ServingStatus::try_from(r.get_ref().status).map_or("UNKNOWN", |s| s.as_str_name())
+        )),
+        Err(s) => failed(format!(
+            "rpc error: code = {:?} desc = {}",
+            s.code(),
+            s.message()
+        )),
+    }
+}

@@ -1,0 +1,316 @@
+//! The Consul face against real berth processes: py-consul's calls (`tests/python/
+//! consul_client.py`), Consul KV and etcd KV as one keyspace, TTL heartbeats that are not Raft
+//! writes, and on 3 members: blocking queries on a follower, registrations across kill -9,
+//! and a check that moves when the member running it dies.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::{http_request, run, Cluster, Server};
+
+/// An HTTP call to a member's Consul API: (status, body, X-Consul-Index).
+fn consul(srv: &Server, method: &str, path: &str, body: &str) -> (u16, String, i64) {
+    let ((code, text), headers) = http_request(method, &srv.http_addr, path, body, &[]);
+    let index = headers
+        .iter()
+        .find(|(k, _)| k == "x-consul-index")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no X-Consul-Index ({code} {text})"));
+    assert!(index >= 1, "X-Consul-Index must never be 0");
+    (code, text, index)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A counter or gauge from the member's /metrics.
+fn metric(srv: &Server, name: &str) -> f64 {
+    let (_, body) = srv.http_get("/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn python() -> String {
+    let py = std::env::var("BERTH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let (has, _, _) = run(Command::new(&py).args(["-c", "import consul"]));
+    assert!(
+        has,
+        "{py} cannot import consul: run .ci/run, or `pip install py-consul==1.8.0` and set BERTH_TEST_PYTHON"
+    );
+    py
+}
+
+#[test]
+fn py_consul_registers_discovers_blocks_and_locks() {
+    let py = python();
+    let srv = Server::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/consul_client.py");
+    let (ok, out, err) = run(Command::new(py).arg(script).arg(&srv.http_addr));
+    assert!(ok, "py-consul script failed:\n{out}\n{err}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn consul_kv_and_etcd_kv_are_one_keyspace() {
+    let srv = Server::start();
+    let etcdctl = |args: &[&str]| {
+        let (ok, out, err) = run(Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&srv.client_addr)
+            .args(args));
+        assert!(ok, "etcdctl {args:?}: {err}");
+        out
+    };
+    etcdctl(&["put", "shared/from-etcd", "e1"]);
+    let (code, body, index) = consul(&srv, "GET", "/v1/kv/shared/from-etcd", "");
+    assert_eq!(code, 200, "{body}");
+    let item = &json(&body)[0];
+    assert_eq!(item["Value"], "ZTE=", "base64 of e1");
+    assert_eq!(item["Flags"], 0);
+    assert_eq!(item["ModifyIndex"].as_i64(), Some(index));
+    let (code, body, _) = consul(&srv, "PUT", "/v1/kv/shared/from-consul?flags=9", "c1");
+    assert_eq!((code, body.trim()), (200, "true"));
+    assert_eq!(
+        etcdctl(&["get", "--print-value-only", "shared/from-consul"]).trim(),
+        "c1"
+    );
+    // An etcd put keeps the Consul flags of the key's life; a delete and re-create through
+    // etcd starts a new life without them.
+    etcdctl(&["put", "shared/from-consul", "c2"]);
+    let (_, body, _) = consul(&srv, "GET", "/v1/kv/shared/from-consul", "");
+    assert_eq!(json(&body)[0]["Flags"], 9);
+    etcdctl(&["del", "shared/from-consul"]);
+    etcdctl(&["put", "shared/from-consul", "c3"]);
+    let (_, body, _) = consul(&srv, "GET", "/v1/kv/shared/from-consul", "");
+    assert_eq!(json(&body)[0]["Flags"], 0, "{body}");
+    // Registry records are out of etcd's reach: a registration is not among etcd's keys and
+    // survives `del --prefix ""`.
+    let reg = r#"{"Name":"svc","ID":"svc1","Port":80}"#;
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/service/register", reg).0,
+        200
+    );
+    let all = etcdctl(&["get", "--prefix", "--keys-only", ""]);
+    assert!(!all.contains("svc"), "{all}");
+    etcdctl(&["del", "--prefix", ""]);
+    let (_, body, _) = consul(&srv, "GET", "/v1/catalog/service/svc", "");
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(1), "{body}");
+    let (code, _, _) = consul(&srv, "GET", "/v1/kv/shared/from-etcd", "");
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn ttl_heartbeats_renew_a_lease_and_write_nothing() {
+    let srv = Server::start();
+    let reg = r#"{"Name":"hb","ID":"hb1","Check":{"TTL":"30s"}}"#;
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/service/register", reg).0,
+        200
+    );
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/check/pass/service:hb1", "").0,
+        200
+    );
+    let (_, _, index) = consul(&srv, "GET", "/v1/health/service/hb?passing", "");
+    let proposals = metric(&srv, "berth_raft_proposals_committed_total");
+    for _ in 0..200 {
+        assert_eq!(
+            consul(&srv, "PUT", "/v1/agent/check/pass/service:hb1", "").0,
+            200
+        );
+    }
+    let written = metric(&srv, "berth_raft_proposals_committed_total") - proposals;
+    // Presence renewals are lease renewals too: nothing else should have been proposed.
+    assert!(
+        written <= 1.0,
+        "{written} proposals for 200 unchanged heartbeats"
+    );
+    assert!(metric(&srv, "berth_registry_ttl_renewals_total") >= 200.0);
+    let (_, body, after) = consul(&srv, "GET", "/v1/health/service/hb?passing", "");
+    assert_eq!(
+        after, index,
+        "heartbeats that change nothing do not move the index"
+    );
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(1));
+    // A status change is one write.
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/check/warn/service:hb1", "").0,
+        200
+    );
+    let (_, body, moved) = consul(&srv, "GET", "/v1/health/service/hb", "");
+    assert!(moved > index);
+    assert_eq!(json(&body)[0]["Checks"][1]["Status"], "warning", "{body}");
+}
+
+#[test]
+fn a_follower_answers_blocking_queries_and_registrations_survive_kill_9() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader_by_metrics();
+    let follower = (leader + 1) % 3;
+    let reg = r#"{"Name":"api","ID":"api1","Port":80,"Tags":["a"]}"#;
+    assert_eq!(
+        consul(&c.members[leader], "PUT", "/v1/agent/service/register", reg).0,
+        200
+    );
+    let (_, _, index) = consul(&c.members[follower], "GET", "/v1/health/service/api", "");
+    let addr = c.members[follower].http_addr.clone();
+    let path = format!("/v1/health/service/api?index={index}&wait=30s");
+    let blocked = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let ((code, body), headers) = http_request("GET", &addr, &path, "", &[]);
+        (code, body, headers, t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let reg2 = r#"{"Name":"api","ID":"api2","Port":81}"#;
+    assert_eq!(
+        consul(
+            &c.members[leader],
+            "PUT",
+            "/v1/agent/service/register",
+            reg2
+        )
+        .0,
+        200
+    );
+    let (code, body, headers, took) = blocked.join().expect("blocked query");
+    assert_eq!(code, 200);
+    assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(2), "{body}");
+    let new_index: i64 = headers
+        .iter()
+        .find(|(k, _)| k == "x-consul-index")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("index");
+    assert!(new_index > index);
+    // Kill -9 each member in turn: every registration is still there, on every member.
+    for victim in 0..3 {
+        c.members[victim].kill9();
+        let alive = (victim + 1) % 3;
+        wait_for("a leader among the others", 20, || {
+            consul(&c.members[alive], "GET", "/v1/health/service/api", "").0 == 200
+        });
+        c.members[victim].restart();
+        wait_for("the restarted member to see both instances", 20, || {
+            let (code, body, _) = consul(&c.members[victim], "GET", "/v1/catalog/service/api", "");
+            code == 200 && json(&body).as_array().map(Vec::len) == Some(2)
+        });
+    }
+}
+
+/// A tiny HTTP server that answers 200 and records each request's User-Agent.
+fn check_target() -> (String, Arc<Mutex<Vec<(Instant, String)>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let agent = req
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("user-agent: ")
+                        .or(l.strip_prefix("User-Agent: "))
+                })
+                .unwrap_or("")
+                .to_string();
+            log.lock().expect("log").push((Instant::now(), agent));
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    (addr, seen)
+}
+
+/// The agents that ran the check since `since`.
+fn runners(seen: &Mutex<Vec<(Instant, String)>>, since: Instant) -> BTreeSet<String> {
+    seen.lock()
+        .expect("log")
+        .iter()
+        .filter(|(t, _)| *t >= since)
+        .map(|(_, a)| a.clone())
+        .collect()
+}
+
+#[test]
+fn a_check_runs_on_one_member_and_moves_when_it_dies() {
+    let mut c = Cluster::start(3);
+    let (target, seen) = check_target();
+    let reg = format!(
+        r#"{{"Name":"web","ID":"web1","Port":80,"Check":{{"HTTP":"http://{target}/","Interval":"1s"}}}}"#
+    );
+    assert_eq!(
+        consul(&c.members[0], "PUT", "/v1/agent/service/register", &reg).0,
+        200
+    );
+    wait_for("the check to pass", 20, || {
+        let (_, body, _) = consul(&c.members[1], "GET", "/v1/health/service/web?passing", "");
+        json(&body).as_array().map(Vec::len) == Some(1)
+    });
+    // Over a few intervals, one member runs it, once per interval.
+    std::thread::sleep(Duration::from_secs(2));
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let ran = runners(&seen, since);
+    assert_eq!(ran.len(), 1, "the check ran on {ran:?}");
+    let runs = seen
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|(t, _)| *t >= since)
+        .count();
+    assert!(
+        (3..=6).contains(&runs),
+        "{runs} runs in 4 s at a 1 s interval"
+    );
+    let agent = ran.into_iter().next().unwrap_or_default();
+    let victim = (0..3)
+        .find(|i| agent.ends_with(&format!("berth m{i})")))
+        .unwrap_or_else(|| panic!("unknown runner {agent:?}"));
+    c.members[victim].kill9();
+    let killed = Instant::now();
+    wait_for("another member to run the check", 30, || {
+        runners(&seen, killed).iter().any(|a| a != &agent)
+    });
+    let moved_after = killed.elapsed();
+    // It settles on one of the two members left.
+    std::thread::sleep(Duration::from_secs(2));
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let ran = runners(&seen, since);
+    assert_eq!(ran.len(), 1, "after the move the check ran on {ran:?}");
+    assert!(!ran.contains(&agent));
+    println!("CHECK MOVED after {moved_after:?}");
+    // The dead member's node is critical (serfHealth) on the others.
+    let alive = (victim + 1) % 3;
+    wait_for("serfHealth of the dead member to turn critical", 20, || {
+        let (_, body, _) = consul(
+            &c.members[alive],
+            "GET",
+            &format!("/v1/health/node/m{victim}"),
+            "",
+        );
+        json(&body).as_array().is_some_and(|a| {
+            a.iter()
+                .any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "critical")
+        })
+    });
+}
