@@ -211,8 +211,11 @@ fn a_follower_answers_blocking_queries_and_registrations_survive_kill_9() {
     }
 }
 
+/// When each request came, and its User-Agent.
+type Requests = Arc<Mutex<Vec<(Instant, String)>>>;
+
 /// A tiny HTTP server that answers 200 and records each request's User-Agent.
-fn check_target() -> (String, Arc<Mutex<Vec<(Instant, String)>>>) {
+fn check_target() -> (String, Requests) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));

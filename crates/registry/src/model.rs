@@ -94,14 +94,17 @@ pub struct Service {
 }
 
 /// A check's state, as Consul names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckStatus {
     /// Healthy.
     Passing,
     /// Degraded: still served (DNS, `?passing` excludes it).
     Warning,
-    /// Failing: not served.
+    /// Failing: not served (new checks start here, as in Consul).
+    #[default]
     Critical,
 }
 
@@ -235,12 +238,6 @@ pub struct Check {
     /// The lease that keeps a TTL check alive (0: none yet).
     #[serde(default)]
     pub lease: i64,
-}
-
-impl Default for CheckStatus {
-    fn default() -> Self {
-        CheckStatus::Critical
-    }
 }
 
 /// What happens to the locks of a session that ends.

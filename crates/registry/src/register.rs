@@ -165,12 +165,12 @@ impl CheckDefinition {
             CheckKind::Ttl { ttl } if ttl.is_zero() => {
                 return Err(RegistryError::invalid("TTL must be > 0 for TTL checks"))
             }
-            CheckKind::Http { url, .. } => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(RegistryError::invalid(format!(
-                        "invalid HTTP check URL {url:?}: must be http:// or https://"
-                    )));
-                }
+            CheckKind::Http { url, .. }
+                if !(url.starts_with("http://") || url.starts_with("https://")) =>
+            {
+                return Err(RegistryError::invalid(format!(
+                    "invalid HTTP check URL {url:?}: must be http:// or https://"
+                )));
             }
             CheckKind::Tcp { address } if address.is_empty() => {
                 return Err(RegistryError::invalid("TCP check needs host:port"))

@@ -617,11 +617,13 @@ impl Registry {
                 .find(|r| r.value.id == id)
                 .map(|r| r.value.status)
         });
-        if alive && stored == Some(status) && check.lease != 0 {
-            if core.leases.renew(check.lease).await? > 0 {
-                core.metrics.registry_ttl_renewals.inc();
-                return Ok(());
-            }
+        if alive
+            && stored == Some(status)
+            && check.lease != 0
+            && core.leases.renew(check.lease).await? > 0
+        {
+            core.metrics.registry_ttl_renewals.inc();
+            return Ok(());
         }
         let lease = core.leases.grant(lease_ttl(ttl), 0, None).await?;
         let mut output = output;

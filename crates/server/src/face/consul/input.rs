@@ -177,7 +177,9 @@ mod tests {
         assert_eq!(go_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(go_duration("1.5h"), Ok(Duration::from_secs(5400)));
         assert_eq!(go_duration("0"), Ok(Duration::ZERO));
-        assert!(go_duration("-1s").unwrap_err().contains("negative"));
+        assert!(go_duration("-1s")
+            .expect_err("negative")
+            .contains("negative"));
         assert!(go_duration("10").is_err());
         assert!(go_duration("10x").is_err());
         assert_eq!(go_format(Duration::from_secs(90)), "1m30s");
