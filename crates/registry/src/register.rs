@@ -282,7 +282,9 @@ mod tests {
             },
             ..CheckDefinition::default()
         };
-        let err = reg(vec![http.clone()]).into_records("n").unwrap_err();
+        let err = reg(vec![http.clone()])
+            .into_records("n")
+            .expect_err("refused");
         assert!(err.to_string().contains("Interval must be > 0"), "{err}");
         let ok = CheckDefinition {
             interval: Some(Duration::from_millis(10)),
@@ -294,13 +296,13 @@ mod tests {
         assert_eq!(c[0].timeout, DEFAULT_TIMEOUT);
         assert_eq!(c[0].deregister_critical_after, MIN_DEREGISTER_AFTER);
         let many = reg(vec![ttl(); MAX_CHECKS_PER_SERVICE + 1]).into_records("n");
-        assert!(many.unwrap_err().to_string().contains("at most"));
+        assert!(many.expect_err("refused").to_string().contains("at most"));
         let twice = CheckDefinition {
             id: Some("same".into()),
             ..ttl()
         };
         let dup = reg(vec![twice.clone(), twice]).into_records("n");
-        assert!(dup.unwrap_err().to_string().contains("twice"));
+        assert!(dup.expect_err("refused").to_string().contains("twice"));
         let zero = CheckDefinition {
             kind: CheckKind::Ttl {
                 ttl: Duration::ZERO,

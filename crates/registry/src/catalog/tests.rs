@@ -149,6 +149,6 @@ fn a_damaged_record_is_an_error_naming_its_key() {
             create: 2,
             modify: 2,
         })
-        .unwrap_err();
+        .expect_err("refused");
     assert!(err.to_string().contains("svc/n1/x"), "{err}");
 }
