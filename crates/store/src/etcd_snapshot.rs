@@ -428,10 +428,15 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
             .iter()
             .map(|(k, _)| Revision::from_key(*k))
             .filter(|r| r.main == revision)
-            .map(|r| r.sub + 1)
+            .map(|r| r.sub.saturating_add(1))
             .max()
             .unwrap_or(0);
-        for (sub, (key, value)) in (first_sub..).zip(auth.iter().cloned()) {
+        if i64::MAX - first_sub < auth.len() as i64 {
+            return Err(corrupt(format!(
+                "`key` bucket: no sub revision of {revision} left for the auth records"
+            )));
+        }
+        for (i, (key, value)) in auth.iter().cloned().enumerate() {
             let kv = KeyValue {
                 key,
                 value,
@@ -440,7 +445,8 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
                 version: 1,
                 lease: 0,
             };
-            let at = Revision::new(revision, sub);
+            // In range: checked above.
+            let at = Revision::new(revision, first_sub + i as i64);
             revisions.push((at.to_key(), encode(Keyspace::Auth, &kv, false)));
         }
     }
