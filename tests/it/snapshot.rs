@@ -1,7 +1,9 @@
 //! Snapshots that move between berth and etcd 3.4, through the real `etcd` and `etcdctl`:
 //! etcd → `etcdctl snapshot save` → `berth snapshot restore` → berth serves the same keys,
 //! history, revisions and leases; berth → `etcdctl snapshot save` → `etcdctl snapshot
-//! status|restore` → etcd serves berth's; damaged files are refused with a reason.
+//! status|restore` → etcd serves berth's; damaged files are refused with a reason. Users,
+//! roles and the auth switch cross both ways (and back, as the side that changed them last
+//! left them).
 
 use std::path::Path;
 use std::process::Command;
@@ -321,4 +323,189 @@ async fn damaged_snapshots_are_refused_with_a_reason() {
     // The intact file still restores.
     let (success, out) = berth_restore(&file, &tmp.path().join("good"));
     assert!(success, "{out}");
+}
+
+const ROOT: &[&str] = &["--user", "root:rootpw"];
+
+/// etcdctl as `who` (no `--user` when empty): (success, stdout, stderr).
+fn as_user(endpoint: &str, who: &[&str], args: &[&str]) -> (bool, String, String) {
+    run(etcdctl(endpoint).args(who).args(args))
+}
+
+/// Sets up root, alice (read-write on `app/`), two keys, and turns auth on.
+fn set_up_auth(endpoint: &str) {
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice:apw"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "--prefix",
+            "readwrite",
+            "app/",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["put", "foo", "bar"],
+        &["put", "app/x", "1"],
+        &["auth", "enable"],
+    ] {
+        ok(etcdctl(endpoint).args(args));
+    }
+}
+
+/// The auth `set_up_auth` made holds at `endpoint`: root reads everything, alice her prefix
+/// only, a wrong password and no user at all are refused.
+fn serves_with_auth(endpoint: &str) {
+    let (success, out, err) = as_user(endpoint, ROOT, &["get", "foo"]);
+    assert!(success && out == "foo\nbar\n", "root: {out}{err}");
+    let (success, _, err) = as_user(endpoint, &[], &["get", "foo"]);
+    assert!(
+        !success && err.contains("user name is empty"),
+        "anonymous: {err}"
+    );
+    let (success, _, err) = as_user(endpoint, &["--user", "root:wrong"], &["get", "foo"]);
+    assert!(
+        !success && err.contains("authentication failed, invalid user ID or password"),
+        "wrong password: {err}"
+    );
+    let alice = &["--user", "alice:apw"][..];
+    let (success, out, err) = as_user(endpoint, alice, &["get", "app/", "--prefix"]);
+    assert!(success && out == "app/x\n1\n", "alice: {out}{err}");
+    let (success, _, err) = as_user(endpoint, alice, &["get", "foo"]);
+    assert!(
+        !success && err.contains("permission denied"),
+        "alice: {err}"
+    );
+    let (success, _, err) = as_user(endpoint, alice, &["put", "foo", "x"]);
+    assert!(
+        !success && err.contains("permission denied"),
+        "alice: {err}"
+    );
+}
+
+/// `etcdctl snapshot restore` of `file` into `dir`, then etcd on it.
+fn etcd_from(file: &Path, dir: &Path) -> Etcd {
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    ok(Command::new("/usr/bin/etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(file)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--name", "restored"])
+        .args(["--initial-cluster", &format!("restored={peer}")])
+        .args(["--initial-advertise-peer-urls", &peer]));
+    Etcd::start_in(dir, "restored", &peer, None)
+}
+
+/// The entries of `bucket` in a saved snapshot (trailer included).
+fn bucket_of(file: &[u8], bucket: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = berth_bbolt::Db::open(&file[..file.len() - 32]).expect("bbolt");
+    db.bucket(bucket)
+        .expect("bucket")
+        .map(|b| {
+            b.entries()
+                .expect("entries")
+                .iter()
+                .map(|e| (e.key.to_vec(), e.value.to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_users_roles_and_auth_restore_into_berth() {
+    let etcd = Etcd::start();
+    let ep = format!("http://{}", etcd.client_addr);
+    set_up_auth(&ep);
+    serves_with_auth(&ep);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("etcd.db");
+    let (success, out, err) = as_user(&ep, ROOT, &["snapshot", "save", &file.to_string_lossy()]);
+    assert!(success, "snapshot save: {out}{err}");
+    drop(etcd);
+
+    let dir = tmp.path().join("berth");
+    let (success, out) = berth_restore(&file, &dir);
+    assert!(success, "berth snapshot restore: {out}");
+    let srv = Server::start_in(&dir);
+    serves_with_auth(&srv.endpoint());
+    // The restored state takes changes (they are guarded by the restored auth revision).
+    let (success, out, err) = as_user(
+        &srv.endpoint(),
+        ROOT,
+        &["role", "grant-permission", "app", "read", "foo"],
+    );
+    assert!(success, "grant: {out}{err}");
+    let (success, out, err) = as_user(&srv.endpoint(), &["--user", "alice:apw"], &["get", "foo"]);
+    assert!(
+        success && out == "foo\nbar\n",
+        "alice after the grant: {out}{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_users_roles_and_auth_restore_into_etcd_and_back() {
+    let srv = Server::start_with(&["--bcrypt-cost", "4"]);
+    set_up_auth(&srv.endpoint());
+    serves_with_auth(&srv.endpoint());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("berth.db");
+    let (success, out, err) = as_user(
+        &srv.endpoint(),
+        ROOT,
+        &["snapshot", "save", &file.to_string_lossy()],
+    );
+    assert!(success, "snapshot save: {out}{err}");
+    drop(srv);
+
+    let etcd = etcd_from(&file, &tmp.path().join("etcd"));
+    let ep = format!("http://{}", etcd.client_addr);
+    serves_with_auth(&ep);
+
+    // etcd leaves berth's auth buckets as they were until it changes them: a snapshot of the
+    // unchanged state still carries berth's own (the digest matches).
+    let again = tmp.path().join("again.db");
+    let (success, out, err) = as_user(&ep, ROOT, &["snapshot", "save", &again.to_string_lossy()]);
+    assert!(success, "snapshot save: {out}{err}");
+    let (berth_file, etcd_file) = (
+        std::fs::read(&file).expect("read"),
+        std::fs::read(&again).expect("read"),
+    );
+    for bucket in [&b"auth"[..], b"authUsers", b"authRoles", b"berth"] {
+        assert_eq!(
+            bucket_of(&berth_file, bucket),
+            bucket_of(&etcd_file, bucket),
+            "{}",
+            String::from_utf8_lossy(bucket)
+        );
+    }
+
+    // A user etcd adds comes back to berth: the file is etcd's now.
+    for args in [
+        &["user", "add", "carol:cpw"][..],
+        &["user", "grant-role", "carol", "app"],
+    ] {
+        let (success, out, err) = as_user(&ep, ROOT, args);
+        assert!(success, "{args:?}: {out}{err}");
+    }
+    let changed = tmp.path().join("changed.db");
+    let (success, out, err) = as_user(&ep, ROOT, &["snapshot", "save", &changed.to_string_lossy()]);
+    assert!(success, "snapshot save: {out}{err}");
+    drop(etcd);
+    let dir = tmp.path().join("berth-again");
+    let (success, out) = berth_restore(&changed, &dir);
+    assert!(success, "berth snapshot restore: {out}");
+    let srv = Server::start_in(&dir);
+    serves_with_auth(&srv.endpoint());
+    let (success, out, err) = as_user(
+        &srv.endpoint(),
+        &["--user", "carol:cpw"],
+        &["get", "app/x", "--print-value-only"],
+    );
+    assert!(success && out == "1\n", "carol: {out}{err}");
 }

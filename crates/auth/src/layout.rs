@@ -9,6 +9,10 @@
 //! | `user/<name>` | a [`User`](crate::User) as JSON |
 //! | `role/<name>` | a [`Role`](crate::Role) as JSON |
 //!
+//! etcd-format snapshots carry these records as etcd's buckets: `berth_store::etcd_auth`
+//! translates them both ways, so it follows this layout and the records' JSON (checked by
+//! `view.rs`'s tests).
+//!
 //! Every change is one store txn that compares `revision`'s mod revision with the one its
 //! checks were made against and rewrites `revision`: two concurrent changes cannot both pass
 //! on the same state, and the auth revision moves exactly when the auth state does.

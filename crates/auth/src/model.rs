@@ -3,7 +3,8 @@
 //! Nacos, NATS and the gateway will name theirs) and a key, a range or a prefix of it.
 //!
 //! Records are stored as JSON values in the store's `Auth` keyspace (see [`crate::layout`]);
-//! the field names are berth's own and stable.
+//! the field names are berth's own and stable (`berth_store::etcd_auth` reads and writes them
+//! too, for etcd-format snapshots).
 
 use std::collections::BTreeSet;
 

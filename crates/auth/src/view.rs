@@ -128,3 +128,82 @@ impl AuthView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use berth_store::etcd_auth;
+
+    use super::*;
+    use crate::model::Permission;
+
+    /// The store's etcd-snapshot translation reads and writes the records this crate keeps.
+    #[test]
+    fn records_cross_the_etcd_snapshot_translation() {
+        let grant = |keyspace: u8, access, key: &str, end: &str| Permission {
+            keyspace,
+            access,
+            key: key.into(),
+            range_end: end.into(),
+        };
+        let mut reader = Role {
+            name: "reader".into(),
+            ..Default::default()
+        };
+        reader.grant(grant(0, Access::Read, "a", "b"));
+        reader.grant(grant(0, Access::ReadWrite, "p/", "p0"));
+        reader.grant(grant(2, Access::Write, "svc/", ""));
+        let users = [
+            User {
+                name: ROOT.into(),
+                password: Some("$2a$04$root".into()),
+                roles: [ROOT.to_string()].into(),
+                epoch: 11,
+            },
+            User {
+                name: "alice".into(),
+                password: Some("$2b$04$alice".into()),
+                roles: ["reader".to_string()].into(),
+                epoch: 12,
+            },
+            User {
+                name: "cn".into(),
+                password: None,
+                roles: Default::default(),
+                epoch: 13,
+            },
+        ];
+        let mut records: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        records.insert(layout::ENABLED.to_vec(), b"1".to_vec());
+        records.insert(layout::SECRET.to_vec(), vec![1; 32]);
+        records.insert(layout::REVISION.to_vec(), Vec::new());
+        for u in &users {
+            let json = serde_json::to_vec(u).expect("json");
+            records.insert(layout::user_key(&u.name), json);
+        }
+        let json = serde_json::to_vec(&reader).expect("json");
+        records.insert(layout::role_key("reader"), json);
+
+        let back = etcd_auth::from_etcd(&etcd_auth::to_etcd(&records, 7)).expect("from etcd");
+        let view =
+            AuthView::from_records(7, 7, back.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        assert!(view.enabled && view.secret.len() == 32 && view.secret != vec![1; 32]);
+        for u in &users {
+            let got = view.user(&u.name).expect("user");
+            assert_eq!((&got.password, &got.roles), (&u.password, &u.roles));
+        }
+        let got = view.role("reader").expect("role");
+        assert_eq!(
+            got.permissions,
+            vec![
+                grant(0, Access::Read, "a", "b"),
+                grant(0, Access::ReadWrite, "p/", "p0")
+            ],
+            "etcd holds the user keyspace's grants"
+        );
+        assert!(view.allows("alice", 0, Access::Read, b"a", b""));
+        assert!(!view.allows("alice", 0, Access::Write, b"a", b""));
+        assert!(view.is_root(ROOT));
+    }
+}

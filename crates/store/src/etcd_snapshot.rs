@@ -10,29 +10,38 @@
 //!   17-byte revision, when there is one) and `consistent_index` (8 bytes big-endian; etcdctl
 //!   rewrites it on restore).
 //! - `lease`: lease ID (8 bytes big-endian) → `leasepb.Lease{ID=1, TTL=2}`.
-//! - `alarm`, `auth`, `authRoles`, `authUsers`, `cluster`, `members`, `members_removed`:
-//!   empty, as in a fresh etcd.
-//! - `berth` (etcd ignores it): `digest` (below), `format` = `1`, then
+//! - `auth`, `authUsers`, `authRoles`: the `Auth` keyspace's users, roles (their grants on the
+//!   user keyspace; etcd has no other) and enabled flag, and the auth revision, as etcd keeps
+//!   them (`etcd_auth.rs`).
+//! - `alarm`, `cluster`, `members`, `members_removed`: empty, as in a fresh etcd.
+//! - `berth` (etcd ignores it): `digest` (below), `format` = `2`, then
 //!   `records/<chunk u64 BE>` values that concatenate to berth's own record stream
 //!   (`snapshot.rs`) of everything *but* the user keyspace's revisions: system keyspaces'
-//!   revisions, counters, leases, blobs.
+//!   revisions (the `Auth` keyspace's included, with grants on every keyspace), counters,
+//!   leases, blobs.
 //!
 //! etcd keeps the `berth` bucket it does not know, even after it changed the keys: a file
 //! that went berth → etcd → (writes) → etcd snapshot would bring back berth's stale state.
 //! So `digest` is the SHA-256 of what berth wrote in the buckets etcd changes when it writes
-//! (every entry of `key` and `lease`, and the compaction entries of `meta`); when the file's
-//! buckets no longer match it, the `berth` bucket is ignored and the file is read as etcd's.
+//! (every entry of `key`, `lease`, `auth`, `authUsers` and `authRoles`, and the compaction
+//! entries of `meta`); when the file's buckets no longer match it, the `berth` bucket is
+//! ignored and the file is read as etcd's. (Format `1`, written before berth wrote the auth
+//! buckets, has a digest without them and is still read.)
 //!
 //! # What berth reads
 //! A bbolt file (with or without the 32-byte SHA-256 trailer `etcdctl snapshot save` keeps;
 //! when present it must match). With a `berth` bucket, the store is rebuilt exactly: its
 //! records plus the user revisions of `key`. Without one it is etcd's: every revision of
 //! `key` (the history since etcd's last compaction, deletions included), the compaction
-//! point from `meta`, and the leases of `lease` with their TTLs; keys attach to their leases
-//! when the store loads, from each key's newest revision. etcd's members, alarms and auth
-//! are not carried over (a restore starts a new cluster, as `etcdctl snapshot restore`
-//! does).
+//! point from `meta`, the leases of `lease` with their TTLs (keys attach to their leases
+//! when the store loads, from each key's newest revision), and the users, roles and enabled
+//! flag of the auth buckets, as `Auth` keyspace records written at the newest revision (sub
+//! revisions after its user changes, so the store's revision stays etcd's; that revision is
+//! berth's auth revision, and a fresh token-signing secret comes with auth on). etcd's
+//! members and alarms are not carried over (a restore starts a new cluster, as `etcdctl
+//! snapshot restore` does), nor are tokens.
 
+use std::collections::BTreeMap;
 use std::io::{Seek, Write};
 
 use berth_bbolt::{BoltError, Db, Writer};
@@ -45,6 +54,7 @@ use crate::backend::{
     encode, flag, LEASES, META, META_APPLIED, META_COMPACTED, META_REVISION, REVS,
 };
 use crate::error::{DbResult, Result, StoreError};
+use crate::etcd_auth::{self, EtcdAuth};
 use crate::keyspace::Keyspace;
 use crate::revision::Revision;
 use crate::snapshot::{parse_records, SnapshotRecord};
@@ -53,18 +63,13 @@ const KEY: &[u8] = b"key";
 const META_BUCKET: &[u8] = b"meta";
 const LEASE: &[u8] = b"lease";
 const BERTH: &[u8] = b"berth";
-const EMPTY: [&[u8]; 7] = [
-    b"alarm",
-    b"auth",
-    b"authRoles",
-    b"authUsers",
-    b"cluster",
-    b"members",
-    b"members_removed",
-];
+const EMPTY: [&[u8]; 4] = [b"alarm", b"cluster", b"members", b"members_removed"];
 const DIGEST_KEY: &[u8] = b"digest";
 const FORMAT_KEY: &[u8] = b"format";
-const FORMAT: &[u8] = b"1";
+/// The `berth` bucket's format: `2` = the digest covers the auth buckets too.
+const FORMAT: &[u8] = b"2";
+/// The format before berth wrote the auth buckets (its digest does not cover them).
+const FORMAT_V1: &[u8] = b"1";
 const CHUNK_PREFIX: &[u8] = b"records/";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
@@ -143,14 +148,28 @@ pub(crate) fn write<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<W>
     let (compacted, applied) = (get(META_COMPACTED)?, get(META_APPLIED)?);
     let mut view = EtcdView::default();
 
+    // The `Auth` keyspace as of `txn`: key → (value, mod revision).
+    let mut auth: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = BTreeMap::new();
     let mut b = w.bucket(KEY).map_err(bolt)?;
     for item in txn.open_table(REVS).db()?.iter().db()? {
         let (k, v) = item.db()?;
         let (tombstone, ks, body) = flag(v.value())?;
-        if ks == Keyspace::User {
-            let key = rev_key(Revision::from_key(k.value()), tombstone);
-            view.entry(KEY, &key, body);
-            b.put(&key, body).map_err(bolt)?;
+        let rev = Revision::from_key(k.value());
+        match ks {
+            Keyspace::User => {
+                let key = rev_key(rev, tombstone);
+                view.entry(KEY, &key, body);
+                b.put(&key, body).map_err(bolt)?;
+            }
+            Keyspace::Auth => {
+                let kv = KeyValue::decode(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if tombstone {
+                    auth.remove(&kv.key);
+                } else {
+                    auth.insert(kv.key, (kv.value, rev.main));
+                }
+            }
+            _ => {}
         }
     }
     b.finish().map_err(bolt)?;
@@ -186,6 +205,18 @@ pub(crate) fn write<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<W>
     }
     b.finish().map_err(bolt)?;
 
+    let revision = auth.get(etcd_auth::REVISION).map_or(0, |(_, m)| *m);
+    let records = auth.into_iter().map(|(k, (v, _))| (k, v)).collect();
+    let etcd = etcd_auth::to_etcd(&records, revision);
+    for (name, entries) in etcd.buckets() {
+        let mut b = w.bucket(name).map_err(bolt)?;
+        for (k, v) in entries {
+            view.entry(name, k, v);
+            b.put(k, v).map_err(bolt)?;
+        }
+        b.finish().map_err(bolt)?;
+    }
+
     for name in EMPTY {
         w.bucket(name).map_err(bolt)?.finish().map_err(bolt)?;
     }
@@ -212,8 +243,9 @@ pub(crate) fn is_bbolt(data: &[u8]) -> bool {
 
 /// What a bbolt snapshot holds, decoded and checked, ready to become store records.
 pub(crate) struct Decoded {
-    /// The user keyspace's revisions: storage key → stored change.
-    user_revisions: Vec<(u128, Vec<u8>)>,
+    /// The user keyspace's revisions (and, for a file written by etcd, the `Auth` keyspace's
+    /// records): storage key → stored change.
+    revisions: Vec<(u128, Vec<u8>)>,
     /// berth's own record stream (the `berth` bucket), when the file was written by berth.
     native: Option<Vec<u8>>,
     /// Counters (for a file written by etcd).
@@ -230,7 +262,7 @@ impl Decoded {
             None => Vec::new(),
         };
         out.extend(
-            self.user_revisions
+            self.revisions
                 .iter()
                 .map(|(k, v)| SnapshotRecord::Revision(*k, v)),
         );
@@ -270,7 +302,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
         ));
     }
     let mut newest = 0i64;
-    let mut user_revisions = Vec::new();
+    let mut revisions = Vec::new();
     let mut view = EtcdView::default();
     let meta_entries = entries(META_BUCKET)?;
     let lease_entries = entries(LEASE)?;
@@ -291,7 +323,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
             encode(Keyspace::User, &kv, false)
         };
         newest = newest.max(rev.main);
-        user_revisions.push((rev.to_key(), stored));
+        revisions.push((rev.to_key(), stored));
     }
     for e in &meta_entries {
         if e.key == FINISHED_COMPACT || e.key == SCHEDULED_COMPACT {
@@ -301,9 +333,37 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
     for e in &lease_entries {
         view.entry(LEASE, e.key, e.value);
     }
+    // What format 1 covered; format 2 adds the auth buckets.
+    let digest_v1 = view.0.clone().finalize();
+    let mut etcd_buckets = EtcdAuth::default();
+    for (name, bucket) in [
+        (etcd_auth::AUTH_BUCKET, &mut etcd_buckets.auth),
+        (etcd_auth::USERS_BUCKET, &mut etcd_buckets.users),
+        (etcd_auth::ROLES_BUCKET, &mut etcd_buckets.roles),
+    ] {
+        for e in entries(name)? {
+            view.entry(name, e.key, e.value);
+            bucket.push((e.key.to_vec(), e.value.to_vec()));
+        }
+    }
+    let digest_v2 = view.0.finalize();
     let mut berth = entries(BERTH)?;
     let digest = berth.iter().find(|e| e.key == DIGEST_KEY).map(|e| e.value);
-    if !berth.is_empty() && digest != Some(view.0.finalize().as_slice()) {
+    let format = berth.iter().find(|e| e.key == FORMAT_KEY).map(|e| e.value);
+    let expected = match format {
+        Some(FORMAT) => Some(digest_v2.as_slice()),
+        Some(FORMAT_V1) => Some(digest_v1.as_slice()),
+        _ => None,
+    };
+    if !berth.is_empty()
+        && expected.is_none()
+        && digest.is_some_and(|d| d == digest_v2.as_slice() || d == digest_v1.as_slice())
+    {
+        return Err(corrupt(
+            "the `berth` bucket has an unknown format (written by a newer berth?)".into(),
+        ));
+    }
+    if !berth.is_empty() && (expected.is_none() || digest != expected) {
         tracing::warn!(
             "the file's etcd buckets changed after berth wrote it (etcd wrote to it): \
              restoring etcd's data, without berth's own state"
@@ -311,12 +371,6 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
         berth.clear();
     }
     if !berth.is_empty() {
-        let format = berth.iter().find(|e| e.key == FORMAT_KEY).map(|e| e.value);
-        if format != Some(FORMAT) {
-            return Err(corrupt(
-                "the `berth` bucket has an unknown format (written by a newer berth?)".into(),
-            ));
-        }
         let mut stream = Vec::new();
         let chunks = berth
             .iter()
@@ -333,7 +387,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
             stream.extend_from_slice(e.value);
         }
         return Ok(Decoded {
-            user_revisions,
+            revisions,
             native: Some(stream),
             meta: Vec::new(),
             leases: Vec::new(),
@@ -364,19 +418,54 @@ pub(crate) fn decode(data: &[u8]) -> Result<Decoded> {
             .map_err(|err| corrupt(format!("`lease` bucket: lease {id:x}: {err}")))?;
         leases.push((id, pb.ttl.max(1)));
     }
-    let mut meta = vec![(META_REVISION, newest.max(compacted))];
+    let mut revision = newest.max(compacted);
+    let auth = etcd_auth::from_etcd(&etcd_buckets)?;
+    if !auth.is_empty() {
+        // The auth records share the newest revision (after its last change of a user key),
+        // so the restored store goes on from etcd's revision.
+        revision = revision.max(1);
+        let first_sub = revisions
+            .iter()
+            .map(|(k, _)| Revision::from_key(*k))
+            .filter(|r| r.main == revision)
+            .map(|r| r.sub.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        if i64::MAX - first_sub < auth.len() as i64 {
+            return Err(corrupt(format!(
+                "`key` bucket: no sub revision of {revision} left for the auth records"
+            )));
+        }
+        for (i, (key, value)) in auth.iter().cloned().enumerate() {
+            let kv = KeyValue {
+                key,
+                value,
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                lease: 0,
+            };
+            // In range: checked above.
+            let at = Revision::new(revision, first_sub + i as i64);
+            revisions.push((at.to_key(), encode(Keyspace::Auth, &kv, false)));
+        }
+    }
+    let mut meta = vec![(META_REVISION, revision)];
     if compacted > 0 {
         meta.push((META_COMPACTED, compacted));
     }
     tracing::info!(
-        revisions = user_revisions.len(),
+        revisions = revisions.len(),
         leases = leases.len(),
-        revision = newest.max(compacted),
+        revision,
         compacted,
+        users = etcd_buckets.users.len(),
+        roles = etcd_buckets.roles.len(),
+        auth_records = auth.len(),
         "read an etcd snapshot"
     );
     Ok(Decoded {
-        user_revisions,
+        revisions,
         native: None,
         meta,
         leases,
@@ -674,6 +763,273 @@ mod tests {
             "{}",
             restore(&odd)
         );
+    }
+
+    /// Copies a bbolt file, letting `change` edit each bucket's entries (name, entries).
+    fn rewrite(
+        file: &[u8],
+        mut change: impl FnMut(&[u8], &mut Vec<(Vec<u8>, Vec<u8>)>),
+    ) -> Vec<u8> {
+        let db = Db::open(file).expect("open");
+        let mut w = Writer::new(Cursor::new(Vec::new())).expect("writer");
+        for e in db.root().entries().expect("root") {
+            let mut entries: Vec<(Vec<u8>, Vec<u8>)> = db
+                .root()
+                .open(&e)
+                .expect("open")
+                .entries()
+                .expect("entries")
+                .iter()
+                .map(|x| (x.key.to_vec(), x.value.to_vec()))
+                .collect();
+            change(e.key, &mut entries);
+            entries.sort();
+            let mut b = w.bucket(e.key).expect("bucket");
+            for (k, v) in &entries {
+                b.put(k, v).expect("put");
+            }
+            b.finish().expect("finish");
+        }
+        w.finish().expect("file").into_inner()
+    }
+
+    fn bucket(file: &[u8], name: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let db = Db::open(file).expect("open");
+        let b = db.bucket(name).expect("bucket").expect("present");
+        b.entries()
+            .expect("entries")
+            .iter()
+            .map(|x| (x.key.to_vec(), x.value.to_vec()))
+            .collect()
+    }
+
+    fn auth_records(s: &Store) -> BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
+        let all = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        s.range_in(Keyspace::Auth, &all)
+            .expect("range")
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, (kv.value, kv.mod_revision)))
+            .collect()
+    }
+
+    /// A store with auth on: root, alice with a role granting the user keyspace and the
+    /// registry keyspace, as berth-auth writes them.
+    fn store_with_auth(dir: &std::path::Path) -> std::sync::Arc<Store> {
+        let s = Store::open(dir, StoreOptions::default()).expect("open");
+        put(&s, Keyspace::User, "a", "1", 0);
+        for (k, v) in [
+            (
+                "role/reader",
+                r#"{"name":"reader","permissions":[{"access":"read","key":"YQ==","range_end":"Yg=="},{"keyspace":2,"access":"readwrite","key":"c3ZjLw=="}]}"#,
+            ),
+            (
+                "user/alice",
+                r#"{"name":"alice","password":"$2b$04$alice","roles":["reader"],"epoch":5}"#,
+            ),
+            (
+                "user/root",
+                r#"{"name":"root","password":"$2b$04$root","roles":["root"],"epoch":6}"#,
+            ),
+            ("enabled", "1"),
+            ("secret", "0123456789abcdef0123456789abcdef"),
+            ("revision", ""),
+        ] {
+            put(&s, Keyspace::Auth, k, v, 0);
+        }
+        put(&s, Keyspace::Auth, "user/gone", r#"{"name":"gone"}"#, 0);
+        apply_in(
+            &s,
+            Keyspace::Auth,
+            Command::DeleteRange(DeleteRangeRequest {
+                key: b"user/gone".to_vec(),
+                ..Default::default()
+            }),
+        );
+        put(&s, Keyspace::Auth, "revision", "", 0);
+        put(&s, Keyspace::User, "b", "2", 0);
+        s
+    }
+
+    #[test]
+    fn auth_crosses_the_etcd_format_both_ways() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store_with_auth(dir.path());
+        let auth_revision = s.mod_revision_in(Keyspace::Auth, b"revision");
+        let snap = etcd_snapshot_of(&s);
+        let file = &snap[..snap.len() - DIGEST];
+
+        // etcd's buckets hold the live users and roles (the deleted user is gone).
+        assert_eq!(
+            bucket(file, b"auth"),
+            vec![
+                (b"authEnabled".to_vec(), vec![1]),
+                (
+                    b"authRevision".to_vec(),
+                    (auth_revision as u64).to_be_bytes().to_vec()
+                ),
+            ]
+        );
+        let users: Vec<Vec<u8>> = bucket(file, b"authUsers")
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(users, [b"alice".to_vec(), b"root".to_vec()]);
+        let roles = bucket(file, b"authRoles");
+        assert_eq!(roles.len(), 1);
+        let reader = berth_proto::authpb::Role::decode(roles[0].1.as_slice()).expect("role");
+        assert_eq!(
+            reader.key_permission.len(),
+            1,
+            "the user keyspace's grant only"
+        );
+        assert_eq!(
+            (
+                reader.key_permission[0].key.as_slice(),
+                reader.key_permission[0].range_end.as_slice()
+            ),
+            (&b"a"[..], &b"b"[..])
+        );
+
+        // berth → berth: the `berth` bucket's records, exactly (the registry grant too).
+        let target = tempfile::tempdir().expect("tempdir");
+        crate::snapshot::restore_data_only(snap.as_slice(), target.path()).expect("restore");
+        let r = Store::open(target.path(), StoreOptions::default()).expect("open");
+        assert_eq!(auth_records(&r), auth_records(&s));
+
+        // etcd → berth: the same file without the `berth` bucket is etcd's.
+        let etcd = rewrite(file, |name, entries| {
+            if name == BERTH {
+                entries.clear();
+            }
+        });
+        let target = tempfile::tempdir().expect("tempdir");
+        crate::snapshot::restore_data_only(etcd.as_slice(), target.path()).expect("restore");
+        let r = Store::open(target.path(), StoreOptions::default()).expect("open");
+        assert_eq!(r.revision(), s.revision(), "goes on from etcd's revision");
+        assert_eq!(get(&r, Keyspace::User, "b", 0).expect("b").value, b"2");
+        let got = auth_records(&r);
+        let keys: Vec<&[u8]> = got.keys().map(Vec::as_slice).collect();
+        assert_eq!(
+            keys,
+            [
+                &b"enabled"[..],
+                b"revision",
+                b"role/reader",
+                b"secret",
+                b"user/alice",
+                b"user/root"
+            ]
+        );
+        assert!(
+            got.values().all(|(_, m)| *m == s.revision()),
+            "written at the newest revision"
+        );
+        assert_eq!(got[&b"enabled"[..]].0, b"1");
+        assert_eq!(got[&b"secret"[..]].0.len(), 32);
+        let alice: serde_json::Value =
+            serde_json::from_slice(&got[&b"user/alice"[..]].0).expect("json");
+        assert_eq!(
+            alice,
+            serde_json::json!({"name": "alice", "password": "$2b$04$alice", "roles": ["reader"], "epoch": 0})
+        );
+        let reader: serde_json::Value =
+            serde_json::from_slice(&got[&b"role/reader"[..]].0).expect("json");
+        assert_eq!(
+            reader,
+            serde_json::json!({"name": "reader", "permissions": [{"access": "read", "key": "YQ==", "range_end": "Yg=="}]})
+        );
+        // The user keyspace's newest revision is untouched by the auth records beside it.
+        let b = get(&r, Keyspace::User, "b", 0).expect("b");
+        assert_eq!((b.mod_revision, b.version), (s.revision(), 1));
+    }
+
+    #[test]
+    fn auth_changed_by_etcd_makes_the_file_etcds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store_with_auth(dir.path());
+        put(&s, Keyspace::Registry, "r", "1", 0);
+        let snap = etcd_snapshot_of(&s);
+        let file = &snap[..snap.len() - DIGEST];
+        // etcd deleted alice (and moved its auth revision).
+        let changed = rewrite(file, |name, entries| {
+            if name == etcd_auth::USERS_BUCKET {
+                entries.retain(|(k, _)| k != b"alice");
+            }
+            if name == etcd_auth::AUTH_BUCKET {
+                for (k, v) in entries.iter_mut() {
+                    if k == b"authRevision" {
+                        *v = 1000u64.to_be_bytes().to_vec();
+                    }
+                }
+            }
+        });
+        let target = tempfile::tempdir().expect("tempdir");
+        crate::snapshot::restore_data_only(changed.as_slice(), target.path()).expect("restore");
+        let r = Store::open(target.path(), StoreOptions::default()).expect("open");
+        assert!(
+            get(&r, Keyspace::Registry, "r", 0).is_none(),
+            "berth's state dropped"
+        );
+        let got = auth_records(&r);
+        assert!(got.contains_key(&b"user/root"[..]) && !got.contains_key(&b"user/alice"[..]));
+    }
+
+    #[test]
+    fn a_format_1_berth_bucket_is_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path(), StoreOptions::default()).expect("open");
+        put(&s, Keyspace::User, "a", "1", 0);
+        put(&s, Keyspace::Registry, "r", "1", 0);
+        let snap = etcd_snapshot_of(&s);
+        let file = &snap[..snap.len() - DIGEST];
+        // As an earlier berth wrote it (empty auth buckets, a digest without them), after
+        // etcd started on it (which writes its auth revision).
+        let mut view = EtcdView::default();
+        for (k, v) in bucket(file, KEY) {
+            view.entry(KEY, &k, &v);
+        }
+        let digest = view.0.finalize().to_vec();
+        let old = rewrite(file, |name, entries| {
+            if name == BERTH {
+                for (k, v) in entries.iter_mut() {
+                    if k == DIGEST_KEY {
+                        *v = digest.clone();
+                    } else if k == FORMAT_KEY {
+                        *v = FORMAT_V1.to_vec();
+                    }
+                }
+            } else if name == etcd_auth::AUTH_BUCKET {
+                *entries = vec![(b"authRevision".to_vec(), 1u64.to_be_bytes().to_vec())];
+            } else if name == etcd_auth::USERS_BUCKET || name == etcd_auth::ROLES_BUCKET {
+                entries.clear();
+            }
+        });
+        let target = tempfile::tempdir().expect("tempdir");
+        crate::snapshot::restore_data_only(old.as_slice(), target.path()).expect("restore");
+        let r = Store::open(target.path(), StoreOptions::default()).expect("open");
+        assert!(
+            get(&r, Keyspace::Registry, "r", 0).is_some(),
+            "berth's state kept"
+        );
+        // An unknown format whose digest checks out is refused, not misread.
+        let newer = rewrite(file, |name, entries| {
+            if name == BERTH {
+                for (k, v) in entries.iter_mut() {
+                    if k == FORMAT_KEY {
+                        *v = b"3".to_vec();
+                    }
+                }
+            }
+        });
+        let target = tempfile::tempdir().expect("tempdir");
+        let err = crate::snapshot::restore_data_only(newer.as_slice(), target.path())
+            .expect_err("unknown format read");
+        assert!(err.to_string().contains("unknown format"), "{err}");
     }
 
     #[test]

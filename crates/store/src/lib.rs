@@ -21,6 +21,7 @@
 //!   members; either format for `snapshot restore`).
 //! - `etcd_snapshot`: snapshots in etcd's layout (a bbolt file, plus a `berth` bucket) for
 //!   clients: what the Maintenance Snapshot stream sends, and restores from etcd.
+//! - [`etcd_auth`]: etcd's auth buckets ↔ the `Auth` keyspace's records, for those snapshots.
 //! - `file`: the database file as redb's backend, with the crash-simulation switch.
 //! - `sync`: the crate's poison-tolerant lock helper.
 //!
@@ -32,6 +33,7 @@ pub mod apply;
 mod backend;
 pub mod codec;
 pub mod error;
+pub mod etcd_auth;
 mod etcd_snapshot;
 mod file;
 pub mod index;
