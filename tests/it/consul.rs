@@ -317,3 +317,130 @@ fn a_check_runs_on_one_member_and_moves_when_it_dies() {
         })
     });
 }
+
+/// A VictoriaMetrics process (Consul SD as Prometheus does it), killed on drop.
+struct Scraper {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Scraper {
+    fn start(consul_addr: &str) -> Scraper {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("scrape.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "scrape_configs:\n  - job_name: consul\n    scrape_interval: 1s\n    consul_sd_configs:\n      - server: {consul_addr}\n    relabel_configs:\n      - source_labels: [__meta_consul_health]\n        target_label: health\n      - source_labels: [__meta_consul_service]\n        target_label: service\n"
+            ),
+        )
+        .expect("write config");
+        let addr = format!("127.0.0.1:{}", crate::harness::free_port());
+        let child = Command::new("victoria-metrics")
+            .arg(format!("-httpListenAddr={addr}"))
+            .arg(format!(
+                "-storageDataPath={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("-promscrape.config={}", cfg.display()))
+            .arg("-promscrape.consulSDCheckInterval=1s")
+            .arg("-search.latencyOffset=0s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "start victoria-metrics (Debian package victoria-metrics; .ci/run installs it)",
+            );
+        Scraper {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<serde_json::Value> {
+        std::net::TcpStream::connect(&self.addr).ok()?;
+        let ((code, body), _) = http_request("GET", &self.addr, path, "", &[]);
+        (code == 200).then(|| json(&body))
+    }
+
+    /// The active targets' discovered labels, by service ID.
+    fn targets(&self) -> Vec<serde_json::Value> {
+        self.get("/api/v1/targets")
+            .and_then(|v| v["data"]["activeTargets"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+fn target_of<'t>(targets: &'t [serde_json::Value], id: &str) -> Option<&'t serde_json::Value> {
+    targets
+        .iter()
+        .find(|t| t["discoveredLabels"]["__meta_consul_service_id"] == id)
+}
+
+#[test]
+fn a_consul_sd_scraper_discovers_scrapes_and_drops_services() {
+    let srv = Server::start();
+    let port: u16 = srv
+        .http_addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port");
+    let reg = format!(
+        r#"{{"Name":"berth","ID":"berth1","Address":"127.0.0.1","Port":{port},"Tags":["prod","metrics"],"Meta":{{"team":"infra"}}}}"#
+    );
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/service/register", &reg).0,
+        200
+    );
+    let web = r#"{"Name":"web","ID":"web1","Address":"127.0.0.1","Port":1,"Check":{"TTL":"30s"}}"#;
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/service/register", web).0,
+        200
+    );
+    let vm = Scraper::start(&srv.http_addr);
+    wait_for("both services as targets", 30, || vm.targets().len() == 2);
+    let targets = vm.targets();
+    let berth = target_of(&targets, "berth1").expect("berth target");
+    let labels = &berth["discoveredLabels"];
+    assert_eq!(labels["__address__"], format!("127.0.0.1:{port}"));
+    assert_eq!(labels["__meta_consul_tags"], ",prod,metrics,");
+    assert_eq!(labels["__meta_consul_service_metadata_team"], "infra");
+    assert_eq!(labels["__meta_consul_dc"], "dc1");
+    assert_eq!(labels["__meta_consul_health"], "passing");
+    let web = target_of(&targets, "web1").expect("web target");
+    assert_eq!(web["discoveredLabels"]["__meta_consul_health"], "critical");
+    assert_eq!(web["labels"]["health"], "critical");
+    // berth's own /metrics is scraped through the discovered target.
+    wait_for("berth's metrics in the scraper", 30, || {
+        vm.get("/api/v1/query?query=berth_raft_is_leader")
+            .and_then(|v| v["data"]["result"].as_array().map(|r| !r.is_empty()))
+            .unwrap_or(false)
+    });
+    // A health change and a deregistration reach it.
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/check/pass/service:web1", "").0,
+        200
+    );
+    // (A target's labels carry the health through relabeling: VictoriaMetrics keeps a
+    // target's discovered labels as first seen while its final labels stay the same.)
+    wait_for("web to turn passing in the scraper", 30, || {
+        target_of(&vm.targets(), "web1").is_some_and(|t| t["labels"]["health"] == "passing")
+    });
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/service/deregister/berth1", "").0,
+        200
+    );
+    wait_for("the deregistered service to be dropped", 30, || {
+        let t = vm.targets();
+        t.len() == 1 && target_of(&t, "berth1").is_none()
+    });
+}

@@ -81,11 +81,14 @@ async fn meta(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string());
     let consul = req.uri().path().starts_with("/v1/");
+    let method = req.method().clone();
+    let uri = req.uri().clone();
     let start = std::time::Instant::now();
     let mut resp = next.run(req).await;
     if !consul {
         return resp;
     }
+    tracing::debug!(%method, %uri, status = resp.status().as_u16(), elapsed = ?start.elapsed(), "consul api");
     let status = core.consensus.status();
     let h = resp.headers_mut();
     if !h.contains_key(X_INDEX) {
