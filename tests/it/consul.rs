@@ -444,3 +444,131 @@ fn a_consul_sd_scraper_discovers_scrapes_and_drops_services() {
         t.len() == 1 && target_of(&t, "berth1").is_none()
     });
 }
+
+/// A check target on `ip` (an address of this namespace), as [`check_target`].
+fn check_target_on(ip: &str) -> (String, Requests) {
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen: Requests = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let agent = req
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("user-agent: ")
+                        .or(l.strip_prefix("User-Agent: "))
+                })
+                .unwrap_or("")
+                .to_string();
+            log.lock().expect("log").push((Instant::now(), agent));
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    (addr, seen)
+}
+
+/// A member cut off from the majority stops running its checks before another member takes
+/// them over (never two runners at once), and the check's status does not flap meanwhile.
+#[test]
+fn a_partitioned_members_checks_neither_flap_nor_double() {
+    let c = crate::harness::NetCluster::start(3);
+    // The root namespace's address on the client bridge: members reach the target there.
+    let gw = {
+        let host = c.members[0]
+            .client_addr
+            .rsplit_once(':')
+            .map_or("", |(h, _)| h);
+        let mut parts: Vec<&str> = host.split('.').collect();
+        parts.pop();
+        format!("{}.254", parts.join("."))
+    };
+    let (target, seen) = check_target_on(&gw);
+    let reg = format!(
+        r#"{{"Name":"web","ID":"web1","Port":80,"Check":{{"HTTP":"http://{target}/","Interval":"1s"}}}}"#
+    );
+    wait_for("a leader to take the registration", 30, || {
+        std::net::TcpStream::connect(&c.members[0].http_addr).is_ok()
+            && consul(&c.members[0], "PUT", "/v1/agent/service/register", &reg).0 == 200
+    });
+    wait_for("the check to pass", 30, || {
+        let (_, body, _) = consul(&c.members[1], "GET", "/v1/health/service/web?passing", "");
+        json(&body).as_array().map(Vec::len) == Some(1)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let ran = runners(&seen, since);
+    assert_eq!(ran.len(), 1, "the check ran on {ran:?}");
+    let agent = ran.into_iter().next().unwrap_or_default();
+    let victim = (0..3)
+        .find(|i| agent.ends_with(&format!("berth m{i})")))
+        .unwrap_or_else(|| panic!("unknown runner {agent:?}"));
+    c.peer_link(victim, false);
+    let cut = Instant::now();
+    let other = (victim + 1) % 3;
+    // For 15 s the majority sees the instance passing all along.
+    while cut.elapsed() < Duration::from_secs(15) {
+        if let Ok(s) = std::net::TcpStream::connect(&c.members[other].http_addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let ((code, body), _) = http_request(
+                "GET",
+                &c.members[other].http_addr,
+                "/v1/health/service/web?stale",
+                "",
+                &[],
+            );
+            if code == 200 {
+                let v = json(&body);
+                let statuses: Vec<&str> = v[0]["Checks"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter(|c| c["CheckID"] == "service:web1")
+                            .filter_map(|c| c["Status"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(statuses, ["passing"], "the check flapped: {body}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let log = seen.lock().expect("log").clone();
+    let after: Vec<&(Instant, String)> = log.iter().filter(|(t, _)| *t >= cut).collect();
+    let last_victim = after
+        .iter()
+        .filter(|(_, a)| *a == agent)
+        .map(|(t, _)| *t)
+        .max();
+    let first_other = after
+        .iter()
+        .filter(|(_, a)| *a != agent)
+        .map(|(t, _)| *t)
+        .min();
+    let first_other = first_other.expect("another member took the check over");
+    if let Some(last) = last_victim {
+        assert!(
+            last < first_other,
+            "the cut-off member ran the check after another member took it over"
+        );
+    }
+    let others: BTreeSet<&String> = after
+        .iter()
+        .filter(|(_, a)| *a != agent)
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(others.len(), 1, "taken over by {others:?}");
+    println!(
+        "TAKEOVER: cut-off member stopped {:?} after the cut, another started {:?} after it",
+        last_victim.map(|t| t - cut),
+        first_other - cut
+    );
+    c.peer_link(victim, true);
+}

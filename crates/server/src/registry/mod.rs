@@ -64,6 +64,8 @@ pub struct Registry {
     applied: watch::Sender<i64>,
     barrier_tx: mpsc::Sender<Barrier>,
     barrier_rx: Mutex<Option<mpsc::Receiver<Barrier>>>,
+    /// When this member last confirmed its presence with the majority (see `presence`).
+    confirmed: Mutex<Option<Instant>>,
 }
 
 /// A put op of a txn.
@@ -117,7 +119,19 @@ impl Registry {
             applied: watch::channel(0).0,
             barrier_tx,
             barrier_rx: Mutex::new(Some(barrier_rx)),
+            confirmed: Mutex::new(None),
         })
+    }
+
+    /// Records that this member's presence was just confirmed with the majority.
+    pub(crate) fn confirm_presence(&self) {
+        *lock(&self.confirmed) = Some(Instant::now());
+    }
+
+    /// True when this member confirmed its presence with the majority within `within`: a
+    /// member that cannot stops running checks before the others take them over.
+    pub fn present_within(&self, within: Duration) -> bool {
+        lock(&self.confirmed).is_some_and(|t| t.elapsed() <= within)
     }
 
     /// Reads the view.

@@ -3,6 +3,11 @@
 //! that dies or is cut off from the majority stops renewing; the leader's lease expiry then
 //! deletes its key, every member's view sees it gone, its node's `serfHealth` turns critical
 //! and the checks it ran are assigned to the members still present.
+//!
+//! A renewal counts as confirmed only with a read index (a quorum answered): a member cut
+//! off from the majority, even one that still believes it leads, stops confirming, and its
+//! check runner stands down after [`STAND_DOWN`], well before its presence lease expires
+//! and another member takes its checks, so no check runs twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +23,8 @@ use crate::core::Core;
 pub const PRESENCE_TTL: i64 = 5;
 /// How often a member renews its presence.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How long a member runs checks without confirming its presence: half the presence TTL.
+pub const STAND_DOWN: Duration = Duration::from_millis(PRESENCE_TTL as u64 * 500);
 
 /// Keeps this member present until `stop`.
 pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
@@ -32,7 +39,10 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         }
         if lease != 0 && core.registry.read(|c| c.member_live(&name)) {
             match core.leases.renew(lease).await {
-                Ok(ttl) if ttl > 0 => continue,
+                Ok(ttl) if ttl > 0 => {
+                    confirm(&core).await;
+                    continue;
+                }
                 Ok(_) => lease = 0,
                 Err(e) => {
                     tracing::debug!(error = %e, "presence: renewal failed");
@@ -44,9 +54,18 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             Ok(id) => {
                 tracing::debug!(lease = id, "presence: established");
                 lease = id;
+                confirm(&core).await;
             }
             Err(e) => tracing::debug!(error = %e, "presence: not established yet"),
         }
+    }
+}
+
+/// Confirms with a quorum (a read index, bounded by the renewal period) that this member is
+/// with the majority.
+async fn confirm(core: &Core) {
+    if let Ok(Ok(())) = tokio::time::timeout(RENEW_EVERY, core.consensus.read_index()).await {
+        core.registry.confirm_presence();
     }
 }
 

@@ -67,6 +67,15 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => break,
         }
+        if !core.registry.present_within(super::presence::STAND_DOWN) {
+            // Cut off from the majority (or not yet present): run nothing, so that no check
+            // runs here and on the member that takes it over.
+            for (k, (_, task)) in running.drain() {
+                task.abort();
+                tracing::debug!(node = %k.0, check = %k.2, "standing down: presence unconfirmed");
+            }
+            continue;
+        }
         let (live, checks) = core
             .registry
             .read(|c| (c.live_members(), c.active_checks()));
@@ -130,6 +139,9 @@ async fn check_loop(core: Arc<Core>, key: CheckKey) {
         let Some(current) = core.registry.read(|c| c.check(node, id)) else {
             return;
         };
+        if !core.registry.present_within(super::presence::STAND_DOWN) {
+            continue;
+        }
         let (status, output) = probe::run(
             &current.value.kind,
             current.value.timeout,
