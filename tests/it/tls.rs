@@ -1,7 +1,8 @@
 //! TLS and mutual TLS on every listener, as etcd's flags set them: the real `etcdctl` over
 //! https with and without client certificates, certificates it must refuse (wrong CA,
 //! expired, none), plain text to a TLS port and TLS to a plain one, start-up errors that name
-//! the file, certificate rotation without a restart, and a three-member cluster whose peers
+//! the file, certificate and trusted CA rotation without a restart, and a three-member cluster
+//! whose peers
 //! speak TLS and check each other's certificates. Test CAs and certificates are made with
 //! rcgen in a temporary directory.
 
@@ -566,6 +567,63 @@ fn rotated_certificate_files_are_served_to_new_connections_without_a_restart() {
     );
     pki.issue_into(&cert, &key, "third", false);
     assert_eq!(served_cn(&srv.client_addr, None).as_deref(), Some("third"));
+}
+
+#[test]
+fn a_replaced_trusted_ca_file_decides_which_client_certificates_are_accepted_without_a_restart() {
+    let pki = Pki::new("ca");
+    let other = Pki::new("other");
+    let (scert, skey) = pki.issue("server", "server", false);
+    let (alice_cert, alice_key) = pki.issue("alice", "alice", false);
+    let (bob_cert, bob_key) = other.issue("bob", "bob", false);
+    let ca = pki.ca_file();
+    // The server's client CA is a file of its own, replaced below as a rotation does.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trusted = dir.path().join("trusted-ca.pem");
+    std::fs::copy(&ca, &trusted).expect("copy");
+    let srv = Server::start_tls(
+        &[
+            "--cert-file",
+            path(&scert),
+            "--key-file",
+            path(&skey),
+            "--trusted-ca-file",
+            path(&trusted),
+            "--client-cert-auth",
+        ],
+        client(&ca, Some((&alice_cert, &alice_key))),
+    );
+    let ep = srv.endpoint();
+    let alice = [
+        "--cacert",
+        path(&ca),
+        "--cert",
+        path(&alice_cert),
+        "--key",
+        path(&alice_key),
+    ];
+    let bob = [
+        "--cacert",
+        path(&ca),
+        "--cert",
+        path(&bob_cert),
+        "--key",
+        path(&bob_key),
+    ];
+    etcdctl_ok(&ep, &alice, &["put", "k", "v"]);
+    etcdctl_fails(&ep, &bob, &["get", "k"]);
+
+    // The other CA replaces the first: bob's certificate is accepted, alice's refused.
+    let new = dir.path().join("trusted-ca.new");
+    std::fs::copy(other.ca_file(), &new).expect("copy");
+    std::fs::rename(&new, &trusted).expect("rename");
+    assert_eq!(etcdctl_ok(&ep, &bob, &["get", "k"]), "k\nv\n");
+    etcdctl_fails(&ep, &alice, &["get", "k"]);
+
+    // A broken new CA file keeps the last good one.
+    std::fs::write(&trusted, "not a CA").expect("write");
+    assert_eq!(etcdctl_ok(&ep, &bob, &["get", "k"]), "k\nv\n");
+    etcdctl_fails(&ep, &alice, &["get", "k"]);
 }
 
 /// Waits until `srv` answers a serializable get of `key` with `want` (etcdctl, plain).

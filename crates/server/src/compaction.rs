@@ -5,7 +5,13 @@
 //! - `periodic` (etcd's default mode): keep about `retention` of history. The current revision
 //!   is sampled every `retention / 10` (at most every hour), and each sample compacts to the
 //!   newest revision that is at least `retention` old. A plain number is hours, as in etcd.
-//! - `revision`: keep the last `retention` revisions, checked every five minutes.
+//! - `revision`: keep the last `retention` revisions, checked every five minutes as etcd
+//!   does. A fast writer can pile up far more than `retention` revisions in five minutes
+//!   (measured: at ~9,000 puts/s, 2.7 million revisions outgrew the 2 GiB quota before the
+//!   first check), so the current revision is also looked at every second (one atomic
+//!   load), and once it is more than twice `retention` past the last compaction the
+//!   compactor compacts at once, without waiting for the five-minute check. History stays
+//!   under about twice `retention` revisions however fast the writes come.
 //!
 //! Only the leader compacts; a member that starts leading begins sampling afresh (as etcd's
 //! compactor resumes), so a leader change never compacts history younger than `retention`.
@@ -24,6 +30,9 @@ use crate::core::Core;
 
 /// How often revision mode checks (etcd's).
 const REVISION_CHECK: Duration = Duration::from_secs(300);
+/// How often revision mode looks at the current revision for history past twice the
+/// retention, between its checks.
+const REVISION_LOOK: Duration = Duration::from_secs(1);
 /// The longest periodic sampling interval (etcd's).
 const MAX_SAMPLE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -70,13 +79,13 @@ impl Retention {
         }
     }
 
-    /// How often the compactor looks.
+    /// How often the compactor looks ([`Compactor::tick`]).
     pub fn interval(self) -> Duration {
         match self {
             Retention::Periodic(d) => {
                 (d / 10).clamp(Duration::from_millis(10), MAX_SAMPLE_INTERVAL)
             }
-            Retention::Revision(_) => REVISION_CHECK,
+            Retention::Revision(_) => REVISION_LOOK,
         }
     }
 }
@@ -89,6 +98,8 @@ pub struct Compactor {
     samples: VecDeque<(Instant, i64)>,
     /// The revision history is compacted to, as far as this compactor knows.
     compacted: i64,
+    /// When revision mode last made its five-minute check (`None`: not yet).
+    checked: Option<Instant>,
 }
 
 impl Compactor {
@@ -98,14 +109,28 @@ impl Compactor {
             retention,
             samples: VecDeque::new(),
             compacted,
+            checked: None,
         }
     }
 
     /// Called every [`Retention::interval`] with the time and the current revision: the
-    /// revision to compact to now, if any.
+    /// revision to compact to now, if any. Revision mode checks at the first tick and then
+    /// every five minutes, and at any tick where more than twice `retention` revisions lie
+    /// past the last compaction.
     pub fn tick(&mut self, now: Instant, current: i64) -> Option<i64> {
         let target = match self.retention {
-            Retention::Revision(keep) => current - keep,
+            Retention::Revision(keep) => {
+                let due = self
+                    .checked
+                    .is_none_or(|t| now.checked_duration_since(t) >= Some(REVISION_CHECK));
+                let piled_up = current.saturating_sub(self.compacted) > keep.saturating_mul(2);
+                if due {
+                    self.checked = Some(now);
+                } else if !piled_up {
+                    return None;
+                }
+                current - keep
+            }
             Retention::Periodic(keep) => {
                 self.samples.push_back((now, current));
                 // The newest sample at least `keep` old; older ones are no longer needed.
@@ -146,6 +171,8 @@ pub async fn run(core: Arc<Core>, retention: Retention, stop: watch::Receiver<bo
         );
         let mut compactor = Compactor::new(retention, core.store.stats().compacted);
         let mut tick = tokio::time::interval(retention.interval());
+        // A tick missed while a compaction was proposed is not made up in a burst.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -209,18 +236,56 @@ mod tests {
             Retention::Periodic(Duration::from_secs(72 * 3600)).interval(),
             MAX_SAMPLE_INTERVAL
         );
-        assert_eq!(Retention::Revision(5).interval(), REVISION_CHECK);
+        // Revision mode looks every second; the five-minute check is the compactor's.
+        assert_eq!(Retention::Revision(5).interval(), REVISION_LOOK);
     }
 
     #[test]
     fn revision_mode_keeps_the_last_n_revisions() {
         let mut c = Compactor::new(Retention::Revision(100), 0);
-        let t = Instant::now();
-        assert_eq!(c.tick(t, 50), None, "not yet 100 revisions");
-        assert_eq!(c.tick(t, 250), Some(150));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(c.tick(at(0), 50), None, "not yet 100 revisions");
+        assert_eq!(c.tick(at(300), 250), Some(150));
         c.compacted(150);
-        assert_eq!(c.tick(t, 250), None, "already there");
-        assert_eq!(c.tick(t, 300), Some(200));
+        assert_eq!(c.tick(at(600), 250), None, "already there");
+        assert_eq!(c.tick(at(900), 300), Some(200));
+    }
+
+    #[test]
+    fn revision_mode_checks_every_five_minutes_and_early_past_twice_the_retention() {
+        let mut c = Compactor::new(Retention::Revision(100), 0);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // The first tick checks.
+        assert_eq!(c.tick(at(0), 150), Some(50));
+        c.compacted(50);
+        // Up to twice the retention past the last compaction: wait for the five minutes.
+        for s in 1..300 {
+            assert_eq!(
+                c.tick(at(s), 250),
+                None,
+                "at {s} s, 200 past the compaction"
+            );
+        }
+        assert_eq!(c.tick(at(300), 250), Some(150), "the five-minute check");
+        c.compacted(150);
+        // More than twice the retention past it: at once, well before the next check.
+        assert_eq!(c.tick(at(301), 350), None, "exactly twice the retention");
+        assert_eq!(c.tick(at(302), 351), Some(251), "past twice the retention");
+        c.compacted(251);
+        assert_eq!(c.tick(at(303), 400), None);
+        // A writer far faster than the checks: history never exceeds twice the retention
+        // for longer than a tick.
+        let mut current = 400;
+        for s in 304..600 {
+            current += 1_000;
+            let target = c.tick(at(s), current).expect("compacts every tick");
+            assert_eq!(target, current - 100);
+            c.compacted(target);
+        }
+        // The five-minute check still comes on time (600 s), with little to do.
+        assert_eq!(c.tick(at(600), current + 10), Some(current - 90));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   the file and what is wrong with it.
 //! - [`reload`]: the certificate a side presents, re-read when its files change (rotation
 //!   without a restart); a broken new file keeps the old certificate.
+//! - [`trust`]: the CA bundles that verify the other end, re-read the same way.
 //! - [`suites`]: etcd's `--cipher-suites` (Go's names) and `--tls-min-version`.
 //! - [`selfsigned`]: `--auto-tls`: a self-signed certificate generated at start-up.
 //! - [`settings`]: one side's settings ([`TlsSettings`]) turned into rustls server and
@@ -26,6 +27,7 @@ pub mod selfsigned;
 pub mod settings;
 pub mod stream;
 pub mod suites;
+pub mod trust;
 
 pub use accept::{handshake_failures, tls_incoming, ConnInfo, ServerConn};
 pub use connect::Connector;

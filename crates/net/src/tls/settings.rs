@@ -5,10 +5,12 @@
 //! - A server presents `cert_file`/`key_file` (re-read on change, see [`super::reload`]) or
 //!   a self-signed certificate (`auto_tls`).
 //! - A server requires and verifies client certificates when `client_cert_auth` is set or a
-//!   `trusted_ca_file` is given (etcd requires them in both cases), against that file.
-//! - A client verifies the server against `trusted_ca_file` (berth has no system trust
-//!   store: without a CA file a client must skip verification explicitly), and presents
-//!   `cert_file`/`key_file` as its client certificate when given.
+//!   `trusted_ca_file` is given (etcd requires them in both cases), against that file,
+//!   re-read on change (see [`super::trust`]). Such a server resumes no TLS sessions: a
+//!   resumed session skips the check, so a client of a CA since removed could go on.
+//! - A client verifies the server against `trusted_ca_file`, re-read on change too (berth
+//!   has no system trust store: without a CA file a client must skip verification
+//!   explicitly), and presents `cert_file`/`key_file` as its client certificate when given.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,11 +18,11 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 
 use super::reload::ReloadingCert;
-use super::{files, provider, selfsigned, suites, TlsError};
+use super::trust::{ReloadingClientVerifier, ReloadingServerVerifier};
+use super::{provider, selfsigned, suites, TlsError};
 
 /// Lowest TLS version accepted (`--tls-min-version`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -136,18 +138,9 @@ impl TlsSettings {
         let builder = ServerConfig::builder_with_provider(crypto.clone())
             .with_protocol_versions(self.min_version.versions())?;
         let builder = match &self.trusted_ca_file {
-            Some(ca) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(files::trust_roots(ca)?),
-                    crypto,
-                )
-                .build()
-                .map_err(|e| TlsError::BadCertificate {
-                    path: ca.clone(),
-                    why: e.to_string(),
-                })?;
-                builder.with_client_cert_verifier(verifier)
-            }
+            Some(ca) => builder.with_client_cert_verifier(Arc::new(
+                ReloadingClientVerifier::from_file(ca, crypto)?,
+            )),
             None if self.client_cert_auth => {
                 return Err(TlsError::Flags(format!(
                     "client certificate authentication needs a trusted CA file to verify them with ({flags})"
@@ -156,6 +149,12 @@ impl TlsSettings {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(identity);
+        if self.trusted_ca_file.is_some() {
+            // A resumed session skips the client certificate check: a client the CA file
+            // no longer trusts could go on resuming the session it had under the old one.
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
@@ -169,7 +168,11 @@ impl TlsSettings {
             _ if self.insecure_skip_verify || self.auto_tls => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(SkipVerify(crypto))),
-            Some(ca) => builder.with_root_certificates(files::trust_roots(ca)?),
+            Some(ca) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ReloadingServerVerifier::from_file(
+                    ca, crypto,
+                )?)),
             None => {
                 return Err(TlsError::Flags(format!(
                 "TLS needs a CA file to verify the server with ({flags}), or skipping verification"
@@ -298,5 +301,134 @@ mod tests {
             .server_config(&[ALPN_H2], "test")
             .expect_err("suites with TLS1.3");
         assert!(e.to_string().contains("--cipher-suites"), "{e}");
+    }
+
+    /// A CA that signs certificates for localhost into `dir`: `{name}-ca.pem`, and
+    /// `{file}.pem` with `{file}-key.pem` per [`issue`].
+    struct TestCa(rcgen::Certificate, rcgen::KeyPair);
+
+    fn test_ca(dir: &std::path::Path, name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).expect("CA");
+        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).expect("write");
+        TestCa(cert, key)
+    }
+
+    fn issue(dir: &std::path::Path, ca: &TestCa, file: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("p");
+        p.distinguished_name.push(rcgen::DnType::CommonName, file);
+        let cert = p.signed_by(&key, &ca.0, &ca.1).expect("sign");
+        let (c, k) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        (c, k)
+    }
+
+    /// Whether `client` and `server` complete a handshake and the server's first bytes
+    /// reach the client (which also hands the client the server's session tickets, if any).
+    async fn mutual(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let accept = async {
+            let mut tls = tokio_rustls::TlsAcceptor::from(server.clone())
+                .accept(b)
+                .await?;
+            tls.write_all(b"x").await?;
+            tls.flush().await?;
+            Ok::<_, std::io::Error>(tls)
+        };
+        let connect = async {
+            let name = ServerName::try_from("localhost").expect("name");
+            let mut tls = tokio_rustls::TlsConnector::from(client.clone())
+                .connect(name, a)
+                .await?;
+            let mut got = [0u8; 1];
+            tls.read_exact(&mut got).await?;
+            Ok::<_, std::io::Error>(got)
+        };
+        let (s, c) = tokio::join!(accept, connect);
+        s.is_ok() && matches!(c, Ok(b) if &b == b"x")
+    }
+
+    #[tokio::test]
+    async fn a_replaced_client_ca_file_decides_new_handshakes_resumed_ones_included() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let servers = test_ca(d, "servers");
+        let (one, two) = (test_ca(d, "one"), test_ca(d, "two"));
+        let (cert, key) = issue(d, &servers, "server");
+        let trusted = d.join("trusted.pem");
+        std::fs::copy(d.join("one-ca.pem"), &trusted).expect("copy");
+        let server = TlsSettings {
+            cert_file: Some(cert),
+            key_file: Some(key),
+            trusted_ca_file: Some(trusted.clone()),
+            client_cert_auth: true,
+            ..Default::default()
+        };
+        let server = Arc::new(server.server_config(&[ALPN_H2], "test").expect("server"));
+        let client = |file: &str, ca: &TestCa| {
+            let (cert, key) = issue(d, ca, file);
+            let settings = TlsSettings {
+                cert_file: Some(cert),
+                key_file: Some(key),
+                trusted_ca_file: Some(d.join("servers-ca.pem")),
+                ..Default::default()
+            };
+            Arc::new(settings.client_config("test").expect("client"))
+        };
+        let (alice, bob) = (client("alice", &one), client("bob", &two));
+        assert!(mutual(&server, &alice).await);
+        assert!(!mutual(&server, &bob).await);
+        // The new CA file, renamed into place as a rotation does.
+        let new = d.join("trusted.new");
+        std::fs::copy(d.join("two-ca.pem"), &new).expect("copy");
+        std::fs::rename(&new, &trusted).expect("rename");
+        assert!(mutual(&server, &bob).await);
+        // alice's client would resume the session it had: refused all the same.
+        assert!(!mutual(&server, &alice).await);
+        // A broken new file keeps the CA last read.
+        std::fs::write(&trusted, "not a CA").expect("write");
+        assert!(mutual(&server, &bob).await);
+        assert!(!mutual(&server, &alice).await);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_server_ca_file_decides_which_servers_a_client_trusts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let (one, two) = (test_ca(d, "one"), test_ca(d, "two"));
+        let server = |file: &str, ca: &TestCa| {
+            let (cert, key) = issue(d, ca, file);
+            let settings = TlsSettings {
+                cert_file: Some(cert),
+                key_file: Some(key),
+                ..Default::default()
+            };
+            Arc::new(settings.server_config(&[ALPN_H2], "test").expect("server"))
+        };
+        let (first, second) = (server("first", &one), server("second", &two));
+        let trusted = d.join("trusted.pem");
+        std::fs::copy(d.join("one-ca.pem"), &trusted).expect("copy");
+        let client = TlsSettings {
+            trusted_ca_file: Some(trusted.clone()),
+            ..Default::default()
+        };
+        let client = Arc::new(client.client_config("test").expect("client"));
+        assert!(mutual(&first, &client).await);
+        assert!(!mutual(&second, &client).await);
+        let new = d.join("trusted.new");
+        std::fs::copy(d.join("two-ca.pem"), &new).expect("copy");
+        std::fs::rename(&new, &trusted).expect("rename");
+        assert!(mutual(&second, &client).await);
+        assert!(!mutual(&first, &client).await);
     }
 }
