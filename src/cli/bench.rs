@@ -32,6 +32,84 @@ pub enum BenchCommand {
     Watch(WatchArgs),
     /// Keep-alive storm: every client renews its share of --leases leases as fast as it can.
     LeaseKeepalive(LeaseArgs),
+    /// Consul API: every request registers a new instance (TTL check) of one of --services.
+    ConsulRegister(ConsulRegisterArgs),
+    /// Consul API: TTL check passes over --instances instances registered first.
+    ConsulHeartbeat(ConsulHeartbeatArgs),
+    /// Consul API: `/v1/health/service/<s>?passing` over --services services with
+    /// --instances instances registered first.
+    ConsulDiscover(ConsulDiscoverArgs),
+    /// Consul API: --watchers blocking queries on one service (and --others on other
+    /// services); --changes changes of one instance; reports change-to-answer delay.
+    ConsulWatch(ConsulWatchArgs),
+}
+
+/// Where the Consul workloads send their requests.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsulTarget {
+    /// `host:port` of the HTTP listener serving the Consul API.
+    #[arg(long = "consul-addr", default_value = "127.0.0.1:8500")]
+    consul_addr: String,
+}
+
+/// Arguments of `bench consul-register`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsulRegisterArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    target: ConsulTarget,
+    /// Services the new instances are spread over.
+    #[arg(long, default_value_t = 100)]
+    services: u64,
+}
+
+/// Arguments of `bench consul-heartbeat`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsulHeartbeatArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    target: ConsulTarget,
+    /// Instances registered (passing TTL checks) before the run.
+    #[arg(long, default_value_t = 1000)]
+    instances: u64,
+}
+
+/// Arguments of `bench consul-discover`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsulDiscoverArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    target: ConsulTarget,
+    /// Services.
+    #[arg(long, default_value_t = 100)]
+    services: u64,
+    /// Instances registered over them before the run.
+    #[arg(long, default_value_t = 1000)]
+    instances: u64,
+    /// Read the member's view (`?stale`) instead of a consistent read.
+    #[arg(long)]
+    stale: bool,
+}
+
+/// Arguments of `bench consul-watch`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsulWatchArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    target: ConsulTarget,
+    /// Blocking queries on the watched service (one connection each).
+    #[arg(long, default_value_t = 1000)]
+    watchers: u64,
+    /// Blocking queries on other services, which must not wake.
+    #[arg(long, default_value_t = 100)]
+    others: u64,
+    /// Changes of the watched service, one after another.
+    #[arg(long, default_value_t = 5)]
+    changes: u64,
 }
 
 /// Parameters every workload takes.
@@ -182,6 +260,41 @@ impl BenchCommand {
                     ttl: a.lease_ttl,
                 },
             ),
+            Self::ConsulRegister(a) => (
+                &a.common,
+                Workload::ConsulRegister {
+                    services: a.services,
+                },
+            ),
+            Self::ConsulHeartbeat(a) => (
+                &a.common,
+                Workload::ConsulHeartbeat {
+                    instances: a.instances,
+                },
+            ),
+            Self::ConsulDiscover(a) => (
+                &a.common,
+                Workload::ConsulDiscover {
+                    services: a.services,
+                    instances: a.instances,
+                    stale: a.stale,
+                },
+            ),
+            Self::ConsulWatch(a) => (
+                &a.common,
+                Workload::ConsulWatch {
+                    watchers: a.watchers,
+                    others: a.others,
+                    changes: a.changes,
+                },
+            ),
+        };
+        let http_addr = match self {
+            Self::ConsulRegister(a) => a.target.consul_addr.clone(),
+            Self::ConsulHeartbeat(a) => a.target.consul_addr.clone(),
+            Self::ConsulDiscover(a) => a.target.consul_addr.clone(),
+            Self::ConsulWatch(a) => a.target.consul_addr.clone(),
+            _ => Config::default().http_addr,
         };
         let rate = match (&workload, common.rate) {
             (Workload::Watch { .. }, 0) => WATCH_DEFAULT_RATE,
@@ -209,6 +322,7 @@ impl BenchCommand {
             give_up_after: berth_bench::config::GIVE_UP_AFTER,
             prefill: !common.no_prefill,
             seed: common.seed,
+            http_addr,
         }
     }
 }
@@ -218,6 +332,11 @@ impl BenchCommand {
 pub async fn run(ctx: &mut Ctx, cmd: BenchCommand) -> Result<()> {
     let cfg = cmd.config(ctx.conn.command_timeout());
     cfg.validate()?;
+    if cfg.workload.is_consul() {
+        // The registry family speaks HTTP to --consul-addr: no gRPC connection.
+        let report = berth_bench::run(cfg, Vec::new()).await?;
+        return ctx.out.print(&report);
+    }
     let endpoints = ctx.conn.endpoints().to_vec();
     if endpoints.is_empty() {
         bail!("no endpoints given");

@@ -71,6 +71,34 @@ pub enum Workload {
         /// Their TTL in seconds.
         ttl: i64,
     },
+    /// Consul: every request registers a new instance of one of `services` services.
+    ConsulRegister {
+        /// Services the instances are spread over.
+        services: u64,
+    },
+    /// Consul: TTL check passes over `instances` registered instances.
+    ConsulHeartbeat {
+        /// Instances registered (with passing TTL checks) before the run.
+        instances: u64,
+    },
+    /// Consul: `?passing` health queries over `services` services.
+    ConsulDiscover {
+        /// Services.
+        services: u64,
+        /// Instances registered over them before the run.
+        instances: u64,
+        /// Read the member's view (`?stale`) instead of a linearizable one.
+        stale: bool,
+    },
+    /// Consul: blocking queries on one service, answered when one of its instances changes.
+    ConsulWatch {
+        /// Blocking queries on the watched service.
+        watchers: u64,
+        /// Blocking queries on other services (must not wake).
+        others: u64,
+        /// Changes made, one after another.
+        changes: u64,
+    },
 }
 
 impl Workload {
@@ -83,7 +111,22 @@ impl Workload {
             Self::Mixed { .. } => "mixed",
             Self::Watch { .. } => "watch",
             Self::LeaseKeepalive { .. } => "lease-keepalive",
+            Self::ConsulRegister { .. } => "consul-register",
+            Self::ConsulHeartbeat { .. } => "consul-heartbeat",
+            Self::ConsulDiscover { .. } => "consul-discover",
+            Self::ConsulWatch { .. } => "consul-watch",
         }
+    }
+
+    /// True for the registry family, which speaks Consul's HTTP API (no gRPC connections).
+    pub fn is_consul(&self) -> bool {
+        matches!(
+            self,
+            Self::ConsulRegister { .. }
+                | Self::ConsulHeartbeat { .. }
+                | Self::ConsulDiscover { .. }
+                | Self::ConsulWatch { .. }
+        )
     }
 
     /// Whether the keyspace is written once before the run (reads should find keys).
@@ -130,6 +173,8 @@ pub struct Config {
     pub prefill: bool,
     /// Seed for key choice and read/write mixing.
     pub seed: u64,
+    /// `host:port` of the HTTP listener, for the Consul workloads.
+    pub http_addr: String,
 }
 
 impl Default for Config {
@@ -150,6 +195,7 @@ impl Default for Config {
             give_up_after: GIVE_UP_AFTER,
             prefill: true,
             seed: 1,
+            http_addr: "127.0.0.1:8500".into(),
         }
     }
 }
@@ -188,6 +234,18 @@ impl Config {
             )),
             Workload::LeaseKeepalive { leases, ttl } if *leases == 0 || *ttl <= 0 => {
                 bad("--leases and --lease-ttl must be at least 1".into())
+            }
+            Workload::ConsulRegister { services: 0 }
+            | Workload::ConsulHeartbeat { instances: 0 }
+            | Workload::ConsulWatch { watchers: 0, .. } => {
+                bad("--services, --instances and --watchers must be at least 1".into())
+            }
+            Workload::ConsulDiscover {
+                services,
+                instances,
+                ..
+            } if *services == 0 || instances < services => {
+                bad("consul-discover needs --services >= 1 and --instances >= --services".into())
             }
             _ => Ok(()),
         }
@@ -232,7 +290,30 @@ impl Config {
                 p["leases"] = json!(leases);
                 p["lease_ttl"] = json!(ttl);
             }
+            Workload::ConsulRegister { services } => p["services"] = json!(services),
+            Workload::ConsulHeartbeat { instances } => p["instances"] = json!(instances),
+            Workload::ConsulDiscover {
+                services,
+                instances,
+                stale,
+            } => {
+                p["services"] = json!(services);
+                p["instances"] = json!(instances);
+                p["stale"] = json!(stale);
+            }
+            Workload::ConsulWatch {
+                watchers,
+                others,
+                changes,
+            } => {
+                p["watchers"] = json!(watchers);
+                p["others"] = json!(others);
+                p["changes"] = json!(changes);
+            }
             Workload::Put | Workload::Txn => {}
+        }
+        if self.workload.is_consul() {
+            p["http_addr"] = json!(self.http_addr);
         }
         p
     }

@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod http;
 pub mod keys;
 pub mod pace;
 pub mod report;
@@ -68,6 +69,9 @@ impl BenchError {
 /// Runs one benchmark over already-dialed connections (client `i` uses `channels[i % len]`).
 pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchError> {
     cfg.validate()?;
+    if cfg.workload.is_consul() {
+        return workload::consul::run(&cfg).await;
+    }
     if channels.is_empty() {
         return Err(BenchError::Config("no connections".into()));
     }
@@ -77,5 +81,9 @@ pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchE
         Workload::Put | Workload::Range { .. } | Workload::Txn | Workload::Mixed { .. } => {
             workload::kv::run(&cfg, &channels).await
         }
+        Workload::ConsulRegister { .. }
+        | Workload::ConsulHeartbeat { .. }
+        | Workload::ConsulDiscover { .. }
+        | Workload::ConsulWatch { .. } => workload::consul::run(&cfg).await,
     }
 }

@@ -529,6 +529,14 @@ impl Catalog {
         self.checks.get(&k).map(|r| self.effective(&k, r))
     }
 
+    /// Check `id` on `node` as stored (a lapsed TTL check keeps its last set status here).
+    pub fn stored_check(&self, node: &str, id: &str) -> Option<Record<Check>> {
+        let service = self.check_ids.get(&(node.to_string(), id.to_string()))?;
+        self.checks
+            .get(&(node.to_string(), service.clone(), id.to_string()))
+            .cloned()
+    }
+
     /// True while TTL check `id` on `node` holds (its lease key is present).
     pub fn ttl_alive(&self, node: &str, service: &str, id: &str) -> bool {
         self.alive

@@ -80,7 +80,12 @@ pub async fn run(cfg: &Config, channels: &[Transport]) -> Result<Report, BenchEr
             });
             run_clients(cfg, w.collect()).await?
         }
-        Workload::Watch { .. } | Workload::LeaseKeepalive { .. } => {
+        Workload::Watch { .. }
+        | Workload::LeaseKeepalive { .. }
+        | Workload::ConsulRegister { .. }
+        | Workload::ConsulHeartbeat { .. }
+        | Workload::ConsulDiscover { .. }
+        | Workload::ConsulWatch { .. } => {
             return Err(BenchError::Config(format!(
                 "{} is not a KV workload",
                 cfg.workload.name()

@@ -5,7 +5,10 @@
 //! - [`kv`]: `put`, `range`, `txn` (compare-and-swap) and `mixed`, with the keyspace prefill.
 //! - [`watch`]: watchers spread over streams and one timestamping writer.
 //! - [`lease`]: a keep-alive storm over granted leases.
+//! - [`consul`]: the registry family over Consul's HTTP API (register, heartbeat, discover,
+//!   blocking watchers).
 
+pub mod consul;
 pub mod kv;
 pub mod lease;
 pub mod watch;

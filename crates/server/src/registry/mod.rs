@@ -614,7 +614,12 @@ impl Registry {
         status: CheckStatus,
         output: String,
     ) -> Result<(), RegistryFailure> {
-        let Some(Record { value: check, .. }) = self.read(|c| c.check(node, id)) else {
+        let Some((Record { value: check, .. }, alive)) = self.read(|c| {
+            c.stored_check(node, id).map(|r| {
+                let alive = c.ttl_alive(node, &r.value.service_id, id);
+                (r, alive)
+            })
+        }) else {
             return Err(RegistryError::NotFound(format!("Unknown check ID {id:?}")).into());
         };
         let CheckKind::Ttl { ttl } = check.kind else {
@@ -623,16 +628,8 @@ impl Registry {
             ))
             .into());
         };
-        let alive = self.read(|c| c.ttl_alive(node, &check.service_id, id));
-        // The view reports a lapsed check as critical; what was stored is what to compare.
-        let stored = self.read(|c| {
-            c.checks_on(node)
-                .into_iter()
-                .find(|r| r.value.id == id)
-                .map(|r| r.value.status)
-        });
         if alive
-            && stored == Some(status)
+            && check.status == status
             && check.lease != 0
             && core.leases.renew(check.lease).await? > 0
         {
