@@ -1,5 +1,6 @@
-//! The `berth` binary: `berth server` runs a node; every other subcommand is a client of the
-//! etcd v3 API (and later berth's own APIs) talking to `--endpoints`.
+//! The `berth` binary: `berth server` runs a node; every other subcommand is a client: of the
+//! etcd v3 API at `--endpoints`, or (`svc`, `check`, `session`) of Consul's HTTP API at
+//! `--http-addr`.
 
 mod cli;
 

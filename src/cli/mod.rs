@@ -1,5 +1,6 @@
 //! The client half of the `berth` binary: etcdctl-style commands speaking the etcd v3 gRPC API
-//! to `--endpoints`, so they work against berth and against etcd itself.
+//! to `--endpoints`, so they work against berth and against etcd itself, and registry commands
+//! speaking Consul's HTTP API to `--http-addr`, so they work against berth and Consul.
 //!
 //! # Layout
 //! - [`conn`]: endpoints, dialing, per-request timeouts and gRPC error mapping.
@@ -9,6 +10,7 @@
 //! - [`lease`], [`member`], [`endpoint`], [`alarm`], [`defrag`], [`snapshot`]: one file per noun.
 //! - [`bench`](mod@bench): `bench <workload>`, the load generator (the engine is the
 //!   `berth-bench` crate).
+//! - [`registry`]: `svc`, `check` and `session` over Consul's HTTP API.
 //!
 //! Each command file owns its clap arguments, an `async fn run(&mut Ctx, ..)` and the
 //! [`Render`](output::Render) impls of what it prints; adding a command touches that file, its
@@ -24,6 +26,7 @@ pub mod kv;
 pub mod lease;
 pub mod member;
 pub mod output;
+pub mod registry;
 pub mod snapshot;
 
 use std::time::Duration;
@@ -84,6 +87,18 @@ pub struct GlobalOpts {
     /// The password of `--user`.
     #[arg(long, global = true, env = "BERTH_PASSWORD")]
     pub password: Option<String>,
+    /// Consul HTTP API address for `svc`, `check` and `session` (berth's HTTP listener or a
+    /// Consul agent): `host:port`, `http://host:port` or `https://host:port`.
+    #[arg(
+        long,
+        global = true,
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    pub http_addr: String,
+    /// ACL token sent as `X-Consul-Token` by `svc`, `check` and `session`.
+    #[arg(long, global = true, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl GlobalOpts {
@@ -132,6 +147,15 @@ pub enum Command {
     /// Generate load against the endpoints and report throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Register, list and inspect services (Consul HTTP API at --http-addr).
+    #[command(subcommand)]
+    Svc(registry::svc::SvcCommand),
+    /// List health checks and report TTL checks (Consul HTTP API at --http-addr).
+    #[command(subcommand)]
+    Check(registry::check::CheckCommand),
+    /// Create, renew, inspect and destroy sessions (Consul HTTP API at --http-addr).
+    #[command(subcommand)]
+    Session(registry::session::SessionCommand),
 }
 
 /// What every command runs with: the connection settings and the printer.
@@ -140,12 +164,21 @@ pub struct Ctx {
     pub conn: Conn,
     /// Where results go, in the chosen format.
     pub out: Printer,
+    /// The Consul HTTP API the registry commands talk to.
+    pub http: registry::http::Target,
 }
 
 /// Runs one client command to completion on its own runtime (single-threaded, except for
 /// `bench`).
 pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
     let tls = global.tls();
+    let http = registry::http::Target {
+        addr: global.http_addr,
+        token: global.token,
+        tls: tls.clone(),
+        dial_timeout: global.dial_timeout,
+        command_timeout: global.command_timeout,
+    };
     let mut ctx = Ctx {
         conn: Conn::new(
             global.endpoints,
@@ -155,6 +188,7 @@ pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
         .with_tls(tls)?
         .with_user(global.user, global.password)?,
         out: Printer::new(global.write_out, std::io::stdout()),
+        http,
     };
     // Restore is offline: it must work with no server and needs no runtime.
     if let Command::Snapshot(snapshot::SnapshotCommand::Restore(args)) = &cmd {
@@ -184,6 +218,9 @@ async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
         Command::Alarm(c) => alarm::run(ctx, c).await,
         Command::Defrag => defrag::run(ctx).await,
         Command::Bench(c) => bench::run(ctx, c).await,
+        Command::Svc(c) => registry::svc::run(ctx, c).await,
+        Command::Check(c) => registry::check::run(ctx, c).await,
+        Command::Session(c) => registry::session::run(ctx, c).await,
     }
 }
 

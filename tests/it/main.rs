@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod consul;
+mod consul_cli;
 mod crash;
 mod etcdctl;
 mod gateway;
