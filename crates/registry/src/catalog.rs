@@ -114,6 +114,9 @@ pub struct Catalog {
     locks: BTreeMap<Vec<u8>, (String, i64)>,
     /// Members whose presence key lives.
     members: BTreeSet<String>,
+    /// Per service name, how many of its instances carry each tag: the service list's tag
+    /// union changes exactly when a count moves between 0 and 1.
+    tag_counts: HashMap<String, HashMap<String, usize>>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, RegistryError> {
@@ -155,13 +158,31 @@ impl Catalog {
     }
 
     fn tags_of(&self, name: &str) -> BTreeSet<String> {
-        self.by_name
+        self.tag_counts
             .get(name)
             .into_iter()
-            .flatten()
-            .filter_map(|k| self.services.get(k))
-            .flat_map(|s| s.value.tags.iter().cloned())
+            .flat_map(|m| m.keys().cloned())
             .collect()
+    }
+
+    /// Counts (`add`) or uncounts an instance's tags.
+    fn count_tags(&mut self, name: &str, tags: &[String], add: bool) {
+        let counts = self.tag_counts.entry(name.to_string()).or_default();
+        // An instance may list a tag twice: count it once.
+        let unique: BTreeSet<&String> = tags.iter().collect();
+        for t in unique {
+            if add {
+                *counts.entry(t.clone()).or_insert(0) += 1;
+            } else if let Some(c) = counts.get_mut(t) {
+                *c -= 1;
+                if *c == 0 {
+                    counts.remove(t);
+                }
+            }
+        }
+        if counts.is_empty() {
+            self.tag_counts.remove(name);
+        }
     }
 
     /// Applies one change; returns the topics whose results it changed (their index is now
@@ -280,9 +301,40 @@ impl Catalog {
                         names.push(n.value.name.clone());
                     }
                 }
-                let before: Vec<BTreeSet<String>> = names.iter().map(|n| self.tags_of(n)).collect();
                 let existed: Vec<bool> =
                     names.iter().map(|n| self.by_name.contains_key(n)).collect();
+                if let Some(old) = &old {
+                    self.count_tags(&old.name, &old.tags, false);
+                }
+                if let Some(new) = &new {
+                    self.count_tags(&new.value.name, &new.value.tags, true);
+                }
+                // The union of a name's tags changed when a tag only the old version had is
+                // now carried by no instance, or one only the new version has by just it.
+                let count = |name: &str, t: &String| {
+                    self.tag_counts
+                        .get(name)
+                        .and_then(|m| m.get(t))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                let has = |s: Option<&Service>, name: &str, t: &String| {
+                    s.is_some_and(|s| s.name == name && s.tags.contains(t))
+                };
+                let new_value = new.as_ref().map(|r| &r.value);
+                let mut tags_changed = false;
+                if let Some(o) = &old {
+                    tags_changed |= o
+                        .tags
+                        .iter()
+                        .any(|t| !has(new_value, &o.name, t) && count(&o.name, t) == 0);
+                }
+                if let Some(n) = new_value {
+                    tags_changed |= n
+                        .tags
+                        .iter()
+                        .any(|t| !has(old.as_ref(), &n.name, t) && count(&n.name, t) == 1);
+                }
                 if let Some(old) = &old {
                     if let Some(set) = self.by_name.get_mut(&old.name) {
                         set.remove(&k);
@@ -300,7 +352,7 @@ impl Catalog {
                     self.services.insert(k, new);
                 }
                 for (i, n) in names.iter().enumerate() {
-                    if before[i] != self.tags_of(n) || existed[i] != self.by_name.contains_key(n) {
+                    if tags_changed || existed[i] != self.by_name.contains_key(n) {
                         self.touch(&mut topics, Topic::ServiceList, revision);
                     }
                     self.touch(&mut topics, Topic::Service(n.clone()), revision);

@@ -66,7 +66,13 @@ pub struct Registry {
     barrier_rx: Mutex<Option<mpsc::Receiver<Barrier>>>,
     /// When this member last confirmed its presence with the majority (see `presence`).
     confirmed: Mutex<Option<Instant>>,
+    /// Answers faces rendered from the view, by request, with the topic index they reflect:
+    /// discovery reads repeat, and the view changes rarely.
+    rendered: Mutex<HashMap<String, (i64, bytes::Bytes)>>,
 }
+
+/// Most rendered answers kept; past it the cache starts over.
+const RENDERED_MAX: usize = 4096;
 
 /// A put op of a txn.
 pub fn put_op(key: Vec<u8>, value: Vec<u8>, lease: i64) -> RequestOp {
@@ -120,7 +126,25 @@ impl Registry {
             barrier_tx,
             barrier_rx: Mutex::new(Some(barrier_rx)),
             confirmed: Mutex::new(None),
+            rendered: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A face's answer to request `key` rendered at topic index `index`, if kept.
+    pub fn rendered(&self, key: &str, index: i64) -> Option<bytes::Bytes> {
+        lock(&self.rendered)
+            .get(key)
+            .filter(|(at, _)| *at == index)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Keeps a face's answer to request `key`, rendered at topic index `index`.
+    pub fn remember(&self, key: String, index: i64, body: bytes::Bytes) {
+        let mut map = lock(&self.rendered);
+        if map.len() >= RENDERED_MAX && !map.contains_key(&key) {
+            map.clear();
+        }
+        map.insert(key, (index, body));
     }
 
     /// Records that this member's presence was just confirmed with the majority.
@@ -405,7 +429,7 @@ impl Registry {
     }
 
     /// The put of `node`'s record when the view does not hold it as it is.
-    fn node_op(&self, node: &Node) -> Option<RequestOp> {
+    pub(crate) fn node_op(&self, node: &Node) -> Option<RequestOp> {
         let same = self.read(|c| c.node(&node.name).is_some_and(|r| r.value == *node));
         (!same).then(|| put_op(layout::node(&node.name), encode(node), 0))
     }

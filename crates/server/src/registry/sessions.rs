@@ -81,7 +81,14 @@ impl Registry {
         if s.lock_delay > MAX_LOCK_DELAY {
             return Err(RegistryError::invalid("LockDelay must be at most 60s").into());
         }
-        if self.read(|c| c.node(&s.node)).is_none() {
+        // This member's own node may not be written yet in its first second (presence
+        // writes it): a session on it writes it along.
+        let own = Registry::agent_node(core);
+        let mut ops: Vec<RequestOp> = Vec::new();
+        if s.node == own.name {
+            ops.extend(self.node_op(&own));
+        }
+        if ops.is_empty() && self.read(|c| c.node(&s.node)).is_none() {
             return Err(RegistryError::invalid(format!(
                 "Missing node registration: node {:?} is not registered",
                 s.node
@@ -89,6 +96,10 @@ impl Registry {
             .into());
         }
         for id in s.node_checks.iter().chain(&s.service_checks) {
+            // serfHealth of this member's own node passes while it is running.
+            if s.node == own.name && id == berth_registry::catalog::SERF_HEALTH {
+                continue;
+            }
             match self.read(|c| c.check(&s.node, id)) {
                 None => {
                     return Err(RegistryError::invalid(format!(
@@ -111,8 +122,9 @@ impl Registry {
             let grant = core.leases.grant(lease_ttl(s.ttl * 2), 0, None).await?;
             s.lease = grant.id;
         }
+        ops.push(put_op(layout::session(&s.id), encode(&s), s.lease));
         let txn = TxnRequest {
-            success: vec![put_op(layout::session(&s.id), encode(&s), s.lease)],
+            success: ops,
             ..Default::default()
         };
         self.write(core, txn).await?;

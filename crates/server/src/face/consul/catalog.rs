@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 
 use super::agent::{CheckIn, ServiceIn};
 use super::input::decode;
-use super::{block_on, bool_reply, json_reply, require_user, shapes, ApiError, Params, ReadOpts};
+use super::{
+    block_on, bool_reply, bytes_reply, json_reply, require_user, shapes, ApiError, Params, ReadOpts,
+};
 use crate::core::Core;
 use crate::registry::DATACENTER;
 
@@ -47,17 +49,27 @@ fn meta_matches(node: &Node, want: &[(String, String)]) -> bool {
         .all(|(k, v)| node.meta.get(k).is_some_and(|have| have == v))
 }
 
-/// Runs a blocking read of `topic` and answers `f`'s result with the topic's index.
+/// Runs a blocking read of `topic` and answers `f`'s result with the topic's index. Answers
+/// are kept per request (`route` and the filtering parameters) for the index they reflect,
+/// so repeated discovery reads of an unchanged service cost a lookup.
 async fn read(
     core: &Core,
     q: &Params,
+    route: &str,
     topic: Topic,
     f: impl FnOnce(&berth_registry::Catalog) -> Value,
 ) -> Result<Response, ApiError> {
     let opts = ReadOpts::parse(q)?;
     block_on(core, &opts, &topic).await?;
+    let key = format!("{route}|{topic:?}|{}", q.filters());
+    let index = core.registry.read(|c| c.index(&topic));
+    if let Some(body) = core.registry.rendered(&key, index) {
+        return Ok(bytes_reply(index, body));
+    }
     let (index, body) = core.registry.read(|c| (c.index(&topic), f(c)));
-    Ok(json_reply(index, &body))
+    let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    core.registry.remember(key, index, body.clone());
+    Ok(bytes_reply(index, body))
 }
 
 async fn nodes(
@@ -66,7 +78,7 @@ async fn nodes(
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
     let want = q.node_meta()?;
-    read(&core, &q, Topic::NodeList, |c| {
+    read(&core, &q, "nodes", Topic::NodeList, |c| {
         let list: Vec<Value> = c
             .nodes()
             .iter()
@@ -84,7 +96,7 @@ async fn node(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
-    read(&core, &q, Topic::Node(name.clone()), |c| {
+    read(&core, &q, "node", Topic::Node(name.clone()), |c| {
         match c.node(&name) {
             None => Value::Null,
             Some(n) => {
@@ -106,7 +118,7 @@ async fn services(
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
     let want = q.node_meta()?;
-    read(&core, &q, Topic::ServiceList, |c| {
+    read(&core, &q, "services", Topic::ServiceList, |c| {
         if want.is_empty() {
             return json!(c.service_names());
         }
@@ -147,7 +159,7 @@ async fn service(
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
     q.node_meta()?;
-    read(&core, &q, Topic::Service(name.clone()), |c| {
+    read(&core, &q, "service", Topic::Service(name.clone()), |c| {
         let list: Vec<Value> = filtered(c, &name, &q)
             .unwrap_or_default()
             .iter()
@@ -166,7 +178,7 @@ async fn health_service(
     let q = Params::parse(raw)?;
     q.node_meta()?;
     let passing = q.bool("passing", false)?;
-    read(&core, &q, Topic::Service(name.clone()), |c| {
+    read(&core, &q, "health_service", Topic::Service(name.clone()), |c| {
         let list: Vec<Value> = filtered(c, &name, &q)
             .unwrap_or_default()
             .iter()
@@ -200,7 +212,7 @@ async fn health_checks(
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
     let want = q.node_meta()?;
-    read(&core, &q, Topic::Service(name.clone()), |c| {
+    read(&core, &q, "health_checks", Topic::Service(name.clone()), |c| {
         let checks: Vec<_> = c
             .checks_of_service(&name)
             .into_iter()
@@ -221,7 +233,7 @@ async fn health_node(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
-    read(&core, &q, Topic::Node(name.clone()), |c| {
+    read(&core, &q, "health_node", Topic::Node(name.clone()), |c| {
         checks_json(c, &c.checks_on(&name))
     })
     .await
@@ -242,7 +254,7 @@ async fn health_state(
             ))
         })?),
     };
-    read(&core, &q, Topic::Checks, |c| {
+    read(&core, &q, "state", Topic::Checks, |c| {
         let checks: Vec<_> = c
             .checks_in(filter)
             .into_iter()

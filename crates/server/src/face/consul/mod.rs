@@ -246,6 +246,22 @@ impl Params {
         }
     }
 
+    /// The parameters that shape a read's result (all but blocking, consistency and
+    /// credentials), as a canonical string.
+    fn filters(&self) -> String {
+        const IGNORED: &[&str] = &["index", "wait", "stale", "consistent", "token", "dc", "cached"];
+        let mut out = String::new();
+        for (k, v) in &self.0 {
+            if !IGNORED.contains(&k.as_str()) {
+                out.push_str(k);
+                out.push('=');
+                out.push_str(v);
+                out.push('&');
+            }
+        }
+        out
+    }
+
     /// `node-meta=k:v` filters.
     fn node_meta(&self) -> Result<Vec<(String, String)>, ApiError> {
         self.all("node-meta")
@@ -332,6 +348,18 @@ async fn block_on(core: &Core, opts: &ReadOpts, topic: &Topic) -> Result<(), Api
 /// A JSON answer with its index.
 fn json_reply(index: i64, body: &serde_json::Value) -> Response {
     let mut resp = axum::Json(body).into_response();
+    resp.headers_mut()
+        .insert(X_INDEX, HeaderValue::from(index.max(1)));
+    resp
+}
+
+/// A JSON answer already rendered, with its index.
+fn bytes_reply(index: i64, body: bytes::Bytes) -> Response {
+    let mut resp = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
     resp.headers_mut()
         .insert(X_INDEX, HeaderValue::from(index.max(1)));
     resp
