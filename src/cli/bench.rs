@@ -110,6 +110,9 @@ pub struct ConsulWatchArgs {
     /// Changes of the watched service, one after another.
     #[arg(long, default_value_t = 5)]
     changes: u64,
+    /// Blocking queries read the member's view (`?stale`, as Prometheus asks).
+    #[arg(long)]
+    stale: bool,
 }
 
 /// Parameters every workload takes.
@@ -286,6 +289,7 @@ impl BenchCommand {
                     watchers: a.watchers,
                     others: a.others,
                     changes: a.changes,
+                    stale: a.stale,
                 },
             ),
         };

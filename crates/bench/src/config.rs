@@ -98,6 +98,8 @@ pub enum Workload {
         others: u64,
         /// Changes made, one after another.
         changes: u64,
+        /// Blocking queries read the member's view (`?stale`, as Prometheus asks).
+        stale: bool,
     },
 }
 
@@ -305,10 +307,12 @@ impl Config {
                 watchers,
                 others,
                 changes,
+                stale,
             } => {
                 p["watchers"] = json!(watchers);
                 p["others"] = json!(others);
                 p["changes"] = json!(changes);
+                p["stale"] = json!(stale);
             }
             Workload::Put | Workload::Txn => {}
         }

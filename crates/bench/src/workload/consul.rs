@@ -206,7 +206,8 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
             watchers,
             others,
             changes,
-        } => watch(cfg, watchers, others, changes).await,
+            stale,
+        } => watch(cfg, watchers, others, changes, stale).await,
         _ => Err(BenchError::Config("not a registry workload".into())),
     }
 }
@@ -220,7 +221,13 @@ struct WatchState {
     other_wakeups: AtomicU64,
 }
 
-async fn watch(cfg: &Config, watchers: u64, others: u64, changes: u64) -> Result<Report, BenchError> {
+async fn watch(
+    cfg: &Config,
+    watchers: u64,
+    others: u64,
+    changes: u64,
+    stale: bool,
+) -> Result<Report, BenchError> {
     let watched = format!("{SERVICE}watched");
     let mut setup = HttpConn::new(&cfg.http_addr);
     let fail = |s: Status| BenchError::setup("registering the watched services", &s);
@@ -269,7 +276,8 @@ async fn watch(cfg: &Config, watchers: u64, others: u64, changes: u64) -> Result
             };
             ready.fetch_add(1, Ordering::Relaxed);
             loop {
-                let blocking = format!("{path}?index={index}&wait=30s");
+                let stale = if stale { "&stale" } else { "" };
+                let blocking = format!("{path}?index={index}&wait=30s{stale}");
                 match conn.send("GET", &blocking, "").await {
                     Ok(a) if a.index != index => {
                         index = a.index;
