@@ -737,6 +737,7 @@ impl NetCluster {
                 _tmp: None,
                 client_addr: format!("{}:2379", client_net(i)),
                 http_addr: format!("{}:8500", client_net(i)),
+                dns_addr: format!("{}:8600", client_net(i)),
                 peer_url: format!("http://{}:2380", peer_net(i)),
                 netns: Some(format!("{prefix}n{i}")),
                 tls: None,

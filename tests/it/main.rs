@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod consul;
 mod crash;
+mod dns;
 mod etcdctl;
 mod gateway;
 mod hardening;
