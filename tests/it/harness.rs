@@ -95,6 +95,8 @@ pub struct Server {
     pub client_addr: String,
     /// `127.0.0.1:port` of the HTTP listener.
     pub http_addr: String,
+    /// `127.0.0.1:port` of the DNS listener (UDP and TCP).
+    pub dns_addr: String,
     peer_url: String,
     extra: Vec<String>,
     /// Network namespace to run in (`ip netns exec`), for partition tests.
@@ -112,6 +114,7 @@ impl Server {
             _tmp: None,
             client_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
+            dns_addr: format!("127.0.0.1:{}", free_port()),
             peer_url,
             extra,
             netns: None,
@@ -299,6 +302,13 @@ impl Server {
                             format!("http://{}", self.http_addr),
                         ]
                     })
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(
+                // Never Consul's default port: servers of parallel tests would share it.
+                (!self.extra.iter().any(|a| a == "--listen-dns-addr"))
+                    .then(|| ["--listen-dns-addr".to_string(), self.dns_addr.clone()])
                     .into_iter()
                     .flatten(),
             )
@@ -727,6 +737,7 @@ impl NetCluster {
                 _tmp: None,
                 client_addr: format!("{}:2379", client_net(i)),
                 http_addr: format!("{}:8500", client_net(i)),
+                dns_addr: format!("{}:8600", client_net(i)),
                 peer_url: format!("http://{}:2380", peer_net(i)),
                 netns: Some(format!("{prefix}n{i}")),
                 tls: None,

@@ -7,6 +7,7 @@ mod cluster;
 mod consul;
 mod consul_cli;
 mod crash;
+mod dns;
 mod etcdctl;
 mod gateway;
 mod hardening;

@@ -145,6 +145,8 @@ fn environment_and_config_file_configure_the_node_and_logs_can_be_json() {
         // The flag beats the file's (unusable) HTTP port.
         .arg("--listen-http-urls")
         .arg(format!("http://127.0.0.1:{http}"))
+        .arg("--listen-dns-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

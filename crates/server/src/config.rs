@@ -47,6 +47,16 @@ pub struct ServerArgs {
     /// URLs for berth's HTTP API: /metrics, /health (comma-separated).
     #[arg(long, env = "BERTH_LISTEN_HTTP_URLS")]
     pub listen_http_urls: Option<String>,
+    /// Addresses (`host:port`, comma-separated) to answer Consul's DNS interface on, over UDP
+    /// and TCP (default `127.0.0.1:8600`, Consul's; empty: no DNS listener).
+    #[arg(long, env = "BERTH_LISTEN_DNS_ADDR")]
+    pub listen_dns_addr: Option<String>,
+    /// TTL of the DNS answers for services, e.g. `30s` (default 0s, as Consul).
+    #[arg(long, env = "BERTH_DNS_SERVICE_TTL")]
+    pub dns_service_ttl: Option<String>,
+    /// TTL of the DNS answers for nodes, e.g. `30s` (default 0s, as Consul).
+    #[arg(long, env = "BERTH_DNS_NODE_TTL")]
+    pub dns_node_ttl: Option<String>,
     /// Largest client request accepted, in bytes.
     #[arg(long, env = "BERTH_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
@@ -166,6 +176,9 @@ impl ServerArgs {
             initial_cluster_state: self.initial_cluster_state.or(lower.initial_cluster_state),
             initial_cluster_token: self.initial_cluster_token.or(lower.initial_cluster_token),
             listen_http_urls: self.listen_http_urls.or(lower.listen_http_urls),
+            listen_dns_addr: self.listen_dns_addr.or(lower.listen_dns_addr),
+            dns_service_ttl: self.dns_service_ttl.or(lower.dns_service_ttl),
+            dns_node_ttl: self.dns_node_ttl.or(lower.dns_node_ttl),
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
@@ -239,6 +252,12 @@ pub struct Config {
     pub initial_cluster_token: String,
     /// HTTP listen addresses.
     pub listen_http: Vec<SocketAddr>,
+    /// DNS listen addresses (each UDP and TCP); empty: no DNS interface.
+    pub listen_dns: Vec<SocketAddr>,
+    /// TTL of DNS answers about services.
+    pub dns_service_ttl: Duration,
+    /// TTL of DNS answers about nodes.
+    pub dns_node_ttl: Duration,
     /// Request size limit in bytes.
     pub max_request_bytes: usize,
     /// Txn operation limit.
@@ -310,6 +329,31 @@ fn duration(flag: &str, value: Option<&str>, default: Duration) -> anyhow::Resul
         Some(v) => humantime::parse_duration(v)
             .with_context(|| format!("{flag} {v:?} is not a duration (e.g. 20s, 2h, 500ms)")),
     }
+}
+
+/// `--listen-dns-addr`: `host:port` addresses, comma-separated (no scheme: DNS has none).
+fn dns_addrs(list: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    split_urls(list)
+        .iter()
+        .map(|a| {
+            if a.contains("://") {
+                bail!("--listen-dns-addr {a:?}: give host:port, without a scheme");
+            }
+            a.to_socket_addrs()
+                .with_context(|| format!("--listen-dns-addr {a:?} is not host:port"))?
+                .next()
+                .with_context(|| format!("--listen-dns-addr {a:?} resolves to no address"))
+        })
+        .collect()
+}
+
+/// A DNS TTL flag: a duration in whole seconds that fits a record's 32-bit TTL.
+fn dns_ttl(flag: &str, value: Option<&str>) -> anyhow::Result<Duration> {
+    let ttl = duration(flag, value, Duration::ZERO)?;
+    if ttl.as_secs() > u64::from(i32::MAX as u32) {
+        bail!("{flag} {ttl:?} is too long for a DNS TTL");
+    }
+    Ok(ttl)
 }
 
 /// A duration where zero means "off".
@@ -436,8 +480,18 @@ impl Config {
             s.handshake_timeout.as_deref(),
             Duration::from_secs(10),
         )?;
+        let listen_dns = match s.listen_dns_addr.as_deref().map(str::trim) {
+            None => vec![SocketAddr::from(([127, 0, 0, 1], 8600))],
+            Some("") => Vec::new(),
+            Some(list) => dns_addrs(list)?,
+        };
+        let dns_service_ttl = dns_ttl("--dns-service-ttl", s.dns_service_ttl.as_deref())?;
+        let dns_node_ttl = dns_ttl("--dns-node-ttl", s.dns_node_ttl.as_deref())?;
         Ok(Config {
             tls,
+            listen_dns,
+            dns_service_ttl,
+            dns_node_ttl,
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
             listen_client: addrs(&listen_client_urls).context("--listen-client-urls")?,
             advertise_client_urls: split_urls(&advertise_client),
@@ -563,6 +617,9 @@ mod tests {
             vec!["127.0.0.1:2379".parse().expect("addr")]
         );
         assert_eq!(c.listen_http, vec!["127.0.0.1:8500".parse().expect("addr")]);
+        assert_eq!(c.listen_dns, vec!["127.0.0.1:8600".parse().expect("addr")]);
+        assert_eq!(c.dns_service_ttl, Duration::ZERO);
+        assert_eq!(c.dns_node_ttl, Duration::ZERO);
         assert_eq!(c.data_dir, PathBuf::from("berth-data"));
         assert_eq!(
             c.initial_cluster,
@@ -648,6 +705,48 @@ mod tests {
             grpc_keepalive_timeout: Some("0".into()),
             ..Default::default()
         }));
+    }
+
+    #[test]
+    fn dns_flags_resolve_and_bad_ones_are_refused() {
+        let c = Config::resolve(ServerArgs {
+            listen_dns_addr: Some("127.0.0.1:5353, [::1]:5354".into()),
+            dns_service_ttl: Some("30s".into()),
+            dns_node_ttl: Some("1m".into()),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert_eq!(
+            c.listen_dns,
+            vec![
+                "127.0.0.1:5353".parse().expect("addr"),
+                "[::1]:5354".parse().expect("addr")
+            ]
+        );
+        assert_eq!(c.dns_service_ttl, Duration::from_secs(30));
+        assert_eq!(c.dns_node_ttl, Duration::from_secs(60));
+        let off = Config::resolve(ServerArgs {
+            listen_dns_addr: Some(String::new()),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert!(off.listen_dns.is_empty());
+        let err = |a: ServerArgs| format!("{:#}", Config::resolve(a).expect_err("refused"));
+        let msg = err(ServerArgs {
+            listen_dns_addr: Some("udp://127.0.0.1:53".into()),
+            ..Default::default()
+        });
+        assert!(msg.contains("--listen-dns-addr"), "{msg}");
+        let msg = err(ServerArgs {
+            dns_node_ttl: Some("soon".into()),
+            ..Default::default()
+        });
+        assert!(msg.contains("--dns-node-ttl"), "{msg}");
+        let msg = err(ServerArgs {
+            dns_service_ttl: Some("100000000h".into()),
+            ..Default::default()
+        });
+        assert!(msg.contains("--dns-service-ttl"), "{msg}");
     }
 
     #[test]

@@ -38,6 +38,16 @@ pub struct RouteLabels {
     pub code: u16,
 }
 
+/// Labels of the DNS query series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// The record type asked for (`A`, `SRV`, …; `other` for rare ones, `none` when the
+    /// query could not be read).
+    pub r#type: &'static str,
+    /// The response code (`NOERROR`, `NXDOMAIN`, `FORMERR`, …).
+    pub rcode: &'static str,
+}
+
 /// Labels of the read-index series: `forwarded` (a follower's requests to the leader) or
 /// `confirmed` (the leader's own confirmations).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +84,10 @@ pub struct Metrics {
     consul_latency: Family<RouteLabels, Histogram>,
     /// Consul blocking queries waiting right now.
     pub consul_blocked: Gauge,
+    /// DNS queries answered, by record type and response code.
+    dns_queries: Family<DnsLabels, Counter>,
+    /// DNS responses cut to fit (TC set).
+    pub dns_truncated: Counter,
     /// Proposals committed and applied.
     pub proposals_committed: Counter,
     /// Proposals that failed (no leader, stopped).
@@ -153,6 +167,8 @@ impl Metrics {
                 (|| Histogram::new(exponential_buckets(0.0001, 2.0, 24))) as fn() -> Histogram,
             ),
             consul_blocked: Gauge::default(),
+            dns_queries: Family::default(),
+            dns_truncated: Counter::default(),
             proposals_committed: Counter::default(),
             proposals_failed: Counter::default(),
             raft_term: Gauge::default(),
@@ -227,6 +243,16 @@ impl Metrics {
             "berth_consul_blocking_queries",
             "Consul blocking queries waiting now",
             m.consul_blocked.clone(),
+        );
+        r.register(
+            "berth_dns_queries",
+            "DNS queries answered (Consul's DNS interface), by record type and response code",
+            m.dns_queries.clone(),
+        );
+        r.register(
+            "berth_dns_truncated_responses",
+            "DNS responses cut to fit the transport's size (TC set)",
+            m.dns_truncated.clone(),
         );
         r.register(
             "berth_watch_events_sent",
@@ -340,6 +366,16 @@ impl Metrics {
         self.consul_latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one DNS query answered.
+    pub fn observe_dns(&self, qtype: &'static str, rcode: &'static str) {
+        self.dns_queries
+            .get_or_create(&DnsLabels {
+                r#type: qtype,
+                rcode,
+            })
+            .inc();
     }
 
     /// Records one gRPC call.

@@ -124,6 +124,8 @@ pub struct Listeners<C> {
     pub peer: Vec<Accepted<C>>,
     /// Metrics, health and etcd's `/version` (`--listen-metrics-urls`).
     pub http: Vec<Accepted<C>>,
+    /// Consul's DNS interface (`--listen-dns-addr`), UDP and TCP; the simulation has none.
+    pub dns: Vec<face::dns::Sockets>,
 }
 
 impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
@@ -172,6 +174,11 @@ impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
                 "HTTP (metrics, health)",
                 crate::tls::TlsConfig::http_listener,
             )?,
+            dns: cfg
+                .listen_dns
+                .iter()
+                .map(|addr| face::dns::Sockets::bind(*addr, cfg))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 }
@@ -269,6 +276,12 @@ where
                     .await
                     .map_err(anyhow::Error::from)
             }),
+        );
+    }
+    for sockets in listeners.dns {
+        spawn(
+            "DNS server",
+            Box::pin(face::dns::serve(core.clone(), sockets, stop_rx.clone())),
         );
     }
     let registry = core.registry.clone();

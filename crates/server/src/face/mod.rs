@@ -4,4 +4,5 @@
 //! only [`crate::node`] calls, and no face imports another.
 
 pub mod consul;
+pub mod dns;
 pub mod etcd;
