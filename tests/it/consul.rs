@@ -161,6 +161,14 @@ fn a_follower_answers_blocking_queries_and_registrations_survive_kill_9() {
     let mut c = Cluster::start(3);
     let leader = c.leader_by_metrics();
     let follower = (leader + 1) % 3;
+    // Every member present first: a member's presence turning its serfHealth passing is a
+    // change of the answer watched below, and would wake it before the registration does.
+    wait_for("every member present", 20, || {
+        let (_, body, _) = consul(&c.members[follower], "GET", "/v1/health/state/passing", "");
+        json(&body)
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|c| c["CheckID"] == "serfHealth").count() == 3)
+    });
     let reg = r#"{"Name":"api","ID":"api1","Port":80,"Tags":["a"]}"#;
     assert_eq!(
         consul(&c.members[leader], "PUT", "/v1/agent/service/register", reg).0,

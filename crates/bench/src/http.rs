@@ -73,7 +73,12 @@ impl HttpConn {
     }
 
     /// Sends one request and returns whatever it answered.
-    pub async fn send_any(&mut self, method: &str, path: &str, body: &str) -> Result<Answer, Status> {
+    pub async fn send_any(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<Answer, Status> {
         let host = self.addr.clone();
         let req = http::Request::builder()
             .method(method)

@@ -43,19 +43,18 @@ impl Rng {
 }
 
 fn registration(service: &str, id: &str, passing: bool) -> String {
-    let status = if passing { r#","Status":"passing""# } else { "" };
+    let status = if passing {
+        r#","Status":"passing""#
+    } else {
+        ""
+    };
     format!(
         r#"{{"Name":"{service}","ID":"{id}","Address":"10.0.0.1","Port":8080,"Tags":["bench"],"Check":{{"TTL":"600s"{status}}}}}"#
     )
 }
 
 /// Registers instances `0..n` (`<prefix><i>` of service `i % services`) with all clients.
-async fn register_all(
-    cfg: &Config,
-    n: u64,
-    services: u64,
-    prefix: &str,
-) -> Result<(), BenchError> {
+async fn register_all(cfg: &Config, n: u64, services: u64, prefix: &str) -> Result<(), BenchError> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for _ in 0..cfg.clients.min(64) {
@@ -67,8 +66,13 @@ async fn register_all(
                 if i >= n {
                     return Ok::<(), Status>(());
                 }
-                let body = registration(&format!("{SERVICE}{}", i % services), &format!("{prefix}{i}"), true);
-                conn.send("PUT", "/v1/agent/service/register", &body).await?;
+                let body = registration(
+                    &format!("{SERVICE}{}", i % services),
+                    &format!("{prefix}{i}"),
+                    true,
+                );
+                conn.send("PUT", "/v1/agent/service/register", &body)
+                    .await?;
             }
         });
     }
@@ -100,7 +104,11 @@ impl Worker for Register {
         let service = format!("{SERVICE}{}", self.seq % self.services);
         let id = format!("reg-{}-{}", self.client, self.seq);
         self.conn
-            .send("PUT", "/v1/agent/service/register", &registration(&service, &id, false))
+            .send(
+                "PUT",
+                "/v1/agent/service/register",
+                &registration(&service, &id, false),
+            )
             .await?;
         Ok("register")
     }
@@ -136,7 +144,9 @@ impl Worker for Discover {
         let path = format!("/v1/health/service/{SERVICE}{s}?passing{stale}");
         let a = self.conn.send("GET", &path, "").await?;
         if a.body.len() < 3 {
-            return Err(Status::not_found(format!("no passing instance of {SERVICE}{s}")));
+            return Err(Status::not_found(format!(
+                "no passing instance of {SERVICE}{s}"
+            )));
         }
         Ok("discover")
     }
@@ -232,7 +242,11 @@ async fn watch(
     let mut setup = HttpConn::new(&cfg.http_addr);
     let fail = |s: Status| BenchError::setup("registering the watched services", &s);
     setup
-        .send("PUT", "/v1/agent/service/register", &registration(&watched, "watched-0", true))
+        .send(
+            "PUT",
+            "/v1/agent/service/register",
+            &registration(&watched, "watched-0", true),
+        )
         .await
         .map_err(fail)?;
     for o in 0..others {
@@ -321,7 +335,9 @@ async fn watch(
             .map_err(|s| BenchError::setup("changing the watched service", &s))?;
         // Wait for every watcher (at most 10 s), then let the next blocking requests land.
         let wait_until = Instant::now() + Duration::from_secs(10);
-        while state.answers.load(Ordering::Acquire) - before < watchers && Instant::now() < wait_until {
+        while state.answers.load(Ordering::Acquire) - before < watchers
+            && Instant::now() < wait_until
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         answered_min = answered_min.min(state.answers.load(Ordering::Acquire) - before);
@@ -338,6 +354,12 @@ async fn watch(
         .with("watchers", json!(watchers))
         .with("others", json!(others))
         .with("changes", json!(changes))
-        .with("answered_per_change_min", json!(if changes == 0 { 0 } else { answered_min }))
-        .with("other_wakeups", json!(state.other_wakeups.load(Ordering::Relaxed))))
+        .with(
+            "answered_per_change_min",
+            json!(if changes == 0 { 0 } else { answered_min }),
+        )
+        .with(
+            "other_wakeups",
+            json!(state.other_wakeups.load(Ordering::Relaxed)),
+        ))
 }

@@ -156,17 +156,42 @@ fn a_damaged_record_is_an_error_naming_its_key() {
 #[test]
 fn the_service_list_moves_only_when_a_tag_union_changes() {
     let mut c = Catalog::new();
-    put(&mut c, layout::service("n1", "a1"), &service("n1", "a1", "api", &["x", "y"]), 2);
-    put(&mut c, layout::service("n1", "a2"), &service("n1", "a2", "api", &["x"]), 3);
+    put(
+        &mut c,
+        layout::service("n1", "a1"),
+        &service("n1", "a1", "api", &["x", "y"]),
+        2,
+    );
+    put(
+        &mut c,
+        layout::service("n1", "a2"),
+        &service("n1", "a2", "api", &["x"]),
+        3,
+    );
     assert_eq!(c.index(&Topic::ServiceList), 2, "a2 adds no new tag");
     // a1 drops x, which a2 still has: no change; then drops y, which nobody else has.
-    let t = put(&mut c, layout::service("n1", "a1"), &service("n1", "a1", "api", &["y"]), 4);
+    let t = put(
+        &mut c,
+        layout::service("n1", "a1"),
+        &service("n1", "a1", "api", &["y"]),
+        4,
+    );
     assert!(!t.contains(&Topic::ServiceList));
-    let t = put(&mut c, layout::service("n1", "a1"), &service("n1", "a1", "api", &[]), 5);
+    let t = put(
+        &mut c,
+        layout::service("n1", "a1"),
+        &service("n1", "a1", "api", &[]),
+        5,
+    );
     assert!(t.contains(&Topic::ServiceList));
     assert_eq!(c.service_names()["api"].iter().collect::<Vec<_>>(), ["x"]);
     // Renaming an instance moves it between names.
-    let t = put(&mut c, layout::service("n1", "a2"), &service("n1", "a2", "web", &["x"]), 6);
+    let t = put(
+        &mut c,
+        layout::service("n1", "a2"),
+        &service("n1", "a2", "web", &["x"]),
+        6,
+    );
     assert!(t.contains(&Topic::ServiceList));
     assert!(c.service_names()["api"].is_empty());
     assert_eq!(c.service_names()["web"].len(), 1);

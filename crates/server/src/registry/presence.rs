@@ -12,7 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::etcdserverpb::TxnRequest;
+use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use berth_proto::etcdserverpb::{Compare, TxnRequest};
 use berth_registry::layout;
 use tokio::sync::watch;
 
@@ -69,16 +70,25 @@ async fn confirm(core: &Core) {
     }
 }
 
-/// Grants a presence lease and writes this member's node record and presence key on it.
+/// Grants a presence lease and puts this member's presence key on it, with its node record
+/// when the store does not hold that record as it is (an unchanged node is not rewritten: its
+/// ModifyIndex, and every blocking query that shows it, stay put).
 async fn establish(core: &Core) -> Result<i64, crate::consensus::WriteError> {
     let grant = core.leases.grant(PRESENCE_TTL, 0, None).await?;
     let node = Registry::agent_node(core);
+    let node_key = layout::node(&node.name);
+    let record = encode(&node);
+    let present = put_op(layout::member(&node.name), Vec::new(), grant.id);
     let txn = TxnRequest {
-        success: vec![
-            put_op(layout::node(&node.name), encode(&node), 0),
-            put_op(layout::member(&node.name), Vec::new(), grant.id),
-        ],
-        ..Default::default()
+        compare: vec![Compare {
+            key: node_key.clone(),
+            target: CompareTarget::Value as i32,
+            result: CompareResult::Equal as i32,
+            target_union: Some(TargetUnion::Value(record.clone())),
+            ..Default::default()
+        }],
+        success: vec![present.clone()],
+        failure: vec![put_op(node_key, record, 0), present],
     };
     core.registry.write(core, txn).await?;
     Ok(grant.id)

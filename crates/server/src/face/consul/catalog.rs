@@ -178,15 +178,21 @@ async fn health_service(
     let q = Params::parse(raw)?;
     q.node_meta()?;
     let passing = q.bool("passing", false)?;
-    read(&core, &q, "health_service", Topic::Service(name.clone()), |c| {
-        let list: Vec<Value> = filtered(c, &name, &q)
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| !passing || e.status() == CheckStatus::Passing)
-            .map(shapes::entry)
-            .collect();
-        json!(list)
-    })
+    read(
+        &core,
+        &q,
+        "health_service",
+        Topic::Service(name.clone()),
+        |c| {
+            let list: Vec<Value> = filtered(c, &name, &q)
+                .unwrap_or_default()
+                .iter()
+                .filter(|e| !passing || e.status() == CheckStatus::Passing)
+                .map(shapes::entry)
+                .collect();
+            json!(list)
+        },
+    )
     .await
 }
 
@@ -212,18 +218,24 @@ async fn health_checks(
 ) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
     let want = q.node_meta()?;
-    read(&core, &q, "health_checks", Topic::Service(name.clone()), |c| {
-        let checks: Vec<_> = c
-            .checks_of_service(&name)
-            .into_iter()
-            .filter(|r| {
-                want.is_empty()
-                    || c.node(&r.value.node)
-                        .is_some_and(|n| meta_matches(&n.value, &want))
-            })
-            .collect();
-        checks_json(c, &checks)
-    })
+    read(
+        &core,
+        &q,
+        "health_checks",
+        Topic::Service(name.clone()),
+        |c| {
+            let checks: Vec<_> = c
+                .checks_of_service(&name)
+                .into_iter()
+                .filter(|r| {
+                    want.is_empty()
+                        || c.node(&r.value.node)
+                            .is_some_and(|n| meta_matches(&n.value, &want))
+                })
+                .collect();
+            checks_json(c, &checks)
+        },
+    )
     .await
 }
 
@@ -254,7 +266,8 @@ async fn health_state(
             ))
         })?),
     };
-    read(&core, &q, "state", Topic::Checks, |c| {
+    // The state is in the path, not in the filters: it names the kept answer.
+    read(&core, &q, &format!("state/{state}"), Topic::Checks, |c| {
         let checks: Vec<_> = c
             .checks_in(filter)
             .into_iter()

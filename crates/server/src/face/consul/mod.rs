@@ -249,7 +249,15 @@ impl Params {
     /// The parameters that shape a read's result (all but blocking, consistency and
     /// credentials), as a canonical string.
     fn filters(&self) -> String {
-        const IGNORED: &[&str] = &["index", "wait", "stale", "consistent", "token", "dc", "cached"];
+        const IGNORED: &[&str] = &[
+            "index",
+            "wait",
+            "stale",
+            "consistent",
+            "token",
+            "dc",
+            "cached",
+        ];
         let mut out = String::new();
         for (k, v) in &self.0 {
             if !IGNORED.contains(&k.as_str()) {
