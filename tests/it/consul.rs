@@ -580,3 +580,98 @@ fn a_partitioned_members_checks_neither_flap_nor_double() {
     );
     c.peer_link(victim, true);
 }
+
+#[test]
+fn bad_input_is_a_clear_4xx_and_registers_nothing() {
+    let srv = Server::start();
+    let (_, _, start) = consul(&srv, "GET", "/v1/catalog/services", "");
+    let refused = |path: &str, body: &str, want: &str| {
+        let (code, text, _) = consul(&srv, "PUT", path, body);
+        assert_eq!(code, 400, "{path} {body:.80}: {code} {text}");
+        assert!(
+            text.contains(want),
+            "{path} {body:.80}: {text:?} lacks {want:?}"
+        );
+    };
+    refused(
+        "/v1/agent/service/register",
+        r#"{"Name":"web","#,
+        "Request decode failed",
+    );
+    refused(
+        "/v1/agent/service/register",
+        r#"{"Name":"web","Check":{"Interval":"10s","Bogus":"x"}}"#,
+        "Must provide TTL",
+    );
+    refused(
+        "/v1/agent/service/register",
+        r#"{"Name":"web","Check":{"HTTP":"http://127.0.0.1:1/","Interval":"-5s"}}"#,
+        "check.interval: duration \"-5s\" must not be negative",
+    );
+    refused(
+        "/v1/agent/check/register",
+        r#"{"Name":"c","Interval":"10s"}"#,
+        "Must provide TTL",
+    );
+    // 10,000 checks on one instance: refused whole, with the limit in the message.
+    let checks: Vec<String> = (0..10_000)
+        .map(|i| format!(r#"{{"CheckID":"c{i}","TTL":"30s"}}"#))
+        .collect();
+    let many = format!(
+        r#"{{"Name":"web","ID":"web1","Checks":[{}]}}"#,
+        checks.join(",")
+    );
+    refused("/v1/agent/service/register", &many, "at most");
+    // An index from the future.
+    let (code, text, _) = consul(
+        &srv,
+        "GET",
+        &format!("/v1/health/service/web?index={}", start + 1_000_000),
+        "",
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(!text.is_empty());
+    // Nothing of the above was registered, and the index did not move.
+    let (_, services, index) = consul(&srv, "GET", "/v1/catalog/services", "");
+    assert_eq!(
+        json(&services)["web"],
+        serde_json::Value::Null,
+        "{services}"
+    );
+    assert_eq!(index, start, "a refused request wrote something");
+    assert_eq!(consul(&srv, "GET", "/v1/agent/checks", "").1.trim(), "{}");
+
+    // A check URL that accepts and never answers: critical after its timeout, and the API
+    // keeps answering meanwhile.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/health", hang.local_addr().expect("addr"));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in hang.incoming().flatten() {
+            keep.lock().expect("held").push(conn);
+        }
+    });
+    let reg = format!(
+        r#"{{"Name":"slow","ID":"slow1","Check":{{"HTTP":"{url}","Interval":"1s","Timeout":"1s"}}}}"#
+    );
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/service/register", &reg).0,
+        200
+    );
+    let t0 = Instant::now();
+    wait_for("the hanging check to be recorded critical", 15, || {
+        assert!(consul(&srv, "GET", "/v1/status/leader", "").0 == 200);
+        let (_, body, _) = consul(&srv, "GET", "/v1/health/checks/slow", "");
+        json(&body)[0]["Output"]
+            .as_str()
+            .is_some_and(|o| o.contains("timeout") || o.contains("timed out"))
+    });
+    let (_, body, _) = consul(&srv, "GET", "/v1/health/checks/slow", "");
+    assert_eq!(json(&body)[0]["Status"], "critical", "{body}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(
+        !held.lock().expect("held").is_empty(),
+        "the check never connected"
+    );
+}

@@ -121,9 +121,11 @@ async fn service(
 
 async fn checks(State(core): State<Arc<Core>>) -> Response {
     let node = core.member.name.clone();
+    // The agent's own checks: serfHealth belongs to the catalog, as in Consul.
     let map: BTreeMap<String, Value> = core.registry.read(|c| {
         c.checks_on(&node)
             .iter()
+            .filter(|r| r.value.id != berth_registry::catalog::SERF_HEALTH)
             .map(|r| {
                 let tags = c
                     .service(&node, &r.value.service_id)

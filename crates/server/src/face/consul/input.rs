@@ -57,14 +57,20 @@ pub fn normalize(v: Value) -> Value {
 }
 
 /// Decodes a request body into `T` (whose fields are named in folded form). An empty body
-/// is an empty object.
+/// is an empty object. A value of the wrong shape is named by its path (`check.interval`).
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
     } else {
         serde_json::from_slice(body).map_err(|e| format!("Request decode failed: {e}"))?
     };
-    serde_json::from_value(normalize(v)).map_err(|e| format!("Request decode failed: {e}"))
+    serde_path_to_error::deserialize(normalize(v)).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => format!("Request decode failed: {}", e.inner()),
+            _ => format!("Request decode failed: {path}: {}", e.inner()),
+        }
+    })
 }
 
 /// Parses a Go duration (`"300ms"`, `"1.5h"`, `"2h45m"`, `"0"`); negative ones are refused.
