@@ -1,7 +1,8 @@
 //! The Consul face against real berth processes: py-consul's calls (`tests/python/
 //! consul_client.py`), Consul KV and etcd KV as one keyspace, TTL heartbeats that are not Raft
 //! writes, and on 3 members: blocking queries on a follower, registrations across kill -9,
-//! and a check that moves when the member running it dies.
+//! a check that moves when the member running it dies, and bad input refused whole with a
+//! clear 4xx.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
