@@ -4,7 +4,8 @@
 # RSS with 100,000 instances. Single node: server pinned to core 0, bench to core 1; three
 # members share both cores with the bench. No Consul binary exists here: the figures are
 # berth's own, 3-member ones also as ratios of the 1-node ones.
-# Usage: BERTH=path/to/berth [SECS=10] bench/consul.sh
+# Usage: BERTH=path/to/berth [SECS=10] [MEMBERS="1 3"] [PIN=1] bench/consul.sh
+# (PIN=0: the single node and the bench share both cores, as the 3-member runs do.)
 # Prints one line per run: label, ops/s, p50 ms, p99 ms [, extra].
 set -u
 BERTH=${BERTH:?path of the berth binary}; SECS=${SECS:-10}
@@ -17,13 +18,14 @@ start() { # members
   pids=()
   for i in $(seq 0 $((n - 1))); do
     local pin=()
-    [ "$n" = 1 ] && pin=(taskset -c 0)
+    [ "$n" = 1 ] && [ "${PIN:-1}" = 1 ] && pin=(taskset -c 0)
     "${pin[@]}" "$BERTH" server --name m$i --data-dir "$tmp/m$i" \
       --listen-client-urls http://127.0.0.1:$((25790 + i)) \
       --advertise-client-urls http://127.0.0.1:$((25790 + i)) \
       --listen-peer-urls http://127.0.0.1:$((25800 + i)) \
       --initial-advertise-peer-urls http://127.0.0.1:$((25800 + i)) \
       --initial-cluster "$initial" --listen-http-urls http://127.0.0.1:$((25850 + i)) \
+      --listen-dns-addr "" \
       --log-level error & pids+=($!)
   done
   sleep 3
@@ -33,7 +35,7 @@ bench() { # label members workload args...
   local label=$1 n=$2; shift 2
   start "$n"
   local pin=()
-  [ "$n" = 1 ] && pin=(taskset -c 1)
+  [ "$n" = 1 ] && [ "${PIN:-1}" = 1 ] && pin=(taskset -c 1)
   "${pin[@]}" "$BERTH" bench "$@" --consul-addr 127.0.0.1:25850 -w json 2>/dev/null \
     | LABEL=$label python3 -c "
 import json,os,sys
@@ -42,7 +44,7 @@ extra=' '.join(f'{k}={d[k]}' for k in ('answered_per_change_min','other_wakeups'
 print(os.environ['LABEL'], round(d['throughput']), d['latency_ms']['p50'], d['latency_ms']['p99'], extra)" 2>&1 | tail -1
   stop
 }
-for n in 1 3; do
+for n in ${MEMBERS:-1 3}; do
   bench "register/$n" $n consul-register --clients 256 --duration ${SECS}s
   bench "heartbeat/$n" $n consul-heartbeat --clients 64 --instances 1000 --duration ${SECS}s
   bench "discover/$n" $n consul-discover --clients 64 --instances 1000 --services 100 --duration ${SECS}s

@@ -60,6 +60,7 @@ fn py_consul_registers_discovers_blocks_and_locks() {
     let srv = Server::start();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/consul_client.py");
     let (ok, out, err) = run(Command::new(py).arg(script).arg(&srv.http_addr));
+    println!("{out}");
     assert!(ok, "py-consul script failed:\n{out}\n{err}");
     assert!(out.contains(" passed, 0 failed"), "{out}");
 }
@@ -675,4 +676,50 @@ fn bad_input_is_a_clear_4xx_and_registers_nothing() {
         !held.lock().expect("held").is_empty(),
         "the check never connected"
     );
+}
+
+#[test]
+fn concurrent_txns_lose_no_update() {
+    use base64::Engine;
+    let srv = Server::start();
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    assert_eq!(consul(&srv, "PUT", "/v1/kv/counter", "0").0, 200);
+    let addr = srv.http_addr.clone();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut done = 0;
+                let mut conflicts = 0;
+                while done < 25 {
+                    let ((_, body), _) = http_request("GET", &addr, "/v1/kv/counter", "", &[]);
+                    let kv = &json(&body)[0];
+                    let index = kv["ModifyIndex"].as_i64().expect("index");
+                    let value = base64::engine::general_purpose::STANDARD
+                        .decode(kv["Value"].as_str().expect("value"))
+                        .expect("base64");
+                    let n: u64 = String::from_utf8_lossy(&value).parse().expect("number");
+                    let ops = format!(
+                        r#"[{{"KV":{{"Verb":"check-index","Key":"counter","Index":{index}}}}},
+                            {{"KV":{{"Verb":"set","Key":"counter","Value":"{}"}}}}]"#,
+                        b64(&(n + 1).to_string())
+                    );
+                    let ((code, text), _) = http_request("PUT", &addr, "/v1/txn", &ops, &[]);
+                    match code {
+                        200 => done += 1,
+                        409 => {
+                            assert!(text.contains("failed index check"), "{text}");
+                            conflicts += 1;
+                        }
+                        _ => panic!("txn: {code} {text}"),
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let conflicts: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    let (_, body, _) = consul(&srv, "GET", "/v1/kv/counter?raw", "");
+    assert_eq!(body, "100", "{conflicts} conflicts");
+    println!("100 increments by 4 writers, {conflicts} conflicts refused");
 }

@@ -1,5 +1,5 @@
 """py-consul against berth's Consul API: registration, health, discovery, blocking queries,
-KV (the etcd keyspace), sessions and locks, and bad input. Usage: consul_client.py HOST:PORT.
+KV (the etcd keyspace), transactions, sessions and locks, and bad input. Usage: consul_client.py HOST:PORT.
 Prints one line per check and "N passed, M failed"; exits non-zero on any failure."""
 
 import sys
@@ -241,6 +241,72 @@ def bad_input_is_a_clear_400():
     assert r.status_code == 400 and "ahead" in r.text, r.text
     r = requests.get(f"{base}/v1/kv/does/not/exist")
     assert r.status_code == 404 and int(r.headers["X-Consul-Index"]) >= 1, r.headers
+
+
+@case
+def txn_commits_all_or_nothing():
+    import base64
+
+    import requests  # py-consul's own dependency
+
+    def b64(v):
+        return base64.b64encode(v.encode()).decode()
+
+    c.kv.put("txn/a", "old")
+    index = c.kv.get("txn/a")[1]["ModifyIndex"]
+    r = c.txn.put([
+        {"KV": {"Verb": "check-index", "Key": "txn/a", "Index": index}},
+        {"KV": {"Verb": "set", "Key": "txn/a", "Value": b64("new"), "Flags": 7}},
+        {"KV": {"Verb": "cas", "Key": "txn/b", "Value": b64("b"), "Index": 0}},
+        {"KV": {"Verb": "get", "Key": "txn/a"}},
+        {"KV": {"Verb": "get-tree", "Key": "txn/"}},
+    ])
+    assert r["Errors"] is None, r
+    kvs = [x["KV"] for x in r["Results"]]
+    assert [k["Key"] for k in kvs] == ["txn/a", "txn/a", "txn/b", "txn/a", "txn/a", "txn/b"], kvs
+    assert kvs[1]["Value"] is None and kvs[3]["Value"] == b64("new"), kvs
+    assert kvs[1]["Flags"] == 7 and kvs[1]["ModifyIndex"] == kvs[2]["ModifyIndex"] > index, kvs
+    _, item = c.kv.get("txn/a")
+    assert item["Value"] == b"new" and item["Flags"] == 7, item
+    # One failing op: 409, every error listed, nothing written.
+    base = f"http://{host}:{port}"
+    r = requests.put(f"{base}/v1/txn", json=[
+        {"KV": {"Verb": "set", "Key": "txn/c", "Value": b64("c")}},
+        {"KV": {"Verb": "check-index", "Key": "txn/a", "Index": index}},
+        {"KV": {"Verb": "check-not-exists", "Key": "txn/b"}},
+        {"KV": {"Verb": "frobnicate", "Key": "txn/a"}},
+    ])
+    assert r.status_code == 409, (r.status_code, r.text)
+    body = r.json()
+    assert body["Results"] is None, body
+    assert [e["OpIndex"] for e in body["Errors"]] == [1, 2, 3], body
+    assert "failed index check" in body["Errors"][0]["What"], body
+    assert c.kv.get("txn/c")[1] is None, "a failed transaction wrote something"
+    # Locks: held, checked, refused to another session, released.
+    s1 = c.session.create(lock_delay=0)
+    s2 = c.session.create(lock_delay=0)
+    r = c.txn.put([
+        {"KV": {"Verb": "lock", "Key": "txn/l", "Value": b64("x"), "Session": s1}},
+        {"KV": {"Verb": "check-session", "Key": "txn/l", "Session": s1}},
+    ])
+    held = r["Results"][0]["KV"]
+    assert held["Session"] == s1 and held["LockIndex"] == 1, r
+    assert c.kv.get("txn/l")[1]["Session"] == s1
+    r = requests.put(f"{base}/v1/txn", json=[
+        {"KV": {"Verb": "lock", "Key": "txn/l", "Value": b64("y"), "Session": s2}},
+    ])
+    assert r.status_code == 409 and "lock is already held" in r.text, r.text
+    r = c.txn.put([{"KV": {"Verb": "unlock", "Key": "txn/l", "Value": b64("z"), "Session": s1}}])
+    assert "Session" not in r["Results"][0]["KV"], r
+    c.session.destroy(s1)
+    c.session.destroy(s2)
+    r = c.txn.put([{"KV": {"Verb": "delete-tree", "Key": "txn/"}}])
+    assert r["Errors"] is None and r["Results"] == [], r
+    assert c.kv.get("txn/", recurse=True)[1] is None
+    r = requests.put(f"{base}/v1/txn", json=[{"KV": {"Verb": "get", "Key": "x"}}] * 129)
+    assert r.status_code == 413 and "too many operations" in r.text, (r.status_code, r.text)
+    r = requests.put(f"{base}/v1/txn", json=[{"Node": {"Verb": "get"}}])
+    assert r.status_code == 400 and "not served" in r.text, (r.status_code, r.text)
 
 
 print(f"{passed} passed, {failed} failed")

@@ -31,7 +31,7 @@ use crate::core::Core;
 use crate::registry::{compare_mod, delete_op, put_op, tagged};
 
 /// How often a write retries when a concurrent one changed the key's metadata under it.
-const META_RETRIES: usize = 8;
+pub(super) const META_RETRIES: usize = 8;
 
 pub(super) fn routes() -> Router<Arc<Core>> {
     Router::new()
@@ -40,7 +40,7 @@ pub(super) fn routes() -> Router<Arc<Core>> {
 }
 
 /// The range end of every key starting with `prefix` (every key for an empty prefix).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     layout::prefix_end(prefix)
 }
 
@@ -50,12 +50,24 @@ fn range(
     key: &[u8],
     range_end: &[u8],
 ) -> Result<Vec<KeyValue>, ApiError> {
+    range_at(core, ks, key, range_end, 0)
+}
+
+/// The keys of `[key, range_end)` in `ks` at revision `rev` (0: the newest).
+pub(super) fn range_at(
+    core: &Core,
+    ks: Keyspace,
+    key: &[u8],
+    range_end: &[u8],
+    rev: i64,
+) -> Result<Vec<KeyValue>, ApiError> {
     core.store
         .range_in(
             ks,
             &RangeRequest {
                 key: key.to_vec(),
                 range_end: range_end.to_vec(),
+                revision: rev,
                 ..Default::default()
             },
         )
@@ -70,6 +82,16 @@ fn metas(
     key: &[u8],
     range_end: &[u8],
 ) -> Result<HashMap<Vec<u8>, (KvMeta, i64)>, ApiError> {
+    metas_at(core, key, range_end, 0)
+}
+
+/// [`metas`] at revision `rev` (0: the newest).
+pub(super) fn metas_at(
+    core: &Core,
+    key: &[u8],
+    range_end: &[u8],
+    rev: i64,
+) -> Result<HashMap<Vec<u8>, (KvMeta, i64)>, ApiError> {
     let end = if range_end.is_empty() {
         Vec::new()
     } else if range_end == [0] {
@@ -78,7 +100,7 @@ fn metas(
         layout::kv(range_end)
     };
     let mut out = HashMap::new();
-    for kv in range(core, Keyspace::Registry, &layout::kv(key), &end)? {
+    for kv in range_at(core, Keyspace::Registry, &layout::kv(key), &end, rev)? {
         let user_key = kv.key[layout::KV.len()..].to_vec();
         match serde_json::from_slice::<KvMeta>(&kv.value) {
             Ok(m) => {
@@ -190,25 +212,41 @@ async fn get_kv(
                 .filter(|(_, rev)| KvMeta::applies_to(*rev, kv.create_revision))
                 .map(|(m, _)| m.clone())
                 .unwrap_or_default();
-            let mut entry = json!({
-                "LockIndex": meta.lock_index,
-                "Key": String::from_utf8_lossy(&kv.key),
-                "Flags": meta.flags,
-                "Value": if kv.value.is_empty() {
-                    Value::Null
-                } else {
-                    json!(base64::engine::general_purpose::STANDARD.encode(&kv.value))
-                },
-                "CreateIndex": kv.create_revision,
-                "ModifyIndex": kv.mod_revision,
-            });
-            if let Some(s) = meta.session {
-                entry["Session"] = json!(s);
-            }
-            entry
+            entry_json(
+                &kv.key,
+                Some(&kv.value),
+                &meta,
+                kv.create_revision,
+                kv.mod_revision,
+            )
         })
         .collect();
     Ok(json_reply(index, &json!(list)))
+}
+
+/// A key as Consul shows it; `value` `None` (or empty) shows as null.
+pub(super) fn entry_json(
+    key: &[u8],
+    value: Option<&[u8]>,
+    meta: &KvMeta,
+    create: i64,
+    modify: i64,
+) -> Value {
+    let mut entry = json!({
+        "LockIndex": meta.lock_index,
+        "Key": String::from_utf8_lossy(key),
+        "Flags": meta.flags,
+        "Value": match value {
+            Some(v) if !v.is_empty() => json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            _ => Value::Null,
+        },
+        "CreateIndex": create,
+        "ModifyIndex": modify,
+    });
+    if let Some(s) = &meta.session {
+        entry["Session"] = json!(s);
+    }
+    entry
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -219,7 +257,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// `Some(false)` to release it, `None` for a plain put (which keeps the lock). `None` when
 /// the lock refuses (held by another session, or in its lock delay, or not held by the
 /// releasing session).
-fn next_meta(
+pub(super) fn next_meta(
     core: &Core,
     old: KvMeta,
     flags: u64,

@@ -12,7 +12,7 @@
 //!   case and in snake_case, nulls read as absent.
 //!
 //! - `input`: key folding and Go durations; `shapes`: the output JSON;
-//! - `agent`, `catalog` (with `health`), `kv`, `session`, `status`: the endpoints.
+//! - `agent`, `catalog` (with `health`), `kv`, `session`, `status`, `txn`: the endpoints.
 
 mod agent;
 mod catalog;
@@ -21,6 +21,7 @@ mod kv;
 mod session;
 mod shapes;
 mod status;
+mod txn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,7 @@ pub fn routes(core: Arc<Core>) -> Router {
         .merge(kv::routes())
         .merge(session::routes())
         .merge(status::routes())
+        .merge(txn::routes())
         .fallback(unknown)
         .layer(axum::middleware::from_fn_with_state(core.clone(), meta))
         .with_state(core)
