@@ -723,3 +723,95 @@ fn concurrent_txns_lose_no_update() {
     assert_eq!(body, "100", "{conflicts} conflicts");
     println!("100 increments by 4 writers, {conflicts} conflicts refused");
 }
+
+#[test]
+fn the_registry_writes_nothing_until_it_is_used() {
+    let srv = Server::start();
+    let revision = || {
+        let ((code, body), _) = http_request(
+            "POST",
+            &srv.client_addr,
+            "/v3/kv/range",
+            r#"{"key":"Zm9v"}"#,
+            &[],
+        );
+        assert_eq!(code, 200, "{body}");
+        json(&body)["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse::<i64>().ok())
+            .expect("revision")
+    };
+    // Used as an etcd server only: revisions count etcd writes alone, as in etcd.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(revision(), 1, "the registry wrote before it was used");
+    // The first Consul request writes this member's node and presence, then is answered.
+    let (code, body, _) = consul(&srv, "GET", "/v1/catalog/nodes", "");
+    assert_eq!(code, 200);
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(1), "{body}");
+    let (_, checks, _) = consul(&srv, "GET", "/v1/health/state/passing", "");
+    assert!(checks.contains("serfHealth"), "{checks}");
+    assert!(revision() > 1);
+}
+
+#[test]
+fn https_checks_verify_the_target_with_the_system_roots_and_the_check_ca_file() {
+    use crate::tls::{client, path, Pki};
+    let pki = Pki::new("checks");
+    let (cert, key) = pki.issue("target", "target", false);
+    let ca = pki.ca_file();
+    let port = crate::harness::free_port();
+    let _target = Server::start_tls(
+        &[
+            "--cert-file",
+            path(&cert),
+            "--key-file",
+            path(&key),
+            "--listen-http-urls",
+            &format!("https://127.0.0.1:{port}"),
+        ],
+        client(&ca, None),
+    );
+    let url = format!("https://127.0.0.1:{port}/health");
+    let with_ca = Server::start_with(&["--check-ca-file", path(&ca)]);
+    let without = Server::start();
+    let register = |srv: &Server, id: &str, extra: &str| {
+        let body = format!(
+            r#"{{"Name":"{id}","ID":"{id}","Check":{{"HTTP":"{url}","Interval":"1s"{extra}}}}}"#
+        );
+        assert_eq!(
+            consul(srv, "PUT", "/v1/agent/service/register", &body).0,
+            200
+        );
+    };
+    register(&with_ca, "verified", "");
+    register(&with_ca, "wrongname", r#","TLSServerName":"other.example""#);
+    register(
+        &with_ca,
+        "skipped",
+        r#","TLSServerName":"other.example","TLSSkipVerify":true"#,
+    );
+    register(&without, "unknownca", "");
+    let settled = |srv: &Server, id: &str| -> (String, String) {
+        let mut last = (String::new(), String::new());
+        wait_for(&format!("the first run of {id}'s check"), 15, || {
+            let (_, body, _) = consul(srv, "GET", &format!("/v1/health/checks/{id}"), "");
+            let c = &json(&body)[0];
+            last = (
+                c["Status"].as_str().unwrap_or("").to_string(),
+                c["Output"].as_str().unwrap_or("").to_string(),
+            );
+            !last.1.is_empty()
+        });
+        last
+    };
+    let (status, output) = settled(&with_ca, "verified");
+    assert_eq!(status, "passing", "{output}");
+    let (status, output) = settled(&with_ca, "wrongname");
+    assert_eq!(status, "critical", "{output}");
+    assert!(output.contains("certificate"), "{output}");
+    let (status, output) = settled(&with_ca, "skipped");
+    assert_eq!(status, "passing", "{output}");
+    let (status, output) = settled(&without, "unknownca");
+    assert_eq!(status, "critical", "{output}");
+    assert!(output.contains("UnknownIssuer"), "{output}");
+}

@@ -156,6 +156,10 @@ pub struct ServerArgs {
     /// Lowest TLS version accepted: TLS1.2 (default) or TLS1.3.
     #[arg(long, env = "BERTH_TLS_MIN_VERSION")]
     pub tls_min_version: Option<String>,
+    /// CA bundle (PEM) that verifies the certificates of HTTPS and gRPC-over-TLS health
+    /// check targets, besides the system's roots (a check with TLSSkipVerify verifies none).
+    #[arg(long, env = "BERTH_CHECK_CA_FILE")]
+    pub check_ca_file: Option<PathBuf>,
     // --- end of TLS ---
 }
 
@@ -212,6 +216,7 @@ impl ServerArgs {
             peer_cert_file: self.peer_cert_file.or(lower.peer_cert_file),
             peer_key_file: self.peer_key_file.or(lower.peer_key_file),
             peer_trusted_ca_file: self.peer_trusted_ca_file.or(lower.peer_trusted_ca_file),
+            check_ca_file: self.check_ca_file.or(lower.check_ca_file),
             peer_client_cert_auth: self.peer_client_cert_auth.or(lower.peer_client_cert_auth),
             peer_auto_tls: self.peer_auto_tls.or(lower.peer_auto_tls),
             cipher_suites: self.cipher_suites.or(lower.cipher_suites),
@@ -258,6 +263,8 @@ pub struct Config {
     pub dns_service_ttl: Duration,
     /// TTL of DNS answers about nodes.
     pub dns_node_ttl: Duration,
+    /// Extra CA bundle for health check targets' certificates (`--check-ca-file`).
+    pub check_ca_file: Option<PathBuf>,
     /// Request size limit in bytes.
     pub max_request_bytes: usize,
     /// Txn operation limit.
@@ -487,11 +494,15 @@ impl Config {
         };
         let dns_service_ttl = dns_ttl("--dns-service-ttl", s.dns_service_ttl.as_deref())?;
         let dns_node_ttl = dns_ttl("--dns-node-ttl", s.dns_node_ttl.as_deref())?;
+        if let Some(ca) = &s.check_ca_file {
+            berth_net::tls::files::trust_roots(ca).context("--check-ca-file")?;
+        }
         Ok(Config {
             tls,
             listen_dns,
             dns_service_ttl,
             dns_node_ttl,
+            check_ca_file: s.check_ca_file,
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
             listen_client: addrs(&listen_client_urls).context("--listen-client-urls")?,
             advertise_client_urls: split_urls(&advertise_client),
@@ -747,6 +758,35 @@ mod tests {
             ..Default::default()
         });
         assert!(msg.contains("--dns-service-ttl"), "{msg}");
+    }
+
+    #[test]
+    fn a_check_ca_file_must_be_a_readable_bundle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let err = |a: ServerArgs| format!("{:#}", Config::resolve(a).expect_err("refused"));
+        let msg = err(ServerArgs {
+            check_ca_file: Some(missing.clone()),
+            ..Default::default()
+        });
+        assert!(msg.contains("--check-ca-file"), "{msg}");
+        assert!(msg.contains("missing.pem"), "{msg}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let msg = err(ServerArgs {
+            check_ca_file: Some(junk),
+            ..Default::default()
+        });
+        assert!(msg.contains("junk.pem"), "{msg}");
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["ca".into()]).expect("generate");
+        std::fs::write(&ca, cert.cert.pem()).expect("write");
+        let c = Config::resolve(ServerArgs {
+            check_ca_file: Some(ca.clone()),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert_eq!(c.check_ca_file, Some(ca));
     }
 
     #[test]

@@ -69,6 +69,14 @@ pub struct Registry {
     /// Answers faces rendered from the view, by request, with the topic index they reflect:
     /// discovery reads repeat, and the view changes rarely.
     rendered: Mutex<HashMap<String, (i64, bytes::Bytes)>>,
+    /// True once the registry is in use: its keyspace holds anything, or a face of it was
+    /// asked something here. Until then this member writes nothing of its own (no
+    /// presence), so a member used only as an etcd server numbers revisions as etcd does.
+    in_use: watch::Sender<bool>,
+    /// True once this member's presence was first confirmed.
+    established: watch::Sender<bool>,
+    /// What verifies TLS check targets, loaded at the first check run (see `probe::roots`).
+    check_roots: std::sync::OnceLock<Arc<rustls::RootCertStore>>,
 }
 
 /// Most rendered answers kept; past it the cache starts over.
@@ -127,7 +135,41 @@ impl Registry {
             barrier_rx: Mutex::new(Some(barrier_rx)),
             confirmed: Mutex::new(None),
             rendered: Mutex::new(HashMap::new()),
+            check_roots: std::sync::OnceLock::new(),
+            in_use: watch::channel(false).0,
+            established: watch::channel(false).0,
         })
+    }
+
+    /// Marks the registry in use (see the `in_use` field): presence starts.
+    pub fn wake_up(&self) {
+        self.in_use
+            .send_if_modified(|u| !std::mem::replace(u, true));
+    }
+
+    /// Waits until the registry is in use.
+    pub(crate) async fn until_in_use(&self) {
+        let _ = self.in_use.subscribe().wait_for(|u| *u).await;
+    }
+
+    /// Waits (at most `max`) until this member's presence was confirmed once, so the first
+    /// request a face serves sees this member's node and its serfHealth.
+    pub async fn until_established(&self, max: Duration) {
+        if *self.established.borrow() {
+            return;
+        }
+        let mut rx = self.established.subscribe();
+        let _ = tokio::time::timeout(max, rx.wait_for(|e| *e)).await;
+    }
+
+    /// The roots that verify TLS check targets: the system's and `ca_file`'s, read once.
+    pub(crate) fn check_roots(
+        &self,
+        ca_file: Option<&std::path::Path>,
+    ) -> Arc<rustls::RootCertStore> {
+        self.check_roots
+            .get_or_init(|| probe::roots(ca_file))
+            .clone()
     }
 
     /// A face's answer to request `key` rendered at topic index `index`, if kept.
@@ -150,6 +192,8 @@ impl Registry {
     /// Records that this member's presence was just confirmed with the majority.
     pub(crate) fn confirm_presence(&self) {
         *lock(&self.confirmed) = Some(Instant::now());
+        self.established
+            .send_if_modified(|e| !std::mem::replace(e, true));
     }
 
     /// True when this member confirmed its presence with the majority within `within`: a
@@ -319,6 +363,9 @@ impl Registry {
                 }
             }
         }
+        if d.items.iter().any(|i| !i.events.is_empty()) {
+            self.wake_up();
+        }
         self.woke(&touched);
         self.advance(d.revision);
         true
@@ -335,6 +382,9 @@ impl Registry {
             },
         )?;
         let rev = resp.header.map_or(0, |h| h.revision);
+        if !resp.kvs.is_empty() {
+            self.wake_up();
+        }
         let mut fresh = Catalog::new();
         for kv in &resp.kvs {
             let change = Change::Put {

@@ -1,5 +1,7 @@
 //! Member presence: every member keeps a key `member/<name>` in the registry keyspace on a
-//! short lease it renews at the leader once a second (no log entry per renewal). A member
+//! short lease it renews at the leader once a second (no log entry per renewal), from the
+//! moment the registry is in use (anything in its keyspace, or a Consul or DNS request
+//! here; another member's presence is enough, so all start together). A member
 //! that dies or is cut off from the majority stops renewing; the leader's lease expiry then
 //! deletes its key, every member's view sees it gone, its node's `serfHealth` turns critical
 //! and the checks it ran are assigned to the members still present.
@@ -27,8 +29,13 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// How long a member runs checks without confirming its presence: half the presence TTL.
 pub const STAND_DOWN: Duration = Duration::from_millis(PRESENCE_TTL as u64 * 500);
 
-/// Keeps this member present until `stop`.
+/// Keeps this member present until `stop`, from the moment the registry is in use (a
+/// member only ever used as an etcd server writes nothing of its own).
 pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = core.registry.until_in_use() => {}
+        _ = stop.changed() => return,
+    }
     let name = core.member.name.clone();
     let mut lease = 0i64;
     let mut tick = tokio::time::interval(RENEW_EVERY);

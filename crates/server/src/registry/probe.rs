@@ -1,5 +1,7 @@
 //! One run of an active check: an HTTP request, a TCP connect, or a gRPC health call, each
-//! bounded by the check's timeout, answered as a status and Consul's output text.
+//! bounded by the check's timeout, answered as a status and Consul's output text. HTTPS and
+//! gRPC-over-TLS targets are verified against [`roots`] (the system's trusted roots and
+//! `--check-ca-file`), unless the check says TLSSkipVerify.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +18,39 @@ use tokio::net::TcpStream;
 /// What one run found.
 pub type Outcome = (CheckStatus, String);
 
-/// Runs `kind` once within `timeout`. `agent` names this member in the HTTP `User-Agent`.
-pub async fn run(kind: &CheckKind, timeout: Duration, agent: &str) -> Outcome {
+/// The roots that verify check targets: the system's (as Consul's Go checks trust them) and
+/// those of `ca_file`. A system store that cannot be read leaves only `ca_file`'s.
+pub fn roots(ca_file: Option<&std::path::Path>) -> Arc<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "health checks: a system root certificate was not read");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if let Some(ca) = ca_file {
+        // Read and checked when the configuration was resolved; a file broken since then
+        // leaves the system's roots.
+        match berth_net::tls::files::trust_roots(ca) {
+            Ok(extra) => roots.roots.extend(extra.roots),
+            Err(e) => tracing::error!(error = %e, "health checks: --check-ca-file not read"),
+        }
+    }
+    tracing::debug!(
+        system = added,
+        total = roots.len(),
+        "health checks: TLS roots"
+    );
+    Arc::new(roots)
+}
+
+/// Runs `kind` once within `timeout`. `agent` names this member in the HTTP `User-Agent`;
+/// `roots` verify TLS targets.
+pub async fn run(
+    kind: &CheckKind,
+    timeout: Duration,
+    agent: &str,
+    roots: &Arc<rustls::RootCertStore>,
+) -> Outcome {
     let probe = async {
         match kind {
             CheckKind::Http {
@@ -36,6 +69,7 @@ pub async fn run(kind: &CheckKind, timeout: Duration, agent: &str) -> Outcome {
                     *tls_skip_verify,
                     tls_server_name,
                     agent,
+                    roots,
                 )
                 .await
             }
@@ -50,7 +84,7 @@ pub async fn run(kind: &CheckKind, timeout: Duration, agent: &str) -> Outcome {
                 target,
                 use_tls,
                 tls_skip_verify,
-            } => grpc(target, *use_tls, *tls_skip_verify).await,
+            } => grpc(target, *use_tls, *tls_skip_verify, roots).await,
             CheckKind::Ttl { .. } | CheckKind::External => {
                 (CheckStatus::Critical, "not an active check".into())
             }
@@ -68,14 +102,26 @@ pub async fn run(kind: &CheckKind, timeout: Duration, agent: &str) -> Outcome {
     }
 }
 
-fn tls_config(skip_verify: bool, alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
-    let settings = berth_net::tls::TlsSettings {
-        insecure_skip_verify: skip_verify,
-        ..Default::default()
+fn tls_config(
+    skip_verify: bool,
+    alpn: &[u8],
+    roots: &Arc<rustls::RootCertStore>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut cfg = if skip_verify {
+        let settings = berth_net::tls::TlsSettings {
+            insecure_skip_verify: true,
+            ..Default::default()
+        };
+        settings
+            .client_config("TLSSkipVerify")
+            .map_err(|e| format!("TLS: {e}"))?
+    } else {
+        rustls::ClientConfig::builder_with_provider(Arc::new(berth_net::tls::provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth()
     };
-    let mut cfg = settings.client_config("TLSSkipVerify").map_err(|e| {
-        format!("TLS: {e} (berth verifies check certificates only with TLSSkipVerify for now)")
-    })?;
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -86,8 +132,9 @@ async fn tls_stream(
     server_name: &str,
     skip_verify: bool,
     alpn: &[u8],
+    roots: &Arc<rustls::RootCertStore>,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let cfg = tls_config(skip_verify, alpn)?;
+    let cfg = tls_config(skip_verify, alpn, roots)?;
     let name = if server_name.is_empty() {
         host
     } else {
@@ -115,6 +162,7 @@ async fn http(
     skip_verify: bool,
     server_name: &str,
     agent: &str,
+    roots: &Arc<rustls::RootCertStore>,
 ) -> Outcome {
     let failed = |e: String| (CheckStatus::Critical, format!("{method} {url}: {e}"));
     let uri: http::Uri = match url.parse() {
@@ -155,7 +203,7 @@ async fn http(
         Err(e) => return failed(format!("invalid request: {e}")),
     };
     let resp = if https {
-        let tls = match tls_stream(tcp, &host, server_name, skip_verify, b"http/1.1").await {
+        let tls = match tls_stream(tcp, &host, server_name, skip_verify, b"http/1.1", roots).await {
             Ok(s) => s,
             Err(e) => return failed(e),
         };
@@ -210,7 +258,12 @@ where
     Ok((status, String::from_utf8_lossy(&text).into_owned()))
 }
 
-async fn grpc(target: &str, use_tls: bool, skip_verify: bool) -> Outcome {
+async fn grpc(
+    target: &str,
+    use_tls: bool,
+    skip_verify: bool,
+    roots: &Arc<rustls::RootCertStore>,
+) -> Outcome {
     let (addr, service) = target.split_once('/').unwrap_or((target, ""));
     let failed = |e: String| (CheckStatus::Critical, format!("gRPC {target}: {e}"));
     let scheme = if use_tls { "https" } else { "http" };
@@ -219,7 +272,7 @@ async fn grpc(target: &str, use_tls: bool, skip_verify: bool) -> Outcome {
         Err(e) => return failed(e.to_string()),
     };
     let tls = if use_tls {
-        match tls_config(skip_verify, b"h2") {
+        match tls_config(skip_verify, b"h2", roots) {
             Ok(c) => Some(c),
             Err(e) => return failed(e),
         }

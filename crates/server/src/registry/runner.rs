@@ -142,10 +142,14 @@ async fn check_loop(core: Arc<Core>, key: CheckKey) {
         if !core.registry.present_within(super::presence::STAND_DOWN) {
             continue;
         }
+        let roots = core
+            .registry
+            .check_roots(core.config.check_ca_file.as_deref());
         let (status, output) = probe::run(
             &current.value.kind,
             current.value.timeout,
             &core.member.name,
+            &roots,
         )
         .await;
         core.metrics.registry_check_runs.inc();

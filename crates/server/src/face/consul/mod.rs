@@ -46,6 +46,9 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Largest KV value (Consul's default `kv_max_value_size`).
 const MAX_VALUE: usize = 512 * 1024;
 
+/// Longest a request waits for this member's presence when it wakes the registry.
+const PRESENCE_WAIT: Duration = Duration::from_secs(3);
+
 const X_INDEX: HeaderName = HeaderName::from_static("x-consul-index");
 
 /// The Consul API's routes, for the HTTP listener.
@@ -86,6 +89,12 @@ async fn meta(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
     let method = req.method().clone();
     let uri = req.uri().clone();
     let start = std::time::Instant::now();
+    if consul {
+        // The first Consul request here wakes the registry: this member's presence (its
+        // node and serfHealth) is written before the request is served.
+        core.registry.wake_up();
+        core.registry.until_established(PRESENCE_WAIT).await;
+    }
     let mut resp = next.run(req).await;
     if !consul {
         return resp;

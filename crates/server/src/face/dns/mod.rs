@@ -67,6 +67,8 @@ struct Responder {
 impl Responder {
     fn reply(&self, packet: &[u8], transport: Transport) -> Option<Reply> {
         let reply = wire::reply(packet, transport, |qname, qtype| {
+            // A question wakes the registry (this member's node record follows shortly).
+            self.core.registry.wake_up();
             let answer = self
                 .core
                 .registry
