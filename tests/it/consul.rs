@@ -815,3 +815,60 @@ fn https_checks_verify_the_target_with_the_system_roots_and_the_check_ca_file() 
     assert_eq!(status, "critical", "{output}");
     assert!(output.contains("UnknownIssuer"), "{output}");
 }
+
+#[test]
+fn output_only_changes_are_written_at_most_every_check_update_interval() {
+    // A target whose answer changes at every run, its status never.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let runs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = runs.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = conn.read(&mut buf);
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let body = format!("run {n}");
+            let _ = conn.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let srv = Server::start_with(&["--check-update-interval", "2s"]);
+    let reg = format!(
+        r#"{{"Name":"chatty","ID":"chatty1","Check":{{"HTTP":"http://{addr}/","Interval":"1s"}}}}"#
+    );
+    assert_eq!(
+        consul(&srv, "PUT", "/v1/agent/service/register", &reg).0,
+        200
+    );
+    let mut outputs = BTreeSet::new();
+    let mut indexes = BTreeSet::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        let (_, body, _) = consul(&srv, "GET", "/v1/health/checks/chatty", "");
+        let c = &json(&body)[0];
+        if let Some(o) = c["Output"].as_str().filter(|o| !o.is_empty()) {
+            outputs.insert(o.to_string());
+            indexes.insert(c["ModifyIndex"].as_i64().expect("index"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runs = runs.load(std::sync::atomic::Ordering::SeqCst);
+    let (_, last, _) = consul(&srv, "GET", "/v1/health/checks/chatty", "");
+    assert_eq!(json(&last)[0]["Status"], "passing", "{last}");
+    assert!(
+        outputs.len() >= 2,
+        "the output was never refreshed: {outputs:?}"
+    );
+    assert!(
+        (indexes.len() as u64) * 3 / 2 < runs,
+        "{} writes for {runs} runs: output-only changes are not throttled",
+        indexes.len()
+    );
+}

@@ -57,6 +57,10 @@ pub struct ServerArgs {
     /// TTL of the DNS answers for nodes, e.g. `30s` (default 0s, as Consul).
     #[arg(long, env = "BERTH_DNS_NODE_TTL")]
     pub dns_node_ttl: Option<String>,
+    /// How often a health check whose status stays the same may write a new output
+    /// (default 5m, as Consul's check_update_interval; 0: every run).
+    #[arg(long, env = "BERTH_CHECK_UPDATE_INTERVAL")]
+    pub check_update_interval: Option<String>,
     /// Largest client request accepted, in bytes.
     #[arg(long, env = "BERTH_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
@@ -183,6 +187,7 @@ impl ServerArgs {
             listen_dns_addr: self.listen_dns_addr.or(lower.listen_dns_addr),
             dns_service_ttl: self.dns_service_ttl.or(lower.dns_service_ttl),
             dns_node_ttl: self.dns_node_ttl.or(lower.dns_node_ttl),
+            check_update_interval: self.check_update_interval.or(lower.check_update_interval),
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
@@ -265,6 +270,8 @@ pub struct Config {
     pub dns_node_ttl: Duration,
     /// Extra CA bundle for health check targets' certificates (`--check-ca-file`).
     pub check_ca_file: Option<PathBuf>,
+    /// Least time between two output-only writes of a check (`--check-update-interval`).
+    pub check_update_interval: Duration,
     /// Request size limit in bytes.
     pub max_request_bytes: usize,
     /// Txn operation limit.
@@ -503,6 +510,11 @@ impl Config {
             dns_service_ttl,
             dns_node_ttl,
             check_ca_file: s.check_ca_file,
+            check_update_interval: duration(
+                "--check-update-interval",
+                s.check_update_interval.as_deref(),
+                Duration::from_secs(300),
+            )?,
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
             listen_client: addrs(&listen_client_urls).context("--listen-client-urls")?,
             advertise_client_urls: split_urls(&advertise_client),

@@ -131,9 +131,11 @@ async fn check_loop(core: Arc<Core>, key: CheckKey) {
     let mut tick = tokio::time::interval(first.value.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first run here also records its output (a check that starts critical and stays
-    // so would otherwise never say why); after it, only status changes are written, so
-    // output-only changes never move an index.
+    // so would otherwise never say why); after it, status changes are written at once and
+    // output-only changes at most every --check-update-interval (Consul's, default 5m),
+    // so a chatty output does not move indexes at every run.
     let mut first_run = true;
+    let mut output_written = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(current) = core.registry.read(|c| c.check(node, id)) else {
@@ -153,14 +155,19 @@ async fn check_loop(core: Arc<Core>, key: CheckKey) {
         )
         .await;
         core.metrics.registry_check_runs.inc();
-        let record_output = std::mem::take(&mut first_run) && output != current.value.output;
+        let first = std::mem::take(&mut first_run);
+        let record_output = output != current.value.output
+            && (first || output_written.elapsed() >= core.config.check_update_interval);
         if status == current.value.status && !record_output {
             continue;
         }
-        tracing::info!(
-            node = %node, check = %id, from = current.value.status.as_str(),
-            to = status.as_str(), "check status changed"
-        );
+        if status != current.value.status {
+            tracing::info!(
+                node = %node, check = %id, from = current.value.status.as_str(),
+                to = status.as_str(), "check status changed"
+            );
+        }
+        output_written = tokio::time::Instant::now();
         if let Err(e) = core
             .registry
             .set_check_status(&core, &current.value, current.modify, status, output)
