@@ -55,32 +55,34 @@ async fn start(dir: &std::path::Path) -> (Arc<Node>, String) {
     (node, format!("http://{addr}"))
 }
 
-/// Puts `key` into the registry keyspace through consensus (as a registry face would);
-/// returns the revision it got.
-async fn registry_put(node: &Node, key: &str, value: &str, lease: i64) -> i64 {
+/// Puts `key` into a system keyspace through consensus (as a domain would). The config
+/// keyspace, which no domain reads yet: the registry's wakes up once its keyspace holds
+/// anything and writes this member's presence, which would interleave with the revisions
+/// counted here. Returns the revision it got.
+async fn system_put(node: &Node, key: &str, value: &str, lease: i64) -> i64 {
     let cmd = Command::Put(PutRequest {
         key: key.into(),
         value: value.into(),
         lease,
         ..Default::default()
     });
-    match node.consensus.propose_in(Keyspace::Registry, cmd).await {
+    match node.consensus.propose_in(Keyspace::Config, cmd).await {
         Ok(Applied::Put(p)) => p.header.expect("header").revision,
-        other => panic!("registry put: {other:?}"),
+        other => panic!("system put: {other:?}"),
     }
 }
 
-fn registry_value(node: &Node, key: &str) -> Option<Vec<u8>> {
+fn system_value(node: &Node, key: &str) -> Option<Vec<u8>> {
     let r = node
         .store
         .range_in(
-            Keyspace::Registry,
+            Keyspace::Config,
             &RangeRequest {
                 key: key.into(),
                 ..Default::default()
             },
         )
-        .expect("registry range");
+        .expect("system range");
     r.kvs.into_iter().next().map(|kv| kv.value)
 }
 
@@ -92,8 +94,8 @@ async fn a_system_keyspace_is_invisible_to_etcd_and_shares_its_revisions() {
         .await
         .expect("connect");
 
-    // One revision sequence: registry and user writes interleave in it.
-    let r1 = registry_put(&node, "svc/a", "10.0.0.1", 0).await;
+    // One revision sequence: system and user writes interleave in it.
+    let r1 = system_put(&node, "svc/a", "10.0.0.1", 0).await;
     let u1 = etcd
         .put("user/a", "1", None)
         .await
@@ -101,8 +103,8 @@ async fn a_system_keyspace_is_invisible_to_etcd_and_shares_its_revisions() {
         .header()
         .expect("header")
         .revision();
-    assert_eq!(u1, r1 + 1, "the user write follows the registry write");
-    let r2 = registry_put(&node, "svc/b", "10.0.0.2", 0).await;
+    assert_eq!(u1, r1 + 1, "the user write follows the system write");
+    let r2 = system_put(&node, "svc/b", "10.0.0.2", 0).await;
     assert_eq!(r2, u1 + 1);
 
     // Range: every etcd way of asking for everything sees only user keys.
@@ -142,7 +144,7 @@ async fn a_system_keyspace_is_invisible_to_etcd_and_shares_its_revisions() {
         .expect("count");
     assert_eq!(count.count(), 1);
 
-    // Txn: a compare on the registry key sees no such key; the txn writes user keys only.
+    // Txn: a compare on the system key sees no such key; the txn writes user keys only.
     let txn = Txn::new()
         .when([Compare::version("svc/a", CompareOp::Greater, 0)])
         .and_then([TxnOp::put("svc/a", "hijacked", None)])
@@ -151,12 +153,9 @@ async fn a_system_keyspace_is_invisible_to_etcd_and_shares_its_revisions() {
             TxnOp::get("", Some(GetOptions::new().with_all_keys())),
         ]);
     let t = etcd.txn(txn).await.expect("txn");
-    assert!(
-        !t.succeeded(),
-        "the registry key is not visible to a compare"
-    );
+    assert!(!t.succeeded(), "the system key is not visible to a compare");
     assert_eq!(
-        registry_value(&node, "svc/a").as_deref(),
+        system_value(&node, "svc/a").as_deref(),
         Some(&b"10.0.0.1"[..])
     );
 
@@ -169,7 +168,7 @@ async fn a_system_keyspace_is_invisible_to_etcd_and_shares_its_revisions() {
         .await
         .expect("watch");
     let mut events = Vec::new();
-    let r3 = registry_put(&node, "svc/c", "10.0.0.3", 0).await;
+    let r3 = system_put(&node, "svc/c", "10.0.0.3", 0).await;
     let u3 = etcd
         .put("user/c", "3", None)
         .await
@@ -197,12 +196,12 @@ async fn a_system_keyspace_is_invisible_to_etcd_and_shares_its_revisions() {
             (b"user/b".to_vec(), r2 + 1),
             (b"user/c".to_vec(), u3)
         ],
-        "no registry event, replayed or live"
+        "no system event, replayed or live"
     );
 
     // A lease may hold keys of both keyspaces; etcd's TimeToLive lists only the user's.
     let lease = etcd.lease_grant(60, None).await.expect("grant").id();
-    registry_put(&node, "svc/leased", "x", lease).await;
+    system_put(&node, "svc/leased", "x", lease).await;
     etcd.put(
         "user/leased",
         "y",
@@ -216,7 +215,7 @@ async fn a_system_keyspace_is_invisible_to_etcd_and_shares_its_revisions() {
         .expect("ttl");
     assert_eq!(ttl.keys(), [b"user/leased".to_vec()]);
 
-    // etcdctl del --prefix "": every user key goes, no registry key does.
+    // etcdctl del --prefix "": every user key goes, no system key does.
     let del = etcd
         .delete("", Some(DeleteOptions::new().with_prefix()))
         .await
@@ -228,11 +227,11 @@ async fn a_system_keyspace_is_invisible_to_etcd_and_shares_its_revisions() {
         .expect("get");
     assert!(after.kvs().is_empty());
     for key in ["svc/a", "svc/b", "svc/c", "svc/leased"] {
-        assert!(registry_value(&node, key).is_some(), "{key} survived");
+        assert!(system_value(&node, key).is_some(), "{key} survived");
     }
     let last = del.header().expect("header").revision();
     assert_eq!(
-        registry_put(&node, "svc/d", "10.0.0.4", 0).await,
+        system_put(&node, "svc/d", "10.0.0.4", 0).await,
         last + 1,
         "revisions stay one sequence"
     );
@@ -250,7 +249,7 @@ async fn a_snapshot_round_trip_keeps_system_keyspaces() {
         .await
         .expect("connect");
     let lease = etcd.lease_grant(600, None).await.expect("lease").id();
-    registry_put(&node, "svc/a", "10.0.0.1", lease).await;
+    system_put(&node, "svc/a", "10.0.0.1", lease).await;
     etcd.put(
         "user/a",
         "1",
@@ -259,7 +258,7 @@ async fn a_snapshot_round_trip_keeps_system_keyspaces() {
     .await
     .expect("put");
     // A system write last: the revision counter is above every user revision.
-    let last = registry_put(&node, "svc/b", "10.0.0.2", 0).await;
+    let last = system_put(&node, "svc/b", "10.0.0.2", 0).await;
 
     let mut stream = etcd.snapshot().await.expect("snapshot");
     let mut bytes = Vec::new();
@@ -275,21 +274,15 @@ async fn a_snapshot_round_trip_keeps_system_keyspaces() {
     .expect("restore");
 
     let (restored, addr) = start(target.path()).await;
-    assert_eq!(
-        registry_value(&restored, "svc/a"),
-        Some(b"10.0.0.1".to_vec())
-    );
-    assert_eq!(
-        registry_value(&restored, "svc/b"),
-        Some(b"10.0.0.2".to_vec())
-    );
+    assert_eq!(system_value(&restored, "svc/a"), Some(b"10.0.0.1".to_vec()));
+    assert_eq!(system_value(&restored, "svc/b"), Some(b"10.0.0.2".to_vec()));
     assert_eq!(restored.store.revision(), last);
     let info = restored.store.lease_info(lease).expect("lease restored");
     assert_eq!(
         info.keys,
         vec![
             (Keyspace::User, b"user/a".to_vec()),
-            (Keyspace::Registry, b"svc/a".to_vec()),
+            (Keyspace::Config, b"svc/a".to_vec()),
         ]
     );
     let mut etcd = etcd_client::Client::connect([addr], None)

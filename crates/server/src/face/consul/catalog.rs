@@ -321,6 +321,8 @@ async fn register(
         )));
     }
     let existing = core.registry.read(|c| c.node(&r.node));
+    // A member's own node stays a member's (its serfHealth keeps following its presence).
+    let member = existing.as_ref().is_some_and(|n| n.value.member);
     let node = match (r.skipnodeupdate, existing) {
         (true, Some(n)) => n.value,
         _ => Node {
@@ -334,7 +336,7 @@ async fn register(
             datacenter: DATACENTER.into(),
             tagged_addresses: r.taggedaddresses,
             meta: r.nodemeta,
-            member: false,
+            member,
         },
     };
     let service = r.service.map(ServiceIn::registration).transpose()?;
