@@ -106,6 +106,13 @@ pub struct Catalog {
     services: BTreeMap<ServiceKey, Record<Service>>,
     checks: BTreeMap<CheckKey, Record<Check>>,
     alive: HashSet<CheckKey>,
+    /// Checks of services with a `DeregisterCriticalServiceAfter`: the only ones the
+    /// leader's reaper needs to look at, so its once-a-second pass does not walk (and
+    /// copy) every check of a large catalog.
+    reapable: BTreeSet<CheckKey>,
+    /// Checks berth runs (HTTP, TCP, gRPC): what the runners assign, without walking the
+    /// TTL checks of a large catalog twice a second.
+    active: BTreeSet<CheckKey>,
     by_name: BTreeMap<String, BTreeSet<ServiceKey>>,
     check_ids: HashMap<(String, String), String>,
     index: HashMap<Topic, i64>,
@@ -364,6 +371,16 @@ impl Catalog {
                 match put {
                     Some((value, create, modify)) => {
                         let check: Check = decode(key, value)?;
+                        if check.deregister_critical_after.is_zero() || service.is_empty() {
+                            self.reapable.remove(&k);
+                        } else {
+                            self.reapable.insert(k.clone());
+                        }
+                        if check.kind.is_active() {
+                            self.active.insert(k.clone());
+                        } else {
+                            self.active.remove(&k);
+                        }
                         self.check_ids
                             .insert((node.clone(), id.clone()), service.clone());
                         self.checks.insert(
@@ -376,6 +393,8 @@ impl Catalog {
                         );
                     }
                     None => {
+                        self.reapable.remove(&k);
+                        self.active.remove(&k);
                         if self.checks.remove(&k).is_none() {
                             return Ok(topics);
                         }
@@ -570,6 +589,16 @@ impl Catalog {
             .collect()
     }
 
+    /// The critical checks of services with a `DeregisterCriticalServiceAfter` (what the
+    /// reaper acts on), with their effective status.
+    pub fn critical_reapable(&self) -> Vec<Record<Check>> {
+        self.reapable
+            .iter()
+            .filter_map(|k| self.checks.get(k).map(|r| self.effective(k, r)))
+            .filter(|r| r.value.status == CheckStatus::Critical)
+            .collect()
+    }
+
     /// Check `id` on `node`, with its effective status (`serfHealth` of a member's node
     /// included).
     pub fn check(&self, node: &str, id: &str) -> Option<Record<Check>> {
@@ -597,10 +626,9 @@ impl Catalog {
 
     /// Every check berth runs itself (HTTP, TCP, gRPC), as stored.
     pub fn active_checks(&self) -> Vec<Record<Check>> {
-        self.checks
-            .values()
-            .filter(|r| r.value.kind.is_active())
-            .cloned()
+        self.active
+            .iter()
+            .filter_map(|k| self.checks.get(k).cloned())
             .collect()
     }
 

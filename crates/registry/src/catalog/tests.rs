@@ -196,3 +196,57 @@ fn the_service_list_moves_only_when_a_tag_union_changes() {
     assert!(c.service_names()["api"].is_empty());
     assert_eq!(c.service_names()["web"].len(), 1);
 }
+
+#[test]
+fn reaper_and_runners_see_only_the_checks_they_act_on() {
+    let mut c = Catalog::new();
+    let http = |id: &str, status: CheckStatus, after: u64| Check {
+        id: id.into(),
+        node: "n1".into(),
+        service_id: "web1".into(),
+        service_name: "web".into(),
+        status,
+        deregister_critical_after: Duration::from_secs(after),
+        kind: CheckKind::Http {
+            url: "http://x/".into(),
+            method: "GET".into(),
+            headers: Default::default(),
+            body: String::new(),
+            tls_skip_verify: false,
+            tls_server_name: String::new(),
+        },
+        ..Check::default()
+    };
+    let key = |id: &str| layout::check("n1", "web1", id);
+    put(&mut c, key("a"), &http("a", CheckStatus::Critical, 60), 2);
+    put(&mut c, key("b"), &http("b", CheckStatus::Critical, 0), 3);
+    put(&mut c, key("c"), &http("c", CheckStatus::Passing, 60), 4);
+    let ids = |c: &Catalog| -> Vec<String> {
+        c.critical_reapable()
+            .into_iter()
+            .map(|r| r.value.id)
+            .collect()
+    };
+    assert_eq!(ids(&c), ["a"]);
+    assert_eq!(c.active_checks().len(), 3, "HTTP checks are run by berth");
+    // c turns critical; a loses its timeout; then c goes away.
+    put(&mut c, key("c"), &http("c", CheckStatus::Critical, 60), 5);
+    put(&mut c, key("a"), &http("a", CheckStatus::Critical, 0), 6);
+    assert_eq!(ids(&c), ["c"]);
+    c.apply(Change::Delete {
+        key: &key("c"),
+        revision: 7,
+    })
+    .expect("apply");
+    assert!(ids(&c).is_empty());
+    assert_eq!(c.active_checks().len(), 2);
+    // A check that becomes a TTL check is no longer run.
+    let ttl = Check {
+        kind: CheckKind::Ttl {
+            ttl: Duration::from_secs(5),
+        },
+        ..http("b", CheckStatus::Critical, 0)
+    };
+    put(&mut c, key("b"), &ttl, 8);
+    assert_eq!(c.active_checks().len(), 1);
+}

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_registry::CheckStatus;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -39,9 +38,7 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = core.registry.clean_orphaned_locks(&core).await {
             tracing::debug!(error = %e, "reaper: cleaning locks");
         }
-        let checks = core
-            .registry
-            .read(|c| c.checks_in(Some(CheckStatus::Critical)));
+        let checks = core.registry.read(|c| c.critical_reapable());
         let now = Instant::now();
         let mut seen = HashMap::new();
         for r in checks {
