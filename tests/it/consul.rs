@@ -206,6 +206,13 @@ fn a_follower_answers_blocking_queries_and_registrations_survive_kill_9() {
         .and_then(|(_, v)| v.parse().ok())
         .expect("index");
     assert!(new_index > index);
+    // The follower timed the wake-up of the query the change answered.
+    assert!(
+        metric(
+            &c.members[follower],
+            "berth_consul_blocking_wake_seconds_count"
+        ) >= 1.0
+    );
     // Kill -9 each member in turn: every registration is still there, on every member.
     for victim in 0..3 {
         c.members[victim].kill9();

@@ -84,6 +84,9 @@ pub struct Metrics {
     consul_latency: Family<RouteLabels, Histogram>,
     /// Consul blocking queries waiting right now.
     pub consul_blocked: Gauge,
+    /// From a change reaching this member's registry view to each blocking query it wakes
+    /// resuming: the server's share of a watcher's change → answer time.
+    pub consul_wake: Histogram,
     /// DNS queries answered, by record type and response code.
     dns_queries: Family<DnsLabels, Counter>,
     /// DNS responses cut to fit (TC set).
@@ -167,6 +170,7 @@ impl Metrics {
                 (|| Histogram::new(exponential_buckets(0.0001, 2.0, 24))) as fn() -> Histogram,
             ),
             consul_blocked: Gauge::default(),
+            consul_wake: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             dns_queries: Family::default(),
             dns_truncated: Counter::default(),
             proposals_committed: Counter::default(),
@@ -243,6 +247,11 @@ impl Metrics {
             "berth_consul_blocking_queries",
             "Consul blocking queries waiting now",
             m.consul_blocked.clone(),
+        );
+        r.register(
+            "berth_consul_blocking_wake_seconds",
+            "From a registry change reaching this member's view to each blocking query it wakes resuming",
+            m.consul_wake.clone(),
         );
         r.register(
             "berth_dns_queries",

@@ -61,6 +61,8 @@ pub struct Registry {
     store: Arc<Store>,
     view: RwLock<Catalog>,
     topics: Mutex<HashMap<Topic, Arc<Notify>>>,
+    /// When each watched topic last changed in the view (for the wake-latency metric).
+    changed_at: Mutex<HashMap<Topic, Instant>>,
     applied: watch::Sender<i64>,
     barrier_tx: mpsc::Sender<Barrier>,
     barrier_rx: Mutex<Option<mpsc::Receiver<Barrier>>>,
@@ -130,6 +132,7 @@ impl Registry {
             store,
             view: RwLock::new(Catalog::new()),
             topics: Mutex::new(HashMap::new()),
+            changed_at: Mutex::new(HashMap::new()),
             applied: watch::channel(0).0,
             barrier_tx,
             barrier_rx: Mutex::new(Some(barrier_rx)),
@@ -227,30 +230,38 @@ impl Registry {
     }
 
     /// Blocks until `topic`'s index is above `index` or `deadline` passes (Consul's blocking
-    /// query). Only changes of this topic wake the waiter.
-    pub async fn wait(&self, topic: &Topic, index: i64, deadline: Instant) {
+    /// query). Only changes of this topic wake the waiter. Returns how long ago the change
+    /// that woke it reached the view (`None` when the index had moved before, or time ran
+    /// out).
+    pub async fn wait(&self, topic: &Topic, index: i64, deadline: Instant) -> Option<Duration> {
         let notify = lock(&self.topics)
             .entry(topic.clone())
             .or_insert_with(|| Arc::new(Notify::new()))
             .clone();
+        let mut woken = false;
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.read(|c| c.index(topic)) > index {
-                return;
+                return woken
+                    .then(|| lock(&self.changed_at).get(topic).map(Instant::elapsed))
+                    .flatten();
             }
             tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => return,
+                _ = notified => woken = true,
+                _ = tokio::time::sleep_until(deadline) => return None,
             }
         }
     }
 
     fn woke(&self, topics: &[Topic]) {
         let map = lock(&self.topics);
+        let now = Instant::now();
+        let mut changed = lock(&self.changed_at);
         for t in topics {
             if let Some(n) = map.get(t) {
+                changed.insert(t.clone(), now);
                 n.notify_waiters();
             }
         }

@@ -355,8 +355,11 @@ async fn block_on(core: &Core, opts: &ReadOpts, topic: &Topic) -> Result<(), Api
     if opts.index > 0 {
         check_index(core, opts.index).await?;
         core.metrics.consul_blocked.inc();
-        core.registry.wait(topic, opts.index, opts.deadline()).await;
+        let woke = core.registry.wait(topic, opts.index, opts.deadline()).await;
         core.metrics.consul_blocked.dec();
+        if let Some(after) = woke {
+            core.metrics.consul_wake.observe(after.as_secs_f64());
+        }
     }
     if !opts.stale {
         core.registry.sync(core).await?;
