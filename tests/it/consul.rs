@@ -879,3 +879,50 @@ fn output_only_changes_are_written_at_most_every_check_update_interval() {
         indexes.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_and_watches_follow_the_members_leader() {
+    use berth_proto::grpc_health::health_check_response::ServingStatus;
+    use berth_proto::grpc_health::health_client::HealthClient;
+    use berth_proto::grpc_health::HealthCheckRequest;
+    let mut c = tokio::task::spawn_blocking(|| Cluster::start(3))
+        .await
+        .expect("cluster");
+    let mut client = HealthClient::connect(c.members[0].endpoint())
+        .await
+        .expect("connect");
+    let ask = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let status = client
+        .check(ask(""))
+        .await
+        .expect("check")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let unknown = client
+        .check(ask("nope"))
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let mut other = client.watch(ask("nope")).await.expect("watch").into_inner();
+    let first = other.message().await.expect("stream").expect("item");
+    assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+    let mut watch = client.watch(ask("")).await.expect("watch").into_inner();
+    let first = watch.message().await.expect("stream").expect("item");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // The other two members die: member 0 has no leader any more, and the stream says so.
+    let t0 = Instant::now();
+    tokio::task::block_in_place(|| {
+        c.members[1].kill9();
+        c.members[2].kill9();
+    });
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("a status change within 20 s")
+        .expect("stream")
+        .expect("item");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    println!("NOT_SERVING after {:?}", t0.elapsed());
+}
