@@ -888,19 +888,25 @@ async fn grpc_health_checks_and_watches_follow_the_members_leader() {
     let mut c = tokio::task::spawn_blocking(|| Cluster::start(3))
         .await
         .expect("cluster");
-    let mut client = HealthClient::connect(c.members[0].endpoint())
+    // Watch a follower: it serves while it knows a leader.
+    let leader = tokio::task::block_in_place(|| c.leader_by_metrics());
+    let watched = (leader + 1) % 3;
+    let mut client = HealthClient::connect(c.members[watched].endpoint())
         .await
         .expect("connect");
     let ask = |service: &str| HealthCheckRequest {
         service: service.into(),
     };
-    let status = client
-        .check(ask(""))
-        .await
-        .expect("check")
-        .into_inner()
-        .status;
-    assert_eq!(status, ServingStatus::Serving as i32);
+    // Serving once the follower knows the cluster's leader.
+    let t0 = Instant::now();
+    loop {
+        let status = client.check(ask("")).await.expect("check").into_inner();
+        if status.status == ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let unknown = client
         .check(ask("nope"))
         .await
@@ -909,14 +915,24 @@ async fn grpc_health_checks_and_watches_follow_the_members_leader() {
     let mut other = client.watch(ask("nope")).await.expect("watch").into_inner();
     let first = other.message().await.expect("stream").expect("item");
     assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+    // The stream reaches SERVING (an election still settling may show NOT_SERVING first).
     let mut watch = client.watch(ask("")).await.expect("watch").into_inner();
-    let first = watch.message().await.expect("stream").expect("item");
-    assert_eq!(first.status, ServingStatus::Serving as i32);
-    // The other two members die: member 0 has no leader any more, and the stream says so.
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("SERVING within 10 s")
+            .expect("stream")
+            .expect("item");
+        if item.status == ServingStatus::Serving as i32 {
+            break;
+        }
+    }
+    // The other two members die: the follower has no leader any more, and the stream says so.
     let t0 = Instant::now();
     tokio::task::block_in_place(|| {
-        c.members[1].kill9();
-        c.members[2].kill9();
+        for m in (0..3).filter(|m| *m != watched) {
+            c.members[m].kill9();
+        }
     });
     let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
         .await
