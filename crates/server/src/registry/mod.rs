@@ -436,6 +436,26 @@ impl Registry {
         }
     }
 
+    /// Writes `ops` as one unconditional txn (nothing when there are none) and waits until
+    /// the view shows it.
+    pub(crate) async fn write_ops(
+        &self,
+        core: &Core,
+        ops: Vec<RequestOp>,
+    ) -> Result<(), WriteError> {
+        if !ops.is_empty() {
+            self.write(
+                core,
+                TxnRequest {
+                    success: ops,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Proposes a multi-keyspace txn (keys tagged with their keyspace) under `guard` (the
     /// auth state the caller's checks saw) and waits until the view shows it.
     pub async fn write_multi_guarded(
@@ -582,14 +602,7 @@ impl Registry {
         for check in checks {
             self.check_ops(core, check, &mut ops).await?;
         }
-        self.write(
-            core,
-            TxnRequest {
-                success: ops,
-                ..Default::default()
-            },
-        )
-        .await?;
+        self.write_ops(core, ops).await?;
         tracing::debug!(node = %node.name, service = %service.id, "service registered");
         Ok(())
     }
@@ -618,16 +631,7 @@ impl Registry {
         let check = def.into_check(&node.name, &service_name)?;
         let mut ops: Vec<RequestOp> = self.node_op(node).into_iter().collect();
         self.check_ops(core, check, &mut ops).await?;
-        if !ops.is_empty() {
-            self.write(
-                core,
-                TxnRequest {
-                    success: ops,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
+        self.write_ops(core, ops).await?;
         Ok(())
     }
 
@@ -649,14 +653,7 @@ impl Registry {
             delete_op(checks.clone(), layout::prefix_end(&checks)),
             delete_op(ttls.clone(), layout::prefix_end(&ttls)),
         ];
-        self.write(
-            core,
-            TxnRequest {
-                success: ops,
-                ..Default::default()
-            },
-        )
-        .await?;
+        self.write_ops(core, ops).await?;
         tracing::debug!(node, service = id, "service deregistered");
         Ok(true)
     }
@@ -676,14 +673,7 @@ impl Registry {
             delete_op(layout::check(node, &sid, id), Vec::new()),
             delete_op(layout::ttl(node, &sid, id), Vec::new()),
         ];
-        self.write(
-            core,
-            TxnRequest {
-                success: ops,
-                ..Default::default()
-            },
-        )
-        .await?;
+        self.write_ops(core, ops).await?;
         Ok(true)
     }
 
@@ -745,14 +735,7 @@ impl Registry {
                 lease.id,
             ),
         ];
-        self.write(
-            core,
-            TxnRequest {
-                success: ops,
-                ..Default::default()
-            },
-        )
-        .await?;
+        self.write_ops(core, ops).await?;
         core.metrics.registry_status_writes.inc();
         Ok(())
     }
@@ -848,14 +831,7 @@ impl Registry {
             encode(&check),
             0,
         ));
-        self.write(
-            core,
-            TxnRequest {
-                success: ops,
-                ..Default::default()
-            },
-        )
-        .await?;
+        self.write_ops(core, ops).await?;
         Ok(())
     }
 
@@ -905,16 +881,7 @@ impl Registry {
                 0,
             ));
         }
-        if !ops.is_empty() {
-            self.write(
-                core,
-                TxnRequest {
-                    success: ops,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
+        self.write_ops(core, ops).await?;
         Ok(())
     }
 
@@ -940,14 +907,7 @@ impl Registry {
             let p = layout::of_node(kind, node);
             ops.push(delete_op(p.clone(), layout::prefix_end(&p)));
         }
-        self.write(
-            core,
-            TxnRequest {
-                success: ops,
-                ..Default::default()
-            },
-        )
-        .await?;
+        self.write_ops(core, ops).await?;
         Ok(())
     }
 }

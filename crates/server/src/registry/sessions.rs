@@ -123,11 +123,7 @@ impl Registry {
             s.lease = grant.id;
         }
         ops.push(put_op(layout::session(&s.id), encode(&s), s.lease));
-        let txn = TxnRequest {
-            success: ops,
-            ..Default::default()
-        };
-        self.write(core, txn).await?;
+        self.write_ops(core, ops).await?;
         tracing::debug!(session = %s.id, node = %s.node, "session created");
         Ok(s.id)
     }
@@ -152,11 +148,8 @@ impl Registry {
         let Some(s) = self.read(|c| c.session(id)) else {
             return Ok(false);
         };
-        let txn = TxnRequest {
-            success: vec![delete_op(layout::session(id), Vec::new())],
-            ..Default::default()
-        };
-        self.write(core, txn).await?;
+        self.write_ops(core, vec![delete_op(layout::session(id), Vec::new())])
+            .await?;
         if s.value.lease != 0 {
             // The record is gone; the lease would only expire with nothing left on it.
             let _ = core.leases.revoke(s.value.lease, None).await;

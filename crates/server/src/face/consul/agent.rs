@@ -490,9 +490,7 @@ async fn pass(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q = Params::parse(raw)?;
-    let note = q.get("note").unwrap_or_default().to_string();
-    ttl_update(&core, &id, CheckStatus::Passing, note, &q, &headers).await
+    ttl_verb(&core, &id, CheckStatus::Passing, raw, &headers).await
 }
 
 async fn warn(
@@ -501,9 +499,7 @@ async fn warn(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q = Params::parse(raw)?;
-    let note = q.get("note").unwrap_or_default().to_string();
-    ttl_update(&core, &id, CheckStatus::Warning, note, &q, &headers).await
+    ttl_verb(&core, &id, CheckStatus::Warning, raw, &headers).await
 }
 
 async fn fail(
@@ -512,9 +508,20 @@ async fn fail(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    ttl_verb(&core, &id, CheckStatus::Critical, raw, &headers).await
+}
+
+/// `check/pass|warn|fail/<id>?note=…`: a TTL update with the note as its output.
+async fn ttl_verb(
+    core: &Core,
+    id: &str,
+    status: CheckStatus,
+    raw: Option<String>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let q = Params::parse(raw)?;
     let note = q.get("note").unwrap_or_default().to_string();
-    ttl_update(&core, &id, CheckStatus::Critical, note, &q, &headers).await
+    ttl_update(core, id, status, note, &q, headers).await
 }
 
 #[derive(Debug, Default, Deserialize)]
