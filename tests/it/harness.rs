@@ -650,6 +650,14 @@ pub fn bounded() -> etcd_client::ConnectOptions {
         .with_timeout(Duration::from_secs(3))
 }
 
+/// Client options for a healthy cluster on a loaded machine: a request may wait out an fsync
+/// stall of several seconds (CI runs other tests beside this one) but not hang a test forever.
+pub fn patient() -> etcd_client::ConnectOptions {
+    etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(30))
+}
+
 /// Test hosts in network namespaces the test creates: each member gets a namespace with a
 /// client link and a peer link, on two bridges in the root namespace. Cutting a member's peer
 /// link partitions it from the others while the test can still talk to it.
