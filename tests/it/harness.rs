@@ -97,6 +97,8 @@ pub struct Server {
     pub http_addr: String,
     /// `127.0.0.1:port` of the DNS listener (UDP and TCP).
     pub dns_addr: String,
+    /// Nacos API address (`host:port`).
+    pub nacos_addr: String,
     peer_url: String,
     extra: Vec<String>,
     /// Network namespace to run in (`ip netns exec`), for partition tests.
@@ -115,6 +117,7 @@ impl Server {
             client_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
             dns_addr: format!("127.0.0.1:{}", free_port()),
+            nacos_addr: format!("127.0.0.1:{}", free_port()),
             peer_url,
             extra,
             netns: None,
@@ -309,6 +312,17 @@ impl Server {
                 // Never Consul's default port: servers of parallel tests would share it.
                 (!self.extra.iter().any(|a| a == "--listen-dns-addr"))
                     .then(|| ["--listen-dns-addr".to_string(), self.dns_addr.clone()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(
+                (!self.extra.iter().any(|a| a == "--listen-nacos-urls"))
+                    .then(|| {
+                        [
+                            "--listen-nacos-urls".to_string(),
+                            format!("http://{}", self.nacos_addr),
+                        ]
+                    })
                     .into_iter()
                     .flatten(),
             )
@@ -746,6 +760,7 @@ impl NetCluster {
                 client_addr: format!("{}:2379", client_net(i)),
                 http_addr: format!("{}:8500", client_net(i)),
                 dns_addr: format!("{}:8600", client_net(i)),
+                nacos_addr: format!("{}:8848", client_net(i)),
                 peer_url: format!("http://{}:2380", peer_net(i)),
                 netns: Some(format!("{prefix}n{i}")),
                 tls: None,
@@ -812,9 +827,15 @@ pub fn http_request(
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req.push_str("Content-Type: application/json\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

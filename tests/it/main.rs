@@ -18,6 +18,7 @@ mod lease;
 mod linearizable;
 mod listen;
 mod maintenance;
+mod nacos;
 mod partition;
 mod patroni;
 mod python;

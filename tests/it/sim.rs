@@ -206,6 +206,7 @@ fn member_software(
                 client: vec![Box::pin(incoming(CLIENT_PORT).await?)],
                 peer: vec![Box::pin(incoming(PEER_PORT).await?)],
                 http: Vec::new(),
+                nacos: Vec::new(),
                 dns: Vec::new(),
             };
             berth_server::node::serve_on(node, listeners, std::future::pending())

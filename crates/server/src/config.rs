@@ -57,6 +57,20 @@ pub struct ServerArgs {
     /// TTL of the DNS answers for nodes, e.g. `30s` (default 0s, as Consul).
     #[arg(long, env = "BERTH_DNS_NODE_TTL")]
     pub dns_node_ttl: Option<String>,
+    /// URLs for Nacos's API (HTTP under `/nacos`), comma-separated (default
+    /// `http://127.0.0.1:8848`, Nacos's; empty: no Nacos listener).
+    #[arg(long, env = "BERTH_LISTEN_NACOS_URLS")]
+    pub listen_nacos_urls: Option<String>,
+    /// Largest configuration item content, in bytes (default 102400).
+    #[arg(long, env = "BERTH_CONFIG_MAX_CONTENT_BYTES")]
+    pub config_max_content_bytes: Option<usize>,
+    /// Most versions kept per configuration item (default 100).
+    #[arg(long, env = "BERTH_CONFIG_HISTORY_MAX_VERSIONS")]
+    pub config_history_max_versions: Option<usize>,
+    /// Oldest version kept per configuration item, e.g. `30d` (default 30 days; the current
+    /// version is always kept).
+    #[arg(long, env = "BERTH_CONFIG_HISTORY_MAX_AGE")]
+    pub config_history_max_age: Option<String>,
     /// How often a health check whose status stays the same may write a new output
     /// (default 5m, as Consul's check_update_interval; 0: every run).
     #[arg(long, env = "BERTH_CHECK_UPDATE_INTERVAL")]
@@ -188,6 +202,14 @@ impl ServerArgs {
             dns_service_ttl: self.dns_service_ttl.or(lower.dns_service_ttl),
             dns_node_ttl: self.dns_node_ttl.or(lower.dns_node_ttl),
             check_update_interval: self.check_update_interval.or(lower.check_update_interval),
+            listen_nacos_urls: self.listen_nacos_urls.or(lower.listen_nacos_urls),
+            config_max_content_bytes: self
+                .config_max_content_bytes
+                .or(lower.config_max_content_bytes),
+            config_history_max_versions: self
+                .config_history_max_versions
+                .or(lower.config_history_max_versions),
+            config_history_max_age: self.config_history_max_age.or(lower.config_history_max_age),
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
@@ -262,6 +284,10 @@ pub struct Config {
     pub initial_cluster_token: String,
     /// HTTP listen addresses.
     pub listen_http: Vec<SocketAddr>,
+    /// Nacos API listen addresses; empty: no Nacos listener.
+    pub listen_nacos: Vec<SocketAddr>,
+    /// The configuration center's limits.
+    pub config_limits: crate::config_center::Limits,
     /// DNS listen addresses (each UDP and TCP); empty: no DNS interface.
     pub listen_dns: Vec<SocketAddr>,
     /// TTL of DNS answers about services.
@@ -416,11 +442,19 @@ impl Config {
             .listen_http_urls
             .clone()
             .unwrap_or_else(|| "http://127.0.0.1:8500".into());
+        let listen_nacos_urls = tls_args
+            .listen_nacos_urls
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:8848".into());
         let tls = crate::tls::TlsConfig::resolve(
             &tls_args,
             &split_urls(&listen_client_urls),
             &split_urls(&listen_peer_urls),
-            &split_urls(&listen_http_urls),
+            &[
+                split_urls(&listen_http_urls),
+                split_urls(&listen_nacos_urls),
+            ]
+            .concat(),
         )?;
         let state = match s.initial_cluster_state.as_deref().unwrap_or("new") {
             "new" => ClusterState::New,
@@ -504,8 +538,38 @@ impl Config {
         if let Some(ca) = &s.check_ca_file {
             berth_net::tls::files::trust_roots(ca).context("--check-ca-file")?;
         }
+        let config_limits = {
+            let d = crate::config_center::Limits::default();
+            let limits = crate::config_center::Limits {
+                max_content: s.config_max_content_bytes.unwrap_or(d.max_content),
+                history_versions: s.config_history_max_versions.unwrap_or(d.history_versions),
+                history_age: duration(
+                    "--config-history-max-age",
+                    s.config_history_max_age.as_deref(),
+                    d.history_age,
+                )?,
+            };
+            if limits.max_content == 0 || limits.history_versions == 0 {
+                bail!(
+                    "--config-max-content-bytes and --config-history-max-versions must be positive"
+                );
+            }
+            if limits.max_content > max_request_bytes {
+                bail!(
+                    "--config-max-content-bytes ({}) must not exceed --max-request-bytes ({max_request_bytes})",
+                    limits.max_content
+                );
+            }
+            limits
+        };
         Ok(Config {
             tls,
+            listen_nacos: if listen_nacos_urls.trim().is_empty() {
+                Vec::new()
+            } else {
+                addrs(&listen_nacos_urls).context("--listen-nacos-urls")?
+            },
+            config_limits,
             listen_dns,
             dns_service_ttl,
             dns_node_ttl,

@@ -24,6 +24,8 @@ pub struct Core {
     pub auth: Arc<crate::auth::Auth>,
     /// The registry domain (services, checks, Consul KV metadata).
     pub registry: Arc<crate::registry::Registry>,
+    /// The configuration center domain (items, versions, betas, namespaces).
+    pub config_center: Arc<crate::config_center::ConfigCenter>,
     /// This member.
     pub member: MemberInfo,
     /// Resolved configuration (limits).

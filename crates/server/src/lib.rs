@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod compaction;
 pub mod config;
+pub mod config_center;
 pub mod consensus;
 pub mod core;
 pub mod face;

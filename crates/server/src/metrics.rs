@@ -87,6 +87,14 @@ pub struct Metrics {
     /// From a change reaching this member's registry view to each blocking query it wakes
     /// resuming: the server's share of a watcher's change → answer time.
     pub consul_wake: Histogram,
+    /// Nacos API requests answered, by route and status.
+    nacos_requests: Family<RouteLabels, Counter>,
+    /// Nacos API answer time (long polls included), by route and status.
+    nacos_latency: Family<RouteLabels, Histogram>,
+    /// Nacos config listeners (long polls) waiting right now.
+    pub nacos_listeners: Gauge,
+    /// Configuration items published (new versions) through any face.
+    pub config_publishes: Counter,
     /// DNS queries answered, by record type and response code.
     dns_queries: Family<DnsLabels, Counter>,
     /// DNS responses cut to fit (TC set).
@@ -171,6 +179,12 @@ impl Metrics {
             ),
             consul_blocked: Gauge::default(),
             consul_wake: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            nacos_requests: Family::default(),
+            nacos_latency: Family::new_with_constructor(
+                (|| Histogram::new(exponential_buckets(0.0001, 2.0, 24))) as fn() -> Histogram,
+            ),
+            nacos_listeners: Gauge::default(),
+            config_publishes: Counter::default(),
             dns_queries: Family::default(),
             dns_truncated: Counter::default(),
             proposals_committed: Counter::default(),
@@ -252,6 +266,26 @@ impl Metrics {
             "berth_consul_blocking_wake_seconds",
             "From a registry change reaching this member's view to each blocking query it wakes resuming",
             m.consul_wake.clone(),
+        );
+        r.register(
+            "berth_nacos_requests",
+            "Nacos API requests answered, by route and status",
+            m.nacos_requests.clone(),
+        );
+        r.register(
+            "berth_nacos_request_duration_seconds",
+            "Time to answer a Nacos API request (config listener long polls included)",
+            m.nacos_latency.clone(),
+        );
+        r.register(
+            "berth_nacos_config_listeners",
+            "Nacos config listeners (long polls) waiting now",
+            m.nacos_listeners.clone(),
+        );
+        r.register(
+            "berth_config_publishes",
+            "Configuration items published as a new version (any face)",
+            m.config_publishes.clone(),
         );
         r.register(
             "berth_dns_queries",
@@ -373,6 +407,18 @@ impl Metrics {
         };
         self.consul_requests.get_or_create(&labels).inc();
         self.consul_latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one Nacos API request.
+    pub fn observe_nacos(&self, route: &str, code: u16, elapsed: Duration) {
+        let labels = RouteLabels {
+            route: route.to_string(),
+            code,
+        };
+        self.nacos_requests.get_or_create(&labels).inc();
+        self.nacos_latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
     }

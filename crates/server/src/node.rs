@@ -87,12 +87,14 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
         cfg,
     )?);
     let registry = crate::registry::Registry::new(store.clone());
+    let config_center = crate::config_center::ConfigCenter::new(store.clone(), cfg.config_limits);
     Ok(Arc::new(Core {
         store,
         consensus,
         leases,
         auth,
         registry,
+        config_center,
         member,
         config: cfg.clone(),
         metrics,
@@ -124,6 +126,8 @@ pub struct Listeners<C> {
     pub peer: Vec<Accepted<C>>,
     /// Metrics, health and etcd's `/version` (`--listen-metrics-urls`).
     pub http: Vec<Accepted<C>>,
+    /// Nacos's API (`--listen-nacos-urls`), each connection with its peer's address.
+    pub nacos: Vec<Accepted<(C, face::nacos::ClientAddr)>>,
     /// Consul's DNS interface (`--listen-dns-addr`), UDP and TCP; the simulation has none.
     pub dns: Vec<face::dns::Sockets>,
 }
@@ -174,6 +178,23 @@ impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
                 "HTTP (metrics, health)",
                 crate::tls::TlsConfig::http_listener,
             )?,
+            nacos: bind(
+                &cfg.listen_nacos,
+                "Nacos",
+                "Nacos's API",
+                crate::tls::TlsConfig::http_listener,
+            )?
+            .into_iter()
+            .map(|conns| {
+                let addressed = conns.map(|conn| {
+                    conn.map(|c| {
+                        let peer = c.connect_info().transport.remote_addr();
+                        (c, face::nacos::ClientAddr(peer))
+                    })
+                });
+                Box::pin(addressed) as Accepted<_>
+            })
+            .collect(),
             dns: cfg
                 .listen_dns
                 .iter()
@@ -203,6 +224,40 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send + 'static> axum::serve::Listener f
 
     fn local_addr(&self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Adapts an accept stream of addressed connections to axum (the Nacos face reads the
+/// client's address).
+struct AddressedAccept<C>(Accepted<(C, face::nacos::ClientAddr)>);
+
+impl<C: AsyncRead + AsyncWrite + Unpin + Send + 'static> axum::serve::Listener
+    for AddressedAccept<C>
+{
+    type Io = C;
+    type Addr = face::nacos::ClientAddr;
+
+    async fn accept(&mut self) -> (C, face::nacos::ClientAddr) {
+        loop {
+            match self.0.next().await {
+                Some(Ok(conn)) => return conn,
+                Some(Err(e)) => tracing::debug!(error = %e, "Nacos accept"),
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<face::nacos::ClientAddr> {
+        Ok(face::nacos::ClientAddr(None))
+    }
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin + Send + 'static>
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AddressedAccept<C>>>
+    for face::nacos::ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, AddressedAccept<C>>) -> Self {
+        *stream.remote_addr()
     }
 }
 
@@ -278,6 +333,22 @@ where
             }),
         );
     }
+    for incoming in listeners.nacos {
+        let mut stop = stop_rx.clone();
+        let app = face::nacos::routes(core.clone())
+            .into_make_service_with_connect_info::<face::nacos::ClientAddr>();
+        spawn(
+            "Nacos server",
+            Box::pin(async move {
+                axum::serve(AddressedAccept(incoming), app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
+            }),
+        );
+    }
     for sockets in listeners.dns {
         spawn(
             "DNS server",
@@ -306,6 +377,22 @@ where
         "check runner",
         Box::pin(async move {
             crate::registry::runner::run(runner_core, stop).await;
+            Ok(())
+        }),
+    );
+    let (config_center, stop) = (core.config_center.clone(), stop_rx.clone());
+    spawn(
+        "config view",
+        Box::pin(async move {
+            config_center.run(stop).await;
+            Ok(())
+        }),
+    );
+    let (trimmer_core, stop) = (core.clone(), stop_rx.clone());
+    spawn(
+        "config history housekeeping",
+        Box::pin(async move {
+            crate::config_center::trimmer::run(trimmer_core, stop).await;
             Ok(())
         }),
     );

@@ -6,3 +6,4 @@
 pub mod consul;
 pub mod dns;
 pub mod etcd;
+pub mod nacos;

@@ -1,0 +1,922 @@
+//! The configuration center at run time: this member's view of the items, betas and
+//! namespaces (kept current by a watch of the store's `Config` keyspace), listeners that
+//! wait for an item's MD5 to move, and every write as a txn through consensus.
+//!
+//! - Reads come from the view (as Nacos serves them, from memory); a write returns once this
+//!   member's view shows it, so a writer reads its own write on the member it wrote to.
+//! - A publish is one txn: the item, its new kept version, the version's age-index entry,
+//!   and the deletes of versions past `--config-history-max-versions`. It is guarded by the
+//!   item's mod revision, so a compare-and-publish (`cas_md5`) is exact even under
+//!   concurrent publishes.
+//! - Listeners wait on per-item notifications: a publish wakes only the listeners of its item.
+//! - [`trimmer`] removes kept versions older than `--config-history-max-age`, on the leader.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use berth_config::layout;
+use berth_config::{rules, Beta, ConfigError, Item, ItemKey, Namespace, Op, Version};
+use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use berth_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use berth_proto::etcdserverpb::{Compare, RangeRequest, RequestOp, TxnRequest};
+use berth_proto::mvccpb::event::EventType;
+use berth_proto::mvccpb::KeyValue;
+use berth_store::{Applied, Command, Delivery, KeySpan, Keyspace, Store, WatchSink, WatchSpec};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+
+use crate::consensus::WriteError;
+use crate::core::Core;
+use crate::registry::{delete_op, encode, now_ms, put_op};
+
+pub mod trimmer;
+
+/// How many times a publish retries when another write moved its item in between.
+const PUBLISH_ATTEMPTS: usize = 8;
+
+/// Why a configuration call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFailure {
+    /// The domain refused the input, or what it names does not exist.
+    #[error(transparent)]
+    Refused(#[from] ConfigError),
+    /// The write (or the read that guards it) did not go through.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// Reading the store failed.
+    #[error("reading the store: {0}")]
+    Store(#[from] berth_store::StoreError),
+}
+
+/// The limits the configuration center keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest content, in bytes.
+    pub max_content: usize,
+    /// Most versions kept per item.
+    pub history_versions: usize,
+    /// Oldest version kept (the current one is always kept).
+    pub history_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_content: rules::DEFAULT_MAX_CONTENT,
+            history_versions: 100,
+            history_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// A publish: what the item becomes.
+#[derive(Clone, Debug, Default)]
+pub struct Publish {
+    /// The content.
+    pub content: String,
+    /// Its type.
+    pub kind: berth_config::ContentType,
+    /// A description.
+    pub desc: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The application.
+    pub app: String,
+    /// Publish only if the item's MD5 is this one (`""`: only if it does not exist).
+    pub cas_md5: Option<String>,
+}
+
+/// What the view holds.
+#[derive(Default)]
+struct View {
+    items: BTreeMap<ItemKey, Arc<Item>>,
+    betas: HashMap<ItemKey, Arc<Beta>>,
+    namespaces: BTreeMap<String, Namespace>,
+}
+
+/// The configuration center of one member. See the module docs.
+pub struct ConfigCenter {
+    store: Arc<Store>,
+    limits: Limits,
+    view: RwLock<View>,
+    listeners: Mutex<HashMap<ItemKey, Arc<Notify>>>,
+    applied: watch::Sender<i64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, ConfigError> {
+    serde_json::from_slice(&kv.value).map_err(|e| ConfigError::Corrupt {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        why: e.to_string(),
+    })
+}
+
+fn now() -> i64 {
+    i64::try_from(now_ms()).unwrap_or(i64::MAX)
+}
+
+/// A compare that holds while `key`'s mod revision is `rev` (0: the key does not exist).
+fn unchanged_since(key: &[u8], rev: i64) -> Compare {
+    Compare {
+        key: key.to_vec(),
+        target: CompareTarget::Mod as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::ModRevision(rev)),
+        ..Default::default()
+    }
+}
+
+impl ConfigCenter {
+    /// A configuration center over `store`; [`ConfigCenter::run`] fills and follows its view.
+    pub fn new(store: Arc<Store>, limits: Limits) -> Arc<ConfigCenter> {
+        Arc::new(ConfigCenter {
+            store,
+            limits,
+            view: RwLock::new(View::default()),
+            listeners: Mutex::new(HashMap::new()),
+            applied: watch::channel(0).0,
+        })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&View) -> R) -> R {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        f(&view)
+    }
+
+    /// The item at `k`, as this member's view has it.
+    pub fn get(&self, k: &ItemKey) -> Option<Arc<Item>> {
+        self.read(|v| v.items.get(k).cloned())
+    }
+
+    /// The beta of `k`, if one runs.
+    pub fn beta(&self, k: &ItemKey) -> Option<Arc<Beta>> {
+        self.read(|v| v.betas.get(k).cloned())
+    }
+
+    /// What the client at `ip` reads at `k`: the beta if it lists the client, else the item.
+    /// The flag says whether it is the beta.
+    pub fn get_for(&self, k: &ItemKey, ip: &str) -> Option<(Arc<Item>, bool)> {
+        self.read(|v| {
+            let item = v.items.get(k)?;
+            match v.betas.get(k).filter(|b| b.covers(ip)) {
+                Some(b) => Some((
+                    Arc::new(Item {
+                        content: b.content.clone(),
+                        md5: b.md5.clone(),
+                        kind: b.kind,
+                        modified_ms: b.at_ms,
+                        author: b.author.clone(),
+                        ..(**item).clone()
+                    }),
+                    true,
+                )),
+                None => Some((item.clone(), false)),
+            }
+        })
+    }
+
+    /// The MD5 the client at `ip` would read at `k` (`""` when there is no item).
+    pub fn md5_for(&self, k: &ItemKey, ip: &str) -> String {
+        self.read(|v| match v.betas.get(k).filter(|b| b.covers(ip)) {
+            Some(b) if v.items.contains_key(k) => b.md5.clone(),
+            _ => v.items.get(k).map(|i| i.md5.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// Items of `namespace` whose group and data ID `filter` accepts, in key order.
+    pub fn list(
+        &self,
+        namespace: &str,
+        filter: impl Fn(&ItemKey, &Item) -> bool,
+    ) -> Vec<(ItemKey, Arc<Item>)> {
+        self.read(|v| {
+            let start = ItemKey {
+                namespace: namespace.to_string(),
+                group: String::new(),
+                data_id: String::new(),
+            };
+            v.items
+                .range(start..)
+                .take_while(|(k, _)| k.namespace == namespace)
+                .filter(|(k, i)| filter(k, i))
+                .map(|(k, i)| (k.clone(), i.clone()))
+                .collect()
+        })
+    }
+
+    /// The namespaces, `public` first.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        let public = Namespace {
+            id: berth_config::model::PUBLIC.into(),
+            name: berth_config::model::PUBLIC.into(),
+            desc: "the default namespace".into(),
+            created_ms: 0,
+        };
+        std::iter::once(public)
+            .chain(self.read(|v| v.namespaces.values().cloned().collect::<Vec<_>>()))
+            .collect()
+    }
+
+    /// How many items `namespace` holds.
+    pub fn count(&self, namespace: &str) -> usize {
+        self.list(namespace, |_, _| true).len()
+    }
+
+    /// Refuses a namespace that does not exist (after catching up with the leader, so one
+    /// just created on another member is found).
+    pub async fn require_namespace(&self, core: &Core, id: &str) -> Result<(), ConfigFailure> {
+        rules::namespace(id)?;
+        let known = |c: &Self| {
+            id == berth_config::model::PUBLIC || c.read(|v| v.namespaces.contains_key(id))
+        };
+        if known(self) {
+            return Ok(());
+        }
+        self.sync(core).await?;
+        if known(self) {
+            return Ok(());
+        }
+        Err(ConfigError::UnknownNamespace(id.to_string()).into())
+    }
+
+    /// Makes the view as fresh as a linearizable read at this moment.
+    pub async fn sync(&self, core: &Core) -> Result<(), WriteError> {
+        core.consensus.read_index().await?;
+        self.wait_applied(self.store.revision()).await;
+        Ok(())
+    }
+
+    /// Waits until the view has applied revision `rev` (or five seconds passed).
+    pub async fn wait_applied(&self, rev: i64) {
+        let mut rx = self.applied.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= rev)).await;
+    }
+
+    /// Waits until one of `probes` (an item and the MD5 its client holds) differs from what
+    /// the client at `ip` would read, or `deadline` passes. Returns the items that differ
+    /// (none at the deadline).
+    pub async fn listen(
+        &self,
+        probes: &[(ItemKey, String)],
+        ip: &str,
+        deadline: Instant,
+    ) -> Vec<ItemKey> {
+        let notifies: Vec<Arc<Notify>> = {
+            let mut map = lock(&self.listeners);
+            probes
+                .iter()
+                .map(|(k, _)| map.entry(k.clone()).or_default().clone())
+                .collect()
+        };
+        loop {
+            let mut waits: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+            for w in &mut waits {
+                w.as_mut().enable();
+            }
+            let changed: Vec<ItemKey> = probes
+                .iter()
+                .filter(|(k, md5)| self.md5_for(k, ip) != *md5)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !changed.is_empty() || probes.is_empty() {
+                if probes.is_empty() {
+                    tokio::time::sleep_until(deadline).await;
+                }
+                return changed;
+            }
+            tokio::select! {
+                _ = futures::future::select_all(waits) => {}
+                _ = tokio::time::sleep_until(deadline) => return Vec::new(),
+            }
+        }
+    }
+
+    /// Publishes `p` at `k`: a new version, unless it changes nothing (then the item as it
+    /// is). Returns the item as published.
+    pub async fn publish(
+        &self,
+        core: &Core,
+        k: &ItemKey,
+        p: Publish,
+        author: berth_config::Author,
+    ) -> Result<Arc<Item>, ConfigFailure> {
+        rules::key(k)?;
+        rules::content(&p.content, self.limits.max_content)?;
+        rules::attributes(&p.desc, &p.app, &p.tags)?;
+        self.require_namespace(core, &k.namespace).await?;
+        if p.cas_md5.is_some() {
+            // The comparison must see the latest publish, wherever it was made.
+            core.consensus.read_index().await?;
+        }
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let (current, seen) = self.stored_item(k)?;
+            if let Some(expected) = &p.cas_md5 {
+                let md5 = current.as_ref().map(|i| i.md5.clone()).unwrap_or_default();
+                if md5 != *expected {
+                    return Err(ConfigError::Conflict {
+                        expected: expected.clone(),
+                        current: md5,
+                    }
+                    .into());
+                }
+            }
+            let at = now();
+            let version = match &current {
+                Some(i) => i.version + 1,
+                None => self.last_version(k)? + 1,
+            };
+            let item = Item {
+                md5: berth_config::md5_hex(&p.content),
+                content: p.content.clone(),
+                kind: p.kind,
+                desc: p.desc.clone(),
+                tags: p.tags.clone(),
+                app: p.app.clone(),
+                version,
+                created_ms: current.as_ref().map_or(at, |i| i.created_ms),
+                modified_ms: at,
+                author: author.clone(),
+            };
+            if let Some(c) = &current {
+                if c.same_content(&item) {
+                    return Ok(Arc::new(c.clone()));
+                }
+            }
+            let op = if current.is_some() {
+                Op::Update
+            } else {
+                Op::Create
+            };
+            let mut ops = vec![put_op(layout::item(k), encode(&item), 0)];
+            self.version_ops(k, op, &item, at, &author, &mut ops)?;
+            if self.commit(core, layout::item(k), seen, ops).await? {
+                core.metrics.config_publishes.inc();
+                tracing::debug!(item = %k, version, md5 = %item.md5, "config published");
+                return Ok(Arc::new(item));
+            }
+            core.consensus.read_index().await?;
+        }
+        Err(ConfigError::invalid(format!(
+            "{k} changed {PUBLISH_ATTEMPTS} times while this publish was prepared; try again"
+        ))
+        .into())
+    }
+
+    /// Deletes the item at `k` (and its beta), keeping the deleted content as a version.
+    /// Returns false when there was no item.
+    pub async fn delete(
+        &self,
+        core: &Core,
+        k: &ItemKey,
+        author: berth_config::Author,
+    ) -> Result<bool, ConfigFailure> {
+        rules::key(k)?;
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let (current, seen) = self.stored_item(k)?;
+            let Some(item) = current else {
+                return Ok(false);
+            };
+            let at = now();
+            let mut gone = item.clone();
+            gone.version += 1;
+            let mut ops = vec![delete_key(layout::item(k)), delete_key(layout::beta(k))];
+            self.version_ops(k, Op::Delete, &gone, at, &author, &mut ops)?;
+            if self.commit(core, layout::item(k), seen, ops).await? {
+                tracing::debug!(item = %k, "config deleted");
+                return Ok(true);
+            }
+            core.consensus.read_index().await?;
+        }
+        Err(ConfigError::invalid(format!("{k} kept changing; try again")).into())
+    }
+
+    /// Publishes a beta of `k` seen only by the clients at `ips` (the item must exist).
+    pub async fn publish_beta(
+        &self,
+        core: &Core,
+        k: &ItemKey,
+        content: String,
+        kind: berth_config::ContentType,
+        ips: Vec<String>,
+        author: berth_config::Author,
+    ) -> Result<Arc<Beta>, ConfigFailure> {
+        rules::key(k)?;
+        rules::content(&content, self.limits.max_content)?;
+        if ips.is_empty() {
+            return Err(ConfigError::invalid("a beta needs at least one client IP").into());
+        }
+        if let Some(bad) = ips
+            .iter()
+            .find(|ip| ip.parse::<std::net::IpAddr>().is_err())
+        {
+            return Err(
+                ConfigError::invalid(format!("beta IP {bad:?} is not an IP address")).into(),
+            );
+        }
+        self.require_namespace(core, &k.namespace).await?;
+        let (current, seen) = self.stored_item(k)?;
+        if current.is_none() {
+            return Err(ConfigError::NotFound(format!(
+                "{k} does not exist: publish it before a beta of it"
+            ))
+            .into());
+        }
+        let beta = Beta {
+            md5: berth_config::md5_hex(&content),
+            content,
+            kind,
+            ips,
+            at_ms: now(),
+            author,
+        };
+        let ops = vec![put_op(layout::beta(k), encode(&beta), 0)];
+        if self.commit(core, layout::item(k), seen, ops).await? {
+            Ok(Arc::new(beta))
+        } else {
+            Err(ConfigError::invalid(format!("{k} changed meanwhile; try again")).into())
+        }
+    }
+
+    /// Ends the beta of `k` without publishing it. Returns false when none ran.
+    pub async fn withdraw_beta(&self, core: &Core, k: &ItemKey) -> Result<bool, ConfigFailure> {
+        rules::key(k)?;
+        if self.stored(&layout::beta(k))?.is_none() {
+            return Ok(false);
+        }
+        self.commit_unguarded(core, vec![delete_key(layout::beta(k))])
+            .await?;
+        Ok(true)
+    }
+
+    /// Publishes the beta of `k` to everyone (a new version) and ends it.
+    pub async fn promote_beta(
+        &self,
+        core: &Core,
+        k: &ItemKey,
+        author: berth_config::Author,
+    ) -> Result<Arc<Item>, ConfigFailure> {
+        rules::key(k)?;
+        let Some(kv) = self.stored(&layout::beta(k))? else {
+            return Err(ConfigError::NotFound(format!("{k} has no beta")).into());
+        };
+        let beta: Beta = decode(&kv)?;
+        let (current, _) = self.stored_item(k)?;
+        let base = current.ok_or_else(|| ConfigError::NotFound(format!("{k} does not exist")))?;
+        let item = self
+            .publish(
+                core,
+                k,
+                Publish {
+                    content: beta.content,
+                    kind: beta.kind,
+                    desc: base.desc,
+                    tags: base.tags,
+                    app: base.app,
+                    cas_md5: Some(base.md5),
+                },
+                author,
+            )
+            .await?;
+        self.withdraw_beta(core, k).await?;
+        Ok(item)
+    }
+
+    /// Publishes version `v` of `k` again (a new version with its content).
+    pub async fn rollback(
+        &self,
+        core: &Core,
+        k: &ItemKey,
+        v: u64,
+        author: berth_config::Author,
+    ) -> Result<Arc<Item>, ConfigFailure> {
+        let old = self
+            .version(k, v)?
+            .ok_or_else(|| ConfigError::NotFound(format!("{k} has no kept version {v}")))?;
+        let i = old.item;
+        self.publish(
+            core,
+            k,
+            Publish {
+                content: i.content,
+                kind: i.kind,
+                desc: i.desc,
+                tags: i.tags,
+                app: i.app,
+                cas_md5: None,
+            },
+            author,
+        )
+        .await
+    }
+
+    /// The kept versions of `k`, newest first, and how many there are.
+    pub fn versions(
+        &self,
+        k: &ItemKey,
+        skip: usize,
+        take: usize,
+    ) -> Result<(Vec<Version>, usize), ConfigFailure> {
+        rules::key(k)?;
+        let prefix = layout::versions(k);
+        let resp = self.store.range_in(
+            Keyspace::Config,
+            &RangeRequest {
+                range_end: layout::prefix_end(&prefix),
+                key: prefix,
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Key as i32,
+                limit: i64::try_from(skip.saturating_add(take)).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+        )?;
+        let total = usize::try_from(resp.count).unwrap_or(0);
+        let versions = resp
+            .kvs
+            .iter()
+            .skip(skip)
+            .map(decode::<Version>)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((versions, total))
+    }
+
+    /// Version `v` of `k`, if kept.
+    pub fn version(&self, k: &ItemKey, v: u64) -> Result<Option<Version>, ConfigFailure> {
+        rules::key(k)?;
+        self.stored(&layout::version(k, v))?
+            .map(|kv| decode(&kv))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// The kept version of `k` before `v`, if any.
+    pub fn previous(&self, k: &ItemKey, v: u64) -> Result<Option<Version>, ConfigFailure> {
+        rules::key(k)?;
+        let resp = self.store.range_in(
+            Keyspace::Config,
+            &RangeRequest {
+                key: layout::versions(k),
+                range_end: layout::version(k, v),
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Key as i32,
+                limit: 1,
+                ..Default::default()
+            },
+        )?;
+        resp.kvs.first().map(decode).transpose().map_err(Into::into)
+    }
+
+    /// Creates namespace `ns` (refused when it exists).
+    pub async fn create_namespace(&self, core: &Core, ns: Namespace) -> Result<(), ConfigFailure> {
+        rules::namespace(&ns.id)?;
+        if ns.id == berth_config::model::PUBLIC {
+            return Err(ConfigError::invalid("namespace public exists already").into());
+        }
+        if ns.name.trim().is_empty() || ns.name.len() > rules::MAX_NAMESPACE {
+            return Err(ConfigError::invalid(format!(
+                "namespace name must be 1 to {} bytes",
+                rules::MAX_NAMESPACE
+            ))
+            .into());
+        }
+        let key = layout::namespace(&ns.id);
+        let ops = vec![put_op(key.clone(), encode(&ns), 0)];
+        if !self.commit(core, key, 0, ops).await? {
+            return Err(ConfigError::invalid(format!("namespace {} exists already", ns.id)).into());
+        }
+        Ok(())
+    }
+
+    /// Deletes namespace `id`, which must hold no items. Returns false when it did not exist.
+    pub async fn delete_namespace(&self, core: &Core, id: &str) -> Result<bool, ConfigFailure> {
+        rules::namespace(id)?;
+        if id == berth_config::model::PUBLIC {
+            return Err(ConfigError::invalid("namespace public cannot be deleted").into());
+        }
+        self.sync(core).await?;
+        if !self.read(|v| v.namespaces.contains_key(id)) {
+            return Ok(false);
+        }
+        let n = self.count(id);
+        if n > 0 {
+            return Err(ConfigError::invalid(format!(
+                "namespace {id} holds {n} items: delete them first"
+            ))
+            .into());
+        }
+        self.commit_unguarded(core, vec![delete_key(layout::namespace(id))])
+            .await?;
+        Ok(true)
+    }
+
+    /// The item at `k` as the store has it on this member, with its mod revision (0: none).
+    fn stored_item(&self, k: &ItemKey) -> Result<(Option<Item>, i64), ConfigFailure> {
+        match self.stored(&layout::item(k))? {
+            Some(kv) => Ok((Some(decode(&kv)?), kv.mod_revision)),
+            None => Ok((None, 0)),
+        }
+    }
+
+    fn stored(&self, key: &[u8]) -> Result<Option<KeyValue>, ConfigFailure> {
+        let resp = self.store.range_in(
+            Keyspace::Config,
+            &RangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            },
+        )?;
+        Ok(resp.kvs.into_iter().next())
+    }
+
+    /// The highest version number `k` ever had (0: none kept).
+    fn last_version(&self, k: &ItemKey) -> Result<u64, ConfigFailure> {
+        let prefix = layout::versions(k);
+        let resp = self.store.range_in(
+            Keyspace::Config,
+            &RangeRequest {
+                range_end: layout::prefix_end(&prefix),
+                key: prefix,
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Key as i32,
+                limit: 1,
+                keys_only: true,
+                ..Default::default()
+            },
+        )?;
+        Ok(resp
+            .kvs
+            .first()
+            .and_then(|kv| layout::parse_version(&kv.key))
+            .map_or(0, |(_, v)| v))
+    }
+
+    /// The ops that keep `item` as version `item.version` made by `op`, and drop the oldest
+    /// versions past the count limit.
+    fn version_ops(
+        &self,
+        k: &ItemKey,
+        op: Op,
+        item: &Item,
+        at: i64,
+        author: &berth_config::Author,
+        ops: &mut Vec<RequestOp>,
+    ) -> Result<(), ConfigFailure> {
+        let kept = Version {
+            version: item.version,
+            op,
+            item: item.clone(),
+            at_ms: at,
+            author: author.clone(),
+        };
+        ops.push(put_op(layout::version(k, item.version), encode(&kept), 0));
+        ops.push(put_op(layout::aged(at, k, item.version), Vec::new(), 0));
+        let prefix = layout::versions(k);
+        let count = self
+            .store
+            .range_in(
+                Keyspace::Config,
+                &RangeRequest {
+                    range_end: layout::prefix_end(&prefix),
+                    key: prefix.clone(),
+                    count_only: true,
+                    ..Default::default()
+                },
+            )?
+            .count;
+        let excess = usize::try_from(count)
+            .unwrap_or(0)
+            .saturating_add(1)
+            .saturating_sub(self.limits.history_versions.max(1));
+        if excess > 0 {
+            let oldest = self.store.range_in(
+                Keyspace::Config,
+                &RangeRequest {
+                    range_end: layout::prefix_end(&prefix),
+                    key: prefix,
+                    limit: i64::try_from(excess).unwrap_or(i64::MAX),
+                    ..Default::default()
+                },
+            )?;
+            for kv in &oldest.kvs {
+                let old: Version = decode(kv)?;
+                ops.push(delete_key(kv.key.clone()));
+                ops.push(delete_key(layout::aged(old.at_ms, k, old.version)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes `ops` guarded by `guard_key`'s mod revision being `seen`; on success waits
+    /// until the view shows it. False when the guard failed.
+    async fn commit(
+        &self,
+        core: &Core,
+        guard_key: Vec<u8>,
+        seen: i64,
+        ops: Vec<RequestOp>,
+    ) -> Result<bool, WriteError> {
+        self.propose(
+            core,
+            TxnRequest {
+                compare: vec![unchanged_since(&guard_key, seen)],
+                success: ops,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    async fn commit_unguarded(&self, core: &Core, ops: Vec<RequestOp>) -> Result<(), WriteError> {
+        self.propose(
+            core,
+            TxnRequest {
+                success: ops,
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn propose(&self, core: &Core, txn: TxnRequest) -> Result<bool, WriteError> {
+        if core.out_of_space().await {
+            return Err(WriteError::Refused(berth_store::StoreError::NoSpace));
+        }
+        match core
+            .consensus
+            .propose_in(Keyspace::Config, Command::Txn(txn))
+            .await?
+        {
+            Applied::Txn(t) => {
+                if t.succeeded {
+                    self.wait_applied(t.header.map_or(0, |h| h.revision)).await;
+                }
+                Ok(t.succeeded)
+            }
+            _ => Err(WriteError::Unknown),
+        }
+    }
+
+    /// Loads the view and follows the `Config` keyspace until `stop`; reloads from scratch
+    /// if the watch cannot continue (history compacted under it, a snapshot installed).
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let (tx, mut rx) = mpsc::channel::<Delivery>(256);
+            let from = match self.load() {
+                Ok(rev) => rev,
+                Err(e) => {
+                    tracing::error!(error = %e, "config: loading the view");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+            let spec = WatchSpec {
+                keyspace: Keyspace::Config,
+                span: KeySpan::new(b"", b"\0"),
+                start_rev: from + 1,
+                no_put: false,
+                no_delete: false,
+            };
+            let handle = self.store.watch(spec, 0, WatchSink::new(tx));
+            let reload = loop {
+                tokio::select! {
+                    d = rx.recv() => match d {
+                        Some(d) => if !self.deliver(d) { break true },
+                        None => break true,
+                    },
+                    _ = stop.changed() => break false,
+                }
+            };
+            self.store.cancel_watch(&handle);
+            if !reload {
+                return;
+            }
+            tracing::warn!("config: the view's watch was interrupted; reloading it");
+        }
+    }
+
+    /// Rebuilds the view from the keyspace; returns the revision it reflects.
+    fn load(&self) -> Result<i64, berth_store::StoreError> {
+        let mut fresh = View::default();
+        let mut rev = 0;
+        for prefix in [layout::ITEMS, layout::BETAS, layout::NAMESPACES] {
+            let resp = self.store.range_in(
+                Keyspace::Config,
+                &RangeRequest {
+                    key: prefix.to_vec(),
+                    range_end: layout::prefix_end(prefix),
+                    ..Default::default()
+                },
+            )?;
+            rev = resp.header.map_or(rev, |h| h.revision);
+            for kv in &resp.kvs {
+                if let Err(e) = fresh.put(kv) {
+                    tracing::error!(error = %e, "config: skipping a record");
+                }
+            }
+        }
+        let woken: Vec<ItemKey> = {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            *view = fresh;
+            lock(&self.listeners).keys().cloned().collect()
+        };
+        self.wake(&woken);
+        self.advance(rev);
+        Ok(rev)
+    }
+
+    /// Applies one delivery; false when the watch cannot continue.
+    fn deliver(&self, d: Delivery) -> bool {
+        let mut touched = Vec::new();
+        {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            for item in &d.items {
+                if item.compact_revision != 0 {
+                    return false;
+                }
+                for ev in item.events.iter() {
+                    let Some(kv) = &ev.kv else { continue };
+                    let changed = if ev.r#type == EventType::Delete as i32 {
+                        view.delete(&kv.key)
+                    } else {
+                        view.put(kv).unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "config: skipping a record");
+                            None
+                        })
+                    };
+                    touched.extend(changed);
+                }
+            }
+        }
+        self.wake(&touched);
+        self.advance(d.revision);
+        true
+    }
+
+    fn wake(&self, keys: &[ItemKey]) {
+        let map = lock(&self.listeners);
+        for k in keys {
+            if let Some(n) = map.get(k) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    fn advance(&self, rev: i64) {
+        self.applied.send_if_modified(|r| {
+            let moved = rev > *r;
+            *r = (*r).max(rev);
+            moved
+        });
+    }
+}
+
+impl View {
+    /// Applies a put; returns the item whose readers may see a change.
+    fn put(&mut self, kv: &KeyValue) -> Result<Option<ItemKey>, ConfigError> {
+        if let Some(k) = layout::parse_item(layout::ITEMS, &kv.key) {
+            self.items.insert(k.clone(), Arc::new(decode(kv)?));
+            return Ok(Some(k));
+        }
+        if let Some(k) = layout::parse_item(layout::BETAS, &kv.key) {
+            self.betas.insert(k.clone(), Arc::new(decode(kv)?));
+            return Ok(Some(k));
+        }
+        if let Some(id) = kv.key.strip_prefix(layout::NAMESPACES) {
+            let ns: Namespace = decode(kv)?;
+            self.namespaces
+                .insert(String::from_utf8_lossy(id).into_owned(), ns);
+        }
+        Ok(None)
+    }
+
+    /// Applies a delete; returns the item whose readers may see a change.
+    fn delete(&mut self, key: &[u8]) -> Option<ItemKey> {
+        if let Some(k) = layout::parse_item(layout::ITEMS, key) {
+            self.items.remove(&k);
+            return Some(k);
+        }
+        if let Some(k) = layout::parse_item(layout::BETAS, key) {
+            self.betas.remove(&k);
+            return Some(k);
+        }
+        if let Some(id) = key.strip_prefix(layout::NAMESPACES) {
+            self.namespaces.remove(&*String::from_utf8_lossy(id));
+        }
+        None
+    }
+}
+
+fn delete_key(key: Vec<u8>) -> RequestOp {
+    delete_op(key, Vec::new())
+}

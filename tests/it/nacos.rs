@@ -1,0 +1,438 @@
+//! The Nacos face's configuration API against real berth processes: curl-style calls of the
+//! v1 open API (publish, get with its headers, compare-and-publish, history, delete, beta,
+//! namespaces), the long-poll listener, nacos-sdk-python's v1 client (`tests/python/
+//! nacos_v1_client.py`), bad input refused whole, and on 3 members a listener on a
+//! follower told of a publish made at the leader and surviving the kill of a member.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{http_request, run, Cluster, Server};
+
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A call to the Nacos API with `params` in the query: (status, body, headers).
+fn nacos(
+    addr: &str,
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<(String, String)>) {
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    let path = format!("/nacos{path}?{}", query.join("&"));
+    let ((code, body), h) = http_request(method, addr, &path, "", headers);
+    (code, body, h)
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn md5(s: &str) -> String {
+    let (ok, out, err) = run(Command::new("python3").args([
+        "-c",
+        "import hashlib,sys;print(hashlib.md5(sys.argv[1].encode()).hexdigest())",
+        s,
+    ]));
+    assert!(ok, "{err}");
+    out.trim().to_string()
+}
+
+fn publish(addr: &str, data_id: &str, content: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    let mut p = vec![
+        ("dataId", data_id),
+        ("group", "DEFAULT_GROUP"),
+        ("content", content),
+    ];
+    p.extend_from_slice(extra);
+    let (code, body, _) = nacos(addr, "POST", "/v1/cs/configs", &p, &[]);
+    (code, body)
+}
+
+fn history_count(addr: &str, data_id: &str) -> u64 {
+    let (code, body, _) = nacos(
+        addr,
+        "GET",
+        "/v1/cs/history",
+        &[
+            ("search", "accurate"),
+            ("dataId", data_id),
+            ("group", "DEFAULT_GROUP"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    json(&body)["totalCount"].as_u64().expect("totalCount")
+}
+
+#[test]
+fn open_api_publishes_reads_versions_and_refuses_bad_input() {
+    let srv = Server::start();
+    let a = srv.nacos_addr.as_str();
+
+    let (code, body, _) = nacos(
+        a,
+        "GET",
+        "/v1/cs/configs",
+        &[("dataId", "app.yaml"), ("group", "DEFAULT_GROUP")],
+        &[],
+    );
+    assert_eq!((code, body.as_str()), (404, "config data not exist"));
+
+    assert_eq!(
+        publish(
+            a,
+            "app.yaml",
+            "port: 1\n",
+            &[("type", "yaml"), ("desc", "the app")]
+        ),
+        (200, "true".into())
+    );
+    let (code, body, h) = nacos(
+        a,
+        "GET",
+        "/v1/cs/configs",
+        &[("dataId", "app.yaml"), ("group", "DEFAULT_GROUP")],
+        &[],
+    );
+    assert_eq!((code, body.as_str()), (200, "port: 1\n"));
+    assert_eq!(header(&h, "content-md5"), Some(md5("port: 1\n").as_str()));
+    assert_eq!(header(&h, "config-type"), Some("yaml"));
+    assert!(header(&h, "last-modified").is_some_and(|d| d.ends_with("GMT")));
+
+    // Compare-and-publish: a stale MD5 is refused and changes nothing; the current one wins.
+    let (code, body) = publish(a, "app.yaml", "port: 2\n", &[("casMd5", "0123")]);
+    assert_eq!(code, 409, "{body}");
+    let cas = md5("port: 1\n");
+    let same = [("type", "yaml"), ("desc", "the app")];
+    let (code, body) = publish(
+        a,
+        "app.yaml",
+        "port: 2\n",
+        &[same[0], same[1], ("casMd5", &cas)],
+    );
+    assert_eq!((code, body.as_str()), (200, "true"));
+    // The same content again is no new version.
+    assert_eq!(publish(a, "app.yaml", "port: 2\n", &same).0, 200);
+    assert_eq!(history_count(a, "app.yaml"), 2);
+
+    let (code, body, _) = nacos(
+        a,
+        "GET",
+        "/v1/cs/history",
+        &[
+            ("search", "accurate"),
+            ("dataId", "app.yaml"),
+            ("group", "DEFAULT_GROUP"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 200);
+    let page = json(&body);
+    let items = page["pageItems"].as_array().expect("items");
+    assert_eq!(items[0]["content"], "port: 2\n");
+    assert_eq!(items[0]["opType"], "U");
+    assert_eq!(items[1]["opType"], "I");
+    assert_eq!(items[1]["srcIp"], "127.0.0.1");
+    let newest = items[0]["id"].as_u64().expect("id").to_string();
+    let (code, body, _) = nacos(
+        a,
+        "GET",
+        "/v1/cs/history/previous",
+        &[
+            ("id", &newest),
+            ("dataId", "app.yaml"),
+            ("group", "DEFAULT_GROUP"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["content"], "port: 1\n");
+
+    // Bad input: each a 4xx with a message, and nothing written.
+    let long = "x".repeat(100 * 1024 + 1);
+    for (params, want, says) in [
+        (vec![("group", "G"), ("content", "a")], 400, "dataId"),
+        (vec![("dataId", "d"), ("content", "a")], 400, "group"),
+        (
+            vec![("dataId", "a b"), ("group", "G"), ("content", "a")],
+            400,
+            "' '",
+        ),
+        (
+            vec![("dataId", "d"), ("group", "G"), ("content", "")],
+            400,
+            "content",
+        ),
+        (
+            vec![
+                ("dataId", "d"),
+                ("group", "G"),
+                ("content", "a"),
+                ("type", "docx"),
+            ],
+            400,
+            "docx",
+        ),
+        (
+            vec![
+                ("dataId", "d"),
+                ("group", "G"),
+                ("content", "a"),
+                ("tenant", "nope"),
+            ],
+            400,
+            "nope",
+        ),
+    ] {
+        let (code, body, _) = nacos(a, "POST", "/v1/cs/configs", &params, &[]);
+        assert_eq!(code, want, "{params:?}: {body}");
+        assert!(body.contains(says), "{body} should name {says}");
+    }
+    // Oversize content, in a form body as clients send it.
+    let form = format!("dataId=d&group=G&content={}", enc(&long));
+    let ((code, body), _) = http_request(
+        "POST",
+        a,
+        "/nacos/v1/cs/configs",
+        &form,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+    );
+    assert_eq!(code, 413, "{}", &body[..body.len().min(200)]);
+    assert!(body.contains("limit"), "{body}");
+    let (code, body, _) = nacos(
+        a,
+        "GET",
+        "/v1/cs/configs",
+        &[("search", "accurate"), ("dataId", ""), ("group", "")],
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["totalCount"], 1, "only app.yaml exists: {body}");
+
+    // Namespaces: created, used, listed, refused while not empty.
+    let (code, body, _) = nacos(
+        a,
+        "POST",
+        "/v1/console/namespaces",
+        &[
+            ("customNamespaceId", "dev"),
+            ("namespaceName", "Development"),
+        ],
+        &[],
+    );
+    assert_eq!((code, body.as_str()), (200, "true"));
+    assert_eq!(publish(a, "d", "v=1", &[("tenant", "dev")]).0, 200);
+    let (_, body, _) = nacos(a, "GET", "/v1/console/namespaces", &[], &[]);
+    let list = json(&body);
+    let dev = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|n| n["namespace"] == "dev")
+        .cloned()
+        .expect("dev listed");
+    assert_eq!(dev["configCount"], 1);
+    let (code, _, _) = nacos(
+        a,
+        "DELETE",
+        "/v1/console/namespaces",
+        &[("namespaceId", "dev")],
+        &[],
+    );
+    assert_eq!(code, 400);
+
+    // Beta: only the listed client reads it, until it is stopped.
+    let (code, body, _) = nacos(
+        a,
+        "POST",
+        "/v1/cs/configs",
+        &[
+            ("dataId", "app.yaml"),
+            ("group", "DEFAULT_GROUP"),
+            ("content", "port: 3\n"),
+        ],
+        &[("betaIps", "10.9.9.9")],
+    );
+    assert_eq!(code, 200, "{body}");
+    let read_as = |ip: &str| {
+        nacos(
+            a,
+            "GET",
+            "/v1/cs/configs",
+            &[("dataId", "app.yaml"), ("group", "DEFAULT_GROUP")],
+            &[("X-Forwarded-For", ip)],
+        )
+    };
+    let (_, body, h) = read_as("10.9.9.9");
+    assert_eq!(
+        (body.as_str(), header(&h, "isbeta")),
+        ("port: 3\n", Some("true"))
+    );
+    assert_eq!(read_as("10.1.1.1").1, "port: 2\n");
+    let (code, _, _) = nacos(
+        a,
+        "DELETE",
+        "/v1/cs/configs",
+        &[
+            ("dataId", "app.yaml"),
+            ("group", "DEFAULT_GROUP"),
+            ("beta", "true"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(read_as("10.9.9.9").1, "port: 2\n");
+
+    // Delete keeps the deleted content as a version.
+    let (code, body, _) = nacos(
+        a,
+        "DELETE",
+        "/v1/cs/configs",
+        &[("dataId", "app.yaml"), ("group", "DEFAULT_GROUP")],
+        &[],
+    );
+    assert_eq!((code, body.as_str()), (200, "true"));
+    assert_eq!(read_as("10.1.1.1").0, 404);
+    assert_eq!(history_count(a, "app.yaml"), 3);
+}
+
+/// A long poll answers at once when the client's MD5 is stale, else holds until a publish.
+#[test]
+fn listener_answers_stale_md5_at_once_and_holds_for_a_change() {
+    let srv = Server::start();
+    let a = srv.nacos_addr.clone();
+    assert_eq!(publish(&a, "l1", "x=1", &[]).0, 200);
+    let probe = |md5: &str| format!("l1\u{2}DEFAULT_GROUP\u{2}{md5}\u{2}\u{1}");
+    let listen = |probe: String, a: String| {
+        let start = Instant::now();
+        let (code, body, _) = nacos(
+            &a,
+            "POST",
+            "/v1/cs/configs/listener",
+            &[("Listening-Configs", &probe)],
+            &[("Long-Pulling-Timeout", "30000")],
+        );
+        (code, body, start.elapsed())
+    };
+    let (code, body, took) = listen(probe(""), a.clone());
+    assert_eq!((code, body.as_str()), (200, "l1%02DEFAULT_GROUP%01"));
+    assert!(
+        took < Duration::from_secs(2),
+        "a stale probe waited {took:?}"
+    );
+
+    let current = probe(&md5("x=1"));
+    let waiter = {
+        let a = a.clone();
+        std::thread::spawn(move || listen(current, a))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(publish(&a, "l1", "x=2", &[]).0, 200);
+    let (code, body, took) = waiter.join().expect("listener");
+    assert_eq!((code, body.as_str()), (200, "l1%02DEFAULT_GROUP%01"));
+    assert!(
+        took < Duration::from_secs(5),
+        "the change reached the listener after {took:?}"
+    );
+}
+
+fn python() -> String {
+    let py = std::env::var("BERTH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let (has, _, _) = run(Command::new(&py).args(["-c", "import nacos"]));
+    assert!(
+        has,
+        "{py} cannot import nacos: run .ci/run, or `pip install nacos-sdk-python==2.0.11` and set BERTH_TEST_PYTHON"
+    );
+    py
+}
+
+#[test]
+fn nacos_sdk_python_v1_client_publishes_gets_and_watches() {
+    let py = python();
+    let srv = Server::start();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/nacos_v1_client.py"
+    );
+    let (ok, out, err) = run(Command::new(py).arg(script).arg(&srv.nacos_addr));
+    assert!(ok && out.trim_end().ends_with("ok"), "{out}\n{err}");
+}
+
+/// On 3 members: a listener held at a follower hears of a publish made at another member,
+/// and after a member is killed, a listener re-syncing by MD5 still learns of the next one.
+#[test]
+fn listener_on_a_follower_hears_publishes_across_a_member_kill() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader_by_metrics();
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.nacos_addr.clone())
+        .collect();
+    let at = |i: usize| addrs[i].clone();
+    assert_eq!(publish(&at(leader), "c", "v=1", &[]).0, 200);
+    let wait_listen = |addr: String, md5: String| {
+        std::thread::spawn(move || {
+            let probe = format!("c\u{2}DEFAULT_GROUP\u{2}{md5}\u{2}\u{1}");
+            nacos(
+                &addr,
+                "POST",
+                "/v1/cs/configs/listener",
+                &[("Listening-Configs", &probe)],
+                &[("Long-Pulling-Timeout", "30000")],
+            )
+        })
+    };
+    let w = wait_listen(at(follower), md5("v=1"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(publish(&at(other), "c", "v=2", &[]).0, 200);
+    let (code, body, _) = w.join().expect("listener");
+    assert_eq!((code, body.as_str()), (200, "c%02DEFAULT_GROUP%01"));
+
+    cluster.members[other].kill9();
+    // The client re-syncs by MD5 at the follower: a publish it missed is answered at once.
+    let publisher = leader;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if publish(&at(publisher), "c", "v=3", &[]).0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no publish after the kill");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, body, _) = wait_listen(at(follower), md5("v=2"))
+        .join()
+        .expect("listener");
+    assert_eq!((code, body.as_str()), (200, "c%02DEFAULT_GROUP%01"));
+    let (_, body, _) = nacos(
+        &at(follower),
+        "GET",
+        "/v1/cs/configs",
+        &[("dataId", "c"), ("group", "DEFAULT_GROUP")],
+        &[],
+    );
+    assert_eq!(body, "v=3");
+}
