@@ -24,7 +24,7 @@ enum Top {
     /// Run a berth node (single node by default; data in ./berth-data).
     Server(Box<berth_server::config::ServerArgs>),
     #[command(flatten)]
-    Client(cli::Command),
+    Client(Box<cli::Command>),
 }
 
 /// mimalloc instead of glibc's malloc: less fragmentation across the runtime's threads (RSS
@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Top::Server(args) => berth_server::run_from_args(*args),
-        Top::Client(cmd) => cli::run(cli.global, cmd),
+        Top::Client(cmd) => cli::run(cli.global, *cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -19,6 +19,7 @@
 pub mod alarm;
 pub mod bench;
 pub mod compact;
+pub mod config;
 pub mod conn;
 pub mod defrag;
 pub mod endpoint;
@@ -156,6 +157,10 @@ pub enum Command {
     /// Create, renew, inspect and destroy sessions (Consul HTTP API at --http-addr).
     #[command(subcommand)]
     Session(registry::session::SessionCommand),
+    /// Configuration items: read, publish, history, diff, rollback, betas, listen, export,
+    /// import (berth's API at --http-addr).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// What every command runs with: the connection settings and the printer.
@@ -221,6 +226,7 @@ async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
         Command::Svc(c) => registry::svc::run(ctx, c).await,
         Command::Check(c) => registry::check::run(ctx, c).await,
         Command::Session(c) => registry::session::run(ctx, c).await,
+        Command::Config(c) => config::run(ctx, c).await,
     }
 }
 

@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod cluster;
+mod config_cli;
 mod consul;
 mod consul_cli;
 mod crash;

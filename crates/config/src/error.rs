@@ -20,6 +20,9 @@ pub enum ConfigError {
     /// The item (or the version of it) does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// What a create or an import would write exists already.
+    #[error("{0}")]
+    Exists(String),
     /// A compare-and-publish found another MD5 than the one given.
     #[error("the item's MD5 is {current:?}, not {expected:?}: it was changed since it was read")]
     Conflict {

@@ -3,6 +3,7 @@
 //! kept as records in the store's `Config` keyspace. No wire types: the Nacos face and
 //! berth's own API translate.
 //!
+//! - [`archive`]: a namespace as a .tar.gz;
 //! - [`diff`]: the difference between two versions;
 //! - [`model`]: the records (an item, a kept version, a beta, a namespace) and MD5;
 //! - [`layout`]: where each record lives in the `Config` keyspace;
@@ -11,6 +12,7 @@
 //!
 //! The server keeps a view of the items and proposes writes (`crates/server/src/config_center`).
 
+pub mod archive;
 pub mod diff;
 pub mod error;
 pub mod layout;

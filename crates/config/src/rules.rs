@@ -122,6 +122,26 @@ pub fn split_tags(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// True when `value` matches `pattern`, where `*` matches any run of characters.
+pub fn wildcard(pattern: &str, value: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = value.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +176,16 @@ mod tests {
                 limit: 10
             })
         );
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard("app*", "app.yaml"));
+        assert!(wildcard("*.yaml", "app.yaml"));
+        assert!(wildcard("a*m*l", "app.yaml"));
+        assert!(!wildcard("a*x*l", "app.yaml"));
+        assert!(wildcard("*", ""));
+        assert!(wildcard("exact", "exact") && !wildcard("exact", "exactly"));
     }
 
     #[test]

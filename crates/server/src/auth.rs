@@ -159,6 +159,33 @@ pub struct Credential {
     pub cert_cn: Option<String>,
 }
 
+impl Credential {
+    /// The token an HTTP request carries in the first of the headers `names` that has one
+    /// (`authorization` counts when it is `Bearer <token>`), else `query_token`.
+    pub fn from_http(
+        headers: &axum::http::HeaderMap,
+        names: &[&str],
+        query_token: Option<&str>,
+    ) -> Credential {
+        let token = names
+            .iter()
+            .find_map(|name| {
+                let v = headers.get(*name)?.to_str().ok()?;
+                if name.eq_ignore_ascii_case("authorization") {
+                    v.strip_prefix("Bearer ").map(str::to_string)
+                } else {
+                    Some(v.to_string())
+                }
+            })
+            .or_else(|| query_token.map(str::to_string))
+            .filter(|t| !t.is_empty());
+        Credential {
+            token,
+            cert_cn: None,
+        }
+    }
+}
+
 /// The live auth state of this member.
 pub struct Auth {
     store: Arc<Store>,

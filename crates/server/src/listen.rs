@@ -46,3 +46,26 @@ impl axum::serve::Listener for HttpListener {
         HttpListener::local_addr(self)
     }
 }
+
+/// The peer address of a connection to an HTTP listener (`None` where the transport has
+/// none, as in the simulation).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub Option<SocketAddr>);
+
+/// The client's address as proxies and Nacos's `RequestUtil` report it: `X-Forwarded-For`'s
+/// first entry, `X-Real-IP`, else the connection's peer (`""` when unknown).
+pub fn client_ip(headers: &axum::http::HeaderMap, conn: ClientAddr) -> String {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    header("x-forwarded-for")
+        .or_else(|| header("x-real-ip"))
+        .or_else(|| conn.0.map(|a| a.ip().to_string()))
+        .unwrap_or_default()
+}

@@ -124,10 +124,11 @@ pub struct Listeners<C> {
     pub client: Vec<Accepted<C>>,
     /// Raft and the leader's services (`--listen-peer-urls`).
     pub peer: Vec<Accepted<C>>,
-    /// Metrics, health and etcd's `/version` (`--listen-metrics-urls`).
-    pub http: Vec<Accepted<C>>,
+    /// Metrics, health, the Consul API and berth's own (`--listen-http-urls`), each
+    /// connection with its peer's address.
+    pub http: Vec<Accepted<(C, crate::listen::ClientAddr)>>,
     /// Nacos's API (`--listen-nacos-urls`), each connection with its peer's address.
-    pub nacos: Vec<Accepted<(C, face::nacos::ClientAddr)>>,
+    pub nacos: Vec<Accepted<(C, crate::listen::ClientAddr)>>,
     /// Consul's DNS interface (`--listen-dns-addr`), UDP and TCP; the simulation has none.
     pub dns: Vec<face::dns::Sockets>,
 }
@@ -172,29 +173,18 @@ impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
                 "peers",
                 crate::tls::TlsConfig::peer_listener,
             )?,
-            http: bind(
+            http: addressed(bind(
                 &cfg.listen_http,
                 "HTTP",
-                "HTTP (metrics, health)",
+                "HTTP (metrics, health, Consul's API, berth's API)",
                 crate::tls::TlsConfig::http_listener,
-            )?,
-            nacos: bind(
+            )?),
+            nacos: addressed(bind(
                 &cfg.listen_nacos,
                 "Nacos",
                 "Nacos's API",
                 crate::tls::TlsConfig::http_listener,
-            )?
-            .into_iter()
-            .map(|conns| {
-                let addressed = conns.map(|conn| {
-                    conn.map(|c| {
-                        let peer = c.connect_info().transport.remote_addr();
-                        (c, face::nacos::ClientAddr(peer))
-                    })
-                });
-                Box::pin(addressed) as Accepted<_>
-            })
-            .collect(),
+            )?),
             dns: cfg
                 .listen_dns
                 .iter()
@@ -204,40 +194,35 @@ impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
     }
 }
 
-/// Adapts an accept stream to axum.
-struct HttpAccept<C>(Accepted<C>);
+type Conn = ServerConn<FirstBytes<TcpStream>>;
 
-impl<C: AsyncRead + AsyncWrite + Unpin + Send + 'static> axum::serve::Listener for HttpAccept<C> {
-    type Io = C;
-    type Addr = ();
-
-    async fn accept(&mut self) -> (C, ()) {
-        loop {
-            match self.0.next().await {
-                Some(Ok(conn)) => return (conn, ()),
-                Some(Err(e)) => tracing::debug!(error = %e, "HTTP accept"),
-                // A listener that ends takes no more connections; the server runs on.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Pairs each accepted connection with its peer's address (for faces that record it).
+fn addressed(listeners: Vec<Accepted<Conn>>) -> Vec<Accepted<(Conn, crate::listen::ClientAddr)>> {
+    listeners
+        .into_iter()
+        .map(|conns| {
+            let conns = conns.map(|conn| {
+                conn.map(|c| {
+                    let peer = c.connect_info().transport.remote_addr();
+                    (c, crate::listen::ClientAddr(peer))
+                })
+            });
+            Box::pin(conns) as Accepted<_>
+        })
+        .collect()
 }
 
-/// Adapts an accept stream of addressed connections to axum (the Nacos face reads the
-/// client's address).
-struct AddressedAccept<C>(Accepted<(C, face::nacos::ClientAddr)>);
+/// Adapts an accept stream of addressed connections to axum (faces read the client's
+/// address through `ConnectInfo<ClientAddr>`).
+struct AddressedAccept<C>(Accepted<(C, crate::listen::ClientAddr)>);
 
 impl<C: AsyncRead + AsyncWrite + Unpin + Send + 'static> axum::serve::Listener
     for AddressedAccept<C>
 {
     type Io = C;
-    type Addr = face::nacos::ClientAddr;
+    type Addr = crate::listen::ClientAddr;
 
-    async fn accept(&mut self) -> (C, face::nacos::ClientAddr) {
+    async fn accept(&mut self) -> (C, crate::listen::ClientAddr) {
         loop {
             match self.0.next().await {
                 Some(Ok(conn)) => return conn,
@@ -247,14 +232,14 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send + 'static> axum::serve::Listener
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<face::nacos::ClientAddr> {
-        Ok(face::nacos::ClientAddr(None))
+    fn local_addr(&self) -> std::io::Result<crate::listen::ClientAddr> {
+        Ok(crate::listen::ClientAddr(None))
     }
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin + Send + 'static>
     axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AddressedAccept<C>>>
-    for face::nacos::ClientAddr
+    for crate::listen::ClientAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, AddressedAccept<C>>) -> Self {
         *stream.remote_addr()
@@ -320,11 +305,13 @@ where
         let mut stop = stop_rx.clone();
         let app = crate::http::router(core.clone())
             .merge(face::etcd::http_routes())
-            .merge(face::consul::routes(core.clone()));
+            .merge(face::api::routes(core.clone()))
+            .merge(face::consul::routes(core.clone()))
+            .into_make_service_with_connect_info::<crate::listen::ClientAddr>();
         spawn(
             "HTTP server",
             Box::pin(async move {
-                axum::serve(HttpAccept(incoming), app)
+                axum::serve(AddressedAccept(incoming), app)
                     .with_graceful_shutdown(async move {
                         let _ = stop.changed().await;
                     })
@@ -336,7 +323,7 @@ where
     for incoming in listeners.nacos {
         let mut stop = stop_rx.clone();
         let app = face::nacos::routes(core.clone())
-            .into_make_service_with_connect_info::<face::nacos::ClientAddr>();
+            .into_make_service_with_connect_info::<crate::listen::ClientAddr>();
         spawn(
             "Nacos server",
             Box::pin(async move {

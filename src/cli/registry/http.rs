@@ -195,7 +195,60 @@ impl Client {
         json(&answer, "PUT", path)
     }
 
+    /// Sends `method` to `path` with `body` as JSON (or nothing) and decodes the JSON answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &ApiPath,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let what = method.to_string();
+        let answer = self.send(method, path, body).await?;
+        json(&answer, &what, path)
+    }
+
+    /// Sends `method` to `path` with a raw body of `content_type` and returns the raw answer
+    /// (archives).
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &ApiPath,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<Bytes> {
+        self.exchange(method, path, Some((body, content_type)))
+            .await
+            .map(|(_, b)| b)
+    }
+
+    /// GETs `path` and returns the status and the raw answer, a 304 included (long polls).
+    pub async fn poll(&self, path: &ApiPath) -> Result<(StatusCode, Bytes)> {
+        self.exchange(Method::GET, path, None).await
+    }
+
+    /// This client with another `--command-timeout` (long polls wait longer).
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
     async fn send(&self, method: Method, path: &ApiPath, body: Option<&Value>) -> Result<Bytes> {
+        let payload = match body {
+            Some(v) => Some((
+                Bytes::from(serde_json::to_vec(v).context("encoding the request")?),
+                "application/json",
+            )),
+            None => None,
+        };
+        self.exchange(method, path, payload).await.map(|(_, b)| b)
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &ApiPath,
+        body: Option<(Bytes, &str)>,
+    ) -> Result<(StatusCode, Bytes)> {
         let target = path.as_string();
         let what = format!("{method} {}{target}", self.base);
         let io = match tokio::time::timeout(
@@ -222,9 +275,9 @@ impl Client {
             req = req.header("X-Consul-Token", t.clone());
         }
         let payload = match body {
-            Some(v) => {
-                req = req.header(CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(v).context("encoding the request")?)
+            Some((data, content_type)) => {
+                req = req.header(CONTENT_TYPE, content_type);
+                data
             }
             None => Bytes::new(),
         };
@@ -249,17 +302,20 @@ impl Client {
             Ok(Err(e)) => bail!("{what}: {e:#}"),
             Err(_) => bail!("{what}: {DEADLINE_EXCEEDED}"),
         };
-        if !status.is_success() {
+        if !status.is_success() && status != StatusCode::NOT_MODIFIED {
             bail!("{}", status_error(status, &body));
         }
-        Ok(body)
+        Ok((status, body))
     }
 }
 
 /// The error for a non-2xx answer: the status, then the server's text (Consul's errors are
-/// plain text).
+/// plain text; berth's API says `{"error": ...}`).
 pub fn status_error(status: StatusCode, body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
+    let said = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string));
+    let text = said.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     let text = text.trim();
     if text.is_empty() {
         format!("Unexpected response code: {status}")

@@ -87,6 +87,38 @@ pub struct Publish {
     pub cas_md5: Option<String>,
 }
 
+/// What an import does with an item that exists already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conflicts {
+    /// Import nothing when any exists.
+    Abort,
+    /// Keep the existing item.
+    Skip,
+    /// Publish over it (a new version).
+    Overwrite,
+}
+
+impl Conflicts {
+    /// The policy named `s` (`abort`, `skip`, `overwrite`).
+    pub fn parse(s: &str) -> Option<Conflicts> {
+        match s {
+            "abort" => Some(Conflicts::Abort),
+            "skip" => Some(Conflicts::Skip),
+            "overwrite" => Some(Conflicts::Overwrite),
+            _ => None,
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ImportReport {
+    /// Items published.
+    pub imported: usize,
+    /// Items left as they were (policy skip).
+    pub skipped: Vec<String>,
+}
+
 /// What the view holds.
 #[derive(Default)]
 struct View {
@@ -574,11 +606,79 @@ impl ConfigCenter {
         resp.kvs.first().map(decode).transpose().map_err(Into::into)
     }
 
+    /// The items of `namespace` as archive entries, in key order.
+    pub fn export(&self, namespace: &str) -> Vec<berth_config::archive::Entry> {
+        self.list(namespace, |_, _| true)
+            .into_iter()
+            .map(|(k, i)| berth_config::archive::Entry {
+                group: k.group,
+                data_id: k.data_id,
+                content: i.content.clone(),
+                kind: i.kind,
+                desc: i.desc.clone(),
+                tags: i.tags.clone(),
+                app: i.app.clone(),
+            })
+            .collect()
+    }
+
+    /// Publishes `entries` into `namespace` as `policy` says for items that exist already.
+    /// With [`Conflicts::Abort`] nothing is written when any exists.
+    pub async fn import(
+        &self,
+        core: &Core,
+        namespace: &str,
+        entries: Vec<berth_config::archive::Entry>,
+        policy: Conflicts,
+        author: berth_config::Author,
+    ) -> Result<ImportReport, ConfigFailure> {
+        self.require_namespace(core, namespace).await?;
+        self.sync(core).await?;
+        let key = |e: &berth_config::archive::Entry| ItemKey::new(namespace, &e.group, &e.data_id);
+        for e in &entries {
+            rules::key(&key(e))?;
+            rules::content(&e.content, self.limits.max_content)?;
+            rules::attributes(&e.desc, &e.app, &e.tags)?;
+        }
+        let existing: Vec<ItemKey> = entries
+            .iter()
+            .map(key)
+            .filter(|k| self.get(k).is_some())
+            .collect();
+        if policy == Conflicts::Abort && !existing.is_empty() {
+            return Err(ConfigError::Exists(format!(
+                "{} items exist already (first: {}); nothing imported (use policy skip or overwrite)",
+                existing.len(),
+                existing[0]
+            ))
+            .into());
+        }
+        let mut report = ImportReport::default();
+        for e in entries {
+            let k = key(&e);
+            if policy == Conflicts::Skip && existing.contains(&k) {
+                report.skipped.push(k.to_string());
+                continue;
+            }
+            let p = Publish {
+                content: e.content,
+                kind: e.kind,
+                desc: e.desc,
+                tags: e.tags,
+                app: e.app,
+                cas_md5: None,
+            };
+            self.publish(core, &k, p, author.clone()).await?;
+            report.imported += 1;
+        }
+        Ok(report)
+    }
+
     /// Creates namespace `ns` (refused when it exists).
     pub async fn create_namespace(&self, core: &Core, ns: Namespace) -> Result<(), ConfigFailure> {
         rules::namespace(&ns.id)?;
         if ns.id == berth_config::model::PUBLIC {
-            return Err(ConfigError::invalid("namespace public exists already").into());
+            return Err(ConfigError::Exists("namespace public exists already".into()).into());
         }
         if ns.name.trim().is_empty() || ns.name.len() > rules::MAX_NAMESPACE {
             return Err(ConfigError::invalid(format!(
@@ -590,7 +690,7 @@ impl ConfigCenter {
         let key = layout::namespace(&ns.id);
         let ops = vec![put_op(key.clone(), encode(&ns), 0)];
         if !self.commit(core, key, 0, ops).await? {
-            return Err(ConfigError::invalid(format!("namespace {} exists already", ns.id)).into());
+            return Err(ConfigError::Exists(format!("namespace {} exists already", ns.id)).into());
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! table; it owns no loop of its own beyond its connections. Each exports a constructor that
 //! only [`crate::node`] calls, and no face imports another.
 
+pub mod api;
 pub mod consul;
 pub mod dns;
 pub mod etcd;

@@ -395,23 +395,11 @@ fn bool_reply(ok: bool) -> Response {
 /// The credential a Consul request carries (`X-Consul-Token`, `Authorization: Bearer`, or
 /// the legacy `?token=`): a berth auth token.
 fn credential(headers: &axum::http::HeaderMap, q: &Params) -> crate::auth::Credential {
-    let token = headers
-        .get("x-consul-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| {
-            headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::to_string)
-        })
-        .or_else(|| q.get("token").map(str::to_string))
-        .filter(|t| !t.is_empty());
-    crate::auth::Credential {
-        token,
-        cert_cn: None,
-    }
+    crate::auth::Credential::from_http(
+        headers,
+        &["x-consul-token", "authorization"],
+        q.get("token"),
+    )
 }
 
 /// While berth's auth is on, registry writes need an authenticated user (a Consul token that

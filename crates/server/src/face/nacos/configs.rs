@@ -17,10 +17,11 @@ use berth_store::Keyspace;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{client_ip, principal, ClientAddr, NacosError, Params};
+use super::{principal, NacosError, Params};
 use crate::auth::Principal;
 use crate::config_center::Publish;
 use crate::core::Core;
+use crate::listen::{client_ip, ClientAddr};
 
 /// Most items one listener request may name.
 const MAX_PROBES: usize = 10_000;
@@ -138,7 +139,7 @@ async fn get_config(
         }))
         .into_response());
     }
-    let ip = client_ip(&headers, &conn);
+    let ip = client_ip(&headers, conn.0);
     let Some((item, beta)) = cc.get_for(&k, &ip) else {
         return Ok(text(StatusCode::NOT_FOUND, "config data not exist"));
     };
@@ -186,31 +187,6 @@ fn detail(k: &ItemKey, i: &Item) -> serde_json::Value {
     })
 }
 
-/// True when `value` matches a Nacos blur pattern (`*` matches any run of characters).
-fn blur_match(pattern: &str, value: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == value;
-    }
-    let mut rest = value;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
-}
-
 /// `GET /v1/cs/configs?search=accurate|blur`: a page of the namespace's items.
 fn search(
     core: &Core,
@@ -235,7 +211,7 @@ fn search(
     let matches = |pattern: &str, value: &str| {
         pattern.is_empty()
             || if blur {
-                blur_match(pattern, value)
+                rules::wildcard(pattern, value)
             } else {
                 pattern == value
             }
@@ -283,7 +259,7 @@ async fn publish(
             ))
         })?,
     };
-    let who = author(&p, &q, client_ip(&headers, &conn));
+    let who = author(&p, &q, client_ip(&headers, conn.0));
     let beta_ips = headers
         .get("betaips")
         .and_then(|v| v.to_str().ok())
@@ -335,7 +311,7 @@ async fn remove(
             Json(json!({"code": 200, "message": "stop beta ok", "data": true})).into_response(),
         );
     }
-    let who = author(&p, &q, client_ip(&headers, &conn));
+    let who = author(&p, &q, client_ip(&headers, conn.0));
     core.config_center.delete(&core, &k, who).await?;
     Ok(text(StatusCode::OK, "true"))
 }
@@ -413,7 +389,7 @@ async fn listen(
     for (k, _) in &probes {
         p.check(Keyspace::Config, Access::Read, &layout::item(k), b"")?;
     }
-    let ip = client_ip(&headers, &conn);
+    let ip = client_ip(&headers, conn.0);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let hold = match header("long-pulling-timeout") {
         None => Duration::ZERO,
@@ -543,15 +519,5 @@ mod tests {
     fn changed_keys_are_url_encoded_as_java_does() {
         let body = changed_body(&[ItemKey::new("", "G", "a.b"), ItemKey::new("dev", "G", "c")]);
         assert_eq!(body, "a.b%02G%01c%02G%02dev%01");
-    }
-
-    #[test]
-    fn blur_patterns() {
-        assert!(blur_match("app*", "app.yaml"));
-        assert!(blur_match("*yaml", "app.yaml"));
-        assert!(blur_match("a*m*l", "app.yaml"));
-        assert!(blur_match("*", "x"));
-        assert!(!blur_match("app*", "web.yaml"));
-        assert!(blur_match("exact", "exact") && !blur_match("exact", "exactly"));
     }
 }

@@ -9,7 +9,8 @@
 //! - success is `true` (config writes) or the content itself; errors are plain text with an
 //!   HTTP status (404 `config data not exist`, 400 for bad parameters, 403 without rights);
 //! - the client's address (for beta releases and history) is `X-Forwarded-For`'s first
-//!   entry, `X-Real-IP`, or the connection's peer, as Nacos's `RequestUtil` reads it;
+//!   entry, `X-Real-IP`, or the connection's peer, as Nacos's `RequestUtil` reads it
+//!   ([`crate::listen::client_ip`]);
 //! - with berth's auth on, every call needs `accessToken` (query, form or header) from
 //!   `/nacos/v1/auth/login`: a berth user's token.
 //!
@@ -20,10 +21,9 @@ mod configs;
 mod console;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Request, State};
+use axum::extract::{FromRequest, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -34,10 +34,6 @@ use crate::auth::{AuthFailure, Credential, Principal};
 use crate::config_center::ConfigFailure;
 use crate::consensus::WriteError;
 use crate::core::Core;
-
-/// The peer address of a Nacos connection (`None` where the transport has none).
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub Option<SocketAddr>);
 
 /// Nacos's API routes, for a Nacos listener.
 pub fn routes(core: Arc<Core>) -> Router {
@@ -124,7 +120,9 @@ impl From<ConfigFailure> for NacosError {
             }
             ConfigFailure::Refused(ConfigError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             ConfigFailure::Refused(ConfigError::NotFound(_)) => StatusCode::NOT_FOUND,
-            ConfigFailure::Refused(ConfigError::Conflict { .. }) => StatusCode::CONFLICT,
+            ConfigFailure::Refused(ConfigError::Conflict { .. } | ConfigError::Exists(_)) => {
+                StatusCode::CONFLICT
+            }
             ConfigFailure::Refused(ConfigError::Corrupt { .. }) | ConfigFailure::Store(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -141,6 +139,12 @@ fn write_error(e: &WriteError) -> NacosError {
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     NacosError::new(status, e.to_string())
+}
+
+impl From<ConfigError> for NacosError {
+    fn from(e: ConfigError) -> NacosError {
+        ConfigFailure::Refused(e).into()
+    }
 }
 
 impl From<AuthFailure> for NacosError {
@@ -232,43 +236,12 @@ impl<S: Send + Sync> FromRequest<S> for Params {
     }
 }
 
-/// The client's address as Nacos reads it: `X-Forwarded-For`'s first entry, `X-Real-IP`,
-/// else the connection's peer.
-pub fn client_ip(headers: &HeaderMap, conn: &ConnectInfo<ClientAddr>) -> String {
-    let forwarded = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .or_else(|| {
-            headers
-                .get("x-real-ip")
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-        });
-    match forwarded {
-        Some(ip) => ip.to_string(),
-        None => conn.0 .0.map(|a| a.ip().to_string()).unwrap_or_default(),
-    }
-}
-
 /// Who the request acts as: the berth user whose token it carries (`accessToken` as a
 /// parameter or header), or open access while auth is off.
 pub fn principal(core: &Core, headers: &HeaderMap, q: &Params) -> Result<Principal, NacosError> {
-    let token = q
-        .get("accessToken")
-        .map(str::to_string)
-        .or_else(|| {
-            headers
-                .get("accesstoken")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .filter(|t| !t.is_empty());
-    Ok(core.auth.principal(&Credential {
-        token,
-        cert_cn: None,
-    })?)
+    Ok(core.auth.principal(&Credential::from_http(
+        headers,
+        &["accesstoken"],
+        q.get("accessToken"),
+    ))?)
 }
