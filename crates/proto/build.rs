@@ -1,4 +1,5 @@
-//! Compiles the etcd v3 wire-format `.proto` files into Rust types, clients and servers.
+//! Compiles the etcd v3 (and Nacos 2.x) wire-format `.proto` files into Rust types, clients
+//! and servers.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -48,7 +49,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::manual::Builder::new()
         .build_client(false)
         .compile(&[watch]);
-    for f in files {
+    // Nacos's proto has no package (pbjson's descriptor pass needs one): compiled apart, into
+    // `_.rs` (the client is for `berth bench`).
+    let nacos = "proto/nacos/nacos_grpc_service.proto";
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&[nacos], &["proto/nacos"])?;
+    for f in files.iter().chain([&nacos]) {
         println!("cargo:rerun-if-changed={f}");
     }
     Ok(())

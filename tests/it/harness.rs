@@ -27,6 +27,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A free port for a Nacos listener: its gRPC port (this one + 1000, as Nacos) is free too.
+pub fn nacos_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 31_000 && TcpListener::bind(("127.0.0.1", port + 1000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// True when the etcd API at `addr` answers a Status call. Runs on its own thread and
 /// runtime so it works from sync tests and from inside async tests alike.
 fn answers(addr: &str) -> bool {
@@ -117,7 +127,7 @@ impl Server {
             client_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
             dns_addr: format!("127.0.0.1:{}", free_port()),
-            nacos_addr: format!("127.0.0.1:{}", free_port()),
+            nacos_addr: format!("127.0.0.1:{}", nacos_port()),
             peer_url,
             extra,
             netns: None,

@@ -207,6 +207,7 @@ fn member_software(
                 peer: vec![Box::pin(incoming(PEER_PORT).await?)],
                 http: Vec::new(),
                 nacos: Vec::new(),
+                nacos_grpc: Vec::new(),
                 dns: Vec::new(),
             };
             berth_server::node::serve_on(node, listeners, std::future::pending())

@@ -9,6 +9,7 @@
 //!   lease service.
 //! - [`watch_frame`] and [`etcd_watch`]: the Watch service with pre-encoded responses.
 //! - [`keys`]: etcd's prefix → range_end convention, shared by the CLI and the bench.
+//! - [`nacos`]: Nacos 2.x's gRPC client protocol.
 //!
 //! The `.proto` files under `proto/etcd` are written by us from etcd's documented wire format;
 //! names and field numbers match etcd exactly so every etcd client works unchanged.
@@ -42,6 +43,13 @@ pub mod keys {
             assert_eq!(prefix_end(b""), vec![0]);
         }
     }
+}
+
+/// Nacos 2.x's client protocol: `Payload`s carrying JSON, the unary `Request` service and
+/// the `BiRequestStream` service (the proto has no package).
+#[allow(non_camel_case_types)]
+pub mod nacos {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
 }
 
 /// Key-value and event messages (`mvccpb`).

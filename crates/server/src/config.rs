@@ -286,6 +286,8 @@ pub struct Config {
     pub listen_http: Vec<SocketAddr>,
     /// Nacos API listen addresses; empty: no Nacos listener.
     pub listen_nacos: Vec<SocketAddr>,
+    /// Nacos gRPC listen addresses: each Nacos address with its port + 1000.
+    pub listen_nacos_grpc: Vec<SocketAddr>,
     /// The configuration center's limits.
     pub config_limits: crate::config_center::Limits,
     /// DNS listen addresses (each UDP and TCP); empty: no DNS interface.
@@ -562,13 +564,24 @@ impl Config {
             }
             limits
         };
+        let listen_nacos = if listen_nacos_urls.trim().is_empty() {
+            Vec::new()
+        } else {
+            addrs(&listen_nacos_urls).context("--listen-nacos-urls")?
+        };
+        let listen_nacos_grpc = listen_nacos
+            .iter()
+            .map(|a| {
+                let port = a.port().checked_add(1000).filter(|_| a.port() != 0).with_context(|| {
+                    format!("--listen-nacos-urls {a}: Nacos's gRPC port is this port + 1000, which must be a port (1 to 64535)")
+                })?;
+                Ok(SocketAddr::new(a.ip(), port))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Config {
             tls,
-            listen_nacos: if listen_nacos_urls.trim().is_empty() {
-                Vec::new()
-            } else {
-                addrs(&listen_nacos_urls).context("--listen-nacos-urls")?
-            },
+            listen_nacos,
+            listen_nacos_grpc,
             config_limits,
             listen_dns,
             dns_service_ttl,

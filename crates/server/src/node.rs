@@ -129,6 +129,8 @@ pub struct Listeners<C> {
     pub http: Vec<Accepted<(C, crate::listen::ClientAddr)>>,
     /// Nacos's API (`--listen-nacos-urls`), each connection with its peer's address.
     pub nacos: Vec<Accepted<(C, crate::listen::ClientAddr)>>,
+    /// Nacos's gRPC protocol (each Nacos listener's port + 1000).
+    pub nacos_grpc: Vec<Accepted<(C, crate::listen::ClientAddr)>>,
     /// Consul's DNS interface (`--listen-dns-addr`), UDP and TCP; the simulation has none.
     pub dns: Vec<face::dns::Sockets>,
 }
@@ -185,6 +187,26 @@ impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
                 "Nacos's API",
                 crate::tls::TlsConfig::http_listener,
             )?),
+            nacos_grpc: addressed(
+                cfg.listen_nacos
+                    .iter()
+                    .zip(&cfg.listen_nacos_grpc)
+                    .map(|(http, grpc)| {
+                        let listener = crate::listen::bind(*grpc, cfg).with_context(|| {
+                            format!("binding the Nacos gRPC listener {grpc} (--listen-nacos-urls port + 1000)")
+                        })?;
+                        if cfg.tls.is_https(http) {
+                            let config = cfg.tls.client_listener()?;
+                            tracing::info!(address = %grpc, "serving Nacos's gRPC protocol over TLS");
+                            Ok(Box::pin(tls_incoming(listener, config, cfg.handshake_timeout)) as Accepted<_>)
+                        } else {
+                            tracing::info!(address = %grpc, "serving Nacos's gRPC protocol");
+                            let conns = listener.map(|conn| conn.map(ServerConn::plain));
+                            Ok(Box::pin(conns) as Accepted<_>)
+                        }
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
             dns: cfg
                 .listen_dns
                 .iter()
@@ -334,6 +356,16 @@ where
                     .await
                     .map_err(anyhow::Error::from)
             }),
+        );
+    }
+    for incoming in listeners.nacos_grpc {
+        spawn(
+            "Nacos gRPC server",
+            Box::pin(face::nacos::grpc::serve(
+                core.clone(),
+                incoming,
+                stop_rx.clone(),
+            )),
         );
     }
     for sockets in listeners.dns {

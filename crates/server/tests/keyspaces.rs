@@ -40,6 +40,7 @@ async fn start(dir: &std::path::Path) -> (Arc<Node>, String) {
         peer: Vec::new(),
         http: Vec::new(),
         nacos: Vec::new(),
+        nacos_grpc: Vec::new(),
         dns: Vec::new(),
     };
     tokio::spawn(berth_server::node::serve_on(

@@ -23,7 +23,7 @@ use berth_proto::etcdserverpb::{Compare, RangeRequest, RequestOp, TxnRequest};
 use berth_proto::mvccpb::event::EventType;
 use berth_proto::mvccpb::KeyValue;
 use berth_store::{Applied, Command, Delivery, KeySpan, Keyspace, Store, WatchSink, WatchSpec};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::consensus::WriteError;
@@ -134,6 +134,17 @@ pub struct ConfigCenter {
     view: RwLock<View>,
     listeners: Mutex<HashMap<ItemKey, Arc<Notify>>>,
     applied: watch::Sender<i64>,
+    /// Every change readers may see, for faces that push (Nacos gRPC).
+    changes: broadcast::Sender<Changed>,
+}
+
+/// What [`ConfigCenter::changes`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// This item (or its beta) changed.
+    Item(ItemKey),
+    /// The view was reloaded: anything may have changed.
+    All,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -171,7 +182,14 @@ impl ConfigCenter {
             view: RwLock::new(View::default()),
             listeners: Mutex::new(HashMap::new()),
             applied: watch::channel(0).0,
+            changes: broadcast::channel(4096).0,
         })
+    }
+
+    /// Changes as they reach this member's view. A receiver that lags behind gets
+    /// `Lagged` and must treat it as [`Changed::All`].
+    pub fn changes(&self) -> broadcast::Receiver<Changed> {
+        self.changes.subscribe()
     }
 
     /// The limits in force.
@@ -931,6 +949,7 @@ impl ConfigCenter {
             lock(&self.listeners).keys().cloned().collect()
         };
         self.wake(&woken);
+        let _ = self.changes.send(Changed::All);
         self.advance(rev);
         Ok(rev)
     }
@@ -959,6 +978,7 @@ impl ConfigCenter {
             }
         }
         self.wake(&touched);
+        self.announce(&touched);
         self.advance(d.revision);
         true
     }
@@ -969,6 +989,15 @@ impl ConfigCenter {
             if let Some(n) = map.get(k) {
                 n.notify_waiters();
             }
+        }
+    }
+
+    fn announce(&self, keys: &[ItemKey]) {
+        if self.changes.receiver_count() == 0 {
+            return;
+        }
+        for k in keys {
+            let _ = self.changes.send(Changed::Item(k.clone()));
         }
     }
 

@@ -15,10 +15,12 @@
 //!   `/nacos/v1/auth/login`: a berth user's token.
 //!
 //! - `configs`: `/v1/cs/configs` (get, search, publish, delete, beta), the listener, history;
-//! - `console`: login and namespaces.
+//! - `console`: login and namespaces;
+//! - [`grpc`]: the Nacos 2.x gRPC protocol on the listener's port + 1000.
 
 mod configs;
 mod console;
+pub mod grpc;
 
 use std::collections::HashMap;
 use std::sync::Arc;

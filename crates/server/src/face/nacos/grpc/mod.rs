@@ -1,0 +1,502 @@
+//! Nacos 2.x's gRPC client protocol, on each Nacos listener's port + 1000 (as Nacos): the
+//! unary `/Request/request` and the `/BiRequestStream/requestBiStream` a client opens once
+//! per connection, both carrying `Payload`s whose `metadata.type` names a request or
+//! response class and whose body is that class's JSON.
+//!
+//! What the clients do and expect (nacos-sdk-python 3.x and the Java 2.x client, as read
+//! from their source, `../shared/research/`):
+//! - a connection is one HTTP/2 connection: `ServerCheckRequest` (unary), then the stream
+//!   with `ConnectionSetupRequest` (no answer expected). The client never echoes the
+//!   connection ID, so berth tags each accepted connection itself ([`Tagged`]);
+//! - requests carry `requestId: ""` and `module: ""`: routing is by `metadata.type` only;
+//! - business failures are the typed response with `resultCode: 500` and an `errorCode`
+//!   (300: config not found); `ErrorResponse` only for what has no typed answer (an
+//!   unknown type, a body that is not JSON), since clients re-send on it;
+//! - JSON answers never hold `null` where a client expects a string or a bool;
+//! - pushes (`ConfigChangeNotifyRequest`, ...) go down the stream; clients answer on it;
+//! - when the connection or its stream ends, everything the connection held goes with it.
+//!
+//! - [`config`]: config query, publish, remove, batch listen and change pushes.
+
+mod config;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use berth_config::ItemKey;
+use berth_proto::nacos::bi_request_stream_server::{BiRequestStream, BiRequestStreamServer};
+use berth_proto::nacos::request_server::{Request as NacosRequest, RequestServer};
+use berth_proto::nacos::{Any, Metadata, Payload};
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{Credential, Principal};
+use crate::core::Core;
+use crate::listen::ClientAddr;
+
+/// How many pushes may wait for a slow client before its connection is dropped.
+const PUSH_QUEUE: usize = 1024;
+
+/// A connection's tag: berth's ID for it and the peer's address.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnTag {
+    /// Unique per member and process.
+    pub id: u64,
+    /// The peer.
+    pub peer: Option<SocketAddr>,
+}
+
+/// An accepted connection tagged with a [`ConnTag`] that every request on it carries.
+pub struct Tagged<C> {
+    inner: C,
+    tag: ConnTag,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+impl<C> Tagged<C> {
+    /// Tags `inner`, accepted from `peer`.
+    pub fn new(inner: C, peer: ClientAddr) -> Tagged<C> {
+        Tagged {
+            inner,
+            tag: ConnTag {
+                id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+                peer: peer.0,
+            },
+        }
+    }
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Tagged<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Tagged<C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<C> tonic::transport::server::Connected for Tagged<C> {
+    type ConnectInfo = ConnTag;
+
+    fn connect_info(&self) -> ConnTag {
+        self.tag
+    }
+}
+
+/// What berth keeps of one client connection.
+struct Conn {
+    /// The ID `ServerCheckResponse` reported.
+    id: String,
+    /// The address the client reports (`metadata.clientIp`), else its peer's.
+    client_ip: String,
+    /// Where pushes go (set once the stream is open).
+    push: Option<mpsc::Sender<Result<Payload, Status>>>,
+    /// Config items the client listens to.
+    listening: HashSet<ItemKey>,
+    /// Pushes sent, for their request IDs.
+    pushed: u64,
+}
+
+/// Every open connection of this listener, by [`ConnTag::id`].
+#[derive(Default)]
+pub struct Conns {
+    map: Mutex<HashMap<u64, Conn>>,
+}
+
+impl Conns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Conn>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection's record, made on first use.
+    fn with<R>(&self, tag: ConnTag, f: impl FnOnce(&mut Conn) -> R) -> R {
+        let mut map = self.lock();
+        let conn = map.entry(tag.id).or_insert_with(|| Conn {
+            id: format!(
+                "{}_{}",
+                crate::registry::now_ms(),
+                tag.peer
+                    .map_or_else(|| tag.id.to_string(), |a| a.to_string())
+            ),
+            client_ip: tag.peer.map(|a| a.ip().to_string()).unwrap_or_default(),
+            push: None,
+            listening: HashSet::new(),
+            pushed: 0,
+        });
+        f(conn)
+    }
+
+    /// Sends `(type, body)` down the stream of each connection `to` picks; a connection whose
+    /// queue is full is cut (its client reconnects and re-syncs).
+    fn push(&self, to: impl Fn(&Conn) -> bool, kind: &str, body: impl Fn(&str) -> Value) {
+        let mut cut = Vec::new();
+        let mut map = self.lock();
+        for (id, conn) in map.iter_mut() {
+            let Some(tx) = conn.push.as_ref().filter(|_| to(conn)) else {
+                continue;
+            };
+            conn.pushed += 1;
+            let payload = encode(kind, &body(&conn.pushed.to_string()));
+            if tx.try_send(Ok(payload)).is_err() {
+                cut.push(*id);
+            }
+        }
+        for id in cut {
+            if let Some(c) = map.remove(&id) {
+                if let Some(tx) = c.push {
+                    let _ = tx.try_send(Err(Status::unavailable(
+                        "berth: push queue full, reconnect and re-sync",
+                    )));
+                }
+                tracing::warn!(conn = %c.id, "nacos grpc: a slow client's connection was cut");
+            }
+        }
+    }
+}
+
+/// A `Payload` of type `kind` with `body` as its JSON.
+fn encode(kind: &str, body: &Value) -> Payload {
+    Payload {
+        metadata: Some(Metadata {
+            r#type: kind.to_string(),
+            client_ip: String::new(),
+            headers: HashMap::new(),
+        }),
+        body: Some(Any {
+            type_url: String::new(),
+            value: serde_json::to_vec(body).unwrap_or_default(),
+        }),
+    }
+}
+
+/// A response of type `kind`: `fields` plus the base fields (success).
+fn ok(kind: &str, mut fields: Value) -> Payload {
+    if let Some(m) = fields.as_object_mut() {
+        m.insert("resultCode".into(), json!(200));
+        m.insert("errorCode".into(), json!(0));
+        m.insert("message".into(), json!(""));
+        m.insert("requestId".into(), json!(""));
+    }
+    encode(kind, &fields)
+}
+
+/// A failed response of type `kind` (`resultCode` 500) with Nacos's `code` and `message`,
+/// plus `fields` a client needs even then.
+fn failed(kind: &str, code: u16, message: &str, mut fields: Value) -> Payload {
+    if let Some(m) = fields.as_object_mut() {
+        m.insert("resultCode".into(), json!(500));
+        m.insert("errorCode".into(), json!(code));
+        m.insert("message".into(), json!(message));
+        m.insert("requestId".into(), json!(""));
+    }
+    encode(kind, &fields)
+}
+
+/// Nacos's error codes berth answers with.
+mod code {
+    /// The request is invalid.
+    pub const BAD_REQUEST: u16 = 400;
+    /// The caller may not do it.
+    pub const NO_RIGHT: u16 = 403;
+    /// The config does not exist (clients read it as "no content").
+    pub const CONFIG_NOT_FOUND: u16 = 300;
+    /// A compare-and-publish lost, or what is created exists.
+    pub const CONFLICT: u16 = 409;
+    /// Too large.
+    pub const TOO_LARGE: u16 = 413;
+    /// The server cannot do it now (no leader, out of space).
+    pub const SERVER_ERROR: u16 = 500;
+    /// berth does not serve this request type.
+    pub const NOT_IMPLEMENTED: u16 = 501;
+    /// No leader.
+    pub const UNAVAILABLE: u16 = 503;
+}
+
+/// A decoded request.
+pub struct Req {
+    /// `metadata.type`.
+    pub kind: String,
+    /// The body's JSON.
+    pub body: Value,
+    /// `metadata.headers` (and the body's `headers`).
+    pub headers: HashMap<String, String>,
+    /// The client's address as it reports it, else the peer's.
+    pub client_ip: String,
+}
+
+impl Req {
+    /// A string field of the body (`""` when absent or null).
+    pub fn str(&self, k: &str) -> &str {
+        self.body.get(k).and_then(Value::as_str).unwrap_or_default()
+    }
+
+    /// Who the request acts as (its `accessToken` header).
+    fn principal(&self, core: &Core) -> Result<Principal, crate::auth::AuthFailure> {
+        core.auth.principal(&Credential {
+            token: self
+                .headers
+                .get("accessToken")
+                .filter(|t| !t.is_empty())
+                .cloned(),
+            cert_cn: None,
+        })
+    }
+}
+
+/// Decodes a payload; an error is the `ErrorResponse` to answer.
+fn decode(p: Payload, tag: ConnTag) -> Result<Req, Payload> {
+    let meta = p.metadata.unwrap_or_default();
+    if meta.r#type.is_empty() {
+        return Err(error_response(
+            code::BAD_REQUEST,
+            "the payload names no type (metadata.type)",
+        ));
+    }
+    let raw = p.body.map(|b| b.value).unwrap_or_default();
+    let body: Value = serde_json::from_slice(&raw).map_err(|e| {
+        error_response(
+            code::BAD_REQUEST,
+            &format!("{}: the body is not JSON: {e}", meta.r#type),
+        )
+    })?;
+    if !body.is_object() {
+        return Err(error_response(
+            code::BAD_REQUEST,
+            &format!("{}: the body is not a JSON object", meta.r#type),
+        ));
+    }
+    let mut headers = meta.headers;
+    if let Some(h) = body.get("headers").and_then(Value::as_object) {
+        for (k, v) in h {
+            if let Some(v) = v.as_str() {
+                headers.entry(k.clone()).or_insert_with(|| v.to_string());
+            }
+        }
+    }
+    let client_ip = if meta.client_ip.is_empty() {
+        tag.peer.map(|a| a.ip().to_string()).unwrap_or_default()
+    } else {
+        meta.client_ip
+    };
+    Ok(Req {
+        kind: meta.r#type,
+        body,
+        headers,
+        client_ip,
+    })
+}
+
+fn unserved(response: &str, request: &str) -> Payload {
+    failed(
+        response,
+        code::NOT_IMPLEMENTED,
+        &format!("berth does not serve {request} yet"),
+        json!({}),
+    )
+}
+
+fn error_response(code: u16, message: &str) -> Payload {
+    failed("ErrorResponse", code, message, json!({}))
+}
+
+/// The gRPC services of one Nacos listener.
+#[derive(Clone)]
+pub struct Nacos {
+    core: Arc<Core>,
+    conns: Arc<Conns>,
+}
+
+fn tag_of<T>(req: &Request<T>) -> ConnTag {
+    req.extensions()
+        .get::<ConnTag>()
+        .copied()
+        .unwrap_or(ConnTag { id: 0, peer: None })
+}
+
+#[tonic::async_trait]
+impl NacosRequest for Nacos {
+    async fn request(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let tag = tag_of(&req);
+        let start = std::time::Instant::now();
+        let (kind, answer) = match decode(req.into_inner(), tag) {
+            Ok(r) => {
+                let kind = r.kind.clone();
+                (kind, self.dispatch(tag, r).await)
+            }
+            Err(e) => ("invalid".to_string(), e),
+        };
+        let code = answer_code(&answer);
+        tracing::debug!(request = %kind, code, elapsed = ?start.elapsed(), "nacos grpc");
+        self.core
+            .metrics
+            .observe_nacos(&format!("grpc:{kind}"), code, start.elapsed());
+        Ok(Response::new(answer))
+    }
+}
+
+/// The `errorCode` of an answer (for metrics).
+fn answer_code(p: &Payload) -> u16 {
+    p.body
+        .as_ref()
+        .and_then(|b| serde_json::from_slice::<Value>(&b.value).ok())
+        .and_then(|v| v.get("errorCode").and_then(Value::as_u64))
+        .and_then(|c| u16::try_from(c).ok())
+        .map_or(200, |c| if c == 0 { 200 } else { c })
+}
+
+impl Nacos {
+    async fn dispatch(&self, tag: ConnTag, r: Req) -> Payload {
+        let core = &self.core;
+        match r.kind.as_str() {
+            "ServerCheckRequest" => {
+                let id = self.conns.with(tag, |c| c.id.clone());
+                ok(
+                    "ServerCheckResponse",
+                    json!({"connectionId": id, "supportAbilityNegotiation": false}),
+                )
+            }
+            "HealthCheckRequest" => ok("HealthCheckResponse", json!({})),
+            "ConfigQueryRequest" => config::query(core, &r),
+            "ConfigPublishRequest" => config::publish(core, &r).await,
+            "ConfigRemoveRequest" => config::remove(core, &r).await,
+            "ConfigBatchListenRequest" => config::batch_listen(core, &self.conns, tag, &r),
+            // Naming over gRPC is not served yet: the typed answer says so (an ErrorResponse
+            // would make clients re-send).
+            "InstanceRequest" | "PersistentInstanceRequest" => {
+                unserved("InstanceResponse", &r.kind)
+            }
+            "BatchInstanceRequest" => unserved("BatchInstanceResponse", &r.kind),
+            "SubscribeServiceRequest" => unserved("SubscribeServiceResponse", &r.kind),
+            "ServiceQueryRequest" => unserved("QueryServiceResponse", &r.kind),
+            "ServiceListRequest" => failed(
+                "ServiceListResponse",
+                code::NOT_IMPLEMENTED,
+                "berth does not serve ServiceListRequest yet",
+                json!({"count": 0, "serviceNames": []}),
+            ),
+            other => error_response(
+                code::BAD_REQUEST,
+                &format!("unknown payload type {other:?}"),
+            ),
+        }
+    }
+}
+
+type PushStream = Pin<Box<dyn Stream<Item = Result<Payload, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl BiRequestStream for Nacos {
+    type requestBiStreamStream = PushStream;
+
+    async fn request_bi_stream(
+        &self,
+        req: Request<Streaming<Payload>>,
+    ) -> Result<Response<PushStream>, Status> {
+        let tag = tag_of(&req);
+        let mut incoming = req.into_inner();
+        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+        let conns = self.conns.clone();
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = incoming.next().await {
+                let Ok(p) = msg else { break };
+                let r = match decode(p, tag) {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                };
+                match r.kind.as_str() {
+                    "ConnectionSetupRequest" => {
+                        let conn = conns.with(tag, |c| {
+                            c.push = Some(tx.clone());
+                            if !r.client_ip.is_empty() {
+                                c.client_ip = r.client_ip.clone();
+                            }
+                            c.id.clone()
+                        });
+                        tracing::debug!(conn = %conn, client = %r.str("clientVersion"), "nacos grpc: connection set up");
+                    }
+                    // The client's answers to pushes; nothing waits on them.
+                    k if k.ends_with("Response") => {}
+                    other => {
+                        tracing::debug!(request = %other, "nacos grpc: unexpected on the stream")
+                    }
+                }
+            }
+            if let Some(c) = conns.lock().remove(&tag.id) {
+                tracing::debug!(conn = %c.id, "nacos grpc: connection closed");
+            }
+            drop(core);
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Serves Nacos's gRPC protocol on `incoming` until `stop`.
+pub async fn serve<C, S>(
+    core: Arc<Core>,
+    incoming: S,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()>
+where
+    S: Stream<Item = std::io::Result<(C, ClientAddr)>> + Send + 'static,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conns = Arc::new(Conns::default());
+    let nacos = Nacos {
+        core: core.clone(),
+        conns: conns.clone(),
+    };
+    let pusher = tokio::spawn(config::push_changes(core.clone(), conns.clone()));
+    let incoming = incoming.map(|c| c.map(|(conn, peer)| Tagged::new(conn, peer)));
+    let result = crate::listen::grpc_server(&core.config)
+        .add_service(RequestServer::new(nacos.clone()))
+        .add_service(BiRequestStreamServer::new(nacos))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.changed().await;
+        })
+        .await
+        .context("Nacos gRPC server");
+    pusher.abort();
+    result
+}
