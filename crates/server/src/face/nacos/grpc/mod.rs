@@ -283,26 +283,26 @@ impl Req {
     }
 }
 
-/// Decodes a payload; an error is the `ErrorResponse` to answer.
-fn decode(p: Payload, tag: ConnTag) -> Result<Req, Payload> {
+/// Decodes a payload; an error is the code and message of the `ErrorResponse` to answer.
+fn decode(p: Payload, tag: ConnTag) -> Result<Req, (u16, String)> {
     let meta = p.metadata.unwrap_or_default();
     if meta.r#type.is_empty() {
-        return Err(error_response(
+        return Err((
             code::BAD_REQUEST,
-            "the payload names no type (metadata.type)",
+            "the payload names no type (metadata.type)".into(),
         ));
     }
     let raw = p.body.map(|b| b.value).unwrap_or_default();
     let body: Value = serde_json::from_slice(&raw).map_err(|e| {
-        error_response(
+        (
             code::BAD_REQUEST,
-            &format!("{}: the body is not JSON: {e}", meta.r#type),
+            format!("{}: the body is not JSON: {e}", meta.r#type),
         )
     })?;
     if !body.is_object() {
-        return Err(error_response(
+        return Err((
             code::BAD_REQUEST,
-            &format!("{}: the body is not a JSON object", meta.r#type),
+            format!("{}: the body is not a JSON object", meta.r#type),
         ));
     }
     let mut headers = meta.headers;
@@ -363,7 +363,7 @@ impl NacosRequest for Nacos {
                 let kind = r.kind.clone();
                 (kind, self.dispatch(tag, r).await)
             }
-            Err(e) => ("invalid".to_string(), e),
+            Err((c, m)) => ("invalid".to_string(), error_response(c, &m)),
         };
         let code = answer_code(&answer);
         tracing::debug!(request = %kind, code, elapsed = ?start.elapsed(), "nacos grpc");
