@@ -582,3 +582,235 @@ async fn grpc_refuses_bad_payloads_with_clear_errors() {
     );
     assert_eq!(body["errorCode"].as_u64(), Some(400), "{body}");
 }
+
+/// Naming through Nacos is the registry: an instance registered with Nacos's v1 API is a
+/// passing Consul instance and a DNS answer; one registered through Consul is a Nacos
+/// instance; a gRPC client's subscription is pushed a change made through Consul, and its
+/// ephemeral instance goes when its connection does.
+#[test]
+fn nacos_naming_shares_the_registry_with_consul_and_dns() {
+    let py3 = python_nacos3();
+    let srv = Server::start();
+    let a = srv.nacos_addr.as_str();
+    let (code, body, _) = nacos(
+        a,
+        "POST",
+        "/v1/ns/instance",
+        &[
+            ("serviceName", "web"),
+            ("ip", "10.1.2.3"),
+            ("port", "8080"),
+            ("weight", "2"),
+            ("metadata", r#"{"v":"1"}"#),
+        ],
+        &[],
+    );
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let ((code, body), _) = http_request(
+        "GET",
+        &srv.http_addr,
+        "/v1/health/service/web?passing",
+        "",
+        &[],
+    );
+    assert_eq!(code, 200);
+    let entries = json(&body);
+    assert_eq!(entries[0]["Service"]["Address"], "10.1.2.3");
+    assert_eq!(entries[0]["Service"]["Meta"]["v"], "1");
+    let (ok, out, err) = run(Command::new("dig").args([
+        "+short",
+        "-p",
+        srv.dns_addr.rsplit(':').next().expect("port"),
+        "@127.0.0.1",
+        "web.service.consul",
+        "SRV",
+    ]));
+    assert!(ok && out.contains(" 8080 "), "{out}{err}");
+
+    let ((code, _), _) = http_request(
+        "PUT",
+        &srv.http_addr,
+        "/v1/agent/service/register",
+        r#"{"Name":"web","ID":"web-consul","Address":"10.5.5.5","Port":9090}"#,
+        &[],
+    );
+    assert_eq!(code, 200);
+    let (_, body, _) = nacos(
+        a,
+        "GET",
+        "/v1/ns/instance/list",
+        &[("serviceName", "web")],
+        &[],
+    );
+    let hosts = json(&body)["hosts"].as_array().cloned().expect("hosts");
+    let mut seen: Vec<(String, bool)> = hosts
+        .iter()
+        .map(|h| {
+            (
+                h["ip"].as_str().unwrap_or_default().to_string(),
+                h["ephemeral"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("10.1.2.3".to_string(), true),
+            ("10.5.5.5".to_string(), false)
+        ]
+    );
+
+    // Bad input: each a 400 with the field named, nothing registered.
+    for (params, says) in [
+        (vec![("ip", "10.0.0.1"), ("port", "1")], "serviceName"),
+        (vec![("serviceName", "x"), ("port", "1")], "ip"),
+        (
+            vec![("serviceName", "x"), ("ip", "10.0.0.1"), ("port", "0")],
+            "port",
+        ),
+        (
+            vec![
+                ("serviceName", "x"),
+                ("ip", "10.0.0.1"),
+                ("port", "1"),
+                ("weight", "-2"),
+            ],
+            "weight",
+        ),
+        (
+            vec![
+                ("serviceName", "x"),
+                ("ip", "10.0.0.1"),
+                ("port", "1"),
+                ("metadata", "[1]"),
+            ],
+            "metadata",
+        ),
+    ] {
+        let (code, body, _) = nacos(a, "POST", "/v1/ns/instance", &params, &[]);
+        assert_eq!(code, 400, "{params:?}: {body}");
+        assert!(body.contains(says), "{body} should name {says}");
+    }
+    let (_, body, _) = nacos(
+        a,
+        "GET",
+        "/v1/ns/instance/list",
+        &[("serviceName", "x")],
+        &[],
+    );
+    assert_eq!(json(&body)["hosts"], serde_json::json!([]));
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/nacos_grpc_naming.py"
+    );
+    let mut child = Command::new(py3)
+        .arg(script)
+        .arg(a)
+        .arg(&srv.http_addr)
+        .arg(work.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
+    if line.trim() != "registered" {
+        let out = child.wait_with_output().expect("python");
+        panic!("{line}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ips = |srv: &Server| {
+        let ((_, body), _) = http_request(
+            "GET",
+            &srv.http_addr,
+            "/v1/health/service/grpc-svc",
+            "",
+            &[],
+        );
+        let mut ips: Vec<String> = json(&body)
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e["Service"]["Address"].as_str().map(str::to_string))
+            .collect();
+        ips.sort();
+        ips
+    };
+    assert_eq!(ips(&srv), ["10.7.7.7", "10.8.8.8"]);
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"done\n").expect("write");
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ips(&srv) != ["10.8.8.8"] {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's instance stayed: {:?}",
+            ips(&srv)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An ephemeral instance that stops beating turns unhealthy after 15 s and is removed after
+/// 30 s (Nacos's timeouts), without a Raft write per beat.
+#[test]
+fn an_ephemeral_instance_without_beats_turns_unhealthy_then_goes() {
+    let srv = Server::start();
+    let a = srv.nacos_addr.as_str();
+    let start = Instant::now();
+    let (code, _, _) = nacos(
+        a,
+        "POST",
+        "/v1/ns/instance",
+        &[("serviceName", "quiet"), ("ip", "10.6.6.6"), ("port", "1")],
+        &[],
+    );
+    assert_eq!(code, 200);
+    let healthy = || {
+        let (_, body, _) = nacos(
+            a,
+            "GET",
+            "/v1/ns/instance/list",
+            &[("serviceName", "quiet")],
+            &[],
+        );
+        json(&body)["hosts"]
+            .as_array()
+            .and_then(|h| h.first())
+            .map(|h| h["healthy"] == true)
+    };
+    assert_eq!(healthy(), Some(true));
+    while healthy() == Some(true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "still healthy after 25 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        start.elapsed() >= Duration::from_secs(14),
+        "unhealthy after {:?}",
+        start.elapsed()
+    );
+    while healthy().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "still there after 45 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        start.elapsed() >= Duration::from_secs(28),
+        "removed after {:?}",
+        start.elapsed()
+    );
+}

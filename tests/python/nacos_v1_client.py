@@ -53,5 +53,21 @@ try:
 except nacos.NacosException as e:
     assert "400" in str(e), e
 
+# Naming: an ephemeral instance with the client's own beats, listed, beaten, removed.
+assert c.add_naming_instance("py-svc", "10.3.3.3", 8080, weight=2.0, metadata={"zone": "a"})
+hosts = c.list_naming_instance("py-svc")["hosts"]
+assert [(h["ip"], h["port"], h["weight"], h["metadata"]) for h in hosts] == [
+    ("10.3.3.3", 8080, 2.0, {"zone": "a"})
+], hosts
+assert hosts[0]["instanceId"].startswith("10.3.3.3#8080#"), hosts
+beat = c.send_heartbeat("py-svc", "10.3.3.3", 8080)
+assert beat["code"] == 10200, beat
+# A full beat of an unknown instance registers it, as Nacos does.
+assert c.send_heartbeat("py-svc", "10.4.4.4", 1)["code"] == 10200
+assert len(c.list_naming_instance("py-svc")["hosts"]) == 2
+assert c.remove_naming_instance("py-svc", "10.3.3.3", 8080)
+assert c.remove_naming_instance("py-svc", "10.4.4.4", 1)
+assert c.list_naming_instance("py-svc")["hosts"] == []
+
 print("ok")
 sys.stdout.flush()

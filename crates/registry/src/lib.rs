@@ -8,6 +8,7 @@
 //! - [`catalog`]: the in-memory view built from the records, with the index (a store
 //!   revision) of every result a blocking query can wait on;
 //! - [`register`]: validation of a registration, and the records it writes;
+//! - [`naming`]: Nacos instances on this model (names, IDs, metadata, liveness);
 //! - [`error`]: what the domain refuses.
 //!
 //! The server runs the view and proposes writes (`crates/server/src/registry.rs`).
@@ -16,6 +17,7 @@ pub mod catalog;
 pub mod error;
 pub mod layout;
 pub mod model;
+pub mod naming;
 pub mod register;
 
 pub use catalog::{Catalog, Topic};

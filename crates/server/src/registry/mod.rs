@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::consensus::WriteError;
 use crate::core::Core;
 
+pub mod naming;
 pub mod presence;
 mod probe;
 pub mod reaper;
@@ -572,6 +573,20 @@ impl Registry {
         replace_checks: bool,
     ) -> Result<(), RegistryFailure> {
         let (service, checks) = reg.into_records(&node.name)?;
+        self.register_records(core, node, service, checks, replace_checks)
+            .await
+    }
+
+    /// Writes an instance and its checks as [`Registry::register`] does, from records
+    /// already validated.
+    pub(crate) async fn register_records(
+        &self,
+        core: &Core,
+        node: &Node,
+        service: berth_registry::Service,
+        checks: Vec<Check>,
+        replace_checks: bool,
+    ) -> Result<(), RegistryFailure> {
         let mut ops: Vec<RequestOp> = self.node_op(node).into_iter().collect();
         ops.push(put_op(
             layout::service(&node.name, &service.id),

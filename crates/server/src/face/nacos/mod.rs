@@ -15,12 +15,15 @@
 //!   `/nacos/v1/auth/login`: a berth user's token.
 //!
 //! - `configs`: `/v1/cs/configs` (get, search, publish, delete, beta), the listener, history;
+//! - `naming`: `/v1/ns/instance` (register, deregister, update, beat, get, list) and the
+//!   service list, over the registry;
 //! - `console`: login and namespaces;
 //! - [`grpc`]: the Nacos 2.x gRPC protocol on the listener's port + 1000.
 
 mod configs;
 mod console;
 pub mod grpc;
+mod naming;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +47,7 @@ pub fn routes(core: Arc<Core>) -> Router {
             "/nacos",
             Router::new()
                 .merge(configs::routes())
+                .merge(naming::routes())
                 .merge(console::routes()),
         )
         .fallback(unknown)

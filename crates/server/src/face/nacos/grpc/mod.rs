@@ -16,9 +16,12 @@
 //! - pushes (`ConfigChangeNotifyRequest`, ...) go down the stream; clients answer on it;
 //! - when the connection or its stream ends, everything the connection held goes with it.
 //!
-//! - [`config`]: config query, publish, remove, batch listen and change pushes.
+//! - [`config`]: config query, publish, remove, batch listen and change pushes;
+//! - [`naming`]: instances (ephemeral ones live with their connection), batches,
+//!   subscriptions with pushed changes, service query and list.
 
 mod config;
+mod naming;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -32,6 +35,7 @@ use berth_config::ItemKey;
 use berth_proto::nacos::bi_request_stream_server::{BiRequestStream, BiRequestStreamServer};
 use berth_proto::nacos::request_server::{Request as NacosRequest, RequestServer};
 use berth_proto::nacos::{Any, Metadata, Payload};
+use berth_registry::naming::{Instance, ServiceName};
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -133,6 +137,11 @@ struct Conn {
     push: Option<mpsc::Sender<Result<Payload, Status>>>,
     /// Config items the client listens to.
     listening: HashSet<ItemKey>,
+    /// Ephemeral instances registered over this connection, by service: they live while it
+    /// does.
+    instances: HashMap<ServiceName, Vec<Instance>>,
+    /// Services the client subscribed to, with the task that pushes their changes.
+    subscriptions: HashMap<ServiceName, tokio::task::AbortHandle>,
     /// Pushes sent, for their request IDs.
     pushed: u64,
 }
@@ -161,18 +170,34 @@ impl Conns {
             client_ip: tag.peer.map(|a| a.ip().to_string()).unwrap_or_default(),
             push: None,
             listening: HashSet::new(),
+            instances: HashMap::new(),
+            subscriptions: HashMap::new(),
             pushed: 0,
         });
         f(conn)
     }
 
+    /// Sends `(type, body)` down connection `id`'s stream (see [`Conns::push`]).
+    fn push_to(&self, id: u64, kind: &str, body: impl Fn(&str) -> Value) {
+        self.push_where(|conn_id, _| conn_id == id, kind, body);
+    }
+
     /// Sends `(type, body)` down the stream of each connection `to` picks; a connection whose
     /// queue is full is cut (its client reconnects and re-syncs).
     fn push(&self, to: impl Fn(&Conn) -> bool, kind: &str, body: impl Fn(&str) -> Value) {
+        self.push_where(|_, c| to(c), kind, body);
+    }
+
+    fn push_where(
+        &self,
+        to: impl Fn(u64, &Conn) -> bool,
+        kind: &str,
+        body: impl Fn(&str) -> Value,
+    ) {
         let mut cut = Vec::new();
         let mut map = self.lock();
         for (id, conn) in map.iter_mut() {
-            let Some(tx) = conn.push.as_ref().filter(|_| to(conn)) else {
+            let Some(tx) = conn.push.as_ref().filter(|_| to(*id, conn)) else {
                 continue;
             };
             conn.pushed += 1;
@@ -182,15 +207,28 @@ impl Conns {
             }
         }
         for id in cut {
-            if let Some(c) = map.remove(&id) {
-                if let Some(tx) = c.push {
+            if let Some(c) = map.get_mut(&id) {
+                if let Some(tx) = c.push.take() {
                     let _ = tx.try_send(Err(Status::unavailable(
                         "berth: push queue full, reconnect and re-sync",
                     )));
                 }
-                tracing::warn!(conn = %c.id, "nacos grpc: a slow client's connection was cut");
+                tracing::warn!(conn = %c.id, "nacos grpc: a slow client's stream was cut");
             }
         }
+    }
+
+    /// Forgets connection `id`: stops its subscriptions and hands back its ephemeral
+    /// instances (to deregister).
+    fn close(&self, id: u64) -> Vec<Instance> {
+        let Some(c) = self.lock().remove(&id) else {
+            return Vec::new();
+        };
+        for task in c.subscriptions.values() {
+            task.abort();
+        }
+        tracing::debug!(conn = %c.id, "nacos grpc: connection closed");
+        c.instances.into_values().flatten().collect()
     }
 }
 
@@ -246,8 +284,6 @@ mod code {
     pub const TOO_LARGE: u16 = 413;
     /// The server cannot do it now (no leader, out of space).
     pub const SERVER_ERROR: u16 = 500;
-    /// berth does not serve this request type.
-    pub const NOT_IMPLEMENTED: u16 = 501;
     /// No leader.
     pub const UNAVAILABLE: u16 = 503;
 }
@@ -326,15 +362,6 @@ fn decode(p: Payload, tag: ConnTag) -> Result<Req, (u16, String)> {
     })
 }
 
-fn unserved(response: &str, request: &str) -> Payload {
-    failed(
-        response,
-        code::NOT_IMPLEMENTED,
-        &format!("berth does not serve {request} yet"),
-        json!({}),
-    )
-}
-
 fn error_response(code: u16, message: &str) -> Payload {
     failed("ErrorResponse", code, message, json!({}))
 }
@@ -400,20 +427,14 @@ impl Nacos {
             "ConfigPublishRequest" => config::publish(core, &r).await,
             "ConfigRemoveRequest" => config::remove(core, &r).await,
             "ConfigBatchListenRequest" => config::batch_listen(core, &self.conns, tag, &r),
-            // Naming over gRPC is not served yet: the typed answer says so (an ErrorResponse
-            // would make clients re-send).
-            "InstanceRequest" | "PersistentInstanceRequest" => {
-                unserved("InstanceResponse", &r.kind)
+            "InstanceRequest" => naming::instance_answer(core, &self.conns, tag, &r, false).await,
+            "PersistentInstanceRequest" => {
+                naming::instance_answer(core, &self.conns, tag, &r, true).await
             }
-            "BatchInstanceRequest" => unserved("BatchInstanceResponse", &r.kind),
-            "SubscribeServiceRequest" => unserved("SubscribeServiceResponse", &r.kind),
-            "ServiceQueryRequest" => unserved("QueryServiceResponse", &r.kind),
-            "ServiceListRequest" => failed(
-                "ServiceListResponse",
-                code::NOT_IMPLEMENTED,
-                "berth does not serve ServiceListRequest yet",
-                json!({"count": 0, "serviceNames": []}),
-            ),
+            "BatchInstanceRequest" => naming::batch(core, &self.conns, tag, &r).await,
+            "SubscribeServiceRequest" => naming::subscribe(core, &self.conns, tag, &r),
+            "ServiceQueryRequest" => naming::query(core, &r),
+            "ServiceListRequest" => naming::list(core, &r),
             other => error_response(
                 code::BAD_REQUEST,
                 &format!("unknown payload type {other:?}"),
@@ -462,10 +483,15 @@ impl BiRequestStream for Nacos {
                     }
                 }
             }
-            if let Some(c) = conns.lock().remove(&tag.id) {
-                tracing::debug!(conn = %c.id, "nacos grpc: connection closed");
+            for i in conns.close(tag.id) {
+                if let Err(e) = core
+                    .registry
+                    .nacos_deregister(&core, &i.service, &i.ip, i.port, &i.cluster)
+                    .await
+                {
+                    tracing::warn!(error = %e, instance = %i.instance_id(), "nacos grpc: deregistering a closed connection's instance");
+                }
             }
-            drop(core);
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(stream)))
@@ -488,6 +514,7 @@ where
         conns: conns.clone(),
     };
     let pusher = tokio::spawn(config::push_changes(core.clone(), conns.clone()));
+    let beater = tokio::spawn(naming::keep_alive(core.clone(), conns.clone()));
     let incoming = incoming.map(|c| c.map(|(conn, peer)| Tagged::new(conn, peer)));
     let result = crate::listen::grpc_server(&core.config)
         .add_service(RequestServer::new(nacos.clone()))
@@ -498,5 +525,6 @@ where
         .await
         .context("Nacos gRPC server");
     pusher.abort();
+    beater.abort();
     result
 }

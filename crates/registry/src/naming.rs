@@ -1,0 +1,382 @@
+//! Nacos-style naming on the registry's model: a Nacos instance (namespace, group, service,
+//! cluster, ip, port, weight, enabled, ephemeral, metadata) is a service instance of the
+//! catalog, so it is found through every face (Consul HTTP, DNS, Nacos), and an instance
+//! registered through Consul is a Nacos instance too.
+//!
+//! - The catalog name is the Nacos service name in the public namespace's `DEFAULT_GROUP`
+//!   (what DNS and Consul clients ask for), `group@@service` in another group, and
+//!   `namespace::group@@service` in another namespace.
+//! - Nacos's own attributes ride in the instance's metadata under `nacos.` keys; the rest of
+//!   the metadata is the Nacos metadata.
+//! - Liveness: an ephemeral instance has a TTL check (unhealthy 15 s after its last beat,
+//!   removed 15 s later); a persistent one a TCP check on its address, and it is never removed
+//!   by berth.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::catalog::Entry;
+use crate::error::RegistryError;
+use crate::model::{CheckKind, CheckStatus, Service, Weights};
+use crate::register::CheckDefinition;
+
+/// The catalog node Nacos instances are registered on (they belong to no member).
+pub const NODE: &str = "nacos";
+/// The public namespace's ID.
+pub const PUBLIC: &str = "public";
+/// The group of a client that names none.
+pub const DEFAULT_GROUP: &str = "DEFAULT_GROUP";
+/// The cluster of a client that names none.
+pub const DEFAULT_CLUSTER: &str = "DEFAULT";
+/// An ephemeral instance is unhealthy this long after its last beat (Nacos's
+/// `preserved.heart.beat.timeout`).
+pub const BEAT_TIMEOUT: Duration = Duration::from_secs(15);
+/// ... and removed this long after its last beat (`preserved.ip.delete.timeout`).
+pub const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often clients beat (`preserved.heart.beat.interval`).
+pub const BEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+const META_CLUSTER: &str = "nacos.cluster";
+const META_WEIGHT: &str = "nacos.weight";
+const META_ENABLED: &str = "nacos.enabled";
+const META_EPHEMERAL: &str = "nacos.ephemeral";
+const META_GROUP: &str = "nacos.group";
+const META_NAMESPACE: &str = "nacos.namespace";
+const META_SERVICE: &str = "nacos.service";
+
+/// A Nacos service: namespace, group and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName {
+    /// The namespace (`public` for Nacos's `""`).
+    pub namespace: String,
+    /// The group.
+    pub group: String,
+    /// The name.
+    pub name: String,
+}
+
+impl ServiceName {
+    /// A service; empty namespace and group take their defaults, and a name given as
+    /// `group@@name` sets the group.
+    pub fn new(namespace: &str, group: &str, name: &str) -> ServiceName {
+        let (group, name) = match name.split_once("@@") {
+            Some((g, n)) => (g, n),
+            None => (group, name),
+        };
+        ServiceName {
+            namespace: if namespace.is_empty() {
+                PUBLIC
+            } else {
+                namespace
+            }
+            .to_string(),
+            group: if group.is_empty() {
+                DEFAULT_GROUP
+            } else {
+                group
+            }
+            .to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Checks the names as Nacos allows them.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        for (what, v) in [
+            ("serviceName", &self.name),
+            ("groupName", &self.group),
+            ("namespaceId", &self.namespace),
+        ] {
+            if v.trim().is_empty() {
+                return Err(RegistryError::invalid(format!("{what} is missing")));
+            }
+            if v.len() > 512 || v.contains(['\0', '/']) || v.contains("@@") || v.contains("::") {
+                return Err(RegistryError::invalid(format!(
+                    "{what} {v:?} is invalid (at most 512 bytes; no '/', '@@', '::' or NUL)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The catalog's name for it (see the module docs).
+    pub fn catalog_name(&self) -> String {
+        match (self.namespace == PUBLIC, self.group == DEFAULT_GROUP) {
+            (true, true) => self.name.clone(),
+            (true, false) => format!("{}@@{}", self.group, self.name),
+            (false, _) => format!("{}::{}@@{}", self.namespace, self.group, self.name),
+        }
+    }
+
+    /// Nacos's grouped name, `group@@name`.
+    pub fn grouped(&self) -> String {
+        format!("{}@@{}", self.group, self.name)
+    }
+
+    /// The service a catalog name stands for (the inverse of [`ServiceName::catalog_name`]).
+    pub fn from_catalog(name: &str) -> ServiceName {
+        let (namespace, rest) = name.split_once("::").unwrap_or((PUBLIC, name));
+        ServiceName::new(namespace, DEFAULT_GROUP, rest)
+    }
+}
+
+/// A Nacos instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// Its service.
+    pub service: ServiceName,
+    /// Its cluster.
+    pub cluster: String,
+    /// Address.
+    pub ip: String,
+    /// Port.
+    pub port: u16,
+    /// Relative weight (Nacos: 0 to 10000).
+    pub weight: f64,
+    /// False: it takes no traffic.
+    pub enabled: bool,
+    /// Whether checks pass (as read); the initial status (as registered).
+    pub healthy: bool,
+    /// Lives by beats (or its connection) rather than by berth's checks.
+    pub ephemeral: bool,
+    /// Free metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// Nacos's instance ID: `ip#port#cluster#group@@service`.
+    pub fn instance_id(&self) -> String {
+        format!(
+            "{}#{}#{}#{}",
+            self.ip,
+            self.port,
+            self.cluster,
+            self.service.grouped()
+        )
+    }
+
+    /// The catalog instance ID (unique on [`NODE`] across namespaces).
+    pub fn record_id(&self) -> String {
+        if self.service.namespace == PUBLIC {
+            self.instance_id()
+        } else {
+            format!("{}#{}", self.instance_id(), self.service.namespace)
+        }
+    }
+
+    /// Checks what the catalog would refuse or Nacos does not allow.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        self.service.validate()?;
+        if self.ip.trim().is_empty() {
+            return Err(RegistryError::invalid("ip is missing"));
+        }
+        if self.ip.contains(['#', '\0', '/']) {
+            return Err(RegistryError::invalid(format!(
+                "ip {:?} is invalid",
+                self.ip
+            )));
+        }
+        if self.port == 0 {
+            return Err(RegistryError::invalid("port must be 1 to 65535"));
+        }
+        if !(0.0..=10000.0).contains(&self.weight) || self.weight.is_nan() {
+            return Err(RegistryError::invalid(format!(
+                "weight {} is out of range (0 to 10000)",
+                self.weight
+            )));
+        }
+        if self.cluster.is_empty() || self.cluster.contains(['#', '\0', ',', '/']) {
+            return Err(RegistryError::invalid(format!(
+                "clusterName {:?} is invalid",
+                self.cluster
+            )));
+        }
+        if let Some(k) = self.metadata.keys().find(|k| k.starts_with("nacos.")) {
+            return Err(RegistryError::invalid(format!(
+                "metadata key {k:?} is reserved (nacos.* keys are berth's)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The catalog instance and its check.
+    pub fn to_registration(&self) -> (Service, CheckDefinition) {
+        let mut meta = self.metadata.clone();
+        meta.insert(META_CLUSTER.into(), self.cluster.clone());
+        meta.insert(META_WEIGHT.into(), self.weight.to_string());
+        meta.insert(META_ENABLED.into(), self.enabled.to_string());
+        meta.insert(META_EPHEMERAL.into(), self.ephemeral.to_string());
+        meta.insert(META_GROUP.into(), self.service.group.clone());
+        meta.insert(META_NAMESPACE.into(), self.service.namespace.clone());
+        meta.insert(META_SERVICE.into(), self.service.name.clone());
+        let service = Service {
+            id: self.record_id(),
+            name: self.service.catalog_name(),
+            node: NODE.into(),
+            address: self.ip.clone(),
+            port: self.port,
+            meta,
+            weights: Weights {
+                // Consul's weights are whole numbers: Nacos's 0.5 is 1 here; 0 stays 0.
+                passing: if self.weight <= 0.0 {
+                    0
+                } else {
+                    self.weight.ceil() as u32
+                },
+                warning: 1,
+            },
+            ..Default::default()
+        };
+        let status = Some(if self.healthy {
+            CheckStatus::Passing
+        } else {
+            CheckStatus::Critical
+        });
+        let check = if self.ephemeral {
+            CheckDefinition {
+                name: Some("Nacos heartbeat".into()),
+                status,
+                kind: CheckKind::Ttl { ttl: BEAT_TIMEOUT },
+                deregister_critical_after: Some(DELETE_TIMEOUT - BEAT_TIMEOUT),
+                ..Default::default()
+            }
+        } else {
+            CheckDefinition {
+                name: Some("Nacos TCP health check".into()),
+                status,
+                kind: CheckKind::Tcp {
+                    address: socket(&self.ip, self.port),
+                },
+                interval: Some(BEAT_INTERVAL),
+                timeout: Some(Duration::from_secs(3)),
+                ..Default::default()
+            }
+        };
+        (service, check)
+    }
+
+    /// A catalog entry as a Nacos instance of `service` (Consul-registered ones included:
+    /// weight from their passing weight, cluster `DEFAULT`, persistent).
+    pub fn from_entry(service: &ServiceName, e: &Entry) -> Instance {
+        let s = &e.service.value;
+        let meta = &s.meta;
+        let address = if s.address.is_empty() {
+            e.node.value.address.clone()
+        } else {
+            s.address.clone()
+        };
+        Instance {
+            service: service.clone(),
+            cluster: meta
+                .get(META_CLUSTER)
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_CLUSTER.into()),
+            ip: address,
+            port: s.port,
+            weight: meta
+                .get(META_WEIGHT)
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(f64::from(s.weights.passing)),
+            enabled: meta.get(META_ENABLED).is_none_or(|v| v != "false"),
+            healthy: e.status() == CheckStatus::Passing,
+            ephemeral: meta.get(META_EPHEMERAL).is_some_and(|v| v == "true"),
+            metadata: meta
+                .iter()
+                .filter(|(k, _)| !k.starts_with("nacos."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// `ip:port` (IPv6 in brackets).
+fn socket(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// True when a catalog instance was registered through Nacos (it carries `nacos.` keys).
+pub fn from_nacos(s: &Service) -> bool {
+    s.meta.contains_key(META_SERVICE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(ns: &str, group: &str) -> Instance {
+        Instance {
+            service: ServiceName::new(ns, group, "svc"),
+            cluster: DEFAULT_CLUSTER.into(),
+            ip: "10.0.0.5".into(),
+            port: 8080,
+            weight: 1.5,
+            enabled: true,
+            healthy: true,
+            ephemeral: true,
+            metadata: [("k".to_string(), "v".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn catalog_names_keep_the_default_group_plain() {
+        assert_eq!(ServiceName::new("", "", "svc").catalog_name(), "svc");
+        assert_eq!(ServiceName::new("", "G", "svc").catalog_name(), "G@@svc");
+        assert_eq!(
+            ServiceName::new("dev", "G", "svc").catalog_name(),
+            "dev::G@@svc"
+        );
+        assert_eq!(
+            ServiceName::new("", "X", "G@@svc"),
+            ServiceName::new("", "G", "svc")
+        );
+        for n in ["svc", "G@@svc", "dev::G@@svc", "dev::DEFAULT_GROUP@@svc"] {
+            assert_eq!(ServiceName::from_catalog(n).catalog_name(), n);
+        }
+    }
+
+    #[test]
+    fn an_instance_round_trips_through_the_catalog_records() {
+        let i = instance("dev", "G");
+        assert_eq!(i.instance_id(), "10.0.0.5#8080#DEFAULT#G@@svc");
+        assert_eq!(i.record_id(), "10.0.0.5#8080#DEFAULT#G@@svc#dev");
+        let (service, check) = i.to_registration();
+        assert!(from_nacos(&service));
+        assert_eq!(service.weights.passing, 2);
+        assert!(matches!(check.kind, CheckKind::Ttl { ttl } if ttl == BEAT_TIMEOUT));
+        let entry = Entry {
+            node: crate::catalog::Record {
+                value: crate::model::Node {
+                    name: NODE.into(),
+                    ..Default::default()
+                },
+                create: 1,
+                modify: 1,
+            },
+            service: crate::catalog::Record {
+                value: service,
+                create: 1,
+                modify: 1,
+            },
+            checks: Vec::new(),
+        };
+        assert_eq!(Instance::from_entry(&i.service, &entry), i);
+    }
+
+    #[test]
+    fn bad_instances_are_refused() {
+        let mut i = instance("", "");
+        i.port = 0;
+        assert!(i.validate().is_err());
+        let mut i = instance("", "");
+        i.weight = -1.0;
+        assert!(i.validate().is_err());
+        let mut i = instance("", "");
+        i.metadata.insert("nacos.weight".into(), "9".into());
+        assert!(i.validate().is_err());
+        assert!(instance("", "").validate().is_ok());
+    }
+}

@@ -1,0 +1,148 @@
+//! Nacos naming at run time, on the registry (see `berth_registry::naming` for the mapping):
+//! register, deregister and beat an instance, list a service's instances and a namespace's
+//! services. Faces (Nacos HTTP v1 and gRPC) translate their wire shapes into these calls.
+//!
+//! A beat is a TTL check pass: at the leader, a lease renewal and no log entry while the
+//! instance stays healthy.
+
+use berth_registry::naming::{self, Instance, ServiceName};
+use berth_registry::register::Registration;
+use berth_registry::{CheckStatus, Node, RegistryError, Topic};
+
+use super::{Registry, RegistryFailure, DATACENTER};
+use crate::core::Core;
+
+/// What a beat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The instance lives on.
+    Renewed,
+    /// No such instance (the client re-registers).
+    Unknown,
+}
+
+/// The catalog node Nacos instances live on.
+fn node(core: &Core) -> Node {
+    let id = core.member.cluster_id;
+    Node {
+        name: naming::NODE.into(),
+        id: format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            (id >> 32) as u32,
+            (id >> 16) as u16,
+            id as u16,
+            0x4e41u16,
+            id & 0xffff_ffff_ffff
+        ),
+        address: String::new(),
+        datacenter: DATACENTER.into(),
+        meta: [("source".to_string(), "nacos".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+/// The catalog ID of the instance of `service` at `ip:port` in `cluster`.
+pub fn record_id(service: &ServiceName, ip: &str, port: u16, cluster: &str) -> String {
+    Instance {
+        service: service.clone(),
+        cluster: if cluster.is_empty() {
+            naming::DEFAULT_CLUSTER.into()
+        } else {
+            cluster.into()
+        },
+        ip: ip.into(),
+        port,
+        weight: 1.0,
+        enabled: true,
+        healthy: true,
+        ephemeral: true,
+        metadata: Default::default(),
+    }
+    .record_id()
+}
+
+impl Registry {
+    /// Registers (or replaces) a Nacos instance with its liveness check.
+    pub async fn nacos_register(&self, core: &Core, i: &Instance) -> Result<(), RegistryFailure> {
+        i.validate()?;
+        self.wake_up();
+        let (service, check) = i.to_registration();
+        let (service, mut checks) = Registration {
+            service,
+            checks: vec![check],
+        }
+        .into_records(naming::NODE)?;
+        if i.ephemeral {
+            // Nacos's documented 15 s / 30 s, below the floor Consul's API keeps.
+            for c in &mut checks {
+                c.deregister_critical_after = naming::DELETE_TIMEOUT - naming::BEAT_TIMEOUT;
+            }
+        }
+        self.register_records(core, &node(core), service, checks, true)
+            .await
+    }
+
+    /// Removes a Nacos instance; false when it was not registered.
+    pub async fn nacos_deregister(
+        &self,
+        core: &Core,
+        service: &ServiceName,
+        ip: &str,
+        port: u16,
+        cluster: &str,
+    ) -> Result<bool, RegistryFailure> {
+        service.validate()?;
+        self.deregister_service(core, naming::NODE, &record_id(service, ip, port, cluster))
+            .await
+    }
+
+    /// A beat of the instance of `service` at `ip:port` in `cluster`.
+    pub async fn nacos_beat(
+        &self,
+        core: &Core,
+        service: &ServiceName,
+        ip: &str,
+        port: u16,
+        cluster: &str,
+    ) -> Result<Beat, RegistryFailure> {
+        service.validate()?;
+        let id = format!("service:{}", record_id(service, ip, port, cluster));
+        match self
+            .update_ttl(core, naming::NODE, &id, CheckStatus::Passing, "beat".into())
+            .await
+        {
+            Ok(()) => Ok(Beat::Renewed),
+            Err(RegistryFailure::Refused(RegistryError::NotFound(_))) => Ok(Beat::Unknown),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The instances of `service` (healthy or not) and the index of that list.
+    pub fn nacos_instances(&self, service: &ServiceName) -> (Vec<Instance>, i64) {
+        let name = service.catalog_name();
+        self.read(|c| {
+            let list = c
+                .entries(&name)
+                .iter()
+                .map(|e| Instance::from_entry(service, e))
+                .collect();
+            (list, c.index(&Topic::Service(name.clone())))
+        })
+    }
+
+    /// The services of `namespace` in `group` (every group when empty), by name.
+    pub fn nacos_services(&self, namespace: &str, group: &str) -> Vec<ServiceName> {
+        let namespace = if namespace.is_empty() {
+            naming::PUBLIC
+        } else {
+            namespace
+        };
+        self.read(|c| {
+            c.service_names()
+                .into_keys()
+                .map(|n| ServiceName::from_catalog(&n))
+                .filter(|s| s.namespace == namespace && (group.is_empty() || s.group == group))
+                .collect()
+        })
+    }
+}
