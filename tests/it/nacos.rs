@@ -814,3 +814,112 @@ fn an_ephemeral_instance_without_beats_turns_unhealthy_then_goes() {
         start.elapsed()
     );
 }
+
+/// With berth's auth on, Nacos's login gives a berth user's token; calls without one are
+/// refused, a user without a grant on the Config keyspace is refused, root may do anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacos_login_maps_onto_berth_users() {
+    let srv = tokio::task::spawn_blocking(|| Server::start_with(&["--bcrypt-cost", "4"]))
+        .await
+        .expect("start");
+    let mut plain = srv.client().await;
+    crate::auth::setup(&mut plain).await;
+    let a = srv.nacos_addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let login = |user: &str, pw: &str| {
+            nacos(
+                &a,
+                "POST",
+                "/v1/auth/users/login",
+                &[("username", user), ("password", pw)],
+                &[],
+            )
+        };
+        let (code, _, _) = login("root", "wrong");
+        assert_eq!(code, 403);
+        let (code, body, _) = login("root", "rootpw");
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        let root = v["accessToken"].as_str().expect("token").to_string();
+        assert!(
+            !root.is_empty() && v["tokenTtl"].as_u64().is_some() && v["globalAdmin"] == true,
+            "{body}"
+        );
+        let (_, body, _) = login("alice", "apw");
+        let alice = json(&body)["accessToken"]
+            .as_str()
+            .expect("token")
+            .to_string();
+
+        let put = |token: &str| {
+            let mut p = vec![("dataId", "s"), ("group", "G"), ("content", "x")];
+            if !token.is_empty() {
+                p.push(("accessToken", token));
+            }
+            nacos(&a, "POST", "/v1/cs/configs", &p, &[]).0
+        };
+        assert_eq!(put(""), 401, "no token");
+        assert_eq!(put(&alice), 403, "no grant on the Config keyspace");
+        assert_eq!(put(&root), 200);
+        let (code, body, _) = nacos(
+            &a,
+            "GET",
+            "/v1/cs/configs",
+            &[("dataId", "s"), ("group", "G")],
+            &[("accessToken", root.as_str())],
+        );
+        assert_eq!((code, body.as_str()), (200, "x"));
+        let (code, _, _) = nacos(
+            &a,
+            "POST",
+            "/v1/ns/instance",
+            &[("serviceName", "w"), ("ip", "10.0.0.1"), ("port", "1")],
+            &[],
+        );
+        assert_eq!(code, 401, "naming needs a user too");
+    })
+    .await
+    .expect("checks");
+}
+
+/// History keeps at most `--config-history-max-versions` versions per item, and none older
+/// than `--config-history-max-age` but the current one.
+#[test]
+fn history_is_trimmed_by_count_and_by_age() {
+    let srv = Server::start_with(&[
+        "--config-history-max-versions",
+        "3",
+        "--config-history-max-age",
+        "3s",
+    ]);
+    let a = srv.nacos_addr.as_str();
+    for v in 1..=5 {
+        assert_eq!(publish(a, "h", &format!("v={v}"), &[]).0, 200);
+    }
+    assert_eq!(history_count(a, "h"), 3, "three versions kept");
+    let start = Instant::now();
+    while history_count(a, "h") > 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "old versions outlived their age"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (code, body, _) = nacos(
+        a,
+        "GET",
+        "/v1/cs/history",
+        &[
+            ("search", "accurate"),
+            ("dataId", "h"),
+            ("group", "DEFAULT_GROUP"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        json(&body)["pageItems"][0]["content"],
+        "v=5",
+        "the current version stays"
+    );
+}

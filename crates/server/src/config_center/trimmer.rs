@@ -1,4 +1,5 @@
-//! The leader's history housekeeping: once a minute, removes kept versions older than
+//! The leader's history housekeeping: every quarter of the retention (at least once a
+//! second, at most once a minute), removes kept versions older than
 //! `--config-history-max-age` by the age index, in batches, keeping every item's current
 //! version (its index entry goes; the version stays until newer ones push it out by count).
 //! Idempotent, so a new leader simply carries on.
@@ -14,13 +15,16 @@ use tokio::sync::watch;
 use super::{delete_key, now};
 use crate::core::Core;
 
-const TICK: Duration = Duration::from_secs(60);
+/// How often the housekeeping runs for a retention of `age`.
+fn tick(age: Duration) -> Duration {
+    (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
 /// Most versions removed in one txn.
 const BATCH: i64 = 256;
 
 /// Runs the housekeeping while this member leads, until `stop`.
 pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(tick(core.config_center.limits().history_age));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
