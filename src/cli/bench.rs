@@ -42,6 +42,74 @@ pub enum BenchCommand {
     /// Consul API: --watchers blocking queries on one service (and --others on other
     /// services); --changes changes of one instance; reports change-to-answer delay.
     ConsulWatch(ConsulWatchArgs),
+    /// Nacos v1: every request publishes one of --items configs anew.
+    NacosPublish(NacosItemsArgs),
+    /// Nacos v1: reads of one of --items configs published first.
+    NacosGet(NacosItemsArgs),
+    /// Nacos 2.x gRPC (the Nacos port + 1000): every request registers an instance of a new
+    /// service over connections set up as clients do.
+    NacosRegister(NacosArgs),
+    /// Nacos v1: beats over --instances ephemeral instances registered first.
+    NacosBeat(NacosBeatArgs),
+    /// Nacos v1: --listeners long polls on one config, which changes --changes times;
+    /// reports publish-to-answer delay.
+    NacosListen(NacosListenArgs),
+}
+
+/// Where the Nacos workloads send their requests.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NacosTarget {
+    /// `host:port` of the Nacos HTTP API (gRPC is its port + 1000).
+    #[arg(long = "nacos-addr", default_value = "127.0.0.1:8848")]
+    nacos_addr: String,
+}
+
+/// Arguments of `bench nacos-register`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NacosArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    target: NacosTarget,
+}
+
+/// Arguments of `bench nacos-publish` and `nacos-get`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NacosItemsArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    target: NacosTarget,
+    /// Configs (data IDs) the requests are spread over.
+    #[arg(long, default_value_t = 1000)]
+    items: u64,
+}
+
+/// Arguments of `bench nacos-beat`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NacosBeatArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    target: NacosTarget,
+    /// Ephemeral instances registered before the run.
+    #[arg(long, default_value_t = 1000)]
+    instances: u64,
+}
+
+/// Arguments of `bench nacos-listen`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NacosListenArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    target: NacosTarget,
+    /// Long polls on the listened config (one connection each).
+    #[arg(long, default_value_t = 1000)]
+    listeners: u64,
+    /// Changes of the config, one after another.
+    #[arg(long, default_value_t = 5)]
+    changes: u64,
 }
 
 /// Where the Consul workloads send their requests.
@@ -292,8 +360,28 @@ impl BenchCommand {
                     stale: a.stale,
                 },
             ),
+            Self::NacosPublish(a) => (&a.common, Workload::NacosPublish { items: a.items }),
+            Self::NacosGet(a) => (&a.common, Workload::NacosGet { items: a.items }),
+            Self::NacosRegister(a) => (&a.common, Workload::NacosRegister),
+            Self::NacosBeat(a) => (
+                &a.common,
+                Workload::NacosBeat {
+                    instances: a.instances,
+                },
+            ),
+            Self::NacosListen(a) => (
+                &a.common,
+                Workload::NacosListen {
+                    listeners: a.listeners,
+                    changes: a.changes,
+                },
+            ),
         };
         let http_addr = match self {
+            Self::NacosPublish(a) | Self::NacosGet(a) => a.target.nacos_addr.clone(),
+            Self::NacosRegister(a) => a.target.nacos_addr.clone(),
+            Self::NacosBeat(a) => a.target.nacos_addr.clone(),
+            Self::NacosListen(a) => a.target.nacos_addr.clone(),
             Self::ConsulRegister(a) => a.target.consul_addr.clone(),
             Self::ConsulHeartbeat(a) => a.target.consul_addr.clone(),
             Self::ConsulDiscover(a) => a.target.consul_addr.clone(),
@@ -336,8 +424,9 @@ impl BenchCommand {
 pub async fn run(ctx: &mut Ctx, cmd: BenchCommand) -> Result<()> {
     let cfg = cmd.config(ctx.conn.command_timeout());
     cfg.validate()?;
-    if cfg.workload.is_consul() {
-        // The registry family speaks HTTP to --consul-addr: no gRPC connection.
+    if cfg.workload.is_consul() || cfg.workload.is_nacos() {
+        // The registry and Nacos families speak their own protocols to --consul-addr or
+        // --nacos-addr: no etcd connection.
         let report = berth_bench::run(cfg, Vec::new()).await?;
         return ctx.out.print(&report);
     }

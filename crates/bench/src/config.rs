@@ -90,6 +90,30 @@ pub enum Workload {
         /// Read the member's view (`?stale`) instead of a linearizable one.
         stale: bool,
     },
+    /// Nacos: every request publishes one of `items` configs anew.
+    NacosPublish {
+        /// Configs the publishes are spread over.
+        items: u64,
+    },
+    /// Nacos: reads of one of `items` configs published first.
+    NacosGet {
+        /// Configs published before the run.
+        items: u64,
+    },
+    /// Nacos 2.x gRPC: every request registers an instance of a new service.
+    NacosRegister,
+    /// Nacos v1: beats over `instances` ephemeral instances registered first.
+    NacosBeat {
+        /// Instances registered before the run.
+        instances: u64,
+    },
+    /// Nacos v1: `listeners` long polls on one config that changes `changes` times.
+    NacosListen {
+        /// Long polls.
+        listeners: u64,
+        /// Changes, one after another.
+        changes: u64,
+    },
     /// Consul: blocking queries on one service, answered when one of its instances changes.
     ConsulWatch {
         /// Blocking queries on the watched service.
@@ -117,7 +141,24 @@ impl Workload {
             Self::ConsulHeartbeat { .. } => "consul-heartbeat",
             Self::ConsulDiscover { .. } => "consul-discover",
             Self::ConsulWatch { .. } => "consul-watch",
+            Self::NacosPublish { .. } => "nacos-publish",
+            Self::NacosGet { .. } => "nacos-get",
+            Self::NacosRegister => "nacos-register",
+            Self::NacosBeat { .. } => "nacos-beat",
+            Self::NacosListen { .. } => "nacos-listen",
         }
+    }
+
+    /// True for the configuration and naming family, which speaks Nacos's APIs.
+    pub fn is_nacos(&self) -> bool {
+        matches!(
+            self,
+            Self::NacosPublish { .. }
+                | Self::NacosGet { .. }
+                | Self::NacosRegister
+                | Self::NacosBeat { .. }
+                | Self::NacosListen { .. }
+        )
     }
 
     /// True for the registry family, which speaks Consul's HTTP API (no gRPC connections).
@@ -242,6 +283,12 @@ impl Config {
             | Workload::ConsulWatch { watchers: 0, .. } => {
                 bad("--services, --instances and --watchers must be at least 1".into())
             }
+            Workload::NacosPublish { items: 0 }
+            | Workload::NacosGet { items: 0 }
+            | Workload::NacosBeat { instances: 0 }
+            | Workload::NacosListen { listeners: 0, .. } => {
+                bad("--items, --instances and --listeners must be at least 1".into())
+            }
             Workload::ConsulDiscover {
                 services,
                 instances,
@@ -314,9 +361,17 @@ impl Config {
                 p["changes"] = json!(changes);
                 p["stale"] = json!(stale);
             }
-            Workload::Put | Workload::Txn => {}
+            Workload::NacosPublish { items } | Workload::NacosGet { items } => {
+                p["items"] = json!(items);
+            }
+            Workload::NacosBeat { instances } => p["instances"] = json!(instances),
+            Workload::NacosListen { listeners, changes } => {
+                p["listeners"] = json!(listeners);
+                p["changes"] = json!(changes);
+            }
+            Workload::Put | Workload::Txn | Workload::NacosRegister => {}
         }
-        if self.workload.is_consul() {
+        if self.workload.is_consul() || self.workload.is_nacos() {
             p["http_addr"] = json!(self.http_addr);
         }
         p

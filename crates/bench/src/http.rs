@@ -1,4 +1,4 @@
-//! A minimal keep-alive HTTP/1.1 client for the Consul workloads: one connection per
+//! A minimal keep-alive HTTP/1.1 client for the Consul and Nacos workloads: one connection per
 //! client (hyper's client connection), re-dialed after an error. Failures come back as gRPC
 //! statuses so that the shared driver counts and retries them as it does for etcd requests:
 //! a refused connection is `Unavailable`, any non-2xx answer `Unknown` with its code.
@@ -61,7 +61,42 @@ impl HttpConn {
 
     /// Sends one request; a non-2xx answer is an error.
     pub async fn send(&mut self, method: &str, path: &str, body: &str) -> Result<Answer, Status> {
-        let a = self.send_any(method, path, body).await?;
+        self.send_with(method, path, body, None, &[]).await
+    }
+
+    /// Sends one form-encoded request; a non-2xx answer is an error.
+    pub async fn send_form(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<Answer, Status> {
+        self.send_form_with(method, path, body, &[]).await
+    }
+
+    /// Sends one form-encoded request with extra `headers`; a non-2xx answer is an error.
+    pub async fn send_form_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, Status> {
+        let form = Some("application/x-www-form-urlencoded");
+        self.send_with(method, path, body, form, headers).await
+    }
+
+    async fn send_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, Status> {
+        let a = self
+            .request(method, path, body, content_type, headers)
+            .await?;
         if !(200..300).contains(&a.code) {
             return Err(Status::unknown(format!(
                 "HTTP {}: {}",
@@ -79,11 +114,29 @@ impl HttpConn {
         path: &str,
         body: &str,
     ) -> Result<Answer, Status> {
+        self.request(method, path, body, None, &[]).await
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, Status> {
         let host = self.addr.clone();
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, host)
+            .header(http::header::HOST, host);
+        if let Some(t) = content_type {
+            req = req.header(http::header::CONTENT_TYPE, t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let sender = self.dial().await?;

@@ -72,6 +72,9 @@ pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchE
     if cfg.workload.is_consul() {
         return workload::consul::run(&cfg).await;
     }
+    if cfg.workload.is_nacos() {
+        return workload::nacos::run(&cfg).await;
+    }
     if channels.is_empty() {
         return Err(BenchError::Config("no connections".into()));
     }
@@ -85,5 +88,10 @@ pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchE
         | Workload::ConsulHeartbeat { .. }
         | Workload::ConsulDiscover { .. }
         | Workload::ConsulWatch { .. } => workload::consul::run(&cfg).await,
+        Workload::NacosPublish { .. }
+        | Workload::NacosGet { .. }
+        | Workload::NacosRegister
+        | Workload::NacosBeat { .. }
+        | Workload::NacosListen { .. } => workload::nacos::run(&cfg).await,
     }
 }

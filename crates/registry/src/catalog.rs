@@ -451,6 +451,14 @@ impl Catalog {
         r
     }
 
+    /// The checks of instance `service` on `node` (without walking the node's others).
+    pub fn checks_of_instance(&self, node: &str, service: &str) -> Vec<Record<Check>> {
+        if service.is_empty() {
+            return Vec::new();
+        }
+        self.checks_under(node, service)
+    }
+
     fn checks_under(&self, node: &str, service: &str) -> Vec<Record<Check>> {
         let from = (node.to_string(), service.to_string(), String::new());
         let mut out: Vec<Record<Check>> = Vec::new();

@@ -85,7 +85,12 @@ pub async fn run(cfg: &Config, channels: &[Transport]) -> Result<Report, BenchEr
         | Workload::ConsulRegister { .. }
         | Workload::ConsulHeartbeat { .. }
         | Workload::ConsulDiscover { .. }
-        | Workload::ConsulWatch { .. } => {
+        | Workload::ConsulWatch { .. }
+        | Workload::NacosPublish { .. }
+        | Workload::NacosGet { .. }
+        | Workload::NacosRegister
+        | Workload::NacosBeat { .. }
+        | Workload::NacosListen { .. } => {
             return Err(BenchError::Config(format!(
                 "{} is not a KV workload",
                 cfg.workload.name()

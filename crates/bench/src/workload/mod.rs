@@ -11,6 +11,7 @@
 pub mod consul;
 pub mod kv;
 pub mod lease;
+pub mod nacos;
 pub mod watch;
 
 use berth_proto::client::Transport;

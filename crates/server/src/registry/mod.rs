@@ -522,6 +522,7 @@ impl Registry {
         &self,
         core: &Core,
         mut check: Check,
+        lease: Option<i64>,
         ops: &mut Vec<RequestOp>,
     ) -> Result<(), WriteError> {
         // An existing check of the same definition keeps its state: re-registering a
@@ -532,6 +533,18 @@ impl Registry {
                 check.status = old.value.status;
                 check.output = old.value.output.clone();
                 check.lease = old.value.lease;
+                // Registered again on another lease (a Nacos client that reconnected): the
+                // liveness key moves to it, so the check lives as the new lease does.
+                if let (Some(l), CheckKind::Ttl { .. }) = (lease, &check.kind) {
+                    if check.lease != l && check.status != CheckStatus::Critical {
+                        check.lease = l;
+                        ops.push(put_op(
+                            layout::ttl(&check.node, &check.service_id, &check.id),
+                            Vec::new(),
+                            l,
+                        ));
+                    }
+                }
                 if old.value == check {
                     return Ok(());
                 }
@@ -545,12 +558,15 @@ impl Registry {
         }
         if let CheckKind::Ttl { ttl } = check.kind {
             if check.status != CheckStatus::Critical {
-                let lease = core.leases.grant(lease_ttl(ttl), 0, None).await?;
-                check.lease = lease.id;
+                let lease = match lease {
+                    Some(id) => id,
+                    None => core.leases.grant(lease_ttl(ttl), 0, None).await?.id,
+                };
+                check.lease = lease;
                 ops.push(put_op(
                     layout::ttl(&check.node, &check.service_id, &check.id),
                     Vec::new(),
-                    lease.id,
+                    lease,
                 ));
             }
         }
@@ -573,12 +589,12 @@ impl Registry {
         replace_checks: bool,
     ) -> Result<(), RegistryFailure> {
         let (service, checks) = reg.into_records(&node.name)?;
-        self.register_records(core, node, service, checks, replace_checks)
+        self.register_records(core, node, service, checks, replace_checks, None)
             .await
     }
 
     /// Writes an instance and its checks as [`Registry::register`] does, from records
-    /// already validated.
+    /// already validated; new live TTL checks hang on `lease` when given (else each on its own).
     pub(crate) async fn register_records(
         &self,
         core: &Core,
@@ -586,6 +602,7 @@ impl Registry {
         service: berth_registry::Service,
         checks: Vec<Check>,
         replace_checks: bool,
+        lease: Option<i64>,
     ) -> Result<(), RegistryFailure> {
         let mut ops: Vec<RequestOp> = self.node_op(node).into_iter().collect();
         ops.push(put_op(
@@ -596,9 +613,8 @@ impl Registry {
         if replace_checks {
             let keep: Vec<&str> = checks.iter().map(|c| c.id.as_str()).collect();
             let stale: Vec<String> = self.read(|c| {
-                c.checks_on(&node.name)
+                c.checks_of_instance(&node.name, &service.id)
                     .into_iter()
-                    .filter(|r| r.value.service_id == service.id)
                     .filter(|r| !keep.contains(&r.value.id.as_str()))
                     .map(|r| r.value.id)
                     .collect()
@@ -615,7 +631,7 @@ impl Registry {
             }
         }
         for check in checks {
-            self.check_ops(core, check, &mut ops).await?;
+            self.check_ops(core, check, lease, &mut ops).await?;
         }
         self.write_ops(core, ops).await?;
         tracing::debug!(node = %node.name, service = %service.id, "service registered");
@@ -645,7 +661,7 @@ impl Registry {
         };
         let check = def.into_check(&node.name, &service_name)?;
         let mut ops: Vec<RequestOp> = self.node_op(node).into_iter().collect();
-        self.check_ops(core, check, &mut ops).await?;
+        self.check_ops(core, check, None, &mut ops).await?;
         self.write_ops(core, ops).await?;
         Ok(())
     }

@@ -62,8 +62,15 @@ pub fn record_id(service: &ServiceName, ip: &str, port: u16, cluster: &str) -> S
 }
 
 impl Registry {
-    /// Registers (or replaces) a Nacos instance with its liveness check.
-    pub async fn nacos_register(&self, core: &Core, i: &Instance) -> Result<(), RegistryFailure> {
+    /// Registers (or replaces) a Nacos instance with its liveness check; an ephemeral one's
+    /// liveness hangs on `lease` when given (a gRPC connection's: one renewal keeps all its
+    /// instances), else on a lease of its own that beats renew.
+    pub async fn nacos_register(
+        &self,
+        core: &Core,
+        i: &Instance,
+        lease: Option<i64>,
+    ) -> Result<(), RegistryFailure> {
         i.validate()?;
         self.wake_up();
         let (service, check) = i.to_registration();
@@ -78,7 +85,7 @@ impl Registry {
                 c.deregister_critical_after = naming::DELETE_TIMEOUT - naming::BEAT_TIMEOUT;
             }
         }
-        self.register_records(core, &node(core), service, checks, true)
+        self.register_records(core, &node(core), service, checks, true, lease)
             .await
     }
 

@@ -143,7 +143,7 @@ async fn register(
 ) -> Result<Response, NacosError> {
     principal(&core, &headers, &q)?.authenticated()?;
     let i = instance(&q)?;
-    core.registry.nacos_register(&core, &i).await?;
+    core.registry.nacos_register(&core, &i, None).await?;
     Ok(text_ok())
 }
 
@@ -165,7 +165,7 @@ async fn update(
             i.instance_id()
         )));
     }
-    core.registry.nacos_register(&core, &i).await?;
+    core.registry.nacos_register(&core, &i, None).await?;
     Ok(text_ok())
 }
 
@@ -340,7 +340,7 @@ async fn beat(
                 metadata,
             };
             i.validate().map_err(|e| NacosError::bad(e.to_string()))?;
-            core.registry.nacos_register(&core, &i).await?;
+            core.registry.nacos_register(&core, &i, None).await?;
             Ok(answer(10200))
         }
         Beat::Unknown => Ok(answer(20404)),

@@ -140,6 +140,8 @@ struct Conn {
     /// Ephemeral instances registered over this connection, by service: they live while it
     /// does.
     instances: HashMap<ServiceName, Vec<Instance>>,
+    /// The lease the connection's ephemeral instances live on (0: none yet).
+    lease: i64,
     /// Services the client subscribed to, with the task that pushes their changes.
     subscriptions: HashMap<ServiceName, tokio::task::AbortHandle>,
     /// Pushes sent, for their request IDs.
@@ -171,6 +173,7 @@ impl Conns {
             push: None,
             listening: HashSet::new(),
             instances: HashMap::new(),
+            lease: 0,
             subscriptions: HashMap::new(),
             pushed: 0,
         });
@@ -219,16 +222,16 @@ impl Conns {
     }
 
     /// Forgets connection `id`: stops its subscriptions and hands back its ephemeral
-    /// instances (to deregister).
-    fn close(&self, id: u64) -> Vec<Instance> {
+    /// instances (to deregister) and its lease (to revoke).
+    fn close(&self, id: u64) -> (Vec<Instance>, i64) {
         let Some(c) = self.lock().remove(&id) else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         for task in c.subscriptions.values() {
             task.abort();
         }
         tracing::debug!(conn = %c.id, "nacos grpc: connection closed");
-        c.instances.into_values().flatten().collect()
+        (c.instances.into_values().flatten().collect(), c.lease)
     }
 }
 
@@ -483,7 +486,8 @@ impl BiRequestStream for Nacos {
                     }
                 }
             }
-            for i in conns.close(tag.id) {
+            let (instances, lease) = conns.close(tag.id);
+            for i in instances {
                 if let Err(e) = core
                     .registry
                     .nacos_deregister(&core, &i.service, &i.ip, i.port, &i.cluster)
@@ -491,6 +495,9 @@ impl BiRequestStream for Nacos {
                 {
                     tracing::warn!(error = %e, instance = %i.instance_id(), "nacos grpc: deregistering a closed connection's instance");
                 }
+            }
+            if lease != 0 {
+                let _ = core.leases.revoke(lease, None).await;
             }
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);

@@ -99,6 +99,29 @@ fn instance(service: &ServiceName, v: &Value, ephemeral: bool) -> Result<Instanc
     Ok(i)
 }
 
+/// The lease the connection's ephemeral instances live on, granted on first use.
+async fn conn_lease(core: &Core, conns: &Conns, tag: ConnTag) -> Result<i64, (u16, String)> {
+    let held = conns.with(tag, |c| c.lease);
+    if held != 0 {
+        return Ok(held);
+    }
+    let ttl = i64::try_from(naming::BEAT_TIMEOUT.as_secs()).unwrap_or(15);
+    let granted = core
+        .leases
+        .grant(ttl, 0, None)
+        .await
+        .map_err(|e| (code::UNAVAILABLE, e.to_string()))?
+        .id;
+    // Two registrations racing on one connection: the first lease set wins; the other
+    // holds nothing and expires on its own.
+    Ok(conns.with(tag, |c| {
+        if c.lease == 0 {
+            c.lease = granted;
+        }
+        c.lease
+    }))
+}
+
 fn same_place(a: &Instance, b: &Instance) -> bool {
     a.ip == b.ip && a.port == b.port && a.cluster == b.cluster
 }
@@ -123,8 +146,13 @@ pub async fn instance_request(
     match kind.as_str() {
         "registerInstance" => {
             let i = instance(&svc, &body, ephemeral)?;
+            let lease = if ephemeral {
+                Some(conn_lease(core, conns, tag).await?)
+            } else {
+                None
+            };
             core.registry
-                .nacos_register(core, &i)
+                .nacos_register(core, &i, lease)
                 .await
                 .map_err(|e| (failure(&e), e.to_string()))?;
             if ephemeral {
@@ -217,9 +245,10 @@ pub async fn batch(
             .iter()
             .map(|v| instance(&svc, v, true))
             .collect::<Result<Vec<_>, _>>()?;
+        let lease = Some(conn_lease(core, conns, tag).await?);
         for i in &wanted {
             core.registry
-                .nacos_register(core, i)
+                .nacos_register(core, i, lease)
                 .await
                 .map_err(|e| (failure(&e), e.to_string()))?;
         }
@@ -406,33 +435,51 @@ pub fn list(core: &Core, r: &Req) -> berth_proto::nacos::Payload {
     ok(KIND, json!({"count": names.len(), "serviceNames": page}))
 }
 
-/// Beats for every ephemeral instance of every open connection, every 5 s: they live while
-/// their connection does. One that berth lost (removed after a long partition) is registered
-/// again.
+/// Keeps every open connection's lease alive, every 5 s: one renewal keeps all the
+/// connection's ephemeral instances. A lease that lapsed (this member was cut off long
+/// enough) is granted anew and the connection's instances are registered on it again.
 pub async fn keep_alive(core: Arc<Core>, conns: Arc<Conns>) {
     let mut tick = tokio::time::interval(naming::BEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let all: Vec<Instance> = conns
+        let leases: Vec<(u64, i64)> = conns
             .lock()
-            .values()
-            .flat_map(|c| c.instances.values().flatten().cloned())
+            .iter()
+            .filter(|(_, c)| c.lease != 0)
+            .map(|(id, c)| (*id, c.lease))
             .collect();
-        for i in all {
-            match core
-                .registry
-                .nacos_beat(&core, &i.service, &i.ip, i.port, &i.cluster)
-                .await
-            {
-                Ok(crate::registry::naming::Beat::Renewed) => {}
-                Ok(crate::registry::naming::Beat::Unknown) => {
-                    if let Err(e) = core.registry.nacos_register(&core, &i).await {
-                        tracing::debug!(error = %e, "nacos grpc: registering a lost instance again");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "nacos grpc: beating for an instance"),
+        for (id, lease) in leases {
+            match core.leases.renew(lease).await {
+                Ok(ttl) if ttl > 0 => {}
+                Ok(_) => renew_lost(&core, &conns, id, lease).await,
+                Err(e) => tracing::debug!(error = %e, "nacos grpc: renewing a connection's lease"),
             }
+        }
+    }
+}
+
+/// Grants connection `id` a new lease in place of `lost` and registers its instances on it.
+async fn renew_lost(core: &Core, conns: &Conns, id: u64, lost: i64) {
+    let ttl = i64::try_from(naming::BEAT_TIMEOUT.as_secs()).unwrap_or(15);
+    let Ok(granted) = core.leases.grant(ttl, 0, None).await else {
+        return;
+    };
+    let instances: Vec<Instance> = {
+        let mut map = conns.lock();
+        let Some(c) = map.get_mut(&id).filter(|c| c.lease == lost) else {
+            return;
+        };
+        c.lease = granted.id;
+        c.instances.values().flatten().cloned().collect()
+    };
+    for i in instances {
+        if let Err(e) = core
+            .registry
+            .nacos_register(core, &i, Some(granted.id))
+            .await
+        {
+            tracing::debug!(error = %e, "nacos grpc: registering an instance on a new lease");
         }
     }
 }
