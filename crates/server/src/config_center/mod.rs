@@ -138,6 +138,26 @@ pub struct ConfigCenter {
     changes: broadcast::Sender<Changed>,
 }
 
+/// A listener's hold on the per-item notifications: when it ends (answered, timed out or
+/// dropped with its request), entries no other listener holds are removed, so items that
+/// clients merely named do not pile up.
+struct ListenGuard<'a> {
+    map: &'a Mutex<HashMap<ItemKey, Arc<Notify>>>,
+    entries: Vec<(ItemKey, Arc<Notify>)>,
+}
+
+impl Drop for ListenGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(self.map);
+        for (k, n) in self.entries.drain(..) {
+            // The map's reference and this one: nobody else listens.
+            if Arc::strong_count(&n) == 2 {
+                map.remove(&k);
+            }
+        }
+    }
+}
+
 /// What [`ConfigCenter::changes`] reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Changed {
@@ -320,15 +340,22 @@ impl ConfigCenter {
         ip: &str,
         deadline: Instant,
     ) -> Vec<ItemKey> {
-        let notifies: Vec<Arc<Notify>> = {
-            let mut map = lock(&self.listeners);
-            probes
-                .iter()
-                .map(|(k, _)| map.entry(k.clone()).or_default().clone())
-                .collect()
+        let guard = ListenGuard {
+            map: &self.listeners,
+            entries: {
+                let mut map = lock(&self.listeners);
+                probes
+                    .iter()
+                    .map(|(k, _)| (k.clone(), map.entry(k.clone()).or_default().clone()))
+                    .collect()
+            },
         };
         loop {
-            let mut waits: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+            let mut waits: Vec<_> = guard
+                .entries
+                .iter()
+                .map(|(_, n)| Box::pin(n.notified()))
+                .collect();
             for w in &mut waits {
                 w.as_mut().enable();
             }
