@@ -581,6 +581,20 @@ async fn grpc_refuses_bad_payloads_with_clear_errors() {
         .into_inner(),
     );
     assert_eq!(body["errorCode"].as_u64(), Some(400), "{body}");
+
+    // An ephemeral instance needs a set-up connection (its stream is what keeps it alive).
+    let (kind, body) = answer(
+        c.request(call(
+            "InstanceRequest",
+            br#"{"namespace": "public", "serviceName": "s", "groupName": "G", "type": "registerInstance",
+                "instance": {"ip": "10.0.0.1", "port": 1, "ephemeral": true}}"#,
+        ))
+        .await
+        .expect("call")
+        .into_inner(),
+    );
+    assert_eq!(kind, "InstanceResponse");
+    assert_eq!(body["errorCode"].as_u64(), Some(301), "{body}");
 }
 
 /// Naming through Nacos is the registry: an instance registered with Nacos's v1 API is a

@@ -15,6 +15,8 @@ use crate::{rules, ConfigError, ContentType};
 pub const MANIFEST: &str = ".berth/items.json";
 /// Most entries read from one archive.
 pub const MAX_ENTRIES: usize = 100_000;
+/// Most bytes one archive may unpack to (a small gzip can expand a thousandfold).
+pub const MAX_TOTAL: u64 = 256 << 20;
 
 /// One item in an archive.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +86,7 @@ pub fn unpack(data: &[u8], max_content: usize) -> Result<Vec<Entry>, ConfigError
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(data));
     let mut files: Vec<(String, String, String)> = Vec::new();
     let mut manifest: Option<Manifest> = None;
+    let mut total: u64 = 0;
     for (n, entry) in tar.entries().map_err(bad)?.enumerate() {
         if n >= MAX_ENTRIES {
             return Err(bad(format!("more than {MAX_ENTRIES} entries")));
@@ -107,6 +110,10 @@ pub fn unpack(data: &[u8], max_content: usize) -> Result<Vec<Entry>, ConfigError
                 size: usize::try_from(entry.size()).unwrap_or(usize::MAX),
                 limit,
             });
+        }
+        total = total.saturating_add(entry.size());
+        if total > MAX_TOTAL {
+            return Err(bad(format!("unpacks to more than {MAX_TOTAL} bytes")));
         }
         let mut text = String::new();
         entry

@@ -223,7 +223,16 @@ pub struct Beta {
 impl Beta {
     /// True when the client at `ip` sees this beta.
     pub fn covers(&self, ip: &str) -> bool {
-        self.ips.iter().any(|i| i == ip)
+        let canonical = |s: &str| {
+            s.trim()
+                .parse::<std::net::IpAddr>()
+                .map(|a| a.to_canonical())
+                .ok()
+        };
+        match canonical(ip) {
+            Some(addr) => self.ips.iter().any(|i| canonical(i) == Some(addr)),
+            None => self.ips.iter().any(|i| i == ip),
+        }
     }
 }
 

@@ -390,10 +390,9 @@ impl ConfigCenter {
         rules::content(&p.content, self.limits.max_content)?;
         rules::attributes(&p.desc, &p.app, &p.tags)?;
         self.require_namespace(core, &k.namespace).await?;
-        if p.cas_md5.is_some() {
-            // The comparison must see the latest publish, wherever it was made.
-            core.consensus.read_index().await?;
-        }
+        // What the publish compares with (the MD5 of `cas_md5`, "nothing changes") must be
+        // the latest, wherever it was published.
+        core.consensus.read_index().await?;
         for _ in 0..PUBLISH_ATTEMPTS {
             let (current, seen) = self.stored_item(k)?;
             if let Some(expected) = &p.cas_md5 {
@@ -457,6 +456,7 @@ impl ConfigCenter {
         author: berth_config::Author,
     ) -> Result<bool, ConfigFailure> {
         rules::key(k)?;
+        core.consensus.read_index().await?;
         for _ in 0..PUBLISH_ATTEMPTS {
             let (current, seen) = self.stored_item(k)?;
             let Some(item) = current else {
@@ -526,6 +526,7 @@ impl ConfigCenter {
     /// Ends the beta of `k` without publishing it. Returns false when none ran.
     pub async fn withdraw_beta(&self, core: &Core, k: &ItemKey) -> Result<bool, ConfigFailure> {
         rules::key(k)?;
+        core.consensus.read_index().await?;
         if self.stored(&layout::beta(k))?.is_none() {
             return Ok(false);
         }
@@ -542,9 +543,11 @@ impl ConfigCenter {
         author: berth_config::Author,
     ) -> Result<Arc<Item>, ConfigFailure> {
         rules::key(k)?;
+        core.consensus.read_index().await?;
         let Some(kv) = self.stored(&layout::beta(k))? else {
             return Err(ConfigError::NotFound(format!("{k} has no beta")).into());
         };
+        let beta_rev = kv.mod_revision;
         let beta: Beta = decode(&kv)?;
         let (current, _) = self.stored_item(k)?;
         let base = current.ok_or_else(|| ConfigError::NotFound(format!("{k} does not exist")))?;
@@ -563,7 +566,14 @@ impl ConfigCenter {
                 author,
             )
             .await?;
-        self.withdraw_beta(core, k).await?;
+        // Ends this beta only: one published meanwhile stays.
+        self.commit(
+            core,
+            layout::beta(k),
+            beta_rev,
+            vec![delete_key(layout::beta(k))],
+        )
+        .await?;
         Ok(item)
     }
 
@@ -782,7 +792,7 @@ impl ConfigCenter {
     }
 
     /// The highest version number `k` ever had (0: none kept).
-    fn last_version(&self, k: &ItemKey) -> Result<u64, ConfigFailure> {
+    pub(crate) fn last_version(&self, k: &ItemKey) -> Result<u64, ConfigFailure> {
         let prefix = layout::versions(k);
         let resp = self.store.range_in(
             Keyspace::Config,
@@ -953,17 +963,18 @@ impl ConfigCenter {
     /// Rebuilds the view from the keyspace; returns the revision it reflects.
     fn load(&self) -> Result<i64, berth_store::StoreError> {
         let mut fresh = View::default();
-        let mut rev = 0;
+        // Every part read at one revision, which the watch then follows from.
+        let rev = self.store.revision();
         for prefix in [layout::ITEMS, layout::BETAS, layout::NAMESPACES] {
             let resp = self.store.range_in(
                 Keyspace::Config,
                 &RangeRequest {
                     key: prefix.to_vec(),
                     range_end: layout::prefix_end(prefix),
+                    revision: rev,
                     ..Default::default()
                 },
             )?;
-            rev = resp.header.map_or(rev, |h| h.revision);
             for kv in &resp.kvs {
                 if let Err(e) = fresh.put(kv) {
                     tracing::error!(error = %e, "config: skipping a record");

@@ -1,7 +1,8 @@
 //! The leader's history housekeeping: every quarter of the retention (at least once a
 //! second, at most once a minute), removes kept versions older than
 //! `--config-history-max-age` by the age index, in batches, keeping every item's current
-//! version (its index entry goes; the version stays until newer ones push it out by count).
+//! version, or a deleted item's last one (its index entry goes; the version stays until
+//! newer ones push it out by count).
 //! Idempotent, so a new leader simply carries on.
 
 use std::sync::Arc;
@@ -73,8 +74,13 @@ pub async fn trim(core: &Core, cutoff: i64) -> Result<usize, super::ConfigFailur
         let Some((_, k, v)) = layout::parse_aged(&kv.key) else {
             continue;
         };
-        let current = cc.stored_item(&k)?.0.map(|i| i.version);
-        if current != Some(v) {
+        // The newest version stays (the current one, or a deleted item's last): version
+        // numbers count on from it, and rollback and diff name them.
+        let newest = match cc.stored_item(&k)?.0 {
+            Some(i) => i.version,
+            None => cc.last_version(&k)?,
+        };
+        if v != newest {
             ops.push(delete_key(layout::version(&k, v)));
         }
     }

@@ -527,17 +527,22 @@ impl Registry {
     ) -> Result<(), WriteError> {
         // An existing check of the same definition keeps its state: re-registering a
         // service (Spring does on failure) must not flap it.
+        let wanted = check.status;
         let existing = self.read(|c| c.check(&check.node, &check.id));
         if let Some(old) = existing {
             if old.value.kind == check.kind && old.value.service_id == check.service_id {
                 check.status = old.value.status;
                 check.output = old.value.output.clone();
                 check.lease = old.value.lease;
-                // Registered again on another lease (a Nacos client that reconnected): the
-                // liveness key moves to it, so the check lives as the new lease does.
+                // Registered again with a lease (a Nacos client's connection, perhaps a new
+                // one after a reconnect): the liveness key moves to it, and a check whose old
+                // lease lapsed lives again in the status registered.
                 if let (Some(l), CheckKind::Ttl { .. }) = (lease, &check.kind) {
-                    if check.lease != l && check.status != CheckStatus::Critical {
+                    if (check.lease != l || check.status == CheckStatus::Critical)
+                        && wanted != CheckStatus::Critical
+                    {
                         check.lease = l;
+                        check.status = wanted;
                         ops.push(put_op(
                             layout::ttl(&check.node, &check.service_id, &check.id),
                             Vec::new(),

@@ -124,6 +124,13 @@ impl Registry {
         }
     }
 
+    /// True when instance `i`'s liveness hangs on `lease`.
+    pub fn nacos_on_lease(&self, i: &Instance, lease: i64) -> bool {
+        let id = format!("service:{}", i.record_id());
+        self.read(|c| c.stored_check(naming::NODE, &id))
+            .is_some_and(|r| r.value.lease == lease)
+    }
+
     /// The instances of `service` (healthy or not) and the index of that list.
     pub fn nacos_instances(&self, service: &ServiceName) -> (Vec<Instance>, i64) {
         let name = service.catalog_name();

@@ -629,6 +629,9 @@ async fn import(
     let ns = ItemKey::new(&q.namespace, "g", "d").namespace;
     let policy = policy(q.policy.as_deref())?;
     let p = principal(&core, &headers)?;
+    // An anonymous caller gets nothing unpacked (under auth); per-item grants are checked next.
+    p.authenticated()?;
+    core.config_center.require_namespace(&core, &ns).await?;
     let entries = berth_config::archive::unpack(&body, core.config_center.limits().max_content)?;
     may_write_all(&p, &ns, &entries)?;
     let report = core

@@ -404,12 +404,20 @@ async fn listen(
     };
     let no_hangup = header("long-pulling-timeout-no-hangup") == Some("true");
     let hold = if no_hangup { Duration::ZERO } else { hold };
-    core.metrics.nacos_listeners.inc();
-    let changed = core
-        .config_center
-        .listen(&probes, &ip, Instant::now() + hold)
-        .await;
-    core.metrics.nacos_listeners.dec();
+    let changed = {
+        // Counted while held, however the request ends (a client may hang up mid-poll).
+        struct Held<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        core.metrics.nacos_listeners.inc();
+        let _held = Held(&core.metrics.nacos_listeners);
+        core.config_center
+            .listen(&probes, &ip, Instant::now() + hold)
+            .await
+    };
     let mut resp = (
         [(header::CONTENT_TYPE, "text/html;charset=UTF-8")],
         changed_body(&changed),

@@ -220,16 +220,37 @@ pub fn batch_listen(
         }
         keys.push((k, field(c, "md5")));
     }
-    let ip = conns.with(tag, |c| {
+    let held = conns.with_open(tag, |c| {
         for (k, _) in &keys {
             if listen {
+                if c.listening.len() >= super::MAX_LISTENING && !c.listening.contains(k) {
+                    return Err(());
+                }
                 c.listening.insert(k.clone());
             } else {
                 c.listening.remove(k);
             }
         }
-        c.client_ip.clone()
+        Ok(c.client_ip.clone())
     });
+    let ip = match held {
+        Some(Ok(ip)) => ip,
+        Some(Err(())) => {
+            return failed(
+                KIND,
+                code::BAD_REQUEST,
+                &format!(
+                    "a connection may listen to at most {} configs",
+                    super::MAX_LISTENING
+                ),
+                json!({"changedConfigs": []}),
+            )
+        }
+        None => {
+            let (c, m) = super::unregistered();
+            return failed(KIND, c, &m, json!({"changedConfigs": []}));
+        }
+    };
     let ip = if ip.is_empty() {
         r.client_ip.clone()
     } else {

@@ -58,23 +58,42 @@ pub struct ConnTag {
     pub peer: Option<SocketAddr>,
 }
 
-/// An accepted connection tagged with a [`ConnTag`] that every request on it carries.
+/// An accepted connection tagged with a [`ConnTag`] that every request on it carries. When
+/// it is dropped (the connection closed), a record it left without a stream goes too.
 pub struct Tagged<C> {
     inner: C,
     tag: ConnTag,
+    conns: Arc<Conns>,
+}
+
+impl<C> Drop for Tagged<C> {
+    fn drop(&mut self) {
+        let mut map = self.conns.lock();
+        if map
+            .get(&self.tag.id)
+            .is_some_and(|c| c.push.is_none() && c.instances.is_empty())
+        {
+            if let Some(c) = map.remove(&self.tag.id) {
+                for task in c.subscriptions.values() {
+                    task.abort();
+                }
+            }
+        }
+    }
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 impl<C> Tagged<C> {
-    /// Tags `inner`, accepted from `peer`.
-    pub fn new(inner: C, peer: ClientAddr) -> Tagged<C> {
+    /// Tags `inner`, accepted from `peer`, whose records live in `conns`.
+    pub fn new(inner: C, peer: ClientAddr, conns: Arc<Conns>) -> Tagged<C> {
         Tagged {
             inner,
             tag: ConnTag {
                 id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
                 peer: peer.0,
             },
+            conns,
         }
     }
 }
@@ -135,6 +154,8 @@ struct Conn {
     client_ip: String,
     /// Where pushes go (set once the stream is open).
     push: Option<mpsc::Sender<Result<Payload, Status>>>,
+    /// Ends the stream with an error (its client then reconnects and re-syncs).
+    cut: Option<tokio::sync::oneshot::Sender<()>>,
     /// Config items the client listens to.
     listening: HashSet<ItemKey>,
     /// Ephemeral instances registered over this connection, by service: they live while it
@@ -148,6 +169,17 @@ struct Conn {
     pushed: u64,
 }
 
+/// The refusal of a request that needs a set-up connection.
+fn unregistered() -> (u16, String) {
+    (
+        code::UNREGISTERED,
+        "this connection is not set up: open the stream with a ConnectionSetupRequest first".into(),
+    )
+}
+
+/// Most config items one connection may listen to.
+const MAX_LISTENING: usize = 100_000;
+
 /// Every open connection of this listener, by [`ConnTag::id`].
 #[derive(Default)]
 pub struct Conns {
@@ -159,7 +191,18 @@ impl Conns {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The connection's record, made on first use.
+    /// The record of a connection whose stream is set up; `None` otherwise (closed, or a
+    /// client that skipped `ConnectionSetupRequest`): what it would hold could never be
+    /// pushed to, nor cleaned up with the stream.
+    fn with_open<R>(&self, tag: ConnTag, f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
+        self.lock()
+            .get_mut(&tag.id)
+            .filter(|c| c.push.is_some())
+            .map(f)
+    }
+
+    /// The connection's record, made on first use (by `ServerCheckRequest` and the stream's
+    /// setup).
     fn with<R>(&self, tag: ConnTag, f: impl FnOnce(&mut Conn) -> R) -> R {
         let mut map = self.lock();
         let conn = map.entry(tag.id).or_insert_with(|| Conn {
@@ -171,6 +214,7 @@ impl Conns {
             ),
             client_ip: tag.peer.map(|a| a.ip().to_string()).unwrap_or_default(),
             push: None,
+            cut: None,
             listening: HashSet::new(),
             instances: HashMap::new(),
             lease: 0,
@@ -180,9 +224,11 @@ impl Conns {
         f(conn)
     }
 
-    /// Sends `(type, body)` down connection `id`'s stream (see [`Conns::push`]).
-    fn push_to(&self, id: u64, kind: &str, body: impl Fn(&str) -> Value) {
+    /// Sends `(type, body)` down connection `id`'s stream (see [`Conns::push`]); false
+    /// when the connection is gone.
+    fn push_to(&self, id: u64, kind: &str, body: impl Fn(&str) -> Value) -> bool {
         self.push_where(|conn_id, _| conn_id == id, kind, body);
+        self.lock().get(&id).is_some_and(|c| c.push.is_some())
     }
 
     /// Sends `(type, body)` down the stream of each connection `to` picks; a connection whose
@@ -211,10 +257,9 @@ impl Conns {
         }
         for id in cut {
             if let Some(c) = map.get_mut(&id) {
-                if let Some(tx) = c.push.take() {
-                    let _ = tx.try_send(Err(Status::unavailable(
-                        "berth: push queue full, reconnect and re-sync",
-                    )));
+                c.push = None;
+                if let Some(cut) = c.cut.take() {
+                    let _ = cut.send(());
                 }
                 tracing::warn!(conn = %c.id, "nacos grpc: a slow client's stream was cut");
             }
@@ -275,6 +320,8 @@ fn failed(kind: &str, code: u16, message: &str, mut fields: Value) -> Payload {
 
 /// Nacos's error codes berth answers with.
 mod code {
+    /// The connection is not set up (no `ConnectionSetupRequest` on its stream).
+    pub const UNREGISTERED: u16 = 301;
     /// The request is invalid.
     pub const BAD_REQUEST: u16 = 400;
     /// The caller may not do it.
@@ -459,6 +506,8 @@ impl BiRequestStream for Nacos {
         let tag = tag_of(&req);
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+        let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut cut_tx = Some(cut_tx);
         let conns = self.conns.clone();
         let core = self.core.clone();
         tokio::spawn(async move {
@@ -470,8 +519,12 @@ impl BiRequestStream for Nacos {
                 };
                 match r.kind.as_str() {
                     "ConnectionSetupRequest" => {
+                        let cut = cut_tx.take();
                         let conn = conns.with(tag, |c| {
                             c.push = Some(tx.clone());
+                            if cut.is_some() {
+                                c.cut = cut;
+                            }
                             if !r.client_ip.is_empty() {
                                 c.client_ip = r.client_ip.clone();
                             }
@@ -488,6 +541,11 @@ impl BiRequestStream for Nacos {
             }
             let (instances, lease) = conns.close(tag.id);
             for i in instances {
+                // An instance registered again through another connection (its client
+                // reconnected) lives on that one's lease now: it stays.
+                if lease != 0 && !core.registry.nacos_on_lease(&i, lease) {
+                    continue;
+                }
                 if let Err(e) = core
                     .registry
                     .nacos_deregister(&core, &i.service, &i.ip, i.port, &i.cluster)
@@ -500,7 +558,15 @@ impl BiRequestStream for Nacos {
                 let _ = core.leases.revoke(lease, None).await;
             }
         });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        // A cut ends the stream with an error status: a stream that ends OK goes unnoticed
+        // by clients, which would then wait for pushes forever.
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .take_until(cut_rx)
+            .chain(futures::stream::once(async {
+                Err(Status::unavailable(
+                    "berth: this connection's pushes fell behind; reconnect and re-sync",
+                ))
+            }));
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -522,7 +588,9 @@ where
     };
     let pusher = tokio::spawn(config::push_changes(core.clone(), conns.clone()));
     let beater = tokio::spawn(naming::keep_alive(core.clone(), conns.clone()));
-    let incoming = incoming.map(|c| c.map(|(conn, peer)| Tagged::new(conn, peer)));
+    let tagging = conns.clone();
+    let incoming =
+        incoming.map(move |c| c.map(|(conn, peer)| Tagged::new(conn, peer, tagging.clone())));
     let result = crate::listen::grpc_server(&core.config)
         .add_service(RequestServer::new(nacos.clone()))
         .add_service(BiRequestStreamServer::new(nacos))

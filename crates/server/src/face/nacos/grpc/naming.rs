@@ -101,7 +101,9 @@ fn instance(service: &ServiceName, v: &Value, ephemeral: bool) -> Result<Instanc
 
 /// The lease the connection's ephemeral instances live on, granted on first use.
 async fn conn_lease(core: &Core, conns: &Conns, tag: ConnTag) -> Result<i64, (u16, String)> {
-    let held = conns.with(tag, |c| c.lease);
+    let held = conns
+        .with_open(tag, |c| c.lease)
+        .ok_or_else(super::unregistered)?;
     if held != 0 {
         return Ok(held);
     }
@@ -114,12 +116,17 @@ async fn conn_lease(core: &Core, conns: &Conns, tag: ConnTag) -> Result<i64, (u1
         .id;
     // Two registrations racing on one connection: the first lease set wins; the other
     // holds nothing and expires on its own.
-    Ok(conns.with(tag, |c| {
+    let lease = conns.with_open(tag, |c| {
         if c.lease == 0 {
             c.lease = granted;
         }
         c.lease
-    }))
+    });
+    if lease != Some(granted) {
+        // Not ours to use (another registration won, or the connection closed meanwhile).
+        let _ = core.leases.revoke(granted, None).await;
+    }
+    lease.ok_or_else(super::unregistered)
 }
 
 fn same_place(a: &Instance, b: &Instance) -> bool {
@@ -157,7 +164,9 @@ pub async fn instance_request(
                 .map_err(|e| (failure(&e), e.to_string()))?;
             if ephemeral {
                 // One instance per service per connection (as Nacos 2.x): another replaces it.
-                let old = conns.with(tag, |c| c.instances.insert(svc.clone(), vec![i.clone()]));
+                let old = conns
+                    .with_open(tag, |c| c.instances.insert(svc.clone(), vec![i.clone()]))
+                    .ok_or_else(super::unregistered)?;
                 for o in old
                     .unwrap_or_default()
                     .iter()
@@ -193,7 +202,7 @@ pub async fn instance_request(
             } else {
                 cluster
             };
-            conns.with(tag, |c| {
+            conns.with_open(tag, |c| {
                 if let Some(list) = c.instances.get_mut(&svc) {
                     list.retain(|o| !(o.ip == ip && o.port == port && o.cluster == cluster));
                 }
@@ -252,7 +261,9 @@ pub async fn batch(
                 .await
                 .map_err(|e| (failure(&e), e.to_string()))?;
         }
-        let old = conns.with(tag, |c| c.instances.insert(svc.clone(), wanted.clone()));
+        let old = conns
+            .with_open(tag, |c| c.instances.insert(svc.clone(), wanted.clone()))
+            .ok_or_else(super::unregistered)?;
         for o in old
             .unwrap_or_default()
             .iter()
@@ -329,7 +340,10 @@ pub fn subscribe(
     let (hosts, index) = core.registry.nacos_instances(&svc);
     let at = crate::registry::now_ms();
     let info = service_info(&svc, &hosts, false, at);
-    let previous = conns.with(tag, |c| c.subscriptions.remove(&svc));
+    let Some(previous) = conns.with_open(tag, |c| c.subscriptions.remove(&svc)) else {
+        let (c, m) = super::unregistered();
+        return failed(KIND, c, &m, json!({}));
+    };
     if let Some(task) = previous {
         task.abort();
     }
@@ -343,7 +357,14 @@ pub fn subscribe(
             index,
             at,
         ));
-        conns.with(tag, |c| c.subscriptions.insert(svc, task.abort_handle()));
+        let replaced = conns.with_open(tag, |c| c.subscriptions.insert(svc, task.abort_handle()));
+        match replaced {
+            // A subscription made meanwhile: this one replaces it.
+            Some(Some(old)) => old.abort(),
+            Some(None) => {}
+            // The connection closed meanwhile.
+            None => task.abort(),
+        }
     }
     ok(KIND, json!({ "serviceInfo": info }))
 }
@@ -372,7 +393,7 @@ async fn follow(
         }
         at = crate::registry::now_ms().max(at + 1);
         let info = service_info(&svc, &hosts, false, at);
-        conns.push_to(conn, "NotifySubscriberRequest", |id| {
+        let open = conns.push_to(conn, "NotifySubscriberRequest", |id| {
             json!({
                 "headers": {},
                 "requestId": id,
@@ -383,6 +404,9 @@ async fn follow(
                 "serviceInfo": info,
             })
         });
+        if !open {
+            return;
+        }
         last = info;
     }
 }
