@@ -150,8 +150,10 @@ type Results = futures::stream::BoxStream<
 >;
 
 /// Hands each write of a batch its answer as it is applied; any left unanswered see Raft
-/// stopped.
-async fn deliver(mut results: Results, answers: Vec<oneshot::Sender<Answer>>) {
+/// stopped. (The stream is fused: openraft's ends for good when Raft stops, and polling it
+/// again would panic.)
+async fn deliver(results: Results, answers: Vec<oneshot::Sender<Answer>>) {
+    let mut results = results.fuse();
     for tx in answers {
         let answer = match results.next().await {
             Some(Ok(Ok(resp))) => Ok(ClientWriteResponse {
