@@ -37,7 +37,7 @@ fn json(text: &str) -> Value {
 
 #[test]
 fn config_commands_publish_version_diff_roll_back_and_move_namespaces() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[crate::harness::WITH_NACOS]);
     let h = srv.http_addr.as_str();
 
     ok(

@@ -27,6 +27,11 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The harness's own flag (never passed to berth): serve Nacos's API (on `nacos_addr`) and
+/// its gRPC protocol (that port + 1000). Servers without it run with Nacos off, so the two
+/// extra ports are taken only by the tests that speak Nacos.
+pub const WITH_NACOS: &str = "--with-nacos";
+
 /// A free port for a Nacos listener: its gRPC port (this one + 1000, as Nacos) is free too.
 pub fn nacos_port() -> u16 {
     loop {
@@ -127,7 +132,11 @@ impl Server {
             client_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
             dns_addr: format!("127.0.0.1:{}", free_port()),
-            nacos_addr: format!("127.0.0.1:{}", nacos_port()),
+            nacos_addr: if extra.iter().any(|a| a == WITH_NACOS) {
+                format!("127.0.0.1:{}", nacos_port())
+            } else {
+                String::new()
+            },
             peer_url,
             extra,
             netns: None,
@@ -330,7 +339,11 @@ impl Server {
                     .then(|| {
                         [
                             "--listen-nacos-urls".to_string(),
-                            format!("http://{}", self.nacos_addr),
+                            if self.nacos_addr.is_empty() {
+                                String::new()
+                            } else {
+                                format!("http://{}", self.nacos_addr)
+                            },
                         ]
                     })
                     .into_iter()
@@ -338,7 +351,7 @@ impl Server {
             )
             .arg("--log-level")
             .arg(std::env::var("BERTH_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into()))
-            .args(&self.extra);
+            .args(self.extra.iter().filter(|a| *a != WITH_NACOS));
         cmd
     }
 

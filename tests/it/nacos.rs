@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{http_request, run, Cluster, Server};
+use crate::harness::{http_request, run, Cluster, Server, WITH_NACOS};
 
 /// Percent-encodes a query value.
 fn enc(s: &str) -> String {
@@ -87,7 +87,7 @@ fn history_count(addr: &str, data_id: &str) -> u64 {
 
 #[test]
 fn open_api_publishes_reads_versions_and_refuses_bad_input() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_NACOS]);
     let a = srv.nacos_addr.as_str();
 
     let (code, body, _) = nacos(
@@ -320,7 +320,7 @@ fn open_api_publishes_reads_versions_and_refuses_bad_input() {
 /// A long poll answers at once when the client's MD5 is stale, else holds until a publish.
 #[test]
 fn listener_answers_stale_md5_at_once_and_holds_for_a_change() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_NACOS]);
     let a = srv.nacos_addr.clone();
     assert_eq!(publish(&a, "l1", "x=1", &[]).0, 200);
     let probe = |md5: &str| format!("l1\u{2}DEFAULT_GROUP\u{2}{md5}\u{2}\u{1}");
@@ -370,7 +370,7 @@ fn python() -> String {
 #[test]
 fn nacos_sdk_python_v1_client_publishes_gets_and_watches() {
     let py = python();
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_NACOS]);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/nacos_v1_client.py"
@@ -383,7 +383,7 @@ fn nacos_sdk_python_v1_client_publishes_gets_and_watches() {
 /// and after a member is killed, a listener re-syncing by MD5 still learns of the next one.
 #[test]
 fn listener_on_a_follower_hears_publishes_across_a_member_kill() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_with(3, &[WITH_NACOS]);
     let leader = cluster.leader_by_metrics();
     let follower = (leader + 1) % 3;
     let other = (leader + 2) % 3;
@@ -452,7 +452,7 @@ fn python_nacos3() -> String {
 #[test]
 fn nacos_sdk_python_grpc_client_publishes_gets_and_listens() {
     let py = python_nacos3();
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_NACOS]);
     let work = tempfile::tempdir().expect("tempdir");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -472,7 +472,7 @@ fn nacos_sdk_python_grpc_client_publishes_gets_and_listens() {
 async fn grpc_refuses_bad_payloads_with_clear_errors() {
     use berth_proto::nacos::request_client::RequestClient;
     use berth_proto::nacos::{Any, Metadata, Payload};
-    let srv = tokio::task::spawn_blocking(Server::start)
+    let srv = tokio::task::spawn_blocking(|| Server::start_with(&[WITH_NACOS]))
         .await
         .expect("start");
     let port: u16 = srv
@@ -604,7 +604,7 @@ async fn grpc_refuses_bad_payloads_with_clear_errors() {
 #[test]
 fn nacos_naming_shares_the_registry_with_consul_and_dns() {
     let py3 = python_nacos3();
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_NACOS]);
     let a = srv.nacos_addr.as_str();
     let (code, body, _) = nacos(
         a,
@@ -778,7 +778,7 @@ fn nacos_naming_shares_the_registry_with_consul_and_dns() {
 /// 30 s (Nacos's timeouts), without a Raft write per beat.
 #[test]
 fn an_ephemeral_instance_without_beats_turns_unhealthy_then_goes() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_NACOS]);
     let a = srv.nacos_addr.as_str();
     let start = Instant::now();
     let (code, _, _) = nacos(
@@ -833,9 +833,10 @@ fn an_ephemeral_instance_without_beats_turns_unhealthy_then_goes() {
 /// refused, a user without a grant on the Config keyspace is refused, root may do anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nacos_login_maps_onto_berth_users() {
-    let srv = tokio::task::spawn_blocking(|| Server::start_with(&["--bcrypt-cost", "4"]))
-        .await
-        .expect("start");
+    let srv =
+        tokio::task::spawn_blocking(|| Server::start_with(&["--bcrypt-cost", "4", WITH_NACOS]))
+            .await
+            .expect("start");
     let mut plain = srv.client().await;
     crate::auth::setup(&mut plain).await;
     let a = srv.nacos_addr.clone();
@@ -901,6 +902,7 @@ async fn nacos_login_maps_onto_berth_users() {
 #[test]
 fn history_is_trimmed_by_count_and_by_age() {
     let srv = Server::start_with(&[
+        WITH_NACOS,
         "--config-history-max-versions",
         "3",
         "--config-history-max-age",

@@ -148,7 +148,7 @@ fn environment_and_config_file_configure_the_node_and_logs_can_be_json() {
         .arg("--listen-dns-addr")
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--listen-nacos-urls")
-        .arg(format!("http://127.0.0.1:{}", crate::harness::nacos_port()))
+        .arg("")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
