@@ -3,37 +3,10 @@
 //! of a change, export, import and clone between namespaces, and the server's errors; an item
 //! published through the CLI read through the Nacos face.
 
-use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::harness::{berth_bin, http_request, run, Server};
-
-fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
-    run(Command::new(berth_bin())
-        .env_remove("CONSUL_HTTP_ADDR")
-        .env_remove("CONSUL_HTTP_TOKEN")
-        .arg("--http-addr")
-        .arg(addr)
-        .args(args))
-}
-
-fn ok(addr: &str, args: &[&str]) -> String {
-    let (success, out, err) = cli(addr, args);
-    assert!(success, "berth {args:?} failed: {out}{err}");
-    out
-}
-
-fn fails(addr: &str, args: &[&str]) -> String {
-    let (success, out, err) = cli(addr, args);
-    assert!(!success, "berth {args:?} should fail, printed: {out}");
-    err
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
+use crate::consul_cli::{cli, fails, json, ok};
+use crate::harness::{http_request, Server};
 
 #[test]
 fn config_commands_publish_version_diff_roll_back_and_move_namespaces() {

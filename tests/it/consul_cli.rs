@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use crate::harness::{berth_bin, free_port, run, Server};
 
-/// Runs `berth --http-addr <addr> args..` with no Consul variables from the environment.
-fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
+/// Runs `berth --http-addr <addr> args..` with no Consul variables from the environment
+/// (the registry and config CLI tests share these helpers).
+pub(crate) fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
     run(Command::new(berth_bin())
         .env_remove("CONSUL_HTTP_ADDR")
         .env_remove("CONSUL_HTTP_TOKEN")
@@ -19,20 +20,20 @@ fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
         .args(args))
 }
 
-fn ok(addr: &str, args: &[&str]) -> String {
+pub(crate) fn ok(addr: &str, args: &[&str]) -> String {
     let (success, out, err) = cli(addr, args);
     assert!(success, "berth {args:?} failed: {out}{err}");
     out
 }
 
 /// Runs a command that must fail and returns its stderr.
-fn fails(addr: &str, args: &[&str]) -> String {
+pub(crate) fn fails(addr: &str, args: &[&str]) -> String {
     let (success, out, err) = cli(addr, args);
     assert!(!success, "berth {args:?} should fail, printed: {out}");
     err
 }
 
-fn json(text: &str) -> Value {
+pub(crate) fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 

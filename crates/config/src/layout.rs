@@ -87,17 +87,8 @@ pub fn namespace(id: &str) -> Vec<u8> {
     key
 }
 
-/// The end (exclusive) of the keys that start with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+/// The end (exclusive) of the keys that start with `prefix` (etcd's prefix convention).
+pub use berth_proto::keys::prefix_end;
 
 fn split_item(rest: &[u8]) -> Option<ItemKey> {
     let mut parts = rest.splitn(3, |b| *b == 0);

@@ -2,7 +2,7 @@
 //! here can be written to Nacos too), a content within the size limit, a known type.
 
 use crate::model::PUBLIC;
-use crate::{ConfigError, ItemKey};
+use crate::{ConfigError, ContentType, ItemKey};
 
 /// Longest data ID (Nacos's column).
 pub const MAX_DATA_ID: usize = 255;
@@ -84,6 +84,18 @@ pub fn content(content: &str, limit: usize) -> Result<(), ConfigError> {
         });
     }
     Ok(())
+}
+
+/// The content type a request names: none (or blank) is text; an unknown name is refused.
+pub fn content_type(name: Option<&str>) -> Result<ContentType, ConfigError> {
+    match name.map(str::trim) {
+        None | Some("") => Ok(ContentType::Text),
+        Some(t) => ContentType::parse(t).ok_or_else(|| {
+            ConfigError::invalid(format!(
+                "type {t:?} is not one of text, json, yaml, properties, xml, html, toml"
+            ))
+        }),
+    }
 }
 
 /// Checks the descriptive attributes of an item.
@@ -176,6 +188,14 @@ mod tests {
                 limit: 10
             })
         );
+    }
+
+    #[test]
+    fn content_types_default_to_text() {
+        assert_eq!(content_type(None), Ok(ContentType::Text));
+        assert_eq!(content_type(Some(" ")), Ok(ContentType::Text));
+        assert_eq!(content_type(Some("YAML")), Ok(ContentType::Yaml));
+        assert!(content_type(Some("docx")).is_err_and(|e| e.to_string().contains("docx")));
     }
 
     #[test]

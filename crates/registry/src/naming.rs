@@ -289,6 +289,17 @@ impl Instance {
     }
 }
 
+/// Nacos metadata from its JSON object: string values as they are, others as their JSON text.
+pub fn metadata(object: &serde_json::Map<String, serde_json::Value>) -> BTreeMap<String, String> {
+    object
+        .iter()
+        .map(|(k, v)| {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            (k.clone(), v)
+        })
+        .collect()
+}
+
 /// `ip:port` (IPv6 in brackets).
 fn socket(ip: &str, port: u16) -> String {
     if ip.contains(':') {

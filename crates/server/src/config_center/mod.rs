@@ -613,18 +613,8 @@ impl ConfigCenter {
         take: usize,
     ) -> Result<(Vec<Version>, usize), ConfigFailure> {
         rules::key(k)?;
-        let prefix = layout::versions(k);
-        let resp = self.store.range_in(
-            Keyspace::Config,
-            &RangeRequest {
-                range_end: layout::prefix_end(&prefix),
-                key: prefix,
-                sort_order: SortOrder::Descend as i32,
-                sort_target: SortTarget::Key as i32,
-                limit: i64::try_from(skip.saturating_add(take)).unwrap_or(i64::MAX),
-                ..Default::default()
-            },
-        )?;
+        let limit = i64::try_from(skip.saturating_add(take)).unwrap_or(i64::MAX);
+        let resp = self.newest_versions(k, limit, false)?;
         let total = usize::try_from(resp.count).unwrap_or(0);
         let versions = resp
             .kvs
@@ -791,21 +781,31 @@ impl ConfigCenter {
         Ok(resp.kvs.into_iter().next())
     }
 
-    /// The highest version number `k` ever had (0: none kept).
-    pub(crate) fn last_version(&self, k: &ItemKey) -> Result<u64, ConfigFailure> {
+    /// Up to `limit` kept versions of `k`, newest first (with the total count).
+    fn newest_versions(
+        &self,
+        k: &ItemKey,
+        limit: i64,
+        keys_only: bool,
+    ) -> Result<berth_proto::etcdserverpb::RangeResponse, ConfigFailure> {
         let prefix = layout::versions(k);
-        let resp = self.store.range_in(
+        Ok(self.store.range_in(
             Keyspace::Config,
             &RangeRequest {
                 range_end: layout::prefix_end(&prefix),
                 key: prefix,
                 sort_order: SortOrder::Descend as i32,
                 sort_target: SortTarget::Key as i32,
-                limit: 1,
-                keys_only: true,
+                limit,
+                keys_only,
                 ..Default::default()
             },
-        )?;
+        )?)
+    }
+
+    /// The highest version number `k` ever had (0: none kept).
+    pub(crate) fn last_version(&self, k: &ItemKey) -> Result<u64, ConfigFailure> {
+        let resp = self.newest_versions(k, 1, true)?;
         Ok(resp
             .kvs
             .first()

@@ -7,4 +7,5 @@ pub mod api;
 pub mod consul;
 pub mod dns;
 pub mod etcd;
+pub mod http_status;
 pub mod nacos;

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_auth::Access;
-use berth_config::{layout, rules, Author, ContentType, Item, ItemKey, Namespace, Version};
+use berth_config::{layout, rules, Author, Item, ItemKey, Namespace, Version};
 use berth_store::Keyspace;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -266,17 +266,6 @@ struct PublishBody {
     cas_md5: Option<String>,
 }
 
-fn content_type(kind: Option<&str>) -> Result<ContentType, ApiError> {
-    match kind.map(str::trim) {
-        None | Some("") => Ok(ContentType::Text),
-        Some(t) => ContentType::parse(t).ok_or_else(|| {
-            ApiError::bad(format!(
-                "type {t:?} is not one of text, json, yaml, properties, xml, html, toml"
-            ))
-        }),
-    }
-}
-
 async fn publish(
     State(core): State<Arc<Core>>,
     conn: ConnectInfo<ClientAddr>,
@@ -288,7 +277,7 @@ async fn publish(
     let p = allowed(&core, &headers, &k, Access::Write)?;
     let b: PublishBody = parse(&body)?;
     let publish = Publish {
-        kind: content_type(b.kind.as_deref())?,
+        kind: rules::content_type(b.kind.as_deref())?,
         content: b.content,
         desc: b.desc,
         tags: b.tags,
@@ -465,7 +454,7 @@ async fn publish_beta(
     let k = key(&path)?;
     let p = allowed(&core, &headers, &k, Access::Write)?;
     let b: BetaBody = parse(&body)?;
-    let kind = content_type(b.kind.as_deref())?;
+    let kind = rules::content_type(b.kind.as_deref())?;
     let beta = core
         .config_center
         .publish_beta(

@@ -83,17 +83,13 @@ impl IntoResponse for ApiError {
 }
 
 fn write_error(e: &WriteError) -> ApiError {
-    match e {
-        WriteError::Refused(berth_store::StoreError::NoSpace) => {
-            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", e.to_string())
-        }
-        WriteError::Refused(_) => ApiError::bad(e.to_string()),
-        _ => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        ),
-    }
+    let status = super::http_status::of_write(e);
+    let code = match status {
+        StatusCode::INSUFFICIENT_STORAGE => "no_space",
+        StatusCode::BAD_REQUEST => "invalid",
+        _ => "unavailable",
+    };
+    ApiError::new(status, code, e.to_string())
 }
 
 impl From<ConfigFailure> for ApiError {
@@ -131,13 +127,7 @@ impl From<AuthFailure> for ApiError {
     fn from(e: AuthFailure) -> ApiError {
         match e {
             AuthFailure::Auth(a) => {
-                let status = match a {
-                    berth_auth::AuthError::UserEmpty
-                    | berth_auth::AuthError::InvalidToken
-                    | berth_auth::AuthError::OldRevision => StatusCode::UNAUTHORIZED,
-                    _ => StatusCode::FORBIDDEN,
-                };
-                ApiError::new(status, "auth", a.to_string())
+                ApiError::new(super::http_status::of_auth(&a), "auth", a.to_string())
             }
             AuthFailure::Write(w) => write_error(&w),
         }

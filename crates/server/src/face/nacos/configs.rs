@@ -251,14 +251,7 @@ async fn publish(
     let k = item_key(&q)?;
     let p = allowed(&core, &headers, &q, &k, Access::Write)?;
     let content = q.get("content").unwrap_or_default().to_string();
-    let kind = match q.get("type").map(str::trim) {
-        None | Some("") => ContentType::Text,
-        Some(t) => ContentType::parse(t).ok_or_else(|| {
-            NacosError::bad(format!(
-                "type {t:?} is not one of text, json, yaml, properties, xml, html, toml"
-            ))
-        })?,
-    };
+    let kind = rules::content_type(q.get("type"))?;
     let who = author(&p, &q, client_ip(&headers, conn.0));
     let beta_ips = headers
         .get("betaips")

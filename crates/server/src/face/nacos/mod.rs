@@ -139,12 +139,7 @@ impl From<ConfigFailure> for NacosError {
 }
 
 fn write_error(e: &WriteError) -> NacosError {
-    let status = match e {
-        WriteError::Refused(berth_store::StoreError::NoSpace) => StatusCode::INSUFFICIENT_STORAGE,
-        WriteError::Refused(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    NacosError::new(status, e.to_string())
+    NacosError::new(super::http_status::of_write(e), e.to_string())
 }
 
 impl From<ConfigError> for NacosError {
@@ -156,16 +151,7 @@ impl From<ConfigError> for NacosError {
 impl From<AuthFailure> for NacosError {
     fn from(e: AuthFailure) -> NacosError {
         match e {
-            AuthFailure::Auth(a) => {
-                let status = match a {
-                    berth_auth::AuthError::AuthFailed => StatusCode::FORBIDDEN,
-                    berth_auth::AuthError::UserEmpty
-                    | berth_auth::AuthError::InvalidToken
-                    | berth_auth::AuthError::OldRevision => StatusCode::UNAUTHORIZED,
-                    _ => StatusCode::FORBIDDEN,
-                };
-                NacosError::new(status, a.to_string())
-            }
+            AuthFailure::Auth(a) => NacosError::new(super::http_status::of_auth(&a), a.to_string()),
             AuthFailure::Write(w) => write_error(&w),
         }
     }

@@ -103,15 +103,7 @@ fn instance(q: &Params) -> Result<Instance, NacosError> {
             let obj = v
                 .as_object()
                 .ok_or_else(|| NacosError::bad("metadata is not a JSON object"))?;
-            obj.iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    (k.clone(), v)
-                })
-                .collect()
+            naming::metadata(obj)
         }
     };
     let weight = match q.get("weight").map(str::trim) {
@@ -319,14 +311,7 @@ async fn beat(
             let metadata = beat
                 .get("metadata")
                 .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| {
-                            let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                            (k.clone(), v)
-                        })
-                        .collect()
-                })
+                .map(naming::metadata)
                 .unwrap_or_default();
             let i = Instance {
                 service: s,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use berth_auth::Access;
-use berth_config::{layout, rules, Author, ContentType, ItemKey};
+use berth_config::{layout, rules, Author, ItemKey};
 use berth_store::Keyspace;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
@@ -111,15 +111,8 @@ pub async fn publish(core: &Core, r: &Req) -> berth_proto::nacos::Payload {
                 .trim()
                 .to_string()
         };
-        let kind = match extra("type").as_str() {
-            "" => ContentType::Text,
-            t => ContentType::parse(t).ok_or_else(|| {
-                (
-                    code::BAD_REQUEST,
-                    format!("type {t:?} is not one of text, json, yaml, properties, xml, html, toml"),
-                )
-            })?,
-        };
+        let kind = rules::content_type(Some(&extra("type")))
+            .map_err(|e| (code::BAD_REQUEST, e.to_string()))?;
         let content = r.str("content").to_string();
         let fail = |e: ConfigFailure| (failure_code(&e), e.to_string());
         let beta_ips = extra("betaIps");

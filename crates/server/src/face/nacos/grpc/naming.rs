@@ -6,7 +6,6 @@
 //! `NotifySubscriberRequest` pushed on each change), `ServiceQueryRequest` and
 //! `ServiceListRequest`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,17 +66,10 @@ fn instance(service: &ServiceName, v: &Value, ephemeral: bool) -> Result<Instanc
                 "instance.port is not 1 to 65535".to_string(),
             )
         })?;
-    let metadata: BTreeMap<String, String> = v
+    let metadata = v
         .get("metadata")
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                    (k.clone(), v)
-                })
-                .collect()
-        })
+        .map(naming::metadata)
         .unwrap_or_default();
     let cluster = match s("clusterName").as_str() {
         "" => naming::DEFAULT_CLUSTER.to_string(),
