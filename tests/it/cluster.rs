@@ -387,6 +387,8 @@ async fn learner_joins_by_snapshot_then_is_promoted_leads_and_others_leave() {
     );
     // A learner is refused votes it cannot cast: promote it, then hand it the leadership.
     c.member_promote(new_id).await.expect("promote");
+    // The leader as it is now: on a loaded machine it may have changed since the start.
+    let leader = cluster.leader().await;
     let mut on_leader = client(&cluster.members[leader].client_addr).await;
     on_leader.move_leader(new_id).await.expect("move-leader");
     let st = n.status().await.expect("status");
