@@ -939,3 +939,241 @@ fn history_is_trimmed_by_count_and_by_age() {
         "the current version stays"
     );
 }
+
+/// A raw Nacos gRPC connection: the unary client and the bi-stream, set up as clients do.
+struct RawGrpc {
+    unary: berth_proto::nacos::request_client::RequestClient<tonic::transport::Channel>,
+    send: tokio::sync::mpsc::Sender<berth_proto::nacos::Payload>,
+    pushes: tonic::Streaming<berth_proto::nacos::Payload>,
+}
+
+fn payload(kind: &str, body: serde_json::Value) -> berth_proto::nacos::Payload {
+    use berth_proto::nacos::{Any, Metadata, Payload};
+    Payload {
+        metadata: Some(Metadata {
+            r#type: kind.to_string(),
+            client_ip: String::new(),
+            headers: Default::default(),
+        }),
+        body: Some(Any {
+            type_url: String::new(),
+            value: body.to_string().into_bytes(),
+        }),
+    }
+}
+
+fn unpack(p: berth_proto::nacos::Payload) -> (String, serde_json::Value) {
+    let kind = p.metadata.map(|m| m.r#type).unwrap_or_default();
+    let body = serde_json::from_slice(&p.body.map(|b| b.value).unwrap_or_default()).expect("JSON");
+    (kind, body)
+}
+
+impl RawGrpc {
+    async fn open(grpc_port: u16) -> RawGrpc {
+        use berth_proto::nacos::bi_request_stream_client::BiRequestStreamClient;
+        use berth_proto::nacos::request_client::RequestClient;
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+        let mut unary = RequestClient::new(channel.clone());
+        let (kind, _) = unpack(
+            unary
+                .request(payload("ServerCheckRequest", serde_json::json!({})))
+                .await
+                .expect("server check")
+                .into_inner(),
+        );
+        assert_eq!(kind, "ServerCheckResponse");
+        let (send, rx) = tokio::sync::mpsc::channel(16);
+        let pushes = BiRequestStreamClient::new(channel)
+            .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        send.send(payload(
+            "ConnectionSetupRequest",
+            serde_json::json!({"clientVersion": "berth-test", "tenant": "", "labels": {}}),
+        ))
+        .await
+        .expect("setup");
+        // The setup has no answer: a request that needs it shows when it has landed.
+        let mut conn = RawGrpc {
+            unary,
+            send,
+            pushes,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = conn.register("setup", "10.0.0.9", 9).await;
+            if body["resultCode"] == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never set up: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        conn
+    }
+
+    async fn register(
+        &mut self,
+        service: &str,
+        ip: &str,
+        port: u16,
+    ) -> (String, serde_json::Value) {
+        unpack(
+            self.unary
+                .request(payload(
+                    "InstanceRequest",
+                    serde_json::json!({"namespace": "public", "serviceName": service, "groupName": "DEFAULT_GROUP",
+                        "type": "registerInstance", "instance": {"ip": ip, "port": port, "ephemeral": true}}),
+                ))
+                .await
+                .expect("register")
+                .into_inner(),
+        )
+    }
+
+    /// The next push within `wait`: `Ok(None)` when the stream ended, `Err` with its status.
+    async fn next_push(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<(String, serde_json::Value)>, tonic::Status> {
+        match tokio::time::timeout(wait, self.pushes.message()).await {
+            Ok(r) => r.map(|p| p.map(unpack)),
+            Err(_) => panic!("no push within {wait:?}"),
+        }
+    }
+}
+
+/// Nacos's connection liveness: a silent client is asked whether it is alive
+/// (`ClientDetectionRequest`); one that answers keeps its connection and its ephemeral
+/// instance, one that does not loses both. A member that shuts down tells its clients to
+/// reconnect elsewhere (`ConnectResetRequest`) before the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_grpc_clients_are_probed_and_dropped_and_shutdown_resets_connections() {
+    let mut srv = tokio::task::spawn_blocking(|| {
+        Server::start_with(&[WITH_NACOS, "--nacos-idle-timeout", "1s"])
+    })
+    .await
+    .expect("start");
+    let addr = srv.nacos_addr.clone();
+    let port: u16 = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let listed = |addr: String| async move {
+        tokio::task::spawn_blocking(move || {
+            let (code, body, _) = nacos(
+                &addr,
+                "GET",
+                "/v1/ns/instance/list",
+                &[("serviceName", "detect")],
+                &[],
+            );
+            assert_eq!(code, 200, "{body}");
+            json(&body)["hosts"]
+                .as_array()
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|i| i["ip"].as_str().map(str::to_string))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .await
+        .expect("list")
+    };
+
+    // The client that answers every probe, until its stream ends: it reports how many
+    // probes it answered and whether it was told to reset before the end.
+    let mut alive = RawGrpc::open(port + 1000).await;
+    assert_eq!(
+        alive.register("detect", "10.0.0.1", 1).await.1["resultCode"],
+        200
+    );
+    let answering = tokio::spawn(async move {
+        let (mut probes, mut reset) = (0, false);
+        loop {
+            match alive.pushes.message().await {
+                Ok(Some(p)) => {
+                    let (kind, body) = unpack(p);
+                    match kind.as_str() {
+                        "ClientDetectionRequest" => probes += 1,
+                        "ConnectResetRequest" => reset = true,
+                        _ => {}
+                    }
+                    let _ = alive
+                        .send
+                        .send(payload(
+                            &kind.replace("Request", "Response"),
+                            serde_json::json!({"resultCode": 200, "errorCode": 0, "requestId": body["requestId"]}),
+                        ))
+                        .await;
+                }
+                end => return (probes, reset, format!("{end:?}")),
+            }
+        }
+    });
+    // The silent one.
+    let mut silent = RawGrpc::open(port + 1000).await;
+    assert_eq!(
+        silent.register("detect", "10.0.0.2", 2).await.1["resultCode"],
+        200
+    );
+    let mut ips = listed(addr.clone()).await;
+    ips.sort();
+    assert_eq!(ips, ["10.0.0.1", "10.0.0.2"]);
+
+    // Within the idle time plus a sweep, it is asked, never answers, and its stream ends
+    // with a status that says why.
+    let (kind, probe) = silent
+        .next_push(Duration::from_secs(5))
+        .await
+        .expect("push")
+        .expect("a probe");
+    assert_eq!(kind, "ClientDetectionRequest", "{probe}");
+    let ended = loop {
+        match silent.next_push(Duration::from_secs(5)).await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = ended.expect_err("an error status");
+    assert!(
+        status.message().contains("ClientDetectionRequest"),
+        "{status:?}"
+    );
+    // Its instance goes; the answering client's stays through three more idle periods.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ips = listed(addr.clone()).await;
+        if ips == ["10.0.0.1"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "instances: {ips:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(listed(addr.clone()).await, ["10.0.0.1"]);
+    assert!(
+        !answering.is_finished(),
+        "the answering client's stream ended"
+    );
+
+    // A member that stops resets its connections first.
+    let stopping = std::thread::spawn(move || srv.stop());
+    let (probes, reset, end) = tokio::time::timeout(Duration::from_secs(15), answering)
+        .await
+        .expect("the stream ends")
+        .expect("answering");
+    assert!(probes >= 2, "the answering client was asked {probes} times");
+    assert!(
+        reset,
+        "no ConnectResetRequest before the stream ended ({end})"
+    );
+    stopping.join().expect("stop");
+}

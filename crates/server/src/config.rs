@@ -61,6 +61,11 @@ pub struct ServerArgs {
     /// `http://127.0.0.1:8848`, Nacos's; empty: no Nacos listener).
     #[arg(long, env = "BERTH_LISTEN_NACOS_URLS")]
     pub listen_nacos_urls: Option<String>,
+    /// How long a Nacos gRPC connection may stay silent before berth asks its client whether
+    /// it is alive (a `ClientDetectionRequest`); one that does not answer within a quarter of
+    /// this is closed and its ephemeral instances go (default 20s, as Nacos).
+    #[arg(long, env = "BERTH_NACOS_IDLE_TIMEOUT")]
+    pub nacos_idle_timeout: Option<String>,
     /// Largest configuration item content, in bytes (default 102400).
     #[arg(long, env = "BERTH_CONFIG_MAX_CONTENT_BYTES")]
     pub config_max_content_bytes: Option<usize>,
@@ -203,6 +208,7 @@ impl ServerArgs {
             dns_node_ttl: self.dns_node_ttl.or(lower.dns_node_ttl),
             check_update_interval: self.check_update_interval.or(lower.check_update_interval),
             listen_nacos_urls: self.listen_nacos_urls.or(lower.listen_nacos_urls),
+            nacos_idle_timeout: self.nacos_idle_timeout.or(lower.nacos_idle_timeout),
             config_max_content_bytes: self
                 .config_max_content_bytes
                 .or(lower.config_max_content_bytes),
@@ -288,6 +294,8 @@ pub struct Config {
     pub listen_nacos: Vec<SocketAddr>,
     /// Nacos gRPC listen addresses: each Nacos address with its port + 1000.
     pub listen_nacos_grpc: Vec<SocketAddr>,
+    /// Silence after which a Nacos gRPC client is asked whether it is alive.
+    pub nacos_idle_timeout: Duration,
     /// The configuration center's limits.
     pub config_limits: crate::config_center::Limits,
     /// DNS listen addresses (each UDP and TCP); empty: no DNS interface.
@@ -583,6 +591,12 @@ impl Config {
             listen_nacos,
             listen_nacos_grpc,
             config_limits,
+            nacos_idle_timeout: duration(
+                "--nacos-idle-timeout",
+                s.nacos_idle_timeout.as_deref(),
+                Duration::from_secs(20),
+            )?
+            .max(Duration::from_millis(100)),
             listen_dns,
             dns_service_ttl,
             dns_node_ttl,

@@ -29,6 +29,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use berth_config::ItemKey;
@@ -154,8 +155,14 @@ struct Conn {
     client_ip: String,
     /// Where pushes go (set once the stream is open).
     push: Option<mpsc::Sender<Result<Payload, Status>>>,
-    /// Ends the stream with an error (its client then reconnects and re-syncs).
-    cut: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Ends the stream with an error status (its client then reconnects and re-syncs).
+    cut: Option<tokio::sync::oneshot::Sender<Status>>,
+    /// Ends the connection's reading side: what it held goes, as when its client closes it.
+    closed: Arc<tokio::sync::Notify>,
+    /// When the client last sent anything (a request, or an answer on the stream).
+    last_active: Instant,
+    /// When berth asked the silent client whether it is alive (`ClientDetectionRequest`).
+    probed: Option<Instant>,
     /// Config items the client listens to.
     listening: HashSet<ItemKey>,
     /// Ephemeral instances registered over this connection, by service: they live while it
@@ -215,6 +222,9 @@ impl Conns {
             client_ip: tag.peer.map(|a| a.ip().to_string()).unwrap_or_default(),
             push: None,
             cut: None,
+            closed: Arc::new(tokio::sync::Notify::new()),
+            last_active: Instant::now(),
+            probed: None,
             listening: HashSet::new(),
             instances: HashMap::new(),
             lease: 0,
@@ -257,12 +267,71 @@ impl Conns {
         }
         for id in cut {
             if let Some(c) = map.get_mut(&id) {
-                c.push = None;
-                if let Some(cut) = c.cut.take() {
-                    let _ = cut.send(());
-                }
+                c.end_pushes(Status::unavailable(
+                    "berth: this connection's pushes fell behind; reconnect and re-sync",
+                ));
                 tracing::warn!(conn = %c.id, "nacos grpc: a slow client's stream was cut");
             }
+        }
+    }
+
+    /// Notes that connection `tag`'s client is alive.
+    fn touch(&self, tag: ConnTag) {
+        if let Some(c) = self.lock().get_mut(&tag.id) {
+            c.last_active = Instant::now();
+            c.probed = None;
+        }
+    }
+
+    /// Asks the clients silent for `idle` whether they are alive, and closes the connections
+    /// of those asked before that have still said nothing (after `idle / 4`, at least 50 ms):
+    /// a client that vanished without closing its connection (a power cut, a lost route)
+    /// must not keep its ephemeral instances registered.
+    fn sweep_idle(&self, idle: Duration) {
+        let now = Instant::now();
+        let grace = (idle / 4).max(Duration::from_millis(50));
+        let mut ask = HashSet::new();
+        {
+            let mut map = self.lock();
+            for c in map.values_mut().filter(|c| c.push.is_some()) {
+                match c.probed {
+                    Some(at) if now.duration_since(at) >= grace => {
+                        tracing::info!(conn = %c.id, "nacos grpc: a silent client did not answer; closing its connection");
+                        c.end_pushes(Status::unavailable(
+                            "berth: the client did not answer a ClientDetectionRequest",
+                        ));
+                        c.closed.notify_one();
+                    }
+                    None if now.duration_since(c.last_active) >= idle => {
+                        c.probed = Some(now);
+                        ask.insert(c.id.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !ask.is_empty() {
+            self.push(
+                |c| ask.contains(&c.id),
+                "ClientDetectionRequest",
+                |id| json!({"headers": {}, "requestId": id, "module": "internal"}),
+            );
+        }
+    }
+
+    /// Tells every client to reconnect elsewhere (`ConnectResetRequest`, as Nacos does when a
+    /// server leaves), then ends every stream.
+    async fn reset_all(&self) {
+        self.push(|_| true, "ConnectResetRequest", |id| {
+            json!({"headers": {}, "requestId": id, "module": "internal", "serverIp": "", "serverPort": ""})
+        });
+        // Clients that switch on the reset close their connection themselves.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline && self.lock().values().any(|c| c.push.is_some()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for c in self.lock().values_mut() {
+            c.end_pushes(Status::unavailable("berth: this member is shutting down"));
         }
     }
 
@@ -277,6 +346,16 @@ impl Conns {
         }
         tracing::debug!(conn = %c.id, "nacos grpc: connection closed");
         (c.instances.into_values().flatten().collect(), c.lease)
+    }
+}
+
+impl Conn {
+    /// Stops pushing to the connection and ends its stream with `why`.
+    fn end_pushes(&mut self, why: Status) {
+        self.push = None;
+        if let Some(cut) = self.cut.take() {
+            let _ = cut.send(why);
+        }
     }
 }
 
@@ -434,6 +513,7 @@ fn tag_of<T>(req: &Request<T>) -> ConnTag {
 impl NacosRequest for Nacos {
     async fn request(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let tag = tag_of(&req);
+        self.conns.touch(tag);
         let start = std::time::Instant::now();
         let (kind, answer) = match decode(req.into_inner(), tag) {
             Ok(r) => {
@@ -506,13 +586,19 @@ impl BiRequestStream for Nacos {
         let tag = tag_of(&req);
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel(PUSH_QUEUE);
-        let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+        let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<Status>();
         let mut cut_tx = Some(cut_tx);
         let conns = self.conns.clone();
         let core = self.core.clone();
+        let closed = conns.with(tag, |c| c.closed.clone());
         tokio::spawn(async move {
-            while let Some(msg) = incoming.next().await {
-                let Ok(p) = msg else { break };
+            loop {
+                let msg = tokio::select! {
+                    msg = incoming.next() => msg,
+                    () = closed.notified() => break,
+                };
+                let Some(Ok(p)) = msg else { break };
+                conns.touch(tag);
                 let r = match decode(p, tag) {
                     Ok(r) => r,
                     Err(_) => continue,
@@ -560,13 +646,17 @@ impl BiRequestStream for Nacos {
         });
         // A cut ends the stream with an error status: a stream that ends OK goes unnoticed
         // by clients, which would then wait for pushes forever.
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
-            .take_until(cut_rx)
-            .chain(futures::stream::once(async {
-                Err(Status::unavailable(
-                    "berth: this connection's pushes fell behind; reconnect and re-sync",
-                ))
-            }));
+        let stream = futures::stream::unfold((rx, Some(cut_rx)), |(mut rx, cut)| async move {
+            let mut cut = cut?;
+            tokio::select! {
+                biased;
+                item = rx.recv() => item.map(|item| (item, (rx, Some(cut)))),
+                why = &mut cut => {
+                    let why = why.unwrap_or_else(|_| Status::unavailable("berth: connection closed"));
+                    Some((Err(why), (rx, None)))
+                }
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -588,6 +678,19 @@ where
     };
     let pusher = tokio::spawn(config::push_changes(core.clone(), conns.clone()));
     let beater = tokio::spawn(naming::keep_alive(core.clone(), conns.clone()));
+    let detector = tokio::spawn({
+        let conns = conns.clone();
+        let idle = core.config.nacos_idle_timeout;
+        async move {
+            let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(50)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                conns.sweep_idle(idle);
+            }
+        }
+    });
+    let resetting = conns.clone();
     let tagging = conns.clone();
     let incoming =
         incoming.map(move |c| c.map(|(conn, peer)| Tagged::new(conn, peer, tagging.clone())));
@@ -596,10 +699,12 @@ where
         .add_service(BiRequestStreamServer::new(nacos))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.changed().await;
+            resetting.reset_all().await;
         })
         .await
         .context("Nacos gRPC server");
     pusher.abort();
     beater.abort();
+    detector.abort();
     result
 }
