@@ -1177,3 +1177,140 @@ async fn silent_grpc_clients_are_probed_and_dropped_and_shutdown_resets_connecti
     );
     stopping.join().expect("stop");
 }
+
+/// `/nacos/v1/ns/service`: a service defined before its instances, with a protect threshold
+/// that, once reached, shows clients every instance (as Nacos does), changed and removed
+/// with Nacos's refusals for what cannot be done.
+#[test]
+fn services_are_defined_with_a_protect_threshold() {
+    let srv = Server::start_with(&[WITH_NACOS]);
+    let a = srv.nacos_addr.as_str();
+    let call = |method: &str, path: &str, params: &[(&str, &str)]| {
+        let (code, body, _) = nacos(a, method, path, params, &[]);
+        (code, body)
+    };
+    let svc = [("serviceName", "prot"), ("groupName", "G")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut p = svc.to_vec();
+        p.extend_from_slice(extra);
+        p
+    };
+
+    assert_eq!(
+        call(
+            "POST",
+            "/v1/ns/service",
+            &with(&[("protectThreshold", "0.6"), ("metadata", "team=a,tier=1")])
+        ),
+        (200, "ok".into())
+    );
+    let (code, body) = call("POST", "/v1/ns/service", &svc);
+    assert!(
+        code == 400 && body.contains("already exists"),
+        "{code} {body}"
+    );
+    let (code, body) = call("GET", "/v1/ns/service", &svc);
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["protectThreshold"], 0.6);
+    assert_eq!(v["metadata"], serde_json::json!({"team": "a", "tier": "1"}));
+    assert_eq!(
+        (v["name"].as_str(), v["groupName"].as_str()),
+        (Some("prot"), Some("G"))
+    );
+    // Listed before it has instances.
+    let (_, body) = call("GET", "/v1/ns/service/list", &[("groupName", "G")]);
+    assert_eq!(json(&body)["doms"], serde_json::json!(["prot"]));
+
+    // Bad input is refused whole.
+    for (params, want) in [
+        (with(&[("protectThreshold", "1.5")]), 400),
+        (with(&[("protectThreshold", "x")]), 400),
+        (
+            with(&[("selector", r#"{"type":"label","expression":"a=b"}"#)]),
+            400,
+        ),
+        (with(&[("metadata", "not pairs")]), 400),
+        (vec![("serviceName", "nowhere"), ("groupName", "G")], 404),
+    ] {
+        let (code, body) = call("PUT", "/v1/ns/service", &params);
+        assert_eq!(code, want, "{params:?}: {body}");
+    }
+
+    // One healthy and one unhealthy instance: a share of 0.5, at or below 0.6.
+    for (ip, healthy) in [("10.0.0.1", "true"), ("10.0.0.2", "false")] {
+        let (code, body) = call(
+            "POST",
+            "/v1/ns/instance",
+            &with(&[("ip", ip), ("port", "80"), ("healthy", healthy)]),
+        );
+        assert_eq!((code, body.as_str()), (200, "ok"));
+    }
+    let listed = |healthy_only: &'static str| {
+        let (code, body) = call(
+            "GET",
+            "/v1/ns/instance/list",
+            &with(&[("healthyOnly", healthy_only)]),
+        );
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        let mut hosts: Vec<(String, bool)> = v["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .map(|h| {
+                (
+                    h["ip"].as_str().unwrap_or("").to_string(),
+                    h["healthy"] == true,
+                )
+            })
+            .collect();
+        hosts.sort();
+        (hosts, v["reachProtectionThreshold"] == true)
+    };
+    assert_eq!(
+        listed("true"),
+        (
+            vec![("10.0.0.1".into(), true), ("10.0.0.2".into(), true)],
+            true
+        )
+    );
+    // Lowered below the share: healthy only means healthy only again. Metadata stays.
+    assert_eq!(
+        call(
+            "PUT",
+            "/v1/ns/service",
+            &with(&[("protectThreshold", "0.4")])
+        ),
+        (200, "ok".into())
+    );
+    assert_eq!(listed("true"), (vec![("10.0.0.1".into(), true)], false));
+    assert_eq!(
+        listed("false"),
+        (
+            vec![("10.0.0.1".into(), true), ("10.0.0.2".into(), false)],
+            false
+        )
+    );
+    let (_, body) = call("GET", "/v1/ns/service", &svc);
+    assert_eq!(json(&body)["metadata"]["team"], "a");
+    assert_eq!(json(&body)["clusters"][0]["name"], "DEFAULT");
+
+    // Not removed while it has instances; removed once it has none.
+    let (code, body) = call("DELETE", "/v1/ns/service", &svc);
+    assert!(code == 400 && body.contains("instances"), "{code} {body}");
+    for ip in ["10.0.0.1", "10.0.0.2"] {
+        assert_eq!(
+            call(
+                "DELETE",
+                "/v1/ns/instance",
+                &with(&[("ip", ip), ("port", "80")])
+            )
+            .0,
+            200
+        );
+    }
+    assert_eq!(call("DELETE", "/v1/ns/service", &svc), (200, "ok".into()));
+    assert_eq!(call("GET", "/v1/ns/service", &svc).0, 404);
+    assert_eq!(call("DELETE", "/v1/ns/service", &svc).0, 404);
+}

@@ -121,6 +121,8 @@ pub struct Catalog {
     locks: BTreeMap<Vec<u8>, (String, i64)>,
     /// Members whose presence key lives.
     members: BTreeSet<String>,
+    /// Service definitions (Nacos's services), by service name.
+    defs: BTreeMap<String, Record<crate::naming::ServiceDef>>,
     /// Per service name, how many of its instances carry each tag: the service list's tag
     /// union changes exactly when a count moves between 0 and 1.
     tag_counts: HashMap<String, HashMap<String, usize>>,
@@ -248,6 +250,27 @@ impl Catalog {
                     }
                 }
                 self.touch(&mut topics, Topic::Sessions, revision);
+            }
+            Key::ServiceDef(name) => {
+                match put {
+                    Some((value, create, modify)) => {
+                        let def = decode(key, value)?;
+                        self.defs.insert(
+                            name.clone(),
+                            Record {
+                                value: def,
+                                create,
+                                modify,
+                            },
+                        );
+                    }
+                    None => {
+                        if self.defs.remove(&name).is_none() {
+                            return Ok(topics);
+                        }
+                    }
+                }
+                self.touch(&mut topics, Topic::Service(name), revision);
             }
             Key::Member(name) => {
                 let changed = match put {
@@ -536,6 +559,16 @@ impl Catalog {
             .keys()
             .map(|n| (n.clone(), self.tags_of(n)))
             .collect()
+    }
+
+    /// The definition of service `name`, if it has one.
+    pub fn service_def(&self, name: &str) -> Option<Record<crate::naming::ServiceDef>> {
+        self.defs.get(name).cloned()
+    }
+
+    /// The names of every defined service.
+    pub fn defined_services(&self) -> impl Iterator<Item = &String> + '_ {
+        self.defs.keys()
     }
 
     /// Every node.

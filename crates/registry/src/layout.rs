@@ -11,6 +11,7 @@
 //! | `kv/<key>` | [`KvMeta`](crate::KvMeta) of user-keyspace key `<key>` |
 //! | `sess/<id>` | [`Session`](crate::model::Session), attached to its lease when it has a TTL |
 //! | `member/<name>` | empty, attached to the member's presence lease: present while the member is live |
+//! | `def/<service name>` | [`ServiceDef`](crate::naming::ServiceDef): a Nacos service's own settings |
 
 /// Prefix of node records.
 pub const NODE: &[u8] = b"node/";
@@ -26,6 +27,8 @@ pub const KV: &[u8] = b"kv/";
 pub const SESSION: &[u8] = b"sess/";
 /// Prefix of member presence keys.
 pub const MEMBER: &[u8] = b"member/";
+/// Prefix of service definitions.
+pub const DEF: &[u8] = b"def/";
 
 const SEP: u8 = 0;
 
@@ -98,6 +101,11 @@ pub fn member(name: &str) -> Vec<u8> {
     join(MEMBER, &[name])
 }
 
+/// Key of the definition of service `name` (its catalog name).
+pub fn service_def(name: &str) -> Vec<u8> {
+    join(DEF, &[name])
+}
+
 /// The end of the span of every key starting with `prefix` (etcd's prefix range end).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -127,6 +135,8 @@ pub enum Key {
     Session(String),
     /// `member/<name>`
     Member(String),
+    /// `def/<service name>`
+    ServiceDef(String),
 }
 
 fn parts(rest: &[u8], n: usize) -> Option<Vec<String>> {
@@ -151,6 +161,10 @@ impl Key {
         if let Some(rest) = key.strip_prefix(MEMBER) {
             let mut p = parts(rest, 1)?;
             return p.pop().map(Key::Member);
+        }
+        if let Some(rest) = key.strip_prefix(DEF) {
+            let mut p = parts(rest, 1)?;
+            return p.pop().map(Key::ServiceDef);
         }
         if let Some(rest) = key.strip_prefix(NODE) {
             let mut p = parts(rest, 1)?;
@@ -192,6 +206,10 @@ mod tests {
             Some(Key::Ttl("n".into(), "s".into(), "service:s".into()))
         );
         assert_eq!(Key::parse(&kv(b"a/b")), Some(Key::Kv(b"a/b".to_vec())));
+        assert_eq!(
+            Key::parse(&service_def("g@@web")),
+            Some(Key::ServiceDef("g@@web".into()))
+        );
         assert_eq!(Key::parse(b"other"), None);
         // `web`'s checks prefix does not reach `web2`'s.
         let p = checks_of("n", "web");

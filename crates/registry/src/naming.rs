@@ -309,6 +309,84 @@ fn socket(ip: &str, port: u16) -> String {
     }
 }
 
+/// A Nacos service's own settings, kept beside its instances (`/nacos/v1/ns/service`): a
+/// service may be defined before it has instances and outlives them.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ServiceDef {
+    /// When the healthy share of the instances is at or below this (0 to 1), clients are
+    /// shown every instance, as healthy, so that the few healthy ones are not overrun.
+    pub protect_threshold: f64,
+    /// Free metadata of the service.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ServiceDef {
+    /// Checks the threshold.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        if !(0.0..=1.0).contains(&self.protect_threshold) {
+            return Err(RegistryError::Invalid(format!(
+                "protectThreshold {} is not between 0 and 1",
+                self.protect_threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a client is shown of a service: see [`select`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// The instances shown.
+    pub hosts: Vec<Instance>,
+    /// True when the protect threshold was reached (every instance shown, as healthy).
+    pub protected: bool,
+}
+
+/// Nacos's selection of the instances a client is shown: those of `clusters` (all when
+/// empty), only enabled ones with `enabled_only`, only healthy ones with `healthy_only`.
+/// When the service has a definition and the healthy share of the instances in those
+/// clusters is at or below its protect threshold, every one of them is shown instead, the
+/// unhealthy ones as healthy (Nacos's rule; without a definition there is no protection).
+pub fn select(
+    instances: Vec<Instance>,
+    clusters: &[&str],
+    healthy_only: bool,
+    enabled_only: bool,
+    def: Option<&ServiceDef>,
+) -> Selection {
+    let all: Vec<Instance> = instances
+        .into_iter()
+        .filter(|i| clusters.is_empty() || clusters.contains(&i.cluster.as_str()))
+        .filter(|i| !enabled_only || i.enabled)
+        .collect();
+    let healthy = all.iter().filter(|i| i.healthy).count();
+    let reached = def.is_some_and(|d| {
+        // An empty service divides 0 by 0: never protected (as Nacos's float rule).
+        !all.is_empty() && (healthy as f64 / all.len() as f64) <= d.protect_threshold.max(0.0)
+    });
+    if reached {
+        let hosts = all
+            .into_iter()
+            .map(|mut i| {
+                i.healthy = true;
+                i
+            })
+            .collect();
+        return Selection {
+            hosts,
+            protected: true,
+        };
+    }
+    Selection {
+        hosts: all
+            .into_iter()
+            .filter(|i| !healthy_only || i.healthy)
+            .collect(),
+        protected: false,
+    }
+}
+
 /// True when a catalog instance was registered through Nacos (it carries `nacos.` keys).
 pub fn from_nacos(s: &Service) -> bool {
     s.meta.contains_key(META_SERVICE)
@@ -317,6 +395,64 @@ pub fn from_nacos(s: &Service) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selection_follows_nacos_protect_threshold() {
+        let mk = |ip: &str, cluster: &str, healthy: bool, enabled: bool| Instance {
+            ip: ip.into(),
+            cluster: cluster.into(),
+            healthy,
+            enabled,
+            ..instance("", "")
+        };
+        let list = vec![
+            mk("10.0.0.1", "A", true, true),
+            mk("10.0.0.2", "A", false, true),
+            mk("10.0.0.3", "A", false, true),
+            mk("10.0.0.4", "B", false, false),
+        ];
+        let ips = |s: &Selection| s.hosts.iter().map(|i| i.ip.clone()).collect::<Vec<_>>();
+        // No definition: no protection, healthy only filters.
+        let s = select(list.clone(), &[], true, false, None);
+        assert_eq!(
+            (ips(&s), s.protected),
+            (vec!["10.0.0.1".to_string()], false)
+        );
+        // 1 of 4 healthy = 0.25 <= 0.5: every instance, all shown healthy.
+        let def = ServiceDef {
+            protect_threshold: 0.5,
+            ..ServiceDef::default()
+        };
+        let s = select(list.clone(), &[], true, false, Some(&def));
+        assert!(s.protected);
+        assert_eq!(s.hosts.len(), 4);
+        assert!(s.hosts.iter().all(|i| i.healthy));
+        // Enabled only drops 10.0.0.4 first: 1 of 3 = 0.33 is still under 0.5.
+        let s = select(list.clone(), &[], true, true, Some(&def));
+        assert_eq!((s.hosts.len(), s.protected), (3, true));
+        // A threshold below the share: no protection.
+        let low = ServiceDef {
+            protect_threshold: 0.2,
+            ..ServiceDef::default()
+        };
+        let s = select(list.clone(), &["A"], true, false, Some(&low));
+        assert_eq!(
+            (ips(&s), s.protected),
+            (vec!["10.0.0.1".to_string()], false)
+        );
+        // Threshold 0 protects only a service with no healthy instance; an empty one never.
+        let zero = ServiceDef::default();
+        let s = select(list.clone(), &["B"], true, false, Some(&zero));
+        assert_eq!((ips(&s), s.protected), (vec!["10.0.0.4".to_string()], true));
+        let s = select(list, &["C"], true, false, Some(&zero));
+        assert_eq!((s.hosts.len(), s.protected), (0, false));
+        assert!(ServiceDef {
+            protect_threshold: 1.5,
+            ..ServiceDef::default()
+        }
+        .validate()
+        .is_err());
+    }
 
     fn instance(ns: &str, group: &str) -> Instance {
         Instance {

@@ -5,12 +5,24 @@
 //! A beat is a TTL check pass: at the leader, a lease renewal and no log entry while the
 //! instance stays healthy.
 
-use berth_registry::naming::{self, Instance, ServiceName};
+use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use berth_proto::etcdserverpb::{Compare, TxnRequest};
+use berth_registry::layout;
+use berth_registry::naming::{self, Instance, ServiceDef, ServiceName};
 use berth_registry::register::Registration;
 use berth_registry::{CheckStatus, Node, RegistryError, Topic};
 
-use super::{Registry, RegistryFailure, DATACENTER};
+use super::{delete_op, put_op, Registry, RegistryFailure, DATACENTER};
 use crate::core::Core;
+
+/// How [`Registry::nacos_define`] treats an existing definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Define {
+    /// The service must not exist yet (no definition, no instances).
+    Create,
+    /// The service must exist (a definition, or instances).
+    Update,
+}
 
 /// What a beat found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +156,108 @@ impl Registry {
         })
     }
 
+    /// The definition of `service`, if it has one.
+    pub fn nacos_def(&self, service: &ServiceName) -> Option<ServiceDef> {
+        self.read(|c| c.service_def(&service.catalog_name()))
+            .map(|r| r.value)
+    }
+
+    /// Defines `service` (see [`Define`]); the write is guarded by the definition's revision
+    /// as read, so two operators cannot overwrite each other blindly.
+    pub async fn nacos_define(
+        &self,
+        core: &Core,
+        service: &ServiceName,
+        def: &ServiceDef,
+        mode: Define,
+    ) -> Result<(), RegistryFailure> {
+        service.validate()?;
+        def.validate()?;
+        let name = service.catalog_name();
+        let (seen, instances) = self.read(|c| {
+            (
+                c.service_def(&name).map_or(0, |r| r.modify),
+                !c.entries(&name).is_empty(),
+            )
+        });
+        match mode {
+            Define::Create if seen != 0 || instances => {
+                return Err(RegistryError::Invalid(format!(
+                    "specified service already exists, serviceName : {}",
+                    service.grouped()
+                ))
+                .into())
+            }
+            Define::Update if seen == 0 && !instances => {
+                return Err(RegistryError::NotFound(format!(
+                    "service {} not found",
+                    service.grouped()
+                ))
+                .into())
+            }
+            _ => {}
+        }
+        let key = layout::service_def(&name);
+        let value = serde_json::to_vec(def)
+            .map_err(|e| RegistryError::Invalid(format!("service definition: {e}")))?;
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                key: key.clone(),
+                target: CompareTarget::Mod as i32,
+                result: CompareResult::Equal as i32,
+                target_union: Some(TargetUnion::ModRevision(seen)),
+                ..Default::default()
+            }],
+            success: vec![put_op(key, value, 0)],
+            failure: vec![],
+        };
+        if !self.write(core, txn).await? {
+            return Err(RegistryError::Invalid(format!(
+                "service {} changed meanwhile; read it again",
+                service.grouped()
+            ))
+            .into());
+        }
+        tracing::debug!(service = %name, "nacos service defined");
+        Ok(())
+    }
+
+    /// Removes `service`'s definition; refused while it has instances.
+    pub async fn nacos_undefine(
+        &self,
+        core: &Core,
+        service: &ServiceName,
+    ) -> Result<(), RegistryFailure> {
+        service.validate()?;
+        let name = service.catalog_name();
+        let (seen, instances) = self.read(|c| {
+            (
+                c.service_def(&name).map_or(0, |r| r.modify),
+                c.entries(&name).len(),
+            )
+        });
+        if instances > 0 {
+            return Err(RegistryError::Invalid(format!(
+                "service {} has {instances} instances; deregister them first",
+                service.grouped()
+            ))
+            .into());
+        }
+        if seen == 0 {
+            return Err(RegistryError::NotFound(format!(
+                "service {} not found",
+                service.grouped()
+            ))
+            .into());
+        }
+        self.write_ops(
+            core,
+            vec![delete_op(layout::service_def(&name), Vec::new())],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The services of `namespace` in `group` (every group when empty), by name.
     pub fn nacos_services(&self, namespace: &str, group: &str) -> Vec<ServiceName> {
         let namespace = if namespace.is_empty() {
@@ -152,8 +266,11 @@ impl Registry {
             namespace
         };
         self.read(|c| {
-            c.service_names()
-                .into_keys()
+            let mut names: std::collections::BTreeSet<String> =
+                c.service_names().into_keys().collect();
+            names.extend(c.defined_services().cloned());
+            names
+                .into_iter()
                 .map(|n| ServiceName::from_catalog(&n))
                 .filter(|s| s.namespace == namespace && (group.is_empty() || s.group == group))
                 .collect()

@@ -10,13 +10,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use berth_registry::naming::{self, Instance, ServiceName};
+use berth_registry::naming::{self, Instance, ServiceDef, ServiceName};
 use berth_registry::RegistryError;
 use serde_json::{json, Value};
 
 use super::{principal, NacosError, Params};
 use crate::core::Core;
-use crate::registry::naming::Beat;
+use crate::registry::naming::{Beat, Define};
 use crate::registry::RegistryFailure;
 
 pub fn routes() -> Router<Arc<Core>> {
@@ -31,6 +31,13 @@ pub fn routes() -> Router<Arc<Core>> {
         .route("/v1/ns/instance/list", get(list))
         .route("/v1/ns/instance/beat", put(beat))
         .route("/v1/ns/service/list", get(service_list))
+        .route(
+            "/v1/ns/service",
+            get(get_service)
+                .post(create_service)
+                .put(update_service)
+                .delete(delete_service),
+        )
 }
 
 impl From<RegistryFailure> for NacosError {
@@ -93,25 +100,52 @@ fn flag(q: &Params, names: &[&str], default: bool) -> Result<bool, NacosError> {
     }
 }
 
-/// The instance a register or update request describes.
-fn instance(q: &Params) -> Result<Instance, NacosError> {
-    let metadata: BTreeMap<String, String> = match q.get("metadata").map(str::trim) {
-        None | Some("") => BTreeMap::new(),
-        Some(m) => {
+/// The `metadata` parameter: a JSON object, or Nacos's older `k=v,k2=v2`; `None` when absent.
+fn metadata_param(q: &Params) -> Result<Option<BTreeMap<String, String>>, NacosError> {
+    match q.get("metadata").map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(m) if m.starts_with('{') => {
             let v: Value = serde_json::from_str(m)
                 .map_err(|e| NacosError::bad(format!("metadata is not a JSON object: {e}")))?;
             let obj = v
                 .as_object()
                 .ok_or_else(|| NacosError::bad("metadata is not a JSON object"))?;
-            naming::metadata(obj)
+            Ok(Some(naming::metadata(obj)))
         }
-    };
-    let weight = match q.get("weight").map(str::trim) {
-        None | Some("") => 1.0,
-        Some(w) => w
+        Some(m) => m
+            .split(',')
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| {
+                        NacosError::bad(format!(
+                            "metadata {m:?} is neither a JSON object nor k=v pairs"
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+    }
+}
+
+/// A number parameter; `None` when absent.
+fn float_param(q: &Params, k: &str) -> Result<Option<f64>, NacosError> {
+    match q.get(k).map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v
             .parse::<f64>()
-            .map_err(|_| NacosError::bad(format!("weight {w:?} is not a number")))?,
-    };
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or_else(|| NacosError::bad(format!("{k} {v:?} is not a number"))),
+    }
+}
+
+/// The instance a register or update request describes.
+fn instance(q: &Params) -> Result<Instance, NacosError> {
+    let metadata = metadata_param(q)?.unwrap_or_default();
+    let weight = float_param(q, "weight")?.unwrap_or(1.0);
     let cluster = cluster_name(q.str("clusterName"));
     let i = Instance {
         service: service(q)?,
@@ -237,12 +271,15 @@ async fn list(
         .filter(|c| !c.is_empty())
         .collect();
     let (list, _) = core.registry.nacos_instances(&s);
-    let hosts: Vec<Value> = list
-        .iter()
-        .filter(|i| clusters.is_empty() || clusters.contains(&i.cluster.as_str()))
-        .filter(|i| !healthy_only || (i.healthy && i.enabled))
-        .map(host_json)
-        .collect();
+    // Nacos's instance list shows enabled instances only.
+    let shown = naming::select(
+        list,
+        &clusters,
+        healthy_only,
+        true,
+        core.registry.nacos_def(&s).as_ref(),
+    );
+    let hosts: Vec<Value> = shown.hosts.iter().map(host_json).collect();
     Ok(Json(json!({
         "name": s.grouped(),
         "groupName": s.group,
@@ -252,7 +289,7 @@ async fn list(
         "lastRefTime": crate::registry::now_ms(),
         "checksum": "",
         "allIPs": false,
-        "reachProtectionThreshold": false,
+        "reachProtectionThreshold": shown.protected,
         "valid": true,
     }))
     .into_response())
@@ -357,4 +394,107 @@ async fn service_list(
         .take(page_size)
         .collect();
     Ok(Json(json!({"count": names.len(), "doms": page})).into_response())
+}
+
+/// The `selector` parameter: only Nacos's `none` selector is served (the `label` selector
+/// needs a CMDB berth does not have).
+fn selector_param(q: &Params) -> Result<(), NacosError> {
+    let Some(raw) = q.get("selector").map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let v: Value = serde_json::from_str(raw)
+        .map_err(|e| NacosError::bad(format!("selector is not JSON: {e}")))?;
+    match v.get("type").and_then(Value::as_str).unwrap_or("none") {
+        t if t.eq_ignore_ascii_case("none") => Ok(()),
+        t => Err(NacosError::bad(format!(
+            "selector type {t:?} is not supported (only \"none\")"
+        ))),
+    }
+}
+
+/// A service definition from a request, over `base` (what is kept of fields not given).
+fn service_def(q: &Params, base: ServiceDef) -> Result<ServiceDef, NacosError> {
+    selector_param(q)?;
+    Ok(ServiceDef {
+        protect_threshold: float_param(q, "protectThreshold")?.unwrap_or(base.protect_threshold),
+        metadata: metadata_param(q)?.unwrap_or(base.metadata),
+    })
+}
+
+/// `POST /v1/ns/service`: defines a service (400 if it exists).
+async fn create_service(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, NacosError> {
+    principal(&core, &headers, &q)?.authenticated()?;
+    let s = service(&q)?;
+    let def = service_def(&q, ServiceDef::default())?;
+    core.registry
+        .nacos_define(&core, &s, &def, Define::Create)
+        .await?;
+    Ok(text_ok())
+}
+
+/// `PUT /v1/ns/service`: changes the given fields of a service (404 if it does not exist).
+async fn update_service(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, NacosError> {
+    principal(&core, &headers, &q)?.authenticated()?;
+    let s = service(&q)?;
+    let def = service_def(&q, core.registry.nacos_def(&s).unwrap_or_default())?;
+    core.registry
+        .nacos_define(&core, &s, &def, Define::Update)
+        .await?;
+    Ok(text_ok())
+}
+
+/// `DELETE /v1/ns/service`: removes a service's definition (400 while it has instances).
+async fn delete_service(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, NacosError> {
+    principal(&core, &headers, &q)?.authenticated()?;
+    let s = service(&q)?;
+    core.registry.nacos_undefine(&core, &s).await?;
+    Ok(text_ok())
+}
+
+/// `GET /v1/ns/service`: a service with its settings and clusters (404 when it has neither
+/// a definition nor instances).
+async fn get_service(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, NacosError> {
+    principal(&core, &headers, &q)?.authenticated()?;
+    let s = service(&q)?;
+    let def = core.registry.nacos_def(&s);
+    let (list, _) = core.registry.nacos_instances(&s);
+    if def.is_none() && list.is_empty() {
+        return Err(NacosError::new(
+            StatusCode::NOT_FOUND,
+            format!("service {} not found", s.grouped()),
+        ));
+    }
+    let def = def.unwrap_or_default();
+    let clusters: std::collections::BTreeSet<&str> =
+        list.iter().map(|i| i.cluster.as_str()).collect();
+    let clusters: Vec<Value> = clusters
+        .into_iter()
+        .map(|c| json!({"name": c, "healthChecker": {"type": "NONE"}, "metadata": {}}))
+        .collect();
+    Ok(Json(json!({
+        "namespaceId": s.namespace,
+        "groupName": s.group,
+        "name": s.name,
+        "protectThreshold": def.protect_threshold,
+        "metadata": def.metadata,
+        "selector": {"type": "none", "contextType": "NONE"},
+        "clusters": clusters,
+    }))
+    .into_response())
 }

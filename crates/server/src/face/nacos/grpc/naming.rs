@@ -275,11 +275,28 @@ pub async fn batch(
     }
 }
 
+/// What a client is shown of `svc` (Nacos's selection with its protect threshold;
+/// subscribers are shown disabled instances too and filter them themselves), and the
+/// index it reflects.
+fn shown(
+    core: &Core,
+    svc: &ServiceName,
+    healthy_only: bool,
+    enabled_only: bool,
+) -> (naming::Selection, i64) {
+    let (hosts, index) = core.registry.nacos_instances(svc);
+    let def = core.registry.nacos_def(svc);
+    (
+        naming::select(hosts, &[], healthy_only, enabled_only, def.as_ref()),
+        index,
+    )
+}
+
 /// A service's instances as Nacos's `ServiceInfo`.
-fn service_info(svc: &ServiceName, hosts: &[Instance], healthy_only: bool, at: u64) -> Value {
-    let hosts: Vec<Value> = hosts
+fn service_info(svc: &ServiceName, shown: &naming::Selection, at: u64) -> Value {
+    let hosts: Vec<Value> = shown
+        .hosts
         .iter()
-        .filter(|i| !healthy_only || (i.healthy && i.enabled))
         .map(|i| {
             json!({
                 "instanceId": i.instance_id(),
@@ -304,7 +321,7 @@ fn service_info(svc: &ServiceName, hosts: &[Instance], healthy_only: bool, at: u
         "lastRefTime": at,
         "checksum": "",
         "allIps": false,
-        "reachProtectionThreshold": false,
+        "reachProtectionThreshold": shown.protected,
     })
 }
 
@@ -329,9 +346,9 @@ pub fn subscribe(
         .get("subscribe")
         .and_then(Value::as_bool)
         .unwrap_or(true);
-    let (hosts, index) = core.registry.nacos_instances(&svc);
+    let (hosts, index) = shown(core, &svc, false, false);
     let at = crate::registry::now_ms();
-    let info = service_info(&svc, &hosts, false, at);
+    let info = service_info(&svc, &hosts, at);
     let Some(previous) = conns.with_open(tag, |c| c.subscriptions.remove(&svc)) else {
         let (c, m) = super::unregistered();
         return failed(KIND, c, &m, json!({}));
@@ -377,14 +394,16 @@ async fn follow(
         core.registry
             .wait(&topic, index, Instant::now() + Duration::from_secs(300))
             .await;
-        let (hosts, now_index) = core.registry.nacos_instances(&svc);
+        let (hosts, now_index) = shown(&core, &svc, false, false);
         index = now_index;
-        let candidate = service_info(&svc, &hosts, false, at);
-        if candidate["hosts"] == last["hosts"] {
+        let candidate = service_info(&svc, &hosts, at);
+        if candidate["hosts"] == last["hosts"]
+            && candidate["reachProtectionThreshold"] == last["reachProtectionThreshold"]
+        {
             continue;
         }
         at = crate::registry::now_ms().max(at + 1);
-        let info = service_info(&svc, &hosts, false, at);
+        let info = service_info(&svc, &hosts, at);
         let open = conns.push_to(conn, "NotifySubscriberRequest", |id| {
             json!({
                 "headers": {},
@@ -418,8 +437,8 @@ pub fn query(core: &Core, r: &Req) -> berth_proto::nacos::Payload {
         .get("healthOnly")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let (hosts, _) = core.registry.nacos_instances(&svc);
-    let info = service_info(&svc, &hosts, healthy_only, crate::registry::now_ms());
+    let (hosts, _) = shown(core, &svc, healthy_only, true);
+    let info = service_info(&svc, &hosts, crate::registry::now_ms());
     ok(KIND, json!({ "serviceInfo": info }))
 }
 
