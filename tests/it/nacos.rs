@@ -1314,3 +1314,83 @@ fn services_are_defined_with_a_protect_threshold() {
     assert_eq!(call("GET", "/v1/ns/service", &svc).0, 404);
     assert_eq!(call("DELETE", "/v1/ns/service", &svc).0, 404);
 }
+
+/// A Nacos instance registered or updated with `enabled=false` takes no traffic through any
+/// face: Consul sees it in maintenance (not passing, not in DNS); enabling it again ends that.
+#[test]
+fn a_disabled_nacos_instance_is_in_maintenance_for_consul() {
+    let srv = Server::start_with(&[WITH_NACOS]);
+    let a = srv.nacos_addr.as_str();
+    let inst = [("serviceName", "dis"), ("ip", "10.0.0.7"), ("port", "81")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut p = inst.to_vec();
+        p.extend_from_slice(extra);
+        p
+    };
+    let (code, body, _) = nacos(
+        a,
+        "POST",
+        "/v1/ns/instance",
+        &with(&[("enabled", "false")]),
+        &[],
+    );
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let consul = |path: &str| {
+        let ((code, body), _) = http_request("GET", &srv.http_addr, path, "", &[]);
+        assert_eq!(code, 200, "{body}");
+        json(&body)
+    };
+    assert_eq!(
+        consul("/v1/health/service/dis?passing"),
+        serde_json::json!([])
+    );
+    let all = consul("/v1/health/service/dis");
+    let checks: Vec<&str> = all[0]["Checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|c| c["CheckID"].as_str())
+        .collect();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c.starts_with("_service_maintenance:")),
+        "{checks:?}"
+    );
+    // Nacos shows it disabled but healthy (its heartbeat check passes), and its instance
+    // list leaves it out, as Nacos's does.
+    let (code, body, _) = nacos(a, "GET", "/v1/ns/instance", &inst, &[]);
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(
+        (v["enabled"].as_bool(), v["healthy"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let (_, body, _) = nacos(
+        a,
+        "GET",
+        "/v1/ns/instance/list",
+        &[("serviceName", "dis")],
+        &[],
+    );
+    assert_eq!(json(&body)["hosts"], serde_json::json!([]));
+
+    let (code, body, _) = nacos(
+        a,
+        "PUT",
+        "/v1/ns/instance",
+        &with(&[("enabled", "true")]),
+        &[],
+    );
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let passing = consul("/v1/health/service/dis?passing");
+    assert_eq!(passing[0]["Service"]["Address"], "10.0.0.7", "{passing}");
+    let (_, body, _) = nacos(
+        a,
+        "GET",
+        "/v1/ns/instance/list",
+        &[("serviceName", "dis")],
+        &[],
+    );
+    assert_eq!(json(&body)["hosts"][0]["enabled"], true);
+}

@@ -200,6 +200,47 @@ impl CheckKind {
     }
 }
 
+/// ID of the maintenance check of instance `service_id`, or of the node when `None`, as
+/// Consul names them.
+pub fn maintenance_check_id(service_id: Option<&str>) -> String {
+    match service_id {
+        Some(id) => format!("_service_maintenance:{id}"),
+        None => "_node_maintenance".into(),
+    }
+}
+
+/// True for the ID of a maintenance check (of a node or an instance).
+pub fn is_maintenance(check_id: &str) -> bool {
+    check_id == "_node_maintenance" || check_id.starts_with("_service_maintenance:")
+}
+
+impl Check {
+    /// The critical check that puts `node`, or its instance `service` (ID and name), into
+    /// maintenance, noting `reason` (Consul's default note when empty).
+    pub fn maintenance(node: &str, service: Option<(&str, &str)>, reason: &str) -> Check {
+        let (sid, sname) = service.unwrap_or_default();
+        Check {
+            id: maintenance_check_id(service.map(|(id, _)| id)),
+            name: if service.is_some() {
+                "Service Maintenance Mode"
+            } else {
+                "Node Maintenance Mode"
+            }
+            .into(),
+            node: node.into(),
+            service_id: sid.into(),
+            service_name: sname.into(),
+            status: CheckStatus::Critical,
+            notes: if reason.is_empty() {
+                "Maintenance mode is enabled for this node or service".into()
+            } else {
+                reason.into()
+            },
+            ..Check::default()
+        }
+    }
+}
+
 /// A health check of a node (`service_id` empty) or of one service instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Check {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::catalog::Entry;
 use crate::error::RegistryError;
-use crate::model::{CheckKind, CheckStatus, Service, Weights};
+use crate::model::{is_maintenance, CheckKind, CheckStatus, Service, Weights};
 use crate::register::CheckDefinition;
 
 /// The catalog node Nacos instances are registered on (they belong to no member).
@@ -277,8 +277,15 @@ impl Instance {
                 .get(META_WEIGHT)
                 .and_then(|w| w.parse().ok())
                 .unwrap_or(f64::from(s.weights.passing)),
-            enabled: meta.get(META_ENABLED).is_none_or(|v| v != "false"),
-            healthy: e.status() == CheckStatus::Passing,
+            // Maintenance (Consul's way to take an instance out) is Nacos's disabled; the
+            // health is that of the other checks.
+            enabled: meta.get(META_ENABLED).is_none_or(|v| v != "false")
+                && !e.checks.iter().any(|c| is_maintenance(&c.value.id)),
+            healthy: e
+                .checks
+                .iter()
+                .filter(|c| !is_maintenance(&c.value.id))
+                .all(|c| c.value.status == CheckStatus::Passing),
             ephemeral: meta.get(META_EPHEMERAL).is_some_and(|v| v == "true"),
             metadata: meta
                 .iter()

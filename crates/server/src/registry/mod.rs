@@ -822,45 +822,23 @@ impl Registry {
         enable: bool,
         reason: &str,
     ) -> Result<(), RegistryFailure> {
-        let (id, name, sid, sname) = match service_id {
-            Some(sid) => {
-                let Some(s) = self.read(|c| c.service(&node.name, sid)) else {
+        let sname = match service_id {
+            Some(sid) => match self.read(|c| c.service(&node.name, sid)) {
+                Some(s) => Some(s.value.name),
+                None => {
                     return Err(
                         RegistryError::NotFound(format!("Unknown service ID {sid:?}")).into(),
-                    );
-                };
-                (
-                    format!("_service_maintenance:{sid}"),
-                    "Service Maintenance Mode",
-                    sid.to_string(),
-                    s.value.name,
-                )
-            }
-            None => (
-                "_node_maintenance".to_string(),
-                "Node Maintenance Mode",
-                String::new(),
-                String::new(),
-            ),
+                    )
+                }
+            },
+            None => None,
         };
+        let check = Check::maintenance(&node.name, service_id.zip(sname.as_deref()), reason);
         if !enable {
-            self.deregister_check(core, &node.name, &id).await?;
+            self.deregister_check(core, &node.name, &check.id).await?;
             return Ok(());
         }
-        let check = Check {
-            id: id.clone(),
-            name: name.into(),
-            node: node.name.clone(),
-            service_id: sid.clone(),
-            service_name: sname,
-            status: CheckStatus::Critical,
-            notes: if reason.is_empty() {
-                "Maintenance mode is enabled for this node or service".into()
-            } else {
-                reason.to_string()
-            },
-            ..Check::default()
-        };
+        let (sid, id) = (check.service_id.clone(), check.id.clone());
         let mut ops: Vec<RequestOp> = self.node_op(node).into_iter().collect();
         ops.push(put_op(
             layout::check(&node.name, &sid, &id),

@@ -97,6 +97,15 @@ impl Registry {
                 c.deregister_critical_after = naming::DELETE_TIMEOUT - naming::BEAT_TIMEOUT;
             }
         }
+        // A disabled instance takes no traffic through any face: Consul's maintenance (the
+        // checks are replaced, so enabling it again ends the maintenance).
+        if !i.enabled {
+            checks.push(berth_registry::Check::maintenance(
+                naming::NODE,
+                Some((&service.id, &service.name)),
+                "disabled through Nacos (enabled=false)",
+            ));
+        }
         self.register_records(core, &node(core), service, checks, true, lease)
             .await
     }
