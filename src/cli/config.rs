@@ -186,8 +186,12 @@ pub enum BetaCommand {
         #[command(flatten)]
         content: Content,
         /// Client addresses that see it, comma-separated.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "labels", default_value = "")]
         ips: String,
+        /// Client labels that see it, `key=value` comma-separated (Nacos 2.x/3.x clients
+        /// declare labels on their connection).
+        #[arg(long, default_value = "")]
+        labels: String,
         /// The content's type.
         #[arg(long = "type", short = 't')]
         kind: Option<String>,
@@ -453,8 +457,21 @@ async fn beta(ctx: &mut Ctx, c: &Client, cmd: BetaCommand) -> Result<()> {
     match cmd {
         BetaCommand::Get(at) => {
             let v = c.get(&at.sub("beta")).await?;
+            let labels: Vec<String> = v["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .flat_map(|(k, vs)| {
+                    vs.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str().map(|x| format!("{k}={x}")))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
             let rows = vec![
                 vec!["ips".to_string(), strings(&v, "ips").join(",")],
+                vec!["labels".to_string(), labels.join(",")],
                 vec!["md5".to_string(), text(&v, "md5")],
                 vec!["content".to_string(), text(&v, "content")],
             ];
@@ -465,19 +482,25 @@ async fn beta(ctx: &mut Ctx, c: &Client, cmd: BetaCommand) -> Result<()> {
             at,
             content,
             ips,
+            labels,
             kind,
         } => {
-            let ips: Vec<&str> = ips
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect();
-            let mut body = json!({"content": content.read()?, "ips": ips});
+            let ips = berth_config::rules::split_tags(&ips);
+            let parsed = berth_config::rules::beta_labels(&labels)?;
+            let mut body = json!({"content": content.read()?, "ips": ips, "labels": parsed});
             if let Some(k) = kind {
                 body["type"] = json!(k);
             }
             let v = c.call(Method::PUT, &at.sub("beta"), Some(&body)).await?;
-            let said = format!("beta of {} for {}", at.data_id, ips.join(","));
+            let mut whom = ips;
+            whom.extend(
+                labels
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
+            );
+            let said = format!("beta of {} for {}", at.data_id, whom.join(","));
             ctx.out.print(&done(said, v))
         }
         BetaCommand::Promote(at) => {

@@ -1,26 +1,34 @@
 """nacos-sdk-python 3.x (Nacos 2.x gRPC, `v2.nacos`) against berth's Nacos face: config
-publish, get, a listener told of a change, remove. Usage: nacos_grpc_client.py <host:port>
-<workdir>; prints "ok" when every step passed."""
+publish, get, a beta seen only by the client whose connection declares its label, a
+listener told of a change, remove. Usage: nacos_grpc_client.py <host:port> <workdir>;
+prints "ok" when every step passed."""
 
 import asyncio
 import sys
+import urllib.parse
+import urllib.request
 
 from v2.nacos import ClientConfigBuilder, ConfigParam, GRPCConfig, NacosConfigService
 
 addr, work = sys.argv[1], sys.argv[2]
 
 
-async def main():
-    cfg = (
+def client_config(name, labels=None):
+    b = (
         ClientConfigBuilder()
         .server_address(addr)
         .namespace_id("")
-        .log_dir(work + "/logs")
-        .cache_dir(work + "/cache")
+        .log_dir(work + "/logs-" + name)
+        .cache_dir(work + "/cache-" + name)
         .grpc_config(GRPCConfig(grpc_timeout=5000))
-        .build()
     )
-    config = await NacosConfigService.create_config_service(cfg)
+    if labels:
+        b = b.app_conn_labels(labels)
+    return b.build()
+
+
+async def main():
+    config = await NacosConfigService.create_config_service(client_config("plain"))
     missing = await config.get_config(ConfigParam(data_id="g.yaml", group="DEFAULT_GROUP"))
     assert missing == "", repr(missing)
     assert await config.publish_config(
@@ -28,6 +36,28 @@ async def main():
     )
     got = await config.get_config(ConfigParam(data_id="g.yaml", group="DEFAULT_GROUP"))
     assert got == "a: 1", repr(got)
+
+    # A beta for clients labelled env=canary (berth's betaLabels, over the open API): the
+    # labelled client reads it, the plain one the published content. Then it is withdrawn.
+    form = urllib.parse.urlencode(
+        {"dataId": "g.yaml", "group": "DEFAULT_GROUP", "content": "a: beta", "betaLabels": "env=canary"}
+    ).encode()
+    with urllib.request.urlopen("http://" + addr + "/nacos/v1/cs/configs", data=form) as r:
+        assert r.status == 200, r.status
+    canary = await NacosConfigService.create_config_service(
+        client_config("canary", {"env": "canary"})
+    )
+    got = await canary.get_config(ConfigParam(data_id="g.yaml", group="DEFAULT_GROUP"))
+    assert got == "a: beta", repr(got)
+    got = await config.get_config(ConfigParam(data_id="g.yaml", group="DEFAULT_GROUP"))
+    assert got == "a: 1", repr(got)
+    await canary.shutdown()
+    req = urllib.request.Request(
+        "http://" + addr + "/nacos/v1/cs/configs?dataId=g.yaml&group=DEFAULT_GROUP&beta=true",
+        method="DELETE",
+    )
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 200, r.status
 
     changed = asyncio.Event()
     seen = []

@@ -20,4 +20,6 @@ pub mod model;
 pub mod rules;
 
 pub use error::ConfigError;
-pub use model::{md5_hex, Author, Beta, ContentType, Item, ItemKey, Namespace, Op, Version};
+pub use model::{
+    md5_hex, Author, Beta, ContentType, Item, ItemKey, Namespace, Op, Reader, Version,
+};

@@ -2,6 +2,8 @@
 //! (and each delete) also keeps a [`Version`]; a [`Beta`] is a gray release of an item seen
 //! only by the clients it lists; a [`Namespace`] is a tenant that items live in.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
 /// The namespace every cluster has; Nacos clients name it `""` or `public`.
@@ -213,6 +215,10 @@ pub struct Beta {
     /// The client addresses that see it.
     #[serde(default)]
     pub ips: Vec<String>,
+    /// Client labels that see it: a client with any of these labels at one of its values
+    /// does (labels are what a Nacos 2.x/3.x client declares on its connection).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, BTreeSet<String>>,
     /// When it was published (ms since the UNIX epoch).
     pub at_ms: i64,
     /// Who published it.
@@ -220,19 +226,43 @@ pub struct Beta {
     pub author: Author,
 }
 
+/// Who reads an item: what a beta is matched against.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reader {
+    /// The client's address.
+    pub ip: String,
+    /// The labels it declared (none for HTTP clients).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Reader {
+    /// A client at `ip` with no labels.
+    pub fn at(ip: impl Into<String>) -> Reader {
+        Reader {
+            ip: ip.into(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
 impl Beta {
-    /// True when the client at `ip` sees this beta.
-    pub fn covers(&self, ip: &str) -> bool {
+    /// True when `reader` sees this beta: its address is listed, or one of its labels is.
+    pub fn covers(&self, reader: &Reader) -> bool {
         let canonical = |s: &str| {
             s.trim()
                 .parse::<std::net::IpAddr>()
                 .map(|a| a.to_canonical())
                 .ok()
         };
-        match canonical(ip) {
+        let by_ip = match canonical(&reader.ip) {
             Some(addr) => self.ips.iter().any(|i| canonical(i) == Some(addr)),
-            None => self.ips.iter().any(|i| i == ip),
-        }
+            None => self.ips.contains(&reader.ip),
+        };
+        by_ip
+            || reader
+                .labels
+                .iter()
+                .any(|(k, v)| self.labels.get(k).is_some_and(|vs| vs.contains(v)))
     }
 }
 
@@ -265,6 +295,34 @@ pub fn md5_hex(content: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_beta_covers_listed_addresses_and_labels() {
+        let beta = Beta {
+            content: "b".into(),
+            md5: md5_hex("b"),
+            kind: ContentType::Text,
+            ips: vec!["10.0.0.1".into(), "::ffff:10.0.0.2".into()],
+            labels: crate::rules::beta_labels("env=canary,env=staging,zone=a").expect("labels"),
+            at_ms: 0,
+            author: Author::default(),
+        };
+        assert!(beta.covers(&Reader::at("10.0.0.1")));
+        // The same address written as IPv4-mapped IPv6.
+        assert!(beta.covers(&Reader::at("10.0.0.2")));
+        assert!(!beta.covers(&Reader::at("10.0.0.3")));
+        let labelled = |k: &str, v: &str| Reader {
+            ip: "10.0.0.9".into(),
+            labels: [(k.to_string(), v.to_string())].into(),
+        };
+        assert!(beta.covers(&labelled("env", "staging")));
+        assert!(beta.covers(&labelled("zone", "a")));
+        assert!(!beta.covers(&labelled("env", "prod")));
+        assert!(!beta.covers(&labelled("team", "canary")));
+        assert!(crate::rules::beta_labels("env").is_err());
+        assert!(crate::rules::beta_labels("=x").is_err());
+        assert!(crate::rules::beta_labels("").expect("none").is_empty());
+    }
 
     #[test]
     fn md5_is_lower_case_hex_of_utf8() {

@@ -125,6 +125,27 @@ pub fn attributes(desc: &str, app: &str, tags: &[String]) -> Result<(), ConfigEr
     Ok(())
 }
 
+/// A beta's labels from `key=value` pairs, comma-separated (a key may come back with
+/// another value).
+pub fn beta_labels(
+    list: &str,
+) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>, ConfigError> {
+    let mut labels =
+        std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .ok_or_else(|| ConfigError::invalid(format!("beta label {pair:?} is not key=value")))?;
+        labels
+            .entry(k.to_string())
+            .or_default()
+            .insert(v.to_string());
+    }
+    Ok(labels)
+}
+
 /// Splits a comma-separated tag list (Nacos's `config_tags`), dropping empty entries.
 pub fn split_tags(list: &str) -> Vec<String> {
     list.split(',')

@@ -11,12 +11,12 @@
 //! - Listeners wait on per-item notifications: a publish wakes only the listeners of its item.
 //! - [`trimmer`] removes kept versions older than `--config-history-max-age`, on the leader.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use berth_config::layout;
-use berth_config::{rules, Beta, ConfigError, Item, ItemKey, Namespace, Op, Version};
+use berth_config::{rules, Beta, ConfigError, Item, ItemKey, Namespace, Op, Reader, Version};
 use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use berth_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use berth_proto::etcdserverpb::{Compare, RangeRequest, RequestOp, TxnRequest};
@@ -232,12 +232,12 @@ impl ConfigCenter {
         self.read(|v| v.betas.get(k).cloned())
     }
 
-    /// What the client at `ip` reads at `k`: the beta if it lists the client, else the item.
-    /// The flag says whether it is the beta.
-    pub fn get_for(&self, k: &ItemKey, ip: &str) -> Option<(Arc<Item>, bool)> {
+    /// What `reader` reads at `k`: the beta if it covers the reader, else the item. The flag
+    /// says whether it is the beta.
+    pub fn get_for(&self, k: &ItemKey, reader: &Reader) -> Option<(Arc<Item>, bool)> {
         self.read(|v| {
             let item = v.items.get(k)?;
-            match v.betas.get(k).filter(|b| b.covers(ip)) {
+            match v.betas.get(k).filter(|b| b.covers(reader)) {
                 Some(b) => Some((
                     Arc::new(Item {
                         content: b.content.clone(),
@@ -254,9 +254,9 @@ impl ConfigCenter {
         })
     }
 
-    /// The MD5 the client at `ip` would read at `k` (`""` when there is no item).
-    pub fn md5_for(&self, k: &ItemKey, ip: &str) -> String {
-        self.read(|v| match v.betas.get(k).filter(|b| b.covers(ip)) {
+    /// The MD5 `reader` would read at `k` (`""` when there is no item).
+    pub fn md5_for(&self, k: &ItemKey, reader: &Reader) -> String {
+        self.read(|v| match v.betas.get(k).filter(|b| b.covers(reader)) {
             Some(b) if v.items.contains_key(k) => b.md5.clone(),
             _ => v.items.get(k).map(|i| i.md5.clone()).unwrap_or_default(),
         })
@@ -337,7 +337,7 @@ impl ConfigCenter {
     pub async fn listen(
         &self,
         probes: &[(ItemKey, String)],
-        ip: &str,
+        reader: &Reader,
         deadline: Instant,
     ) -> Vec<ItemKey> {
         let guard = ListenGuard {
@@ -361,7 +361,7 @@ impl ConfigCenter {
             }
             let changed: Vec<ItemKey> = probes
                 .iter()
-                .filter(|(k, md5)| self.md5_for(k, ip) != *md5)
+                .filter(|(k, md5)| self.md5_for(k, reader) != *md5)
                 .map(|(k, _)| k.clone())
                 .collect();
             if !changed.is_empty() || probes.is_empty() {
@@ -476,7 +476,9 @@ impl ConfigCenter {
         Err(ConfigError::invalid(format!("{k} kept changing; try again")).into())
     }
 
-    /// Publishes a beta of `k` seen only by the clients at `ips` (the item must exist).
+    /// Publishes a beta of `k` seen only by the clients at `ips` and those with one of
+    /// `labels` (the item must exist).
+    #[allow(clippy::too_many_arguments)]
     pub async fn publish_beta(
         &self,
         core: &Core,
@@ -484,12 +486,15 @@ impl ConfigCenter {
         content: String,
         kind: berth_config::ContentType,
         ips: Vec<String>,
+        labels: BTreeMap<String, BTreeSet<String>>,
         author: berth_config::Author,
     ) -> Result<Arc<Beta>, ConfigFailure> {
         rules::key(k)?;
         rules::content(&content, self.limits.max_content)?;
-        if ips.is_empty() {
-            return Err(ConfigError::invalid("a beta needs at least one client IP").into());
+        if ips.is_empty() && labels.is_empty() {
+            return Err(
+                ConfigError::invalid("a beta needs at least one client IP or label").into(),
+            );
         }
         if let Some(bad) = ips
             .iter()
@@ -512,6 +517,7 @@ impl ConfigCenter {
             content,
             kind,
             ips,
+            labels,
             at_ms: now(),
             author,
         };

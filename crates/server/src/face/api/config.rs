@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_auth::Access;
-use berth_config::{layout, rules, Author, Item, ItemKey, Namespace, Version};
+use berth_config::{layout, rules, Author, Item, ItemKey, Namespace, Reader, Version};
 use berth_store::Keyspace;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -431,7 +431,7 @@ async fn beta(
     })?;
     Ok(Json(json!({
         "content": b.content, "md5": b.md5, "type": b.kind.as_str(), "ips": b.ips,
-        "at": b.at_ms, "author": b.author.user, "authorIp": b.author.ip,
+        "labels": b.labels, "at": b.at_ms, "author": b.author.user, "authorIp": b.author.ip,
     }))
     .into_response())
 }
@@ -441,7 +441,11 @@ struct BetaBody {
     content: String,
     #[serde(rename = "type", default)]
     kind: Option<String>,
+    #[serde(default)]
     ips: Vec<String>,
+    /// Labels that see the beta: `{"key": ["value", ...]}`.
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 async fn publish_beta(
@@ -463,10 +467,11 @@ async fn publish_beta(
             b.content,
             kind,
             b.ips,
+            b.labels,
             author(&p, &headers, &conn),
         )
         .await?;
-    Ok(Json(json!({"md5": beta.md5, "ips": beta.ips})).into_response())
+    Ok(Json(json!({"md5": beta.md5, "ips": beta.ips, "labels": beta.labels})).into_response())
 }
 
 async fn withdraw_beta(
@@ -523,12 +528,12 @@ async fn watch(
     let probes = [(k.clone(), q.md5)];
     let changed = core
         .config_center
-        .listen(&probes, &ip, Instant::now() + wait)
+        .listen(&probes, &Reader::at(ip.clone()), Instant::now() + wait)
         .await;
     if changed.is_empty() {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    match core.config_center.get_for(&k, &ip) {
+    match core.config_center.get_for(&k, &Reader::at(ip)) {
         Some((item, beta)) => {
             let mut v = item_json(&k, &item, true);
             v["beta"] = json!(beta);

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_auth::Access;
 use berth_config::model::DEFAULT_GROUP;
-use berth_config::{layout, rules, Author, ContentType, Item, ItemKey, Version};
+use berth_config::{layout, rules, Author, ContentType, Item, ItemKey, Reader, Version};
 use berth_store::Keyspace;
 use serde_json::json;
 use tokio::time::Instant;
@@ -134,13 +134,14 @@ async fn get_config(
                 "dataId": k.data_id, "group": k.group, "tenant": k.tenant(),
                 "content": b.content, "md5": b.md5, "type": b.kind.as_str(),
                 "betaIps": b.ips.join(","),
+                "betaLabels": beta_labels_text(&b),
                 "lastModified": b.at_ms,
             }
         }))
         .into_response());
     }
     let ip = client_ip(&headers, conn.0);
-    let Some((item, beta)) = cc.get_for(&k, &ip) else {
+    let Some((item, beta)) = cc.get_for(&k, &Reader::at(ip)) else {
         return Ok(text(StatusCode::NOT_FOUND, "config data not exist"));
     };
     if q.get("show") == Some("all") {
@@ -253,21 +254,29 @@ async fn publish(
     let content = q.get("content").unwrap_or_default().to_string();
     let kind = rules::content_type(q.get("type"))?;
     let who = author(&p, &q, client_ip(&headers, conn.0));
-    let beta_ips = headers
-        .get("betaips")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| q.get("betaIps"))
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
-    if let Some(ips) = beta_ips {
-        let ips = ips
-            .split(',')
+    // A beta: `betaIps` (Nacos's) and berth's `betaLabels` (`key=value,...`), as headers
+    // or parameters.
+    let given = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| q.get(name))
             .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
+            .unwrap_or_default()
+    };
+    let (beta_ips, beta_labels) = (given("betaIps"), given("betaLabels"));
+    if !beta_ips.is_empty() || !beta_labels.is_empty() {
+        let labels = rules::beta_labels(beta_labels)?;
         core.config_center
-            .publish_beta(&core, &k, content, kind, ips, who)
+            .publish_beta(
+                &core,
+                &k,
+                content,
+                kind,
+                rules::split_tags(beta_ips),
+                labels,
+                who,
+            )
             .await?;
         return Ok(
             Json(json!({"code": 200, "message": "publish beta ok", "data": true})).into_response(),
@@ -408,7 +417,7 @@ async fn listen(
         core.metrics.nacos_listeners.inc();
         let _held = Held(&core.metrics.nacos_listeners);
         core.config_center
-            .listen(&probes, &ip, Instant::now() + hold)
+            .listen(&probes, &Reader::at(ip), Instant::now() + hold)
             .await
     };
     let mut resp = (
@@ -521,4 +530,13 @@ mod tests {
         let body = changed_body(&[ItemKey::new("", "G", "a.b"), ItemKey::new("dev", "G", "c")]);
         assert_eq!(body, "a.b%02G%01c%02G%02dev%01");
     }
+}
+
+/// A beta's labels as `key=value` pairs, comma-separated (how they are given).
+pub fn beta_labels_text(b: &berth_config::Beta) -> String {
+    b.labels
+        .iter()
+        .flat_map(|(k, vs)| vs.iter().map(move |v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use berth_auth::Access;
-use berth_config::{layout, rules, Author, ItemKey};
+use berth_config::{layout, rules, Author, ItemKey, Reader};
 use berth_store::Keyspace;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
@@ -66,8 +66,9 @@ fn failure_code(e: &ConfigFailure) -> u16 {
     }
 }
 
-/// `ConfigQueryRequest` → `ConfigQueryResponse` (the beta when it lists the client).
-pub fn query(core: &Core, r: &Req) -> berth_proto::nacos::Payload {
+/// `ConfigQueryRequest` → `ConfigQueryResponse` (the beta when it covers `reader`: the
+/// client's address or one of its connection's labels).
+pub fn query(core: &Core, r: &Req, reader: &Reader) -> berth_proto::nacos::Payload {
     const KIND: &str = "ConfigQueryResponse";
     let k = match key(r) {
         Ok(k) => k,
@@ -76,7 +77,7 @@ pub fn query(core: &Core, r: &Req) -> berth_proto::nacos::Payload {
     if let Err((c, m)) = allowed(core, r, &k, Access::Read) {
         return failed(KIND, c, &m, json!({}));
     }
-    match core.config_center.get_for(&k, &r.client_ip) {
+    match core.config_center.get_for(&k, reader) {
         Some((item, beta)) => ok(
             KIND,
             json!({
@@ -97,7 +98,8 @@ pub fn query(core: &Core, r: &Req) -> berth_proto::nacos::Payload {
     }
 }
 
-/// `ConfigPublishRequest` → `ConfigPublishResponse`; `additionMap.betaIps` makes it a beta.
+/// `ConfigPublishRequest` → `ConfigPublishResponse`; `additionMap.betaIps` (and berth's
+/// `additionMap.betaLabels`, `key=value,...`) make it a beta.
 pub async fn publish(core: &Core, r: &Req) -> berth_proto::nacos::Payload {
     const KIND: &str = "ConfigPublishResponse";
     let result = async {
@@ -115,11 +117,13 @@ pub async fn publish(core: &Core, r: &Req) -> berth_proto::nacos::Payload {
             .map_err(|e| (code::BAD_REQUEST, e.to_string()))?;
         let content = r.str("content").to_string();
         let fail = |e: ConfigFailure| (failure_code(&e), e.to_string());
-        let beta_ips = extra("betaIps");
-        if !beta_ips.is_empty() {
-            let ips = beta_ips.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let (beta_ips, beta_labels) = (extra("betaIps"), extra("betaLabels"));
+        if !beta_ips.is_empty() || !beta_labels.is_empty() {
+            let labels = rules::beta_labels(&beta_labels)
+                .map_err(|e| (code::BAD_REQUEST, e.to_string()))?;
+            let ips = rules::split_tags(&beta_ips);
             core.config_center
-                .publish_beta(core, &k, content, kind, ips, author)
+                .publish_beta(core, &k, content, kind, ips, labels, author)
                 .await
                 .map_err(fail)?;
             return Ok(());
@@ -224,10 +228,13 @@ pub fn batch_listen(
                 c.listening.remove(k);
             }
         }
-        Ok(c.client_ip.clone())
+        Ok(Reader {
+            ip: c.client_ip.clone(),
+            labels: c.labels.clone(),
+        })
     });
-    let ip = match held {
-        Some(Ok(ip)) => ip,
+    let mut reader = match held {
+        Some(Ok(reader)) => reader,
         Some(Err(())) => {
             return failed(
                 KIND,
@@ -244,14 +251,12 @@ pub fn batch_listen(
             return failed(KIND, c, &m, json!({"changedConfigs": []}));
         }
     };
-    let ip = if ip.is_empty() {
-        r.client_ip.clone()
-    } else {
-        ip
-    };
+    if reader.ip.is_empty() {
+        reader.ip = r.client_ip.clone();
+    }
     let changed: Vec<Value> = if listen {
         keys.iter()
-            .filter(|(k, md5)| core.config_center.md5_for(k, &ip) != *md5)
+            .filter(|(k, md5)| core.config_center.md5_for(k, &reader) != *md5)
             .map(|(k, _)| json!({"dataId": k.data_id, "group": k.group, "tenant": k.tenant()}))
             .collect()
     } else {

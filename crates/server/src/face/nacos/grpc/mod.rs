@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use berth_config::ItemKey;
+use berth_config::{ItemKey, Reader};
 use berth_proto::nacos::bi_request_stream_server::{BiRequestStream, BiRequestStreamServer};
 use berth_proto::nacos::request_server::{Request as NacosRequest, RequestServer};
 use berth_proto::nacos::{Any, Metadata, Payload};
@@ -153,6 +153,9 @@ struct Conn {
     id: String,
     /// The address the client reports (`metadata.clientIp`), else its peer's.
     client_ip: String,
+    /// The application labels the client declared at setup (`app_`-prefixed labels, the
+    /// prefix stripped, as Nacos keeps them): what label betas match.
+    labels: std::collections::BTreeMap<String, String>,
     /// Where pushes go (set once the stream is open).
     push: Option<mpsc::Sender<Result<Payload, Status>>>,
     /// Ends the stream with an error status (its client then reconnects and re-syncs).
@@ -220,6 +223,7 @@ impl Conns {
                     .map_or_else(|| tag.id.to_string(), |a| a.to_string())
             ),
             client_ip: tag.peer.map(|a| a.ip().to_string()).unwrap_or_default(),
+            labels: Default::default(),
             push: None,
             cut: None,
             closed: Arc::new(tokio::sync::Notify::new()),
@@ -273,6 +277,23 @@ impl Conns {
                 tracing::warn!(conn = %c.id, "nacos grpc: a slow client's stream was cut");
             }
         }
+    }
+
+    /// Who reads through connection `tag`: its client's address (`fallback` when it has
+    /// none) and labels.
+    fn reader(&self, tag: ConnTag, fallback: &str) -> Reader {
+        let mut reader = self
+            .lock()
+            .get(&tag.id)
+            .map(|c| Reader {
+                ip: c.client_ip.clone(),
+                labels: c.labels.clone(),
+            })
+            .unwrap_or_default();
+        if reader.ip.is_empty() {
+            reader.ip = fallback.to_string();
+        }
+        reader
     }
 
     /// Notes that connection `tag`'s client is alive.
@@ -357,6 +378,18 @@ impl Conn {
             let _ = cut.send(why);
         }
     }
+}
+
+/// The application labels of a `ConnectionSetupRequest`: its `app_`-prefixed labels, the
+/// prefix stripped.
+fn app_labels(setup: &Value) -> std::collections::BTreeMap<String, String> {
+    setup
+        .get("labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.strip_prefix("app_")?.to_string(), v.as_str()?.to_string())))
+        .collect()
 }
 
 /// A `Payload` of type `kind` with `body` as its JSON.
@@ -553,7 +586,10 @@ impl Nacos {
                 )
             }
             "HealthCheckRequest" => ok("HealthCheckResponse", json!({})),
-            "ConfigQueryRequest" => config::query(core, &r),
+            "ConfigQueryRequest" => {
+                let reader = self.conns.reader(tag, &r.client_ip);
+                config::query(core, &r, &reader)
+            }
             "ConfigPublishRequest" => config::publish(core, &r).await,
             "ConfigRemoveRequest" => config::remove(core, &r).await,
             "ConfigBatchListenRequest" => config::batch_listen(core, &self.conns, tag, &r),
@@ -614,6 +650,7 @@ impl BiRequestStream for Nacos {
                             if !r.client_ip.is_empty() {
                                 c.client_ip = r.client_ip.clone();
                             }
+                            c.labels = app_labels(&r.body);
                             c.id.clone()
                         });
                         tracing::debug!(conn = %conn, client = %r.str("clientVersion"), "nacos grpc: connection set up");
