@@ -246,6 +246,15 @@ impl Reader {
 }
 
 impl Beta {
+    /// Its labels as `key=value` pairs, comma-separated (as they are given).
+    pub fn labels_text(&self) -> String {
+        self.labels
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| format!("{k}={v}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// True when `reader` sees this beta: its address is listed, or one of its labels is.
     pub fn covers(&self, reader: &Reader) -> bool {
         let canonical = |s: &str| {

@@ -134,7 +134,7 @@ async fn get_config(
                 "dataId": k.data_id, "group": k.group, "tenant": k.tenant(),
                 "content": b.content, "md5": b.md5, "type": b.kind.as_str(),
                 "betaIps": b.ips.join(","),
-                "betaLabels": beta_labels_text(&b),
+                "betaLabels": b.labels_text(),
                 "lastModified": b.at_ms,
             }
         }))
@@ -530,13 +530,4 @@ mod tests {
         let body = changed_body(&[ItemKey::new("", "G", "a.b"), ItemKey::new("dev", "G", "c")]);
         assert_eq!(body, "a.b%02G%01c%02G%02dev%01");
     }
-}
-
-/// A beta's labels as `key=value` pairs, comma-separated (how they are given).
-pub fn beta_labels_text(b: &berth_config::Beta) -> String {
-    b.labels
-        .iter()
-        .flat_map(|(k, vs)| vs.iter().map(move |v| format!("{k}={v}")))
-        .collect::<Vec<_>>()
-        .join(",")
 }
