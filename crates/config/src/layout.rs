@@ -44,6 +44,14 @@ pub fn item(k: &ItemKey) -> Vec<u8> {
     item_path(ITEMS, k)
 }
 
+/// The prefix of every item key of `namespace`.
+pub fn items_of(namespace: &str) -> Vec<u8> {
+    let mut key = ITEMS.to_vec();
+    key.extend_from_slice(namespace.as_bytes());
+    key.push(0);
+    key
+}
+
 /// The key of item `k`'s beta.
 pub fn beta(k: &ItemKey) -> Vec<u8> {
     item_path(BETAS, k)

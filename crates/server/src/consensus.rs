@@ -69,7 +69,14 @@ impl From<ProposeError> for WriteError {
             ProposeError::Membership(reason) => WriteError::Membership(reason),
             ProposeError::Unknown => WriteError::Unknown,
             ProposeError::Stopped(reason) => {
-                tracing::error!(%reason, "consensus stopped");
+                // Said once: every write still in flight at a shutdown ends here too.
+                static SAID: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::error!(%reason, "consensus stopped");
+                } else {
+                    tracing::debug!(%reason, "consensus stopped");
+                }
                 WriteError::Stopped(reason)
             }
         }

@@ -193,6 +193,17 @@ fn unchanged_since(key: &[u8], rev: i64) -> Compare {
     }
 }
 
+/// Holds while namespace `id` exists (always for `public`, which has no record).
+fn namespace_exists(id: &str) -> Option<Compare> {
+    (id != berth_config::model::PUBLIC).then(|| Compare {
+        key: layout::namespace(id),
+        target: CompareTarget::Version as i32,
+        result: CompareResult::Greater as i32,
+        target_union: Some(TargetUnion::Version(0)),
+        ..Default::default()
+    })
+}
+
 impl ConfigCenter {
     /// A configuration center over `store`; [`ConfigCenter::run`] fills and follows its view.
     pub fn new(store: Arc<Store>, limits: Limits) -> Arc<ConfigCenter> {
@@ -434,10 +445,24 @@ impl ConfigCenter {
             };
             let mut ops = vec![put_op(layout::item(k), encode(&item), 0)];
             self.version_ops(k, op, &item, at, &author, &mut ops)?;
-            if self.commit(core, layout::item(k), seen, ops).await? {
+            // Guarded by the item as read and by its namespace still existing (a namespace
+            // deleted meanwhile must not be left holding this item).
+            let mut compare = vec![unchanged_since(&layout::item(k), seen)];
+            compare.extend(namespace_exists(&k.namespace));
+            let txn = TxnRequest {
+                compare,
+                success: ops,
+                ..Default::default()
+            };
+            if self.propose(core, txn).await? {
                 core.metrics.config_publishes.inc();
                 tracing::debug!(item = %k, version, md5 = %item.md5, "config published");
                 return Ok(Arc::new(item));
+            }
+            if k.namespace != berth_config::model::PUBLIC
+                && self.stored(&layout::namespace(&k.namespace))?.is_none()
+            {
+                return Err(ConfigError::UnknownNamespace(k.namespace.clone()).into());
             }
             core.consensus.read_index().await?;
         }
@@ -763,8 +788,26 @@ impl ConfigCenter {
             ))
             .into());
         }
-        self.commit_unguarded(core, vec![delete_key(layout::namespace(id))])
-            .await?;
+        // Only while it holds no item: a publish into it that raced this check fails.
+        let items = layout::items_of(id);
+        let empty = Compare {
+            range_end: layout::prefix_end(&items),
+            key: items,
+            target: CompareTarget::Version as i32,
+            result: CompareResult::Equal as i32,
+            target_union: Some(TargetUnion::Version(0)),
+        };
+        let txn = TxnRequest {
+            compare: vec![empty],
+            success: vec![delete_key(layout::namespace(id))],
+            ..Default::default()
+        };
+        if !self.propose(core, txn).await? {
+            return Err(ConfigError::invalid(format!(
+                "namespace {id} received items meanwhile: delete them first"
+            ))
+            .into());
+        }
         Ok(true)
     }
 

@@ -194,6 +194,10 @@ const MAX_LISTENING: usize = 100_000;
 #[derive(Default)]
 pub struct Conns {
     map: Mutex<HashMap<u64, Conn>>,
+    /// Set when the listener stops: closing connections then leave their instances to their
+    /// leases (their clients, told to reconnect, register them again elsewhere; removing them
+    /// here would only make them flap).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Conns {
@@ -343,6 +347,7 @@ impl Conns {
     /// Tells every client to reconnect elsewhere (`ConnectResetRequest`, as Nacos does when a
     /// server leaves), then ends every stream.
     async fn reset_all(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.push(|_| true, "ConnectResetRequest", |id| {
             json!({"headers": {}, "requestId": id, "module": "internal", "serverIp": "", "serverPort": ""})
         });
@@ -663,6 +668,13 @@ impl BiRequestStream for Nacos {
                 }
             }
             let (instances, lease) = conns.close(tag.id);
+            if conns.stopping.load(Ordering::Relaxed) {
+                tracing::debug!(
+                    instances = instances.len(),
+                    "nacos grpc: a connection closed at shutdown; its instances live on their lease"
+                );
+                return;
+            }
             for i in instances {
                 // An instance registered again through another connection (its client
                 // reconnected) lives on that one's lease now: it stays.
