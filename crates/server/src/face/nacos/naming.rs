@@ -427,13 +427,7 @@ async fn create_service(
     headers: HeaderMap,
     q: Params,
 ) -> Result<Response, NacosError> {
-    principal(&core, &headers, &q)?.authenticated()?;
-    let s = service(&q)?;
-    let def = service_def(&q, ServiceDef::default())?;
-    core.registry
-        .nacos_define(&core, &s, &def, Define::Create)
-        .await?;
-    Ok(text_ok())
+    define(&core, &headers, &q, Define::Create).await
 }
 
 /// `PUT /v1/ns/service`: changes the given fields of a service (404 if it does not exist).
@@ -442,12 +436,25 @@ async fn update_service(
     headers: HeaderMap,
     q: Params,
 ) -> Result<Response, NacosError> {
-    principal(&core, &headers, &q)?.authenticated()?;
-    let s = service(&q)?;
-    let def = service_def(&q, core.registry.nacos_def(&s).unwrap_or_default())?;
-    core.registry
-        .nacos_define(&core, &s, &def, Define::Update)
-        .await?;
+    define(&core, &headers, &q, Define::Update).await
+}
+
+/// Creates or updates a service's definition from the request (an update keeps the fields
+/// it does not give).
+async fn define(
+    core: &Arc<Core>,
+    headers: &HeaderMap,
+    q: &Params,
+    mode: Define,
+) -> Result<Response, NacosError> {
+    principal(core, headers, q)?.authenticated()?;
+    let s = service(q)?;
+    let base = match mode {
+        Define::Create => ServiceDef::default(),
+        Define::Update => core.registry.nacos_def(&s).unwrap_or_default(),
+    };
+    let def = service_def(q, base)?;
+    core.registry.nacos_define(core, &s, &def, mode).await?;
     Ok(text_ok())
 }
 
