@@ -110,6 +110,10 @@ pub struct NacosListenArgs {
     /// Changes of the config, one after another.
     #[arg(long, default_value_t = 5)]
     changes: u64,
+    /// Listen as Nacos 2.x clients do instead: one gRPC connection per listener, told of a
+    /// change by a pushed `ConfigChangeNotifyRequest` (latency: publish → push).
+    #[arg(long)]
+    grpc: bool,
 }
 
 /// Where the Consul workloads send their requests.
@@ -374,6 +378,7 @@ impl BenchCommand {
                 Workload::NacosListen {
                     listeners: a.listeners,
                     changes: a.changes,
+                    grpc: a.grpc,
                 },
             ),
         };

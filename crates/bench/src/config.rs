@@ -107,12 +107,15 @@ pub enum Workload {
         /// Instances registered before the run.
         instances: u64,
     },
-    /// Nacos v1: `listeners` long polls on one config that changes `changes` times.
+    /// Nacos: `listeners` listeners of one config that changes `changes` times: v1 long
+    /// polls, or Nacos 2.x gRPC connections told by a push.
     NacosListen {
-        /// Long polls.
+        /// Listeners.
         listeners: u64,
         /// Changes, one after another.
         changes: u64,
+        /// gRPC connections (pushes) rather than v1 long polls.
+        grpc: bool,
     },
     /// Consul: blocking queries on one service, answered when one of its instances changes.
     ConsulWatch {
@@ -365,9 +368,14 @@ impl Config {
                 p["items"] = json!(items);
             }
             Workload::NacosBeat { instances } => p["instances"] = json!(instances),
-            Workload::NacosListen { listeners, changes } => {
+            Workload::NacosListen {
+                listeners,
+                changes,
+                grpc,
+            } => {
                 p["listeners"] = json!(listeners);
                 p["changes"] = json!(changes);
+                p["grpc"] = json!(grpc);
             }
             Workload::Put | Workload::Txn | Workload::NacosRegister => {}
         }

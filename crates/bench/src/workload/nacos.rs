@@ -11,6 +11,8 @@
 //!   request is a v1 beat of one of them (`PUT /nacos/v1/ns/instance/beat`);
 //! - `nacos-listen`: `--listeners` long polls (`/nacos/v1/cs/configs/listener`) on one
 //!   config, which changes `--changes` times; latency is publish → each listener's answer.
+//!   With `--grpc`, each listener is a Nacos 2.x gRPC connection that listens with
+//!   `ConfigBatchListenRequest`; latency is publish → each pushed `ConfigChangeNotifyRequest`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -201,7 +203,19 @@ struct GrpcConn {
     _stream: tokio::task::JoinHandle<()>,
 }
 
-async fn grpc_connect(addr: &str) -> Result<GrpcConn, Status> {
+/// A Nacos gRPC connection set up as clients do it: the unary client, the sender of the
+/// stream's requests (answers to pushes) and the pushes.
+async fn grpc_open(
+    addr: &str,
+    module: &str,
+) -> Result<
+    (
+        RequestClient<Channel>,
+        tokio::sync::mpsc::Sender<Payload>,
+        tonic::Streaming<Payload>,
+    ),
+    Status,
+> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| Status::invalid_argument(e.to_string()))?
         .connect()
@@ -216,26 +230,31 @@ async fn grpc_connect(addr: &str) -> Result<GrpcConn, Status> {
         .await?
         .into_inner();
     answer(&check)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Payload>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Payload>(16);
     let setup = json!({
         "headers": {}, "requestId": "", "module": "internal",
-        "clientVersion": "berth-bench", "tenant": "", "labels": {"source": "sdk", "module": "naming"},
+        "clientVersion": "berth-bench", "tenant": "", "labels": {"source": "sdk", "module": module},
         "abilityTable": {},
     });
     tx.send(payload("ConnectionSetupRequest", &setup))
         .await
         .map_err(|_| Status::internal("stream closed"))?;
     let mut bi = BiRequestStreamClient::new(channel);
-    let mut pushes = bi
+    let pushes = bi
         .request_bi_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
+    // Clients wait this long before their first request (the server registers the stream).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok((unary, tx, pushes))
+}
+
+async fn grpc_connect(addr: &str) -> Result<GrpcConn, Status> {
+    let (unary, tx, mut pushes) = grpc_open(addr, "naming").await?;
     let stream = tokio::spawn(async move {
         let _keep = tx;
         while let Ok(Some(_)) = pushes.message().await {}
     });
-    // Clients wait this long before their first request (the server registers the stream).
-    tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(GrpcConn {
         unary,
         _stream: stream,
@@ -396,7 +415,11 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
             let (rec, elapsed) = run_clients(cfg, workers).await?;
             Ok(Report::new(cfg, &rec, elapsed).with("instances", json!(instances)))
         }
-        Workload::NacosListen { listeners, changes } => listen(cfg, listeners, changes).await,
+        Workload::NacosListen {
+            listeners,
+            changes,
+            grpc,
+        } => listen(cfg, listeners, changes, grpc).await,
         _ => Err(BenchError::Config("not a Nacos workload".into())),
     }
 }
@@ -431,7 +454,66 @@ fn current(md5: &std::sync::RwLock<String>) -> String {
     md5.read().map(|m| m.clone()).unwrap_or_default()
 }
 
-async fn listen(cfg: &Config, listeners: u64, changes: u64) -> Result<Report, BenchError> {
+/// One gRPC listener: sets its connection up, listens to `id` holding `md5`, then counts
+/// each pushed change (answering it, as clients do) until the stream ends.
+async fn grpc_listener(
+    addr: String,
+    id: &'static str,
+    md5: String,
+    gate: Arc<tokio::sync::Semaphore>,
+    ready: Arc<AtomicU64>,
+    on_push: impl Fn(),
+) -> Result<(), Status> {
+    // The unary client is kept with the connection it shares.
+    let (_unary, tx, mut pushes) = {
+        // Not every connection at once: the server's accept queue is finite.
+        let _permit = gate.acquire().await;
+        let opened = grpc_open(&addr, "config").await?;
+        let (mut unary, tx, pushes) = opened;
+        let listen = json!({
+            "headers": {}, "requestId": "", "module": "config", "listen": true,
+            "configListenContexts": [{"dataId": id, "group": GROUP, "tenant": "", "md5": md5}],
+        });
+        let a = unary
+            .request(payload("ConfigBatchListenRequest", &listen))
+            .await?
+            .into_inner();
+        answer(&a)?;
+        (unary, tx, pushes)
+    };
+    ready.fetch_add(1, Ordering::Relaxed);
+    while let Some(p) = pushes.message().await? {
+        let kind = p
+            .metadata
+            .as_ref()
+            .map(|m| m.r#type.clone())
+            .unwrap_or_default();
+        let request_id = p
+            .body
+            .as_ref()
+            .and_then(|b| serde_json::from_slice::<Value>(&b.value).ok())
+            .and_then(|v| v.get("requestId").cloned())
+            .unwrap_or(Value::Null);
+        if kind == "ConfigChangeNotifyRequest" {
+            on_push();
+        }
+        let reply = kind.replace("Request", "Response");
+        let _ = tx
+            .send(payload(
+                &reply,
+                &json!({"resultCode": 200, "errorCode": 0, "requestId": request_id}),
+            ))
+            .await;
+    }
+    Ok(())
+}
+
+async fn listen(
+    cfg: &Config,
+    listeners: u64,
+    changes: u64,
+    grpc: bool,
+) -> Result<Report, BenchError> {
     let id = "bench-listened";
     let mut setup = HttpConn::new(&cfg.http_addr);
     let first = content("0", cfg.val_size);
@@ -446,7 +528,36 @@ async fn listen(cfg: &Config, listeners: u64, changes: u64) -> Result<Report, Be
     let md5 = Arc::new(std::sync::RwLock::new(md5_hex(&first)));
     let shared = Arc::new(std::sync::Mutex::new(Recorder::new()?));
     let mut tasks = JoinSet::new();
-    for _ in 0..listeners {
+    if grpc {
+        let addr = grpc_addr(&cfg.http_addr)?;
+        let gate = Arc::new(tokio::sync::Semaphore::new(64));
+        let held = current(&md5);
+        for _ in 0..listeners {
+            let (changed_at, answers, ready, shared, gate, addr, held) = (
+                changed_at.clone(),
+                answers.clone(),
+                ready.clone(),
+                shared.clone(),
+                gate.clone(),
+                addr.clone(),
+                held.clone(),
+            );
+            tasks.spawn(async move {
+                let on_push = || {
+                    let now = start.elapsed().as_micros() as u64;
+                    let at = changed_at.load(Ordering::Acquire);
+                    record(&shared, |r| {
+                        r.record_micros("answer", now.saturating_sub(at).max(1))
+                    });
+                    answers.fetch_add(1, Ordering::Release);
+                };
+                if let Err(s) = grpc_listener(addr, id, held, gate, ready, on_push).await {
+                    record(&shared, |r| r.error(s.message().to_string()));
+                }
+            });
+        }
+    }
+    for _ in 0..if grpc { 0 } else { listeners } {
         let (changed_at, answers, ready, md5, shared) = (
             changed_at.clone(),
             answers.clone(),
