@@ -22,7 +22,9 @@ use berth_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use berth_proto::etcdserverpb::{Compare, RangeRequest, RequestOp, TxnRequest};
 use berth_proto::mvccpb::event::EventType;
 use berth_proto::mvccpb::KeyValue;
-use berth_store::{Applied, Command, Delivery, KeySpan, Keyspace, Store, WatchSink, WatchSpec};
+use berth_store::{
+    Applied, Command, Delivery, Entry, Guard, KeySpan, Keyspace, Store, WatchSink, WatchSpec,
+};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::time::Instant;
 
@@ -47,6 +49,17 @@ pub enum ConfigFailure {
     /// Reading the store failed.
     #[error("reading the store: {0}")]
     Store(#[from] berth_store::StoreError),
+}
+
+/// Who writes: the author kept with the versions, and the auth state the face checked the
+/// write's permission against (the write is refused at apply if that state moved on, e.g. a
+/// grant revoked meanwhile, as etcd's writes are).
+#[derive(Clone, Debug)]
+pub struct Writer {
+    /// Kept with the versions the write makes.
+    pub author: berth_config::Author,
+    /// The auth guard (none for berth's own writes).
+    pub guard: Option<Guard>,
 }
 
 /// The limits the configuration center keeps.
@@ -395,8 +408,9 @@ impl ConfigCenter {
         core: &Core,
         k: &ItemKey,
         p: Publish,
-        author: berth_config::Author,
+        by: Writer,
     ) -> Result<Arc<Item>, ConfigFailure> {
+        let author = &by.author;
         rules::key(k)?;
         rules::content(&p.content, self.limits.max_content)?;
         rules::attributes(&p.desc, &p.app, &p.tags)?;
@@ -444,7 +458,7 @@ impl ConfigCenter {
                 Op::Create
             };
             let mut ops = vec![put_op(layout::item(k), encode(&item), 0)];
-            self.version_ops(k, op, &item, at, &author, &mut ops)?;
+            self.version_ops(k, op, &item, at, author, &mut ops)?;
             // Guarded by the item as read and by its namespace still existing (a namespace
             // deleted meanwhile must not be left holding this item).
             let mut compare = vec![unchanged_since(&layout::item(k), seen)];
@@ -454,7 +468,7 @@ impl ConfigCenter {
                 success: ops,
                 ..Default::default()
             };
-            if self.propose(core, txn).await? {
+            if self.propose(core, txn, by.guard.clone()).await? {
                 core.metrics.config_publishes.inc();
                 tracing::debug!(item = %k, version, md5 = %item.md5, "config published");
                 return Ok(Arc::new(item));
@@ -478,8 +492,9 @@ impl ConfigCenter {
         &self,
         core: &Core,
         k: &ItemKey,
-        author: berth_config::Author,
+        by: Writer,
     ) -> Result<bool, ConfigFailure> {
+        let author = &by.author;
         rules::key(k)?;
         core.consensus.read_index().await?;
         for _ in 0..PUBLISH_ATTEMPTS {
@@ -491,8 +506,11 @@ impl ConfigCenter {
             let mut gone = item.clone();
             gone.version += 1;
             let mut ops = vec![delete_key(layout::item(k)), delete_key(layout::beta(k))];
-            self.version_ops(k, Op::Delete, &gone, at, &author, &mut ops)?;
-            if self.commit(core, layout::item(k), seen, ops).await? {
+            self.version_ops(k, Op::Delete, &gone, at, author, &mut ops)?;
+            if self
+                .commit(core, layout::item(k), seen, ops, by.guard.clone())
+                .await?
+            {
                 tracing::debug!(item = %k, "config deleted");
                 return Ok(true);
             }
@@ -512,7 +530,7 @@ impl ConfigCenter {
         kind: berth_config::ContentType,
         ips: Vec<String>,
         labels: BTreeMap<String, BTreeSet<String>>,
-        author: berth_config::Author,
+        by: Writer,
     ) -> Result<Arc<Beta>, ConfigFailure> {
         rules::key(k)?;
         rules::content(&content, self.limits.max_content)?;
@@ -544,10 +562,13 @@ impl ConfigCenter {
             ips,
             labels,
             at_ms: now(),
-            author,
+            author: by.author,
         };
         let ops = vec![put_op(layout::beta(k), encode(&beta), 0)];
-        if self.commit(core, layout::item(k), seen, ops).await? {
+        if self
+            .commit(core, layout::item(k), seen, ops, by.guard)
+            .await?
+        {
             Ok(Arc::new(beta))
         } else {
             Err(ConfigError::invalid(format!("{k} changed meanwhile; try again")).into())
@@ -555,13 +576,18 @@ impl ConfigCenter {
     }
 
     /// Ends the beta of `k` without publishing it. Returns false when none ran.
-    pub async fn withdraw_beta(&self, core: &Core, k: &ItemKey) -> Result<bool, ConfigFailure> {
+    pub async fn withdraw_beta(
+        &self,
+        core: &Core,
+        k: &ItemKey,
+        guard: Option<Guard>,
+    ) -> Result<bool, ConfigFailure> {
         rules::key(k)?;
         core.consensus.read_index().await?;
         if self.stored(&layout::beta(k))?.is_none() {
             return Ok(false);
         }
-        self.commit_unguarded(core, vec![delete_key(layout::beta(k))])
+        self.commit_unconditional(core, vec![delete_key(layout::beta(k))], guard)
             .await?;
         Ok(true)
     }
@@ -571,7 +597,7 @@ impl ConfigCenter {
         &self,
         core: &Core,
         k: &ItemKey,
-        author: berth_config::Author,
+        by: Writer,
     ) -> Result<Arc<Item>, ConfigFailure> {
         rules::key(k)?;
         core.consensus.read_index().await?;
@@ -594,7 +620,7 @@ impl ConfigCenter {
                     app: base.app,
                     cas_md5: Some(base.md5),
                 },
-                author,
+                by.clone(),
             )
             .await?;
         // Ends this beta only: one published meanwhile stays.
@@ -603,6 +629,7 @@ impl ConfigCenter {
             layout::beta(k),
             beta_rev,
             vec![delete_key(layout::beta(k))],
+            by.guard,
         )
         .await?;
         Ok(item)
@@ -614,7 +641,7 @@ impl ConfigCenter {
         core: &Core,
         k: &ItemKey,
         v: u64,
-        author: berth_config::Author,
+        by: Writer,
     ) -> Result<Arc<Item>, ConfigFailure> {
         let old = self
             .version(k, v)?
@@ -631,7 +658,7 @@ impl ConfigCenter {
                 app: i.app,
                 cas_md5: None,
             },
-            author,
+            by,
         )
         .await
     }
@@ -706,7 +733,7 @@ impl ConfigCenter {
         namespace: &str,
         entries: Vec<berth_config::archive::Entry>,
         policy: Conflicts,
-        author: berth_config::Author,
+        by: Writer,
     ) -> Result<ImportReport, ConfigFailure> {
         self.require_namespace(core, namespace).await?;
         self.sync(core).await?;
@@ -744,14 +771,19 @@ impl ConfigCenter {
                 app: e.app,
                 cas_md5: None,
             };
-            self.publish(core, &k, p, author.clone()).await?;
+            self.publish(core, &k, p, by.clone()).await?;
             report.imported += 1;
         }
         Ok(report)
     }
 
     /// Creates namespace `ns` (refused when it exists).
-    pub async fn create_namespace(&self, core: &Core, ns: Namespace) -> Result<(), ConfigFailure> {
+    pub async fn create_namespace(
+        &self,
+        core: &Core,
+        ns: Namespace,
+        guard: Option<Guard>,
+    ) -> Result<(), ConfigFailure> {
         rules::namespace(&ns.id)?;
         if ns.id == berth_config::model::PUBLIC {
             return Err(ConfigError::Exists("namespace public exists already".into()).into());
@@ -765,14 +797,19 @@ impl ConfigCenter {
         }
         let key = layout::namespace(&ns.id);
         let ops = vec![put_op(key.clone(), encode(&ns), 0)];
-        if !self.commit(core, key, 0, ops).await? {
+        if !self.commit(core, key, 0, ops, guard).await? {
             return Err(ConfigError::Exists(format!("namespace {} exists already", ns.id)).into());
         }
         Ok(())
     }
 
     /// Deletes namespace `id`, which must hold no items. Returns false when it did not exist.
-    pub async fn delete_namespace(&self, core: &Core, id: &str) -> Result<bool, ConfigFailure> {
+    pub async fn delete_namespace(
+        &self,
+        core: &Core,
+        id: &str,
+        guard: Option<Guard>,
+    ) -> Result<bool, ConfigFailure> {
         rules::namespace(id)?;
         if id == berth_config::model::PUBLIC {
             return Err(ConfigError::invalid("namespace public cannot be deleted").into());
@@ -802,7 +839,7 @@ impl ConfigCenter {
             success: vec![delete_key(layout::namespace(id))],
             ..Default::default()
         };
-        if !self.propose(core, txn).await? {
+        if !self.propose(core, txn, guard).await? {
             return Err(ConfigError::invalid(format!(
                 "namespace {id} received items meanwhile: delete them first"
             ))
@@ -926,6 +963,7 @@ impl ConfigCenter {
         guard_key: Vec<u8>,
         seen: i64,
         ops: Vec<RequestOp>,
+        guard: Option<Guard>,
     ) -> Result<bool, WriteError> {
         self.propose(
             core,
@@ -934,31 +972,46 @@ impl ConfigCenter {
                 success: ops,
                 ..Default::default()
             },
+            guard,
         )
         .await
     }
 
-    async fn commit_unguarded(&self, core: &Core, ops: Vec<RequestOp>) -> Result<(), WriteError> {
+    /// Proposes `ops` with no compare (under the auth `guard` only).
+    async fn commit_unconditional(
+        &self,
+        core: &Core,
+        ops: Vec<RequestOp>,
+        guard: Option<Guard>,
+    ) -> Result<(), WriteError> {
         self.propose(
             core,
             TxnRequest {
                 success: ops,
                 ..Default::default()
             },
+            guard,
         )
         .await
         .map(|_| ())
     }
 
-    async fn propose(&self, core: &Core, txn: TxnRequest) -> Result<bool, WriteError> {
+    /// Proposes `txn` in the `Config` keyspace under the auth `guard`; on success waits until
+    /// the view shows it. False when its compares failed.
+    async fn propose(
+        &self,
+        core: &Core,
+        txn: TxnRequest,
+        guard: Option<Guard>,
+    ) -> Result<bool, WriteError> {
         if core.out_of_space().await {
             return Err(WriteError::Refused(berth_store::StoreError::NoSpace));
         }
-        match core
-            .consensus
-            .propose_in(Keyspace::Config, Command::Txn(txn))
-            .await?
-        {
+        let entry = Entry {
+            guard,
+            ..Entry::new(Keyspace::Config, Command::Txn(txn))
+        };
+        match core.consensus.propose_entry(entry).await? {
             Applied::Txn(t) => {
                 if t.succeeded {
                     self.wait_applied(t.header.map_or(0, |h| h.revision)).await;

@@ -86,7 +86,7 @@ pub async fn trim(core: &Core, cutoff: i64) -> Result<usize, super::ConfigFailur
     }
     let n = resp.kvs.len();
     if !ops.is_empty() {
-        cc.commit_unguarded(core, ops).await?;
+        cc.commit_unconditional(core, ops, None).await?;
     }
     Ok(n)
 }

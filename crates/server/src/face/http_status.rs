@@ -6,11 +6,13 @@ use berth_auth::AuthError;
 
 use crate::consensus::WriteError;
 
-/// A write's failure: 507 out of space, 400 refused by the store, else 503 (no leader,
-/// stopped, outcome unknown).
+/// A write's failure: 507 out of space, 409 when the auth state it was checked against
+/// changed before it applied (the client retries), 400 refused by the store, else 503 (no
+/// leader, stopped, outcome unknown).
 pub fn of_write(e: &WriteError) -> StatusCode {
     match e {
         WriteError::Refused(berth_store::StoreError::NoSpace) => StatusCode::INSUFFICIENT_STORAGE,
+        WriteError::Refused(berth_store::StoreError::GuardStale) => StatusCode::CONFLICT,
         WriteError::Refused(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }

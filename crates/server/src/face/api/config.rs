@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use super::{principal, ApiError};
 use crate::auth::Principal;
-use crate::config_center::{Conflicts, Publish};
+use crate::config_center::{Conflicts, Publish, Writer};
 use crate::core::Core;
 use crate::listen::ClientAddr;
 
@@ -80,10 +80,14 @@ fn allowed(
     Ok(p)
 }
 
-fn author(p: &Principal, headers: &HeaderMap, conn: &ConnectInfo<ClientAddr>) -> Author {
-    Author {
-        user: p.user().unwrap_or_default().to_string(),
-        ip: crate::listen::client_ip(headers, conn.0),
+/// Who writes: the user from the client's address, under `p`'s auth guard.
+fn author(p: &Principal, headers: &HeaderMap, conn: &ConnectInfo<ClientAddr>) -> Writer {
+    Writer {
+        author: Author {
+            user: p.user().unwrap_or_default().to_string(),
+            ip: crate::listen::client_ip(headers, conn.0),
+        },
+        guard: Some(p.guard()),
     }
 }
 
@@ -153,7 +157,8 @@ async fn create_namespace(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    principal(&core, &headers)?.admin()?;
+    let p = principal(&core, &headers)?;
+    p.admin()?;
     let n: NewNamespace = parse(&body)?;
     let ns = Namespace {
         name: if n.name.is_empty() {
@@ -166,7 +171,7 @@ async fn create_namespace(
         created_ms: i64::try_from(crate::registry::now_ms()).unwrap_or(i64::MAX),
     };
     core.config_center
-        .create_namespace(&core, ns.clone())
+        .create_namespace(&core, ns.clone(), Some(p.guard()))
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -180,8 +185,12 @@ async fn delete_namespace(
     headers: HeaderMap,
     Path(ns): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal(&core, &headers)?.admin()?;
-    let deleted = core.config_center.delete_namespace(&core, &ns).await?;
+    let p = principal(&core, &headers)?;
+    p.admin()?;
+    let deleted = core
+        .config_center
+        .delete_namespace(&core, &ns, Some(p.guard()))
+        .await?;
     Ok(Json(json!({ "deleted": deleted })).into_response())
 }
 
@@ -480,8 +489,11 @@ async fn withdraw_beta(
     Path(path): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let k = key(&path)?;
-    allowed(&core, &headers, &k, Access::Write)?;
-    let withdrawn = core.config_center.withdraw_beta(&core, &k).await?;
+    let p = allowed(&core, &headers, &k, Access::Write)?;
+    let withdrawn = core
+        .config_center
+        .withdraw_beta(&core, &k, Some(p.guard()))
+        .await?;
     Ok(Json(json!({ "withdrawn": withdrawn })).into_response())
 }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::{principal, NacosError, Params};
 use crate::auth::Principal;
-use crate::config_center::Publish;
+use crate::config_center::{Publish, Writer};
 use crate::core::Core;
 use crate::listen::{client_ip, ClientAddr};
 
@@ -68,13 +68,17 @@ fn allowed(
     Ok(p)
 }
 
-fn author(p: &Principal, q: &Params, ip: String) -> Author {
-    Author {
-        user: p
-            .user()
-            .map(str::to_string)
-            .unwrap_or_else(|| q.str("src_user").to_string()),
-        ip,
+/// Who writes: the user (else the client's `src_user`) from `ip`, under `p`'s auth guard.
+fn writer(p: &Principal, q: &Params, ip: String) -> Writer {
+    Writer {
+        author: Author {
+            user: p
+                .user()
+                .map(str::to_string)
+                .unwrap_or_else(|| q.str("src_user").to_string()),
+            ip,
+        },
+        guard: Some(p.guard()),
     }
 }
 
@@ -253,7 +257,7 @@ async fn publish(
     let p = allowed(&core, &headers, &q, &k, Access::Write)?;
     let content = q.get("content").unwrap_or_default().to_string();
     let kind = rules::content_type(q.get("type"))?;
-    let who = author(&p, &q, client_ip(&headers, conn.0));
+    let who = writer(&p, &q, client_ip(&headers, conn.0));
     // A beta: `betaIps` (Nacos's) and berth's `betaLabels` (`key=value,...`), as headers
     // or parameters.
     let given = |name: &str| {
@@ -308,12 +312,14 @@ async fn remove(
     let k = item_key(&q)?;
     let p = allowed(&core, &headers, &q, &k, Access::Write)?;
     if q.flag("beta") {
-        core.config_center.withdraw_beta(&core, &k).await?;
+        core.config_center
+            .withdraw_beta(&core, &k, Some(p.guard()))
+            .await?;
         return Ok(
             Json(json!({"code": 200, "message": "stop beta ok", "data": true})).into_response(),
         );
     }
-    let who = author(&p, &q, client_ip(&headers, conn.0));
+    let who = writer(&p, &q, client_ip(&headers, conn.0));
     core.config_center.delete(&core, &k, who).await?;
     Ok(text(StatusCode::OK, "true"))
 }

@@ -95,7 +95,8 @@ async fn create_namespace(
     headers: HeaderMap,
     q: Params,
 ) -> Result<Response, NacosError> {
-    principal(&core, &headers, &q)?.admin()?;
+    let p = principal(&core, &headers, &q)?;
+    p.admin()?;
     let id = match q.get("customNamespaceId").map(str::trim) {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => {
@@ -110,7 +111,9 @@ async fn create_namespace(
         desc: q.str("namespaceDesc").to_string(),
         created_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
     };
-    core.config_center.create_namespace(&core, ns).await?;
+    core.config_center
+        .create_namespace(&core, ns, Some(p.guard()))
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], "true").into_response())
 }
 
@@ -120,8 +123,11 @@ async fn delete_namespace(
     headers: HeaderMap,
     q: Params,
 ) -> Result<Response, NacosError> {
-    principal(&core, &headers, &q)?.admin()?;
+    let p = principal(&core, &headers, &q)?;
+    p.admin()?;
     let id = q.required("namespaceId")?.trim();
-    core.config_center.delete_namespace(&core, id).await?;
+    core.config_center
+        .delete_namespace(&core, id, Some(p.guard()))
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], "true").into_response())
 }

@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{code, failed, ok, ConnTag, Conns, Req};
 use crate::auth::AuthFailure;
-use crate::config_center::{Changed, ConfigFailure, Publish};
+use crate::config_center::{Changed, ConfigFailure, Publish, Writer};
 use crate::core::Core;
 
 /// The item a request names (`tenant`, `group`, `dataId`).
@@ -35,7 +35,8 @@ fn auth_code(e: &AuthFailure) -> u16 {
 }
 
 /// Checks `access` to `k` for the request's token.
-fn allowed(core: &Core, r: &Req, k: &ItemKey, access: Access) -> Result<Author, (u16, String)> {
+/// Checks `access` to `k` for the request's principal; who writes, under its auth guard.
+fn allowed(core: &Core, r: &Req, k: &ItemKey, access: Access) -> Result<Writer, (u16, String)> {
     let p = r
         .principal(core)
         .map_err(|e| (auth_code(&e), e.to_string()))?;
@@ -48,9 +49,12 @@ fn allowed(core: &Core, r: &Req, k: &ItemKey, access: Access) -> Result<Author, 
             .unwrap_or_default()
             .to_string()
     });
-    Ok(Author {
-        user,
-        ip: r.client_ip.clone(),
+    Ok(Writer {
+        author: Author {
+            user,
+            ip: r.client_ip.clone(),
+        },
+        guard: Some(p.guard()),
     })
 }
 
