@@ -471,15 +471,22 @@ async fn leases_kept_alive_survive_a_leader_change() {
         assert!(resp.ttl() > 0, "keep-alive {i} found no lease");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let killed = std::time::Instant::now();
     cluster.members[leader].kill9();
     // The new leader must not expire it on the stale deadline it applied at grant time.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ttl = c.lease_time_to_live(lease, None).await.expect("ttl");
-    assert!(
-        ttl.ttl() > 0,
-        "lease expired across the leader change: {}",
-        ttl.ttl()
-    );
+    if ttl.ttl() <= 0 {
+        // Seen once on a loaded CI run (TTL -1: revoked); say who leads and when, for the
+        // next look.
+        let now_leader = cluster.leader().await;
+        panic!(
+            "lease expired across the leader change: TTL {} {:?} after killing member {leader}; \
+             member {now_leader} leads now; the client asked member {follower}",
+            ttl.ttl(),
+            killed.elapsed()
+        );
+    }
     assert_eq!(c.get("alive", None).await.expect("get").kvs().len(), 1);
 }
 
