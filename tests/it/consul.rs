@@ -920,10 +920,7 @@ async fn grpc_health_checks_and_watches_follow_the_members_leader() {
     // leader since (seen once on a loaded CI run): then the leadership is handed on.
     if c.leader().await == watched {
         let target = (watched + 1) % 3;
-        let mut on_target =
-            etcd_client::Client::connect([c.members[target].client_addr.clone()], None)
-                .await
-                .expect("connect");
+        let mut on_target = c.members[target].client().await;
         let target_id = on_target
             .status()
             .await
@@ -931,10 +928,7 @@ async fn grpc_health_checks_and_watches_follow_the_members_leader() {
             .header()
             .map(|h| h.member_id())
             .expect("member id");
-        let mut on_watched =
-            etcd_client::Client::connect([c.members[watched].client_addr.clone()], None)
-                .await
-                .expect("connect");
+        let mut on_watched = c.members[watched].client().await;
         on_watched
             .move_leader(target_id)
             .await

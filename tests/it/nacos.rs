@@ -38,6 +38,14 @@ fn nacos(
     (code, body, h)
 }
 
+/// `base` parameters followed by `extra` ones.
+fn joined<'a>(
+    base: &[(&'a str, &'a str)],
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    base.iter().chain(extra).copied().collect()
+}
+
 fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -1190,11 +1198,7 @@ fn services_are_defined_with_a_protect_threshold() {
         (code, body)
     };
     let svc = [("serviceName", "prot"), ("groupName", "G")];
-    let with = |extra: &[(&'static str, &'static str)]| {
-        let mut p = svc.to_vec();
-        p.extend_from_slice(extra);
-        p
-    };
+    let with = |extra: &[(&'static str, &'static str)]| joined(&svc, extra);
 
     assert_eq!(
         call(
@@ -1322,11 +1326,7 @@ fn a_disabled_nacos_instance_is_in_maintenance_for_consul() {
     let srv = Server::start_with(&[WITH_NACOS]);
     let a = srv.nacos_addr.as_str();
     let inst = [("serviceName", "dis"), ("ip", "10.0.0.7"), ("port", "81")];
-    let with = |extra: &[(&'static str, &'static str)]| {
-        let mut p = inst.to_vec();
-        p.extend_from_slice(extra);
-        p
-    };
+    let with = |extra: &[(&'static str, &'static str)]| joined(&inst, extra);
     let (code, body, _) = nacos(
         a,
         "POST",
