@@ -433,6 +433,12 @@ impl Server {
 
     /// GETs a path from the HTTP listener; returns (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
+        let (code, _, body) = self.http_get_with_head(path);
+        (code, body)
+    }
+
+    /// A GET on the HTTP listener: status code, head (status line and headers) and body.
+    pub fn http_get_with_head(&self, path: &str) -> (u16, String, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&self.http_addr).expect("connect http");
         write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.http_addr)
@@ -445,7 +451,7 @@ impl Server {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .expect("status code");
-        (code, body.to_string())
+        (code, head.to_string(), body.to_string())
     }
 }
 

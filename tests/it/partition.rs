@@ -1,10 +1,15 @@
 //! A real network partition: three members in network namespaces this test creates, with the
-//! leader's peer link cut. The isolated minority cannot commit, the majority keeps serving,
-//! and after healing the member converges (HashKV equal at the same revision).
+//! leader's peer link cut. The isolated minority cannot commit, stops vouching for itself as
+//! leader (health, Status, Consul's known leader) and refuses lease renewals, the majority
+//! keeps serving, and after healing the member converges (HashKV equal at the same revision).
 
 use std::time::{Duration, Instant};
 
+use berth_proto::grpc_health::health_check_response::ServingStatus;
+use berth_proto::grpc_health::health_client::HealthClient;
+use berth_proto::grpc_health::HealthCheckRequest;
 use etcd_client::{Client, GetOptions};
+use tonic::transport::Channel;
 
 use crate::harness::{bounded, NetCluster};
 
@@ -12,6 +17,16 @@ async fn client(addr: &str) -> Client {
     Client::connect([addr.to_string()], Some(bounded()))
         .await
         .expect("connect")
+}
+
+/// The member's gRPC health status (etcd's whole-server service, "").
+async fn serving(health: &mut HealthClient<Channel>) -> i32 {
+    health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
 }
 
 async fn leader_of(cluster: &NetCluster) -> usize {
@@ -40,8 +55,66 @@ async fn minority_cannot_commit_majority_serves_healed_member_converges() {
         .put("before", "1", None)
         .await
         .expect("write before the partition");
+    let lease = isolated
+        .lease_grant(60, None)
+        .await
+        .expect("lease before the partition")
+        .id();
+    let mut health = HealthClient::connect(cluster.members[leader].endpoint())
+        .await
+        .expect("health client");
+    assert_eq!(serving(&mut health).await, ServingStatus::Serving as i32);
 
     cluster.peer_link(leader, false);
+    // openraft keeps the cut-off member in its Leader state; within the leader lease (the
+    // election timeout, 1 s) berth stops vouching for it: gRPC health, etcd's Status and
+    // Consul's known-leader header say it has no leader, and it refuses to renew leases the
+    // majority may expire (a client would otherwise keep a lock the others have lost).
+    let cut = Instant::now();
+    loop {
+        let status = serving(&mut health).await;
+        let st = isolated.status().await.expect("status");
+        let (code, leader_named) = cluster.members[leader].http_get("/v1/status/leader");
+        let renewed = tokio::time::timeout(
+            Duration::from_secs(2),
+            isolated.lease_time_to_live(lease, None),
+        )
+        .await;
+        if status == ServingStatus::NotServing as i32
+            && st.leader() == 0
+            && code == 200
+            && leader_named.trim() == "\"\""
+            && !matches!(renewed, Ok(Ok(_)))
+        {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(10),
+            "the cut-off leader still vouches for itself: health {status}, Status leader {:x}, lease answer {renewed:?}",
+            st.leader()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "the cut-off leader stopped vouching after {:?}",
+        cut.elapsed()
+    );
+    let (_, head, _) = cluster.members[leader].http_get_with_head("/v1/status/leader");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-consul-knownleader: false"),
+        "Consul's header on the cut-off leader: {head}"
+    );
+    let keep_alive = tokio::time::timeout(Duration::from_secs(8), async {
+        let (mut keeper, mut answers) = isolated.lease_keep_alive(lease).await?;
+        keeper.keep_alive().await?;
+        answers.message().await
+    })
+    .await;
+    assert!(
+        !matches!(keep_alive, Ok(Ok(Some(ref r))) if r.ttl() > 0),
+        "the cut-off leader renewed a lease: {keep_alive:?}"
+    );
     // The cut-off leader cannot reach a quorum: its write must not be acknowledged.
     let minority =
         tokio::time::timeout(Duration::from_secs(4), isolated.put("minority", "x", None)).await;
@@ -72,6 +145,14 @@ async fn minority_cannot_commit_majority_serves_healed_member_converges() {
     assert_eq!(r.kvs()[0].value(), b"y");
 
     cluster.peer_link(leader, true);
+    let healed = Instant::now();
+    while serving(&mut health).await != ServingStatus::Serving as i32 {
+        assert!(
+            healed.elapsed() < Duration::from_secs(15),
+            "the healed member never served again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Healed: every member reaches the same revision and the same HashKV, and they agree on
     // the minority's unacknowledged write.
     let deadline = Instant::now() + Duration::from_secs(20);

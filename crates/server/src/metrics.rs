@@ -105,6 +105,7 @@ pub struct Metrics {
     pub proposals_failed: Counter,
     raft_term: Gauge,
     raft_is_leader: Gauge,
+    raft_quorum_lost: Gauge,
     raft_commit_index: Gauge,
     raft_applied_index: Gauge,
     raft_apply_lag: Gauge,
@@ -191,6 +192,7 @@ impl Metrics {
             proposals_failed: Counter::default(),
             raft_term: Gauge::default(),
             raft_is_leader: Gauge::default(),
+            raft_quorum_lost: Gauge::default(),
             raft_commit_index: Gauge::default(),
             raft_applied_index: Gauge::default(),
             raft_apply_lag: Gauge::default(),
@@ -320,12 +322,17 @@ impl Metrics {
             "Size of the database file",
             m.db_size.clone(),
         );
-        let raft: [(&str, &str, &Gauge); 11] = [
+        let raft: [(&str, &str, &Gauge); 12] = [
             ("berth_raft_term", "Current Raft term", &m.raft_term),
             (
                 "berth_raft_is_leader",
                 "1 when this member leads",
                 &m.raft_is_leader,
+            ),
+            (
+                "berth_raft_quorum_lost",
+                "1 when this member leads but has not heard from a quorum within the leader lease",
+                &m.raft_quorum_lost,
             ),
             (
                 "berth_raft_commit_index",
@@ -458,6 +465,7 @@ impl Metrics {
     pub fn render(&self, store: &Store, raft: &RaftStatus, sharing: &Sharing) -> String {
         self.raft_term.set(raft.term as i64);
         self.raft_is_leader.set(raft.is_leader as i64);
+        self.raft_quorum_lost.set(raft.quorum_lost as i64);
         self.raft_commit_index.set(raft.committed_index as i64);
         self.raft_applied_index.set(raft.applied_index as i64);
         self.raft_apply_lag

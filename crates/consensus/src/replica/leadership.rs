@@ -20,11 +20,13 @@ impl Replica {
             .ok_or(ProposeError::NotLeader(None))
     }
 
-    /// True once this member leads and has applied everything committed before its term
-    /// (state read straight from the group, such as lease timers, is then not behind what was
-    /// acknowledged); a new leader waits for that, briefly. False at once on a follower.
+    /// True once this member leads, has applied everything committed before its term (state
+    /// read straight from the group, such as lease timers, is then not behind what was
+    /// acknowledged) and has heard from a quorum within the leader lease (no other leader can
+    /// have been elected meanwhile); a new leader waits for that, briefly. False at once on a
+    /// follower, and on a leader cut off from its quorum.
     pub async fn leads_caught_up(&self) -> bool {
-        leads_caught_up(&self.raft).await
+        leads_caught_up(&self.raft, self.leader_lease).await
     }
 
     /// The role this member plays, now and at every change (leadership gained or lost, a new
@@ -120,18 +122,38 @@ pub(crate) async fn watch_metrics<T>(
 /// entry openraft commits first): everything committed before its election is then applied,
 /// so state read straight from the store (leases) is not behind what was acknowledged. A new
 /// leader waits for that (up to [`NO_LEADER_PATIENCE`]); a member that does not lead answers
-/// false at once.
-pub(crate) async fn leads_caught_up(raft: &Raft<TypeConfig, StateMachine>) -> bool {
+/// false at once, and so does a caught-up leader out of [`quorum_contact`] (its answers, such
+/// as renewed lease TTLs, would not hold: the majority may have elected another leader).
+pub(crate) async fn leads_caught_up(
+    raft: &Raft<TypeConfig, StateMachine>,
+    lease: Duration,
+) -> bool {
     let caught_up = |m: &RaftMetrics<TypeConfig>| {
         if m.state != openraft::ServerState::Leader {
             Some(false)
         } else {
             m.last_applied
                 .is_some_and(|l| l.leader_id.term == m.current_term)
-                .then_some(true)
+                .then(|| quorum_contact(m, lease))
         }
     };
     watch_metrics(raft, NO_LEADER_PATIENCE, caught_up)
         .await
         .unwrap_or(false)
+}
+
+/// Whether a leader has heard from a quorum within `lease` (openraft's leader lease, the
+/// election timeout): the send time of the last heartbeat or append a quorum acknowledged is
+/// that recent, so no follower that acknowledged it has voted for anyone else since. A sole
+/// voter is its own quorum. openraft's leader never steps down when it loses its quorum
+/// (etcd's does, by CheckQuorum): what berth vouches for as leading, and what it serves from
+/// leader-only state, asks this instead of the role alone.
+pub(crate) fn quorum_contact(m: &RaftMetrics<TypeConfig>, lease: Duration) -> bool {
+    use openraft::Instant;
+    if m.membership_config.membership().voter_ids().count() <= 1 {
+        return true;
+    }
+    m.last_quorum_acked
+        .as_ref()
+        .is_some_and(|acked| acked.elapsed() < lease)
 }

@@ -110,7 +110,8 @@ pub enum ProposeError {
 pub struct RaftStatus {
     /// Current term.
     pub term: u64,
-    /// Current leader, if known.
+    /// Current leader, if known (and, when it is this member, still in contact with a
+    /// quorum).
     pub leader: Option<u64>,
     /// Index of the last log entry.
     pub last_log_index: u64,
@@ -118,8 +119,12 @@ pub struct RaftStatus {
     pub applied_index: u64,
     /// Index of the last committed entry.
     pub committed_index: u64,
-    /// True when this member leads.
+    /// True when this member leads (openraft's Leader state).
     pub is_leader: bool,
+    /// True when this member leads but has not heard from a quorum within the leader lease
+    /// (cut off from the majority, which may have elected another leader): `leader` is then
+    /// `None`, as on an etcd member whose leader stepped down.
+    pub quorum_lost: bool,
     /// Times the leader this member knows of changed.
     pub leader_changes: u64,
     /// Snapshots this member built.
@@ -164,6 +169,9 @@ pub struct Replica {
     forwarder: tokio::sync::Mutex<Option<Arc<ForwardStream>>>,
     /// The role, as the role watcher last saw it.
     roles: tokio::sync::watch::Receiver<Role>,
+    /// openraft's leader lease (the election timeout): how recently a leader must have heard
+    /// from a quorum to count as leading ([`leadership::quorum_contact`]).
+    leader_lease: Duration,
 }
 
 /// What the peer router serves of one group's replica.
@@ -286,6 +294,7 @@ impl Replica {
             writes,
             forwarder: Default::default(),
             roles,
+            leader_lease: cfg.election_timeout,
         })
     }
 
@@ -351,8 +360,11 @@ impl Replica {
         // A restarted former leader still names itself leader (from its saved vote) until it
         // hears from the new one: only the Leader state counts as leading.
         let is_leader = m.state == openraft::ServerState::Leader;
+        // A leader cut off from its quorum stays openraft's leader: berth does not vouch for it
+        // (health, the leader it reports) once its leader lease has run out.
+        let quorum_lost = is_leader && !leadership::quorum_contact(&m, self.leader_lease);
         let leader = if is_leader {
-            Some(self.id)
+            (!quorum_lost).then_some(self.id)
         } else {
             m.current_leader.filter(|l| *l != self.id)
         };
@@ -363,6 +375,7 @@ impl Replica {
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             committed_index: m.local_committed.map(|l| l.index).unwrap_or(0),
             is_leader,
+            quorum_lost,
             leader_changes: self
                 .leader_changes
                 .load(std::sync::atomic::Ordering::Relaxed),
