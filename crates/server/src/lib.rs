@@ -20,6 +20,7 @@
 //! - [`node`]: the one wiring point: opens the core, binds listeners, `serve_on` runs every
 //!   face and background task, and shuts down in order.
 
+pub mod applied_mark;
 pub mod auth;
 pub mod compaction;
 pub mod config;

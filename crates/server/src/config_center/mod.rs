@@ -146,7 +146,7 @@ pub struct ConfigCenter {
     limits: Limits,
     view: RwLock<View>,
     listeners: Mutex<HashMap<ItemKey, Arc<Notify>>>,
-    applied: watch::Sender<i64>,
+    applied: crate::applied_mark::AppliedMark,
     /// Every change readers may see, for faces that push (Nacos gRPC).
     changes: broadcast::Sender<Changed>,
 }
@@ -225,7 +225,7 @@ impl ConfigCenter {
             limits,
             view: RwLock::new(View::default()),
             listeners: Mutex::new(HashMap::new()),
-            applied: watch::channel(0).0,
+            applied: crate::applied_mark::AppliedMark::new(),
             changes: broadcast::channel(4096).0,
         })
     }
@@ -351,8 +351,7 @@ impl ConfigCenter {
 
     /// Waits until the view has applied revision `rev` (or five seconds passed).
     pub async fn wait_applied(&self, rev: i64) {
-        let mut rx = self.applied.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= rev)).await;
+        self.applied.wait(rev, Duration::from_secs(5)).await;
     }
 
     /// Waits until one of `probes` (an item and the MD5 its client holds) differs from what
@@ -1142,11 +1141,7 @@ impl ConfigCenter {
     }
 
     fn advance(&self, rev: i64) {
-        self.applied.send_if_modified(|r| {
-            let moved = rev > *r;
-            *r = (*r).max(rev);
-            moved
-        });
+        self.applied.advance(rev);
     }
 }
 

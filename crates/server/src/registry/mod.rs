@@ -64,7 +64,7 @@ pub struct Registry {
     topics: Mutex<HashMap<Topic, Arc<Notify>>>,
     /// When each watched topic last changed in the view (for the wake-latency metric).
     changed_at: Mutex<HashMap<Topic, Instant>>,
-    applied: watch::Sender<i64>,
+    applied: crate::applied_mark::AppliedMark,
     barrier_tx: mpsc::Sender<Barrier>,
     barrier_rx: Mutex<Option<mpsc::Receiver<Barrier>>>,
     /// When this member last confirmed its presence with the majority (see `presence`).
@@ -134,7 +134,7 @@ impl Registry {
             view: RwLock::new(Catalog::new()),
             topics: Mutex::new(HashMap::new()),
             changed_at: Mutex::new(HashMap::new()),
-            applied: watch::channel(0).0,
+            applied: crate::applied_mark::AppliedMark::new(),
             barrier_tx,
             barrier_rx: Mutex::new(Some(barrier_rx)),
             confirmed: Mutex::new(None),
@@ -226,8 +226,7 @@ impl Registry {
 
     /// Waits until the view has applied revision `rev` (or five seconds passed).
     pub async fn wait_applied(&self, rev: i64) {
-        let mut rx = self.applied.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= rev)).await;
+        self.applied.wait(rev, Duration::from_secs(5)).await;
     }
 
     /// Blocks until `topic`'s index is above `index` or `deadline` passes (Consul's blocking
@@ -337,11 +336,7 @@ impl Registry {
             let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
             view.advance(rev);
         }
-        self.applied.send_if_modified(|r| {
-            let moved = rev > *r;
-            *r = (*r).max(rev);
-            moved
-        });
+        self.applied.advance(rev);
     }
 
     /// Applies one delivery; false when the watch cannot continue.

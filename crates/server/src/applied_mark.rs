@@ -1,0 +1,113 @@
+//! The revision a view of the store (the registry's catalog, the configuration center's
+//! items) has applied, and the writers waiting until it shows their write.
+//!
+//! A writer waits for the revision of its own write, so each waiter is woken once, when that
+//! revision is reached. (A watch channel wakes every waiter at every advance: with hundreds of
+//! registrations in flight, each applied batch woke all of them to re-check, and throughput
+//! fell as clients were added.)
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+/// An applied revision and its waiters.
+#[derive(Debug, Default)]
+pub struct AppliedMark {
+    current: AtomicI64,
+    /// Waiters by the revision they wait for.
+    waiters: Mutex<BTreeMap<i64, Vec<oneshot::Sender<()>>>>,
+}
+
+impl AppliedMark {
+    /// A mark at revision 0 with no waiters.
+    pub fn new() -> AppliedMark {
+        AppliedMark::default()
+    }
+
+    /// The revision applied so far.
+    pub fn get(&self) -> i64 {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    /// Moves the mark up to `rev` (never down) and wakes the waiters it reaches.
+    pub fn advance(&self, rev: i64) {
+        if self.current.fetch_max(rev, Ordering::SeqCst) >= rev {
+            return;
+        }
+        let ready = {
+            let mut waiters = lock(&self.waiters);
+            let later = waiters.split_off(&(rev + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for tx in ready.into_values().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits until the mark reaches `rev`, or `patience` passes.
+    pub async fn wait(&self, rev: i64, patience: Duration) {
+        let rx = {
+            let mut waiters = lock(&self.waiters);
+            // Checked under the lock: an advance stores the mark before it takes the lock,
+            // so it either is seen here or finds this waiter.
+            if self.get() >= rev {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            waiters.entry(rev).or_default().push(tx);
+            rx
+        };
+        let _ = tokio::time::timeout(patience, rx).await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiters_wake_when_their_revision_is_reached_and_not_before() {
+        let mark = std::sync::Arc::new(AppliedMark::new());
+        mark.advance(3);
+        // Already reached: no wait.
+        tokio::time::timeout(Duration::from_millis(100), mark.wait(2, Duration::from_secs(5)))
+            .await
+            .expect("a reached revision returns at once");
+        let waiting = |rev| {
+            let mark = mark.clone();
+            tokio::spawn(async move { mark.wait(rev, Duration::from_secs(5)).await })
+        };
+        let (five, seven) = (waiting(5), waiting(7));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        mark.advance(5);
+        tokio::time::timeout(Duration::from_millis(500), five)
+            .await
+            .expect("5 woken")
+            .expect("task");
+        assert!(!seven.is_finished(), "7 woken at 5");
+        // Never backwards.
+        mark.advance(4);
+        assert_eq!(mark.get(), 5);
+        mark.advance(9);
+        tokio::time::timeout(Duration::from_millis(500), seven)
+            .await
+            .expect("7 woken")
+            .expect("task");
+        assert!(lock(&mark.waiters).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wait_gives_up_after_its_patience() {
+        let mark = AppliedMark::new();
+        let t = std::time::Instant::now();
+        mark.wait(1, Duration::from_millis(50)).await;
+        assert!(t.elapsed() >= Duration::from_millis(50));
+    }
+}
