@@ -114,6 +114,8 @@ pub struct Server {
     pub dns_addr: String,
     /// Nacos API address (`host:port`).
     pub nacos_addr: String,
+    /// NATS address (`host:port`).
+    pub nats_addr: String,
     peer_url: String,
     extra: Vec<String>,
     /// Network namespace to run in (`ip netns exec`), for partition tests.
@@ -132,6 +134,7 @@ impl Server {
             client_addr: format!("127.0.0.1:{}", free_port()),
             http_addr: format!("127.0.0.1:{}", free_port()),
             dns_addr: format!("127.0.0.1:{}", free_port()),
+            nats_addr: format!("127.0.0.1:{}", free_port()),
             nacos_addr: if extra.iter().any(|a| a == WITH_NACOS) {
                 format!("127.0.0.1:{}", nacos_port())
             } else {
@@ -344,6 +347,18 @@ impl Server {
                             } else {
                                 format!("http://{}", self.nacos_addr)
                             },
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(
+                // Never NATS's default port: servers of parallel tests would share it.
+                (!self.extra.iter().any(|a| a == "--listen-nats-urls"))
+                    .then(|| {
+                        [
+                            "--listen-nats-urls".to_string(),
+                            format!("nats://{}", self.nats_addr),
                         ]
                     })
                     .into_iter()
@@ -789,6 +804,7 @@ impl NetCluster {
                 client_addr: format!("{}:2379", client_net(i)),
                 http_addr: format!("{}:8500", client_net(i)),
                 dns_addr: format!("{}:8600", client_net(i)),
+                nats_addr: format!("{}:4222", client_net(i)),
                 nacos_addr: format!("{}:8848", client_net(i)),
                 peer_url: format!("http://{}:2380", peer_net(i)),
                 netns: Some(format!("{prefix}n{i}")),

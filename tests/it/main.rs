@@ -20,6 +20,7 @@ mod linearizable;
 mod listen;
 mod maintenance;
 mod nacos;
+mod nats;
 mod partition;
 mod patroni;
 mod python;

@@ -149,6 +149,8 @@ fn environment_and_config_file_configure_the_node_and_logs_can_be_json() {
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--listen-nacos-urls")
         .arg("")
+        .arg("--listen-nats-urls")
+        .arg("")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

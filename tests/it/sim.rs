@@ -209,6 +209,7 @@ fn member_software(
                 nacos: Vec::new(),
                 nacos_grpc: Vec::new(),
                 dns: Vec::new(),
+                nats: Vec::new(),
             };
             berth_server::node::serve_on(node, listeners, std::future::pending())
                 .await

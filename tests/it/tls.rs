@@ -418,6 +418,8 @@ fn start_fails(flags: &[&str], want: &[&str]) {
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--listen-nacos-urls")
         .arg("")
+        .arg("--listen-nats-urls")
+        .arg("")
         .args(flags);
     let (ok, out, err) = run(&mut cmd);
     assert!(!ok, "berth should refuse {flags:?}: {out}{err}");

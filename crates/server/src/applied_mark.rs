@@ -77,9 +77,12 @@ mod tests {
         let mark = std::sync::Arc::new(AppliedMark::new());
         mark.advance(3);
         // Already reached: no wait.
-        tokio::time::timeout(Duration::from_millis(100), mark.wait(2, Duration::from_secs(5)))
-            .await
-            .expect("a reached revision returns at once");
+        tokio::time::timeout(
+            Duration::from_millis(100),
+            mark.wait(2, Duration::from_secs(5)),
+        )
+        .await
+        .expect("a reached revision returns at once");
         let waiting = |rev| {
             let mark = mark.clone();
             tokio::spawn(async move { mark.wait(rev, Duration::from_secs(5)).await })

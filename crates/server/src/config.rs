@@ -61,6 +61,22 @@ pub struct ServerArgs {
     /// `http://127.0.0.1:8848`, Nacos's; empty: no Nacos listener).
     #[arg(long, env = "BERTH_LISTEN_NACOS_URLS")]
     pub listen_nacos_urls: Option<String>,
+    /// URLs for NATS's client protocol (`nats://host:port`), comma-separated (default
+    /// `nats://127.0.0.1:4222`, NATS's; empty: no NATS listener).
+    #[arg(long, env = "BERTH_LISTEN_NATS_URLS")]
+    pub listen_nats_urls: Option<String>,
+    /// Largest NATS message (headers and payload) a client may publish, in bytes (default
+    /// 1048576, as nats-server).
+    #[arg(long, env = "BERTH_NATS_MAX_PAYLOAD")]
+    pub nats_max_payload: Option<usize>,
+    /// Bytes berth queues for one NATS client before closing it as a slow consumer (default
+    /// 67108864, as nats-server's max_pending).
+    #[arg(long, env = "BERTH_NATS_MAX_PENDING")]
+    pub nats_max_pending: Option<usize>,
+    /// How often berth pings an idle NATS client, e.g. `2m` (default 2m, as nats-server); two
+    /// unanswered pings close the connection.
+    #[arg(long, env = "BERTH_NATS_PING_INTERVAL")]
+    pub nats_ping_interval: Option<String>,
     /// How long a Nacos gRPC connection may stay silent before berth asks its client whether
     /// it is alive (a `ClientDetectionRequest`); one that does not answer within a quarter of
     /// this is closed and its ephemeral instances go (default 20s, as Nacos).
@@ -209,6 +225,10 @@ impl ServerArgs {
             check_update_interval: self.check_update_interval.or(lower.check_update_interval),
             listen_nacos_urls: self.listen_nacos_urls.or(lower.listen_nacos_urls),
             nacos_idle_timeout: self.nacos_idle_timeout.or(lower.nacos_idle_timeout),
+            listen_nats_urls: self.listen_nats_urls.or(lower.listen_nats_urls),
+            nats_max_payload: self.nats_max_payload.or(lower.nats_max_payload),
+            nats_max_pending: self.nats_max_pending.or(lower.nats_max_pending),
+            nats_ping_interval: self.nats_ping_interval.or(lower.nats_ping_interval),
             config_max_content_bytes: self
                 .config_max_content_bytes
                 .or(lower.config_max_content_bytes),
@@ -296,6 +316,10 @@ pub struct Config {
     pub listen_nacos_grpc: Vec<SocketAddr>,
     /// Silence after which a Nacos gRPC client is asked whether it is alive.
     pub nacos_idle_timeout: Duration,
+    /// NATS listen addresses; empty: no NATS listener.
+    pub listen_nats: Vec<SocketAddr>,
+    /// The NATS face's limits.
+    pub nats_limits: crate::face::nats::Limits,
     /// The configuration center's limits.
     pub config_limits: crate::config_center::Limits,
     /// DNS listen addresses (each UDP and TCP); empty: no DNS interface.
@@ -409,6 +433,23 @@ fn dns_ttl(flag: &str, value: Option<&str>) -> anyhow::Result<Duration> {
 /// A duration where zero means "off".
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
+}
+
+/// Resolves `nats://host:port` (or `host:port`) to a socket address.
+fn nats_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let hostport = match url.split_once("://") {
+        Some(("nats", rest)) => rest,
+        Some((scheme, _)) => bail!(
+            "{url}: only nats:// URLs are supported ({scheme}:// is not: TLS for NATS is not built yet)"
+        ),
+        None => url,
+    };
+    hostport
+        .trim_end_matches('/')
+        .to_socket_addrs()
+        .with_context(|| format!("invalid URL {url}"))?
+        .next()
+        .with_context(|| format!("{url} resolves to no address"))
 }
 
 fn addrs(urls: &str) -> anyhow::Result<Vec<SocketAddr>> {
@@ -586,8 +627,41 @@ impl Config {
                 Ok(SocketAddr::new(a.ip(), port))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let listen_nats = match s.listen_nats_urls.as_deref().map(str::trim) {
+            None => vec![SocketAddr::from(([127, 0, 0, 1], 4222))],
+            Some("") => Vec::new(),
+            Some(list) => split_urls(list)
+                .iter()
+                .map(|u| nats_addr(u))
+                .collect::<anyhow::Result<_>>()
+                .context("--listen-nats-urls")?,
+        };
+        let nats_limits = {
+            let d = crate::face::nats::Limits::default();
+            let max_payload = s.nats_max_payload.unwrap_or(d.max_payload);
+            if max_payload == 0 || max_payload > 64 * 1024 * 1024 {
+                bail!("--nats-max-payload must be between 1 and 67108864 bytes");
+            }
+            let max_pending = s.nats_max_pending.unwrap_or(d.max_pending);
+            if max_pending < max_payload {
+                bail!("--nats-max-pending ({max_pending}) must be at least --nats-max-payload ({max_payload})");
+            }
+            crate::face::nats::Limits {
+                max_payload,
+                max_pending,
+                ping_interval: duration(
+                    "--nats-ping-interval",
+                    s.nats_ping_interval.as_deref(),
+                    d.ping_interval,
+                )?
+                .max(Duration::from_millis(100)),
+                ..d
+            }
+        };
         Ok(Config {
             tls,
+            listen_nats,
+            nats_limits,
             listen_nacos,
             listen_nacos_grpc,
             config_limits,

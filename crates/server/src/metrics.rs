@@ -99,6 +99,14 @@ pub struct Metrics {
     dns_queries: Family<DnsLabels, Counter>,
     /// DNS responses cut to fit (TC set).
     pub dns_truncated: Counter,
+    /// NATS client connections open now.
+    pub nats_connections: Gauge,
+    /// NATS messages received from publishers.
+    pub nats_msgs_in: Counter,
+    /// NATS messages sent to subscribers.
+    pub nats_msgs_out: Counter,
+    /// NATS connections closed as slow consumers (outbound buffer over its limit).
+    pub nats_slow_consumers: Counter,
     /// Proposals committed and applied.
     pub proposals_committed: Counter,
     /// Proposals that failed (no leader, stopped).
@@ -188,6 +196,10 @@ impl Metrics {
             config_publishes: Counter::default(),
             dns_queries: Family::default(),
             dns_truncated: Counter::default(),
+            nats_connections: Gauge::default(),
+            nats_msgs_in: Counter::default(),
+            nats_msgs_out: Counter::default(),
+            nats_slow_consumers: Counter::default(),
             proposals_committed: Counter::default(),
             proposals_failed: Counter::default(),
             raft_term: Gauge::default(),
@@ -298,6 +310,26 @@ impl Metrics {
             "berth_dns_truncated_responses",
             "DNS responses cut to fit the transport's size (TC set)",
             m.dns_truncated.clone(),
+        );
+        r.register(
+            "berth_nats_connections",
+            "NATS client connections open now",
+            m.nats_connections.clone(),
+        );
+        r.register(
+            "berth_nats_messages_in",
+            "NATS messages received from publishers",
+            m.nats_msgs_in.clone(),
+        );
+        r.register(
+            "berth_nats_messages_out",
+            "NATS messages delivered to subscribers",
+            m.nats_msgs_out.clone(),
+        );
+        r.register(
+            "berth_nats_slow_consumers",
+            "NATS connections closed because their outbound buffer went over its limit",
+            m.nats_slow_consumers.clone(),
         );
         r.register(
             "berth_watch_events_sent",

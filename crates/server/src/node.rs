@@ -133,6 +133,12 @@ pub struct Listeners<C> {
     pub nacos_grpc: Vec<Accepted<(C, crate::listen::ClientAddr)>>,
     /// Consul's DNS interface (`--listen-dns-addr`), UDP and TCP; the simulation has none.
     pub dns: Vec<face::dns::Sockets>,
+    /// NATS's client protocol (`--listen-nats-urls`), each with its bound address (INFO
+    /// reports it).
+    pub nats: Vec<(
+        std::net::SocketAddr,
+        Accepted<(C, crate::listen::ClientAddr)>,
+    )>,
 }
 
 impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
@@ -212,6 +218,22 @@ impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
                 .iter()
                 .map(|addr| face::dns::Sockets::bind(*addr, cfg))
                 .collect::<anyhow::Result<_>>()?,
+            nats: cfg
+                .listen_nats
+                .iter()
+                .map(|addr| {
+                    let listener = crate::listen::bind(*addr, cfg)
+                        .with_context(|| format!("binding the NATS listener {addr}"))?;
+                    let local = listener.local_addr()?;
+                    tracing::info!(address = %local, "serving NATS's client protocol");
+                    let conns = listener.map(|conn| conn.map(ServerConn::plain));
+                    let conns = addressed(vec![Box::pin(conns) as Accepted<_>]);
+                    Ok(conns.into_iter().map(|c| (local, c)).collect::<Vec<_>>())
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
         })
     }
 }
@@ -367,6 +389,20 @@ where
                 stop_rx.clone(),
             )),
         );
+    }
+    if !listeners.nats.is_empty() {
+        let hub = face::nats::Hub::new(core.clone(), core.config.nats_limits.clone());
+        for (local, incoming) in listeners.nats {
+            spawn(
+                "NATS server",
+                Box::pin(face::nats::serve(
+                    hub.clone(),
+                    local,
+                    incoming,
+                    stop_rx.clone(),
+                )),
+            );
+        }
     }
     for sockets in listeners.dns {
         spawn(

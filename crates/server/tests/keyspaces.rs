@@ -42,6 +42,7 @@ async fn start(dir: &std::path::Path) -> (Arc<Node>, String) {
         nacos: Vec::new(),
         nacos_grpc: Vec::new(),
         dns: Vec::new(),
+        nats: Vec::new(),
     };
     tokio::spawn(berth_server::node::serve_on(
         node.clone(),

@@ -9,3 +9,4 @@ pub mod dns;
 pub mod etcd;
 pub mod http_status;
 pub mod nacos;
+pub mod nats;

@@ -1,0 +1,10 @@
+//! berth's messaging domain. Today: subjects (NATS's dot-separated tokens with the `*` and
+//! `>` wildcards) and [`Sublist`], the interest table that finds the subscriptions a
+//! published subject reaches, plain and by queue group. Streams and consumers come later.
+//! No wire types: the NATS face parses the protocol and calls in here.
+
+pub mod subject;
+pub mod sublist;
+
+pub use subject::SubjectError;
+pub use sublist::{Matches, Sublist};

@@ -1,0 +1,99 @@
+//! Subjects: dot-separated, non-empty tokens without whitespace. `*` as a whole token matches
+//! exactly one token, `>` as the last whole token matches one or more; anywhere else they are
+//! literal bytes (`foo*` is a literal token), as in NATS.
+
+/// Why a subject or queue name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// Empty, an empty token, whitespace, or `>` before the last token.
+    #[error("invalid subject {0:?}")]
+    Invalid(String),
+    /// A wildcard where only a literal subject is allowed (a publish).
+    #[error("wildcards are not allowed in a publish subject: {0:?}")]
+    Wildcard(String),
+    /// An empty queue name or one with whitespace.
+    #[error("invalid queue group {0:?}")]
+    Queue(String),
+}
+
+/// The whole-token wildcard matching one token.
+pub const ONE: &str = "*";
+/// The last-token wildcard matching one or more tokens.
+pub const REST: &str = ">";
+
+fn token_ok(t: &str) -> bool {
+    !t.is_empty() && !t.bytes().any(|b| b.is_ascii_whitespace())
+}
+
+/// Checks a subscription's subject (wildcards allowed).
+pub fn check_filter(subject: &str) -> Result<(), SubjectError> {
+    let mut tokens = subject.split('.').peekable();
+    while let Some(t) = tokens.next() {
+        if !token_ok(t) || (t == REST && tokens.peek().is_some()) {
+            return Err(SubjectError::Invalid(subject.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a publish subject: valid and free of wildcards.
+pub fn check_literal(subject: &str) -> Result<(), SubjectError> {
+    check_filter(subject)?;
+    if subject.split('.').any(|t| t == ONE || t == REST) {
+        return Err(SubjectError::Wildcard(subject.to_string()));
+    }
+    Ok(())
+}
+
+/// Checks a queue group's name.
+pub fn check_queue(queue: &str) -> Result<(), SubjectError> {
+    if token_ok(queue) {
+        Ok(())
+    } else {
+        Err(SubjectError::Queue(queue.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_and_literals() {
+        for ok in [
+            "foo", "foo.bar", "foo.*", "foo.>", "*", ">", "*.*.>", "föo.bar", "foo*.bar",
+        ] {
+            assert_eq!(check_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "foo.",
+            ".foo",
+            "foo..bar",
+            "foo.>.bar",
+            "fo o",
+            "foo\tbar",
+            ">.foo",
+        ] {
+            assert!(check_filter(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_literal("foo.bar"), Ok(()));
+        assert_eq!(check_literal("foo*.bar"), Ok(()));
+        assert!(matches!(
+            check_literal("foo.*"),
+            Err(SubjectError::Wildcard(_))
+        ));
+        assert!(matches!(
+            check_literal("foo.>"),
+            Err(SubjectError::Wildcard(_))
+        ));
+        assert!(matches!(
+            check_literal("foo..x"),
+            Err(SubjectError::Invalid(_))
+        ));
+        assert_eq!(check_queue("workers"), Ok(()));
+        assert!(check_queue("").is_err());
+        assert!(check_queue("a b").is_err());
+    }
+}

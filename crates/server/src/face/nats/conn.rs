@@ -1,0 +1,359 @@
+//! One NATS client connection: INFO first, then the client's ops as they arrive, a writer
+//! task that drains what the hub queued for it, server pings, and on close every
+//! subscription of the connection leaves the hub.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_messaging::subject;
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::parse::{next_op, Op};
+use super::{Client, Hub, Sub, SubRef, VERSION};
+
+/// What CONNECT carries that berth acts on (unknown fields are ignored, as nats-server does).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Connect {
+    verbose: bool,
+    pedantic: bool,
+    echo: Option<bool>,
+    headers: bool,
+    no_responders: bool,
+    user: Option<String>,
+    pass: Option<String>,
+    auth_token: Option<String>,
+    name: Option<String>,
+    lang: Option<String>,
+    version: Option<String>,
+}
+
+/// Whether to go on after an op.
+enum Flow {
+    Go,
+    /// Close, after sending `-ERR '<text>'` when there is one.
+    Close(Option<&'static str>),
+}
+
+struct Session {
+    hub: Arc<Hub>,
+    client: Arc<Client>,
+    /// Before CONNECT, as nats-server: verbose.
+    verbose: bool,
+    pedantic: bool,
+    connected: bool,
+    auth: bool,
+    subs: HashMap<String, SubRef>,
+}
+
+impl Session {
+    fn reply(&self, line: &'static [u8]) {
+        self.client.send(&self.hub, Bytes::from_static(line));
+    }
+
+    fn ok(&self) {
+        if self.verbose {
+            self.reply(b"+OK\r\n");
+        }
+    }
+
+    fn err(&self, text: &str) {
+        self.client
+            .send(&self.hub, Bytes::from(format!("-ERR '{text}'\r\n")));
+    }
+
+    async fn handle(&mut self, op: Op) -> Flow {
+        if self.auth && !self.connected && !matches!(op, Op::Connect(_)) {
+            return Flow::Close(Some("Authorization Violation"));
+        }
+        match op {
+            Op::Ping => self.reply(b"PONG\r\n"),
+            Op::Pong => {}
+            Op::Connect(json) => return self.connect(&json).await,
+            Op::Pub {
+                subject,
+                reply,
+                headers,
+                payload,
+            } => {
+                if headers.is_some() && !self.client.headers.load(Ordering::Relaxed) {
+                    tracing::debug!(client = self.client.id, "HPUB without headers negotiated");
+                    return Flow::Close(None);
+                }
+                if self.pedantic && subject::check_literal(&subject).is_err() {
+                    self.err("Invalid Publish Subject");
+                    return Flow::Go;
+                }
+                // nats-server acknowledges the PUB line before it routes the message: a
+                // verbose client subscribed to its own subject sees +OK, then the MSG.
+                self.ok();
+                self.hub.publish(
+                    &self.client,
+                    &subject,
+                    reply.as_deref(),
+                    headers.as_ref(),
+                    &payload,
+                );
+            }
+            Op::Sub {
+                subject: filter,
+                queue,
+                sid,
+            } => {
+                let valid = subject::check_filter(&filter).is_ok()
+                    && queue
+                        .as_deref()
+                        .is_none_or(|q| subject::check_queue(q).is_ok());
+                if !valid {
+                    self.err("Invalid Subject");
+                    return Flow::Go;
+                }
+                // A second SUB with a sid in use is ignored; the first stays.
+                if !self.subs.contains_key(&sid) {
+                    let sub = SubRef(Arc::new(Sub {
+                        client: self.client.clone(),
+                        sid: sid.clone(),
+                        subject: filter,
+                        queue,
+                        max: AtomicU64::new(0),
+                        delivered: AtomicU64::new(0),
+                    }));
+                    self.hub.subscribe(&sub);
+                    self.subs.insert(sid, sub);
+                }
+                self.ok();
+            }
+            Op::Unsub { sid, max } => {
+                if let Some(sub) = self.subs.get(&sid).cloned() {
+                    let delivered = sub.0.delivered.load(Ordering::Relaxed);
+                    match max {
+                        Some(max) if max > delivered => sub.0.max.store(max, Ordering::Relaxed),
+                        _ => {
+                            self.hub.unsubscribe(&sub);
+                            self.subs.remove(&sid);
+                        }
+                    }
+                }
+                self.ok();
+            }
+        }
+        Flow::Go
+    }
+
+    async fn connect(&mut self, json: &[u8]) -> Flow {
+        let Ok(c) = serde_json::from_slice::<Connect>(json) else {
+            // nats-server closes on a CONNECT it cannot read, without a word.
+            return Flow::Close(None);
+        };
+        if c.no_responders && !c.headers {
+            return Flow::Close(Some("no responders requires headers support"));
+        }
+        if self.auth {
+            let core = &self.hub.core;
+            let ok = match (&c.user, &c.pass, &c.auth_token) {
+                (Some(user), Some(pass), _) => core.auth.authenticate(user, pass).await.is_ok(),
+                (_, _, Some(token)) => core
+                    .auth
+                    .principal(&crate::auth::Credential {
+                        token: Some(token.clone()),
+                        cert_cn: None,
+                    })
+                    .is_ok_and(|p| p.user().is_some()),
+                _ => false,
+            };
+            if !ok {
+                tracing::info!(client = self.client.id, user = ?c.user, "NATS authorization violation");
+                return Flow::Close(Some("Authorization Violation"));
+            }
+        }
+        tracing::debug!(
+            client = self.client.id,
+            name = ?c.name,
+            lang = ?c.lang,
+            version = ?c.version,
+            "NATS client connected"
+        );
+        self.verbose = c.verbose;
+        self.pedantic = c.pedantic;
+        self.connected = true;
+        let client = &self.client;
+        client.headers.store(c.headers, Ordering::Relaxed);
+        client
+            .no_responders
+            .store(c.no_responders, Ordering::Relaxed);
+        client.echo.store(c.echo.unwrap_or(true), Ordering::Relaxed);
+        self.ok();
+        Flow::Go
+    }
+}
+
+/// INFO for a client: what nats-server 2.10 sends, with the client's own ID and address.
+fn info(hub: &Hub, id: u64, local: SocketAddr, peer: Option<SocketAddr>, auth: bool) -> Bytes {
+    let mut info = serde_json::json!({
+        "server_id": hub.server_id,
+        "server_name": hub.server_id,
+        "version": VERSION,
+        "proto": 1,
+        "go": "berth",
+        "host": local.ip().to_string(),
+        "port": local.port(),
+        "headers": true,
+        "max_payload": hub.limits.max_payload,
+        "jetstream": false,
+        "client_id": id,
+        "client_ip": peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+    });
+    if auth {
+        info["auth_required"] = serde_json::Value::Bool(true);
+    }
+    Bytes::from(format!("INFO {info} \r\n"))
+}
+
+/// Serves one client until it leaves, breaks the protocol, falls behind, or `stop`.
+pub(super) async fn run<C>(
+    hub: Arc<Hub>,
+    io: C,
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let id = hub.next_client.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let client = Arc::new(Client {
+        id,
+        out: tx,
+        pending: pending.clone(),
+        headers: AtomicBool::new(false),
+        echo: AtomicBool::new(true),
+        no_responders: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
+        slow: AtomicBool::new(false),
+        close: Notify::new(),
+    });
+    let metrics = hub.core.metrics.clone();
+    metrics.nats_connections.inc();
+    let (mut rd, wr) = tokio::io::split(io);
+    let mut writer = tokio::spawn(write_loop(wr, rx, pending));
+    let auth = hub.core.auth.view().enabled;
+    client.send(&hub, info(&hub, id, local, peer, auth));
+    tracing::debug!(client = id, ?peer, "NATS connection");
+    let mut s = Session {
+        hub: hub.clone(),
+        client: client.clone(),
+        verbose: true,
+        pedantic: false,
+        connected: false,
+        auth,
+        subs: HashMap::new(),
+    };
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let period = hub.limits.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut unanswered = 0u32;
+    let auth_deadline = tokio::time::sleep(if auth {
+        hub.limits.auth_timeout
+    } else {
+        Duration::MAX / 4
+    });
+    tokio::pin!(auth_deadline);
+    let end: Option<&'static str> = 'conn: loop {
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) => break None,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(client = id, error = %e, "NATS read failed");
+                        break None;
+                    }
+                }
+                unanswered = 0;
+                loop {
+                    match next_op(&mut buf, hub.limits.max_payload) {
+                        Ok(Some(op)) => {
+                            if let Flow::Close(why) = s.handle(op).await {
+                                break 'conn why;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(client = id, error = %e, "NATS protocol error");
+                            if let Some(text) = e.err_text() {
+                                s.err(&text);
+                            }
+                            break 'conn None;
+                        }
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if unanswered >= 2 {
+                    break Some("Stale Connection");
+                }
+                unanswered += 1;
+                s.reply(b"PING\r\n");
+            }
+            _ = &mut auth_deadline, if auth && !s.connected => break Some("Authentication Timeout"),
+            _ = client.close.notified() => break None,
+            _ = stop.changed() => break None,
+        }
+    };
+    if let Some(text) = end {
+        s.err(text);
+    }
+    for sub in s.subs.values() {
+        hub.unsubscribe(sub);
+    }
+    // Written so far, then the socket closes: the writer ends on the empty sentinel.
+    let _ = client.out.send(Bytes::new());
+    client.closing.store(true, Ordering::Relaxed);
+    if tokio::time::timeout(Duration::from_secs(1), writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!(client = id, "NATS writer did not finish in time");
+    }
+    metrics.nats_connections.dec();
+    tracing::debug!(client = id, "NATS connection closed");
+}
+
+/// Writes what the hub queued, coalescing what is waiting into one write.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    pending: Arc<AtomicUsize>,
+) {
+    let mut batch = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut last = first.is_empty();
+        batch.extend_from_slice(&first);
+        while !last && batch.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(b) => {
+                    last = b.is_empty();
+                    batch.extend_from_slice(&b);
+                }
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
+            break;
+        }
+        pending.fetch_sub(n, Ordering::Relaxed);
+        batch.clear();
+        if last {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,353 @@
+//! NATS's client protocol (`--listen-nats-urls`, default nats://127.0.0.1:4222): core
+//! publish/subscribe as nats-server 2.10 speaks it to nats-py, nats.js, async-nats and nats.go
+//! (INFO/CONNECT, PUB/HPUB/SUB/UNSUB/MSG/HMSG/PING/PONG, verbose and pedantic modes, `*` and
+//! `>` wildcards, queue groups, auto-unsubscribe, no-responders, slow consumers).
+//!
+//! Core messages are not stored. Interest lives in one [`Hub`] per member, shared by its NATS
+//! listeners; in a cluster, messages reach only the subscribers of the member they were
+//! published on (interest propagation between members is not built yet). JetStream is not
+//! served: INFO says `"jetstream":false`.
+//!
+//! # Layout
+//! - this file: the hub (interest, routing, delivery) and the accept loop;
+//! - `parse`: the protocol's framing;
+//! - `conn`: one client connection (handshake, ops, its writer).
+
+mod conn;
+pub mod parse;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use berth_messaging::Sublist;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::core::Core;
+use crate::listen::ClientAddr;
+
+/// The nats-server version berth reports: clients switch features on by it (2.10 turns on
+/// what berth serves and nothing newer).
+pub const VERSION: &str = "2.10.0";
+
+/// Settings of the NATS face.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message (headers and payload) a client may publish.
+    pub max_payload: usize,
+    /// Bytes queued for one client before it is closed as a slow consumer.
+    pub max_pending: usize,
+    /// How often the server pings an idle client; two unanswered pings close it.
+    pub ping_interval: Duration,
+    /// How long a client has to send CONNECT when auth is on.
+    pub auth_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload: 1024 * 1024,
+            max_pending: 64 * 1024 * 1024,
+            ping_interval: Duration::from_secs(120),
+            auth_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One client connection as the hub sees it: where its messages go.
+pub(crate) struct Client {
+    id: u64,
+    out: mpsc::UnboundedSender<Bytes>,
+    /// Bytes queued for the writer and not yet written.
+    pending: Arc<AtomicUsize>,
+    /// Negotiated in CONNECT.
+    headers: AtomicBool,
+    echo: AtomicBool,
+    no_responders: AtomicBool,
+    /// Set once the connection is to close (slow consumer, protocol error, shutdown).
+    closing: AtomicBool,
+    /// Set when it closes as a slow consumer: what is queued is dropped, not written.
+    slow: AtomicBool,
+    close: Notify,
+}
+
+impl Client {
+    /// Queues `bytes` for the client; past the pending limit the client is closed instead.
+    fn send(&self, hub: &Hub, bytes: Bytes) -> bool {
+        if self.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let queued = self.pending.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        if queued > hub.limits.max_pending {
+            self.pending.fetch_sub(bytes.len(), Ordering::Relaxed);
+            tracing::warn!(
+                client = self.id,
+                queued,
+                "NATS slow consumer: closing the connection"
+            );
+            hub.core.metrics.nats_slow_consumers.inc();
+            self.slow.store(true, Ordering::Relaxed);
+            self.shut();
+            return false;
+        }
+        self.out.send(bytes).is_ok()
+    }
+
+    fn shut(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.close.notify_one();
+    }
+}
+
+/// A subscription: the hub's entry for one `SUB`.
+pub(crate) struct Sub {
+    client: Arc<Client>,
+    sid: String,
+    subject: String,
+    queue: Option<String>,
+    /// Auto-unsubscribe after this many messages (0: never).
+    max: AtomicU64,
+    delivered: AtomicU64,
+}
+
+/// A subscription handle, equal only to itself.
+#[derive(Clone)]
+pub(crate) struct SubRef(Arc<Sub>);
+
+impl PartialEq for SubRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// A member's NATS interest and routing, shared by its NATS listeners.
+pub struct Hub {
+    core: Arc<Core>,
+    limits: Limits,
+    subs: RwLock<Sublist<SubRef>>,
+    next_client: AtomicU64,
+    /// This member's NATS server ID (56 upper-case characters, as nats-server's).
+    server_id: String,
+}
+
+impl Hub {
+    /// A hub for `core`'s NATS listeners.
+    pub fn new(core: Arc<Core>, limits: Limits) -> Arc<Hub> {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        let mut rng = rand::rng();
+        let server_id = (0..56)
+            .map(|i| {
+                if i == 0 {
+                    'N'
+                } else {
+                    ALPHABET[rng.random_range(0..ALPHABET.len())] as char
+                }
+            })
+            .collect();
+        Arc::new(Hub {
+            core,
+            limits,
+            subs: RwLock::new(Sublist::new()),
+            next_client: AtomicU64::new(1),
+            server_id,
+        })
+    }
+
+    fn subs_read(&self) -> std::sync::RwLockReadGuard<'_, Sublist<SubRef>> {
+        self.subs.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn subs_write(&self) -> std::sync::RwLockWriteGuard<'_, Sublist<SubRef>> {
+        self.subs.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn subscribe(&self, sub: &SubRef) {
+        let s = &sub.0;
+        self.subs_write()
+            .insert(&s.subject, s.queue.as_deref(), sub.clone());
+    }
+
+    fn unsubscribe(&self, sub: &SubRef) {
+        let s = &sub.0;
+        self.subs_write()
+            .remove(&s.subject, s.queue.as_deref(), sub);
+    }
+
+    /// Routes one message from `from` to every plain subscription `subject` reaches and to
+    /// one member of each queue group; returns how many got it.
+    fn publish(
+        &self,
+        from: &Client,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+    ) -> usize {
+        self.core.metrics.nats_msgs_in.inc();
+        let matches = self.subs_read().matches(subject);
+        let echo = from.echo.load(Ordering::Relaxed);
+        let eligible = |s: &SubRef| echo || s.0.client.id != from.id;
+        let mut delivered = 0;
+        let mut done = Vec::new();
+        for sub in matches.plain.iter().filter(|s| eligible(s)) {
+            delivered +=
+                usize::from(self.deliver(sub, subject, reply, headers, payload, &mut done));
+        }
+        for (_, members) in &matches.queues {
+            let members: Vec<&SubRef> = members.iter().filter(|s| eligible(s)).collect();
+            if members.is_empty() {
+                continue;
+            }
+            // One member, at random; another if that one is already closing.
+            let start = rand::rng().random_range(0..members.len());
+            for i in 0..members.len() {
+                let sub = members[(start + i) % members.len()];
+                if self.deliver(sub, subject, reply, headers, payload, &mut done) {
+                    delivered += 1;
+                    break;
+                }
+            }
+        }
+        for sub in done {
+            self.unsubscribe(&sub);
+        }
+        if delivered == 0 {
+            if let Some(reply) = reply {
+                self.no_responders(from, subject, reply);
+            }
+        }
+        delivered
+    }
+
+    /// Sends one message to `sub`; false when it did not take it (auto-unsubscribed, closing).
+    fn deliver(
+        &self,
+        sub: &SubRef,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+        done: &mut Vec<SubRef>,
+    ) -> bool {
+        let s = &sub.0;
+        let max = s.max.load(Ordering::Relaxed);
+        let n = s.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+        if max != 0 && n > max {
+            return false;
+        }
+        if max != 0 && n == max {
+            done.push(sub.clone());
+        }
+        // A client that did not negotiate headers gets the payload alone.
+        let headers = headers.filter(|_| s.client.headers.load(Ordering::Relaxed));
+        let msg = message(subject, &s.sid, reply, headers, payload);
+        let sent = s.client.send(self, msg);
+        if sent {
+            self.core.metrics.nats_msgs_out.inc();
+        }
+        sent
+    }
+
+    /// Tells a requester nobody listens: a 503 status message on its subscription for the
+    /// reply subject, when it negotiated headers and no-responders.
+    fn no_responders(&self, from: &Client, subject: &str, reply: &str) {
+        if !(from.headers.load(Ordering::Relaxed) && from.no_responders.load(Ordering::Relaxed)) {
+            return;
+        }
+        let matches = self.subs_read().matches(reply);
+        let Some(sub) = matches.plain.iter().find(|s| s.0.client.id == from.id) else {
+            return;
+        };
+        let headers = Bytes::from(format!("NATS/1.0 503\r\nNats-Subject: {subject}\r\n\r\n"));
+        let msg = message(reply, &sub.0.sid, None, Some(&headers), &Bytes::new());
+        sub.0.client.send(self, msg);
+    }
+}
+
+/// `MSG`/`HMSG` with its payload, ready to write.
+fn message(
+    subject: &str,
+    sid: &str,
+    reply: Option<&str>,
+    headers: Option<&Bytes>,
+    payload: &Bytes,
+) -> Bytes {
+    let hlen = headers.map_or(0, Bytes::len);
+    let mut b = BytesMut::with_capacity(subject.len() + sid.len() + hlen + payload.len() + 48);
+    b.put_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
+    b.put_slice(subject.as_bytes());
+    b.put_u8(b' ');
+    b.put_slice(sid.as_bytes());
+    if let Some(r) = reply {
+        b.put_u8(b' ');
+        b.put_slice(r.as_bytes());
+    }
+    if let Some(h) = headers {
+        b.put_slice(format!(" {} {}\r\n", h.len(), h.len() + payload.len()).as_bytes());
+        b.put_slice(h);
+    } else {
+        b.put_slice(format!(" {}\r\n", payload.len()).as_bytes());
+    }
+    b.put_slice(payload);
+    b.put_slice(b"\r\n");
+    b.freeze()
+}
+
+/// Serves NATS clients from `incoming` (a listener bound to `local`) until `stop`.
+pub async fn serve<C, S>(
+    hub: Arc<Hub>,
+    local: SocketAddr,
+    incoming: S,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()>
+where
+    S: Stream<Item = std::io::Result<(C, ClientAddr)>> + Send + 'static,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut incoming = std::pin::pin!(incoming);
+    loop {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            _ = stop.changed() => return Ok(()),
+        };
+        let Some(accepted) = next else { return Ok(()) };
+        let (io, ClientAddr(peer)) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "NATS accept failed");
+                continue;
+            }
+        };
+        let hub = hub.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { conn::run(hub, io, local, peer, stop).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_framed_as_nats_server_frames_them() {
+        let p = Bytes::from_static(b"hello");
+        assert_eq!(
+            &message("a.b", "7", None, None, &p)[..],
+            b"MSG a.b 7 5\r\nhello\r\n"
+        );
+        assert_eq!(
+            &message("a", "1", Some("_INBOX.x"), None, &Bytes::new())[..],
+            b"MSG a 1 _INBOX.x 0\r\n\r\n"
+        );
+        let h = Bytes::from_static(b"NATS/1.0\r\nA: 1\r\n\r\n");
+        assert_eq!(
+            &message("a", "1", None, Some(&h), &p)[..],
+            b"HMSG a 1 18 23\r\nNATS/1.0\r\nA: 1\r\n\r\nhello\r\n"
+        );
+    }
+}

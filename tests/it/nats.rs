@@ -1,0 +1,359 @@
+//! NATS's client protocol against a real berth process: the wire as nats-server 2.10 speaks
+//! it (checked byte for byte over a raw socket, including the error paths), and nats-py, a real
+//! client, publishing, subscribing, queueing and requesting.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{run, Server};
+
+/// A raw protocol client: writes lines, reads lines.
+struct Raw {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Raw {
+    /// Connects and returns the INFO JSON.
+    fn connect(addr: &str) -> (Raw, serde_json::Value) {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut raw = Raw {
+            w: s.try_clone().expect("clone"),
+            r: BufReader::new(s),
+        };
+        let info = raw.line();
+        assert!(
+            info.starts_with("INFO {") && info.ends_with("} \r\n"),
+            "{info:?}"
+        );
+        let json = serde_json::from_str(info["INFO ".len()..].trim()).expect("INFO json");
+        (raw, json)
+    }
+
+    fn send(&mut self, bytes: &str) {
+        self.w.write_all(bytes.as_bytes()).expect("write");
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).expect("read line");
+        l
+    }
+
+    /// Reads `n` bytes (a payload with its CRLF).
+    fn bytes(&mut self, n: usize) -> String {
+        let mut b = vec![0; n];
+        self.r.read_exact(&mut b).expect("read payload");
+        String::from_utf8(b).expect("utf-8")
+    }
+
+    /// Sends PING and reads up to the PONG; returns what came before it.
+    fn sync(&mut self) -> Vec<String> {
+        self.send("PING\r\n");
+        let mut before = Vec::new();
+        loop {
+            let l = self.line();
+            if l == "PONG\r\n" {
+                return before;
+            }
+            assert!(!l.is_empty(), "closed before PONG; got {before:?}");
+            before.push(l);
+        }
+    }
+
+    /// True once the server closed the connection (EOF), after whatever it sent last.
+    fn closed(&mut self) -> (bool, String) {
+        let mut rest = String::new();
+        let eof = self.r.read_to_string(&mut rest).is_ok();
+        (eof, rest)
+    }
+}
+
+fn ready(srv: &Server) -> (Raw, serde_json::Value) {
+    Raw::connect(&srv.nats_addr)
+}
+
+#[test]
+fn the_wire_is_nats_servers() {
+    let srv = Server::start();
+    let (mut sub, info) = ready(&srv);
+    assert_eq!(info["version"], "2.10.0");
+    assert_eq!(info["proto"], 1);
+    assert_eq!(info["headers"], true);
+    assert_eq!(info["max_payload"], 1048576);
+    assert_eq!(info["jetstream"], false, "JetStream is not served yet");
+    assert!(info["client_id"].as_u64().is_some(), "{info}");
+    assert_eq!(info["server_id"].as_str().map(str::len), Some(56));
+    assert_eq!(info["client_ip"], "127.0.0.1");
+
+    // Before CONNECT the connection is verbose.
+    sub.send("SUB foo.* 1\r\n");
+    assert_eq!(sub.line(), "+OK\r\n");
+    sub.send("CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true,\"zzz\":1}\r\n");
+    sub.send("sub foo.> q 2\r\nSUB foo.bar 3\r\nSUB foo.bar 3\r\n");
+    assert!(sub.sync().is_empty());
+
+    let (mut publ, _) = ready(&srv);
+    publ.send("CONNECT {\"verbose\":true}\r\nPUB foo.bar  5\r\nhello\r\n");
+    assert_eq!(publ.line(), "+OK\r\n");
+    assert_eq!(publ.line(), "+OK\r\n");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let head = sub.line();
+        got.push(format!("{head}{}", sub.bytes(7)));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "MSG foo.bar 1 5\r\nhello\r\n",
+            "MSG foo.bar 2 5\r\nhello\r\n",
+            "MSG foo.bar 3 5\r\nhello\r\n",
+        ]
+    );
+    // Headers go as HMSG to a client that negotiated them; a reply subject rides along.
+    publ.send("CONNECT {\"headers\":true}\r\nHPUB foo.x r.1 12 14\r\nNATS/1.0\r\n\r\nhi\r\n");
+    assert!(publ.sync().is_empty(), "verbose is off again");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let head = sub.line();
+        got.push(format!("{head}{}", sub.bytes(16)));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "HMSG foo.x 1 r.1 12 14\r\nNATS/1.0\r\n\r\nhi\r\n",
+            "HMSG foo.x 2 r.1 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"
+        ]
+    );
+    // A client without headers gets the payload alone.
+    let (mut plain, _) = ready(&srv);
+    plain.send("CONNECT {}\r\nSUB foo.x 5\r\n");
+    plain.sync();
+    publ.send("HPUB foo.x 12 14\r\nNATS/1.0\r\n\r\nhi\r\n");
+    assert_eq!(plain.line(), "MSG foo.x 5 2\r\n");
+    assert_eq!(plain.bytes(4), "hi\r\n");
+    drop(plain);
+    for _ in 0..2 {
+        sub.line();
+        sub.bytes(16);
+    }
+
+    // Auto-unsubscribe after two messages in all.
+    sub.send("UNSUB 3 2\r\n");
+    sub.sync();
+    publ.send("CONNECT {}\r\n");
+    for i in 0..3 {
+        publ.send(&format!("PUB foo.bar 1\r\n{i}\r\n"));
+    }
+    publ.sync();
+    let mut to3 = 0;
+    let mut lines = sub.sync();
+    lines.retain(|l| l.starts_with("MSG"));
+    for l in &lines {
+        to3 += usize::from(l.starts_with("MSG foo.bar 3 "));
+    }
+    assert_eq!(to3, 1, "sid 3 got one more message (it had one): {lines:?}");
+    assert_eq!(lines.len(), 7, "{lines:?}");
+
+    // No responders: a request nobody listens to comes back as a 503 on the reply's
+    // subscription.
+    sub.send("SUB _INBOX.abc.* 9\r\nPUB nobody.home _INBOX.abc.1 2\r\nhi\r\n");
+    let head = sub.line();
+    assert_eq!(head, "HMSG _INBOX.abc.1 9 43 43\r\n");
+    assert_eq!(
+        sub.bytes(45),
+        "NATS/1.0 503\r\nNats-Subject: nobody.home\r\n\r\n\r\n"
+    );
+
+    // Invalid subjects are refused and the connection stays.
+    sub.send("SUB foo..bar 10\r\nSUB foo.>.x 11\r\n");
+    assert_eq!(
+        sub.sync(),
+        ["-ERR 'Invalid Subject'\r\n", "-ERR 'Invalid Subject'\r\n"]
+    );
+    // Pedantic: a wildcard publish is refused, the connection stays.
+    publ.send("CONNECT {\"pedantic\":true}\r\nPUB foo.* 0\r\n\r\n");
+    assert_eq!(publ.sync(), ["-ERR 'Invalid Publish Subject'\r\n"]);
+
+    // The dropped connection is gone from the gauge; the two open ones are there.
+    let t = Instant::now();
+    let m = loop {
+        let m = srv.http_get("/metrics").1;
+        if m.contains("berth_nats_connections 2") || t.elapsed() > Duration::from_secs(5) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(m.contains("berth_nats_connections 2"), "{m}");
+    assert!(m.contains("berth_nats_messages_out_total"), "{m}");
+}
+
+#[test]
+fn broken_input_gets_nats_servers_errors_and_closes() {
+    let srv = Server::start_with(&["--nats-max-payload", "64"]);
+    let cases: [(&str, &str); 6] = [
+        ("FOO bar\r\n", "-ERR 'Unknown Protocol Operation'\r\n"),
+        (
+            "PUB foo 3\r\nabcd\r\n",
+            "-ERR 'Unknown Protocol Operation'\r\n",
+        ),
+        ("PUB foo 65\r\n", "-ERR 'Maximum Payload Violation'\r\n"),
+        (
+            "CONNECT {\"no_responders\":true}\r\n",
+            "-ERR 'no responders requires headers support'\r\n",
+        ),
+        ("SUB foo\r\n", ""),
+        ("CONNECT {nope\r\n", ""),
+    ];
+    for (input, want) in cases {
+        let (mut c, info) = ready(&srv);
+        assert_eq!(info["max_payload"], 64);
+        c.send(input);
+        let (eof, rest) = c.closed();
+        assert!(eof, "{input:?}: not closed");
+        assert_eq!(rest, want, "{input:?}");
+    }
+    let (mut c, _) = ready(&srv);
+    c.send(&"x".repeat(5000));
+    assert_eq!(c.closed().1, "-ERR 'maximum control line exceeded'\r\n");
+    // An HPUB on a connection that did not negotiate headers is closed without a word.
+    let (mut c, _) = ready(&srv);
+    c.send("CONNECT {}\r\nHPUB a 12 12\r\nNATS/1.0\r\n\r\n\r\n");
+    assert_eq!(c.closed().1, "");
+}
+
+#[test]
+fn a_client_that_stops_answering_pings_is_closed_as_stale() {
+    let srv = Server::start_with(&["--nats-ping-interval", "200ms"]);
+    let (mut c, _) = ready(&srv);
+    c.send("CONNECT {}\r\n");
+    let t = Instant::now();
+    let (_, rest) = c.closed();
+    assert_eq!(rest, "PING\r\nPING\r\n-ERR 'Stale Connection'\r\n");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // One that answers stays.
+    let (mut c, _) = ready(&srv);
+    c.send("CONNECT {}\r\n");
+    for _ in 0..4 {
+        assert_eq!(c.line(), "PING\r\n");
+        c.send("PONG\r\n");
+    }
+    assert!(c.sync().is_empty());
+}
+
+fn python() -> String {
+    let py = std::env::var("BERTH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let (has, _, _) = run(Command::new(&py).args(["-c", "import nats"]));
+    assert!(
+        has,
+        "{py} cannot import nats: run .ci/run, or `pip install nats-py==2.16.0` and set BERTH_TEST_PYTHON"
+    );
+    py
+}
+
+#[test]
+fn nats_py_publishes_subscribes_queues_and_requests() {
+    let py = python();
+    let srv = Server::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/nats_client.py");
+    let (ok, out, err) = run(Command::new(py)
+        .arg(script)
+        .arg(format!("nats://{}", srv.nats_addr)));
+    println!("{out}");
+    assert!(ok, "nats-py script failed:\n{out}\n{err}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn a_subscriber_that_falls_behind_is_closed_and_others_go_on() {
+    let srv = Server::start_with(&["--nats-max-pending", "4194304"]);
+    let (mut slow, _) = ready(&srv);
+    slow.send("CONNECT {}\r\nSUB flood 1\r\n");
+    slow.sync();
+    let (mut fast, _) = ready(&srv);
+    fast.send("CONNECT {}\r\nSUB flood 1\r\n");
+    fast.sync();
+    // The fast one reads as it goes (the publisher waits for it after every MiB); the slow
+    // one never reads. 32 MiB overflow its 4 MiB queue once the kernel's buffers are full.
+    const MSGS: usize = 512;
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for n in 1..=MSGS {
+            let head = fast.line();
+            assert!(head.starts_with("MSG flood 1 65536"), "{head:?}");
+            fast.bytes(65538);
+            let _ = read_tx.send(n);
+        }
+        fast
+    });
+    let (mut publ, _) = ready(&srv);
+    let payload = "x".repeat(65536);
+    publ.send("CONNECT {}\r\n");
+    for chunk in 1..=MSGS / 16 {
+        for _ in 0..16 {
+            publ.send(&format!("PUB flood 65536\r\n{payload}\r\n"));
+        }
+        while read_rx.recv().expect("fast reader alive") < chunk * 16 {}
+    }
+    assert!(
+        publ.sync().is_empty(),
+        "the publisher was held up or refused"
+    );
+    let mut fast = reader.join().expect("fast reader");
+    assert!(fast.sync().is_empty());
+    // The slow one: what its socket held, then the close (no -ERR, as nats-server).
+    let (eof, rest) = slow.closed();
+    assert!(eof, "the slow consumer was not closed");
+    assert!(rest.len() < 32 * 1024 * 1024, "{} bytes", rest.len());
+    let m = srv.http_get("/metrics").1;
+    assert!(m.contains("berth_nats_slow_consumers_total 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_clients_log_in_as_berth_users() {
+    let srv = tokio::task::spawn_blocking(Server::start)
+        .await
+        .expect("server");
+    let mut etcd = srv.client().await;
+    crate::auth::setup(&mut etcd).await;
+    let addr = srv.nats_addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let (mut c, info) = Raw::connect(&addr);
+        assert_eq!(info["auth_required"], true, "{info}");
+        c.send("CONNECT {\"user\":\"alice\",\"pass\":\"wrong\"}\r\n");
+        assert_eq!(c.closed().1, "-ERR 'Authorization Violation'\r\n");
+        // Nothing but CONNECT comes first.
+        let (mut c, _) = Raw::connect(&addr);
+        c.send("SUB foo 1\r\n");
+        assert_eq!(c.closed().1, "-ERR 'Authorization Violation'\r\n");
+        // Silence: the client gets two seconds to log in.
+        let (mut c, _) = Raw::connect(&addr);
+        let t = Instant::now();
+        assert_eq!(c.closed().1, "-ERR 'Authentication Timeout'\r\n");
+        assert!(
+            t.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            t.elapsed()
+        );
+        let (mut c, _) = Raw::connect(&addr);
+        c.send("CONNECT {\"user\":\"alice\",\"pass\":\"apw\",\"verbose\":true}\r\n");
+        assert_eq!(c.line(), "+OK\r\n");
+        c.send("SUB foo 1\r\nPUB foo 2\r\nhi\r\n");
+        assert_eq!(
+            c.sync(),
+            ["+OK\r\n", "+OK\r\n", "MSG foo 1 2\r\n", "hi\r\n"]
+        );
+    })
+    .await
+    .expect("raw client");
+}
