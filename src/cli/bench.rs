@@ -54,6 +54,26 @@ pub enum BenchCommand {
     /// Nacos v1: --listeners long polls on one config, which changes --changes times;
     /// reports publish-to-answer delay.
     NacosListen(NacosListenArgs),
+    /// NATS: --clients publishers flood one subject that --subscribers connections
+    /// subscribe to; reports deliveries per second and publish-to-delivery delay. Speaks the
+    /// protocol itself, so it measures nats-server the same way.
+    NatsPubsub(NatsPubSubArgs),
+}
+
+/// Arguments of `bench nats-pubsub`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsPubSubArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// `host:port` of the NATS listener.
+    #[arg(long = "nats-addr", default_value = "127.0.0.1:4222")]
+    nats_addr: String,
+    /// Subscribing connections.
+    #[arg(long, default_value_t = 1)]
+    subscribers: u64,
+    /// Subscribe as one queue group (each message goes to one subscriber).
+    #[arg(long)]
+    queue: bool,
 }
 
 /// Where the Nacos workloads send their requests.
@@ -381,6 +401,13 @@ impl BenchCommand {
                     grpc: a.grpc,
                 },
             ),
+            Self::NatsPubsub(a) => (
+                &a.common,
+                Workload::NatsPubSub {
+                    subscribers: a.subscribers,
+                    queue: a.queue,
+                },
+            ),
         };
         let http_addr = match self {
             Self::NacosPublish(a) | Self::NacosGet(a) => a.target.nacos_addr.clone(),
@@ -391,6 +418,7 @@ impl BenchCommand {
             Self::ConsulHeartbeat(a) => a.target.consul_addr.clone(),
             Self::ConsulDiscover(a) => a.target.consul_addr.clone(),
             Self::ConsulWatch(a) => a.target.consul_addr.clone(),
+            Self::NatsPubsub(a) => a.nats_addr.clone(),
             _ => Config::default().http_addr,
         };
         let rate = match (&workload, common.rate) {
@@ -429,7 +457,7 @@ impl BenchCommand {
 pub async fn run(ctx: &mut Ctx, cmd: BenchCommand) -> Result<()> {
     let cfg = cmd.config(ctx.conn.command_timeout());
     cfg.validate()?;
-    if cfg.workload.is_consul() || cfg.workload.is_nacos() {
+    if cfg.workload.is_consul() || cfg.workload.is_nacos() || cfg.workload.is_nats() {
         // The registry and Nacos families speak their own protocols to --consul-addr or
         // --nacos-addr: no etcd connection.
         let report = berth_bench::run(cfg, Vec::new()).await?;

@@ -117,6 +117,15 @@ pub enum Workload {
         /// gRPC connections (pushes) rather than v1 long polls.
         grpc: bool,
     },
+    /// NATS: `--clients` publishers flood one subject that `subscribers` connections
+    /// subscribe to (each gets every message, or, with `queue`, they share them as one queue
+    /// group); measures publish-to-delivery delay.
+    NatsPubSub {
+        /// Subscribing connections.
+        subscribers: u64,
+        /// Subscribe as one queue group.
+        queue: bool,
+    },
     /// Consul: blocking queries on one service, answered when one of its instances changes.
     ConsulWatch {
         /// Blocking queries on the watched service.
@@ -149,6 +158,7 @@ impl Workload {
             Self::NacosRegister => "nacos-register",
             Self::NacosBeat { .. } => "nacos-beat",
             Self::NacosListen { .. } => "nacos-listen",
+            Self::NatsPubSub { .. } => "nats-pubsub",
         }
     }
 
@@ -162,6 +172,11 @@ impl Workload {
                 | Self::NacosBeat { .. }
                 | Self::NacosListen { .. }
         )
+    }
+
+    /// True for the messaging family, which speaks NATS's protocol (no gRPC connections).
+    pub fn is_nats(&self) -> bool {
+        matches!(self, Self::NatsPubSub { .. })
     }
 
     /// True for the registry family, which speaks Consul's HTTP API (no gRPC connections).
@@ -219,7 +234,7 @@ pub struct Config {
     pub prefill: bool,
     /// Seed for key choice and read/write mixing.
     pub seed: u64,
-    /// `host:port` of the HTTP listener, for the Consul workloads.
+    /// `host:port` of the server the Consul, Nacos and NATS workloads talk to.
     pub http_addr: String,
 }
 
@@ -286,6 +301,13 @@ impl Config {
             | Workload::ConsulWatch { watchers: 0, .. } => {
                 bad("--services, --instances and --watchers must be at least 1".into())
             }
+            Workload::NatsPubSub { subscribers: 0, .. } => {
+                bad("--subscribers must be at least 1".into())
+            }
+            Workload::NatsPubSub { .. } if self.val_size < crate::keys::STAMP_LEN => bad(format!(
+                "nats-pubsub needs --val-size of at least {} bytes for the send timestamp",
+                crate::keys::STAMP_LEN
+            )),
             Workload::NacosPublish { items: 0 }
             | Workload::NacosGet { items: 0 }
             | Workload::NacosBeat { instances: 0 }
@@ -377,9 +399,14 @@ impl Config {
                 p["changes"] = json!(changes);
                 p["grpc"] = json!(grpc);
             }
+            Workload::NatsPubSub { subscribers, queue } => {
+                p["subscribers"] = json!(subscribers);
+                p["queue"] = json!(queue);
+                p["val_size"] = json!(self.val_size);
+            }
             Workload::Put | Workload::Txn | Workload::NacosRegister => {}
         }
-        if self.workload.is_consul() || self.workload.is_nacos() {
+        if self.workload.is_consul() || self.workload.is_nacos() || self.workload.is_nats() {
             p["http_addr"] = json!(self.http_addr);
         }
         p

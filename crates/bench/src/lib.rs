@@ -75,6 +75,9 @@ pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchE
     if cfg.workload.is_nacos() {
         return workload::nacos::run(&cfg).await;
     }
+    if cfg.workload.is_nats() {
+        return workload::nats::run(&cfg).await;
+    }
     if channels.is_empty() {
         return Err(BenchError::Config("no connections".into()));
     }
@@ -93,5 +96,6 @@ pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchE
         | Workload::NacosRegister
         | Workload::NacosBeat { .. }
         | Workload::NacosListen { .. } => workload::nacos::run(&cfg).await,
+        Workload::NatsPubSub { .. } => workload::nats::run(&cfg).await,
     }
 }

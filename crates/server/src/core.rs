@@ -52,9 +52,7 @@ impl Core {
         }
         match self.space.shortage(self.store.db_size()) {
             Some(why) => {
-                if let Some(raised) = self.space.raise(why, self.member.id, &self.consensus) {
-                    let _ = raised.await;
-                }
+                self.space.raise(why, self.member.id, &self.consensus).await;
                 true
             }
             None => false,

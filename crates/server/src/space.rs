@@ -6,7 +6,7 @@
 //! write for lack of space (a member that still gets ENOSPC stops, see `node`).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_proto::etcdserverpb::alarm_request::AlarmAction;
@@ -29,8 +29,9 @@ pub struct SpaceGuard {
     started: Instant,
     /// Free bytes at the last reading.
     free_bytes: AtomicU64,
-    /// True while an alarm proposal is in flight (one at a time).
-    raising: std::sync::Arc<AtomicBool>,
+    /// True while an alarm proposal is in flight (one at a time); requests that find a
+    /// shortage wait on it.
+    raising: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Why writes are refused.
@@ -52,7 +53,7 @@ impl SpaceGuard {
             next_check_ms: AtomicU64::new(0),
             started: Instant::now(),
             free_bytes: AtomicU64::new(u64::MAX),
-            raising: Default::default(),
+            raising: std::sync::Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
@@ -92,18 +93,23 @@ impl SpaceGuard {
         }
     }
 
-    /// Proposes this member's NOSPACE alarm; the returned task ends once it is applied. The
-    /// proposal runs on a task of its own, so a request that gives up waiting (a client's
-    /// deadline) does not cancel it. While one is in flight, none other is started (`None`).
-    pub fn raise(
-        &self,
-        why: Shortage,
-        member_id: u64,
-        consensus: &Consensus,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        if self.raising.swap(true, Ordering::AcqRel) {
-            return None;
+    /// Proposes this member's NOSPACE alarm, unless a proposal is in flight already; either
+    /// way, returns once none is (the alarm is applied, or raising it failed). The proposal
+    /// runs on a task of its own, so a request that gives up waiting (a client's deadline)
+    /// does not cancel it.
+    pub async fn raise(&self, why: Shortage, member_id: u64, consensus: &Consensus) {
+        let started = self
+            .raising
+            .send_if_modified(|r| !std::mem::replace(r, true));
+        if started {
+            self.propose(why, member_id, consensus);
         }
+        // Every request that found the shortage waits for the alarm, not only the first: a
+        // client told "space exceeded" then finds it listed.
+        let _ = self.raising.subscribe().wait_for(|r| !*r).await;
+    }
+
+    fn propose(&self, why: Shortage, member_id: u64, consensus: &Consensus) {
         match why {
             Shortage::Quota => tracing::warn!(
                 quota_bytes = self.quota_bytes,
@@ -123,12 +129,12 @@ impl SpaceGuard {
         });
         let consensus = consensus.clone();
         let raising = self.raising.clone();
-        Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             if let Err(e) = consensus.propose(alarm).await {
                 tracing::warn!(error = %e, "raising the NOSPACE alarm failed; will retry");
             }
-            raising.store(false, Ordering::Release);
-        }))
+            raising.send_replace(false);
+        });
     }
 }
 

@@ -90,7 +90,8 @@ pub async fn run(cfg: &Config, channels: &[Transport]) -> Result<Report, BenchEr
         | Workload::NacosGet { .. }
         | Workload::NacosRegister
         | Workload::NacosBeat { .. }
-        | Workload::NacosListen { .. } => {
+        | Workload::NacosListen { .. }
+        | Workload::NatsPubSub { .. } => {
             return Err(BenchError::Config(format!(
                 "{} is not a KV workload",
                 cfg.workload.name()

@@ -7,11 +7,14 @@
 //! - [`lease`]: a keep-alive storm over granted leases.
 //! - [`consul`]: the registry family over Consul's HTTP API (register, heartbeat, discover,
 //!   blocking watchers).
+//! - [`nacos`]: the configuration and naming family over Nacos's APIs.
+//! - [`nats`]: core NATS publish/subscribe over the raw protocol.
 
 pub mod consul;
 pub mod kv;
 pub mod lease;
 pub mod nacos;
+pub mod nats;
 pub mod watch;
 
 use berth_proto::client::Transport;

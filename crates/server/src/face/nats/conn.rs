@@ -313,14 +313,20 @@ pub(super) async fn run<C>(
     for sub in s.subs.values() {
         hub.unsubscribe(sub);
     }
-    // Written so far, then the socket closes: the writer ends on the empty sentinel.
+    // What was queued is written (the writer ends on the empty sentinel), then the socket
+    // closes; a slow consumer's queue is dropped, as is one that cannot be written in time.
     let _ = client.out.send(Bytes::new());
     client.closing.store(true, Ordering::Relaxed);
-    if tokio::time::timeout(Duration::from_secs(1), writer)
-        .await
-        .is_err()
+    if client.slow.load(Ordering::Relaxed)
+        || tokio::time::timeout(Duration::from_secs(1), &mut writer)
+            .await
+            .is_err()
     {
-        tracing::debug!(client = id, "NATS writer did not finish in time");
+        tracing::debug!(
+            client = id,
+            "NATS connection closed without writing what was queued"
+        );
+        writer.abort();
     }
     metrics.nats_connections.dec();
     tracing::debug!(client = id, "NATS connection closed");
