@@ -181,6 +181,40 @@ fn the_wire_is_nats_servers() {
     publ.send("CONNECT {\"pedantic\":true}\r\nPUB foo.* 0\r\n\r\n");
     assert_eq!(publ.sync(), ["-ERR 'Invalid Publish Subject'\r\n"]);
 
+    // nats-server's monitoring endpoints, on berth's HTTP listener.
+    let (code, varz) = srv.http_get("/varz");
+    assert_eq!(code, 200, "{varz}");
+    let varz: serde_json::Value = serde_json::from_str(&varz).expect("varz json");
+    assert_eq!(varz["server_id"], info["server_id"]);
+    assert_eq!(varz["version"], "2.10.0");
+    assert_eq!(varz["max_payload"], 1048576);
+    assert_eq!(varz["in_msgs"], 7, "{varz}");
+    assert!(varz["out_msgs"].as_u64() >= Some(10), "{varz}");
+    assert!(varz["total_connections"].as_u64() >= Some(3), "{varz}");
+    let (_, connz) = srv.http_get("/connz?subs=1&sort=subs");
+    let connz: serde_json::Value = serde_json::from_str(&connz).expect("connz json");
+    let conns = connz["connections"].as_array().expect("connections");
+    assert!(conns.len() >= 2, "{connz}");
+    // Sorted by subscriptions, most first: the subscriber, with its filters.
+    let first = &conns[0];
+    assert_eq!(first["kind"], "Client");
+    assert_eq!(first["ip"], "127.0.0.1");
+    assert!(first["subscriptions"].as_u64() >= Some(3), "{connz}");
+    let list: Vec<&str> = first["subscriptions_list"]
+        .as_array()
+        .expect("subscriptions_list")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        list.contains(&"foo.*") && list.contains(&"_INBOX.abc.*"),
+        "{list:?}"
+    );
+    let (_, one) = srv.http_get(&format!("/connz?cid={}", first["cid"]));
+    assert!(one.contains("\"total\":1"), "{one}");
+    let (code, _) = srv.http_get("/connz?sort=sideways");
+    assert_eq!(code, 400);
+
     // The dropped connection is gone from the gauge; the two open ones are there.
     let t = Instant::now();
     let m = loop {

@@ -345,13 +345,19 @@ where
             }),
         );
     }
+    // One NATS hub for every NATS listener; its /varz and /connz go on the HTTP listeners.
+    let nats = (!listeners.nats.is_empty())
+        .then(|| face::nats::Hub::new(core.clone(), core.config.nats_limits.clone()));
     for incoming in listeners.http {
         let mut stop = stop_rx.clone();
-        let app = crate::http::router(core.clone())
+        let mut app = crate::http::router(core.clone())
             .merge(face::etcd::http_routes())
             .merge(face::api::routes(core.clone()))
-            .merge(face::consul::routes(core.clone()))
-            .into_make_service_with_connect_info::<crate::listen::ClientAddr>();
+            .merge(face::consul::routes(core.clone()));
+        if let Some(hub) = &nats {
+            app = app.merge(face::nats::monitor::routes(hub.clone()));
+        }
+        let app = app.into_make_service_with_connect_info::<crate::listen::ClientAddr>();
         spawn(
             "HTTP server",
             Box::pin(async move {
@@ -390,8 +396,7 @@ where
             )),
         );
     }
-    if !listeners.nats.is_empty() {
-        let hub = face::nats::Hub::new(core.clone(), core.config.nats_limits.clone());
+    if let Some(hub) = nats {
         for (local, incoming) in listeners.nats {
             spawn(
                 "NATS server",

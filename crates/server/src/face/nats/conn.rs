@@ -179,6 +179,16 @@ impl Session {
             version = ?c.version,
             "NATS client connected"
         );
+        *self
+            .client
+            .stats
+            .named
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = (
+            c.name.clone().unwrap_or_default(),
+            c.lang.clone().unwrap_or_default(),
+            c.version.clone().unwrap_or_default(),
+        );
         self.verbose = c.verbose;
         self.pedantic = c.pedantic;
         self.connected = true;
@@ -238,7 +248,10 @@ pub(super) async fn run<C>(
         closing: AtomicBool::new(false),
         slow: AtomicBool::new(false),
         close: Notify::new(),
+        stats: super::ClientStats::new(peer),
     });
+    hub.clients().insert(id, client.clone());
+    hub.totals.connections.fetch_add(1, Ordering::Relaxed);
     let metrics = hub.core.metrics.clone();
     metrics.nats_connections.inc();
     let (mut rd, wr) = tokio::io::split(io);
@@ -277,6 +290,7 @@ pub(super) async fn run<C>(
                     }
                 }
                 unanswered = 0;
+                client.stats.last_activity_ms.store(super::unix_ms(), Ordering::Relaxed);
                 loop {
                     match next_op(&mut buf, hub.limits.max_payload) {
                         Ok(Some(op)) => {
@@ -328,6 +342,7 @@ pub(super) async fn run<C>(
         );
         writer.abort();
     }
+    hub.clients().remove(&id);
     metrics.nats_connections.dec();
     tracing::debug!(client = id, "NATS connection closed");
 }

@@ -11,9 +11,11 @@
 //! # Layout
 //! - this file: the hub (interest, routing, delivery) and the accept loop;
 //! - `parse`: the protocol's framing;
-//! - `conn`: one client connection (handshake, ops, its writer).
+//! - `conn`: one client connection (handshake, ops, its writer);
+//! - `monitor`: nats-server's `/varz` and `/connz` on berth's HTTP listener.
 
 mod conn;
+pub mod monitor;
 pub mod parse;
 
 use std::net::SocketAddr;
@@ -74,6 +76,62 @@ pub(crate) struct Client {
     /// Set when it closes as a slow consumer: what is queued is dropped, not written.
     slow: AtomicBool,
     close: Notify,
+    /// What `/connz` reports of it.
+    stats: ClientStats,
+}
+
+/// A connection's figures for `/connz`.
+pub(crate) struct ClientStats {
+    addr: Option<SocketAddr>,
+    started: std::time::SystemTime,
+    /// Milliseconds since the UNIX epoch of the last bytes read.
+    last_activity_ms: AtomicU64,
+    in_msgs: AtomicU64,
+    in_bytes: AtomicU64,
+    out_msgs: AtomicU64,
+    out_bytes: AtomicU64,
+    /// Subject filters by sid (`/connz?subs=1`); its length is the subscription count.
+    subjects: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// CONNECT's `name`, `lang` and `version`.
+    named: std::sync::Mutex<(String, String, String)>,
+}
+
+impl ClientStats {
+    fn subjects(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
+        self.subjects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new(addr: Option<SocketAddr>) -> ClientStats {
+        ClientStats {
+            addr,
+            started: std::time::SystemTime::now(),
+            last_activity_ms: AtomicU64::new(unix_ms()),
+            in_msgs: AtomicU64::new(0),
+            in_bytes: AtomicU64::new(0),
+            out_msgs: AtomicU64::new(0),
+            out_bytes: AtomicU64::new(0),
+            subjects: Default::default(),
+            named: std::sync::Mutex::new(Default::default()),
+        }
+    }
+}
+
+/// Milliseconds since the UNIX epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Server-wide totals for `/varz`.
+#[derive(Default)]
+struct Totals {
+    in_msgs: AtomicU64,
+    in_bytes: AtomicU64,
+    out_msgs: AtomicU64,
+    out_bytes: AtomicU64,
+    connections: AtomicU64,
+    slow_consumers: AtomicU64,
 }
 
 impl Client {
@@ -91,6 +149,7 @@ impl Client {
                 "NATS slow consumer: closing the connection"
             );
             hub.core.metrics.nats_slow_consumers.inc();
+            hub.totals.slow_consumers.fetch_add(1, Ordering::Relaxed);
             self.slow.store(true, Ordering::Relaxed);
             self.shut();
             return false;
@@ -133,6 +192,12 @@ pub struct Hub {
     next_client: AtomicU64,
     /// This member's NATS server ID (56 upper-case characters, as nats-server's).
     server_id: String,
+    /// Open connections, by client ID.
+    clients: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Client>>>,
+    totals: Totals,
+    started: std::time::SystemTime,
+    /// The first NATS listener's address (what `/varz` reports as host and port).
+    listen: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Hub {
@@ -155,6 +220,10 @@ impl Hub {
             subs: RwLock::new(Sublist::new()),
             next_client: AtomicU64::new(1),
             server_id,
+            clients: Default::default(),
+            totals: Totals::default(),
+            started: std::time::SystemTime::now(),
+            listen: std::sync::OnceLock::new(),
         })
     }
 
@@ -166,16 +235,28 @@ impl Hub {
         self.subs.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn clients(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Arc<Client>>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn subscribe(&self, sub: &SubRef) {
         let s = &sub.0;
+        s.client
+            .stats
+            .subjects()
+            .insert(s.sid.clone(), s.subject.clone());
         self.subs_write()
             .insert(&s.subject, s.queue.as_deref(), sub.clone());
     }
 
     fn unsubscribe(&self, sub: &SubRef) {
         let s = &sub.0;
-        self.subs_write()
-            .remove(&s.subject, s.queue.as_deref(), sub);
+        if self
+            .subs_write()
+            .remove(&s.subject, s.queue.as_deref(), sub)
+        {
+            s.client.stats.subjects().remove(&s.sid);
+        }
     }
 
     /// Routes one message from `from` to every plain subscription `subject` reaches and to
@@ -189,6 +270,11 @@ impl Hub {
         payload: &Bytes,
     ) -> usize {
         self.core.metrics.nats_msgs_in.inc();
+        let size = (payload.len() + headers.map_or(0, Bytes::len)) as u64;
+        from.stats.in_msgs.fetch_add(1, Ordering::Relaxed);
+        from.stats.in_bytes.fetch_add(size, Ordering::Relaxed);
+        self.totals.in_msgs.fetch_add(1, Ordering::Relaxed);
+        self.totals.in_bytes.fetch_add(size, Ordering::Relaxed);
         let matches = self.subs_read().matches(subject);
         let echo = from.echo.load(Ordering::Relaxed);
         let eligible = |s: &SubRef| echo || s.0.client.id != from.id;
@@ -248,7 +334,12 @@ impl Hub {
         let msg = message(subject, &s.sid, reply, headers, payload);
         let sent = s.client.send(self, msg);
         if sent {
+            let size = (payload.len() + headers.map_or(0, Bytes::len)) as u64;
             self.core.metrics.nats_msgs_out.inc();
+            s.client.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
+            s.client.stats.out_bytes.fetch_add(size, Ordering::Relaxed);
+            self.totals.out_msgs.fetch_add(1, Ordering::Relaxed);
+            self.totals.out_bytes.fetch_add(size, Ordering::Relaxed);
         }
         sent
     }
@@ -309,6 +400,7 @@ where
     S: Stream<Item = std::io::Result<(C, ClientAddr)>> + Send + 'static,
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let _ = hub.listen.set(local);
     let mut incoming = std::pin::pin!(incoming);
     loop {
         let next = tokio::select! {

@@ -1,0 +1,235 @@
+//! nats-server's monitoring endpoints on berth's HTTP listener: `/varz` (the server: identity,
+//! limits, connection and message totals) and `/connz` (its client connections, with
+//! nats-server's `sort`, `offset`, `limit`, `cid` and `subs` parameters), in nats-server's
+//! JSON shapes, which clients' test suites and dashboards read.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Client, Hub, VERSION};
+
+/// The monitoring routes of `hub`.
+pub fn routes(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/varz", get(varz))
+        .route("/connz", get(connz))
+        .with_state(hub)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+/// A duration as nats-server writes uptimes and idle times: `1d2h3m4s`, largest unit first.
+fn go_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    let mut out = String::new();
+    for (unit, size) in [("y", 31_536_000), ("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs >= size || !out.is_empty() {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out.push_str(&format!("{secs}s"));
+    out
+}
+
+fn since(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+async fn varz(State(hub): State<Arc<Hub>>) -> Json<Value> {
+    let t = &hub.totals;
+    let listen = hub.listen.get().copied();
+    let connections = hub.clients().len();
+    Json(json!({
+        "server_id": hub.server_id,
+        "server_name": hub.server_id,
+        "version": VERSION,
+        "proto": 1,
+        "go": "berth",
+        "host": listen.map(|a| a.ip().to_string()).unwrap_or_default(),
+        "port": listen.map_or(0, |a| a.port()),
+        "auth_required": hub.core.auth.view().enabled,
+        "max_connections": 65536,
+        "ping_interval": nanos(hub.limits.ping_interval),
+        "ping_max": 2,
+        "max_control_line": super::parse::MAX_CONTROL_LINE,
+        "max_payload": hub.limits.max_payload,
+        "max_pending": hub.limits.max_pending,
+        "start": rfc3339(hub.started),
+        "now": rfc3339(SystemTime::now()),
+        "uptime": go_duration(since(hub.started)),
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "connections": connections,
+        "total_connections": t.connections.load(Ordering::Relaxed),
+        "routes": 0,
+        "remotes": 0,
+        "leafnodes": 0,
+        "in_msgs": t.in_msgs.load(Ordering::Relaxed),
+        "out_msgs": t.out_msgs.load(Ordering::Relaxed),
+        "in_bytes": t.in_bytes.load(Ordering::Relaxed),
+        "out_bytes": t.out_bytes.load(Ordering::Relaxed),
+        "slow_consumers": t.slow_consumers.load(Ordering::Relaxed),
+        "subscriptions": hub.subs_read().len(),
+    }))
+}
+
+/// `/connz`'s parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ConnzQuery {
+    sort: Option<String>,
+    offset: usize,
+    limit: Option<usize>,
+    cid: Option<u64>,
+    subs: Option<String>,
+}
+
+/// The fields a sort looks at, and whether it is descending (nats-server sorts every key
+/// but `cid` and `start` largest first).
+fn sort_key(c: &Client, by: &str) -> Option<(u64, bool)> {
+    let s = &c.stats;
+    let ms = |t: SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    Some(match by {
+        "cid" => (c.id, false),
+        "start" => (ms(s.started), false),
+        "subs" => (s.subjects().len() as u64, true),
+        "pending" => (c.pending.load(Ordering::Relaxed) as u64, true),
+        "msgs_to" => (s.out_msgs.load(Ordering::Relaxed), true),
+        "msgs_from" => (s.in_msgs.load(Ordering::Relaxed), true),
+        "bytes_to" => (s.out_bytes.load(Ordering::Relaxed), true),
+        "bytes_from" => (s.in_bytes.load(Ordering::Relaxed), true),
+        "last" => (s.last_activity_ms.load(Ordering::Relaxed), true),
+        "idle" => (
+            super::unix_ms().saturating_sub(s.last_activity_ms.load(Ordering::Relaxed)),
+            true,
+        ),
+        "uptime" => (nanos(since(s.started)), true),
+        _ => return None,
+    })
+}
+
+fn bad(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, msg).into_response()
+}
+
+async fn connz(State(hub): State<Arc<Hub>>, Query(q): Query<ConnzQuery>) -> Response {
+    let by = q.sort.as_deref().unwrap_or("cid");
+    let mut clients: Vec<Arc<Client>> = hub.clients().values().cloned().collect();
+    if !SORTS.contains(&by) {
+        return bad(format!("invalid sorting option: {by}"));
+    }
+    let subs = match q.subs.as_deref() {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true" | "detail") => true,
+        Some(other) => return bad(format!("invalid subs option: {other}")),
+    };
+    if let Some(cid) = q.cid {
+        clients.retain(|c| c.id == cid);
+    }
+    let total = clients.len();
+    clients.sort_by_key(|c| {
+        let (k, desc) = sort_key(c, by).unwrap_or((c.id, false));
+        if desc {
+            u64::MAX - k
+        } else {
+            k
+        }
+    });
+    let limit = q.limit.unwrap_or(1024);
+    let now = SystemTime::now();
+    let list: Vec<Value> = clients
+        .iter()
+        .skip(q.offset)
+        .take(limit)
+        .map(|c| connection(c, subs, now))
+        .collect();
+    Json(json!({
+        "server_id": hub.server_id,
+        "now": rfc3339(now),
+        "num_connections": list.len(),
+        "total": total,
+        "offset": q.offset,
+        "limit": limit,
+        "connections": list,
+    }))
+    .into_response()
+}
+
+/// The sorts `/connz` takes ([`sort_key`] reads each).
+const SORTS: [&str; 11] = [
+    "cid",
+    "start",
+    "subs",
+    "pending",
+    "msgs_to",
+    "msgs_from",
+    "bytes_to",
+    "bytes_from",
+    "last",
+    "idle",
+    "uptime",
+];
+
+fn connection(c: &Client, subs: bool, now: SystemTime) -> Value {
+    let s = &c.stats;
+    let last_ms = s.last_activity_ms.load(Ordering::Relaxed);
+    let last = std::time::UNIX_EPOCH + Duration::from_millis(last_ms);
+    let (name, lang, version) = s.named.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut v = json!({
+        "cid": c.id,
+        "kind": "Client",
+        "type": "nats",
+        "ip": s.addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+        "port": s.addr.map_or(0, |a| a.port()),
+        "start": rfc3339(s.started),
+        "last_activity": rfc3339(last),
+        "uptime": go_duration(now.duration_since(s.started).unwrap_or_default()),
+        "idle": go_duration(now.duration_since(last).unwrap_or_default()),
+        "pending_bytes": c.pending.load(Ordering::Relaxed),
+        "in_msgs": s.in_msgs.load(Ordering::Relaxed),
+        "out_msgs": s.out_msgs.load(Ordering::Relaxed),
+        "in_bytes": s.in_bytes.load(Ordering::Relaxed),
+        "out_bytes": s.out_bytes.load(Ordering::Relaxed),
+        "subscriptions": s.subjects().len(),
+    });
+    for (key, value) in [("name", name), ("lang", lang), ("version", version)] {
+        if !value.is_empty() {
+            v[key] = Value::String(value);
+        }
+    }
+    if subs {
+        let list: Vec<String> = s.subjects().values().cloned().collect();
+        v["subscriptions_list"] = json!(list);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_nats_servers() {
+        assert_eq!(go_duration(Duration::from_secs(0)), "0s");
+        assert_eq!(go_duration(Duration::from_secs(75)), "1m15s");
+        assert_eq!(go_duration(Duration::from_secs(86_400 + 3)), "1d0h0m3s");
+    }
+}
