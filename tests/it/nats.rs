@@ -391,3 +391,85 @@ async fn with_auth_on_clients_log_in_as_berth_users() {
     .await
     .expect("raw client");
 }
+
+/// async-nats (the Rust client) against berth: subscriptions, queue groups, request/reply,
+/// headers and no-responders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_nats_publishes_subscribes_queues_and_requests() {
+    use futures::StreamExt;
+    let srv = tokio::task::spawn_blocking(Server::start)
+        .await
+        .expect("server");
+    let url = format!("nats://{}", srv.nats_addr);
+    let client = async_nats::connect(&url).await.expect("connect");
+    assert_eq!(client.server_info().version, "2.10.0");
+
+    let mut wild = client.subscribe("metrics.>").await.expect("subscribe");
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        workers.push(
+            client
+                .queue_subscribe("metrics.cpu", "workers".into())
+                .await
+                .expect("queue subscribe"),
+        );
+    }
+    client.flush().await.expect("flush");
+    for i in 0..10 {
+        client
+            .publish("metrics.cpu", format!("{i}").into())
+            .await
+            .expect("publish");
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Trace-Id", "abc");
+    client
+        .publish_with_headers("metrics.mem", headers, "m".into())
+        .await
+        .expect("publish with headers");
+    client.flush().await.expect("flush");
+    let mut seen = Vec::new();
+    for _ in 0..11 {
+        let m = tokio::time::timeout(Duration::from_secs(5), wild.next())
+            .await
+            .expect("a message in time")
+            .expect("subscription open");
+        seen.push(m);
+    }
+    assert_eq!(seen[10].subject.as_str(), "metrics.mem");
+    let trace = seen[10]
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Trace-Id"))
+        .map(|v| v.as_str().to_string());
+    assert_eq!(trace.as_deref(), Some("abc"));
+    // The queue group got each of the ten once, between its two members.
+    let mut shared = 0;
+    for w in &mut workers {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), w.next()).await {
+            shared += 1;
+        }
+    }
+    assert_eq!(shared, 10);
+
+    let responder = client.clone();
+    let mut svc = client.subscribe("svc.time").await.expect("subscribe");
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, "now".into()).await;
+            }
+        }
+    });
+    client.flush().await.expect("flush");
+    let answer = client
+        .request("svc.time", "?".into())
+        .await
+        .expect("request");
+    assert_eq!(&answer.payload[..], b"now");
+    let none = client
+        .request("nobody.home", "?".into())
+        .await
+        .expect_err("no responders");
+    assert_eq!(none.kind(), async_nats::RequestErrorKind::NoResponders);
+}
