@@ -45,13 +45,11 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 fn python() -> String {
-    let py = std::env::var("BERTH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let (has, _, _) = run(Command::new(&py).args(["-c", "import consul"]));
-    assert!(
-        has,
-        "{py} cannot import consul: run .ci/run, or `pip install py-consul==1.8.0` and set BERTH_TEST_PYTHON"
-    );
-    py
+    crate::harness::python_with(
+        "BERTH_TEST_PYTHON",
+        "consul",
+        "pip install py-consul==1.8.0",
+    )
 }
 
 #[test]

@@ -12,13 +12,7 @@ use serde_json::Value;
 use crate::harness::{http_post, run, Etcd, Server};
 
 fn python() -> String {
-    let py = std::env::var("BERTH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let (ok, _, _) = run(Command::new(&py).args(["-c", "import etcd3gw"]));
-    assert!(
-        ok,
-        "{py} cannot import etcd3gw: run .ci/run, or `pip install etcd3gw` and set BERTH_TEST_PYTHON"
-    );
-    py
+    crate::harness::python_with("BERTH_TEST_PYTHON", "etcd3gw", "pip install etcd3gw")
 }
 
 #[test]

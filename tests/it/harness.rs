@@ -484,6 +484,18 @@ pub fn status_of(e: etcd_client::Error) -> tonic::Status {
     }
 }
 
+/// The Python interpreter named by `env` (default `python3`), checked to import `module`;
+/// `install` says how to get it (`.ci/run` installs every client into a virtualenv).
+pub fn python_with(env: &str, module: &str, install: &str) -> String {
+    let py = std::env::var(env).unwrap_or_else(|_| "python3".into());
+    let (has, _, _) = run(Command::new(&py).args(["-c", &format!("import {module}")]));
+    assert!(
+        has,
+        "{py} cannot import {module}: run .ci/run, or `{install}` and set {env}"
+    );
+    py
+}
+
 /// Runs a command and returns (exit success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd.output().expect("run command");

@@ -366,13 +366,11 @@ fn listener_answers_stale_md5_at_once_and_holds_for_a_change() {
 }
 
 fn python() -> String {
-    let py = std::env::var("BERTH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let (has, _, _) = run(Command::new(&py).args(["-c", "import nacos"]));
-    assert!(
-        has,
-        "{py} cannot import nacos: run .ci/run, or `pip install nacos-sdk-python==2.0.11` and set BERTH_TEST_PYTHON"
-    );
-    py
+    crate::harness::python_with(
+        "BERTH_TEST_PYTHON",
+        "nacos",
+        "pip install nacos-sdk-python==2.0.11",
+    )
 }
 
 #[test]
@@ -446,13 +444,11 @@ fn listener_on_a_follower_hears_publishes_across_a_member_kill() {
 }
 
 fn python_nacos3() -> String {
-    let py = std::env::var("BERTH_TEST_PYTHON_NACOS3").unwrap_or_else(|_| "python3".into());
-    let (has, _, _) = run(Command::new(&py).args(["-c", "import v2.nacos"]));
-    assert!(
-        has,
-        "{py} cannot import v2.nacos: run .ci/run, or `pip install nacos-sdk-python==3.2.0` in a virtualenv and set BERTH_TEST_PYTHON_NACOS3"
-    );
-    py
+    crate::harness::python_with(
+        "BERTH_TEST_PYTHON_NACOS3",
+        "v2.nacos",
+        "pip install nacos-sdk-python==3.2.0 in a virtualenv",
+    )
 }
 
 /// nacos-sdk-python 3.x speaks only Nacos 2.x gRPC (port + 1000): config get, publish, a

@@ -286,13 +286,7 @@ fn a_client_that_stops_answering_pings_is_closed_as_stale() {
 }
 
 fn python() -> String {
-    let py = std::env::var("BERTH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let (has, _, _) = run(Command::new(&py).args(["-c", "import nats"]));
-    assert!(
-        has,
-        "{py} cannot import nats: run .ci/run, or `pip install nats-py==2.16.0` and set BERTH_TEST_PYTHON"
-    );
-    py
+    crate::harness::python_with("BERTH_TEST_PYTHON", "nats", "pip install nats-py==2.16.0")
 }
 
 #[test]

@@ -6,13 +6,7 @@ use std::process::Command;
 use crate::harness::{run, Server};
 
 fn python() -> String {
-    let py = std::env::var("BERTH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let (has_aetcd, _, _) = run(Command::new(&py).args(["-c", "import aetcd"]));
-    assert!(
-        has_aetcd,
-        "{py} cannot import aetcd: run .ci/run, or `pip install aetcd==1.0.0` and set BERTH_TEST_PYTHON"
-    );
-    py
+    crate::harness::python_with("BERTH_TEST_PYTHON", "aetcd", "pip install aetcd==1.0.0")
 }
 
 #[test]
