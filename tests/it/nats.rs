@@ -263,6 +263,57 @@ fn broken_input_gets_nats_servers_errors_and_closes() {
 }
 
 #[test]
+fn connection_and_subscription_limits_are_nats_servers() {
+    let srv = Server::start_with(&[
+        "--nats-max-connections",
+        "2",
+        "--nats-max-subscriptions",
+        "2",
+    ]);
+    let (mut a, _) = ready(&srv);
+    let (mut b, _) = ready(&srv);
+    a.send("CONNECT {}\r\nSUB a 1\r\nSUB b 2\r\nSUB c 3\r\nSUB b 2\r\n");
+    assert_eq!(a.sync(), ["-ERR 'maximum subscriptions exceeded'\r\n"]);
+    b.send("CONNECT {}\r\nPUB c 1\r\nx\r\nPUB b 1\r\ny\r\n");
+    b.sync();
+    assert_eq!(
+        a.line(),
+        "MSG b 2 1\r\n",
+        "sid 3 was refused: only b arrives"
+    );
+    // A third connection gets INFO, then the refusal.
+    let (mut c, _) = ready(&srv);
+    assert_eq!(c.closed().1, "-ERR 'maximum connections exceeded'\r\n");
+    // Room again once one leaves: a new connection is no longer refused (nothing follows
+    // its INFO).
+    drop(b);
+    let t = Instant::now();
+    loop {
+        let (d, _) = ready(&srv);
+        d.r.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut r = d.r;
+        let mut l = String::new();
+        match r.read_line(&mut l) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            other => assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "still refused after a client left: {other:?} {l:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn a_client_that_stops_answering_pings_is_closed_as_stale() {
     let srv = Server::start_with(&["--nats-ping-interval", "200ms"]);
     let (mut c, _) = ready(&srv);

@@ -73,6 +73,13 @@ pub struct ServerArgs {
     /// 67108864, as nats-server's max_pending).
     #[arg(long, env = "BERTH_NATS_MAX_PENDING")]
     pub nats_max_pending: Option<usize>,
+    /// NATS client connections open at once; more are refused (default 65536, as
+    /// nats-server).
+    #[arg(long, env = "BERTH_NATS_MAX_CONNECTIONS")]
+    pub nats_max_connections: Option<usize>,
+    /// Subscriptions one NATS connection may hold (default 0: no limit, as nats-server).
+    #[arg(long, env = "BERTH_NATS_MAX_SUBSCRIPTIONS")]
+    pub nats_max_subscriptions: Option<usize>,
     /// How often berth pings an idle NATS client, e.g. `2m` (default 2m, as nats-server); two
     /// unanswered pings close the connection.
     #[arg(long, env = "BERTH_NATS_PING_INTERVAL")]
@@ -228,6 +235,8 @@ impl ServerArgs {
             listen_nats_urls: self.listen_nats_urls.or(lower.listen_nats_urls),
             nats_max_payload: self.nats_max_payload.or(lower.nats_max_payload),
             nats_max_pending: self.nats_max_pending.or(lower.nats_max_pending),
+            nats_max_connections: self.nats_max_connections.or(lower.nats_max_connections),
+            nats_max_subscriptions: self.nats_max_subscriptions.or(lower.nats_max_subscriptions),
             nats_ping_interval: self.nats_ping_interval.or(lower.nats_ping_interval),
             config_max_content_bytes: self
                 .config_max_content_bytes
@@ -649,6 +658,8 @@ impl Config {
             crate::face::nats::Limits {
                 max_payload,
                 max_pending,
+                max_connections: s.nats_max_connections.unwrap_or(d.max_connections),
+                max_subscriptions: s.nats_max_subscriptions.unwrap_or(d.max_subscriptions),
                 ping_interval: duration(
                     "--nats-ping-interval",
                     s.nats_ping_interval.as_deref(),

@@ -114,6 +114,11 @@ impl Session {
                     self.err("Invalid Subject");
                     return Flow::Go;
                 }
+                let max = self.hub.limits.max_subscriptions;
+                if max != 0 && self.subs.len() >= max && !self.subs.contains_key(&sid) {
+                    self.err("maximum subscriptions exceeded");
+                    return Flow::Go;
+                }
                 // A second SUB with a sid in use is ignored; the first stays.
                 if !self.subs.contains_key(&sid) {
                     let sub = SubRef(Arc::new(Sub {
@@ -250,7 +255,30 @@ pub(super) async fn run<C>(
         close: Notify::new(),
         stats: super::ClientStats::new(peer),
     });
-    hub.clients().insert(id, client.clone());
+    let full = {
+        let mut clients = hub.clients();
+        let full = clients.len() >= hub.limits.max_connections;
+        if !full {
+            clients.insert(id, client.clone());
+        }
+        full
+    };
+    if full {
+        // INFO, then the refusal, as nats-server.
+        tracing::warn!(
+            client = id,
+            ?peer,
+            "NATS connection refused: --nats-max-connections reached"
+        );
+        let (_, mut wr) = tokio::io::split(io);
+        let info = info(&hub, id, local, peer, false);
+        let _ = wr.write_all(&info).await;
+        let _ = wr
+            .write_all(b"-ERR 'maximum connections exceeded'\r\n")
+            .await;
+        let _ = wr.shutdown().await;
+        return;
+    }
     hub.totals.connections.fetch_add(1, Ordering::Relaxed);
     let metrics = hub.core.metrics.clone();
     metrics.nats_connections.inc();

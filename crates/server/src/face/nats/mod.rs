@@ -48,6 +48,10 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// How long a client has to send CONNECT when auth is on.
     pub auth_timeout: Duration,
+    /// Client connections open at once (nats-server's default, 65536).
+    pub max_connections: usize,
+    /// Subscriptions one connection may hold (0: no limit, nats-server's default).
+    pub max_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +61,8 @@ impl Default for Limits {
             max_pending: 64 * 1024 * 1024,
             ping_interval: Duration::from_secs(120),
             auth_timeout: Duration::from_secs(2),
+            max_connections: 65536,
+            max_subscriptions: 0,
         }
     }
 }
