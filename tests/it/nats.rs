@@ -263,6 +263,41 @@ fn broken_input_gets_nats_servers_errors_and_closes() {
 }
 
 #[test]
+fn subscriptions_end_and_subjects_match_as_nats_servers_do() {
+    let srv = Server::start();
+    let (mut c, _) = ready(&srv);
+    c.send("CONNECT {\"headers\":true,\"no_responders\":true}\r\nSUB a.> 1\r\nUNSUB 1 1\r\n");
+    c.send("PUB a.b 1\r\nx\r\nPUB a.b 1\r\ny\r\n");
+    assert_eq!(c.sync(), ["MSG a.b 1 1\r\n", "x\r\n"]);
+    // The auto-unsubscribed sid is free again: a new SUB with it takes effect.
+    c.send("SUB a.> 1\r\nPUB a.c 1\r\nz\r\n");
+    assert_eq!(c.sync(), ["MSG a.c 1 1\r\n", "z\r\n"]);
+    // A subject with an empty token reaches nobody, not even `>` or `*` subscribers.
+    c.send("SUB > 2\r\nSUB *.*.* 3\r\nPUB a..b 1\r\nq\r\nPUB a. 1\r\nq\r\n");
+    assert!(c.sync().is_empty());
+    c.send("UNSUB 2\r\nUNSUB 3\r\n");
+    // An old-style request inbox (one message) ends with its no-responders answer.
+    c.send("SUB inbox.1 20\r\nUNSUB 20 1\r\nPUB nobody inbox.1 0\r\n\r\n");
+    assert_eq!(
+        c.sync(),
+        [
+            "HMSG inbox.1 20 38 38\r\n",
+            "NATS/1.0 503\r\n",
+            "Nats-Subject: nobody\r\n",
+            "\r\n",
+            "\r\n"
+        ]
+    );
+    c.send("PUB nobody inbox.1 0\r\n\r\n");
+    assert!(c.sync().is_empty(), "the inbox outlived its one message");
+    let (_, connz) = srv.http_get("/connz?subs=1");
+    assert!(
+        connz.contains("\"subscriptions_list\":[\"a.>\"]"),
+        "{connz}"
+    );
+}
+
+#[test]
 fn connection_and_subscription_limits_are_nats_servers() {
     let srv = Server::start_with(&[
         "--nats-max-connections",

@@ -139,14 +139,17 @@ impl<T: Clone + PartialEq> Sublist<T> {
         removed
     }
 
-    /// The entries `subject` (a literal subject) reaches.
+    /// The entries `subject` (a literal subject) reaches: none when it has an empty token
+    /// (`foo..bar`, `foo.`), which no subscription can match, as in nats-server.
     pub fn matches(&self, subject: &str) -> Matches<T> {
         let tokens: Vec<&str> = subject.split('.').collect();
         let mut out = Matches {
             plain: Vec::new(),
             queues: Vec::new(),
         };
-        collect(&self.root, &tokens, &mut out);
+        if !tokens.iter().any(|t| t.is_empty()) {
+            collect(&self.root, &tokens, &mut out);
+        }
         out
     }
 }
@@ -272,6 +275,9 @@ mod tests {
         assert_eq!(plain(&s, "foo"), [4, 6]);
         assert_eq!(plain(&s, "foox.bar"), [4, 5]);
         assert_eq!(plain(&s, "foo*.bar"), [4, 5, 7]);
+        // An empty token matches nothing, not even `>` or `*`.
+        assert_eq!(plain(&s, "foo..bar"), Vec::<u32>::new());
+        assert_eq!(plain(&s, "foo."), Vec::<u32>::new());
         assert_eq!(s.len(), 7);
     }
 

@@ -2,7 +2,6 @@
 //! task that drains what the hub queued for it, server pings, and on close every
 //! subscription of the connection leaves the hub.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,7 +48,6 @@ struct Session {
     pedantic: bool,
     connected: bool,
     auth: bool,
-    subs: HashMap<String, SubRef>,
 }
 
 impl Session {
@@ -114,35 +112,37 @@ impl Session {
                     self.err("Invalid Subject");
                     return Flow::Go;
                 }
+                let (held, taken) = {
+                    let subs = self.client.subs();
+                    (subs.len(), subs.contains_key(&sid))
+                };
                 let max = self.hub.limits.max_subscriptions;
-                if max != 0 && self.subs.len() >= max && !self.subs.contains_key(&sid) {
+                if max != 0 && held >= max && !taken {
                     self.err("maximum subscriptions exceeded");
                     return Flow::Go;
                 }
                 // A second SUB with a sid in use is ignored; the first stays.
-                if !self.subs.contains_key(&sid) {
+                if !taken {
                     let sub = SubRef(Arc::new(Sub {
                         client: self.client.clone(),
-                        sid: sid.clone(),
+                        sid,
                         subject: filter,
                         queue,
                         max: AtomicU64::new(0),
                         delivered: AtomicU64::new(0),
+                        closed: AtomicBool::new(false),
                     }));
                     self.hub.subscribe(&sub);
-                    self.subs.insert(sid, sub);
                 }
                 self.ok();
             }
             Op::Unsub { sid, max } => {
-                if let Some(sub) = self.subs.get(&sid).cloned() {
+                let sub = self.client.subs().get(&sid).cloned();
+                if let Some(sub) = sub {
                     let delivered = sub.0.delivered.load(Ordering::Relaxed);
                     match max {
                         Some(max) if max > delivered => sub.0.max.store(max, Ordering::Relaxed),
-                        _ => {
-                            self.hub.unsubscribe(&sub);
-                            self.subs.remove(&sid);
-                        }
+                        _ => self.hub.unsubscribe(&sub),
                     }
                 }
                 self.ok();
@@ -242,11 +242,10 @@ pub(super) async fn run<C>(
 {
     let id = hub.next_client.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::unbounded_channel();
-    let pending = Arc::new(AtomicUsize::new(0));
     let client = Arc::new(Client {
         id,
         out: tx,
-        pending: pending.clone(),
+        pending: Arc::new(AtomicUsize::new(0)),
         headers: AtomicBool::new(false),
         echo: AtomicBool::new(true),
         no_responders: AtomicBool::new(false),
@@ -254,6 +253,7 @@ pub(super) async fn run<C>(
         slow: AtomicBool::new(false),
         close: Notify::new(),
         stats: super::ClientStats::new(peer),
+        subs: Default::default(),
     });
     let full = {
         let mut clients = hub.clients();
@@ -283,7 +283,7 @@ pub(super) async fn run<C>(
     let metrics = hub.core.metrics.clone();
     metrics.nats_connections.inc();
     let (mut rd, wr) = tokio::io::split(io);
-    let mut writer = tokio::spawn(write_loop(wr, rx, pending));
+    let mut writer = tokio::spawn(write_loop(wr, rx, client.clone()));
     let auth = hub.core.auth.view().enabled;
     client.send(&hub, info(&hub, id, local, peer, auth));
     tracing::debug!(client = id, ?peer, "NATS connection");
@@ -294,7 +294,6 @@ pub(super) async fn run<C>(
         pedantic: false,
         connected: false,
         auth,
-        subs: HashMap::new(),
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let period = hub.limits.ping_interval;
@@ -352,13 +351,20 @@ pub(super) async fn run<C>(
     if let Some(text) = end {
         s.err(text);
     }
-    for sub in s.subs.values() {
+    // Closing first: a publish that matched a subscription before it goes takes another
+    // queue member instead of this connection.
+    client.closing.store(true, Ordering::Relaxed);
+    let subs: Vec<SubRef> = std::mem::take(&mut *client.subs()).into_values().collect();
+    for sub in &subs {
         hub.unsubscribe(sub);
+    }
+    if client.slow.load(Ordering::Relaxed) {
+        metrics.nats_slow_consumers.inc();
+        hub.totals.slow_consumers.fetch_add(1, Ordering::Relaxed);
     }
     // What was queued is written (the writer ends on the empty sentinel), then the socket
     // closes; a slow consumer's queue is dropped, as is one that cannot be written in time.
     let _ = client.out.send(Bytes::new());
-    client.closing.store(true, Ordering::Relaxed);
     if client.slow.load(Ordering::Relaxed)
         || tokio::time::timeout(Duration::from_secs(1), &mut writer)
             .await
@@ -375,30 +381,58 @@ pub(super) async fn run<C>(
     tracing::debug!(client = id, "NATS connection closed");
 }
 
-/// Writes what the hub queued, coalescing what is waiting into one write.
+/// How long one write may block before the client counts as a slow consumer and is closed
+/// (nats-server's `write_deadline`).
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Writes what the hub queued, coalescing what is waiting into one write; a write that fails
+/// or blocks past [`WRITE_DEADLINE`] closes the connection.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
-    pending: Arc<AtomicUsize>,
+    client: Arc<Client>,
 ) {
     let mut batch = BytesMut::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let Some(first) = rx.recv().await else { break };
         let mut last = first.is_empty();
+        let mut items = usize::from(!last);
         batch.extend_from_slice(&first);
         while !last && batch.len() < 256 * 1024 {
             match rx.try_recv() {
                 Ok(b) => {
                     last = b.is_empty();
+                    items += usize::from(!last);
                     batch.extend_from_slice(&b);
                 }
                 Err(_) => break,
             }
         }
-        let n = batch.len();
-        if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
-            break;
+        let write = async {
+            wr.write_all(&batch).await?;
+            wr.flush().await
+        };
+        match tokio::time::timeout(WRITE_DEADLINE, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(client = client.id, error = %e, "NATS write failed");
+                client.shut();
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    client = client.id,
+                    "NATS write blocked past its deadline: slow consumer"
+                );
+                client.slow.store(true, Ordering::Relaxed);
+                client.shut();
+                break;
+            }
         }
-        pending.fetch_sub(n, Ordering::Relaxed);
+        client.pending.fetch_sub(
+            batch.len() + items * super::QUEUED_OVERHEAD,
+            Ordering::Relaxed,
+        );
         batch.clear();
         if last {
             break;

@@ -84,7 +84,13 @@ pub(crate) struct Client {
     close: Notify,
     /// What `/connz` reports of it.
     stats: ClientStats,
+    /// Its subscriptions by sid (the hub removes an auto-unsubscribed one here too).
+    subs: std::sync::Mutex<std::collections::BTreeMap<String, SubRef>>,
 }
+
+/// What one queued item is charged beyond its bytes (its handle and channel slot), so a
+/// client that never reads cannot make the server hold many small items past the limit.
+const QUEUED_OVERHEAD: usize = 64;
 
 /// A connection's figures for `/connz`.
 pub(crate) struct ClientStats {
@@ -96,17 +102,11 @@ pub(crate) struct ClientStats {
     in_bytes: AtomicU64,
     out_msgs: AtomicU64,
     out_bytes: AtomicU64,
-    /// Subject filters by sid (`/connz?subs=1`); its length is the subscription count.
-    subjects: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     /// CONNECT's `name`, `lang` and `version`.
     named: std::sync::Mutex<(String, String, String)>,
 }
 
 impl ClientStats {
-    fn subjects(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
-        self.subjects.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn new(addr: Option<SocketAddr>) -> ClientStats {
         ClientStats {
             addr,
@@ -116,7 +116,6 @@ impl ClientStats {
             in_bytes: AtomicU64::new(0),
             out_msgs: AtomicU64::new(0),
             out_bytes: AtomicU64::new(0),
-            subjects: Default::default(),
             named: std::sync::Mutex::new(Default::default()),
         }
     }
@@ -141,31 +140,39 @@ struct Totals {
 }
 
 impl Client {
-    /// Queues `bytes` for the client; past the pending limit the client is closed instead.
+    /// Queues `bytes` for the client; past the pending limit the client is closed (as a slow
+    /// consumer) instead.
     fn send(&self, hub: &Hub, bytes: Bytes) -> bool {
         if self.closing.load(Ordering::Relaxed) {
             return false;
         }
-        let queued = self.pending.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        let charge = bytes.len() + QUEUED_OVERHEAD;
+        let queued = self.pending.fetch_add(charge, Ordering::Relaxed) + charge;
         if queued > hub.limits.max_pending {
-            self.pending.fetch_sub(bytes.len(), Ordering::Relaxed);
+            self.pending.fetch_sub(charge, Ordering::Relaxed);
             tracing::warn!(
                 client = self.id,
                 queued,
                 "NATS slow consumer: closing the connection"
             );
-            hub.core.metrics.nats_slow_consumers.inc();
-            hub.totals.slow_consumers.fetch_add(1, Ordering::Relaxed);
             self.slow.store(true, Ordering::Relaxed);
             self.shut();
             return false;
         }
-        self.out.send(bytes).is_ok()
+        if self.out.send(bytes).is_err() {
+            self.pending.fetch_sub(charge, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     fn shut(&self) {
         self.closing.store(true, Ordering::Relaxed);
         self.close.notify_one();
+    }
+
+    fn subs(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, SubRef>> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -178,6 +185,8 @@ pub(crate) struct Sub {
     /// Auto-unsubscribe after this many messages (0: never).
     max: AtomicU64,
     delivered: AtomicU64,
+    /// Set when it is removed: a publish that matched it before takes another member.
+    closed: AtomicBool,
 }
 
 /// A subscription handle, equal only to itself.
@@ -247,21 +256,19 @@ impl Hub {
 
     fn subscribe(&self, sub: &SubRef) {
         let s = &sub.0;
-        s.client
-            .stats
-            .subjects()
-            .insert(s.sid.clone(), s.subject.clone());
+        s.client.subs().insert(s.sid.clone(), sub.clone());
         self.subs_write()
             .insert(&s.subject, s.queue.as_deref(), sub.clone());
     }
 
     fn unsubscribe(&self, sub: &SubRef) {
         let s = &sub.0;
-        if self
-            .subs_write()
-            .remove(&s.subject, s.queue.as_deref(), sub)
-        {
-            s.client.stats.subjects().remove(&s.sid);
+        s.closed.store(true, Ordering::Relaxed);
+        self.subs_write()
+            .remove(&s.subject, s.queue.as_deref(), sub);
+        let mut subs = s.client.subs();
+        if subs.get(&s.sid).is_some_and(|held| held == sub) {
+            subs.remove(&s.sid);
         }
     }
 
@@ -327,13 +334,17 @@ impl Hub {
         done: &mut Vec<SubRef>,
     ) -> bool {
         let s = &sub.0;
-        let max = s.max.load(Ordering::Relaxed);
-        let n = s.delivered.fetch_add(1, Ordering::Relaxed) + 1;
-        if max != 0 && n > max {
+        if s.closed.load(Ordering::Relaxed) {
             return false;
         }
-        if max != 0 && n == max {
+        let n = s.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+        let max = s.max.load(Ordering::Relaxed);
+        if max != 0 && n >= max {
+            // Removal is idempotent: whichever delivery reaches the count queues it.
             done.push(sub.clone());
+            if n > max {
+                return false;
+            }
         }
         // A client that did not negotiate headers gets the payload alone.
         let headers = headers.filter(|_| s.client.headers.load(Ordering::Relaxed));
@@ -351,7 +362,8 @@ impl Hub {
     }
 
     /// Tells a requester nobody listens: a 503 status message on its subscription for the
-    /// reply subject, when it negotiated headers and no-responders.
+    /// reply subject, when it negotiated headers and no-responders. It is a delivery like
+    /// any other (an inbox subscribed for one message ends with it).
     fn no_responders(&self, from: &Client, subject: &str, reply: &str) {
         if !(from.headers.load(Ordering::Relaxed) && from.no_responders.load(Ordering::Relaxed)) {
             return;
@@ -361,8 +373,11 @@ impl Hub {
             return;
         };
         let headers = Bytes::from(format!("NATS/1.0 503\r\nNats-Subject: {subject}\r\n\r\n"));
-        let msg = message(reply, &sub.0.sid, None, Some(&headers), &Bytes::new());
-        sub.0.client.send(self, msg);
+        let mut done = Vec::new();
+        self.deliver(sub, reply, None, Some(&headers), &Bytes::new(), &mut done);
+        for sub in done {
+            self.unsubscribe(&sub);
+        }
     }
 }
 

@@ -111,7 +111,7 @@ fn sort_key(c: &Client, by: &str) -> Option<(u64, bool)> {
     Some(match by {
         "cid" => (c.id, false),
         "start" => (ms(s.started), false),
-        "subs" => (s.subjects().len() as u64, true),
+        "subs" => (c.subs().len() as u64, true),
         "pending" => (c.pending.load(Ordering::Relaxed) as u64, true),
         "msgs_to" => (s.out_msgs.load(Ordering::Relaxed), true),
         "msgs_from" => (s.in_msgs.load(Ordering::Relaxed), true),
@@ -209,7 +209,7 @@ fn connection(c: &Client, subs: bool, now: SystemTime) -> Value {
         "out_msgs": s.out_msgs.load(Ordering::Relaxed),
         "in_bytes": s.in_bytes.load(Ordering::Relaxed),
         "out_bytes": s.out_bytes.load(Ordering::Relaxed),
-        "subscriptions": s.subjects().len(),
+        "subscriptions": c.subs().len(),
     });
     for (key, value) in [("name", name), ("lang", lang), ("version", version)] {
         if !value.is_empty() {
@@ -217,7 +217,7 @@ fn connection(c: &Client, subs: bool, now: SystemTime) -> Value {
         }
     }
     if subs {
-        let list: Vec<String> = s.subjects().values().cloned().collect();
+        let list: Vec<String> = c.subs().values().map(|s| s.0.subject.clone()).collect();
         v["subscriptions_list"] = json!(list);
     }
     v

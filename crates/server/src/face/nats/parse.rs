@@ -81,7 +81,8 @@ pub fn next_op(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Op>, Par
         .take(MAX_CONTROL_LINE + 2)
         .position(|b| *b == b'\n')
     else {
-        if buf.len() > MAX_CONTROL_LINE {
+        // A full-length line's CR may have come without its LF yet.
+        if buf.len() > MAX_CONTROL_LINE + 1 {
             return Err(ParseError::ControlLine);
         }
         return Ok(None);
@@ -95,11 +96,14 @@ pub fn next_op(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Op>, Par
         return Err(ParseError::ControlLine);
     }
     let line = std::str::from_utf8(&buf[..end]).map_err(|_| ParseError::Unknown)?;
-    let (verb, args) = match line.find([' ', '\t']) {
-        Some(i) => (&line[..i], line[i..].trim_matches([' ', '\t'])),
+    // A CR or LF inside the line separates fields too (as nats-server splits), so it can
+    // never end up inside a subject that is forwarded to other clients.
+    const SEPARATORS: [char; 4] = [' ', '\t', '\r', '\n'];
+    let (verb, args) = match line.find(SEPARATORS) {
+        Some(i) => (&line[..i], line[i..].trim_matches(SEPARATORS)),
         None => (line, ""),
     };
-    let fields: Vec<&str> = args.split([' ', '\t']).filter(|f| !f.is_empty()).collect();
+    let fields: Vec<&str> = args.split(SEPARATORS).filter(|f| !f.is_empty()).collect();
     let verb = verb.to_ascii_uppercase();
     let op = match verb.as_str() {
         "PING" => Op::Ping,
@@ -136,7 +140,13 @@ pub fn next_op(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Op>, Par
                 return Err(ParseError::Unknown);
             }
             let (names, sizes) = fields.split_at(fields.len() - sizes);
-            let size = |s: &str| s.parse::<usize>().map_err(|_| ParseError::Unknown);
+            // Digits only (Rust's parse would take a leading `+`, nats-server does not).
+            let size = |s: &str| {
+                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ParseError::Unknown);
+                }
+                s.parse::<usize>().map_err(|_| ParseError::Unknown)
+            };
             let (header_len, total) = if headed {
                 (size(sizes[0])?, size(sizes[1])?)
             } else {
@@ -246,7 +256,17 @@ mod tests {
         assert_eq!(all(b"PUB foo 2000\r\n"), Err(ParseError::MaxPayload));
         assert_eq!(all(b"HPUB foo 5 3\r\n"), Err(ParseError::Unknown));
         assert_eq!(all(b"SUB foo\r\n"), Err(ParseError::Silent("SUB")));
-        let long = vec![b'x'; MAX_CONTROL_LINE + 1];
+        // A CR inside the line is a separator: it never reaches a subject or reply.
+        assert_eq!(
+            all(b"PUB svc x\ry 5\r\nhello\r\n"),
+            Err(ParseError::Unknown)
+        );
+        assert_eq!(all(b"PUB foo +5\r\nhello\r\n"), Err(ParseError::Unknown));
+        // A full-length line whose LF has not arrived yet waits.
+        let mut edge = BytesMut::from(&[b'x'; MAX_CONTROL_LINE + 1][..]);
+        edge[MAX_CONTROL_LINE] = b'\r';
+        assert_eq!(next_op(&mut edge, 1024), Ok(None));
+        let long = vec![b'x'; MAX_CONTROL_LINE + 2];
         assert_eq!(all(&long), Err(ParseError::ControlLine));
         assert_eq!(
             ParseError::MaxPayload.err_text().as_deref(),
