@@ -186,6 +186,46 @@ pub fn next_op(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Op>, Par
     Ok(Some(op))
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/nats_parse.rs`): feeds `input` (its first
+/// byte chooses how the rest is cut into reads) to the parser as a connection would, with a
+/// 1 KiB payload limit, and returns the ops it parsed and whether it ended in an error.
+///
+/// # Panics
+/// If the parser ever holds more than one control line and one maximal message while waiting
+/// (what a client can make a connection buffer), or if what it parses depends on how the
+/// input was cut into reads.
+pub fn fuzz_feed(input: &[u8]) -> (Vec<Op>, bool) {
+    let (&cut, data) = input.split_first().unwrap_or((&0, &[]));
+    let fed = feed(data, usize::from(cut).max(1));
+    let whole = feed(data, data.len().max(1));
+    assert_eq!(fed, whole, "the parse depends on how the input was cut");
+    fed
+}
+
+fn feed(data: &[u8], chunk: usize) -> (Vec<Op>, bool) {
+    const MAX_PAYLOAD: usize = 1024;
+    let mut buf = BytesMut::new();
+    let mut ops = Vec::new();
+    for piece in data.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        loop {
+            match next_op(&mut buf, MAX_PAYLOAD) {
+                Ok(Some(op)) => ops.push(op),
+                Ok(None) => break,
+                Err(_) => return (ops, true),
+            }
+        }
+        // What waits is at most a control line, its message and their line ends, plus the
+        // read that brought it.
+        assert!(
+            buf.len() <= MAX_CONTROL_LINE + MAX_PAYLOAD + 4 + chunk,
+            "held {} bytes",
+            buf.len()
+        );
+    }
+    (ops, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +282,24 @@ mod tests {
                 Op::Pong,
             ]
         );
+    }
+
+    #[test]
+    fn the_fuzz_corpus_parses_alike_however_it_is_cut() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/nats_parse");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).expect("fuzz/corpus/nats_parse") {
+            let input = std::fs::read(entry.expect("entry").path()).expect("seed");
+            seeds += 1;
+            for cut in [None, Some(1), Some(2), Some(7), Some(255)] {
+                let mut input = input.clone();
+                if let (Some(c), Some(first)) = (cut, input.first_mut()) {
+                    *first = c;
+                }
+                fuzz_feed(&input);
+            }
+        }
+        assert!(seeds >= 4, "{seeds} seeds");
     }
 
     #[test]
