@@ -300,6 +300,15 @@ impl Server {
         self.spawn();
     }
 
+    /// `flag value`, unless the test's own flags give `flag`.
+    fn unless_given(&self, flag: &str, value: String) -> Vec<String> {
+        if self.extra.iter().any(|a| a == flag) {
+            Vec::new()
+        } else {
+            vec![flag.to_string(), value]
+        }
+    }
+
     /// The `berth server` command for this server.
     fn command(&self) -> Command {
         let peer = self.peer_url.clone();
@@ -318,52 +327,20 @@ impl Server {
             .arg(self.endpoint())
             .arg("--listen-peer-urls")
             .arg(&peer)
-            .args(
-                // A test that gives its own HTTP URL (e.g. https://) keeps it.
-                (!self.extra.iter().any(|a| a == "--listen-http-urls"))
-                    .then(|| {
-                        [
-                            "--listen-http-urls".to_string(),
-                            format!("http://{}", self.http_addr),
-                        ]
-                    })
-                    .into_iter()
-                    .flatten(),
-            )
-            .args(
-                // Never Consul's default port: servers of parallel tests would share it.
-                (!self.extra.iter().any(|a| a == "--listen-dns-addr"))
-                    .then(|| ["--listen-dns-addr".to_string(), self.dns_addr.clone()])
-                    .into_iter()
-                    .flatten(),
-            )
-            .args(
-                (!self.extra.iter().any(|a| a == "--listen-nacos-urls"))
-                    .then(|| {
-                        [
-                            "--listen-nacos-urls".to_string(),
-                            if self.nacos_addr.is_empty() {
-                                String::new()
-                            } else {
-                                format!("http://{}", self.nacos_addr)
-                            },
-                        ]
-                    })
-                    .into_iter()
-                    .flatten(),
-            )
-            .args(
-                // Never NATS's default port: servers of parallel tests would share it.
-                (!self.extra.iter().any(|a| a == "--listen-nats-urls"))
-                    .then(|| {
-                        [
-                            "--listen-nats-urls".to_string(),
-                            format!("nats://{}", self.nats_addr),
-                        ]
-                    })
-                    .into_iter()
-                    .flatten(),
-            )
+            // A test that gives its own listener flag (e.g. an https:// URL) keeps it; the
+            // others get this server's own ports, never a default one that servers of
+            // parallel tests would share.
+            .args(self.unless_given("--listen-http-urls", format!("http://{}", self.http_addr)))
+            .args(self.unless_given("--listen-dns-addr", self.dns_addr.clone()))
+            .args(self.unless_given(
+                "--listen-nacos-urls",
+                if self.nacos_addr.is_empty() {
+                    String::new()
+                } else {
+                    format!("http://{}", self.nacos_addr)
+                },
+            ))
+            .args(self.unless_given("--listen-nats-urls", format!("nats://{}", self.nats_addr)))
             .arg("--log-level")
             .arg(std::env::var("BERTH_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into()))
             .args(self.extra.iter().filter(|a| *a != WITH_NACOS));

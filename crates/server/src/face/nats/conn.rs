@@ -245,7 +245,7 @@ pub(super) async fn run<C>(
     let client = Arc::new(Client {
         id,
         out: tx,
-        pending: Arc::new(AtomicUsize::new(0)),
+        pending: AtomicUsize::new(0),
         headers: AtomicBool::new(false),
         echo: AtomicBool::new(true),
         no_responders: AtomicBool::new(false),

@@ -72,7 +72,7 @@ pub(crate) struct Client {
     id: u64,
     out: mpsc::UnboundedSender<Bytes>,
     /// Bytes queued for the writer and not yet written.
-    pending: Arc<AtomicUsize>,
+    pending: AtomicUsize,
     /// Negotiated in CONNECT.
     headers: AtomicBool,
     echo: AtomicBool,
@@ -98,10 +98,8 @@ pub(crate) struct ClientStats {
     started: std::time::SystemTime,
     /// Milliseconds since the UNIX epoch of the last bytes read.
     last_activity_ms: AtomicU64,
-    in_msgs: AtomicU64,
-    in_bytes: AtomicU64,
-    out_msgs: AtomicU64,
-    out_bytes: AtomicU64,
+    inbound: Traffic,
+    outbound: Traffic,
     /// CONNECT's `name`, `lang` and `version`.
     named: std::sync::Mutex<(String, String, String)>,
 }
@@ -112,10 +110,8 @@ impl ClientStats {
             addr,
             started: std::time::SystemTime::now(),
             last_activity_ms: AtomicU64::new(unix_ms()),
-            in_msgs: AtomicU64::new(0),
-            in_bytes: AtomicU64::new(0),
-            out_msgs: AtomicU64::new(0),
-            out_bytes: AtomicU64::new(0),
+            inbound: Traffic::default(),
+            outbound: Traffic::default(),
             named: std::sync::Mutex::new(Default::default()),
         }
     }
@@ -128,13 +124,33 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Messages and their bytes, one way.
+#[derive(Default)]
+struct Traffic {
+    msgs: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Traffic {
+    fn add(&self, size: u64) {
+        self.msgs.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    fn msgs(&self) -> u64 {
+        self.msgs.load(Ordering::Relaxed)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// Server-wide totals for `/varz`.
 #[derive(Default)]
 struct Totals {
-    in_msgs: AtomicU64,
-    in_bytes: AtomicU64,
-    out_msgs: AtomicU64,
-    out_bytes: AtomicU64,
+    inbound: Traffic,
+    outbound: Traffic,
     connections: AtomicU64,
     slow_consumers: AtomicU64,
 }
@@ -284,10 +300,8 @@ impl Hub {
     ) -> usize {
         self.core.metrics.nats_msgs_in.inc();
         let size = (payload.len() + headers.map_or(0, Bytes::len)) as u64;
-        from.stats.in_msgs.fetch_add(1, Ordering::Relaxed);
-        from.stats.in_bytes.fetch_add(size, Ordering::Relaxed);
-        self.totals.in_msgs.fetch_add(1, Ordering::Relaxed);
-        self.totals.in_bytes.fetch_add(size, Ordering::Relaxed);
+        from.stats.inbound.add(size);
+        self.totals.inbound.add(size);
         let matches = self.subs_read().matches(subject);
         let echo = from.echo.load(Ordering::Relaxed);
         let eligible = |s: &SubRef| echo || s.0.client.id != from.id;
@@ -353,10 +367,8 @@ impl Hub {
         if sent {
             let size = (payload.len() + headers.map_or(0, Bytes::len)) as u64;
             self.core.metrics.nats_msgs_out.inc();
-            s.client.stats.out_msgs.fetch_add(1, Ordering::Relaxed);
-            s.client.stats.out_bytes.fetch_add(size, Ordering::Relaxed);
-            self.totals.out_msgs.fetch_add(1, Ordering::Relaxed);
-            self.totals.out_bytes.fetch_add(size, Ordering::Relaxed);
+            s.client.stats.outbound.add(size);
+            self.totals.outbound.add(size);
         }
         sent
     }

@@ -80,10 +80,10 @@ async fn varz(State(hub): State<Arc<Hub>>) -> Json<Value> {
         "routes": 0,
         "remotes": 0,
         "leafnodes": 0,
-        "in_msgs": t.in_msgs.load(Ordering::Relaxed),
-        "out_msgs": t.out_msgs.load(Ordering::Relaxed),
-        "in_bytes": t.in_bytes.load(Ordering::Relaxed),
-        "out_bytes": t.out_bytes.load(Ordering::Relaxed),
+        "in_msgs": t.inbound.msgs(),
+        "out_msgs": t.outbound.msgs(),
+        "in_bytes": t.inbound.bytes(),
+        "out_bytes": t.outbound.bytes(),
         "slow_consumers": t.slow_consumers.load(Ordering::Relaxed),
         "subscriptions": hub.subs_read().len(),
     }))
@@ -100,29 +100,35 @@ struct ConnzQuery {
     subs: Option<String>,
 }
 
-/// The fields a sort looks at, and whether it is descending (nats-server sorts every key
-/// but `cid` and `start` largest first).
-fn sort_key(c: &Client, by: &str) -> Option<(u64, bool)> {
-    let s = &c.stats;
-    let ms = |t: SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    };
+/// What a sort reads of a connection.
+type SortKey = fn(&Client) -> u64;
+
+/// `/connz`'s `sort` by name: what it reads, and whether it is descending (nats-server sorts
+/// every key but `cid` and `start` largest first); `None` for a name it does not know.
+fn sorter(by: &str) -> Option<(SortKey, bool)> {
     Some(match by {
-        "cid" => (c.id, false),
-        "start" => (ms(s.started), false),
-        "subs" => (c.subs().len() as u64, true),
-        "pending" => (c.pending.load(Ordering::Relaxed) as u64, true),
-        "msgs_to" => (s.out_msgs.load(Ordering::Relaxed), true),
-        "msgs_from" => (s.in_msgs.load(Ordering::Relaxed), true),
-        "bytes_to" => (s.out_bytes.load(Ordering::Relaxed), true),
-        "bytes_from" => (s.in_bytes.load(Ordering::Relaxed), true),
-        "last" => (s.last_activity_ms.load(Ordering::Relaxed), true),
+        "cid" => (|c| c.id, false),
+        "start" => (
+            |c| {
+                c.stats
+                    .started
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            },
+            false,
+        ),
+        "subs" => (|c| c.subs().len() as u64, true),
+        "pending" => (|c| c.pending.load(Ordering::Relaxed) as u64, true),
+        "msgs_to" => (|c| c.stats.outbound.msgs(), true),
+        "msgs_from" => (|c| c.stats.inbound.msgs(), true),
+        "bytes_to" => (|c| c.stats.outbound.bytes(), true),
+        "bytes_from" => (|c| c.stats.inbound.bytes(), true),
+        "last" => (|c| c.stats.last_activity_ms.load(Ordering::Relaxed), true),
         "idle" => (
-            super::unix_ms().saturating_sub(s.last_activity_ms.load(Ordering::Relaxed)),
+            |c| super::unix_ms().saturating_sub(c.stats.last_activity_ms.load(Ordering::Relaxed)),
             true,
         ),
-        "uptime" => (nanos(since(s.started)), true),
+        "uptime" => (|c| nanos(since(c.stats.started)), true),
         _ => return None,
     })
 }
@@ -133,10 +139,10 @@ fn bad(msg: String) -> Response {
 
 async fn connz(State(hub): State<Arc<Hub>>, Query(q): Query<ConnzQuery>) -> Response {
     let by = q.sort.as_deref().unwrap_or("cid");
-    let mut clients: Vec<Arc<Client>> = hub.clients().values().cloned().collect();
-    if !SORTS.contains(&by) {
+    let Some((key, descending)) = sorter(by) else {
         return bad(format!("invalid sorting option: {by}"));
-    }
+    };
+    let mut clients: Vec<Arc<Client>> = hub.clients().values().cloned().collect();
     let subs = match q.subs.as_deref() {
         None | Some("" | "0" | "false") => false,
         Some("1" | "true" | "detail") => true,
@@ -147,8 +153,8 @@ async fn connz(State(hub): State<Arc<Hub>>, Query(q): Query<ConnzQuery>) -> Resp
     }
     let total = clients.len();
     clients.sort_by_key(|c| {
-        let (k, desc) = sort_key(c, by).unwrap_or((c.id, false));
-        if desc {
+        let k = key(c);
+        if descending {
             u64::MAX - k
         } else {
             k
@@ -174,21 +180,6 @@ async fn connz(State(hub): State<Arc<Hub>>, Query(q): Query<ConnzQuery>) -> Resp
     .into_response()
 }
 
-/// The sorts `/connz` takes ([`sort_key`] reads each).
-const SORTS: [&str; 11] = [
-    "cid",
-    "start",
-    "subs",
-    "pending",
-    "msgs_to",
-    "msgs_from",
-    "bytes_to",
-    "bytes_from",
-    "last",
-    "idle",
-    "uptime",
-];
-
 fn connection(c: &Client, subs: bool, now: SystemTime) -> Value {
     let s = &c.stats;
     let last_ms = s.last_activity_ms.load(Ordering::Relaxed);
@@ -205,10 +196,10 @@ fn connection(c: &Client, subs: bool, now: SystemTime) -> Value {
         "uptime": go_duration(now.duration_since(s.started).unwrap_or_default()),
         "idle": go_duration(now.duration_since(last).unwrap_or_default()),
         "pending_bytes": c.pending.load(Ordering::Relaxed),
-        "in_msgs": s.in_msgs.load(Ordering::Relaxed),
-        "out_msgs": s.out_msgs.load(Ordering::Relaxed),
-        "in_bytes": s.in_bytes.load(Ordering::Relaxed),
-        "out_bytes": s.out_bytes.load(Ordering::Relaxed),
+        "in_msgs": s.inbound.msgs(),
+        "out_msgs": s.outbound.msgs(),
+        "in_bytes": s.inbound.bytes(),
+        "out_bytes": s.outbound.bytes(),
         "subscriptions": c.subs().len(),
     });
     for (key, value) in [("name", name), ("lang", lang), ("version", version)] {
