@@ -153,7 +153,10 @@ pub(crate) fn quorum_contact(m: &RaftMetrics<TypeConfig>, lease: Duration) -> bo
     if m.membership_config.membership().voter_ids().count() <= 1 {
         return true;
     }
+    // A leader elected moments ago has no acknowledged heartbeat yet: its election was its
+    // quorum's word (etcd names a new leader at once too). Leader-only answers still wait
+    // for its first entry to commit (`leads_caught_up`), which takes that quorum.
     m.last_quorum_acked
         .as_ref()
-        .is_some_and(|acked| acked.elapsed() < lease)
+        .is_none_or(|acked| acked.elapsed() < lease)
 }
