@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/raft.proto",
         "proto/berth/store.proto",
         "proto/berth/lease.proto",
+        "proto/berth/nats.proto",
         "proto/grpc/health/v1/health.proto",
     ];
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
@@ -20,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Forwarded NATS messages are handed on without a copy.
+        .bytes(".berth.nats.Forward")
         .file_descriptor_set_path(&descriptors)
         .compile_protos(&files, &[root, "proto"])?;
     // proto3 JSON for etcd's messages, as etcd's JSON gateway speaks it (grpc-gateway v1's

@@ -553,3 +553,256 @@ async fn async_nats_publishes_subscribes_queues_and_requests() {
         .expect_err("no responders");
     assert_eq!(none.kind(), async_nats::RequestErrorKind::NoResponders);
 }
+
+/// A raw client with headers and no-responders on, verbose off.
+fn quiet(addr: &str) -> Raw {
+    let (mut c, _) = Raw::connect(addr);
+    c.send("CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n");
+    assert!(c.sync().is_empty());
+    c
+}
+
+/// Publishes requests on `subject` from `c` until one gets no no-responders status: some
+/// member has a subscriber for it. Interest from one member arrives in the order its
+/// subscriptions were made, so this proves that member's earlier subscriptions known too.
+fn until_interest(c: &mut Raw, subject: &str) {
+    c.send("SUB _INBOX.probe 999\r\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.send(&format!("PUB {subject} _INBOX.probe 0\r\n\r\n"));
+        let before = c.sync();
+        if before.is_empty() {
+            break;
+        }
+        assert!(before[0].starts_with("HMSG _INBOX.probe 999"), "{before:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no interest in {subject} arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.send("UNSUB 999\r\n");
+}
+
+/// Reads messages until one on `end`; returns the others as (subject, sid, payload).
+fn read_until(c: &mut Raw, end: &str) -> Vec<(String, String, String)> {
+    let mut got = Vec::new();
+    loop {
+        let head = c.line();
+        let parts: Vec<&str> = head.split_whitespace().collect();
+        assert_eq!(parts.first(), Some(&"MSG"), "{head:?}");
+        let len: usize = parts[parts.len() - 1].parse().expect("length");
+        let payload = c.bytes(len + 2);
+        if parts[1] == end {
+            return got;
+        }
+        got.push((
+            parts[1].to_string(),
+            parts[2].to_string(),
+            payload.trim_end().to_string(),
+        ));
+    }
+}
+
+/// In a cluster, a message published on any member reaches the subscribers of every member
+/// (as nats-server's routes carry it), once each; a queue group takes each message once
+/// across the cluster, preferring a member on the publisher's own member as nats-server does.
+#[test]
+fn messages_reach_subscribers_on_every_member() {
+    let cluster = crate::harness::Cluster::start(3);
+    let [m0, m1, m2] = [0, 1, 2].map(|i| cluster.members[i].nats_addr.clone());
+    let mut a = quiet(&m0);
+    a.send("SUB orders.new workers 2\r\nSUB orders.> 1\r\nSUB probe.a 3\r\n");
+    assert!(a.sync().is_empty());
+    let mut b = quiet(&m2);
+    b.send("SUB orders.new workers 7\r\nSUB orders.* 8\r\nSUB probe.b 9\r\n");
+    assert!(b.sync().is_empty());
+
+    let mut p = quiet(&m1);
+    until_interest(&mut p, "probe.a");
+    until_interest(&mut p, "probe.b");
+    let _ = (a.sync(), b.sync());
+    // Drop the probes the subscribers got.
+    for c in [&mut a, &mut b] {
+        c.send("PING\r\n");
+        loop {
+            let l = c.line();
+            if l == "PONG\r\n" {
+                break;
+            }
+            if l.starts_with("MSG") {
+                let _ = c.line();
+            }
+        }
+    }
+    for i in 0..100 {
+        p.send(&format!(
+            "PUB orders.new {}\r\n{i}\r\n",
+            i.to_string().len()
+        ));
+    }
+    p.send("PUB orders.end 0\r\n\r\n");
+    assert!(p.sync().is_empty());
+    let got_a = read_until(&mut a, "orders.end");
+    let got_b = read_until(&mut b, "orders.end");
+    let count = |got: &[(String, String, String)], sid: &str| {
+        got.iter().filter(|(_, s, _)| s == sid).count()
+    };
+    assert_eq!(
+        count(&got_a, "1"),
+        100,
+        "every message reached m0's wildcard"
+    );
+    assert_eq!(
+        count(&got_b, "8"),
+        100,
+        "every message reached m2's wildcard"
+    );
+    let (qa, qb) = (count(&got_a, "2"), count(&got_b, "7"));
+    assert_eq!(qa + qb, 100, "the queue group took each message once");
+    assert!(
+        qa > 0 && qb > 0,
+        "both members' queue subscribers served: {qa} {qb}"
+    );
+    // In order, per publisher and member.
+    let order: Vec<String> = got_a
+        .iter()
+        .filter(|(_, s, _)| s == "1")
+        .map(|(_, _, p)| p.clone())
+        .collect();
+    assert_eq!(order, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
+
+    // Published on m0, whose own client is in the group: the group is served there.
+    let mut p0 = quiet(&m0);
+    for i in 0..20 {
+        p0.send(&format!(
+            "PUB orders.new {}\r\n{i}\r\n",
+            i.to_string().len()
+        ));
+    }
+    p0.send("PUB orders.end 0\r\n\r\n");
+    assert!(p0.sync().is_empty());
+    let got_a = read_until(&mut a, "orders.end");
+    let got_b = read_until(&mut b, "orders.end");
+    assert_eq!((count(&got_a, "1"), count(&got_a, "2")), (20, 20));
+    assert_eq!((count(&got_b, "8"), count(&got_b, "7")), (20, 0));
+
+    // Unsubscribing reaches the other members: m2's wildcard alone remains for orders.x,
+    // then nothing (the request gets no-responders).
+    a.send("UNSUB 1\r\nUNSUB 2\r\n");
+    b.send("UNSUB 8\r\nUNSUB 7\r\nUNSUB 9\r\nSUB probe.b2 10\r\n");
+    assert!(a.sync().is_empty() && b.sync().is_empty());
+    until_interest(&mut p, "probe.b2");
+    p.send("PUB orders.new _INBOX.probe2 0\r\n\r\n");
+    p.send("SUB _INBOX.probe2 5\r\nPUB orders.new _INBOX.probe2 0\r\n\r\n");
+    let status = p.sync();
+    assert!(
+        status
+            .first()
+            .is_some_and(|l| l.starts_with("HMSG _INBOX.probe2 5")),
+        "{status:?}"
+    );
+    let metrics = cluster.members[1].http_get("/metrics").1;
+    let sent = metric(&metrics, "berth_nats_route_messages_sent_total");
+    assert!(sent >= 200.0, "{sent}");
+    let varz = cluster.members[1].http_get("/varz").1;
+    let varz: serde_json::Value = serde_json::from_str(&varz).expect("varz");
+    assert_eq!(varz["routes"], 2, "{varz}");
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in metrics"))
+}
+
+/// A member that dies takes its subscribers' interest along (requests they answered get
+/// no-responders instead of waiting for a timeout), and once it is back, its reconnected
+/// clients' interest reaches the others again: request/reply across members with async-nats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_leaves_with_a_dead_member_and_returns_with_it() {
+    let mut cluster = tokio::task::spawn_blocking(|| crate::harness::Cluster::start(3))
+        .await
+        .expect("cluster");
+    let url = |i: usize| format!("nats://{}", cluster.members[i].nats_addr);
+    let requester = async_nats::connect(&url(0)).await.expect("connect m0");
+    let _responder = echo_responder(&url(2)).await;
+
+    request_until(&requester, true).await;
+
+    let dead = tokio::task::spawn_blocking(move || {
+        cluster.members[2].kill9();
+        cluster
+    })
+    .await
+    .expect("kill");
+    // The request is refused at once, not left to time out.
+    request_until(&requester, false).await;
+    let t = Instant::now();
+    let none = requester
+        .request("svc.echo", "?".into())
+        .await
+        .expect_err("no responders");
+    assert_eq!(none.kind(), async_nats::RequestErrorKind::NoResponders);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+    let mut cluster = dead;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.members[2].start_again();
+        cluster
+    })
+    .await
+    .expect("restart");
+    // The responder's client reconnects to m2 and subscribes again; m0 learns of it.
+    request_until(&requester, true).await;
+    drop(cluster);
+}
+
+/// Requests `svc.echo` until an echo (`want_answer`) or the no-responders status comes, for
+/// up to 20 s.
+pub(crate) async fn request_until(client: &async_nats::Client, want_answer: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.request("svc.echo", "ping".into()),
+        )
+        .await;
+        match r {
+            Ok(Ok(m)) if want_answer => {
+                assert_eq!(&m.payload[..], b"ping");
+                return;
+            }
+            Ok(Err(e))
+                if !want_answer && e.kind() == async_nats::RequestErrorKind::NoResponders =>
+            {
+                return
+            }
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no {want_answer} answer in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client at `url` that answers `svc.echo` requests with their payload (and reconnects, and
+/// subscribes again, when its server comes back).
+pub(crate) async fn echo_responder(url: &str) -> async_nats::Client {
+    use futures::StreamExt;
+    let responder = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .expect("connect the responder");
+    let mut svc = responder.subscribe("svc.echo").await.expect("subscribe");
+    let replier = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            if let Some(reply) = m.reply {
+                let _ = replier.publish(reply, m.payload).await;
+            }
+        }
+    });
+    responder.flush().await.expect("flush");
+    responder
+}

@@ -201,3 +201,26 @@ async fn minority_cannot_commit_majority_serves_healed_member_converges() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Core NATS interest follows a partition: a member cut off from the others (no TCP reset
+/// says so) stops being sent requests within the routes' silence limit, so requesters on the
+/// majority get no-responders instead of waiting; after healing, requests reach it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_interest_follows_a_partition() {
+    use crate::nats::{echo_responder, request_until};
+    let cluster = tokio::task::spawn_blocking(|| NetCluster::start(3))
+        .await
+        .expect("cluster");
+    let url = |i: usize| format!("nats://{}", cluster.members[i].nats_addr);
+    let requester = async_nats::connect(&url(0)).await.expect("connect m0");
+    let _responder = echo_responder(&url(2)).await;
+    request_until(&requester, true).await;
+
+    cluster.peer_link(2, false);
+    let t = Instant::now();
+    request_until(&requester, false).await;
+    eprintln!("m0 forgot m2's interest {:?} after the cut", t.elapsed());
+
+    cluster.peer_link(2, true);
+    request_until(&requester, true).await;
+}

@@ -91,6 +91,11 @@ fn read_id(md: &MetadataMap, key: &str) -> Option<u64> {
     u64::from_str_radix(text, 16).ok()
 }
 
+/// The member that sent a peer message (as it stamped itself; [`admit`] checks the rest).
+pub fn sender_of(md: &MetadataMap) -> Option<u64> {
+    read_id(md, FROM_MEMBER_KEY)
+}
+
 /// True at most once per `every` for each `last` (a clock of its own): refusals repeat with
 /// every heartbeat, and one log line per period is enough to tell an operator.
 pub(crate) fn log_now(last: &AtomicU64, every: Duration) -> bool {

@@ -1,10 +1,13 @@
 //! berth's messaging domain. Today: subjects (NATS's dot-separated tokens with the `*` and
 //! `>` wildcards) and [`Sublist`], the interest table that finds the subscriptions a
-//! published subject reaches, plain and by queue group. Streams and consumers come later.
+//! published subject reaches, plain and by queue group; [`interest`], a member's interest as
+//! its peers see it and which peers a message goes to. Streams and consumers come later.
 //! No wire types: the NATS face parses the protocol and calls in here.
 
+pub mod interest;
 pub mod subject;
 pub mod sublist;
 
+pub use interest::{Change, InterestBook};
 pub use subject::SubjectError;
 pub use sublist::{Matches, Sublist};

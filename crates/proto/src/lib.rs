@@ -6,7 +6,7 @@
 //! - [`etcdserverpb`]: the KV, Watch, Lease, Cluster, Maintenance and Auth services.
 //! - [`berth::raft`]: berth's peer service (consensus over opaque entries).
 //! - [`berth::store`]: the store's log commands and results; [`berth::lease`]: the leader's
-//!   lease service.
+//!   lease service; [`berth::nats`]: core NATS between members.
 //! - [`watch_frame`] and [`etcd_watch`]: the Watch service with pre-encoded responses.
 //! - [`keys`]: etcd's prefix → range_end convention, shared by the CLI and the bench.
 //! - [`nacos`]: Nacos 2.x's gRPC client protocol.
@@ -129,5 +129,9 @@ pub mod berth {
     /// Lease renewals and TTL queries sent to the leader (`berth.lease`).
     pub mod lease {
         tonic::include_proto!("berth.lease");
+    }
+    /// Core NATS interest and messages between members (`berth.nats`).
+    pub mod nats {
+        tonic::include_proto!("berth.nats");
     }
 }

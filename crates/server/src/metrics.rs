@@ -107,6 +107,14 @@ pub struct Metrics {
     pub nats_msgs_out: Counter,
     /// NATS connections closed as slow consumers (outbound buffer over its limit).
     pub nats_slow_consumers: Counter,
+    /// Other members with a NATS route stream open from this one.
+    pub nats_routes: Gauge,
+    /// NATS messages forwarded to other members.
+    pub nats_route_sent: Counter,
+    /// NATS messages other members forwarded here.
+    pub nats_route_received: Counter,
+    /// NATS messages for other members dropped (their route down or its queue full).
+    pub nats_route_dropped: Counter,
     /// Proposals committed and applied.
     pub proposals_committed: Counter,
     /// Proposals that failed (no leader, stopped).
@@ -200,6 +208,10 @@ impl Metrics {
             nats_msgs_in: Counter::default(),
             nats_msgs_out: Counter::default(),
             nats_slow_consumers: Counter::default(),
+            nats_routes: Gauge::default(),
+            nats_route_sent: Counter::default(),
+            nats_route_received: Counter::default(),
+            nats_route_dropped: Counter::default(),
             proposals_committed: Counter::default(),
             proposals_failed: Counter::default(),
             raft_term: Gauge::default(),
@@ -330,6 +342,26 @@ impl Metrics {
             "berth_nats_slow_consumers",
             "NATS connections closed because their outbound buffer went over its limit",
             m.nats_slow_consumers.clone(),
+        );
+        r.register(
+            "berth_nats_routes",
+            "Other members this member has a NATS route stream open to",
+            m.nats_routes.clone(),
+        );
+        r.register(
+            "berth_nats_route_messages_sent",
+            "NATS messages forwarded to other members with matching subscribers",
+            m.nats_route_sent.clone(),
+        );
+        r.register(
+            "berth_nats_route_messages_received",
+            "NATS messages other members forwarded to this member's subscribers",
+            m.nats_route_received.clone(),
+        );
+        r.register(
+            "berth_nats_route_messages_dropped",
+            "NATS messages for other members dropped because the route was down or its queue over --nats-max-pending",
+            m.nats_route_dropped.clone(),
         );
         r.register(
             "berth_watch_events_sent",

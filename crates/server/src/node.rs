@@ -106,12 +106,15 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
     }))
 }
 
-/// The services of the peer port: Raft's (every group of this member) and the leader's
-/// lease service.
-pub fn peer_router(core: &Arc<Core>) -> tonic::service::Routes {
-    tonic::service::Routes::new(core.consensus.peer_service()).add_service(
-        crate::lease::leader::service(core.leases.clone(), core.consensus.clone()),
-    )
+/// The services of the peer port: Raft's (every group of this member), the leader's lease
+/// service and NATS's routes.
+pub fn peer_router(core: &Arc<Core>, nats: &Arc<face::nats::Hub>) -> tonic::service::Routes {
+    tonic::service::Routes::new(core.consensus.peer_service())
+        .add_service(crate::lease::leader::service(
+            core.leases.clone(),
+            core.consensus.clone(),
+        ))
+        .add_service(face::nats::route::service(nats.clone()))
 }
 
 /// A bound listener: the connections it accepts (accept errors are handled underneath).
@@ -318,6 +321,9 @@ where
             tasks.spawn(async move { task.await.with_context(|| name) });
         };
 
+    // One NATS hub per member: its NATS listeners share it, and peers' routes reach it
+    // (a member without NATS listeners has no subscribers, but answers its peers' routes).
+    let nats = face::nats::Hub::new(core.clone(), core.config.nats_limits.clone());
     for incoming in listeners.client {
         spawn(
             "etcd face",
@@ -332,7 +338,7 @@ where
     for incoming in listeners.peer {
         let incoming = incoming.map(|conn| conn.map(CoalescedWrites::new));
         let mut stop = stop_rx.clone();
-        let server = crate::listen::grpc_server(&core.config).add_routes(peer_router(&core));
+        let server = crate::listen::grpc_server(&core.config).add_routes(peer_router(&core, &nats));
         spawn(
             "peer server",
             Box::pin(async move {
@@ -345,17 +351,16 @@ where
             }),
         );
     }
-    // One NATS hub for every NATS listener; its /varz and /connz go on the HTTP listeners.
-    let nats = (!listeners.nats.is_empty())
-        .then(|| face::nats::Hub::new(core.clone(), core.config.nats_limits.clone()));
+    // The NATS hub's /varz and /connz go on the HTTP listeners when NATS is served.
+    let serves_nats = !listeners.nats.is_empty();
     for incoming in listeners.http {
         let mut stop = stop_rx.clone();
         let mut app = crate::http::router(core.clone())
             .merge(face::etcd::http_routes())
             .merge(face::api::routes(core.clone()))
             .merge(face::consul::routes(core.clone()));
-        if let Some(hub) = &nats {
-            app = app.merge(face::nats::monitor::routes(hub.clone()));
+        if serves_nats {
+            app = app.merge(face::nats::monitor::routes(nats.clone()));
         }
         let app = app.into_make_service_with_connect_info::<crate::listen::ClientAddr>();
         spawn(
@@ -396,18 +401,26 @@ where
             )),
         );
     }
-    if let Some(hub) = nats {
-        for (local, incoming) in listeners.nats {
-            spawn(
-                "NATS server",
-                Box::pin(face::nats::serve(
-                    hub.clone(),
-                    local,
-                    incoming,
-                    stop_rx.clone(),
-                )),
-            );
-        }
+    for (local, incoming) in listeners.nats {
+        spawn(
+            "NATS server",
+            Box::pin(face::nats::serve(
+                nats.clone(),
+                local,
+                incoming,
+                stop_rx.clone(),
+            )),
+        );
+    }
+    if serves_nats {
+        let (hub, stop) = (nats.clone(), stop_rx.clone());
+        spawn(
+            "NATS routes",
+            Box::pin(async move {
+                face::nats::route::run(hub, stop).await;
+                Ok(())
+            }),
+        );
     }
     for sockets in listeners.dns {
         spawn(

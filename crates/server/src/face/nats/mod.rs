@@ -4,19 +4,21 @@
 //! `>` wildcards, queue groups, auto-unsubscribe, no-responders, slow consumers).
 //!
 //! Core messages are not stored. Interest lives in one [`Hub`] per member, shared by its NATS
-//! listeners; in a cluster, messages reach only the subscribers of the member they were
-//! published on (interest propagation between members is not built yet). JetStream is not
-//! served: INFO says `"jetstream":false`.
+//! listeners; in a cluster, members exchange their interest and forward messages to the
+//! members with matching subscribers (`route`), so a client may connect to any member.
+//! JetStream is not served: INFO says `"jetstream":false`.
 //!
 //! # Layout
 //! - this file: the hub (interest, routing, delivery) and the accept loop;
 //! - `parse`: the protocol's framing;
 //! - `conn`: one client connection (handshake, ops, its writer);
+//! - `route`: interest and messages between the members of a cluster;
 //! - `monitor`: nats-server's `/varz` and `/connz` on berth's HTTP listener.
 
 mod conn;
 pub mod monitor;
 pub mod parse;
+pub mod route;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -229,6 +231,8 @@ pub struct Hub {
     started: std::time::SystemTime,
     /// The first NATS listener's address (what `/varz` reports as host and port).
     listen: std::sync::OnceLock<SocketAddr>,
+    /// Interest and messages exchanged with the cluster's other members.
+    routes: route::Routes,
 }
 
 impl Hub {
@@ -247,7 +251,7 @@ impl Hub {
             .collect();
         Arc::new(Hub {
             core,
-            limits,
+            limits: limits.clone(),
             subs: RwLock::new(Sublist::new()),
             next_client: AtomicU64::new(1),
             server_id,
@@ -255,6 +259,7 @@ impl Hub {
             totals: Totals::default(),
             started: std::time::SystemTime::now(),
             listen: std::sync::OnceLock::new(),
+            routes: route::Routes::new(limits.max_pending),
         })
     }
 
@@ -275,13 +280,18 @@ impl Hub {
         s.client.subs().insert(s.sid.clone(), sub.clone());
         self.subs_write()
             .insert(&s.subject, s.queue.as_deref(), sub.clone());
+        self.routes.local_added(&s.subject, s.queue.as_deref());
     }
 
     fn unsubscribe(&self, sub: &SubRef) {
         let s = &sub.0;
         s.closed.store(true, Ordering::Relaxed);
-        self.subs_write()
+        let removed = self
+            .subs_write()
             .remove(&s.subject, s.queue.as_deref(), sub);
+        if removed {
+            self.routes.local_removed(&s.subject, s.queue.as_deref());
+        }
         let mut subs = s.client.subs();
         if subs.get(&s.sid).is_some_and(|held| held == sub) {
             subs.remove(&s.sid);
@@ -289,7 +299,8 @@ impl Hub {
     }
 
     /// Routes one message from `from` to every plain subscription `subject` reaches and to
-    /// one member of each queue group; returns how many got it.
+    /// one member of each queue group, here and on the other members of the cluster; returns
+    /// how many subscriptions (or members) got it.
     fn publish(
         &self,
         from: &Client,
@@ -304,14 +315,65 @@ impl Hub {
         self.totals.inbound.add(size);
         let matches = self.subs_read().matches(subject);
         let echo = from.echo.load(Ordering::Relaxed);
-        let eligible = |s: &SubRef| echo || s.0.client.id != from.id;
+        let msg = route::Outgoing {
+            subject,
+            reply,
+            headers,
+            payload,
+        };
+        let (mut delivered, served) =
+            self.deliver_local(&matches, &msg, None, |s| echo || s.0.client.id != from.id);
+        if let Some(remote) = self.routes.remote_matches(subject) {
+            delivered += self.routes.forward(self, &remote, &served, msg);
+        }
+        if delivered == 0 {
+            if let Some(reply) = reply {
+                self.no_responders(from, subject, reply);
+            }
+        }
+        delivered
+    }
+
+    /// Delivers a message another member forwarded to this member's plain subscribers and to
+    /// one subscriber of each queue group it names.
+    fn deliver_forwarded(&self, fwd: berth_proto::berth::nats::Forward) {
+        let matches = self.subs_read().matches(&fwd.subject);
+        let msg = route::Outgoing {
+            subject: &fwd.subject,
+            reply: (!fwd.reply.is_empty()).then_some(fwd.reply.as_str()),
+            headers: fwd.headers.as_ref(),
+            payload: &fwd.payload,
+        };
+        self.deliver_local(&matches, &msg, Some(&fwd.queues), |_| true);
+    }
+
+    /// Delivers `msg` to the plain subscriptions of `matches` and one member of each of its
+    /// queue groups (only those in `groups`, when given), among those `eligible` allows;
+    /// returns how many got it and the queue groups served.
+    fn deliver_local<'m>(
+        &self,
+        matches: &'m berth_messaging::Matches<SubRef>,
+        msg: &route::Outgoing<'_>,
+        groups: Option<&[String]>,
+        eligible: impl Fn(&SubRef) -> bool,
+    ) -> (usize, Vec<&'m str>) {
+        let route::Outgoing {
+            subject,
+            reply,
+            headers,
+            payload,
+        } = *msg;
         let mut delivered = 0;
+        let mut served = Vec::new();
         let mut done = Vec::new();
         for sub in matches.plain.iter().filter(|s| eligible(s)) {
             delivered +=
                 usize::from(self.deliver(sub, subject, reply, headers, payload, &mut done));
         }
-        for (_, members) in &matches.queues {
+        for (group, members) in &matches.queues {
+            if groups.is_some_and(|g| !g.contains(group)) {
+                continue;
+            }
             let members: Vec<&SubRef> = members.iter().filter(|s| eligible(s)).collect();
             if members.is_empty() {
                 continue;
@@ -322,6 +384,7 @@ impl Hub {
                 let sub = members[(start + i) % members.len()];
                 if self.deliver(sub, subject, reply, headers, payload, &mut done) {
                     delivered += 1;
+                    served.push(group.as_str());
                     break;
                 }
             }
@@ -329,12 +392,7 @@ impl Hub {
         for sub in done {
             self.unsubscribe(&sub);
         }
-        if delivered == 0 {
-            if let Some(reply) = reply {
-                self.no_responders(from, subject, reply);
-            }
-        }
-        delivered
+        (delivered, served)
     }
 
     /// Sends one message to `sub`; false when it did not take it (auto-unsubscribed, closing).

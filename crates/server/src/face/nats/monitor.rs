@@ -77,7 +77,7 @@ async fn varz(State(hub): State<Arc<Hub>>) -> Json<Value> {
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "connections": connections,
         "total_connections": t.connections.load(Ordering::Relaxed),
-        "routes": 0,
+        "routes": hub.routes.up(),
         "remotes": 0,
         "leafnodes": 0,
         "in_msgs": t.inbound.msgs(),
