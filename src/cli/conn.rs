@@ -71,27 +71,13 @@ impl Conn {
     /// Logs in as etcdctl's `--user name[:password]` and `--password` say: the password in
     /// one of the two, never both.
     pub fn with_user(mut self, user: Option<String>, password: Option<String>) -> Result<Self> {
-        let Some(user) = user else {
-            if password.is_some() {
-                bail!("--password given without --user");
-            }
-            return Ok(self);
-        };
-        let (name, pw) = match (user.split_once(':'), password) {
-            (Some(_), Some(_)) => {
-                bail!("--user {user:?}: the password is in --password, so --user must not hold one")
-            }
-            (Some((name, pw)), None) => (name.to_string(), pw.to_string()),
-            (None, Some(pw)) => (user.clone(), pw),
-            (None, None) => {
-                bail!("--user {user}: no password given (use --user {user}:PASSWORD or --password)")
-            }
-        };
-        if name.is_empty() {
-            bail!("--user: the user name is empty");
-        }
-        self.user = Some((name, pw));
+        self.user = credentials(user, password)?;
         Ok(self)
+    }
+
+    /// The login `--user`/`--password` gave, if any.
+    pub fn user(&self) -> Option<&(String, String)> {
+        self.user.as_ref()
     }
 
     /// `ch` with the login's token on every request (logging in first if not yet done).
@@ -310,6 +296,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     parts.join(": ")
+}
+
+/// etcdctl's `--user name[:password]` and `--password` as (name, password): the password in
+/// one of the two, never both.
+pub fn credentials(
+    user: Option<String>,
+    password: Option<String>,
+) -> Result<Option<(String, String)>> {
+    let Some(user) = user else {
+        if password.is_some() {
+            bail!("--password given without --user");
+        }
+        return Ok(None);
+    };
+    let (name, pw) = match (user.split_once(':'), password) {
+        (Some(_), Some(_)) => {
+            bail!("--user {user:?}: the password is in --password, so --user must not hold one")
+        }
+        (Some((name, pw)), None) => (name.to_string(), pw.to_string()),
+        (None, Some(pw)) => (user.clone(), pw),
+        (None, None) => {
+            bail!("--user {user}: no password given (use --user {user}:PASSWORD or --password)")
+        }
+    };
+    if name.is_empty() {
+        bail!("--user: the user name is empty");
+    }
+    Ok(Some((name, pw)))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! - [`bench`](mod@bench): `bench <workload>`, the load generator (the engine is the
 //!   `berth-bench` crate).
 //! - [`registry`]: `svc`, `check` and `session` over Consul's HTTP API.
+//! - [`messaging`]: `pub`, `sub` and `req` over NATS's protocol.
 //!
 //! Each command file owns its clap arguments, an `async fn run(&mut Ctx, ..)` and the
 //! [`Render`](output::Render) impls of what it prints; adding a command touches that file, its
@@ -26,6 +27,7 @@ pub mod endpoint;
 pub mod kv;
 pub mod lease;
 pub mod member;
+pub mod messaging;
 pub mod output;
 pub mod registry;
 pub mod snapshot;
@@ -100,6 +102,15 @@ pub struct GlobalOpts {
     /// ACL token sent as `X-Consul-Token` by `svc`, `check` and `session`.
     #[arg(long, global = true, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// NATS server for `pub`, `sub` and `req` (berth's NATS listener or a nats-server);
+    /// several, comma-separated, to fail over.
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
 }
 
 impl GlobalOpts {
@@ -161,6 +172,12 @@ pub enum Command {
     /// import (berth's API at --http-addr).
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Publish a NATS message (at --nats-url).
+    Pub(messaging::PubArgs),
+    /// Subscribe to a NATS subject and print what arrives (at --nats-url).
+    Sub(messaging::SubArgs),
+    /// Send a NATS request and print the reply (at --nats-url).
+    Req(messaging::ReqArgs),
 }
 
 /// What every command runs with: the connection settings and the printer.
@@ -171,6 +188,8 @@ pub struct Ctx {
     pub out: Printer,
     /// The Consul HTTP API the registry commands talk to.
     pub http: registry::http::Target,
+    /// The NATS server the messaging commands talk to.
+    pub nats: messaging::NatsTarget,
 }
 
 /// Runs one client command to completion on its own runtime (single-threaded, except for
@@ -184,14 +203,21 @@ pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
         dial_timeout: global.dial_timeout,
         command_timeout: global.command_timeout,
     };
+    let conn = Conn::new(
+        global.endpoints,
+        global.dial_timeout,
+        global.command_timeout,
+    )?
+    .with_tls(tls)?
+    .with_user(global.user, global.password)?;
+    let nats = messaging::NatsTarget {
+        url: global.nats_url,
+        user: conn.user().cloned(),
+        dial_timeout: global.dial_timeout,
+    };
     let mut ctx = Ctx {
-        conn: Conn::new(
-            global.endpoints,
-            global.dial_timeout,
-            global.command_timeout,
-        )?
-        .with_tls(tls)?
-        .with_user(global.user, global.password)?,
+        conn,
+        nats,
         out: Printer::new(global.write_out, std::io::stdout()),
         http,
     };
@@ -227,6 +253,9 @@ async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
         Command::Check(c) => registry::check::run(ctx, c).await,
         Command::Session(c) => registry::session::run(ctx, c).await,
         Command::Config(c) => config::run(ctx, c).await,
+        Command::Pub(a) => messaging::publish(ctx, a).await,
+        Command::Sub(a) => messaging::subscribe(ctx, a).await,
+        Command::Req(a) => messaging::request(ctx, a).await,
     }
 }
 

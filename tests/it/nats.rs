@@ -806,3 +806,72 @@ pub(crate) async fn echo_responder(url: &str) -> async_nats::Client {
     responder.flush().await.expect("flush");
     responder
 }
+
+/// `berth pub`, `sub` and `req` against berth's NATS listener: a subscriber in a queue group
+/// prints what two publishes sent (headers, templates), and a request gets its reply, or a
+/// clear error when nobody answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_publishes_subscribes_and_requests() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    let srv = tokio::task::spawn_blocking(Server::start)
+        .await
+        .expect("server");
+    let url = format!("nats://{}", srv.nats_addr);
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(crate::harness::berth_bin());
+        c.arg("--nats-url").arg(&url).args(args);
+        c
+    };
+    let mut sub = cli(&[
+        "sub", "orders.>", "--queue", "q", "--count", "2", "-w", "json",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("berth sub");
+    let mut err = BufReader::new(sub.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    err.read_line(&mut first).expect("read stderr");
+    assert_eq!(first, "Subscribing on \"orders.>\" in queue group \"q\"\n");
+    let (ok, out, err) = run(&mut cli(&[
+        "pub",
+        "orders.new",
+        "n {{Count}}",
+        "--count",
+        "2",
+        "-H",
+        "Trace-Id:7",
+    ]));
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, "Published 2 messages (6 bytes) to \"orders.new\"\n");
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output())
+        .await
+        .expect("join")
+        .expect("sub output");
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["subject"], "orders.new");
+        assert_eq!(l["data"], format!("n {}", i + 1));
+        assert_eq!(l["headers"]["Trace-Id"], serde_json::json!(["7"]));
+    }
+
+    let (ok, _, err) = run(&mut cli(&["req", "svc.echo", "hi"]));
+    assert!(!ok);
+    assert!(
+        err.contains("no responders are available for \"svc.echo\""),
+        "{err}"
+    );
+    let _responder = echo_responder(&url).await;
+    let (ok, out, err) = run(&mut cli(&["req", "svc.echo", "hi"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("Received with rtt ") && out.ends_with("\nhi\n\n"),
+        "{out:?}"
+    );
+}
