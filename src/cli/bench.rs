@@ -68,6 +68,10 @@ pub struct NatsPubSubArgs {
     /// `host:port` of the NATS listener.
     #[arg(long = "nats-addr", default_value = "127.0.0.1:4222")]
     nats_addr: String,
+    /// `host:port` the subscribers connect to (default: --nats-addr): another member of the
+    /// cluster measures messages crossing it.
+    #[arg(long = "nats-sub-addr")]
+    nats_sub_addr: Option<String>,
     /// Subscribing connections.
     #[arg(long, default_value_t = 1)]
     subscribers: u64,
@@ -406,6 +410,7 @@ impl BenchCommand {
                 Workload::NatsPubSub {
                     subscribers: a.subscribers,
                     queue: a.queue,
+                    sub_addr: a.nats_sub_addr.clone(),
                 },
             ),
         };

@@ -125,6 +125,9 @@ pub enum Workload {
         subscribers: u64,
         /// Subscribe as one queue group.
         queue: bool,
+        /// Where subscribers connect, when not where publishers do (another member of a
+        /// cluster: the messages cross the cluster's routes).
+        sub_addr: Option<String>,
     },
     /// Consul: blocking queries on one service, answered when one of its instances changes.
     ConsulWatch {
@@ -399,9 +402,16 @@ impl Config {
                 p["changes"] = json!(changes);
                 p["grpc"] = json!(grpc);
             }
-            Workload::NatsPubSub { subscribers, queue } => {
+            Workload::NatsPubSub {
+                subscribers,
+                queue,
+                sub_addr,
+            } => {
                 p["subscribers"] = json!(subscribers);
                 p["queue"] = json!(queue);
+                if let Some(a) = sub_addr {
+                    p["sub_addr"] = json!(a);
+                }
                 p["val_size"] = json!(self.val_size);
             }
             Workload::Put | Workload::Txn | Workload::NacosRegister => {}

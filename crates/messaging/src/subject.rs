@@ -54,9 +54,65 @@ pub fn check_queue(queue: &str) -> Result<(), SubjectError> {
     }
 }
 
+/// Whether the literal `subject` is one `filter` reaches.
+pub fn matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(REST), Some(_)) => return true,
+            (Some(ONE), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some literal subject is reached by both filters (two streams may not share one).
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let mut x = a.split('.');
+    let mut y = b.split('.');
+    loop {
+        match (x.next(), y.next()) {
+            (Some(REST), Some(_)) | (Some(_), Some(REST)) => return true,
+            (Some(ONE), Some(_)) | (Some(_), Some(ONE)) => {}
+            (Some(p), Some(q)) if p == q => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every subject `inner` reaches, `outer` reaches too.
+pub fn contains(outer: &str, inner: &str) -> bool {
+    let mut x = outer.split('.');
+    let mut y = inner.split('.');
+    loop {
+        match (x.next(), y.next()) {
+            (Some(REST), Some(_)) => return true,
+            (Some(ONE), Some(t)) if t != REST => {}
+            (Some(p), Some(q)) if p == q => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_match_overlap_and_contain_as_nats_does() {
+        assert!(matches("a.*", "a.b") && !matches("a.*", "a.b.c") && !matches("a.*", "a"));
+        assert!(matches("a.>", "a.b.c") && !matches("a.>", "a") && matches(">", "x"));
+        assert!(matches("a.b", "a.b") && !matches("a.b", "a.c"));
+        assert!(overlaps("a.*", "a.b") && overlaps("a.>", "*.b.c") && overlaps("*.x", "a.*"));
+        assert!(!overlaps("a.*", "a.b.c") && !overlaps("a.b", "a.c") && !overlaps("a.>", "a"));
+        assert!(contains("a.>", "a.*.c") && contains("a.*", "a.b") && contains(">", "x.>"));
+        assert!(!contains("a.*", "a.>") && !contains("a.b", "a.*") && !contains("a.*.c", "a.>"));
+    }
 
     #[test]
     fn filters_and_literals() {

@@ -175,7 +175,12 @@ async fn publish(
 
 /// Runs `nats-pubsub`.
 pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
-    let Workload::NatsPubSub { subscribers, queue } = cfg.workload else {
+    let Workload::NatsPubSub {
+        subscribers,
+        queue,
+        ref sub_addr,
+    } = cfg.workload
+    else {
         return Err(BenchError::Config("not a NATS workload".into()));
     };
     let Stop::After(duration) = cfg.stop else {
@@ -186,7 +191,7 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
     let stop_subs = Arc::new(AtomicBool::new(false));
     let mut subs = Vec::new();
     for _ in 0..subscribers {
-        let mut c = Conn::open(&cfg.http_addr).await?;
+        let mut c = Conn::open(sub_addr.as_deref().unwrap_or(&cfg.http_addr)).await?;
         let sub = if queue {
             format!("SUB {SUBJECT} bench 1\r\n")
         } else {

@@ -91,13 +91,18 @@ impl Session {
                 // nats-server acknowledges the PUB line before it routes the message: a
                 // verbose client subscribed to its own subject sees +OK, then the MSG.
                 self.ok();
-                self.hub.publish(
+                let stall = self.hub.publish(
                     &self.client,
                     &subject,
                     reply.as_deref(),
                     headers.as_ref(),
                     &payload,
                 );
+                // A route to another member is backed up: stop reading this publisher for a
+                // while (nats-server stalls fast producers the same way) rather than drop.
+                if let Some(stall) = stall {
+                    stall.wait().await;
+                }
             }
             Op::Sub {
                 subject: filter,

@@ -300,7 +300,7 @@ impl Hub {
 
     /// Routes one message from `from` to every plain subscription `subject` reaches and to
     /// one member of each queue group, here and on the other members of the cluster; returns
-    /// how many subscriptions (or members) got it.
+    /// a stall when a route to another member is backed up (the publisher waits on it).
     fn publish(
         &self,
         from: &Client,
@@ -308,7 +308,7 @@ impl Hub {
         reply: Option<&str>,
         headers: Option<&Bytes>,
         payload: &Bytes,
-    ) -> usize {
+    ) -> Option<route::Stall> {
         self.core.metrics.nats_msgs_in.inc();
         let size = (payload.len() + headers.map_or(0, Bytes::len)) as u64;
         from.stats.inbound.add(size);
@@ -323,15 +323,18 @@ impl Hub {
         };
         let (mut delivered, served) =
             self.deliver_local(&matches, &msg, None, |s| echo || s.0.client.id != from.id);
+        let mut stall = None;
         if let Some(remote) = self.routes.remote_matches(subject) {
-            delivered += self.routes.forward(self, &remote, &served, msg);
+            let (forwarded, backed_up) = self.routes.forward(self, &remote, &served, msg);
+            delivered += forwarded;
+            stall = backed_up;
         }
         if delivered == 0 {
             if let Some(reply) = reply {
                 self.no_responders(from, subject, reply);
             }
         }
-        delivered
+        stall
     }
 
     /// Delivers a message another member forwarded to this member's plain subscribers and to

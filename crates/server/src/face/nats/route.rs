@@ -52,6 +52,11 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// How often the links are matched against the cluster's members.
 const MEMBERSHIP_POLL: Duration = Duration::from_secs(1);
+/// Bytes queued for a member past which a publisher is stalled until the queue drains, and
+/// the longest a stall lasts (then the publisher goes on; past `--nats-max-pending` messages
+/// for that member are dropped).
+const STALL_BYTES: usize = 8 << 20;
+const STALL_MAX: Duration = Duration::from_secs(1);
 /// Items taken from a link's queue at once, and the bytes one frame carries at most.
 const BATCH_ITEMS: usize = 512;
 const FRAME_BYTES: usize = 1 << 20;
@@ -82,6 +87,42 @@ struct LinkState {
     queued: AtomicUsize,
     /// True while a stream to the peer is open.
     up: AtomicBool,
+    /// Woken when the queue drains below [`STALL_BYTES`].
+    drained: tokio::sync::Notify,
+}
+
+impl LinkState {
+    /// Takes `charge` bytes off the queue, waking stalled publishers once below the mark.
+    fn taken(&self, charge: usize) {
+        let before = self.queued.fetch_sub(charge, Ordering::Relaxed);
+        if before >= STALL_BYTES && before - charge < STALL_BYTES {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+/// A publisher's wait for a backed-up route to drain.
+pub(crate) struct Stall(Arc<LinkState>);
+
+impl Stall {
+    /// Waits until the route's queue is below the stall mark, or [`STALL_MAX`].
+    pub(crate) async fn wait(self) {
+        let state = self.0;
+        let _ = tokio::time::timeout(STALL_MAX, async {
+            loop {
+                let drained = state.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if state.queued.load(Ordering::Relaxed) < STALL_BYTES
+                    || !state.up.load(Ordering::Relaxed)
+                {
+                    return;
+                }
+                drained.await;
+            }
+        })
+        .await;
+    }
 }
 
 /// This member's link to one peer: its queue and its task (stopped when the link is dropped).
@@ -180,14 +221,15 @@ impl Routes {
     }
 
     /// Queues one message for each peer `remote` names that a local delivery did not make
-    /// redundant (queue groups in `served_here`); returns how many peers it was queued for.
+    /// redundant (queue groups in `served_here`); returns how many peers it was queued for,
+    /// and a stall when one of their queues is past the stall mark.
     pub(crate) fn forward(
         &self,
         hub: &Hub,
         remote: &Matches<u64>,
         served_here: &[&str],
         msg: Outgoing<'_>,
-    ) -> usize {
+    ) -> (usize, Option<Stall>) {
         let to = interest::plan(
             remote,
             |g| served_here.contains(&g),
@@ -195,6 +237,7 @@ impl Routes {
         );
         let links = read(&self.links);
         let mut queued = 0;
+        let mut stall = None;
         for (peer, queues) in to {
             let Some(link) = links.get(&peer) else {
                 continue;
@@ -202,19 +245,22 @@ impl Routes {
             let charge = msg.size() + super::QUEUED_OVERHEAD;
             let held = link.state.queued.fetch_add(charge, Ordering::Relaxed) + charge;
             if held > self.max_pending || !link.state.up.load(Ordering::Relaxed) {
-                link.state.queued.fetch_sub(charge, Ordering::Relaxed);
+                link.state.taken(charge);
                 hub.core.metrics.nats_route_dropped.inc();
                 continue;
             }
             let fwd = msg.forward(queues);
             if link.tx.send(Item::Msg(fwd, charge)).is_err() {
-                link.state.queued.fetch_sub(charge, Ordering::Relaxed);
+                link.state.taken(charge);
                 continue;
+            }
+            if held >= STALL_BYTES && stall.is_none() {
+                stall = Some(Stall(link.state.clone()));
             }
             hub.core.metrics.nats_route_sent.inc();
             queued += 1;
         }
-        queued
+        (queued, stall)
     }
 
     /// Links with a stream open now.
@@ -374,6 +420,7 @@ async fn keep_link(
             Err(e) => Err(e.to_string()),
         };
         state.up.store(false, Ordering::Relaxed);
+        state.drained.notify_waiters();
         match ended {
             Ok(()) => return,
             Err(e) => tracing::debug!(peer = format!("{peer:x}"), error = %e, "NATS route down"),
@@ -394,7 +441,7 @@ async fn keep_link(
                     }
                     for item in buf.drain(..) {
                         if let Item::Msg(_, charge) = item {
-                            state.queued.fetch_sub(charge, Ordering::Relaxed);
+                            state.taken(charge);
                             hub.core.metrics.nats_route_dropped.inc();
                         }
                     }
@@ -464,7 +511,7 @@ async fn stream_to(
                     })),
                 }),
                 Item::Msg(fwd, charge) => {
-                    state.queued.fetch_sub(charge, Ordering::Relaxed);
+                    state.taken(charge);
                     bytes += charge;
                     frame.items.push(RouteItem {
                         kind: Some(Kind::Msg(fwd)),
