@@ -14,6 +14,7 @@ mod gateway;
 mod hardening;
 mod harness;
 mod history;
+mod jetstream;
 mod kv;
 mod lease;
 mod linearizable;

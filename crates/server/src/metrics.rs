@@ -115,6 +115,10 @@ pub struct Metrics {
     pub nats_route_received: Counter,
     /// NATS messages for other members dropped (their route down or its queue full).
     pub nats_route_dropped: Counter,
+    /// JetStream publishes stored (and synced) in streams.
+    pub js_stored: Counter,
+    /// Syncs of stream writers (each covers a batch of publishes).
+    pub js_batches: Counter,
     /// Proposals committed and applied.
     pub proposals_committed: Counter,
     /// Proposals that failed (no leader, stopped).
@@ -212,6 +216,8 @@ impl Metrics {
             nats_route_sent: Counter::default(),
             nats_route_received: Counter::default(),
             nats_route_dropped: Counter::default(),
+            js_stored: Counter::default(),
+            js_batches: Counter::default(),
             proposals_committed: Counter::default(),
             proposals_failed: Counter::default(),
             raft_term: Gauge::default(),
@@ -362,6 +368,16 @@ impl Metrics {
             "berth_nats_route_messages_dropped",
             "NATS messages for other members dropped because the route was down or its queue over --nats-max-pending",
             m.nats_route_dropped.clone(),
+        );
+        r.register(
+            "berth_jetstream_stored_messages",
+            "JetStream publishes stored in streams (acknowledged after their batch's sync)",
+            m.js_stored.clone(),
+        );
+        r.register(
+            "berth_jetstream_sync_batches",
+            "Batches of JetStream publishes stored with one sync of the stream's segment file",
+            m.js_batches.clone(),
         );
         r.register(
             "berth_watch_events_sent",

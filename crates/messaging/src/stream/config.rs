@@ -137,9 +137,8 @@ fn invalid(text: impl Into<String>) -> ApiError {
 impl Config {
     /// A configuration with every default.
     pub fn named(name: &str, subjects: Vec<String>) -> Config {
-        let mut c: Config = serde_json::from_value(serde_json::json!({})).unwrap_or_else(|_| {
-            unreachable!("every field has a default")
-        });
+        let mut c: Config = serde_json::from_value(serde_json::json!({}))
+            .unwrap_or_else(|_| unreachable!("every field has a default"));
         c.name = name.to_string();
         c.subjects = subjects;
         c
@@ -163,7 +162,9 @@ impl Config {
                 return Err(invalid(format!("invalid subject {s:?}")));
             }
             if s.starts_with("$JS.API") || s == ">" {
-                return Err(invalid(format!("subjects that overlap with jetstream api require no-ack to be true: {s:?}")));
+                return Err(invalid(format!(
+                    "subjects that overlap with jetstream api require no-ack to be true: {s:?}"
+                )));
             }
             if self.subjects[..i].iter().any(|o| subject::overlaps(o, s)) {
                 return Err(invalid(format!("duplicate or overlapping subjects: {s:?}")));
@@ -187,7 +188,12 @@ impl Config {
         if self.num_replicas < 0 || self.max_age < 0 || self.duplicate_window < 0 {
             return Err(invalid("negative values are not allowed"));
         }
-        for v in [&mut self.max_msgs, &mut self.max_bytes, &mut self.max_msgs_per_subject, &mut self.max_consumers] {
+        for v in [
+            &mut self.max_msgs,
+            &mut self.max_bytes,
+            &mut self.max_msgs_per_subject,
+            &mut self.max_consumers,
+        ] {
             if *v == 0 {
                 *v = -1;
             }
@@ -210,19 +216,39 @@ impl Config {
     /// Checks an update of `self` to `new` (both checked): storage and retention stay.
     pub fn check_update(&self, new: &Config) -> Result<(), ApiError> {
         if new.storage != self.storage {
-            return Err(ApiError::new(500, 10052, "stream configuration update can not change storage type"));
+            return Err(ApiError::new(
+                500,
+                10052,
+                "stream configuration update can not change storage type",
+            ));
         }
         if new.retention != self.retention {
-            return Err(ApiError::new(500, 10052, "stream configuration update can not change retention policy"));
+            return Err(ApiError::new(
+                500,
+                10052,
+                "stream configuration update can not change retention policy",
+            ));
         }
         if self.sealed && !new.sealed {
-            return Err(ApiError::new(500, 10052, "stream configuration update can not unseal a sealed stream"));
+            return Err(ApiError::new(
+                500,
+                10052,
+                "stream configuration update can not unseal a sealed stream",
+            ));
         }
         if self.deny_delete && !new.deny_delete {
-            return Err(ApiError::new(500, 10052, "stream configuration update can not cancel deny message deletes"));
+            return Err(ApiError::new(
+                500,
+                10052,
+                "stream configuration update can not cancel deny message deletes",
+            ));
         }
         if self.deny_purge && !new.deny_purge {
-            return Err(ApiError::new(500, 10052, "stream configuration update can not cancel deny purge"));
+            return Err(ApiError::new(
+                500,
+                10052,
+                "stream configuration update can not cancel deny purge",
+            ));
         }
         Ok(())
     }
@@ -233,9 +259,9 @@ impl Config {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
-        && !name
-            .bytes()
-            .any(|b| matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\') || b.is_ascii_whitespace() || b < 0x20)
+        && !name.bytes().any(|b| {
+            matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\') || b.is_ascii_whitespace() || b < 0x20
+        })
 }
 
 #[cfg(test)]
@@ -253,7 +279,14 @@ mod tests {
         assert_eq!(v["retention"], "limits");
         assert_eq!(v["storage"], "file");
         assert_eq!(v["discard"], "old");
-        assert_eq!((v["max_bytes"].as_i64(), v["max_msgs_per_subject"].as_i64(), v["max_msg_size"].as_i64()), (Some(-1), Some(-1), Some(-1)));
+        assert_eq!(
+            (
+                v["max_bytes"].as_i64(),
+                v["max_msgs_per_subject"].as_i64(),
+                v["max_msg_size"].as_i64()
+            ),
+            (Some(-1), Some(-1), Some(-1))
+        );
         assert_eq!(v["duplicate_window"], 120_000_000_000i64);
         assert_eq!(v["num_replicas"], 1);
         assert_eq!(v["allow_direct"], false);
@@ -280,7 +313,10 @@ mod tests {
         assert!(c.check().is_err());
         let mut c = Config::named("S", vec![]);
         c.num_replicas = 3;
-        assert_eq!(c.check().map_err(|e| (e.code, e.err_code)), Err((500, 10074)));
+        assert_eq!(
+            c.check().map_err(|e| (e.code, e.err_code)),
+            Err((500, 10074))
+        );
         let mut c = Config::named("S", vec![]);
         c.max_age = 1_000;
         c.duplicate_window = 2_000;

@@ -147,7 +147,11 @@ impl Stream {
         self.expire_ids(now);
         let c = &self.config;
         if c.sealed {
-            return Err(ApiError::new(400, 10109, "invalid operation on sealed stream"));
+            return Err(ApiError::new(
+                400,
+                10109,
+                "invalid operation on sealed stream",
+            ));
         }
         let h = p.headers;
         if let Some(expected) = headers::get(h, "Nats-Expected-Stream") {
@@ -157,7 +161,11 @@ impl Stream {
         }
         let size = (p.headers.len() + p.payload.len()) as i64;
         if c.max_msg_size >= 0 && size > i64::from(c.max_msg_size) {
-            return Err(ApiError::new(400, 10054, "message size exceeds maximum allowed"));
+            return Err(ApiError::new(
+                400,
+                10054,
+                "message size exceeds maximum allowed",
+            ));
         }
         let msg_id = headers::get(h, "Nats-Msg-Id").filter(|id| !id.is_empty());
         if let Some(id) = msg_id {
@@ -177,8 +185,8 @@ impl Stream {
         }
         if let Some(v) = headers::get(h, "Nats-Expected-Last-Subject-Sequence") {
             let want: u64 = v.trim().parse().map_err(|_| bad_header(v))?;
-            let on = headers::get(h, "Nats-Expected-Last-Subject-Sequence-Subject")
-                .unwrap_or(p.subject);
+            let on =
+                headers::get(h, "Nats-Expected-Last-Subject-Sequence-Subject").unwrap_or(p.subject);
             let last = self.store.last_matching(on).unwrap_or(0);
             if want != last {
                 return Err(wrong_last(last));
@@ -187,7 +195,11 @@ impl Stream {
         if let Some(want) = headers::get(h, "Nats-Expected-Last-Msg-Id") {
             let last = self.last_id.as_deref().unwrap_or("");
             if want != last {
-                return Err(ApiError::new(400, 10070, format!("wrong last msg ID: {last}")));
+                return Err(ApiError::new(
+                    400,
+                    10070,
+                    format!("wrong last msg ID: {last}"),
+                ));
             }
         }
         let rollup = headers::get(h, "Nats-Rollup");
@@ -196,7 +208,11 @@ impl Stream {
                 return Err(ApiError::new(500, 10111, "rollup not permitted"));
             }
             if r != "sub" && r != "all" {
-                return Err(ApiError::new(400, 10111, format!("rollup value invalid: {r}")));
+                return Err(ApiError::new(
+                    400,
+                    10111,
+                    format!("rollup value invalid: {r}"),
+                ));
             }
         }
         if c.discard == Discard::New && rollup.is_none() {
@@ -306,7 +322,9 @@ impl Stream {
     /// The sequence after the `n` oldest messages.
     fn nth_oldest(&self, n: u64) -> u64 {
         let seqs = self.store.matching(None);
-        seqs.get(n as usize).copied().unwrap_or(self.store.state().last_seq + 1)
+        seqs.get(n as usize)
+            .copied()
+            .unwrap_or(self.store.state().last_seq + 1)
     }
 
     /// Drops messages older than max_age; returns how many.
@@ -342,7 +360,11 @@ impl Stream {
             return Err(ApiError::new(400, 10052, "message delete not permitted"));
         }
         if self.config.sealed {
-            return Err(ApiError::new(400, 10109, "invalid operation on sealed stream"));
+            return Err(ApiError::new(
+                400,
+                10109,
+                "invalid operation on sealed stream",
+            ));
         }
         match self.store.remove(&[seq]) {
             Ok(1) => Ok(()),
@@ -363,7 +385,11 @@ impl Stream {
             return Err(ApiError::new(400, 10083, "stream purge not permitted"));
         }
         if self.config.sealed {
-            return Err(ApiError::new(400, 10109, "invalid operation on sealed stream"));
+            return Err(ApiError::new(
+                400,
+                10109,
+                "invalid operation on sealed stream",
+            ));
         }
         let io = |e: std::io::Error| ApiError::io(&e);
         if filter.is_none() && keep.is_none() {
@@ -442,14 +468,35 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut s = stream(dir.path(), |c| c.duplicate_window = 10 * SEC);
         let id = "NATS/1.0\r\nNats-Msg-Id: a1\r\n\r\n";
-        assert_eq!(publish(&mut s, "s.1", id, SEC), Ok(PubAck { seq: 1, duplicate: false }));
-        assert_eq!(publish(&mut s, "s.1", id, 2 * SEC), Ok(PubAck { seq: 1, duplicate: true }));
+        assert_eq!(
+            publish(&mut s, "s.1", id, SEC),
+            Ok(PubAck {
+                seq: 1,
+                duplicate: false
+            })
+        );
+        assert_eq!(
+            publish(&mut s, "s.1", id, 2 * SEC),
+            Ok(PubAck {
+                seq: 1,
+                duplicate: true
+            })
+        );
         let config = s.config().clone();
         drop(s);
         let mut s = Stream::open(dir.path(), config, 0, 3 * SEC).expect("reopen");
-        assert_eq!(publish(&mut s, "s.1", id, 3 * SEC), Ok(PubAck { seq: 1, duplicate: true }));
+        assert_eq!(
+            publish(&mut s, "s.1", id, 3 * SEC),
+            Ok(PubAck {
+                seq: 1,
+                duplicate: true
+            })
+        );
         // Past the window the same ID is a new message.
-        assert_eq!(publish(&mut s, "s.1", id, 20 * SEC).map(|a| a.duplicate), Ok(false));
+        assert_eq!(
+            publish(&mut s, "s.1", id, 20 * SEC).map(|a| a.duplicate),
+            Ok(false)
+        );
         assert_eq!(s.store().state().messages, 2);
     }
 
@@ -458,22 +505,54 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut s = stream(dir.path(), |_| {});
         publish(&mut s, "s.a", "", 0).expect("first");
-        let e = publish(&mut s, "s.a", "NATS/1.0\r\nNats-Expected-Stream: T\r\n\r\n", 0);
+        let e = publish(
+            &mut s,
+            "s.a",
+            "NATS/1.0\r\nNats-Expected-Stream: T\r\n\r\n",
+            0,
+        );
         assert_eq!(e.map_err(|e| e.err_code), Err(10060));
-        let e = publish(&mut s, "s.a", "NATS/1.0\r\nNats-Expected-Last-Sequence: 5\r\n\r\n", 0)
-            .expect_err("wrong last");
-        assert_eq!((e.code, e.err_code, e.description.as_str()), (400, 10071, "wrong last sequence: 1"));
-        publish(&mut s, "s.b", "NATS/1.0\r\nNats-Expected-Last-Sequence: 1\r\n\r\n", 0).expect("right");
+        let e = publish(
+            &mut s,
+            "s.a",
+            "NATS/1.0\r\nNats-Expected-Last-Sequence: 5\r\n\r\n",
+            0,
+        )
+        .expect_err("wrong last");
+        assert_eq!(
+            (e.code, e.err_code, e.description.as_str()),
+            (400, 10071, "wrong last sequence: 1")
+        );
+        publish(
+            &mut s,
+            "s.b",
+            "NATS/1.0\r\nNats-Expected-Last-Sequence: 1\r\n\r\n",
+            0,
+        )
+        .expect("right");
         // Per subject: 0 means "the subject has none" (KV create).
         let create = "NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 0\r\n\r\n";
         publish(&mut s, "s.c", create, 0).expect("new subject");
         let e = publish(&mut s, "s.c", create, 0).expect_err("exists");
         assert_eq!(e.description, "wrong last sequence: 3");
-        publish(&mut s, "s.c", "NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 3\r\nNats-Msg-Id: m\r\n\r\n", 0)
-            .expect("update");
-        let e = publish(&mut s, "s.d", "NATS/1.0\r\nNats-Expected-Last-Msg-Id: z\r\n\r\n", 0)
-            .expect_err("wrong id");
-        assert_eq!((e.err_code, e.description.as_str()), (10070, "wrong last msg ID: m"));
+        publish(
+            &mut s,
+            "s.c",
+            "NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 3\r\nNats-Msg-Id: m\r\n\r\n",
+            0,
+        )
+        .expect("update");
+        let e = publish(
+            &mut s,
+            "s.d",
+            "NATS/1.0\r\nNats-Expected-Last-Msg-Id: z\r\n\r\n",
+            0,
+        )
+        .expect_err("wrong id");
+        assert_eq!(
+            (e.err_code, e.description.as_str()),
+            (10070, "wrong last msg ID: m")
+        );
     }
 
     #[test]
@@ -496,7 +575,10 @@ mod tests {
         publish(&mut s, "s.a", "", 0).expect("1");
         publish(&mut s, "s.a", "", 0).expect("2");
         let e = publish(&mut s, "s.a", "", 0).expect_err("full");
-        assert_eq!((e.code, e.err_code, e.description.as_str()), (503, 10077, "maximum messages exceeded"));
+        assert_eq!(
+            (e.code, e.err_code, e.description.as_str()),
+            (503, 10077, "maximum messages exceeded")
+        );
         let dir3 = tempfile::tempdir().expect("tmp");
         let mut s = stream(dir3.path(), |c| c.max_age = 10 * SEC);
         publish(&mut s, "s.a", "", 0).expect("old");
@@ -525,7 +607,8 @@ mod tests {
         assert_eq!((st.messages, st.first_seq, st.last_seq), (0, 7, 6));
         let dir2 = tempfile::tempdir().expect("tmp");
         let mut s = stream(dir2.path(), |_| {});
-        let e = publish(&mut s, "s.a", "NATS/1.0\r\nNats-Rollup: sub\r\n\r\n", 0).expect_err("not allowed");
+        let e = publish(&mut s, "s.a", "NATS/1.0\r\nNats-Rollup: sub\r\n\r\n", 0)
+            .expect_err("not allowed");
         assert_eq!((e.code, e.err_code), (500, 10111));
     }
 }

@@ -123,7 +123,7 @@ pub fn decode(body: &[u8]) -> Result<Record<'_>, String> {
                 payload,
             })
         }
-        Some(&REMOVED) if (body.len() - 1) % 8 == 0 => Ok(Record::Removed(
+        Some(&REMOVED) if (body.len() - 1).is_multiple_of(8) => Ok(Record::Removed(
             body[1..]
                 .chunks_exact(8)
                 .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
@@ -279,7 +279,12 @@ mod tests {
             d[cut] = d[cut].wrapping_add(1);
             let _ = scan(&d);
         }
-        for body in [&[1u8][..], &[2, 1], &[3, 0], &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255]] {
+        for body in [
+            &[1u8][..],
+            &[2, 1],
+            &[3, 0],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255],
+        ] {
             assert!(decode(body).is_err(), "{body:?}");
         }
     }

@@ -122,7 +122,10 @@ impl StreamStore {
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
             let name = name.to_string_lossy();
-            if let Some(id) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(id) = name
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 ids.push(id);
             }
         }
@@ -558,7 +561,8 @@ mod tests {
     use super::*;
 
     fn put(s: &mut StreamStore, subject: &str, payload: &str) -> u64 {
-        s.append(subject, b"", payload.as_bytes(), 1000).expect("append")
+        s.append(subject, b"", payload.as_bytes(), 1000)
+            .expect("append")
     }
 
     fn segments(dir: &Path) -> usize {
@@ -573,7 +577,8 @@ mod tests {
         for i in 0..20 {
             put(&mut s, &format!("o.{}", i % 3), &format!("m{i}"));
         }
-        s.append("o.h", b"NATS/1.0\r\nA: 1\r\n\r\n", b"x", 5).expect("append");
+        s.append("o.h", b"NATS/1.0\r\nA: 1\r\n\r\n", b"x", 5)
+            .expect("append");
         assert!(segments(dir.path()) > 3, "small segments roll over");
         assert_eq!(s.remove(&[2, 5, 99]).expect("remove"), 2);
         let before = s.state();
@@ -581,10 +586,16 @@ mod tests {
         let s = StreamStore::open_sized(dir.path(), 200).expect("reopen");
         assert_eq!(s.state(), before);
         assert_eq!(before.messages, 19);
-        assert_eq!((before.first_seq, before.last_seq, before.deleted), (1, 21, 2));
+        assert_eq!(
+            (before.first_seq, before.last_seq, before.deleted),
+            (1, 21, 2)
+        );
         assert_eq!(before.subjects, 4);
         let m = s.get(21).expect("read").expect("stored");
-        assert_eq!((m.subject.as_str(), &m.headers[..], &m.payload[..]), ("o.h", &b"NATS/1.0\r\nA: 1\r\n\r\n"[..], &b"x"[..]));
+        assert_eq!(
+            (m.subject.as_str(), &m.headers[..], &m.payload[..]),
+            ("o.h", &b"NATS/1.0\r\nA: 1\r\n\r\n"[..], &b"x"[..])
+        );
         assert_eq!(s.get(2).expect("read"), None);
         assert_eq!(s.last_matching("o.1"), Some(20));
         assert_eq!(s.last_matching("o.*"), Some(21));
@@ -608,7 +619,10 @@ mod tests {
         // Purge everything: the stream is empty, its sequence goes on.
         assert_eq!(s.remove_below(u64::MAX).expect("purge"), 6);
         let st = s.state();
-        assert_eq!((st.messages, st.first_seq, st.last_seq, st.bytes), (0, 31, 30, 0));
+        assert_eq!(
+            (st.messages, st.first_seq, st.last_seq, st.bytes),
+            (0, 31, 30, 0)
+        );
         drop(s);
         let mut s = StreamStore::open_sized(dir.path(), 150).expect("reopen");
         assert_eq!(s.state().first_seq, 31);
@@ -638,6 +652,9 @@ mod tests {
         data[40] ^= 0xff;
         std::fs::write(&seg, &data).expect("write");
         let err = StreamStore::open(dir.path()).err().expect("damage");
-        assert!(err.to_string().contains(&seg.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&seg.display().to_string()),
+            "{err}"
+        );
     }
 }

@@ -6,16 +6,18 @@
 //! Core messages are not stored. Interest lives in one [`Hub`] per member, shared by its NATS
 //! listeners; in a cluster, members exchange their interest and forward messages to the
 //! members with matching subscribers (`route`), so a client may connect to any member.
-//! JetStream is not served: INFO says `"jetstream":false`.
+//! JetStream streams are served on a single member (`jetstream`); consumers are not yet.
 //!
 //! # Layout
 //! - this file: the hub (interest, routing, delivery) and the accept loop;
 //! - `parse`: the protocol's framing;
 //! - `conn`: one client connection (handshake, ops, its writer);
 //! - `route`: interest and messages between the members of a cluster;
+//! - `jetstream`: streams, their `$JS.API` requests, stored and acknowledged publishes;
 //! - `monitor`: nats-server's `/varz` and `/connz` on berth's HTTP listener.
 
 mod conn;
+pub mod jetstream;
 pub mod monitor;
 pub mod parse;
 pub mod route;
@@ -233,6 +235,12 @@ pub struct Hub {
     listen: std::sync::OnceLock<SocketAddr>,
     /// Interest and messages exchanged with the cluster's other members.
     routes: route::Routes,
+    /// This member's streams.
+    js: jetstream::JetStream,
+    /// True while the member is its cluster's only member (JetStream is served then).
+    solo: AtomicBool,
+    /// The hub itself, for work that outlives a call (stream writers).
+    me: std::sync::Weak<Hub>,
 }
 
 impl Hub {
@@ -249,7 +257,12 @@ impl Hub {
                 }
             })
             .collect();
-        Arc::new(Hub {
+        let js = jetstream::JetStream::open(&core.config.data_dir);
+        let solo = AtomicBool::new(core.consensus.members().len() <= 1);
+        let hub = Arc::new_cyclic(|me| Hub {
+            me: me.clone(),
+            js,
+            solo,
             core,
             limits: limits.clone(),
             subs: RwLock::new(Sublist::new()),
@@ -260,7 +273,31 @@ impl Hub {
             started: std::time::SystemTime::now(),
             listen: std::sync::OnceLock::new(),
             routes: route::Routes::new(limits.max_pending),
-        })
+        });
+        hub.js.start_writers(&hub);
+        hub
+    }
+
+    /// True while JetStream is served: the member is its cluster's only member (streams are
+    /// not replicated yet).
+    fn jetstream_enabled(&self) -> bool {
+        self.solo.load(Ordering::Relaxed)
+    }
+
+    /// Delivers a message the server itself publishes (API responses, acknowledgements) to
+    /// every subscriber of `subject`, here and on other members.
+    fn inject(&self, subject: &str, headers: Option<&Bytes>, payload: &Bytes) {
+        let matches = self.subs_read().matches(subject);
+        let msg = route::Outgoing {
+            subject,
+            reply: None,
+            headers,
+            payload,
+        };
+        let (_, served) = self.deliver_local(&matches, &msg, None, |_| true);
+        if let Some(remote) = self.routes.remote_matches(subject) {
+            let _ = self.routes.forward(self, &remote, &served, msg);
+        }
     }
 
     fn subs_read(&self) -> std::sync::RwLockReadGuard<'_, Sublist<SubRef>> {
@@ -313,6 +350,15 @@ impl Hub {
         let size = (payload.len() + headers.map_or(0, Bytes::len)) as u64;
         from.stats.inbound.add(size);
         self.totals.inbound.add(size);
+        if subject.starts_with("$JS.") {
+            if let Some(me) = self.me.upgrade() {
+                if jetstream::api::handle(&me, subject, reply, payload) {
+                    return None;
+                }
+            }
+        }
+        // A stream's subject: stored, and acknowledged to the reply subject once durable.
+        let stored = self.jetstream_enabled() && self.js.store(subject, reply, headers, payload);
         let matches = self.subs_read().matches(subject);
         let echo = from.echo.load(Ordering::Relaxed);
         let msg = route::Outgoing {
@@ -329,7 +375,7 @@ impl Hub {
             delivered += forwarded;
             stall = backed_up;
         }
-        if delivered == 0 {
+        if delivered == 0 && !stored {
             if let Some(reply) = reply {
                 self.no_responders(from, subject, reply);
             }

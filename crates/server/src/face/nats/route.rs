@@ -385,6 +385,7 @@ fn reconcile(hub: &Arc<Hub>) {
         .map(|m| m.id)
         .filter(|id| *id != me)
         .collect();
+    hub.solo.store(peers.is_empty(), Ordering::Relaxed);
     let mut links = write(&hub.routes.links);
     links.retain(|peer, _| peers.contains(peer));
     for peer in peers {

@@ -1,0 +1,409 @@
+//! JetStream on a single member: streams stored under `<data-dir>/jetstream/streams/<name>/`
+//! (the configuration in `config.json`, the messages in segment files), the `$JS.API` requests
+//! that manage and read them (`api`), and publishes to their subjects stored and acknowledged.
+//!
+//! Every stream has a writer thread: publishes queue for it, it stores a batch of them, syncs
+//! the segment file once (`fdatasync`) and only then sends each publish its acknowledgement, so
+//! no acknowledged message is lost to a crash and a busy stream pays one sync per batch.
+//!
+//! Served only while the member is the only member of its cluster: replicated streams (and
+//! consumers) are not built yet, so a cluster says `"jetstream":false` and its `$JS.API`
+//! requests find no responders.
+
+pub mod api;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use berth_messaging::stream::{ApiError, Config, PubAck, Publish, Stream};
+use berth_messaging::Sublist;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::Hub;
+
+/// How often a writer with nothing to store checks its stream's max_age.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// Publishes one writer stores before it syncs.
+const BATCH: usize = 4096;
+
+/// What `config.json` holds.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    config: Config,
+    /// UNIX nanoseconds.
+    created: i64,
+}
+
+/// A publish waiting for its stream's writer.
+struct Pending {
+    subject: String,
+    headers: Option<Bytes>,
+    payload: Bytes,
+    reply: Option<String>,
+}
+
+/// A stream and its writer's queue.
+pub(crate) struct StreamHandle {
+    name: String,
+    /// `None` once deleted.
+    stream: Mutex<Option<Stream>>,
+    queue: Mutex<Option<mpsc::Sender<Pending>>>,
+}
+
+impl StreamHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Stream>> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A member's streams.
+pub struct JetStream {
+    dir: PathBuf,
+    streams: RwLock<BTreeMap<String, Arc<StreamHandle>>>,
+    /// Stream subjects → stream name.
+    subjects: RwLock<Sublist<String>>,
+    /// API requests answered, and those answered with an error.
+    api_total: std::sync::atomic::AtomicU64,
+    api_errors: std::sync::atomic::AtomicU64,
+    /// Streams open: while 0 a publish skips the subject table.
+    count: std::sync::atomic::AtomicUsize,
+}
+
+/// UNIX nanoseconds now.
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Writes `bytes` to `path` atomically and durably (a temporary file, fsync, rename, fsync
+/// of the directory).
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl JetStream {
+    /// The streams under `data_dir`, opened (a stream that cannot be opened is logged and
+    /// left out).
+    pub fn open(data_dir: &Path) -> JetStream {
+        let js = JetStream {
+            dir: data_dir.join("jetstream").join("streams"),
+            streams: RwLock::default(),
+            subjects: RwLock::new(Sublist::new()),
+            api_total: Default::default(),
+            api_errors: Default::default(),
+            count: Default::default(),
+        };
+        let Ok(entries) = std::fs::read_dir(&js.dir) else {
+            return js;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match Self::load(&path) {
+                Ok((stream, _)) => {
+                    let name = stream.config().name.clone();
+                    tracing::info!(stream = %name, "JetStream stream opened");
+                    js.add(stream);
+                }
+                Err(e) => tracing::error!(
+                    dir = %path.display(),
+                    error = %e,
+                    "JetStream stream not opened: its API answers as if it did not exist"
+                ),
+            }
+        }
+        js
+    }
+
+    fn load(dir: &Path) -> std::io::Result<(Stream, i64)> {
+        let saved: Saved = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let stream = Stream::open(dir, saved.config, saved.created, now_ns())?;
+        Ok((stream, saved.created))
+    }
+
+    fn streams(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<StreamHandle>>> {
+        self.streams.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stream(&self, name: &str) -> Option<Arc<StreamHandle>> {
+        self.streams().get(name).cloned()
+    }
+
+    /// Registers an opened stream and starts its writer.
+    fn add(&self, stream: Stream) -> Arc<StreamHandle> {
+        let name = stream.config().name.clone();
+        let subjects = stream.config().subjects.clone();
+        let handle = Arc::new(StreamHandle {
+            name: name.clone(),
+            stream: Mutex::new(Some(stream)),
+            queue: Mutex::new(None),
+        });
+        {
+            let mut table = self.subjects.write().unwrap_or_else(|p| p.into_inner());
+            for s in &subjects {
+                table.insert(s, None, name.clone());
+            }
+        }
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, handle.clone());
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        handle
+    }
+
+    /// Starts the writer threads of every stream (once the hub exists: they acknowledge
+    /// through it).
+    pub(crate) fn start_writers(&self, hub: &Arc<Hub>) {
+        for handle in self.streams().values() {
+            start_writer(hub, handle);
+        }
+    }
+
+    /// The stream whose subjects `subject` matches.
+    fn stream_for(&self, subject: &str) -> Option<Arc<StreamHandle>> {
+        let m = self
+            .subjects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matches(subject);
+        let name = m.plain.first()?;
+        self.stream(name)
+    }
+
+    /// Queues a publish for the stream `subject` belongs to; false when none does.
+    pub(crate) fn store(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+    ) -> bool {
+        if self.count.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let Some(handle) = self.stream_for(subject) else {
+            return false;
+        };
+        let queue = handle.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = queue.as_ref() else {
+            return false;
+        };
+        tx.send(Pending {
+            subject: subject.to_string(),
+            headers: headers.cloned(),
+            payload: payload.clone(),
+            reply: reply.map(str::to_string),
+        })
+        .is_ok()
+    }
+
+    /// Forgets a stream's subjects and stops its writer.
+    fn remove(&self, handle: &StreamHandle) {
+        let removed = self
+            .streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle.name);
+        if removed.is_some() {
+            self.count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut table = self.subjects.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = handle.lock().as_ref() {
+            for subject in &s.config().subjects {
+                table.remove(subject, None, &handle.name);
+            }
+        }
+        handle
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Names of the streams, and whether any other than `except` has a subject overlapping
+    /// one of `subjects`.
+    fn overlaps(&self, except: &str, subjects: &[String]) -> bool {
+        self.streams().iter().any(|(name, h)| {
+            name != except
+                && h.lock().as_ref().is_some_and(|s| {
+                    s.config().subjects.iter().any(|a| {
+                        subjects
+                            .iter()
+                            .any(|b| berth_messaging::subject::overlaps(a, b))
+                    })
+                })
+        })
+    }
+
+    /// Creates a stream (checked config); its directory and `config.json` are durable
+    /// before it is answered.
+    fn create(&self, hub: &Arc<Hub>, config: Config) -> Result<Arc<StreamHandle>, ApiError> {
+        let dir = self.dir.join(&config.name);
+        let created = now_ns();
+        let io = |e: std::io::Error| ApiError::io(&e);
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let saved = Saved {
+            config: config.clone(),
+            created,
+        };
+        let json =
+            serde_json::to_vec(&saved).map_err(|e| ApiError::new(500, 10049, e.to_string()))?;
+        write_durably(&dir.join("config.json"), &json).map_err(io)?;
+        let stream = Stream::open(&dir, config, created, created).map_err(io)?;
+        let handle = self.add(stream);
+        start_writer(hub, &handle);
+        Ok(handle)
+    }
+
+    /// Replaces a stream's configuration (checked against the old one), durably.
+    fn update(&self, handle: &StreamHandle, config: Config) -> Result<(), ApiError> {
+        let mut guard = handle.lock();
+        let stream = guard
+            .as_mut()
+            .ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
+        stream.config().check_update(&config)?;
+        let saved = Saved {
+            config: config.clone(),
+            created: stream.created(),
+        };
+        let json =
+            serde_json::to_vec(&saved).map_err(|e| ApiError::new(500, 10049, e.to_string()))?;
+        write_durably(&self.dir.join(&handle.name).join("config.json"), &json)
+            .map_err(|e| ApiError::io(&e))?;
+        let old = stream.config().subjects.clone();
+        stream.update(config.clone(), now_ns())?;
+        drop(guard);
+        let mut table = self.subjects.write().unwrap_or_else(|p| p.into_inner());
+        for s in &old {
+            table.remove(s, None, &handle.name);
+        }
+        for s in &config.subjects {
+            table.insert(s, None, handle.name.clone());
+        }
+        Ok(())
+    }
+
+    /// Deletes a stream and its files.
+    fn delete(&self, handle: &StreamHandle) -> Result<(), ApiError> {
+        self.remove(handle);
+        let stream = handle.lock().take();
+        if let Some(s) = stream {
+            s.destroy().map_err(|e| ApiError::io(&e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts `handle`'s writer thread: it stores queued publishes in batches, syncs, then
+/// acknowledges them; and drops messages past max_age while idle.
+fn start_writer(hub: &Arc<Hub>, handle: &Arc<StreamHandle>) {
+    let (tx, rx) = mpsc::channel::<Pending>();
+    *handle.queue.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    let (hub, handle) = (Arc::downgrade(hub), handle.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("js-{}", handle.name))
+        .spawn(move || write_loop(&hub, &handle, &rx));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "JetStream: could not start a stream writer");
+    }
+}
+
+fn write_loop(hub: &std::sync::Weak<Hub>, handle: &StreamHandle, rx: &mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        match rx.recv_timeout(EXPIRE_EVERY) {
+            Ok(p) => batch.push(p),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(s) = handle.lock().as_mut() {
+                    if let Err(e) = s.expire(now_ns()) {
+                        tracing::error!(stream = %handle.name, error = %e, "JetStream: expiring messages failed");
+                    }
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (answers, synced) = store_batch(handle, &batch);
+        let Some(hub) = hub.upgrade() else { return };
+        hub.core.metrics.js_batches.inc();
+        for (p, answer) in batch.drain(..).zip(answers) {
+            let answer = match (answer, &synced) {
+                (Ok(ack), Ok(())) => Ok(ack),
+                (Ok(_), Err(e)) => Err(e.clone()),
+                (Err(e), _) => Err(e),
+            };
+            if answer.is_ok() {
+                hub.core.metrics.js_stored.inc();
+            }
+            let (Some(reply), Some(no_ack)) = (p.reply, no_ack_of(handle)) else {
+                continue;
+            };
+            if no_ack {
+                continue;
+            }
+            let body = api::pub_ack(&handle.name, answer);
+            hub.inject(&reply, None, &Bytes::from(body));
+        }
+    }
+}
+
+fn no_ack_of(handle: &StreamHandle) -> Option<bool> {
+    handle.lock().as_ref().map(|s| s.config().no_ack)
+}
+
+/// Stores a batch under the stream's lock, then syncs (outside it); one answer per publish,
+/// and whether the sync succeeded (a failed sync fails every stored publish of the batch).
+fn store_batch(
+    handle: &StreamHandle,
+    batch: &[Pending],
+) -> (Vec<Result<PubAck, ApiError>>, Result<(), ApiError>) {
+    let mut guard = handle.lock();
+    let Some(stream) = guard.as_mut() else {
+        let gone = ApiError::new(404, 10059, "stream not found");
+        return (batch.iter().map(|_| Err(gone.clone())).collect(), Ok(()));
+    };
+    let now = now_ns();
+    let answers: Vec<Result<PubAck, ApiError>> = batch
+        .iter()
+        .map(|p| {
+            stream.publish(
+                Publish {
+                    subject: &p.subject,
+                    headers: p.headers.as_deref().unwrap_or_default(),
+                    payload: &p.payload,
+                },
+                now,
+            )
+        })
+        .collect();
+    let file = stream.store().durable();
+    drop(guard);
+    let synced = match file {
+        Some(f) => f.sync_data().map_err(|e| ApiError::io(&e)),
+        None => Ok(()),
+    };
+    (answers, synced)
+}

@@ -1,0 +1,209 @@
+"""nats-py's JetStream API against berth: streams (create, idempotent create, conflicting
+create, update, info with subjects, names, list, purge with filter and keep, delete), publish
+acks with Nats-Msg-Id deduplication and the expected-* headers, message get (by sequence, last
+by subject, next by subject) and delete, limits (max_msgs with discard old and new,
+max_msgs_per_subject, max_msg_size), and a KV bucket (put, create, update, get, delete, purge,
+history kept per key). Usage: jetstream_client.py nats://HOST:PORT. Prints one line per check
+and "N passed, M failed"; exits non-zero on any failure."""
+
+import asyncio
+import sys
+import traceback
+
+import nats
+from nats.js.api import DiscardPolicy, StreamConfig
+from nats.js.errors import (BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError,
+                            NotFoundError, ServiceUnavailableError)
+from nats.errors import NoRespondersError
+
+url = sys.argv[1]
+passed = 0
+failed = 0
+
+
+async def case(fn):
+    global passed, failed
+    try:
+        await asyncio.wait_for(fn(), 20)
+        passed += 1
+        print(f"ok   {fn.__name__}")
+    except Exception:  # noqa: BLE001 - report every failure, go on
+        failed += 1
+        print(f"FAIL {fn.__name__}")
+        traceback.print_exc()
+
+
+async def main():
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    assert nc._server_info["jetstream"] is True, nc._server_info
+
+    async def streams_are_created_updated_listed_and_deleted():
+        info = await js.add_stream(name="ORDERS", subjects=["orders.>"], max_msgs=1000,
+                                   duplicate_window=60)
+        assert info.config.max_msgs == 1000 and info.config.max_bytes == -1, info.config
+        assert info.config.duplicate_window == 60 and info.state.messages == 0, info
+        again = await js.add_stream(name="ORDERS", subjects=["orders.>"], max_msgs=1000,
+                                    duplicate_window=60)
+        assert again.config.name == "ORDERS"
+        try:
+            await js.add_stream(name="ORDERS", subjects=["orders.>"], max_msgs=5)
+            raise AssertionError("a different config was accepted")
+        except BadRequestError as e:
+            assert e.err_code == 10058, e
+        try:
+            await js.add_stream(name="OTHER", subjects=["orders.new"])
+            raise AssertionError("overlapping subjects were accepted")
+        except BadRequestError as e:
+            assert e.err_code == 10065, e
+        updated = await js.update_stream(name="ORDERS", subjects=["orders.>", "returns.*"],
+                                         max_msgs=2000, duplicate_window=60)
+        assert updated.config.subjects == ["orders.>", "returns.*"], updated.config
+        assert await js.find_stream_name_by_subject("returns.x") == "ORDERS"
+        try:
+            await js.find_stream_name_by_subject("nothing.here")
+            raise AssertionError("a stream was found for nothing")
+        except NotFoundError:
+            pass
+        names = [s.config.name for s in await js.streams_info()]
+        assert "ORDERS" in names, names
+        await js.add_stream(name="TMP", subjects=["tmp.>"])
+        assert await js.delete_stream("TMP") is True
+        try:
+            await js.stream_info("TMP")
+            raise AssertionError("a deleted stream answered")
+        except NotFoundError as e:
+            assert e.err_code == 10059, e
+
+    async def publishes_are_acknowledged_and_deduplicated():
+        acks = [await js.publish(f"orders.{i % 2}", f"m{i}".encode(),
+                                 headers={"Nats-Msg-Id": f"id{i}"}) for i in range(4)]
+        assert [a.seq for a in acks] == [1, 2, 3, 4], acks
+        assert all(a.stream == "ORDERS" and not a.duplicate for a in acks), acks
+        dup = await js.publish("orders.0", b"again", headers={"Nats-Msg-Id": "id1"})
+        assert dup.seq == 2 and dup.duplicate, dup
+        state = (await js.stream_info("ORDERS")).state
+        assert (state.messages, state.first_seq, state.last_seq) == (4, 1, 4), state
+
+    async def expected_headers_guard_publishes():
+        try:
+            await js.publish("orders.0", b"x", headers={"Nats-Expected-Last-Sequence": "1"})
+            raise AssertionError("a wrong last sequence was accepted")
+        except BadRequestError as e:
+            assert (e.err_code, e.description) == (10071, "wrong last sequence: 4"), e
+        ack = await js.publish("orders.0", b"x", headers={"Nats-Expected-Last-Sequence": "4"})
+        assert ack.seq == 5
+        try:
+            await js.publish("orders.0", b"x", stream="OTHER")
+            raise AssertionError("a wrong expected stream was accepted")
+        except BadRequestError as e:
+            assert e.err_code == 10060, e
+
+    async def messages_are_read_and_deleted():
+        m = await js.get_msg("ORDERS", seq=2)
+        assert (m.subject, m.data, m.headers) == ("orders.1", b"m1", {"Nats-Msg-Id": "id1"}), m
+        last = await js.get_last_msg("ORDERS", "orders.1")
+        assert (last.seq, last.data) == (4, b"m3"), last
+        nxt = await js.get_msg("ORDERS", seq=2, next=True, subject="orders.0")
+        assert nxt.seq == 3, nxt
+        await js.delete_msg("ORDERS", 3)
+        try:
+            await js.get_msg("ORDERS", seq=3)
+            raise AssertionError("a deleted message was read")
+        except NotFoundError as e:
+            assert e.err_code == 10037, e
+        info = await js.stream_info("ORDERS", subjects_filter="orders.>")
+        assert info.state.subjects == {"orders.0": 2, "orders.1": 2}, info.state
+        assert info.state.num_deleted == 1, info.state
+
+    async def purges_take_a_filter_and_keep():
+        purged = await js.purge_stream("ORDERS", subject="orders.1", keep=1)
+        assert purged is True
+        state = (await js.stream_info("ORDERS")).state
+        assert state.messages == 3, state
+        await js.purge_stream("ORDERS")
+        state = (await js.stream_info("ORDERS")).state
+        assert (state.messages, state.first_seq, state.last_seq) == (0, 6, 5), state
+
+    async def limits_discard_old_or_refuse_new():
+        await js.add_stream(name="LIM", subjects=["lim.>"], max_msgs=3,
+                            max_msgs_per_subject=2, max_msg_size=64)
+        for s in ["lim.a", "lim.a", "lim.a", "lim.b", "lim.c"]:
+            await js.publish(s, b"x")
+        info = await js.stream_info("LIM")
+        assert (info.state.messages, info.state.first_seq) == (3, 3), info.state
+        try:
+            await js.publish("lim.a", b"x" * 100)
+            raise AssertionError("an oversized message was stored")
+        except BadRequestError as e:
+            assert e.err_code == 10054, e
+        await js.add_stream(StreamConfig(name="FULL", subjects=["full"], max_msgs=1,
+                                         discard=DiscardPolicy.NEW))
+        await js.publish("full", b"1")
+        try:
+            await js.publish("full", b"2")
+            raise AssertionError("discard new stored past max_msgs")
+        except ServiceUnavailableError as e:
+            assert (e.err_code, e.description) == (10077, "maximum messages exceeded"), e
+
+    async def key_value_buckets_work_on_streams():
+        kv = await js.create_key_value(bucket="cfg", history=2)
+        r1 = await kv.put("db.url", b"pg://a")
+        r2 = await kv.update("db.url", b"pg://b", last=r1)
+        assert r2 == r1 + 1
+        try:
+            await kv.update("db.url", b"pg://c", last=r1)
+            raise AssertionError("a stale update was accepted")
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            await kv.create("db.url", b"x")
+            raise AssertionError("create over an existing key was accepted")
+        except KeyWrongLastSequenceError:
+            pass
+        e = await kv.get("db.url")
+        assert (e.value, e.revision) == (b"pg://b", r2), e
+        assert (await kv.get("db.url", revision=r1)).value == b"pg://a"
+        await kv.put("db.url", b"pg://d")
+        state = (await js.stream_info("KV_cfg")).state
+        assert state.messages == 2, state
+        await kv.delete("db.url")
+        try:
+            await kv.get("db.url")
+            raise AssertionError("a deleted key was read")
+        except KeyNotFoundError:
+            pass
+        await kv.create("db.url", b"again")
+        await kv.purge("db.url")
+        state = (await js.stream_info("KV_cfg")).state
+        assert state.messages == 1, state
+
+    async def what_is_not_served_finds_no_responders():
+        try:
+            await nc.request("$JS.API.CONSUMER.INFO.ORDERS.c", b"", timeout=2)
+            raise AssertionError("consumers answered")
+        except NoRespondersError:
+            pass
+        try:
+            await nc.request("$JS.API.NOPE", b"", timeout=2)
+            raise AssertionError("an unknown API subject answered")
+        except NoRespondersError:
+            pass
+        info = await js.account_info()
+        assert info.streams >= 3 and info.api.total > 10, info
+
+    for fn in [streams_are_created_updated_listed_and_deleted,
+               publishes_are_acknowledged_and_deduplicated,
+               expected_headers_guard_publishes,
+               messages_are_read_and_deleted,
+               purges_take_a_filter_and_keep,
+               limits_discard_old_or_refuse_new,
+               key_value_buckets_work_on_streams,
+               what_is_not_served_finds_no_responders]:
+        await case(fn)
+    await nc.close()
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+asyncio.run(main())
