@@ -2,7 +2,12 @@
 //! deduplication, expected headers, message get/delete, purges, limits, KV buckets), the wire
 //! of direct gets and errors over a raw socket, and acknowledged publishes surviving kill -9.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
 
 use crate::harness::{run, Server};
 
@@ -21,4 +26,232 @@ fn nats_py_manages_streams_publishes_and_uses_kv() {
     println!("{out}");
     assert!(ok, "nats-py JetStream script failed:\n{out}\n{err}");
     assert!(out.contains(" passed, 0 failed"), "{out}");
+}
+
+/// Reads one `MSG`/`HMSG` (head line and payload); `None` at EOF or on an error.
+fn read_msg(r: &mut BufReader<TcpStream>) -> Option<(String, String)> {
+    let mut head = String::new();
+    loop {
+        head.clear();
+        if r.read_line(&mut head).ok()? == 0 {
+            return None;
+        }
+        if head.starts_with("MSG ") || head.starts_with("HMSG ") {
+            break;
+        }
+        // PING from the server, +OK: nothing to read after them.
+        assert!(!head.starts_with("-ERR"), "{head}");
+    }
+    let len: usize = head.split_whitespace().last()?.parse().ok()?;
+    let mut body = vec![0; len + 2];
+    r.read_exact(&mut body).ok()?;
+    body.truncate(len);
+    Some((head, String::from_utf8(body).ok()?))
+}
+
+/// A raw connection with `_INBOX.r` subscribed (sid 1), after a PONG. Each connection's
+/// `_INBOX.r` is its own: `api` answers go to an inbox of their own.
+fn connect(addr: &str) -> Option<(TcpStream, BufReader<TcpStream>)> {
+    connect_with(addr, "_INBOX.r")
+}
+
+fn connect_with(addr: &str, inbox: &str) -> Option<(TcpStream, BufReader<TcpStream>)> {
+    let s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut r = BufReader::new(s.try_clone().ok()?);
+    let mut w = s;
+    let mut info = String::new();
+    r.read_line(&mut info).ok()?;
+    w.write_all(
+        format!("CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB {inbox} 1\r\nPING\r\n")
+            .as_bytes(),
+    )
+    .ok()?;
+    let mut line = String::new();
+    while line != "PONG\r\n" {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+    }
+    Some((w, r))
+}
+
+/// Sends `body` to an API subject and returns the JSON answer.
+fn api(addr: &str, subject: &str, body: &str) -> serde_json::Value {
+    let (mut w, mut r) = connect_with(addr, "_INBOX.api").expect("connect");
+    w.write_all(format!("PUB {subject} _INBOX.api {}\r\n{body}\r\n", body.len()).as_bytes())
+        .expect("write");
+    let (_, answer) = read_msg(&mut r).expect("an answer");
+    serde_json::from_str(&answer).expect("JSON")
+}
+
+/// Publishes numbered messages in windows of 64, each with the reply subject, until the
+/// server goes away; returns (number, sequence) of every acknowledged one.
+fn publish_until_killed(addr: &str, first: u64) -> Vec<(u64, u64)> {
+    let mut acked = Vec::new();
+    let Some((mut w, mut r)) = connect(addr) else {
+        return acked;
+    };
+    let mut n = first;
+    loop {
+        let mut batch = String::new();
+        for k in n..n + 64 {
+            let payload = k.to_string();
+            batch.push_str(&format!(
+                "PUB crash.{} _INBOX.r {}\r\n{payload}\r\n",
+                k % 7,
+                payload.len()
+            ));
+        }
+        if w.write_all(batch.as_bytes()).is_err() {
+            return acked;
+        }
+        for k in n..n + 64 {
+            let Some((_, ack)) = read_msg(&mut r) else {
+                return acked;
+            };
+            let ack: serde_json::Value = serde_json::from_str(&ack).expect("ack JSON");
+            assert!(ack.get("error").is_none(), "{ack}");
+            acked.push((k, ack["seq"].as_u64().expect("seq")));
+        }
+        n += 64;
+    }
+}
+
+/// kill -9 while publishing, eight times: every acknowledged message is there afterwards,
+/// under the sequence its acknowledgement named, and sequences never repeat.
+#[test]
+fn acknowledged_publishes_survive_kill_9() {
+    let mut srv = Server::start();
+    let addr = srv.nats_addr.clone();
+    let created = api(
+        &addr,
+        "$JS.API.STREAM.CREATE.CRASH",
+        r#"{"subjects":["crash.>"]}"#,
+    );
+    assert_eq!(created["config"]["name"], "CRASH", "{created}");
+    let mut acked: Vec<(u64, u64)> = Vec::new();
+    for round in 0..8u64 {
+        let a = addr.clone();
+        let publisher = std::thread::spawn(move || publish_until_killed(&a, round * 1_000_000));
+        std::thread::sleep(Duration::from_millis(300 + 70 * round));
+        srv.kill9();
+        let got = publisher.join().expect("publisher");
+        assert!(!got.is_empty(), "round {round}: nothing was acknowledged");
+        acked.extend(got);
+        srv.start_again();
+    }
+    let seqs: Vec<u64> = acked.iter().map(|(_, s)| *s).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequences repeat or go back"
+    );
+    // Every acknowledged message, read back by its sequence (pipelined, 256 at a time).
+    let (mut w, mut r) = connect(&addr).expect("connect");
+    for chunk in acked.chunks(256) {
+        let mut reqs = String::new();
+        for (_, seq) in chunk {
+            let body = format!("{{\"seq\":{seq}}}");
+            reqs.push_str(&format!(
+                "PUB $JS.API.STREAM.MSG.GET.CRASH _INBOX.r {}\r\n{body}\r\n",
+                body.len()
+            ));
+        }
+        w.write_all(reqs.as_bytes()).expect("write");
+        for (n, seq) in chunk {
+            let (_, answer) = read_msg(&mut r).expect("answer");
+            let v: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+            let data = v["message"]["data"]
+                .as_str()
+                .unwrap_or_else(|| panic!("seq {seq} lost: {v}"));
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .expect("base64");
+            assert_eq!(String::from_utf8_lossy(&data), n.to_string(), "seq {seq}");
+        }
+    }
+    let info = api(&addr, "$JS.API.STREAM.INFO.CRASH", "");
+    println!(
+        "{} acknowledged over 8 kills; state {}",
+        acked.len(),
+        info["state"]
+    );
+    assert!(info["state"]["messages"].as_u64() >= Some(acked.len() as u64));
+}
+
+/// The wire of what clients parse by hand: error objects exactly `{code, err_code,
+/// description}` beside the type, direct gets as header blocks (stored headers first, then
+/// the four `Nats-*` ones) or status lines, and a publish without a reply stored silently.
+#[test]
+fn errors_and_direct_gets_are_jetstreams_on_the_wire() {
+    let srv = Server::start();
+    let addr = srv.nats_addr.clone();
+    let missing = api(&addr, "$JS.API.STREAM.INFO.NOPE", "");
+    assert_eq!(
+        missing,
+        serde_json::json!({
+            "type": "io.nats.jetstream.api.v1.stream_info_response",
+            "error": {"code": 404, "err_code": 10059, "description": "stream not found"},
+        })
+    );
+    let bad = api(&addr, "$JS.API.STREAM.CREATE.S", "{\"subjects\":7}");
+    assert_eq!(bad["error"]["err_code"], 10025, "{bad}");
+    let other = api(&addr, "$JS.API.STREAM.CREATE.S", "{\"name\":\"T\"}");
+    assert_eq!(other["error"]["err_code"], 10056, "{other}");
+    let created = api(
+        &addr,
+        "$JS.API.STREAM.CREATE.S",
+        "{\"subjects\":[\"s.>\"],\"allow_direct\":true}",
+    );
+    assert_eq!(created["did_create"], true, "{created}");
+    assert_eq!(created["config"]["allow_direct"], true);
+
+    let (mut w, mut r) = connect(&addr).expect("connect");
+    // No reply subject: stored, nothing answered.
+    w.write_all(b"HPUB s.k 18 21\r\nNATS/1.0\r\nA: 1\r\n\r\nabc\r\n")
+        .expect("write");
+    let info = api(&addr, "$JS.API.STREAM.INFO.S", "");
+    assert_eq!(info["state"]["messages"], 1, "{info}");
+    w.write_all(b"PUB $JS.API.DIRECT.GET.S.s.k _INBOX.r 0\r\n\r\n")
+        .expect("write");
+    let (head, body) = read_msg(&mut r).expect("direct get");
+    assert!(head.starts_with("HMSG _INBOX.r 1 "), "{head}");
+    let (hdrs, payload) = body.split_once("\r\n\r\n").expect("a header block");
+    let lines: Vec<&str> = hdrs.lines().collect();
+    assert_eq!(
+        lines[..5],
+        [
+            "NATS/1.0",
+            "A: 1",
+            "Nats-Stream: S",
+            "Nats-Subject: s.k",
+            "Nats-Sequence: 1"
+        ]
+    );
+    assert!(lines[5].starts_with("Nats-Time-Stamp: 20"), "{lines:?}");
+    assert_eq!(payload, "abc");
+    for (req, status) in [
+        (
+            "PUB $JS.API.DIRECT.GET.S.s.none _INBOX.r 0\r\n\r\n",
+            "NATS/1.0 404 Message Not Found",
+        ),
+        (
+            "PUB $JS.API.DIRECT.GET.S _INBOX.r 0\r\n\r\n",
+            "NATS/1.0 408 Empty Request",
+        ),
+    ] {
+        w.write_all(req.as_bytes()).expect("write");
+        let (head, body) = read_msg(&mut r).expect("status");
+        assert!(head.starts_with("HMSG _INBOX.r 1 "), "{head}");
+        assert_eq!(body.trim_end(), status);
+    }
+    let purged = api(&addr, "$JS.API.STREAM.PURGE.S", "");
+    assert_eq!(
+        (purged["success"].as_bool(), purged["purged"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let names = api(&addr, "$JS.API.STREAM.NAMES", "{\"subject\":\"zzz\"}");
+    assert_eq!(names["streams"], serde_json::Value::Null, "{names}");
+    assert_eq!(names["total"], 0);
 }

@@ -258,7 +258,11 @@ impl Hub {
             })
             .collect();
         let js = jetstream::JetStream::open(&core.config.data_dir);
-        let solo = AtomicBool::new(core.consensus.members().len() <= 1);
+        // Conservative at start (a member may not know its cluster's members yet): one
+        // listed in a larger initial cluster is not alone. The routes keep it current.
+        let solo = AtomicBool::new(
+            core.config.initial_cluster.len() <= 1 && core.consensus.members().len() <= 1,
+        );
         let hub = Arc::new_cyclic(|me| Hub {
             me: me.clone(),
             js,
