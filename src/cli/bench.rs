@@ -58,6 +58,24 @@ pub enum BenchCommand {
     /// subscribe to; reports deliveries per second and publish-to-delivery delay. Speaks the
     /// protocol itself, so it measures nats-server the same way.
     NatsPubsub(NatsPubSubArgs),
+    /// JetStream: --clients publishers store messages in a fresh stream `BENCH` (subject
+    /// `bench.js`), each with up to --window publishes awaiting their acknowledgements;
+    /// reports acknowledged publishes per second and publish-to-ack delay. Measures
+    /// nats-server the same way.
+    JsPublish(JsPublishArgs),
+}
+
+/// Arguments of `bench js-publish`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct JsPublishArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// `host:port` of the NATS listener.
+    #[arg(long = "nats-addr", default_value = "127.0.0.1:4222")]
+    nats_addr: String,
+    /// Publishes in flight per client (1: each acknowledgement awaited).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
 }
 
 /// Arguments of `bench nats-pubsub`.
@@ -413,6 +431,7 @@ impl BenchCommand {
                     sub_addr: a.nats_sub_addr.clone(),
                 },
             ),
+            Self::JsPublish(a) => (&a.common, Workload::JsPublish { window: a.window }),
         };
         let http_addr = match self {
             Self::NacosPublish(a) | Self::NacosGet(a) => a.target.nacos_addr.clone(),
@@ -424,6 +443,7 @@ impl BenchCommand {
             Self::ConsulDiscover(a) => a.target.consul_addr.clone(),
             Self::ConsulWatch(a) => a.target.consul_addr.clone(),
             Self::NatsPubsub(a) => a.nats_addr.clone(),
+            Self::JsPublish(a) => a.nats_addr.clone(),
             _ => Config::default().http_addr,
         };
         let rate = match (&workload, common.rate) {

@@ -129,6 +129,13 @@ pub enum Workload {
         /// cluster: the messages cross the cluster's routes).
         sub_addr: Option<String>,
     },
+    /// JetStream: `--clients` publishers store messages in one stream (`BENCH`, created
+    /// fresh), each with up to `window` publishes awaiting their acknowledgements (1: each
+    /// acknowledgement awaited before the next publish); measures publish-to-ack delay.
+    JsPublish {
+        /// Publishes in flight per client.
+        window: usize,
+    },
     /// Consul: blocking queries on one service, answered when one of its instances changes.
     ConsulWatch {
         /// Blocking queries on the watched service.
@@ -162,6 +169,7 @@ impl Workload {
             Self::NacosBeat { .. } => "nacos-beat",
             Self::NacosListen { .. } => "nacos-listen",
             Self::NatsPubSub { .. } => "nats-pubsub",
+            Self::JsPublish { .. } => "js-publish",
         }
     }
 
@@ -179,7 +187,7 @@ impl Workload {
 
     /// True for the messaging family, which speaks NATS's protocol (no gRPC connections).
     pub fn is_nats(&self) -> bool {
-        matches!(self, Self::NatsPubSub { .. })
+        matches!(self, Self::NatsPubSub { .. } | Self::JsPublish { .. })
     }
 
     /// True for the registry family, which speaks Consul's HTTP API (no gRPC connections).
@@ -304,6 +312,7 @@ impl Config {
             | Workload::ConsulWatch { watchers: 0, .. } => {
                 bad("--services, --instances and --watchers must be at least 1".into())
             }
+            Workload::JsPublish { window: 0 } => bad("--window must be at least 1".into()),
             Workload::NatsPubSub { subscribers: 0, .. } => {
                 bad("--subscribers must be at least 1".into())
             }
@@ -412,6 +421,10 @@ impl Config {
                 if let Some(a) = sub_addr {
                     p["sub_addr"] = json!(a);
                 }
+                p["val_size"] = json!(self.val_size);
+            }
+            Workload::JsPublish { window } => {
+                p["window"] = json!(window);
                 p["val_size"] = json!(self.val_size);
             }
             Workload::Put | Workload::Txn | Workload::NacosRegister => {}

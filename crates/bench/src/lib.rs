@@ -75,6 +75,9 @@ pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchE
     if cfg.workload.is_nacos() {
         return workload::nacos::run(&cfg).await;
     }
+    if let Workload::JsPublish { .. } = cfg.workload {
+        return workload::jetstream::run(&cfg).await;
+    }
     if cfg.workload.is_nats() {
         return workload::nats::run(&cfg).await;
     }
@@ -97,5 +100,6 @@ pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchE
         | Workload::NacosBeat { .. }
         | Workload::NacosListen { .. } => workload::nacos::run(&cfg).await,
         Workload::NatsPubSub { .. } => workload::nats::run(&cfg).await,
+        Workload::JsPublish { .. } => workload::jetstream::run(&cfg).await,
     }
 }

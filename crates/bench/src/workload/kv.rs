@@ -91,7 +91,8 @@ pub async fn run(cfg: &Config, channels: &[Transport]) -> Result<Report, BenchEr
         | Workload::NacosRegister
         | Workload::NacosBeat { .. }
         | Workload::NacosListen { .. }
-        | Workload::NatsPubSub { .. } => {
+        | Workload::NatsPubSub { .. }
+        | Workload::JsPublish { .. } => {
             return Err(BenchError::Config(format!(
                 "{} is not a KV workload",
                 cfg.workload.name()

@@ -9,8 +9,10 @@
 //!   blocking watchers).
 //! - [`nacos`]: the configuration and naming family over Nacos's APIs.
 //! - [`nats`]: core NATS publish/subscribe over the raw protocol.
+//! - [`jetstream`]: JetStream publishes with acknowledgements, over the same protocol.
 
 pub mod consul;
+pub mod jetstream;
 pub mod kv;
 pub mod lease;
 pub mod nacos;

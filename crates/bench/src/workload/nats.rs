@@ -25,22 +25,22 @@ const WINDOW: usize = 64;
 /// The subject the workload publishes to.
 const SUBJECT: &str = "bench.pubsub";
 
-fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> BenchError {
+pub(crate) fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> BenchError {
     move |e| BenchError::Setup {
         what,
         message: e.to_string(),
     }
 }
 
-struct Conn {
-    r: BufReader<OwnedReadHalf>,
+pub(crate) struct Conn {
+    pub(crate) r: BufReader<OwnedReadHalf>,
     w: OwnedWriteHalf,
-    line: String,
+    pub(crate) line: String,
 }
 
 impl Conn {
     /// Connects, reads INFO, sends CONNECT and waits for the PONG of a PING.
-    async fn open(addr: &str) -> Result<Conn, BenchError> {
+    pub(crate) async fn open(addr: &str) -> Result<Conn, BenchError> {
         let s = TcpStream::connect(addr)
             .await
             .map_err(io_err("connecting to the NATS server"))?;
@@ -64,11 +64,11 @@ impl Conn {
         Ok(c)
     }
 
-    async fn send(&mut self, b: &[u8]) -> Result<(), BenchError> {
+    pub(crate) async fn send(&mut self, b: &[u8]) -> Result<(), BenchError> {
         self.w.write_all(b).await.map_err(io_err("writing to NATS"))
     }
 
-    async fn next_line(&mut self) -> Result<(), BenchError> {
+    pub(crate) async fn next_line(&mut self) -> Result<(), BenchError> {
         self.line.clear();
         let n = self
             .r
@@ -85,7 +85,7 @@ impl Conn {
     }
 
     /// PING, then reads up to the PONG (answering the server's PINGs; -ERR is an error).
-    async fn sync(&mut self) -> Result<(), BenchError> {
+    pub(crate) async fn sync(&mut self) -> Result<(), BenchError> {
         self.send(b"PING\r\n").await?;
         loop {
             self.next_line().await?;

@@ -1,0 +1,191 @@
+//! The JetStream family: publishes stored in a stream and acknowledged, spoken over the raw
+//! protocol by the bench itself, so it measures berth and nats-server the same way.
+//!
+//! Setup deletes and creates stream `BENCH` (subject `bench.js`, file storage). Each client
+//! subscribes to an inbox of its own, then publishes windows of `window` messages with that
+//! inbox as the reply subject and reads as many acknowledgements before the next window
+//! (`window` 1: every acknowledgement awaited). Latency is from a window's send to each
+//! acknowledgement; throughput is acknowledged publishes per second in the measured phase.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+use super::nats::{io_err, Conn};
+use crate::config::{Stop, Workload};
+use crate::keys::value;
+use crate::report::{Recorder, Report};
+use crate::{BenchError, Config};
+
+const STREAM: &str = "BENCH";
+const SUBJECT: &str = "bench.js";
+
+/// Reads the next message's payload (skipping PINGs, answering them); the MSG line stays in
+/// `c.line`.
+async fn next_msg(c: &mut Conn, buf: &mut Vec<u8>) -> Result<(), BenchError> {
+    loop {
+        c.next_line().await?;
+        if c.line == "PING\r\n" {
+            c.send(b"PONG\r\n").await?;
+            continue;
+        }
+        if c.line.starts_with("-ERR") {
+            return Err(BenchError::Setup {
+                what: "NATS",
+                message: c.line.trim().to_string(),
+            });
+        }
+        if c.line.starts_with("MSG ") || c.line.starts_with("HMSG ") {
+            break;
+        }
+    }
+    let size: usize = c
+        .line
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| BenchError::Setup {
+            what: "reading a NATS message",
+            message: format!("bad MSG line {:?}", c.line),
+        })?;
+    buf.resize(size + 2, 0);
+    c.r.read_exact(buf)
+        .await
+        .map_err(io_err("reading a NATS message"))?;
+    buf.truncate(size);
+    Ok(())
+}
+
+/// Sends an API request and returns the JSON answer.
+async fn api(c: &mut Conn, subject: &str, body: &str) -> Result<serde_json::Value, BenchError> {
+    c.send(
+        format!(
+            "PUB {subject} _INBOX.bench.setup {}\r\n{body}\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    next_msg(c, &mut buf).await?;
+    serde_json::from_slice(&buf).map_err(|e| BenchError::Setup {
+        what: "a JetStream answer",
+        message: e.to_string(),
+    })
+}
+
+/// Creates the bench's stream afresh.
+async fn setup(addr: &str) -> Result<(), BenchError> {
+    let mut c = Conn::open(addr).await?;
+    c.send(b"SUB _INBOX.bench.setup 1\r\n").await?;
+    c.sync().await?;
+    let _ = api(&mut c, &format!("$JS.API.STREAM.DELETE.{STREAM}"), "").await?;
+    let config = json!({"name": STREAM, "subjects": [SUBJECT], "storage": "file"});
+    let created = api(
+        &mut c,
+        &format!("$JS.API.STREAM.CREATE.{STREAM}"),
+        &config.to_string(),
+    )
+    .await?;
+    if let Some(e) = created.get("error") {
+        return Err(BenchError::Setup {
+            what: "creating the bench stream",
+            message: e.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Publishes windows until `stop`, recording each measured acknowledgement's delay.
+async fn publish(
+    mut c: Conn,
+    client: usize,
+    size: usize,
+    window: usize,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> Result<Recorder, BenchError> {
+    let inbox = format!("_INBOX.bench.{client}");
+    c.send(format!("SUB {inbox} 1\r\n").as_bytes()).await?;
+    c.sync().await?;
+    let body = value(size);
+    let head = format!("PUB {SUBJECT} {inbox} {size}\r\n");
+    let mut batch = Vec::with_capacity(window * (head.len() + size + 2));
+    for _ in 0..window {
+        batch.extend_from_slice(head.as_bytes());
+        batch.extend_from_slice(&body);
+        batch.extend_from_slice(b"\r\n");
+    }
+    let mut rec = Recorder::new()?;
+    let mut buf = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let measured = measuring.load(Ordering::Relaxed);
+        let sent = Instant::now();
+        c.send(&batch).await?;
+        for _ in 0..window {
+            next_msg(&mut c, &mut buf).await?;
+            if buf.windows(8).any(|w| w == b"\"error\"") {
+                return Err(BenchError::Setup {
+                    what: "a JetStream publish",
+                    message: String::from_utf8_lossy(&buf).into_owned(),
+                });
+            }
+            if measured {
+                rec.record_micros("ack", sent.elapsed().as_micros() as u64);
+            }
+        }
+    }
+    Ok(rec)
+}
+
+/// Runs `js-publish`.
+pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
+    let Workload::JsPublish { window } = cfg.workload else {
+        return Err(BenchError::Config("not a JetStream workload".into()));
+    };
+    let Stop::After(duration) = cfg.stop else {
+        return Err(BenchError::Config(
+            "js-publish runs for --duration (--total is not supported)".into(),
+        ));
+    };
+    setup(&cfg.http_addr).await?;
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pubs = Vec::new();
+    for client in 0..cfg.clients {
+        let c = Conn::open(&cfg.http_addr).await?;
+        pubs.push(tokio::spawn(publish(
+            c,
+            client as usize,
+            cfg.val_size,
+            window,
+            measuring.clone(),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(cfg.warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut rec = Recorder::new()?;
+    for p in pubs {
+        let r = tokio::time::timeout(Duration::from_secs(30), p)
+            .await
+            .map_err(|_| BenchError::Setup {
+                what: "a JetStream publisher",
+                message: "did not stop within 30 s".into(),
+            })?
+            .map_err(|e| BenchError::Setup {
+                what: "a JetStream publisher",
+                message: e.to_string(),
+            })??;
+        rec.merge(r);
+    }
+    Ok(Report::new(cfg, &rec, elapsed))
+}
