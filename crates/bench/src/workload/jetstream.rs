@@ -159,7 +159,7 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
         let c = Conn::open(&cfg.http_addr).await?;
         pubs.push(tokio::spawn(publish(
             c,
-            client as usize,
+            client,
             cfg.val_size,
             window,
             measuring.clone(),
