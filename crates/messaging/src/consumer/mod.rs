@@ -1,0 +1,622 @@
+//! Consumers: JetStream's cursors over a stream. A [`Consumer`] is the state machine of one:
+//! what it delivered, what waits for an ack (and until when), the pull requests waiting, and
+//! what to do next, as [`Action`]s the NATS face carries out (a delivery, a status message,
+//! a message given up on). It reads the stream through [`Source`] and never does I/O.
+//!
+//! The rule the consumer keeps (the users' first complaint about JetStream is consumers that
+//! stall): after [`Consumer::poll`], either no request (or push target) can take a message,
+//! or no message can be delivered (none left, or `max_ack_pending` reached with no
+//! redelivery due). The property test drives random publishes, pulls, acks, naks and clock
+//! moves and checks that after every poll.
+
+pub mod config;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+pub use config::{AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy};
+
+/// What a consumer reads of its stream.
+pub trait Source {
+    /// The first stored sequence at or after `from` that `filters` reach (all when empty),
+    /// with its stored size.
+    fn next(&self, from: u64, filters: &[String]) -> Option<(u64, u64)>;
+    /// The stored size of `seq`, if it is stored.
+    fn size_of(&self, seq: u64) -> Option<u64>;
+    /// How many stored messages after `seq` the filters reach.
+    fn count_after(&self, seq: u64, filters: &[String]) -> u64;
+    /// The last sequence used.
+    fn last_seq(&self) -> u64;
+    /// The last stored sequence the filters reach.
+    fn last_matching(&self, filters: &[String]) -> Option<u64>;
+    /// The last stored sequence of each subject the filters reach, in stream order.
+    fn last_per_subject(&self, filters: &[String]) -> Vec<u64>;
+    /// The first stored sequence stored at or after `time` (UNIX ns).
+    fn first_at(&self, time: i64) -> Option<u64>;
+}
+
+/// A consumer and a stream sequence, as ConsumerInfo reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqPair {
+    /// The consumer's sequence (one per delivery).
+    pub consumer_seq: u64,
+    /// The stream's sequence.
+    pub stream_seq: u64,
+}
+
+/// A delivered message waiting for its ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The consumer sequence of its latest delivery.
+    pub cseq: u64,
+    /// The consumer sequence of its first delivery.
+    pub first_cseq: u64,
+    /// Deliveries so far.
+    pub dc: u64,
+    /// When it is redelivered unless acked (UNIX ns).
+    pub deadline: i64,
+}
+
+/// What a consumer remembers across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerState {
+    /// The last delivery.
+    pub delivered: SeqPair,
+    /// The highest sequences at or below which everything is acknowledged (or given up).
+    pub ack_floor: SeqPair,
+    /// Delivered, not acknowledged, by stream sequence.
+    pub pending: BTreeMap<u64, Pending>,
+    /// `last_per_subject`: the initial messages still to deliver, in order.
+    pub initial: VecDeque<u64>,
+}
+
+/// A pull request waiting for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    /// Where the messages go (the requester's inbox).
+    pub reply: String,
+    /// Messages still to send.
+    pub batch: u64,
+    /// Bytes still allowed (0: no limit).
+    pub max_bytes: u64,
+    /// When it ends (UNIX ns; 0: never).
+    pub expires: i64,
+    /// End as soon as nothing is ready.
+    pub no_wait: bool,
+    /// Heartbeat period while waiting (ns; 0: none), and when the next is due.
+    pub heartbeat: i64,
+    /// When the next heartbeat is due.
+    pub next_beat: i64,
+    /// True once something was delivered to it.
+    pub delivered_any: bool,
+}
+
+/// How an ack message acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// `+ACK` (or empty, `+OK`).
+    Ack,
+    /// `-NAK`, optionally after a delay (ns).
+    Nak(i64),
+    /// `+WPI`: still working, restart the timer.
+    Progress,
+    /// `+TERM`: never redeliver.
+    Term,
+}
+
+/// Something the face must do for the consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send stream message `sseq` to `to`, with the ack subject's numbers.
+    Deliver {
+        /// The inbox or deliver subject.
+        to: String,
+        /// Stream sequence.
+        sseq: u64,
+        /// Consumer sequence.
+        cseq: u64,
+        /// Delivery count.
+        dc: u64,
+        /// Messages pending after this one.
+        pending: u64,
+    },
+    /// Send a status message (an empty payload and a header block) to `to`.
+    Status {
+        /// The inbox or deliver subject.
+        to: String,
+        /// `404 No Messages`, `408 Request Timeout`, …
+        status: String,
+        /// Headers after the status line.
+        headers: Vec<(String, String)>,
+    },
+    /// The message reached max_deliver unacknowledged: it is not delivered again.
+    GaveUp {
+        /// Stream sequence.
+        sseq: u64,
+        /// Deliveries made.
+        dc: u64,
+    },
+}
+
+/// A consumer: its configuration, state and waiting pull requests.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    config: ConsumerConfig,
+    state: ConsumerState,
+    waiting: VecDeque<PullRequest>,
+    /// Push: whether the deliver subject has a subscriber now.
+    pub push_ready: bool,
+    /// Push: when the next idle heartbeat is due.
+    next_push_beat: i64,
+    /// Set when the state changed since [`Consumer::take_dirty`].
+    dirty: bool,
+    /// When a request or an interest last showed the consumer is used (UNIX ns).
+    pub last_active: i64,
+}
+
+impl Consumer {
+    /// A new consumer positioned by its deliver policy (config checked).
+    pub fn new(config: ConsumerConfig, src: &dyn Source, now: i64) -> Consumer {
+        let filters = config.filters();
+        let last = src.last_seq();
+        let mut state = ConsumerState::default();
+        let start = match config.deliver_policy {
+            DeliverPolicy::All => 0,
+            DeliverPolicy::Last => src
+                .last_matching(&filters)
+                .map_or(last, |s| s.saturating_sub(1)),
+            DeliverPolicy::New => last,
+            DeliverPolicy::ByStartSequence => config.opt_start_seq.unwrap_or(1).saturating_sub(1),
+            DeliverPolicy::ByStartTime => {
+                let t = config
+                    .opt_start_time
+                    .as_deref()
+                    .and_then(|t| humantime_ns(t))
+                    .unwrap_or(0);
+                src.first_at(t).map_or(last, |s| s.saturating_sub(1))
+            }
+            DeliverPolicy::LastPerSubject => {
+                state.initial = src.last_per_subject(&filters).into();
+                last
+            }
+        };
+        state.delivered.stream_seq = start;
+        state.ack_floor.stream_seq = start;
+        Consumer::restore(config, state, now)
+    }
+
+    /// A consumer with a saved state.
+    pub fn restore(config: ConsumerConfig, state: ConsumerState, now: i64) -> Consumer {
+        Consumer {
+            config,
+            state,
+            waiting: VecDeque::new(),
+            push_ready: false,
+            next_push_beat: 0,
+            dirty: true,
+            last_active: now,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration (checked by the caller against the old one).
+    pub fn set_config(&mut self, config: ConsumerConfig) {
+        self.config = config;
+        self.dirty = true;
+    }
+
+    /// The state.
+    pub fn state(&self) -> &ConsumerState {
+        &self.state
+    }
+
+    /// True (once) when the state changed since the last call: time to save it.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Pull requests waiting.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Messages the filters reach that were not delivered yet.
+    pub fn num_pending(&self, src: &dyn Source) -> u64 {
+        src.count_after(self.state.delivered.stream_seq, &self.config.filters())
+            + self.state.initial.len() as u64
+    }
+
+    /// Pending messages delivered more than once.
+    pub fn num_redelivered(&self) -> usize {
+        self.state.pending.values().filter(|p| p.dc > 1).count()
+    }
+
+    fn acks(&self) -> bool {
+        self.config.ack_policy != AckPolicy::None
+    }
+
+    /// Takes a pull request: answered at once when it cannot be served, queued otherwise;
+    /// then delivers what it can.
+    pub fn pull(&mut self, req: PullRequest, src: &dyn Source, now: i64) -> Vec<Action> {
+        self.last_active = now;
+        let c = &self.config;
+        let status = |text: String| Action::Status {
+            to: req.reply.clone(),
+            status: text,
+            headers: Vec::new(),
+        };
+        if c.is_push() {
+            return vec![status("409 Consumer is push based".into())];
+        }
+        if c.max_batch > 0 && req.batch as i64 > c.max_batch {
+            return vec![status(format!(
+                "409 Exceeded MaxRequestBatch of {}",
+                c.max_batch
+            ))];
+        }
+        if c.max_expires > 0 && (req.expires == 0 || req.expires - now > c.max_expires) {
+            return vec![status(format!(
+                "409 Exceeded MaxRequestExpires of {}",
+                go_duration(c.max_expires)
+            ))];
+        }
+        if c.max_bytes > 0 && (req.max_bytes == 0 || req.max_bytes as i64 > c.max_bytes) {
+            return vec![status(format!(
+                "409 Exceeded MaxRequestMaxBytes of {}",
+                c.max_bytes
+            ))];
+        }
+        if self.waiting.len() as i64 >= c.max_waiting && req.heartbeat == 0 {
+            return vec![status("409 Exceeded MaxWaiting".into())];
+        }
+        self.waiting.push_back(req);
+        self.poll(src, now)
+    }
+
+    /// Applies an ack of stream message `sseq`; true when it changed something.
+    pub fn ack(&mut self, sseq: u64, kind: Ack, now: i64) -> bool {
+        if !self.acks() {
+            return false;
+        }
+        let changed = match kind {
+            Ack::Ack | Ack::Term => {
+                if self.config.ack_policy == AckPolicy::All {
+                    let done: Vec<u64> =
+                        self.state.pending.range(..=sseq).map(|(s, _)| *s).collect();
+                    for s in &done {
+                        self.state.pending.remove(s);
+                    }
+                    !done.is_empty()
+                } else {
+                    self.state.pending.remove(&sseq).is_some()
+                }
+            }
+            Ack::Nak(delay) => match self.state.pending.get_mut(&sseq) {
+                Some(p) => {
+                    p.deadline = now + delay.max(0);
+                    true
+                }
+                None => false,
+            },
+            Ack::Progress => {
+                let config = &self.config;
+                match self.state.pending.get_mut(&sseq) {
+                    Some(p) => {
+                        p.deadline = now + config.redelivery_wait(p.dc);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        if changed {
+            self.update_floor();
+            self.dirty = true;
+        }
+        changed
+    }
+
+    fn update_floor(&mut self) {
+        self.state.ack_floor = match self.state.pending.first_key_value() {
+            None => self.state.delivered,
+            Some((sseq, p)) => SeqPair {
+                consumer_seq: p.first_cseq.saturating_sub(1),
+                stream_seq: sseq.saturating_sub(1),
+            },
+        };
+    }
+
+    /// Expires requests, gives up on messages past max_deliver, sends heartbeats, then
+    /// delivers what it can; call when [`Consumer::next_deadline`] passes.
+    pub fn tick(&mut self, src: &dyn Source, now: i64) -> Vec<Action> {
+        self.poll(src, now)
+    }
+
+    /// The earliest time something is due (a redelivery, a request's expiry, a heartbeat).
+    pub fn next_deadline(&self) -> Option<i64> {
+        let redelivery = self.state.pending.values().map(|p| p.deadline).min();
+        let requests = self
+            .waiting
+            .iter()
+            .flat_map(|r| {
+                [
+                    (r.expires > 0).then_some(r.expires),
+                    (r.heartbeat > 0).then_some(r.next_beat),
+                ]
+            })
+            .flatten()
+            .min();
+        let push_beat = (self.config.is_push() && self.config.idle_heartbeat > 0)
+            .then_some(self.next_push_beat);
+        [redelivery, requests, push_beat]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next message to send: a due redelivery first, then the initial set, then the
+    /// next new one (unless max_ack_pending is reached); (sseq, size, is redelivery).
+    fn next_message(&mut self, src: &dyn Source, now: i64) -> Option<(u64, u64, bool)> {
+        loop {
+            let due = self
+                .state
+                .pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .min_by_key(|(s, p)| (p.deadline, **s))
+                .map(|(s, p)| (*s, *p));
+            let Some((sseq, p)) = due else { break };
+            if self.config.max_deliver > 0 && p.dc >= self.config.max_deliver as u64 {
+                return None;
+            }
+            match src.size_of(sseq) {
+                Some(size) => return Some((sseq, size, true)),
+                // Removed from the stream meanwhile: nothing to redeliver.
+                None => {
+                    self.state.pending.remove(&sseq);
+                    self.update_floor();
+                    self.dirty = true;
+                }
+            }
+        }
+        let full = self.acks()
+            && self.config.max_ack_pending > 0
+            && self.state.pending.len() as i64 >= self.config.max_ack_pending;
+        if full {
+            return None;
+        }
+        while let Some(&sseq) = self.state.initial.front() {
+            if let Some(size) = src.size_of(sseq) {
+                return Some((sseq, size, false));
+            }
+            self.state.initial.pop_front();
+        }
+        let filters = self.config.filters();
+        src.next(self.state.delivered.stream_seq + 1, &filters)
+            .map(|(s, size)| (s, size, false))
+    }
+
+    /// Messages past max_deliver whose last delivery went unacknowledged: given up on.
+    fn give_up(&mut self, now: i64) -> Vec<Action> {
+        if self.config.max_deliver <= 0 {
+            return Vec::new();
+        }
+        let max = self.config.max_deliver as u64;
+        let gone: Vec<(u64, u64)> = self
+            .state
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now && p.dc >= max)
+            .map(|(s, p)| (*s, p.dc))
+            .collect();
+        for (s, _) in &gone {
+            self.state.pending.remove(s);
+        }
+        if !gone.is_empty() {
+            self.update_floor();
+            self.dirty = true;
+        }
+        gone.into_iter()
+            .map(|(sseq, dc)| Action::GaveUp { sseq, dc })
+            .collect()
+    }
+
+    /// Records a delivery of `sseq`; returns the action.
+    fn deliver(
+        &mut self,
+        to: String,
+        sseq: u64,
+        redelivery: bool,
+        src: &dyn Source,
+        now: i64,
+    ) -> Action {
+        self.state.delivered.consumer_seq += 1;
+        let cseq = self.state.delivered.consumer_seq;
+        if !redelivery {
+            if self.state.initial.front() == Some(&sseq) {
+                self.state.initial.pop_front();
+            } else {
+                self.state.delivered.stream_seq = self.state.delivered.stream_seq.max(sseq);
+            }
+        }
+        let dc = if self.acks() {
+            let wait = |dc| self.config.redelivery_wait(dc);
+            let entry = self.state.pending.entry(sseq).or_insert(Pending {
+                cseq,
+                first_cseq: cseq,
+                dc: 0,
+                deadline: 0,
+            });
+            entry.dc += 1;
+            entry.cseq = cseq;
+            let dc = entry.dc;
+            entry.deadline = now + wait(dc);
+            dc
+        } else {
+            1
+        };
+        self.update_floor();
+        self.dirty = true;
+        Action::Deliver {
+            to,
+            sseq,
+            cseq,
+            dc,
+            pending: self.num_pending(src),
+        }
+    }
+
+    /// Delivers what can be delivered now and answers requests that are done.
+    pub fn poll(&mut self, src: &dyn Source, now: i64) -> Vec<Action> {
+        let mut out = self.give_up(now);
+        if self.config.is_push() {
+            self.poll_push(src, now, &mut out);
+            return out;
+        }
+        // Expired requests end with 408 and what is left.
+        let mut kept = VecDeque::new();
+        while let Some(r) = self.waiting.pop_front() {
+            if r.expires > 0 && r.expires <= now {
+                out.push(Self::pending_status(&r, "408 Request Timeout"));
+            } else {
+                kept.push_back(r);
+            }
+        }
+        self.waiting = kept;
+        while let Some(mut r) = self.waiting.pop_front() {
+            let Some((sseq, size, redelivery)) = self.next_message(src, now) else {
+                // Nothing to send: a no_wait request ends here; others wait.
+                if r.no_wait {
+                    out.push(Action::Status {
+                        to: r.reply.clone(),
+                        status: "404 No Messages".into(),
+                        headers: Vec::new(),
+                    });
+                    continue;
+                }
+                self.waiting.push_front(r);
+                break;
+            };
+            if r.max_bytes > 0 && size > r.max_bytes {
+                let status = if r.delivered_any {
+                    "409 Batch Completed"
+                } else {
+                    "409 Message Size Exceeds MaxBytes"
+                };
+                out.push(Self::pending_status(&r, status));
+                continue;
+            }
+            let action = self.deliver(r.reply.clone(), sseq, redelivery, src, now);
+            out.push(action);
+            r.delivered_any = true;
+            r.batch -= 1;
+            if r.max_bytes > 0 {
+                r.max_bytes -= size;
+            }
+            if r.batch > 0 {
+                if r.heartbeat > 0 {
+                    r.next_beat = now + r.heartbeat;
+                }
+                self.waiting.push_front(r);
+            }
+        }
+        // Heartbeats for requests still waiting.
+        let last = self.state.delivered;
+        for r in &mut self.waiting {
+            if r.heartbeat > 0 && r.next_beat <= now {
+                r.next_beat = now + r.heartbeat;
+                out.push(Action::Status {
+                    to: r.reply.clone(),
+                    status: "100 Idle Heartbeat".into(),
+                    headers: vec![
+                        ("Nats-Last-Consumer".into(), last.consumer_seq.to_string()),
+                        ("Nats-Last-Stream".into(), last.stream_seq.to_string()),
+                    ],
+                });
+            }
+        }
+        out
+    }
+
+    fn pending_status(r: &PullRequest, status: &str) -> Action {
+        Action::Status {
+            to: r.reply.clone(),
+            status: status.into(),
+            headers: vec![
+                ("Nats-Pending-Messages".into(), r.batch.to_string()),
+                ("Nats-Pending-Bytes".into(), r.max_bytes.to_string()),
+            ],
+        }
+    }
+
+    fn poll_push(&mut self, src: &dyn Source, now: i64, out: &mut Vec<Action>) {
+        let Some(to) = self.config.deliver_subject.clone() else {
+            return;
+        };
+        if self.push_ready {
+            self.last_active = now;
+            while let Some((sseq, _, redelivery)) = self.next_message(src, now) {
+                let a = self.deliver(to.clone(), sseq, redelivery, src, now);
+                out.push(a);
+                self.next_push_beat = now + self.config.idle_heartbeat;
+            }
+        }
+        if self.config.idle_heartbeat > 0 && self.next_push_beat <= now {
+            self.next_push_beat = now + self.config.idle_heartbeat;
+            let last = self.state.delivered;
+            out.push(Action::Status {
+                to,
+                status: "100 Idle Heartbeat".into(),
+                headers: vec![
+                    ("Nats-Last-Consumer".into(), last.consumer_seq.to_string()),
+                    ("Nats-Last-Stream".into(), last.stream_seq.to_string()),
+                ],
+            });
+        }
+    }
+
+    /// Ends every waiting request with `status` (the consumer is deleted).
+    pub fn close(&mut self, status: &str) -> Vec<Action> {
+        self.waiting
+            .drain(..)
+            .map(|r| Action::Status {
+                to: r.reply,
+                status: status.into(),
+                headers: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Drops waiting requests whose requester went away (`gone` says which inboxes).
+    pub fn forget_requests(&mut self, gone: impl Fn(&str) -> bool) {
+        self.waiting.retain(|r| !gone(&r.reply));
+    }
+}
+
+/// RFC 3339 → UNIX nanoseconds.
+fn humantime_ns(t: &str) -> Option<i64> {
+    let at = humantime::parse_rfc3339_weak(t).ok()?;
+    let d = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_nanos()).ok()
+}
+
+/// Nanoseconds as Go prints a duration (for the 409 texts).
+fn go_duration(ns: i64) -> String {
+    let d = std::time::Duration::from_nanos(ns.max(0) as u64);
+    if d.subsec_nanos() == 0 {
+        let s = d.as_secs();
+        if s % 60 == 0 && s > 0 {
+            return format!("{}m0s", s / 60);
+        }
+        return format!("{s}s");
+    }
+    format!("{}ms", d.as_millis())
+}
+
+#[cfg(test)]
+mod tests;
