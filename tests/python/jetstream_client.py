@@ -2,8 +2,10 @@
 create, update, info with subjects, names, list, purge with filter and keep, delete), publish
 acks with Nats-Msg-Id deduplication and the expected-* headers, message get (by sequence, last
 by subject, next by subject) and delete, limits (max_msgs with discard old and new,
-max_msgs_per_subject, max_msg_size), and a KV bucket (put, create, update, get, delete, purge,
-history kept per key). Usage: jetstream_client.py nats://HOST:PORT. Prints one line per check
+max_msgs_per_subject, max_msg_size), a KV bucket (put, create, update, get, delete, purge,
+history kept per key, keys, history, watch), pull consumers (fetch, ack, nak with delay,
+redelivery after ack_wait up to max_deliver, ack_sync, counters), push and ordered
+consumers, and consumer listing and deletion. Usage: jetstream_client.py nats://HOST:PORT. Prints one line per check
 and "N passed, M failed"; exits non-zero on any failure."""
 
 import asyncio
@@ -11,7 +13,7 @@ import sys
 import traceback
 
 import nats
-from nats.js.api import DiscardPolicy, StreamConfig
+from nats.js.api import ConsumerConfig, DiscardPolicy, StreamConfig
 from nats.js.errors import (BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError,
                             NotFoundError, ServiceUnavailableError)
 from nats.errors import NoRespondersError
@@ -178,10 +180,95 @@ async def main():
         state = (await js.stream_info("KV_cfg")).state
         assert state.messages == 1, state
 
+    async def pull_consumers_deliver_ack_and_redeliver():
+        await js.add_stream(name="WORK", subjects=["work.>"])
+        for i in range(4):
+            await js.publish(f"work.{i % 2}", f"w{i}".encode())
+        try:
+            await js.consumer_info("WORK", "worker")
+            raise AssertionError("a missing consumer answered")
+        except NotFoundError as e:
+            assert e.err_code == 10014, e
+        psub = await js.pull_subscribe("work.>", durable="worker",
+                                       config=ConsumerConfig(ack_wait=1, max_deliver=2))
+        msgs = await psub.fetch(3, timeout=2)
+        assert [m.data for m in msgs] == [b"w0", b"w1", b"w2"], msgs
+        md = msgs[0].metadata
+        assert (md.sequence.stream, md.sequence.consumer, md.num_delivered, md.num_pending) == (1, 1, 1, 3), md
+        await msgs[0].ack_sync()
+        await msgs[1].nak(delay=0.3)
+        # msgs[2] is left to time out (ack_wait 1 s).
+        info = await js.consumer_info("WORK", "worker")
+        assert (info.delivered.stream_seq, info.ack_floor.stream_seq) == (3, 1), info
+        assert (info.num_ack_pending, info.num_pending) == (2, 1), info
+        got = {}
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(got) < 3 and asyncio.get_running_loop().time() < deadline:
+            try:
+                for m in await psub.fetch(3, timeout=0.5):
+                    got[m.data] = m.metadata.num_delivered
+                    await m.ack()
+            except nats.errors.TimeoutError:
+                pass
+        assert got == {b"w1": 2, b"w2": 2, b"w3": 1}, got
+        info = await js.consumer_info("WORK", "worker")
+        assert (info.num_ack_pending, info.num_redelivered, info.num_pending) == (0, 0, 0), info
+        assert info.ack_floor.stream_seq == 4, info
+        try:
+            await psub.fetch(1, timeout=0.5)
+            raise AssertionError("an empty consumer delivered")
+        except nats.errors.TimeoutError:
+            pass
+
+    async def push_and_ordered_consumers_deliver():
+        got = []
+        done = asyncio.Event()
+
+        async def cb(m):
+            got.append(m.data)
+            await m.ack()
+            if len(got) == 3:
+                done.set()
+        await js.subscribe("work.0", durable="pusher", cb=cb)
+        await js.publish("work.0", b"live")
+        await asyncio.wait_for(done.wait(), 5)
+        assert got == [b"w0", b"w2", b"live"], got
+        osub = await js.subscribe("work.>", ordered_consumer=True)
+        seen = [(await osub.next_msg(timeout=2)).data for _ in range(5)]
+        assert seen == [b"w0", b"w1", b"w2", b"w3", b"live"], seen
+        names = sorted(ci.name for ci in await js.consumers_info("WORK"))
+        assert "pusher" in names and "worker" in names, names
+        assert await js.delete_consumer("WORK", "worker") is True
+        try:
+            await js.consumer_info("WORK", "worker")
+            raise AssertionError("a deleted consumer answered")
+        except NotFoundError:
+            pass
+
+    async def key_value_watchers_keys_and_history():
+        kv = await js.create_key_value(bucket="watched", history=5)
+        await kv.put("a", b"1")
+        await kv.put("b", b"2")
+        await kv.put("a", b"3")
+        assert sorted(await kv.keys()) == ["a", "b"]
+        hist = await kv.history("a")
+        assert [e.value for e in hist] == [b"1", b"3"], hist
+        w = await kv.watchall()
+        initial = []
+        async for e in w:
+            if e is None:
+                break
+            initial.append((e.key, e.value))
+        assert sorted(initial) == [("a", b"3"), ("b", b"2")], initial
+        await kv.put("c", b"9")
+        e = await w.updates(timeout=2)
+        assert (e.key, e.value) == ("c", b"9"), e
+        await w.stop()
+
     async def what_is_not_served_finds_no_responders():
         try:
-            await nc.request("$JS.API.CONSUMER.INFO.ORDERS.c", b"", timeout=2)
-            raise AssertionError("consumers answered")
+            await nc.request("$JS.API.STREAM.SNAPSHOT.ORDERS", b"", timeout=2)
+            raise AssertionError("snapshots answered")
         except NoRespondersError:
             pass
         try:
@@ -199,6 +286,9 @@ async def main():
                purges_take_a_filter_and_keep,
                limits_discard_old_or_refuse_new,
                key_value_buckets_work_on_streams,
+               pull_consumers_deliver_ack_and_redeliver,
+               push_and_ordered_consumers_deliver,
+               key_value_watchers_keys_and_history,
                what_is_not_served_finds_no_responders]:
         await case(fn)
     await nc.close()

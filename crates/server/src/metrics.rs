@@ -119,6 +119,10 @@ pub struct Metrics {
     pub js_stored: Counter,
     /// Syncs of stream writers (each covers a batch of publishes).
     pub js_batches: Counter,
+    /// Messages delivered by JetStream consumers (redeliveries included).
+    pub js_delivered: Counter,
+    /// Acks received by JetStream consumers.
+    pub js_acks: Counter,
     /// Proposals committed and applied.
     pub proposals_committed: Counter,
     /// Proposals that failed (no leader, stopped).
@@ -218,6 +222,8 @@ impl Metrics {
             nats_route_dropped: Counter::default(),
             js_stored: Counter::default(),
             js_batches: Counter::default(),
+            js_delivered: Counter::default(),
+            js_acks: Counter::default(),
             proposals_committed: Counter::default(),
             proposals_failed: Counter::default(),
             raft_term: Gauge::default(),
@@ -378,6 +384,16 @@ impl Metrics {
             "berth_jetstream_sync_batches",
             "Batches of JetStream publishes stored with one sync of the stream's segment file",
             m.js_batches.clone(),
+        );
+        r.register(
+            "berth_jetstream_delivered_messages",
+            "Messages JetStream consumers delivered, redeliveries included",
+            m.js_delivered.clone(),
+        );
+        r.register(
+            "berth_jetstream_acks",
+            "Acks JetStream consumers received",
+            m.js_acks.clone(),
         );
         r.register(
             "berth_watch_events_sent",

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy};
 
+/// Messages a push consumer sends in one poll at most.
+pub const PUSH_BURST: usize = 256;
+
 /// What a consumer reads of its stream.
 pub trait Source {
     /// The first stored sequence at or after `from` that `filters` reach (all when empty),
@@ -151,6 +154,8 @@ pub struct Consumer {
     next_push_beat: i64,
     /// Set when the state changed since [`Consumer::take_dirty`].
     dirty: bool,
+    /// Push: set (to when) when a poll stopped at [`PUSH_BURST`] with more to send.
+    push_backlog: Option<i64>,
     /// When a request or an interest last showed the consumer is used (UNIX ns).
     pub last_active: i64,
 }
@@ -172,7 +177,7 @@ impl Consumer {
                 let t = config
                     .opt_start_time
                     .as_deref()
-                    .and_then(|t| humantime_ns(t))
+                    .and_then(humantime_ns)
                     .unwrap_or(0);
                 src.first_at(t).map_or(last, |s| s.saturating_sub(1))
             }
@@ -195,6 +200,7 @@ impl Consumer {
             push_ready: false,
             next_push_beat: 0,
             dirty: true,
+            push_backlog: None,
             last_active: now,
         }
     }
@@ -218,6 +224,11 @@ impl Consumer {
     /// True (once) when the state changed since the last call: time to save it.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// Whether the state changed since the last [`Consumer::take_dirty`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 
     /// Pull requests waiting.
@@ -426,7 +437,8 @@ impl Consumer {
             .collect()
     }
 
-    /// Records a delivery of `sseq`; returns the action.
+    /// Records a delivery of `sseq`; returns the action. `left` caches the pending count
+    /// over one poll (counted once, then one less per new message).
     fn deliver(
         &mut self,
         to: String,
@@ -434,6 +446,7 @@ impl Consumer {
         redelivery: bool,
         src: &dyn Source,
         now: i64,
+        left: &mut Option<u64>,
     ) -> Action {
         self.state.delivered.consumer_seq += 1;
         let cseq = self.state.delivered.consumer_seq;
@@ -462,12 +475,24 @@ impl Consumer {
         };
         self.update_floor();
         self.dirty = true;
+        let pending = match left {
+            Some(n) if !redelivery => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            Some(n) => *n,
+            None => {
+                let n = self.num_pending(src);
+                *left = Some(n);
+                n
+            }
+        };
         Action::Deliver {
             to,
             sseq,
             cseq,
             dc,
-            pending: self.num_pending(src),
+            pending,
         }
     }
 
@@ -488,6 +513,7 @@ impl Consumer {
             }
         }
         self.waiting = kept;
+        let mut left = None;
         while let Some(mut r) = self.waiting.pop_front() {
             let Some((sseq, size, redelivery)) = self.next_message(src, now) else {
                 // Nothing to send: a no_wait request ends here; others wait.
@@ -511,7 +537,7 @@ impl Consumer {
                 out.push(Self::pending_status(&r, status));
                 continue;
             }
-            let action = self.deliver(r.reply.clone(), sseq, redelivery, src, now);
+            let action = self.deliver(r.reply.clone(), sseq, redelivery, src, now, &mut left);
             out.push(action);
             r.delivered_any = true;
             r.batch -= 1;
@@ -558,11 +584,21 @@ impl Consumer {
         let Some(to) = self.config.deliver_subject.clone() else {
             return;
         };
+        self.push_backlog = None;
         if self.push_ready {
             self.last_active = now;
+            let mut left = None;
+            let mut sent = 0;
             while let Some((sseq, _, redelivery)) = self.next_message(src, now) {
-                let a = self.deliver(to.clone(), sseq, redelivery, src, now);
+                if sent == PUSH_BURST {
+                    // The rest on the next poll, so one consumer's backlog does not fill
+                    // its subscriber's buffer in one go.
+                    self.push_backlog = Some(now);
+                    break;
+                }
+                let a = self.deliver(to.clone(), sseq, redelivery, src, now, &mut left);
                 out.push(a);
+                sent += 1;
                 self.next_push_beat = now + self.config.idle_heartbeat;
             }
         }
@@ -610,7 +646,7 @@ fn go_duration(ns: i64) -> String {
     let d = std::time::Duration::from_nanos(ns.max(0) as u64);
     if d.subsec_nanos() == 0 {
         let s = d.as_secs();
-        if s % 60 == 0 && s > 0 {
+        if s.is_multiple_of(60) && s > 0 {
             return format!("{}m0s", s / 60);
         }
         return format!("{s}s");

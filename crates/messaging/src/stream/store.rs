@@ -102,6 +102,9 @@ pub struct StreamStore {
     segments: BTreeMap<u64, Segment>,
     msgs: BTreeMap<u64, Meta>,
     subjects: HashMap<Arc<str>, BTreeSet<u64>>,
+    /// Sequences between the first stored and the last used that are not stored (removed
+    /// from the middle): counting what follows a sequence is then arithmetic.
+    holes: BTreeSet<u64>,
     first: u64,
     last: u64,
     last_time: i64,
@@ -136,6 +139,7 @@ impl StreamStore {
             segments: BTreeMap::new(),
             msgs: BTreeMap::new(),
             subjects: HashMap::new(),
+            holes: BTreeSet::new(),
             first: 1,
             last: 0,
             last_time: 0,
@@ -148,6 +152,14 @@ impl StreamStore {
         if store.segments.is_empty() {
             store.new_segment(1)?;
         }
+        store.settle_bounds();
+        let mut expected = store.first;
+        let mut holes = BTreeSet::new();
+        for &seq in store.msgs.keys() {
+            holes.extend(expected..seq);
+            expected = seq + 1;
+        }
+        store.holes = holes;
         store.drop_dead_segments()?;
         Ok(store)
     }
@@ -384,6 +396,7 @@ impl StreamStore {
         self.write(&Record::Removed(stored.clone()))?;
         for s in &stored {
             self.unindex(*s);
+            self.holes.insert(*s);
         }
         self.settle()?;
         Ok(stored.len() as u64)
@@ -406,11 +419,17 @@ impl StreamStore {
     /// After removals: the first sequence moves up to the oldest message left, and segments
     /// with nothing left go.
     fn settle(&mut self) -> io::Result<()> {
+        self.settle_bounds();
+        self.drop_dead_segments()
+    }
+
+    /// The first sequence is the oldest message's (`last + 1` when none); holes below it go.
+    fn settle_bounds(&mut self) {
         self.first = self
             .msgs
             .first_key_value()
             .map_or(self.last + 1, |(s, _)| *s);
-        self.drop_dead_segments()
+        self.holes = self.holes.split_off(&self.first);
     }
 
     fn drop_dead_segments(&mut self) -> io::Result<()> {
@@ -484,6 +503,72 @@ impl StreamStore {
             .filter(|(s, _)| subject::matches(filter, s))
             .filter_map(|(_, seqs)| seqs.last().copied())
             .max()
+    }
+
+    /// The stored size of `seq`, if stored.
+    pub fn size_of(&self, seq: u64) -> Option<u64> {
+        self.msgs.get(&seq).map(|m| m.size)
+    }
+
+    /// The first stored sequence at or after `from` that one of `filters` reaches (any
+    /// subject when empty), with its size.
+    pub fn next_of(&self, from: u64, filters: &[String]) -> Option<(u64, u64)> {
+        let seq = match filters {
+            [] => self.msgs.range(from..).next().map(|(s, _)| *s),
+            [one] if one == ">" => self.msgs.range(from..).next().map(|(s, _)| *s),
+            [one] => self.next_matching(from, one),
+            many => many
+                .iter()
+                .filter_map(|f| self.next_matching(from, f))
+                .min(),
+        }?;
+        Some((seq, self.msgs.get(&seq)?.size))
+    }
+
+    /// How many stored messages after `seq` one of `filters` reaches (any when empty).
+    pub fn count_after(&self, seq: u64, filters: &[String]) -> u64 {
+        let after = seq.saturating_add(1);
+        let all = || {
+            let from = after.max(self.first);
+            if self.msgs.is_empty() || from > self.last {
+                return 0;
+            }
+            (self.last + 1 - from) - self.holes.range(from..).count() as u64
+        };
+        match filters {
+            [] => all(),
+            [one] if one == ">" => all(),
+            [one] if !one.contains(['*', '>']) => self
+                .subjects
+                .get(one.as_str())
+                .map_or(0, |s| s.range(after..).count() as u64),
+            many => self
+                .msgs
+                .range(after..)
+                .filter(|(_, m)| many.iter().any(|f| subject::matches(f, &m.subject)))
+                .count() as u64,
+        }
+    }
+
+    /// The last stored sequence of each subject `filters` reach (all when empty), in stream
+    /// order.
+    pub fn last_per_subject(&self, filters: &[String]) -> Vec<u64> {
+        let mut seqs: Vec<u64> = self
+            .subjects
+            .iter()
+            .filter(|(s, _)| filters.is_empty() || filters.iter().any(|f| subject::matches(f, s)))
+            .filter_map(|(_, seqs)| seqs.last().copied())
+            .collect();
+        seqs.sort_unstable();
+        seqs
+    }
+
+    /// The first stored sequence stored at or after `time` (UNIX ns).
+    pub fn first_at(&self, time: i64) -> Option<u64> {
+        self.msgs
+            .iter()
+            .find(|(_, m)| m.time >= time)
+            .map(|(s, _)| *s)
     }
 
     /// Stored sequences of the subject, oldest first.

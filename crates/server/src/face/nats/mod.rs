@@ -291,17 +291,36 @@ impl Hub {
     /// Delivers a message the server itself publishes (API responses, acknowledgements) to
     /// every subscriber of `subject`, here and on other members.
     fn inject(&self, subject: &str, headers: Option<&Bytes>, payload: &Bytes) {
-        let matches = self.subs_read().matches(subject);
+        self.inject_as(subject, subject, None, headers, payload);
+    }
+
+    /// Delivers a message to the subscribers of `to`, framed with subject `shown` and
+    /// `reply` (a consumer's delivery: the stream subject, the ack subject).
+    fn inject_as(
+        &self,
+        to: &str,
+        shown: &str,
+        reply: Option<&str>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+    ) {
+        let matches = self.subs_read().matches(to);
         let msg = route::Outgoing {
-            subject,
-            reply: None,
+            subject: shown,
+            reply,
             headers,
             payload,
         };
         let (_, served) = self.deliver_local(&matches, &msg, None, |_| true);
-        if let Some(remote) = self.routes.remote_matches(subject) {
+        if let Some(remote) = self.routes.remote_matches(to) {
             let _ = self.routes.forward(self, &remote, &served, msg);
         }
+    }
+
+    /// Whether any subscriber (here or on another member) takes `subject`.
+    fn has_interest(&self, subject: &str) -> bool {
+        !self.subs_read().matches(subject).is_empty()
+            || self.routes.remote_matches(subject).is_some()
     }
 
     fn subs_read(&self) -> std::sync::RwLockReadGuard<'_, Sublist<SubRef>> {

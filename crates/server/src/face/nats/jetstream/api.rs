@@ -2,8 +2,9 @@
 //! update, info, delete, purge, names, list, message get and delete, and direct get. Every
 //! response names its type (`io.nats.jetstream.api.v1.<x>_response`); errors are exactly
 //! `{"code","err_code","description"}`. A request without a reply subject is not answered.
-//! Subjects berth does not serve (consumers, for now) are left to the hub, which finds no
-//! responders (503), as nats-server 2.15 answers API subjects it does not know.
+//! Consumer requests and acks go to `consumers`. Subjects berth does not serve are left to
+//! the hub, which finds no responders (503), as nats-server 2.15 answers API subjects it
+//! does not know.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::face::nats::Hub;
 const NAMES_LIMIT: usize = 1024;
 const LIST_LIMIT: usize = 256;
 
-fn time(ns: i64) -> String {
+pub(super) fn time(ns: i64) -> String {
     if ns <= 0 {
         return "0001-01-01T00:00:00Z".into();
     }
@@ -38,7 +39,7 @@ fn bad_json(e: &serde_json::Error) -> ApiError {
 }
 
 /// A request body as `T`; an empty body is `{}`.
-fn body<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, ApiError> {
+pub(super) fn body<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, ApiError> {
     let payload = if payload.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
     } else {
@@ -53,6 +54,9 @@ pub(crate) fn handle(hub: &Arc<Hub>, subject: &str, reply: Option<&str>, payload
     if !hub.jetstream_enabled() {
         return false;
     }
+    if subject.starts_with("$JS.ACK.") || subject.starts_with("$JS.FC.") {
+        return super::consumers::ack(hub, subject, reply, payload);
+    }
     let Some(rest) = subject.strip_prefix("$JS.API.") else {
         return false;
     };
@@ -61,6 +65,11 @@ pub(crate) fn handle(hub: &Arc<Hub>, subject: &str, reply: Option<&str>, payload
         ("STREAM", op) => match stream_op(hub, op, payload) {
             Some(r) => r,
             None => return false,
+        },
+        ("CONSUMER", op) => match super::consumers::api(hub, op, reply, payload) {
+            super::consumers::Served::Answer(kind, answer) => (kind, answer),
+            super::consumers::Served::Done => return true,
+            super::consumers::Served::No => return false,
         },
         ("DIRECT", op) => {
             let Some(name_and_subject) = op.strip_prefix("GET.") else {
@@ -118,7 +127,7 @@ fn account_info(js: &JetStream) -> Value {
         "reserved_memory": 0,
         "reserved_storage": 0,
         "streams": streams.len(),
-        "consumers": 0,
+        "consumers": streams.values().map(|h| h.consumers().len()).sum::<usize>(),
         "limits": {
             "max_memory": -1,
             "max_storage": -1,
@@ -136,7 +145,7 @@ fn account_info(js: &JetStream) -> Value {
     })
 }
 
-fn state_json(st: &State, subjects: Option<Value>) -> Value {
+fn state_json(st: &State, consumers: usize, subjects: Option<Value>) -> Value {
     let mut v = json!({
         "messages": st.messages,
         "bytes": st.bytes,
@@ -144,7 +153,7 @@ fn state_json(st: &State, subjects: Option<Value>) -> Value {
         "first_ts": time(st.first_time),
         "last_seq": st.last_seq,
         "last_ts": time(st.last_time),
-        "consumer_count": 0,
+        "consumer_count": consumers,
     });
     if st.subjects > 0 {
         v["num_subjects"] = json!(st.subjects);
@@ -164,13 +173,14 @@ fn stream_info(
     h: &StreamHandle,
     subjects_filter: Option<&str>,
 ) -> Result<Value, ApiError> {
+    let consumers = h.consumers().len();
     let guard = h.lock();
     let s = guard.as_ref().ok_or_else(not_found)?;
     let subjects = subjects_filter.map(|f| json!(s.store().subject_counts(f)));
     Ok(json!({
         "config": s.config(),
         "created": time(s.created()),
-        "state": state_json(&s.store().state(), subjects),
+        "state": state_json(&s.store().state(), consumers, subjects),
         "cluster": {"leader": hub.server_id},
         "ts": time(now_ns()),
     }))

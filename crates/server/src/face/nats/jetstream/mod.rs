@@ -11,6 +11,7 @@
 //! requests find no responders.
 
 pub mod api;
+pub mod consumers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,11 +53,19 @@ pub(crate) struct StreamHandle {
     /// `None` once deleted.
     stream: Mutex<Option<Stream>>,
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
+    /// Its consumers (locked before `stream` when both are).
+    consumers: Mutex<consumers::Consumers>,
+    /// Wakes the consumers' dispatcher (messages stored, requests, acks).
+    wake: tokio::sync::Notify,
 }
 
 impl StreamHandle {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Stream>> {
         self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn consumers(&self) -> std::sync::MutexGuard<'_, consumers::Consumers> {
+        self.consumers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -82,7 +91,7 @@ pub(crate) fn now_ns() -> i64 {
 
 /// Writes `bytes` to `path` atomically and durably (a temporary file, fsync, rename, fsync
 /// of the directory).
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -115,8 +124,9 @@ impl JetStream {
             match Self::load(&path) {
                 Ok((stream, _)) => {
                     let name = stream.config().name.clone();
-                    tracing::info!(stream = %name, "JetStream stream opened");
-                    js.add(stream);
+                    let consumers = consumers::Consumers::open(&path);
+                    tracing::info!(stream = %name, consumers = consumers.len(), "JetStream stream opened");
+                    js.add(stream, consumers);
                 }
                 Err(e) => tracing::error!(
                     dir = %path.display(),
@@ -143,14 +153,16 @@ impl JetStream {
         self.streams().get(name).cloned()
     }
 
-    /// Registers an opened stream and starts its writer.
-    fn add(&self, stream: Stream) -> Arc<StreamHandle> {
+    /// Registers an opened stream with its consumers.
+    fn add(&self, stream: Stream, consumers: consumers::Consumers) -> Arc<StreamHandle> {
         let name = stream.config().name.clone();
         let subjects = stream.config().subjects.clone();
         let handle = Arc::new(StreamHandle {
             name: name.clone(),
             stream: Mutex::new(Some(stream)),
             queue: Mutex::new(None),
+            consumers: Mutex::new(consumers),
+            wake: tokio::sync::Notify::new(),
         });
         {
             let mut table = self.subjects.write().unwrap_or_else(|p| p.into_inner());
@@ -267,7 +279,7 @@ impl JetStream {
             serde_json::to_vec(&saved).map_err(|e| ApiError::new(500, 10049, e.to_string()))?;
         write_durably(&dir.join("config.json"), &json).map_err(io)?;
         let stream = Stream::open(&dir, config, created, created).map_err(io)?;
-        let handle = self.add(stream);
+        let handle = self.add(stream, consumers::Consumers::default());
         start_writer(hub, &handle);
         Ok(handle)
     }
@@ -304,6 +316,7 @@ impl JetStream {
     fn delete(&self, handle: &StreamHandle) -> Result<(), ApiError> {
         self.remove(handle);
         let stream = handle.lock().take();
+        handle.wake.notify_one();
         if let Some(s) = stream {
             s.destroy().map_err(|e| ApiError::io(&e))?;
         }
@@ -316,6 +329,7 @@ impl JetStream {
 fn start_writer(hub: &Arc<Hub>, handle: &Arc<StreamHandle>) {
     let (tx, rx) = mpsc::channel::<Pending>();
     *handle.queue.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    tokio::spawn(consumers::dispatch(Arc::downgrade(hub), handle.clone()));
     let (hub, handle) = (Arc::downgrade(hub), handle.clone());
     let spawned = std::thread::Builder::new()
         .name(format!("js-{}", handle.name))
@@ -347,6 +361,8 @@ fn write_loop(hub: &std::sync::Weak<Hub>, handle: &StreamHandle, rx: &mpsc::Rece
             }
         }
         let (answers, synced) = store_batch(handle, &batch);
+        // Consumers see the new messages.
+        handle.wake.notify_one();
         let Some(hub) = hub.upgrade() else { return };
         hub.core.metrics.js_batches.inc();
         for (p, answer) in batch.drain(..).zip(answers) {

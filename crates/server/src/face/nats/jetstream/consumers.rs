@@ -1,0 +1,763 @@
+//! Consumers of a member's streams, carried out: the `$JS.API.CONSUMER.*` requests, pull
+//! requests (`CONSUMER.MSG.NEXT`), acks (`$JS.ACK.…`), and each stream's dispatcher task,
+//! which wakes when messages are stored, when something is due (redeliveries, request
+//! expiries, heartbeats) and when a push consumer may have gained interest.
+//!
+//! The rules live in [`berth_messaging::consumer`]; this file turns its actions into
+//! messages (the stored message with the ack subject as its reply, or a status), saves each
+//! consumer's state under `<stream dir>/consumers/<name>.json` (at most every
+//! [`SAVE_EVERY`] while it changes, and before an ack that asked for a reply is answered),
+//! and deletes ephemeral consumers left without requests or interest past their
+//! `inactive_threshold`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_messaging::consumer::{
+    Ack, Action, Consumer, ConsumerConfig, ConsumerState, PullRequest, Source,
+};
+use berth_messaging::stream::{headers, ApiError, StreamStore};
+use bytes::Bytes;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{now_ns, write_durably, StreamHandle};
+use crate::face::nats::Hub;
+
+/// How often a changed consumer state is saved at most.
+pub const SAVE_EVERY: Duration = Duration::from_millis(100);
+/// How often the dispatcher looks for interest on push consumers without any.
+const INTEREST_POLL: Duration = Duration::from_millis(100);
+/// Consumers per `CONSUMER.NAMES` and `CONSUMER.LIST` page, as nats-server.
+const NAMES_LIMIT: usize = 1024;
+const LIST_LIMIT: usize = 256;
+
+/// What `<name>.json` holds.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    config: ConsumerConfig,
+    state: ConsumerState,
+    created: i64,
+}
+
+/// One consumer of a stream.
+pub(crate) struct Entry {
+    consumer: Consumer,
+    created: i64,
+    /// Inboxes of acks that asked for a reply, answered once the state is saved.
+    ack_replies: Vec<String>,
+}
+
+/// A stream's consumers.
+#[derive(Default)]
+pub(crate) struct Consumers {
+    map: BTreeMap<String, Entry>,
+    /// When the changed states were last saved.
+    saved_at: i64,
+}
+
+/// The stream as a consumer reads it.
+struct StoreSource<'a>(&'a StreamStore);
+
+impl Source for StoreSource<'_> {
+    fn next(&self, from: u64, filters: &[String]) -> Option<(u64, u64)> {
+        self.0.next_of(from, filters)
+    }
+    fn size_of(&self, seq: u64) -> Option<u64> {
+        self.0.size_of(seq)
+    }
+    fn count_after(&self, seq: u64, filters: &[String]) -> u64 {
+        self.0.count_after(seq, filters)
+    }
+    fn last_seq(&self) -> u64 {
+        self.0.state().last_seq
+    }
+    fn last_matching(&self, filters: &[String]) -> Option<u64> {
+        if filters.is_empty() {
+            return self.0.last_matching(">");
+        }
+        filters.iter().filter_map(|f| self.0.last_matching(f)).max()
+    }
+    fn last_per_subject(&self, filters: &[String]) -> Vec<u64> {
+        self.0.last_per_subject(filters)
+    }
+    fn first_at(&self, time: i64) -> Option<u64> {
+        self.0.first_at(time)
+    }
+}
+
+fn time(ns: i64) -> String {
+    super::api::time(ns)
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(404, 10014, "consumer not found")
+}
+
+fn dir_of(hub: &Hub, stream: &str) -> std::path::PathBuf {
+    hub.js.dir.join(stream).join("consumers")
+}
+
+impl Consumers {
+    /// Opens the saved consumers of `stream` (a file that cannot be read is logged and
+    /// left out).
+    pub(crate) fn open(dir: &std::path::Path) -> Consumers {
+        let mut out = Consumers::default();
+        let Ok(entries) = std::fs::read_dir(dir.join("consumers")) else {
+            return out;
+        };
+        let now = now_ns();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let saved = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Saved>(&b).map_err(|e| e.to_string()));
+            match saved {
+                Ok(s) => {
+                    let name = s.config.name.clone().unwrap_or_default();
+                    let mut consumer = Consumer::restore(s.config, s.state, now);
+                    let _ = consumer.take_dirty();
+                    out.map.insert(
+                        name,
+                        Entry {
+                            consumer,
+                            created: s.created,
+                            ack_replies: Vec::new(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "JetStream consumer not opened")
+                }
+            }
+        }
+        out
+    }
+
+    /// How many consumers.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Carries out a consumer's actions (the stream locked by the caller).
+fn run_actions(
+    hub: &Hub,
+    stream_name: &str,
+    consumer: &str,
+    c: &ConsumerConfig,
+    store: &StreamStore,
+    actions: Vec<Action>,
+) {
+    for a in actions {
+        match a {
+            Action::Deliver {
+                to,
+                sseq,
+                cseq,
+                dc,
+                pending,
+            } => {
+                let Ok(Some(m)) = store.get(sseq) else {
+                    continue;
+                };
+                let ack = format!(
+                    "$JS.ACK.{stream_name}.{consumer}.{dc}.{sseq}.{cseq}.{}.{pending}",
+                    m.time
+                );
+                let (hdrs, payload) = if c.headers_only {
+                    let size = m.payload.len().to_string();
+                    let mut block = if m.headers.is_empty() {
+                        b"NATS/1.0\r\n".to_vec()
+                    } else {
+                        m.headers[..m.headers.len().saturating_sub(2)].to_vec()
+                    };
+                    block.extend_from_slice(format!("Nats-Msg-Size: {size}\r\n\r\n").as_bytes());
+                    (Some(Bytes::from(block)), Bytes::new())
+                } else {
+                    let h = (!m.headers.is_empty()).then(|| Bytes::from(m.headers));
+                    (h, Bytes::from(m.payload))
+                };
+                hub.inject_as(&to, &m.subject, Some(&ack), hdrs.as_ref(), &payload);
+                hub.core.metrics.js_delivered.inc();
+            }
+            Action::Status {
+                to,
+                status,
+                headers: extra,
+            } => {
+                let pairs: Vec<(&str, &str)> = extra
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let block = Bytes::from(headers::block(Some(&status), &pairs));
+                hub.inject(&to, Some(&block), &Bytes::new());
+            }
+            Action::GaveUp { sseq, dc } => {
+                tracing::info!(
+                    stream = stream_name,
+                    consumer,
+                    sseq,
+                    dc,
+                    "JetStream: max deliveries reached, message not redelivered"
+                );
+            }
+        }
+    }
+}
+
+/// ConsumerInfo.
+fn info(stream: &str, name: &str, e: &Entry, store: &StreamStore, push_bound: bool) -> Value {
+    let c = &e.consumer;
+    let st = c.state();
+    let mut v = json!({
+        "stream_name": stream,
+        "name": name,
+        "created": time(e.created),
+        "config": c.config(),
+        "delivered": {"consumer_seq": st.delivered.consumer_seq, "stream_seq": st.delivered.stream_seq},
+        "ack_floor": {"consumer_seq": st.ack_floor.consumer_seq, "stream_seq": st.ack_floor.stream_seq},
+        "num_ack_pending": st.pending.len(),
+        "num_redelivered": c.num_redelivered(),
+        "num_waiting": c.num_waiting(),
+        "num_pending": c.num_pending(&StoreSource(store)),
+        "ts": time(now_ns()),
+    });
+    if push_bound {
+        v["push_bound"] = json!(true);
+    }
+    v
+}
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    #[serde(default)]
+    stream_name: Option<String>,
+    config: ConsumerConfig,
+    #[serde(default)]
+    action: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct NextRequest {
+    batch: Option<u64>,
+    expires: i64,
+    no_wait: bool,
+    max_bytes: u64,
+    idle_heartbeat: i64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ListRequest {
+    offset: usize,
+}
+
+fn ephemeral_name() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// How a `$JS.API.CONSUMER.*` request was taken.
+pub(crate) enum Served {
+    /// Answered with this response type and body.
+    Answer(&'static str, Result<Value, ApiError>),
+    /// Answered on its own (a pull request's messages and statuses go to its inbox).
+    Done,
+    /// Not served (the hub finds no responders).
+    No,
+}
+
+/// One `$JS.API.CONSUMER.*` request.
+pub(crate) fn api(hub: &Arc<Hub>, op: &str, reply: Option<&str>, payload: &[u8]) -> Served {
+    match api_inner(hub, op, reply, payload) {
+        Some(Some((kind, answer))) => Served::Answer(kind, answer),
+        Some(None) => Served::Done,
+        None => Served::No,
+    }
+}
+
+fn api_inner(
+    hub: &Arc<Hub>,
+    op: &str,
+    reply: Option<&str>,
+    payload: &[u8],
+) -> Option<Option<(&'static str, Result<Value, ApiError>)>> {
+    let (verb, rest) = op.split_once('.')?;
+    let (verb, rest) = match (verb, rest.split_once('.')) {
+        ("MSG", Some(("NEXT", rest))) => ("MSG.NEXT", rest),
+        ("DURABLE", Some(("CREATE", rest))) => ("DURABLE.CREATE", rest),
+        _ => (verb, rest),
+    };
+    let (stream, tail) = match rest.split_once('.') {
+        Some((s, t)) => (s, Some(t)),
+        None => (rest, None),
+    };
+    let handle = hub.js.stream(stream);
+    match verb {
+        "MSG.NEXT" => {
+            let (handle, name, reply) = (handle?, tail?, reply?);
+            next(hub, &handle, name, reply, payload).then_some(())?;
+            Some(None)
+        }
+        "CREATE" | "DURABLE.CREATE" => Some(Some((
+            "consumer_create",
+            (|| {
+                let handle = handle.ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
+                let (name, filter) = match tail {
+                    Some(t) => match t.split_once('.') {
+                        Some((n, f)) if verb == "CREATE" => (Some(n), Some(f)),
+                        _ => (Some(t), None),
+                    },
+                    None => (None, None),
+                };
+                create(
+                    hub,
+                    &handle,
+                    name,
+                    filter,
+                    verb == "DURABLE.CREATE",
+                    payload,
+                )
+            })(),
+        ))),
+        "INFO" => Some(Some((
+            "consumer_info",
+            (|| {
+                let handle = handle.ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
+                let name = tail.ok_or_else(not_found)?;
+                let consumers = handle.consumers();
+                let e = consumers.map.get(name).ok_or_else(not_found)?;
+                let guard = handle.lock();
+                let s = guard
+                    .as_ref()
+                    .ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
+                Ok(info(stream, name, e, s.store(), e.consumer.push_ready))
+            })(),
+        ))),
+        "DELETE" => Some(Some((
+            "consumer_delete",
+            (|| {
+                let handle = handle.ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
+                let name = tail.ok_or_else(not_found)?;
+                delete(hub, &handle, name)?;
+                Ok(json!({"success": true}))
+            })(),
+        ))),
+        "NAMES" | "LIST" if tail.is_none() => {
+            let names = verb == "NAMES";
+            let kind = if names {
+                "consumer_names"
+            } else {
+                "consumer_list"
+            };
+            Some(Some((
+                kind,
+                (|| {
+                    let handle =
+                        handle.ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
+                    let req: ListRequest = super::api::body(payload)?;
+                    let consumers = handle.consumers();
+                    let total = consumers.map.len();
+                    let limit = if names { NAMES_LIMIT } else { LIST_LIMIT };
+                    let page = consumers.map.iter().skip(req.offset).take(limit);
+                    let items: Vec<Value> = if names {
+                        page.map(|(n, _)| json!(n)).collect()
+                    } else {
+                        let guard = handle.lock();
+                        let s = guard
+                            .as_ref()
+                            .ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
+                        page.map(|(n, e)| info(stream, n, e, s.store(), e.consumer.push_ready))
+                            .collect()
+                    };
+                    Ok(
+                        json!({"total": total, "offset": req.offset, "limit": limit, "consumers": items}),
+                    )
+                })(),
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn create(
+    hub: &Arc<Hub>,
+    handle: &Arc<StreamHandle>,
+    name: Option<&str>,
+    filter: Option<&str>,
+    legacy_durable: bool,
+    payload: &[u8],
+) -> Result<Value, ApiError> {
+    let req: CreateRequest = serde_json::from_slice(payload)
+        .map_err(|e| ApiError::new(400, 10025, format!("invalid JSON: {e}")))?;
+    if req.stream_name.as_deref().is_some_and(|s| s != handle.name) {
+        return Err(ApiError::new(
+            400,
+            10056,
+            "stream name in subject does not match request",
+        ));
+    }
+    let mut config = req.config;
+    if let Some(n) = name {
+        if legacy_durable && config.durable_name.as_deref() != Some(n) {
+            return Err(ApiError::new(
+                400,
+                10016,
+                "consumer expected to be durable but a durable name was not set",
+            ));
+        }
+        match (&config.name, &config.durable_name) {
+            (Some(x), _) | (None, Some(x)) if x != n => {
+                return Err(ApiError::new(
+                    400,
+                    10017,
+                    "consumer name in subject does not match durable name in request",
+                ))
+            }
+            _ => {}
+        }
+        if config.name.is_none() {
+            config.name = Some(n.to_string());
+        }
+    }
+    if let Some(f) = filter {
+        let configured = config.filter_subject.as_deref().unwrap_or_default();
+        if configured != f && !(configured.is_empty() && config.filter_subjects.is_empty()) {
+            return Err(ApiError::new(
+                400,
+                10131,
+                "Consumer create request did not match filtered subject from create subject",
+            ));
+        }
+        config.filter_subject = Some(f.to_string());
+    }
+    let mut consumers = handle.consumers();
+    let guard = handle.lock();
+    let stream = guard
+        .as_ref()
+        .ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
+    config.check(&stream.config().subjects)?;
+    let name = config.name.clone().unwrap_or_else(ephemeral_name);
+    config.name = Some(name.clone());
+    let now = now_ns();
+    let action = req.action.as_deref().unwrap_or("");
+    if let Some(e) = consumers.map.get_mut(&name) {
+        // The same configuration again: idempotent, whatever the action.
+        if *e.consumer.config() == config {
+            return Ok(info(
+                &handle.name,
+                &name,
+                e,
+                stream.store(),
+                e.consumer.push_ready,
+            ));
+        }
+        if action == "create" {
+            return Err(ApiError::new(400, 10148, "consumer already exists"));
+        }
+        e.consumer.config().check_update(&config)?;
+        e.consumer.set_config(config);
+        tracing::info!(stream = %handle.name, consumer = %name, "JetStream consumer updated");
+    } else {
+        if action == "update" {
+            return Err(ApiError::new(400, 10149, "consumer does not exist"));
+        }
+        let max = stream.config().max_consumers;
+        if max > 0 && consumers.map.len() as i64 >= max {
+            return Err(ApiError::new(400, 10026, "maximum consumers limit reached"));
+        }
+        let consumer = Consumer::new(config, &StoreSource(stream.store()), now);
+        consumers.map.insert(
+            name.clone(),
+            Entry {
+                consumer,
+                created: now,
+                ack_replies: Vec::new(),
+            },
+        );
+        tracing::info!(stream = %handle.name, consumer = %name, "JetStream consumer created");
+    }
+    let e = consumers.map.get_mut(&name).ok_or_else(not_found)?;
+    // Saved before it is answered, so a created consumer survives a crash.
+    save(hub, &handle.name, &name, e)?;
+    let _ = e.consumer.take_dirty();
+    let v = info(
+        &handle.name,
+        &name,
+        e,
+        stream.store(),
+        e.consumer.push_ready,
+    );
+    drop(guard);
+    drop(consumers);
+    handle.wake.notify_one();
+    Ok(v)
+}
+
+fn save(hub: &Hub, stream: &str, name: &str, e: &Entry) -> Result<(), ApiError> {
+    let dir = dir_of(hub, stream);
+    std::fs::create_dir_all(&dir).map_err(|e| ApiError::io(&e))?;
+    let saved = Saved {
+        config: e.consumer.config().clone(),
+        state: e.consumer.state().clone(),
+        created: e.created,
+    };
+    let json = serde_json::to_vec(&saved).map_err(|e| ApiError::new(500, 10049, e.to_string()))?;
+    write_durably(&dir.join(format!("{name}.json")), &json).map_err(|e| ApiError::io(&e))
+}
+
+fn delete(hub: &Hub, handle: &StreamHandle, name: &str) -> Result<(), ApiError> {
+    let mut consumers = handle.consumers();
+    let mut e = consumers.map.remove(name).ok_or_else(not_found)?;
+    for a in e.consumer.close("409 Consumer Deleted") {
+        if let Action::Status { to, status, .. } = a {
+            let block = Bytes::from(headers::block(Some(&status), &[]));
+            hub.inject(&to, Some(&block), &Bytes::new());
+        }
+    }
+    let path = dir_of(hub, &handle.name).join(format!("{name}.json"));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ApiError::io(&e)),
+    }
+    tracing::info!(stream = %handle.name, consumer = name, "JetStream consumer deleted");
+    Ok(())
+}
+
+/// A pull request: false when the consumer does not exist (no responders).
+fn next(hub: &Hub, handle: &StreamHandle, name: &str, reply: &str, payload: &[u8]) -> bool {
+    let text = std::str::from_utf8(payload).unwrap_or("").trim();
+    let req = if text.is_empty() {
+        Ok(NextRequest::default())
+    } else if let Ok(n) = text.parse::<u64>() {
+        Ok(NextRequest {
+            batch: Some(n),
+            ..Default::default()
+        })
+    } else {
+        serde_json::from_str::<NextRequest>(text).map_err(|e| e.to_string())
+    };
+    let mut consumers = handle.consumers();
+    let Some(e) = consumers.map.get_mut(name) else {
+        return false;
+    };
+    let bad = |why: String| {
+        let block = Bytes::from(headers::block(
+            Some(&format!("400 Bad Request - {why}")),
+            &[],
+        ));
+        hub.inject(reply, Some(&block), &Bytes::new());
+        true
+    };
+    let req = match req {
+        Ok(r) if r.expires >= 0 && r.idle_heartbeat >= 0 => r,
+        Ok(_) => return bad("negative durations".into()),
+        Err(e) => return bad(e),
+    };
+    let now = now_ns();
+    let pull = PullRequest {
+        reply: reply.to_string(),
+        batch: req.batch.unwrap_or(1).max(1),
+        max_bytes: req.max_bytes,
+        expires: if req.expires > 0 {
+            now + req.expires
+        } else {
+            0
+        },
+        no_wait: req.no_wait,
+        heartbeat: req.idle_heartbeat,
+        next_beat: now + req.idle_heartbeat,
+        delivered_any: false,
+    };
+    let guard = handle.lock();
+    let Some(stream) = guard.as_ref() else {
+        return false;
+    };
+    let actions = e.consumer.pull(pull, &StoreSource(stream.store()), now);
+    let config = e.consumer.config().clone();
+    run_actions(hub, &handle.name, name, &config, stream.store(), actions);
+    drop(guard);
+    drop(consumers);
+    handle.wake.notify_one();
+    true
+}
+
+/// An ack (`$JS.ACK.<stream>.<consumer>.<dc>.<sseq>.<cseq>.<ts>.<pending>`) or a flow
+/// control reply (`$JS.FC.…`); true when it was one.
+pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8]) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if tokens.len() != 9 || tokens[1] != "ACK" {
+        return subject.starts_with("$JS.FC.");
+    }
+    let (stream, name) = (tokens[2], tokens[3]);
+    let Ok(sseq) = tokens[5].parse::<u64>() else {
+        return true;
+    };
+    let Some(handle) = hub.js.stream(stream) else {
+        return true;
+    };
+    let body = std::str::from_utf8(payload).unwrap_or("").trim();
+    let (kind, next_req) = match body
+        .split_once(' ')
+        .map_or((body, ""), |(k, r)| (k, r.trim()))
+    {
+        ("" | "+ACK" | "+OK", _) => (Ack::Ack, None),
+        ("+NXT", rest) => (Ack::Ack, Some(rest.to_string())),
+        ("-NAK", rest) => (Ack::Nak(nak_delay(rest)), None),
+        ("+WPI", _) => (Ack::Progress, None),
+        ("+TERM", _) => (Ack::Term, None),
+        _ => return true,
+    };
+    let now = now_ns();
+    let mut consumers = handle.consumers();
+    let Some(e) = consumers.map.get_mut(name) else {
+        return true;
+    };
+    e.consumer.ack(sseq, kind, now);
+    hub.core.metrics.js_acks.inc();
+    if let Some(r) = reply {
+        if next_req.is_none() {
+            e.ack_replies.push(r.to_string());
+        }
+    }
+    {
+        let guard = handle.lock();
+        if let Some(stream) = guard.as_ref() {
+            let actions = e.consumer.poll(&StoreSource(stream.store()), now);
+            let config = e.consumer.config().clone();
+            run_actions(
+                hub,
+                stream_name(&handle),
+                name,
+                &config,
+                stream.store(),
+                actions,
+            );
+        }
+    }
+    drop(consumers);
+    if let (Some(r), Some(next_body)) = (reply, next_req) {
+        let body = if next_body.is_empty() {
+            "1".to_string()
+        } else {
+            next_body
+        };
+        next(hub, &handle, name, r, body.as_bytes());
+    }
+    handle.wake.notify_one();
+    true
+}
+
+fn stream_name(h: &StreamHandle) -> &str {
+    &h.name
+}
+
+/// `-NAK`'s delay: `{"delay": ns}` or a Go duration; none is 0.
+fn nak_delay(rest: &str) -> i64 {
+    if rest.is_empty() {
+        return 0;
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(rest) {
+        return v["delay"].as_i64().unwrap_or(0);
+    }
+    humantime::parse_duration(rest).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A stream's dispatcher: runs consumers' timers, deliveries of newly stored messages and
+/// push interest, saves changed states and deletes inactive ephemerals, until the stream
+/// goes.
+pub(crate) async fn dispatch(hub: std::sync::Weak<Hub>, handle: Arc<StreamHandle>) {
+    loop {
+        let Some(hub) = hub.upgrade() else { return };
+        if handle.lock().is_none() {
+            return;
+        }
+        let now = now_ns();
+        let wait = step(&hub, &handle, now);
+        drop(hub);
+        let wait = wait.clamp(Duration::from_millis(1), Duration::from_secs(1));
+        tokio::select! {
+            _ = handle.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One round of the dispatcher; returns how long it may sleep.
+fn step(hub: &Hub, handle: &StreamHandle, now: i64) -> Duration {
+    let mut consumers = handle.consumers();
+    let guard = handle.lock();
+    let Some(stream) = guard.as_ref() else {
+        return Duration::from_secs(1);
+    };
+    let src = StoreSource(stream.store());
+    let mut next: Option<i64> = None;
+    let mut gone = Vec::new();
+    let mut poll_interest = false;
+    for (name, e) in consumers.map.iter_mut() {
+        let c = &mut e.consumer;
+        if let Some(to) = c.config().deliver_subject.clone() {
+            c.push_ready = hub.has_interest(&to);
+            poll_interest |= !c.push_ready;
+        }
+        let actions = c.tick(&src, now);
+        let config = c.config().clone();
+        run_actions(hub, &handle.name, name, &config, stream.store(), actions);
+        if !config.is_durable()
+            && config.inactive_threshold > 0
+            && now - c.last_active > config.inactive_threshold
+            && c.num_waiting() == 0
+            && !c.push_ready
+        {
+            gone.push(name.clone());
+        }
+        if let Some(d) = c.next_deadline() {
+            next = Some(next.map_or(d, |n: i64| n.min(d)));
+        }
+    }
+    drop(guard);
+    // Save what changed, at most every SAVE_EVERY (or now, when an ack waits for it).
+    let waiting_acks = consumers.map.values().any(|e| !e.ack_replies.is_empty());
+    if waiting_acks || now - consumers.saved_at >= SAVE_EVERY.as_nanos() as i64 {
+        consumers.saved_at = now;
+        let stream_name = handle.name.clone();
+        for (name, e) in consumers.map.iter_mut() {
+            if e.consumer.take_dirty() {
+                if let Err(err) = save(hub, &stream_name, name, e) {
+                    tracing::error!(stream = %stream_name, consumer = %name, error = %err, "JetStream: saving a consumer failed");
+                }
+            }
+            for r in e.ack_replies.drain(..) {
+                hub.inject(&r, None, &Bytes::new());
+            }
+        }
+    }
+    let dirty = consumers.map.values().any(|e| e.consumer.is_dirty());
+    drop(consumers);
+    for name in gone {
+        if delete(hub, handle, &name).is_ok() {
+            tracing::info!(stream = %handle.name, consumer = %name, "JetStream ephemeral consumer inactive: deleted");
+        }
+    }
+    let mut wait = next.map_or(Duration::from_secs(1), |d| {
+        Duration::from_nanos(u64::try_from(d - now).unwrap_or(0))
+    });
+    if poll_interest {
+        wait = wait.min(INTEREST_POLL);
+    }
+    if dirty {
+        wait = wait.min(SAVE_EVERY);
+    }
+    wait
+}
