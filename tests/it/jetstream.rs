@@ -255,3 +255,99 @@ fn errors_and_direct_gets_are_jetstreams_on_the_wire() {
     assert_eq!(names["streams"], serde_json::Value::Null, "{names}");
     assert_eq!(names["total"], 0);
 }
+
+/// Sends a pull request for consumer `c` of stream `S`, its messages to `_INBOX.r`.
+fn pull(w: &mut TcpStream, body: &str) {
+    w.write_all(
+        format!(
+            "PUB $JS.API.CONSUMER.MSG.NEXT.S.c _INBOX.r {}\r\n{body}\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("pull");
+}
+
+/// A durable consumer's state survives kill -9: what was acknowledged (with a reply, so the
+/// server confirmed it saved) is not delivered again, what was delivered and not acked stays
+/// pending, and delivery goes on after the last delivered message. Pull requests end with
+/// JetStream's statuses.
+#[test]
+fn consumer_state_survives_kill_9_and_pulls_end_with_statuses() {
+    let mut srv = Server::start();
+    let addr = srv.nats_addr.clone();
+    api(&addr, "$JS.API.STREAM.CREATE.S", r#"{"subjects":["s.>"]}"#);
+    let (mut w, mut r) = connect(&addr).expect("connect");
+    for i in 1..=10 {
+        let p = format!("m{i}");
+        w.write_all(format!("PUB s.x _INBOX.r {}\r\n{p}\r\n", p.len()).as_bytes())
+            .expect("publish");
+        read_msg(&mut r).expect("ack");
+    }
+    let created = api(
+        &addr,
+        "$JS.API.CONSUMER.CREATE.S.c",
+        r#"{"stream_name":"S","config":{"durable_name":"c","ack_policy":"explicit","ack_wait":60000000000}}"#,
+    );
+    assert_eq!(created["name"], "c", "{created}");
+    assert_eq!(created["num_pending"], 10);
+
+    pull(&mut w, r#"{"batch":6}"#);
+    let mut acks = Vec::new();
+    for i in 1..=6u64 {
+        let (head, body) = read_msg(&mut r).expect("a delivery");
+        let parts: Vec<&str> = head.split_whitespace().collect();
+        assert_eq!((parts[1], body.as_str()), ("s.x", format!("m{i}").as_str()));
+        let ack: Vec<&str> = parts[3].split('.').collect();
+        assert_eq!(ack[..4], ["$JS", "ACK", "S", "c"], "{head}");
+        assert_eq!(
+            (ack[4], ack[5], ack[6], ack[8]),
+            (
+                "1",
+                &*i.to_string(),
+                &*i.to_string(),
+                &*(10 - i).to_string()
+            )
+        );
+        acks.push(parts[3].to_string());
+    }
+    // Four acks that ask for a confirmation: answered once saved.
+    let (mut aw, mut ar) = connect_with(&addr, "_INBOX.ackr").expect("connect");
+    for a in &acks[..4] {
+        aw.write_all(format!("PUB {a} _INBOX.ackr 4\r\n+ACK\r\n").as_bytes())
+            .expect("ack");
+    }
+    for _ in 0..4 {
+        let (_, body) = read_msg(&mut ar).expect("ack confirmed");
+        assert_eq!(body, "");
+    }
+    srv.kill9();
+    srv.start_again();
+
+    let info = api(&addr, "$JS.API.CONSUMER.INFO.S.c", "");
+    assert_eq!(info["ack_floor"]["stream_seq"], 4, "{info}");
+    assert_eq!(info["delivered"]["stream_seq"], 6, "{info}");
+    assert_eq!(info["num_ack_pending"], 2, "{info}");
+    assert_eq!(info["num_pending"], 4, "{info}");
+    let (mut w, mut r) = connect(&addr).expect("connect");
+    pull(&mut w, r#"{"batch":10,"no_wait":true}"#);
+    let mut got = Vec::new();
+    let status = loop {
+        let (head, body) = read_msg(&mut r).expect("a delivery or status");
+        if head.starts_with("HMSG") {
+            break body;
+        }
+        got.push(body);
+    };
+    assert_eq!(got, ["m7", "m8", "m9", "m10"]);
+    assert_eq!(status.trim_end(), "NATS/1.0 404 No Messages");
+    // A request that expires: 408 with what it still wanted.
+    pull(&mut w, r#"{"batch":3,"expires":300000000}"#);
+    let (head, body) = read_msg(&mut r).expect("timeout status");
+    assert!(head.starts_with("HMSG _INBOX.r 1 "), "{head}");
+    assert!(
+        body.starts_with("NATS/1.0 408 Request Timeout\r\n"),
+        "{body:?}"
+    );
+    assert!(body.contains("Nats-Pending-Messages: 3\r\n"), "{body:?}");
+}
