@@ -255,12 +255,15 @@ impl Config {
 }
 
 /// A stream or consumer name: not empty, at most 255 bytes, without `.`, `*`, `>`, path
-/// separators or whitespace (it names a directory and a subject token).
+/// separators, quotes, control characters or whitespace (it names a directory and a subject
+/// token, and is written into JSON and headers as it is).
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.bytes().any(|b| {
-            matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\') || b.is_ascii_whitespace() || b < 0x20
+            matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\' | b'"')
+                || b.is_ascii_whitespace()
+                || b < 0x20
         })
 }
 
@@ -303,7 +306,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_get_jetstream_errors() {
-        for name in ["", "a.b", "a*", "a>", "a b", "a/b"] {
+        for name in ["", "a.b", "a*", "a>", "a b", "a/b", "a\"b", "a\rb"] {
             let mut c = Config::named(name, vec!["x".into()]);
             assert_eq!(c.check().map_err(|e| e.err_code), Err(10052), "{name:?}");
         }

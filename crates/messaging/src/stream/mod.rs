@@ -341,8 +341,8 @@ impl Stream {
             // Every message up to the first young one goes in one record.
             let mut upto = seq + 1;
             for s in self.store.matching(None) {
-                match self.store.get(s) {
-                    Ok(Some(m)) if m.time < now.saturating_sub(max_age) => upto = s + 1,
+                match self.store.time_of(s) {
+                    Some(t) if t < now.saturating_sub(max_age) => upto = s + 1,
                     _ => break,
                 }
             }
@@ -423,6 +423,11 @@ impl Stream {
         }
         seqs.sort_unstable();
         self.store.remove(&seqs).map_err(io)
+    }
+
+    /// Writes buffered records to the segment file (not synced).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.store.flush()
     }
 
     /// Deletes the stream's files.

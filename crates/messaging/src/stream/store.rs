@@ -22,6 +22,8 @@ use crate::subject;
 
 /// A new segment is started past this size.
 pub const SEGMENT_BYTES: u64 = 32 << 20;
+/// Buffered records are written once they reach this size (and at every flush).
+const FLUSH_BYTES: usize = 1 << 20;
 
 /// A message as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,6 +297,7 @@ impl StreamStore {
     fn new_segment(&mut self, id: u64) -> io::Result<()> {
         // Whatever the current segment holds is made durable before a newer one exists, so
         // only the newest segment can ever have a torn tail.
+        self.flush()?;
         if let Some((_, cur)) = self.segments.last_key_value() {
             cur.file.sync_data()?;
         }
@@ -319,20 +322,48 @@ impl StreamStore {
         Ok(())
     }
 
-    /// Writes one record at the end of the newest segment; returns (segment, offset, length
-    /// of its body).
+    /// Adds one record at the end of the newest segment (buffered: [`StreamStore::flush`]
+    /// writes it); returns (segment, offset, length of its body).
     fn write(&mut self, rec: &Record<'_>) -> io::Result<(u64, u64, u32)> {
-        self.buf.clear();
+        let before = self.buf.len();
         segment::encode(rec, &mut self.buf);
+        let len = (self.buf.len() - before) as u64;
         let (id, seg) = self
             .segments
             .iter_mut()
             .next_back()
             .ok_or_else(|| io::Error::other("the stream has no segment"))?;
-        seg.file.write_all_at(&self.buf, seg.size)?;
         let at = seg.size;
-        seg.size += self.buf.len() as u64;
-        Ok((*id, at, (self.buf.len() - segment::HEADER) as u32))
+        seg.size += len;
+        let id = *id;
+        if self.buf.len() >= FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok((id, at, (len as usize - segment::HEADER) as u32))
+    }
+
+    /// Writes the buffered records to the newest segment (one write for a whole batch of
+    /// appends; not synced).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let seg = self
+            .segments
+            .values()
+            .next_back()
+            .ok_or_else(|| io::Error::other("the stream has no segment"))?;
+        let at = seg.size - self.buf.len() as u64;
+        let result = seg.file.write_all_at(&self.buf, at);
+        if result.is_err() {
+            // What was not written is not in the file: forget it, so the sizes stay true
+            // (the caller fails the batch; the indexes are rebuilt when the stream reopens).
+            if let Some(seg) = self.segments.values_mut().next_back() {
+                seg.size = at;
+            }
+        }
+        self.buf.clear();
+        result
     }
 
     /// Stores a message under the next sequence (not durable until the file from
@@ -378,7 +409,8 @@ impl StreamStore {
         Ok(seq)
     }
 
-    /// The newest segment's file: syncing it makes every append so far durable.
+    /// The newest segment's file: syncing it makes every append so far durable, once
+    /// [`StreamStore::flush`]ed.
     pub fn durable(&self) -> Option<Arc<File>> {
         self.segments.last_key_value().map(|(_, s)| s.file.clone())
     }
@@ -399,6 +431,7 @@ impl StreamStore {
             self.holes.insert(*s);
         }
         self.settle()?;
+        self.flush()?;
         Ok(stored.len() as u64)
     }
 
@@ -413,6 +446,7 @@ impl StreamStore {
         self.write(&Record::Bounds { first, last })?;
         self.cut_below(first);
         self.settle()?;
+        self.flush()?;
         Ok(n)
     }
 
@@ -457,7 +491,27 @@ impl StreamStore {
             .get(&m.segment)
             .ok_or_else(|| io::Error::other("a message's segment is gone"))?;
         let mut buf = vec![0; segment::HEADER + m.len as usize];
-        seg.file.read_exact_at(&mut buf, m.offset)?;
+        let flushed = seg.size
+            - if self
+                .segments
+                .last_key_value()
+                .is_some_and(|(id, _)| *id == m.segment)
+            {
+                self.buf.len() as u64
+            } else {
+                0
+            };
+        if m.offset >= flushed {
+            // Still in the write buffer.
+            let at = (m.offset - flushed) as usize;
+            let bytes = self
+                .buf
+                .get(at..at + buf.len())
+                .ok_or_else(|| io::Error::other("a buffered message is out of range"))?;
+            buf.copy_from_slice(bytes);
+        } else {
+            seg.file.read_exact_at(&mut buf, m.offset)?;
+        }
         let bad = || damaged(&seg.path, m.offset as usize, false);
         let crc = u32::from_le_bytes(buf[4..8].try_into().map_err(|_| bad())?);
         let body = &buf[segment::HEADER..];
@@ -633,11 +687,25 @@ impl StreamStore {
         }
     }
 
+    /// The time `seq` was stored at, if stored.
+    pub fn time_of(&self, seq: u64) -> Option<i64> {
+        self.msgs.get(&seq).map(|m| m.time)
+    }
+
     /// Deletes the store's files (the stream is deleted).
-    pub fn destroy(self) -> io::Result<()> {
+    pub fn destroy(mut self) -> io::Result<()> {
+        self.buf.clear();
         let dir = self.dir.clone();
         drop(self);
         std::fs::remove_dir_all(dir)
+    }
+}
+
+impl Drop for StreamStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(dir = %self.dir.display(), error = %e, "stream store: writing buffered records failed");
+        }
     }
 }
 

@@ -106,11 +106,14 @@ fn error(e: &ApiError) -> Value {
 
 /// A publish acknowledgement (or its error) as JetStream writes it.
 pub(crate) fn pub_ack(stream: &str, answer: Result<PubAck, ApiError>) -> String {
+    // Stream names are checked (no quotes or escapes), so the common answers are formatted
+    // directly.
     match answer {
-        Ok(a) if a.duplicate => {
-            json!({"stream": stream, "seq": a.seq, "duplicate": true}).to_string()
-        }
-        Ok(a) => json!({"stream": stream, "seq": a.seq}).to_string(),
+        Ok(a) if a.duplicate => format!(
+            r#"{{"stream":"{stream}","seq":{},"duplicate":true}}"#,
+            a.seq
+        ),
+        Ok(a) => format!(r#"{{"stream":"{stream}","seq":{}}}"#, a.seq),
         Err(e) => json!({"error": error(&e), "stream": stream, "seq": 0}).to_string(),
     }
 }

@@ -415,11 +415,13 @@ fn store_batch(
             )
         })
         .collect();
+    let flushed = stream.flush().map_err(|e| ApiError::io(&e));
     let file = stream.store().durable();
     drop(guard);
-    let synced = match file {
-        Some(f) => f.sync_data().map_err(|e| ApiError::io(&e)),
-        None => Ok(()),
+    let synced = match (flushed, file) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(f)) => f.sync_data().map_err(|e| ApiError::io(&e)),
+        (Ok(()), None) => Ok(()),
     };
     (answers, synced)
 }
