@@ -1,10 +1,11 @@
 #!/bin/bash
-# JetStream publishes, berth against nats-server on the same machine in the same run: each
+# JetStream publishes and pull consumers, berth against nats-server on the same machine in the same run: each
 # server alone, pinned to core 0, the bench (berth's, speaking the protocol itself) on core 1,
 # a fresh data directory every run. berth fsyncs every batch before acknowledging it;
 # nats-server runs with its default (sync every 2 minutes) and with `sync_interval: always`.
 # Usage: BERTH=path/to/berth NATS_SERVER=path/to/nats-server [SECS=10] bench/jetstream.sh
-# Prints one line per run: server, workload, acknowledged publishes/s, p50 ms, p99 ms.
+# Prints one line per run: server, workload, acknowledged publishes (or acked consumed
+# messages)/s, p50 ms, p99 ms.
 set -u
 BERTH=${BERTH:?path of the berth binary}; NATS_SERVER=${NATS_SERVER:?path of nats-server}
 SECS=${SECS:-10}; PORT=24322
@@ -28,11 +29,11 @@ start() { # server
   sleep 2
 }
 stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; pid=; }
-run() { # label args...
-  local label=$1; shift
+run() { # workload label args...
+  local workload=$1 label=$2; shift 2
   for s in berth nats-server nats-server-sync; do
     start $s
-    taskset -c 1 "$BERTH" bench js-publish --nats-addr 127.0.0.1:$PORT --duration ${SECS}s \
+    taskset -c 1 "$BERTH" bench $workload --nats-addr 127.0.0.1:$PORT --duration ${SECS}s \
       --warmup 1s "$@" -w json 2>/dev/null | S=$s L=$label python3 -c "
 import json,os,sys
 d=json.load(sys.stdin)
@@ -40,7 +41,9 @@ print(os.environ['S'], os.environ['L'], round(d['throughput']), d['latency_ms'][
     stop
   done
 }
-run "async-4clients-window256-256B" --clients 4 --window 256 --val-size 256
-run "async-1client-window256-256B" --clients 1 --window 256 --val-size 256
-run "each-acked-1client-256B" --clients 1 --window 1 --val-size 256
-run "each-acked-16clients-256B" --clients 16 --window 1 --val-size 256
+run js-publish "async-4clients-window256-256B" --clients 4 --window 256 --val-size 256
+run js-publish "async-1client-window256-256B" --clients 1 --window 256 --val-size 256
+run js-publish "each-acked-1client-256B" --clients 1 --window 1 --val-size 256
+run js-publish "each-acked-16clients-256B" --clients 16 --window 1 --val-size 256
+run js-consume "pull-explicit-ack-2clients-batch100-256B" --clients 2 --batch 100 \
+  --messages ${MESSAGES:-1000000} --val-size 256

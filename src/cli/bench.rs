@@ -63,6 +63,26 @@ pub enum BenchCommand {
     /// reports acknowledged publishes per second and publish-to-ack delay. Measures
     /// nats-server the same way.
     JsPublish(JsPublishArgs),
+    /// JetStream: --messages are stored in a fresh stream `BENCH` first, then --clients pull
+    /// from one durable consumer with explicit acks in batches of --batch, acking each;
+    /// reports acked messages per second and pull-to-message delay.
+    JsConsume(JsConsumeArgs),
+}
+
+/// Arguments of `bench js-consume`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct JsConsumeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// `host:port` of the NATS listener.
+    #[arg(long = "nats-addr", default_value = "127.0.0.1:4222")]
+    nats_addr: String,
+    /// Messages stored before the measured phase (enough to last --duration).
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Messages per pull request.
+    #[arg(long, default_value_t = 100)]
+    batch: u64,
 }
 
 /// Arguments of `bench js-publish`.
@@ -432,6 +452,13 @@ impl BenchCommand {
                 },
             ),
             Self::JsPublish(a) => (&a.common, Workload::JsPublish { window: a.window }),
+            Self::JsConsume(a) => (
+                &a.common,
+                Workload::JsConsume {
+                    messages: a.messages,
+                    batch: a.batch,
+                },
+            ),
         };
         let http_addr = match self {
             Self::NacosPublish(a) | Self::NacosGet(a) => a.target.nacos_addr.clone(),
@@ -444,6 +471,7 @@ impl BenchCommand {
             Self::ConsulWatch(a) => a.target.consul_addr.clone(),
             Self::NatsPubsub(a) => a.nats_addr.clone(),
             Self::JsPublish(a) => a.nats_addr.clone(),
+            Self::JsConsume(a) => a.nats_addr.clone(),
             _ => Config::default().http_addr,
         };
         let rate = match (&workload, common.rate) {

@@ -136,6 +136,15 @@ pub enum Workload {
         /// Publishes in flight per client.
         window: usize,
     },
+    /// JetStream: `messages` are stored in stream `BENCH` first, then `--clients` pull from
+    /// one durable consumer (explicit acks) in batches of `batch`, acking every message;
+    /// measures consumed (acked) messages per second and the time from pull to message.
+    JsConsume {
+        /// Messages stored before the measured phase.
+        messages: u64,
+        /// Messages per pull request.
+        batch: u64,
+    },
     /// Consul: blocking queries on one service, answered when one of its instances changes.
     ConsulWatch {
         /// Blocking queries on the watched service.
@@ -170,6 +179,7 @@ impl Workload {
             Self::NacosListen { .. } => "nacos-listen",
             Self::NatsPubSub { .. } => "nats-pubsub",
             Self::JsPublish { .. } => "js-publish",
+            Self::JsConsume { .. } => "js-consume",
         }
     }
 
@@ -187,7 +197,10 @@ impl Workload {
 
     /// True for the messaging family, which speaks NATS's protocol (no gRPC connections).
     pub fn is_nats(&self) -> bool {
-        matches!(self, Self::NatsPubSub { .. } | Self::JsPublish { .. })
+        matches!(
+            self,
+            Self::NatsPubSub { .. } | Self::JsPublish { .. } | Self::JsConsume { .. }
+        )
     }
 
     /// True for the registry family, which speaks Consul's HTTP API (no gRPC connections).
@@ -313,6 +326,9 @@ impl Config {
                 bad("--services, --instances and --watchers must be at least 1".into())
             }
             Workload::JsPublish { window: 0 } => bad("--window must be at least 1".into()),
+            Workload::JsConsume { messages: 0, .. } | Workload::JsConsume { batch: 0, .. } => {
+                bad("--messages and --batch must be at least 1".into())
+            }
             Workload::NatsPubSub { subscribers: 0, .. } => {
                 bad("--subscribers must be at least 1".into())
             }
@@ -425,6 +441,11 @@ impl Config {
             }
             Workload::JsPublish { window } => {
                 p["window"] = json!(window);
+                p["val_size"] = json!(self.val_size);
+            }
+            Workload::JsConsume { messages, batch } => {
+                p["messages"] = json!(messages);
+                p["batch"] = json!(batch);
                 p["val_size"] = json!(self.val_size);
             }
             Workload::Put | Workload::Txn | Workload::NacosRegister => {}

@@ -78,6 +78,9 @@ pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchE
     if let Workload::JsPublish { .. } = cfg.workload {
         return workload::jetstream::run(&cfg).await;
     }
+    if let Workload::JsConsume { .. } = cfg.workload {
+        return workload::jetstream::consume(&cfg).await;
+    }
     if cfg.workload.is_nats() {
         return workload::nats::run(&cfg).await;
     }
@@ -101,5 +104,6 @@ pub async fn run(cfg: Config, channels: Vec<Transport>) -> Result<Report, BenchE
         | Workload::NacosListen { .. } => workload::nacos::run(&cfg).await,
         Workload::NatsPubSub { .. } => workload::nats::run(&cfg).await,
         Workload::JsPublish { .. } => workload::jetstream::run(&cfg).await,
+        Workload::JsConsume { .. } => workload::jetstream::consume(&cfg).await,
     }
 }

@@ -1,5 +1,11 @@
-//! The JetStream family: publishes stored in a stream and acknowledged, spoken over the raw
+//! The JetStream family: publishes stored in a stream and acknowledged (`js-publish`), and
+//! messages pulled from a durable consumer and acked (`js-consume`), spoken over the raw
 //! protocol by the bench itself, so it measures berth and nats-server the same way.
+//!
+//! `js-consume` fills the stream first (windows of 256 publishes), creates consumer `C`
+//! (explicit acks, max_ack_pending large enough for every client's batch), then each client
+//! pulls `batch` messages at a time and acks each; latency is from the pull request to each
+//! message.
 //!
 //! Setup deletes and creates stream `BENCH` (subject `bench.js`, file storage). Each client
 //! subscribes to an inbox of its own, then publishes windows of `window` messages with that
@@ -79,6 +85,11 @@ async fn api(c: &mut Conn, subject: &str, body: &str) -> Result<serde_json::Valu
 
 /// Creates the bench's stream afresh.
 async fn setup(addr: &str) -> Result<(), BenchError> {
+    setup_conn(addr).await.map(|_| ())
+}
+
+/// Creates the bench's stream afresh; returns the connection (its setup inbox subscribed).
+async fn setup_conn(addr: &str) -> Result<Conn, BenchError> {
     let mut c = Conn::open(addr).await?;
     c.send(b"SUB _INBOX.bench.setup 1\r\n").await?;
     c.sync().await?;
@@ -96,7 +107,7 @@ async fn setup(addr: &str) -> Result<(), BenchError> {
             message: e.to_string(),
         });
     }
-    Ok(())
+    Ok(c)
 }
 
 /// Publishes windows until `stop`, recording each measured acknowledgement's delay.
@@ -183,6 +194,143 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
             })?
             .map_err(|e| BenchError::Setup {
                 what: "a JetStream publisher",
+                message: e.to_string(),
+            })??;
+        rec.merge(r);
+    }
+    Ok(Report::new(cfg, &rec, elapsed))
+}
+
+/// Fills the stream with `n` messages of `size` bytes, 256 in flight.
+async fn fill(c: &mut Conn, n: u64, size: usize) -> Result<(), BenchError> {
+    let body = value(size);
+    let head = format!("PUB {SUBJECT} _INBOX.bench.setup {size}\r\n");
+    let mut buf = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(256);
+        let mut batch = Vec::with_capacity(k as usize * (head.len() + size + 2));
+        for _ in 0..k {
+            batch.extend_from_slice(head.as_bytes());
+            batch.extend_from_slice(&body);
+            batch.extend_from_slice(b"\r\n");
+        }
+        c.send(&batch).await?;
+        for _ in 0..k {
+            next_msg(c, &mut buf).await?;
+        }
+        left -= k;
+    }
+    Ok(())
+}
+
+/// Pulls and acks until `stop`, recording each measured message's delay from its pull.
+async fn pull(
+    mut c: Conn,
+    client: usize,
+    batch: u64,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> Result<Recorder, BenchError> {
+    let inbox = format!("_INBOX.bench.{client}");
+    c.send(format!("SUB {inbox} 1\r\n").as_bytes()).await?;
+    c.sync().await?;
+    let body = format!("{{\"batch\":{batch},\"expires\":2000000000}}");
+    let request = format!(
+        "PUB $JS.API.CONSUMER.MSG.NEXT.{STREAM}.C {inbox} {}\r\n{body}\r\n",
+        body.len()
+    );
+    let mut rec = Recorder::new()?;
+    let mut buf = Vec::new();
+    let mut acks = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let measured = measuring.load(Ordering::Relaxed);
+        let sent = Instant::now();
+        c.send(request.as_bytes()).await?;
+        acks.clear();
+        for _ in 0..batch {
+            next_msg(&mut c, &mut buf).await?;
+            // A status (no messages left, expired): this pull is over.
+            if c.line.starts_with("HMSG") && buf.starts_with(b"NATS/1.0 ") {
+                break;
+            }
+            let Some(reply) = c.line.split_whitespace().nth(3) else {
+                continue;
+            };
+            acks.extend_from_slice(format!("PUB {reply} 0\r\n\r\n").as_bytes());
+            if measured {
+                rec.record_micros("consume", sent.elapsed().as_micros() as u64);
+            }
+        }
+        c.send(&acks).await?;
+    }
+    Ok(rec)
+}
+
+/// Runs `js-consume`.
+pub async fn consume(cfg: &Config) -> Result<Report, BenchError> {
+    let Workload::JsConsume { messages, batch } = cfg.workload else {
+        return Err(BenchError::Config(
+            "not a JetStream consume workload".into(),
+        ));
+    };
+    let Stop::After(duration) = cfg.stop else {
+        return Err(BenchError::Config(
+            "js-consume runs for --duration (--total is not supported)".into(),
+        ));
+    };
+    let mut c = setup_conn(&cfg.http_addr).await?;
+    fill(&mut c, messages, cfg.val_size).await?;
+    let config = json!({
+        "stream_name": STREAM,
+        "config": {
+            "durable_name": "C",
+            "ack_policy": "explicit",
+            "max_ack_pending": (cfg.clients as u64 * batch).max(1000),
+        },
+    });
+    let created = api(
+        &mut c,
+        &format!("$JS.API.CONSUMER.CREATE.{STREAM}.C"),
+        &config.to_string(),
+    )
+    .await?;
+    if let Some(e) = created.get("error") {
+        return Err(BenchError::Setup {
+            what: "creating the bench consumer",
+            message: e.to_string(),
+        });
+    }
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pulls = Vec::new();
+    for client in 0..cfg.clients {
+        let c = Conn::open(&cfg.http_addr).await?;
+        pulls.push(tokio::spawn(pull(
+            c,
+            client,
+            batch,
+            measuring.clone(),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(cfg.warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut rec = Recorder::new()?;
+    for p in pulls {
+        let r = tokio::time::timeout(Duration::from_secs(30), p)
+            .await
+            .map_err(|_| BenchError::Setup {
+                what: "a JetStream puller",
+                message: "did not stop within 30 s".into(),
+            })?
+            .map_err(|e| BenchError::Setup {
+                what: "a JetStream puller",
                 message: e.to_string(),
             })??;
         rec.merge(r);

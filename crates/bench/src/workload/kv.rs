@@ -92,7 +92,8 @@ pub async fn run(cfg: &Config, channels: &[Transport]) -> Result<Report, BenchEr
         | Workload::NacosBeat { .. }
         | Workload::NacosListen { .. }
         | Workload::NatsPubSub { .. }
-        | Workload::JsPublish { .. } => {
+        | Workload::JsPublish { .. }
+        | Workload::JsConsume { .. } => {
             return Err(BenchError::Config(format!(
                 "{} is not a KV workload",
                 cfg.workload.name()

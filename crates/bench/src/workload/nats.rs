@@ -58,7 +58,8 @@ impl Conn {
                 message: format!("expected INFO, got {:?}", c.line),
             });
         }
-        c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"lang\":\"berth-bench\"}\r\n")
+        // Headers on: JetStream's statuses (pull timeouts, no messages) are header-only.
+        c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"lang\":\"berth-bench\"}\r\n")
             .await?;
         c.sync().await?;
         Ok(c)
