@@ -29,9 +29,9 @@ start() { # server
   sleep 2
 }
 stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; pid=; }
-run() { # workload label args...
+run() { # workload label args...  (SERVERS: which servers, default all three)
   local workload=$1 label=$2; shift 2
-  for s in berth nats-server nats-server-sync; do
+  for s in ${SERVERS:-berth nats-server nats-server-sync}; do
     start $s
     taskset -c 1 "$BERTH" bench $workload --nats-addr 127.0.0.1:$PORT --duration ${SECS}s \
       --warmup 1s "$@" -w json 2>/dev/null | S=$s L=$label python3 -c "
@@ -45,5 +45,6 @@ run js-publish "async-4clients-window256-256B" --clients 4 --window 256 --val-si
 run js-publish "async-1client-window256-256B" --clients 1 --window 256 --val-size 256
 run js-publish "each-acked-1client-256B" --clients 1 --window 1 --val-size 256
 run js-publish "each-acked-16clients-256B" --clients 16 --window 1 --val-size 256
-run js-consume "pull-explicit-ack-2clients-batch100-256B" --clients 2 --batch 100 \
+# Filling the stream at nats-server-sync's pace would take minutes: berth and the default.
+SERVERS="berth nats-server" run js-consume "pull-explicit-ack-2clients-batch100-256B" --clients 2 --batch 100 \
   --messages ${MESSAGES:-1000000} --val-size 256

@@ -5,7 +5,7 @@ by subject, next by subject) and delete, limits (max_msgs with discard old and n
 max_msgs_per_subject, max_msg_size), a KV bucket (put, create, update, get, delete, purge,
 history kept per key, keys, history, watch), pull consumers (fetch, ack, nak with delay,
 redelivery after ack_wait up to max_deliver, ack_sync, counters), push and ordered
-consumers, and consumer listing and deletion. Usage: jetstream_client.py nats://HOST:PORT. Prints one line per check
+consumers, consumer listing and deletion, and an object store (put, get, list, delete). Usage: jetstream_client.py nats://HOST:PORT. Prints one line per check
 and "N passed, M failed"; exits non-zero on any failure."""
 
 import asyncio
@@ -265,6 +265,20 @@ async def main():
         assert (e.key, e.value) == ("c", b"9"), e
         await w.stop()
 
+    async def object_store_puts_gets_lists_and_deletes():
+        obs = await js.create_object_store("files")
+        data = bytes(range(256)) * 1200  # 300 KiB: three chunks
+        info = await obs.put("a.bin", data)
+        assert (info.size, info.chunks) == (len(data), 3), info
+        assert (await obs.get("a.bin")).data == data
+        assert [o.name for o in await obs.list()] == ["a.bin"]
+        await obs.delete("a.bin")
+        try:
+            await obs.get("a.bin")
+            raise AssertionError("a deleted object was read")
+        except nats.js.errors.ObjectNotFoundError:
+            pass
+
     async def what_is_not_served_finds_no_responders():
         try:
             await nc.request("$JS.API.STREAM.SNAPSHOT.ORDERS", b"", timeout=2)
@@ -289,6 +303,7 @@ async def main():
                pull_consumers_deliver_ack_and_redeliver,
                push_and_ordered_consumers_deliver,
                key_value_watchers_keys_and_history,
+               object_store_puts_gets_lists_and_deletes,
                what_is_not_served_finds_no_responders]:
         await case(fn)
     await nc.close()
