@@ -351,3 +351,156 @@ fn consumer_state_survives_kill_9_and_pulls_end_with_statuses() {
     );
     assert!(body.contains("Nats-Pending-Messages: 3\r\n"), "{body:?}");
 }
+
+/// berth's dead letters: a consumer with `dead_letter_subject` writes a message it gives up
+/// on (`+TERM`, or max_deliver unacked) to that subject, kept by the stream that takes it,
+/// with the original headers and payload plus `Nats-DLQ-*` headers; only then does the
+/// message leave the consumer's pending set. nats-server's advisories go out too.
+#[test]
+fn given_up_messages_become_dead_letters_with_advisories() {
+    let srv = Server::start();
+    let addr = srv.nats_addr.clone();
+    api(
+        &addr,
+        "$JS.API.STREAM.CREATE.WORK",
+        r#"{"subjects":["work.>"]}"#,
+    );
+    api(
+        &addr,
+        "$JS.API.STREAM.CREATE.DLQ",
+        r#"{"subjects":["dlq.>"]}"#,
+    );
+    let bad = api(
+        &addr,
+        "$JS.API.CONSUMER.CREATE.WORK.c",
+        r#"{"stream_name":"WORK","config":{"durable_name":"c","ack_policy":"explicit","dead_letter_subject":"work.x"}}"#,
+    );
+    assert_eq!(bad["error"]["code"], 400, "{bad}");
+    let created = api(
+        &addr,
+        "$JS.API.CONSUMER.CREATE.WORK.c",
+        r#"{"stream_name":"WORK","config":{"durable_name":"c","ack_policy":"explicit","ack_wait":300000000,"max_deliver":2,"dead_letter_subject":"dlq.work"}}"#,
+    );
+    assert_eq!(
+        created["config"]["dead_letter_subject"], "dlq.work",
+        "{created}"
+    );
+    let (mut aw, mut ar) = connect_with(&addr, "$JS.EVENT.ADVISORY.>").expect("advisories");
+    aw.flush().expect("flush");
+    let (mut w, mut r) = connect(&addr).expect("connect");
+    w.write_all(
+        b"HPUB work.a _INBOX.r 43 45\r\nNATS/1.0\r\nTrace: 7\r\nNats-Msg-Id: orig-1\r\n\r\nm1\r\n",
+    )
+    .expect("publish");
+    read_msg(&mut r).expect("ack");
+    w.write_all(b"PUB work.b _INBOX.r 2\r\nm2\r\n")
+        .expect("publish");
+    read_msg(&mut r).expect("ack");
+
+    let pull_c = |w: &mut TcpStream, body: &str| {
+        w.write_all(
+            format!(
+                "PUB $JS.API.CONSUMER.MSG.NEXT.WORK.c _INBOX.r {}\r\n{body}\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("pull");
+    };
+    pull_c(&mut w, r#"{"batch":2}"#);
+    let (_, first) = read_msg(&mut r).expect("m1");
+    let (head2, _) = read_msg(&mut r).expect("m2");
+    assert!(first.ends_with("m1"), "{first}");
+    let ack2 = head2
+        .split_whitespace()
+        .nth(3)
+        .expect("ack subject")
+        .to_string();
+    w.write_all(format!("PUB {ack2} 5\r\n+TERM\r\n").as_bytes())
+        .expect("term");
+    // m1 comes back once (max_deliver 2), unacked again: given up.
+    std::thread::sleep(Duration::from_millis(400));
+    pull_c(&mut w, r#"{"batch":1,"expires":2000000000}"#);
+    let (head, body) = read_msg(&mut r).expect("m1 again");
+    assert!(body.ends_with("m1"), "{head} {body}");
+    assert!(head.contains("$JS.ACK.WORK.c.2.1."), "{head}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = api(&addr, "$JS.API.STREAM.INFO.DLQ", "");
+        if info["state"]["messages"] == 2 || std::time::Instant::now() > deadline {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(info["state"]["messages"], 2, "{info}");
+    let headers_of = |seq: u64| {
+        let got = api(
+            &addr,
+            "$JS.API.STREAM.MSG.GET.DLQ",
+            &format!("{{\"seq\":{seq}}}"),
+        );
+        let h = got["message"]["hdrs"].as_str().expect("headers");
+        let h = base64::engine::general_purpose::STANDARD
+            .decode(h)
+            .expect("base64");
+        (
+            String::from_utf8_lossy(&h).into_owned(),
+            got["message"]["subject"].clone(),
+        )
+    };
+    let (term, subject) = headers_of(1);
+    assert_eq!(subject, "dlq.work");
+    for h in [
+        "Nats-DLQ-Reason: term",
+        "Nats-DLQ-Stream: WORK",
+        "Nats-DLQ-Consumer: c",
+        "Nats-DLQ-Subject: work.b",
+        "Nats-DLQ-Sequence: 2",
+        "Nats-DLQ-Deliveries: 1",
+        "Nats-Msg-Id: dlq:WORK:c:2",
+    ] {
+        assert!(term.contains(h), "{h} in {term}");
+    }
+    let (maxed, _) = headers_of(2);
+    for h in [
+        "Nats-DLQ-Reason: max_deliver",
+        "Nats-DLQ-Sequence: 1",
+        "Nats-DLQ-Deliveries: 2",
+        "Trace: 7",
+        "Nats-Msg-Id: dlq:WORK:c:1",
+    ] {
+        assert!(maxed.contains(h), "{h} in {maxed}");
+    }
+    assert!(
+        !maxed.contains("orig-1"),
+        "the original message ID is not carried: {maxed}"
+    );
+    let c = api(&addr, "$JS.API.CONSUMER.INFO.WORK.c", "");
+    assert_eq!(
+        (
+            c["num_ack_pending"].as_u64(),
+            c["ack_floor"]["stream_seq"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{c}"
+    );
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let (head, _) = read_msg(&mut ar).expect("an advisory");
+        kinds.push(
+            head.split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.WORK.c",
+            "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.WORK.c"
+        ]
+    );
+}

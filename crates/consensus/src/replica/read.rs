@@ -30,26 +30,33 @@ impl Replica {
                 Err(e) => return Err(ProposeError::Stopped(e.to_string())),
             }
         }
-        // A follower (Raft would only answer "ask the leader"): ask the leader directly.
-        let leader = self.leader().await?;
-        let client = self.peer(leader)?;
-        // Concurrent reads share one request to the leader.
-        let fetch = move || {
-            let mut client = client.clone();
-            async move {
-                // Bounded: an unreachable former leader must not hold up the readers
-                // queued behind this round (they ask the leader they know next).
-                let mut req = tonic::Request::new(Blob::default());
-                req.set_timeout(NO_LEADER_PATIENCE);
-                let resp = client.read_index(req).await.ok()?;
-                Some(resp.into_inner().index)
+        // A follower (Raft would only answer "ask the leader"): ask the leader directly. A
+        // leader elected moments ago may not answer yet (its term has committed nothing):
+        // ask again, the leader known then, until the patience runs out.
+        let deadline = tokio::time::Instant::now() + NO_LEADER_PATIENCE;
+        let index = loop {
+            let leader = self.leader().await?;
+            let client = self.peer(leader)?;
+            // Concurrent reads share one request to the leader.
+            let fetch = move || {
+                let mut client = client.clone();
+                async move {
+                    // Bounded: an unreachable former leader must not hold up the readers
+                    // queued behind this round (they ask the leader they know next).
+                    let mut req = tonic::Request::new(Blob::default());
+                    req.set_timeout(NO_LEADER_PATIENCE);
+                    let resp = client.read_index(req).await.ok()?;
+                    Some(resp.into_inner().index)
+                }
+            };
+            if let Some(index) = self.reads.index(fetch).await {
+                break index;
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProposeError::NotLeader(None));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let index = self
-            .reads
-            .index(fetch)
-            .await
-            .ok_or(ProposeError::NotLeader(None))?;
         // Usually applied already; otherwise wait for it.
         let applied = |m: &RaftMetrics<TypeConfig>| {
             m.last_applied

@@ -139,6 +139,11 @@ pub struct ConsumerConfig {
     /// Push rate limit (accepted, not applied).
     #[serde(skip_serializing_if = "is_zero")]
     pub rate_limit_bps: i64,
+    /// berth's extension: where a message goes when the consumer gives up on it (max_deliver
+    /// reached, or `+TERM`), with its headers plus `Nats-DLQ-*` ones saying why and from
+    /// where. A stream taking this subject stores it; unchanged clients never set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_subject: Option<String>,
 }
 
 /// Nanoseconds in the default ack wait (30 s).
@@ -258,6 +263,21 @@ impl ConsumerConfig {
                 ));
             }
             _ => {}
+        }
+        if let Some(d) = &self.dead_letter_subject {
+            if subject::check_literal(d).is_err() {
+                return Err(invalid(format!("invalid dead letter subject {d:?}")));
+            }
+            if self.ack_policy == AckPolicy::None {
+                return Err(invalid(
+                    "a dead letter subject needs acks (ack policy explicit or all)",
+                ));
+            }
+            if stream_subjects.iter().any(|s| subject::matches(s, d)) {
+                return Err(invalid(
+                    "the dead letter subject may not be one of the stream's own subjects",
+                ));
+            }
         }
         if self.ack_wait < 0 || self.backoff.iter().any(|b| *b <= 0) {
             return Err(invalid("consumer ack wait and backoff must be positive"));

@@ -57,9 +57,44 @@ pub struct Pending {
     pub first_cseq: u64,
     /// Deliveries so far.
     pub dc: u64,
-    /// When it is redelivered unless acked (UNIX ns).
+    /// When it is redelivered unless acked (UNIX ns); for a dead letter, when its write to
+    /// the dead-letter subject is tried again unless confirmed.
     pub deadline: i64,
+    /// Given up on (max_deliver or `+TERM`) and waiting for its dead-letter write to be
+    /// confirmed: never redelivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead: Option<GiveUp>,
+    /// Writes to the dead-letter subject tried so far.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub dead_tries: u32,
 }
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Why a message was given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GiveUp {
+    /// Its last allowed delivery went unacknowledged.
+    MaxDeliver,
+    /// The client said `+TERM`.
+    Term,
+}
+
+impl GiveUp {
+    /// The reason as the dead-letter header and advisories name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUp::MaxDeliver => "max_deliver",
+            GiveUp::Term => "term",
+        }
+    }
+}
+
+/// How long a dead letter waits for its write to be confirmed before it is tried again.
+pub const DEAD_LETTER_RETRY: i64 = 5_000_000_000;
 
 /// What a consumer remembers across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,12 +168,20 @@ pub enum Action {
         /// Headers after the status line.
         headers: Vec<(String, String)>,
     },
-    /// The message reached max_deliver unacknowledged: it is not delivered again.
+    /// The message is given up on (max_deliver reached, or `+TERM`): it is not delivered
+    /// again. With a dead-letter subject, it stays pending until [`Consumer::dead_lettered`]
+    /// confirms its write there (the action repeats every [`DEAD_LETTER_RETRY`] until then).
     GaveUp {
         /// Stream sequence.
         sseq: u64,
         /// Deliveries made.
         dc: u64,
+        /// The consumer sequence of its last delivery.
+        cseq: u64,
+        /// Why.
+        why: GiveUp,
+        /// True the first time (advisories go out once; dead-letter writes are retried).
+        first: bool,
     },
 }
 
@@ -294,7 +337,17 @@ impl Consumer {
         if !self.acks() {
             return false;
         }
+        let dead_letters = self.config.dead_letter_subject.is_some();
         let changed = match kind {
+            // With a dead-letter subject, a terminated message goes there first.
+            Ack::Term if dead_letters => match self.state.pending.get_mut(&sseq) {
+                Some(p) if p.dead.is_none() => {
+                    p.dead = Some(GiveUp::Term);
+                    p.deadline = now;
+                    true
+                }
+                _ => false,
+            },
             Ack::Ack | Ack::Term => {
                 if self.config.ack_policy == AckPolicy::All {
                     let done: Vec<u64> =
@@ -308,20 +361,20 @@ impl Consumer {
                 }
             }
             Ack::Nak(delay) => match self.state.pending.get_mut(&sseq) {
-                Some(p) => {
+                Some(p) if p.dead.is_none() => {
                     p.deadline = now + delay.max(0);
                     true
                 }
-                None => false,
+                _ => false,
             },
             Ack::Progress => {
                 let config = &self.config;
                 match self.state.pending.get_mut(&sseq) {
-                    Some(p) => {
+                    Some(p) if p.dead.is_none() => {
                         p.deadline = now + config.redelivery_wait(p.dc);
                         true
                     }
-                    None => false,
+                    _ => false,
                 }
             }
         };
@@ -374,17 +427,16 @@ impl Consumer {
     /// next new one (unless max_ack_pending is reached); (sseq, size, is redelivery).
     fn next_message(&mut self, src: &dyn Source, now: i64) -> Option<(u64, u64, bool)> {
         loop {
+            let max = self.config.max_deliver;
             let due = self
                 .state
                 .pending
                 .iter()
-                .filter(|(_, p)| p.deadline <= now)
+                .filter(|(_, p)| p.deadline <= now && p.dead.is_none())
+                .filter(|(_, p)| max <= 0 || p.dc < max as u64)
                 .min_by_key(|(s, p)| (p.deadline, **s))
-                .map(|(s, p)| (*s, *p));
-            let Some((sseq, p)) = due else { break };
-            if self.config.max_deliver > 0 && p.dc >= self.config.max_deliver as u64 {
-                return None;
-            }
+                .map(|(s, _)| *s);
+            let Some(sseq) = due else { break };
             match src.size_of(sseq) {
                 Some(size) => return Some((sseq, size, true)),
                 // Removed from the stream meanwhile: nothing to redeliver.
@@ -412,29 +464,65 @@ impl Consumer {
             .map(|(s, size)| (s, size, false))
     }
 
-    /// Messages past max_deliver whose last delivery went unacknowledged: given up on.
+    /// Messages past max_deliver whose last delivery went unacknowledged, and terminated
+    /// ones bound for the dead-letter subject: given up on. Without a dead-letter subject
+    /// they leave the pending set now; with one, they stay (not redelivered) until their
+    /// write there is confirmed, the action repeating every [`DEAD_LETTER_RETRY`].
     fn give_up(&mut self, now: i64) -> Vec<Action> {
-        if self.config.max_deliver <= 0 {
-            return Vec::new();
-        }
-        let max = self.config.max_deliver as u64;
-        let gone: Vec<(u64, u64)> = self
+        let max = self.config.max_deliver;
+        let dead_letters = self.config.dead_letter_subject.is_some();
+        let due: Vec<(u64, Pending, GiveUp)> = self
             .state
             .pending
             .iter()
-            .filter(|(_, p)| p.deadline <= now && p.dc >= max)
-            .map(|(s, p)| (*s, p.dc))
+            .filter(|(_, p)| p.deadline <= now)
+            .filter_map(|(s, p)| match p.dead {
+                Some(why) => Some((*s, *p, why)),
+                None if max > 0 && p.dc >= max as u64 => Some((*s, *p, GiveUp::MaxDeliver)),
+                None => None,
+            })
             .collect();
-        for (s, _) in &gone {
-            self.state.pending.remove(s);
+        if due.is_empty() {
+            return Vec::new();
         }
-        if !gone.is_empty() {
+        for (s, _, why) in &due {
+            if dead_letters {
+                if let Some(p) = self.state.pending.get_mut(s) {
+                    p.dead = Some(*why);
+                    p.deadline = now + DEAD_LETTER_RETRY;
+                    p.dead_tries += 1;
+                }
+            } else {
+                self.state.pending.remove(s);
+            }
+        }
+        self.update_floor();
+        self.dirty = true;
+        due.into_iter()
+            .map(|(sseq, p, why)| Action::GaveUp {
+                sseq,
+                dc: p.dc,
+                cseq: p.cseq,
+                why,
+                first: p.dead_tries == 0,
+            })
+            .collect()
+    }
+
+    /// The write of given-up message `sseq` to the dead-letter subject is confirmed: it
+    /// leaves the pending set.
+    pub fn dead_lettered(&mut self, sseq: u64) -> bool {
+        let dead = self
+            .state
+            .pending
+            .get(&sseq)
+            .is_some_and(|p| p.dead.is_some());
+        if dead {
+            self.state.pending.remove(&sseq);
             self.update_floor();
             self.dirty = true;
         }
-        gone.into_iter()
-            .map(|(sseq, dc)| Action::GaveUp { sseq, dc })
-            .collect()
+        dead
     }
 
     /// Records a delivery of `sseq`; returns the action. `left` caches the pending count
@@ -464,6 +552,8 @@ impl Consumer {
                 first_cseq: cseq,
                 dc: 0,
                 deadline: 0,
+                dead: None,
+                dead_tries: 0,
             });
             entry.dc += 1;
             entry.cseq = cseq;

@@ -228,7 +228,16 @@ fn unacked_deliveries_come_back_after_ack_wait_until_max_deliver() {
     let got = c.tick(&src, 4 * SEC);
     assert_eq!(
         got.iter()
-            .filter(|a| matches!(a, Action::GaveUp { sseq: 1, dc: 2 }))
+            .filter(|a| matches!(
+                a,
+                Action::GaveUp {
+                    sseq: 1,
+                    dc: 2,
+                    why: GiveUp::MaxDeliver,
+                    first: true,
+                    ..
+                }
+            ))
             .count(),
         1,
         "{got:?}"
@@ -448,4 +457,66 @@ fn a_consumer_never_stalls_with_a_message_ready_and_a_request_waiting() {
         }
         let _ = actions;
     }
+}
+
+#[test]
+fn given_up_messages_wait_for_their_dead_letter_write_and_are_never_redelivered() {
+    let mut src = Mem::default();
+    src.put("a", 0);
+    src.put("a", 0);
+    let mut dl: ConsumerConfig = serde_json::from_str(
+        r#"{"durable_name":"d","ack_policy":"explicit","ack_wait":1000000000,"max_deliver":1,"dead_letter_subject":"dlq.a"}"#,
+    )
+    .expect("config");
+    // The stream's own subjects may not take dead letters.
+    assert!(dl.clone().check(&[">".to_string()]).is_err());
+    dl.check(&["a".to_string()]).expect("valid");
+    let mut c = Consumer::new(dl, &src, 0);
+    assert_eq!(
+        delivered(&c.pull(pull("in", 2, false, 0), &src, 0)),
+        [(1, 1, 1), (2, 2, 1)]
+    );
+    // #2 terminated: given up at once; #1 reaches max_deliver at its ack wait.
+    assert!(c.ack(2, Ack::Term, 0));
+    let got = c.tick(&src, 0);
+    assert!(
+        got.contains(&Action::GaveUp {
+            sseq: 2,
+            dc: 1,
+            cseq: 2,
+            why: GiveUp::Term,
+            first: true
+        }),
+        "{got:?}"
+    );
+    let got = c.tick(&src, SEC);
+    assert!(
+        got.contains(&Action::GaveUp {
+            sseq: 1,
+            dc: 1,
+            cseq: 1,
+            why: GiveUp::MaxDeliver,
+            first: true
+        }),
+        "{got:?}"
+    );
+    // Unconfirmed: still pending, never redelivered, retried later (not first).
+    assert_eq!(c.state().pending.len(), 2);
+    assert!(delivered(&c.pull(pull("in", 5, true, 0), &src, 2 * SEC)).is_empty());
+    let retry = c.tick(&src, SEC + DEAD_LETTER_RETRY);
+    assert!(
+        retry.iter().any(|a| matches!(
+            a,
+            Action::GaveUp {
+                sseq: 1,
+                first: false,
+                ..
+            }
+        )),
+        "{retry:?}"
+    );
+    assert!(c.dead_lettered(1) && c.dead_lettered(2));
+    assert!(!c.dead_lettered(2), "confirmed once");
+    assert!(c.state().pending.is_empty());
+    assert_eq!(c.state().ack_floor.stream_seq, 2);
 }

@@ -128,6 +128,10 @@ pub struct Config {
     /// With discard new, max_msgs_per_subject refuses instead of dropping.
     #[serde(default)]
     pub discard_new_per_subject: bool,
+    /// Messages with `Nats-Schedule` headers are schedules (nats-server 2.12's delayed and
+    /// repeated delivery).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_msg_schedules: bool,
 }
 
 fn invalid(text: impl Into<String>) -> ApiError {

@@ -11,11 +11,13 @@
 //! # Layout
 //! - [`config`]: the stream's configuration, with JetStream's names, defaults and checks;
 //! - [`headers`]: reading NATS header blocks;
+//! - [`schedule`]: delayed and repeated delivery (`Nats-Schedule` headers);
 //! - [`segment`]: the segment files' records;
 //! - [`store`]: the segment files and their indexes.
 
 pub mod config;
 pub mod headers;
+pub mod schedule;
 pub mod segment;
 pub mod store;
 
@@ -85,6 +87,8 @@ pub struct Stream {
     last_id: Option<String>,
     /// When the stream was created (UNIX nanoseconds).
     created: i64,
+    /// Schedules waiting to fire.
+    schedules: schedule::Table,
 }
 
 impl Stream {
@@ -99,7 +103,20 @@ impl Stream {
             id_order: VecDeque::new(),
             last_id: None,
             created,
+            schedules: schedule::Table::default(),
         };
+        if stream.config.allow_msg_schedules {
+            // The schedules stored: every message is read once (streams with schedules).
+            for seq in stream.store.matching(None) {
+                let Some(m) = stream.store.get(seq)? else {
+                    continue;
+                };
+                let subjects = &stream.config.subjects;
+                if let Ok(Some(s)) = schedule::parse(&m.headers, &m.subject, subjects, true) {
+                    stream.schedules.add(&m.subject, seq, m.time, s);
+                }
+            }
+        }
         let window = stream.config.duplicate_window_ns();
         let from = now.saturating_sub(window);
         for seq in stream.store.matching(None).into_iter().rev() {
@@ -234,10 +251,16 @@ impl Stream {
                 ));
             }
         }
+        let sched = schedule::parse(p.headers, p.subject, &c.subjects, c.allow_msg_schedules)?;
         let seq = self
             .store
             .append(p.subject, p.headers, p.payload, now)
             .map_err(|e| ApiError::io(&e))?;
+        if let Some(s) = sched {
+            if let Some(old) = self.schedules.add(p.subject, seq, now, s) {
+                self.store.remove(&[old]).map_err(|e| ApiError::io(&e))?;
+            }
+        }
         if let Some(id) = msg_id {
             self.ids.insert(id.to_string(), (seq, now));
             self.id_order.push_back((now, id.to_string()));
@@ -352,6 +375,45 @@ impl Stream {
                 .map_err(|e| ApiError::io(&e))?;
         }
         Ok(n)
+    }
+
+    /// When the next schedule fires (UNIX ns).
+    pub fn next_schedule(&self) -> Option<i64> {
+        self.schedules.next_due()
+    }
+
+    /// Fires the schedules due at `now`: each stores its message under its target (an `@at`
+    /// schedule is then removed; an `@every` one is due again); returns how many messages
+    /// were stored. Not durable until the store is synced.
+    pub fn fire_schedules(&mut self, now: i64) -> Result<u64, ApiError> {
+        let io = |e: std::io::Error| ApiError::io(&e);
+        let mut produced = 0;
+        for (seq, due, when, target) in self.schedules.take_due(now) {
+            // Removed meanwhile (a purge, a limit, a delete): nothing to fire.
+            let Some(m) = self.store.get(seq).map_err(io)? else {
+                continue;
+            };
+            let hdrs = schedule::produced_headers(&m.headers, &m.subject);
+            self.store
+                .append(&target, &hdrs, &m.payload, now)
+                .map_err(io)?;
+            produced += 1;
+            match when {
+                schedule::When::At(_) => {
+                    self.store.remove(&[seq]).map_err(io)?;
+                }
+                schedule::When::Every(every) => {
+                    let mut next = due.saturating_add(every);
+                    if next <= now {
+                        next = now.saturating_add(every);
+                    }
+                    self.schedules
+                        .again(&m.subject, seq, next, every, target.clone());
+                }
+            }
+            self.enforce_limits(Some(&target), now)?;
+        }
+        Ok(produced)
     }
 
     /// Deletes one message (`MSG.DELETE`).
@@ -590,6 +652,53 @@ mod tests {
         publish(&mut s, "s.a", "", 5 * SEC).expect("young");
         assert_eq!(s.expire(12 * SEC), Ok(1));
         assert_eq!(s.store().matching(None), [2]);
+    }
+
+    #[test]
+    fn schedules_fire_at_their_time_once_or_every_period() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = stream(dir.path(), |c| c.allow_msg_schedules = true);
+        let at = "NATS/1.0\r\nNats-Schedule: @at 1970-01-01T00:00:10Z\r\nNats-Schedule-Target: s.due\r\nTrace: 1\r\n\r\n";
+        publish(&mut s, "s.sched.a", at, 0).expect("schedule");
+        let every = "NATS/1.0\r\nNats-Schedule: @every 5s\r\nNats-Schedule-Target: s.tick\r\n\r\n";
+        publish(&mut s, "s.sched.b", every, 0).expect("schedule");
+        assert_eq!(s.next_schedule(), Some(5 * SEC));
+        assert_eq!(s.fire_schedules(4 * SEC), Ok(0));
+        assert_eq!(s.fire_schedules(5 * SEC), Ok(1));
+        assert_eq!(s.fire_schedules(10 * SEC), Ok(2));
+        let subjects: Vec<String> = s
+            .store()
+            .matching(None)
+            .into_iter()
+            .filter_map(|q| s.store().get(q).ok().flatten().map(|m| m.subject))
+            .collect();
+        // The @at schedule is gone; the @every one stays; three produced messages.
+        assert_eq!(subjects, ["s.sched.b", "s.tick", "s.due", "s.tick"]);
+        let due = s
+            .store()
+            .get(s.store().last_matching("s.due").expect("due"))
+            .expect("read")
+            .expect("stored");
+        assert_eq!(
+            due.headers,
+            b"NATS/1.0\r\nTrace: 1\r\nNats-Scheduler: s.sched.a\r\n\r\n"
+        );
+        // The schedules survive a reopen.
+        let config = s.config().clone();
+        drop(s);
+        let mut s = Stream::open(dir.path(), config, 0, 11 * SEC).expect("reopen");
+        assert_eq!(
+            s.next_schedule(),
+            Some(5 * SEC),
+            "due again from when it was stored"
+        );
+        assert_eq!(s.fire_schedules(11 * SEC), Ok(1));
+        let dir2 = tempfile::tempdir().expect("tmp");
+        let mut off = stream(dir2.path(), |_| {});
+        assert_eq!(
+            publish(&mut off, "s.x", every, 0).map_err(|e| e.err_code),
+            Err(10188)
+        );
     }
 
     #[test]

@@ -317,6 +317,15 @@ impl Hub {
         }
     }
 
+    /// Publishes a message of the server's own (an advisory): stored by a stream that takes
+    /// its subject, and delivered to subscribers.
+    fn emit(&self, subject: &str, payload: &Bytes) {
+        if self.jetstream_enabled() {
+            self.js.store(subject, None, None, payload);
+        }
+        self.inject(subject, None, payload);
+    }
+
     /// Whether any subscriber (here or on another member) takes `subject`.
     fn has_interest(&self, subject: &str) -> bool {
         !self.subs_read().matches(subject).is_empty()

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_messaging::consumer::{
-    Ack, Action, Consumer, ConsumerConfig, ConsumerState, PullRequest, Source,
+    Ack, Action, Consumer, ConsumerConfig, ConsumerState, GiveUp, PullRequest, Source,
 };
 use berth_messaging::stream::{headers, ApiError, StreamStore};
 use bytes::Bytes;
@@ -148,12 +148,13 @@ impl Consumers {
 /// Carries out a consumer's actions (the stream locked by the caller).
 fn run_actions(
     hub: &Hub,
-    stream_name: &str,
+    handle: &Arc<StreamHandle>,
     consumer: &str,
     c: &ConsumerConfig,
     store: &StreamStore,
     actions: Vec<Action>,
 ) {
+    let stream_name = handle.name.as_str();
     for a in actions {
         match a {
             Action::Deliver {
@@ -198,17 +199,144 @@ fn run_actions(
                 let block = Bytes::from(headers::block(Some(&status), &pairs));
                 hub.inject(&to, Some(&block), &Bytes::new());
             }
-            Action::GaveUp { sseq, dc } => {
-                tracing::info!(
-                    stream = stream_name,
-                    consumer,
-                    sseq,
-                    dc,
-                    "JetStream: max deliveries reached, message not redelivered"
-                );
+            Action::GaveUp {
+                sseq,
+                dc,
+                cseq,
+                why,
+                first,
+            } => {
+                if first {
+                    tracing::info!(
+                        stream = stream_name,
+                        consumer,
+                        sseq,
+                        dc,
+                        why = why.as_str(),
+                        "JetStream: message given up on"
+                    );
+                    advise(hub, stream_name, consumer, sseq, cseq, dc, why);
+                }
+                if let Some(to) = &c.dead_letter_subject {
+                    dead_letter(hub, handle, consumer, to, store, sseq, dc, why);
+                }
             }
         }
     }
+}
+
+/// The advisory nats-server publishes when a consumer gives up on a message.
+#[allow(clippy::too_many_arguments)]
+fn advise(hub: &Hub, stream: &str, consumer: &str, sseq: u64, cseq: u64, dc: u64, why: GiveUp) {
+    let (kind, event) = match why {
+        GiveUp::MaxDeliver => ("MAX_DELIVERIES", "max_deliver"),
+        GiveUp::Term => ("MSG_TERMINATED", "terminated"),
+    };
+    let mut body = json!({
+        "type": format!("io.nats.jetstream.advisory.v1.{event}"),
+        "id": ephemeral_name(),
+        "timestamp": time(now_ns()),
+        "stream": stream,
+        "consumer": consumer,
+        "stream_seq": sseq,
+        "deliveries": dc,
+    });
+    if why == GiveUp::Term {
+        body["consumer_seq"] = json!(cseq);
+    }
+    let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.{consumer}");
+    hub.emit(&subject, &Bytes::from(body.to_string()));
+}
+
+/// Headers a dead letter does not carry over (they would act on its new stream).
+const NOT_CARRIED: [&str; 6] = [
+    "Nats-Msg-Id",
+    "Nats-Expected-Stream",
+    "Nats-Expected-Last-Sequence",
+    "Nats-Expected-Last-Subject-Sequence",
+    "Nats-Expected-Last-Msg-Id",
+    "Nats-Rollup",
+];
+
+/// Writes given-up message `sseq` to the consumer's dead-letter subject: its headers (less
+/// those that would act on the new stream) plus `Nats-DLQ-*` ones saying why and from where,
+/// under a message ID unique to (stream, consumer, sequence), so a retried write is stored
+/// once. The consumer lets the message go only when the write is confirmed durable.
+#[allow(clippy::too_many_arguments)]
+fn dead_letter(
+    hub: &Hub,
+    handle: &Arc<StreamHandle>,
+    consumer: &str,
+    to: &str,
+    store: &StreamStore,
+    sseq: u64,
+    dc: u64,
+    why: GiveUp,
+) {
+    let Ok(Some(m)) = store.get(sseq) else {
+        // Gone from the stream meanwhile: nothing to write.
+        confirm(handle, consumer, sseq);
+        return;
+    };
+    let mut block = String::from("NATS/1.0\r\n");
+    let id = format!("dlq:{}:{consumer}:{sseq}", handle.name);
+    for (name, value) in [
+        ("Nats-Msg-Id", id.as_str()),
+        ("Nats-DLQ-Reason", why.as_str()),
+        ("Nats-DLQ-Stream", handle.name.as_str()),
+        ("Nats-DLQ-Consumer", consumer),
+        ("Nats-DLQ-Subject", m.subject.as_str()),
+        ("Nats-DLQ-Sequence", &sseq.to_string()),
+        ("Nats-DLQ-Deliveries", &dc.to_string()),
+    ] {
+        block.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let original = String::from_utf8_lossy(&m.headers);
+    for line in original.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+        let name = line.split(':').next().unwrap_or_default();
+        if !NOT_CARRIED.contains(&name) {
+            block.push_str(line);
+            block.push_str("\r\n");
+        }
+    }
+    block.push_str("\r\n");
+    let headers = Bytes::from(block);
+    let payload = Bytes::from(m.payload);
+    let (weak, name) = (Arc::downgrade(handle), consumer.to_string());
+    let done: super::Done = Box::new(move |answer| {
+        if let (Ok(_), Some(handle)) = (answer, weak.upgrade()) {
+            confirm(&handle, &name, sseq);
+        }
+    });
+    let stored = hub.jetstream_enabled()
+        && hub
+            .js
+            .store_then(to, None, Some(&headers), &payload, Some(done));
+    hub.inject(to, Some(&headers), &payload);
+    if !stored {
+        // No stream keeps the subject: a core message, sent now, is all there is.
+        confirm(handle, consumer, sseq);
+    }
+}
+
+/// The dead letter of `sseq` is written: the consumer lets it go.
+fn confirm(handle: &StreamHandle, consumer: &str, sseq: u64) {
+    // Called from a stream's writer thread or under the consumer's own locks: the lock is
+    // taken only when free of this thread (try, then leave it to the dispatcher's retry).
+    let Ok(mut consumers) = handle.consumers.try_lock() else {
+        handle
+            .confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((consumer.to_string(), sseq));
+        handle.wake.notify_one();
+        return;
+    };
+    if let Some(e) = consumers.map.get_mut(consumer) {
+        e.consumer.dead_lettered(sseq);
+    }
+    drop(consumers);
+    handle.wake.notify_one();
 }
 
 /// ConsumerInfo.
@@ -536,7 +664,7 @@ fn delete(hub: &Hub, handle: &StreamHandle, name: &str) -> Result<(), ApiError> 
 }
 
 /// A pull request: false when the consumer does not exist (no responders).
-fn next(hub: &Hub, handle: &StreamHandle, name: &str, reply: &str, payload: &[u8]) -> bool {
+fn next(hub: &Hub, handle: &Arc<StreamHandle>, name: &str, reply: &str, payload: &[u8]) -> bool {
     let text = std::str::from_utf8(payload).unwrap_or("").trim();
     let req = if text.is_empty() {
         Ok(NextRequest::default())
@@ -586,7 +714,7 @@ fn next(hub: &Hub, handle: &StreamHandle, name: &str, reply: &str, payload: &[u8
     };
     let actions = e.consumer.pull(pull, &StoreSource(stream.store()), now);
     let config = e.consumer.config().clone();
-    run_actions(hub, &handle.name, name, &config, stream.store(), actions);
+    run_actions(hub, handle, name, &config, stream.store(), actions);
     drop(guard);
     drop(consumers);
     handle.wake.notify_one();
@@ -624,7 +752,25 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
     let Some(e) = consumers.map.get_mut(name) else {
         return true;
     };
-    e.consumer.ack(sseq, kind, now);
+    let was = e.consumer.state().pending.get(&sseq).copied();
+    if e.consumer.ack(sseq, kind, now) {
+        if let (Ack::Nak(_), Some(p)) = (kind, was) {
+            let body = json!({
+                "type": "io.nats.jetstream.advisory.v1.nak",
+                "id": ephemeral_name(),
+                "timestamp": time(now),
+                "stream": stream,
+                "consumer": name,
+                "consumer_seq": p.cseq,
+                "stream_seq": sseq,
+                "deliveries": p.dc,
+            });
+            hub.emit(
+                &format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.{stream}.{name}"),
+                &Bytes::from(body.to_string()),
+            );
+        }
+    }
     hub.core.metrics.js_acks.inc();
     if let Some(r) = reply {
         if next_req.is_none() {
@@ -636,14 +782,7 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
         if let Some(stream) = guard.as_ref() {
             let actions = e.consumer.poll(&StoreSource(stream.store()), now);
             let config = e.consumer.config().clone();
-            run_actions(
-                hub,
-                stream_name(&handle),
-                name,
-                &config,
-                stream.store(),
-                actions,
-            );
+            run_actions(hub, &handle, name, &config, stream.store(), actions);
         }
     }
     drop(consumers);
@@ -657,10 +796,6 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
     }
     handle.wake.notify_one();
     true
-}
-
-fn stream_name(h: &StreamHandle) -> &str {
-    &h.name
 }
 
 /// `-NAK`'s delay: `{"delay": ns}` or a Go duration; none is 0.
@@ -695,8 +830,15 @@ pub(crate) async fn dispatch(hub: std::sync::Weak<Hub>, handle: Arc<StreamHandle
 }
 
 /// One round of the dispatcher; returns how long it may sleep.
-fn step(hub: &Hub, handle: &StreamHandle, now: i64) -> Duration {
+fn step(hub: &Hub, handle: &Arc<StreamHandle>, now: i64) -> Duration {
+    let confirmed: Vec<(String, u64)> =
+        std::mem::take(&mut *handle.confirmed.lock().unwrap_or_else(|p| p.into_inner()));
     let mut consumers = handle.consumers();
+    for (name, sseq) in confirmed {
+        if let Some(e) = consumers.map.get_mut(&name) {
+            e.consumer.dead_lettered(sseq);
+        }
+    }
     let guard = handle.lock();
     let Some(stream) = guard.as_ref() else {
         return Duration::from_secs(1);
@@ -713,7 +855,7 @@ fn step(hub: &Hub, handle: &StreamHandle, now: i64) -> Duration {
         }
         let actions = c.tick(&src, now);
         let config = c.config().clone();
-        run_actions(hub, &handle.name, name, &config, stream.store(), actions);
+        run_actions(hub, handle, name, &config, stream.store(), actions);
         if !config.is_durable()
             && config.inactive_threshold > 0
             && now - c.last_active > config.inactive_threshold

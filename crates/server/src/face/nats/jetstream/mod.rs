@@ -39,12 +39,16 @@ struct Saved {
     created: i64,
 }
 
+/// Called with a publish's outcome once it is stored and synced (or refused).
+pub(crate) type Done = Box<dyn FnOnce(&Result<PubAck, ApiError>) + Send>;
+
 /// A publish waiting for its stream's writer.
 struct Pending {
     subject: String,
     headers: Option<Bytes>,
     payload: Bytes,
     reply: Option<String>,
+    done: Option<Done>,
 }
 
 /// A stream and its writer's queue.
@@ -57,6 +61,9 @@ pub(crate) struct StreamHandle {
     consumers: Mutex<consumers::Consumers>,
     /// Wakes the consumers' dispatcher (messages stored, requests, acks).
     wake: tokio::sync::Notify,
+    /// Dead letters confirmed while the consumers were locked: (consumer, sequence), for
+    /// the dispatcher to apply.
+    confirmed: Mutex<Vec<(String, u64)>>,
 }
 
 impl StreamHandle {
@@ -163,6 +170,7 @@ impl JetStream {
             queue: Mutex::new(None),
             consumers: Mutex::new(consumers),
             wake: tokio::sync::Notify::new(),
+            confirmed: Mutex::default(),
         });
         {
             let mut table = self.subjects.write().unwrap_or_else(|p| p.into_inner());
@@ -206,6 +214,19 @@ impl JetStream {
         headers: Option<&Bytes>,
         payload: &Bytes,
     ) -> bool {
+        self.store_then(subject, reply, headers, payload, None)
+    }
+
+    /// [`JetStream::store`], calling `done` with the outcome once it is durable (or refused);
+    /// false (and `done` not called) when no stream takes `subject`.
+    pub(crate) fn store_then(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+        done: Option<Done>,
+    ) -> bool {
         if self.count.load(std::sync::atomic::Ordering::Relaxed) == 0 {
             return false;
         }
@@ -221,6 +242,7 @@ impl JetStream {
             headers: headers.cloned(),
             payload: payload.clone(),
             reply: reply.map(str::to_string),
+            done,
         })
         .is_ok()
     }
@@ -342,14 +364,18 @@ fn start_writer(hub: &Arc<Hub>, handle: &Arc<StreamHandle>) {
 fn write_loop(hub: &std::sync::Weak<Hub>, handle: &StreamHandle, rx: &mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(64);
     loop {
-        match rx.recv_timeout(EXPIRE_EVERY) {
+        // Idle until a publish, the next schedule, or the next max_age check.
+        let wait = handle
+            .lock()
+            .as_ref()
+            .and_then(Stream::next_schedule)
+            .map_or(EXPIRE_EVERY, |due| {
+                Duration::from_nanos(u64::try_from(due - now_ns()).unwrap_or(0)).min(EXPIRE_EVERY)
+            });
+        match rx.recv_timeout(wait) {
             Ok(p) => batch.push(p),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(s) = handle.lock().as_mut() {
-                    if let Err(e) = s.expire(now_ns()) {
-                        tracing::error!(stream = %handle.name, error = %e, "JetStream: expiring messages failed");
-                    }
-                }
+                timed_work(handle);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -374,6 +400,9 @@ fn write_loop(hub: &std::sync::Weak<Hub>, handle: &StreamHandle, rx: &mpsc::Rece
             if answer.is_ok() {
                 hub.core.metrics.js_stored.inc();
             }
+            if let Some(done) = p.done {
+                done(&answer);
+            }
             let (Some(reply), Some(no_ack)) = (p.reply, no_ack_of(handle)) else {
                 continue;
             };
@@ -384,6 +413,35 @@ fn write_loop(hub: &std::sync::Weak<Hub>, handle: &StreamHandle, rx: &mpsc::Rece
             hub.inject(&reply, None, &Bytes::from(body));
         }
     }
+}
+
+/// A writer's timed work: messages past max_age go, due schedules fire (their messages
+/// stored durably before consumers are told).
+fn timed_work(handle: &StreamHandle) {
+    let mut guard = handle.lock();
+    let Some(s) = guard.as_mut() else { return };
+    let now = now_ns();
+    if let Err(e) = s.expire(now) {
+        tracing::error!(stream = %handle.name, error = %e, "JetStream: expiring messages failed");
+    }
+    let fired = match s.fire_schedules(now) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(stream = %handle.name, error = %e, "JetStream: firing schedules failed");
+            0
+        }
+    };
+    let flushed = s.flush();
+    let file = s.store().durable();
+    drop(guard);
+    if fired == 0 {
+        return;
+    }
+    let synced = flushed.and_then(|()| file.map_or(Ok(()), |f| f.sync_data()));
+    if let Err(e) = synced {
+        tracing::error!(stream = %handle.name, error = %e, "JetStream: syncing fired schedules failed");
+    }
+    handle.wake.notify_one();
 }
 
 fn no_ack_of(handle: &StreamHandle) -> Option<bool> {
@@ -415,6 +473,9 @@ fn store_batch(
             )
         })
         .collect();
+    if let Err(e) = stream.fire_schedules(now) {
+        tracing::error!(stream = %handle.name, error = %e, "JetStream: firing schedules failed");
+    }
     let flushed = stream.flush().map_err(|e| ApiError::io(&e));
     let file = stream.store().durable();
     drop(guard);
