@@ -504,3 +504,126 @@ fn given_up_messages_become_dead_letters_with_advisories() {
         ]
     );
 }
+
+/// Delayed delivery in nats-server 2.12's form: a schedule published now (`Nats-Schedule:
+/// @at <time>`, `Nats-Schedule-Target`) puts its message under the target at that time, not
+/// before, and survives kill -9 while it waits; `@every` repeats. A consumer on the target
+/// subject receives what fired.
+#[test]
+fn scheduled_messages_are_delivered_at_their_time_even_across_a_crash() {
+    let mut srv = Server::start();
+    let addr = srv.nats_addr.clone();
+    let off = api(
+        &addr,
+        "$JS.API.STREAM.CREATE.OFF",
+        r#"{"subjects":["off.>"]}"#,
+    );
+    assert_eq!(off["config"].get("allow_msg_schedules"), None, "{off}");
+    let created = api(
+        &addr,
+        "$JS.API.STREAM.CREATE.S",
+        r#"{"subjects":["s.>"],"allow_msg_schedules":true}"#,
+    );
+    assert_eq!(created["config"]["allow_msg_schedules"], true, "{created}");
+    let at = humantime::format_rfc3339_millis(
+        std::time::SystemTime::now() + Duration::from_millis(2500),
+    )
+    .to_string();
+    let hdrs = format!(
+        "NATS/1.0\r\nNats-Schedule: @at {at}\r\nNats-Schedule-Target: s.due\r\nTrace: 9\r\n\r\n"
+    );
+    let (mut w, mut r) = connect(&addr).expect("connect");
+    w.write_all(
+        format!(
+            "HPUB s.sched.a _INBOX.r {} {}\r\n{hdrs}later\r\n",
+            hdrs.len(),
+            hdrs.len() + 5
+        )
+        .as_bytes(),
+    )
+    .expect("schedule");
+    let (_, ack) = read_msg(&mut r).expect("ack");
+    assert!(ack.contains("\"seq\":1"), "{ack}");
+    // Disabled streams refuse schedules.
+    w.write_all(
+        format!(
+            "HPUB off.x _INBOX.r {} {}\r\n{hdrs}later\r\n",
+            hdrs.len(),
+            hdrs.len() + 5
+        )
+        .as_bytes(),
+    )
+    .expect("schedule");
+    let (_, refused) = read_msg(&mut r).expect("refusal");
+    assert!(refused.contains("10188"), "{refused}");
+    let due_count = |addr: &str| {
+        let info = api(
+            addr,
+            "$JS.API.STREAM.INFO.S",
+            r#"{"subjects_filter":"s.due"}"#,
+        );
+        info["state"]["subjects"]["s.due"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(due_count(&addr), 0, "not before its time");
+    srv.kill9();
+    srv.start_again();
+    assert_eq!(
+        due_count(&addr),
+        0,
+        "not before its time, after a restart either"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while due_count(&addr) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduled message never came"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = api(
+        &addr,
+        "$JS.API.STREAM.MSG.GET.S",
+        r#"{"last_by_subj":"s.due"}"#,
+    );
+    let h = base64::engine::general_purpose::STANDARD
+        .decode(got["message"]["hdrs"].as_str().expect("headers"))
+        .expect("base64");
+    let h = String::from_utf8_lossy(&h);
+    assert!(
+        h.contains("Trace: 9") && h.contains("Nats-Scheduler: s.sched.a"),
+        "{h}"
+    );
+    assert!(!h.contains("Nats-Schedule:"), "{h}");
+    let info = api(
+        &addr,
+        "$JS.API.STREAM.INFO.S",
+        r#"{"subjects_filter":"s.sched.>"}"#,
+    );
+    assert_eq!(
+        info["state"]["subjects"].get("s.sched.a"),
+        None,
+        "an @at schedule is removed once fired: {info}"
+    );
+
+    // @every: repeats until replaced by a schedule on the same subject.
+    let every = "NATS/1.0\r\nNats-Schedule: @every 1s\r\nNats-Schedule-Target: s.tick\r\n\r\n";
+    let (mut w, mut r) = connect(&addr).expect("connect");
+    w.write_all(
+        format!(
+            "HPUB s.sched.t _INBOX.r {} {}\r\n{every}\r\n",
+            every.len(),
+            every.len()
+        )
+        .as_bytes(),
+    )
+    .expect("every");
+    read_msg(&mut r).expect("ack");
+    std::thread::sleep(Duration::from_millis(3500));
+    let info = api(
+        &addr,
+        "$JS.API.STREAM.INFO.S",
+        r#"{"subjects_filter":"s.tick"}"#,
+    );
+    let ticks = info["state"]["subjects"]["s.tick"].as_u64().unwrap_or(0);
+    assert!((2..=4).contains(&ticks), "{ticks} ticks in 3.5 s: {info}");
+}
