@@ -30,7 +30,7 @@ pub struct NatsTarget {
 }
 
 impl NatsTarget {
-    async fn connect(&self) -> Result<async_nats::Client> {
+    pub(crate) async fn connect(&self) -> Result<async_nats::Client> {
         let mut opts = async_nats::ConnectOptions::new()
             .name("berth")
             .connection_timeout(self.dial_timeout);

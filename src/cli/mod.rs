@@ -11,7 +11,8 @@
 //! - [`bench`](mod@bench): `bench <workload>`, the load generator (the engine is the
 //!   `berth-bench` crate).
 //! - [`registry`]: `svc`, `check` and `session` over Consul's HTTP API.
-//! - [`messaging`]: `pub`, `sub` and `req` over NATS's protocol.
+//! - [`messaging`]: `pub`, `sub` and `req` over NATS's protocol; [`jetstream`]: `stream` and
+//!   `consumer` over JetStream's API.
 //!
 //! Each command file owns its clap arguments, an `async fn run(&mut Ctx, ..)` and the
 //! [`Render`](output::Render) impls of what it prints; adding a command touches that file, its
@@ -24,6 +25,7 @@ pub mod config;
 pub mod conn;
 pub mod defrag;
 pub mod endpoint;
+pub mod jetstream;
 pub mod kv;
 pub mod lease;
 pub mod member;
@@ -178,6 +180,12 @@ pub enum Command {
     Sub(messaging::SubArgs),
     /// Send a NATS request and print the reply (at --nats-url).
     Req(messaging::ReqArgs),
+    /// Manage JetStream streams: add, ls, info, rm, purge, get (at --nats-url).
+    #[command(subcommand)]
+    Stream(jetstream::StreamCommand),
+    /// Manage JetStream consumers: add, ls, info, rm, next (at --nats-url).
+    #[command(subcommand)]
+    Consumer(jetstream::ConsumerCommand),
 }
 
 /// What every command runs with: the connection settings and the printer.
@@ -256,6 +264,8 @@ async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
         Command::Pub(a) => messaging::publish(ctx, a).await,
         Command::Sub(a) => messaging::subscribe(ctx, a).await,
         Command::Req(a) => messaging::request(ctx, a).await,
+        Command::Stream(c) => jetstream::stream(ctx, c).await,
+        Command::Consumer(c) => jetstream::consumer(ctx, c).await,
     }
 }
 

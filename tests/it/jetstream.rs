@@ -627,3 +627,81 @@ fn scheduled_messages_are_delivered_at_their_time_even_across_a_crash() {
     let ticks = info["state"]["subjects"]["s.tick"].as_u64().unwrap_or(0);
     assert!((2..=4).contains(&ticks), "{ticks} ticks in 3.5 s: {info}");
 }
+
+/// `berth stream …` and `berth consumer …` against berth: create, publish, inspect, pull
+/// and ack, purge, delete, and a clear error for what is gone.
+#[test]
+fn the_cli_manages_streams_and_consumers() {
+    let srv = Server::start();
+    let url = format!("nats://{}", srv.nats_addr);
+    let berth = |args: &[&str]| {
+        run(Command::new(crate::harness::berth_bin())
+            .arg("--nats-url")
+            .arg(&url)
+            .args(args))
+    };
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = berth(args);
+        assert!(ok, "berth {args:?}: {out}{err}");
+        out
+    };
+    let out = ok(&[
+        "stream",
+        "add",
+        "ORDERS",
+        "--subjects",
+        "orders.>",
+        "--max-msgs",
+        "100",
+    ]);
+    assert!(
+        out.starts_with("ORDERS subjects=orders.> messages=0"),
+        "{out}"
+    );
+    ok(&["pub", "orders.new", "o {{Count}}", "--count", "3"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["stream", "info", "ORDERS", "-w", "json"])).expect("json");
+    assert_eq!(info["state"]["messages"], 3, "{info}");
+    assert_eq!(info["config"]["max_msgs"], 100);
+    let got = ok(&["stream", "get", "ORDERS", "--last-for", "orders.new"]);
+    assert!(
+        got.starts_with("Item: ORDERS#3 received ") && got.ends_with("\no 3\n"),
+        "{got:?}"
+    );
+    ok(&["consumer", "add", "ORDERS", "worker", "--ack-wait", "30s"]);
+    let pulled = ok(&[
+        "consumer", "next", "ORDERS", "worker", "--count", "2", "-w", "json",
+    ]);
+    let data: Vec<String> = pulled
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            v["data"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(data, ["o 1", "o 2"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["consumer", "info", "ORDERS", "worker", "-w", "json"]))
+            .expect("json");
+    assert_eq!(
+        (
+            info["ack_floor"]["stream_seq"].as_u64(),
+            info["num_pending"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "acked by the CLI: {info}"
+    );
+    let ls = ok(&["stream", "ls", "-w", "table"]);
+    assert!(ls.contains("| ORDERS |") && ls.contains(" NAME "), "{ls}");
+    assert_eq!(
+        ok(&["stream", "purge", "ORDERS"]),
+        "Purged 3 messages from ORDERS\n"
+    );
+    ok(&["consumer", "rm", "ORDERS", "worker"]);
+    ok(&["stream", "rm", "ORDERS"]);
+    let (ok_, _, err) = berth(&["stream", "info", "ORDERS"]);
+    assert!(
+        !ok_ && err.contains("stream not found (code 404, err_code 10059)"),
+        "{err}"
+    );
+}
