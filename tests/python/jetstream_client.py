@@ -5,7 +5,8 @@ by subject, next by subject) and delete, limits (max_msgs with discard old and n
 max_msgs_per_subject, max_msg_size), a KV bucket (put, create, update, get, delete, purge,
 history kept per key, keys, history, watch), pull consumers (fetch, ack, nak with delay,
 redelivery after ack_wait up to max_deliver, ack_sync, counters), push and ordered
-consumers, consumer listing and deletion, and an object store (put, get, list, delete). Usage: jetstream_client.py nats://HOST:PORT. Prints one line per check
+consumers, consumer listing and deletion, an object store (put, get, list, delete), and
+work-queue and interest retention. Usage: jetstream_client.py nats://HOST:PORT. Prints one line per check
 and "N passed, M failed"; exits non-zero on any failure."""
 
 import asyncio
@@ -279,6 +280,36 @@ async def main():
         except nats.js.errors.ObjectNotFoundError:
             pass
 
+    async def work_queue_and_interest_streams_drop_what_is_acked():
+        from nats.js.api import RetentionPolicy
+        await js.add_stream(name="WQ", subjects=["wq.>"], retention=RetentionPolicy.WORK_QUEUE)
+        for i in range(3):
+            await js.publish("wq.job", f"j{i}".encode())
+        psub = await js.pull_subscribe("wq.>", durable="workers")
+        msgs = await psub.fetch(2, timeout=2)
+        for m in msgs:
+            await m.ack_sync()
+        state = (await js.stream_info("WQ")).state
+        assert (state.messages, state.first_seq) == (1, 3), state
+        try:
+            await js.add_consumer("WQ", ConsumerConfig(durable_name="other", ack_policy="explicit"))
+            raise AssertionError("an overlapping work-queue consumer was accepted")
+        except BadRequestError as e:
+            assert e.err_code == 10100, e
+        await js.add_stream(name="INT", subjects=["int.>"], retention=RetentionPolicy.INTEREST)
+        await js.publish("int.x", b"nobody listens")
+        assert (await js.stream_info("INT")).state.messages == 0
+        a = await js.pull_subscribe("int.>", durable="a")
+        b = await js.pull_subscribe("int.>", durable="b")
+        await js.publish("int.x", b"both")
+        assert (await js.stream_info("INT")).state.messages == 1
+        (ma,) = await a.fetch(1, timeout=2)
+        await ma.ack_sync()
+        assert (await js.stream_info("INT")).state.messages == 1, "b has not acked"
+        (mb,) = await b.fetch(1, timeout=2)
+        await mb.ack_sync()
+        assert (await js.stream_info("INT")).state.messages == 0, "both acked"
+
     async def what_is_not_served_finds_no_responders():
         try:
             await nc.request("$JS.API.STREAM.SNAPSHOT.ORDERS", b"", timeout=2)
@@ -304,6 +335,7 @@ async def main():
                push_and_ordered_consumers_deliver,
                key_value_watchers_keys_and_history,
                object_store_puts_gets_lists_and_deletes,
+               work_queue_and_interest_streams_drop_what_is_acked,
                what_is_not_served_finds_no_responders]:
         await case(fn)
     await nc.close()

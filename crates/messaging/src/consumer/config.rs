@@ -345,6 +345,48 @@ impl ConsumerConfig {
         Ok(())
     }
 
+    /// Checks a new consumer of a work-queue stream against the stream's other consumers:
+    /// explicit acks, and no two consumers reaching the same subject.
+    pub fn check_work_queue(&self, others: &[&ConsumerConfig]) -> Result<(), ApiError> {
+        if self.ack_policy != AckPolicy::Explicit {
+            return Err(ApiError::new(
+                400,
+                10098,
+                "workqueue stream requires explicit ack",
+            ));
+        }
+        let mine = self.filters();
+        for o in others {
+            let theirs = o.filters();
+            if mine.is_empty() && theirs.is_empty() {
+                return Err(ApiError::new(
+                    400,
+                    10099,
+                    "multiple non-filtered consumers not allowed on workqueue stream",
+                ));
+            }
+            let overlap = mine.is_empty()
+                || theirs.is_empty()
+                || mine
+                    .iter()
+                    .any(|a| theirs.iter().any(|b| subject::overlaps(a, b)));
+            if overlap {
+                return Err(ApiError::new(
+                    400,
+                    10100,
+                    "filtered consumer not unique on workqueue stream",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this consumer's filters reach `subject` (no filter reaches everything).
+    pub fn reaches(&self, s: &str) -> bool {
+        let f = self.filters();
+        f.is_empty() || f.iter().any(|f| subject::matches(f, s))
+    }
+
     /// Checks an update of `self` to `new` (both checked): what JetStream lets change.
     pub fn check_update(&self, new: &ConsumerConfig) -> Result<(), ApiError> {
         let fixed = |what: &str| ApiError::new(500, 10012, format!("{what} can not be updated"));

@@ -334,10 +334,17 @@ impl Consumer {
 
     /// Applies an ack of stream message `sseq`; true when it changed something.
     pub fn ack(&mut self, sseq: u64, kind: Ack, now: i64) -> bool {
+        self.ack_seqs(sseq, kind, now).is_some()
+    }
+
+    /// [`Consumer::ack`], saying which stream sequences it acknowledged for good (what an
+    /// interest or work-queue stream may then drop): `None` when nothing changed.
+    pub fn ack_seqs(&mut self, sseq: u64, kind: Ack, now: i64) -> Option<Vec<u64>> {
         if !self.acks() {
-            return false;
+            return None;
         }
         let dead_letters = self.config.dead_letter_subject.is_some();
+        let mut done: Vec<u64> = Vec::new();
         let changed = match kind {
             // With a dead-letter subject, a terminated message goes there first.
             Ack::Term if dead_letters => match self.state.pending.get_mut(&sseq) {
@@ -350,14 +357,16 @@ impl Consumer {
             },
             Ack::Ack | Ack::Term => {
                 if self.config.ack_policy == AckPolicy::All {
-                    let done: Vec<u64> =
-                        self.state.pending.range(..=sseq).map(|(s, _)| *s).collect();
+                    done = self.state.pending.range(..=sseq).map(|(s, _)| *s).collect();
                     for s in &done {
                         self.state.pending.remove(s);
                     }
                     !done.is_empty()
+                } else if self.state.pending.remove(&sseq).is_some() {
+                    done.push(sseq);
+                    true
                 } else {
-                    self.state.pending.remove(&sseq).is_some()
+                    false
                 }
             }
             Ack::Nak(delay) => match self.state.pending.get_mut(&sseq) {
@@ -378,11 +387,26 @@ impl Consumer {
                 }
             }
         };
-        if changed {
-            self.update_floor();
-            self.dirty = true;
+        if !changed {
+            return None;
         }
-        changed
+        self.update_floor();
+        self.dirty = true;
+        Some(done)
+    }
+
+    /// Whether this consumer is done with stream message `sseq` (acknowledged, or before
+    /// where it started), as an interest stream asks before dropping it. Its filters are the
+    /// caller's to check.
+    pub fn has_acked(&self, sseq: u64) -> bool {
+        let st = &self.state;
+        if !self.acks() {
+            return sseq <= st.delivered.stream_seq && !st.initial.contains(&sseq);
+        }
+        sseq <= st.ack_floor.stream_seq
+            || (sseq <= st.delivered.stream_seq
+                && !st.pending.contains_key(&sseq)
+                && !st.initial.contains(&sseq))
     }
 
     fn update_floor(&mut self) {

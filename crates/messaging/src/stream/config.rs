@@ -174,11 +174,6 @@ impl Config {
                 return Err(invalid(format!("duplicate or overlapping subjects: {s:?}")));
             }
         }
-        if self.retention != Retention::Limits {
-            return Err(invalid(
-                "only retention \"limits\" is served yet (interest and workqueue need consumers)",
-            ));
-        }
         if self.num_replicas == 0 {
             self.num_replicas = 1;
         }

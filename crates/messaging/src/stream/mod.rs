@@ -377,6 +377,12 @@ impl Stream {
         Ok(n)
     }
 
+    /// Drops messages its consumers are done with (interest and work-queue retention; not
+    /// subject to deny_delete); returns how many were stored.
+    pub fn retire(&mut self, seqs: &[u64]) -> Result<u64, ApiError> {
+        self.store.remove(seqs).map_err(|e| ApiError::io(&e))
+    }
+
     /// When the next schedule fires (UNIX ns).
     pub fn next_schedule(&self) -> Option<i64> {
         self.schedules.next_due()

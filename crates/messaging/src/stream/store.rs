@@ -559,6 +559,11 @@ impl StreamStore {
             .max()
     }
 
+    /// The subject of `seq`, if stored.
+    pub fn subject_of(&self, seq: u64) -> Option<&str> {
+        self.msgs.get(&seq).map(|m| &*m.subject)
+    }
+
     /// The stored size of `seq`, if stored.
     pub fn size_of(&self, seq: u64) -> Option<u64> {
         self.msgs.get(&seq).map(|m| m.size)

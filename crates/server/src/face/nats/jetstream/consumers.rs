@@ -17,7 +17,7 @@ use std::time::Duration;
 use berth_messaging::consumer::{
     Ack, Action, Consumer, ConsumerConfig, ConsumerState, GiveUp, PullRequest, Source,
 };
-use berth_messaging::stream::{headers, ApiError, StreamStore};
+use berth_messaging::stream::{headers, ApiError, Retention, StreamStore};
 use bytes::Bytes;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -142,6 +142,14 @@ impl Consumers {
     /// How many consumers.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Each consumer's filters (empty: every subject).
+    pub(crate) fn filters(&self) -> Vec<Vec<String>> {
+        self.map
+            .values()
+            .map(|e| e.consumer.config().filters())
+            .collect()
     }
 }
 
@@ -577,6 +585,15 @@ fn create(
     config.check(&stream.config().subjects)?;
     let name = config.name.clone().unwrap_or_else(ephemeral_name);
     config.name = Some(name.clone());
+    if stream.config().retention == Retention::WorkQueue {
+        let others: Vec<&ConsumerConfig> = consumers
+            .map
+            .iter()
+            .filter(|(n, _)| **n != name)
+            .map(|(_, e)| e.consumer.config())
+            .collect();
+        config.check_work_queue(&others)?;
+    }
     let now = now_ns();
     let action = req.action.as_deref().unwrap_or("");
     if let Some(e) = consumers.map.get_mut(&name) {
@@ -628,6 +645,7 @@ fn create(
     );
     drop(guard);
     drop(consumers);
+    handle.refresh_interest();
     handle.wake.notify_one();
     Ok(v)
 }
@@ -659,6 +677,8 @@ fn delete(hub: &Hub, handle: &StreamHandle, name: &str) -> Result<(), ApiError> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(ApiError::io(&e)),
     }
+    drop(consumers);
+    handle.refresh_interest();
     tracing::info!(stream = %handle.name, consumer = name, "JetStream consumer deleted");
     Ok(())
 }
@@ -753,7 +773,14 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
         return true;
     };
     let was = e.consumer.state().pending.get(&sseq).copied();
-    if e.consumer.ack(sseq, kind, now) {
+    let acked = e.consumer.ack_seqs(sseq, kind, now);
+    if let Some(seqs) = acked.as_ref().filter(|s| !s.is_empty()) {
+        retire(handle.as_ref(), &consumers.map, seqs);
+    }
+    let Some(e) = consumers.map.get_mut(name) else {
+        return true;
+    };
+    if acked.is_some() {
         if let (Ack::Nak(_), Some(p)) = (kind, was) {
             let body = json!({
                 "type": "io.nats.jetstream.advisory.v1.nak",
@@ -796,6 +823,34 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
     }
     handle.wake.notify_one();
     true
+}
+
+/// Drops acknowledged messages an interest or work-queue stream no longer keeps: on a work
+/// queue, what one consumer acked; on an interest stream, what every consumer reaching its
+/// subject is done with.
+fn retire(handle: &StreamHandle, consumers: &BTreeMap<String, Entry>, seqs: &[u64]) {
+    let mut guard = handle.lock();
+    let Some(stream) = guard.as_mut() else { return };
+    let drop: Vec<u64> = match stream.config().retention {
+        Retention::Limits => return,
+        Retention::WorkQueue => seqs.to_vec(),
+        Retention::Interest => seqs
+            .iter()
+            .copied()
+            .filter(|s| {
+                let Some(subject) = stream.store().subject_of(*s) else {
+                    return false;
+                };
+                consumers
+                    .values()
+                    .filter(|e| e.consumer.config().reaches(subject))
+                    .all(|e| e.consumer.has_acked(*s))
+            })
+            .collect(),
+    };
+    if let Err(e) = stream.retire(&drop) {
+        tracing::error!(stream = %handle.name, error = %e, "JetStream: dropping acknowledged messages failed");
+    }
 }
 
 /// `-NAK`'s delay: `{"delay": ns}` or a Go duration; none is 0.

@@ -64,6 +64,9 @@ pub(crate) struct StreamHandle {
     /// Dead letters confirmed while the consumers were locked: (consumer, sequence), for
     /// the dispatcher to apply.
     confirmed: Mutex<Vec<(String, u64)>>,
+    /// The consumers' filters (an empty list: every subject), for the writer of an
+    /// interest stream, which drops a message no consumer is interested in.
+    interest: RwLock<Vec<Vec<String>>>,
 }
 
 impl StreamHandle {
@@ -73,6 +76,25 @@ impl StreamHandle {
 
     fn consumers(&self) -> std::sync::MutexGuard<'_, consumers::Consumers> {
         self.consumers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies the consumers' filters for the writer (after a consumer is added or removed).
+    fn refresh_interest(&self) {
+        let filters = self.consumers().filters();
+        *self.interest.write().unwrap_or_else(|p| p.into_inner()) = filters;
+    }
+
+    /// Whether some consumer is interested in `subject`.
+    fn interested(&self, subject: &str) -> bool {
+        self.interest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|f| {
+                f.is_empty()
+                    || f.iter()
+                        .any(|f| berth_messaging::subject::matches(f, subject))
+            })
     }
 }
 
@@ -171,7 +193,9 @@ impl JetStream {
             consumers: Mutex::new(consumers),
             wake: tokio::sync::Notify::new(),
             confirmed: Mutex::default(),
+            interest: RwLock::default(),
         });
+        handle.refresh_interest();
         {
             let mut table = self.subjects.write().unwrap_or_else(|p| p.into_inner());
             for s in &subjects {
@@ -460,17 +484,24 @@ fn store_batch(
         return (batch.iter().map(|_| Err(gone.clone())).collect(), Ok(()));
     };
     let now = now_ns();
+    let interest_only = stream.config().retention == berth_messaging::stream::Retention::Interest;
     let answers: Vec<Result<PubAck, ApiError>> = batch
         .iter()
         .map(|p| {
-            stream.publish(
+            let ack = stream.publish(
                 Publish {
                     subject: &p.subject,
                     headers: p.headers.as_deref().unwrap_or_default(),
                     payload: &p.payload,
                 },
                 now,
-            )
+            )?;
+            // An interest stream keeps nothing nobody is interested in (the publish is
+            // still acknowledged, as nats-server does).
+            if interest_only && !ack.duplicate && !handle.interested(&p.subject) {
+                stream.retire(&[ack.seq])?;
+            }
+            Ok(ack)
         })
         .collect();
     if let Err(e) = stream.fire_schedules(now) {
