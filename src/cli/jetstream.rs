@@ -248,47 +248,73 @@ impl Render for StreamInfo {
     }
 }
 
-/// Streams, one row each.
-struct StreamList(Vec<Value>);
-
-impl StreamList {
-    fn rows(&self) -> Vec<Vec<String>> {
-        self.0
-            .iter()
-            .map(|i| {
-                vec![
-                    i["config"]["name"].as_str().unwrap_or_default().to_string(),
-                    i["config"]["subjects"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default(),
-                    i["state"]["messages"].to_string(),
-                    i["state"]["bytes"].to_string(),
-                    i["state"]["consumer_count"].to_string(),
-                ]
-            })
-            .collect()
-    }
+/// A list of API objects, one row each (`-w json`: the objects as they came).
+struct Listing {
+    header: &'static [&'static str],
+    items: Vec<Value>,
+    row: fn(&Value) -> Vec<String>,
 }
 
-const STREAM_HEADER: &[&str] = &["NAME", "SUBJECTS", "MESSAGES", "BYTES", "CONSUMERS"];
-
-impl Render for StreamList {
+impl Render for Listing {
     fn simple(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        Rows::new(STREAM_HEADER, self.rows()).simple(out)
+        Rows::new(self.header, self.items.iter().map(self.row).collect()).simple(out)
     }
 
     fn json(&self) -> Value {
-        json!(self.0)
+        json!(self.items)
     }
 
     fn table(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        Rows::new(STREAM_HEADER, self.rows()).table(out)
+        Rows::new(self.header, self.items.iter().map(self.row).collect()).table(out)
+    }
+}
+
+fn subjects_of(config: &Value) -> String {
+    config["subjects"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// Streams: name, subjects, messages, bytes, consumers.
+fn streams(items: Vec<Value>) -> Listing {
+    Listing {
+        header: &["NAME", "SUBJECTS", "MESSAGES", "BYTES", "CONSUMERS"],
+        items,
+        row: |i| {
+            vec![
+                i["config"]["name"].as_str().unwrap_or_default().to_string(),
+                subjects_of(&i["config"]),
+                i["state"]["messages"].to_string(),
+                i["state"]["bytes"].to_string(),
+                i["state"]["consumer_count"].to_string(),
+            ]
+        },
+    }
+}
+
+/// Consumers: name, filter, ack pending, pending, redelivered.
+fn consumers(items: Vec<Value>) -> Listing {
+    Listing {
+        header: &["NAME", "FILTER", "ACK PENDING", "PENDING", "REDELIVERED"],
+        items,
+        row: |i| {
+            vec![
+                i["name"].as_str().unwrap_or_default().to_string(),
+                i["config"]["filter_subject"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                i["num_ack_pending"].to_string(),
+                i["num_pending"].to_string(),
+                i["num_redelivered"].to_string(),
+            ]
+        },
     }
 }
 
@@ -314,45 +340,6 @@ impl Render for ConsumerInfo {
 
     fn json(&self) -> Value {
         self.0.clone()
-    }
-}
-
-/// Consumers, one row each.
-struct ConsumerList(Vec<Value>);
-
-const CONSUMER_HEADER: &[&str] = &["NAME", "FILTER", "ACK PENDING", "PENDING", "REDELIVERED"];
-
-impl ConsumerList {
-    fn rows(&self) -> Vec<Vec<String>> {
-        self.0
-            .iter()
-            .map(|i| {
-                vec![
-                    i["name"].as_str().unwrap_or_default().to_string(),
-                    i["config"]["filter_subject"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                    i["num_ack_pending"].to_string(),
-                    i["num_pending"].to_string(),
-                    i["num_redelivered"].to_string(),
-                ]
-            })
-            .collect()
-    }
-}
-
-impl Render for ConsumerList {
-    fn simple(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        Rows::new(CONSUMER_HEADER, self.rows()).simple(out)
-    }
-
-    fn json(&self) -> Value {
-        json!(self.0)
-    }
-
-    fn table(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        Rows::new(CONSUMER_HEADER, self.rows()).table(out)
     }
 }
 
@@ -434,7 +421,7 @@ pub async fn stream(ctx: &mut Ctx, cmd: StreamCommand) -> Result<()> {
                     break;
                 }
             }
-            ctx.out.print(&StreamList(all))
+            ctx.out.print(&streams(all))
         }
         StreamCommand::Info { name } => {
             let info = api(&client, format!("$JS.API.STREAM.INFO.{name}"), json!({})).await?;
@@ -515,7 +502,7 @@ pub async fn consumer(ctx: &mut Ctx, cmd: ConsumerCommand) -> Result<()> {
             )
             .await?;
             let list = page["consumers"].as_array().cloned().unwrap_or_default();
-            ctx.out.print(&ConsumerList(list))
+            ctx.out.print(&consumers(list))
         }
         ConsumerCommand::Info { stream, name } => {
             let info = api(

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 
-use super::nats::{io_err, Conn};
+use super::nats::Conn;
 use crate::config::{Stop, Workload};
 use crate::keys::value;
 use crate::report::{Recorder, Report};
@@ -48,19 +47,8 @@ async fn next_msg(c: &mut Conn, buf: &mut Vec<u8>) -> Result<(), BenchError> {
             break;
         }
     }
-    let size: usize = c
-        .line
-        .split_whitespace()
-        .last()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| BenchError::Setup {
-            what: "reading a NATS message",
-            message: format!("bad MSG line {:?}", c.line),
-        })?;
-    buf.resize(size + 2, 0);
-    c.r.read_exact(buf)
-        .await
-        .map_err(io_err("reading a NATS message"))?;
+    c.read_payload(buf).await?;
+    let size = buf.len() - 2;
     buf.truncate(size);
     Ok(())
 }
@@ -83,6 +71,23 @@ async fn api(c: &mut Conn, subject: &str, body: &str) -> Result<serde_json::Valu
     })
 }
 
+/// [`api`], an error answer being a setup failure named `what`.
+async fn api_ok(
+    c: &mut Conn,
+    subject: &str,
+    body: &str,
+    what: &'static str,
+) -> Result<serde_json::Value, BenchError> {
+    let answer = api(c, subject, body).await?;
+    match answer.get("error") {
+        Some(e) => Err(BenchError::Setup {
+            what,
+            message: e.to_string(),
+        }),
+        None => Ok(answer),
+    }
+}
+
 /// Creates the bench's stream afresh.
 async fn setup(addr: &str) -> Result<(), BenchError> {
     setup_conn(addr).await.map(|_| ())
@@ -95,18 +100,13 @@ async fn setup_conn(addr: &str) -> Result<Conn, BenchError> {
     c.sync().await?;
     let _ = api(&mut c, &format!("$JS.API.STREAM.DELETE.{STREAM}"), "").await?;
     let config = json!({"name": STREAM, "subjects": [SUBJECT], "storage": "file"});
-    let created = api(
+    api_ok(
         &mut c,
         &format!("$JS.API.STREAM.CREATE.{STREAM}"),
         &config.to_string(),
+        "creating the bench stream",
     )
     .await?;
-    if let Some(e) = created.get("error") {
-        return Err(BenchError::Setup {
-            what: "creating the bench stream",
-            message: e.to_string(),
-        });
-    }
     Ok(c)
 }
 
@@ -163,42 +163,58 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
         ));
     };
     setup(&cfg.http_addr).await?;
+    let rec = measured(
+        cfg,
+        duration,
+        "a JetStream publisher",
+        |client, measuring, stop| {
+            let addr = cfg.http_addr.clone();
+            let size = cfg.val_size;
+            async move {
+                let c = Conn::open(&addr).await?;
+                publish(c, client, size, window, measuring, stop).await
+            }
+        },
+    )
+    .await?;
+    Ok(Report::new(cfg, &rec.0, rec.1))
+}
+
+/// Runs one task per client (`work(client, measuring, stop)`), measures for `duration`
+/// after the warm-up, stops them, and merges what they recorded; returns it with the
+/// measured time.
+async fn measured<F, Fut>(
+    cfg: &Config,
+    duration: Duration,
+    what: &'static str,
+    work: F,
+) -> Result<(Recorder, Duration), BenchError>
+where
+    F: Fn(usize, Arc<AtomicBool>, Arc<AtomicBool>) -> Fut,
+    Fut: std::future::Future<Output = Result<Recorder, BenchError>> + Send + 'static,
+{
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut pubs = Vec::new();
-    for client in 0..cfg.clients {
-        let c = Conn::open(&cfg.http_addr).await?;
-        pubs.push(tokio::spawn(publish(
-            c,
-            client,
-            cfg.val_size,
-            window,
-            measuring.clone(),
-            stop.clone(),
-        )));
-    }
-    tokio::time::sleep(cfg.warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed();
+    let tasks: Vec<_> = (0..cfg.clients)
+        .map(|client| tokio::spawn(work(client, measuring.clone(), stop.clone())))
+        .collect();
+    let elapsed = super::nats::measure_window(cfg.warmup, duration, &measuring).await;
     stop.store(true, Ordering::Relaxed);
     let mut rec = Recorder::new()?;
-    for p in pubs {
-        let r = tokio::time::timeout(Duration::from_secs(30), p)
+    for t in tasks {
+        let r = tokio::time::timeout(Duration::from_secs(30), t)
             .await
             .map_err(|_| BenchError::Setup {
-                what: "a JetStream publisher",
+                what,
                 message: "did not stop within 30 s".into(),
             })?
             .map_err(|e| BenchError::Setup {
-                what: "a JetStream publisher",
+                what,
                 message: e.to_string(),
             })??;
         rec.merge(r);
     }
-    Ok(Report::new(cfg, &rec, elapsed))
+    Ok((rec, elapsed))
 }
 
 /// Fills the stream with `n` messages of `size` bytes, 256 in flight.
@@ -289,51 +305,25 @@ pub async fn consume(cfg: &Config) -> Result<Report, BenchError> {
             "max_ack_pending": (cfg.clients as u64 * batch).max(1000),
         },
     });
-    let created = api(
+    api_ok(
         &mut c,
         &format!("$JS.API.CONSUMER.CREATE.{STREAM}.C"),
         &config.to_string(),
+        "creating the bench consumer",
     )
     .await?;
-    if let Some(e) = created.get("error") {
-        return Err(BenchError::Setup {
-            what: "creating the bench consumer",
-            message: e.to_string(),
-        });
-    }
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut pulls = Vec::new();
-    for client in 0..cfg.clients {
-        let c = Conn::open(&cfg.http_addr).await?;
-        pulls.push(tokio::spawn(pull(
-            c,
-            client,
-            batch,
-            measuring.clone(),
-            stop.clone(),
-        )));
-    }
-    tokio::time::sleep(cfg.warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let mut rec = Recorder::new()?;
-    for p in pulls {
-        let r = tokio::time::timeout(Duration::from_secs(30), p)
-            .await
-            .map_err(|_| BenchError::Setup {
-                what: "a JetStream puller",
-                message: "did not stop within 30 s".into(),
-            })?
-            .map_err(|e| BenchError::Setup {
-                what: "a JetStream puller",
-                message: e.to_string(),
-            })??;
-        rec.merge(r);
-    }
-    Ok(Report::new(cfg, &rec, elapsed))
+    let rec = measured(
+        cfg,
+        duration,
+        "a JetStream puller",
+        |client, measuring, stop| {
+            let addr = cfg.http_addr.clone();
+            async move {
+                let c = Conn::open(&addr).await?;
+                pull(c, client, batch, measuring, stop).await
+            }
+        },
+    )
+    .await?;
+    Ok(Report::new(cfg, &rec.0, rec.1))
 }

@@ -25,7 +25,7 @@ const WINDOW: usize = 64;
 /// The subject the workload publishes to.
 const SUBJECT: &str = "bench.pubsub";
 
-pub(crate) fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> BenchError {
+fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> BenchError {
     move |e| BenchError::Setup {
         what,
         message: e.to_string(),
@@ -33,7 +33,7 @@ pub(crate) fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> BenchErro
 }
 
 pub(crate) struct Conn {
-    pub(crate) r: BufReader<OwnedReadHalf>,
+    r: BufReader<OwnedReadHalf>,
     w: OwnedWriteHalf,
     pub(crate) line: String,
 }
@@ -85,6 +85,25 @@ impl Conn {
         Ok(())
     }
 
+    /// Reads the payload (and its CRLF) of the `MSG`/`HMSG` line just read into `buf`.
+    pub(crate) async fn read_payload(&mut self, buf: &mut Vec<u8>) -> Result<(), BenchError> {
+        let size: usize = self
+            .line
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| BenchError::Setup {
+                what: "reading a NATS message",
+                message: format!("bad MSG line {:?}", self.line),
+            })?;
+        buf.resize(size + 2, 0);
+        self.r
+            .read_exact(buf)
+            .await
+            .map_err(io_err("reading a NATS message"))?;
+        Ok(())
+    }
+
     /// PING, then reads up to the PONG (answering the server's PINGs; -ERR is an error).
     pub(crate) async fn sync(&mut self) -> Result<(), BenchError> {
         self.send(b"PING\r\n").await?;
@@ -125,19 +144,7 @@ async fn subscribe(mut c: Conn, stop: Arc<AtomicBool>) -> Result<Recorder, Bench
         if !c.line.starts_with("MSG ") {
             continue;
         }
-        let size: usize = c
-            .line
-            .split_whitespace()
-            .last()
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| BenchError::Setup {
-                what: "reading a NATS message",
-                message: format!("bad MSG line {:?}", c.line),
-            })?;
-        payload.resize(size + 2, 0);
-        c.r.read_exact(&mut payload)
-            .await
-            .map_err(io_err("reading a NATS message"))?;
+        c.read_payload(&mut payload).await?;
         if let Some((sent, true)) = read_stamp(&payload) {
             let delay = unix_nanos().saturating_sub(sent) / 1000;
             rec.record_micros("deliver", delay);
@@ -172,6 +179,20 @@ async fn publish(
         }
     }
     Ok(published)
+}
+
+/// Waits out the warm-up, then raises `measuring` for `duration`; returns the time measured.
+pub(crate) async fn measure_window(
+    warmup: Duration,
+    duration: Duration,
+    measuring: &AtomicBool,
+) -> Duration {
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    start.elapsed()
 }
 
 /// Runs `nats-pubsub`.
@@ -214,12 +235,7 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
             stop_pubs.clone(),
         )));
     }
-    tokio::time::sleep(cfg.warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed();
+    let elapsed = measure_window(cfg.warmup, duration, &measuring).await;
     stop_pubs.store(true, Ordering::Relaxed);
     let published = AtomicU64::new(0);
     for p in pubs {

@@ -670,14 +670,7 @@ impl Consumer {
         for r in &mut self.waiting {
             if r.heartbeat > 0 && r.next_beat <= now {
                 r.next_beat = now + r.heartbeat;
-                out.push(Action::Status {
-                    to: r.reply.clone(),
-                    status: "100 Idle Heartbeat".into(),
-                    headers: vec![
-                        ("Nats-Last-Consumer".into(), last.consumer_seq.to_string()),
-                        ("Nats-Last-Stream".into(), last.stream_seq.to_string()),
-                    ],
-                });
+                out.push(heartbeat(r.reply.clone(), last));
             }
         }
         out
@@ -718,15 +711,7 @@ impl Consumer {
         }
         if self.config.idle_heartbeat > 0 && self.next_push_beat <= now {
             self.next_push_beat = now + self.config.idle_heartbeat;
-            let last = self.state.delivered;
-            out.push(Action::Status {
-                to,
-                status: "100 Idle Heartbeat".into(),
-                headers: vec![
-                    ("Nats-Last-Consumer".into(), last.consumer_seq.to_string()),
-                    ("Nats-Last-Stream".into(), last.stream_seq.to_string()),
-                ],
-            });
+            out.push(heartbeat(to, self.state.delivered));
         }
     }
 
@@ -745,6 +730,18 @@ impl Consumer {
     /// Drops waiting requests whose requester went away (`gone` says which inboxes).
     pub fn forget_requests(&mut self, gone: impl Fn(&str) -> bool) {
         self.waiting.retain(|r| !gone(&r.reply));
+    }
+}
+
+/// An idle heartbeat to `to`, naming the last delivery (ordered consumers check it).
+fn heartbeat(to: String, last: SeqPair) -> Action {
+    Action::Status {
+        to,
+        status: "100 Idle Heartbeat".into(),
+        headers: vec![
+            ("Nats-Last-Consumer".into(), last.consumer_seq.to_string()),
+            ("Nats-Last-Stream".into(), last.stream_seq.to_string()),
+        ],
     }
 }
 
