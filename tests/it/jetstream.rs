@@ -705,3 +705,47 @@ fn the_cli_manages_streams_and_consumers() {
         "{err}"
     );
 }
+
+/// Eight clients create the same stream at once: one stream results (the others get it
+/// back), it stores and keeps what is published, and it opens again after kill -9.
+#[test]
+fn concurrent_creates_of_one_stream_make_one_stream() {
+    let mut srv = Server::start();
+    let addr = srv.nats_addr.clone();
+    let creators: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                api(
+                    &addr,
+                    "$JS.API.STREAM.CREATE.RACE",
+                    r#"{"subjects":["race.>"]}"#,
+                )
+            })
+        })
+        .collect();
+    for c in creators {
+        let answer = c.join().expect("creator");
+        assert_eq!(answer["config"]["name"], "RACE", "{answer}");
+    }
+    let (mut w, mut r) = connect(&addr).expect("connect");
+    for i in 0..50 {
+        let p = format!("m{i}");
+        w.write_all(format!("PUB race.x _INBOX.r {}\r\n{p}\r\n", p.len()).as_bytes())
+            .expect("publish");
+        read_msg(&mut r).expect("ack");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    srv.kill9();
+    srv.start_again();
+    let info = api(&addr, "$JS.API.STREAM.INFO.RACE", "");
+    assert_eq!(info["state"]["messages"], 50, "{info}");
+    for seq in [1, 50] {
+        let got = api(
+            &addr,
+            "$JS.API.STREAM.MSG.GET.RACE",
+            &format!("{{\"seq\":{seq}}}"),
+        );
+        assert!(got.get("message").is_some(), "seq {seq}: {got}");
+    }
+}

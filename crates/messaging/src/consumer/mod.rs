@@ -234,6 +234,26 @@ impl Consumer {
         Consumer::restore(config, state, now)
     }
 
+    /// A consumer with a saved state, which may not run ahead of the stream: what it says it
+    /// delivered past the stream's last sequence (a stream that lost an unsynced tail in a
+    /// power cut) is forgotten, so those sequences are delivered when they are used again.
+    pub fn restore_within(
+        config: ConsumerConfig,
+        mut state: ConsumerState,
+        last_seq: u64,
+        now: i64,
+    ) -> Consumer {
+        if state.delivered.stream_seq > last_seq {
+            state.delivered.stream_seq = last_seq;
+            state.pending.retain(|s, _| *s <= last_seq);
+            state.initial.retain(|s| *s <= last_seq);
+            if state.ack_floor.stream_seq > last_seq {
+                state.ack_floor.stream_seq = last_seq;
+            }
+        }
+        Consumer::restore(config, state, now)
+    }
+
     /// A consumer with a saved state.
     pub fn restore(config: ConsumerConfig, state: ConsumerState, now: i64) -> Consumer {
         Consumer {
@@ -267,6 +287,11 @@ impl Consumer {
     /// True (once) when the state changed since the last call: time to save it.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// Marks the state changed (a save that failed is tried again).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     /// Whether the state changed since the last [`Consumer::take_dirty`].
@@ -313,7 +338,9 @@ impl Consumer {
                 c.max_batch
             ))];
         }
-        if c.max_expires > 0 && (req.expires == 0 || req.expires - now > c.max_expires) {
+        if c.max_expires > 0
+            && (req.expires == 0 || req.expires.saturating_sub(now) > c.max_expires)
+        {
             return vec![status(format!(
                 "409 Exceeded MaxRequestExpires of {}",
                 go_duration(c.max_expires)
@@ -371,7 +398,7 @@ impl Consumer {
             }
             Ack::Nak(delay) => match self.state.pending.get_mut(&sseq) {
                 Some(p) if p.dead.is_none() => {
-                    p.deadline = now + delay.max(0);
+                    p.deadline = now.saturating_add(delay.max(0));
                     true
                 }
                 _ => false,
@@ -380,7 +407,7 @@ impl Consumer {
                 let config = &self.config;
                 match self.state.pending.get_mut(&sseq) {
                     Some(p) if p.dead.is_none() => {
-                        p.deadline = now + config.redelivery_wait(p.dc);
+                        p.deadline = now.saturating_add(config.redelivery_wait(p.dc));
                         true
                     }
                     _ => false,
@@ -400,13 +427,16 @@ impl Consumer {
     /// caller's to check.
     pub fn has_acked(&self, sseq: u64) -> bool {
         let st = &self.state;
+        // The initial set (last per subject) lies below where delivery resumes: not done
+        // until delivered, whatever the floors say.
+        if st.initial.contains(&sseq) {
+            return false;
+        }
         if !self.acks() {
-            return sseq <= st.delivered.stream_seq && !st.initial.contains(&sseq);
+            return sseq <= st.delivered.stream_seq;
         }
         sseq <= st.ack_floor.stream_seq
-            || (sseq <= st.delivered.stream_seq
-                && !st.pending.contains_key(&sseq)
-                && !st.initial.contains(&sseq))
+            || (sseq <= st.delivered.stream_seq && !st.pending.contains_key(&sseq))
     }
 
     fn update_floor(&mut self) {
@@ -513,7 +543,7 @@ impl Consumer {
             if dead_letters {
                 if let Some(p) = self.state.pending.get_mut(s) {
                     p.dead = Some(*why);
-                    p.deadline = now + DEAD_LETTER_RETRY;
+                    p.deadline = now.saturating_add(DEAD_LETTER_RETRY);
                     p.dead_tries += 1;
                 }
             } else {
@@ -582,7 +612,7 @@ impl Consumer {
             entry.dc += 1;
             entry.cseq = cseq;
             let dc = entry.dc;
-            entry.deadline = now + wait(dc);
+            entry.deadline = now.saturating_add(wait(dc));
             dc
         } else {
             1
@@ -660,7 +690,7 @@ impl Consumer {
             }
             if r.batch > 0 {
                 if r.heartbeat > 0 {
-                    r.next_beat = now + r.heartbeat;
+                    r.next_beat = now.saturating_add(r.heartbeat);
                 }
                 self.waiting.push_front(r);
             }
@@ -669,7 +699,7 @@ impl Consumer {
         let last = self.state.delivered;
         for r in &mut self.waiting {
             if r.heartbeat > 0 && r.next_beat <= now {
-                r.next_beat = now + r.heartbeat;
+                r.next_beat = now.saturating_add(r.heartbeat);
                 out.push(heartbeat(r.reply.clone(), last));
             }
         }
@@ -706,11 +736,11 @@ impl Consumer {
                 let a = self.deliver(to.clone(), sseq, redelivery, src, now, &mut left);
                 out.push(a);
                 sent += 1;
-                self.next_push_beat = now + self.config.idle_heartbeat;
+                self.next_push_beat = now.saturating_add(self.config.idle_heartbeat);
             }
         }
         if self.config.idle_heartbeat > 0 && self.next_push_beat <= now {
-            self.next_push_beat = now + self.config.idle_heartbeat;
+            self.next_push_beat = now.saturating_add(self.config.idle_heartbeat);
             out.push(heartbeat(to, self.state.delivered));
         }
     }

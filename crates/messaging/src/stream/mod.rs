@@ -11,12 +11,14 @@
 //! # Layout
 //! - [`config`]: the stream's configuration, with JetStream's names, defaults and checks;
 //! - [`headers`]: reading NATS header blocks;
+//! - [`holes`]: sequences removed from the middle, as ranges;
 //! - [`schedule`]: delayed and repeated delivery (`Nats-Schedule` headers);
 //! - [`segment`]: the segment files' records;
 //! - [`store`]: the segment files and their indexes.
 
 pub mod config;
 pub mod headers;
+pub mod holes;
 pub mod schedule;
 pub mod segment;
 pub mod store;
@@ -344,9 +346,8 @@ impl Stream {
 
     /// The sequence after the `n` oldest messages.
     fn nth_oldest(&self, n: u64) -> u64 {
-        let seqs = self.store.matching(None);
-        seqs.get(n as usize)
-            .copied()
+        self.store
+            .nth_seq(n)
             .unwrap_or(self.store.state().last_seq + 1)
     }
 
@@ -356,31 +357,20 @@ impl Stream {
         if max_age <= 0 {
             return Ok(0);
         }
-        let mut n = 0;
-        while let Some((seq, time, _)) = self.store.oldest() {
-            if time >= now.saturating_sub(max_age) {
-                break;
-            }
-            // Every message up to the first young one goes in one record.
-            let mut upto = seq + 1;
-            for s in self.store.matching(None) {
-                match self.store.time_of(s) {
-                    Some(t) if t < now.saturating_sub(max_age) => upto = s + 1,
-                    _ => break,
-                }
-            }
-            n += self
-                .store
-                .remove_below(upto)
-                .map_err(|e| ApiError::io(&e))?;
-        }
-        Ok(n)
+        // Every message up to the first young one goes in one record.
+        let upto = self.store.first_not_before(now.saturating_sub(max_age));
+        self.store.remove_below(upto).map_err(|e| ApiError::io(&e))
     }
 
     /// Drops messages its consumers are done with (interest and work-queue retention; not
     /// subject to deny_delete); returns how many were stored.
     pub fn retire(&mut self, seqs: &[u64]) -> Result<u64, ApiError> {
         self.store.remove(seqs).map_err(|e| ApiError::io(&e))
+    }
+
+    /// Everything up to sequence `last` is synced: consumers may see it.
+    pub fn mark_synced(&mut self, last: u64) {
+        self.store.mark_synced(last);
     }
 
     /// When the next schedule fires (UNIX ns).
@@ -460,6 +450,13 @@ impl Stream {
             ));
         }
         let io = |e: std::io::Error| ApiError::io(&e);
+        if seq.is_some() && keep.is_some() {
+            return Err(ApiError::new(
+                400,
+                10003,
+                "bad request: seq and keep together",
+            ));
+        }
         if filter.is_none() && keep.is_none() {
             let upto = seq.unwrap_or(u64::MAX);
             return self.store.remove_below(upto).map_err(io);
@@ -469,25 +466,11 @@ impl Stream {
             seqs.retain(|s| *s < below);
         }
         if let Some(k) = keep {
-            if filter.is_some() {
-                // Per subject: the `keep` newest of each.
-                let mut per: HashMap<String, Vec<u64>> = HashMap::new();
-                for s in &seqs {
-                    if let Ok(Some(m)) = self.store.get(*s) {
-                        per.entry(m.subject).or_default().push(*s);
-                    }
-                }
-                seqs = per
-                    .into_values()
-                    .flat_map(|v| {
-                        let n = v.len().saturating_sub(k as usize);
-                        v.into_iter().take(n)
-                    })
-                    .collect();
-            } else {
-                let n = seqs.len().saturating_sub(k as usize);
-                seqs.truncate(n);
-            }
+            // The `keep` newest of what the filter reaches stay (nats-server's PurgeEx).
+            let n = seqs
+                .len()
+                .saturating_sub(usize::try_from(k).unwrap_or(usize::MAX));
+            seqs.truncate(n);
         }
         seqs.sort_unstable();
         self.store.remove(&seqs).map_err(io)

@@ -22,6 +22,8 @@ use crate::subject;
 
 /// A new segment is started past this size.
 pub const SEGMENT_BYTES: u64 = 32 << 20;
+/// Sequences one removal record lists at most (8 MiB of body).
+const REMOVED_PER_RECORD: usize = 1 << 20;
 /// Buffered records are written once they reach this size (and at every flush).
 const FLUSH_BYTES: usize = 1 << 20;
 
@@ -104,9 +106,11 @@ pub struct StreamStore {
     segments: BTreeMap<u64, Segment>,
     msgs: BTreeMap<u64, Meta>,
     subjects: HashMap<Arc<str>, BTreeSet<u64>>,
+    /// The last sequence known durable (what consumers may be given).
+    synced: u64,
     /// Sequences between the first stored and the last used that are not stored (removed
     /// from the middle): counting what follows a sequence is then arithmetic.
-    holes: BTreeSet<u64>,
+    holes: super::holes::Holes,
     first: u64,
     last: u64,
     last_time: i64,
@@ -141,7 +145,8 @@ impl StreamStore {
             segments: BTreeMap::new(),
             msgs: BTreeMap::new(),
             subjects: HashMap::new(),
-            holes: BTreeSet::new(),
+            holes: Default::default(),
+            synced: 0,
             first: 1,
             last: 0,
             last_time: 0,
@@ -155,13 +160,36 @@ impl StreamStore {
             store.new_segment(1)?;
         }
         store.settle_bounds();
+        // The gaps between what is stored, up to the last sequence used (removed messages at
+        // the end are gaps too).
         let mut expected = store.first;
-        let mut holes = BTreeSet::new();
+        let mut holes = super::holes::Holes::default();
         for &seq in store.msgs.keys() {
-            holes.extend(expected..seq);
+            if seq > expected {
+                holes.insert_range(expected, seq - 1);
+            }
             expected = seq + 1;
         }
+        if !store.msgs.is_empty() && store.last >= expected {
+            holes.insert_range(expected, store.last);
+        }
         store.holes = holes;
+        // What survived on disk is what there is.
+        store.synced = store.last;
+        // A newest segment left empty by a crash right after it was created has no bounds
+        // record yet: without one, deleting the older segments would forget the sequence.
+        if store
+            .segments
+            .last_key_value()
+            .is_some_and(|(_, s)| s.size == 0)
+        {
+            let (first, last) = (store.first, store.last);
+            store.write(&Record::Bounds { first, last })?;
+            store.flush()?;
+            if let Some(f) = store.durable() {
+                f.sync_data()?;
+            }
+        }
         store.drop_dead_segments()?;
         Ok(store)
     }
@@ -425,7 +453,10 @@ impl StreamStore {
         if stored.is_empty() {
             return Ok(0);
         }
-        self.write(&Record::Removed(stored.clone()))?;
+        // In records of at most REMOVED_PER_RECORD sequences (a record's size is bounded).
+        for chunk in stored.chunks(REMOVED_PER_RECORD) {
+            self.write(&Record::Removed(chunk.to_vec()))?;
+        }
         for s in &stored {
             self.unindex(*s);
             self.holes.insert(*s);
@@ -463,7 +494,7 @@ impl StreamStore {
             .msgs
             .first_key_value()
             .map_or(self.last + 1, |(s, _)| *s);
-        self.holes = self.holes.split_off(&self.first);
+        self.holes.trim_below(self.first);
     }
 
     fn drop_dead_segments(&mut self) -> io::Result<()> {
@@ -559,6 +590,30 @@ impl StreamStore {
             .max()
     }
 
+    /// Everything up to `last` is synced.
+    pub fn mark_synced(&mut self, last: u64) {
+        self.synced = self.synced.max(last);
+    }
+
+    /// The last sequence known durable.
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
+    /// The `n`-th oldest stored sequence (0: the oldest).
+    pub fn nth_seq(&self, n: u64) -> Option<u64> {
+        self.msgs.keys().nth(usize::try_from(n).ok()?).copied()
+    }
+
+    /// The first stored sequence stored at or after `time`, or `last + 1` when none is: the
+    /// oldest messages up to it are older than `time`.
+    pub fn first_not_before(&self, time: i64) -> u64 {
+        self.msgs
+            .iter()
+            .find(|(_, m)| m.time >= time)
+            .map_or(self.last + 1, |(s, _)| *s)
+    }
+
     /// The subject of `seq`, if stored.
     pub fn subject_of(&self, seq: u64) -> Option<&str> {
         self.msgs.get(&seq).map(|m| &*m.subject)
@@ -592,7 +647,7 @@ impl StreamStore {
             if self.msgs.is_empty() || from > self.last {
                 return 0;
             }
-            (self.last + 1 - from) - self.holes.range(from..).count() as u64
+            (self.last + 1 - from).saturating_sub(self.holes.count_from(from))
         };
         match filters {
             [] => all(),
@@ -786,6 +841,32 @@ mod tests {
         assert_eq!(s.state().first_seq, 31);
         assert_eq!(s.state().last_seq, 30);
         assert_eq!(put(&mut s, "a", "next"), 31);
+    }
+
+    #[test]
+    fn an_empty_newest_segment_left_by_a_crash_keeps_the_sequence() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = StreamStore::open(dir.path()).expect("open");
+        for i in 0..5 {
+            put(&mut s, "a", &format!("{i}"));
+        }
+        drop(s);
+        // A crash right after the next segment was created, before its bounds record.
+        std::fs::File::create(dir.path().join(format!("{:020}.seg", 2))).expect("empty segment");
+        let mut s = StreamStore::open(dir.path()).expect("reopen");
+        // Everything goes (a work queue drained): the first segment is deleted.
+        assert_eq!(s.remove(&[1, 2, 3, 4, 5]).expect("remove"), 5);
+        drop(s);
+        let mut s = StreamStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.state().last_seq, 5, "the sequence is not forgotten");
+        assert_eq!(put(&mut s, "a", "next"), 6);
+        // Removed messages at the end count as holes after a reopen too.
+        assert_eq!(s.remove(&[6]).expect("remove"), 1);
+        put(&mut s, "a", "7");
+        s.remove(&[7]).expect("remove");
+        drop(s);
+        let s = StreamStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.count_after(0, &[]), 0, "{:?}", s.state());
     }
 
     #[test]

@@ -385,7 +385,10 @@ fn reconcile(hub: &Arc<Hub>) {
         .map(|m| m.id)
         .filter(|id| *id != me)
         .collect();
-    hub.solo.store(peers.is_empty(), Ordering::Relaxed);
+    // Conservative: a member listed in a larger initial cluster is never alone (before it
+    // learns its members it sees only itself).
+    let alone = peers.is_empty() && hub.core.config.initial_cluster.len() <= 1;
+    hub.solo.store(alone, Ordering::Relaxed);
     let mut links = write(&hub.routes.links);
     links.retain(|peer, _| peers.contains(peer));
     for peer in peers {
@@ -497,6 +500,13 @@ async fn stream_to(
             call.abort();
             return Ok(());
         }
+        // The queue's charges go now, for the whole batch: a stream that fails while sending
+        // it must not leave them counted (publishers would stall, then drop, for good).
+        for item in buf.iter() {
+            if let Item::Msg(_, charge) = item {
+                state.taken(*charge);
+            }
+        }
         let mut frame = RouteFrame::default();
         let mut bytes = 0;
         let mut items = buf.drain(..).peekable();
@@ -512,7 +522,6 @@ async fn stream_to(
                     })),
                 }),
                 Item::Msg(fwd, charge) => {
-                    state.taken(charge);
                     bytes += charge;
                     frame.items.push(RouteItem {
                         kind: Some(Kind::Msg(fwd)),

@@ -243,6 +243,7 @@ fn stream_op(
             stream_info(hub, &*found()?, r.subjects_filter.as_deref())
         })),
         "DELETE" => ("stream_delete", found().and_then(|h| {
+            let _lifecycle = js.lifecycle();
             js.delete(&h)?;
             tracing::info!(stream = %name, "JetStream stream deleted");
             Ok(json!({"success": true}))
@@ -366,6 +367,7 @@ fn config_of(name: &str, payload: &[u8]) -> Result<Config, ApiError> {
 fn create(hub: &Arc<Hub>, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
     let js = &hub.js;
     let config = config_of(name, payload)?;
+    let _lifecycle = js.lifecycle();
     if let Some(h) = js.stream(name) {
         let same = h.lock().as_ref().is_some_and(|s| *s.config() == config);
         if !same {
@@ -394,6 +396,7 @@ fn create(hub: &Arc<Hub>, name: &str, payload: &[u8]) -> Result<Value, ApiError>
 fn update(hub: &Arc<Hub>, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
     let js = &hub.js;
     let config = config_of(name, payload)?;
+    let _lifecycle = js.lifecycle();
     let h = js.stream(name).ok_or_else(not_found)?;
     if js.overlaps(name, &config.subjects) {
         return Err(ApiError::new(

@@ -58,21 +58,27 @@ pub(crate) struct Consumers {
     saved_at: i64,
 }
 
-/// The stream as a consumer reads it.
+/// The stream as a consumer reads it: only what is synced (a consumer never delivers, or
+/// records as delivered, a message a crash could still take back).
 struct StoreSource<'a>(&'a StreamStore);
 
 impl Source for StoreSource<'_> {
     fn next(&self, from: u64, filters: &[String]) -> Option<(u64, u64)> {
-        self.0.next_of(from, filters)
+        self.0
+            .next_of(from, filters)
+            .filter(|(s, _)| *s <= self.0.synced())
     }
     fn size_of(&self, seq: u64) -> Option<u64> {
         self.0.size_of(seq)
     }
     fn count_after(&self, seq: u64, filters: &[String]) -> u64 {
-        self.0.count_after(seq, filters)
+        let synced = self.0.synced();
+        self.0
+            .count_after(seq, filters)
+            .saturating_sub(self.0.count_after(synced, filters))
     }
     fn last_seq(&self) -> u64 {
-        self.0.state().last_seq
+        self.0.synced()
     }
     fn last_matching(&self, filters: &[String]) -> Option<u64> {
         if filters.is_empty() {
@@ -103,7 +109,7 @@ fn dir_of(hub: &Hub, stream: &str) -> std::path::PathBuf {
 impl Consumers {
     /// Opens the saved consumers of `stream` (a file that cannot be read is logged and
     /// left out).
-    pub(crate) fn open(dir: &std::path::Path) -> Consumers {
+    pub(crate) fn open(dir: &std::path::Path, last_seq: u64) -> Consumers {
         let mut out = Consumers::default();
         let Ok(entries) = std::fs::read_dir(dir.join("consumers")) else {
             return out;
@@ -120,7 +126,7 @@ impl Consumers {
             match saved {
                 Ok(s) => {
                     let name = s.config.name.clone().unwrap_or_default();
-                    let mut consumer = Consumer::restore(s.config, s.state, now);
+                    let mut consumer = Consumer::restore_within(s.config, s.state, last_seq, now);
                     let _ = consumer.take_dirty();
                     out.map.insert(
                         name,
@@ -161,6 +167,7 @@ fn run_actions(
     c: &ConsumerConfig,
     store: &StreamStore,
     actions: Vec<Action>,
+    later: &mut Later,
 ) {
     let stream_name = handle.name.as_str();
     for a in actions {
@@ -223,10 +230,10 @@ fn run_actions(
                         why = why.as_str(),
                         "JetStream: message given up on"
                     );
-                    advise(hub, stream_name, consumer, sseq, cseq, dc, why);
+                    advise(later, stream_name, consumer, sseq, cseq, dc, why);
                 }
                 if let Some(to) = &c.dead_letter_subject {
-                    dead_letter(hub, handle, consumer, to, store, sseq, dc, why);
+                    dead_letter(later, handle, consumer, to, store, sseq, dc, why);
                 }
             }
         }
@@ -235,7 +242,15 @@ fn run_actions(
 
 /// The advisory nats-server publishes when a consumer gives up on a message.
 #[allow(clippy::too_many_arguments)]
-fn advise(hub: &Hub, stream: &str, consumer: &str, sseq: u64, cseq: u64, dc: u64, why: GiveUp) {
+fn advise(
+    later: &mut Later,
+    stream: &str,
+    consumer: &str,
+    sseq: u64,
+    cseq: u64,
+    dc: u64,
+    why: GiveUp,
+) {
     let (kind, event) = match why {
         GiveUp::MaxDeliver => ("MAX_DELIVERIES", "max_deliver"),
         GiveUp::Term => ("MSG_TERMINATED", "terminated"),
@@ -253,7 +268,8 @@ fn advise(hub: &Hub, stream: &str, consumer: &str, sseq: u64, cseq: u64, dc: u64
         body["consumer_seq"] = json!(cseq);
     }
     let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.{consumer}");
-    hub.emit(&subject, &Bytes::from(body.to_string()));
+    let body = Bytes::from(body.to_string());
+    later.push(Box::new(move |hub| hub.emit(&subject, &body)));
 }
 
 /// Headers a dead letter does not carry over (they would act on its new stream).
@@ -272,7 +288,7 @@ const NOT_CARRIED: [&str; 6] = [
 /// once. The consumer lets the message go only when the write is confirmed durable.
 #[allow(clippy::too_many_arguments)]
 fn dead_letter(
-    hub: &Hub,
+    later: &mut Later,
     handle: &Arc<StreamHandle>,
     consumer: &str,
     to: &str,
@@ -283,7 +299,8 @@ fn dead_letter(
 ) {
     let Ok(Some(m)) = store.get(sseq) else {
         // Gone from the stream meanwhile: nothing to write.
-        confirm(handle, consumer, sseq);
+        let (handle, consumer) = (handle.clone(), consumer.to_string());
+        later.push(Box::new(move |_| confirm(&handle, &consumer, sseq)));
         return;
     };
     let mut block = String::from("NATS/1.0\r\n");
@@ -310,20 +327,36 @@ fn dead_letter(
     block.push_str("\r\n");
     let headers = Bytes::from(block);
     let payload = Bytes::from(m.payload);
-    let (weak, name) = (Arc::downgrade(handle), consumer.to_string());
-    let done: super::Done = Box::new(move |answer| {
-        if let (Ok(_), Some(handle)) = (answer, weak.upgrade()) {
-            confirm(&handle, &name, sseq);
+    let (handle, consumer, to) = (handle.clone(), consumer.to_string(), to.to_string());
+    // Written once the consumer's and stream's locks are released (the target stream's
+    // writer and the subject table take their own).
+    later.push(Box::new(move |hub| {
+        let (weak, name) = (Arc::downgrade(&handle), consumer.clone());
+        let done: super::Done = Box::new(move |answer| {
+            if let (Ok(_), Some(handle)) = (answer, weak.upgrade()) {
+                confirm(&handle, &name, sseq);
+            }
+        });
+        let stored = hub.jetstream_enabled()
+            && hub
+                .js
+                .store_then(&to, None, Some(&headers), &payload, Some(done));
+        hub.inject(&to, Some(&headers), &payload);
+        if !stored {
+            // No stream keeps the subject: a core message, sent now, is all there is.
+            confirm(&handle, &consumer, sseq);
         }
-    });
-    let stored = hub.jetstream_enabled()
-        && hub
-            .js
-            .store_then(to, None, Some(&headers), &payload, Some(done));
-    hub.inject(to, Some(&headers), &payload);
-    if !stored {
-        // No stream keeps the subject: a core message, sent now, is all there is.
-        confirm(handle, consumer, sseq);
+    }));
+}
+
+/// Work a consumer's actions leave for after its locks are released: publishing
+/// advisories and dead letters (they take the subject table's and other streams' locks).
+pub(crate) type Later = Vec<Box<dyn FnOnce(&Hub) + Send>>;
+
+/// Runs what was left for after the locks.
+fn run_later(hub: &Hub, later: Later) {
+    for f in later {
+        f(hub);
     }
 }
 
@@ -719,24 +752,36 @@ fn next(hub: &Hub, handle: &Arc<StreamHandle>, name: &str, reply: &str, payload:
         batch: req.batch.unwrap_or(1).max(1),
         max_bytes: req.max_bytes,
         expires: if req.expires > 0 {
-            now + req.expires
+            now.saturating_add(req.expires)
         } else {
             0
         },
         no_wait: req.no_wait,
         heartbeat: req.idle_heartbeat,
-        next_beat: now + req.idle_heartbeat,
+        next_beat: now.saturating_add(req.idle_heartbeat),
         delivered_any: false,
     };
     let guard = handle.lock();
     let Some(stream) = guard.as_ref() else {
         return false;
     };
+    // Requests whose requester went away take nothing (nats-server drops them too).
+    e.consumer.forget_requests(|r| !hub.has_interest(r));
     let actions = e.consumer.pull(pull, &StoreSource(stream.store()), now);
     let config = e.consumer.config().clone();
-    run_actions(hub, handle, name, &config, stream.store(), actions);
+    let mut later = Later::new();
+    run_actions(
+        hub,
+        handle,
+        name,
+        &config,
+        stream.store(),
+        actions,
+        &mut later,
+    );
     drop(guard);
     drop(consumers);
+    run_later(hub, later);
     handle.wake.notify_one();
     true
 }
@@ -772,6 +817,7 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
     let Some(e) = consumers.map.get_mut(name) else {
         return true;
     };
+    let mut later = Later::new();
     let was = e.consumer.state().pending.get(&sseq).copied();
     let acked = e.consumer.ack_seqs(sseq, kind, now);
     if let Some(seqs) = acked.as_ref().filter(|s| !s.is_empty()) {
@@ -792,10 +838,9 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
                 "stream_seq": sseq,
                 "deliveries": p.dc,
             });
-            hub.emit(
-                &format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.{stream}.{name}"),
-                &Bytes::from(body.to_string()),
-            );
+            let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.{stream}.{name}");
+            let body = Bytes::from(body.to_string());
+            later.push(Box::new(move |hub| hub.emit(&subject, &body)));
         }
     }
     hub.core.metrics.js_acks.inc();
@@ -809,10 +854,19 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
         if let Some(stream) = guard.as_ref() {
             let actions = e.consumer.poll(&StoreSource(stream.store()), now);
             let config = e.consumer.config().clone();
-            run_actions(hub, &handle, name, &config, stream.store(), actions);
+            run_actions(
+                hub,
+                &handle,
+                name,
+                &config,
+                stream.store(),
+                actions,
+                &mut later,
+            );
         }
     }
     drop(consumers);
+    run_later(hub, later);
     if let (Some(r), Some(next_body)) = (reply, next_req) {
         let body = if next_body.is_empty() {
             "1".to_string()
@@ -899,6 +953,7 @@ fn step(hub: &Hub, handle: &Arc<StreamHandle>, now: i64) -> Duration {
         return Duration::from_secs(1);
     };
     let src = StoreSource(stream.store());
+    let mut later = Later::new();
     let mut next: Option<i64> = None;
     let mut gone = Vec::new();
     let mut poll_interest = false;
@@ -908,9 +963,18 @@ fn step(hub: &Hub, handle: &Arc<StreamHandle>, now: i64) -> Duration {
             c.push_ready = hub.has_interest(&to);
             poll_interest |= !c.push_ready;
         }
+        c.forget_requests(|r| !hub.has_interest(r));
         let actions = c.tick(&src, now);
         let config = c.config().clone();
-        run_actions(hub, handle, name, &config, stream.store(), actions);
+        run_actions(
+            hub,
+            handle,
+            name,
+            &config,
+            stream.store(),
+            actions,
+            &mut later,
+        );
         if !config.is_durable()
             && config.inactive_threshold > 0
             && now - c.last_active > config.inactive_threshold
@@ -932,7 +996,10 @@ fn step(hub: &Hub, handle: &Arc<StreamHandle>, now: i64) -> Duration {
         for (name, e) in consumers.map.iter_mut() {
             if e.consumer.take_dirty() {
                 if let Err(err) = save(hub, &stream_name, name, e) {
+                    // Tried again next round; the acks that wait for it are not answered.
                     tracing::error!(stream = %stream_name, consumer = %name, error = %err, "JetStream: saving a consumer failed");
+                    e.consumer.mark_dirty();
+                    continue;
                 }
             }
             for r in e.ack_replies.drain(..) {
@@ -942,6 +1009,7 @@ fn step(hub: &Hub, handle: &Arc<StreamHandle>, now: i64) -> Duration {
     }
     let dirty = consumers.map.values().any(|e| e.consumer.is_dirty());
     drop(consumers);
+    run_later(hub, later);
     for name in gone {
         if delete(hub, handle, &name).is_ok() {
             tracing::info!(stream = %handle.name, consumer = %name, "JetStream ephemeral consumer inactive: deleted");

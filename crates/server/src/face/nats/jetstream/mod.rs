@@ -54,6 +54,8 @@ struct Pending {
 /// A stream and its writer's queue.
 pub(crate) struct StreamHandle {
     name: String,
+    /// Its directory.
+    dir: PathBuf,
     /// `None` once deleted.
     stream: Mutex<Option<Stream>>,
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
@@ -109,6 +111,8 @@ pub struct JetStream {
     api_errors: std::sync::atomic::AtomicU64,
     /// Streams open: while 0 a publish skips the subject table.
     count: std::sync::atomic::AtomicUsize,
+    /// Held across a stream's create, update or delete (check and change as one step).
+    lifecycle: Mutex<()>,
 }
 
 /// UNIX nanoseconds now.
@@ -144,6 +148,7 @@ impl JetStream {
             api_total: Default::default(),
             api_errors: Default::default(),
             count: Default::default(),
+            lifecycle: Mutex::new(()),
         };
         let Ok(entries) = std::fs::read_dir(&js.dir) else {
             return js;
@@ -153,7 +158,8 @@ impl JetStream {
             match Self::load(&path) {
                 Ok((stream, _)) => {
                     let name = stream.config().name.clone();
-                    let consumers = consumers::Consumers::open(&path);
+                    let last = stream.store().state().last_seq;
+                    let consumers = consumers::Consumers::open(&path, last);
                     tracing::info!(stream = %name, consumers = consumers.len(), "JetStream stream opened");
                     js.add(stream, consumers);
                 }
@@ -174,6 +180,11 @@ impl JetStream {
         Ok((stream, saved.created))
     }
 
+    /// Serializes stream creation, update and deletion.
+    fn lifecycle(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn streams(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<StreamHandle>>> {
         self.streams.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -187,6 +198,7 @@ impl JetStream {
         let name = stream.config().name.clone();
         let subjects = stream.config().subjects.clone();
         let handle = Arc::new(StreamHandle {
+            dir: self.dir.join(&name),
             name: name.clone(),
             stream: Mutex::new(Some(stream)),
             queue: Mutex::new(None),
@@ -282,12 +294,18 @@ impl JetStream {
             self.count
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
+        // The stream's subjects first, then the table (never the table's lock while waiting
+        // for a stream's).
+        let subjects = handle
+            .lock()
+            .as_ref()
+            .map(|s| s.config().subjects.clone())
+            .unwrap_or_default();
         let mut table = self.subjects.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = handle.lock().as_ref() {
-            for subject in &s.config().subjects {
-                table.remove(subject, None, &handle.name);
-            }
+        for subject in &subjects {
+            table.remove(subject, None, &handle.name);
         }
+        drop(table);
         handle
             .queue
             .lock()
@@ -310,8 +328,8 @@ impl JetStream {
         })
     }
 
-    /// Creates a stream (checked config); its directory and `config.json` are durable
-    /// before it is answered.
+    /// Creates a stream (checked config, its name free: the caller holds the lifecycle
+    /// lock); its directory and `config.json` are durable before it is answered.
     fn create(&self, hub: &Arc<Hub>, config: Config) -> Result<Arc<StreamHandle>, ApiError> {
         let dir = self.dir.join(&config.name);
         let created = now_ns();
@@ -456,14 +474,23 @@ fn timed_work(handle: &StreamHandle) {
         }
     };
     let flushed = s.flush();
+    let last = s.store().state().last_seq;
     let file = s.store().durable();
     drop(guard);
     if fired == 0 {
         return;
     }
     let synced = flushed.and_then(|()| file.map_or(Ok(()), |f| f.sync_data()));
-    if let Err(e) = synced {
-        tracing::error!(stream = %handle.name, error = %e, "JetStream: syncing fired schedules failed");
+    match synced {
+        Ok(()) => {
+            if let Some(s) = handle.lock().as_mut() {
+                s.mark_synced(last);
+            }
+        }
+        Err(e) => {
+            tracing::error!(stream = %handle.name, error = %e, "JetStream: syncing fired schedules failed; the stream is reopened from its files");
+            reopen(handle);
+        }
     }
     handle.wake.notify_one();
 }
@@ -473,7 +500,9 @@ fn no_ack_of(handle: &StreamHandle) -> Option<bool> {
 }
 
 /// Stores a batch under the stream's lock, then syncs (outside it); one answer per publish,
-/// and whether the sync succeeded (a failed sync fails every stored publish of the batch).
+/// and whether the sync succeeded. A storage failure anywhere in the batch fails every
+/// publish of it and reopens the stream from its files, so no publish is acknowledged that
+/// is not on disk and the indexes and message IDs are what the files hold.
 fn store_batch(
     handle: &StreamHandle,
     batch: &[Pending],
@@ -508,6 +537,7 @@ fn store_batch(
         tracing::error!(stream = %handle.name, error = %e, "JetStream: firing schedules failed");
     }
     let flushed = stream.flush().map_err(|e| ApiError::io(&e));
+    let last = stream.store().state().last_seq;
     let file = stream.store().durable();
     drop(guard);
     let synced = match (flushed, file) {
@@ -515,5 +545,41 @@ fn store_batch(
         (Ok(()), Some(f)) => f.sync_data().map_err(|e| ApiError::io(&e)),
         (Ok(()), None) => Ok(()),
     };
-    (answers, synced)
+    let storage_failed = answers.iter().find_map(|a| {
+        a.as_ref()
+            .err()
+            .filter(|e| e.err_code == STORE_FAILED)
+            .cloned()
+    });
+    match synced.clone().err().or(storage_failed) {
+        None => {
+            if let Some(s) = handle.lock().as_mut() {
+                s.mark_synced(last);
+            }
+            (answers, synced)
+        }
+        Some(e) => {
+            tracing::error!(stream = %handle.name, error = %e, "JetStream: storing a batch failed; every publish of it is refused and the stream reopened from its files");
+            reopen(handle);
+            (batch.iter().map(|_| Err(e.clone())).collect(), Err(e))
+        }
+    }
+}
+
+/// JetStream's code for a storage failure.
+const STORE_FAILED: u32 = 10049;
+
+/// Replaces a stream's in-memory state with what its files hold (after a storage failure);
+/// a stream that cannot be reopened is taken offline.
+fn reopen(handle: &StreamHandle) {
+    let mut guard = handle.lock();
+    let Some(old) = guard.take() else { return };
+    let (config, created) = (old.config().clone(), old.created());
+    drop(old);
+    match Stream::open(&handle.dir, config, created, now_ns()) {
+        Ok(s) => *guard = Some(s),
+        Err(e) => {
+            tracing::error!(stream = %handle.name, error = %e, "JetStream: the stream could not be reopened and is offline")
+        }
+    }
 }
