@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: flags, environment and TOML file, layered.
 //! - [`member`]: member and cluster identity.
+//! - [`durable_file`]: small files replaced atomically and durably.
 //! - [`consensus`]: the one write path every face uses (the meta group's Raft), with
 //!   protocol-neutral errors; [`meta_group`]: the store as that group's state.
 //! - [`lease`]: the lease domain (grant, renewal at the leader, TTL, expiry by role).
@@ -27,6 +28,7 @@ pub mod config;
 pub mod config_center;
 pub mod consensus;
 pub mod core;
+pub mod durable_file;
 pub mod face;
 pub mod http;
 pub mod lease;

@@ -110,6 +110,14 @@ async fn setup_conn(addr: &str) -> Result<Conn, BenchError> {
     Ok(c)
 }
 
+/// Subscribes client `client`'s inbox (where its acks or messages come) and returns it.
+async fn own_inbox(c: &mut Conn, client: usize) -> Result<String, BenchError> {
+    let inbox = format!("_INBOX.bench.{client}");
+    c.send(format!("SUB {inbox} 1\r\n").as_bytes()).await?;
+    c.sync().await?;
+    Ok(inbox)
+}
+
 /// Publishes windows until `stop`, recording each measured acknowledgement's delay.
 async fn publish(
     mut c: Conn,
@@ -119,9 +127,7 @@ async fn publish(
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<Recorder, BenchError> {
-    let inbox = format!("_INBOX.bench.{client}");
-    c.send(format!("SUB {inbox} 1\r\n").as_bytes()).await?;
-    c.sync().await?;
+    let inbox = own_inbox(&mut c, client).await?;
     let body = value(size);
     let head = format!("PUB {SUBJECT} {inbox} {size}\r\n");
     let mut batch = Vec::with_capacity(window * (head.len() + size + 2));
@@ -248,9 +254,7 @@ async fn pull(
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<Recorder, BenchError> {
-    let inbox = format!("_INBOX.bench.{client}");
-    c.send(format!("SUB {inbox} 1\r\n").as_bytes()).await?;
-    c.sync().await?;
+    let inbox = own_inbox(&mut c, client).await?;
     let body = format!("{{\"batch\":{batch},\"expires\":2000000000}}");
     let request = format!(
         "PUB $JS.API.CONSUMER.MSG.NEXT.{STREAM}.C {inbox} {}\r\n{body}\r\n",

@@ -23,7 +23,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{now_ns, write_durably, StreamHandle};
+use super::{now_ns, StreamHandle};
 use crate::face::nats::Hub;
 
 /// How often a changed consumer state is saved at most.
@@ -157,6 +157,23 @@ impl Consumers {
             .map(|e| e.consumer.config().filters())
             .collect()
     }
+}
+
+/// One turn of a consumer under its stream's lock: pull requests whose requester went away
+/// are dropped (nats-server drops them too), `turn` acts on it, and its actions are carried
+/// out.
+fn drive(
+    hub: &Hub,
+    handle: &Arc<StreamHandle>,
+    name: &str,
+    consumer: &mut Consumer,
+    store: &StreamStore,
+    later: &mut Later,
+    turn: impl FnOnce(&mut Consumer, &StoreSource<'_>) -> Vec<Action>,
+) {
+    consumer.forget_requests(|r| !hub.has_interest(r));
+    let actions = turn(consumer, &StoreSource(store));
+    run_actions(hub, handle, name, consumer.config(), store, actions, later);
 }
 
 /// Carries out a consumer's actions (the stream locked by the caller).
@@ -692,7 +709,8 @@ fn save(hub: &Hub, stream: &str, name: &str, e: &Entry) -> Result<(), ApiError> 
         created: e.created,
     };
     let json = serde_json::to_vec(&saved).map_err(|e| ApiError::new(500, 10049, e.to_string()))?;
-    write_durably(&dir.join(format!("{name}.json")), &json).map_err(|e| ApiError::io(&e))
+    crate::durable_file::write(&dir.join(format!("{name}.json")), &json)
+        .map_err(|e| ApiError::io(&e))
 }
 
 fn delete(hub: &Hub, handle: &StreamHandle, name: &str) -> Result<(), ApiError> {
@@ -765,19 +783,15 @@ fn next(hub: &Hub, handle: &Arc<StreamHandle>, name: &str, reply: &str, payload:
     let Some(stream) = guard.as_ref() else {
         return false;
     };
-    // Requests whose requester went away take nothing (nats-server drops them too).
-    e.consumer.forget_requests(|r| !hub.has_interest(r));
-    let actions = e.consumer.pull(pull, &StoreSource(stream.store()), now);
-    let config = e.consumer.config().clone();
     let mut later = Later::new();
-    run_actions(
+    drive(
         hub,
         handle,
         name,
-        &config,
+        &mut e.consumer,
         stream.store(),
-        actions,
         &mut later,
+        |c, src| c.pull(pull, src, now),
     );
     drop(guard);
     drop(consumers);
@@ -852,16 +866,14 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
     {
         let guard = handle.lock();
         if let Some(stream) = guard.as_ref() {
-            let actions = e.consumer.poll(&StoreSource(stream.store()), now);
-            let config = e.consumer.config().clone();
-            run_actions(
+            drive(
                 hub,
                 &handle,
                 name,
-                &config,
+                &mut e.consumer,
                 stream.store(),
-                actions,
                 &mut later,
+                |c, src| c.poll(src, now),
             );
         }
     }
@@ -952,7 +964,6 @@ fn step(hub: &Hub, handle: &Arc<StreamHandle>, now: i64) -> Duration {
     let Some(stream) = guard.as_ref() else {
         return Duration::from_secs(1);
     };
-    let src = StoreSource(stream.store());
     let mut later = Later::new();
     let mut next: Option<i64> = None;
     let mut gone = Vec::new();
@@ -963,18 +974,16 @@ fn step(hub: &Hub, handle: &Arc<StreamHandle>, now: i64) -> Duration {
             c.push_ready = hub.has_interest(&to);
             poll_interest |= !c.push_ready;
         }
-        c.forget_requests(|r| !hub.has_interest(r));
-        let actions = c.tick(&src, now);
-        let config = c.config().clone();
-        run_actions(
+        drive(
             hub,
             handle,
             name,
-            &config,
+            c,
             stream.store(),
-            actions,
             &mut later,
+            |c, src| c.tick(src, now),
         );
+        let config = c.config();
         if !config.is_durable()
             && config.inactive_threshold > 0
             && now - c.last_active > config.inactive_threshold

@@ -122,21 +122,6 @@ pub(crate) fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// Writes `bytes` to `path` atomically and durably (a temporary file, fsync, rename, fsync
-/// of the directory).
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 impl JetStream {
     /// The streams under `data_dir`, opened (a stream that cannot be opened is logged and
     /// left out).
@@ -341,7 +326,7 @@ impl JetStream {
         };
         let json =
             serde_json::to_vec(&saved).map_err(|e| ApiError::new(500, 10049, e.to_string()))?;
-        write_durably(&dir.join("config.json"), &json).map_err(io)?;
+        crate::durable_file::write(&dir.join("config.json"), &json).map_err(io)?;
         let stream = Stream::open(&dir, config, created, created).map_err(io)?;
         let handle = self.add(stream, consumers::Consumers::default());
         start_writer(hub, &handle);
@@ -361,7 +346,7 @@ impl JetStream {
         };
         let json =
             serde_json::to_vec(&saved).map_err(|e| ApiError::new(500, 10049, e.to_string()))?;
-        write_durably(&self.dir.join(&handle.name).join("config.json"), &json)
+        crate::durable_file::write(&self.dir.join(&handle.name).join("config.json"), &json)
             .map_err(|e| ApiError::io(&e))?;
         let old = stream.config().subjects.clone();
         stream.update(config.clone(), now_ns())?;
