@@ -86,6 +86,19 @@ fn api(addr: &str, subject: &str, body: &str) -> serde_json::Value {
     serde_json::from_str(&answer).expect("JSON")
 }
 
+/// Stream `name`'s info once it holds `messages` messages, or its last info after 10 s:
+/// what a publish without a reply stores becomes visible some moments later.
+fn info_with_messages(addr: &str, name: &str, messages: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = api(addr, &format!("$JS.API.STREAM.INFO.{name}"), "");
+        if info["state"]["messages"] == messages || std::time::Instant::now() > deadline {
+            return info;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Publishes numbered messages in windows of 64, each with the reply subject, until the
 /// server goes away; returns (number, sequence) of every acknowledged one.
 fn publish_until_killed(addr: &str, first: u64) -> Vec<(u64, u64)> {
@@ -211,7 +224,7 @@ fn errors_and_direct_gets_are_jetstreams_on_the_wire() {
     // No reply subject: stored, nothing answered.
     w.write_all(b"HPUB s.k 18 21\r\nNATS/1.0\r\nA: 1\r\n\r\nabc\r\n")
         .expect("write");
-    let info = api(&addr, "$JS.API.STREAM.INFO.S", "");
+    let info = info_with_messages(&addr, "S", 1);
     assert_eq!(info["state"]["messages"], 1, "{info}");
     w.write_all(b"PUB $JS.API.DIRECT.GET.S.s.k _INBOX.r 0\r\n\r\n")
         .expect("write");
@@ -425,14 +438,7 @@ fn given_up_messages_become_dead_letters_with_advisories() {
     assert!(body.ends_with("m1"), "{head} {body}");
     assert!(head.contains("$JS.ACK.WORK.c.2.1."), "{head}");
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let info = loop {
-        let info = api(&addr, "$JS.API.STREAM.INFO.DLQ", "");
-        if info["state"]["messages"] == 2 || std::time::Instant::now() > deadline {
-            break info;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let info = info_with_messages(&addr, "DLQ", 2);
     assert_eq!(info["state"]["messages"], 2, "{info}");
     let headers_of = |seq: u64| {
         let got = api(
