@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 pub use config::{Config, Discard, Retention, Storage};
-pub use store::{State, StoredMsg, StreamStore};
+pub use store::{State, StoreView, StoredMsg, StreamStore};
 
 /// A JetStream API error: the HTTP-like code, JetStream's error code and its text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,10 @@
 //! - removed messages: `2 | seq u64 …` (a message deleted, or purged from the middle);
 //! - the stream's bounds: `3 | first u64 | last u64` (everything below `first` is gone, and
 //!   sequences up to `last` were used: a purge, the oldest messages dropped by a limit, and
-//!   the start of every segment, so the bounds outlive the segments that held them).
+//!   the start of every segment, so the bounds outlive the segments that held them);
+//! - a metadata value: `4 | key length u8 | key | value` (a replicated stream's applied log
+//!   position and configuration, written at the end of each applied batch; the latest value
+//!   of each key wins).
 
 /// Bytes before a record's body.
 pub const HEADER: usize = 8;
@@ -17,6 +20,7 @@ pub const MAX_BODY: usize = 64 << 20;
 const MSG: u8 = 1;
 const REMOVED: u8 = 2;
 const BOUNDS: u8 = 3;
+const META: u8 = 4;
 
 /// One record, borrowed from the bytes it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,13 @@ pub enum Record<'a> {
         first: u64,
         /// The last sequence used.
         last: u64,
+    },
+    /// A metadata value.
+    Meta {
+        /// Its key (at most 255 bytes).
+        key: &'a str,
+        /// Its value.
+        value: &'a [u8],
     },
 }
 
@@ -77,6 +88,14 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) {
             out.push(BOUNDS);
             out.extend_from_slice(&first.to_le_bytes());
             out.extend_from_slice(&last.to_le_bytes());
+        }
+        Record::Meta { key, value } => {
+            out.push(META);
+            // Keys are the store's own constants, far below the limit.
+            let key = &key.as_bytes()[..key.len().min(u8::MAX as usize)];
+            out.push(key.len() as u8);
+            out.extend_from_slice(key);
+            out.extend_from_slice(value);
         }
     }
     let body_len = (out.len() - start - HEADER) as u32;
@@ -133,6 +152,15 @@ pub fn decode(body: &[u8]) -> Result<Record<'_>, String> {
             first: u64_at(body, 1).ok_or_else(|| bad("bounds"))?,
             last: u64_at(body, 9).ok_or_else(|| bad("bounds"))?,
         }),
+        Some(&META) => {
+            let klen = *body.get(1).ok_or_else(|| bad("metadata"))? as usize;
+            let key = body.get(2..2 + klen).ok_or_else(|| bad("metadata"))?;
+            let key = std::str::from_utf8(key).map_err(|_| bad("metadata"))?;
+            Ok(Record::Meta {
+                key,
+                value: &body[2 + klen..],
+            })
+        }
         Some(k) => Err(format!("unknown record kind {k}")),
         None => Err("empty record".into()),
     }
@@ -217,6 +245,14 @@ mod tests {
                 payload: b"",
             },
             Record::Removed(vec![1, 2]),
+            Record::Meta {
+                key: "applied",
+                value: b"\x01\x02",
+            },
+            Record::Meta {
+                key: "",
+                value: b"",
+            },
         ]
     }
 
@@ -249,7 +285,7 @@ mod tests {
         let mut torn = data.clone();
         torn.extend_from_slice(&last[..last.len() / 2]);
         let s = scan(&torn).expect("torn tail");
-        assert!(s.torn && s.end == whole && s.records.len() == 4);
+        assert!(s.torn && s.end == whole && s.records.len() == 6);
         // A flipped byte in the last record: torn as well (nothing intact after it).
         let mut flipped = data.clone();
         flipped.extend_from_slice(&last);
@@ -283,6 +319,8 @@ mod tests {
             &[1u8][..],
             &[2, 1],
             &[3, 0],
+            &[4],
+            &[4, 3, b'a'],
             &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255],
         ] {
             assert!(decode(body).is_err(), "{body:?}");

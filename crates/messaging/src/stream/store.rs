@@ -9,6 +9,14 @@
 //! bounds when the oldest messages go), and a segment whose messages are all gone is deleted
 //! once every older one is. Opening scans every segment: a torn tail of the newest is cut,
 //! damage anywhere else is an error naming the file.
+//!
+//! A replicated stream's store is *committed* ([`StreamStore::open_committed`]): the Raft
+//! group writes its applied log position as a metadata record at the end of every applied
+//! batch ([`StreamStore::set_meta`]), a new segment starts only there, and opening cuts
+//! whatever follows the last such record (a batch cut short by a crash; Raft applies it
+//! again). A [`StoreView`] is the segment files as of one moment (the files are append-only,
+//! so holding them and their sizes is enough): the snapshot a leader sends, installed with
+//! [`StreamStore::install`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -116,6 +124,10 @@ pub struct StreamStore {
     last_time: i64,
     bytes: u64,
     buf: Vec<u8>,
+    /// Metadata values (the latest of each key).
+    meta: BTreeMap<String, Vec<u8>>,
+    /// For a committed store, the metadata key written at the end of every applied batch.
+    commit_key: Option<&'static str>,
 }
 
 impl StreamStore {
@@ -126,6 +138,25 @@ impl StreamStore {
 
     /// [`StreamStore::open`] with segments of `segment_bytes`.
     pub fn open_sized(dir: &Path, segment_bytes: u64) -> io::Result<StreamStore> {
+        Self::open_with(dir, segment_bytes, None)
+    }
+
+    /// Opens (or creates) a committed store: everything after the last `commit_key` metadata
+    /// record is cut, and new segments start only after one.
+    pub fn open_committed(
+        dir: &Path,
+        segment_bytes: u64,
+        commit_key: &'static str,
+    ) -> io::Result<StreamStore> {
+        recover_install(dir)?;
+        Self::open_with(dir, segment_bytes, Some(commit_key))
+    }
+
+    fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        commit_key: Option<&'static str>,
+    ) -> io::Result<StreamStore> {
         std::fs::create_dir_all(dir)?;
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -152,6 +183,8 @@ impl StreamStore {
             last_time: 0,
             bytes: 0,
             buf: Vec::new(),
+            meta: BTreeMap::new(),
+            commit_key,
         };
         for (i, id) in ids.iter().enumerate() {
             store.load_segment(*id, i + 1 == ids.len())?;
@@ -185,6 +218,7 @@ impl StreamStore {
         {
             let (first, last) = (store.first, store.last);
             store.write(&Record::Bounds { first, last })?;
+            store.write_meta()?;
             store.flush()?;
             if let Some(f) = store.durable() {
                 f.sync_data()?;
@@ -202,7 +236,7 @@ impl StreamStore {
         let path = self.path_of(id);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let data = std::fs::read(&path)?;
-        let scan = segment::scan(&data).map_err(|at| damaged(&path, at, newest))?;
+        let mut scan = segment::scan(&data).map_err(|at| damaged(&path, at, newest))?;
         if scan.torn {
             if !newest {
                 return Err(damaged(&path, scan.end, false));
@@ -214,6 +248,32 @@ impl StreamStore {
             );
             file.set_len(scan.end as u64)?;
             file.sync_all()?;
+        }
+        if let (Some(key), true) = (self.commit_key, newest) {
+            // Only what the last applied batch ended with counts; Raft applies the rest again.
+            let keep = scan
+                .records
+                .iter()
+                .rposition(|r| {
+                    matches!(segment::decode(&data[r.clone()]), Ok(Record::Meta { key: k, .. }) if k == key)
+                })
+                .map_or(0, |i| i + 1);
+            let end = scan
+                .records
+                .get(..keep)
+                .and_then(|r| r.last())
+                .map_or(0, |r| r.end);
+            if end < scan.end {
+                tracing::info!(
+                    file = %path.display(),
+                    at = end,
+                    "cutting records of a batch not fully applied off a replicated stream segment"
+                );
+                file.set_len(end as u64)?;
+                file.sync_all()?;
+                scan.records.truncate(keep);
+                scan.end = end;
+            }
         }
         self.segments.insert(
             id,
@@ -246,6 +306,9 @@ impl StreamStore {
                 Ok(Record::Bounds { first, last }) => {
                     self.last = self.last.max(last);
                     self.cut_below(first);
+                }
+                Ok(Record::Meta { key, value }) => {
+                    self.meta.insert(key.to_owned(), value.to_vec());
                 }
                 // Checked by the scan.
                 Err(_) => {}
@@ -347,6 +410,125 @@ impl StreamStore {
         );
         let (first, last) = (self.first, self.last);
         self.write(&Record::Bounds { first, last })?;
+        // The metadata too, so that older segments can go.
+        self.write_meta()
+    }
+
+    /// Writes every metadata value as a record (buffered).
+    fn write_meta(&mut self) -> io::Result<()> {
+        let meta = std::mem::take(&mut self.meta);
+        let result = meta
+            .iter()
+            .try_for_each(|(key, value)| self.write(&Record::Meta { key, value }).map(|_| ()));
+        self.meta = meta;
+        result
+    }
+
+    /// Sets metadata values, written as records after everything appended so far (buffered;
+    /// in a committed store, the commit key's record ends a batch, and a full segment is
+    /// followed by a new one here).
+    pub fn set_meta(&mut self, entries: &[(&str, &[u8])]) -> io::Result<()> {
+        for (key, value) in entries {
+            self.write(&Record::Meta { key, value })?;
+            self.meta.insert((*key).to_owned(), value.to_vec());
+        }
+        if self.commit_key.is_some() {
+            if let Some((&id, seg)) = self.segments.last_key_value() {
+                if seg.size >= self.segment_bytes {
+                    self.new_segment(id + 1)?;
+                    self.drop_dead_segments()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A metadata value.
+    pub fn meta(&self, key: &str) -> Option<&[u8]> {
+        self.meta.get(key).map(Vec::as_slice)
+    }
+
+    /// Makes everything written durable and returns a view of exactly this state.
+    pub fn view(&mut self) -> io::Result<StoreView> {
+        self.flush()?;
+        if let Some(f) = self.durable() {
+            f.sync_data()?;
+        }
+        Ok(StoreView {
+            segments: self
+                .segments
+                .iter()
+                .map(|(id, s)| (*id, s.file.clone(), s.size))
+                .collect(),
+            meta: self.meta.clone(),
+        })
+    }
+
+    /// Replaces the committed store in `dir` (closed by the caller) with a snapshot stream
+    /// ([`StoreView::write_to`]'s format), checked whole before it replaces anything.
+    pub fn install(
+        dir: &Path,
+        snapshot: &mut dyn io::Read,
+        segment_bytes: u64,
+        commit_key: &'static str,
+    ) -> io::Result<StreamStore> {
+        let incoming = sibling(dir, "installing");
+        if incoming.exists() {
+            std::fs::remove_dir_all(&incoming)?;
+        }
+        std::fs::create_dir_all(&incoming)?;
+        if let Err(e) = Self::receive(&incoming, snapshot, segment_bytes, commit_key) {
+            // Nothing of a refused snapshot stays.
+            let _ = std::fs::remove_dir_all(&incoming);
+            return Err(e);
+        }
+        File::open(&incoming)?.sync_all()?;
+        let old = sibling(dir, "replaced");
+        if dir.exists() {
+            std::fs::rename(dir, &old)?;
+        }
+        std::fs::rename(&incoming, dir)?;
+        if let Some(parent) = dir.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        Self::open_with(dir, segment_bytes, Some(commit_key))
+    }
+
+    /// Writes a snapshot stream's segments into `incoming` and checks them by opening them.
+    fn receive(
+        incoming: &Path,
+        snapshot: &mut dyn io::Read,
+        segment_bytes: u64,
+        commit_key: &'static str,
+    ) -> io::Result<()> {
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("stream snapshot: {what}"),
+            )
+        };
+        let mut head = [0u8; 16];
+        loop {
+            match read_full(snapshot, &mut head)? {
+                0 => break,
+                16 => {}
+                _ => return Err(bad("truncated segment header")),
+            }
+            let id = u64::from_le_bytes(head[..8].try_into().map_err(|_| bad("header"))?);
+            let len = u64::from_le_bytes(head[8..].try_into().map_err(|_| bad("header"))?);
+            let path = incoming.join(format!("{id:020}.seg"));
+            let mut file = File::create(&path)?;
+            let copied = io::copy(&mut io::Read::take(&mut *snapshot, len), &mut file)?;
+            if copied != len {
+                return Err(bad("truncated segment"));
+            }
+            file.sync_all()?;
+        }
+        // Checked by opening it (damage is an error; a snapshot ends at a commit record).
+        drop(Self::open_with(incoming, segment_bytes, Some(commit_key))?);
         Ok(())
     }
 
@@ -404,7 +586,8 @@ impl StreamStore {
         time: i64,
     ) -> io::Result<u64> {
         let newest = self.segments.last_key_value().map_or(0, |(id, s)| {
-            if s.size >= self.segment_bytes {
+            // A committed store starts segments only after a batch (in `set_meta`).
+            if s.size >= self.segment_bytes && self.commit_key.is_none() {
                 id + 1
             } else {
                 0
@@ -498,6 +681,7 @@ impl StreamStore {
     }
 
     fn drop_dead_segments(&mut self) -> io::Result<()> {
+        let mut synced = false;
         while self.segments.len() > 1 {
             let Some((&id, seg)) = self.segments.first_key_value() else {
                 break;
@@ -505,6 +689,18 @@ impl StreamStore {
             if seg.live > 0 {
                 break;
             }
+            if !synced {
+                // The records that removed its messages are made durable before it goes:
+                // what a crash leaves is then always some moment of the store.
+                synced = true;
+                self.flush()?;
+                if let Some(f) = self.durable() {
+                    f.sync_data()?;
+                }
+            }
+            let Some((_, seg)) = self.segments.first_key_value() else {
+                break;
+            };
             let path = seg.path.clone();
             self.segments.remove(&id);
             std::fs::remove_file(&path)?;
@@ -761,6 +957,81 @@ impl StreamStore {
     }
 }
 
+/// `dir` with `.suffix` added to its name.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// Finishes or forgets an install a crash interrupted: the old store renamed away with the
+/// new one not in place yet is the new one's to take (it was complete and synced before the
+/// rename); a half-received snapshot goes.
+fn recover_install(dir: &Path) -> io::Result<()> {
+    let incoming = sibling(dir, "installing");
+    let old = sibling(dir, "replaced");
+    if old.exists() {
+        if !dir.exists() && incoming.exists() {
+            std::fs::rename(&incoming, dir)?;
+        }
+        std::fs::remove_dir_all(&old)?;
+    }
+    if incoming.exists() {
+        std::fs::remove_dir_all(&incoming)?;
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the input ends; returns how much was read.
+fn read_full(r: &mut dyn io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A committed store as of one moment: its segment files (held open, so later removals do
+/// not take them away) up to their sizes then, and its metadata.
+#[derive(Debug)]
+pub struct StoreView {
+    segments: Vec<(u64, Arc<File>, u64)>,
+    meta: BTreeMap<String, Vec<u8>>,
+}
+
+impl StoreView {
+    /// A metadata value as of the view.
+    pub fn meta(&self, key: &str) -> Option<&[u8]> {
+        self.meta.get(key).map(Vec::as_slice)
+    }
+
+    /// Writes the view as a snapshot stream: each segment as `id u64 | length u64 | bytes`
+    /// (little endian), chunk by chunk.
+    pub fn write_to(&self, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let mut buf = vec![0u8; 256 * 1024];
+        for (id, file, size) in &self.segments {
+            let mut head = [0u8; 16];
+            head[..8].copy_from_slice(&id.to_le_bytes());
+            head[8..].copy_from_slice(&size.to_le_bytes());
+            sink(&head)?;
+            let mut at = 0u64;
+            while at < *size {
+                let n = ((*size - at) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], at)?;
+                sink(&buf[..n])?;
+                at += n as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for StreamStore {
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
@@ -867,6 +1138,137 @@ mod tests {
         drop(s);
         let s = StreamStore::open(dir.path()).expect("reopen");
         assert_eq!(s.count_after(0, &[]), 0, "{:?}", s.state());
+    }
+
+    /// Applies a "batch" of messages to a committed store, ending it with its position.
+    fn batch(s: &mut StreamStore, n: usize, applied: u64) {
+        for i in 0..n {
+            put(s, &format!("c.{}", i % 2), &format!("m{i}"));
+        }
+        s.set_meta(&[("applied", &applied.to_le_bytes())])
+            .expect("meta");
+        s.flush().expect("flush");
+    }
+
+    #[test]
+    fn a_committed_store_keeps_whole_batches_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = StreamStore::open_committed(dir.path(), 300, "applied").expect("open");
+        for b in 1..=10 {
+            batch(&mut s, 3, b);
+        }
+        assert!(
+            segments(dir.path()) > 2,
+            "segments roll over between batches"
+        );
+        // Half a batch, then a crash.
+        put(&mut s, "c.0", "lost");
+        s.set_meta(&[("config", b"{}")]).expect("meta");
+        put(&mut s, "c.1", "lost");
+        let before = s.state();
+        assert_eq!(before.last_seq, 32);
+        drop(s);
+        let s = StreamStore::open_committed(dir.path(), 300, "applied").expect("reopen");
+        assert_eq!(s.state().last_seq, 30, "the unfinished batch is cut");
+        assert_eq!(s.meta("applied"), Some(&10u64.to_le_bytes()[..]));
+        assert_eq!(
+            s.meta("config"),
+            None,
+            "metadata of a cut batch goes with it"
+        );
+        // Every segment but the newest ends with a whole batch; the newest starts with the
+        // metadata, so older segments can go.
+        drop(s);
+        let mut s = StreamStore::open_committed(dir.path(), 300, "applied").expect("reopen");
+        let all: Vec<u64> = (1..=30).collect();
+        s.remove(&all).expect("remove");
+        s.set_meta(&[("applied", &11u64.to_le_bytes())])
+            .expect("meta");
+        drop(s);
+        assert_eq!(segments(dir.path()), 1);
+        let s = StreamStore::open_committed(dir.path(), 300, "applied").expect("reopen");
+        assert_eq!((s.state().messages, s.state().last_seq), (0, 30));
+        assert_eq!(s.meta("applied"), Some(&11u64.to_le_bytes()[..]));
+    }
+
+    #[test]
+    fn a_view_installs_as_the_same_store_at_its_moment() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let src = dir.path().join("src");
+        let mut s = StreamStore::open_committed(&src, 300, "applied").expect("open");
+        for b in 1..=6 {
+            batch(&mut s, 4, b);
+        }
+        s.remove(&[1, 2, 7]).expect("remove");
+        s.set_meta(&[("applied", &7u64.to_le_bytes())])
+            .expect("meta");
+        let view = s.view().expect("view");
+        let at_view = s.state();
+        // Later work, old segments dropped included, does not change the view.
+        batch(&mut s, 4, 8);
+        let all: Vec<u64> = (1..=20).collect();
+        s.remove(&all).expect("remove");
+        s.set_meta(&[("applied", &9u64.to_le_bytes())])
+            .expect("meta");
+        assert_eq!(view.meta("applied"), Some(&7u64.to_le_bytes()[..]));
+        let mut bytes = Vec::new();
+        view.write_to(&mut |c| {
+            bytes.extend_from_slice(c);
+            Ok(())
+        })
+        .expect("write");
+        let dst = dir.path().join("dst");
+        // Replaces what was there.
+        let mut old = StreamStore::open_committed(&dst, 300, "applied").expect("open");
+        batch(&mut old, 50, 99);
+        drop(old);
+        let got = StreamStore::install(&dst, &mut &bytes[..], 300, "applied").expect("install");
+        assert_eq!(got.state(), at_view);
+        assert_eq!(got.meta("applied"), Some(&7u64.to_le_bytes()[..]));
+        assert_eq!(
+            got.get(3).expect("get").map(|m| m.payload),
+            Some(b"m2".to_vec())
+        );
+        drop(got);
+        // A damaged or cut snapshot is refused and the store is left as it was.
+        let before = StreamStore::open_committed(&dst, 300, "applied")
+            .expect("open")
+            .state();
+        for bad in [&bytes[..bytes.len() - 5], &bytes[..10]] {
+            assert!(StreamStore::install(&dst, &mut &bad[..], 300, "applied").is_err());
+            let s = StreamStore::open_committed(&dst, 300, "applied").expect("open");
+            assert_eq!(s.state(), before);
+        }
+        let mut flipped = bytes.clone();
+        let n = flipped.len();
+        flipped[n / 3] ^= 0xff;
+        assert!(StreamStore::install(&dst, &mut &flipped[..], 300, "applied").is_err());
+        assert!(!dir.path().join("dst.installing").exists());
+    }
+
+    #[test]
+    fn an_install_cut_short_by_a_crash_is_finished_or_forgotten() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path().join("s");
+        let mut s = StreamStore::open_committed(&d, 300, "applied").expect("open");
+        batch(&mut s, 3, 1);
+        drop(s);
+        // Crash while receiving: the half-received copy goes, the store stays.
+        std::fs::create_dir_all(dir.path().join("s.installing")).expect("mkdir");
+        let s = StreamStore::open_committed(&d, 300, "applied").expect("open");
+        assert_eq!(s.state().last_seq, 3);
+        drop(s);
+        assert!(!dir.path().join("s.installing").exists());
+        // Crash between the two renames: the received copy is complete, and takes over.
+        let mut other =
+            StreamStore::open_committed(&dir.path().join("o"), 300, "applied").expect("open");
+        batch(&mut other, 5, 2);
+        drop(other);
+        std::fs::rename(&d, dir.path().join("s.replaced")).expect("rename");
+        std::fs::rename(dir.path().join("o"), dir.path().join("s.installing")).expect("rename");
+        let s = StreamStore::open_committed(&d, 300, "applied").expect("open");
+        assert_eq!(s.state().last_seq, 5);
+        assert!(!dir.path().join("s.replaced").exists());
     }
 
     #[test]
