@@ -7,6 +7,7 @@
 //! - [`durable_file`]: small files replaced atomically and durably.
 //! - [`consensus`]: the one write path every face uses (the meta group's Raft), with
 //!   protocol-neutral errors; [`meta_group`]: the store as that group's state.
+//! - [`stream_group`]: a replicated stream as its own Raft group's state.
 //! - [`lease`]: the lease domain (grant, renewal at the leader, TTL, expiry by role).
 //! - [`compaction`]: auto-compaction by the leader (etcd's periodic and revision modes).
 //! - [`core`]: what every face and domain shares.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod space;
+pub mod stream_group;
 pub mod tls;
 
 use tracing_subscriber::EnvFilter;

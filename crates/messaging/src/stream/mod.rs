@@ -16,6 +16,7 @@
 //! - [`segment`]: the segment files' records;
 //! - [`store`]: the segment files and their indexes.
 
+pub mod command;
 pub mod config;
 pub mod headers;
 pub mod holes;
@@ -28,6 +29,9 @@ use std::path::Path;
 
 pub use config::{Config, Discard, Retention, Storage};
 pub use store::{State, StoreView, StoredMsg, StreamStore};
+
+/// JetStream's "stream store failed".
+const STORE_FAILED: u32 = 10049;
 
 /// A JetStream API error: the HTTP-like code, JetStream's error code and its text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,7 +57,12 @@ impl ApiError {
 
     /// A storage failure (500, 10049 "stream store failed").
     pub fn io(e: &std::io::Error) -> ApiError {
-        ApiError::new(500, 10049, format!("stream store failed: {e}"))
+        ApiError::new(500, STORE_FAILED, format!("stream store failed: {e}"))
+    }
+
+    /// Whether this is a storage failure ([`ApiError::io`]) rather than a refusal.
+    pub fn is_storage(&self) -> bool {
+        self.err_code == STORE_FAILED
     }
 }
 
@@ -97,7 +106,17 @@ impl Stream {
     /// Opens the stream's store in `dir` with `config` (checked), rebuilding the duplicate
     /// window from the messages stored within it.
     pub fn open(dir: &Path, config: Config, created: i64, now: i64) -> std::io::Result<Stream> {
-        let store = StreamStore::open(dir)?;
+        Self::from_store(StreamStore::open(dir)?, config, created, now)
+    }
+
+    /// A stream over an opened store (a replicated stream's committed store), rebuilding the
+    /// duplicate window as of `now`.
+    pub fn from_store(
+        store: StreamStore,
+        config: Config,
+        created: i64,
+        now: i64,
+    ) -> std::io::Result<Stream> {
         let mut stream = Stream {
             config,
             store,
@@ -152,6 +171,16 @@ impl Stream {
     /// The store, for reads.
     pub fn store(&self) -> &StreamStore {
         &self.store
+    }
+
+    /// The store, for a replicated stream's metadata and views.
+    pub fn store_mut(&mut self) -> &mut StreamStore {
+        &mut self.store
+    }
+
+    /// The store, taken back (the stream is closed).
+    pub fn into_store(self) -> StreamStore {
+        self.store
     }
 
     /// Replaces the configuration (checked by the caller against the old one) and applies

@@ -1,0 +1,209 @@
+//! A replicated stream's Raft group state: the stream (its rules and its committed segment
+//! store), seen by consensus through the byte-level [`GroupState`] operations. Commands and
+//! outcomes cross as [`berth_messaging::stream::command`] encodes them.
+//!
+//! Every applied batch ends with one metadata record in the stream's newest segment: the
+//! group's applied log position (and, when it changed, the stream's configuration), so a
+//! replica that restarts holds exactly the batches up to that record, and Raft applies the
+//! rest again. Applying needs no fsync of its own: the Raft log holds the commands. A snapshot
+//! is the segment files as of one batch ([`StoreView`]); installing one replaces the store
+//! whole.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use berth_consensus::{ApplyError, GroupState, GroupView};
+use berth_messaging::stream::command::Command;
+use berth_messaging::stream::{Config, StoreView, Stream, StreamStore};
+use serde::{Deserialize, Serialize};
+
+/// The metadata key consensus writes the applied log position under (its `raft.state`): the
+/// record that ends a batch.
+const APPLIED_KEY: &str = "raft.state";
+/// The metadata key of the stream's configuration.
+const CONFIG_KEY: &str = "config";
+
+/// What the configuration record holds.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    config: Config,
+    /// UNIX nanoseconds.
+    created: i64,
+}
+
+/// A replicated stream as its group's state.
+pub struct StreamGroup {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// `None` only while a snapshot is being installed (or after one failed to).
+    stream: Mutex<Option<Stream>>,
+    /// The stream's last sequence after each applied batch (consumers wait on it).
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+impl StreamGroup {
+    /// Opens the stream's store in `dir` (created if new) with the configuration it last
+    /// applied, or `config` (from the stream's assignment) if it never applied one.
+    pub fn open(
+        dir: &Path,
+        config: Config,
+        created: i64,
+        segment_bytes: u64,
+    ) -> io::Result<StreamGroup> {
+        let stream = Self::open_stream(dir, segment_bytes, config, created)?;
+        let last = stream.store().state().last_seq;
+        Ok(StreamGroup {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            stream: Mutex::new(Some(stream)),
+            applied: tokio::sync::watch::channel(last).0,
+        })
+    }
+
+    fn open_stream(
+        dir: &Path,
+        segment_bytes: u64,
+        config: Config,
+        created: i64,
+    ) -> io::Result<Stream> {
+        let store = StreamStore::open_committed(dir, segment_bytes, APPLIED_KEY)?;
+        Self::stream_over(store, config, created)
+    }
+
+    /// The stream over `store`, with the configuration the store holds if any. The duplicate
+    /// window is rebuilt as of the last stored message, not this replica's clock, so a
+    /// replica applying the log again judges duplicates as it did the first time.
+    fn stream_over(store: StreamStore, config: Config, created: i64) -> io::Result<Stream> {
+        let (config, created) = match store.meta(CONFIG_KEY) {
+            Some(bytes) => {
+                let saved: Saved = serde_json::from_slice(bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                (saved.config, saved.created)
+            }
+            None => (config, created),
+        };
+        let now = store.state().last_time;
+        Stream::from_store(store, config, created, now)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Stream>> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the stream (`None` while a snapshot install left it closed).
+    pub fn read<R>(&self, f: impl FnOnce(&Stream) -> R) -> Option<R> {
+        self.lock().as_ref().map(f)
+    }
+
+    /// The stream's last sequence after each applied batch.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::other("the stream is closed: a snapshot install failed")
+}
+
+impl GroupState for StreamGroup {
+    fn check(&self, command: &[u8]) -> Result<(), String> {
+        Command::decode(command).map(|_| ())
+    }
+
+    fn apply(&self, commands: &[&[u8]], meta: (&str, &[u8])) -> Result<Vec<Vec<u8>>, ApplyError> {
+        let cmds = commands
+            .iter()
+            .enumerate()
+            .map(|(at, c)| {
+                Command::decode(c).map_err(|reason| ApplyError::Undecodable { at, reason })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut guard = self.lock();
+        let stream = guard.as_mut().ok_or_else(closed)?;
+        let mut results = Vec::with_capacity(cmds.len());
+        let mut configured = stream.store().meta(CONFIG_KEY).is_none();
+        for cmd in &cmds {
+            configured |= matches!(cmd, Command::Configure { .. });
+            results.push(stream.apply(cmd)?.encode());
+        }
+        let saved = configured
+            .then(|| {
+                serde_json::to_vec(&Saved {
+                    config: stream.config().clone(),
+                    created: stream.created(),
+                })
+            })
+            .transpose()
+            .map_err(io::Error::other)?;
+        let mut entries: Vec<(&str, &[u8])> = Vec::with_capacity(2);
+        if let Some(saved) = &saved {
+            entries.push((CONFIG_KEY, saved));
+        }
+        entries.push(meta);
+        stream.store_mut().set_meta(&entries)?;
+        stream.flush()?;
+        // Applied means committed on a quorum: consumers may see it all.
+        let last = stream.store().state().last_seq;
+        stream.mark_synced(last);
+        self.applied.send_replace(last);
+        Ok(results)
+    }
+
+    fn meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        let guard = self.lock();
+        let stream = guard.as_ref().ok_or_else(closed)?;
+        Ok(stream.store().meta(key).map(<[u8]>::to_vec))
+    }
+
+    fn durable_view(&self) -> io::Result<Arc<dyn GroupView>> {
+        let mut guard = self.lock();
+        let stream = guard.as_mut().ok_or_else(closed)?;
+        Ok(Arc::new(StreamView(stream.store_mut().view()?)))
+    }
+
+    fn install(&self, snapshot: &mut dyn io::Read) -> io::Result<()> {
+        let mut guard = self.lock();
+        let (config, created) = match guard.as_ref() {
+            Some(s) => (s.config().clone(), s.created()),
+            None => return Err(closed()),
+        };
+        if let Some(stream) = guard.take() {
+            drop(stream.into_store());
+        }
+        let installed = StreamStore::install(&self.dir, snapshot, self.segment_bytes, APPLIED_KEY)
+            .and_then(|store| Self::stream_over(store, config.clone(), created));
+        let result = match installed {
+            Ok(stream) => {
+                *guard = Some(stream);
+                Ok(())
+            }
+            Err(e) => {
+                // A refused snapshot leaves the store as it was: reopen it.
+                *guard = Self::open_stream(&self.dir, self.segment_bytes, config, created).ok();
+                Err(e)
+            }
+        };
+        if let Some(s) = guard.as_ref() {
+            self.applied.send_replace(s.store().state().last_seq);
+        }
+        result
+    }
+}
+
+/// A snapshot of the stream: its segment files as of one batch.
+#[derive(Debug)]
+struct StreamView(StoreView);
+
+impl GroupView for StreamView {
+    fn meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.0.meta(key).map(<[u8]>::to_vec))
+    }
+
+    fn write_to(&self, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        self.0.write_to(sink)
+    }
+}
+
+#[cfg(test)]
+mod tests;
