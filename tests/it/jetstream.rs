@@ -29,7 +29,7 @@ fn nats_py_manages_streams_publishes_and_uses_kv() {
 }
 
 /// Reads one `MSG`/`HMSG` (head line and payload); `None` at EOF or on an error.
-fn read_msg(r: &mut BufReader<TcpStream>) -> Option<(String, String)> {
+pub(crate) fn read_msg(r: &mut BufReader<TcpStream>) -> Option<(String, String)> {
     let mut head = String::new();
     loop {
         head.clear();
@@ -51,11 +51,11 @@ fn read_msg(r: &mut BufReader<TcpStream>) -> Option<(String, String)> {
 
 /// A raw connection with `_INBOX.r` subscribed (sid 1), after a PONG. Each connection's
 /// `_INBOX.r` is its own: `api` answers go to an inbox of their own.
-fn connect(addr: &str) -> Option<(TcpStream, BufReader<TcpStream>)> {
+pub(crate) fn connect(addr: &str) -> Option<(TcpStream, BufReader<TcpStream>)> {
     connect_with(addr, "_INBOX.r")
 }
 
-fn connect_with(addr: &str, inbox: &str) -> Option<(TcpStream, BufReader<TcpStream>)> {
+pub(crate) fn connect_with(addr: &str, inbox: &str) -> Option<(TcpStream, BufReader<TcpStream>)> {
     let s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut r = BufReader::new(s.try_clone().ok()?);
@@ -78,7 +78,7 @@ fn connect_with(addr: &str, inbox: &str) -> Option<(TcpStream, BufReader<TcpStre
 }
 
 /// Sends `body` to an API subject and returns the JSON answer.
-fn api(addr: &str, subject: &str, body: &str) -> serde_json::Value {
+pub(crate) fn api(addr: &str, subject: &str, body: &str) -> serde_json::Value {
     let (mut w, mut r) = connect_with(addr, "_INBOX.api").expect("connect");
     w.write_all(format!("PUB {subject} _INBOX.api {}\r\n{body}\r\n", body.len()).as_bytes())
         .expect("write");

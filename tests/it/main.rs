@@ -15,6 +15,7 @@ mod hardening;
 mod harness;
 mod history;
 mod jetstream;
+mod jetstream_cluster;
 mod kv;
 mod lease;
 mod linearizable;

@@ -611,8 +611,8 @@ fn read_until(c: &mut Raw, end: &str) -> Vec<(String, String, String)> {
 fn messages_reach_subscribers_on_every_member() {
     let cluster = crate::harness::Cluster::start(3);
     let [m0, m1, m2] = [0, 1, 2].map(|i| cluster.members[i].nats_addr.clone());
-    // Streams are not replicated yet: a cluster does not offer JetStream.
-    assert_eq!(Raw::connect(&m1).1["jetstream"], false);
+    // A cluster offers JetStream (replicated streams).
+    assert_eq!(Raw::connect(&m1).1["jetstream"], true);
     let mut a = quiet(&m0);
     a.send("SUB orders.new workers 2\r\nSUB orders.> 1\r\nSUB probe.a 3\r\n");
     assert!(a.sync().is_empty());

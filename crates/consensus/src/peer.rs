@@ -85,6 +85,12 @@ impl PeerRouter {
         self.groups.locked().insert(group, Arc::new(peer));
     }
 
+    /// Stops serving `group` (its replica was shut down); its messages are refused as for a
+    /// group this member does not run.
+    pub fn remove(&self, group: &GroupId) {
+        self.groups.locked().remove(group);
+    }
+
     /// The gRPC service for the peer port.
     pub fn service(self: &Arc<Self>) -> RaftPeerServer<PeerRouter> {
         RaftPeerServer::from_arc(self.clone())

@@ -131,7 +131,16 @@ pub struct Consensus {
     /// Serves this member's Raft groups (only `meta` today) on the peer port.
     peers: Arc<PeerRouter>,
     metrics: Arc<Metrics>,
+    /// The meta group's replica settings, which other groups share (their own snapshot
+    /// cadence aside).
+    rcfg: ReplicaConfig,
 }
+
+/// Entries a stream group applies between snapshots: a stream's snapshot is a sync and a
+/// list of its segment files, so it is cheap and frequent, and keeps its Raft log short.
+const GROUP_SNAPSHOT_COUNT: u64 = 16_384;
+/// Entries a stream group keeps behind a snapshot for slow followers.
+const GROUP_KEEP_BEHIND: u64 = 4_096;
 
 impl Consensus {
     /// Starts this member's Raft instance over `store`, bootstrapping a new cluster if needed;
@@ -172,6 +181,7 @@ impl Consensus {
             cluster_id: member.cluster_id,
             group: GroupId::meta(),
         };
+        let group_cfg = rcfg.clone();
         let observer = metrics.clone();
         let bootstrap = cfg.initial_cluster_state == ClusterState::New;
         let replica = Replica::start(
@@ -202,7 +212,39 @@ impl Consensus {
             replica,
             peers,
             metrics,
+            rcfg: group_cfg,
         })
+    }
+
+    /// Starts this member's replica of another Raft group (a replicated stream), its log and
+    /// snapshots under `dir`, applying to `state`, and serves it on the peer port. Every
+    /// member of `members` bootstraps the group with the same list (the first election
+    /// wins); a replica that ran before resumes.
+    pub async fn start_group(
+        &self,
+        group: GroupId,
+        dir: &std::path::Path,
+        state: Arc<dyn berth_consensus::GroupState>,
+        members: BTreeMap<u64, Member>,
+    ) -> anyhow::Result<Arc<Replica>> {
+        let rcfg = ReplicaConfig {
+            group,
+            snapshot_count: GROUP_SNAPSHOT_COUNT,
+            keep_behind_snapshot: GROUP_KEEP_BEHIND,
+            ..self.rcfg.clone()
+        };
+        let replica = Replica::start(self.id(), members, true, dir, state, &rcfg, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting group {}: {e}", rcfg.group))?;
+        let replica = Arc::new(replica);
+        self.peers.add(&replica);
+        Ok(replica)
+    }
+
+    /// Stops serving a group's replica on the peer port and shuts it down.
+    pub async fn stop_group(&self, replica: &Replica) {
+        self.peers.remove(replica.group());
+        replica.shutdown().await;
     }
 
     /// Proposes one command on user keys (what the etcd face writes); returns its result

@@ -421,6 +421,14 @@ where
                 Ok(())
             }),
         );
+        let (hub, stop) = (nats.clone(), stop_rx.clone());
+        spawn(
+            "JetStream in the cluster",
+            Box::pin(async move {
+                hub.run_jetstream_cluster(stop).await;
+                Ok(())
+            }),
+        );
     }
     for sockets in listeners.dns {
         spawn(

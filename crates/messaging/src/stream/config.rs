@@ -153,6 +153,18 @@ impl Config {
         self.duplicate_window
     }
 
+    /// Refuses replicas on a member that is alone (nats-server's answer outside a cluster).
+    pub fn check_single(&self) -> Result<(), ApiError> {
+        if self.num_replicas > 1 {
+            return Err(ApiError::new(
+                500,
+                10074,
+                "replicas > 1 not supported in non-clustered mode",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the configuration and fills in JetStream's defaults (what the server echoes).
     pub fn check(&mut self) -> Result<(), ApiError> {
         if !valid_name(&self.name) {
@@ -177,12 +189,8 @@ impl Config {
         if self.num_replicas == 0 {
             self.num_replicas = 1;
         }
-        if self.num_replicas > 1 {
-            return Err(ApiError::new(
-                500,
-                10074,
-                "replicas > 1 not supported in non-clustered mode",
-            ));
+        if self.num_replicas > 5 {
+            return Err(invalid("maximum replicas is 5"));
         }
         if self.num_replicas < 0 || self.max_age < 0 || self.duplicate_window < 0 {
             return Err(invalid("negative values are not allowed"));
@@ -315,10 +323,13 @@ mod tests {
         assert!(c.check().is_err());
         let mut c = Config::named("S", vec![]);
         c.num_replicas = 3;
+        c.check().expect("three replicas are fine in a cluster");
         assert_eq!(
-            c.check().map_err(|e| (e.code, e.err_code)),
+            c.check_single().map_err(|e| (e.code, e.err_code)),
             Err((500, 10074))
         );
+        c.num_replicas = 6;
+        assert!(c.check().is_err());
         let mut c = Config::named("S", vec![]);
         c.max_age = 1_000;
         c.duplicate_window = 2_000;

@@ -225,7 +225,7 @@ fn info(hub: &Hub, id: u64, local: SocketAddr, peer: Option<SocketAddr>, auth: b
         "port": local.port(),
         "headers": true,
         "max_payload": hub.limits.max_payload,
-        "jetstream": hub.jetstream_enabled(),
+        "jetstream": true,
         "client_id": id,
         "client_ip": peer.map(|p| p.ip().to_string()).unwrap_or_default(),
     });

@@ -235,8 +235,10 @@ pub struct Hub {
     listen: std::sync::OnceLock<SocketAddr>,
     /// Interest and messages exchanged with the cluster's other members.
     routes: route::Routes,
-    /// This member's streams.
+    /// This member's streams, while it is alone.
     js: jetstream::JetStream,
+    /// The cluster's streams, while it is not.
+    cluster: Arc<jetstream::cluster::Cluster>,
     /// True while the member is its cluster's only member (JetStream is served then).
     solo: AtomicBool,
     /// The hub itself, for work that outlives a call (stream writers).
@@ -258,6 +260,7 @@ impl Hub {
             })
             .collect();
         let js = jetstream::JetStream::open(&core.config.data_dir);
+        let cluster = Arc::new(jetstream::cluster::Cluster::new(&core.config.data_dir));
         // Conservative at start (a member may not know its cluster's members yet): one
         // listed in a larger initial cluster is not alone. The routes keep it current.
         let solo = AtomicBool::new(
@@ -266,6 +269,7 @@ impl Hub {
         let hub = Arc::new_cyclic(|me| Hub {
             me: me.clone(),
             js,
+            cluster,
             solo,
             core,
             limits: limits.clone(),
@@ -282,10 +286,15 @@ impl Hub {
         hub
     }
 
-    /// True while JetStream is served: the member is its cluster's only member (streams are
-    /// not replicated yet).
-    fn jetstream_enabled(&self) -> bool {
+    /// True while the member is its cluster's only member: JetStream is then the member's
+    /// own streams (`jetstream`); otherwise, the cluster's replicated ones.
+    fn solo(&self) -> bool {
         self.solo.load(Ordering::Relaxed)
+    }
+
+    /// Follows the cluster's stream assignments (replicated streams) until `stop`.
+    pub async fn run_jetstream_cluster(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        self.cluster.clone().run(self, stop).await;
     }
 
     /// Delivers a message the server itself publishes (API responses, acknowledgements) to
@@ -320,7 +329,7 @@ impl Hub {
     /// Publishes a message of the server's own (an advisory): stored by a stream that takes
     /// its subject, and delivered to subscribers.
     fn emit(&self, subject: &str, payload: &Bytes) {
-        if self.jetstream_enabled() {
+        if self.solo() {
             self.js.store(subject, None, None, payload);
         }
         self.inject(subject, None, payload);
@@ -384,13 +393,25 @@ impl Hub {
         self.totals.inbound.add(size);
         if subject.starts_with("$JS.") {
             if let Some(me) = self.me.upgrade() {
-                if jetstream::api::handle(&me, subject, reply, payload) {
+                let answered = if self.solo() {
+                    jetstream::api::handle(&me, subject, reply, payload)
+                } else {
+                    self.cluster.api(&me, subject, reply, payload)
+                };
+                if answered {
                     return None;
                 }
             }
         }
-        // A stream's subject: stored, and acknowledged to the reply subject once durable.
-        let stored = self.jetstream_enabled() && self.js.store(subject, reply, headers, payload);
+        // A stream's subject: stored, and acknowledged to the reply subject once durable. In
+        // a cluster, a peer of the stream stores it: this member if it is one (its stream's
+        // queue group is then served here), another through the routes otherwise.
+        let (stored, stream_queue) = if self.solo() {
+            (self.js.store(subject, reply, headers, payload), None)
+        } else {
+            let queue = self.cluster.store(subject, reply, headers, payload);
+            (queue.is_some(), queue)
+        };
         let matches = self.subs_read().matches(subject);
         let echo = from.echo.load(Ordering::Relaxed);
         let msg = route::Outgoing {
@@ -399,8 +420,11 @@ impl Hub {
             headers,
             payload,
         };
-        let (mut delivered, served) =
+        let (mut delivered, mut served) =
             self.deliver_local(&matches, &msg, None, |s| echo || s.0.client.id != from.id);
+        if let Some(q) = &stream_queue {
+            served.push(q.as_str());
+        }
         let mut stall = None;
         if let Some(remote) = self.routes.remote_matches(subject) {
             let (forwarded, backed_up) = self.routes.forward(self, &remote, &served, msg);
@@ -418,6 +442,9 @@ impl Hub {
     /// Delivers a message another member forwarded to this member's plain subscribers and to
     /// one subscriber of each queue group it names.
     fn deliver_forwarded(&self, fwd: berth_proto::berth::nats::Forward) {
+        if !self.solo() && fwd.queues.iter().any(|q| q.starts_with("$js.")) {
+            self.serve_stream_forward(&fwd);
+        }
         let matches = self.subs_read().matches(&fwd.subject);
         let msg = route::Outgoing {
             subject: &fwd.subject,
@@ -426,6 +453,20 @@ impl Hub {
             payload: &fwd.payload,
         };
         self.deliver_local(&matches, &msg, Some(&fwd.queues), |_| true);
+    }
+
+    /// A publish or API request another member routed to this member as a peer of its
+    /// stream.
+    fn serve_stream_forward(&self, fwd: &berth_proto::berth::nats::Forward) {
+        let reply = (!fwd.reply.is_empty()).then_some(fwd.reply.as_str());
+        if fwd.subject.starts_with("$JS.") {
+            if let Some(me) = self.me.upgrade() {
+                self.cluster.api(&me, &fwd.subject, reply, &fwd.payload);
+            }
+        } else {
+            self.cluster
+                .store(&fwd.subject, reply, fwd.headers.as_ref(), &fwd.payload);
+        }
     }
 
     /// Delivers `msg` to the plain subscriptions of `matches` and one member of each of its

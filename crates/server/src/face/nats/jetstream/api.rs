@@ -19,8 +19,8 @@ use super::{now_ns, JetStream, StreamHandle};
 use crate::face::nats::Hub;
 
 /// Streams per `STREAM.NAMES` and `STREAM.LIST` page, as nats-server.
-const NAMES_LIMIT: usize = 1024;
-const LIST_LIMIT: usize = 256;
+pub(super) const NAMES_LIMIT: usize = 1024;
+pub(super) const LIST_LIMIT: usize = 256;
 
 pub(super) fn time(ns: i64) -> String {
     if ns <= 0 {
@@ -51,7 +51,7 @@ pub(super) fn body<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Ap
 /// Answers a `$JS.API` request if it is one berth serves; false leaves it to the hub.
 pub(crate) fn handle(hub: &Arc<Hub>, subject: &str, reply: Option<&str>, payload: &Bytes) -> bool {
     let js = &hub.js;
-    if !hub.jetstream_enabled() {
+    if !hub.solo() {
         return false;
     }
     if subject.starts_with("$JS.ACK.") || subject.starts_with("$JS.FC.") {
@@ -80,24 +80,29 @@ pub(crate) fn handle(hub: &Arc<Hub>, subject: &str, reply: Option<&str>, payload
         _ => return false,
     };
     js.api_total.fetch_add(1, Ordering::Relaxed);
-    let body = match answer {
-        Ok(mut v) => {
-            v["type"] = json!(format!("io.nats.jetstream.api.v1.{kind}_response"));
-            v
-        }
-        Err(e) => {
-            js.api_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(subject, error = %e, "JetStream API error");
-            json!({
-                "type": format!("io.nats.jetstream.api.v1.{kind}_response"),
-                "error": error(&e),
-            })
-        }
-    };
+    if let Err(e) = &answer {
+        js.api_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(subject, error = %e, "JetStream API error");
+    }
+    let body = response(kind, answer);
     if let Some(reply) = reply {
         hub.inject(reply, None, &Bytes::from(body.to_string()));
     }
     true
+}
+
+/// An API response of `kind` (`stream_info` …): the answer with its type, or the error.
+pub(super) fn response(kind: &str, answer: Result<Value, ApiError>) -> Value {
+    match answer {
+        Ok(mut v) => {
+            v["type"] = json!(format!("io.nats.jetstream.api.v1.{kind}_response"));
+            v
+        }
+        Err(e) => json!({
+            "type": format!("io.nats.jetstream.api.v1.{kind}_response"),
+            "error": error(&e),
+        }),
+    }
 }
 
 fn error(e: &ApiError) -> Value {
@@ -148,7 +153,7 @@ fn account_info(js: &JetStream) -> Value {
     })
 }
 
-fn state_json(st: &State, consumers: usize, subjects: Option<Value>) -> Value {
+pub(super) fn state_json(st: &State, consumers: usize, subjects: Option<Value>) -> Value {
     let mut v = json!({
         "messages": st.messages,
         "bytes": st.bytes,
@@ -191,32 +196,32 @@ fn stream_info(
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct InfoRequest {
-    subjects_filter: Option<String>,
+pub(super) struct InfoRequest {
+    pub(super) subjects_filter: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct PurgeRequest {
-    filter: Option<String>,
-    seq: Option<u64>,
-    keep: Option<u64>,
+pub(super) struct PurgeRequest {
+    pub(super) filter: Option<String>,
+    pub(super) seq: Option<u64>,
+    pub(super) keep: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct ListRequest {
-    offset: usize,
-    subject: Option<String>,
+pub(super) struct ListRequest {
+    pub(super) offset: usize,
+    pub(super) subject: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct MsgRequest {
-    seq: Option<u64>,
-    last_by_subj: Option<String>,
-    next_by_subj: Option<String>,
-    no_erase: Option<bool>,
+pub(super) struct MsgRequest {
+    pub(super) seq: Option<u64>,
+    pub(super) last_by_subj: Option<String>,
+    pub(super) next_by_subj: Option<String>,
+    pub(super) no_erase: Option<bool>,
 }
 
 /// One `STREAM.*` request: `None` when berth does not serve it.
@@ -284,15 +289,7 @@ fn stream_op(
             let guard = h.lock();
             let s = guard.as_ref().ok_or_else(not_found)?;
             let m = find(s, &r)?;
-            let mut msg = json!({"subject": m.subject, "seq": m.seq, "time": time(m.time)});
-            let b64 = base64::engine::general_purpose::STANDARD;
-            if !m.headers.is_empty() {
-                msg["hdrs"] = json!(b64.encode(&m.headers));
-            }
-            if !m.payload.is_empty() {
-                msg["data"] = json!(b64.encode(&m.payload));
-            }
-            Ok(json!({"message": msg}))
+            Ok(json!({"message": msg_json(&m)}))
         })),
         "MSG.DELETE" => ("stream_msg_delete", body::<MsgRequest>(payload).and_then(|r| {
             let h = found()?;
@@ -328,8 +325,21 @@ fn matching_streams(js: &JetStream, subject: Option<&str>) -> Vec<(String, Arc<S
         .collect()
 }
 
+/// A stored message as `STREAM.MSG.GET` answers it (headers and data in base64).
+pub(super) fn msg_json(m: &berth_messaging::stream::StoredMsg) -> Value {
+    let mut msg = json!({"subject": m.subject, "seq": m.seq, "time": time(m.time)});
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if !m.headers.is_empty() {
+        msg["hdrs"] = json!(b64.encode(&m.headers));
+    }
+    if !m.payload.is_empty() {
+        msg["data"] = json!(b64.encode(&m.payload));
+    }
+    msg
+}
+
 /// The message a get request names.
-fn find(
+pub(super) fn find(
     s: &berth_messaging::stream::Stream,
     r: &MsgRequest,
 ) -> Result<berth_messaging::stream::StoredMsg, ApiError> {
@@ -348,7 +358,7 @@ fn find(
 }
 
 /// The request's config, checked against the subject's stream name.
-fn config_of(name: &str, payload: &[u8]) -> Result<Config, ApiError> {
+pub(super) fn config_of(name: &str, payload: &[u8]) -> Result<Config, ApiError> {
     let mut config: Config = body(payload)?;
     if config.name.is_empty() {
         config.name = name.to_string();
@@ -367,6 +377,7 @@ fn config_of(name: &str, payload: &[u8]) -> Result<Config, ApiError> {
 fn create(hub: &Arc<Hub>, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
     let js = &hub.js;
     let config = config_of(name, payload)?;
+    config.check_single()?;
     let _lifecycle = js.lifecycle();
     if let Some(h) = js.stream(name) {
         let same = h.lock().as_ref().is_some_and(|s| *s.config() == config);
@@ -396,6 +407,7 @@ fn create(hub: &Arc<Hub>, name: &str, payload: &[u8]) -> Result<Value, ApiError>
 fn update(hub: &Arc<Hub>, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
     let js = &hub.js;
     let config = config_of(name, payload)?;
+    config.check_single()?;
     let _lifecycle = js.lifecycle();
     let h = js.stream(name).ok_or_else(not_found)?;
     if js.overlaps(name, &config.subjects) {
@@ -426,21 +438,32 @@ fn direct_get(hub: &Arc<Hub>, rest: &str, reply: Option<&str>, payload: &Bytes) 
         return false;
     };
     let Some(reply) = reply else { return true };
-    let status = |text: &str| Bytes::from(headers::block(Some(text), &[]));
     let request = match last_of {
         Some(subject) => Ok(MsgRequest {
             last_by_subj: Some(subject.to_string()),
             ..Default::default()
         }),
-        None if payload.is_empty() => {
-            drop(guard);
-            hub.inject(reply, Some(&status("408 Empty Request")), &Bytes::new());
-            return true;
-        }
+        None if payload.is_empty() => Err(ApiError::new(408, 0, EMPTY_REQUEST)),
         None => body::<MsgRequest>(payload),
     };
     let found = request.and_then(|r| find(s, &r));
     drop(guard);
+    direct_answer(hub, reply, name, found);
+    true
+}
+
+/// The status text of a direct get without a request.
+pub(super) const EMPTY_REQUEST: &str = "Empty Request";
+
+/// Answers a direct get: the message (its stored headers first, then `Nats-Stream`,
+/// `Nats-Subject`, `Nats-Sequence` and `Nats-Time-Stamp`) or a status line.
+pub(super) fn direct_answer(
+    hub: &Hub,
+    reply: &str,
+    name: &str,
+    found: Result<berth_messaging::stream::StoredMsg, ApiError>,
+) {
+    let status = |text: &str| Bytes::from(headers::block(Some(text), &[]));
     match found {
         Ok(m) => {
             let seq = m.seq.to_string();
@@ -466,7 +489,9 @@ fn direct_get(hub: &Arc<Hub>, rest: &str, reply: Option<&str>, payload: &Bytes) 
         Err(e) if e.code == 404 => {
             hub.inject(reply, Some(&status("404 Message Not Found")), &Bytes::new())
         }
+        Err(e) if e.code == 408 && e.description == EMPTY_REQUEST => {
+            hub.inject(reply, Some(&status("408 Empty Request")), &Bytes::new())
+        }
         Err(_) => hub.inject(reply, Some(&status("408 Bad Request")), &Bytes::new()),
     }
-    true
 }

@@ -354,7 +354,7 @@ fn dead_letter(
                 confirm(&handle, &name, sseq);
             }
         });
-        let stored = hub.jetstream_enabled()
+        let stored = hub.solo()
             && hub
                 .js
                 .store_then(&to, None, Some(&headers), &payload, Some(done));

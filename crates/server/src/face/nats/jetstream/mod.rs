@@ -6,11 +6,11 @@
 //! the segment file once (`fdatasync`) and only then sends each publish its acknowledgement, so
 //! no acknowledged message is lost to a crash and a busy stream pays one sync per batch.
 //!
-//! Served only while the member is the only member of its cluster: replicated streams (and
-//! consumers) are not built yet, so a cluster says `"jetstream":false` and its `$JS.API`
-//! requests find no responders.
+//! This is JetStream while the member is the only member of its cluster. In a cluster,
+//! streams are replicated Raft groups instead (`cluster`).
 
 pub mod api;
+pub mod cluster;
 pub mod consumers;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,273 @@
+//! Replicated JetStream streams in a three-member cluster, over raw sockets: streams placed
+//! on one or three members and reached through any member, and the leader of an R3 stream
+//! killed while publishing: no acknowledged message lost, no gap in sequences, and retried
+//! publishes stored once through `Nats-Msg-Id`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::harness::Cluster;
+use crate::jetstream::{api, connect_with, read_msg};
+
+/// What an acknowledgement said: the sequence and whether it was a duplicate.
+type Acks = BTreeMap<u64, (u64, bool)>;
+
+/// Publishes the messages `ids` (payload and `Nats-Msg-Id` both the number) to `subject`
+/// through `addr`, 16 at a time, each with a reply inbox of its own; returns the
+/// acknowledged ones. A window not fully answered within 3 s (its member died, its stream
+/// changed leader) ends the connection; the next window opens a new one.
+fn publish_ids(addr: &str, subject: &str, ids: &[u64]) -> Acks {
+    let mut acked = Acks::new();
+    let mut conn = None;
+    for window in ids.chunks(16) {
+        if conn.is_none() {
+            conn = connect_with(addr, "_INBOX.p.>");
+            if let Some((w, _)) = &conn {
+                let _ = w.set_read_timeout(Some(Duration::from_secs(3)));
+            }
+        }
+        let Some((w, r)) = conn.as_mut() else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let mut out = String::new();
+        for n in window {
+            let hdrs = format!("NATS/1.0\r\nNats-Msg-Id: {n}\r\n\r\n");
+            let payload = n.to_string();
+            out.push_str(&format!(
+                "HPUB {subject} _INBOX.p.{n} {} {}\r\n{hdrs}{payload}\r\n",
+                hdrs.len(),
+                hdrs.len() + payload.len()
+            ));
+        }
+        if w.write_all(out.as_bytes()).is_err() {
+            conn = None;
+            continue;
+        }
+        let mut answered = 0;
+        while answered < window.len() {
+            let Some((head, ack)) = read_msg(r) else {
+                break;
+            };
+            answered += 1;
+            let n: u64 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.strip_prefix("_INBOX.p."))
+                .and_then(|s| s.parse().ok())
+                .expect("an inbox of ours");
+            let ack: serde_json::Value = serde_json::from_str(&ack).expect("ack JSON");
+            if ack.get("error").is_none() {
+                let seq = ack["seq"].as_u64().expect("seq");
+                acked.insert(n, (seq, ack["duplicate"] == true));
+            }
+        }
+        if answered < window.len() {
+            conn = None;
+        }
+    }
+    acked
+}
+
+fn member_index(name: &serde_json::Value) -> usize {
+    name.as_str()
+        .and_then(|n| n.strip_prefix('m'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a member name: {name}"))
+}
+
+/// The stream's info through `addr` once its group has a leader (a member that just
+/// started its replica may not know it yet).
+fn info_with_leader(addr: &str, name: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let info = api(addr, &format!("$JS.API.STREAM.INFO.{name}"), "");
+        if info["cluster"]["leader"].is_string() || Instant::now() > deadline {
+            return info;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn streams_are_placed_and_reached_through_any_member() {
+    let cluster = Cluster::start(3);
+    let addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.nats_addr.clone())
+        .collect();
+    let created = api(
+        &addrs[0],
+        "$JS.API.STREAM.CREATE.ONE",
+        r#"{"subjects":["one.>"]}"#,
+    );
+    assert_eq!(created["did_create"], true, "{created}");
+    assert_eq!(created["config"]["num_replicas"], 1);
+    let info = info_with_leader(&addrs[1], "ONE");
+    let peer = member_index(&info["cluster"]["leader"]);
+    assert_eq!(info["cluster"]["replicas"], serde_json::json!([]), "{info}");
+    // A publish through any member is stored by the one peer, in order.
+    let mut acked = Acks::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let ids: Vec<u64> = (0..10).map(|k| i as u64 * 10 + k).collect();
+        acked.extend(publish_ids(addr, "one.x", &ids));
+    }
+    assert_eq!(acked.len(), 30, "{acked:?}");
+    let mut seqs: Vec<u64> = acked.values().map(|(s, _)| *s).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    for (i, addr) in addrs.iter().enumerate() {
+        let info = api(addr, "$JS.API.STREAM.INFO.ONE", "");
+        assert_eq!(
+            info["state"]["messages"], 30,
+            "through m{i} (peer m{peer}): {info}"
+        );
+        let got = api(addr, "$JS.API.STREAM.MSG.GET.ONE", r#"{"seq":30}"#);
+        assert!(got["message"]["data"].is_string(), "through m{i}: {got}");
+    }
+    // The same name again: the same stream; another configuration: refused; overlapping
+    // subjects: refused; unknown streams: 404 from any member.
+    let again = api(
+        &addrs[2],
+        "$JS.API.STREAM.CREATE.ONE",
+        r#"{"subjects":["one.>"]}"#,
+    );
+    assert!(again.get("error").is_none(), "{again}");
+    let other = api(
+        &addrs[2],
+        "$JS.API.STREAM.CREATE.ONE",
+        r#"{"subjects":["uno.>"]}"#,
+    );
+    assert_eq!(other["error"]["err_code"], 10058, "{other}");
+    let overlap = api(
+        &addrs[1],
+        "$JS.API.STREAM.CREATE.TWO",
+        r#"{"subjects":["one.x"]}"#,
+    );
+    assert_eq!(overlap["error"]["err_code"], 10065, "{overlap}");
+    let missing = api(&addrs[1], "$JS.API.STREAM.INFO.NOPE", "");
+    assert_eq!(missing["error"]["code"], 404, "{missing}");
+    let too_many = api(
+        &addrs[0],
+        "$JS.API.STREAM.CREATE.FIVE",
+        r#"{"subjects":["five.>"],"num_replicas":5}"#,
+    );
+    assert_eq!(too_many["error"]["err_code"], 10074, "{too_many}");
+    let names = api(&addrs[2], "$JS.API.STREAM.NAMES", "");
+    assert_eq!(names["streams"], serde_json::json!(["ONE"]), "{names}");
+    // Purge and delete through a member that is not the peer.
+    let other_member = (peer + 1) % 3;
+    let purged = api(&addrs[other_member], "$JS.API.STREAM.PURGE.ONE", "");
+    assert_eq!(purged["purged"], 30, "{purged}");
+    let deleted = api(&addrs[other_member], "$JS.API.STREAM.DELETE.ONE", "");
+    assert_eq!(deleted["success"], true, "{deleted}");
+    let gone = api(&addrs[peer], "$JS.API.STREAM.INFO.ONE", "");
+    assert_eq!(gone["error"]["code"], 404, "{gone}");
+}
+
+/// kill -9 the leader of an R3 stream while a client publishes through another member:
+/// every acknowledged publish is stored under the sequence it was given, the sequences have
+/// no gap, and publishes retried with their `Nats-Msg-Id` are stored once. The killed member
+/// catches up when it returns.
+#[test]
+fn an_r3_stream_loses_nothing_acknowledged_when_its_leader_is_killed() {
+    let mut cluster = Cluster::start(3);
+    let addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.nats_addr.clone())
+        .collect();
+    let created = api(
+        &addrs[0],
+        "$JS.API.STREAM.CREATE.R",
+        r#"{"subjects":["r.>"],"num_replicas":3}"#,
+    );
+    assert_eq!(created["did_create"], true, "{created}");
+    let info = info_with_leader(&addrs[0], "R");
+    assert_eq!(
+        info["cluster"]["replicas"].as_array().map(Vec::len),
+        Some(2),
+        "{info}"
+    );
+    let leader = member_index(&info["cluster"]["leader"]);
+    let via = (leader + 1) % 3;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (addr, stop) = (addrs[via].clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut acked = Acks::new();
+            let mut next = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ids: Vec<u64> = (next..next + 64).collect();
+                acked.extend(publish_ids(&addr, "r.x", &ids));
+                next += 64;
+            }
+            (acked, next)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.members[leader].kill9();
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, sent) = publisher.join().expect("publisher");
+    let before_retry = acked.len();
+    assert!(before_retry > 0, "nothing acknowledged");
+    // Everything not acknowledged is published again with its ID until it is.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: Vec<u64> = (0..sent).filter(|n| !acked.contains_key(n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never acknowledged",
+            missing.len()
+        );
+        acked.extend(publish_ids(&addrs[via], "r.x", &missing));
+    }
+    println!(
+        "{sent} published, {before_retry} acknowledged before the retries, leader m{leader} killed"
+    );
+    // One sequence per message, whatever was retried: 1..=sent, no gap.
+    let mut seqs: Vec<u64> = acked.values().map(|(s, _)| *s).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs, (1..=sent).collect::<Vec<_>>());
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for i in &survivors {
+        let info = api(&addrs[*i], "$JS.API.STREAM.INFO.R", "");
+        assert_eq!(info["state"]["messages"], sent, "m{i}: {info}");
+        assert_eq!(info["state"]["last_seq"], sent, "m{i}: {info}");
+    }
+    for (n, (seq, _)) in acked.iter().step_by(97) {
+        let got = api(
+            &addrs[survivors[0]],
+            "$JS.API.STREAM.MSG.GET.R",
+            &format!("{{\"seq\":{seq}}}"),
+        );
+        let data = got["message"]["data"].as_str().unwrap_or_default();
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .expect("base64");
+        assert_eq!(String::from_utf8_lossy(&data), n.to_string(), "seq {seq}");
+    }
+    // The killed member returns and catches up.
+    cluster.members[leader].start_again();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = api(&addrs[leader], "$JS.API.STREAM.INFO.R", "");
+        if info["state"]["messages"] == sent {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "m{leader} never caught up: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
