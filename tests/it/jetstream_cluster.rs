@@ -90,9 +90,27 @@ fn info_with_leader(addr: &str, name: &str) -> serde_json::Value {
     }
 }
 
+/// Waits until every member's routes to the others are open (core messages sent before
+/// are dropped, as nats-server drops them).
+fn routes_up(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for m in &cluster.members {
+        loop {
+            let varz: serde_json::Value =
+                serde_json::from_str(&m.http_get("/varz").1).unwrap_or_default();
+            if varz["routes"] == cluster.members.len() - 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "routes never came up: {varz}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn streams_are_placed_and_reached_through_any_member() {
     let cluster = Cluster::start(3);
+    routes_up(&cluster);
     let addrs: Vec<String> = cluster
         .members
         .iter()
@@ -174,6 +192,7 @@ fn streams_are_placed_and_reached_through_any_member() {
 #[test]
 fn an_r3_stream_loses_nothing_acknowledged_when_its_leader_is_killed() {
     let mut cluster = Cluster::start(3);
+    routes_up(&cluster);
     let addrs: Vec<String> = cluster
         .members
         .iter()

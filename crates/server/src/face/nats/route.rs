@@ -263,6 +263,13 @@ impl Routes {
         (queued, stall)
     }
 
+    /// Whether the link to `peer` has a stream open now (messages for it are not dropped).
+    pub(crate) fn is_up(&self, peer: u64) -> bool {
+        read(&self.links)
+            .get(&peer)
+            .is_some_and(|l| l.state.up.load(Ordering::Relaxed))
+    }
+
     /// Links with a stream open now.
     pub(crate) fn up(&self) -> usize {
         read(&self.links)

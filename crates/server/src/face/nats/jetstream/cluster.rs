@@ -727,10 +727,12 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + CREATE_PATIENCE;
         loop {
             let here = self.local(name).is_some();
-            let routed = hub
-                .routes
-                .remote_matches(&subject)
-                .is_some_and(|m| m.queues.iter().any(|(g, _)| *g == queue));
+            // A peer's interest has come here, and this member's link to it is open.
+            let routed = hub.routes.remote_matches(&subject).is_some_and(|m| {
+                m.queues
+                    .iter()
+                    .any(|(g, peers)| *g == queue && peers.iter().any(|p| hub.routes.is_up(*p)))
+            });
             let led = match self.local(name) {
                 Some(l) => l.replica.leader().await.is_ok(),
                 None => true,
