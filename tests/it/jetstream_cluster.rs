@@ -290,3 +290,132 @@ fn an_r3_stream_loses_nothing_acknowledged_when_its_leader_is_killed() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Pulls from consumer `work` of stream `R` through `addr` until `more` says stop or 30 s
+/// pass, acknowledging each message with a reply; returns the payloads delivered, in order,
+/// and those whose ack was confirmed (committed on a quorum).
+fn pull_and_ack(addr: &str, mut more: impl FnMut(&[u64], &[u64]) -> bool) -> (Vec<u64>, Vec<u64>) {
+    let (mut got, mut confirmed) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while more(&got, &confirmed) && Instant::now() < deadline {
+        let Some((mut w, mut r)) = connect_with(addr, "_INBOX.c.>") else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let _ = w.set_read_timeout(Some(Duration::from_secs(3)));
+        let req = r#"{"batch":20,"expires":1000000000}"#;
+        let pull = format!(
+            "PUB $JS.API.CONSUMER.MSG.NEXT.R.work _INBOX.c.pull {}\r\n{req}\r\n",
+            req.len()
+        );
+        if w.write_all(pull.as_bytes()).is_err() {
+            continue;
+        }
+        // Until the pull ends (its batch delivered, or its status) and every ack sent is
+        // answered, or a timeout.
+        let (mut ended, mut unanswered, mut delivered) = (false, 0, 0);
+        while !ended || unanswered > 0 {
+            let Some((head, body)) = read_msg(&mut r) else {
+                break;
+            };
+            let parts: Vec<&str> = head.split_whitespace().collect();
+            if let Some(n) = parts[1].strip_prefix("_INBOX.c.ack.") {
+                confirmed.push(n.parse().expect("a number"));
+                unanswered -= 1;
+                continue;
+            }
+            let Some(ack) = parts.get(3).filter(|s| s.starts_with("$JS.ACK.")) else {
+                // A status (408 request expired, 409 …): this pull is over.
+                ended = true;
+                continue;
+            };
+            // After the headers block (the publishes carried a message ID).
+            let payload = body.rsplit("\r\n\r\n").next().unwrap_or_default();
+            let n: u64 = payload.parse().expect("a number");
+            got.push(n);
+            delivered += 1;
+            ended |= delivered == 20;
+            if w.write_all(format!("PUB {ack} _INBOX.c.ack.{n} 0\r\n\r\n").as_bytes())
+                .is_err()
+            {
+                break;
+            }
+            unanswered += 1;
+        }
+    }
+    (got, confirmed)
+}
+
+/// A durable pull consumer of an R3 stream, used through members other than the leader:
+/// messages acknowledged (and confirmed) before the leader is killed are not delivered
+/// again by the new leader, and every message is delivered at least once.
+#[test]
+fn consumers_of_an_r3_stream_resume_on_a_new_leader() {
+    let mut cluster = Cluster::start(3);
+    routes_up(&cluster);
+    let addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.nats_addr.clone())
+        .collect();
+    let created = api(
+        &addrs[0],
+        "$JS.API.STREAM.CREATE.R",
+        r#"{"subjects":["r.>"],"num_replicas":3}"#,
+    );
+    assert_eq!(created["did_create"], true, "{created}");
+    let leader = member_index(&info_with_leader(&addrs[0], "R")["cluster"]["leader"]);
+    let other = (leader + 1) % 3;
+    // Until the leader's consumers run (just elected), a request is refused with 503.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let consumer = loop {
+        let answer = api(
+            &addrs[other],
+            "$JS.API.CONSUMER.DURABLE.CREATE.R.work",
+            r#"{"stream_name":"R","config":{"durable_name":"work","ack_policy":"explicit","ack_wait":2000000000}}"#,
+        );
+        if answer["error"]["code"] != 503 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(consumer["name"], "work", "{consumer}");
+    let ids: Vec<u64> = (1..=200).collect();
+    assert_eq!(publish_ids(&addrs[other], "r.x", &ids).len(), 200);
+
+    // At least the first hundred, each ack confirmed.
+    let (first, confirmed) = pull_and_ack(&addrs[other], |_, confirmed| confirmed.len() < 100);
+    assert!(
+        confirmed.len() >= 100,
+        "{} confirmed of {} delivered",
+        confirmed.len(),
+        first.len()
+    );
+    assert_eq!(first[..100], (1..=100).collect::<Vec<_>>()[..]);
+
+    cluster.members[leader].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (rest, _) = pull_and_ack(&addrs[survivors[1]], |got, _| {
+        !(1..=200).all(|n| first.contains(&n) || got.contains(&n))
+    });
+    assert!(
+        rest.iter().all(|n| !confirmed.contains(n)),
+        "a confirmed ack was forgotten: {rest:?}"
+    );
+    let mut all: Vec<u64> = first.iter().chain(rest.iter()).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all, ids, "every message delivered at least once");
+    // The new leader's consumer sees everything acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = api(&addrs[survivors[0]], "$JS.API.CONSUMER.INFO.R.work", "");
+        if info["ack_floor"]["stream_seq"] == 200 && info["num_pending"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{info}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let names = api(&addrs[survivors[1]], "$JS.API.CONSUMER.NAMES.R", "");
+    assert_eq!(names["consumers"], serde_json::json!(["work"]), "{names}");
+}

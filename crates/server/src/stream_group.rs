@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 const APPLIED_KEY: &str = "raft.state";
 /// The metadata key of the stream's configuration.
 const CONFIG_KEY: &str = "config";
+/// The metadata keys of the consumers' saved states: this and the consumer's name.
+const CONSUMER_PREFIX: &str = "consumer.";
 
 /// What the configuration record holds.
 #[derive(Serialize, Deserialize)]
@@ -36,8 +38,9 @@ struct Saved {
 pub struct StreamGroup {
     dir: PathBuf,
     segment_bytes: u64,
-    /// `None` only while a snapshot is being installed (or after one failed to).
-    stream: Mutex<Option<Stream>>,
+    /// `None` only while a snapshot is being installed (or after one failed to). Shared with
+    /// the consumers' runtime on the group's leader, which reads it.
+    stream: Arc<Mutex<Option<Stream>>>,
     /// The stream's last sequence after each applied batch (consumers wait on it).
     applied: tokio::sync::watch::Sender<u64>,
 }
@@ -56,7 +59,7 @@ impl StreamGroup {
         Ok(StreamGroup {
             dir: dir.to_path_buf(),
             segment_bytes,
-            stream: Mutex::new(Some(stream)),
+            stream: Arc::new(Mutex::new(Some(stream))),
             applied: tokio::sync::watch::channel(last).0,
         })
     }
@@ -100,6 +103,23 @@ impl StreamGroup {
     pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.subscribe()
     }
+
+    /// The stream itself, shared (the leader's consumers read it).
+    pub fn shared(&self) -> Arc<Mutex<Option<Stream>>> {
+        self.stream.clone()
+    }
+
+    /// The consumers' saved states, by name, as applied.
+    pub fn consumers(&self) -> Vec<(String, Vec<u8>)> {
+        self.read(|s| {
+            s.store()
+                .metas(CONSUMER_PREFIX)
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
 }
 
 fn closed() -> io::Error {
@@ -123,8 +143,15 @@ impl GroupState for StreamGroup {
         let stream = guard.as_mut().ok_or_else(closed)?;
         let mut results = Vec::with_capacity(cmds.len());
         let mut configured = stream.store().meta(CONFIG_KEY).is_none();
+        // Consumer states, by metadata key (the last of the batch wins).
+        let mut consumers: std::collections::BTreeMap<String, &[u8]> = Default::default();
         for cmd in &cmds {
             configured |= matches!(cmd, Command::Configure { .. });
+            if let Command::Consumers { entries } = cmd {
+                for (name, state) in entries {
+                    consumers.insert(format!("{CONSUMER_PREFIX}{name}"), state);
+                }
+            }
             results.push(stream.apply(cmd)?.encode());
         }
         let saved = configured
@@ -136,10 +163,11 @@ impl GroupState for StreamGroup {
             })
             .transpose()
             .map_err(io::Error::other)?;
-        let mut entries: Vec<(&str, &[u8])> = Vec::with_capacity(2);
+        let mut entries: Vec<(&str, &[u8])> = Vec::with_capacity(2 + consumers.len());
         if let Some(saved) = &saved {
             entries.push((CONFIG_KEY, saved));
         }
+        entries.extend(consumers.iter().map(|(k, v)| (k.as_str(), *v)));
         entries.push(meta);
         stream.store_mut().set_meta(&entries)?;
         stream.flush()?;

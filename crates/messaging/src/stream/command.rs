@@ -17,6 +17,8 @@ const EXPIRE: u8 = 4;
 const FIRE: u8 = 5;
 const RETIRE: u8 = 6;
 const CONFIGURE: u8 = 7;
+const CONSUMERS: u8 = 8;
+const PUBLISHES: u8 = 9;
 
 /// One change of a replicated stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,14 @@ pub enum Command<'a> {
         headers: &'a [u8],
         /// Its payload.
         payload: &'a [u8],
+    },
+    /// Store publishes in this order (one publisher's order is the stream's), as at `now`:
+    /// (subject, headers, payload) each.
+    Publishes {
+        /// The leader's clock (UNIX ns).
+        now: i64,
+        /// The publishes.
+        msgs: Vec<(&'a str, &'a [u8], &'a [u8])>,
     },
     /// Delete one message.
     Delete {
@@ -69,6 +79,12 @@ pub enum Command<'a> {
         /// The configuration's JSON.
         config: &'a [u8],
     },
+    /// Record consumers' saved states (name, bytes; empty bytes: the consumer is deleted).
+    /// Metadata of the group, kept beside the stream: the stream itself is unchanged.
+    Consumers {
+        /// The consumers' names and states.
+        entries: Vec<(&'a str, &'a [u8])>,
+    },
 }
 
 /// What applying a command answers.
@@ -82,6 +98,8 @@ pub enum Outcome {
     Done,
     /// Refused by the stream's rules (the same on every replica).
     Refused(ApiError),
+    /// One outcome per publish of [`Command::Publishes`], in order.
+    Many(Vec<Outcome>),
 }
 
 struct Writer(Vec<u8>);
@@ -177,6 +195,16 @@ impl Command<'_> {
                 w.bytes(headers);
                 w.bytes(payload);
             }
+            Command::Publishes { now, msgs } => {
+                w.u8(PUBLISHES);
+                w.i64(*now);
+                w.u64(msgs.len() as u64);
+                for (subject, headers, payload) in msgs {
+                    w.bytes(subject.as_bytes());
+                    w.bytes(headers);
+                    w.bytes(payload);
+                }
+            }
             Command::Delete { seq } => {
                 w.u8(DELETE);
                 w.u64(*seq);
@@ -213,6 +241,14 @@ impl Command<'_> {
                 w.i64(*now);
                 w.bytes(config);
             }
+            Command::Consumers { entries } => {
+                w.u8(CONSUMERS);
+                w.u64(entries.len() as u64);
+                for (name, state) in entries {
+                    w.bytes(name.as_bytes());
+                    w.bytes(state);
+                }
+            }
         }
         w.0
     }
@@ -231,6 +267,19 @@ impl Command<'_> {
                 headers: r.bytes()?,
                 payload: r.bytes()?,
             },
+            PUBLISHES => {
+                let now = r.i64()?;
+                let n = r.u64()?;
+                // Every publish takes at least 12 bytes.
+                if n > (r.0.len() / 12) as u64 {
+                    return Err("stream command cut short".into());
+                }
+                let mut msgs = Vec::new();
+                for _ in 0..n {
+                    msgs.push((r.str()?, r.bytes()?, r.bytes()?));
+                }
+                Command::Publishes { now, msgs }
+            }
             DELETE => Command::Delete { seq: r.u64()? },
             PURGE => {
                 let filter = match r.u8()? {
@@ -259,6 +308,18 @@ impl Command<'_> {
                 now: r.i64()?,
                 config: r.bytes()?,
             },
+            CONSUMERS => {
+                let n = r.u64()?;
+                // Every entry takes at least 8 bytes.
+                if n > (r.0.len() / 8) as u64 {
+                    return Err("stream command cut short".into());
+                }
+                let mut entries = Vec::new();
+                for _ in 0..n {
+                    entries.push((r.str()?, r.bytes()?));
+                }
+                Command::Consumers { entries }
+            }
             k => return Err(format!("stream command kind {k} is unknown")),
         };
         r.end()?;
@@ -270,6 +331,7 @@ const STORED: u8 = 1;
 const REMOVED: u8 = 2;
 const DONE: u8 = 3;
 const REFUSED: u8 = 4;
+const MANY: u8 = 5;
 
 impl Outcome {
     /// The outcome's bytes.
@@ -292,6 +354,13 @@ impl Outcome {
                 w.u64(u64::from(e.err_code));
                 w.bytes(e.description.as_bytes());
             }
+            Outcome::Many(all) => {
+                w.u8(MANY);
+                w.u64(all.len() as u64);
+                for o in all {
+                    w.bytes(&o.encode());
+                }
+            }
         }
         w.0
     }
@@ -306,6 +375,21 @@ impl Outcome {
             }),
             REMOVED => Outcome::Removed(r.u64()?),
             DONE => Outcome::Done,
+            MANY => {
+                let n = r.u64()?;
+                if n > (r.0.len() / 4) as u64 {
+                    return Err("stream outcome cut short".into());
+                }
+                let mut all = Vec::new();
+                for _ in 0..n {
+                    let one = Outcome::decode(r.bytes()?)?;
+                    if matches!(one, Outcome::Many(_)) {
+                        return Err("stream outcome nested".into());
+                    }
+                    all.push(one);
+                }
+                Outcome::Many(all)
+            }
             REFUSED => Outcome::Refused(ApiError::new(
                 u16::try_from(r.u64()?).map_err(|_| "bad code")?,
                 u32::try_from(r.u64()?).map_err(|_| "bad code")?,
@@ -339,6 +423,19 @@ impl Stream {
                     *now,
                 )
                 .map(Outcome::Stored),
+            Command::Publishes { now, msgs } => {
+                let mut all = Vec::with_capacity(msgs.len());
+                for (subject, headers, payload) in msgs {
+                    let one = self.apply(&Command::Publish {
+                        now: *now,
+                        subject,
+                        headers,
+                        payload,
+                    })?;
+                    all.push(one);
+                }
+                return Ok(Outcome::Many(all));
+            }
             Command::Delete { seq } => self.delete(*seq).map(|()| Outcome::Done),
             Command::Purge { filter, seq, keep } => {
                 self.purge(*filter, *seq, *keep).map(Outcome::Removed)
@@ -346,6 +443,7 @@ impl Stream {
             Command::Expire { now } => self.expire(*now).map(Outcome::Removed),
             Command::FireSchedules { now } => self.fire_schedules(*now).map(Outcome::Removed),
             Command::Retire { seqs } => self.retire(seqs).map(Outcome::Removed),
+            Command::Consumers { .. } => Ok(Outcome::Done),
             Command::Configure { now, config } => match serde_json::from_slice(config) {
                 Ok(config) => self.update(config, *now).map(|()| Outcome::Done),
                 Err(e) => Err(ApiError::new(400, 10025, format!("invalid JSON: {e}"))),
@@ -378,6 +476,14 @@ mod tests {
                 payload: b"",
             },
             Command::Delete { seq: 9 },
+            Command::Publishes {
+                now: 3,
+                msgs: vec![("a", b"", b"1"), ("b.c", b"NATS/1.0\r\n\r\n", b"")],
+            },
+            Command::Publishes {
+                now: 3,
+                msgs: vec![],
+            },
             Command::Purge {
                 filter: Some("a.>"),
                 seq: None,
@@ -395,6 +501,10 @@ mod tests {
                 now: 7,
                 config: b"{}",
             },
+            Command::Consumers {
+                entries: vec![("c1", b"{}"), ("gone", b"")],
+            },
+            Command::Consumers { entries: vec![] },
         ]
     }
 
@@ -411,6 +521,8 @@ mod tests {
             Outcome::Removed(0),
             Outcome::Done,
             Outcome::Refused(ApiError::new(400, 10071, "wrong last sequence: 2")),
+            Outcome::Many(vec![Outcome::Done, Outcome::Removed(2)]),
+            Outcome::Many(vec![]),
         ] {
             assert_eq!(Outcome::decode(&o.encode()), Ok(o.clone()));
         }

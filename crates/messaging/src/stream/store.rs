@@ -307,6 +307,9 @@ impl StreamStore {
                     self.last = self.last.max(last);
                     self.cut_below(first);
                 }
+                Ok(Record::Meta { key, value: [] }) => {
+                    self.meta.remove(key);
+                }
                 Ok(Record::Meta { key, value }) => {
                     self.meta.insert(key.to_owned(), value.to_vec());
                 }
@@ -424,13 +427,17 @@ impl StreamStore {
         result
     }
 
-    /// Sets metadata values, written as records after everything appended so far (buffered;
-    /// in a committed store, the commit key's record ends a batch, and a full segment is
-    /// followed by a new one here).
+    /// Sets metadata values (an empty value removes the key), written as records after
+    /// everything appended so far (buffered; in a committed store, the commit key's record
+    /// ends a batch, and a full segment is followed by a new one here).
     pub fn set_meta(&mut self, entries: &[(&str, &[u8])]) -> io::Result<()> {
         for (key, value) in entries {
             self.write(&Record::Meta { key, value })?;
-            self.meta.insert((*key).to_owned(), value.to_vec());
+            if value.is_empty() {
+                self.meta.remove(*key);
+            } else {
+                self.meta.insert((*key).to_owned(), value.to_vec());
+            }
         }
         if self.commit_key.is_some() {
             if let Some((&id, seg)) = self.segments.last_key_value() {
@@ -446,6 +453,15 @@ impl StreamStore {
     /// A metadata value.
     pub fn meta(&self, key: &str) -> Option<&[u8]> {
         self.meta.get(key).map(Vec::as_slice)
+    }
+
+    /// The metadata values whose keys start with `prefix` (keys without it).
+    pub fn metas(&self, prefix: &str) -> Vec<(&str, &[u8])> {
+        self.meta
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (&k[prefix.len()..], v.as_slice()))
+            .collect()
     }
 
     /// Makes everything written durable and returns a view of exactly this state.
@@ -1175,6 +1191,23 @@ mod tests {
             s.meta("config"),
             None,
             "metadata of a cut batch goes with it"
+        );
+        let mut s = s;
+        s.set_meta(&[
+            ("c.a", b"1"),
+            ("c.b", b"2"),
+            ("d", b"3"),
+            ("applied", &10u64.to_le_bytes()),
+        ])
+        .expect("meta");
+        s.set_meta(&[("c.a", b""), ("applied", &10u64.to_le_bytes())])
+            .expect("meta");
+        drop(s);
+        let s = StreamStore::open_committed(dir.path(), 300, "applied").expect("reopen");
+        assert_eq!(
+            s.metas("c."),
+            vec![("b", &b"2"[..])],
+            "an empty value removes"
         );
         // Every segment but the newest ends with a whole batch; the newest starts with the
         // metadata, so older segments can go.

@@ -103,6 +103,29 @@ fn batches_survive_reopen_and_snapshots_install_elsewhere() {
     // A damaged snapshot leaves the replica as it was.
     assert!(b.install(&mut &bytes[..bytes.len() / 2]).is_err());
     assert_eq!(b.read(|s| s.store().state().last_seq), Some(10));
+    // Consumers' states ride along: kept across a reopen and in snapshots; empty deletes.
+    let save = |entries: Vec<(&str, &[u8])>| Command::Consumers { entries }.encode();
+    b.apply(
+        &[
+            &save(vec![("c1", b"one"), ("c2", b"two")]),
+            &save(vec![("c1", b"uno")]),
+        ],
+        ("raft.state", b"five"),
+    )
+    .expect("consumers");
+    b.apply(&[&save(vec![("c2", b"")])], ("raft.state", b"six"))
+        .expect("consumers");
+    assert_eq!(b.consumers(), vec![("c1".to_string(), b"uno".to_vec())]);
+    let view = b.durable_view().expect("view");
+    let mut bytes = Vec::new();
+    view.write_to(&mut |c| {
+        bytes.extend_from_slice(c);
+        Ok(())
+    })
+    .expect("write");
+    let c = StreamGroup::open(&dir.path().join("c"), config(), 0, 400).expect("open");
+    c.install(&mut &bytes[..]).expect("install");
+    assert_eq!(c.consumers(), b.consumers());
     // Undecodable commands apply nothing of their batch.
     let good = publish(1);
     assert!(b

@@ -292,6 +292,16 @@ impl Hub {
         self.solo.load(Ordering::Relaxed)
     }
 
+    /// The stream whose consumers this member runs: its own stream while alone, or a
+    /// replicated stream whose group it leads.
+    fn stream_handle(&self, name: &str) -> Option<Arc<jetstream::StreamHandle>> {
+        if self.solo() {
+            self.js.stream(name)
+        } else {
+            self.cluster.led(name)
+        }
+    }
+
     /// Follows the cluster's stream assignments (replicated streams) until `stop`.
     pub async fn run_jetstream_cluster(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
         self.cluster.clone().run(self, stop).await;
@@ -316,6 +326,7 @@ impl Hub {
         let matches = self.subs_read().matches(to);
         let msg = route::Outgoing {
             subject: shown,
+            to: (to != shown).then_some(to),
             reply,
             headers,
             payload,
@@ -416,6 +427,7 @@ impl Hub {
         let echo = from.echo.load(Ordering::Relaxed);
         let msg = route::Outgoing {
             subject,
+            to: None,
             reply,
             headers,
             payload,
@@ -442,12 +454,23 @@ impl Hub {
     /// Delivers a message another member forwarded to this member's plain subscribers and to
     /// one subscriber of each queue group it names.
     fn deliver_forwarded(&self, fwd: berth_proto::berth::nats::Forward) {
-        if !self.solo() && fwd.queues.iter().any(|q| q.starts_with("$js.")) {
+        if !self.solo()
+            && fwd
+                .queues
+                .iter()
+                .any(|q| q.starts_with("$js.") || q.starts_with("$jsl."))
+        {
             self.serve_stream_forward(&fwd);
         }
-        let matches = self.subs_read().matches(&fwd.subject);
+        let to = if fwd.to.is_empty() {
+            &fwd.subject
+        } else {
+            &fwd.to
+        };
+        let matches = self.subs_read().matches(to);
         let msg = route::Outgoing {
             subject: &fwd.subject,
+            to: None,
             reply: (!fwd.reply.is_empty()).then_some(fwd.reply.as_str()),
             headers: fwd.headers.as_ref(),
             payload: &fwd.payload,
@@ -484,6 +507,7 @@ impl Hub {
             reply,
             headers,
             payload,
+            ..
         } = *msg;
         let mut delivered = 0;
         let mut served = Vec::new();

@@ -345,6 +345,8 @@ impl Routes {
 /// A message published here, as it is forwarded.
 pub(crate) struct Outgoing<'a> {
     pub subject: &'a str,
+    /// Where it goes when that is not `subject` (a consumer's delivery).
+    pub to: Option<&'a str>,
     pub reply: Option<&'a str>,
     pub headers: Option<&'a Bytes>,
     pub payload: &'a Bytes,
@@ -353,6 +355,7 @@ pub(crate) struct Outgoing<'a> {
 impl Outgoing<'_> {
     fn size(&self) -> usize {
         self.subject.len()
+            + self.to.map_or(0, str::len)
             + self.reply.map_or(0, str::len)
             + self.headers.map_or(0, Bytes::len)
             + self.payload.len()
@@ -365,6 +368,7 @@ impl Outgoing<'_> {
             headers: self.headers.cloned(),
             payload: self.payload.clone(),
             queues,
+            to: self.to.unwrap_or_default().to_string(),
         }
     }
 }

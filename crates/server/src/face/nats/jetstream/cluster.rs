@@ -15,9 +15,15 @@
 //! task per local stream). The leader of each group also proposes the timed work: max_age
 //! expiry and due schedules, carrying its clock.
 //!
-//! Not yet: consumers of replicated streams (their API answers 503 with a clear
-//! description), interest and work-queue retention, mirrors and sources, moving a stream's
-//! peers when a member leaves.
+//! Consumers run on the group's leader, with the same runtime as a member's own streams
+//! (`consumers`): the leader announces their API and ack subjects in a queue group of its
+//! own (`$jsl.<name>`), and proposes their changed states to the group (at most every
+//! 100 ms, and before it answers an ack that asked for a reply or a consumer create or
+//! delete). A new leader restores them from the group's state; what was delivered and not
+//! acknowledged is delivered again once its ack wait passes (at least once).
+//!
+//! Not yet: interest and work-queue retention and dead letters in a cluster (refused with a
+//! clear error), mirrors and sources, moving a stream's peers when a member leaves.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -38,7 +44,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::api::{self, body, config_of, MsgRequest};
-use super::now_ns;
+use super::consumers::{self, SaverMsg};
+use super::{now_ns, StreamHandle};
 use crate::face::nats::Hub;
 use crate::registry::{delete_op, put_op};
 use crate::stream_group::StreamGroup;
@@ -48,9 +55,10 @@ const PREFIX: &[u8] = b"jetstream/streams/";
 /// How often assignments are read again without a change seen (a watch interrupted).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How often a group's leader looks for expired messages and due schedules.
-const TIMED_WORK_EVERY: Duration = Duration::from_millis(250);
-/// Publishes one proposer hands to the group at once.
+const TIMED_WORK_EVERY: Duration = Duration::from_millis(100);
+/// Publishes one proposer hands to the group at once (one log entry), and their bytes.
 const PROPOSE_BATCH: usize = 1024;
+const PROPOSE_BYTES: usize = 4 << 20;
 /// Segment size of replicated streams.
 const SEGMENT_BYTES: u64 = 32 << 20;
 /// How long a create waits for the stream's peers to serve it.
@@ -88,6 +96,24 @@ fn api_subjects(name: &str) -> Vec<String> {
     v
 }
 
+/// The subjects only a stream's leader answers: its consumers' API and acks.
+fn leader_subjects(name: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for verb in ["CREATE", "INFO", "DELETE", "NAMES", "LIST"] {
+        v.push(format!("$JS.API.CONSUMER.{verb}.{name}"));
+        v.push(format!("$JS.API.CONSUMER.{verb}.{name}.>"));
+    }
+    v.push(format!("$JS.API.CONSUMER.DURABLE.CREATE.{name}.>"));
+    v.push(format!("$JS.API.CONSUMER.MSG.NEXT.{name}.>"));
+    v.push(format!("$JS.ACK.{name}.>"));
+    v
+}
+
+/// The queue group a stream's leader announces its consumers' subjects in.
+fn leader_queue_of(name: &str) -> String {
+    format!("$jsl.{name}")
+}
+
 /// Every subject a peer announces for a stream.
 fn interest_of(config: &Config) -> Vec<String> {
     let mut v = config.subjects.clone();
@@ -111,6 +137,8 @@ pub(crate) struct Local {
     queue: mpsc::UnboundedSender<Pending>,
     /// Ends the proposer and timed-work tasks.
     stop: watch::Sender<bool>,
+    /// The consumers' runtime while this member leads the group.
+    led: Mutex<Option<Arc<StreamHandle>>>,
 }
 
 impl Local {
@@ -174,6 +202,11 @@ impl Cluster {
         lock(&self.local).get(name).cloned()
     }
 
+    /// The consumers' runtime of stream `name`, when this member leads its group.
+    pub(crate) fn led(&self, name: &str) -> Option<Arc<StreamHandle>> {
+        self.local(name).and_then(|l| lock(&l.led).clone())
+    }
+
     /// Follows the assignments until `stop`, then stops every local replica.
     pub(crate) async fn run(self: Arc<Self>, hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
         let store = hub.core.store.clone();
@@ -208,6 +241,7 @@ impl Cluster {
         }
         let locals: Vec<Arc<Local>> = lock(&self.local).drain().map(|(_, l)| l).collect();
         for l in locals {
+            step_down(&hub, &l);
             let _ = l.stop.send(true);
             hub.core.consensus.stop_group(&l.replica).await;
         }
@@ -253,6 +287,7 @@ impl Cluster {
             for s in interest_of(&a.config) {
                 hub.routes.local_removed(&s, Some(&queue));
             }
+            step_down(hub, &l);
             let _ = l.stop.send(true);
             hub.core.consensus.stop_group(&l.replica).await;
             let dir = self.dir.join(&a.group);
@@ -344,9 +379,10 @@ impl Cluster {
             group,
             queue,
             stop,
+            led: Mutex::new(None),
         });
         tokio::spawn(propose_publishes(hub.clone(), local.clone(), rx));
-        tokio::spawn(timed_work(local.clone(), stopped));
+        tokio::spawn(timed_work(hub.clone(), local.clone(), stopped));
         Ok(local)
     }
 
@@ -386,6 +422,14 @@ impl Cluster {
         reply: Option<&str>,
         payload: &Bytes,
     ) -> bool {
+        if subject.starts_with("$JS.ACK.") || subject.starts_with("$JS.FC.") {
+            // `$JS.ACK.<stream>.…`: the stream's leader takes it.
+            let stream = subject.split('.').nth(2).unwrap_or_default();
+            if hub.stream_handle(stream).is_none() {
+                return false;
+            }
+            return consumers::ack(hub, subject, reply, payload);
+        }
         let Some(rest) = subject.strip_prefix("$JS.API.") else {
             return false;
         };
@@ -396,17 +440,7 @@ impl Cluster {
                 answer_to(hub, reply, "account_info", answer);
                 return true;
             }
-            "CONSUMER" => {
-                answer_to(
-                    hub,
-                    reply,
-                    "consumer_info",
-                    Err(unavailable(
-                        "consumers of streams in a cluster are not served yet",
-                    )),
-                );
-                return true;
-            }
+            "CONSUMER" => return self.consumer_api(hub, op, reply, payload),
             "STREAM" => op,
             "DIRECT" => {
                 let Some(rest) = op.strip_prefix("GET.") else {
@@ -453,11 +487,15 @@ impl Cluster {
         let peers_only = matches!(verb, "UPDATE" | "INFO" | "PURGE" | "MSG.GET" | "MSG.DELETE");
         let local = self.local(name);
         if peers_only && local.is_none() {
-            if self.view().streams.contains_key(name) {
+            let answer = if !self.view().streams.contains_key(name) {
+                not_found()
+            } else if self.routed(hub, subject, &queue_of(name)) {
                 // A peer answers (the routes carry the request to one).
                 return false;
-            }
-            answer_to(hub, reply, kind, Err(not_found()));
+            } else {
+                unavailable("no member holding the stream can be reached")
+            };
+            answer_to(hub, reply, kind, Err(answer));
             return true;
         }
         let (me, hub2) = (self.clone(), hub.clone());
@@ -479,6 +517,66 @@ impl Cluster {
         true
     }
 
+    /// A `$JS.API.CONSUMER.*` request: served here when this member leads the stream's
+    /// group (answered once a create or delete is committed), left to the routes (to the
+    /// leader) when the stream exists elsewhere.
+    fn consumer_api(&self, hub: &Arc<Hub>, op: &str, reply: Option<&str>, payload: &Bytes) -> bool {
+        let tail = op
+            .strip_prefix("DURABLE.")
+            .or_else(|| op.strip_prefix("MSG."))
+            .unwrap_or(op);
+        let (verb, rest) = tail.split_once('.').unwrap_or((tail, ""));
+        let stream = rest.split('.').next().unwrap_or_default();
+        let Some(handle) = hub.stream_handle(stream) else {
+            if !self.view().streams.contains_key(stream) {
+                answer_to(hub, reply, "consumer_info", Err(not_found()));
+                return true;
+            }
+            let subject = format!("$JS.API.CONSUMER.{op}");
+            if self.routed(hub, &subject, &leader_queue_of(stream)) {
+                return false;
+            }
+            // No leader serves the stream's consumers yet (an election): say so rather
+            // than let the request go unanswered.
+            answer_to(
+                hub,
+                reply,
+                "consumer_info",
+                Err(unavailable("the stream has no leader at the moment")),
+            );
+            return true;
+        };
+        match consumers::api(hub, op, reply, payload) {
+            consumers::Served::Answer(kind, answer) => {
+                let changed = answer.is_ok() && matches!(verb, "CREATE" | "DELETE");
+                if !changed {
+                    answer_to(hub, reply, kind, answer);
+                    return true;
+                }
+                let (hub, reply) = (hub.clone(), reply.map(str::to_string));
+                tokio::spawn(async move {
+                    let answer = match flush(&handle).await {
+                        Ok(()) => answer,
+                        Err(e) => Err(e),
+                    };
+                    answer_to(&hub, reply.as_deref(), kind, answer);
+                });
+                true
+            }
+            consumers::Served::Done => true,
+            consumers::Served::No => false,
+        }
+    }
+
+    /// Whether `subject` would reach, through an open link, a member serving `queue`.
+    fn routed(&self, hub: &Hub, subject: &str, queue: &str) -> bool {
+        hub.routes.remote_matches(subject).is_some_and(|m| {
+            m.queues
+                .iter()
+                .any(|(g, peers)| g == queue && peers.iter().any(|p| hub.routes.is_up(*p)))
+        })
+    }
+
     fn account_info(&self) -> Value {
         let streams = self.view().streams.len();
         let storage: u64 = lock(&self.local)
@@ -491,7 +589,10 @@ impl Cluster {
             "reserved_memory": 0,
             "reserved_storage": 0,
             "streams": streams,
-            "consumers": 0,
+            "consumers": lock(&self.local)
+                .values()
+                .filter_map(|l| lock(&l.led).as_ref().map(|h| h.consumers().len()))
+                .sum::<usize>(),
             "limits": {
                 "max_memory": -1,
                 "max_storage": -1,
@@ -649,6 +750,13 @@ impl Cluster {
 
     async fn create(&self, hub: &Arc<Hub>, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
         let config = config_of(name, payload)?;
+        if config.retention != berth_messaging::stream::Retention::Limits {
+            return Err(ApiError::new(
+                400,
+                10003,
+                "bad request: interest and work-queue retention of streams in a cluster are not served yet",
+            ));
+        }
         // Against everything committed before (another member may have just created it).
         hub.core
             .consensus
@@ -728,11 +836,7 @@ impl Cluster {
         loop {
             let here = self.local(name).is_some();
             // A peer's interest has come here, and this member's link to it is open.
-            let routed = hub.routes.remote_matches(&subject).is_some_and(|m| {
-                m.queues
-                    .iter()
-                    .any(|(g, peers)| *g == queue && peers.iter().any(|p| hub.routes.is_up(*p)))
-            });
+            let routed = self.routed(hub, &subject, &queue);
             let led = match self.local(name) {
                 Some(l) => l.replica.leader().await.is_ok(),
                 None => true,
@@ -990,36 +1094,43 @@ async fn propose_publishes(
             },
             _ = stop.changed() => return,
         };
+        let mut bytes = first.payload.len();
         let mut batch = vec![first];
-        while batch.len() < PROPOSE_BATCH {
+        while batch.len() < PROPOSE_BATCH && bytes < PROPOSE_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += p.payload.len() + p.headers.as_ref().map_or(0, Bytes::len);
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
-        let now = now_ns();
-        // Created (and first polled) in order: the group's batcher keeps that order.
-        let proposals = batch.iter().map(|p| {
-            let cmd = Command::Publish {
-                now,
-                subject: &p.subject,
-                headers: p.headers.as_deref().unwrap_or_default(),
-                payload: &p.payload,
-            }
-            .encode();
-            local.replica.propose(cmd)
-        });
-        let results = futures::future::join_all(proposals).await;
+        // One command for the batch: the group stores them in the order they came.
+        let cmd = Command::Publishes {
+            now: now_ns(),
+            msgs: batch
+                .iter()
+                .map(|p| {
+                    (
+                        p.subject.as_str(),
+                        p.headers.as_deref().unwrap_or_default(),
+                        &p.payload[..],
+                    )
+                })
+                .collect(),
+        };
+        let results: Vec<Result<Outcome, ApiError>> = match propose(&local, &cmd).await {
+            Ok(Outcome::Many(all)) if all.len() == batch.len() => all.into_iter().map(Ok).collect(),
+            Ok(other) => batch.iter().map(|_| Err(unexpected(&other))).collect(),
+            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+        };
         let name = local.assignment().config.name;
         for (p, r) in batch.iter().zip(results) {
             let answer = match r {
-                Ok(bytes) => match Outcome::decode(&bytes) {
-                    Ok(Outcome::Stored(ack)) => Ok(ack),
-                    Ok(Outcome::Refused(e)) => Err(e),
-                    Ok(other) => Err(unexpected(&other)),
-                    Err(e) => Err(unavailable(e)),
-                },
-                Err(e) => Err(propose_error(&e)),
+                Ok(Outcome::Stored(ack)) => Ok(ack),
+                Ok(Outcome::Refused(e)) => Err(e),
+                Ok(other) => Err(unexpected(&other)),
+                Err(e) => Err(e),
             };
             if let Some(reply) = &p.reply {
                 let body = api::pub_ack(&name, answer);
@@ -1029,16 +1140,24 @@ async fn propose_publishes(
     }
 }
 
-/// While this member leads the stream's group: expires messages past max_age and fires due
-/// schedules, with its clock.
-async fn timed_work(local: Arc<Local>, mut stop: watch::Receiver<bool>) {
+/// Follows the group's leadership: while this member leads, it runs the stream's consumers
+/// and expires messages past max_age and fires due schedules, with its clock.
+async fn timed_work(hub: Arc<Hub>, local: Arc<Local>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TIMED_WORK_EVERY) => {}
             _ = stop.changed() => return,
         }
-        if !local.replica.status().is_leader {
+        let leads = local.replica.status().is_leader;
+        let running = lock(&local.led).is_some();
+        if !leads {
+            if running {
+                step_down(&hub, &local);
+            }
             continue;
+        }
+        if !running {
+            take_lead(&hub, &local).await;
         }
         let now = now_ns();
         let due = local.group.read(|s| {
@@ -1102,4 +1221,131 @@ async fn direct_get(hub: &Hub, local: &Local, rest: &str, reply: Option<&str>, p
             .unwrap_or_else(|| Err(not_found()))
     });
     api::direct_answer(hub, reply, name, found);
+}
+
+/// Starts the stream's consumers here, this member having become the group's leader: once
+/// it has applied everything committed, they are restored from the group's state.
+async fn take_lead(hub: &Arc<Hub>, local: &Arc<Local>) {
+    if local.replica.read_index().await.is_err() {
+        return;
+    }
+    let a = local.assignment();
+    let name = a.config.name.clone();
+    let last = local
+        .group
+        .read(|s| s.store().state().last_seq)
+        .unwrap_or_default();
+    let restored = consumers::Consumers::from_saved(local.group.consumers(), last);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle =
+        StreamHandle::replicated(&name, PathBuf::new(), local.group.shared(), restored, tx);
+    *lock(&local.led) = Some(handle.clone());
+    tokio::spawn(save_consumers(
+        hub.clone(),
+        local.clone(),
+        Arc::downgrade(&handle),
+        rx,
+    ));
+    tokio::spawn(consumers::dispatch(Arc::downgrade(hub), handle.clone()));
+    // New messages wake the consumers.
+    let (mut applied, weak) = (local.group.applied(), Arc::downgrade(&handle));
+    tokio::spawn(async move {
+        while applied.changed().await.is_ok() {
+            match weak.upgrade() {
+                Some(h) if !h.is_closed() => h.wake.notify_one(),
+                _ => return,
+            }
+        }
+    });
+    let queue = leader_queue_of(&name);
+    for s in leader_subjects(&name) {
+        hub.routes.local_added(&s, Some(&queue));
+    }
+    tracing::info!(stream = %name, consumers = handle.consumers().len(), "JetStream: leading the stream; its consumers run here");
+}
+
+/// Stops the stream's consumers here (leadership moved away, or the replica stops).
+fn step_down(hub: &Hub, local: &Local) {
+    let Some(handle) = lock(&local.led).take() else {
+        return;
+    };
+    handle.close();
+    let name = local.assignment().config.name;
+    let queue = leader_queue_of(&name);
+    for s in leader_subjects(&name) {
+        hub.routes.local_removed(&s, Some(&queue));
+    }
+    tracing::info!(stream = %name, "JetStream: no longer leading the stream; its consumers stopped here");
+}
+
+/// Waits until every consumer state handed to the saver before is committed.
+async fn flush(handle: &StreamHandle) -> Result<(), ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let stepped_down = || unavailable("the stream's leader stepped down");
+    handle
+        .saver
+        .as_ref()
+        .ok_or_else(stepped_down)?
+        .send(SaverMsg::Flush(tx))
+        .map_err(|_| stepped_down())?;
+    rx.await.map_err(|_| stepped_down())?
+}
+
+/// Proposes the consumers' changed states to the group, a batch at a time, then answers the
+/// acks and flushes that waited for them. A state that could not be proposed is marked to
+/// be saved again; the acks waiting on it are not answered (their clients retry).
+async fn save_consumers(
+    hub: Arc<Hub>,
+    local: Arc<Local>,
+    handle: std::sync::Weak<StreamHandle>,
+    mut rx: mpsc::UnboundedReceiver<SaverMsg>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut msgs = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            msgs.push(m);
+        }
+        let mut states: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut replies = Vec::new();
+        let mut flushes = Vec::new();
+        for m in msgs {
+            match m {
+                SaverMsg::Save(name, state) => {
+                    states.insert(name, state);
+                }
+                SaverMsg::Replies(r) => replies.extend(r),
+                SaverMsg::Flush(tx) => flushes.push(tx),
+            }
+        }
+        let result = if states.is_empty() {
+            Ok(())
+        } else {
+            let entries = states
+                .iter()
+                .map(|(n, s)| (n.as_str(), s.as_slice()))
+                .collect();
+            propose(&local, &Command::Consumers { entries })
+                .await
+                .map(|_| ())
+        };
+        match &result {
+            Ok(()) => {
+                for r in replies {
+                    hub.inject(&r, None, &Bytes::new());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(stream = %local.assignment().config.name, error = %e, "JetStream: consumer states not saved; trying again");
+                if let Some(h) = handle.upgrade() {
+                    let mut consumers = h.consumers();
+                    for name in states.keys() {
+                        consumers.mark_dirty(name);
+                    }
+                }
+            }
+        }
+        for f in flushes {
+            let _ = f.send(result.clone());
+        }
+    }
 }

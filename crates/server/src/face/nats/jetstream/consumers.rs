@@ -42,6 +42,16 @@ struct Saved {
     created: i64,
 }
 
+/// What a replicated stream's consumer saver is handed (in order).
+pub(crate) enum SaverMsg {
+    /// A consumer's saved state (empty: deleted).
+    Save(String, Vec<u8>),
+    /// Ack replies, answered once every state handed before is committed.
+    Replies(Vec<String>),
+    /// Answered once every state handed before is committed (or could not be).
+    Flush(tokio::sync::oneshot::Sender<Result<(), ApiError>>),
+}
+
 /// One consumer of a stream.
 pub(crate) struct Entry {
     consumer: Consumer,
@@ -107,6 +117,33 @@ fn dir_of(hub: &Hub, stream: &str) -> std::path::PathBuf {
 }
 
 impl Consumers {
+    /// Consumers restored from their saved states (a replicated stream's, as its group
+    /// applied them), none running ahead of the stream's `last_seq`.
+    pub(crate) fn from_saved(saved: Vec<(String, Vec<u8>)>, last_seq: u64) -> Consumers {
+        let mut out = Consumers::default();
+        let now = now_ns();
+        for (name, bytes) in saved {
+            match serde_json::from_slice::<Saved>(&bytes) {
+                Ok(s) => {
+                    let mut consumer = Consumer::restore_within(s.config, s.state, last_seq, now);
+                    let _ = consumer.take_dirty();
+                    out.map.insert(
+                        name,
+                        Entry {
+                            consumer,
+                            created: s.created,
+                            ack_replies: Vec::new(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(consumer = %name, error = %e, "JetStream consumer not restored")
+                }
+            }
+        }
+        out
+    }
+
     /// Opens the saved consumers of `stream` (a file that cannot be read is logged and
     /// left out).
     pub(crate) fn open(dir: &std::path::Path, last_seq: u64) -> Consumers {
@@ -143,6 +180,13 @@ impl Consumers {
             }
         }
         out
+    }
+
+    /// Marks consumer `name`'s state to be saved again.
+    pub(crate) fn mark_dirty(&mut self, name: &str) {
+        if let Some(e) = self.map.get_mut(name) {
+            e.consumer.mark_dirty();
+        }
     }
 
     /// How many consumers.
@@ -488,7 +532,7 @@ fn api_inner(
         Some((s, t)) => (s, Some(t)),
         None => (rest, None),
     };
-    let handle = hub.js.stream(stream);
+    let handle = hub.stream_handle(stream);
     match verb {
         "MSG.NEXT" => {
             let (handle, name, reply) = (handle?, tail?, reply?);
@@ -633,7 +677,21 @@ fn create(
         .as_ref()
         .ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
     config.check(&stream.config().subjects)?;
+    if handle.saver.is_some() && config.dead_letter_subject.is_some() {
+        return Err(ApiError::new(
+            400,
+            10003,
+            "bad request: dead letters of consumers of streams in a cluster are not served yet",
+        ));
+    }
     let name = config.name.clone().unwrap_or_else(ephemeral_name);
+    if handle.saver.is_some() && name.len() > 200 {
+        return Err(ApiError::new(
+            400,
+            10003,
+            "bad request: consumer name is too long",
+        ));
+    }
     config.name = Some(name.clone());
     if stream.config().retention == Retention::WorkQueue {
         let others: Vec<&ConsumerConfig> = consumers
@@ -684,7 +742,7 @@ fn create(
     }
     let e = consumers.map.get_mut(&name).ok_or_else(not_found)?;
     // Saved before it is answered, so a created consumer survives a crash.
-    save(hub, &handle.name, &name, e)?;
+    save(hub, handle, &name, e)?;
     let _ = e.consumer.take_dirty();
     let v = info(
         &handle.name,
@@ -700,15 +758,28 @@ fn create(
     Ok(v)
 }
 
-fn save(hub: &Hub, stream: &str, name: &str, e: &Entry) -> Result<(), ApiError> {
-    let dir = dir_of(hub, stream);
-    std::fs::create_dir_all(&dir).map_err(|e| ApiError::io(&e))?;
+/// Saves a consumer's state: to its file, or (a replicated stream's) to the saver, which
+/// proposes it to the group.
+fn save(hub: &Hub, handle: &StreamHandle, name: &str, e: &Entry) -> Result<(), ApiError> {
     let saved = Saved {
         config: e.consumer.config().clone(),
         state: e.consumer.state().clone(),
         created: e.created,
     };
     let json = serde_json::to_vec(&saved).map_err(|e| ApiError::new(500, 10049, e.to_string()))?;
+    if let Some(saver) = &handle.saver {
+        return saver
+            .send(SaverMsg::Save(name.to_string(), json))
+            .map_err(|_| {
+                ApiError::new(
+                    503,
+                    10008,
+                    "JetStream system temporarily unavailable: the stream's leader stepped down",
+                )
+            });
+    }
+    let dir = dir_of(hub, &handle.name);
+    std::fs::create_dir_all(&dir).map_err(|e| ApiError::io(&e))?;
     crate::durable_file::write(&dir.join(format!("{name}.json")), &json)
         .map_err(|e| ApiError::io(&e))
 }
@@ -722,11 +793,15 @@ fn delete(hub: &Hub, handle: &StreamHandle, name: &str) -> Result<(), ApiError> 
             hub.inject(&to, Some(&block), &Bytes::new());
         }
     }
-    let path = dir_of(hub, &handle.name).join(format!("{name}.json"));
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ApiError::io(&e)),
+    if let Some(saver) = &handle.saver {
+        let _ = saver.send(SaverMsg::Save(name.to_string(), Vec::new()));
+    } else {
+        let path = dir_of(hub, &handle.name).join(format!("{name}.json"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ApiError::io(&e)),
+        }
     }
     drop(consumers);
     handle.refresh_interest();
@@ -811,7 +886,7 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
     let Ok(sseq) = tokens[5].parse::<u64>() else {
         return true;
     };
-    let Some(handle) = hub.js.stream(stream) else {
+    let Some(handle) = hub.stream_handle(stream) else {
         return true;
     };
     let body = std::str::from_utf8(payload).unwrap_or("").trim();
@@ -936,7 +1011,7 @@ fn nak_delay(rest: &str) -> i64 {
 pub(crate) async fn dispatch(hub: std::sync::Weak<Hub>, handle: Arc<StreamHandle>) {
     loop {
         let Some(hub) = hub.upgrade() else { return };
-        if handle.lock().is_none() {
+        if handle.lock().is_none() || handle.is_closed() {
             return;
         }
         let now = now_ns();
@@ -1002,17 +1077,28 @@ fn step(hub: &Hub, handle: &Arc<StreamHandle>, now: i64) -> Duration {
     if waiting_acks || now - consumers.saved_at >= SAVE_EVERY.as_nanos() as i64 {
         consumers.saved_at = now;
         let stream_name = handle.name.clone();
+        let mut replies = Vec::new();
         for (name, e) in consumers.map.iter_mut() {
             if e.consumer.take_dirty() {
-                if let Err(err) = save(hub, &stream_name, name, e) {
+                if let Err(err) = save(hub, handle, name, e) {
                     // Tried again next round; the acks that wait for it are not answered.
                     tracing::error!(stream = %stream_name, consumer = %name, error = %err, "JetStream: saving a consumer failed");
                     e.consumer.mark_dirty();
                     continue;
                 }
             }
-            for r in e.ack_replies.drain(..) {
-                hub.inject(&r, None, &Bytes::new());
+            replies.append(&mut e.ack_replies);
+        }
+        match &handle.saver {
+            // Answered once the states saved above are committed.
+            Some(saver) if !replies.is_empty() => {
+                let _ = saver.send(SaverMsg::Replies(replies));
+            }
+            Some(_) => {}
+            None => {
+                for r in replies {
+                    hub.inject(&r, None, &Bytes::new());
+                }
             }
         }
     }

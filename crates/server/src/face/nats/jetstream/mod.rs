@@ -56,8 +56,8 @@ pub(crate) struct StreamHandle {
     name: String,
     /// Its directory.
     dir: PathBuf,
-    /// `None` once deleted.
-    stream: Mutex<Option<Stream>>,
+    /// `None` once deleted. A replicated stream's is its group's, shared.
+    stream: Arc<Mutex<Option<Stream>>>,
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
     /// Its consumers (locked before `stream` when both are).
     consumers: Mutex<consumers::Consumers>,
@@ -69,9 +69,50 @@ pub(crate) struct StreamHandle {
     /// The consumers' filters (an empty list: every subject), for the writer of an
     /// interest stream, which drops a message no consumer is interested in.
     interest: RwLock<Vec<Vec<String>>>,
+    /// A replicated stream's: where consumer states go to be proposed to its group (a
+    /// member's own stream saves them to files).
+    saver: Option<tokio::sync::mpsc::UnboundedSender<consumers::SaverMsg>>,
+    /// True once a replicated stream's leader stepped down (its dispatcher ends).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl StreamHandle {
+    /// The consumers' runtime of a replicated stream on its group's leader: the group's
+    /// stream, the consumers restored from their replicated states, and their saver.
+    pub(crate) fn replicated(
+        name: &str,
+        dir: PathBuf,
+        stream: Arc<Mutex<Option<Stream>>>,
+        consumers: consumers::Consumers,
+        saver: tokio::sync::mpsc::UnboundedSender<consumers::SaverMsg>,
+    ) -> Arc<StreamHandle> {
+        let handle = Arc::new(StreamHandle {
+            name: name.to_string(),
+            dir,
+            stream,
+            queue: Mutex::new(None),
+            consumers: Mutex::new(consumers),
+            wake: tokio::sync::Notify::new(),
+            confirmed: Mutex::default(),
+            interest: RwLock::default(),
+            saver: Some(saver),
+            closed: Default::default(),
+        });
+        handle.refresh_interest();
+        handle
+    }
+
+    /// Ends a replicated stream's consumers' runtime here (leadership moved away).
+    pub(crate) fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Stream>> {
         self.stream.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -174,7 +215,7 @@ impl JetStream {
         self.streams.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stream(&self, name: &str) -> Option<Arc<StreamHandle>> {
+    pub(crate) fn stream(&self, name: &str) -> Option<Arc<StreamHandle>> {
         self.streams().get(name).cloned()
     }
 
@@ -185,12 +226,14 @@ impl JetStream {
         let handle = Arc::new(StreamHandle {
             dir: self.dir.join(&name),
             name: name.clone(),
-            stream: Mutex::new(Some(stream)),
+            stream: Arc::new(Mutex::new(Some(stream))),
             queue: Mutex::new(None),
             consumers: Mutex::new(consumers),
             wake: tokio::sync::Notify::new(),
             confirmed: Mutex::default(),
             interest: RwLock::default(),
+            saver: None,
+            closed: Default::default(),
         });
         handle.refresh_interest();
         {
