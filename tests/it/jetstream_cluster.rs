@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::harness::Cluster;
+use crate::harness::{run, Cluster};
 use crate::jetstream::{api, connect_with, read_msg};
 
 /// What an acknowledgement said: the sequence and whether it was a duplicate.
@@ -418,4 +418,26 @@ fn consumers_of_an_r3_stream_resume_on_a_new_leader() {
     }
     let names = api(&addrs[survivors[1]], "$JS.API.CONSUMER.NAMES.R", "");
     assert_eq!(names["consumers"], serde_json::json!(["work"]), "{names}");
+}
+
+/// nats-py's JetStream checks (streams, publishes, gets, purges, limits, KV buckets and
+/// watchers, pull, push and ordered consumers, the object store) with every stream on three
+/// replicas, through a member that may or may not lead them.
+#[test]
+fn nats_py_uses_replicated_streams_buckets_and_consumers() {
+    let py =
+        crate::harness::python_with("BERTH_TEST_PYTHON", "nats", "pip install nats-py==2.16.0");
+    let cluster = Cluster::start(3);
+    routes_up(&cluster);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/jetstream_client.py"
+    );
+    let (ok, out, err) = run(std::process::Command::new(py)
+        .arg(script)
+        .arg(format!("nats://{}", cluster.members[1].nats_addr))
+        .arg("3"));
+    println!("{out}");
+    assert!(ok, "nats-py JetStream script failed:\n{out}\n{err}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
 }

@@ -436,7 +436,7 @@ impl Cluster {
         let (first, op) = rest.split_once('.').unwrap_or((rest, ""));
         let stream_op = match first {
             "INFO" if op.is_empty() => {
-                let answer = Ok(self.account_info());
+                let answer = Ok(self.account_info(hub));
                 answer_to(hub, reply, "account_info", answer);
                 return true;
             }
@@ -577,7 +577,7 @@ impl Cluster {
         })
     }
 
-    fn account_info(&self) -> Value {
+    fn account_info(&self, hub: &Hub) -> Value {
         let streams = self.view().streams.len();
         let storage: u64 = lock(&self.local)
             .values()
@@ -603,7 +603,10 @@ impl Cluster {
                 "storage_max_stream_bytes": -1,
                 "max_bytes_required": false,
             },
-            "api": {"total": 0, "errors": 0},
+            "api": {
+                "total": hub.js.api_total.load(std::sync::atomic::Ordering::Relaxed),
+                "errors": hub.js.api_errors.load(std::sync::atomic::Ordering::Relaxed),
+            },
         })
     }
 
@@ -841,7 +844,14 @@ impl Cluster {
                 Some(l) => l.replica.leader().await.is_ok(),
                 None => true,
             };
-            if (here || routed) && led {
+            // And its consumers' runtime on the leader answers (here or through a link).
+            let consumers = self.led(name).is_some()
+                || self.routed(
+                    hub,
+                    &format!("$JS.API.CONSUMER.NAMES.{name}"),
+                    &leader_queue_of(name),
+                );
+            if (here || routed) && led && consumers {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
@@ -1073,6 +1083,14 @@ fn unexpected(o: &Outcome) -> ApiError {
 }
 
 fn answer_to(hub: &Hub, reply: Option<&str>, kind: &str, answer: Result<Value, ApiError>) {
+    hub.js
+        .api_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if answer.is_err() {
+        hub.js
+            .api_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let Some(reply) = reply else { return };
     let body = api::response(kind, answer);
     hub.inject(reply, None, &Bytes::from(body.to_string()));
