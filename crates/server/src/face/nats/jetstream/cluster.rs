@@ -247,6 +247,15 @@ impl Cluster {
         }
     }
 
+    /// After this member changed an assignment: once it has applied the change (a follower
+    /// learns of its commit before applying it), its view and replicas follow it.
+    async fn sync_view(&self, hub: &Arc<Hub>) {
+        if let Err(e) = hub.core.consensus.read_index().await {
+            tracing::warn!(error = %e, "JetStream: assignments not read after a change");
+        }
+        self.reconcile(hub).await;
+    }
+
     /// Reads the assignments and brings this member's replicas in line with them.
     async fn reconcile(&self, hub: &Arc<Hub>) {
         let _one = self.reconciling.lock().await;
@@ -832,7 +841,7 @@ impl Cluster {
         tracing::info!(stream = %name, group = %a.group, peers = ?a.peers, "JetStream: stream assigned");
         // Answered once the stream's peers serve it here (their interest reached this
         // member, or this member is one): a publish right after the answer is stored.
-        self.reconcile(hub).await;
+        self.sync_view(hub).await;
         let subject = a.config.subjects.first().cloned().unwrap_or_default();
         let queue = queue_of(name);
         let deadline = tokio::time::Instant::now() + CREATE_PATIENCE;
@@ -938,7 +947,7 @@ impl Cluster {
             )
             .await
             .map_err(|e| unavailable(&e))?;
-        self.reconcile(hub).await;
+        self.sync_view(hub).await;
         Ok(self.info_of(hub, name, &a, None))
     }
 
@@ -962,7 +971,7 @@ impl Cluster {
         {
             Ok(Applied::Txn(r)) if r.succeeded => {
                 tracing::info!(stream = %name, "JetStream: stream deleted");
-                self.reconcile(hub).await;
+                self.sync_view(hub).await;
                 Ok(json!({"success": true}))
             }
             Ok(_) => Err(not_found()),
