@@ -1,0 +1,507 @@
+//! JetStream in a cluster: every stream is its own Raft group (R1, R3 or R5) whose state is
+//! a [`StreamGroup`], placed on members by an *assignment* in the meta group (the
+//! `Messaging` keyspace, `jetstream/streams/<name>`: configuration, creation time, group
+//! name and peers).
+//!
+//! Every member follows the assignments: it starts its replica of each stream it is a peer
+//! of (and serves the group on the peer port), and stops and deletes the ones it no longer
+//! is. A peer announces interest, over the NATS routes, in the stream's subjects and in its
+//! stream-specific API subjects, in a queue group of the stream's own (`$js.<name>`): a
+//! publish or an API request on any member then reaches exactly one peer (this member when
+//! it is one), which proposes it to the group (forwarded to the group's leader) and answers
+//! the reply subject once the group has committed and applied it, on a quorum.
+//!
+//! Publishes of one stream are proposed in the order they arrive, in batches (one proposer
+//! task per local stream). The leader of each group also proposes the timed work: max_age
+//! expiry and due schedules, carrying its clock.
+//!
+//! Consumers run on the group's leader, with the same runtime as a member's own streams
+//! (`consumers`): the leader announces their API and ack subjects in a queue group of its
+//! own (`$jsl.<name>`), and proposes their changed states to the group (at most every
+//! 100 ms, and before it answers an ack that asked for a reply or a consumer create or
+//! delete). A new leader restores them from the group's state; what was delivered and not
+//! acknowledged is delivered again once its ack wait passes (at least once).
+//!
+//! Not yet: interest and work-queue retention and dead letters in a cluster (refused with a
+//! clear error), mirrors and sources, moving a stream's peers when a member leaves.
+//!
+//! # Layout
+//! - this file: assignments, following them (`run`, `reconcile`), placement, and handing
+//!   publishes to the local replica;
+//! - `requests`: the `$JS.API` requests and acks, by who may answer them;
+//! - `replica`: a local replica's proposer, its leader's work and consumers, proposing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use berth_consensus::{GroupId, Member, ProposeError, Replica};
+use berth_messaging::stream::command::{Command, Outcome};
+use berth_messaging::stream::{ApiError, Config, StoredMsg};
+use berth_messaging::Sublist;
+use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use berth_proto::etcdserverpb::{Compare, RangeRequest, TxnRequest};
+use berth_store::{Applied, Command as StoreCommand, KeySpan, Keyspace, WatchSink, WatchSpec};
+use bytes::Bytes;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use super::api::{self, body, config_of, MsgRequest};
+use super::consumers::{self, SaverMsg};
+use super::{now_ns, StreamHandle};
+use crate::face::nats::Hub;
+use crate::registry::{delete_op, put_op};
+use crate::stream_group::StreamGroup;
+
+mod replica;
+mod requests;
+
+use replica::{propose_publishes, step_down, timed_work};
+
+/// Where assignments live in the `Messaging` keyspace.
+const PREFIX: &[u8] = b"jetstream/streams/";
+/// How often assignments are read again without a change seen (a watch interrupted).
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// How often a group's leader looks for expired messages and due schedules.
+const TIMED_WORK_EVERY: Duration = Duration::from_millis(100);
+/// Publishes one proposer hands to the group at once (one log entry), and their bytes.
+const PROPOSE_BATCH: usize = 1024;
+const PROPOSE_BYTES: usize = 4 << 20;
+/// Segment size of replicated streams.
+const SEGMENT_BYTES: u64 = 32 << 20;
+/// How long a create waits for the stream's peers to serve it.
+const CREATE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A stream's placement, as the meta group holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Assignment {
+    config: Config,
+    /// UNIX nanoseconds.
+    created: i64,
+    /// The stream's Raft group.
+    group: String,
+    /// Member IDs of its replicas.
+    peers: Vec<u64>,
+}
+
+fn key(name: &str) -> Vec<u8> {
+    [PREFIX, name.as_bytes()].concat()
+}
+
+/// The queue group a stream's peers announce their interest in.
+fn queue_of(name: &str) -> String {
+    format!("$js.{name}")
+}
+
+/// The API subjects only a stream's peers answer.
+fn api_subjects(name: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["INFO", "UPDATE", "PURGE", "MSG.GET", "MSG.DELETE"]
+        .iter()
+        .map(|op| format!("$JS.API.STREAM.{op}.{name}"))
+        .collect();
+    v.push(format!("$JS.API.DIRECT.GET.{name}"));
+    v.push(format!("$JS.API.DIRECT.GET.{name}.>"));
+    v
+}
+
+/// The subjects only a stream's leader answers: its consumers' API and acks.
+fn leader_subjects(name: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for verb in ["CREATE", "INFO", "DELETE", "NAMES", "LIST"] {
+        v.push(format!("$JS.API.CONSUMER.{verb}.{name}"));
+        v.push(format!("$JS.API.CONSUMER.{verb}.{name}.>"));
+    }
+    v.push(format!("$JS.API.CONSUMER.DURABLE.CREATE.{name}.>"));
+    v.push(format!("$JS.API.CONSUMER.MSG.NEXT.{name}.>"));
+    v.push(format!("$JS.ACK.{name}.>"));
+    v
+}
+
+/// The queue group a stream's leader announces its consumers' subjects in.
+fn leader_queue_of(name: &str) -> String {
+    format!("$jsl.{name}")
+}
+
+/// Every subject a peer announces for a stream.
+fn interest_of(config: &Config) -> Vec<String> {
+    let mut v = config.subjects.clone();
+    v.extend(api_subjects(&config.name));
+    v
+}
+
+/// A publish waiting for its stream's proposer.
+struct Pending {
+    subject: String,
+    headers: Option<Bytes>,
+    payload: Bytes,
+    reply: Option<String>,
+}
+
+/// This member's replica of a stream.
+pub(crate) struct Local {
+    assignment: RwLock<Assignment>,
+    replica: Arc<Replica>,
+    group: Arc<StreamGroup>,
+    queue: mpsc::UnboundedSender<Pending>,
+    /// Ends the proposer and timed-work tasks.
+    stop: watch::Sender<bool>,
+    /// The consumers' runtime while this member leads the group.
+    led: Mutex<Option<Arc<StreamHandle>>>,
+}
+
+impl Local {
+    fn assignment(&self) -> Assignment {
+        self.assignment
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The cluster's assignments as this member last read them.
+#[derive(Default)]
+struct View {
+    streams: BTreeMap<String, Assignment>,
+    /// Stream subjects → stream name.
+    subjects: Sublist<String>,
+}
+
+/// JetStream across the cluster's members.
+pub(crate) struct Cluster {
+    /// `<data-dir>/groups`.
+    dir: PathBuf,
+    view: RwLock<View>,
+    local: Mutex<HashMap<String, Arc<Local>>>,
+    /// Serializes reconciliations (the watch and the timer both run one).
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unavailable(what: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        503,
+        10008,
+        format!("JetStream system temporarily unavailable: {what}"),
+    )
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(404, 10059, "stream not found")
+}
+
+impl Cluster {
+    pub(crate) fn new(data_dir: &std::path::Path) -> Cluster {
+        Cluster {
+            dir: data_dir.join("groups"),
+            view: RwLock::default(),
+            local: Mutex::default(),
+            reconciling: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn local(&self, name: &str) -> Option<Arc<Local>> {
+        lock(&self.local).get(name).cloned()
+    }
+
+    /// The consumers' runtime of stream `name`, when this member leads its group.
+    pub(crate) fn led(&self, name: &str) -> Option<Arc<StreamHandle>> {
+        self.local(name).and_then(|l| lock(&l.led).clone())
+    }
+
+    /// Follows the assignments until `stop`, then stops every local replica.
+    pub(crate) async fn run(self: Arc<Self>, hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
+        let store = hub.core.store.clone();
+        loop {
+            let (tx, mut rx) = mpsc::channel(64);
+            let spec = WatchSpec {
+                keyspace: Keyspace::Messaging,
+                span: KeySpan::new(PREFIX, &berth_proto::keys::prefix_end(PREFIX)),
+                start_rev: store.revision() + 1,
+                no_put: false,
+                no_delete: false,
+            };
+            let handle = store.watch(spec, 0, WatchSink::new(tx));
+            self.reconcile(&hub).await;
+            let ended = loop {
+                tokio::select! {
+                    d = rx.recv() => {
+                        if d.is_none() {
+                            break false;
+                        }
+                        while rx.try_recv().is_ok() {}
+                        self.reconcile(&hub).await;
+                    }
+                    _ = tokio::time::sleep(RECONCILE_EVERY) => self.reconcile(&hub).await,
+                    _ = stop.changed() => break true,
+                }
+            };
+            store.cancel_watch(&handle);
+            if ended {
+                break;
+            }
+        }
+        let locals: Vec<Arc<Local>> = lock(&self.local).drain().map(|(_, l)| l).collect();
+        for l in locals {
+            step_down(&hub, &l);
+            let _ = l.stop.send(true);
+            hub.core.consensus.stop_group(&l.replica).await;
+        }
+    }
+
+    /// After this member changed an assignment: once it has applied the change (a follower
+    /// learns of its commit before applying it), its view and replicas follow it.
+    async fn sync_view(&self, hub: &Arc<Hub>) {
+        if let Err(e) = hub.core.consensus.read_index().await {
+            tracing::warn!(error = %e, "JetStream: assignments not read after a change");
+        }
+        self.reconcile(hub).await;
+    }
+
+    /// Reads the assignments and brings this member's replicas in line with them.
+    async fn reconcile(&self, hub: &Arc<Hub>) {
+        let _one = self.reconciling.lock().await;
+        let assigned = match read_assignments(hub) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "JetStream: reading stream assignments");
+                return;
+            }
+        };
+        {
+            let mut subjects = Sublist::new();
+            for (name, a) in &assigned {
+                for s in &a.config.subjects {
+                    subjects.insert(s, None, name.clone());
+                }
+            }
+            *self.view.write().unwrap_or_else(|p| p.into_inner()) = View {
+                streams: assigned.clone(),
+                subjects,
+            };
+        }
+        let me = hub.core.consensus.id();
+        // Replicas to stop: unassigned, moved off this member, or a new stream of the name.
+        let stale: Vec<(String, Arc<Local>)> = lock(&self.local)
+            .iter()
+            .filter(|(name, l)| {
+                assigned
+                    .get(*name)
+                    .is_none_or(|a| !a.peers.contains(&me) || a.group != l.assignment().group)
+            })
+            .map(|(n, l)| (n.clone(), l.clone()))
+            .collect();
+        for (name, l) in stale {
+            lock(&self.local).remove(&name);
+            let a = l.assignment();
+            let queue = queue_of(&name);
+            for s in interest_of(&a.config) {
+                hub.routes.local_removed(&s, Some(&queue));
+            }
+            step_down(hub, &l);
+            let _ = l.stop.send(true);
+            hub.core.consensus.stop_group(&l.replica).await;
+            let dir = self.dir.join(&a.group);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "JetStream: removing a stopped replica's files");
+            }
+            tracing::info!(stream = %name, group = %a.group, "JetStream: replica stopped and removed");
+        }
+        for (name, a) in assigned {
+            if !a.peers.contains(&me) {
+                continue;
+            }
+            if let Some(l) = self.local(&name) {
+                let old = l.assignment();
+                if old.config.subjects != a.config.subjects {
+                    let queue = queue_of(&name);
+                    for s in &a.config.subjects {
+                        hub.routes.local_added(s, Some(&queue));
+                    }
+                    for s in &old.config.subjects {
+                        hub.routes.local_removed(s, Some(&queue));
+                    }
+                }
+                *l.assignment.write().unwrap_or_else(|p| p.into_inner()) = a;
+                continue;
+            }
+            match self.start_local(hub, &a).await {
+                Ok(l) => {
+                    let queue = queue_of(&name);
+                    for s in interest_of(&a.config) {
+                        hub.routes.local_added(&s, Some(&queue));
+                    }
+                    lock(&self.local).insert(name.clone(), l);
+                    tracing::info!(stream = %name, group = %a.group, peers = a.peers.len(), "JetStream: replica started");
+                }
+                Err(e) => {
+                    tracing::error!(stream = %name, error = %e, "JetStream: starting a replica")
+                }
+            }
+        }
+    }
+
+    async fn start_local(&self, hub: &Arc<Hub>, a: &Assignment) -> anyhow::Result<Arc<Local>> {
+        let group_id = GroupId::new(&a.group)
+            .ok_or_else(|| anyhow::anyhow!("invalid group name {:?}", a.group))?;
+        let dir = self.dir.join(&a.group);
+        let (config, created) = (a.config.clone(), a.created);
+        let stream_dir = dir.join("stream");
+        let group = tokio::task::spawn_blocking(move || {
+            StreamGroup::open(&stream_dir, config, created, SEGMENT_BYTES)
+        })
+        .await??;
+        let group = Arc::new(group);
+        // Every peer bootstraps the group with the same members, byte for byte: IDs and
+        // peer URLs from the meta group's membership.
+        let known: BTreeMap<u64, Vec<String>> = hub
+            .core
+            .consensus
+            .members()
+            .into_iter()
+            .map(|m| (m.id, m.member.peer_urls))
+            .collect();
+        let members: BTreeMap<u64, Member> = a
+            .peers
+            .iter()
+            .filter_map(|id| {
+                known.get(id).map(|urls| {
+                    (
+                        *id,
+                        Member {
+                            name: format!("{id:x}"),
+                            peer_urls: urls.clone(),
+                            client_urls: Vec::new(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        let replica = hub
+            .core
+            .consensus
+            .start_group(group_id, &dir, group.clone(), members)
+            .await?;
+        let (queue, rx) = mpsc::unbounded_channel();
+        let (stop, stopped) = watch::channel(false);
+        let local = Arc::new(Local {
+            assignment: RwLock::new(a.clone()),
+            replica,
+            group,
+            queue,
+            stop,
+            led: Mutex::new(None),
+        });
+        tokio::spawn(propose_publishes(hub.clone(), local.clone(), rx));
+        tokio::spawn(timed_work(hub.clone(), local.clone(), stopped));
+        Ok(local)
+    }
+
+    /// The local stream whose subjects take `subject`, when this member is one of its peers.
+    pub(crate) fn stream_of(&self, subject: &str) -> Option<String> {
+        let view = self.view();
+        let m = view.subjects.matches(subject);
+        m.plain.first().map(|s| s.to_string())
+    }
+
+    /// Hands a publish to its stream's proposer when this member is a peer of the stream
+    /// `subject` belongs to; returns the stream's queue group then (served here).
+    pub(crate) fn store(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+    ) -> Option<String> {
+        let name = self.stream_of(subject)?;
+        let local = self.local(&name)?;
+        let queued = local.queue.send(Pending {
+            subject: subject.to_string(),
+            headers: headers.cloned(),
+            payload: payload.clone(),
+            reply: reply.map(str::to_string),
+        });
+        queued.is_ok().then(|| queue_of(&name))
+    }
+}
+
+/// Every assignment in this member's store.
+fn read_assignments(hub: &Hub) -> Result<BTreeMap<String, Assignment>, String> {
+    let resp = hub
+        .core
+        .store
+        .range_in(
+            Keyspace::Messaging,
+            &RangeRequest {
+                key: PREFIX.to_vec(),
+                range_end: berth_proto::keys::prefix_end(PREFIX),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for kv in resp.kvs {
+        let name = String::from_utf8_lossy(&kv.key[PREFIX.len()..]).to_string();
+        match serde_json::from_slice::<Assignment>(&kv.value) {
+            Ok(a) => {
+                out.insert(name, a);
+            }
+            Err(e) => {
+                tracing::error!(stream = %name, error = %e, "JetStream: an unreadable stream assignment")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Chooses `n` members for a new stream: those holding the fewest replicas, ties broken at
+/// random.
+fn place(
+    hub: &Hub,
+    existing: &BTreeMap<String, Assignment>,
+    n: usize,
+) -> Result<Vec<u64>, ApiError> {
+    let members: Vec<u64> = hub
+        .core
+        .consensus
+        .members()
+        .into_iter()
+        .filter(|m| !m.is_learner)
+        .map(|m| m.id)
+        .collect();
+    if !matches!(n, 1 | 3 | 5) && n > members.len() {
+        return Err(ApiError::new(
+            500,
+            10074,
+            "insufficient resources: replicas exceed the cluster's members",
+        ));
+    }
+    if n > members.len() {
+        return Err(ApiError::new(
+            500,
+            10074,
+            format!(
+                "insufficient resources: {n} replicas asked, the cluster has {} members",
+                members.len()
+            ),
+        ));
+    }
+    let mut load: Vec<(usize, u32, u64)> = members
+        .iter()
+        .map(|m| {
+            let held = existing.values().filter(|a| a.peers.contains(m)).count();
+            (held, rand::rng().random::<u32>(), *m)
+        })
+        .collect();
+    load.sort_unstable();
+    Ok(load.into_iter().take(n).map(|(_, _, m)| m).collect())
+}
