@@ -83,6 +83,9 @@ pub struct JsConsumeArgs {
     /// Messages per pull request.
     #[arg(long, default_value_t = 100)]
     batch: u64,
+    /// The stream's replicas (1, 3 or 5: a cluster's members keep that many copies).
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
 }
 
 /// Arguments of `bench js-publish`.
@@ -96,6 +99,9 @@ pub struct JsPublishArgs {
     /// Publishes in flight per client (1: each acknowledgement awaited).
     #[arg(long, default_value_t = 256)]
     window: usize,
+    /// The stream's replicas (1, 3 or 5: a cluster's members keep that many copies).
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
 }
 
 /// Arguments of `bench nats-pubsub`.
@@ -451,12 +457,19 @@ impl BenchCommand {
                     sub_addr: a.nats_sub_addr.clone(),
                 },
             ),
-            Self::JsPublish(a) => (&a.common, Workload::JsPublish { window: a.window }),
+            Self::JsPublish(a) => (
+                &a.common,
+                Workload::JsPublish {
+                    window: a.window,
+                    replicas: a.replicas,
+                },
+            ),
             Self::JsConsume(a) => (
                 &a.common,
                 Workload::JsConsume {
                     messages: a.messages,
                     batch: a.batch,
+                    replicas: a.replicas,
                 },
             ),
         };

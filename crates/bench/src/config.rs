@@ -135,6 +135,8 @@ pub enum Workload {
     JsPublish {
         /// Publishes in flight per client.
         window: usize,
+        /// The stream's replicas (in a cluster).
+        replicas: u32,
     },
     /// JetStream: `messages` are stored in stream `BENCH` first, then `--clients` pull from
     /// one durable consumer (explicit acks) in batches of `batch`, acking every message;
@@ -144,6 +146,8 @@ pub enum Workload {
         messages: u64,
         /// Messages per pull request.
         batch: u64,
+        /// The stream's replicas (in a cluster).
+        replicas: u32,
     },
     /// Consul: blocking queries on one service, answered when one of its instances changes.
     ConsulWatch {
@@ -325,7 +329,12 @@ impl Config {
             | Workload::ConsulWatch { watchers: 0, .. } => {
                 bad("--services, --instances and --watchers must be at least 1".into())
             }
-            Workload::JsPublish { window: 0 } => bad("--window must be at least 1".into()),
+            Workload::JsPublish { window: 0, .. } => bad("--window must be at least 1".into()),
+            Workload::JsPublish { replicas, .. } | Workload::JsConsume { replicas, .. }
+                if !matches!(replicas, 1 | 3 | 5) =>
+            {
+                bad("--replicas must be 1, 3 or 5".into())
+            }
             Workload::JsConsume { messages: 0, .. } | Workload::JsConsume { batch: 0, .. } => {
                 bad("--messages and --batch must be at least 1".into())
             }
@@ -439,12 +448,18 @@ impl Config {
                 }
                 p["val_size"] = json!(self.val_size);
             }
-            Workload::JsPublish { window } => {
+            Workload::JsPublish { window, replicas } => {
                 p["window"] = json!(window);
+                p["replicas"] = json!(replicas);
                 p["val_size"] = json!(self.val_size);
             }
-            Workload::JsConsume { messages, batch } => {
+            Workload::JsConsume {
+                messages,
+                batch,
+                replicas,
+            } => {
                 p["messages"] = json!(messages);
+                p["replicas"] = json!(replicas);
                 p["batch"] = json!(batch);
                 p["val_size"] = json!(self.val_size);
             }

@@ -88,18 +88,20 @@ async fn api_ok(
     }
 }
 
-/// Creates the bench's stream afresh.
-async fn setup(addr: &str) -> Result<(), BenchError> {
-    setup_conn(addr).await.map(|_| ())
+/// Creates the bench's stream afresh, on `replicas` members.
+async fn setup(addr: &str, replicas: u32) -> Result<(), BenchError> {
+    setup_conn(addr, replicas).await.map(|_| ())
 }
 
-/// Creates the bench's stream afresh; returns the connection (its setup inbox subscribed).
-async fn setup_conn(addr: &str) -> Result<Conn, BenchError> {
+/// Creates the bench's stream afresh, on `replicas` members; returns the connection (its
+/// setup inbox subscribed).
+async fn setup_conn(addr: &str, replicas: u32) -> Result<Conn, BenchError> {
     let mut c = Conn::open(addr).await?;
     c.send(b"SUB _INBOX.bench.setup 1\r\n").await?;
     c.sync().await?;
     let _ = api(&mut c, &format!("$JS.API.STREAM.DELETE.{STREAM}"), "").await?;
-    let config = json!({"name": STREAM, "subjects": [SUBJECT], "storage": "file"});
+    let config =
+        json!({"name": STREAM, "subjects": [SUBJECT], "storage": "file", "num_replicas": replicas});
     api_ok(
         &mut c,
         &format!("$JS.API.STREAM.CREATE.{STREAM}"),
@@ -160,7 +162,7 @@ async fn publish(
 
 /// Runs `js-publish`.
 pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
-    let Workload::JsPublish { window } = cfg.workload else {
+    let Workload::JsPublish { window, replicas } = cfg.workload else {
         return Err(BenchError::Config("not a JetStream workload".into()));
     };
     let Stop::After(duration) = cfg.stop else {
@@ -168,7 +170,7 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
             "js-publish runs for --duration (--total is not supported)".into(),
         ));
     };
-    setup(&cfg.http_addr).await?;
+    setup(&cfg.http_addr, replicas).await?;
     let rec = measured(
         cfg,
         duration,
@@ -289,7 +291,12 @@ async fn pull(
 
 /// Runs `js-consume`.
 pub async fn consume(cfg: &Config) -> Result<Report, BenchError> {
-    let Workload::JsConsume { messages, batch } = cfg.workload else {
+    let Workload::JsConsume {
+        messages,
+        batch,
+        replicas,
+    } = cfg.workload
+    else {
         return Err(BenchError::Config(
             "not a JetStream consume workload".into(),
         ));
@@ -299,7 +306,7 @@ pub async fn consume(cfg: &Config) -> Result<Report, BenchError> {
             "js-consume runs for --duration (--total is not supported)".into(),
         ));
     };
-    let mut c = setup_conn(&cfg.http_addr).await?;
+    let mut c = setup_conn(&cfg.http_addr, replicas).await?;
     fill(&mut c, messages, cfg.val_size).await?;
     let config = json!({
         "stream_name": STREAM,
