@@ -11,13 +11,13 @@ use crate::harness::{run, Cluster};
 use crate::jetstream::{api, connect_with, read_msg};
 
 /// What an acknowledgement said: the sequence and whether it was a duplicate.
-type Acks = BTreeMap<u64, (u64, bool)>;
+pub(crate) type Acks = BTreeMap<u64, (u64, bool)>;
 
 /// Publishes the messages `ids` (payload and `Nats-Msg-Id` both the number) to `subject`
 /// through `addr`, 16 at a time, each with a reply inbox of its own; returns the
 /// acknowledged ones. A window not fully answered within 3 s (its member died, its stream
 /// changed leader) ends the connection; the next window opens a new one.
-fn publish_ids(addr: &str, subject: &str, ids: &[u64]) -> Acks {
+pub(crate) fn publish_ids(addr: &str, subject: &str, ids: &[u64]) -> Acks {
     let mut acked = Acks::new();
     let mut conn = None;
     for window in ids.chunks(16) {
@@ -70,7 +70,7 @@ fn publish_ids(addr: &str, subject: &str, ids: &[u64]) -> Acks {
     acked
 }
 
-fn member_index(name: &serde_json::Value) -> usize {
+pub(crate) fn member_index(name: &serde_json::Value) -> usize {
     name.as_str()
         .and_then(|n| n.strip_prefix('m'))
         .and_then(|n| n.parse().ok())
@@ -79,7 +79,7 @@ fn member_index(name: &serde_json::Value) -> usize {
 
 /// The stream's info through `addr` once its group has a leader (a member that just
 /// started its replica may not know it yet).
-fn info_with_leader(addr: &str, name: &str) -> serde_json::Value {
+pub(crate) fn info_with_leader(addr: &str, name: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let info = api(addr, &format!("$JS.API.STREAM.INFO.{name}"), "");
@@ -92,13 +92,13 @@ fn info_with_leader(addr: &str, name: &str) -> serde_json::Value {
 
 /// Waits until every member's routes to the others are open (core messages sent before
 /// are dropped, as nats-server drops them).
-fn routes_up(cluster: &Cluster) {
+pub(crate) fn routes_up(members: &[crate::harness::Server]) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    for m in &cluster.members {
+    for m in members {
         loop {
             let varz: serde_json::Value =
                 serde_json::from_str(&m.http_get("/varz").1).unwrap_or_default();
-            if varz["routes"] == cluster.members.len() - 1 {
+            if varz["routes"] == members.len() - 1 {
                 break;
             }
             assert!(Instant::now() < deadline, "routes never came up: {varz}");
@@ -110,7 +110,7 @@ fn routes_up(cluster: &Cluster) {
 #[test]
 fn streams_are_placed_and_reached_through_any_member() {
     let cluster = Cluster::start(3);
-    routes_up(&cluster);
+    routes_up(&cluster.members);
     let addrs: Vec<String> = cluster
         .members
         .iter()
@@ -192,7 +192,7 @@ fn streams_are_placed_and_reached_through_any_member() {
 #[test]
 fn an_r3_stream_loses_nothing_acknowledged_when_its_leader_is_killed() {
     let mut cluster = Cluster::start(3);
-    routes_up(&cluster);
+    routes_up(&cluster.members);
     let addrs: Vec<String> = cluster
         .members
         .iter()
@@ -352,7 +352,7 @@ fn pull_and_ack(addr: &str, mut more: impl FnMut(&[u64], &[u64]) -> bool) -> (Ve
 #[test]
 fn consumers_of_an_r3_stream_resume_on_a_new_leader() {
     let mut cluster = Cluster::start(3);
-    routes_up(&cluster);
+    routes_up(&cluster.members);
     let addrs: Vec<String> = cluster
         .members
         .iter()
@@ -428,7 +428,7 @@ fn nats_py_uses_replicated_streams_buckets_and_consumers() {
     let py =
         crate::harness::python_with("BERTH_TEST_PYTHON", "nats", "pip install nats-py==2.16.0");
     let cluster = Cluster::start(3);
-    routes_up(&cluster);
+    routes_up(&cluster.members);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/jetstream_client.py"

@@ -224,3 +224,70 @@ async fn nats_interest_follows_a_partition() {
     cluster.peer_link(2, true);
     request_until(&requester, true).await;
 }
+
+/// An R3 stream whose leader is cut off by a real partition: publishes through the cut-off
+/// leader are not acknowledged (it cannot reach a quorum), the majority elects a new leader
+/// and acknowledges publishes through its members, and once healed the old leader catches
+/// up with every acknowledged message.
+#[test]
+fn a_partitioned_stream_leader_stops_acknowledging() {
+    use crate::jetstream::api;
+    use crate::jetstream_cluster::{member_index, publish_ids, routes_up};
+    let cluster = NetCluster::start(3);
+    let addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.nats_addr.clone())
+        .collect();
+    routes_up(&cluster.members);
+    let created = api(
+        &addrs[0],
+        "$JS.API.STREAM.CREATE.P",
+        r#"{"subjects":["p.>"],"num_replicas":3}"#,
+    );
+    assert_eq!(created["did_create"], true, "{created}");
+    let leader = member_index(
+        &crate::jetstream_cluster::info_with_leader(&addrs[0], "P")["cluster"]["leader"],
+    );
+    assert_eq!(
+        publish_ids(&addrs[leader], "p.x", &(0..50).collect::<Vec<_>>()).len(),
+        50
+    );
+
+    cluster.peer_link(leader, false);
+    let t = Instant::now();
+    // The cut-off leader acknowledges nothing (publishes wait for a quorum, then fail).
+    let cut_off = publish_ids(&addrs[leader], "p.x", &(50..60).collect::<Vec<_>>());
+    assert!(
+        cut_off.is_empty(),
+        "acknowledged without a quorum: {cut_off:?}"
+    );
+    // The majority goes on.
+    let other = (leader + 1) % 3;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut acked = publish_ids(&addrs[other], "p.x", &(60..110).collect::<Vec<_>>());
+    while acked.len() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the majority never acknowledged: {acked:?}"
+        );
+        let missing: Vec<u64> = (60..110).filter(|n| !acked.contains_key(n)).collect();
+        acked.extend(publish_ids(&addrs[other], "p.x", &missing));
+    }
+    eprintln!(
+        "the majority acknowledged again {:?} after the cut",
+        t.elapsed()
+    );
+
+    cluster.peer_link(leader, true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want = 50 + acked.len() as u64;
+    loop {
+        let info = api(&addrs[leader], "$JS.API.STREAM.INFO.P", "");
+        if info["state"]["messages"] == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {info}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
