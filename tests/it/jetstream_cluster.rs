@@ -107,8 +107,9 @@ pub(crate) fn routes_up(members: &[crate::harness::Server]) {
     }
 }
 
-#[test]
-fn streams_are_placed_and_reached_through_any_member() {
+/// A fresh 3-member cluster (its routes open) with stream `name` created from `config`
+/// through member 0; the members' NATS addresses and the create's answer.
+fn cluster_with_stream(name: &str, config: &str) -> (Cluster, Vec<String>, serde_json::Value) {
     let cluster = Cluster::start(3);
     routes_up(&cluster.members);
     let addrs: Vec<String> = cluster
@@ -116,12 +117,20 @@ fn streams_are_placed_and_reached_through_any_member() {
         .iter()
         .map(|m| m.nats_addr.clone())
         .collect();
-    let created = api(
-        &addrs[0],
-        "$JS.API.STREAM.CREATE.ONE",
-        r#"{"subjects":["one.>"]}"#,
-    );
+    let created = api(&addrs[0], &format!("$JS.API.STREAM.CREATE.{name}"), config);
     assert_eq!(created["did_create"], true, "{created}");
+    (cluster, addrs, created)
+}
+
+/// [`cluster_with_stream`] with stream `R` (subjects `r.>`) on three replicas.
+fn r3_stream() -> (Cluster, Vec<String>) {
+    let (cluster, addrs, _) = cluster_with_stream("R", r#"{"subjects":["r.>"],"num_replicas":3}"#);
+    (cluster, addrs)
+}
+
+#[test]
+fn streams_are_placed_and_reached_through_any_member() {
+    let (_cluster, addrs, created) = cluster_with_stream("ONE", r#"{"subjects":["one.>"]}"#);
     assert_eq!(created["config"]["num_replicas"], 1);
     let info = info_with_leader(&addrs[1], "ONE");
     let peer = member_index(&info["cluster"]["leader"]);
@@ -191,19 +200,7 @@ fn streams_are_placed_and_reached_through_any_member() {
 /// catches up when it returns.
 #[test]
 fn an_r3_stream_loses_nothing_acknowledged_when_its_leader_is_killed() {
-    let mut cluster = Cluster::start(3);
-    routes_up(&cluster.members);
-    let addrs: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.nats_addr.clone())
-        .collect();
-    let created = api(
-        &addrs[0],
-        "$JS.API.STREAM.CREATE.R",
-        r#"{"subjects":["r.>"],"num_replicas":3}"#,
-    );
-    assert_eq!(created["did_create"], true, "{created}");
+    let (mut cluster, addrs) = r3_stream();
     let info = info_with_leader(&addrs[0], "R");
     assert_eq!(
         info["cluster"]["replicas"].as_array().map(Vec::len),
@@ -351,19 +348,7 @@ fn pull_and_ack(addr: &str, mut more: impl FnMut(&[u64], &[u64]) -> bool) -> (Ve
 /// again by the new leader, and every message is delivered at least once.
 #[test]
 fn consumers_of_an_r3_stream_resume_on_a_new_leader() {
-    let mut cluster = Cluster::start(3);
-    routes_up(&cluster.members);
-    let addrs: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.nats_addr.clone())
-        .collect();
-    let created = api(
-        &addrs[0],
-        "$JS.API.STREAM.CREATE.R",
-        r#"{"subjects":["r.>"],"num_replicas":3}"#,
-    );
-    assert_eq!(created["did_create"], true, "{created}");
+    let (mut cluster, addrs) = r3_stream();
     let leader = member_index(&info_with_leader(&addrs[0], "R")["cluster"]["leader"]);
     let other = (leader + 1) % 3;
     // Until the leader's consumers run (just elected), a request is refused with 503.

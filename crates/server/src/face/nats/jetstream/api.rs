@@ -129,13 +129,25 @@ fn account_info(js: &JetStream) -> Value {
         .values()
         .filter_map(|h| h.lock().as_ref().map(|s| s.store().state().bytes))
         .sum();
+    let consumers = streams.values().map(|h| h.consumers().len()).sum::<usize>();
+    account_info_json(js, streams.len(), storage, consumers)
+}
+
+/// `$JS.API.INFO`'s answer: the account's streams, their bytes and consumers, no limits, and
+/// the API's counters.
+pub(super) fn account_info_json(
+    js: &JetStream,
+    streams: usize,
+    storage: u64,
+    consumers: usize,
+) -> Value {
     json!({
         "memory": 0,
         "storage": storage,
         "reserved_memory": 0,
         "reserved_storage": 0,
-        "streams": streams.len(),
-        "consumers": streams.values().map(|h| h.consumers().len()).sum::<usize>(),
+        "streams": streams,
+        "consumers": consumers,
         "limits": {
             "max_memory": -1,
             "max_storage": -1,

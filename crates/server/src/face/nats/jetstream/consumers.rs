@@ -124,18 +124,7 @@ impl Consumers {
         let now = now_ns();
         for (name, bytes) in saved {
             match serde_json::from_slice::<Saved>(&bytes) {
-                Ok(s) => {
-                    let mut consumer = Consumer::restore_within(s.config, s.state, last_seq, now);
-                    let _ = consumer.take_dirty();
-                    out.map.insert(
-                        name,
-                        Entry {
-                            consumer,
-                            created: s.created,
-                            ack_replies: Vec::new(),
-                        },
-                    );
-                }
+                Ok(s) => out.restore(name, s, last_seq, now),
                 Err(e) => {
                     tracing::error!(consumer = %name, error = %e, "JetStream consumer not restored")
                 }
@@ -163,16 +152,7 @@ impl Consumers {
             match saved {
                 Ok(s) => {
                     let name = s.config.name.clone().unwrap_or_default();
-                    let mut consumer = Consumer::restore_within(s.config, s.state, last_seq, now);
-                    let _ = consumer.take_dirty();
-                    out.map.insert(
-                        name,
-                        Entry {
-                            consumer,
-                            created: s.created,
-                            ack_replies: Vec::new(),
-                        },
-                    );
+                    out.restore(name, s, last_seq, now);
                 }
                 Err(e) => {
                     tracing::error!(file = %path.display(), error = %e, "JetStream consumer not opened")
@@ -180,6 +160,21 @@ impl Consumers {
             }
         }
         out
+    }
+
+    /// Adds consumer `name` as it was saved (no further ahead than the stream's `last_seq`),
+    /// its state counted as saved.
+    fn restore(&mut self, name: String, s: Saved, last_seq: u64, now: i64) {
+        let mut consumer = Consumer::restore_within(s.config, s.state, last_seq, now);
+        let _ = consumer.take_dirty();
+        self.map.insert(
+            name,
+            Entry {
+                consumer,
+                created: s.created,
+                ack_replies: Vec::new(),
+            },
+        );
     }
 
     /// Marks consumer `name`'s state to be saved again.

@@ -177,31 +177,11 @@ impl Cluster {
             .values()
             .filter_map(|l| l.group.read(|s| s.store().state().bytes))
             .sum();
-        json!({
-            "memory": 0,
-            "storage": storage,
-            "reserved_memory": 0,
-            "reserved_storage": 0,
-            "streams": streams,
-            "consumers": lock(&self.local)
-                .values()
-                .filter_map(|l| lock(&l.led).as_ref().map(|h| h.consumers().len()))
-                .sum::<usize>(),
-            "limits": {
-                "max_memory": -1,
-                "max_storage": -1,
-                "max_streams": -1,
-                "max_consumers": -1,
-                "max_ack_pending": -1,
-                "memory_max_stream_bytes": -1,
-                "storage_max_stream_bytes": -1,
-                "max_bytes_required": false,
-            },
-            "api": {
-                "total": hub.js.api_total.load(std::sync::atomic::Ordering::Relaxed),
-                "errors": hub.js.api_errors.load(std::sync::atomic::Ordering::Relaxed),
-            },
-        })
+        let consumers = lock(&self.local)
+            .values()
+            .filter_map(|l| lock(&l.led).as_ref().map(|h| h.consumers().len()))
+            .sum::<usize>();
+        api::account_info_json(&hub.js, streams, storage, consumers)
     }
 
     async fn stream_request(
@@ -354,13 +334,7 @@ impl Cluster {
                 "bad request: interest and work-queue retention of streams in a cluster are not served yet",
             ));
         }
-        // Against everything committed before (another member may have just created it).
-        hub.core
-            .consensus
-            .read_index()
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let existing = read_assignments(hub).map_err(|e| unavailable(&e))?;
+        let existing = current_assignments(hub).await?;
         if let Some(a) = existing.get(name) {
             if a.config != config {
                 return Err(ApiError::new(
@@ -371,21 +345,7 @@ impl Cluster {
             }
             return Ok(self.info_of(hub, name, a, None));
         }
-        let overlapping = existing.values().any(|a| {
-            a.config.subjects.iter().any(|x| {
-                config
-                    .subjects
-                    .iter()
-                    .any(|y| berth_messaging::subject::overlaps(x, y))
-            })
-        });
-        if overlapping {
-            return Err(ApiError::new(
-                400,
-                10065,
-                "subjects overlap with an existing stream",
-            ));
-        }
+        no_overlap(&existing, name, &config)?;
         let replicas = usize::try_from(config.num_replicas.max(1)).unwrap_or(usize::MAX);
         let peers = place(hub, &existing, replicas)?;
         let a = Assignment {
@@ -407,21 +367,12 @@ impl Cluster {
             success: vec![put_op(k, value, 0)],
             failure: Vec::new(),
         };
-        match hub
-            .core
-            .consensus
-            .propose_in(Keyspace::Messaging, StoreCommand::Txn(txn))
-            .await
-        {
-            Ok(Applied::Txn(r)) if r.succeeded => {}
-            Ok(_) => {
-                return Err(ApiError::new(
-                    400,
-                    10058,
-                    "stream name already in use (created concurrently)",
-                ))
-            }
-            Err(e) => return Err(unavailable(&e)),
+        if !change_assignments(hub, txn).await? {
+            return Err(ApiError::new(
+                400,
+                10058,
+                "stream name already in use (created concurrently)",
+            ));
         }
         tracing::info!(stream = %name, group = %a.group, peers = ?a.peers, "JetStream: stream assigned");
         // Answered once the stream's peers serve it here (their interest reached this
@@ -467,12 +418,7 @@ impl Cluster {
         payload: &[u8],
     ) -> Result<Value, ApiError> {
         let config = config_of(name, payload)?;
-        hub.core
-            .consensus
-            .read_index()
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let existing = read_assignments(hub).map_err(|e| unavailable(&e))?;
+        let existing = current_assignments(hub).await?;
         let Some(old) = existing.get(name) else {
             return Err(not_found());
         };
@@ -484,22 +430,7 @@ impl Cluster {
                 "changing a stream's replicas is not supported yet",
             ));
         }
-        let overlapping = existing.iter().any(|(n, a)| {
-            n != name
-                && a.config.subjects.iter().any(|x| {
-                    config
-                        .subjects
-                        .iter()
-                        .any(|y| berth_messaging::subject::overlaps(x, y))
-                })
-        });
-        if overlapping {
-            return Err(ApiError::new(
-                400,
-                10065,
-                "subjects overlap with an existing stream",
-            ));
-        }
+        no_overlap(&existing, name, &config)?;
         let json_config = serde_json::to_vec(&config).map_err(|e| unavailable(&e))?;
         // The stream applies its new limits at one point of its log, then the assignment
         // records the configuration.
@@ -520,18 +451,15 @@ impl Cluster {
             ..old.clone()
         };
         let value = serde_json::to_vec(&a).map_err(|e| unavailable(&e))?;
-        hub.core
-            .consensus
-            .propose_in(
-                Keyspace::Messaging,
-                StoreCommand::Txn(TxnRequest {
-                    compare: Vec::new(),
-                    success: vec![put_op(key(name), value, 0)],
-                    failure: Vec::new(),
-                }),
-            )
-            .await
-            .map_err(|e| unavailable(&e))?;
+        change_assignments(
+            hub,
+            TxnRequest {
+                compare: Vec::new(),
+                success: vec![put_op(key(name), value, 0)],
+                failure: Vec::new(),
+            },
+        )
+        .await?;
         self.sync_view(hub).await;
         Ok(self.info_of(hub, name, &a, None))
     }
@@ -548,21 +476,63 @@ impl Cluster {
             success: vec![delete_op(key(name), Vec::new())],
             failure: Vec::new(),
         };
-        match hub
-            .core
-            .consensus
-            .propose_in(Keyspace::Messaging, StoreCommand::Txn(txn))
-            .await
-        {
-            Ok(Applied::Txn(r)) if r.succeeded => {
-                tracing::info!(stream = %name, "JetStream: stream deleted");
-                self.sync_view(hub).await;
-                Ok(json!({"success": true}))
-            }
-            Ok(_) => Err(not_found()),
-            Err(e) => Err(unavailable(&e)),
+        if !change_assignments(hub, txn).await? {
+            return Err(not_found());
         }
+        tracing::info!(stream = %name, "JetStream: stream deleted");
+        self.sync_view(hub).await;
+        Ok(json!({"success": true}))
     }
+}
+
+/// The assignments as of everything committed before the call (another member may have
+/// just changed them).
+async fn current_assignments(hub: &Hub) -> Result<BTreeMap<String, Assignment>, ApiError> {
+    hub.core
+        .consensus
+        .read_index()
+        .await
+        .map_err(|e| unavailable(&e))?;
+    read_assignments(hub).map_err(|e| unavailable(&e))
+}
+
+/// Proposes a change of the assignments to the meta group; whether its guard held.
+async fn change_assignments(hub: &Hub, txn: TxnRequest) -> Result<bool, ApiError> {
+    match hub
+        .core
+        .consensus
+        .propose_in(Keyspace::Messaging, StoreCommand::Txn(txn))
+        .await
+    {
+        Ok(Applied::Txn(r)) => Ok(r.succeeded),
+        Ok(other) => Err(unavailable(format!("unexpected result {other:?}"))),
+        Err(e) => Err(unavailable(&e)),
+    }
+}
+
+/// Refuses `config` (of stream `name`) when its subjects overlap another stream's.
+fn no_overlap(
+    existing: &BTreeMap<String, Assignment>,
+    name: &str,
+    config: &Config,
+) -> Result<(), ApiError> {
+    let overlapping = existing.iter().any(|(n, a)| {
+        n != name
+            && a.config.subjects.iter().any(|x| {
+                config
+                    .subjects
+                    .iter()
+                    .any(|y| berth_messaging::subject::overlaps(x, y))
+            })
+    });
+    if overlapping {
+        return Err(ApiError::new(
+            400,
+            10065,
+            "subjects overlap with an existing stream",
+        ));
+    }
+    Ok(())
 }
 
 fn answer_to(hub: &Hub, reply: Option<&str>, kind: &str, answer: Result<Value, ApiError>) {
