@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 const APPLIED_KEY: &str = "raft.state";
 /// The metadata key of the stream's configuration.
 const CONFIG_KEY: &str = "config";
+/// The metadata key of the last message ID stored (empty value: none).
+const LAST_ID_KEY: &str = "last_msg_id";
 /// The metadata keys of the consumers' saved states: this and the consumer's name.
 const CONSUMER_PREFIX: &str = "consumer.";
 
@@ -87,7 +89,14 @@ impl StreamGroup {
             None => (config, created),
         };
         let now = store.state().last_time;
-        Stream::from_store(store, config, created, now)
+        let last_id = store
+            .meta(LAST_ID_KEY)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        let mut stream = Stream::from_store(store, config, created, now)?;
+        if last_id.is_some() {
+            stream.set_last_msg_id(last_id);
+        }
+        Ok(stream)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Stream>> {
@@ -143,6 +152,7 @@ impl GroupState for StreamGroup {
         let stream = guard.as_mut().ok_or_else(closed)?;
         let mut results = Vec::with_capacity(cmds.len());
         let mut configured = stream.store().meta(CONFIG_KEY).is_none();
+        let last_id = stream.last_msg_id().map(str::to_owned);
         // Consumer states, by metadata key (the last of the batch wins).
         let mut consumers: std::collections::BTreeMap<String, &[u8]> = Default::default();
         for cmd in &cmds {
@@ -168,6 +178,12 @@ impl GroupState for StreamGroup {
             entries.push((CONFIG_KEY, saved));
         }
         entries.extend(consumers.iter().map(|(k, v)| (k.as_str(), *v)));
+        let new_id = stream.last_msg_id().map(str::to_owned);
+        if new_id != last_id {
+            if let Some(id) = &new_id {
+                entries.push((LAST_ID_KEY, id.as_bytes()));
+            }
+        }
         entries.push(meta);
         stream.store_mut().set_meta(&entries)?;
         stream.flush()?;

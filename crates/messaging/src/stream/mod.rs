@@ -168,6 +168,18 @@ impl Stream {
         self.created
     }
 
+    /// The last message ID stored (what `Nats-Expected-Last-Msg-Id` is checked against).
+    pub fn last_msg_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+
+    /// Sets the last message ID stored: a replicated stream keeps it beside its messages,
+    /// since the message that carried it may be gone (rebuilding it from what is stored
+    /// would let a replica that restarted judge the header otherwise than the others).
+    pub fn set_last_msg_id(&mut self, id: Option<String>) {
+        self.last_id = id;
+    }
+
     /// The store, for reads.
     pub fn store(&self) -> &StreamStore {
         &self.store

@@ -331,3 +331,40 @@ async fn three_replicas_commit_publishes_and_catch_up_a_stopped_one() {
         }
     }
 }
+
+/// The last message ID outlives its message: a replica that restarts judges
+/// `Nats-Expected-Last-Msg-Id` as the others do.
+#[test]
+fn the_last_message_id_survives_a_reopen_without_its_message() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let g = StreamGroup::open(dir.path(), config(), 1, 1 << 20).expect("open");
+    apply(&g, 7, 8, b"one");
+    let purge = Command::Purge {
+        filter: None,
+        seq: None,
+        keep: None,
+    }
+    .encode();
+    g.apply(&[&purge], ("raft.state", b"two")).expect("purge");
+    drop(g);
+    let g = StreamGroup::open(dir.path(), config(), 1, 1 << 20).expect("reopen");
+    assert_eq!(
+        g.read(|s| s.last_msg_id().map(str::to_owned)),
+        Some(Some("id7".into()))
+    );
+    let guarded = Command::Publish {
+        now: 2_000,
+        subject: "s.1",
+        headers: b"NATS/1.0\r\nNats-Expected-Last-Msg-Id: id7\r\n\r\n",
+        payload: b"x",
+    }
+    .encode();
+    let out = g
+        .apply(&[&guarded], ("raft.state", b"three"))
+        .expect("apply");
+    assert!(
+        matches!(Outcome::decode(&out[0]), Ok(Outcome::Stored(_))),
+        "{:?}",
+        Outcome::decode(&out[0])
+    );
+}
