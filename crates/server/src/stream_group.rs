@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use berth_consensus::{ApplyError, GroupState, GroupView};
-use berth_messaging::stream::command::Command;
-use berth_messaging::stream::{Config, StoreView, Stream, StreamStore};
+use berth_messaging::stream::command::{Command, Outcome};
+use berth_messaging::stream::{ApiError, Config, StoreView, Stream, StreamStore};
 use serde::{Deserialize, Serialize};
 
 /// The metadata key consensus writes the applied log position under (its `raft.state`): the
@@ -25,6 +25,9 @@ const APPLIED_KEY: &str = "raft.state";
 const CONFIG_KEY: &str = "config";
 /// The metadata key of the last message ID stored (empty value: none).
 const LAST_ID_KEY: &str = "last_msg_id";
+/// The metadata key of the newest consumers' epoch (the term of the leader that last
+/// fenced or saved them), u64 little endian.
+const EPOCH_KEY: &str = "consumer_epoch";
 /// The metadata keys of the consumers' saved states: this and the consumer's name.
 const CONSUMER_PREFIX: &str = "consumer.";
 
@@ -93,6 +96,7 @@ impl StreamGroup {
             .meta(LAST_ID_KEY)
             .map(|v| String::from_utf8_lossy(v).into_owned());
         let mut stream = Stream::from_store(store, config, created, now)?;
+        stream.replicated();
         if last_id.is_some() {
             stream.set_last_msg_id(last_id);
         }
@@ -153,17 +157,37 @@ impl GroupState for StreamGroup {
         let mut results = Vec::with_capacity(cmds.len());
         let mut configured = stream.store().meta(CONFIG_KEY).is_none();
         let last_id = stream.last_msg_id().map(str::to_owned);
-        // Consumer states, by metadata key (the last of the batch wins).
+        // Consumer states, by metadata key (the last of the batch wins), from leaders no
+        // older than the newest heard from.
         let mut consumers: std::collections::BTreeMap<String, &[u8]> = Default::default();
+        let old_epoch = stream
+            .store()
+            .meta(EPOCH_KEY)
+            .and_then(|v| v.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        let mut epoch = old_epoch;
         for cmd in &cmds {
             configured |= matches!(cmd, Command::Configure { .. });
-            if let Command::Consumers { entries } = cmd {
+            if let Command::Consumers { epoch: e, entries } = cmd {
+                if *e < epoch {
+                    results.push(
+                        Outcome::Refused(ApiError::new(
+                            503,
+                            10008,
+                            "JetStream system temporarily unavailable: the stream has a newer leader",
+                        ))
+                        .encode(),
+                    );
+                    continue;
+                }
+                epoch = *e;
                 for (name, state) in entries {
                     consumers.insert(format!("{CONSUMER_PREFIX}{name}"), state);
                 }
             }
             results.push(stream.apply(cmd)?.encode());
         }
+        let epoch_bytes = epoch.to_le_bytes();
         let saved = configured
             .then(|| {
                 serde_json::to_vec(&Saved {
@@ -178,6 +202,9 @@ impl GroupState for StreamGroup {
             entries.push((CONFIG_KEY, saved));
         }
         entries.extend(consumers.iter().map(|(k, v)| (k.as_str(), *v)));
+        if epoch != old_epoch {
+            entries.push((EPOCH_KEY, &epoch_bytes));
+        }
         let new_id = stream.last_msg_id().map(str::to_owned);
         if new_id != last_id {
             if let Some(id) = &new_id {
@@ -207,6 +234,9 @@ impl GroupState for StreamGroup {
     }
 
     fn install(&self, snapshot: &mut dyn io::Read) -> io::Result<()> {
+        // Received and checked beside the store, without the stream's lock (reads go on);
+        // then, under it, the store is swapped.
+        StreamStore::receive_install(&self.dir, snapshot, self.segment_bytes, APPLIED_KEY)?;
         let mut guard = self.lock();
         let (config, created) = match guard.as_ref() {
             Some(s) => (s.config().clone(), s.created()),
@@ -215,7 +245,7 @@ impl GroupState for StreamGroup {
         if let Some(stream) = guard.take() {
             drop(stream.into_store());
         }
-        let installed = StreamStore::install(&self.dir, snapshot, self.segment_bytes, APPLIED_KEY)
+        let installed = StreamStore::finish_install(&self.dir, self.segment_bytes, APPLIED_KEY)
             .and_then(|store| Self::stream_over(store, config.clone(), created));
         let result = match installed {
             Ok(stream) => {
@@ -223,7 +253,7 @@ impl GroupState for StreamGroup {
                 Ok(())
             }
             Err(e) => {
-                // A refused snapshot leaves the store as it was: reopen it.
+                // Reopen what is there (the old store if the swap did not happen).
                 *guard = Self::open_stream(&self.dir, self.segment_bytes, config, created).ok();
                 Err(e)
             }

@@ -82,6 +82,9 @@ pub enum Command<'a> {
     /// Record consumers' saved states (name, bytes; empty bytes: the consumer is deleted).
     /// Metadata of the group, kept beside the stream: the stream itself is unchanged.
     Consumers {
+        /// The term of the leader whose consumers these are: a group refuses states from a
+        /// leader older than one it has heard from (a deposed leader that did not know yet).
+        epoch: u64,
         /// The consumers' names and states.
         entries: Vec<(&'a str, &'a [u8])>,
     },
@@ -241,8 +244,9 @@ impl Command<'_> {
                 w.i64(*now);
                 w.bytes(config);
             }
-            Command::Consumers { entries } => {
+            Command::Consumers { epoch, entries } => {
                 w.u8(CONSUMERS);
+                w.u64(*epoch);
                 w.u64(entries.len() as u64);
                 for (name, state) in entries {
                     w.bytes(name.as_bytes());
@@ -309,6 +313,7 @@ impl Command<'_> {
                 config: r.bytes()?,
             },
             CONSUMERS => {
+                let epoch = r.u64()?;
                 let n = r.u64()?;
                 // Every entry takes at least 8 bytes.
                 if n > (r.0.len() / 8) as u64 {
@@ -318,7 +323,7 @@ impl Command<'_> {
                 for _ in 0..n {
                     entries.push((r.str()?, r.bytes()?));
                 }
-                Command::Consumers { entries }
+                Command::Consumers { epoch, entries }
             }
             k => return Err(format!("stream command kind {k} is unknown")),
         };
@@ -502,9 +507,13 @@ mod tests {
                 config: b"{}",
             },
             Command::Consumers {
+                epoch: 4,
                 entries: vec![("c1", b"{}"), ("gone", b"")],
             },
-            Command::Consumers { entries: vec![] },
+            Command::Consumers {
+                epoch: 0,
+                entries: vec![],
+            },
         ]
     }
 

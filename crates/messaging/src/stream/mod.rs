@@ -100,6 +100,8 @@ pub struct Stream {
     created: i64,
     /// Schedules waiting to fire.
     schedules: schedule::Table,
+    /// A replicated stream's rules ([`Stream::replicated`]).
+    replicated: bool,
 }
 
 impl Stream {
@@ -125,6 +127,7 @@ impl Stream {
             last_id: None,
             created,
             schedules: schedule::Table::default(),
+            replicated: false,
         };
         if stream.config.allow_msg_schedules {
             // The schedules stored: every message is read once (streams with schedules).
@@ -168,6 +171,13 @@ impl Stream {
         self.created
     }
 
+    /// Makes this a replicated stream's rules: a message ID is a duplicate only while its
+    /// message is stored (within the window), and message times never go back (each
+    /// replica's clock proposes publishes; the stream keeps them in order).
+    pub fn replicated(&mut self) {
+        self.replicated = true;
+    }
+
     /// The last message ID stored (what `Nats-Expected-Last-Msg-Id` is checked against).
     pub fn last_msg_id(&self) -> Option<&str> {
         self.last_id.as_deref()
@@ -204,6 +214,11 @@ impl Stream {
 
     /// Stores one publish, or says why not. Not durable until the store's file is synced.
     pub fn publish(&mut self, p: Publish<'_>, now: i64) -> Result<PubAck, ApiError> {
+        let now = if self.replicated {
+            now.max(self.store.last_time())
+        } else {
+            now
+        };
         self.expire_ids(now);
         let c = &self.config;
         if c.sealed {
@@ -229,7 +244,11 @@ impl Stream {
         }
         let msg_id = headers::get(h, "Nats-Msg-Id").filter(|id| !id.is_empty());
         if let Some(id) = msg_id {
-            if let Some((seq, _)) = self.ids.get(id) {
+            // A replicated stream counts only IDs whose messages are still stored: what a
+            // replica rebuilds from its messages after a restart is then what the others
+            // kept in memory.
+            let counted = |seq: u64| !self.replicated || self.store.time_of(seq).is_some();
+            if let Some((seq, _)) = self.ids.get(id).filter(|(seq, _)| counted(*seq)) {
                 return Ok(PubAck {
                     seq: *seq,
                     duplicate: true,

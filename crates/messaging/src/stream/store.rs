@@ -443,9 +443,10 @@ impl StreamStore {
             if let Some((&id, seg)) = self.segments.last_key_value() {
                 if seg.size >= self.segment_bytes {
                     self.new_segment(id + 1)?;
-                    self.drop_dead_segments()?;
                 }
             }
+            // Segments emptied by this batch go now that it is committed (synced first).
+            self.drop_dead_segments()?;
         }
         Ok(())
     }
@@ -488,6 +489,18 @@ impl StreamStore {
         segment_bytes: u64,
         commit_key: &'static str,
     ) -> io::Result<StreamStore> {
+        Self::receive_install(dir, snapshot, segment_bytes, commit_key)?;
+        Self::finish_install(dir, segment_bytes, commit_key)
+    }
+
+    /// The first half of [`StreamStore::install`], which may run while the store in `dir` is
+    /// still open and in use: receives and checks the snapshot beside it.
+    pub fn receive_install(
+        dir: &Path,
+        snapshot: &mut dyn io::Read,
+        segment_bytes: u64,
+        commit_key: &'static str,
+    ) -> io::Result<()> {
         let incoming = sibling(dir, "installing");
         if incoming.exists() {
             std::fs::remove_dir_all(&incoming)?;
@@ -498,7 +511,17 @@ impl StreamStore {
             let _ = std::fs::remove_dir_all(&incoming);
             return Err(e);
         }
-        File::open(&incoming)?.sync_all()?;
+        File::open(&incoming)?.sync_all()
+    }
+
+    /// The second half of [`StreamStore::install`], once the store in `dir` is closed: the
+    /// received snapshot takes its place.
+    pub fn finish_install(
+        dir: &Path,
+        segment_bytes: u64,
+        commit_key: &'static str,
+    ) -> io::Result<StreamStore> {
+        let incoming = sibling(dir, "installing");
         let old = sibling(dir, "replaced");
         if dir.exists() {
             std::fs::rename(dir, &old)?;
@@ -684,6 +707,11 @@ impl StreamStore {
     /// with nothing left go.
     fn settle(&mut self) -> io::Result<()> {
         self.settle_bounds();
+        if self.commit_key.is_some() {
+            // Deleted only after the batch's commit record (`set_meta`): a crash before it
+            // cuts the batch's removal records, and the segment must still be there then.
+            return Ok(());
+        }
         self.drop_dead_segments()
     }
 
@@ -959,6 +987,11 @@ impl StreamStore {
         }
     }
 
+    /// When the last message was stored (UNIX ns; 0 when none ever was).
+    pub fn last_time(&self) -> i64 {
+        self.last_time
+    }
+
     /// The time `seq` was stored at, if stored.
     pub fn time_of(&self, seq: u64) -> Option<i64> {
         self.msgs.get(&seq).map(|m| m.time)
@@ -1222,6 +1255,29 @@ mod tests {
         let s = StreamStore::open_committed(dir.path(), 300, "applied").expect("reopen");
         assert_eq!((s.state().messages, s.state().last_seq), (0, 30));
         assert_eq!(s.meta("applied"), Some(&11u64.to_le_bytes()[..]));
+    }
+
+    /// A batch that empties the oldest segment and is cut short by a crash leaves the store
+    /// as its last commit: the segment goes only with the batch's commit record.
+    #[test]
+    fn a_committed_store_deletes_segments_only_with_a_commit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = StreamStore::open_committed(dir.path(), 300, "applied").expect("open");
+        for b in 1..=4 {
+            batch(&mut s, 3, b);
+        }
+        let at_commit = s.state();
+        let before = segments(dir.path());
+        s.remove(&(1..=9).collect::<Vec<_>>()).expect("remove");
+        assert_eq!(segments(dir.path()), before, "not before the commit");
+        drop(s);
+        let s = StreamStore::open_committed(dir.path(), 300, "applied").expect("reopen");
+        assert_eq!(s.state(), at_commit);
+        let mut s = s;
+        s.remove(&(1..=9).collect::<Vec<_>>()).expect("remove");
+        s.set_meta(&[("applied", &5u64.to_le_bytes())])
+            .expect("commit");
+        assert!(segments(dir.path()) < before, "gone with the commit");
     }
 
     #[test]

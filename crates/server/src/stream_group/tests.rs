@@ -104,7 +104,7 @@ fn batches_survive_reopen_and_snapshots_install_elsewhere() {
     assert!(b.install(&mut &bytes[..bytes.len() / 2]).is_err());
     assert_eq!(b.read(|s| s.store().state().last_seq), Some(10));
     // Consumers' states ride along: kept across a reopen and in snapshots; empty deletes.
-    let save = |entries: Vec<(&str, &[u8])>| Command::Consumers { entries }.encode();
+    let save = |entries: Vec<(&str, &[u8])>| Command::Consumers { epoch: 2, entries }.encode();
     b.apply(
         &[
             &save(vec![("c1", b"one"), ("c2", b"two")]),
@@ -115,6 +115,15 @@ fn batches_survive_reopen_and_snapshots_install_elsewhere() {
     .expect("consumers");
     b.apply(&[&save(vec![("c2", b"")])], ("raft.state", b"six"))
         .expect("consumers");
+    assert_eq!(b.consumers(), vec![("c1".to_string(), b"uno".to_vec())]);
+    // A deposed leader's states (an older epoch) are refused.
+    let stale = Command::Consumers {
+        epoch: 1,
+        entries: vec![("c1", b"old")],
+    }
+    .encode();
+    let out = b.apply(&[&stale], ("raft.state", b"six")).expect("apply");
+    assert!(matches!(Outcome::decode(&out[0]), Ok(Outcome::Refused(_))));
     assert_eq!(b.consumers(), vec![("c1".to_string(), b"uno".to_vec())]);
     let view = b.durable_view().expect("view");
     let mut bytes = Vec::new();

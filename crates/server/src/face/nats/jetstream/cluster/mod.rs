@@ -78,7 +78,11 @@ const CREATE_PATIENCE: Duration = Duration::from_secs(5);
 /// A stream's placement, as the meta group holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Assignment {
+    /// The configuration now.
     config: Config,
+    /// The configuration the stream was created with: what a replica that has applied
+    /// nothing yet starts from (its group's log carries every change since, in order).
+    initial: Config,
     /// UNIX nanoseconds.
     created: i64,
     /// The stream's Raft group.
@@ -150,9 +154,42 @@ pub(crate) struct Local {
     stop: watch::Sender<bool>,
     /// The consumers' runtime while this member leads the group.
     led: Mutex<Option<Arc<StreamHandle>>>,
+    /// The subjects this member announces for the stream (`None`: none now).
+    announced: Mutex<Option<Vec<String>>>,
+    /// Set once the group's Raft stopped on its own (a storage failure): the member stops
+    /// announcing the stream, so its traffic goes to the other replicas.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Local {
+    /// Announces `subjects` (the stream's and its API's) in the stream's queue group over
+    /// the routes, replacing what was announced before.
+    fn announce(&self, hub: &Hub, subjects: Vec<String>) {
+        let mut announced = lock(&self.announced);
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let queue = queue_of(&self.assignment().config.name);
+        let old = announced.take().unwrap_or_default();
+        for s in subjects.iter().filter(|s| !old.contains(s)) {
+            hub.routes.local_added(s, Some(&queue));
+        }
+        for s in old.iter().filter(|s| !subjects.contains(s)) {
+            hub.routes.local_removed(s, Some(&queue));
+        }
+        *announced = Some(subjects);
+    }
+
+    /// Stops announcing the stream.
+    fn withdraw(&self, hub: &Hub) {
+        let queue = queue_of(&self.assignment().config.name);
+        if let Some(old) = lock(&self.announced).take() {
+            for s in old {
+                hub.routes.local_removed(&s, Some(&queue));
+            }
+        }
+    }
+
     fn assignment(&self) -> Assignment {
         self.assignment
             .read()
@@ -253,7 +290,7 @@ impl Cluster {
         let locals: Vec<Arc<Local>> = lock(&self.local).drain().map(|(_, l)| l).collect();
         for l in locals {
             step_down(&hub, &l);
-            let _ = l.stop.send(true);
+            l.stop.send_replace(true);
             hub.core.consensus.stop_group(&l.replica).await;
         }
     }
@@ -303,12 +340,9 @@ impl Cluster {
         for (name, l) in stale {
             lock(&self.local).remove(&name);
             let a = l.assignment();
-            let queue = queue_of(&name);
-            for s in interest_of(&a.config) {
-                hub.routes.local_removed(&s, Some(&queue));
-            }
+            l.withdraw(hub);
             step_down(hub, &l);
-            let _ = l.stop.send(true);
+            l.stop.send_replace(true);
             hub.core.consensus.stop_group(&l.replica).await;
             let dir = self.dir.join(&a.group);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -321,25 +355,17 @@ impl Cluster {
                 continue;
             }
             if let Some(l) = self.local(&name) {
-                let old = l.assignment();
-                if old.config.subjects != a.config.subjects {
-                    let queue = queue_of(&name);
-                    for s in &a.config.subjects {
-                        hub.routes.local_added(s, Some(&queue));
-                    }
-                    for s in &old.config.subjects {
-                        hub.routes.local_removed(s, Some(&queue));
-                    }
-                }
+                let changed = l.assignment().config.subjects != a.config.subjects;
+                let subjects = interest_of(&a.config);
                 *l.assignment.write().unwrap_or_else(|p| p.into_inner()) = a;
+                if changed {
+                    l.announce(hub, subjects);
+                }
                 continue;
             }
             match self.start_local(hub, &a).await {
                 Ok(l) => {
-                    let queue = queue_of(&name);
-                    for s in interest_of(&a.config) {
-                        hub.routes.local_added(&s, Some(&queue));
-                    }
+                    l.announce(hub, interest_of(&a.config));
                     lock(&self.local).insert(name.clone(), l);
                     tracing::info!(stream = %name, group = %a.group, peers = a.peers.len(), "JetStream: replica started");
                 }
@@ -354,7 +380,7 @@ impl Cluster {
         let group_id = GroupId::new(&a.group)
             .ok_or_else(|| anyhow::anyhow!("invalid group name {:?}", a.group))?;
         let dir = self.dir.join(&a.group);
-        let (config, created) = (a.config.clone(), a.created);
+        let (config, created) = (a.initial.clone(), a.created);
         let stream_dir = dir.join("stream");
         let group = tokio::task::spawn_blocking(move || {
             StreamGroup::open(&stream_dir, config, created, SEGMENT_BYTES)
@@ -400,6 +426,23 @@ impl Cluster {
             queue,
             stop,
             led: Mutex::new(None),
+            announced: Mutex::new(None),
+            failed: Default::default(),
+        });
+        // A group whose Raft stops on its own (a storage failure) serves nothing more: its
+        // traffic goes to the other replicas.
+        let (watched, hub2) = (Arc::downgrade(&local), hub.clone());
+        let replica = local.replica.clone();
+        tokio::spawn(async move {
+            let why = replica.wait_stopped().await;
+            let Some(l) = watched.upgrade() else { return };
+            if *l.stop.borrow() {
+                return;
+            }
+            l.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            l.withdraw(&hub2);
+            step_down(&hub2, &l);
+            tracing::error!(stream = %l.assignment().config.name, reason = %why, "JetStream: this member's replica of the stream stopped; the other replicas serve it");
         });
         tokio::spawn(propose_publishes(hub.clone(), local.clone(), rx));
         tokio::spawn(timed_work(hub.clone(), local.clone(), stopped));

@@ -111,7 +111,10 @@ pub(super) async fn timed_work(hub: Arc<Hub>, local: Arc<Local>, mut stop: watch
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TIMED_WORK_EVERY) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                step_down(&hub, &local);
+                return;
+            }
         }
         let leads = local.replica.status().is_leader;
         let running = lock(&local.led).is_some();
@@ -150,10 +153,17 @@ pub(super) async fn timed_work(hub: Arc<Hub>, local: Arc<Local>, mut stop: watch
     }
 }
 
-/// Starts the stream's consumers here, this member having become the group's leader: once
-/// it has applied everything committed, they are restored from the group's state.
+/// Starts the stream's consumers here, this member having become the group's leader. A
+/// fence goes through the group first (an empty consumers' entry with this leader's term):
+/// once it is applied here, every state an earlier leader saved before it is too, and any it
+/// saves after it is refused; the consumers are restored from the group's state then.
 async fn take_lead(hub: &Arc<Hub>, local: &Arc<Local>) {
-    if local.replica.read_index().await.is_err() {
+    let epoch = local.replica.status().term;
+    let fence = Command::Consumers {
+        epoch,
+        entries: Vec::new(),
+    };
+    if propose(local, &fence).await.is_err() {
         return;
     }
     let a = local.assignment();
@@ -166,11 +176,24 @@ async fn take_lead(hub: &Arc<Hub>, local: &Arc<Local>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle =
         StreamHandle::replicated(&name, PathBuf::new(), local.group.shared(), restored, tx);
-    *lock(&local.led) = Some(handle.clone());
+    {
+        // Set and announced under the lock step_down takes: never one without the other.
+        let mut led = lock(&local.led);
+        if *local.stop.borrow() || led.is_some() {
+            // The replica stopped (or another turn took the lead) while the fence went.
+            return;
+        }
+        *led = Some(handle.clone());
+        let queue = leader_queue_of(&name);
+        for s in leader_subjects(&name) {
+            hub.routes.local_added(&s, Some(&queue));
+        }
+    }
     tokio::spawn(save_consumers(
         hub.clone(),
         local.clone(),
         Arc::downgrade(&handle),
+        epoch,
         rx,
     ));
     tokio::spawn(consumers::dispatch(Arc::downgrade(hub), handle.clone()));
@@ -184,24 +207,24 @@ async fn take_lead(hub: &Arc<Hub>, local: &Arc<Local>) {
             }
         }
     });
-    let queue = leader_queue_of(&name);
-    for s in leader_subjects(&name) {
-        hub.routes.local_added(&s, Some(&queue));
-    }
-    tracing::info!(stream = %name, consumers = handle.consumers().len(), "JetStream: leading the stream; its consumers run here");
+    tracing::info!(stream = %name, epoch, consumers = handle.consumers().len(), "JetStream: leading the stream; its consumers run here");
 }
 
 /// Stops the stream's consumers here (leadership moved away, or the replica stops).
 pub(super) fn step_down(hub: &Hub, local: &Local) {
-    let Some(handle) = lock(&local.led).take() else {
-        return;
+    let name = local.assignment().config.name;
+    let handle = {
+        let mut led = lock(&local.led);
+        let Some(handle) = led.take() else {
+            return;
+        };
+        let queue = leader_queue_of(&name);
+        for s in leader_subjects(&name) {
+            hub.routes.local_removed(&s, Some(&queue));
+        }
+        handle
     };
     handle.close();
-    let name = local.assignment().config.name;
-    let queue = leader_queue_of(&name);
-    for s in leader_subjects(&name) {
-        hub.routes.local_removed(&s, Some(&queue));
-    }
     tracing::info!(stream = %name, "JetStream: no longer leading the stream; its consumers stopped here");
 }
 
@@ -225,6 +248,7 @@ async fn save_consumers(
     hub: Arc<Hub>,
     local: Arc<Local>,
     handle: std::sync::Weak<StreamHandle>,
+    epoch: u64,
     mut rx: mpsc::UnboundedReceiver<SaverMsg>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -251,7 +275,7 @@ async fn save_consumers(
                 .iter()
                 .map(|(n, s)| (n.as_str(), s.as_slice()))
                 .collect();
-            propose(&local, &Command::Consumers { entries })
+            propose(&local, &Command::Consumers { epoch, entries })
                 .await
                 .map(|_| ())
         };

@@ -343,6 +343,7 @@ impl Cluster {
         let replicas = usize::try_from(config.num_replicas.max(1)).unwrap_or(usize::MAX);
         let peers = place(hub, &existing, replicas)?;
         let a = Assignment {
+            initial: config.clone(),
             config,
             created: now_ns(),
             group: format!("js-{:016x}", rand::rng().random::<u64>()),
