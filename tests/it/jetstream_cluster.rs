@@ -260,12 +260,22 @@ fn an_r3_stream_loses_nothing_acknowledged_when_its_leader_is_killed() {
         assert_eq!(info["state"]["last_seq"], sent, "m{i}: {info}");
     }
     for (n, (seq, _)) in acked.iter().step_by(97) {
-        let got = api(
-            &addrs[survivors[0]],
-            "$JS.API.STREAM.MSG.GET.R",
-            &format!("{{\"seq\":{seq}}}"),
-        );
-        let data = got["message"]["data"].as_str().unwrap_or_default();
+        // Served once a read index is had (a 503 right after the failover is retried).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            let got = api(
+                &addrs[survivors[0]],
+                "$JS.API.STREAM.MSG.GET.R",
+                &format!("{{\"seq\":{seq}}}"),
+            );
+            if got["error"]["code"] != 503 || Instant::now() > deadline {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let data = got["message"]["data"]
+            .as_str()
+            .unwrap_or_else(|| panic!("seq {seq}: {got}"));
         use base64::Engine as _;
         let data = base64::engine::general_purpose::STANDARD
             .decode(data)
