@@ -81,14 +81,14 @@ impl StreamHandle {
     /// stream, the consumers restored from their replicated states, and their saver.
     pub(crate) fn replicated(
         name: &str,
-        dir: PathBuf,
         stream: Arc<Mutex<Option<Stream>>>,
         consumers: consumers::Consumers,
         saver: tokio::sync::mpsc::UnboundedSender<consumers::SaverMsg>,
     ) -> Arc<StreamHandle> {
         let handle = Arc::new(StreamHandle {
             name: name.to_string(),
-            dir,
+            // Its files are its group's: this handle never reopens them itself.
+            dir: PathBuf::new(),
             stream,
             queue: Mutex::new(None),
             consumers: Mutex::new(consumers),

@@ -449,7 +449,7 @@ impl Cluster {
         Ok(local)
     }
 
-    /// The local stream whose subjects take `subject`, when this member is one of its peers.
+    /// The stream (of any member) whose subjects take `subject`.
     pub(crate) fn stream_of(&self, subject: &str) -> Option<String> {
         let view = self.view();
         let m = view.subjects.matches(subject);

@@ -174,8 +174,7 @@ async fn take_lead(hub: &Arc<Hub>, local: &Arc<Local>) {
         .unwrap_or_default();
     let restored = consumers::Consumers::from_saved(local.group.consumers(), last);
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle =
-        StreamHandle::replicated(&name, PathBuf::new(), local.group.shared(), restored, tx);
+    let handle = StreamHandle::replicated(&name, local.group.shared(), restored, tx);
     {
         // Set and announced under the lock step_down takes: never one without the other.
         let mut led = lock(&local.led);
