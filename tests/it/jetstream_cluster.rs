@@ -358,7 +358,36 @@ fn pull_and_ack(addr: &str, mut more: impl FnMut(&[u64], &[u64]) -> bool) -> (Ve
 /// again by the new leader, and every message is delivered at least once.
 #[test]
 fn consumers_of_an_r3_stream_resume_on_a_new_leader() {
-    let (mut cluster, addrs) = r3_stream();
+    consume_across_a_leader_kill(r#"{"subjects":["r.>"],"num_replicas":3}"#);
+}
+
+/// The same with a work-queue stream: what is acknowledged is dropped on every replica, and
+/// once everything is, the stream is empty through every survivor (the new leader drops
+/// what its predecessor's acks left).
+#[test]
+fn an_r3_work_queue_drops_what_is_acknowledged_across_a_leader_kill() {
+    let (_cluster, addrs, survivors) = consume_across_a_leader_kill(
+        r#"{"subjects":["r.>"],"num_replicas":3,"retention":"workqueue"}"#,
+    );
+    for s in survivors {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = api(&addrs[s], "$JS.API.STREAM.INFO.R", "");
+            if info["state"]["messages"] == 0 && info["state"]["last_seq"] == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "member {s}: {info}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Stream `R` made from `config` on a fresh cluster, 200 messages, a durable pull consumer
+/// `work` used through a member that does not lead: at least 100 acked and confirmed, the
+/// leader killed, the rest consumed through a survivor. Returns the cluster, the members'
+/// NATS addresses and the survivors.
+fn consume_across_a_leader_kill(config: &str) -> (Cluster, Vec<String>, Vec<usize>) {
+    let (mut cluster, addrs, _) = cluster_with_stream("R", config);
     let leader = member_index(&info_with_leader(&addrs[0], "R")["cluster"]["leader"]);
     let other = (leader + 1) % 3;
     // Until the leader's consumers run (just elected), a request is refused with 503.
@@ -413,6 +442,7 @@ fn consumers_of_an_r3_stream_resume_on_a_new_leader() {
     }
     let names = api(&addrs[survivors[1]], "$JS.API.CONSUMER.NAMES.R", "");
     assert_eq!(names["consumers"], serde_json::json!(["work"]), "{names}");
+    (cluster, addrs, survivors)
 }
 
 /// nats-py's JetStream checks (streams, publishes, gets, purges, limits, KV buckets and

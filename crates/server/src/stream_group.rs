@@ -13,9 +13,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use std::collections::BTreeMap;
+
 use berth_consensus::{ApplyError, GroupState, GroupView};
+use berth_messaging::consumer::ConsumerConfig;
 use berth_messaging::stream::command::{Command, Outcome};
-use berth_messaging::stream::{ApiError, Config, StoreView, Stream, StreamStore};
+use berth_messaging::stream::{ApiError, Config, Retention, StoreView, Stream, StreamStore};
 use serde::{Deserialize, Serialize};
 
 /// The metadata key consensus writes the applied log position under (its `raft.state`): the
@@ -39,6 +42,26 @@ struct Saved {
     created: i64,
 }
 
+/// What the group reads of a consumer's saved state: its configuration (which subjects it
+/// reaches, for interest retention).
+#[derive(Deserialize)]
+struct SavedConsumer {
+    config: ConsumerConfig,
+}
+
+/// The applied consumers' configurations, by name, from the stream's metadata.
+fn consumer_configs(stream: &Stream) -> BTreeMap<String, ConsumerConfig> {
+    stream
+        .store()
+        .metas(CONSUMER_PREFIX)
+        .into_iter()
+        .filter_map(|(name, bytes)| {
+            let saved: SavedConsumer = serde_json::from_slice(bytes).ok()?;
+            Some((name.to_string(), saved.config))
+        })
+        .collect()
+}
+
 /// A replicated stream as its group's state.
 pub struct StreamGroup {
     dir: PathBuf,
@@ -48,6 +71,9 @@ pub struct StreamGroup {
     stream: Arc<Mutex<Option<Stream>>>,
     /// The stream's last sequence after each applied batch (consumers wait on it).
     applied: tokio::sync::watch::Sender<u64>,
+    /// The applied consumers' configurations (an interest stream keeps only what one of
+    /// them reaches). Changed only by applying and installing, under the stream's lock.
+    consumers: Mutex<BTreeMap<String, ConsumerConfig>>,
 }
 
 impl StreamGroup {
@@ -61,11 +87,13 @@ impl StreamGroup {
     ) -> io::Result<StreamGroup> {
         let stream = Self::open_stream(dir, segment_bytes, config, created)?;
         let last = stream.store().state().last_seq;
+        let consumers = Mutex::new(consumer_configs(&stream));
         Ok(StreamGroup {
             dir: dir.to_path_buf(),
             segment_bytes,
             stream: Arc::new(Mutex::new(Some(stream))),
             applied: tokio::sync::watch::channel(last).0,
+            consumers,
         })
     }
 
@@ -166,6 +194,7 @@ impl GroupState for StreamGroup {
             .and_then(|v| v.try_into().ok())
             .map_or(0, u64::from_le_bytes);
         let mut epoch = old_epoch;
+        let mut configs = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
         for cmd in &cmds {
             configured |= matches!(cmd, Command::Configure { .. });
             if let Command::Consumers { epoch: e, entries } = cmd {
@@ -183,10 +212,25 @@ impl GroupState for StreamGroup {
                 epoch = *e;
                 for (name, state) in entries {
                     consumers.insert(format!("{CONSUMER_PREFIX}{name}"), state);
+                    if state.is_empty() {
+                        configs.remove(*name);
+                        continue;
+                    }
+                    match serde_json::from_slice::<SavedConsumer>(state) {
+                        Ok(saved) => {
+                            configs.insert(name.to_string(), saved.config);
+                        }
+                        Err(e) => {
+                            tracing::error!(consumer = %name, error = %e, "JetStream: a consumer's saved state does not read; its interest is unchanged")
+                        }
+                    }
                 }
             }
-            results.push(stream.apply(cmd)?.encode());
+            let outcome = stream.apply(cmd)?;
+            drop_unwanted(stream, &configs, cmd, &outcome)?;
+            results.push(outcome.encode());
         }
+        drop(configs);
         let epoch_bytes = epoch.to_le_bytes();
         let saved = configured
             .then(|| {
@@ -259,10 +303,50 @@ impl GroupState for StreamGroup {
             }
         };
         if let Some(s) = guard.as_ref() {
+            *self.consumers.lock().unwrap_or_else(|p| p.into_inner()) = consumer_configs(s);
             self.applied.send_replace(s.store().state().last_seq);
         }
         result
     }
+}
+
+/// An interest stream keeps only the publishes some consumer reaches (the publish is still
+/// acknowledged, as nats-server does): those of `cmd` that none of `consumers` reaches are
+/// dropped at once, in the same batch, alike on every replica.
+fn drop_unwanted(
+    stream: &mut Stream,
+    consumers: &BTreeMap<String, ConsumerConfig>,
+    cmd: &Command<'_>,
+    outcome: &Outcome,
+) -> io::Result<()> {
+    if stream.config().retention != Retention::Interest {
+        return Ok(());
+    }
+    let stored: Vec<(&str, &Outcome)> = match (cmd, outcome) {
+        (Command::Publish { subject, .. }, one) => vec![(*subject, one)],
+        (Command::Publishes { msgs, .. }, Outcome::Many(all)) => {
+            msgs.iter().map(|(s, _, _)| *s).zip(all).collect()
+        }
+        _ => return Ok(()),
+    };
+    let unwanted: Vec<u64> = stored
+        .into_iter()
+        .filter_map(|(subject, o)| match o {
+            Outcome::Stored(ack)
+                if !ack.duplicate && !consumers.values().any(|c| c.reaches(subject)) =>
+            {
+                Some(ack.seq)
+            }
+            _ => None,
+        })
+        .collect();
+    if unwanted.is_empty() {
+        return Ok(());
+    }
+    stream
+        .retire(&unwanted)
+        .map(|_| ())
+        .map_err(|e| io::Error::other(e.description))
 }
 
 /// A snapshot of the stream: its segment files as of one batch.

@@ -377,3 +377,79 @@ fn the_last_message_id_survives_a_reopen_without_its_message() {
         Outcome::decode(&out[0])
     );
 }
+
+/// An interest stream keeps only publishes an applied consumer reaches, on every replica
+/// alike: consumer states applied in the same batch count, a deleted consumer stops counting,
+/// and a reopened group knows its consumers from its metadata.
+#[test]
+fn an_interest_stream_keeps_what_an_applied_consumer_reaches() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c: Config =
+        serde_json::from_str(r#"{"name":"I","subjects":["i.>"],"retention":"interest"}"#)
+            .expect("config");
+    c.check().expect("checked");
+    let at = dir.path().join("i");
+    let g = StreamGroup::open(&at, c.clone(), 5, 4096).expect("open");
+    let pub_to = |subject: &str| {
+        Command::Publish {
+            now: 1_000,
+            subject,
+            headers: b"",
+            payload: b"x",
+        }
+        .encode()
+    };
+    let consumer = |filter: &str| {
+        format!(
+            r#"{{"config":{{"durable_name":"a","ack_policy":"explicit","filter_subject":"{filter}"}},"state":{{}},"created":0}}"#
+        )
+    };
+    let outcomes = |g: &StreamGroup, cmds: &[Vec<u8>], applied: &[u8]| -> Vec<Outcome> {
+        let refs: Vec<&[u8]> = cmds.iter().map(Vec::as_slice).collect();
+        g.apply(&refs, ("raft.state", applied))
+            .expect("apply")
+            .iter()
+            .map(|o| Outcome::decode(o).expect("outcome"))
+            .collect()
+    };
+    // Nobody yet: acknowledged, not kept.
+    let out = outcomes(&g, &[pub_to("i.x")], b"1");
+    assert!(
+        matches!(out[0], Outcome::Stored(PubAck { seq: 1, .. })),
+        "{out:?}"
+    );
+    assert_eq!(g.read(|s| s.store().state().messages), Some(0));
+    // A consumer of i.a, applied in the same batch as two publishes after it.
+    let a = consumer("i.a");
+    let cmds = [
+        Command::Consumers {
+            epoch: 1,
+            entries: vec![("a", a.as_bytes())],
+        }
+        .encode(),
+        pub_to("i.a"),
+        pub_to("i.b"),
+    ];
+    outcomes(&g, &cmds, b"2");
+    assert_eq!(
+        g.read(|s| s.store().subject_of(2).map(str::to_owned)),
+        Some(Some("i.a".to_string()))
+    );
+    assert_eq!(g.read(|s| s.store().state().messages), Some(1));
+    drop(g);
+    // Reopened: the consumer still counts.
+    let g = StreamGroup::open(&at, c, 5, 4096).expect("reopen");
+    outcomes(&g, &[pub_to("i.a"), pub_to("i.c")], b"3");
+    assert_eq!(g.read(|s| s.store().state().messages), Some(2));
+    // Deleted: nothing is kept any more.
+    let cmds = [
+        Command::Consumers {
+            epoch: 1,
+            entries: vec![("a", b"")],
+        }
+        .encode(),
+        pub_to("i.a"),
+    ];
+    outcomes(&g, &cmds, b"4");
+    assert_eq!(g.read(|s| s.store().state().messages), Some(2));
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 use berth_messaging::consumer::{
     Ack, Action, Consumer, ConsumerConfig, ConsumerState, GiveUp, PullRequest, Source,
 };
-use berth_messaging::stream::{headers, ApiError, Retention, StreamStore};
+use berth_messaging::stream::{headers, ApiError, Retention, Stream, StreamStore};
 use bytes::Bytes;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,9 @@ struct Saved {
 pub(crate) enum SaverMsg {
     /// A consumer's saved state (empty: deleted).
     Save(String, Vec<u8>),
+    /// Messages the consumers are done with (interest and work-queue retention), to drop
+    /// through the group before any state handed after.
+    Retire(Vec<u64>),
     /// Ack replies, answered once every state handed before is committed.
     Replies(Vec<String>),
     /// Answered once every state handed before is committed (or could not be).
@@ -963,7 +966,8 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
 
 /// Drops acknowledged messages an interest or work-queue stream no longer keeps: on a work
 /// queue, what one consumer acked; on an interest stream, what every consumer reaching its
-/// subject is done with.
+/// subject is done with. A replicated stream drops them through its group (the saver
+/// proposes them before the consumers' states saved after).
 fn retire(handle: &StreamHandle, consumers: &BTreeMap<String, Entry>, seqs: &[u64]) {
     let mut guard = handle.lock();
     let Some(stream) = guard.as_mut() else { return };
@@ -973,20 +977,70 @@ fn retire(handle: &StreamHandle, consumers: &BTreeMap<String, Entry>, seqs: &[u6
         Retention::Interest => seqs
             .iter()
             .copied()
-            .filter(|s| {
-                let Some(subject) = stream.store().subject_of(*s) else {
-                    return false;
-                };
-                consumers
-                    .values()
-                    .filter(|e| e.consumer.config().reaches(subject))
-                    .all(|e| e.consumer.has_acked(*s))
-            })
+            .filter(|s| done_with(stream, consumers, *s))
             .collect(),
     };
+    if drop.is_empty() {
+        return;
+    }
+    if let Some(saver) = &handle.saver {
+        // Stepped down if it is gone: the next leader finds them (`leftovers`).
+        let _ = saver.send(SaverMsg::Retire(drop));
+        return;
+    }
     if let Err(e) = stream.retire(&drop) {
         tracing::error!(stream = %handle.name, error = %e, "JetStream: dropping acknowledged messages failed");
     }
+}
+
+/// Whether an interest or work-queue stream's consumers are done with stored message `seq`:
+/// on a work queue, acknowledged by a consumer reaching its subject; on an interest stream,
+/// by every consumer reaching it.
+fn done_with(stream: &Stream, consumers: &BTreeMap<String, Entry>, seq: u64) -> bool {
+    let Some(subject) = stream.store().subject_of(seq) else {
+        return false;
+    };
+    let mut reaching = consumers
+        .values()
+        .filter(|e| e.consumer.config().reaches(subject));
+    match stream.config().retention {
+        Retention::Limits => false,
+        Retention::WorkQueue => reaching.any(|e| e.consumer.has_acked(seq)),
+        Retention::Interest => reaching.all(|e| e.consumer.has_acked(seq)),
+    }
+}
+
+/// The messages of an interest or work-queue stream its consumers are done with but that are
+/// still stored: a replicated stream's leader that stepped down (or whose drop was not
+/// committed) may leave some, and its successor drops them once it restored the consumers.
+/// Only messages up to the furthest delivered are looked at.
+pub(crate) fn leftovers(handle: &StreamHandle) -> Vec<u64> {
+    let consumers = handle.consumers();
+    let guard = handle.lock();
+    let Some(stream) = guard.as_ref() else {
+        return Vec::new();
+    };
+    if stream.config().retention == Retention::Limits {
+        return Vec::new();
+    }
+    let upto = consumers
+        .map
+        .values()
+        .map(|e| e.consumer.state().delivered.stream_seq)
+        .max()
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    let mut from = stream.store().state().first_seq;
+    while let Some((seq, _)) = stream.store().next_of(from, &[]) {
+        if seq > upto {
+            break;
+        }
+        if done_with(stream, &consumers.map, seq) {
+            out.push(seq);
+        }
+        from = seq + 1;
+    }
+    out
 }
 
 /// `-NAK`'s delay: `{"delay": ns}` or a Go duration; none is 0.

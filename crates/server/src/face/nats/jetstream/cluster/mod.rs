@@ -22,8 +22,13 @@
 //! delete). A new leader restores them from the group's state; what was delivered and not
 //! acknowledged is delivered again once its ack wait passes (at least once).
 //!
-//! Not yet: interest and work-queue retention and dead letters in a cluster (refused with a
-//! clear error), mirrors and sources, moving a stream's peers when a member leaves.
+//! Interest and work-queue retention: the leader's consumers hand the messages they are
+//! done with to the saver, which drops them through the group before it saves the states
+//! that acknowledged them; an interest stream's group drops at once a publish no applied
+//! consumer reaches; a new leader drops what its predecessor left.
+//!
+//! Not yet: dead letters and schedules in a cluster (refused with a clear error), mirrors and
+//! sources, moving a stream's peers when a member leaves.
 //!
 //! # Layout
 //! - this file: assignments, following them (`run`, `reconcile`), placement, and handing

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// The most messages one drop of leftovers names (a command stays far below the log's
+/// entry limit).
+const RETIRE_CHUNK: usize = 16_384;
+
 /// Waits until this replica has applied everything committed before the call (a read on a
 /// follower sees every acknowledged publish).
 pub(super) async fn read_barrier(local: &Local) -> Result<(), ApiError> {
@@ -188,6 +192,14 @@ async fn take_lead(hub: &Arc<Hub>, local: &Arc<Local>) {
             hub.routes.local_added(&s, Some(&queue));
         }
     }
+    // Messages the consumers were done with that an earlier leader did not get dropped.
+    let leftovers = consumers::leftovers(&handle);
+    if !leftovers.is_empty() {
+        tracing::info!(stream = %name, messages = leftovers.len(), "JetStream: dropping messages the consumers were done with");
+        if let Some(saver) = &handle.saver {
+            let _ = saver.send(SaverMsg::Retire(leftovers));
+        }
+    }
     tokio::spawn(save_consumers(
         hub.clone(),
         local.clone(),
@@ -243,6 +255,11 @@ pub(super) async fn flush(handle: &StreamHandle) -> Result<(), ApiError> {
 /// Proposes the consumers' changed states to the group, a batch at a time, then answers the
 /// acks and flushes that waited for them. A state that could not be proposed is marked to
 /// be saved again; the acks waiting on it are not answered (their clients retry).
+///
+/// Messages the consumers are done with (interest and work-queue retention) are dropped
+/// through the group before the states handed after them are saved, so no committed state
+/// has acknowledged a message whose drop is not committed before it; a drop that could not
+/// be proposed is tried again with the next batch (and a next leader finds what is left).
 async fn save_consumers(
     hub: Arc<Hub>,
     local: Arc<Local>,
@@ -250,6 +267,7 @@ async fn save_consumers(
     epoch: u64,
     mut rx: mpsc::UnboundedReceiver<SaverMsg>,
 ) {
+    let mut retire: Vec<u64> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut msgs = vec![first];
         while let Ok(m) = rx.try_recv() {
@@ -263,11 +281,14 @@ async fn save_consumers(
                 SaverMsg::Save(name, state) => {
                     states.insert(name, state);
                 }
+                SaverMsg::Retire(seqs) => retire.extend(seqs),
                 SaverMsg::Replies(r) => replies.extend(r),
                 SaverMsg::Flush(tx) => flushes.push(tx),
             }
         }
-        let result = if states.is_empty() {
+        let result = if let Err(e) = drop_retired(&local, &mut retire).await {
+            Err(e)
+        } else if states.is_empty() {
             Ok(())
         } else {
             let entries = states
@@ -298,4 +319,16 @@ async fn save_consumers(
             let _ = f.send(result.clone());
         }
     }
+}
+
+/// Drops the messages in `retire` through the group, a bounded command at a time; what could
+/// not be proposed stays in `retire`.
+async fn drop_retired(local: &Local, retire: &mut Vec<u64>) -> Result<(), ApiError> {
+    while !retire.is_empty() {
+        let n = retire.len().min(RETIRE_CHUNK);
+        let seqs = retire[..n].to_vec();
+        propose(local, &Command::Retire { seqs }).await?;
+        retire.drain(..n);
+    }
+    Ok(())
 }

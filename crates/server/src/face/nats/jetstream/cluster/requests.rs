@@ -482,8 +482,7 @@ impl Cluster {
 }
 
 /// Refuses what streams in a cluster do not do yet: message schedules (a replica that
-/// restarts would rebuild its schedule table otherwise than the others kept theirs), and
-/// interest and work-queue retention.
+/// restarts would rebuild its schedule table otherwise than the others kept theirs).
 fn served_in_cluster(config: &Config) -> Result<(), ApiError> {
     if config.allow_msg_schedules {
         return Err(ApiError::new(
@@ -491,13 +490,6 @@ fn served_in_cluster(config: &Config) -> Result<(), ApiError> {
             10003,
             "bad request: message schedules of streams in a cluster are not served yet",
         ));
-    }
-    if config.retention != berth_messaging::stream::Retention::Limits {
-        return Err(ApiError::new(
-            400,
-            10003,
-            "bad request: interest and work-queue retention of streams in a cluster are not served yet",
-            ));
     }
     Ok(())
 }
