@@ -445,6 +445,87 @@ fn consume_across_a_leader_kill(config: &str) -> (Cluster, Vec<String>, Vec<usiz
     (cluster, addrs, survivors)
 }
 
+/// Dead letters in a cluster: a consumer of an R3 stream, used through a member that does
+/// not lead it, gives up on a message (`+TERM`); its leader writes it to the dead-letter
+/// stream (a stream of the cluster, placed anywhere) with the `Nats-DLQ-*` headers, and the
+/// message leaves the consumer's pending set once the write is acknowledged.
+#[test]
+fn a_replicated_consumer_writes_dead_letters_to_a_stream_of_the_cluster() {
+    let (_cluster, addrs, _) =
+        cluster_with_stream("WORK", r#"{"subjects":["work.>"],"num_replicas":3}"#);
+    let dlq = api(
+        &addrs[1],
+        "$JS.API.STREAM.CREATE.DLQ",
+        r#"{"subjects":["dlq.>"]}"#,
+    );
+    assert_eq!(dlq["did_create"], true, "{dlq}");
+    let leader = member_index(&info_with_leader(&addrs[0], "WORK")["cluster"]["leader"]);
+    let other = (leader + 1) % 3;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let created = loop {
+        let answer = api(
+            &addrs[other],
+            "$JS.API.CONSUMER.DURABLE.CREATE.WORK.c",
+            r#"{"stream_name":"WORK","config":{"durable_name":"c","ack_policy":"explicit","dead_letter_subject":"dlq.work"}}"#,
+        );
+        if answer["error"]["code"] != 503 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        created["config"]["dead_letter_subject"], "dlq.work",
+        "{created}"
+    );
+    assert_eq!(publish_ids(&addrs[other], "work.a", &[7]).len(), 1);
+
+    let (mut w, mut r) = connect_with(&addrs[other], "_INBOX.d.>").expect("connect");
+    let req = r#"{"batch":1,"expires":5000000000}"#;
+    w.write_all(
+        format!(
+            "PUB $JS.API.CONSUMER.MSG.NEXT.WORK.c _INBOX.d.pull {}\r\n{req}\r\n",
+            req.len()
+        )
+        .as_bytes(),
+    )
+    .expect("pull");
+    let (head, _) = read_msg(&mut r).expect("the message");
+    let ack = head
+        .split_whitespace()
+        .nth(3)
+        .expect("ack subject")
+        .to_string();
+    w.write_all(format!("PUB {ack} 5\r\n+TERM\r\n").as_bytes())
+        .expect("term");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = api(&addrs[0], "$JS.API.STREAM.INFO.DLQ", "");
+        let consumer = api(&addrs[other], "$JS.API.CONSUMER.INFO.WORK.c", "");
+        if info["state"]["messages"] == 1 && consumer["num_ack_pending"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{info}\n{consumer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = api(&addrs[2], "$JS.API.STREAM.MSG.GET.DLQ", r#"{"seq":1}"#);
+    use base64::Engine as _;
+    let hdrs = base64::engine::general_purpose::STANDARD
+        .decode(got["message"]["hdrs"].as_str().expect("headers"))
+        .expect("base64");
+    let hdrs = String::from_utf8_lossy(&hdrs);
+    for h in [
+        "Nats-DLQ-Reason: term",
+        "Nats-DLQ-Stream: WORK",
+        "Nats-DLQ-Consumer: c",
+        "Nats-DLQ-Subject: work.a",
+        "Nats-DLQ-Sequence: 1",
+        "Nats-Msg-Id: dlq:WORK:c:1",
+    ] {
+        assert!(hdrs.contains(h), "{h} in {hdrs}");
+    }
+}
+
 /// nats-py's JetStream checks (streams, publishes, gets, purges, limits, KV buckets and
 /// watchers, pull, push and ordered consumers, the object store) with every stream on three
 /// replicas, through a member that may or may not lead them.

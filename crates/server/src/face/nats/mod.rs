@@ -22,6 +22,7 @@ pub mod monitor;
 pub mod parse;
 pub mod route;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -243,7 +244,20 @@ pub struct Hub {
     solo: AtomicBool,
     /// The hub itself, for work that outlives a call (stream writers).
     me: std::sync::Weak<Hub>,
+    /// The server's own requests waiting for their reply, by reply subject.
+    replies: std::sync::Mutex<HashMap<String, (std::time::Instant, OnReply)>>,
+    /// Their reply subjects' prefix, `$BERTH.R.<random>.`, announced over the routes (only
+    /// the cluster's members learn it).
+    reply_prefix: String,
+    next_reply: AtomicU64,
 }
+
+/// What the server does with the reply to one of its own requests.
+pub(crate) type OnReply = Box<dyn FnOnce(&Bytes) + Send>;
+
+/// How long the server waits for the reply to one of its requests (one not answered by
+/// then is forgotten; its sender retries on its own).
+const REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Hub {
     /// A hub for `core`'s NATS listeners.
@@ -281,9 +295,49 @@ impl Hub {
             started: std::time::SystemTime::now(),
             listen: std::sync::OnceLock::new(),
             routes: route::Routes::new(limits.max_pending),
+            replies: Default::default(),
+            reply_prefix: format!("$BERTH.R.{:032x}.", rng.random::<u128>()),
+            next_reply: AtomicU64::new(1),
         });
+        hub.routes
+            .local_added(&format!("{}>", hub.reply_prefix), None);
         hub.js.start_writers(&hub);
         hub
+    }
+
+    /// Publishes a message of the server's own with a reply subject of its own, and calls
+    /// `on_reply` with the reply's payload when it comes back (here or from another member);
+    /// nothing is called if none comes within a minute.
+    fn request(&self, subject: &str, headers: Option<&Bytes>, payload: &Bytes, on_reply: OnReply) {
+        let reply = format!(
+            "{}{}",
+            self.reply_prefix,
+            self.next_reply.fetch_add(1, Ordering::Relaxed)
+        );
+        {
+            let mut replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            replies.retain(|_, (at, _)| now.duration_since(*at) < REPLY_WAIT);
+            replies.insert(reply.clone(), (now, on_reply));
+        }
+        self.route_message(subject, Some(&reply), headers, payload, |_| true);
+    }
+
+    /// When `subject` is the reply subject of one of the server's own requests: hands it
+    /// `payload` and says so.
+    fn take_reply(&self, subject: &str, payload: &Bytes) -> bool {
+        if !subject.starts_with(&self.reply_prefix) {
+            return false;
+        }
+        let waiting = self
+            .replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(subject);
+        if let Some((_, on_reply)) = waiting {
+            on_reply(payload);
+        }
+        true
     }
 
     /// True while the member is its cluster's only member: JetStream is then the member's
@@ -323,6 +377,9 @@ impl Hub {
         headers: Option<&Bytes>,
         payload: &Bytes,
     ) {
+        if self.take_reply(to, payload) {
+            return;
+        }
         let matches = self.subs_read().matches(to);
         let msg = route::Outgoing {
             subject: shown,
@@ -340,10 +397,7 @@ impl Hub {
     /// Publishes a message of the server's own (an advisory): stored by a stream that takes
     /// its subject, and delivered to subscribers.
     fn emit(&self, subject: &str, payload: &Bytes) {
-        if self.solo() {
-            self.js.store(subject, None, None, payload);
-        }
-        self.inject(subject, None, payload);
+        self.route_message(subject, None, None, payload, |_| true);
     }
 
     /// Whether any subscriber (here or on another member) takes `subject`.
@@ -414,6 +468,30 @@ impl Hub {
                 }
             }
         }
+        let echo = from.echo.load(Ordering::Relaxed);
+        let (delivered, stored, stall) =
+            self.route_message(subject, reply, headers, payload, |s| {
+                echo || s.0.client.id != from.id
+            });
+        if delivered == 0 && !stored {
+            if let Some(reply) = reply {
+                self.no_responders(from, subject, reply);
+            }
+        }
+        stall
+    }
+
+    /// Stores a message in the stream that takes `subject` and delivers it to the
+    /// subscriptions `eligible` allows, here and on the other members; returns how many got
+    /// it, whether a stream took it, and a stall when a route to another member is backed up.
+    fn route_message(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&Bytes>,
+        payload: &Bytes,
+        eligible: impl Fn(&SubRef) -> bool,
+    ) -> (usize, bool, Option<route::Stall>) {
         // A stream's subject: stored, and acknowledged to the reply subject once durable. In
         // a cluster, a peer of the stream stores it: this member if it is one (its stream's
         // queue group is then served here), another through the routes otherwise.
@@ -424,7 +502,6 @@ impl Hub {
             (queue.is_some(), queue)
         };
         let matches = self.subs_read().matches(subject);
-        let echo = from.echo.load(Ordering::Relaxed);
         let msg = route::Outgoing {
             subject,
             to: None,
@@ -432,8 +509,7 @@ impl Hub {
             headers,
             payload,
         };
-        let (mut delivered, mut served) =
-            self.deliver_local(&matches, &msg, None, |s| echo || s.0.client.id != from.id);
+        let (mut delivered, mut served) = self.deliver_local(&matches, &msg, None, eligible);
         if let Some(q) = &stream_queue {
             served.push(q.as_str());
         }
@@ -443,12 +519,7 @@ impl Hub {
             delivered += forwarded;
             stall = backed_up;
         }
-        if delivered == 0 && !stored {
-            if let Some(reply) = reply {
-                self.no_responders(from, subject, reply);
-            }
-        }
-        stall
+        (delivered, stored, stall)
     }
 
     /// Delivers a message another member forwarded to this member's plain subscribers and to
@@ -467,6 +538,9 @@ impl Hub {
         } else {
             &fwd.to
         };
+        if self.take_reply(to, &fwd.payload) {
+            return;
+        }
         let matches = self.subs_read().matches(to);
         let msg = route::Outgoing {
             subject: &fwd.subject,

@@ -391,16 +391,34 @@ fn dead_letter(
     // writer and the subject table take their own).
     later.push(Box::new(move |hub| {
         let (weak, name) = (Arc::downgrade(&handle), consumer.clone());
-        let done: super::Done = Box::new(move |answer| {
-            if let (Ok(_), Some(handle)) = (answer, weak.upgrade()) {
-                confirm(&handle, &name, sseq);
-            }
-        });
-        let stored = hub.solo()
-            && hub
+        let stored = if hub.solo() {
+            let done: super::Done = Box::new(move |answer| {
+                if let (Ok(_), Some(handle)) = (answer, weak.upgrade()) {
+                    confirm(&handle, &name, sseq);
+                }
+            });
+            let stored = hub
                 .js
                 .store_then(&to, None, Some(&headers), &payload, Some(done));
-        hub.inject(&to, Some(&headers), &payload);
+            hub.inject(&to, Some(&headers), &payload);
+            stored
+        } else if hub.cluster.stream_of(&to).is_some() {
+            // A stream of the cluster takes it, on whichever members are its peers: stored
+            // once its acknowledgement comes back (none, or an error: written again when the
+            // consumer retries).
+            let on_reply: crate::face::nats::OnReply = Box::new(move |ack| {
+                let stored = serde_json::from_slice::<Value>(ack)
+                    .is_ok_and(|v| v.get("error").is_none() && v.get("seq").is_some());
+                if let (true, Some(handle)) = (stored, weak.upgrade()) {
+                    confirm(&handle, &name, sseq);
+                }
+            });
+            hub.request(&to, Some(&headers), &payload, on_reply);
+            true
+        } else {
+            hub.inject(&to, Some(&headers), &payload);
+            false
+        };
         if !stored {
             // No stream keeps the subject: a core message, sent now, is all there is.
             confirm(&handle, &consumer, sseq);
@@ -675,13 +693,6 @@ fn create(
         .as_ref()
         .ok_or_else(|| ApiError::new(404, 10059, "stream not found"))?;
     config.check(&stream.config().subjects)?;
-    if handle.saver.is_some() && config.dead_letter_subject.is_some() {
-        return Err(ApiError::new(
-            400,
-            10003,
-            "bad request: dead letters of consumers of streams in a cluster are not served yet",
-        ));
-    }
     let name = config.name.clone().unwrap_or_else(ephemeral_name);
     if handle.saver.is_some() && name.len() > 200 {
         return Err(ApiError::new(

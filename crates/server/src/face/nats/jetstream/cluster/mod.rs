@@ -27,8 +27,12 @@
 //! that acknowledged them; an interest stream's group drops at once a publish no applied
 //! consumer reaches; a new leader drops what its predecessor left.
 //!
-//! Not yet: dead letters and schedules in a cluster (refused with a clear error), mirrors and
-//! sources, moving a stream's peers when a member leaves.
+//! Dead letters: the leader publishes each to its subject with a reply subject of the
+//! server's own (`Hub::request`), so whichever stream of the cluster takes it stores it; the
+//! consumer lets the message go when the acknowledgement comes back.
+//!
+//! Not yet: schedules in a cluster (refused with a clear error), mirrors and sources, moving
+//! a stream's peers when a member leaves.
 //!
 //! # Layout
 //! - this file: assignments, following them (`run`, `reconcile`), placement, and handing
