@@ -526,6 +526,89 @@ fn a_replicated_consumer_writes_dead_letters_to_a_stream_of_the_cluster() {
     }
 }
 
+/// Message schedules in a cluster: an `@at` schedule published to an R3 stream through a
+/// member that does not lead it fires once at its time (its leader's clock), the same on
+/// every replica, and an `@every` one keeps firing after its leader is killed, with no burst
+/// of catch-up firings from the new leader.
+#[test]
+fn schedules_of_an_r3_stream_fire_on_its_leader() {
+    let (mut cluster, addrs, _) = cluster_with_stream(
+        "S",
+        r#"{"subjects":["s.>"],"num_replicas":3,"allow_msg_schedules":true}"#,
+    );
+    let leader = member_index(&info_with_leader(&addrs[0], "S")["cluster"]["leader"]);
+    let other = (leader + 1) % 3;
+    let at = humantime::format_rfc3339_millis(
+        std::time::SystemTime::now() + Duration::from_millis(1500),
+    )
+    .to_string();
+    let (mut w, mut r) = connect_with(&addrs[other], "_INBOX.s.>").expect("connect");
+    for (subject, pattern) in [
+        ("s.sched.once", format!("@at {at}")),
+        ("s.sched.tick", "@every 1s".to_string()),
+    ] {
+        let target = if subject.ends_with("once") {
+            "s.due"
+        } else {
+            "s.tick"
+        };
+        let hdrs = format!(
+            "NATS/1.0\r\nNats-Schedule: {pattern}\r\nNats-Schedule-Target: {target}\r\n\r\n"
+        );
+        w.write_all(
+            format!(
+                "HPUB {subject} _INBOX.s.ack {} {}\r\n{hdrs}later\r\n",
+                hdrs.len(),
+                hdrs.len() + 5
+            )
+            .as_bytes(),
+        )
+        .expect("schedule");
+        let (_, ack) = read_msg(&mut r).expect("ack");
+        assert!(ack.contains("\"seq\""), "{ack}");
+    }
+    let count = |addr: &str, subject: &str| {
+        let info = api(
+            addr,
+            "$JS.API.STREAM.INFO.S",
+            &format!(r#"{{"subjects_filter":"{subject}"}}"#),
+        );
+        info["state"]["subjects"][subject].as_u64().unwrap_or(0)
+    };
+    assert_eq!(count(&addrs[other], "s.due"), 0, "not before its time");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&addrs[other], "s.due") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the scheduled message never came"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once, on every replica (the schedule itself gone).
+    std::thread::sleep(Duration::from_millis(1200));
+    for a in &addrs {
+        assert_eq!(count(a, "s.due"), 1, "{a}");
+        assert_eq!(count(a, "s.sched.once"), 0, "{a}");
+    }
+    // The repeating one goes on through a leader change, about once a second.
+    cluster.members[leader].kill9();
+    let survivor = &addrs[other];
+    let before = count(survivor, "s.tick");
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = count(survivor, "s.tick");
+    let elapsed = started.elapsed().as_secs() + 1;
+    assert!(
+        after > before,
+        "no tick after the leader change: {before} then {after}"
+    );
+    assert!(
+        after - before <= elapsed,
+        "{} ticks in about {elapsed} s: the new leader caught up in a burst",
+        after - before
+    );
+}
+
 /// nats-py's JetStream checks (streams, publishes, gets, purges, limits, KV buckets and
 /// watchers, pull, push and ordered consumers, the object store) with every stream on three
 /// replicas, through a member that may or may not lead them.

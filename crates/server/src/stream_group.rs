@@ -33,6 +33,28 @@ const LAST_ID_KEY: &str = "last_msg_id";
 const EPOCH_KEY: &str = "consumer_epoch";
 /// The metadata keys of the consumers' saved states: this and the consumer's name.
 const CONSUMER_PREFIX: &str = "consumer.";
+/// The metadata key of the repeating schedules' due times: (sequence u64, due i64) pairs,
+/// little endian.
+const SCHEDULES_KEY: &str = "schedule_dues";
+
+fn encode_dues(dues: &[(u64, i64)]) -> Vec<u8> {
+    dues.iter()
+        .flat_map(|(seq, due)| seq.to_le_bytes().into_iter().chain(due.to_le_bytes()))
+        .collect()
+}
+
+fn decode_dues(bytes: &[u8]) -> Vec<(u64, i64)> {
+    bytes
+        .chunks_exact(16)
+        .map(|c| {
+            let (seq, due) = c.split_at(8);
+            (
+                u64::from_le_bytes(seq.try_into().unwrap_or_default()),
+                i64::from_le_bytes(due.try_into().unwrap_or_default()),
+            )
+        })
+        .collect()
+}
 
 /// What the configuration record holds.
 #[derive(Serialize, Deserialize)]
@@ -123,8 +145,12 @@ impl StreamGroup {
         let last_id = store
             .meta(LAST_ID_KEY)
             .map(|v| String::from_utf8_lossy(v).into_owned());
+        let dues = store.meta(SCHEDULES_KEY).map(decode_dues);
         let mut stream = Stream::from_store(store, config, created, now)?;
         stream.replicated();
+        if let Some(dues) = dues {
+            stream.restore_schedule_dues(&dues);
+        }
         if last_id.is_some() {
             stream.set_last_msg_id(last_id);
         }
@@ -248,6 +274,15 @@ impl GroupState for StreamGroup {
         entries.extend(consumers.iter().map(|(k, v)| (k.as_str(), *v)));
         if epoch != old_epoch {
             entries.push((EPOCH_KEY, &epoch_bytes));
+        }
+        // Repeating schedules' due times, when firing moved them.
+        let dues = stream
+            .config()
+            .allow_msg_schedules
+            .then(|| encode_dues(&stream.schedule_dues()))
+            .filter(|d| stream.store().meta(SCHEDULES_KEY).unwrap_or_default() != &d[..]);
+        if let Some(d) = &dues {
+            entries.push((SCHEDULES_KEY, d));
         }
         let new_id = stream.last_msg_id().map(str::to_owned);
         if new_id != last_id {

@@ -438,6 +438,21 @@ impl Stream {
         self.schedules.next_due()
     }
 
+    /// The repeating schedules' sequences and due times: a replicated stream keeps them
+    /// beside its messages, since a reopened stream rebuilds each as due one period after
+    /// it was stored, however often it has fired since.
+    pub fn schedule_dues(&self) -> Vec<(u64, i64)> {
+        self.schedules.repeating_dues()
+    }
+
+    /// Restores repeating schedules' due times kept by [`Stream::schedule_dues`] (those of
+    /// schedules no longer stored are ignored).
+    pub fn restore_schedule_dues(&mut self, dues: &[(u64, i64)]) {
+        for (seq, due) in dues {
+            self.schedules.set_due(*seq, *due);
+        }
+    }
+
     /// Fires the schedules due at `now`: each stores its message under its target (an `@at`
     /// schedule is then removed; an `@every` one is due again); returns how many messages
     /// were stored. Not durable until the store is synced.

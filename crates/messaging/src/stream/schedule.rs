@@ -140,6 +140,35 @@ impl Table {
         out
     }
 
+    /// The repeating schedules' sequences and due times (what a restart could not rebuild
+    /// from the schedules alone once they have fired).
+    pub fn repeating_dues(&self) -> Vec<(u64, i64)> {
+        self.due
+            .iter()
+            .filter(|(_, (when, _))| matches!(when, When::Every(_)))
+            .map(|((due, seq), _)| (*seq, *due))
+            .collect()
+    }
+
+    /// Makes the repeating schedule stored as `seq` due at `due` (nothing if there is none).
+    pub fn set_due(&mut self, seq: u64, due: i64) {
+        let Some(key) = self
+            .due
+            .iter()
+            .find(|((_, s), (when, _))| *s == seq && matches!(when, When::Every(_)))
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        let Some(entry) = self.due.remove(&key) else {
+            return;
+        };
+        if let Some(slot) = self.by_subject.values_mut().find(|k| **k == key) {
+            *slot = (due, seq);
+        }
+        self.due.insert((due, seq), entry);
+    }
+
     /// Puts a repeating schedule back, due at `next`.
     pub fn again(&mut self, subject: &str, seq: u64, next: i64, every: i64, target: String) {
         self.by_subject.insert(subject.to_string(), (next, seq));

@@ -453,3 +453,55 @@ fn an_interest_stream_keeps_what_an_applied_consumer_reaches() {
     outcomes(&g, &cmds, b"4");
     assert_eq!(g.read(|s| s.store().state().messages), Some(2));
 }
+
+/// A repeating schedule fires at the same times on a replica that restarted as on one that
+/// did not: its due time, moved by each firing, is kept beside the messages (a reopened
+/// stream would otherwise count it from when the schedule was stored, and fire again).
+#[test]
+fn a_repeating_schedule_fires_alike_after_a_reopen() {
+    const SEC: i64 = 1_000_000_000;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c: Config =
+        serde_json::from_str(r#"{"name":"T","subjects":["t.>"],"allow_msg_schedules":true}"#)
+            .expect("config");
+    c.check().expect("checked");
+    let at = dir.path().join("t");
+    let g = StreamGroup::open(&at, c.clone(), 5, 4096).expect("open");
+    let t0 = 1_700_000_000 * SEC;
+    let run = |g: &StreamGroup, cmd: Command<'_>, applied: &[u8]| -> Outcome {
+        let bytes = cmd.encode();
+        let out = g.apply(&[&bytes], ("raft.state", applied)).expect("apply");
+        Outcome::decode(&out[0]).expect("outcome")
+    };
+    let hdrs = b"NATS/1.0\r\nNats-Schedule: @every 1s\r\nNats-Schedule-Target: t.out\r\n\r\n";
+    let stored = run(
+        &g,
+        Command::Publish {
+            now: t0,
+            subject: "t.sched",
+            headers: hdrs,
+            payload: b"tick",
+        },
+        b"1",
+    );
+    assert!(matches!(stored, Outcome::Stored(_)), "{stored:?}");
+    for (n, applied) in [(1, b"2"), (2, b"3")] {
+        let fired = run(&g, Command::FireSchedules { now: t0 + n * SEC }, applied);
+        assert_eq!(fired, Outcome::Removed(1), "firing {n}");
+    }
+    assert_eq!(g.read(|s| s.next_schedule()), Some(Some(t0 + 3 * SEC)));
+    drop(g);
+    let g = StreamGroup::open(&at, c, 5, 4096).expect("reopen");
+    assert_eq!(g.read(|s| s.next_schedule()), Some(Some(t0 + 3 * SEC)));
+    let early = run(
+        &g,
+        Command::FireSchedules {
+            now: t0 + 5 * SEC / 2,
+        },
+        b"4",
+    );
+    assert_eq!(early, Outcome::Removed(0), "not due before its period");
+    let fired = run(&g, Command::FireSchedules { now: t0 + 3 * SEC }, b"5");
+    assert_eq!(fired, Outcome::Removed(1));
+    assert_eq!(g.read(|s| s.store().state().messages), Some(4));
+}

@@ -31,8 +31,11 @@
 //! server's own (`Hub::request`), so whichever stream of the cluster takes it stores it; the
 //! consumer lets the message go when the acknowledgement comes back.
 //!
-//! Not yet: schedules in a cluster (refused with a clear error), mirrors and sources, moving
-//! a stream's peers when a member leaves.
+//! Schedules: the leader proposes firing when one is due, with its clock; the repeating
+//! ones' due times are kept beside the messages, so a replica that restarts fires them as
+//! the others do.
+//!
+//! Not yet: mirrors and sources, moving a stream's peers when a member leaves.
 //!
 //! # Layout
 //! - this file: assignments, following them (`run`, `reconcile`), placement, and handing

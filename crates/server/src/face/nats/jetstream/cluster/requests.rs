@@ -327,7 +327,6 @@ impl Cluster {
 
     async fn create(&self, hub: &Arc<Hub>, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
         let config = config_of(name, payload)?;
-        served_in_cluster(&config)?;
         let existing = current_assignments(hub).await?;
         if let Some(a) = existing.get(name) {
             if a.config != config {
@@ -413,7 +412,6 @@ impl Cluster {
         payload: &[u8],
     ) -> Result<Value, ApiError> {
         let config = config_of(name, payload)?;
-        served_in_cluster(&config)?;
         let existing = current_assignments(hub).await?;
         let Some(old) = existing.get(name) else {
             return Err(not_found());
@@ -479,19 +477,6 @@ impl Cluster {
         self.sync_view(hub).await;
         Ok(json!({"success": true}))
     }
-}
-
-/// Refuses what streams in a cluster do not do yet: message schedules (a replica that
-/// restarts would rebuild its schedule table otherwise than the others kept theirs).
-fn served_in_cluster(config: &Config) -> Result<(), ApiError> {
-    if config.allow_msg_schedules {
-        return Err(ApiError::new(
-            400,
-            10003,
-            "bad request: message schedules of streams in a cluster are not served yet",
-        ));
-    }
-    Ok(())
 }
 
 /// The assignments as of everything committed before the call (another member may have
