@@ -454,7 +454,16 @@ async fn learner_joins_by_snapshot_then_is_promoted_leads_and_others_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_kept_alive_survive_a_leader_change() {
-    let mut cluster = Cluster::start(3);
+    // The lease domain's debug lines (grants, revokes proposed and why, leadership) go to
+    // the test's output: this test has failed now and then (TTL -1 after the leader change)
+    // and the next failure should say who revoked the lease.
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--log-level",
+            "error,berth_server::lease=debug,berth_store::apply=debug,berth_server::consensus=info",
+        ],
+    );
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let mut c = client(&cluster.members[follower].client_addr).await;

@@ -341,8 +341,10 @@ impl Server {
                 },
             ))
             .args(self.unless_given("--listen-nats-urls", format!("nats://{}", self.nats_addr)))
-            .arg("--log-level")
-            .arg(std::env::var("BERTH_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into()))
+            .args(self.unless_given(
+                "--log-level",
+                std::env::var("BERTH_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into()),
+            ))
             .args(self.extra.iter().filter(|a| *a != WITH_NACOS));
         cmd
     }

@@ -595,6 +595,7 @@ impl Writer<'_, '_> {
         r: &LeaseRevokeRequest,
     ) -> Result<LeaseRevokeResponse> {
         let keys = self.lessor.remove(r.id).ok_or(StoreError::LeaseNotFound)?;
+        tracing::debug!(lease = r.id, revision = rev.main, "lease revoke applied");
         // Every attached key, in the keyspace it lives in (keyspace, then key order).
         for (ks, key) in keys {
             if self.index.get(ks, &key, rev.main).is_some() {

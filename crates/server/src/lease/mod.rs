@@ -98,6 +98,7 @@ impl Leases {
         id: i64,
         guard: Option<Guard>,
     ) -> Result<LeaseRevokeResponse, WriteError> {
+        tracing::debug!(lease = id, "lease revoke proposed");
         let entry = Entry {
             guard,
             ..Entry::new(
@@ -227,6 +228,7 @@ impl Leases {
         if expired.is_empty() {
             return;
         }
+        tracing::debug!(leases = ?expired, "leases ran out here; revoking");
         let results =
             futures::future::join_all(expired.iter().map(|id| self.revoke(*id, None))).await;
         for (id, r) in expired.iter().zip(results) {
