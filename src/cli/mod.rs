@@ -12,7 +12,8 @@
 //!   `berth-bench` crate).
 //! - [`registry`]: `svc`, `check` and `session` over Consul's HTTP API.
 //! - [`messaging`]: `pub`, `sub` and `req` over NATS's protocol; [`jetstream`]: `stream` and
-//!   `consumer` over JetStream's API.
+//!   `consumer` over JetStream's API; [`kv_bucket`]: `kv-bucket` over the NATS client's
+//!   key-value bucket API.
 //!
 //! Each command file owns its clap arguments, an `async fn run(&mut Ctx, ..)` and the
 //! [`Render`](output::Render) impls of what it prints; adding a command touches that file, its
@@ -27,6 +28,7 @@ pub mod defrag;
 pub mod endpoint;
 pub mod jetstream;
 pub mod kv;
+pub mod kv_bucket;
 pub mod lease;
 pub mod member;
 pub mod messaging;
@@ -186,6 +188,10 @@ pub enum Command {
     /// Manage JetStream consumers: add, ls, info, rm, next (at --nats-url).
     #[command(subcommand)]
     Consumer(jetstream::ConsumerCommand),
+    /// JetStream key-value buckets: add, ls, info, rm, put, create, update, get, del, purge,
+    /// keys, history, watch (at --nats-url).
+    #[command(subcommand, name = "kv-bucket")]
+    KvBucket(kv_bucket::KvBucketCommand),
 }
 
 /// What every command runs with: the connection settings and the printer.
@@ -266,6 +272,7 @@ async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
         Command::Req(a) => messaging::request(ctx, a).await,
         Command::Stream(c) => jetstream::stream(ctx, c).await,
         Command::Consumer(c) => jetstream::consumer(ctx, c).await,
+        Command::KvBucket(c) => kv_bucket::run(ctx, c).await,
     }
 }
 

@@ -712,6 +712,125 @@ fn the_cli_manages_streams_and_consumers() {
     );
 }
 
+/// `berth kv-bucket`: a bucket with history, put/create/update with their revision rules,
+/// get (latest, at a revision, raw), keys, history, delete, a watch that sees a change made
+/// while it runs, purge, and removing the bucket; errors in words.
+#[test]
+fn the_cli_manages_key_value_buckets() {
+    let srv = Server::start();
+    let url = format!("nats://{}", srv.nats_addr);
+    let berth = |args: &[&str]| {
+        run(Command::new(crate::harness::berth_bin())
+            .arg("--nats-url")
+            .arg(&url)
+            .args(args))
+    };
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = berth(args);
+        assert!(ok, "berth {args:?}: {out}{err}");
+        out
+    };
+    let fails = |args: &[&str]| {
+        let (ok, out, err) = berth(args);
+        assert!(!ok, "berth {args:?} succeeded: {out}");
+        err
+    };
+    let out = ok(&["kv-bucket", "add", "CFG", "--history", "5"]);
+    assert!(out.starts_with("CFG history=5 ttl=0s values=0"), "{out}");
+    assert_eq!(
+        ok(&["kv-bucket", "put", "CFG", "db.url", "one"]),
+        "db.url revision 1\n"
+    );
+    assert_eq!(
+        ok(&["kv-bucket", "put", "CFG", "db.url", "two"]),
+        "db.url revision 2\n"
+    );
+    let err = fails(&["kv-bucket", "create", "CFG", "db.url", "x"]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = fails(&["kv-bucket", "update", "CFG", "db.url", "x", "1"]);
+    assert!(err.contains("updating db.url"), "{err}");
+    assert_eq!(
+        ok(&["kv-bucket", "update", "CFG", "db.url", "three", "2"]),
+        "db.url revision 3\n"
+    );
+    assert_eq!(ok(&["kv-bucket", "get", "CFG", "db.url", "--raw"]), "three");
+    let at1: serde_json::Value = serde_json::from_str(&ok(&[
+        "kv-bucket",
+        "get",
+        "CFG",
+        "db.url",
+        "--revision",
+        "1",
+        "-w",
+        "json",
+    ]))
+    .expect("json");
+    assert_eq!(
+        (at1["value"].as_str(), at1["revision"].as_u64()),
+        (Some("b25l"), Some(1)),
+        "{at1}"
+    );
+    ok(&["kv-bucket", "put", "CFG", "other", "v"]);
+    assert_eq!(ok(&["kv-bucket", "keys", "CFG"]), "db.url\nother\n");
+    let history: serde_json::Value = serde_json::from_str(&ok(&[
+        "kv-bucket",
+        "history",
+        "CFG",
+        "db.url",
+        "-w",
+        "json",
+    ]))
+    .expect("json");
+    let revs: Vec<u64> = history
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["revision"].as_u64())
+        .collect();
+    assert_eq!(revs, [1, 2, 3]);
+    assert_eq!(ok(&["kv-bucket", "del", "CFG", "other"]), "Deleted other\n");
+    let err = fails(&["kv-bucket", "get", "CFG", "other"]);
+    assert!(err.contains("other: key not found"), "{err}");
+    assert_eq!(ok(&["kv-bucket", "keys", "CFG"]), "db.url\n");
+
+    // A watch prints the current value, then a change made while it runs.
+    let watch = Command::new(crate::harness::berth_bin())
+        .arg("--nats-url")
+        .arg(&url)
+        .args([
+            "kv-bucket",
+            "watch",
+            "CFG",
+            "db.*",
+            "--count",
+            "2",
+            "-w",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch");
+    std::thread::sleep(Duration::from_millis(700));
+    ok(&["kv-bucket", "put", "CFG", "db.url", "four"]);
+    let out = watch.wait_with_output().expect("watch output");
+    let seen: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| e["revision"].as_u64())
+        .collect();
+    assert_eq!(seen, [3, 6], "{out:?}");
+
+    assert_eq!(
+        ok(&["kv-bucket", "purge", "CFG", "db.url"]),
+        "Purged db.url\n"
+    );
+    let ls = ok(&["kv-bucket", "ls", "-w", "table"]);
+    assert!(ls.contains(" CFG |") && ls.contains(" BUCKET "), "{ls}");
+    assert_eq!(ok(&["kv-bucket", "rm", "CFG"]), "Deleted bucket CFG\n");
+    let err = fails(&["kv-bucket", "info", "CFG"]);
+    assert!(err.contains("bucket CFG not found"), "{err}");
+}
+
 /// Eight clients create the same stream at once: one stream results (the others get it
 /// back), it stores and keeps what is published, and it opens again after kill -9.
 #[test]

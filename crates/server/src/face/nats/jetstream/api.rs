@@ -40,7 +40,10 @@ fn bad_json(e: &serde_json::Error) -> ApiError {
 
 /// A request body as `T`; an empty body is `{}`.
 pub(super) fn body<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, ApiError> {
-    let payload = if payload.iter().all(u8::is_ascii_whitespace) {
+    // Empty, or JSON `null` (async-nats sends it for STREAM.INFO): no fields, as Go's
+    // decoder reads them.
+    let payload = if payload.iter().all(u8::is_ascii_whitespace) || payload.trim_ascii() == b"null"
+    {
         &b"{}"[..]
     } else {
         payload
@@ -505,5 +508,26 @@ pub(super) fn direct_answer(
             hub.inject(reply, Some(&status("408 Empty Request")), &Bytes::new())
         }
         Err(_) => hub.inject(reply, Some(&status("408 Bad Request")), &Bytes::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize, Debug, PartialEq, Default)]
+    #[serde(default)]
+    struct Req {
+        seq: u64,
+    }
+
+    /// A request body may be empty or JSON `null` (async-nats sends it): no fields.
+    #[test]
+    fn empty_and_null_bodies_are_no_fields() {
+        for b in [&b""[..], b"  ", b"null", b" null\r\n", b"{}"] {
+            assert_eq!(body::<Req>(b), Ok(Req::default()), "{b:?}");
+        }
+        assert_eq!(body::<Req>(br#"{"seq":3}"#), Ok(Req { seq: 3 }));
+        assert_eq!(body::<Req>(b"nul").map_err(|e| e.err_code), Err(10025));
     }
 }
