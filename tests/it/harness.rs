@@ -645,51 +645,101 @@ impl Cluster {
         self.members.iter().map(|m| m.client_addr.clone()).collect()
     }
 
-    /// Index of the member that currently leads by its `/metrics` (works whatever its client
-    /// URL's transport), waiting up to 15 s for one.
+    /// Index of the member that currently leads by its `/metrics` and Consul's
+    /// `/v1/status/leader` (works whatever its client URL's transport), waiting up to 15 s
+    /// for one. A leader counts once it is [`settled`].
     pub fn leader_by_metrics(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = None;
         loop {
-            for (i, m) in self.members.iter().enumerate() {
-                if m.child.is_some()
-                    && m.http_get("/metrics")
+            let views: Vec<Option<(bool, String)>> = self
+                .members
+                .iter()
+                .map(|m| {
+                    m.child.as_ref()?;
+                    let leads = m
+                        .http_get("/metrics")
                         .1
                         .lines()
-                        .any(|l| l.trim() == "berth_raft_is_leader 1")
-                {
-                    return i;
-                }
+                        .any(|l| l.trim() == "berth_raft_is_leader 1");
+                    let (status, body) = m.http_get("/v1/status/leader");
+                    (status == 200).then(|| (leads, body.trim().trim_matches('"').to_string()))
+                })
+                .collect();
+            let claims: Vec<(usize, String)> = views
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    let (leads, _) = v.as_ref()?;
+                    let me = self.members[i].peer_url.trim_start_matches("http://");
+                    leads.then(|| (i, me.trim_end_matches('/').to_string()))
+                })
+                .collect();
+            let named: Vec<Option<String>> = views
+                .into_iter()
+                .map(|v| v.map(|(_, leader)| leader))
+                .collect();
+            let now = settled(self.members.len(), &claims, &named);
+            if now.is_some() && now == last {
+                return now.unwrap_or_default();
             }
+            last = now;
             assert!(Instant::now() < deadline, "no leader within 15s");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// Index of the member that currently leads, waiting up to 15 s for one.
+    /// Index of the member that currently leads, waiting up to 15 s for one. A leader counts
+    /// once it is [`settled`].
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = None;
         loop {
+            let mut claims = Vec::new();
+            let mut named = Vec::new();
             for (i, m) in self.members.iter().enumerate() {
-                if m.child.is_none() {
-                    continue;
-                }
-                let Ok(mut c) =
-                    etcd_client::Client::connect([m.client_addr.clone()], Some(bounded())).await
-                else {
-                    continue;
-                };
-                if let Ok(st) = c.status().await {
-                    if st.leader() != 0
-                        && st.leader() == st.header().map(|h| h.member_id()).unwrap_or(0)
+                let mut view = None;
+                if m.child.is_some() {
+                    if let Ok(mut c) =
+                        etcd_client::Client::connect([m.client_addr.clone()], Some(bounded())).await
                     {
-                        return i;
+                        if let Ok(st) = c.status().await {
+                            let me = st.header().map(|h| h.member_id()).unwrap_or(0);
+                            if st.leader() != 0 && st.leader() == me {
+                                claims.push((i, me.to_string()));
+                            }
+                            view = Some(st.leader().to_string());
+                        }
                     }
                 }
+                named.push(view);
             }
+            let now = settled(self.members.len(), &claims, &named);
+            if now.is_some() && now == last {
+                return now.unwrap_or_default();
+            }
+            last = now;
             assert!(Instant::now() < deadline, "no leader within 15s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The member whose claim to lead a majority of the cluster's `n` members confirm, each
+/// naming it as their leader. A member's own word is not enough: openraft may elect two
+/// leaders in one term while a cluster starts (a higher member ID wins over a lower one),
+/// and the superseded one names itself until it hears from the other; a test that killed
+/// it would kill a follower. `claims` holds (index, how the others name it); `named`, what
+/// each member names as leader (`None`: it did not answer). The callers also want the same
+/// answer twice in a row.
+fn settled(n: usize, claims: &[(usize, String)], named: &[Option<String>]) -> Option<usize> {
+    claims.iter().find_map(|(i, me)| {
+        let agree = named
+            .iter()
+            .filter(|v| v.as_deref() == Some(me.as_str()))
+            .count();
+        (agree > n / 2).then_some(*i)
+    })
 }
 
 /// Client options with short connect and request timeouts, for members that may be frozen.
