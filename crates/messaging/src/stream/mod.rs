@@ -143,13 +143,12 @@ impl Stream {
         }
         let window = stream.config.duplicate_window_ns();
         let from = now.saturating_sub(window);
-        for seq in stream.store.matching(None).into_iter().rev() {
+        // Only messages with headers can carry an ID: the others are not read.
+        let window: Vec<u64> = stream.store.with_headers_since(from).collect();
+        for seq in window {
             let Some(m) = stream.store.get(seq)? else {
                 continue;
             };
-            if m.time < from {
-                break;
-            }
             if let Some(id) = headers::get(&m.headers, "Nats-Msg-Id") {
                 if stream.last_id.is_none() {
                     stream.last_id = Some(id.to_string());
@@ -613,6 +612,9 @@ mod tests {
                 duplicate: true
             })
         );
+        // Newer messages without an ID (with and without headers) do not hide it.
+        publish(&mut s, "s.2", "", 2 * SEC).expect("plain");
+        publish(&mut s, "s.3", "NATS/1.0\r\nTrace: 1\r\n\r\n", 2 * SEC).expect("headers");
         let config = s.config().clone();
         drop(s);
         let mut s = Stream::open(dir.path(), config, 0, 3 * SEC).expect("reopen");
@@ -628,7 +630,7 @@ mod tests {
             publish(&mut s, "s.1", id, 20 * SEC).map(|a| a.duplicate),
             Ok(false)
         );
-        assert_eq!(s.store().state().messages, 2);
+        assert_eq!(s.store().state().messages, 4);
     }
 
     #[test]

@@ -59,6 +59,8 @@ struct Meta {
     time: i64,
     subject: Arc<str>,
     size: u64,
+    /// It carries headers (a message ID may be among them).
+    headers: bool,
 }
 
 struct Segment {
@@ -296,7 +298,8 @@ impl StreamStore {
                     payload,
                 }) => {
                     let size = msg_size(subject, headers, payload);
-                    self.index(seq, id, offset, len, time, subject, size);
+                    let has = !headers.is_empty();
+                    self.index(seq, id, offset, len, time, subject, size, has);
                 }
                 Ok(Record::Removed(seqs)) => {
                     for s in seqs {
@@ -330,6 +333,7 @@ impl StreamStore {
         time: i64,
         subject: &str,
         size: u64,
+        headers: bool,
     ) {
         let subject: Arc<str> = match self.subjects.get_key_value(subject) {
             Some((k, _)) => k.clone(),
@@ -357,6 +361,7 @@ impl StreamStore {
                 time,
                 subject,
                 size,
+                headers,
             },
         );
     }
@@ -655,6 +660,7 @@ impl StreamStore {
             time,
             subject,
             msg_size(subject, headers, payload),
+            !headers.is_empty(),
         );
         Ok(seq)
     }
@@ -940,6 +946,18 @@ impl StreamStore {
             .filter(|(s, _)| subject::matches(filter, s))
             .map(|(s, seqs)| (s.to_string(), seqs.len() as u64))
             .collect()
+    }
+
+    /// The stored messages that carry headers, newest first, back to the first one stored
+    /// before `since` (UNIX ns): what a message ID window is rebuilt from, without reading
+    /// the others.
+    pub fn with_headers_since(&self, since: i64) -> impl Iterator<Item = u64> + '_ {
+        self.msgs
+            .iter()
+            .rev()
+            .take_while(move |(_, m)| m.time >= since)
+            .filter(|(_, m)| m.headers)
+            .map(|(seq, _)| *seq)
     }
 
     /// Stored sequences whose subject `filter` reaches (all with `None`), oldest first.
