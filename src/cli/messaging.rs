@@ -27,6 +27,9 @@ pub struct NatsTarget {
     pub user: Option<(String, String)>,
     /// How long connecting may take.
     pub dial_timeout: Duration,
+    /// `--cacert`, `--cert` and `--key`, when given: TLS for `tls://` URLs (the CA to trust,
+    /// and a client certificate for servers that ask for one).
+    pub tls: Option<berth_net::tls::TlsSettings>,
 }
 
 impl NatsTarget {
@@ -36,6 +39,14 @@ impl NatsTarget {
             .connection_timeout(self.dial_timeout);
         if let Some((user, password)) = &self.user {
             opts = opts.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            if let Some(ca) = &tls.trusted_ca_file {
+                opts = opts.add_root_certificates(ca.clone());
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                opts = opts.add_client_certificate(cert.clone(), key.clone());
+            }
         }
         let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
         let addrs = urls

@@ -210,6 +210,7 @@ pub struct Ctx {
 /// `bench`).
 pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
     let tls = global.tls();
+    let tls_settings = tls.clone();
     let http = registry::http::Target {
         addr: global.http_addr,
         token: global.token,
@@ -228,6 +229,7 @@ pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
         url: global.nats_url,
         user: conn.user().cloned(),
         dial_timeout: global.dial_timeout,
+        tls: tls_settings,
     };
     let mut ctx = Ctx {
         conn,

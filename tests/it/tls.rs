@@ -402,14 +402,24 @@ fn wrong_ca_expired_certificates_and_wrong_protocols_fail_and_the_server_serves_
 /// `berth server` with `flags` must exit with an error mentioning every string of `want`.
 fn start_fails(flags: &[&str], want: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
+    // The listeners below, unless `flags` gives its own.
+    let unless_given = |flag: &str, value: String| {
+        if flags.contains(&flag) {
+            Vec::new()
+        } else {
+            vec![flag.to_string(), value]
+        }
+    };
     let mut cmd = Command::new("timeout");
     cmd.arg("20")
         .arg(berth_bin())
         .arg("server")
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .arg("--listen-client-urls")
-        .arg(format!("https://127.0.0.1:{}", free_port()))
+        .args(unless_given(
+            "--listen-client-urls",
+            format!("https://127.0.0.1:{}", free_port()),
+        ))
         .arg("--listen-peer-urls")
         .arg(format!("http://127.0.0.1:{}", free_port()))
         .arg("--listen-http-urls")
@@ -418,8 +428,7 @@ fn start_fails(flags: &[&str], want: &[&str]) {
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--listen-nacos-urls")
         .arg("")
-        .arg("--listen-nats-urls")
-        .arg("")
+        .args(unless_given("--listen-nats-urls", String::new()))
         .args(flags);
     let (ok, out, err) = run(&mut cmd);
     assert!(!ok, "berth should refuse {flags:?}: {out}{err}");
@@ -734,4 +743,126 @@ fn a_cluster_with_https_peers_and_peer_cert_auth_replicates_and_refuses_a_strang
     );
     assert_eq!(out.trim(), "", "the stranger member got the write");
     assert!(metric(&members[0], "berth_tls_handshake_failures") > 0);
+}
+
+/// NATS over TLS, as nats-server serves it: a `tls://` listener sends INFO in plain text
+/// with `tls_required`, then the client upgrades. async-nats publishes and subscribes
+/// through it trusting the test CA; with `--trusted-ca-file` it must bring a client
+/// certificate; a plain-text client is told TLS is required; and `tls://` without a
+/// certificate is a start-up error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_clients_upgrade_to_tls_after_info() {
+    use futures::StreamExt;
+    use std::io::{BufRead, BufReader, Write};
+
+    let pki = Pki::new("nats");
+    let (cert, key) = pki.issue("server", "berth", false);
+    let (ccert, ckey) = pki.issue("client", "app", false);
+    let port = free_port();
+    let nats_url = format!("tls://127.0.0.1:{port}");
+    let srv = tokio::task::spawn_blocking({
+        let (cert, key, ca) = (cert.clone(), key.clone(), pki.ca_file());
+        let nats_url = nats_url.clone();
+        move || {
+            Server::start_with(&[
+                "--listen-nats-urls",
+                &nats_url,
+                "--cert-file",
+                path(&cert),
+                "--key-file",
+                path(&key),
+                "--trusted-ca-file",
+                path(&ca),
+            ])
+        }
+    })
+    .await
+    .expect("server");
+
+    // A plain-text client reads INFO saying TLS is required, and is refused.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut lines = BufReader::new(raw.try_clone().expect("clone"));
+    let mut info = String::new();
+    lines.read_line(&mut info).expect("INFO");
+    assert!(
+        info.starts_with("INFO ") && info.contains("\"tls_required\":true"),
+        "{info}"
+    );
+    raw.write_all(b"CONNECT {}\r\nPING\r\n").expect("write");
+    let mut refusal = String::new();
+    lines.read_line(&mut refusal).expect("refusal");
+    assert_eq!(refusal, "-ERR 'Secure Connection - TLS Required'\r\n");
+
+    // With a client certificate the CA signed: publish and subscribe over TLS.
+    let client = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(pki.ca_file())
+        .add_client_certificate(ccert.clone(), ckey.clone())
+        .connect(&nats_url)
+        .await
+        .expect("TLS connect");
+    let mut sub = client.subscribe("secure.>").await.expect("subscribe");
+    client
+        .publish("secure.a", "over tls".into())
+        .await
+        .expect("publish");
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("in time")
+        .expect("a message");
+    assert_eq!(&got.payload[..], b"over tls");
+    // The CLI too, with etcdctl's TLS flags.
+    let (ok, out, err) = run(Command::new(berth_bin()).args([
+        "--nats-url",
+        &nats_url,
+        "--cacert",
+        path(&pki.ca_file()),
+        "--cert",
+        path(&ccert),
+        "--key",
+        path(&ckey),
+        "pub",
+        "secure.cli",
+        "from the cli",
+    ]));
+    assert!(ok, "berth pub over TLS: {out}{err}");
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("in time")
+        .expect("a message");
+    assert_eq!(&got.payload[..], b"from the cli");
+
+    // Without one, the handshake is refused.
+    let refused = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(pki.ca_file())
+        .retry_on_initial_connect()
+        .max_reconnects(Some(1))
+        .connection_timeout(Duration::from_secs(2))
+        .connect(&nats_url);
+    // TLS 1.3 clients finish their side of the handshake before the server checks their
+    // certificate: the refusal shows on the first round trip.
+    if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(10), refused).await {
+        let flushed = tokio::time::timeout(Duration::from_secs(3), c.flush()).await;
+        assert!(
+            !matches!(flushed, Ok(Ok(()))),
+            "a client without a certificate was served"
+        );
+    }
+    drop(srv);
+
+    start_fails(
+        &[
+            "--listen-nats-urls",
+            &format!("tls://127.0.0.1:{}", free_port()),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ],
+        &[
+            "--listen-nats-urls",
+            "tls:// needs --cert-file and --key-file",
+        ],
+    );
 }

@@ -61,8 +61,9 @@ pub struct ServerArgs {
     /// `http://127.0.0.1:8848`, Nacos's; empty: no Nacos listener).
     #[arg(long, env = "BERTH_LISTEN_NACOS_URLS")]
     pub listen_nacos_urls: Option<String>,
-    /// URLs for NATS's client protocol (`nats://host:port`), comma-separated (default
-    /// `nats://127.0.0.1:4222`, NATS's; empty: no NATS listener).
+    /// URLs for NATS's client protocol (`nats://host:port`; `tls://host:port` requires TLS,
+    /// with --cert-file and --key-file, and client certificates with --trusted-ca-file),
+    /// comma-separated (default `nats://127.0.0.1:4222`, NATS's; empty: no NATS listener).
     #[arg(long, env = "BERTH_LISTEN_NATS_URLS")]
     pub listen_nats_urls: Option<String>,
     /// Largest NATS message (headers and payload) a client may publish, in bytes (default
@@ -447,10 +448,8 @@ fn nonzero(d: Duration) -> Option<Duration> {
 /// Resolves `nats://host:port` (or `host:port`) to a socket address.
 fn nats_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let hostport = match url.split_once("://") {
-        Some(("nats", rest)) => rest,
-        Some((scheme, _)) => bail!(
-            "{url}: only nats:// URLs are supported ({scheme}:// is not: TLS for NATS is not built yet)"
-        ),
+        Some(("nats" | "tls", rest)) => rest,
+        Some((scheme, _)) => bail!("{url}: a NATS URL is nats:// or tls://, not {scheme}://"),
         None => url,
     };
     hostport
@@ -515,6 +514,7 @@ impl Config {
                 split_urls(&listen_nacos_urls),
             ]
             .concat(),
+            &split_urls(tls_args.listen_nats_urls.as_deref().unwrap_or_default()),
         )?;
         let state = match s.initial_cluster_state.as_deref().unwrap_or("new") {
             "new" => ClusterState::New,

@@ -137,12 +137,16 @@ pub struct Listeners<C> {
     /// Consul's DNS interface (`--listen-dns-addr`), UDP and TCP; the simulation has none.
     pub dns: Vec<face::dns::Sockets>,
     /// NATS's client protocol (`--listen-nats-urls`), each with its bound address (INFO
-    /// reports it).
-    pub nats: Vec<(
-        std::net::SocketAddr,
-        Accepted<(C, crate::listen::ClientAddr)>,
-    )>,
+    /// reports it) and, for a `tls://` URL, the TLS its clients must upgrade to after INFO.
+    pub nats: Vec<NatsListener<C>>,
 }
+
+/// A NATS listener: its bound address, its TLS (for `tls://`), its connections.
+pub type NatsListener<C> = (
+    std::net::SocketAddr,
+    Option<Arc<rustls::ServerConfig>>,
+    Accepted<(C, crate::listen::ClientAddr)>,
+);
 
 impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
     /// Binds the TCP listeners `cfg` asks for (backlog, accept backoff, handshake deadline
@@ -228,10 +232,19 @@ impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
                     let listener = crate::listen::bind(*addr, cfg)
                         .with_context(|| format!("binding the NATS listener {addr}"))?;
                     let local = listener.local_addr()?;
-                    tracing::info!(address = %local, "serving NATS's client protocol");
+                    let tls = cfg
+                        .tls
+                        .nats_tls
+                        .contains(addr)
+                        .then(|| cfg.tls.nats_listener())
+                        .transpose()?;
+                    tracing::info!(address = %local, tls = tls.is_some(), "serving NATS's client protocol");
                     let conns = listener.map(|conn| conn.map(ServerConn::plain));
                     let conns = addressed(vec![Box::pin(conns) as Accepted<_>]);
-                    Ok(conns.into_iter().map(|c| (local, c)).collect::<Vec<_>>())
+                    Ok(conns
+                        .into_iter()
+                        .map(|c| (local, tls.clone(), c))
+                        .collect::<Vec<_>>())
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?
                 .into_iter()
@@ -401,12 +414,13 @@ where
             )),
         );
     }
-    for (local, incoming) in listeners.nats {
+    for (local, tls, incoming) in listeners.nats {
         spawn(
             "NATS server",
             Box::pin(face::nats::serve(
                 nats.clone(),
                 local,
+                tls,
                 incoming,
                 stop_rx.clone(),
             )),

@@ -39,6 +39,8 @@ pub struct TlsConfig {
     pub peer: TlsSettings,
     /// Listen addresses (of any kind) whose URL is `https://`.
     pub https: Vec<SocketAddr>,
+    /// NATS listen addresses whose URL is `tls://`.
+    pub nats_tls: Vec<SocketAddr>,
 }
 
 fn https(urls: &[String]) -> impl Iterator<Item = &String> {
@@ -64,6 +66,7 @@ impl TlsConfig {
         client_urls: &[String],
         peer_urls: &[String],
         http_urls: &[String],
+        nats_urls: &[String],
     ) -> anyhow::Result<TlsConfig> {
         let min_version = TlsVersion::parse(s.tls_min_version.as_deref().unwrap_or("TLS1.2"))?;
         let cipher_suites = s.cipher_suites.clone().unwrap_or_default();
@@ -73,7 +76,7 @@ impl TlsConfig {
             trusted_ca_file: s.trusted_ca_file.clone(),
             client_cert_auth: s.client_cert_auth.unwrap_or(false),
             auto_tls: s.auto_tls.unwrap_or(false),
-            hosts: hosts(&[client_urls, http_urls].concat()),
+            hosts: hosts(&[client_urls, http_urls, nats_urls].concat()),
             cipher_suites: cipher_suites.clone(),
             min_version,
             insecure_skip_verify: false,
@@ -117,6 +120,19 @@ impl TlsConfig {
                 }
             }
         }
+        let mut nats_tls = Vec::new();
+        for url in nats_urls.iter().filter(|u| u.starts_with("tls://")) {
+            if !client.has_identity() {
+                bail!("--listen-nats-urls {url}: tls:// needs --cert-file and --key-file (or --auto-tls)");
+            }
+            let hostport = url.trim_start_matches("tls://").trim_end_matches('/');
+            nats_tls.push(
+                std::net::ToSocketAddrs::to_socket_addrs(hostport)
+                    .with_context(|| format!("invalid URL {url}"))?
+                    .next()
+                    .with_context(|| format!("{url} resolves to no address"))?,
+            );
+        }
         let mut https_addrs = Vec::new();
         for url in https(&[client_urls, peer_urls, http_urls].concat()) {
             https_addrs.push(url_to_addr(url)?);
@@ -125,6 +141,7 @@ impl TlsConfig {
             client,
             peer,
             https: https_addrs,
+            nats_tls,
         })
     }
 
@@ -159,6 +176,16 @@ impl TlsConfig {
                     "--cert-file/--key-file/--trusted-ca-file",
                 )
                 .context("HTTP listener TLS")?,
+        ))
+    }
+
+    /// The rustls configuration of a `tls://` NATS listener (NATS's protocol, no ALPN),
+    /// from the client side's settings.
+    pub fn nats_listener(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        Ok(Arc::new(
+            self.client
+                .server_config(&[], "--cert-file/--key-file/--trusted-ca-file")
+                .context("NATS listener TLS")?,
         ))
     }
 

@@ -214,7 +214,14 @@ impl Session {
 }
 
 /// INFO for a client: what nats-server 2.10 sends, with the client's own ID and address.
-fn info(hub: &Hub, id: u64, local: SocketAddr, peer: Option<SocketAddr>, auth: bool) -> Bytes {
+fn info(
+    hub: &Hub,
+    id: u64,
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+    auth: bool,
+    tls: bool,
+) -> Bytes {
     let mut info = serde_json::json!({
         "server_id": hub.server_id,
         "server_name": hub.server_id,
@@ -232,15 +239,120 @@ fn info(hub: &Hub, id: u64, local: SocketAddr, peer: Option<SocketAddr>, auth: b
     if auth {
         info["auth_required"] = serde_json::Value::Bool(true);
     }
+    if tls {
+        info["tls_required"] = serde_json::Value::Bool(true);
+        info["tls_available"] = serde_json::Value::Bool(true);
+    }
     Bytes::from(format!("INFO {info} \r\n"))
 }
 
-/// Serves one client until it leaves, breaks the protocol, falls behind, or `stop`.
+/// How long a client of a `tls://` listener has to finish its TLS handshake after INFO
+/// (nats-server's default `tls_timeout`).
+const TLS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection's two halves, whatever it runs over (plain TCP, or TLS after INFO).
+type Halves = (
+    Box<dyn AsyncRead + Unpin + Send>,
+    Box<dyn AsyncWrite + Unpin + Send>,
+);
+
+/// INFO in plain text, saying TLS is required, then the client's TLS handshake, as
+/// nats-server does it; `None` when the client did not shake hands (a plain-text client is
+/// told TLS is required) or took too long.
+async fn upgrade<C>(
+    mut io: C,
+    info: &[u8],
+    tls: Arc<rustls::ServerConfig>,
+    id: u64,
+) -> Option<Halves>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    io.write_all(info).await.ok()?;
+    let handshake = async {
+        // A TLS handshake record starts with 22; anything else is a plain-text client.
+        let first = io.read_u8().await?;
+        if first != 22 {
+            let _ = io
+                .write_all(b"-ERR 'Secure Connection - TLS Required'\r\n")
+                .await;
+            let _ = io.shutdown().await;
+            return Err(std::io::Error::other("a plain-text client"));
+        }
+        let replayed = Replay {
+            first: Some(first),
+            inner: io,
+        };
+        tokio_rustls::TlsAcceptor::from(tls).accept(replayed).await
+    };
+    match tokio::time::timeout(TLS_TIMEOUT, handshake).await {
+        Ok(Ok(stream)) => {
+            let (rd, wr) = tokio::io::split(stream);
+            Some((Box::new(rd), Box::new(wr)))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(client = id, error = %e, "NATS TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = id, "NATS TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// A connection whose first byte was already read: it is read again first.
+struct Replay<C> {
+    first: Option<u8>,
+    inner: C,
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Replay<C> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(b) = self.first.take() {
+            buf.put_slice(&[b]);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Replay<C> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one client until it leaves, breaks the protocol, falls behind, or `stop`; with
+/// `tls`, the client upgrades to it after INFO.
 pub(super) async fn run<C>(
     hub: Arc<Hub>,
     io: C,
     local: SocketAddr,
     peer: Option<SocketAddr>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -276,7 +388,7 @@ pub(super) async fn run<C>(
             "NATS connection refused: --nats-max-connections reached"
         );
         let (_, mut wr) = tokio::io::split(io);
-        let info = info(&hub, id, local, peer, false);
+        let info = info(&hub, id, local, peer, false, tls.is_some());
         let _ = wr.write_all(&info).await;
         let _ = wr
             .write_all(b"-ERR 'maximum connections exceeded'\r\n")
@@ -287,10 +399,24 @@ pub(super) async fn run<C>(
     hub.totals.connections.fetch_add(1, Ordering::Relaxed);
     let metrics = hub.core.metrics.clone();
     metrics.nats_connections.inc();
-    let (mut rd, wr) = tokio::io::split(io);
-    let mut writer = tokio::spawn(write_loop(wr, rx, client.clone()));
     let auth = hub.core.auth.view().enabled;
-    client.send(&hub, info(&hub, id, local, peer, auth));
+    let hello = info(&hub, id, local, peer, auth, tls.is_some());
+    let (mut rd, wr): Halves = match tls {
+        None => {
+            client.send(&hub, hello);
+            let (rd, wr) = tokio::io::split(io);
+            (Box::new(rd), Box::new(wr))
+        }
+        Some(tls) => match upgrade(io, &hello, tls, id).await {
+            Some(halves) => halves,
+            None => {
+                hub.clients().remove(&id);
+                metrics.nats_connections.dec();
+                return;
+            }
+        },
+    };
+    let mut writer = tokio::spawn(write_loop(wr, rx, client.clone()));
     tracing::debug!(client = id, ?peer, "NATS connection");
     let mut s = Session {
         hub: hub.clone(),

@@ -700,10 +700,12 @@ fn message(
     b.freeze()
 }
 
-/// Serves NATS clients from `incoming` (a listener bound to `local`) until `stop`.
+/// Serves NATS clients from `incoming` (a listener bound to `local`; its clients upgrade to
+/// `tls` after INFO when given) until `stop`.
 pub async fn serve<C, S>(
     hub: Arc<Hub>,
     local: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     incoming: S,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()>
@@ -726,9 +728,8 @@ where
                 continue;
             }
         };
-        let hub = hub.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move { conn::run(hub, io, local, peer, stop).await });
+        let (hub, stop, tls) = (hub.clone(), stop.clone(), tls.clone());
+        tokio::spawn(async move { conn::run(hub, io, local, peer, tls, stop).await });
     }
 }
 
