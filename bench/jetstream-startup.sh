@@ -5,8 +5,10 @@
 # again (start-up = until `berth stream info BENCH` answers with the messages), then stopped
 # cleanly (SIGTERM) and started again. RSS is read from /proc once the stream answers.
 # Needs about 8 GB free in TMPDIR for 25 s of filling.
-# Usage: BERTH=path/to/berth NATS_SERVER=path/to/nats-server [FILL_SECS=25] bench/jetstream-startup.sh
-# Prints one line per start: server, how it was stopped before, messages, seconds, RSS in kB.
+# Usage: BERTH=path/to/berth NATS_SERVER=path/to/nats-server [FILL_SECS=25] [SERVERS="berth nats-server"]
+#   bench/jetstream-startup.sh
+# Prints one line per start: server, how it was stopped before, messages, seconds to answer,
+# RSS in kB when it answered and SETTLE_SECS (20) later.
 set -u
 BERTH=${BERTH:?path of the berth binary}; NATS_SERVER=${NATS_SERVER:?path of nats-server}
 FILL_SECS=${FILL_SECS:-25}; PORT=24323
@@ -30,9 +32,12 @@ timed_start() { # server, how it was stopped
   t0=$(date +%s.%N); start $1
   until n=$(messages) && [ -n "$n" ] && [ "$n" -gt 0 ]; do sleep 0.05; done
   t1=$(date +%s.%N)
-  echo "$1 $2 $n $(echo "$t1 - $t0" | bc) $(awk '/VmRSS/ {print $2}' /proc/$pid/status)"
+  local rss; rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
+  # The allocator gives back what loading used for a while after: RSS again once settled.
+  sleep ${SETTLE_SECS:-20}
+  echo "$1 $2 $n $(echo "$t1 - $t0" | bc) $rss $(awk '/VmRSS/ {print $2}' /proc/$pid/status)"
 }
-for s in berth nats-server; do
+for s in ${SERVERS:-berth nats-server}; do
   rm -rf "$tmp/data"; mkdir -p "$tmp/data"
   start $s; sleep 2
   "$BERTH" bench js-publish --nats-addr 127.0.0.1:$PORT --duration ${FILL_SECS}s \
