@@ -202,6 +202,11 @@ async fn api(client: &async_nats::Client, subject: String, body: Value) -> Resul
         })?;
     let v: Value = serde_json::from_slice(&reply.payload)
         .with_context(|| format!("{subject}: the answer is not JSON"))?;
+    answer_of(v)
+}
+
+/// A `$JS.API` answer, or its error object as a clear message.
+pub(super) fn answer_of(v: Value) -> Result<Value> {
     if let Some(err) = v.get("error") {
         bail!(
             "{} (code {}, err_code {})",

@@ -330,18 +330,10 @@ async fn stream_info(js: &jetstream::Context, bucket: &str) -> Result<Value> {
         .request(subject, &json!({}))
         .await
         .with_context(|| format!("reading bucket {bucket}"))?;
-    if let Some(err) = v.get("error") {
-        if err["err_code"] == 10059 {
-            bail!("bucket {bucket} not found");
-        }
-        bail!(
-            "{} (code {}, err_code {})",
-            err["description"].as_str().unwrap_or("error"),
-            err["code"],
-            err["err_code"]
-        );
+    if v["error"]["err_code"] == 10059 {
+        bail!("bucket {bucket} not found");
     }
-    Ok(v)
+    super::jetstream::answer_of(v)
 }
 
 async fn store(js: &jetstream::Context, bucket: &str) -> Result<kv::Store> {

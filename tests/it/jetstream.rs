@@ -634,23 +634,29 @@ fn scheduled_messages_are_delivered_at_their_time_even_across_a_crash() {
     assert!((2..=4).contains(&ticks), "{ticks} ticks in 3.5 s: {info}");
 }
 
+/// Runs the berth CLI against the NATS server at `url`: success, stdout, stderr.
+fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
+    run(Command::new(crate::harness::berth_bin())
+        .arg("--nats-url")
+        .arg(url)
+        .args(args))
+}
+
+/// [`cli`] that must succeed; its stdout.
+fn cli_ok(url: &str, args: &[&str]) -> String {
+    let (ok, out, err) = cli(url, args);
+    assert!(ok, "berth {args:?}: {out}{err}");
+    out
+}
+
 /// `berth stream …` and `berth consumer …` against berth: create, publish, inspect, pull
 /// and ack, purge, delete, and a clear error for what is gone.
 #[test]
 fn the_cli_manages_streams_and_consumers() {
     let srv = Server::start();
     let url = format!("nats://{}", srv.nats_addr);
-    let berth = |args: &[&str]| {
-        run(Command::new(crate::harness::berth_bin())
-            .arg("--nats-url")
-            .arg(&url)
-            .args(args))
-    };
-    let ok = |args: &[&str]| {
-        let (ok, out, err) = berth(args);
-        assert!(ok, "berth {args:?}: {out}{err}");
-        out
-    };
+    let berth = |args: &[&str]| cli(&url, args);
+    let ok = |args: &[&str]| cli_ok(&url, args);
     let out = ok(&[
         "stream",
         "add",
@@ -719,17 +725,8 @@ fn the_cli_manages_streams_and_consumers() {
 fn the_cli_manages_key_value_buckets() {
     let srv = Server::start();
     let url = format!("nats://{}", srv.nats_addr);
-    let berth = |args: &[&str]| {
-        run(Command::new(crate::harness::berth_bin())
-            .arg("--nats-url")
-            .arg(&url)
-            .args(args))
-    };
-    let ok = |args: &[&str]| {
-        let (ok, out, err) = berth(args);
-        assert!(ok, "berth {args:?}: {out}{err}");
-        out
-    };
+    let berth = |args: &[&str]| cli(&url, args);
+    let ok = |args: &[&str]| cli_ok(&url, args);
     let fails = |args: &[&str]| {
         let (ok, out, err) = berth(args);
         assert!(!ok, "berth {args:?} succeeded: {out}");

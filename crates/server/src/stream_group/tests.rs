@@ -33,6 +33,11 @@ fn publish(i: u64) -> Vec<u8> {
 
 fn apply(g: &StreamGroup, from: u64, to: u64, applied: &[u8]) -> Vec<Outcome> {
     let cmds: Vec<Vec<u8>> = (from..to).map(publish).collect();
+    apply_all(g, &cmds, applied)
+}
+
+/// Applies encoded commands as one batch ending at `applied`; their outcomes.
+fn apply_all(g: &StreamGroup, cmds: &[Vec<u8>], applied: &[u8]) -> Vec<Outcome> {
     let refs: Vec<&[u8]> = cmds.iter().map(Vec::as_slice).collect();
     g.apply(&refs, ("raft.state", applied))
         .expect("apply")
@@ -404,16 +409,8 @@ fn an_interest_stream_keeps_what_an_applied_consumer_reaches() {
             r#"{{"config":{{"durable_name":"a","ack_policy":"explicit","filter_subject":"{filter}"}},"state":{{}},"created":0}}"#
         )
     };
-    let outcomes = |g: &StreamGroup, cmds: &[Vec<u8>], applied: &[u8]| -> Vec<Outcome> {
-        let refs: Vec<&[u8]> = cmds.iter().map(Vec::as_slice).collect();
-        g.apply(&refs, ("raft.state", applied))
-            .expect("apply")
-            .iter()
-            .map(|o| Outcome::decode(o).expect("outcome"))
-            .collect()
-    };
     // Nobody yet: acknowledged, not kept.
-    let out = outcomes(&g, &[pub_to("i.x")], b"1");
+    let out = apply_all(&g, &[pub_to("i.x")], b"1");
     assert!(
         matches!(out[0], Outcome::Stored(PubAck { seq: 1, .. })),
         "{out:?}"
@@ -430,7 +427,7 @@ fn an_interest_stream_keeps_what_an_applied_consumer_reaches() {
         pub_to("i.a"),
         pub_to("i.b"),
     ];
-    outcomes(&g, &cmds, b"2");
+    apply_all(&g, &cmds, b"2");
     assert_eq!(
         g.read(|s| s.store().subject_of(2).map(str::to_owned)),
         Some(Some("i.a".to_string()))
@@ -439,7 +436,7 @@ fn an_interest_stream_keeps_what_an_applied_consumer_reaches() {
     drop(g);
     // Reopened: the consumer still counts.
     let g = StreamGroup::open(&at, c, 5, 4096).expect("reopen");
-    outcomes(&g, &[pub_to("i.a"), pub_to("i.c")], b"3");
+    apply_all(&g, &[pub_to("i.a"), pub_to("i.c")], b"3");
     assert_eq!(g.read(|s| s.store().state().messages), Some(2));
     // Deleted: nothing is kept any more.
     let cmds = [
@@ -450,7 +447,7 @@ fn an_interest_stream_keeps_what_an_applied_consumer_reaches() {
         .encode(),
         pub_to("i.a"),
     ];
-    outcomes(&g, &cmds, b"4");
+    apply_all(&g, &cmds, b"4");
     assert_eq!(g.read(|s| s.store().state().messages), Some(2));
 }
 
@@ -469,9 +466,7 @@ fn a_repeating_schedule_fires_alike_after_a_reopen() {
     let g = StreamGroup::open(&at, c.clone(), 5, 4096).expect("open");
     let t0 = 1_700_000_000 * SEC;
     let run = |g: &StreamGroup, cmd: Command<'_>, applied: &[u8]| -> Outcome {
-        let bytes = cmd.encode();
-        let out = g.apply(&[&bytes], ("raft.state", applied)).expect("apply");
-        Outcome::decode(&out[0]).expect("outcome")
+        apply_all(g, &[cmd.encode()], applied).remove(0)
     };
     let hdrs = b"NATS/1.0\r\nNats-Schedule: @every 1s\r\nNats-Schedule-Target: t.out\r\n\r\n";
     let stored = run(
