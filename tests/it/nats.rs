@@ -228,6 +228,35 @@ fn the_wire_is_nats_servers() {
     assert!(m.contains("berth_nats_messages_out_total"), "{m}");
 }
 
+/// The server's own subjects (`$BERTH.`, where its requests' replies come back) are not
+/// for clients: a publish to one, or with a reply on one, is refused as nats-server refuses
+/// a publish it does not permit, the message goes nowhere, and the connection goes on.
+#[test]
+fn the_servers_own_subjects_are_refused_to_clients() {
+    let srv = Server::start();
+    let (mut sub, _) = ready(&srv);
+    sub.send("CONNECT {\"verbose\":false}\r\nSUB > 1\r\n");
+    assert!(sub.sync().is_empty());
+    let (mut c, _) = ready(&srv);
+    c.send("CONNECT {\"verbose\":false}\r\n");
+    c.send("PUB $BERTH.R.x.1 2\r\nhi\r\n");
+    assert_eq!(
+        c.sync(),
+        ["-ERR 'Permissions Violation for Publish to \"$BERTH.R.x.1\"'\r\n"]
+    );
+    c.send("PUB dlq.x $BERTH.R.x.2 2\r\nhi\r\n");
+    assert_eq!(
+        c.sync(),
+        ["-ERR 'Permissions Violation for Publish to \"dlq.x\"'\r\n"]
+    );
+    c.send("PUB ok.x 2\r\nhi\r\n");
+    assert!(c.sync().is_empty(), "the connection goes on");
+    // Only the permitted message reached the catch-all subscriber.
+    assert_eq!(sub.line(), "MSG ok.x 1 2\r\n");
+    assert_eq!(sub.bytes(4), "hi\r\n");
+    assert!(sub.sync().is_empty());
+}
+
 #[test]
 fn broken_input_gets_nats_servers_errors_and_closes() {
     let srv = Server::start_with(&["--nats-max-payload", "64"]);

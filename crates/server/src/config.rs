@@ -505,7 +505,7 @@ impl Config {
             .listen_nacos_urls
             .clone()
             .unwrap_or_else(|| "http://127.0.0.1:8848".into());
-        let tls = crate::tls::TlsConfig::resolve(
+        let mut tls = crate::tls::TlsConfig::resolve(
             &tls_args,
             &split_urls(&listen_client_urls),
             &split_urls(&listen_peer_urls),
@@ -639,11 +639,17 @@ impl Config {
         let listen_nats = match s.listen_nats_urls.as_deref().map(str::trim) {
             None => vec![SocketAddr::from(([127, 0, 0, 1], 4222))],
             Some("") => Vec::new(),
-            Some(list) => split_urls(list)
-                .iter()
-                .map(|u| nats_addr(u))
-                .collect::<anyhow::Result<_>>()
-                .context("--listen-nats-urls")?,
+            Some(list) => {
+                let mut addrs = Vec::new();
+                for url in split_urls(list) {
+                    let addr = nats_addr(&url).context("--listen-nats-urls")?;
+                    if url.starts_with("tls://") {
+                        tls.nats_tls.push(addr);
+                    }
+                    addrs.push(addr);
+                }
+                addrs
+            }
         };
         let nats_limits = {
             let d = crate::face::nats::Limits::default();

@@ -247,7 +247,9 @@ impl GroupState for StreamGroup {
                             configs.insert(name.to_string(), saved.config);
                         }
                         Err(e) => {
-                            tracing::error!(consumer = %name, error = %e, "JetStream: a consumer's saved state does not read; its interest is unchanged")
+                            // As a reopened replica reads it (`consumer_configs`): no interest.
+                            tracing::error!(consumer = %name, error = %e, "JetStream: a consumer's saved state does not read; it counts for no interest");
+                            configs.remove(*name);
                         }
                     }
                 }
@@ -275,10 +277,12 @@ impl GroupState for StreamGroup {
         if epoch != old_epoch {
             entries.push((EPOCH_KEY, &epoch_bytes));
         }
-        // Repeating schedules' due times, when firing moved them.
-        let dues = stream
-            .config()
-            .allow_msg_schedules
+        // Repeating schedules' due times, when firing moved them (a schedule just stored is
+        // due one period after its time, which a reopen rebuilds by itself).
+        let fired = cmds
+            .iter()
+            .any(|c| matches!(c, Command::FireSchedules { .. }));
+        let dues = (fired && stream.config().allow_msg_schedules)
             .then(|| encode_dues(&stream.schedule_dues()))
             .filter(|d| stream.store().meta(SCHEDULES_KEY).unwrap_or_default() != &d[..]);
         if let Some(d) = &dues {

@@ -39,7 +39,8 @@ pub struct TlsConfig {
     pub peer: TlsSettings,
     /// Listen addresses (of any kind) whose URL is `https://`.
     pub https: Vec<SocketAddr>,
-    /// NATS listen addresses whose URL is `tls://`.
+    /// NATS listen addresses whose URL is `tls://` (filled in with the listen addresses,
+    /// from the same resolution).
     pub nats_tls: Vec<SocketAddr>,
 }
 
@@ -120,18 +121,11 @@ impl TlsConfig {
                 }
             }
         }
-        let mut nats_tls = Vec::new();
-        for url in nats_urls.iter().filter(|u| u.starts_with("tls://")) {
+        // The addresses themselves are resolved once, with the listeners' (`Config`).
+        if let Some(url) = nats_urls.iter().find(|u| u.starts_with("tls://")) {
             if !client.has_identity() {
                 bail!("--listen-nats-urls {url}: tls:// needs --cert-file and --key-file (or --auto-tls)");
             }
-            let hostport = url.trim_start_matches("tls://").trim_end_matches('/');
-            nats_tls.push(
-                std::net::ToSocketAddrs::to_socket_addrs(hostport)
-                    .with_context(|| format!("invalid URL {url}"))?
-                    .next()
-                    .with_context(|| format!("{url} resolves to no address"))?,
-            );
         }
         let mut https_addrs = Vec::new();
         for url in https(&[client_urls, peer_urls, http_urls].concat()) {
@@ -141,7 +135,7 @@ impl TlsConfig {
             client,
             peer,
             https: https_addrs,
-            nats_tls,
+            nats_tls: Vec::new(),
         })
     }
 

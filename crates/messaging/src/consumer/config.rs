@@ -355,6 +355,15 @@ impl ConsumerConfig {
                 "workqueue stream requires explicit ack",
             ));
         }
+        // A consumer starting later would count what it skipped as done with (and a work
+        // queue drops what is done with).
+        if self.deliver_policy != DeliverPolicy::All {
+            return Err(ApiError::new(
+                400,
+                10101,
+                "consumer must be deliver all on workqueue stream",
+            ));
+        }
         let mine = self.filters();
         for o in others {
             let theirs = o.filters();
@@ -470,5 +479,19 @@ mod tests {
         let mut new = old.clone();
         new.ack_policy = AckPolicy::All;
         assert_eq!(old.check_update(&new).map_err(|e| e.err_code), Err(10012));
+        // Work queues: explicit acks, every message from the first, no overlap.
+        let wq = |json: &str, others: &[&ConsumerConfig]| {
+            parse(json)
+                .check_work_queue(others)
+                .err()
+                .map(|e| e.err_code)
+        };
+        assert_eq!(wq(r#"{"ack_policy":"none"}"#, &[]), Some(10098));
+        assert_eq!(
+            wq(r#"{"ack_policy":"explicit","deliver_policy":"new"}"#, &[]),
+            Some(10101)
+        );
+        assert_eq!(wq(r#"{"ack_policy":"explicit"}"#, &[]), None);
+        assert_eq!(wq(r#"{"ack_policy":"explicit"}"#, &[&old]), Some(10099));
     }
 }

@@ -381,7 +381,11 @@ impl StreamStore {
             headers,
         };
         match &mut self.loading {
-            Some(l) => l.msgs.push((seq, meta)),
+            Some(l) => {
+                // Appends are in sequence order, so the segments are too.
+                debug_assert!(l.msgs.last().is_none_or(|(s, _)| *s < seq));
+                l.msgs.push((seq, meta));
+            }
             None => {
                 self.msgs.insert(seq, meta);
             }

@@ -88,6 +88,14 @@ impl Session {
                     self.err("Invalid Publish Subject");
                     return Flow::Go;
                 }
+                // The server's own request and reply subjects are not for clients (as
+                // nats-server keeps `$SYS` to itself).
+                if super::reserved(&subject) || reply.as_deref().is_some_and(super::reserved) {
+                    self.err(&format!(
+                        "Permissions Violation for Publish to \"{subject}\""
+                    ));
+                    return Flow::Go;
+                }
                 // nats-server acknowledges the PUB line before it routes the message: a
                 // verbose client subscribed to its own subject sees +OK, then the MSG.
                 self.ok();

@@ -245,15 +245,30 @@ pub struct Hub {
     /// The hub itself, for work that outlives a call (stream writers).
     me: std::sync::Weak<Hub>,
     /// The server's own requests waiting for their reply, by reply subject.
-    replies: std::sync::Mutex<HashMap<String, (std::time::Instant, OnReply)>>,
-    /// Their reply subjects' prefix, `$BERTH.R.<random>.`, announced over the routes (only
-    /// the cluster's members learn it).
+    replies: std::sync::Mutex<Replies>,
+    /// Their reply subjects' prefix, `$BERTH.R.<random>.`, announced over the routes.
     reply_prefix: String,
-    next_reply: AtomicU64,
+}
+
+/// The server's own requests waiting for their reply: by reply subject, and in the order
+/// they were made (to forget those not answered in time).
+#[derive(Default)]
+struct Replies {
+    waiting: HashMap<String, OnReply>,
+    order: std::collections::VecDeque<(std::time::Instant, String)>,
 }
 
 /// What the server does with the reply to one of its own requests.
 pub(crate) type OnReply = Box<dyn FnOnce(&Bytes) + Send>;
+
+/// The prefix of the server's own subjects (its requests' replies): clients may not publish
+/// to them, nor ask for replies on them.
+const RESERVED: &str = "$BERTH.";
+
+/// Whether `subject` is one of the server's own.
+fn reserved(subject: &str) -> bool {
+    subject.starts_with(RESERVED)
+}
 
 /// How long the server waits for the reply to one of its requests (one not answered by
 /// then is forgotten; its sender retries on its own).
@@ -296,8 +311,7 @@ impl Hub {
             listen: std::sync::OnceLock::new(),
             routes: route::Routes::new(limits.max_pending),
             replies: Default::default(),
-            reply_prefix: format!("$BERTH.R.{:032x}.", rng.random::<u128>()),
-            next_reply: AtomicU64::new(1),
+            reply_prefix: format!("{RESERVED}R.{:032x}.", rng.random::<u128>()),
         });
         hub.routes
             .local_added(&format!("{}>", hub.reply_prefix), None);
@@ -309,16 +323,21 @@ impl Hub {
     /// `on_reply` with the reply's payload when it comes back (here or from another member);
     /// nothing is called if none comes within a minute.
     fn request(&self, subject: &str, headers: Option<&Bytes>, payload: &Bytes, on_reply: OnReply) {
-        let reply = format!(
-            "{}{}",
-            self.reply_prefix,
-            self.next_reply.fetch_add(1, Ordering::Relaxed)
-        );
+        // Unguessable, though clients may neither publish to nor reply on these subjects.
+        let reply = format!("{}{:032x}", self.reply_prefix, rand::rng().random::<u128>());
         {
             let mut replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
             let now = std::time::Instant::now();
-            replies.retain(|_, (at, _)| now.duration_since(*at) < REPLY_WAIT);
-            replies.insert(reply.clone(), (now, on_reply));
+            while let Some((at, _)) = replies.order.front() {
+                if now.duration_since(*at) < REPLY_WAIT {
+                    break;
+                }
+                if let Some((_, old)) = replies.order.pop_front() {
+                    replies.waiting.remove(&old);
+                }
+            }
+            replies.waiting.insert(reply.clone(), on_reply);
+            replies.order.push_back((now, reply.clone()));
         }
         self.route_message(subject, Some(&reply), headers, payload, |_| true);
     }
@@ -333,8 +352,9 @@ impl Hub {
             .replies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .waiting
             .remove(subject);
-        if let Some((_, on_reply)) = waiting {
+        if let Some(on_reply) = waiting {
             on_reply(payload);
         }
         true

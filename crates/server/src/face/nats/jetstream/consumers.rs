@@ -402,13 +402,14 @@ fn dead_letter(
                 .store_then(&to, None, Some(&headers), &payload, Some(done));
             hub.inject(&to, Some(&headers), &payload);
             stored
-        } else if hub.cluster.stream_of(&to).is_some() {
+        } else if let Some(target) = hub.cluster.stream_of(&to) {
             // A stream of the cluster takes it, on whichever members are its peers: stored
-            // once its acknowledgement comes back (none, or an error: written again when the
-            // consumer retries).
+            // once that stream's acknowledgement comes back (none, or an error: written
+            // again when the consumer retries).
             let on_reply: crate::face::nats::OnReply = Box::new(move |ack| {
-                let stored = serde_json::from_slice::<Value>(ack)
-                    .is_ok_and(|v| v.get("error").is_none() && v.get("seq").is_some());
+                let stored = serde_json::from_slice::<Value>(ack).is_ok_and(|v| {
+                    v.get("error").is_none() && v.get("seq").is_some() && v["stream"] == *target
+                });
                 if let (true, Some(handle)) = (stored, weak.upgrade()) {
                     confirm(&handle, &name, sseq);
                 }
@@ -1004,6 +1005,9 @@ fn retire(handle: &StreamHandle, consumers: &BTreeMap<String, Entry>, seqs: &[u6
     }
 }
 
+/// The most stored messages a new leader looks at for leftovers.
+const LEFTOVER_SCAN: usize = 1_000_000;
+
 /// Whether an interest or work-queue stream's consumers are done with stored message `seq`:
 /// on a work queue, acknowledged by a consumer reaching its subject; on an interest stream,
 /// by every consumer reaching it.
@@ -1024,7 +1028,9 @@ fn done_with(stream: &Stream, consumers: &BTreeMap<String, Entry>, seq: u64) -> 
 /// The messages of an interest or work-queue stream its consumers are done with but that are
 /// still stored: a replicated stream's leader that stepped down (or whose drop was not
 /// committed) may leave some, and its successor drops them once it restored the consumers.
-/// Only messages up to the furthest delivered are looked at.
+/// Only messages up to the furthest delivered are looked at, and at most
+/// [`LEFTOVER_SCAN`] of them (the stream's lock is held meanwhile; a work queue's stored
+/// messages below that point are its pending ones and those no consumer reaches).
 pub(crate) fn leftovers(handle: &StreamHandle) -> Vec<u64> {
     let consumers = handle.consumers();
     let guard = handle.lock();
@@ -1042,10 +1048,12 @@ pub(crate) fn leftovers(handle: &StreamHandle) -> Vec<u64> {
         .unwrap_or(0);
     let mut out = Vec::new();
     let mut from = stream.store().state().first_seq;
+    let mut scanned = 0;
     while let Some((seq, _)) = stream.store().next_of(from, &[]) {
-        if seq > upto {
+        if seq > upto || scanned == LEFTOVER_SCAN {
             break;
         }
+        scanned += 1;
         if done_with(stream, &consumers.map, seq) {
             out.push(seq);
         }

@@ -275,7 +275,10 @@ impl Cluster {
                 let r: MsgRequest = body(payload)?;
                 let l = local()?;
                 read_barrier(&l).await?;
-                let m = l.group.read(|s| api::find(s, &r)).ok_or_else(not_found)??;
+                // Closed only while the replica installs a snapshot: a moment, so 503.
+                let m = l.group.read(|s| api::find(s, &r)).ok_or_else(|| {
+                    unavailable("the stream's replica is installing a snapshot")
+                })??;
                 Ok(json!({"message": api::msg_json(&m)}))
             }
             _ => Err(ApiError::new(400, 10003, "bad request")),
