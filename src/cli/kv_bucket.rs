@@ -342,6 +342,17 @@ async fn store(js: &jetstream::Context, bucket: &str) -> Result<kv::Store> {
         .map_err(|e| anyhow!("bucket {bucket}: {e}"))
 }
 
+/// Prints the revision a write of `key` made, or says which write failed and why.
+fn wrote<E: std::fmt::Display>(
+    ctx: &mut Ctx,
+    doing: &str,
+    key: &str,
+    rev: Result<u64, E>,
+) -> Result<()> {
+    let rev = rev.map_err(|e| anyhow!("{doing} {key}: {e}"))?;
+    ctx.out.line(&format!("{key} revision {rev}"))
+}
+
 /// Runs a `kv-bucket` subcommand.
 pub async fn run(ctx: &mut Ctx, cmd: KvBucketCommand) -> Result<()> {
     let client = ctx.nats.connect().await?;
@@ -386,20 +397,14 @@ pub async fn run(ctx: &mut Ctx, cmd: KvBucketCommand) -> Result<()> {
             ctx.out.line(&format!("Deleted bucket {bucket}"))
         }
         KvBucketCommand::Put { bucket, key, value } => {
-            let rev = store(&js, &bucket)
-                .await?
-                .put(&key, Bytes::from(value))
-                .await
-                .map_err(|e| anyhow!("putting {key}: {e}"))?;
-            ctx.out.line(&format!("{key} revision {rev}"))
+            let s = store(&js, &bucket).await?;
+            let rev = s.put(&key, Bytes::from(value)).await;
+            wrote(ctx, "putting", &key, rev)
         }
         KvBucketCommand::Create { bucket, key, value } => {
-            let rev = store(&js, &bucket)
-                .await?
-                .create(&key, Bytes::from(value))
-                .await
-                .map_err(|e| anyhow!("creating {key}: {e}"))?;
-            ctx.out.line(&format!("{key} revision {rev}"))
+            let s = store(&js, &bucket).await?;
+            let rev = s.create(&key, Bytes::from(value)).await;
+            wrote(ctx, "creating", &key, rev)
         }
         KvBucketCommand::Update {
             bucket,
@@ -407,12 +412,9 @@ pub async fn run(ctx: &mut Ctx, cmd: KvBucketCommand) -> Result<()> {
             value,
             revision,
         } => {
-            let rev = store(&js, &bucket)
-                .await?
-                .update(&key, Bytes::from(value), revision)
-                .await
-                .map_err(|e| anyhow!("updating {key}: {e}"))?;
-            ctx.out.line(&format!("{key} revision {rev}"))
+            let s = store(&js, &bucket).await?;
+            let rev = s.update(&key, Bytes::from(value), revision).await;
+            wrote(ctx, "updating", &key, rev)
         }
         KvBucketCommand::Get(a) => {
             let s = store(&js, &a.bucket).await?;

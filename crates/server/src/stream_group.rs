@@ -71,16 +71,28 @@ struct SavedConsumer {
     config: ConsumerConfig,
 }
 
+/// A consumer's configuration from its saved state (`None`: deleted, or unreadable; either
+/// way it counts for no interest, on every replica alike).
+fn config_of(name: &str, state: &[u8]) -> Option<ConsumerConfig> {
+    if state.is_empty() {
+        return None;
+    }
+    match serde_json::from_slice::<SavedConsumer>(state) {
+        Ok(saved) => Some(saved.config),
+        Err(e) => {
+            tracing::error!(consumer = %name, error = %e, "JetStream: a consumer's saved state does not read; it counts for no interest");
+            None
+        }
+    }
+}
+
 /// The applied consumers' configurations, by name, from the stream's metadata.
 fn consumer_configs(stream: &Stream) -> BTreeMap<String, ConsumerConfig> {
     stream
         .store()
         .metas(CONSUMER_PREFIX)
         .into_iter()
-        .filter_map(|(name, bytes)| {
-            let saved: SavedConsumer = serde_json::from_slice(bytes).ok()?;
-            Some((name.to_string(), saved.config))
-        })
+        .filter_map(|(name, bytes)| Some((name.to_string(), config_of(name, bytes)?)))
         .collect()
 }
 
@@ -238,20 +250,10 @@ impl GroupState for StreamGroup {
                 epoch = *e;
                 for (name, state) in entries {
                     consumers.insert(format!("{CONSUMER_PREFIX}{name}"), state);
-                    if state.is_empty() {
-                        configs.remove(*name);
-                        continue;
-                    }
-                    match serde_json::from_slice::<SavedConsumer>(state) {
-                        Ok(saved) => {
-                            configs.insert(name.to_string(), saved.config);
-                        }
-                        Err(e) => {
-                            // As a reopened replica reads it (`consumer_configs`): no interest.
-                            tracing::error!(consumer = %name, error = %e, "JetStream: a consumer's saved state does not read; it counts for no interest");
-                            configs.remove(*name);
-                        }
-                    }
+                    match config_of(name, state) {
+                        Some(config) => configs.insert(name.to_string(), config),
+                        None => configs.remove(*name),
+                    };
                 }
             }
             let outcome = stream.apply(cmd)?;

@@ -149,6 +149,20 @@ struct Loading {
 /// The segment of a message removed while loading.
 const GONE: u64 = u64::MAX;
 
+/// Marks a message read while loading as removed, out of its segment's live count and the
+/// stored bytes; false when it already was.
+fn forget_loaded(m: &mut Meta, segments: &mut BTreeMap<u64, Segment>, bytes: &mut u64) -> bool {
+    if m.segment == GONE {
+        return false;
+    }
+    let segment = std::mem::replace(&mut m.segment, GONE);
+    if let Some(s) = segments.get_mut(&segment) {
+        s.live = s.live.saturating_sub(1);
+    }
+    *bytes -= m.size;
+    true
+}
+
 impl StreamStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> io::Result<StreamStore> {
@@ -430,16 +444,7 @@ impl StreamStore {
             let Ok(i) = l.msgs.binary_search_by_key(&seq, |(s, _)| *s) else {
                 return false;
             };
-            let m = &mut l.msgs[i].1;
-            if m.segment == GONE {
-                return false;
-            }
-            let segment = std::mem::replace(&mut m.segment, GONE);
-            if let Some(s) = self.segments.get_mut(&segment) {
-                s.live = s.live.saturating_sub(1);
-            }
-            self.bytes -= m.size;
-            return true;
+            return forget_loaded(&mut l.msgs[i].1, &mut self.segments, &mut self.bytes);
         }
         let Some(m) = self.msgs.remove(&seq) else {
             return false;
@@ -462,22 +467,14 @@ impl StreamStore {
         if let Some(l) = &mut self.loading {
             let end = l.msgs.partition_point(|(s, _)| *s < first);
             for (_, m) in l.msgs.iter_mut().take(end).skip(l.cut) {
-                if m.segment == GONE {
-                    continue;
-                }
-                let segment = std::mem::replace(&mut m.segment, GONE);
-                if let Some(s) = self.segments.get_mut(&segment) {
-                    s.live = s.live.saturating_sub(1);
-                }
-                self.bytes -= m.size;
+                forget_loaded(m, &mut self.segments, &mut self.bytes);
             }
             l.cut = l.cut.max(end);
-            self.first = self.first.max(first);
-            return;
-        }
-        let below: Vec<u64> = self.msgs.range(..first).map(|(s, _)| *s).collect();
-        for s in below {
-            self.unindex(s);
+        } else {
+            let below: Vec<u64> = self.msgs.range(..first).map(|(s, _)| *s).collect();
+            for s in below {
+                self.unindex(s);
+            }
         }
         self.first = self.first.max(first);
     }
