@@ -1,0 +1,353 @@
+//! Picking an upstream node: smooth weighted round robin, consistent hashing (a ketama ring
+//! whose size does not grow with the weights), least requests in flight per weight, and the
+//! power of two choices over peak-EWMA latency × requests in flight (`ewma`).
+//!
+//! A [`Picker`] is built with a routing snapshot and is immutable but for its round-robin
+//! cursor; each node's live figures ([`NodeStats`]) are shared by every snapshot that has the
+//! node, so a route change neither resets latencies nor forgets requests in flight.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::model::Balance;
+
+/// Most entries of a round-robin schedule (weights are scaled down past it).
+const SCHEDULE_MAX: u64 = 4096;
+/// Ring points of the heaviest node of a consistent-hash upstream.
+const RING_POINTS: u64 = 160;
+/// How fast latency estimates forget (peak-EWMA's decay time).
+const EWMA_DECAY_NS: f64 = 10e9;
+
+/// A node's live figures, shared across snapshots.
+#[derive(Debug)]
+pub struct NodeStats {
+    in_flight: AtomicU64,
+    /// Latency estimate in nanoseconds (f64 bits).
+    ewma_ns: AtomicU64,
+    /// When the estimate was last updated, ns since `epoch`.
+    stamp_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for NodeStats {
+    fn default() -> NodeStats {
+        NodeStats {
+            in_flight: AtomicU64::new(0),
+            ewma_ns: AtomicU64::new(0f64.to_bits()),
+            stamp_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// A request in flight to a node: counted until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    stats: Arc<NodeStats>,
+    started: Instant,
+}
+
+impl NodeStats {
+    /// Counts a request to the node until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            stats: self.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The latency estimate, in nanoseconds (0 before any response).
+    pub fn latency_ns(&self) -> f64 {
+        f64::from_bits(self.ewma_ns.load(Ordering::Relaxed))
+    }
+
+    fn observe(&self, sample_ns: f64) {
+        let now = self.epoch.elapsed().as_nanos() as f64;
+        let last = self.stamp_ns.swap(now as u64, Ordering::Relaxed) as f64;
+        let old = self.latency_ns();
+        // Peak: a slower response is believed at once; faster ones pull it down slowly.
+        let new = if sample_ns > old || old == 0.0 {
+            sample_ns
+        } else {
+            let w = (-(now - last).max(0.0) / EWMA_DECAY_NS).exp();
+            old * w + sample_ns * (1.0 - w)
+        };
+        self.ewma_ns.store(new.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl InFlight {
+    /// The response's head arrived: feeds the latency estimate.
+    pub fn answered(&self) {
+        self.stats
+            .observe(self.started.elapsed().as_nanos() as f64);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A node a picker chooses among.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    /// `host:port` (`[v6]:port`).
+    pub authority: String,
+    /// Weight (0: never picked).
+    pub weight: u32,
+    /// Live figures.
+    pub stats: Arc<NodeStats>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    RoundRobin {
+        schedule: Vec<u32>,
+        cursor: AtomicUsize,
+    },
+    Chash {
+        ring: Vec<(u64, u32)>,
+    },
+    LeastConn {
+        cursor: AtomicUsize,
+    },
+    Ewma {
+        seed: AtomicU64,
+    },
+}
+
+/// Picks nodes of one upstream. See the module docs.
+#[derive(Debug)]
+pub struct Picker {
+    nodes: Vec<Choice>,
+    kind: Kind,
+}
+
+fn hash64(v: impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled into one period.
+fn schedule(weights: &[u64]) -> Vec<u32> {
+    let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd).max(1);
+    let mut w: Vec<u64> = weights.iter().map(|w| w / g).collect();
+    let total: u64 = w.iter().sum();
+    if total > SCHEDULE_MAX {
+        for x in w.iter_mut().filter(|x| **x > 0) {
+            *x = (*x * SCHEDULE_MAX / total).max(1);
+        }
+    }
+    let total: i64 = w.iter().map(|x| *x as i64).sum();
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i] as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
+}
+
+impl Picker {
+    /// A picker over `nodes` by `balance`.
+    pub fn new(balance: &Balance, nodes: Vec<Choice>) -> Picker {
+        let kind = match balance {
+            Balance::RoundRobin => Kind::RoundRobin {
+                schedule: schedule(&nodes.iter().map(|n| u64::from(n.weight)).collect::<Vec<_>>()),
+                cursor: AtomicUsize::new(0),
+            },
+            Balance::Chash { .. } => {
+                let max = nodes.iter().map(|n| n.weight).max().unwrap_or(0).max(1);
+                let mut ring = Vec::new();
+                for (i, n) in nodes.iter().enumerate() {
+                    if n.weight == 0 {
+                        continue;
+                    }
+                    let points = (RING_POINTS * u64::from(n.weight) / u64::from(max)).max(1);
+                    for p in 0..points {
+                        ring.push((hash64((&n.authority, p)), i as u32));
+                    }
+                }
+                ring.sort_unstable();
+                Kind::Chash { ring }
+            }
+            Balance::LeastConn => Kind::LeastConn {
+                cursor: AtomicUsize::new(0),
+            },
+            Balance::Ewma => Kind::Ewma {
+                seed: AtomicU64::new(hash64(Instant::now()) | 1),
+            },
+        };
+        Picker { nodes, kind }
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Choice] {
+        &self.nodes
+    }
+
+    /// Picks a node not in `tried` (`key`: what a consistent-hash upstream hashes). `None`
+    /// when no node is left.
+    pub fn pick(&self, key: &str, tried: &[usize]) -> Option<usize> {
+        let usable = |i: usize| self.nodes[i].weight > 0 && !tried.contains(&i);
+        match &self.kind {
+            Kind::RoundRobin { schedule, cursor } => {
+                if schedule.is_empty() {
+                    return None;
+                }
+                let start = cursor.fetch_add(1, Ordering::Relaxed);
+                (0..schedule.len())
+                    .map(|k| schedule[(start + k) % schedule.len()] as usize)
+                    .find(|i| usable(*i))
+            }
+            Kind::Chash { ring } => {
+                if ring.is_empty() {
+                    return None;
+                }
+                let h = hash64(key);
+                let start = ring.partition_point(|(p, _)| *p < h);
+                (0..ring.len())
+                    .map(|k| ring[(start + k) % ring.len()].1 as usize)
+                    .find(|i| usable(*i))
+            }
+            Kind::LeastConn { cursor } => {
+                let n = self.nodes.len();
+                let start = cursor.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|i| usable(*i))
+                    .min_by(|a, b| {
+                        let cost = |i: usize| {
+                            (self.nodes[i].stats.in_flight() + 1) as f64 / f64::from(self.nodes[i].weight)
+                        };
+                        cost(*a).total_cmp(&cost(*b))
+                    })
+            }
+            Kind::Ewma { seed } => {
+                let usable: Vec<usize> = (0..self.nodes.len()).filter(|i| usable(*i)).collect();
+                match usable.len() {
+                    0 => None,
+                    1 => Some(usable[0]),
+                    n => {
+                        let r = next_random(seed);
+                        let a = usable[(r % n as u64) as usize];
+                        let mut b = usable[((r >> 32) % (n as u64 - 1)) as usize];
+                        if b == a {
+                            b = usable[n - 1];
+                        }
+                        let cost = |i: usize| {
+                            let s = &self.nodes[i].stats;
+                            // An unmeasured node costs like the cheapest: it gets tried.
+                            (s.latency_ns().max(1.0) * (s.in_flight() + 1) as f64)
+                                / f64::from(self.nodes[i].weight)
+                        };
+                        Some(if cost(b) < cost(a) { b } else { a })
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// xorshift64*: cheap, lock-free randomness for two choices.
+fn next_random(seed: &AtomicU64) -> u64 {
+    let mut x = seed.load(Ordering::Relaxed);
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    seed.store(x, Ordering::Relaxed);
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HashOn;
+
+    fn nodes(weights: &[u32]) -> Vec<Choice> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Choice {
+                authority: format!("10.0.0.{i}:80"),
+                weight: *w,
+                stats: Arc::default(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_is_smooth_and_weighted() {
+        let p = Picker::new(&Balance::RoundRobin, nodes(&[5, 1, 1]));
+        let picks: Vec<usize> = (0..7).filter_map(|_| p.pick("", &[])).collect();
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0], "nginx's smooth sequence");
+        assert_eq!(p.pick("", &[0, 1]), Some(2), "tried nodes are skipped");
+        let none = Picker::new(&Balance::RoundRobin, nodes(&[0, 0]));
+        assert_eq!(none.pick("", &[]), None);
+        let big = Picker::new(&Balance::RoundRobin, nodes(&[1_000_000, 3_000_000]));
+        let n = (0..4000).filter(|_| big.pick("", &[]) == Some(1)).count();
+        assert!((2900..=3100).contains(&n), "large weights keep their ratio: {n}");
+    }
+
+    #[test]
+    fn chash_is_stable_and_moves_little() {
+        let balance = Balance::Chash {
+            hash_on: HashOn::Vars,
+            key: "remote_addr".into(),
+        };
+        let four = Picker::new(&balance, nodes(&[1, 1, 1, 1]));
+        let keys: Vec<String> = (0..2000).map(|i| format!("client-{i}")).collect();
+        let before: Vec<usize> = keys.iter().filter_map(|k| four.pick(k, &[])).collect();
+        let again: Vec<usize> = keys.iter().filter_map(|k| four.pick(k, &[])).collect();
+        assert_eq!(before, again);
+        let mut five_nodes = nodes(&[1, 1, 1, 1]);
+        five_nodes.push(Choice {
+            authority: "10.0.0.9:80".into(),
+            weight: 1,
+            stats: Arc::default(),
+        });
+        let five = Picker::new(&balance, five_nodes);
+        let moved = keys
+            .iter()
+            .zip(&before)
+            .filter(|(k, b)| five.pick(k, &[]) != Some(**b))
+            .count();
+        assert!(moved < 2000 * 35 / 100, "about a fifth of the keys move: {moved}");
+    }
+
+    #[test]
+    fn least_conn_and_ewma_avoid_the_busy_node() {
+        let ns = nodes(&[1, 1]);
+        let _busy: Vec<InFlight> = (0..5).map(|_| ns[0].stats.begin()).collect();
+        let p = Picker::new(&Balance::LeastConn, ns.clone());
+        assert!((0..10).all(|_| p.pick("", &[]) == Some(1)));
+        let e = Picker::new(&Balance::Ewma, ns);
+        assert!((0..10).all(|_| e.pick("", &[]) == Some(1)));
+    }
+}
