@@ -18,7 +18,7 @@ run() { # label binary
     "$bin" server --name "m$m" --data-dir "$work/m$m" \
       --listen-client-urls "http://127.0.0.1:2479$m" --advertise-client-urls "http://127.0.0.1:2479$m" \
       --listen-peer-urls "http://127.0.0.1:2481$m" --initial-advertise-peer-urls "http://127.0.0.1:2481$m" \
-      --listen-http-urls "http://127.0.0.1:2485$m" --listen-dns-addr "" --listen-nacos-urls "" --listen-nats-urls "" --initial-cluster "$initial" \
+      --listen-http-urls "http://127.0.0.1:2485$m" --listen-dns-addr "" --listen-gateway-urls "" --listen-nacos-urls "" --listen-nats-urls "" --initial-cluster "$initial" \
       --initial-cluster-token ab --log-level error & pids+=($!)
   done
   sleep 3

@@ -180,7 +180,7 @@ start_server() {
       new_port; hp=$port
       "$B" server --data-dir "$dir" --quota-backend-bytes "$QUOTA" \
         --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
-        --listen-http-urls "http://127.0.0.1:$hp" --listen-dns-addr "" --listen-nacos-urls "" --listen-nats-urls "" --listen-peer-urls "http://127.0.0.1:$pport" \
+        --listen-http-urls "http://127.0.0.1:$hp" --listen-dns-addr "" --listen-gateway-urls "" --listen-nacos-urls "" --listen-nats-urls "" --listen-peer-urls "http://127.0.0.1:$pport" \
         --log-level warn >>"$work/berth.log" 2>&1 &
       ;;
     etcd)
@@ -220,7 +220,7 @@ start_cluster() {
         "$B" server --name "m$i" --data-dir "$dir" --quota-backend-bytes "$QUOTA" \
           --listen-client-urls "http://127.0.0.1:${cp[i]}" --advertise-client-urls "http://127.0.0.1:${cp[i]}" \
           --listen-peer-urls "http://127.0.0.1:${pp[i]}" --initial-advertise-peer-urls "http://127.0.0.1:${pp[i]}" \
-          --listen-http-urls "http://127.0.0.1:${hp[i]}" --listen-dns-addr "" --listen-nacos-urls "" --listen-nats-urls "" \
+          --listen-http-urls "http://127.0.0.1:${hp[i]}" --listen-dns-addr "" --listen-gateway-urls "" --listen-nacos-urls "" --listen-nats-urls "" \
           --initial-cluster "$initial" --initial-cluster-token "bench-$stamp" --initial-cluster-state new \
           --log-level warn >>"$work/$m.log" 2>&1 &
         hport[$m]=${hp[i]}

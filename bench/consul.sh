@@ -25,7 +25,7 @@ start() { # members
       --listen-peer-urls http://127.0.0.1:$((25800 + i)) \
       --initial-advertise-peer-urls http://127.0.0.1:$((25800 + i)) \
       --initial-cluster "$initial" --listen-http-urls http://127.0.0.1:$((25850 + i)) \
-      --listen-dns-addr "" --listen-nacos-urls "" --listen-nats-urls "" \
+      --listen-dns-addr "" --listen-gateway-urls "" --listen-nacos-urls "" --listen-nats-urls "" \
       --log-level error & pids+=($!)
   done
   sleep 3

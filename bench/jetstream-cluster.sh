@@ -23,7 +23,7 @@ start() { # server
       for i in 1 2 3; do
         "$BERTH" server --name m$i --data-dir "$tmp/m$i" --initial-cluster $ic \
           --listen-client-urls http://127.0.0.1:2679$i --listen-peer-urls http://127.0.0.1:2680$i \
-          --listen-http-urls http://127.0.0.1:2685$i --listen-dns-addr "" --listen-nacos-urls "" \
+          --listen-http-urls http://127.0.0.1:2685$i --listen-dns-addr "" --listen-gateway-urls "" --listen-nacos-urls "" \
           --listen-nats-urls nats://127.0.0.1:2642$i --log-level error & pids+=($!)
       done ;;
     nats-server|nats-server-sync)

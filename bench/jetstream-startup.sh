@@ -19,7 +19,7 @@ start() { # server
   case $1 in
     berth) "$BERTH" server --data-dir "$tmp/data" \
         --listen-client-urls http://127.0.0.1:24891 --listen-peer-urls http://127.0.0.1:24901 \
-        --listen-http-urls http://127.0.0.1:24951 --listen-dns-addr "" --listen-nacos-urls "" \
+        --listen-http-urls http://127.0.0.1:24951 --listen-dns-addr "" --listen-gateway-urls "" --listen-nacos-urls "" \
         --listen-nats-urls nats://127.0.0.1:$PORT --log-level error & pid=$! ;;
     nats-server) "$NATS_SERVER" -a 127.0.0.1 -p $PORT -js -sd "$tmp/data" \
         >"$tmp/nats.log" 2>&1 & pid=$! ;;

@@ -17,7 +17,7 @@ start() { # server
     berth)
       taskset -c 0 "$BERTH" server --data-dir "$tmp/data" \
         --listen-client-urls http://127.0.0.1:25790 --listen-peer-urls http://127.0.0.1:25800 \
-        --listen-http-urls http://127.0.0.1:25850 --listen-dns-addr "" \
+        --listen-http-urls http://127.0.0.1:25850 --listen-dns-addr "" --listen-gateway-urls "" \
         --listen-nacos-urls http://127.0.0.1:$PORT --log-level error & pid=$! ;;
     rnacos)
       (cd "$tmp/data" && RNACOS_HTTP_PORT=$PORT RNACOS_HTTP_CONSOLE_PORT=0 \

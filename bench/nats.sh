@@ -16,7 +16,7 @@ start() { # server
   case $1 in
     berth) taskset -c 0 "$BERTH" server --data-dir "$tmp/data" \
         --listen-client-urls http://127.0.0.1:24790 --listen-peer-urls http://127.0.0.1:24800 \
-        --listen-http-urls http://127.0.0.1:24850 --listen-dns-addr "" --listen-nacos-urls "" \
+        --listen-http-urls http://127.0.0.1:24850 --listen-dns-addr "" --listen-gateway-urls "" --listen-nacos-urls "" \
         --listen-nats-urls nats://127.0.0.1:$PORT --log-level error & pid=$! ;;
     nats-server) taskset -c 0 "$NATS_SERVER" -a 127.0.0.1 -p $PORT >"$tmp/nats.log" 2>&1 & pid=$! ;;
   esac

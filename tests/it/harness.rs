@@ -116,6 +116,8 @@ pub struct Server {
     pub nacos_addr: String,
     /// NATS address (`host:port`).
     pub nats_addr: String,
+    /// The gateway's data plane (`host:port`).
+    pub gateway_addr: String,
     peer_url: String,
     extra: Vec<String>,
     /// Network namespace to run in (`ip netns exec`), for partition tests.
@@ -135,6 +137,7 @@ impl Server {
             http_addr: format!("127.0.0.1:{}", free_port()),
             dns_addr: format!("127.0.0.1:{}", free_port()),
             nats_addr: format!("127.0.0.1:{}", free_port()),
+            gateway_addr: format!("127.0.0.1:{}", free_port()),
             nacos_addr: if extra.iter().any(|a| a == WITH_NACOS) {
                 format!("127.0.0.1:{}", nacos_port())
             } else {
@@ -341,6 +344,10 @@ impl Server {
                 },
             ))
             .args(self.unless_given("--listen-nats-urls", format!("nats://{}", self.nats_addr)))
+            .args(self.unless_given(
+                "--listen-gateway-urls",
+                format!("http://{}", self.gateway_addr),
+            ))
             .args(self.unless_given(
                 "--log-level",
                 std::env::var("BERTH_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into()),
@@ -846,6 +853,7 @@ impl NetCluster {
                 http_addr: format!("{}:8500", client_net(i)),
                 dns_addr: format!("{}:8600", client_net(i)),
                 nats_addr: format!("{}:4222", client_net(i)),
+                gateway_addr: format!("{}:8080", client_net(i)),
                 nacos_addr: format!("{}:8848", client_net(i)),
                 peer_url: format!("http://{}:2380", peer_net(i)),
                 netns: Some(format!("{prefix}n{i}")),

@@ -1,6 +1,7 @@
 //! End-to-end tests: every test starts real `berth` processes on free loopback ports and talks
 //! to them with real clients (the `etcd-client` crate, `etcdctl`, the `berth` CLI).
 
+mod api_gateway;
 mod auth;
 mod cli;
 mod cluster;

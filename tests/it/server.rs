@@ -151,6 +151,8 @@ fn environment_and_config_file_configure_the_node_and_logs_can_be_json() {
         .arg("")
         .arg("--listen-nats-urls")
         .arg("")
+        .arg("--listen-gateway-urls")
+        .arg("")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

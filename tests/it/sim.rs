@@ -210,6 +210,7 @@ fn member_software(
                 nacos_grpc: Vec::new(),
                 dns: Vec::new(),
                 nats: Vec::new(),
+                gateway: Vec::new(),
             };
             berth_server::node::serve_on(node, listeners, std::future::pending())
                 .await

@@ -59,6 +59,24 @@ impl Pki {
         (cert, key)
     }
 
+    /// A server certificate for `names` with subject `cn`, as PEM text: (certificate, key).
+    pub(crate) fn issue_pem(&self, cn: &str, names: &[&str]) -> (String, String) {
+        let kp = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let c = params.signed_by(&kp, &self.ca, &self.ca_key).expect("sign");
+        (c.pem(), kp.serialize_pem())
+    }
+
+    /// The CA's certificate as DER, for a client's roots.
+    pub(crate) fn ca_der(&self) -> Vec<u8> {
+        self.ca.der().to_vec()
+    }
+
     /// As [`Pki::issue`], into the given files (a rotation overwrites them).
     fn issue_into(&self, cert: &Path, key: &Path, cn: &str, expired: bool) {
         let kp = rcgen::KeyPair::generate().expect("key");
@@ -429,6 +447,7 @@ fn start_fails(flags: &[&str], want: &[&str]) {
         .arg("--listen-nacos-urls")
         .arg("")
         .args(unless_given("--listen-nats-urls", String::new()))
+        .args(unless_given("--listen-gateway-urls", String::new()))
         .args(flags);
     let (ok, out, err) = run(&mut cmd);
     assert!(!ok, "berth should refuse {flags:?}: {out}{err}");

@@ -7,6 +7,10 @@ pub enum GatewayError {
     /// The resource does not follow its schema; the message names the field.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A request the resources as they are refuse (a duplicate credential, a wrong name),
+    /// in APISIX's words.
+    #[error("{0}")]
+    Refused(String),
     /// A plugin berth does not know.
     #[error("unknown plugin [{0}]")]
     UnknownPlugin(String),

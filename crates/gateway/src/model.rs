@@ -631,6 +631,11 @@ impl Upstream {
                 )))
             }
         };
+        if scheme.tls() {
+            return Err(GatewayError::Unsupported(
+                "upstream scheme https or grpcs (TLS to nodes)".into(),
+            ));
+        }
         if spec.checks.is_some() {
             return Err(GatewayError::Unsupported("upstream checks".into()));
         }

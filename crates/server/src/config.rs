@@ -66,6 +66,11 @@ pub struct ServerArgs {
     /// comma-separated (default `nats://127.0.0.1:4222`, NATS's; empty: no NATS listener).
     #[arg(long, env = "BERTH_LISTEN_NATS_URLS")]
     pub listen_nats_urls: Option<String>,
+    /// URLs for the gateway's data plane (`http://host:port`: HTTP/1.1 and h2c;
+    /// `https://host:port`: TLS with the certificates of the gateway's ssls, by SNI),
+    /// comma-separated (default `http://127.0.0.1:8080`; empty: no gateway listener).
+    #[arg(long, env = "BERTH_LISTEN_GATEWAY_URLS")]
+    pub listen_gateway_urls: Option<String>,
     /// Largest NATS message (headers and payload) a client may publish, in bytes (default
     /// 1048576, as nats-server).
     #[arg(long, env = "BERTH_NATS_MAX_PAYLOAD")]
@@ -234,6 +239,7 @@ impl ServerArgs {
             listen_nacos_urls: self.listen_nacos_urls.or(lower.listen_nacos_urls),
             nacos_idle_timeout: self.nacos_idle_timeout.or(lower.nacos_idle_timeout),
             listen_nats_urls: self.listen_nats_urls.or(lower.listen_nats_urls),
+            listen_gateway_urls: self.listen_gateway_urls.or(lower.listen_gateway_urls),
             nats_max_payload: self.nats_max_payload.or(lower.nats_max_payload),
             nats_max_pending: self.nats_max_pending.or(lower.nats_max_pending),
             nats_max_connections: self.nats_max_connections.or(lower.nats_max_connections),
@@ -328,6 +334,8 @@ pub struct Config {
     pub nacos_idle_timeout: Duration,
     /// NATS listen addresses; empty: no NATS listener.
     pub listen_nats: Vec<SocketAddr>,
+    /// Gateway data-plane listen addresses, each with whether it serves TLS (`https://`).
+    pub listen_gateway: Vec<(SocketAddr, bool)>,
     /// The NATS face's limits.
     pub nats_limits: crate::face::nats::Limits,
     /// The configuration center's limits.
@@ -651,6 +659,20 @@ impl Config {
                 addrs
             }
         };
+        let listen_gateway = match s.listen_gateway_urls.as_deref().map(str::trim) {
+            None => vec![(SocketAddr::from(([127, 0, 0, 1], 8080)), false)],
+            Some("") => Vec::new(),
+            Some(list) => split_urls(list)
+                .iter()
+                .map(|url| {
+                    let https = url.starts_with("https://");
+                    if !https && !url.starts_with("http://") {
+                        bail!("--listen-gateway-urls: {url}: a gateway URL is http:// or https://");
+                    }
+                    Ok((url_to_addr(url).context("--listen-gateway-urls")?, https))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
         let nats_limits = {
             let d = crate::face::nats::Limits::default();
             let max_payload = s.nats_max_payload.unwrap_or(d.max_payload);
@@ -678,6 +700,7 @@ impl Config {
         Ok(Config {
             tls,
             listen_nats,
+            listen_gateway,
             nats_limits,
             listen_nacos,
             listen_nacos_grpc,

@@ -26,6 +26,8 @@ pub struct Core {
     pub registry: Arc<crate::registry::Registry>,
     /// The configuration center domain (items, versions, betas, namespaces).
     pub config_center: Arc<crate::config_center::ConfigCenter>,
+    /// The gateway (routes, upstreams, consumers, certificates; its routing snapshot).
+    pub gateway: Arc<crate::gateway::Gateway>,
     /// This member.
     pub member: MemberInfo,
     /// Resolved configuration (limits).

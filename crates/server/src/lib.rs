@@ -8,6 +8,7 @@
 //! - [`consensus`]: the one write path every face uses (the meta group's Raft), with
 //!   protocol-neutral errors; [`meta_group`]: the store as that group's state.
 //! - [`stream_group`]: a replicated stream as its own Raft group's state.
+//! - [`gateway`]: the gateway's routing snapshot, its writes, and its data plane.
 //! - [`lease`]: the lease domain (grant, renewal at the leader, TTL, expiry by role).
 //! - [`compaction`]: auto-compaction by the leader (etcd's periodic and revision modes).
 //! - [`core`]: what every face and domain shares.
@@ -31,6 +32,7 @@ pub mod consensus;
 pub mod core;
 pub mod durable_file;
 pub mod face;
+pub mod gateway;
 pub mod http;
 pub mod lease;
 pub mod listen;

@@ -38,6 +38,27 @@ pub struct RouteLabels {
     pub code: u16,
 }
 
+/// Labels of the gateway's per-route series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayRouteLabels {
+    /// The route's ID (empty: no route matched).
+    pub route: String,
+    /// The status class: `1xx` to `5xx`.
+    pub code: &'static str,
+}
+
+/// Labels of the gateway's per-upstream series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayUpstreamLabels {
+    /// The upstream (`upstreams/<id>`, `routes/<id>` or `services/<id>` for inline ones).
+    pub upstream: String,
+    /// `answered`, `connect_error`, `error`, `timeout` or `no_node`.
+    pub outcome: &'static str,
+}
+
+/// The status classes of the gateway's series.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// Labels of the DNS query series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DnsLabels {
@@ -117,6 +138,18 @@ pub struct Metrics {
     pub nats_route_dropped: Counter,
     /// JetStream publishes stored (and synced) in streams.
     pub js_stored: Counter,
+    /// Gateway requests answered, by route and status class.
+    gateway_requests: Family<GatewayRouteLabels, Counter>,
+    /// Gateway answer time (to the response's head), by route and status class.
+    gateway_latency: Family<GatewayRouteLabels, Histogram>,
+    /// Gateway attempts to reach upstream nodes, by upstream and outcome.
+    gateway_upstream: Family<GatewayUpstreamLabels, Counter>,
+    /// Time to build and swap in a gateway routing snapshot.
+    gateway_build: Histogram,
+    /// Routes in the gateway's current snapshot.
+    gateway_routes: Gauge,
+    /// Upgraded (WebSocket) connections the gateway splices now.
+    pub gateway_websockets: Gauge,
     /// Syncs of stream writers (each covers a batch of publishes).
     pub js_batches: Counter,
     /// Messages delivered by JetStream consumers (redeliveries included).
@@ -221,6 +254,14 @@ impl Metrics {
             nats_route_received: Counter::default(),
             nats_route_dropped: Counter::default(),
             js_stored: Counter::default(),
+            gateway_requests: Family::default(),
+            gateway_latency: Family::<GatewayRouteLabels, Histogram>::new_with_constructor(
+                (|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))) as fn() -> Histogram,
+            ),
+            gateway_upstream: Family::default(),
+            gateway_build: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            gateway_routes: Gauge::default(),
+            gateway_websockets: Gauge::default(),
             js_batches: Counter::default(),
             js_delivered: Counter::default(),
             js_acks: Counter::default(),
@@ -324,6 +365,36 @@ impl Metrics {
             "berth_config_publishes",
             "Configuration items published as a new version (any face)",
             m.config_publishes.clone(),
+        );
+        r.register(
+            "berth_gateway_requests",
+            "Gateway requests answered, by route ID (empty: no route matched) and status class",
+            m.gateway_requests.clone(),
+        );
+        r.register(
+            "berth_gateway_request_duration_seconds",
+            "Gateway time to the response's head, by route ID and status class",
+            m.gateway_latency.clone(),
+        );
+        r.register(
+            "berth_gateway_upstream_attempts",
+            "Gateway attempts to reach an upstream's nodes, by upstream and outcome",
+            m.gateway_upstream.clone(),
+        );
+        r.register(
+            "berth_gateway_snapshot_build_seconds",
+            "Time to build and swap in a gateway routing snapshot",
+            m.gateway_build.clone(),
+        );
+        r.register(
+            "berth_gateway_routes",
+            "Routes in the gateway's current snapshot",
+            m.gateway_routes.clone(),
+        );
+        r.register(
+            "berth_gateway_websockets",
+            "Upgraded (WebSocket) connections the gateway splices now",
+            m.gateway_websockets.clone(),
         );
         r.register(
             "berth_dns_queries",
@@ -524,6 +595,49 @@ impl Metrics {
         self.nacos_latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one gateway request answered by `route` (empty: none matched).
+    pub fn observe_gateway(&self, route: &str, status: u16, elapsed: Duration) {
+        let labels = GatewayRouteLabels {
+            route: route.to_string(),
+            code: STATUS_CLASSES
+                .get(usize::from(status / 100).saturating_sub(1))
+                .copied()
+                .unwrap_or("5xx"),
+        };
+        self.gateway_requests.get_or_create(&labels).inc();
+        self.gateway_latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one attempt to reach a node of `upstream`.
+    pub fn observe_gateway_upstream(&self, upstream: &str, outcome: &'static str) {
+        self.gateway_upstream
+            .get_or_create(&GatewayUpstreamLabels {
+                upstream: upstream.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Records a gateway snapshot build.
+    pub fn observe_gateway_build(&self, elapsed: Duration, routes: usize) {
+        self.gateway_build.observe(elapsed.as_secs_f64());
+        self.gateway_routes.set(routes as i64);
+    }
+
+    /// Drops the series of a deleted route, so series do not pile up with route churn.
+    pub fn forget_gateway_route(&self, route: &str) {
+        for code in STATUS_CLASSES {
+            let labels = GatewayRouteLabels {
+                route: route.to_string(),
+                code,
+            };
+            self.gateway_requests.remove(&labels);
+            self.gateway_latency.remove(&labels);
+        }
     }
 
     /// Records one DNS query answered.

@@ -88,6 +88,7 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
     )?);
     let registry = crate::registry::Registry::new(store.clone());
     let config_center = crate::config_center::ConfigCenter::new(store.clone(), cfg.config_limits);
+    let gateway = crate::gateway::Gateway::new(store.clone());
     Ok(Arc::new(Core {
         store,
         consensus,
@@ -95,6 +96,7 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
         auth,
         registry,
         config_center,
+        gateway,
         member,
         config: cfg.clone(),
         metrics,
@@ -139,6 +141,9 @@ pub struct Listeners<C> {
     /// NATS's client protocol (`--listen-nats-urls`), each with its bound address (INFO
     /// reports it) and, for a `tls://` URL, the TLS its clients must upgrade to after INFO.
     pub nats: Vec<NatsListener<C>>,
+    /// The gateway's data plane (`--listen-gateway-urls`), each with whether it serves TLS
+    /// (with the gateway's own certificates, by SNI).
+    pub gateway: Vec<(bool, Accepted<(C, crate::listen::ClientAddr)>)>,
 }
 
 /// A NATS listener: its bound address, its TLS (for `tls://`), its connections.
@@ -245,6 +250,22 @@ impl Listeners<ServerConn<FirstBytes<TcpStream>>> {
                         .into_iter()
                         .map(|c| (local, tls.clone(), c))
                         .collect::<Vec<_>>())
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
+            gateway: cfg
+                .listen_gateway
+                .iter()
+                .map(|(addr, https)| {
+                    let listener = crate::listen::bind(*addr, cfg)
+                        .with_context(|| format!("binding the gateway listener {addr}"))?;
+                    let local = listener.local_addr()?;
+                    tracing::info!(address = %local, tls = https, "serving the gateway");
+                    let conns = listener.map(|conn| conn.map(ServerConn::plain));
+                    let conns = addressed(vec![Box::pin(conns) as Accepted<_>]);
+                    Ok(conns.into_iter().map(|c| (*https, c)).collect::<Vec<_>>())
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?
                 .into_iter()
@@ -371,7 +392,8 @@ where
         let mut app = crate::http::router(core.clone())
             .merge(face::etcd::http_routes())
             .merge(face::api::routes(core.clone()))
-            .merge(face::consul::routes(core.clone()));
+            .merge(face::consul::routes(core.clone()))
+            .merge(face::apisix::routes(core.clone()));
         if serves_nats {
             app = app.merge(face::nats::monitor::routes(nats.clone()));
         }
@@ -444,6 +466,31 @@ where
             }),
         );
     }
+    for (https, incoming) in listeners.gateway {
+        let tls = https.then(|| crate::gateway::sni::server_config(core.gateway.clone()));
+        spawn(
+            "gateway server",
+            Box::pin(crate::gateway::proxy::serve(
+                core.clone(),
+                incoming,
+                tls,
+                stop_rx.clone(),
+            )),
+        );
+    }
+    let (gateway, registry, metrics, stop) = (
+        core.gateway.clone(),
+        core.registry.clone(),
+        core.metrics.clone(),
+        stop_rx.clone(),
+    );
+    spawn(
+        "gateway snapshot",
+        Box::pin(async move {
+            gateway.run(registry, metrics, stop).await;
+            Ok(())
+        }),
+    );
     for sockets in listeners.dns {
         spawn(
             "DNS server",

@@ -43,6 +43,7 @@ async fn start(dir: &std::path::Path) -> (Arc<Node>, String) {
         nacos_grpc: Vec::new(),
         dns: Vec::new(),
         nats: Vec::new(),
+        gateway: Vec::new(),
     };
     tokio::spawn(berth_server::node::serve_on(
         node.clone(),

@@ -4,6 +4,7 @@
 //! only [`crate::node`] calls, and no face imports another.
 
 pub mod api;
+pub mod apisix;
 pub mod consul;
 pub mod dns;
 pub mod etcd;

@@ -80,6 +80,9 @@ pub struct Registry {
     established: watch::Sender<bool>,
     /// What verifies TLS check targets, loaded at the first check run (see `probe::roots`).
     check_roots: std::sync::OnceLock<Arc<rustls::RootCertStore>>,
+    /// Counts changes of any service's instances (or a reload of the view): the gateway
+    /// re-reads its registry-driven upstreams when it moves.
+    service_changes: watch::Sender<u64>,
 }
 
 /// Most rendered answers kept; past it the cache starts over.
@@ -142,6 +145,7 @@ impl Registry {
             check_roots: std::sync::OnceLock::new(),
             in_use: watch::channel(false).0,
             established: watch::channel(false).0,
+            service_changes: watch::channel(0).0,
         })
     }
 
@@ -255,7 +259,15 @@ impl Registry {
         }
     }
 
+    /// Moves whenever any service's instances (or their checks or nodes) change.
+    pub fn service_changes(&self) -> watch::Receiver<u64> {
+        self.service_changes.subscribe()
+    }
+
     fn woke(&self, topics: &[Topic]) {
+        if topics.iter().any(|t| matches!(t, Topic::Service(_))) {
+            self.service_changes.send_modify(|n| *n += 1);
+        }
         let map = lock(&self.topics);
         let now = Instant::now();
         let mut changed = lock(&self.changed_at);
@@ -412,6 +424,7 @@ impl Registry {
         };
         // Anyone blocked re-checks against the new view.
         self.woke(&topics);
+        self.service_changes.send_modify(|n| *n += 1);
         self.advance(rev);
         Ok(rev)
     }

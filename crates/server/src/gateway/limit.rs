@@ -1,0 +1,104 @@
+//! `limit-count`'s counters on this member: a fixed window per counter key (APISIX's
+//! `local` policy), started by the key's first request. Counters live outside routing
+//! snapshots, so a route change does not hand out a fresh quota; keys whose window ended are
+//! dropped when a shard grows, so memory follows the active keys.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+/// A shard past this many keys drops the ones whose window ended.
+const PRUNE_AT: usize = 4096;
+
+struct Window {
+    started: Instant,
+    length: Duration,
+    count: u64,
+}
+
+/// What a counted request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass; `remaining` more fit in the window, which ends in `reset`.
+    Allowed {
+        /// Requests left in the window.
+        remaining: u64,
+        /// Until the window ends.
+        reset: Duration,
+    },
+    /// Refused until the window ends in `reset`.
+    Refused {
+        /// Until the window ends.
+        reset: Duration,
+    },
+}
+
+/// The counters. See the module docs.
+pub struct Counters {
+    shards: [Mutex<HashMap<String, Window>>; SHARDS],
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl Counters {
+    /// Counts a request under `key`, allowed `limit` per `window`.
+    pub fn hit(&self, key: &str, limit: u64, window: Duration) -> Verdict {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if map.len() >= PRUNE_AT && !map.contains_key(key) {
+            map.retain(|_, w| now.duration_since(w.started) < w.length);
+        }
+        let w = map.entry(key.to_string()).or_insert(Window {
+            started: now,
+            length: window,
+            count: 0,
+        });
+        if now.duration_since(w.started) >= w.length || w.length != window {
+            *w = Window {
+                started: now,
+                length: window,
+                count: 0,
+            };
+        }
+        let reset = w.length.saturating_sub(now.duration_since(w.started));
+        if w.count >= limit {
+            return Verdict::Refused { reset };
+        }
+        w.count += 1;
+        Verdict::Allowed {
+            remaining: limit - w.count,
+            reset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_counts_then_refuses() {
+        let c = Counters::default();
+        let w = Duration::from_secs(60);
+        assert!(matches!(c.hit("k", 2, w), Verdict::Allowed { remaining: 1, .. }));
+        assert!(matches!(c.hit("k", 2, w), Verdict::Allowed { remaining: 0, .. }));
+        assert!(matches!(c.hit("k", 2, w), Verdict::Refused { .. }));
+        assert!(matches!(c.hit("other", 2, w), Verdict::Allowed { .. }), "keys are apart");
+        let short = Duration::from_millis(20);
+        assert!(matches!(c.hit("s", 1, short), Verdict::Allowed { .. }));
+        assert!(matches!(c.hit("s", 1, short), Verdict::Refused { .. }));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(matches!(c.hit("s", 1, short), Verdict::Allowed { .. }), "a new window");
+    }
+}

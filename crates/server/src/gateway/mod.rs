@@ -1,0 +1,836 @@
+//! The gateway at run time: this member's routing snapshot, kept current from the store's
+//! `Gateway` keyspace and the registry, and the writes of the admin face.
+//!
+//! - The builder task ([`Gateway::run`]) follows the keyspace with a watch and the registry
+//!   with its change counter; on either it builds a new [`Snapshot`] (routing table,
+//!   upstreams with their live nodes, consumers, certificates) off the request path and swaps
+//!   it in atomically. Requests load the snapshot once; a connection, a WebSocket or a gRPC
+//!   stream holds nothing the swap takes away, so a change never closes one.
+//! - A watch that cannot continue (history compacted under it, a snapshot installed) reloads
+//!   the keyspace and builds afresh; the old snapshot serves until the new one is in.
+//! - Nodes' live figures (requests in flight, latency) and rate-limit counters are kept
+//!   outside snapshots, by node address and by counter key, so a change does not reset them.
+//! - Writes go through consensus as txns of the keyspace, validated first: a resource that
+//!   is stored is one the data plane can serve.
+//!
+//! [`proxy`] is the data plane; [`limit`] the rate-limit counters; [`sni`] the TLS
+//! certificates by SNI.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use berth_gateway::balance::{Choice, NodeStats, Picker};
+use berth_gateway::layout;
+use berth_gateway::model::{Discovery, Nodes};
+use berth_gateway::table::{Table, UpstreamKey};
+use berth_gateway::{Consumer, GatewayError, Kind, Route, Service, Ssl, Upstream};
+use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use berth_proto::etcdserverpb::{Compare, RangeRequest, TxnRequest};
+use berth_proto::mvccpb::event::EventType;
+use berth_proto::mvccpb::KeyValue;
+use berth_store::{Applied, Command, Delivery, Entry, Guard, KeySpan, Keyspace, Store, WatchSink, WatchSpec};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::consensus::WriteError;
+use crate::core::Core;
+use crate::registry::{delete_op, put_op, Registry};
+
+pub mod limit;
+pub mod proxy;
+pub mod sni;
+
+/// Why a gateway call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayFailure {
+    /// The domain refused the input, or what it names does not exist.
+    #[error(transparent)]
+    Refused(#[from] GatewayError),
+    /// The write (or the read that guards it) did not go through.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// Reading the store failed.
+    #[error("reading the store: {0}")]
+    Store(#[from] berth_store::StoreError),
+}
+
+/// A stored resource: its JSON and its key's revisions.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The resource as stored.
+    pub value: Value,
+    /// The key's create revision (`createdIndex`).
+    pub created: i64,
+    /// The key's mod revision (`modifiedIndex`).
+    pub modified: i64,
+}
+
+/// Every resource, parsed.
+#[derive(Debug, Default, Clone)]
+pub struct Resources {
+    /// Routes by ID.
+    pub routes: BTreeMap<String, Route>,
+    /// Services by ID.
+    pub services: BTreeMap<String, Service>,
+    /// Upstreams by ID.
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Consumers by user name.
+    pub consumers: BTreeMap<String, Consumer>,
+    /// Certificates by ID.
+    pub ssls: BTreeMap<String, Ssl>,
+}
+
+impl Resources {
+    /// Applies a put of `id` of `kind`; a record that does not parse is logged and dropped.
+    fn put(&mut self, kind: Kind, id: String, value: &[u8]) {
+        let parsed = serde_json::from_slice::<Value>(value)
+            .map_err(|e| GatewayError::Corrupt {
+                key: format!("{}/{id}", kind.plural()),
+                why: e.to_string(),
+            })
+            .and_then(|v| self.insert(kind, &id, &v));
+        if let Err(e) = parsed {
+            tracing::error!(kind = kind.plural(), %id, error = %e, "gateway: skipping a stored resource");
+            self.remove(kind, &id);
+        }
+    }
+
+    fn insert(&mut self, kind: Kind, id: &str, v: &Value) -> Result<(), GatewayError> {
+        let id = id.to_string();
+        match kind {
+            Kind::Route => {
+                self.routes.insert(id.clone(), Route::parse(&id, v)?);
+            }
+            Kind::Service => {
+                self.services.insert(id, Service::parse(v)?);
+            }
+            Kind::Upstream => {
+                self.upstreams.insert(id, Upstream::parse(v)?);
+            }
+            Kind::Consumer => {
+                self.consumers.insert(id, Consumer::parse(v)?);
+            }
+            Kind::Ssl => {
+                self.ssls.insert(id, Ssl::parse(v)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, kind: Kind, id: &str) {
+        match kind {
+            Kind::Route => drop(self.routes.remove(id)),
+            Kind::Service => drop(self.services.remove(id)),
+            Kind::Upstream => drop(self.upstreams.remove(id)),
+            Kind::Consumer => drop(self.consumers.remove(id)),
+            Kind::Ssl => drop(self.ssls.remove(id)),
+        }
+    }
+
+    /// True when some upstream takes its nodes from the registry.
+    fn uses_registry(&self) -> bool {
+        let registry = |u: &Upstream| matches!(u.nodes, Nodes::Registry { .. });
+        self.upstreams.values().any(registry)
+            || self
+                .routes
+                .values()
+                .filter_map(|r| r.upstream.as_deref())
+                .any(registry)
+            || self
+                .services
+                .values()
+                .filter_map(|s| s.upstream.as_deref())
+                .any(registry)
+    }
+}
+
+/// An upstream with the nodes it has now.
+#[derive(Debug)]
+pub struct LiveUpstream {
+    /// Its name in metrics and errors (`upstreams/1`, `routes/7`, `services/s`).
+    pub label: String,
+    /// Its definition.
+    pub def: Upstream,
+    /// Its nodes and how one is picked.
+    pub picker: Picker,
+}
+
+/// Consumers by credential.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    /// By `key-auth` key.
+    pub by_key: HashMap<String, Arc<Consumer>>,
+    /// By `basic-auth` user name: the password and the consumer.
+    pub by_user: HashMap<String, (String, Arc<Consumer>)>,
+}
+
+/// What requests are served with: one immutable build. See the module docs.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The store revision it reflects.
+    pub revision: i64,
+    /// The routing table.
+    pub table: Table,
+    /// Upstreams by what routes call them.
+    pub upstreams: HashMap<UpstreamKey, Arc<LiveUpstream>>,
+    /// Consumers.
+    pub consumers: Consumers,
+    /// Certificates by SNI.
+    pub certs: sni::Certs,
+}
+
+/// The gateway of one member. See the module docs.
+pub struct Gateway {
+    store: Arc<Store>,
+    snapshot: ArcSwap<Snapshot>,
+    resources: RwLock<Arc<Resources>>,
+    applied: crate::applied_mark::AppliedMark,
+    nodes: Mutex<HashMap<String, Weak<NodeStats>>>,
+    /// Rate-limit counters.
+    pub limits: limit::Counters,
+    /// Retry budget (see [`proxy`]).
+    pub retry_budget: proxy::RetryBudget,
+    /// Upstream HTTP clients, by connect timeout.
+    pub clients: proxy::Clients,
+    /// Route IDs with metric series, so a removed route's series go with it.
+    metric_routes: Mutex<std::collections::BTreeSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A compare that holds while `key`'s mod revision is `rev` (0: the key does not exist).
+fn unchanged_since(key: Vec<u8>, rev: i64) -> Compare {
+    Compare {
+        key,
+        target: CompareTarget::Mod as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::ModRevision(rev)),
+        ..Default::default()
+    }
+}
+
+/// A compare that holds while `key` exists.
+fn exists(key: Vec<u8>) -> Compare {
+    Compare {
+        key,
+        target: CompareTarget::Version as i32,
+        result: CompareResult::Greater as i32,
+        target_union: Some(TargetUnion::Version(0)),
+        ..Default::default()
+    }
+}
+
+/// What a put did.
+#[derive(Debug)]
+pub struct PutOutcome {
+    /// True when the key did not exist before.
+    pub created: bool,
+    /// The resource as stored now.
+    pub stored: Stored,
+}
+
+/// Seconds since the epoch.
+fn now_secs() -> i64 {
+    i64::try_from(crate::registry::now_ms() / 1000).unwrap_or(i64::MAX)
+}
+
+impl Gateway {
+    /// A gateway over `store`; [`Gateway::run`] fills and follows its snapshot.
+    pub fn new(store: Arc<Store>) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            store,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            resources: RwLock::new(Arc::new(Resources::default())),
+            applied: crate::applied_mark::AppliedMark::new(),
+            nodes: Mutex::new(HashMap::new()),
+            limits: limit::Counters::default(),
+            retry_budget: proxy::RetryBudget::default(),
+            clients: proxy::Clients::default(),
+            metric_routes: Mutex::new(Default::default()),
+        })
+    }
+
+    /// The snapshot requests are served with now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The revision the snapshot reflects.
+    pub fn applied_revision(&self) -> i64 {
+        self.applied.get()
+    }
+
+    /// Every resource as the builder parsed them.
+    pub fn resources(&self) -> Arc<Resources> {
+        self.resources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until the snapshot has applied revision `rev` (or five seconds passed).
+    pub async fn wait_applied(&self, rev: i64) {
+        self.applied.wait(rev, Duration::from_secs(5)).await;
+    }
+
+    /// Makes the snapshot as fresh as a linearizable read at this moment.
+    pub async fn sync(&self, core: &Core) -> Result<(), WriteError> {
+        core.consensus.read_index().await?;
+        self.wait_applied(self.store.revision()).await;
+        Ok(())
+    }
+
+    /// Resource `id` of `kind` as stored (read after `sync` for a linearizable answer).
+    pub fn get(&self, kind: Kind, id: &str) -> Result<Option<Stored>, GatewayFailure> {
+        Ok(self.range(kind, Some(id))?.into_iter().next())
+    }
+
+    /// Every resource of `kind`, in ID order.
+    pub fn list(&self, kind: Kind) -> Result<Vec<Stored>, GatewayFailure> {
+        self.range(kind, None)
+    }
+
+    fn range(&self, kind: Kind, id: Option<&str>) -> Result<Vec<Stored>, GatewayFailure> {
+        let (key, range_end) = match id {
+            Some(id) => (layout::key(kind, id), Vec::new()),
+            None => {
+                let p = layout::prefix(kind);
+                let end = layout::prefix_end(&p);
+                (p, end)
+            }
+        };
+        let resp = self.store.range_in(
+            Keyspace::Gateway,
+            &RangeRequest {
+                key,
+                range_end,
+                ..Default::default()
+            },
+        )?;
+        resp.kvs.iter().map(stored).collect()
+    }
+
+    /// Validates `value` as resource `id` of `kind` (with its references, against the
+    /// resources as they are) and stores it, keeping `create_time` of an existing one.
+    pub async fn put(
+        &self,
+        core: &Core,
+        kind: Kind,
+        id: &str,
+        mut value: Value,
+        guard: Option<Guard>,
+    ) -> Result<PutOutcome, GatewayFailure> {
+        berth_gateway::model::check_id(kind, id)?;
+        self.sync(core).await?;
+        let mut compares = self.check(kind, id, &value)?;
+        let key = layout::key(kind, id);
+        let existing = self.get(kind, id)?;
+        let now = now_secs();
+        let created_at = existing
+            .as_ref()
+            .and_then(|e| e.value.get("create_time").cloned())
+            .unwrap_or(Value::from(now));
+        if let Value::Object(map) = &mut value {
+            map.insert(kind.id_field().into(), Value::String(id.to_string()));
+            map.insert("create_time".into(), created_at);
+            map.insert("update_time".into(), Value::from(now));
+        }
+        compares.push(unchanged_since(
+            key.clone(),
+            existing.as_ref().map_or(0, |e| e.modified),
+        ));
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        let rev = self
+            .commit(core, compares, vec![put_op(key, bytes, 0)], guard)
+            .await?;
+        let Some(rev) = rev else {
+            return Err(GatewayError::invalid(format!(
+                "{} {id} (or what it names) changed while it was written; try again",
+                kind.singular()
+            ))
+            .into());
+        };
+        Ok(PutOutcome {
+            created: existing.is_none(),
+            stored: Stored {
+                value,
+                created: existing.as_ref().map_or(rev, |e| e.created),
+                modified: rev,
+            },
+        })
+    }
+
+    /// Deletes resource `id` of `kind` unless another uses it (`force`: even then). `None`
+    /// when it does not exist.
+    pub async fn delete(
+        &self,
+        core: &Core,
+        kind: Kind,
+        id: &str,
+        force: bool,
+        guard: Option<Guard>,
+    ) -> Result<Option<i64>, GatewayFailure> {
+        self.sync(core).await?;
+        let Some(existing) = self.get(kind, id)? else {
+            return Ok(None);
+        };
+        if !force {
+            self.check_unused(kind, id)?;
+        }
+        let key = layout::key(kind, id);
+        let rev = self
+            .commit(
+                core,
+                vec![unchanged_since(key.clone(), existing.modified)],
+                vec![delete_op(key, Vec::new())],
+                guard,
+            )
+            .await?;
+        match rev {
+            Some(rev) => Ok(Some(rev)),
+            None => Err(GatewayError::invalid(format!(
+                "{} {id} changed while it was deleted; try again",
+                kind.singular()
+            ))
+            .into()),
+        }
+    }
+
+    /// Parses `value` as `kind` and checks what it refers to; returns compares that keep the
+    /// referred resources in place until the write applies.
+    fn check(&self, kind: Kind, id: &str, value: &Value) -> Result<Vec<Compare>, GatewayError> {
+        if !value.is_object() {
+            return Err(GatewayError::invalid("the body must be a JSON object"));
+        }
+        let res = self.resources();
+        let mut compares = Vec::new();
+        let mut need = |kind: Kind, rid: &Option<String>| -> Result<(), GatewayError> {
+            if let Some(rid) = rid {
+                let present = match kind {
+                    Kind::Upstream => res.upstreams.contains_key(rid),
+                    Kind::Service => res.services.contains_key(rid),
+                    _ => true,
+                };
+                if !present {
+                    return Err(GatewayError::Missing {
+                        kind: kind.singular(),
+                        id: rid.clone(),
+                    });
+                }
+                compares.push(exists(layout::key(kind, rid)));
+            }
+            Ok(())
+        };
+        match kind {
+            Kind::Route => {
+                let r = Route::parse(id, value)?;
+                need(Kind::Upstream, &r.upstream_id)?;
+                need(Kind::Service, &r.service_id)?;
+            }
+            Kind::Service => {
+                let s = Service::parse(value)?;
+                need(Kind::Upstream, &s.upstream_id)?;
+            }
+            Kind::Upstream => {
+                Upstream::parse(value)?;
+            }
+            Kind::Consumer => {
+                let c = Consumer::parse(value)?;
+                if c.username != id {
+                    return Err(GatewayError::Refused("wrong username".into()));
+                }
+                for (plugin, cred) in berth_gateway::plugins::credentials(&c.plugins) {
+                    let clash = res.consumers.iter().find(|(name, other)| {
+                        name.as_str() != id
+                            && berth_gateway::plugins::credentials(&other.plugins).get(plugin)
+                                == Some(&cred)
+                    });
+                    if let Some((name, _)) = clash {
+                        return Err(GatewayError::Refused(format!(
+                            "duplicate key of plugin {plugin} found with consumer: {name}"
+                        )));
+                    }
+                }
+            }
+            Kind::Ssl => {
+                let ssl = Ssl::parse(value)?;
+                sni::load(&ssl).map_err(|e| GatewayError::invalid(e.to_string()))?;
+            }
+        }
+        Ok(compares)
+    }
+
+    /// Refuses deleting what a route or service still uses.
+    fn check_unused(&self, kind: Kind, id: &str) -> Result<(), GatewayError> {
+        let res = self.resources();
+        let in_use = |user: &'static str, user_id: &String| GatewayError::InUse {
+            kind: kind.singular(),
+            user,
+            user_id: user_id.clone(),
+        };
+        match kind {
+            Kind::Upstream => {
+                if let Some((rid, _)) = res
+                    .routes
+                    .iter()
+                    .find(|(_, r)| r.upstream_id.as_deref() == Some(id))
+                {
+                    return Err(in_use("route", rid));
+                }
+                if let Some((sid, _)) = res
+                    .services
+                    .iter()
+                    .find(|(_, s)| s.upstream_id.as_deref() == Some(id))
+                {
+                    return Err(in_use("service", sid));
+                }
+            }
+            Kind::Service => {
+                if let Some((rid, _)) = res
+                    .routes
+                    .iter()
+                    .find(|(_, r)| r.service_id.as_deref() == Some(id))
+                {
+                    return Err(in_use("route", rid));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Proposes a txn of the keyspace; on success waits until the snapshot shows it and
+    /// returns its revision (`None` when a compare failed).
+    async fn commit(
+        &self,
+        core: &Core,
+        compare: Vec<Compare>,
+        success: Vec<berth_proto::etcdserverpb::RequestOp>,
+        guard: Option<Guard>,
+    ) -> Result<Option<i64>, WriteError> {
+        if core.out_of_space().await {
+            return Err(WriteError::Refused(berth_store::StoreError::NoSpace));
+        }
+        let entry = Entry {
+            guard,
+            ..Entry::new(
+                Keyspace::Gateway,
+                Command::Txn(TxnRequest {
+                    compare,
+                    success,
+                    ..Default::default()
+                }),
+            )
+        };
+        match core.consensus.propose_entry(entry).await? {
+            Applied::Txn(t) if t.succeeded => {
+                let rev = t.header.map_or(0, |h| h.revision);
+                self.wait_applied(rev).await;
+                Ok(Some(rev))
+            }
+            Applied::Txn(_) => Ok(None),
+            _ => Err(WriteError::Unknown),
+        }
+    }
+
+    /// Loads the keyspace and follows it and the registry until `stop`, swapping in a new
+    /// snapshot after every change.
+    pub async fn run(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        metrics: Arc<crate::metrics::Metrics>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut registry_changes = registry.service_changes();
+        loop {
+            let (tx, mut rx) = mpsc::channel::<Delivery>(256);
+            let (mut res, from) = match self.load() {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    tracing::error!(error = %e, "gateway: loading the resources");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+            self.publish(&res, from, &registry, &metrics);
+            let spec = WatchSpec {
+                keyspace: Keyspace::Gateway,
+                span: KeySpan::new(b"", b"\0"),
+                start_rev: from + 1,
+                no_put: false,
+                no_delete: false,
+            };
+            let handle = self.store.watch(spec, 0, WatchSink::new(tx));
+            let mut revision = from;
+            let reload = loop {
+                tokio::select! {
+                    d = rx.recv() => {
+                        let Some(d) = d else { break true };
+                        let mut ok = apply(&mut res, &d);
+                        revision = d.revision;
+                        // Take whatever else arrived: one build for a burst of changes.
+                        while ok {
+                            match rx.try_recv() {
+                                Ok(d) => {
+                                    ok = apply(&mut res, &d);
+                                    revision = d.revision;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if !ok {
+                            break true;
+                        }
+                        self.publish(&res, revision, &registry, &metrics);
+                    }
+                    changed = registry_changes.changed() => {
+                        if changed.is_err() {
+                            break false;
+                        }
+                        if res.uses_registry() {
+                            self.publish(&res, revision, &registry, &metrics);
+                        }
+                    }
+                    _ = stop.changed() => break false,
+                }
+            };
+            self.store.cancel_watch(&handle);
+            if !reload {
+                return;
+            }
+            tracing::warn!("gateway: the watch was interrupted; reloading the resources");
+        }
+    }
+
+    /// Reads every resource at one revision.
+    fn load(&self) -> Result<(Resources, i64), berth_store::StoreError> {
+        let rev = self.store.revision();
+        let resp = self.store.range_in(
+            Keyspace::Gateway,
+            &RangeRequest {
+                key: Vec::new(),
+                range_end: vec![0],
+                revision: rev,
+                ..Default::default()
+            },
+        )?;
+        let mut res = Resources::default();
+        for kv in &resp.kvs {
+            if let Some((kind, id)) = layout::parse(&kv.key) {
+                res.put(kind, id, &kv.value);
+            }
+        }
+        Ok((res, rev))
+    }
+
+    /// Builds a snapshot of `res` at `revision` and swaps it in.
+    fn publish(
+        &self,
+        res: &Resources,
+        revision: i64,
+        registry: &Registry,
+        metrics: &crate::metrics::Metrics,
+    ) {
+        let started = std::time::Instant::now();
+        let snapshot = self.build(res, revision, registry);
+        let routes = snapshot.table.targets().len();
+        *self.resources.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(res.clone());
+        self.snapshot.store(Arc::new(snapshot));
+        self.applied.advance(revision);
+        self.forget_removed_routes(res, metrics);
+        metrics.observe_gateway_build(started.elapsed(), routes);
+        tracing::debug!(revision, routes, elapsed = ?started.elapsed(), "gateway: snapshot swapped in");
+    }
+
+    fn forget_removed_routes(&self, res: &Resources, metrics: &crate::metrics::Metrics) {
+        let mut known = lock(&self.metric_routes);
+        let gone: Vec<String> = known
+            .iter()
+            .filter(|id| !res.routes.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            metrics.forget_gateway_route(&id);
+            known.remove(&id);
+        }
+    }
+
+    /// Notes that route `id` has metric series.
+    pub fn route_measured(&self, id: &str) {
+        let mut known = lock(&self.metric_routes);
+        if !known.contains(id) {
+            known.insert(id.to_string());
+        }
+    }
+
+    fn build(&self, res: &Resources, revision: i64, registry: &Registry) -> Snapshot {
+        let (table, skipped) = Table::build(res.routes.values(), &res.services);
+        for s in skipped {
+            tracing::warn!(route = %s.route, why = %s.why, "gateway: route left out of the table");
+        }
+        let mut upstreams = HashMap::new();
+        let mut nodes = lock(&self.nodes);
+        nodes.retain(|_, w| w.strong_count() > 0);
+        for target in table.targets() {
+            let Some(key) = &target.upstream else { continue };
+            if upstreams.contains_key(key) {
+                continue;
+            }
+            let (label, def) = match key {
+                UpstreamKey::Stored(id) => (format!("upstreams/{id}"), res.upstreams.get(id)),
+                UpstreamKey::OfRoute(id) => (
+                    format!("routes/{id}"),
+                    res.routes.get(id).and_then(|r| r.upstream.as_deref()),
+                ),
+                UpstreamKey::OfService(id) => (
+                    format!("services/{id}"),
+                    res.services.get(id).and_then(|s| s.upstream.as_deref()),
+                ),
+            };
+            let Some(def) = def else { continue };
+            let choices = resolve_nodes(def, registry)
+                .into_iter()
+                .map(|(authority, weight)| {
+                    let stats = match nodes.get(&authority).and_then(Weak::upgrade) {
+                        Some(s) => s,
+                        None => {
+                            let s = Arc::new(NodeStats::default());
+                            nodes.insert(authority.clone(), Arc::downgrade(&s));
+                            s
+                        }
+                    };
+                    Choice {
+                        authority,
+                        weight,
+                        stats,
+                    }
+                })
+                .collect();
+            upstreams.insert(
+                key.clone(),
+                Arc::new(LiveUpstream {
+                    label,
+                    picker: Picker::new(&def.balance, choices),
+                    def: def.clone(),
+                }),
+            );
+        }
+        drop(nodes);
+        let mut consumers = Consumers::default();
+        for c in res.consumers.values() {
+            let c = Arc::new(c.clone());
+            if let Some(k) = &c.plugins.key_credential {
+                consumers.by_key.insert(k.clone(), c.clone());
+            }
+            if let Some((u, p)) = &c.plugins.basic_credential {
+                consumers.by_user.insert(u.clone(), (p.clone(), c.clone()));
+            }
+        }
+        Snapshot {
+            revision,
+            table,
+            upstreams,
+            consumers,
+            certs: sni::Certs::build(res.ssls.iter()),
+        }
+    }
+}
+
+/// `host:port` for a URL's authority (IPv6 bracketed).
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The nodes of `def` now: its static ones, or its registry service's instances that take
+/// traffic (passing, or warning at their warning weight; enabled Nacos instances at their
+/// weight), each as `host:port` and weight.
+fn resolve_nodes(def: &Upstream, registry: &Registry) -> Vec<(String, u32)> {
+    use berth_registry::model::CheckStatus;
+    use berth_registry::naming::{Instance, ServiceName};
+    match &def.nodes {
+        Nodes::Static(nodes) => nodes
+            .iter()
+            .map(|n| (authority(&n.host, n.port), n.weight))
+            .collect(),
+        Nodes::Registry { service, discovery } => match discovery {
+            Discovery::Consul { tags } => registry.read(|c| {
+                c.entries(service)
+                    .into_iter()
+                    .filter(|e| tags.iter().all(|t| e.service.value.tags.contains(t)))
+                    .filter_map(|e| {
+                        let weight = match e.status() {
+                            CheckStatus::Passing => e.service.value.weights.passing,
+                            CheckStatus::Warning => e.service.value.weights.warning,
+                            CheckStatus::Critical => return None,
+                        };
+                        let s = &e.service.value;
+                        let host = if s.address.is_empty() {
+                            e.node.value.address.clone()
+                        } else {
+                            s.address.clone()
+                        };
+                        (!host.is_empty() && s.port != 0)
+                            .then(|| (authority(&host, s.port), weight))
+                    })
+                    .collect()
+            }),
+            Discovery::Nacos { namespace, group } => {
+                let name = ServiceName::new(namespace, group, service);
+                registry.read(|c| {
+                    c.entries(&name.catalog_name())
+                        .iter()
+                        .map(|e| Instance::from_entry(&name, e))
+                        .filter(|i| i.healthy && i.enabled && i.weight > 0.0 && i.port != 0)
+                        .map(|i| {
+                            let w = (i.weight * 100.0).round().clamp(1.0, f64::from(u32::MAX));
+                            (authority(&i.ip, i.port), w as u32)
+                        })
+                        .collect()
+                })
+            }
+        },
+    }
+}
+
+/// Applies one delivery to `res`; false when the watch cannot continue.
+fn apply(res: &mut Resources, d: &Delivery) -> bool {
+    for item in &d.items {
+        if item.compact_revision != 0 {
+            return false;
+        }
+        for ev in item.events.iter() {
+            let Some(kv) = &ev.kv else { continue };
+            let Some((kind, id)) = layout::parse(&kv.key) else {
+                continue;
+            };
+            if ev.r#type == EventType::Delete as i32 {
+                res.remove(kind, &id);
+            } else {
+                res.put(kind, id, &kv.value);
+            }
+        }
+    }
+    true
+}
+
+fn stored(kv: &KeyValue) -> Result<Stored, GatewayFailure> {
+    let value = serde_json::from_slice(&kv.value).map_err(|e| GatewayError::Corrupt {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        why: e.to_string(),
+    })?;
+    Ok(Stored {
+        value,
+        created: kv.create_revision,
+        modified: kv.mod_revision,
+    })
+}

@@ -1,0 +1,1066 @@
+//! The gateway's data plane: HTTP/1.1 and HTTP/2 (h2c, or ALPN over TLS) from clients,
+//! matched against the routing snapshot, checked by the route's plugins (ip-restriction,
+//! CORS, key-auth or basic-auth, limit-count), and proxied to a node of the route's upstream
+//! over pooled keep-alive connections shared by every worker thread (HTTP/1.1 to `http`
+//! upstreams, HTTP/2 to `grpc` ones, trailers and streaming both ways). A WebSocket upgrade
+//! passes on routes that enable it, and the two connections are then spliced.
+//!
+//! Requests are read defensively: conflicting `Content-Length` and `Transfer-Encoding`,
+//! repeated `Content-Length` or `Host`, or any transfer coding but `chunked` is a 400 with
+//! no upstream call. Hop-by-hop headers are not forwarded; `X-Forwarded-*`, `X-Real-IP` and
+//! a `traceparent` (made when missing) are.
+//!
+//! Retries: a request whose body is empty or small enough to keep (64 KiB) is retried on
+//! another node when connecting failed, or, for idempotent methods, when the node failed
+//! before answering; never after a timeout, at most `retries` times within
+//! `retry_timeout`, and only while the retry budget (a fifth of recent requests) lasts, so
+//! retries cannot multiply an outage.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_gateway::model::{HashOn, PassHost, Timeout};
+use berth_gateway::plugins::{Cors, HeaderEdits, LimitKey};
+use berth_gateway::table::Target;
+use berth_gateway::vars::Vars;
+use bytes::Bytes;
+use futures::StreamExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::limit::Verdict;
+use super::{Gateway, LiveUpstream, Snapshot};
+use crate::core::Core;
+use crate::listen::ClientAddr;
+use crate::node::Accepted;
+
+/// A body the gateway sends: the client's (or the node's) as it streams in, or bytes.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Largest request body kept so the request can be retried.
+const REPLAYABLE_MAX: u64 = 64 * 1024;
+/// How long open connections may finish their requests at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Idle upstream connections are closed after this long.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Idle upstream connections kept per node.
+const POOL_MAX_IDLE: usize = 512;
+
+/// Upstream HTTP clients by connect timeout and protocol, each with its own pool, shared by
+/// every request and every snapshot.
+#[derive(Default)]
+pub struct Clients {
+    map: Mutex<HashMap<(Duration, bool), Client<HttpConnector, Body>>>,
+}
+
+impl Clients {
+    /// The client connecting within `connect`, speaking HTTP/2 (`h2`) or HTTP/1.1.
+    fn get(&self, connect: Duration, h2: bool) -> Client<HttpConnector, Body> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((connect, h2))
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(connect));
+                connector.enforce_http(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE)
+                    .pool_max_idle_per_host(POOL_MAX_IDLE)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .set_host(false)
+                    .http2_only(h2)
+                    .build(connector)
+            })
+            .clone()
+    }
+}
+
+/// Retries allowed: each request adds a fifth of a token, each retry takes one.
+pub struct RetryBudget {
+    milli: AtomicI64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> RetryBudget {
+        RetryBudget {
+            milli: AtomicI64::new(10_000),
+        }
+    }
+}
+
+impl RetryBudget {
+    const CAP: i64 = 100_000;
+
+    fn deposit(&self) {
+        if self.milli.load(Ordering::Relaxed) < Self::CAP {
+            self.milli.fetch_add(200, Ordering::Relaxed);
+        }
+    }
+
+    fn withdraw(&self) -> bool {
+        if self.milli.fetch_sub(1000, Ordering::Relaxed) >= 1000 {
+            true
+        } else {
+            self.milli.fetch_add(1000, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Serves gateway connections from `incoming` until `stop` (over TLS when `tls` is given),
+/// then gives open requests a grace period.
+pub async fn serve<C>(
+    core: Arc<Core>,
+    mut incoming: Accepted<(C, ClientAddr)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (conn, addr) = tokio::select! {
+            c = incoming.next() => match c {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "gateway accept");
+                    continue;
+                }
+                None => break,
+            },
+            _ = stop.changed() => break,
+        };
+        let ctx = Arc::new(Ctx {
+            gateway: core.gateway.clone(),
+            metrics: core.metrics.clone(),
+            peer: addr.0,
+            tls: acceptor.is_some(),
+        });
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let handshake = core
+            .config
+            .handshake_timeout
+            .unwrap_or(Duration::from_secs(10));
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve_conn(ctx, conn, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake, acceptor.accept(conn)).await {
+                        Ok(Ok(tls)) => serve_conn(ctx, tls, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "gateway TLS handshake"),
+                        Err(_) => tracing::debug!("gateway TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+    }
+    Ok(())
+}
+
+async fn serve_conn<I>(
+    ctx: Arc<Ctx>,
+    io: I,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(TokioTimer::new());
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(ctx.handle(req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "gateway connection");
+    }
+}
+
+/// What a connection's requests share.
+struct Ctx {
+    gateway: Arc<Gateway>,
+    metrics: Arc<crate::metrics::Metrics>,
+    peer: Option<SocketAddr>,
+    tls: bool,
+}
+
+/// A request as route predicates and plugins read it.
+struct View<'a> {
+    parts: &'a Parts,
+    host: &'a str,
+    peer: Option<SocketAddr>,
+    tls: bool,
+    consumer: Option<&'a str>,
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+impl Vars for View<'_> {
+    fn var(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        let uri = &self.parts.uri;
+        let s = match name {
+            "uri" => Cow::Borrowed(uri.path()),
+            "request_uri" => Cow::Borrowed(uri.path_and_query().map_or("/", |p| p.as_str())),
+            "host" => Cow::Borrowed(self.host),
+            "request_method" => Cow::Borrowed(self.parts.method.as_str()),
+            "remote_addr" => Cow::Owned(self.peer?.ip().to_string()),
+            "remote_port" => Cow::Owned(self.peer?.port().to_string()),
+            "scheme" => Cow::Borrowed(if self.tls { "https" } else { "http" }),
+            "args" | "query_string" => Cow::Borrowed(uri.query()?),
+            "consumer_name" => Cow::Borrowed(self.consumer?),
+            _ => {
+                if let Some(arg) = name.strip_prefix("arg_") {
+                    Cow::Borrowed(query_param(uri.query()?, arg)?)
+                } else if let Some(h) = name.strip_prefix("http_") {
+                    let h = h.replace('_', "-");
+                    Cow::Borrowed(self.parts.headers.get(h.as_str())?.to_str().ok()?)
+                } else if let Some(c) = name.strip_prefix("cookie_") {
+                    Cow::Borrowed(cookie(&self.parts.headers, c)?)
+                } else {
+                    return None;
+                }
+            }
+        };
+        Some(s)
+    }
+}
+
+impl berth_gateway::table::Request for View<'_> {
+    fn host(&self) -> &str {
+        self.host
+    }
+    fn path(&self) -> &str {
+        self.parts.uri.path()
+    }
+    fn method(&self) -> &Method {
+        &self.parts.method
+    }
+    fn remote_ip(&self) -> Option<IpAddr> {
+        self.peer.map(|p| p.ip())
+    }
+}
+
+/// A JSON answer of the gateway's own.
+fn answer(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(&body).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    answer(status, serde_json::json!({ "error_msg": msg.into() }))
+}
+
+/// Why a request is malformed in a way a proxy must not pass on (request smuggling).
+fn malformed(parts: &Parts) -> Option<&'static str> {
+    let h = &parts.headers;
+    let lengths = h.get_all(header::CONTENT_LENGTH).iter().count();
+    let codings: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if lengths > 1 {
+        return Some("more than one Content-Length");
+    }
+    if lengths == 1 && !codings.is_empty() {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    if !codings.is_empty()
+        && (codings.len() > 1 || !codings[0].as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some("a transfer coding other than chunked");
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Some("more than one Host");
+    }
+    None
+}
+
+/// The request's host: lower case, without a port (`None`: not a valid host).
+fn request_host(parts: &Parts) -> Option<String> {
+    let raw = match parts.headers.get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => parts.uri.authority().map_or("", |a| a.as_str()),
+    };
+    let raw = raw.to_ascii_lowercase();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default().to_string()
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(raw.as_str(), |(h, _)| h)
+            .to_string()
+    };
+    host.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+        .then_some(host)
+}
+
+/// Headers that describe one hop and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names; keeps `Upgrade`
+/// (and `Connection: upgrade`) when `upgrade`, and `TE: trailers` for gRPC.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in HOP_BY_HOP.iter().chain(named.iter()) {
+        if upgrade && n == header::UPGRADE {
+            continue;
+        }
+        h.remove(n);
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    let websocket = h
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let conn = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    websocket && conn
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn edit_headers(h: &mut HeaderMap, edits: &HeaderEdits) {
+    for (k, v) in &edits.add {
+        h.append(k.clone(), v.clone());
+    }
+    for (k, v) in &edits.set {
+        h.insert(k.clone(), v.clone());
+    }
+    for k in &edits.remove {
+        h.remove(k);
+    }
+}
+
+/// The CORS headers for a request from `origin`, if `cors` allows it.
+fn cors_headers(cors: &Cors, origin: Option<&str>, preflight: Option<&HeaderMap>) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let allowed = match origin {
+        None => None,
+        Some(o) if cors.allow_origins == "*" || cors.allow_origins == "**" => {
+            Some(if cors.allow_credential { o } else { "*" })
+        }
+        Some(o) => {
+            let listed = cors.allow_origins.split(',').any(|a| a.trim() == o);
+            (listed || cors.allow_origins_by_regex.iter().any(|r| r.is_match(o))).then_some(o)
+        }
+    };
+    let Some(allowed) = allowed else { return out };
+    let mut put = |k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            out.insert(HeaderName::from_static(k), v);
+        }
+    };
+    put("access-control-allow-origin", allowed);
+    if allowed != "*" {
+        put("vary", "Origin");
+    }
+    let methods = if cors.allow_methods == "*" || cors.allow_methods == "**" {
+        "GET,POST,PUT,DELETE,PATCH,HEAD,OPTIONS,CONNECT,TRACE"
+    } else {
+        cors.allow_methods.as_str()
+    };
+    put("access-control-allow-methods", methods);
+    let asked = preflight
+        .and_then(|h| h.get("access-control-request-headers"))
+        .and_then(|v| v.to_str().ok());
+    let headers = match (cors.allow_headers.as_str(), asked) {
+        ("*" | "**", Some(a)) => a,
+        ("*" | "**", None) => "",
+        (list, _) => list,
+    };
+    if !headers.is_empty() {
+        put("access-control-allow-headers", headers);
+    }
+    if !cors.expose_headers.is_empty() {
+        put("access-control-expose-headers", &cors.expose_headers);
+    }
+    put("access-control-max-age", &cors.max_age.to_string());
+    if cors.allow_credential {
+        put("access-control-allow-credentials", "true");
+    }
+    out
+}
+
+/// A W3C trace context for a request that has none.
+fn new_traceparent() -> HeaderValue {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let (trace, span): (u128, u64) = (rng.random::<u128>() | 1, rng.random::<u64>() | 1);
+    HeaderValue::from_str(&format!("00-{trace:032x}-{span:016x}-01"))
+        .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
+}
+
+/// The request's consumer per the route's auth plugin, or the 401 that refuses it.
+fn authenticate(
+    snap: &Snapshot,
+    target: &Target,
+    parts: &mut Parts,
+) -> Result<Option<Arc<berth_gateway::Consumer>>, Response<Body>> {
+    let unauthorized = |msg: &str, challenge: &'static str| {
+        let mut r = answer(StatusCode::UNAUTHORIZED, serde_json::json!({ "message": msg }));
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        r
+    };
+    if let Some(conf) = &target.plugins.key_auth {
+        const CHALLENGE: &str = "apikey realm=\"key\"";
+        let from_header = parts
+            .headers
+            .get(conf.header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (key, in_header) = match from_header {
+            Some(k) => (Some(k), true),
+            None => (
+                parts
+                    .uri
+                    .query()
+                    .and_then(|q| query_param(q, &conf.query))
+                    .map(str::to_string),
+                false,
+            ),
+        };
+        let Some(key) = key else {
+            return Err(unauthorized("Missing API key in request", CHALLENGE));
+        };
+        let Some(consumer) = snap.consumers.by_key.get(&key) else {
+            return Err(unauthorized("Invalid API key in request", CHALLENGE));
+        };
+        if conf.hide_credentials {
+            if in_header {
+                parts.headers.remove(conf.header.as_str());
+            } else if let Some(pq) = parts.uri.path_and_query() {
+                let kept: Vec<&str> = pq
+                    .query()
+                    .unwrap_or_default()
+                    .split('&')
+                    .filter(|p| p.split('=').next() != Some(conf.query.as_str()))
+                    .collect();
+                let rebuilt = if kept.is_empty() {
+                    pq.path().to_string()
+                } else {
+                    format!("{}?{}", pq.path(), kept.join("&"))
+                };
+                if let Ok(uri) = rebuilt.parse() {
+                    parts.uri = uri;
+                }
+            }
+        }
+        return Ok(Some(consumer.clone()));
+    }
+    if let Some(conf) = &target.plugins.basic_auth {
+        const CHALLENGE: &str = "Basic realm=\"basic\"";
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(unauthorized("Missing authorization in request", CHALLENGE));
+        };
+        let decoded = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+            .and_then(|b| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok());
+        let Some((user, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+            return Err(unauthorized("Invalid authorization in request", CHALLENGE));
+        };
+        match snap.consumers.by_user.get(user) {
+            Some((want, consumer)) if constant_eq(want.as_bytes(), password.as_bytes()) => {
+                if conf.hide_credentials {
+                    parts.headers.remove(header::AUTHORIZATION);
+                }
+                return Ok(Some(consumer.clone()));
+            }
+            _ => return Err(unauthorized("Invalid user authorization", CHALLENGE)),
+        }
+    }
+    Ok(None)
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The value a `chash` upstream hashes for this request.
+fn hash_key(live: &LiveUpstream, view: &View<'_>) -> String {
+    use berth_gateway::model::Balance;
+    let Balance::Chash { hash_on, key } = &live.def.balance else {
+        return String::new();
+    };
+    let found = match hash_on {
+        HashOn::Vars => view.var(key).map(|v| v.into_owned()),
+        HashOn::Header => view
+            .parts
+            .headers
+            .get(key.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        HashOn::Cookie => cookie(&view.parts.headers, key).map(str::to_string),
+        HashOn::Consumer => view.consumer.map(str::to_string),
+    };
+    found
+        .or_else(|| view.peer.map(|p| p.ip().to_string()))
+        .unwrap_or_default()
+}
+
+/// The counter key of a limit-count for this request.
+fn limit_key(key: &LimitKey, view: &View<'_>) -> String {
+    match key {
+        LimitKey::Constant => String::new(),
+        LimitKey::Var(v) => view
+            .var(v)
+            .map(|v| v.into_owned())
+            .or_else(|| view.peer.map(|p| p.ip().to_string()))
+            .unwrap_or_default(),
+        LimitKey::Combination(template) => template
+            .split_whitespace()
+            .map(|part| match part.strip_prefix('$') {
+                Some(v) => view.var(v).map(|v| v.into_owned()).unwrap_or_default(),
+                None => part.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// The path and query the node gets, after proxy-rewrite.
+fn rewritten_path(target: &Target, uri: &Uri) -> String {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let Some(rw) = &target.plugins.proxy_rewrite else {
+        return pq.to_string();
+    };
+    if let Some(new) = &rw.uri {
+        return new.clone();
+    }
+    if let Some((re, to)) = &rw.regex_uri {
+        let path = uri.path();
+        if re.is_match(path) {
+            let mut out = re.replace(path, to.as_str()).into_owned();
+            if let Some(q) = uri.query() {
+                out.push('?');
+                out.push_str(q);
+            }
+            return out;
+        }
+    }
+    pq.to_string()
+}
+
+impl Ctx {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        self.gateway.retry_budget.deposit();
+        let (route, resp) = self.route(req).await;
+        let status = resp.status().as_u16();
+        self.metrics
+            .observe_gateway(route.as_deref().unwrap_or(""), status, started.elapsed());
+        if let Some(r) = &route {
+            self.gateway.route_measured(r);
+        }
+        tracing::debug!(route = route.as_deref().unwrap_or("-"), status, elapsed = ?started.elapsed(), peer = ?self.peer, "gateway request");
+        resp
+    }
+
+    /// Handles a request; returns the route that took it (if one did) and the answer.
+    async fn route(&self, req: Request<Incoming>) -> (Option<String>, Response<Body>) {
+        let (mut parts, body) = req.into_parts();
+        if let Some(why) = malformed(&parts) {
+            return (None, error(StatusCode::BAD_REQUEST, format!("bad request: {why}")));
+        }
+        let Some(host) = request_host(&parts) else {
+            return (None, error(StatusCode::BAD_REQUEST, "bad request: invalid Host"));
+        };
+        let snap = self.gateway.snapshot();
+        let target = {
+            let view = self.view(&parts, &host, None);
+            snap.table.find(&view).cloned()
+        };
+        let Some(target) = target else {
+            return (None, error(StatusCode::NOT_FOUND, "404 Route Not Found"));
+        };
+        let route = Some(target.route.id.clone());
+        let resp = self.through(&snap, &target, &mut parts, &host, body).await;
+        (route, resp)
+    }
+
+    fn view<'a>(&self, parts: &'a Parts, host: &'a str, consumer: Option<&'a str>) -> View<'a> {
+        View {
+            parts,
+            host,
+            peer: self.peer,
+            tls: self.tls,
+            consumer,
+        }
+    }
+
+    /// Runs the route's plugins and proxies.
+    async fn through(
+        &self,
+        snap: &Snapshot,
+        target: &Target,
+        parts: &mut Parts,
+        host: &str,
+        body: Incoming,
+    ) -> Response<Body> {
+        let plugins = &target.plugins;
+        if let Some(r) = &plugins.ip_restriction {
+            let ip = self.peer.map(|p| p.ip());
+            let allowed = match ip {
+                None => r.whitelist.is_empty(),
+                Some(ip) if !r.whitelist.is_empty() => r.whitelist.iter().any(|n| n.contains(&ip)),
+                Some(ip) => !r.blacklist.iter().any(|n| n.contains(&ip)),
+            };
+            if !allowed {
+                let status = StatusCode::from_u16(r.response_code).unwrap_or(StatusCode::FORBIDDEN);
+                return answer(status, serde_json::json!({ "message": r.message }));
+            }
+        }
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(cors) = &plugins.cors {
+            let preflight = parts.method == Method::OPTIONS
+                && parts.headers.contains_key("access-control-request-method");
+            if preflight {
+                let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+                *r.headers_mut() = cors_headers(cors, origin.as_deref(), Some(&parts.headers));
+                return r;
+            }
+        }
+        let consumer = match authenticate(snap, target, parts) {
+            Ok(c) => c,
+            Err(resp) => return resp,
+        };
+        let limit = consumer
+            .as_ref()
+            .and_then(|c| c.plugins.limit_count.as_ref().map(|l| (l, Some(c.username.as_str()))))
+            .or_else(|| plugins.limit_count.as_ref().map(|l| (l, None)));
+        let mut quota_headers = HeaderMap::new();
+        if let Some((limit, of_consumer)) = limit {
+            let view = self.view(parts, host, consumer.as_ref().map(|c| c.username.as_str()));
+            let scope = match (&limit.group, of_consumer) {
+                (Some(g), _) => format!("group:{g}"),
+                (None, Some(c)) => format!("consumer:{c}:route:{}", target.route.id),
+                (None, None) => format!("route:{}", target.route.id),
+            };
+            let key = format!("{scope}\0{}", limit_key(&limit.key, &view));
+            let window = Duration::from_secs(limit.time_window);
+            let verdict = self.gateway.limits.hit(&key, limit.count, window);
+            if limit.show_quota_headers {
+                let (remaining, reset) = match verdict {
+                    Verdict::Allowed { remaining, reset } => (remaining, reset),
+                    Verdict::Refused { reset } => (0, reset),
+                };
+                for (k, v) in [
+                    ("x-ratelimit-limit", limit.count.to_string()),
+                    ("x-ratelimit-remaining", remaining.to_string()),
+                    ("x-ratelimit-reset", reset.as_secs().max(1).to_string()),
+                ] {
+                    if let Ok(v) = HeaderValue::from_str(&v) {
+                        quota_headers.insert(HeaderName::from_static(k), v);
+                    }
+                }
+            }
+            if let Verdict::Refused { .. } = verdict {
+                let status = StatusCode::from_u16(limit.rejected_code)
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let mut r = match &limit.rejected_msg {
+                    Some(m) => error(status, m.clone()),
+                    None => error(status, "rate limit exceeded"),
+                };
+                r.headers_mut().extend(quota_headers);
+                return r;
+            }
+        }
+        let mut resp = self
+            .proxy(snap, target, parts, host, body, consumer.as_deref())
+            .await;
+        let h = resp.headers_mut();
+        h.extend(quota_headers);
+        if let Some(cors) = &plugins.cors {
+            h.extend(cors_headers(cors, origin.as_deref(), None));
+        }
+        if let Some(rw) = &plugins.response_rewrite {
+            edit_headers(resp.headers_mut(), &rw.headers);
+            if let Some(code) = rw.status_code.and_then(|c| StatusCode::from_u16(c).ok()) {
+                *resp.status_mut() = code;
+            }
+            if let Some(b) = &rw.body {
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+                resp.headers_mut().remove(header::CONTENT_ENCODING);
+                *resp.body_mut() = Either::Right(Full::new(Bytes::from(b.0.clone())));
+            }
+        }
+        resp
+    }
+
+    /// Sends the request to a node of the route's upstream, retrying as the module docs say.
+    async fn proxy(
+        &self,
+        snap: &Snapshot,
+        target: &Target,
+        parts: &mut Parts,
+        host: &str,
+        body: Incoming,
+        consumer: Option<&berth_gateway::Consumer>,
+    ) -> Response<Body> {
+        let Some(key) = &target.upstream else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the route has no upstream");
+        };
+        let Some(live) = snap.upstreams.get(key) else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream {key:?} of the route does not exist"),
+            );
+        };
+        let def = &live.def;
+        let timeout = target.timeout.or(def.timeout).unwrap_or_else(Timeout::default);
+        let grpc = def.scheme.grpc();
+        let client = self.gateway.clients.get(timeout.connect, grpc);
+        let upgrade = target.websocket && !grpc && is_upgrade(&parts.headers);
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        let hash = {
+            let view = self.view(parts, host, consumer.map(|c| c.username.as_str()));
+            hash_key(live, &view)
+        };
+        // The headers every attempt sends.
+        let mut headers = std::mem::take(&mut parts.headers);
+        let original_host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        strip_hop_by_hop(&mut headers, upgrade);
+        if let Some(ip) = self.peer.map(|p| p.ip().to_string()) {
+            let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.clone(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                headers.insert("x-forwarded-for", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&ip) {
+                headers.insert("x-real-ip", v);
+            }
+        }
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if self.tls { "https" } else { "http" }),
+        );
+        if let Some(h) = &original_host {
+            headers.insert("x-forwarded-host", h.clone());
+        }
+        if !headers.contains_key("traceparent") {
+            headers.insert("traceparent", new_traceparent());
+        }
+        let mut method = parts.method.clone();
+        if let Some(rw) = &target.plugins.proxy_rewrite {
+            edit_headers(&mut headers, &rw.headers);
+            if let Some(m) = &rw.method {
+                method = m.clone();
+            }
+        }
+        let path = rewritten_path(target, &parts.uri);
+        // Keep small bodies so the request can be retried.
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let (mut streaming, replay) = if body.is_end_stream() {
+            (None, Some(Bytes::new()))
+        } else if declared.is_some_and(|n| n <= REPLAYABLE_MAX) {
+            match tokio::time::timeout(timeout.read, body.collect()).await {
+                Ok(Ok(b)) => (None, Some(b.to_bytes())),
+                Ok(Err(e)) => {
+                    return error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
+                }
+                Err(_) => {
+                    return error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time")
+                }
+            }
+        } else {
+            (Some(body), None)
+        };
+        let nodes = live.picker.nodes().len();
+        let retries = match &replay {
+            None => 0,
+            Some(_) => def
+                .retries
+                .map_or(nodes.saturating_sub(1), |r| r as usize),
+        };
+        let retry_until = def.retry_timeout.map(|t| Instant::now() + t);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error = String::new();
+        loop {
+            let Some(i) = live.picker.pick(&hash, &tried) else {
+                return if tried.is_empty() {
+                    self.metrics.observe_gateway_upstream(&live.label, "no_node");
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("upstream {}: no node to send to (none is healthy)", live.label),
+                    )
+                } else {
+                    error(StatusCode::BAD_GATEWAY, last_error)
+                };
+            };
+            let node = &live.picker.nodes()[i];
+            let uri = match format!("http://{}{}", node.authority, path).parse::<Uri>() {
+                Ok(u) => u,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
+            };
+            let mut h = headers.clone();
+            if grpc {
+                h.remove(header::HOST);
+            } else {
+                let host_value = match &def.pass_host {
+                    PassHost::Pass => original_host.clone(),
+                    PassHost::Node => HeaderValue::from_str(&node.authority).ok(),
+                    PassHost::Rewrite(v) => HeaderValue::from_str(v).ok(),
+                };
+                if let Some(v) = target
+                    .plugins
+                    .proxy_rewrite
+                    .as_ref()
+                    .and_then(|r| r.host.clone())
+                    .or(host_value)
+                {
+                    h.insert(header::HOST, v);
+                }
+            }
+            let body: Body = match (&replay, streaming.take()) {
+                (Some(b), _) => Either::Right(Full::new(b.clone())),
+                (None, Some(s)) => Either::Left(s),
+                (None, None) => Either::Right(Full::new(Bytes::new())),
+            };
+            let mut req = Request::new(body);
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri;
+            *req.version_mut() = if grpc { Version::HTTP_2 } else { Version::HTTP_11 };
+            *req.headers_mut() = h;
+            let in_flight = node.stats.begin();
+            match tokio::time::timeout(timeout.read, client.request(req)).await {
+                Ok(Ok(resp)) => {
+                    in_flight.answered();
+                    self.metrics.observe_gateway_upstream(&live.label, "answered");
+                    return self.respond(resp, client_upgrade, parts.version).await;
+                }
+                Ok(Err(e)) => {
+                    let connect = e.is_connect();
+                    self.metrics.observe_gateway_upstream(
+                        &live.label,
+                        if connect { "connect_error" } else { "error" },
+                    );
+                    last_error = format!(
+                        "upstream {} node {}: {}",
+                        live.label,
+                        node.authority,
+                        error_chain(&e)
+                    );
+                    tracing::debug!(upstream = %live.label, node = %node.authority, error = %last_error, "gateway: node failed");
+                    tried.push(i);
+                    let may_retry = replay.is_some()
+                        && (connect || idempotent(&method))
+                        && tried.len() <= retries
+                        && retry_until.is_none_or(|t| Instant::now() < t)
+                        && self.gateway.retry_budget.withdraw();
+                    if !may_retry {
+                        return error(StatusCode::BAD_GATEWAY, last_error);
+                    }
+                }
+                Err(_) => {
+                    self.metrics.observe_gateway_upstream(&live.label, "timeout");
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "upstream {} node {} did not answer within {:?}",
+                            live.label, node.authority, timeout.read
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Passes the node's answer on; a 101 to an upgrade splices the two connections.
+    async fn respond(
+        &self,
+        mut resp: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_version: Version,
+    ) -> Response<Body> {
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if upgraded {
+            let Some(client_side) = client_upgrade else {
+                return error(StatusCode::BAD_GATEWAY, "the node switched protocols unasked");
+            };
+            let node_side = hyper::upgrade::on(&mut resp);
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                match tokio::join!(client_side, node_side) {
+                    (Ok(c), Ok(n)) => {
+                        metrics.gateway_websockets.inc();
+                        let (mut c, mut n) = (TokioIo::new(c), TokioIo::new(n));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut n).await {
+                            tracing::debug!(error = %e, "gateway: upgraded connection ended");
+                        }
+                        metrics.gateway_websockets.dec();
+                    }
+                    (c, n) => tracing::debug!(client = ?c.err(), node = ?n.err(), "gateway: upgrade failed"),
+                }
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        // The client's protocol, not the node's (a node may answer in HTTP/1.0).
+        parts.version = client_version;
+        strip_hop_by_hop(&mut parts.headers, upgraded);
+        Response::from_parts(parts, Either::Left(body))
+    }
+}
+
+/// An error with its causes, for an answer's message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::builder().uri("/x");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        assert!(malformed(&parts(&[("content-length", "1"), ("transfer-encoding", "chunked")])).is_some());
+        assert!(malformed(&parts(&[("content-length", "1"), ("content-length", "1")])).is_some());
+        assert!(malformed(&parts(&[("transfer-encoding", "gzip, chunked")])).is_some());
+        assert!(malformed(&parts(&[("host", "a"), ("host", "b")])).is_some());
+        assert!(malformed(&parts(&[("transfer-encoding", "chunked")])).is_none());
+    }
+
+    #[test]
+    fn hosts_and_hop_by_hop() {
+        assert_eq!(request_host(&parts(&[("host", "Api.Example:8080")])).as_deref(), Some("api.example"));
+        assert_eq!(request_host(&parts(&[("host", "[::1]:80")])).as_deref(), Some("::1"));
+        assert_eq!(request_host(&parts(&[("host", "a b")])), None);
+        let mut h = parts(&[("connection", "x-secret, keep-alive"), ("x-secret", "1"), ("te", "trailers"), ("upgrade", "websocket")]).headers;
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("x-secret") && !h.contains_key("upgrade"));
+        assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn retry_budget_runs_out() {
+        let b = RetryBudget::default();
+        let granted = (0..100).filter(|_| b.withdraw()).count();
+        assert_eq!(granted, 10);
+        for _ in 0..5 {
+            b.deposit();
+        }
+        assert!(b.withdraw());
+        assert!(!b.withdraw());
+    }
+}
