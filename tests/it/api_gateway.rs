@@ -117,14 +117,26 @@ async fn echo(
     hyper::Response::builder()
         .header("content-type", "application/json")
         .header("x-upstream", name)
-        .body(http_body_util::Full::new(bytes::Bytes::from(out.to_string())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            out.to_string(),
+        )))
         .expect("response")
 }
 
 /// An Admin API call: status and JSON body.
 fn admin(srv: &Server, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let text = if body.is_null() { String::new() } else { body.to_string() };
-    let ((code, out), _) = http_request(method, &srv.http_addr, &format!("/apisix/admin{path}"), &text, &[]);
+    let text = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let ((code, out), _) = http_request(
+        method,
+        &srv.http_addr,
+        &format!("/apisix/admin{path}"),
+        &text,
+        &[],
+    );
     let v = serde_json::from_str(&out).unwrap_or(Value::String(out));
     (code, v)
 }
@@ -135,14 +147,21 @@ fn put(srv: &Server, path: &str, body: Value) {
 }
 
 /// A request through the gateway: status, JSON (or text) body, headers.
-fn via(srv: &Server, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value, Vec<(String, String)>) {
+fn via(
+    srv: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value, Vec<(String, String)>) {
     let ((code, out), head) = http_request(method, &srv.gateway_addr, path, "", headers);
     let v = serde_json::from_str(&out).unwrap_or(Value::String(out));
     (code, v, head)
 }
 
 fn header<'a>(head: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    head.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    head.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -155,12 +174,19 @@ fn admin_api_speaks_apisix_v3() {
     assert_eq!(out["key"], "/apisix/upstreams/1");
     assert_eq!(out["value"]["id"], "1");
     let created = out["value"]["create_time"].as_i64().expect("create_time");
-    assert!(out.get("createdIndex").is_none(), "a PUT answers key and value only");
+    assert!(
+        out.get("createdIndex").is_none(),
+        "a PUT answers key and value only"
+    );
     let (code, _) = admin(&srv, "PUT", "/upstreams/1", &upstream);
     assert_eq!(code, 200, "an update");
     let (code, out) = admin(&srv, "GET", "/upstreams/1", &Value::Null);
     assert_eq!(code, 200);
-    assert_eq!(out["value"]["create_time"].as_i64(), Some(created), "kept across updates");
+    assert_eq!(
+        out["value"]["create_time"].as_i64(),
+        Some(created),
+        "kept across updates"
+    );
     assert!(out["modifiedIndex"].as_i64() > out["createdIndex"].as_i64());
     let (code, out) = admin(&srv, "GET", "/upstreams/nope", &Value::Null);
     assert_eq!((code, out), (404, json!({"message": "Key not found"})));
@@ -175,14 +201,34 @@ fn admin_api_speaks_apisix_v3() {
     ];
     for (body, want) in cases {
         let (code, out) = admin(&srv, "PUT", "/routes/1", &body);
-        assert_eq!((code, out["error_msg"].as_str()), (400, Some(want)), "{body}");
+        assert_eq!(
+            (code, out["error_msg"].as_str()),
+            (400, Some(want)),
+            "{body}"
+        );
     }
-    let ((code, out), _) = http_request("PUT", &srv.http_addr, "/apisix/admin/routes/1", "{nope", &[]);
+    let ((code, out), _) = http_request(
+        "PUT",
+        &srv.http_addr,
+        "/apisix/admin/routes/1",
+        "{nope",
+        &[],
+    );
     assert_eq!(code, 400);
     assert!(out.contains("invalid request body"), "{out}");
-    let (code, out) = admin(&srv, "PUT", "/routes/1", &json!({"uri": "/a", "upstream_id": "1", "name": "r1", "labels": {"env": "prod"}}));
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/routes/1",
+        &json!({"uri": "/a", "upstream_id": "1", "name": "r1", "labels": {"env": "prod"}}),
+    );
     assert_eq!(code, 201, "{out}");
-    let (code, out) = admin(&srv, "POST", "/routes", &json!({"uri": "/b", "upstream_id": "1"}));
+    let (code, out) = admin(
+        &srv,
+        "POST",
+        "/routes",
+        &json!({"uri": "/b", "upstream_id": "1"}),
+    );
     assert_eq!(code, 201, "{out}");
     let generated = out["value"]["id"].as_str().expect("id").to_string();
     assert_eq!(generated.len(), 20, "20 digits, as APISIX's");
@@ -194,20 +240,33 @@ fn admin_api_speaks_apisix_v3() {
     assert_eq!(out["list"][0]["value"]["id"], "1");
 
     // PATCH merges (null removes), a sub-path PATCH replaces that part.
-    let (code, out) = admin(&srv, "PATCH", "/routes/1", &json!({"name": null, "methods": ["GET"]}));
+    let (code, out) = admin(
+        &srv,
+        "PATCH",
+        "/routes/1",
+        &json!({"name": null, "methods": ["GET"]}),
+    );
     assert_eq!(code, 200, "{out}");
     assert!(out["value"].get("name").is_none());
     assert_eq!(out["value"]["methods"], json!(["GET"]));
     assert_eq!(out["value"]["labels"]["env"], "prod");
     let (code, out) = admin(&srv, "PATCH", "/routes/1/labels", &json!({"team": "x"}));
-    assert_eq!((code, out["value"]["labels"].clone()), (200, json!({"team": "x"})));
+    assert_eq!(
+        (code, out["value"]["labels"].clone()),
+        (200, json!({"team": "x"}))
+    );
     let (code, _) = admin(&srv, "PATCH", "/routes/missing", &json!({"name": "x"}));
     assert_eq!(code, 404);
 
     // Deletes: in use, then free.
     let (code, out) = admin(&srv, "DELETE", "/upstreams/1", &Value::Null);
     assert_eq!(code, 400);
-    assert!(out["error_msg"].as_str().is_some_and(|m| m.starts_with("can not delete this upstream, route [")), "{out}");
+    assert!(
+        out["error_msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("can not delete this upstream, route [")),
+        "{out}"
+    );
     for id in ["1", generated.as_str()] {
         let (code, out) = admin(&srv, "DELETE", &format!("/routes/{id}"), &Value::Null);
         assert_eq!((code, out["deleted"].as_str()), (200, Some("1")));
@@ -218,25 +277,715 @@ fn admin_api_speaks_apisix_v3() {
     assert_eq!(code, 404);
 
     // Consumers: PUT on the collection names them by username; no POST.
-    let (code, out) = admin(&srv, "PUT", "/consumers", &json!({"username": "jack", "plugins": {"key-auth": {"key": "k1"}}}));
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/consumers",
+        &json!({"username": "jack", "plugins": {"key-auth": {"key": "k1"}}}),
+    );
     assert_eq!(code, 201, "{out}");
     assert_eq!(out["key"], "/apisix/consumers/jack");
-    let (code, out) = admin(&srv, "PUT", "/consumers", &json!({"username": "jill", "plugins": {"key-auth": {"key": "k1"}}}));
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/consumers",
+        &json!({"username": "jill", "plugins": {"key-auth": {"key": "k1"}}}),
+    );
     assert_eq!(code, 400);
-    assert_eq!(out["error_msg"], "duplicate key of plugin key-auth found with consumer: jack");
+    assert_eq!(
+        out["error_msg"],
+        "duplicate key of plugin key-auth found with consumer: jack"
+    );
     let (code, _) = admin(&srv, "POST", "/consumers", &json!({"username": "x"}));
     assert_eq!(code, 405);
     let (code, out) = admin(&srv, "GET", "/plugin_configs", &Value::Null);
-    assert_eq!((code, out["error_msg"].as_str()), (404, Some("Unsupported resource type: plugin_configs")));
+    assert_eq!(
+        (code, out["error_msg"].as_str()),
+        (404, Some("Unsupported resource type: plugin_configs"))
+    );
 
     // SSLs: the key is checked and never returned.
     let pki = crate::tls::Pki::new("gateway");
     let (cert, key) = pki.issue_pem("gw", &["api.test"]);
-    let (code, out) = admin(&srv, "PUT", "/ssls/1", &json!({"cert": cert, "key": "garbage", "snis": ["api.test"]}));
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/ssls/1",
+        &json!({"cert": cert, "key": "garbage", "snis": ["api.test"]}),
+    );
     assert_eq!(code, 400, "{out}");
-    let (code, out) = admin(&srv, "PUT", "/ssls/1", &json!({"cert": cert, "key": key, "snis": ["api.test"]}));
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/ssls/1",
+        &json!({"cert": cert, "key": key, "snis": ["api.test"]}),
+    );
     assert_eq!(code, 201, "{out}");
     assert!(out["value"].get("key").is_none());
     let (_, out) = admin(&srv, "GET", "/ssls/1", &Value::Null);
     assert!(out["value"].get("key").is_none() && out["value"]["cert"].is_string());
+}
+
+/// Sends raw bytes to the gateway and reads the answer until the server closes or 2 s pass.
+fn raw(addr: &str, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `f` until it holds (10 s at most).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn proxies_http1_and_h2c_with_balancing_retries_and_timeouts() {
+    let srv = Server::start();
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    put(
+        &srv,
+        "/upstreams/ab",
+        json!({"nodes": {a.addr.to_string(): 1, b.addr.to_string(): 1}}),
+    );
+    put(
+        &srv,
+        "/routes/echo",
+        json!({"uri": "/echo/*", "upstream_id": "ab"}),
+    );
+    let mut seen = HashMap::new();
+    for _ in 0..10 {
+        let (code, out, head) = via(
+            &srv,
+            "GET",
+            "/echo/x?q=1",
+            &[("Connection", "close, x-secret"), ("X-Secret", "1")],
+        );
+        assert_eq!(code, 200, "{out}");
+        assert_eq!(header(&head, "x-upstream"), out["name"].as_str());
+        *seen
+            .entry(out["name"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+        let h = &out["headers"];
+        assert_eq!(out["path"], "/echo/x?q=1");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-real-ip"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["host"], srv.gateway_addr.as_str(), "pass_host pass");
+        assert!(
+            h["traceparent"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("00-")),
+            "{h}"
+        );
+        assert!(
+            h.get("x-secret").is_none(),
+            "a header Connection names is hop-by-hop: {h}"
+        );
+    }
+    assert_eq!(seen.get("a"), Some(&5), "round robin: {seen:?}");
+    assert_eq!(seen.get("b"), Some(&5), "round robin: {seen:?}");
+    let ((code, out), _) = http_request("POST", &srv.gateway_addr, "/echo/post", "payload", &[]);
+    let out: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((code, out["body"].as_str()), (200, Some("payload")));
+    let (code, out, _) = via(&srv, "GET", "/nothing", &[]);
+    assert_eq!(
+        (code, out),
+        (404, json!({"error_msg": "404 Route Not Found"}))
+    );
+
+    // A dead node: connecting fails, and the request is retried on the other.
+    let dead = format!("127.0.0.1:{}", crate::harness::free_port());
+    put(
+        &srv,
+        "/upstreams/half",
+        json!({"nodes": {dead: 1, a.addr.to_string(): 1}, "pass_host": "node"}),
+    );
+    put(
+        &srv,
+        "/routes/half",
+        json!({"uri": "/half", "upstream_id": "half"}),
+    );
+    for _ in 0..6 {
+        let (code, out, _) = via(&srv, "GET", "/half", &[]);
+        assert_eq!((code, out["name"].as_str()), (200, Some("a")), "{out}");
+        assert_eq!(out["headers"]["host"], a.addr.to_string(), "pass_host node");
+    }
+    // No retry for a node that never answers in time: 504.
+    put(
+        &srv,
+        "/routes/slow",
+        json!({"uri": "/slow", "upstream_id": "ab", "timeout": {"connect": 1, "send": 1, "read": 1}}),
+    );
+    let started = Instant::now();
+    let (code, out, _) = via(&srv, "GET", "/slow", &[]);
+    assert_eq!(code, 504, "{out}");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    // Only one node at a time is on a connect failure with nothing to retry on: 502.
+    put(
+        &srv,
+        "/routes/gone",
+        json!({"uri": "/gone", "upstream": {"nodes": {format!("127.0.0.1:{}", crate::harness::free_port()): 1}}}),
+    );
+    let (code, out, _) = via(&srv, "GET", "/gone", &[]);
+    assert_eq!(code, 502, "{out}");
+    assert!(
+        out["error_msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("connect")),
+        "{out}"
+    );
+
+    // h2c with prior knowledge: the node gets HTTP/1.1.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let gateway = srv.gateway_addr.clone();
+    let (version, upstream_version) = rt.block_on(async move {
+        let io = tokio::net::TcpStream::connect(&gateway)
+            .await
+            .expect("connect");
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .uri(format!("http://{gateway}/echo/h2"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("h2 request");
+        let version = resp.version();
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        (
+            version,
+            v["version"].as_str().unwrap_or_default().to_string(),
+        )
+    });
+    assert_eq!(version, hyper::Version::HTTP_2);
+    assert_eq!(upstream_version, "HTTP/1.1");
+
+    let (_, metrics) = srv.http_get("/metrics");
+    assert!(
+        metrics.contains("berth_gateway_requests_total{route=\"echo\",code=\"2xx\"} 12"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("berth_gateway_upstream_attempts_total{upstream=\"upstreams/half\",outcome=\"connect_error\"}"));
+    // A deleted route's series go with it.
+    let (code, _) = admin(&srv, "DELETE", "/routes/echo", &Value::Null);
+    assert_eq!(code, 200);
+    let (_, metrics) = srv.http_get("/metrics");
+    assert!(
+        !metrics.contains("route=\"echo\""),
+        "series of a deleted route remain"
+    );
+}
+
+#[test]
+fn plugins_authenticate_limit_restrict_and_rewrite() {
+    let srv = Server::start();
+    let a = Upstream::start("a");
+    let node = json!({"nodes": {a.addr.to_string(): 1}});
+    put(&srv, "/upstreams/1", node);
+    put(
+        &srv,
+        "/consumers/jack",
+        json!({"username": "jack", "plugins": {"key-auth": {"key": "k1"}, "limit-count": {"count": 1, "time_window": 60, "rejected_code": 429}}}),
+    );
+    put(
+        &srv,
+        "/consumers/bob",
+        json!({"username": "bob", "plugins": {"basic-auth": {"username": "bob", "password": "s3cret"}}}),
+    );
+    put(
+        &srv,
+        "/routes/ka",
+        json!({"uri": "/ka", "upstream_id": "1", "plugins": {"key-auth": {"hide_credentials": true}}}),
+    );
+    let (code, out, head) = via(&srv, "GET", "/ka", &[]);
+    assert_eq!(
+        (code, out),
+        (401, json!({"message": "Missing API key in request"}))
+    );
+    assert_eq!(
+        header(&head, "www-authenticate"),
+        Some("apikey realm=\"key\"")
+    );
+    let (code, out, _) = via(&srv, "GET", "/ka", &[("apikey", "nope")]);
+    assert_eq!(
+        (code, out),
+        (401, json!({"message": "Invalid API key in request"}))
+    );
+    let (code, out, _) = via(&srv, "GET", "/ka", &[("apikey", "k1")]);
+    assert_eq!(code, 200, "{out}");
+    assert!(out["headers"].get("apikey").is_none(), "hide_credentials");
+    // jack's own limit-count: one a minute, refused with its code.
+    let (code, _, head) = via(&srv, "GET", "/ka?apikey=k1", &[]);
+    assert_eq!(code, 429);
+    assert_eq!(header(&head, "x-ratelimit-limit"), Some("1"));
+    assert_eq!(header(&head, "x-ratelimit-remaining"), Some("0"));
+
+    put(
+        &srv,
+        "/routes/ba",
+        json!({"uri": "/ba", "upstream_id": "1", "plugins": {"basic-auth": {}}}),
+    );
+    let (code, out, _) = via(&srv, "GET", "/ba", &[]);
+    assert_eq!(
+        (code, out["message"].as_str()),
+        (401, Some("Missing authorization in request"))
+    );
+    let (code, out, _) = via(
+        &srv,
+        "GET",
+        "/ba",
+        &[("Authorization", "Basic Ym9iOndyb25n")],
+    );
+    assert_eq!(
+        (code, out["message"].as_str()),
+        (401, Some("Invalid user authorization"))
+    );
+    let (code, _, _) = via(
+        &srv,
+        "GET",
+        "/ba",
+        &[("Authorization", "Basic Ym9iOnMzY3JldA==")],
+    );
+    assert_eq!(code, 200);
+
+    put(
+        &srv,
+        "/routes/lc",
+        json!({"uri": "/lc", "upstream_id": "1", "plugins": {"limit-count": {"count": 2, "time_window": 60}}}),
+    );
+    let codes: Vec<u16> = (0..3).map(|_| via(&srv, "GET", "/lc", &[]).0).collect();
+    assert_eq!(codes, vec![200, 200, 503]);
+    // A route change does not hand out a fresh quota.
+    put(
+        &srv,
+        "/routes/lc",
+        json!({"uri": "/lc", "upstream_id": "1", "name": "renamed", "plugins": {"limit-count": {"count": 2, "time_window": 60}}}),
+    );
+    assert_eq!(via(&srv, "GET", "/lc", &[]).0, 503);
+
+    put(
+        &srv,
+        "/routes/ip",
+        json!({"uri": "/ip", "upstream_id": "1", "plugins": {"ip-restriction": {"blacklist": ["127.0.0.0/8"]}}}),
+    );
+    let (code, out, _) = via(&srv, "GET", "/ip", &[]);
+    assert_eq!(
+        (code, out),
+        (403, json!({"message": "Your IP address is not allowed"}))
+    );
+
+    put(
+        &srv,
+        "/routes/cors",
+        json!({"uri": "/cors", "upstream_id": "1", "plugins": {"cors": {"allow_origins": "https://a.example", "allow_methods": "GET,POST", "max_age": 60}}}),
+    );
+    let hits = a.hits();
+    let (code, _, head) = via(
+        &srv,
+        "OPTIONS",
+        "/cors",
+        &[
+            ("Origin", "https://a.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        header(&head, "access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    assert_eq!(
+        header(&head, "access-control-allow-methods"),
+        Some("GET,POST")
+    );
+    assert_eq!(header(&head, "access-control-max-age"), Some("60"));
+    assert_eq!(a.hits(), hits, "a preflight is answered by the gateway");
+    let (_, _, head) = via(&srv, "GET", "/cors", &[("Origin", "https://evil.example")]);
+    assert_eq!(header(&head, "access-control-allow-origin"), None);
+
+    put(
+        &srv,
+        "/routes/rw",
+        json!({"uri": "/api/*", "upstream_id": "1", "plugins": {
+        "proxy-rewrite": {"regex_uri": ["^/api/(.*)", "/v2/$1"], "headers": {"set": {"X-Gw": "berth"}, "remove": ["X-Drop"]}},
+        "response-rewrite": {"headers": {"set": {"X-Resp": "1"}}}}}),
+    );
+    let (code, out, head) = via(&srv, "GET", "/api/items?x=1", &[("X-Drop", "1")]);
+    assert_eq!((code, out["path"].as_str()), (200, Some("/v2/items?x=1")));
+    assert_eq!(out["headers"]["x-gw"], "berth");
+    assert!(out["headers"].get("x-drop").is_none());
+    assert_eq!(header(&head, "x-resp"), Some("1"));
+
+    // Predicates: a header picks the route; priority orders routes of one path.
+    put(
+        &srv,
+        "/routes/ios",
+        json!({"uri": "/app", "upstream_id": "1", "vars": [["http_x_os", "==", "ios"]], "plugins": {"response-rewrite": {"headers": {"X-Route": "ios"}}}}),
+    );
+    put(
+        &srv,
+        "/routes/any",
+        json!({"uri": "/app", "upstream_id": "1", "priority": -1, "plugins": {"response-rewrite": {"headers": {"X-Route": "any"}}}}),
+    );
+    assert_eq!(
+        header(&via(&srv, "GET", "/app", &[("X-Os", "ios")]).2, "x-route"),
+        Some("ios")
+    );
+    assert_eq!(
+        header(&via(&srv, "GET", "/app", &[]).2, "x-route"),
+        Some("any")
+    );
+}
+
+#[test]
+fn smuggling_shapes_get_400_and_reach_no_upstream() {
+    let srv = Server::start();
+    let a = Upstream::start("a");
+    put(
+        &srv,
+        "/routes/1",
+        json!({"uri": "/*", "upstream": {"nodes": {a.addr.to_string(): 1}}}),
+    );
+    let host = &srv.gateway_addr;
+    let ok = raw(
+        host,
+        &format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let before = a.hits();
+    let cases = [
+        format!("POST /x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"),
+        format!("POST /x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"),
+        format!("POST /x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"),
+        format!("POST /x HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        format!("POST /x HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"),
+        format!("GET /x HTTP/1.1\r\nHost: {host}\r\nHost: other\r\n\r\n"),
+        format!("GET /x HTTP/1.1\r\nHost: {host}\r\nBad Header: 1\r\n\r\n"),
+        format!("POST /x HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n"),
+        "GET /x HTTP/1.1\r\nHost: a b\r\n\r\n".to_string(),
+    ];
+    for req in &cases {
+        let out = raw(host, req);
+        assert!(out.starts_with("HTTP/1.1 400"), "{req:?} got {out:?}");
+    }
+    assert_eq!(
+        a.hits(),
+        before,
+        "no malformed request reached the upstream"
+    );
+}
+
+#[test]
+fn websockets_are_spliced_and_outlive_route_changes() {
+    let srv = Server::start();
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    put(
+        &srv,
+        "/upstreams/ws",
+        json!({"nodes": {a.addr.to_string(): 1}}),
+    );
+    put(
+        &srv,
+        "/routes/ws",
+        json!({"uri": "/ws", "upstream_id": "ws", "enable_websocket": true}),
+    );
+    put(
+        &srv,
+        "/routes/plain",
+        json!({"uri": "/plain", "upstream_id": "ws"}),
+    );
+    let mut s = std::net::TcpStream::connect(&srv.gateway_addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("101 head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    let mut echo = |msg: &[u8]| {
+        s.write_all(msg).expect("write");
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).expect("echo");
+        back
+    };
+    assert_eq!(echo(b"ping"), b"ping");
+    // Routes and upstreams change under the open connection: it stays.
+    for i in 0..50 {
+        let node = if i % 2 == 0 { &b } else { &a };
+        put(
+            &srv,
+            "/upstreams/ws",
+            json!({"nodes": {node.addr.to_string(): 1}}),
+        );
+        put(
+            &srv,
+            "/routes/ws",
+            json!({"uri": "/ws", "upstream_id": "ws", "enable_websocket": true, "name": format!("v{i}")}),
+        );
+    }
+    assert_eq!(echo(b"still here"), b"still here");
+    let (_, metrics) = srv.http_get("/metrics");
+    assert!(metrics.contains("berth_gateway_websockets 1"), "{metrics}");
+    // A route that does not enable WebSockets passes the request without the upgrade.
+    let (code, out, _) = via(
+        &srv,
+        "GET",
+        "/plain",
+        &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+    );
+    assert_eq!(code, 200, "{out}");
+    assert!(out["headers"].get("upgrade").is_none(), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_streams_pass_through_to_etcd_and_outlive_route_changes() {
+    let srv = tokio::task::spawn_blocking(Server::start)
+        .await
+        .expect("server");
+    let route =
+        json!({"uri": "/*", "upstream": {"scheme": "grpc", "nodes": {srv.client_addr.clone(): 1}}});
+    let s = &srv;
+    let put_route = |name: &str| {
+        let mut r = route.clone();
+        r["name"] = json!(name);
+        let (code, out) = admin(s, "PUT", "/routes/grpc", &r);
+        assert!(code == 200 || code == 201, "{out}");
+    };
+    put_route("v0");
+    let mut c = etcd_client::Client::connect([srv.gateway_addr.clone()], None)
+        .await
+        .expect("connect through the gateway");
+    c.put("k", "v1", None)
+        .await
+        .expect("put through the gateway");
+    let got = c.get("k", None).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), b"v1");
+    let mut stream = c.watch("w", None).await.expect("watch");
+    let created = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("created in time")
+        .expect("stream")
+        .expect("message");
+    assert!(created.created());
+    for i in 0..20 {
+        put_route(&format!("v{}", i + 1));
+    }
+    let mut direct = srv.client().await;
+    direct.put("w", "after", None).await.expect("direct put");
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the watch stream kept going")
+        .expect("stream")
+        .expect("message");
+    assert_eq!(
+        msg.events()[0].kv().map(|kv| kv.value()),
+        Some(&b"after"[..])
+    );
+    let e = c
+        .get(
+            "k",
+            Some(etcd_client::GetOptions::new().with_revision(1_000_000)),
+        )
+        .await
+        .expect_err("a gRPC error status passes through in trailers");
+    assert!(format!("{e}").contains("future revision"), "{e}");
+}
+
+#[test]
+fn registry_instances_are_the_upstream_and_follow_health() {
+    let srv = Server::start();
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    for (id, up) in [("a", &a), ("b", &b)] {
+        let reg = json!({"ID": id, "Name": "web", "Address": "127.0.0.1", "Port": up.addr.port(),
+                         "Check": {"TTL": "60s", "Status": "passing"}});
+        let ((code, out), _) = http_request(
+            "PUT",
+            &srv.http_addr,
+            "/v1/agent/service/register",
+            &reg.to_string(),
+            &[],
+        );
+        assert_eq!(code, 200, "{out}");
+    }
+    put(
+        &srv,
+        "/upstreams/web",
+        json!({"service_name": "web", "discovery_type": "consul"}),
+    );
+    put(
+        &srv,
+        "/routes/web",
+        json!({"uri": "/*", "upstream_id": "web"}),
+    );
+    let names = |n: usize| -> std::collections::BTreeSet<String> {
+        (0..n)
+            .map(|_| {
+                via(&srv, "GET", "/x", &[]).1["name"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(names(6), ["a", "b"].map(String::from).into());
+    // b's check fails: it takes no more traffic.
+    let ((code, _), _) = http_request(
+        "PUT",
+        &srv.http_addr,
+        "/v1/agent/check/fail/service:b",
+        "",
+        &[],
+    );
+    assert_eq!(code, 200);
+    eventually("b leaves the upstream", || {
+        names(4) == ["a"].map(String::from).into()
+    });
+    // Both gone: a clear 503.
+    for id in ["a", "b"] {
+        let ((code, _), _) = http_request(
+            "PUT",
+            &srv.http_addr,
+            &format!("/v1/agent/service/deregister/{id}"),
+            "",
+            &[],
+        );
+        assert_eq!(code, 200);
+    }
+    eventually("no node left", || via(&srv, "GET", "/x", &[]).0 == 503);
+    let (_, out, _) = via(&srv, "GET", "/x", &[]);
+    assert!(
+        out["error_msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("no node")),
+        "{out}"
+    );
+    // Registered again, through Nacos's naming this time: found by discovery_type nacos.
+    let ((code, out), _) = http_request(
+        "PUT",
+        &srv.http_addr,
+        "/v1/agent/service/register",
+        &json!({"ID": "a2", "Name": "web", "Address": "127.0.0.1", "Port": a.addr.port()})
+            .to_string(),
+        &[],
+    );
+    assert_eq!(code, 200, "{out}");
+    eventually("an instance without checks serves", || {
+        via(&srv, "GET", "/x", &[]).0 == 200
+    });
+    put(
+        &srv,
+        "/upstreams/web",
+        json!({"service_name": "web", "discovery_type": "nacos"}),
+    );
+    let (code, out, _) = via(&srv, "GET", "/x", &[]);
+    assert_eq!((code, out["name"].as_str()), (200, Some("a")), "{out}");
+}
+
+#[test]
+fn tls_certificates_come_from_ssls_by_sni() {
+    let port = crate::harness::free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let srv = Server::start_with(&["--listen-gateway-urls", &url]);
+    let a = Upstream::start("a");
+    let pki = crate::tls::Pki::new("gw-sni");
+    let (cert, key) = pki.issue_pem("first", &["api.test", "*.wild.test"]);
+    put(
+        &srv,
+        "/ssls/1",
+        json!({"cert": cert, "key": key, "snis": ["api.test", "*.wild.test"]}),
+    );
+    put(
+        &srv,
+        "/routes/1",
+        json!({"uri": "/*", "upstream": {"nodes": {a.addr.to_string(): 1}}}),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(pki.ca_der()))
+        .expect("root");
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(berth_net::tls::provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    // Every connection a full handshake: a resumed session shows the old certificate.
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = Arc::new(config);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let get = |sni: &'static str| {
+        let config = config.clone();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let name = rustls::pki_types::ServerName::try_from(sni).expect("name");
+            let mut tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let cn = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c[0].to_vec())
+                .unwrap_or_default();
+            tls.write_all(
+                format!("GET /x HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("write");
+            let mut out = Vec::new();
+            let _ = tls.read_to_end(&mut out).await;
+            Ok::<_, String>((String::from_utf8_lossy(&out).into_owned(), cn))
+        })
+    };
+    let (out, first) = get("api.test").expect("api.test is served");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"x-forwarded-proto\":\"https\""), "{out}");
+    assert!(get("a.wild.test").is_ok(), "a wildcard SNI");
+    assert!(
+        get("other.test").is_err(),
+        "no certificate for the name: no handshake"
+    );
+    // A new certificate applies to the next handshake.
+    let (cert2, key2) = pki.issue_pem("second", &["api.test"]);
+    put(
+        &srv,
+        "/ssls/1",
+        json!({"cert": cert2, "key": key2, "snis": ["api.test"]}),
+    );
+    let (_, second) = get("api.test").expect("served");
+    assert_ne!(first, second, "the new certificate is presented");
+    assert!(
+        get("a.wild.test").is_err(),
+        "the wildcard went with the old certificate"
+    );
 }

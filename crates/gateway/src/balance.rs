@@ -87,8 +87,7 @@ impl NodeStats {
 impl InFlight {
     /// The response's head arrived: feeds the latency estimate.
     pub fn answered(&self) {
-        self.stats
-            .observe(self.started.elapsed().as_nanos() as f64);
+        self.stats.observe(self.started.elapsed().as_nanos() as f64);
     }
 }
 
@@ -149,7 +148,12 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 /// nginx's smooth weighted round robin, unrolled into one period.
 fn schedule(weights: &[u64]) -> Vec<u32> {
-    let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd).max(1);
+    let g = weights
+        .iter()
+        .copied()
+        .filter(|w| *w > 0)
+        .fold(0, gcd)
+        .max(1);
     let mut w: Vec<u64> = weights.iter().map(|w| w / g).collect();
     let total: u64 = w.iter().sum();
     if total > SCHEDULE_MAX {
@@ -179,7 +183,12 @@ impl Picker {
     pub fn new(balance: &Balance, nodes: Vec<Choice>) -> Picker {
         let kind = match balance {
             Balance::RoundRobin => Kind::RoundRobin {
-                schedule: schedule(&nodes.iter().map(|n| u64::from(n.weight)).collect::<Vec<_>>()),
+                schedule: schedule(
+                    &nodes
+                        .iter()
+                        .map(|n| u64::from(n.weight))
+                        .collect::<Vec<_>>(),
+                ),
                 cursor: AtomicUsize::new(0),
             },
             Balance::Chash { .. } => {
@@ -244,7 +253,8 @@ impl Picker {
                     .filter(|i| usable(*i))
                     .min_by(|a, b| {
                         let cost = |i: usize| {
-                            (self.nodes[i].stats.in_flight() + 1) as f64 / f64::from(self.nodes[i].weight)
+                            (self.nodes[i].stats.in_flight() + 1) as f64
+                                / f64::from(self.nodes[i].weight)
                         };
                         cost(*a).total_cmp(&cost(*b))
                     })
@@ -312,7 +322,10 @@ mod tests {
         assert_eq!(none.pick("", &[]), None);
         let big = Picker::new(&Balance::RoundRobin, nodes(&[1_000_000, 3_000_000]));
         let n = (0..4000).filter(|_| big.pick("", &[]) == Some(1)).count();
-        assert!((2900..=3100).contains(&n), "large weights keep their ratio: {n}");
+        assert!(
+            (2900..=3100).contains(&n),
+            "large weights keep their ratio: {n}"
+        );
     }
 
     #[test]
@@ -338,7 +351,10 @@ mod tests {
             .zip(&before)
             .filter(|(k, b)| five.pick(k, &[]) != Some(**b))
             .count();
-        assert!(moved < 2000 * 35 / 100, "about a fifth of the keys move: {moved}");
+        assert!(
+            moved < 2000 * 35 / 100,
+            "about a fifth of the keys move: {moved}"
+        );
     }
 
     #[test]

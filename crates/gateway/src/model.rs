@@ -538,7 +538,9 @@ fn split_node(s: &str) -> Result<(String, Option<u16>), GatewayError> {
         };
     }
     match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Ok((h.to_string(), Some(p.parse().map_err(|_| bad())?))),
+        Some((h, p)) if !h.contains(':') => {
+            Ok((h.to_string(), Some(p.parse().map_err(|_| bad())?)))
+        }
         Some(_) => Err(bad()),
         None => Ok((s.to_string(), None)),
     }
@@ -619,7 +621,14 @@ impl Upstream {
     /// Parses an upstream (a stored one, or one inline in a route or service).
     pub fn parse(v: &Value) -> Result<Upstream, GatewayError> {
         let spec: UpstreamSpec = from_value(v)?;
-        let _ = (spec.id, spec.name, spec.desc, spec.labels, spec.create_time, spec.update_time);
+        let _ = (
+            spec.id,
+            spec.name,
+            spec.desc,
+            spec.labels,
+            spec.create_time,
+            spec.update_time,
+        );
         let scheme = match spec.scheme.as_deref().unwrap_or("http") {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
@@ -902,7 +911,13 @@ impl Route {
     /// Parses a route stored under `id`.
     pub fn parse(id: &str, v: &Value) -> Result<Route, GatewayError> {
         let spec: RouteSpec = from_value(v)?;
-        let _ = (spec.id, spec.desc, spec.labels, spec.create_time, spec.update_time);
+        let _ = (
+            spec.id,
+            spec.desc,
+            spec.labels,
+            spec.create_time,
+            spec.update_time,
+        );
         let uris = one_or_many(spec.uri, spec.uris, ("uri", "uris"))?;
         if uris.is_empty() {
             return Err(GatewayError::invalid(
@@ -1023,7 +1038,14 @@ impl Service {
     /// Parses a service.
     pub fn parse(v: &Value) -> Result<Service, GatewayError> {
         let spec: ServiceSpec = from_value(v)?;
-        let _ = (spec.id, spec.name, spec.desc, spec.labels, spec.create_time, spec.update_time);
+        let _ = (
+            spec.id,
+            spec.name,
+            spec.desc,
+            spec.labels,
+            spec.create_time,
+            spec.update_time,
+        );
         Ok(Service {
             plugins: Plugins::parse(spec.plugins.as_ref(), crate::plugins::Scope::Route)?,
             upstream: spec
@@ -1130,7 +1152,13 @@ impl Ssl {
     /// Parses a certificate resource (the PEM itself is checked by whoever loads it).
     pub fn parse(v: &Value) -> Result<Ssl, GatewayError> {
         let spec: SslSpec = from_value(v)?;
-        let _ = (spec.id, spec.desc, spec.labels, spec.create_time, spec.update_time);
+        let _ = (
+            spec.id,
+            spec.desc,
+            spec.labels,
+            spec.create_time,
+            spec.update_time,
+        );
         if spec.kind.as_deref().is_some_and(|k| k != "server") {
             return Err(GatewayError::Unsupported("ssl of type client".into()));
         }
@@ -1168,14 +1196,27 @@ mod tests {
 
     #[test]
     fn upstream_nodes_both_forms() {
-        let u = Upstream::parse(&json!({"nodes": {"127.0.0.1:80": 2, "[::1]:81": 1, "h.example": 3}}))
-            .expect("hash form");
-        let Nodes::Static(nodes) = &u.nodes else { panic!("static") };
+        let u =
+            Upstream::parse(&json!({"nodes": {"127.0.0.1:80": 2, "[::1]:81": 1, "h.example": 3}}))
+                .expect("hash form");
+        let Nodes::Static(nodes) = &u.nodes else {
+            panic!("static")
+        };
         assert_eq!(nodes.len(), 3);
-        assert!(nodes.contains(&Node { host: "::1".into(), port: 81, weight: 1 }));
-        assert!(nodes.contains(&Node { host: "h.example".into(), port: 80, weight: 3 }));
-        let u = Upstream::parse(&json!({"nodes": [{"host": "10.0.0.1", "port": 8080, "weight": 1}], "scheme": "grpc"}))
-            .expect("array form");
+        assert!(nodes.contains(&Node {
+            host: "::1".into(),
+            port: 81,
+            weight: 1
+        }));
+        assert!(nodes.contains(&Node {
+            host: "h.example".into(),
+            port: 80,
+            weight: 3
+        }));
+        let u = Upstream::parse(
+            &json!({"nodes": [{"host": "10.0.0.1", "port": 8080, "weight": 1}], "scheme": "grpc"}),
+        )
+        .expect("array form");
         assert_eq!(u.scheme, Scheme::Grpc);
         assert!(Upstream::parse(&json!({"nodes": {"a:b": 1}})).is_err());
         assert!(Upstream::parse(&json!({})).is_err());
@@ -1187,10 +1228,15 @@ mod tests {
             u.nodes,
             Nodes::Registry {
                 service: "orders".into(),
-                discovery: Discovery::Nacos { namespace: "public".into(), group: "G".into() }
+                discovery: Discovery::Nacos {
+                    namespace: "public".into(),
+                    group: "G".into()
+                }
             }
         );
-        assert!(Upstream::parse(&json!({"service_name": "x", "discovery_type": "eureka"})).is_err());
+        assert!(
+            Upstream::parse(&json!({"service_name": "x", "discovery_type": "eureka"})).is_err()
+        );
     }
 
     #[test]
@@ -1200,13 +1246,33 @@ mod tests {
             &json!({"uris": ["/a", "/b/*"], "hosts": ["A.com", "*.b.com"], "methods": ["GET"], "upstream_id": 1, "priority": 3}),
         )
         .expect("route");
-        assert_eq!(r.hosts, vec![HostPattern::Exact("a.com".into()), HostPattern::Suffix(".b.com".into())]);
+        assert_eq!(
+            r.hosts,
+            vec![
+                HostPattern::Exact("a.com".into()),
+                HostPattern::Suffix(".b.com".into())
+            ]
+        );
         assert_eq!(r.upstream_id.as_deref(), Some("1"));
-        assert!(Route::parse("1", &json!({"uri": "/a"})).is_err(), "nowhere to go");
-        assert!(Route::parse("1", &json!({"uri": "/a", "uris": ["/b"], "upstream_id": "1"})).is_err());
-        assert!(Route::parse("1", &json!({"uri": "/a", "methods": ["FETCH"], "upstream_id": "1"})).is_err());
-        let e = Route::parse("1", &json!({"uri": "/a", "upstream_id": "1", "plugins": {"nope": {}}}))
-            .expect_err("unknown plugin");
+        assert!(
+            Route::parse("1", &json!({"uri": "/a"})).is_err(),
+            "nowhere to go"
+        );
+        assert!(Route::parse(
+            "1",
+            &json!({"uri": "/a", "uris": ["/b"], "upstream_id": "1"})
+        )
+        .is_err());
+        assert!(Route::parse(
+            "1",
+            &json!({"uri": "/a", "methods": ["FETCH"], "upstream_id": "1"})
+        )
+        .is_err());
+        let e = Route::parse(
+            "1",
+            &json!({"uri": "/a", "upstream_id": "1", "plugins": {"nope": {}}}),
+        )
+        .expect_err("unknown plugin");
         assert_eq!(e.to_string(), "unknown plugin [nope]");
     }
 }

@@ -369,27 +369,35 @@ fn header_edits(plugin: &str, v: Option<&Value>) -> Result<HeaderEdits, GatewayE
     let obj = v
         .as_object()
         .ok_or_else(|| invalid(plugin, "\"headers\" must be an object"))?;
-    let structured = obj.keys().all(|k| matches!(k.as_str(), "set" | "add" | "remove"));
-    let pairs = |v: Option<&Value>| -> Result<Vec<(http::HeaderName, http::HeaderValue)>, GatewayError> {
-        let Some(v) = v else { return Ok(Vec::new()) };
-        let obj = v
-            .as_object()
-            .ok_or_else(|| invalid(plugin, "header changes must be objects"))?;
-        obj.iter()
-            .map(|(k, v)| {
-                let name = http::HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|_| invalid(plugin, format!("{k:?} is not a header name")))?;
-                let value = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    _ => return Err(invalid(plugin, format!("the value of header {k:?} must be a string"))),
-                };
-                let value = http::HeaderValue::from_str(&value)
-                    .map_err(|_| invalid(plugin, format!("{value:?} is not a header value")))?;
-                Ok((name, value))
-            })
-            .collect()
-    };
+    let structured = obj
+        .keys()
+        .all(|k| matches!(k.as_str(), "set" | "add" | "remove"));
+    let pairs =
+        |v: Option<&Value>| -> Result<Vec<(http::HeaderName, http::HeaderValue)>, GatewayError> {
+            let Some(v) = v else { return Ok(Vec::new()) };
+            let obj = v
+                .as_object()
+                .ok_or_else(|| invalid(plugin, "header changes must be objects"))?;
+            obj.iter()
+                .map(|(k, v)| {
+                    let name = http::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| invalid(plugin, format!("{k:?} is not a header name")))?;
+                    let value = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        _ => {
+                            return Err(invalid(
+                                plugin,
+                                format!("the value of header {k:?} must be a string"),
+                            ))
+                        }
+                    };
+                    let value = http::HeaderValue::from_str(&value)
+                        .map_err(|_| invalid(plugin, format!("{value:?} is not a header value")))?;
+                    Ok((name, value))
+                })
+                .collect()
+        };
     if !structured {
         return Ok(HeaderEdits {
             set: pairs(Some(v))?,
@@ -438,7 +446,10 @@ fn status(plugin: &str, field: &str, code: Option<u16>, default: u16) -> Result<
     if (200..=599).contains(&code) {
         Ok(code)
     } else {
-        Err(invalid(plugin, format!("property \"{field}\" validation failed: expected 200 to 599, got {code}")))
+        Err(invalid(
+            plugin,
+            format!("property \"{field}\" validation failed: expected 200 to 599, got {code}"),
+        ))
     }
 }
 
@@ -481,7 +492,10 @@ impl Plugins {
                         let c: BasicCredential = conf(name, v)?;
                         let _ = c.meta;
                         if c.username.is_empty() || c.username.contains(':') {
-                            return Err(invalid(name, "property \"username\" must be non-empty and hold no ':'"));
+                            return Err(invalid(
+                                name,
+                                "property \"username\" must be non-empty and hold no ':'",
+                            ));
                         }
                         p.basic_credential = (!off).then_some((c.username, c.password));
                     }
@@ -490,7 +504,10 @@ impl Plugins {
                     let c: LimitCountSpec = conf(name, v)?;
                     let _ = (c.meta, c.allow_degradation);
                     if c.count == 0 || c.time_window == 0 {
-                        return Err(invalid(name, "\"count\" and \"time_window\" must be above 0"));
+                        return Err(invalid(
+                            name,
+                            "\"count\" and \"time_window\" must be above 0",
+                        ));
                     }
                     match c.policy.as_deref().unwrap_or("local") {
                         "local" => {}
@@ -528,7 +545,10 @@ impl Plugins {
                     };
                     let (whitelist, blacklist) = (nets(c.whitelist)?, nets(c.blacklist)?);
                     if whitelist.is_empty() == blacklist.is_empty() {
-                        return Err(invalid(name, "value should match only one schema: \"whitelist\" or \"blacklist\""));
+                        return Err(invalid(
+                            name,
+                            "value should match only one schema: \"whitelist\" or \"blacklist\"",
+                        ));
                     }
                     let r = IpRestriction {
                         whitelist,
@@ -558,11 +578,18 @@ impl Plugins {
                         allow_credential: c.allow_credential.unwrap_or(false),
                     };
                     if cors.allow_credential
-                        && [&cors.allow_origins, &cors.allow_methods, &cors.allow_headers]
-                            .iter()
-                            .any(|s| s.as_str() == "*")
+                        && [
+                            &cors.allow_origins,
+                            &cors.allow_methods,
+                            &cors.allow_headers,
+                        ]
+                        .iter()
+                        .any(|s| s.as_str() == "*")
                     {
-                        return Err(invalid(name, "you can not set '*' for other option when 'allow_credential' is true"));
+                        return Err(invalid(
+                            name,
+                            "you can not set '*' for other option when 'allow_credential' is true",
+                        ));
                     }
                     p.cors = (!off).then_some(cors);
                 }
@@ -577,8 +604,15 @@ impl Plugins {
                     let regex_uri = match c.regex_uri {
                         None => None,
                         Some(pair) => match pair.as_slice() {
-                            [re, to] => Some((Regex::new(re).map_err(|e| invalid(name, e))?, to.clone())),
-                            _ => return Err(invalid(name, "property \"regex_uri\" takes [regex, replacement]")),
+                            [re, to] => {
+                                Some((Regex::new(re).map_err(|e| invalid(name, e))?, to.clone()))
+                            }
+                            _ => {
+                                return Err(invalid(
+                                    name,
+                                    "property \"regex_uri\" takes [regex, replacement]",
+                                ))
+                            }
                         },
                     };
                     let rewrite = ProxyRewrite {
@@ -586,11 +620,17 @@ impl Plugins {
                         regex_uri,
                         host: c
                             .host
-                            .map(|h| http::HeaderValue::from_str(&h).map_err(|_| invalid(name, "bad host")))
+                            .map(|h| {
+                                http::HeaderValue::from_str(&h)
+                                    .map_err(|_| invalid(name, "bad host"))
+                            })
                             .transpose()?,
                         method: c
                             .method
-                            .map(|m| http::Method::from_bytes(m.as_bytes()).map_err(|_| invalid(name, "bad method")))
+                            .map(|m| {
+                                http::Method::from_bytes(m.as_bytes())
+                                    .map_err(|_| invalid(name, "bad method"))
+                            })
                             .transpose()?,
                         headers: header_edits(name, c.headers.as_ref())?,
                     };
@@ -603,7 +643,8 @@ impl Plugins {
                         (None, _) => None,
                         (Some(b), false) => Some(bytes_body::Body(b.into_bytes())),
                         (Some(b), true) => Some(bytes_body::Body(
-                            decode_base64(&b).ok_or_else(|| invalid(name, "\"body\" is not base64"))?,
+                            decode_base64(&b)
+                                .ok_or_else(|| invalid(name, "\"body\" is not base64"))?,
                         )),
                     };
                     let rewrite = ResponseRewrite {
@@ -635,13 +676,19 @@ impl Plugins {
             key_credential: None,
             basic_auth: self.basic_auth.clone().or_else(|| base.basic_auth.clone()),
             basic_credential: None,
-            limit_count: self.limit_count.clone().or_else(|| base.limit_count.clone()),
+            limit_count: self
+                .limit_count
+                .clone()
+                .or_else(|| base.limit_count.clone()),
             ip_restriction: self
                 .ip_restriction
                 .clone()
                 .or_else(|| base.ip_restriction.clone()),
             cors: self.cors.clone().or_else(|| base.cors.clone()),
-            proxy_rewrite: self.proxy_rewrite.clone().or_else(|| base.proxy_rewrite.clone()),
+            proxy_rewrite: self
+                .proxy_rewrite
+                .clone()
+                .or_else(|| base.proxy_rewrite.clone()),
             response_rewrite: self
                 .response_rewrite
                 .clone()
@@ -704,11 +751,20 @@ mod tests {
 
     #[test]
     fn known_unknown_and_not_yet() {
-        let p = parse(json!({"key-auth": {}, "limit-count": {"count": 2, "time_window": 60}}), Scope::Route)
-            .expect("parses");
-        assert_eq!(p.key_auth.as_ref().map(|k| k.header.as_str()), Some("apikey"));
+        let p = parse(
+            json!({"key-auth": {}, "limit-count": {"count": 2, "time_window": 60}}),
+            Scope::Route,
+        )
+        .expect("parses");
+        assert_eq!(
+            p.key_auth.as_ref().map(|k| k.header.as_str()),
+            Some("apikey")
+        );
         let l = p.limit_count.expect("limit");
-        assert_eq!((l.count, l.rejected_code, l.key), (2, 503, LimitKey::Var("remote_addr".into())));
+        assert_eq!(
+            (l.count, l.rejected_code, l.key),
+            (2, 503, LimitKey::Var("remote_addr".into()))
+        );
         assert_eq!(
             parse(json!({"nope": {}}), Scope::Route).expect_err("unknown"),
             GatewayError::UnknownPlugin("nope".into())
@@ -717,11 +773,22 @@ mod tests {
             parse(json!({"jwt-auth": {}}), Scope::Route).expect_err("not yet"),
             GatewayError::Unsupported("jwt-auth".into())
         );
-        assert!(parse(json!({"limit-count": {"count": 1, "time_window": 1, "policy": "redis"}}), Scope::Route).is_err());
-        assert!(parse(json!({"key-auth": {"key": "k"}}), Scope::Route).is_err(), "a route's key-auth has no key");
+        assert!(parse(
+            json!({"limit-count": {"count": 1, "time_window": 1, "policy": "redis"}}),
+            Scope::Route
+        )
+        .is_err());
+        assert!(
+            parse(json!({"key-auth": {"key": "k"}}), Scope::Route).is_err(),
+            "a route's key-auth has no key"
+        );
         let c = parse(json!({"key-auth": {"key": "k"}}), Scope::Consumer).expect("credential");
         assert_eq!(c.key_credential.as_deref(), Some("k"));
-        let off = parse(json!({"key-auth": {"_meta": {"disable": true}}}), Scope::Route).expect("off");
+        let off = parse(
+            json!({"key-auth": {"_meta": {"disable": true}}}),
+            Scope::Route,
+        )
+        .expect("off");
         assert!(off.key_auth.is_none());
     }
 

@@ -104,7 +104,9 @@ impl Bucket {
     fn sort(&mut self, targets: &[Arc<Target>]) {
         let by_priority = |a: &Candidate, b: &Candidate| {
             let (ra, rb) = (&targets[a.target].route, &targets[b.target].route);
-            rb.priority.cmp(&ra.priority).then_with(|| ra.id.cmp(&rb.id))
+            rb.priority
+                .cmp(&ra.priority)
+                .then_with(|| ra.id.cmp(&rb.id))
         };
         for list in self.exact.values_mut() {
             list.sort_by(by_priority);
@@ -122,7 +124,11 @@ impl Bucket {
         });
     }
 
-    fn find<'a>(&'a self, targets: &'a [Arc<Target>], req: &dyn Request) -> Option<&'a Arc<Target>> {
+    fn find<'a>(
+        &'a self,
+        targets: &'a [Arc<Target>],
+        req: &dyn Request,
+    ) -> Option<&'a Arc<Target>> {
         let path = req.path();
         let exact = self.exact.get(path).into_iter().flatten();
         exact
@@ -206,10 +212,14 @@ impl Table {
                 }
                 for host in &hosts {
                     match host {
-                        HostPattern::Exact(h) => {
-                            table.exact_hosts.entry(h.clone()).or_default().add(index, path)
+                        HostPattern::Exact(h) => table
+                            .exact_hosts
+                            .entry(h.clone())
+                            .or_default()
+                            .add(index, path),
+                        HostPattern::Suffix(s) => {
+                            suffixes.entry(s.clone()).or_default().add(index, path)
                         }
-                        HostPattern::Suffix(s) => suffixes.entry(s.clone()).or_default().add(index, path),
                     }
                 }
             }
@@ -338,7 +348,10 @@ mod tests {
         // A host beats any path specificity of host-less routes.
         assert_eq!(id(&t, &get("x.com", "/a")).as_deref(), Some("host-prefix"));
         assert_eq!(id(&t, &get("z.com", "/a")).as_deref(), Some("any-exact"));
-        assert_eq!(id(&t, &get("z.com", "/a/b/c")).as_deref(), Some("any-longer"));
+        assert_eq!(
+            id(&t, &get("z.com", "/a/b/c")).as_deref(),
+            Some("any-longer")
+        );
         assert_eq!(id(&t, &get("z.com", "/a/c")).as_deref(), Some("any-prefix"));
         // The longer wildcard suffix first; a wildcard never matches its bare suffix.
         assert_eq!(id(&t, &get("a.b.y.com", "/a")).as_deref(), Some("wilder"));
@@ -372,7 +385,9 @@ mod tests {
         ];
         let (t, skipped) = Table::build(&routes, &services);
         assert_eq!(skipped.len(), 1);
-        let hit = t.find(&get("svc.com", "/x")).expect("matched by the service's host");
+        let hit = t
+            .find(&get("svc.com", "/x"))
+            .expect("matched by the service's host");
         assert_eq!(hit.upstream, Some(UpstreamKey::OfService("s".into())));
         assert!(hit.websocket);
         assert!(t.find(&get("other.com", "/x")).is_none());

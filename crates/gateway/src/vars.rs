@@ -156,7 +156,11 @@ fn parse_expr(v: &Value) -> Result<Expr, GatewayError> {
         "has" => Op::Has(s()?),
         "ipmatch" => {
             let ranges = match value {
-                Value::Array(a) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
                 Value::String(one) => vec![one.clone()],
                 _ => return Err(bad(format!("{v}: \"ipmatch\" takes addresses"))),
             };
@@ -231,15 +235,30 @@ mod tests {
         ]));
         assert!(holds(&json!([["http_x_user", "==", "ios"]]), &vars));
         assert!(!holds(&json!([["http_x_user", "!", "==", "ios"]]), &vars));
-        assert!(holds(&json!([["arg_n", ">", 10], ["arg_n", "<=", "12"]]), &vars));
+        assert!(holds(
+            &json!([["arg_n", ">", 10], ["arg_n", "<=", "12"]]),
+            &vars
+        ));
         assert!(holds(&json!([["uri", "~~", "^/v[0-9]+/"]]), &vars));
         assert!(holds(&json!([["http_x_user", "~*", "^IOS$"]]), &vars));
-        assert!(holds(&json!([["http_x_user", "in", ["android", "ios"]]]), &vars));
-        assert!(holds(&json!([["remote_addr", "ipmatch", ["10.0.0.0/8"]]]), &vars));
+        assert!(holds(
+            &json!([["http_x_user", "in", ["android", "ios"]]]),
+            &vars
+        ));
+        assert!(holds(
+            &json!([["remote_addr", "ipmatch", ["10.0.0.0/8"]]]),
+            &vars
+        ));
         assert!(holds(&json!([["missing", "~=", "x"]]), &vars));
         assert!(!holds(&json!([["missing", "==", "x"]]), &vars));
-        assert!(holds(&json!(["OR", ["arg_n", "==", "1"], ["arg_n", "==", "12"]]), &vars));
-        assert!(!holds(&json!(["!OR", ["arg_n", "==", "1"], ["arg_n", "==", "12"]]), &vars));
+        assert!(holds(
+            &json!(["OR", ["arg_n", "==", "1"], ["arg_n", "==", "12"]]),
+            &vars
+        ));
+        assert!(!holds(
+            &json!(["!OR", ["arg_n", "==", "1"], ["arg_n", "==", "12"]]),
+            &vars
+        ));
         assert!(parse(&json!([["a", "??", 1]])).is_err());
         assert!(parse(&json!([["a", "~~", "("]])).is_err());
     }

@@ -64,6 +64,59 @@ impl AppliedMark {
     }
 }
 
+/// A request that a view catch up with the store; answered once the view has taken every
+/// change the store had handed its watch.
+pub type Barrier = oneshot::Sender<()>;
+
+/// How a caller brings a view (the registry's catalog, the configuration center's items,
+/// the gateway's snapshot) up to date with the store: the view's task takes the requests,
+/// drains its watch's channel (everything up to [`berth_store::Store::progress_revision`] is
+/// in it) and answers. Waiting for the store's revision instead would wait for a revision the
+/// view never sees when the last writes were in another keyspace.
+pub struct Barriers {
+    tx: tokio::sync::mpsc::Sender<Barrier>,
+    rx: Mutex<Option<tokio::sync::mpsc::Receiver<Barrier>>>,
+}
+
+impl Default for Barriers {
+    fn default() -> Barriers {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        Barriers {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl Barriers {
+    /// Asks the view's task to catch up, and waits until it has (`view` names it in errors).
+    pub async fn request(&self, view: &str) -> Result<(), crate::consensus::WriteError> {
+        let stopped = || crate::consensus::WriteError::Stopped(format!("{view} stopped"));
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    /// The requests, for the view's task (once).
+    pub fn take(&self) -> Option<tokio::sync::mpsc::Receiver<Barrier>> {
+        lock(&self.rx).take()
+    }
+}
+
+/// Hands `deliver` every delivery already in `rx`; false when one could not be applied
+/// (the watch cannot continue).
+pub fn drain(
+    rx: &mut tokio::sync::mpsc::Receiver<berth_store::Delivery>,
+    mut deliver: impl FnMut(berth_store::Delivery) -> bool,
+) -> bool {
+    while let Ok(d) = rx.try_recv() {
+        if !deliver(d) {
+            return false;
+        }
+    }
+    true
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -149,6 +149,8 @@ pub struct ConfigCenter {
     applied: crate::applied_mark::AppliedMark,
     /// Every change readers may see, for faces that push (Nacos gRPC).
     changes: broadcast::Sender<Changed>,
+    /// Requests to bring the view up to date (see [`ConfigCenter::sync`]).
+    barriers: crate::applied_mark::Barriers,
 }
 
 /// A listener's hold on the per-item notifications: when it ends (answered, timed out or
@@ -227,6 +229,7 @@ impl ConfigCenter {
             listeners: Mutex::new(HashMap::new()),
             applied: crate::applied_mark::AppliedMark::new(),
             changes: broadcast::channel(4096).0,
+            barriers: Default::default(),
         })
     }
 
@@ -342,11 +345,11 @@ impl ConfigCenter {
         Err(ConfigError::UnknownNamespace(id.to_string()).into())
     }
 
-    /// Makes the view as fresh as a linearizable read at this moment.
+    /// Makes the view as fresh as a linearizable read at this moment: a read index, then
+    /// every configuration change up to it in the view.
     pub async fn sync(&self, core: &Core) -> Result<(), WriteError> {
         core.consensus.read_index().await?;
-        self.wait_applied(self.store.revision()).await;
-        Ok(())
+        self.barriers.request("config view").await
     }
 
     /// Waits until the view has applied revision `rev` (or five seconds passed).
@@ -1024,6 +1027,9 @@ impl ConfigCenter {
     /// Loads the view and follows the `Config` keyspace until `stop`; reloads from scratch
     /// if the watch cannot continue (history compacted under it, a snapshot installed).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(mut barriers) = self.barriers.take() else {
+            return;
+        };
         loop {
             let (tx, mut rx) = mpsc::channel::<Delivery>(256);
             let from = match self.load() {
@@ -1046,10 +1052,21 @@ impl ConfigCenter {
             let handle = self.store.watch(spec, 0, WatchSink::new(tx));
             let reload = loop {
                 tokio::select! {
+                    biased;
                     d = rx.recv() => match d {
                         Some(d) => if !self.deliver(d) { break true },
                         None => break true,
                     },
+                    b = barriers.recv() => {
+                        let Some(b) = b else { break false };
+                        let upto = self.store.progress_revision();
+                        if !crate::applied_mark::drain(&mut rx, |d| self.deliver(d)) {
+                            drop(b);
+                            break true;
+                        }
+                        self.advance(upto);
+                        let _ = b.send(());
+                    }
                     _ = stop.changed() => break false,
                 }
             };

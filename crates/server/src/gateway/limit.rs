@@ -91,14 +91,26 @@ mod tests {
     fn window_counts_then_refuses() {
         let c = Counters::default();
         let w = Duration::from_secs(60);
-        assert!(matches!(c.hit("k", 2, w), Verdict::Allowed { remaining: 1, .. }));
-        assert!(matches!(c.hit("k", 2, w), Verdict::Allowed { remaining: 0, .. }));
+        assert!(matches!(
+            c.hit("k", 2, w),
+            Verdict::Allowed { remaining: 1, .. }
+        ));
+        assert!(matches!(
+            c.hit("k", 2, w),
+            Verdict::Allowed { remaining: 0, .. }
+        ));
         assert!(matches!(c.hit("k", 2, w), Verdict::Refused { .. }));
-        assert!(matches!(c.hit("other", 2, w), Verdict::Allowed { .. }), "keys are apart");
+        assert!(
+            matches!(c.hit("other", 2, w), Verdict::Allowed { .. }),
+            "keys are apart"
+        );
         let short = Duration::from_millis(20);
         assert!(matches!(c.hit("s", 1, short), Verdict::Allowed { .. }));
         assert!(matches!(c.hit("s", 1, short), Verdict::Refused { .. }));
         std::thread::sleep(Duration::from_millis(30));
-        assert!(matches!(c.hit("s", 1, short), Verdict::Allowed { .. }), "a new window");
+        assert!(
+            matches!(c.hit("s", 1, short), Verdict::Allowed { .. }),
+            "a new window"
+        );
     }
 }

@@ -30,7 +30,9 @@ use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUni
 use berth_proto::etcdserverpb::{Compare, RangeRequest, TxnRequest};
 use berth_proto::mvccpb::event::EventType;
 use berth_proto::mvccpb::KeyValue;
-use berth_store::{Applied, Command, Delivery, Entry, Guard, KeySpan, Keyspace, Store, WatchSink, WatchSpec};
+use berth_store::{
+    Applied, Command, Delivery, Entry, Guard, KeySpan, Keyspace, Store, WatchSink, WatchSpec,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -38,6 +40,7 @@ use crate::consensus::WriteError;
 use crate::core::Core;
 use crate::registry::{delete_op, put_op, Registry};
 
+pub mod h1_guard;
 pub mod limit;
 pub mod proxy;
 pub mod sni;
@@ -196,6 +199,8 @@ pub struct Gateway {
     pub clients: proxy::Clients,
     /// Route IDs with metric series, so a removed route's series go with it.
     metric_routes: Mutex<std::collections::BTreeSet<String>>,
+    /// Requests to bring the snapshot up to date (see [`Gateway::sync`]).
+    barriers: crate::applied_mark::Barriers,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -242,6 +247,7 @@ impl Gateway {
     /// A gateway over `store`; [`Gateway::run`] fills and follows its snapshot.
     pub fn new(store: Arc<Store>) -> Arc<Gateway> {
         Arc::new(Gateway {
+            barriers: Default::default(),
             store,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             resources: RwLock::new(Arc::new(Resources::default())),
@@ -277,11 +283,12 @@ impl Gateway {
         self.applied.wait(rev, Duration::from_secs(5)).await;
     }
 
-    /// Makes the snapshot as fresh as a linearizable read at this moment.
+    /// Makes the snapshot as fresh as a linearizable read at this moment: a read index, then
+    /// every gateway change up to it in the snapshot (the builder answers once it has taken
+    /// every change the store had handed it, whatever keyspace the last revisions were in).
     pub async fn sync(&self, core: &Core) -> Result<(), WriteError> {
         core.consensus.read_index().await?;
-        self.wait_applied(self.store.revision()).await;
-        Ok(())
+        self.barriers.request("gateway snapshot builder").await
     }
 
     /// Resource `id` of `kind` as stored (read after `sync` for a linearizable answer).
@@ -546,6 +553,9 @@ impl Gateway {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut registry_changes = registry.service_changes();
+        let Some(mut barriers) = self.barriers.take() else {
+            return;
+        };
         loop {
             let (tx, mut rx) = mpsc::channel::<Delivery>(256);
             let (mut res, from) = match self.load() {
@@ -572,22 +582,38 @@ impl Gateway {
                 tokio::select! {
                     d = rx.recv() => {
                         let Some(d) = d else { break true };
-                        let mut ok = apply(&mut res, &d);
                         revision = d.revision;
                         // Take whatever else arrived: one build for a burst of changes.
-                        while ok {
-                            match rx.try_recv() {
-                                Ok(d) => {
-                                    ok = apply(&mut res, &d);
-                                    revision = d.revision;
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        let ok = apply(&mut res, &d)
+                            && crate::applied_mark::drain(&mut rx, |d| {
+                                revision = d.revision;
+                                apply(&mut res, &d)
+                            });
                         if !ok {
                             break true;
                         }
                         self.publish(&res, revision, &registry, &metrics);
+                    }
+                    b = barriers.recv() => {
+                        let Some(b) = b else { break false };
+                        // Every change up to the store's progress revision is in the channel
+                        // already: take them, then answer.
+                        let upto = self.store.progress_revision();
+                        let mut took = false;
+                        let ok = crate::applied_mark::drain(&mut rx, |d| {
+                            revision = d.revision;
+                            took = true;
+                            apply(&mut res, &d)
+                        });
+                        if !ok {
+                            drop(b);
+                            break true;
+                        }
+                        if took {
+                            self.publish(&res, revision, &registry, &metrics);
+                        }
+                        self.applied.advance(upto);
+                        let _ = b.send(());
                     }
                     changed = registry_changes.changed() => {
                         if changed.is_err() {
@@ -678,7 +704,9 @@ impl Gateway {
         let mut nodes = lock(&self.nodes);
         nodes.retain(|_, w| w.strong_count() > 0);
         for target in table.targets() {
-            let Some(key) = &target.upstream else { continue };
+            let Some(key) = &target.upstream else {
+                continue;
+            };
             if upstreams.contains_key(key) {
                 continue;
             }

@@ -10,8 +10,9 @@
 //! no upstream call. Hop-by-hop headers are not forwarded; `X-Forwarded-*`, `X-Real-IP` and
 //! a `traceparent` (made when missing) are.
 //!
-//! Retries: a request whose body is empty or small enough to keep (64 KiB) is retried on
-//! another node when connecting failed, or, for idempotent methods, when the node failed
+//! Request bodies are read ahead up to 64 KiB before a node is called (as nginx buffers
+//! them): a malformed body is a 400 that reaches no node, and a request whose body ended
+//! within that is retried on another node when connecting failed, or, for idempotent methods, when the node failed
 //! before answering; never after a timeout, at most `retries` times within
 //! `retry_timeout`, and only while the retry budget (a fifth of recent requests) lasts, so
 //! retries cannot multiply an outage.
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_gateway::model::{HashOn, PassHost, Timeout};
+use berth_gateway::model::{HashOn, PassHost};
 use berth_gateway::plugins::{Cors, HeaderEdits, LimitKey};
 use berth_gateway::table::Target;
 use berth_gateway::vars::Vars;
@@ -46,11 +47,85 @@ use crate::core::Core;
 use crate::listen::ClientAddr;
 use crate::node::Accepted;
 
-/// A body the gateway sends: the client's (or the node's) as it streams in, or bytes.
+/// A body the gateway answers with: the node's as it streams in, or bytes of its own.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
+/// A request body sent to a node: what was read ahead, then the rest as it streams in; or
+/// a whole body kept for retries.
+pub type ReqBody = Either<Prefixed, Full<Bytes>>;
+
+/// The part of a body read ahead, then the rest of it.
+pub struct Prefixed {
+    prefix: std::collections::VecDeque<hyper::body::Frame<Bytes>>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        if let Some(f) = self.prefix.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(f)));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+}
+
+/// What reading a body ahead found.
+enum ReadAhead {
+    /// The whole body.
+    Whole(Bytes),
+    /// More than the read-ahead: what was read, and the rest.
+    Longer(Prefixed),
+}
+
+/// Reads `body` until it ends or passes `max` bytes.
+async fn read_ahead(mut body: Incoming, max: usize) -> Result<ReadAhead, hyper::Error> {
+    let mut frames: std::collections::VecDeque<hyper::body::Frame<Bytes>> =
+        std::collections::VecDeque::new();
+    let mut size = 0;
+    while size <= max {
+        match body.frame().await {
+            None => {
+                let mut whole = bytes::BytesMut::with_capacity(size);
+                for f in frames {
+                    if let Ok(d) = f.into_data() {
+                        whole.extend_from_slice(&d);
+                    }
+                }
+                return Ok(ReadAhead::Whole(whole.freeze()));
+            }
+            Some(f) => {
+                let f = f?;
+                if f.is_trailers() {
+                    // Trailers are kept by streaming the body as it came.
+                    frames.push_back(f);
+                    return Ok(ReadAhead::Longer(Prefixed {
+                        prefix: frames,
+                        rest: body,
+                    }));
+                }
+                size += f.data_ref().map_or(0, |d| d.len());
+                frames.push_back(f);
+            }
+        }
+    }
+    Ok(ReadAhead::Longer(Prefixed {
+        prefix: frames,
+        rest: body,
+    }))
+}
+
 /// Largest request body kept so the request can be retried.
-const REPLAYABLE_MAX: u64 = 64 * 1024;
+const REPLAYABLE_MAX: usize = 64 * 1024;
 /// How long open connections may finish their requests at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Idle upstream connections are closed after this long.
@@ -62,12 +137,12 @@ const POOL_MAX_IDLE: usize = 512;
 /// every request and every snapshot.
 #[derive(Default)]
 pub struct Clients {
-    map: Mutex<HashMap<(Duration, bool), Client<HttpConnector, Body>>>,
+    map: Mutex<HashMap<(Duration, bool), Client<HttpConnector, ReqBody>>>,
 }
 
 impl Clients {
     /// The client connecting within `connect`, speaking HTTP/2 (`h2`) or HTTP/1.1.
-    fn get(&self, connect: Duration, h2: bool) -> Client<HttpConnector, Body> {
+    fn get(&self, connect: Duration, h2: bool) -> Client<HttpConnector, ReqBody> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((connect, h2))
             .or_insert_with(|| {
@@ -177,11 +252,8 @@ where
     Ok(())
 }
 
-async fn serve_conn<I>(
-    ctx: Arc<Ctx>,
-    io: I,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
+async fn serve_conn<I>(ctx: Arc<Ctx>, io: I, watcher: hyper_util::server::graceful::Watcher)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -194,6 +266,7 @@ async fn serve_conn<I>(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(ctx.handle(req).await) }
     });
+    let io = super::h1_guard::Guarded::new(io);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "gateway connection");
@@ -468,8 +541,9 @@ fn new_traceparent() -> HeaderValue {
     use rand::Rng;
     let mut rng = rand::rng();
     let (trace, span): (u128, u64) = (rng.random::<u128>() | 1, rng.random::<u64>() | 1);
-    HeaderValue::from_str(&format!("00-{trace:032x}-{span:016x}-01"))
-        .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
+    HeaderValue::from_str(&format!("00-{trace:032x}-{span:016x}-01")).unwrap_or(
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"),
+    )
 }
 
 /// The request's consumer per the route's auth plugin, or the 401 that refuses it.
@@ -477,12 +551,17 @@ fn authenticate(
     snap: &Snapshot,
     target: &Target,
     parts: &mut Parts,
-) -> Result<Option<Arc<berth_gateway::Consumer>>, Response<Body>> {
+) -> Result<Option<Arc<berth_gateway::Consumer>>, Box<Response<Body>>> {
     let unauthorized = |msg: &str, challenge: &'static str| {
-        let mut r = answer(StatusCode::UNAUTHORIZED, serde_json::json!({ "message": msg }));
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-        r
+        let mut r = answer(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "message": msg }),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+        Box::new(r)
     };
     if let Some(conf) = &target.plugins.key_auth {
         const CHALLENGE: &str = "apikey realm=\"key\"";
@@ -538,10 +617,15 @@ fn authenticate(
         let decoded = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
             .and_then(|b| {
                 use base64::Engine;
-                base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
             })
             .and_then(|b| String::from_utf8(b).ok());
         let Some((user, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
@@ -648,11 +732,18 @@ impl Ctx {
     /// Handles a request; returns the route that took it (if one did) and the answer.
     async fn route(&self, req: Request<Incoming>) -> (Option<String>, Response<Body>) {
         let (mut parts, body) = req.into_parts();
+        let bad = |why: &str| {
+            let mut r = error(StatusCode::BAD_REQUEST, format!("bad request: {why}"));
+            // Framing that cannot be trusted: the connection is not reused.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            (None, r)
+        };
         if let Some(why) = malformed(&parts) {
-            return (None, error(StatusCode::BAD_REQUEST, format!("bad request: {why}")));
+            return bad(why);
         }
         let Some(host) = request_host(&parts) else {
-            return (None, error(StatusCode::BAD_REQUEST, "bad request: invalid Host"));
+            return bad("invalid Host");
         };
         let snap = self.gateway.snapshot();
         let target = {
@@ -715,11 +806,16 @@ impl Ctx {
         }
         let consumer = match authenticate(snap, target, parts) {
             Ok(c) => c,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         let limit = consumer
             .as_ref()
-            .and_then(|c| c.plugins.limit_count.as_ref().map(|l| (l, Some(c.username.as_str()))))
+            .and_then(|c| {
+                c.plugins
+                    .limit_count
+                    .as_ref()
+                    .map(|l| (l, Some(c.username.as_str())))
+            })
             .or_else(|| plugins.limit_count.as_ref().map(|l| (l, None)));
         let mut quota_headers = HeaderMap::new();
         if let Some((limit, of_consumer)) = limit {
@@ -800,7 +896,7 @@ impl Ctx {
             );
         };
         let def = &live.def;
-        let timeout = target.timeout.or(def.timeout).unwrap_or_else(Timeout::default);
+        let timeout = target.timeout.or(def.timeout).unwrap_or_default();
         let grpc = def.scheme.grpc();
         let client = self.gateway.clients.get(timeout.connect, grpc);
         let upgrade = target.websocket && !grpc && is_upgrade(&parts.headers);
@@ -852,32 +948,54 @@ impl Ctx {
             }
         }
         let path = rewritten_path(target, &parts.uri);
-        // Keep small bodies so the request can be retried.
+        // Read the body ahead: a malformed one reaches no node, a short one can be retried.
+        // Streams (gRPC, and HTTP/2 or HTTP/1.1 bodies of no stated length that are not
+        // chunked uploads) go on as they come: they may never end.
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+            .and_then(|v| v.parse::<usize>().ok());
+        let chunked_upload = parts.version == Version::HTTP_11 && declared.is_none();
+        let stream = grpc
+            || headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+            || declared.map_or(!chunked_upload, |n| n > REPLAYABLE_MAX);
         let (mut streaming, replay) = if body.is_end_stream() {
             (None, Some(Bytes::new()))
-        } else if declared.is_some_and(|n| n <= REPLAYABLE_MAX) {
-            match tokio::time::timeout(timeout.read, body.collect()).await {
-                Ok(Ok(b)) => (None, Some(b.to_bytes())),
+        } else if stream {
+            (
+                Some(Prefixed {
+                    prefix: Default::default(),
+                    rest: body,
+                }),
+                None,
+            )
+        } else {
+            match tokio::time::timeout(timeout.read, read_ahead(body, REPLAYABLE_MAX)).await {
+                Ok(Ok(ReadAhead::Whole(b))) => (None, Some(b)),
+                Ok(Ok(ReadAhead::Longer(p))) => (Some(p), None),
                 Ok(Err(e)) => {
-                    return error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
+                    let mut r = error(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid request body: {e}"),
+                    );
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return r;
                 }
                 Err(_) => {
-                    return error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time")
+                    return error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive in time",
+                    )
                 }
             }
-        } else {
-            (Some(body), None)
         };
         let nodes = live.picker.nodes().len();
         let retries = match &replay {
             None => 0,
-            Some(_) => def
-                .retries
-                .map_or(nodes.saturating_sub(1), |r| r as usize),
+            Some(_) => def.retries.map_or(nodes.saturating_sub(1), |r| r as usize),
         };
         let retry_until = def.retry_timeout.map(|t| Instant::now() + t);
         let mut tried: Vec<usize> = Vec::new();
@@ -885,10 +1003,14 @@ impl Ctx {
         loop {
             let Some(i) = live.picker.pick(&hash, &tried) else {
                 return if tried.is_empty() {
-                    self.metrics.observe_gateway_upstream(&live.label, "no_node");
+                    self.metrics
+                        .observe_gateway_upstream(&live.label, "no_node");
                     error(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("upstream {}: no node to send to (none is healthy)", live.label),
+                        format!(
+                            "upstream {}: no node to send to (none is healthy)",
+                            live.label
+                        ),
                     )
                 } else {
                     error(StatusCode::BAD_GATEWAY, last_error)
@@ -918,7 +1040,7 @@ impl Ctx {
                     h.insert(header::HOST, v);
                 }
             }
-            let body: Body = match (&replay, streaming.take()) {
+            let body: ReqBody = match (&replay, streaming.take()) {
                 (Some(b), _) => Either::Right(Full::new(b.clone())),
                 (None, Some(s)) => Either::Left(s),
                 (None, None) => Either::Right(Full::new(Bytes::new())),
@@ -926,13 +1048,18 @@ impl Ctx {
             let mut req = Request::new(body);
             *req.method_mut() = method.clone();
             *req.uri_mut() = uri;
-            *req.version_mut() = if grpc { Version::HTTP_2 } else { Version::HTTP_11 };
+            *req.version_mut() = if grpc {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
             *req.headers_mut() = h;
             let in_flight = node.stats.begin();
             match tokio::time::timeout(timeout.read, client.request(req)).await {
                 Ok(Ok(resp)) => {
                     in_flight.answered();
-                    self.metrics.observe_gateway_upstream(&live.label, "answered");
+                    self.metrics
+                        .observe_gateway_upstream(&live.label, "answered");
                     return self.respond(resp, client_upgrade, parts.version).await;
                 }
                 Ok(Err(e)) => {
@@ -959,7 +1086,8 @@ impl Ctx {
                     }
                 }
                 Err(_) => {
-                    self.metrics.observe_gateway_upstream(&live.label, "timeout");
+                    self.metrics
+                        .observe_gateway_upstream(&live.label, "timeout");
                     return error(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
@@ -982,7 +1110,10 @@ impl Ctx {
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if upgraded {
             let Some(client_side) = client_upgrade else {
-                return error(StatusCode::BAD_GATEWAY, "the node switched protocols unasked");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "the node switched protocols unasked",
+                );
             };
             let node_side = hyper::upgrade::on(&mut resp);
             let metrics = self.metrics.clone();
@@ -996,7 +1127,9 @@ impl Ctx {
                         }
                         metrics.gateway_websockets.dec();
                     }
-                    (c, n) => tracing::debug!(client = ?c.err(), node = ?n.err(), "gateway: upgrade failed"),
+                    (c, n) => {
+                        tracing::debug!(client = ?c.err(), node = ?n.err(), "gateway: upgrade failed")
+                    }
                 }
             });
         }
@@ -1034,7 +1167,11 @@ mod tests {
 
     #[test]
     fn smuggling_shapes_are_refused() {
-        assert!(malformed(&parts(&[("content-length", "1"), ("transfer-encoding", "chunked")])).is_some());
+        assert!(malformed(&parts(&[
+            ("content-length", "1"),
+            ("transfer-encoding", "chunked")
+        ]))
+        .is_some());
         assert!(malformed(&parts(&[("content-length", "1"), ("content-length", "1")])).is_some());
         assert!(malformed(&parts(&[("transfer-encoding", "gzip, chunked")])).is_some());
         assert!(malformed(&parts(&[("host", "a"), ("host", "b")])).is_some());
@@ -1043,10 +1180,22 @@ mod tests {
 
     #[test]
     fn hosts_and_hop_by_hop() {
-        assert_eq!(request_host(&parts(&[("host", "Api.Example:8080")])).as_deref(), Some("api.example"));
-        assert_eq!(request_host(&parts(&[("host", "[::1]:80")])).as_deref(), Some("::1"));
+        assert_eq!(
+            request_host(&parts(&[("host", "Api.Example:8080")])).as_deref(),
+            Some("api.example")
+        );
+        assert_eq!(
+            request_host(&parts(&[("host", "[::1]:80")])).as_deref(),
+            Some("::1")
+        );
         assert_eq!(request_host(&parts(&[("host", "a b")])), None);
-        let mut h = parts(&[("connection", "x-secret, keep-alive"), ("x-secret", "1"), ("te", "trailers"), ("upgrade", "websocket")]).headers;
+        let mut h = parts(&[
+            ("connection", "x-secret, keep-alive"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+        ])
+        .headers;
         strip_hop_by_hop(&mut h, false);
         assert!(!h.contains_key("x-secret") && !h.contains_key("upgrade"));
         assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));

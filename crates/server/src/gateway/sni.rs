@@ -81,7 +81,10 @@ impl Certs {
             for sni in &ssl.snis {
                 match sni {
                     HostPattern::Exact(name) => {
-                        certs.exact.entry(name.clone()).or_insert_with(|| key.clone());
+                        certs
+                            .exact
+                            .entry(name.clone())
+                            .or_insert_with(|| key.clone());
                     }
                     HostPattern::Suffix(s) => {
                         if !certs.suffix.iter().any(|(x, _)| x == s) {
@@ -91,7 +94,7 @@ impl Certs {
                 }
             }
         }
-        certs.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        certs.suffix.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         *guard = Some(kept);
         certs
     }
@@ -135,8 +138,8 @@ impl ResolvesServerCert for Resolver {
 /// the snapshot, HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(gateway: Arc<Gateway>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(berth_net::tls::provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions();
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions();
     let mut config = match builder {
         Ok(b) => b
             .with_no_client_auth()

@@ -26,7 +26,7 @@ use berth_registry::layout;
 use berth_registry::register::{CheckDefinition, Registration};
 use berth_registry::{Catalog, Check, CheckKind, CheckStatus, Node, RegistryError, Topic};
 use berth_store::{Applied, Command, Delivery, KeySpan, Keyspace, Store, WatchSink, WatchSpec};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::consensus::WriteError;
@@ -55,8 +55,6 @@ pub enum RegistryFailure {
     Write(#[from] WriteError),
 }
 
-type Barrier = oneshot::Sender<()>;
-
 /// The registry domain of one member. See the module docs.
 pub struct Registry {
     store: Arc<Store>,
@@ -65,8 +63,7 @@ pub struct Registry {
     /// When each watched topic last changed in the view (for the wake-latency metric).
     changed_at: Mutex<HashMap<Topic, Instant>>,
     applied: crate::applied_mark::AppliedMark,
-    barrier_tx: mpsc::Sender<Barrier>,
-    barrier_rx: Mutex<Option<mpsc::Receiver<Barrier>>>,
+    barriers: crate::applied_mark::Barriers,
     /// When this member last confirmed its presence with the majority (see `presence`).
     confirmed: Mutex<Option<Instant>>,
     /// Answers faces rendered from the view, by request, with the topic index they reflect:
@@ -131,15 +128,13 @@ pub(crate) fn lease_ttl(ttl: Duration) -> i64 {
 impl Registry {
     /// A registry over `store`; [`Registry::run`] fills and follows its view.
     pub fn new(store: Arc<Store>) -> Arc<Registry> {
-        let (barrier_tx, barrier_rx) = mpsc::channel(1024);
         Arc::new(Registry {
             store,
             view: RwLock::new(Catalog::new()),
             topics: Mutex::new(HashMap::new()),
             changed_at: Mutex::new(HashMap::new()),
             applied: crate::applied_mark::AppliedMark::new(),
-            barrier_tx,
-            barrier_rx: Mutex::new(Some(barrier_rx)),
+            barriers: Default::default(),
             confirmed: Mutex::new(None),
             rendered: Mutex::new(HashMap::new()),
             check_roots: std::sync::OnceLock::new(),
@@ -220,12 +215,7 @@ impl Registry {
     /// a read index, then every registry change up to it applied to the view.
     pub async fn sync(&self, core: &Core) -> Result<(), WriteError> {
         core.consensus.read_index().await?;
-        let (tx, rx) = oneshot::channel();
-        if self.barrier_tx.send(tx).await.is_err() {
-            return Err(WriteError::Stopped("registry view stopped".into()));
-        }
-        rx.await
-            .map_err(|_| WriteError::Stopped("registry view stopped".into()))
+        self.barriers.request("registry view").await
     }
 
     /// Waits until the view has applied revision `rev` (or five seconds passed).
@@ -283,7 +273,7 @@ impl Registry {
     /// reloads from scratch if the watch cannot continue (history compacted under it, a
     /// snapshot installed).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let Some(mut barriers) = lock(&self.barrier_rx).take() else {
+        let Some(mut barriers) = self.barriers.take() else {
             return;
         };
         loop {
@@ -318,14 +308,7 @@ impl Registry {
                         // Every change up to the store's progress revision is in the
                         // channel already: apply them, then answer.
                         let upto = self.store.progress_revision();
-                        let mut lost = false;
-                        while let Ok(d) = rx.try_recv() {
-                            if !self.deliver(d) {
-                                lost = true;
-                                break;
-                            }
-                        }
-                        if lost {
+                        if !crate::applied_mark::drain(&mut rx, |d| self.deliver(d)) {
                             drop(b);
                             break true;
                         }

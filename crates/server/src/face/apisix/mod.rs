@@ -90,7 +90,9 @@ impl IntoResponse for AdminError {
                 StatusCode::NOT_FOUND,
                 json!({ "error_msg": format!("Unsupported resource type: {k}") }),
             ),
-            AdminError::Method(msg) => (StatusCode::METHOD_NOT_ALLOWED, json!({ "error_msg": msg })),
+            AdminError::Method(msg) => {
+                (StatusCode::METHOD_NOT_ALLOWED, json!({ "error_msg": msg }))
+            }
             AdminError::Token(why) => (
                 StatusCode::UNAUTHORIZED,
                 json!({ "error_msg": "failed to check token", "description": why }),
@@ -180,9 +182,8 @@ fn parse_body(body: &Bytes) -> Result<Value, AdminError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AdminError::Bad("missing configurations".into()));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        AdminError::Bad(format!("invalid request body: {e}"))
-    })?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| AdminError::Bad(format!("invalid request body: {e}")))?;
     if !v.is_object() {
         return Err(AdminError::Bad(
             "invalid configuration: the body must be a JSON object".into(),
@@ -197,7 +198,9 @@ fn forbid_times(v: &Value, prefix: &str) -> Result<(), AdminError> {
     if let Value::Object(m) = v {
         for f in ["create_time", "update_time"] {
             if m.contains_key(f) {
-                return Err(AdminError::Bad(format!("the property is forbidden:  {prefix}{f}")));
+                return Err(AdminError::Bad(format!(
+                    "the property is forbidden:  {prefix}{f}"
+                )));
             }
         }
         if let Some(u) = m.get("upstream") {
@@ -231,7 +234,9 @@ async fn collection(
             let v = parse_body(&body)?;
             let Some(id) = body_id(kind, &v) else {
                 return Err(AdminError::Bad(match kind {
-                    Kind::Consumer => "invalid configuration: property \"username\" is required".into(),
+                    Kind::Consumer => {
+                        "invalid configuration: property \"username\" is required".into()
+                    }
                     _ => format!("missing {} id", kind.singular()),
                 }));
             };
@@ -239,7 +244,9 @@ async fn collection(
         }
         Method::POST => {
             if kind == Kind::Consumer {
-                return Err(AdminError::Method("not supported `POST` method for consumer".into()));
+                return Err(AdminError::Method(
+                    "not supported `POST` method for consumer".into(),
+                ));
             }
             let v = parse_body(&body)?;
             if body_id(kind, &v).is_some() {
@@ -281,11 +288,15 @@ async fn one(
     let kind = kind_of(&kind)?;
     match method {
         Method::GET => {
-            authorize(&core, &headers, &q, Access::Read, &layout::key(kind, &id), b"")?;
-            core.gateway
-                .sync(&core)
-                .await
-                .map_err(AdminError::Write)?;
+            authorize(
+                &core,
+                &headers,
+                &q,
+                Access::Read,
+                &layout::key(kind, &id),
+                b"",
+            )?;
+            core.gateway.sync(&core).await.map_err(AdminError::Write)?;
             match core.gateway.get(kind, &id)? {
                 Some(s) => Ok(reply(StatusCode::OK, item(kind, &id, &s))),
                 None => Err(AdminError::NotFound),
@@ -303,9 +314,20 @@ async fn one(
         }
         Method::PATCH => patch(&core, kind, &id, None, &body, &q, &headers).await,
         Method::DELETE => {
-            let guard = authorize(&core, &headers, &q, Access::Write, &layout::key(kind, &id), b"")?;
+            let guard = authorize(
+                &core,
+                &headers,
+                &q,
+                Access::Write,
+                &layout::key(kind, &id),
+                b"",
+            )?;
             let force = query_param(&q, "force") == Some("true");
-            match core.gateway.delete(&core, kind, &id, force, Some(guard)).await? {
+            match core
+                .gateway
+                .delete(&core, kind, &id, force, Some(guard))
+                .await?
+            {
                 Some(_) => Ok(reply(
                     StatusCode::OK,
                     json!({ "deleted": "1", "key": format!("/apisix/{}/{id}", kind.plural()) }),
@@ -345,7 +367,14 @@ async fn list(
     headers: &HeaderMap,
 ) -> Result<Response, AdminError> {
     let prefix = layout::prefix(kind);
-    authorize(core, headers, q, Access::Read, &prefix, &layout::prefix_end(&prefix))?;
+    authorize(
+        core,
+        headers,
+        q,
+        Access::Read,
+        &prefix,
+        &layout::prefix_end(&prefix),
+    )?;
     core.gateway.sync(core).await.map_err(AdminError::Write)?;
     let mut all: Vec<(String, Stored)> = core
         .gateway
@@ -366,14 +395,16 @@ async fn list(
     };
     for (field, pattern) in [("name", decoded("name")), ("uri", decoded("uri"))] {
         if let Some(p) = pattern.as_deref() {
-            let re = regex_lite(&p)?;
+            let re = regex_lite(p)?;
             all.retain(|(_, s)| {
                 let v = &s.value;
                 match field {
-                    "uri" => v.get("uri").and_then(Value::as_str).is_some_and(|u| re(u))
-                        || v.get("uris").and_then(Value::as_array).is_some_and(|us| {
-                            us.iter().filter_map(Value::as_str).any(&re)
-                        }),
+                    "uri" => {
+                        v.get("uri").and_then(Value::as_str).is_some_and(&re)
+                            || v.get("uris")
+                                .and_then(Value::as_array)
+                                .is_some_and(|us| us.iter().filter_map(Value::as_str).any(&re))
+                    }
                     _ => v.get(field).and_then(Value::as_str).is_some_and(&re),
                 }
             });
@@ -398,7 +429,9 @@ async fn list(
     let page_size = query_param(q, "page_size").and_then(|p| p.parse::<usize>().ok());
     if let Some(size) = page_size {
         if !(10..=500).contains(&size) {
-            return Err(AdminError::Bad("page_size must be between 10 and 500".into()));
+            return Err(AdminError::Bad(
+                "page_size must be between 10 and 500".into(),
+            ));
         }
     }
     let shown: Vec<Value> = match (page, page_size) {
@@ -412,7 +445,10 @@ async fn list(
                 .collect()
         }
     };
-    Ok(reply(StatusCode::OK, json!({ "list": shown, "total": total })))
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "list": shown, "total": total }),
+    ))
 }
 
 /// A matcher for a list filter: the pattern as a regex (APISIX's filters are regexes).
@@ -476,7 +512,9 @@ async fn patch(
     headers: &HeaderMap,
 ) -> Result<Response, AdminError> {
     if kind == Kind::Consumer {
-        return Err(AdminError::Method("not supported `PATCH` method for consumer".into()));
+        return Err(AdminError::Method(
+            "not supported `PATCH` method for consumer".into(),
+        ));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AdminError::Bad("missing new configuration".into()));
@@ -506,7 +544,9 @@ async fn patch(
                 let Value::Object(m) = at else {
                     return Err(AdminError::Bad(format!("invalid sub-path: /{path}")));
                 };
-                at = m.entry(p.to_string()).or_insert_with(|| Value::Object(Map::new()));
+                at = m
+                    .entry(p.to_string())
+                    .or_insert_with(|| Value::Object(Map::new()));
             }
             let Value::Object(m) = at else {
                 return Err(AdminError::Bad(format!("invalid sub-path: /{path}")));
