@@ -14,6 +14,8 @@
 //! - [`messaging`]: `pub`, `sub` and `req` over NATS's protocol; [`jetstream`]: `stream` and
 //!   `consumer` over JetStream's API; [`kv_bucket`]: `kv-bucket` over the NATS client's
 //!   key-value bucket API.
+//! - [`gateway`]: `route`, `upstream`, `ssl`, `api-service` and `api-consumer` over APISIX's
+//!   Admin API.
 //!
 //! Each command file owns its clap arguments, an `async fn run(&mut Ctx, ..)` and the
 //! [`Render`](output::Render) impls of what it prints; adding a command touches that file, its
@@ -26,6 +28,7 @@ pub mod config;
 pub mod conn;
 pub mod defrag;
 pub mod endpoint;
+pub mod gateway;
 pub mod jetstream;
 pub mod kv;
 pub mod kv_bucket;
@@ -176,6 +179,22 @@ pub enum Command {
     /// import (berth's API at --http-addr).
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Gateway routes: put, get, ls, rm (APISIX's Admin API at --http-addr).
+    #[command(subcommand)]
+    Route(gateway::RouteCommand),
+    /// Gateway upstreams: static nodes or a registry service (APISIX's Admin API at
+    /// --http-addr).
+    #[command(subcommand)]
+    Upstream(gateway::UpstreamCommand),
+    /// Gateway services: plugins and an upstream shared by routes (APISIX's Admin API).
+    #[command(subcommand, name = "api-service")]
+    ApiService(gateway::ServiceCommand),
+    /// Gateway consumers: callers' credentials and plugins (APISIX's Admin API).
+    #[command(subcommand, name = "api-consumer")]
+    ApiConsumer(gateway::ConsumerCommand),
+    /// Gateway certificates, served by SNI (APISIX's Admin API at --http-addr).
+    #[command(subcommand)]
+    Ssl(gateway::SslCommand),
     /// Publish a NATS message (at --nats-url).
     Pub(messaging::PubArgs),
     /// Subscribe to a NATS subject and print what arrives (at --nats-url).
@@ -269,6 +288,11 @@ async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
         Command::Check(c) => registry::check::run(ctx, c).await,
         Command::Session(c) => registry::session::run(ctx, c).await,
         Command::Config(c) => config::run(ctx, c).await,
+        Command::Route(c) => gateway::route(ctx, c).await,
+        Command::Upstream(c) => gateway::upstream(ctx, c).await,
+        Command::ApiService(c) => gateway::service(ctx, c).await,
+        Command::ApiConsumer(c) => gateway::consumer(ctx, c).await,
+        Command::Ssl(c) => gateway::ssl(ctx, c).await,
         Command::Pub(a) => messaging::publish(ctx, a).await,
         Command::Sub(a) => messaging::subscribe(ctx, a).await,
         Command::Req(a) => messaging::request(ctx, a).await,

@@ -27,6 +27,11 @@ struct Upstream {
 
 impl Upstream {
     fn start(name: &'static str) -> Upstream {
+        Self::start_answering(name, 200)
+    }
+
+    /// An upstream that answers every request with `status`.
+    fn start_answering(name: &'static str, status: u16) -> Upstream {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -40,12 +45,21 @@ impl Upstream {
         let counted = hits.clone();
         rt.spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else { return };
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
                 let hits = counted.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let hits = hits.clone();
-                        async move { Ok::<_, std::convert::Infallible>(echo(name, req, &hits).await) }
+                        async move {
+                            let mut resp = echo(name, req, &hits).await;
+                            if status != 200 {
+                                *resp.status_mut() =
+                                    hyper::StatusCode::from_u16(status).expect("status");
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
@@ -987,5 +1001,271 @@ fn tls_certificates_come_from_ssls_by_sni() {
     assert!(
         get("a.wild.test").is_err(),
         "the wildcard went with the old certificate"
+    );
+}
+
+/// Serves `body` as JSON to every request on a loopback port; returns the port.
+fn serve_json(body: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn jwt_auth_verifies_tokens_against_their_consumer() {
+    use base64::Engine;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let srv = Server::start();
+    let a = Upstream::start("a");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    // bob: ES256 with a PEM public key, audience and issuer checked.
+    let bob_key = rcgen::KeyPair::generate().expect("key");
+    // carol: ES256 from a JWKS document.
+    let carol_key = rcgen::KeyPair::generate().expect("key");
+    let point = carol_key.public_key_raw();
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "carol-1", "alg": "ES256",
+        "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
+    let jwks_port = serve_json(jwks.to_string());
+    put(
+        &srv,
+        "/consumers/alice",
+        json!({"username": "alice", "plugins": {"jwt-auth": {"key": "alice", "secret": "s3cret"}}}),
+    );
+    put(
+        &srv,
+        "/consumers/bob",
+        json!({"username": "bob", "plugins": {"jwt-auth": {"key": "bob", "algorithm": "ES256",
+        "public_key": bob_key.public_key_pem(), "audience": "api", "issuer": "idp"}}}),
+    );
+    put(
+        &srv,
+        "/consumers/carol",
+        json!({"username": "carol", "plugins": {"jwt-auth": {"key": "carol", "algorithm": "ES256",
+        "jwks_uri": format!("http://127.0.0.1:{jwks_port}/jwks")}}}),
+    );
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/consumers/dave",
+        &json!({"username": "dave", "plugins": {"jwt-auth": {"key": "dave", "algorithm": "RS256", "public_key": "nope"}}}),
+    );
+    assert_eq!(code, 400, "a public key that does not parse: {out}");
+    put(
+        &srv,
+        "/routes/jwt",
+        json!({"uri": "/jwt", "upstream": {"nodes": {a.addr.to_string(): 1}},
+        "plugins": {"jwt-auth": {"hide_credentials": true}}}),
+    );
+    let hs = |claims: Value, secret: &str| {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    };
+    let es = |claims: Value, key: &rcgen::KeyPair, kid: Option<&str>| {
+        let mut h = Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = kid.map(String::from);
+        let pem = key.serialize_pem();
+        encode(
+            &h,
+            &claims,
+            &EncodingKey::from_ec_pem(pem.as_bytes()).expect("key"),
+        )
+        .expect("sign")
+    };
+    let call = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        let (code, out, _) = via(&srv, "GET", "/jwt", &[("Authorization", bearer.as_str())]);
+        (
+            code,
+            out.get("message")
+                .and_then(Value::as_str)
+                .map(String::from)
+                .unwrap_or_default(),
+        )
+    };
+    let (code, out, head) = via(&srv, "GET", "/jwt", &[]);
+    assert_eq!(
+        (code, out["message"].as_str()),
+        (401, Some("Missing JWT token in request"))
+    );
+    assert!(header(&head, "www-authenticate").is_some());
+    assert_eq!(call("not.a-token"), (401, "JWT token invalid".into()));
+    let good = hs(json!({"key": "alice", "exp": now + 60}), "s3cret");
+    assert_eq!(call(&good).0, 200);
+    let (_, out, _) = via(
+        &srv,
+        "GET",
+        "/jwt",
+        &[("Authorization", &format!("Bearer {good}"))],
+    );
+    assert!(
+        out["headers"].get("authorization").is_none(),
+        "hide_credentials: {out}"
+    );
+    assert_eq!(
+        call(&hs(json!({"key": "alice", "exp": now + 60}), "wrong")),
+        (401, "failed to verify jwt".into())
+    );
+    assert_eq!(
+        call(&hs(json!({"key": "alice", "exp": now - 120}), "s3cret")),
+        (401, "failed to verify jwt".into())
+    );
+    assert_eq!(
+        call(&hs(json!({"key": "alice", "nbf": now + 120}), "s3cret")),
+        (401, "failed to verify jwt".into())
+    );
+    assert_eq!(
+        call(&hs(json!({"exp": now + 60}), "s3cret")),
+        (401, "missing user key in JWT token".into())
+    );
+    assert_eq!(
+        call(&hs(json!({"key": "zed"}), "s3cret")),
+        (401, "Invalid user key in JWT token".into())
+    );
+    // An HMAC token naming bob, signed with his public key as the secret: the classic
+    // algorithm confusion is refused (bob's tokens must be ES256).
+    assert_eq!(
+        call(&hs(
+            json!({"key": "bob", "aud": "api", "iss": "idp"}),
+            &bob_key.public_key_pem()
+        )),
+        (401, "failed to verify jwt".into())
+    );
+    assert_eq!(
+        call(&es(
+            json!({"key": "bob", "aud": "api", "iss": "idp", "exp": now + 60}),
+            &bob_key,
+            None
+        ))
+        .0,
+        200
+    );
+    assert_eq!(
+        call(&es(
+            json!({"key": "bob", "aud": "web", "iss": "idp"}),
+            &bob_key,
+            None
+        ))
+        .0,
+        401,
+        "wrong audience"
+    );
+    assert_eq!(
+        call(&es(json!({"key": "bob", "aud": "api"}), &bob_key, None)).0,
+        401,
+        "no issuer"
+    );
+    assert_eq!(
+        call(&es(
+            json!({"key": "bob", "aud": "api", "iss": "idp"}),
+            &carol_key,
+            None
+        ))
+        .0,
+        401,
+        "another's key"
+    );
+    let carol = es(
+        json!({"key": "carol", "exp": now + 60}),
+        &carol_key,
+        Some("carol-1"),
+    );
+    assert_eq!(call(&carol).0, 200, "verified by the JWKS document");
+    let (code, out, _) = via(&srv, "GET", &format!("/jwt?jwt={carol}"), &[]);
+    assert_eq!(
+        (code, out["path"].as_str()),
+        (200, Some(format!("/jwt?jwt={carol}").as_str()))
+    );
+    let cookie = format!("jwt={carol}");
+    assert_eq!(
+        via(&srv, "GET", "/jwt", &[("Cookie", cookie.as_str())]).0,
+        200
+    );
+    assert_eq!(
+        call(&es(
+            json!({"key": "carol"}),
+            &carol_key,
+            Some("unknown-kid")
+        ))
+        .0,
+        401
+    );
+}
+
+#[test]
+fn passive_checks_eject_failing_nodes_and_api_breaker_opens() {
+    let srv = Server::start();
+    let (good, bad) = (
+        Upstream::start("good"),
+        Upstream::start_answering("bad", 500),
+    );
+    put(
+        &srv,
+        "/upstreams/mixed",
+        json!({"nodes": {good.addr.to_string(): 1, bad.addr.to_string(): 1},
+        "checks": {"passive": {"unhealthy": {"http_statuses": [500], "http_failures": 2}}}}),
+    );
+    put(
+        &srv,
+        "/routes/mixed",
+        json!({"uri": "/mixed", "upstream_id": "mixed"}),
+    );
+    let codes: Vec<u16> = (0..12).map(|_| via(&srv, "GET", "/mixed", &[]).0).collect();
+    assert_eq!(
+        codes.iter().filter(|c| **c == 500).count(),
+        2,
+        "two failures eject the node: {codes:?}"
+    );
+    assert!(codes[6..].iter().all(|c| *c == 200), "{codes:?}");
+    let (_, metrics) = srv.http_get("/metrics");
+    assert!(
+        metrics.contains("upstream=\"upstreams/mixed\",outcome=\"ejected\"} 1"),
+        "{metrics}"
+    );
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/upstreams/active",
+        &json!({"nodes": {good.addr.to_string(): 1}, "checks": {"active": {"http_path": "/"}}}),
+    );
+    assert_eq!(code, 400, "active checks are refused, not ignored: {out}");
+
+    put(
+        &srv,
+        "/routes/brk",
+        json!({"uri": "/brk", "upstream": {"nodes": {bad.addr.to_string(): 1}},
+        "plugins": {"api-breaker": {"break_response_code": 502, "break_response_body": "breaker open",
+            "unhealthy": {"http_statuses": [500], "failures": 2}}}}),
+    );
+    assert_eq!(via(&srv, "GET", "/brk", &[]).0, 500);
+    assert_eq!(via(&srv, "GET", "/brk", &[]).0, 500);
+    let hits = bad.hits();
+    let (code, out, _) = via(&srv, "GET", "/brk", &[]);
+    assert_eq!((code, out.as_str()), (502, Some("breaker open")));
+    assert_eq!(bad.hits(), hits, "an open breaker calls no node");
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(
+        via(&srv, "GET", "/brk", &[]).0,
+        500,
+        "half-open after 2 s: the node is tried"
     );
 }

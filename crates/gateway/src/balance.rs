@@ -20,9 +20,33 @@ const RING_POINTS: u64 = 160;
 /// How fast latency estimates forget (peak-EWMA's decay time).
 const EWMA_DECAY_NS: f64 = 10e9;
 
+/// First ejection of a node by passive checks; each next one doubles, up to [`EJECT_MAX`].
+pub const EJECT_BASE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest ejection.
+pub const EJECT_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// What a request to a node came to, for passive checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response with a status that counts as healthy.
+    Healthy,
+    /// A response with a status that counts as a failure.
+    BadStatus,
+    /// Connecting failed.
+    ConnectFailed,
+    /// No response in time.
+    TimedOut,
+}
+
 /// A node's live figures, shared across snapshots.
 #[derive(Debug)]
 pub struct NodeStats {
+    /// Failures of each kind in a row (responses, connections, timeouts).
+    failures: [std::sync::atomic::AtomicU32; 3],
+    /// Ejected until this many ms after `epoch` (0: not ejected).
+    ejected_until_ms: AtomicU64,
+    /// Ejections so far (each doubles the next one's length); reset by a healthy answer.
+    ejections: std::sync::atomic::AtomicU32,
     in_flight: AtomicU64,
     /// Latency estimate in nanoseconds (f64 bits).
     ewma_ns: AtomicU64,
@@ -34,6 +58,9 @@ pub struct NodeStats {
 impl Default for NodeStats {
     fn default() -> NodeStats {
         NodeStats {
+            failures: Default::default(),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: Default::default(),
             in_flight: AtomicU64::new(0),
             ewma_ns: AtomicU64::new(0f64.to_bits()),
             stamp_ns: AtomicU64::new(0),
@@ -57,6 +84,47 @@ impl NodeStats {
             stats: self.clone(),
             started: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// True while passive checks keep the node out.
+    pub fn ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    /// Records what a request came to under `passive`; returns true when this ejected the
+    /// node.
+    pub fn record(&self, outcome: Outcome, passive: &crate::model::Passive) -> bool {
+        use std::sync::atomic::AtomicU32;
+        let bump = |c: &AtomicU32, limit: u32| c.fetch_add(1, Ordering::Relaxed) + 1 >= limit;
+        let tripped = match outcome {
+            Outcome::Healthy => {
+                for f in &self.failures {
+                    f.store(0, Ordering::Relaxed);
+                }
+                if !self.ejected() {
+                    self.ejections.store(0, Ordering::Relaxed);
+                }
+                return false;
+            }
+            Outcome::BadStatus => bump(&self.failures[0], passive.http_failures),
+            Outcome::ConnectFailed => bump(&self.failures[1], passive.tcp_failures),
+            Outcome::TimedOut => bump(&self.failures[2], passive.timeouts),
+        };
+        if !tripped || self.ejected() {
+            return false;
+        }
+        for f in &self.failures {
+            f.store(0, Ordering::Relaxed);
+        }
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(8);
+        let length = EJECT_BASE.saturating_mul(1 << n).min(EJECT_MAX);
+        self.ejected_until_ms
+            .store(self.now_ms() + length.as_millis() as u64, Ordering::Relaxed);
+        true
     }
 
     /// Requests in flight.
@@ -222,9 +290,21 @@ impl Picker {
     }
 
     /// Picks a node not in `tried` (`key`: what a consistent-hash upstream hashes). `None`
-    /// when no node is left.
+    /// when no node is left. Nodes passive checks ejected are passed over, unless more than
+    /// half of the nodes are out: then every node is tried (as Envoy's panic threshold).
     pub fn pick(&self, key: &str, tried: &[usize]) -> Option<usize> {
-        let usable = |i: usize| self.nodes[i].weight > 0 && !tried.contains(&i);
+        let weighted = self.nodes.iter().filter(|n| n.weight > 0).count();
+        let out = self
+            .nodes
+            .iter()
+            .filter(|n| n.weight > 0 && n.stats.ejected())
+            .count();
+        let honour = out > 0 && out * 2 <= weighted;
+        let usable = |i: usize| {
+            self.nodes[i].weight > 0
+                && !tried.contains(&i)
+                && !(honour && self.nodes[i].stats.ejected())
+        };
         match &self.kind {
             Kind::RoundRobin { schedule, cursor } => {
                 if schedule.is_empty() {
@@ -355,6 +435,43 @@ mod tests {
             moved < 2000 * 35 / 100,
             "about a fifth of the keys move: {moved}"
         );
+    }
+
+    #[test]
+    fn passive_checks_eject_and_cap_the_share() {
+        let passive = crate::model::Passive {
+            unhealthy_statuses: vec![500],
+            http_failures: 3,
+            tcp_failures: 1,
+            timeouts: 2,
+        };
+        let ns = nodes(&[1, 1, 1, 1]);
+        let p = Picker::new(&Balance::RoundRobin, ns.clone());
+        assert!(!ns[0].stats.record(Outcome::BadStatus, &passive));
+        assert!(!ns[0].stats.record(Outcome::BadStatus, &passive));
+        assert!(
+            !ns[0].stats.record(Outcome::Healthy, &passive),
+            "a success resets the count"
+        );
+        assert!(!ns[0].stats.record(Outcome::BadStatus, &passive));
+        assert!(!ns[0].stats.record(Outcome::BadStatus, &passive));
+        assert!(
+            ns[0].stats.record(Outcome::BadStatus, &passive),
+            "three in a row eject"
+        );
+        assert!(
+            (0..8).all(|_| p.pick("", &[]) != Some(0)),
+            "an ejected node is passed over"
+        );
+        assert!(ns[1].stats.record(Outcome::ConnectFailed, &passive));
+        assert!(
+            (0..8).all(|_| !matches!(p.pick("", &[]), Some(0 | 1))),
+            "half may be out"
+        );
+        assert!(ns[2].stats.record(Outcome::ConnectFailed, &passive));
+        let picked: std::collections::BTreeSet<usize> =
+            (0..8).filter_map(|_| p.pick("", &[])).collect();
+        assert_eq!(picked.len(), 4, "past half out, every node is tried again");
     }
 
     #[test]

@@ -430,6 +430,88 @@ pub struct Upstream {
     pub retry_timeout: Option<Duration>,
     /// Timeouts (a route's own win).
     pub timeout: Option<Timeout>,
+    /// Passive health checks: nodes ejected after consecutive failures.
+    pub passive: Option<Passive>,
+}
+
+/// Passive health checks (`checks.passive`, APISIX's shape): a node that fails this many
+/// times in a row is ejected for a while (30 s, doubling with each ejection up to 300 s), and
+/// comes back by itself; at most half of an upstream's nodes are out at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passive {
+    /// Statuses that count as failures.
+    pub unhealthy_statuses: Vec<u16>,
+    /// Failed responses in a row that eject a node.
+    pub http_failures: u32,
+    /// Failed connections in a row that eject a node.
+    pub tcp_failures: u32,
+    /// Timeouts in a row that eject a node.
+    pub timeouts: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChecksSpec {
+    #[serde(default)]
+    active: Option<Value>,
+    #[serde(default)]
+    passive: Option<PassiveSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PassiveSpec {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    healthy: Option<Value>,
+    #[serde(default)]
+    unhealthy: Option<UnhealthySpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UnhealthySpec {
+    #[serde(default)]
+    http_statuses: Option<Vec<u16>>,
+    #[serde(default)]
+    http_failures: Option<u32>,
+    #[serde(default)]
+    tcp_failures: Option<u32>,
+    #[serde(default)]
+    timeouts: Option<u32>,
+}
+
+fn parse_checks(v: &Value) -> Result<Passive, GatewayError> {
+    let spec: ChecksSpec = from_value(v)?;
+    if spec.active.is_some() {
+        return Err(GatewayError::Unsupported(
+            "upstream active checks (checks.active; register the nodes in the registry with a check instead)".into(),
+        ));
+    }
+    let p = spec.passive.ok_or_else(|| {
+        GatewayError::invalid("property \"checks\" validation failed: \"passive\" is required")
+    })?;
+    if p.kind.as_deref().is_some_and(|k| k != "http") {
+        return Err(GatewayError::Unsupported(
+            "passive checks of type other than http".into(),
+        ));
+    }
+    let _ = p.healthy;
+    let u = p.unhealthy.unwrap_or_default();
+    // APISIX's defaults.
+    let passive = Passive {
+        unhealthy_statuses: u.http_statuses.unwrap_or_else(|| vec![429, 500, 503]),
+        http_failures: u.http_failures.unwrap_or(5),
+        tcp_failures: u.tcp_failures.unwrap_or(2),
+        timeouts: u.timeouts.unwrap_or(7),
+    };
+    if passive.http_failures == 0 || passive.tcp_failures == 0 || passive.timeouts == 0 {
+        return Err(GatewayError::invalid(
+            "property \"checks.passive.unhealthy\" validation failed: counts must be at least 1",
+        ));
+    }
+    Ok(passive)
 }
 
 #[derive(Deserialize)]
@@ -645,9 +727,10 @@ impl Upstream {
                 "upstream scheme https or grpcs (TLS to nodes)".into(),
             ));
         }
-        if spec.checks.is_some() {
-            return Err(GatewayError::Unsupported("upstream checks".into()));
-        }
+        let passive = match &spec.checks {
+            None => None,
+            Some(c) => Some(parse_checks(c)?),
+        };
         if spec.tls.is_some() {
             return Err(GatewayError::Unsupported("upstream tls".into()));
         }
@@ -779,6 +862,7 @@ impl Upstream {
                 .map(|t| seconds("retry_timeout", t))
                 .transpose()?,
             timeout: spec.timeout.map(TimeoutSpec::parse).transpose()?,
+            passive,
         })
     }
 }

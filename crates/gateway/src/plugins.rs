@@ -1,5 +1,5 @@
 //! Plugins by APISIX's names and configuration shapes, for the ones berth runs: `key-auth`,
-//! `basic-auth`, `limit-count`, `ip-restriction`, `cors`, `proxy-rewrite`,
+//! `basic-auth`, `jwt-auth`, `limit-count`, `ip-restriction`, `cors`, `proxy-rewrite`,
 //! `response-rewrite` and `prometheus`. A plugin berth does not know is refused (400), and
 //! so is an APISIX plugin berth does not run yet: accepting a configuration that is then not
 //! enforced (an auth plugin above all) would be worse than refusing it.
@@ -25,10 +25,8 @@ pub enum Scope {
 
 /// APISIX plugins berth does not run yet (refused as such, not as unknown).
 const NOT_YET: &[&str] = &[
-    "jwt-auth",
     "limit-req",
     "limit-conn",
-    "api-breaker",
     "hmac-auth",
     "openid-connect",
     "authz-keycloak",
@@ -77,8 +75,14 @@ pub struct Plugins {
     pub basic_auth: Option<BasicAuth>,
     /// `basic-auth` on a consumer: its user name and password.
     pub basic_credential: Option<(String, String)>,
+    /// `jwt-auth` on a route.
+    pub jwt_auth: Option<JwtAuth>,
+    /// `jwt-auth` on a consumer: how its tokens are verified.
+    pub jwt_credential: Option<JwtCredential>,
     /// `limit-count`.
     pub limit_count: Option<LimitCount>,
+    /// `api-breaker`.
+    pub api_breaker: Option<ApiBreaker>,
     /// `ip-restriction`.
     pub ip_restriction: Option<IpRestriction>,
     /// `cors`.
@@ -111,6 +115,193 @@ pub struct KeyAuth {
 
 fn apikey() -> String {
     "apikey".into()
+}
+
+/// `jwt-auth` on a route: where the token is read, and which claim names the consumer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuth {
+    /// The header carrying the token (`Bearer ` optional).
+    #[serde(default = "authorization")]
+    pub header: String,
+    /// The query parameter carrying it (when the header is absent).
+    #[serde(default = "jwt")]
+    pub query: String,
+    /// The cookie carrying it (when neither is present).
+    #[serde(default = "jwt")]
+    pub cookie: String,
+    /// Remove the token before passing the request on.
+    #[serde(default)]
+    pub hide_credentials: bool,
+    /// The claim whose value is the consumer's `key`.
+    #[serde(default = "key_claim")]
+    pub key_claim_name: String,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Value>,
+}
+
+fn authorization() -> String {
+    "authorization".into()
+}
+
+fn jwt() -> String {
+    "jwt".into()
+}
+
+fn key_claim() -> String {
+    "key".into()
+}
+
+/// A JWT signature algorithm berth verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256.
+    Hs256,
+    /// HMAC with SHA-384.
+    Hs384,
+    /// HMAC with SHA-512.
+    Hs512,
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    Rs256,
+    /// RSA PKCS#1 v1.5 with SHA-384.
+    Rs384,
+    /// RSA PKCS#1 v1.5 with SHA-512.
+    Rs512,
+    /// ECDSA P-256 with SHA-256.
+    Es256,
+    /// ECDSA P-384 with SHA-384.
+    Es384,
+}
+
+impl JwtAlgorithm {
+    fn parse(s: &str) -> Option<JwtAlgorithm> {
+        Some(match s {
+            "HS256" => JwtAlgorithm::Hs256,
+            "HS384" => JwtAlgorithm::Hs384,
+            "HS512" => JwtAlgorithm::Hs512,
+            "RS256" => JwtAlgorithm::Rs256,
+            "RS384" => JwtAlgorithm::Rs384,
+            "RS512" => JwtAlgorithm::Rs512,
+            "ES256" => JwtAlgorithm::Es256,
+            "ES384" => JwtAlgorithm::Es384,
+            _ => return None,
+        })
+    }
+
+    /// True for the HMAC algorithms (a shared secret).
+    pub fn hmac(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::Hs256 | JwtAlgorithm::Hs384 | JwtAlgorithm::Hs512
+        )
+    }
+}
+
+/// Where a consumer's verification key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// A shared secret (HS*): its bytes.
+    Secret(Vec<u8>),
+    /// A PEM public key (RS*, ES*).
+    PublicKey(String),
+    /// A JWKS document at this URL (keys chosen by the token's `kid`).
+    Jwks(String),
+}
+
+/// `jwt-auth` on a consumer: the token's `key` claim names it; its signature, `exp`, `nbf`,
+/// and (when set) `aud` and `iss` are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtCredential {
+    /// The value of the key claim that names this consumer.
+    pub key: String,
+    /// The algorithm tokens must use (the token's own `alg` must be it).
+    pub algorithm: JwtAlgorithm,
+    /// The verification key.
+    pub verify: JwtKey,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub grace: u64,
+    /// The audience tokens must name (berth's; APISIX checks none).
+    pub audience: Option<String>,
+    /// The issuer tokens must name (berth's; APISIX checks none).
+    pub issuer: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtCredentialSpec {
+    key: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    public_key: Option<String>,
+    #[serde(default)]
+    private_key: Option<String>,
+    #[serde(default)]
+    algorithm: Option<String>,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    base64_secret: Option<bool>,
+    #[serde(default)]
+    lifetime_grace_period: Option<u64>,
+    #[serde(default)]
+    audience: Option<String>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Value>,
+}
+
+impl JwtCredentialSpec {
+    fn parse(self, plugin: &str) -> Result<JwtCredential, GatewayError> {
+        let _ = (self.meta, self.exp, self.private_key);
+        if self.key.is_empty() {
+            return Err(invalid(plugin, "property \"key\" is required"));
+        }
+        let alg_name = self.algorithm.as_deref().unwrap_or("HS256");
+        let algorithm = JwtAlgorithm::parse(alg_name).ok_or_else(|| {
+            invalid(plugin, format!("property \"algorithm\" validation failed: matches none of the enum values: {alg_name:?}"))
+        })?;
+        let verify = match (algorithm.hmac(), self.secret, self.public_key, self.jwks_uri) {
+            (true, Some(secret), None, None) => {
+                if secret.is_empty() {
+                    return Err(invalid(plugin, "property \"secret\" is required"));
+                }
+                JwtKey::Secret(if self.base64_secret.unwrap_or(false) {
+                    decode_base64(&secret)
+                        .ok_or_else(|| invalid(plugin, "\"secret\" is not base64"))?
+                } else {
+                    secret.into_bytes()
+                })
+            }
+            (true, None, ..) => {
+                return Err(invalid(plugin, format!("property \"secret\" is required for {alg_name}")))
+            }
+            (false, None, Some(pem), None) => JwtKey::PublicKey(pem),
+            (false, None, None, Some(url)) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(invalid(plugin, "\"jwks_uri\" must be an http:// or https:// URL"));
+                }
+                JwtKey::Jwks(url)
+            }
+            _ => {
+                return Err(invalid(
+                    plugin,
+                    format!("{alg_name} takes \"public_key\" or \"jwks_uri\" (one of them), and no \"secret\""),
+                ))
+            }
+        };
+        Ok(JwtCredential {
+            key: self.key,
+            algorithm,
+            verify,
+            grace: self.lifetime_grace_period.unwrap_or(0),
+            audience: self.audience,
+            issuer: self.issuer,
+        })
+    }
 }
 
 /// `basic-auth` on a route.
@@ -194,6 +385,65 @@ struct LimitCountSpec {
     group: Option<String>,
     #[serde(default, rename = "_meta")]
     meta: Option<Value>,
+}
+
+/// `api-breaker`: after `failures` unhealthy answers in a row the route answers
+/// `break_response_code` itself for 2 s, doubling with every further `failures` in a row up
+/// to `max_breaker_sec`; `successes` healthy answers in a row close it.
+#[derive(Debug, Clone)]
+pub struct ApiBreaker {
+    /// The status answered while open.
+    pub break_response_code: u16,
+    /// The body answered while open.
+    pub break_response_body: Option<String>,
+    /// Headers answered while open.
+    pub break_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Longest opening, in seconds.
+    pub max_breaker_sec: u64,
+    /// Statuses that count as unhealthy.
+    pub unhealthy_statuses: Vec<u16>,
+    /// Unhealthy answers in a row that open it.
+    pub failures: u32,
+    /// Statuses that count as healthy.
+    pub healthy_statuses: Vec<u16>,
+    /// Healthy answers in a row that close it.
+    pub successes: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiBreakerSpec {
+    break_response_code: u16,
+    #[serde(default)]
+    break_response_body: Option<String>,
+    #[serde(default)]
+    break_response_headers: Option<Vec<KeyValue>>,
+    #[serde(default)]
+    max_breaker_sec: Option<u64>,
+    #[serde(default)]
+    unhealthy: Option<BreakerSide>,
+    #[serde(default)]
+    healthy: Option<BreakerSide>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyValue {
+    key: String,
+    value: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BreakerSide {
+    #[serde(default)]
+    http_statuses: Option<Vec<u16>>,
+    #[serde(default)]
+    failures: Option<u32>,
+    #[serde(default)]
+    successes: Option<u32>,
 }
 
 /// `ip-restriction`.
@@ -500,6 +750,18 @@ impl Plugins {
                         p.basic_credential = (!off).then_some((c.username, c.password));
                     }
                 },
+                "jwt-auth" => match scope {
+                    Scope::Route => {
+                        let c: JwtAuth = conf(name, v)?;
+                        let _ = &c.meta;
+                        p.jwt_auth = (!off).then_some(c);
+                    }
+                    Scope::Consumer => {
+                        let c: JwtCredentialSpec = conf(name, v)?;
+                        let c = c.parse(name)?;
+                        p.jwt_credential = (!off).then_some(c);
+                    }
+                },
                 "limit-count" => {
                     let c: LimitCountSpec = conf(name, v)?;
                     let _ = (c.meta, c.allow_degradation);
@@ -533,6 +795,61 @@ impl Plugins {
                         group: c.group,
                     };
                     p.limit_count = (!off).then_some(limit);
+                }
+                "api-breaker" if scope == Scope::Route => {
+                    let c: ApiBreakerSpec = conf(name, v)?;
+                    let _ = c.meta;
+                    let (u, h) = (
+                        c.unhealthy.unwrap_or_default(),
+                        c.healthy.unwrap_or_default(),
+                    );
+                    let breaker = ApiBreaker {
+                        break_response_code: status(
+                            name,
+                            "break_response_code",
+                            Some(c.break_response_code),
+                            503,
+                        )?,
+                        break_response_body: c.break_response_body,
+                        break_response_headers: c
+                            .break_response_headers
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|kv| {
+                                Ok((
+                                    http::HeaderName::from_bytes(kv.key.as_bytes()).map_err(
+                                        |_| {
+                                            invalid(
+                                                name,
+                                                format!("{:?} is not a header name", kv.key),
+                                            )
+                                        },
+                                    )?,
+                                    http::HeaderValue::from_str(&kv.value).map_err(|_| {
+                                        invalid(
+                                            name,
+                                            format!("{:?} is not a header value", kv.value),
+                                        )
+                                    })?,
+                                ))
+                            })
+                            .collect::<Result<_, GatewayError>>()?,
+                        max_breaker_sec: c.max_breaker_sec.unwrap_or(300),
+                        unhealthy_statuses: u.http_statuses.unwrap_or_else(|| vec![500]),
+                        failures: u.failures.unwrap_or(3),
+                        healthy_statuses: h.http_statuses.unwrap_or_else(|| vec![200]),
+                        successes: h.successes.unwrap_or(3),
+                    };
+                    if breaker.max_breaker_sec < 3
+                        || breaker.failures == 0
+                        || breaker.successes == 0
+                    {
+                        return Err(invalid(
+                            name,
+                            "max_breaker_sec must be at least 3, failures and successes at least 1",
+                        ));
+                    }
+                    p.api_breaker = (!off).then_some(breaker);
                 }
                 "ip-restriction" if scope == Scope::Route => {
                     let c: IpRestrictionSpec = conf(name, v)?;
@@ -676,6 +993,8 @@ impl Plugins {
             key_credential: None,
             basic_auth: self.basic_auth.clone().or_else(|| base.basic_auth.clone()),
             basic_credential: None,
+            jwt_auth: self.jwt_auth.clone().or_else(|| base.jwt_auth.clone()),
+            jwt_credential: None,
             limit_count: self
                 .limit_count
                 .clone()
@@ -685,6 +1004,10 @@ impl Plugins {
                 .clone()
                 .or_else(|| base.ip_restriction.clone()),
             cors: self.cors.clone().or_else(|| base.cors.clone()),
+            api_breaker: self
+                .api_breaker
+                .clone()
+                .or_else(|| base.api_breaker.clone()),
             proxy_rewrite: self
                 .proxy_rewrite
                 .clone()
@@ -699,7 +1022,7 @@ impl Plugins {
 
     /// True when a consumer must be identified (an auth plugin is on).
     pub fn authenticates(&self) -> bool {
-        self.key_auth.is_some() || self.basic_auth.is_some()
+        self.key_auth.is_some() || self.basic_auth.is_some() || self.jwt_auth.is_some()
     }
 }
 
@@ -737,6 +1060,9 @@ pub fn credentials(p: &Plugins) -> BTreeMap<&'static str, String> {
     if let Some((u, _)) = &p.basic_credential {
         m.insert("basic-auth", u.clone());
     }
+    if let Some(j) = &p.jwt_credential {
+        m.insert("jwt-auth", j.key.clone());
+    }
     m
 }
 
@@ -770,9 +1096,31 @@ mod tests {
             GatewayError::UnknownPlugin("nope".into())
         );
         assert_eq!(
-            parse(json!({"jwt-auth": {}}), Scope::Route).expect_err("not yet"),
-            GatewayError::Unsupported("jwt-auth".into())
+            parse(json!({"limit-req": {}}), Scope::Route).expect_err("not yet"),
+            GatewayError::Unsupported("limit-req".into())
         );
+        let j = parse(
+            json!({"jwt-auth": {"key": "u", "secret": "s"}}),
+            Scope::Consumer,
+        )
+        .expect("jwt");
+        let j = j.jwt_credential.expect("credential");
+        assert_eq!(
+            (j.algorithm, j.verify),
+            (JwtAlgorithm::Hs256, JwtKey::Secret(b"s".to_vec()))
+        );
+        assert!(parse(
+            json!({"jwt-auth": {"key": "u", "algorithm": "RS256", "secret": "s"}}),
+            Scope::Consumer
+        )
+        .is_err());
+        assert!(parse(
+            json!({"jwt-auth": {"key": "u", "algorithm": "none", "secret": "s"}}),
+            Scope::Consumer
+        )
+        .is_err());
+        let r = parse(json!({"jwt-auth": {}}), Scope::Route).expect("route jwt-auth");
+        assert_eq!(r.jwt_auth.map(|j| j.key_claim_name), Some("key".into()));
         assert!(parse(
             json!({"limit-count": {"count": 1, "time_window": 1, "policy": "redis"}}),
             Scope::Route

@@ -272,7 +272,10 @@ impl Client {
             .header(USER_AGENT, concat!("berth/", env!("CARGO_PKG_VERSION")))
             .header(ACCEPT, "application/json");
         if let Some(t) = &self.token {
-            req = req.header("X-Consul-Token", t.clone());
+            // The same berth token speaks for Consul's API and APISIX's Admin API.
+            req = req
+                .header("X-Consul-Token", t.clone())
+                .header("X-API-KEY", t.clone());
         }
         let payload = match body {
             Some((data, content_type)) => {
@@ -312,9 +315,11 @@ impl Client {
 /// The error for a non-2xx answer: the status, then the server's text (Consul's errors are
 /// plain text; berth's API says `{"error": ...}`).
 pub fn status_error(status: StatusCode, body: &[u8]) -> String {
-    let said = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string));
+    let said = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        ["error", "error_msg", "message"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_string))
+    });
     let text = said.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     let text = text.trim();
     if text.is_empty() {

@@ -40,7 +40,9 @@ use crate::consensus::WriteError;
 use crate::core::Core;
 use crate::registry::{delete_op, put_op, Registry};
 
+pub mod breaker;
 pub mod h1_guard;
+pub mod jwt;
 pub mod limit;
 pub mod proxy;
 pub mod sni;
@@ -167,6 +169,8 @@ pub struct Consumers {
     pub by_key: HashMap<String, Arc<Consumer>>,
     /// By `basic-auth` user name: the password and the consumer.
     pub by_user: HashMap<String, (String, Arc<Consumer>)>,
+    /// By `jwt-auth` key: the consumer and how its tokens are verified.
+    pub by_jwt: HashMap<String, (Arc<Consumer>, Arc<jwt::Verifier>)>,
 }
 
 /// What requests are served with: one immutable build. See the module docs.
@@ -197,6 +201,10 @@ pub struct Gateway {
     pub retry_budget: proxy::RetryBudget,
     /// Upstream HTTP clients, by connect timeout.
     pub clients: proxy::Clients,
+    /// JWKS documents `jwt-auth` consumers name.
+    pub jwks: jwt::JwksCache,
+    /// `api-breaker` states by route.
+    pub breakers: breaker::Breakers,
     /// Route IDs with metric series, so a removed route's series go with it.
     metric_routes: Mutex<std::collections::BTreeSet<String>>,
     /// Requests to bring the snapshot up to date (see [`Gateway::sync`]).
@@ -256,6 +264,8 @@ impl Gateway {
             limits: limit::Counters::default(),
             retry_budget: proxy::RetryBudget::default(),
             clients: proxy::Clients::default(),
+            jwks: jwt::JwksCache::default(),
+            breakers: breaker::Breakers::default(),
             metric_routes: Mutex::new(Default::default()),
         })
     }
@@ -447,6 +457,9 @@ impl Gateway {
             }
             Kind::Consumer => {
                 let c = Consumer::parse(value)?;
+                if let Some(j) = &c.plugins.jwt_credential {
+                    jwt::Verifier::new(j).map_err(GatewayError::Refused)?;
+                }
                 if c.username != id {
                     return Err(GatewayError::Refused("wrong username".into()));
                 }
@@ -670,6 +683,7 @@ impl Gateway {
         self.snapshot.store(Arc::new(snapshot));
         self.applied.advance(revision);
         self.forget_removed_routes(res, metrics);
+        self.breakers.retain(|r| res.routes.contains_key(r));
         metrics.observe_gateway_build(started.elapsed(), routes);
         tracing::debug!(revision, routes, elapsed = ?started.elapsed(), "gateway: snapshot swapped in");
     }
@@ -758,6 +772,18 @@ impl Gateway {
             }
             if let Some((u, p)) = &c.plugins.basic_credential {
                 consumers.by_user.insert(u.clone(), (p.clone(), c.clone()));
+            }
+            if let Some(j) = &c.plugins.jwt_credential {
+                match jwt::Verifier::new(j) {
+                    Ok(v) => {
+                        consumers
+                            .by_jwt
+                            .insert(j.key.clone(), (c.clone(), Arc::new(v)));
+                    }
+                    Err(e) => {
+                        tracing::error!(consumer = %c.username, error = %e, "gateway: skipping a jwt-auth credential")
+                    }
+                }
             }
         }
         Snapshot {

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_gateway::balance::Outcome;
 use berth_gateway::model::{HashOn, PassHost};
 use berth_gateway::plugins::{Cors, HeaderEdits, LimitKey};
 use berth_gateway::table::Target;
@@ -208,6 +209,10 @@ where
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    // What verifies JWKS servers: the system's roots and --check-ca-file's.
+    let roots = core
+        .registry
+        .check_roots(core.config.check_ca_file.as_deref());
     loop {
         let (conn, addr) = tokio::select! {
             c = incoming.next() => match c {
@@ -221,6 +226,7 @@ where
             _ = stop.changed() => break,
         };
         let ctx = Arc::new(Ctx {
+            roots: roots.clone(),
             gateway: core.gateway.clone(),
             metrics: core.metrics.clone(),
             peer: addr.0,
@@ -275,6 +281,7 @@ where
 
 /// What a connection's requests share.
 struct Ctx {
+    roots: Arc<rustls::RootCertStore>,
     gateway: Arc<Gateway>,
     metrics: Arc<crate::metrics::Metrics>,
     peer: Option<SocketAddr>,
@@ -547,7 +554,8 @@ fn new_traceparent() -> HeaderValue {
 }
 
 /// The request's consumer per the route's auth plugin, or the 401 that refuses it.
-fn authenticate(
+async fn authenticate(
+    ctx: &Ctx,
     snap: &Snapshot,
     target: &Target,
     parts: &mut Parts,
@@ -606,6 +614,43 @@ fn authenticate(
                     parts.uri = uri;
                 }
             }
+        }
+        return Ok(Some(consumer.clone()));
+    }
+    if let Some(conf) = &target.plugins.jwt_auth {
+        const CHALLENGE: &str = "Bearer realm=\"jwt\"";
+        let from_header = parts
+            .headers
+            .get(conf.header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                    .unwrap_or(v)
+                    .trim()
+                    .to_string()
+            });
+        let token = from_header.clone().or_else(|| {
+            parts
+                .uri
+                .query()
+                .and_then(|q| query_param(q, &conf.query))
+                .map(str::to_string)
+                .or_else(|| cookie(&parts.headers, &conf.cookie).map(str::to_string))
+        });
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(unauthorized("Missing JWT token in request", CHALLENGE));
+        };
+        let refuse = |r: super::jwt::Refusal| unauthorized(r.message(), CHALLENGE);
+        let key = super::jwt::claim(&token, &conf.key_claim_name).map_err(refuse)?;
+        let Some((consumer, verifier)) = snap.consumers.by_jwt.get(&key) else {
+            return Err(refuse(super::jwt::Refusal::UnknownKey));
+        };
+        super::jwt::verify(&token, verifier, &ctx.gateway.jwks, &ctx.roots)
+            .await
+            .map_err(refuse)?;
+        if conf.hide_credentials && from_header.is_some() {
+            parts.headers.remove(conf.header.as_str());
         }
         return Ok(Some(consumer.clone()));
     }
@@ -804,7 +849,7 @@ impl Ctx {
                 return r;
             }
         }
-        let consumer = match authenticate(snap, target, parts) {
+        let consumer = match authenticate(self, snap, target, parts).await {
             Ok(c) => c,
             Err(resp) => return *resp,
         };
@@ -854,9 +899,33 @@ impl Ctx {
                 return r;
             }
         }
+        let route_id = target.route.id.as_str();
+        if let Some(b) = &plugins.api_breaker {
+            if self.gateway.breakers.open(route_id) {
+                let status = StatusCode::from_u16(b.break_response_code)
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let mut r = Response::new(Either::Right(Full::new(Bytes::from(
+                    b.break_response_body.clone().unwrap_or_default(),
+                ))));
+                *r.status_mut() = status;
+                for (k, v) in &b.break_response_headers {
+                    r.headers_mut().insert(k.clone(), v.clone());
+                }
+                return r;
+            }
+        }
         let mut resp = self
             .proxy(snap, target, parts, host, body, consumer.as_deref())
             .await;
+        if let Some(b) = &plugins.api_breaker {
+            if let Some(open) = self
+                .gateway
+                .breakers
+                .answered(route_id, b, resp.status().as_u16())
+            {
+                tracing::warn!(route = %route_id, seconds = open.as_secs(), "gateway: api-breaker opened");
+            }
+        }
         let h = resp.headers_mut();
         h.extend(quota_headers);
         if let Some(cors) = &plugins.cors {
@@ -1055,15 +1124,38 @@ impl Ctx {
             };
             *req.headers_mut() = h;
             let in_flight = node.stats.begin();
+            let passive = |outcome| {
+                if let Some(p) = &def.passive {
+                    if node.stats.record(outcome, p) {
+                        self.metrics
+                            .observe_gateway_upstream(&live.label, "ejected");
+                        tracing::warn!(upstream = %live.label, node = %node.authority, ?outcome, "gateway: node ejected by passive checks");
+                    }
+                }
+            };
             match tokio::time::timeout(timeout.read, client.request(req)).await {
                 Ok(Ok(resp)) => {
                     in_flight.answered();
+                    let bad = def
+                        .passive
+                        .as_ref()
+                        .is_some_and(|p| p.unhealthy_statuses.contains(&resp.status().as_u16()));
+                    passive(if bad {
+                        Outcome::BadStatus
+                    } else {
+                        Outcome::Healthy
+                    });
                     self.metrics
                         .observe_gateway_upstream(&live.label, "answered");
                     return self.respond(resp, client_upgrade, parts.version).await;
                 }
                 Ok(Err(e)) => {
                     let connect = e.is_connect();
+                    passive(if connect {
+                        Outcome::ConnectFailed
+                    } else {
+                        Outcome::BadStatus
+                    });
                     self.metrics.observe_gateway_upstream(
                         &live.label,
                         if connect { "connect_error" } else { "error" },

@@ -34,7 +34,7 @@ use crate::core::Core;
 
 pub mod naming;
 pub mod presence;
-mod probe;
+pub(crate) mod probe;
 pub mod reaper;
 pub mod runner;
 mod sessions;

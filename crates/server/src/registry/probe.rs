@@ -207,12 +207,12 @@ async fn http(
             Ok(s) => s,
             Err(e) => return failed(e),
         };
-        send(TokioIo::new(tls), req).await
+        send(TokioIo::new(tls), req, MAX_OUTPUT).await
     } else {
-        send(TokioIo::new(tcp), req).await
+        send(TokioIo::new(tcp), req, MAX_OUTPUT).await
     };
     let (status, text) = match resp {
-        Ok(r) => r,
+        Ok((status, body)) => (status, String::from_utf8_lossy(&body).into_owned()),
         Err(e) => return failed(e),
     };
     let outcome = match status.as_u16() {
@@ -226,10 +226,60 @@ async fn http(
     )
 }
 
+/// GETs `url` (`http://` or `https://`, verified by `roots`) and returns its body when the
+/// answer is a 2xx, reading at most `limit` bytes (what a JWKS document is fetched with).
+pub(crate) async fn fetch(
+    url: &str,
+    roots: &Arc<rustls::RootCertStore>,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri
+        .host()
+        .map(|h| h.trim_matches(['[', ']']).to_string())
+        .ok_or("URL has no host")?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let connect = TcpStream::connect((host.as_str(), port));
+    let tcp = tokio::time::timeout(FETCH_TIMEOUT, connect)
+        .await
+        .map_err(|_| "connecting timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let req = http::Request::builder()
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            http::header::HOST,
+            uri.authority().map_or(host.as_str(), |a| a.as_str()),
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .map_err(|e| format!("invalid request: {e}"))?;
+    let exchange = async {
+        if https {
+            let tls = tls_stream(tcp, &host, "", false, b"http/1.1", roots).await?;
+            send(TokioIo::new(tls), req, limit).await
+        } else {
+            send(TokioIo::new(tcp), req, limit).await
+        }
+    };
+    let (status, body) = tokio::time::timeout(FETCH_TIMEOUT, exchange)
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    if !status.is_success() {
+        return Err(format!("answered {status}"));
+    }
+    Ok(body)
+}
+
+/// How long [`fetch`] may take in all.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn send<T>(
     io: TokioIo<T>,
     req: http::Request<http_body_util::Full<bytes::Bytes>>,
-) -> Result<(http::StatusCode, String), String>
+    limit: usize,
+) -> Result<(http::StatusCode, Vec<u8>), String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -243,8 +293,9 @@ where
     let status = resp.status();
     let mut body = resp.into_body();
     let mut text = Vec::new();
-    // Only the first 4 KiB are kept (Consul's output limit); the rest is not read.
-    while text.len() < MAX_OUTPUT {
+    // Only the first `limit` bytes are kept (Consul's output limit for checks); the rest is
+    // not read.
+    while text.len() < limit {
         match body.frame().await {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
@@ -255,7 +306,8 @@ where
             None => break,
         }
     }
-    Ok((status, String::from_utf8_lossy(&text).into_owned()))
+    text.truncate(limit);
+    Ok((status, text))
 }
 
 async fn grpc(
