@@ -99,7 +99,8 @@ pub fn check_id(kind: Kind, id: &str) -> Result<(), GatewayError> {
 pub struct Timeout {
     /// Connecting to a node.
     pub connect: Duration,
-    /// Sending the request (APISIX's; berth bounds the whole request by read).
+    /// Receiving the client's request body before it is sent on (berth reads bodies of up
+    /// to 64 KiB ahead; longer ones stream).
     pub send: Duration,
     /// From the request sent to the response's head.
     pub read: Duration,

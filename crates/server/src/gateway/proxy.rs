@@ -1041,7 +1041,7 @@ impl Ctx {
                 None,
             )
         } else {
-            match tokio::time::timeout(timeout.read, read_ahead(body, REPLAYABLE_MAX)).await {
+            match tokio::time::timeout(timeout.send, read_ahead(body, REPLAYABLE_MAX)).await {
                 Ok(Ok(ReadAhead::Whole(b))) => (None, Some(b)),
                 Ok(Ok(ReadAhead::Longer(p))) => (Some(p), None),
                 Ok(Err(e)) => {

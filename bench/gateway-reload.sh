@@ -1,0 +1,71 @@
+#!/bin/bash
+# Reload under load: 1,000 open WebSockets through the gateway and steady HTTP load (wrk,
+# closed loop) for SECS, first with no changes, then while a route and its upstream change
+# RATE times a second through APISIX's Admin API (each change moves the WebSockets' route to
+# another upstream node). Reports the WebSockets opened, closed and failed echoes, and wrk's
+# requests/s, p99 and non-2xx for each run. Then nginx (Debian's) in the same place, with
+# `nginx -s reload` NGINX_RATE times a second (worker_shutdown_timeout 10s, as ingress-nginx
+# sets) as the contrast. berth and nginx on core 1; the upstreams, wrk and the WebSocket
+# holders on core 0.
+# Usage: BERTH=path/to/berth [SECS=60] [RATE=100] [NGINX_RATE=10] [WS=1000] bench/gateway-reload.sh
+set -u
+BERTH=${BERTH:?path of the berth binary}; SECS=${SECS:-60}; RATE=${RATE:-100}
+NGINX_RATE=${NGINX_RATE:-10}; WS=${WS:-1000}
+UP=29100; WSA=29101; WSB=29102; GW=29180; ADMIN=29150; NGX=29103
+here=$(cd "$(dirname "$0")" && pwd); tmp=$(mktemp -d); pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+body=$(head -c 1024 /dev/zero | tr '\0' 'x')
+cat > "$tmp/up.conf" <<CONF
+worker_processes 1; pid $tmp/up.pid; error_log $tmp/up.err;
+events { worker_connections 10240; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { return 200 "$body"; } } }
+CONF
+cat > "$tmp/proxy.conf" <<CONF
+worker_processes 1; pid $tmp/proxy.pid; error_log $tmp/proxy.err; worker_shutdown_timeout 10s;
+events { worker_connections 10240; }
+http { access_log off; keepalive_requests 1000000;
+  upstream u { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
+  upstream ws { server 127.0.0.1:$WSA; }
+  server { listen 127.0.0.1:$NGX;
+    location /ws { proxy_pass http://ws; proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection "upgrade"; proxy_read_timeout 3600s; }
+    location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+taskset -c 0 nginx -p "$tmp" -c "$tmp/up.conf" -g 'daemon off;' & pids+=($!)
+taskset -c 0 python3 "$here/gateway_reload.py" upstream $WSA & pids+=($!)
+taskset -c 0 python3 "$here/gateway_reload.py" upstream $WSB & pids+=($!)
+taskset -c 1 "$BERTH" server --data-dir "$tmp/data" --listen-client-urls http://127.0.0.1:29179 \
+  --listen-peer-urls http://127.0.0.1:29178 --listen-http-urls http://127.0.0.1:$ADMIN \
+  --listen-dns-addr "" --listen-nacos-urls "" --listen-nats-urls "" \
+  --listen-gateway-urls http://127.0.0.1:$GW --log-level error & pids+=($!)
+sleep 3
+put() { curl -sf -X PUT "127.0.0.1:$ADMIN/apisix/admin/$1" -d "$2" >/dev/null || { echo "PUT $1 failed"; exit 1; }; }
+put upstreams/ws "{\"nodes\":{\"127.0.0.1:$WSA\":1}}"
+put routes/ws '{"uri":"/ws","upstream_id":"ws","enable_websocket":true}'
+put routes/http "{\"uri\":\"/\",\"upstream\":{\"nodes\":{\"127.0.0.1:$UP\":1}}}"
+run() { # label gateway churn...
+  local label=$1 gw=$2; shift 2
+  taskset -c 0 python3 "$here/gateway_reload.py" hold "$gw" "$WS" "$SECS" "$@" > "$tmp/hold.json" &
+  local holder=$!
+  sleep 4
+  taskset -c 0 wrk -t1 -c16 -d"$((SECS - 4))s" --latency "http://$gw/" > "$tmp/wrk.txt" 2>&1
+  wait $holder
+  L="$label" python3 - "$tmp/wrk.txt" "$tmp/hold.json" <<'PY'
+import json,os,re,sys
+t=open(sys.argv[1]).read(); h=json.load(open(sys.argv[2]))
+rps=re.search(r'Requests/sec:\s+([\d.]+)',t); p99=re.search(r'99%\s+(\S+)',t)
+bad=re.search(r'Non-2xx or 3xx responses: (\d+)',t); err=re.search(r'Socket errors: (.*)',t)
+print(os.environ['L'], 'rps', rps and rps.group(1), 'p99', p99 and p99.group(1),
+      'non2xx', bad.group(1) if bad else 0, 'errors', err.group(1) if err else 'none', 'ws', json.dumps(h))
+PY
+}
+run "berth-no-changes" 127.0.0.1:$GW none
+run "berth-${RATE}-changes/s" 127.0.0.1:$GW berth 127.0.0.1:$ADMIN "$RATE" 127.0.0.1:$WSA 127.0.0.1:$WSB
+kill "${pids[3]}"; wait "${pids[3]}" 2>/dev/null
+taskset -c 1 nginx -p "$tmp" -c "$tmp/proxy.conf" -g 'daemon off;' & pids+=($!)
+sleep 2
+run "nginx-no-reloads" 127.0.0.1:$NGX none
+run "nginx-${NGINX_RATE}-reloads/s" 127.0.0.1:$NGX nginx "$tmp" "$tmp/proxy.conf" "$NGINX_RATE"
