@@ -156,10 +156,10 @@ pub struct ConsumerPut {
     /// The consumer's user name.
     pub username: String,
     /// Its key-auth key.
-    #[arg(long)]
+    #[arg(long = "key-auth", value_name = "KEY")]
     pub key: Option<String>,
     /// Its basic-auth credentials, user:password.
-    #[arg(long, value_name = "USER:PASSWORD")]
+    #[arg(long = "basic-auth", value_name = "USER:PASSWORD")]
     pub basic: Option<String>,
     #[command(flatten)]
     pub body: Body,
@@ -170,11 +170,11 @@ pub struct ConsumerPut {
 pub struct SslPut {
     /// The certificate's ID.
     pub id: String,
-    /// The PEM certificate chain file.
-    #[arg(long)]
+    /// The PEM certificate chain file (`--cert` is the CLI's own TLS certificate).
+    #[arg(long = "ssl-cert", value_name = "FILE")]
     pub cert: Option<String>,
     /// The PEM private key file.
-    #[arg(long)]
+    #[arg(long = "ssl-key", value_name = "FILE")]
     pub key: Option<String>,
     /// A name it serves: exact or `*.example.com` (repeatable).
     #[arg(long = "sni", value_name = "NAME")]
@@ -336,7 +336,7 @@ pub async fn consumer(ctx: &mut Ctx, c: ConsumerCommand) -> Result<()> {
             }
             if let Some(b) = p.basic {
                 let Some((user, password)) = b.split_once(':') else {
-                    bail!("--basic takes user:password");
+                    bail!("--basic-auth takes user:password");
                 };
                 plugins.insert(
                     "basic-auth".into(),

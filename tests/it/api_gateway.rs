@@ -1278,9 +1278,33 @@ fn cli_routes_a_path_to_a_registered_service_in_three_commands() {
     let http = srv.http_addr.as_str();
     // The README's three commands.
     let port = web.addr.port().to_string();
-    ok(http, &["svc", "register", "web", "--address", "127.0.0.1", "--port", &port, "--ttl", "30s"]);
+    ok(
+        http,
+        &[
+            "svc",
+            "register",
+            "web",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--ttl",
+            "30s",
+        ],
+    );
     ok(http, &["check", "pass", "service:web"]);
-    let said = ok(http, &["route", "put", "web", "--uri", "/web/*", "--service-name", "web"]);
+    let said = ok(
+        http,
+        &[
+            "route",
+            "put",
+            "web",
+            "--uri",
+            "/web/*",
+            "--service-name",
+            "web",
+        ],
+    );
     assert_eq!(said.trim(), "route web stored");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1289,22 +1313,67 @@ fn cli_routes_a_path_to_a_registered_service_in_three_commands() {
             assert_eq!(out["name"], "web");
             break;
         }
-        assert!(Instant::now() < deadline, "the route never served: {code} {out}");
+        assert!(
+            Instant::now() < deadline,
+            "the route never served: {code} {out}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (_, metrics) = srv.http_get("/metrics");
-    assert!(metrics.contains("berth_gateway_requests_total{route=\"web\",code=\"2xx\"}"), "{metrics}");
+    assert!(
+        metrics.contains("berth_gateway_requests_total{route=\"web\",code=\"2xx\"}"),
+        "{metrics}"
+    );
 
     // The other nouns and verbs, and every output format.
-    ok(http, &["upstream", "put", "u1", "--node", &format!("127.0.0.1:{port}=3"), "--type", "least_conn"]);
+    ok(
+        http,
+        &[
+            "upstream",
+            "put",
+            "u1",
+            "--node",
+            &format!("127.0.0.1:{port}=3"),
+            "--type",
+            "least_conn",
+        ],
+    );
     let up = json(&ok(http, &["upstream", "get", "u1", "-w", "json"]));
     assert_eq!(up["value"]["nodes"][format!("127.0.0.1:{port}")], 3);
     assert_eq!(up["value"]["type"], "least_conn");
     ok(http, &["api-service", "put", "s1", "--upstream-id", "u1"]);
-    ok(http, &["route", "put", "r2", "--uri", "/two", "--service-id", "s1", "--method", "GET", "--name", "two"]);
+    ok(
+        http,
+        &[
+            "route",
+            "put",
+            "r2",
+            "--uri",
+            "/two",
+            "--service-id",
+            "s1",
+            "--method",
+            "GET",
+            "--name",
+            "two",
+        ],
+    );
     assert_eq!(via(&srv, "GET", "/two", &[]).0, 200);
-    ok(http, &["api-consumer", "put", "jack", "--key", "k1"]);
-    ok(http, &["route", "put", "r3", "--uri", "/three", "--upstream-id", "u1", "--json", r#"{"plugins":{"key-auth":{}}}"#]);
+    ok(http, &["api-consumer", "put", "jack", "--key-auth", "k1"]);
+    ok(
+        http,
+        &[
+            "route",
+            "put",
+            "r3",
+            "--uri",
+            "/three",
+            "--upstream-id",
+            "u1",
+            "--json",
+            r#"{"plugins":{"key-auth":{}}}"#,
+        ],
+    );
     assert_eq!(via(&srv, "GET", "/three", &[]).0, 401);
     assert_eq!(via(&srv, "GET", "/three", &[("apikey", "k1")]).0, 200);
     let table = ok(http, &["route", "ls", "-w", "table"]);
@@ -1314,77 +1383,72 @@ fn cli_routes_a_path_to_a_registered_service_in_three_commands() {
     let err = fails(http, &["upstream", "rm", "u1"]);
     assert!(err.contains("still using it"), "{err}");
     ok(http, &["upstream", "rm", "u1", "--force"]);
-    let err = fails(http, &["route", "put", "bad", "--uri", "/b", "--upstream-id", "nope"]);
-    assert!(err.contains("failed to fetch upstream info by upstream id [nope]"), "{err}");
+    let err = fails(
+        http,
+        &[
+            "route",
+            "put",
+            "bad",
+            "--uri",
+            "/b",
+            "--upstream-id",
+            "nope",
+        ],
+    );
+    assert!(
+        err.contains("failed to fetch upstream info by upstream id [nope]"),
+        "{err}"
+    );
     let err = fails(http, &["route", "get", "missing"]);
-    assert!(err.contains("404") && err.contains("Key not found"), "{err}");
+    assert!(
+        err.contains("404") && err.contains("Key not found"),
+        "{err}"
+    );
     ok(http, &["route", "rm", "r3"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_change_on_one_member_serves_on_every_member_and_outlives_a_member() {
-    let c = tokio::task::spawn_blocking(|| crate::harness::Cluster::start(3))
-        .await
-        .expect("cluster");
+#[test]
+fn a_change_on_one_member_serves_on_every_member_and_outlives_a_member() {
+    let mut c = crate::harness::Cluster::start(3);
     let a = Upstream::start("a");
+    let put_on = |m: &Server, path: &str, route: &Value| -> u16 {
+        http_request(
+            "PUT",
+            &m.http_addr,
+            &format!("/apisix/admin/routes/{path}"),
+            &route.to_string(),
+            &[],
+        )
+        .0
+         .0
+    };
     let route = json!({"uri": "/c", "upstream": {"nodes": {a.addr.to_string(): 1}}});
-    let first = c.members[0].http_addr.clone();
-    let (code, out) = tokio::task::spawn_blocking({
-        let (first, route) = (first.clone(), route.clone());
-        move || {
-            let ((code, out), _) = http_request("PUT", &first, "/apisix/admin/routes/c", &route.to_string(), &[]);
-            (code, out)
-        }
-    })
-    .await
-    .expect("admin");
-    assert_eq!(code, 201, "{out}");
+    assert_eq!(put_on(&c.members[0], "c", &route), 201);
     // Every member's gateway serves it, soon.
     for m in &c.members {
-        let gw = m.gateway_addr.clone();
-        let served = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(10) {
-                if http_request("GET", &gw, "/c", "", &[]).0 .0 == 200 {
-                    return Some(started.elapsed());
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            None
-        })
-        .await
-        .expect("poll");
-        assert!(served.is_some(), "member {} never served the route", m.gateway_addr);
+        let started = Instant::now();
+        while http_request("GET", &m.gateway_addr, "/c", "", &[]).0 .0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{} never served the route",
+                m.gateway_addr
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
-    // A member dies: the others keep serving, and take changes.
-    let leader = c.leader().await;
-    let mut c = c;
+    // The leader dies: the others keep serving, and take changes.
+    let leader = c.leader_by_metrics();
     c.members[leader].kill9();
     let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let admin = c.members[alive[0]].http_addr.clone();
-    let other_gw = c.members[alive[1]].gateway_addr.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let route = json!({"uri": "/after", "upstream": {"nodes": {a.addr.to_string(): 1}}});
-        loop {
-            let ((code, _), _) = http_request("PUT", &admin, "/apisix/admin/routes/after", &route.to_string(), &[]);
-            if code == 200 || code == 201 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no write after the leader died: {code}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        while Instant::now() < deadline {
-            if http_request("GET", &other_gw, "/after", "", &[]).0 .0 == 200
-                && http_request("GET", &other_gw, "/c", "", &[]).0 .0 == 200
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    })
-    .await
-    .expect("after");
-    assert!(ok, "the surviving members did not serve the old and the new route");
+    let route = json!({"uri": "/after", "upstream": {"nodes": {a.addr.to_string(): 1}}});
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(put_on(&c.members[alive[0]], "after", &route), 200 | 201) {
+        assert!(Instant::now() < deadline, "no write after the leader died");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let gw = &c.members[alive[1]].gateway_addr;
+    eventually("the survivors serve the old and the new route", || {
+        http_request("GET", gw, "/after", "", &[]).0 .0 == 200
+            && http_request("GET", gw, "/c", "", &[]).0 .0 == 200
+    });
 }
