@@ -1452,3 +1452,58 @@ fn a_change_on_one_member_serves_on_every_member_and_outlives_a_member() {
             && http_request("GET", gw, "/c", "", &[]).0 .0 == 200
     });
 }
+
+/// Under berth's auth, the Admin API wants a berth token in `X-API-KEY` (or `?api_key=`), and
+/// the user's permissions on the gateway's keyspace.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_takes_berth_tokens_under_auth() {
+    let srv = tokio::task::spawn_blocking(|| Server::start_with(&["--bcrypt-cost", "4"]))
+        .await
+        .expect("server");
+    let mut plain = srv.client().await;
+    crate::auth::setup(&mut plain).await;
+    let token = |user: &'static str, pw: &'static str| {
+        let ep = srv.endpoint();
+        async move {
+            let c = etcd_client::Client::connect(
+                [ep],
+                Some(etcd_client::ConnectOptions::new().with_user(user, pw)),
+            )
+            .await
+            .expect("login");
+            c.auth_client()
+                .authenticate(user.to_string(), pw.to_string())
+                .await
+                .expect("token")
+                .token()
+                .to_string()
+        }
+    };
+    let (root, alice) = (token("root", "rootpw").await, token("alice", "apw").await);
+    let http = srv.http_addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let body = json!({"nodes": {"127.0.0.1:1": 1}}).to_string();
+        let call = |headers: &[(&str, &str)], path: &str| {
+            let ((code, out), _) = http_request("PUT", &http, path, &body, headers);
+            (code, serde_json::from_str::<Value>(&out).unwrap_or(Value::Null))
+        };
+        let (code, out) = call(&[], "/apisix/admin/upstreams/1");
+        assert_eq!((code, out), (401, json!({"error_msg": "failed to check token", "description": "missing apikey"})));
+        let (code, out) = call(&[("X-API-KEY", "forged")], "/apisix/admin/upstreams/1");
+        assert_eq!((code, out["description"].as_str()), (401, Some("wrong apikey")));
+        let (code, out) = call(&[("X-API-KEY", alice.as_str())], "/apisix/admin/upstreams/1");
+        assert_eq!((code, out["description"].as_str()), (401, Some("permission denied")), "alice has no gateway grant");
+        let (code, out) = call(&[("X-API-KEY", root.as_str())], "/apisix/admin/upstreams/1");
+        assert_eq!(code, 201, "{out}");
+        let (code, _) = call(&[], &format!("/apisix/admin/upstreams/2?api_key={root}"));
+        assert_eq!(code, 201, "the key as a query parameter");
+        let ((code, out), _) = http_request("GET", &http, "/apisix/admin/upstreams", "", &[]);
+        assert_eq!(code, 401, "reads need a token too: {out}");
+        let ((code, out), _) = http_request("GET", &http, "/apisix/admin/upstreams", "", &[("Cookie", &format!("X-API-KEY={root}"))]);
+        assert_eq!(code, 200, "the key as a cookie: {out}");
+        let out = crate::consul_cli::ok(&http, &["--token", &root, "upstream", "ls", "-w", "json"]);
+        assert_eq!(crate::consul_cli::json(&out)["total"], 2);
+    })
+    .await
+    .expect("checks");
+}
