@@ -1507,3 +1507,55 @@ async fn admin_api_takes_berth_tokens_under_auth() {
     .await
     .expect("checks");
 }
+
+#[test]
+fn access_log_writes_a_json_line_per_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("access.log");
+    let srv = Server::start_with(&[
+        "--gateway-access-log",
+        path.to_str().expect("path"),
+        "--gateway-access-log-fields",
+        "method,path,status,route,upstream,node,consumer,upstream_ms,traceparent",
+    ]);
+    let a = Upstream::start("a");
+    put(&srv, "/consumers/jack", json!({"username": "jack", "plugins": {"key-auth": {"key": "k1"}}}));
+    put(&srv, "/routes/logged", json!({"uri": "/logged", "plugins": {"key-auth": {}},
+        "upstream": {"nodes": {a.addr.to_string(): 1}}}));
+    assert_eq!(via(&srv, "GET", "/logged", &[("apikey", "k1")]).0, 200);
+    assert_eq!(via(&srv, "GET", "/nowhere", &[]).0, 404);
+    let mut lines = Vec::new();
+    eventually("two access log lines", || {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+            .collect();
+        lines.len() == 2
+    });
+    let first = &lines[0];
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/logged");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "logged");
+    assert_eq!(first["upstream"], "routes/logged");
+    assert_eq!(first["node"], a.addr.to_string());
+    assert_eq!(first["consumer"], "jack");
+    assert!(first["upstream_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+    assert!(first["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")));
+    assert_eq!((lines[1]["status"].clone(), lines[1]["route"].clone()), (json!(404), Value::Null));
+    let (code, out) = (
+        crate::harness::run(std::process::Command::new(crate::harness::berth_bin()).args([
+            "server",
+            "--data-dir",
+            dir.path().join("d").to_str().expect("path"),
+            "--gateway-access-log",
+            "-",
+            "--gateway-access-log-fields",
+            "status,bogus",
+        ])),
+        (),
+    );
+    let _ = out;
+    assert!(!code.0 && code.2.contains("bogus"), "an unknown field is refused: {}", code.2);
+}

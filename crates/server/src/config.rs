@@ -71,6 +71,15 @@ pub struct ServerArgs {
     /// comma-separated (default `http://127.0.0.1:8080`; empty: no gateway listener).
     #[arg(long, env = "BERTH_LISTEN_GATEWAY_URLS")]
     pub listen_gateway_urls: Option<String>,
+    /// Where the gateway writes its access log, one JSON object per request: a file path, `-`
+    /// for standard error, or empty for none (the default).
+    #[arg(long, env = "BERTH_GATEWAY_ACCESS_LOG")]
+    pub gateway_access_log: Option<String>,
+    /// The access log's fields, comma-separated (default: time, remote_addr, method, host,
+    /// path, status, route, upstream, node, duration_ms, upstream_ms, consumer, user_agent,
+    /// traceparent).
+    #[arg(long, env = "BERTH_GATEWAY_ACCESS_LOG_FIELDS")]
+    pub gateway_access_log_fields: Option<String>,
     /// Largest NATS message (headers and payload) a client may publish, in bytes (default
     /// 1048576, as nats-server).
     #[arg(long, env = "BERTH_NATS_MAX_PAYLOAD")]
@@ -240,6 +249,10 @@ impl ServerArgs {
             nacos_idle_timeout: self.nacos_idle_timeout.or(lower.nacos_idle_timeout),
             listen_nats_urls: self.listen_nats_urls.or(lower.listen_nats_urls),
             listen_gateway_urls: self.listen_gateway_urls.or(lower.listen_gateway_urls),
+            gateway_access_log: self.gateway_access_log.or(lower.gateway_access_log),
+            gateway_access_log_fields: self
+                .gateway_access_log_fields
+                .or(lower.gateway_access_log_fields),
             nats_max_payload: self.nats_max_payload.or(lower.nats_max_payload),
             nats_max_pending: self.nats_max_pending.or(lower.nats_max_pending),
             nats_max_connections: self.nats_max_connections.or(lower.nats_max_connections),
@@ -336,6 +349,8 @@ pub struct Config {
     pub listen_nats: Vec<SocketAddr>,
     /// Gateway data-plane listen addresses, each with whether it serves TLS (`https://`).
     pub listen_gateway: Vec<(SocketAddr, bool)>,
+    /// The gateway's access log, if one is written.
+    pub gateway_access_log: Option<crate::gateway::access_log::Settings>,
     /// The NATS face's limits.
     pub nats_limits: crate::face::nats::Limits,
     /// The configuration center's limits.
@@ -673,6 +688,16 @@ impl Config {
                 })
                 .collect::<anyhow::Result<_>>()?,
         };
+        let gateway_access_log = match s.gateway_access_log.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(to) => Some(
+                crate::gateway::access_log::Settings::new(
+                    to,
+                    s.gateway_access_log_fields.as_deref(),
+                )
+                .context("--gateway-access-log-fields")?,
+            ),
+        };
         let nats_limits = {
             let d = crate::face::nats::Limits::default();
             let max_payload = s.nats_max_payload.unwrap_or(d.max_payload);
@@ -701,6 +726,7 @@ impl Config {
             tls,
             listen_nats,
             listen_gateway,
+            gateway_access_log,
             nats_limits,
             listen_nacos,
             listen_nacos_grpc,

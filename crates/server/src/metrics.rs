@@ -150,6 +150,9 @@ pub struct Metrics {
     gateway_routes: Gauge,
     /// Upgraded (WebSocket) connections the gateway splices now.
     pub gateway_websockets: Gauge,
+    /// Access log lines dropped because the writer fell behind (read at scrape time).
+    gateway_access_log_dropped: Gauge,
+    access_log: std::sync::OnceLock<Arc<crate::gateway::access_log::AccessLog>>,
     /// Syncs of stream writers (each covers a batch of publishes).
     pub js_batches: Counter,
     /// Messages delivered by JetStream consumers (redeliveries included).
@@ -262,6 +265,8 @@ impl Metrics {
             gateway_build: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             gateway_routes: Gauge::default(),
             gateway_websockets: Gauge::default(),
+            gateway_access_log_dropped: Gauge::default(),
+            access_log: std::sync::OnceLock::new(),
             js_batches: Counter::default(),
             js_delivered: Counter::default(),
             js_acks: Counter::default(),
@@ -390,6 +395,11 @@ impl Metrics {
             "berth_gateway_routes",
             "Routes in the gateway's current snapshot",
             m.gateway_routes.clone(),
+        );
+        r.register(
+            "berth_gateway_access_log_dropped",
+            "Gateway access log lines dropped because the writer fell behind",
+            m.gateway_access_log_dropped.clone(),
         );
         r.register(
             "berth_gateway_websockets",
@@ -628,6 +638,11 @@ impl Metrics {
         self.gateway_routes.set(routes as i64);
     }
 
+    /// Reports `log`'s dropped lines at every scrape.
+    pub fn watch_access_log(&self, log: Arc<crate::gateway::access_log::AccessLog>) {
+        let _ = self.access_log.set(log);
+    }
+
     /// Drops the series of a deleted route, so series do not pile up with route churn.
     pub fn forget_gateway_route(&self, route: &str) {
         for code in STATUS_CLASSES {
@@ -696,6 +711,10 @@ impl Metrics {
             let l = ReadPathLabels { path };
             self.read_rounds.get_or_create(&l).set(c.rounds as i64);
             self.reads_answered.get_or_create(&l).set(c.items as i64);
+        }
+        if let Some(log) = self.access_log.get() {
+            self.gateway_access_log_dropped
+                .set(i64::try_from(log.dropped()).unwrap_or(i64::MAX));
         }
         let s = store.stats();
         self.revision.set(s.revision);

@@ -466,6 +466,13 @@ where
             }),
         );
     }
+    let access_log = match (&core.config.gateway_access_log, listeners.gateway.is_empty()) {
+        (Some(settings), false) => Some(crate::gateway::access_log::AccessLog::start(settings)?),
+        _ => None,
+    };
+    if let Some(log) = &access_log {
+        core.metrics.watch_access_log(log.clone());
+    }
     for (https, incoming) in listeners.gateway {
         let tls = https.then(|| crate::gateway::sni::server_config(core.gateway.clone()));
         spawn(
@@ -474,6 +481,7 @@ where
                 core.clone(),
                 incoming,
                 tls,
+                access_log.clone(),
                 stop_rx.clone(),
             )),
         );

@@ -40,6 +40,7 @@ use crate::consensus::WriteError;
 use crate::core::Core;
 use crate::registry::{delete_op, put_op, Registry};
 
+pub mod access_log;
 pub mod breaker;
 pub mod h1_guard;
 pub mod jwt;

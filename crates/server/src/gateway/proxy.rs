@@ -202,6 +202,7 @@ pub async fn serve<C>(
     core: Arc<Core>,
     mut incoming: Accepted<(C, ClientAddr)>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    log: Option<Arc<super::access_log::AccessLog>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()>
 where
@@ -226,6 +227,7 @@ where
             _ = stop.changed() => break,
         };
         let ctx = Arc::new(Ctx {
+            log: log.clone(),
             roots: roots.clone(),
             gateway: core.gateway.clone(),
             metrics: core.metrics.clone(),
@@ -281,6 +283,7 @@ where
 
 /// What a connection's requests share.
 struct Ctx {
+    log: Option<Arc<super::access_log::AccessLog>>,
     roots: Arc<rustls::RootCertStore>,
     gateway: Arc<Gateway>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -763,8 +766,35 @@ impl Ctx {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         self.gateway.retry_budget.deposit();
-        let (route, resp) = self.route(req).await;
+        let mut trail = self.log.as_ref().map(|_| {
+            let h = |name: header::HeaderName| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            super::access_log::Record {
+                time: Some(std::time::SystemTime::now()),
+                remote_addr: self.peer.map(|p| p.to_string()),
+                method: req.method().to_string(),
+                host: h(header::HOST)
+                    .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                    .unwrap_or_default(),
+                path: req.uri().path().to_string(),
+                query: req.uri().query().unwrap_or_default().to_string(),
+                protocol: format!("{:?}", req.version()),
+                user_agent: h(header::USER_AGENT),
+                ..Default::default()
+            }
+        });
+        let (route, resp) = self.route(req, trail.as_mut()).await;
         let status = resp.status().as_u16();
+        if let (Some(log), Some(mut r)) = (&self.log, trail) {
+            r.status = status;
+            r.route = route.clone();
+            r.duration = started.elapsed();
+            log.log(r);
+        }
         self.metrics
             .observe_gateway(route.as_deref().unwrap_or(""), status, started.elapsed());
         if let Some(r) = &route {
@@ -775,7 +805,11 @@ impl Ctx {
     }
 
     /// Handles a request; returns the route that took it (if one did) and the answer.
-    async fn route(&self, req: Request<Incoming>) -> (Option<String>, Response<Body>) {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        trail: Option<&mut super::access_log::Record>,
+    ) -> (Option<String>, Response<Body>) {
         let (mut parts, body) = req.into_parts();
         let bad = |why: &str| {
             let mut r = error(StatusCode::BAD_REQUEST, format!("bad request: {why}"));
@@ -799,7 +833,9 @@ impl Ctx {
             return (None, error(StatusCode::NOT_FOUND, "404 Route Not Found"));
         };
         let route = Some(target.route.id.clone());
-        let resp = self.through(&snap, &target, &mut parts, &host, body).await;
+        let resp = self
+            .through(&snap, &target, &mut parts, &host, body, trail)
+            .await;
         (route, resp)
     }
 
@@ -821,6 +857,7 @@ impl Ctx {
         parts: &mut Parts,
         host: &str,
         body: Incoming,
+        mut trail: Option<&mut super::access_log::Record>,
     ) -> Response<Body> {
         let plugins = &target.plugins;
         if let Some(r) = &plugins.ip_restriction {
@@ -853,6 +890,9 @@ impl Ctx {
             Ok(c) => c,
             Err(resp) => return *resp,
         };
+        if let (Some(t), Some(c)) = (trail.as_deref_mut(), &consumer) {
+            t.consumer = Some(c.username.clone());
+        }
         let limit = consumer
             .as_ref()
             .and_then(|c| {
@@ -915,7 +955,7 @@ impl Ctx {
             }
         }
         let mut resp = self
-            .proxy(snap, target, parts, host, body, consumer.as_deref())
+            .proxy(snap, target, parts, host, body, consumer.as_deref(), trail)
             .await;
         if let Some(b) = &plugins.api_breaker {
             if let Some(open) = self
@@ -954,6 +994,7 @@ impl Ctx {
         host: &str,
         body: Incoming,
         consumer: Option<&berth_gateway::Consumer>,
+        mut trail: Option<&mut super::access_log::Record>,
     ) -> Response<Body> {
         let Some(key) = &target.upstream else {
             return error(StatusCode::SERVICE_UNAVAILABLE, "the route has no upstream");
@@ -1008,6 +1049,13 @@ impl Ctx {
         }
         if !headers.contains_key("traceparent") {
             headers.insert("traceparent", new_traceparent());
+        }
+        if let Some(t) = trail.as_deref_mut() {
+            t.upstream = Some(live.label.clone());
+            t.traceparent = headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
         }
         let mut method = parts.method.clone();
         if let Some(rw) = &target.plugins.proxy_rewrite {
@@ -1124,6 +1172,10 @@ impl Ctx {
             };
             *req.headers_mut() = h;
             let in_flight = node.stats.begin();
+            let sent = Instant::now();
+            if let Some(t) = trail.as_deref_mut() {
+                t.node = Some(node.authority.clone());
+            }
             let passive = |outcome| {
                 if let Some(p) = &def.passive {
                     if node.stats.record(outcome, p) {
@@ -1133,7 +1185,11 @@ impl Ctx {
                     }
                 }
             };
-            match tokio::time::timeout(timeout.read, client.request(req)).await {
+            let result = tokio::time::timeout(timeout.read, client.request(req)).await;
+            if let Some(t) = trail.as_deref_mut() {
+                t.upstream_time = Some(t.upstream_time.unwrap_or_default() + sent.elapsed());
+            }
+            match result {
                 Ok(Ok(resp)) => {
                     in_flight.answered();
                     let bad = def
