@@ -1485,21 +1485,46 @@ async fn admin_api_takes_berth_tokens_under_auth() {
         let body = json!({"nodes": {"127.0.0.1:1": 1}}).to_string();
         let call = |headers: &[(&str, &str)], path: &str| {
             let ((code, out), _) = http_request("PUT", &http, path, &body, headers);
-            (code, serde_json::from_str::<Value>(&out).unwrap_or(Value::Null))
+            (
+                code,
+                serde_json::from_str::<Value>(&out).unwrap_or(Value::Null),
+            )
         };
         let (code, out) = call(&[], "/apisix/admin/upstreams/1");
-        assert_eq!((code, out), (401, json!({"error_msg": "failed to check token", "description": "missing apikey"})));
+        assert_eq!(
+            (code, out),
+            (
+                401,
+                json!({"error_msg": "failed to check token", "description": "missing apikey"})
+            )
+        );
         let (code, out) = call(&[("X-API-KEY", "forged")], "/apisix/admin/upstreams/1");
-        assert_eq!((code, out["description"].as_str()), (401, Some("wrong apikey")));
-        let (code, out) = call(&[("X-API-KEY", alice.as_str())], "/apisix/admin/upstreams/1");
-        assert_eq!((code, out["description"].as_str()), (401, Some("permission denied")), "alice has no gateway grant");
+        assert_eq!(
+            (code, out["description"].as_str()),
+            (401, Some("wrong apikey"))
+        );
+        let (code, out) = call(
+            &[("X-API-KEY", alice.as_str())],
+            "/apisix/admin/upstreams/1",
+        );
+        assert_eq!(
+            (code, out["description"].as_str()),
+            (401, Some("permission denied")),
+            "alice has no gateway grant"
+        );
         let (code, out) = call(&[("X-API-KEY", root.as_str())], "/apisix/admin/upstreams/1");
         assert_eq!(code, 201, "{out}");
         let (code, _) = call(&[], &format!("/apisix/admin/upstreams/2?api_key={root}"));
         assert_eq!(code, 201, "the key as a query parameter");
         let ((code, out), _) = http_request("GET", &http, "/apisix/admin/upstreams", "", &[]);
         assert_eq!(code, 401, "reads need a token too: {out}");
-        let ((code, out), _) = http_request("GET", &http, "/apisix/admin/upstreams", "", &[("Cookie", &format!("X-API-KEY={root}"))]);
+        let ((code, out), _) = http_request(
+            "GET",
+            &http,
+            "/apisix/admin/upstreams",
+            "",
+            &[("Cookie", &format!("X-API-KEY={root}"))],
+        );
         assert_eq!(code, 200, "the key as a cookie: {out}");
         let out = crate::consul_cli::ok(&http, &["--token", &root, "upstream", "ls", "-w", "json"]);
         assert_eq!(crate::consul_cli::json(&out)["total"], 2);
@@ -1519,9 +1544,17 @@ fn access_log_writes_a_json_line_per_request() {
         "method,path,status,route,upstream,node,consumer,upstream_ms,traceparent",
     ]);
     let a = Upstream::start("a");
-    put(&srv, "/consumers/jack", json!({"username": "jack", "plugins": {"key-auth": {"key": "k1"}}}));
-    put(&srv, "/routes/logged", json!({"uri": "/logged", "plugins": {"key-auth": {}},
-        "upstream": {"nodes": {a.addr.to_string(): 1}}}));
+    put(
+        &srv,
+        "/consumers/jack",
+        json!({"username": "jack", "plugins": {"key-auth": {"key": "k1"}}}),
+    );
+    put(
+        &srv,
+        "/routes/logged",
+        json!({"uri": "/logged", "plugins": {"key-auth": {}},
+        "upstream": {"nodes": {a.addr.to_string(): 1}}}),
+    );
     assert_eq!(via(&srv, "GET", "/logged", &[("apikey", "k1")]).0, 200);
     assert_eq!(via(&srv, "GET", "/nowhere", &[]).0, 404);
     let mut lines = Vec::new();
@@ -1542,20 +1575,31 @@ fn access_log_writes_a_json_line_per_request() {
     assert_eq!(first["node"], a.addr.to_string());
     assert_eq!(first["consumer"], "jack");
     assert!(first["upstream_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
-    assert!(first["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")));
-    assert_eq!((lines[1]["status"].clone(), lines[1]["route"].clone()), (json!(404), Value::Null));
+    assert!(first["traceparent"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("00-")));
+    assert_eq!(
+        (lines[1]["status"].clone(), lines[1]["route"].clone()),
+        (json!(404), Value::Null)
+    );
     let (code, out) = (
-        crate::harness::run(std::process::Command::new(crate::harness::berth_bin()).args([
-            "server",
-            "--data-dir",
-            dir.path().join("d").to_str().expect("path"),
-            "--gateway-access-log",
-            "-",
-            "--gateway-access-log-fields",
-            "status,bogus",
-        ])),
+        crate::harness::run(
+            std::process::Command::new(crate::harness::berth_bin()).args([
+                "server",
+                "--data-dir",
+                dir.path().join("d").to_str().expect("path"),
+                "--gateway-access-log",
+                "-",
+                "--gateway-access-log-fields",
+                "status,bogus",
+            ]),
+        ),
         (),
     );
     let _ = out;
-    assert!(!code.0 && code.2.contains("bogus"), "an unknown field is refused: {}", code.2);
+    assert!(
+        !code.0 && code.2.contains("bogus"),
+        "an unknown field is refused: {}",
+        code.2
+    );
 }

@@ -64,6 +64,10 @@ impl AppliedMark {
     }
 }
 
+/// How long a caller waits for a view to catch up before giving up (the view may be
+/// reloading).
+const BARRIER_PATIENCE: Duration = Duration::from_secs(5);
+
 /// A request that a view catch up with the store; answered once the view has taken every
 /// change the store had handed its watch.
 pub type Barrier = oneshot::Sender<()>;
@@ -94,7 +98,12 @@ impl Barriers {
         let stopped = || crate::consensus::WriteError::Stopped(format!("{view} stopped"));
         let (tx, rx) = oneshot::channel();
         self.tx.send(tx).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())
+        match tokio::time::timeout(BARRIER_PATIENCE, rx).await {
+            Ok(answer) => answer.map_err(|_| stopped()),
+            Err(_) => Err(crate::consensus::WriteError::Stopped(format!(
+                "{view} did not catch up with the store within {BARRIER_PATIENCE:?}"
+            ))),
+        }
     }
 
     /// The requests, for the view's task (once).

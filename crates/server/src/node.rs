@@ -466,7 +466,10 @@ where
             }),
         );
     }
-    let access_log = match (&core.config.gateway_access_log, listeners.gateway.is_empty()) {
+    let access_log = match (
+        &core.config.gateway_access_log,
+        listeners.gateway.is_empty(),
+    ) {
         (Some(settings), false) => Some(crate::gateway::access_log::AccessLog::start(settings)?),
         _ => None,
     };

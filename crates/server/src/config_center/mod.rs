@@ -1050,7 +1050,22 @@ impl ConfigCenter {
                 no_delete: false,
             };
             let handle = self.store.watch(spec, 0, WatchSink::new(tx));
+            // Catch-up requests wait until the watch is live (not replaying history): only
+            // then is every change up to the store's progress revision in the channel.
+            let mut parked: Vec<crate::applied_mark::Barrier> = Vec::new();
             let reload = loop {
+                if !parked.is_empty() && self.store.watch_synced(&handle) {
+                    let upto = self.store.progress_revision();
+                    if !crate::applied_mark::drain(&mut rx, |d| self.deliver(d)) {
+                        parked.clear();
+                        break true;
+                    }
+                    self.advance(upto);
+                    for b in parked.drain(..) {
+                        let _ = b.send(());
+                    }
+                }
+                let replaying = !parked.is_empty();
                 tokio::select! {
                     biased;
                     d = rx.recv() => match d {
@@ -1059,14 +1074,9 @@ impl ConfigCenter {
                     },
                     b = barriers.recv() => {
                         let Some(b) = b else { break false };
-                        let upto = self.store.progress_revision();
-                        if !crate::applied_mark::drain(&mut rx, |d| self.deliver(d)) {
-                            drop(b);
-                            break true;
-                        }
-                        self.advance(upto);
-                        let _ = b.send(());
+                        parked.push(b);
                     }
+                    _ = tokio::time::sleep(Duration::from_millis(5)), if replaying => {}
                     _ = stop.changed() => break false,
                 }
             };

@@ -193,7 +193,9 @@ impl AccessLog {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| anyhow::anyhow!("opening the gateway access log {}: {e}", path.display()))?,
+                    .map_err(|e| {
+                        anyhow::anyhow!("opening the gateway access log {}: {e}", path.display())
+                    })?,
             ),
         };
         let (tx, rx) = sync_channel::<String>(QUEUE);
@@ -270,8 +272,11 @@ mod tests {
         assert!(Settings::new("-", Some("status,nope")).is_err());
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("access.log");
-        let s = Settings::new(path.to_str().expect("path"), Some("status, route,duration_ms"))
-            .expect("settings");
+        let s = Settings::new(
+            path.to_str().expect("path"),
+            Some("status, route,duration_ms"),
+        )
+        .expect("settings");
         let log = AccessLog::start(&s).expect("start");
         log.log(Record {
             status: 200,
@@ -284,7 +289,10 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             if text.ends_with('\n') {
                 let v: Value = serde_json::from_str(text.trim()).expect("a JSON line");
-                assert_eq!(v, serde_json::json!({"status": 200, "route": "r1", "duration_ms": 1.5}));
+                assert_eq!(
+                    v,
+                    serde_json::json!({"status": 200, "route": "r1", "duration_ms": 1.5})
+                );
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "nothing written");

@@ -8,9 +8,10 @@
 //! head with a 400 and closes, and nothing reaches an upstream. (hyper parses a head only
 //! once it sees a terminator, so the broken head must still end in one.)
 //!
-//! Anything the guard cannot follow (an HTTP/2 preface, an upgrade, `CONNECT`, a head it
-//! cannot parse, a malformed chunk) turns it into a pass-through: hyper refuses what is
-//! malformed itself.
+//! Anything the guard cannot follow (an HTTP/2 preface, `CONNECT`, a head it cannot parse, a
+//! malformed chunk) turns it into a pass-through: hyper refuses what is malformed itself. An
+//! upgrade request is followed like any other; the connection becomes a pass-through only
+//! once the server's answer to it is a `101` (seen as it is written).
 
 use std::io;
 use std::pin::Pin;
@@ -47,6 +48,8 @@ enum State {
 enum Verdict {
     Refuse,
     Next(State),
+    /// An upgrade request: the next state, and the server's answer decides the rest.
+    Upgrade(State),
 }
 
 fn judge(head: &[u8]) -> Verdict {
@@ -77,11 +80,8 @@ fn judge(head: &[u8]) -> Verdict {
     if lengths.len() > 1 || (!lengths.is_empty() && codings > 0) {
         return Verdict::Refuse;
     }
-    if upgrade {
-        return Verdict::Next(State::Opaque);
-    }
-    if codings > 0 {
-        return Verdict::Next(if chunked_last {
+    let next = if codings > 0 {
+        if chunked_last {
             State::ChunkSize {
                 size: 0,
                 digits: false,
@@ -89,18 +89,24 @@ fn judge(head: &[u8]) -> Verdict {
             }
         } else {
             State::Opaque
-        });
-    }
-    match lengths.first() {
-        None => Verdict::Next(State::Head(Vec::new())),
-        Some(v) => match std::str::from_utf8(v)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            Some(0) => Verdict::Next(State::Head(Vec::new())),
-            Some(n) => Verdict::Next(State::Body(n)),
-            None => Verdict::Next(State::Opaque),
-        },
+        }
+    } else {
+        match lengths.first() {
+            None => State::Head(Vec::new()),
+            Some(v) => match std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                Some(0) => State::Head(Vec::new()),
+                Some(n) => State::Body(n),
+                None => State::Opaque,
+            },
+        }
+    };
+    if upgrade {
+        Verdict::Upgrade(next)
+    } else {
+        Verdict::Next(next)
     }
 }
 
@@ -108,12 +114,15 @@ fn judge(head: &[u8]) -> Verdict {
 #[derive(Debug)]
 pub struct Follower {
     state: State,
+    /// An upgrade was asked for and the server has not answered it yet.
+    awaiting_upgrade: bool,
 }
 
 impl Default for Follower {
     fn default() -> Follower {
         Follower {
             state: State::Head(Vec::new()),
+            awaiting_upgrade: false,
         }
     }
 }
@@ -140,6 +149,10 @@ impl Follower {
                                 return Some(i);
                             }
                             Verdict::Next(next) => self.state = next,
+                            Verdict::Upgrade(next) => {
+                                self.state = next;
+                                self.awaiting_upgrade = true;
+                            }
                         }
                     } else if head.len() > HEAD_MAX {
                         self.state = State::Opaque;
@@ -160,7 +173,7 @@ impl Follower {
                     match b {
                         b'\r' if *digits => self.state = State::ChunkSizeLf(*size),
                         _ if *ext => {}
-                        b';' if *digits => *ext = true,
+                        b';' | b' ' | b'\t' if *digits => *ext = true,
                         b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                             let d = u64::from(char::from(b).to_digit(16).unwrap_or(0));
                             match size.checked_mul(16).and_then(|s| s.checked_add(d)) {
@@ -227,6 +240,18 @@ impl Follower {
         }
         None
     }
+
+    /// Sees what the server writes: the status line of its answer to an upgrade decides
+    /// whether the connection is still HTTP.
+    pub fn written(&mut self, bytes: &[u8]) {
+        if !self.awaiting_upgrade || !bytes.starts_with(b"HTTP/1.") {
+            return;
+        }
+        self.awaiting_upgrade = false;
+        if bytes.get(9..12) == Some(b"101") {
+            self.state = State::Opaque;
+        }
+    }
 }
 
 /// What replaces a refused head's final byte: an invalid line, then a terminator.
@@ -288,6 +313,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            self.follower.written(first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -354,6 +382,24 @@ mod tests {
         assert!(!broken(
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"
         ));
-        assert!(!broken("GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"));
+    }
+
+    #[test]
+    fn upgrades_end_following_only_when_answered_101() {
+        let ask = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let smuggle = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // Refused: the server answered 400, so the next head is still judged.
+        let mut f = Follower::default();
+        assert_eq!(f.scan(ask.as_bytes()), None);
+        f.written(b"HTTP/1.1 400 Bad Request\r\n");
+        assert!(f.scan(smuggle.as_bytes()).is_some());
+        // Switched: what follows the 101 is the new protocol's.
+        let mut f = Follower::default();
+        assert_eq!(f.scan(ask.as_bytes()), None);
+        f.written(b"HTTP/1.1 101 Switching Protocols\r\n");
+        assert_eq!(f.scan(smuggle.as_bytes()), None);
+        // A chunk size with trailing spaces (hyper takes it) keeps the guard following.
+        let spaced = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1  \r\na\r\n0\r\n\r\n";
+        assert!(broken(&format!("{spaced}{smuggle}")));
     }
 }

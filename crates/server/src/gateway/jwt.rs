@@ -168,10 +168,18 @@ impl JwksCache {
                 return Some(k);
             }
         }
-        // Stale, never fetched, or without the token's kid: fetch, unless just fetched.
+        // Stale, never fetched, or without the token's kid: fetch, unless just fetched. The
+        // attempt is stamped first, so requests arriving meanwhile do not fetch too.
         if age.is_some_and(|a| a < JWKS_RETRY) {
             return kept.as_deref().and_then(pick);
         }
+        self.docs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            url.to_string(),
+            Fetched {
+                at: Instant::now(),
+                set: kept.clone(),
+            },
+        );
         let fetched = match crate::registry::probe::fetch(url, roots, JWKS_MAX).await {
             Ok(body) => match serde_json::from_slice::<JwkSet>(&body) {
                 Ok(set) => Some(Arc::new(set)),

@@ -37,13 +37,25 @@ pub enum Verdict {
 
 /// The counters. See the module docs.
 pub struct Counters {
-    shards: [Mutex<HashMap<String, Window>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+/// One shard: its windows, and the size at which it is pruned next (twice what a prune
+/// left, so pruning costs O(1) per new key however many keys are live).
+struct Shard {
+    windows: HashMap<String, Window>,
+    prune_at: usize,
 }
 
 impl Default for Counters {
     fn default() -> Counters {
         Counters {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| {
+                Mutex::new(Shard {
+                    windows: HashMap::new(),
+                    prune_at: PRUNE_AT,
+                })
+            }),
         }
     }
 }
@@ -54,12 +66,15 @@ impl Counters {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         let shard = &self.shards[(h.finish() as usize) % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if map.len() >= PRUNE_AT && !map.contains_key(key) {
-            map.retain(|_, w| now.duration_since(w.started) < w.length);
+        if shard.windows.len() >= shard.prune_at && !shard.windows.contains_key(key) {
+            shard
+                .windows
+                .retain(|_, w| now.duration_since(w.started) < w.length);
+            shard.prune_at = (shard.windows.len() * 2).max(PRUNE_AT);
         }
-        let w = map.entry(key.to_string()).or_insert(Window {
+        let w = shard.windows.entry(key.to_string()).or_insert(Window {
             started: now,
             length: window,
             count: 0,

@@ -333,13 +333,15 @@ impl Gateway {
     }
 
     /// Validates `value` as resource `id` of `kind` (with its references, against the
-    /// resources as they are) and stores it, keeping `create_time` of an existing one.
+    /// resources as they are) and stores it, keeping `create_time` of an existing one. With
+    /// `expect`, only if the resource is still at that mod revision (a PATCH's read).
     pub async fn put(
         &self,
         core: &Core,
         kind: Kind,
         id: &str,
         mut value: Value,
+        expect: Option<i64>,
         guard: Option<Guard>,
     ) -> Result<PutOutcome, GatewayFailure> {
         berth_gateway::model::check_id(kind, id)?;
@@ -357,10 +359,15 @@ impl Gateway {
             map.insert("create_time".into(), created_at);
             map.insert("update_time".into(), Value::from(now));
         }
-        compares.push(unchanged_since(
-            key.clone(),
-            existing.as_ref().map_or(0, |e| e.modified),
-        ));
+        let seen = existing.as_ref().map_or(0, |e| e.modified);
+        if expect.is_some_and(|want| want != seen) {
+            return Err(GatewayError::Refused(format!(
+                "{} {id} changed since it was read; try again",
+                kind.singular()
+            ))
+            .into());
+        }
+        compares.push(unchanged_since(key.clone(), seen));
         let bytes = serde_json::to_vec(&value).unwrap_or_default();
         let rev = self
             .commit(core, compares, vec![put_op(key, bytes, 0)], guard)
@@ -592,8 +599,34 @@ impl Gateway {
             };
             let handle = self.store.watch(spec, 0, WatchSink::new(tx));
             let mut revision = from;
+            // Catch-up requests wait here until the watch is live (not replaying history):
+            // only then is every change up to the store's progress revision in the channel.
+            let mut parked: Vec<crate::applied_mark::Barrier> = Vec::new();
             let reload = loop {
+                if !parked.is_empty() && self.store.watch_synced(&handle) {
+                    let upto = self.store.progress_revision();
+                    let mut took = false;
+                    let ok = crate::applied_mark::drain(&mut rx, |d| {
+                        revision = d.revision;
+                        took = true;
+                        apply(&mut res, &d)
+                    });
+                    if !ok {
+                        parked.clear();
+                        break true;
+                    }
+                    if took {
+                        self.publish(&res, revision, &registry, &metrics);
+                    }
+                    self.applied.advance(upto);
+                    for b in parked.drain(..) {
+                        let _ = b.send(());
+                    }
+                }
+                let replaying = !parked.is_empty();
                 tokio::select! {
+                    // A parked request is looked at again shortly (the watch catches up).
+                    _ = tokio::time::sleep(Duration::from_millis(5)), if replaying => {}
                     d = rx.recv() => {
                         let Some(d) = d else { break true };
                         revision = d.revision;
@@ -610,24 +643,7 @@ impl Gateway {
                     }
                     b = barriers.recv() => {
                         let Some(b) = b else { break false };
-                        // Every change up to the store's progress revision is in the channel
-                        // already: take them, then answer.
-                        let upto = self.store.progress_revision();
-                        let mut took = false;
-                        let ok = crate::applied_mark::drain(&mut rx, |d| {
-                            revision = d.revision;
-                            took = true;
-                            apply(&mut res, &d)
-                        });
-                        if !ok {
-                            drop(b);
-                            break true;
-                        }
-                        if took {
-                            self.publish(&res, revision, &registry, &metrics);
-                        }
-                        self.applied.advance(upto);
-                        let _ = b.send(());
+                        parked.push(b);
                     }
                     changed = registry_changes.changed() => {
                         if changed.is_err() {

@@ -404,6 +404,60 @@ fn malformed(parts: &Parts) -> Option<&'static str> {
     None
 }
 
+/// `path` as routes see it and nodes get it (what nginx's `$uri` is): percent-encoded
+/// unreserved characters decoded, repeated slashes merged, `.` and `..` segments resolved.
+/// `None` for a path that does not decode or climbs above the root. Other encodings (`%2F`)
+/// are kept, so a node sees what the route matched.
+fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    if !path.starts_with('/') {
+        return (path == "*").then_some(Cow::Borrowed(path));
+    }
+    if !path.contains('%') && !path.contains("//") && !path.contains("/.") {
+        return Some(Cow::Borrowed(path));
+    }
+    let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(v);
+            } else {
+                decoded.push(b'%');
+                decoded.extend(hex.iter().map(u8::to_ascii_uppercase));
+            }
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(decoded).ok()?;
+    let mut out: Vec<&str> = Vec::new();
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            s => out.push(s),
+        }
+    }
+    let mut p = String::with_capacity(decoded.len());
+    for seg in &out {
+        p.push('/');
+        p.push_str(seg);
+    }
+    if p.is_empty() || trailing {
+        p.push('/');
+    }
+    Some(Cow::Owned(p))
+}
+
 /// The request's host: lower case, without a port (`None`: not a valid host).
 fn request_host(parts: &Parts) -> Option<String> {
     let raw = match parts.headers.get(header::HOST) {
@@ -574,6 +628,9 @@ async fn authenticate(
         );
         Box::new(r)
     };
+    // Every auth plugin the route has must pass (as APISIX runs them all); the last one
+    // names the consumer.
+    let mut found = None;
     if let Some(conf) = &target.plugins.key_auth {
         const CHALLENGE: &str = "apikey realm=\"key\"";
         let from_header = parts
@@ -618,7 +675,7 @@ async fn authenticate(
                 }
             }
         }
-        return Ok(Some(consumer.clone()));
+        found = Some(consumer.clone());
     }
     if let Some(conf) = &target.plugins.jwt_auth {
         const CHALLENGE: &str = "Bearer realm=\"jwt\"";
@@ -655,7 +712,7 @@ async fn authenticate(
         if conf.hide_credentials && from_header.is_some() {
             parts.headers.remove(conf.header.as_str());
         }
-        return Ok(Some(consumer.clone()));
+        found = Some(consumer.clone());
     }
     if let Some(conf) = &target.plugins.basic_auth {
         const CHALLENGE: &str = "Basic realm=\"basic\"";
@@ -684,12 +741,12 @@ async fn authenticate(
                 if conf.hide_credentials {
                     parts.headers.remove(header::AUTHORIZATION);
                 }
-                return Ok(Some(consumer.clone()));
+                found = Some(consumer.clone());
             }
             _ => return Err(unauthorized("Invalid user authorization", CHALLENGE)),
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// Compares secrets in time that does not depend on where they differ.
@@ -739,8 +796,18 @@ fn limit_key(key: &LimitKey, view: &View<'_>) -> String {
     }
 }
 
-/// The path and query the node gets, after proxy-rewrite.
+/// The path and query the node gets, after proxy-rewrite; always starting with `/` (a
+/// rewrite to anything else would let a client choose the authority).
 fn rewritten_path(target: &Target, uri: &Uri) -> String {
+    let p = rewrite(target, uri);
+    if p.starts_with('/') {
+        p
+    } else {
+        format!("/{p}")
+    }
+}
+
+fn rewrite(target: &Target, uri: &Uri) -> String {
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
     let Some(rw) = &target.plugins.proxy_rewrite else {
         return pq.to_string();
@@ -824,6 +891,28 @@ impl Ctx {
         let Some(host) = request_host(&parts) else {
             return bad("invalid Host");
         };
+        // Routes match the normalized path, and nodes get it: `/%61dmin` or `/x/../admin`
+        // cannot slip past a route for `/admin` (and its auth) to a broader one.
+        let normalized = match normalize_path(parts.uri.path()) {
+            None => return bad("invalid path"),
+            Some(std::borrow::Cow::Borrowed(_)) => None,
+            Some(std::borrow::Cow::Owned(p)) => Some(p),
+        };
+        if let Some(p) = normalized {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            };
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            match pq.parse() {
+                Ok(pq) => uri.path_and_query = Some(pq),
+                Err(_) => return bad("invalid path"),
+            }
+            match Uri::from_parts(uri) {
+                Ok(u) => parts.uri = u,
+                Err(_) => return bad("invalid path"),
+            }
+        }
         let snap = self.gateway.snapshot();
         let target = {
             let view = self.view(&parts, &host, None);
@@ -969,7 +1058,15 @@ impl Ctx {
         let h = resp.headers_mut();
         h.extend(quota_headers);
         if let Some(cors) = &plugins.cors {
-            h.extend(cors_headers(cors, origin.as_deref(), None));
+            for (k, v) in cors_headers(cors, origin.as_deref(), None) {
+                let Some(k) = k else { continue };
+                if k == header::VARY {
+                    // Added to the node's Vary, never replacing it (caches rely on it).
+                    h.append(k, v);
+                } else {
+                    h.insert(k, v);
+                }
+            }
         }
         if let Some(rw) = &plugins.response_rewrite {
             edit_headers(resp.headers_mut(), &rw.headers);
@@ -1134,7 +1231,12 @@ impl Ctx {
                 };
             };
             let node = &live.picker.nodes()[i];
-            let uri = match format!("http://{}{}", node.authority, path).parse::<Uri>() {
+            let uri = match Uri::builder()
+                .scheme("http")
+                .authority(node.authority.as_str())
+                .path_and_query(path.as_str())
+                .build()
+            {
                 Ok(u) => u,
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
             };
@@ -1234,6 +1336,7 @@ impl Ctx {
                     }
                 }
                 Err(_) => {
+                    passive(Outcome::TimedOut);
                     self.metrics
                         .observe_gateway_upstream(&live.label, "timeout");
                     return error(
@@ -1347,6 +1450,25 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert!(!h.contains_key("x-secret") && !h.contains_key("upgrade"));
         assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn paths_are_normalized_before_matching() {
+        let n = |p: &str| normalize_path(p).map(|c| c.into_owned());
+        assert_eq!(n("/admin").as_deref(), Some("/admin"));
+        assert_eq!(n("/%61dmin").as_deref(), Some("/admin"));
+        assert_eq!(n("//admin").as_deref(), Some("/admin"));
+        assert_eq!(n("/./admin").as_deref(), Some("/admin"));
+        assert_eq!(n("/x/../admin").as_deref(), Some("/admin"));
+        assert_eq!(n("/a/b/").as_deref(), Some("/a/b/"));
+        assert_eq!(
+            n("/a/%2fb").as_deref(),
+            Some("/a/%2Fb"),
+            "an encoded slash is no separator"
+        );
+        assert_eq!(n("/.."), None);
+        assert_eq!(n("/%zz"), None);
+        assert_eq!(n("/%4"), None);
     }
 
     #[test]

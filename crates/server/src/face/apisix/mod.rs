@@ -439,7 +439,7 @@ async fn list(
         (p, s) => {
             let (p, s) = (p.unwrap_or(1).max(1), s.unwrap_or(10));
             all.iter()
-                .skip((p - 1) * s)
+                .skip((p - 1).saturating_mul(s))
                 .take(s)
                 .map(|(id, s)| item(kind, id, s))
                 .collect()
@@ -465,13 +465,29 @@ async fn put(
     q: &Option<String>,
     headers: &HeaderMap,
 ) -> Result<Response, AdminError> {
+    put_at(core, kind, id, v, None, q, headers).await
+}
+
+/// [`put`], only if the resource is still at mod revision `expect` when given.
+async fn put_at(
+    core: &Core,
+    kind: Kind,
+    id: &str,
+    v: Value,
+    expect: Option<i64>,
+    q: &Option<String>,
+    headers: &HeaderMap,
+) -> Result<Response, AdminError> {
     if query_param(q, "ttl").is_some() {
         return Err(AdminError::Bad(
             "ttl is not supported by berth yet: resources do not expire".into(),
         ));
     }
     let guard = authorize(core, headers, q, Access::Write, &layout::key(kind, id), b"")?;
-    let out = core.gateway.put(core, kind, id, v, Some(guard)).await?;
+    let out = core
+        .gateway
+        .put(core, kind, id, v, expect, Some(guard))
+        .await?;
     let status = if out.created {
         StatusCode::CREATED
     } else {
@@ -526,6 +542,7 @@ async fn patch(
     let Some(current) = core.gateway.get(kind, id)? else {
         return Err(AdminError::NotFound);
     };
+    let read_at = current.modified;
     let mut value = current.value;
     match path {
         None => {
@@ -566,5 +583,5 @@ async fn patch(
     if let Value::Object(m) = &mut value {
         m.remove("create_time");
     }
-    put(core, kind, id, value, q, headers).await
+    put_at(core, kind, id, value, Some(read_at), q, headers).await
 }
