@@ -1083,6 +1083,8 @@ impl Ctx {
     }
 
     /// Sends the request to a node of the route's upstream, retrying as the module docs say.
+    // The request's pieces travel separately: the parts are edited, the body consumed.
+    #[allow(clippy::too_many_arguments)]
     async fn proxy(
         &self,
         snap: &Snapshot,
