@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{http_request, Server};
+use crate::harness::{http_request, Server, WITH_GATEWAY};
 
 /// An upstream on loopback: answers every request with JSON naming itself and echoing the
 /// method, path and headers; `/slow` waits 3 s first; an upgrade to `websocket` gets a 101
@@ -180,7 +180,7 @@ fn header<'a>(head: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[test]
 fn admin_api_speaks_apisix_v3() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_GATEWAY]);
     let up = Upstream::start("a");
     let upstream = json!({"nodes": {up.addr.to_string(): 1}, "type": "roundrobin"});
     let (code, out) = admin(&srv, "PUT", "/upstreams/1", &upstream);
@@ -368,7 +368,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn proxies_http1_and_h2c_with_balancing_retries_and_timeouts() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_GATEWAY]);
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     put(
         &srv,
@@ -512,7 +512,7 @@ fn proxies_http1_and_h2c_with_balancing_retries_and_timeouts() {
 
 #[test]
 fn plugins_authenticate_limit_restrict_and_rewrite() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_GATEWAY]);
     let a = Upstream::start("a");
     let node = json!({"nodes": {a.addr.to_string(): 1}});
     put(&srv, "/upstreams/1", node);
@@ -673,7 +673,7 @@ fn plugins_authenticate_limit_restrict_and_rewrite() {
 
 #[test]
 fn smuggling_shapes_get_400_and_reach_no_upstream() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_GATEWAY]);
     let a = Upstream::start("a");
     put(
         &srv,
@@ -711,7 +711,7 @@ fn smuggling_shapes_get_400_and_reach_no_upstream() {
 
 #[test]
 fn websockets_are_spliced_and_outlive_route_changes() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_GATEWAY]);
     let a = Upstream::start("a");
     let b = Upstream::start("b");
     put(
@@ -779,7 +779,7 @@ fn websockets_are_spliced_and_outlive_route_changes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_streams_pass_through_to_etcd_and_outlive_route_changes() {
-    let srv = tokio::task::spawn_blocking(Server::start)
+    let srv = tokio::task::spawn_blocking(|| Server::start_with(&[WITH_GATEWAY]))
         .await
         .expect("server");
     let route =
@@ -833,7 +833,7 @@ async fn grpc_streams_pass_through_to_etcd_and_outlive_route_changes() {
 
 #[test]
 fn registry_instances_are_the_upstream_and_follow_health() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_GATEWAY]);
     let (a, b) = (Upstream::start("a"), Upstream::start("b"));
     for (id, up) in [("a", &a), ("b", &b)] {
         let reg = json!({"ID": id, "Name": "web", "Address": "127.0.0.1", "Port": up.addr.port(),
@@ -1028,7 +1028,7 @@ fn jwt_auth_verifies_tokens_against_their_consumer() {
     use base64::Engine;
     use jsonwebtoken::{encode, EncodingKey, Header};
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_GATEWAY]);
     let a = Upstream::start("a");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1213,7 +1213,7 @@ fn jwt_auth_verifies_tokens_against_their_consumer() {
 
 #[test]
 fn passive_checks_eject_failing_nodes_and_api_breaker_opens() {
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_GATEWAY]);
     let (good, bad) = (
         Upstream::start("good"),
         Upstream::start_answering("bad", 500),
@@ -1273,7 +1273,7 @@ fn passive_checks_eject_failing_nodes_and_api_breaker_opens() {
 #[test]
 fn cli_routes_a_path_to_a_registered_service_in_three_commands() {
     use crate::consul_cli::{fails, json, ok};
-    let srv = Server::start();
+    let srv = Server::start_with(&[WITH_GATEWAY]);
     let web = Upstream::start("web");
     let http = srv.http_addr.as_str();
     // The README's three commands.
@@ -1409,7 +1409,7 @@ fn cli_routes_a_path_to_a_registered_service_in_three_commands() {
 
 #[test]
 fn a_change_on_one_member_serves_on_every_member_and_outlives_a_member() {
-    let mut c = crate::harness::Cluster::start(3);
+    let mut c = crate::harness::Cluster::start_with(3, &[WITH_GATEWAY]);
     let a = Upstream::start("a");
     let put_on = |m: &Server, path: &str, route: &Value| -> u16 {
         http_request(
@@ -1457,9 +1457,10 @@ fn a_change_on_one_member_serves_on_every_member_and_outlives_a_member() {
 /// the user's permissions on the gateway's keyspace.
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_api_takes_berth_tokens_under_auth() {
-    let srv = tokio::task::spawn_blocking(|| Server::start_with(&["--bcrypt-cost", "4"]))
-        .await
-        .expect("server");
+    let srv =
+        tokio::task::spawn_blocking(|| Server::start_with(&["--bcrypt-cost", "4", WITH_GATEWAY]))
+            .await
+            .expect("server");
     let mut plain = srv.client().await;
     crate::auth::setup(&mut plain).await;
     let token = |user: &'static str, pw: &'static str| {
@@ -1538,6 +1539,7 @@ fn access_log_writes_a_json_line_per_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("access.log");
     let srv = Server::start_with(&[
+        WITH_GATEWAY,
         "--gateway-access-log",
         path.to_str().expect("path"),
         "--gateway-access-log-fields",

@@ -32,6 +32,12 @@ pub fn free_port() -> u16 {
 /// extra ports are taken only by the tests that speak Nacos.
 pub const WITH_NACOS: &str = "--with-nacos";
 
+/// The harness's own flag (never passed to berth): serve the gateway's data plane (on
+/// `gateway_addr`). Servers without it run with no gateway listener, so the port is taken
+/// only by the tests that use it (a restarted server's ports are free for others to take
+/// meanwhile: fewer ports, fewer such races).
+pub const WITH_GATEWAY: &str = "--with-gateway";
+
 /// A free port for a Nacos listener: its gRPC port (this one + 1000, as Nacos) is free too.
 pub fn nacos_port() -> u16 {
     loop {
@@ -137,7 +143,11 @@ impl Server {
             http_addr: format!("127.0.0.1:{}", free_port()),
             dns_addr: format!("127.0.0.1:{}", free_port()),
             nats_addr: format!("127.0.0.1:{}", free_port()),
-            gateway_addr: format!("127.0.0.1:{}", free_port()),
+            gateway_addr: if extra.iter().any(|a| a == WITH_GATEWAY) {
+                format!("127.0.0.1:{}", free_port())
+            } else {
+                String::new()
+            },
             nacos_addr: if extra.iter().any(|a| a == WITH_NACOS) {
                 format!("127.0.0.1:{}", nacos_port())
             } else {
@@ -346,13 +356,21 @@ impl Server {
             .args(self.unless_given("--listen-nats-urls", format!("nats://{}", self.nats_addr)))
             .args(self.unless_given(
                 "--listen-gateway-urls",
-                format!("http://{}", self.gateway_addr),
+                if self.gateway_addr.is_empty() {
+                    String::new()
+                } else {
+                    format!("http://{}", self.gateway_addr)
+                },
             ))
             .args(self.unless_given(
                 "--log-level",
                 std::env::var("BERTH_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into()),
             ))
-            .args(self.extra.iter().filter(|a| *a != WITH_NACOS));
+            .args(
+                self.extra
+                    .iter()
+                    .filter(|a| *a != WITH_NACOS && *a != WITH_GATEWAY),
+            );
         cmd
     }
 

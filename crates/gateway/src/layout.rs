@@ -16,17 +16,7 @@ pub fn prefix(kind: Kind) -> Vec<u8> {
     format!("{}/", kind.plural()).into_bytes()
 }
 
-/// The end of the range of keys under `prefix` (the prefix with its last byte raised).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+pub use berth_proto::keys::prefix_end;
 
 /// The kind and ID a key names, if it is a gateway resource's.
 pub fn parse(key: &[u8]) -> Option<(Kind, String)> {

@@ -25,7 +25,6 @@ pub enum Scope {
 
 /// APISIX plugins berth does not run yet (refused as such, not as unknown).
 const NOT_YET: &[&str] = &[
-    "limit-req",
     "limit-conn",
     "hmac-auth",
     "openid-connect",
@@ -52,7 +51,6 @@ const NOT_YET: &[&str] = &[
     "request-validation",
     "proxy-cache",
     "proxy-mirror",
-    "client-control",
     "workflow",
     "serverless-pre-function",
     "serverless-post-function",
@@ -81,6 +79,10 @@ pub struct Plugins {
     pub jwt_credential: Option<JwtCredential>,
     /// `limit-count`.
     pub limit_count: Option<LimitCount>,
+    /// `limit-req`.
+    pub limit_req: Option<LimitReq>,
+    /// `client-control`: the largest request body, in bytes.
+    pub max_body_size: Option<u64>,
     /// `api-breaker`.
     pub api_breaker: Option<ApiBreaker>,
     /// `ip-restriction`.
@@ -446,6 +448,56 @@ struct BreakerSide {
     successes: Option<u32>,
 }
 
+/// `limit-req`: nginx's leaky bucket, as GCRA: `rate` requests a second, `burst` more
+/// queued (delayed until they conform, or passed at once with `nodelay`), the rest refused.
+#[derive(Debug, Clone)]
+pub struct LimitReq {
+    /// Requests per second.
+    pub rate: f64,
+    /// Requests above the rate that wait (or pass, with `nodelay`) rather than fail.
+    pub burst: f64,
+    /// What requests are counted by.
+    pub key: LimitKey,
+    /// Status of a refused request.
+    pub rejected_code: u16,
+    /// Body of a refused request (`{"error_msg": ...}`), if any.
+    pub rejected_msg: Option<String>,
+    /// Pass burst requests at once instead of delaying them.
+    pub nodelay: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitReqSpec {
+    rate: f64,
+    burst: f64,
+    #[serde(default)]
+    key_type: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    rejected_code: Option<u16>,
+    #[serde(default)]
+    rejected_msg: Option<String>,
+    #[serde(default)]
+    nodelay: Option<bool>,
+    #[serde(default)]
+    allow_degradation: Option<bool>,
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientControlSpec {
+    #[serde(default)]
+    max_body_size: Option<u64>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Value>,
+}
+
 /// `ip-restriction`.
 #[derive(Debug, Clone)]
 pub struct IpRestriction {
@@ -762,6 +814,46 @@ impl Plugins {
                         p.jwt_credential = (!off).then_some(c);
                     }
                 },
+                "limit-req" => {
+                    let c: LimitReqSpec = conf(name, v)?;
+                    let _ = (c.meta, c.allow_degradation);
+                    if !(c.rate.is_finite()
+                        && c.rate > 0.0
+                        && c.burst.is_finite()
+                        && c.burst >= 0.0)
+                    {
+                        return Err(invalid(
+                            name,
+                            "\"rate\" must be above 0 and \"burst\" at least 0",
+                        ));
+                    }
+                    if c.policy.as_deref().is_some_and(|p| p != "local") {
+                        return Err(invalid(
+                            name,
+                            "berth has no Redis: policy \"local\" is what it runs",
+                        ));
+                    }
+                    let key_name = c.key.unwrap_or_else(|| "remote_addr".into());
+                    let key = match c.key_type.as_deref().unwrap_or("var") {
+                        "var" => LimitKey::Var(key_name),
+                        "var_combination" => LimitKey::Combination(key_name),
+                        other => return Err(invalid(name, format!("unknown key_type {other:?}"))),
+                    };
+                    let limit = LimitReq {
+                        rate: c.rate,
+                        burst: c.burst,
+                        key,
+                        rejected_code: status(name, "rejected_code", c.rejected_code, 503)?,
+                        rejected_msg: c.rejected_msg,
+                        nodelay: c.nodelay.unwrap_or(false),
+                    };
+                    p.limit_req = (!off).then_some(limit);
+                }
+                "client-control" if scope == Scope::Route => {
+                    let c: ClientControlSpec = conf(name, v)?;
+                    let _ = c.meta;
+                    p.max_body_size = if off { None } else { c.max_body_size };
+                }
                 "limit-count" => {
                     let c: LimitCountSpec = conf(name, v)?;
                     let _ = (c.meta, c.allow_degradation);
@@ -1008,6 +1100,8 @@ impl Plugins {
                 .api_breaker
                 .clone()
                 .or_else(|| base.api_breaker.clone()),
+            limit_req: self.limit_req.clone().or_else(|| base.limit_req.clone()),
+            max_body_size: self.max_body_size.or(base.max_body_size),
             proxy_rewrite: self
                 .proxy_rewrite
                 .clone()
@@ -1096,9 +1190,15 @@ mod tests {
             GatewayError::UnknownPlugin("nope".into())
         );
         assert_eq!(
-            parse(json!({"limit-req": {}}), Scope::Route).expect_err("not yet"),
-            GatewayError::Unsupported("limit-req".into())
+            parse(json!({"limit-conn": {}}), Scope::Route).expect_err("not yet"),
+            GatewayError::Unsupported("limit-conn".into())
         );
+        let r =
+            parse(json!({"limit-req": {"rate": 2, "burst": 1}}), Scope::Route).expect("limit-req");
+        assert!(r
+            .limit_req
+            .is_some_and(|l| !l.nodelay && l.rejected_code == 503));
+        assert!(parse(json!({"limit-req": {"rate": 0, "burst": 1}}), Scope::Route).is_err());
         let j = parse(
             json!({"jwt-auth": {"key": "u", "secret": "s"}}),
             Scope::Consumer,

@@ -112,6 +112,43 @@ impl Barriers {
     }
 }
 
+/// Where a view's parked catch-up requests stand (see [`catch_up`]).
+pub enum CatchUp {
+    /// None parked, or the watch is still replaying history: keep them parked.
+    Wait,
+    /// A delivery could not be applied: the watch must be reloaded.
+    Broken,
+    /// Every change up to this revision is in the view: advance the mark, then [`answer`].
+    UpTo(i64),
+}
+
+/// For a view with `parked` catch-up requests whose watch `handle` is live: hands `deliver`
+/// every delivery already in `rx` (all up to the store's progress revision are there).
+pub fn catch_up(
+    store: &berth_store::Store,
+    handle: &berth_store::WatchHandle,
+    parked: &[Barrier],
+    rx: &mut tokio::sync::mpsc::Receiver<berth_store::Delivery>,
+    deliver: impl FnMut(berth_store::Delivery) -> bool,
+) -> CatchUp {
+    if parked.is_empty() || !store.watch_synced(handle) {
+        return CatchUp::Wait;
+    }
+    let upto = store.progress_revision();
+    if drain(rx, deliver) {
+        CatchUp::UpTo(upto)
+    } else {
+        CatchUp::Broken
+    }
+}
+
+/// Answers the parked requests.
+pub fn answer(parked: &mut Vec<Barrier>) {
+    for b in parked.drain(..) {
+        let _ = b.send(());
+    }
+}
+
 /// Hands `deliver` every delivery already in `rx`; false when one could not be applied
 /// (the watch cannot continue).
 pub fn drain(

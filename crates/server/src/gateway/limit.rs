@@ -129,3 +129,99 @@ mod tests {
         );
     }
 }
+
+/// `limit-req`'s buckets: per key, the theoretical arrival time of the next request that
+/// conforms to the rate (GCRA, which is nginx's leaky bucket). Kept outside snapshots like
+/// the windows; keys whose time has passed are dropped when a shard grows.
+pub struct Buckets {
+    shards: [Mutex<BucketShard>; SHARDS],
+}
+
+struct BucketShard {
+    tat: HashMap<String, Instant>,
+    prune_at: usize,
+}
+
+impl Default for Buckets {
+    fn default() -> Buckets {
+        Buckets {
+            shards: std::array::from_fn(|_| {
+                Mutex::new(BucketShard {
+                    tat: HashMap::new(),
+                    prune_at: PRUNE_AT,
+                })
+            }),
+        }
+    }
+}
+
+/// What `limit-req` does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Pass after this delay (zero: at once).
+    Pass(Duration),
+    /// Refuse: more than `burst` ahead of the rate.
+    Refuse,
+}
+
+impl Buckets {
+    /// Counts a request under `key` at `rate` a second with `burst` allowed ahead of it.
+    pub fn take(&self, key: &str, rate: f64, burst: f64, nodelay: bool) -> Pace {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if shard.tat.len() >= shard.prune_at && !shard.tat.contains_key(key) {
+            shard.tat.retain(|_, t| *t > now);
+            shard.prune_at = (shard.tat.len() * 2).max(PRUNE_AT);
+        }
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let tat = shard.tat.get(key).copied().unwrap_or(now).max(now);
+        let ahead = tat - now;
+        // A little slack for the clock's granularity.
+        if ahead.as_secs_f64() > burst * interval.as_secs_f64() + 1e-6 {
+            return Pace::Refuse;
+        }
+        shard.tat.insert(key.to_string(), tat + interval);
+        Pace::Pass(if nodelay { Duration::ZERO } else { ahead })
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+
+    #[test]
+    fn rate_burst_delay_and_refusal() {
+        let b = Buckets::default();
+        // 10 a second, burst 2: one at once, two delayed by 100 ms and 200 ms, then refused.
+        assert_eq!(b.take("k", 10.0, 2.0, false), Pace::Pass(Duration::ZERO));
+        let Pace::Pass(d1) = b.take("k", 10.0, 2.0, false) else {
+            panic!("passes")
+        };
+        let Pace::Pass(d2) = b.take("k", 10.0, 2.0, false) else {
+            panic!("passes")
+        };
+        assert!(
+            d1 > Duration::from_millis(90) && d1 <= Duration::from_millis(100),
+            "{d1:?}"
+        );
+        assert!(
+            d2 > Duration::from_millis(190) && d2 <= Duration::from_millis(200),
+            "{d2:?}"
+        );
+        assert_eq!(b.take("k", 10.0, 2.0, false), Pace::Refuse);
+        assert_eq!(b.take("other", 10.0, 2.0, true), Pace::Pass(Duration::ZERO));
+        assert_eq!(
+            b.take("other", 10.0, 0.0, true),
+            Pace::Refuse,
+            "no burst: one per interval"
+        );
+        std::thread::sleep(Duration::from_millis(110));
+        assert!(
+            matches!(b.take("other", 10.0, 0.0, true), Pace::Pass(_)),
+            "the rate refills"
+        );
+    }
+}

@@ -198,6 +198,8 @@ pub struct Gateway {
     nodes: Mutex<HashMap<String, Weak<NodeStats>>>,
     /// Rate-limit counters.
     pub limits: limit::Counters,
+    /// `limit-req` buckets.
+    pub buckets: limit::Buckets,
     /// Retry budget (see [`proxy`]).
     pub retry_budget: proxy::RetryBudget,
     /// Upstream HTTP clients, by connect timeout.
@@ -263,6 +265,7 @@ impl Gateway {
             applied: crate::applied_mark::AppliedMark::new(),
             nodes: Mutex::new(HashMap::new()),
             limits: limit::Counters::default(),
+            buckets: limit::Buckets::default(),
             retry_budget: proxy::RetryBudget::default(),
             clients: proxy::Clients::default(),
             jwks: jwt::JwksCache::default(),
@@ -603,24 +606,22 @@ impl Gateway {
             // only then is every change up to the store's progress revision in the channel.
             let mut parked: Vec<crate::applied_mark::Barrier> = Vec::new();
             let reload = loop {
-                if !parked.is_empty() && self.store.watch_synced(&handle) {
-                    let upto = self.store.progress_revision();
-                    let mut took = false;
-                    let ok = crate::applied_mark::drain(&mut rx, |d| {
-                        revision = d.revision;
-                        took = true;
-                        apply(&mut res, &d)
-                    });
-                    if !ok {
-                        parked.clear();
-                        break true;
-                    }
-                    if took {
-                        self.publish(&res, revision, &registry, &metrics);
-                    }
-                    self.applied.advance(upto);
-                    for b in parked.drain(..) {
-                        let _ = b.send(());
+                use crate::applied_mark::{answer, catch_up, CatchUp};
+                let mut took = false;
+                let caught = catch_up(&self.store, &handle, &parked, &mut rx, |d| {
+                    revision = d.revision;
+                    took = true;
+                    apply(&mut res, &d)
+                });
+                match caught {
+                    CatchUp::Wait => {}
+                    CatchUp::Broken => break true,
+                    CatchUp::UpTo(upto) => {
+                        if took {
+                            self.publish(&res, revision, &registry, &metrics);
+                        }
+                        self.applied.advance(upto);
+                        answer(&mut parked);
                     }
                 }
                 let replaying = !parked.is_empty();

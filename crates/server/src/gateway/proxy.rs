@@ -1028,6 +1028,58 @@ impl Ctx {
                 return r;
             }
         }
+        let req_limit = consumer
+            .as_ref()
+            .and_then(|c| {
+                c.plugins
+                    .limit_req
+                    .as_ref()
+                    .map(|l| (l, Some(c.username.as_str())))
+            })
+            .or_else(|| plugins.limit_req.as_ref().map(|l| (l, None)));
+        if let Some((limit, of_consumer)) = req_limit {
+            let view = self.view(parts, host, consumer.as_ref().map(|c| c.username.as_str()));
+            let scope = match of_consumer {
+                Some(c) => format!("consumer:{c}:route:{}", target.route.id),
+                None => format!("route:{}", target.route.id),
+            };
+            let key = format!("{scope}\0{}", limit_key(&limit.key, &view));
+            match self
+                .gateway
+                .buckets
+                .take(&key, limit.rate, limit.burst, limit.nodelay)
+            {
+                super::limit::Pace::Pass(delay) if delay.is_zero() => {}
+                super::limit::Pace::Pass(delay) => tokio::time::sleep(delay).await,
+                super::limit::Pace::Refuse => {
+                    let status = StatusCode::from_u16(limit.rejected_code)
+                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    return error(
+                        status,
+                        limit
+                            .rejected_msg
+                            .clone()
+                            .unwrap_or_else(|| "rate limit exceeded".into()),
+                    );
+                }
+            }
+        }
+        if let Some(max) = plugins.max_body_size {
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                let mut r = error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {max} bytes"),
+                );
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
+        }
         let route_id = target.route.id.as_str();
         if let Some(b) = &plugins.api_breaker {
             if self.gateway.breakers.open(route_id) {
@@ -1208,6 +1260,24 @@ impl Ctx {
                 }
             }
         };
+        // client-control's limit on bodies of no stated length: what was read ahead tells
+        // (longer streams than the read-ahead are not counted).
+        if let Some(max) = target.plugins.max_body_size {
+            let over = match (&replay, &streaming) {
+                (Some(b), _) => b.len() as u64 > max,
+                (None, Some(p)) => !p.prefix.is_empty() && (REPLAYABLE_MAX as u64) > max,
+                (None, None) => false,
+            };
+            if over {
+                let mut r = error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {max} bytes"),
+                );
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
+        }
         let nodes = live.picker.nodes().len();
         let retries = match &replay {
             None => 0,

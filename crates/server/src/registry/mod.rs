@@ -300,15 +300,13 @@ impl Registry {
             // then is every change up to the store's progress revision in the channel.
             let mut parked: Vec<crate::applied_mark::Barrier> = Vec::new();
             let reload = loop {
-                if !parked.is_empty() && self.store.watch_synced(&handle) {
-                    let upto = self.store.progress_revision();
-                    if !crate::applied_mark::drain(&mut rx, |d| self.deliver(d)) {
-                        parked.clear();
-                        break true;
-                    }
-                    self.advance(upto);
-                    for b in parked.drain(..) {
-                        let _ = b.send(());
+                use crate::applied_mark::{answer, catch_up, CatchUp};
+                match catch_up(&self.store, &handle, &parked, &mut rx, |d| self.deliver(d)) {
+                    CatchUp::Wait => {}
+                    CatchUp::Broken => break true,
+                    CatchUp::UpTo(upto) => {
+                        self.advance(upto);
+                        answer(&mut parked);
                     }
                 }
                 let replaying = !parked.is_empty();
