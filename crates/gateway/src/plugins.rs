@@ -642,6 +642,22 @@ struct ResponseRewriteSpec {
     meta: Option<Value>,
 }
 
+/// A limit plugin's `key_type` and `key` (`constant` only where the plugin takes it).
+fn limit_key(
+    plugin: &str,
+    key_type: Option<String>,
+    key: Option<String>,
+    constant: bool,
+) -> Result<LimitKey, GatewayError> {
+    let key = key.unwrap_or_else(|| "remote_addr".into());
+    match key_type.as_deref().unwrap_or("var") {
+        "var" => Ok(LimitKey::Var(key)),
+        "var_combination" => Ok(LimitKey::Combination(key)),
+        "constant" if constant => Ok(LimitKey::Constant),
+        other => Err(invalid(plugin, format!("unknown key_type {other:?}"))),
+    }
+}
+
 fn invalid(plugin: &str, why: impl std::fmt::Display) -> GatewayError {
     GatewayError::invalid(format!(
         "failed to check the configuration of plugin {plugin} err: {why}"
@@ -833,12 +849,7 @@ impl Plugins {
                             "berth has no Redis: policy \"local\" is what it runs",
                         ));
                     }
-                    let key_name = c.key.unwrap_or_else(|| "remote_addr".into());
-                    let key = match c.key_type.as_deref().unwrap_or("var") {
-                        "var" => LimitKey::Var(key_name),
-                        "var_combination" => LimitKey::Combination(key_name),
-                        other => return Err(invalid(name, format!("unknown key_type {other:?}"))),
-                    };
+                    let key = limit_key(name, c.key_type, c.key, false)?;
                     let limit = LimitReq {
                         rate: c.rate,
                         burst: c.burst,
@@ -870,13 +881,7 @@ impl Plugins {
                         }
                         other => return Err(invalid(name, format!("unknown policy {other:?}"))),
                     }
-                    let key_name = c.key.unwrap_or_else(|| "remote_addr".into());
-                    let key = match c.key_type.as_deref().unwrap_or("var") {
-                        "var" => LimitKey::Var(key_name),
-                        "var_combination" => LimitKey::Combination(key_name),
-                        "constant" => LimitKey::Constant,
-                        other => return Err(invalid(name, format!("unknown key_type {other:?}"))),
-                    };
+                    let key = limit_key(name, c.key_type, c.key, true)?;
                     let limit = LimitCount {
                         count: c.count,
                         time_window: c.time_window,

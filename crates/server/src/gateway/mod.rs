@@ -208,8 +208,6 @@ pub struct Gateway {
     pub jwks: jwt::JwksCache,
     /// `api-breaker` states by route.
     pub breakers: breaker::Breakers,
-    /// Route IDs with metric series, so a removed route's series go with it.
-    metric_routes: Mutex<std::collections::BTreeSet<String>>,
     /// Requests to bring the snapshot up to date (see [`Gateway::sync`]).
     barriers: crate::applied_mark::Barriers,
 }
@@ -270,7 +268,6 @@ impl Gateway {
             clients: proxy::Clients::default(),
             jwks: jwt::JwksCache::default(),
             breakers: breaker::Breakers::default(),
-            metric_routes: Mutex::new(Default::default()),
         })
     }
 
@@ -697,34 +694,24 @@ impl Gateway {
         let started = std::time::Instant::now();
         let snapshot = self.build(res, revision, registry);
         let routes = snapshot.table.targets().len();
-        *self.resources.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(res.clone());
+        let before = std::mem::replace(
+            &mut *self.resources.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(res.clone()),
+        );
         self.snapshot.store(Arc::new(snapshot));
         self.applied.advance(revision);
-        self.forget_removed_routes(res, metrics);
+        // A deleted route's metric series go with it (series are created by requests, so
+        // the routes that had any are among those the previous build had).
+        for id in before
+            .routes
+            .keys()
+            .filter(|id| !res.routes.contains_key(*id))
+        {
+            metrics.forget_gateway_route(id);
+        }
         self.breakers.retain(|r| res.routes.contains_key(r));
         metrics.observe_gateway_build(started.elapsed(), routes);
         tracing::debug!(revision, routes, elapsed = ?started.elapsed(), "gateway: snapshot swapped in");
-    }
-
-    fn forget_removed_routes(&self, res: &Resources, metrics: &crate::metrics::Metrics) {
-        let mut known = lock(&self.metric_routes);
-        let gone: Vec<String> = known
-            .iter()
-            .filter(|id| !res.routes.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            metrics.forget_gateway_route(&id);
-            known.remove(&id);
-        }
-    }
-
-    /// Notes that route `id` has metric series.
-    pub fn route_measured(&self, id: &str) {
-        let mut known = lock(&self.metric_routes);
-        if !known.contains(id) {
-            known.insert(id.to_string());
-        }
     }
 
     fn build(&self, res: &Resources, revision: i64, registry: &Registry) -> Snapshot {

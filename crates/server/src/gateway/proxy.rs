@@ -776,7 +776,36 @@ fn hash_key(live: &LiveUpstream, view: &View<'_>) -> String {
         .unwrap_or_default()
 }
 
-/// The counter key of a limit-count for this request.
+/// A limit plugin's configuration that applies: the consumer's own over the route's (APISIX
+/// merges a consumer's plugins over the route's), with the consumer's name when it is theirs.
+fn consumer_first<'a, T>(
+    consumer: Option<&'a berth_gateway::Consumer>,
+    route: &'a berth_gateway::plugins::Plugins,
+    plugin: impl Fn(&'a berth_gateway::plugins::Plugins) -> Option<&'a T>,
+) -> Option<(&'a T, Option<&'a str>)> {
+    consumer
+        .and_then(|c| plugin(&c.plugins).map(|l| (l, Some(c.username.as_str()))))
+        .or_else(|| plugin(route).map(|l| (l, None)))
+}
+
+/// The key a limit counts this request under: its group's, else the route's (and the
+/// consumer's, for a consumer's own limit), then the configured key's value.
+fn counter_key(
+    group: Option<&str>,
+    of_consumer: Option<&str>,
+    target: &Target,
+    key: &LimitKey,
+    view: &View<'_>,
+) -> String {
+    let scope = match (group, of_consumer) {
+        (Some(g), _) => format!("group:{g}"),
+        (None, Some(c)) => format!("consumer:{c}:route:{}", target.route.id),
+        (None, None) => format!("route:{}", target.route.id),
+    };
+    format!("{scope}\0{}", limit_key(key, view))
+}
+
+/// The value a limit's key takes for this request.
 fn limit_key(key: &LimitKey, view: &View<'_>) -> String {
     match key {
         LimitKey::Constant => String::new(),
@@ -864,9 +893,6 @@ impl Ctx {
         }
         self.metrics
             .observe_gateway(route.as_deref().unwrap_or(""), status, started.elapsed());
-        if let Some(r) = &route {
-            self.gateway.route_measured(r);
-        }
         tracing::debug!(route = route.as_deref().unwrap_or("-"), status, elapsed = ?started.elapsed(), peer = ?self.peer, "gateway request");
         resp
     }
@@ -982,24 +1008,17 @@ impl Ctx {
         if let (Some(t), Some(c)) = (trail.as_deref_mut(), &consumer) {
             t.consumer = Some(c.username.clone());
         }
-        let limit = consumer
-            .as_ref()
-            .and_then(|c| {
-                c.plugins
-                    .limit_count
-                    .as_ref()
-                    .map(|l| (l, Some(c.username.as_str())))
-            })
-            .or_else(|| plugins.limit_count.as_ref().map(|l| (l, None)));
+        let limit = consumer_first(consumer.as_deref(), plugins, |p| p.limit_count.as_ref());
         let mut quota_headers = HeaderMap::new();
         if let Some((limit, of_consumer)) = limit {
             let view = self.view(parts, host, consumer.as_ref().map(|c| c.username.as_str()));
-            let scope = match (&limit.group, of_consumer) {
-                (Some(g), _) => format!("group:{g}"),
-                (None, Some(c)) => format!("consumer:{c}:route:{}", target.route.id),
-                (None, None) => format!("route:{}", target.route.id),
-            };
-            let key = format!("{scope}\0{}", limit_key(&limit.key, &view));
+            let key = counter_key(
+                limit.group.as_deref(),
+                of_consumer,
+                target,
+                &limit.key,
+                &view,
+            );
             let window = Duration::from_secs(limit.time_window);
             let verdict = self.gateway.limits.hit(&key, limit.count, window);
             if limit.show_quota_headers {
@@ -1028,22 +1047,10 @@ impl Ctx {
                 return r;
             }
         }
-        let req_limit = consumer
-            .as_ref()
-            .and_then(|c| {
-                c.plugins
-                    .limit_req
-                    .as_ref()
-                    .map(|l| (l, Some(c.username.as_str())))
-            })
-            .or_else(|| plugins.limit_req.as_ref().map(|l| (l, None)));
+        let req_limit = consumer_first(consumer.as_deref(), plugins, |p| p.limit_req.as_ref());
         if let Some((limit, of_consumer)) = req_limit {
             let view = self.view(parts, host, consumer.as_ref().map(|c| c.username.as_str()));
-            let scope = match of_consumer {
-                Some(c) => format!("consumer:{c}:route:{}", target.route.id),
-                None => format!("route:{}", target.route.id),
-            };
-            let key = format!("{scope}\0{}", limit_key(&limit.key, &view));
+            let key = counter_key(None, of_consumer, target, &limit.key, &view);
             match self
                 .gateway
                 .buckets

@@ -121,6 +121,14 @@ fn reply(status: StatusCode, body: Value) -> Response {
     r
 }
 
+/// APISIX's 405 for a method a kind does not take.
+fn not_supported(method: impl std::fmt::Display, kind: Kind) -> AdminError {
+    AdminError::Method(format!(
+        "not supported `{method}` method for {}",
+        kind.singular()
+    ))
+}
+
 fn kind_of(name: &str) -> Result<Kind, AdminError> {
     Kind::from_plural(name).ok_or_else(|| AdminError::UnknownKind(name.to_string()))
 }
@@ -244,9 +252,7 @@ async fn collection(
         }
         Method::POST => {
             if kind == Kind::Consumer {
-                return Err(AdminError::Method(
-                    "not supported `POST` method for consumer".into(),
-                ));
+                return Err(not_supported("POST", kind));
             }
             let v = parse_body(&body)?;
             if body_id(kind, &v).is_some() {
@@ -258,10 +264,7 @@ async fn collection(
             let id = new_id(&core, kind)?;
             put(&core, kind, &id, v, &q, &headers).await
         }
-        other => Err(AdminError::Method(format!(
-            "not supported `{other}` method for {}",
-            kind.singular()
-        ))),
+        other => Err(not_supported(other, kind)),
     }
 }
 
@@ -335,10 +338,7 @@ async fn one(
                 None => Err(AdminError::NotFound),
             }
         }
-        other => Err(AdminError::Method(format!(
-            "not supported `{other}` method for {}",
-            kind.singular()
-        ))),
+        other => Err(not_supported(other, kind)),
     }
 }
 
@@ -352,10 +352,7 @@ async fn sub_path(
 ) -> Result<Response, AdminError> {
     let kind = kind_of(&kind)?;
     if method != Method::PATCH {
-        return Err(AdminError::Method(format!(
-            "not supported `{method}` method for {}",
-            kind.singular()
-        )));
+        return Err(not_supported(method, kind));
     }
     patch(&core, kind, &id, Some(&path), &body, &q, &headers).await
 }
@@ -528,9 +525,7 @@ async fn patch(
     headers: &HeaderMap,
 ) -> Result<Response, AdminError> {
     if kind == Kind::Consumer {
-        return Err(AdminError::Method(
-            "not supported `PATCH` method for consumer".into(),
-        ));
+        return Err(not_supported("PATCH", kind));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AdminError::Bad("missing new configuration".into()));
