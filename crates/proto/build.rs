@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/store.proto",
         "proto/berth/lease.proto",
         "proto/berth/nats.proto",
+        "proto/berth/gateway.proto",
         "proto/grpc/health/v1/health.proto",
     ];
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -1600,3 +1600,145 @@ fn access_log_writes_a_json_line_per_request() {
         "an unknown field is refused: {err}"
     );
 }
+
+/// Sends `n` GETs of `path` to each gateway at once (one thread per gateway); the statuses.
+fn hammer(gateways: &[String], path: &str, n: usize) -> Vec<u16> {
+    let threads: Vec<_> = gateways
+        .iter()
+        .map(|gw| {
+            let (gw, path) = (gw.clone(), path.to_string());
+            std::thread::spawn(move || {
+                (0..n)
+                    .map(|_| http_request("GET", &gw, &path, "", &[]).0 .0)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("a hammer thread"))
+        .collect()
+}
+
+fn count(codes: &[u16], code: u16) -> usize {
+    codes.iter().filter(|c| **c == code).count()
+}
+
+/// `limit-count` with policy `cluster` admits `count` per window across three members (the
+/// leader keeps the count, members take shares); `local` admits `count` on each. A leader
+/// change may admit one more `count` in the window (the stated bound); without a quorum the
+/// route answers 500, unless `allow_degradation` lets requests pass.
+#[test]
+fn cluster_limit_count_holds_across_members() {
+    let mut c = crate::harness::Cluster::start_with(3, &[WITH_GATEWAY]);
+    let a = Upstream::start("a");
+    let nodes = json!({"nodes": {a.addr.to_string(): 1}});
+    let limited = |count: u64, policy: &str, degrade: bool| {
+        json!({"limit-count": {"count": count, "time_window": 600, "policy": policy,
+            "rejected_code": 429, "allow_degradation": degrade}})
+    };
+    let first = &c.members[0];
+    put(
+        first,
+        "/routes/cl",
+        json!({"uri": "/cl", "upstream": nodes, "plugins": limited(30, "cluster", false)}),
+    );
+    put(
+        first,
+        "/routes/lo",
+        json!({"uri": "/lo", "upstream": nodes, "plugins": limited(10, "local", false)}),
+    );
+    put(
+        first,
+        "/routes/cl3",
+        json!({"uri": "/cl3", "upstream": nodes, "plugins": limited(20, "cluster", false)}),
+    );
+    put(
+        first,
+        "/routes/cl2",
+        json!({"uri": "/cl2", "upstream": nodes, "plugins": limited(100_000, "cluster", false)}),
+    );
+    put(
+        first,
+        "/routes/deg",
+        json!({"uri": "/deg", "upstream": nodes, "plugins": limited(100_000, "cluster", true)}),
+    );
+    put(
+        first,
+        "/routes/probe",
+        json!({"uri": "/probe", "upstream": nodes}),
+    );
+    let gateways: Vec<String> = c.members.iter().map(|m| m.gateway_addr.clone()).collect();
+    for gw in &gateways {
+        eventually("every member serves the routes", || {
+            http_request("GET", gw, "/probe", "", &[]).0 .0 == 200
+        });
+    }
+    let before = a.hits.load(Ordering::SeqCst);
+    let codes = hammer(&gateways, "/cl", 40);
+    assert_eq!(
+        (count(&codes, 200), count(&codes, 429)),
+        (30, 90),
+        "cluster: exactly the count across members: {codes:?}"
+    );
+    assert_eq!(
+        a.hits.load(Ordering::SeqCst) - before,
+        30,
+        "refused requests reach no node"
+    );
+    let codes = hammer(&gateways, "/lo", 20);
+    assert_eq!(
+        (count(&codes, 200), count(&codes, 429)),
+        (30, 30),
+        "local: the count on each member: {codes:?}"
+    );
+
+    // A key counted only at the leader: the leader spends its whole count itself.
+    let leader = c.leader_by_metrics();
+    let codes = hammer(&gateways[leader..=leader], "/cl3", 30);
+    assert_eq!(
+        (count(&codes, 200), count(&codes, 429)),
+        (20, 10),
+        "{codes:?}"
+    );
+
+    // The leader dies mid-window.
+    c.members[leader].kill9();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let survivors: Vec<String> = alive.iter().map(|i| gateways[*i].clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let probe = json!({"uri": "/probe2", "upstream": nodes});
+    loop {
+        let (code, _) = admin(&c.members[alive[0]], "PUT", "/routes/probe2", &probe);
+        if matches!(code, 200 | 201) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader after the kill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every member learnt that /cl's window is spent: they keep refusing until it ends, the
+    // new leader too.
+    let codes = hammer(&survivors, "/cl", 20);
+    assert_eq!(count(&codes, 429), 40, "{codes:?}");
+    // /cl3's count was all at the dead leader; the next leader counts afresh: at most one
+    // more count in the window (the stated bound: 2 × 20 here).
+    let codes = hammer(&survivors, "/cl3", 20);
+    assert!(
+        codes.iter().all(|c| matches!(c, 200 | 429)) && count(&codes, 200) <= 20,
+        "within one more count per leader change: {codes:?}"
+    );
+
+    // No quorum: no leader to count, so 500 unless the route degrades.
+    let last = alive[1];
+    c.members[alive[0]].kill9();
+    let gw = &gateways[last];
+    eventually("without a quorum, a counted route answers 500", || {
+        let ((code, body), _) = http_request("GET", gw, "/cl2", "", &[]);
+        code == 500 && body.contains("failed to limit count")
+    });
+    assert_eq!(
+        http_request("GET", gw, "/deg", "", &[]).0 .0,
+        200,
+        "allow_degradation lets it pass"
+    );
+}

@@ -362,6 +362,21 @@ pub struct LimitCount {
     pub show_quota_headers: bool,
     /// Routes sharing a group share their counters.
     pub group: Option<String>,
+    /// Where the count is kept.
+    pub policy: LimitPolicy,
+    /// With `cluster`: let requests pass (uncounted) when the leader cannot be asked, instead
+    /// of answering 500.
+    pub allow_degradation: bool,
+}
+
+/// Where `limit-count` keeps its count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitPolicy {
+    /// On each member apart (APISIX's `local`): the cluster admits up to members × count.
+    Local,
+    /// Across the cluster (berth's own policy, in place of APISIX's Redis ones): members take
+    /// shares of each window's quota from the Raft leader.
+    Cluster,
 }
 
 #[derive(Deserialize)]
@@ -867,20 +882,21 @@ impl Plugins {
                 }
                 "limit-count" => {
                     let c: LimitCountSpec = conf(name, v)?;
-                    let _ = (c.meta, c.allow_degradation);
+                    let _ = c.meta;
                     if c.count == 0 || c.time_window == 0 {
                         return Err(invalid(
                             name,
                             "\"count\" and \"time_window\" must be above 0",
                         ));
                     }
-                    match c.policy.as_deref().unwrap_or("local") {
-                        "local" => {}
+                    let policy = match c.policy.as_deref().unwrap_or("local") {
+                        "local" => LimitPolicy::Local,
+                        "cluster" => LimitPolicy::Cluster,
                         "redis" | "redis-cluster" | "redis-sentinel" => {
-                            return Err(invalid(name, "berth has no Redis: policy \"local\" is what it runs (a cluster-wide policy is to come)"))
+                            return Err(invalid(name, "berth has no Redis: policy \"cluster\" counts across berth's members (or \"local\", on each member apart)"))
                         }
                         other => return Err(invalid(name, format!("unknown policy {other:?}"))),
-                    }
+                    };
                     let key = limit_key(name, c.key_type, c.key, true)?;
                     let limit = LimitCount {
                         count: c.count,
@@ -890,6 +906,8 @@ impl Plugins {
                         rejected_msg: c.rejected_msg,
                         show_quota_headers: c.show_limit_quota_header.unwrap_or(true),
                         group: c.group,
+                        policy,
+                        allow_degradation: c.allow_degradation.unwrap_or(false),
                     };
                     p.limit_count = (!off).then_some(limit);
                 }
@@ -1231,6 +1249,28 @@ mod tests {
             Scope::Route
         )
         .is_err());
+        let lc = parse(
+            json!({"limit-count": {"count": 5, "time_window": 2, "policy": "cluster", "allow_degradation": true}}),
+            Scope::Route,
+        )
+        .expect("cluster policy")
+        .limit_count
+        .expect("limit-count");
+        assert_eq!(
+            (lc.policy, lc.allow_degradation),
+            (LimitPolicy::Cluster, true)
+        );
+        let lc = parse(
+            json!({"limit-count": {"count": 5, "time_window": 2}}),
+            Scope::Route,
+        )
+        .expect("local policy")
+        .limit_count
+        .expect("limit-count");
+        assert_eq!(
+            (lc.policy, lc.allow_degradation),
+            (LimitPolicy::Local, false)
+        );
         assert!(
             parse(json!({"key-auth": {"key": "k"}}), Scope::Route).is_err(),
             "a route's key-auth has no key"

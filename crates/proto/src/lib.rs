@@ -134,4 +134,8 @@ pub mod berth {
     pub mod nats {
         tonic::include_proto!("berth.nats");
     }
+    /// The gateway's cluster-wide rate-limit shares, taken from the leader (`berth.gateway`).
+    pub mod gateway {
+        tonic::include_proto!("berth.gateway");
+    }
 }

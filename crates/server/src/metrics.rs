@@ -56,6 +56,13 @@ pub struct GatewayUpstreamLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of the gateway's cluster-wide rate-limit series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayQuotaLabels {
+    /// `allowed`, `refused` or `failed` (the leader could not be asked).
+    pub outcome: &'static str,
+}
+
 /// The status classes of the gateway's series.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -144,6 +151,8 @@ pub struct Metrics {
     gateway_latency: Family<GatewayRouteLabels, Histogram>,
     /// Gateway attempts to reach upstream nodes, by upstream and outcome.
     gateway_upstream: Family<GatewayUpstreamLabels, Counter>,
+    /// Requests counted by cluster-wide `limit-count`, by outcome.
+    gateway_quota: Family<GatewayQuotaLabels, Counter>,
     /// Time to build and swap in a gateway routing snapshot.
     gateway_build: Histogram,
     /// Routes in the gateway's current snapshot.
@@ -262,6 +271,7 @@ impl Metrics {
                 (|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))) as fn() -> Histogram,
             ),
             gateway_upstream: Family::default(),
+            gateway_quota: Family::default(),
             gateway_build: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             gateway_routes: Gauge::default(),
             gateway_websockets: Gauge::default(),
@@ -385,6 +395,11 @@ impl Metrics {
             "berth_gateway_upstream_attempts",
             "Gateway attempts to reach an upstream's nodes, by upstream and outcome",
             m.gateway_upstream.clone(),
+        );
+        r.register(
+            "berth_gateway_cluster_limit_requests",
+            "Requests counted by a cluster-wide limit-count, by outcome",
+            m.gateway_quota.clone(),
         );
         r.register(
             "berth_gateway_snapshot_build_seconds",
@@ -629,6 +644,13 @@ impl Metrics {
                 upstream: upstream.to_string(),
                 outcome,
             })
+            .inc();
+    }
+
+    /// Records a request counted by a cluster-wide `limit-count`.
+    pub fn gateway_quota(&self, outcome: &'static str) {
+        self.gateway_quota
+            .get_or_create(&GatewayQuotaLabels { outcome })
             .inc();
     }
 

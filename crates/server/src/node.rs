@@ -88,7 +88,7 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
     )?);
     let registry = crate::registry::Registry::new(store.clone());
     let config_center = crate::config_center::ConfigCenter::new(store.clone(), cfg.config_limits);
-    let gateway = crate::gateway::Gateway::new(store.clone());
+    let gateway = crate::gateway::Gateway::new(store.clone(), consensus.clone(), metrics.clone());
     Ok(Arc::new(Core {
         store,
         consensus,
@@ -109,7 +109,7 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
 }
 
 /// The services of the peer port: Raft's (every group of this member), the leader's lease
-/// service and NATS's routes.
+/// and rate-limit share services, and NATS's routes.
 pub fn peer_router(core: &Arc<Core>, nats: &Arc<face::nats::Hub>) -> tonic::service::Routes {
     tonic::service::Routes::new(core.consensus.peer_service())
         .add_service(crate::lease::leader::service(
@@ -117,6 +117,7 @@ pub fn peer_router(core: &Arc<Core>, nats: &Arc<face::nats::Hub>) -> tonic::serv
             core.consensus.clone(),
         ))
         .add_service(face::nats::route::service(nats.clone()))
+        .add_service(crate::gateway::quota::service(core.gateway.quotas.clone()))
 }
 
 /// A bound listener: the connections it accepts (accept errors are handled underneath).

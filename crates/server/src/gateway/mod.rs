@@ -13,8 +13,8 @@
 //! - Writes go through consensus as txns of the keyspace, validated first: a resource that
 //!   is stored is one the data plane can serve.
 //!
-//! [`proxy`] is the data plane; [`limit`] the rate-limit counters; [`sni`] the TLS
-//! certificates by SNI.
+//! [`proxy`] is the data plane; [`limit`] the rate-limit counters of one member, [`quota`]
+//! the cluster-wide ones; [`sni`] the TLS certificates by SNI.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -46,6 +46,7 @@ pub mod h1_guard;
 pub mod jwt;
 pub mod limit;
 pub mod proxy;
+pub mod quota;
 pub mod sni;
 
 /// Why a gateway call failed.
@@ -198,6 +199,8 @@ pub struct Gateway {
     nodes: Mutex<HashMap<String, Weak<NodeStats>>>,
     /// Rate-limit counters.
     pub limits: limit::Counters,
+    /// Cluster-wide rate-limit counts.
+    pub quotas: Arc<quota::Quotas>,
     /// `limit-req` buckets.
     pub buckets: limit::Buckets,
     /// Retry budget (see [`proxy`]).
@@ -253,8 +256,13 @@ fn now_secs() -> i64 {
 }
 
 impl Gateway {
-    /// A gateway over `store`; [`Gateway::run`] fills and follows its snapshot.
-    pub fn new(store: Arc<Store>) -> Arc<Gateway> {
+    /// A gateway over `store`; [`Gateway::run`] fills and follows its snapshot. Cluster-wide
+    /// rate limits are counted by `consensus`'s leader.
+    pub fn new(
+        store: Arc<Store>,
+        consensus: crate::consensus::Consensus,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             barriers: Default::default(),
             store,
@@ -263,6 +271,7 @@ impl Gateway {
             applied: crate::applied_mark::AppliedMark::new(),
             nodes: Mutex::new(HashMap::new()),
             limits: limit::Counters::default(),
+            quotas: Arc::new(quota::Quotas::new(consensus, metrics)),
             buckets: limit::Buckets::default(),
             retry_budget: proxy::RetryBudget::default(),
             clients: proxy::Clients::default(),

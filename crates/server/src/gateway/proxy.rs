@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use berth_gateway::balance::Outcome;
 use berth_gateway::model::{HashOn, PassHost};
-use berth_gateway::plugins::{Cors, HeaderEdits, LimitKey};
+use berth_gateway::plugins::{Cors, HeaderEdits, LimitKey, LimitPolicy};
 use berth_gateway::table::Target;
 use berth_gateway::vars::Vars;
 use bytes::Bytes;
@@ -1020,8 +1020,26 @@ impl Ctx {
                 &view,
             );
             let window = Duration::from_secs(limit.time_window);
-            let verdict = self.gateway.limits.hit(&key, limit.count, window);
-            if limit.show_quota_headers {
+            let verdict = match limit.policy {
+                LimitPolicy::Local => Some(self.gateway.limits.hit(&key, limit.count, window)),
+                LimitPolicy::Cluster => {
+                    match self.gateway.quotas.hit(&key, limit.count, window).await {
+                        Ok(v) => Some(v),
+                        Err(e) if limit.allow_degradation => {
+                            tracing::warn!(error = %e, "limit-count lets a request pass uncounted");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "limit-count refuses a request");
+                            return error(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "failed to limit count",
+                            );
+                        }
+                    }
+                }
+            };
+            if let (true, Some(verdict)) = (limit.show_quota_headers, verdict) {
                 let (remaining, reset) = match verdict {
                     Verdict::Allowed { remaining, reset } => (remaining, reset),
                     Verdict::Refused { reset } => (0, reset),
@@ -1036,7 +1054,7 @@ impl Ctx {
                     }
                 }
             }
-            if let Verdict::Refused { .. } = verdict {
+            if let Some(Verdict::Refused { .. }) = verdict {
                 let status = StatusCode::from_u16(limit.rejected_code)
                     .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 let mut r = match &limit.rejected_msg {
