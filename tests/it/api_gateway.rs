@@ -32,6 +32,11 @@ impl Upstream {
 
     /// An upstream that answers every request with `status`.
     fn start_answering(name: &'static str, status: u16) -> Upstream {
+        Self::start_on(name, status, "127.0.0.1:0")
+    }
+
+    /// An upstream on `addr` that answers every request with `status`.
+    fn start_on(name: &'static str, status: u16, addr: &str) -> Upstream {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -39,7 +44,7 @@ impl Upstream {
             .expect("runtime");
         let hits = Arc::new(AtomicUsize::new(0));
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(addr))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let counted = hits.clone();
@@ -1245,9 +1250,12 @@ fn passive_checks_eject_failing_nodes_and_api_breaker_opens() {
         &srv,
         "PUT",
         "/upstreams/active",
-        &json!({"nodes": {good.addr.to_string(): 1}, "checks": {"active": {"http_path": "/"}}}),
+        &json!({"nodes": {good.addr.to_string(): 1}, "checks": {"active": {"type": "udp"}}}),
     );
-    assert_eq!(code, 400, "active checks are refused, not ignored: {out}");
+    assert_eq!(
+        code, 400,
+        "an active check berth cannot run is refused: {out}"
+    );
 
     put(
         &srv,
@@ -1740,5 +1748,78 @@ fn cluster_limit_count_holds_across_members() {
         http_request("GET", gw, "/deg", "", &[]).0 .0,
         200,
         "allow_degradation lets it pass"
+    );
+}
+
+/// `checks.active`: each member probes the nodes itself; a node whose probes fail (by status,
+/// or refused connections) gets no traffic until enough probes pass again; with every node
+/// out, traffic goes to them all.
+#[test]
+fn active_checks_take_failing_nodes_out_and_bring_them_back() {
+    let srv = Server::start_with(&[WITH_GATEWAY]);
+    let good = Upstream::start("good");
+    let failing = Upstream::start_answering("failing", 500);
+    // A node that is not listening yet.
+    let later_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let nodes = json!({
+        good.addr.to_string(): 1, failing.addr.to_string(): 1, later_addr.to_string(): 1
+    });
+    put(
+        &srv,
+        "/upstreams/checked",
+        json!({"nodes": nodes, "checks": {"active": {"http_path": "/health",
+            "healthy": {"interval": 1, "successes": 1},
+            "unhealthy": {"interval": 1, "http_failures": 1, "tcp_failures": 1}}}}),
+    );
+    put(
+        &srv,
+        "/routes/checked",
+        json!({"uri": "/checked", "upstream_id": "checked"}),
+    );
+    eventually("probes take the failing and the silent node out", || {
+        (0..6).all(|_| via(&srv, "GET", "/checked", &[]).0 == 200)
+    });
+    let failing_hits = failing.hits();
+    let codes: Vec<u16> = (0..30)
+        .map(|_| via(&srv, "GET", "/checked", &[]).0)
+        .collect();
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    // Only probes reach the failing node now (one a second).
+    assert!(
+        failing.hits() - failing_hits <= 3,
+        "requests went to a node that is out"
+    );
+    let (_, metrics) = srv.http_get("/metrics");
+    assert!(
+        metrics.contains("upstream=\"upstreams/checked\",outcome=\"check_down\""),
+        "{metrics}"
+    );
+    // The silent node comes up: probes bring it back, and it takes traffic again.
+    let later = Upstream::start_on("later", 200, &later_addr.to_string());
+    eventually("the node that came up takes traffic", || {
+        (0..6).any(|_| via(&srv, "GET", "/checked", &[]).1["name"] == "later")
+    });
+    assert!(later.hits() > 0);
+
+    // Every node out: traffic goes to them all rather than nowhere.
+    put(
+        &srv,
+        "/upstreams/all-out",
+        json!({"nodes": {failing.addr.to_string(): 1}, "checks": {"active": {
+            "unhealthy": {"interval": 1, "http_failures": 1}}}}),
+    );
+    put(
+        &srv,
+        "/routes/all-out",
+        json!({"uri": "/all-out", "upstream_id": "all-out"}),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        via(&srv, "GET", "/all-out", &[]).0,
+        500,
+        "the node's own answer"
     );
 }

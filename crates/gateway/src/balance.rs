@@ -174,6 +174,8 @@ pub struct Choice {
     pub weight: u32,
     /// Live figures.
     pub stats: Arc<NodeStats>,
+    /// What active checks found (`None`: the upstream has none).
+    pub probed: Option<Arc<crate::health::Probed>>,
 }
 
 #[derive(Debug)]
@@ -300,10 +302,16 @@ impl Picker {
             .filter(|n| n.weight > 0 && n.stats.ejected())
             .count();
         let honour = out > 0 && out * 2 <= weighted;
+        let probed_down = |n: &Choice| n.probed.as_ref().is_some_and(|p| p.is_down());
+        // Nodes active checks have out are passed over, unless every node is out (APISIX
+        // then sends to them all).
+        let all_down = self.nodes.iter().filter(|n| n.weight > 0).all(probed_down);
         let usable = |i: usize| {
-            self.nodes[i].weight > 0
+            let n = &self.nodes[i];
+            n.weight > 0
                 && !tried.contains(&i)
-                && !(honour && self.nodes[i].stats.ejected())
+                && !(honour && n.stats.ejected())
+                && (all_down || !probed_down(n))
         };
         match &self.kind {
             Kind::RoundRobin { schedule, cursor } => {
@@ -388,6 +396,7 @@ mod tests {
                 authority: format!("10.0.0.{i}:80"),
                 weight: *w,
                 stats: Arc::default(),
+                probed: None,
             })
             .collect()
     }
@@ -409,6 +418,35 @@ mod tests {
     }
 
     #[test]
+    fn nodes_active_checks_have_out_are_passed_over_unless_all_are() {
+        let check = crate::model::Upstream::parse(&serde_json::json!({
+            "nodes": {"10.0.0.1:80": 1},
+            "checks": {"active": {"unhealthy": {"tcp_failures": 1}}}}))
+        .expect("upstream")
+        .active
+        .expect("active");
+        let take_out = |p: &Arc<crate::health::Probed>| {
+            crate::health::Tally::default().record(crate::health::Probe::ConnectFailed, &check, p)
+        };
+        let mut ns = nodes(&[1, 1, 1]);
+        let probed: Vec<Arc<crate::health::Probed>> = (0..3).map(|_| Arc::default()).collect();
+        for (n, p) in ns.iter_mut().zip(&probed) {
+            n.probed = Some(p.clone());
+        }
+        let p = Picker::new(&Balance::RoundRobin, ns);
+        take_out(&probed[0]);
+        take_out(&probed[2]);
+        assert!(
+            (0..6).all(|_| p.pick("", &[]) == Some(1)),
+            "two of three out"
+        );
+        take_out(&probed[1]);
+        let picks: std::collections::HashSet<usize> =
+            (0..6).filter_map(|_| p.pick("", &[])).collect();
+        assert_eq!(picks.len(), 3, "all out: all are used");
+    }
+
+    #[test]
     fn chash_is_stable_and_moves_little() {
         let balance = Balance::Chash {
             hash_on: HashOn::Vars,
@@ -424,6 +462,7 @@ mod tests {
             authority: "10.0.0.9:80".into(),
             weight: 1,
             stats: Arc::default(),
+            probed: None,
         });
         let five = Picker::new(&balance, five_nodes);
         let moved = keys

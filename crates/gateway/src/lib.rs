@@ -9,11 +9,13 @@
 //! - [`vars`]: route predicates (`vars`);
 //! - [`table`]: the routing table and its stated match order;
 //! - [`balance`]: node pickers and nodes' live figures;
+//! - [`health`]: the rule active health checks follow;
 //! - [`layout`]: where resources live in the `Gateway` keyspace;
 //! - [`error`]: what the domain refuses.
 
 pub mod balance;
 pub mod error;
+pub mod health;
 pub mod layout;
 pub mod model;
 pub mod plugins;

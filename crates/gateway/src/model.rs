@@ -433,6 +433,206 @@ pub struct Upstream {
     pub timeout: Option<Timeout>,
     /// Passive health checks: nodes ejected after consecutive failures.
     pub passive: Option<Passive>,
+    /// Active health checks: each member probes the nodes itself.
+    pub active: Option<Active>,
+}
+
+/// How an active check probes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ActiveKind {
+    /// An HTTP request.
+    Http,
+    /// An HTTP request over TLS (`verify`: check the node's certificate).
+    Https {
+        /// Check the node's certificate against the trusted roots.
+        verify: bool,
+    },
+    /// A TCP connect.
+    Tcp,
+}
+
+/// Active health checks (`checks.active`, APISIX's shape and defaults): every member probes
+/// each node of the upstream on its own (health is seen from where the traffic leaves, as
+/// Kong and APISIX do); a node that fails `http_failures` probes in a row by status (or
+/// `tcp_failures` connects, or `timeouts`) is taken out until `successes` probes in a row
+/// pass. Nodes out are passed over unless every node is out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Active {
+    /// How to probe.
+    pub kind: ActiveKind,
+    /// A probe's timeout.
+    pub timeout: Duration,
+    /// The `Host` of HTTP probes (the node's address when unset).
+    pub host: Option<String>,
+    /// Probe this port instead of the node's.
+    pub port: Option<u16>,
+    /// The path of HTTP probes.
+    pub http_path: String,
+    /// Extra headers of HTTP probes.
+    pub req_headers: Vec<(String, String)>,
+    /// Probe interval of nodes that are in.
+    pub healthy_interval: Duration,
+    /// Statuses that pass.
+    pub healthy_statuses: Vec<u16>,
+    /// Passes in a row that bring a node back.
+    pub successes: u32,
+    /// Probe interval of nodes that are out.
+    pub unhealthy_interval: Duration,
+    /// Statuses that fail.
+    pub unhealthy_statuses: Vec<u16>,
+    /// Failed statuses in a row that take a node out.
+    pub http_failures: u32,
+    /// Failed connects in a row that take a node out.
+    pub tcp_failures: u32,
+    /// Timeouts in a row that take a node out.
+    pub timeouts: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActiveSpec {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    timeout: Option<f64>,
+    #[serde(default)]
+    concurrency: Option<u32>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    http_path: Option<String>,
+    #[serde(default)]
+    https_verify_certificate: Option<bool>,
+    #[serde(default)]
+    req_headers: Option<Vec<String>>,
+    #[serde(default)]
+    healthy: Option<ActiveHealthySpec>,
+    #[serde(default)]
+    unhealthy: Option<ActiveUnhealthySpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActiveHealthySpec {
+    #[serde(default)]
+    interval: Option<u64>,
+    #[serde(default)]
+    http_statuses: Option<Vec<u16>>,
+    #[serde(default)]
+    successes: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActiveUnhealthySpec {
+    #[serde(default)]
+    interval: Option<u64>,
+    #[serde(default)]
+    http_statuses: Option<Vec<u16>>,
+    #[serde(default)]
+    http_failures: Option<u32>,
+    #[serde(default)]
+    tcp_failures: Option<u32>,
+    #[serde(default)]
+    timeouts: Option<u32>,
+}
+
+fn bad_active(msg: impl std::fmt::Display) -> GatewayError {
+    GatewayError::invalid(format!(
+        "property \"checks.active\" validation failed: {msg}"
+    ))
+}
+
+fn parse_active(v: &Value) -> Result<Active, GatewayError> {
+    let spec: ActiveSpec = from_value(v)?;
+    let _ = spec.concurrency;
+    let verify = spec.https_verify_certificate.unwrap_or(true);
+    let kind = match spec.kind.as_deref().unwrap_or("http") {
+        "http" => ActiveKind::Http,
+        "https" => ActiveKind::Https { verify },
+        "tcp" => ActiveKind::Tcp,
+        other => {
+            return Err(bad_active(format!(
+                "\"type\" matches none of the enum values (http, https, tcp): {other:?}"
+            )))
+        }
+    };
+    let timeout = spec.timeout.unwrap_or(1.0);
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0) {
+        return Err(bad_active(
+            "\"timeout\" must be above 0 (seconds, at most 3600)",
+        ));
+    }
+    let http_path = spec.http_path.unwrap_or_else(|| "/".into());
+    if !http_path.starts_with('/') || http_path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(bad_active("\"http_path\" must be a path starting with /"));
+    }
+    let mut req_headers = Vec::new();
+    for h in spec.req_headers.unwrap_or_default() {
+        let Some((k, v)) = h.split_once(':') else {
+            return Err(bad_active(format!(
+                "req_headers: {h:?} is not \"Name: value\""
+            )));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(v).is_err()
+        {
+            return Err(bad_active(format!(
+                "req_headers: {h:?} is not a valid header"
+            )));
+        }
+        req_headers.push((k.to_string(), v.to_string()));
+    }
+    if let Some(h) = &spec.host {
+        if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
+            return Err(bad_active("\"host\" is not a valid host"));
+        }
+    }
+    if spec.port == Some(0) {
+        return Err(bad_active("\"port\" must be 1 to 65535"));
+    }
+    let healthy = spec.healthy.unwrap_or_default();
+    let unhealthy = spec.unhealthy.unwrap_or_default();
+    let interval = |v: Option<u64>| match v.unwrap_or(1) {
+        0 => Err(bad_active("an \"interval\" must be at least 1 (second)")),
+        n if n > 86_400 => Err(bad_active(
+            "an \"interval\" must be at most 86400 (seconds)",
+        )),
+        n => Ok(Duration::from_secs(n)),
+    };
+    let count = |name: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
+        n @ 1..=254 => Ok(n),
+        _ => Err(bad_active(format!("\"{name}\" must be 1 to 254"))),
+    };
+    let statuses = |v: Option<Vec<u16>>, default: &[u16]| {
+        let v = v.unwrap_or_else(|| default.to_vec());
+        if v.iter().any(|s| !(200..=599).contains(s)) {
+            return Err(bad_active("\"http_statuses\" must be 200 to 599"));
+        }
+        Ok(v)
+    };
+    Ok(Active {
+        kind,
+        timeout: Duration::from_secs_f64(timeout),
+        host: spec.host,
+        port: spec.port,
+        http_path,
+        req_headers,
+        healthy_interval: interval(healthy.interval)?,
+        healthy_statuses: statuses(healthy.http_statuses, &[200, 302])?,
+        successes: count("successes", healthy.successes, 2)?,
+        unhealthy_interval: interval(unhealthy.interval)?,
+        unhealthy_statuses: statuses(
+            unhealthy.http_statuses,
+            &[429, 404, 500, 501, 502, 503, 504, 505],
+        )?,
+        http_failures: count("http_failures", unhealthy.http_failures, 5)?,
+        tcp_failures: count("tcp_failures", unhealthy.tcp_failures, 2)?,
+        timeouts: count("timeouts", unhealthy.timeouts, 3)?,
+    })
 }
 
 /// Passive health checks (`checks.passive`, APISIX's shape): a node that fails this many
@@ -483,16 +683,17 @@ struct UnhealthySpec {
     timeouts: Option<u32>,
 }
 
-fn parse_checks(v: &Value) -> Result<Passive, GatewayError> {
+fn parse_checks(v: &Value) -> Result<(Option<Active>, Option<Passive>), GatewayError> {
     let spec: ChecksSpec = from_value(v)?;
-    if spec.active.is_some() {
-        return Err(GatewayError::Unsupported(
-            "upstream active checks (checks.active; register the nodes in the registry with a check instead)".into(),
-        ));
-    }
-    let p = spec.passive.ok_or_else(|| {
-        GatewayError::invalid("property \"checks\" validation failed: \"passive\" is required")
-    })?;
+    let active = spec.active.as_ref().map(parse_active).transpose()?;
+    let Some(p) = spec.passive else {
+        if active.is_none() {
+            return Err(GatewayError::invalid(
+                "property \"checks\" validation failed: \"active\" or \"passive\" is required",
+            ));
+        }
+        return Ok((active, None));
+    };
     if p.kind.as_deref().is_some_and(|k| k != "http") {
         return Err(GatewayError::Unsupported(
             "passive checks of type other than http".into(),
@@ -512,7 +713,7 @@ fn parse_checks(v: &Value) -> Result<Passive, GatewayError> {
             "property \"checks.passive.unhealthy\" validation failed: counts must be at least 1",
         ));
     }
-    Ok(passive)
+    Ok((active, Some(passive)))
 }
 
 #[derive(Deserialize)]
@@ -728,9 +929,9 @@ impl Upstream {
                 "upstream scheme https or grpcs (TLS to nodes)".into(),
             ));
         }
-        let passive = match &spec.checks {
-            None => None,
-            Some(c) => Some(parse_checks(c)?),
+        let (active, passive) = match &spec.checks {
+            None => (None, None),
+            Some(c) => parse_checks(c)?,
         };
         if spec.tls.is_some() {
             return Err(GatewayError::Unsupported("upstream tls".into()));
@@ -864,6 +1065,7 @@ impl Upstream {
                 .transpose()?,
             timeout: spec.timeout.map(TimeoutSpec::parse).transpose()?,
             passive,
+            active,
         })
     }
 }
@@ -1266,6 +1468,62 @@ impl Ssl {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn active_checks_take_apisix_shapes_and_defaults() {
+        let u = Upstream::parse(&json!({"nodes": {"127.0.0.1:1": 1},
+            "checks": {"active": {"http_path": "/health", "req_headers": ["X-A: 1"],
+                "healthy": {"interval": 2}, "unhealthy": {"http_failures": 3}}}}))
+        .expect("active");
+        let a = u.active.expect("active");
+        assert_eq!(
+            (
+                a.kind,
+                a.timeout,
+                a.http_path.as_str(),
+                a.req_headers.clone()
+            ),
+            (
+                ActiveKind::Http,
+                Duration::from_secs(1),
+                "/health",
+                vec![("X-A".to_string(), "1".to_string())]
+            )
+        );
+        assert_eq!(
+            (a.healthy_interval, a.successes, a.healthy_statuses.clone()),
+            (Duration::from_secs(2), 2, vec![200, 302])
+        );
+        assert_eq!(
+            (
+                a.unhealthy_interval,
+                a.http_failures,
+                a.tcp_failures,
+                a.timeouts
+            ),
+            (Duration::from_secs(1), 3, 2, 3)
+        );
+        assert!(u.passive.is_none());
+        let tcp = Upstream::parse(&json!({"nodes": {"127.0.0.1:1": 1},
+            "checks": {"active": {"type": "tcp"}, "passive": {"unhealthy": {"tcp_failures": 1}}}}))
+        .expect("tcp with passive");
+        assert_eq!(tcp.active.map(|a| a.kind), Some(ActiveKind::Tcp));
+        assert!(tcp.passive.is_some());
+        for bad in [
+            json!({"active": {"type": "udp"}}),
+            json!({"active": {"timeout": 0}}),
+            json!({"active": {"http_path": "health"}}),
+            json!({"active": {"req_headers": ["nocolon"]}}),
+            json!({"active": {"healthy": {"successes": 0}}}),
+            json!({"active": {"unhealthy": {"interval": 0}}}),
+            json!({"active": {"healthy": {"http_statuses": [99]}}}),
+            json!({"active": {"bogus": 1}}),
+            json!({}),
+        ] {
+            let e = Upstream::parse(&json!({"nodes": {"127.0.0.1:1": 1}, "checks": bad}));
+            assert!(matches!(e, Err(GatewayError::Invalid(_))), "{bad}: {e:?}");
+        }
+    }
 
     #[test]
     fn paths() {

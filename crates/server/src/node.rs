@@ -496,10 +496,14 @@ where
         core.metrics.clone(),
         stop_rx.clone(),
     );
+    // What verifies https health probes: the system's roots and --check-ca-file's.
+    let roots = core
+        .registry
+        .check_roots(core.config.check_ca_file.as_deref());
     spawn(
         "gateway snapshot",
         Box::pin(async move {
-            gateway.run(registry, metrics, stop).await;
+            gateway.run(registry, metrics, roots, stop).await;
             Ok(())
         }),
     );

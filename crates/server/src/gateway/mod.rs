@@ -42,6 +42,7 @@ use crate::registry::{delete_op, put_op, Registry};
 
 pub mod access_log;
 pub mod breaker;
+pub mod checks;
 pub mod h1_guard;
 pub mod jwt;
 pub mod limit;
@@ -211,6 +212,8 @@ pub struct Gateway {
     pub jwks: jwt::JwksCache,
     /// `api-breaker` states by route.
     pub breakers: breaker::Breakers,
+    /// Active health checks' probers.
+    pub probers: checks::Probers,
     /// Requests to bring the snapshot up to date (see [`Gateway::sync`]).
     barriers: crate::applied_mark::Barriers,
 }
@@ -277,6 +280,7 @@ impl Gateway {
             clients: proxy::Clients::default(),
             jwks: jwt::JwksCache::default(),
             breakers: breaker::Breakers::default(),
+            probers: checks::Probers::default(),
         })
     }
 
@@ -580,8 +584,11 @@ impl Gateway {
         self: Arc<Self>,
         registry: Arc<Registry>,
         metrics: Arc<crate::metrics::Metrics>,
+        roots: Arc<rustls::RootCertStore>,
         mut stop: watch::Receiver<bool>,
     ) {
+        let _ = self.probers.metrics.set(metrics.clone());
+        let _ = self.probers.roots.set(roots);
         let mut registry_changes = registry.service_changes();
         let Some(mut barriers) = self.barriers.take() else {
             return;
@@ -761,10 +768,15 @@ impl Gateway {
                             s
                         }
                     };
+                    let probed = def
+                        .active
+                        .as_ref()
+                        .map(|check| self.probers.probed(&label, &authority, check));
                     Choice {
                         authority,
                         weight,
                         stats,
+                        probed,
                     }
                 })
                 .collect();

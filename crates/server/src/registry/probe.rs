@@ -272,6 +272,40 @@ pub(crate) async fn fetch(
     Ok(body)
 }
 
+/// What one HTTP probe of a gateway node got: its status, or why there was none (connecting
+/// or the exchange failed). `tls`: the server name to send and whether to verify the node's
+/// certificate against `roots`. The caller bounds the time.
+pub(crate) async fn http_status(
+    addr: &str,
+    tls: Option<(&str, bool)>,
+    host: &str,
+    path: &str,
+    headers: &[(String, String)],
+    roots: &Arc<rustls::RootCertStore>,
+) -> Result<http::StatusCode, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let mut req = http::Request::builder()
+        .uri(path)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "berth gateway health check");
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .map_err(|e| format!("invalid request: {e}"))?;
+    let (status, _) = match tls {
+        Some((name, verify)) => {
+            let name = name.trim_matches(['[', ']']);
+            let tls = tls_stream(tcp, name, "", !verify, b"http/1.1", roots).await?;
+            send(TokioIo::new(tls), req, 0).await?
+        }
+        None => send(TokioIo::new(tcp), req, 0).await?,
+    };
+    Ok(status)
+}
+
 /// How long [`fetch`] may take in all.
 const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
