@@ -46,6 +46,7 @@ pub mod checks;
 pub mod h1_guard;
 pub mod jwt;
 pub mod limit;
+pub mod pool;
 pub mod proxy;
 pub mod quota;
 pub mod sni;
@@ -206,8 +207,10 @@ pub struct Gateway {
     pub buckets: limit::Buckets,
     /// Retry budget (see [`proxy`]).
     pub retry_budget: proxy::RetryBudget,
-    /// Upstream HTTP clients, by connect timeout.
+    /// Upstream HTTP clients, by connect timeout (gRPC and upgrades).
     pub clients: proxy::Clients,
+    /// Upstream HTTP/1.1 connections of plain requests.
+    pub pool: Arc<pool::Pool>,
     /// JWKS documents `jwt-auth` consumers name.
     pub jwks: jwt::JwksCache,
     /// `api-breaker` states by route.
@@ -278,6 +281,7 @@ impl Gateway {
             buckets: limit::Buckets::default(),
             retry_budget: proxy::RetryBudget::default(),
             clients: proxy::Clients::default(),
+            pool: Arc::default(),
             jwks: jwt::JwksCache::default(),
             breakers: breaker::Breakers::default(),
             probers: checks::Probers::default(),
@@ -589,6 +593,19 @@ impl Gateway {
     ) {
         let _ = self.probers.metrics.set(metrics.clone());
         let _ = self.probers.roots.set(roots);
+        let (pool, mut sweeps_stop) = (Arc::downgrade(&self.pool), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => match pool.upgrade() {
+                        Some(p) => p.sweep(),
+                        None => return,
+                    },
+                    _ = sweeps_stop.changed() => return,
+                }
+            }
+        });
         let mut registry_changes = registry.service_changes();
         let Some(mut barriers) = self.barriers.take() else {
             return;

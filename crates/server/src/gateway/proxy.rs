@@ -1,9 +1,11 @@
 //! The gateway's data plane: HTTP/1.1 and HTTP/2 (h2c, or ALPN over TLS) from clients,
 //! matched against the routing snapshot, checked by the route's plugins (ip-restriction,
 //! CORS, key-auth or basic-auth, limit-count), and proxied to a node of the route's upstream
-//! over pooled keep-alive connections shared by every worker thread (HTTP/1.1 to `http`
-//! upstreams, HTTP/2 to `grpc` ones, trailers and streaming both ways). A WebSocket upgrade
-//! passes on routes that enable it, and the two connections are then spliced.
+//! over pooled keep-alive connections shared by every worker thread: HTTP/1.1 to `http`
+//! upstreams through [`super::pool`], driven in the request's own task; HTTP/2 to `grpc`
+//! ones (trailers and streaming both ways) and upgrades through hyper-util's client. A
+//! WebSocket upgrade passes on routes that enable it, and the two connections are then
+//! spliced.
 //!
 //! Requests are read defensively: conflicting `Content-Length` and `Transfer-Encoding`,
 //! repeated `Content-Length` or `Host`, or any transfer coding but `chunked` is a 400 with
@@ -12,8 +14,8 @@
 //!
 //! Request bodies are read ahead up to 64 KiB before a node is called (as nginx buffers
 //! them): a malformed body is a 400 that reaches no node, and a request whose body ended
-//! within that is retried on another node when connecting failed, or, for idempotent methods, when the node failed
-//! before answering; never after a timeout, at most `retries` times within
+//! within that is retried on another node when connecting failed, or, for idempotent
+//! methods, when the node failed before answering; never after a timeout, at most `retries` times within
 //! `retry_timeout`, and only while the retry budget (a fifth of recent requests) lasts, so
 //! retries cannot multiply an outage.
 
@@ -43,13 +45,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::limit::Verdict;
+use super::pool::NodeBody;
 use super::{Gateway, LiveUpstream, Snapshot};
 use crate::core::Core;
 use crate::listen::ClientAddr;
 use crate::node::Accepted;
 
 /// A body the gateway answers with: the node's as it streams in, or bytes of its own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<NodeBody, Full<Bytes>>;
 
 /// A request body sent to a node: what was read ahead, then the rest as it streams in; or
 /// a whole body kept for retries.
@@ -1328,12 +1331,19 @@ impl Ctx {
                 };
             };
             let node = &live.picker.nodes()[i];
-            let uri = match Uri::builder()
-                .scheme("http")
-                .authority(node.authority.as_str())
-                .path_and_query(path.as_str())
-                .build()
-            {
+            // Plain HTTP/1.1 goes through the gateway's own pool, in origin form; gRPC and
+            // upgrades through hyper-util's client, which wants the whole URI.
+            let pooled = !grpc && !upgrade;
+            let uri = if pooled {
+                Uri::builder().path_and_query(path.as_str()).build()
+            } else {
+                Uri::builder()
+                    .scheme("http")
+                    .authority(node.authority.as_str())
+                    .path_and_query(path.as_str())
+                    .build()
+            };
+            let uri = match uri {
                 Ok(u) => u,
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
             };
@@ -1384,7 +1394,22 @@ impl Ctx {
                     }
                 }
             };
-            let result = tokio::time::timeout(timeout.read, client.request(req)).await;
+            let exchange = async {
+                if pooled {
+                    self.gateway
+                        .pool
+                        .send(&node.authority, timeout.connect, req)
+                        .await
+                        .map_err(|e| (e.is_connect(), error_chain(&e)))
+                } else {
+                    client
+                        .request(req)
+                        .await
+                        .map(|r| r.map(NodeBody::from))
+                        .map_err(|e| (e.is_connect(), error_chain(&e)))
+                }
+            };
+            let result = tokio::time::timeout(timeout.read, exchange).await;
             if let Some(t) = trail.as_deref_mut() {
                 t.upstream_time = Some(t.upstream_time.unwrap_or_default() + sent.elapsed());
             }
@@ -1404,8 +1429,7 @@ impl Ctx {
                         .observe_gateway_upstream(&live.label, "answered");
                     return self.respond(resp, client_upgrade, parts.version).await;
                 }
-                Ok(Err(e)) => {
-                    let connect = e.is_connect();
+                Ok(Err((connect, why))) => {
                     passive(if connect {
                         Outcome::ConnectFailed
                     } else {
@@ -1415,12 +1439,7 @@ impl Ctx {
                         &live.label,
                         if connect { "connect_error" } else { "error" },
                     );
-                    last_error = format!(
-                        "upstream {} node {}: {}",
-                        live.label,
-                        node.authority,
-                        error_chain(&e)
-                    );
+                    last_error = format!("upstream {} node {}: {why}", live.label, node.authority);
                     tracing::debug!(upstream = %live.label, node = %node.authority, error = %last_error, "gateway: node failed");
                     tried.push(i);
                     let may_retry = replay.is_some()
@@ -1451,7 +1470,7 @@ impl Ctx {
     /// Passes the node's answer on; a 101 to an upgrade splices the two connections.
     async fn respond(
         &self,
-        mut resp: Response<Incoming>,
+        mut resp: Response<NodeBody>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         client_version: Version,
     ) -> Response<Body> {
