@@ -16,13 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd); tmp=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-body=$(head -c 1024 /dev/zero | tr '\0' 'x')
-cat > "$tmp/up.conf" <<CONF
-worker_processes 1; pid $tmp/up.pid; error_log $tmp/up.err;
-events { worker_connections 10240; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "$body"; } } }
-CONF
+. "$(dirname "$0")/upstream-nginx.sh"; upstream_conf "$tmp" "$UP"
 cat > "$tmp/proxy.conf" <<CONF
 worker_processes 1; pid $tmp/proxy.pid; error_log $tmp/proxy.err; worker_shutdown_timeout 10s;
 events { worker_connections 10240; }

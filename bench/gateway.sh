@@ -6,7 +6,8 @@
 # upstreams (`keepalive`, `proxy_http_version 1.1`, `Connection ""`), access logs off in both.
 # HTTP/1.1 with wrk (closed loop, -t1, each connection count REPS times, berth and nginx
 # alternating), then HTTP/2 (h2c) with h2load, then gRPC (berth's own etcd API as the upstream,
-# `berth bench range` as the load) through berth and through nginx's grpc_pass.
+# `berth bench range` as the load) through berth and through nginx's grpc_pass. Between them,
+# berth alone with jwt-auth and limit-count on a route, against the same without.
 # Usage: BERTH=path/to/berth [SECS=10] [REPS=3] [CONNS="16 64 256"] bench/gateway.sh
 # Prints one line per run: proxy, connections, requests/s, p50, p99, non-2xx/errors.
 set -u
@@ -16,13 +17,7 @@ UP=29000; NGX=29001; NGX_H2=29002; NGX_GRPC=29003; GW=29080; ADMIN=29500; ETCD=2
 tmp=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
-body=$(head -c 1024 /dev/zero | tr '\0' 'x')
-cat > "$tmp/up.conf" <<CONF
-worker_processes 1; pid $tmp/up.pid; error_log $tmp/up.err;
-events { worker_connections 10240; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "$body"; } } }
-CONF
+. "$(dirname "$0")/upstream-nginx.sh"; upstream_conf "$tmp" "$UP"
 cat > "$tmp/proxy.conf" <<CONF
 worker_processes 1; pid $tmp/proxy.pid; error_log $tmp/proxy.err;
 events { worker_connections 10240; }
@@ -44,8 +39,9 @@ curl -sf -X PUT "127.0.0.1:$ADMIN/apisix/admin/routes/http" \
   -d "{\"uri\":\"/\",\"upstream\":{\"nodes\":{\"127.0.0.1:$UP\":1}}}" >/dev/null || exit 1
 curl -sf -X PUT "127.0.0.1:$ADMIN/apisix/admin/routes/grpc" \
   -d "{\"uri\":\"/etcdserverpb.KV/*\",\"upstream\":{\"scheme\":\"grpc\",\"nodes\":{\"127.0.0.1:$ETCD\":1}}}" >/dev/null || exit 1
-wrk_run() { # label port conns
-  taskset -c 0 wrk -t1 -c"$3" -d"${SECS}s" --latency "http://127.0.0.1:$2/" 2>&1 |
+wrk_run() { # label port conns [path [header]]
+  local extra=(); [ -n "${5:-}" ] && extra=(-H "$5")
+  taskset -c 0 wrk -t1 -c"$3" -d"${SECS}s" --latency "${extra[@]}" "http://127.0.0.1:$2${4:-/}" 2>&1 |
     L="$1" C="$3" python3 -c "
 import os,re,sys
 t=sys.stdin.read()
@@ -59,6 +55,22 @@ for c in $CONNS; do
   for r in $(seq "$REPS"); do
     if [ $((r % 2)) = 1 ]; then wrk_run nginx $NGX "$c"; wrk_run berth $GW "$c"
     else wrk_run berth $GW "$c"; wrk_run nginx $NGX "$c"; fi
+  done
+done
+echo "# berth plain against berth with jwt-auth (HS256) and limit-count on the route (conns rps p50 p99 non2xx errors)"
+curl -sf -X PUT "127.0.0.1:$ADMIN/apisix/admin/consumers/bench" \
+  -d '{"username":"bench","plugins":{"jwt-auth":{"key":"bench","secret":"bench-secret"}}}' >/dev/null || exit 1
+curl -sf -X PUT "127.0.0.1:$ADMIN/apisix/admin/routes/auth" \
+  -d "{\"uri\":\"/auth/*\",\"upstream\":{\"nodes\":{\"127.0.0.1:$UP\":1}},\"plugins\":{\"jwt-auth\":{},\"limit-count\":{\"count\":1000000000,\"time_window\":60}}}" >/dev/null || exit 1
+token=$(python3 -c "
+import base64,hashlib,hmac,json,time
+b=lambda d: base64.urlsafe_b64encode(d).rstrip(b'=')
+h=b(json.dumps({'alg':'HS256','typ':'JWT'}).encode()); p=b(json.dumps({'key':'bench','exp':int(time.time())+3600}).encode())
+print((h+b'.'+p+b'.'+b(hmac.new(b'bench-secret',h+b'.'+p,hashlib.sha256).digest())).decode())")
+for c in $CONNS; do
+  for r in $(seq "$REPS"); do
+    wrk_run berth-plain $GW "$c"
+    wrk_run berth-jwt+limit $GW "$c" /auth/x "Authorization: Bearer $token"
   done
 done
 echo "# HTTP/2 (h2c), h2load -c 16 -m 10 (proxy rps p50 p99 failed)"

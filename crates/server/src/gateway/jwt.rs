@@ -5,6 +5,11 @@
 //! secret, a PEM public key, or a JWKS URL: JWKS documents are fetched on first use, kept five
 //! minutes, and fetched again early (at most every ten seconds) when a token names a `kid`
 //! the kept document lacks.
+//!
+//! A token that verified is remembered ([`Verified`], one per routing snapshot, so a change
+//! of consumers forgets them all) for at most a minute, by its exact text (signature and
+//! all) and the claim that named its consumer: a client sending the same token again costs a lookup, and its `exp` and `nbf` are
+//! still checked on every request.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -205,13 +210,90 @@ impl JwksCache {
     }
 }
 
-/// Verifies `token` with `verifier`; `Ok` when it holds.
+/// How long a verified token is remembered at most (a JWKS key withdrawn meanwhile stops
+/// verifying it after this).
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Tokens remembered per snapshot at most (past it, all are forgotten).
+const VERIFIED_MAX: usize = 10_000;
+
+/// A verified token: whose it is and the times it holds between.
+struct Hit {
+    consumer: Arc<berth_gateway::Consumer>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    leeway: i64,
+    until: Instant,
+}
+
+/// Tokens verified under one snapshot's consumers. See the module docs.
+#[derive(Default)]
+pub struct Verified {
+    tokens: Mutex<HashMap<String, Hit>>,
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified").finish_non_exhaustive()
+    }
+}
+
+fn epoch_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Verified {
+    /// The consumer of `token` if it verified before and still holds now.
+    pub fn get(&self, token: &str) -> Option<Arc<berth_gateway::Consumer>> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = tokens.get(token)?;
+        let now = epoch_secs();
+        let holds = hit.until > Instant::now()
+            && hit
+                .exp
+                .is_none_or(|exp| exp.saturating_add(hit.leeway) >= now)
+            && hit
+                .nbf
+                .is_none_or(|nbf| nbf <= now.saturating_add(hit.leeway));
+        if holds {
+            return Some(hit.consumer.clone());
+        }
+        tokens.remove(token);
+        None
+    }
+
+    /// Remembers that `token`, with `claims`, verified as `consumer`'s under `verifier`.
+    pub fn put(
+        &self,
+        token: &str,
+        consumer: Arc<berth_gateway::Consumer>,
+        claims: &serde_json::Value,
+        verifier: &Verifier,
+    ) {
+        let time = |name: &str| claims.get(name).and_then(serde_json::Value::as_i64);
+        let hit = Hit {
+            consumer,
+            exp: time("exp"),
+            nbf: time("nbf"),
+            leeway: i64::try_from(verifier.validation.leeway).unwrap_or(i64::MAX),
+            until: Instant::now() + VERIFIED_FOR,
+        };
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if tokens.len() >= VERIFIED_MAX {
+            tokens.clear();
+        }
+        tokens.insert(token.to_string(), hit);
+    }
+}
+
+/// Verifies `token` with `verifier`; its claims when it holds.
 pub async fn verify(
     token: &str,
     verifier: &Verifier,
     jwks: &JwksCache,
     roots: &Arc<rustls::RootCertStore>,
-) -> Result<(), Refusal> {
+) -> Result<serde_json::Value, Refusal> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Invalid)?;
     if !verifier.validation.algorithms.contains(&header.alg) {
         return Err(Refusal::Unverified);
@@ -225,9 +307,56 @@ pub async fn verify(
         (None, None) => return Err(Refusal::Unverified),
     };
     jsonwebtoken::decode::<serde_json::Value>(token, &key, &verifier.validation)
-        .map(|_| ())
+        .map(|d| d.claims)
         .map_err(|e| {
             tracing::debug!(error = %e, "jwt-auth: token refused");
             Refusal::Unverified
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_tokens_still_expire() {
+        let consumer = Arc::new(
+            berth_gateway::Consumer::parse(&serde_json::json!({"username": "jack",
+                "plugins": {"jwt-auth": {"key": "k", "secret": "s"}}}))
+            .expect("consumer"),
+        );
+        let cred = consumer
+            .plugins
+            .jwt_credential
+            .as_ref()
+            .expect("credential");
+        let verifier = Verifier::new(cred).expect("verifier");
+        let v = Verified::default();
+        let now = epoch_secs();
+        v.put(
+            "fresh",
+            consumer.clone(),
+            &serde_json::json!({"exp": now + 60}),
+            &verifier,
+        );
+        v.put(
+            "stale",
+            consumer.clone(),
+            &serde_json::json!({"exp": now - 5}),
+            &verifier,
+        );
+        v.put(
+            "early",
+            consumer.clone(),
+            &serde_json::json!({"nbf": now + 60}),
+            &verifier,
+        );
+        assert_eq!(
+            v.get("fresh").map(|c| c.username.clone()).as_deref(),
+            Some("jack")
+        );
+        assert!(v.get("stale").is_none(), "expired");
+        assert!(v.get("early").is_none(), "not yet valid");
+        assert!(v.get("other").is_none());
+    }
 }

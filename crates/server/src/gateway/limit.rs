@@ -74,11 +74,20 @@ impl Counters {
                 .retain(|_, w| now.duration_since(w.started) < w.length);
             shard.prune_at = (shard.windows.len() * 2).max(PRUNE_AT);
         }
-        let w = shard.windows.entry(key.to_string()).or_insert(Window {
-            started: now,
-            length: window,
-            count: 0,
-        });
+        // Looked up first: the key is copied only when it is new.
+        if !shard.windows.contains_key(key) {
+            shard.windows.insert(
+                key.to_string(),
+                Window {
+                    started: now,
+                    length: window,
+                    count: 0,
+                },
+            );
+        }
+        let Some(w) = shard.windows.get_mut(key) else {
+            return Verdict::Refused { reset: window };
+        };
         if now.duration_since(w.started) >= w.length || w.length != window {
             *w = Window {
                 started: now,
@@ -183,7 +192,12 @@ impl Buckets {
         if ahead.as_secs_f64() > burst * interval.as_secs_f64() + 1e-6 {
             return Pace::Refuse;
         }
-        shard.tat.insert(key.to_string(), tat + interval);
+        match shard.tat.get_mut(key) {
+            Some(t) => *t = tat + interval,
+            None => {
+                shard.tat.insert(key.to_string(), tat + interval);
+            }
+        }
         Pace::Pass(if nodelay { Duration::ZERO } else { ahead })
     }
 }

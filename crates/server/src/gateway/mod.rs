@@ -175,6 +175,8 @@ pub struct Consumers {
     pub by_user: HashMap<String, (String, Arc<Consumer>)>,
     /// By `jwt-auth` key: the consumer and how its tokens are verified.
     pub by_jwt: HashMap<String, (Arc<Consumer>, Arc<jwt::Verifier>)>,
+    /// Tokens verified under these consumers.
+    pub verified: jwt::Verified,
 }
 
 /// What requests are served with: one immutable build. See the module docs.

@@ -705,17 +705,28 @@ async fn authenticate(
             return Err(unauthorized("Missing JWT token in request", CHALLENGE));
         };
         let refuse = |r: super::jwt::Refusal| unauthorized(r.message(), CHALLENGE);
-        let key = super::jwt::claim(&token, &conf.key_claim_name).map_err(refuse)?;
-        let Some((consumer, verifier)) = snap.consumers.by_jwt.get(&key) else {
-            return Err(refuse(super::jwt::Refusal::UnknownKey));
+        // Remembered by the claim that names the consumer too: routes may name it apart.
+        let remembered = format!("{}\n{token}", conf.key_claim_name);
+        let consumer = match snap.consumers.verified.get(&remembered) {
+            Some(c) => c,
+            None => {
+                let key = super::jwt::claim(&token, &conf.key_claim_name).map_err(refuse)?;
+                let Some((consumer, verifier)) = snap.consumers.by_jwt.get(&key) else {
+                    return Err(refuse(super::jwt::Refusal::UnknownKey));
+                };
+                let claims = super::jwt::verify(&token, verifier, &ctx.gateway.jwks, &ctx.roots)
+                    .await
+                    .map_err(refuse)?;
+                snap.consumers
+                    .verified
+                    .put(&remembered, consumer.clone(), &claims, verifier);
+                consumer.clone()
+            }
         };
-        super::jwt::verify(&token, verifier, &ctx.gateway.jwks, &ctx.roots)
-            .await
-            .map_err(refuse)?;
         if conf.hide_credentials && from_header.is_some() {
             parts.headers.remove(conf.header.as_str());
         }
-        found = Some(consumer.clone());
+        found = Some(consumer);
     }
     if let Some(conf) = &target.plugins.basic_auth {
         const CHALLENGE: &str = "Basic realm=\"basic\"";
