@@ -510,7 +510,7 @@ struct ActiveSpec {
     #[serde(default)]
     healthy: Option<ActiveHealthySpec>,
     #[serde(default)]
-    unhealthy: Option<ActiveUnhealthySpec>,
+    unhealthy: Option<UnhealthySpec>,
 }
 
 #[derive(Deserialize, Default)]
@@ -522,21 +522,6 @@ struct ActiveHealthySpec {
     http_statuses: Option<Vec<u16>>,
     #[serde(default)]
     successes: Option<u32>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ActiveUnhealthySpec {
-    #[serde(default)]
-    interval: Option<u64>,
-    #[serde(default)]
-    http_statuses: Option<Vec<u16>>,
-    #[serde(default)]
-    http_failures: Option<u32>,
-    #[serde(default)]
-    tcp_failures: Option<u32>,
-    #[serde(default)]
-    timeouts: Option<u32>,
 }
 
 fn bad_active(msg: impl std::fmt::Display) -> GatewayError {
@@ -670,9 +655,12 @@ struct PassiveSpec {
     unhealthy: Option<UnhealthySpec>,
 }
 
+/// `unhealthy` of active and passive checks (only active ones have an `interval`).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct UnhealthySpec {
+    #[serde(default)]
+    interval: Option<u64>,
     #[serde(default)]
     http_statuses: Option<Vec<u16>>,
     #[serde(default)]
@@ -701,6 +689,11 @@ fn parse_checks(v: &Value) -> Result<(Option<Active>, Option<Passive>), GatewayE
     }
     let _ = p.healthy;
     let u = p.unhealthy.unwrap_or_default();
+    if u.interval.is_some() {
+        return Err(GatewayError::invalid(
+            "property \"checks.passive.unhealthy\" validation failed: additional properties forbidden, found interval",
+        ));
+    }
     // APISIX's defaults.
     let passive = Passive {
         unhealthy_statuses: u.http_statuses.unwrap_or_else(|| vec![429, 500, 503]),
@@ -1518,6 +1511,7 @@ mod tests {
             json!({"active": {"unhealthy": {"interval": 0}}}),
             json!({"active": {"healthy": {"http_statuses": [99]}}}),
             json!({"active": {"bogus": 1}}),
+            json!({"passive": {"unhealthy": {"interval": 1}}}),
             json!({}),
         ] {
             let e = Upstream::parse(&json!({"nodes": {"127.0.0.1:1": 1}, "checks": bad}));
