@@ -51,6 +51,9 @@ pub enum SendError {
     /// Connecting took longer than the route allows.
     #[error("connecting timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// A new connection ended before the request was written.
+    #[error("the connection closed before the request was sent: {0}")]
+    Unsent(#[source] hyper::Error),
     /// The connection failed during the exchange.
     #[error(transparent)]
     Exchange(#[from] hyper::Error),
@@ -101,7 +104,9 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // A pooled connection the node had closed: the request was not sent.
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Exchange(e.into_error())),
+                    // Unsent on a new connection: nothing reached the node.
+                    Some(_) => return Err(SendError::Unsent(e.into_error())),
+                    None => return Err(SendError::Exchange(e.into_error())),
                 },
             }
         }
@@ -170,20 +175,21 @@ async fn exchange(
     req: Request<ReqBody>,
 ) -> Result<(Response<Incoming>, Option<Conn>), hyper::client::conn::TrySendError<Request<ReqBody>>>
 {
-    let Conn {
-        mut sender,
-        mut driver,
-    } = conn;
+    let Conn { mut sender, driver } = conn;
     let mut answer = std::pin::pin!(sender.try_send_request(req));
-    let mut ended = false;
+    // Dropped as soon as it ends: only then does hyper hand back a request still queued
+    // (a connection the node closed just now ends cleanly with it unsent).
+    let mut driver = Some(driver);
     let resp = std::future::poll_fn(|cx| {
-        if !ended && Pin::new(&mut driver).poll(cx).is_ready() {
-            ended = true;
+        if let Some(d) = &mut driver {
+            if Pin::new(d).poll(cx).is_ready() {
+                driver = None;
+            }
         }
         answer.as_mut().poll(cx)
     })
     .await?;
-    Ok((resp, (!ended).then_some(Conn { sender, driver })))
+    Ok((resp, driver.map(|driver| Conn { sender, driver })))
 }
 
 /// A connection on loan to an answer's body.
@@ -242,11 +248,23 @@ impl Body for NodeBody {
 
 impl Drop for NodeBody {
     fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            // Read to the end (or the server stopped at the stated length): reusable.
-            if lease.ended || self.inner.is_end_stream() {
-                lease.pool.put(lease.authority, lease.conn);
-            }
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        // Read to the end (or the server stopped at the stated length), and ready for the
+        // next request once polled (not still sending this request's body, after an early
+        // answer): reusable. Polled here once with no waker to call; whoever takes it out
+        // of the pool polls it with theirs.
+        if !(lease.ended || self.inner.is_end_stream()) {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let conn = &mut lease.conn;
+        if Pin::new(&mut conn.driver).poll(&mut cx).is_ready() {
+            return;
+        }
+        if matches!(conn.sender.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+            lease.pool.put(lease.authority, lease.conn);
         }
     }
 }

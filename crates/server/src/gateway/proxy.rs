@@ -1026,13 +1026,20 @@ impl Ctx {
         let mut quota_headers = HeaderMap::new();
         if let Some((limit, of_consumer)) = limit {
             let view = self.view(parts, host, consumer.as_ref().map(|c| c.username.as_str()));
-            let key = counter_key(
+            let mut key = counter_key(
                 limit.group.as_deref(),
                 of_consumer,
                 target,
                 &limit.key,
                 &view,
             );
+            // Routes sharing a group under another count or window count apart: asked under
+            // another limit, a counter would start its window afresh, and alternating
+            // requests would never be limited.
+            {
+                use std::fmt::Write;
+                let _ = write!(key, "\0{}/{}", limit.count, limit.time_window);
+            }
             let window = Duration::from_secs(limit.time_window);
             let verdict = match limit.policy {
                 LimitPolicy::Local => Some(self.gateway.limits.hit(&key, limit.count, window)),

@@ -170,7 +170,13 @@ struct Held {
     remaining: u64,
     limit: u64,
     length: Duration,
+    /// Asking the leader failed: requests of the key fail at once until then, rather than
+    /// each waiting its turn to ask again.
+    failed_until: Option<Instant>,
 }
+
+/// How long a failed ask holds before the next request asks again.
+const FAILED_FOR: Duration = Duration::from_millis(500);
 
 /// One shard of held shares: by key, each behind its own lock (a member asks the leader for
 /// a key once at a time; the key's other requests wait for that answer).
@@ -252,14 +258,28 @@ impl Quotas {
         if current && (held.tokens > 0 || held.remaining == 0) {
             return Ok(spend(&mut held, now));
         }
+        if held.failed_until.is_some_and(|t| t > now) {
+            return Err(QuotaError::NoLeader(
+                "asking the leader failed just now".into(),
+            ));
+        }
         let asked = Instant::now();
-        let answer = self.ask(leader, key, limit, length).await?;
+        let answer = match self.ask(leader, key, limit, length).await {
+            Ok(a) => a,
+            Err(e) => {
+                held.failed_until = Some(Instant::now() + FAILED_FOR);
+                return Err(e);
+            }
+        };
+        // Bounded: a peer's answer must not overflow the clock or the counts.
+        let reset = Duration::from_millis(answer.reset_ms).min(length);
         *held = Held {
-            tokens: answer.granted,
-            until: asked + Duration::from_millis(answer.reset_ms),
-            remaining: answer.remaining,
+            tokens: answer.granted.min(limit),
+            until: asked.checked_add(reset).unwrap_or(asked),
+            remaining: answer.remaining.min(limit),
             limit,
             length,
+            failed_until: None,
         };
         Ok(spend(&mut held, Instant::now()))
     }
@@ -307,6 +327,7 @@ impl Quotas {
             remaining: 0,
             limit,
             length,
+            failed_until: None,
         }));
         slots.insert(key.to_string(), h.clone());
         h
@@ -345,7 +366,7 @@ fn spend(held: &mut Held, now: Instant) -> Verdict {
     }
     held.tokens -= 1;
     Verdict::Allowed {
-        remaining: held.tokens + held.remaining,
+        remaining: held.tokens.saturating_add(held.remaining),
         reset,
     }
 }
@@ -454,6 +475,7 @@ mod tests {
             remaining: 0,
             limit: 10,
             length: Duration::from_secs(5),
+            failed_until: None,
         };
         let now = Instant::now();
         assert!(matches!(
