@@ -77,10 +77,18 @@ pub(crate) fn connect_with(addr: &str, inbox: &str) -> Option<(TcpStream, BufRea
     Some((w, r))
 }
 
-/// Sends `body` to an API subject and returns the JSON answer.
+/// Sends `body` to an API subject and returns the JSON answer. Each call has an inbox of
+/// its own, as clients' requests do: in a cluster an inbox is interest on every member, and
+/// an answer to an earlier call on another member must not be read as this one's.
 pub(crate) fn api(addr: &str, subject: &str, body: &str) -> serde_json::Value {
-    let (mut w, mut r) = connect_with(addr, "_INBOX.api").expect("connect");
-    w.write_all(format!("PUB {subject} _INBOX.api {}\r\n{body}\r\n", body.len()).as_bytes())
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let inbox = format!(
+        "_INBOX.api.{}.{}",
+        std::process::id(),
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let (mut w, mut r) = connect_with(addr, &inbox).expect("connect");
+    w.write_all(format!("PUB {subject} {inbox} {}\r\n{body}\r\n", body.len()).as_bytes())
         .expect("write");
     let (_, answer) = read_msg(&mut r).expect("an answer");
     serde_json::from_str(&answer).expect("JSON")
