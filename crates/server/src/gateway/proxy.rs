@@ -385,6 +385,15 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     answer(status, serde_json::json!({ "error_msg": msg.into() }))
 }
 
+/// [`error`], and the client's connection is not reused (its framing or the rest of its
+/// body cannot be trusted or is not read).
+fn error_closing(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = error(status, msg);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// Why a request is malformed in a way a proxy must not pass on (request smuggling).
 fn malformed(parts: &Parts) -> Option<&'static str> {
     let h = &parts.headers;
@@ -919,11 +928,10 @@ impl Ctx {
     ) -> (Option<String>, Response<Body>) {
         let (mut parts, body) = req.into_parts();
         let bad = |why: &str| {
-            let mut r = error(StatusCode::BAD_REQUEST, format!("bad request: {why}"));
-            // Framing that cannot be trusted: the connection is not reused.
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            (None, r)
+            (
+                None,
+                error_closing(StatusCode::BAD_REQUEST, format!("bad request: {why}")),
+            )
         };
         if let Some(why) = malformed(&parts) {
             return bad(why);
@@ -1117,13 +1125,10 @@ impl Ctx {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > max) {
-                let mut r = error(
+                return error_closing(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("the request body is larger than {max} bytes"),
                 );
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return r;
             }
         }
         let route_id = target.route.id.as_str();
@@ -1290,13 +1295,10 @@ impl Ctx {
                 Ok(Ok(ReadAhead::Whole(b))) => (None, Some(b)),
                 Ok(Ok(ReadAhead::Longer(p))) => (Some(p), None),
                 Ok(Err(e)) => {
-                    let mut r = error(
+                    return error_closing(
                         StatusCode::BAD_REQUEST,
                         format!("invalid request body: {e}"),
                     );
-                    r.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return r;
                 }
                 Err(_) => {
                     return error(
@@ -1315,13 +1317,10 @@ impl Ctx {
                 (None, None) => false,
             };
             if over {
-                let mut r = error(
+                return error_closing(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("the request body is larger than {max} bytes"),
                 );
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return r;
             }
         }
         let nodes = live.picker.nodes().len();
