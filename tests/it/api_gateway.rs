@@ -1823,3 +1823,147 @@ fn active_checks_take_failing_nodes_out_and_bring_them_back() {
         "the node's own answer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_nodes_names_the_host_verifies_and_shows_client_certificates() {
+    use crate::tls::{client, path, Pki};
+    let pki = Pki::new("nodes");
+    let (cert, key) = pki.issue("node", "node", false);
+    let (client_cert, client_key) = pki.issue("gateway", "gateway", false);
+    let ca = pki.ca_file();
+    let http_port = crate::harness::free_port();
+    // The node: berth itself, its etcd API and HTTP listener over TLS, client certificates
+    // required (its certificate names 127.0.0.1 and localhost).
+    let node_args = [
+        "--cert-file".to_string(),
+        path(&cert).to_string(),
+        "--key-file".to_string(),
+        path(&key).to_string(),
+        "--trusted-ca-file".to_string(),
+        path(&ca).to_string(),
+        "--client-cert-auth".to_string(),
+        "--listen-http-urls".to_string(),
+        format!("https://127.0.0.1:{http_port}"),
+    ];
+    let tls_client = client(&ca, Some((&client_cert, &client_key)));
+    let node = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+        Server::start_tls(&args, tls_client)
+    })
+    .await
+    .expect("node");
+    let ca_arg = path(&ca).to_string();
+    let srv = tokio::task::spawn_blocking(move || {
+        Server::start_with(&[WITH_GATEWAY, "--check-ca-file", &ca_arg])
+    })
+    .await
+    .expect("gateway");
+    let pem = |p: &std::path::Path| std::fs::read_to_string(p).expect("pem");
+    let (cpem, kpem) = (pem(&client_cert), pem(&client_key));
+    let https_node = format!("127.0.0.1:{http_port}");
+    let route = |tls: Value, host: &str| {
+        json!({"uri": "/v1/status/leader", "upstream": {"scheme": "https", "tls": tls,
+            "pass_host": "rewrite", "upstream_host": host, "nodes": {https_node.clone(): 1}}})
+    };
+    let leader = |srv: &Server| {
+        let (code, out, _) = via(srv, "GET", "/v1/status/leader", &[]);
+        (code, out)
+    };
+    // Verified under the name the node gets, with a client certificate: through.
+    put(
+        &srv,
+        "/routes/h",
+        route(
+            json!({"verify": true, "client_cert": cpem, "client_key": kpem}),
+            "localhost",
+        ),
+    );
+    for _ in 0..3 {
+        let (code, out) = leader(&srv);
+        assert_eq!(code, 200, "{out}");
+        assert!(out.as_str().is_some_and(|s| !s.is_empty()), "{out}");
+    }
+    // A name the certificate does not hold: refused when verifying, passed when not.
+    put(
+        &srv,
+        "/routes/h",
+        route(
+            json!({"verify": true, "client_cert": cpem, "client_key": kpem}),
+            "other.test",
+        ),
+    );
+    let (code, out) = leader(&srv);
+    assert_eq!(code, 502, "{out}");
+    assert!(out.to_string().contains("certificate"), "{out}");
+    put(
+        &srv,
+        "/routes/h",
+        route(
+            json!({"client_cert": cpem, "client_key": kpem}),
+            "other.test",
+        ),
+    );
+    assert_eq!(leader(&srv).0, 200, "APISIX's default: not verified");
+    // No client certificate: the node refuses.
+    put(
+        &srv,
+        "/routes/h",
+        route(json!({"verify": true}), "localhost"),
+    );
+    assert_eq!(leader(&srv).0, 502);
+    // The client certificate as an ssl of type client, by ID.
+    put(
+        &srv,
+        "/ssls/gw",
+        json!({"type": "client", "cert": cpem, "key": kpem}),
+    );
+    put(
+        &srv,
+        "/routes/h",
+        route(json!({"verify": true, "client_cert_id": "gw"}), "localhost"),
+    );
+    assert_eq!(leader(&srv).0, 200);
+    let (code, out) = admin(&srv, "DELETE", "/ssls/gw", &Value::Null);
+    assert_eq!(code, 400, "in use: {out}");
+    // Bad certificates are refused at write time, and nothing is written.
+    let bad = [
+        json!({"client_cert": cpem}),
+        json!({"client_cert": "junk", "client_key": kpem}),
+        json!({"client_cert": cpem, "client_key": pem(&key)}),
+        json!({"client_cert_id": "missing"}),
+        json!({"client_cert_id": "gw", "client_cert": cpem, "client_key": kpem}),
+        json!({"verify": "yes"}),
+    ];
+    for tls in bad {
+        let (code, out) = admin(&srv, "PUT", "/routes/h", &route(tls.clone(), "localhost"));
+        assert!(code == 400 || code == 404, "{tls}: {code} {out}");
+    }
+    assert_eq!(leader(&srv).0, 200, "the last good route still serves");
+    // gRPC over TLS: the node's etcd API, verified, with the client certificate.
+    put(
+        &srv,
+        "/routes/g",
+        json!({"uri": "/etcdserverpb.*", "upstream": {"scheme": "grpcs", "pass_host": "node",
+            "tls": {"verify": true, "client_cert_id": "gw"},
+            "nodes": {node.client_addr.clone(): 1}}}),
+    );
+    let mut c = etcd_client::Client::connect([srv.gateway_addr.clone()], None)
+        .await
+        .expect("connect through the gateway");
+    c.put("k", "over grpcs", None)
+        .await
+        .expect("put through the gateway");
+    let got = c.get("k", None).await.expect("get through the gateway");
+    assert_eq!(got.kvs()[0].value(), b"over grpcs");
+    // Without the client certificate the node refuses, and the error comes back.
+    put(
+        &srv,
+        "/routes/g",
+        json!({"uri": "/etcdserverpb.*", "upstream": {"scheme": "grpcs", "pass_host": "node",
+            "nodes": {node.client_addr.clone(): 1}}}),
+    );
+    let mut fresh = etcd_client::Client::connect([srv.gateway_addr.clone()], None)
+        .await
+        .expect("connect through the gateway");
+    assert!(fresh.get("k", None).await.is_err());
+}

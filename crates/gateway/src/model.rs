@@ -435,6 +435,32 @@ pub struct Upstream {
     pub passive: Option<Passive>,
     /// Active health checks: each member probes the nodes itself.
     pub active: Option<Active>,
+    /// TLS to the nodes (schemes `https` and `grpcs`; `None` for the others).
+    pub tls: Option<NodeTls>,
+}
+
+/// TLS to an upstream's nodes (`tls`, APISIX's shape). The server name sent and checked is
+/// the `Host` the node gets (its port left out), as APISIX's `upstream_host`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct NodeTls {
+    /// Check the node's certificate against the trusted roots (APISIX's default: off).
+    pub verify: bool,
+    /// The certificate this side shows (mutual TLS), if any.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// The certificate a gateway shows its nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientCert {
+    /// Given in the upstream (`client_cert`, `client_key`).
+    Inline {
+        /// PEM certificate chain.
+        cert: String,
+        /// PEM private key.
+        key: String,
+    },
+    /// An ssl of type `client`, by ID (`client_cert_id`).
+    Ssl(String),
 }
 
 /// How an active check probes.
@@ -755,7 +781,44 @@ struct UpstreamSpec {
     #[serde(default)]
     keepalive_pool: Option<Value>,
     #[serde(default)]
-    tls: Option<Value>,
+    tls: Option<TlsSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSpec {
+    #[serde(default)]
+    verify: Option<bool>,
+    #[serde(default)]
+    client_cert: Option<String>,
+    #[serde(default)]
+    client_key: Option<String>,
+    #[serde(default)]
+    client_cert_id: Option<Value>,
+}
+
+impl TlsSpec {
+    fn parse(self) -> Result<NodeTls, GatewayError> {
+        let client_cert = match (self.client_cert, self.client_key, self.client_cert_id) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), None) => Some(ClientCert::Inline { cert, key }),
+            (None, None, Some(id)) => id_ref(Kind::Ssl, Some(id))?.map(ClientCert::Ssl),
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(GatewayError::invalid(
+                    "property \"tls\" validation failed: \"client_cert\" and \"client_key\" go together",
+                ))
+            }
+            (Some(_), Some(_), Some(_)) => {
+                return Err(GatewayError::invalid(
+                    "property \"tls\" validation failed: \"client_cert_id\" excludes \"client_cert\" and \"client_key\"",
+                ))
+            }
+        };
+        Ok(NodeTls {
+            verify: self.verify.unwrap_or(false),
+            client_cert,
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -917,18 +980,13 @@ impl Upstream {
                 )))
             }
         };
-        if scheme.tls() {
-            return Err(GatewayError::Unsupported(
-                "upstream scheme https or grpcs (TLS to nodes)".into(),
-            ));
-        }
         let (active, passive) = match &spec.checks {
             None => (None, None),
             Some(c) => parse_checks(c)?,
         };
-        if spec.tls.is_some() {
-            return Err(GatewayError::Unsupported("upstream tls".into()));
-        }
+        // APISIX takes `tls` with any scheme and uses it only with https and grpcs.
+        let tls = spec.tls.map(TlsSpec::parse).transpose()?;
+        let tls = scheme.tls().then(|| tls.unwrap_or_default());
         let _ = spec.keepalive_pool;
         let nodes = match (&spec.nodes, spec.service_name) {
             (Some(_), Some(_)) => {
@@ -1059,6 +1117,7 @@ impl Upstream {
             timeout: spec.timeout.map(TimeoutSpec::parse).transpose()?,
             passive,
             active,
+            tls,
         })
     }
 }
@@ -1401,6 +1460,8 @@ pub struct Ssl {
     pub snis: Vec<HostPattern>,
     /// False for `status: 0`.
     pub enabled: bool,
+    /// `type: client`: shown to upstream nodes (`tls.client_cert_id`), never served.
+    pub client: bool,
 }
 
 #[derive(Deserialize)]
@@ -1439,11 +1500,17 @@ impl Ssl {
             spec.create_time,
             spec.update_time,
         );
-        if spec.kind.as_deref().is_some_and(|k| k != "server") {
-            return Err(GatewayError::Unsupported("ssl of type client".into()));
-        }
+        let client = match spec.kind.as_deref().unwrap_or("server") {
+            "server" => false,
+            "client" => true,
+            other => {
+                return Err(GatewayError::invalid(format!(
+                    "property \"type\" validation failed: matches none of the enum values (server, client): {other:?}"
+                )))
+            }
+        };
         let snis = one_or_many(spec.sni, spec.snis, ("sni", "snis"))?;
-        if snis.is_empty() {
+        if snis.is_empty() && !client {
             return Err(GatewayError::invalid(
                 "value should match only one schema, but matches none: \"sni\" or \"snis\" is required",
             ));
@@ -1453,6 +1520,7 @@ impl Ssl {
             key: spec.key,
             snis: parse_hosts(snis)?,
             enabled: spec.status.unwrap_or(1) == 1,
+            client,
         })
     }
 }

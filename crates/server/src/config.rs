@@ -218,7 +218,8 @@ pub struct ServerArgs {
     #[arg(long, env = "BERTH_TLS_MIN_VERSION")]
     pub tls_min_version: Option<String>,
     /// CA bundle (PEM) that verifies the certificates of HTTPS and gRPC-over-TLS health
-    /// check targets, besides the system's roots (a check with TLSSkipVerify verifies none).
+    /// check targets and of gateway upstream nodes (`tls.verify`), besides the system's
+    /// roots (a check with TLSSkipVerify verifies none).
     #[arg(long, env = "BERTH_CHECK_CA_FILE")]
     pub check_ca_file: Option<PathBuf>,
     // --- end of TLS ---
@@ -361,7 +362,8 @@ pub struct Config {
     pub dns_service_ttl: Duration,
     /// TTL of DNS answers about nodes.
     pub dns_node_ttl: Duration,
-    /// Extra CA bundle for health check targets' certificates (`--check-ca-file`).
+    /// Extra CA bundle for health check targets' and gateway nodes' certificates
+    /// (`--check-ca-file`).
     pub check_ca_file: Option<PathBuf>,
     /// Least time between two output-only writes of a check (`--check-update-interval`).
     pub check_update_interval: Duration,

@@ -496,7 +496,8 @@ where
         core.metrics.clone(),
         stop_rx.clone(),
     );
-    // What verifies https health probes: the system's roots and --check-ca-file's.
+    // What verifies https health probes and gateway nodes: the system's roots and
+    // --check-ca-file's.
     let roots = core
         .registry
         .check_roots(core.config.check_ca_file.as_deref());

@@ -31,7 +31,7 @@ pub mod trust;
 
 pub use accept::{handshake_failures, tls_incoming, ConnInfo, ServerConn};
 pub use connect::Connector;
-pub use settings::{TlsSettings, TlsVersion};
+pub use settings::{SkipVerify, TlsSettings, TlsVersion};
 
 use std::path::PathBuf;
 

@@ -46,6 +46,7 @@ pub mod checks;
 pub mod h1_guard;
 pub mod jwt;
 pub mod limit;
+pub mod node_tls;
 pub mod pool;
 pub mod proxy;
 pub mod quota;
@@ -164,6 +165,8 @@ pub struct LiveUpstream {
     pub def: Upstream,
     /// Its nodes and how one is picked.
     pub picker: Picker,
+    /// TLS to its nodes (`https`, `grpcs`), or why it cannot be set up.
+    pub tls: Option<Result<Arc<node_tls::TlsConfig>, String>>,
 }
 
 /// Consumers by credential.
@@ -219,6 +222,8 @@ pub struct Gateway {
     pub breakers: breaker::Breakers,
     /// Active health checks' probers.
     pub probers: checks::Probers,
+    /// Client configurations for TLS to nodes.
+    pub node_tls: node_tls::TlsConfigs,
     /// Requests to bring the snapshot up to date (see [`Gateway::sync`]).
     barriers: crate::applied_mark::Barriers,
 }
@@ -287,6 +292,7 @@ impl Gateway {
             jwks: jwt::JwksCache::default(),
             breakers: breaker::Breakers::default(),
             probers: checks::Probers::default(),
+            node_tls: node_tls::TlsConfigs::default(),
         })
     }
 
@@ -457,6 +463,7 @@ impl Gateway {
                 let present = match kind {
                     Kind::Upstream => res.upstreams.contains_key(rid),
                     Kind::Service => res.services.contains_key(rid),
+                    Kind::Ssl => res.ssls.get(rid).is_some_and(|s| s.client),
                     _ => true,
                 };
                 if !present {
@@ -474,13 +481,19 @@ impl Gateway {
                 let r = Route::parse(id, value)?;
                 need(Kind::Upstream, &r.upstream_id)?;
                 need(Kind::Service, &r.service_id)?;
+                if let Some(u) = &r.upstream {
+                    check_node_tls(u, &mut need)?;
+                }
             }
             Kind::Service => {
                 let s = Service::parse(value)?;
                 need(Kind::Upstream, &s.upstream_id)?;
+                if let Some(u) = &s.upstream {
+                    check_node_tls(u, &mut need)?;
+                }
             }
             Kind::Upstream => {
-                Upstream::parse(value)?;
+                check_node_tls(&Upstream::parse(value)?, &mut need)?;
             }
             Kind::Consumer => {
                 let c = Consumer::parse(value)?;
@@ -545,6 +558,30 @@ impl Gateway {
                     return Err(in_use("route", rid));
                 }
             }
+            Kind::Ssl => {
+                let shows = |u: Option<&Upstream>| {
+                    u.and_then(|u| u.tls.as_ref())
+                        .and_then(|t| t.client_cert.as_ref())
+                        == Some(&berth_gateway::ClientCert::Ssl(id.to_string()))
+                };
+                if let Some((uid, _)) = res.upstreams.iter().find(|(_, u)| shows(Some(u))) {
+                    return Err(in_use("upstream", uid));
+                }
+                if let Some((rid, _)) = res
+                    .routes
+                    .iter()
+                    .find(|(_, r)| shows(r.upstream.as_deref()))
+                {
+                    return Err(in_use("route", rid));
+                }
+                if let Some((sid, _)) = res
+                    .services
+                    .iter()
+                    .find(|(_, s)| shows(s.upstream.as_deref()))
+                {
+                    return Err(in_use("service", sid));
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -594,6 +631,7 @@ impl Gateway {
         mut stop: watch::Receiver<bool>,
     ) {
         let _ = self.probers.metrics.set(metrics.clone());
+        self.node_tls.set_roots(roots.clone());
         let _ = self.probers.roots.set(roots);
         let (pool, mut sweeps_stop) = (Arc::downgrade(&self.pool), stop.clone());
         tokio::spawn(async move {
@@ -755,6 +793,7 @@ impl Gateway {
             tracing::warn!(route = %s.route, why = %s.why, "gateway: route left out of the table");
         }
         let mut upstreams = HashMap::new();
+        let mut tls_used = std::collections::HashSet::new();
         let mut nodes = lock(&self.nodes);
         nodes.retain(|_, w| w.strong_count() > 0);
         for target in table.targets() {
@@ -799,16 +838,30 @@ impl Gateway {
                     }
                 })
                 .collect();
+            let tls = def.tls.as_ref().map(|t| {
+                let built = self.node_tls.get(t, &res.ssls);
+                match &built {
+                    Ok(c) => {
+                        tls_used.insert(c.id);
+                    }
+                    Err(e) => {
+                        tracing::error!(upstream = %label, error = %e, "gateway: no TLS to the upstream's nodes")
+                    }
+                }
+                built
+            });
             upstreams.insert(
                 key.clone(),
                 Arc::new(LiveUpstream {
                     label,
                     picker: Picker::new(&def.balance, choices),
                     def: def.clone(),
+                    tls,
                 }),
             );
         }
         drop(nodes);
+        self.node_tls.retain(&tls_used);
         let mut consumers = Consumers::default();
         for c in res.consumers.values() {
             let c = Arc::new(c.clone());
@@ -838,6 +891,21 @@ impl Gateway {
             consumers,
             certs: sni::Certs::build(res.ssls.iter()),
         }
+    }
+}
+
+/// Checks an upstream's client certificate: a PEM given inline parses and its key belongs
+/// to it; an ssl named by ID exists and is of type client.
+fn check_node_tls(
+    u: &Upstream,
+    need: &mut impl FnMut(Kind, &Option<String>) -> Result<(), GatewayError>,
+) -> Result<(), GatewayError> {
+    match u.tls.as_ref().and_then(|t| t.client_cert.as_ref()) {
+        None => Ok(()),
+        Some(berth_gateway::ClientCert::Inline { cert, key }) => {
+            node_tls::check_client_pem(cert, key).map_err(GatewayError::invalid)
+        }
+        Some(berth_gateway::ClientCert::Ssl(id)) => need(Kind::Ssl, &Some(id.clone())),
     }
 }
 

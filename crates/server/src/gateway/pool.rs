@@ -11,8 +11,13 @@
 //! request back unsent; the request then goes on a fresh connection, not counted as a
 //! failure of the node.
 //!
+//! Nodes reached over TLS (`https`) are pooled apart by server name and TLS setting, so a
+//! connection is only reused for the name it was set up for (as APISIX keys its keepalive
+//! pools by `upstream_host`).
+//!
 //! gRPC (HTTP/2) and upgrades (WebSocket) keep hyper-util's pooled client.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,11 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use berth_net::tls::connect::ClientConn;
+use berth_net::tls::stream::MaybeTls;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::proxy::ReqBody;
@@ -34,7 +42,27 @@ const IDLE: Duration = Duration::from_secs(60);
 /// Idle connections kept per node.
 const MAX_IDLE: usize = 512;
 
-type Driver = http1::Connection<TokioIo<TcpStream>, ReqBody>;
+type Driver = http1::Connection<TokioIo<ClientConn>, ReqBody>;
+
+/// Where a request goes: a node's `host:port`, and the TLS it is reached over.
+pub struct Dest<'a> {
+    /// The node.
+    pub authority: &'a str,
+    /// TLS: the configuration, the server name, and the configuration's ID.
+    pub tls: Option<(&'a Arc<rustls::ClientConfig>, ServerName<'static>, u64)>,
+}
+
+impl Dest<'_> {
+    /// The pool's key: the node, with the server name and TLS setting when over TLS.
+    fn key(&self) -> Cow<'_, str> {
+        match &self.tls {
+            None => Cow::Borrowed(self.authority),
+            Some((_, name, id)) => {
+                Cow::Owned(format!("{}#{}#{id:x}", self.authority, name.to_str()))
+            }
+        }
+    }
+}
 
 /// One connection to a node: where requests go in, and the future that does the I/O.
 struct Conn {
@@ -51,6 +79,9 @@ pub enum SendError {
     /// Connecting took longer than the route allows.
     #[error("connecting timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// The TLS handshake failed (the node's certificate was refused, say).
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
     /// A new connection ended before the request was written.
     #[error("the connection closed before the request was sent: {0}")]
     Unsent(#[source] hyper::Error),
@@ -77,18 +108,19 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `authority` on a pooled connection or a
-    /// new one (made within `connect`), and returns the answer's head.
+    /// Sends `req` (origin-form URI, `Host` set) to `dest` on a pooled connection or a new
+    /// one (made within `connect`), and returns the answer's head.
     pub async fn send(
         self: &Arc<Pool>,
-        authority: &str,
+        dest: &Dest<'_>,
         connect: Duration,
         mut req: Request<ReqBody>,
     ) -> Result<Response<NodeBody>, SendError> {
+        let key = dest.key();
         loop {
-            let (conn, reused) = match self.checkout(authority).await {
+            let (conn, reused) = match self.checkout(&key).await {
                 Some(c) => (c, true),
-                None => (dial(authority, connect).await?, false),
+                None => (dial(dest, connect).await?, false),
             };
             match exchange(conn, req).await {
                 Ok((resp, conn)) => {
@@ -96,7 +128,7 @@ impl Pool {
                     let lease = conn.map(|conn| Lease {
                         conn,
                         pool: self.clone(),
-                        authority: authority.to_string(),
+                        key: key.to_string(),
                         ended: false,
                     });
                     return Ok(Response::from_parts(parts, NodeBody { inner, lease }));
@@ -112,11 +144,11 @@ impl Pool {
         }
     }
 
-    /// A pooled connection to `authority` that is ready for a request; those found closed
-    /// or stale are dropped.
-    async fn checkout(&self, authority: &str) -> Option<Conn> {
+    /// A pooled connection under `key` that is ready for a request; those found closed or
+    /// stale are dropped.
+    async fn checkout(&self, key: &str) -> Option<Conn> {
         loop {
-            let (mut conn, since) = self.idle().get_mut(authority)?.pop()?;
+            let (mut conn, since) = self.idle().get_mut(key)?.pop()?;
             if since.elapsed() > IDLE {
                 continue;
             }
@@ -135,9 +167,9 @@ impl Pool {
         }
     }
 
-    fn put(&self, authority: String, conn: Conn) {
+    fn put(&self, key: String, conn: Conn) {
         let mut idle = self.idle();
-        let list = idle.entry(authority).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE {
             list.push((conn, Instant::now()));
         }
@@ -154,15 +186,28 @@ impl Pool {
     }
 }
 
-/// A new connection to `authority`.
-async fn dial(authority: &str, connect: Duration) -> Result<Conn, SendError> {
-    let tcp = tokio::time::timeout(connect, TcpStream::connect(authority))
+/// A new connection to `dest`, TLS set up within `connect` too.
+async fn dial(dest: &Dest<'_>, connect: Duration) -> Result<Conn, SendError> {
+    let deadline = tokio::time::Instant::now() + connect;
+    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(dest.authority))
         .await
         .map_err(|_| SendError::ConnectTimeout(connect))?
         .map_err(SendError::Connect)?;
     let _ = tcp.set_nodelay(true);
+    let stream = match &dest.tls {
+        None => MaybeTls::Plain(tcp),
+        Some((config, name, _)) => {
+            let tls =
+                tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name.clone(), tcp);
+            let tls = tokio::time::timeout_at(deadline, tls)
+                .await
+                .map_err(|_| SendError::ConnectTimeout(connect))?
+                .map_err(SendError::Tls)?;
+            MaybeTls::Tls(Box::new(tls))
+        }
+    };
     let (sender, driver) = http1::Builder::new()
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| SendError::Connect(std::io::Error::other(e)))?;
     Ok(Conn { sender, driver })
@@ -196,7 +241,7 @@ async fn exchange(
 struct Lease {
     conn: Conn,
     pool: Arc<Pool>,
-    authority: String,
+    key: String,
     /// The body was read to its end.
     ended: bool,
 }
@@ -264,7 +309,7 @@ impl Drop for NodeBody {
             return;
         }
         if matches!(conn.sender.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
-            lease.pool.put(lease.authority, lease.conn);
+            lease.pool.put(lease.key, lease.conn);
         }
     }
 }
@@ -305,6 +350,13 @@ mod tests {
         (addr, accepted)
     }
 
+    fn plain(authority: &str) -> Dest<'_> {
+        Dest {
+            authority,
+            tls: None,
+        }
+    }
+
     fn get(addr: &str) -> Request<ReqBody> {
         Request::builder()
             .uri("/")
@@ -315,7 +367,7 @@ mod tests {
 
     async fn read(pool: &Arc<Pool>, addr: &str) -> Bytes {
         let resp = pool
-            .send(addr, Duration::from_secs(1), get(addr))
+            .send(&plain(addr), Duration::from_secs(1), get(addr))
             .await
             .expect("answer");
         resp.into_body().collect().await.expect("body").to_bytes()
@@ -331,7 +383,7 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all");
         // An answer dropped before its body was read closes its connection.
         let resp = pool
-            .send(&addr, Duration::from_secs(1), get(&addr))
+            .send(&plain(&addr), Duration::from_secs(1), get(&addr))
             .await
             .expect("answer");
         drop(resp);
@@ -350,13 +402,89 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_connections_are_pooled_by_server_name() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["a.test".into(), "b.test".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let server =
+            rustls::ServerConfig::builder_with_provider(Arc::new(berth_net::tls::provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+                )
+                .expect("config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let names = Arc::new(Mutex::new(Vec::new()));
+        let seen = names.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().map(str::to_string);
+                    seen.lock().expect("lock").push(sni);
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"secure"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        let configs = super::super::node_tls::TlsConfigs::default();
+        let config = configs
+            .get(&berth_gateway::NodeTls::default(), &Default::default())
+            .expect("config");
+        let pool = Arc::new(Pool::default());
+        let dest = |name: &str| Dest {
+            authority: &addr,
+            tls: Some((
+                &config.h1,
+                ServerName::try_from(name.to_string()).expect("name"),
+                config.id,
+            )),
+        };
+        for name in ["a.test", "a.test", "b.test", "a.test", "b.test"] {
+            let resp = pool
+                .send(&dest(name), Duration::from_secs(1), get(&addr))
+                .await
+                .expect("answer");
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(body, "secure");
+        }
+        let names = names.lock().expect("lock").clone();
+        assert_eq!(
+            names,
+            vec![Some("a.test".to_string()), Some("b.test".to_string())],
+            "one connection per server name, each sent its name"
+        );
+    }
+
+    #[tokio::test]
     async fn refused_connections_are_connect_errors() {
         let addr = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").to_string()
         };
         let pool = Arc::new(Pool::default());
-        match pool.send(&addr, Duration::from_secs(1), get(&addr)).await {
+        match pool
+            .send(&plain(&addr), Duration::from_secs(1), get(&addr))
+            .await
+        {
             Err(e) => assert!(e.is_connect(), "{e}"),
             Ok(_) => panic!("nobody listens"),
         }

@@ -137,33 +137,84 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Idle upstream connections kept per node.
 const POOL_MAX_IDLE: usize = 512;
 
-/// Upstream HTTP clients by connect timeout and protocol, each with its own pool, shared by
-/// every request and every snapshot.
+/// Upstream HTTP clients by connect timeout, protocol and TLS (setting and server name),
+/// each with its own pool, shared by every request and every snapshot.
 #[derive(Default)]
 pub struct Clients {
-    map: Mutex<HashMap<(Duration, bool), Client<HttpConnector, ReqBody>>>,
+    map: Mutex<HashMap<ClientKey, NodeClient>>,
+}
+
+type ClientKey = (Duration, bool, Option<(u64, String)>);
+
+/// Distinct clients kept at most; past that the map starts afresh (requests under way keep
+/// theirs). Server names come from requests' hosts, so their number has no other bound.
+const CLIENTS_MAX: usize = 256;
+
+/// A pooled client for nodes in plain TCP or over TLS.
+#[derive(Clone)]
+enum NodeClient {
+    Plain(Client<HttpConnector, ReqBody>),
+    Tls(Client<super::node_tls::Connector, ReqBody>),
+}
+
+impl NodeClient {
+    fn request(&self, req: Request<ReqBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            NodeClient::Plain(c) => c.request(req),
+            NodeClient::Tls(c) => c.request(req),
+        }
+    }
 }
 
 impl Clients {
-    /// The client connecting within `connect`, speaking HTTP/2 (`h2`) or HTTP/1.1.
-    fn get(&self, connect: Duration, h2: bool) -> Client<HttpConnector, ReqBody> {
+    /// The client connecting within `connect`, speaking HTTP/2 (`h2`) or HTTP/1.1, over TLS
+    /// with `tls`'s configuration under its server name when given.
+    fn get(
+        &self,
+        connect: Duration,
+        h2: bool,
+        tls: Option<(
+            &super::node_tls::TlsConfig,
+            &rustls::pki_types::ServerName<'static>,
+        )>,
+    ) -> NodeClient {
+        let key = (
+            connect,
+            h2,
+            tls.map(|(c, name)| (c.id, name.to_str().into_owned())),
+        );
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((connect, h2))
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(connect));
-                connector.enforce_http(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE)
-                    .pool_max_idle_per_host(POOL_MAX_IDLE)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .set_host(false)
-                    .http2_only(h2)
-                    .build(connector)
-            })
-            .clone()
+        if let Some(c) = map.get(&key) {
+            return c.clone();
+        }
+        if map.len() >= CLIENTS_MAX {
+            map.clear();
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect));
+        connector.enforce_http(tls.is_none());
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false)
+            .http2_only(h2);
+        let client = match tls {
+            None => NodeClient::Plain(builder.build(connector)),
+            Some((config, name)) => {
+                let config = if h2 { &config.h2 } else { &config.h1 };
+                NodeClient::Tls(builder.build(super::node_tls::Connector::new(
+                    connector,
+                    config.clone(),
+                    name.clone(),
+                )))
+            }
+        };
+        map.insert(key, client.clone());
+        client
     }
 }
 
@@ -1210,7 +1261,16 @@ impl Ctx {
         let def = &live.def;
         let timeout = target.timeout.or(def.timeout).unwrap_or_default();
         let grpc = def.scheme.grpc();
-        let client = self.gateway.clients.get(timeout.connect, grpc);
+        let tls = match &live.tls {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(why)) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("upstream {}: no TLS to its nodes: {why}", live.label),
+                )
+            }
+        };
         let upgrade = target.websocket && !grpc && is_upgrade(&parts.headers);
         let client_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -1355,7 +1415,7 @@ impl Ctx {
                 Uri::builder().path_and_query(path.as_str()).build()
             } else {
                 Uri::builder()
-                    .scheme("http")
+                    .scheme(if tls.is_some() { "https" } else { "http" })
                     .authority(node.authority.as_str())
                     .path_and_query(path.as_str())
                     .build()
@@ -1365,24 +1425,45 @@ impl Ctx {
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
             };
             let mut h = headers.clone();
+            let host_value = match &def.pass_host {
+                PassHost::Pass => original_host.clone(),
+                PassHost::Node => HeaderValue::from_str(&node.authority).ok(),
+                PassHost::Rewrite(v) => HeaderValue::from_str(v).ok(),
+            };
+            let host_value = target
+                .plugins
+                .proxy_rewrite
+                .as_ref()
+                .and_then(|r| r.host.clone())
+                .or(host_value);
+            // Over TLS, the node is asked for (and checked as) the host it gets, or else
+            // its own address.
+            let tls = tls.map(|c| {
+                let name = host_value
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(super::node_tls::server_name)
+                    .or_else(|| super::node_tls::server_name(&node.authority));
+                (c, name)
+            });
             if grpc {
                 h.remove(header::HOST);
-            } else {
-                let host_value = match &def.pass_host {
-                    PassHost::Pass => original_host.clone(),
-                    PassHost::Node => HeaderValue::from_str(&node.authority).ok(),
-                    PassHost::Rewrite(v) => HeaderValue::from_str(v).ok(),
-                };
-                if let Some(v) = target
-                    .plugins
-                    .proxy_rewrite
-                    .as_ref()
-                    .and_then(|r| r.host.clone())
-                    .or(host_value)
-                {
-                    h.insert(header::HOST, v);
-                }
+            } else if let Some(v) = host_value {
+                h.insert(header::HOST, v);
             }
+            let tls = match tls {
+                None => None,
+                Some((c, Some(name))) => Some((c, name)),
+                Some((_, None)) => {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "upstream {}: no TLS server name for node {}",
+                            live.label, node.authority
+                        ),
+                    )
+                }
+            };
             let body: ReqBody = match (&replay, streaming.take()) {
                 (Some(b), _) => Either::Right(Full::new(b.clone())),
                 (None, Some(s)) => Either::Left(s),
@@ -1413,13 +1494,20 @@ impl Ctx {
             };
             let exchange = async {
                 if pooled {
+                    let dest = super::pool::Dest {
+                        authority: &node.authority,
+                        tls: tls.as_ref().map(|(c, name)| (&c.h1, name.clone(), c.id)),
+                    };
                     self.gateway
                         .pool
-                        .send(&node.authority, timeout.connect, req)
+                        .send(&dest, timeout.connect, req)
                         .await
                         .map_err(|e| (e.is_connect(), error_chain(&e)))
                 } else {
-                    client
+                    let tls = tls.as_ref().map(|(c, name)| (c.as_ref(), name));
+                    self.gateway
+                        .clients
+                        .get(timeout.connect, grpc, tls)
                         .request(req)
                         .await
                         .map(|r| r.map(NodeBody::from))

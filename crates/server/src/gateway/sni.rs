@@ -65,7 +65,7 @@ impl Certs {
         let old = guard.take().unwrap_or_default();
         let mut kept = HashMap::new();
         let mut certs = Certs::default();
-        for (id, ssl) in ssls.filter(|(_, s)| s.enabled) {
+        for (id, ssl) in ssls.filter(|(_, s)| s.enabled && !s.client) {
             let h = pem_hash(ssl);
             let key = match old.get(&h).or_else(|| kept.get(&h)) {
                 Some(k) => Arc::clone(k),
