@@ -1967,3 +1967,111 @@ async fn tls_to_nodes_names_the_host_verifies_and_shows_client_certificates() {
         .expect("connect through the gateway");
     assert!(fresh.get("k", None).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_active_checks_take_a_dead_node_out() {
+    let srv = tokio::task::spawn_blocking(|| Server::start_with(&[WITH_GATEWAY]))
+        .await
+        .expect("server");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    // berth's own etcd API answers grpc.health.v1; the other node is not there.
+    put(
+        &srv,
+        "/routes/g",
+        json!({"uri": "/*", "upstream": {"scheme": "grpc",
+            "nodes": {srv.client_addr.clone(): 1, dead.clone(): 1},
+            "checks": {"active": {"type": "grpc",
+                "healthy": {"interval": 1, "successes": 1},
+                "unhealthy": {"interval": 1, "tcp_failures": 1}}}}}),
+    );
+    let mut c = etcd_client::Client::connect([srv.gateway_addr.clone()], None)
+        .await
+        .expect("connect through the gateway");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut ok = true;
+        for i in 0..6 {
+            ok &= c.put(format!("k{i}"), "v", None).await.is_ok();
+        }
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead node was never taken out"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..30 {
+        c.put(format!("k{i}"), "v", None)
+            .await
+            .expect("only the live node is picked");
+    }
+    let (_, metrics) = srv.http_get("/metrics");
+    assert!(
+        metrics.contains("upstream=\"routes/g\",outcome=\"check_down\""),
+        "{metrics}"
+    );
+    // A service the node does not know fails its check: both nodes are out, and traffic
+    // goes to them all rather than nowhere.
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/routes/g",
+        &json!({"uri": "/*", "upstream": {"scheme": "grpc",
+            "nodes": {srv.client_addr.clone(): 1},
+            "checks": {"active": {"type": "grpc", "grpc_service": "no.such.Service",
+                "unhealthy": {"interval": 1, "tcp_failures": 1}}}}}),
+    );
+    assert_eq!(code, 200, "{out}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.put("after", "v", None)
+        .await
+        .expect("a node out still gets traffic when every node is out");
+    // grpc_service goes with the gRPC types only.
+    let (code, _) = admin(
+        &srv,
+        "PUT",
+        "/routes/h",
+        &json!({"uri": "/h", "upstream": {"nodes": {dead: 1},
+            "checks": {"active": {"type": "http", "grpc_service": "x"}}}}),
+    );
+    assert_eq!(code, 400);
+}
+
+#[test]
+fn a_total_timeout_bounds_the_whole_exchange() {
+    let srv = Server::start_with(&[WITH_GATEWAY]);
+    let slow = Upstream::start("slow");
+    // Each attempt may take 5 s to answer; the route allows 1 s in all.
+    put(
+        &srv,
+        "/routes/t",
+        json!({"uri": "/slow", "timeout": {"connect": 1, "send": 1, "read": 5, "total": 1},
+            "upstream": {"nodes": {slow.addr.to_string(): 1}}}),
+    );
+    let started = Instant::now();
+    let (code, out, _) = via(&srv, "GET", "/slow", &[]);
+    assert_eq!(code, 504, "{out}");
+    assert!(out.to_string().contains("total timeout"), "{out}");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    let (code, _) = admin(
+        &srv,
+        "PUT",
+        "/routes/t",
+        &json!({"uri": "/slow", "timeout": {"connect": 1, "send": 1, "read": 5, "total": -1},
+            "upstream": {"nodes": {slow.addr.to_string(): 1}}}),
+    );
+    assert_eq!(code, 400);
+    // Without it, the read timeout alone applies: the slow answer comes (3 s).
+    put(
+        &srv,
+        "/routes/t",
+        json!({"uri": "/slow", "timeout": {"connect": 1, "send": 1, "read": 5},
+            "upstream": {"nodes": {slow.addr.to_string(): 1}}}),
+    );
+    assert_eq!(via(&srv, "GET", "/slow", &[]).0, 200);
+}

@@ -29,8 +29,10 @@ impl Probed {
 pub enum Probe {
     /// An HTTP status (what counts depends on the check's status lists).
     Status(u16),
-    /// TCP connected (a `tcp` check's pass).
+    /// TCP connected (a `tcp` check's pass), or a gRPC node SERVING.
     Connected,
+    /// A gRPC node answered, but not SERVING (counted as an HTTP failure).
+    NotServing,
     /// Connecting (or the exchange) failed.
     ConnectFailed,
     /// No answer within the check's timeout.
@@ -67,6 +69,10 @@ impl Tally {
                 false
             }
             Probe::Status(_) => return None,
+            Probe::NotServing => {
+                self.http_failures += 1;
+                false
+            }
             Probe::ConnectFailed => {
                 self.tcp_failures += 1;
                 false

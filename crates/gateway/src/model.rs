@@ -104,6 +104,9 @@ pub struct Timeout {
     pub send: Duration,
     /// From the request sent to the response's head.
     pub read: Duration,
+    /// From the request's arrival to the response's head, every attempt included (berth's
+    /// `timeout.total`; APISIX has none): past it, a 504.
+    pub total: Option<Duration>,
 }
 
 impl Default for Timeout {
@@ -113,6 +116,7 @@ impl Default for Timeout {
             connect: Duration::from_secs(60),
             send: Duration::from_secs(60),
             read: Duration::from_secs(60),
+            total: None,
         }
     }
 }
@@ -123,6 +127,8 @@ struct TimeoutSpec {
     connect: f64,
     send: f64,
     read: f64,
+    #[serde(default)]
+    total: Option<f64>,
 }
 
 fn seconds(field: &str, s: f64) -> Result<Duration, GatewayError> {
@@ -141,6 +147,10 @@ impl TimeoutSpec {
             connect: seconds("timeout.connect", self.connect)?,
             send: seconds("timeout.send", self.send)?,
             read: seconds("timeout.read", self.read)?,
+            total: self
+                .total
+                .map(|t| seconds("timeout.total", t))
+                .transpose()?,
         })
     }
 }
@@ -475,6 +485,14 @@ pub enum ActiveKind {
     },
     /// A TCP connect.
     Tcp,
+    /// `grpc.health.v1`'s Check (berth's `grpc` and `grpcs` types; APISIX has none): a
+    /// node passes when it answers SERVING.
+    Grpc {
+        /// Over TLS (`grpcs`), checking the node's certificate when true.
+        tls: Option<bool>,
+        /// The service asked about (`grpc_service`; empty: the whole server).
+        service: String,
+    },
 }
 
 /// Active health checks (`checks.active`, APISIX's shape and defaults): every member probes
@@ -534,6 +552,8 @@ struct ActiveSpec {
     #[serde(default)]
     req_headers: Option<Vec<String>>,
     #[serde(default)]
+    grpc_service: Option<String>,
+    #[serde(default)]
     healthy: Option<ActiveHealthySpec>,
     #[serde(default)]
     unhealthy: Option<UnhealthySpec>,
@@ -564,12 +584,17 @@ fn parse_active(v: &Value) -> Result<Active, GatewayError> {
         "http" => ActiveKind::Http,
         "https" => ActiveKind::Https { verify },
         "tcp" => ActiveKind::Tcp,
-        other => {
-            return Err(bad_active(format!(
-                "\"type\" matches none of the enum values (http, https, tcp): {other:?}"
-            )))
-        }
+        g @ ("grpc" | "grpcs") => ActiveKind::Grpc {
+            tls: (g == "grpcs").then_some(verify),
+            service: spec.grpc_service.clone().unwrap_or_default(),
+        },
+        other => return Err(bad_active(format!(
+            "\"type\" matches none of the enum values (http, https, tcp, grpc, grpcs): {other:?}"
+        ))),
     };
+    if spec.grpc_service.is_some() && !matches!(kind, ActiveKind::Grpc { .. }) {
+        return Err(bad_active("\"grpc_service\" goes with type grpc or grpcs"));
+    }
     let timeout = spec.timeout.unwrap_or(1.0);
     if !(timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0) {
         return Err(bad_active(

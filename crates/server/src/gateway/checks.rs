@@ -100,6 +100,15 @@ async fn probe(authority: &str, check: &Active, roots: &Arc<rustls::RootCertStor
                 .await
                 .map(|_| Probe::Connected)
                 .map_err(|e| e.to_string()),
+            ActiveKind::Grpc { tls, service } => {
+                use berth_proto::grpc_health::health_check_response::ServingStatus;
+                crate::registry::probe::grpc_status(&addr, service, *tls, roots)
+                    .await
+                    .map(|s| match s {
+                        ServingStatus::Serving => Probe::Connected,
+                        _ => Probe::NotServing,
+                    })
+            }
             kind => {
                 let tls = match kind {
                     ActiveKind::Https { verify } => {

@@ -1247,7 +1247,7 @@ impl Ctx {
         host: &str,
         body: Incoming,
         consumer: Option<&berth_gateway::Consumer>,
-        mut trail: Option<&mut super::access_log::Record>,
+        trail: Option<&mut super::access_log::Record>,
     ) -> Response<Body> {
         let Some(key) = &target.upstream else {
             return error(StatusCode::SERVICE_UNAVAILABLE, "the route has no upstream");
@@ -1258,8 +1258,41 @@ impl Ctx {
                 format!("upstream {key:?} of the route does not exist"),
             );
         };
+        let timeout = target.timeout.or(live.def.timeout).unwrap_or_default();
+        let attempts = self.attempts(live, timeout, target, parts, host, body, consumer, trail);
+        match timeout.total {
+            None => attempts.await,
+            Some(total) => match tokio::time::timeout(total, attempts).await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    self.metrics
+                        .observe_gateway_upstream(&live.label, "timeout");
+                    error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "upstream {} did not answer within the route's total timeout of {total:?}",
+                            live.label
+                        ),
+                    )
+                }
+            },
+        }
+    }
+
+    /// [`Ctx::proxy`]'s attempts, within `timeout`'s connect, send and read bounds.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        live: &LiveUpstream,
+        timeout: berth_gateway::model::Timeout,
+        target: &Target,
+        parts: &mut Parts,
+        host: &str,
+        body: Incoming,
+        consumer: Option<&berth_gateway::Consumer>,
+        mut trail: Option<&mut super::access_log::Record>,
+    ) -> Response<Body> {
         let def = &live.def;
-        let timeout = target.timeout.or(def.timeout).unwrap_or_default();
         let grpc = def.scheme.grpc();
         let tls = match &live.tls {
             None => None,

@@ -352,41 +352,43 @@ async fn grpc(
 ) -> Outcome {
     let (addr, service) = target.split_once('/').unwrap_or((target, ""));
     let failed = |e: String| (CheckStatus::Critical, format!("gRPC {target}: {e}"));
-    let scheme = if use_tls { "https" } else { "http" };
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")) {
-        Ok(e) => e,
-        Err(e) => return failed(e.to_string()),
+    match grpc_status(addr, service, use_tls.then_some(!skip_verify), roots).await {
+        Ok(ServingStatus::Serving) => (
+            CheckStatus::Passing,
+            format!("gRPC check {target}: success"),
+        ),
+        Ok(other) => failed(format!("status {}", other.as_str_name())),
+        Err(e) => failed(e),
+    }
+}
+
+/// What `grpc.health.v1` at `addr` says of `service` ("": the whole server); `tls`: over
+/// TLS, verifying the certificate against `roots` when true. The caller bounds the time.
+pub(crate) async fn grpc_status(
+    addr: &str,
+    service: &str,
+    tls: Option<bool>,
+    roots: &Arc<rustls::RootCertStore>,
+) -> Result<ServingStatus, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| e.to_string())?;
+    let tls = match tls {
+        Some(verify) => Some(tls_config(!verify, b"h2", roots)?),
+        None => None,
     };
-    let tls = if use_tls {
-        match tls_config(skip_verify, b"h2", roots) {
-            Ok(c) => Some(c),
-            Err(e) => return failed(e),
-        }
-    } else {
-        None
-    };
-    let channel = match endpoint
+    let channel = endpoint
         .connect_with_connector(berth_net::tls::Connector::new(tls))
         .await
-    {
-        Ok(c) => c,
-        Err(e) => return failed(format!("connect: {e}")),
-    };
+        .map_err(|e| format!("connect: {e}"))?;
     match HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_string(),
         })
         .await
     {
-        Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => (
-            CheckStatus::Passing,
-            format!("gRPC check {target}: success"),
-        ),
-        Ok(r) => failed(format!(
-            "status {}",
-            ServingStatus::try_from(r.get_ref().status).map_or("UNKNOWN", |s| s.as_str_name())
-        )),
-        Err(s) => failed(format!(
+        Ok(r) => Ok(ServingStatus::try_from(r.get_ref().status).unwrap_or(ServingStatus::Unknown)),
+        Err(s) => Err(format!(
             "rpc error: code = {:?} desc = {}",
             s.code(),
             s.message()
