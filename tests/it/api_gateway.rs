@@ -37,6 +37,15 @@ impl Upstream {
 
     /// An upstream on `addr` that answers every request with `status`.
     fn start_on(name: &'static str, status: u16, addr: &str) -> Upstream {
+        Self::spawn(name, status, addr, Duration::ZERO)
+    }
+
+    /// An upstream that waits `delay` before each answer.
+    fn start_slowed(name: &'static str, delay: Duration) -> Upstream {
+        Self::spawn(name, 200, "127.0.0.1:0", delay)
+    }
+
+    fn spawn(name: &'static str, status: u16, addr: &str, delay: Duration) -> Upstream {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -58,6 +67,7 @@ impl Upstream {
                     let service = hyper::service::service_fn(move |req| {
                         let hits = hits.clone();
                         async move {
+                            tokio::time::sleep(delay).await;
                             let mut resp = echo(name, req, &hits).await;
                             if status != 200 {
                                 *resp.status_mut() =
@@ -2074,4 +2084,99 @@ fn a_total_timeout_bounds_the_whole_exchange() {
             "upstream": {"nodes": {slow.addr.to_string(): 1}}}),
     );
     assert_eq!(via(&srv, "GET", "/slow", &[]).0, 200);
+}
+
+#[test]
+fn balancers_pick_by_hash_by_load_and_by_latency() {
+    let srv = Server::start_with(&[WITH_GATEWAY]);
+    let (a, b, c) = (Upstream::start("a"), Upstream::start("b"), Upstream::start("c"));
+    let nodes = json!({a.addr.to_string(): 1, b.addr.to_string(): 1, c.addr.to_string(): 1});
+    let name = |out: &Value| out["name"].as_str().unwrap_or_default().to_string();
+    // chash on a header: one user, one node, every time; users spread over the nodes.
+    put(
+        &srv,
+        "/routes/hash",
+        json!({"uri": "/hash", "upstream": {"type": "chash", "hash_on": "header",
+            "key": "x-user", "nodes": nodes}}),
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..12 {
+        let u = format!("user-{user}");
+        let first = name(&via(&srv, "GET", "/hash", &[("x-user", &u)]).1);
+        for _ in 0..3 {
+            assert_eq!(
+                name(&via(&srv, "GET", "/hash", &[("x-user", &u)]).1),
+                first,
+                "{u} moved"
+            );
+        }
+        seen.insert(first);
+    }
+    assert!(seen.len() >= 2, "12 users all on {seen:?}");
+    // chash on a cookie, and on the client's address (one client here: one node).
+    put(
+        &srv,
+        "/routes/cookie",
+        json!({"uri": "/cookie", "upstream": {"type": "chash", "hash_on": "cookie",
+            "key": "sid", "nodes": nodes}}),
+    );
+    let first = name(&via(&srv, "GET", "/cookie", &[("cookie", "a=1; sid=s42")]).1);
+    for _ in 0..5 {
+        let out = via(&srv, "GET", "/cookie", &[("cookie", "sid=s42")]).1;
+        assert_eq!(name(&out), first);
+    }
+    put(
+        &srv,
+        "/routes/ip",
+        json!({"uri": "/ip", "upstream": {"type": "chash", "key": "remote_addr",
+            "nodes": nodes}}),
+    );
+    let by_ip: std::collections::BTreeSet<String> = (0..9)
+        .map(|_| name(&via(&srv, "GET", "/ip", &[]).1))
+        .collect();
+    assert_eq!(by_ip.len(), 1, "{by_ip:?}");
+
+    // least_conn: while one node holds a slow request, the others take the rest.
+    let (d, e) = (Upstream::start("d"), Upstream::start("e"));
+    put(
+        &srv,
+        "/routes/least",
+        json!({"uri": "/*", "upstream": {"type": "least_conn",
+            "nodes": {d.addr.to_string(): 1, e.addr.to_string(): 1}}}),
+    );
+    let gateway = srv.gateway_addr.clone();
+    let slow = std::thread::spawn(move || {
+        let ((code, out), _) = http_request("GET", &gateway, "/slow", "", &[]);
+        (code, out)
+    });
+    eventually("the slow request is at a node", || d.hits() + e.hits() == 1);
+    let busy = if d.hits() == 1 { "d" } else { "e" };
+    for _ in 0..10 {
+        let out = via(&srv, "GET", "/fast", &[]).1;
+        assert_ne!(name(&out), busy, "a request went to the busy node");
+    }
+    let (code, _) = slow.join().expect("slow request");
+    assert_eq!(code, 200);
+
+    // ewma: the node that answers in 150 ms gets few requests once both are measured.
+    let quick = Upstream::start("quick");
+    let lagging = Upstream::start_slowed("lagging", Duration::from_millis(150));
+    put(
+        &srv,
+        "/routes/ewma",
+        json!({"uri": "/ewma", "upstream": {"type": "ewma",
+            "nodes": {quick.addr.to_string(): 1, lagging.addr.to_string(): 1}}}),
+    );
+    for _ in 0..6 {
+        via(&srv, "GET", "/ewma", &[]);
+    }
+    let before = lagging.hits();
+    for _ in 0..40 {
+        assert_eq!(via(&srv, "GET", "/ewma", &[]).0, 200);
+    }
+    let to_lagging = lagging.hits() - before;
+    assert!(
+        to_lagging <= 4,
+        "{to_lagging} of 40 requests went to the slow node"
+    );
 }
