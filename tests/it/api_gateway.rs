@@ -2089,7 +2089,11 @@ fn a_total_timeout_bounds_the_whole_exchange() {
 #[test]
 fn balancers_pick_by_hash_by_load_and_by_latency() {
     let srv = Server::start_with(&[WITH_GATEWAY]);
-    let (a, b, c) = (Upstream::start("a"), Upstream::start("b"), Upstream::start("c"));
+    let (a, b, c) = (
+        Upstream::start("a"),
+        Upstream::start("b"),
+        Upstream::start("c"),
+    );
     let nodes = json!({a.addr.to_string(): 1, b.addr.to_string(): 1, c.addr.to_string(): 1});
     let name = |out: &Value| out["name"].as_str().unwrap_or_default().to_string();
     // chash on a header: one user, one node, every time; users spread over the nodes.
@@ -2179,4 +2183,37 @@ fn balancers_pick_by_hash_by_load_and_by_latency() {
         to_lagging <= 4,
         "{to_lagging} of 40 requests went to the slow node"
     );
+}
+
+#[test]
+fn rewrites_fill_in_request_variables() {
+    let srv = Server::start_with(&[WITH_GATEWAY]);
+    let a = Upstream::start("a");
+    put(
+        &srv,
+        "/routes/v",
+        json!({"uri": "/vars/*", "upstream": {"nodes": {a.addr.to_string(): 1}},
+            "plugins": {
+                "proxy-rewrite": {"uri": "/users/$arg_id/${http_x_team}",
+                    "headers": {"set": {"X-From": "$remote_addr", "X-Path": "$uri",
+                        "X-Fixed": "\\$5"}}},
+                "response-rewrite": {"headers": {"set": {"X-Echo-User": "$http_x_user"}}}}}),
+    );
+    let (code, out, head) = via(
+        &srv,
+        "GET",
+        "/vars/a?id=42",
+        &[("x-team", "blue sky"), ("x-user", "ann")],
+    );
+    assert_eq!(code, 200, "{out}");
+    // The request's query follows the new path, as APISIX appends it.
+    assert_eq!(out["path"], "/users/42/blue%20sky?id=42");
+    assert_eq!(out["headers"]["x-from"], "127.0.0.1");
+    assert_eq!(out["headers"]["x-path"], "/vars/a");
+    assert_eq!(out["headers"]["x-fixed"], "$5");
+    assert_eq!(header(&head, "x-echo-user"), Some("ann"));
+    // A variable the request lacks is empty.
+    let (_, out, head) = via(&srv, "GET", "/vars/b", &[]);
+    assert_eq!(out["path"], "/users//");
+    assert_eq!(header(&head, "x-echo-user"), Some(""));
 }

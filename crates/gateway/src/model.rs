@@ -588,9 +588,11 @@ fn parse_active(v: &Value) -> Result<Active, GatewayError> {
             tls: (g == "grpcs").then_some(verify),
             service: spec.grpc_service.clone().unwrap_or_default(),
         },
-        other => return Err(bad_active(format!(
+        other => {
+            return Err(bad_active(format!(
             "\"type\" matches none of the enum values (http, https, tcp, grpc, grpcs): {other:?}"
-        ))),
+        )))
+        }
     };
     if spec.grpc_service.is_some() && !matches!(kind, ActiveKind::Grpc { .. }) {
         return Err(bad_active("\"grpc_service\" goes with type grpc or grpcs"));

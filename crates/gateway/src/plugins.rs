@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::from_value;
+use crate::vars::{Template, Vars};
 use crate::GatewayError;
 
 /// Where a plugin configuration sits: a route's (or service's) or a consumer's.
@@ -590,13 +591,38 @@ pub struct HeaderEdits {
     pub add: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Removed.
     pub remove: Vec<http::HeaderName>,
+    /// Values with nginx variables, filled in per request ([`HeaderEdits::resolved`]): the
+    /// header, the value, and whether it is appended (else set).
+    pub templated: Vec<(http::HeaderName, Template, bool)>,
+}
+
+impl HeaderEdits {
+    /// These edits with their variables filled in from `vars` (a value that is not a valid
+    /// header value then is left out).
+    pub fn resolved(&self, vars: &dyn Vars) -> std::borrow::Cow<'_, HeaderEdits> {
+        if self.templated.is_empty() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut out = HeaderEdits {
+            templated: Vec::new(),
+            ..self.clone()
+        };
+        for (name, t, append) in &self.templated {
+            let Ok(v) = http::HeaderValue::from_str(&t.render(vars)) else {
+                continue;
+            };
+            let list = if *append { &mut out.add } else { &mut out.set };
+            list.push((name.clone(), v));
+        }
+        std::borrow::Cow::Owned(out)
+    }
 }
 
 /// `proxy-rewrite`: what the node gets instead of the client's request.
 #[derive(Debug, Clone)]
 pub struct ProxyRewrite {
-    /// A new path (and query).
-    pub uri: Option<String>,
+    /// A new path (and query), with nginx variables; the request's own query follows it.
+    pub uri: Option<Template>,
     /// A path rewrite by pattern: the regex and its replacement (`$1`).
     pub regex_uri: Option<(Regex, String)>,
     /// A new `Host`.
@@ -705,35 +731,51 @@ fn header_edits(plugin: &str, v: Option<&Value>) -> Result<HeaderEdits, GatewayE
     let structured = obj
         .keys()
         .all(|k| matches!(k.as_str(), "set" | "add" | "remove"));
-    let pairs =
-        |v: Option<&Value>| -> Result<Vec<(http::HeaderName, http::HeaderValue)>, GatewayError> {
-            let Some(v) = v else { return Ok(Vec::new()) };
-            let obj = v
-                .as_object()
-                .ok_or_else(|| invalid(plugin, "header changes must be objects"))?;
-            obj.iter()
-                .map(|(k, v)| {
-                    let name = http::HeaderName::from_bytes(k.as_bytes())
-                        .map_err(|_| invalid(plugin, format!("{k:?} is not a header name")))?;
-                    let value = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        _ => {
-                            return Err(invalid(
-                                plugin,
-                                format!("the value of header {k:?} must be a string"),
-                            ))
-                        }
-                    };
-                    let value = http::HeaderValue::from_str(&value)
-                        .map_err(|_| invalid(plugin, format!("{value:?} is not a header value")))?;
-                    Ok((name, value))
-                })
-                .collect()
-        };
+    let mut templated = Vec::new();
+    let mut pairs = |v: Option<&Value>,
+                     append: bool|
+     -> Result<Vec<(http::HeaderName, http::HeaderValue)>, GatewayError> {
+        let Some(v) = v else { return Ok(Vec::new()) };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| invalid(plugin, "header changes must be objects"))?;
+        obj.iter()
+            .map(|(k, v)| {
+                let name = http::HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| invalid(plugin, format!("{k:?} is not a header name")))?;
+                let value = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => {
+                        return Err(invalid(
+                            plugin,
+                            format!("the value of header {k:?} must be a string"),
+                        ))
+                    }
+                };
+                let header = http::HeaderValue::from_str(&value)
+                    .map_err(|_| invalid(plugin, format!("{value:?} is not a header value")))?;
+                let t = Template::parse(&value);
+                if t.has_vars() {
+                    templated.push((name, t, append));
+                    return Ok(None);
+                }
+                // Escaped `\$`s become plain ones.
+                let header = match t.text() {
+                    Some(text) if text != value => http::HeaderValue::from_str(&text)
+                        .map_err(|_| invalid(plugin, format!("{text:?} is not a header value")))?,
+                    _ => header,
+                };
+                Ok(Some((name, header)))
+            })
+            .filter_map(Result::transpose)
+            .collect()
+    };
     if !structured {
+        let set = pairs(Some(v), false)?;
         return Ok(HeaderEdits {
-            set: pairs(Some(v))?,
+            set,
+            templated,
             ..HeaderEdits::default()
         });
     }
@@ -765,12 +807,14 @@ fn header_edits(plugin: &str, v: Option<&Value>) -> Result<HeaderEdits, GatewayE
                 Ok((name, value))
             })
             .collect::<Result<_, _>>()?,
-        other => pairs(other)?,
+        other => pairs(other, true)?,
     };
+    let set = pairs(obj.get("set"), false)?;
     Ok(HeaderEdits {
-        set: pairs(obj.get("set"))?,
+        set,
         add,
         remove,
+        templated,
     })
 }
 
@@ -1048,7 +1092,7 @@ impl Plugins {
                         },
                     };
                     let rewrite = ProxyRewrite {
-                        uri: c.uri,
+                        uri: c.uri.as_deref().map(Template::parse),
                         regex_uri,
                         host: c
                             .host

@@ -263,3 +263,125 @@ mod tests {
         assert!(parse(&json!([["a", "~~", "("]])).is_err());
     }
 }
+
+/// A string with nginx variables in it (`$name`, `${name}`; `\$` is a `$`), filled in per
+/// request as APISIX's `resolve_var` does: a variable the request lacks becomes empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Var(String),
+}
+
+impl Template {
+    /// Splits `s` into text and variables.
+    pub fn parse(s: &str) -> Template {
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let b = s.as_bytes();
+        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' && b.get(i + 1) == Some(&b'$') {
+                text.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i] == b'$' {
+                let (name, next) = if b.get(i + 1) == Some(&b'{') {
+                    let end = b[i + 2..].iter().position(|c| !word(*c)).map(|n| i + 2 + n);
+                    match end {
+                        Some(e) if e > i + 2 && b[e] == b'}' => (&s[i + 2..e], e + 1),
+                        _ => ("", i + 1),
+                    }
+                } else {
+                    let end = b[i + 1..]
+                        .iter()
+                        .position(|c| !word(*c))
+                        .map_or(b.len(), |n| i + 1 + n);
+                    (&s[i + 1..end], end)
+                };
+                if !name.is_empty() {
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    pieces.push(Piece::Var(name.to_string()));
+                    i = next;
+                    continue;
+                }
+            }
+            // Whole UTF-8 characters: `i` is always on a boundary here.
+            let len = s[i..].chars().next().map_or(1, char::len_utf8);
+            text.push_str(&s[i..i + len]);
+            i += len;
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        Template { pieces }
+    }
+
+    /// True when it names a variable (else it renders as its text every time).
+    pub fn has_vars(&self) -> bool {
+        self.pieces.iter().any(|p| matches!(p, Piece::Var(_)))
+    }
+
+    /// Its text when it names no variable.
+    pub fn text(&self) -> Option<String> {
+        let mut out = String::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Var(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// The string for a request.
+    pub fn render(&self, vars: &dyn Vars) -> String {
+        let mut out = String::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Var(v) => {
+                    if let Some(value) = vars.var(v) {
+                        out.push_str(&value);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    struct Fixed;
+
+    impl Vars for Fixed {
+        fn var(&self, name: &str) -> Option<Cow<'_, str>> {
+            match name {
+                "arg_id" => Some(Cow::Borrowed("42")),
+                "http_x_user" => Some(Cow::Borrowed("ann")),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn variables_are_filled_in_and_missing_ones_are_empty() {
+        let t = Template::parse("/users/$arg_id/${http_x_user}x/$nothing.end");
+        assert!(t.has_vars());
+        assert_eq!(t.render(&Fixed), "/users/42/annx/.end");
+        let plain = Template::parse("costs \\$5, $ alone, ${unclosed, é$");
+        assert!(!plain.has_vars());
+        assert_eq!(plain.render(&Fixed), "costs $5, $ alone, ${unclosed, é$");
+    }
+}

@@ -901,8 +901,8 @@ fn limit_key(key: &LimitKey, view: &View<'_>) -> String {
 
 /// The path and query the node gets, after proxy-rewrite; always starting with `/` (a
 /// rewrite to anything else would let a client choose the authority).
-fn rewritten_path(target: &Target, uri: &Uri) -> String {
-    let p = rewrite(target, uri);
+fn rewritten_path(target: &Target, uri: &Uri, vars: &View<'_>) -> String {
+    let p = rewrite(target, uri, vars);
     if p.starts_with('/') {
         p
     } else {
@@ -910,13 +910,30 @@ fn rewritten_path(target: &Target, uri: &Uri) -> String {
     }
 }
 
-fn rewrite(target: &Target, uri: &Uri) -> String {
+/// The path (and query) the node gets: proxy-rewrite's `uri` with its variables filled in
+/// and unsafe characters escaped, then the request's own query (APISIX's order); or
+/// `regex_uri`'s replacement; or the request's.
+fn rewrite(target: &Target, uri: &Uri, vars: &View<'_>) -> String {
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
     let Some(rw) = &target.plugins.proxy_rewrite else {
         return pq.to_string();
     };
     if let Some(new) = &rw.uri {
-        return new.clone();
+        let new = new.render(vars);
+        let (path, query) = match new.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (new.as_str(), None),
+        };
+        let mut out = escape_path(path);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(&escape_path(q));
+        }
+        if let Some(args) = uri.query() {
+            out.push(if query.is_some() { '&' } else { '?' });
+            out.push_str(args);
+        }
+        return out;
     }
     if let Some((re, to)) = &rw.regex_uri {
         let path = uri.path();
@@ -930,6 +947,43 @@ fn rewrite(target: &Target, uri: &Uri) -> String {
         }
     }
     pq.to_string()
+}
+
+/// Percent-escapes what may not stand in a path or query as it is (a variable's value may
+/// hold anything); `%` is kept, as values are usually escaped already.
+fn escape_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'%'
+                    | b'?'
+            );
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl Ctx {
@@ -1197,6 +1251,11 @@ impl Ctx {
                 return r;
             }
         }
+        // response-rewrite's variables are the request's: filled in while it is whole.
+        let response_edits = plugins.response_rewrite.as_ref().map(|rw| {
+            let view = self.view(parts, host, consumer.as_ref().map(|c| c.username.as_str()));
+            rw.headers.resolved(&view)
+        });
         let mut resp = self
             .proxy(snap, target, parts, host, body, consumer.as_deref(), trail)
             .await;
@@ -1222,8 +1281,8 @@ impl Ctx {
                 }
             }
         }
-        if let Some(rw) = &plugins.response_rewrite {
-            edit_headers(resp.headers_mut(), &rw.headers);
+        if let (Some(rw), Some(edits)) = (&plugins.response_rewrite, &response_edits) {
+            edit_headers(resp.headers_mut(), edits);
             if let Some(code) = rw.status_code.and_then(|c| StatusCode::from_u16(c).ok()) {
                 *resp.status_mut() = code;
             }
@@ -1310,9 +1369,19 @@ impl Ctx {
         } else {
             None
         };
-        let hash = {
+        // What reads the request's variables, before its headers are taken.
+        let (hash, path, header_edits) = {
             let view = self.view(parts, host, consumer.map(|c| c.username.as_str()));
-            hash_key(live, &view)
+            let edits = target
+                .plugins
+                .proxy_rewrite
+                .as_ref()
+                .map(|rw| rw.headers.resolved(&view));
+            (
+                hash_key(live, &view),
+                rewritten_path(target, &parts.uri, &view),
+                edits,
+            )
         };
         // The headers every attempt sends.
         let mut headers = std::mem::take(&mut parts.headers);
@@ -1353,13 +1422,17 @@ impl Ctx {
                 .map(str::to_string);
         }
         let mut method = parts.method.clone();
-        if let Some(rw) = &target.plugins.proxy_rewrite {
-            edit_headers(&mut headers, &rw.headers);
-            if let Some(m) = &rw.method {
-                method = m.clone();
-            }
+        if let Some(edits) = &header_edits {
+            edit_headers(&mut headers, edits);
         }
-        let path = rewritten_path(target, &parts.uri);
+        if let Some(m) = target
+            .plugins
+            .proxy_rewrite
+            .as_ref()
+            .and_then(|rw| rw.method.as_ref())
+        {
+            method = m.clone();
+        }
         // Read the body ahead: a malformed one reaches no node, a short one can be retried.
         // Streams (gRPC, and HTTP/2 or HTTP/1.1 bodies of no stated length that are not
         // chunked uploads) go on as they come: they may never end.
