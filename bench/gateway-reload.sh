@@ -7,10 +7,12 @@
 # `nginx -s reload` NGINX_RATE times a second (worker_shutdown_timeout 10s, as ingress-nginx
 # sets) as the contrast. berth and nginx on core 1; the upstreams, wrk and the WebSocket
 # holders on core 0.
-# Usage: BERTH=path/to/berth [SECS=60] [RATE=100] [NGINX_RATE=10] [WS=1000] bench/gateway-reload.sh
+# berth's RSS is sampled every 10 s of each berth run (first sample, last, largest).
+# SOAK=1 runs only berth under churn (the issue's 10-minute soak: SOAK=1 SECS=600).
+# Usage: BERTH=path/to/berth [SECS=60] [RATE=100] [NGINX_RATE=10] [WS=1000] [SOAK=0] bench/gateway-reload.sh
 set -u
 BERTH=${BERTH:?path of the berth binary}; SECS=${SECS:-60}; RATE=${RATE:-100}
-NGINX_RATE=${NGINX_RATE:-10}; WS=${WS:-1000}
+NGINX_RATE=${NGINX_RATE:-10}; WS=${WS:-1000}; SOAK=${SOAK:-0}
 UP=29100; WSA=29101; WSB=29102; GW=29180; ADMIN=29150; NGX=29103
 here=$(cd "$(dirname "$0")" && pwd); tmp=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
@@ -43,10 +45,18 @@ put routes/http "{\"uri\":\"/\",\"upstream\":{\"nodes\":{\"127.0.0.1:$UP\":1}}}"
 run() { # label gateway churn...
   local label=$1 gw=$2; shift 2
   taskset -c 0 python3 "$here/gateway_reload.py" hold "$gw" "$WS" "$SECS" "$@" > "$tmp/hold.json" &
-  local holder=$!
+  local holder=$! sampler=
+  : > "$tmp/rss.txt"
+  if [ "${label#berth}" != "$label" ]; then
+    ( while sleep 10; do ps -o rss= -p "${pids[3]}" >> "$tmp/rss.txt" || break; done ) & sampler=$!
+  fi
   sleep 4
   taskset -c 0 wrk -t1 -c16 -d"$((SECS - 4))s" --latency "http://$gw/" > "$tmp/wrk.txt" 2>&1
   wait $holder
+  [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
+  if [ -s "$tmp/rss.txt" ]; then
+    awk 'NR==1{f=$1} {l=$1; if ($1>m) m=$1} END {printf "%s rss_kib first %d last %d max %d samples %d\n", L, f, l, m, NR}' L="$label" "$tmp/rss.txt"
+  fi
   L="$label" python3 - "$tmp/wrk.txt" "$tmp/hold.json" <<'PY'
 import json,os,re,sys
 t=open(sys.argv[1]).read(); h=json.load(open(sys.argv[2]))
@@ -56,8 +66,9 @@ print(os.environ['L'], 'rps', rps and rps.group(1), 'p99', p99 and p99.group(1),
       'non2xx', bad.group(1) if bad else 0, 'errors', err.group(1) if err else 'none', 'ws', json.dumps(h))
 PY
 }
-run "berth-no-changes" 127.0.0.1:$GW none
+[ "$SOAK" = 1 ] || run "berth-no-changes" 127.0.0.1:$GW none
 run "berth-${RATE}-changes/s" 127.0.0.1:$GW berth 127.0.0.1:$ADMIN "$RATE" 127.0.0.1:$WSA 127.0.0.1:$WSB
+[ "$SOAK" = 1 ] && exit 0
 kill "${pids[3]}"; wait "${pids[3]}" 2>/dev/null
 taskset -c 1 nginx -p "$tmp" -c "$tmp/proxy.conf" -g 'daemon off;' & pids+=($!)
 sleep 2
