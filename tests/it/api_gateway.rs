@@ -2217,3 +2217,142 @@ fn rewrites_fill_in_request_variables() {
     assert_eq!(out["path"], "/users//");
     assert_eq!(header(&head, "x-echo-user"), Some(""));
 }
+
+#[test]
+fn plugin_configs_global_rules_and_consumer_groups() {
+    let srv = Server::start_with(&[WITH_GATEWAY]);
+    let a = Upstream::start("a");
+    let up = json!({"nodes": {a.addr.to_string(): 1}});
+    let set_header =
+        |name: &str, value: &str| json!({"response-rewrite": {"headers": {"set": {name: value}}}});
+    // A plugin config: routes naming it take its plugins where they have none.
+    put(
+        &srv,
+        "/plugin_configs/pc",
+        json!({"desc": "shared", "plugins": set_header("X-Config", "one")}),
+    );
+    put(
+        &srv,
+        "/routes/pc",
+        json!({"uri": "/pc", "plugin_config_id": "pc", "upstream": up}),
+    );
+    put(
+        &srv,
+        "/routes/own",
+        json!({"uri": "/own", "plugin_config_id": "pc", "upstream": up,
+            "plugins": set_header("X-Route", "own")}),
+    );
+    let (code, _, head) = via(&srv, "GET", "/pc", &[]);
+    assert_eq!(code, 200);
+    assert_eq!(header(&head, "x-config"), Some("one"));
+    let (_, _, head) = via(&srv, "GET", "/own", &[]);
+    assert_eq!(
+        header(&head, "x-route"),
+        Some("own"),
+        "the route's own wins"
+    );
+    assert_eq!(header(&head, "x-config"), None);
+    put(
+        &srv,
+        "/plugin_configs/pc",
+        json!({"plugins": set_header("X-Config", "two")}),
+    );
+    assert_eq!(
+        header(&via(&srv, "GET", "/pc", &[]).2, "x-config"),
+        Some("two")
+    );
+    let (code, out) = admin(&srv, "DELETE", "/plugin_configs/pc", &Value::Null);
+    assert_eq!(code, 400, "in use: {out}");
+    let (code, _) = admin(
+        &srv,
+        "PUT",
+        "/routes/bad",
+        &json!({"uri": "/bad", "plugin_config_id": "missing", "upstream": up}),
+    );
+    assert!(code == 400 || code == 404, "{code}");
+    let (code, _) = admin(&srv, "POST", "/plugin_configs", &json!({"plugins": {}}));
+    assert_eq!(code, 405);
+    let (code, _) = admin(
+        &srv,
+        "PUT",
+        "/plugin_configs/x",
+        &json!({"plugins": {"no-such-plugin": {}}}),
+    );
+    assert_eq!(code, 400);
+
+    // A global rule: its limit counts every request, matched or not, on its own.
+    put(
+        &srv,
+        "/global_rules/g",
+        json!({"plugins": {"limit-count": {"count": 3, "time_window": 60, "rejected_code": 429},
+            "response-rewrite": {"headers": {"set": {"X-Global": "yes"}}}}}),
+    );
+    let (code, _, head) = via(&srv, "GET", "/pc", &[]);
+    assert_eq!(code, 200);
+    assert_eq!(
+        header(&head, "x-global"),
+        None,
+        "the route's response-rewrite wins"
+    );
+    assert_eq!(via(&srv, "GET", "/nowhere", &[]).0, 404);
+    let (code, _, head) = via(&srv, "GET", "/own", &[]);
+    assert_eq!(code, 200);
+    assert_eq!(header(&head, "x-ratelimit-remaining"), Some("0"));
+    assert_eq!(via(&srv, "GET", "/pc", &[]).0, 429, "the fourth request");
+    assert_eq!(via(&srv, "GET", "/nowhere", &[]).0, 429);
+    let (code, _) = admin(&srv, "DELETE", "/global_rules/g", &Value::Null);
+    assert_eq!(code, 200);
+    assert_eq!(via(&srv, "GET", "/pc", &[]).0, 200);
+    put(
+        &srv,
+        "/global_rules/deny",
+        json!({"plugins": {"ip-restriction": {"blacklist": ["127.0.0.0/8"]}}}),
+    );
+    assert_eq!(via(&srv, "GET", "/pc", &[]).0, 403);
+    assert_eq!(via(&srv, "GET", "/nowhere", &[]).0, 403);
+    admin(&srv, "DELETE", "/global_rules/deny", &Value::Null);
+    assert_eq!(via(&srv, "GET", "/pc", &[]).0, 200);
+
+    // A consumer group: its consumers share its limit.
+    put(
+        &srv,
+        "/consumer_groups/gold",
+        json!({"plugins": {"limit-count": {"count": 2, "time_window": 60, "rejected_code": 429}}}),
+    );
+    for name in ["jack1", "jack2"] {
+        put(
+            &srv,
+            &format!("/consumers/{name}"),
+            json!({"username": name, "group_id": "gold",
+                "plugins": {"key-auth": {"key": format!("key-{name}")}}}),
+        );
+    }
+    put(
+        &srv,
+        "/routes/auth",
+        json!({"uri": "/auth", "upstream": up, "plugins": {"key-auth": {}}}),
+    );
+    assert_eq!(via(&srv, "GET", "/auth", &[("apikey", "key-jack1")]).0, 200);
+    assert_eq!(via(&srv, "GET", "/auth", &[("apikey", "key-jack2")]).0, 200);
+    assert_eq!(
+        via(&srv, "GET", "/auth", &[("apikey", "key-jack1")]).0,
+        429,
+        "the group's count is shared"
+    );
+    let (code, out) = admin(&srv, "DELETE", "/consumer_groups/gold", &Value::Null);
+    assert_eq!(code, 400, "in use: {out}");
+    let (code, _) = admin(
+        &srv,
+        "PUT",
+        "/consumers/jill",
+        &json!({"username": "jill", "group_id": "missing"}),
+    );
+    assert!(code == 400 || code == 404, "{code}");
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/consumer_groups/creds",
+        &json!({"plugins": {"key-auth": {"key": "k"}}}),
+    );
+    assert_eq!(code, 400, "{out}");
+}

@@ -23,4 +23,4 @@ pub mod table;
 pub mod vars;
 
 pub use error::GatewayError;
-pub use model::{ClientCert, Consumer, Kind, NodeTls, Route, Service, Ssl, Upstream};
+pub use model::{ClientCert, Consumer, Kind, NodeTls, PluginSet, Route, Service, Ssl, Upstream};

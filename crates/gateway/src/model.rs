@@ -29,16 +29,25 @@ pub enum Kind {
     Consumer,
     /// A certificate served by SNI.
     Ssl,
+    /// Plugins routes take by `plugin_config_id`.
+    PluginConfig,
+    /// Plugins run on every request.
+    GlobalRule,
+    /// Plugins consumers take by `group_id`.
+    ConsumerGroup,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Route,
         Kind::Service,
         Kind::Upstream,
         Kind::Consumer,
         Kind::Ssl,
+        Kind::PluginConfig,
+        Kind::GlobalRule,
+        Kind::ConsumerGroup,
     ];
 
     /// The kind's name in admin API paths and store keys (`routes`).
@@ -49,6 +58,9 @@ impl Kind {
             Kind::Upstream => "upstreams",
             Kind::Consumer => "consumers",
             Kind::Ssl => "ssls",
+            Kind::PluginConfig => "plugin_configs",
+            Kind::GlobalRule => "global_rules",
+            Kind::ConsumerGroup => "consumer_groups",
         }
     }
 
@@ -60,6 +72,9 @@ impl Kind {
             Kind::Upstream => "upstream",
             Kind::Consumer => "consumer",
             Kind::Ssl => "ssl",
+            Kind::PluginConfig => "plugin_config",
+            Kind::GlobalRule => "global_rule",
+            Kind::ConsumerGroup => "consumer_group",
         }
     }
 
@@ -1176,6 +1191,8 @@ pub struct Route {
     pub upstream_id: Option<String>,
     /// A service whose plugins, hosts and upstream it takes where it has none.
     pub service_id: Option<String>,
+    /// A plugin config whose plugins it takes where it has none of its own.
+    pub plugin_config_id: Option<String>,
     /// WebSocket upgrades pass (`None`: the service's setting, else no).
     pub enable_websocket: Option<bool>,
     /// False for `status: 0` (a disabled route matches nothing).
@@ -1225,6 +1242,8 @@ struct RouteSpec {
     upstream_id: Option<Value>,
     #[serde(default)]
     service_id: Option<Value>,
+    #[serde(default)]
+    plugin_config_id: Option<Value>,
     #[serde(default)]
     enable_websocket: Option<bool>,
     #[serde(default)]
@@ -1312,6 +1331,7 @@ impl Route {
             .map(Box::new);
         let upstream_id = id_ref(Kind::Upstream, spec.upstream_id)?;
         let service_id = id_ref(Kind::Service, spec.service_id)?;
+        let plugin_config_id = id_ref(Kind::PluginConfig, spec.plugin_config_id)?;
         if upstream.is_none() && upstream_id.is_none() && service_id.is_none() {
             let p = spec.plugins.as_ref();
             // A route that only answers by itself (a plugin ends every request) is fine in
@@ -1351,6 +1371,7 @@ impl Route {
             upstream,
             upstream_id,
             service_id,
+            plugin_config_id,
             enable_websocket: spec.enable_websocket,
             enabled: status == 1,
             timeout: spec.timeout.map(TimeoutSpec::parse).transpose()?,
@@ -1434,6 +1455,8 @@ pub struct Consumer {
     pub username: String,
     /// Its credentials and plugins.
     pub plugins: Plugins,
+    /// The consumer group whose plugins it takes where it has none of its own.
+    pub group_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1450,6 +1473,8 @@ struct ConsumerSpec {
     update_time: Option<i64>,
     #[serde(default)]
     plugins: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    group_id: Option<Value>,
 }
 
 impl Consumer {
@@ -1472,7 +1497,62 @@ impl Consumer {
         Ok(Consumer {
             username: spec.username,
             plugins: Plugins::parse(spec.plugins.as_ref(), crate::plugins::Scope::Consumer)?,
+            group_id: id_ref(Kind::ConsumerGroup, spec.group_id)?,
         })
+    }
+}
+
+/// A plugin config, a global rule or a consumer group: a set of plugins others take.
+#[derive(Debug, Clone)]
+pub struct PluginSet {
+    /// The plugins.
+    pub plugins: Plugins,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginSetSpec {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    desc: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    create_time: Option<i64>,
+    #[serde(default)]
+    update_time: Option<i64>,
+    plugins: serde_json::Map<String, Value>,
+}
+
+impl PluginSet {
+    /// Parses a plugin config, global rule or consumer group (`kind`). A consumer group's
+    /// plugins are a consumer's but for credentials, which belong to consumers.
+    pub fn parse(kind: Kind, v: &Value) -> Result<PluginSet, GatewayError> {
+        let spec: PluginSetSpec = from_value(v)?;
+        let _ = (
+            spec.id,
+            spec.name,
+            spec.desc,
+            spec.labels,
+            spec.create_time,
+            spec.update_time,
+        );
+        let scope = match kind {
+            Kind::ConsumerGroup => crate::plugins::Scope::Consumer,
+            _ => crate::plugins::Scope::Route,
+        };
+        let plugins = Plugins::parse(Some(&spec.plugins), scope)?;
+        if kind == Kind::ConsumerGroup {
+            if let Some(plugin) = crate::plugins::credentials(&plugins).keys().next() {
+                return Err(GatewayError::invalid(format!(
+                    "a consumer group holds no credentials: {plugin} belongs to its consumers"
+                )));
+            }
+        }
+        Ok(PluginSet { plugins })
     }
 }
 

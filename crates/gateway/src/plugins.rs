@@ -1181,6 +1181,38 @@ impl Plugins {
         }
     }
 
+    /// A consumer's plugins over its group's: the consumer's win, its credentials stay.
+    pub fn over_group(&self, group: &Plugins) -> Plugins {
+        Plugins {
+            key_credential: self.key_credential.clone(),
+            basic_credential: self.basic_credential.clone(),
+            jwt_credential: self.jwt_credential.clone(),
+            ..self.over(group)
+        }
+    }
+
+    /// These plugins but the gates that a global rule runs on its own (`ip-restriction`,
+    /// `limit-count`, `limit-req`: each counts or checks once per rule, as APISIX runs a
+    /// global rule's plugins apart from the route's).
+    pub fn without_gates(&self) -> Plugins {
+        Plugins {
+            ip_restriction: None,
+            limit_count: None,
+            limit_req: None,
+            ..self.clone()
+        }
+    }
+
+    /// Only the gates (see [`Plugins::without_gates`]).
+    pub fn gates(&self) -> Plugins {
+        Plugins {
+            ip_restriction: self.ip_restriction.clone(),
+            limit_count: self.limit_count.clone(),
+            limit_req: self.limit_req.clone(),
+            ..Plugins::default()
+        }
+    }
+
     /// True when a consumer must be identified (an auth plugin is on).
     pub fn authenticates(&self) -> bool {
         self.key_auth.is_some() || self.basic_auth.is_some() || self.jwt_auth.is_some()

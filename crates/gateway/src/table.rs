@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::model::{HostPattern, PathPattern, Route, Service, Timeout};
+use crate::model::{HostPattern, PathPattern, PluginSet, Route, Service, Timeout};
 use crate::plugins::Plugins;
 use crate::vars::Vars;
 
@@ -149,11 +149,14 @@ fn admits(route: &Route, req: &dyn Request) -> bool {
 }
 
 impl Table {
-    /// Compiles `routes` (with their `services`). Routes naming a missing service are left
-    /// out, and reported.
+    /// Compiles `routes` (with their `services` and `plugin_configs`, over `base`: the
+    /// plugins every route takes where it has none). Routes naming a missing service or
+    /// plugin config are left out, and reported.
     pub fn build<'a>(
         routes: impl IntoIterator<Item = &'a Route>,
         services: &BTreeMap<String, Service>,
+        plugin_configs: &BTreeMap<String, PluginSet>,
+        base: &Plugins,
     ) -> (Table, Vec<Skipped>) {
         let mut table = Table::default();
         let mut skipped = Vec::new();
@@ -188,10 +191,25 @@ impl Table {
                     _ => None,
                 }
             };
-            let plugins = match service {
-                Some(s) => route.plugins.over(&s.plugins),
-                None => route.plugins.clone(),
+            let own = match &route.plugin_config_id {
+                None => None,
+                Some(id) => match plugin_configs.get(id) {
+                    Some(pc) => Some(route.plugins.over(&pc.plugins)),
+                    None => {
+                        skipped.push(Skipped {
+                            route: route.id.clone(),
+                            why: format!("plugin config {id} does not exist"),
+                        });
+                        continue;
+                    }
+                },
             };
+            let own = own.as_ref().unwrap_or(&route.plugins);
+            let plugins = match service {
+                Some(s) => own.over(&s.plugins),
+                None => own.clone(),
+            };
+            let plugins = plugins.over(base);
             let hosts = match (route.hosts.is_empty(), service) {
                 (true, Some(s)) => s.hosts.clone(),
                 _ => route.hosts.clone(),
@@ -320,7 +338,13 @@ mod tests {
             .iter()
             .map(|(id, v)| Route::parse(id, v).expect("route"))
             .collect();
-        Table::build(&routes, &BTreeMap::new()).0
+        Table::build(
+            &routes,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &Plugins::default(),
+        )
+        .0
     }
 
     fn id(t: &Table, r: &Req) -> Option<String> {
@@ -383,7 +407,7 @@ mod tests {
             Route::parse("r", &json!({"uri": "/*", "service_id": "s"})).expect("route"),
             Route::parse("gone", &json!({"uri": "/g", "service_id": "missing"})).expect("route"),
         ];
-        let (t, skipped) = Table::build(&routes, &services);
+        let (t, skipped) = Table::build(&routes, &services, &BTreeMap::new(), &Plugins::default());
         assert_eq!(skipped.len(), 1);
         let hit = t
             .find(&get("svc.com", "/x"))
@@ -391,5 +415,62 @@ mod tests {
         assert_eq!(hit.upstream, Some(UpstreamKey::OfService("s".into())));
         assert!(hit.websocket);
         assert!(t.find(&get("other.com", "/x")).is_none());
+    }
+
+    #[test]
+    fn plugin_configs_and_the_global_base_fill_in_what_routes_lack() {
+        use crate::Kind;
+        let mut configs = BTreeMap::new();
+        configs.insert(
+            "pc".to_string(),
+            PluginSet::parse(
+                Kind::PluginConfig,
+                &json!({"plugins": {"cors": {}, "proxy-rewrite": {"uri": "/from-config"}}}),
+            )
+            .expect("plugin config"),
+        );
+        let base = PluginSet::parse(
+            Kind::GlobalRule,
+            &json!({"plugins": {"response-rewrite": {"status_code": 299}, "cors": {"allow_origins": "https://g.example"}}}),
+        )
+        .expect("global rule")
+        .plugins;
+        let up = json!({"nodes": {"127.0.0.1:1": 1}});
+        let routes = [
+            Route::parse(
+                "r",
+                &json!({"uri": "/r", "plugin_config_id": "pc", "upstream": up,
+                    "plugins": {"proxy-rewrite": {"uri": "/own"}}}),
+            )
+            .expect("route"),
+            Route::parse(
+                "gone",
+                &json!({"uri": "/g", "plugin_config_id": "nope", "upstream": up}),
+            )
+            .expect("route"),
+        ];
+        let (t, skipped) = Table::build(&routes, &BTreeMap::new(), &configs, &base);
+        assert_eq!(
+            skipped.len(),
+            1,
+            "a missing plugin config leaves the route out"
+        );
+        let hit = t.find(&get("a.com", "/r")).expect("route");
+        let p = &hit.plugins;
+        let uri = p.proxy_rewrite.as_ref().and_then(|r| r.uri.as_ref());
+        assert_eq!(
+            uri.and_then(|u| u.text()).as_deref(),
+            Some("/own"),
+            "the route's own wins"
+        );
+        assert!(
+            p.cors.as_ref().is_some_and(|c| c.allow_origins == "*"),
+            "the config's over the global"
+        );
+        assert_eq!(
+            p.response_rewrite.as_ref().and_then(|r| r.status_code),
+            Some(299)
+        );
+        assert!(t.find(&get("a.com", "/g")).is_none());
     }
 }

@@ -25,7 +25,7 @@ use berth_gateway::balance::{Choice, NodeStats, Picker};
 use berth_gateway::layout;
 use berth_gateway::model::{Discovery, Nodes};
 use berth_gateway::table::{Table, UpstreamKey};
-use berth_gateway::{Consumer, GatewayError, Kind, Route, Service, Ssl, Upstream};
+use berth_gateway::{Consumer, GatewayError, Kind, PluginSet, Route, Service, Ssl, Upstream};
 use berth_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use berth_proto::etcdserverpb::{Compare, RangeRequest, TxnRequest};
 use berth_proto::mvccpb::event::EventType;
@@ -90,6 +90,12 @@ pub struct Resources {
     pub consumers: BTreeMap<String, Consumer>,
     /// Certificates by ID.
     pub ssls: BTreeMap<String, Ssl>,
+    /// Plugin configs by ID.
+    pub plugin_configs: BTreeMap<String, PluginSet>,
+    /// Global rules by ID.
+    pub global_rules: BTreeMap<String, PluginSet>,
+    /// Consumer groups by ID.
+    pub consumer_groups: BTreeMap<String, PluginSet>,
 }
 
 impl Resources {
@@ -125,6 +131,15 @@ impl Resources {
             Kind::Ssl => {
                 self.ssls.insert(id, Ssl::parse(v)?);
             }
+            Kind::PluginConfig => {
+                self.plugin_configs.insert(id, PluginSet::parse(kind, v)?);
+            }
+            Kind::GlobalRule => {
+                self.global_rules.insert(id, PluginSet::parse(kind, v)?);
+            }
+            Kind::ConsumerGroup => {
+                self.consumer_groups.insert(id, PluginSet::parse(kind, v)?);
+            }
         }
         Ok(())
     }
@@ -136,6 +151,9 @@ impl Resources {
             Kind::Upstream => drop(self.upstreams.remove(id)),
             Kind::Consumer => drop(self.consumers.remove(id)),
             Kind::Ssl => drop(self.ssls.remove(id)),
+            Kind::PluginConfig => drop(self.plugin_configs.remove(id)),
+            Kind::GlobalRule => drop(self.global_rules.remove(id)),
+            Kind::ConsumerGroup => drop(self.consumer_groups.remove(id)),
         }
     }
 
@@ -180,6 +198,11 @@ pub struct Consumers {
     pub by_jwt: HashMap<String, (Arc<Consumer>, Arc<jwt::Verifier>)>,
     /// Tokens verified under these consumers.
     pub verified: jwt::Verified,
+    /// Consumers whose `limit-count` comes from their group: the group's ID (the group's
+    /// consumers share its counters).
+    pub count_by_group: HashMap<String, String>,
+    /// Likewise for `limit-req`.
+    pub pace_by_group: HashMap<String, String>,
 }
 
 /// What requests are served with: one immutable build. See the module docs.
@@ -195,6 +218,10 @@ pub struct Snapshot {
     pub consumers: Consumers,
     /// Certificates by SNI.
     pub certs: sni::Certs,
+    /// The global rules' gates (`ip-restriction`, `limit-count`, `limit-req`), by rule ID,
+    /// run for every request before its route's plugins; their other plugins are in every
+    /// route's (under the route's own).
+    pub global_gates: Vec<(String, berth_gateway::plugins::Plugins)>,
 }
 
 /// The gateway of one member. See the module docs.
@@ -464,6 +491,8 @@ impl Gateway {
                     Kind::Upstream => res.upstreams.contains_key(rid),
                     Kind::Service => res.services.contains_key(rid),
                     Kind::Ssl => res.ssls.get(rid).is_some_and(|s| s.client),
+                    Kind::PluginConfig => res.plugin_configs.contains_key(rid),
+                    Kind::ConsumerGroup => res.consumer_groups.contains_key(rid),
                     _ => true,
                 };
                 if !present {
@@ -481,6 +510,7 @@ impl Gateway {
                 let r = Route::parse(id, value)?;
                 need(Kind::Upstream, &r.upstream_id)?;
                 need(Kind::Service, &r.service_id)?;
+                need(Kind::PluginConfig, &r.plugin_config_id)?;
                 if let Some(u) = &r.upstream {
                     check_node_tls(u, &mut need)?;
                 }
@@ -503,6 +533,7 @@ impl Gateway {
                 if c.username != id {
                     return Err(GatewayError::Refused("wrong username".into()));
                 }
+                need(Kind::ConsumerGroup, &c.group_id)?;
                 for (plugin, cred) in berth_gateway::plugins::credentials(&c.plugins) {
                     let clash = res.consumers.iter().find(|(name, other)| {
                         name.as_str() != id
@@ -519,6 +550,9 @@ impl Gateway {
             Kind::Ssl => {
                 let ssl = Ssl::parse(value)?;
                 sni::load(&ssl).map_err(|e| GatewayError::invalid(e.to_string()))?;
+            }
+            Kind::PluginConfig | Kind::GlobalRule | Kind::ConsumerGroup => {
+                PluginSet::parse(kind, value)?;
             }
         }
         Ok(compares)
@@ -556,6 +590,24 @@ impl Gateway {
                     .find(|(_, r)| r.service_id.as_deref() == Some(id))
                 {
                     return Err(in_use("route", rid));
+                }
+            }
+            Kind::PluginConfig => {
+                if let Some((rid, _)) = res
+                    .routes
+                    .iter()
+                    .find(|(_, r)| r.plugin_config_id.as_deref() == Some(id))
+                {
+                    return Err(in_use("route", rid));
+                }
+            }
+            Kind::ConsumerGroup => {
+                if let Some((name, _)) = res
+                    .consumers
+                    .iter()
+                    .find(|(_, c)| c.group_id.as_deref() == Some(id))
+                {
+                    return Err(in_use("consumer", name));
                 }
             }
             Kind::Ssl => {
@@ -788,7 +840,24 @@ impl Gateway {
     }
 
     fn build(&self, res: &Resources, revision: i64, registry: &Registry) -> Snapshot {
-        let (table, skipped) = Table::build(res.routes.values(), &res.services);
+        // The global rules' plugins but their gates, the lowest ID's first.
+        let base = res
+            .global_rules
+            .values()
+            .fold(berth_gateway::plugins::Plugins::default(), |acc, rule| {
+                acc.over(&rule.plugins.without_gates())
+            });
+        let global_gates = res
+            .global_rules
+            .iter()
+            .map(|(id, rule)| (id.clone(), rule.plugins.gates()))
+            .collect();
+        let (table, skipped) = Table::build(
+            res.routes.values(),
+            &res.services,
+            &res.plugin_configs,
+            &base,
+        );
         for s in skipped {
             tracing::warn!(route = %s.route, why = %s.why, "gateway: route left out of the table");
         }
@@ -864,7 +933,20 @@ impl Gateway {
         self.node_tls.retain(&tls_used);
         let mut consumers = Consumers::default();
         for c in res.consumers.values() {
-            let c = Arc::new(c.clone());
+            let mut c = c.clone();
+            if let Some(group) = c.group_id.as_ref().and_then(|g| res.consumer_groups.get(g)) {
+                let gid = c.group_id.clone().unwrap_or_default();
+                if c.plugins.limit_count.is_none() && group.plugins.limit_count.is_some() {
+                    consumers
+                        .count_by_group
+                        .insert(c.username.clone(), gid.clone());
+                }
+                if c.plugins.limit_req.is_none() && group.plugins.limit_req.is_some() {
+                    consumers.pace_by_group.insert(c.username.clone(), gid);
+                }
+                c.plugins = c.plugins.over_group(&group.plugins);
+            }
+            let c = Arc::new(c);
             if let Some(k) = &c.plugins.key_credential {
                 consumers.by_key.insert(k.clone(), c.clone());
             }
@@ -890,6 +972,7 @@ impl Gateway {
             upstreams,
             consumers,
             certs: sni::Certs::build(res.ssls.iter()),
+            global_gates,
         }
     }
 }

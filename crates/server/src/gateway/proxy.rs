@@ -862,21 +862,24 @@ fn consumer_first<'a, T>(
         .or_else(|| plugin(route).map(|l| (l, None)))
 }
 
-/// The key a limit counts this request under: its group's, else the route's (and the
-/// consumer's, for a consumer's own limit), then the configured key's value.
-fn counter_key(
-    group: Option<&str>,
-    of_consumer: Option<&str>,
-    target: &Target,
-    key: &LimitKey,
-    view: &View<'_>,
-) -> String {
-    let scope = match (group, of_consumer) {
-        (Some(g), _) => format!("group:{g}"),
-        (None, Some(c)) => format!("consumer:{c}:route:{}", target.route.id),
-        (None, None) => format!("route:{}", target.route.id),
-    };
-    format!("{scope}\0{}", limit_key(key, view))
+/// The key a limit counts this request under: its group's, else `scope` (the route's, a
+/// consumer's or consumer group's on the route, or a global rule's), then the configured
+/// key's value.
+fn counter_key(group: Option<&str>, scope: &str, key: &LimitKey, view: &View<'_>) -> String {
+    match group {
+        Some(g) => format!("group:{g}\0{}", limit_key(key, view)),
+        None => format!("{scope}\0{}", limit_key(key, view)),
+    }
+}
+
+/// The scope of a route's limit: the route's, or its consumer's (or the consumer's group's,
+/// when the limit is the group's) on the route.
+fn route_scope(route: &str, of_consumer: Option<&str>, group: Option<&String>) -> String {
+    match (of_consumer, group) {
+        (Some(_), Some(g)) => format!("consumer_group:{g}:route:{route}"),
+        (Some(c), None) => format!("consumer:{c}:route:{route}"),
+        (None, _) => format!("route:{route}"),
+    }
 }
 
 /// The value a limit's key takes for this request.
@@ -1071,13 +1074,30 @@ impl Ctx {
             let view = self.view(&parts, &host, None);
             snap.table.find(&view).cloned()
         };
-        let Some(target) = target else {
-            return (None, error(StatusCode::NOT_FOUND, "404 Route Not Found"));
+        let route = target.as_ref().map(|t| t.route.id.clone());
+        // Global rules run for every request, matched or not, before the route's plugins.
+        let global_headers = if snap.global_gates.is_empty() {
+            HeaderMap::new()
+        } else {
+            match self.global_gates(&snap, &parts, &host).await {
+                Ok(h) => h,
+                Err(refused) => return (route, *refused),
+            }
         };
-        let route = Some(target.route.id.clone());
-        let resp = self
+        let Some(target) = target else {
+            let mut resp = error(StatusCode::NOT_FOUND, "404 Route Not Found");
+            resp.headers_mut().extend(global_headers);
+            return (None, resp);
+        };
+        let mut resp = self
             .through(&snap, &target, &mut parts, &host, body, trail)
             .await;
+        // The route's own quota headers win (its limit runs last in APISIX too).
+        for (k, v) in global_headers.iter() {
+            if !resp.headers().contains_key(k) {
+                resp.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
         (route, resp)
     }
 
@@ -1091,6 +1111,149 @@ impl Ctx {
         }
     }
 
+    /// `ip-restriction`'s refusal, if it refuses the client.
+    fn restrict(&self, r: &berth_gateway::plugins::IpRestriction) -> Option<Response<Body>> {
+        let allowed = match self.peer.map(|p| p.ip()) {
+            None => r.whitelist.is_empty(),
+            Some(ip) if !r.whitelist.is_empty() => r.whitelist.iter().any(|n| n.contains(&ip)),
+            Some(ip) => !r.blacklist.iter().any(|n| n.contains(&ip)),
+        };
+        (!allowed).then(|| {
+            let status = StatusCode::from_u16(r.response_code).unwrap_or(StatusCode::FORBIDDEN);
+            answer(status, serde_json::json!({ "message": r.message }))
+        })
+    }
+
+    /// Counts the request under `limit` in `scope` (`consumer`: the identified consumer's
+    /// name, for keys by consumer); the quota headers for the answer, or the refusal.
+    async fn count(
+        &self,
+        limit: &berth_gateway::plugins::LimitCount,
+        scope: &str,
+        parts: &Parts,
+        host: &str,
+        consumer: Option<&str>,
+    ) -> Result<HeaderMap, Box<Response<Body>>> {
+        let mut quota_headers = HeaderMap::new();
+        let view = self.view(parts, host, consumer);
+        let mut key = counter_key(limit.group.as_deref(), scope, &limit.key, &view);
+        // Routes sharing a group under another count or window count apart: asked under
+        // another limit, a counter would start its window afresh, and alternating requests
+        // would never be limited.
+        {
+            use std::fmt::Write;
+            let _ = write!(key, "\0{}/{}", limit.count, limit.time_window);
+        }
+        let window = Duration::from_secs(limit.time_window);
+        let verdict = match limit.policy {
+            LimitPolicy::Local => Some(self.gateway.limits.hit(&key, limit.count, window)),
+            LimitPolicy::Cluster => {
+                match self.gateway.quotas.hit(&key, limit.count, window).await {
+                    Ok(v) => Some(v),
+                    Err(e) if limit.allow_degradation => {
+                        tracing::warn!(error = %e, "limit-count lets a request pass uncounted");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "limit-count refuses a request");
+                        return Err(Box::new(error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "failed to limit count",
+                        )));
+                    }
+                }
+            }
+        };
+        if let (true, Some(verdict)) = (limit.show_quota_headers, verdict) {
+            let (remaining, reset) = match verdict {
+                Verdict::Allowed { remaining, reset } => (remaining, reset),
+                Verdict::Refused { reset } => (0, reset),
+            };
+            for (k, v) in [
+                ("x-ratelimit-limit", limit.count.to_string()),
+                ("x-ratelimit-remaining", remaining.to_string()),
+                ("x-ratelimit-reset", reset.as_secs().max(1).to_string()),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    quota_headers.insert(HeaderName::from_static(k), v);
+                }
+            }
+        }
+        if let Some(Verdict::Refused { .. }) = verdict {
+            let status = StatusCode::from_u16(limit.rejected_code)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut r = match &limit.rejected_msg {
+                Some(m) => error(status, m.clone()),
+                None => error(status, "rate limit exceeded"),
+            };
+            r.headers_mut().extend(quota_headers);
+            return Err(Box::new(r));
+        }
+        Ok(quota_headers)
+    }
+
+    /// Paces the request under `limit` in `scope`: waits its delay, or refuses it.
+    async fn pace(
+        &self,
+        limit: &berth_gateway::plugins::LimitReq,
+        scope: &str,
+        parts: &Parts,
+        host: &str,
+        consumer: Option<&str>,
+    ) -> Result<(), Box<Response<Body>>> {
+        let key = {
+            let view = self.view(parts, host, consumer);
+            counter_key(None, scope, &limit.key, &view)
+        };
+        match self
+            .gateway
+            .buckets
+            .take(&key, limit.rate, limit.burst, limit.nodelay)
+        {
+            super::limit::Pace::Pass(delay) if delay.is_zero() => Ok(()),
+            super::limit::Pace::Pass(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            super::limit::Pace::Refuse => {
+                let status = StatusCode::from_u16(limit.rejected_code)
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                Err(Box::new(error(
+                    status,
+                    limit
+                        .rejected_msg
+                        .clone()
+                        .unwrap_or_else(|| "rate limit exceeded".into()),
+                )))
+            }
+        }
+    }
+
+    /// Runs the global rules' gates, each on its own (no consumer is known yet, as in
+    /// APISIX, where global rules run before the route's plugins); the quota headers, or
+    /// the refusal.
+    async fn global_gates(
+        &self,
+        snap: &Snapshot,
+        parts: &Parts,
+        host: &str,
+    ) -> Result<HeaderMap, Box<Response<Body>>> {
+        let mut headers = HeaderMap::new();
+        for (id, gates) in &snap.global_gates {
+            if let Some(refused) = gates.ip_restriction.as_ref().and_then(|r| self.restrict(r)) {
+                return Err(Box::new(refused));
+            }
+            let scope = format!("global_rule:{id}");
+            if let Some(limit) = &gates.limit_count {
+                headers.extend(self.count(limit, &scope, parts, host, None).await?);
+            }
+            if let Some(limit) = &gates.limit_req {
+                self.pace(limit, &scope, parts, host, None).await?;
+            }
+        }
+        Ok(headers)
+    }
+
     /// Runs the route's plugins and proxies.
     async fn through(
         &self,
@@ -1102,17 +1265,12 @@ impl Ctx {
         mut trail: Option<&mut super::access_log::Record>,
     ) -> Response<Body> {
         let plugins = &target.plugins;
-        if let Some(r) = &plugins.ip_restriction {
-            let ip = self.peer.map(|p| p.ip());
-            let allowed = match ip {
-                None => r.whitelist.is_empty(),
-                Some(ip) if !r.whitelist.is_empty() => r.whitelist.iter().any(|n| n.contains(&ip)),
-                Some(ip) => !r.blacklist.iter().any(|n| n.contains(&ip)),
-            };
-            if !allowed {
-                let status = StatusCode::from_u16(r.response_code).unwrap_or(StatusCode::FORBIDDEN);
-                return answer(status, serde_json::json!({ "message": r.message }));
-            }
+        if let Some(refused) = plugins
+            .ip_restriction
+            .as_ref()
+            .and_then(|r| self.restrict(r))
+        {
+            return refused;
         }
         let origin = parts
             .headers
@@ -1135,92 +1293,24 @@ impl Ctx {
         if let (Some(t), Some(c)) = (trail.as_deref_mut(), &consumer) {
             t.consumer = Some(c.username.clone());
         }
-        let limit = consumer_first(consumer.as_deref(), plugins, |p| p.limit_count.as_ref());
+        let name = consumer.as_ref().map(|c| c.username.as_str());
+        let route_id = target.route.id.as_str();
         let mut quota_headers = HeaderMap::new();
+        let limit = consumer_first(consumer.as_deref(), plugins, |p| p.limit_count.as_ref());
         if let Some((limit, of_consumer)) = limit {
-            let view = self.view(parts, host, consumer.as_ref().map(|c| c.username.as_str()));
-            let mut key = counter_key(
-                limit.group.as_deref(),
-                of_consumer,
-                target,
-                &limit.key,
-                &view,
-            );
-            // Routes sharing a group under another count or window count apart: asked under
-            // another limit, a counter would start its window afresh, and alternating
-            // requests would never be limited.
-            {
-                use std::fmt::Write;
-                let _ = write!(key, "\0{}/{}", limit.count, limit.time_window);
-            }
-            let window = Duration::from_secs(limit.time_window);
-            let verdict = match limit.policy {
-                LimitPolicy::Local => Some(self.gateway.limits.hit(&key, limit.count, window)),
-                LimitPolicy::Cluster => {
-                    match self.gateway.quotas.hit(&key, limit.count, window).await {
-                        Ok(v) => Some(v),
-                        Err(e) if limit.allow_degradation => {
-                            tracing::warn!(error = %e, "limit-count lets a request pass uncounted");
-                            None
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "limit-count refuses a request");
-                            return error(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "failed to limit count",
-                            );
-                        }
-                    }
-                }
-            };
-            if let (true, Some(verdict)) = (limit.show_quota_headers, verdict) {
-                let (remaining, reset) = match verdict {
-                    Verdict::Allowed { remaining, reset } => (remaining, reset),
-                    Verdict::Refused { reset } => (0, reset),
-                };
-                for (k, v) in [
-                    ("x-ratelimit-limit", limit.count.to_string()),
-                    ("x-ratelimit-remaining", remaining.to_string()),
-                    ("x-ratelimit-reset", reset.as_secs().max(1).to_string()),
-                ] {
-                    if let Ok(v) = HeaderValue::from_str(&v) {
-                        quota_headers.insert(HeaderName::from_static(k), v);
-                    }
-                }
-            }
-            if let Some(Verdict::Refused { .. }) = verdict {
-                let status = StatusCode::from_u16(limit.rejected_code)
-                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                let mut r = match &limit.rejected_msg {
-                    Some(m) => error(status, m.clone()),
-                    None => error(status, "rate limit exceeded"),
-                };
-                r.headers_mut().extend(quota_headers);
-                return r;
+            let group = of_consumer.and_then(|c| snap.consumers.count_by_group.get(c));
+            let scope = route_scope(route_id, of_consumer, group);
+            match self.count(limit, &scope, parts, host, name).await {
+                Ok(h) => quota_headers = h,
+                Err(refused) => return *refused,
             }
         }
         let req_limit = consumer_first(consumer.as_deref(), plugins, |p| p.limit_req.as_ref());
         if let Some((limit, of_consumer)) = req_limit {
-            let view = self.view(parts, host, consumer.as_ref().map(|c| c.username.as_str()));
-            let key = counter_key(None, of_consumer, target, &limit.key, &view);
-            match self
-                .gateway
-                .buckets
-                .take(&key, limit.rate, limit.burst, limit.nodelay)
-            {
-                super::limit::Pace::Pass(delay) if delay.is_zero() => {}
-                super::limit::Pace::Pass(delay) => tokio::time::sleep(delay).await,
-                super::limit::Pace::Refuse => {
-                    let status = StatusCode::from_u16(limit.rejected_code)
-                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                    return error(
-                        status,
-                        limit
-                            .rejected_msg
-                            .clone()
-                            .unwrap_or_else(|| "rate limit exceeded".into()),
-                    );
-                }
+            let group = of_consumer.and_then(|c| snap.consumers.pace_by_group.get(c));
+            let scope = route_scope(route_id, of_consumer, group);
+            if let Err(refused) = self.pace(limit, &scope, parts, host, name).await {
+                return *refused;
             }
         }
         if let Some(max) = plugins.max_body_size {
@@ -1236,7 +1326,6 @@ impl Ctx {
                 );
             }
         }
-        let route_id = target.route.id.as_str();
         if let Some(b) = &plugins.api_breaker {
             if self.gateway.breakers.open(route_id) {
                 let status = StatusCode::from_u16(b.break_response_code)

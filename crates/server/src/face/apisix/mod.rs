@@ -251,7 +251,11 @@ async fn collection(
             put(&core, kind, &id, v, &q, &headers).await
         }
         Method::POST => {
-            if kind == Kind::Consumer {
+            // APISIX makes IDs only for routes, services, upstreams and ssls.
+            if matches!(
+                kind,
+                Kind::Consumer | Kind::PluginConfig | Kind::GlobalRule | Kind::ConsumerGroup
+            ) {
                 return Err(not_supported("POST", kind));
             }
             let v = parse_body(&body)?;
