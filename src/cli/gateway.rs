@@ -1,4 +1,5 @@
-//! `berth route|upstream|ssl|api-service|api-consumer`: the gateway's resources through
+//! `berth route|upstream|ssl|api-service|api-consumer|plugin-config|global-rule|consumer-group`:
+//! the gateway's resources through
 //! APISIX's Admin API v3 on `--http-addr` (berth's HTTP listener; an APISIX admin port works
 //! too). APISIX's services and consumers are `api-service` and `api-consumer` here: `svc`
 //! and `consumer` name the registry's services and JetStream's consumers.
@@ -183,6 +184,21 @@ pub struct SslPut {
     pub body: Body,
 }
 
+/// `plugin-config put`, `global-rule put`, `consumer-group put`.
+#[derive(clap::Args, Debug)]
+pub struct PluginSetPut {
+    /// The ID.
+    pub id: String,
+    /// The plugins, as a JSON object (APISIX's shape: `{"limit-count": {...}}`).
+    #[arg(long)]
+    pub plugins: Option<String>,
+    /// A description.
+    #[arg(long)]
+    pub desc: Option<String>,
+    #[command(flatten)]
+    pub body: Body,
+}
+
 /// An ID argument.
 #[derive(clap::Args, Debug)]
 pub struct Id {
@@ -222,6 +238,18 @@ verbs!(UpstreamCommand, UpstreamPut, "upstream");
 verbs!(ServiceCommand, ServicePut, "service");
 verbs!(ConsumerCommand, ConsumerPut, "consumer");
 verbs!(SslCommand, SslPut, "ssl");
+/// `berth plugin-config|global-rule|consumer-group <verb>`.
+#[derive(clap::Subcommand, Debug)]
+pub enum PluginSetCommand {
+    /// Create or replace one.
+    Put(Box<PluginSetPut>),
+    /// Show one.
+    Get(Id),
+    /// List them.
+    Ls,
+    /// Delete one.
+    Rm(Rm),
+}
 
 /// The verbs every kind shares, with the kind's put body built.
 enum Verb {
@@ -376,6 +404,28 @@ pub async fn ssl(ctx: &mut Ctx, c: SslCommand) -> Result<()> {
     run(ctx, "ssls", verb).await
 }
 
+/// Runs `berth plugin-config|global-rule|consumer-group ...` on `kind`.
+pub async fn plugin_set(ctx: &mut Ctx, kind: &'static str, c: PluginSetCommand) -> Result<()> {
+    let verb = match c {
+        PluginSetCommand::Put(p) => {
+            let mut m = p.body.read()?;
+            if let Some(plugins) = &p.plugins {
+                let v: Value = serde_json::from_str(plugins).context("--plugins is not JSON")?;
+                if !v.is_object() {
+                    bail!("--plugins must be a JSON object");
+                }
+                m.insert("plugins".into(), v);
+            }
+            set(&mut m, "desc", p.desc.map(Value::from));
+            Verb::Put(p.id, m)
+        }
+        PluginSetCommand::Get(i) => Verb::Get(i.id),
+        PluginSetCommand::Ls => Verb::Ls,
+        PluginSetCommand::Rm(r) => Verb::Rm(r.id, r.force),
+    };
+    run(ctx, kind, verb).await
+}
+
 /// What a list shows of each resource: its ID, name and what it matches or holds.
 fn row(kind: &str, v: &Value) -> Vec<String> {
     let id = match kind {
@@ -429,7 +479,7 @@ fn row(kind: &str, v: &Value) -> Vec<String> {
 
 async fn run(ctx: &mut Ctx, kind: &'static str, verb: Verb) -> Result<()> {
     let c = ctx.http.client()?;
-    let singular = kind.trim_end_matches('s');
+    let singular = kind.trim_end_matches('s').replace('_', " ");
     let path = |id: &str| ApiPath::new("/apisix/admin").seg(kind).seg(id);
     match verb {
         Verb::Put(id, m) => {

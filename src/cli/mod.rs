@@ -195,6 +195,15 @@ pub enum Command {
     /// Gateway certificates, served by SNI (APISIX's Admin API at --http-addr).
     #[command(subcommand)]
     Ssl(gateway::SslCommand),
+    /// Gateway plugin configs: plugins routes take by plugin_config_id (APISIX's Admin API).
+    #[command(subcommand, name = "plugin-config")]
+    PluginConfig(gateway::PluginSetCommand),
+    /// Gateway global rules: plugins run on every request (APISIX's Admin API).
+    #[command(subcommand, name = "global-rule")]
+    GlobalRule(gateway::PluginSetCommand),
+    /// Gateway consumer groups: plugins consumers take by group_id (APISIX's Admin API).
+    #[command(subcommand, name = "consumer-group")]
+    ConsumerGroup(gateway::PluginSetCommand),
     /// Publish a NATS message (at --nats-url).
     Pub(messaging::PubArgs),
     /// Subscribe to a NATS subject and print what arrives (at --nats-url).
@@ -293,6 +302,9 @@ async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
         Command::ApiService(c) => gateway::service(ctx, c).await,
         Command::ApiConsumer(c) => gateway::consumer(ctx, c).await,
         Command::Ssl(c) => gateway::ssl(ctx, c).await,
+        Command::PluginConfig(c) => gateway::plugin_set(ctx, "plugin_configs", c).await,
+        Command::GlobalRule(c) => gateway::plugin_set(ctx, "global_rules", c).await,
+        Command::ConsumerGroup(c) => gateway::plugin_set(ctx, "consumer_groups", c).await,
         Command::Pub(a) => messaging::publish(ctx, a).await,
         Command::Sub(a) => messaging::subscribe(ctx, a).await,
         Command::Req(a) => messaging::request(ctx, a).await,

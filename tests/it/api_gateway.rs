@@ -327,10 +327,10 @@ fn admin_api_speaks_apisix_v3() {
     );
     let (code, _) = admin(&srv, "POST", "/consumers", &json!({"username": "x"}));
     assert_eq!(code, 405);
-    let (code, out) = admin(&srv, "GET", "/plugin_configs", &Value::Null);
+    let (code, out) = admin(&srv, "GET", "/stream_routes", &Value::Null);
     assert_eq!(
         (code, out["error_msg"].as_str()),
-        (404, Some("Unsupported resource type: plugin_configs"))
+        (404, Some("Unsupported resource type: stream_routes"))
     );
 
     // SSLs: the key is checked and never returned.
@@ -2034,10 +2034,26 @@ async fn grpc_active_checks_take_a_dead_node_out() {
         &json!({"uri": "/*", "upstream": {"scheme": "grpc",
             "nodes": {srv.client_addr.clone(): 1},
             "checks": {"active": {"type": "grpc", "grpc_service": "no.such.Service",
-                "unhealthy": {"interval": 1, "tcp_failures": 1}}}}}),
+                "unhealthy": {"interval": 1, "http_failures": 1}}}}}),
     );
     assert_eq!(code, 200, "{out}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let downs = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.contains("upstream=\"routes/g\",outcome=\"check_down\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = downs(&metrics);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while downs(&srv.http_get("/metrics").1) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the unknown service never failed its check"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     c.put("after", "v", None)
         .await
         .expect("a node out still gets traffic when every node is out");
@@ -2212,6 +2228,17 @@ fn rewrites_fill_in_request_variables() {
     assert_eq!(out["headers"]["x-path"], "/vars/a");
     assert_eq!(out["headers"]["x-fixed"], "$5");
     assert_eq!(header(&head, "x-echo-user"), Some("ann"));
+    // A `?` in a value is data, not a query.
+    let (_, out, _) = via(
+        &srv,
+        "GET",
+        "/vars/a?id=1%3Fadmin=true",
+        &[("x-team", "x?admin=true")],
+    );
+    assert_eq!(
+        out["path"],
+        "/users/1%3Fadmin=true/x%3Fadmin=true?id=1%3Fadmin=true"
+    );
     // A variable the request lacks is empty.
     let (_, out, head) = via(&srv, "GET", "/vars/b", &[]);
     assert_eq!(out["path"], "/users//");
@@ -2355,4 +2382,94 @@ fn plugin_configs_global_rules_and_consumer_groups() {
         &json!({"plugins": {"key-auth": {"key": "k"}}}),
     );
     assert_eq!(code, 400, "{out}");
+
+    // The CLI, for each of the three.
+    use crate::consul_cli::ok;
+    let http = srv.http_addr.as_str();
+    let said = ok(
+        http,
+        &[
+            "global-rule",
+            "put",
+            "cli",
+            "--plugins",
+            r#"{"response-rewrite": {"headers": {"set": {"X-Cli": "1"}}}}"#,
+        ],
+    );
+    assert_eq!(said.trim(), "global rule cli stored");
+    put(
+        &srv,
+        "/routes/plain",
+        json!({"uri": "/plain", "upstream": up}),
+    );
+    assert_eq!(
+        header(&via(&srv, "GET", "/plain", &[]).2, "x-cli"),
+        Some("1")
+    );
+    assert!(ok(http, &["global-rule", "ls"]).contains("cli"));
+    assert!(ok(http, &["plugin-config", "ls"]).contains("pc"));
+    assert!(ok(http, &["consumer-group", "get", "gold"]).contains("limit-count"));
+    assert_eq!(
+        ok(http, &["global-rule", "rm", "cli"]).trim(),
+        "global rule cli deleted"
+    );
+}
+
+#[test]
+fn streamed_bodies_are_held_to_client_control_past_the_read_ahead() {
+    let srv = Server::start_with(&[WITH_GATEWAY]);
+    let a = Upstream::start("a");
+    // 100 KiB: more than the 64 KiB read ahead, so a chunked body past it streams.
+    put(
+        &srv,
+        "/routes/up",
+        json!({"uri": "/upload", "upstream": {"nodes": {a.addr.to_string(): 1}},
+            "plugins": {"client-control": {"max_body_size": 102400}}}),
+    );
+    let chunked = |kib: usize| {
+        let chunk = "x".repeat(1024);
+        let mut req = String::from(
+            "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        );
+        for _ in 0..kib {
+            req.push_str(&format!("400\r\n{chunk}\r\n"));
+        }
+        req.push_str("0\r\n\r\n");
+        // Written by a thread of its own while the answer is read: a gateway that answers
+        // early must not wait for the rest of the upload to be read.
+        let mut s = std::net::TcpStream::connect(&srv.gateway_addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut w = s.try_clone().expect("clone");
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(req.as_bytes());
+        });
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = writer.join();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let fits = chunked(90);
+    assert!(
+        fits.starts_with("HTTP/1.1 200"),
+        "{}",
+        &fits[..fits.len().min(200)]
+    );
+    assert!(
+        fits.contains(&"x".repeat(1024)),
+        "the body reached the node"
+    );
+    let over = chunked(110);
+    assert!(
+        over.starts_with("HTTP/1.1 413"),
+        "{}",
+        &over[..over.len().min(300)]
+    );
+    assert!(over.contains("larger than 102400 bytes"), "{over}");
 }

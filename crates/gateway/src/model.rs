@@ -119,8 +119,9 @@ pub struct Timeout {
     pub send: Duration,
     /// From the request sent to the response's head.
     pub read: Duration,
-    /// From the request's arrival to the response's head, every attempt included (berth's
-    /// `timeout.total`; APISIX has none): past it, a 504.
+    /// From when the request is sent on (after the route's plugins: auth, limits) to the
+    /// response's head, every attempt included (berth's `timeout.total`; APISIX has none):
+    /// past it, a 504.
     pub total: Option<Duration>,
 }
 

@@ -344,13 +344,23 @@ impl Template {
 
     /// The string for a request.
     pub fn render(&self, vars: &dyn Vars) -> String {
+        self.render_with(vars, |v| Cow::Borrowed(v))
+    }
+
+    /// The string for a request, each variable's value passed through `escape` (a URI's
+    /// `?` in a value must not start its query).
+    pub fn render_with(
+        &self,
+        vars: &dyn Vars,
+        escape: impl for<'a> Fn(&'a str) -> Cow<'a, str>,
+    ) -> String {
         let mut out = String::new();
         for p in &self.pieces {
             match p {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Var(v) => {
                     if let Some(value) = vars.var(v) {
-                        out.push_str(&value);
+                        out.push_str(&escape(&value));
                     }
                 }
             }

@@ -102,10 +102,12 @@ async fn probe(authority: &str, check: &Active, roots: &Arc<rustls::RootCertStor
                 .map_err(|e| e.to_string()),
             ActiveKind::Grpc { tls, service } => {
                 use berth_proto::grpc_health::health_check_response::ServingStatus;
+                // An answer other than SERVING (an RPC error included) fails like an HTTP
+                // status would; no answer fails like a connect.
                 crate::registry::probe::grpc_status(&addr, service, *tls, roots)
                     .await
                     .map(|s| match s {
-                        ServingStatus::Serving => Probe::Connected,
+                        Ok(ServingStatus::Serving) => Probe::Connected,
                         _ => Probe::NotServing,
                     })
             }

@@ -550,6 +550,13 @@ impl Gateway {
             Kind::Ssl => {
                 let ssl = Ssl::parse(value)?;
                 sni::load(&ssl).map_err(|e| GatewayError::invalid(e.to_string()))?;
+                if !ssl.client {
+                    if let Some((user, user_id)) = client_cert_user(&res, id) {
+                        return Err(GatewayError::Refused(format!(
+                            "ssl {id} is the client certificate of {user} {user_id}: it stays of type client"
+                        )));
+                    }
+                }
             }
             Kind::PluginConfig | Kind::GlobalRule | Kind::ConsumerGroup => {
                 PluginSet::parse(kind, value)?;
@@ -611,27 +618,8 @@ impl Gateway {
                 }
             }
             Kind::Ssl => {
-                let shows = |u: Option<&Upstream>| {
-                    u.and_then(|u| u.tls.as_ref())
-                        .and_then(|t| t.client_cert.as_ref())
-                        == Some(&berth_gateway::ClientCert::Ssl(id.to_string()))
-                };
-                if let Some((uid, _)) = res.upstreams.iter().find(|(_, u)| shows(Some(u))) {
-                    return Err(in_use("upstream", uid));
-                }
-                if let Some((rid, _)) = res
-                    .routes
-                    .iter()
-                    .find(|(_, r)| shows(r.upstream.as_deref()))
-                {
-                    return Err(in_use("route", rid));
-                }
-                if let Some((sid, _)) = res
-                    .services
-                    .iter()
-                    .find(|(_, s)| shows(s.upstream.as_deref()))
-                {
-                    return Err(in_use("service", sid));
+                if let Some((user, user_id)) = client_cert_user(&res, id) {
+                    return Err(in_use(user, &user_id));
                 }
             }
             _ => {}
@@ -975,6 +963,30 @@ impl Gateway {
             global_gates,
         }
     }
+}
+
+/// Who shows ssl `id` to nodes as its client certificate, if anyone: an upstream, or a route
+/// or service with an upstream of its own.
+fn client_cert_user(res: &Resources, id: &str) -> Option<(&'static str, String)> {
+    let shows = |u: Option<&Upstream>| {
+        u.and_then(|u| u.tls.as_ref())
+            .and_then(|t| t.client_cert.as_ref())
+            .is_some_and(|c| matches!(c, berth_gateway::ClientCert::Ssl(s) if s == id))
+    };
+    let upstreams = res.upstreams.iter().map(|(k, u)| ("upstream", k, Some(u)));
+    let routes = res
+        .routes
+        .iter()
+        .map(|(k, r)| ("route", k, r.upstream.as_deref()));
+    let services = res
+        .services
+        .iter()
+        .map(|(k, s)| ("service", k, s.upstream.as_deref()));
+    upstreams
+        .chain(routes)
+        .chain(services)
+        .find(|(_, _, u)| shows(*u))
+        .map(|(kind, k, _)| (kind, k.clone()))
 }
 
 /// Checks an upstream's client certificate: a PEM given inline parses and its key belongs

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use berth_gateway::{ClientCert, NodeTls, Ssl};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -31,11 +31,14 @@ pub struct TlsConfig {
     pub id: u64,
 }
 
+/// A setting as built: verify, and the client certificate and key (PEM).
+type Setting = (bool, Option<(String, String)>);
+
 /// Built configurations by setting. See the module docs.
 #[derive(Default)]
 pub struct TlsConfigs {
     roots: OnceLock<Arc<RootCertStore>>,
-    built: Mutex<HashMap<u64, Arc<TlsConfig>>>,
+    built: Mutex<HashMap<Setting, Arc<TlsConfig>>>,
 }
 
 impl TlsConfigs {
@@ -55,20 +58,23 @@ impl TlsConfigs {
             None => None,
             Some(ClientCert::Inline { cert, key }) => Some((cert.as_str(), key.as_str())),
             Some(ClientCert::Ssl(id)) => match ssls.get(id) {
-                Some(s) if s.client => Some((s.cert.as_str(), s.key.as_str())),
+                Some(s) if s.client && s.enabled => Some((s.cert.as_str(), s.key.as_str())),
+                Some(s) if s.client => return Err(format!("ssl {id:?} is disabled")),
                 Some(_) => return Err(format!("ssl {id:?} is not of type client")),
                 None => return Err(format!("ssl {id:?} does not exist")),
             },
         };
-        let id = {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (tls.verify, pem).hash(&mut h);
-            h.finish()
-        };
+        let setting: Setting = (tls.verify, pem.map(|(c, k)| (c.to_string(), k.to_string())));
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = built.get(&id) {
+        if let Some(c) = built.get(&setting) {
             return Ok(c.clone());
         }
+        // Tells settings apart in pool keys (the setting itself keys this map).
+        let id = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            setting.hash(&mut h);
+            h.finish()
+        };
         let roots = self
             .roots
             .get()
@@ -80,48 +86,27 @@ impl TlsConfigs {
             h2: config(b"h2")?,
             id,
         });
-        built.insert(id, made.clone());
+        built.insert(setting, made.clone());
         Ok(made)
     }
 
-    /// Forgets the settings not in `used`.
+    /// Forgets the settings whose configurations are not in `used` (by ID).
     pub fn retain(&self, used: &HashSet<u64>) {
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
-        built.retain(|id, _| used.contains(id));
+        built.retain(|_, c| used.contains(&c.id));
     }
 }
 
 /// Checks a client certificate and key given in PEM (at write time).
 pub fn check_client_pem(cert: &str, key: &str) -> Result<(), String> {
-    let (chain, key) = parse_pem(cert, key)?;
-    let provider = berth_net::tls::provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| format!("failed to parse client_key: {e}"))?;
-    match rustls::sign::CertifiedKey::new(chain, signing).keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
-        Err(_) => Err("client_key does not belong to client_cert".into()),
-    }
+    super::sni::certified(cert, key)
+        .map(|_| ())
+        .map_err(|e| format!("tls.client_cert/client_key: {e}"))
 }
 
-fn parse_pem(
-    cert: &str,
-    key: &str,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    use rustls::pki_types::pem::PemObject;
-    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("failed to parse client_cert: {e}"))?;
-    if chain.is_empty() {
-        return Err("failed to parse client_cert: no certificate in it".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-        .map_err(|e| format!("failed to parse client_key: {e}"))?;
-    Ok((chain, key))
-}
-
-fn client_config(
+/// A client configuration: the server's certificate checked against `roots` (or not), a
+/// client certificate shown when given, `alpn` offered when not empty.
+pub(crate) fn client_config(
     verify: bool,
     pem: Option<(&str, &str)>,
     roots: &Arc<RootCertStore>,
@@ -141,7 +126,7 @@ fn client_config(
     let mut config = match pem {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let (chain, key) = parse_pem(cert, key)?;
+            let (chain, key) = super::sni::parse_pem(cert, key)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("client certificate: {e}"))?
@@ -255,7 +240,7 @@ pub fn server_name(host: &str) -> Option<ServerName<'static>> {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
-    ServerName::try_from(name.to_string()).ok()
+    ServerName::try_from(name.to_ascii_lowercase()).ok()
 }
 
 #[cfg(test)]

@@ -39,8 +39,11 @@ use super::proxy::ReqBody;
 
 /// Idle connections are closed after this long.
 const IDLE: Duration = Duration::from_secs(60);
-/// Idle connections kept per node.
+/// Idle connections kept per node (per node and server name, over TLS).
 const MAX_IDLE: usize = 512;
+/// Destinations (nodes, or nodes and server names) with idle connections kept at most: a
+/// server name may come from the client's `Host`, so their number has no other bound.
+const MAX_KEYS: usize = 1024;
 
 type Driver = http1::Connection<TokioIo<ClientConn>, ReqBody>;
 
@@ -169,6 +172,10 @@ impl Pool {
 
     fn put(&self, key: String, conn: Conn) {
         let mut idle = self.idle();
+        if idle.len() >= MAX_KEYS && !idle.contains_key(&key) {
+            // Closed rather than kept: too many destinations are pooled already.
+            return;
+        }
         let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE {
             list.push((conn, Instant::now()));

@@ -58,24 +58,57 @@ pub type Body = Either<NodeBody, Full<Bytes>>;
 /// a whole body kept for retries.
 pub type ReqBody = Either<Prefixed, Full<Bytes>>;
 
-/// The part of a body read ahead, then the rest of it.
+/// The part of a body read ahead, then the rest of it; past `limit` bytes in all
+/// (client-control's), it ends in [`TooLarge`].
 pub struct Prefixed {
     prefix: std::collections::VecDeque<hyper::body::Frame<Bytes>>,
     rest: Incoming,
+    /// The limit, and what is set when the body passes it (the error itself may not reach
+    /// the exchange's outcome: hyper's HTTP/2 client only resets the stream).
+    limit: Option<(u64, Arc<std::sync::atomic::AtomicBool>)>,
+    passed: u64,
 }
+
+impl Prefixed {
+    fn new(prefix: std::collections::VecDeque<hyper::body::Frame<Bytes>>, rest: Incoming) -> Self {
+        Prefixed {
+            prefix,
+            rest,
+            limit: None,
+            passed: 0,
+        }
+    }
+}
+
+/// A streamed request body grew past client-control's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than {0} bytes")]
+pub struct TooLarge(u64);
 
 impl hyper::body::Body for Prefixed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        if let Some(f) = self.prefix.pop_front() {
-            return std::task::Poll::Ready(Some(Ok(f)));
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let frame = match self.prefix.pop_front() {
+            Some(f) => f,
+            None => match std::pin::Pin::new(&mut self.rest).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => f,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        self.passed += frame.data_ref().map_or(0, |d| d.len() as u64);
+        if let Some((limit, tripped)) = self.limit.as_ref().filter(|(l, _)| self.passed > *l) {
+            tripped.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Poll::Ready(Some(Err(Box::new(TooLarge(*limit)))));
         }
-        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -112,20 +145,14 @@ async fn read_ahead(mut body: Incoming, max: usize) -> Result<ReadAhead, hyper::
                 if f.is_trailers() {
                     // Trailers are kept by streaming the body as it came.
                     frames.push_back(f);
-                    return Ok(ReadAhead::Longer(Prefixed {
-                        prefix: frames,
-                        rest: body,
-                    }));
+                    return Ok(ReadAhead::Longer(Prefixed::new(frames, body)));
                 }
                 size += f.data_ref().map_or(0, |d| d.len());
                 frames.push_back(f);
             }
         }
     }
-    Ok(ReadAhead::Longer(Prefixed {
-        prefix: frames,
-        rest: body,
-    }))
+    Ok(ReadAhead::Longer(Prefixed::new(frames, body)))
 }
 
 /// Largest request body kept so the request can be retried.
@@ -137,21 +164,22 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Idle upstream connections kept per node.
 const POOL_MAX_IDLE: usize = 512;
 
-/// Upstream HTTP clients by connect timeout, protocol and TLS (setting and server name),
-/// each with its own pool, shared by every request and every snapshot.
+/// Upstream HTTP clients by connect timeout and protocol, and for TLS by setting and server
+/// name too, each with its own pool, shared by every request and every snapshot.
 #[derive(Default)]
 pub struct Clients {
-    map: Mutex<HashMap<ClientKey, NodeClient>>,
+    plain: Mutex<HashMap<(Duration, bool), Client<HttpConnector, ReqBody>>>,
+    tls: Mutex<HashMap<TlsClientKey, Client<super::node_tls::Connector, ReqBody>>>,
 }
 
-type ClientKey = (Duration, bool, Option<(u64, String)>);
+type TlsClientKey = (Duration, bool, u64, String);
 
-/// Distinct clients kept at most; past that the map starts afresh (requests under way keep
-/// theirs). Server names come from requests' hosts, so their number has no other bound.
-const CLIENTS_MAX: usize = 256;
+/// TLS clients kept at most; past that their map starts afresh (requests under way keep
+/// theirs). Server names may come from requests' hosts, so their number has no other bound;
+/// plain clients are not touched.
+const TLS_CLIENTS_MAX: usize = 256;
 
 /// A pooled client for nodes in plain TCP or over TLS.
-#[derive(Clone)]
 enum NodeClient {
     Plain(Client<HttpConnector, ReqBody>),
     Tls(Client<super::node_tls::Connector, ReqBody>),
@@ -178,43 +206,44 @@ impl Clients {
             &rustls::pki_types::ServerName<'static>,
         )>,
     ) -> NodeClient {
-        let key = (
-            connect,
-            h2,
-            tls.map(|(c, name)| (c.id, name.to_str().into_owned())),
-        );
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(&key) {
-            return c.clone();
-        }
-        if map.len() >= CLIENTS_MAX {
+        let connector = || {
+            let mut c = HttpConnector::new();
+            c.set_nodelay(true);
+            c.set_connect_timeout(Some(connect));
+            c.enforce_http(tls.is_none());
+            c
+        };
+        let builder = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(POOL_IDLE)
+                .pool_max_idle_per_host(POOL_MAX_IDLE)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .set_host(false)
+                .http2_only(h2);
+            b
+        };
+        let Some((config, name)) = tls else {
+            let mut map = self.plain.lock().unwrap_or_else(|p| p.into_inner());
+            let c = map
+                .entry((connect, h2))
+                .or_insert_with(|| builder().build(connector()));
+            return NodeClient::Plain(c.clone());
+        };
+        let key = (connect, h2, config.id, name.to_str().into_owned());
+        let mut map = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(&key) && map.len() >= TLS_CLIENTS_MAX {
             map.clear();
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect));
-        connector.enforce_http(tls.is_none());
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false)
-            .http2_only(h2);
-        let client = match tls {
-            None => NodeClient::Plain(builder.build(connector)),
-            Some((config, name)) => {
-                let config = if h2 { &config.h2 } else { &config.h1 };
-                NodeClient::Tls(builder.build(super::node_tls::Connector::new(
-                    connector,
-                    config.clone(),
-                    name.clone(),
-                )))
-            }
-        };
-        map.insert(key, client.clone());
-        client
+        let c = map.entry(key).or_insert_with(|| {
+            let config = if h2 { &config.h2 } else { &config.h1 };
+            builder().build(super::node_tls::Connector::new(
+                connector(),
+                config.clone(),
+                name.clone(),
+            ))
+        });
+        NodeClient::Tls(c.clone())
     }
 }
 
@@ -922,7 +951,15 @@ fn rewrite(target: &Target, uri: &Uri, vars: &View<'_>) -> String {
         return pq.to_string();
     };
     if let Some(new) = &rw.uri {
-        let new = new.render(vars);
+        // A `?` or `#` in a variable's value is data, not the start of a query or fragment
+        // (as APISIX's escape_separator).
+        let new = new.render_with(vars, |v| {
+            if v.contains(['?', '#']) {
+                std::borrow::Cow::Owned(v.replace('?', "%3F").replace('#', "%23"))
+            } else {
+                std::borrow::Cow::Borrowed(v)
+            }
+        });
         let (path, query) = match new.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (new.as_str(), None),
@@ -950,6 +987,12 @@ fn rewrite(target: &Target, uri: &Uri, vars: &View<'_>) -> String {
         }
     }
     pq.to_string()
+}
+
+/// A limit's refusal: its `rejected_code` (503 if not a status) and `rejected_msg`.
+fn limit_refusal(code: u16, msg: Option<&str>) -> Response<Body> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    error(status, msg.unwrap_or("rate limit exceeded").to_string())
 }
 
 /// Percent-escapes what may not stand in a path or query as it is (a variable's value may
@@ -1180,12 +1223,7 @@ impl Ctx {
             }
         }
         if let Some(Verdict::Refused { .. }) = verdict {
-            let status = StatusCode::from_u16(limit.rejected_code)
-                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let mut r = match &limit.rejected_msg {
-                Some(m) => error(status, m.clone()),
-                None => error(status, "rate limit exceeded"),
-            };
+            let mut r = limit_refusal(limit.rejected_code, limit.rejected_msg.as_deref());
             r.headers_mut().extend(quota_headers);
             return Err(Box::new(r));
         }
@@ -1215,17 +1253,10 @@ impl Ctx {
                 tokio::time::sleep(delay).await;
                 Ok(())
             }
-            super::limit::Pace::Refuse => {
-                let status = StatusCode::from_u16(limit.rejected_code)
-                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                Err(Box::new(error(
-                    status,
-                    limit
-                        .rejected_msg
-                        .clone()
-                        .unwrap_or_else(|| "rate limit exceeded".into()),
-                )))
-            }
+            super::limit::Pace::Refuse => Err(Box::new(limit_refusal(
+                limit.rejected_code,
+                limit.rejected_msg.as_deref(),
+            ))),
         }
     }
 
@@ -1538,13 +1569,7 @@ impl Ctx {
         let (mut streaming, replay) = if body.is_end_stream() {
             (None, Some(Bytes::new()))
         } else if stream {
-            (
-                Some(Prefixed {
-                    prefix: Default::default(),
-                    rest: body,
-                }),
-                None,
-            )
+            (Some(Prefixed::new(Default::default(), body)), None)
         } else {
             match tokio::time::timeout(timeout.send, read_ahead(body, REPLAYABLE_MAX)).await {
                 Ok(Ok(ReadAhead::Whole(b))) => (None, Some(b)),
@@ -1564,7 +1589,11 @@ impl Ctx {
             }
         };
         // client-control's limit on bodies of no stated length: what was read ahead tells
-        // (longer streams than the read-ahead are not counted).
+        // at once; a longer stream is counted as it passes, and cut off past the limit.
+        let tripped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let (Some(max), Some(p)) = (target.plugins.max_body_size, &mut streaming) {
+            p.limit = Some((max, tripped.clone()));
+        }
         if let Some(max) = target.plugins.max_body_size {
             let over = match (&replay, &streaming) {
                 (Some(b), _) => b.len() as u64 > max,
@@ -1728,6 +1757,16 @@ impl Ctx {
                     self.metrics
                         .observe_gateway_upstream(&live.label, "answered");
                     return self.respond(resp, client_upgrade, parts.version).await;
+                }
+                Ok(Err(_)) if tripped.load(std::sync::atomic::Ordering::Relaxed) => {
+                    // The client's body, not the node, failed: the node is not to blame.
+                    return error_closing(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "the request body is larger than {} bytes",
+                            target.plugins.max_body_size.unwrap_or_default()
+                        ),
+                    );
                 }
                 Ok(Err((connect, why))) => {
                     passive(if connect {

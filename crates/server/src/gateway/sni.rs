@@ -35,14 +35,12 @@ fn pem_hash(ssl: &Ssl) -> u64 {
 
 /// Parses an ssl's certificate chain and key and checks that they belong together.
 pub fn load(ssl: &Ssl) -> Result<Arc<CertifiedKey>, String> {
-    let chain = CertificateDer::pem_slice_iter(ssl.cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("failed to parse cert: {e}"))?;
-    if chain.is_empty() {
-        return Err("failed to parse cert: no certificate in \"cert\"".into());
-    }
-    let der = PrivateKeyDer::from_pem_slice(ssl.key.as_bytes())
-        .map_err(|e| format!("failed to parse key: {e}"))?;
+    certified(&ssl.cert, &ssl.key)
+}
+
+/// Parses a PEM certificate chain and key and checks that they belong together.
+pub fn certified(cert: &str, key: &str) -> Result<Arc<CertifiedKey>, String> {
+    let (chain, der) = parse_pem(cert, key)?;
     let provider = berth_net::tls::provider();
     let signing = provider
         .key_provider
@@ -55,6 +53,22 @@ pub fn load(ssl: &Ssl) -> Result<Arc<CertifiedKey>, String> {
         }
         Err(_) => Err("the key does not belong to the certificate".into()),
     }
+}
+
+/// A PEM certificate chain (at least one) and private key.
+pub fn parse_pem(
+    cert: &str,
+    key: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("failed to parse cert: {e}"))?;
+    if chain.is_empty() {
+        return Err("failed to parse cert: no certificate in \"cert\"".into());
+    }
+    let der = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| format!("failed to parse key: {e}"))?;
+    Ok((chain, der))
 }
 
 impl Certs {

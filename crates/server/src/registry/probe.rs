@@ -107,23 +107,7 @@ fn tls_config(
     alpn: &[u8],
     roots: &Arc<rustls::RootCertStore>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut cfg = if skip_verify {
-        let settings = berth_net::tls::TlsSettings {
-            insecure_skip_verify: true,
-            ..Default::default()
-        };
-        settings
-            .client_config("TLSSkipVerify")
-            .map_err(|e| format!("TLS: {e}"))?
-    } else {
-        rustls::ClientConfig::builder_with_provider(Arc::new(berth_net::tls::provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth()
-    };
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(cfg))
+    crate::gateway::node_tls::client_config(!skip_verify, None, roots, alpn).map(Arc::new)
 }
 
 async fn tls_stream(
@@ -353,23 +337,25 @@ async fn grpc(
     let (addr, service) = target.split_once('/').unwrap_or((target, ""));
     let failed = |e: String| (CheckStatus::Critical, format!("gRPC {target}: {e}"));
     match grpc_status(addr, service, use_tls.then_some(!skip_verify), roots).await {
-        Ok(ServingStatus::Serving) => (
+        Ok(Ok(ServingStatus::Serving)) => (
             CheckStatus::Passing,
             format!("gRPC check {target}: success"),
         ),
-        Ok(other) => failed(format!("status {}", other.as_str_name())),
-        Err(e) => failed(e),
+        Ok(Ok(other)) => failed(format!("status {}", other.as_str_name())),
+        Ok(Err(e)) | Err(e) => failed(e),
     }
 }
 
-/// What `grpc.health.v1` at `addr` says of `service` ("": the whole server); `tls`: over
-/// TLS, verifying the certificate against `roots` when true. The caller bounds the time.
+/// What `grpc.health.v1` at `addr` says of `service` ("": the whole server): its status, or
+/// the RPC error it answered; the outer error when there was no answer (connecting failed).
+/// `tls`: over TLS, verifying the certificate against `roots` when true. The caller bounds
+/// the time.
 pub(crate) async fn grpc_status(
     addr: &str,
     service: &str,
     tls: Option<bool>,
     roots: &Arc<rustls::RootCertStore>,
-) -> Result<ServingStatus, String> {
+) -> Result<Result<ServingStatus, String>, String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| e.to_string())?;
@@ -387,11 +373,13 @@ pub(crate) async fn grpc_status(
         })
         .await
     {
-        Ok(r) => Ok(ServingStatus::try_from(r.get_ref().status).unwrap_or(ServingStatus::Unknown)),
-        Err(s) => Err(format!(
+        Ok(r) => Ok(Ok(
+            ServingStatus::try_from(r.get_ref().status).unwrap_or(ServingStatus::Unknown)
+        )),
+        Err(s) => Ok(Err(format!(
             "rpc error: code = {:?} desc = {}",
             s.code(),
             s.message()
-        )),
+        ))),
     }
 }
