@@ -8,7 +8,8 @@
 # sets) as the contrast. berth and nginx on core 1; the upstreams, wrk and the WebSocket
 # holders on core 0.
 # berth's RSS is sampled every 10 s of each berth run (first sample, last, largest).
-# SOAK=1 runs only berth under churn (the issue's 10-minute soak: SOAK=1 SECS=600).
+# SOAK=1 runs only berth under churn (the issue's 10-minute soak: SOAK=1 SECS=600), and
+# prints every RSS sample. BERTH_FLAGS: more flags for berth (e.g. auto-compaction).
 # Usage: BERTH=path/to/berth [SECS=60] [RATE=100] [NGINX_RATE=10] [WS=1000] [SOAK=0] bench/gateway-reload.sh
 set -u
 BERTH=${BERTH:?path of the berth binary}; SECS=${SECS:-60}; RATE=${RATE:-100}
@@ -36,7 +37,7 @@ taskset -c 0 python3 "$here/gateway_reload.py" upstream $WSB & pids+=($!)
 taskset -c 1 "$BERTH" server --data-dir "$tmp/data" --listen-client-urls http://127.0.0.1:29179 \
   --listen-peer-urls http://127.0.0.1:29178 --listen-http-urls http://127.0.0.1:$ADMIN \
   --listen-dns-addr "" --listen-nacos-urls "" --listen-nats-urls "" \
-  --listen-gateway-urls http://127.0.0.1:$GW --log-level error & pids+=($!)
+  --listen-gateway-urls http://127.0.0.1:$GW --log-level error ${BERTH_FLAGS:-} & pids+=($!)
 sleep 3
 put() { curl -sf -X PUT "127.0.0.1:$ADMIN/apisix/admin/$1" -d "$2" >/dev/null || { echo "PUT $1 failed"; exit 1; }; }
 put upstreams/ws "{\"nodes\":{\"127.0.0.1:$WSA\":1}}"
@@ -56,6 +57,7 @@ run() { # label gateway churn...
   [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
   if [ -s "$tmp/rss.txt" ]; then
     awk 'NR==1{f=$1} {l=$1; if ($1>m) m=$1} END {printf "%s rss_kib first %d last %d max %d samples %d\n", L, f, l, m, NR}' L="$label" "$tmp/rss.txt"
+    [ "$SOAK" = 1 ] && echo "$label rss_kib every 10 s: $(tr '\n' ' ' < "$tmp/rss.txt")"
   fi
   L="$label" python3 - "$tmp/wrk.txt" "$tmp/hold.json" <<'PY'
 import json,os,re,sys
