@@ -753,19 +753,15 @@ fn header_edits(plugin: &str, v: Option<&Value>) -> Result<HeaderEdits, GatewayE
                         ))
                     }
                 };
-                let header = http::HeaderValue::from_str(&value)
-                    .map_err(|_| invalid(plugin, format!("{value:?} is not a header value")))?;
+                // A value without variables is its text (escaped `\$`s become plain).
                 let t = Template::parse(&value);
-                if t.has_vars() {
+                let text = t.text();
+                let header = http::HeaderValue::from_str(text.as_deref().unwrap_or(&value))
+                    .map_err(|_| invalid(plugin, format!("{value:?} is not a header value")))?;
+                if text.is_none() {
                     templated.push((name, t, append));
                     return Ok(None);
                 }
-                // Escaped `\$`s become plain ones.
-                let header = match t.text() {
-                    Some(text) if text != value => http::HeaderValue::from_str(&text)
-                        .map_err(|_| invalid(plugin, format!("{text:?} is not a header value")))?,
-                    _ => header,
-                };
                 Ok(Some((name, header)))
             })
             .filter_map(Result::transpose)

@@ -573,56 +573,33 @@ impl Gateway {
             user,
             user_id: user_id.clone(),
         };
-        match kind {
-            Kind::Upstream => {
-                if let Some((rid, _)) = res
-                    .routes
-                    .iter()
-                    .find(|(_, r)| r.upstream_id.as_deref() == Some(id))
-                {
-                    return Err(in_use("route", rid));
-                }
-                if let Some((sid, _)) = res
-                    .services
-                    .iter()
-                    .find(|(_, s)| s.upstream_id.as_deref() == Some(id))
-                {
-                    return Err(in_use("service", sid));
-                }
-            }
-            Kind::Service => {
-                if let Some((rid, _)) = res
-                    .routes
-                    .iter()
-                    .find(|(_, r)| r.service_id.as_deref() == Some(id))
-                {
-                    return Err(in_use("route", rid));
-                }
-            }
-            Kind::PluginConfig => {
-                if let Some((rid, _)) = res
-                    .routes
-                    .iter()
-                    .find(|(_, r)| r.plugin_config_id.as_deref() == Some(id))
-                {
-                    return Err(in_use("route", rid));
-                }
-            }
+        // The first resource of `map` whose `field` names `id`.
+        fn naming<T>(
+            map: &BTreeMap<String, T>,
+            id: &str,
+            field: impl Fn(&T) -> Option<&str>,
+        ) -> Option<String> {
+            map.iter()
+                .find(|(_, v)| field(v) == Some(id))
+                .map(|(k, _)| k.clone())
+        }
+        let routes = |field: fn(&Route) -> Option<&str>| {
+            naming(&res.routes, id, field).map(|r| ("route", r))
+        };
+        let user = match kind {
+            Kind::Upstream => routes(|r| r.upstream_id.as_deref()).or_else(|| {
+                naming(&res.services, id, |s| s.upstream_id.as_deref()).map(|s| ("service", s))
+            }),
+            Kind::Service => routes(|r| r.service_id.as_deref()),
+            Kind::PluginConfig => routes(|r| r.plugin_config_id.as_deref()),
             Kind::ConsumerGroup => {
-                if let Some((name, _)) = res
-                    .consumers
-                    .iter()
-                    .find(|(_, c)| c.group_id.as_deref() == Some(id))
-                {
-                    return Err(in_use("consumer", name));
-                }
+                naming(&res.consumers, id, |c| c.group_id.as_deref()).map(|c| ("consumer", c))
             }
-            Kind::Ssl => {
-                if let Some((user, user_id)) = client_cert_user(&res, id) {
-                    return Err(in_use(user, &user_id));
-                }
-            }
-            _ => {}
+            Kind::Ssl => client_cert_user(&res, id),
+            _ => None,
+        };
+        if let Some((user, user_id)) = user {
+            return Err(in_use(user, &user_id));
         }
         Ok(())
     }

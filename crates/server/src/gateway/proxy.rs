@@ -1167,19 +1167,16 @@ impl Ctx {
         })
     }
 
-    /// Counts the request under `limit` in `scope` (`consumer`: the identified consumer's
-    /// name, for keys by consumer); the quota headers for the answer, or the refusal.
+    /// Counts the request (seen through `view`, for the limit's key) under `limit` in
+    /// `scope`; the quota headers for the answer, or the refusal.
     async fn count(
         &self,
         limit: &berth_gateway::plugins::LimitCount,
         scope: &str,
-        parts: &Parts,
-        host: &str,
-        consumer: Option<&str>,
+        view: &View<'_>,
     ) -> Result<HeaderMap, Box<Response<Body>>> {
         let mut quota_headers = HeaderMap::new();
-        let view = self.view(parts, host, consumer);
-        let mut key = counter_key(limit.group.as_deref(), scope, &limit.key, &view);
+        let mut key = counter_key(limit.group.as_deref(), scope, &limit.key, view);
         // Routes sharing a group under another count or window count apart: asked under
         // another limit, a counter would start its window afresh, and alternating requests
         // would never be limited.
@@ -1235,14 +1232,9 @@ impl Ctx {
         &self,
         limit: &berth_gateway::plugins::LimitReq,
         scope: &str,
-        parts: &Parts,
-        host: &str,
-        consumer: Option<&str>,
+        view: &View<'_>,
     ) -> Result<(), Box<Response<Body>>> {
-        let key = {
-            let view = self.view(parts, host, consumer);
-            counter_key(None, scope, &limit.key, &view)
-        };
+        let key = counter_key(None, scope, &limit.key, view);
         match self
             .gateway
             .buckets
@@ -1270,16 +1262,17 @@ impl Ctx {
         host: &str,
     ) -> Result<HeaderMap, Box<Response<Body>>> {
         let mut headers = HeaderMap::new();
+        let view = self.view(parts, host, None);
         for (id, gates) in &snap.global_gates {
             if let Some(refused) = gates.ip_restriction.as_ref().and_then(|r| self.restrict(r)) {
                 return Err(Box::new(refused));
             }
             let scope = format!("global_rule:{id}");
             if let Some(limit) = &gates.limit_count {
-                headers.extend(self.count(limit, &scope, parts, host, None).await?);
+                headers.extend(self.count(limit, &scope, &view).await?);
             }
             if let Some(limit) = &gates.limit_req {
-                self.pace(limit, &scope, parts, host, None).await?;
+                self.pace(limit, &scope, &view).await?;
             }
         }
         Ok(headers)
@@ -1324,24 +1317,26 @@ impl Ctx {
         if let (Some(t), Some(c)) = (trail.as_deref_mut(), &consumer) {
             t.consumer = Some(c.username.clone());
         }
-        let name = consumer.as_ref().map(|c| c.username.as_str());
         let route_id = target.route.id.as_str();
         let mut quota_headers = HeaderMap::new();
-        let limit = consumer_first(consumer.as_deref(), plugins, |p| p.limit_count.as_ref());
-        if let Some((limit, of_consumer)) = limit {
-            let group = of_consumer.and_then(|c| snap.consumers.count_by_group.get(c));
-            let scope = route_scope(route_id, of_consumer, group);
-            match self.count(limit, &scope, parts, host, name).await {
-                Ok(h) => quota_headers = h,
-                Err(refused) => return *refused,
+        {
+            let view = self.view(parts, host, consumer.as_ref().map(|c| c.username.as_str()));
+            let limit = consumer_first(consumer.as_deref(), plugins, |p| p.limit_count.as_ref());
+            if let Some((limit, of_consumer)) = limit {
+                let group = of_consumer.and_then(|c| snap.consumers.count_by_group.get(c));
+                let scope = route_scope(route_id, of_consumer, group);
+                match self.count(limit, &scope, &view).await {
+                    Ok(h) => quota_headers = h,
+                    Err(refused) => return *refused,
+                }
             }
-        }
-        let req_limit = consumer_first(consumer.as_deref(), plugins, |p| p.limit_req.as_ref());
-        if let Some((limit, of_consumer)) = req_limit {
-            let group = of_consumer.and_then(|c| snap.consumers.pace_by_group.get(c));
-            let scope = route_scope(route_id, of_consumer, group);
-            if let Err(refused) = self.pace(limit, &scope, parts, host, name).await {
-                return *refused;
+            let req_limit = consumer_first(consumer.as_deref(), plugins, |p| p.limit_req.as_ref());
+            if let Some((limit, of_consumer)) = req_limit {
+                let group = of_consumer.and_then(|c| snap.consumers.pace_by_group.get(c));
+                let scope = route_scope(route_id, of_consumer, group);
+                if let Err(refused) = self.pace(limit, &scope, &view).await {
+                    return *refused;
+                }
             }
         }
         if let Some(max) = plugins.max_body_size {
