@@ -1976,6 +1976,43 @@ async fn tls_to_nodes_names_the_host_verifies_and_shows_client_certificates() {
         .await
         .expect("connect through the gateway");
     assert!(fresh.get("k", None).await.is_err());
+    // grpcs active checks show the upstream's client certificate and ask for the check's
+    // `host`: under a name the node's certificate holds, the node stays in; under one it
+    // lacks, the check fails.
+    let downs = |label: &str| {
+        let (_, metrics) = srv.http_get("/metrics");
+        let needle = format!("upstream=\"{label}\",outcome=\"check_down\"");
+        metrics
+            .lines()
+            .find(|l| l.contains(&needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let checked = |id: &str, host: &str| {
+        json!({"uri": format!("/{id}/*"), "upstream": {"scheme": "grpcs",
+            "tls": {"verify": true, "client_cert_id": "gw"},
+            "nodes": {node.client_addr.clone(): 1},
+            "checks": {"active": {"type": "grpcs", "host": host,
+                "healthy": {"interval": 1, "successes": 1},
+                "unhealthy": {"interval": 1, "tcp_failures": 1, "http_failures": 1}}}}})
+    };
+    put(&srv, "/routes/c1", checked("c1", "localhost"));
+    put(&srv, "/routes/c2", checked("c2", "other.test"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while downs("routes/c2") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "a check under a name the certificate lacks never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        downs("routes/c1"),
+        0.0,
+        "a check with the client certificate under the right name passes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -2472,4 +2509,56 @@ fn streamed_bodies_are_held_to_client_control_past_the_read_ahead() {
         &over[..over.len().min(300)]
     );
     assert!(over.contains("larger than 102400 bytes"), "{over}");
+}
+
+/// A client that sends its whole upload before reading (as most do) reads the 413, not a
+/// reset: the gateway reads and drops the rest of a refused body before it closes (nginx's
+/// lingering close), whether the body's length is declared or it streams chunked.
+#[test]
+fn a_refused_upload_is_drained_so_the_client_reads_the_413() {
+    let srv = Server::start_with(&[WITH_GATEWAY]);
+    let a = Upstream::start("a");
+    put(
+        &srv,
+        "/routes/up",
+        json!({"uri": "/upload", "upstream": {"nodes": {a.addr.to_string(): 1}},
+            "plugins": {"client-control": {"max_body_size": 102400}}}),
+    );
+    // 4 MiB: far more than the sockets' buffers hold, so the write cannot finish unless
+    // the gateway reads it.
+    let body = "x".repeat(4 << 20);
+    let declared = format!(
+        "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut chunked =
+        String::from("POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for piece in body.as_bytes().chunks(64 << 10) {
+        chunked.push_str(&format!("{:x}\r\n", piece.len()));
+        chunked.push_str(std::str::from_utf8(piece).expect("ascii"));
+        chunked.push_str("\r\n");
+    }
+    chunked.push_str("0\r\n\r\n");
+    for (what, req) in [("declared", declared), ("chunked", chunked)] {
+        let mut s = std::net::TcpStream::connect(&srv.gateway_addr).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("{what}: the upload was cut off: {e}"));
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)
+            .unwrap_or_else(|e| panic!("{what}: reading the answer failed: {e}"));
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with("HTTP/1.1 413"),
+            "{what}: {}",
+            &out[..out.len().min(300)]
+        );
+        assert!(out.contains("larger than 102400 bytes"), "{what}: {out}");
+        if what == "declared" {
+            assert_eq!(a.hits(), 0, "a declared length too large reaches no node");
+        }
+    }
 }

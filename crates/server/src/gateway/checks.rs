@@ -15,8 +15,9 @@ use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
 
-/// Which prober: the upstream (its metrics label), the node, the check.
-type Key = (String, String, Active);
+/// Which prober: the upstream (its metrics label), the node, the check, and the client
+/// certificate and key (PEM) the upstream shows its nodes over TLS (checks show it too).
+type Key = (String, String, Active, Option<(String, String)>);
 
 /// The probers of this member. See the module docs.
 #[derive(Default)]
@@ -30,10 +31,22 @@ pub struct Probers {
 
 impl Probers {
     /// The state of `authority` of upstream `label` under `check`, its prober started when
-    /// there is none (a snapshot being built calls this, on the runtime).
-    pub fn probed(&self, label: &str, authority: &str, check: &Active) -> Arc<Probed> {
+    /// there is none (a snapshot being built calls this, on the runtime). `client`: the
+    /// client certificate and key the upstream shows its nodes, shown by TLS probes too.
+    pub fn probed(
+        &self,
+        label: &str,
+        authority: &str,
+        check: &Active,
+        client: Option<(&str, &str)>,
+    ) -> Arc<Probed> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (label.to_string(), authority.to_string(), check.clone());
+        let key = (
+            label.to_string(),
+            authority.to_string(),
+            check.clone(),
+            client.map(|(c, k)| (c.to_string(), k.to_string())),
+        );
         if let Some(p) = running.get(&key).and_then(Weak::upgrade) {
             return p;
         }
@@ -48,16 +61,28 @@ impl Probers {
 
 /// Probes one node until no snapshot names it.
 async fn run(
-    (label, authority, check): Key,
+    (label, authority, check, client): Key,
     state: Weak<Probed>,
     roots: Option<Arc<rustls::RootCertStore>>,
     metrics: Option<Arc<Metrics>>,
 ) {
     let mut tally = Tally::default();
     let roots = roots.unwrap_or_else(|| Arc::new(rustls::RootCertStore::empty()));
+    let client = client.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+    // Built once: a bad setting fails every probe, saying why.
+    let tls = match &check.kind {
+        ActiveKind::Https { verify } => Some((*verify, &b"http/1.1"[..])),
+        ActiveKind::Grpc {
+            tls: Some(verify), ..
+        } => Some((*verify, &b"h2"[..])),
+        _ => None,
+    }
+    .map(|(verify, alpn)| {
+        crate::gateway::node_tls::client_config(verify, client, &roots, alpn).map(Arc::new)
+    });
     tracing::debug!(upstream = %label, node = %authority, "gateway: active checks start");
     loop {
-        let probe = probe(&authority, &check, &roots).await;
+        let probe = probe(&authority, &check, tls.as_ref()).await;
         let Some(probed) = state.upgrade() else {
             break;
         };
@@ -87,37 +112,47 @@ async fn run(
     tracing::debug!(upstream = %label, node = %authority, "gateway: active checks end");
 }
 
-/// One probe of `authority` (its port replaced by the check's `port`, if set).
-async fn probe(authority: &str, check: &Active, roots: &Arc<rustls::RootCertStore>) -> Probe {
+/// One probe of `authority` (its port replaced by the check's `port`, if set). Over TLS
+/// (`tls`: the client configuration, or why there is none) the server name asked for is the
+/// check's `host`, else the node's.
+async fn probe(
+    authority: &str,
+    check: &Active,
+    tls: Option<&Result<Arc<rustls::ClientConfig>, String>>,
+) -> Probe {
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     let addr = match check.port {
         Some(p) => format!("{host}:{p}"),
         None => authority.to_string(),
     };
     let exchange = async {
+        let tls = match tls {
+            None => None,
+            Some(Err(e)) => return Err(e.clone()),
+            Some(Ok(cfg)) => {
+                let named = check.host.as_deref().unwrap_or(host);
+                let name = crate::gateway::node_tls::server_name(named)
+                    .ok_or_else(|| format!("{named:?} is no TLS server name"))?;
+                Some((name, cfg.clone()))
+            }
+        };
         match &check.kind {
             ActiveKind::Tcp => TcpStream::connect(addr.as_str())
                 .await
                 .map(|_| Probe::Connected)
                 .map_err(|e| e.to_string()),
-            ActiveKind::Grpc { tls, service } => {
+            ActiveKind::Grpc { service, .. } => {
                 use berth_proto::grpc_health::health_check_response::ServingStatus;
                 // An answer other than SERVING (an RPC error included) fails like an HTTP
                 // status would; no answer fails like a connect.
-                crate::registry::probe::grpc_status(&addr, service, *tls, roots)
+                crate::registry::probe::grpc_status(&addr, service, tls, check.host.as_deref())
                     .await
                     .map(|s| match s {
                         Ok(ServingStatus::Serving) => Probe::Connected,
                         _ => Probe::NotServing,
                     })
             }
-            kind => {
-                let tls = match kind {
-                    ActiveKind::Https { verify } => {
-                        Some((check.host.as_deref().unwrap_or(host), *verify))
-                    }
-                    _ => None,
-                };
+            ActiveKind::Http | ActiveKind::Https { .. } => {
                 let header = check.host.as_deref().unwrap_or(addr.as_str());
                 crate::registry::probe::http_status(
                     &addr,
@@ -125,7 +160,6 @@ async fn probe(authority: &str, check: &Active, roots: &Arc<rustls::RootCertStor
                     header,
                     &check.http_path,
                     &check.req_headers,
-                    roots,
                 )
                 .await
                 .map(|s| Probe::Status(s.as_u16()))

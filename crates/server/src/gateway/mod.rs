@@ -849,6 +849,12 @@ impl Gateway {
                 ),
             };
             let Some(def) = def else { continue };
+            // Active checks over TLS show the certificate the upstream shows its nodes (one
+            // that cannot be had leaves the upstream unserved, below; probes go without).
+            let client_pem = def
+                .tls
+                .as_ref()
+                .and_then(|t| node_tls::client_pem(t, &res.ssls).ok().flatten());
             let choices = resolve_nodes(def, registry)
                 .into_iter()
                 .map(|(authority, weight)| {
@@ -863,7 +869,7 @@ impl Gateway {
                     let probed = def
                         .active
                         .as_ref()
-                        .map(|check| self.probers.probed(&label, &authority, check));
+                        .map(|check| self.probers.probed(&label, &authority, check, client_pem));
                     Choice {
                         authority,
                         weight,

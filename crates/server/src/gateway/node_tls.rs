@@ -54,16 +54,7 @@ impl TlsConfigs {
         tls: &NodeTls,
         ssls: &BTreeMap<String, Ssl>,
     ) -> Result<Arc<TlsConfig>, String> {
-        let pem = match &tls.client_cert {
-            None => None,
-            Some(ClientCert::Inline { cert, key }) => Some((cert.as_str(), key.as_str())),
-            Some(ClientCert::Ssl(id)) => match ssls.get(id) {
-                Some(s) if s.client && s.enabled => Some((s.cert.as_str(), s.key.as_str())),
-                Some(s) if s.client => return Err(format!("ssl {id:?} is disabled")),
-                Some(_) => return Err(format!("ssl {id:?} is not of type client")),
-                None => return Err(format!("ssl {id:?} does not exist")),
-            },
-        };
+        let pem = client_pem(tls, ssls)?;
         let setting: Setting = (tls.verify, pem.map(|(c, k)| (c.to_string(), k.to_string())));
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = built.get(&setting) {
@@ -95,6 +86,24 @@ impl TlsConfigs {
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         built.retain(|_, c| used.contains(&c.id));
     }
+}
+
+/// The client certificate and key (PEM) `tls` shows nodes, if any: inline, or an enabled
+/// ssl of type client.
+pub fn client_pem<'a>(
+    tls: &'a NodeTls,
+    ssls: &'a BTreeMap<String, Ssl>,
+) -> Result<Option<(&'a str, &'a str)>, String> {
+    Ok(match &tls.client_cert {
+        None => None,
+        Some(ClientCert::Inline { cert, key }) => Some((cert.as_str(), key.as_str())),
+        Some(ClientCert::Ssl(id)) => match ssls.get(id) {
+            Some(s) if s.client && s.enabled => Some((s.cert.as_str(), s.key.as_str())),
+            Some(s) if s.client => return Err(format!("ssl {id:?} is disabled")),
+            Some(_) => return Err(format!("ssl {id:?} is not of type client")),
+            None => return Err(format!("ssl {id:?} does not exist")),
+        },
+    })
 }
 
 /// Checks a client certificate and key given in PEM (at write time).

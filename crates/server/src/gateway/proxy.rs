@@ -62,7 +62,8 @@ pub type ReqBody = Either<Prefixed, Full<Bytes>>;
 /// (client-control's), it ends in [`TooLarge`].
 pub struct Prefixed {
     prefix: std::collections::VecDeque<hyper::body::Frame<Bytes>>,
-    rest: Incoming,
+    /// The rest; taken to be drained (see [`linger`]) when the body passes the limit.
+    rest: Option<Incoming>,
     /// The limit, and what is set when the body passes it (the error itself may not reach
     /// the exchange's outcome: hyper's HTTP/2 client only resets the stream).
     limit: Option<(u64, Arc<std::sync::atomic::AtomicBool>)>,
@@ -73,7 +74,7 @@ impl Prefixed {
     fn new(prefix: std::collections::VecDeque<hyper::body::Frame<Bytes>>, rest: Incoming) -> Self {
         Prefixed {
             prefix,
-            rest,
+            rest: Some(rest),
             limit: None,
             passed: 0,
         }
@@ -96,24 +97,60 @@ impl hyper::body::Body for Prefixed {
         use std::task::Poll;
         let frame = match self.prefix.pop_front() {
             Some(f) => f,
-            None => match std::pin::Pin::new(&mut self.rest).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => f,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+            None => match self
+                .rest
+                .as_mut()
+                .map(|r| std::pin::Pin::new(r).poll_frame(cx))
+            {
+                None => return Poll::Ready(None),
+                Some(Poll::Ready(Some(Ok(f)))) => f,
+                Some(Poll::Ready(Some(Err(e)))) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Poll::Ready(None)) => return Poll::Ready(None),
+                Some(Poll::Pending) => return Poll::Pending,
             },
         };
         self.passed += frame.data_ref().map_or(0, |d| d.len() as u64);
         if let Some((limit, tripped)) = self.limit.as_ref().filter(|(l, _)| self.passed > *l) {
             tripped.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Poll::Ready(Some(Err(Box::new(TooLarge(*limit)))));
+            let limit = *limit;
+            if let Some(rest) = self.rest.take() {
+                tokio::spawn(linger(rest));
+            }
+            return Poll::Ready(Some(Err(Box::new(TooLarge(limit)))));
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.is_end_stream()
+        self.prefix.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
+}
+
+/// How long a refused request's body is read and dropped at most (nginx's
+/// `lingering_time`), and how long one read may wait (its `lingering_timeout`).
+const LINGER_TIME: Duration = Duration::from_secs(30);
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+
+/// Reads and drops the rest of a request body the gateway refused (a 413), as nginx's
+/// lingering close does: a client still sending its upload then reads the answer, where
+/// closing with its data unread would reset the connection under it. Held while it runs,
+/// the body keeps hyper reading the connection; it closes when the body ends or either
+/// bound passes.
+async fn linger(mut body: Incoming) {
+    let until = tokio::time::Instant::now() + LINGER_TIME;
+    let mut drained = 0u64;
+    loop {
+        let wait = until.min(tokio::time::Instant::now() + LINGER_IDLE);
+        match tokio::time::timeout_at(wait, body.frame()).await {
+            Ok(Some(Ok(f))) => drained += f.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(Some(Err(_)) | None) => break,
+            Err(_) => {
+                tracing::debug!(drained, "gateway: lingering on a refused body timed out");
+                return;
+            }
+        }
+    }
+    tracing::debug!(drained, "gateway: a refused body drained");
 }
 
 /// What reading a body ahead found.
@@ -1346,6 +1383,7 @@ impl Ctx {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > max) {
+                tokio::spawn(linger(body));
                 return error_closing(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("the request body is larger than {max} bytes"),
@@ -1596,6 +1634,9 @@ impl Ctx {
                 (None, None) => false,
             };
             if over {
+                if let Some(rest) = streaming.as_mut().and_then(|p| p.rest.take()) {
+                    tokio::spawn(linger(rest));
+                }
                 return error_closing(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("the request body is larger than {max} bytes"),

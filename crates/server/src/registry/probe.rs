@@ -13,6 +13,7 @@ use berth_registry::register::{floor_char_boundary, MAX_OUTPUT};
 use berth_registry::{CheckKind, CheckStatus};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 /// What one run found.
@@ -126,6 +127,14 @@ async fn tls_stream(
     };
     let name = rustls::pki_types::ServerName::try_from(name.to_string())
         .map_err(|e| format!("server name {name:?}: {e}"))?;
+    handshake(tcp, name, cfg).await
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    name: ServerName<'static>,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
@@ -256,16 +265,19 @@ pub(crate) async fn fetch(
     Ok(body)
 }
 
+/// How a gateway probe speaks TLS: the server name it asks for, and its client
+/// configuration (the node's certificate verified or not, a client certificate shown or not,
+/// the ALPN protocol offered).
+pub(crate) type ProbeTls = (ServerName<'static>, Arc<rustls::ClientConfig>);
+
 /// What one HTTP probe of a gateway node got: its status, or why there was none (connecting
-/// or the exchange failed). `tls`: the server name to send and whether to verify the node's
-/// certificate against `roots`. The caller bounds the time.
+/// or the exchange failed). `host`: the `Host` sent. The caller bounds the time.
 pub(crate) async fn http_status(
     addr: &str,
-    tls: Option<(&str, bool)>,
+    tls: Option<ProbeTls>,
     host: &str,
     path: &str,
     headers: &[(String, String)],
-    roots: &Arc<rustls::RootCertStore>,
 ) -> Result<http::StatusCode, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
@@ -280,9 +292,8 @@ pub(crate) async fn http_status(
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .map_err(|e| format!("invalid request: {e}"))?;
     let (status, _) = match tls {
-        Some((name, verify)) => {
-            let name = name.trim_matches(['[', ']']);
-            let tls = tls_stream(tcp, name, "", !verify, b"http/1.1", roots).await?;
+        Some((name, cfg)) => {
+            let tls = handshake(tcp, name, cfg).await?;
             send(TokioIo::new(tls), req, 0).await?
         }
         None => send(TokioIo::new(tcp), req, 0).await?,
@@ -336,7 +347,18 @@ async fn grpc(
 ) -> Outcome {
     let (addr, service) = target.split_once('/').unwrap_or((target, ""));
     let failed = |e: String| (CheckStatus::Critical, format!("gRPC {target}: {e}"));
-    match grpc_status(addr, service, use_tls.then_some(!skip_verify), roots).await {
+    let tls = if use_tls {
+        let Some(name) = crate::gateway::node_tls::server_name(addr) else {
+            return failed(format!("{addr:?} is no TLS server name"));
+        };
+        match tls_config(skip_verify, b"h2", roots) {
+            Ok(cfg) => Some((name, cfg)),
+            Err(e) => return failed(e),
+        }
+    } else {
+        None
+    };
+    match grpc_status(addr, service, tls, None).await {
         Ok(Ok(ServingStatus::Serving)) => (
             CheckStatus::Passing,
             format!("gRPC check {target}: success"),
@@ -348,25 +370,41 @@ async fn grpc(
 
 /// What `grpc.health.v1` at `addr` says of `service` ("": the whole server): its status, or
 /// the RPC error it answered; the outer error when there was no answer (connecting failed).
-/// `tls`: over TLS, verifying the certificate against `roots` when true. The caller bounds
-/// the time.
+/// `tls`: over TLS, as it says; `authority`: the `:authority` sent (else `addr`). The caller
+/// bounds the time.
 pub(crate) async fn grpc_status(
     addr: &str,
     service: &str,
-    tls: Option<bool>,
-    roots: &Arc<rustls::RootCertStore>,
+    tls: Option<ProbeTls>,
+    authority: Option<&str>,
 ) -> Result<Result<ServingStatus, String>, String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| e.to_string())?;
-    let tls = match tls {
-        Some(verify) => Some(tls_config(!verify, b"h2", roots)?),
-        None => None,
+    let endpoint = match authority {
+        Some(a) => endpoint.origin(
+            format!("{scheme}://{a}")
+                .parse()
+                .map_err(|e| format!("authority {a:?}: {e}"))?,
+        ),
+        None => endpoint,
     };
-    let channel = endpoint
-        .connect_with_connector(berth_net::tls::Connector::new(tls))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let channel = match tls {
+        None => {
+            endpoint
+                .connect_with_connector(berth_net::tls::Connector::new(None))
+                .await
+        }
+        Some((name, cfg)) => {
+            let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            endpoint
+                .connect_with_connector(crate::gateway::node_tls::Connector::new(http, cfg, name))
+                .await
+        }
+    }
+    .map_err(|e| format!("connect: {e}"))?;
     match HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_string(),
