@@ -381,6 +381,44 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `?ttl=N` puts a resource under a lease, as APISIX's etcd lease: it serves, then goes by
+/// itself; written again without it, it stays.
+#[test]
+fn a_resource_put_with_a_ttl_expires() {
+    let srv = Server::start_with(&[WITH_GATEWAY]);
+    let a = Upstream::start("a");
+    let route = |uri: &str| json!({"uri": uri, "upstream": {"nodes": {a.addr.to_string(): 1}}});
+    for bad in ["0", "-1", "x", "1.5", ""] {
+        let (code, out) = admin(&srv, "PUT", &format!("/routes/t?ttl={bad}"), &route("/t"));
+        assert_eq!(code, 400, "ttl {bad:?}: {out}");
+        assert!(
+            out["error_msg"].as_str().is_some_and(|m| m.contains("ttl")),
+            "{out}"
+        );
+    }
+    assert_eq!(
+        admin(&srv, "GET", "/routes/t", &Value::Null).0,
+        404,
+        "nothing written"
+    );
+    let (code, out) = admin(&srv, "PUT", "/routes/t?ttl=2", &route("/t"));
+    assert_eq!(code, 201, "{out}");
+    let (code, out) = admin(&srv, "PUT", "/routes/kept?ttl=2", &route("/kept"));
+    assert_eq!(code, 201, "{out}");
+    put(&srv, "/routes/kept", route("/kept"));
+    assert_eq!(via(&srv, "GET", "/t", &[]).0, 200);
+    eventually("the route with a ttl expires", || {
+        admin(&srv, "GET", "/routes/t", &Value::Null).0 == 404
+            && via(&srv, "GET", "/t", &[]).0 == 404
+    });
+    assert_eq!(admin(&srv, "GET", "/routes/kept", &Value::Null).0, 200);
+    assert_eq!(
+        via(&srv, "GET", "/kept", &[]).0,
+        200,
+        "written again without ttl: kept"
+    );
+}
+
 #[test]
 fn proxies_http1_and_h2c_with_balancing_retries_and_timeouts() {
     let srv = Server::start_with(&[WITH_GATEWAY]);
@@ -611,6 +649,38 @@ fn plugins_authenticate_limit_restrict_and_rewrite() {
         json!({"uri": "/lc", "upstream_id": "1", "name": "renamed", "plugins": {"limit-count": {"count": 2, "time_window": 60}}}),
     );
     assert_eq!(via(&srv, "GET", "/lc", &[]).0, 503);
+
+    // Routes of one limit-count group share its counter, and must configure it alike.
+    let grouped = |uri: &str, count: u64| {
+        json!({"uri": uri, "upstream_id": "1", "plugins": {"limit-count":
+            {"count": count, "time_window": 60, "group": "shared"}}})
+    };
+    put(&srv, "/routes/g1", grouped("/g1", 3));
+    put(&srv, "/routes/g2", grouped("/g2", 3));
+    let codes: Vec<u16> = ["/g1", "/g2", "/g1", "/g2"]
+        .iter()
+        .map(|p| via(&srv, "GET", p, &[]).0)
+        .collect();
+    assert_eq!(codes, vec![200, 200, 200, 503], "one counter for the group");
+    for (path, body) in [
+        ("/routes/g3", grouped("/g3", 4)),
+        ("/routes/g1", grouped("/g1", 4)),
+        (
+            "/plugin_configs/pg",
+            json!({"plugins": {"limit-count": {"count": 3, "time_window": 30, "group": "shared"}}}),
+        ),
+    ] {
+        let (code, out) = admin(&srv, "PUT", path, &body);
+        assert_eq!(code, 400, "{path}: {out}");
+        assert!(
+            out["error_msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("group conf mismatched")),
+            "{path}: {out}"
+        );
+    }
+    assert_eq!(admin(&srv, "GET", "/routes/g3", &Value::Null).0, 404);
+    put(&srv, "/routes/g3", grouped("/g3", 3));
 
     put(
         &srv,

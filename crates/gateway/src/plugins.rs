@@ -347,7 +347,7 @@ pub enum LimitKey {
 }
 
 /// `limit-count`: at most `count` requests per `time_window` seconds per key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitCount {
     /// Requests allowed per window.
     pub count: u64,

@@ -386,7 +386,9 @@ impl Gateway {
 
     /// Validates `value` as resource `id` of `kind` (with its references, against the
     /// resources as they are) and stores it, keeping `create_time` of an existing one. With
-    /// `expect`, only if the resource is still at that mod revision (a PATCH's read).
+    /// `expect`, only if the resource is still at that mod revision (a PATCH's read). Under
+    /// `lease` (0: none), it goes when the lease expires.
+    #[allow(clippy::too_many_arguments)]
     pub async fn put(
         &self,
         core: &Core,
@@ -394,6 +396,7 @@ impl Gateway {
         id: &str,
         mut value: Value,
         expect: Option<i64>,
+        lease: i64,
         guard: Option<Guard>,
     ) -> Result<PutOutcome, GatewayFailure> {
         berth_gateway::model::check_id(kind, id)?;
@@ -422,7 +425,7 @@ impl Gateway {
         compares.push(unchanged_since(key.clone(), seen));
         let bytes = serde_json::to_vec(&value).unwrap_or_default();
         let rev = self
-            .commit(core, compares, vec![put_op(key, bytes, 0)], guard)
+            .commit(core, compares, vec![put_op(key, bytes, lease)], guard)
             .await?;
         let Some(rev) = rev else {
             return Err(GatewayError::invalid(format!(
@@ -508,6 +511,7 @@ impl Gateway {
         match kind {
             Kind::Route => {
                 let r = Route::parse(id, value)?;
+                check_limit_group(&res, kind, id, &r.plugins)?;
                 need(Kind::Upstream, &r.upstream_id)?;
                 need(Kind::Service, &r.service_id)?;
                 need(Kind::PluginConfig, &r.plugin_config_id)?;
@@ -517,6 +521,7 @@ impl Gateway {
             }
             Kind::Service => {
                 let s = Service::parse(value)?;
+                check_limit_group(&res, kind, id, &s.plugins)?;
                 need(Kind::Upstream, &s.upstream_id)?;
                 if let Some(u) = &s.upstream {
                     check_node_tls(u, &mut need)?;
@@ -527,6 +532,7 @@ impl Gateway {
             }
             Kind::Consumer => {
                 let c = Consumer::parse(value)?;
+                check_limit_group(&res, kind, id, &c.plugins)?;
                 if let Some(j) = &c.plugins.jwt_credential {
                     jwt::Verifier::new(j).map_err(GatewayError::Refused)?;
                 }
@@ -559,7 +565,8 @@ impl Gateway {
                 }
             }
             Kind::PluginConfig | Kind::GlobalRule | Kind::ConsumerGroup => {
-                PluginSet::parse(kind, value)?;
+                let set = PluginSet::parse(kind, value)?;
+                check_limit_group(&res, kind, id, &set.plugins)?;
             }
         }
         Ok(compares)
@@ -970,6 +977,49 @@ fn client_cert_user(res: &Resources, id: &str) -> Option<(&'static str, String)>
         .chain(services)
         .find(|(_, _, u)| shows(*u))
         .map(|(kind, k, _)| (kind, k.clone()))
+}
+
+/// APISIX's rule for `limit-count`'s `group`: the routes (and other plugin holders) of a
+/// group share one counter, so they must configure it alike (`group conf mismatched`).
+fn check_limit_group(
+    res: &Resources,
+    kind: Kind,
+    id: &str,
+    plugins: &berth_gateway::plugins::Plugins,
+) -> Result<(), GatewayError> {
+    let Some(mine) = plugins.limit_count.as_ref() else {
+        return Ok(());
+    };
+    let Some(group) = mine.group.as_deref() else {
+        return Ok(());
+    };
+    fn each<'a, T>(
+        kind: Kind,
+        map: &'a BTreeMap<String, T>,
+        plugins: fn(&T) -> &berth_gateway::plugins::Plugins,
+    ) -> impl Iterator<Item = (Kind, &'a String, &'a berth_gateway::plugins::Plugins)> + 'a {
+        map.iter().map(move |(k, v)| (kind, k, plugins(v)))
+    }
+    let sets: fn(&PluginSet) -> &berth_gateway::plugins::Plugins = |p| &p.plugins;
+    let clash = each(Kind::Route, &res.routes, |r| &r.plugins)
+        .chain(each(Kind::Service, &res.services, |s| &s.plugins))
+        .chain(each(Kind::Consumer, &res.consumers, |c| &c.plugins))
+        .chain(each(Kind::PluginConfig, &res.plugin_configs, sets))
+        .chain(each(Kind::GlobalRule, &res.global_rules, sets))
+        .chain(each(Kind::ConsumerGroup, &res.consumer_groups, sets))
+        .filter(|(k, other, _)| !(*k == kind && other.as_str() == id))
+        .find(|(_, _, p)| {
+            p.limit_count
+                .as_ref()
+                .is_some_and(|o| o.group.as_deref() == Some(group) && o != mine)
+        });
+    match clash {
+        Some((k, other, _)) => Err(GatewayError::Refused(format!(
+            "group conf mismatched: limit-count group {group:?} is configured otherwise in {} {other}",
+            k.singular()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Checks an upstream's client certificate: a PEM given inline parses and its key belongs

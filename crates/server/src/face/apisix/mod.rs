@@ -469,7 +469,11 @@ async fn put(
     put_at(core, kind, id, v, None, q, headers).await
 }
 
-/// [`put`], only if the resource is still at mod revision `expect` when given.
+/// The longest `ttl` taken (etcd's longest lease).
+const MAX_TTL: i64 = 9_000_000_000;
+
+/// [`put`], only if the resource is still at mod revision `expect` when given. With `?ttl=N`
+/// the resource expires N seconds later (unless written again without it).
 async fn put_at(
     core: &Core,
     kind: Kind,
@@ -479,15 +483,33 @@ async fn put_at(
     q: &Option<String>,
     headers: &HeaderMap,
 ) -> Result<Response, AdminError> {
-    if query_param(q, "ttl").is_some() {
-        return Err(AdminError::Bad(
-            "ttl is not supported by berth yet: resources do not expire".into(),
-        ));
-    }
+    let ttl = match query_param(q, "ttl") {
+        None => None,
+        Some(t) => match t.parse::<i64>() {
+            Ok(t @ 1..=MAX_TTL) => Some(t),
+            _ => {
+                return Err(AdminError::Bad(format!(
+                    "invalid ttl {t:?}: a whole number of seconds from 1 to {MAX_TTL}"
+                )))
+            }
+        },
+    };
     let guard = authorize(core, headers, q, Access::Write, &layout::key(kind, id), b"")?;
+    // `ttl`: the resource goes with a lease of that many seconds, as APISIX's etcd lease
+    // (the lease is granted first; should the write fail, it expires holding nothing).
+    let lease = match ttl {
+        None => 0,
+        Some(t) => {
+            core.leases
+                .grant(t, 0, None)
+                .await
+                .map_err(AdminError::Write)?
+                .id
+        }
+    };
     let out = core
         .gateway
-        .put(core, kind, id, v, expect, Some(guard))
+        .put(core, kind, id, v, expect, lease, Some(guard))
         .await?;
     let status = if out.created {
         StatusCode::CREATED
