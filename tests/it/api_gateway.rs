@@ -133,6 +133,7 @@ async fn echo(
         .map(|p| p.to_string())
         .unwrap_or_default();
     let version = format!("{:?}", req.version());
+    let authority = req.uri().authority().map(|a| a.to_string());
     let body = req
         .into_body()
         .collect()
@@ -141,7 +142,7 @@ async fn echo(
         .unwrap_or_default();
     let out = json!({
         "name": name, "method": method, "path": path, "headers": headers,
-        "version": version, "body": String::from_utf8_lossy(&body),
+        "version": version, "body": String::from_utf8_lossy(&body), "authority": authority,
     });
     hyper::Response::builder()
         .header("content-type", "application/json")
@@ -379,6 +380,68 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}: not within 10 s");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// gRPC requests carry the host `pass_host` chooses as `:authority` (APISIX's
+/// `upstream_host`), while the gateway dials the node all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_requests_name_the_host_pass_host_chooses() {
+    let srv = tokio::task::spawn_blocking(|| Server::start_with(&[WITH_GATEWAY]))
+        .await
+        .expect("server");
+    let a = tokio::task::spawn_blocking(|| Upstream::start("a"))
+        .await
+        .expect("upstream");
+    let node = a.addr.to_string();
+    let gateway = srv.gateway_addr.clone();
+    let io = tokio::net::TcpStream::connect(&gateway)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    for (pass_host, want) in [
+        (
+            json!({"pass_host": "rewrite", "upstream_host": "svc.internal:50051"}),
+            "svc.internal:50051".to_string(),
+        ),
+        (json!({"pass_host": "node"}), node.clone()),
+        (json!({"pass_host": "pass"}), "api.example".to_string()),
+    ] {
+        let mut upstream = json!({"scheme": "grpc", "nodes": {node.clone(): 1}});
+        if let (Some(u), Some(p)) = (upstream.as_object_mut(), pass_host.as_object()) {
+            u.extend(p.clone());
+        }
+        let route = json!({"uri": "/pkg.Svc/*", "upstream": upstream});
+        tokio::task::block_in_place(|| put(&srv, "/routes/g", route));
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri("http://api.example/pkg.Svc/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"\0\0\0\0\0",
+            )))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("h2 request");
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["authority"], want, "{pass_host}: {v}");
+        assert_eq!(v["version"], "HTTP/2.0", "{v}");
+        assert!(
+            v["headers"].get("host").is_none(),
+            "no Host beside :authority: {v}"
+        );
+    }
+    assert_eq!(a.hits(), 3);
+    tokio::task::spawn_blocking(move || drop((a, srv)))
+        .await
+        .expect("dropped");
 }
 
 /// `?ttl=N` puts a resource under a lease, as APISIX's etcd lease: it serves, then goes by

@@ -202,24 +202,66 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 const POOL_MAX_IDLE: usize = 512;
 
 /// Upstream HTTP clients by connect timeout and protocol, and for TLS by setting and server
-/// name too, each with its own pool, shared by every request and every snapshot.
+/// name too, each with its own pool, shared by every request and every snapshot. gRPC
+/// clients are pinned to one node each (see [`Pinned`]).
 #[derive(Default)]
 pub struct Clients {
-    plain: Mutex<HashMap<(Duration, bool), Client<HttpConnector, ReqBody>>>,
-    tls: Mutex<HashMap<TlsClientKey, Client<super::node_tls::Connector, ReqBody>>>,
+    plain: Mutex<HashMap<PlainClientKey, Client<Pinned<HttpConnector>, ReqBody>>>,
+    tls: Mutex<HashMap<TlsClientKey, Client<Pinned<super::node_tls::Connector>, ReqBody>>>,
 }
 
-type TlsClientKey = (Duration, bool, u64, String);
+type PlainClientKey = (Duration, bool, Option<String>);
+type TlsClientKey = (Duration, bool, u64, String, Option<String>);
 
-/// TLS clients kept at most; past that their map starts afresh (requests under way keep
-/// theirs). Server names may come from requests' hosts, so their number has no other bound;
-/// plain clients are not touched.
+/// Clients kept at most in each map; past that it starts afresh (requests under way keep
+/// theirs). Server names may come from requests' hosts and pinned nodes from the registry,
+/// so their number has no other bound.
 const TLS_CLIENTS_MAX: usize = 256;
+const PLAIN_CLIENTS_MAX: usize = 4096;
+
+/// A connector that dials one node whatever authority the request's URI names: a gRPC
+/// request's URI carries the `:authority` the node is to get (`pass_host`'s host, as APISIX
+/// sends it), and hyper-util's client dials (and pools by) the URI's authority. Unpinned, it
+/// dials the URI's authority.
+#[derive(Clone)]
+pub struct Pinned<C> {
+    inner: C,
+    node: Option<http::uri::Authority>,
+}
+
+impl<C> tower_service::Service<Uri> for Pinned<C>
+where
+    C: tower_service::Service<Uri>,
+{
+    type Response = C::Response;
+    type Error = C::Error;
+    type Future = C::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), C::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> C::Future {
+        let uri = match &self.node {
+            None => uri,
+            Some(node) => {
+                let mut parts = uri.into_parts();
+                parts.authority = Some(node.clone());
+                // Scheme and authority are both set, so this cannot fail.
+                Uri::from_parts(parts).unwrap_or_default()
+            }
+        };
+        self.inner.call(uri)
+    }
+}
 
 /// A pooled client for nodes in plain TCP or over TLS.
 enum NodeClient {
-    Plain(Client<HttpConnector, ReqBody>),
-    Tls(Client<super::node_tls::Connector, ReqBody>),
+    Plain(Client<Pinned<HttpConnector>, ReqBody>),
+    Tls(Client<Pinned<super::node_tls::Connector>, ReqBody>),
 }
 
 impl NodeClient {
@@ -233,7 +275,8 @@ impl NodeClient {
 
 impl Clients {
     /// The client connecting within `connect`, speaking HTTP/2 (`h2`) or HTTP/1.1, over TLS
-    /// with `tls`'s configuration under its server name when given.
+    /// with `tls`'s configuration under its server name when given, dialing `node` whatever
+    /// the request's URI names when given.
     fn get(
         &self,
         connect: Duration,
@@ -242,6 +285,7 @@ impl Clients {
             &super::node_tls::TlsConfig,
             &rustls::pki_types::ServerName<'static>,
         )>,
+        node: Option<&http::uri::Authority>,
     ) -> NodeClient {
         let connector = || {
             let mut c = HttpConnector::new();
@@ -260,24 +304,34 @@ impl Clients {
                 .http2_only(h2);
             b
         };
+        let pinned = node.map(|a| a.as_str().to_string());
+        fn pin<C>(inner: C, node: Option<&http::uri::Authority>) -> Pinned<C> {
+            Pinned {
+                inner,
+                node: node.cloned(),
+            }
+        }
         let Some((config, name)) = tls else {
             let mut map = self.plain.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (connect, h2, pinned);
+            if !map.contains_key(&key) && map.len() >= PLAIN_CLIENTS_MAX {
+                map.clear();
+            }
             let c = map
-                .entry((connect, h2))
-                .or_insert_with(|| builder().build(connector()));
+                .entry(key)
+                .or_insert_with(|| builder().build(pin(connector(), node)));
             return NodeClient::Plain(c.clone());
         };
-        let key = (connect, h2, config.id, name.to_str().into_owned());
+        let key = (connect, h2, config.id, name.to_str().into_owned(), pinned);
         let mut map = self.tls.lock().unwrap_or_else(|p| p.into_inner());
         if !map.contains_key(&key) && map.len() >= TLS_CLIENTS_MAX {
             map.clear();
         }
         let c = map.entry(key).or_insert_with(|| {
             let config = if h2 { &config.h2 } else { &config.h1 };
-            builder().build(super::node_tls::Connector::new(
-                connector(),
-                config.clone(),
-                name.clone(),
+            builder().build(pin(
+                super::node_tls::Connector::new(connector(), config.clone(), name.clone()),
+                node,
             ))
         });
         NodeClient::Tls(c.clone())
@@ -1671,19 +1725,6 @@ impl Ctx {
             // Plain HTTP/1.1 goes through the gateway's own pool, in origin form; gRPC and
             // upgrades through hyper-util's client, which wants the whole URI.
             let pooled = !grpc && !upgrade;
-            let uri = if pooled {
-                Uri::builder().path_and_query(path.as_str()).build()
-            } else {
-                Uri::builder()
-                    .scheme(if tls.is_some() { "https" } else { "http" })
-                    .authority(node.authority.as_str())
-                    .path_and_query(path.as_str())
-                    .build()
-            };
-            let uri = match uri {
-                Ok(u) => u,
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
-            };
             let mut h = headers.clone();
             let host_value = match &def.pass_host {
                 PassHost::Pass => original_host.clone(),
@@ -1706,6 +1747,31 @@ impl Ctx {
                     .or_else(|| super::node_tls::server_name(&node.authority));
                 (c, name)
             });
+            // gRPC names the host in `:authority`, which is the URI's: the client is pinned
+            // to the node, so that it dials the node all the same.
+            let (authority, pin) = if grpc {
+                let pin = node.authority.parse::<http::uri::Authority>().ok();
+                let named = host_value
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<http::uri::Authority>().ok());
+                (named.or_else(|| pin.clone()), pin)
+            } else {
+                (None, None)
+            };
+            let uri = if pooled {
+                Uri::builder().path_and_query(path.as_str()).build()
+            } else {
+                Uri::builder()
+                    .scheme(if tls.is_some() { "https" } else { "http" })
+                    .authority(authority.map_or_else(|| node.authority.clone(), |a| a.to_string()))
+                    .path_and_query(path.as_str())
+                    .build()
+            };
+            let uri = match uri {
+                Ok(u) => u,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
+            };
             if grpc {
                 h.remove(header::HOST);
             } else if let Some(v) = host_value {
@@ -1767,7 +1833,7 @@ impl Ctx {
                     let tls = tls.as_ref().map(|(c, name)| (c.as_ref(), name));
                     self.gateway
                         .clients
-                        .get(timeout.connect, grpc, tls)
+                        .get(timeout.connect, grpc, tls, pin.as_ref())
                         .request(req)
                         .await
                         .map(|r| r.map(NodeBody::from))
