@@ -28,6 +28,77 @@ fn nats_py_manages_streams_publishes_and_uses_kv() {
     assert!(out.contains(" passed, 0 failed"), "{out}");
 }
 
+/// Push flow control on the wire, as nats-server sends it: past half of the 4 MiB window a
+/// `100 FlowControl Request` with a `$JS.FC.` reply goes to the deliver subject, delivery
+/// stops past the window, heartbeats name the request while it waits, and the client's empty
+/// answer lets the rest through.
+#[test]
+fn push_flow_control_waits_for_the_clients_answer() {
+    let srv = Server::start();
+    let addr = srv.nats_addr.as_str();
+    let made = api(
+        addr,
+        "$JS.API.STREAM.CREATE.BIG",
+        r#"{"name":"BIG","subjects":["big"]}"#,
+    );
+    assert!(made.get("error").is_none(), "{made}");
+    let (mut w, mut r) = connect(addr).expect("connect");
+    // 20 messages of 512 KiB: 10 MiB, more than twice the window.
+    let body = "x".repeat(512 << 10);
+    for _ in 0..20 {
+        w.write_all(format!("PUB big {}\r\n{body}\r\n", body.len()).as_bytes())
+            .expect("publish");
+    }
+    assert_eq!(info_with_messages(addr, "BIG", 20)["state"]["messages"], 20);
+    w.write_all(b"SUB fc.in 2\r\nPING\r\n").expect("sub");
+    let made = api(
+        addr,
+        "$JS.API.CONSUMER.CREATE.BIG",
+        r#"{"stream_name":"BIG","config":{"deliver_subject":"fc.in","ack_policy":"none","flow_control":true,"idle_heartbeat":500000000}}"#,
+    );
+    assert!(made.get("error").is_none(), "{made}");
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let (mut data, mut request, mut stalled) = (0, None::<String>, None::<String>);
+    // Until the heartbeat that says the consumer waits.
+    while stalled.is_none() {
+        let (head, payload) = read_msg(&mut r).expect("a delivery, a request or a heartbeat");
+        let words: Vec<&str> = head.split_whitespace().collect();
+        if payload.contains("FlowControl Request") {
+            assert!(request.is_none(), "one request at a time: {head}");
+            assert_eq!(words[1], "fc.in", "{head}");
+            assert!(words[3].starts_with("$JS.FC.BIG."), "{head}");
+            request = Some(words[3].to_string());
+        } else if payload.contains("100 Idle Heartbeat") {
+            stalled = payload
+                .lines()
+                .find_map(|l| l.strip_prefix("Nats-Consumer-Stalled: "))
+                .map(str::to_string);
+        } else {
+            data += 1;
+        }
+    }
+    // Stored, each is a little over 512 KiB (its subject and record): the eighth passes
+    // the 4 MiB window.
+    assert_eq!(data, 8, "held once past the window");
+    assert_eq!(stalled, request, "the heartbeat names the request out");
+    // The answer lets the rest through (further requests answered as they come).
+    let reply = request.expect("a request");
+    w.write_all(format!("PUB {reply} 0\r\n\r\n").as_bytes())
+        .expect("answer");
+    while data < 20 {
+        let (head, payload) = read_msg(&mut r).expect("the rest");
+        if payload.contains("FlowControl Request") {
+            let reply = head.split_whitespace().nth(3).expect("reply").to_string();
+            w.write_all(format!("PUB {reply} 0\r\n\r\n").as_bytes())
+                .expect("answer");
+        } else if !payload.contains("Idle Heartbeat") {
+            data += 1;
+        }
+    }
+}
+
 /// Reads one `MSG`/`HMSG` (head line and payload); `None` at EOF or on an error.
 pub(crate) fn read_msg(r: &mut BufReader<TcpStream>) -> Option<(String, String)> {
     let mut head = String::new();

@@ -267,6 +267,29 @@ async def main():
         except NotFoundError:
             pass
 
+    async def flow_controlled_push_consumers_get_everything():
+        # 24 messages of 512 KiB: three times the server's 4 MiB flow-control window, so
+        # nats-py must answer its requests for the rest to come.
+        await js.add_stream(name="BIG", subjects=["big"])
+        for i in range(24):
+            await js.publish("big", bytes([65 + i % 26]) * (512 << 10))
+        osub = await js.subscribe("big", ordered_consumer=True)
+        got = [await osub.next_msg(timeout=5) for _ in range(24)]
+        assert [m.metadata.sequence.stream for m in got] == list(range(1, 25))
+        await osub.unsubscribe()
+        seen = []
+        done = asyncio.Event()
+
+        async def cb(m):
+            seen.append(len(m.data))
+            if len(seen) == 24:
+                done.set()
+        await js.subscribe("big", cb=cb, flow_control=True, idle_heartbeat=0.5,
+                           config=ConsumerConfig(ack_policy="none"))
+        await asyncio.wait_for(done.wait(), 10)
+        assert seen == [512 << 10] * 24, seen
+        await js.delete_stream("BIG")
+
     async def key_value_watchers_keys_and_history():
         kv = await js.create_key_value(bucket="watched", history=5)
         await kv.put("a", b"1")
@@ -354,6 +377,7 @@ async def main():
                key_value_buckets_work_on_streams,
                pull_consumers_deliver_ack_and_redeliver,
                push_and_ordered_consumers_deliver,
+               flow_controlled_push_consumers_get_everything,
                key_value_watchers_keys_and_history,
                object_store_puts_gets_lists_and_deletes,
                work_queue_and_interest_streams_drop_what_is_acked,

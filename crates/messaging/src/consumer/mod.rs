@@ -159,6 +159,15 @@ pub enum Action {
         /// Messages pending after this one.
         pending: u64,
     },
+    /// Push flow control: send `100 FlowControl Request` to `to` with reply subject `reply`;
+    /// the client answers it (an empty message to `reply`) once it has taken in what came
+    /// before, and [`Consumer::flow_answered`] is told.
+    FlowControl {
+        /// The deliver subject.
+        to: String,
+        /// Where the answer goes (`$JS.FC.<stream>.<consumer>.<n>`).
+        reply: String,
+    },
     /// Send a status message (an empty payload and a header block) to `to`.
     Status {
         /// The inbox or deliver subject.
@@ -201,7 +210,25 @@ pub struct Consumer {
     push_backlog: Option<i64>,
     /// When a request or an interest last showed the consumer is used (UNIX ns).
     pub last_active: i64,
+    /// Push flow control: where its requests' reply subjects start
+    /// (`$JS.FC.<stream>.<consumer>`, set by the face), and its state.
+    pub flow_prefix: String,
+    flow: Flow,
 }
+
+/// Push flow control (nats-server's): bytes delivered since the client last answered, and
+/// the request out with the bytes it answers for. A request goes out once half of
+/// [`FLOW_WINDOW`] is delivered; past the whole window delivery stops until the answer.
+#[derive(Debug, Clone, Default)]
+struct Flow {
+    delivered: u64,
+    out: Option<(String, u64)>,
+    sent: u64,
+}
+
+/// Bytes a push consumer with flow control may deliver ahead of its client's answers
+/// (nats-server takes a sixteenth of the client's 64 MiB pending limit).
+pub const FLOW_WINDOW: u64 = 4 << 20;
 
 impl Consumer {
     /// A new consumer positioned by its deliver policy (config checked).
@@ -265,7 +292,28 @@ impl Consumer {
             dirty: true,
             push_backlog: None,
             last_active: now,
+            flow_prefix: String::new(),
+            flow: Flow::default(),
         }
+    }
+
+    /// The client answered flow control request `reply`: what it answered for no longer
+    /// holds delivery back. False when `reply` is not the request out (a late or repeated
+    /// answer).
+    pub fn flow_answered(&mut self, reply: &str) -> bool {
+        match &self.flow.out {
+            Some((r, covers)) if r == reply => {
+                self.flow.delivered = self.flow.delivered.saturating_sub(*covers);
+                self.flow.out = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether push delivery waits for the client's answer to a flow control request.
+    pub fn flow_stalled(&self) -> bool {
+        self.config.flow_control && self.flow.delivered > FLOW_WINDOW
     }
 
     /// The configuration.
@@ -722,11 +770,19 @@ impl Consumer {
             return;
         };
         self.push_backlog = None;
+        if !self.push_ready {
+            // A client that comes (back) starts with a fresh window: it never saw the
+            // requests of the one before.
+            self.flow = Flow::default();
+        }
         if self.push_ready {
             self.last_active = now;
             let mut left = None;
             let mut sent = 0;
-            while let Some((sseq, _, redelivery)) = self.next_message(src, now) {
+            while !self.flow_stalled() {
+                let Some((sseq, size, redelivery)) = self.next_message(src, now) else {
+                    break;
+                };
                 if sent == PUSH_BURST {
                     // The rest on the next poll, so one consumer's backlog does not fill
                     // its subscriber's buffer in one go.
@@ -737,11 +793,29 @@ impl Consumer {
                 out.push(a);
                 sent += 1;
                 self.next_push_beat = now.saturating_add(self.config.idle_heartbeat);
+                if self.config.flow_control {
+                    self.flow.delivered += size;
+                    if self.flow.out.is_none() && self.flow.delivered > FLOW_WINDOW / 2 {
+                        self.flow.sent += 1;
+                        let reply = format!("{}.{}", self.flow_prefix, self.flow.sent);
+                        self.flow.out = Some((reply.clone(), self.flow.delivered));
+                        out.push(Action::FlowControl {
+                            to: to.clone(),
+                            reply,
+                        });
+                    }
+                }
             }
         }
         if self.config.idle_heartbeat > 0 && self.next_push_beat <= now {
             self.next_push_beat = now.saturating_add(self.config.idle_heartbeat);
-            out.push(heartbeat(to, self.state.delivered));
+            let mut beat = heartbeat(to, self.state.delivered);
+            // A stalled consumer names the request it waits on, for a client that missed it.
+            if let (Some((reply, _)), Action::Status { headers, .. }) = (&self.flow.out, &mut beat)
+            {
+                headers.push(("Nats-Consumer-Stalled".into(), reply.clone()));
+            }
+            out.push(beat);
         }
     }
 

@@ -332,6 +332,84 @@ fn a_push_consumer_delivers_while_it_has_interest_and_beats_when_idle() {
     assert_eq!(statuses(&pulled), ["409 Consumer is push based"]);
 }
 
+/// Push flow control as nats-server runs it: a request once half the window is out,
+/// delivery held past the whole window until the client answers that request (a wrong or
+/// repeated answer does nothing), the request named in heartbeats while it waits, and a
+/// fresh window for a client that comes back.
+#[test]
+fn push_flow_control_holds_delivery_until_the_client_answers() {
+    let mut src = Mem::default();
+    let size = 256 << 10;
+    for _ in 0..40 {
+        let seq = src.put("a", 0);
+        if let Some(m) = src.msgs.get_mut(&seq) {
+            m.1 = size;
+        }
+    }
+    let mut c = Consumer::new(
+        config(
+            r#"{"deliver_subject":"d.in","ack_policy":"none","idle_heartbeat":1000000000,"flow_control":true}"#,
+        ),
+        &src,
+        0,
+    );
+    c.flow_prefix = "$JS.FC.S.C".into();
+    c.push_ready = true;
+    let first = c.poll(&src, 0);
+    let requests: Vec<&str> = first
+        .iter()
+        .filter_map(|a| match a {
+            Action::FlowControl { to, reply } => {
+                assert_eq!(to, "d.in");
+                Some(reply.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests, ["$JS.FC.S.C.1"], "one request out at a time");
+    // Past the window (4 MiB = 16 of these), and no further.
+    let sent = delivered(&first).len() as u64;
+    assert_eq!(sent, FLOW_WINDOW / size + 1, "held at the window");
+    assert!(c.flow_stalled());
+    assert!(
+        delivered(&c.poll(&src, 0)).is_empty(),
+        "nothing more before the answer"
+    );
+    let beat = c.poll(&src, 2 * SEC);
+    let stalled = beat.iter().find_map(|a| match a {
+        Action::Status { headers, .. } => headers
+            .iter()
+            .find(|(k, _)| k == "Nats-Consumer-Stalled")
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    });
+    assert_eq!(stalled.as_deref(), Some("$JS.FC.S.C.1"), "{beat:?}");
+    assert!(!c.flow_answered("$JS.FC.S.C.9"), "not the request out");
+    assert!(c.flow_answered("$JS.FC.S.C.1"));
+    assert!(!c.flow_answered("$JS.FC.S.C.1"), "answered once");
+    let after = c.poll(&src, 2 * SEC);
+    assert!(!delivered(&after).is_empty(), "delivery goes on");
+    assert!(after
+        .iter()
+        .any(|a| matches!(a, Action::FlowControl { reply, .. } if reply == "$JS.FC.S.C.2")));
+    // The client goes away and another comes: it starts with a fresh window.
+    c.push_ready = false;
+    let _ = c.poll(&src, 3 * SEC);
+    c.push_ready = true;
+    assert!(!c.flow_stalled());
+    assert!(!delivered(&c.poll(&src, 3 * SEC)).is_empty());
+    // Without flow control, no requests and no holding back.
+    let mut plain = Consumer::new(
+        config(r#"{"deliver_subject":"d.in","ack_policy":"none"}"#),
+        &src,
+        0,
+    );
+    plain.push_ready = true;
+    let all = plain.poll(&src, 0);
+    assert_eq!(delivered(&all).len(), 40);
+    assert!(!all.iter().any(|a| matches!(a, Action::FlowControl { .. })));
+}
+
 /// xorshift64*: the property test's randomness, seeded, so failures repeat.
 struct Rng(u64);
 

@@ -214,6 +214,9 @@ fn drive(
     turn: impl FnOnce(&mut Consumer, &StoreSource<'_>) -> Vec<Action>,
 ) {
     consumer.forget_requests(|r| !hub.has_interest(r));
+    if consumer.flow_prefix.is_empty() {
+        consumer.flow_prefix = format!("$JS.FC.{}.{name}", handle.name);
+    }
     let actions = turn(consumer, &StoreSource(store));
     run_actions(hub, handle, name, consumer.config(), store, actions, later);
 }
@@ -260,6 +263,10 @@ fn run_actions(
                 };
                 hub.inject_as(&to, &m.subject, Some(&ack), hdrs.as_ref(), &payload);
                 hub.core.metrics.js_delivered.inc();
+            }
+            Action::FlowControl { to, reply } => {
+                let block = Bytes::from(headers::block(Some("100 FlowControl Request"), &[]));
+                hub.inject_as(&to, &to, Some(&reply), Some(&block), &Bytes::new());
             }
             Action::Status {
                 to,
@@ -889,6 +896,10 @@ fn next(hub: &Hub, handle: &Arc<StreamHandle>, name: &str, reply: &str, payload:
 /// control reply (`$JS.FC.…`); true when it was one.
 pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8]) -> bool {
     let tokens: Vec<&str> = subject.split('.').collect();
+    if tokens.len() == 5 && tokens[1] == "FC" {
+        flow_answered(hub, tokens[2], tokens[3], subject);
+        return true;
+    }
     if tokens.len() != 9 || tokens[1] != "ACK" {
         return subject.starts_with("$JS.FC.");
     }
@@ -974,6 +985,40 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
     }
     handle.wake.notify_one();
     true
+}
+
+/// A push client answered flow control request `reply` of consumer `name`: delivery goes on
+/// if it waited on it.
+fn flow_answered(hub: &Hub, stream: &str, name: &str, reply: &str) {
+    let Some(handle) = hub.stream_handle(stream) else {
+        return;
+    };
+    let mut consumers = handle.consumers();
+    let Some(e) = consumers.map.get_mut(name) else {
+        return;
+    };
+    if !e.consumer.flow_answered(reply) {
+        return;
+    }
+    let mut later = Later::new();
+    {
+        let guard = handle.lock();
+        if let Some(stream) = guard.as_ref() {
+            let now = now_ns();
+            drive(
+                hub,
+                &handle,
+                name,
+                &mut e.consumer,
+                stream.store(),
+                &mut later,
+                |c, src| c.poll(src, now),
+            );
+        }
+    }
+    drop(consumers);
+    run_later(hub, later);
+    handle.wake.notify_one();
 }
 
 /// Drops acknowledged messages an interest or work-queue stream no longer keeps: on a work

@@ -84,8 +84,9 @@ const PROPOSE_BATCH: usize = 1024;
 const PROPOSE_BYTES: usize = 4 << 20;
 /// Segment size of replicated streams.
 const SEGMENT_BYTES: u64 = 32 << 20;
-/// How long a create waits for the stream's peers to serve it.
-const CREATE_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a create waits for the stream's peers to serve it (well within the API's own
+/// patience, `requests::API_PATIENCE`, which counts from the request).
+const CREATE_PATIENCE: Duration = Duration::from_millis(2500);
 
 /// A stream's placement, as the meta group holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +124,8 @@ fn api_subjects(name: &str) -> Vec<String> {
     v
 }
 
-/// The subjects only a stream's leader answers: its consumers' API and acks.
+/// The subjects only a stream's leader answers: its consumers' API, acks and push
+/// consumers' flow control answers.
 fn leader_subjects(name: &str) -> Vec<String> {
     let mut v = Vec::new();
     for verb in ["CREATE", "INFO", "DELETE", "NAMES", "LIST"] {
@@ -133,6 +135,7 @@ fn leader_subjects(name: &str) -> Vec<String> {
     v.push(format!("$JS.API.CONSUMER.DURABLE.CREATE.{name}.>"));
     v.push(format!("$JS.API.CONSUMER.MSG.NEXT.{name}.>"));
     v.push(format!("$JS.ACK.{name}.>"));
+    v.push(format!("$JS.FC.{name}.>"));
     v
 }
 

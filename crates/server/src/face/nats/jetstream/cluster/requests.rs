@@ -100,9 +100,12 @@ impl Cluster {
             payload.clone(),
         );
         tokio::spawn(async move {
-            let answer = me
-                .stream_request(&hub2, &verb, &name, local, &payload)
-                .await;
+            let answer = patiently(
+                writes(&verb),
+                API_PATIENCE,
+                me.stream_request(&hub2, &verb, &name, local, &payload),
+            )
+            .await;
             if let Err(e) = &answer {
                 tracing::debug!(stream = %name, verb, error = %e, "JetStream API error");
             }
@@ -149,10 +152,11 @@ impl Cluster {
                 }
                 let (hub, reply) = (hub.clone(), reply.map(str::to_string));
                 tokio::spawn(async move {
-                    let answer = match flush(&handle).await {
-                        Ok(()) => answer,
-                        Err(e) => Err(e),
-                    };
+                    let answer = patiently(true, API_PATIENCE, async {
+                        flush(&handle).await?;
+                        answer
+                    })
+                    .await;
                     answer_to(&hub, reply.as_deref(), kind, answer);
                 });
                 true
@@ -532,6 +536,39 @@ fn no_overlap(
     Ok(())
 }
 
+/// How long a `$JS.API` request may wait on the groups (a read index, a proposal, a new
+/// stream's peers) before it is answered with a 503: under the clients' 5 s default, so a
+/// client hears why instead of timing out, and no answer comes after the client has given
+/// up (the reply inbox may be serving its next request by then).
+pub(super) const API_PATIENCE: Duration = Duration::from_secs(4);
+
+/// The verbs that change a stream: a request of theirs that runs out of patience may still
+/// apply.
+fn writes(verb: &str) -> bool {
+    matches!(
+        verb,
+        "CREATE" | "UPDATE" | "DELETE" | "PURGE" | "MSG.DELETE"
+    )
+}
+
+/// `answer`, or a 503 once `patience` has passed (saying that the change may still apply,
+/// for a `write`).
+async fn patiently(
+    write: bool,
+    patience: Duration,
+    answer: impl std::future::Future<Output = Result<Value, ApiError>>,
+) -> Result<Value, ApiError> {
+    match tokio::time::timeout(patience, answer).await {
+        Ok(a) => a,
+        Err(_) if write => Err(unavailable(
+            "the request timed out waiting for the stream's group; the change may still apply",
+        )),
+        Err(_) => Err(unavailable(
+            "the request timed out waiting for the stream's group",
+        )),
+    }
+}
+
 fn answer_to(hub: &Hub, reply: Option<&str>, kind: &str, answer: Result<Value, ApiError>) {
     hub.js
         .api_total
@@ -556,7 +593,12 @@ async fn direct_get(hub: &Hub, local: &Local, rest: &str, reply: Option<&str>, p
         return;
     }
     let Some(reply) = reply else { return };
-    if read_barrier(local).await.is_err() {
+    // No answer when the stream cannot be read in time, as a member that does not serve
+    // it: the client's own timeout tells it.
+    if !matches!(
+        tokio::time::timeout(API_PATIENCE, read_barrier(local)).await,
+        Ok(Ok(_))
+    ) {
         return;
     }
     let request = match last_of {
@@ -582,4 +624,30 @@ async fn direct_get(hub: &Hub, local: &Local, rest: &str, reply: Option<&str>, p
             .unwrap_or_else(|| Err(not_found()))
     });
     api::direct_answer(hub, reply, name, found);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_that_waits_too_long_is_answered_with_a_503() {
+        let quick = Duration::from_millis(20);
+        let stuck = || std::future::pending::<Result<Value, ApiError>>();
+        let write = patiently(true, quick, stuck())
+            .await
+            .expect_err("timed out");
+        let read = patiently(false, quick, stuck())
+            .await
+            .expect_err("timed out");
+        let shown = |e: ApiError| api::response("stream_info", Err(e));
+        let (write, read) = (shown(write), shown(read));
+        assert_eq!(write["error"]["code"], 503, "{write}");
+        assert_eq!(write["error"]["err_code"], 10008, "{write}");
+        assert!(write.to_string().contains("may still apply"), "{write}");
+        assert!(!read.to_string().contains("may still apply"), "{read}");
+        let answered = patiently(true, quick, async { Ok(json!({"ok": 1})) }).await;
+        assert_eq!(answered.expect("in time"), json!({"ok": 1}));
+        assert!(writes("PURGE") && writes("MSG.DELETE") && !writes("INFO"));
+    }
 }
