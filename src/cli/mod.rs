@@ -16,6 +16,8 @@
 //!   key-value bucket API.
 //! - [`gateway`]: `route`, `upstream`, `ssl`, `api-service` and `api-consumer` over APISIX's
 //!   Admin API.
+//! - [`role`]: `role show|grant|revoke`, roles' permissions in every keyspace, over berth's
+//!   API.
 //!
 //! Each command file owns its clap arguments, an `async fn run(&mut Ctx, ..)` and the
 //! [`Render`](output::Render) impls of what it prints; adding a command touches that file, its
@@ -37,6 +39,7 @@ pub mod member;
 pub mod messaging;
 pub mod output;
 pub mod registry;
+pub mod role;
 pub mod snapshot;
 
 use std::time::Duration;
@@ -204,6 +207,10 @@ pub enum Command {
     /// Gateway consumer groups: plugins consumers take by group_id (APISIX's Admin API).
     #[command(subcommand, name = "consumer-group")]
     ConsumerGroup(gateway::PluginSetCommand),
+    /// Roles' permissions in every keyspace: show, grant, revoke (berth's API at
+    /// --http-addr; etcdctl's role commands grant the user keyspace only).
+    #[command(subcommand)]
+    Role(role::RoleCommand),
     /// Publish a NATS message (at --nats-url).
     Pub(messaging::PubArgs),
     /// Subscribe to a NATS subject and print what arrives (at --nats-url).
@@ -305,6 +312,7 @@ async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
         Command::PluginConfig(c) => gateway::plugin_set(ctx, "plugin_configs", c).await,
         Command::GlobalRule(c) => gateway::plugin_set(ctx, "global_rules", c).await,
         Command::ConsumerGroup(c) => gateway::plugin_set(ctx, "consumer_groups", c).await,
+        Command::Role(c) => role::run(ctx, c).await,
         Command::Pub(a) => messaging::publish(ctx, a).await,
         Command::Sub(a) => messaging::subscribe(ctx, a).await,
         Command::Req(a) => messaging::request(ctx, a).await,

@@ -470,7 +470,7 @@ async fn with_auth_on_clients_log_in_as_berth_users() {
     let mut etcd = srv.client().await;
     crate::auth::setup(&mut etcd).await;
     let addr = srv.nats_addr.clone();
-    tokio::task::spawn_blocking(move || {
+    let c = tokio::task::spawn_blocking(move || {
         let (mut c, info) = Raw::connect(&addr);
         assert_eq!(info["auth_required"], true, "{info}");
         c.send("CONNECT {\"user\":\"alice\",\"pass\":\"wrong\"}\r\n");
@@ -491,10 +491,216 @@ async fn with_auth_on_clients_log_in_as_berth_users() {
         let (mut c, _) = Raw::connect(&addr);
         c.send("CONNECT {\"user\":\"alice\",\"pass\":\"apw\",\"verbose\":true}\r\n");
         assert_eq!(c.line(), "+OK\r\n");
+        // alice's role grants no subjects yet: refused, as nats-server refuses, and the
+        // connection stays.
+        c.send("SUB foo 1\r\nPUB foo 2\r\nhi\r\n");
+        assert_eq!(
+            c.sync(),
+            [
+                "-ERR 'Permissions Violation for Subscription to \"foo\"'\r\n",
+                "-ERR 'Permissions Violation for Publish to \"foo\"'\r\n",
+            ]
+        );
+        c
+    })
+    .await
+    .expect("raw client");
+    // Subjects are keys of the messaging keyspace: root grants them through berth's API.
+    let token = |user: &str, pw: &str| {
+        let (user, pw) = (user.to_string(), pw.to_string());
+        let endpoint = srv.endpoint();
+        async move {
+            let c = etcd_client::Client::connect([endpoint], None)
+                .await
+                .expect("connect");
+            c.auth_client()
+                .authenticate(user, pw)
+                .await
+                .expect("token")
+                .token()
+                .to_string()
+        }
+    };
+    let (root, alice) = (token("root", "rootpw").await, token("alice", "apw").await);
+    let http = srv.http_addr.clone();
+    let call = move |method: &'static str, token: &str, path: &str, body: serde_json::Value| {
+        let bearer = format!("Bearer {token}");
+        crate::harness::http_request(
+            method,
+            &http,
+            &format!("/api/v1/auth/roles/{path}"),
+            &body.to_string(),
+            &[("Authorization", bearer.as_str())],
+        )
+        .0
+         .0
+    };
+    let api = |method: &'static str, token: String, path: &'static str, body: serde_json::Value| {
+        let call = call.clone();
+        async move {
+            tokio::task::spawn_blocking(move || call(method, &token, path, body))
+                .await
+                .expect("api call")
+        }
+    };
+    let grant = |keyspace: &str, permission: &str, key: &str, prefix: bool| serde_json::json!({"keyspace": keyspace, "permission": permission, "key": key, "prefix": prefix});
+    assert_eq!(
+        api(
+            "POST",
+            alice.clone(),
+            "app/permissions",
+            grant("messaging", "readwrite", "foo", false)
+        )
+        .await,
+        403,
+        "only root grants"
+    );
+    for bad in [
+        grant("auth", "read", "x", false),
+        grant("nowhere", "read", "x", false),
+        serde_json::json!({"keyspace": "messaging", "key": "x"}),
+        serde_json::json!({"keyspace": "messaging", "permission": "all", "key": "x"}),
+    ] {
+        assert_eq!(
+            api("POST", root.clone(), "app/permissions", bad.clone()).await,
+            400,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        api(
+            "POST",
+            root.clone(),
+            "nobody/permissions",
+            grant("messaging", "read", "x", false)
+        )
+        .await,
+        404
+    );
+    for g in [
+        grant("messaging", "readwrite", "foo", false),
+        grant("messaging", "read", "orders.", true),
+    ] {
+        assert_eq!(api("POST", root.clone(), "app/permissions", g).await, 200);
+    }
+    let c = tokio::task::spawn_blocking(move || {
+        let mut c = c;
         c.send("SUB foo 1\r\nPUB foo 2\r\nhi\r\n");
         assert_eq!(
             c.sync(),
             ["+OK\r\n", "+OK\r\n", "MSG foo 1 2\r\n", "hi\r\n"]
+        );
+        // A prefix grant covers the filters inside it, not those reaching past it.
+        c.send(
+            "SUB orders.> 2\r\nSUB orders.*.eu 3\r\nSUB > 4\r\nSUB *.eu q 5\r\nSUB ordersx 6\r\n",
+        );
+        assert_eq!(
+            c.sync(),
+            [
+                "+OK\r\n",
+                "+OK\r\n",
+                "-ERR 'Permissions Violation for Subscription to \">\"'\r\n",
+                "-ERR 'Permissions Violation for Subscription to \"*.eu\" using queue \"q\"'\r\n",
+                "-ERR 'Permissions Violation for Subscription to \"ordersx\"'\r\n",
+            ]
+        );
+        // Read is not write.
+        c.send("PUB orders.1 2\r\nhi\r\n");
+        assert_eq!(
+            c.sync(),
+            ["-ERR 'Permissions Violation for Publish to \"orders.1\"'\r\n"]
+        );
+        c
+    })
+    .await
+    .expect("raw client");
+    let (code, shown) = {
+        let (http, alice) = (srv.http_addr.clone(), alice.clone());
+        tokio::task::spawn_blocking(move || {
+            let bearer = format!("Bearer {alice}");
+            crate::harness::http_request(
+                "GET",
+                &http,
+                "/api/v1/auth/roles/app",
+                "",
+                &[("Authorization", bearer.as_str())],
+            )
+            .0
+        })
+        .await
+        .expect("show")
+    };
+    assert_eq!(code, 200, "{shown}");
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    let perms = shown["permissions"].as_array().cloned().unwrap_or_default();
+    assert!(
+        perms.iter().any(|p| p["keyspace"] == "messaging"
+            && p["key"] == "orders."
+            && p["range_end"] == "orders/"
+            && p["permission"] == "read"),
+        "{shown}"
+    );
+    assert!(
+        perms
+            .iter()
+            .any(|p| p["keyspace"] == "user" && p["key"] == "app/"),
+        "{shown}"
+    );
+    // The same through the CLI: root grants a prefix to write, alice may not.
+    let http = format!("http://{}", srv.http_addr);
+    let grant_cli = |token: &str| {
+        crate::consul_cli::cli(
+            &http,
+            &[
+                "--token",
+                token,
+                "role",
+                "grant",
+                "app",
+                "write",
+                "orders.",
+                "--prefix",
+                "--keyspace",
+                "messaging",
+            ],
+        )
+    };
+    assert!(!grant_cli(&alice).0, "alice is not root");
+    let (done, out, err) = grant_cli(&root);
+    assert!(done, "{out}{err}");
+    assert!(out.contains("Role app updated"), "{out}");
+    let shown = crate::consul_cli::ok(
+        &http,
+        &["--token", &root, "role", "show", "app", "-w", "table"],
+    );
+    assert!(
+        shown.contains("messaging") && shown.contains("readwrite") && shown.contains("orders/"),
+        "{shown}"
+    );
+    let c = tokio::task::spawn_blocking(move || {
+        let mut c = c;
+        c.send("PUB orders.1 2\r\nhi\r\n");
+        assert_eq!(c.sync(), ["+OK\r\n", "MSG orders.1 2 2\r\n", "hi\r\n"]);
+        c
+    })
+    .await
+    .expect("raw client");
+    // A revoke holds for the very next publish.
+    let revoke = serde_json::json!({"keyspace": "messaging", "key": "foo"});
+    assert_eq!(
+        api("DELETE", root.clone(), "app/permissions", revoke.clone()).await,
+        200
+    );
+    assert_eq!(
+        api("DELETE", root.clone(), "app/permissions", revoke).await,
+        404
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut c = c;
+        c.send("PUB foo 2\r\nhi\r\n");
+        assert_eq!(
+            c.sync(),
+            ["-ERR 'Permissions Violation for Publish to \"foo\"'\r\n"]
         );
     })
     .await

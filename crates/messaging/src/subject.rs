@@ -45,6 +45,30 @@ pub fn check_literal(subject: &str) -> Result<(), SubjectError> {
     Ok(())
 }
 
+/// The keys (etcd's range conventions: `range_end` empty for one key, `"\0"` for every key
+/// from `key` on) that the subjects `filter` matches fall in, for permission checks on
+/// subjects as keys: a literal subject is its own key; a filter with wildcards covers every
+/// subject that starts with its tokens before the first wildcard (`orders.*.x` and
+/// `orders.>` both ask for the prefix `orders.`), and every subject when it starts with one.
+pub fn key_range(filter: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut prefix = String::new();
+    for t in filter.split('.') {
+        if t == ONE || t == REST {
+            if prefix.is_empty() {
+                return (Vec::new(), vec![0]);
+            }
+            // The prefix ends in '.', so the next key past it ends in '/'.
+            let mut end = prefix.clone().into_bytes();
+            end.pop();
+            end.push(b'.' + 1);
+            return (prefix.into_bytes(), end);
+        }
+        prefix.push_str(t);
+        prefix.push('.');
+    }
+    (filter.as_bytes().to_vec(), Vec::new())
+}
+
 /// Checks a queue group's name.
 pub fn check_queue(queue: &str) -> Result<(), SubjectError> {
     if token_ok(queue) {
@@ -101,6 +125,34 @@ pub fn contains(outer: &str, inner: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn filters_map_to_the_key_range_their_subjects_fall_in() {
+        let r = |f: &str| {
+            let (k, e) = key_range(f);
+            (
+                String::from_utf8(k).unwrap_or_default(),
+                String::from_utf8(e).unwrap_or_default(),
+            )
+        };
+        assert_eq!(r("orders.new"), ("orders.new".into(), String::new()));
+        assert_eq!(r("orders.>"), ("orders.".into(), "orders/".into()));
+        assert_eq!(r("orders.*.eu"), ("orders.".into(), "orders/".into()));
+        assert_eq!(r("a.b.*"), ("a.b.".into(), "a.b/".into()));
+        assert_eq!(r(">"), (String::new(), "\0".into()));
+        assert_eq!(r("*.x"), (String::new(), "\0".into()));
+        // Every subject a filter matches lies in its range.
+        for (f, s) in [
+            ("orders.>", "orders.x.y"),
+            ("orders.*.eu", "orders.1.eu"),
+            ("*.x", "a.x"),
+        ] {
+            assert!(matches(f, s));
+            let (k, e) = key_range(f);
+            assert!(s.as_bytes() >= k.as_slice() && (e == [0] || s.as_bytes() < e.as_slice()));
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{principal, ApiError};
+use super::{parse, principal, ApiError};
 use crate::auth::Principal;
 use crate::config_center::{Conflicts, Publish, Writer};
 use crate::core::Core;
@@ -192,10 +192,6 @@ async fn delete_namespace(
         .delete_namespace(&core, &ns, Some(p.guard()))
         .await?;
     Ok(Json(json!({ "deleted": deleted })).into_response())
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }
 
 #[derive(Deserialize)]

@@ -9,7 +9,9 @@
 //!   (so one `--token` works for the CLI's registry and config commands alike).
 //!
 //! - `config`: `/api/v1/config/...`.
+//! - `auth`: `/api/v1/auth/roles/...`, roles' permissions in every keyspace a face checks.
 
+mod auth;
 mod config;
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::core::Core;
 pub fn routes(core: Arc<Core>) -> Router {
     Router::new()
         .nest("/api/v1/config", config::routes())
+        .nest("/api/v1/auth", auth::routes())
         .layer(axum::middleware::from_fn(observe))
         .with_state(core)
 }
@@ -132,6 +135,11 @@ impl From<AuthFailure> for ApiError {
             AuthFailure::Write(w) => write_error(&w),
         }
     }
+}
+
+/// A JSON request body as `T`.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }
 
 /// Who the request acts as.

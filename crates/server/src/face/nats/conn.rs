@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_auth::Access;
 use berth_messaging::subject;
+use berth_store::Keyspace;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -48,9 +50,22 @@ struct Session {
     pedantic: bool,
     connected: bool,
     auth: bool,
+    /// The berth user the client logged in as (with auth on).
+    user: Option<String>,
 }
 
 impl Session {
+    /// Whether the client's user may `access` the subjects from `key` to `range_end` (keys
+    /// of the messaging keyspace, etcd's range conventions): always with auth off; else by
+    /// the user's grants as they are now (a revoke holds for the next operation).
+    fn may(&self, access: Access, key: &[u8], range_end: &[u8]) -> bool {
+        let Some(user) = &self.user else {
+            return true;
+        };
+        let view = self.hub.core.auth.view();
+        !view.enabled || view.allows(user, Keyspace::Messaging.id(), access, key, range_end)
+    }
+
     fn reply(&self, line: &'static [u8]) {
         self.client.send(&self.hub, Bytes::from_static(line));
     }
@@ -90,7 +105,10 @@ impl Session {
                 }
                 // The server's own request and reply subjects are not for clients (as
                 // nats-server keeps `$SYS` to itself).
-                if super::reserved(&subject) || reply.as_deref().is_some_and(super::reserved) {
+                if super::reserved(&subject)
+                    || reply.as_deref().is_some_and(super::reserved)
+                    || !self.may(Access::Write, subject.as_bytes(), b"")
+                {
                     self.err(&format!(
                         "Permissions Violation for Publish to \"{subject}\""
                     ));
@@ -123,6 +141,16 @@ impl Session {
                         .is_none_or(|q| subject::check_queue(q).is_ok());
                 if !valid {
                     self.err("Invalid Subject");
+                    return Flow::Go;
+                }
+                let (key, end) = subject::key_range(&filter);
+                if !self.may(Access::Read, &key, &end) {
+                    self.err(&match &queue {
+                        None => format!("Permissions Violation for Subscription to \"{filter}\""),
+                        Some(q) => format!(
+                            "Permissions Violation for Subscription to \"{filter}\" using queue \"{q}\""
+                        ),
+                    });
                     return Flow::Go;
                 }
                 let (held, taken) = {
@@ -174,18 +202,25 @@ impl Session {
         }
         if self.auth {
             let core = &self.hub.core;
-            let ok = match (&c.user, &c.pass, &c.auth_token) {
-                (Some(user), Some(pass), _) => core.auth.authenticate(user, pass).await.is_ok(),
+            let user = match (&c.user, &c.pass, &c.auth_token) {
+                (Some(user), Some(pass), _) => core
+                    .auth
+                    .authenticate(user, pass)
+                    .await
+                    .ok()
+                    .map(|_| user.clone()),
                 (_, _, Some(token)) => core
                     .auth
                     .principal(&crate::auth::Credential {
                         token: Some(token.clone()),
                         cert_cn: None,
                     })
-                    .is_ok_and(|p| p.user().is_some()),
-                _ => false,
+                    .ok()
+                    .and_then(|p| p.user().map(str::to_string)),
+                _ => None,
             };
-            if !ok {
+            self.user = user;
+            if self.user.is_none() {
                 tracing::info!(client = self.client.id, user = ?c.user, "NATS authorization violation");
                 return Flow::Close(Some("Authorization Violation"));
             }
@@ -433,6 +468,7 @@ pub(super) async fn run<C>(
         pedantic: false,
         connected: false,
         auth,
+        user: None,
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let period = hub.limits.ping_interval;
