@@ -194,6 +194,82 @@ fn streams_are_placed_and_reached_through_any_member() {
     assert_eq!(gone["error"]["code"], 404, "{gone}");
 }
 
+/// A stream's replica count changes with an update (as `nats stream edit --replicas`): R1
+/// to R3 brings two empty peers into its group, which catch up (the first peer can then
+/// be killed and nothing is lost); R3 to R1 lets two go, and their replicas stop.
+#[test]
+fn a_streams_replicas_change_with_an_update() {
+    let (mut cluster, addrs, _) = cluster_with_stream("G", r#"{"subjects":["g.>"]}"#);
+    let ids: Vec<u64> = (0..50).collect();
+    assert_eq!(publish_ids(&addrs[0], "g.x", &ids).len(), 50);
+    let info = info_with_leader(&addrs[1], "G");
+    let first = member_index(&info["cluster"]["leader"]);
+    let via = (first + 1) % 3;
+    let up = api(
+        &addrs[via],
+        "$JS.API.STREAM.UPDATE.G",
+        r#"{"name":"G","subjects":["g.>"],"num_replicas":3}"#,
+    );
+    assert!(up.get("error").is_none(), "{up}");
+    assert_eq!(up["config"]["num_replicas"], 3, "{up}");
+    let info = info_with_leader(&addrs[via], "G");
+    assert_eq!(
+        info["cluster"]["replicas"].as_array().map(Vec::len),
+        Some(2),
+        "{info}"
+    );
+    // The first peer goes: the two that joined hold every message and take more.
+    cluster.members[first].kill9();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let info = loop {
+        let info = api(&addrs[via], "$JS.API.STREAM.INFO.G", "");
+        let led_by_other = info["cluster"]["leader"]
+            .as_str()
+            .is_some_and(|l| l != format!("m{first}"));
+        if led_by_other && info["state"]["messages"] == 50 {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the joined peers never served: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(info["state"]["last_seq"], 50, "{info}");
+    let more: Vec<u64> = (50..60).collect();
+    assert_eq!(publish_ids(&addrs[via], "g.x", &more).len(), 10);
+    cluster.members[first].restart();
+    routes_up(&cluster.members);
+    // Back to one replica: two peers leave the group, the leader stays.
+    let down = api(
+        &addrs[via],
+        "$JS.API.STREAM.UPDATE.G",
+        r#"{"name":"G","subjects":["g.>"],"num_replicas":1}"#,
+    );
+    assert!(down.get("error").is_none(), "{down}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = info_with_leader(&addrs[first], "G");
+        if info["cluster"]["replicas"] == serde_json::json!([]) && info["state"]["messages"] == 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never back to one replica: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let last: Vec<u64> = (60..65).collect();
+    assert_eq!(publish_ids(&addrs[first], "g.x", &last).len(), 5);
+    // Asking for more replicas than members is refused, and changes nothing.
+    let five = api(
+        &addrs[0],
+        "$JS.API.STREAM.UPDATE.G",
+        r#"{"name":"G","subjects":["g.>"],"num_replicas":5}"#,
+    );
+    assert_eq!(five["error"]["err_code"], 10074, "{five}");
+}
+
 /// kill -9 the leader of an R3 stream while a client publishes through another member:
 /// every acknowledged publish is stored under the sequence it was given, the sequences have
 /// no gap, and publishes retried with their `Nats-Msg-Id` are stored once. The killed member

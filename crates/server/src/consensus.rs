@@ -219,13 +219,15 @@ impl Consensus {
     /// Starts this member's replica of another Raft group (a replicated stream), its log and
     /// snapshots under `dir`, applying to `state`, and serves it on the peer port. Every
     /// member of `members` bootstraps the group with the same list (the first election
-    /// wins); a replica that ran before resumes.
+    /// wins); without `bootstrap` a new replica waits for the group's leader to add it (a
+    /// replica joining a formed group); a replica that ran before resumes.
     pub async fn start_group(
         &self,
         group: GroupId,
         dir: &std::path::Path,
         state: Arc<dyn berth_consensus::GroupState>,
         members: BTreeMap<u64, Member>,
+        bootstrap: bool,
     ) -> anyhow::Result<Arc<Replica>> {
         let rcfg = ReplicaConfig {
             group,
@@ -233,7 +235,7 @@ impl Consensus {
             keep_behind_snapshot: GROUP_KEEP_BEHIND,
             ..self.rcfg.clone()
         };
-        let replica = Replica::start(self.id(), members, true, dir, state, &rcfg, None)
+        let replica = Replica::start(self.id(), members, bootstrap, dir, state, &rcfg, None)
             .await
             .map_err(|e| anyhow::anyhow!("starting group {}: {e}", rcfg.group))?;
         let replica = Arc::new(replica);

@@ -102,6 +102,10 @@ pub(crate) struct Assignment {
     group: String,
     /// Member IDs of its replicas.
     peers: Vec<u64>,
+    /// The peers that joined after the group was formed (a replica count raised): they
+    /// start empty and wait for the group's leader, instead of forming the group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    joined: Vec<u64>,
 }
 
 fn key(name: &str) -> Vec<u8> {
@@ -402,35 +406,20 @@ impl Cluster {
         })
         .await??;
         let group = Arc::new(group);
-        // Every peer bootstraps the group with the same members, byte for byte: IDs and
-        // peer URLs from the meta group's membership.
-        let known: BTreeMap<u64, Vec<String>> = hub
-            .core
-            .consensus
-            .members()
-            .into_iter()
-            .map(|m| (m.id, m.member.peer_urls))
-            .collect();
+        // Every first peer bootstraps the group with the same members, byte for byte: IDs
+        // and peer URLs from the meta group's membership. A peer that joined later waits
+        // for the leader to bring it in.
         let members: BTreeMap<u64, Member> = a
             .peers
             .iter()
-            .filter_map(|id| {
-                known.get(id).map(|urls| {
-                    (
-                        *id,
-                        Member {
-                            name: format!("{id:x}"),
-                            peer_urls: urls.clone(),
-                            client_urls: Vec::new(),
-                        },
-                    )
-                })
-            })
+            .filter(|id| !a.joined.contains(id))
+            .filter_map(|id| group_member(hub, *id).map(|m| (*id, m)))
             .collect();
+        let bootstrap = !a.joined.contains(&hub.core.consensus.id());
         let replica = hub
             .core
             .consensus
-            .start_group(group_id, &dir, group.clone(), members)
+            .start_group(group_id, &dir, group.clone(), members, bootstrap)
             .await?;
         let (queue, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
@@ -523,10 +512,27 @@ fn read_assignments(hub: &Hub) -> Result<BTreeMap<String, Assignment>, String> {
 
 /// Chooses `n` members for a new stream: those holding the fewest replicas, ties broken at
 /// random.
+/// Member `id` of a stream's group, as the meta group knows it.
+fn group_member(hub: &Hub, id: u64) -> Option<Member> {
+    hub.core
+        .consensus
+        .members()
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| Member {
+            name: format!("{id:x}"),
+            peer_urls: m.member.peer_urls,
+            client_urls: Vec::new(),
+        })
+}
+
+/// `n` members for a stream's replicas, the least loaded first, none of `besides` (its
+/// peers already).
 fn place(
     hub: &Hub,
     existing: &BTreeMap<String, Assignment>,
     n: usize,
+    besides: &[u64],
 ) -> Result<Vec<u64>, ApiError> {
     let members: Vec<u64> = hub
         .core
@@ -536,25 +542,27 @@ fn place(
         .filter(|m| !m.is_learner)
         .map(|m| m.id)
         .collect();
-    if !matches!(n, 1 | 3 | 5) && n > members.len() {
+    let n_all = n + besides.len();
+    if !matches!(n_all, 1 | 3 | 5) && n_all > members.len() {
         return Err(ApiError::new(
             500,
             10074,
             "insufficient resources: replicas exceed the cluster's members",
         ));
     }
-    if n > members.len() {
+    if n_all > members.len() {
         return Err(ApiError::new(
             500,
             10074,
             format!(
-                "insufficient resources: {n} replicas asked, the cluster has {} members",
+                "insufficient resources: {n_all} replicas asked, the cluster has {} members",
                 members.len()
             ),
         ));
     }
     let mut load: Vec<(usize, u32, u64)> = members
         .iter()
+        .filter(|m| !besides.contains(m))
         .map(|m| {
             let held = existing.values().filter(|a| a.peers.contains(m)).count();
             (held, rand::rng().random::<u32>(), *m)

@@ -347,13 +347,14 @@ impl Cluster {
         }
         no_overlap(&existing, name, &config)?;
         let replicas = usize::try_from(config.num_replicas.max(1)).unwrap_or(usize::MAX);
-        let peers = place(hub, &existing, replicas)?;
+        let peers = place(hub, &existing, replicas, &[])?;
         let a = Assignment {
             initial: config.clone(),
             config,
             created: now_ns(),
             group: format!("js-{:016x}", rand::rng().random::<u64>()),
             peers,
+            joined: Vec::new(),
         };
         let value = serde_json::to_vec(&a).map_err(|e| unavailable(&e))?;
         let k = key(name);
@@ -424,14 +425,15 @@ impl Cluster {
             return Err(not_found());
         };
         old.config.check_update(&config)?;
-        if config.num_replicas != old.config.num_replicas {
-            return Err(ApiError::new(
-                400,
-                10052,
-                "changing a stream's replicas is not supported yet",
-            ));
-        }
         no_overlap(&existing, name, &config)?;
+        let want = usize::try_from(config.num_replicas.max(1)).unwrap_or(usize::MAX);
+        let have = old.peers.len();
+        // New peers, placed before anything changes (a cluster too small refuses here).
+        let adding = if want > have {
+            place(hub, &existing, want - have, &old.peers)?
+        } else {
+            Vec::new()
+        };
         let json_config = serde_json::to_vec(&config).map_err(|e| unavailable(&e))?;
         // The stream applies its new limits at one point of its log, then the assignment
         // records the configuration.
@@ -447,20 +449,28 @@ impl Cluster {
             Outcome::Done => {}
             other => return Err(unexpected(&other)),
         }
-        let a = Assignment {
-            config,
-            ..old.clone()
+        // The rest runs on its own: a request that runs out of patience (a slow catch-up)
+        // does not leave a replica change half done.
+        let leader = if want < have {
+            Some(local.replica.leader().await.map_err(|e| unavailable(&e))?)
+        } else {
+            None
         };
-        let value = serde_json::to_vec(&a).map_err(|e| unavailable(&e))?;
-        change_assignments(
-            hub,
-            TxnRequest {
-                compare: Vec::new(),
-                success: vec![put_op(key(name), value, 0)],
-                failure: Vec::new(),
+        let change = change_replicas(
+            hub.clone(),
+            local.replica.clone(),
+            name.to_string(),
+            old.clone(),
+            Assignment {
+                config,
+                ..old.clone()
             },
-        )
-        .await?;
+            adding,
+            leader.map(|l| (l, have - want)),
+        );
+        let a = tokio::spawn(change)
+            .await
+            .map_err(|e| unavailable(format!("the update failed: {e}")))??;
         self.sync_view(hub).await;
         Ok(self.info_of(hub, name, &a, None))
     }
@@ -534,6 +544,64 @@ fn no_overlap(
         ));
     }
     Ok(())
+}
+
+/// Records stream `name`'s new assignment `a` (its configuration applied already) and
+/// changes its group's members to match: with `adding`, the assignment first (the new
+/// peers start empty) and then the group takes each in, as a learner that catches up and
+/// then a voter; with `removing` (the group's leader, and how many peers go), the group
+/// lets that many other peers go first (while they can still vote it through), and then
+/// the assignment stops their replicas.
+async fn change_replicas(
+    hub: Arc<Hub>,
+    replica: Arc<berth_consensus::Replica>,
+    name: String,
+    old: Assignment,
+    mut a: Assignment,
+    adding: Vec<u64>,
+    removing: Option<(u64, usize)>,
+) -> Result<Assignment, ApiError> {
+    let leaving: Vec<u64> = match removing {
+        Some((leader, n)) => old
+            .peers
+            .iter()
+            .copied()
+            .filter(|p| *p != leader)
+            .take(n)
+            .collect(),
+        None => Vec::new(),
+    };
+    for id in &leaving {
+        replica.remove_member(*id).await.map_err(|e| {
+            unavailable(format!(
+                "removing replica {id:x} from the stream's group: {e}"
+            ))
+        })?;
+        tracing::info!(stream = %name, member = %format!("{id:x}"), "JetStream: replica removed from the group");
+    }
+    a.peers.retain(|p| !leaving.contains(p));
+    a.joined.retain(|p| !leaving.contains(p));
+    a.peers.extend(&adding);
+    a.joined.extend(&adding);
+    let value = serde_json::to_vec(&a).map_err(|e| unavailable(&e))?;
+    change_assignments(
+        &hub,
+        TxnRequest {
+            compare: Vec::new(),
+            success: vec![put_op(key(&name), value, 0)],
+            failure: Vec::new(),
+        },
+    )
+    .await?;
+    for id in &adding {
+        let member = super::group_member(&hub, *id)
+            .ok_or_else(|| unavailable(format!("member {id:x} is not in the cluster")))?;
+        replica.add_member(*id, member, false).await.map_err(|e| {
+            unavailable(format!("adding replica {id:x} to the stream's group: {e}"))
+        })?;
+        tracing::info!(stream = %name, member = %format!("{id:x}"), "JetStream: replica added to the group");
+    }
+    Ok(a)
 }
 
 /// How long a `$JS.API` request may wait on the groups (a read index, a proposal, a new
