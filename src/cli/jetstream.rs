@@ -19,6 +19,9 @@ use super::Ctx;
 pub enum StreamCommand {
     /// Create a stream.
     Add(StreamAddArgs),
+    /// Change a stream's configuration: only the options given change (as `nats stream
+    /// edit`), `--replicas` included.
+    Edit(StreamEditArgs),
     /// List streams.
     Ls,
     /// Show a stream's configuration and state.
@@ -79,6 +82,40 @@ pub struct StreamAddArgs {
     /// Replicas.
     #[arg(long, default_value_t = 1)]
     pub replicas: i64,
+}
+
+/// Arguments of `stream edit`: each given option replaces the stream's own.
+#[derive(clap::Args, Debug)]
+pub struct StreamEditArgs {
+    /// The stream's name.
+    pub name: String,
+    /// Subjects it stores, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub subjects: Option<Vec<String>>,
+    /// Messages kept at most (-1: no limit).
+    #[arg(long)]
+    pub max_msgs: Option<i64>,
+    /// Bytes kept at most (-1: no limit).
+    #[arg(long)]
+    pub max_bytes: Option<i64>,
+    /// Oldest message age (e.g. `24h`; 0: no limit).
+    #[arg(long, value_parser = super::parse_duration)]
+    pub max_age: Option<Duration>,
+    /// Messages kept per subject (-1: no limit).
+    #[arg(long)]
+    pub max_msgs_per_subject: Option<i64>,
+    /// Largest message (-1: the server's limit).
+    #[arg(long)]
+    pub max_msg_size: Option<i64>,
+    /// What a full stream does: `old` or `new`.
+    #[arg(long, value_parser = ["old", "new"])]
+    pub discard: Option<String>,
+    /// The Nats-Msg-Id deduplication window.
+    #[arg(long, value_parser = super::parse_duration)]
+    pub dupe_window: Option<Duration>,
+    /// Replicas (1, 3 or 5; a cluster moves the stream's group to match).
+    #[arg(long)]
+    pub replicas: Option<i64>,
 }
 
 /// Arguments of `stream purge`.
@@ -407,6 +444,34 @@ pub async fn stream(ctx: &mut Ctx, cmd: StreamCommand) -> Result<()> {
                 config["allow_msg_schedules"] = json!(true);
             }
             let info = api(&client, format!("$JS.API.STREAM.CREATE.{}", a.name), config).await?;
+            ctx.out.print(&StreamInfo(info))
+        }
+        StreamCommand::Edit(a) => {
+            let info = api(
+                &client,
+                format!("$JS.API.STREAM.INFO.{}", a.name),
+                json!({}),
+            )
+            .await?;
+            let mut config = info["config"].clone();
+            let mut set = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    config[k] = v;
+                }
+            };
+            set("subjects", a.subjects.map(|s| json!(s)));
+            set("max_msgs", a.max_msgs.map(|v| json!(v)));
+            set("max_bytes", a.max_bytes.map(|v| json!(v)));
+            set("max_age", a.max_age.map(|d| json!(nanos(d))));
+            set(
+                "max_msgs_per_subject",
+                a.max_msgs_per_subject.map(|v| json!(v)),
+            );
+            set("max_msg_size", a.max_msg_size.map(|v| json!(v)));
+            set("discard", a.discard.map(|v| json!(v)));
+            set("duplicate_window", a.dupe_window.map(|d| json!(nanos(d))));
+            set("num_replicas", a.replicas.map(|v| json!(v)));
+            let info = api(&client, format!("$JS.API.STREAM.UPDATE.{}", a.name), config).await?;
             ctx.out.print(&StreamInfo(info))
         }
         StreamCommand::Ls => {

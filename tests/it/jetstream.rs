@@ -754,6 +754,30 @@ fn the_cli_manages_streams_and_consumers() {
         serde_json::from_str(&ok(&["stream", "info", "ORDERS", "-w", "json"])).expect("json");
     assert_eq!(info["state"]["messages"], 3, "{info}");
     assert_eq!(info["config"]["max_msgs"], 100);
+    // `edit` changes what it is given and keeps the rest.
+    let edited: serde_json::Value = serde_json::from_str(&ok(&[
+        "stream",
+        "edit",
+        "ORDERS",
+        "--max-msgs",
+        "50",
+        "--max-age",
+        "1h",
+        "-w",
+        "json",
+    ]))
+    .expect("json");
+    assert_eq!(edited["config"]["max_msgs"], 50, "{edited}");
+    assert_eq!(
+        edited["config"]["max_age"], 3_600_000_000_000u64,
+        "{edited}"
+    );
+    assert_eq!(
+        edited["config"]["subjects"],
+        serde_json::json!(["orders.>"])
+    );
+    let (done, _, err) = berth(&["stream", "edit", "ORDERS", "--replicas", "3"]);
+    assert!(!done && err.contains("non-clustered"), "{err}");
     let got = ok(&["stream", "get", "ORDERS", "--last-for", "orders.new"]);
     assert!(
         got.starts_with("Item: ORDERS#3 received ") && got.ends_with("\no 3\n"),

@@ -212,12 +212,23 @@ fn a_streams_replicas_change_with_an_update() {
     );
     assert!(up.get("error").is_none(), "{up}");
     assert_eq!(up["config"]["num_replicas"], 3, "{up}");
-    let info = info_with_leader(&addrs[via], "G");
-    assert_eq!(
-        info["cluster"]["replicas"].as_array().map(Vec::len),
-        Some(2),
-        "{info}"
-    );
+    // The two new peers join the group, catch up and vote.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = info_with_leader(&addrs[first], "G");
+        let replicas = info["cluster"]["replicas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if replicas.len() == 2 && replicas.iter().all(|r| r["current"] == true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new peers never voted: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The first peer goes: the two that joined hold every message and take more.
     cluster.members[first].kill9();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -248,19 +259,31 @@ fn a_streams_replicas_change_with_an_update() {
     );
     assert!(down.get("error").is_none(), "{down}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info = info_with_leader(&addrs[first], "G");
+    let stays = loop {
+        let info = info_with_leader(&addrs[via], "G");
         if info["cluster"]["replicas"] == serde_json::json!([]) && info["state"]["messages"] == 60 {
-            break;
+            break member_index(&info["cluster"]["leader"]);
         }
         assert!(
             Instant::now() < deadline,
             "never back to one replica: {info}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    };
+    // The group is that one member now: with the other two gone it still takes publishes.
+    for i in 0..3 {
+        if i != stays {
+            cluster.members[i].kill9();
+        }
     }
     let last: Vec<u64> = (60..65).collect();
-    assert_eq!(publish_ids(&addrs[first], "g.x", &last).len(), 5);
+    assert_eq!(publish_ids(&addrs[stays], "g.x", &last).len(), 5);
+    for i in 0..3 {
+        if i != stays {
+            cluster.members[i].restart();
+        }
+    }
+    routes_up(&cluster.members);
     // Asking for more replicas than members is refused, and changes nothing.
     let five = api(
         &addrs[0],

@@ -55,4 +55,4 @@ pub use replica::{
     StartError,
 };
 pub use runtime::seed_thread_rng;
-pub use types::Member;
+pub use types::{Change, Member};

@@ -17,6 +17,21 @@ impl Replica {
             .collect()
     }
 
+    /// At the leader, the last log index each other member is known to hold (none for a
+    /// member not heard from); empty on a follower.
+    pub fn matched(&self) -> std::collections::BTreeMap<u64, u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|(id, l)| l.as_ref().map(|l| (*id, l.index)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Runs a membership change at the leader (forwarded when this member follows).
     pub async fn change_membership(
         &self,

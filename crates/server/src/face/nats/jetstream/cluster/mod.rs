@@ -35,13 +35,18 @@
 //! ones' due times are kept beside the messages, so a replica that restarts fires them as
 //! the others do.
 //!
+//! Replica counts change with an update: the assignment names the new peers (or the ones
+//! let go), and the group's leader brings the group's membership in line with it
+//! (`membership`).
+//!
 //! Not yet: mirrors and sources, moving a stream's peers when a member leaves.
 //!
 //! # Layout
 //! - this file: assignments, following them (`run`, `reconcile`), placement, and handing
 //!   publishes to the local replica;
 //! - `requests`: the `$JS.API` requests and acks, by who may answer them;
-//! - `replica`: a local replica's proposer, its leader's work and consumers, proposing.
+//! - `replica`: a local replica's proposer, its leader's work and consumers, proposing;
+//! - `membership`: a group's members brought in line with its assignment.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -68,6 +73,7 @@ use crate::face::nats::Hub;
 use crate::registry::{delete_op, put_op};
 use crate::stream_group::StreamGroup;
 
+mod membership;
 mod replica;
 mod requests;
 
@@ -102,10 +108,15 @@ pub(crate) struct Assignment {
     group: String,
     /// Member IDs of its replicas.
     peers: Vec<u64>,
-    /// The peers that joined after the group was formed (a replica count raised): they
-    /// start empty and wait for the group's leader, instead of forming the group.
+    /// Peers that do not form the group when they start empty: after any replica change,
+    /// all of them (a new peer waits for the group's leader to take it in, and a peer that
+    /// lost its files does not form a group of its own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     joined: Vec<u64>,
+    /// Peers the stream lets go (fewer replicas): they serve until the group has removed
+    /// them (`membership::converge`), then the assignment forgets them and they stop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    leaving: Vec<u64>,
 }
 
 fn key(name: &str) -> Vec<u8> {
@@ -178,6 +189,8 @@ pub(crate) struct Local {
     /// Set once the group's Raft stopped on its own (a storage failure): the member stops
     /// announcing the stream, so its traffic goes to the other replicas.
     failed: std::sync::atomic::AtomicBool,
+    /// Set while a membership step of the group runs (`membership::converge`).
+    converging: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Local {
@@ -350,9 +363,10 @@ impl Cluster {
         let stale: Vec<(String, Arc<Local>)> = lock(&self.local)
             .iter()
             .filter(|(name, l)| {
-                assigned
-                    .get(*name)
-                    .is_none_or(|a| !a.peers.contains(&me) || a.group != l.assignment().group)
+                assigned.get(*name).is_none_or(|a| {
+                    (!a.peers.contains(&me) && !a.leaving.contains(&me))
+                        || a.group != l.assignment().group
+                })
             })
             .map(|(n, l)| (n.clone(), l.clone()))
             .collect();
@@ -384,7 +398,13 @@ impl Cluster {
             }
             match self.start_local(hub, &a).await {
                 Ok(l) => {
-                    l.announce(hub, interest_of(&a.config));
+                    if a.joined.contains(&me) {
+                        // It may be joining a formed group: it serves once it knows the
+                        // group's leader (which takes it in), not before.
+                        announce_when_led(hub, &l, interest_of(&a.config));
+                    } else {
+                        l.announce(hub, interest_of(&a.config));
+                    }
                     lock(&self.local).insert(name.clone(), l);
                     tracing::info!(stream = %name, group = %a.group, peers = a.peers.len(), "JetStream: replica started");
                 }
@@ -432,6 +452,7 @@ impl Cluster {
             led: Mutex::new(None),
             announced: Mutex::new(None),
             failed: Default::default(),
+            converging: Default::default(),
         });
         // A group whose Raft stops on its own (a storage failure) serves nothing more: its
         // traffic goes to the other replicas.
@@ -510,8 +531,21 @@ fn read_assignments(hub: &Hub) -> Result<BTreeMap<String, Assignment>, String> {
     Ok(out)
 }
 
-/// Chooses `n` members for a new stream: those holding the fewest replicas, ties broken at
-/// random.
+/// Announces `subjects` for `local` once its group has a leader (checked every 50 ms until
+/// the replica stops).
+fn announce_when_led(hub: &Arc<Hub>, local: &Arc<Local>, subjects: Vec<String>) {
+    let (hub, local) = (hub.clone(), local.clone());
+    tokio::spawn(async move {
+        while !*local.stop.borrow() {
+            if local.replica.status().leader.is_some() {
+                local.announce(&hub, subjects);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
 /// Member `id` of a stream's group, as the meta group knows it.
 fn group_member(hub: &Hub, id: u64) -> Option<Member> {
     hub.core
@@ -526,8 +560,8 @@ fn group_member(hub: &Hub, id: u64) -> Option<Member> {
         })
 }
 
-/// `n` members for a stream's replicas, the least loaded first, none of `besides` (its
-/// peers already).
+/// Chooses `n` members for a stream's replicas: those holding the fewest replicas, ties
+/// broken at random, none of `besides` (its peers already).
 fn place(
     hub: &Hub,
     existing: &BTreeMap<String, Assignment>,

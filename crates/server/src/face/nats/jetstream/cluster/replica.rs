@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Timed-work ticks between two membership steps of a group's leader (`membership`).
+const CONVERGE_TICKS: u64 = 3;
+
 /// The most messages one drop of leftovers names (a command stays far below the log's
 /// entry limit).
 const RETIRE_CHUNK: usize = 16_384;
@@ -112,6 +115,7 @@ pub(super) async fn propose_publishes(
 /// Follows the group's leadership: while this member leads, it runs the stream's consumers
 /// and expires messages past max_age and fires due schedules, with its clock.
 pub(super) async fn timed_work(hub: Arc<Hub>, local: Arc<Local>, mut stop: watch::Receiver<bool>) {
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TIMED_WORK_EVERY) => {}
@@ -130,6 +134,22 @@ pub(super) async fn timed_work(hub: Arc<Hub>, local: Arc<Local>, mut stop: watch
         }
         if !running {
             take_lead(&hub, &local).await;
+        }
+        ticks += 1;
+        // The group's members brought in line with the assignment, a step at a time, beside
+        // the timed work (a step may wait on a slow member).
+        if ticks.is_multiple_of(CONVERGE_TICKS)
+            && !local
+                .converging
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let (hub, local) = (hub.clone(), local.clone());
+            tokio::spawn(async move {
+                super::membership::converge(&hub, &local).await;
+                local
+                    .converging
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
         }
         let now = now_ns();
         let due = local.group.read(|s| {

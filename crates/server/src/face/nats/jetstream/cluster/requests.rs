@@ -303,7 +303,16 @@ impl Cluster {
                 })
             })
             .unwrap_or_default();
-        let leader = local.and_then(|l| l.replica.status().leader);
+        let leader = local.as_ref().and_then(|l| l.replica.status().leader);
+        // A peer is current once it votes in the group (a new one is not until caught up).
+        let voters: Option<Vec<u64>> = local.as_ref().map(|l| {
+            l.replica
+                .members()
+                .into_iter()
+                .filter(|m| !m.is_learner)
+                .map(|m| m.id)
+                .collect()
+        });
         // Members by name, as nats-server names its servers.
         let names: HashMap<u64, String> = hub
             .core
@@ -313,11 +322,16 @@ impl Cluster {
             .map(|m| (m.id, m.member.name))
             .collect();
         let name_of = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("{id:x}"));
+        // Peers being let go are replicas until the group has removed them.
         let replicas: Vec<Value> = a
             .peers
             .iter()
+            .chain(&a.leaving)
             .filter(|p| Some(**p) != leader)
-            .map(|p| json!({"name": name_of(*p), "current": true}))
+            .map(|p| {
+                let current = voters.as_ref().is_none_or(|v| v.contains(p));
+                json!({"name": name_of(*p), "current": current})
+            })
             .collect();
         json!({
             "config": a.config,
@@ -355,6 +369,7 @@ impl Cluster {
             group: format!("js-{:016x}", rand::rng().random::<u64>()),
             peers,
             joined: Vec::new(),
+            leaving: Vec::new(),
         };
         let value = serde_json::to_vec(&a).map_err(|e| unavailable(&e))?;
         let k = key(name);
@@ -421,22 +436,50 @@ impl Cluster {
     ) -> Result<Value, ApiError> {
         let config = config_of(name, payload)?;
         let existing = current_assignments(hub).await?;
-        let Some(old) = existing.get(name) else {
+        let Some((old, rev)) = assignment_at(hub, name).await? else {
             return Err(not_found());
         };
         old.config.check_update(&config)?;
         no_overlap(&existing, name, &config)?;
         let want = usize::try_from(config.num_replicas.max(1)).unwrap_or(usize::MAX);
         let have = old.peers.len();
-        // New peers, placed before anything changes (a cluster too small refuses here).
-        let adding = if want > have {
-            place(hub, &existing, want - have, &old.peers)?
-        } else {
-            Vec::new()
+        if want != have && !old.leaving.is_empty() {
+            return Err(ApiError::new(
+                503,
+                10008,
+                "JetStream system temporarily unavailable: the stream's last replica change is still under way",
+            ));
+        }
+        // The assignment names the peers; the group's leader brings its members in line
+        // (`membership::converge`): new peers (placed here; a cluster too small refuses)
+        // join as learners and vote once caught up, and peers other than the leader are let
+        // go only when every remaining peer votes.
+        let mut a = Assignment {
+            config: config.clone(),
+            ..old.clone()
         };
+        if want > have {
+            a.peers
+                .extend(place(hub, &existing, want - have, &old.peers)?);
+        } else if want < have {
+            let leader = local.replica.leader().await.map_err(|e| unavailable(&e))?;
+            let (stay, go): (Vec<u64>, Vec<u64>) = {
+                let mut others: Vec<u64> =
+                    old.peers.iter().copied().filter(|p| *p != leader).collect();
+                let go = others.split_off(want.saturating_sub(1).min(others.len()));
+                let mut stay = vec![leader];
+                stay.extend(others);
+                (stay, go)
+            };
+            a.peers = stay;
+            a.leaving = go;
+        }
+        if want != have {
+            a.joined = a.peers.clone();
+        }
         let json_config = serde_json::to_vec(&config).map_err(|e| unavailable(&e))?;
         // The stream applies its new limits at one point of its log, then the assignment
-        // records the configuration.
+        // records the configuration (only if no other change came between).
         match propose(
             local,
             &Command::Configure {
@@ -449,28 +492,14 @@ impl Cluster {
             Outcome::Done => {}
             other => return Err(unexpected(&other)),
         }
-        // The rest runs on its own: a request that runs out of patience (a slow catch-up)
-        // does not leave a replica change half done.
-        let leader = if want < have {
-            Some(local.replica.leader().await.map_err(|e| unavailable(&e))?)
-        } else {
-            None
-        };
-        let change = change_replicas(
-            hub.clone(),
-            local.replica.clone(),
-            name.to_string(),
-            old.clone(),
-            Assignment {
-                config,
-                ..old.clone()
-            },
-            adding,
-            leader.map(|l| (l, have - want)),
-        );
-        let a = tokio::spawn(change)
-            .await
-            .map_err(|e| unavailable(format!("the update failed: {e}")))??;
+        if !write_assignment(hub, name, &a, rev).await? {
+            return Err(unavailable(
+                "the stream's assignment changed meanwhile; try again",
+            ));
+        }
+        if want != have {
+            tracing::info!(stream = %name, from = have, to = want, peers = ?a.peers, leaving = ?a.leaving, "JetStream: replica change assigned");
+        }
         self.sync_view(hub).await;
         Ok(self.info_of(hub, name, &a, None))
     }
@@ -505,6 +534,61 @@ async fn current_assignments(hub: &Hub) -> Result<BTreeMap<String, Assignment>, 
         .await
         .map_err(|e| unavailable(&e))?;
     read_assignments(hub).map_err(|e| unavailable(&e))
+}
+
+/// Stream `name`'s assignment and the store revision it was last written at, read after
+/// catching up with the meta group.
+pub(super) async fn assignment_at(
+    hub: &Hub,
+    name: &str,
+) -> Result<Option<(Assignment, i64)>, ApiError> {
+    hub.core
+        .consensus
+        .read_index()
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let resp = hub
+        .core
+        .store
+        .range_in(
+            Keyspace::Messaging,
+            &RangeRequest {
+                key: key(name),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| unavailable(&e))?;
+    let Some(kv) = resp.kvs.first() else {
+        return Ok(None);
+    };
+    let a = serde_json::from_slice(&kv.value)
+        .map_err(|e| unavailable(format!("an unreadable stream assignment: {e}")))?;
+    Ok(Some((a, kv.mod_revision)))
+}
+
+/// Writes stream `name`'s assignment `a` if it is still at revision `rev`; whether it was.
+pub(super) async fn write_assignment(
+    hub: &Hub,
+    name: &str,
+    a: &Assignment,
+    rev: i64,
+) -> Result<bool, ApiError> {
+    let value = serde_json::to_vec(a).map_err(|e| unavailable(&e))?;
+    change_assignments(
+        hub,
+        TxnRequest {
+            compare: vec![Compare {
+                key: key(name),
+                target: CompareTarget::Mod as i32,
+                result: CompareResult::Equal as i32,
+                target_union: Some(TargetUnion::ModRevision(rev)),
+                ..Default::default()
+            }],
+            success: vec![put_op(key(name), value, 0)],
+            failure: Vec::new(),
+        },
+    )
+    .await
 }
 
 /// Proposes a change of the assignments to the meta group; whether its guard held.
@@ -544,64 +628,6 @@ fn no_overlap(
         ));
     }
     Ok(())
-}
-
-/// Records stream `name`'s new assignment `a` (its configuration applied already) and
-/// changes its group's members to match: with `adding`, the assignment first (the new
-/// peers start empty) and then the group takes each in, as a learner that catches up and
-/// then a voter; with `removing` (the group's leader, and how many peers go), the group
-/// lets that many other peers go first (while they can still vote it through), and then
-/// the assignment stops their replicas.
-async fn change_replicas(
-    hub: Arc<Hub>,
-    replica: Arc<berth_consensus::Replica>,
-    name: String,
-    old: Assignment,
-    mut a: Assignment,
-    adding: Vec<u64>,
-    removing: Option<(u64, usize)>,
-) -> Result<Assignment, ApiError> {
-    let leaving: Vec<u64> = match removing {
-        Some((leader, n)) => old
-            .peers
-            .iter()
-            .copied()
-            .filter(|p| *p != leader)
-            .take(n)
-            .collect(),
-        None => Vec::new(),
-    };
-    for id in &leaving {
-        replica.remove_member(*id).await.map_err(|e| {
-            unavailable(format!(
-                "removing replica {id:x} from the stream's group: {e}"
-            ))
-        })?;
-        tracing::info!(stream = %name, member = %format!("{id:x}"), "JetStream: replica removed from the group");
-    }
-    a.peers.retain(|p| !leaving.contains(p));
-    a.joined.retain(|p| !leaving.contains(p));
-    a.peers.extend(&adding);
-    a.joined.extend(&adding);
-    let value = serde_json::to_vec(&a).map_err(|e| unavailable(&e))?;
-    change_assignments(
-        &hub,
-        TxnRequest {
-            compare: Vec::new(),
-            success: vec![put_op(key(&name), value, 0)],
-            failure: Vec::new(),
-        },
-    )
-    .await?;
-    for id in &adding {
-        let member = super::group_member(&hub, *id)
-            .ok_or_else(|| unavailable(format!("member {id:x} is not in the cluster")))?;
-        replica.add_member(*id, member, false).await.map_err(|e| {
-            unavailable(format!("adding replica {id:x} to the stream's group: {e}"))
-        })?;
-        tracing::info!(stream = %name, member = %format!("{id:x}"), "JetStream: replica added to the group");
-    }
-    Ok(a)
 }
 
 /// How long a `$JS.API` request may wait on the groups (a read index, a proposal, a new
