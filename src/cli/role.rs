@@ -16,12 +16,15 @@ use crate::cli::Ctx;
 pub struct Range {
     /// The key (a subject, an item key, ...).
     pub key: String,
-    /// The end of the range (exclusive; `\0` for "every key from KEY on").
-    #[arg(conflicts_with = "prefix")]
+    /// The end of the range (exclusive).
+    #[arg(conflicts_with_all = ["prefix", "from_key"])]
     pub range_end: Option<String>,
     /// Every key that starts with KEY (`orders.` covers `orders.>` and `orders.*.eu`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_key")]
     pub prefix: bool,
+    /// Every key from KEY on (etcd's `--from-key`).
+    #[arg(long)]
+    pub from_key: bool,
     /// The keyspace: user, registry, config, gateway or messaging.
     #[arg(long, default_value = "user")]
     pub keyspace: String,
@@ -32,6 +35,9 @@ impl Range {
         let mut b = json!({"keyspace": self.keyspace, "key": self.key, "prefix": self.prefix});
         if let Some(e) = &self.range_end {
             b["range_end"] = json!(e);
+        }
+        if self.from_key {
+            b["range_end"] = json!("\0");
         }
         b
     }
@@ -83,7 +89,11 @@ pub async fn run(ctx: &mut Ctx, cmd: RoleCommand) -> Result<()> {
                 .map(|p| {
                     ["keyspace", "permission", "key", "range_end"]
                         .iter()
-                        .map(|k| text(p, k))
+                        .map(|k| match text(p, k) {
+                            // "Every key from KEY on", as etcdctl prints it.
+                            t if t == "\0" => "\\0".to_string(),
+                            t => t,
+                        })
                         .collect()
                 })
                 .collect();

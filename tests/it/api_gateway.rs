@@ -464,6 +464,23 @@ fn a_resource_put_with_a_ttl_expires() {
         404,
         "nothing written"
     );
+    // A write refused with a ttl leaves no lease behind.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let leases = || {
+        rt.block_on(async {
+            let mut c = srv.client().await;
+            c.leases().await.expect("leases").leases().len()
+        })
+    };
+    let before = leases();
+    let (code, out) = admin(
+        &srv,
+        "PUT",
+        "/routes/t?ttl=100",
+        &json!({"uri": "/t", "upstream_id": "missing"}),
+    );
+    assert_eq!(code, 400, "{out}");
+    assert_eq!(leases(), before, "the refused write's lease was revoked");
     let (code, out) = admin(&srv, "PUT", "/routes/t?ttl=2", &route("/t"));
     assert_eq!(code, 201, "{out}");
     let (code, out) = admin(&srv, "PUT", "/routes/kept?ttl=2", &route("/kept"));

@@ -468,7 +468,25 @@ async fn with_auth_on_clients_log_in_as_berth_users() {
         .await
         .expect("server");
     let mut etcd = srv.client().await;
+    // A client of the time before auth: once auth is on, it is closed (it has no user).
+    let before = {
+        let addr = srv.nats_addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mut c, _) = Raw::connect(&addr);
+            c.send("CONNECT {\"verbose\":false}\r\nSUB foo 1\r\n");
+            assert!(c.sync().is_empty());
+            c
+        })
+        .await
+        .expect("raw client")
+    };
     crate::auth::setup(&mut etcd).await;
+    tokio::task::spawn_blocking(move || {
+        let mut c = before;
+        assert_eq!(c.closed().1, "-ERR 'Authorization Violation'\r\n");
+    })
+    .await
+    .expect("raw client");
     let addr = srv.nats_addr.clone();
     let c = tokio::task::spawn_blocking(move || {
         let (mut c, info) = Raw::connect(&addr);
@@ -673,14 +691,36 @@ async fn with_auth_on_clients_log_in_as_berth_users() {
         &http,
         &["--token", &root, "role", "show", "app", "-w", "table"],
     );
+    let orders = shown
+        .lines()
+        .find(|l| l.contains("orders."))
+        .unwrap_or_default();
     assert!(
-        shown.contains("messaging") && shown.contains("readwrite") && shown.contains("orders/"),
-        "{shown}"
+        orders.contains("messaging")
+            && orders.contains("write")
+            && !orders.contains("read")
+            && orders.contains("orders/"),
+        "the grant replaced read with write: {shown}"
     );
     let c = tokio::task::spawn_blocking(move || {
         let mut c = c;
+        // The subscriptions that rested on the read grant go with it (within a second).
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut dropped = c.sync();
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            [
+                "-ERR 'Permissions Violation for Subscription to \"orders.*.eu\"'\r\n",
+                "-ERR 'Permissions Violation for Subscription to \"orders.>\"'\r\n",
+            ]
+        );
         c.send("PUB orders.1 2\r\nhi\r\n");
-        assert_eq!(c.sync(), ["+OK\r\n", "MSG orders.1 2 2\r\n", "hi\r\n"]);
+        assert_eq!(
+            c.sync(),
+            ["+OK\r\n"],
+            "published, and no subscription left to get it"
+        );
         c
     })
     .await
@@ -695,13 +735,38 @@ async fn with_auth_on_clients_log_in_as_berth_users() {
         api("DELETE", root.clone(), "app/permissions", revoke).await,
         404
     );
-    tokio::task::spawn_blocking(move || {
+    let c = tokio::task::spawn_blocking(move || {
         let mut c = c;
         c.send("PUB foo 2\r\nhi\r\n");
         assert_eq!(
             c.sync(),
             ["-ERR 'Permissions Violation for Publish to \"foo\"'\r\n"]
         );
+        c
+    })
+    .await
+    .expect("raw client");
+    // Every subject, from the CLI (`--from-key` from the empty key): `>` may be read.
+    let (done, out, err) = crate::consul_cli::cli(
+        &http,
+        &[
+            "--token",
+            &root,
+            "role",
+            "grant",
+            "app",
+            "read",
+            "",
+            "--from-key",
+            "--keyspace",
+            "messaging",
+        ],
+    );
+    assert!(done, "{out}{err}");
+    tokio::task::spawn_blocking(move || {
+        let mut c = c;
+        c.send("SUB > 9\r\n");
+        assert_eq!(c.sync(), ["+OK\r\n"]);
     })
     .await
     .expect("raw client");

@@ -797,7 +797,10 @@ impl Consumer {
                     self.flow.delivered += size;
                     if self.flow.out.is_none() && self.flow.delivered > FLOW_WINDOW / 2 {
                         self.flow.sent += 1;
-                        let reply = format!("{}.{}", self.flow_prefix, self.flow.sent);
+                        // Unique across clients too (a late answer to a request made
+                        // for the one before must not release this one): the clock's
+                        // nanoseconds beside the count.
+                        let reply = format!("{}.{now:x}{}", self.flow_prefix, self.flow.sent);
                         self.flow.out = Some((reply.clone(), self.flow.delivered));
                         out.push(Action::FlowControl {
                             to: to.clone(),

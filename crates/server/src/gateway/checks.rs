@@ -112,9 +112,10 @@ async fn run(
     tracing::debug!(upstream = %label, node = %authority, "gateway: active checks end");
 }
 
-/// One probe of `authority` (its port replaced by the check's `port`, if set). Over TLS
-/// (`tls`: the client configuration, or why there is none) the server name asked for is the
-/// check's `host`, else the node's.
+/// One probe of `authority` (its port replaced by the check's `port`, if set). The check's
+/// `host`, when set, is the host asked for (HTTP's `Host`, gRPC's `:authority`) and, over
+/// TLS (`tls`: the client configuration, or why there is none), the server name; else the
+/// node's.
 async fn probe(
     authority: &str,
     check: &Active,

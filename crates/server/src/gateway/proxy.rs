@@ -131,6 +131,18 @@ impl hyper::body::Body for Prefixed {
 const LINGER_TIME: Duration = Duration::from_secs(30);
 const LINGER_IDLE: Duration = Duration::from_secs(5);
 
+/// The 413 of a body over `max` bytes; the connection closes after it, once `rest` (what
+/// the client still sends) is drained (see [`linger`]).
+fn too_large(max: u64, rest: Option<Incoming>) -> Response<Body> {
+    if let Some(rest) = rest {
+        tokio::spawn(linger(rest));
+    }
+    error_closing(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than {max} bytes"),
+    )
+}
+
 /// Reads and drops the rest of a request body the gateway refused (a 413), as nginx's
 /// lingering close does: a client still sending its upload then reads the answer, where
 /// closing with its data unread would reset the connection under it. Held while it runs,
@@ -1437,11 +1449,13 @@ impl Ctx {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > max) {
-                tokio::spawn(linger(body));
-                return error_closing(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body is larger than {max} bytes"),
-                );
+                // A client waiting for `100 Continue` has sent no body: reading it would
+                // ask for the upload; the 413 alone answers it.
+                let waits = parts
+                    .headers
+                    .get(header::EXPECT)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                return too_large(max, (!waits).then_some(body));
             }
         }
         if let Some(b) = &plugins.api_breaker {
@@ -1688,13 +1702,7 @@ impl Ctx {
                 (None, None) => false,
             };
             if over {
-                if let Some(rest) = streaming.as_mut().and_then(|p| p.rest.take()) {
-                    tokio::spawn(linger(rest));
-                }
-                return error_closing(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body is larger than {max} bytes"),
-                );
+                return too_large(max, streaming.as_mut().and_then(|p| p.rest.take()));
             }
         }
         let nodes = live.picker.nodes().len();
@@ -1861,14 +1869,9 @@ impl Ctx {
                     return self.respond(resp, client_upgrade, parts.version).await;
                 }
                 Ok(Err(_)) if tripped.load(std::sync::atomic::Ordering::Relaxed) => {
-                    // The client's body, not the node, failed: the node is not to blame.
-                    return error_closing(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "the request body is larger than {} bytes",
-                            target.plugins.max_body_size.unwrap_or_default()
-                        ),
-                    );
+                    // The client's body, not the node, failed: the node is not to blame (the
+                    // body drains the rest itself).
+                    return too_large(target.plugins.max_body_size.unwrap_or_default(), None);
                 }
                 Ok(Err((connect, why))) => {
                     passive(if connect {

@@ -28,8 +28,8 @@ use berth_store::Keyspace;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{parse, principal, ApiError};
-use crate::auth::{AuthFailure, Credential};
+use super::{credential, parse, principal, ApiError};
+use crate::auth::AuthFailure;
 use crate::core::Core;
 
 pub fn routes() -> Router<Arc<Core>> {
@@ -102,10 +102,6 @@ fn refused(e: AuthFailure) -> ApiError {
         }
         other => other.into(),
     }
-}
-
-fn credential(headers: &HeaderMap) -> Credential {
-    Credential::from_http(headers, &["authorization", "x-consul-token"], None)
 }
 
 async fn show(

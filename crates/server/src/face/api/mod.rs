@@ -142,11 +142,13 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }
 
+/// The credential a request carries: a berth token in `Authorization: Bearer` or
+/// `X-Consul-Token`.
+fn credential(headers: &HeaderMap) -> Credential {
+    Credential::from_http(headers, &["authorization", "x-consul-token"], None)
+}
+
 /// Who the request acts as.
 fn principal(core: &Core, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    Ok(core.auth.principal(&Credential::from_http(
-        headers,
-        &["authorization", "x-consul-token"],
-        None,
-    ))?)
+    Ok(core.auth.principal(&credential(headers))?)
 }

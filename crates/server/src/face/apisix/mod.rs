@@ -496,7 +496,7 @@ async fn put_at(
     };
     let guard = authorize(core, headers, q, Access::Write, &layout::key(kind, id), b"")?;
     // `ttl`: the resource goes with a lease of that many seconds, as APISIX's etcd lease
-    // (the lease is granted first; should the write fail, it expires holding nothing).
+    // (granted first, and revoked again should the write not happen).
     let lease = match ttl {
         None => 0,
         Some(t) => {
@@ -507,10 +507,21 @@ async fn put_at(
                 .id
         }
     };
-    let out = core
+    let out = match core
         .gateway
         .put(core, kind, id, v, expect, lease, Some(guard))
-        .await?;
+        .await
+    {
+        Ok(out) => out,
+        Err(e) => {
+            if lease != 0 {
+                if let Err(why) = core.leases.revoke(lease, None).await {
+                    tracing::warn!(lease, error = %why, "apisix admin: a refused write's lease not revoked (it expires)");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let status = if out.created {
         StatusCode::CREATED
     } else {

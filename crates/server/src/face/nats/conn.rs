@@ -52,9 +52,51 @@ struct Session {
     auth: bool,
     /// The berth user the client logged in as (with auth on).
     user: Option<String>,
+    /// The auth revision the session's grants were last checked against.
+    checked_auth: i64,
 }
 
 impl Session {
+    /// After an auth change, holds the session to the grants as they are now, as
+    /// nats-server does on a reload: a subscription whose read grant went is removed (with
+    /// its permissions error), and a client that logged in as no user while auth was off,
+    /// or as a user since deleted, is closed.
+    fn recheck_grants(&mut self) -> Flow {
+        let view = self.hub.core.auth.view();
+        if view.revision == self.checked_auth || !self.connected {
+            return Flow::Go;
+        }
+        self.checked_auth = view.revision;
+        if !view.enabled {
+            return Flow::Go;
+        }
+        let Some(user) = self.user.as_deref().filter(|u| view.user(u).is_some()) else {
+            tracing::info!(
+                client = self.client.id,
+                "NATS client closed: auth now requires a user it lacks"
+            );
+            return Flow::Close(Some("Authorization Violation"));
+        };
+        let denied: Vec<SubRef> = self
+            .client
+            .subs()
+            .values()
+            .filter(|sub| {
+                let (key, end) = subject::key_range(&sub.0.subject);
+                !view.allows(user, Keyspace::Messaging.id(), Access::Read, &key, &end)
+            })
+            .cloned()
+            .collect();
+        for sub in denied {
+            self.hub.unsubscribe(&sub);
+            self.err(&format!(
+                "Permissions Violation for Subscription to \"{}\"",
+                sub.0.subject
+            ));
+        }
+        Flow::Go
+    }
+
     /// Whether the client's user may `access` the subjects from `key` to `range_end` (keys
     /// of the messaging keyspace, etcd's range conventions): always with auth off; else by
     /// the user's grants as they are now (a revoke holds for the next operation).
@@ -469,7 +511,9 @@ pub(super) async fn run<C>(
         connected: false,
         auth,
         user: None,
+        checked_auth: hub.core.auth.view().revision,
     };
+    let mut grants = tokio::time::interval(GRANTS_CHECK);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let period = hub.limits.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -518,6 +562,11 @@ pub(super) async fn run<C>(
                 unanswered += 1;
                 s.reply(b"PING\r\n");
             }
+            _ = grants.tick() => {
+                if let Flow::Close(why) = s.recheck_grants() {
+                    break why;
+                }
+            }
             _ = &mut auth_deadline, if auth && !s.connected => break Some("Authentication Timeout"),
             _ = client.close.notified() => break None,
             _ = stop.changed() => break None,
@@ -555,6 +604,11 @@ pub(super) async fn run<C>(
     metrics.nats_connections.dec();
     tracing::debug!(client = id, "NATS connection closed");
 }
+
+/// How often a connection looks for an auth change that takes grants away (publishes check
+/// the grants as they are each time; subscriptions and logins are held to a change within
+/// this).
+const GRANTS_CHECK: Duration = Duration::from_secs(1);
 
 /// How long one write may block before the client counts as a slow consumer and is closed
 /// (nats-server's `write_deadline`).
