@@ -4,7 +4,8 @@
 //! unhealthy one while it is out, and follows [`berth_gateway::health::Tally`]'s rule.
 //! Snapshots hold the node's [`Probed`] state; the prober holds it weakly and ends when no
 //! snapshot names the node under that check any more, so a route or upstream change keeps
-//! what was found for nodes it keeps and stops probing the ones it drops.
+//! what was found for nodes it keeps and stops probing the ones it drops; every prober ends
+//! when the gateway stops.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -27,6 +28,8 @@ pub struct Probers {
     pub roots: OnceLock<Arc<rustls::RootCertStore>>,
     /// Where changes are counted (set when the gateway starts).
     pub metrics: OnceLock<Arc<Metrics>>,
+    /// The gateway's stop signal (set when it starts): probers end with it.
+    pub stop: OnceLock<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Probers {
@@ -54,7 +57,21 @@ impl Probers {
         let probed = Arc::new(Probed::default());
         running.insert(key.clone(), Arc::downgrade(&probed));
         let (roots, metrics) = (self.roots.get().cloned(), self.metrics.get().cloned());
-        tokio::spawn(run(key, Arc::downgrade(&probed), roots, metrics));
+        let stop = self.stop.get().cloned();
+        let watched = Arc::downgrade(&probed);
+        tokio::spawn(async move {
+            let probing = run(key, watched, roots, metrics);
+            match stop {
+                Some(mut stop) if !*stop.borrow() => {
+                    tokio::select! {
+                        () = probing => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Some(_) => {}
+                None => probing.await,
+            }
+        });
         probed
     }
 }

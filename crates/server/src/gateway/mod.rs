@@ -655,6 +655,7 @@ impl Gateway {
         mut stop: watch::Receiver<bool>,
     ) {
         let _ = self.probers.metrics.set(metrics.clone());
+        let _ = self.probers.stop.set(stop.clone());
         self.node_tls.set_roots(roots.clone());
         let _ = self.probers.roots.set(roots);
         let (pool, mut sweeps_stop) = (Arc::downgrade(&self.pool), stop.clone());

@@ -959,20 +959,7 @@ pub(crate) fn ack(hub: &Hub, subject: &str, reply: Option<&str>, payload: &[u8])
             e.ack_replies.push(r.to_string());
         }
     }
-    {
-        let guard = handle.lock();
-        if let Some(stream) = guard.as_ref() {
-            drive(
-                hub,
-                &handle,
-                name,
-                &mut e.consumer,
-                stream.store(),
-                &mut later,
-                |c, src| c.poll(src, now),
-            );
-        }
-    }
+    poll_locked(hub, &handle, name, &mut e.consumer, now, &mut later);
     drop(consumers);
     run_later(hub, later);
     if let (Some(r), Some(next_body)) = (reply, next_req) {
@@ -1001,24 +988,33 @@ fn flow_answered(hub: &Hub, stream: &str, name: &str, reply: &str) {
         return;
     }
     let mut later = Later::new();
-    {
-        let guard = handle.lock();
-        if let Some(stream) = guard.as_ref() {
-            let now = now_ns();
-            drive(
-                hub,
-                &handle,
-                name,
-                &mut e.consumer,
-                stream.store(),
-                &mut later,
-                |c, src| c.poll(src, now),
-            );
-        }
-    }
+    poll_locked(hub, &handle, name, &mut e.consumer, now_ns(), &mut later);
     drop(consumers);
     run_later(hub, later);
     handle.wake.notify_one();
+}
+
+/// One poll of `consumer` (`name`) under its stream's lock, its actions carried out.
+fn poll_locked(
+    hub: &Hub,
+    handle: &Arc<StreamHandle>,
+    name: &str,
+    consumer: &mut Consumer,
+    now: i64,
+    later: &mut Later,
+) {
+    let guard = handle.lock();
+    if let Some(stream) = guard.as_ref() {
+        drive(
+            hub,
+            handle,
+            name,
+            consumer,
+            stream.store(),
+            later,
+            |c, src| c.poll(src, now),
+        );
+    }
 }
 
 /// Drops acknowledged messages an interest or work-queue stream no longer keeps: on a work
