@@ -468,22 +468,28 @@ async fn with_auth_on_clients_log_in_as_berth_users() {
         .await
         .expect("server");
     let mut etcd = srv.client().await;
-    // A client of the time before auth: once auth is on, it is closed (it has no user).
+    // Clients of the time before auth (one never sent CONNECT, which needs none then): once
+    // auth is on, they are closed (they have no user).
     let before = {
         let addr = srv.nats_addr.clone();
         tokio::task::spawn_blocking(move || {
             let (mut c, _) = Raw::connect(&addr);
             c.send("CONNECT {\"verbose\":false}\r\nSUB foo 1\r\n");
             assert!(c.sync().is_empty());
-            c
+            let (mut bare, _) = Raw::connect(&addr);
+            bare.send("SUB foo 1\r\n");
+            let said = bare.sync();
+            assert!(said.iter().all(|l| l == "+OK\r\n"), "{said:?}");
+            (c, bare)
         })
         .await
         .expect("raw client")
     };
     crate::auth::setup(&mut etcd).await;
     tokio::task::spawn_blocking(move || {
-        let mut c = before;
+        let (mut c, mut bare) = before;
         assert_eq!(c.closed().1, "-ERR 'Authorization Violation'\r\n");
+        assert_eq!(bare.closed().1, "-ERR 'Authorization Violation'\r\n");
     })
     .await
     .expect("raw client");

@@ -63,7 +63,8 @@ impl Session {
     /// or as a user since deleted, is closed.
     fn recheck_grants(&mut self) -> Flow {
         let view = self.hub.core.auth.view();
-        if view.revision == self.checked_auth || !self.connected {
+        // A login under way is the auth deadline's to end.
+        if view.revision == self.checked_auth || (self.auth && !self.connected) {
             return Flow::Go;
         }
         self.checked_auth = view.revision;

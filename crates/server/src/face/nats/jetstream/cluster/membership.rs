@@ -15,7 +15,9 @@ use super::*;
 /// How far behind the leader's last log index a learner may be when it is made a voter.
 const CAUGHT_UP: u64 = 64;
 
-/// One step towards the assignment's peers, when this member leads the group.
+/// One step towards the assignment's peers, when this member leads the group. Decided on
+/// this member's copy of the assignment (kept current by `reconcile`); the one write it
+/// makes checks that the stored assignment still says the same.
 pub(super) async fn converge(hub: &Arc<Hub>, local: &Arc<Local>) {
     let a = local.assignment();
     let desired: BTreeSet<u64> = a.peers.iter().copied().collect();
@@ -31,37 +33,44 @@ pub(super) async fn converge(hub: &Arc<Hub>, local: &Arc<Local>) {
         .map(|m| m.id)
         .collect();
     let name = a.config.name.clone();
-    let step = if let Some(id) = desired
+    let replica = &local.replica;
+    // A learner not wanted leaves at once (learners do not vote). New peers (known to the
+    // cluster) join as learners. Learners become voters all together, once every one has
+    // nearly all of the log (so the voters never go even half-way). Voters not wanted leave
+    // only when every wanted peer votes.
+    let stray = learners.iter().find(|id| !desired.contains(id)).copied();
+    let joining = desired
         .iter()
-        .find(|id| !voters.contains(id) && !learners.contains(id))
-    {
-        // A new peer: a learner first, sent the log (or a snapshot) while the group goes on.
-        let Some(member) = group_member(hub, *id) else {
-            return;
-        };
+        .filter(|id| !voters.contains(id) && !learners.contains(id))
+        .find_map(|id| group_member(hub, *id).map(|m| (*id, m)));
+    let wanted_learners: BTreeSet<u64> = learners.intersection(&desired).copied().collect();
+    let step = if let Some(id) = stray {
+        Some(("learner removed", replica.remove_member(id).await))
+    } else if let Some((id, member)) = joining {
         Some((
             "learner added",
-            local
-                .replica
-                .change_membership(Change::AddNodes([(*id, member)].into()), true)
+            replica
+                .change_membership(Change::AddNodes([(id, member)].into()), true)
                 .await,
         ))
-    } else if let Some(ready) = caught_up(local, &desired, &learners) {
+    } else if !wanted_learners.is_empty() {
+        if !all_caught_up(local, &wanted_learners) {
+            return;
+        }
         Some((
             "learners made voters",
-            local
-                .replica
-                .change_membership(Change::AddVoterIds(ready), true)
+            replica
+                .change_membership(Change::AddVoterIds(wanted_learners), true)
                 .await,
         ))
     } else if desired.is_subset(&voters) {
-        // Every peer votes: the ones let go leave (voters first, then as nodes).
-        match voters.union(&learners).find(|id| !desired.contains(id)) {
-            Some(id) => Some(("peer removed", local.replica.remove_member(*id).await)),
-            None => {
-                forget_leaving(hub, &name).await;
+        match voters.iter().find(|id| !desired.contains(id)) {
+            Some(id) => Some(("peer removed", replica.remove_member(*id).await)),
+            None if !a.leaving.is_empty() => {
+                forget_leaving(hub, &name, &a).await;
                 None
             }
+            None => None,
         }
     } else {
         None
@@ -77,30 +86,23 @@ pub(super) async fn converge(hub: &Arc<Hub>, local: &Arc<Local>) {
     }
 }
 
-/// The learners among `desired` that hold nearly all of the leader's log.
-fn caught_up(
-    local: &Local,
-    desired: &BTreeSet<u64>,
-    learners: &BTreeSet<u64>,
-) -> Option<BTreeSet<u64>> {
+/// Whether every one of `learners` holds nearly all of the leader's log.
+fn all_caught_up(local: &Local, learners: &BTreeSet<u64>) -> bool {
     let last = local.replica.status().last_log_index;
     let matched = local.replica.matched();
-    let ready: BTreeSet<u64> = learners
+    learners
         .iter()
-        .filter(|id| desired.contains(id))
-        .filter(|id| matched.get(id).is_some_and(|m| m + CAUGHT_UP >= last))
-        .copied()
-        .collect();
-    (!ready.is_empty()).then_some(ready)
+        .all(|id| matched.get(id).is_some_and(|m| m + CAUGHT_UP >= last))
 }
 
-/// The group matches the assignment: the peers it let go are out of it, so the assignment
-/// forgets them (their replicas then stop). Only if the assignment is still the one read.
-async fn forget_leaving(hub: &Arc<Hub>, name: &str) {
+/// The group matches `seen` (this member's copy of the assignment): the peers it let go
+/// are out of it, so the assignment forgets them (their replicas then stop); only if the
+/// stored assignment still names the same peers and leaving ones.
+async fn forget_leaving(hub: &Arc<Hub>, name: &str, seen: &Assignment) {
     let Ok(Some((mut a, rev))) = assignment_at(hub, name).await else {
         return;
     };
-    if a.leaving.is_empty() {
+    if a.leaving.is_empty() || a.peers != seen.peers || a.leaving != seen.leaving {
         return;
     }
     a.leaving.clear();

@@ -198,7 +198,7 @@ impl Local {
     /// the routes, replacing what was announced before.
     fn announce(&self, hub: &Hub, subjects: Vec<String>) {
         let mut announced = lock(&self.announced);
-        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) || *self.stop.borrow() {
             return;
         }
         let queue = queue_of(&self.assignment().config.name);
@@ -373,9 +373,10 @@ impl Cluster {
         for (name, l) in stale {
             lock(&self.local).remove(&name);
             let a = l.assignment();
+            // Stopped first: nothing announces it again once withdrawn.
+            l.stop.send_replace(true);
             l.withdraw(hub);
             step_down(hub, &l);
-            l.stop.send_replace(true);
             hub.core.consensus.stop_group(&l.replica).await;
             let dir = self.dir.join(&a.group);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -384,7 +385,10 @@ impl Cluster {
             tracing::info!(stream = %name, group = %a.group, "JetStream: replica stopped and removed");
         }
         for (name, a) in assigned {
-            if !a.peers.contains(&me) {
+            // Peers being let go keep their replica (and its vote) until the group has
+            // removed them, and follow the assignment meanwhile.
+            let leaving = a.leaving.contains(&me);
+            if !a.peers.contains(&me) && !leaving {
                 continue;
             }
             if let Some(l) = self.local(&name) {
@@ -398,10 +402,12 @@ impl Cluster {
             }
             match self.start_local(hub, &a).await {
                 Ok(l) => {
-                    if a.joined.contains(&me) {
+                    if leaving {
+                        // Back after a restart only to be removed: it votes, serves nothing.
+                    } else if a.joined.contains(&me) {
                         // It may be joining a formed group: it serves once it knows the
                         // group's leader (which takes it in), not before.
-                        announce_when_led(hub, &l, interest_of(&a.config));
+                        announce_when_led(hub, &l);
                     } else {
                         l.announce(hub, interest_of(&a.config));
                     }
@@ -435,7 +441,8 @@ impl Cluster {
             .filter(|id| !a.joined.contains(id))
             .filter_map(|id| group_member(hub, *id).map(|m| (*id, m)))
             .collect();
-        let bootstrap = !a.joined.contains(&hub.core.consensus.id());
+        let me = hub.core.consensus.id();
+        let bootstrap = !a.joined.contains(&me) && !a.leaving.contains(&me);
         let replica = hub
             .core
             .consensus
@@ -531,14 +538,14 @@ fn read_assignments(hub: &Hub) -> Result<BTreeMap<String, Assignment>, String> {
     Ok(out)
 }
 
-/// Announces `subjects` for `local` once its group has a leader (checked every 50 ms until
-/// the replica stops).
-fn announce_when_led(hub: &Arc<Hub>, local: &Arc<Local>, subjects: Vec<String>) {
+/// Announces `local`'s subjects (as its assignment names them then) once its group has a
+/// leader, checked every 50 ms until the replica stops or fails.
+fn announce_when_led(hub: &Arc<Hub>, local: &Arc<Local>) {
     let (hub, local) = (hub.clone(), local.clone());
     tokio::spawn(async move {
-        while !*local.stop.borrow() {
+        while !*local.stop.borrow() && !local.failed.load(std::sync::atomic::Ordering::Relaxed) {
             if local.replica.status().leader.is_some() {
-                local.announce(&hub, subjects);
+                local.announce(&hub, interest_of(&local.assignment().config));
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

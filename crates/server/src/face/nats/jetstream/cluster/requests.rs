@@ -475,7 +475,8 @@ impl Cluster {
             a.leaving = go;
         }
         if want != have {
-            a.joined = a.peers.clone();
+            // From now on no peer forms the group on its own.
+            a.joined = a.peers.iter().chain(&a.leaving).copied().collect();
         }
         let json_config = serde_json::to_vec(&config).map_err(|e| unavailable(&e))?;
         // The stream applies its new limits at one point of its log, then the assignment
