@@ -1631,23 +1631,7 @@ async fn admin_api_takes_berth_tokens_under_auth() {
             .expect("server");
     let mut plain = srv.client().await;
     crate::auth::setup(&mut plain).await;
-    let token = |user: &'static str, pw: &'static str| {
-        let ep = srv.endpoint();
-        async move {
-            let c = etcd_client::Client::connect(
-                [ep],
-                Some(etcd_client::ConnectOptions::new().with_user(user, pw)),
-            )
-            .await
-            .expect("login");
-            c.auth_client()
-                .authenticate(user.to_string(), pw.to_string())
-                .await
-                .expect("token")
-                .token()
-                .to_string()
-        }
-    };
+    let token = |user: &'static str, pw: &'static str| crate::auth::token(srv.endpoint(), user, pw);
     let (root, alice) = (token("root", "rootpw").await, token("alice", "apw").await);
     let http = srv.http_addr.clone();
     tokio::task::spawn_blocking(move || {

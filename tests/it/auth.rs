@@ -195,6 +195,18 @@ async fn root_client(endpoint: &str) -> Client {
 }
 
 /// Sets up root and alice (read-write on `app/`, read on `cfg/`), and enables auth.
+/// A berth auth token for `user` (an etcd `Authenticate` at `endpoint`), as HTTP faces take
+/// it in `Authorization: Bearer` or `X-API-KEY`.
+pub async fn token(endpoint: String, user: &str, pw: &str) -> String {
+    let c = Client::connect([endpoint], None).await.expect("connect");
+    c.auth_client()
+        .authenticate(user.to_string(), pw.to_string())
+        .await
+        .expect("token")
+        .token()
+        .to_string()
+}
+
 pub async fn setup(c: &mut Client) {
     c.user_add("root", "rootpw", None).await.expect("root");
     c.user_grant_role("root", "root").await.expect("root role");

@@ -530,21 +530,7 @@ async fn with_auth_on_clients_log_in_as_berth_users() {
     .await
     .expect("raw client");
     // Subjects are keys of the messaging keyspace: root grants them through berth's API.
-    let token = |user: &str, pw: &str| {
-        let (user, pw) = (user.to_string(), pw.to_string());
-        let endpoint = srv.endpoint();
-        async move {
-            let c = etcd_client::Client::connect([endpoint], None)
-                .await
-                .expect("connect");
-            c.auth_client()
-                .authenticate(user, pw)
-                .await
-                .expect("token")
-                .token()
-                .to_string()
-        }
-    };
+    let token = |user: &'static str, pw: &'static str| crate::auth::token(srv.endpoint(), user, pw);
     let (root, alice) = (token("root", "rootpw").await, token("alice", "apw").await);
     let http = srv.http_addr.clone();
     let call = move |method: &'static str, token: &str, path: &str, body: serde_json::Value| {

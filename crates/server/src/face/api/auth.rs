@@ -149,15 +149,10 @@ async fn grant(
         key,
         range_end,
     };
-    let revision = core
-        .auth
-        .change(&credential(&headers), true, |v| {
-            change::role_grant_permission(v, &role, p.clone())
-        })
-        .await
-        .map_err(refused)?;
-    tracing::info!(%role, keyspace = %ks, "berth api: permission granted");
-    Ok(Json(json!({"revision": revision})).into_response())
+    changed(&core, &headers, "granted", &role, ks, |v| {
+        change::role_grant_permission(v, &role, p.clone())
+    })
+    .await
 }
 
 async fn revoke(
@@ -171,13 +166,26 @@ async fn revoke(
         return Err(ApiError::bad("a revoke names no permission"));
     }
     let (ks, key, range_end) = g.range()?;
+    changed(&core, &headers, "revoked", &role, ks, |v| {
+        change::role_revoke_permission(v, &role, ks.id(), &key, &range_end)
+    })
+    .await
+}
+
+/// Makes a role change as root (the caller's credential) and answers the revision after it.
+async fn changed(
+    core: &Core,
+    headers: &HeaderMap,
+    what: &str,
+    role: &str,
+    ks: Keyspace,
+    change: impl Fn(&berth_auth::AuthView) -> Result<change::Changes, AuthError>,
+) -> Result<Response, ApiError> {
     let revision = core
         .auth
-        .change(&credential(&headers), true, |v| {
-            change::role_revoke_permission(v, &role, ks.id(), &key, &range_end)
-        })
+        .change(&credential(headers), true, change)
         .await
         .map_err(refused)?;
-    tracing::info!(%role, keyspace = %ks, "berth api: permission revoked");
+    tracing::info!(%role, keyspace = %ks, what, "berth api: permission changed");
     Ok(Json(json!({"revision": revision})).into_response())
 }

@@ -509,22 +509,32 @@ impl Cluster {
     }
 }
 
-/// Every assignment in this member's store.
-fn read_assignments(hub: &Hub) -> Result<BTreeMap<String, Assignment>, String> {
-    let resp = hub
-        .core
+/// The assignment records from `key` to `range_end` (empty: the one key) in this member's
+/// store.
+fn stored_assignments(
+    hub: &Hub,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+) -> Result<Vec<berth_proto::mvccpb::KeyValue>, String> {
+    hub.core
         .store
         .range_in(
             Keyspace::Messaging,
             &RangeRequest {
-                key: PREFIX.to_vec(),
-                range_end: berth_proto::keys::prefix_end(PREFIX),
+                key,
+                range_end,
                 ..Default::default()
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map(|r| r.kvs)
+        .map_err(|e| e.to_string())
+}
+
+/// Every assignment in this member's store.
+fn read_assignments(hub: &Hub) -> Result<BTreeMap<String, Assignment>, String> {
+    let kvs = stored_assignments(hub, PREFIX.to_vec(), berth_proto::keys::prefix_end(PREFIX))?;
     let mut out = BTreeMap::new();
-    for kv in resp.kvs {
+    for kv in kvs {
         let name = String::from_utf8_lossy(&kv.key[PREFIX.len()..]).to_string();
         match serde_json::from_slice::<Assignment>(&kv.value) {
             Ok(a) => {

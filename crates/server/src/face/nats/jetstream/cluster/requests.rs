@@ -548,18 +548,8 @@ pub(super) async fn assignment_at(
         .read_index()
         .await
         .map_err(|e| unavailable(&e))?;
-    let resp = hub
-        .core
-        .store
-        .range_in(
-            Keyspace::Messaging,
-            &RangeRequest {
-                key: key(name),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| unavailable(&e))?;
-    let Some(kv) = resp.kvs.first() else {
+    let kvs = super::stored_assignments(hub, key(name), Vec::new()).map_err(|e| unavailable(&e))?;
+    let Some(kv) = kvs.first() else {
         return Ok(None);
     };
     let a = serde_json::from_slice(&kv.value)
