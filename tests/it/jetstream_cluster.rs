@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{run, Cluster};
@@ -291,6 +292,129 @@ fn a_streams_replicas_change_with_an_update() {
         r#"{"name":"G","subjects":["g.>"],"num_replicas":5}"#,
     );
     assert_eq!(five["error"]["err_code"], 10074, "{five}");
+}
+
+/// A member holding a replica of an R3 stream is removed from a 4-member cluster (and
+/// killed): the stream's leader places the spare member in its stead, which catches up and
+/// votes, so the stream keeps three replicas and takes publishes with one more peer down.
+#[test]
+fn a_removed_members_replicas_move_to_another_member() {
+    let cluster = Cluster::start(4);
+    let mut cluster = cluster;
+    routes_up(&cluster.members);
+    let addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.nats_addr.clone())
+        .collect();
+    let created = api(
+        &addrs[0],
+        "$JS.API.STREAM.CREATE.MV",
+        r#"{"subjects":["mv.>"],"num_replicas":3}"#,
+    );
+    assert_eq!(created["did_create"], true, "{created}");
+    let ids: Vec<u64> = (0..50).collect();
+    assert_eq!(publish_ids(&addrs[0], "mv.x", &ids).len(), 50);
+    let info = info_with_leader(&addrs[0], "MV");
+    let leader = member_index(&info["cluster"]["leader"]);
+    let replicas: Vec<usize> = info["cluster"]["replicas"]
+        .as_array()
+        .map(|r| r.iter().map(|p| member_index(&p["name"])).collect())
+        .unwrap_or_default();
+    assert_eq!(replicas.len(), 2, "{info}");
+    let victim = replicas[0];
+    let spare = (0..4)
+        .find(|i| *i != leader && !replicas.contains(i))
+        .expect("a member without a replica");
+    // Its member ID, then its removal from the cluster (etcd's API, as an operator would).
+    let endpoint = cluster.members[leader].endpoint();
+    let (ok, out, err) = run(Command::new("etcdctl").env("ETCDCTL_API", "3").args([
+        "--endpoints",
+        &endpoint,
+        "member",
+        "list",
+        "-w",
+        "json",
+    ]));
+    assert!(ok, "member list: {err}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("member list JSON");
+    let id = list["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == format!("m{victim}")))
+        .and_then(|m| m["ID"].as_u64())
+        .unwrap_or_else(|| panic!("m{victim} in {list}"));
+    let (ok, _, err) = run(Command::new("etcdctl").env("ETCDCTL_API", "3").args([
+        "--endpoints",
+        &endpoint,
+        "member",
+        "remove",
+        &format!("{id:x}"),
+    ]));
+    assert!(ok, "member remove: {err}");
+    cluster.members[victim].kill9();
+    // The spare joins the group, catches up and votes; the removed member is out of it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let info = info_with_leader(&addrs[spare], "MV");
+        // A departed peer, no member any more, goes by its ID until the group lets it go.
+        let index = |name: &serde_json::Value| {
+            name.as_str()
+                .and_then(|n| n.strip_prefix('m'))
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(usize::MAX)
+        };
+        let mut peers: Vec<usize> = info["cluster"]["replicas"]
+            .as_array()
+            .map(|r| r.iter().map(|p| index(&p["name"])).collect())
+            .unwrap_or_default();
+        let current = info["cluster"]["replicas"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|p| p["current"] == true));
+        peers.push(index(&info["cluster"]["leader"]));
+        peers.sort_unstable();
+        let mut want: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
+        want.sort_unstable();
+        if peers == want && current {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "m{spare} never replaced m{victim}: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(info["state"]["messages"], 50, "{info}");
+    assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+    // With one of the original peers down too, the group is the other one and the spare:
+    // publishes still commit, so the spare votes with every message.
+    let other = (0..4)
+        .find(|i| *i != victim && *i != spare && *i != leader)
+        .expect("the third peer");
+    cluster.members[leader].kill9();
+    let more: Vec<u64> = (50..60).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut acked = Acks::new();
+    while acked.len() < more.len() {
+        let missing: Vec<u64> = more
+            .iter()
+            .copied()
+            .filter(|n| !acked.contains_key(n))
+            .collect();
+        acked.extend(publish_ids(&addrs[other], "mv.x", &missing));
+        assert!(
+            Instant::now() < deadline,
+            "no publish after the leader went: {acked:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = api(&addrs[spare], "$JS.API.STREAM.INFO.MV", "");
+        if info["state"]["messages"] == 60 && info["state"]["last_seq"] == 60 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the spare's stream: {info}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// kill -9 the leader of an R3 stream while a client publishes through another member:

@@ -4,12 +4,16 @@
 //! the peers it lets go (`leaving`) removed; when the group matches, the assignment forgets
 //! them and their replicas stop. Every step is decided again from the state as it is, so a
 //! change survives a crash, a new leader, or a request that gave up waiting.
+//!
+//! A peer that has left the cluster (removed as a member) is replaced the same way, once the
+//! group is settled: the leader places another member in its stead and lets it go
+//! (`replace_departed`), so a stream keeps its replica count when a member is retired.
 
 use std::collections::BTreeSet;
 
 use berth_consensus::Change;
 
-use super::requests::{assignment_at, write_assignment};
+use super::requests::{assignment_at, current_assignments, write_assignment};
 use super::*;
 
 /// How far behind the leader's last log index a learner may be when it is made a voter.
@@ -70,7 +74,10 @@ pub(super) async fn converge(hub: &Arc<Hub>, local: &Arc<Local>) {
                 forget_leaving(hub, &name, &a).await;
                 None
             }
-            None => None,
+            None => {
+                replace_departed(hub, &name, &a).await;
+                None
+            }
         }
     } else {
         None
@@ -111,6 +118,51 @@ async fn forget_leaving(hub: &Arc<Hub>, name: &str, seen: &Assignment) {
         Ok(false) => {}
         Err(e) => {
             tracing::debug!(stream = %name, error = %e, "JetStream: replica change not recorded yet")
+        }
+    }
+}
+
+/// The group is settled on `seen` (this member's copy of the assignment): peers that are no
+/// longer members of the cluster are replaced by members placed as a new stream's are, and
+/// let go (`leaving`); the steps above then carry the change out. Nothing changes when the
+/// cluster has no member to spare (the group goes on with the peers it has), when no peer
+/// is left to copy from, or when the stored assignment no longer says what `seen` does.
+async fn replace_departed(hub: &Arc<Hub>, name: &str, seen: &Assignment) {
+    let cluster: BTreeSet<u64> = hub.core.consensus.members().iter().map(|m| m.id).collect();
+    let (kept, gone): (Vec<u64>, Vec<u64>) = seen
+        .peers
+        .iter()
+        .copied()
+        .partition(|p| cluster.contains(p));
+    if gone.is_empty() || kept.is_empty() {
+        return;
+    }
+    let Ok(Some((mut a, rev))) = assignment_at(hub, name).await else {
+        return;
+    };
+    if a.peers != seen.peers || !a.leaving.is_empty() {
+        return;
+    }
+    let Ok(existing) = current_assignments(hub).await else {
+        return;
+    };
+    let new = match place(hub, &existing, gone.len(), &kept) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::debug!(stream = %name, gone = ?gone, error = %e, "JetStream: no member to replace a departed peer with");
+            return;
+        }
+    };
+    a.peers = kept.into_iter().chain(new.iter().copied()).collect();
+    a.leaving = gone.clone();
+    a.joined = a.peers.iter().chain(&a.leaving).copied().collect();
+    match write_assignment(hub, name, &a, rev).await {
+        Ok(true) => {
+            tracing::info!(stream = %name, departed = ?gone, replacements = ?new, "JetStream: peers that left the cluster replaced");
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::debug!(stream = %name, error = %e, "JetStream: departed peers not replaced yet")
         }
     }
 }

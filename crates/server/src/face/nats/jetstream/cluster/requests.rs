@@ -528,7 +528,9 @@ impl Cluster {
 
 /// The assignments as of everything committed before the call (another member may have
 /// just changed them).
-async fn current_assignments(hub: &Hub) -> Result<BTreeMap<String, Assignment>, ApiError> {
+pub(super) async fn current_assignments(
+    hub: &Hub,
+) -> Result<BTreeMap<String, Assignment>, ApiError> {
     hub.core
         .consensus
         .read_index()
