@@ -1621,6 +1621,157 @@ fn a_change_on_one_member_serves_on_every_member_and_outlives_a_member() {
     });
 }
 
+/// A member down while routes change, and the others' log snapshotted and history compacted
+/// past it; it comes back cut off from its peers, so its gateway serves what it had and
+/// watches from there. Once the link is up it catches up by installing a snapshot, which
+/// ends that watch: the gateway rebuilds from a full read and serves the changes, and a
+/// route that never changed answers throughout (no gap while it rebuilds).
+#[test]
+fn a_gateway_watch_ended_by_a_snapshot_rebuilds_without_a_gap() {
+    let mut c = crate::harness::NetCluster::start_with(3, &["--snapshot-count", "20"]);
+    let up = Upstream::start_on("a", 200, &format!("{}:0", c.host_ip()));
+    let nodes = json!({up.addr.to_string(): 1});
+    let (m0, m1) = (
+        c.members[0].http_addr.clone(),
+        c.members[1].http_addr.clone(),
+    );
+    // Writes go through member 0 or 1 (member 2 is the one left behind), whichever takes them.
+    let write = |method: &str, path: &str, body: &Value| {
+        let text = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for http in [&m0, &m1] {
+                let path = format!("/apisix/admin{path}");
+                if listening(http)
+                    && matches!(
+                        http_request(method, http, &path, &text, &[]).0 .0,
+                        200 | 201
+                    )
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{method} {path} never taken");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let route = |uri: &str| json!({"uri": uri, "upstream": {"nodes": nodes}});
+    write("PUT", "/routes/stable", &route("/stable"));
+    write("PUT", "/routes/old", &route("/old"));
+    let gateway = c.members[2].gateway_addr.clone();
+    // 0 while nothing listens (the member restarting).
+    let code = |path: &str| {
+        if listening(&gateway) {
+            http_request("GET", &gateway, path, "", &[]).0 .0
+        } else {
+            0
+        }
+    };
+    eventually("the member serves both routes", || {
+        code("/stable") == 200 && code("/old") == 200
+    });
+    // The store reaches disk within a second (`store_flush`): what the member comes back with.
+    std::thread::sleep(Duration::from_millis(1500));
+    // Down (refused at once, so the leader's log is not held for it), it misses the changes:
+    // enough entries for snapshots (every 20) to purge the log past it, then history
+    // compacted up to now.
+    c.members[2].kill9();
+    write("PUT", "/routes/new", &route("/new"));
+    write("DELETE", "/routes/old", &Value::Null);
+    for i in 0..60 {
+        write("PUT", &format!("/upstreams/u{i}"), &json!({"nodes": nodes}));
+    }
+    let endpoint = format!("http://{}", c.members[0].client_addr);
+    let etcdctl = |args: &[&str]| {
+        let (ok, out, err) = crate::harness::run(
+            std::process::Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &endpoint])
+                .args(args),
+        );
+        assert!(ok, "etcdctl {args:?}: {err}");
+        out
+    };
+    let put: Value =
+        serde_json::from_str(&etcdctl(&["put", "mark", "x", "-w", "json"])).expect("put JSON");
+    let rev = put["header"]["revision"].as_u64().expect("revision");
+    etcdctl(&["compact", &rev.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&c.members[0], "berth_raft_snapshots_built ") < 1.0
+        || metric(&c.members[1], "berth_raft_snapshots_built ") < 1.0
+    {
+        assert!(Instant::now() < deadline, "no snapshots built");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Back, but cut off: it serves what it had.
+    c.peer_link(2, false);
+    c.members[2].start_again_no_wait();
+    eventually("the member, back but cut off, serves what it had", || {
+        code("/stable") == 200 && code("/old") == 200
+    });
+    // Requests to the route that never changes, all along from here.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (gw, stop) = (gateway.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut codes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                codes.push(http_request("GET", &gw, "/stable", "", &[]).0 .0);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            codes
+        })
+    };
+    c.peer_link(2, true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(code("/new") == 200 && code("/old") == 404) {
+        assert!(
+            Instant::now() < deadline,
+            "the member never served the changes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let codes = hammer.join().expect("hammer");
+    assert!(codes.len() > 5, "{} requests", codes.len());
+    let failed: Vec<&u16> = codes.iter().filter(|c| **c != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "the unchanged route failed {failed:?} of {}",
+        codes.len()
+    );
+    assert!(
+        metric(&c.members[2], "berth_raft_snapshots_installed ") >= 1.0,
+        "no snapshot installed"
+    );
+    assert!(
+        metric(&c.members[2], "berth_gateway_watch_reloads_total ") >= 1.0,
+        "the watch never rebuilt"
+    );
+}
+
+/// Whether something accepts connections at `addr`.
+fn listening(addr: &str) -> bool {
+    std::net::TcpStream::connect(addr).is_ok()
+}
+
+/// A sample of `name` (with its trailing space, or its labels) in `srv`'s metrics; 0 when
+/// absent.
+fn metric(srv: &Server, name: &str) -> f64 {
+    if !listening(&srv.http_addr) {
+        return 0.0;
+    }
+    let (_, metrics) = srv.http_get("/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// Under berth's auth, the Admin API wants a berth token in `X-API-KEY` (or `?api_key=`), and
 /// the user's permissions on the gateway's keyspace.
 #[tokio::test(flavor = "multi_thread")]

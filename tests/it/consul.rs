@@ -495,15 +495,7 @@ fn check_target_on(ip: &str) -> (String, Requests) {
 fn a_partitioned_members_checks_neither_flap_nor_double() {
     let c = crate::harness::NetCluster::start(3);
     // The root namespace's address on the client bridge: members reach the target there.
-    let gw = {
-        let host = c.members[0]
-            .client_addr
-            .rsplit_once(':')
-            .map_or("", |(h, _)| h);
-        let mut parts: Vec<&str> = host.split('.').collect();
-        parts.pop();
-        format!("{}.254", parts.join("."))
-    };
+    let gw = c.host_ip();
     let (target, seen) = check_target_on(&gw);
     let reg = format!(
         r#"{{"Name":"web","ID":"web1","Port":80,"Check":{{"HTTP":"http://{target}/","Interval":"1s"}}}}"#

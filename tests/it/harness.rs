@@ -808,6 +808,11 @@ fn ip(args: &[&str]) {
 impl NetCluster {
     /// Creates the namespaces and links and starts `n` members in them.
     pub fn start(n: usize) -> NetCluster {
+        Self::start_with(n, &[])
+    }
+
+    /// [`NetCluster::start`] with extra server flags for every member.
+    pub fn start_with(n: usize, flags: &[&str]) -> NetCluster {
         use std::sync::atomic::{AtomicU32, Ordering};
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -876,7 +881,7 @@ impl NetCluster {
                 peer_url: format!("http://{}:2380", peer_net(i)),
                 netns: Some(format!("{prefix}n{i}")),
                 tls: None,
-                extra: member_flags(&format!("m{i}"), &initial, &[]),
+                extra: member_flags(&format!("m{i}"), &initial, flags),
             })
             .collect();
         start_together(&mut members);
@@ -886,6 +891,18 @@ impl NetCluster {
             n,
             _tmp: tmp,
         }
+    }
+
+    /// The root namespace's address on the client bridge: what members reach the test's
+    /// own servers at.
+    pub fn host_ip(&self) -> String {
+        let host = self.members[0]
+            .client_addr
+            .rsplit_once(':')
+            .map_or("", |(h, _)| h);
+        let mut parts: Vec<&str> = host.split('.').collect();
+        parts.pop();
+        format!("{}.254", parts.join("."))
     }
 
     /// Cuts (`false`) or restores (`true`) member `i`'s peer link.

@@ -36,6 +36,8 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// The quota and the disk's reserve (the NOSPACE alarm itself is in the store).
     pub space: crate::space::SpaceGuard,
+    /// Where storage work runs (blocking threads; inline in the simulation).
+    pub storage_io: berth_consensus::StorageIo,
 }
 
 impl Core {

@@ -11,6 +11,7 @@
 //! - [`gateway`]: the gateway's routing snapshot, its writes, and its data plane.
 //! - [`lease`]: the lease domain (grant, renewal at the leader, TTL, expiry by role).
 //! - [`compaction`]: auto-compaction by the leader (etcd's periodic and revision modes).
+//! - [`store_flush`]: the applied state made durable every second.
 //! - [`core`]: what every face and domain shares.
 //! - [`face`]: the protocols berth speaks, one folder each (`face/etcd`: the etcd v3 API,
 //!   its errors and its `:authority` repair); no face imports another.
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod space;
+pub mod store_flush;
 pub mod stream_group;
 pub mod tls;
 

@@ -157,6 +157,8 @@ pub struct Metrics {
     gateway_build: Histogram,
     /// Routes in the gateway's current snapshot.
     gateway_routes: Gauge,
+    /// Times the gateway's watch ended and it rebuilt from a full read.
+    gateway_reloads: Counter,
     /// Upgraded (WebSocket) connections the gateway splices now.
     pub gateway_websockets: Gauge,
     /// Access log lines dropped because the writer fell behind (read at scrape time).
@@ -274,6 +276,7 @@ impl Metrics {
             gateway_quota: Family::default(),
             gateway_build: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             gateway_routes: Gauge::default(),
+            gateway_reloads: Counter::default(),
             gateway_websockets: Gauge::default(),
             gateway_access_log_dropped: Gauge::default(),
             access_log: std::sync::OnceLock::new(),
@@ -410,6 +413,12 @@ impl Metrics {
             "berth_gateway_routes",
             "Routes in the gateway's current snapshot",
             m.gateway_routes.clone(),
+        );
+        r.register(
+            "berth_gateway_watch_reloads",
+            "Times the gateway's watch of its resources could not go on (history compacted \
+             under it, a snapshot installed) and the gateway rebuilt them from a full read",
+            m.gateway_reloads.clone(),
         );
         r.register(
             "berth_gateway_access_log_dropped",
@@ -652,6 +661,11 @@ impl Metrics {
         self.gateway_quota
             .get_or_create(&GatewayQuotaLabels { outcome })
             .inc();
+    }
+
+    /// The gateway's watch ended and it reloads every resource.
+    pub fn gateway_reloaded(&self) {
+        self.gateway_reloads.inc();
     }
 
     /// Records a gateway snapshot build.

@@ -79,6 +79,7 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
     )
     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
+    let storage_io = env.storage_io;
     let consensus = Consensus::start(store.clone(), cfg, &member, metrics.clone(), env).await?;
     let leases = Leases::new(store.clone(), consensus.clone(), metrics.clone());
     let auth = Arc::new(crate::auth::Auth::new(
@@ -105,6 +106,7 @@ pub async fn open_in(cfg: &Config, env: Environment) -> anyhow::Result<Arc<Core>
             cfg.quota_backend_bytes,
             cfg.min_free_disk_bytes,
         ),
+        storage_io,
     }))
 }
 
@@ -569,6 +571,14 @@ where
         "lease expiry",
         Box::pin(async move {
             leases.run_expiry(stop).await;
+            Ok(())
+        }),
+    );
+    let (store, io, stop) = (core.store.clone(), core.storage_io, stop_rx.clone());
+    spawn(
+        "store flush",
+        Box::pin(async move {
+            crate::store_flush::run(store, io, stop).await;
             Ok(())
         }),
     );

@@ -222,6 +222,12 @@ impl Store {
         Ok((index, lessor, current.max(1), counters.applied))
     }
 
+    /// Commands applied so far (every batch that wrote; see the module doc for when they
+    /// are durable).
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
     /// Newest visible revision (every batch up to it has committed; see the module doc).
     pub fn revision(&self) -> i64 {
         self.current.load(Ordering::Acquire)

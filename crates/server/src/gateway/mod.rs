@@ -756,6 +756,7 @@ impl Gateway {
             if !reload {
                 return;
             }
+            metrics.gateway_reloaded();
             tracing::warn!("gateway: the watch was interrupted; reloading the resources");
         }
     }
