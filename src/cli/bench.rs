@@ -514,6 +514,7 @@ impl BenchCommand {
             prefill: !common.no_prefill,
             seed: common.seed,
             http_addr,
+            nats_user: None,
         }
     }
 }
@@ -521,8 +522,10 @@ impl BenchCommand {
 /// Runs one benchmark and prints its report.
 /// `--command-timeout` bounds each request: a slower one counts as an error.
 pub async fn run(ctx: &mut Ctx, cmd: BenchCommand) -> Result<()> {
-    let cfg = cmd.config(ctx.conn.command_timeout());
+    let mut cfg = cmd.config(ctx.conn.command_timeout());
     cfg.validate()?;
+    // The NATS workloads log in as the global --user, as the messaging commands do.
+    cfg.nats_user = ctx.conn.user().cloned();
     if cfg.workload.is_consul() || cfg.workload.is_nacos() || cfg.workload.is_nats() {
         // The registry and Nacos families speak their own protocols to --consul-addr or
         // --nacos-addr: no etcd connection.

@@ -100,6 +100,29 @@ impl Conn {
         Ok(InterceptedService::new(ch, token.clone()))
     }
 
+    /// Logs in as `--user` over the etcd API and returns the token (`None` without `--user`):
+    /// what the commands that speak berth's HTTP APIs send, since they take the same tokens.
+    pub async fn login(&self) -> Result<Option<String>> {
+        let Some((name, password)) = &self.user else {
+            return Ok(None);
+        };
+        let mut errors = Vec::new();
+        for ep in &self.endpoints {
+            match self.dial(ep).await {
+                Ok(ch) => {
+                    let req = AuthenticateRequest {
+                        name: name.clone(),
+                        password: password.clone(),
+                    };
+                    let resp = self.call(AuthClient::new(ch).authenticate(req)).await?;
+                    return Ok(Some(resp.token));
+                }
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        Err(anyhow!(errors.join("; ")))
+    }
+
     /// Uses TLS settings (`--cacert`, `--cert`, `--key`): for `https://` endpoints, and for
     /// endpoints without a scheme. Files are read now, so a bad one fails before dialing.
     pub fn with_tls(mut self, tls: Option<berth_net::tls::TlsSettings>) -> Result<Self> {

@@ -290,6 +290,31 @@ pub fn run(global: GlobalOpts, cmd: Command) -> anyhow::Result<()> {
 
 /// Runs one online command: each arm hands its arguments to the command's file.
 async fn dispatch(ctx: &mut Ctx, cmd: Command) -> anyhow::Result<()> {
+    // The commands that speak berth's HTTP APIs take a token: with `--user` and no `--token`,
+    // they log in over the etcd API first, as the etcd commands do.
+    let over_http = matches!(
+        cmd,
+        Command::Svc(_)
+            | Command::Check(_)
+            | Command::Session(_)
+            | Command::Config(_)
+            | Command::Route(_)
+            | Command::Upstream(_)
+            | Command::ApiService(_)
+            | Command::ApiConsumer(_)
+            | Command::Ssl(_)
+            | Command::PluginConfig(_)
+            | Command::GlobalRule(_)
+            | Command::ConsumerGroup(_)
+            | Command::Role(_)
+    );
+    if over_http && ctx.http.token.is_none() {
+        ctx.http.token = ctx
+            .conn
+            .login()
+            .await
+            .context("logging in as --user (for a token the HTTP API takes)")?;
+    }
     match cmd {
         Command::Kv(c) => kv::run(ctx, c).await,
         Command::Lease(c) => lease::run(ctx, c).await,

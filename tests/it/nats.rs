@@ -738,12 +738,16 @@ async fn with_auth_on_clients_log_in_as_berth_users() {
     })
     .await
     .expect("raw client");
-    // Every subject, from the CLI (`--from-key` from the empty key): `>` may be read.
+    // Every subject, from the CLI (`--from-key` from the empty key): `>` may be read. With
+    // `--user` instead of a token, the CLI logs in over the etcd API first.
+    let endpoint = srv.endpoint();
     let (done, out, err) = crate::consul_cli::cli(
         &http,
         &[
-            "--token",
-            &root,
+            "--endpoints",
+            &endpoint,
+            "--user",
+            "root:rootpw",
             "role",
             "grant",
             "app",

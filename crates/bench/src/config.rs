@@ -264,6 +264,8 @@ pub struct Config {
     pub seed: u64,
     /// `host:port` of the server the Consul, Nacos and NATS workloads talk to.
     pub http_addr: String,
+    /// The NATS workloads' user and password (CONNECT's `user` and `pass`), when given.
+    pub nats_user: Option<(String, String)>,
 }
 
 impl Default for Config {
@@ -285,6 +287,7 @@ impl Default for Config {
             prefill: true,
             seed: 1,
             http_addr: "127.0.0.1:8500".into(),
+            nats_user: None,
         }
     }
 }

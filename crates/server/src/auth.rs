@@ -209,11 +209,17 @@ impl Auth {
         })
     }
 
+    /// The auth revision as applied on this member (one index lookup): what a caller that
+    /// keeps its own answers compares to know they still hold.
+    pub fn revision(&self) -> i64 {
+        self.store.mod_revision_in(Keyspace::Auth, layout::REVISION)
+    }
+
     /// The auth state as applied on this member. Rebuilt only when the auth revision moved
     /// since the last call (every change, enabling included, rewrites the `revision` record
     /// in the same txn): otherwise one index lookup.
     pub fn view(&self) -> Arc<AuthView> {
-        let revision = self.store.mod_revision_in(Keyspace::Auth, layout::REVISION);
+        let revision = self.revision();
         if let Ok(cached) = self.cached.lock() {
             if cached.revision == revision {
                 return cached.clone();

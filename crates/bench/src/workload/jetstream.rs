@@ -89,14 +89,22 @@ async fn api_ok(
 }
 
 /// Creates the bench's stream afresh, on `replicas` members.
-async fn setup(addr: &str, replicas: u32) -> Result<(), BenchError> {
-    setup_conn(addr, replicas).await.map(|_| ())
+async fn setup(
+    addr: &str,
+    user: Option<&(String, String)>,
+    replicas: u32,
+) -> Result<(), BenchError> {
+    setup_conn(addr, user, replicas).await.map(|_| ())
 }
 
 /// Creates the bench's stream afresh, on `replicas` members; returns the connection (its
 /// setup inbox subscribed).
-async fn setup_conn(addr: &str, replicas: u32) -> Result<Conn, BenchError> {
-    let mut c = Conn::open(addr).await?;
+async fn setup_conn(
+    addr: &str,
+    user: Option<&(String, String)>,
+    replicas: u32,
+) -> Result<Conn, BenchError> {
+    let mut c = Conn::open(addr, user).await?;
     c.send(b"SUB _INBOX.bench.setup 1\r\n").await?;
     c.sync().await?;
     let _ = api(&mut c, &format!("$JS.API.STREAM.DELETE.{STREAM}"), "").await?;
@@ -170,16 +178,16 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
             "js-publish runs for --duration (--total is not supported)".into(),
         ));
     };
-    setup(&cfg.http_addr, replicas).await?;
+    setup(&cfg.http_addr, cfg.nats_user.as_ref(), replicas).await?;
     let rec = measured(
         cfg,
         duration,
         "a JetStream publisher",
         |client, measuring, stop| {
-            let addr = cfg.http_addr.clone();
+            let (addr, user) = (cfg.http_addr.clone(), cfg.nats_user.clone());
             let size = cfg.val_size;
             async move {
-                let c = Conn::open(&addr).await?;
+                let c = Conn::open(&addr, user.as_ref()).await?;
                 publish(c, client, size, window, measuring, stop).await
             }
         },
@@ -306,7 +314,7 @@ pub async fn consume(cfg: &Config) -> Result<Report, BenchError> {
             "js-consume runs for --duration (--total is not supported)".into(),
         ));
     };
-    let mut c = setup_conn(&cfg.http_addr, replicas).await?;
+    let mut c = setup_conn(&cfg.http_addr, cfg.nats_user.as_ref(), replicas).await?;
     fill(&mut c, messages, cfg.val_size).await?;
     let config = json!({
         "stream_name": STREAM,
@@ -328,9 +336,9 @@ pub async fn consume(cfg: &Config) -> Result<Report, BenchError> {
         duration,
         "a JetStream puller",
         |client, measuring, stop| {
-            let addr = cfg.http_addr.clone();
+            let (addr, user) = (cfg.http_addr.clone(), cfg.nats_user.clone());
             async move {
-                let c = Conn::open(&addr).await?;
+                let c = Conn::open(&addr, user.as_ref()).await?;
                 pull(c, client, batch, measuring, stop).await
             }
         },

@@ -39,8 +39,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects, reads INFO, sends CONNECT and waits for the PONG of a PING.
-    pub(crate) async fn open(addr: &str) -> Result<Conn, BenchError> {
+    /// Connects, reads INFO, sends CONNECT (as `user`, when given) and waits for the PONG
+    /// of a PING.
+    pub(crate) async fn open(
+        addr: &str,
+        user: Option<&(String, String)>,
+    ) -> Result<Conn, BenchError> {
         let s = TcpStream::connect(addr)
             .await
             .map_err(io_err("connecting to the NATS server"))?;
@@ -59,8 +63,14 @@ impl Conn {
             });
         }
         // Headers on: JetStream's statuses (pull timeouts, no messages) are header-only.
-        c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"lang\":\"berth-bench\"}\r\n")
-            .await?;
+        let mut connect = serde_json::json!({
+            "verbose": false, "pedantic": false, "headers": true, "lang": "berth-bench",
+        });
+        if let Some((name, pass)) = user {
+            connect["user"] = name.as_str().into();
+            connect["pass"] = pass.as_str().into();
+        }
+        c.send(format!("CONNECT {connect}\r\n").as_bytes()).await?;
         c.sync().await?;
         Ok(c)
     }
@@ -213,7 +223,11 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
     let stop_subs = Arc::new(AtomicBool::new(false));
     let mut subs = Vec::new();
     for _ in 0..subscribers {
-        let mut c = Conn::open(sub_addr.as_deref().unwrap_or(&cfg.http_addr)).await?;
+        let mut c = Conn::open(
+            sub_addr.as_deref().unwrap_or(&cfg.http_addr),
+            cfg.nats_user.as_ref(),
+        )
+        .await?;
         let sub = if queue {
             format!("SUB {SUBJECT} bench 1\r\n")
         } else {
@@ -227,7 +241,7 @@ pub async fn run(cfg: &Config) -> Result<Report, BenchError> {
     let stop_pubs = Arc::new(AtomicBool::new(false));
     let mut pubs = Vec::new();
     for _ in 0..cfg.clients {
-        let c = Conn::open(&cfg.http_addr).await?;
+        let c = Conn::open(&cfg.http_addr, cfg.nats_user.as_ref()).await?;
         pubs.push(tokio::spawn(publish(
             c,
             cfg.val_size,
