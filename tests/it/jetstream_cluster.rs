@@ -294,6 +294,60 @@ fn a_streams_replicas_change_with_an_update() {
     assert_eq!(five["error"]["err_code"], 10074, "{five}");
 }
 
+/// Removes member `name` from the cluster through `endpoint`, with etcdctl (its ID from
+/// `member list`), as an operator would.
+fn remove_member(endpoint: &str, name: &str) {
+    let etcdctl = |args: &[&str]| {
+        let (ok, out, err) = run(Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint])
+            .args(args));
+        assert!(ok, "etcdctl {args:?}: {err}");
+        out
+    };
+    let list: serde_json::Value =
+        serde_json::from_str(&etcdctl(&["member", "list", "-w", "json"])).expect("member list");
+    let id = list["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+        .and_then(|m| m["ID"].as_u64())
+        .unwrap_or_else(|| panic!("{name} in {list}"));
+    etcdctl(&["member", "remove", &format!("{id:x}")]);
+}
+
+/// With no member to spare (three members, one removed), an R3 stream goes on with the two
+/// peers it has: it takes publishes, and its assignment keeps three peers (the departed one
+/// shown by its ID), so a member that joins later can still take its place.
+#[test]
+fn without_a_spare_member_a_stream_goes_on_with_the_peers_it_has() {
+    let (mut cluster, addrs) = r3_stream();
+    let ids: Vec<u64> = (0..20).collect();
+    assert_eq!(publish_ids(&addrs[0], "r.x", &ids).len(), 20);
+    let info = info_with_leader(&addrs[0], "R");
+    let leader = member_index(&info["cluster"]["leader"]);
+    let victim = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    remove_member(&cluster.members[leader].endpoint(), &format!("m{victim}"));
+    cluster.members[victim].kill9();
+    let more: Vec<u64> = (20..30).collect();
+    assert_eq!(publish_ids(&addrs[other], "r.x", &more).len(), 10);
+    // A few converge rounds later, nothing has moved.
+    std::thread::sleep(Duration::from_secs(3));
+    let info = info_with_leader(&addrs[other], "R");
+    assert_eq!(info["state"]["messages"], 30, "{info}");
+    let replicas = info["cluster"]["replicas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(replicas.len(), 2, "{info}");
+    assert!(
+        replicas
+            .iter()
+            .any(|r| r["name"].as_str().is_some_and(|n| !n.starts_with('m'))),
+        "the departed peer, by its ID: {info}"
+    );
+}
+
 /// A member holding a replica of an R3 stream is removed from a 4-member cluster (and
 /// killed): the stream's leader places the spare member in its stead, which catches up and
 /// votes, so the stream keeps three replicas and takes publishes with one more peer down.
@@ -326,31 +380,7 @@ fn a_removed_members_replicas_move_to_another_member() {
     let spare = (0..4)
         .find(|i| *i != leader && !replicas.contains(i))
         .expect("a member without a replica");
-    // Its member ID, then its removal from the cluster (etcd's API, as an operator would).
-    let endpoint = cluster.members[leader].endpoint();
-    let (ok, out, err) = run(Command::new("etcdctl").env("ETCDCTL_API", "3").args([
-        "--endpoints",
-        &endpoint,
-        "member",
-        "list",
-        "-w",
-        "json",
-    ]));
-    assert!(ok, "member list: {err}");
-    let list: serde_json::Value = serde_json::from_str(&out).expect("member list JSON");
-    let id = list["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["name"] == format!("m{victim}")))
-        .and_then(|m| m["ID"].as_u64())
-        .unwrap_or_else(|| panic!("m{victim} in {list}"));
-    let (ok, _, err) = run(Command::new("etcdctl").env("ETCDCTL_API", "3").args([
-        "--endpoints",
-        &endpoint,
-        "member",
-        "remove",
-        &format!("{id:x}"),
-    ]));
-    assert!(ok, "member remove: {err}");
+    remove_member(&cluster.members[leader].endpoint(), &format!("m{victim}"));
     cluster.members[victim].kill9();
     // The spare joins the group, catches up and votes; the removed member is out of it.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -128,13 +128,22 @@ async fn forget_leaving(hub: &Arc<Hub>, name: &str, seen: &Assignment) {
 /// cluster has no member to spare (the group goes on with the peers it has), when no peer
 /// is left to copy from, or when the stored assignment no longer says what `seen` does.
 async fn replace_departed(hub: &Arc<Hub>, name: &str, seen: &Assignment) {
-    let cluster: BTreeSet<u64> = hub.core.consensus.members().iter().map(|m| m.id).collect();
+    let members = hub.core.consensus.members();
+    let cluster: BTreeSet<u64> = members.iter().map(|m| m.id).collect();
     let (kept, gone): (Vec<u64>, Vec<u64>) = seen
         .peers
         .iter()
         .copied()
         .partition(|p| cluster.contains(p));
     if gone.is_empty() || kept.is_empty() {
+        return;
+    }
+    // No member to spare: nothing to read (a degraded group asks again every few ticks).
+    let spare = members
+        .iter()
+        .filter(|m| !m.is_learner && !kept.contains(&m.id))
+        .count();
+    if spare < gone.len() {
         return;
     }
     let Ok(Some((mut a, rev))) = assignment_at(hub, name).await else {
