@@ -100,27 +100,26 @@ impl Conn {
         Ok(InterceptedService::new(ch, token.clone()))
     }
 
-    /// Logs in as `--user` over the etcd API and returns the token (`None` without `--user`):
-    /// what the commands that speak berth's HTTP APIs send, since they take the same tokens.
+    /// Logs in as `--user` over the etcd API and returns the token: what the commands that
+    /// speak berth's HTTP APIs send, since they take the same tokens. `None` without `--user`,
+    /// or when no endpoint answers (the HTTP API may be a Consul agent's, with no etcd API
+    /// beside it): the HTTP API then says whether it needs a token. A refused login is an
+    /// error.
     pub async fn login(&self) -> Result<Option<String>> {
         let Some((name, password)) = &self.user else {
             return Ok(None);
         };
-        let mut errors = Vec::new();
         for ep in &self.endpoints {
-            match self.dial(ep).await {
-                Ok(ch) => {
-                    let req = AuthenticateRequest {
-                        name: name.clone(),
-                        password: password.clone(),
-                    };
-                    let resp = self.call(AuthClient::new(ch).authenticate(req)).await?;
-                    return Ok(Some(resp.token));
-                }
-                Err(e) => errors.push(format!("{e:#}")),
+            if let Ok(ch) = self.dial(ep).await {
+                let req = AuthenticateRequest {
+                    name: name.clone(),
+                    password: password.clone(),
+                };
+                let resp = self.call(AuthClient::new(ch).authenticate(req)).await?;
+                return Ok(Some(resp.token));
             }
         }
-        Err(anyhow!(errors.join("; ")))
+        Ok(None)
     }
 
     /// Uses TLS settings (`--cacert`, `--cert`, `--key`): for `https://` endpoints, and for
