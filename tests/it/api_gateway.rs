@@ -1687,12 +1687,7 @@ fn a_gateway_watch_ended_by_a_snapshot_rebuilds_without_a_gap() {
     }
     let endpoint = format!("http://{}", c.members[0].client_addr);
     let etcdctl = |args: &[&str]| {
-        let (ok, out, err) = crate::harness::run(
-            std::process::Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &endpoint])
-                .args(args),
-        );
+        let (ok, out, err) = crate::harness::run(crate::harness::etcdctl(&endpoint).args(args));
         assert!(ok, "etcdctl {args:?}: {err}");
         out
     };

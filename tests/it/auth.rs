@@ -12,13 +12,7 @@ use berth_proto::etcdserverpb::auth_client::AuthClient;
 use berth_proto::etcdserverpb::kv_client::KvClient;
 use berth_proto::etcdserverpb::{AuthenticateRequest, RangeRequest};
 
-use crate::harness::{run, status_of, Cluster, Etcd, Server};
-
-fn etcdctl(endpoint: &str) -> Command {
-    let mut c = Command::new("/usr/bin/etcdctl");
-    c.env("ETCDCTL_API", "3").args(["--endpoints", endpoint]);
-    c
-}
+use crate::harness::{etcdctl, run, status_of, Cluster, Etcd, Server};
 
 /// What one etcdctl command did: success, stdout, and its `Error:` line (etcdctl also logs
 /// retries as JSON on stderr; only the final error is the contract).

@@ -501,6 +501,13 @@ pub fn python_with(env: &str, module: &str, install: &str) -> String {
 }
 
 /// Runs a command and returns (exit success, stdout, stderr).
+/// etcdctl (v3 API) pointed at `endpoint`.
+pub fn etcdctl(endpoint: &str) -> Command {
+    let mut c = Command::new("/usr/bin/etcdctl");
+    c.env("ETCDCTL_API", "3").args(["--endpoints", endpoint]);
+    c
+}
+
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
     let out = cmd.output().expect("run command");
     (

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{run, Cluster};
@@ -298,10 +297,7 @@ fn a_streams_replicas_change_with_an_update() {
 /// `member list`), as an operator would.
 fn remove_member(endpoint: &str, name: &str) {
     let etcdctl = |args: &[&str]| {
-        let (ok, out, err) = run(Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", endpoint])
-            .args(args));
+        let (ok, out, err) = run(crate::harness::etcdctl(endpoint).args(args));
         assert!(ok, "etcdctl {args:?}: {err}");
         out
     };

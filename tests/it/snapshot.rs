@@ -12,13 +12,7 @@ use etcd_client::{
     Client, CompactionOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
 };
 
-use crate::harness::{berth_bin, free_port, run, Etcd, Server};
-
-fn etcdctl(endpoint: &str) -> Command {
-    let mut c = Command::new("/usr/bin/etcdctl");
-    c.env("ETCDCTL_API", "3").args(["--endpoints", endpoint]);
-    c
-}
+use crate::harness::{berth_bin, etcdctl, free_port, run, Etcd, Server};
 
 fn ok(cmd: &mut Command) -> String {
     let (success, out, err) = run(cmd);
